@@ -1,0 +1,55 @@
+"""Typed errors for a user's mistakes.
+
+Every error names the bad value and what is allowed; the CLI prints it in one line without a
+traceback and exits with code 2. Our own bugs are plain assertions, never these.
+
+Example:
+    >>> from edgemfm.errors import UnknownDeviceError
+    >>> str(UnknownDeviceError("pi9", ["jetson", "pi5"]))
+    "unknown device 'pi9'; known: jetson, pi5"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class EdgemfmError(Exception):
+    """Base class of every error caused by input the user gave."""
+
+
+def _known(values: Iterable[str]) -> str:
+    return ", ".join(sorted(values))
+
+
+class UnknownDeviceError(EdgemfmError):
+    def __init__(self, name: str, known: Iterable[str]):
+        super().__init__(f"unknown device {name!r}; known: {_known(known)}")
+
+
+class ProfileError(EdgemfmError):
+    """A device profile file is malformed (the file and the key are named)."""
+
+
+class ConfigError(EdgemfmError):
+    """A config, recipe or manifest dict has unknown keys or bad values."""
+
+
+class UnsupportedModelError(EdgemfmError):
+    def __init__(self, what: str, known: Iterable[str]):
+        super().__init__(f"unsupported architecture {what!r}; supported: {_known(known)}")
+
+
+class BundleError(EdgemfmError):
+    """A bundle is missing, tampered with, truncated, foreign or of another schema version."""
+
+
+class InputError(EdgemfmError):
+    """A file or value given to export/run is missing or of the wrong kind."""
+
+
+class MissingExtraError(EdgemfmError):
+    def __init__(self, module: str):
+        super().__init__(
+            f"{module!r} is not installed; the export toolchain needs: pip install 'edgemfm[export]'"
+        )

@@ -1,0 +1,154 @@
+"""Device profiles: one TOML file per device in `device_profiles/`, loaded into `DeviceProfile`.
+
+A profile says what a device has (memory, bandwidth, peak throughput, CPU and ISA features,
+execution providers, formats, weight bits) with a source for every published figure, and
+how edgemfm should run on it (memory budget, streaming granularity).
+
+Example:
+    >>> from edgemfm.profiles import load_profile
+    >>> p = load_profile("jetson")
+    >>> p.name, p.memory_gb
+    ('jetson-orin-nano-8gb', 8.0)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from edgemfm.errors import ConfigError, ProfileError, UnknownDeviceError
+from edgemfm.records import from_dict
+
+PROFILE_VERSION = 1
+FORMATS = ("onnx", "pte")  # the bundle formats edgemfm writes
+WEIGHT_BITS = (4, 8, 16, 32)  # int4, int8, fp16, fp32: the kernels that exist
+# The published figures: each must carry a source in the profile's [sources] table.
+FIGURES = (
+    "memory_gb",
+    "bandwidth_gbps",
+    "peak_fp32_gflops",
+    "peak_fp16_gflops",
+    "peak_int8_gops",
+    "cpu_cores",
+)
+
+
+@dataclass(frozen=True)
+class Streaming:
+    audio_window_s: float  # audio is encoded in windows of this many seconds
+    image_tile: int  # images are encoded one tile of this many pixels square at a time
+    prefill_chunk: int  # tokens per decoder prefill call: bounds the activation peak
+    max_seq_len: int  # KV cache length (static cache for .pte; bound for the sliding window)
+    sink_tokens: int  # tokens kept at the start when the KV cache slides
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    version: int  # profile schema version: 1
+    name: str
+    title: str
+    aliases: tuple[str, ...]
+    compute_unit: str  # what the peak figures describe (the GPU on a Jetson, the CPU on a Pi)
+    memory_gb: float  # physical memory
+    usable_memory_gb: float  # what one process can get after the OS and carve-outs
+    bandwidth_gbps: float  # peak DRAM bandwidth, GB/s
+    peak_fp32_gflops: float
+    peak_fp16_gflops: float
+    peak_int8_gops: float  # dense int8 (sparsity figures halved)
+    cpu: str
+    cpu_cores: int
+    isa: tuple[str, ...]  # neon, dotprod, i8mm, sve, fp16, avx2, avx512, vnni ...
+    execution_providers: tuple[str, ...]  # onnxruntime providers, most preferred first
+    formats: tuple[str, ...]
+    weight_bits: tuple[int, ...]
+    group_sizes: tuple[int, ...]  # block sizes the int4 kernels take
+    default_memory_budget_mb: int
+    streaming: Streaming
+    sources: dict[str, str]  # figure name -> where it was published
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.default_memory_budget_mb * 2**20
+
+
+def _validate(p: DeviceProfile, where: str) -> None:
+    problems = []
+    for f in FIGURES:
+        if getattr(p, f) <= 0:
+            problems.append(f"{f} must be positive")
+        if not p.sources.get(f, "").strip():
+            problems.append(f"{f} has no source in [sources]")
+    if not 0 < p.usable_memory_gb <= p.memory_gb:
+        problems.append("usable_memory_gb must be in (0, memory_gb]")
+    if not 0 < p.default_memory_budget_mb <= p.usable_memory_gb * 1024:
+        problems.append("default_memory_budget_mb must be in (0, usable memory]")
+    if bad := [f for f in p.formats if f not in FORMATS] or not p.formats:
+        problems.append(f"formats {bad or '[]'} not in {list(FORMATS)}")
+    if bad := [b for b in p.weight_bits if b not in WEIGHT_BITS]:
+        problems.append(f"weight_bits {bad} not in {list(WEIGHT_BITS)}")
+    if not p.execution_providers:
+        problems.append("execution_providers is empty")
+    if p.version != PROFILE_VERSION:
+        problems.append(f"version {p.version} is not {PROFILE_VERSION}")
+    if problems:
+        raise ProfileError(f"{where}: {problems[0]}")
+
+
+def read_profile(path: str | Path) -> DeviceProfile:
+    """Read and validate one profile TOML file.
+
+    Example:
+        >>> read_profile("device_profiles/raspberry-pi-5-8gb.toml").aliases
+        ('pi5', 'rpi')
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path}: not valid TOML ({e})") from None
+    try:
+        profile = from_dict(DeviceProfile, data, where=path.name)
+    except ConfigError as e:
+        raise ProfileError(str(e)) from None
+    _validate(profile, path.name)
+    return profile
+
+
+@cache
+def list_profiles() -> tuple[DeviceProfile, ...]:
+    """Every profile shipped in `edgemfm.device_profiles`, sorted by name.
+
+    Example:
+        >>> [p.name for p in list_profiles()][:1]
+        ['host-x86-64-avx2']
+    """
+    folder = resources.files("edgemfm.device_profiles")
+    profiles = [read_profile(Path(str(f))) for f in folder.iterdir() if f.name.endswith(".toml")]
+    seen: dict[str, str] = {}
+    for p in profiles:
+        for key in (p.name, *p.aliases):
+            if key in seen:
+                raise ProfileError(f"{p.name}.toml: name or alias {key!r} already used by {seen[key]}")
+            seen[key] = p.name
+    return tuple(sorted(profiles, key=lambda p: p.name))
+
+
+def load_profile(name: str) -> DeviceProfile:
+    """The profile called `name` (a name, an alias or a path to a TOML file).
+
+    Example:
+        >>> load_profile("pi5").name
+        'raspberry-pi-5-8gb'
+    """
+    if name.endswith(".toml"):
+        return read_profile(name)
+    for p in list_profiles():
+        if name == p.name or name in p.aliases:
+            return p
+    raise UnknownDeviceError(name, [k for p in list_profiles() for k in (p.name, *p.aliases)])
+
