@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemfm.manifest import KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.manifest import Generation, KVCache, Preprocess, Prompt, Tokenizer
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Split:
     preprocess: Preprocess
     tokenizer: Tokenizer
     tokenizer_file: Path  # copied into the bundle as tokenizer.json
+    generation: Generation = field(default_factory=Generation)  # e.g. positions="mrope"
     report: dict[str, Any] = field(default_factory=dict)
 
 

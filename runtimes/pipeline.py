@@ -24,7 +24,9 @@ from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes.decoding import detokenize, greedy
 from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
-from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
+from edgemfm.runtimes.media import Prepared, prepare
+from edgemfm.runtimes.positions import prefill_positions, step_positions
+from edgemfm.runtimes.preprocess import ImageLike
 
 
 class Pipeline:
@@ -45,44 +47,69 @@ class Pipeline:
         """The execution provider the decoder runs on."""
         return self.sessions[self.manifest.generation.decoder].provider
 
-    def prompt_ids(self, prompt: str, counts: dict[str, int] | None = None) -> list[int]:
-        """The token ids of the templated prompt, with one placeholder token per media item.
+    def prepare(self, media: dict[str, Sequence] | None) -> dict[str, list[Prepared]]:
+        """Pre-process every media item as the manifest describes (tiles, patches or one view).
+
+        Example:
+            >>> len(pipe.prepare({"image": ["cat.png"]})["image"][0].calls)  # doctest: +SKIP
+            10
+        """
+        specs = self.manifest.prompt.media
+        for kind, items in (media or {}).items():
+            if items and kind not in specs:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *specs])}")
+        return {kind: [prepare(kind, item, self.manifest) for item in items] for kind, items in (media or {}).items() if items}
+
+    def prompt_ids(self, prompt: str, media: dict[str, int | Sequence[Prepared]] | None = None) -> list[int]:
+        """The token ids of the templated prompt, with one placeholder token per encoder call.
+
+        `media` gives, per kind, a number of single-call items or the prepared items.
 
         Example:
             >>> pipe.prompt_ids("What is this?", {"image": 1})[:3]  # doctest: +SKIP
             [256, 85, 83]
         """
-        media = self.manifest.prompt.media
-        counts = {kind: n for kind, n in (counts or {}).items() if n}
-        for kind in counts:
-            if kind not in media:
-                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *media])}")
-        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items())
-        ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
-        for kind, spec in media.items():
-            if ids.count(spec.token_id) != counts.get(kind, 0):
+        specs = self.manifest.prompt.media
+        media = {kind: n for kind, n in (media or {}).items() if n}
+        for kind in media:
+            if kind not in specs:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *specs])}")
+        texts = {k: specs[k].placeholder * v if isinstance(v, int) else "".join(p.text for p in v) for k, v in media.items()}
+        calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in media.items()}
+        ids = self.tokenizer.encode(self.manifest.prompt.template.format(media="".join(texts.values()), prompt=prompt)).ids
+        for kind, spec in specs.items():
+            if ids.count(spec.token_id) != calls.get(kind, 0):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
     def embed(self, ids: Sequence[int], media: dict[str, Sequence] | None = None) -> np.ndarray:
-        """Decoder inputs [1, seq, hidden]: token embeddings with each media item's rows spliced in.
+        """Decoder inputs [1, seq, hidden]: token embeddings with each encoder call's rows spliced in.
 
-        Items are encoded one at a time, in prompt order, so only one encoder activation is live.
+        Calls (images, tiles, clips) are encoded one at a time, in prompt order, so only one encoder
+        activation is live; `media` holds raw or prepared items per kind.
         """
+        return self._splice(ids, media)[0]
+
+    def _splice(self, ids: Sequence[int], media: dict[str, Sequence] | None) -> tuple[np.ndarray, list]:
+        """The decoder inputs and their segments: text-run lengths and (t, h, w) grids of image rows."""
         g = self.manifest.generation
         tokens = self.sessions[g.embedding].run({"input_ids": np.asarray([ids], dtype=np.int64)})["inputs_embeds"]
         specs = self.manifest.prompt.media
-        items = {kind: iter(media.get(kind, ())) for kind in specs} if media else {}
+        prepared = {k: v if all(isinstance(p, Prepared) for p in v) else self.prepare({k: v})[k] for k, v in (media or {}).items() if v}
+        calls = {k: iter([(c, grid) for p in v for c, grid in zip(p.calls, p.grids)]) for k, v in prepared.items()}
         slots = sorted((pos, kind) for kind, spec in specs.items() for pos, t in enumerate(ids) if t == spec.token_id)
-        pieces, start = [], 0
+        pieces, segments, start = [], [], 0
         for pos, kind in slots:
             spec = specs[kind]
-            x = PREPROCESSORS[kind](next(items[kind]), self.manifest.preprocess)
-            rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
-            pieces += [tokens[:, start:pos], rows.reshape(1, -1, rows.shape[-1]).astype(tokens.dtype)]
+            feeds, grid = next(calls[kind])
+            rows = self.sessions[spec.encoder].run(feeds)[spec.output]
+            rows = rows.reshape(1, -1, rows.shape[-1]).astype(tokens.dtype)
+            pieces += [tokens[:, start:pos], rows]
+            segments += [pos - start, grid or rows.shape[1]]
             start = pos + 1
         pieces.append(tokens[:, start:])
-        return np.concatenate(pieces, axis=1) if slots else tokens
+        segments.append(len(ids) - start)
+        return (np.concatenate(pieces, axis=1) if slots else tokens), segments
 
     def generate_tokens(
         self,
@@ -92,9 +119,9 @@ class Pipeline:
         max_new_tokens: int | None = None,
     ) -> Iterator[int]:
         """New token ids, greedily, until an end-of-sequence token or `max_new_tokens`."""
-        media = {"image": list(images), "audio": list(audio)}
-        ids = self.prompt_ids(prompt, {kind: len(items) for kind, items in media.items()})
-        embeds = self.embed(ids, media)
+        media = self.prepare({"image": list(images), "audio": list(audio)})
+        ids = self.prompt_ids(prompt, media)
+        embeds, segments = self._splice(ids, media)
         g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
         decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
         past = {
@@ -102,6 +129,7 @@ class Pipeline:
             for i in range(kv.layers)
             for k in ("key", "value")
         }
+        positions, shift = prefill_positions(g.positions, segments)
         total = 0
         limit = g.max_new_tokens if max_new_tokens is None else max_new_tokens
         for _ in range(limit):
@@ -109,7 +137,7 @@ class Pipeline:
             out = decoder.run({
                 "inputs_embeds": embeds,
                 "attention_mask": np.ones((1, total + seq), np.int64),
-                "position_ids": np.arange(total, total + seq, dtype=np.int64)[None],
+                "position_ids": positions,
                 **past,
             })
             total += seq
@@ -119,6 +147,7 @@ class Pipeline:
             yield token
             past = {name: out[kv.present.format(**_layer_kind(name))] for name in past}
             embeds = embedding.run({"input_ids": np.asarray([[token]], dtype=np.int64)})["inputs_embeds"]
+            positions = step_positions(g.positions, total + shift)
 
     def generate(
         self,

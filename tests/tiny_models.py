@@ -41,3 +41,65 @@ def tiny_llava(path: Path, seed: int = 0) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
     CLIPImageProcessorPil(size={"shortest_edge": 34}, crop_size={"height": 30, "width": 30}).save_pretrained(path)
     return path
+
+
+def _tokenizer_with(specials: list[str]):
+    """The byte-level tokenizer of the default model plus a family's special tokens, and their ids."""
+    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.add_special_tokens(specials)
+    return tok, {s: tok.token_to_id(s) for s in (*SPECIALS, *specials)}
+
+
+def _widen(model, seed: int) -> None:
+    """Wider weights than the init: decisive, varied greedy choices from a random model."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+
+
+IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<|im_start|>"] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+]
+
+
+def tiny_idefics3(path: Path, seed: int = 0) -> Path:
+    """An Idefics3 checkpoint: SigLIP tower on 30 px tiles (5 px patches), pixel shuffle by 3
+    (4 rows per tile), GQA Llama decoder with 3 KV heads; images resized to 90 px, so 3 x 3 tiles."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        Idefics3VisionConfig,
+        LlamaConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    tok, ids = _tokenizer_with(IDEFICS3_SPECIALS)
+    vision = Idefics3VisionConfig(
+        hidden_size=36, intermediate_size=60, num_hidden_layers=2, num_attention_heads=3, image_size=30, patch_size=5,
+    )
+    text = LlamaConfig(
+        hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=512,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    config = Idefics3Config(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=ids["<image>"], scale_factor=3,
+        pad_token_id=ids["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    _widen(model, seed)
+    model.save_pretrained(path)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    images = Idefics3ImageProcessorPil(size={"longest_edge": 90}, max_image_size={"longest_edge": 30})
+    Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4).save_pretrained(path)
+    return path
