@@ -103,3 +103,40 @@ def tiny_idefics3(path: Path, seed: int = 0) -> Path:
     images = Idefics3ImageProcessorPil(size={"longest_edge": 90}, max_image_size={"longest_edge": 30})
     Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4).save_pretrained(path)
     return path
+
+
+QWEN2_VL_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def tiny_qwen2_vl(path: Path, seed: int = 0) -> Path:
+    """A Qwen2-VL checkpoint: ViT with 4 px patches, 2x2 merge, 3 heads of 12 dims; Qwen2 decoder
+    with 3 KV heads of 14 dims and M-RoPE sections (1, 3, 3); images resized within 64 x 64 pixels."""
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    tok, ids = _tokenizer_with(QWEN2_VL_SPECIALS)
+    vision = dict(depth=2, embed_dim=36, hidden_size=84, mlp_ratio=2, num_heads=3, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    text = dict(
+        hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(), max_position_embeddings=512, bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<pad>"], rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 3, 3]},
+    )
+    config = Qwen2VLConfig(
+        vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    _widen(model, seed)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>").save_pretrained(path)
+    # The image processor alone: Qwen2VLProcessor also wants a video processor, which needs torchvision.
+    Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 256, "longest_edge": 64 * 64}, patch_size=4, merge_size=2, temporal_patch_size=2,
+    ).save_pretrained(path)
+    return path
