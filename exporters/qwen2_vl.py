@@ -40,11 +40,17 @@ TEMPLATE = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_sta
 
 
 class PatchEncoder(torch.nn.Module):
-    """patches [n, C*T*P*P], patch_positions [n, 2] -> rows [n / merge^2, text hidden], one image."""
+    """patches [n, C*T*P*P], patch_positions [n, 2] -> rows [n / merge^2, text hidden], one image.
 
-    def __init__(self, visual: torch.nn.Module):
+    `window` (patches per side, 0: none) limits the blocks not in `full_blocks` to square windows,
+    as Qwen2.5-VL does. transformers reorders the patches window by window and back; attention does
+    not depend on order (each patch carries its own rotary position), so a mask from the patch
+    positions gives the same result without the data-dependent reordering.
+    """
+
+    def __init__(self, visual: torch.nn.Module, window: int = 0, full_blocks: tuple[int, ...] = ()):
         super().__init__()
-        self.visual = visual
+        self.visual, self.window, self.full_blocks = visual, window, set(full_blocks)
 
     def forward(self, pixel_values, patch_positions):
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
@@ -53,12 +59,17 @@ class PatchEncoder(torch.nn.Module):
         x = v.patch_embed(pixel_values)
         cos, sin = v.rotary_pos_emb(x, patch_positions)
         n = x.shape[0]
-        for block in v.blocks:
+        windowed = None
+        if self.window:
+            cell = patch_positions // self.window  # [n, 2]: each patch's window (row, col)
+            windowed = (cell[:, None, :] == cell[None, :, :]).all(-1)[None, None]
+        for i, block in enumerate(v.blocks):
             attn = block.attn
             q, k, val = attn.qkv(block.norm1(x)).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
             q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
             heads = [t.transpose(0, 1)[None] for t in (q, k, val)]  # [1, heads, n, head_dim]
-            out = torch.nn.functional.scaled_dot_product_attention(*heads, scale=attn.scaling)
+            mask = None if i in self.full_blocks else windowed
+            out = torch.nn.functional.scaled_dot_product_attention(*heads, attn_mask=mask, scale=attn.scaling)
             x = x + attn.proj(out[0].transpose(0, 1).reshape(n, -1))
             x = x + block.mlp(block.norm2(x))
         return v.merger(x)
@@ -118,10 +129,12 @@ def split(model: Any, model_dir: Path) -> Split:
         raise InputError(f"{tokenizer_file}: token {missing[0]!r} is missing; Qwen2-VL prompts need: {', '.join(needed)}")
     if vocab[IMAGE_PAD] != config.image_token_id:
         raise InputError(f"{tokenizer_file}: {IMAGE_PAD} is token {vocab[IMAGE_PAD]}, the config says {config.image_token_id}")
-    m = patches.merge
+    m, vc = patches.merge, config.vision_config
+    # Qwen2.5-VL: window attention except in the full-attention blocks; window_size is in pixels
+    window = getattr(vc, "window_size", 0) // vc.patch_size // m * m
     vision = ExportUnit(
-        module=PatchEncoder(model.model.visual).eval(),
-        args=_example_patches(patches, (3 * m, 2 * m)),  # a non-square grid, so rows and columns differ
+        module=PatchEncoder(model.model.visual, window, tuple(getattr(vc, "fullatt_block_indexes", ()))).eval(),
+        args=_example_patches(patches, (3 * max(m, window), 2 * max(m, window))),  # non-square, several windows
         input_names=("pixel_values", "patch_positions"),
         output_names=("image_features",),
         dynamic_axes={"pixel_values": {0: "patches"}, "patch_positions": {0: "patches"}, "image_features": {0: "rows"}},

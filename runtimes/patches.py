@@ -49,7 +49,7 @@ def patchify(item: ImageLike, image: ImagePreprocess, spec: ImagePatches) -> tup
     """Flat float32 patches [n, C * T * P * P] of one image, and its patch grid (t, grid_h, grid_w)."""
     img = load_image(item)
     factor = spec.patch * spec.merge
-    h, w = spec.fixed or smart_size(img.height, img.width, factor, spec.min_pixels, spec.max_pixels)
+    h, w = smart_size(img.height, img.width, factor, spec.min_pixels, spec.max_pixels)
     pixels = normalize(np.asarray(img.resize((w, h), resample=RESAMPLE[image.resample])), image)  # [C, h, w]
     c, gh, gw, m, p = pixels.shape[0], h // spec.patch, w // spec.patch, spec.merge, spec.patch
     blocks = pixels.reshape(c, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)  # gh/m, gw/m, m, m, C, P, P

@@ -115,7 +115,6 @@ class ImagePatches:
     merge: int  # patches merged per side into one decoder row
     min_pixels: int
     max_pixels: int
-    fixed: tuple[int, int] | None = None  # (height, width) when the encoder was exported for one size only
     vision_start: str = ""  # text before the placeholder, e.g. "<|vision_start|>"
     vision_end: str = ""  # text after it
 

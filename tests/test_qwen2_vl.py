@@ -1,6 +1,6 @@
-"""Qwen2-VL end to end: patches match the transformers processor, the patch encoder matches the
-model at two resolutions, M-RoPE positions match the model's, and greedy generation with an image
-matches transformers token for token."""
+"""Qwen2-VL and Qwen2.5-VL end to end: patches match the transformers processor, the patch encoder
+matches the model at two resolutions, M-RoPE positions match the model's, and greedy generation
+with an image matches transformers token for token."""
 
 from __future__ import annotations
 
@@ -19,23 +19,24 @@ from tiny_models import tiny_qwen2_vl
 PROMPT = "Describe the picture."
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_qwen2_vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl", seed=1)  # seed 0 ends its answer after 6 tokens
+@pytest.fixture(scope="module", params=["2", "2.5"])
+def checkpoint(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / f"tiny-qwen{request.param}-vl"
+    return tiny_qwen2_vl(path, seed=1, version=request.param)  # seed 0 of Qwen2-VL ends its answer after 6 tokens
 
 
 @pytest.fixture(scope="module")
 def exported(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny-qwen2-vl-host"
+    out = tmp_path_factory.mktemp("bundles") / f"{checkpoint.name}-host"
     assert main(["export", "--model", str(checkpoint), "--device", "host", "--out", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def model(checkpoint):
-    from transformers import Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
-    return Qwen2VLForConditionalGeneration.from_pretrained(checkpoint).eval()
+    return AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
 
 
 def _image(picture, kind: str) -> Image.Image:

@@ -108,30 +108,33 @@ def tiny_idefics3(path: Path, seed: int = 0) -> Path:
 QWEN2_VL_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def tiny_qwen2_vl(path: Path, seed: int = 0) -> Path:
-    """A Qwen2-VL checkpoint: ViT with 4 px patches, 2x2 merge, 3 heads of 12 dims; Qwen2 decoder
-    with 3 KV heads of 14 dims and M-RoPE sections (1, 3, 3); images resized within 64 x 64 pixels."""
+def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2") -> Path:
+    """A Qwen2-VL (version "2") or Qwen2.5-VL ("2.5") checkpoint: ViT with 4 px patches, 2x2 merge,
+    3 heads of 12 dims (2.5: three blocks, windows of 16 px, the last block full); Qwen2 decoder with
+    3 KV heads of 14 dims and M-RoPE sections (1, 3, 3); images resized within 64 x 64 pixels."""
     import torch
-    from transformers import (
-        PreTrainedTokenizerFast,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-    )
+    import transformers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
     tok, ids = _tokenizer_with(QWEN2_VL_SPECIALS)
-    vision = dict(depth=2, embed_dim=36, hidden_size=84, mlp_ratio=2, num_heads=3, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    common = dict(num_heads=3, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        config_class, model_class = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
+        vision = dict(depth=2, embed_dim=36, hidden_size=84, mlp_ratio=2, **common)
+    else:
+        config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+        vision = dict(depth=3, hidden_size=36, intermediate_size=50, out_hidden_size=84, window_size=16, fullatt_block_indexes=[2], **common)
     text = dict(
         hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
         vocab_size=tok.get_vocab_size(), max_position_embeddings=512, bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<pad>"], rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 3, 3]},
     )
-    config = Qwen2VLConfig(
+    config = config_class(
         vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     _widen(model, seed)
     model.save_pretrained(path)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>").save_pretrained(path)
