@@ -6,7 +6,8 @@
 #   samples/android/ci/build_host.sh [OUT_DIR]     # default: samples/android/build/host
 #
 # Then:  java -Donnxruntime.native.path=OUT/lib -cp OUT/classes:ORT_CLASSES_JAR \
-#            org.edgemfm.host.HostRun --bundle DIR ...   (OUT/run.sh does exactly this)
+#            org.edgemfm.host.HostRun --bundle DIR ...   (OUT/run.sh does exactly this;
+#        OUT/run.sh --tokenize tokenizer.json texts.json runs TokenizeCheck instead)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,7 +34,9 @@ find "$HERE/app/src/main/java/org/edgemfm/bundle" "$HERE/host/java" -name '*.jav
 javac -nowarn -encoding UTF-8 --release 17 -classpath "$ORT/classes.jar" -d "$OUT/classes" @"$OUT/sources.txt"
 cat >"$OUT/run.sh" <<RUN
 #!/usr/bin/env bash
-exec java -Xss4m -Donnxruntime.native.path="$OUT/lib" -cp "$OUT/classes:$ORT/classes.jar" org.edgemfm.host.HostRun "\$@"
+MAIN=org.edgemfm.host.HostRun
+if [ "\${1:-}" = --tokenize ]; then MAIN=org.edgemfm.host.TokenizeCheck; shift; fi
+exec java -Donnxruntime.native.path="$OUT/lib" -cp "$OUT/classes:$ORT/classes.jar" "\$MAIN" "\$@"
 RUN
 chmod +x "$OUT/run.sh"
 echo "build_host: $OUT/run.sh"

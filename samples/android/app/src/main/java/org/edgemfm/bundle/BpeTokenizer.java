@@ -432,7 +432,66 @@ public final class BpeTokenizer {
     }
 
     public String decode(List<Integer> ids) {
-        return new String(decodeBytes(ids), StandardCharsets.UTF_8);
+        return utf8Lossy(decodeBytes(ids));
+    }
+
+    /**
+     * UTF-8 with each maximal invalid subsequence replaced by one U+FFFD (the WHATWG decoder,
+     * as Rust's from_utf8_lossy in tokenizers). Spelled out so the phone and the JVM agree:
+     * their built-in decoders are not specified to replace the same way.
+     */
+    static String utf8Lossy(byte[] bytes) {
+        StringBuilder out = new StringBuilder(bytes.length);
+        int needed = 0;
+        int seen = 0;
+        int cp = 0;
+        int lower = 0x80;
+        int upper = 0xBF;
+        for (int k = 0; k < bytes.length; k++) {
+            int b = bytes[k] & 0xFF;
+            if (needed == 0) {
+                if (b <= 0x7F) {
+                    out.append((char) b);
+                } else if (b >= 0xC2 && b <= 0xDF) {
+                    needed = 1;
+                    cp = b & 0x1F;
+                } else if (b >= 0xE0 && b <= 0xEF) {
+                    lower = b == 0xE0 ? 0xA0 : 0x80;
+                    upper = b == 0xED ? 0x9F : 0xBF;
+                    needed = 2;
+                    cp = b & 0x0F;
+                } else if (b >= 0xF0 && b <= 0xF4) {
+                    lower = b == 0xF0 ? 0x90 : 0x80;
+                    upper = b == 0xF4 ? 0x8F : 0xBF;
+                    needed = 3;
+                    cp = b & 0x07;
+                } else {
+                    out.append('\ufffd');
+                }
+                continue;
+            }
+            if (b < lower || b > upper) {
+                needed = 0;
+                seen = 0;
+                lower = 0x80;
+                upper = 0xBF;
+                out.append('\ufffd');
+                k--; // this byte starts afresh
+                continue;
+            }
+            lower = 0x80;
+            upper = 0xBF;
+            cp = (cp << 6) | (b & 0x3F);
+            if (++seen == needed) {
+                out.appendCodePoint(cp);
+                needed = 0;
+                seen = 0;
+            }
+        }
+        if (needed != 0) {
+            out.append('\ufffd');
+        }
+        return out.toString();
     }
 
     /** A token's bytes: byte characters mapped back, or its UTF-8 text when it holds other characters. */

@@ -80,11 +80,15 @@ public final class MultimodalModel implements AutoCloseable {
     /** Greedy decoding; returns the generated token ids (EOS excluded). `image` may be null. */
     public int[] generate(String prompt, ImagePreprocessor.RgbImage image, int maxNewTokens, TokenListener listener)
             throws OrtException {
-        int[] ids = tokenizer.encode(promptText(prompt, image != null));
+        int[] ids = promptIds(prompt, image != null);
+        if (maxNewTokens <= 0) {
+            return new int[0];
+        }
         float[][] rows = embed(ids);
         if (image != null) {
             rows = mergeImage(ids, rows, encodeImage(image));
         }
+        emitted = "";
         BundleManifest.KvCache kv = manifest.decoder().kvCache;
         List<Integer> out = new ArrayList<>();
         OrtSession.Result previous = null;
@@ -120,14 +124,31 @@ public final class MultimodalModel implements AutoCloseable {
         return result;
     }
 
-    /** The prompt template with {media} and {prompt} filled in one pass (the user's text is not re-scanned). */
-    String promptText(String prompt, boolean withImage) {
-        String t = manifest.promptTemplate;
+    /**
+     * The token ids of the templated prompt with one image placeholder token per image, as the
+     * Python Pipeline.prompt_ids: a placeholder typed by the user is refused, not taken as an image.
+     */
+    public int[] promptIds(String prompt, boolean withImage) {
         BundleManifest.Media m = manifest.media.get("image");
-        String media = withImage && m != null ? m.placeholder : "";
         if (withImage && m == null) {
-            throw new BundleException("this bundle takes no image; its media are " + manifest.media.keySet());
+            throw new BundleException("this bundle takes no image input; it takes: text " + manifest.media.keySet());
         }
+        int[] ids = tokenizer.encode(promptText(prompt, withImage ? m.placeholder : ""));
+        if (m != null) {
+            int seen = 0;
+            for (int id : ids) {
+                seen += id == m.tokenId ? 1 : 0;
+            }
+            if (seen != (withImage ? 1 : 0)) {
+                throw new BundleException("the prompt must not contain the image placeholder " + m.placeholder.trim());
+            }
+        }
+        return ids;
+    }
+
+    /** Python's template.format(media=..., prompt=...): {media}, {prompt}, and {{ }} for braces. */
+    String promptText(String prompt, String media) {
+        String t = manifest.promptTemplate;
         StringBuilder b = new StringBuilder();
         int k = 0;
         while (k < t.length()) {
@@ -137,6 +158,11 @@ public final class MultimodalModel implements AutoCloseable {
             } else if (t.startsWith("{prompt}", k)) {
                 b.append(prompt);
                 k += 8;
+            } else if (t.startsWith("{{", k) || t.startsWith("}}", k)) {
+                b.append(t.charAt(k));
+                k += 2;
+            } else if (t.charAt(k) == '{' || t.charAt(k) == '}') {
+                throw new BundleException("prompt template " + t + ": only {media} and {prompt} may appear in braces");
             } else {
                 b.append(t.charAt(k++));
             }
@@ -195,23 +221,18 @@ public final class MultimodalModel implements AutoCloseable {
         throw new BundleException("no output " + name);
     }
 
-    /** Each image placeholder token becomes the encoder's rows, as LLaVA's processor + model do. */
+    /** The image placeholder token becomes the encoder's rows, as LLaVA's processor + model do. */
     private float[][] mergeImage(int[] ids, float[][] rows, float[][] image) {
         int token = manifest.media.get("image").tokenId;
         List<float[]> merged = new ArrayList<>();
-        int seen = 0;
         for (int k = 0; k < ids.length; k++) {
             if (ids[k] == token) {
-                seen++;
                 for (float[] row : image) {
                     merged.add(row);
                 }
             } else {
                 merged.add(rows[k]);
             }
-        }
-        if (seen != 1) {
-            throw new BundleException("the prompt holds " + seen + " image placeholders (token " + token + "); one image needs one");
         }
         return merged.toArray(new float[0][]);
     }
@@ -308,34 +329,20 @@ public final class MultimodalModel implements AutoCloseable {
         return best;
     }
 
-    private int emitted; // chars of the decoded answer already handed to the listener
+    private String emitted = ""; // the answer's text already handed to the listener
 
-    /** The text that the newest token completes; bytes of an unfinished UTF-8 character wait. */
+    /**
+     * The text the newest token adds, as the Python runtime's detokenize(): decode the whole
+     * answer, and hold back while it ends in U+FFFD (a multi-byte character not yet complete).
+     */
     private String newText(List<Integer> ids) {
-        if (ids.size() == 1) {
-            emitted = 0;
+        String text = tokenizer.decode(ids);
+        if (text.endsWith("\ufffd") || text.length() <= emitted.length()) {
+            return "";
         }
-        byte[] bytes = tokenizer.decodeBytes(ids);
-        int end = completeUtf8Length(bytes);
-        String text = new String(bytes, 0, end, StandardCharsets.UTF_8);
-        String piece = text.length() > emitted ? text.substring(emitted) : "";
-        emitted = Math.max(emitted, text.length());
+        String piece = text.substring(emitted.length());
+        emitted = text;
         return piece;
-    }
-
-    static int completeUtf8Length(byte[] b) {
-        int k = b.length;
-        int back = 0;
-        while (k > 0 && back < 4 && (b[k - 1] & 0xC0) == 0x80) {
-            k--;
-            back++;
-        }
-        if (k == 0) {
-            return b.length;
-        }
-        int lead = b[k - 1] & 0xFF;
-        int need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
-        return need > back + 1 ? k - 1 : b.length;
     }
 
     static void verifyFiles(File dir, BundleManifest manifest) throws IOException {
