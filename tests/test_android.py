@@ -221,3 +221,22 @@ def test_fetch_is_cached_and_pinned(android_inputs):
         assert len(value) == 64 and int(value, 16) >= 0, pin
     cache = Path(os.environ.get("EDGEMFM_ANDROID_CACHE", Path.home() / ".cache/edgemfm/android"))
     assert not list(cache.glob(".tmp-*")), "a fetch left a temporary folder behind"
+
+
+def test_put_bundle_copies_a_verified_bundle_or_nothing(android_bundle, tmp_path):
+    import shutil
+
+    dest = tmp_path / "assets" / "bundle"
+    r = _run(["bash", str(CI / "put_bundle.sh"), str(android_bundle), str(dest)])
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((android_bundle / "manifest.json").read_text())
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*manifest["files"], "manifest.json"])
+
+    broken = tmp_path / "broken"
+    shutil.copytree(android_bundle, broken)
+    with open(broken / "tokenizer.json", "a") as f:
+        f.write(" ")
+    r = _run(["bash", str(CI / "put_bundle.sh"), str(broken), str(dest)])
+    assert r.returncode != 0 and "differs from its manifest entry" in r.stderr
+    assert (dest / "tokenizer.json").read_bytes() == (android_bundle / "tokenizer.json").read_bytes()
+    assert not list(dest.parent.glob(".bundle.*")), "a failed copy left a temporary folder behind"

@@ -2,16 +2,16 @@
 # Copy an edgemfm bundle into the app's assets, where the app (BundleAssets.java) looks for it.
 #
 #   edgemfm export --device android --out bundles/android
-#   samples/android/ci/put_bundle.sh bundles/android
+#   samples/android/ci/put_bundle.sh bundles/android [DEST]
 #
 # Copies exactly the files the bundle's manifest.json lists (plus the manifest), after checking
-# each one's size and sha256, into a temporary folder that then replaces
-# app/src/main/assets/bundle/ (git ignores it: bundles are build outputs, not sources).
+# each one's size and sha256, into a temporary folder that then replaces DEST (default:
+# app/src/main/assets/bundle/, which git ignores: bundles are build outputs, not sources).
 set -euo pipefail
 
-[ $# -eq 1 ] || { echo "usage: $0 BUNDLE_DIR" >&2; exit 2; }
+[ $# -eq 1 ] || [ $# -eq 2 ] || { echo "usage: $0 BUNDLE_DIR [DEST]" >&2; exit 2; }
 SRC="$1"
-DEST="$(cd "$(dirname "$0")/.." && pwd)/app/src/main/assets/bundle"
+DEST="${2:-$(cd "$(dirname "$0")/.." && pwd)/app/src/main/assets/bundle}"
 [ -f "$SRC/manifest.json" ] || { echo "put_bundle: $SRC has no manifest.json; is it an edgemfm bundle?" >&2; exit 2; }
 
 mkdir -p "$(dirname "$DEST")"
