@@ -74,6 +74,9 @@ class Pipeline:
         for kind in media:
             if kind not in specs:
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *specs])}")
+        pre = self.manifest.preprocess
+        if isinstance(media.get("image"), int) and (pre.image_splitting or pre.image_patches):
+            raise InputError("this bundle's images span several slots or a grid; pass items from Pipeline.prepare, not a count")
         texts = {k: specs[k].placeholder * v if isinstance(v, int) else "".join(p.text for p in v) for k, v in media.items()}
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in media.items()}
         ids = self.tokenizer.encode(self.manifest.prompt.template.format(media="".join(texts.values()), prompt=prompt)).ids

@@ -19,7 +19,8 @@ from tiny_models import tiny_qwen2_vl
 PROMPT = "Describe the picture."
 
 
-@pytest.fixture(scope="module", params=["2", "2.5"])
+# Qwen2.5-VL's full export runs with -m slow; its windowed tower is checked in PyTorch by default.
+@pytest.fixture(scope="module", params=["2", pytest.param("2.5", marks=pytest.mark.slow)])
 def checkpoint(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / f"tiny-qwen{request.param}-vl"
     return tiny_qwen2_vl(path, seed=1, version=request.param)  # seed 0 of Qwen2-VL ends its answer after 6 tokens
@@ -134,3 +135,24 @@ def test_greedy_generation_matches_transformers(checkpoint, model, exported, pic
     theirs = [t for t in out[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
     assert len(ours) >= 12 and len(set(ours)) > 4  # a real sequence, not an immediate stop or one repeated token
     assert ours == theirs
+
+
+@pytest.mark.parametrize("kind", ["picture", "tall"])
+def test_windowed_patch_encoder_matches_qwen2_5_vl(tmp_path_factory, picture, kind):
+    """The exported module of Qwen2.5-VL (window masks from patch positions, no reordering) against
+    the model's own windowed tower, in PyTorch, at two resolutions."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from edgemfm.exporters.qwen2_vl import split
+
+    path = tiny_qwen2_vl(tmp_path_factory.mktemp("models") / "qwen2.5-vl", seed=1, version="2.5")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval()
+    encoder = split(model, path).units["vision_encoder"].module
+    assert encoder.window == 4 and encoder.full_blocks == {2}  # 16 px windows of 4 px patches
+    reference = _reference(path, _image(picture, kind))
+    _, h, w = reference["image_grid_thw"][0].tolist()
+    with torch.no_grad():
+        theirs = model.model.get_image_features(reference["pixel_values"], reference["image_grid_thw"]).pooler_output[0]
+        ours = encoder(reference["pixel_values"], torch.from_numpy(patch_positions(h, w, 2)))
+    assert ours.shape == theirs.shape and h > 4 and w > 4  # several windows each way
+    assert (ours - theirs).abs().max() <= 1e-5 * max(1.0, theirs.abs().max())
