@@ -99,7 +99,7 @@ def split(model: Any, model_dir: Path) -> Split:
     image, splitting = splitting_preprocess(model_dir)
     tokenizer, tokenizer_file = tokenizer_spec(model_dir, config)
     vocab = HFTokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
-    needed = [IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE, "<row_1_col_1>"]
+    needed = [IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE, "<row_1_col_1>"] + ["<|im_start|>"] * (config.model_type == "smolvlm")
     if missing := [t for t in needed if t not in vocab]:
         raise InputError(f"{tokenizer_file}: token {missing[0]!r} is missing; Idefics3 prompts need: {', '.join(needed)}")
     if vocab[IMAGE] != config.image_token_id:
@@ -112,7 +112,7 @@ def split(model: Any, model_dir: Path) -> Split:
         dynamic_axes={"pixel_values": {0: "tiles"}, "image_features": {0: "tiles"}},
     )
     # SmolVLM's chat template opens with <|im_start|>; Idefics3's (Llama 3) relies on the tokenizer's BOS.
-    start = "<|im_start|>" if "<|im_start|>" in vocab else ""
+    start = "<|im_start|>" if config.model_type == "smolvlm" else ""
     return Split(
         units={
             "vision_encoder": vision,

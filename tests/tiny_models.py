@@ -68,22 +68,17 @@ IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utter
 ]
 
 
-def tiny_idefics3(path: Path, seed: int = 0) -> Path:
-    """An Idefics3 checkpoint: SigLIP tower on 30 px tiles (5 px patches), pixel shuffle by 3
-    (4 rows per tile), GQA Llama decoder with 3 KV heads; images resized to 90 px, so 3 x 3 tiles."""
+def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
+    """An Idefics3 (or, with kind="smolvlm", a SmolVLM) checkpoint: SigLIP tower on 30 px tiles
+    (5 px patches), pixel shuffle by 3 (4 rows per tile), GQA Llama decoder with 3 KV heads;
+    images resized to 90 px, so a 4:3 picture gives 3 x 3 tiles."""
     import torch
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-        Idefics3VisionConfig,
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-    )
+    import transformers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
 
+    names = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[kind]
     tok, ids = _tokenizer_with(IDEFICS3_SPECIALS)
-    vision = Idefics3VisionConfig(
+    vision = getattr(transformers, f"{names}VisionConfig")(
         hidden_size=36, intermediate_size=60, num_hidden_layers=2, num_attention_heads=3, image_size=30, patch_size=5,
     )
     text = LlamaConfig(
@@ -91,17 +86,21 @@ def tiny_idefics3(path: Path, seed: int = 0) -> Path:
         num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=512,
         bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
     )
-    config = Idefics3Config(
+    config = getattr(transformers, f"{names}Config")(
         vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=ids["<image>"], scale_factor=3,
         pad_token_id=ids["<pad>"],
     )
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config).eval()
+    model = getattr(transformers, f"{names}ForConditionalGeneration")(config).eval()
     _widen(model, seed)
     model.save_pretrained(path)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    images = Idefics3ImageProcessorPil(size={"longest_edge": 90}, max_image_size={"longest_edge": 30})
-    Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4).save_pretrained(path)
+    images = getattr(transformers, f"{names}ImageProcessorPil")(size={"longest_edge": 90}, max_image_size={"longest_edge": 30})
+    if kind == "idefics3":
+        transformers.Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4).save_pretrained(path)
+    else:  # SmolVLMProcessor also wants a video processor, which needs torchvision
+        fast.save_pretrained(path)
+        images.save_pretrained(path)
     return path
 
 
