@@ -91,8 +91,8 @@ def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], toleran
     return diff, scale
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Component, dict[str, float]]:
-    """Export `unit` to `path`, check it in ONNX Runtime, and describe it for the manifest."""
+def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, dict[str, Any]]:
+    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
     import onnx
     import onnx.numpy_helper
 
@@ -111,7 +111,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
             verbose=False,
         )
     unfused_diff, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
-    fusion = fuse(path)
+    fusion = fuse(path) if fuse_ops else {"skipped": "export --no-fuse"}
     diff, scale = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)

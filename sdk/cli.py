@@ -52,7 +52,7 @@ def cmd_devices(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
-    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force)
+    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force, fuse=not args.no_fuse)
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
@@ -124,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
