@@ -1,0 +1,77 @@
+"""The built-in default model: a small, UNTRAINED LLaVA-style model made deterministically.
+
+It lets `edgemfm export` run with no download: a CLIP vision tower (224 px, 32 px patches),
+a two-layer projector and a Llama decoder with grouped-query attention, all with weights drawn
+from a fixed seed, and a byte-level tokenizer (256 bytes + 4 special tokens). Its answers are
+meaningless text; it exists to exercise the whole path. The trained demo model replaces it.
+
+Example:
+    >>> path = build(Path("/tmp/edgemfm-default"))   # doctest: +SKIP
+    >>> sorted(p.name for p in path.iterdir())[:2]   # doctest: +SKIP
+    ['config.json', 'generation_config.json']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_ID = "edgemfm-default-untrained"
+SPECIALS = ("<s>", "</s>", "<pad>", "<image>")  # ids 256..259, after the 256 byte tokens
+SEED = 0
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer: every byte is a token, so any text round-trips."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab = {token: i for i, token in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIALS))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return tok
+
+
+def build(path: Path) -> Path:
+    """Write the default model as a Hugging Face checkpoint directory at `path`."""
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
+
+    tok = byte_tokenizer()
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    vision = CLIPVisionConfig(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        image_size=224, patch_size=32, projection_dim=128,
+    )
+    text = LlamaConfig(
+        hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+        num_key_value_heads=2, vocab_size=tok.get_vocab_size(), max_position_embeddings=2048,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=ids["<image>"],
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(SEED)
+    model = LlavaForConditionalGeneration(config).eval()
+    # Random init at std 0.02 gives near-uniform logits; wider weights give a decisive argmax.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.5)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
+    return path

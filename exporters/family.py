@@ -1,0 +1,51 @@
+"""What a model family gives the exporter: how to load, split and describe a checkpoint.
+
+Example:
+    >>> from edgemfm.exporters import find_family
+    >>> family = find_family({"model_type": "llava"})
+    >>> family.tolerance
+    0.0001
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemfm.manifest import KVCache, Preprocess, Prompt, Tokenizer
+
+
+@dataclass
+class ExportUnit:
+    """One component as a torch module with example inputs and named dynamic axes."""
+
+    module: Any  # torch.nn.Module
+    args: tuple[Any, ...]  # example inputs; a nested tuple becomes consecutive flat inputs
+    input_names: tuple[str, ...]  # flat, in order
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]  # flat input or output name -> {dim: axis name}
+    kv_cache: KVCache | None = None
+
+
+@dataclass
+class Split:
+    """A checkpoint split into components, plus what the runtime needs beside the graphs."""
+
+    units: dict[str, ExportUnit]
+    prompt: Prompt
+    preprocess: Preprocess
+    tokenizer: Tokenizer
+    tokenizer_file: Path  # copied into the bundle as tokenizer.json
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values
+    architectures: tuple[str, ...]  # config.json architectures values
+    tolerance: float  # max abs difference of component outputs, ONNX Runtime vs PyTorch
+    load: Callable[[Path], Any]  # model dir -> torch model in eval mode, fp32
+    split: Callable[[Any, Path], Split]  # (model, model dir) -> Split

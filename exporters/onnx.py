@@ -1,0 +1,112 @@
+"""Write one component to ONNX with torch.onnx's dynamo exporter, and prove its parity.
+
+The dynamo exporter gives much cleaner graphs than the TorchScript one (a Llama decoder: about
+200 nodes against 600) and handles the flat KV cache with named dynamic axes; every component is
+run once in ONNX Runtime against PyTorch on its example inputs before it enters a bundle.
+
+Example:
+    >>> component, parity = write_onnx(unit, Path("stage/text_decoder.onnx"), tolerance=1e-4)  # doctest: +SKIP
+    >>> parity["max_abs_diff"] < 1e-4                                                          # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgemfm.errors import EdgemfmError
+from edgemfm.exporters.family import ExportUnit
+from edgemfm.manifest import Component, TensorSpec
+
+OPSET = 18
+
+
+class ParityError(EdgemfmError):
+    """An exported graph does not reproduce the PyTorch model within the family's tolerance."""
+
+
+def _flat(args: tuple[Any, ...]) -> list[torch.Tensor]:
+    return [t for a in args for t in (a if isinstance(a, tuple) else (a,))]
+
+
+def _dynamic_shapes(unit: ExportUnit) -> tuple[Any, ...]:
+    dims: dict[str, torch.export.Dim] = {}
+    names = iter(unit.input_names)
+
+    def spec(_tensor: torch.Tensor) -> dict[int, Any]:
+        axes = unit.dynamic_axes.get(next(names), {})
+        return {d: dims.setdefault(a, torch.export.Dim(a)) for d, a in axes.items()}
+
+    return tuple(tuple(spec(t) for t in a) if isinstance(a, tuple) else spec(a) for a in unit.args)
+
+
+def _spec(name: str, t: torch.Tensor, axes: dict[int, str]) -> TensorSpec:
+    dtype = str(t.dtype).removeprefix("torch.")
+    return TensorSpec(name, dtype, tuple(axes.get(d, int(n)) for d, n in enumerate(t.shape)))
+
+
+def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
+    """PyTorch outputs on the example inputs, and the largest tensor any submodule produced."""
+    peak = 0
+
+    def hook(_m, _i, out):
+        nonlocal peak
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                peak = max(peak, t.numel() * t.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in unit.module.modules()]
+    try:
+        with torch.no_grad():
+            out = unit.module(*unit.args)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(out) if isinstance(out, (tuple, list)) else [out], peak
+
+
+def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Component, dict[str, float]]:
+    """Export `unit` to `path`, check it in ONNX Runtime, and describe it for the manifest."""
+    import onnx
+    import onnx.numpy_helper
+    import onnxruntime as ort
+
+    reference, peak = _reference(unit)
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each stage
+        torch.onnx.export(
+            unit.module,
+            unit.args,
+            str(path),
+            input_names=list(unit.input_names),
+            output_names=list(unit.output_names),
+            dynamic_shapes=_dynamic_shapes(unit),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
+    got = session.run(list(unit.output_names), feeds)
+    diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
+    if not diff <= tolerance:
+        raise ParityError(f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g}")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
+    component = Component(
+        file=path.name,
+        format="onnx",
+        dtype="float32",
+        inputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.input_names, _flat(unit.args))),
+        outputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.output_names, reference)),
+        weight_bytes=weight_bytes,
+        peak_activation_bytes=peak,
+        kv_cache=unit.kv_cache,
+    )
+    return component, {"max_abs_diff": diff, "tolerance": tolerance, "nodes": len(graph.node)}

@@ -1,0 +1,52 @@
+"""The ONNX Runtime backend: one session per component, providers in the profile's order.
+
+A provider the profile prefers but this machine lacks (TensorRT on a board without it, CUDA in
+an emulator) is skipped with one log line naming it and the provider used instead.
+
+Example:
+    >>> session = OrtSession.load("bundle/text_decoder.onnx", ("CPUExecutionProvider",))  # doctest: +SKIP
+    >>> session.provider                                                                 # doctest: +SKIP
+    'CPUExecutionProvider'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger("edgemfm")
+
+
+def choose_providers(preferred: Sequence[str]) -> list[str]:
+    """The preferred providers this onnxruntime build has, in order; CPU when it has none of them."""
+    available = ort.get_available_providers()
+    chosen = [p for p in preferred if p in available] or ["CPUExecutionProvider"]
+    if missing := [p for p in preferred if p not in available]:
+        log.warning("edgemfm: %s not available here; using %s", ", ".join(missing), chosen[0])
+    return chosen
+
+
+class OrtSession:
+    """A component's inference session (the backend protocol: load, run, input/output names)."""
+
+    def __init__(self, session: ort.InferenceSession):
+        self.session = session
+        self.input_names = tuple(i.name for i in session.get_inputs())
+        self.output_names = tuple(o.name for o in session.get_outputs())
+        self.provider = session.get_providers()[0]
+
+    @classmethod
+    def load(cls, path: str | Path, providers: Sequence[str], threads: int = 0, spin: bool = True) -> OrtSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime picks one per core
+        # Idle sessions that spin their threads slow the busy one on a small CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        options.log_severity_level = 3
+        return cls(ort.InferenceSession(str(path), options, providers=list(providers)))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(None, feeds)))

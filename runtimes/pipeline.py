@@ -1,0 +1,148 @@
+"""`load` a bundle into a `Pipeline`, and `generate` text from a prompt with images.
+
+The pipeline reads only the manifest: which component embeds tokens, which encodes each kind
+of media, which placeholder token receives the encoder's rows, and the decoder's KV layout.
+
+Example:
+    >>> import edgemfm
+    >>> pipe = edgemfm.load("bundles/default-jetson")                          # doctest: +SKIP
+    >>> "".join(pipe.generate("What is this?", images=["cat.png"], max_new_tokens=8))  # doctest: +SKIP
+    'A cat on a mat.'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edgemfm import bundle
+from edgemfm.errors import InputError
+from edgemfm.manifest import Manifest
+from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.runtimes.decoding import detokenize, greedy
+from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
+from edgemfm.runtimes.preprocess import ImageLike, preprocess_image
+
+
+class Pipeline:
+    """A loaded bundle: one session per component, the tokenizer and the pre-processors."""
+
+    def __init__(self, path: Path, manifest: Manifest, profile: DeviceProfile, threads: int = 0):
+        self.path, self.manifest, self.profile = path, manifest, profile
+        providers = choose_providers(profile.execution_providers)
+        several = len(manifest.components) > 1
+        self.sessions = {
+            name: OrtSession.load(path / c.file, providers, threads=threads, spin=not several)
+            for name, c in manifest.components.items()
+        }
+        self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the decoder runs on."""
+        return self.sessions[self.manifest.generation.decoder].provider
+
+    def prompt_ids(self, prompt: str, images: int = 0, audio: int = 0) -> list[int]:
+        """The token ids of the templated prompt, with one placeholder token per media item."""
+        media = self.manifest.prompt.media
+        counts = {"image": images, "audio": audio}
+        for kind, n in counts.items():
+            if n and kind not in media:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *media])}")
+        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if n)
+        ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
+        for kind, n in counts.items():
+            if n and ids.count(media[kind].token_id) != n:
+                raise InputError(f"the prompt must not contain the {kind} placeholder {media[kind].placeholder.strip()!r}")
+        return ids
+
+    def embed(self, ids: Sequence[int], images: Sequence[ImageLike] = ()) -> np.ndarray:
+        """Decoder inputs [1, seq, hidden]: token embeddings with each image's rows spliced in."""
+        g = self.manifest.generation
+        tokens = self.sessions[g.embedding].run({"input_ids": np.asarray([ids], dtype=np.int64)})["inputs_embeds"]
+        if not images:
+            return tokens
+        image = self.manifest.prompt.media["image"]
+        spec = self.manifest.preprocess.image
+        encoder = self.sessions[image.encoder]
+        positions = [i for i, t in enumerate(ids) if t == image.token_id]
+        pieces, start = [], 0
+        for pos, item in zip(positions, images):  # one image at a time: a bounded activation peak
+            rows = encoder.run({image.input: preprocess_image(item, spec)[None]})[image.output]
+            pieces += [tokens[:, start:pos], rows.astype(tokens.dtype)]
+            start = pos + 1
+        pieces.append(tokens[:, start:])
+        return np.concatenate(pieces, axis=1)
+
+    def generate_tokens(
+        self,
+        prompt: str,
+        images: Sequence[ImageLike] = (),
+        audio: Sequence[str] = (),
+        max_new_tokens: int | None = None,
+    ) -> Iterator[int]:
+        """New token ids, greedily, until an end-of-sequence token or `max_new_tokens`."""
+        images = list(images)
+        ids = self.prompt_ids(prompt, len(images), len(audio))
+        embeds = self.embed(ids, images)
+        g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
+        decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
+        past = {
+            kv.past.format(layer=i, kind=k): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
+            for i in range(kv.layers)
+            for k in ("key", "value")
+        }
+        total = 0
+        limit = g.max_new_tokens if max_new_tokens is None else max_new_tokens
+        for _ in range(limit):
+            seq = embeds.shape[1]
+            out = decoder.run({
+                "inputs_embeds": embeds,
+                "attention_mask": np.ones((1, total + seq), np.int64),
+                "position_ids": np.arange(total, total + seq, dtype=np.int64)[None],
+                **past,
+            })
+            total += seq
+            token = greedy(out["logits"][0, -1])
+            if token in self.manifest.tokenizer.eos_token_ids:
+                return
+            yield token
+            past = {name: out[kv.present.format(**_layer_kind(name))] for name in past}
+            embeds = embedding.run({"input_ids": np.asarray([[token]], dtype=np.int64)})["inputs_embeds"]
+
+    def generate(
+        self,
+        prompt: str,
+        images: Sequence[ImageLike] = (),
+        audio: Sequence[str] = (),
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """Pieces of the answer's text as they are generated.
+
+        Example:
+            >>> for piece in pipe.generate("Describe the image.", images=["photo.jpg"]):  # doctest: +SKIP
+            ...     print(piece, end="", flush=True)
+        """
+        return detokenize(self.tokenizer, self.generate_tokens(prompt, images, audio, max_new_tokens))
+
+
+def _layer_kind(past_name: str) -> dict[str, str]:
+    _, layer, kind = past_name.split(".")
+    return {"layer": layer, "kind": kind}
+
+
+def load(path: str | Path, device: str | None = None, threads: int = 0) -> Pipeline:
+    """Open a bundle, verify every file's sha256, and start a session per component.
+
+    `device` picks the profile whose execution providers are tried (default: the bundle's).
+
+    Example:
+        >>> pipe = edgemfm.load("bundles/default-jetson", device="jetson")  # doctest: +SKIP
+    """
+    path = Path(path)
+    manifest = bundle.read_manifest(path)
+    profile = load_profile(device or manifest.profile)
+    return Pipeline(path, manifest, profile, threads=threads)

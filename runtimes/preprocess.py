@@ -1,0 +1,60 @@
+"""Image pre-processing in numpy and Pillow, matching the CLIP image processor of transformers.
+
+resize (shortest edge, keep aspect) -> centre crop -> rescale -> normalize -> CHW float32
+
+Example:
+    >>> spec = ImagePreprocess(224, 224, "bicubic", 1 / 255, (0.5,) * 3, (0.5,) * 3)
+    >>> preprocess_image(Image.new("RGB", (640, 480)), spec).shape
+    (3, 224, 224)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgemfm.errors import InputError
+from edgemfm.manifest import ImagePreprocess
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+def load_image(item: ImageLike) -> Image.Image:
+    """An RGB Pillow image from a path, a Pillow image or an HxWx3 uint8 array."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+            raise InputError(f"image array must be HxWx3 uint8, got {item.dtype} {item.shape}")
+        return Image.fromarray(item, "RGB")
+    path = Path(item)
+    if not path.is_file():
+        raise InputError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, TIFF ...)") from None
+
+
+def _resize_shortest_edge(img: Image.Image, size: int, resample: str) -> Image.Image:
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    return img.resize((new_w, new_h), resample=_RESAMPLE[resample])
+
+
+def preprocess_image(item: ImageLike, spec: ImagePreprocess) -> np.ndarray:
+    """One image -> a float32 [3, crop, crop] array ready for the vision encoder."""
+    img = _resize_shortest_edge(load_image(item), spec.size, spec.resample)
+    pixels = np.asarray(img, dtype=np.float32)
+    h, w = pixels.shape[:2]
+    top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
+    pixels = pixels[top : top + spec.crop, left : left + spec.crop]
+    pixels = (pixels * spec.rescale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)

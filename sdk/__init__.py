@@ -1,0 +1,38 @@
+"""edgemfm: deploy multimodal foundation models to edge devices.
+
+`import edgemfm` is light: it loads neither torch nor transformers nor onnx. Exporting needs
+`pip install 'edgemfm[export]'`; running a bundle needs only the runtime install.
+
+Example:
+    >>> import edgemfm
+    >>> path = edgemfm.export(device="jetson", out="bundles/default-jetson")        # doctest: +SKIP
+    >>> pipe = edgemfm.load(path)                                                   # doctest: +SKIP
+    >>> print("".join(pipe.generate("What is this?", images=["cat.png"])))         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgemfm.errors import EdgemfmError
+from edgemfm.profiles import DeviceProfile, list_profiles, load_profile
+
+__version__ = "0.1.0"
+__all__ = ["DeviceProfile", "EdgemfmError", "export", "list_profiles", "load", "load_profile"]
+
+if TYPE_CHECKING:
+    from edgemfm.export import export
+    from edgemfm.runtimes.pipeline import load
+
+
+def __getattr__(name: str) -> Any:
+    # export and load pull in their stacks only when used
+    if name == "export":
+        from edgemfm.export import export
+
+        return export
+    if name == "load":
+        from edgemfm.runtimes.pipeline import load
+
+        return load
+    raise AttributeError(f"module 'edgemfm' has no attribute {name!r}")

@@ -1,0 +1,151 @@
+"""The `edgemfm` command line: devices, export, run, inspect.
+
+A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
+neither torch nor transformers nor onnx.
+
+Example:
+    $ edgemfm devices
+    $ edgemfm export --device jetson --out bundles/default-jetson
+    $ edgemfm run bundles/default-jetson --prompt "What is in the picture?" --image cat.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgemfm.errors import EdgemfmError
+from edgemfm.profiles import list_profiles, load_profile
+from edgemfm.records import to_dict
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _gb(n: float) -> str:
+    return f"{n:g} GB"
+
+
+def cmd_devices(args: argparse.Namespace) -> None:
+    if args.action == "show":
+        if not args.name:
+            raise EdgemfmError("devices show needs a device NAME; see `edgemfm devices`")
+        p = load_profile(args.name)
+        out.print_json(json.dumps(to_dict(p)))
+        return
+    profiles = list_profiles()
+    if args.json:
+        print(json.dumps([to_dict(p) for p in profiles], indent=2))
+        return
+    table = Table(title="edgemfm device profiles")
+    for col in ("name", "aliases", "memory", "bandwidth", "int8 peak", "providers", "formats"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(
+            p.name, ", ".join(p.aliases), f"{_gb(p.memory_gb)} ({_gb(p.usable_memory_gb)} usable)",
+            f"{p.bandwidth_gbps:g} GB/s", f"{p.peak_int8_gops / 1000:g} TOPS",
+            ", ".join(x.removesuffix("ExecutionProvider") for x in p.execution_providers), ", ".join(p.formats),
+        )
+    out.print(table)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from edgemfm.export import export
+
+    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force)
+    from edgemfm.bundle import read_manifest
+
+    m = read_manifest(path)
+    size = sum(f.bytes for f in m.files.values())
+    out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from edgemfm.runtimes.pipeline import load
+
+    pipe = load(args.bundle, device=args.device, threads=args.threads)
+    for piece in pipe.generate(args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from edgemfm.bundle import read_manifest
+
+    m = read_manifest(args.bundle)
+    if args.json:
+        print(m.to_json(), end="")
+        return
+    out.print(f"[bold]{m.model_id}[/bold] ({m.family}) for [bold]{m.profile}[/bold], schema v{m.schema_version}")
+    table = Table()
+    for col in ("component", "file", "format", "size", "precision", "inputs", "parity (max abs diff)"):
+        table.add_column(col)
+    parity = m.report.get("parity", {})
+    for name, c in m.components.items():
+        spec = m.recipe.spec_for(name)
+        table.add_row(
+            name, c.file, c.format, f"{m.files[c.file].bytes / 2**20:.2f} MiB",
+            f"int{spec.bits}" if spec else c.dtype,
+            ", ".join(f"{i.name}{list(i.shape)}" for i in c.inputs[:3]) + (" ..." if len(c.inputs) > 3 else ""),
+            f"{parity[name]['max_abs_diff']:.2e}" if name in parity else "-",
+        )
+    out.print(table)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("devices", help="list device profiles, or show one")
+    d.add_argument("action", nargs="?", choices=["show"], help="show one profile in full")
+    d.add_argument("name", nargs="?", help="device name or alias (with show)")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_devices)
+
+    e = sub.add_parser("export", help="export a model into a bundle for a device")
+    e.add_argument("--model", help="Hugging Face checkpoint directory (default: the built-in default model)")
+    e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
+    e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
+    e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
+    e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
+    e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
+    r.add_argument("bundle", help="bundle directory")
+    r.add_argument("--prompt", required=True)
+    r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
+    r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
+    r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
+    r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
+    i.add_argument("bundle", help="bundle directory")
+    i.add_argument("--json", action="store_true", help="print the manifest")
+    i.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EdgemfmError as e:
+        err.print(f"[red]edgemfm: error:[/red] {e}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("edgemfm: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`export`: a model checkpoint + a device profile -> a verified bundle directory.
+
+Example:
+    >>> import edgemfm
+    >>> path = edgemfm.export(device="jetson", out="bundles/default-jetson")  # doctest: +SKIP
+    >>> sorted(p.name for p in path.iterdir())                               # doctest: +SKIP
+    ['manifest.json', 'text_decoder.onnx', 'token_embedding.onnx', 'tokenizer.json', 'vision_encoder.onnx']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgemfm import bundle
+from edgemfm.errors import InputError, MissingExtraError
+from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, StreamingSettings
+from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.recipe import FLOAT32
+
+WRITERS = ("onnx",)  # bundle formats with a writer; the profile lists what its device runs
+PRECISIONS = {"fp32": FLOAT32}  # precision name -> recipe
+
+
+def _require_toolchain() -> None:
+    for module in ("torch", "transformers", "onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise MissingExtraError(module) from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the toolchain's own warnings and progress bars; our rich bar tells the story."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
+    """The checkpoint directory and model id; the built-in default model when `model` is None."""
+    if model is None:
+        from edgemfm.exporters import default_model
+
+        return default_model.build(scratch / "default-model"), default_model.MODEL_ID
+    path = Path(model)
+    if not path.is_dir():
+        raise InputError(f"model directory {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
+    return path, path.resolve().name
+
+
+def _check_options(profile: DeviceProfile, format: str, precision: str) -> None:
+    formats = [f for f in WRITERS if f in profile.formats]
+    if format not in formats:
+        raise InputError(f"format {format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+
+
+def export(
+    model: str | Path | None = None,
+    device: str = "host",
+    out: str | Path | None = None,
+    format: str = "onnx",
+    precision: str = "fp32",
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
+
+    Example:
+        >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5")  # doctest: +SKIP
+        PosixPath('llava-pi5')
+    """
+    profile = load_profile(device)
+    _check_options(profile, format, precision)
+    _require_toolchain()
+    from rich.progress import Progress
+
+    from edgemfm.exporters import find_family
+    from edgemfm.exporters.onnx import write_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
+        model_dir, model_id = _model_dir(model, Path(scratch))
+        out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
+        bundle.check_output(out, force)  # before the slow part
+        family = find_family(json.loads((model_dir / "config.json").read_text()))
+        with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"loading {model_id}", total=None)
+            split = family.split(family.load(model_dir), model_dir)
+            bar.update(task, total=len(split.units), completed=0)
+            components, parity = {}, {}
+            for name, unit in split.units.items():
+                bar.update(task, description=f"exporting {name}")
+                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance)
+                bar.advance(task)
+            shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
+            manifest = Manifest(
+                schema_version=SCHEMA_VERSION,
+                kind=BUNDLE_KIND,
+                model_id=model_id,
+                family=family.name,
+                profile=profile.name,
+                recipe=PRECISIONS[precision],
+                components=components,
+                files={},
+                tokenizer=split.tokenizer,
+                prompt=split.prompt,
+                preprocess=split.preprocess,
+                generation=Generation(),
+                streaming=StreamingSettings(**vars(profile.streaming)),
+                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report},
+            )
+            bundle.seal(stage, manifest)
+    return out

@@ -1,0 +1,153 @@
+"""The bundle manifest: everything the runtime needs to know, so it never parses file names.
+
+A bundle is a directory holding `manifest.json` and the files it lists; each file's sha256 and
+size are recorded and checked at load.
+
+Example:
+    >>> m = Manifest.from_json(open("bundle/manifest.json").read())  # doctest: +SKIP
+    >>> m.components["text_decoder"].kv_cache.layers                 # doctest: +SKIP
+    4
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from edgemfm.errors import BundleError, ConfigError
+from edgemfm.recipe import Recipe
+from edgemfm.records import from_dict, to_dict
+
+SCHEMA_VERSION = 1
+BUNDLE_KIND = "edgemfm-bundle"  # tells a bundle's manifest apart from any other manifest.json
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: float32, int64 ...
+    shape: tuple[int | str, ...]  # str entries are named dynamic axes
+
+
+@dataclass(frozen=True)
+class KVCache:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    past: str  # input name template, e.g. "past.{layer}.{kind}" with kind in key/value
+    present: str  # output name template
+
+
+@dataclass(frozen=True)
+class Component:
+    file: str
+    format: Literal["onnx", "pte"]
+    dtype: str  # the float type of its activations
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    weight_bytes: int  # bytes of weights the runtime maps
+    peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
+    kv_cache: KVCache | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Media:
+    placeholder: str  # text in the prompt that stands for one item (an image, an audio clip)
+    token_id: int  # the placeholder's token; its positions receive the encoder's output rows
+    encoder: str  # component name
+    input: str  # encoder input fed with the pre-processed item
+    output: str  # encoder output whose rows are merged into the token sequence
+
+
+@dataclass(frozen=True)
+class Prompt:
+    template: str  # with {media} and {prompt}: "USER: {media}{prompt} ASSISTANT:"
+    media: dict[str, Media] = field(default_factory=dict)  # "image" / "audio" -> Media
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    size: int  # shortest edge after resize
+    crop: int  # centre crop, square
+    resample: Literal["bicubic", "bilinear", "nearest"]
+    rescale: float  # multiply pixel values (0..255) by this
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    image: ImagePreprocess | None = None
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    file: str  # a Hugging Face tokenizers JSON file
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]  # the file's own post-processor adds BOS where the model wants it
+
+
+@dataclass(frozen=True)
+class Generation:
+    max_new_tokens: int = 64
+    embedding: str = "token_embedding"  # component turning token ids into decoder inputs
+    decoder: str = "text_decoder"
+
+
+@dataclass(frozen=True)
+class StreamingSettings:
+    audio_window_s: float
+    image_tile: int
+    prefill_chunk: int
+    max_seq_len: int
+    sink_tokens: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    kind: str
+    model_id: str
+    family: str
+    profile: str
+    recipe: Recipe
+    components: dict[str, Component]
+    files: dict[str, FileEntry]
+    tokenizer: Tokenizer
+    prompt: Prompt
+    preprocess: Preprocess
+    generation: Generation
+    streaming: StreamingSettings
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "manifest.json") -> Manifest:
+        """Parse and check a manifest; anything foreign or malformed raises BundleError."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(data, dict) or data.get("kind") != BUNDLE_KIND:
+            raise BundleError(f"{where}: not an edgemfm bundle manifest (kind must be {BUNDLE_KIND!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise BundleError(
+                f"{where}: schema version {data.get('schema_version')!r} is not supported; "
+                f"this edgemfm reads version {SCHEMA_VERSION}"
+            )
+        try:
+            return from_dict(cls, data, where=where)
+        except ConfigError as e:
+            raise BundleError(str(e)) from None
+
+    def with_files(self, files: dict[str, FileEntry]) -> Manifest:
+        return replace(self, files=files)
