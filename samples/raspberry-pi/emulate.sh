@@ -60,7 +60,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --repo) REPO=$(cd "$2" && pwd); shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1'; usage: emulate.sh [--repo DIR] [-- PYTHON-ARGS...]" ;;
     esac
 done
@@ -189,6 +189,8 @@ publish() {
 }
 
 main() {
+    command -v apt-get >/dev/null && command -v dpkg >/dev/null \
+        || unfetchable "the arm64 rootfs comes from Debian's apt-get and dpkg, which this host lacks"
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     flock 9  # one builder at a time; runs do not lock
