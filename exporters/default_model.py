@@ -34,6 +34,13 @@ def byte_tokenizer():
     return tok
 
 
+def _printable(byte_token: str) -> bool:
+    from tokenizers import decoders
+
+    text = decoders.ByteLevel().decode([byte_token])
+    return len(text) == 1 and (text.isalnum() or text in " .,?!'") and text.isascii()
+
+
 def build(path: Path) -> Path:
     """Write the default model as a Hugging Face checkpoint directory at `path`."""
     import torch
@@ -45,6 +52,8 @@ def build(path: Path) -> Path:
         LlavaForConditionalGeneration,
         PreTrainedTokenizerFast,
     )
+
+    from tokenizers import pre_tokenizers
 
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
@@ -63,9 +72,16 @@ def build(path: Path) -> Path:
     )
     torch.manual_seed(SEED)
     model = LlavaForConditionalGeneration(config).eval()
-    # Random init at std 0.02 gives near-uniform logits; wider weights give a decisive argmax.
     with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 0.5)
+        # Random init at std 0.02 gives near-uniform logits: wider weights give varied, decisive
+        # choices; zero rows for all but printable ASCII bytes keep the untrained output readable.
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+        printable = [tok.token_to_id(t) for t in pre_tokenizers.ByteLevel.alphabet() if _printable(t)]
+        keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+        keep[printable] = True
+        model.lm_head.weight[~keep] = 0.0
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     fast = PreTrainedTokenizerFast(

@@ -46,6 +46,6 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.json model_type values
     architectures: tuple[str, ...]  # config.json architectures values
-    tolerance: float  # max abs difference of component outputs, ONNX Runtime vs PyTorch
+    tolerance: float  # max abs difference of component outputs, ONNX Runtime vs PyTorch, per unit of max |output|
     load: Callable[[Path], Any]  # model dir -> torch model in eval mode, fp32
     split: Callable[[Any, Path], Split]  # (model, model dir) -> Split

@@ -95,8 +95,12 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
     feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
     got = session.run(list(unit.output_names), feeds)
     diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
-    if not diff <= tolerance:
-        raise ParityError(f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g}")
+    # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
+    scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
+    if not diff <= tolerance * scale:
+        raise ParityError(
+            f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
+        )
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
@@ -109,4 +113,4 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
     )
-    return component, {"max_abs_diff": diff, "tolerance": tolerance, "nodes": len(graph.node)}
+    return component, {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node)}

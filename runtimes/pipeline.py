@@ -24,7 +24,7 @@ from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes.decoding import detokenize, greedy
 from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
-from edgemfm.runtimes.preprocess import ImageLike, preprocess_image
+from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
 
 class Pipeline:
@@ -45,37 +45,44 @@ class Pipeline:
         """The execution provider the decoder runs on."""
         return self.sessions[self.manifest.generation.decoder].provider
 
-    def prompt_ids(self, prompt: str, images: int = 0, audio: int = 0) -> list[int]:
-        """The token ids of the templated prompt, with one placeholder token per media item."""
+    def prompt_ids(self, prompt: str, counts: dict[str, int] | None = None) -> list[int]:
+        """The token ids of the templated prompt, with one placeholder token per media item.
+
+        Example:
+            >>> pipe.prompt_ids("What is this?", {"image": 1})[:3]  # doctest: +SKIP
+            [256, 85, 83]
+        """
         media = self.manifest.prompt.media
-        counts = {"image": images, "audio": audio}
-        for kind, n in counts.items():
-            if n and kind not in media:
+        counts = {kind: n for kind, n in (counts or {}).items() if n}
+        for kind in counts:
+            if kind not in media:
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *media])}")
-        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if n)
+        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items())
         ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
-        for kind, n in counts.items():
-            if n and ids.count(media[kind].token_id) != n:
-                raise InputError(f"the prompt must not contain the {kind} placeholder {media[kind].placeholder.strip()!r}")
+        for kind, spec in media.items():
+            if ids.count(spec.token_id) != counts.get(kind, 0):
+                raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
-    def embed(self, ids: Sequence[int], images: Sequence[ImageLike] = ()) -> np.ndarray:
-        """Decoder inputs [1, seq, hidden]: token embeddings with each image's rows spliced in."""
+    def embed(self, ids: Sequence[int], media: dict[str, Sequence] | None = None) -> np.ndarray:
+        """Decoder inputs [1, seq, hidden]: token embeddings with each media item's rows spliced in.
+
+        Items are encoded one at a time, in prompt order, so only one encoder activation is live.
+        """
         g = self.manifest.generation
         tokens = self.sessions[g.embedding].run({"input_ids": np.asarray([ids], dtype=np.int64)})["inputs_embeds"]
-        if not images:
-            return tokens
-        image = self.manifest.prompt.media["image"]
-        spec = self.manifest.preprocess.image
-        encoder = self.sessions[image.encoder]
-        positions = [i for i, t in enumerate(ids) if t == image.token_id]
+        specs = self.manifest.prompt.media
+        items = {kind: iter(media.get(kind, ())) for kind in specs} if media else {}
+        slots = sorted((pos, kind) for kind, spec in specs.items() for pos, t in enumerate(ids) if t == spec.token_id)
         pieces, start = [], 0
-        for pos, item in zip(positions, images):  # one image at a time: a bounded activation peak
-            rows = encoder.run({image.input: preprocess_image(item, spec)[None]})[image.output]
-            pieces += [tokens[:, start:pos], rows.astype(tokens.dtype)]
+        for pos, kind in slots:
+            spec = specs[kind]
+            x = PREPROCESSORS[kind](next(items[kind]), self.manifest.preprocess)
+            rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
+            pieces += [tokens[:, start:pos], rows.reshape(1, -1, rows.shape[-1]).astype(tokens.dtype)]
             start = pos + 1
         pieces.append(tokens[:, start:])
-        return np.concatenate(pieces, axis=1)
+        return np.concatenate(pieces, axis=1) if slots else tokens
 
     def generate_tokens(
         self,
@@ -85,9 +92,9 @@ class Pipeline:
         max_new_tokens: int | None = None,
     ) -> Iterator[int]:
         """New token ids, greedily, until an end-of-sequence token or `max_new_tokens`."""
-        images = list(images)
-        ids = self.prompt_ids(prompt, len(images), len(audio))
-        embeds = self.embed(ids, images)
+        media = {"image": list(images), "audio": list(audio)}
+        ids = self.prompt_ids(prompt, {kind: len(items) for kind, items in media.items()})
+        embeds = self.embed(ids, media)
         g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
         decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
         past = {

@@ -58,3 +58,7 @@ def preprocess_image(item: ImageLike, spec: ImagePreprocess) -> np.ndarray:
     pixels = pixels[top : top + spec.crop, left : left + spec.crop]
     pixels = (pixels * spec.rescale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+
+
+# media kind -> (item, the manifest's Preprocess) -> one encoder input, without the batch axis
+PREPROCESSORS = {"image": lambda item, pre: preprocess_image(item, pre.image)}

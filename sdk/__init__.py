@@ -21,14 +21,14 @@ __version__ = "0.1.0"
 __all__ = ["DeviceProfile", "EdgemfmError", "export", "list_profiles", "load", "load_profile"]
 
 if TYPE_CHECKING:
-    from edgemfm.export import export
+    from edgemfm.exporting import export
     from edgemfm.runtimes.pipeline import load
 
 
 def __getattr__(name: str) -> Any:
     # export and load pull in their stacks only when used
     if name == "export":
-        from edgemfm.export import export
+        from edgemfm.exporting import export
 
         return export
     if name == "load":

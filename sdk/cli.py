@@ -27,10 +27,6 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def _gb(n: float) -> str:
-    return f"{n:g} GB"
-
-
 def cmd_devices(args: argparse.Namespace) -> None:
     if args.action == "show":
         if not args.name:
@@ -43,19 +39,18 @@ def cmd_devices(args: argparse.Namespace) -> None:
         print(json.dumps([to_dict(p) for p in profiles], indent=2))
         return
     table = Table(title="edgemfm device profiles")
-    for col in ("name", "aliases", "memory", "bandwidth", "int8 peak", "providers", "formats"):
-        table.add_column(col)
+    for col in ("name", "aliases", "memory GB (usable)", "GB/s", "int8 TOPS", "formats"):
+        table.add_column(col, no_wrap=col == "name")
     for p in profiles:
         table.add_row(
-            p.name, ", ".join(p.aliases), f"{_gb(p.memory_gb)} ({_gb(p.usable_memory_gb)} usable)",
-            f"{p.bandwidth_gbps:g} GB/s", f"{p.peak_int8_gops / 1000:g} TOPS",
-            ", ".join(x.removesuffix("ExecutionProvider") for x in p.execution_providers), ", ".join(p.formats),
+            p.name, ", ".join(p.aliases), f"{p.memory_gb:g} ({p.usable_memory_gb:g})",
+            f"{p.bandwidth_gbps:g}", f"{p.peak_int8_gops / 1000:.2g}", ", ".join(p.formats),
         )
     out.print(table)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from edgemfm.export import export
+    from edgemfm.exporting import export
 
     path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force)
     from edgemfm.bundle import read_manifest
@@ -84,16 +79,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         return
     out.print(f"[bold]{m.model_id}[/bold] ({m.family}) for [bold]{m.profile}[/bold], schema v{m.schema_version}")
     table = Table()
-    for col in ("component", "file", "format", "size", "precision", "inputs", "parity (max abs diff)"):
-        table.add_column(col)
+    for col in ("component", "size", "precision", "peak activation", "parity (max abs)"):
+        table.add_column(col, no_wrap=True)
     parity = m.report.get("parity", {})
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
         table.add_row(
-            name, c.file, c.format, f"{m.files[c.file].bytes / 2**20:.2f} MiB",
-            f"int{spec.bits}" if spec else c.dtype,
-            ", ".join(f"{i.name}{list(i.shape)}" for i in c.inputs[:3]) + (" ..." if len(c.inputs) > 3 else ""),
-            f"{parity[name]['max_abs_diff']:.2e}" if name in parity else "-",
+            name, f"{m.files[c.file].bytes / 2**20:.2f} MiB", f"int{spec.bits}" if spec else c.dtype,
+            f"{c.peak_activation_bytes / 2**20:.2f} MiB",
+            f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
     out.print(table)
 

@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import tomllib
+import math
+import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -21,6 +22,11 @@ from pathlib import Path
 
 from edgemfm.errors import ConfigError, ProfileError, UnknownDeviceError
 from edgemfm.records import from_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
 
 PROFILE_VERSION = 1
 FORMATS = ("onnx", "pte")  # the bundle formats edgemfm writes
@@ -77,22 +83,29 @@ class DeviceProfile:
 def _validate(p: DeviceProfile, where: str) -> None:
     problems = []
     for f in FIGURES:
-        if getattr(p, f) <= 0:
-            problems.append(f"{f} must be positive")
+        value = getattr(p, f)
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"{f} must be a positive finite number, got {value!r}")
         if not p.sources.get(f, "").strip():
             problems.append(f"{f} has no source in [sources]")
     if not 0 < p.usable_memory_gb <= p.memory_gb:
         problems.append("usable_memory_gb must be in (0, memory_gb]")
     if not 0 < p.default_memory_budget_mb <= p.usable_memory_gb * 1024:
         problems.append("default_memory_budget_mb must be in (0, usable memory]")
-    if bad := [f for f in p.formats if f not in FORMATS] or not p.formats:
-        problems.append(f"formats {bad or '[]'} not in {list(FORMATS)}")
+    bad = [f for f in p.formats if f not in FORMATS]
+    if bad or not p.formats:
+        problems.append(f"formats {bad or []} not in {list(FORMATS)}")
     if bad := [b for b in p.weight_bits if b not in WEIGHT_BITS]:
         problems.append(f"weight_bits {bad} not in {list(WEIGHT_BITS)}")
+    if 4 in p.weight_bits and not p.group_sizes:
+        problems.append("group_sizes is empty but weight_bits has 4")
     if not p.execution_providers:
         problems.append("execution_providers is empty")
-    if p.version != PROFILE_VERSION:
-        problems.append(f"version {p.version} is not {PROFILE_VERSION}")
+    s = p.streaming
+    if not (s.audio_window_s > 0 and s.image_tile > 0 and s.prefill_chunk > 0 and s.max_seq_len > 0):
+        problems.append("streaming sizes must be positive")
+    if not 0 <= s.sink_tokens < s.max_seq_len:
+        problems.append("streaming.sink_tokens must be in [0, max_seq_len)")
     if problems:
         raise ProfileError(f"{where}: {problems[0]}")
 
@@ -111,12 +124,20 @@ def read_profile(path: str | Path) -> DeviceProfile:
         raise ProfileError(f"{path}: no such profile file") from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path}: not valid TOML ({e})") from None
+    if data.get("version") != PROFILE_VERSION:
+        raise ProfileError(f"{path.name}: version {data.get('version')!r} is not {PROFILE_VERSION}, the one this edgemfm reads")
     try:
         profile = from_dict(DeviceProfile, data, where=path.name)
     except ConfigError as e:
         raise ProfileError(str(e)) from None
     _validate(profile, path.name)
+    if path.parent == _shipped() and profile.name != path.stem:
+        raise ProfileError(f"{path.name}: name {profile.name!r} must match the file name")
     return profile
+
+
+def _shipped() -> Path:
+    return Path(str(resources.files("edgemfm.device_profiles")))
 
 
 @cache
@@ -127,8 +148,7 @@ def list_profiles() -> tuple[DeviceProfile, ...]:
         >>> [p.name for p in list_profiles()][:1]
         ['host-x86-64-avx2']
     """
-    folder = resources.files("edgemfm.device_profiles")
-    profiles = [read_profile(Path(str(f))) for f in folder.iterdir() if f.name.endswith(".toml")]
+    profiles = [read_profile(f) for f in sorted(_shipped().glob("*.toml"))]
     seen: dict[str, str] = {}
     for p in profiles:
         for key in (p.name, *p.aliases):
@@ -138,14 +158,14 @@ def list_profiles() -> tuple[DeviceProfile, ...]:
     return tuple(sorted(profiles, key=lambda p: p.name))
 
 
-def load_profile(name: str) -> DeviceProfile:
+def load_profile(name: str | Path) -> DeviceProfile:
     """The profile called `name` (a name, an alias or a path to a TOML file).
 
     Example:
         >>> load_profile("pi5").name
         'raspberry-pi-5-8gb'
     """
-    if name.endswith(".toml"):
+    if str(name).endswith(".toml"):
         return read_profile(name)
     for p in list_profiles():
         if name == p.name or name in p.aliases:

@@ -171,7 +171,6 @@ def test_invalid_toml_is_a_profile_error(tmp_path):
         read_profile(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="loader bug: `bad := [...] or not p.formats` makes bad True")
 def test_empty_formats_message_shows_the_empty_list(tmp_path):
     bad = tmp_path / "bad-device.toml"
     bad.write_text(re.sub(*_top("formats", "[]"), BASE.read_text(), count=1, flags=re.M))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -38,17 +39,22 @@ def _require_toolchain() -> None:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the toolchain's own warnings and progress bars; our rich bar tells the story."""
+    import torch  # noqa: F401  (torch sets its loggers' levels on import: set ours after it)
+
+    loggers = {name: logging.getLogger(name) for name in ("torch", "torchao", "transformers")}
+    levels = {name: lg.level for name, lg in loggers.items()}
+    for lg in loggers.values():
+        lg.setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        hf_logging.set_verbosity(verbosity)
+        for name, lg in loggers.items():
+            lg.setLevel(levels[name])
         hf_logging.enable_progress_bar()
 
 
@@ -94,10 +100,10 @@ def export(
     _require_toolchain()
     from rich.progress import Progress
 
-    from edgemfm.exporters import find_family
-    from edgemfm.exporters.onnx import write_onnx
-
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
+        from edgemfm.exporters import find_family
+        from edgemfm.exporters.onnx import write_onnx
+
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
         bundle.check_output(out, force)  # before the slow part
