@@ -21,10 +21,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from packaging.requirements import Requirement
-from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATE = REPO / "samples" / "raspberry-pi" / "emulate.sh"
@@ -36,15 +34,13 @@ MAX_NEW_TOKENS = 24
 JETSON_FALLBACK = "edgemfm: TensorrtExecutionProvider, CUDAExecutionProvider not available here; using CPUExecutionProvider"
 PI5_FALLBACK = "edgemfm: XnnpackExecutionProvider not available here; using CPUExecutionProvider"
 
-# Runs on the host and, unchanged, in the emulated process: load the bundle for a profile and
-# answer with and without the image; prints JSON. The embeddings (token rows with the vision
-# encoder's rows spliced in) are saved so their numbers can be compared, not only the argmax.
+# Runs on the host and, unchanged, in the emulated process: load the bundle with each profile,
+# answer with and without the image, and print JSON.
 PROBE = """
 import json, logging, platform, sys
-import numpy as np
 import edgemfm
 
-bundle, image, prompt, max_new, embeds_out = sys.argv[1:4] + [int(sys.argv[4]), sys.argv[5]]
+bundle, image, prompt, max_new = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 records = []
 handler = logging.Handler()
 handler.emit = lambda r: records.append(r.getMessage())
@@ -60,10 +56,8 @@ for device in ("pi5", "jetson"):
         "log": list(records),
         "image_ids": list(pipe.generate_tokens(prompt, images=[image], max_new_tokens=max_new)),
     }
-# The text pieces as an app streams them, and the inputs the decoder's first step sees.
 result["image_text"] = "".join(pipe.generate(prompt, images=[image], max_new_tokens=max_new))
 result["text_ids"] = list(pipe.generate_tokens("Tell me a story.", max_new_tokens=max_new))
-np.save(embeds_out, pipe.embed(pipe.prompt_ids(prompt, images=1), [image]))
 print(json.dumps(result))
 """
 
@@ -105,14 +99,8 @@ def pi5_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory) -> Path:
-    img = Image.new("RGB", (320, 240), (250, 250, 245))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((30, 40, 150, 160), fill=(220, 30, 30))
-    draw.rectangle((180, 60, 290, 200), fill=(30, 60, 200))
-    path = tmp_path_factory.mktemp("aarch64") / "shapes.png"
-    img.save(path)
-    return path
+def photo() -> Path:
+    return REPO / "samples" / "images" / "shapes.png"
 
 
 def cli(python: str | Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -123,14 +111,15 @@ def cli(python: str | Path, *args: str, cwd: Path) -> subprocess.CompletedProces
     return proc
 
 
-def probe(python: str | Path, bundle: Path, photo: Path, tmp: Path) -> tuple[dict, np.ndarray]:
-    embeds = tmp / f"embeds-{Path(python).name}.npy"
+def probe(python: str | Path, bundle: Path, photo: Path, tmp: Path) -> dict:
+    script = tmp / "probe.py"
+    script.write_text(PROBE)
     proc = subprocess.run(
-        [str(python), "-c", PROBE, str(bundle), str(photo), PROMPT, str(MAX_NEW_TOKENS), str(embeds)],
+        [str(python), str(script), str(bundle), str(photo), PROMPT, str(MAX_NEW_TOKENS)],
         capture_output=True, text=True, cwd=tmp,
     )
-    assert proc.returncode == 0, f"probe failed ({proc.returncode}):\n{proc.stderr}"
-    return json.loads(proc.stdout), np.load(embeds)
+    assert proc.returncode == 0, f"the probe failed on {python} ({proc.returncode}):\n{proc.stderr}"
+    return json.loads(proc.stdout)
 
 
 def run_args(bundle: Path, photo: Path) -> list[str]:
@@ -148,8 +137,8 @@ def test_cli_on_aarch64_prints_the_hosts_answer_falling_back_from_jetson_gpus(aa
 
 
 def test_python_api_on_aarch64_matches_host(aarch64_python, pi5_bundle, photo, tmp_path):
-    host, host_embeds = probe(sys.executable, pi5_bundle, photo, tmp_path)
-    arm, arm_embeds = probe(aarch64_python, pi5_bundle, photo, tmp_path)
+    host = probe(sys.executable, pi5_bundle, photo, tmp_path)
+    arm = probe(aarch64_python, pi5_bundle, photo, tmp_path)
     assert arm["machine"] == "aarch64" and host["machine"] != "aarch64"
     components = sorted(json.loads((pi5_bundle / "manifest.json").read_text())["components"])
     for device in ("pi5", "jetson"):
@@ -161,6 +150,3 @@ def test_python_api_on_aarch64_matches_host(aarch64_python, pi5_bundle, photo, t
     assert arm["profiles"]["pi5"]["log"] == [PI5_FALLBACK]
     assert arm["text_ids"] == host["text_ids"] != arm["profiles"]["pi5"]["image_ids"]
     assert arm["image_text"] == host["image_text"]
-    diff = float(np.abs(arm_embeds - host_embeds).max())
-    print(f"max abs diff of the decoder's input embeddings, aarch64 vs host: {diff:.2e}")
-    assert diff <= 1e-4 * max(1.0, float(np.abs(host_embeds).max()))
