@@ -150,3 +150,12 @@ def test_python_api_on_aarch64_matches_host(aarch64_python, pi5_bundle, photo, t
     assert arm["profiles"]["pi5"]["log"] == [PI5_FALLBACK]
     assert arm["text_ids"] == host["text_ids"] != arm["profiles"]["pi5"]["image_ids"]
     assert arm["image_text"] == host["image_text"]
+
+
+def test_camera_sample_answers_about_a_file(aarch64_python, pi5_bundle, photo, tmp_path):
+    # The board sample, without a camera library: the picture comes from --image.
+    sample = REPO / "samples" / "raspberry-pi" / "camera_question.py"
+    args = [str(sample), str(pi5_bundle), PROMPT, "--image", str(photo), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    arm = subprocess.run([str(aarch64_python), *args], capture_output=True, cwd=tmp_path)
+    assert arm.returncode == 0, arm.stderr.decode()
+    assert arm.stdout == cli(sys.executable, *run_args(pi5_bundle, photo), cwd=tmp_path).stdout

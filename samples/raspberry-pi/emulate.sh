@@ -129,10 +129,19 @@ build_base() {
 write_info() {
     local tmp=$1
     {
-        echo "built: $(date -u +%FT%TZ) by emulate.sh layout $LAYOUT; qemu: $(qemu-aarch64-static --version | head -1)"
-        echo "runtime set installed size: $(du -sk "$tmp/site" | cut -f1) KiB ($(ls -d "$tmp"/site/*.dist-info | wc -l) distributions, with .pyc)"
-        echo "rootfs size: $(du -sk "$tmp/rootfs" | cut -f1) KiB"
-        echo "largest:"; (cd "$tmp/site" && du -sk -- * | sort -rn | head -n 8 | sed 's/^/  /')
+        echo "built: $(date -u +%FT%TZ) by emulate.sh layout $LAYOUT; $(qemu-aarch64-static --version | head -1)"
+        echo "rootfs: $(du -sk "$tmp/rootfs" | cut -f1) KiB on disk"
+        "$HOST_PYTHON" - "$tmp/site" <<'EOF'
+import csv, pathlib, sys
+site = pathlib.Path(sys.argv[1])
+sizes = {}  # each distribution's files, .pyc included, from its RECORD
+for record in site.glob("*.dist-info/RECORD"):
+    files = (site / row[0] for row in csv.reader(record.open()) if row)
+    sizes[record.parent.name.removesuffix(".dist-info")] = sum(f.stat().st_size for f in files if f.is_file())
+print(f"runtime set installed size: {sum(sizes.values()) / 2**20:.1f} MiB in {len(sizes)} distributions")
+for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+    print(f"  {size / 2**20:6.1f} MiB  {name}")
+EOF
         echo "debian packages:"; sed 's/^/  /' "$tmp/debs.txt"
     } >"$tmp/INFO"
 }
@@ -212,7 +221,7 @@ main() {
         write_launcher "$tmp/python" "$base" "$base/site"
         rm -f "$tmp/build.log"
         publish "$tmp" "$base"
-        say "built in $((SECONDS - t0)) s; $(sed -n 2p "$base/INFO")"
+        say "built in $((SECONDS - t0)) s; $(grep "^runtime set" "$base/INFO")"
     fi
 
     git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1 || die "$REPO is not a git checkout"
