@@ -40,6 +40,7 @@ DEBS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libexp
 PLATFORM=(--only-binary=:all: --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64
           --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp)
 EX_UNFETCHABLE=75
+PIP_OFFLINE='NewConnectionError|Max retries exceeded|Temporary failure in name resolution|Network is unreachable'
 
 say() { echo "emulate.sh: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -170,12 +171,17 @@ build_project() {
     mkdir -p "$tmp/src"
     # A copy, so the build writes no build/ or egg-info into the checkout.
     project_files | (cd "$REPO" && tar --null -T - -cf -) | tar -xf - -C "$tmp/src"
-    run "$log" "$HOST_PYTHON" -m pip wheel --no-deps -w "$tmp/dist" "$tmp/src" \
-        || unfetchable "pip wheel failed (its build backend comes from the package index)"
+    if ! run "$log" "$HOST_PYTHON" -m pip wheel --no-deps -w "$tmp/dist" "$tmp/src"; then
+        # Only a build backend that cannot be downloaded is a fetch failure; a packaging mistake
+        # in the checkout must fail the test, not skip it.
+        grep -qE "$PIP_OFFLINE|satisfies the requirement (setuptools|wheel)" "$log" \
+            && unfetchable "pip wheel could not get its build backend from the package index"
+        grep -E '^ *error: ' "$log" | grep -v subprocess-exited | tail -n 3 >&2
+        die "pip wheel of the checkout failed"
+    fi
     run "$log" "$HOST_PYTHON" -m pip install --no-deps --no-index \
         --target "$tmp/site" "$tmp"/dist/*.whl || die "pip install of the edgemfm wheel failed"
     rm -rf "$tmp/src" "$tmp/dist" "$tmp/site/bin"
-    write_launcher "$tmp/python" "$base" "$tmp/site:$base/site"
 }
 
 # verify LAUNCHER [MODULE]: the runtime (and MODULE) import as aarch64; onnxruntime is the one
