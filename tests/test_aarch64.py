@@ -9,7 +9,8 @@ wheels, our pure-Python code and onnxruntime's Arm CPU kernels on aarch64, not t
 real core nor the GPU providers of a Jetson (their absence must fall back to the CPU).
 
 Skipped only when the arm64 inputs cannot be fetched (emulate.sh exits 75: no network, apt or
-the package index failing). Cold (nothing cached): about 90 s on 2 cores; warm: about 45 s.
+the package index failing). On 2 idle cores: about 50 s with the cache (20 s of it exporting
+the bundle on the host); building the cache from nothing adds about 40 s.
 """
 
 from __future__ import annotations
