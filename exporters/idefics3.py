@@ -110,6 +110,7 @@ def split(model: Any, model_dir: Path) -> Split:
         input_names=("pixel_values",),
         output_names=("image_features",),
         dynamic_axes={"pixel_values": {0: "tiles"}, "image_features": {0: "tiles"}},
+        items=2,  # FLOPs are counted per tile
     )
     # SmolVLM's chat template opens with <|im_start|>; Idefics3's (Llama 3) relies on the tokenizer's BOS.
     start = "<|im_start|>" if config.model_type == "smolvlm" else ""
