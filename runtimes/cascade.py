@@ -63,7 +63,7 @@ class Cascade(Generates):
         if escalate_below is None:
             raise InputError("a cascade needs escalate_below; allowed: a mean log-probability (e.g. -1.5) or a calibration JSON file")
         if isinstance(escalate_below, (str, Path)):
-            escalate_below = Calibration.read(escalate_below).threshold
+            escalate_below = _number(str(escalate_below)) if _number(str(escalate_below)) is not None else Calibration.read(escalate_below).threshold
         self.small, self.large, self.threshold = small, large, float(escalate_below)
         self.tokenizer = large.tokenizer  # each answer is decoded by the tokenizer of the bundle that gave it
         self.answered_by: str | None = None
@@ -85,6 +85,13 @@ class Cascade(Generates):
             return iter(answer)
         self.answered_by, self.tokenizer = "large", self.large.tokenizer
         return self.large.generate_scored(prompt, images, audio, max_new_tokens, sampler)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def normalize(text: str) -> str:
