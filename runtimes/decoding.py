@@ -23,9 +23,10 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
+def logprob(logits: np.ndarray, token: int) -> float:
+    """log softmax(logits)[token], without materializing the whole log-softmax."""
+    top = logits.max()
+    return float(logits[token] - top - np.log(np.exp(logits - top).sum()))
 
 
 @dataclass

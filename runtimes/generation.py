@@ -21,7 +21,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
-from edgemfm.runtimes.decoding import Sampler, log_softmax
+from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.kvcache import KVCache
 
 
@@ -35,7 +35,7 @@ class Decoder:
 
     def new_cache(self) -> KVCache:
         s = self.streaming
-        return KVCache(self.layout, self.session.to_numpy, s.max_seq_len, s.sink_tokens, self.dtype)
+        return KVCache(self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
 
     def embed_ids(self, ids: Sequence[int]) -> np.ndarray:
         """Decoder inputs [1, len(ids), hidden] for token ids."""
@@ -45,8 +45,8 @@ class Decoder:
         """Logits [seq, vocab] for `embeds` [1, seq, hidden] after the cache; the cache grows by seq."""
         seq = embeds.shape[1]
         cache.make_room(seq)
-        out, presents = self.session.run_keep({"inputs_embeds": embeds, **cache.feeds(seq)}, cache.present_names)
-        cache.advance(presents, seq)
+        out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
+        cache.advance(out, seq)
         return out["logits"][0]
 
     def prefill(self, cache: KVCache, pieces: Iterable[np.ndarray]) -> np.ndarray:
@@ -84,6 +84,6 @@ def decode(
         token = sampler(logits)
         if token in eos:
             return
-        yield token, float(log_softmax(logits)[token])
+        yield token, logprob(logits, token)
         if i + 1 < limit:
             logits = decoder.run(cache, decoder.embed_ids([token]))[-1]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from edgemfm.runtimes.decoding import greedy, log_softmax
+from edgemfm.runtimes.decoding import greedy, logprob
 
 
 def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: Sequence[int], limit: int, k: int) -> Iterator[tuple[int, float]]:
@@ -41,7 +41,7 @@ def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: 
     token, produced = greedy(logits), 0
     pending = [token]  # ids the draft has not seen yet; the last is the newest accepted token
     while produced < limit and token not in eos:
-        yield token, float(log_softmax(logits)[token])
+        yield token, logprob(logits, token)
         produced += 1
         if produced == limit:
             return
@@ -56,7 +56,7 @@ def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: 
         for i in range(accepted):
             if proposals[i] in eos:
                 return
-            yield proposals[i], float(log_softmax(checked[i])[proposals[i]])
+            yield proposals[i], logprob(checked[i], proposals[i])
             produced += 1
             if produced == limit:
                 return

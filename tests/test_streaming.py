@@ -87,7 +87,7 @@ def test_long_stream_keeps_the_cache_bounded(default_bundle):
 
 def test_sliding_window_keeps_sinks_and_the_most_recent_entries():
     layout = KVLayout(layers=2, kv_heads=3, head_dim=5, past="past.{layer}.{kind}", present="present.{layer}.{kind}")
-    cache = KVCache(layout, np.asarray, max_len=10, sinks=2)
+    cache = KVCache(layout, max_len=10, sinks=2)
     values = np.arange(9, dtype=np.float32)[None, None, :, None] * np.ones((1, 3, 9, 5), np.float32)
     cache.advance({name: values for name in cache.present_names}, 9)
     cache.make_room(4)  # 9 + 4 > 10: keep 2 sinks and the 4 most recent, room for 4
