@@ -36,6 +36,7 @@ class KVCache:
         self.length = 0  # entries held
         self.position = 0  # absolute position of the next token
         self.evicted = 0  # entries dropped by the sliding window so far
+        self.fixed: dict[str, np.ndarray] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
         """The decoder's cache, mask and position inputs for `seq` new tokens."""
@@ -43,6 +44,7 @@ class KVCache:
             "attention_mask": np.ones((1, self.length + seq), np.int64),
             "position_ids": np.arange(self.position, self.position + seq, dtype=np.int64)[None],
             **self.values,
+            **self.fixed,
         }
 
     def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
