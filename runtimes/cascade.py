@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from edgemfm.errors import InputError
-from edgemfm.runtimes.decoding import Sampler
+import numpy as np
+
+from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.pipeline import Generates, Pipeline
 
 
@@ -73,18 +75,31 @@ class Cascade(Generates):
     def provider(self) -> str:
         return self.large.provider
 
+    def generate_steps(
+        self, prompt: str, images: Iterable[Any] = (), audio: Iterable[Any] = (), max_new_tokens: int | None = None, sampler: Sampler | None = None
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The small bundle's answer if it passes the self-test (its logits not kept: None), else the large bundle's."""
+        scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
+        return large if scored is None else ((token, None) for token, _ in scored)
+
     def generate_scored(
         self, prompt: str, images: Iterable[Any] = (), audio: Iterable[Any] = (), max_new_tokens: int | None = None, sampler: Sampler | None = None
     ) -> Iterator[tuple[int, float]]:
-        """The small bundle's answer if it passes the self-test, else the large bundle's."""
+        """(token, log-probability) pairs of the answer that passed: the small bundle's, or the large one's."""
+        scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
+        return ((token, logprob(logits, token)) for token, logits in large) if scored is None else iter(scored)
+
+    def _answer(self, prompt, images, audio, max_new_tokens, sampler):
+        """(the small answer's scored tokens, None) when it passes the self-test, else (None, the large bundle's steps)."""
         images, audio = list(images), list(audio)  # the large bundle may need them again
-        answer = list(self.small.generate_scored(prompt, images, audio, max_new_tokens, sampler))
-        self.score = mean_logprob(answer)
+        steps = self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+        scored = [(token, logprob(logits, token)) for token, logits in steps]  # one float per token, no logits kept
+        self.score = mean_logprob(scored)
         if self.score >= self.threshold:
             self.answered_by, self.tokenizer = "small", self.small.tokenizer
-            return iter(answer)
+            return scored, None
         self.answered_by, self.tokenizer = "large", self.large.tokenizer
-        return self.large.generate_scored(prompt, images, audio, max_new_tokens, sampler)
+        return None, self.large.generate_steps(prompt, images, audio, max_new_tokens, sampler)
 
 
 def _number(text: str) -> float | None:

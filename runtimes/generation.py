@@ -21,7 +21,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
-from edgemfm.runtimes.decoding import Sampler, logprob
+from edgemfm.runtimes.decoding import Sampler
 from edgemfm.runtimes.kvcache import KVCache
 
 
@@ -74,16 +74,16 @@ class Decoder:
 
 def decode(
     decoder: Decoder, cache: KVCache, logits: np.ndarray, sampler: Sampler, eos: Sequence[int], limit: int
-) -> Iterator[tuple[int, float]]:
-    """(token, its log-probability) pairs from the prefilled cache until an EOS token or `limit` tokens.
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(token, the logits it was chosen from) from the prefilled cache until an EOS token or `limit` tokens.
 
-    The log-probability is under the model's own distribution (temperature 1): the cascade's
-    self-test reads it.
+    The logits go out unchanged so a caller that wants the token's log-probability (the
+    cascade's self-test) computes it, and one that does not pays nothing.
     """
     for i in range(limit):
         token = sampler(logits)
         if token in eos:
             return
-        yield token, logprob(logits, token)
+        yield token, logits
         if i + 1 < limit:
             logits = decoder.run(cache, decoder.embed_ids([token]))[-1]

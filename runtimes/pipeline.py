@@ -28,14 +28,31 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes import budget, streaming
-from edgemfm.runtimes.decoding import Sampler, detokenize, stop_at
+from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.generation import Decoder, decode
 from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
 
 class Generates:
-    """generate_tokens and generate over `generate_scored` and `tokenizer`: shared by Pipeline and Cascade."""
+    """generate_scored, generate_tokens and generate over `generate_steps` and `tokenizer`: shared by Pipeline and Cascade."""
+
+    def generate_scored(
+        self,
+        prompt: str,
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        sampler: Sampler | None = None,
+    ) -> Iterator[tuple[int, float]]:
+        """(token id, its log-probability under the model) pairs: what the cascade's self-test reads.
+
+        Example:
+            >>> [round(lp, 2) for _, lp in pipe.generate_scored("Hi", max_new_tokens=3)]  # doctest: +SKIP
+            [-0.41, -1.3, -0.02]
+        """
+        steps = self.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+        return ((token, logprob(logits, token)) for token, logits in steps)
 
     def generate_tokens(
         self,
@@ -55,7 +72,7 @@ class Generates:
             [85, 101, 33, 74]
         """
         sampler = Sampler(temperature, top_k, top_p, seed)
-        return (token for token, _ in self.generate_scored(prompt, images, audio, max_new_tokens, sampler))
+        return (token for token, _ in self.generate_steps(prompt, images, audio, max_new_tokens, sampler))
 
     def generate(
         self,
@@ -171,19 +188,19 @@ class Pipeline(Generates):
         entries = streaming.from_ids(ids, placeholders, media or {})
         return np.concatenate(list(streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode)), axis=1)
 
-    def generate_scored(
+    def generate_steps(
         self,
         prompt: str,
         images: Iterable[ImageLike] = (),
         audio: Iterable[Any] = (),
         max_new_tokens: int | None = None,
         sampler: Sampler | None = None,
-    ) -> Iterator[tuple[int, float]]:
-        """(token id, its log-probability) pairs; the core that generate and generate_tokens wrap.
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(token id, the logits it was chosen from) pairs: the core every generate method wraps.
 
         Example:
-            >>> [round(lp, 2) for _, lp in pipe.generate_scored("Hi", max_new_tokens=3)]  # doctest: +SKIP
-            [-0.41, -1.3, -0.02]
+            >>> [t for t, _ in pipe.generate_steps("Hi", max_new_tokens=3)]  # doctest: +SKIP
+            [85, 101, 33]
         """
         sampler = sampler or Sampler()
         if self.draft is not None and not sampler.is_greedy:
@@ -199,7 +216,7 @@ class Pipeline(Generates):
             return speculate(self, self.draft, prompt, media, eos, limit, self.speculate_k)
         return self._decode(prompt, media, sampler, eos, limit)
 
-    def _decode(self, prompt, media, sampler, eos, limit) -> Iterator[tuple[int, float]]:
+    def _decode(self, prompt, media, sampler, eos, limit) -> Iterator[tuple[int, np.ndarray]]:
         cache = self.decoder.new_cache()
         logits = self.prefill(cache, prompt, media)
         yield from decode(self.decoder, cache, logits, sampler, eos, limit)

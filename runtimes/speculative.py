@@ -25,11 +25,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from edgemfm.runtimes.decoding import greedy, logprob
+import numpy as np
+
+from edgemfm.runtimes.decoding import greedy
 
 
-def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: Sequence[int], limit: int, k: int) -> Iterator[tuple[int, float]]:
-    """(token, target log-probability) pairs, identical in tokens to greedy decoding with `target` alone.
+def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: Sequence[int], limit: int, k: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(token, the target's logits for it) pairs, identical in tokens to greedy decoding with `target` alone.
 
     Counts go to `target.speculation`: tokens proposed, accepted, and target decoder calls.
     """
@@ -41,7 +43,7 @@ def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: 
     token, produced = greedy(logits), 0
     pending = [token]  # ids the draft has not seen yet; the last is the newest accepted token
     while produced < limit and token not in eos:
-        yield token, logprob(logits, token)
+        yield token, logits
         produced += 1
         if produced == limit:
             return
@@ -56,7 +58,7 @@ def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: 
         for i in range(accepted):
             if proposals[i] in eos:
                 return
-            yield proposals[i], logprob(checked[i], proposals[i])
+            yield proposals[i], checked[i]
             produced += 1
             if produced == limit:
                 return
