@@ -26,9 +26,10 @@ def genai_model(bundle: Path, out: Path) -> None:
 
     manifest = edgemfm.load(bundle).manifest
     embedding = onnx.compose.add_prefix(onnx.load(bundle / manifest.components["token_embedding"].file), "embedding_")
-    merged = onnx.compose.merge_models(
-        embedding, onnx.load(bundle / manifest.components["text_decoder"].file), io_map=[("embedding_inputs_embeds", "inputs_embeds")]
-    )
+    decoder_graph = onnx.load(bundle / manifest.components["text_decoder"].file)
+    # merge_graphs, not merge_models: the latter's checker rejects ONNX Runtime's fused ops (SimplifiedLayerNormalization)
+    graph = onnx.compose.merge_graphs(embedding.graph, decoder_graph.graph, io_map=[("embedding_inputs_embeds", "inputs_embeds")])
+    merged = onnx.helper.make_model(graph, opset_imports=decoder_graph.opset_import, ir_version=decoder_graph.ir_version)
     for value in merged.graph.input:
         value.name = "input_ids" if value.name == "embedding_input_ids" else value.name
     for node in merged.graph.node:
