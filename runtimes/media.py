@@ -13,10 +13,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.runtimes.patches import patchify
 from edgemfm.runtimes.positions import patch_positions
@@ -24,13 +27,21 @@ from edgemfm.runtimes.preprocess import PREPROCESSORS
 from edgemfm.runtimes.tiling import split_image, tiles_text
 
 
+@dataclass(frozen=True)
+class Call:
+    """One encoder call of a prepared item: its feeds, and the (t, h, w) grid of the rows it returns
+    (None when the decoder needs no 3-D positions for them)."""
+
+    feeds: dict[str, np.ndarray]
+    grid: tuple[int, int, int] | None = None
+
+
 @dataclass
 class Prepared:
     """One media item ready for its encoder."""
 
     text: str  # what stands for the item in the prompt: one placeholder per call
-    calls: list[dict[str, np.ndarray]]  # encoder feeds, in the order of the placeholders
-    grids: list[tuple[int, int, int] | None] = field(default_factory=list)  # per call: (t, h, w) of its rows, for 3-D positions
+    calls: list[Call] = field(default_factory=list)  # in the order of the placeholders
 
 
 def prepare(kind: str, item, manifest: Manifest) -> Prepared:
@@ -38,13 +49,34 @@ def prepare(kind: str, item, manifest: Manifest) -> Prepared:
     spec, pre = manifest.prompt.media[kind], manifest.preprocess
     if kind == "image" and pre.image_splitting is not None:
         tiles, rows, cols = split_image(item, pre.image, pre.image_splitting)
-        calls = [{spec.input: tile[None]} for tile in tiles]
-        return Prepared(tiles_text(rows, cols, spec.placeholder, pre.image_splitting), calls, [None] * len(calls))
+        return Prepared(tiles_text(rows, cols, spec.placeholder, pre.image_splitting), [Call({spec.input: t[None]}) for t in tiles])
     if kind == "image" and pre.image_patches is not None:
         p = pre.image_patches
         patches, (t, gh, gw) = patchify(item, pre.image, p)
         feeds = {spec.input: patches}
         if spec.patch_positions:
             feeds[spec.patch_positions] = patch_positions(gh, gw, p.merge)
-        return Prepared(f"{p.vision_start}{spec.placeholder}{p.vision_end}", [feeds], [(t, gh // p.merge, gw // p.merge)])
-    return Prepared(spec.placeholder, [{spec.input: PREPROCESSORS[kind](item, pre)[None]}], [None])
+        return Prepared(f"{p.vision_start}{spec.placeholder}{p.vision_end}", [Call(feeds, (t, gh // p.merge, gw // p.merge))])
+    return Prepared(spec.placeholder, [Call({spec.input: PREPROCESSORS[kind](item, pre)[None]})])
+
+
+def needs_preparing(manifest: Manifest) -> bool:
+    """Whether an image's prompt text depends on the image (tiles, a patch grid): then every item is
+    pre-processed before the prompt is tokenized, and its calls are encoded one by one."""
+    return manifest.preprocess.image_splitting is not None or manifest.preprocess.image_patches is not None
+
+
+def grid_segments(entries: Sequence[int | tuple[str, Any]]) -> list[int | tuple[int, int, int]]:
+    """Text-run lengths and image grids of a planned prompt, for 3-D positions."""
+    segments: list[int | tuple[int, int, int]] = []
+    for entry in entries:
+        if not isinstance(entry, int):
+            call = entry[1]
+            if not isinstance(call, Call) or call.grid is None:
+                raise InputError(f"this bundle's 3-D positions need a grid for every {entry[0]} item; this one has none")
+            segments.append(call.grid)
+        elif segments and isinstance(segments[-1], int):
+            segments[-1] += 1
+        else:
+            segments.append(1)
+    return segments

@@ -47,17 +47,14 @@ def mrope_positions(segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.
     return np.concatenate(pieces, axis=1).astype(np.int64), start
 
 
-def prefill_positions(kind: str, segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.ndarray, int]:
-    """The decoder's position_ids for the prompt ([1, seq], or [3, 1, seq] for "mrope") and the
-    shift of later positions: the next position minus the prompt's length."""
-    seq = sum(s if isinstance(s, int) else s[0] * s[1] * s[2] for s in segments)
-    if kind == "mrope":
-        positions, next_position = mrope_positions(segments)
-        return positions[:, None], next_position - seq
-    return np.arange(seq, dtype=np.int64)[None], 0
 
+def mrope_prompt(segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.ndarray, int]:
+    """The prompt's 3-D positions [3, seq] and the shift of every later token's position
+    (generated token at absolute position p sits at p + shift on all three axes).
 
-def step_positions(kind: str, position: int) -> np.ndarray:
-    """position_ids of one generated token at `position`: [1, 1], or [3, 1, 1] for "mrope"."""
-    ids = np.full((1, 1), position, dtype=np.int64)
-    return np.broadcast_to(ids, (3, 1, 1)).copy() if kind == "mrope" else ids
+    Example:
+        >>> mrope_prompt([2, (1, 2, 3), 1])[1]
+        -3
+    """
+    positions, next_position = mrope_positions(segments)
+    return positions, next_position - positions.shape[1]
