@@ -53,11 +53,13 @@ class Pipeline:
             [256, 85, 83]
         """
         media = self.manifest.prompt.media
+        cross = self.manifest.components[self.manifest.generation.decoder].cross_attention
         counts = {kind: n for kind, n in (counts or {}).items() if n}
+        takes = ["text", *media, *([cross.media] if cross else [])]
         for kind in counts:
-            if kind not in media:
-                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *media])}")
-        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items())
+            if kind not in takes:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(takes)}")
+        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if kind in media)
         ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
         for kind, spec in media.items():
             if ids.count(spec.token_id) != counts.get(kind, 0):
@@ -77,12 +79,26 @@ class Pipeline:
         pieces, start = [], 0
         for pos, kind in slots:
             spec = specs[kind]
-            x = PREPROCESSORS[kind](next(items[kind]), self.manifest.preprocess)
-            rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
+            x, length = PREPROCESSORS[kind](next(items[kind]), self.manifest.preprocess)
+            feeds = {spec.input: x[None], **({spec.length: np.asarray([length], np.int64)} if spec.length else {})}
+            rows = self.sessions[spec.encoder].run(feeds)[spec.output]
             pieces += [tokens[:, start:pos], rows.reshape(1, -1, rows.shape[-1]).astype(tokens.dtype)]
             start = pos + 1
         pieces.append(tokens[:, start:])
         return np.concatenate(pieces, axis=1) if slots else tokens
+
+    def cross_attention_feeds(self, media: dict[str, Sequence]) -> dict[str, np.ndarray]:
+        """What an encoder-decoder bundle's decoder attends to at every step (Whisper: each
+        layer's cross-attention keys and values), encoded once; empty for decoder-only bundles."""
+        cross = self.manifest.components[self.manifest.generation.decoder].cross_attention
+        if cross is None:
+            return {}
+        items = media.get(cross.media, [])
+        if len(items) != 1:
+            raise InputError(f"this bundle transcribes exactly one {cross.media} input per call; got {len(items)}")
+        x, _ = PREPROCESSORS[cross.media](items[0], self.manifest.preprocess)
+        out = self.sessions[cross.encoder].run({cross.input: x[None]})
+        return {name: out[name] for name in cross.outputs}
 
     def generate_tokens(
         self,
@@ -95,6 +111,7 @@ class Pipeline:
         media = {"image": list(images), "audio": list(audio)}
         ids = self.prompt_ids(prompt, {kind: len(items) for kind, items in media.items()})
         embeds = self.embed(ids, media)
+        attended = self.cross_attention_feeds(media)
         g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
         decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
         past = {
@@ -111,6 +128,7 @@ class Pipeline:
                 "attention_mask": np.ones((1, total + seq), np.int64),
                 "position_ids": np.arange(total, total + seq, dtype=np.int64)[None],
                 **past,
+                **attended,
             })
             total += seq
             token = greedy(out["logits"][0, -1])
