@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemfm.manifest import KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.manifest import CrossAttention, KVCache, Preprocess, Prompt, Tokenizer
 
 
 @dataclass
@@ -27,6 +27,7 @@ class ExportUnit:
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]  # flat input or output name -> {dim: axis name}
     kv_cache: KVCache | None = None
+    cross_attention: CrossAttention | None = None  # encoder-decoder models: what the decoder attends to
 
 
 @dataclass

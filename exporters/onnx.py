@@ -112,5 +112,6 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        cross_attention=unit.cross_attention,
     )
     return component, {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node)}

@@ -60,7 +60,8 @@ class Pipeline:
             if kind not in takes:
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(takes)}")
         placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if kind in media)
-        ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
+        text = self.manifest.prompt.template.format(media=placeholders, prompt=prompt)
+        ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         for kind, spec in media.items():
             if ids.count(spec.token_id) != counts.get(kind, 0):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")

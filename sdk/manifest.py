@@ -84,6 +84,7 @@ class Media:
 class Prompt:
     template: str  # with {media} and {prompt}: "USER: {media}{prompt} ASSISTANT:"
     media: dict[str, Media] = field(default_factory=dict)  # "image" / "audio" -> Media
+    add_special_tokens: bool = True  # False: the template spells out every special token itself (Whisper)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+"""Tiny audio models built from configs in code: Whisper and Qwen2-Audio, odd sizes, byte tokenizers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _widen(model) -> None:
+    """Wider weights than the init: decisive, varied greedy choices from a random model."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3 if p.dim() == 2 else 0.1)
+
+
+def tiny_whisper(path: Path, seed: int = 0) -> Path:
+    """A Whisper checkpoint: d_model 84 over 6 heads, 2+2 layers, 80 mel bins, 260-token byte vocabulary.
+
+    A small vocabulary needs its own pad/bos/eos/decoder-start ids (the defaults are 50257+) and
+    empty suppress lists (the defaults name ids past its end).
+    """
+    import torch
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+
+    tok = byte_tokenizer()
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    config = WhisperConfig(
+        vocab_size=tok.get_vocab_size(), d_model=84, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=150, decoder_ffn_dim=150,
+        num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
+        decoder_start_token_id=ids["<s>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        suppress_tokens=[], begin_suppress_tokens=[],
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    _widen(model)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return path
