@@ -42,3 +42,42 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
     return path
+
+
+QWEN2_AUDIO_SPECIALS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>", "<|im_end|>")
+
+
+def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
+    """A Qwen2-Audio checkpoint: 128-mel encoder (d_model 60, 2 layers), Qwen2 decoder with 3 KV heads."""
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2Config,
+        WhisperFeatureExtractor,
+    )
+
+    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.add_special_tokens(list(QWEN2_AUDIO_SPECIALS))
+    ids = {s: tok.token_to_id(s) for s in (*SPECIALS, *QWEN2_AUDIO_SPECIALS)}
+    audio = Qwen2AudioEncoderConfig(
+        num_mel_bins=128, d_model=60, encoder_layers=2, encoder_attention_heads=3, encoder_ffn_dim=100,
+        max_source_positions=1500,
+    )
+    text = Qwen2Config(
+        hidden_size=84, intermediate_size=150, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(), max_position_embeddings=1024,
+        bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<pad>"],
+    )
+    config = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=ids["<|AUDIO|>"])
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config).eval()
+    _widen(model)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>").save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(path)
+    return path
