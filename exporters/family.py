@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemfm.manifest import CrossAttention, KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.manifest import CrossAttention, Generation, KVCache, Preprocess, Prompt, Tokenizer
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Split:
     tokenizer: Tokenizer
     tokenizer_file: Path  # copied into the bundle as tokenizer.json
     report: dict[str, Any] = field(default_factory=dict)
+    generation: Generation = field(default_factory=Generation)  # a family's decoding settings (Whisper's suppressed tokens)
 
 
 @dataclass(frozen=True)

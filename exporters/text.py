@@ -56,7 +56,12 @@ class SoftCappedHead(torch.nn.Module):
 
 
 def lm_head(model: Any, text_config: Any) -> torch.nn.Module:
-    """The model's LM head, with the final-logit soft-capping its forward applies, if any."""
+    """The model's LM head, with the final-logit soft-capping its forward applies, if any.
+
+    Example:
+        >>> type(lm_head(gemma2_model, gemma2_model.config)).__name__   # doctest: +SKIP
+        'SoftCappedHead'
+    """
     cap = getattr(text_config, "final_logit_softcapping", None)
     return SoftCappedHead(model.lm_head, cap) if cap else model.lm_head
 

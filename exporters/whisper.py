@@ -34,7 +34,7 @@ from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import PAST, PRESENT, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.text import tokenizer_spec
-from edgemfm.manifest import AudioPreprocess, CrossAttention, KVCache, Preprocess, Prompt
+from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
 
 CROSS = "cross.{layer}.{kind}"
 
@@ -89,7 +89,12 @@ def load(model_dir: Path) -> Any:
 
 
 def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
-    """The checkpoint's WhisperFeatureExtractor settings (its defaults where it has no file)."""
+    """The checkpoint's WhisperFeatureExtractor settings (its defaults where it has no file).
+
+    Example:
+        >>> audio_preprocess(Path("models/whisper-tiny"), model.config).n_samples   # doctest: +SKIP
+        480000
+    """
     path = model_dir / "preprocessor_config.json"
     cfg = json.loads(path.read_text()) if path.is_file() else {}
     rate = int(cfg.get("sampling_rate", 16000))
@@ -103,7 +108,12 @@ def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
 
 
 def start_tokens(model: Any) -> list[int]:
-    """The decoder's first tokens, as `generate` starts a transcription without timestamps."""
+    """The decoder's first tokens, as `generate` starts a transcription without timestamps.
+
+    Example:
+        >>> start_tokens(whisper_tiny_en)   # doctest: +SKIP
+        [50257, 50362]
+    """
     gen = model.generation_config
     tokens = [gen.decoder_start_token_id]
     if getattr(gen, "no_timestamps_token_id", None) is not None:
@@ -171,6 +181,10 @@ def split(model: Any, model_dir: Path) -> Split:
         preprocess=Preprocess(audio=pre),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
+        generation=Generation(
+            suppress_tokens=tuple(model.generation_config.suppress_tokens or ()),
+            begin_suppress_tokens=tuple(model.generation_config.begin_suppress_tokens or ()),
+        ),
     )
 
 

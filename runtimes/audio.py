@@ -132,7 +132,12 @@ def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
 
 
 def mel_filters(spec: AudioPreprocess) -> np.ndarray:
-    """Slaney-normalized triangular mel filters, [n_fft // 2 + 1, n_mels], as transformers builds them."""
+    """Slaney-normalized triangular mel filters, [n_fft // 2 + 1, n_mels], as transformers builds them.
+
+    Example:
+        >>> mel_filters(AudioPreprocess(16000, 400, 160, 80, 480000)).shape
+        (201, 80)
+    """
     bins = spec.n_fft // 2 + 1
     edges = np.array([spec.min_frequency, spec.max_frequency], np.float64)
     mel_edges = _hertz_to_mel(edges)
@@ -174,7 +179,12 @@ def log_mel(samples: np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int
 
 
 def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarray:
-    """Mono float32 samples at the model's rate from a WAV path or a 1-D array already at that rate."""
+    """Mono float32 samples at the model's rate from a WAV path or a 1-D array already at that rate.
+
+    Example:
+        >>> load_audio("stereo-44k.wav", spec).shape   # doctest: +SKIP
+        (16000,)
+    """
     if isinstance(item, np.ndarray):
         if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or item.size == 0:
             raise InputError(
@@ -186,5 +196,10 @@ def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarr
 
 
 def preprocess_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int]:
-    """One audio clip -> (log-mel features [n_mels, frames] float32, frames holding real audio)."""
+    """One audio clip -> (log-mel features [n_mels, frames] float32, frames holding real audio).
+
+    Example:
+        >>> preprocess_audio("speech.wav", spec)[0].shape   # doctest: +SKIP
+        (80, 3000)
+    """
     return log_mel(load_audio(item, spec), spec)

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,6 +16,20 @@ import numpy as np
 def greedy(logits: np.ndarray) -> int:
     """The most likely next token (the first one on ties, as torch.argmax)."""
     return int(np.argmax(logits))
+
+
+def suppress(logits: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+    """`logits` with `tokens` made impossible (as transformers' SuppressTokensLogitsProcessor).
+
+    Example:
+        >>> suppress(np.array([0.1, 2.0, -1.0]), [1]).tolist()
+        [0.1, -inf, -1.0]
+    """
+    if not tokens:
+        return logits
+    out = logits.copy()
+    out[list(tokens)] = -np.inf
+    return out
 
 
 def detokenize(tokenizer, ids: Iterable[int]) -> Iterator[str]:

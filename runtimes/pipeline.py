@@ -22,7 +22,7 @@ from edgemfm import bundle
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
-from edgemfm.runtimes.decoding import detokenize, greedy
+from edgemfm.runtimes.decoding import detokenize, greedy, suppress
 from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
@@ -122,7 +122,7 @@ class Pipeline:
         }
         total = 0
         limit = g.max_new_tokens if max_new_tokens is None else max_new_tokens
-        for _ in range(limit):
+        for step in range(limit):
             seq = embeds.shape[1]
             out = decoder.run({
                 "inputs_embeds": embeds,
@@ -132,7 +132,8 @@ class Pipeline:
                 **attended,
             })
             total += seq
-            token = greedy(out["logits"][0, -1])
+            banned = g.suppress_tokens + (g.begin_suppress_tokens if step == 0 else ())
+            token = greedy(suppress(out["logits"][0, -1], banned))
             if token in self.manifest.tokenizer.eos_token_ids:
                 return
             yield token

@@ -128,6 +128,8 @@ class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
     decoder: str = "text_decoder"
+    suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
+    begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,15 @@ def test_greedy_generation_matches_transformers(checkpoint, exported, speech):
     assert ours == theirs
 
 
+def test_cli_answers_about_a_clip(exported, speech, capsys):
+    assert main(["run", str(exported), "--prompt", PROMPT, "--audio", str(speech), "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["run", str(exported), "--prompt", PROMPT, "--image", str(speech)]) == 2
+    assert "this bundle takes no image input; it takes: text, audio" in capsys.readouterr().err
+    assert main(["run", str(exported), "--prompt", PROMPT, "--audio", str(exported / "manifest.json")]) == 2
+    assert "manifest.json' is not a WAV file; allowed: WAV" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seconds", [0.5, 7.3])
 def test_audio_token_count_follows_the_clip_length(exported, seconds):
     pipe = edgemfm.load(exported)

@@ -53,6 +53,7 @@ def test_transcription_tokens_match_transformers(checkpoint, exported, speech):
     theirs = [t for t in generated[0].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
     assert len(ours) >= 12 and len(set(ours)) > 4
     assert ours == theirs
+    assert ours[0] % 2 and not [t for t in ours if t < 256 and t % 8 == 1]  # the suppressed tokens
 
 
 def test_cli_transcribes_and_refuses_bad_audio(exported, speech, tmp_path, capsys):

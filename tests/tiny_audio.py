@@ -19,7 +19,8 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
     """A Whisper checkpoint: d_model 84 over 6 heads, 2+2 layers, 80 mel bins, 260-token byte vocabulary.
 
     A small vocabulary needs its own pad/bos/eos/decoder-start ids (the defaults are 50257+) and
-    empty suppress lists (the defaults name ids past its end).
+    suppress lists inside it (the defaults name ids past its end): here bytes 1, 9, 17 ... are
+    suppressed (the random model's favourite, 209, among them), and even bytes at the first step.
     """
     import torch
     from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -33,7 +34,7 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
         encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=150, decoder_ffn_dim=150,
         num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
         decoder_start_token_id=ids["<s>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
-        suppress_tokens=[], begin_suppress_tokens=[],
+        suppress_tokens=list(range(1, 256, 8)), begin_suppress_tokens=list(range(0, 256, 2)),
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
