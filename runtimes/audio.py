@@ -25,7 +25,8 @@ from edgemfm.manifest import AudioPreprocess
 # WAVE format tags: integer PCM, IEEE float, and the extensible header that wraps either.
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _ALLOWED = "WAV (RIFF/WAVE) with PCM 8, 16, 24 or 32-bit integer or 32/64-bit float samples"
-_PCM_DTYPES = {1: np.uint8, 2: np.int16, 4: np.int32}  # 24-bit is unpacked by hand below
+_WIDTHS = {_PCM: (1, 2, 3, 4), _FLOAT: (4, 8)}  # bytes per sample this reader decodes
+_PCM_DTYPES = {2: np.int16, 4: np.int32}  # 8-bit (unsigned) and 24-bit are unpacked by hand below
 _FLOAT_DTYPES = {4: np.float32, 8: np.float64}
 _RESAMPLE_TAPS = 32  # zero crossings of the windowed sinc on each side: >90 dB stop band
 _KAISER_BETA = 8.6
@@ -67,8 +68,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the plain tag
     width = bits // 8
-    dtypes = {_PCM: {**_PCM_DTYPES, 3: "int24"}, _FLOAT: _FLOAT_DTYPES}.get(tag, {})
-    if width not in dtypes or bits % 8 or channels == 0 or rate == 0:
+    if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
         kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
         raise InputError(f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}")
     raw = chunks[b"data"]
@@ -186,12 +186,16 @@ def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarr
         (16000,)
     """
     if isinstance(item, np.ndarray):
-        if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or item.size == 0:
+        if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or not 0 < item.size <= spec.n_samples:
             raise InputError(
-                f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, got {item.dtype} {item.shape}"
+                f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, at most {spec.n_samples}; "
+                f"got {item.dtype} {item.shape}"
             )
         return item.astype(np.float32)
     samples, rate = read_wav(item)
+    seconds, limit = len(samples) / rate, spec.n_samples / spec.sampling_rate
+    if seconds > limit:  # never cut a clip silently: the encoder sees one window
+        raise InputError(f"audio {str(item)!r} lasts {seconds:.1f} s; this model takes clips of at most {limit:g} s")
     return resample(samples.mean(axis=1), rate, spec.sampling_rate)
 
 
