@@ -28,6 +28,7 @@ class ExportUnit:
     dynamic_axes: dict[str, dict[int, str]]  # flat input or output name -> {dim: axis name}
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models: what the decoder attends to
+    items: int = 1  # images, audio windows or new tokens in the example call (for FLOPs per item)
 
 
 @dataclass

@@ -159,6 +159,7 @@ def _units(model: Any, pre: AudioPreprocess) -> dict[str, ExportUnit]:
             **{n: {0: "batch", 2: "total_seq"} for n in present_names},
         },
         kv_cache=kv,
+        items=seq,
         cross_attention=CrossAttention(media="audio", encoder="audio_encoder", input="input_features", outputs=cross_names),
     )
     return {"audio_encoder": encoder, "token_embedding": embedding_unit(whisper.decoder.embed_tokens), "text_decoder": decoder}

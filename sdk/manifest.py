@@ -62,6 +62,7 @@ class Component:
     peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
+    flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
 
 
 @dataclass(frozen=True)
