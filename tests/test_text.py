@@ -11,8 +11,9 @@ from edgemfm.cli import main
 from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 PROMPT = "Once upon a time, in a land far away"
-# The default suite runs the two with the most quirks; every row runs with -m slow.
-DEFAULT = ("Phi3ForCausalLM", "Gemma2ForCausalLM")
+# The default suite runs the one with the most quirks (sliding window, soft-capping, scaled
+# embeddings); every row runs with -m slow.
+DEFAULT = ("Gemma2ForCausalLM",)
 
 
 @pytest.mark.parametrize(
