@@ -30,6 +30,7 @@ _PCM_DTYPES = {2: np.int16, 4: np.int32}  # 8-bit (unsigned) and 24-bit are unpa
 _FLOAT_DTYPES = {4: np.float32, 8: np.float64}
 _RESAMPLE_TAPS = 32  # zero crossings of the windowed sinc on each side: >90 dB stop band
 _KAISER_BETA = 8.6
+_MAX_FILTER = 1 << 22  # entries of the resampling matrix (32 MiB): rates with a simple ratio stay far below
 
 
 def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:
@@ -92,6 +93,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
     Polyphase band-limited interpolation, as scipy's resample_poly or soxr do; written here
     because the runtime install carries only numpy. The cut-off is the lower Nyquist frequency.
+    The rates' ratio reduces to up / down: every `up` outputs, from `down` more inputs, repeat
+    the same `up` filter rows, so one [up, span] matrix resamples every block in one product.
 
     Example:
         >>> resample(np.zeros(22050, np.float32), 22050, 16000).shape
@@ -103,17 +106,23 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     up, down = to_rate // g, from_rate // g
     cutoff = min(1.0, up / down)  # of the input Nyquist frequency
     half = math.ceil(_RESAMPLE_TAPS / cutoff)  # input samples on each side of an output sample
+    span = down + 2 * half  # inputs one block of `up` outputs reads
+    if up * span > _MAX_FILTER:
+        raise InputError(
+            f"cannot resample {from_rate} Hz to {to_rate} Hz: their ratio {up}/{down} needs a {up}x{span} filter; "
+            "allowed: rates with a simple ratio to the model's (8, 11.025, 16, 22.05, 24, 32, 44.1, 48, 96 kHz ...)"
+        )
+    r = np.arange(up)
+    first = r * down // up + 1  # output r of a block reads inputs first .. first + 2 half - 1 of its span
+    t = ((r * down % up) / up)[:, None] - np.arange(-half + 1, half + 1)[None, :]  # distance to each input
+    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None))) / np.i0(_KAISER_BETA)
+    block = np.zeros((up, span))
+    block[r[:, None], first[:, None] + np.arange(2 * half)[None, :]] = cutoff * np.sinc(cutoff * t) * window
     n_out = math.ceil(len(samples) * up / down)
-    x = np.pad(samples.astype(np.float64), (half, half + 1))
-    out = np.empty(n_out, np.float64)
-    taps = np.arange(-half + 1, half + 1)  # input samples around each output instant
-    for start in range(0, n_out, 8192):  # blocks keep the [outputs, taps] matrix small
-        n = np.arange(start, min(start + 8192, n_out))
-        base = (n * down) // up
-        t = ((n * down) % up / up)[:, None] - taps[None, :]  # distance to each tap, in input samples
-        window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None))) / np.i0(_KAISER_BETA)
-        out[n] = (x[(base + half)[:, None] + taps[None, :]] * cutoff * np.sinc(cutoff * t) * window).sum(axis=1)
-    return out.astype(np.float32)
+    blocks = -(-n_out // up)
+    x = np.pad(samples.astype(np.float64), (half, blocks * down + span - len(samples) - half))
+    spans = np.lib.stride_tricks.sliding_window_view(x, span)[: blocks * down : down]
+    return (spans @ block.T).reshape(-1)[:n_out].astype(np.float32)
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:

@@ -155,3 +155,8 @@ def test_clips_longer_than_the_window_are_refused_not_cut(tmp_path):
         load_audio(long, WHISPER)
     with pytest.raises(InputError, match=r"audio array must be 1-D float samples at 16000 Hz, at most 480000; got int16 \(10,\)"):
         load_audio(np.zeros(10, np.int16), WHISPER)
+
+
+def test_a_rate_without_a_simple_ratio_is_refused():
+    with pytest.raises(InputError, match=r"cannot resample 44099 Hz to 16000 Hz: .*allowed: rates with a simple ratio"):
+        resample(np.zeros(100, np.float32), 44099, 16000)
