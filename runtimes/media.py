@@ -57,7 +57,15 @@ def prepare(kind: str, item, manifest: Manifest) -> Prepared:
         if spec.patch_positions:
             feeds[spec.patch_positions] = patch_positions(gh, gw, p.merge)
         return Prepared(f"{p.vision_start}{spec.placeholder}{p.vision_end}", [Call(feeds, (t, gh // p.merge, gw // p.merge))])
-    return Prepared(spec.placeholder, [Call({spec.input: PREPROCESSORS[kind](item, pre)[None]})])
+    return Prepared(spec.placeholder, [Call(item_feeds(kind, item, manifest))])
+
+
+def item_feeds(kind: str, item, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The encoder feeds of one single-call item: its pre-processed array (and its unpadded length
+    where the manifest names an input for it)."""
+    spec = manifest.prompt.media[kind]
+    x, length = PREPROCESSORS[kind](item, manifest.preprocess)
+    return {spec.input: x[None], **({spec.length: np.asarray([length], np.int64)} if spec.length else {})}
 
 
 def needs_preparing(manifest: Manifest) -> bool:
