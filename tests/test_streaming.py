@@ -16,6 +16,7 @@ from edgemfm.errors import InputError, MemoryBudgetError
 from edgemfm.runtimes import budget
 from edgemfm.runtimes.audio_windows import windows
 from edgemfm.runtimes.kvcache import KVCache
+from edgemfm.runtimes.streaming import from_ids, planned, split_template
 from edgemfm.manifest import KVCache as KVLayout
 
 PROMPT = "What happens in the video?"
@@ -126,6 +127,16 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
 def test_bad_streaming_settings_are_named(default_bundle, overrides, message):
     with pytest.raises(InputError, match=message):
         edgemfm.load(default_bundle, **overrides)
+
+
+def test_prompt_template_splits_around_items_or_falls_back():
+    # ids: 1 BOS, 9 placeholder, 5 newline, 7 question, 2 end; a merging tokenizer fuses "\n" + question into 8
+    plain = lambda counts: [1, *[9, 5] * counts.get("image", 0), 7, 2]
+    layout = split_template(plain, ["image"], {"image": 9})
+    assert list(planned(layout, {"image": iter("ab")})) == [1, ("image", "a"), 5, ("image", "b"), 5, 7, 2]
+    merging = lambda counts: [1, *[9, 5] * (counts.get("image", 0) - 1), *([9, 8] if counts.get("image") else [7]), 2]
+    assert split_template(merging, ["image"], {"image": 9}) is None
+    assert list(from_ids(merging({"image": 2}), {"image": 9}, {"image": ["a", "b"]})) == [1, ("image", "a"), 5, ("image", "b"), 8, 2]
 
 
 def test_audio_windows_cover_a_stream_in_fixed_windows():
