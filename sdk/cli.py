@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
         draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
     )
+    err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
         args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
