@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     pipe = load(
         args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
-        draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
+        draft=args.draft, draft_k=args.draft_k, cascade=args.cascade, escalate_below=args.escalate_below,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
@@ -155,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument("--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)")
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
