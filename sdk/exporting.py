@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, MissingExtraError
-from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, StreamingSettings
+from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.recipe import FLOAT32
 
