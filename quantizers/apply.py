@@ -4,7 +4,7 @@
     Gather with bits 4/8                    -> weight_only (an embedding lookup does no arithmetic)
     bits 8, method dynamic                  -> dynamic_int8
     bits 8, method minmax/percentile/entropy -> static_int8 (calibrated QDQ)
-    method rtn/k_quant/gptq/hqq             -> weight_only (MatMulNBits)
+    method rtn/k_quant/gptq/hqq             -> weight_only (MatMulNBits); int4 Conv -> conv_weight_only
 
 Passes run weight-only first, then dynamic, then static (calibrating the graph as it will run),
 then fp16. Every weighted node left in float is listed with the reason.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers import dynamic_int8, fp16, static_int8, weight_only
+from edgemfm.quantizers import conv_weight_only, dynamic_int8, fp16, static_int8, weight_only
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe
@@ -32,7 +32,7 @@ QUANT_OPS = (
     "MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
     "QuantizeLinear", "DequantizeLinear", "Gather(int8 rows)",
 )
-PASSES = (weight_only, dynamic_int8, static_int8)  # in this order
+PASSES = (weight_only, conv_weight_only, dynamic_int8, static_int8)  # in this order
 
 
 def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
@@ -46,7 +46,11 @@ def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
     if spec.method in static_int8.CALIBRATORS:
         return static_int8
     if spec.method in weight_only.ALGORITHMS:
-        return weight_only if unit.op == "MatMul" else f"{unit.op}: weight-only {spec.method} covers MatMul and Gather only"
+        if unit.op == "MatMul":
+            return weight_only
+        if unit.op == "Conv" and spec.bits == 4:
+            return conv_weight_only  # round-to-nearest blocks whatever the method: the others are MatMul-only
+        return f"{unit.op}: weight-only {spec.method} int{spec.bits} covers MatMul, Gather and int4 Conv"
     known = ["dynamic", *static_int8.CALIBRATORS, *weight_only.ALGORITHMS]
     raise ConfigError(f"quantization method {spec.method!r} is unknown; allowed: {', '.join(known)}")
 
@@ -97,10 +101,15 @@ def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx
     int8 = {i.name for i in model.graph.initializer if i.data_type == TensorProto.INT8}
     ops["Gather(int8 rows)"] = sum(n.op_type == "Gather" and n.input[0] in int8 for n in model.graph.node)
     specs = sorted({(spec.bits, spec.group_size, spec.method) for _, spec, _ in passes})
+    notes = {
+        u.name: "depthwise Conv: int8 per channel (a 1-wide input axis has no int4 blocks)"
+        for scheme, _, us in passes if scheme is conv_weight_only for u in us if conv_weight_only.depthwise(u)
+    }
     return {
         "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],
         "quantized_units": sum(len(us) for _, _, us in passes),
         "float_units": {**floats, **skipped},
+        "notes": notes,
         "quantized_nodes": {op: ops[op] for op in QUANT_OPS if ops[op]},
         "weight_bytes": weight_bytes(model),
     }

@@ -105,7 +105,7 @@ def _quantization_table(report: dict) -> None:
     """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
     table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
     for col in ("component", "schemes", "SQNR dB", "cosine", "quantized nodes", "float units"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "quantized nodes")
     for name, q in report["quantization"].items():
         schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
         nodes = ", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items())
