@@ -104,13 +104,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def _quantization_table(report: dict) -> None:
     """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
     table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
-    for col in ("component", "schemes", "SQNR dB", "cosine", "quantized nodes", "float units"):
-        table.add_column(col, no_wrap=col != "quantized nodes")
+    for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
+        table.add_column(col, no_wrap=True)
     for name, q in report["quantization"].items():
         schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
-        nodes = ", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items())
-        table.add_row(name, schemes or "float", f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}", nodes or "-", str(len(q["float_units"])))
+        table.add_row(name, schemes or "float", f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}", str(len(q["float_units"])))
     out.print(table)
+    for name, q in report["quantization"].items():
+        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
+        for unit, note in q.get("notes", {}).items():
+            out.print(f"  note: {unit}: {note}")
     for unit, why in report.get("float_units", {}).items():
         out.print(f"  float: {unit}: {why}")
     if plan := report.get("plan"):

@@ -220,7 +220,8 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int4/rtn/g64" in text and "MatMulNBits" in text and "DequantizeLinear" in text
+    assert "int4/rtn/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
+    assert "nodes: vision_encoder: MatMulNBits 8, DequantizeLinear 1" in text
 
 
 def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys):
