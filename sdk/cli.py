@@ -54,7 +54,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     path = export(
         args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
-        calibration=args.calibration, memory_budget_mb=args.memory_budget, accuracy_tolerance_db=args.accuracy_tolerance,
+        fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
+        accuracy_tolerance_db=args.accuracy_tolerance,
     )
     from edgemfm.bundle import read_manifest
 
@@ -99,6 +100,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     out.print(table)
     if "quantization" in m.report:
         _quantization_table(m.report)
+    if args.device:
+        _print_predictions(m, load_profile(args.device))
 
 
 def _quantization_table(report: dict) -> None:
@@ -123,6 +126,19 @@ def _quantization_table(report: dict) -> None:
         out.print(f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}")
 
 
+def _print_predictions(manifest, profile) -> None:
+    from edgemfm.cost import predict
+
+    table = Table(title=f"predicted on {profile.name} (roofline)")
+    for col in ("component", "one call", "GFLOP", "MB moved", "ms", "bound"):
+        table.add_column(col)
+    for e in predict(manifest, profile):
+        table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
+    out.print(table)
+    for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
+        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -143,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
     e.add_argument("--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
@@ -158,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")
     i.add_argument("--json", action="store_true", help="print the manifest")
+    i.add_argument("--device", help="also predict each component's latency on this device (roofline)")
     i.set_defaults(func=cmd_inspect)
     return p
 

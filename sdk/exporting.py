@@ -96,6 +96,7 @@ def export(
     calibration: str | Path | None = None,
     memory_budget_mb: float | None = None,
     accuracy_tolerance_db: float | None = None,
+    fuse: bool = True,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
@@ -127,7 +128,7 @@ def export(
             components, parity = {}, {}
             for name, unit in split.units.items():
                 bar.update(task, description=f"exporting {name}")
-                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance)
+                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance, fuse)
                 bar.advance(task)
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(
