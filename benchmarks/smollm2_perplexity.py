@@ -95,6 +95,7 @@ def main() -> None:
     manifest = export(float_stage)
     size = lambda d, m: sum((d / c.file).stat().st_size for c in m.components.values())  # noqa: E731
     rows = [("fp32", perplexity(float_stage, manifest), size(float_stage, manifest), "-")]
+    print(f"fp32: ppl {rows[0][1]:.2f}, {rows[0][2] / 2**20:.1f} MiB", file=sys.stderr, flush=True)
     variants = [(a.split(":")[0], a.split(":")[1], float(a.split(":")[2]) if a.count(":") == 2 else 20.0) for a in sys.argv[1:]] or [
         ("host", "int8", 20.0), ("pi5", "int4", 20.0), ("pi5", "auto", 20.0)]
     for device, precision, tol in variants:
@@ -106,8 +107,9 @@ def main() -> None:
         bits = [g["bits"] for g in plan.values()]
         mix = ", ".join(f"{'float' if b == 32 else f'int{b}'} x{bits.count(b)}" for b in sorted(set(bits))) if bits else "-"
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
-        print(f"{device} {precision}: {time.time() - t:.0f} s, SQNR {sqnr}, groups {mix}", file=sys.stderr, flush=True)
         rows.append((f"{precision} ({device}{', tolerance %g dB' % tol if precision == 'auto' else ''})", perplexity(stage, m), size(stage, m), mix))
+        print(f"{device} {precision}: {time.time() - t:.0f} s, ppl {rows[-1][1]:.2f} (fp32 {rows[0][1]:.2f}), "
+              f"{rows[-1][2] / 2**20:.1f} MiB, SQNR {sqnr}, groups {mix}", file=sys.stderr, flush=True)
         shutil.rmtree(stage)
     base_ppl, base_size = rows[0][1], rows[0][2]
     print("| precision | perplexity | vs fp32 | MiB | smaller | auto groups |\n|---|---|---|---|---|---|")
