@@ -53,4 +53,4 @@ def outputs(path: Path | bytes, feeds: Sequence[Feeds], output: str) -> np.ndarr
 def compare(reference: np.ndarray, path: Path | bytes, feeds: Sequence[Feeds], output: str) -> dict[str, float]:
     """SQNR and cosine of a quantized graph's `output` against the float `reference` outputs."""
     got = outputs(path, feeds, output)
-    return {"sqnr_db": round(sqnr_db(reference, got), 2), "cosine": round(cosine(reference, got), 6)}
+    return {"sqnr_db": round(float(sqnr_db(reference, got)), 2), "cosine": round(cosine(reference, got), 6)}
