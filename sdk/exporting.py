@@ -143,7 +143,7 @@ def export(
                 tokenizer=split.tokenizer,
                 prompt=split.prompt,
                 preprocess=split.preprocess,
-                generation=Generation(),
+                generation=split.generation,
                 streaming=StreamingSettings(**vars(profile.streaming)),
                 report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report},
             )
