@@ -85,9 +85,10 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
     task = bar.add_task("calibrating", total=None) if bar else None
     feeds = component_feeds(float_dir, manifest, calibration)
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
-    refs = {name: outputs(float_dir / c.file, feeds[name], first[name]) for name, c in manifest.components.items()}
+    # Components no calibration item reaches (an audio encoder: no built-in audio yet) are quantized unmeasured.
+    refs = {name: outputs(float_dir / c.file, feeds[name], first[name]) for name, c in manifest.components.items() if feeds.get(name)}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
-    ctx = {name: Context(feeds[name], profile, scratch) for name in manifest.components}
+    ctx = {name: Context(feeds.get(name, []), profile, scratch) for name in manifest.components}
 
     def measure(component: str, r: Recipe) -> np.ndarray:
         out = scratch / f"probe-{component}.onnx"
@@ -102,7 +103,7 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
         if bar:
             bar.update(task, description=f"quantizing {name}", total=None)
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
-        entry.update(compare(refs[name], stage / c.file, feeds[name], first[name]))
+        entry.update(compare(refs[name], stage / c.file, feeds[name], first[name]) if name in refs else {"sqnr_db": None, "cosine": None})
         entry["output"] = first[name]
         report[name] = entry
         components[name] = replace(c, weight_bytes=entry["weight_bytes"])
@@ -120,7 +121,7 @@ def _auto(float_dir: Path, manifest: Manifest, profile: DeviceProfile, refs: dic
     """The auto plan: sensitivity per group, then bits per group under budget and tolerance."""
     available = presets.specs(profile)
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
-    files = {n: c.file for n, c in manifest.components.items()}
+    files = {n: c.file for n, c in manifest.components.items() if n in refs}
     if bar:
         bar.update(task, description="measuring sensitivity", total=None, completed=0)
     groups = planner.sensitivity(float_dir, files, refs, measure, ladder[0], lambda: bar and bar.advance(task))

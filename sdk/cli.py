@@ -124,7 +124,9 @@ def _quantization_table(report: dict) -> None:
         table.add_column(col, no_wrap=True)
     for name, q in report["quantization"].items():
         schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
-        table.add_row(name, schemes or "float", f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}", str(len(q["float_units"])))
+        measured = q["sqnr_db"] is not None
+        sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
+        table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
     out.print(table)
     for name, q in report["quantization"].items():
         out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
