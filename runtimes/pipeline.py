@@ -294,6 +294,7 @@ def load(
     threads: int = 0,
     memory_budget: float | None = None,
     draft: str | Path | None = None,
+    draft_k: int = 4,
     cascade: str | Path | None = None,
     escalate_below: float | str | Path | None = None,
     **streaming_overrides: int,
@@ -302,9 +303,9 @@ def load(
 
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
-    for speculative decoding; `cascade` puts a small bundle in front that answers unless its
-    self-test falls below `escalate_below` (a mean token log-probability, or a calibration JSON
-    file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
+    for speculative decoding, proposing `draft_k` tokens per target call; `cascade` puts a small
+    bundle in front that answers unless its self-test falls below `escalate_below` (a mean token
+    log-probability, or a calibration JSON file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
     `prefill_chunk`, `max_seq_len`, `sink_tokens`.
 
     Example:
@@ -317,8 +318,11 @@ def load(
     if bad := sorted(set(streaming_overrides) - known):
         raise InputError(f"unknown streaming setting {bad[0]!r}; allowed: {', '.join(sorted(known))}")
     settings = dataclasses.replace(manifest.streaming, **streaming_overrides)
+    if not (isinstance(draft_k, int) and draft_k >= 1):
+        raise InputError(f"draft_k {draft_k!r} is not allowed; allowed: a positive number of proposed tokens")
     pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings)
     if draft is not None:
+        pipe.speculate_k = draft_k
         pipe.draft = Pipeline(Path(draft), bundle.read_manifest(draft), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
         if pipe.tokenizer.get_vocab() != pipe.draft.tokenizer.get_vocab():
             raise InputError(f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer")
