@@ -41,3 +41,28 @@ def tiny_llava(path: Path, seed: int = 0) -> Path:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
     CLIPImageProcessorPil(size={"shortest_edge": 34}, crop_size={"height": 30, "width": 30}).save_pretrained(path)
     return path
+
+
+def tiny_llama(path: Path, seed: int = 0) -> Path:
+    """A LlamaForCausalLM checkpoint: 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+
+    tok = byte_tokenizer()
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    config = LlamaConfig(
+        hidden_size=60, intermediate_size=90, num_hidden_layers=4, num_attention_heads=6,
+        num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=256,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # wider weights than the init: blocks, heads and channels differ in importance
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
+    return path
