@@ -105,7 +105,7 @@ def _blocks(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) ->
 def _heads(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> dict[str, Any]:
     scores = importance.kv_group_scores(dec, samples, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
-    keep_kv_groups(dec, {i: [k for k in range(len(s)) if k not in removed[i]] for i, s in enumerate(scores)})
+    keep_kv_groups(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
     return {
         "granularity": "heads", "removed": {str(i): r for i, r in removed.items()},
         "scores": {str(i): [round(v, 6) for v in s] for i, s in enumerate(scores)},
@@ -116,7 +116,7 @@ def _heads(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> 
 def _mlp(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> dict[str, Any]:
     scores = importance.channel_scores(dec, samples, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
-    keep_channels(dec, {i: [j for j in range(len(s)) if j not in set(removed[i])] for i, s in enumerate(scores)})
+    keep_channels(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
     return {
         "granularity": "mlp", "removed": {str(i): r for i, r in removed.items()},
         # every removed channel's score, and the weakest kept one: the margin of the cut
@@ -159,8 +159,23 @@ def prune_model(model: Any, tokenizer: Any, config: PruneConfig, texts: Sequence
     }
 
 
+def bundle_report(model_dir: Path) -> dict[str, Any]:
+    """What `prune` removed from a checkpoint, for the report of a bundle exported from it ({} if unpruned).
+
+    Example:
+        >>> bundle_report(Path("models/llava-mlp20"))["pruning"]["parameters"]["removed"]  # doctest: +SKIP
+        48216
+    """
+    path = model_dir / REPORT
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    stages = [{k: s[k] for k in ("granularity", "count", "removed", "why")} for s in r["stages"]]
+    return {"pruning": {"source": r["source"], "parameters": r["parameters"], "uniform": r["uniform"], "stages": stages}}
+
+
 def load_model(model_dir: Path) -> Any:
-    """The checkpoint's own architecture class, loaded in its saved dtype."""
+    """The checkpoint's own architecture class, loaded in its saved dtype; its decoder must be Llama-style."""
     import transformers
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -168,7 +183,9 @@ def load_model(model_dir: Path) -> Any:
     cls = getattr(transformers, arch, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise UnsupportedModelError(arch, SUPPORTED)
-    return cls.from_pretrained(model_dir, dtype="auto").eval()
+    model = cls.from_pretrained(model_dir, dtype="auto").eval()
+    find_decoder(model)  # fail on a model without Llama-style layers before anything else is read
+    return model
 
 
 def _copy_side_files(source: Path, stage: Path) -> None:

@@ -98,6 +98,8 @@ def test_pruned_llava_exports_with_parity_and_matches_transformers(tmp_path):
 
     pipe = edgemfm.load(bundle)
     assert pipe.manifest.report["parity"]["text_decoder"]["max_abs_diff"] < 1e-4
+    pruning = pipe.manifest.report["pruning"]  # the bundle says what was pruned, where and why
+    assert [s["granularity"] for s in pruning["stages"]] == ["blocks", "heads", "mlp"] and pruning["parameters"]["removed"] > 0
     ours = list(pipe.generate_tokens("Hello there", max_new_tokens=16))
     model = LlavaForConditionalGeneration.from_pretrained(pruned).eval()
     ids = pipe.prompt_ids("Hello there")
@@ -117,23 +119,20 @@ def gpt2(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "model, flags, message",
     [
-        (["--mlp", "1.5"], "--mlp 1.5 is outside (0, 1)"),
-        (["--heads", "-0.2"], "--heads -0.2 is outside (0, 1)"),
-        (["--mlp", "0"], "nothing to prune; pass --blocks N, --heads F or --mlp F"),
-        (["--blocks", "4"], "--blocks 4: the decoder has 4 blocks; allowed: 1 to 3"),
-        (["--heads", "0.1"], "--heads 0.1 removes 0 of 3 KV head groups per layer; allowed: fractions that remove 1 to 2"),
-        (["--mlp", "0.2", "--data", "/nonexistent"], "calibration data '/nonexistent' is not a directory"),
-        (["--mlp", "0.2", "--model", "GPT2"], "unsupported architecture 'GPT2LMHeadModel'; supported: LlamaForCausalLM, Llava"),
+        ("llama", ["--mlp", "1.5"], "--mlp 1.5 is outside (0, 1)"),
+        ("llama", ["--heads", "-0.2"], "--heads -0.2 is outside (0, 1)"),
+        ("llama", ["--mlp", "0"], "nothing to prune; pass --blocks N, --heads F or --mlp F"),
+        ("llama", ["--blocks", "4"], "--blocks 4: the decoder has 4 blocks; allowed: 1 to 3"),
+        ("llama", ["--heads", "0.1"], "--heads 0.1 removes 0 of 3 KV head groups per layer; allowed: fractions that remove 1 to 2"),
+        ("llama", ["--mlp", "0.2", "--data", "/nonexistent"], "calibration data '/nonexistent' is not a directory"),
+        ("gpt2", ["--mlp", "0.2"], "unsupported architecture 'GPT2LMHeadModel'; supported: LlamaForCausalLM, Llava"),
     ],
 )
-def test_bad_input_is_one_typed_line(llama, gpt2, tmp_path, flags, message, capsys):
-    model = str(gpt2) if "GPT2" in flags else str(llama)
-    flags = [f for f in flags if f != "GPT2"]
-    if "--model" in flags:
-        flags.remove("--model")
-    assert main(["prune", "--model", model, "--out", str(tmp_path / "o"), *flags]) == 2
+def test_bad_input_is_one_typed_line(request, tmp_path, model, flags, message, capsys):
+    path = request.getfixturevalue(model)
+    assert main(["prune", "--model", str(path), "--out", str(tmp_path / "o"), *flags]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("edgemfm: error: ") and message in line and "\n" not in line
     assert list(tmp_path.iterdir()) == []  # nothing half-written
