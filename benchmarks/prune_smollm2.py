@@ -5,7 +5,7 @@ list, never imported), dequantized to float32 by transformers (`pip install gguf
 prunes a fresh copy of the model on edgemfm's built-in English calibration text and measures
 perplexity on benchmarks/eval_en.txt, a held-out English passage. Prints a markdown table.
 
-    python benchmarks/prune_smollm2.py
+    python benchmarks/prune_smollm2.py [--only mlp]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import torch
-from rich.progress import track
 
 from edgemfm.quantizers.importance import read_texts
 from edgemfm.quantizers.pruning import PruneConfig, prune_model
@@ -50,7 +49,9 @@ def perplexity(model, ids: torch.Tensor) -> float:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["mlp", "blocks", "heads"], help="one granularity (default: all)")
+    args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_gguf()
@@ -58,18 +59,18 @@ def main() -> None:
     base = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     ids = torch.tensor([tokenizer(EVAL_TEXT.read_text())["input_ids"]])
     texts = read_texts(None)
-    embedding = base.get_input_embeddings().weight.numel()
-    rows = [("none", count_parameters(base), perplexity(base, ids))]
-    for name, config in track(SETTINGS, description="pruning"):
+    total, embedding = count_parameters(base), base.get_input_embeddings().weight.numel()
+    # rows print as they are measured: a long run interrupted still leaves its finished rows
+    print(f"eval tokens: {ids.shape[1]}; embedding (tied, never pruned): {embedding:,} parameters\n")
+    print("| pruned | parameters | non-embedding removed | perplexity |\n|---|---|---|---|", flush=True)
+    print(f"| none | {total / 1e6:.2f} M | 0.0% | {perplexity(base, ids):.2f} |", flush=True)
+    for name, config in SETTINGS:
+        if args.only and not name.startswith(args.only):
+            continue
         model = copy.deepcopy(base)
         prune_model(model, tokenizer, config, texts)
-        rows.append((name, count_parameters(model), perplexity(model, ids)))
-    print(f"eval tokens: {ids.shape[1]}; embedding (tied, unpruned): {embedding:,} parameters\n")
-    print("| pruned | parameters | non-embedding removed | perplexity |")
-    print("|---|---|---|---|")
-    full = rows[0][1] - embedding
-    for name, params, ppl in rows:
-        print(f"| {name} | {params / 1e6:.2f} M | {(rows[0][1] - params) / full:.1%} | {ppl:.2f} |")
+        params = count_parameters(model)
+        print(f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {perplexity(model, ids):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
