@@ -121,5 +121,5 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     if image:
         from edgemfm.runtimes.preprocess import PREPROCESSORS
 
-        feeds[image.encoder] = [{image.input: PREPROCESSORS["image"](img, manifest.preprocess)[None]} for img in images]
+        feeds[image.encoder] = [{image.input: PREPROCESSORS["image"](img, manifest.preprocess)[0][None]} for img in images]  # (pixels, extras)
     return feeds
