@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,18 +46,19 @@ def check_output(out: str | Path, force: bool) -> Path:
 
 
 @contextmanager
-def staging(out: str | Path, force: bool = False) -> Iterator[Path]:
+def staging(out: str | Path, force: bool = False, verify: Callable[[Path], object] | None = None) -> Iterator[Path]:
     """An empty directory to build the bundle in; moved to `out` when the block ends cleanly.
 
     The caller writes the files and then `seal(stage, manifest)`. On an exception (including
-    KeyboardInterrupt) the staging directory is removed and `out` is left as it was.
+    KeyboardInterrupt) the staging directory is removed and `out` is left as it was. `verify`
+    checks what was written (default: read the manifest back, as the runtime would).
     """
     out = check_output(out, force).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield stage
-        read_manifest(stage)  # verify what was written, exactly as a loader would
+        (verify or read_manifest)(stage)  # verify what was written, exactly as a loader would
         if out.exists():
             old = stage.with_suffix(".old")
             out.rename(old)

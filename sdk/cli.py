@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, run, inspect.
+"""The `edgemfm` command line: devices, export, prune, run, inspect.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -64,6 +64,24 @@ def cmd_export(args: argparse.Namespace) -> None:
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
     if floats := m.report.get("float_units") if "quantization" in m.report else None:
         out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from edgemfm.quantizers.pruning import REPORT, PruneConfig, prune
+
+    config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp)
+    path = prune(args.model, args.out, config, data=args.data, force=args.force)
+    report = json.loads((path / REPORT).read_text())
+    table = Table(title=f"pruned {Path(report['source']).name} ({report['architecture']})")
+    for col in ("granularity", "removed", "where", "why"):
+        table.add_column(col)
+    for s in report["stages"]:
+        where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
+        table.add_row(s["granularity"], str(s["count"]), str(where), s["why"])
+    out.print(table)
+    p = report["parameters"]
+    out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
+    out.print(f"[green]wrote[/green] {path} ({report['calibration']['samples']} calibration samples from {report['calibration']['data']})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -176,6 +194,16 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("prune", help="remove decoder blocks, attention heads or MLP channels; writes a smaller checkpoint")
+    pr.add_argument("--model", required=True, help="Hugging Face checkpoint directory (Llama-style decoder, or LLaVA on one)")
+    pr.add_argument("--out", required=True, help="checkpoint directory to write")
+    pr.add_argument("--blocks", type=int, default=0, help="number of whole decoder blocks to remove")
+    pr.add_argument("--heads", type=float, default=0.0, help="fraction of KV head groups (with their query heads) to remove per layer")
+    pr.add_argument("--mlp", type=float, default=0.0, help="fraction of MLP channels to remove per layer")
+    pr.add_argument("--data", help="folder of .txt files, one calibration sample a line (default: built-in English)")
+    pr.add_argument("--force", action="store_true", help="replace an existing output directory")
+    pr.set_defaults(func=cmd_prune)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
     r.add_argument("bundle", help="bundle directory")

@@ -116,6 +116,7 @@ def export(
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
         from edgemfm.exporters import find_family
         from edgemfm.exporters.onnx import write_onnx
+        from edgemfm.quantizers.pruning import bundle_report
 
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
@@ -145,7 +146,7 @@ def export(
                 preprocess=split.preprocess,
                 generation=split.generation,
                 streaming=StreamingSettings(**vars(profile.streaming)),
-                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report},
+                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report, **bundle_report(model_dir)},
             )
             from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
 

@@ -142,3 +142,20 @@ def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2") -> Path:
         size={"shortest_edge": 256, "longest_edge": 64 * 64}, patch_size=4, merge_size=2, temporal_patch_size=2,
     ).save_pretrained(path)
     return path
+
+
+def tiny_llama(path: Path, seed: int = 0) -> Path:
+    """A LlamaForCausalLM checkpoint: 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok, ids = _tokenizer_with([])
+    config = LlamaConfig(
+        hidden_size=60, intermediate_size=90, num_hidden_layers=4, num_attention_heads=6,
+        num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=256,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    model = LlamaForCausalLM(config).eval()
+    _widen(model, seed)  # blocks, heads and channels then differ in importance
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
+    return path
