@@ -36,7 +36,9 @@ class TextDecoder(torch.nn.Module):
         from transformers import DynamicCache
 
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.config)
+        # Full-length cache layers: sliding-window models (Mistral, Gemma-2/3) apply the window in
+        # the mask, so one graph serves every length (a sliding layer would trim at traced shapes).
+        cache = DynamicCache(ddp_cache_data=pairs)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -91,6 +93,7 @@ def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 
         output_names=("logits", *present_names),
         dynamic_axes=axes,
         kv_cache=kv,
+        items=seq,
     )
 
 
@@ -102,4 +105,5 @@ def embedding_unit(embed_tokens: torch.nn.Module) -> ExportUnit:
         input_names=("input_ids",),
         output_names=("inputs_embeds",),
         dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}},
+        items=4,
     )

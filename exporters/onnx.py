@@ -1,8 +1,8 @@
-"""Write one component to ONNX with torch.onnx's dynamo exporter, and prove its parity.
+"""Write one component to ONNX with torch.onnx's dynamo exporter, fuse it, and prove its parity.
 
 The dynamo exporter gives much cleaner graphs than the TorchScript one (a Llama decoder: about
 200 nodes against 600) and handles the flat KV cache with named dynamic axes; every component is
-run once in ONNX Runtime against PyTorch on its example inputs before it enters a bundle.
+run in ONNX Runtime against PyTorch on its example inputs before and after fusion.
 
 Example:
     >>> component, parity = write_onnx(unit, Path("stage/text_decoder.onnx"), tolerance=1e-4)  # doctest: +SKIP
@@ -22,6 +22,7 @@ import torch
 
 from edgemfm.errors import EdgemfmError
 from edgemfm.exporters.family import ExportUnit
+from edgemfm.exporters.fusions import fuse
 from edgemfm.manifest import Component, TensorSpec
 
 OPSET = 18
@@ -51,8 +52,10 @@ def _spec(name: str, t: torch.Tensor, axes: dict[int, str]) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(axes.get(d, int(n)) for d, n in enumerate(t.shape)))
 
 
-def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
-    """PyTorch outputs on the example inputs, and the largest tensor any submodule produced."""
+def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int, int]:
+    """PyTorch outputs on the example inputs, the largest tensor any submodule produced, the FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     peak = 0
 
     def hook(_m, _i, out):
@@ -63,21 +66,37 @@ def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
 
     handles = [m.register_forward_hook(hook) for m in unit.module.modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
             out = unit.module(*unit.args)
     finally:
         for h in handles:
             h.remove()
-    return list(out) if isinstance(out, (tuple, list)) else [out], peak
+    return list(out) if isinstance(out, (tuple, list)) else [out], peak, flops.get_total_flops()
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Component, dict[str, float]]:
-    """Export `unit` to `path`, check it in ONNX Runtime, and describe it for the manifest."""
-    import onnx
-    import onnx.numpy_helper
+def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float]:
+    """Max abs difference of the graph at `path` from PyTorch, and the outputs' magnitude."""
     import onnxruntime as ort
 
-    reference, peak = _reference(unit)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
+    got = session.run(list(unit.output_names), feeds)
+    diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
+    # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
+    scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
+    if not diff <= tolerance * scale:
+        raise ParityError(
+            f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
+        )
+    return diff, scale
+
+
+def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, dict[str, Any]]:
+    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
+    import onnx
+    import onnx.numpy_helper
+
+    reference, peak, flops = _reference(unit)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each stage
         torch.onnx.export(
             unit.module,
@@ -91,16 +110,9 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
             external_data=False,
             verbose=False,
         )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
-    got = session.run(list(unit.output_names), feeds)
-    diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
-    # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
-    scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
-    if not diff <= tolerance * scale:
-        raise ParityError(
-            f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
-        )
+    unfused_diff, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
+    fusion = fuse(path) if fuse_ops else {"skipped": "export --no-fuse"}
+    diff, scale = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
@@ -112,5 +124,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        cross_attention=unit.cross_attention,
+        flops_per_item=flops // unit.items,
     )
-    return component, {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node)}
+    return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}

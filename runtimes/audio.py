@@ -25,10 +25,12 @@ from edgemfm.manifest import AudioPreprocess
 # WAVE format tags: integer PCM, IEEE float, and the extensible header that wraps either.
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _ALLOWED = "WAV (RIFF/WAVE) with PCM 8, 16, 24 or 32-bit integer or 32/64-bit float samples"
-_PCM_DTYPES = {1: np.uint8, 2: np.int16, 4: np.int32}  # 24-bit is unpacked by hand below
+_WIDTHS = {_PCM: (1, 2, 3, 4), _FLOAT: (4, 8)}  # bytes per sample this reader decodes
+_PCM_DTYPES = {2: np.int16, 4: np.int32}  # 8-bit (unsigned) and 24-bit are unpacked by hand below
 _FLOAT_DTYPES = {4: np.float32, 8: np.float64}
 _RESAMPLE_TAPS = 32  # zero crossings of the windowed sinc on each side: >90 dB stop band
 _KAISER_BETA = 8.6
+_MAX_FILTER = 1 << 22  # entries of the resampling matrix (32 MiB): rates with a simple ratio stay far below
 
 
 def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:
@@ -67,8 +69,7 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the plain tag
     width = bits // 8
-    dtypes = {_PCM: {**_PCM_DTYPES, 3: "int24"}, _FLOAT: _FLOAT_DTYPES}.get(tag, {})
-    if width not in dtypes or bits % 8 or channels == 0 or rate == 0:
+    if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
         kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
         raise InputError(f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}")
     raw = chunks[b"data"]
@@ -92,6 +93,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
     Polyphase band-limited interpolation, as scipy's resample_poly or soxr do; written here
     because the runtime install carries only numpy. The cut-off is the lower Nyquist frequency.
+    The rates' ratio reduces to up / down: every `up` outputs, from `down` more inputs, repeat
+    the same `up` filter rows, so one [up, span] matrix resamples every block in one product.
 
     Example:
         >>> resample(np.zeros(22050, np.float32), 22050, 16000).shape
@@ -103,17 +106,23 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     up, down = to_rate // g, from_rate // g
     cutoff = min(1.0, up / down)  # of the input Nyquist frequency
     half = math.ceil(_RESAMPLE_TAPS / cutoff)  # input samples on each side of an output sample
+    span = down + 2 * half  # inputs one block of `up` outputs reads
+    if up * span > _MAX_FILTER:
+        raise InputError(
+            f"cannot resample {from_rate} Hz to {to_rate} Hz: their ratio {up}/{down} needs a {up}x{span} filter; "
+            "allowed: rates with a simple ratio to the model's (8, 11.025, 16, 22.05, 24, 32, 44.1, 48, 96 kHz ...)"
+        )
+    r = np.arange(up)
+    first = r * down // up + 1  # output r of a block reads inputs first .. first + 2 half - 1 of its span
+    t = ((r * down % up) / up)[:, None] - np.arange(-half + 1, half + 1)[None, :]  # distance to each input
+    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None))) / np.i0(_KAISER_BETA)
+    block = np.zeros((up, span))
+    block[r[:, None], first[:, None] + np.arange(2 * half)[None, :]] = cutoff * np.sinc(cutoff * t) * window
     n_out = math.ceil(len(samples) * up / down)
-    x = np.pad(samples.astype(np.float64), (half, half + 1))
-    out = np.empty(n_out, np.float64)
-    taps = np.arange(-half + 1, half + 1)  # input samples around each output instant
-    for start in range(0, n_out, 8192):  # blocks keep the [outputs, taps] matrix small
-        n = np.arange(start, min(start + 8192, n_out))
-        base = (n * down) // up
-        t = ((n * down) % up / up)[:, None] - taps[None, :]  # distance to each tap, in input samples
-        window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None))) / np.i0(_KAISER_BETA)
-        out[n] = (x[(base + half)[:, None] + taps[None, :]] * cutoff * np.sinc(cutoff * t) * window).sum(axis=1)
-    return out.astype(np.float32)
+    blocks = -(-n_out // up)
+    x = np.pad(samples.astype(np.float64), (half, blocks * down + span - len(samples) - half))
+    spans = np.lib.stride_tricks.sliding_window_view(x, span)[: blocks * down : down]
+    return (spans @ block.T).reshape(-1)[:n_out].astype(np.float32)
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -132,7 +141,12 @@ def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
 
 
 def mel_filters(spec: AudioPreprocess) -> np.ndarray:
-    """Slaney-normalized triangular mel filters, [n_fft // 2 + 1, n_mels], as transformers builds them."""
+    """Slaney-normalized triangular mel filters, [n_fft // 2 + 1, n_mels], as transformers builds them.
+
+    Example:
+        >>> mel_filters(AudioPreprocess(16000, 400, 160, 80, 480000)).shape
+        (201, 80)
+    """
     bins = spec.n_fft // 2 + 1
     edges = np.array([spec.min_frequency, spec.max_frequency], np.float64)
     mel_edges = _hertz_to_mel(edges)
@@ -174,17 +188,31 @@ def log_mel(samples: np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int
 
 
 def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarray:
-    """Mono float32 samples at the model's rate from a WAV path or a 1-D array already at that rate."""
+    """Mono float32 samples at the model's rate from a WAV path or a 1-D array already at that rate.
+
+    Example:
+        >>> load_audio("stereo-44k.wav", spec).shape   # doctest: +SKIP
+        (16000,)
+    """
     if isinstance(item, np.ndarray):
-        if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or item.size == 0:
+        if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or not 0 < item.size <= spec.n_samples:
             raise InputError(
-                f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, got {item.dtype} {item.shape}"
+                f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, at most {spec.n_samples}; "
+                f"got {item.dtype} {item.shape}"
             )
         return item.astype(np.float32)
     samples, rate = read_wav(item)
+    seconds, limit = len(samples) / rate, spec.n_samples / spec.sampling_rate
+    if seconds > limit:  # never cut a clip silently: the encoder sees one window
+        raise InputError(f"audio {str(item)!r} lasts {seconds:.1f} s; this model takes clips of at most {limit:g} s")
     return resample(samples.mean(axis=1), rate, spec.sampling_rate)
 
 
 def preprocess_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int]:
-    """One audio clip -> (log-mel features [n_mels, frames] float32, frames holding real audio)."""
+    """One audio clip -> (log-mel features [n_mels, frames] float32, frames holding real audio).
+
+    Example:
+        >>> preprocess_audio("speech.wav", spec)[0].shape   # doctest: +SKIP
+        (80, 3000)
+    """
     return log_mel(load_audio(item, spec), spec)

@@ -52,7 +52,7 @@ def cmd_devices(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
-    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force)
+    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force, fuse=not args.no_fuse)
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
@@ -63,11 +63,24 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from edgemfm.runtimes.pipeline import load
 
-    pipe = load(args.bundle, device=args.device, threads=args.threads)
-    for piece in pipe.generate(args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens):
+    pipe = load(
+        args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
+        draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
+    )
+    err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
+    pieces = pipe.generate(
+        args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+    )
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if args.cascade:
+        err.print(f"edgemfm: answered by the {pipe.answered_by} bundle (self-test {pipe.score:.3f}, escalate below {pipe.threshold:.3f})")
+    if args.draft:
+        s = pipe.speculation
+        err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -101,6 +114,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
     out.print(table)
+    if args.device:
+        _print_predictions(m, load_profile(args.device))
+
+
+def _print_predictions(manifest, profile) -> None:
+    from edgemfm.cost import predict
+
+    table = Table(title=f"predicted on {profile.name} (roofline)")
+    for col in ("component", "one call", "GFLOP", "MB moved", "ms", "bound"):
+        table.add_column(col)
+    for e in predict(manifest, profile):
+        table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
+    out.print(table)
+    for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
+        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,16 +148,26 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
     r.add_argument("bundle", help="bundle directory")
-    r.add_argument("--prompt", required=True)
+    r.add_argument("--prompt", default="", help="the question or instruction (default: none, e.g. to transcribe)")
     r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
     r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
     r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
     r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
+    r.add_argument("--memory-budget", type=float, metavar="MB", help="MiB the run may use (default: the profile's)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    r.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    r.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass (1: all)")
+    r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
+    r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
+    r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
+    r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
@@ -147,6 +185,7 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")
     i.add_argument("--json", action="store_true", help="print the manifest")
+    i.add_argument("--device", help="also predict each component's latency on this device (roofline)")
     i.set_defaults(func=cmd_inspect)
     return p
 

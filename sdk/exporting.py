@@ -88,6 +88,7 @@ def export(
     precision: str = "fp32",
     force: bool = False,
     progress: bool = True,
+    fuse: bool = True,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
@@ -115,7 +116,7 @@ def export(
             components, parity = {}, {}
             for name, unit in split.units.items():
                 bar.update(task, description=f"exporting {name}")
-                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance)
+                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance, fuse)
                 bar.advance(task)
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(
@@ -130,7 +131,7 @@ def export(
                 tokenizer=split.tokenizer,
                 prompt=split.prompt,
                 preprocess=split.preprocess,
-                generation=Generation(),
+                generation=split.generation,
                 streaming=StreamingSettings(**vars(profile.streaming)),
                 report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report},
             )

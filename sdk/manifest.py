@@ -62,6 +62,7 @@ class Component:
     peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
+    flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Media:
 class Prompt:
     template: str  # with {media} and {prompt}: "USER: {media}{prompt} ASSISTANT:"
     media: dict[str, Media] = field(default_factory=dict)  # "image" / "audio" -> Media
+    add_special_tokens: bool = True  # False: the template spells out every special token itself (Whisper)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
     decoder: str = "text_decoder"
+    suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
+    begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,12 @@ def speech(tmp_path_factory) -> Path:
 
 def _write_pcm(path: Path, samples: np.ndarray, rate: int, width: int) -> Path:
     """Integer PCM through the stdlib writer, so the reader is checked against another implementation."""
-    scaled = {1: lambda x: (x * 127 + 128).astype(np.uint8), 2: lambda x: (x * 32767).astype("<i2"), 4: lambda x: (x * (2**31 - 1)).astype("<i4")}
+    scaled = {
+        1: lambda x: (x * 127 + 128).astype(np.uint8),
+        2: lambda x: (x * 32767).astype("<i2"),
+        3: lambda x: (x * (2**23 - 1)).astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].copy(),  # low 3 bytes
+        4: lambda x: (x * (2**31 - 1)).astype("<i4"),
+    }
     with wave.open(str(path), "wb") as w:
         w.setnchannels(samples.shape[1])
         w.setsampwidth(width)
@@ -57,7 +62,7 @@ def _tone(rate: int, seconds: float, freq: float = 440.0) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
 
 
-@pytest.mark.parametrize("width, step", [(1, 1 / 127), (2, 1 / 32767), (4, 1e-9)])
+@pytest.mark.parametrize("width, step", [(1, 1 / 127), (2, 1 / 32767), (3, 2**-23), (4, 1e-9)])
 def test_pcm_widths_read_back(tmp_path, width, step):
     stereo = np.stack([_tone(8000, 0.1), -_tone(8000, 0.1, 300.0)], axis=1)
     samples, rate = read_wav(_write_pcm(tmp_path / "x.wav", stereo, 8000, width))
@@ -142,3 +147,16 @@ def test_empty_and_odd_width_wavs_are_refused(tmp_path):
         read_wav(tmp_path / "odd.wav")
     with pytest.raises(InputError, match="audio file 'missing.wav' does not exist"):
         read_wav("missing.wav")
+
+
+def test_clips_longer_than_the_window_are_refused_not_cut(tmp_path):
+    long = _write_pcm(tmp_path / "long.wav", _tone(8000, 31.0)[:, None], 8000, 2)
+    with pytest.raises(InputError, match=r"long.wav' lasts 31.0 s; this model takes clips of at most 30 s"):
+        load_audio(long, WHISPER)
+    with pytest.raises(InputError, match=r"audio array must be 1-D float samples at 16000 Hz, at most 480000; got int16 \(10,\)"):
+        load_audio(np.zeros(10, np.int16), WHISPER)
+
+
+def test_a_rate_without_a_simple_ratio_is_refused():
+    with pytest.raises(InputError, match=r"cannot resample 44099 Hz to 16000 Hz: .*allowed: rates with a simple ratio"):
+        resample(np.zeros(100, np.float32), 44099, 16000)
