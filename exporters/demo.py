@@ -57,8 +57,8 @@ class DemoModel(torch.nn.Module):
         self.config = config
         text = LlamaConfig(**config["text_config"])
         hidden = text.hidden_size
+        # Lite models use ReLU6 throughout (set_swish would replace it with swish: never call it)
         self.vision_tower = EfficientNet.from_name("efficientnet-lite0")
-        self.vision_tower.set_swish(memory_efficient=False)  # the plain op exports; the autograd Function does not
         self.vision_projector = _projector(config["vision_width"], hidden)
         self.audio_tower = WhisperEncoder(WhisperConfig(**config["audio_config"]))
         self.audio_projector = _projector(config["audio_config"]["d_model"], hidden)

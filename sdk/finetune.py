@@ -256,7 +256,7 @@ def finetune(
     model: str | Path,
     data: str | Path,
     out: str | Path,
-    steps: int = 30,
+    steps: int = 100,
     align_steps: int = 150,
     batch_size: int = 8,
     lr: float = 1e-3,
