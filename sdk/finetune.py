@@ -330,7 +330,7 @@ def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, 
     report = {
         "base": str(model_dir), "seed": seed, "train_questions": len(train), "align_steps": align_steps,
         "steps": steps, "batch_size": batch_size, "lr": lr, "align_lr": align_lr,
-        "align_loss": align[-1:] and align[-1], "loss": tune[::max(1, len(tune) // 20)] + tune[-1:],
+        "align_loss": align[-1] if align else None, "loss": tune[::max(1, len(tune) // 20)] + tune[-1:],
         "seconds": round(time.monotonic() - start, 1), **result,
     }
     (stage / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
