@@ -52,12 +52,18 @@ def cmd_devices(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
-    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force, fuse=not args.no_fuse)
+    path = export(
+        args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
+        fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
+        accuracy_tolerance_db=args.accuracy_tolerance,
+    )
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
     size = sum(f.bytes for f in m.files.values())
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
+    if floats := m.report.get("float_units") if "quantization" in m.report else None:
+        out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -65,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     pipe = load(
         args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
-        draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
+        draft=args.draft, draft_k=args.draft_k, cascade=args.cascade, escalate_below=args.escalate_below,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
@@ -108,14 +114,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     parity = m.report.get("parity", {})
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
+        bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
+        precision = "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
         table.add_row(
-            name, f"{m.files[c.file].bytes / 2**20:.2f} MiB", f"int{spec.bits}" if spec else c.dtype,
+            name, f"{m.files[c.file].bytes / 2**20:.2f} MiB", precision,
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
     out.print(table)
+    if "quantization" in m.report:
+        _quantization_table(m.report)
     if args.device:
         _print_predictions(m, load_profile(args.device))
+
+
+def _quantization_table(report: dict) -> None:
+    """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
+    table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
+    for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
+        table.add_column(col, no_wrap=True)
+    for name, q in report["quantization"].items():
+        schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
+        measured = q["sqnr_db"] is not None
+        sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
+        table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
+    out.print(table)
+    for name, q in report["quantization"].items():
+        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
+        for unit, note in q.get("notes", {}).items():
+            out.print(f"  note: {unit}: {note}")
+    for unit, why in report.get("float_units", {}).items():
+        out.print(f"  float: {unit}: {why}")
+    if plan := report.get("plan"):
+        met = "met" if plan["tolerance_met"] else "[red]NOT met[/red]"
+        bits = [g["bits"] for g in plan["groups"].values()]
+        counts = ", ".join(f"{b if b < 32 else 'float'}: {bits.count(b)}" for b in sorted(set(bits)))
+        out.print(f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}")
 
 
 def _print_predictions(manifest, profile) -> None:
@@ -146,7 +180,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
     e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
-    e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
+    e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
+    e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
+    e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
+    e.add_argument("--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.set_defaults(func=cmd_export)
@@ -166,6 +203,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument("--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)")
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)

@@ -65,5 +65,5 @@ def test_cli_transcribes_and_refuses_bad_audio(exported, speech, tmp_path, capsy
     bad.write_text("not audio")
     assert main(["run", str(exported), "--audio", str(bad)]) == 2
     assert "notes.wav' is not a WAV file; allowed: WAV" in capsys.readouterr().err
-    assert main(["run", str(exported), "--image", str(speech)]) == 2
+    assert main(["run", str(exported), "--audio", str(speech), "--image", str(speech)]) == 2
     assert "this bundle takes no image input; it takes: text, audio" in capsys.readouterr().err
