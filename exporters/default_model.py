@@ -1,9 +1,10 @@
-"""The built-in default model: a small, UNTRAINED LLaVA-style model made deterministically.
+"""A small, UNTRAINED LLaVA-style model made deterministically: the fast stand-in of the tests.
 
-It lets `edgemfm export` run with no download: a CLIP vision tower (224 px, 32 px patches),
-a two-layer projector and a Llama decoder with grouped-query attention, all with weights drawn
-from a fixed seed, and a byte-level tokenizer (256 bytes + 4 special tokens). Its answers are
-meaningless text; it exists to exercise the whole path. The trained demo model replaces it.
+The default of `edgemfm export` is the trained demo model (exporters/demo_sources.py); its
+export takes minutes, so the default test suite exports this one instead (tests/conftest.py):
+a CLIP vision tower (224 px, 32 px patches), a two-layer projector and a Llama decoder with
+grouped-query attention, all with weights drawn from a fixed seed, and a byte-level tokenizer
+(256 bytes + 4 special tokens). Its answers are meaningless text; it exercises the whole path.
 
 Example:
     >>> path = build(Path("/tmp/edgemfm-default"))   # doctest: +SKIP

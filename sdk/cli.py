@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, run, inspect.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, inspect.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -105,6 +105,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.draft:
         s = pipe.speculation
         err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from edgemfm.finetune import finetune
+
+    report = finetune(
+        args.model, args.data, args.out, steps=args.steps, align_steps=args.align_steps,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, force=args.force,
+    )
+    acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
+    out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -224,6 +235,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
+    f.add_argument("--model", required=True, help="checkpoint directory to start from")
+    f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
+    f.add_argument("--out", required=True, help="checkpoint directory to write")
+    f.add_argument("--steps", type=int, default=100, help="end-to-end steps through the decoder (default: 100)")
+    f.add_argument("--align-steps", type=int, default=150, help="projector alignment steps (default: 150)")
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--lr", type=float, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--force", action="store_true", help="replace an existing output directory")
+    f.set_defaults(func=cmd_finetune)
 
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")

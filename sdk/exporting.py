@@ -59,11 +59,11 @@ def _quiet() -> Iterator[None]:
 
 
 def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
-    """The checkpoint directory and model id; the built-in default model when `model` is None."""
+    """The checkpoint directory and model id; the built-in demo model when `model` is None."""
     if model is None:
-        from edgemfm.exporters import default_model
+        from edgemfm.exporters import demo_sources
 
-        return default_model.build(scratch / "default-model"), default_model.MODEL_ID
+        return demo_sources.build_default(scratch / demo_sources.MODEL_ID), demo_sources.MODEL_ID
     path = Path(model)
     if not path.is_dir():
         raise InputError(f"model directory {str(path)!r} does not exist")

@@ -9,11 +9,21 @@ from PIL import Image, ImageDraw
 
 
 @pytest.fixture(scope="session")
-def default_bundle(tmp_path_factory) -> Path:
-    """The built-in default model exported for the host profile (about 20 s on 2 cores)."""
+def placeholder_model(tmp_path_factory) -> Path:
+    """The small untrained LLaVA-style checkpoint: the fast stand-in for the demo model in tests."""
+    from edgemfm.exporters import default_model
+
+    return default_model.build(tmp_path_factory.mktemp("models") / default_model.MODEL_ID)
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory, placeholder_model) -> Path:
+    """The placeholder model exported for the host profile (about 20 s on 2 cores); the demo
+    model, the real default of `edgemfm export`, takes minutes and is tested under -m slow."""
     import edgemfm
 
-    return edgemfm.export(device="host", out=tmp_path_factory.mktemp("bundles") / "default-host", progress=False)
+    out = tmp_path_factory.mktemp("bundles") / "default-host"
+    return edgemfm.export(placeholder_model, device="host", out=out, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -93,9 +93,9 @@ def aarch64_python() -> Path:
 
 
 @pytest.fixture(scope="module")
-def pi5_bundle(tmp_path_factory) -> Path:
+def pi5_bundle(tmp_path_factory, placeholder_model) -> Path:
     out = tmp_path_factory.mktemp("aarch64") / "default-pi5"
-    cli(sys.executable, "export", "--device", "pi5", "--out", str(out), cwd=out.parent)
+    cli(sys.executable, "export", "--model", str(placeholder_model), "--device", "pi5", "--out", str(out), cwd=out.parent)
     return out
 
 

@@ -46,11 +46,11 @@ def android_inputs() -> None:
 
 
 @pytest.fixture(scope="module")
-def android_bundle(tmp_path_factory) -> Path:
-    """The built-in default model exported for the android profile (`edgemfm export --device android`)."""
+def android_bundle(tmp_path_factory, placeholder_model) -> Path:
+    """The placeholder model exported for the android profile (`edgemfm export --device android`)."""
     import edgemfm
 
-    return edgemfm.export(device="android", out=tmp_path_factory.mktemp("android") / "bundle", progress=False)
+    return edgemfm.export(placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle", progress=False)
 
 
 @pytest.fixture(scope="module")

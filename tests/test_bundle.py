@@ -98,7 +98,7 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch):
+def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch, placeholder_model):
     from edgemfm.exporters import onnx as onnx_writer
 
     real = onnx_writer.write_onnx
@@ -112,12 +112,12 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_writer, "write_onnx", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
-        edgemfm.export(device="host", out=tmp_path / "b", progress=False)
+        edgemfm.export(placeholder_model, device="host", out=tmp_path / "b", progress=False)
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_is_kept_unless_forced(copy):
+def test_existing_output_is_kept_unless_forced(copy, placeholder_model):
     before = (copy / "manifest.json").read_text()
     with pytest.raises(InputError, match="already exists; pass --force"):
-        edgemfm.export(device="host", out=copy, progress=False)
+        edgemfm.export(placeholder_model, device="host", out=copy, progress=False)
     assert (copy / "manifest.json").read_text() == before

@@ -205,14 +205,14 @@ def test_calibration_folder(default_bundle, tmp_path):
         read_folder(tmp_path / "empty")
 
 
-def test_export_int4_end_to_end(tmp_path, picture, capsys):
+def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     """`edgemfm export --precision int4` writes a MatMulNBits bundle that runs, and inspect shows the report."""
     import edgemfm
     from edgemfm.cli import main
     from edgemfm.manifest import Manifest
 
     out = tmp_path / "pi5-int4"
-    assert main(["export", "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
+    assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
     m = read_manifest(out)
     assert Manifest.from_json(m.to_json()) == m  # the recipe and the report round-trip
     assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, activation_bits=8)
@@ -227,8 +227,8 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys):
     assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
 
 
-def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys):
+def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placeholder_model):
     from edgemfm.cli import main
 
-    assert main(["export", "--device", "pi5", "--precision", "int8", "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int8", "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
     assert "calibration folder" in capsys.readouterr().err and not (tmp_path / "b").exists()

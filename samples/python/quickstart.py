@@ -1,4 +1,4 @@
-"""Export the built-in default model for a device and stream an answer about an image.
+"""Export the built-in demo model for a device and stream answers about an image and a clip.
 
     python samples/python/quickstart.py --device jetson
 """
@@ -9,12 +9,15 @@ import edgemfm
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="host", help="device name or alias (see `edgemfm devices`)")
-parser.add_argument("--image", default="samples/images/shapes.png")
+parser.add_argument("--image", default="samples/demo_model/media/digit.png")
+parser.add_argument("--audio", default="samples/demo_model/media/word.wav")
 args = parser.parse_args()
 
 bundle = edgemfm.export(device=args.device, out=f"bundles/default-{args.device}", force=True)
 pipe = edgemfm.load(bundle)
 print(f"running on {pipe.provider}")
-for piece in pipe.generate("What is in the picture?", images=[args.image], max_new_tokens=32):
-    print(piece, end="", flush=True)
-print()
+for prompt, media in (("What digit is this?", {"images": [args.image]}), ("What word is spoken?", {"audio": [args.audio]})):
+    print(prompt, end=" ")
+    for piece in pipe.generate(prompt, **media, max_new_tokens=8):
+        print(piece, end="", flush=True)
+    print()

