@@ -1,6 +1,6 @@
 """Fused vs unfused graphs, and the cost model's predictions vs measured latency, on this host.
 
-Exports the built-in default model twice (fused, --no-fuse), then times each component of both
+Exports the small untrained placeholder model (exporters/default_model.py) twice (fused, --no-fuse), then times each component of both
 bundles side by side in one run (interleaved, medians of repeated calls after warm-up) and
 prints a markdown table for BENCHMARKS.md.
 
@@ -48,9 +48,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        from edgemfm.exporters import default_model
+
+        model = default_model.build(Path(tmp) / "model")
         bundles = {
-            "fused": edgemfm.export(device=args.device, out=Path(tmp) / "fused"),
-            "unfused": edgemfm.export(device=args.device, out=Path(tmp) / "unfused", fuse=False),
+            "fused": edgemfm.export(model, device=args.device, out=Path(tmp) / "fused"),
+            "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),
         }
         pipes = {k: edgemfm.load(v, threads=0) for k, v in bundles.items()}
         times: dict[tuple[str, str], list[float]] = {}
