@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,18 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         kv_cache=unit.kv_cache,
     )
     return component, {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node)}
+
+
+def write_units(
+    units: dict[str, ExportUnit], stage: Path, tolerance: float, max_seq_len: int, advance: Callable[[str], None]
+) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
+    """Write each unit as `stage/<name>.onnx`; the ONNX decoder's cache grows, so `max_seq_len` bounds nothing here.
+
+    Example:
+        >>> components, parity, report = write_units(split.units, stage, 1e-4, 2048, print)  # doctest: +SKIP
+    """
+    components, parity = {}, {}
+    for name, unit in units.items():
+        advance(f"exporting {name}")
+        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance)
+    return components, parity, {}

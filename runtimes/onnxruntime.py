@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgemfm.manifest import Component
+from edgemfm.profiles import DeviceProfile
+
 log = logging.getLogger("edgemfm")
 
 
@@ -50,3 +53,15 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+
+def open_components(path: Path, components: dict[str, Component], profile: DeviceProfile, threads: int = 0) -> dict[str, OrtSession]:
+    """A session per onnx component, on the profile's providers this machine has.
+
+    Example:
+        >>> open_components(Path("bundle"), manifest.components, load_profile("host"))["text_decoder"].provider  # doctest: +SKIP
+        'CPUExecutionProvider'
+    """
+    providers = choose_providers(profile.execution_providers)
+    spin = len(components) == 1
+    return {name: OrtSession.load(path / c.file, providers, threads=threads, spin=spin) for name, c in components.items()}

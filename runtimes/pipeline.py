@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,8 +25,12 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes.decoding import detokenize, greedy
-from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
+from edgemfm.runtimes.kv_cache import KV_CACHES
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
+
+log = logging.getLogger("edgemfm")
+# Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
+BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
 
 
 class Pipeline:
@@ -32,12 +38,10 @@ class Pipeline:
 
     def __init__(self, path: Path, manifest: Manifest, profile: DeviceProfile, threads: int = 0):
         self.path, self.manifest, self.profile = path, manifest, profile
-        providers = choose_providers(profile.execution_providers)
-        several = len(manifest.components) > 1
-        self.sessions = {
-            name: OrtSession.load(path / c.file, providers, threads=threads, spin=not several)
-            for name, c in manifest.components.items()
-        }
+        self.sessions = {}
+        for format in dict.fromkeys(c.format for c in manifest.components.values()):
+            components = {name: c for name, c in manifest.components.items() if c.format == format}
+            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(path, components, profile, threads)
         self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
 
     @property
@@ -94,30 +98,23 @@ class Pipeline:
         """New token ids, greedily, until an end-of-sequence token or `max_new_tokens`."""
         media = {"image": list(images), "audio": list(audio)}
         ids = self.prompt_ids(prompt, {kind: len(items) for kind, items in media.items()})
-        embeds = self.embed(ids, media)
         g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
         decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
-        past = {
-            kv.past.format(layer=i, kind=k): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
-            for i in range(kv.layers)
-            for k in ("key", "value")
-        }
-        total = 0
+        cache = KV_CACHES[kv.kind](kv)
+        cache.check(len(ids))  # before any work: the prompt's tokens alone may not fit
+        embeds = self.embed(ids, media)
         limit = g.max_new_tokens if max_new_tokens is None else max_new_tokens
         for _ in range(limit):
             seq = embeds.shape[1]
-            out = decoder.run({
-                "inputs_embeds": embeds,
-                "attention_mask": np.ones((1, total + seq), np.int64),
-                "position_ids": np.arange(total, total + seq, dtype=np.int64)[None],
-                **past,
-            })
-            total += seq
+            out = decoder.run({"inputs_embeds": embeds, **cache.feeds(seq)})
+            cache.advance(out, seq)
             token = greedy(out["logits"][0, -1])
             if token in self.manifest.tokenizer.eos_token_ids:
                 return
             yield token
-            past = {name: out[kv.present.format(**_layer_kind(name))] for name in past}
+            if cache.free < 1:
+                log.warning("edgemfm: the KV cache's %d positions are full; the answer stops here", kv.max_seq_len)
+                return
             embeds = embedding.run({"input_ids": np.asarray([[token]], dtype=np.int64)})["inputs_embeds"]
 
     def generate(
@@ -134,11 +131,6 @@ class Pipeline:
             ...     print(piece, end="", flush=True)
         """
         return detokenize(self.tokenizer, self.generate_tokens(prompt, images, audio, max_new_tokens))
-
-
-def _layer_kind(past_name: str) -> dict[str, str]:
-    _, layer, kind = past_name.split(".")
-    return {"layer": layer, "kind": kind}
 
 
 def load(path: str | Path, device: str | None = None, threads: int = 0) -> Pipeline:

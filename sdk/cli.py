@@ -52,12 +52,18 @@ def cmd_devices(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
-    path = export(args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force)
+    path = export(
+        args.model, device=args.device, out=args.out, format=args.format, precision=args.precision,
+        force=args.force, max_seq_len=args.max_seq_len,
+    )
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
     size = sum(f.bytes for f in m.files.values())
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
+    for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
+        ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
+        out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -109,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
     e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")

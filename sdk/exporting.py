@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import shutil
@@ -24,12 +25,14 @@ from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, 
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.recipe import FLOAT32
 
-WRITERS = ("onnx",)  # bundle formats with a writer; the profile lists what its device runs
+# Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
+WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
+TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
 PRECISIONS = {"fp32": FLOAT32}  # precision name -> recipe
 
 
-def _require_toolchain() -> None:
-    for module in ("torch", "transformers", "onnx", "onnxscript"):
+def _require_toolchain(format: str) -> None:
+    for module in TOOLCHAIN[format]:
         try:
             __import__(module)
         except ImportError:
@@ -72,12 +75,17 @@ def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
     return path, path.resolve().name
 
 
-def _check_options(profile: DeviceProfile, format: str, precision: str) -> None:
+def _check_options(profile: DeviceProfile, format: str, precision: str, max_seq_len: int | None) -> int:
+    """Check the options against the profile; returns the max sequence length to build for."""
     formats = [f for f in WRITERS if f in profile.formats]
     if format not in formats:
         raise InputError(f"format {format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+    limit = profile.streaming.max_seq_len
+    if max_seq_len is not None and not 1 <= max_seq_len <= limit:
+        raise InputError(f"max sequence length {max_seq_len} is out of range for {profile.name}; allowed: 1 to {limit}")
+    return limit if max_seq_len is None else max_seq_len
 
 
 def export(
@@ -88,21 +96,24 @@ def export(
     precision: str = "fp32",
     force: bool = False,
     progress: bool = True,
+    max_seq_len: int | None = None,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
     Example:
         >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5")  # doctest: +SKIP
         PosixPath('llava-pi5')
+
+    `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
+    static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
     """
     profile = load_profile(device)
-    _check_options(profile, format, precision)
-    _require_toolchain()
+    max_seq_len = _check_options(profile, format, precision, max_seq_len)
+    _require_toolchain(format)
     from rich.progress import Progress
 
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
         from edgemfm.exporters import find_family
-        from edgemfm.exporters.onnx import write_onnx
 
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
@@ -111,12 +122,11 @@ def export(
         with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
             split = family.split(family.load(model_dir), model_dir)
-            bar.update(task, total=len(split.units), completed=0)
-            components, parity = {}, {}
-            for name, unit in split.units.items():
-                bar.update(task, description=f"exporting {name}")
-                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance)
-                bar.advance(task)
+            bar.update(task, total=None, completed=0)
+            writer = importlib.import_module(WRITERS[format])
+            components, parity, written = writer.write_units(
+                split.units, stage, family.tolerance, max_seq_len, lambda step: bar.update(task, description=step)
+            )
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,
@@ -131,8 +141,8 @@ def export(
                 prompt=split.prompt,
                 preprocess=split.preprocess,
                 generation=Generation(),
-                streaming=StreamingSettings(**vars(profile.streaming)),
-                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report},
+                streaming=StreamingSettings(**{**vars(profile.streaming), "max_seq_len": max_seq_len}),
+                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **written, **split.report},
             )
             bundle.seal(stage, manifest)
     return out
