@@ -1,8 +1,8 @@
-"""Write one component to ONNX with torch.onnx's dynamo exporter, and prove its parity.
+"""Write one component to ONNX with torch.onnx's dynamo exporter, fuse it, and prove its parity.
 
 The dynamo exporter gives much cleaner graphs than the TorchScript one (a Llama decoder: about
 200 nodes against 600) and handles the flat KV cache with named dynamic axes; every component is
-run once in ONNX Runtime against PyTorch on its example inputs before it enters a bundle.
+run in ONNX Runtime against PyTorch on its example inputs before and after fusion.
 
 Example:
     >>> component, parity = write_onnx(unit, Path("stage/text_decoder.onnx"), tolerance=1e-4)  # doctest: +SKIP
@@ -23,6 +23,7 @@ import torch
 
 from edgemfm.errors import EdgemfmError
 from edgemfm.exporters.family import ExportUnit
+from edgemfm.exporters.fusions import fuse
 from edgemfm.manifest import Component, TensorSpec
 
 OPSET = 18
@@ -72,11 +73,27 @@ def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
     return list(out) if isinstance(out, (tuple, list)) else [out], peak
 
 
+def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float]:
+    """Max abs difference of the graph at `path` from PyTorch, and the outputs' magnitude."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
+    got = session.run(list(unit.output_names), feeds)
+    diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
+    # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
+    scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
+    if not diff <= tolerance * scale:
+        raise ParityError(
+            f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
+        )
+    return diff, scale
+
+
 def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Component, dict[str, float]]:
     """Export `unit` to `path`, check it in ONNX Runtime, and describe it for the manifest."""
     import onnx
     import onnx.numpy_helper
-    import onnxruntime as ort
 
     reference, peak = _reference(unit)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each stage
@@ -92,16 +109,9 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
             external_data=False,
             verbose=False,
         )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
-    got = session.run(list(unit.output_names), feeds)
-    diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
-    # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
-    scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
-    if not diff <= tolerance * scale:
-        raise ParityError(
-            f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
-        )
+    unfused_diff, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
+    fusion = fuse(path)
+    diff, scale = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
@@ -114,7 +124,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
     )
-    return component, {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node)}
+    return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}
 
 
 def write_units(

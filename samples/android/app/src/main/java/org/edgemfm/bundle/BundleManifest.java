@@ -1,0 +1,257 @@
+package org.edgemfm.bundle;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The parts of an edgemfm bundle's manifest.json that the Java runtime reads (the Python
+ * reference is sdk/manifest.py). Like the Python runtime, it never parses file names: every
+ * file, tensor name and token id comes from here.
+ *
+ * <p>Example: {@code BundleManifest m = BundleManifest.parse(text); m.decoder().kvCache.layers}
+ */
+public final class BundleManifest {
+    public static final int SCHEMA_VERSION = 1; // the version sdk/manifest.py writes
+    public static final String KIND = "edgemfm-bundle";
+
+    public static final class TensorSpec {
+        public final String name;
+        public final String dtype; // numpy dtype name: float32, int64 ...
+        public final List<Object> shape; // Long for fixed axes, String for named dynamic axes
+
+        TensorSpec(Map<String, Object> m) {
+            name = str(m, "name");
+            dtype = str(m, "dtype");
+            shape = list(m, "shape");
+        }
+    }
+
+    public static final class KvCache {
+        public final int layers;
+        public final int kvHeads;
+        public final int headDim;
+        public final String past; // "past.{layer}.{kind}", kind in key/value
+        public final String present;
+
+        KvCache(Map<String, Object> m) {
+            layers = integer(m, "layers");
+            kvHeads = integer(m, "kv_heads");
+            headDim = integer(m, "head_dim");
+            past = str(m, "past");
+            present = str(m, "present");
+        }
+
+        public String pastName(int layer, String kind) {
+            return past.replace("{layer}", Integer.toString(layer)).replace("{kind}", kind);
+        }
+
+        public String presentName(int layer, String kind) {
+            return present.replace("{layer}", Integer.toString(layer)).replace("{kind}", kind);
+        }
+    }
+
+    public static final class Component {
+        public final String file;
+        public final String format;
+        public final String dtype;
+        public final List<TensorSpec> inputs = new ArrayList<>();
+        public final List<TensorSpec> outputs = new ArrayList<>();
+        public final KvCache kvCache; // null for components without a cache
+
+        Component(Map<String, Object> m) {
+            file = str(m, "file");
+            format = str(m, "format");
+            dtype = str(m, "dtype");
+            for (Object o : list(m, "inputs")) {
+                inputs.add(new TensorSpec(asMap(o, "inputs[]")));
+            }
+            for (Object o : list(m, "outputs")) {
+                outputs.add(new TensorSpec(asMap(o, "outputs[]")));
+            }
+            Object kv = m.get("kv_cache");
+            kvCache = kv == null ? null : new KvCache(asMap(kv, "kv_cache"));
+        }
+
+        public TensorSpec input(String name) {
+            for (TensorSpec t : inputs) {
+                if (t.name.equals(name)) {
+                    return t;
+                }
+            }
+            throw new BundleException(file + " has no input " + name);
+        }
+    }
+
+    public static final class Media {
+        public final String placeholder; // text standing for one item in the prompt template
+        public final int tokenId; // its positions receive the encoder's output rows
+        public final String encoder;
+        public final String input;
+        public final String output;
+
+        Media(Map<String, Object> m) {
+            placeholder = str(m, "placeholder");
+            tokenId = integer(m, "token_id");
+            encoder = str(m, "encoder");
+            input = str(m, "input");
+            output = str(m, "output");
+        }
+    }
+
+    public static final class ImageSpec {
+        public final int size; // shortest edge after resize
+        public final int crop; // centre crop, square
+        public final String resample; // bicubic, bilinear, nearest
+        public final float rescale;
+        public final float[] mean;
+        public final float[] std;
+
+        ImageSpec(Map<String, Object> m) {
+            size = integer(m, "size");
+            crop = integer(m, "crop");
+            resample = str(m, "resample");
+            rescale = (float) number(m, "rescale");
+            mean = floats(list(m, "mean"));
+            std = floats(list(m, "std"));
+        }
+    }
+
+    public final String modelId;
+    public final String profile;
+    public final Map<String, Component> components = new LinkedHashMap<>();
+    public final Map<String, String> fileSha256 = new LinkedHashMap<>();
+    public final Map<String, Long> fileBytes = new LinkedHashMap<>();
+    public final String tokenizerFile;
+    public final Integer bosTokenId; // null when the model has none
+    public final List<Integer> eosTokenIds = new ArrayList<>();
+    public final String promptTemplate; // with {media} and {prompt}
+    public final Map<String, Media> media = new LinkedHashMap<>();
+    public final ImageSpec image; // null when the bundle takes no images
+    public final int maxNewTokens;
+    public final String embedding; // component names
+    public final String decoder;
+
+    private BundleManifest(Map<String, Object> m) {
+        Object kind = m.get("kind");
+        if (!KIND.equals(kind)) {
+            throw new BundleException("not an edgemfm bundle manifest (kind must be " + KIND + ", got " + kind + ")");
+        }
+        Object version = m.get("schema_version");
+        if (!(version instanceof Long) || (Long) version != SCHEMA_VERSION) {
+            throw new BundleException("schema version " + version + " is not supported; this app reads version " + SCHEMA_VERSION);
+        }
+        modelId = str(m, "model_id");
+        profile = str(m, "profile");
+        for (Map.Entry<String, Object> e : asMap(m.get("components"), "components").entrySet()) {
+            components.put(e.getKey(), new Component(asMap(e.getValue(), e.getKey())));
+        }
+        for (Map.Entry<String, Object> e : asMap(m.get("files"), "files").entrySet()) {
+            Map<String, Object> f = asMap(e.getValue(), e.getKey());
+            fileSha256.put(e.getKey(), str(f, "sha256"));
+            fileBytes.put(e.getKey(), (long) number(f, "bytes"));
+        }
+        Map<String, Object> tok = asMap(m.get("tokenizer"), "tokenizer");
+        tokenizerFile = str(tok, "file");
+        Object bos = tok.get("bos_token_id");
+        bosTokenId = bos == null ? null : ((Long) bos).intValue();
+        for (Object o : list(tok, "eos_token_ids")) {
+            eosTokenIds.add(((Long) o).intValue());
+        }
+        Map<String, Object> prompt = asMap(m.get("prompt"), "prompt");
+        promptTemplate = str(prompt, "template");
+        Object mediaMap = prompt.get("media");
+        if (mediaMap != null) {
+            for (Map.Entry<String, Object> e : asMap(mediaMap, "prompt.media").entrySet()) {
+                media.put(e.getKey(), new Media(asMap(e.getValue(), e.getKey())));
+            }
+        }
+        Object pre = asMap(m.get("preprocess"), "preprocess").get("image");
+        image = pre == null ? null : new ImageSpec(asMap(pre, "preprocess.image"));
+        Map<String, Object> gen = asMap(m.get("generation"), "generation");
+        maxNewTokens = integer(gen, "max_new_tokens");
+        embedding = str(gen, "embedding");
+        decoder = str(gen, "decoder");
+        component(embedding);
+        if (component(decoder).kvCache == null) {
+            throw new BundleException("component " + decoder + " has no kv_cache; the decode loop needs one");
+        }
+    }
+
+    public static BundleManifest parse(String json) {
+        try {
+            return new BundleManifest(Json.parseObject(json));
+        } catch (IllegalArgumentException | ClassCastException e) {
+            throw new BundleException("manifest.json: " + e.getMessage());
+        }
+    }
+
+    public Component component(String name) {
+        Component c = components.get(name);
+        if (c == null) {
+            throw new BundleException("no component " + name + "; the bundle has " + components.keySet());
+        }
+        return c;
+    }
+
+    public Component decoder() {
+        return component(decoder);
+    }
+
+    public List<String> fileNames() {
+        return Collections.unmodifiableList(new ArrayList<>(fileSha256.keySet()));
+    }
+
+    static Map<String, Object> asMap(Object o, String where) {
+        if (!(o instanceof Map)) {
+            throw new BundleException("manifest.json: " + where + " must be an object");
+        }
+        @SuppressWarnings("unchecked")
+        Map<String, Object> m = (Map<String, Object>) o;
+        return m;
+    }
+
+    static String str(Map<String, Object> m, String key) {
+        Object o = m.get(key);
+        if (!(o instanceof String)) {
+            throw new BundleException("manifest.json: " + key + " must be a string, got " + o);
+        }
+        return (String) o;
+    }
+
+    static List<Object> list(Map<String, Object> m, String key) {
+        Object o = m.get(key);
+        if (!(o instanceof List)) {
+            throw new BundleException("manifest.json: " + key + " must be a list, got " + o);
+        }
+        @SuppressWarnings("unchecked")
+        List<Object> l = (List<Object>) o;
+        return l;
+    }
+
+    static double number(Map<String, Object> m, String key) {
+        Object o = m.get(key);
+        if (!(o instanceof Number)) {
+            throw new BundleException("manifest.json: " + key + " must be a number, got " + o);
+        }
+        return ((Number) o).doubleValue();
+    }
+
+    static int integer(Map<String, Object> m, String key) {
+        Object o = m.get(key);
+        if (!(o instanceof Long)) {
+            throw new BundleException("manifest.json: " + key + " must be an integer, got " + o);
+        }
+        return ((Long) o).intValue();
+    }
+
+    static float[] floats(List<Object> l) {
+        float[] f = new float[l.size()];
+        for (int k = 0; k < f.length; k++) {
+            f[k] = ((Number) l.get(k)).floatValue();
+        }
+        return f;
+    }
+}

@@ -1,0 +1,404 @@
+package org.edgemfm.bundle;
+
+import ai.onnxruntime.OnnxTensor;
+import ai.onnxruntime.OnnxValue;
+import ai.onnxruntime.OrtEnvironment;
+import ai.onnxruntime.OrtException;
+import ai.onnxruntime.OrtSession;
+import java.io.File;
+import java.io.FileInputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.FloatBuffer;
+import java.nio.LongBuffer;
+import java.nio.charset.StandardCharsets;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * An edgemfm bundle loaded into ONNX Runtime sessions, with the same greedy decode loop as the
+ * Python runtime: tokenize the prompt template, embed the tokens, put the vision encoder's rows
+ * where the image placeholder token stands, prefill the text decoder with an empty KV cache,
+ * then feed one token at a time with the cache the decoder returned.
+ *
+ * <p>No Android API is used here, so the host test runs this very class on a plain JVM.
+ * Example:
+ * <pre>
+ * try (MultimodalModel m = MultimodalModel.load(new File("bundle"), 2)) {
+ *     int[] ids = m.generate("What is in the picture?", image, 32, (id, text) -> System.out.print(text));
+ * }
+ * </pre>
+ */
+public final class MultimodalModel implements AutoCloseable {
+    /** Called for each generated token with the text it completes (may be empty mid-character). */
+    public interface TokenListener {
+        void onToken(int tokenId, String newText);
+    }
+
+    public final BundleManifest manifest;
+    public final BpeTokenizer tokenizer;
+    private final OrtEnvironment env;
+    private final Map<String, OrtSession> sessions = new LinkedHashMap<>();
+
+    private MultimodalModel(BundleManifest manifest, BpeTokenizer tokenizer, OrtEnvironment env) {
+        this.manifest = manifest;
+        this.tokenizer = tokenizer;
+        this.env = env;
+    }
+
+    /** Reads and verifies (size, sha256) a bundle directory and opens one session per component. */
+    public static MultimodalModel load(File dir, int threads) throws IOException, OrtException {
+        BundleManifest manifest = BundleManifest.parse(readText(new File(dir, "manifest.json")));
+        verifyFiles(dir, manifest);
+        BpeTokenizer tokenizer = BpeTokenizer.fromJson(readText(new File(dir, manifest.tokenizerFile)));
+        OrtEnvironment env = OrtEnvironment.getEnvironment();
+        MultimodalModel model = new MultimodalModel(manifest, tokenizer, env);
+        try (OrtSession.SessionOptions options = new OrtSession.SessionOptions()) {
+            options.setIntraOpNumThreads(threads);
+            for (Map.Entry<String, BundleManifest.Component> e : manifest.components.entrySet()) {
+                BundleManifest.Component c = e.getValue();
+                if (!"onnx".equals(c.format)) {
+                    throw new BundleException("component " + e.getKey() + " is " + c.format + "; this app runs onnx");
+                }
+                if (!"float32".equals(c.dtype)) {
+                    throw new BundleException("component " + e.getKey() + " computes in " + c.dtype + "; this app feeds float32");
+                }
+                model.sessions.put(e.getKey(), env.createSession(new File(dir, c.file).getPath(), options));
+            }
+        } catch (OrtException | RuntimeException ex) {
+            model.close();
+            throw ex;
+        }
+        return model;
+    }
+
+    /** Greedy decoding; returns the generated token ids (EOS excluded). `image` may be null. */
+    public int[] generate(String prompt, ImagePreprocessor.RgbImage image, int maxNewTokens, TokenListener listener)
+            throws OrtException {
+        int[] ids = promptIds(prompt, image != null);
+        if (maxNewTokens <= 0) {
+            return new int[0];
+        }
+        float[][] rows = embed(ids);
+        if (image != null) {
+            rows = mergeImage(ids, rows, encodeImage(image));
+        }
+        emitted = "";
+        BundleManifest.KvCache kv = manifest.decoder().kvCache;
+        List<Integer> out = new ArrayList<>();
+        OrtSession.Result previous = null;
+        Map<String, OnnxTensor> past = emptyCache(kv);
+        int pastLen = 0;
+        try {
+            while (true) {
+                OrtSession.Result r = decode(rows, pastLen, past);
+                int next = argmaxLastRow((OnnxTensor) r.get(outputIndex(r, manifest.decoder().outputs.get(0).name)));
+                pastLen += rows.length;
+                closeCache(previous, past);
+                previous = r;
+                past = presentAsPast(r, kv);
+                if (manifest.eosTokenIds.contains(next)) {
+                    break;
+                }
+                out.add(next);
+                if (listener != null) {
+                    listener.onToken(next, newText(out));
+                }
+                if (out.size() >= maxNewTokens) {
+                    break;
+                }
+                rows = embed(new int[] {next});
+            }
+        } finally {
+            closeCache(previous, past);
+        }
+        int[] result = new int[out.size()];
+        for (int k = 0; k < result.length; k++) {
+            result[k] = out.get(k);
+        }
+        return result;
+    }
+
+    /**
+     * The token ids of the templated prompt with one image placeholder token per image, as the
+     * Python Pipeline.prompt_ids: a placeholder typed by the user is refused, not taken as an image.
+     */
+    public int[] promptIds(String prompt, boolean withImage) {
+        BundleManifest.Media m = manifest.media.get("image");
+        if (withImage && m == null) {
+            throw new BundleException("this bundle takes no image input; it takes: text " + manifest.media.keySet());
+        }
+        int[] ids = tokenizer.encode(promptText(prompt, withImage ? m.placeholder : ""));
+        if (m != null) {
+            int seen = 0;
+            for (int id : ids) {
+                seen += id == m.tokenId ? 1 : 0;
+            }
+            if (seen != (withImage ? 1 : 0)) {
+                throw new BundleException("the prompt must not contain the image placeholder " + m.placeholder.trim());
+            }
+        }
+        return ids;
+    }
+
+    /** Python's template.format(media=..., prompt=...): {media}, {prompt}, and {{ }} for braces. */
+    String promptText(String prompt, String media) {
+        String t = manifest.promptTemplate;
+        StringBuilder b = new StringBuilder();
+        int k = 0;
+        while (k < t.length()) {
+            if (t.startsWith("{media}", k)) {
+                b.append(media);
+                k += 7;
+            } else if (t.startsWith("{prompt}", k)) {
+                b.append(prompt);
+                k += 8;
+            } else if (t.startsWith("{{", k) || t.startsWith("}}", k)) {
+                b.append(t.charAt(k));
+                k += 2;
+            } else if (t.charAt(k) == '{' || t.charAt(k) == '}') {
+                throw new BundleException("prompt template " + t + ": only {media} and {prompt} may appear in braces");
+            } else {
+                b.append(t.charAt(k++));
+            }
+        }
+        return b.toString();
+    }
+
+    private float[][] embed(int[] ids) throws OrtException {
+        BundleManifest.Component c = manifest.component(manifest.embedding);
+        long[] data = new long[ids.length];
+        for (int k = 0; k < ids.length; k++) {
+            data[k] = ids[k];
+        }
+        Map<String, OnnxTensor> in = new HashMap<>();
+        in.put(c.inputs.get(0).name, OnnxTensor.createTensor(env, LongBuffer.wrap(data), new long[] {1, ids.length}));
+        return runRows(manifest.embedding, in, c.outputs.get(0).name);
+    }
+
+    private float[][] encodeImage(ImagePreprocessor.RgbImage image) throws OrtException {
+        BundleManifest.Media m = manifest.media.get("image");
+        float[] pixels = ImagePreprocessor.run(image, manifest.image);
+        int crop = manifest.image.crop;
+        Map<String, OnnxTensor> in = new HashMap<>();
+        in.put(m.input, OnnxTensor.createTensor(env, FloatBuffer.wrap(pixels), new long[] {1, 3, crop, crop}));
+        return runRows(m.encoder, in, m.output);
+    }
+
+    /** Runs a component and returns output `name` [1, n, hidden] as n rows; closes inputs and results. */
+    private float[][] runRows(String component, Map<String, OnnxTensor> in, String name) throws OrtException {
+        try (OrtSession.Result r = sessions.get(component).run(in)) {
+            OnnxTensor t = (OnnxTensor) r.get(outputIndex(r, name));
+            long[] shape = t.getInfo().getShape();
+            int n = (int) shape[1];
+            int hidden = (int) shape[2];
+            FloatBuffer fb = t.getFloatBuffer();
+            float[][] rows = new float[n][hidden];
+            for (int k = 0; k < n; k++) {
+                fb.get(rows[k]);
+            }
+            return rows;
+        } finally {
+            for (OnnxTensor t : in.values()) {
+                t.close();
+            }
+        }
+    }
+
+    private static int outputIndex(OrtSession.Result r, String name) {
+        int k = 0;
+        for (Map.Entry<String, OnnxValue> e : r) {
+            if (e.getKey().equals(name)) {
+                return k;
+            }
+            k++;
+        }
+        throw new BundleException("no output " + name);
+    }
+
+    /** The image placeholder token becomes the encoder's rows, as LLaVA's processor + model do. */
+    private float[][] mergeImage(int[] ids, float[][] rows, float[][] image) {
+        int token = manifest.media.get("image").tokenId;
+        List<float[]> merged = new ArrayList<>();
+        for (int k = 0; k < ids.length; k++) {
+            if (ids[k] == token) {
+                for (float[] row : image) {
+                    merged.add(row);
+                }
+            } else {
+                merged.add(rows[k]);
+            }
+        }
+        return merged.toArray(new float[0][]);
+    }
+
+    private OrtSession.Result decode(float[][] rows, int pastLen, Map<String, OnnxTensor> past) throws OrtException {
+        int seq = rows.length;
+        int hidden = rows[0].length;
+        FloatBuffer embeds = FloatBuffer.allocate(seq * hidden);
+        for (float[] row : rows) {
+            embeds.put(row);
+        }
+        embeds.flip();
+        long[] mask = new long[pastLen + seq];
+        long[] positions = new long[seq];
+        for (int k = 0; k < mask.length; k++) {
+            mask[k] = 1;
+        }
+        for (int k = 0; k < seq; k++) {
+            positions[k] = pastLen + k;
+        }
+        List<OnnxTensor> owned = new ArrayList<>();
+        try {
+            owned.add(OnnxTensor.createTensor(env, embeds, new long[] {1, seq, hidden}));
+            owned.add(OnnxTensor.createTensor(env, LongBuffer.wrap(mask), new long[] {1, mask.length}));
+            owned.add(OnnxTensor.createTensor(env, LongBuffer.wrap(positions), new long[] {1, seq}));
+            Map<String, OnnxTensor> in = new HashMap<>(past);
+            in.put("inputs_embeds", owned.get(0));
+            in.put("attention_mask", owned.get(1));
+            in.put("position_ids", owned.get(2));
+            return sessions.get(manifest.decoder).run(in);
+        } finally {
+            for (OnnxTensor t : owned) {
+                t.close();
+            }
+        }
+    }
+
+    private Map<String, OnnxTensor> emptyCache(BundleManifest.KvCache kv) throws OrtException {
+        Map<String, OnnxTensor> past = new HashMap<>();
+        long[] shape = {1, kv.kvHeads, 0, kv.headDim};
+        for (int layer = 0; layer < kv.layers; layer++) {
+            for (String kind : new String[] {"key", "value"}) {
+                past.put(kv.pastName(layer, kind), OnnxTensor.createTensor(env, FloatBuffer.allocate(0), shape));
+            }
+        }
+        return past;
+    }
+
+    /** The decoder's present.* outputs, renamed to the past.* inputs of the next step (no copy). */
+    private static Map<String, OnnxTensor> presentAsPast(OrtSession.Result r, BundleManifest.KvCache kv) {
+        Map<String, OnnxValue> byName = new HashMap<>();
+        for (Map.Entry<String, OnnxValue> e : r) {
+            byName.put(e.getKey(), e.getValue());
+        }
+        Map<String, OnnxTensor> past = new HashMap<>();
+        for (int layer = 0; layer < kv.layers; layer++) {
+            for (String kind : new String[] {"key", "value"}) {
+                OnnxValue v = byName.get(kv.presentName(layer, kind));
+                if (v == null) {
+                    throw new BundleException("the decoder returned no " + kv.presentName(layer, kind));
+                }
+                past.put(kv.pastName(layer, kind), (OnnxTensor) v);
+            }
+        }
+        return past;
+    }
+
+    /** Closes a step's cache: the Result that owns it, or the empty tensors made before the first step. */
+    private static void closeCache(OrtSession.Result owner, Map<String, OnnxTensor> past) {
+        if (owner != null) {
+            owner.close();
+        } else {
+            for (OnnxTensor t : past.values()) {
+                t.close();
+            }
+        }
+    }
+
+    /** Greedy choice over the last position's logits; the first maximum wins, as numpy's argmax. */
+    static int argmaxLastRow(OnnxTensor logits) {
+        long[] shape = logits.getInfo().getShape();
+        int vocab = (int) shape[2];
+        FloatBuffer fb = logits.getFloatBuffer();
+        int base = (int) ((shape[1] - 1) * vocab);
+        int best = 0;
+        float bestValue = fb.get(base);
+        for (int k = 1; k < vocab; k++) {
+            float v = fb.get(base + k);
+            if (v > bestValue) {
+                bestValue = v;
+                best = k;
+            }
+        }
+        return best;
+    }
+
+    private String emitted = ""; // the answer's text already handed to the listener
+
+    /**
+     * The text the newest token adds, as the Python runtime's detokenize(): decode the whole
+     * answer, and hold back while it ends in U+FFFD (a multi-byte character not yet complete).
+     */
+    private String newText(List<Integer> ids) {
+        String text = tokenizer.decode(ids);
+        if (text.endsWith("\ufffd") || text.length() <= emitted.length()) {
+            return "";
+        }
+        String piece = text.substring(emitted.length());
+        emitted = text;
+        return piece;
+    }
+
+    static void verifyFiles(File dir, BundleManifest manifest) throws IOException {
+        for (String name : manifest.fileNames()) {
+            File f = new File(dir, name);
+            long want = manifest.fileBytes.get(name);
+            if (!f.isFile() || f.length() != want) {
+                throw new BundleException(name + ": missing or " + f.length() + " bytes, the manifest says " + want);
+            }
+            String sha = sha256(f);
+            if (!sha.equals(manifest.fileSha256.get(name))) {
+                throw new BundleException(name + ": sha256 " + sha + " differs from the manifest's " + manifest.fileSha256.get(name));
+            }
+        }
+    }
+
+    static String sha256(File f) throws IOException {
+        MessageDigest md;
+        try {
+            md = MessageDigest.getInstance("SHA-256");
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException("every JVM and Android has SHA-256", e);
+        }
+        byte[] buf = new byte[1 << 16];
+        try (InputStream in = new FileInputStream(f)) {
+            for (int n; (n = in.read(buf)) > 0; ) {
+                md.update(buf, 0, n);
+            }
+        }
+        StringBuilder b = new StringBuilder();
+        for (byte x : md.digest()) {
+            b.append(String.format("%02x", x & 0xFF));
+        }
+        return b.toString();
+    }
+
+    static String readText(File f) throws IOException {
+        byte[] data = new byte[(int) f.length()];
+        try (InputStream in = new FileInputStream(f)) {
+            int off = 0;
+            for (int n; off < data.length && (n = in.read(data, off, data.length - off)) > 0; ) {
+                off += n;
+            }
+        }
+        return new String(data, StandardCharsets.UTF_8);
+    }
+
+    @Override
+    public void close() {
+        for (OrtSession s : sessions.values()) {
+            try {
+                s.close();
+            } catch (OrtException e) {
+                // closing releases native memory; a failure here leaves nothing for the caller to do
+            }
+        }
+        sessions.clear();
+    }
+}

@@ -1,0 +1,220 @@
+package org.edgemfm.sample;
+
+import android.app.Activity;
+import android.content.ActivityNotFoundException;
+import android.content.Intent;
+import android.graphics.Bitmap;
+import android.graphics.BitmapFactory;
+import android.net.Uri;
+import android.os.Bundle;
+import android.os.SystemClock;
+import android.view.View;
+import android.widget.Button;
+import android.widget.EditText;
+import android.widget.ImageView;
+import android.widget.TextView;
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStream;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import org.edgemfm.bundle.ImagePreprocessor;
+import org.edgemfm.bundle.MultimodalModel;
+
+/**
+ * The sample's one screen: pick an image (gallery or camera), type a prompt, and watch the answer
+ * stream in. All model work runs on one background thread; the UI thread only shows results.
+ */
+public class MainActivity extends Activity {
+    private static final int PICK_IMAGE = 1;
+    private static final int TAKE_PHOTO = 2;
+
+    private final ExecutorService worker = Executors.newSingleThreadExecutor();
+    private MultimodalModel model;
+    private Bitmap image;
+    private TextView status;
+    private TextView answer;
+    private ImageView imageView;
+    private EditText prompt;
+    private Button run;
+
+    @Override
+    protected void onCreate(Bundle savedInstanceState) {
+        super.onCreate(savedInstanceState);
+        setContentView(R.layout.activity_main);
+        status = (TextView) findViewById(R.id.status);
+        answer = (TextView) findViewById(R.id.answer);
+        imageView = (ImageView) findViewById(R.id.image);
+        prompt = (EditText) findViewById(R.id.prompt);
+        run = (Button) findViewById(R.id.run);
+        View.OnClickListener clicks = new View.OnClickListener() {
+            @Override
+            public void onClick(View v) {
+                int id = v.getId();
+                if (id == R.id.gallery) {
+                    pickImage();
+                } else if (id == R.id.camera) {
+                    takePhoto();
+                } else if (id == R.id.clear) {
+                    showImage(null);
+                } else if (id == R.id.run) {
+                    answer();
+                }
+            }
+        };
+        for (int id : new int[] {R.id.gallery, R.id.camera, R.id.clear, R.id.run}) {
+            findViewById(id).setOnClickListener(clicks);
+        }
+        worker.execute(new Runnable() {
+            @Override
+            public void run() {
+                loadModel();
+            }
+        });
+    }
+
+    private void loadModel() {
+        long start = SystemClock.elapsedRealtime();
+        try {
+            File dir = BundleAssets.install(getAssets(), getFilesDir());
+            int threads = Math.max(1, Math.min(4, Runtime.getRuntime().availableProcessors()));
+            model = MultimodalModel.load(dir, threads);
+            long ms = SystemClock.elapsedRealtime() - start;
+            show(model.manifest.modelId + " (" + model.manifest.profile + "), loaded in " + ms + " ms", true);
+        } catch (Exception e) {
+            show("Cannot load the bundle: " + e.getMessage(), false);
+        }
+    }
+
+    /** Sets the status line and the Answer button from the worker thread. */
+    private void show(final String text, final boolean canRun) {
+        runOnUiThread(new Runnable() {
+            @Override
+            public void run() {
+                status.setText(text);
+                run.setEnabled(canRun);
+            }
+        });
+    }
+
+    private void pickImage() {
+        Intent i = new Intent(Intent.ACTION_GET_CONTENT).setType("image/*").addCategory(Intent.CATEGORY_OPENABLE);
+        startActivityForResult(Intent.createChooser(i, getString(R.string.pick_gallery)), PICK_IMAGE);
+    }
+
+    /** The camera app's preview-sized photo ("data" extra): no file provider or camera permission needed. */
+    private void takePhoto() {
+        try {
+            startActivityForResult(new Intent("android.media.action.IMAGE_CAPTURE"), TAKE_PHOTO);
+        } catch (ActivityNotFoundException e) {
+            status.setText("No camera app on this device");
+        }
+    }
+
+    @Override
+    protected void onActivityResult(int requestCode, int resultCode, Intent data) {
+        super.onActivityResult(requestCode, resultCode, data);
+        if (resultCode != RESULT_OK || data == null) {
+            return;
+        }
+        if (requestCode == TAKE_PHOTO && data.getExtras() != null) {
+            showImage((Bitmap) data.getExtras().get("data"));
+        } else if (requestCode == PICK_IMAGE && data.getData() != null) {
+            try {
+                showImage(decode(data.getData()));
+            } catch (IOException e) {
+                status.setText("Cannot read the image: " + e.getMessage());
+            }
+        }
+    }
+
+    /** Decodes at full size unless the image is huge; then by a power of two, keeping >= 2x the model's input. */
+    private Bitmap decode(Uri uri) throws IOException {
+        BitmapFactory.Options bounds = new BitmapFactory.Options();
+        bounds.inJustDecodeBounds = true;
+        try (InputStream in = getContentResolver().openInputStream(uri)) {
+            BitmapFactory.decodeStream(in, null, bounds);
+        }
+        int need = model != null && model.manifest.image != null ? 2 * model.manifest.image.size : 448;
+        int sample = 1;
+        while (Math.min(bounds.outWidth, bounds.outHeight) / (2 * sample) >= need
+                && (long) bounds.outWidth * bounds.outHeight / ((long) sample * sample) > 16_000_000L) {
+            sample *= 2;
+        }
+        BitmapFactory.Options opts = new BitmapFactory.Options();
+        opts.inSampleSize = sample;
+        opts.inPreferredConfig = Bitmap.Config.ARGB_8888;
+        try (InputStream in = getContentResolver().openInputStream(uri)) {
+            Bitmap b = BitmapFactory.decodeStream(in, null, opts);
+            if (b == null) {
+                throw new IOException("not an image this phone can decode");
+            }
+            return b;
+        }
+    }
+
+    private void showImage(Bitmap b) {
+        image = b;
+        imageView.setImageBitmap(b);
+    }
+
+    private void answer() {
+        final String text = prompt.getText().toString();
+        final ImagePreprocessor.RgbImage rgb = image == null ? null : toRgb(image);
+        run.setEnabled(false);
+        answer.setText("");
+        worker.execute(new Runnable() {
+            @Override
+            public void run() {
+                generate(text, rgb);
+            }
+        });
+    }
+
+    /** On the worker thread: streams each new piece of text to the answer view. */
+    private void generate(String text, ImagePreprocessor.RgbImage rgb) {
+        final long start = SystemClock.elapsedRealtime();
+        final long[] first = {0};
+        try {
+            int[] ids = model.generate(text, rgb, model.manifest.maxNewTokens, new MultimodalModel.TokenListener() {
+                @Override
+                public void onToken(int id, final String piece) {
+                    if (first[0] == 0) {
+                        first[0] = SystemClock.elapsedRealtime() - start;
+                    }
+                    runOnUiThread(new Runnable() {
+                        @Override
+                        public void run() {
+                            answer.append(piece);
+                        }
+                    });
+                }
+            });
+            long ms = SystemClock.elapsedRealtime() - start;
+            show(ids.length + " tokens in " + ms + " ms, first after " + first[0] + " ms", true);
+        } catch (Exception e) {
+            show("Generation failed: " + e.getMessage(), true);
+        }
+    }
+
+    private static ImagePreprocessor.RgbImage toRgb(Bitmap b) {
+        int[] argb = new int[b.getWidth() * b.getHeight()];
+        b.getPixels(argb, 0, b.getWidth(), 0, 0, b.getWidth(), b.getHeight());
+        return new ImagePreprocessor.RgbImage(b.getWidth(), b.getHeight(), argb);
+    }
+
+    @Override
+    protected void onDestroy() {
+        final MultimodalModel m = model;
+        if (m != null) {
+            worker.execute(new Runnable() { // after any answer in progress
+                @Override
+                public void run() {
+                    m.close();
+                }
+            });
+        }
+        worker.shutdown();
+        super.onDestroy();
+    }
+}
