@@ -90,8 +90,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     parity = m.report.get("parity", {})
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
+        # a method of a shared program file (pte): its own weights, not the whole file
+        size = c.weight_bytes if c.method else m.files[c.file].bytes
         table.add_row(
-            name, f"{m.files[c.file].bytes / 2**20:.2f} MiB", f"int{spec.bits}" if spec else c.dtype,
+            name, f"{size / 2**20:.2f} MiB", f"int{spec.bits}" if spec else c.dtype,
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
