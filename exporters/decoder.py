@@ -93,6 +93,7 @@ def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 
         output_names=("logits", *present_names),
         dynamic_axes=axes,
         kv_cache=kv,
+        items=seq,
         static_cache=partial(static_decoder_unit, language_model, lm_head, config, kv),
     )
 
@@ -105,4 +106,5 @@ def embedding_unit(embed_tokens: torch.nn.Module) -> ExportUnit:
         input_names=("input_ids",),
         output_names=("inputs_embeds",),
         dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "inputs_embeds": {0: "batch", 1: "seq"}},
+        items=4,
     )

@@ -14,7 +14,7 @@ What XNNPACK does not take runs on ExecuTorch's portable kernels; the count of d
 non-delegated nodes per method, and the non-delegated operators by name, go into the report.
 
 Example:
-    >>> components, parity, report = write_units(split.units, stage, 1e-4, 256, print)  # doctest: +SKIP
+    >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=256)  # doctest: +SKIP
     >>> report["delegation"]["text_decoder"]["delegated_nodes"] > 0                       # doctest: +SKIP
     True
 """
@@ -50,15 +50,15 @@ def _program_unit(unit: ExportUnit, max_seq_len: int) -> ExportUnit:
     return unit.static_cache(max_seq_len) if unit.static_cache is not None else unit
 
 
-def _capture(unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor], int]:
-    """The exported program, the PyTorch reference outputs and the peak activation of `unit`."""
+def _capture(unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor], int, int]:
+    """The exported program, the PyTorch reference outputs, the peak activation and the FLOPs of `unit`."""
     state = {name: b.clone() for name, b in unit.module.named_buffers()}
-    reference, peak = _reference(unit)
+    reference, peak, flops = _reference(unit)
     with torch.no_grad():  # the reference run wrote the cache: the program must start from zeros
         for name, b in unit.module.named_buffers():
             b.copy_(state[name])
         program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
-    return program, reference, peak
+    return program, reference, peak, flops
 
 
 def delegation(graph_module: Any) -> dict[str, Any]:
@@ -100,21 +100,23 @@ def _check(path: Path, units: dict[str, ExportUnit], references: dict[str, list[
 
 
 def write_units(
-    units: dict[str, ExportUnit], stage: Path, tolerance: float, max_seq_len: int, advance: Callable[[str], None]
+    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
 ) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
     """Export `units` as the methods of `stage/model.pte`, check them, and describe them for the manifest.
 
     `advance(description)` is called as each step starts (one per unit, then lowering, then checking).
+    `fuse` is accepted for the writers' common signature: it names the ONNX graph fusions, and
+    XNNPACK's partitioner and its own passes do that job for a pte program.
     Returns the components, the parity per method and the report entries (delegation per method).
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     units = {name: _program_unit(unit, max_seq_len) for name, unit in units.items()}
-    programs, references, peaks = {}, {}, {}
+    programs, references, peaks, flops = {}, {}, {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
-        programs[name], references[name], peaks[name] = _capture(unit, max_seq_len)
+        programs[name], references[name], peaks[name], flops[name] = _capture(unit, max_seq_len)
     advance("lowering to XNNPACK")
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     report = {"delegation": {name: delegation(edge.exported_program(name).graph_module) for name in units}}
@@ -122,7 +124,7 @@ def write_units(
     path.write_bytes(edge.to_executorch().buffer)
     advance("checking in the ExecuTorch runtime")
     parity = _check(path, units, references, tolerance)
-    components = {name: _component(name, unit, programs[name], references[name], peaks[name]) for name, unit in units.items()}
+    components = {name: _component(name, unit, programs[name], references[name], peaks[name], flops[name]) for name, unit in units.items()}
     return components, parity, report
 
 
@@ -130,7 +132,7 @@ def _axes(unit: ExportUnit, name: str) -> dict[int, str]:
     return {d: a for d, a in unit.dynamic_axes.get(name, {}).items() if a not in ONE_ITEM}
 
 
-def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int) -> Component:
+def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int, flops: int) -> Component:
     # Parameters and persistent buffers the graph uses: the weights the runtime maps (torch.export
     # lifts every parameter of the module; unused ones never reach the program). The KV cache is
     # a non-persistent buffer, planned by ExecuTorch and counted by its layout, not here.
@@ -150,5 +152,6 @@ def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        flops_per_item=flops // unit.items,
         method=name,
     )

@@ -27,6 +27,7 @@ class ExportUnit:
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]  # flat input or output name -> {dim: axis name}
     kv_cache: KVCache | None = None
+    items: int = 1  # images, audio windows or new tokens in the example call (for FLOPs per item)
     # The same component with a static KV cache of the given length, for formats whose buffers
     # are planned ahead (pte); None where the component has no cache.
     static_cache: Callable[[int], ExportUnit] | None = None

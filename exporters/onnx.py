@@ -53,8 +53,10 @@ def _spec(name: str, t: torch.Tensor, axes: dict[int, str]) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(axes.get(d, int(n)) for d, n in enumerate(t.shape)))
 
 
-def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
-    """PyTorch outputs on the example inputs, and the largest tensor any submodule produced."""
+def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int, int]:
+    """PyTorch outputs on the example inputs, the largest tensor any submodule produced, the FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     peak = 0
 
     def hook(_m, _i, out):
@@ -65,12 +67,12 @@ def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int]:
 
     handles = [m.register_forward_hook(hook) for m in unit.module.modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
             out = unit.module(*unit.args)
     finally:
         for h in handles:
             h.remove()
-    return list(out) if isinstance(out, (tuple, list)) else [out], peak
+    return list(out) if isinstance(out, (tuple, list)) else [out], peak, flops.get_total_flops()
 
 
 def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float]:
@@ -90,12 +92,12 @@ def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], toleran
     return diff, scale
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Component, dict[str, float]]:
-    """Export `unit` to `path`, check it in ONNX Runtime, and describe it for the manifest."""
+def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, dict[str, Any]]:
+    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
     import onnx
     import onnx.numpy_helper
 
-    reference, peak = _reference(unit)
+    reference, peak, flops = _reference(unit)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each stage
         torch.onnx.export(
             unit.module,
@@ -110,7 +112,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
             verbose=False,
         )
     unfused_diff, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
-    fusion = fuse(path)
+    fusion = fuse(path) if fuse_ops else {"skipped": "export --no-fuse"}
     diff, scale = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
@@ -123,20 +125,23 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float) -> tuple[Componen
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        flops_per_item=flops // unit.items,
     )
     return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}
 
 
 def write_units(
-    units: dict[str, ExportUnit], stage: Path, tolerance: float, max_seq_len: int, advance: Callable[[str], None]
-) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
-    """Write each unit as `stage/<name>.onnx`; the ONNX decoder's cache grows, so `max_seq_len` bounds nothing here.
+    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
+) -> tuple[dict[str, Component], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
+
+    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs.
 
     Example:
-        >>> components, parity, report = write_units(split.units, stage, 1e-4, 2048, print)  # doctest: +SKIP
+        >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
     """
     components, parity = {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
-        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance)
+        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse)
     return components, parity, {}

@@ -78,4 +78,5 @@ def static_decoder_unit(language_model, lm_head, config, kv: KVCache, max_seq_le
         output_names=("logits",),
         dynamic_axes={"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}},
         kv_cache=kv,
+        items=seq,
     )

@@ -72,12 +72,12 @@ def staging(out: str | Path, force: bool = False) -> Iterator[Path]:
 
 def seal(stage: Path, manifest: Manifest) -> Manifest:
     """Hash every file in `stage` into the manifest and write `manifest.json`."""
+    assert all(p.is_file() for p in stage.iterdir()), "bundles are flat directories of files"
     files = {
         p.name: FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
         for p in sorted(stage.iterdir())
         if p.name != MANIFEST
     }
-    assert all(p.is_file() for p in stage.iterdir()), "bundles are flat directories of files"
     manifest = manifest.with_files(files)
     (stage / MANIFEST).write_text(manifest.to_json())
     return manifest

@@ -54,7 +54,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     path = export(
         args.model, device=args.device, out=args.out, format=args.format, precision=args.precision,
-        force=args.force, max_seq_len=args.max_seq_len,
+        force=args.force, fuse=not args.no_fuse, max_seq_len=args.max_seq_len,
     )
     from edgemfm.bundle import read_manifest
 
@@ -98,6 +98,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
     out.print(table)
+    if args.device:
+        _print_predictions(m, load_profile(args.device))
+
+
+def _print_predictions(manifest, profile) -> None:
+    from edgemfm.cost import predict
+
+    table = Table(title=f"predicted on {profile.name} (roofline)")
+    for col in ("component", "one call", "GFLOP", "MB moved", "ms", "bound"):
+        table.add_column(col)
+    for e in predict(manifest, profile):
+        table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
+    out.print(table)
+    for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
+        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
+    e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
     e.set_defaults(func=cmd_export)
 
@@ -133,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")
     i.add_argument("--json", action="store_true", help="print the manifest")
+    i.add_argument("--device", help="also predict each component's latency on this device (roofline)")
     i.set_defaults(func=cmd_inspect)
     return p
 

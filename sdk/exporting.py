@@ -97,6 +97,7 @@ def export(
     force: bool = False,
     progress: bool = True,
     max_seq_len: int | None = None,
+    fuse: bool = True,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
@@ -125,7 +126,8 @@ def export(
             bar.update(task, total=None, completed=0)
             writer = importlib.import_module(WRITERS[format])
             components, parity, written = writer.write_units(
-                split.units, stage, family.tolerance, max_seq_len, lambda step: bar.update(task, description=step)
+                split.units, stage, family.tolerance, lambda step: bar.update(task, description=step),
+                max_seq_len=max_seq_len, fuse=fuse,
             )
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(

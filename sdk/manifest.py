@@ -55,6 +55,7 @@ class Component:
     weight_bytes: int  # bytes of weights the runtime maps
     peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
     kv_cache: KVCache | None = None
+    flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
     method: str | None = None  # the named method in a multi-method program (pte); None for onnx
 
 

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -22,11 +22,6 @@ from pathlib import Path
 
 from edgemfm.errors import ConfigError, ProfileError, UnknownDeviceError
 from edgemfm.records import from_dict
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # JetPack 6 ships Python 3.10
-    import tomli as tomllib
 
 PROFILE_VERSION = 1
 FORMATS = ("onnx", "pte")  # the bundle formats edgemfm writes

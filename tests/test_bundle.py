@@ -104,11 +104,11 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch):
     real = onnx_writer.write_onnx
     calls = []
 
-    def fail_on_second(unit, path, tolerance):
+    def fail_on_second(unit, path, *options):
         calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(unit, path, tolerance)
+        return real(unit, path, *options)
 
     monkeypatch.setattr(onnx_writer, "write_onnx", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
