@@ -62,11 +62,6 @@ class StaticDecoder(torch.nn.Module):
         )
         return self.lm_head(out.last_hidden_state)
 
-    def reset(self) -> None:
-        """Zero the cache, so that a run in PyTorch leaves no state for the exported program."""
-        for buffer in self.buffers(recurse=False):
-            buffer.zero_()
-
 
 def static_decoder_unit(language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5) -> ExportUnit:
     """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions."""
