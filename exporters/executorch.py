@@ -132,16 +132,29 @@ def _axes(unit: ExportUnit, name: str) -> dict[int, str]:
     return {d: a for d, a in unit.dynamic_axes.get(name, {}).items() if a not in ONE_ITEM}
 
 
+def _reached(graph: Any) -> set[str]:
+    """Names of the nodes the outputs and the in-place writes (the cache updates) depend on."""
+    roots = [n for n in graph.nodes if n.op == "output" or getattr(getattr(n.target, "_schema", None), "is_mutable", False)]
+    seen: set[str] = set()
+    while roots:
+        node = roots.pop()
+        if node.name not in seen:
+            seen.add(node.name)
+            roots.extend(node.all_input_nodes)
+    return seen
+
+
 def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int, flops: int) -> Component:
-    # Parameters and persistent buffers the graph uses: the weights the runtime maps (torch.export
-    # lifts every parameter of the module; unused ones never reach the program). The KV cache is
-    # a non-persistent buffer, planned by ExecuTorch and counted by its layout, not here.
-    used = {n.name for n in program.graph.nodes if n.op == "placeholder" and n.users}
+    # Parameters and persistent buffers the computation reaches: the weights the runtime maps
+    # (torch.export lifts every parameter, and keeps layers whose output nothing uses, e.g. CLIP's
+    # last layer under vision_feature_layer=-2; ExecuTorch drops them from the program). The KV
+    # cache is a non-persistent buffer, planned by ExecuTorch and counted by its layout, not here.
+    live = _reached(program.graph)
     lifted = {**program.graph_signature.inputs_to_parameters, **program.graph_signature.inputs_to_buffers}
     weight_bytes = sum(
         program.state_dict[fqn].numel() * program.state_dict[fqn].element_size()
         for placeholder, fqn in lifted.items()
-        if placeholder in used and fqn in program.state_dict
+        if placeholder in live and fqn in program.state_dict
     )
     return Component(
         file=PROGRAM,

@@ -63,7 +63,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
     for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
         ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
-        out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""))
+        out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""), soft_wrap=True)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
