@@ -9,7 +9,7 @@ device running pte bundles from Python needs `pip install executorch` (which bri
 All components of a program share one loaded `Program`, so its weights are mapped once.
 
 Example:
-    >>> sessions = open_components(Path("bundle"), manifest.components, profile)  # doctest: +SKIP
+    >>> sessions = open_components(Path("bundle"), manifest.components, manifest, profile)  # doctest: +SKIP
     >>> sessions["token_embedding"].run({"input_ids": np.array([[1, 2]])})["inputs_embeds"].shape  # doctest: +SKIP
     (1, 2, 192)
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgemfm.errors import BundleError, MissingExtraError
-from edgemfm.manifest import Component
+from edgemfm.errors import BundleError, InputError, MissingExtraError
+from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
 
 BACKEND = "XnnpackBackend"  # what exporters/executorch.py lowers to
@@ -35,6 +35,9 @@ class PteSession:
 
     def __init__(self, method: Any, input_names: tuple[str, ...], output_names: tuple[str, ...]):
         self.method, self.input_names, self.output_names = method, input_names, output_names
+        meta = method.metadata
+        # Planned (upper-bound) sizes: ExecuTorch refuses larger inputs with a bare error code.
+        self.bounds = {n: tuple(meta.input_tensor_meta(i).sizes()) for i, n in enumerate(input_names)}
 
     @classmethod
     def load(cls, program: Any, component: Component) -> PteSession:
@@ -49,11 +52,17 @@ class PteSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        for name, bound in self.bounds.items():
+            if any(n > b for n, b in zip(feeds[name].shape, bound)):
+                raise InputError(
+                    f"input {name!r} of shape {feeds[name].shape} is larger than the program takes, {bound}: its "
+                    "dynamic axes are bounded by the bundle's max_seq_len (export with a larger --max-seq-len)"
+                )
         out = self.method.execute([torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names])
         return {n: t.numpy() for n, t in zip(self.output_names, out)}
 
 
-def open_components(path: Path, components: dict[str, Component], profile: DeviceProfile, threads: int = 0) -> dict[str, PteSession]:
+def open_components(path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0) -> dict[str, PteSession]:
     """A session per pte component, each program file loaded once."""
     try:
         from executorch.runtime import Runtime

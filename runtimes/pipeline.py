@@ -1,53 +1,146 @@
-"""`load` a bundle into a `Pipeline`, and `generate` text from a prompt with images.
+"""`load` a bundle into a `Pipeline`, and `generate` text from a prompt with images (or audio).
 
 The pipeline reads only the manifest: which component embeds tokens, which encodes each kind
-of media, which placeholder token receives the encoder's rows, and the decoder's KV layout.
+of media, which placeholder token receives the encoder's rows, the decoder's KV layout and the
+streaming settings. Media may be lists or live iterators; each item is encoded as it arrives
+(`streaming.py`), prefilled in chunks and the cache bounded (`generation.py`, `kvcache.py`),
+all within a memory budget checked at load (`budget.py`).
 
 Example:
     >>> import edgemfm
-    >>> pipe = edgemfm.load("bundles/default-jetson")                          # doctest: +SKIP
+    >>> pipe = edgemfm.load("bundles/default-jetson", memory_budget=512)                  # doctest: +SKIP
     >>> "".join(pipe.generate("What is this?", images=["cat.png"], max_new_tokens=8))  # doctest: +SKIP
     'A cat on a mat.'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from edgemfm import bundle
 from edgemfm.errors import InputError
-from edgemfm.manifest import Manifest
+from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
-from edgemfm.runtimes.decoding import detokenize, greedy
-from edgemfm.runtimes.kv_cache import KV_CACHES
+from edgemfm.runtimes import budget, streaming
+from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
+from edgemfm.runtimes.generation import Decoder, decode
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
-log = logging.getLogger("edgemfm")
 # Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
 BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
 
 
-class Pipeline:
-    """A loaded bundle: one session per component, the tokenizer and the pre-processors."""
+class Generates:
+    """generate_scored, generate_tokens and generate over `generate_steps` and `tokenizer`: shared by Pipeline and Cascade."""
 
-    def __init__(self, path: Path, manifest: Manifest, profile: DeviceProfile, threads: int = 0):
+    def generate_scored(
+        self,
+        prompt: str,
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        sampler: Sampler | None = None,
+    ) -> Iterator[tuple[int, float]]:
+        """(token id, its log-probability under the model) pairs: what the cascade's self-test reads.
+
+        Example:
+            >>> [round(lp, 2) for _, lp in pipe.generate_scored("Hi", max_new_tokens=3)]  # doctest: +SKIP
+            [-0.41, -1.3, -0.02]
+        """
+        steps = self.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+        return ((token, logprob(logits, token)) for token, logits in steps)
+
+    def generate_tokens(
+        self,
+        prompt: str,
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """New token ids until an end-of-sequence token or `max_new_tokens`: greedy at temperature 0.
+
+        Example:
+            >>> list(pipe.generate_tokens("Hi", max_new_tokens=4, temperature=0.7, top_p=0.9, seed=1))  # doctest: +SKIP
+            [85, 101, 33, 74]
+        """
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        return (token for token, _ in self.generate_steps(prompt, images, audio, max_new_tokens, sampler))
+
+    def generate(
+        self,
+        prompt: str,
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Pieces of the answer's text as they are generated, ending before any `stop` string.
+
+        Example:
+            >>> for piece in pipe.generate("Describe the image.", images=["photo.jpg"], stop=["\\n"]):  # doctest: +SKIP
+            ...     print(piece, end="", flush=True)
+        """
+        tokens = self.generate_tokens(prompt, images, audio, max_new_tokens, temperature, top_k, top_p, seed)
+        return stop_at(detokenize(self.tokenizer, tokens), stop)
+
+
+class Pipeline(Generates):
+    """A loaded bundle: one session per component, the tokenizer, pre-processors and the decode loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        profile: DeviceProfile,
+        threads: int = 0,
+        memory_budget: float | None = None,
+        streaming_settings: StreamingSettings | None = None,
+        reserved: int = 0,
+    ):
         self.path, self.manifest, self.profile = path, manifest, profile
+        self.streaming = streaming_settings or manifest.streaming
+        _check_streaming(self.streaming)
+        self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
+        what = f"bundle {str(path)!r}"
+        # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
+        budget.check(budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved), self.memory_budget, what)
+        decoder_name = manifest.generation.decoder
         self.sessions = {}
         for format in dict.fromkeys(c.format for c in manifest.components.values()):
             components = {name: c for name, c in manifest.components.items() if c.format == format}
-            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(path, components, profile, threads)
+            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(path, components, manifest, profile, threads)
+        self.memory = budget.check(
+            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, loaded=True), self.memory_budget, what
+        )
         self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
+        self.decoder = Decoder(self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming)
+        self.draft: Pipeline | None = None  # set by load(..., draft=): speculative decoding
+        self.speculate_k = 4  # tokens the draft proposes per target pass
 
     @property
     def provider(self) -> str:
         """The execution provider the decoder runs on."""
         return self.sessions[self.manifest.generation.decoder].provider
+
+    @property
+    def working_bytes(self) -> int:
+        """The KV cache and activations this pipeline allocates while generating (reserved for others loaded after it)."""
+        return self.memory.kv_cache + sum(self.memory.activations.values())
 
     def prompt_ids(self, prompt: str, counts: dict[str, int] | None = None) -> list[int]:
         """The token ids of the templated prompt, with one placeholder token per media item.
@@ -68,80 +161,117 @@ class Pipeline:
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
+    def encode(self, kind: str, item: Any) -> np.ndarray:
+        """One media item's rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
+        spec = self.manifest.prompt.media[kind]
+        x = PREPROCESSORS[kind](item, self.manifest.preprocess)
+        rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
+        return rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
+
+    def plan(self, prompt: str, media: dict[str, Iterable[Any]]) -> Iterator[streaming.Entry]:
+        """The prompt's token ids and media items in order; iterators are pulled only as they are reached."""
+        given = {kind: items for kind, items in media.items() if not (isinstance(items, Sequence) and len(items) == 0)}
+        self.prompt_ids(prompt, {kind: 1 for kind in given})  # names an unsupported kind or a placeholder in the prompt
+        placeholders = {kind: self.manifest.prompt.media[kind].token_id for kind in given}
+        layout = streaming.split_template(lambda counts: self.prompt_ids(prompt, counts), list(given), placeholders)
+        if layout is not None:
+            return streaming.planned(layout, given)
+        items = {kind: list(items) for kind, items in given.items()}  # the tokenizer merges across items: collect them
+        return streaming.from_ids(self.prompt_ids(prompt, {k: len(v) for k, v in items.items()}), placeholders, items)
+
     def embed(self, ids: Sequence[int], media: dict[str, Sequence] | None = None) -> np.ndarray:
         """Decoder inputs [1, seq, hidden]: token embeddings with each media item's rows spliced in.
 
         Items are encoded one at a time, in prompt order, so only one encoder activation is live.
         """
-        g = self.manifest.generation
-        tokens = self.sessions[g.embedding].run({"input_ids": np.asarray([ids], dtype=np.int64)})["inputs_embeds"]
-        specs = self.manifest.prompt.media
-        items = {kind: iter(media.get(kind, ())) for kind in specs} if media else {}
-        slots = sorted((pos, kind) for kind, spec in specs.items() for pos, t in enumerate(ids) if t == spec.token_id)
-        pieces, start = [], 0
-        for pos, kind in slots:
-            spec = specs[kind]
-            x = PREPROCESSORS[kind](next(items[kind]), self.manifest.preprocess)
-            rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
-            pieces += [tokens[:, start:pos], rows.reshape(1, -1, rows.shape[-1]).astype(tokens.dtype)]
-            start = pos + 1
-        pieces.append(tokens[:, start:])
-        return np.concatenate(pieces, axis=1) if slots else tokens
+        placeholders = {kind: spec.token_id for kind, spec in self.manifest.prompt.media.items()}
+        entries = streaming.from_ids(ids, placeholders, media or {})
+        return np.concatenate(list(streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode)), axis=1)
 
-    def generate_tokens(
+    def generate_steps(
         self,
         prompt: str,
-        images: Sequence[ImageLike] = (),
-        audio: Sequence[str] = (),
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
         max_new_tokens: int | None = None,
-    ) -> Iterator[int]:
-        """New token ids, greedily, until an end-of-sequence token or `max_new_tokens`."""
-        media = {"image": list(images), "audio": list(audio)}
-        ids = self.prompt_ids(prompt, {kind: len(items) for kind, items in media.items()})
-        g, kv = self.manifest.generation, self.manifest.components[self.manifest.generation.decoder].kv_cache
-        decoder, embedding = self.sessions[g.decoder], self.sessions[g.embedding]
-        cache = KV_CACHES[kv.kind](kv)
-        cache.check(len(ids))  # before any work: the prompt's tokens alone may not fit
-        embeds = self.embed(ids, media)
-        limit = g.max_new_tokens if max_new_tokens is None else max_new_tokens
-        for _ in range(limit):
-            seq = embeds.shape[1]
-            out = decoder.run({"inputs_embeds": embeds, **cache.feeds(seq)})
-            cache.advance(out, seq)
-            token = greedy(out["logits"][0, -1])
-            if token in self.manifest.tokenizer.eos_token_ids:
-                return
-            yield token
-            if cache.free < 1:
-                log.warning("edgemfm: the KV cache's %d positions are full; the answer stops here", kv.max_seq_len)
-                return
-            embeds = embedding.run({"input_ids": np.asarray([[token]], dtype=np.int64)})["inputs_embeds"]
-
-    def generate(
-        self,
-        prompt: str,
-        images: Sequence[ImageLike] = (),
-        audio: Sequence[str] = (),
-        max_new_tokens: int | None = None,
-    ) -> Iterator[str]:
-        """Pieces of the answer's text as they are generated.
+        sampler: Sampler | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(token id, the logits it was chosen from) pairs: the core every generate method wraps.
 
         Example:
-            >>> for piece in pipe.generate("Describe the image.", images=["photo.jpg"]):  # doctest: +SKIP
-            ...     print(piece, end="", flush=True)
+            >>> [t for t, _ in pipe.generate_steps("Hi", max_new_tokens=3)]  # doctest: +SKIP
+            [85, 101, 33]
         """
-        return detokenize(self.tokenizer, self.generate_tokens(prompt, images, audio, max_new_tokens))
+        sampler = sampler or Sampler()
+        if self.draft is not None and not sampler.is_greedy:
+            raise InputError(f"speculative decoding (--draft) needs greedy decoding; temperature {sampler.temperature:g} is not allowed; allowed: 0")
+        limit = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit < 0:
+            raise InputError(f"max_new_tokens {limit} is not allowed; allowed: 0 or more")
+        media = {"image": images, "audio": audio}
+        eos = self.manifest.tokenizer.eos_token_ids
+        if self.draft is not None:
+            from edgemfm.runtimes.speculative import speculate
+
+            return speculate(self, self.draft, prompt, media, eos, limit, self.speculate_k)
+        return self._decode(prompt, media, sampler, eos, limit)
+
+    def _decode(self, prompt, media, sampler, eos, limit) -> Iterator[tuple[int, np.ndarray]]:
+        cache = self.decoder.new_cache()
+        logits = self.prefill(cache, prompt, media)
+        yield from decode(self.decoder, cache, logits, sampler, eos, limit)
+
+    def prefill(self, cache, prompt: str, media: dict[str, Iterable[Any]]) -> np.ndarray:
+        """Stream the prompt and its media into `cache`; the logits after the last prompt token."""
+        entries = self.plan(prompt, media)
+        return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
 
 
-def load(path: str | Path, device: str | None = None, threads: int = 0) -> Pipeline:
-    """Open a bundle, verify every file's sha256, and start a session per component.
+def _check_streaming(s: StreamingSettings) -> None:
+    if not 0 <= s.sink_tokens < s.max_seq_len or not 0 < s.prefill_chunk <= s.max_seq_len - s.sink_tokens:
+        raise InputError(
+            f"streaming settings prefill_chunk={s.prefill_chunk}, max_seq_len={s.max_seq_len}, sink_tokens={s.sink_tokens} "
+            "are not allowed; allowed: 0 <= sink_tokens < max_seq_len and 0 < prefill_chunk <= max_seq_len - sink_tokens"
+        )
 
-    `device` picks the profile whose execution providers are tried (default: the bundle's).
+
+def load(
+    path: str | Path,
+    device: str | None = None,
+    threads: int = 0,
+    memory_budget: float | None = None,
+    draft: str | Path | None = None,
+    cascade: str | Path | None = None,
+    escalate_below: float | str | Path | None = None,
+    **streaming_overrides: int,
+) -> Any:
+    """Open a bundle, verify every file's sha256, check the memory budget and start a session per component.
+
+    `device` picks the profile whose execution providers are tried and whose default memory
+    budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
+    for speculative decoding; `cascade` puts a small bundle in front that answers unless its
+    self-test falls below `escalate_below` (a mean token log-probability, or a calibration JSON
+    file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
+    `prefill_chunk`, `max_seq_len`, `sink_tokens`.
 
     Example:
-        >>> pipe = edgemfm.load("bundles/default-jetson", device="jetson")  # doctest: +SKIP
+        >>> pipe = edgemfm.load("bundles/llava-jetson", device="jetson", memory_budget=2048, draft="bundles/tiny-jetson")  # doctest: +SKIP
     """
     path = Path(path)
     manifest = bundle.read_manifest(path)
     profile = load_profile(device or manifest.profile)
-    return Pipeline(path, manifest, profile, threads=threads)
+    known = {f.name for f in dataclasses.fields(StreamingSettings)}
+    if bad := sorted(set(streaming_overrides) - known):
+        raise InputError(f"unknown streaming setting {bad[0]!r}; allowed: {', '.join(sorted(known))}")
+    settings = dataclasses.replace(manifest.streaming, **streaming_overrides)
+    pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings)
+    if draft is not None:
+        pipe.draft = Pipeline(Path(draft), bundle.read_manifest(draft), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
+        if pipe.tokenizer.get_vocab() != pipe.draft.tokenizer.get_vocab():
+            raise InputError(f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer")
+    if cascade is None:
+        return pipe
+    from edgemfm.runtimes.cascade import Cascade
+
+    small = Pipeline(Path(cascade), bundle.read_manifest(cascade), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
+    return Cascade(small, pipe, escalate_below)

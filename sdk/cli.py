@@ -69,11 +69,24 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from edgemfm.runtimes.pipeline import load
 
-    pipe = load(args.bundle, device=args.device, threads=args.threads)
-    for piece in pipe.generate(args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens):
+    pipe = load(
+        args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
+        draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
+    )
+    err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
+    pieces = pipe.generate(
+        args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+    )
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if args.cascade:
+        err.print(f"edgemfm: answered by the {pipe.answered_by} bundle (self-test {pipe.score:.3f}, escalate below {pipe.threshold:.3f})")
+    if args.draft:
+        s = pipe.speculation
+        err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -144,6 +157,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
     r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
     r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
+    r.add_argument("--memory-budget", type=float, metavar="MB", help="MiB the run may use (default: the profile's)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
+    r.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    r.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass (1: all)")
+    r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
+    r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
+    r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
+    r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")

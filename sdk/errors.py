@@ -53,3 +53,7 @@ class MissingExtraError(EdgemfmError):
         super().__init__(
             f"{module!r} is not installed; the export toolchain needs: pip install 'edgemfm[export]'"
         )
+
+
+class MemoryBudgetError(EdgemfmError):
+    """A bundle cannot run within the memory budget; the message gives needed and allowed bytes."""

@@ -134,7 +134,7 @@ def test_cli_on_aarch64_prints_the_hosts_answer_falling_back_from_jetson_gpus(aa
     arm = cli(aarch64_python, *args, cwd=tmp_path)
     host = cli(sys.executable, *args, cwd=tmp_path)
     assert arm.stdout == host.stdout and len(arm.stdout) > 1
-    assert arm.stderr.decode().strip().splitlines() == [JETSON_FALLBACK]
+    assert arm.stderr.decode().strip().splitlines() == [JETSON_FALLBACK, "edgemfm: running on CPUExecutionProvider"]
 
 
 def test_python_api_on_aarch64_matches_host(aarch64_python, pi5_bundle, photo, tmp_path):

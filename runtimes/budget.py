@@ -1,0 +1,134 @@
+"""The memory budget: what a bundle needs to run, added up at load and refused when it cannot fit.
+
+needed = the process as it is (interpreter, numpy, onnxruntime: read from the OS)
+       + the weights the sessions map and each session's fixed cost
+       + the KV cache at its bound (streaming.max_seq_len), twice: the decoder graph returns a
+         new cache while the old one is still an input
+       + each component's largest activation: encoders at one item (they are fed one at a time),
+         the decoder at one prefill chunk attending over the whole cache.
+
+The estimate is checked twice: before any session exists (so nothing big is allocated for a
+bundle that cannot fit), and again once the sessions are loaded, with their real resident size
+in place of the estimate. Tests hold the process's measured peak (VmHWM) to the budget.
+
+Example:
+    >>> plan = estimate(manifest, manifest.streaming, resident_bytes())  # doctest: +SKIP
+    >>> check(plan, 64 * 2**20)                                          # doctest: +SKIP
+    MemoryBudgetError: memory budget 64.0 MiB (67108864 bytes) is too small: needs 101.2 MiB ...
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgemfm.errors import MemoryBudgetError
+from edgemfm.manifest import Component, Manifest, StreamingSettings
+
+# Resident memory one onnxruntime 1.32 CPU session adds beyond its weights (thread pool,
+# allocator, graph): 5.3-5.8 MiB measured per session of the test bundles on x86-64; rounded up.
+SESSION_BYTES = 8 * 2**20
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    runtime: int  # the process before this bundle's sessions (or with them, once loaded)
+    weights: int  # weights + fixed session costs (0 once loaded: then inside `runtime`)
+    kv_cache: int
+    activations: dict[str, int]  # component -> largest activation
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.weights + self.kv_cache + sum(self.activations.values())
+
+    def describe(self) -> str:
+        parts = [("process", self.runtime), ("weights", self.weights), ("KV cache", self.kv_cache), ("activations", sum(self.activations.values()))]
+        return ", ".join(f"{name} {value / MiB:.1f}" for name, value in parts if value)
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1}[dtype]
+
+
+def _tensor_bytes(spec) -> int:
+    return math.prod(d if isinstance(d, int) else 1 for d in spec.shape) * _itemsize(spec.dtype)
+
+
+def kv_cache_bytes(decoder: Component, max_len: int) -> int:
+    """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x head_dim x length."""
+    kv = decoder.kv_cache
+    return 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * max_len * _itemsize(decoder.dtype)
+
+
+def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int) -> int:
+    """The decoder's largest live tensors for one prefill chunk over a full cache (an estimate).
+
+    The attention score tensor [heads, chunk, max_len] dominates long prefills. The exported
+    graph holds about five of its size at once (scores, masked scores, probabilities, the
+    additive mask) and the arena rounds allocations up: the default model's measured peak
+    minus its loaded size was 4.8-5.9 score tensors for one prefill of 1k-10k tokens, so 6 are
+    counted. Add the logits [chunk, vocab] and about eight hidden-sized rows per token
+    (residual, norms, q/k/v, MLP); never less than the exporter's measured peak at its example shapes.
+    """
+    kv = decoder.kv_cache
+    hidden = next(i.shape[-1] for i in decoder.inputs if i.name == "inputs_embeds")
+    vocab = next(o.shape[-1] for o in decoder.outputs if o.name == "logits")
+    heads = max(hidden // kv.head_dim, kv.kv_heads)
+    item = _itemsize(decoder.dtype)
+    estimate = (6 * heads * chunk * max_len + chunk * vocab + 8 * chunk * hidden) * item
+    return max(estimate, decoder.peak_activation_bytes)
+
+
+def estimate(manifest: Manifest, streaming: StreamingSettings, resident: int, loaded: bool = False) -> MemoryPlan:
+    """What running `manifest` under `streaming` needs, on top of `resident` bytes the process holds."""
+    name = manifest.generation.decoder
+    decoder = manifest.components[name]
+    activations = {
+        n: decoder_activation_bytes(c, streaming.prefill_chunk, streaming.max_seq_len)
+        if n == name
+        else c.peak_activation_bytes + sum(_tensor_bytes(t) for t in (*c.inputs, *c.outputs))
+        for n, c in manifest.components.items()
+    }
+    weights = 0 if loaded else sum(c.weight_bytes + SESSION_BYTES for c in manifest.components.values())
+    return MemoryPlan(resident, weights, kv_cache_bytes(decoder, streaming.max_seq_len), activations)
+
+
+def check(plan: MemoryPlan, budget: int, what: str) -> MemoryPlan:
+    """`plan` if it fits in `budget` bytes; else a MemoryBudgetError giving needed and allowed bytes."""
+    if plan.total > budget:
+        raise MemoryBudgetError(
+            f"{what} needs {plan.total} bytes ({plan.total / MiB:.1f} MiB: {plan.describe()}) "
+            f"but the memory budget allows {budget} bytes ({budget / MiB:.1f} MiB); "
+            f"allowed: --memory-budget {math.ceil(plan.total / MiB)} or more, or a smaller streaming.max_seq_len"
+        )
+    return plan
+
+
+def _status_kib(field: str) -> int | None:
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return None
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now, from the OS (Linux VmRSS; the peak elsewhere)."""
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else peak_resident_bytes()
+
+
+def peak_resident_bytes() -> int:
+    """The process's peak resident memory so far, from the OS (VmHWM, or getrusage's ru_maxrss)."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource  # POSIX only; Linux and Android answer from /proc above
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB

@@ -1,0 +1,75 @@
+"""The decoder's KV cache between calls: kept in the backend's own tensors, bounded by a sliding window.
+
+The exported decoder takes the cache as `past.{layer}.{key,value}` [1, kv_heads, length, head_dim]
+and returns it grown as `present.*`; those arrays go straight back in at the next step. They are
+sliced only when a stream outgrows `max_len` (the window slides, keeping the first `sinks`
+entries, the attention sinks of StreamingLLM, arXiv 2309.17453) or when speculative decoding
+rolls back rejected tokens.
+
+Keys are cached after the rotary embedding, so kept entries keep their original positions; new
+tokens take the next absolute position, and the attention mask covers exactly the kept entries.
+
+Example:
+    >>> cache = KVCache(manifest_kv, max_len=2048, sinks=4)  # doctest: +SKIP
+    >>> cache.make_room(256); feeds = cache.feeds(256)                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgemfm.manifest import KVCache as KVLayout
+
+
+class KVCache:
+    """One sequence's cache: `length` kept entries, the next absolute `position`, the window bound."""
+
+    def __init__(self, layout: KVLayout, max_len: int, sinks: int, dtype: str = "float32"):
+        names = [(i, k) for i in range(layout.layers) for k in ("key", "value")]
+        self.past_names = [layout.past.format(layer=i, kind=k) for i, k in names]
+        self.present_names = [layout.present.format(layer=i, kind=k) for i, k in names]
+        empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.dtype(dtype))
+        self.values: dict[str, np.ndarray] = {name: empty for name in self.past_names}
+        self.max_len, self.sinks = max_len, sinks
+        self.length = 0  # entries held
+        self.position = 0  # absolute position of the next token
+        self.evicted = 0  # entries dropped by the sliding window so far
+        self.fixed: dict[str, np.ndarray] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
+
+    def feeds(self, seq: int) -> dict[str, np.ndarray]:
+        """The decoder's cache, mask and position inputs for `seq` new tokens."""
+        return {
+            "attention_mask": np.ones((1, self.length + seq), np.int64),
+            "position_ids": np.arange(self.position, self.position + seq, dtype=np.int64)[None],
+            **self.values,
+            **self.fixed,
+        }
+
+    def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
+        """Take the decoder's grown cache after it consumed `seq` tokens."""
+        self.values = {past: presents[present] for past, present in zip(self.past_names, self.present_names)}
+        self.length += seq
+        self.position += seq
+
+    def make_room(self, incoming: int) -> None:
+        """Slide the window so `incoming` more entries fit in `max_len`, keeping the sink entries."""
+        if self.length + incoming <= self.max_len:
+            return
+        recent = self.max_len - self.sinks - incoming
+        assert recent >= 0, "the prefill chunk is checked against max_len - sinks at load"
+        head, tail = self.sinks, self.length - recent
+        self._slice(lambda a: np.concatenate([a[:, :, :head], a[:, :, tail:]], axis=2))
+        self.evicted += tail - head
+        self.length = head + recent
+
+    def rollback(self, n: int) -> None:
+        """Forget the last `n` entries (tokens a speculative step proposed and the target rejected)."""
+        if n:
+            self._slice(lambda a: a[:, :, : self.length - n])
+            self.length -= n
+            self.position -= n
+
+    def _slice(self, cut: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.values = {name: np.ascontiguousarray(cut(v)) for name, v in self.values.items()}

@@ -1,0 +1,129 @@
+"""Decoding: seeded sampling, top-k / top-p filters, stop strings, speculative decoding, the cascade."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.errors import InputError
+from edgemfm.runtimes.cascade import Calibration, calibrate, choose_threshold
+from edgemfm.runtimes.decoding import Sampler, stop_at
+from tiny_models import tiny_llava
+
+PROMPT = "Describe the picture."
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    """A tiny LLaVA sharing the default model's byte tokenizer: the draft and the cascade's small bundle."""
+    checkpoint = tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava-1", seed=1)
+    return edgemfm.export(checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host", progress=False)
+
+
+def test_top_k_and_top_p_keep_the_expected_tokens():
+    logits = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
+    assert np.count_nonzero(Sampler(1.0, top_k=2).probabilities(logits)) == 2
+    kept = Sampler(1.0, top_p=0.8).probabilities(logits)  # 0.5 + 0.2 < 0.8 <= 0.5 + 0.2 + 0.15
+    assert np.nonzero(kept)[0].tolist() == [0, 1, 2] and abs(kept.sum() - 1) < 1e-12
+    assert abs(kept[0] - 0.5 / 0.85) < 1e-12
+
+
+def test_sampling_frequencies_follow_the_distribution():
+    logits = np.log(np.array([0.6, 0.3, 0.1]))
+    sampler = Sampler(1.0, seed=0)
+    counts = np.bincount([sampler(logits) for _ in range(4000)], minlength=3) / 4000
+    assert np.abs(counts - [0.6, 0.3, 0.1]).max() < 0.03
+
+
+def test_seeded_sampling_repeats_and_differs_from_greedy(default_bundle, picture):
+    pipe = edgemfm.load(default_bundle)
+    run = lambda seed: list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed))
+    greedy = list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=16))
+    assert run(7) == run(7) and run(7) != run(8) and run(7) != greedy
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1.0}, "temperature -1.0 is not allowed; allowed: 0"),
+        ({"top_k": -2}, "top-k -2 is not allowed"),
+        ({"top_p": 1.5}, r"top-p 1.5 is not allowed; allowed: a number in \(0, 1\]"),
+    ],
+)
+def test_bad_sampling_options_are_named(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        Sampler(**kwargs)
+
+
+def test_stop_strings_end_the_answer_across_pieces():
+    assert "".join(stop_at(["ab", "c\nUS", "ER: x"], ["\nUSER:"])) == "abc"
+    assert "".join(stop_at(["abc", "def"], ["zz"])) == "abcdef"
+    assert list(stop_at(["STOP", "more"], ["STOP"])) == []
+
+
+def test_cli_stop_string_truncates_the_answer(default_bundle, picture, capsys):
+    pipe = edgemfm.load(default_bundle)
+    full = "".join(pipe.generate(PROMPT, images=[picture], max_new_tokens=24))
+    stop = full[10:12]
+    assert main(["run", str(default_bundle), "--prompt", PROMPT, "--image", str(picture), "--max-new-tokens", "24", "--stop", stop]) == 0
+    assert capsys.readouterr().out.strip() == full[: full.index(stop)]
+
+
+def test_speculative_decoding_gives_the_targets_greedy_tokens(default_bundle, small_bundle, picture):
+    alone = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=40))
+    for draft, accepted in ((small_bundle, None), (default_bundle, "all")):
+        pipe = edgemfm.load(default_bundle, draft=draft)
+        assert list(pipe.generate_tokens(PROMPT, images=iter([picture]), max_new_tokens=40)) == alone
+        s = pipe.speculation
+        assert s["proposed"] > 0 and s["target_calls"] < len(alone)
+        if accepted == "all":  # the target as its own draft: every proposal passes, k + 1 tokens per target call
+            assert s["accepted"] == s["proposed"] and s["target_calls"] <= math.ceil(len(alone) / 5)
+    assert len(alone) == 40
+
+
+def test_speculative_decoding_refuses_sampling(default_bundle, small_bundle):
+    pipe = edgemfm.load(default_bundle, draft=small_bundle)
+    with pytest.raises(InputError, match="needs greedy decoding; temperature 0.5 is not allowed"):
+        pipe.generate_tokens("hi", temperature=0.5)
+
+
+def test_cascade_answers_small_unless_the_self_test_fails(default_bundle, small_bundle, picture, capsys):
+    small = list(edgemfm.load(small_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    assert small != large
+    for threshold, who, want in ((-math.inf, "small", small), (0.5, "large", large)):
+        cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=threshold)
+        assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == want
+        assert cascade.answered_by == who and cascade.score <= 0
+    score = cascade.score  # the small answer's mean log-probability: a threshold just above it escalates
+    cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=score + 1e-6)
+    assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == large
+    assert main(["run", str(default_bundle), "--prompt", PROMPT, "--image", str(picture), "--cascade", str(small_bundle), "--escalate-below=-1e9"]) == 0
+    assert "answered by the small bundle" in capsys.readouterr().err
+
+
+def test_threshold_choice_escalates_least_within_tolerance():
+    # (small's mean log-prob, small right, large right): confident answers are right, unsure ones wrong
+    rows = [(-0.1, True, True), (-0.2, True, False), (-0.5, True, True), (-1.5, False, True), (-2.0, False, True), (-3.0, False, False)]
+    c = choose_threshold(rows, tolerance=0.01)
+    assert c.threshold == -1.5 and c.escalated == 2 / 6  # the two below -1.5: escalating one more is not needed
+    assert c.cascade_accuracy == 4 / 6 == c.large_accuracy and c.small_accuracy == 3 / 6
+    strict = choose_threshold(rows, tolerance=-1 / 6)  # asking for one more right answer than large alone
+    assert strict.threshold == -0.5 and strict.escalated == 0.5 and strict.cascade_accuracy == 5 / 6
+    assert choose_threshold([(-1.0, False, True)], tolerance=0.0).escalated == 1.0
+
+
+def test_calibration_round_trips_and_drives_the_cascade(default_bundle, small_bundle, picture, tmp_path):
+    large = edgemfm.load(default_bundle)
+    questions = ["What is it?", "Colours?", "Count the shapes."]
+    items = [{"question": q, "answer": "".join(large.generate(q, [picture], max_new_tokens=6)), "images": [picture]} for q in questions]
+    c = calibrate(edgemfm.load(small_bundle), large, items, max_new_tokens=6)
+    assert c.questions == 3 and c.large_accuracy == 1.0 and c.cascade_accuracy >= 0.99
+    c.save(tmp_path / "cascade.json")
+    assert Calibration.read(tmp_path / "cascade.json") == c
+    cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=tmp_path / "cascade.json")
+    assert cascade.threshold == c.threshold
