@@ -38,7 +38,9 @@ class TextDecoder(torch.nn.Module):
         from transformers import DynamicCache
 
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        cache = DynamicCache(ddp_cache_data=pairs, config=self.config)
+        # Full-length cache layers: sliding-window models (Mistral, Gemma-2/3) apply the window in
+        # the mask, so one graph serves every length (a sliding layer would trim at traced shapes).
+        cache = DynamicCache(ddp_cache_data=pairs)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

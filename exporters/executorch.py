@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from edgemfm.errors import InputError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
 from edgemfm.manifest import Component
@@ -46,7 +47,9 @@ def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
     return tuple(tuple(spec(t) for t in a) if isinstance(a, tuple) else spec(a) for a in unit.args)
 
 
-def _program_unit(unit: ExportUnit, max_seq_len: int) -> ExportUnit:
+def _program_unit(name: str, unit: ExportUnit, max_seq_len: int) -> ExportUnit:
+    if unit.kv_cache is not None and unit.static_cache is None:
+        raise InputError(f"{name}: this family's decoder has no static-cache form, which --format pte needs; allowed format for it: onnx")
     return unit.static_cache(max_seq_len) if unit.static_cache is not None else unit
 
 
@@ -112,7 +115,7 @@ def write_units(
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    units = {name: _program_unit(unit, max_seq_len) for name, unit in units.items()}
+    units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
     programs, references, peaks, flops = {}, {}, {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")

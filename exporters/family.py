@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemfm.manifest import KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.manifest import CrossAttention, Generation, KVCache, Preprocess, Prompt, Tokenizer
 
 
 @dataclass
@@ -27,6 +27,7 @@ class ExportUnit:
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]  # flat input or output name -> {dim: axis name}
     kv_cache: KVCache | None = None
+    cross_attention: CrossAttention | None = None  # encoder-decoder models: what the decoder attends to
     items: int = 1  # images, audio windows or new tokens in the example call (for FLOPs per item)
     # The same component with a static KV cache of the given length, for formats whose buffers
     # are planned ahead (pte); None where the component has no cache.
@@ -43,6 +44,7 @@ class Split:
     tokenizer: Tokenizer
     tokenizer_file: Path  # copied into the bundle as tokenizer.json
     report: dict[str, Any] = field(default_factory=dict)
+    generation: Generation = field(default_factory=Generation)  # a family's decoding settings (Whisper's suppressed tokens)
 
 
 @dataclass(frozen=True)

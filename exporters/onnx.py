@@ -125,6 +125,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )
     return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}

@@ -23,6 +23,20 @@ def greedy(logits: np.ndarray) -> int:
     return int(np.argmax(logits))
 
 
+def suppress(logits: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
+    """`logits` with `tokens` made impossible (as transformers' SuppressTokensLogitsProcessor).
+
+    Example:
+        >>> suppress(np.array([0.1, 2.0, -1.0]), [1]).tolist()
+        [0.1, -inf, -1.0]
+    """
+    if not tokens:
+        return logits
+    out = logits.copy()
+    out[list(tokens)] = -np.inf
+    return out
+
+
 def logprob(logits: np.ndarray, token: int) -> float:
     """log softmax(logits)[token], without materializing the whole log-softmax."""
     top = logits.max()

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
-from edgemfm.runtimes.decoding import Sampler
+from edgemfm.runtimes.decoding import Sampler, suppress
 from edgemfm.runtimes.kvcache import KVCache
 from edgemfm.runtimes.static_cache import StaticKVCache
 
@@ -35,6 +35,7 @@ class Decoder:
         self.session, self.embedding = decoder, embedding
         component = manifest.components[manifest.generation.decoder]
         self.layout, self.dtype, self.streaming = component.kv_cache, component.dtype, streaming
+        self.generation = manifest.generation
 
     def new_cache(self) -> KVCache | StaticKVCache:
         s = self.streaming
@@ -83,7 +84,9 @@ def decode(
     The logits go out unchanged so a caller that wants the token's log-probability (the
     cascade's self-test) computes it, and one that does not pays nothing.
     """
+    g = decoder.generation
     for i in range(limit):
+        logits = suppress(logits, g.suppress_tokens + (g.begin_suppress_tokens if i == 0 else ()))
         token = sampler(logits)
         if token in eos:
             return

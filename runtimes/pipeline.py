@@ -150,12 +150,15 @@ class Pipeline(Generates):
             [256, 85, 83]
         """
         media = self.manifest.prompt.media
+        cross = self.manifest.components[self.manifest.generation.decoder].cross_attention
         counts = {kind: n for kind, n in (counts or {}).items() if n}
+        takes = ["text", *media, *([cross.media] if cross else [])]
         for kind in counts:
-            if kind not in media:
-                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *media])}")
-        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items())
-        ids = self.tokenizer.encode(self.manifest.prompt.template.format(media=placeholders, prompt=prompt)).ids
+            if kind not in takes:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(takes)}")
+        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if kind in media)
+        text = self.manifest.prompt.template.format(media=placeholders, prompt=prompt)
+        ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         for kind, spec in media.items():
             if ids.count(spec.token_id) != counts.get(kind, 0):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
@@ -164,9 +167,29 @@ class Pipeline(Generates):
     def encode(self, kind: str, item: Any) -> np.ndarray:
         """One media item's rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
         spec = self.manifest.prompt.media[kind]
-        x = PREPROCESSORS[kind](item, self.manifest.preprocess)
-        rows = self.sessions[spec.encoder].run({spec.input: x[None]})[spec.output]
+        x, length = PREPROCESSORS[kind](item, self.manifest.preprocess)
+        feeds = {spec.input: x[None], **({spec.length: np.asarray([length], np.int64)} if spec.length else {})}
+        rows = self.sessions[spec.encoder].run(feeds)[spec.output]
         return rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
+
+    def attend(self, media: dict[str, Iterable[Any]]) -> tuple[dict[str, Iterable[Any]], dict[str, np.ndarray]]:
+        """The media left for the prompt, and what an encoder-decoder bundle's decoder attends to at
+        every step (Whisper: each layer's cross-attention keys and values), encoded once.
+
+        Example:
+            >>> media, fixed = pipe.attend({"image": [], "audio": ["speech.wav"]})  # doctest: +SKIP
+            >>> sorted(fixed)[:2]                                                    # doctest: +SKIP
+            ['cross.0.key', 'cross.0.value']
+        """
+        cross = self.manifest.components[self.manifest.generation.decoder].cross_attention
+        if cross is None:
+            return media, {}
+        items = list(media.get(cross.media, ()))
+        if len(items) != 1:
+            raise InputError(f"this bundle transcribes exactly one {cross.media} input per call; got {len(items)}")
+        x, _ = PREPROCESSORS[cross.media](items[0], self.manifest.preprocess)
+        out = self.sessions[cross.encoder].run({cross.input: x[None]})
+        return {k: v for k, v in media.items() if k != cross.media}, {name: out[name] for name in cross.outputs}
 
     def plan(self, prompt: str, media: dict[str, Iterable[Any]]) -> Iterator[streaming.Entry]:
         """The prompt's token ids and media items in order; iterators are pulled only as they are reached."""
@@ -218,6 +241,7 @@ class Pipeline(Generates):
 
     def _decode(self, prompt, media, sampler, eos, limit) -> Iterator[tuple[int, np.ndarray]]:
         cache = self.decoder.new_cache()
+        media, cache.fixed = self.attend(media)
         logits = self.prefill(cache, prompt, media)
         yield from decode(self.decoder, cache, logits, sampler, eos, limit)
 

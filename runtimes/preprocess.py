@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import ImagePreprocess
+from edgemfm.runtimes.audio import preprocess_audio
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
@@ -60,5 +61,9 @@ def preprocess_image(item: ImageLike, spec: ImagePreprocess) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
-# media kind -> (item, the manifest's Preprocess) -> one encoder input, without the batch axis
-PREPROCESSORS = {"image": lambda item, pre: preprocess_image(item, pre.image)}
+# media kind -> (item, the manifest's Preprocess) -> (one encoder input without the batch axis,
+# its unpadded length on the last axis for encoders that mask padding, or None)
+PREPROCESSORS = {
+    "image": lambda item, pre: (preprocess_image(item, pre.image), None),
+    "audio": lambda item, pre: preprocess_audio(item, pre.audio),
+}

@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
     r.add_argument("bundle", help="bundle directory")
-    r.add_argument("--prompt", required=True)
+    r.add_argument("--prompt", default="", help="the question or instruction (default: none, e.g. to transcribe)")
     r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
     r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")

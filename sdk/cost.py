@@ -73,6 +73,7 @@ def predict(manifest: Manifest, profile: DeviceProfile, context: int = 512, pref
     """
     prefill = prefill or manifest.streaming.prefill_chunk
     encoders = {m.encoder: kind for kind, m in manifest.prompt.media.items()}
+    encoders |= {c.cross_attention.encoder: c.cross_attention.media for c in manifest.components.values() if c.cross_attention}
     rows = []
     for name, c in manifest.components.items():
         gflops = peak_gflops(profile, manifest, name)

@@ -142,7 +142,7 @@ def export(
                 tokenizer=split.tokenizer,
                 prompt=split.prompt,
                 preprocess=split.preprocess,
-                generation=Generation(),
+                generation=split.generation,
                 streaming=StreamingSettings(**{**vars(profile.streaming), "max_seq_len": max_seq_len}),
                 report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **written, **split.report},
             )

@@ -46,6 +46,18 @@ class KVCache:
 
 
 @dataclass(frozen=True)
+class CrossAttention:
+    """An encoder-decoder model's link: one media item is encoded once, and the named encoder
+    outputs (e.g. each layer's cross-attention keys and values) feed the decoder inputs of the
+    same names at every step. The item takes no place in the token sequence."""
+
+    media: str  # "audio": the kind of item the decoder attends to, exactly one per generation
+    encoder: str  # component name
+    input: str  # encoder input fed with the pre-processed item
+    outputs: tuple[str, ...]  # encoder outputs passed unchanged to the decoder inputs of the same names
+
+
+@dataclass(frozen=True)
 class Component:
     file: str
     format: Literal["onnx", "pte"]
@@ -55,6 +67,7 @@ class Component:
     weight_bytes: int  # bytes of weights the runtime maps
     peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
     kv_cache: KVCache | None = None
+    cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
     flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
     method: str | None = None  # the named method in a multi-method program (pte); None for onnx
 
@@ -72,12 +85,14 @@ class Media:
     encoder: str  # component name
     input: str  # encoder input fed with the pre-processed item
     output: str  # encoder output whose rows are merged into the token sequence
+    length: str | None = None  # encoder input fed the item's unpadded length (Qwen2-Audio masks padded mel frames)
 
 
 @dataclass(frozen=True)
 class Prompt:
     template: str  # with {media} and {prompt}: "USER: {media}{prompt} ASSISTANT:"
     media: dict[str, Media] = field(default_factory=dict)  # "image" / "audio" -> Media
+    add_special_tokens: bool = True  # False: the template spells out every special token itself (Whisper)
 
 
 @dataclass(frozen=True)
@@ -91,8 +106,22 @@ class ImagePreprocess:
 
 
 @dataclass(frozen=True)
+class AudioPreprocess:
+    """Whisper-style log-mel settings (WhisperFeatureExtractor's, which Qwen2-Audio shares)."""
+
+    sampling_rate: int  # Hz; WAV files at other rates are resampled to it
+    n_fft: int
+    hop_length: int
+    n_mels: int
+    n_samples: int  # clips are zero-padded or cut to this many samples (30 s for Whisper)
+    min_frequency: float = 0.0  # Hz, the mel filters' span
+    max_frequency: float = 8000.0
+
+
+@dataclass(frozen=True)
 class Preprocess:
     image: ImagePreprocess | None = None
+    audio: AudioPreprocess | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +136,8 @@ class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
     decoder: str = "text_decoder"
+    suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
+    begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,218 @@
+"""Audio pre-processing in numpy: WAV reading, mono mixdown, resampling and Whisper's log-mel.
+
+    WAV file ─► samples [-1, 1] ─► mono ─► resample to the model's rate ─► pad/trim to the window
+      ─► STFT (Hann, centred, reflect) ─► power ─► mel filters (Slaney) ─► log10 ─► 8-decade floor
+      ─► (x + 4) / 4  = features [n_mels, frames], as WhisperFeatureExtractor computes them
+
+Example:
+    >>> spec = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
+    >>> features, frames = preprocess_audio("speech.wav", spec)    # doctest: +SKIP
+    >>> features.shape, frames                                      # doctest: +SKIP
+    ((80, 3000), 212)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from edgemfm.errors import InputError
+from edgemfm.manifest import AudioPreprocess
+
+# WAVE format tags: integer PCM, IEEE float, and the extensible header that wraps either.
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+_ALLOWED = "WAV (RIFF/WAVE) with PCM 8, 16, 24 or 32-bit integer or 32/64-bit float samples"
+_WIDTHS = {_PCM: (1, 2, 3, 4), _FLOAT: (4, 8)}  # bytes per sample this reader decodes
+_PCM_DTYPES = {2: np.int16, 4: np.int32}  # 8-bit (unsigned) and 24-bit are unpacked by hand below
+_FLOAT_DTYPES = {4: np.float32, 8: np.float64}
+_RESAMPLE_TAPS = 32  # zero crossings of the windowed sinc on each side: >90 dB stop band
+_KAISER_BETA = 8.6
+_MAX_FILTER = 1 << 22  # entries of the resampling matrix (32 MiB): rates with a simple ratio stay far below
+
+
+def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
+    chunks, pos = {}, 12
+    while pos + 8 <= len(data):
+        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        chunks.setdefault(tag, data[pos + 8 : pos + 8 + size])
+        pos += 8 + size + (size & 1)  # chunks are padded to an even length
+    if b"fmt " not in chunks or b"data" not in chunks:
+        raise InputError(f"{where} is a WAV file without a fmt or data chunk; allowed: {_ALLOWED}")
+    return chunks
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Samples as float32 in [-1, 1], shaped [frames, channels], and the sample rate.
+
+    Reads the RIFF chunks itself: the stdlib `wave` module reads only integer PCM before Python
+    3.12 (a float WAV raises "unknown format: 3"), and float WAVs are common from audio tools.
+
+    Example:
+        >>> samples, rate = read_wav("speech.wav")   # doctest: +SKIP
+        >>> samples.shape, rate                      # doctest: +SKIP
+        ((38912, 1), 22050)
+    """
+    path = Path(path)
+    where = repr(str(path))
+    if not path.is_file():
+        raise InputError(f"audio file {where} does not exist")
+    chunks = _chunks(path.read_bytes(), where)
+    fmt = chunks[b"fmt "]
+    if len(fmt) < 16:
+        raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == _EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the plain tag
+    width = bits // 8
+    if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
+        kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
+        raise InputError(f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}")
+    raw = chunks[b"data"]
+    raw = raw[: len(raw) - len(raw) % (width * channels)]
+    if not raw:
+        raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
+    if tag == _FLOAT:
+        samples = np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
+    elif width == 1:  # 8-bit PCM is unsigned, centred on 128
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        samples = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
+    else:
+        samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (bits - 1)
+    return samples.reshape(-1, channels), rate
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """1-D `samples` at `from_rate` resampled to `to_rate` with a Kaiser-windowed sinc filter.
+
+    Polyphase band-limited interpolation, as scipy's resample_poly or soxr do; written here
+    because the runtime install carries only numpy. The cut-off is the lower Nyquist frequency.
+    The rates' ratio reduces to up / down: every `up` outputs, from `down` more inputs, repeat
+    the same `up` filter rows, so one [up, span] matrix resamples every block in one product.
+
+    Example:
+        >>> resample(np.zeros(22050, np.float32), 22050, 16000).shape
+        (16000,)
+    """
+    if from_rate == to_rate:
+        return samples.astype(np.float32)
+    g = math.gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    cutoff = min(1.0, up / down)  # of the input Nyquist frequency
+    half = math.ceil(_RESAMPLE_TAPS / cutoff)  # input samples on each side of an output sample
+    span = down + 2 * half  # inputs one block of `up` outputs reads
+    if up * span > _MAX_FILTER:
+        raise InputError(
+            f"cannot resample {from_rate} Hz to {to_rate} Hz: their ratio {up}/{down} needs a {up}x{span} filter; "
+            "allowed: rates with a simple ratio to the model's (8, 11.025, 16, 22.05, 24, 32, 44.1, 48, 96 kHz ...)"
+        )
+    r = np.arange(up)
+    first = r * down // up + 1  # output r of a block reads inputs first .. first + 2 half - 1 of its span
+    t = ((r * down % up) / up)[:, None] - np.arange(-half + 1, half + 1)[None, :]  # distance to each input
+    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, None))) / np.i0(_KAISER_BETA)
+    block = np.zeros((up, span))
+    block[r[:, None], first[:, None] + np.arange(2 * half)[None, :]] = cutoff * np.sinc(cutoff * t) * window
+    n_out = math.ceil(len(samples) * up / down)
+    blocks = -(-n_out // up)
+    x = np.pad(samples.astype(np.float64), (half, blocks * down + span - len(samples) - half))
+    spans = np.lib.stride_tricks.sliding_window_view(x, span)[: blocks * down : down]
+    return (spans @ block.T).reshape(-1)[:n_out].astype(np.float32)
+
+
+def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
+    """The Slaney mel scale: linear below 1 kHz, logarithmic above (librosa, transformers)."""
+    mels = 3.0 * freq / 200.0
+    log = freq >= 1000.0
+    mels[log] = 15.0 + np.log(freq[log] / 1000.0) * 27.0 / np.log(6.4)
+    return mels
+
+
+def _mel_to_hertz(mels: np.ndarray) -> np.ndarray:
+    freq = 200.0 * mels / 3.0
+    log = mels >= 15.0
+    freq[log] = 1000.0 * np.exp(np.log(6.4) * (mels[log] - 15.0) / 27.0)
+    return freq
+
+
+def mel_filters(spec: AudioPreprocess) -> np.ndarray:
+    """Slaney-normalized triangular mel filters, [n_fft // 2 + 1, n_mels], as transformers builds them.
+
+    Example:
+        >>> mel_filters(AudioPreprocess(16000, 400, 160, 80, 480000)).shape
+        (201, 80)
+    """
+    bins = spec.n_fft // 2 + 1
+    edges = np.array([spec.min_frequency, spec.max_frequency], np.float64)
+    mel_edges = _hertz_to_mel(edges)
+    centres = _mel_to_hertz(np.linspace(mel_edges[0], mel_edges[1], spec.n_mels + 2))
+    fft_freqs = np.linspace(0, spec.sampling_rate // 2, bins)
+    slopes = centres[None, :] - fft_freqs[:, None]
+    widths = np.diff(centres)
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    return filters * (2.0 / (centres[2:] - centres[:-2]))[None, :]
+
+
+def log_mel(samples: np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int]:
+    """Mono `samples` at the model's rate -> (features [n_mels, frames] float32, valid frames).
+
+    The samples are zero-padded (or cut) to the model's window first; `valid frames` counts the
+    frames that start inside the real audio, as the feature extractor's attention mask does.
+
+    Example:
+        >>> features, valid = log_mel(np.zeros(16000, np.float32), spec)  # doctest: +SKIP
+        >>> features.shape, valid                                           # doctest: +SKIP
+        ((80, 3000), 100)
+    """
+    n = min(len(samples), spec.n_samples)
+    x = np.zeros(spec.n_samples, np.float64)
+    x[:n] = samples[:n]
+    half = spec.n_fft // 2
+    x = np.pad(x, half, mode="reflect")  # centred frames, as torch.stft(center=True)
+    frames = 1 + (len(x) - spec.n_fft) // spec.hop_length
+    index = np.arange(spec.n_fft)[None, :] + spec.hop_length * np.arange(frames)[:, None]
+    window = np.hanning(spec.n_fft + 1)[:-1]  # periodic Hann, as torch.hann_window
+    power = np.abs(np.fft.rfft(x[index] * window, axis=1)) ** 2
+    mel = mel_filters(spec).T @ power[:-1].T  # Whisper drops the last frame
+    log = np.log10(np.maximum(mel, 1e-10))
+    log = np.maximum(log, log.max() - 8.0)
+    valid = min(mel.shape[1], -(-n // spec.hop_length))
+    return ((log + 4.0) / 4.0).astype(np.float32), valid
+
+
+def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarray:
+    """Mono float32 samples at the model's rate from a WAV path or a 1-D array already at that rate.
+
+    Example:
+        >>> load_audio("stereo-44k.wav", spec).shape   # doctest: +SKIP
+        (16000,)
+    """
+    if isinstance(item, np.ndarray):
+        if item.ndim != 1 or not np.issubdtype(item.dtype, np.floating) or not 0 < item.size <= spec.n_samples:
+            raise InputError(
+                f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, at most {spec.n_samples}; "
+                f"got {item.dtype} {item.shape}"
+            )
+        return item.astype(np.float32)
+    samples, rate = read_wav(item)
+    seconds, limit = len(samples) / rate, spec.n_samples / spec.sampling_rate
+    if seconds > limit:  # never cut a clip silently: the encoder sees one window
+        raise InputError(f"audio {str(item)!r} lasts {seconds:.1f} s; this model takes clips of at most {limit:g} s")
+    return resample(samples.mean(axis=1), rate, spec.sampling_rate)
+
+
+def preprocess_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int]:
+    """One audio clip -> (log-mel features [n_mels, frames] float32, frames holding real audio).
+
+    Example:
+        >>> preprocess_audio("speech.wav", spec)[0].shape   # doctest: +SKIP
+        (80, 3000)
+    """
+    return log_mel(load_audio(item, spec), spec)

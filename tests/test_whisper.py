@@ -1,0 +1,69 @@
+"""Whisper: audio encoder + decoder with self- and cross-attention caches, run from the manifest."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.runtimes.audio import load_audio
+from test_audio import speech_wav
+from tiny_audio import tiny_whisper
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-pi5"
+    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    return speech_wav(tmp_path_factory.mktemp("audio") / "hello.wav", "Hello, how are you today?")
+
+
+def test_manifest_declares_the_cross_attention(exported):
+    m = edgemfm.load(exported).manifest
+    assert set(m.components) == {"audio_encoder", "token_embedding", "text_decoder"}
+    cross = m.components["text_decoder"].cross_attention
+    assert cross.encoder == "audio_encoder" and cross.media == "audio" and len(cross.outputs) == 2 * 2
+    assert set(cross.outputs) <= {i.name for i in m.components["text_decoder"].inputs}
+    assert [o.name for o in m.components["audio_encoder"].outputs] == list(cross.outputs)
+    assert m.preprocess.audio.n_mels == 80 and m.prompt.media == {}
+    assert all(p["max_abs_diff"] <= 1e-4 * p["scale"] for p in m.report["parity"].values())
+
+
+def test_transcription_tokens_match_transformers(checkpoint, exported, speech):
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    pipe = edgemfm.load(exported)
+    ours = list(pipe.generate_tokens("", audio=[str(speech)], max_new_tokens=24))
+    samples = load_audio(speech, pipe.manifest.preprocess.audio)
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(samples, sampling_rate=16000, return_tensors="pt").input_features
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        generated = model.generate(input_features=features, max_new_tokens=24, do_sample=False)
+    theirs = [t for t in generated[0].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+    assert len(ours) >= 12 and len(set(ours)) > 4
+    assert ours == theirs
+    assert ours[0] % 2 and not [t for t in ours if t < 256 and t % 8 == 1]  # the suppressed tokens
+
+
+def test_cli_transcribes_and_refuses_bad_audio(exported, speech, tmp_path, capsys):
+    assert main(["run", str(exported), "--audio", str(speech), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["run", str(exported), "--prompt", "hi"]) == 2
+    assert "exactly one audio input per call; got 0" in capsys.readouterr().err
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    assert main(["run", str(exported), "--audio", str(bad)]) == 2
+    assert "notes.wav' is not a WAV file; allowed: WAV" in capsys.readouterr().err
+    assert main(["run", str(exported), "--audio", str(speech), "--image", str(speech)]) == 2
+    assert "this bundle takes no image input; it takes: text, audio" in capsys.readouterr().err
