@@ -27,8 +27,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     alone = edgemfm.load(args.target, threads=args.threads)
-    spec = edgemfm.load(args.target, threads=args.threads, draft=args.draft)
-    spec.speculate_k = args.k
+    spec = edgemfm.load(args.target, threads=args.threads, draft=args.draft, draft_k=args.k)
     totals = {"alone_s": 0.0, "spec_s": 0.0, "tokens": 0, "proposed": 0, "accepted": 0, "target_calls": 0}
     for prompt in PROMPTS:
         start = time.perf_counter()

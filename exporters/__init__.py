@@ -18,7 +18,7 @@ from typing import Any
 from edgemfm.errors import UnsupportedModelError
 
 # One row per family module: adding a family is one file plus one row here.
-FAMILIES = ("llava", "text", "whisper", "qwen2_audio")
+FAMILIES = ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "text", "whisper", "qwen2_audio")
 
 
 def families() -> list[Any]:

@@ -67,15 +67,21 @@ def kv_layout(config: Any) -> KVCache:
     return KVCache(config.num_hidden_layers, kv_heads, head_dim, past=PAST, present=PRESENT)
 
 
-def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 3) -> ExportUnit:
-    """The text decoder with example inputs of `seq` new tokens after `past_len` cached ones."""
+def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 3, mrope: bool = False) -> ExportUnit:
+    """The text decoder with example inputs of `seq` new tokens after `past_len` cached ones.
+
+    `mrope`: position_ids are [3, batch, seq] (temporal, height, width), as Qwen2-VL's decoder takes.
+    """
     kv = kv_layout(config)
     names = [(i, k) for i in range(kv.layers) for k in ("key", "value")]
     past = tuple(torch.randn(1, kv.kv_heads, past_len, kv.head_dim) for _ in names)
+    positions = torch.arange(past_len, past_len + seq)[None]
+    if mrope:  # three different rows, so the parity check covers every section of the rotary dims
+        positions = (positions + torch.arange(3)[:, None])[:, None]
     args = (
         torch.randn(1, seq, config.hidden_size),
         torch.ones(1, past_len + seq, dtype=torch.int64),
-        torch.arange(past_len, past_len + seq)[None],
+        positions,
         past,
     )
     past_names = tuple(PAST.format(layer=i, kind=k) for i, k in names)
@@ -83,7 +89,7 @@ def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 
     axes = {
         "inputs_embeds": {0: "batch", 1: "seq"},
         "attention_mask": {0: "batch", 1: "total_seq"},
-        "position_ids": {0: "batch", 1: "seq"},
+        "position_ids": {1: "batch", 2: "seq"} if mrope else {0: "batch", 1: "seq"},
         "logits": {0: "batch", 1: "seq"},
         **{n: {0: "batch", 2: "past_seq"} for n in past_names},
         **{n: {0: "batch", 2: "total_seq"} for n in present_names},

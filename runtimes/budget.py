@@ -63,14 +63,20 @@ def kv_cache_bytes(decoder: Component, max_len: int) -> int:
     return 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * max_len * _itemsize(decoder.dtype)
 
 
-def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int) -> int:
+def fused_attention(manifest: Manifest, name: str) -> bool:
+    """Whether the export fused every layer's attention into one ONNX Runtime op (the report says)."""
+    fusion = manifest.report.get("parity", {}).get(name, {}).get("fusion", {})
+    return fusion.get("fused_ops", {}).get("MultiHeadAttention", 0) >= manifest.components[name].kv_cache.layers
+
+
+def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int, fused_attention: bool = False) -> int:
     """The decoder's largest live tensors for one prefill chunk over a full cache (an estimate).
 
-    The attention score tensor [heads, chunk, max_len] dominates long prefills. The exported
-    graph holds about five of its size at once (scores, masked scores, probabilities, the
-    additive mask) and the arena rounds allocations up: the default model's measured peak
-    minus its loaded size was 4.8-5.9 score tensors for one prefill of 1k-10k tokens, so 6 are
-    counted. Add the logits [chunk, vocab] and about eight hidden-sized rows per token
+    The attention score tensor [heads, chunk, max_len] dominates long prefills. Measured on the
+    default model, peak minus loaded size for one prefill of 1k-2k tokens: 4.8-5.9 score
+    tensors when attention is plain ONNX ops (scores, masked scores, probabilities, the additive
+    mask, the arena's rounding), 1.9-2.3 when the export fused it into MultiHeadAttention; 6 and
+    3 are counted. Add the logits [chunk, vocab] and about eight hidden-sized rows per token
     (residual, norms, q/k/v, MLP); never less than the exporter's measured peak at its example shapes.
     """
     kv = decoder.kv_cache
@@ -78,7 +84,8 @@ def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int) -> in
     vocab = next(o.shape[-1] for o in decoder.outputs if o.name == "logits")
     heads = max(hidden // kv.head_dim, kv.kv_heads)
     item = _itemsize(decoder.dtype)
-    estimate = (6 * heads * chunk * max_len + chunk * vocab + 8 * chunk * hidden) * item
+    scores = 3 if fused_attention else 6
+    estimate = (scores * heads * chunk * max_len + chunk * vocab + 8 * chunk * hidden) * item
     return max(estimate, decoder.peak_activation_bytes)
 
 
@@ -87,7 +94,7 @@ def estimate(manifest: Manifest, streaming: StreamingSettings, resident: int, lo
     name = manifest.generation.decoder
     decoder = manifest.components[name]
     activations = {
-        n: decoder_activation_bytes(c, streaming.prefill_chunk, streaming.max_seq_len)
+        n: decoder_activation_bytes(c, streaming.prefill_chunk, streaming.max_seq_len, fused_attention(manifest, name))
         if n == name
         else c.peak_activation_bytes + sum(_tensor_bytes(t) for t in (*c.inputs, *c.outputs))
         for n, c in manifest.components.items()

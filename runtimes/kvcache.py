@@ -37,15 +37,27 @@ class KVCache:
         self.position = 0  # absolute position of the next token
         self.evicted = 0  # entries dropped by the sliding window so far
         self.fixed: dict[str, np.ndarray] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
+        # M-RoPE (generation.positions "mrope"): the prompt's 3-D positions, and the shift of every later position
+        self.mrope: tuple[np.ndarray, int] | None = None
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
         """The decoder's cache, mask and position inputs for `seq` new tokens."""
         return {
             "attention_mask": np.ones((1, self.length + seq), np.int64),
-            "position_ids": np.arange(self.position, self.position + seq, dtype=np.int64)[None],
+            "position_ids": self.position_ids(seq),
             **self.values,
             **self.fixed,
         }
+
+    def position_ids(self, seq: int) -> np.ndarray:
+        """[1, seq] positions of the next `seq` tokens, or [3, 1, seq] with M-RoPE: the prompt's own
+        3-D positions, then every axis at the absolute position plus the shift."""
+        at = np.arange(self.position, self.position + seq, dtype=np.int64)
+        if self.mrope is None:
+            return at[None]
+        prompt, shift = self.mrope
+        n = prompt.shape[1]
+        return np.where(at < n, prompt[:, np.minimum(at, n - 1)], at + shift)[:, None]
 
     def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
         """Take the decoder's grown cache after it consumed `seq` tokens."""

@@ -31,6 +31,8 @@ from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes import budget, streaming
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.generation import Decoder, decode
+from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
+from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
 # Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
@@ -142,8 +144,24 @@ class Pipeline(Generates):
         """The KV cache and activations this pipeline allocates while generating (reserved for others loaded after it)."""
         return self.memory.kv_cache + sum(self.memory.activations.values())
 
-    def prompt_ids(self, prompt: str, counts: dict[str, int] | None = None) -> list[int]:
-        """The token ids of the templated prompt, with one placeholder token per media item.
+    def prepare(self, media: dict[str, Iterable[Any]] | None) -> dict[str, list[Prepared]]:
+        """Pre-process every media item as the manifest describes (tiles, patches or one view).
+
+        Example:
+            >>> len(pipe.prepare({"image": ["cat.png"]})["image"][0].calls)  # doctest: +SKIP
+            10
+        """
+        specs = self.manifest.prompt.media
+        media = {kind: list(items) for kind, items in (media or {}).items()}
+        for kind, items in media.items():
+            if items and kind not in specs:
+                raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *specs])}")
+        return {kind: [prepare(kind, item, self.manifest) for item in items] for kind, items in media.items() if items}
+
+    def prompt_ids(self, prompt: str, counts: dict[str, int | Sequence[Prepared]] | None = None) -> list[int]:
+        """The token ids of the templated prompt, with one placeholder token per encoder call.
+
+        `counts` gives, per kind, a number of single-call items or the prepared items.
 
         Example:
             >>> pipe.prompt_ids("What is this?", {"image": 1})[:3]  # doctest: +SKIP
@@ -156,19 +174,21 @@ class Pipeline(Generates):
         for kind in counts:
             if kind not in takes:
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(takes)}")
-        placeholders = "".join(media[kind].placeholder * n for kind, n in counts.items() if kind in media)
-        text = self.manifest.prompt.template.format(media=placeholders, prompt=prompt)
+        if isinstance(counts.get("image"), int) and needs_preparing(self.manifest):
+            raise InputError("this bundle's images span several slots or a grid; pass items from Pipeline.prepare, not a count")
+        texts = [media[k].placeholder * v if isinstance(v, int) else "".join(p.text for p in v) for k, v in counts.items() if k in media]
+        calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
+        text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         for kind, spec in media.items():
-            if ids.count(spec.token_id) != counts.get(kind, 0):
+            if ids.count(spec.token_id) != calls.get(kind, 0):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
     def encode(self, kind: str, item: Any) -> np.ndarray:
-        """One media item's rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
+        """One media item's (or prepared call's) rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
         spec = self.manifest.prompt.media[kind]
-        x, length = PREPROCESSORS[kind](item, self.manifest.preprocess)
-        feeds = {spec.input: x[None], **({spec.length: np.asarray([length], np.int64)} if spec.length else {})}
+        feeds = item.feeds if isinstance(item, Call) else item_feeds(kind, item, self.manifest)
         rows = self.sessions[spec.encoder].run(feeds)[spec.output]
         return rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
 
@@ -194,6 +214,12 @@ class Pipeline(Generates):
     def plan(self, prompt: str, media: dict[str, Iterable[Any]]) -> Iterator[streaming.Entry]:
         """The prompt's token ids and media items in order; iterators are pulled only as they are reached."""
         given = {kind: items for kind, items in media.items() if not (isinstance(items, Sequence) and len(items) == 0)}
+        if given.get("image") is not None and needs_preparing(self.manifest):
+            # Tiles or a patch grid set the image's prompt text: pre-process first, then encode call by call.
+            prepared = self.prepare(given)
+            calls = {kind: [c for p in items for c in p.calls] for kind, items in prepared.items()}
+            placeholders = {kind: spec.token_id for kind, spec in self.manifest.prompt.media.items()}
+            return streaming.from_ids(self.prompt_ids(prompt, prepared), placeholders, calls)
         self.prompt_ids(prompt, {kind: 1 for kind in given})  # names an unsupported kind or a placeholder in the prompt
         placeholders = {kind: self.manifest.prompt.media[kind].token_id for kind in given}
         layout = streaming.split_template(lambda counts: self.prompt_ids(prompt, counts), list(given), placeholders)
@@ -248,6 +274,9 @@ class Pipeline(Generates):
     def prefill(self, cache, prompt: str, media: dict[str, Iterable[Any]]) -> np.ndarray:
         """Stream the prompt and its media into `cache`; the logits after the last prompt token."""
         entries = self.plan(prompt, media)
+        if self.manifest.generation.positions == "mrope":
+            entries = list(entries)  # 3-D positions need every image's grid before the first chunk
+            cache.mrope = mrope_prompt(grid_segments(entries))
         return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
 
 
@@ -265,6 +294,7 @@ def load(
     threads: int = 0,
     memory_budget: float | None = None,
     draft: str | Path | None = None,
+    draft_k: int = 4,
     cascade: str | Path | None = None,
     escalate_below: float | str | Path | None = None,
     **streaming_overrides: int,
@@ -273,9 +303,9 @@ def load(
 
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
-    for speculative decoding; `cascade` puts a small bundle in front that answers unless its
-    self-test falls below `escalate_below` (a mean token log-probability, or a calibration JSON
-    file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
+    for speculative decoding, proposing `draft_k` tokens per target call; `cascade` puts a small
+    bundle in front that answers unless its self-test falls below `escalate_below` (a mean token
+    log-probability, or a calibration JSON file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
     `prefill_chunk`, `max_seq_len`, `sink_tokens`.
 
     Example:
@@ -288,8 +318,11 @@ def load(
     if bad := sorted(set(streaming_overrides) - known):
         raise InputError(f"unknown streaming setting {bad[0]!r}; allowed: {', '.join(sorted(known))}")
     settings = dataclasses.replace(manifest.streaming, **streaming_overrides)
+    if not (isinstance(draft_k, int) and draft_k >= 1):
+        raise InputError(f"draft_k {draft_k!r} is not allowed; allowed: a positive number of proposed tokens")
     pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings)
     if draft is not None:
+        pipe.speculate_k = draft_k
         pipe.draft = Pipeline(Path(draft), bundle.read_manifest(draft), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
         if pipe.tokenizer.get_vocab() != pipe.draft.tokenizer.get_vocab():
             raise InputError(f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer")

@@ -19,7 +19,12 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import ImagePreprocess
 from edgemfm.runtimes.audio import preprocess_audio
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 ImageLike = str | Path | Image.Image | np.ndarray
 
@@ -47,18 +52,23 @@ def _resize_shortest_edge(img: Image.Image, size: int, resample: str) -> Image.I
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return img.resize((new_w, new_h), resample=_RESAMPLE[resample])
+    return img.resize((new_w, new_h), resample=RESAMPLE[resample])
+
+
+def normalize(pixels: np.ndarray, spec: ImagePreprocess) -> np.ndarray:
+    """HxWx3 pixel values (0..255) -> rescaled, normalized float32 [3, H, W]."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    pixels = (pixels * spec.rescale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
 def preprocess_image(item: ImageLike, spec: ImagePreprocess) -> np.ndarray:
     """One image -> a float32 [3, crop, crop] array ready for the vision encoder."""
     img = _resize_shortest_edge(load_image(item), spec.size, spec.resample)
-    pixels = np.asarray(img, dtype=np.float32)
+    pixels = np.asarray(img)
     h, w = pixels.shape[:2]
     top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
-    pixels = pixels[top : top + spec.crop, left : left + spec.crop]
-    pixels = (pixels * spec.rescale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    return normalize(pixels[top : top + spec.crop, left : left + spec.crop], spec)
 
 
 # media kind -> (item, the manifest's Preprocess) -> (one encoder input without the batch axis,

@@ -13,8 +13,10 @@ items first and tokenizing the whole prompt, as for a list.
     each unit's placeholder  ──► pre-process ──► encoder ──► rows ──► chunked prefill
 
 Example:
-    >>> plan = prompt_plan(pipe, "Describe it.", {"image": camera_frames()})       # doctest: +SKIP
-    >>> pieces = decoder_inputs(plan, decoder.embed_ids, pipe.encode)             # doctest: +SKIP
+    >>> layout = split_template(lambda c: [1, *[9, 5] * c.get("image", 0), 7, 2], ["image"], {"image": 9})
+    >>> layout.prefix, layout.units, layout.suffix
+    ((1,), {'image': (9, 5)}, (7, 2))
+    >>> pieces = decoder_inputs(planned(layout, {"image": camera()}), embed_ids, encode)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -53,8 +53,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
     path = export(
-        args.model, device=args.device, out=args.out, format=args.format, precision=args.precision,
-        force=args.force, fuse=not args.no_fuse, max_seq_len=args.max_seq_len,
+        args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
+        fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
+        accuracy_tolerance_db=args.accuracy_tolerance, max_seq_len=args.max_seq_len,
     )
     from edgemfm.bundle import read_manifest
 
@@ -64,6 +65,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
         ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
         out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""), soft_wrap=True)
+    if floats := m.report.get("float_units") if "quantization" in m.report else None:
+        out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -71,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     pipe = load(
         args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
-        draft=args.draft, cascade=args.cascade, escalate_below=args.escalate_below,
+        draft=args.draft, draft_k=args.draft_k, cascade=args.cascade, escalate_below=args.escalate_below,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
@@ -103,16 +106,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     parity = m.report.get("parity", {})
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
-        # a method of a shared program file (pte): its own weights, not the whole file
-        size = c.weight_bytes if c.method else m.files[c.file].bytes
+        bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
+        precision = "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
         table.add_row(
-            name, f"{size / 2**20:.2f} MiB", f"int{spec.bits}" if spec else c.dtype,
+            name, f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB", precision,  # a pte method: its own weights
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
     out.print(table)
+    if "quantization" in m.report:
+        _quantization_table(m.report)
     if args.device:
         _print_predictions(m, load_profile(args.device))
+
+
+def _quantization_table(report: dict) -> None:
+    """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
+    table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
+    for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
+        table.add_column(col, no_wrap=True)
+    for name, q in report["quantization"].items():
+        schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
+        measured = q["sqnr_db"] is not None
+        sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
+        table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
+    out.print(table)
+    for name, q in report["quantization"].items():
+        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
+        for unit, note in q.get("notes", {}).items():
+            out.print(f"  note: {unit}: {note}")
+    for unit, why in report.get("float_units", {}).items():
+        out.print(f"  float: {unit}: {why}")
+    if plan := report.get("plan"):
+        met = "met" if plan["tolerance_met"] else "[red]NOT met[/red]"
+        bits = [g["bits"] for g in plan["groups"].values()]
+        counts = ", ".join(f"{b if b < 32 else 'float'}: {bits.count(b)}" for b in sorted(set(bits)))
+        out.print(f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}")
 
 
 def _print_predictions(manifest, profile) -> None:
@@ -143,7 +172,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
     e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
-    e.add_argument("--precision", default="fp32", help="weight precision (default: fp32)")
+    e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
+    e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
+    e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
+    e.add_argument("--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
@@ -164,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument("--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)")
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, MissingExtraError
-from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, StreamingSettings
+from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
 
 # Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
 TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
-PRECISIONS = {"fp32": FLOAT32}  # precision name -> recipe
 
 
 def _require_toolchain(format: str) -> None:
@@ -75,13 +75,20 @@ def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
     return path, path.resolve().name
 
 
-def _check_options(profile: DeviceProfile, format: str, precision: str, max_seq_len: int | None) -> int:
+def _check_options(profile: DeviceProfile, format: str, precision: str, calibration: str | Path | None,
+                   memory_budget_mb: float | None, max_seq_len: int | None) -> int:
     """Check the options against the profile; returns the max sequence length to build for."""
     formats = [f for f in WRITERS if f in profile.formats]
     if format not in formats:
         raise InputError(f"format {format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
-    if precision not in PRECISIONS:
-        raise InputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+    if format == "pte" and precision != "fp32":  # the quantizers rewrite ONNX graphs
+        raise InputError(f"precision {precision!r} is not available for --format pte yet; allowed: fp32")
+    if precision != "auto":
+        presets.recipe_for(profile, precision)  # refuses an unknown precision or one without kernels here
+    if calibration is not None and not Path(calibration).is_dir():
+        raise InputError(f"calibration folder {str(calibration)!r} does not exist")
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
     limit = profile.streaming.max_seq_len
     if max_seq_len is not None and not 1 <= max_seq_len <= limit:
         raise InputError(f"max sequence length {max_seq_len} is out of range for {profile.name}; allowed: 1 to {limit}")
@@ -96,20 +103,27 @@ def export(
     precision: str = "fp32",
     force: bool = False,
     progress: bool = True,
+    calibration: str | Path | None = None,
+    memory_budget_mb: float | None = None,
+    accuracy_tolerance_db: float | None = None,
     max_seq_len: int | None = None,
     fuse: bool = True,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
+    `precision` is fp32, fp16, int8, int4 or auto (bits per block chosen under `memory_budget_mb`
+    and `accuracy_tolerance_db`, the least SQNR of each component's output); `calibration` is a
+    folder of images and prompt .txt files (default: a built-in set).
+
     Example:
-        >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5")  # doctest: +SKIP
+        >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5", precision="int4")  # doctest: +SKIP
         PosixPath('llava-pi5')
 
     `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
     static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
     """
     profile = load_profile(device)
-    max_seq_len = _check_options(profile, format, precision, max_seq_len)
+    max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
     _require_toolchain(format)
     from rich.progress import Progress
 
@@ -136,7 +150,7 @@ def export(
                 model_id=model_id,
                 family=family.name,
                 profile=profile.name,
-                recipe=PRECISIONS[precision],
+                recipe=FLOAT32,
                 components=components,
                 files={},
                 tokenizer=split.tokenizer,
@@ -145,6 +159,12 @@ def export(
                 generation=split.generation,
                 streaming=StreamingSettings(**{**vars(profile.streaming), "max_seq_len": max_seq_len}),
                 report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **written, **split.report},
+            )
+            from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
+
+            manifest = quantize(
+                stage, manifest, profile, precision, Path(scratch) / "quantize", calibration, memory_budget_mb,
+                DEFAULT_TOLERANCE_DB if accuracy_tolerance_db is None else accuracy_tolerance_db, bar,
             )
             bundle.seal(stage, manifest)
     return out

@@ -85,6 +85,8 @@ class Media:
     encoder: str  # component name
     input: str  # encoder input fed with the pre-processed item
     output: str  # encoder output whose rows are merged into the token sequence
+    # encoder input fed with each patch's (row, col), in the order of ImagePatches (None: no such input)
+    patch_positions: str | None = None
     length: str | None = None  # encoder input fed the item's unpadded length (Qwen2-Audio masks padded mel frames)
 
 
@@ -99,13 +101,45 @@ class Prompt:
 class ImagePreprocess:
     size: int  # shortest edge after resize
     crop: int  # centre crop, square
-    resample: Literal["bicubic", "bilinear", "nearest"]
+    resample: Literal["bicubic", "bilinear", "nearest", "lanczos"]
     rescale: float  # multiply pixel values (0..255) by this
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)
+class ImageSplitting:
+    """Idefics3-style tiling: one encoder call per tile, then one for the whole image (the global view).
+
+    The image's text is, for a grid of tiles, `tile` (with {row} {col} from 1) + placeholder per tile,
+    `row_end` after each row, then `split_global` + placeholder + `end`; an image that needed no
+    splitting is `single` + placeholder + `end`. Each placeholder receives one call's rows.
+    """
+
+    longest_edge: int  # first resize: the longest edge to this (aspect kept, height/width made even)
+    tile: int  # tile side in pixels; the image is resized up to multiples of it, then cut
+    tile_text: str  # e.g. "<fake_token_around_image><row_{row}_col_{col}>"
+    row_end: str  # e.g. "\n"
+    split_global: str  # e.g. "\n<fake_token_around_image><global-img>"
+    single: str  # e.g. "<fake_token_around_image><global-img>"
+    end: str  # e.g. "<fake_token_around_image>"
+
+
+@dataclass(frozen=True)
+class ImagePatches:
+    """Qwen2-VL-style dynamic resolution: resize to multiples of patch * merge, cut into flat patches.
+
+    Patches are ordered block-major (merge x merge blocks, row by row); one encoder call per image
+    returns (grid_h / merge) * (grid_w / merge) rows, which fill the image's one placeholder.
+    """
+
+    patch: int  # patch side in pixels
+    temporal_patch: int  # frames per patch; a still image is repeated this many times
+    merge: int  # patches merged per side into one decoder row
+    min_pixels: int
+    max_pixels: int
+    vision_start: str = ""  # text before the placeholder, e.g. "<|vision_start|>"
+    vision_end: str = ""  # text after it
 class AudioPreprocess:
     """Whisper-style log-mel settings (WhisperFeatureExtractor's, which Qwen2-Audio shares)."""
 
@@ -121,6 +155,8 @@ class AudioPreprocess:
 @dataclass(frozen=True)
 class Preprocess:
     image: ImagePreprocess | None = None
+    image_splitting: ImageSplitting | None = None  # with `image`: cut each image into tiles
+    image_patches: ImagePatches | None = None  # with `image`: dynamic resolution patches
     audio: AudioPreprocess | None = None
 
 
@@ -136,6 +172,9 @@ class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
     decoder: str = "text_decoder"
+    # "arange": position i for token i; "mrope": 3-D (temporal, height, width) ids from each image's
+    # patch grid (Qwen2-VL), fed to the decoder as position_ids [3, batch, seq]
+    positions: Literal["arange", "mrope"] = "arange"
     suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
     begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
 

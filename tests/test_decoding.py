@@ -76,7 +76,7 @@ def test_cli_stop_string_truncates_the_answer(default_bundle, picture, capsys):
 def test_speculative_decoding_gives_the_targets_greedy_tokens(default_bundle, small_bundle, picture):
     alone = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=40))
     for draft, accepted in ((small_bundle, None), (default_bundle, "all")):
-        pipe = edgemfm.load(default_bundle, draft=draft)
+        pipe = edgemfm.load(default_bundle, draft=draft, draft_k=4)
         assert list(pipe.generate_tokens(PROMPT, images=iter([picture]), max_new_tokens=40)) == alone
         s = pipe.speculation
         assert s["proposed"] > 0 and s["target_calls"] < len(alone)
@@ -85,10 +85,11 @@ def test_speculative_decoding_gives_the_targets_greedy_tokens(default_bundle, sm
     assert len(alone) == 40
 
 
-def test_speculative_decoding_refuses_sampling(default_bundle, small_bundle):
+def test_speculative_decoding_refuses_sampling_and_bad_k(default_bundle, small_bundle):
     pipe = edgemfm.load(default_bundle, draft=small_bundle)
     with pytest.raises(InputError, match="needs greedy decoding; temperature 0.5 is not allowed"):
         pipe.generate_tokens("hi", temperature=0.5)
+    assert main(["run", str(default_bundle), "--prompt", "hi", "--draft", str(small_bundle), "--draft-k", "0"]) == 2
 
 
 def test_cascade_answers_small_unless_the_self_test_fails(default_bundle, small_bundle, picture, capsys):

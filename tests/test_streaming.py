@@ -16,6 +16,7 @@ from edgemfm.errors import InputError, MemoryBudgetError
 from edgemfm.runtimes import budget
 from edgemfm.runtimes.audio_windows import windows
 from edgemfm.runtimes.kvcache import KVCache
+from edgemfm.runtimes.streaming import from_ids, planned, split_template
 from edgemfm.manifest import KVCache as KVLayout
 
 PROMPT = "What happens in the video?"
@@ -111,6 +112,10 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
     decoder = manifest.components["text_decoder"]
     kv = decoder.kv_cache
     assert budget.kv_cache_bytes(decoder, 1000) == 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * 1000 * 4
+    assert budget.fused_attention(manifest, "text_decoder")  # the export fuses attention: 3 score tensors, not 6
+    plain, fused = (budget.decoder_activation_bytes(decoder, 512, 2048, f) for f in (False, True))
+    heads = 192 // kv.head_dim
+    assert plain - fused == 3 * heads * 512 * 2048 * 4
     small = dataclasses.replace(manifest.streaming, max_seq_len=256)
     with pytest.raises(MemoryBudgetError, match=r"needs \d+ bytes .* allows \d+ bytes"):
         edgemfm.load(default_bundle, memory_budget=budget.estimate(manifest, small, budget.resident_bytes()).total / 2**20 / 2)
@@ -126,6 +131,16 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
 def test_bad_streaming_settings_are_named(default_bundle, overrides, message):
     with pytest.raises(InputError, match=message):
         edgemfm.load(default_bundle, **overrides)
+
+
+def test_prompt_template_splits_around_items_or_falls_back():
+    # ids: 1 BOS, 9 placeholder, 5 newline, 7 question, 2 end; a merging tokenizer fuses "\n" + question into 8
+    plain = lambda counts: [1, *[9, 5] * counts.get("image", 0), 7, 2]
+    layout = split_template(plain, ["image"], {"image": 9})
+    assert list(planned(layout, {"image": iter("ab")})) == [1, ("image", "a"), 5, ("image", "b"), 5, 7, 2]
+    merging = lambda counts: [1, *[9, 5] * (counts.get("image", 0) - 1), *([9, 8] if counts.get("image") else [7]), 2]
+    assert split_template(merging, ["image"], {"image": 9}) is None
+    assert list(from_ids(merging({"image": 2}), {"image": 9}, {"image": ["a", "b"]})) == [1, ("image", "a"), 5, ("image", "b"), 8, 2]
 
 
 def test_audio_windows_cover_a_stream_in_fixed_windows():

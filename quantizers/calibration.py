@@ -1,0 +1,125 @@
+"""Calibration inputs for every component, made by the runtime's own pre-processing.
+
+From a folder (`--calibration DIR`): its images (png, jpg, jpeg, bmp, webp) and prompts (each
+non-empty line of its .txt files). Without one: a built-in set of Pillow drawings and fixed
+English prompts, so every export can be calibrated and measured offline.
+
+Each prompt (with one image when there are images) goes through the bundle's template and
+tokenizer, each image through the manifest's pre-processing and the float vision encoder, and
+their rows are spliced into the token embeddings exactly as `Pipeline.embed` does: the decoder is
+calibrated on the inputs it will see.
+
+Example:
+    >>> feeds = component_feeds(float_dir, manifest, folder=None)   # doctest: +SKIP
+    >>> sorted(feeds)                                                # doctest: +SKIP
+    ['text_decoder', 'token_embedding', 'vision_encoder']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from edgemfm.errors import InputError
+from edgemfm.manifest import KVCache, Manifest
+from edgemfm.profiles import load_profile
+from edgemfm.quantizers.context import Feeds
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+PROMPTS = (
+    "What is in the picture?",
+    "Describe the image in one sentence.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Count the objects and name their colours.",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman.",
+    "Is there a person in this photo? Answer yes or no.",
+    "Explain how a bicycle works to a child.",
+    "Where could this picture have been taken?",
+)
+MAX_ITEMS = 16  # calibration items per kind: enough for stable ranges, cheap on 2 cores
+
+
+def drawings(n: int = 8, seed: int = 0) -> list[Image.Image]:
+    """`n` seeded drawings of shapes, lines and gradients on varied backgrounds, of varied sizes."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        w, h = (int(v) for v in rng.integers(160, 400, size=2))
+        base = np.linspace(rng.integers(0, 255, 3), rng.integers(0, 255, 3), w).astype(np.uint8)
+        img = Image.fromarray(np.repeat(base[None], h, axis=0), "RGB")
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(2, 6))):
+            x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+            box = (x0, y0, x0 + int(rng.integers(10, w - x0)), y0 + int(rng.integers(10, h - y0)))
+            colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+            [draw.ellipse, draw.rectangle, draw.line][int(rng.integers(0, 3))](box, fill=colour)
+        images.append(img)
+    return images
+
+
+def read_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """The images and prompts of a calibration folder; refuses a missing or empty one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"calibration folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES][:MAX_ITEMS]
+    prompts = [line.strip() for p in files if p.suffix.lower() == ".txt" for line in p.read_text(errors="replace").splitlines() if line.strip()]
+    if not images and not prompts:
+        raise InputError(
+            f"calibration folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)}) and no prompts (.txt, one per line)"
+        )
+    return images, prompts[:MAX_ITEMS]
+
+
+def decoder_feeds(embeds: np.ndarray, kv: KVCache) -> Feeds:
+    """The decoder's inputs for a prefill of `embeds` [1, seq, hidden] with an empty KV cache."""
+    past = {
+        kv.past.format(layer=layer, kind=kind): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
+        for layer in range(kv.layers)
+        for kind in ("key", "value")
+    }
+    seq = embeds.shape[1]
+    return {
+        "inputs_embeds": np.ascontiguousarray(embeds, np.float32),
+        "attention_mask": np.ones((1, seq), np.int64),
+        "position_ids": np.arange(seq, dtype=np.int64)[None],
+        **past,
+    }
+
+
+def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | None = None) -> dict[str, list[Feeds]]:
+    """Calibration feeds of every component of the float bundle in `float_dir`."""
+    from edgemfm.runtimes.pipeline import Pipeline
+
+    images, prompts = read_folder(folder) if folder is not None else (drawings(), list(PROMPTS))
+    prompts = prompts or list(PROMPTS)
+    # The float graphs run on the CPU here, whatever the target device.
+    pipe = Pipeline(float_dir, manifest, load_profile("host"), threads=0)
+    media, g = manifest.prompt.media, manifest.generation
+    feeds: dict[str, list[Feeds]] = {name: [] for name in manifest.components}
+    image = media.get("image")
+    kv = manifest.components[g.decoder].kv_cache
+    ids_stream, embeds_stream, shortest = [], [], None
+    for i, prompt in enumerate(prompts):
+        items = {"image": [images[i % len(images)]]} if image and images else {}
+        ids = pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()})
+        embeds = pipe.embed(ids, items)
+        ids_stream += ids
+        embeds_stream.append(embeds[0])
+        shortest = min(shortest or embeds.shape[1], embeds.shape[1], len(ids))
+    # Equal-length windows over the joined prompts: ONNX Runtime's histogram calibrators
+    # (percentile, entropy) stack every feed's activations and need one shape.
+    stream = np.concatenate(embeds_stream)
+    width = max(shortest, stream.shape[0] // MAX_ITEMS)  # at most MAX_ITEMS windows
+    for at in range(0, len(ids_stream) - width + 1, width):
+        feeds[g.embedding].append({"input_ids": np.asarray([ids_stream[at : at + width]], np.int64)})
+    for at in range(0, stream.shape[0] - width + 1, width):
+        feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv))
+    if image:
+        from edgemfm.runtimes.preprocess import PREPROCESSORS
+
+        feeds[image.encoder] = [{image.input: PREPROCESSORS["image"](img, manifest.preprocess)[None]} for img in images]
+    return feeds

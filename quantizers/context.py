@@ -1,0 +1,48 @@
+"""What a quantization scheme is given besides the graph: calibration feeds, the device, scratch space.
+
+Example:
+    >>> ctx = Context(feeds=[{"input_ids": np.array([[1, 2, 3]])}], profile=load_profile("pi5"), scratch=Path("/tmp"))  # doctest: +SKIP
+    >>> next(iter(FeedReader(ctx.feeds)))["input_ids"].shape                                                    # doctest: +SKIP
+    (1, 3)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from edgemfm.profiles import DeviceProfile
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class Context:
+    feeds: Sequence[Feeds]  # calibration inputs of this component, through the real pre-processing
+    profile: DeviceProfile  # decides kernel details a recipe leaves open (e.g. reduce_range on AVX2)
+    scratch: Path  # a directory the scheme may write temporary graphs to
+
+
+class FeedReader(CalibrationDataReader):
+    """ONNX Runtime's calibration protocol over a list of feeds (restartable, copyable)."""
+
+    def __init__(self, feeds: Sequence[Feeds]):
+        self.feeds = list(feeds)
+        self.at = 0
+
+    def get_next(self) -> Feeds | None:
+        if self.at >= len(self.feeds):
+            return None
+        self.at += 1
+        return self.feeds[self.at - 1]
+
+    def rewind(self) -> None:
+        self.at = 0
+
+    def __deepcopy__(self, memo: dict) -> FeedReader:
+        return FeedReader(copy.copy(self.feeds))  # the arrays are read-only: share them

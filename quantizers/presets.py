@@ -1,0 +1,96 @@
+"""Named precisions per kind of device: the profile decides which kernels exist.
+
+A device's kind is found from its most preferred execution provider (data in its profile, never
+its name); each kind is one row of `TARGETS`, and `recipe_for(profile, precision)` turns a row
+into a `Recipe`:
+
+| kind        | first provider                  | int8                                   | int4                                        |
+|-------------|---------------------------------|----------------------------------------|---------------------------------------------|
+| gpu-tensorrt| TensorRT / CUDA                 | symmetric QDQ, percentile calibration  | MatMulNBits, fp32 compute                   |
+| npu-android | QNN / NNAPI                     | symmetric QDQ, percentile calibration  | MatMulNBits, int8 compute (8da4w)           |
+| arm-cpu     | XNNPACK                         | dynamic, per-channel                   | MatMulNBits, int8 compute (dot product)     |
+| x86-cpu     | CPU                             | dynamic u8s8, per-channel              | MatMulNBits, int8 compute (VNNI/AVX2)       |
+
+Embedding tables get weight-only int8 rows (int8) or int4 blocks (int4) whatever the kind.
+
+Example:
+    >>> from edgemfm.profiles import load_profile
+    >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/layers.0/mlp.up_proj")
+    QuantSpec(bits=4, group_size=64, symmetric=True, method='rtn', activation_bits=8)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgemfm.errors import InputError
+from edgemfm.profiles import DeviceProfile
+from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "auto")
+PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 more bits per weight in scales
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    providers: tuple[str, ...]  # a profile whose first execution provider is one of these
+    int8: QuantSpec
+    int4: QuantSpec  # group_size 0 here: filled from the profile
+
+
+_QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
+_DYNAMIC = QuantSpec(bits=8, symmetric=True, method="dynamic", activation_bits=8)
+TARGETS = (
+    Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=0)),
+    Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=8)),
+    Target("arm-cpu", ("XnnpackExecutionProvider",), _DYNAMIC, QuantSpec(bits=4, activation_bits=8)),
+    Target("x86-cpu", ("CPUExecutionProvider",), _DYNAMIC, QuantSpec(bits=4, activation_bits=8)),
+)
+
+
+def target_of(profile: DeviceProfile) -> Target:
+    """The row of `TARGETS` for a profile's most preferred execution provider."""
+    first = profile.execution_providers[0]
+    for t in TARGETS:
+        if first in t.providers:
+            return t
+    raise InputError(f"{profile.name}: no quantization target for provider {first!r}; known: {', '.join(p for t in TARGETS for p in t.providers)}")
+
+
+def group_size(profile: DeviceProfile) -> int:
+    """The int4 block size: PREFERRED_GROUP when the profile takes it, else its largest."""
+    return PREFERRED_GROUP if PREFERRED_GROUP in profile.group_sizes else max(profile.group_sizes)
+
+
+def specs(profile: DeviceProfile) -> dict[int, QuantSpec]:
+    """bits -> the spec this device runs best at those bits (16 only where it has fp16)."""
+    t = target_of(profile)
+    out = {32: None}
+    if 8 in profile.weight_bits:
+        out[8] = t.int8
+    if 4 in profile.weight_bits:
+        out[4] = replace(t.int4, group_size=group_size(profile))
+    if 16 in profile.weight_bits:
+        out[16] = QuantSpec(bits=16, method="fp16")
+    return out
+
+
+def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
+    """The recipe of a named precision (not `auto`: the planner builds that one) on `profile`.
+
+    Example:
+        >>> recipe_for(load_profile("jetson"), "int8").rules[-1].spec.method
+        'percentile'
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+    assert precision != "auto", "the planner builds the auto recipe"
+    if precision == "fp32":
+        return FLOAT32
+    bits = {"fp16": 16, "int8": 8, "int4": 4}[precision]
+    available = specs(profile)
+    if bits not in available:
+        allowed = ["fp32", "auto", *(p for p, b in (("fp16", 16), ("int8", 8), ("int4", 4)) if b in available)]
+        raise InputError(f"precision {precision!r} has no kernels on {profile.name}; allowed: {', '.join(allowed)}")
+    return Recipe(rules=(Rule("*", available[bits]),))

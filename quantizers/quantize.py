@@ -1,0 +1,169 @@
+"""`quantize`: a float bundle being staged -> its components quantized per device, with a report.
+
+    float graphs ─► calibration feeds (runtime pre-processing) ─► float reference outputs
+        │ precision int8/int4/fp16: presets.recipe_for(profile)      auto: planner.plan(...)
+        ▼ apply.quantize_component per component ─► SQNR / cosine vs float ─► manifest report
+
+Example:
+    >>> manifest = quantize(stage, manifest, load_profile("pi5"), "int4", scratch=Path("/tmp/q"))  # doctest: +SKIP
+    >>> manifest.report["quantization"]["text_decoder"]["quantized_nodes"]                        # doctest: +SKIP
+    {'MatMulNBits': 29}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemfm.manifest import Manifest
+from edgemfm.profiles import DeviceProfile
+from edgemfm.quantizers import planner, presets
+from edgemfm.quantizers.apply import quantize_component, scheme_of
+from edgemfm.quantizers.calibration import component_feeds
+from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.metrics import compare, outputs
+from edgemfm.recipe import Recipe
+
+log = logging.getLogger("edgemfm")
+DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """ONNX Runtime's quantizers log every node at INFO and advise pre-processing on the root logger."""
+    # Imported first: their import calls logging.basicConfig(level=INFO), which would undo ours.
+    import onnxruntime.quantization
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
+
+    names = ("", "onnxruntime", "onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def quantize(
+    stage: Path,
+    manifest: Manifest,
+    profile: DeviceProfile,
+    precision: str,
+    scratch: Path,
+    calibration: str | Path | None = None,
+    memory_budget_mb: float | None = None,
+    accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB,
+    bar: Any = None,
+) -> Manifest:
+    """Quantize the component graphs in `stage` in place; the manifest with recipe, sizes and report."""
+    if precision == "fp32":
+        return manifest
+    with _quiet_ort():
+        return _quantize(stage, manifest, profile, precision, scratch, calibration, memory_budget_mb, accuracy_tolerance_db, bar)
+
+
+def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision: str, scratch: Path,
+              calibration: str | Path | None, memory_budget_mb: float | None, accuracy_tolerance_db: float, bar: Any) -> Manifest:
+    recipe = None if precision == "auto" else presets.recipe_for(profile, precision)
+    float_dir = scratch / "float"
+    float_dir.mkdir(parents=True, exist_ok=True)
+    for c in manifest.components.values():
+        shutil.copyfile(stage / c.file, float_dir / c.file)
+    shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
+    task = bar.add_task("calibrating", total=None) if bar else None
+    feeds = component_feeds(float_dir, manifest, calibration)
+    first = {name: c.outputs[0].name for name, c in manifest.components.items()}
+    # Components no calibration item reaches (an audio encoder: no built-in audio yet) are quantized unmeasured.
+    refs = {name: outputs(float_dir / c.file, feeds[name], first[name]) for name, c in manifest.components.items() if feeds.get(name)}
+    group = presets.group_size(profile) if 4 in profile.weight_bits else 32
+    ctx = {name: Context(feeds.get(name, []), profile, scratch) for name in manifest.components}
+
+    def measure(component: str, r: Recipe) -> np.ndarray:
+        out = scratch / f"probe-{component}.onnx"
+        quantize_component(float_dir / manifest.components[component].file, out, component, r, ctx[component], group)
+        return outputs(out, feeds[component], first[component])
+
+    plan_report: dict[str, Any] = {}
+    if recipe is None:
+        recipe, plan_report = _auto(float_dir, manifest, profile, refs, measure, memory_budget_mb, accuracy_tolerance_db, bar, task)
+    report, components = {}, dict(manifest.components)
+    for name, c in manifest.components.items():
+        if bar:
+            bar.update(task, description=f"quantizing {name}", total=None)
+        entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
+        entry.update(compare(refs[name], stage / c.file, feeds[name], first[name]) if name in refs else {"sqnr_db": None, "cosine": None})
+        entry["output"] = first[name]
+        report[name] = entry
+        components[name] = replace(c, weight_bytes=entry["weight_bytes"])
+    shutil.rmtree(float_dir)
+    float_units = {u: why for e in report.values() for u, why in e["float_units"].items()}
+    extra = {"plan": plan_report} if plan_report else {}
+    return replace(
+        manifest, recipe=recipe, components=components,
+        report={**manifest.report, "precision": precision, "float_units": float_units, "quantization": report, **extra},
+    )
+
+
+def _auto(float_dir: Path, manifest: Manifest, profile: DeviceProfile, refs: dict[str, np.ndarray], measure: Any,
+          memory_budget_mb: float | None, tolerance_db: float, bar: Any, task: Any) -> tuple[Recipe, dict[str, Any]]:
+    """The auto plan: sensitivity per group, then bits per group under budget and tolerance."""
+    available = presets.specs(profile)
+    ladder = [available[b] for b in (4, 8) if b in available] + [None]
+    files = {n: c.file for n, c in manifest.components.items() if n in refs}
+    if bar:
+        bar.update(task, description="measuring sensitivity", total=None, completed=0)
+    groups = planner.sensitivity(float_dir, files, refs, measure, ladder[0], lambda: bar and bar.advance(task))
+    signals = {n: float(np.sum(r**2)) for n, r in refs.items()}
+    budget = (memory_budget_mb or profile.default_memory_budget_mb) * 2**20
+    grouped = {u.weight for g in groups for u in g.units}
+    fixed = _other_weight_bytes(float_dir, files, grouped)
+
+    def ok(unit: Any, spec: Any) -> bool:
+        return not isinstance(scheme_of(unit, spec), str)
+
+    planner.choose(groups, signals, ladder, budget, fixed, tolerance_db, ok)
+    for round_ in range(planner.ROUNDS + 1):
+        recipe = planner.recipe_of(groups, ladder)
+        measured = {c: float(np.sum((refs[c] - measure(c, recipe)) ** 2)) for c in files}
+        short = [c for c in files if measured[c] > 0 and 10 * np.log10(signals[c] / measured[c]) < tolerance_db]
+        used = fixed + sum(g.bytes_at(ladder[g.level], ok) for g in groups)
+        raisable = [
+            g for g in groups
+            if g.component in short and g.level + 1 < len(ladder)
+            and used + g.bytes_at(ladder[g.level + 1], ok) - g.bytes_at(ladder[g.level], ok) <= budget
+        ]
+        if not raisable or round_ == planner.ROUNDS:
+            break
+        max(raisable, key=lambda g: g.noise_at(ladder[g.level])).level += 1
+    met = not short
+    if not met:
+        log.warning("edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget", tolerance_db, ", ".join(short))
+    return recipe, {
+        "tolerance_db": tolerance_db, "memory_budget_mb": budget / 2**20, "tolerance_met": met,
+        "groups": planner.report_of(groups, signals, ladder, ok),
+    }
+
+
+def _other_weight_bytes(float_dir: Path, files: dict[str, str], grouped: set[str]) -> int:
+    """Bytes of the initializers no plan group covers (norms, biases, small tables): they stay float."""
+    import onnx
+    from onnx import numpy_helper
+
+    total = 0
+    for file in files.values():
+        for init in onnx.load(str(float_dir / file)).graph.initializer:
+            if init.name not in grouped:
+                total += numpy_helper.to_array(init).nbytes
+    return total

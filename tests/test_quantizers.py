@@ -1,0 +1,234 @@
+"""Quantizers on the default model: every scheme x device preset counted and bounded, the auto planner, calibration."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from edgemfm.bundle import read_manifest
+from edgemfm.errors import ConfigError, InputError
+from edgemfm.profiles import load_profile
+from edgemfm.quantizers import presets
+from edgemfm.quantizers.calibration import component_feeds, read_folder
+from edgemfm.quantizers.quantize import quantize
+from edgemfm.quantizers.units import unit_name, weighted_units
+from edgemfm.recipe import QuantSpec, Recipe, Rule
+
+LAYERS = 4  # the default model's decoder: 4 layers x 7 projections + lm_head
+DECODER_MATMULS = LAYERS * 7 + 1
+VISION_MATMULS = 5  # 1 CLIP layer: o, fc1, fc2 + the 2 projector linears (q, k, v are inside the fused Attention)
+# the position table (an input of SkipLayerNormalization) and q/k/v packed by a Concat for the fused Attention
+VISION_FLOAT = ("vision_encoder/llava.vision_tower.pre_layrnorm", "vision_encoder/layers.0/self_attn")
+
+
+@pytest.fixture(scope="session")
+def quantized(default_bundle, tmp_path_factory):
+    """(device, precision or Recipe) -> (manifest, stage dir), each quantized once per session."""
+    done = {}
+
+    def get(device: str, precision: str = "int8", **kw):
+        key = (device, precision, tuple(sorted(kw.items())))
+        if key not in done:
+            root = tmp_path_factory.mktemp(f"{device}-{precision}")
+            stage = root / "stage"
+            shutil.copytree(default_bundle, stage)
+            m = quantize(stage, read_manifest(default_bundle), load_profile(device), precision, root / "scratch", **kw)
+            done[key] = (m, stage)
+        return done[key]
+
+    return get
+
+
+def ops(stage: Path, component: str) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(stage / f"{component}.onnx")).graph.node)
+
+
+def qdq_weighted(stage: Path, component: str, op: str) -> int:
+    """Nodes of type `op` whose weight comes through a DequantizeLinear of an int8 initializer."""
+    g = onnx.load(str(stage / f"{component}.onnx")).graph
+    int8 = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.INT8}
+    dq = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in int8}
+    return sum(n.op_type == op and n.input[1] in dq for n in g.node)
+
+
+def test_unit_names_follow_the_module_hierarchy(default_bundle):
+    units, skipped = weighted_units(onnx.load(str(default_bundle / "text_decoder.onnx")), "text_decoder")
+    names = [u.name for u in units]
+    assert len(units) == DECODER_MATMULS and not skipped
+    assert names[0] == "text_decoder/layers.0/self_attn.q_proj" and names[-1] == "text_decoder/lm_head"
+    assert sum(n.startswith("text_decoder/layers.3/") for n in names) == 7
+    assert unit_name("vision_encoder", "llava.vision_tower.encoder.layers.0.mlp.fc1") == "vision_encoder/layers.0/mlp.fc1"
+
+
+def test_x86_int8_is_dynamic_u8s8_per_channel(quantized):
+    m, stage = quantized("host", "int8")
+    q = m.report["quantization"]
+    assert ops(stage, "text_decoder")["MatMulInteger"] == DECODER_MATMULS
+    assert ops(stage, "vision_encoder")["MatMulInteger"] == VISION_MATMULS and ops(stage, "vision_encoder")["ConvInteger"] == 1
+    assert q["token_embedding"]["quantized_nodes"] == {"Gather(int8 rows)": 1}
+    assert ops(stage, "text_decoder")["MultiHeadAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
+    assert tuple(q["vision_encoder"]["float_units"]) == VISION_FLOAT
+    assert q["vision_encoder"]["sqnr_db"] >= 20 and q["token_embedding"]["sqnr_db"] >= 40
+    assert q["text_decoder"]["sqnr_db"] >= 12 and q["text_decoder"]["cosine"] >= 0.98
+
+
+def test_jetson_int8_is_symmetric_static_qdq(quantized, default_bundle):
+    m, stage = quantized("jetson", "int8")
+    assert m.recipe.spec_for("text_decoder/layers.0/mlp.up_proj").method == "percentile"
+    assert qdq_weighted(stage, "text_decoder", "MatMul") == DECODER_MATMULS
+    assert qdq_weighted(stage, "vision_encoder", "MatMul") == VISION_MATMULS
+    assert qdq_weighted(stage, "vision_encoder", "Conv") == 1
+    g = onnx.load(str(stage / "text_decoder.onnx")).graph
+    uint8 = [i.name for i in g.initializer if i.data_type == onnx.TensorProto.UINT8]
+    assert not uint8, "TensorRT takes symmetric int8 activations only"
+    q = m.report["quantization"]
+    assert q["vision_encoder"]["sqnr_db"] >= 18 and q["text_decoder"]["sqnr_db"] >= 12
+    float_bytes = read_manifest(default_bundle).components["text_decoder"].weight_bytes
+    assert m.components["text_decoder"].weight_bytes < 0.3 * float_bytes
+
+
+def test_jetson_fp16_converts_every_weight(quantized):
+    m, stage = quantized("jetson", "fp16")
+    for name in m.components:
+        g = onnx.load(str(stage / f"{name}.onnx")).graph
+        big = [i for i in g.initializer if np.prod(i.dims) >= 1024]
+        assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+        assert g.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16  # fp32 in and out
+        assert m.report["quantization"][name]["sqnr_db"] >= 40
+
+
+@pytest.mark.parametrize("device, level", [("pi5", 4), ("android", 4), ("jetson", None), ("host", 4)])
+def test_int4_is_matmulnbits_with_the_devices_compute(quantized, device, level):
+    m, stage = quantized(device, "int4")
+    g = onnx.load(str(stage / "text_decoder.onnx")).graph
+    nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == DECODER_MATMULS
+    for n in nbits:
+        attrs = {a.name: a.i for a in n.attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == 64 and attrs.get("accuracy_level") == level
+    assert ops(stage, "vision_encoder")["MatMulNBits"] == VISION_MATMULS
+    assert ops(stage, "token_embedding")["GatherBlockQuantized"] == 1
+    # the patch embedding Conv: int4 blocks behind a DequantizeLinear (opset 21)
+    g = onnx.load(str(stage / "vision_encoder.onnx"))
+    dq = [n for n in g.graph.node if n.op_type == "DequantizeLinear"]
+    int4 = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT4}
+    assert len(dq) == 1 and dq[0].input[0] in int4 and {a.name: a.i for a in dq[0].attribute}["block_size"] == 3
+    assert tuple(m.report["quantization"]["vision_encoder"]["float_units"]) == VISION_FLOAT
+    q = m.report["quantization"]
+    assert q["token_embedding"]["sqnr_db"] >= 18 and q["vision_encoder"]["cosine"] >= 0.9
+
+
+def test_android_int8_is_static_qdq_and_pi_int8_dynamic(quantized):
+    m, stage = quantized("android", "int8")
+    assert qdq_weighted(stage, "text_decoder", "MatMul") == DECODER_MATMULS
+    m, stage = quantized("pi5", "int8")
+    assert ops(stage, "text_decoder")["MatMulInteger"] == DECODER_MATMULS
+
+
+def test_int8_is_closer_to_float_than_int4(quantized):
+    int8, _ = quantized("pi5", "int8")
+    int4, _ = quantized("pi5", "int4")
+    for name in ("vision_encoder", "text_decoder", "token_embedding"):
+        assert int8.report["quantization"][name]["sqnr_db"] >= int4.report["quantization"][name]["sqnr_db"] + 8
+
+
+def test_methods_and_partial_recipes(default_bundle, tmp_path):
+    """k_quant and HQQ int4 on half the decoder, int8 weight-only on the rest, lm_head float."""
+    stage = tmp_path / "stage"
+    shutil.copytree(default_bundle, stage)
+    recipe = Recipe(rules=(
+        Rule("text_decoder/lm_head", None),
+        Rule("text_decoder/layers.[01]/*", QuantSpec(bits=4, group_size=32, method="k_quant", activation_bits=8)),
+        Rule("text_decoder/layers.2/*", QuantSpec(bits=4, group_size=32, method="hqq")),
+        Rule("text_decoder/*", QuantSpec(bits=8, group_size=32, method="rtn")),
+    ))
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+
+    report = quantize_component(default_bundle / "text_decoder.onnx", stage / "text_decoder.onnx", "text_decoder", recipe,
+                                Context([], load_profile("pi5"), tmp_path))
+    g = onnx.load(str(stage / "text_decoder.onnx")).graph
+    bits = Counter({a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits")
+    assert bits == {4: 21, 8: 7}
+    assert report["float_units"] == {"text_decoder/lm_head": "the recipe keeps it float"}
+    bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
+    with pytest.raises(ConfigError, match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq"):
+        quantize_component(default_bundle / "text_decoder.onnx", tmp_path / "x.onnx", "text_decoder", bad,
+                           Context([], load_profile("pi5"), tmp_path))
+
+
+def test_auto_plans_bits_per_block_within_the_tolerance(quantized):
+    m, stage = quantized("pi5", "auto", accuracy_tolerance_db=15.0)
+    plan = m.report["plan"]
+    assert plan["tolerance_met"] and plan["tolerance_db"] == 15.0
+    assert all(q["sqnr_db"] >= 15.0 for q in m.report["quantization"].values())
+    groups = plan["groups"]
+    assert "text_decoder/layers.0" in groups and "text_decoder/lm_head" in groups
+    bits = {g["bits"] for g in groups.values()}
+    assert 4 in bits and len(bits) >= 2, "a mixed plan on this model"
+    # the plan is the manifest's recipe, one rule pair per group
+    spec = m.recipe.spec_for("text_decoder/layers.1/mlp.up_proj")
+    assert (spec.bits if spec else 32) == groups["text_decoder/layers.1"]["bits"]
+
+
+def test_auto_refuses_a_budget_nothing_fits(quantized):
+    with pytest.raises(InputError, match=r"memory budget 0.1 MiB is too small: the smallest plan needs \d"):
+        quantized("pi5", "auto", memory_budget_mb=0.1)
+
+
+def test_precision_without_kernels_is_refused():
+    with pytest.raises(InputError, match="'fp16' has no kernels on host-x86-64-avx2; allowed: fp32, auto, int8, int4"):
+        presets.recipe_for(load_profile("host"), "fp16")
+    with pytest.raises(InputError, match="'int2' is not supported; allowed: fp32, fp16, int8, int4, auto"):
+        presets.recipe_for(load_profile("pi5"), "int2")
+
+
+def test_calibration_folder(default_bundle, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(folder / "green.png")
+    (folder / "prompts.txt").write_text("a green square\n\nwhat colour is this?\n")
+    images, prompts = read_folder(folder)
+    assert len(images) == 1 and prompts == ["a green square", "what colour is this?"]
+    feeds = component_feeds(default_bundle, read_manifest(default_bundle), folder)
+    assert len(feeds["vision_encoder"]) == 1 and feeds["vision_encoder"][0]["pixel_values"].shape == (1, 3, 224, 224)
+    shapes = {f["inputs_embeds"].shape for f in feeds["text_decoder"]}
+    assert len(shapes) == 1 and next(iter(shapes))[2] == 192  # equal windows: what histogram calibrators need
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="has no images .* and no prompts"):
+        read_folder(tmp_path / "empty")
+
+
+def test_export_int4_end_to_end(tmp_path, picture, capsys):
+    """`edgemfm export --precision int4` writes a MatMulNBits bundle that runs, and inspect shows the report."""
+    import edgemfm
+    from edgemfm.cli import main
+    from edgemfm.manifest import Manifest
+
+    out = tmp_path / "pi5-int4"
+    assert main(["export", "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
+    m = read_manifest(out)
+    assert Manifest.from_json(m.to_json()) == m  # the recipe and the report round-trip
+    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, activation_bits=8)
+    assert m.report["quantization"]["text_decoder"]["quantized_nodes"] == {"MatMulNBits": DECODER_MATMULS}
+    assert sum(f.bytes for f in m.files.values()) < 0.3 * 9.6 * 2**20
+    tokens = list(edgemfm.load(out).generate_tokens("What is in the picture?", images=[picture], max_new_tokens=4))
+    assert len(tokens) == 4
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int4/rtn/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
+    assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
+
+
+def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys):
+    from edgemfm.cli import main
+
+    assert main(["export", "--device", "pi5", "--precision", "int8", "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert "calibration folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
