@@ -140,6 +140,9 @@ class ImagePatches:
     max_pixels: int
     vision_start: str = ""  # text before the placeholder, e.g. "<|vision_start|>"
     vision_end: str = ""  # text after it
+
+
+@dataclass(frozen=True)
 class AudioPreprocess:
     """Whisper-style log-mel settings (WhisperFeatureExtractor's, which Qwen2-Audio shares)."""
 
