@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
 from edgemfm.exporters.family import ExportUnit
+from edgemfm.exporters.static_decoder import static_decoder_unit
 from edgemfm.manifest import KVCache
 
 PAST = "past.{layer}.{kind}"
@@ -100,6 +102,7 @@ def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 
         dynamic_axes=axes,
         kv_cache=kv,
         items=seq,
+        static_cache=partial(static_decoder_unit, language_model, lm_head, config, kv),
     )
 
 

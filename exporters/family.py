@@ -29,6 +29,9 @@ class ExportUnit:
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models: what the decoder attends to
     items: int = 1  # images, audio windows or new tokens in the example call (for FLOPs per item)
+    # The same component with a static KV cache of the given length, for formats whose buffers
+    # are planned ahead (pte); None where the component has no cache.
+    static_cache: Callable[[int], ExportUnit] | None = None
 
 
 @dataclass

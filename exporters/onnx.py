@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,20 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         flops_per_item=flops // unit.items,
     )
     return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}
+
+
+def write_units(
+    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
+) -> tuple[dict[str, Component], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
+
+    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs.
+
+    Example:
+        >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
+    """
+    components, parity = {}, {}
+    for name, unit in units.items():
+        advance(f"exporting {name}")
+        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse)
+    return components, parity, {}

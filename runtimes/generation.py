@@ -23,6 +23,9 @@ from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
 from edgemfm.runtimes.decoding import Sampler, suppress
 from edgemfm.runtimes.kvcache import KVCache
+from edgemfm.runtimes.static_cache import StaticKVCache
+
+CACHES = {"dynamic": KVCache, "static": StaticKVCache}  # the manifest's kv_cache.kind -> what the loop drives
 
 
 class Decoder:
@@ -34,9 +37,9 @@ class Decoder:
         self.layout, self.dtype, self.streaming = component.kv_cache, component.dtype, streaming
         self.generation = manifest.generation
 
-    def new_cache(self) -> KVCache:
+    def new_cache(self) -> KVCache | StaticKVCache:
         s = self.streaming
-        return KVCache(self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
+        return CACHES[self.layout.kind](self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
 
     def embed_ids(self, ids: Sequence[int]) -> np.ndarray:
         """Decoder inputs [1, len(ids), hidden] for token ids."""

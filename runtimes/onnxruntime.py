@@ -14,8 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
+
+from edgemfm.manifest import Component, Manifest
+from edgemfm.profiles import DeviceProfile
 
 log = logging.getLogger("edgemfm")
 
@@ -57,3 +61,19 @@ class OrtSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+
+def open_components(path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0) -> dict[str, OrtSession]:
+    """A session per onnx component, on the profile's providers this machine has.
+
+    Example:
+        >>> open_components(Path("bundle"), m.components, m, load_profile("host"))["text_decoder"].provider  # doctest: +SKIP
+        'CPUExecutionProvider'
+    """
+    providers = choose_providers(profile.execution_providers)
+    several = len(manifest.components) > 1
+    return {
+        # Encoders run once per item: without an arena their buffers go back to the OS before the decoder's peak.
+        name: OrtSession.load(path / c.file, providers, threads=threads, spin=not several, arena=c.kv_cache is not None or name == manifest.generation.embedding)
+        for name, c in components.items()
+    }

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,11 @@ from edgemfm.runtimes import budget, streaming
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.generation import Decoder, decode
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
-from edgemfm.runtimes.onnxruntime import OrtSession, choose_providers
 from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
+
+# Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
+BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
 
 
 class Generates:
@@ -118,14 +121,11 @@ class Pipeline(Generates):
         what = f"bundle {str(path)!r}"
         # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
         budget.check(budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved), self.memory_budget, what)
-        providers = choose_providers(profile.execution_providers)
-        several = len(manifest.components) > 1
         decoder_name = manifest.generation.decoder
-        self.sessions = {
-            # Encoders run once per item: without an arena their buffers go back to the OS before the decoder's peak.
-            name: OrtSession.load(path / c.file, providers, threads=threads, spin=not several, arena=c.kv_cache is not None or name == manifest.generation.embedding)
-            for name, c in manifest.components.items()
-        }
+        self.sessions = {}
+        for format in dict.fromkeys(c.format for c in manifest.components.values()):
+            components = {name: c for name, c in manifest.components.items() if c.format == format}
+            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(path, components, manifest, profile, threads)
         self.memory = budget.check(
             budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, loaded=True), self.memory_budget, what
         )

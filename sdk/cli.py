@@ -55,13 +55,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     path = export(
         args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
         fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
-        accuracy_tolerance_db=args.accuracy_tolerance,
+        accuracy_tolerance_db=args.accuracy_tolerance, max_seq_len=args.max_seq_len,
     )
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
     size = sum(f.bytes for f in m.files.values())
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
+    for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
+        ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
+        out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""), soft_wrap=True)
     if floats := m.report.get("float_units") if "quantization" in m.report else None:
         out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
 
@@ -135,7 +138,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
         precision = "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
         table.add_row(
-            name, f"{m.files[c.file].bytes / 2**20:.2f} MiB", precision,
+            name, f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB", precision,  # a pte method: its own weights
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
@@ -204,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)")
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
+    e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prune", help="remove decoder blocks, attention heads or MLP channels; writes a smaller checkpoint")

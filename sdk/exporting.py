@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import shutil
@@ -25,11 +26,13 @@ from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
 
-WRITERS = ("onnx",)  # bundle formats with a writer; the profile lists what its device runs
+# Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
+WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
+TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
 
 
-def _require_toolchain() -> None:
-    for module in ("torch", "transformers", "onnx", "onnxscript"):
+def _require_toolchain(format: str) -> None:
+    for module in TOOLCHAIN[format]:
         try:
             __import__(module)
         except ImportError:
@@ -73,16 +76,23 @@ def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
 
 
 def _check_options(profile: DeviceProfile, format: str, precision: str, calibration: str | Path | None,
-                   memory_budget_mb: float | None) -> None:
+                   memory_budget_mb: float | None, max_seq_len: int | None) -> int:
+    """Check the options against the profile; returns the max sequence length to build for."""
     formats = [f for f in WRITERS if f in profile.formats]
     if format not in formats:
         raise InputError(f"format {format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
+    if format == "pte" and precision != "fp32":  # the quantizers rewrite ONNX graphs
+        raise InputError(f"precision {precision!r} is not available for --format pte yet; allowed: fp32")
     if precision != "auto":
         presets.recipe_for(profile, precision)  # refuses an unknown precision or one without kernels here
     if calibration is not None and not Path(calibration).is_dir():
         raise InputError(f"calibration folder {str(calibration)!r} does not exist")
     if memory_budget_mb is not None and not memory_budget_mb > 0:
         raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
+    limit = profile.streaming.max_seq_len
+    if max_seq_len is not None and not 1 <= max_seq_len <= limit:
+        raise InputError(f"max sequence length {max_seq_len} is out of range for {profile.name}; allowed: 1 to {limit}")
+    return limit if max_seq_len is None else max_seq_len
 
 
 def export(
@@ -96,6 +106,7 @@ def export(
     calibration: str | Path | None = None,
     memory_budget_mb: float | None = None,
     accuracy_tolerance_db: float | None = None,
+    max_seq_len: int | None = None,
     fuse: bool = True,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
@@ -107,15 +118,17 @@ def export(
     Example:
         >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5", precision="int4")  # doctest: +SKIP
         PosixPath('llava-pi5')
+
+    `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
+    static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
     """
     profile = load_profile(device)
-    _check_options(profile, format, precision, calibration, memory_budget_mb)
-    _require_toolchain()
+    max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
+    _require_toolchain(format)
     from rich.progress import Progress
 
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
         from edgemfm.exporters import find_family
-        from edgemfm.exporters.onnx import write_onnx
         from edgemfm.quantizers.pruning import bundle_report
 
         model_dir, model_id = _model_dir(model, Path(scratch))
@@ -125,12 +138,12 @@ def export(
         with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
             split = family.split(family.load(model_dir), model_dir)
-            bar.update(task, total=len(split.units), completed=0)
-            components, parity = {}, {}
-            for name, unit in split.units.items():
-                bar.update(task, description=f"exporting {name}")
-                components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", family.tolerance, fuse)
-                bar.advance(task)
+            bar.update(task, total=None, completed=0)
+            writer = importlib.import_module(WRITERS[format])
+            components, parity, written = writer.write_units(
+                split.units, stage, family.tolerance, lambda step: bar.update(task, description=step),
+                max_seq_len=max_seq_len, fuse=fuse,
+            )
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(
                 schema_version=SCHEMA_VERSION,
@@ -145,8 +158,11 @@ def export(
                 prompt=split.prompt,
                 preprocess=split.preprocess,
                 generation=split.generation,
-                streaming=StreamingSettings(**vars(profile.streaming)),
-                report={"precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components}, **split.report, **bundle_report(model_dir)},
+                streaming=StreamingSettings(**{**vars(profile.streaming), "max_seq_len": max_seq_len}),
+                report={
+                    "precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components},
+                    **written, **split.report, **bundle_report(model_dir),
+                },
             )
             from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
 

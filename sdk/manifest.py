@@ -35,8 +35,14 @@ class KVCache:
     layers: int
     kv_heads: int
     head_dim: int
-    past: str  # input name template, e.g. "past.{layer}.{kind}" with kind in key/value
-    present: str  # output name template
+    past: str  # input name template, e.g. "past.{layer}.{kind}" with kind in key/value ("" when static)
+    present: str  # output name template ("" when static)
+    # "dynamic": the cache enters and leaves as tensors that grow by each call's tokens (onnx).
+    # "static": the program owns fixed [max_seq_len] buffers and writes each call's tokens at the
+    # positions fed as `position` (pte); nothing about the cache crosses the boundary.
+    kind: Literal["dynamic", "static"] = "dynamic"
+    max_seq_len: int = 0  # static: positions the buffers hold (prompt + answer)
+    position: str = ""  # static: input taking the cache positions [seq] of this call's tokens
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Component:
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
     flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
+    method: str | None = None  # the named method in a multi-method program (pte); None for onnx
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def test_devices_show_resolves_an_alias(capsys):
         (["export", "--device", "pi9"], "unknown device 'pi9'"),
         (["export", "--device", "jetson", "--format", "pte"], "format 'pte' is not available for jetson-orin-nano-8gb; allowed: onnx"),
         (["export", "--device", "host", "--precision", "int3"], "precision 'int3' is not supported; allowed: fp32"),
+        (["export", "--device", "pi5", "--format", "pte", "--max-seq-len", "5000"], "max sequence length 5000 is out of range for raspberry-pi-5-8gb; allowed: 1 to 1024"),
         (["export", "--device", "host", "--model", "/nonexistent"], "model directory '/nonexistent' does not exist"),
         (["run", "/nonexistent", "--prompt", "hi"], "bundle '/nonexistent' is not a directory"),
         (["inspect", "/nonexistent"], "bundle '/nonexistent' is not a directory"),

@@ -1,0 +1,173 @@
+"""Write a model's components as ONE ExecuTorch program (`.pte`) with a named method each.
+
+As ExecuTorch's own LLaVA example does, the bundle holds a single `model.pte` whose methods are
+the components (`vision_encoder`, `token_embedding`, `text_decoder`, `audio_encoder` where a
+family has one). Each is captured with `torch.export`, lowered to XNNPACK with
+`to_edge_transform_and_lower`, and checked in the ExecuTorch runtime against PyTorch before the
+bundle is sealed. A component with a KV cache is exported in its static-cache form
+(`ExportUnit.static_cache`, see exporters/static_decoder.py) sized to `max_seq_len`.
+
+Dynamic axes stay dynamic, bounded by `max_seq_len`, except the item axes (`batch`, `images`):
+the Pipeline feeds one image or clip at a time, so a program takes exactly one.
+
+What XNNPACK does not take runs on ExecuTorch's portable kernels; the count of delegated and
+non-delegated nodes per method, and the non-delegated operators by name, go into the report.
+
+Example:
+    >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=256)  # doctest: +SKIP
+    >>> report["delegation"]["text_decoder"]["delegated_nodes"] > 0                       # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgemfm.errors import InputError
+from edgemfm.exporters.family import ExportUnit
+from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
+from edgemfm.manifest import Component
+
+PROGRAM = "model.pte"
+ONE_ITEM = ("batch", "images")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
+BACKEND = "XnnpackBackend"
+
+
+def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
+    dims: dict[str, torch.export.Dim] = {}
+    names = iter(unit.input_names)
+
+    def spec(_tensor: torch.Tensor) -> dict[int, Any]:
+        return {d: dims.setdefault(a, torch.export.Dim(a, min=1, max=max_seq_len)) for d, a in _axes(unit, next(names)).items()}
+
+    return tuple(tuple(spec(t) for t in a) if isinstance(a, tuple) else spec(a) for a in unit.args)
+
+
+def _program_unit(name: str, unit: ExportUnit, max_seq_len: int) -> ExportUnit:
+    if unit.kv_cache is not None and unit.static_cache is None:
+        raise InputError(f"{name}: this family's decoder has no static-cache form, which --format pte needs; allowed format for it: onnx")
+    return unit.static_cache(max_seq_len) if unit.static_cache is not None else unit
+
+
+def _capture(unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor], int, int]:
+    """The exported program, the PyTorch reference outputs, the peak activation and the FLOPs of `unit`."""
+    state = {name: b.clone() for name, b in unit.module.named_buffers()}
+    reference, peak, flops = _reference(unit)
+    with torch.no_grad():  # the reference run wrote the cache: the program must start from zeros
+        for name, b in unit.module.named_buffers():
+            b.copy_(state[name])
+        program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
+    return program, reference, peak, flops
+
+
+def delegation(graph_module: Any) -> dict[str, Any]:
+    """Delegated vs non-delegated nodes of a lowered method, and the non-delegated ops by name.
+
+    Example:
+        >>> delegation(edge.exported_program("token_embedding").graph_module)  # doctest: +SKIP
+        {'backend': 'XnnpackBackend', 'subgraphs': 0, 'delegated_nodes': 0, 'non_delegated_nodes': 1, 'non_delegated_ops': {'aten_embedding_default': 1}}
+    """
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    ops = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items()) if b.non_delegated}
+    return {
+        "backend": BACKEND,
+        "subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "non_delegated_nodes": info.num_non_delegated_nodes,
+        "non_delegated_ops": ops,
+    }
+
+
+def _check(path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerance: float) -> dict[str, dict[str, float]]:
+    """Run every method once in the ExecuTorch runtime on its example inputs, against PyTorch."""
+    from executorch.runtime import Runtime
+
+    program = Runtime.get().load_program(path)
+    parity = {}
+    for name, unit in units.items():
+        got = program.load_method(name).execute(_flat(unit.args))
+        reference = references[name]
+        diff = max(float((g - r).abs().max()) if r.numel() else 0.0 for g, r in zip(got, reference))
+        # Relative to the outputs' magnitude, as for ONNX: float32 sums of large activations carry larger errors.
+        scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
+        if not diff <= tolerance * scale:
+            raise ParityError(f"{name}: ExecuTorch output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}")
+        parity[name] = {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance}
+    return parity
+
+
+def write_units(
+    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
+) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
+    """Export `units` as the methods of `stage/model.pte`, check them, and describe them for the manifest.
+
+    `advance(description)` is called as each step starts (one per unit, then lowering, then checking).
+    `fuse` is accepted for the writers' common signature: it names the ONNX graph fusions, and
+    XNNPACK's partitioner and its own passes do that job for a pte program.
+    Returns the components, the parity per method and the report entries (delegation per method).
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
+    programs, references, peaks, flops = {}, {}, {}, {}
+    for name, unit in units.items():
+        advance(f"exporting {name}")
+        programs[name], references[name], peaks[name], flops[name] = _capture(unit, max_seq_len)
+    advance("lowering to XNNPACK")
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    report = {"delegation": {name: delegation(edge.exported_program(name).graph_module) for name in units}}
+    path = stage / PROGRAM
+    path.write_bytes(edge.to_executorch().buffer)
+    advance("checking in the ExecuTorch runtime")
+    parity = _check(path, units, references, tolerance)
+    components = {name: _component(name, unit, programs[name], references[name], peaks[name], flops[name]) for name, unit in units.items()}
+    return components, parity, report
+
+
+def _axes(unit: ExportUnit, name: str) -> dict[int, str]:
+    return {d: a for d, a in unit.dynamic_axes.get(name, {}).items() if a not in ONE_ITEM}
+
+
+def _reached(graph: Any) -> set[str]:
+    """Names of the nodes the outputs and the in-place writes (the cache updates) depend on."""
+    roots = [n for n in graph.nodes if n.op == "output" or getattr(getattr(n.target, "_schema", None), "is_mutable", False)]
+    seen: set[str] = set()
+    while roots:
+        node = roots.pop()
+        if node.name not in seen:
+            seen.add(node.name)
+            roots.extend(node.all_input_nodes)
+    return seen
+
+
+def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int, flops: int) -> Component:
+    # Parameters and persistent buffers the computation reaches: the weights the runtime maps
+    # (torch.export lifts every parameter, and keeps layers whose output nothing uses, e.g. CLIP's
+    # last layer under vision_feature_layer=-2; ExecuTorch drops them from the program). The KV
+    # cache is a non-persistent buffer, planned by ExecuTorch and counted by its layout, not here.
+    live = _reached(program.graph)
+    lifted = {**program.graph_signature.inputs_to_parameters, **program.graph_signature.inputs_to_buffers}
+    weight_bytes = sum(
+        program.state_dict[fqn].numel() * program.state_dict[fqn].element_size()
+        for placeholder, fqn in lifted.items()
+        if placeholder in live and fqn in program.state_dict
+    )
+    return Component(
+        file=PROGRAM,
+        format="pte",
+        dtype="float32",
+        inputs=tuple(_spec(n, t, _axes(unit, n)) for n, t in zip(unit.input_names, _flat(unit.args))),
+        outputs=tuple(_spec(n, t, _axes(unit, n)) for n, t in zip(unit.output_names, reference)),
+        weight_bytes=weight_bytes,
+        peak_activation_bytes=peak,
+        kv_cache=unit.kv_cache,
+        flops_per_item=flops // unit.items,
+        method=name,
+    )

@@ -1,0 +1,77 @@
+"""The text decoder with a static KV cache, for ExecuTorch programs (`--format pte`).
+
+ExecuTorch plans every buffer ahead of time, so the cache cannot grow call by call as in the ONNX
+decoder. Here the program owns one fixed [1, kv_heads, max_seq_len, head_dim] buffer per layer
+and per key/value, written in place at the positions fed as `input_pos`; the attention mask
+covers all `max_seq_len` positions and hides those after the current one, so stale entries
+from an earlier prompt are never read and no reset is needed between generations.
+
+    inputs_embeds [1, seq, hidden] ─┐                    ┌─ key_{i}/value_{i} [1, kv, max, d]
+    input_pos [seq] ────────────────┴─► decoder layers ◄─┘  (mutable buffers, updated in place)
+                                             └─► lm_head ─► logits [1, seq, vocab]
+
+It builds on transformers' own `StaticCache` (index_copy_ at the write positions), as
+`transformers.integrations.executorch.TorchExportableModuleWithStaticCache` does, but wraps the
+language model and lm_head a family hands over instead of a whole `*ForCausalLM`, so the same
+wrapper serves every family whose decoder `decoder_unit` describes, and the program keeps one
+copy of the weights for prefill and decode (transformers.exporters writes two).
+
+Example:
+    >>> unit = static_decoder_unit(model.model.language_model, model.lm_head, text_config, max_seq_len=128)  # doctest: +SKIP
+    >>> unit.input_names, unit.kv_cache.kind                                                              # doctest: +SKIP
+    (('inputs_embeds', 'input_pos'), 'static')
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from edgemfm.exporters.family import ExportUnit
+from edgemfm.manifest import KVCache
+
+POSITION = "input_pos"
+
+
+class StaticDecoder(torch.nn.Module):
+    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any, kv: KVCache):
+        super().__init__()
+        from transformers import StaticCache
+
+        self.language_model, self.lm_head = language_model, lm_head
+        self.cache = StaticCache(config=config, max_cache_len=kv.max_seq_len)
+        dtype = next(lm_head.parameters()).dtype
+        self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
+        for i, layer in enumerate(self.cache.layers):
+            self.register_buffer(f"key_{i}", layer.keys, persistent=False)
+            self.register_buffer(f"value_{i}", layer.values, persistent=False)
+            self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
+
+    def forward(self, inputs_embeds, input_pos):
+        for i, layer in enumerate(self.cache.layers):
+            # Rebind the cache to the module's buffers on every call: under torch.export these
+            # are the traced tensors, so the in-place writes become buffer mutations of the
+            # program instead of writes to constants.
+            layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
+            layer.cumulative_length = getattr(self, f"length_{i}")
+            layer.cumulative_length.copy_(input_pos[0])  # StaticCache writes from here on
+        out = self.language_model(
+            inputs_embeds=inputs_embeds, position_ids=input_pos[None], cache=self.cache, use_cache=True
+        )
+        return self.lm_head(out.last_hidden_state)
+
+
+def static_decoder_unit(language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5) -> ExportUnit:
+    """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions."""
+    kv = replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
+    return ExportUnit(
+        module=StaticDecoder(language_model, lm_head, config, kv).eval(),
+        args=(torch.randn(1, seq, config.hidden_size), torch.arange(seq)),
+        input_names=("inputs_embeds", POSITION),
+        output_names=("logits",),
+        dynamic_axes={"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}},
+        kv_cache=kv,
+        items=seq,
+    )
