@@ -219,7 +219,7 @@ def prune(model: str | Path, out: str | Path, config: PruneConfig, data: str | P
         raise InputError(f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory")
     bundle.check_output(out, force)
     texts = importance.read_texts(data)
-    _require_toolchain()
+    _require_toolchain("onnx")  # torch + transformers, what pruning needs too
     with _quiet(), Progress(transient=True, disable=not progress) as bar:
         from transformers import AutoTokenizer
 
