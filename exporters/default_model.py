@@ -42,9 +42,18 @@ def _printable(byte_token: str) -> bool:
     return len(text) == 1 and (text.isalnum() or text in " .,?!'") and text.isascii()
 
 
-def build(path: Path) -> Path:
-    """Write the default model as a Hugging Face checkpoint directory at `path`."""
+def write_llava(path: Path, vision: dict, text: dict, seed: int, resize: int, crop: int, printable_only: bool = False) -> Path:
+    """A LLaVA checkpoint with the byte tokenizer: CLIP tower and Llama decoder of the given sizes.
+
+    Weights are drawn from `seed` at std 0.3 rather than the init's 0.02, whose near-uniform
+    logits make greedy choices arbitrary; `printable_only` zeroes the head's rows for all but
+    printable ASCII bytes so untrained output stays readable. Tests build their tiny models here.
+
+    Example:
+        >>> write_llava(Path("/tmp/m"), dict(hidden_size=36, ...), dict(hidden_size=84, ...), 0, 34, 30)  # doctest: +SKIP
+    """
     import torch
+    from tokenizers import pre_tokenizers
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
@@ -54,41 +63,44 @@ def build(path: Path) -> Path:
         PreTrainedTokenizerFast,
     )
 
-    from tokenizers import pre_tokenizers
-
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
-    vision = CLIPVisionConfig(
-        hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-        image_size=224, patch_size=32, projection_dim=128,
-    )
-    text = LlamaConfig(
-        hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
-        num_key_value_heads=2, vocab_size=tok.get_vocab_size(), max_position_embeddings=2048,
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
-    )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=ids["<image>"],
-        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(
+            **text, vocab_size=tok.get_vocab_size(),
+            bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        ),
+        image_token_id=ids["<image>"], vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():
-        # Random init at std 0.02 gives near-uniform logits: wider weights give varied, decisive
-        # choices; zero rows for all but printable ASCII bytes keep the untrained output readable.
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
-        printable = [tok.token_to_id(t) for t in pre_tokenizers.ByteLevel.alphabet() if _printable(t)]
-        keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
-        keep[printable] = True
-        model.lm_head.weight[~keep] = 0.0
+        if printable_only:
+            printable = [tok.token_to_id(t) for t in pre_tokenizers.ByteLevel.alphabet() if _printable(t)]
+            keep = torch.zeros(model.lm_head.weight.shape[0], dtype=torch.bool)
+            keep[printable] = True
+            model.lm_head.weight[~keep] = 0.0
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
-    fast = PreTrainedTokenizerFast(
+    PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
-    )
-    fast.save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(path)
+    ).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop}).save_pretrained(path)
     return path
+
+
+def build(path: Path) -> Path:
+    """Write the default model as a Hugging Face checkpoint directory at `path`."""
+    return write_llava(
+        path,
+        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=224, patch_size=32, projection_dim=128),
+        text=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+                  num_key_value_heads=2, max_position_embeddings=2048),
+        seed=SEED, resize=224, crop=224, printable_only=True,
+    )
