@@ -4,7 +4,8 @@ The probe is trained once on float features of 4,000 MNIST digits; each quantize
 judged by the probe's accuracy on 1,000 held-out digits encoded by it. Pre-processing is the
 runtime's (`edgemfm.runtimes.preprocess`), calibration uses 64 training digits.
 
-    python benchmarks/efficientnet_mnist.py          # about 10 minutes on 2 cores
+    python benchmarks/efficientnet_mnist.py                          # every variant of VARIANTS
+    python benchmarks/efficientnet_mnist.py --work /tmp/eff int4-pi5 # some, keeping the fp32 export
 
 Needs: pip install -e '.[export,bench]'
 """
@@ -68,50 +69,77 @@ def features(path: Path, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([s.run(None, {"pixel_values": pixels[i : i + 50]})[0] for i in range(0, len(pixels), 50)])
 
 
+def _all(spec: QuantSpec) -> Recipe:
+    return Recipe((Rule("*", spec),))
+
+
+_QDQ = QuantSpec(bits=8, method="percentile", activation_bits=8)
+# name -> (device profile, recipe, calibration images): rows of the table
+VARIANTS = {
+    "int8-jetson": ("jetson", lambda: presets.recipe_for(load_profile("jetson"), "int8"), CALIB),
+    "int8-jetson-256": ("jetson", lambda: presets.recipe_for(load_profile("jetson"), "int8"), 256),
+    "int8-jetson-head-float": ("jetson", lambda: Recipe((Rule("vision_encoder/net._bn1", None), Rule("*", _QDQ))), CALIB),
+    "int8-jetson-depthwise-float": ("jetson", lambda: Recipe((Rule("*/blocks.*/_bn1", None), Rule("*", _QDQ))), CALIB),
+    "int8-host": ("host", lambda: presets.recipe_for(load_profile("host"), "int8"), CALIB),
+    "int8-minmax": ("jetson", lambda: _all(QuantSpec(bits=8, method="minmax", activation_bits=8)), CALIB),
+    "int4-pi5": ("pi5", lambda: presets.recipe_for(load_profile("pi5"), "int4"), CALIB),
+}
+
+
 def main() -> None:
+    import argparse
+
     from onnxruntime.quantization import QuantFormat, quantize_static
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from edgemfm.quantizers.context import FeedReader
 
-    work = Path(tempfile.mkdtemp(prefix="effnet-"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
+    parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
+    parser.add_argument("--plain", action="store_true", help="also onnxruntime's quantize_static with its defaults")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="effnet-"))
+    work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "fp32.onnx"
-    export(fp32)
+    if not fp32.exists():
+        export(fp32)
     pixels, y = digits()
     order = np.random.default_rng(0).permutation(len(y))
     train, test = order[:TRAIN], order[TRAIN : TRAIN + TEST]
-    calib = [{"pixel_values": pixels[i][None]} for i in train[:CALIB]]
     f_train, f_test = features(fp32, pixels[train]), features(fp32, pixels[test])
     scaler = StandardScaler().fit(f_train)
     probe = LogisticRegression(max_iter=2000).fit(scaler.transform(f_train), y[train])
 
-    def accuracy(path: Path) -> float:
+    def accuracy(path: Path) -> tuple[float, float]:
         got = features(path, pixels[test])
         cos = float(np.mean(np.sum(got * f_test, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(f_test, axis=1))))
         return 100 * float(np.mean(probe.predict(scaler.transform(got)) == y[test])), cos
 
-    rows = [("float32", *accuracy(fp32), fp32.stat().st_size)]
-    plain = work / "plain.onnx"
-    quantize_static(str(fp32), str(plain), FeedReader(calib), quant_format=QuantFormat.QDQ)
-    rows.append(("onnxruntime quantize_static defaults (per-tensor MinMax)", *accuracy(plain), plain.stat().st_size))
-    variants = {
-        "edgemfm int8 jetson (QDQ, per-channel, percentile)": ("jetson", presets.recipe_for(load_profile("jetson"), "int8")),
-        "edgemfm int8 host (dynamic u8s8, per-channel)": ("host", presets.recipe_for(load_profile("host"), "int8")),
-        "edgemfm int8 QDQ entropy": ("jetson", Recipe((Rule("*", QuantSpec(bits=8, method="entropy", activation_bits=8)),))),
-        "edgemfm int8 QDQ minmax": ("jetson", Recipe((Rule("*", QuantSpec(bits=8, method="minmax", activation_bits=8)),))),
-        "edgemfm int4 pi5 (g64 int4 blocks; depthwise int8)": ("pi5", presets.recipe_for(load_profile("pi5"), "int4")),
-    }
-    for name, (device, recipe) in variants.items():
-        out = work / f"{len(rows)}.onnx"
+    print("| encoder | MNIST probe accuracy % | vs float (points) | feature cosine vs float | file MiB |\n|---|---|---|---|---|")
+    base, _ = accuracy(fp32)
+    print(f"| float32 | {base:.1f} | 0.0 | 1.0000 | {fp32.stat().st_size / 2**20:.2f} |", flush=True)
+
+    def row(name: str, path: Path) -> None:
+        acc, cos = accuracy(path)
+        print(f"| {name} | {acc:.1f} | {acc - base:+.1f} | {cos:.4f} | {path.stat().st_size / 2**20:.2f} |", flush=True)
+
+    if args.plain:
+        plain = work / "plain.onnx"
+        calib = [{"pixel_values": pixels[i][None]} for i in train[:CALIB]]
+        quantize_static(str(fp32), str(plain), FeedReader(calib), quant_format=QuantFormat.QDQ)
+        row("onnxruntime quantize_static defaults (per-tensor MinMax)", plain)
+    for name in args.variants:
+        device, recipe, n = VARIANTS[name]
+        calib = [{"pixel_values": pixels[i][None]} for i in train[:n]]
+        out = work / f"{name}.onnx"
         t = time.time()
-        report = quantize_component(fp32, out, "vision_encoder", recipe, Context(calib, load_profile(device), work), 64)
-        rows.append((name, *accuracy(out), out.stat().st_size))
+        report = quantize_component(fp32, out, "vision_encoder", recipe(), Context(calib, load_profile(device), work), 64)
         print(f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)", file=sys.stderr)
-    print("| encoder | MNIST probe accuracy % | feature cosine vs float | file MiB |\n|---|---|---|---|")
-    for name, acc, cos, size in rows:
-        print(f"| {name} | {acc:.1f} | {cos:.4f} | {size / 2**20:.2f} |")
-    shutil.rmtree(work)
+        row(name, out)
+    if not args.work:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     Gather with bits 4/8                    -> weight_only (an embedding lookup does no arithmetic)
     bits 8, method dynamic                  -> dynamic_int8
     bits 8, method minmax/percentile/entropy -> static_int8 (calibrated QDQ)
-    method rtn/k_quant/gptq/hqq             -> weight_only (MatMulNBits); int4 Conv -> conv_weight_only
+    method rtn/k_quant/gptq/hqq             -> weight_only (MatMulNBits); Conv -> conv_weight_only
+    method clip_search                      -> clip_search (MatMulNBits with searched scales)
 
 Passes run weight-only first, then dynamic, then static (calibrating the graph as it will run),
 then fp16. Every weighted node left in float is listed with the reason.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers import conv_weight_only, dynamic_int8, fp16, static_int8, weight_only
+from edgemfm.quantizers import clip_search, conv_weight_only, dynamic_int8, fp16, static_int8, weight_only
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe
@@ -32,7 +33,7 @@ QUANT_OPS = (
     "MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
     "QuantizeLinear", "DequantizeLinear", "Gather(int8 rows)",
 )
-PASSES = (weight_only, conv_weight_only, dynamic_int8, static_int8)  # in this order
+PASSES = (weight_only, clip_search, conv_weight_only, dynamic_int8, static_int8)  # in this order
 
 
 def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
@@ -45,13 +46,13 @@ def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
         return dynamic_int8
     if spec.method in static_int8.CALIBRATORS:
         return static_int8
-    if spec.method in weight_only.ALGORITHMS:
+    if spec.method in weight_only.ALGORITHMS or spec.method in clip_search.METHODS:
         if unit.op == "MatMul":
-            return weight_only
-        if unit.op == "Conv" and spec.bits == 4:
-            return conv_weight_only  # round-to-nearest blocks whatever the method: the others are MatMul-only
-        return f"{unit.op}: weight-only {spec.method} int{spec.bits} covers MatMul, Gather and int4 Conv"
-    known = ["dynamic", *static_int8.CALIBRATORS, *weight_only.ALGORITHMS]
+            return clip_search if spec.method in clip_search.METHODS else weight_only
+        if unit.op == "Conv":
+            return conv_weight_only  # int4 blocks / int8 channels whatever the method: the others are MatMul-only
+        return f"{unit.op}: weight-only {spec.method} int{spec.bits} covers MatMul, Gather and Conv"
+    known = ["dynamic", *static_int8.CALIBRATORS, *weight_only.ALGORITHMS, *clip_search.METHODS]
     raise ConfigError(f"quantization method {spec.method!r} is unknown; allowed: {', '.join(known)}")
 
 
@@ -103,7 +104,7 @@ def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx
     specs = sorted({(spec.bits, spec.group_size, spec.method) for _, spec, _ in passes})
     notes = {
         u.name: "depthwise Conv: int8 per channel (a 1-wide input axis has no int4 blocks)"
-        for scheme, _, us in passes if scheme is conv_weight_only for u in us if conv_weight_only.depthwise(u)
+        for scheme, spec, us in passes if scheme is conv_weight_only and spec.bits == 4 for u in us if conv_weight_only.depthwise(u)
     }
     return {
         "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],

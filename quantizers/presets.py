@@ -8,9 +8,14 @@ into a `Recipe`:
 |-------------|---------------------------------|----------------------------------------|---------------------------------------------|
 | gpu-tensorrt| TensorRT / CUDA                 | symmetric QDQ, percentile calibration  | MatMulNBits, fp32 compute                   |
 | npu-android | QNN / NNAPI                     | symmetric QDQ, percentile calibration  | MatMulNBits, int8 compute (8da4w)           |
-| arm-cpu     | XNNPACK                         | dynamic, per-channel                   | MatMulNBits, int8 compute (dot product)     |
-| x86-cpu     | CPU                             | dynamic u8s8, per-channel              | MatMulNBits, int8 compute (VNNI/AVX2)       |
+| arm-cpu     | XNNPACK                         | weight-only int8 (MatMulNBits blocks)  | MatMulNBits, int8 compute (dot product)     |
+| x86-cpu     | CPU                             | weight-only int8 (MatMulNBits blocks)  | MatMulNBits, int8 compute (VNNI/AVX2)       |
 
+On the CPUs, int8 is weight-only: int8 blocks (convolutions: int8 per output channel) with float
+activations. Dynamic int8 quantizes activations per tensor, and one outlier channel of a real
+LLM's hidden state spoils a whole tensor's scale (SmolLM2-135M: perplexity +69%); even per block
+(MatMulNBits' int8 compute) it cost +1.4%, against +0.4% weight-only (BENCHMARKS.md). `dynamic`
+stays available to recipes.
 Embedding tables get weight-only int8 rows (int8) or int4 blocks (int4) whatever the kind.
 
 Example:
@@ -35,17 +40,19 @@ PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 
 class Target:
     kind: str
     providers: tuple[str, ...]  # a profile whose first execution provider is one of these
-    int8: QuantSpec
+    int8: QuantSpec  # a weight-only (rtn) one gets its group size from the profile
     int4: QuantSpec  # group_size 0 here: filled from the profile
 
 
 _QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
-_DYNAMIC = QuantSpec(bits=8, symmetric=True, method="dynamic", activation_bits=8)
+# group_size 0: filled from the profile. Weight-only: int8 compute (accuracy_level 4) measured +1.4-1.7%
+# perplexity on SmolLM2-135M against +0.4% for fp32 compute (BENCHMARKS.md)
+_BLOCKS8 = QuantSpec(bits=8, symmetric=True, method="rtn", activation_bits=0)
 TARGETS = (
     Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=0)),
     Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=8)),
-    Target("arm-cpu", ("XnnpackExecutionProvider",), _DYNAMIC, QuantSpec(bits=4, activation_bits=8)),
-    Target("x86-cpu", ("CPUExecutionProvider",), _DYNAMIC, QuantSpec(bits=4, activation_bits=8)),
+    Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, activation_bits=8)),
+    Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, activation_bits=8)),
 )
 
 
@@ -68,7 +75,7 @@ def specs(profile: DeviceProfile) -> dict[int, QuantSpec]:
     t = target_of(profile)
     out = {32: None}
     if 8 in profile.weight_bits:
-        out[8] = t.int8
+        out[8] = replace(t.int8, group_size=group_size(profile)) if t.int8.method == "rtn" else t.int8
     if 4 in profile.weight_bits:
         out[4] = replace(t.int4, group_size=group_size(profile))
     if 16 in profile.weight_bits:

@@ -66,17 +66,23 @@ def quantize(
     memory_budget_mb: float | None = None,
     accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB,
     bar: Any = None,
+    recipe: Recipe | None = None,
 ) -> Manifest:
-    """Quantize the component graphs in `stage` in place; the manifest with recipe, sizes and report."""
-    if precision == "fp32":
+    """Quantize the component graphs in `stage` in place; the manifest with recipe, sizes and report.
+
+    `recipe`, when given, replaces the preset of `precision` (which then only labels the report).
+    """
+    if precision == "fp32" and recipe is None:
         return manifest
     with _quiet_ort():
-        return _quantize(stage, manifest, profile, precision, scratch, calibration, memory_budget_mb, accuracy_tolerance_db, bar)
+        return _quantize(stage, manifest, profile, precision, scratch, calibration, memory_budget_mb, accuracy_tolerance_db, bar, recipe)
 
 
 def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision: str, scratch: Path,
-              calibration: str | Path | None, memory_budget_mb: float | None, accuracy_tolerance_db: float, bar: Any) -> Manifest:
-    recipe = None if precision == "auto" else presets.recipe_for(profile, precision)
+              calibration: str | Path | None, memory_budget_mb: float | None, accuracy_tolerance_db: float, bar: Any,
+              recipe: Recipe | None) -> Manifest:
+    if recipe is None and precision != "auto":
+        recipe = presets.recipe_for(profile, precision)
     float_dir = scratch / "float"
     float_dir.mkdir(parents=True, exist_ok=True)
     for c in manifest.components.values():

@@ -10,6 +10,8 @@ Example:
     'text_decoder/layers.3/mlp.down_proj'
     >>> unit_name("text_decoder", "lm_head")
     'text_decoder/lm_head'
+    >>> unit_name("vision_encoder", "net._blocks.3._bn1")
+    'vision_encoder/blocks.3/_bn1'
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# A repeated block of a transformer or CNN: layers.3, layer.3, blocks.3, h.3, stages.3 ...
-_BLOCK = re.compile(r"(?:^|\.)((?:layers|layer|blocks|block|h|stages)\.\d+)(?:\.(.+))?$")
+# A repeated block of a transformer or CNN: layers.3, layer.3, blocks.3, h.3, stages.3, and the
+# private spellings some CNN code uses (EfficientNet's `_blocks.3`) ...
+_BLOCK = re.compile(r"(?:^|\.)_?((?:layers|layer|blocks|block|h|stages)\.\d+)(?:\.(.+))?$")
 # op type -> index of the input holding the weight
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
 # Smaller weights are not worth a quantize/dequantize pair: they cost more time than bytes saved.

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edgemfm.errors import ConfigError
-from edgemfm.quantizers.context import Context, FeedReader
+from edgemfm.errors import ConfigError, InputError
+from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
 
@@ -45,23 +45,17 @@ def _k_quant(spec: QuantSpec, ctx: Context) -> Any:
     return KQuantWeightOnlyQuantConfig()
 
 
-def _gptq(spec: QuantSpec, ctx: Context) -> Any:
-    from onnxruntime.quantization.matmul_nbits_quantizer import GPTQWeightOnlyQuantConfig
-
-    return GPTQWeightOnlyQuantConfig(calibration_data_reader=FeedReader(ctx.feeds), block_size=spec.group_size)
-
-
 def _hqq(spec: QuantSpec, ctx: Context) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
     return HQQWeightOnlyQuantConfig(block_size=spec.group_size, bits=spec.bits)
 
 
-# method -> (ORT algorithm config factory, bits it takes, whether it honours `symmetric`)
-ALGORITHMS: dict[str, tuple[Callable[[QuantSpec, Context], Any], tuple[int, ...]]] = {
+# method -> (ORT algorithm config factory, bits it takes); gptq has none: `_gptq_apply` calls its quantizer
+ALGORITHMS: dict[str, tuple[Callable[[QuantSpec, Context], Any] | None, tuple[int, ...]]] = {
     "rtn": (_rtn, (4, 8)),
     "k_quant": (_k_quant, (4,)),
-    "gptq": (_gptq, (4,)),
+    "gptq": (None, (4,)),
     "hqq": (_hqq, (4,)),
 }
 
@@ -89,7 +83,9 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in chosen]
     matmuls = [u for u in units if u.op == "MatMul"]
     gathers = [u for u in units if u.op == "Gather"]
-    if matmuls:
+    if matmuls and spec.method == "gptq":
+        model = _gptq_apply(model, matmuls, spec, ctx)
+    elif matmuls:
         factory, _ = ALGORITHMS[spec.method]
         q = MatMulNBitsQuantizer(
             model, bits=spec.bits, block_size=spec.group_size, is_symmetric=spec.symmetric,
@@ -113,6 +109,28 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         if node.op_type == "MatMulNBits":
             _set_accuracy_level(node, level)
     return model
+
+
+def _gptq_apply(model: Any, matmuls: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
+    """GPTQ on the chosen MatMuls only, through the quantizer ORT's GPTQ config calls.
+
+    Called directly because `MatMulNBitsQuantizer` passes its `nodes_to_exclude` to RTN but not to
+    GPTQ, which would then quantize every MatMul of the graph, whatever the recipe says.
+    """
+    from onnxruntime.quantization.neural_compressor import gptq_quantize
+
+    if not ctx.feeds:
+        raise InputError("GPTQ needs calibration data and none reached this component")
+    chosen = {u.node for u in matmuls}
+    config = {
+        n.name: {"bits": spec.bits, "group_size": spec.group_size, "scheme": "sym" if spec.symmetric else "asym", "algorithm": "GPTQ"}
+        if n.name in chosen else "fp32"
+        for n in model.graph.node if n.op_type == "MatMul"
+    }
+    feeds = ((f, None) for f in ctx.feeds)  # its loader protocol: (inputs, label)
+    out = gptq_quantize(model, feeds, weight_config=config, num_bits=spec.bits, group_size=spec.group_size,
+                        scheme="sym" if spec.symmetric else "asym", n_samples=-1, percdamp=0.01, blocksize=128)
+    return out.model
 
 
 def _set_accuracy_level(node: Any, level: int) -> None:

@@ -64,18 +64,29 @@ def test_unit_names_follow_the_module_hierarchy(default_bundle):
     assert names[0] == "text_decoder/layers.0/self_attn.q_proj" and names[-1] == "text_decoder/lm_head"
     assert sum(n.startswith("text_decoder/layers.3/") for n in names) == 7
     assert unit_name("vision_encoder", "llava.vision_tower.encoder.layers.0.mlp.fc1") == "vision_encoder/layers.0/mlp.fc1"
+    assert unit_name("vision_encoder", "net._blocks.12._bn1") == "vision_encoder/blocks.12/_bn1"  # EfficientNet's spelling
 
 
-def test_x86_int8_is_dynamic_u8s8_per_channel(quantized):
+def nbits(stage: Path, component: str) -> Counter:
+    """(bits, block_size, accuracy_level) of each MatMulNBits node of a component."""
+    g = onnx.load(str(stage / f"{component}.onnx")).graph
+    attrs = ({a.name: a.i for a in n.attribute} for n in g.node if n.op_type == "MatMulNBits")
+    return Counter((a["bits"], a["block_size"], a.get("accuracy_level")) for a in attrs)
+
+
+def test_x86_int8_is_weight_only_int8(quantized):
+    """MatMuls: int8 weight blocks with fp32 compute; the Conv: int8 per output channel behind a DequantizeLinear."""
     m, stage = quantized("host", "int8")
     q = m.report["quantization"]
-    assert ops(stage, "text_decoder")["MatMulInteger"] == DECODER_MATMULS
-    assert ops(stage, "vision_encoder")["MatMulInteger"] == VISION_MATMULS and ops(stage, "vision_encoder")["ConvInteger"] == 1
+    assert nbits(stage, "text_decoder") == {(8, 64, None): DECODER_MATMULS}
+    assert nbits(stage, "vision_encoder") == {(8, 64, None): VISION_MATMULS}
+    assert qdq_weighted(stage, "vision_encoder", "Conv") == 1 and ops(stage, "vision_encoder")["QuantizeLinear"] == 0
+    assert ops(stage, "text_decoder")["MatMulInteger"] == 0 and not q["vision_encoder"]["notes"]
     assert q["token_embedding"]["quantized_nodes"] == {"Gather(int8 rows)": 1}
     assert ops(stage, "text_decoder")["MultiHeadAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
     assert tuple(q["vision_encoder"]["float_units"]) == VISION_FLOAT
     assert q["vision_encoder"]["sqnr_db"] >= 20 and q["token_embedding"]["sqnr_db"] >= 40
-    assert q["text_decoder"]["sqnr_db"] >= 12 and q["text_decoder"]["cosine"] >= 0.98
+    assert q["text_decoder"]["sqnr_db"] >= 25 and q["text_decoder"]["cosine"] >= 0.99
 
 
 def test_jetson_int8_is_symmetric_static_qdq(quantized, default_bundle):
@@ -124,11 +135,40 @@ def test_int4_is_matmulnbits_with_the_devices_compute(quantized, device, level):
     assert q["token_embedding"]["sqnr_db"] >= 18 and q["vision_encoder"]["cosine"] >= 0.9
 
 
-def test_android_int8_is_static_qdq_and_pi_int8_dynamic(quantized):
+def test_android_int8_is_static_qdq_and_pi_int8_blocks(quantized):
     m, stage = quantized("android", "int8")
     assert qdq_weighted(stage, "text_decoder", "MatMul") == DECODER_MATMULS
     m, stage = quantized("pi5", "int8")
-    assert ops(stage, "text_decoder")["MatMulInteger"] == DECODER_MATMULS
+    assert nbits(stage, "text_decoder") == {(8, 64, None): DECODER_MATMULS}
+
+
+def test_dynamic_int8_stays_available_by_recipe(default_bundle, tmp_path):
+    """Per-tensor dynamic int8 (MatMulInteger) is no preset any more, but a recipe can still ask for it."""
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+
+    recipe = Recipe(rules=(Rule("*", QuantSpec(bits=8, method="dynamic", activation_bits=8)),))
+    report = quantize_component(default_bundle / "text_decoder.onnx", tmp_path / "d.onnx", "text_decoder", recipe,
+                                Context([], load_profile("host"), tmp_path))
+    assert report["quantized_nodes"]["MatMulInteger"] == DECODER_MATMULS
+
+
+def test_gptq_quantizes_only_what_the_recipe_names(default_bundle, tmp_path):
+    """ORT's MatMulNBitsQuantizer drops nodes_to_exclude for GPTQ: edgemfm calls the GPTQ pass with the exclusions."""
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+    from edgemfm.quantizers.metrics import sqnr_db, outputs
+
+    manifest = read_manifest(default_bundle)
+    feeds = component_feeds(default_bundle, manifest)["text_decoder"][:4]
+    recipe = Recipe(rules=(Rule("text_decoder/layers.0/*", QuantSpec(bits=4, group_size=32, method="gptq")), Rule("*", None)))
+    out = tmp_path / "gptq.onnx"
+    report = quantize_component(default_bundle / "text_decoder.onnx", out, "text_decoder", recipe,
+                                Context(feeds, load_profile("pi5"), tmp_path))
+    assert nbits(tmp_path, "gptq") == {(4, 32, None): 7}
+    assert len(report["float_units"]) == DECODER_MATMULS - 7
+    ref = outputs(default_bundle / "text_decoder.onnx", feeds, "logits")
+    assert sqnr_db(ref, outputs(out, feeds, "logits")) >= 15
 
 
 def test_int8_is_closer_to_float_than_int4(quantized):
@@ -158,7 +198,7 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
     assert bits == {4: 21, 8: 7}
     assert report["float_units"] == {"text_decoder/lm_head": "the recipe keeps it float"}
     bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
-    with pytest.raises(ConfigError, match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq"):
+    with pytest.raises(ConfigError, match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq, clip_search"):
         quantize_component(default_bundle / "text_decoder.onnx", tmp_path / "x.onnx", "text_decoder", bad,
                            Context([], load_profile("pi5"), tmp_path))
 
