@@ -83,7 +83,29 @@ VARIANTS = {
     "int8-host": ("host", lambda: presets.recipe_for(load_profile("host"), "int8"), CALIB),
     "int8-minmax": ("jetson", lambda: _all(QuantSpec(bits=8, method="minmax", activation_bits=8)), CALIB),
     "int4-pi5": ("pi5", lambda: presets.recipe_for(load_profile("pi5"), "int4"), CALIB),
+    "int4-g32": ("pi5", lambda: _all(QuantSpec(bits=4, group_size=32, activation_bits=8)), CALIB),
+    "auto-pi5": ("pi5", "auto", CALIB),  # the planner: int4 / int8 / float per block, at --tolerance dB
+    "auto-jetson": ("jetson", "auto", CALIB),
 }
+
+
+def auto(fp32: Path, calib: list, device: str, tolerance_db: float, work: Path) -> Recipe:
+    """edgemfm's `--precision auto` plan for the encoder alone, as `quantize` makes it for a bundle."""
+    from edgemfm.quantizers.metrics import outputs
+    from edgemfm.quantizers.quantize import auto_recipe
+
+    ctx = Context(calib, load_profile(device), work)
+
+    def measure(component: str, recipe: Recipe) -> np.ndarray:
+        quantize_component(fp32, work / "probe.onnx", component, recipe, ctx, 64)
+        return outputs(work / "probe.onnx", calib, "features")
+
+    refs = {"vision_encoder": outputs(fp32, calib, "features")}
+    recipe, report = auto_recipe(fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), refs, measure, None, tolerance_db)
+    bits = [g["bits"] for g in report["groups"].values()]
+    print(f"auto {device}: groups at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
+          f"tolerance met: {report['tolerance_met']}", file=sys.stderr)
+    return recipe
 
 
 def main() -> None:
@@ -99,6 +121,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
     parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
     parser.add_argument("--plain", action="store_true", help="also onnxruntime's quantize_static with its defaults")
+    parser.add_argument("--tolerance", type=float, default=20.0, help="auto's accuracy tolerance (feature SQNR), dB")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="effnet-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -135,7 +158,8 @@ def main() -> None:
         calib = [{"pixel_values": pixels[i][None]} for i in train[:n]]
         out = work / f"{name}.onnx"
         t = time.time()
-        report = quantize_component(fp32, out, "vision_encoder", recipe(), Context(calib, load_profile(device), work), 64)
+        chosen = auto(fp32, calib, device, args.tolerance, work) if recipe == "auto" else recipe()
+        report = quantize_component(fp32, out, "vision_encoder", chosen, Context(calib, load_profile(device), work), 64)
         print(f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)", file=sys.stderr)
         row(name, out)
     if not args.work:

@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
     parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
     parser.add_argument("--tolerance", type=float, default=20.0, help="auto's accuracy tolerance, dB")
+    parser.add_argument("--memory-budget", type=float, help="auto's weight budget, MiB (default: the profile's)")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -184,7 +185,8 @@ def main() -> None:
         if isinstance(what, Recipe):
             m = quantize(stage, manifest, profile, "int4", work / "scratch", recipe=what)
         else:
-            m = quantize(stage, manifest, profile, what, work / "scratch", accuracy_tolerance_db=args.tolerance)
+            m = quantize(stage, manifest, profile, what, work / "scratch", accuracy_tolerance_db=args.tolerance,
+                         memory_budget_mb=args.memory_budget)
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}

@@ -8,20 +8,22 @@ into a `Recipe`:
 |-------------|---------------------------------|----------------------------------------|---------------------------------------------|
 | gpu-tensorrt| TensorRT / CUDA                 | symmetric QDQ, percentile calibration  | MatMulNBits, fp32 compute                   |
 | npu-android | QNN / NNAPI                     | symmetric QDQ, percentile calibration  | MatMulNBits, int8 compute (8da4w)           |
-| arm-cpu     | XNNPACK                         | weight-only int8 (MatMulNBits blocks)  | MatMulNBits, int8 compute (dot product)     |
-| x86-cpu     | CPU                             | weight-only int8 (MatMulNBits blocks)  | MatMulNBits, int8 compute (VNNI/AVX2)       |
 
-On the CPUs, int8 is weight-only: int8 blocks (convolutions: int8 per output channel) with float
-activations. Dynamic int8 quantizes activations per tensor, and one outlier channel of a real
-LLM's hidden state spoils a whole tensor's scale (SmolLM2-135M: perplexity +69%); even per block
-(MatMulNBits' int8 compute) it cost +1.4%, against +0.4% weight-only (BENCHMARKS.md). `dynamic`
-stays available to recipes.
+Every int4 MatMul gets `clip_search` scales (searched per block against calibration activations).
+| arm-cpu     | XNNPACK                         | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (dot product)     |
+| x86-cpu     | CPU                             | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (VNNI/AVX2)       |
+
+On the CPUs, int8 MatMuls are int8 blocks whose activations are quantized per block of 32 at run
+time, not per tensor (`quantize_dynamic`, still available to recipes as method `dynamic`): one
+outlier channel of a real LLM's hidden state spoils a whole tensor's scale (SmolLM2-135M:
+perplexity +69% per tensor, +1.4% per block). Convolutions get int8 weights per output channel
+(weight-only).
 Embedding tables get weight-only int8 rows (int8) or int4 blocks (int4) whatever the kind.
 
 Example:
     >>> from edgemfm.profiles import load_profile
     >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/layers.0/mlp.up_proj")
-    QuantSpec(bits=4, group_size=64, symmetric=True, method='rtn', activation_bits=8)
+    QuantSpec(bits=4, group_size=64, symmetric=True, method='clip_search', activation_bits=8)
 """
 
 from __future__ import annotations
@@ -40,19 +42,21 @@ PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 
 class Target:
     kind: str
     providers: tuple[str, ...]  # a profile whose first execution provider is one of these
-    int8: QuantSpec  # a weight-only (rtn) one gets its group size from the profile
+    int8: QuantSpec
     int4: QuantSpec  # group_size 0 here: filled from the profile
 
 
 _QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
-# group_size 0: filled from the profile. Weight-only: int8 compute (accuracy_level 4) measured +1.4-1.7%
-# perplexity on SmolLM2-135M against +0.4% for fp32 compute (BENCHMARKS.md)
-_BLOCKS8 = QuantSpec(bits=8, symmetric=True, method="rtn", activation_bits=0)
+# int8 compute (accuracy_level 4): SmolLM2-135M decodes 2x faster than fp32 at +1.4% perplexity; fp32
+# compute is +0.5% but 4x slower than fp32 (ORT de-quantizes int8 blocks at every call). Blocks of 32:
+# the activations are quantized per block too, and 32 beat 128 (+1.7%). BENCHMARKS.md has the table.
+_BLOCKS8 = QuantSpec(bits=8, group_size=32, symmetric=True, method="rtn", activation_bits=8)
+# int4: searched scales beat ORT's round-to-nearest and GPTQ on SmolLM2-135M at g64 (BENCHMARKS.md)
 TARGETS = (
-    Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=0)),
-    Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, activation_bits=8)),
-    Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, activation_bits=8)),
-    Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, activation_bits=8)),
+    Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=0)),
+    Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
+    Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
+    Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
 )
 
 
@@ -75,7 +79,7 @@ def specs(profile: DeviceProfile) -> dict[int, QuantSpec]:
     t = target_of(profile)
     out = {32: None}
     if 8 in profile.weight_bits:
-        out[8] = replace(t.int8, group_size=group_size(profile)) if t.int8.method == "rtn" else t.int8
+        out[8] = t.int8
     if 4 in profile.weight_bits:
         out[4] = replace(t.int4, group_size=group_size(profile))
     if 16 in profile.weight_bits:

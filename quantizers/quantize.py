@@ -103,7 +103,8 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
 
     plan_report: dict[str, Any] = {}
     if recipe is None:
-        recipe, plan_report = _auto(float_dir, manifest, profile, refs, measure, memory_budget_mb, accuracy_tolerance_db, bar, task)
+        files = {n: c.file for n, c in manifest.components.items() if n in refs}
+        recipe, plan_report = auto_recipe(float_dir, files, profile, refs, measure, memory_budget_mb, accuracy_tolerance_db, bar, task)
     report, components = {}, dict(manifest.components)
     for name, c in manifest.components.items():
         if bar:
@@ -122,12 +123,18 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
     )
 
 
-def _auto(float_dir: Path, manifest: Manifest, profile: DeviceProfile, refs: dict[str, np.ndarray], measure: Any,
-          memory_budget_mb: float | None, tolerance_db: float, bar: Any, task: Any) -> tuple[Recipe, dict[str, Any]]:
-    """The auto plan: sensitivity per group, then bits per group under budget and tolerance."""
+def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, refs: dict[str, np.ndarray], measure: Any,
+                memory_budget_mb: float | None, tolerance_db: float, bar: Any = None, task: Any = None) -> tuple[Recipe, dict[str, Any]]:
+    """The auto plan: sensitivity per group, then bits per group under budget and tolerance.
+
+    `files`: component -> its float graph in `float_dir`; `refs`: component -> its float outputs on
+    the calibration feeds; `measure(component, recipe)`: that component's outputs quantized by `recipe`.
+
+    Example:
+        >>> recipe, report = auto_recipe(d, {"vision_encoder": "v.onnx"}, load_profile("pi5"), refs, measure, None, 20.0)  # doctest: +SKIP
+    """
     available = presets.specs(profile)
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
-    files = {n: c.file for n, c in manifest.components.items() if n in refs}
     if bar:
         bar.update(task, description="measuring sensitivity", total=None, completed=0)
     groups = planner.sensitivity(float_dir, files, refs, measure, ladder[0], lambda: bar and bar.advance(task))

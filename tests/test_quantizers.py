@@ -74,12 +74,12 @@ def nbits(stage: Path, component: str) -> Counter:
     return Counter((a["bits"], a["block_size"], a.get("accuracy_level")) for a in attrs)
 
 
-def test_x86_int8_is_weight_only_int8(quantized):
-    """MatMuls: int8 weight blocks with fp32 compute; the Conv: int8 per output channel behind a DequantizeLinear."""
+def test_x86_int8_is_int8_blocks_with_int8_compute(quantized):
+    """MatMuls: int8 weight blocks of 32, int8 compute; the Conv: int8 per output channel behind a DequantizeLinear."""
     m, stage = quantized("host", "int8")
     q = m.report["quantization"]
-    assert nbits(stage, "text_decoder") == {(8, 64, None): DECODER_MATMULS}
-    assert nbits(stage, "vision_encoder") == {(8, 64, None): VISION_MATMULS}
+    assert nbits(stage, "text_decoder") == {(8, 32, 4): DECODER_MATMULS}
+    assert nbits(stage, "vision_encoder") == {(8, 32, 4): VISION_MATMULS}
     assert qdq_weighted(stage, "vision_encoder", "Conv") == 1 and ops(stage, "vision_encoder")["QuantizeLinear"] == 0
     assert ops(stage, "text_decoder")["MatMulInteger"] == 0 and not q["vision_encoder"]["notes"]
     assert q["token_embedding"]["quantized_nodes"] == {"Gather(int8 rows)": 1}
@@ -139,7 +139,7 @@ def test_android_int8_is_static_qdq_and_pi_int8_blocks(quantized):
     m, stage = quantized("android", "int8")
     assert qdq_weighted(stage, "text_decoder", "MatMul") == DECODER_MATMULS
     m, stage = quantized("pi5", "int8")
-    assert nbits(stage, "text_decoder") == {(8, 64, None): DECODER_MATMULS}
+    assert nbits(stage, "text_decoder") == {(8, 32, 4): DECODER_MATMULS}
 
 
 def test_dynamic_int8_stays_available_by_recipe(default_bundle, tmp_path):
@@ -255,7 +255,7 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
     m = read_manifest(out)
     assert Manifest.from_json(m.to_json()) == m  # the recipe and the report round-trip
-    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, activation_bits=8)
+    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8)
     assert m.report["quantization"]["text_decoder"]["quantized_nodes"] == {"MatMulNBits": DECODER_MATMULS}
     assert sum(f.bytes for f in m.files.values()) < 0.3 * 9.6 * 2**20
     tokens = list(edgemfm.load(out).generate_tokens("What is in the picture?", images=[picture], max_new_tokens=4))
@@ -263,7 +263,7 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int4/rtn/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
+    assert "int4/clip_search/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
     assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
 
 
@@ -272,3 +272,56 @@ def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placehold
 
     assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int8", "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
     assert "calibration folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_clip_search_writes_matmulnbits_that_onnxruntime_reads_as_packed(bits, tmp_path):
+    """The packed blobs and scales decode (in ORT) to exactly the integers x scales clip_search chose."""
+    import onnxruntime as ort
+
+    from edgemfm.quantizers import clip_search
+    from edgemfm.quantizers.context import Context
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(4, size=(200, 48)).astype(np.float32)  # K not a multiple of the block: padded
+    x = rng.standard_normal((6, 200)).astype(np.float32) * np.linspace(0.1, 3.0, 200, dtype=np.float32)
+    model = _one_matmul(w)
+    units, _ = weighted_units(model, "c")
+    spec = QuantSpec(bits=bits, group_size=64, method="clip_search")
+    out = clip_search.apply(model, units, spec, Context([{"x": x}], load_profile("host"), tmp_path))
+    assert Counter(n.op_type for n in out.graph.node) == {"MatMulNBits": 1} and len(out.graph.initializer) == 2
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    q, s = clip_search.quantize_blocks(w, bits, 64, (x.astype(np.float64) ** 2).mean(0))
+    dequant = (q * s[:, :, None]).reshape(48, -1)[:, :200].T
+    assert np.abs(got - x @ dequant).max() < 1e-4
+
+
+def test_clip_search_beats_absmax_rounding_where_the_activations_are():
+    """Searched scales: less weight error than absmax RTN, and less still on the channels the activations load."""
+    from edgemfm.quantizers.clip_search import quantize_blocks
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_t(4, size=(256, 64)).astype(np.float32)
+    h = np.linspace(0.01, 10.0, 256)  # activation mean squares per input channel
+
+    def err(q, s, weight):
+        dq = (q * s[:, :, None]).reshape(64, -1).T
+        return float((weight[:, None] * (dq - w) ** 2).sum())
+
+    absmax = np.abs(w.T.reshape(64, 4, 64)).max(axis=2) / 7
+    q_rtn = np.clip(np.round(w.T.reshape(64, 4, 64) / absmax[:, :, None]), -8, 7)
+    flat = np.ones(256)
+    assert err(*quantize_blocks(w, 4, 64, None), flat) < 0.9 * err(q_rtn, absmax, flat)
+    assert err(*quantize_blocks(w, 4, 64, h), h) < err(*quantize_blocks(w, 4, 64, None), h)
