@@ -40,8 +40,8 @@ def check(spec: QuantSpec) -> None:
         raise ConfigError("method 'clip_search' is symmetric only; allowed: symmetric=True")
 
 
-def activation_moments(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Mean square per channel (last axis) of each tensor in `inputs` over the calibration feeds."""
+def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mean square, max |x|) per channel (last axis) of each tensor in `inputs` over the calibration feeds."""
     import onnx
     import onnxruntime as ort
 
@@ -56,14 +56,16 @@ def activation_moments(model: Any, inputs: list[str], feeds: list[dict[str, np.n
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     sums: dict[str, np.ndarray] = {}
+    peaks: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
     for feed in feeds:
         got = session.run(inputs, {k: v for k, v in feed.items() if k in names})
         for n, x in zip(inputs, got):
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
             sums[n] = sums.get(n, 0.0) + (x**2).sum(axis=0)
+            peaks[n] = np.maximum(peaks.get(n, 0.0), np.abs(x).max(axis=0))
             rows[n] = rows.get(n, 0) + x.shape[0]
-    return {n: sums[n] / rows[n] for n in inputs}
+    return {n: (sums[n] / rows[n], peaks[n]) for n in inputs}
 
 
 def quantize_blocks(w: np.ndarray, bits: int, block: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,12 +108,12 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     inits = {i.name: i for i in graph.initializer}
     chosen = [u for u in units if u.op == "MatMul" and len(u.shape) == 2]
     assert len(chosen) == len(units), "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
-    moments = activation_moments(model, sorted({nodes[u.node].input[0] for u in chosen}), list(ctx.feeds))
+    stats = activation_stats(model, sorted({nodes[u.node].input[0] for u in chosen}), list(ctx.feeds))
     level = 4 if spec.activation_bits == 8 else 0
     for u in chosen:
         node = nodes[u.node]
         w = numpy_helper.to_array(inits[u.weight])
-        q, scales = quantize_blocks(w, spec.bits, spec.group_size, moments.get(node.input[0]))
+        q, scales = quantize_blocks(w, spec.bits, spec.group_size, stats[node.input[0]][0] if stats else None)
         k, n = w.shape
         base = f"{u.weight}_{u.node}"
         graph.initializer.extend([

@@ -13,11 +13,11 @@ Every int4 MatMul gets `clip_search` scales (searched per block against calibrat
 | arm-cpu     | XNNPACK                         | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (dot product)     |
 | x86-cpu     | CPU                             | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (VNNI/AVX2)       |
 
-On the CPUs, int8 MatMuls are int8 blocks whose activations are quantized per block of 32 at run
-time, not per tensor (`quantize_dynamic`, still available to recipes as method `dynamic`): one
-outlier channel of a real LLM's hidden state spoils a whole tensor's scale (SmolLM2-135M:
-perplexity +69% per tensor, +1.4% per block). Convolutions get int8 weights per output channel
-(weight-only).
+On the CPUs, int8 MatMuls are int8 blocks whose activations are smoothed (SmoothQuant) and
+quantized per block of 32 at run time, not per tensor (`quantize_dynamic`, still available to
+recipes as method `dynamic`): one outlier channel of a real LLM's hidden state spoils a whole
+tensor's scale (SmolLM2-135M: perplexity +69% per tensor, +1.4% per block, -0.2% smoothed).
+Convolutions get int8 weights per output channel (weight-only).
 Embedding tables get weight-only int8 rows (int8) or int4 blocks (int4) whatever the kind.
 
 Example:
@@ -47,9 +47,9 @@ class Target:
 
 
 _QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
-# int8 compute (accuracy_level 4): SmolLM2-135M decodes 2x faster than fp32 at +1.4% perplexity; fp32
-# compute is +0.5% but 4x slower than fp32 (ORT de-quantizes int8 blocks at every call). Blocks of 32:
-# the activations are quantized per block too, and 32 beat 128 (+1.7%). BENCHMARKS.md has the table.
+# int8 compute (accuracy_level 4), smoothed: SmolLM2-135M decodes 2x faster than fp32 at -0.2% perplexity
+# (+1.4% unsmoothed); fp32 compute is +0.5% but 4x slower than fp32 (ORT de-quantizes int8 blocks at
+# every call). Blocks of 32: activations are quantized per block too; 32 beat 128. BENCHMARKS.md.
 _BLOCKS8 = QuantSpec(bits=8, group_size=32, symmetric=True, method="rtn", activation_bits=8)
 # int4: searched scales beat ORT's round-to-nearest and GPTQ on SmolLM2-135M at g64 (BENCHMARKS.md)
 TARGETS = (

@@ -325,3 +325,39 @@ def test_clip_search_beats_absmax_rounding_where_the_activations_are():
     flat = np.ones(256)
     assert err(*quantize_blocks(w, 4, 64, None), flat) < 0.9 * err(q_rtn, absmax, flat)
     assert err(*quantize_blocks(w, 4, 64, h), h) < err(*quantize_blocks(w, 4, 64, None), h)
+
+
+def test_smoothing_keeps_the_product_and_helps_int8_compute_with_outlier_channels(tmp_path):
+    """SmoothQuant scales: the float output is unchanged; MatMulNBits int8 compute gains SQNR on outlier activations."""
+    import onnxruntime as ort
+
+    from edgemfm.quantizers import weight_only
+    from edgemfm.quantizers.context import Context
+    from edgemfm.quantizers.metrics import sqnr_db
+    from edgemfm.quantizers.smoothing import smooth
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((128, 64)).astype(np.float32) * 0.05
+    x = rng.standard_normal((32, 128)).astype(np.float32)
+    x[:, [5, 70]] *= 60.0  # two massive channels, as real LLM hidden states have
+    ctx = Context([{"x": x}], load_profile("host"), tmp_path)
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    model = _one_matmul(w)
+    units, _ = weighted_units(model, "c")
+    smoothed = smooth(_one_matmul(w), units, ctx)
+    assert Counter(n.op_type for n in smoothed.graph.node) == {"Mul": 1, "MatMul": 1}
+    assert np.abs(run(smoothed) - x @ w).max() < 1e-3 * np.abs(x @ w).max()
+    spec = QuantSpec(bits=8, group_size=32, activation_bits=8)
+    with_smoothing = run(weight_only.apply(_one_matmul(w), units, spec, ctx))
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(_one_matmul(w), bits=8, block_size=32, is_symmetric=True,
+                             algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8))
+    q.process()
+    plain = q.model.model
+    for n in plain.graph.node:
+        n.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    assert sqnr_db(x @ w, with_smoothing) >= sqnr_db(x @ w, run(plain)) + 6
