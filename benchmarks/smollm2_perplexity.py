@@ -59,6 +59,10 @@ VARIANTS: dict[str, tuple[str, str | Recipe]] = {
     "int4-clip-g64": ("pi5", _blocks("clip_search", 64)),
     "int4-clip-g128": ("pi5", _blocks("clip_search", 128)),
     "int4-pi5": ("pi5", "int4"),
+    "int4-clip-g64-edges-int8": ("pi5", Recipe(rules=(  # the tied table's two copies at int8, the blocks int4
+        Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+        Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+        Rule("*", QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8))))),
     "auto-pi5": ("pi5", "auto"),
 }
 

@@ -6,7 +6,8 @@
    int4's (4 more bits, 24 dB), the uniform-quantizer model.
 2. Plan: start everything at the device's int4 and, while a component's predicted SQNR (signal
    over the sum of its groups' noise) is under the tolerance and the budget allows, move up one
-   step (int4 -> int8 -> float) the group that buys the most noise reduction per byte added.
+   step (int4 -> int8 -> float) the group that buys the most noise reduction (relative to its
+   component's signal) per byte added.
 3. The plan is then measured for real; a component still under the tolerance gets its noisiest
    group raised again (a few rounds). What the budget did not allow is written in the report.
 
@@ -90,7 +91,8 @@ def choose(groups: list[Group], signals: dict[str, float], ladder: list[QuantSpe
             extra = g.bytes_at(ladder[g.level + 1], scheme_ok) - g.bytes_at(ladder[g.level], scheme_ok)
             if total() + extra > budget:
                 continue
-            gain = (g.noise_at(ladder[g.level]) - g.noise_at(ladder[g.level + 1])) / max(extra, 1.0)
+            # relative to its component's signal: embeddings and logits differ by orders of magnitude
+            gain = (g.noise_at(ladder[g.level]) - g.noise_at(ladder[g.level + 1])) / signals[g.component] / max(extra, 1.0)
             if gain > best_gain:
                 best, best_gain = g, gain
         if best is None:

@@ -159,7 +159,7 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
         ]
         if not raisable or round_ == planner.ROUNDS:
             break
-        max(raisable, key=lambda g: g.noise_at(ladder[g.level])).level += 1
+        max(raisable, key=lambda g: g.noise_at(ladder[g.level]) / signals[g.component]).level += 1
     met = not short
     if not met:
         log.warning("edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget", tolerance_db, ", ".join(short))

@@ -86,7 +86,7 @@ def test_x86_int8_is_int8_blocks_with_int8_compute(quantized):
     assert ops(stage, "text_decoder")["MultiHeadAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
     assert tuple(q["vision_encoder"]["float_units"]) == VISION_FLOAT
     assert q["vision_encoder"]["sqnr_db"] >= 20 and q["token_embedding"]["sqnr_db"] >= 40
-    assert q["text_decoder"]["sqnr_db"] >= 25 and q["text_decoder"]["cosine"] >= 0.99
+    assert q["text_decoder"]["sqnr_db"] >= 18 and q["text_decoder"]["cosine"] >= 0.98
 
 
 def test_jetson_int8_is_symmetric_static_qdq(quantized, default_bundle):
@@ -361,3 +361,17 @@ def test_smoothing_keeps_the_product_and_helps_int8_compute_with_outlier_channel
     for n in plain.graph.node:
         n.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
     assert sqnr_db(x @ w, with_smoothing) >= sqnr_db(x @ w, run(plain)) + 6
+
+
+def test_planner_compares_groups_of_different_components_by_relative_noise():
+    """An embedding (signal ~1e-2) and logits (~1e4): the budget goes to the group with the worse SQNR, not the larger noise."""
+    from edgemfm.quantizers.planner import Group, choose
+    from edgemfm.quantizers.units import Unit
+
+    int4, int8 = QuantSpec(bits=4, group_size=64), QuantSpec(bits=8, group_size=32)
+    emb = Group("token_embedding/embed", "token_embedding", [Unit("token_embedding/embed", "g", "Gather", "w0", (4096, 64))], noise4=1e-3)
+    dec = Group("text_decoder/layers.0", "text_decoder", [Unit("text_decoder/layers.0/fc", "m", "MatMul", "w1", (64, 4096))], noise4=1e2)
+    ladder = [int4, int8, None]
+    one_raise = sum(g.bytes_at(int4, lambda u, s: True) for g in (emb, dec)) + 4096 * 64 * 0.6
+    choose([emb, dec], {"token_embedding": 1e-2, "text_decoder": 1e4}, ladder, one_raise, 0.0, 30.0, lambda u, s: True)
+    assert (emb.level, dec.level) == (1, 0)  # 10 dB -> 34 dB for the embedding; the decoder was already at 20 dB
