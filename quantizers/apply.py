@@ -45,6 +45,10 @@ def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
     if spec.method == "dynamic":
         return dynamic_int8
     if spec.method in static_int8.CALIBRATORS:
+        if unit.op == "Conv" and conv_weight_only.depthwise(unit):
+            # per-tensor int8 activations around depthwise convs cost EfficientNet-Lite0 0.4 of its
+            # 1.0-point QDQ loss (BENCHMARKS.md); their weights are a few percent of a CNN's bytes
+            return "depthwise Conv: kept float under static QDQ (its per-tensor activations lose the most accuracy)"
         return static_int8
     if spec.method in weight_only.ALGORITHMS or spec.method in clip_search.METHODS:
         if unit.op == "MatMul":

@@ -376,3 +376,15 @@ def test_planner_compares_groups_of_different_components_by_relative_noise():
     one_raise = sum(g.bytes_at(int4, lambda u, s: True) for g in (emb, dec)) + 4096 * 64 * 0.6
     choose([emb, dec], {"token_embedding": 1e-2, "text_decoder": 1e4}, ladder, one_raise, 0.0, 30.0, lambda u, s: True)
     assert (emb.level, dec.level) == (1, 0)  # 10 dB -> 34 dB for the embedding; the decoder was already at 20 dB
+
+
+def test_static_qdq_keeps_depthwise_convs_float_and_says_why():
+    from edgemfm.quantizers import static_int8
+    from edgemfm.quantizers.apply import scheme_of
+    from edgemfm.quantizers.units import Unit
+
+    qdq = QuantSpec(bits=8, method="percentile", activation_bits=8)
+    depthwise = Unit("vision_encoder/blocks.3/_bn1", "c", "Conv", "w", (144, 1, 5, 5))
+    pointwise = Unit("vision_encoder/blocks.3/_bn2", "d", "Conv", "v", (40, 144, 1, 1))
+    assert "depthwise Conv: kept float" in scheme_of(depthwise, qdq)
+    assert scheme_of(pointwise, qdq) is static_int8
