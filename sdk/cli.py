@@ -183,7 +183,9 @@ def _print_predictions(manifest, profile) -> None:
         table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
     out.print(table)
     for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
-        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}")
+        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}", soft_wrap=True)
+    for figure, value in vars(profile.cost).items():
+        out.print(f"  cost.{figure} = {value:g}: {profile.sources['cost.' + figure]}", soft_wrap=True)
 
 
 def parser() -> argparse.ArgumentParser:
