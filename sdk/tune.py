@@ -251,7 +251,8 @@ def tune(
                     preprocess = variant_preprocess(replace(manifest, preprocess=preprocess), kind_of[name], setting)
             report = {"device": profile.name, "latency_ms": chosen.latency_ms, "memory_mb": chosen.memory_mb,
                       "quality": chosen.quality, "metric": metric, "components": c.describe(manifest)}
-            assemble(chosen_parts(c, parts), replace(manifest, profile=profile.name), preprocess, c.seq_len,
+            target = replace(manifest, profile=profile.name, streaming=replace(manifest.streaming, **vars(profile.streaming)))
+            assemble(chosen_parts(c, parts), target, preprocess, c.seq_len,
                      recipe_of(dict(c.precisions), specs), source, Path(apply), link=False, report=report)
     return result
 

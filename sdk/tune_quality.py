@@ -99,7 +99,11 @@ def recipe_of(precisions: dict[str, str], specs: dict[str, QuantSpec | None]) ->
 
 def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len: int, recipe: Recipe, source: Path,
              out: Path, link: bool = True, report: dict[str, Any] | None = None) -> Path:
-    """Write a bundle at `out` from one part per component (atomically: staged, sealed, verified, renamed)."""
+    """Write a bundle at `out` from one part per component (atomically: staged, sealed, verified, renamed).
+
+    The KV cache holds `seq_len` positions; a prefill chunk that would not fit beside the sink
+    tokens is shortened to fit.
+    """
     with bundle_io.staging(out, force=True) as stage:
         components = {}
         for name, part in parts.items():
@@ -110,7 +114,8 @@ def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len
         parity = {name: {**manifest.report.get("parity", {}).get(name, {}), "nodes": part.nodes} for name, part in parts.items()}
         candidate = replace(
             manifest, components=components, preprocess=preprocess, recipe=recipe,
-            streaming=replace(manifest.streaming, max_seq_len=seq_len),
+            streaming=replace(manifest.streaming, max_seq_len=seq_len,
+                              prefill_chunk=min(manifest.streaming.prefill_chunk, seq_len - manifest.streaming.sink_tokens)),
             report={**manifest.report, "precision": "tune", "parity": parity, "tune": report or {}},
         )
         bundle_io.seal(stage, candidate)
