@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class Result:
     points: list[Point]
     chosen: Point
     metric: str  # what `quality` is
-    parts: dict[Any, Part] = field(repr=False, default_factory=dict)
 
 
 def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Space:
@@ -229,7 +228,10 @@ def tune(
         source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
         manifest = read_manifest(source)
         space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
-        parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
+        from edgemfm.exporting import _quiet
+
+        with _quiet():  # the toolchain's own warnings; the progress bar tells the story
+            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
         cands = candidates(space, manifest)
         quality, metric = _quality(cands, parts, manifest, profile, source, Path(data) if data else None,
                                    questions, tmp, workers, ray_address, bar)
@@ -240,7 +242,7 @@ def tune(
                 points.append(Point(c, latency, memory, quality[c]))
         points = pareto(points)
         chosen = choose(points, latency_budget_ms, memory_budget_mb)
-        result = Result(profile, manifest, points, chosen, metric, parts)
+        result = Result(profile, manifest, points, chosen, metric)
         if apply is not None:
             specs = precision_specs(profile)
             c = chosen.candidate
@@ -289,8 +291,11 @@ def table(result: Result) -> Any:
 
     m = result.manifest
     t = Table(title=f"Pareto frontier on {result.profile.name} (predicted latency and memory; quality: {result.metric})")
-    for col in ("", *m.components, "max seq", "latency ms", "memory MB", "quality"):
-        t.add_column(col, no_wrap=True)
+    t.add_column("")
+    for name in m.components:
+        t.add_column(name, overflow="fold")  # a setting wraps; the numbers never do
+    for col in ("max seq", "latency ms", "memory MB", "quality"):
+        t.add_column(col, no_wrap=True, justify="right")
     for p in sorted((p for p in result.points if p.frontier), key=lambda p: (p.latency_ms, p.memory_mb)):
         parts = p.candidate.describe(m)
         t.add_row("*" if p is result.chosen else "", *(parts[n] for n in m.components), str(p.candidate.seq_len),
