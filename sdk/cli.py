@@ -122,17 +122,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from edgemfm.tune import plot, table, tune
+    from edgemfm.tune import plot, table, to_json, tune
 
     result = tune(
         args.device, args.latency_budget, args.memory_budget, model=args.model, bundle=args.bundle, data=args.data,
-        questions=args.questions, workers=args.workers, ray_address=args.ray, apply=args.apply,
+        questions=args.questions, workers=args.workers, ray_address=args.ray, apply=args.apply, force=args.force,
     )
     out.print(table(result))
     c = result.chosen
     out.print(f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
               f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}", soft_wrap=True)
     out.print(f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}")
+    if args.json:
+        Path(args.json).write_text(to_json(result))
     if args.apply:
         out.print(f"[green]wrote[/green] {args.apply}")
 
@@ -281,7 +283,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=1, help="processes evaluating candidates (default: 1)")
     t.add_argument("--ray", metavar="ADDRESS", help="evaluate on this Ray cluster instead ('auto', or host:port)")
     t.add_argument("--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)")
+    t.add_argument("--json", metavar="PATH", help="also write every candidate, with its numbers, as JSON")
     t.add_argument("--apply", metavar="OUT", help="export the chosen point as a bundle here")
+    t.add_argument("--force", action="store_true", help="replace an existing --apply directory")
     t.set_defaults(func=cmd_tune)
 
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgemfm.bundle import read_manifest
+from edgemfm.bundle import check_output, read_manifest
 from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
@@ -46,7 +46,7 @@ class Candidate:
         out = {}
         for name in manifest.components:
             s = settings[name]
-            out[name] = precisions[name] + (f" {s[0]}px grid {s[1]}" if len(s) == 2 else f" {s[0]:g}s" if s else "")
+            out[name] = precisions[name] + (f" {s[0]}px {s[1]}x{s[1]}" if len(s) == 2 else f" {s[0]:g}s" if s else "")
         return out
 
 
@@ -202,13 +202,14 @@ def tune(
     answer_tokens: int = ANSWER_TOKENS,
     progress: bool = True,
     apply: str | Path | None = None,
+    force: bool = False,
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
     `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
-    chosen point as a bundle there.
+    chosen point as a bundle there (an existing one only with `force`).
 
     Example:
         >>> r = tune("pi5", 900, bundle="bundles/demo-host", model=demo_dir, data="/tmp/demo-data")  # doctest: +SKIP
@@ -223,14 +224,16 @@ def tune(
         raise InputError(f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB")
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
+    if apply is not None:
+        check_output(apply, force)  # before the slow part
     with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp, Progress(transient=True, disable=not progress) as bar:
         tmp = Path(tmp)
-        source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
-        manifest = read_manifest(source)
-        space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
         from edgemfm.exporting import _quiet
 
-        with _quiet():  # the toolchain's own warnings; the progress bar tells the story
+        with _quiet():  # the toolchain's own warnings and bars; ours tells the story
+            source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
+            manifest = read_manifest(source)
+            space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
         cands = candidates(space, manifest)
         quality, metric = _quality(cands, parts, manifest, profile, source, Path(data) if data else None,
@@ -244,19 +247,22 @@ def tune(
         chosen = choose(points, latency_budget_ms, memory_budget_mb)
         result = Result(profile, manifest, points, chosen, metric)
         if apply is not None:
-            specs = precision_specs(profile)
-            c = chosen.candidate
-            kind_of = media_encoders(manifest)
-            preprocess = manifest.preprocess
-            for name, setting in c.settings:
-                if name in kind_of:
-                    preprocess = variant_preprocess(replace(manifest, preprocess=preprocess), kind_of[name], setting)
-            report = {"device": profile.name, "latency_ms": chosen.latency_ms, "memory_mb": chosen.memory_mb,
-                      "quality": chosen.quality, "metric": metric, "components": c.describe(manifest)}
-            target = replace(manifest, profile=profile.name, streaming=replace(manifest.streaming, **vars(profile.streaming)))
-            assemble(chosen_parts(c, parts), target, preprocess, c.seq_len,
-                     recipe_of(dict(c.precisions), specs), source, Path(apply), link=False, report=report)
+            _apply(result, parts, source, Path(apply), force)
     return result
+
+
+def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, force: bool) -> Path:
+    """Write the chosen point as a bundle for the tuned device at `out`."""
+    m, c = result.manifest, result.chosen.candidate
+    kind_of, preprocess = media_encoders(m), m.preprocess
+    for name, setting in c.settings:
+        if name in kind_of:
+            preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
+    report = {"device": result.profile.name, "latency_ms": result.chosen.latency_ms, "memory_mb": result.chosen.memory_mb,
+              "quality": result.chosen.quality, "metric": result.metric, "components": c.describe(m)}
+    target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
+    return assemble(chosen_parts(c, parts), target, preprocess, c.seq_len, recipe_of(dict(c.precisions), precision_specs(result.profile)),
+                    source, out, link=False, report=report, force=force)
 
 
 def _sources(model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any) -> tuple[Path, Path | None]:
@@ -283,6 +289,24 @@ def _sources(model: str | Path | None, bundle: str | Path | None, media: bool, t
     if m.report.get("precision", "fp32") != "fp32":
         raise InputError(f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)")
     return Path(bundle), model_dir
+
+
+def to_json(result: Result) -> str:
+    """Every candidate with its predicted latency and memory, quality and frontier flag, as JSON.
+
+    Example:
+        >>> json.loads(to_json(result))["points"][0]["latency_ms"]   # doctest: +SKIP
+        61.1
+    """
+    import json
+
+    def row(p: Point) -> dict[str, Any]:
+        return {"components": p.candidate.describe(result.manifest), "max_seq_len": p.candidate.seq_len,
+                "latency_ms": round(p.latency_ms, 3), "memory_mb": round(p.memory_mb, 1), "quality": p.quality,
+                "frontier": p.frontier, "chosen": p is result.chosen}
+
+    return json.dumps({"device": result.profile.name, "model": result.manifest.model_id, "metric": result.metric,
+                       "points": [row(p) for p in sorted(result.points, key=lambda p: p.latency_ms)]}, indent=1) + "\n"
 
 
 def table(result: Result) -> Any:

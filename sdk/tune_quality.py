@@ -98,13 +98,13 @@ def recipe_of(precisions: dict[str, str], specs: dict[str, QuantSpec | None]) ->
 
 
 def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len: int, recipe: Recipe, source: Path,
-             out: Path, link: bool = True, report: dict[str, Any] | None = None) -> Path:
+             out: Path, link: bool = True, report: dict[str, Any] | None = None, force: bool = True) -> Path:
     """Write a bundle at `out` from one part per component (atomically: staged, sealed, verified, renamed).
 
     The KV cache holds `seq_len` positions; a prefill chunk that would not fit beside the sink
     tokens is shortened to fit.
     """
-    with bundle_io.staging(out, force=True) as stage:
+    with bundle_io.staging(out, force=force) as stage:
         components = {}
         for name, part in parts.items():
             c = manifest.components[name]

@@ -61,6 +61,7 @@ def test_apply_writes_the_chosen_point_as_a_bundle_that_runs(result, picture):
 
 
 def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle, tmp_path, capsys):
+    """Through the CLI: the error comes after the search (the needed figure is what it found)."""
     code = main(["tune", "--device", "pi5", "--latency-budget", "0.01", "--bundle", str(default_bundle), "--plot", str(tmp_path / "f.png")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
@@ -68,10 +69,28 @@ def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle
     assert not (tmp_path / "f.png").exists()
 
 
+def test_an_existing_apply_directory_is_refused_before_any_work(default_bundle, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle), "--apply", str(tmp_path / "out")]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+
+
 def test_choose_refuses_a_memory_budget_nothing_fits(result):
     r, _ = result
     with pytest.raises(InputError, match=r"the smallest \d+ MB; allowed: 1000 ms and 0.5 MB"):
         choose(r.points, 1000.0, 0.5)
+
+
+def test_the_cli_prints_the_frontier_and_writes_the_plot_and_every_point(default_bundle, tmp_path, capsys):
+    import json
+
+    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle),
+                 "--plot", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")]) == 0
+    text = capsys.readouterr().out
+    points = json.loads((tmp_path / "f.json").read_text())["points"]
+    assert len(points) == 18 and sum(p["chosen"] for p in points) == 1
+    assert f"{sum(p['frontier'] for p in points)} on the frontier" in text and "chosen:" in text
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_plot_is_a_png(result, tmp_path):
