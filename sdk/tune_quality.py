@@ -122,6 +122,10 @@ def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len
     return out
 
 
+def _call(fn: Callable[[Any], float], job: Any) -> float:
+    return fn(job)
+
+
 def run_jobs(fn: Callable[[Any], float], jobs: Sequence[Any], workers: int = 1, ray_address: str | None = None,
              progress: Any = None) -> list[float]:
     """`fn` over `jobs` on a process pool of `workers`, or on the Ray cluster at `ray_address`."""
@@ -132,8 +136,8 @@ def run_jobs(fn: Callable[[Any], float], jobs: Sequence[Any], workers: int = 1, 
         except ImportError:
             raise EdgemfmError("--ray needs Ray: pip install 'edgemfm[ray]'") from None
         ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        remote = ray.remote(fn)
-        refs = [remote.remote(j) for j in jobs]
+        remote = ray.remote(_call)  # any callable Ray workers can import, builtins included
+        refs = [remote.remote(fn, j) for j in jobs]
         results = []
         for ref in refs:
             results.append(ray.get(ref))

@@ -129,4 +129,6 @@ def test_demo_model_on_pi5_meets_its_latency_budget_with_held_out_questions(demo
     r = tune("pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, progress=False, scratch=tmp_path)
     assert r.chosen.latency_ms <= 150.0
     assert len(r.points) > 100 and any(p.latency_ms > 150.0 for p in r.points)
-    assert r.chosen.quality >= 0.5  # the demo answers most held-out questions even under the budget
+    # 2026-11-28: the chosen int4 decoder answered 12 of 24 (fp32 decoders, at 300 ms, 18 of 24)
+    assert r.chosen.quality >= 0.4
+    assert r.chosen.quality == max(p.quality for p in r.points if p.latency_ms <= 150.0)
