@@ -59,7 +59,7 @@ class Point:
     frontier: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
     profile: DeviceProfile
     manifest: Manifest
@@ -77,7 +77,7 @@ def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Sp
         image=((160, 1), (160, 2), (224, 1), (224, 2)) if demo_media else (),
         audio=(1.2, 2.0) if demo_media else (),
         seq_lens=tuple(sorted({min(256, limit), min(512, limit), limit})),
-        encoder_precisions=tuple(p for p in available if p != "int4"),  # int4 convolutions lose the small towers
+        encoder_precisions=tuple(p for p in available if p != "int4"),  # small towers: int4 would save little, and the space stays small
         decoder_precisions=tuple(available),
     )
 
