@@ -10,7 +10,7 @@ from an earlier prompt are never read and no reset is needed between generations
     input_pos [seq] ────────────────┴─► decoder layers ◄─┘  (mutable buffers, updated in place)
                                              └─► lm_head ─► logits [1, seq, vocab]
 
-It builds on transformers' own `StaticCache` (index_copy_ at the write positions), as
+It builds on transformers' own `StaticLayer` (index_copy_ at the write positions), as
 `transformers.integrations.executorch.TorchExportableModuleWithStaticCache` does, but wraps the
 language model and lm_head a family hands over instead of a whole `*ForCausalLM`, so the same
 wrapper serves every family whose decoder `decoder_unit` describes, and the program keeps one
@@ -38,10 +38,14 @@ POSITION = "input_pos"
 class StaticDecoder(torch.nn.Module):
     def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any, kv: KVCache):
         super().__init__()
-        from transformers import StaticCache
+        from transformers.cache_utils import Cache, StaticLayer
 
         self.language_model, self.lm_head = language_model, lm_head
-        self.cache = StaticCache(config=config, max_cache_len=kv.max_seq_len)
+        # Full-length layers for every layer, sliding ones included (Mistral, Gemma-2/3): the model
+        # applies the window in its mask over absolute positions, as the ONNX decoder does, whereas
+        # transformers' StaticSlidingWindowLayer rolls its buffer on Python-int lengths that
+        # torch.export cannot keep dynamic.
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=kv.max_seq_len) for _ in range(kv.layers)])
         dtype = next(lm_head.parameters()).dtype
         self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
         for i, layer in enumerate(self.cache.layers):
