@@ -53,7 +53,9 @@ class StaticDecoder(torch.nn.Module):
             self.register_buffer(f"value_{i}", layer.values, persistent=False)
             self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
 
-    def forward(self, inputs_embeds, input_pos):
+    def forward(self, inputs_embeds, input_pos, position_ids=None):
+        # position_ids: M-RoPE's [3, 1, seq] rotary positions (Qwen2-VL), which differ from the
+        # cache slots `input_pos` after an image; otherwise the rotary position is the slot.
         for i, layer in enumerate(self.cache.layers):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
@@ -62,20 +64,34 @@ class StaticDecoder(torch.nn.Module):
             layer.cumulative_length = getattr(self, f"length_{i}")
             layer.cumulative_length.copy_(input_pos[0])  # StaticCache writes from here on
         out = self.language_model(
-            inputs_embeds=inputs_embeds, position_ids=input_pos[None], cache=self.cache, use_cache=True
+            inputs_embeds=inputs_embeds,
+            position_ids=input_pos[None] if position_ids is None else position_ids,
+            cache=self.cache,
+            use_cache=True,
         )
         return self.lm_head(out.last_hidden_state)
 
 
-def static_decoder_unit(language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5) -> ExportUnit:
-    """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions."""
+def static_decoder_unit(
+    language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5, mrope: bool = False
+) -> ExportUnit:
+    """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions.
+
+    `mrope`: the program also takes `position_ids` [3, 1, seq] (temporal, height, width), as
+    Qwen2-VL's decoder does; the cache slots stay `input_pos`.
+    """
     kv = replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
+    args: tuple[torch.Tensor, ...] = (torch.randn(1, seq, config.hidden_size), torch.arange(seq))
+    axes = {"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    if mrope:  # three different rows, so the parity check covers every section of the rotary dims
+        args += ((torch.arange(seq) + torch.arange(3)[:, None])[:, None],)
+        axes["position_ids"] = {1: "batch", 2: "seq"}
     return ExportUnit(
         module=StaticDecoder(language_model, lm_head, config, kv).eval(),
-        args=(torch.randn(1, seq, config.hidden_size), torch.arange(seq)),
-        input_names=("inputs_embeds", POSITION),
+        args=args,
+        input_names=("inputs_embeds", POSITION, "position_ids")[: len(args)],
         output_names=("logits",),
-        dynamic_axes={"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}},
+        dynamic_axes=axes,
         kv_cache=kv,
         items=seq,
     )
