@@ -42,8 +42,13 @@ def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
     dims: dict[str, torch.export.Dim] = {}
     names = iter(unit.input_names)
 
+    def dim(axis: str) -> Any:
+        # A multiple of m is m x a dim of up to max_seq_len: Qwen2-VL's patches, 4 per decoder row.
+        m = unit.axis_multiples.get(axis, 1)
+        return m * torch.export.Dim(f"{axis}_over_{m}", min=1, max=max_seq_len) if m > 1 else torch.export.Dim(axis, min=1, max=max_seq_len)
+
     def spec(_tensor: torch.Tensor) -> dict[int, Any]:
-        return {d: dims.setdefault(a, torch.export.Dim(a, min=1, max=max_seq_len)) for d, a in _axes(unit, next(names)).items()}
+        return {d: dims[a] if a in dims else dims.setdefault(a, dim(a)) for d, a in _axes(unit, next(names)).items()}
 
     return tuple(tuple(spec(t) for t in a) if isinstance(a, tuple) else spec(a) for a in unit.args)
 

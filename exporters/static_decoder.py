@@ -36,7 +36,7 @@ POSITION = "input_pos"
 
 
 class StaticDecoder(torch.nn.Module):
-    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any, kv: KVCache):
+    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, kv: KVCache):
         super().__init__()
         from transformers.cache_utils import Cache, StaticLayer
 
@@ -53,16 +53,21 @@ class StaticDecoder(torch.nn.Module):
             self.register_buffer(f"value_{i}", layer.values, persistent=False)
             self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
 
-    def forward(self, inputs_embeds, input_pos, position_ids=None):
-        # position_ids: M-RoPE's [3, 1, seq] rotary positions (Qwen2-VL), which differ from the
-        # cache slots `input_pos` after an image; otherwise the rotary position is the slot.
+    def bind(self, input_pos: torch.Tensor) -> Any:
+        """The cache, on this module's buffers, writing from `input_pos[0]` on."""
         for i, layer in enumerate(self.cache.layers):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
             # program instead of writes to constants.
             layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
             layer.cumulative_length = getattr(self, f"length_{i}")
-            layer.cumulative_length.copy_(input_pos[0])  # StaticCache writes from here on
+            layer.cumulative_length.copy_(input_pos[0])  # StaticLayer writes from here on
+        return self.cache
+
+    def forward(self, inputs_embeds, input_pos, position_ids=None):
+        # position_ids: M-RoPE's [3, 1, seq] rotary positions (Qwen2-VL), which differ from the
+        # cache slots `input_pos` after an image; otherwise the rotary position is the slot.
+        self.bind(input_pos)
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             position_ids=input_pos[None] if position_ids is None else position_ids,
@@ -70,6 +75,16 @@ class StaticDecoder(torch.nn.Module):
             use_cache=True,
         )
         return self.lm_head(out.last_hidden_state)
+
+
+def static_layout(kv: KVCache, max_seq_len: int) -> KVCache:
+    """The manifest's description of a static cache of `max_seq_len` positions written at `input_pos`.
+
+    Example:
+        >>> static_layout(KVCache(2, 3, 16, past="past.{layer}.{kind}", present="present.{layer}.{kind}"), 64).kind
+        'static'
+    """
+    return replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
 
 
 def static_decoder_unit(
@@ -80,14 +95,14 @@ def static_decoder_unit(
     `mrope`: the program also takes `position_ids` [3, 1, seq] (temporal, height, width), as
     Qwen2-VL's decoder does; the cache slots stay `input_pos`.
     """
-    kv = replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
+    kv = static_layout(kv, max_seq_len)
     args: tuple[torch.Tensor, ...] = (torch.randn(1, seq, config.hidden_size), torch.arange(seq))
     axes = {"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}}
     if mrope:  # three different rows, so the parity check covers every section of the rotary dims
         args += ((torch.arange(seq) + torch.arange(3)[:, None])[:, None],)
         axes["position_ids"] = {1: "batch", 2: "seq"}
     return ExportUnit(
-        module=StaticDecoder(language_model, lm_head, config, kv).eval(),
+        module=StaticDecoder(language_model, lm_head, kv).eval(),
         args=args,
         input_names=("inputs_embeds", POSITION, "position_ids")[: len(args)],
         output_names=("logits",),

@@ -37,7 +37,8 @@ class StaticKVCache:
         self.mrope: tuple[np.ndarray, int] | None = None
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
-        slots = {self.name: np.arange(self.position, self.position + seq, dtype=np.int64)}
+        # `fixed`: an encoder-decoder's cross-attention K/V, the same every call
+        slots = {self.name: np.arange(self.position, self.position + seq, dtype=np.int64), **self.fixed}
         if self.mrope is None:
             return slots
         return {**slots, "position_ids": decoder_positions(self.position, seq, self.mrope)}

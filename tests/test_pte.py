@@ -22,7 +22,7 @@ import edgemfm
 from edgemfm.bundle import read_manifest
 from edgemfm.cli import main
 from edgemfm.errors import InputError
-from tiny_audio import tiny_qwen2_audio
+from tiny_audio import tiny_qwen2_audio, tiny_whisper
 from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
 from tiny_text import TEXT_CONFIGS, tiny_text_model
 
@@ -112,6 +112,21 @@ def qwen2_vl_generate(checkpoint: Path, pipe, prompt: str, images: list[Path], m
     return _answer(pipe, model, ids, max_new_tokens, **inputs)
 
 
+def whisper_generate(checkpoint: Path, pipe, prompt: str, clips: list[Path], max_new_tokens: int) -> list[int]:
+    """A transcription: transformers starts from the decoder start tokens as the bundle's prompt does."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from edgemfm.runtimes.audio import load_audio
+
+    assert prompt == "" and len(clips) == 1, "Whisper transcribes one clip, with no text prompt"
+    samples = load_audio(clips[0], pipe.manifest.preprocess.audio)
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(samples, sampling_rate=16000, return_tensors="pt").input_features
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        out = model.generate(input_features=features, max_new_tokens=max_new_tokens, do_sample=False)
+    return [t for t in out[0].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+
+
 @dataclass(frozen=True)
 class Case:
     family: str
@@ -120,6 +135,8 @@ class Case:
     media: str | None  # the generate_tokens keyword its prompt's one media item goes to; None: text only
     generate: Callable[..., list[int]]  # (checkpoint, pipe, prompt, media items, max_new_tokens) -> transformers' tokens
     max_seq_len: int = MAX_SEQ_LEN  # room for the prompt, its media rows and 24 answer tokens
+    prompt: str = PROMPT  # "" for Whisper: it transcribes
+    text_only: bool = True  # whether it answers a prompt without media (Whisper needs its clip)
 
 
 TEXT_METHODS = ("token_embedding", "text_decoder")
@@ -136,9 +153,13 @@ CASES = [
     ),
     pytest.param(Case("idefics3", tiny_idefics3, VISION_METHODS, "images", idefics3_generate, 192), marks=pytest.mark.slow, id="idefics3"),
     pytest.param(
-        # seed 1: seed 0 ends its answer after 6 tokens; 256 positions: the picture's 252 patches fit the encoder's planned input
-        Case("qwen2_vl", lambda p: tiny_qwen2_vl(p, seed=1), VISION_METHODS, "images", qwen2_vl_generate, 256),
+        # seed 1: seed 0 ends its answer after 6 tokens
+        Case("qwen2_vl", lambda p: tiny_qwen2_vl(p, seed=1), VISION_METHODS, "images", qwen2_vl_generate, 160),
         marks=pytest.mark.slow, id="qwen2_vl",
+    ),
+    pytest.param(
+        Case("whisper", tiny_whisper, ("audio_encoder", *TEXT_METHODS), "audio", whisper_generate, prompt="", text_only=False),
+        marks=pytest.mark.slow, id="whisper",
     ),
 ]
 
@@ -209,7 +230,6 @@ def test_every_method_matches_pytorch(checkpoint, bundle):
     from executorch.runtime import Runtime
 
     from edgemfm.exporters import find_family
-    from edgemfm.exporters.decoder import TextDecoder
 
     manifest = read_manifest(bundle)
     family = find_family(json.loads((checkpoint / "config.json").read_text()))
@@ -225,18 +245,18 @@ def test_every_method_matches_pytorch(checkpoint, bundle):
                 expected = unit.module(*args)
             got = method.execute(args)[0]
         else:
-            assert isinstance(unit.module, TextDecoder)
             kv = unit.kv_cache
+            cross = unit.args[4] if unit.cross_attention else ()  # Whisper: each layer's cross-attention K/V
             x = torch.randn(1, 8, unit.args[0].shape[-1])
             empty = tuple(torch.zeros(1, kv.kv_heads, 0, kv.head_dim) for _ in range(2 * kv.layers))
             mrope = unit.args[2].dim() == 3  # Qwen2-VL: [3, 1, seq] rotary positions beside the cache slots
             # M-RoPE: three different rows, as after an image, unlike the slots
             positions = (torch.arange(8) + torch.tensor([0, 2, 5])[:, None])[:, None] if mrope else torch.arange(8)[None]
             with torch.no_grad():  # the whole sequence at once through the dynamic-cache decoder
-                expected = unit.module(x, torch.ones(1, 8, dtype=torch.int64), positions, empty)[0]
+                expected = unit.module(x, torch.ones(1, 8, dtype=torch.int64), positions, empty, *([cross] if cross else []))[0]
             rotary = ([positions[..., :7]], [positions[..., 7:]]) if mrope else ([], [])
-            prefill = method.execute([x[:, :7], torch.arange(7), *rotary[0]])[0]
-            step = method.execute([x[:, 7:], torch.tensor([7]), *rotary[1]])[0]
+            prefill = method.execute([x[:, :7], torch.arange(7), *rotary[0], *cross])[0]
+            step = method.execute([x[:, 7:], torch.tensor([7]), *rotary[1], *cross])[0]
             got = torch.cat([prefill, step], dim=1)
         scale = max(1.0, float(expected.abs().max()))
         assert got.shape == expected.shape, name
@@ -247,14 +267,14 @@ def test_greedy_generation_matches_transformers(case, checkpoint, bundle, media_
     """With the family's media item in the prompt (text only for decoder-only models)."""
     pipe = edgemfm.load(bundle)
     items = [] if media_item is None else [media_item]
-    ours = list(pipe.generate_tokens(PROMPT, **({case.media: items} if items else {}), max_new_tokens=24))
+    ours = list(pipe.generate_tokens(case.prompt, **({case.media: items} if items else {}), max_new_tokens=24))
     assert len(ours) >= 12 and len(set(ours)) > 4  # a real sequence, not an immediate stop or one repeated token
-    assert ours == case.generate(checkpoint, pipe, PROMPT, items, 24)
+    assert ours == case.generate(checkpoint, pipe, case.prompt, items, 24)
 
 
 def test_text_only_generation_matches_transformers(case, checkpoint, bundle):
-    if case.media is None:
-        pytest.skip("a decoder-only model: the greedy generation test above is its text-only test")
+    if case.media is None or not case.text_only:
+        pytest.skip("a decoder-only model (the test above is its text-only test) or a transcriber (it needs its clip)")
     pipe = edgemfm.load(bundle)
     assert list(pipe.generate_tokens("Hello there", max_new_tokens=16)) == case.generate(checkpoint, pipe, "Hello there", [], 16)
 
@@ -291,8 +311,8 @@ def test_a_prompt_longer_than_the_cache_is_refused_in_one_line(case, bundle, ext
 def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_path):
     onnx = edgemfm.export(checkpoint, device="pi5", out=tmp_path / "onnx", progress=False)
     media = {} if media_item is None else {case.media: [media_item]}
-    assert list(edgemfm.load(bundle).generate_tokens(PROMPT, **media, max_new_tokens=24)) == list(
-        edgemfm.load(onnx).generate_tokens(PROMPT, **media, max_new_tokens=24)
+    assert list(edgemfm.load(bundle).generate_tokens(case.prompt, **media, max_new_tokens=24)) == list(
+        edgemfm.load(onnx).generate_tokens(case.prompt, **media, max_new_tokens=24)
     )
 
 
@@ -313,12 +333,14 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
 
 # Fast checks of the static-cache decoder in PyTorch (no lowering): what the slow rows above
 # then check through ExecuTorch for every family.
-@pytest.mark.parametrize("family", ["Gemma2ForCausalLM", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["Gemma2ForCausalLM", "qwen2_vl", "whisper"])
 def test_static_decoder_equals_the_dynamic_one_in_steps(family, tmp_path):
-    """Gemma-2 past its sliding window (soft-capping included); Qwen2-VL with M-RoPE rows that differ from the slots."""
+    """Gemma-2 past its sliding window (soft-capping included); Qwen2-VL with M-RoPE rows that
+    differ from the slots; Whisper with its cross-attention K/V fed at every call."""
     from edgemfm.exporters import find_family
 
-    path = tiny_qwen2_vl(tmp_path / "m", seed=1) if family == "qwen2_vl" else tiny_text_model(family, tmp_path / "m")
+    builders = {"qwen2_vl": lambda p: tiny_qwen2_vl(p, seed=1), "whisper": tiny_whisper}
+    path = builders.get(family, lambda p: tiny_text_model(family, p))(tmp_path / "m")
     fam = find_family(json.loads((path / "config.json").read_text()))
     decoder = fam.split(fam.load(path), path).units["text_decoder"]
     static = decoder.static_cache(32)
@@ -327,11 +349,12 @@ def test_static_decoder_equals_the_dynamic_one_in_steps(family, tmp_path):
     x = torch.randn(1, 12, decoder.args[0].shape[-1])
     positions = (torch.arange(12) + torch.tensor([0, 2, 5])[:, None])[:, None] if mrope else torch.arange(12)[None]
     empty = tuple(torch.zeros(1, kv.kv_heads, 0, kv.head_dim) for _ in range(2 * kv.layers))
+    cross = (decoder.args[4],) if decoder.cross_attention else ()
     with torch.no_grad():
-        expected = decoder.module(x, torch.ones(1, 12, dtype=torch.int64), positions, empty)[0]
+        expected = decoder.module(x, torch.ones(1, 12, dtype=torch.int64), positions, empty, *cross)[0]
         calls = [(0, 9), (9, 10), (10, 11), (11, 12)]  # a prefill longer than the window of 6, then single steps
-        got = torch.cat([static.module(x[:, a:b], torch.arange(a, b), *([positions[..., a:b]] if mrope else [])) for a, b in calls], dim=1)
-    assert static.input_names == (("inputs_embeds", "input_pos", "position_ids") if mrope else ("inputs_embeds", "input_pos"))
+        got = torch.cat([static.module(x[:, a:b], torch.arange(a, b), *([positions[..., a:b]] if mrope else cross)) for a, b in calls], dim=1)
+    assert static.input_names[:2] == ("inputs_embeds", "input_pos") and static.kv_cache.kind == "static"
     assert float((got - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
 
 
@@ -347,3 +370,15 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
     _, parity, report = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
     assert parity["gelu"]["max_abs_diff"] <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
     assert report["delegation"]["gelu"]["delegated_nodes"] > 0 and report["delegation"]["gelu"]["non_delegated_nodes"] == 1  # getitem
+
+
+@pytest.mark.parametrize("max_seq_len", [1, 5, 64, 1024])
+def test_a_smaller_max_seq_len_shrinks_the_streaming_settings_so_the_bundle_loads(max_seq_len):
+    from edgemfm.exporting import _streaming
+    from edgemfm.runtimes.pipeline import _check_streaming
+
+    pi5 = edgemfm.load_profile("pi5").streaming  # prefill_chunk 64 after 4 sink tokens
+    settings = _streaming(pi5, max_seq_len)
+    _check_streaming(settings)  # what edgemfm.load checks
+    assert settings.max_seq_len == max_seq_len
+    assert settings.prefill_chunk == min(pi5.prefill_chunk, max_seq_len - settings.sink_tokens)
