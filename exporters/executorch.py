@@ -183,6 +183,7 @@ def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
         method=name,
     )

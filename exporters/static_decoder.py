@@ -16,8 +16,12 @@ language model and lm_head a family hands over instead of a whole `*ForCausalLM`
 wrapper serves every family whose decoder `decoder_unit` describes, and the program keeps one
 copy of the weights for prefill and decode (transformers.exporters writes two).
 
+Qwen2-VL's M-RoPE (`mrope=True`) adds a `position_ids` [3, 1, seq] input: after an image the
+rotary positions fall behind the cache slots. Whisper (exporters/whisper.py) subclasses the
+module to take its cross-attention K/V as inputs, the same every call of a clip.
+
 Example:
-    >>> unit = static_decoder_unit(model.model.language_model, model.lm_head, text_config, max_seq_len=128)  # doctest: +SKIP
+    >>> unit = static_decoder_unit(model.model.language_model, model.lm_head, text_config, kv_layout(text_config), 128)  # doctest: +SKIP
     >>> unit.input_names, unit.kv_cache.kind                                                              # doctest: +SKIP
     (('inputs_embeds', 'input_pos'), 'static')
 """

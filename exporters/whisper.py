@@ -14,7 +14,10 @@ Whisper-specific code. The decoder prompt is the generation config's start token
 (`decoder_start_token_id`, then `<|notimestamps|>` where the checkpoint has one, as
 `WhisperForConditionalGeneration.generate` starts an English-only transcription).
 
-Exported with the dynamo ONNX exporter; parity within 1e-4 on the tiny test models.
+Exported with the dynamo ONNX exporter; parity within 1e-4 on the tiny test models. For
+`--format pte` the decoder keeps its self-attention cache in the program's static buffers
+(`StaticTextDecoder`) and still takes the cross-attention K/V as inputs, fed unchanged at every
+call as for ONNX: one per clip, so they need no buffer of their own.
 
 Example:
     >>> from edgemfm.exporters.whisper import FAMILY

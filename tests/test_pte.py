@@ -2,9 +2,10 @@
 component, each method against PyTorch, greedy generation token for token against transformers.
 
 A family joins with one `Case` row: how to build its tiny checkpoint, the media its prompt
-takes, and how transformers `generate` answers the same prompt. Lowering to XNNPACK takes one
-to three minutes a family on 2 cores, so the default suite exports LLaVA only and every other
-row runs with -m slow (each exported once per module and shared by its tests).
+takes, and how transformers `generate` answers the same prompt. Exporting and lowering to
+XNNPACK takes one to four minutes a family on 2 loaded cores, so the default suite exports
+LLaVA only and every other row runs with -m slow (each exported once per module and shared by
+its tests); the default suite checks every static-decoder kind in PyTorch (at the end).
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def test_delegation_is_reported_per_method(case, bundle, capsys):
 def _fresh(t: torch.Tensor, axes: dict[int, str], length: int) -> torch.Tensor:
     """An input like the example `t`, with its dynamic (non-item) axes at `length`."""
     shape = [length if d in axes and axes[d] not in ("batch", "images") else n for d, n in enumerate(t.shape)]
-    return torch.randn(shape) if t.is_floating_point() else torch.randint(0, int(t.max()) + 1, shape)
+    # integers from the upper half of the example's range: Qwen2-Audio's frame count then leaves rows
+    return torch.randn(shape) if t.is_floating_point() else torch.randint(int(t.max()) // 2, int(t.max()) + 1, shape)
 
 
 def test_every_method_matches_pytorch(checkpoint, bundle):
@@ -243,7 +245,8 @@ def test_every_method_matches_pytorch(checkpoint, bundle):
             args = [_fresh(t, unit.dynamic_axes.get(n, {}), 8) for n, t in zip(unit.input_names, unit.args)]
             with torch.no_grad():
                 expected = unit.module(*args)
-            got = method.execute(args)[0]
+            expected = list(expected) if isinstance(expected, tuple) else [expected]  # Whisper's encoder: every layer's K/V
+            got = method.execute(args)
         else:
             kv = unit.kv_cache
             cross = unit.args[4] if unit.cross_attention else ()  # Whisper: each layer's cross-attention K/V
@@ -254,13 +257,14 @@ def test_every_method_matches_pytorch(checkpoint, bundle):
             positions = (torch.arange(8) + torch.tensor([0, 2, 5])[:, None])[:, None] if mrope else torch.arange(8)[None]
             with torch.no_grad():  # the whole sequence at once through the dynamic-cache decoder
                 expected = unit.module(x, torch.ones(1, 8, dtype=torch.int64), positions, empty, *([cross] if cross else []))[0]
-            rotary = ([positions[..., :7]], [positions[..., 7:]]) if mrope else ([], [])
+            rotary = ([positions[..., :7].contiguous()], [positions[..., 7:].contiguous()]) if mrope else ([], [])
             prefill = method.execute([x[:, :7], torch.arange(7), *rotary[0], *cross])[0]
             step = method.execute([x[:, 7:], torch.tensor([7]), *rotary[1], *cross])[0]
-            got = torch.cat([prefill, step], dim=1)
-        scale = max(1.0, float(expected.abs().max()))
-        assert got.shape == expected.shape, name
-        assert float((got - expected).abs().max()) <= family.tolerance * scale, name
+            got, expected = [torch.cat([prefill, step], dim=1)], [expected]
+        assert len(got) == len(expected), name
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape and e.numel(), name
+            assert float((g - e).abs().max()) <= family.tolerance * max(1.0, float(e.abs().max())), name
 
 
 def test_greedy_generation_matches_transformers(case, checkpoint, bundle, media_item):
