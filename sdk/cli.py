@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, inspect.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, inspect, bench.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -108,6 +108,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.draft:
         s = pipe.speculation
         err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from edgemfm.bench import BenchConfig, bench, plot, plotting, table
+
+    config = BenchConfig(prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads, text=args.text, device=args.device)
+    if args.plot:
+        plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
+    report = bench([args.bundle, *args.baselines], config)
+    out.print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        out.print(f"[green]wrote[/green] {args.json}")
+    if args.plot:
+        out.print(f"[green]wrote[/green] {plot(report, args.plot)}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -239,6 +255,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity")
+    b.add_argument("bundle", help="bundle directory")
+    b.add_argument("--baselines", nargs="*", default=[], metavar="BUNDLE", help="more bundles measured in the same run, one row each")
+    b.add_argument("--json", metavar="OUT", help="write every figure and the machine to this JSON file")
+    b.add_argument("--plot", metavar="OUT.png", help="write a chart (needs matplotlib: the export extra)")
+    b.add_argument("--text", help="perplexity of the decoder on this text file (default: not measured)")
+    b.add_argument("--prompt", default="Write a short story about a lighthouse keeper.", help="prompt prefilled before decoding")
+    b.add_argument("--tokens", type=int, default=64, help="tokens generated per run (default 64)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    b.add_argument("--threads", type=int, default=1, help="threads per session (default 1; 0: one per core)")
+    b.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
+    b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
     f.add_argument("--model", required=True, help="checkpoint directory to start from")
