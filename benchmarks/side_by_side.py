@@ -12,6 +12,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | ort-fp32 | `torch.onnx.export(dynamo=True)` of the ids-in model, defaults, a Python loop |
 | ort-int8-dynamic | `onnxruntime.quantization.quantize_dynamic` of that export, defaults |
 | genai-int4 | `python -m onnxruntime_genai.models.builder -p int4 -e cpu` (defaults), its C++ loop |
+| genai-int4-graph-python-loop | the same genai graph driven by the Python loop of the ort rows: separates loop from graph |
 | executorch-8da4w | ExecuTorch's own LLM export (`export_llm`, XNNPACK, 8da4w g64, custom SDPA + KV cache), its C++ runner |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
 
@@ -40,6 +41,7 @@ ROWS = {  # name -> (row spec for side_by_side_rows.py, what the weights are)
     "ort-fp32": ("ort:plain/model.onnx", "fp32"),
     "ort-int8-dynamic": ("ort:ort-int8-dynamic/model.onnx", "int8 per-tensor weights, dynamic u8 activations"),
     "genai-int4": ("genai:genai-int4", "int4 g32 MatMulNBits, accuracy_level 4"),
+    "genai-int4-graph-python-loop": ("ort:genai-int4/model.onnx", "genai's int4 graph under the Python loop of ort-fp32: loop vs graph"),
     "executorch-8da4w": ("executorch:executorch/smollm2_8da4w.pte", "int4 g64 weights, int8 dynamic activations; fp32 embedding"),
     "edgemfm-fp32": ("edgemfm:edgemfm-fp32", "fp32"),
     "edgemfm-int8": ("edgemfm:edgemfm-int8", "int8 per-channel weights, dynamic u8 activations"),
@@ -254,7 +256,8 @@ def main() -> None:
     tokenizer = Tokenizer.from_file(str(args.work / "hf" / "tokenizer.json"))
     config = json.loads((args.work / "hf" / "config.json").read_text())
     settings = {"prompt": PROMPT, "prompt_ids": tokenizer.encode(PROMPT).ids, "text": str(EVAL_TEXT), "text_ids": tokenizer.encode(EVAL_TEXT.read_text()).ids,
-                "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads, "vocab": config["vocab_size"], "hidden": config["hidden_size"]}
+                "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads, "vocab": config["vocab_size"], "hidden": config["hidden_size"],
+                "kv_heads": config["num_key_value_heads"], "head_dim": config["hidden_size"] // config["num_attention_heads"]}
     settings["prompt_tokens"], settings["text_tokens"] = len(settings["prompt_ids"]), len(settings["text_ids"])
     report = measure(args.work, args.rows, settings)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,13 @@ def nll(logits: np.ndarray, targets: list[int]) -> float:
 
 
 def timed_runs(once, repeats: int) -> dict:
-    """Median (ttft, tokens/s) over `repeats` runs of `once()` after one warm-up run."""
+    """Median (ttft, tokens/s) over `repeats` runs of `once()` after one warm-up run, and the peak memory so far
+    (before the perplexity pass, whose full-length logits are not part of generating)."""
+    from edgemfm.runtimes.budget import peak_resident_bytes
+
     once()
     runs = [once() for _ in range(repeats)]
-    return {"ttft_s": statistics.median(r[0] for r in runs), "decode_tokens_per_s": statistics.median(r[1] for r in runs),
+    return {"peak_rss_bytes": peak_resident_bytes(), "ttft_s": statistics.median(r[0] for r in runs), "decode_tokens_per_s": statistics.median(r[1] for r in runs),
             "runs": {"ttft_s": [r[0] for r in runs], "decode_tokens_per_s": [r[1] for r in runs]}}
 
 
@@ -55,7 +58,7 @@ def onnx_weight_bytes(path: Path) -> int:
 class OrtDecoder:
     """A Python greedy loop over an ids-in ONNX decoder with a KV cache (the plain and ORT-quantized exports)."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, kv_heads: int, head_dim: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -65,8 +68,7 @@ class OrtDecoder:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past = [n for n in self.inputs if n.startswith("past")]
-        shape = self.inputs[self.past[0]].shape
-        self.kv_heads, self.head_dim = shape[1], shape[3]
+        self.kv_heads, self.head_dim = kv_heads, head_dim  # the graphs name these axes differently
 
     def run(self, ids: list[int], past: list[np.ndarray] | None, at: int) -> tuple[np.ndarray, list[np.ndarray]]:
         past = past or [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past]
@@ -120,7 +122,7 @@ def torch_row(work: Path, s: dict) -> dict:
 
 
 def ort_row(path: Path, s: dict) -> dict:
-    decoder = OrtDecoder(path, s["threads"])
+    decoder = OrtDecoder(path, s["threads"], s["kv_heads"], s["head_dim"])
     result = timed_runs(lambda: decoder.once(s["prompt_ids"], s["tokens"]), s["repeats"])
     result["perplexity"] = decoder.perplexity(s["text_ids"])
     result["weights_read_per_token_bytes"] = onnx_weight_bytes(path)
@@ -148,7 +150,7 @@ def genai_row(folder: Path, s: dict) -> dict:
 
     result = timed_runs(once, s["repeats"])
     # perplexity from the same graph and kernels, all positions' logits in one ORT call
-    result["perplexity"] = OrtDecoder(folder / "model.onnx", s["threads"]).perplexity(s["text_ids"])
+    result["perplexity"] = OrtDecoder(folder / "model.onnx", s["threads"], s["kv_heads"], s["head_dim"]).perplexity(s["text_ids"])
     result["weights_read_per_token_bytes"] = onnx_weight_bytes(folder / "model.onnx")
     result["size_bytes"] = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
     return result
@@ -199,12 +201,10 @@ def edgemfm_row(bundle: Path, s: dict) -> dict:
     from edgemfm.bench import BenchConfig, measure
 
     r = measure(bundle, BenchConfig(prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"], text=s["text"]))
-    return {k: r[k] for k in ("ttft_s", "decode_tokens_per_s", "runs", "perplexity", "weights_read_per_token_bytes", "size_bytes")}
+    return {k: r[k] for k in ("ttft_s", "decode_tokens_per_s", "runs", "perplexity", "weights_read_per_token_bytes", "size_bytes", "peak_rss_bytes")}
 
 
 def main() -> None:
-    from edgemfm.runtimes.budget import peak_resident_bytes
-
     row, work, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     kind, _, arg = row.partition(":")
     if kind == "torch":
@@ -217,7 +217,6 @@ def main() -> None:
         result = executorch_row(work / arg, work / "hf" / "tokenizer.json", settings)
     else:
         result = edgemfm_row(work / arg, settings)
-    result["peak_rss_bytes"] = peak_resident_bytes()
     print(json.dumps(result))
 
 

@@ -36,7 +36,7 @@ def test_bench_writes_json_and_png(default_bundle, tmp_path, capsys):
         assert r["encoders"]["vision_encoder"]["ms_per_image"] > 0
         assert r["peak_rss_bytes"] > r["weights_read_per_token_bytes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "decode tok/s" in capsys.readouterr().out
+    assert "edgemfm bench:" in capsys.readouterr().out
 
 
 def test_perplexity_does_not_depend_on_the_prefill_chunk(default_bundle):
