@@ -210,13 +210,13 @@ def markdown(report: dict) -> str:
     lines = [f"{m['cpu']}, {m['cores']} cores, load average {' / '.join(map(str, m['load_average']))} at the end; "
              f"memory read bandwidth {bw / 1e9:.2f} GB/s ({report['settings']['threads']} thread(s)); "
              f"{report['settings']['tokens']} tokens after a {report['settings']['prompt_tokens']}-token prompt, median of {report['settings']['repeats']}",
-             "", "| row | weights | decode tok/s | first token ms | peak RSS MiB | on disk MiB | perplexity | MB read / token | efficiency |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| row | weights | decode tok/s | tok / CPU s | first token ms | peak RSS MiB | on disk MiB | perplexity | MB read / token | efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["results"].items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | | |")
             continue
-        lines.append(f"| {name} | {r['weights']} | {r['decode_tokens_per_s']:.1f} | {r['ttft_s'] * 1000:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} | "
+        lines.append(f"| {name} | {r['weights']} | {r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_cpu_s']:.1f} | {r['ttft_s'] * 1000:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} | "
                      f"{r['size_bytes'] / 2**20:.1f} | {r['perplexity']:.2f} | {r['weights_read_per_token_bytes'] / 1e6:.0f} | {r['decode_efficiency']:.1%} |")
     return "\n".join(lines) + "\n"
 
@@ -226,9 +226,9 @@ def chart(report: dict, out: Path) -> None:
 
     plt = plotting(out)
     rows = {n: r for n, r in report["results"].items() if "error" not in r}
-    panels = [("decode tokens/s", "decode_tokens_per_s", 1), ("perplexity (eval_en.txt)", "perplexity", 1),
+    panels = [("decode tokens/s", "decode_tokens_per_s", 1), ("decode tokens per CPU s", "decode_tokens_per_cpu_s", 1), ("perplexity (eval_en.txt)", "perplexity", 1),
               ("peak RSS (MiB)", "peak_rss_bytes", 2**-20), ("decode efficiency (% of read bandwidth)", "decode_efficiency", 100)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(18, 0.5 * len(rows) + 1.8), sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(22, 0.5 * len(rows) + 1.8), sharey=True)
     for ax, (title, key, scale) in zip(axes, panels):
         ax.barh(list(rows), [r[key] * scale for r in rows.values()], color=["tab:orange" if n.startswith("edgemfm") else "tab:blue" for n in rows])
         ax.set_title(title, fontsize=10)

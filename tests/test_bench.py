@@ -29,7 +29,7 @@ def test_bench_writes_json_and_png(default_bundle, tmp_path, capsys):
     assert set(report["machine"]) == {"cpu", "cores", "load_average", "platform"}
     assert len(report["results"]) == 2  # the bundle and its baseline, each measured in its own process
     for r in report["results"]:
-        for key in ("size_bytes", "weights_read_per_token_bytes", "ttft_s", "decode_tokens_per_s", "decode_efficiency", "peak_rss_bytes", "perplexity"):
+        for key in ("size_bytes", "weights_read_per_token_bytes", "ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s", "decode_efficiency", "peak_rss_bytes", "perplexity"):
             assert math.isfinite(r[key]) and r[key] > 0, key
         assert len(r["runs"]["decode_tokens_per_s"]) == 2
         assert r["perplexity_tokens"] == expected  # every token of the text (up to the cache's length) after the first is scored
