@@ -218,20 +218,19 @@ def edgemfm_row(bundle: Path, s: dict) -> dict:
     return {k: r[k] for k in ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s", "runs", "perplexity", "weights_read_per_token_bytes", "size_bytes", "peak_rss_bytes")}
 
 
+ROWS = {  # the kind before ":" in a row spec -> how to measure it, given WORK_DIR / the part after ":"
+    "torch": lambda work, arg, s: torch_row(work, s),
+    "ort": lambda work, arg, s: ort_row(work / arg, s),
+    "genai": lambda work, arg, s: genai_row(work / arg, s),
+    "executorch": lambda work, arg, s: executorch_row(work / arg, work / "hf" / "tokenizer.json", s),
+    "edgemfm": lambda work, arg, s: edgemfm_row(work / arg, s),
+}
+
+
 def main() -> None:
     row, work, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     kind, _, arg = row.partition(":")
-    if kind == "torch":
-        result = torch_row(work, settings)
-    elif kind == "ort":
-        result = ort_row(work / arg, settings)
-    elif kind == "genai":
-        result = genai_row(work / arg, settings)
-    elif kind == "executorch":
-        result = executorch_row(work / arg, work / "hf" / "tokenizer.json", settings)
-    else:
-        result = edgemfm_row(work / arg, settings)
-    print(json.dumps(result))
+    print(json.dumps(ROWS[kind](work, arg, settings)))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """What `bench` runs: the prompt, how many tokens and runs, threads, the perplexity text.
+
+    Example:
+        >>> BenchConfig(tokens=32, repeats=3, text="benchmarks/eval_en.txt").threads
+        1
+    """
+
     prompt: str = "Write a short story about a lighthouse keeper."  # prefilled before decoding
     tokens: int = 64  # generated per decode run; at least 2 (the first token is timed apart)
     repeats: int = 5  # timed runs; the median is reported
@@ -92,7 +99,12 @@ def memory_bandwidth(threads: int = 1, mib: int = 512, repeats: int = 5) -> floa
 
 
 def machine() -> dict[str, Any]:
-    """The CPU model, core count and load average: what a reader needs next to the figures."""
+    """The CPU model, core count and load average: what a reader needs next to the figures.
+
+    Example:
+        >>> sorted(machine())
+        ['cores', 'cpu', 'load_average', 'platform']
+    """
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
