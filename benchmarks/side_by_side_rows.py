@@ -173,6 +173,7 @@ def genai_row(folder: Path, s: dict) -> dict:
 
 
 def executorch_row(pte: Path, tokenizer: Path, s: dict) -> dict:
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama::custom_sdpa and update_cache kernels)
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from tokenizers import Tokenizer
