@@ -212,15 +212,15 @@ def prune(model: str | Path, out: str | Path, config: PruneConfig, data: str | P
     """
     from rich.progress import Progress
 
-    from edgemfm.exporting import _quiet, _require_toolchain
+    from edgemfm.toolchain import quiet, require
 
     source = Path(model)
     if not (source / "config.json").is_file():
         raise InputError(f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory")
     bundle.check_output(out, force)
     texts = importance.read_texts(data)
-    _require_toolchain("onnx")  # torch + transformers, what pruning needs too
-    with _quiet(), Progress(transient=True, disable=not progress) as bar:
+    require("onnx")  # torch + transformers, what pruning needs too
+    with quiet(), Progress(transient=True, disable=not progress) as bar:
         from transformers import AutoTokenizer
 
         loading = bar.add_task(f"loading {source.name}", total=None)

@@ -9,56 +9,22 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import logging
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 from edgemfm import bundle
-from edgemfm.errors import InputError, MissingExtraError
+from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
+from edgemfm.toolchain import quiet, require
 
 # Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
-TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
-
-
-def _require_toolchain(format: str) -> None:
-    for module in TOOLCHAIN[format]:
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingExtraError(module) from None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the toolchain's own warnings and progress bars; our rich bar tells the story."""
-    import torch  # noqa: F401  (torch sets its loggers' levels on import: set ours after it)
-
-    loggers = {name: logging.getLogger(name) for name in ("torch", "torchao", "transformers")}
-    levels = {name: lg.level for name, lg in loggers.items()}
-    for lg in loggers.values():
-        lg.setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
-        hf_logging.enable_progress_bar()
 
 
 def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
@@ -124,10 +90,10 @@ def export(
     """
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
-    _require_toolchain(format)
+    require(format)
     from rich.progress import Progress
 
-    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
         from edgemfm.exporters import find_family
         from edgemfm.quantizers.pruning import bundle_report
 
