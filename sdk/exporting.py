@@ -13,6 +13,7 @@ import importlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgemfm import bundle
@@ -74,6 +75,8 @@ def export(
     accuracy_tolerance_db: float | None = None,
     max_seq_len: int | None = None,
     fuse: bool = True,
+    prune: Sequence[str] = (),
+    recover: int = 0,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
@@ -87,10 +90,17 @@ def export(
 
     `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
     static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
+
+    `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
+    prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
+    the report's "pruning" says what went, where and why.
     """
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
     require(format)
+    from edgemfm.quantizers.pruning import parse_spec
+
+    prune_configs = [parse_spec(spec) for spec in prune]  # a bad spec fails before the slow part
     from rich.progress import Progress
 
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
@@ -100,6 +110,10 @@ def export(
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
         bundle.check_output(out, force)  # before the slow part
+        if prune_configs:
+            from edgemfm.quantizers.pruning import prune as prune_checkpoint
+
+            model_dir = prune_checkpoint(model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover)
         family = find_family(json.loads((model_dir / "config.json").read_text()))
         with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
