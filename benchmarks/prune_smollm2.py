@@ -34,14 +34,14 @@ from edgemfm.quantizers.structure import count_parameters
 EVAL_TEXT = Path(__file__).with_name("eval_en.txt")
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
 # grouped-query head cut comes in thirds only: 1 of 3 is the one setting near 10-30%.
-SETTINGS = [
-    ("mlp 10%", PruneConfig(mlp=0.1)),
-    ("mlp 20%", PruneConfig(mlp=0.2)),
-    ("mlp 30%", PruneConfig(mlp=0.3)),
+SETTINGS = [  # blocks and heads first: on a loaded machine a long run may be cut short
     ("blocks 10% (3 of 30)", PruneConfig(blocks=3)),
     ("blocks 20% (6 of 30)", PruneConfig(blocks=6)),
     ("blocks 30% (9 of 30)", PruneConfig(blocks=9)),
     ("heads 33% (1 of 3 KV groups)", PruneConfig(heads=0.34)),
+    ("mlp 10%", PruneConfig(mlp=0.1)),
+    ("mlp 20%", PruneConfig(mlp=0.2)),
+    ("mlp 30%", PruneConfig(mlp=0.3)),
 ]
 
 

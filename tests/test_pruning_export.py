@@ -117,3 +117,34 @@ def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, 
         line = capsys.readouterr().err.strip().splitlines()[-1]
         assert line.startswith("edgemfm: error: ") and message in line, line
         assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably(tmp_path):
+    from edgemfm.quantizers.importance import read_texts
+    from edgemfm.quantizers.pruning import PruneConfig, prune_model
+    from edgemfm.quantizers.recovery import RecoveryConfig, _kl, distil, teacher_sequences
+
+    source = tiny_llama(tmp_path / "llama")
+    from transformers import AutoTokenizer
+
+    tokenizer, teacher, texts = AutoTokenizer.from_pretrained(source), _load(source), read_texts(None)[:8]
+    config = RecoveryConfig(steps=24, lr=1e-3, continuation=8)
+    sequences = teacher_sequences(teacher, tokenizer, texts, config)
+    assert [s.shape[1] for s in sequences] == [len(tokenizer(t)["input_ids"][:128]) + 8 for t in texts]
+
+    def gap(model) -> float:  # KL(teacher || model) over every sequence
+        with torch.no_grad():
+            return sum(_kl(teacher(input_ids=s).logits, model(input_ids=s).logits).item() for s in sequences) / len(sequences)
+
+    students = []
+    for _ in range(2):
+        student = _load(source)
+        prune_model(student, tokenizer, PruneConfig(mlp=0.3), texts)
+        before, embedding = gap(student), student.get_input_embeddings().weight.clone()
+        report = distil(student, teacher, tokenizer, texts, config, sequences=sequences)
+        students.append(student)
+        assert gap(student) < 0.7 * before  # the distance to the unpruned model shrinks
+        assert report["loss"]["last"] < report["loss"]["first"] and report["config"]["steps"] == 24
+        assert torch.equal(student.get_input_embeddings().weight, embedding)  # only the decoder layers train
+    for a, b in zip(students[0].parameters(), students[1].parameters()):
+        assert torch.equal(a, b)  # seeded: the same run gives the same weights
