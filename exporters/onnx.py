@@ -75,13 +75,26 @@ def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int, int]:
     return list(out) if isinstance(out, (tuple, list)) else [out], peak, flops.get_total_flops()
 
 
-def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float]:
-    """Max abs difference of the graph at `path` from PyTorch, and the outputs' magnitude."""
+def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float, int | None]:
+    """Max abs difference of the graph at `path` from PyTorch, the outputs' magnitude, and the run's memory.
+
+    An encoder's session is opened as the runtime opens it (no arena: runtimes/onnxruntime.py),
+    and the growth of the process's resident memory over the one run is measured from the OS:
+    the attention scores and convolution buffers inside the graph that no module output shows.
+    None where the OS can't reset its peak counter, or for the decoder (the budget models it).
+    """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from edgemfm.runtimes import budget
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = unit.kv_cache is not None
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {n: t.numpy() for n, t in zip(unit.input_names, _flat(unit.args))}
+    measured = unit.kv_cache is None and budget.release_free_heap() and budget.reset_peak()
+    base = budget.resident_bytes()
     got = session.run(list(unit.output_names), feeds)
+    grown = budget.peak_resident_bytes() - base if measured else None
     diff = max(float(np.abs(g - r.numpy()).max()) if g.size else 0.0 for g, r in zip(got, reference))
     # Relative to the outputs' magnitude: float32 sums of large activations carry larger errors.
     scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
@@ -89,7 +102,7 @@ def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], toleran
         raise ParityError(
             f"{path.stem}: ONNX output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
         )
-    return diff, scale
+    return diff, scale, grown
 
 
 def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, dict[str, Any]]:
@@ -111,9 +124,9 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
             external_data=False,
             verbose=False,
         )
-    unfused_diff, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
+    unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
     fusion = fuse(path) if fuse_ops else {"skipped": "export --no-fuse"}
-    diff, scale = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
+    diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
@@ -123,7 +136,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         inputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.input_names, _flat(unit.args))),
         outputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.output_names, reference)),
         weight_bytes=weight_bytes,
-        peak_activation_bytes=peak,
+        peak_activation_bytes=max(peak, measured or 0),
         kv_cache=unit.kv_cache,
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,

@@ -176,15 +176,29 @@ def log_mel(samples: np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int
     x[:n] = samples[:n]
     half = spec.n_fft // 2
     x = np.pad(x, half, mode="reflect")  # centred frames, as torch.stft(center=True)
-    frames = 1 + (len(x) - spec.n_fft) // spec.hop_length
-    index = np.arange(spec.n_fft)[None, :] + spec.hop_length * np.arange(frames)[:, None]
+    frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length]  # a view: no copy
     window = np.hanning(spec.n_fft + 1)[:-1]  # periodic Hann, as torch.hann_window
-    power = np.abs(np.fft.rfft(x[index] * window, axis=1)) ** 2
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
     mel = mel_filters(spec).T @ power[:-1].T  # Whisper drops the last frame
     log = np.log10(np.maximum(mel, 1e-10))
     log = np.maximum(log, log.max() - 8.0)
     valid = min(mel.shape[1], -(-n // spec.hop_length))
     return ((log + 4.0) / 4.0).astype(np.float32), valid
+
+
+def log_mel_working_bytes(spec: AudioPreprocess) -> int:
+    """The most memory `log_mel` holds at once for one clip (float64 throughout, as Whisper's reference).
+
+    The padded signal twice (zeros, then reflect-padded), the windowed frames [frames, n_fft],
+    their spectrum [frames, n_fft / 2 + 1] complex and its magnitude: 30.3 MiB for a 30 s window,
+    where the process's peak was measured to grow by 28.9 MiB over one call.
+
+    Example:
+        >>> log_mel_working_bytes(AudioPreprocess(16000, 400, 160, 80, 480000)) // 2**20  # a 30 s window
+        30
+    """
+    frames, bins = 1 + spec.n_samples // spec.hop_length, spec.n_fft // 2 + 1
+    return 2 * 8 * (spec.n_samples + spec.n_fft) + frames * (8 * spec.n_fft + 16 * bins + 8 * bins)
 
 
 def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarray:

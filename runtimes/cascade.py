@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgemfm.errors import InputError
 import numpy as np
 
+from edgemfm.errors import InputError
 from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.pipeline import Generates, Pipeline
 
@@ -117,8 +117,8 @@ def normalize(text: str) -> str:
 def calibrate(small: Pipeline, large: Pipeline, items: Sequence[dict[str, Any]], max_new_tokens: int, tolerance: float = 0.01) -> Calibration:
     """The threshold escalating the fewest held-out items while accuracy >= large's - `tolerance`.
 
-    Each item is {"question": str, "answer": str, "images": [paths]}; an answer is right when it
-    equals the reference after `normalize`.
+    Each item is {"question": str, "answer": str, "images": [paths], "audio": [paths]} (either
+    media list may be absent); an answer is right when it equals the reference after `normalize`.
 
     Example:
         >>> calibrate(small, large, [{"question": "Colour?", "answer": "red", "images": ["a.png"]}], 8)  # doctest: +SKIP
@@ -126,15 +126,22 @@ def calibrate(small: Pipeline, large: Pipeline, items: Sequence[dict[str, Any]],
     """
     if not items:
         raise InputError("calibration needs at least one held-out question; allowed: a non-empty list")
-    rows = []
-    for item in items:
-        images = item.get("images", [])
-        scored = list(small.generate_scored(item["question"], images, (), max_new_tokens))
-        small_text = small.tokenizer.decode([t for t, _ in scored], skip_special_tokens=True)
-        large_text = "".join(large.generate(item["question"], images, max_new_tokens=max_new_tokens))
-        ref = normalize(item["answer"])
-        rows.append((mean_logprob(scored), normalize(small_text) == ref, normalize(large_text) == ref))
-    return choose_threshold(rows, tolerance)
+    return choose_threshold([judge(small, large, item, max_new_tokens) for item in items], tolerance)
+
+
+def judge(small: Pipeline, large: Pipeline, item: dict[str, Any], max_new_tokens: int) -> tuple[float, bool, bool]:
+    """(the small answer's self-test score, small right, large right) for one question with its answer.
+
+    Example:
+        >>> judge(small, large, {"question": "What digit is this?", "answer": "7", "images": ["7.png"]}, 6)  # doctest: +SKIP
+        (-0.02, True, True)
+    """
+    images, audio = item.get("images", []), item.get("audio", [])
+    scored = list(small.generate_scored(item["question"], images, audio, max_new_tokens))
+    small_text = small.tokenizer.decode([t for t, _ in scored], skip_special_tokens=True)
+    large_text = "".join(large.generate(item["question"], images, audio, max_new_tokens=max_new_tokens))
+    ref = normalize(item["answer"])
+    return mean_logprob(scored), normalize(small_text) == ref, normalize(large_text) == ref
 
 
 def choose_threshold(rows: Sequence[tuple[float, bool, bool]], tolerance: float) -> Calibration:

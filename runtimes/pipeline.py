@@ -190,7 +190,10 @@ class Pipeline(Generates):
         spec = self.manifest.prompt.media[kind]
         feeds = item.feeds if isinstance(item, Call) else item_feeds(kind, item, self.manifest)
         rows = self.sessions[spec.encoder].run(feeds)[spec.output]
-        return rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
+        rows = rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
+        del feeds
+        budget.release_free_heap()  # the encoder's freed buffers leave the process before the decoder's peak
+        return rows
 
     def attend(self, media: dict[str, Iterable[Any]]) -> tuple[dict[str, Iterable[Any]], dict[str, np.ndarray]]:
         """The media left for the prompt, and what an encoder-decoder bundle's decoder attends to at

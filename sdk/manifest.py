@@ -65,7 +65,7 @@ class Component:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     weight_bytes: int  # bytes of weights the runtime maps
-    peak_activation_bytes: int  # largest live activation at the example shapes (estimate)
+    peak_activation_bytes: int  # largest live activation at the example shapes (encoders: measured in ONNX Runtime)
     kv_cache: KVCache | None = None
     cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
     flops_per_item: int = 0  # per image / audio window / token, counted by torch at export

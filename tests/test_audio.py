@@ -13,7 +13,8 @@ import pytest
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import AudioPreprocess
-from edgemfm.runtimes.audio import load_audio, log_mel, mel_filters, read_wav, resample
+from edgemfm.runtimes import budget
+from edgemfm.runtimes.audio import load_audio, log_mel, log_mel_working_bytes, mel_filters, read_wav, resample
 from edgemfm.runtimes.preprocess import PREPROCESSORS
 
 WHISPER = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
@@ -114,6 +115,19 @@ def test_log_mel_of_speech_matches_whisper_feature_extractor(speech):
     assert ours.shape == ref["input_features"][0].shape == (80, 3000)
     assert np.abs(ours - ref["input_features"][0]).max() < 1e-4
     assert valid == int(ref["attention_mask"][0].sum())
+
+
+def test_log_mel_working_bytes_bound_its_measured_peak():
+    """The memory budget counts one window's log-mel: the process's peak over a call stays within it."""
+    spec = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
+    samples = np.random.default_rng(0).standard_normal(spec.n_samples).astype(np.float32)
+    log_mel(samples, spec)  # first call: numpy's FFT plans and caches
+    if not (budget.release_free_heap() and budget.reset_peak()):
+        pytest.skip("this OS cannot reset its peak-memory counter")
+    before = budget.resident_bytes()
+    log_mel(samples, spec)
+    grown = budget.peak_resident_bytes() - before
+    assert 0.5 * log_mel_working_bytes(spec) < grown <= log_mel_working_bytes(spec)
 
 
 def test_preprocessor_row_is_registered(speech):

@@ -11,10 +11,9 @@ import pytest
 from edgemfm.cli import main
 from tiny_audio import tiny_qwen2_audio
 
-# The budget estimate under-counts an audio window (measured peak 165-188 MiB against an estimate
-# of 85: the audio encoder's internal attention and the log-mel intermediates are not in the
-# manifest), so the budget leaves that room; the stream's peak is still measured against it.
-BUDGET_MB = 256
+# The estimate counts the audio encoder's run as measured at export and one window's log-mel
+# (measured: peak 167.0 MiB, estimate 170.9 MiB); the budget leaves ~12% above the estimate.
+BUDGET_MB = 192
 
 # A fresh interpreter (no torch) streams a "microphone": chunks of odd sizes, cut into the
 # encoder's windows as they arrive, each window one audio item; it reports its peak from the OS.
@@ -53,5 +52,7 @@ def test_audio_stream_10x_longer_than_fits_unstreamed_stays_under_budget(tmp_pat
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert windows_n >= 10 * max(result["fits"], 1), result["fits"]
-    assert result["peak"] <= BUDGET_MB * 2**20, {k: v for k, v in result.items() if k != "tokens"}
+    numbers = {k: v for k, v in result.items() if k != "tokens"}
+    assert result["peak"] <= BUDGET_MB * 2**20, numbers
+    assert result["peak"] <= 1.05 * result["needed"], numbers  # the estimate does not under-count
     assert len(result["tokens"]) >= 1
