@@ -126,9 +126,13 @@ def _lowest(scores: Sequence[float] | torch.Tensor, n: int) -> list[int]:
     return sorted(torch.as_tensor(scores).argsort()[:n].tolist())
 
 
-def _margin(removed: Sequence[float], kept: Sequence[float]) -> dict[str, float]:
-    """The range of the removed scores and of the kept ones: how clear the cut was."""
-    return {"removed_max": round(float(max(removed)), 6), "kept_min": round(float(min(kept)), 6), "kept_max": round(float(max(kept)), 6)}
+def _share(removed: Sequence[float], kept: Sequence[float]) -> dict[str, float]:
+    """Mean score of what went and of what stayed, and the share of the summed score that went."""
+    total = sum(removed) + sum(kept)
+    return {
+        "removed_mean": round(sum(removed) / len(removed), 6), "kept_mean": round(sum(kept) / len(kept), 6),
+        "removed_share": round(sum(removed) / total, 6) if total else 0.0,
+    }
 
 
 def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
@@ -138,7 +142,7 @@ def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dic
     drop_blocks(dec, remove)
     return {
         "granularity": "blocks", "removed": remove, "scores": [round(s, 6) for s in scores],
-        "summary": _margin([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
+        "summary": _share([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
         "why": "lowest 1 - cos(block input, block output) on the calibration data: these blocks change the residual stream least"
         + (f"; the last {dec.protected_tail} kept ({_protected_why})" if dec.protected_tail else ""),
     }
@@ -152,7 +156,7 @@ def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict
     return {
         "granularity": "heads", "removed": {str(i): r for i, r in removed.items()},
         "scores": {str(i): [round(v, 6) for v in s] for i, s in enumerate(scores)},
-        "summary": _margin([v for v, r in flat if r], [v for v, r in flat if not r]),
+        "summary": _share([v for v, r in flat if r], [v for v, r in flat if not r]),
         "why": "lowest mean norm of what a KV group's query heads write through o_proj; a KV head goes with all its query heads (grouped-query attention)",
     }
 
@@ -160,12 +164,16 @@ def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict
 def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
     scores = importance.channel_scores(dec, calls, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
-    keep_channels(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
+    kept = {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)}
+    keep_channels(dec, kept)
     return {
         "granularity": "mlp", "removed": {str(i): r for i, r in removed.items()},
         # every removed channel's score, and the weakest kept one: the margin of the cut
         "scores": {str(i): {"removed": [round(float(s[j]), 6) for j in removed[i]], "lowest_kept": round(float(s.sort().values[n]), 6)} for i, s in enumerate(scores)},
-        "summary": _margin([float(s[removed[i]].max()) for i, s in enumerate(scores)], [float(s.sort().values[n]) for s in scores]),
+        "summary": _share(
+            torch.cat([s[removed[i]] for i, s in enumerate(scores)]).tolist(),
+            torch.cat([s[kept[i]] for i, s in enumerate(scores)]).tolist(),
+        ),
         "why": "lowest |W_out[:, j]| x mean |activation_j| (activation-aware magnitude) on the calibration data",
     }
 

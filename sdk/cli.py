@@ -74,12 +74,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 def _pruning_summary(report: dict) -> None:
     """What was pruned, where and why, one row per stage."""
     table = Table(title=f"pruned {Path(report['source']).name}")
-    for col in ("component", "granularity", "removed", "where", "score margin", "why"):
+    for col in ("component", "granularity", "removed", "where", "importance removed", "why"):
         table.add_column(col)
     for s in report["stages"]:
         where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
         m = s.get("summary")
-        margin = f"removed <= {m['removed_max']:.3g} < kept >= {m['kept_min']:.3g}" if m else "-"
+        margin = f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)" if m else "-"
         table.add_row(s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"])
     out.print(table)
     p = report["parameters"]

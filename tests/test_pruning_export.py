@@ -39,8 +39,10 @@ def test_export_prune_matches_the_pruned_model_and_reports_what_went(tmp_path, c
     assert report["pruning"]["parameters"]["removed"] == removed
     assert report["pruning"]["parameters"]["before"] == count_parameters(_load(source))
     assert [(s["component"], s["granularity"], s["count"]) for s in report["pruning"]["stages"]] == [("text_decoder", "heads", 1), ("text_decoder", "mlp", 18)]
-    for s in report["pruning"]["stages"]:  # why: every removed score at or below every kept one in its layer
-        assert s["why"] and s["summary"]["kept_min"] >= 0 and s["parameters_removed"] > 0
+    for s in report["pruning"]["stages"]:  # why: the least important went, so less than its share of the score
+        fraction = s["count"] / {"heads": 3, "mlp": MLP}[s["granularity"]]
+        assert s["why"] and s["summary"]["removed_mean"] < s["summary"]["kept_mean"] and s["summary"]["removed_share"] < fraction
+        assert s["parameters_removed"] > 0
     assert pipe.manifest.components["text_decoder"].kv_cache.kv_heads == 2
 
     # the same spec through `edgemfm prune` (deterministic): the bundle's greedy tokens equal transformers'
