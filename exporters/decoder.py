@@ -102,7 +102,7 @@ def decoder_unit(language_model, lm_head, config, seq: int = 5, past_len: int = 
         dynamic_axes=axes,
         kv_cache=kv,
         items=seq,
-        static_cache=partial(static_decoder_unit, language_model, lm_head, config, kv),
+        static_cache=partial(static_decoder_unit, language_model, lm_head, config, kv, mrope=mrope),
     )
 
 

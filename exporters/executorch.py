@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,13 @@ def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
     dims: dict[str, torch.export.Dim] = {}
     names = iter(unit.input_names)
 
+    def dim(axis: str) -> Any:
+        # A multiple of m is m x a dim of up to max_seq_len: Qwen2-VL's patches, 4 per decoder row.
+        m = unit.axis_multiples.get(axis, 1)
+        return m * torch.export.Dim(f"{axis}_over_{m}", min=1, max=max_seq_len) if m > 1 else torch.export.Dim(axis, min=1, max=max_seq_len)
+
     def spec(_tensor: torch.Tensor) -> dict[int, Any]:
-        return {d: dims.setdefault(a, torch.export.Dim(a, min=1, max=max_seq_len)) for d, a in _axes(unit, next(names)).items()}
+        return {d: dims[a] if a in dims else dims.setdefault(a, dim(a)) for d, a in _axes(unit, next(names)).items()}
 
     return tuple(tuple(spec(t) for t in a) if isinstance(a, tuple) else spec(a) for a in unit.args)
 
@@ -61,7 +67,16 @@ def _capture(unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor
         for name, b in unit.module.named_buffers():
             b.copy_(state[name])
         program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
-    return program, reference, peak, flops
+    return program.run_decompositions({torch.ops.aten.gelu.default: _tanh_gelu}), reference, peak, flops
+
+
+def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    # executorch 1.5.1's XNNPACK lowering ignores GELU's `approximate` and runs the exact (erf)
+    # GELU, 4.7e-4 off the tanh form Gemma and SigLIP use (fixed upstream by pytorch/executorch
+    # PR 22851, not released): spell the tanh form out in ops XNNPACK runs exactly.
+    if approximate != "tanh":
+        return NotImplemented  # exact GELU: XNNPACK's own kernel is right
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
 def delegation(graph_module: Any) -> dict[str, Any]:
@@ -168,6 +183,7 @@ def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.
         weight_bytes=weight_bytes,
         peak_activation_bytes=peak,
         kv_cache=unit.kv_cache,
+        cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
         method=name,
     )

@@ -32,6 +32,9 @@ class ExportUnit:
     # The same component with a static KV cache of the given length, for formats whose buffers
     # are planned ahead (pte); None where the component has no cache.
     static_cache: Callable[[int], ExportUnit] | None = None
+    # Axes whose length is always a whole multiple (Qwen2-VL's patches: merge x merge per decoder
+    # row), for exporters that must state it to trace a dynamic axis (torch.export for pte).
+    axis_multiples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

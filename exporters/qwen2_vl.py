@@ -56,7 +56,11 @@ class PatchEncoder(torch.nn.Module):
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
         v = self.visual
-        x = v.patch_embed(pixel_values)
+        # The patch embedding is a Conv3d whose kernel is the whole patch: one matrix product over
+        # the flat patch, the same numbers, and a MatMul every backend runs (ExecuTorch has no 5-D
+        # convolution outside XNNPACK's 2-D ones).
+        proj = v.patch_embed.proj
+        x = torch.nn.functional.linear(pixel_values.to(proj.weight.dtype), proj.weight.flatten(1), proj.bias)
         cos, sin = v.rotary_pos_emb(x, patch_positions)
         n = x.shape[0]
         windowed = None
@@ -138,6 +142,7 @@ def split(model: Any, model_dir: Path) -> Split:
         input_names=("pixel_values", "patch_positions"),
         output_names=("image_features",),
         dynamic_axes={"pixel_values": {0: "patches"}, "patch_positions": {0: "patches"}, "image_features": {0: "rows"}},
+        axis_multiples={"patches": m * m},  # whole merged patches: merge x merge per decoder row
     )
     return Split(
         units={

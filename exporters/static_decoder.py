@@ -10,14 +10,18 @@ from an earlier prompt are never read and no reset is needed between generations
     input_pos [seq] ────────────────┴─► decoder layers ◄─┘  (mutable buffers, updated in place)
                                              └─► lm_head ─► logits [1, seq, vocab]
 
-It builds on transformers' own `StaticCache` (index_copy_ at the write positions), as
+It builds on transformers' own `StaticLayer` (index_copy_ at the write positions), as
 `transformers.integrations.executorch.TorchExportableModuleWithStaticCache` does, but wraps the
 language model and lm_head a family hands over instead of a whole `*ForCausalLM`, so the same
 wrapper serves every family whose decoder `decoder_unit` describes, and the program keeps one
 copy of the weights for prefill and decode (transformers.exporters writes two).
 
+Qwen2-VL's M-RoPE (`mrope=True`) adds a `position_ids` [3, 1, seq] input: after an image the
+rotary positions fall behind the cache slots. Whisper (exporters/whisper.py) subclasses the
+module to take its cross-attention K/V as inputs, the same every call of a clip.
+
 Example:
-    >>> unit = static_decoder_unit(model.model.language_model, model.lm_head, text_config, max_seq_len=128)  # doctest: +SKIP
+    >>> unit = static_decoder_unit(model.model.language_model, model.lm_head, text_config, kv_layout(text_config), 128)  # doctest: +SKIP
     >>> unit.input_names, unit.kv_cache.kind                                                              # doctest: +SKIP
     (('inputs_embeds', 'input_pos'), 'static')
 """
@@ -36,12 +40,16 @@ POSITION = "input_pos"
 
 
 class StaticDecoder(torch.nn.Module):
-    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any, kv: KVCache):
+    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, kv: KVCache):
         super().__init__()
-        from transformers import StaticCache
+        from transformers.cache_utils import Cache, StaticLayer
 
         self.language_model, self.lm_head = language_model, lm_head
-        self.cache = StaticCache(config=config, max_cache_len=kv.max_seq_len)
+        # Full-length layers for every layer, sliding ones included (Mistral, Gemma-2/3): the model
+        # applies the window in its mask over absolute positions, as the ONNX decoder does, whereas
+        # transformers' StaticSlidingWindowLayer rolls its buffer on Python-int lengths that
+        # torch.export cannot keep dynamic.
+        self.cache = Cache(layers=[StaticLayer(max_cache_len=kv.max_seq_len) for _ in range(kv.layers)])
         dtype = next(lm_head.parameters()).dtype
         self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
         for i, layer in enumerate(self.cache.layers):
@@ -49,29 +57,60 @@ class StaticDecoder(torch.nn.Module):
             self.register_buffer(f"value_{i}", layer.values, persistent=False)
             self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
 
-    def forward(self, inputs_embeds, input_pos):
+    def bind(self, input_pos: torch.Tensor) -> Any:
+        """The cache, on this module's buffers, writing from `input_pos[0]` on."""
         for i, layer in enumerate(self.cache.layers):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
             # program instead of writes to constants.
             layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
             layer.cumulative_length = getattr(self, f"length_{i}")
-            layer.cumulative_length.copy_(input_pos[0])  # StaticCache writes from here on
+            layer.cumulative_length.copy_(input_pos[0])  # StaticLayer writes from here on
+        return self.cache
+
+    def forward(self, inputs_embeds, input_pos, position_ids=None):
+        # position_ids: M-RoPE's [3, 1, seq] rotary positions (Qwen2-VL), which differ from the
+        # cache slots `input_pos` after an image; otherwise the rotary position is the slot.
+        self.bind(input_pos)
         out = self.language_model(
-            inputs_embeds=inputs_embeds, position_ids=input_pos[None], cache=self.cache, use_cache=True
+            inputs_embeds=inputs_embeds,
+            position_ids=input_pos[None] if position_ids is None else position_ids,
+            cache=self.cache,
+            use_cache=True,
         )
         return self.lm_head(out.last_hidden_state)
 
 
-def static_decoder_unit(language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5) -> ExportUnit:
-    """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions."""
-    kv = replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
+def static_layout(kv: KVCache, max_seq_len: int) -> KVCache:
+    """The manifest's description of a static cache of `max_seq_len` positions written at `input_pos`.
+
+    Example:
+        >>> static_layout(KVCache(2, 3, 16, past="past.{layer}.{kind}", present="present.{layer}.{kind}"), 64).kind
+        'static'
+    """
+    return replace(kv, past="", present="", kind="static", max_seq_len=max_seq_len, position=POSITION)
+
+
+def static_decoder_unit(
+    language_model, lm_head, config, kv: KVCache, max_seq_len: int, seq: int = 5, mrope: bool = False
+) -> ExportUnit:
+    """The decoder of `decoder_unit` with a static cache of `max_seq_len` positions.
+
+    `mrope`: the program also takes `position_ids` [3, 1, seq] (temporal, height, width), as
+    Qwen2-VL's decoder does; the cache slots stay `input_pos`.
+    """
+    kv = static_layout(kv, max_seq_len)
+    args: tuple[torch.Tensor, ...] = (torch.randn(1, seq, config.hidden_size), torch.arange(seq))
+    axes = {"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    if mrope:  # three different rows, so the parity check covers every section of the rotary dims
+        args += ((torch.arange(seq) + torch.arange(3)[:, None])[:, None],)
+        axes["position_ids"] = {1: "batch", 2: "seq"}
     return ExportUnit(
-        module=StaticDecoder(language_model, lm_head, config, kv).eval(),
-        args=(torch.randn(1, seq, config.hidden_size), torch.arange(seq)),
-        input_names=("inputs_embeds", POSITION),
+        module=StaticDecoder(language_model, lm_head, kv).eval(),
+        args=args,
+        input_names=("inputs_embeds", POSITION, "position_ids")[: len(args)],
         output_names=("logits",),
-        dynamic_axes={"inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"}},
+        dynamic_axes=axes,
         kv_cache=kv,
         items=seq,
     )

@@ -14,7 +14,10 @@ Whisper-specific code. The decoder prompt is the generation config's start token
 (`decoder_start_token_id`, then `<|notimestamps|>` where the checkpoint has one, as
 `WhisperForConditionalGeneration.generate` starts an English-only transcription).
 
-Exported with the dynamo ONNX exporter; parity within 1e-4 on the tiny test models.
+Exported with the dynamo ONNX exporter; parity within 1e-4 on the tiny test models. For
+`--format pte` the decoder keeps its self-attention cache in the program's static buffers
+(`StaticTextDecoder`) and still takes the cross-attention K/V as inputs, fed unchanged at every
+call as for ONNX: one per clip, so they need no buffer of their own.
 
 Example:
     >>> from edgemfm.exporters.whisper import FAMILY
@@ -25,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ import torch
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import PAST, PRESENT, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
 
@@ -80,6 +85,43 @@ class TextDecoder(torch.nn.Module):
         )
         present = [t for layer in out.past_key_values.self_attention_cache.layers for t in (layer.keys, layer.values)]
         return (self.proj_out(out.last_hidden_state), *present)
+
+
+class StaticTextDecoder(StaticDecoder):
+    """The decoder for pte: the self-attention cache in the program's static buffers; the
+    cross-attention K/V come in at every call (computed once per clip by the audio encoder)."""
+
+    def forward(self, inputs_embeds, input_pos, cross):
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        pairs = [(cross[2 * i], cross[2 * i + 1]) for i in range(len(cross) // 2)]
+        cache = EncoderDecoderCache(self.bind(input_pos), DynamicCache(ddp_cache_data=pairs))
+        out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=input_pos[None],
+            encoder_hidden_states=inputs_embeds[:, :0],  # unread: the cross cache is filled (see TextDecoder)
+            cache=cache,
+            use_cache=True,
+        )
+        return self.lm_head(out.last_hidden_state)
+
+
+def _static_decoder(whisper: Any, proj_out: Any, decoder: ExportUnit, max_seq_len: int, seq: int = 3) -> ExportUnit:
+    """`decoder` with a static self-attention cache of `max_seq_len` positions, for --format pte."""
+    kv, cross = static_layout(decoder.kv_cache, max_seq_len), decoder.cross_attention
+    return ExportUnit(
+        module=StaticTextDecoder(whisper.decoder, proj_out, kv).eval(),
+        args=(torch.randn(1, seq, whisper.config.d_model), torch.arange(seq), decoder.args[-1]),
+        input_names=("inputs_embeds", POSITION, *cross.outputs),
+        output_names=("logits",),
+        dynamic_axes={
+            "inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"},
+            **{n: {0: "batch"} for n in cross.outputs},
+        },
+        kv_cache=kv,
+        items=seq,
+        cross_attention=cross,
+    )
 
 
 def load(model_dir: Path) -> Any:
@@ -162,6 +204,7 @@ def _units(model: Any, pre: AudioPreprocess) -> dict[str, ExportUnit]:
         items=seq,
         cross_attention=CrossAttention(media="audio", encoder="audio_encoder", input="input_features", outputs=cross_names),
     )
+    decoder.static_cache = partial(_static_decoder, whisper, model.proj_out, decoder)
     return {"audio_encoder": encoder, "token_embedding": embedding_unit(whisper.decoder.embed_tokens), "text_decoder": decoder}
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from edgemfm.manifest import KVCache as KVLayout
+from edgemfm.runtimes.positions import decoder_positions
 
 
 class KVCache:
@@ -52,12 +53,7 @@ class KVCache:
     def position_ids(self, seq: int) -> np.ndarray:
         """[1, seq] positions of the next `seq` tokens, or [3, 1, seq] with M-RoPE: the prompt's own
         3-D positions, then every axis at the absolute position plus the shift."""
-        at = np.arange(self.position, self.position + seq, dtype=np.int64)
-        if self.mrope is None:
-            return at[None]
-        prompt, shift = self.mrope
-        n = prompt.shape[1]
-        return np.where(at < n, prompt[:, np.minimum(at, n - 1)], at + shift)[:, None]
+        return decoder_positions(self.position, seq, self.mrope)
 
     def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
         """Take the decoder's grown cache after it consumed `seq` tokens."""

@@ -58,3 +58,20 @@ def mrope_prompt(segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.nda
     """
     positions, next_position = mrope_positions(segments)
     return positions, next_position - positions.shape[1]
+
+
+def decoder_positions(position: int, seq: int, mrope: tuple[np.ndarray, int] | None) -> np.ndarray:
+    """[1, seq] positions of `seq` tokens from absolute `position`, or [3, 1, seq] with M-RoPE
+    (`mrope` = `mrope_prompt`'s result): the prompt's own 3-D positions, then every axis at the
+    absolute position plus the shift.
+
+    Example:
+        >>> decoder_positions(8, 2, mrope_prompt([2, (1, 2, 3), 1]))[:, 0].tolist()
+        [[5, 6], [5, 6], [5, 6]]
+    """
+    at = np.arange(position, position + seq, dtype=np.int64)
+    if mrope is None:
+        return at[None]
+    prompt, shift = mrope
+    n = prompt.shape[1]
+    return np.where(at < n, prompt[:, np.minimum(at, n - 1)], at + shift)[:, None]

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import KVCache as KVLayout
+from edgemfm.runtimes.positions import decoder_positions
 
 
 class StaticKVCache:
@@ -31,9 +32,16 @@ class StaticKVCache:
         self.name, self.max_len = layout.position, layout.max_seq_len
         self.length = self.position = self.evicted = 0
         self.fixed: dict[str, np.ndarray] = {}
+        # M-RoPE (generation.positions "mrope"): the rotary positions differ from the cache slots
+        # after an image, so the program takes them as `position_ids` beside the slots.
+        self.mrope: tuple[np.ndarray, int] | None = None
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
-        return {self.name: np.arange(self.position, self.position + seq, dtype=np.int64)}
+        # `fixed`: an encoder-decoder's cross-attention K/V, the same every call
+        slots = {self.name: np.arange(self.position, self.position + seq, dtype=np.int64), **self.fixed}
+        if self.mrope is None:
+            return slots
+        return {**slots, "position_ids": decoder_positions(self.position, seq, self.mrope)}
 
     def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
         self.length += seq

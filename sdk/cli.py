@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, inspect.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, tune, inspect.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -121,6 +121,24 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from edgemfm.tune import plot, table, to_json, tune
+
+    result = tune(
+        args.device, args.latency_budget, args.memory_budget, model=args.model, bundle=args.bundle, data=args.data,
+        questions=args.questions, workers=args.workers, ray_address=args.ray, apply=args.apply, force=args.force,
+    )
+    out.print(table(result))
+    c = result.chosen
+    out.print(f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
+              f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}", soft_wrap=True)
+    out.print(f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}")
+    if args.json:
+        Path(args.json).write_text(to_json(result))
+    if args.apply:
+        out.print(f"[green]wrote[/green] {args.apply}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     from edgemfm.bundle import read_manifest
 
@@ -183,7 +201,9 @@ def _print_predictions(manifest, profile) -> None:
         table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
     out.print(table)
     for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
-        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}")
+        out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}", soft_wrap=True)
+    for figure, value in vars(profile.cost).items():
+        out.print(f"  cost.{figure} = {value:g}: {profile.sources['cost.' + figure]}", soft_wrap=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -252,6 +272,22 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.set_defaults(func=cmd_finetune)
+
+    t = sub.add_parser("tune", help="search resolution, tokens, sequence length and precision for the best quality under a budget")
+    t.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
+    t.add_argument("--latency-budget", type=float, required=True, metavar="MS", help="predicted latency of one question, ms")
+    t.add_argument("--memory-budget", type=float, metavar="MB", help="weights + KV cache + activation, MiB (default: the profile's)")
+    t.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    t.add_argument("--bundle", help="an fp32 bundle of the model to start from (default: export one)")
+    t.add_argument("--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)")
+    t.add_argument("--questions", type=int, default=12, help="held-out questions per media kind (default: 12)")
+    t.add_argument("--workers", type=int, default=1, help="processes evaluating candidates (default: 1)")
+    t.add_argument("--ray", metavar="ADDRESS", help="evaluate on this Ray cluster instead ('auto', or host:port)")
+    t.add_argument("--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)")
+    t.add_argument("--json", metavar="PATH", help="also write every candidate, with its numbers, as JSON")
+    t.add_argument("--apply", metavar="OUT", help="export the chosen point as a bundle here")
+    t.add_argument("--force", action="store_true", help="replace an existing --apply directory")
+    t.set_defaults(func=cmd_tune)
 
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")

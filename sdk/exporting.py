@@ -75,6 +75,14 @@ def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
     return path, path.resolve().name
 
 
+def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
+    """The profile's streaming settings for a bundle of `max_seq_len` positions: a smaller
+    --max-seq-len shrinks the sink tokens and prefill chunk with it, so the bundle loads."""
+    sinks = min(profile.sink_tokens, max_seq_len - 1)
+    chunk = min(profile.prefill_chunk, max_seq_len - sinks)
+    return StreamingSettings(**{**vars(profile), "max_seq_len": max_seq_len, "sink_tokens": sinks, "prefill_chunk": chunk})
+
+
 def _check_options(profile: DeviceProfile, format: str, precision: str, calibration: str | Path | None,
                    memory_budget_mb: float | None, max_seq_len: int | None) -> int:
     """Check the options against the profile; returns the max sequence length to build for."""
@@ -158,7 +166,7 @@ def export(
                 prompt=split.prompt,
                 preprocess=split.preprocess,
                 generation=split.generation,
-                streaming=StreamingSettings(**{**vars(profile.streaming), "max_seq_len": max_seq_len}),
+                streaming=_streaming(profile.streaming, max_seq_len),
                 report={
                     "precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components},
                     **written, **split.report, **bundle_report(model_dir),

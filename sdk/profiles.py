@@ -47,6 +47,24 @@ class Streaming:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What the roofline needs besides the peaks: how close kernels come to them, what a call costs.
+
+    Each figure needs a source in [sources] as `cost.<figure>`; for the host it is measured by
+    benchmarks/cost_figures.py (ONNX Runtime, one thread).
+    """
+
+    call_us: float  # one session.run that does nothing: binding, allocation, output copy
+    node_us: float  # dispatching one node that does almost nothing (what a tiny model is made of)
+    compute_fraction: float  # dense GEMM FLOP/s reached over the peak (above 1 where the chip boosts past the clock the peak assumes)
+    bandwidth_fraction: float  # weight streaming with every core over the peak DRAM bandwidth
+    core_bandwidth_gbps: float  # what one core streams from DRAM: a one-thread run gets no more
+
+
+COST_FIGURES = tuple(f"cost.{f}" for f in Cost.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     version: int  # profile schema version: 1
     name: str
@@ -68,6 +86,7 @@ class DeviceProfile:
     group_sizes: tuple[int, ...]  # block sizes the int4 kernels take
     default_memory_budget_mb: int
     streaming: Streaming
+    cost: Cost
     sources: dict[str, str]  # figure name -> where it was published
 
     @property
@@ -83,6 +102,14 @@ def _validate(p: DeviceProfile, where: str) -> None:
             problems.append(f"{f} must be a positive finite number, got {value!r}")
         if not p.sources.get(f, "").strip():
             problems.append(f"{f} has no source in [sources]")
+    for f in COST_FIGURES:
+        value = getattr(p.cost, f.split(".")[1])
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"{f} must be a positive finite number, got {value!r}")
+        if not p.sources.get(f, "").strip():
+            problems.append(f"{f} has no source in [sources]")
+    if not (p.cost.compute_fraction <= 2 and p.cost.bandwidth_fraction <= 1):
+        problems.append("cost.compute_fraction must be at most 2 and cost.bandwidth_fraction at most 1")
     if not 0 < p.usable_memory_gb <= p.memory_gb:
         problems.append("usable_memory_gb must be in (0, memory_gb]")
     if not 0 < p.default_memory_budget_mb <= p.usable_memory_gb * 1024:

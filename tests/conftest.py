@@ -37,3 +37,16 @@ def picture(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("images") / "shapes.png"
     img.save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory) -> Path:
+    """The built-in demo model exported fp32 for the host (minutes; for -m slow tests only), or the
+    bundle at $EDGEMFM_DEMO_BUNDLE when set, to reuse one `edgemfm export --device host` wrote."""
+    import os
+
+    import edgemfm
+
+    if given := os.environ.get("EDGEMFM_DEMO_BUNDLE"):
+        return Path(given)
+    return edgemfm.export(device="host", out=tmp_path_factory.mktemp("bundles") / "demo-host", progress=False)

@@ -1,0 +1,134 @@
+"""`edgemfm tune`: the frontier, the choice under a budget, the plot, --apply, and the fan-out backends.
+
+Fast tests run on the placeholder model's bundle (fidelity to float is the quality there); the
+demo model on `pi5` with its held-out questions, and a local Ray cluster, run under -m slow.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.errors import EdgemfmError, InputError
+from edgemfm.tune import choose, tune
+from edgemfm.tune_quality import run_jobs
+
+
+@pytest.fixture(scope="module")
+def result(default_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "pi5"
+    return tune("pi5", latency_budget_ms=5.0, bundle=default_bundle, progress=False, apply=out), out
+
+
+def _dominates(a, b) -> bool:
+    return (a.latency_ms <= b.latency_ms and a.memory_mb <= b.memory_mb and a.quality >= b.quality
+            and (a.latency_ms < b.latency_ms or a.memory_mb < b.memory_mb or a.quality > b.quality))
+
+
+def test_the_frontier_is_exactly_the_non_dominated_points(result):
+    r, _ = result
+    # placeholder: 3 decoder precisions x 2 vision precisions x 3 sequence lengths
+    assert len(r.points) == 18
+    front = [p for p in r.points if p.frontier]
+    assert 2 <= len(front) < len(r.points)
+    for p in r.points:
+        assert p.frontier == (not any(_dominates(q, p) for q in r.points))
+    # int8/int4 parts measured against float: high, but below the float graphs' 1.0
+    assert 0.8 < min(p.quality for p in r.points) < max(p.quality for p in r.points) == pytest.approx(1.0)
+
+
+def test_the_chosen_point_is_the_best_quality_within_the_predicted_budget(result):
+    r, _ = result
+    assert r.chosen.latency_ms <= 5.0 and r.chosen.memory_mb <= r.profile.default_memory_budget_mb
+    fits = [p for p in r.points if p.latency_ms <= 5.0]
+    assert r.chosen.quality == max(p.quality for p in fits)
+    assert any(p.latency_ms > 5.0 and p.quality > r.chosen.quality for p in r.points)  # the budget cost quality
+
+
+def test_apply_writes_the_chosen_point_as_a_bundle_that_runs(result, picture):
+    r, out = result
+    m = edgemfm.bundle.read_manifest(out)
+    for name, precision in r.chosen.candidate.precisions:
+        spec = m.recipe.spec_for(name)
+        assert (spec.bits if spec else 32) == {"fp32": 32, "int8": 8, "int4": 4}[precision]
+    assert m.profile == "raspberry-pi-5-8gb" and m.streaming.max_seq_len == r.chosen.candidate.seq_len
+    assert m.report["tune"]["latency_ms"] == pytest.approx(r.chosen.latency_ms)
+    assert len("".join(edgemfm.load(out).generate("What is this?", images=[picture], max_new_tokens=3))) > 0
+
+
+def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle, tmp_path, capsys):
+    """Through the CLI: the error comes after the search (the needed figure is what it found)."""
+    code = main(["tune", "--device", "pi5", "--latency-budget", "0.01", "--bundle", str(default_bundle), "--plot", str(tmp_path / "f.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "the fastest needs" in err and "allowed: 0.01 ms" in err
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_an_existing_apply_directory_is_refused_before_any_work(default_bundle, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle), "--apply", str(tmp_path / "out")]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+
+
+def test_choose_refuses_a_memory_budget_nothing_fits(result):
+    r, _ = result
+    with pytest.raises(InputError, match=r"the smallest \d+ MB; allowed: 1000 ms and 0.5 MB"):
+        choose(r.points, 1000.0, 0.5)
+
+
+def test_the_cli_prints_the_frontier_and_writes_the_plot_and_every_point(default_bundle, tmp_path, capsys):
+    import json
+
+    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle),
+                 "--plot", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")]) == 0
+    text = capsys.readouterr().out
+    points = json.loads((tmp_path / "f.json").read_text())["points"]
+    assert len(points) == 18 and sum(p["chosen"] for p in points) == 1
+    assert f"{sum(p['frontier'] for p in points)} on the frontier" in text and "chosen:" in text
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_plot_is_a_png(result, tmp_path):
+    from edgemfm.tune import plot
+
+    path = plot(result[0], tmp_path / "frontier.png", 5.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_pool_runs_jobs_and_ray_is_asked_for_by_name(monkeypatch):
+    assert run_jobs(math.sqrt, [4.0, 9.0], workers=2) == [2.0, 3.0]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(EdgemfmError, match=r"--ray needs Ray: pip install 'edgemfm\[ray\]'"):
+        run_jobs(math.sqrt, [4.0], ray_address="auto")
+
+
+@pytest.mark.slow
+def test_a_local_ray_cluster_runs_the_jobs():
+    import ray
+
+    try:
+        assert run_jobs(math.sqrt, [4.0, 9.0, 16.0], ray_address="local") == [2.0, 3.0, 4.0]
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_demo_model_on_pi5_meets_its_latency_budget_with_held_out_questions(demo_bundle, tmp_path):
+    """The demo model's media knobs, precisions and sequence lengths on pi5, quality measured on
+    12 held-out questions of each kind ($EDGEMFM_DEMO_DATA, else built by build_dataset.py)."""
+    import os
+
+    data = os.environ.get("EDGEMFM_DEMO_DATA")
+    if data is None:
+        pytest.skip("set EDGEMFM_DEMO_DATA to a folder samples/demo_model/build_dataset.py wrote")
+    r = tune("pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, progress=False, scratch=tmp_path)
+    assert r.chosen.latency_ms <= 150.0
+    assert len(r.points) > 100 and any(p.latency_ms > 150.0 for p in r.points)
+    # 2026-11-28: the chosen int4 decoder answered 12 of 24 (fp32 decoders, at 300 ms, 18 of 24)
+    assert r.chosen.quality >= 0.4
+    assert r.chosen.quality == max(p.quality for p in r.points if p.latency_ms <= 150.0)
