@@ -1,7 +1,8 @@
-"""Importance of decoder blocks, KV-head groups and MLP channels, measured on calibration text.
+"""Importance of blocks, KV-head groups and MLP channels, measured on calibration data.
 
-Each score is gathered by forward hooks during one pass over the calibration samples; lower
-means less important (removed first).
+Each score is gathered by forward hooks during one pass over the calibration calls (each runs
+the model on one sample: token ids for a text decoder, a pre-processed image or audio clip for an
+encoder); lower means less important (removed first).
 
 - block i:      mean over tokens of 1 − cos(block input, block output): a block that barely
                 turns its input changes little when skipped (ShortGPT's block influence).
@@ -11,8 +12,8 @@ means less important (removed first).
                 magnitude, as Wanda scores weights, applied to whole channels).
 
 Example:
-    >>> samples = calibration_samples(tokenizer, texts)   # doctest: +SKIP
-    >>> block_scores(find_decoder(model), samples)        # doctest: +SKIP
+    >>> calls = [lambda ids=ids: model(input_ids=ids) for ids in calibration_samples(tokenizer, texts)]  # doctest: +SKIP
+    >>> block_scores(find_decoder(model), calls)          # doctest: +SKIP
     [0.41, 0.07, 0.22]
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from edgemfm.errors import InputError
-from edgemfm.quantizers.structure import Decoder
+from edgemfm.quantizers.structure import Stack
 
 BUILTIN_TEXT = Path(__file__).with_name("calibration_en.txt")
 MAX_TOKENS = 128  # per sample: enough context for stable statistics, cheap on 2 cores
@@ -52,19 +53,19 @@ def calibration_samples(tokenizer: Any, texts: Sequence[str]) -> list[torch.Tens
     return [torch.tensor([tokenizer(t)["input_ids"][:MAX_TOKENS]]) for t in texts]
 
 
-def _run(dec: Decoder, samples: Iterable[torch.Tensor], hooks: list[Any], advance: Callable[[], None]) -> None:
+def _run(calls: Iterable[Callable[[], Any]], hooks: list[Any], advance: Callable[[], None]) -> None:
     try:
         with torch.no_grad():
-            for ids in samples:
-                dec.model(input_ids=ids, use_cache=False)
+            for call in calls:
+                call()
                 advance()
     finally:
         for h in hooks:
             h.remove()
 
 
-def block_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Callable[[], None] = lambda: None) -> list[float]:
-    """1 − cosine(input, output) of every decoder block, averaged over calibration tokens."""
+def block_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[float]:
+    """1 − cosine(input, output) of every block, averaged over calibration tokens (or patches, frames)."""
     sums = torch.zeros(len(dec.layers), dtype=torch.float64)
     tokens = [0]
 
@@ -80,11 +81,11 @@ def block_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Callabl
         return record
 
     hooks = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(dec.layers)]
-    _run(dec, samples, hooks, advance)
+    _run(calls, hooks, advance)
     return (sums / tokens[0]).tolist()
 
 
-def kv_group_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Callable[[], None] = lambda: None) -> list[list[float]]:
+def kv_group_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[list[float]]:
     """Per layer, per KV group: mean norm of what its query heads write through o_proj."""
     d, g, kv = dec.head_dim, dec.groups, dec.kv_heads
     sums = torch.zeros(len(dec.layers), kv, dtype=torch.float64)
@@ -102,13 +103,14 @@ def kv_group_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Call
         return record
 
     hooks = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(dec.layers)]
-    _run(dec, samples, hooks, advance)
+    _run(calls, hooks, advance)
     return (sums / tokens[0]).tolist()
 
 
-def channel_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Callable[[], None] = lambda: None) -> list[torch.Tensor]:
-    """Per layer, per MLP channel j: ‖W_down[:, j]‖ × mean |input_j of down_proj|."""
-    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in dec.layers]
+def channel_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[torch.Tensor]:
+    """Per layer, per MLP channel j: ‖W_down[:, j]‖ × mean |input_j of down_proj (fc2)|."""
+    downs = [dec.part(i, dec.layout.mlp_out) for i in range(len(dec.layers))]
+    sums = [torch.zeros(down.in_features, dtype=torch.float64) for down in downs]
     tokens = [0]
 
     def hook(i: int) -> Callable[..., None]:
@@ -120,7 +122,7 @@ def channel_scores(dec: Decoder, samples: Sequence[torch.Tensor], advance: Calla
 
         return record
 
-    hooks = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(dec.layers)]
-    _run(dec, samples, hooks, advance)
-    norms = [layer.mlp.down_proj.weight.detach().double().norm(dim=0) for layer in dec.layers]
+    hooks = [down.register_forward_pre_hook(hook(i)) for i, down in enumerate(downs)]
+    _run(calls, hooks, advance)
+    norms = [down.weight.detach().double().norm(dim=0) for down in downs]
     return [n * s / tokens[0] for n, s in zip(norms, sums)]

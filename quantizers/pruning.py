@@ -1,9 +1,10 @@
 """`prune`: a checkpoint + how much to remove -> a dense, smaller checkpoint with a consistent config.
 
-Three granularities, applied in this order, each scored on calibration text against the model as
-the previous stage left it (see `importance` for the scores, `structure` for the slicing):
+Per component (text decoder, vision encoder, audio encoder), three granularities, applied in
+this order, each scored on calibration data against the model as the previous stage left it
+(see `importance` for the scores, `structure` for the slicing, `pruning_data` for the inputs):
 
-- `blocks=N`:    remove the N decoder blocks that turn their input the least;
+- `blocks=N`:    remove the N blocks that turn their input the least;
 - `heads=F`:     remove the fraction F of KV groups (each with all its query heads) in every layer;
 - `mlp=F`:       remove the fraction F of MLP intermediate channels in every layer.
 
@@ -12,8 +13,8 @@ a transformers config holds one `num_key_value_heads` and one `intermediate_size
 per-layer sizes could not be loaded back. The output is written atomically with `pruning.json`
 (what was removed, where, the scores and why) beside the weights and the tokenizer/processor files.
 
-Recovery (a short fine-tune that wins back quality) is `edgemfm finetune` on the output
-directory; pruning.json names the unpruned source to distil from.
+Recovery (`recover=STEPS`, `edgemfm prune --recover STEPS`) distils the pruned text decoder from
+the unpruned model on the calibration text continued by that model (see `recovery`).
 
 Example:
     >>> from edgemfm.quantizers.pruning import PruneConfig, prune
@@ -35,13 +36,15 @@ import torch
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, UnsupportedModelError
-from edgemfm.quantizers import importance
+from edgemfm.quantizers import importance, pruning_data
+from edgemfm.quantizers.recovery import RecoveryConfig, distil
 from edgemfm.quantizers.structure import (
+    COMPONENTS,
     SUPPORTED,
-    Decoder,
+    Stack,
     count_parameters,
     drop_blocks,
-    find_decoder,
+    find_stack,
     keep_channels,
     keep_kv_groups,
 )
@@ -53,14 +56,17 @@ UNIFORM = "same count removed in every layer: a transformers config holds one he
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What to remove. Zero means: leave that granularity alone."""
+    """What to remove from one component. Zero means: leave that granularity alone."""
 
     version: int = 1
-    blocks: int = 0  # whole decoder blocks to remove
+    blocks: int = 0  # whole blocks to remove
     heads: float = 0.0  # fraction of KV groups (with their query heads) to remove in every layer
     mlp: float = 0.0  # fraction of MLP intermediate channels to remove in every layer
+    component: str = "text_decoder"  # text_decoder, vision_encoder or audio_encoder
 
     def __post_init__(self) -> None:
+        if self.component not in COMPONENTS:
+            raise InputError(f"component {self.component!r} cannot be pruned; allowed: {', '.join(COMPONENTS)}")
         if self.blocks < 0:
             raise InputError(f"--blocks {self.blocks}: the number of blocks to remove must be 1 or more")
         for flag, value in (("--heads", self.heads), ("--mlp", self.mlp)):
@@ -70,6 +76,25 @@ class PruneConfig:
             raise InputError("nothing to prune; pass --blocks N, --heads F or --mlp F")
 
 
+def parse_spec(spec: str) -> PruneConfig:
+    """`[COMPONENT:]KEY=VALUE[,KEY=VALUE...]` (keys blocks, heads, mlp) -> a PruneConfig.
+
+    Example:
+        >>> parse_spec("vision_encoder:mlp=0.2,blocks=1")
+        PruneConfig(version=1, blocks=1, heads=0.0, mlp=0.2, component='vision_encoder')
+    """
+    component, _, body = spec.rpartition(":")
+    values: dict[str, Any] = {"component": component or "text_decoder"}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        kind = {"blocks": int, "heads": float, "mlp": float}.get(key.strip())
+        try:
+            values[key.strip()] = kind(value)  # type: ignore[misc]
+        except (TypeError, ValueError):
+            raise InputError(f"--prune {spec!r}: {item!r} is not KEY=VALUE with KEY one of blocks (a count), heads, mlp (fractions)") from None
+    return PruneConfig(**values)
+
+
 def _count(flag: str, fraction: float, total: int, unit: str) -> int:
     n = round(fraction * total)
     if not 1 <= n < total:
@@ -77,82 +102,126 @@ def _count(flag: str, fraction: float, total: int, unit: str) -> int:
     return n
 
 
-def _counts(config: PruneConfig, dec: Decoder) -> dict[str, int]:
+def _counts(config: PruneConfig, dec: Stack) -> dict[str, int]:
     """How many blocks / KV groups per layer / channels per layer to remove, checked before any work."""
-    layers = len(dec.layers)
-    if config.blocks and config.blocks >= layers:
-        raise InputError(f"--blocks {config.blocks}: the decoder has {layers} blocks; allowed: 1 to {layers - 1}")
+    where = "" if dec.component == "text_decoder" else f" of the {dec.component}"
+    candidates = len(dec.layers) - dec.protected_tail
+    if config.blocks and config.blocks >= candidates:
+        name = "decoder" if dec.component == "text_decoder" else dec.component
+        why = f", the last {dec.protected_tail} protected ({_protected_why})" if dec.protected_tail else ""
+        allowed = f"1 to {candidates - 1}" if candidates > 1 else "none"
+        raise InputError(f"--blocks {config.blocks}: the {name} has {len(dec.layers)} blocks{why}; allowed: {allowed}")
+    if config.heads and not dec.layout.heads:
+        raise InputError(f"--heads on the {dec.component}: its attention derives head_dim from hidden_size / heads, so fewer heads would not load back; allowed there: --blocks, --mlp")
     counts = {"blocks": config.blocks}
     counts["heads"] = _count("--heads", config.heads, dec.kv_heads, "KV head groups") if config.heads else 0
-    counts["mlp"] = _count("--mlp", config.mlp, dec.config.intermediate_size, "MLP channels") if config.mlp else 0
+    counts["mlp"] = _count("--mlp", config.mlp, dec.width, f"MLP channels{where}") if config.mlp else 0
     return counts
+
+
+_protected_why = "LLaVA reads the tower's hidden states at vision_feature_layer, counted from the end"
 
 
 def _lowest(scores: Sequence[float] | torch.Tensor, n: int) -> list[int]:
     return sorted(torch.as_tensor(scores).argsort()[:n].tolist())
 
 
-def _blocks(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> dict[str, Any]:
-    scores = importance.block_scores(dec, samples, advance)
-    remove = _lowest(scores, n)
-    drop_blocks(dec, remove)
+def _share(removed: Sequence[float], kept: Sequence[float]) -> dict[str, float]:
+    """Mean score of what went and of what stayed, and the share of the summed score that went."""
+    total = sum(removed) + sum(kept)
     return {
-        "granularity": "blocks", "removed": remove, "scores": [round(s, 6) for s in scores],
-        "why": "lowest 1 - cos(block input, block output) on the calibration tokens: these blocks change the residual stream least",
+        "removed_mean": round(sum(removed) / len(removed), 6), "kept_mean": round(sum(kept) / len(kept), 6),
+        "removed_share": round(sum(removed) / total, 6) if total else 0.0,
     }
 
 
-def _heads(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> dict[str, Any]:
-    scores = importance.kv_group_scores(dec, samples, advance)
+def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+    scores = importance.block_scores(dec, calls, advance)
+    candidates = len(scores) - dec.protected_tail
+    remove = _lowest(scores[:candidates], n)
+    drop_blocks(dec, remove)
+    return {
+        "granularity": "blocks", "removed": remove, "scores": [round(s, 6) for s in scores],
+        "summary": _share([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
+        "why": "lowest 1 - cos(block input, block output) on the calibration data: these blocks change the residual stream least"
+        + (f"; the last {dec.protected_tail} kept ({_protected_why})" if dec.protected_tail else ""),
+    }
+
+
+def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+    scores = importance.kv_group_scores(dec, calls, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
     keep_kv_groups(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
+    flat = [(v, j in removed[i]) for i, s in enumerate(scores) for j, v in enumerate(s)]
     return {
         "granularity": "heads", "removed": {str(i): r for i, r in removed.items()},
         "scores": {str(i): [round(v, 6) for v in s] for i, s in enumerate(scores)},
+        "summary": _share([v for v, r in flat if r], [v for v, r in flat if not r]),
         "why": "lowest mean norm of what a KV group's query heads write through o_proj; a KV head goes with all its query heads (grouped-query attention)",
     }
 
 
-def _mlp(dec: Decoder, n: int, samples: list, advance: Callable[[], None]) -> dict[str, Any]:
-    scores = importance.channel_scores(dec, samples, advance)
+def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+    scores = importance.channel_scores(dec, calls, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
-    keep_channels(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
+    kept = {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)}
+    keep_channels(dec, kept)
     return {
         "granularity": "mlp", "removed": {str(i): r for i, r in removed.items()},
         # every removed channel's score, and the weakest kept one: the margin of the cut
         "scores": {str(i): {"removed": [round(float(s[j]), 6) for j in removed[i]], "lowest_kept": round(float(s.sort().values[n]), 6)} for i, s in enumerate(scores)},
-        "why": "lowest |W_down[:, j]| x mean |activation_j| (activation-aware magnitude) on the calibration tokens",
+        "summary": _share(
+            torch.cat([s[removed[i]] for i, s in enumerate(scores)]).tolist(),
+            torch.cat([s[kept[i]] for i, s in enumerate(scores)]).tolist(),
+        ),
+        "why": "lowest |W_out[:, j]| x mean |activation_j| (activation-aware magnitude) on the calibration data",
     }
 
 
 STAGES = {"blocks": _blocks, "heads": _heads, "mlp": _mlp}  # in the order they run
 
 
-def prune_model(model: Any, tokenizer: Any, config: PruneConfig, texts: Sequence[str], progress: Any = None) -> dict[str, Any]:
-    """Prune a loaded model in place on calibration `texts`; returns the report.
+def _calls(dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | None, media: str | Path | None) -> tuple[list, str]:
+    if dec.component == "text_decoder":
+        return pruning_data.text_calls(dec.model, tokenizer, texts), f"{len(texts)} texts"
+    assert model_dir is not None, "encoders are scored through their family's export unit, found from the checkpoint directory"
+    return pruning_data.media_calls(dec.model, model_dir, dec.component, media)
+
+
+def prune_model(model: Any, tokenizer: Any, config: PruneConfig | Sequence[PruneConfig], texts: Sequence[str], progress: Any = None,
+                model_dir: Path | None = None, media: str | Path | None = None) -> dict[str, Any]:
+    """Prune a loaded model in place on calibration `texts` (and, for encoders, the images or audio
+    under `media`, fed through the family's export units found from `model_dir`); returns the report.
 
     Example:
         >>> report = prune_model(model, tokenizer, PruneConfig(mlp=0.3), ["Some English text."])  # doctest: +SKIP
         >>> report["parameters"]["after"] < report["parameters"]["before"]                     # doctest: +SKIP
         True
     """
-    dec = find_decoder(model)
-    counts = _counts(config, dec)
-    samples = importance.calibration_samples(tokenizer, texts)
+    configs = [config] if isinstance(config, PruneConfig) else list(config)
+    if len({c.component for c in configs}) < len(configs):
+        raise InputError(f"one prune setting per component; got {', '.join(c.component for c in configs)}")
+    plan = [(c, find_stack(model, c.component)) for c in configs]
+    plan = [(c, dec, _counts(c, dec)) for c, dec in plan]  # every count checked before any work
     before = count_parameters(model)
-    stages = []
-    for name, stage in STAGES.items():
-        if not counts[name]:
-            continue
-        task = progress.add_task(f"scoring {name}", total=len(samples)) if progress else None
-        step = (lambda: progress.advance(task)) if progress else (lambda: None)
-        stages.append({**stage(dec, counts[name], samples, step), "count": counts[name]})
+    stages, calibration = [], {}
+    for c, dec, counts in plan:
+        component_before = count_parameters(dec.body)
+        calls, calibration[c.component] = _calls(dec, tokenizer, texts, model_dir, media)
+        for name, stage in STAGES.items():
+            if not counts[name]:
+                continue
+            task = progress.add_task(f"scoring {c.component} {name}", total=len(calls)) if progress else None
+            step = (lambda task=task: progress.advance(task)) if progress else (lambda: None)
+            stages.append({"component": c.component, **stage(dec, counts[name], calls, step), "count": counts[name],
+                           "parameters_removed": component_before - count_parameters(dec.body)})
+            component_before = count_parameters(dec.body)
     after = count_parameters(model)
     return {
         "version": 1,
         "architecture": type(model).__name__,
-        "config": dataclasses.asdict(config),
-        "calibration": {"samples": len(samples), "tokens": sum(s.shape[1] for s in samples)},
+        "config": [dataclasses.asdict(c) for c in configs],
+        "calibration": {"samples": len(texts), "tokens": sum(len(tokenizer(t)["input_ids"][: importance.MAX_TOKENS]) for t in texts), "items": calibration},
         "uniform": UNIFORM,
         "parameters": {"before": before, "after": after, "removed": before - after},
         "stages": stages,
@@ -170,12 +239,13 @@ def bundle_report(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     r = json.loads(path.read_text())
-    stages = [{k: s[k] for k in ("granularity", "count", "removed", "why")} for s in r["stages"]]
-    return {"pruning": {"source": r["source"], "parameters": r["parameters"], "uniform": r["uniform"], "stages": stages}}
+    keys = ("component", "granularity", "count", "removed", "parameters_removed", "summary", "why")
+    stages = [{k: s[k] for k in keys if k in s} for s in r["stages"]]
+    return {"pruning": {k: r[k] for k in ("source", "parameters", "uniform", "calibration", "recovery") if k in r} | {"stages": stages}}
 
 
 def load_model(model_dir: Path) -> Any:
-    """The checkpoint's own architecture class, loaded in its saved dtype; its decoder must be Llama-style."""
+    """The checkpoint's own architecture class, loaded in its saved dtype."""
     import transformers
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -183,9 +253,7 @@ def load_model(model_dir: Path) -> Any:
     cls = getattr(transformers, arch, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise UnsupportedModelError(arch, SUPPORTED)
-    model = cls.from_pretrained(model_dir, dtype="auto").eval()
-    find_decoder(model)  # fail on a model without Llama-style layers before anything else is read
-    return model
+    return cls.from_pretrained(model_dir, dtype="auto").eval()
 
 
 def _copy_side_files(source: Path, stage: Path) -> None:
@@ -203,8 +271,22 @@ def _verifier(cls: type, parameters: int) -> Callable[[Path], None]:
     return verify
 
 
-def prune(model: str | Path, out: str | Path, config: PruneConfig, data: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+def _check_source(source: Path, config: PruneConfig | Sequence[PruneConfig], recover: int) -> tuple[list[PruneConfig], Any]:
+    if not (source / "config.json").is_file():
+        raise InputError(f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory")
+    configs = [config] if isinstance(config, PruneConfig) else list(config)
+    if not configs:
+        raise InputError("nothing to prune; pass --blocks N, --heads F or --mlp F")
+    return configs, RecoveryConfig(steps=recover) if recover else None
+
+
+def prune(model: str | Path, out: str | Path, config: PruneConfig | Sequence[PruneConfig], data: str | Path | None = None,
+          force: bool = False, progress: bool = True, recover: int = 0) -> Path:
     """Prune the checkpoint directory `model` into `out` (refused if it exists, unless `force`).
+
+    `data`: a folder whose .txt lines calibrate the text decoder and whose images / WAV files
+    calibrate the encoders (default: built-in English, drawings, synthetic clips). `recover`:
+    steps of distillation from the unpruned model afterwards (0: none).
 
     Example:
         >>> prune("models/tiny-llama", "models/tiny-llama-b1", PruneConfig(blocks=1))  # doctest: +SKIP
@@ -212,25 +294,28 @@ def prune(model: str | Path, out: str | Path, config: PruneConfig, data: str | P
     """
     from rich.progress import Progress
 
-    from edgemfm.exporting import _quiet, _require_toolchain
+    from edgemfm.toolchain import quiet, require
 
     source = Path(model)
-    if not (source / "config.json").is_file():
-        raise InputError(f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory")
+    configs, recovery = _check_source(source, config, recover)
     bundle.check_output(out, force)
-    texts = importance.read_texts(data)
-    _require_toolchain("onnx")  # torch + transformers, what pruning needs too
-    with _quiet(), Progress(transient=True, disable=not progress) as bar:
+    text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
+    texts = importance.read_texts(data) if text_needed else []
+    require("onnx")  # torch + transformers, what pruning needs too
+    with quiet(), Progress(transient=True, disable=not progress) as bar:
         from transformers import AutoTokenizer
 
         loading = bar.add_task(f"loading {source.name}", total=None)
         pruned = load_model(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
         bar.remove_task(loading)
-        report = prune_model(pruned, tokenizer, config, texts, bar)
+        report = prune_model(pruned, tokenizer, configs, texts, bar, model_dir=source, media=data)
         report["source"] = str(source.resolve())
-        report["calibration"]["data"] = str(Path(data).resolve()) if data else f"built-in English ({importance.BUILTIN_TEXT.name})"
-        report["recovery"] = f"not run; recover with `edgemfm finetune` on this directory (LoRA, or distillation from {source.name})"
+        report["calibration"]["data"] = str(Path(data).resolve()) if data else "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
+        if recovery is not None:
+            report["recovery"] = distil(pruned, load_model(source), tokenizer, texts, recovery, progress=bar)
+        else:
+            report["recovery"] = f"not run; pass --recover STEPS to distil from {source.name}"
         bar.add_task("saving", total=None)
         with bundle.staging(out, force, verify=_verifier(type(pruned), report["parameters"]["after"])) as stage:
             pruned.save_pretrained(stage)

@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, tune, inspect.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, tune, inspect, bench.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -55,7 +55,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     path = export(
         args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
         fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
-        accuracy_tolerance_db=args.accuracy_tolerance, max_seq_len=args.max_seq_len,
+        accuracy_tolerance_db=args.accuracy_tolerance, max_seq_len=args.max_seq_len, prune=args.prune, recover=args.recover,
     )
     from edgemfm.bundle import read_manifest
 
@@ -65,26 +65,38 @@ def cmd_export(args: argparse.Namespace) -> None:
     for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
         ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
         out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""), soft_wrap=True)
+    if pruning := m.report.get("pruning"):
+        _pruning_summary(pruning)
     if floats := m.report.get("float_units") if "quantization" in m.report else None:
         out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
+
+
+def _pruning_summary(report: dict) -> None:
+    """What was pruned, where and why, one row per stage."""
+    table = Table(title=f"pruned {Path(report['source']).name}")
+    for col in ("component", "granularity", "removed", "where", "importance removed", "why"):
+        table.add_column(col)
+    for s in report["stages"]:
+        where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
+        m = s.get("summary")
+        margin = f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)" if m else "-"
+        table.add_row(s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"])
+    out.print(table)
+    p = report["parameters"]
+    out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
+    if isinstance(rec := report.get("recovery"), dict):
+        out.print(f"recovery: {rec['config']['steps']} steps of distillation, KL {rec['loss']['first']:.3f} -> {rec['loss']['last']:.3f} ({rec['seconds']:.0f} s)")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from edgemfm.quantizers.pruning import REPORT, PruneConfig, prune
 
-    config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp)
-    path = prune(args.model, args.out, config, data=args.data, force=args.force)
+    config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
+    path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)
     report = json.loads((path / REPORT).read_text())
-    table = Table(title=f"pruned {Path(report['source']).name} ({report['architecture']})")
-    for col in ("granularity", "removed", "where", "why"):
-        table.add_column(col)
-    for s in report["stages"]:
-        where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
-        table.add_row(s["granularity"], str(s["count"]), str(where), s["why"])
-    out.print(table)
-    p = report["parameters"]
-    out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
-    out.print(f"[green]wrote[/green] {path} ({report['calibration']['samples']} calibration samples from {report['calibration']['data']})")
+    _pruning_summary(report)
+    items = ", ".join(f"{c}: {v}" for c, v in report["calibration"]["items"].items())
+    out.print(f"[green]wrote[/green] {path} (calibration from {report['calibration']['data']}; {items})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -108,6 +120,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.draft:
         s = pipe.speculation
         err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from edgemfm.bench import BenchConfig, bench, plot, plotting, table
+
+    config = BenchConfig(prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads, text=args.text, device=args.device)
+    if args.plot:
+        plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
+    report = bench([args.bundle, *args.baselines], config)
+    out.print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        out.print(f"[green]wrote[/green] {args.json}")
+    if args.plot:
+        out.print(f"[green]wrote[/green] {plot(report, args.plot)}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -228,15 +256,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
     e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
+    e.add_argument("--prune", action="append", default=[], metavar="[COMPONENT:]KEY=VALUE,...",
+                   help="prune first, e.g. mlp=0.2 or vision_encoder:blocks=1,mlp=0.3 (keys: blocks, heads, mlp); repeat per component")
+    e.add_argument("--recover", type=int, default=0, metavar="STEPS", help="with --prune: distil from the unpruned model for STEPS steps")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prune", help="remove decoder blocks, attention heads or MLP channels; writes a smaller checkpoint")
-    pr.add_argument("--model", required=True, help="Hugging Face checkpoint directory (Llama-style decoder, or LLaVA on one)")
+    pr.add_argument("--model", required=True, help="Hugging Face checkpoint directory (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)")
+    pr.add_argument("--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder")
     pr.add_argument("--out", required=True, help="checkpoint directory to write")
-    pr.add_argument("--blocks", type=int, default=0, help="number of whole decoder blocks to remove")
+    pr.add_argument("--blocks", type=int, default=0, help="number of whole blocks to remove")
     pr.add_argument("--heads", type=float, default=0.0, help="fraction of KV head groups (with their query heads) to remove per layer")
     pr.add_argument("--mlp", type=float, default=0.0, help="fraction of MLP channels to remove per layer")
-    pr.add_argument("--data", help="folder of .txt files, one calibration sample a line (default: built-in English)")
+    pr.add_argument("--data", help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)")
+    pr.add_argument("--recover", type=int, default=0, metavar="STEPS", help="distil the pruned text decoder from the unpruned model for STEPS steps (default: 0, none)")
     pr.add_argument("--force", action="store_true", help="replace an existing output directory")
     pr.set_defaults(func=cmd_prune)
 
@@ -259,6 +292,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
     r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity")
+    b.add_argument("bundle", help="bundle directory")
+    b.add_argument("--baselines", nargs="*", default=[], metavar="BUNDLE", help="more bundles measured in the same run, one row each")
+    b.add_argument("--json", metavar="OUT", help="write every figure and the machine to this JSON file")
+    b.add_argument("--plot", metavar="OUT.png", help="write a chart (needs matplotlib: the export extra)")
+    b.add_argument("--text", help="perplexity of the decoder on this text file (default: not measured)")
+    b.add_argument("--prompt", default="Write a short story about a lighthouse keeper.", help="prompt prefilled before decoding")
+    b.add_argument("--tokens", type=int, default=64, help="tokens generated per run (default 64)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    b.add_argument("--threads", type=int, default=1, help="threads per session (default 1; 0: one per core)")
+    b.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
+    b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
     f.add_argument("--model", required=True, help="checkpoint directory to start from")

@@ -9,56 +9,23 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import logging
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgemfm import bundle
-from edgemfm.errors import InputError, MissingExtraError
+from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
+from edgemfm.toolchain import quiet, require
 
 # Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
-TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
-
-
-def _require_toolchain(format: str) -> None:
-    for module in TOOLCHAIN[format]:
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingExtraError(module) from None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the toolchain's own warnings and progress bars; our rich bar tells the story."""
-    import torch  # noqa: F401  (torch sets its loggers' levels on import: set ours after it)
-
-    loggers = {name: logging.getLogger(name) for name in ("torch", "torchao", "transformers")}
-    levels = {name: lg.level for name, lg in loggers.items()}
-    for lg in loggers.values():
-        lg.setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, lg in loggers.items():
-            lg.setLevel(levels[name])
-        hf_logging.enable_progress_bar()
 
 
 def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
@@ -116,6 +83,8 @@ def export(
     accuracy_tolerance_db: float | None = None,
     max_seq_len: int | None = None,
     fuse: bool = True,
+    prune: Sequence[str] = (),
+    recover: int = 0,
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
@@ -129,19 +98,30 @@ def export(
 
     `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
     static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
+
+    `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
+    prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
+    the report's "pruning" says what went, where and why.
     """
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
-    _require_toolchain(format)
+    require(format)
+    from edgemfm.quantizers.pruning import parse_spec
+
+    prune_configs = [parse_spec(spec) for spec in prune]  # a bad spec fails before the slow part
     from rich.progress import Progress
 
-    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
         from edgemfm.exporters import find_family
         from edgemfm.quantizers.pruning import bundle_report
 
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
         bundle.check_output(out, force)  # before the slow part
+        if prune_configs:
+            from edgemfm.quantizers.pruning import prune as prune_checkpoint
+
+            model_dir = prune_checkpoint(model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover)
         family = find_family(json.loads((model_dir / "config.json").read_text()))
         with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)

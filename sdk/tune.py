@@ -228,9 +228,9 @@ def tune(
         check_output(apply, force)  # before the slow part
     with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp, Progress(transient=True, disable=not progress) as bar:
         tmp = Path(tmp)
-        from edgemfm.exporting import _quiet
+        from edgemfm.toolchain import quiet
 
-        with _quiet():  # the toolchain's own warnings and bars; ours tells the story
+        with quiet():  # the toolchain's own warnings and bars; ours tells the story
             source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)

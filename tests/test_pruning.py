@@ -127,7 +127,7 @@ def gpt2(tmp_path_factory):
         ("llama", ["--blocks", "4"], "--blocks 4: the decoder has 4 blocks; allowed: 1 to 3"),
         ("llama", ["--heads", "0.1"], "--heads 0.1 removes 0 of 3 KV head groups per layer; allowed: fractions that remove 1 to 2"),
         ("llama", ["--mlp", "0.2", "--data", "/nonexistent"], "calibration data '/nonexistent' is not a directory"),
-        ("gpt2", ["--mlp", "0.2"], "unsupported architecture 'GPT2LMHeadModel'; supported: LlamaForCausalLM, Llava"),
+        ("gpt2", ["--mlp", "0.2"], "unsupported architecture 'GPT2LMHeadModel'; supported: Idefics3ForConditionalGeneration, LlamaForCausalLM"),
     ],
 )
 def test_bad_input_is_one_typed_line(request, tmp_path, model, flags, message, capsys):

@@ -1,0 +1,152 @@
+"""`export --prune` and encoder pruning: pruned configs load in transformers, parameter counts drop
+by exactly the requested amount, and the exported graphs match the pruned PyTorch model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.quantizers.structure import count_parameters
+from tiny_audio import tiny_qwen2_audio, tiny_whisper
+from tiny_models import tiny_idefics3, tiny_llama, tiny_llava
+
+# tiny_llama: hidden 60, 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90
+HIDDEN, LAYERS, D, MLP = 60, 4, 10, 90
+
+
+def _load(path):
+    import transformers
+
+    arch = json.loads((path / "config.json").read_text())["architectures"][0]
+    return getattr(transformers, arch).from_pretrained(path).eval()
+
+
+def test_export_prune_matches_the_pruned_model_and_reports_what_went(tmp_path, capsys):
+    source, bundle, pruned = tiny_llama(tmp_path / "llama"), tmp_path / "bundle", tmp_path / "pruned"
+    spec = "heads=0.34,mlp=0.2"
+    assert main(["export", "--model", str(source), "--device", "host", "--out", str(bundle), "--prune", spec]) == 0
+    printed = capsys.readouterr().out
+    assert "pruned llama" in printed and "parameters" in printed
+    pipe = edgemfm.load(bundle)
+    report = pipe.manifest.report
+    assert report["parity"]["text_decoder"]["max_abs_diff"] < 1e-4  # against the pruned model the exporter loaded
+    # 1 of 3 KV groups with its 2 query heads (q, o: 2*10*60; k, v: 10*60) and 18 of 90 channels (3 x 60 each), per layer
+    removed = LAYERS * (2 * 2 * D * HIDDEN + 2 * D * HIDDEN) + LAYERS * 18 * 3 * HIDDEN
+    assert report["pruning"]["parameters"]["removed"] == removed
+    assert report["pruning"]["parameters"]["before"] == count_parameters(_load(source))
+    assert [(s["component"], s["granularity"], s["count"]) for s in report["pruning"]["stages"]] == [("text_decoder", "heads", 1), ("text_decoder", "mlp", 18)]
+    for s in report["pruning"]["stages"]:  # why: the least important went, so less than its share of the score
+        fraction = s["count"] / {"heads": 3, "mlp": MLP}[s["granularity"]]
+        assert s["why"] and s["summary"]["removed_mean"] < s["summary"]["kept_mean"] and s["summary"]["removed_share"] < fraction
+        assert s["parameters_removed"] > 0
+    assert pipe.manifest.components["text_decoder"].kv_cache.kv_heads == 2
+
+    # the same spec through `edgemfm prune` (deterministic): the bundle's greedy tokens equal transformers'
+    assert main(["prune", "--model", str(source), "--out", str(pruned), "--heads", "0.34", "--mlp", "0.2"]) == 0
+    model = _load(pruned)
+    assert count_parameters(model) == count_parameters(_load(source)) - removed
+    ids = pipe.prompt_ids("Hello there")
+    ours = list(pipe.generate_tokens("Hello there", max_new_tokens=12))
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    theirs = [t for t in out[0, len(ids):].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+    assert len(ours) >= 6 and ours == theirs
+
+
+def _encoder_removed(model, stack_of, blocks: int, channels: int) -> int:
+    """Parameters of `blocks` whole layers, plus `channels` fc1 rows (weight and bias) and fc2 columns in each layer left."""
+    layers = stack_of(model)
+    per_layer = count_parameters(layers[0])
+    fc1 = layers[0].mlp.fc1 if hasattr(layers[0], "mlp") else layers[0].fc1
+    return blocks * per_layer + (len(layers) - blocks) * channels * (2 * fc1.in_features + 1)
+
+
+ENCODERS = {
+    # builder, component, spec, how to reach the stack's layers, config fields (path, value) after pruning
+    "idefics3": (tiny_idefics3, "vision_encoder", "blocks=1,mlp=0.3", lambda m: m.model.vision_model.encoder.layers,
+                 {("vision_config", "num_hidden_layers"): 1, ("vision_config", "intermediate_size"): 42}),
+    "qwen2_audio": (tiny_qwen2_audio, "audio_encoder", "blocks=1,mlp=0.3", lambda m: m.model.audio_tower.layers,
+                    {("audio_config", "encoder_layers"): 1, ("audio_config", "encoder_ffn_dim"): 70}),
+    "whisper": (tiny_whisper, "audio_encoder", "blocks=1,mlp=0.2", lambda m: m.model.encoder.layers,
+                {(None, "encoder_layers"): 1, (None, "encoder_ffn_dim"): 120, (None, "decoder_ffn_dim"): 150}),
+    # the tiny tower has 2 layers and LLaVA reads hidden_states[-2]: its last layer is protected, so MLP only
+    "llava": (tiny_llava, "vision_encoder", "mlp=0.3", lambda m: m.model.vision_tower.encoder.layers,
+              {("vision_config", "num_hidden_layers"): 2, ("vision_config", "intermediate_size"): 42}),
+}
+
+
+@pytest.mark.parametrize("family", [
+    "idefics3", pytest.param("qwen2_audio", marks=pytest.mark.slow),
+    pytest.param("whisper", marks=pytest.mark.slow), pytest.param("llava", marks=pytest.mark.slow),
+])
+def test_encoder_pruning_loads_shrinks_and_exports_with_parity(tmp_path, family):
+    build, component, spec, layers_of, fields = ENCODERS[family]
+    source, pruned, bundle = build(tmp_path / family), tmp_path / "pruned", tmp_path / "bundle"
+    counts = dict(item.split("=") for item in spec.split(","))
+    flags = [f for k, v in counts.items() for f in (f"--{k}", v)]
+    assert main(["prune", "--model", str(source), "--out", str(pruned), "--component", component, *flags]) == 0
+    original, model = _load(source), _load(pruned)  # loads: the rewritten config matches every weight
+    config = json.loads((pruned / "config.json").read_text())
+    assert {(sub, name): (config[sub] if sub else config)[name] for (sub, name) in fields} == fields
+    width = fields[next(k for k in fields if "ffn" in k[1] or "intermediate" in k[1])]
+    channels = (getattr(original.config, "audio_config", None) or getattr(original.config, "vision_config", None) or original.config)
+    full = getattr(channels, "encoder_ffn_dim", None) or channels.intermediate_size
+    expected = _encoder_removed(original, layers_of, int(counts.get("blocks", 0)), full - width)
+    assert count_parameters(original) - count_parameters(model) == expected
+    report = json.loads((pruned / "pruning.json").read_text())
+    assert {s["component"] for s in report["stages"]} == {component} and report["calibration"]["items"][component].startswith("built-in")
+
+    assert main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0  # parity is checked inside
+    parity = edgemfm.load(bundle).manifest.report["parity"]
+    assert parity[component]["max_abs_diff"] <= parity[component]["tolerance"] * parity[component]["scale"]
+
+
+def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, capsys):
+    source = tiny_llava(tmp_path / "llava")
+    cases = [
+        (["prune", "--component", "vision_encoder", "--heads", "0.34"], "--heads on the vision_encoder: its attention derives head_dim"),
+        (["prune", "--component", "vision_encoder", "--blocks", "1"], "--blocks 1: the vision_encoder has 2 blocks, the last 1 protected"),
+        (["prune", "--component", "projector", "--mlp", "0.2"], "component 'projector' cannot be pruned; allowed: text_decoder, vision_encoder, audio_encoder"),
+        (["export", "--device", "host", "--prune", "mlp=lots"], "--prune 'mlp=lots': 'mlp=lots' is not KEY=VALUE"),
+        (["export", "--device", "host", "--prune", "audio_encoder:mlp=0.2"], "unsupported architecture 'LlavaForConditionalGeneration (audio_encoder)'"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--model", str(source), "--out", str(tmp_path / "o")]) == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("edgemfm: error: ") and message in line, line
+        assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably(tmp_path):
+    from edgemfm.quantizers.importance import read_texts
+    from edgemfm.quantizers.pruning import PruneConfig, prune_model
+    from edgemfm.quantizers.recovery import RecoveryConfig, _kl, distil, teacher_sequences
+
+    source = tiny_llama(tmp_path / "llama")
+    from transformers import AutoTokenizer
+
+    tokenizer, teacher, texts = AutoTokenizer.from_pretrained(source), _load(source), read_texts(None)[:8]
+    config = RecoveryConfig(steps=24, lr=1e-3, continuation=8)
+    sequences = teacher_sequences(teacher, tokenizer, texts, config)
+    assert [s.shape[1] for s in sequences] == [len(tokenizer(t)["input_ids"][:128]) + 8 for t in texts]
+
+    def gap(model) -> float:  # KL(teacher || model) over every sequence
+        with torch.no_grad():
+            return sum(_kl(teacher(input_ids=s).logits, model(input_ids=s).logits).item() for s in sequences) / len(sequences)
+
+    students = []
+    for _ in range(2):
+        student = _load(source)
+        prune_model(student, tokenizer, PruneConfig(mlp=0.3), texts)
+        before, embedding = gap(student), student.get_input_embeddings().weight.clone()
+        report = distil(student, teacher, tokenizer, texts, config, sequences=sequences)
+        students.append(student)
+        assert gap(student) < 0.7 * before  # the distance to the unpruned model shrinks
+        assert report["loss"]["last"] < report["loss"]["first"] and report["config"]["steps"] == 24
+        assert torch.equal(student.get_input_embeddings().weight, embedding)  # only the decoder layers train
+    for a, b in zip(students[0].parameters(), students[1].parameters()):
+        assert torch.equal(a, b)  # seeded: the same run gives the same weights
