@@ -143,7 +143,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     report = finetune(
         args.model, args.data, args.out, steps=args.steps, align_steps=args.align_steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, force=args.force,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, force=args.force, cache=args.cache,
     )
     acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
@@ -311,11 +311,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--model", required=True, help="checkpoint directory to start from")
     f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
     f.add_argument("--out", required=True, help="checkpoint directory to write")
-    f.add_argument("--steps", type=int, default=100, help="end-to-end steps through the decoder (default: 100)")
-    f.add_argument("--align-steps", type=int, default=150, help="projector alignment steps (default: 150)")
+    f.add_argument("--steps", type=int, default=60, help="end-to-end steps through the decoder (default: 60)")
+    f.add_argument("--align-steps", type=int, default=100, help="projector alignment steps (default: 100)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding")
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.set_defaults(func=cmd_finetune)
 

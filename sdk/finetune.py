@@ -2,13 +2,31 @@
 
 It trains the media projectors of a model whose encoders and decoder stay frozen, in two stages:
 
-    frozen encoders ─► features, computed once per image / clip
-    1. align   projector rows ─► the decoder's own embedding of the answer's first token (MSE):
-               cheap (no decoder), it puts each item where the decoder already reads words
+    frozen encoders ─► features, computed once per image / clip (and kept on disk with `cache`)
+    1. align   every projector row classified against the decoder's own (tied) embeddings of the
+               answers' first tokens, soft target over all of the item's answers, plus an MSE
+               pull toward their mean embedding: cheap (no decoder), it makes the rows tell the
+               answers apart in the words the decoder already reads
     2. tune    projectors end to end through the frozen decoder, cross-entropy on the answer
-               tokens and the end-of-turn token: the decoder learns nothing, the rows learn to
-               make it answer in the data's words and format
+               tokens and the end-of-turn token, batches balanced across question types, lr on
+               a half cosine: the decoder learns nothing, the rows learn to make it answer in
+               the data's words and format
     held-out evaluation: greedy answers, exact match, per media kind
+
+Why this recipe (measured on the demo data set, samples/demo_model/README.md): the first one
+(MSE onto the first answer token, 150 steps; 100 end-to-end steps of randomly drawn questions)
+reached 50% on images. MSE regresses a drawing's rows onto the average of its two answers
+("triangle", "blue") and never pushes the ten digit rows apart; classifying rows against the
+answer embeddings makes stage 1 alone as good as a linear probe of the frozen features
+(held-out MNIST 94%, shapes and colours 100%, words 100%, nearest answer embedding). Without
+the decoder in the loop, though, a row that *is* the word "7" makes SmolLM2 say "This is the
+number ..." (0% exact match): stage 2 is what teaches the format, and it must see every
+question type as often (random draws gave the colour question a tenth of the batches).
+Features are cached by content hash because encoding the 1,200 media takes ~8 minutes on two
+busy cores, longer than the alignment.
+The defaults (100 alignment steps, 60 tuning steps) are what fitted in 35 minutes on two busy
+cores and produced the committed adapter: shapes 100%, colours 58%, words 100%, but digits 34%
+(the rows collapse onto "1"); more tuning steps are the next thing to measure.
 
 Lives in sdk/ beside `export` because it is a user verb with the same shape (a model directory
 in, a model directory out); the family file says what the model is, this file how to train it.
@@ -96,8 +114,27 @@ def read_examples(data: Path, split: str) -> list[Example]:
     return out
 
 
-def _features(model: Any, items: list[tuple[str, Path]], progress: Any) -> dict[Path, Any]:
-    """Frozen-tower features of every distinct media file, encoded once."""
+def _fingerprint(model: Any, kind: str) -> str:
+    """What a cached feature depends on besides the file: the tower's weights, its pooling and
+    the pre-processing settings."""
+    import hashlib
+
+    from edgemfm.exporters.demo import AUDIO, IMAGE
+
+    tower, settings = (model.vision_tower, (IMAGE, model.config["vision_grid"])) if kind == "image" else (
+        model.audio_tower, (AUDIO, model.config["audio_pool"]))
+    h = hashlib.sha256(repr(settings).encode())
+    for name, tensor in sorted(tower.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _features(model: Any, items: list[tuple[str, Path]], progress: Any, cache: Path | None) -> dict[Path, Any]:
+    """Frozen-tower features of every distinct media file, encoded once; with `cache`, kept on
+    disk under the file's content hash and the tower's fingerprint, so a rerun encodes nothing."""
+    import hashlib
+
     import numpy as np
     import torch
 
@@ -112,11 +149,25 @@ def _features(model: Any, items: list[tuple[str, Path]], progress: Any) -> dict[
     out: dict[Path, Any] = {}
     with torch.no_grad():
         for kind in KINDS:
-            paths = [p for k, p in items if k == kind]
-            for i in range(0, len(paths), 16):
-                batch = paths[i : i + 16]
-                x = torch.from_numpy(np.stack([prepare[kind](p) for p in batch]))
-                out.update(zip(batch, encode[kind](x)))
+            folder = cache / f"{kind}-{_fingerprint(model, kind)}" if cache else None
+            todo = []
+            for p in (p for k, p in items if k == kind):
+                file = folder / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.npy" if folder else None
+                if file is not None and file.is_file():
+                    out[p] = torch.from_numpy(np.load(file))
+                    progress.advance(task)
+                else:
+                    todo.append((p, file))
+            for i in range(0, len(todo), 16):
+                batch = todo[i : i + 16]
+                x = torch.from_numpy(np.stack([prepare[kind](p) for p, _ in batch]))
+                for (p, file), f in zip(batch, encode[kind](x)):
+                    out[p] = f
+                    if file is not None:  # written beside, then renamed: a killed run leaves no torn file
+                        file.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = file.with_suffix(".partial.npy")
+                        np.save(tmp, f.numpy())
+                        tmp.rename(file)
                 progress.advance(task, len(batch))
     return out
 
@@ -127,23 +178,44 @@ def _projected(model: Any, examples: list[Example], feats: dict[Path, Any]) -> l
 
 
 def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float]:
-    """Stage 1: each projected row regresses onto the embedding of the answer's first token
-    (full batch: the features of a few thousand items fit easily)."""
+    """Stage 1: every projected row of an item is classified against the decoder's own (tied)
+    embeddings of the answers' first tokens, the item's answers sharing the target (a drawing
+    has a shape and a colour), plus an MSE pull toward their mean embedding that keeps the
+    rows at the scale of the words the decoder reads (full batch: a few thousand rows)."""
     import torch
 
     table = model.language_model.get_input_embeddings().weight.detach()
     scale = table.pow(2).mean()  # MSE in units of a typical embedding's energy
-    target = {e.answer: table[tokenizer.encode(e.answer).ids[0]] for e in examples}
+    first = {e.answer: tokenizer.encode(e.answer).ids[0] for e in examples}
+    candidates = sorted(set(first.values()))  # the answers the data can ask for: a probe's classes
+    column = {t: i for i, t in enumerate(candidates)}
+    classes = table[candidates]
+    answers: dict[Path, list[str]] = {}
+    kind_of = {}
+    for e in examples:
+        answers.setdefault(e.media, []).append(e.answer)
+        kind_of[e.media] = e.kind
     params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     project = {"image": model.vision_projector, "audio": model.audio_projector}
-    by_kind = {k: [e for e in examples if e.kind == k] for k in KINDS}
-    # one stacked batch per kind: a projector call per example costs more in overhead than in math
-    x = {k: torch.stack([feats[e.media] for e in v]) for k, v in by_kind.items() if v}
-    y = {k: torch.stack([target[e.answer] for e in v])[:, None] for k, v in by_kind.items() if v}
+    x, soft, mean = {}, {}, {}
+    for kind in KINDS:
+        media = [m for m in answers if kind_of[m] == kind]
+        if not media:
+            continue
+        x[kind] = torch.stack([feats[m] for m in media])
+        soft[kind] = torch.zeros(len(media), len(candidates))
+        for i, m in enumerate(media):
+            for a in answers[m]:
+                soft[kind][i, column[first[a]]] += 1 / len(answers[m])
+        mean[kind] = (soft[kind] @ classes)[:, None]
     task, losses = progress.add_task("stage 1: aligning projectors", total=steps), []
     for _ in range(steps):
-        loss = sum(((project[k](x[k]) - y[k]) ** 2).mean() for k in x) / (len(x) * scale)
+        loss = 0
+        for k in x:
+            rows = project[k](x[k])
+            logp = torch.log_softmax(rows @ classes.T, -1)
+            loss = loss + (-(logp * soft[k][:, None]).sum(-1).mean() + ((rows - mean[k]) ** 2).mean() / scale) / len(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -170,18 +242,31 @@ def _sequence(model, tokenizer, e: Example, rows, with_answer: bool):
 
 
 def _tune(model, examples, feats, tokenizer, steps, batch_size, lr, rng, progress, checkpoints: Path, every: int) -> list[float]:
-    """Stage 2: projectors trained through the frozen decoder on the answer tokens."""
+    """Stage 2: projectors trained through the frozen decoder on the answer tokens. Batches take
+    question types in turn (digit, shape, colour, word ...), so the 136 drawings' questions weigh
+    as much as the 400 digits'; the learning rate falls along a half cosine to a tenth."""
+    import math
+
     import torch
 
     params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
     lm = model.language_model
     task, losses = progress.add_task("stage 2: tuning through the decoder", total=steps), []
-    order: list[Example] = []
+    groups: dict[tuple[str, str], list[Example]] = {}
+    for e in examples:
+        groups.setdefault((e.kind, e.prompt), []).append(e)
+    queues = {g: [] for g in groups}
+    turn = 0
     for step in range(1, steps + 1):
-        if len(order) < batch_size:
-            order += rng.sample(examples, len(examples))
-        batch, order = order[:batch_size], order[batch_size:]
+        batch = []
+        for _ in range(batch_size):
+            g = list(groups)[turn % len(groups)]
+            turn += 1
+            if not queues[g]:
+                queues[g] = rng.sample(groups[g], len(groups[g]))
+            batch.append(queues[g].pop())
         seqs = [_sequence(model, tokenizer, e, r, True) for e, r in zip(batch, _projected(model, batch, feats))]
         width = max(s.shape[0] for s, _ in seqs)
         embeds = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[0])) for s, _ in seqs])
@@ -194,6 +279,7 @@ def _tune(model, examples, feats, tokenizer, steps, batch_size, lr, rng, progres
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
         progress.update(task, advance=1, description=f"stage 2: tuning through the decoder (loss {loss:.3f})")
         if step % every == 0 or step == steps:
@@ -256,8 +342,8 @@ def finetune(
     model: str | Path,
     data: str | Path,
     out: str | Path,
-    steps: int = 100,
-    align_steps: int = 150,
+    steps: int = 60,
+    align_steps: int = 100,
     batch_size: int = 8,
     lr: float = 1e-3,
     align_lr: float = 1e-3,
@@ -265,10 +351,12 @@ def finetune(
     checkpoint_every: int = 20,
     force: bool = False,
     progress: bool = True,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `model`'s projectors on the questions in `data`; write the result to `out`.
 
     Returns the report also written to `out/finetune.json` (losses, held-out accuracy).
+    `cache` keeps the frozen towers' features on disk (None: no cache).
 
     Example:
         >>> finetune("models/demo-base", "data/demo", "models/demo", steps=60)["accuracy"]  # doctest: +SKIP
@@ -290,7 +378,8 @@ def finetune(
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        report = _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, progress)
+        report = _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, progress,
+                      Path(cache) if cache else None)
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
@@ -300,7 +389,7 @@ def finetune(
     return report
 
 
-def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show):
+def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show, cache):
     import torch
     from rich.progress import Progress
     from tokenizers import Tokenizer
@@ -316,7 +405,7 @@ def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, 
         getattr(model, name).requires_grad_(True)
     items = sorted({(e.kind, e.media) for e in train + held_out})
     with Progress(disable=not show) as progress:
-        feats = _features(model, items, progress)
+        feats = _features(model, items, progress, cache)
         align = _align(model, train, feats, tokenizer, align_steps, align_lr, progress)
         tune = _tune(model, train, feats, tokenizer, steps, batch_size, lr, rng, progress, stage / "checkpoints", checkpoint_every) if steps else []
         with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps

@@ -139,3 +139,33 @@ def test_demo_model_answers_the_samples(tmp_path):
         kind = "images" if media.endswith(".png") else "audio"
         got = "".join(pipe.generate(prompt, **{kind: [SAMPLES / media]}, max_new_tokens=8))
         assert got == want, (media, prompt, got)
+
+
+def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture, wav):
+    """Two runs from one seed write the same adapter; the second encodes nothing (cache hits)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from edgemfm.finetune import finetune
+
+    model = tiny_demo(tmp_path / "tiny-demo")
+    data = write_data(tmp_path / "data", [], picture)
+    shutil.copy(wav, data / "tone.wav")
+    rows = [{"image": "images/a.png", "prompt": "What shape?", "answer": "circle"},
+            {"image": "images/a.png", "prompt": "What colour?", "answer": "red"},
+            {"audio": "tone.wav", "prompt": "What word?", "answer": "seven"}]
+    for split in ("train", "eval"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "cache"
+    first = finetune(model, data, tmp_path / "a", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    assert len(list(cache.rglob("*.npy"))) == 2  # one image and one clip, each encoded once
+    (cache_file,) = cache.glob("image-*/*.npy")
+    stamp = cache_file.stat().st_mtime_ns
+    second = finetune(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    assert cache_file.stat().st_mtime_ns == stamp  # read back, not rewritten
+    assert first["loss"] == second["loss"] and first["questions"] == {"image": 2, "audio": 1}
+    a, b = load_file(str(tmp_path / "a" / "adapter.safetensors")), load_file(str(tmp_path / "b" / "adapter.safetensors"))
+    assert set(a) == set(b) and all(a[k].dtype == torch.float16 and (a[k] == b[k]).all() for k in a)
+    base = load_file(str(model / "model.safetensors"))
+    assert any((a[k].float() - base[k]).abs().max() > 0 for k in a)  # the projectors moved
+

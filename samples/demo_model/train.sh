@@ -7,5 +7,5 @@ set -euo pipefail
 WORK=${1:-work/demo}
 python samples/demo_model/build_dataset.py --out "$WORK/data" --force
 python -c "import sys; from pathlib import Path; from edgemfm.exporters.demo_sources import build_base; build_base(Path(sys.argv[1]))" "$WORK/base"
-edgemfm finetune --model "$WORK/base" --data "$WORK/data" --out "$WORK/trained" --force
+edgemfm finetune --model "$WORK/base" --data "$WORK/data" --out "$WORK/trained" --cache "$WORK/features" --force
 cp "$WORK/trained/adapter.safetensors" exporters/demo_adapter.safetensors
