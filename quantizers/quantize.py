@@ -12,11 +12,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,29 +28,10 @@ from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.metrics import compare, outputs
 from edgemfm.recipe import Recipe
+from edgemfm.toolchain import quiet_quantizers
 
 log = logging.getLogger("edgemfm")
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
-
-
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ONNX Runtime's quantizers log every node at INFO and advise pre-processing on the root logger."""
-    # Imported first: their import calls logging.basicConfig(level=INFO), which would undo ours.
-    import onnxruntime.quantization
-    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
-
-    names = ("", "onnxruntime", "onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def quantize(
@@ -74,7 +52,7 @@ def quantize(
     """
     if precision == "fp32" and recipe is None:
         return manifest
-    with _quiet_ort():
+    with quiet_quantizers():
         return _quantize(stage, manifest, profile, precision, scratch, calibration, memory_budget_mb, accuracy_tolerance_db, bar, recipe)
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
@@ -62,3 +63,28 @@ def quiet() -> Iterator[None]:
         for name, lg in loggers.items():
             lg.setLevel(levels[name])
         hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_quantizers() -> Iterator[None]:
+    """Silence ONNX Runtime's quantizers: they log every node at INFO and advise pre-processing on the root logger.
+
+    Example:
+        >>> with quiet_quantizers():   # doctest: +SKIP
+        ...     quantize_dynamic(model_in, model_out)
+    """
+    # Imported first: their import calls logging.basicConfig(level=INFO), which would undo ours.
+    import onnxruntime.quantization
+    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
+
+    names = ("", "onnxruntime", "onnxruntime.quantization.matmul_nbits_quantizer", "neural_compressor")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

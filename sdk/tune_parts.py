@@ -165,7 +165,7 @@ def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: li
 def build_parts(space: Space, bundle: Path, manifest: Manifest, profile: DeviceProfile, model_dir: Path | None,
                 scratch: Path, progress: Any = None) -> dict[Key, Part]:
     """Every (component, setting, precision) part the space needs, written under `scratch`."""
-    from edgemfm.quantizers.quantize import _quiet_ort
+    from edgemfm.toolchain import quiet_quantizers
 
     scratch.mkdir(parents=True, exist_ok=True)
     calibration = _calibration(bundle, manifest)
@@ -175,7 +175,7 @@ def build_parts(space: Space, bundle: Path, manifest: Manifest, profile: DeviceP
         raise InputError("image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs")
     parts: dict[Key, Part] = {}
     task = progress.add_task("building parts", total=len(jobs)) if progress else None
-    with _quiet_ort():
+    with quiet_quantizers():
         for name, setting in jobs:
             c = manifest.components[name]
             path = scratch / f"{name}{''.join(f'-{v:g}' for v in setting)}.onnx"
