@@ -311,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--model", required=True, help="checkpoint directory to start from")
     f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
     f.add_argument("--out", required=True, help="checkpoint directory to write")
-    f.add_argument("--steps", type=int, default=60, help="end-to-end steps through the decoder (default: 60)")
+    f.add_argument("--steps", type=int, default=240, help="end-to-end steps through the decoder (default: 240)")
     f.add_argument("--align-steps", type=int, default=100, help="projector alignment steps (default: 100)")
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")

