@@ -9,14 +9,14 @@ import edgemfm
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="host", help="device name or alias (see `edgemfm devices`)")
-parser.add_argument("--image", default="samples/demo_model/media/digit.png")
+parser.add_argument("--image", default="samples/demo_model/media/shape.png")
 parser.add_argument("--audio", default="samples/demo_model/media/word.wav")
 args = parser.parse_args()
 
 bundle = edgemfm.export(device=args.device, out=f"bundles/default-{args.device}", force=True)
 pipe = edgemfm.load(bundle)
 print(f"running on {pipe.provider}")
-for prompt, media in (("What digit is this?", {"images": [args.image]}), ("What word is spoken?", {"audio": [args.audio]})):
+for prompt, media in (("What shape is this?", {"images": [args.image]}), ("What word is spoken?", {"audio": [args.audio]})):
     print(prompt, end=" ")
     for piece in pipe.generate(prompt, **media, max_new_tokens=8):
         print(piece, end="", flush=True)
