@@ -39,8 +39,8 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     for u in units:
         w = numpy_helper.to_array(inits[u.weight]).astype(np.float32)
         if depthwise(u) or spec.bits == 8:
-            scale = np.maximum(np.abs(w).max(axis=(1, 2, 3)), 1e-12) / 127.0
-            q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+            scale = np.maximum(np.abs(w).max(axis=tuple(range(1, w.ndim))), 1e-12) / 127.0
+            q = np.clip(np.round(w / scale.reshape(-1, *[1] * (w.ndim - 1))), -127, 127).astype(np.int8)
             qt, attrs = numpy_helper.from_array(q, f"{u.weight}_q"), {"axis": 0}
         else:
             block = min(spec.group_size, w.shape[1])
@@ -65,11 +65,11 @@ def _least_squares_scale(w: np.ndarray, block: int) -> np.ndarray:
 
     Clipping a block's few largest weights buys a finer grid for all the others; which shrink wins
     depends on the block, so each block tries them all (the data-free half of AWQ's clip search).
-    Shape [Cout, ceil(Cin / block), kh, kw].
+    Shape [Cout, ceil(Cin / block), *kernel] (Conv1d and Conv2d weights alike).
     """
     cin = w.shape[1]
     pad = -cin % block
-    padded = np.pad(w, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    padded = np.pad(w, ((0, 0), (0, pad), *[(0, 0)] * (w.ndim - 2)))
     blocks = padded.reshape(w.shape[0], (cin + pad) // block, block, *w.shape[2:])
     absmax = np.maximum(np.abs(blocks).max(axis=2), 1e-12) / 7.0
     best, best_err = absmax, np.full(absmax.shape, np.inf)

@@ -388,3 +388,30 @@ def test_static_qdq_keeps_depthwise_convs_float_and_says_why():
     pointwise = Unit("vision_encoder/blocks.3/_bn2", "d", "Conv", "v", (40, 144, 1, 1))
     assert "depthwise Conv: kept float" in scheme_of(depthwise, qdq)
     assert scheme_of(pointwise, qdq) is static_int8
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_conv1d_weights_quantize_and_run(bits):
+    """Whisper-style audio encoders start with Conv1d: rank-3 weights take the same int4 blocks / int8 channels."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgemfm.quantizers import conv_weight_only
+    from edgemfm.quantizers.units import Unit
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((24, 80, 3)).astype(np.float32)  # [Cout, Cin, k]: Cin not a whole number of blocks
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", pads=[1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 80, 50])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 80, 50)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    unit = Unit("audio_encoder/conv1", "conv1", "Conv", "w", w.shape)
+    quantized = conv_weight_only.apply(model, [unit], QuantSpec(bits=bits, group_size=32), None)
+    got = ort.InferenceSession(quantized.SerializeToString()).run(None, {"x": x})[0]
+    assert sum(n.op_type == "DequantizeLinear" for n in quantized.graph.node) == 1
+    sqnr = 10 * np.log10((want**2).sum() / ((got - want) ** 2).sum())
+    assert sqnr > (15 if bits == 4 else 35), sqnr
