@@ -19,13 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def nll(logits: np.ndarray, targets: list[int]) -> float:
-    """Summed negative log-likelihood of `targets` under `logits` [n, vocab] (float64 log-softmax)."""
-    x = logits.astype(np.float64)
-    top = x.max(-1, keepdims=True)
-    logp = x - top - np.log(np.exp(x - top).sum(-1, keepdims=True))
-    return -float(logp[np.arange(len(targets)), targets].sum())
+from edgemfm.runtimes.decoding import nll
 
 
 def timed_runs(once, repeats: int) -> dict:

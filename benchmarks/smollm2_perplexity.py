@@ -32,6 +32,7 @@ from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, 
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
+from edgemfm.runtimes.decoding import nll
 
 TEXT = Path(__file__).with_name("eval_en.txt")
 DECODE_STEPS = 8
@@ -136,9 +137,7 @@ def perplexity(stage: Path, manifest: Manifest) -> tuple[float, float, float]:
                              "position_ids": np.asarray([[total - 1]], np.int64), **past})
         step[i] = time.perf_counter() - t
         past = {n: out[at] for n, at in grows.items()}
-    top = logits.max(-1, keepdims=True)
-    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean())), took, 1000 * float(np.median(step))
+    return math.exp(nll(logits, ids[1:]) / (len(ids) - 1)), took, 1000 * float(np.median(step))
 
 
 def mix_of(report: dict) -> str:

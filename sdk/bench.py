@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgemfm.errors import InputError
+from edgemfm.runtimes.decoding import nll
 
 MiB = 2**20
 
@@ -191,14 +192,11 @@ def perplexity(pipe, text: str) -> tuple[float, int]:
     ids = pipe.tokenizer.encode(text, add_special_tokens=pipe.manifest.prompt.add_special_tokens).ids[: pipe.streaming.max_seq_len]
     if len(ids) < 2:
         raise InputError(f"the perplexity text has {len(ids)} tokens; allowed: a text of 2 tokens or more")
-    cache, chunk, nll = pipe.decoder.new_cache(), pipe.streaming.prefill_chunk, 0.0
+    cache, chunk, total = pipe.decoder.new_cache(), pipe.streaming.prefill_chunk, 0.0
     for at in range(0, len(ids) - 1, chunk):
         piece = ids[at : min(at + chunk, len(ids) - 1)]
-        logits = pipe.decoder.run(cache, pipe.decoder.embed_ids(piece)).astype(np.float64)
-        top = logits.max(-1, keepdims=True)
-        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-        nll -= float(logp[np.arange(len(piece)), ids[at + 1 : at + 1 + len(piece)]].sum())
-    return math.exp(nll / (len(ids) - 1)), len(ids) - 1
+        total += nll(pipe.decoder.run(cache, pipe.decoder.embed_ids(piece)), ids[at + 1 : at + 1 + len(piece)])
+    return math.exp(total / (len(ids) - 1)), len(ids) - 1
 
 
 def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
