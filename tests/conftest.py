@@ -54,7 +54,7 @@ def demo_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_pte_bundle(tmp_path_factory) -> Path:
-    """The built-in demo model exported as one ExecuTorch program for the host (about 20 min on 2
+    """The built-in demo model exported as one ExecuTorch program for the host (about 25 min on 2
     loaded cores; -m slow only), or the bundle at $EDGEMFM_DEMO_PTE_BUNDLE when set, to reuse one
     `edgemfm export --device host --format pte` wrote."""
     import os

@@ -2,7 +2,7 @@
 ExecuTorch program: each method against the PyTorch components, and greedy answers to held-out
 questions equal to the ONNX bundle's and to PyTorch's.
 
-All slow: the pte export takes about 20 minutes on 2 loaded cores. Set EDGEMFM_DEMO_PTE_BUNDLE
+All slow: the pte export takes about 25 minutes on 2 loaded cores. Set EDGEMFM_DEMO_PTE_BUNDLE
 (and EDGEMFM_DEMO_BUNDLE for the ONNX one) to reuse bundles `edgemfm export --device host
 [--format pte]` wrote, and EDGEMFM_DEMO_DATA to a folder samples/demo_model/build_dataset.py wrote
 for its held-out questions (else the repository's sample questions are asked).
