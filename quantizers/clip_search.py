@@ -42,7 +42,7 @@ def check(spec: QuantSpec) -> None:
 
 
 def probe(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-    """Per calibration feed: the float64 rows [tokens, channels] of each tensor in `inputs`, by name."""
+    """Per calibration feed: the rows [tokens, channels] of each tensor in `inputs`, by name."""
     import onnx
     import onnxruntime as ort
 
@@ -56,7 +56,7 @@ def probe(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> 
     names = {i.name for i in session.get_inputs()}
     for feed in feeds:
         got = session.run(inputs, {k: v for k, v in feed.items() if k in names})
-        yield {n: x.reshape(-1, x.shape[-1]).astype(np.float64) for n, x in zip(inputs, got)}
+        yield {n: x.reshape(-1, x.shape[-1]) for n, x in zip(inputs, got)}
 
 
 def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -68,6 +68,7 @@ def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.nda
     rows: dict[str, int] = {}
     for got in probe(model, inputs, feeds):
         for n, x in got.items():
+            x = x.astype(np.float64)
             sums[n] = sums.get(n, 0.0) + (x**2).sum(axis=0)
             peaks[n] = np.maximum(peaks.get(n, 0.0), np.abs(x).max(axis=0))
             rows[n] = rows.get(n, 0) + x.shape[0]
