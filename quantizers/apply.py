@@ -111,9 +111,11 @@ def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx
         u.name: "depthwise Conv: int8 per channel (a 1-wide input axis has no int4 blocks)"
         for scheme, spec, us in passes if scheme is conv_weight_only and spec.bits == 4 for u in us if conv_weight_only.depthwise(u)
     }
-    if not ctx.feeds:
-        notes.update({u.name: "no calibration data reached this component: clip_search scales, no GPTQ"
-                      for scheme, _, us in passes if scheme is gptq for u in us})
+    gptq_notes = ctx.cache.get("notes", {})
+    notes.update({
+        u.name: gptq_notes.get(u.name, "no calibration data reached this component: clip_search scales, no GPTQ")
+        for scheme, _, us in passes if scheme is gptq for u in us if not ctx.feeds or u.name in gptq_notes
+    })
     return {
         "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],
         "quantized_units": sum(len(us) for _, _, us in passes),

@@ -16,8 +16,9 @@ not the weights'. Here:
 Why not ONNX Runtime's GPTQ (`method="gptq"`): measured on SmolLM2-135M at g64 it was worse than
 round-to-nearest (+110% perplexity against +39%), and it has neither act-order nor searched
 scales. This one is checked against RTN on a synthetic layer (tests) and on the real weights
-(BENCHMARKS.md). It needs many calibration tokens: ~2 per input channel at the very least. A
-component no calibration data reaches gets `clip_search`'s scales instead (noted in the report).
+(BENCHMARKS.md). It needs many calibration tokens: a unit with fewer than MIN_ROWS_PER_CHANNEL
+calibration rows per input channel, or a component no calibration data reaches, gets
+`clip_search`'s scales instead, and the report says so per unit.
 
 Example:
     >>> model = apply(onnx.load("d.onnx"), units, QuantSpec(bits=4, group_size=64, method="gptq_act_order"), ctx)  # doctest: +SKIP
@@ -38,6 +39,7 @@ from edgemfm.recipe import QuantSpec
 
 METHODS = ("gptq_act_order",)
 DAMP = 0.01  # of mean(diag H), GPTQ's default: enough to invert a rank-deficient H, small against real curvature
+MIN_ROWS_PER_CHANNEL = 2  # fewer calibration rows per input channel: clip_search's scales instead (noted)
 LAZY = 128  # channels whose updates are batched into one matrix product (GPTQ's lazy batch)
 
 
@@ -110,8 +112,13 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     if missing:  # cached: the float graph's statistics (a mixed recipe's int8 pass runs first; its error is not fed back)
         ctx.cache.update({f"hessian:{n}": h for n, h in hessians(model, missing, list(ctx.feeds)).items()})
     hs = {n: ctx.cache[f"hessian:{n}"] for n in wanted}
-    codes = {
-        u.node: quantize_blocks(numpy_helper.to_array(inits[u.weight]), spec.bits, spec.group_size, hs[nodes[u.node].input[0]][0])
-        for u in units
-    }
+    codes, notes = {}, ctx.cache.setdefault("notes", {})
+    for u in units:
+        h, rows = hs[nodes[u.node].input[0]]
+        w = numpy_helper.to_array(inits[u.weight])
+        if rows < MIN_ROWS_PER_CHANNEL * u.shape[0]:  # H far from full rank: GPTQ would fit the calibration tokens' noise
+            notes[u.name] = f"{rows} calibration rows for {u.shape[0]} input channels: clip_search scales, no GPTQ"
+            codes[u.node] = clip_search.quantize_blocks(w, spec.bits, spec.group_size, np.diag(h) / rows)
+        else:
+            codes[u.node] = quantize_blocks(w, spec.bits, spec.group_size, h)
     return clip_search.write_nbits(model, units, spec, codes)

@@ -105,3 +105,19 @@ def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so
     report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), Context([], load_profile("host"), tmp_path))
     assert report["quantized_nodes"] == {"MatMulNBits": 1}
     assert report["notes"] == {"c/mm": "no calibration data reached this component: clip_search scales, no GPTQ"}
+
+
+def test_gptq_with_too_few_calibration_rows_uses_searched_scales_and_says_so(tmp_path):
+    """8 rows for 64 input channels: H has rank 8; GPTQ would fit their noise, so clip_search's scales, noted."""
+    from edgemfm.quantizers.apply import quantize_component
+    from onnx import TensorProto, helper, numpy_helper
+
+    w, x = _layer(k=64, n=16, tokens=8)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "f.onnx"))
+    ctx = Context([{"x": x.astype(np.float32)}], load_profile("host"), tmp_path)
+    report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), ctx)
+    assert report["quantized_nodes"] == {"MatMulNBits": 1}
+    assert report["notes"] == {"c/mm": "8 calibration rows for 64 input channels: clip_search scales, no GPTQ"}
