@@ -7,6 +7,7 @@ and recipes can be compared on the same float graphs. The output is a sealed bun
 staging directory, exactly as `export` writes one.
 
     python benchmarks/quantize_bundle.py FLOAT_BUNDLE OUT --device pi5 --precision auto --calibration DIR
+    python benchmarks/quantize_bundle.py FLOAT_BUNDLE OUT --device host --precision int4 --group-size 32   # the preset at another group size
     python benchmarks/cascade.py FLOAT_BUNDLE OUT DATA    # its held-out accuracy against the float bundle
 """
 
@@ -24,7 +25,9 @@ from rich.progress import Progress
 from edgemfm import bundle
 from edgemfm.bundle import read_manifest
 from edgemfm.profiles import load_profile
+from edgemfm.quantizers.presets import recipe_for
 from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
+from edgemfm.recipe import Recipe, Rule
 
 
 def main() -> None:
@@ -36,17 +39,22 @@ def main() -> None:
     p.add_argument("--calibration", type=Path, help="folder of images and prompt .txt files (default: built-in)")
     p.add_argument("--memory-budget", type=float, help="MiB the weights must fit in under auto")
     p.add_argument("--accuracy-tolerance", type=float, default=DEFAULT_TOLERANCE_DB, help="dB, under auto")
+    p.add_argument("--group-size", type=int, help="int8/int4: the device's preset with this block size instead of its own")
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     manifest = read_manifest(args.float_bundle)
     profile = load_profile(args.device)
+    recipe = None
+    if args.group_size:
+        spec = recipe_for(profile, args.precision).rules[-1].spec
+        recipe = Recipe(rules=(Rule("*", replace(spec, group_size=args.group_size)),))
     t = time.time()
     with bundle.staging(args.out, args.force) as stage, Progress(transient=True) as bar, tempfile.TemporaryDirectory() as scratch:
         for f in manifest.files:
             shutil.copyfile(args.float_bundle / f, stage / f)
         manifest = replace(manifest, profile=profile.name, files={})
         manifest = quantize(stage, manifest, profile, args.precision, Path(scratch), args.calibration,
-                            args.memory_budget, args.accuracy_tolerance, bar)
+                            args.memory_budget, args.accuracy_tolerance, bar, recipe)
         bundle.seal(stage, manifest)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB) in {time.time() - t:.0f} s")
