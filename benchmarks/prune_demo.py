@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--recover-questions", type=int, default=32, help="training questions per question type for recovery")
     parser.add_argument("--no-export", action="store_true", help="skip bundle size and latency")
     parser.add_argument("--int8", metavar="SETTING", help="prune SETTING, recover, export int8 for host and answer the held-out set with it")
+    parser.add_argument("--reference", type=Path, help="with --no-export: the unpruned fp32 host bundle whose size the pruned ones are computed from")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -209,17 +210,23 @@ def print_table(rows: dict, args, work: Path) -> None:
         m = report["machine"]
         print(f"\n{m.get('cpu', '')}; load average {m.get('load_average')}; memory read bandwidth {report['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
     base = next(r for r in rows.values() if r["setting"] == "none")
+    # without exports: the unpruned bundle less 4 bytes per removed fp32 parameter (the graph's
+    # own bytes, a few KiB a layer, are not counted), marked "computed"
+    reference = sum(f.stat().st_size for f in args.reference.iterdir()) if args.reference else None
     print("\n| pruned | decoder parameters | MLP parameters removed | fp32 bundle MiB | first token ms | decode tok/s | exact match (154 held-out) | after recovery |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows.values():
         b = measured.get(slug(r["setting"]))
-        size = f"{b['size_bytes'] / 2**20:.1f} | {b['ttft_s'] * 1e3:.0f} | {b['decode_tokens_per_s']:.1f}" if b else "- | - | -"
+        if b:
+            size = f"{b['size_bytes'] / 2**20:.1f} | {b['ttft_s'] * 1e3:.0f} | {b['decode_tokens_per_s']:.1f}"
+        else:
+            computed = (reference - 4 * (base["decoder_parameters"] - r["decoder_parameters"])) / 2**20 if reference else None
+            size = (f"{computed:.1f} (computed)" if computed else "-") + " | - | -"
         acc = r["accuracy"]
         rec = r.get("recovered_accuracy")
         recovered = f"{rec['right'] / rec['questions']:.1%} (KL {r['recovery']['loss']['first']:.2f} -> {r['recovery']['loss']['last']:.2f}, {r['recovery']['seconds']:.0f} s)" if rec else "-"
         mlp_removed = 1 - r["mlp_parameters"] / base["mlp_parameters"]
         print(f"| {r['setting']} | {r['decoder_parameters'] / 1e6:.2f} M | {mlp_removed:.1%} | {size} | {acc['right'] / acc['questions']:.1%} | {recovered} |")
-
 
 if __name__ == "__main__":
     main()
