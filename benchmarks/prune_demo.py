@@ -74,6 +74,7 @@ def embedded(model, tokenizer, examples: list, feats) -> list[torch.Tensor]:
 
 
 def accuracy(model, tokenizer, held_out, feats, bar) -> dict:
+    """Greedy exact match (finetune's evaluation): right answers, per prompt, and the first misses."""
     report = evaluate(model, tokenizer, held_out, feats, bar)
     n = sum(report["questions"].values())
     right = n - len(report["misses"])
@@ -94,6 +95,7 @@ def save_checkpoint(model, source: Path, out: Path) -> Path:
 
 
 def slug(name: str) -> str:
+    """A setting's folder name: "blocks 10% (3 of 30)" -> "blocks-10"."""
     return name.split(" (")[0].replace(" ", "-").replace("%", "")
 
 
