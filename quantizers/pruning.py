@@ -189,9 +189,11 @@ def _calls(dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | N
 
 
 def prune_model(model: Any, tokenizer: Any, config: PruneConfig | Sequence[PruneConfig], texts: Sequence[str], progress: Any = None,
-                model_dir: Path | None = None, media: str | Path | None = None) -> dict[str, Any]:
+                model_dir: Path | None = None, media: str | Path | None = None, calls: Sequence[Any] | None = None) -> dict[str, Any]:
     """Prune a loaded model in place on calibration `texts` (and, for encoders, the images or audio
     under `media`, fed through the family's export units found from `model_dir`); returns the report.
+    `calls` replaces the text decoder's calibration: callables that each run `model` on one sample
+    (a multimodal model's questions with their media rows spliced in, say).
 
     Example:
         >>> report = prune_model(model, tokenizer, PruneConfig(mlp=0.3), ["Some English text."])  # doctest: +SKIP
@@ -207,13 +209,16 @@ def prune_model(model: Any, tokenizer: Any, config: PruneConfig | Sequence[Prune
     stages, calibration = [], {}
     for c, dec, counts in plan:
         component_before = count_parameters(dec.body)
-        calls, calibration[c.component] = _calls(dec, tokenizer, texts, model_dir, media)
+        if calls is not None and c.component == "text_decoder":
+            stage_calls, calibration[c.component] = list(calls), f"{len(calls)} samples given by the caller"
+        else:
+            stage_calls, calibration[c.component] = _calls(dec, tokenizer, texts, model_dir, media)
         for name, stage in STAGES.items():
             if not counts[name]:
                 continue
-            task = progress.add_task(f"scoring {c.component} {name}", total=len(calls)) if progress else None
+            task = progress.add_task(f"scoring {c.component} {name}", total=len(stage_calls)) if progress else None
             step = (lambda task=task: progress.advance(task)) if progress else (lambda: None)
-            stages.append({"component": c.component, **stage(dec, counts[name], calls, step), "count": counts[name],
+            stages.append({"component": c.component, **stage(dec, counts[name], stage_calls, step), "count": counts[name],
                            "parameters_removed": component_before - count_parameters(dec.body)})
             component_before = count_parameters(dec.body)
     after = count_parameters(model)

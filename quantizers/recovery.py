@@ -74,7 +74,9 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
            sequences: Sequence[torch.Tensor] | None = None, progress: Any = None) -> dict[str, Any]:
     """Train `student`'s decoder layers in place towards `teacher`'s logits; returns the report.
 
-    `sequences` (from `teacher_sequences`) may be passed to reuse the teacher's text across students.
+    `sequences` (from `teacher_sequences`) may be passed to reuse the teacher's text across students;
+    a floating-point sequence [1, n, hidden] is fed as `inputs_embeds` (a multimodal model's
+    question with its media rows spliced in).
 
     Example:
         >>> distil(pruned, unpruned, tokenizer, read_texts(None), RecoveryConfig())["steps"]   # doctest: +SKIP
@@ -95,10 +97,11 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
     student.train()
     try:
         for step in range(config.steps):
-            ids = sequences[int(order[step])]
+            seq = sequences[int(order[step])]
+            inputs = {"inputs_embeds": seq} if seq.is_floating_point() else {"input_ids": seq}
             with torch.no_grad():
-                target = teacher(input_ids=ids, use_cache=False).logits
-            loss = _kl(target, student(input_ids=ids, use_cache=False).logits)
+                target = teacher(**inputs, use_cache=False).logits
+            loss = _kl(target, student(**inputs, use_cache=False).logits)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)  # a sliced model's first steps can be steep

@@ -150,3 +150,33 @@ def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably
         assert torch.equal(student.get_input_embeddings().weight, embedding)  # only the decoder layers train
     for a, b in zip(students[0].parameters(), students[1].parameters()):
         assert torch.equal(a, b)  # seeded: the same run gives the same weights
+
+
+def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
+    """A multimodal model calibrates and distils on embeddings (media rows spliced in): given the
+    embeddings of the same token ids, `prune_model(calls=...)` removes the same channels and
+    `distil` on float sequences trains the same weights as on the ids."""
+    from edgemfm.quantizers.importance import calibration_samples, read_texts
+    from edgemfm.quantizers.pruning import PruneConfig, prune_model
+    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+
+    source = tiny_llama(tmp_path / "llama")
+    from transformers import AutoTokenizer
+
+    tokenizer, teacher, texts = AutoTokenizer.from_pretrained(source), _load(source), read_texts(None)[:3]
+    config = RecoveryConfig(steps=4, lr=1e-3, continuation=4)
+    ids = teacher_sequences(teacher, tokenizer, texts, config)
+    with torch.no_grad():
+        embedded = [teacher.get_input_embeddings()(s) for s in ids]
+        samples = [teacher.get_input_embeddings()(s) for s in calibration_samples(tokenizer, texts)]
+    by_ids, by_embeddings = _load(source), _load(source)
+    a = prune_model(by_ids, tokenizer, PruneConfig(blocks=1, mlp=0.3), texts)
+    b = prune_model(by_embeddings, tokenizer, PruneConfig(blocks=1, mlp=0.3), [],
+                    calls=[lambda x=x: by_embeddings(inputs_embeds=x, use_cache=False) for x in samples])
+    assert [s["removed"] for s in a["stages"]] == [s["removed"] for s in b["stages"]]
+    assert b["calibration"]["items"]["text_decoder"] == f"{len(samples)} samples given by the caller"
+    distil(by_ids, teacher, tokenizer, texts, config, sequences=ids)
+    report = distil(by_embeddings, teacher, tokenizer, [], config, sequences=embedded)
+    assert report["tokens"] == sum(s.shape[1] for s in ids)
+    for p, q in zip(by_ids.parameters(), by_embeddings.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
