@@ -20,7 +20,8 @@ training digits. Pre-processing: edgemfm's numpy pre-processing, the same for ev
 edgemfm has no model family for a lone image classifier, so its rows are what `edgemfm export`
 does to a vision encoder component: `quantizers.apply.quantize_component` with a profile's preset,
 run through ONNX Runtime as a bundle's encoder is. Latency: one image per call (batch 1), the
-median of 50 calls after 5 warm-up calls; peak RSS after those calls (before the accuracy pass).
+median of 50 calls after 5 warm-up calls, wall and process CPU time; peak RSS after those calls
+(before the accuracy pass).
 
     python benchmarks/side_by_side_efficientnet.py ROW_SPEC WORK_DIR JSON_SETTINGS   # one row, prints one JSON object
 """
@@ -178,13 +179,14 @@ def caption(report: dict) -> str:
 
 COLUMNS = [
     ("ms / image", lambda r: f"{r['ms_per_image']:.2f}"),
+    ("CPU ms / image", lambda r: f"{r['cpu_ms_per_image']:.2f}"),
     ("MNIST probe accuracy %", lambda r: f"{100 * r['accuracy']:.1f}"),
     ("feature cosine vs fp32", lambda r: f"{r['cosine']:.4f}"),
     ("peak RSS MiB", lambda r: f"{r['peak_rss_bytes'] / 2**20:.0f}"),
     ("on disk MiB", lambda r: f"{r['size_bytes'] / 2**20:.2f}"),
 ]
 PANELS = [
-    ("ms per image (batch 1)", lambda r: r["ms_per_image"]),
+    ("CPU ms per image (batch 1)", lambda r: r["cpu_ms_per_image"]),
     ("MNIST probe accuracy (%)", lambda r: 100 * r["accuracy"]),
     ("peak RSS (MiB)", lambda r: r["peak_rss_bytes"] / 2**20),
     ("on disk (MiB)", lambda r: r["size_bytes"] / 2**20),
@@ -230,17 +232,19 @@ def measure_row(spec: str, work: Path, s: dict) -> dict:
     data = np.load(work / "data.npz")
     encode, batch, size = _runner(kind, work / file, s["threads"])
     test = np.load(work / "test.npy", mmap_mode="r")
-    times = []
+    times, cpu = [], []  # wall, and the process's CPU time: steadier under a shared machine's load
     for i in range(s["warmup"] + s["timed"]):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         encode(np.ascontiguousarray(test[i : i + 1]))
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     peak = peak_resident_bytes()
     got = np.concatenate([encode(np.ascontiguousarray(test[i : i + batch])) for i in range(0, len(test), batch)])
     ref = data["reference"]
     logits = (got - data["mean"]) / data["scale"] @ data["coef"].T + data["intercept"]
     cosine = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     return {"ms_per_image": 1000 * statistics.median(times[s["warmup"] :]), "runs_ms": [1000 * t for t in times[s["warmup"] :]],
+            "cpu_ms_per_image": 1000 * statistics.median(cpu[s["warmup"] :]),
             "peak_rss_bytes": peak, "size_bytes": size, "accuracy": float(np.mean(np.argmax(logits, 1) == data["labels"])),
             "cosine": float(np.mean(cosine))}
 
