@@ -42,8 +42,8 @@ ROWS = {  # name -> (row spec for side_by_side_smollm2_rows.py, what the weights
     "genai-int4-graph-python-loop": ("ort:genai-int4/model.onnx", "genai's int4 graph under the Python loop of ort-fp32: loop vs graph"),
     "executorch-8da4w": ("executorch:executorch/smollm2_8da4w.pte", "int4 g64 weights, int8 dynamic activations; fp32 embedding"),
     "edgemfm-fp32": ("edgemfm:edgemfm-fp32", "fp32"),
-    "edgemfm-int8": ("edgemfm:edgemfm-int8", "int8 per-channel weights, dynamic u8 activations"),
-    "edgemfm-int4": ("edgemfm:edgemfm-int4", "int4 g64 MatMulNBits, accuracy_level 4; int4 embedding"),
+    "edgemfm-int8": ("edgemfm:edgemfm-int8", "host int8 preset: smoothed, int8 g32 MatMulNBits, int8 compute; int8 embedding"),
+    "edgemfm-int4": ("edgemfm:edgemfm-int4", "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding"),
 }
 CALIBRATION = HERE.parent / "quantizers" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
 CALIBRATION_SENTENCES, CALIBRATION_STEPS, CALIBRATION_WINDOW = 8, 4, 344  # 344: eval_en.txt's length in tokens
