@@ -79,16 +79,18 @@ def markdown(model, report: dict) -> str:
 
 
 def chart(model, report: dict, out: Path) -> None:
-    """One bar panel per figure of model.PANELS, edgemfm's rows in orange."""
+    """One bar panel per figure of model.PANELS (title, value[, axis scale]), edgemfm's rows in orange."""
     from edgemfm.bench import plotting
 
     plt = plotting(out)
     rows = {n: r for n, r in report["results"].items() if "error" not in r}
     panels = model.PANELS
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 0.5 * len(rows) + 1.8), sharey=True, squeeze=False)
-    for ax, (title, value) in zip(axes[0], panels):
+    for ax, (title, value, *scale) in zip(axes[0], panels):
         ax.barh(list(rows), [value(r) for r in rows.values()], color=["tab:orange" if n.startswith("edgemfm") else "tab:blue" for n in rows])
         ax.set_title(title, fontsize=10)
+        if scale:
+            ax.set_xscale(scale[0])
     axes[0][0].invert_yaxis()
     m = report["machine"]
     fig.suptitle(f"{model.TITLE} side by side: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}", fontsize=10)

@@ -256,7 +256,7 @@ COLUMNS = [  # header -> the cell of one result
 PANELS = [  # chart title -> the bar of one result
     ("decode tokens/s", lambda r: r["decode_tokens_per_s"]),
     ("decode tokens per CPU s", lambda r: r["decode_tokens_per_cpu_s"]),
-    ("perplexity (eval_en.txt)", lambda r: r["perplexity"]),
+    ("perplexity (eval_en.txt, log scale)", lambda r: r["perplexity"], "log"),  # a collapsed row is 1e8 or more
     ("peak RSS (MiB)", lambda r: r["peak_rss_bytes"] / 2**20),
     ("decode efficiency (% of read bandwidth)", lambda r: 100 * r["decode_efficiency"]),
 ]
