@@ -1,10 +1,13 @@
 """Fused vs unfused graphs, and the cost model's predictions vs measured latency, on this host.
 
-Exports the small untrained placeholder model (exporters/default_model.py) twice (fused, --no-fuse), then times each component of both
-bundles side by side in one run (interleaved, medians of repeated calls after warm-up) and
-prints a markdown table for BENCHMARKS.md.
+Exports the small untrained placeholder model (exporters/default_model.py) twice (fused, --no-fuse),
+or takes two bundles of one model (`--fused DIR --unfused DIR`, e.g. the demo model exported
+with and without `--no-fuse`), then times each component of both side by side in one run
+(interleaved, so both see the same machine state; medians of repeated calls after warm-up; wall
+time and the process's CPU time per call) and prints a markdown table for BENCHMARKS.md.
 
     python benchmarks/fusion_and_cost.py --device host --context 64 --prefill 64
+    python benchmarks/fusion_and_cost.py --fused demo-host --unfused demo-host-unfused --threads 1
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from edgemfm.profiles import load_profile
 
 def feeds_for(pipe, work: str, context: int, prefill: int) -> tuple[str, dict]:
     m = pipe.manifest
-    if work == "vision":
-        spec = m.components["vision_encoder"].inputs[0]
-        return "vision_encoder", {spec.name: np.random.rand(1, *spec.shape[1:]).astype(np.float32)}
+    if work in ("vision", "audio"):
+        spec = m.components[f"{work}_encoder"].inputs[0]
+        return f"{work}_encoder", {spec.name: np.random.rand(1, *spec.shape[1:]).astype(np.float32)}
     kv = m.components["text_decoder"].kv_cache
     hidden = int(m.components["text_decoder"].inputs[0].shape[-1])
     past_len, seq = (context, 1) if work == "decode" else (0, prefill)
@@ -46,36 +49,45 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--fused", help="a bundle exported with fusion (default: export the placeholder model)")
+    parser.add_argument("--unfused", help="the same model exported with --no-fuse")
+    parser.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        from edgemfm.exporters import default_model
+        if args.fused and args.unfused:
+            bundles = {"fused": Path(args.fused), "unfused": Path(args.unfused)}
+        else:
+            from edgemfm.exporters import default_model
 
-        model = default_model.build(Path(tmp) / "model")
-        bundles = {
-            "fused": edgemfm.export(model, device=args.device, out=Path(tmp) / "fused"),
-            "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),
-        }
-        pipes = {k: edgemfm.load(v, threads=0) for k, v in bundles.items()}
-        times: dict[tuple[str, str], list[float]] = {}
-        for work in ("vision", "decode", "prefill"):
+            model = default_model.build(Path(tmp) / "model")
+            bundles = {
+                "fused": edgemfm.export(model, device=args.device, out=Path(tmp) / "fused"),
+                "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),
+            }
+        pipes = {k: edgemfm.load(v, threads=args.threads) for k, v in bundles.items()}
+        works = [w for w in ("vision", "audio") if f"{w}_encoder" in pipes["fused"].manifest.components] + ["decode", "prefill"]
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for work in works:
             calls = {k: feeds_for(p, work, args.context, args.prefill) for k, p in pipes.items()}
             for k, (name, feeds) in calls.items():  # warm-up
                 for _ in range(5):
                     pipes[k].sessions[name].run(feeds)
             for _ in range(args.repeats):  # interleaved: both see the same machine state
                 for k, (name, feeds) in calls.items():
-                    t = time.perf_counter()
+                    t, cpu = time.perf_counter(), time.process_time()
                     pipes[k].sessions[name].run(feeds)
-                    times.setdefault((k, work), []).append(1e3 * (time.perf_counter() - t))
-        median = {key: statistics.median(v) for key, v in times.items()}
-        predicted = {e.work.split()[0]: e.latency_ms for e in predict(pipes["fused"].manifest, load_profile(args.device),
-                                                                      context=args.context, prefill=args.prefill)}
+                    times.setdefault((k, work), []).append((1e3 * (time.perf_counter() - t), 1e3 * (time.process_time() - cpu)))
+        median = {key: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for key, v in times.items()}
+        predicted = {e.component + e.work.split()[0]: e.latency_ms for e in predict(pipes["fused"].manifest, load_profile(args.device),
+                                                                                    context=args.context, prefill=args.prefill)}
         nodes = {k: {c: p.manifest.report["parity"][c]["nodes"] for c in p.manifest.components} for k, p in pipes.items()}
-    print(f"| call | unfused ms | fused ms | speed-up | predicted ms (roofline) | fused / predicted |")
-    print("|---|---|---|---|---|---|")
-    for work, key in (("vision", "one"), ("decode", "decode"), ("prefill", "prefill")):
-        f, u = median[("fused", work)], median[("unfused", work)]
-        print(f"| {work} | {u:.3f} | {f:.3f} | {u / f:.2f}x | {predicted[key]:.3f} | {f / predicted[key]:.1f} |")
+    print("| call | unfused ms | fused ms | speed-up | unfused CPU ms | fused CPU ms | CPU speed-up | predicted ms (roofline) | fused / predicted |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    keys = {"vision": "vision_encoderone", "audio": "audio_encoderone", "decode": "text_decoderdecode", "prefill": "text_decoderprefill"}
+    for work in works:
+        (f, fc), (u, uc) = median[("fused", work)], median[("unfused", work)]
+        p = predicted[keys[work]]
+        print(f"| {work} | {u:.3f} | {f:.3f} | {u / f:.2f}x | {uc:.3f} | {fc:.3f} | {uc / fc:.2f}x | {p:.3f} | {f / p:.1f} |")
     print(f"\nnodes: {nodes}")
 
 

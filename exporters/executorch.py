@@ -7,8 +7,12 @@ family has one). Each is captured with `torch.export`, lowered to XNNPACK with
 bundle is sealed. A component with a KV cache is exported in its static-cache form
 (`ExportUnit.static_cache`, see exporters/static_decoder.py) sized to `max_seq_len`.
 
-Dynamic axes stay dynamic, bounded by `max_seq_len`, except the item axes (`batch`, `images`):
-the Pipeline feeds one image or clip at a time, so a program takes exactly one.
+Dynamic axes stay dynamic, bounded by `max_seq_len`, except the item axes (`batch`, `images`,
+the demo's `items`): the Pipeline feeds one image or clip at a time, so a program takes exactly
+one (torch.export specializes an axis whose example length is 1, which these examples have).
+
+A component torch.export cannot capture fails the export in one line (`ExportError`) naming the
+method and torch's reason, not with torch's traceback.
 
 What XNNPACK does not take runs on ExecuTorch's portable kernels; the count of delegated and
 non-delegated nodes per method, and the non-delegated operators by name, go into the report.
@@ -28,13 +32,13 @@ from typing import Any
 
 import torch
 
-from edgemfm.errors import InputError
+from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
 from edgemfm.manifest import Component
 
 PROGRAM = "model.pte"
-ONE_ITEM = ("batch", "images")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
+ONE_ITEM = ("batch", "images", "items")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
 BACKEND = "XnnpackBackend"
 
 
@@ -59,15 +63,27 @@ def _program_unit(name: str, unit: ExportUnit, max_seq_len: int) -> ExportUnit:
     return unit.static_cache(max_seq_len) if unit.static_cache is not None else unit
 
 
-def _capture(unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor], int, int]:
+def _capture(name: str, unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[torch.Tensor], int, int]:
     """The exported program, the PyTorch reference outputs, the peak activation and the FLOPs of `unit`."""
-    state = {name: b.clone() for name, b in unit.module.named_buffers()}
+    state = {key: b.clone() for key, b in unit.module.named_buffers()}
     reference, peak, flops = _reference(unit)
     with torch.no_grad():  # the reference run wrote the cache: the program must start from zeros
-        for name, b in unit.module.named_buffers():
-            b.copy_(state[name])
-        program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
+        for key, b in unit.module.named_buffers():
+            b.copy_(state[key])
+        try:
+            program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
+        except RuntimeError as e:  # torch.export's errors (UserError, Unsupported, data-dependent guards) are RuntimeErrors
+            raise ExportError(f"{name}: torch.export could not capture this component for --format pte: {_reason(e)}") from e
     return program.run_decompositions({torch.ops.aten.gelu.default: _tanh_gelu}), reference, peak, flops
+
+
+def _reason(error: Exception) -> str:
+    """torch's multi-line message in one line: its first line and the detail under it (what was specialized, ...)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    head = lines[0].split(" For more information")[0] if lines else type(error).__name__
+    # the detail's first sentence: the rest is torch's advice on its own API (mark_dynamic, Dim.DYNAMIC)
+    detail = next((line.lstrip("- ").split(". ")[0].rstrip(".") + "." for line in lines[1:2] if line.startswith("-")), "")
+    return f"{head} {detail}".strip()
 
 
 def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -134,7 +150,7 @@ def write_units(
     programs, references, peaks, flops = {}, {}, {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
-        programs[name], references[name], peaks[name], flops[name] = _capture(unit, max_seq_len)
+        programs[name], references[name], peaks[name], flops[name] = _capture(name, unit, max_seq_len)
     advance("lowering to XNNPACK")
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     report = {"delegation": {name: delegation(edge.exported_program(name).graph_module) for name in units}}

@@ -68,8 +68,9 @@ def kv_cache_bytes(decoder: Component, max_len: int) -> int:
 
 def fused_attention(manifest: Manifest, name: str) -> bool:
     """Whether the export fused every layer's attention into one ONNX Runtime op (the report says)."""
-    fusion = manifest.report.get("parity", {}).get(name, {}).get("fusion", {})
-    return fusion.get("fused_ops", {}).get("MultiHeadAttention", 0) >= manifest.components[name].kv_cache.layers
+    fused = manifest.report.get("parity", {}).get(name, {}).get("fusion", {}).get("fused_ops", {})
+    ops = fused.get("MultiHeadAttention", 0) + fused.get("GroupQueryAttention", 0)
+    return ops >= manifest.components[name].kv_cache.layers
 
 
 def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int, fused_attention: bool = False) -> int:
@@ -79,7 +80,7 @@ def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int, fused
     default model, peak minus loaded size for one prefill of 1k-2k tokens: 4.8-5.9 score
     tensors when attention is plain ONNX ops (scores, masked scores, probabilities, the additive
     mask, the arena's rounding), 1.9-2.3 when the export fused it into MultiHeadAttention; 6 and
-    3 are counted. Add the logits [chunk, vocab] and about eight hidden-sized rows per token
+    3 are counted (a GroupQueryAttention counts as fused). Add the logits [chunk, vocab] and about eight hidden-sized rows per token
     (residual, norms, q/k/v, MLP); never less than the exporter's measured peak at its example shapes.
     """
     kv = decoder.kv_cache

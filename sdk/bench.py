@@ -140,10 +140,16 @@ def _decode_once(pipe, config: BenchConfig) -> tuple[float, float, float]:
 def _media_for_prompt(pipe) -> dict[str, list]:
     """An encoder-decoder bundle (Whisper) needs its one audio clip to decode at all; others decode text alone."""
     cross = pipe.manifest.components[pipe.manifest.generation.decoder].cross_attention
-    return {cross.media: [_media_item(pipe.manifest, cross.media)]} if cross else {}
+    return {cross.media: [media_item(pipe.manifest, cross.media)]} if cross else {}
 
 
-def _media_item(manifest, kind: str) -> Any:
+def media_item(manifest, kind: str) -> Any:
+    """The item an encoder is timed on: a 320x240 RGB gradient, or a 440 Hz tone filling one audio window.
+
+    Example:
+        >>> media_item(manifest, "image").shape   # doctest: +SKIP
+        (240, 320, 3)
+    """
     if kind == "image":
         y, x = np.mgrid[0:240, 0:320]
         return np.stack([(x * 255 // 319), (y * 255 // 239), ((x + y) * 255 // 558)], axis=-1).astype(np.uint8)
@@ -163,7 +169,7 @@ def _encoder_ms(pipe, config: BenchConfig) -> dict[str, dict[str, float]]:
         kinds[cross.media] = cross.encoder
     out = {}
     for kind, encoder in kinds.items():
-        item = _media_item(m, kind)
+        item = media_item(m, kind)
         if cross and kind == cross.media:
             run = lambda: pipe.attend({kind: [item]})  # noqa: E731
         elif kind == "image" and needs_preparing(m):

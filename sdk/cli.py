@@ -160,6 +160,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     c = result.chosen
     out.print(f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
               f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}", soft_wrap=True)
+    h = result.host
+    out.print(f"chosen point on this host: {h.measured_ms:.1f} ms measured, {h.predicted_ms:.1f} ms predicted for the host profile")
     out.print(f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}")
     if args.json:
         Path(args.json).write_text(to_json(result))

@@ -57,3 +57,7 @@ class MissingExtraError(EdgemfmError):
 
 class MemoryBudgetError(EdgemfmError):
     """A bundle cannot run within the memory budget; the message gives needed and allowed bytes."""
+
+
+class ExportError(EdgemfmError):
+    """A component of the model cannot be captured for the chosen format (the component and torch's reason are named)."""

@@ -66,6 +66,15 @@ class Result:
     points: list[Point]
     chosen: Point
     metric: str  # what `quality` is
+    host: HostCheck | None = None  # the chosen point run on this machine
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """The chosen point assembled and run on this machine, beside the cost model's prediction for it here."""
+
+    measured_ms: float  # median wall time of the slowest one-media question through the runtime
+    predicted_ms: float  # the cost model's latency of the same questions on the host profile
 
 
 def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Space:
@@ -105,13 +114,13 @@ def chosen_parts(c: Candidate, parts: dict[Any, Part]) -> dict[str, Part]:
 
 
 def predicted(c: Candidate, parts: dict[Any, Part], manifest: Manifest, profile: DeviceProfile,
-              model_dir: Path | None, prompt_tokens: int, answer_tokens: int) -> tuple[float, float, int]:
-    """(latency ms of the slowest one-media question, memory MiB, longest question's tokens)."""
+              model_dir: Path | None, prompt_tokens: int, answer_tokens: int, only: tuple[str, ...] | None = None) -> tuple[float, float, int]:
+    """(latency ms of the slowest one-media question, memory MiB, longest question's tokens); `only`: these media kinds alone."""
     chosen = chosen_parts(c, parts)
     m = replace(manifest, components={n: p.record for n, p in chosen.items()}, recipe=recipe_of(dict(c.precisions), precision_specs(profile)),
                 report={**manifest.report, "parity": {n: {"nodes": p.nodes} for n, p in chosen.items()}})
     kinds = {kind: (encoder, media_rows(manifest, kind, dict(c.settings)[encoder], model_dir))
-             for encoder, kind in media_encoders(manifest).items()} or {"text": (None, 0)}
+             for encoder, kind in media_encoders(manifest).items() if only is None or kind in only} or {"text": (None, 0)}
     decoder = manifest.generation.decoder
     latency, longest = 0.0, 0
     for kind, (encoder, rows) in kinds.items():
@@ -248,11 +257,60 @@ def tune(
         result = Result(profile, manifest, points, chosen, metric)
         if apply is not None:
             _apply(result, parts, source, Path(apply), force)
-    return result
+        check = host_check(result, parts, source, tmp / "chosen", model_dir, answer_tokens)
+    return replace(result, host=check)
 
 
-def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, force: bool) -> Path:
-    """Write the chosen point as a bundle for the tuned device at `out`."""
+def host_check(result: Result, parts: dict[Any, Part], source: Path, out: Path, model_dir: Path | None,
+               answer_tokens: int, repeats: int = 3) -> HostCheck:
+    """Assemble the chosen point at `out` and time one question per media kind on this machine.
+
+    A question is what the prediction counts: the media item encoded, the templated prompt with
+    its media rows prefilled, `answer_tokens` decoded (never stopping early); the median of
+    `repeats` runs after a warm-up. The prediction is the cost model's for the host profile, with
+    the prompt's real token count.
+
+    Example:
+        >>> check = host_check(result, parts, Path("bundles/demo-host"), Path("/tmp/chosen"), None, 4)  # doctest: +SKIP
+        >>> round(check.measured_ms / check.predicted_ms, 1)                                            # doctest: +SKIP
+        1.1
+    """
+    import statistics
+    import time
+
+    from edgemfm.bench import media_item
+    from edgemfm.runtimes.decoding import Sampler
+    from edgemfm.runtimes.generation import decode
+    from edgemfm.runtimes.pipeline import load
+
+    c, m = result.chosen.candidate, result.manifest
+    pipe = load(_apply(result, parts, source, out, force=True, link=True), threads=1)
+    kinds = {kind: encoder for encoder, kind in media_encoders(m).items()} or {"text": None}
+    measured, predicted_ms = 0.0, 0.0
+    for kind, encoder in kinds.items():
+        media = {} if encoder is None else {kind: [media_item(pipe.manifest, kind)]}
+
+        def question() -> tuple[float, int]:
+            start, cache = time.perf_counter(), pipe.decoder.new_cache()
+            left, cache.fixed = pipe.attend(media)  # an encoder-decoder's audio is attended to, not prefilled
+            logits = pipe.prefill(cache, "What is this?", left)
+            prompt = cache.length
+            for _ in decode(pipe.decoder, cache, logits, Sampler(), eos=(), limit=answer_tokens):
+                pass
+            return time.perf_counter() - start, prompt
+
+        question()
+        runs = [question() for _ in range(repeats)]
+        measured = max(measured, 1000 * statistics.median(t for t, _ in runs))
+        rows = 0 if encoder is None else media_rows(m, kind, dict(c.settings)[encoder], model_dir)
+        prompt_tokens = runs[0][1] - rows
+        host = predicted(c, parts, m, load_profile("host"), model_dir, prompt_tokens, answer_tokens, only=(kind,))[0]
+        predicted_ms = max(predicted_ms, host)
+    return HostCheck(measured, predicted_ms)
+
+
+def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, force: bool, link: bool = False) -> Path:
+    """Write the chosen point as a bundle for the tuned device at `out` (hard links to the parts with `link`)."""
     m, c = result.manifest, result.chosen.candidate
     kind_of, preprocess = media_encoders(m), m.preprocess
     for name, setting in c.settings:
@@ -262,7 +320,7 @@ def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, forc
               "quality": result.chosen.quality, "metric": result.metric, "components": c.describe(m)}
     target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
     return assemble(chosen_parts(c, parts), target, preprocess, c.seq_len, recipe_of(dict(c.precisions), precision_specs(result.profile)),
-                    source, out, link=False, report=report, force=force)
+                    source, out, link=link, report=report, force=force)
 
 
 def _sources(model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any) -> tuple[Path, Path | None]:
@@ -305,7 +363,8 @@ def to_json(result: Result) -> str:
                 "latency_ms": round(p.latency_ms, 3), "memory_mb": round(p.memory_mb, 1), "quality": p.quality,
                 "frontier": p.frontier, "chosen": p is result.chosen}
 
-    return json.dumps({"device": result.profile.name, "model": result.manifest.model_id, "metric": result.metric,
+    host = {"measured_ms": round(result.host.measured_ms, 3), "predicted_ms": round(result.host.predicted_ms, 3)} if result.host else None
+    return json.dumps({"device": result.profile.name, "model": result.manifest.model_id, "metric": result.metric, "host": host,
                        "points": [row(p) for p in sorted(result.points, key=lambda p: p.latency_ms)]}, indent=1) + "\n"
 
 

@@ -50,3 +50,17 @@ def demo_bundle(tmp_path_factory) -> Path:
     if given := os.environ.get("EDGEMFM_DEMO_BUNDLE"):
         return Path(given)
     return edgemfm.export(device="host", out=tmp_path_factory.mktemp("bundles") / "demo-host", progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_pte_bundle(tmp_path_factory) -> Path:
+    """The built-in demo model exported as one ExecuTorch program for the host (about 25 min on 2
+    loaded cores; -m slow only), or the bundle at $EDGEMFM_DEMO_PTE_BUNDLE when set, to reuse one
+    `edgemfm export --device host --format pte` wrote."""
+    import os
+
+    import edgemfm
+
+    if given := os.environ.get("EDGEMFM_DEMO_PTE_BUNDLE"):
+        return Path(given)
+    return edgemfm.export(device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte", progress=False)

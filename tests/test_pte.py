@@ -230,12 +230,18 @@ def test_delegation_is_reported_per_method(case, bundle, capsys):
 
 def _fresh(t: torch.Tensor, axes: dict[int, str], length: int) -> torch.Tensor:
     """An input like the example `t`, with its dynamic (non-item) axes at `length`."""
-    shape = [length if d in axes and axes[d] not in ("batch", "images") else n for d, n in enumerate(t.shape)]
+    from edgemfm.exporters.executorch import ONE_ITEM
+
+    shape = [length if d in axes and axes[d] not in ONE_ITEM else n for d, n in enumerate(t.shape)]
     # integers from the upper half of the example's range: Qwen2-Audio's frame count then leaves rows
     return torch.randn(shape) if t.is_floating_point() else torch.randint(int(t.max()) // 2, int(t.max()) + 1, shape)
 
 
 def test_every_method_matches_pytorch(checkpoint, bundle):
+    methods_match_pytorch(checkpoint, bundle)
+
+
+def methods_match_pytorch(checkpoint: Path, bundle: Path) -> None:
     """Each method on new shapes against the PyTorch component; the decoder over a prefill and a step."""
     from executorch.runtime import Runtime
 
@@ -394,3 +400,41 @@ def test_a_smaller_max_seq_len_shrinks_the_streaming_settings_so_the_bundle_load
     _check_streaming(settings)  # what edgemfm.load checks
     assert settings.max_seq_len == max_seq_len
     assert settings.prefill_chunk == min(pi5.prefill_chunk, max_seq_len - settings.sink_tokens)
+
+
+def test_a_component_torch_export_cannot_capture_fails_the_export_in_one_line(tmp_path, monkeypatch, capsys):
+    """With the item axes left dynamic, torch.export really fails on the vision encoder (its example
+    holds one image, so torch specializes the axis): one line naming the method and torch's reason."""
+    from edgemfm.exporters import executorch
+
+    monkeypatch.setattr(executorch, "ONE_ITEM", ())
+    checkpoint = tiny_llava(tmp_path / "tiny-llava")
+    out = tmp_path / "pte"
+    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--max-seq-len", "32", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = err.strip().splitlines()[-1]  # after what importing torchao and executorch prints
+    assert err.startswith("edgemfm: error: vision_encoder: torch.export could not capture this component for --format pte: ")
+    assert err.endswith("Constraints violated (images)! You marked images as dynamic but your code specialized it to be a constant (1).")
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llava"]  # no bundle, no staging directory left
+
+
+def test_the_demo_encoders_take_one_item_per_call(tmp_path):
+    """The demo's encoders name their item axis `items`: a program takes one image or clip per call,
+    as the Pipeline feeds them (an example of one item on a dynamic axis made torch.export fail).
+    Captured only: lowering and running the real demo program is tests/test_pte_demo.py (-m slow)."""
+    from test_demo import tiny_demo
+
+    from edgemfm.exporters import find_family
+    from edgemfm.exporters.executorch import _capture, _component
+
+    checkpoint = tiny_demo(tmp_path / "tiny-demo")
+    family = find_family(json.loads((checkpoint / "config.json").read_text()))
+    units = family.split(family.load(checkpoint), checkpoint).units
+    # the audio encoder: the vision encoder's unit is made by the same function (exporters/demo.py), and
+    # capturing the real EfficientNet-Lite0 tower costs the default suite most of a minute
+    unit = units["audio_encoder"]
+    assert [axes for n in ("vision_encoder", "audio_encoder") for axes in units[n].dynamic_axes.values()] == [{0: "items"}] * 4
+    program, reference, peak, flops = _capture("audio_encoder", unit, 32)
+    component = _component("audio_encoder", unit, program, reference, peak, flops)
+    assert component.inputs[0].shape == (1, 80, 200) and component.outputs[0].shape == (1, 5, 96)  # one 2 s clip -> 5 rows

@@ -83,7 +83,7 @@ def test_x86_int8_is_int8_blocks_with_int8_compute(quantized):
     assert qdq_weighted(stage, "vision_encoder", "Conv") == 1 and ops(stage, "vision_encoder")["QuantizeLinear"] == 0
     assert ops(stage, "text_decoder")["MatMulInteger"] == 0 and not q["vision_encoder"]["notes"]
     assert q["token_embedding"]["quantized_nodes"] == {"Gather(int8 rows)": 1}
-    assert ops(stage, "text_decoder")["MultiHeadAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
+    assert ops(stage, "text_decoder")["GroupQueryAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
     assert tuple(q["vision_encoder"]["float_units"]) == VISION_FLOAT
     assert q["vision_encoder"]["sqnr_db"] >= 20 and q["token_embedding"]["sqnr_db"] >= 40
     assert q["text_decoder"]["sqnr_db"] >= 18 and q["text_decoder"]["cosine"] >= 0.98

@@ -60,6 +60,14 @@ def test_apply_writes_the_chosen_point_as_a_bundle_that_runs(result, picture):
     assert len("".join(edgemfm.load(out).generate("What is this?", images=[picture], max_new_tokens=3))) > 0
 
 
+def test_the_chosen_point_is_run_on_this_host_beside_its_host_prediction(result):
+    """Measured through the runtime (a timing, so only its presence is checked); the cost model's
+    host figure for the same candidate is below its pi5 figure (a faster device, a shorter prompt)."""
+    r, _ = result
+    assert r.host is not None and r.host.measured_ms > 0
+    assert 0 < r.host.predicted_ms < r.chosen.latency_ms
+
+
 def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle, tmp_path, capsys):
     """Through the CLI: the error comes after the search (the needed figure is what it found)."""
     code = main(["tune", "--device", "pi5", "--latency-budget", "0.01", "--bundle", str(default_bundle), "--plot", str(tmp_path / "f.png")])
@@ -90,6 +98,8 @@ def test_the_cli_prints_the_frontier_and_writes_the_plot_and_every_point(default
     points = json.loads((tmp_path / "f.json").read_text())["points"]
     assert len(points) == 18 and sum(p["chosen"] for p in points) == 1
     assert f"{sum(p['frontier'] for p in points)} on the frontier" in text and "chosen:" in text
+    host = json.loads((tmp_path / "f.json").read_text())["host"]
+    assert f"chosen point on this host: {host['measured_ms']:.1f} ms measured" in text.replace("\n", " ")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 

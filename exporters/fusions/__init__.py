@@ -19,13 +19,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-FUSIONS = ("rms_norm", "layer_norm", "rotary", "attention", "gelu", "fused_matmul")
+FUSIONS = ("rms_norm", "layer_norm", "rotary", "attention", "group_query_attention", "gelu", "silu", "fused_matmul")
 
 # The fused kernels the rules produce (ONNX Runtime registers some in the default domain).
 FUSED_OPS = (
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "SkipLayerNormalization",
     "RotaryEmbedding", "MultiHeadAttention", "GroupQueryAttention", "Attention",
-    "Gelu", "FastGelu", "BiasGelu", "FusedMatMul",
+    "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "FusedMatMul",
 )
 # Primitive ops whose presence after fusion means a pattern was left unfused.
 TELLTALES = ("Softmax", "ReduceMean", "Erf", "Tanh", "Sin", "Sigmoid")
