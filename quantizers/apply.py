@@ -6,6 +6,7 @@
     bits 8, method minmax/percentile/entropy -> static_int8 (calibrated QDQ)
     method rtn/k_quant/gptq/hqq             -> weight_only (MatMulNBits); Conv -> conv_weight_only
     method clip_search                      -> clip_search (MatMulNBits with searched scales)
+    method gptq_act_order                   -> gptq (edgemfm's GPTQ: act-order, searched static scales)
 
 Passes run weight-only first, then dynamic, then static (calibrating the graph as it will run),
 then fp16. Every weighted node left in float is listed with the reason.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers import clip_search, conv_weight_only, dynamic_int8, fp16, static_int8, weight_only
+from edgemfm.quantizers import clip_search, conv_weight_only, dynamic_int8, fp16, gptq, static_int8, weight_only
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe
@@ -33,7 +34,7 @@ QUANT_OPS = (
     "MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
     "QuantizeLinear", "DequantizeLinear", "Gather(int8 rows)",
 )
-PASSES = (weight_only, clip_search, conv_weight_only, dynamic_int8, static_int8)  # in this order
+PASSES = (weight_only, clip_search, gptq, conv_weight_only, dynamic_int8, static_int8)  # in this order
 
 
 def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
@@ -50,13 +51,13 @@ def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
             # 1.0-point QDQ loss (BENCHMARKS.md); their weights are a few percent of a CNN's bytes
             return "depthwise Conv: kept float under static QDQ (its per-tensor activations lose the most accuracy)"
         return static_int8
-    if spec.method in weight_only.ALGORITHMS or spec.method in clip_search.METHODS:
+    if spec.method in (*weight_only.ALGORITHMS, *clip_search.METHODS, *gptq.METHODS):
         if unit.op == "MatMul":
-            return clip_search if spec.method in clip_search.METHODS else weight_only
+            return {**dict.fromkeys(clip_search.METHODS, clip_search), **dict.fromkeys(gptq.METHODS, gptq)}.get(spec.method, weight_only)
         if unit.op == "Conv":
             return conv_weight_only  # int4 blocks / int8 channels whatever the method: the others are MatMul-only
         return f"{unit.op}: weight-only {spec.method} int{spec.bits} covers MatMul, Gather and Conv"
-    known = ["dynamic", *static_int8.CALIBRATORS, *weight_only.ALGORITHMS, *clip_search.METHODS]
+    known = ["dynamic", *static_int8.CALIBRATORS, *weight_only.ALGORITHMS, *clip_search.METHODS, *gptq.METHODS]
     raise ConfigError(f"quantization method {spec.method!r} is unknown; allowed: {', '.join(known)}")
 
 
@@ -110,6 +111,11 @@ def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx
         u.name: "depthwise Conv: int8 per channel (a 1-wide input axis has no int4 blocks)"
         for scheme, spec, us in passes if scheme is conv_weight_only and spec.bits == 4 for u in us if conv_weight_only.depthwise(u)
     }
+    gptq_notes = ctx.cache.get("notes", {})
+    notes.update({
+        u.name: gptq_notes.get(u.name, "no calibration data reached this component: clip_search scales, no GPTQ")
+        for scheme, _, us in passes if scheme is gptq for u in us if not ctx.feeds or u.name in gptq_notes
+    })
     return {
         "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],
         "quantized_units": sum(len(us) for _, _, us in passes),

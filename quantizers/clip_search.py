@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,28 +41,34 @@ def check(spec: QuantSpec) -> None:
         raise ConfigError("method 'clip_search' is symmetric only; allowed: symmetric=True")
 
 
-def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(mean square, max |x|) per channel (last axis) of each tensor in `inputs` over the calibration feeds."""
+def probe(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Per calibration feed: the rows [tokens, channels] of each tensor in `inputs`, by name."""
     import onnx
     import onnxruntime as ort
 
-    if not feeds:
-        return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in inputs if n not in known)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(model)
+    known = {o.name for o in graph.graph.output}
+    graph.graph.output.extend(onnx.ValueInfoProto(name=n) for n in inputs if n not in known)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
+    for feed in feeds:
+        got = session.run(inputs, {k: v for k, v in feed.items() if k in names})
+        yield {n: x.reshape(-1, x.shape[-1]) for n, x in zip(inputs, got)}
+
+
+def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mean square, max |x|) per channel (last axis) of each tensor in `inputs` over the calibration feeds."""
+    if not feeds:
+        return {}
     sums: dict[str, np.ndarray] = {}
     peaks: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
-    for feed in feeds:
-        got = session.run(inputs, {k: v for k, v in feed.items() if k in names})
-        for n, x in zip(inputs, got):
-            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    for got in probe(model, inputs, feeds):
+        for n, x in got.items():
+            x = x.astype(np.float64)
             sums[n] = sums.get(n, 0.0) + (x**2).sum(axis=0)
             peaks[n] = np.maximum(peaks.get(n, 0.0), np.abs(x).max(axis=0))
             rows[n] = rows.get(n, 0) + x.shape[0]
@@ -100,25 +107,37 @@ def pack(q: np.ndarray, bits: int) -> np.ndarray:
 
 def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     """Replace the MatMul `units` of `model` by MatMulNBits with searched scales; returns the model."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     check(spec)
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
+    stats = activation_stats(model, sorted({nodes[u.node].input[0] for u in units}), list(ctx.feeds))
+    codes = {
+        u.node: quantize_blocks(numpy_helper.to_array(inits[u.weight]), spec.bits, spec.group_size,
+                                stats[nodes[u.node].input[0]][0] if stats else None)
+        for u in units
+    }
+    return write_nbits(model, units, spec, codes)
+
+
+def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str, tuple[np.ndarray, np.ndarray]]) -> Any:
+    """Replace each MatMul unit by a MatMulNBits holding its (integers [N, blocks, block], scales [N, blocks]) from `codes`."""
+    from onnx import helper, numpy_helper
+
     graph = model.graph
     nodes = {n.name: n for n in graph.node}
     inits = {i.name: i for i in graph.initializer}
-    chosen = [u for u in units if u.op == "MatMul" and len(u.shape) == 2]
-    assert len(chosen) == len(units), "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
-    stats = activation_stats(model, sorted({nodes[u.node].input[0] for u in chosen}), list(ctx.feeds))
     level = 4 if spec.activation_bits == 8 else 0
-    for u in chosen:
+    for u in units:
         node = nodes[u.node]
-        w = numpy_helper.to_array(inits[u.weight])
-        q, scales = quantize_blocks(w, spec.bits, spec.group_size, stats[node.input[0]][0] if stats else None)
-        k, n = w.shape
+        q, scales = codes[u.node]
+        k, n = u.shape
         base = f"{u.weight}_{u.node}"
         graph.initializer.extend([
             numpy_helper.from_array(pack(q, spec.bits), f"{base}_Q{spec.bits}"),
-            numpy_helper.from_array(scales.reshape(-1), f"{base}_scales"),
+            numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{base}_scales"),
         ])
         attrs = {"K": k, "N": n, "bits": spec.bits, "block_size": spec.group_size, **({"accuracy_level": level} if level else {})}
         new = helper.make_node("MatMulNBits", [node.input[0], f"{base}_Q{spec.bits}", f"{base}_scales"], list(node.output),
@@ -127,7 +146,7 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         graph.node.remove(node)
         graph.node.insert(at, new)
     used = {i for n in graph.node for i in n.input}
-    for u in chosen:
+    for u in units:
         if u.weight not in used and inits[u.weight] in graph.initializer:
             graph.initializer.remove(inits[u.weight])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):

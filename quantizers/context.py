@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -26,6 +27,9 @@ class Context:
     feeds: Sequence[Feeds]  # calibration inputs of this component, through the real pre-processing
     profile: DeviceProfile  # decides kernel details a recipe leaves open (e.g. reduce_range on AVX2)
     scratch: Path  # a directory the scheme may write temporary graphs to
+    # statistics of the component's float graph, by tensor name (GPTQ's Hessians): the planner
+    # quantizes the same float graph once per group, and they are the costly part
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 class FeedReader(CalibrationDataReader):

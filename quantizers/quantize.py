@@ -32,6 +32,10 @@ from edgemfm.toolchain import quiet_quantizers
 
 log = logging.getLogger("edgemfm")
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
+# Values of input the plan and the report measure each component on (~1,800 tokens of SmolLM2, 7
+# images at 224x224): the planner runs a component once per group, so thousands of calibration
+# tokens (which GPTQ needs) would cost minutes per group; the schemes still calibrate on them all.
+MEASURE_VALUES = 2**20
 
 
 def quantize(
@@ -67,12 +71,13 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
         shutil.copyfile(stage / c.file, float_dir / c.file)
     shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
     task = bar.add_task("calibrating", total=None) if bar else None
-    feeds = component_feeds(float_dir, manifest, calibration)
+    calibrate = component_feeds(float_dir, manifest, calibration)  # what the schemes calibrate on
+    feeds = {name: measured_subset(f) for name, f in calibrate.items()}  # what the plan and the report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
     # Components no calibration item reaches (an audio encoder: no built-in audio yet) are quantized unmeasured.
     refs = {name: outputs(float_dir / c.file, feeds[name], first[name]) for name, c in manifest.components.items() if feeds.get(name)}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
-    ctx = {name: Context(feeds.get(name, []), profile, scratch) for name in manifest.components}
+    ctx = {name: Context(calibrate.get(name, []), profile, scratch) for name in manifest.components}
 
     def measure(component: str, r: Recipe) -> np.ndarray:
         out = scratch / f"probe-{component}.onnx"
@@ -99,6 +104,22 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
         manifest, recipe=recipe, components=components,
         report={**manifest.report, "precision": precision, "float_units": float_units, "quantization": report, **extra},
     )
+
+
+def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The first feeds, up to MEASURE_VALUES float input values (at least one feed).
+
+    Example:
+        >>> len(measured_subset([{"x": np.zeros((1, 600, 1024), np.float32)}] * 4))
+        2
+    """
+    total, out = 0, []
+    for f in feeds:
+        if out and total >= MEASURE_VALUES:
+            break
+        out.append(f)
+        total += sum(v.size for v in f.values() if v.dtype == np.float32)
+    return out
 
 
 def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, refs: dict[str, np.ndarray], measure: Any,

@@ -14,6 +14,20 @@ PROMPT = "Once upon a time, in a land far away"
 # The default suite runs the one with the most quirks (sliding window, soft-capping, scaled
 # embeddings); every row runs with -m slow.
 DEFAULT = ("Gemma2ForCausalLM",)
+# What fusion makes of each tiny decoder (3 layers): fused kernels, and the telltale ops left.
+# Heads 14 wide (Llama, Mistral, Qwen2, Phi-3) stay MultiHeadAttention: ONNX Runtime's
+# GroupQueryAttention takes multiples of 8; the Gemmas' 16-wide heads become one per layer. One
+# layer of three keeps its Softmax in these tiny exports (the exporter writes its Kᵀ as a 3-D
+# reshape the SDPA rule does not match); Gemma-2's soft-capping (Tanh) keeps its attention unfused.
+FUSION = {
+    "LlamaForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
+    "MistralForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
+    "Qwen2ForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
+    "Phi3ForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
+    "GemmaForCausalLM": ({"FastGelu": 3, "GroupQueryAttention": 2, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
+    "Gemma2ForCausalLM": ({"FastGelu": 3, "FusedMatMul": 4, "SimplifiedLayerNormalization": 7, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 3, "Tanh": 4}),
+    "Gemma3ForCausalLM": ({"FastGelu": 3, "FusedMatMul": 1, "GroupQueryAttention": 2, "SimplifiedLayerNormalization": 13, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1, "Tanh": 1}),
+}
 
 
 @pytest.mark.parametrize(
@@ -29,6 +43,8 @@ def test_export_and_greedy_generation_match_transformers(architecture, tmp_path)
     assert set(pipe.manifest.components) == {"token_embedding", "text_decoder"}
     parity = pipe.manifest.report["parity"]
     assert all(p["max_abs_diff"] <= 1e-4 * p["scale"] for p in parity.values()), parity
+    fusion = parity["text_decoder"]["fusion"]
+    assert (fusion["fused_ops"], fusion["unfused_ops"]) == FUSION[architecture]
 
     ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=20))
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
