@@ -1,6 +1,6 @@
-"""One row of benchmarks/side_by_side.py, measured in a process of its own (its peak memory is its own).
+"""One SmolLM2 row of benchmarks/side_by_side.py, measured in a process of its own (its peak memory is its own).
 
-    python benchmarks/side_by_side_rows.py ROW WORK_DIR JSON_SETTINGS   # prints one JSON object
+    python benchmarks/side_by_side_smollm2_rows.py ROW WORK_DIR JSON_SETTINGS   # prints one JSON object
 
 Every row decodes the same prompt ids greedily for a fixed number of tokens (never stopping at
 EOS, except ExecuTorch's runner, which cannot be told to: its rate counts the tokens it made)
@@ -80,12 +80,16 @@ class OrtDecoder:
         self.past = [n for n in self.inputs if n.startswith("past")]
         self.kv_heads, self.head_dim = kv_heads, head_dim  # the graphs name these axes differently
 
-    def run(self, ids: list[int], past: list[np.ndarray] | None, at: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def feeds(self, ids: list[int], past: list[np.ndarray] | None, at: int) -> dict[str, np.ndarray]:
+        """The graph's inputs for `ids` at position `at` after the cache `past` (None: empty)."""
         past = past or [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past]
         feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, at + len(ids)), np.int64), **dict(zip(self.past, past))}
         if "position_ids" in self.inputs:
             feeds["position_ids"] = np.arange(at, at + len(ids), dtype=np.int64)[None]
-        out = self.session.run(None, feeds)
+        return feeds
+
+    def run(self, ids: list[int], past: list[np.ndarray] | None, at: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        out = self.session.run(None, self.feeds(ids, past, at))
         return out[0][0], out[1:]
 
     def once(self, prompt: list[int], tokens: int) -> tuple[float, float]:
