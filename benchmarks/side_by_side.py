@@ -23,6 +23,7 @@ import importlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -35,6 +36,17 @@ def run(cmd: list[str], log: Path) -> None:
     with log.open("w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"failed: {' '.join(cmd)}; see {log}")
+
+
+def build_missing(work: Path, steps: dict, needs: set[str], label: str) -> None:
+    """Run each step (name -> fn(work)) whose artifact `needs` names and WORK/name lacks, in order,
+    saying on stderr what it builds and how long it took: a present artifact is reused."""
+    for name, step in steps.items():
+        if name in needs and not (work / name).exists():
+            start = time.time()
+            print(f"building {label}{name} ...", file=sys.stderr, flush=True)
+            step(work)
+            print(f"built {label}{name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float) -> dict:

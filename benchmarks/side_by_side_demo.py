@@ -62,12 +62,9 @@ def build(work: Path, rows: list[str], options: dict) -> None:
     (a bundle exported elsewhere can be linked in as WORK/edgemfm-P)."""
     steps = {"hf": build_checkpoint, "data": build_data, **{f"edgemfm-{p}": (lambda w, p=p: build_bundle(w, p)) for p in ("fp32", "int8", "int4")}}
     needs = {"hf", "data"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
-    for name, step in steps.items():
-        if name in needs and not (work / name).exists():
-            start = time.time()
-            print(f"building demo {name} ...", file=sys.stderr, flush=True)
-            step(work)
-            print(f"built demo {name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    from side_by_side import build_missing
+
+    build_missing(work, steps, needs, "demo ")
 
 
 def settings(work: Path, options: dict) -> dict:

@@ -156,12 +156,9 @@ def build(work: Path, rows: list[str], options: dict) -> None:
              "edgemfm-int8-jetson.onnx": lambda w: build_edgemfm(w, "jetson"), "executorch-fp32.pte": lambda w: build_executorch(w, "fp32"),
              "executorch-int8.pte": lambda w: build_executorch(w, "int8")}
     needs = {"fp32.onnx", "data.npz"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
-    for name, step in steps.items():
-        if name in needs and not (work / name).exists():
-            start = time.time()
-            print(f"building {name} ...", file=sys.stderr, flush=True)
-            step(work)
-            print(f"built {name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    from side_by_side import build_missing
+
+    build_missing(work, steps, needs, "")
 
 
 def settings(work: Path, options: dict) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -212,12 +211,9 @@ def build(work: Path, rows: list[str], options: dict) -> None:
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:
         needs.add("plain")
-    for name, step in steps.items():
-        if name in needs and not (work / name).exists():
-            start = time.time()
-            print(f"building {name} ...", file=sys.stderr, flush=True)
-            step(work)
-            print(f"built {name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    from side_by_side import build_missing
+
+    build_missing(work, steps, needs, "")
 
 
 def settings(work: Path, options: dict) -> dict:

@@ -35,6 +35,19 @@ def _sqnr(x: np.ndarray, w: np.ndarray, dq: np.ndarray) -> float:
     return float(10 * np.log10((y**2).sum() / ((y - x @ dq) ** 2).sum()))
 
 
+def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
+    """y = x @ w, the weight an initializer: the smallest graph a weight quantizer works on."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
 def test_gptq_beats_rounding_and_searched_scales_on_a_layer_with_enough_tokens():
     """Output SQNR on 4,096 calibration rows: measured RTN 17.0, clip_search 19.0, GPTQ 21.6 dB."""
     w, x = _layer()
@@ -50,16 +63,10 @@ def test_gptq_beats_rounding_and_searched_scales_on_a_layer_with_enough_tokens()
 def test_gptq_writes_matmulnbits_that_onnxruntime_reads_as_packed(tmp_path):
     """One MatMulNBits, two initializers; ORT's output is x times the integers x scales GPTQ chose (K padded to the block)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     w, x = _layer(k=200, n=48, tokens=512)
     x = x.astype(np.float32)
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 200])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 48])], [numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model = _one_matmul(w)
     units, _ = weighted_units(model, "c")
     out = gptq.apply(model, units, QuantSpec(bits=4, group_size=64, method="gptq_act_order"), Context([{"x": x}], load_profile("host"), tmp_path))
     assert Counter(n.op_type for n in out.graph.node) == {"MatMulNBits": 1} and len(out.graph.initializer) == 2
@@ -95,13 +102,9 @@ def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path)
 def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so(tmp_path):
     """A component no calibration item reaches (no built-in audio): clip_search's scales, a note per unit."""
     from edgemfm.quantizers.apply import quantize_component
-    from onnx import TensorProto, helper, numpy_helper
 
     w, _ = _layer(k=64, n=16, tokens=8)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "f.onnx"))
+    onnx.save(_one_matmul(w), str(tmp_path / "f.onnx"))
     report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), Context([], load_profile("host"), tmp_path))
     assert report["quantized_nodes"] == {"MatMulNBits": 1}
     assert report["notes"] == {"c/mm": "no calibration data reached this component: clip_search scales, no GPTQ"}
@@ -110,13 +113,9 @@ def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so
 def test_gptq_with_too_few_calibration_rows_uses_searched_scales_and_says_so(tmp_path):
     """8 rows for 64 input channels: H has rank 8; GPTQ would fit their noise, so clip_search's scales, noted."""
     from edgemfm.quantizers.apply import quantize_component
-    from onnx import TensorProto, helper, numpy_helper
 
     w, x = _layer(k=64, n=16, tokens=8)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "f.onnx"))
+    onnx.save(_one_matmul(w), str(tmp_path / "f.onnx"))
     ctx = Context([{"x": x.astype(np.float32)}], load_profile("host"), tmp_path)
     report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), ctx)
     assert report["quantized_nodes"] == {"MatMulNBits": 1}
