@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ import torch
 import edgemfm
 from edgemfm.exporters.demo import load, save
 from edgemfm.exporters.demo_sources import build_default
-from edgemfm.finetune import _features, _projected, _sequence, evaluate, read_examples
+from edgemfm.finetune import TRAINABLE, _features, _projected, _sequence, _tune, evaluate, read_examples
 from edgemfm.quantizers.pruning import PruneConfig, prune_model
 from edgemfm.quantizers.recovery import RecoveryConfig, distil
 from edgemfm.quantizers.structure import count_parameters
@@ -67,10 +68,30 @@ def questions_by_type(examples: list, per_type: int, seed: int = 0) -> list:
     return [q for row in zip(*picked) for q in row]
 
 
-def embedded(model, tokenizer, examples: list, feats) -> list[torch.Tensor]:
-    """Each question with its media rows and its answer as decoder input embeddings [1, n, hidden]."""
+def embedded(model, tokenizer, examples: list, feats) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each question with its media rows and its answer as decoder input embeddings [1, n, hidden],
+    and its labels [n]: the answer's ids (and end-of-turn) where they sit, -100 elsewhere."""
+    sequences, labels = [], []
     with torch.no_grad():
-        return [_sequence(model, tokenizer, e, rows, True)[0][None] for e, rows in zip(examples, _projected(model, examples, feats))]
+        for e, rows in zip(examples, _projected(model, examples, feats)):
+            seq, answer = _sequence(model, tokenizer, e, rows, True)
+            sequences.append(seq[None])
+            labels.append(torch.tensor([-100] * (seq.shape[0] - len(answer)) + answer))
+    return sequences, labels
+
+
+def retune(model, tokenizer, train: list, feats, steps: int, lr: float, bar) -> dict:
+    """Finetune's stage 2 again, against the pruned decoder: the projectors trained through the
+    frozen (recovered) decoder on the answers, batches of 8 balanced across question types."""
+    model.requires_grad_(False)
+    for name in TRAINABLE:
+        getattr(model, name).requires_grad_(True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as adapters:  # _tune's checkpoint files: the whole model is saved later
+        losses = _tune(model, train, feats, tokenizer, steps, 8, lr, random.Random(0), bar, Path(adapters), steps)
+    model.requires_grad_(False)
+    model.eval()
+    return {"steps": steps, "lr": lr, "loss": {"first": sum(losses[:4]) / 4, "last": sum(losses[-4:]) / 4}, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def accuracy(model, tokenizer, held_out, feats, bar) -> dict:
@@ -94,6 +115,13 @@ def save_checkpoint(model, source: Path, out: Path) -> Path:
     return out
 
 
+def recipe(args) -> str:
+    """The recovery settings a row was measured with, as its key in rows.json (options at their default left out)."""
+    ce = f" ce {args.recover_ce:g}" if args.recover_ce else ""
+    tuned = f" retune {args.retune} lr {args.retune_lr:g}" if args.retune else ""
+    return f"recover {args.recover} lr {args.recover_lr:g} questions {args.recover_questions}{ce}{tuned}"
+
+
 def slug(name: str) -> str:
     """A setting's folder name: "blocks 10% (3 of 30)" -> "blocks-10"."""
     return name.split(" (")[0].replace(" ", "-").replace("%", "")
@@ -109,6 +137,10 @@ def main() -> None:
     # 1e-4 (recovery.py's default, right for text) took mlp 10% from 91.6 to 72.4% in 8 steps here
     parser.add_argument("--recover-lr", type=float, default=2e-5, help="AdamW learning rate of the distillation")
     parser.add_argument("--recover-questions", type=int, default=32, help="training questions per question type for recovery")
+    parser.add_argument("--recover-ce", type=float, default=0.0, help="weight of cross-entropy on the true answers added to the KL (0: KL only)")
+    parser.add_argument("--retune", type=int, default=0, help="after recovery, re-tune the projectors against the pruned decoder (finetune's stage 2) for this many steps")
+    # finetune's 1e-3 trains the projectors from their alignment; these start already tuned
+    parser.add_argument("--retune-lr", type=float, default=1e-4, help="peak learning rate of --retune (half cosine to a tenth)")
     parser.add_argument("--no-export", action="store_true", help="skip bundle size and latency")
     parser.add_argument("--int8", metavar="SETTING", help="prune SETTING, recover, export int8 for host and answer the held-out set with it")
     parser.add_argument("--reference", type=Path, help="with --no-export: the unpruned fp32 host bundle whose size the pruned ones are computed from")
@@ -129,16 +161,16 @@ def main() -> None:
     train, held_out = read_examples(args.data, "train"), read_examples(args.data, "eval")[1::2]  # cascade.py's test half
     rows_file = work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    recovery = RecoveryConfig(steps=args.recover, lr=args.recover_lr) if args.recover else None
+    recovery = RecoveryConfig(steps=args.recover, lr=args.recover_lr, label_weight=args.recover_ce) if args.recover else None
     with Progress(transient=True) as bar:
         feats = _features(base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache")
-        calibration = embedded(base, tokenizer, questions_by_type(train, PER_TYPE), feats)
-        recovery_data = embedded(base, tokenizer, questions_by_type(train, args.recover_questions, seed=1), feats)
+        calibration = embedded(base, tokenizer, questions_by_type(train, PER_TYPE), feats)[0]
+        recovery_data, recovery_labels = embedded(base, tokenizer, questions_by_type(train, args.recover_questions, seed=1), feats)
         settings = [(args.int8, SETTINGS[args.int8])] if args.int8 else [("none", None), *SETTINGS.items()]
         for name, config in settings:
             if args.only and not name.startswith(tuple(args.only)) and name != "none":
                 continue
-            key = "none" if config is None else f"{name} | recover {args.recover} lr {args.recover_lr:g}" + (" | int8" if args.int8 else "")
+            key = "none" if config is None else f"{name} | {recipe(args)}" + (" | int8" if args.int8 else "")
             if key in rows:
                 continue
             model = copy.deepcopy(base)
@@ -161,8 +193,12 @@ def main() -> None:
                     row["export_s"] = round(time.perf_counter() - start, 1)
             if recovery is not None and config is not None:
                 lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
-                row["recovery"] = distil(lm, base.language_model, None, [], recovery, sequences=recovery_data, progress=bar)
+                row["recovery"] = distil(lm, base.language_model, None, [], recovery, sequences=recovery_data, progress=bar,
+                                         labels=recovery_labels)
                 row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                if args.retune:
+                    row["retune"] = retune(model, tokenizer, train, feats, args.retune, args.retune_lr, bar)
+                    row["retuned_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
             if args.int8:
                 row.update(int8_row(model, source, work, slug(name), held_out, args.data))
             rows[key] = row
@@ -199,7 +235,7 @@ def print_table(rows: dict, args, work: Path) -> None:
     """The markdown table; bundles measured side by side in one `edgemfm bench` run (kept in WORK/bench.json)."""
     from edgemfm.bench import BenchConfig, bench
 
-    rows = {k: r for k, r in rows.items() if k == "none" or k.endswith(f"recover {args.recover} lr {args.recover_lr:g}")}
+    rows = {k: r for k, r in rows.items() if k == "none" or k.endswith(recipe(args))}
     names = [r["setting"] for r in rows.values()]
     bundles = [work / "bundles" / slug(n) for n in names]
     measured = {}

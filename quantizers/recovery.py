@@ -36,12 +36,13 @@ class RecoveryConfig:
     lr: float = 1e-4  # AdamW, constant: short runs have no room for a schedule
     continuation: int = 32  # tokens the teacher writes after each calibration text
     seed: int = 0
+    label_weight: float = 0.0  # cross-entropy on labelled tokens added to the KL: the teacher's own misses are not copied
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise InputError(f"--recover {self.steps}: the number of distillation steps must be 1 or more")
-        if not self.lr > 0 or self.continuation < 0:
-            raise InputError(f"recovery lr {self.lr:g} and continuation {self.continuation} must be positive")
+        if not self.lr > 0 or self.continuation < 0 or self.label_weight < 0:
+            raise InputError(f"recovery lr {self.lr:g}, continuation {self.continuation} and label weight {self.label_weight:g} must be positive")
 
 
 def teacher_sequences(teacher: Any, tokenizer: Any, texts: Sequence[str], config: RecoveryConfig) -> list[torch.Tensor]:
@@ -71,12 +72,15 @@ def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Ten
 
 
 def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], config: RecoveryConfig,
-           sequences: Sequence[torch.Tensor] | None = None, progress: Any = None) -> dict[str, Any]:
+           sequences: Sequence[torch.Tensor] | None = None, progress: Any = None,
+           labels: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Train `student`'s decoder layers in place towards `teacher`'s logits; returns the report.
 
     `sequences` (from `teacher_sequences`) may be passed to reuse the teacher's text across students;
     a floating-point sequence [1, n, hidden] is fed as `inputs_embeds` (a multimodal model's
-    question with its media rows spliced in).
+    question with its media rows spliced in). `labels` (one [n] id tensor per sequence, -100 where
+    no token is labelled: Hugging Face's convention) add `config.label_weight` x cross-entropy on
+    the labelled next tokens (a question's true answer).
 
     Example:
         >>> distil(pruned, unpruned, tokenizer, read_texts(None), RecoveryConfig())["steps"]   # doctest: +SKIP
@@ -84,6 +88,8 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
     """
     start = time.perf_counter()
     sequences = list(sequences) if sequences is not None else teacher_sequences(teacher, tokenizer, texts, config)
+    if config.label_weight and (labels is None or len(labels) != len(sequences)):
+        raise InputError(f"recovery label weight {config.label_weight:g} needs one label tensor per sequence ({len(sequences)})")
     layers = find_decoder(student).layers
     trained = set(map(id, layers.parameters()))
     frozen = [p for p in student.parameters() if id(p) not in trained and p.requires_grad]
@@ -101,7 +107,10 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
             inputs = {"inputs_embeds": seq} if seq.is_floating_point() else {"input_ids": seq}
             with torch.no_grad():
                 target = teacher(**inputs, use_cache=False).logits
-            loss = _kl(target, student(**inputs, use_cache=False).logits)
+            logits = student(**inputs, use_cache=False).logits
+            loss = _kl(target, logits)
+            if config.label_weight:  # position t predicts token t + 1
+                loss = loss + config.label_weight * torch.nn.functional.cross_entropy(logits[0, :-1], labels[int(order[step])][1:], ignore_index=-100)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)  # a sliced model's first steps can be steep

@@ -180,3 +180,33 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
     assert report["tokens"] == sum(s.shape[1] for s in ids)
     for p, q in zip(by_ids.parameters(), by_embeddings.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
+
+
+def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
+    """`label_weight` adds cross-entropy on labelled tokens to the KL: labels the teacher does not
+    predict (here a fixed token after every sequence) are learnt only when it is on."""
+    from edgemfm.errors import InputError
+    from edgemfm.quantizers.importance import read_texts
+    from edgemfm.quantizers.pruning import PruneConfig, prune_model
+    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+
+    source = tiny_llama(tmp_path / "llama")
+    from transformers import AutoTokenizer
+
+    tokenizer, teacher, texts = AutoTokenizer.from_pretrained(source), _load(source), read_texts(None)[:4]
+    sequences = [torch.cat([s, torch.tensor([[7]])], 1) for s in teacher_sequences(teacher, tokenizer, texts, RecoveryConfig(continuation=4))]
+    labels = [torch.tensor([-100] * (s.shape[1] - 1) + [7]) for s in sequences]
+
+    def label_loss(model) -> float:  # cross-entropy of the labelled last token, over every sequence
+        with torch.no_grad():
+            return sum(torch.nn.functional.cross_entropy(model(input_ids=s).logits[0, -2:-1], torch.tensor([7])).item() for s in sequences) / 4
+
+    losses = {}
+    for weight in (0.0, 1.0):
+        student = _load(source)
+        prune_model(student, tokenizer, PruneConfig(mlp=0.3), texts)
+        distil(student, teacher, tokenizer, texts, RecoveryConfig(steps=16, lr=1e-3, label_weight=weight), sequences=sequences, labels=labels)
+        losses[weight] = label_loss(student)
+    assert losses[1.0] < 0.5 * losses[0.0], losses
+    with pytest.raises(InputError, match="label weight 1 needs one label tensor per sequence"):
+        distil(student, teacher, tokenizer, texts, RecoveryConfig(steps=1, label_weight=1.0), sequences=sequences)
