@@ -127,7 +127,7 @@ def slug(name: str) -> str:
     return name.split(" (")[0].replace(" ", "-").replace("%", "")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the demo data folder (samples/demo_model/build_dataset.py)")
     parser.add_argument("--work", type=Path, required=True, help="checkpoints, bundles and measured rows are kept here")
@@ -142,11 +142,39 @@ def main() -> None:
     # finetune's 1e-3 trains the projectors from their alignment; these start already tuned
     parser.add_argument("--retune-lr", type=float, default=1e-4, help="peak learning rate of --retune (half cosine to a tenth)")
     parser.add_argument("--no-export", action="store_true", help="skip bundle size and latency")
-    parser.add_argument("--int8", metavar="SETTING", help="prune SETTING, recover, export int8 for host and answer the held-out set with it")
+    parser.add_argument("--int8", metavar="SETTING", choices=list(SETTINGS), help="prune SETTING, recover, export int8 for host and answer the held-out set with it")
     parser.add_argument("--reference", type=Path, help="with --no-export: the unpruned fp32 host bundle whose size the pruned ones are computed from")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def pruned_copy(base, config: PruneConfig | None, calibration: list, bar) -> tuple:
+    """A fresh copy of the demo model with its decoder pruned by `config` (None: unpruned), and
+    its structure columns (stages, decoder and MLP parameters)."""
+    model = copy.deepcopy(base)
+    lm = model.language_model
+    row: dict = {}
+    if config is not None:
+        calls = [lambda x=x, lm=lm: lm(inputs_embeds=x, use_cache=False) for x in calibration]
+        report = prune_model(lm, None, config, [], progress=bar, calls=calls)
+        row["stages"] = [{k: s[k] for k in ("granularity", "count", "parameters_removed")} for s in report["stages"]]
+    row["decoder_parameters"] = count_parameters(lm)
+    row["mlp_parameters"] = sum(p.numel() for layer in lm.model.layers for p in layer.mlp.parameters())
+    return model, row
+
+
+def export_fp32(model, source: Path, checkpoint: Path, bundle: Path) -> float:
+    """The fp32 host bundle of `model` (pruned, unrecovered: recovery changes no shape); seconds taken."""
+    save_checkpoint(model, source, checkpoint)
+    torch.manual_seed(0)  # the exporter's parity check feeds random example inputs: the same ones every row
+    start = time.perf_counter()
+    edgemfm.export(checkpoint, device="host", out=bundle, progress=False)
+    return round(time.perf_counter() - start, 1)
+
+
+def main() -> None:
+    args = parse_args()
     from rich.progress import Progress
     from tokenizers import Tokenizer
 
@@ -171,36 +199,28 @@ def main() -> None:
             if args.only and not name.startswith(tuple(args.only)) and name != "none":
                 continue
             key = "none" if config is None else f"{name} | {recipe(args)}" + (" | int8" if args.int8 else "")
-            if key in rows:
+            bundle = work / "bundles" / slug(name)
+            export = not (args.int8 or args.no_export or bundle.is_dir())  # bundles are kept apart from the rows: a cached row may lack one
+            if key in rows and not export:
                 continue
-            model = copy.deepcopy(base)
-            lm = model.language_model
-            row: dict = {"setting": name}
-            if config is not None:
-                calls = [lambda x=x, lm=lm: lm(inputs_embeds=x, use_cache=False) for x in calibration]
-                report = prune_model(lm, None, config, [], progress=bar, calls=calls)
-                row["stages"] = [{k: s[k] for k in ("granularity", "count", "parameters_removed")} for s in report["stages"]]
-            row["decoder_parameters"] = count_parameters(lm)
-            row["mlp_parameters"] = sum(p.numel() for layer in lm.model.layers for p in layer.mlp.parameters())
-            if not args.int8:
-                row["accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
-                bundle = work / "bundles" / slug(name)
-                if not args.no_export and not bundle.is_dir():
-                    checkpoint = save_checkpoint(model, source, work / "checkpoints" / slug(name))
-                    torch.manual_seed(0)  # the exporter's parity check feeds random example inputs: the same ones every row
-                    start = time.perf_counter()
-                    edgemfm.export(checkpoint, device="host", out=bundle, progress=False)
-                    row["export_s"] = round(time.perf_counter() - start, 1)
-            if recovery is not None and config is not None:
-                lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
-                row["recovery"] = distil(lm, base.language_model, None, [], recovery, sequences=recovery_data, progress=bar,
-                                         labels=recovery_labels)
-                row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
-                if args.retune:
-                    row["retune"] = retune(model, tokenizer, train, feats, args.retune, args.retune_lr, bar)
-                    row["retuned_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
-            if args.int8:
-                row.update(int8_row(model, source, work, slug(name), held_out, args.data))
+            model, shape = pruned_copy(base, config, calibration, bar)
+            row = rows.get(key) or {"setting": name, **shape}
+            if export:
+                row["export_s"] = export_fp32(model, source, work / "checkpoints" / slug(name), bundle)
+            if key not in rows:
+                if not args.int8:
+                    row["accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                if recovery is not None and config is not None:
+                    lm = model.language_model
+                    lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
+                    row["recovery"] = distil(lm, base.language_model, None, [], recovery, sequences=recovery_data, progress=bar,
+                                             labels=recovery_labels)
+                    row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                    if args.retune:
+                        row["retune"] = retune(model, tokenizer, train, feats, args.retune, args.retune_lr, bar)
+                        row["retuned_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                if args.int8:
+                    row.update(int8_row(model, source, work, slug(name), held_out, args.data))
             rows[key] = row
             rows_file.write_text(json.dumps(rows, indent=1) + "\n")
             print(json.dumps({key: {k: v for k, v in row.items() if k != "stages"}}), flush=True)
