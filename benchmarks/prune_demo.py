@@ -261,10 +261,10 @@ def print_table(rows: dict, args, work: Path) -> None:
     measured = {}
     if not args.no_export and all(b.is_dir() for b in bundles):
         bench_file = work / "bench.json"
-        if not bench_file.is_file():
+        report = json.loads(bench_file.read_text()) if bench_file.is_file() else {"results": []}
+        if sorted(Path(r["bundle"]).name for r in report["results"]) != sorted(b.name for b in bundles):  # a new row: all again, side by side
             report = bench([str(b) for b in bundles], BenchConfig(tokens=args.tokens, repeats=args.repeats))
             bench_file.write_text(json.dumps(report, indent=1) + "\n")
-        report = json.loads(bench_file.read_text())
         measured = {Path(r["bundle"]).name: r for r in report["results"]}
         m = report["machine"]
         print(f"\n{m.get('cpu', '')}; load average {m.get('load_average')}; memory read bandwidth {report['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
