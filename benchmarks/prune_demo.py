@@ -15,12 +15,15 @@ wheels' weights + the committed projectors), scored on the demo's own training q
   pruned checkpoint, all measured side by side at the end by `edgemfm bench` (one process each,
   one thread: first-token time and decode tokens/s);
 - recovery: --recover steps of distillation from the unpruned model (`quantizers/recovery.py`:
-  KL on next-token logits, decoder layers only) on training questions with their answers.
+  KL on next-token logits, decoder layers only; --recover-ce adds cross-entropy on the answers)
+  on training questions with their answers; with --retune, then the projectors re-tuned against
+  the pruned decoder (`edgemfm finetune`'s stage 2): what brings the int8 target row within the
+  2-point bar (BENCHMARKS.md).
 
 Rows, bundles and the bench are kept under --work, so a rerun measures only what is missing.
 
     OMP_NUM_THREADS=1 python benchmarks/prune_demo.py --data DATA --work DIR [--cache DIR] [--recover 64] [--no-export --reference BUNDLE]
-    OMP_NUM_THREADS=1 python benchmarks/prune_demo.py --data DATA --work DIR --int8 "mlp 21%" --recover 192 --recover-questions 48   # the target row
+    OMP_NUM_THREADS=1 python benchmarks/prune_demo.py --data DATA --work DIR --int8 "mlp 21%" --recover 192 --recover-questions 48 --retune 96   # the target row
 """
 
 from __future__ import annotations
