@@ -80,6 +80,17 @@ def bundle_figures(model, tokenizer, scratch: Path, tokens: int, repeats: int) -
     return size, min(wall), min(cpu)
 
 
+def figures_or_refusal(model, tokenizer, scratch: Path, args) -> str:
+    """The row's bundle columns; an export the exporter refuses (its parity check) is a row too,
+    with the refusal, so one setting cannot stop the table."""
+    from edgemfm.exporters.onnx import ParityError
+
+    try:
+        return "{:.1f} | {:.1f}, {:.1f}".format(*bundle_figures(model, tokenizer, scratch, args.tokens, args.repeats))
+    except ParityError as e:
+        return f"export refused: {e} | -"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", help="settings whose name starts with these words, e.g. mlp or 'blocks 30%%' (default: all)")
@@ -114,7 +125,7 @@ def main() -> None:
             if config is not None:
                 prune_model(model, tokenizer, config, texts)
             params = count_parameters(model)
-            size = "- | -" if args.no_export else "{:.1f} | {:.1f}, {:.1f}".format(*bundle_figures(model, tokenizer, Path(scratch), args.tokens, args.repeats))
+            size = "- | -" if args.no_export else figures_or_refusal(model, tokenizer, Path(scratch), args)
             ppl = perplexity(model, ids)
             recovered = "-"
             if recovery and config is not None:
