@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import shutil
 import sys
@@ -221,6 +222,8 @@ def main() -> None:
                          memory_budget_mb=args.memory_budget)
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)
+        if "plan" in m.report:  # which layers got which bits: kept for a look (edgemfm inspect shows the same from a bundle)
+            (work / f"{name}.plan.json").write_text(json.dumps(m.report["plan"], indent=1) + "\n")
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
         print(f"{name}: SQNR {sqnr}, float units {len(m.report['float_units'])}", file=sys.stderr, flush=True)
         print(f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.1f}x "

@@ -1,13 +1,15 @@
 """Calibration inputs for every component, made by the runtime's own pre-processing.
 
-From a folder (`--calibration DIR`): its images (png, jpg, jpeg, bmp, webp) and prompts (each
-non-empty line of its .txt files). Without one: a built-in set of Pillow drawings and fixed
-English prompts, so every export can be calibrated and measured offline.
+From a folder (`--calibration DIR`): its images (png, jpg, jpeg, bmp, webp), audio clips (wav)
+and prompts (each non-empty line of its .txt files). Without one: a built-in set of Pillow
+drawings and fixed English prompts, so every export can be calibrated and measured offline.
 
-Each prompt (with one image when there are images) goes through the bundle's template and
-tokenizer, each image through the manifest's pre-processing and the float vision encoder, and
-their rows are spliced into the token embeddings exactly as `Pipeline.embed` does: the decoder is
-calibrated on the inputs it will see.
+Each prompt, with one media item when the bundle takes media (images and clips in turn), goes
+through the bundle's template and tokenizer, each item through the manifest's pre-processing and
+its float encoder, and their rows are spliced into the token embeddings exactly as
+`Pipeline.embed` does: the decoder is calibrated on the inputs it will see. An encoder no item of
+the folder reaches (an audio encoder without clips) is quantized uncalibrated, and the report says
+it was not measured.
 
 Example:
     >>> feeds = component_feeds(float_dir, manifest, folder=None)   # doctest: +SKIP
@@ -26,8 +28,10 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import KVCache, Manifest
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.context import Feeds
+from edgemfm.runtimes.media import item_feeds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+AUDIO_SUFFIXES = (".wav",)  # what runtimes/audio.py reads
 PROMPTS = (
     "What is in the picture?",
     "Describe the image in one sentence.",
@@ -59,19 +63,25 @@ def drawings(n: int = 8, seed: int = 0) -> list[Image.Image]:
     return images
 
 
-def read_folder(folder: str | Path) -> tuple[list[Path], list[str]]:
-    """The images and prompts of a calibration folder; refuses a missing or empty one."""
+def read_folder(folder: str | Path) -> tuple[list[Path], list[Path], list[str]]:
+    """The images, audio clips and prompts of a calibration folder; refuses a missing or empty one.
+
+    Example:
+        >>> images, clips, prompts = read_folder("my-domain-data")  # doctest: +SKIP
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"calibration folder {str(folder)!r} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES][:MAX_ITEMS]
+    clips = [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES][:MAX_ITEMS]
     prompts = [line.strip() for p in files if p.suffix.lower() == ".txt" for line in p.read_text(errors="replace").splitlines() if line.strip()]
-    if not images and not prompts:
+    if not images and not clips and not prompts:
         raise InputError(
-            f"calibration folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)}) and no prompts (.txt, one per line)"
+            f"calibration folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)}), no audio ({', '.join(AUDIO_SUFFIXES)}) "
+            "and no prompts (.txt, one per line)"
         )
-    return images, prompts[:MAX_ITEMS]
+    return images, clips, prompts[:MAX_ITEMS]
 
 
 def decoder_feeds(embeds: np.ndarray, kv: KVCache) -> Feeds:
@@ -94,17 +104,18 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     """Calibration feeds of every component of the float bundle in `float_dir`."""
     from edgemfm.runtimes.pipeline import Pipeline
 
-    images, prompts = read_folder(folder) if folder is not None else (drawings(), list(PROMPTS))
+    images, clips, prompts = read_folder(folder) if folder is not None else (drawings(), [], list(PROMPTS))
     prompts = prompts or list(PROMPTS)
     # The float graphs run on the CPU here, whatever the target device.
     pipe = Pipeline(float_dir, manifest, load_profile("host"), threads=0)
     media, g = manifest.prompt.media, manifest.generation
     feeds: dict[str, list[Feeds]] = {name: [] for name in manifest.components}
-    image = media.get("image")
+    given = {kind: items for kind, items in (("image", images), ("audio", clips)) if kind in media and items}
     kv = manifest.components[g.decoder].kv_cache
     ids_stream, embeds_stream, shortest = [], [], None
     for i, prompt in enumerate(prompts):
-        items = {"image": [images[i % len(images)]]} if image and images else {}
+        kind = list(given)[i % len(given)] if given else None  # images and clips in turn
+        items = {kind: [given[kind][i // len(given) % len(given[kind])]]} if kind else {}
         ids = pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()})
         embeds = pipe.embed(ids, items)
         ids_stream += ids
@@ -118,8 +129,6 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
         feeds[g.embedding].append({"input_ids": np.asarray([ids_stream[at : at + width]], np.int64)})
     for at in range(0, stream.shape[0] - width + 1, width):
         feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv))
-    if image:
-        from edgemfm.runtimes.preprocess import PREPROCESSORS
-
-        feeds[image.encoder] = [{image.input: PREPROCESSORS["image"](img, manifest.preprocess)[0][None]} for img in images]
+    for kind, items in given.items():
+        feeds[media[kind].encoder] = [item_feeds(kind, item, manifest) for item in items]
     return feeds

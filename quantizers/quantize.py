@@ -150,15 +150,14 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
         recipe = planner.recipe_of(groups, ladder)
         measured = {c: float(np.sum((refs[c] - measure(c, recipe)) ** 2)) for c in files}
         short = [c for c in files if measured[c] > 0 and 10 * np.log10(signals[c] / measured[c]) < tolerance_db]
-        used = fixed + sum(g.bytes_at(ladder[g.level], ok) for g in groups)
-        raisable = [
-            g for g in groups
-            if g.component in short and g.level + 1 < len(ladder)
-            and used + g.bytes_at(ladder[g.level + 1], ok) - g.bytes_at(ladder[g.level], ok) <= budget
-        ]
-        if not raisable or round_ == planner.ROUNDS:
+        if not short or round_ == planner.ROUNDS:
             break
-        max(raisable, key=lambda g: g.noise_at(ladder[g.level]) / signals[g.component]).level += 1
+        levels = [g.level for g in groups]
+        for c in short:  # the layers' noises add up to more than the sum predicted: scale them to what was measured
+            planner.rescale([g for g in groups if g.component == c], measured[c], ladder)
+        planner.choose(groups, signals, ladder, budget, fixed, tolerance_db, ok)
+        if levels == [g.level for g in groups]:
+            break  # the budget allows no more
     met = not short
     if not met:
         log.warning("edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget", tolerance_db, ", ".join(short))

@@ -88,7 +88,7 @@ def export(
 ) -> Path:
     """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
 
-    `precision` is fp32, fp16, int8, int4 or auto (bits per block chosen under `memory_budget_mb`
+    `precision` is fp32, fp16, int8, int4 or auto (bits per layer chosen under `memory_budget_mb`
     and `accuracy_tolerance_db`, the least SQNR of each component's output); `calibration` is a
     folder of images and prompt .txt files (default: a built-in set).
 

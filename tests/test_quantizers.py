@@ -204,18 +204,56 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
                            Context([], load_profile("pi5"), tmp_path))
 
 
-def test_auto_plans_bits_per_block_within_the_tolerance(quantized):
+def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
     m, stage = quantized("pi5", "auto", accuracy_tolerance_db=15.0)
     plan = m.report["plan"]
     assert plan["tolerance_met"] and plan["tolerance_db"] == 15.0
     assert all(q["sqnr_db"] >= 15.0 for q in m.report["quantization"].values())
     groups = plan["groups"]
-    assert "text_decoder/layers.0" in groups and "text_decoder/lm_head" in groups
+    assert "text_decoder/layers.0/mlp.down_proj" in groups and "text_decoder/lm_head" in groups
+    assert groups["text_decoder/layers.0/mlp.down_proj"]["estimated"] and "estimated" not in groups["text_decoder/lm_head"]
     bits = {g["bits"] for g in groups.values()}
     assert 4 in bits and len(bits) >= 2, "a mixed plan on this model"
-    # the plan is the manifest's recipe, one rule pair per group
-    spec = m.recipe.spec_for("text_decoder/layers.1/mlp.up_proj")
-    assert (spec.bits if spec else 32) == groups["text_decoder/layers.1"]["bits"]
+    # the plan is the manifest's recipe: every layer gets the bits its group got
+    for name, g in groups.items():
+        spec = m.recipe.spec_for(name)
+        assert (spec.bits if spec else 32) == g["bits"], name
+
+
+def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
+    """Blocks and roles measured, layers estimated: exact when a layer's noise is its block's factor times its role's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgemfm.quantizers.planner import Group, recipe_of, sensitivity
+
+    rng = np.random.default_rng(0)
+    names = [f"layers.{b}.mlp.{r}" for b in range(3) for r in ("up", "down")] + ["lm_head"]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=n) for i, n in enumerate(names)]
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), f"w{i}") for i in range(len(names))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 32]) for i in range(len(names))], inits)
+    onnx.save(helper.make_model(graph), str(tmp_path / "d.onnx"))
+    block_factor, role_factor = {"0": 1.0, "1": 4.0, "2": 0.5}, {"up": 1.0, "down": 3.0}
+    truth = {f"d/layers.{b}/mlp.{r}": block_factor[b] * role_factor[r] for b in "012" for r in ("up", "down")} | {"d/lm_head": 7.0}
+    calls = []
+
+    def measure(component, recipe):  # each quantized unit adds noise of its own power on its own output entry
+        calls.append(recipe)
+        return np.array([np.sqrt(p) if recipe.spec_for(u) else 0.0 for u, p in truth.items()])
+
+    int4 = QuantSpec(bits=4, group_size=32)
+    groups = sensitivity(tmp_path, {"d": "d.onnx"}, {"d": np.zeros(len(truth))}, measure, int4, lambda: None)
+    assert len(calls) == 3 + 2 + 1  # blocks, roles, the head: not one run per layer
+    assert {g.name: round(g.noise4, 9) for g in groups} == truth
+    # a block whose layers got different bits is written layer by layer, one whose layers agree as one rule pair
+    levels = {"d/layers.1/mlp.down": 1}
+    for g in groups:
+        g.level = levels.get(g.name, 0)
+    recipe = recipe_of(groups, [int4, QuantSpec(bits=8, group_size=32), None])
+    assert [r.pattern for r in recipe.rules] == [
+        "d/lm_head", "d/lm_head/*", "d/layers.0", "d/layers.0/*", "d/layers.1/mlp.up", "d/layers.1/mlp.down", "d/layers.2", "d/layers.2/*", "*"]
+    assert recipe.spec_for("d/layers.1/mlp.down").bits == 8 and recipe.spec_for("d/layers.1/mlp.up").bits == 4
+    assert isinstance(groups[0], Group)
 
 
 def test_auto_refuses_a_budget_nothing_fits(quantized):
@@ -235,14 +273,14 @@ def test_calibration_folder(default_bundle, tmp_path):
     folder.mkdir()
     Image.new("RGB", (64, 48), (10, 200, 30)).save(folder / "green.png")
     (folder / "prompts.txt").write_text("a green square\n\nwhat colour is this?\n")
-    images, prompts = read_folder(folder)
-    assert len(images) == 1 and prompts == ["a green square", "what colour is this?"]
+    images, clips, prompts = read_folder(folder)
+    assert len(images) == 1 and not clips and prompts == ["a green square", "what colour is this?"]
     feeds = component_feeds(default_bundle, read_manifest(default_bundle), folder)
     assert len(feeds["vision_encoder"]) == 1 and feeds["vision_encoder"][0]["pixel_values"].shape == (1, 3, 224, 224)
     shapes = {f["inputs_embeds"].shape for f in feeds["text_decoder"]}
     assert len(shapes) == 1 and next(iter(shapes))[2] == 192  # equal windows: what histogram calibrators need
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="has no images .* and no prompts"):
+    with pytest.raises(InputError, match=r"has no images .*, no audio \(.wav\) and no prompts"):
         read_folder(tmp_path / "empty")
 
 

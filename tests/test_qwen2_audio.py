@@ -81,3 +81,33 @@ def test_audio_token_count_follows_the_clip_length(exported, seconds):
     rows = (((frames - 1) // 2 + 1) - 2) // 2 + 1
     ids = pipe.prompt_ids(PROMPT, {"audio": 1})
     assert pipe.embed(ids, {"audio": [clip]}).shape[1] == len(ids) - 1 + rows
+
+
+def test_calibration_folder_clips_calibrate_and_measure_the_audio_encoder(exported, speech, tmp_path):
+    """A folder's wav clips reach the audio encoder and, spliced into prompts, the decoder: int8 is measured there."""
+    import shutil
+
+    from edgemfm.bundle import read_manifest
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers.calibration import component_feeds
+    from edgemfm.quantizers.quantize import quantize
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    shutil.copy(speech, folder / "weather.wav")
+    (folder / "prompts.txt").write_text("What does the speaker say?\nTranscribe the clip.\n")
+    manifest = read_manifest(exported)
+    spec = manifest.prompt.media["audio"]
+    feeds = component_feeds(exported, manifest, folder)
+    assert len(feeds[spec.encoder]) == 1 and feeds[spec.encoder][0][spec.input].shape[:2] == (1, 128)
+    text_only = component_feeds(exported, manifest, None)  # the built-in prompts: no clip
+    assert not text_only[spec.encoder]
+    audio_rows = edgemfm.load(exported).encode("audio", folder / "weather.wav").shape[1]
+    decoder_rows = sum(f["inputs_embeds"].shape[1] for f in feeds[manifest.generation.decoder])
+    assert decoder_rows >= 2 * audio_rows, "both prompts carry the clip's rows"
+    for name, folder_or_none in (("with", folder), ("without", None)):
+        stage = tmp_path / name
+        shutil.copytree(exported, stage)
+        m = quantize(stage, manifest, load_profile("pi5"), "int8", tmp_path / f"scratch-{name}", folder_or_none)
+        sqnr = m.report["quantization"][spec.encoder]["sqnr_db"]
+        assert (sqnr is not None and sqnr > 20) if folder_or_none else sqnr is None
