@@ -84,26 +84,42 @@ VARIANTS = {
     "int8-minmax": ("jetson", lambda: _all(QuantSpec(bits=8, method="minmax", activation_bits=8)), CALIB),
     "int4-pi5": ("pi5", lambda: presets.recipe_for(load_profile("pi5"), "int4"), CALIB),
     "int4-g32": ("pi5", lambda: _all(QuantSpec(bits=4, group_size=32, activation_bits=8)), CALIB),
-    "auto-pi5": ("pi5", "auto", CALIB),  # the planner: int4 / int8 / float per block, at --tolerance dB
+    "auto-pi5": ("pi5", "auto", CALIB),  # the planner: int4 / int8 / float per layer, at --tolerance dB
     "auto-jetson": ("jetson", "auto", CALIB),
 }
 
 
+class FeatureJudge:
+    """The auto plan's judge for the encoder alone: the squared error of its features, as `Judge`
+    judges any encoder of a bundle."""
+
+    def __init__(self, fp32: Path, calib: list, ctx: Context, work: Path):
+        from edgemfm.quantizers.metrics import outputs
+
+        self.fp32, self.calib, self.ctx, self.probe = fp32, calib, ctx, work / "probe.onnx"
+        self.ref = outputs(fp32, calib, "features")
+
+    def judged_by(self, component: str) -> str:
+        return component
+
+    def signal(self, component: str) -> float:
+        return float(np.sum(self.ref**2))
+
+    def noise(self, component: str, recipe: Recipe) -> float:
+        from edgemfm.quantizers.metrics import outputs
+
+        quantize_component(self.fp32, self.probe, component, recipe, self.ctx, 64)
+        return float(np.sum((self.ref - outputs(self.probe, self.calib, "features")) ** 2))
+
+
 def auto(fp32: Path, calib: list, device: str, tolerance_db: float, work: Path) -> Recipe:
     """edgemfm's `--precision auto` plan for the encoder alone, as `quantize` makes it for a bundle."""
-    from edgemfm.quantizers.metrics import outputs
     from edgemfm.quantizers.quantize import auto_recipe
 
-    ctx = Context(calib, load_profile(device), work)
-
-    def measure(component: str, recipe: Recipe) -> np.ndarray:
-        quantize_component(fp32, work / "probe.onnx", component, recipe, ctx, 64)
-        return outputs(work / "probe.onnx", calib, "features")
-
-    refs = {"vision_encoder": outputs(fp32, calib, "features")}
-    recipe, report = auto_recipe(fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), refs, measure, None, tolerance_db)
+    judge = FeatureJudge(fp32, calib, Context(calib, load_profile(device), work), work)
+    recipe, report = auto_recipe(fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), judge, None, tolerance_db)
     bits = [g["bits"] for g in report["groups"].values()]
-    print(f"auto {device}: groups at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
+    print(f"auto {device}: layers at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
           f"tolerance met: {report['tolerance_met']}", file=sys.stderr)
     return recipe
 

@@ -66,6 +66,7 @@ VARIANTS: dict[str, tuple[str, str | Recipe]] = {
     "int4-hqq-g64": ("pi5", _blocks("hqq", 64)),
     "int4-clip-g64": ("pi5", _blocks("clip_search", 64)),
     "int4-clip-g128": ("pi5", _blocks("clip_search", 128)),
+    "int4-clip-g64-asym": ("pi5", _blocks("clip_search", 64, symmetric=False)),  # each block's own range, a zero point
     "int4-gptqao-g64": ("pi5", _blocks("gptq_act_order", 64)),  # edgemfm's GPTQ
     "int4-gptqao-g128": ("pi5", _blocks("gptq_act_order", 128)),
     "int4-pi5": ("pi5", "int4"),

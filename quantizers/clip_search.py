@@ -7,8 +7,9 @@ activations that multiply it on calibration data (AWQ's clip search: an error on
 carries large activations costs more). Without calibration data the weights are equal.
 
 Measured on SmolLM2-135M (BENCHMARKS.md) against ORT's RTN and GPTQ; the packed layout is
-MatMulNBits' own, symmetric (no zero points: the kernel's default midpoint), so every kernel
-that takes RTN's output takes this one, `accuracy_level=4` included.
+MatMulNBits' own: symmetric (no zero points: the kernel's default midpoint) or, with
+`symmetric=False`, each block's own [min, max] range with a packed zero point, which the int8
+compute path (`accuracy_level=4`) takes as well.
 
 Example:
     >>> model = apply(onnx.load("d.onnx"), units, QuantSpec(bits=4, group_size=64, method="clip_search"), ctx)  # doctest: +SKIP
@@ -37,8 +38,6 @@ def check(spec: QuantSpec) -> None:
     g = spec.group_size
     if g < 16 or g & (g - 1):
         raise ConfigError(f"group size {g} must be a power of two >= 16 for MatMulNBits")
-    if not spec.symmetric:
-        raise ConfigError("method 'clip_search' is symmetric only; allowed: symmetric=True")
 
 
 def probe(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
@@ -97,6 +96,37 @@ def quantize_blocks(w: np.ndarray, bits: int, block: int, weight: np.ndarray | N
     return q, best.astype(np.float32)
 
 
+def quantize_blocks_asymmetric(w: np.ndarray, bits: int, block: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W [K, N] -> (integers [N, blocks, block] less the kernel's midpoint, scales [N, blocks], zero
+    points [N, blocks]) with each block's range [min, max] shrunk by the best of `SHRINK`.
+
+    A block's values rarely straddle zero evenly; its own range wastes none of the 2^bits levels on
+    the side it does not reach (llama.cpp's Q4_1 and K-quants keep a minimum per block for this).
+
+    Example:
+        >>> q, scales, zeros = quantize_blocks_asymmetric(np.ones((64, 2), np.float32) + 0.5, 4, 64, None)   # doctest: +SKIP
+    """
+    k, n = w.shape
+    top, mid = 2**bits - 1, 2 ** (bits - 1)
+    pad = -k % block
+    wt = np.pad(w.T.astype(np.float32), ((0, 0), (0, pad))).reshape(n, -1, block)
+    h = np.ones(k + pad, np.float32) if weight is None else np.pad(weight.astype(np.float32) + 1e-12, (0, pad))
+    h = h.reshape(1, -1, block)
+    lo, hi = np.minimum(wt.min(axis=2), 0.0), np.maximum(wt.max(axis=2), 0.0)  # zero stays on the grid (padding is 0)
+    best_s, best_z, best_err = None, None, np.full(lo.shape, np.inf, np.float32)
+    for shrink in SHRINK:
+        s = np.maximum((hi - lo) * shrink / top, 1e-12)
+        z = np.clip(np.round(-lo * shrink / s), 0, top)
+        deq = (np.clip(np.round(wt / s[:, :, None]) + z[:, :, None], 0, top) - z[:, :, None]) * s[:, :, None]
+        err = (h * (deq - wt) ** 2).sum(axis=2)
+        better = err < best_err
+        best_s = s if best_s is None else np.where(better, s, best_s)
+        best_z = z if best_z is None else np.where(better, z, best_z)
+        best_err = np.where(better, err, best_err)
+    q = np.clip(np.round(wt / best_s[:, :, None]) + best_z[:, :, None], 0, top).astype(np.int16) - mid
+    return q, best_s.astype(np.float32), best_z.astype(np.uint8)
+
+
 def pack(q: np.ndarray, bits: int) -> np.ndarray:
     """Signed integers [N, blocks, block] -> MatMulNBits' uint8 blobs (offset by the default zero point)."""
     u = (q + 2 ** (bits - 1)).astype(np.uint8)
@@ -114,16 +144,25 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     inits = {i.name: i for i in model.graph.initializer}
     assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
     stats = activation_stats(model, sorted({nodes[u.node].input[0] for u in units}), list(ctx.feeds))
+    search = quantize_blocks if spec.symmetric else quantize_blocks_asymmetric
     codes = {
-        u.node: quantize_blocks(numpy_helper.to_array(inits[u.weight]), spec.bits, spec.group_size,
-                                stats[nodes[u.node].input[0]][0] if stats else None)
+        u.node: search(numpy_helper.to_array(inits[u.weight]), spec.bits, spec.group_size, stats[nodes[u.node].input[0]][0] if stats else None)
         for u in units
     }
     return write_nbits(model, units, spec, codes)
 
 
-def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str, tuple[np.ndarray, np.ndarray]]) -> Any:
-    """Replace each MatMul unit by a MatMulNBits holding its (integers [N, blocks, block], scales [N, blocks]) from `codes`."""
+def pack_zero_points(zeros: np.ndarray, bits: int) -> np.ndarray:
+    """Zero points [N, blocks] -> MatMulNBits' layout: bytes (8 bits) or two to a byte, low nibble first (4 bits)."""
+    if bits == 8:
+        return zeros.astype(np.uint8)
+    z = np.pad(zeros.astype(np.uint8), ((0, 0), (0, zeros.shape[1] % 2)))
+    return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
+
+
+def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str, tuple[np.ndarray, ...]]) -> Any:
+    """Replace each MatMul unit by a MatMulNBits holding its (integers [N, blocks, block], scales [N, blocks]
+    [, zero points [N, blocks]]) from `codes`."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -132,15 +171,17 @@ def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str,
     level = 4 if spec.activation_bits == 8 else 0
     for u in units:
         node = nodes[u.node]
-        q, scales = codes[u.node]
+        q, scales, *zeros = codes[u.node]
         k, n = u.shape
         base = f"{u.weight}_{u.node}"
         graph.initializer.extend([
             numpy_helper.from_array(pack(q, spec.bits), f"{base}_Q{spec.bits}"),
             numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{base}_scales"),
+            *(numpy_helper.from_array(pack_zero_points(z, spec.bits).reshape(-1), f"{base}_zero_points") for z in zeros),
         ])
+        inputs = [node.input[0], f"{base}_Q{spec.bits}", f"{base}_scales", *(f"{base}_zero_points" for _ in zeros)]
         attrs = {"K": k, "N": n, "bits": spec.bits, "block_size": spec.group_size, **({"accuracy_level": level} if level else {})}
-        new = helper.make_node("MatMulNBits", [node.input[0], f"{base}_Q{spec.bits}", f"{base}_scales"], list(node.output),
+        new = helper.make_node("MatMulNBits", inputs, list(node.output),
                                name=f"{u.node}_Q{spec.bits}", domain="com.microsoft", **attrs)
         at = list(graph.node).index(node)
         graph.node.remove(node)

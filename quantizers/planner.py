@@ -22,7 +22,7 @@
 fp16 is not mixed in: it is a whole-component choice (`--precision fp16`).
 
 Example:
-    >>> groups = sensitivity(float_dir, {"text_decoder": "text_decoder.onnx"}, refs, measure, int4, advance)  # doctest: +SKIP
+    >>> groups = sensitivity(float_dir, {"text_decoder": "text_decoder.onnx"}, judge.noise, int4, advance)  # doctest: +SKIP
     >>> choose(groups, signals, ladder, budget, fixed, 20.0, scheme_ok); recipe_of(groups, ladder)          # doctest: +SKIP
 """
 
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.quantizers.units import Unit, weighted_units
@@ -71,7 +70,7 @@ class Group:
     """What the plan gives one precision: a layer (or a unit outside any block)."""
 
     name: str
-    component: str
+    component: str  # the component whose output judges it (the decoder for the token embedding)
     units: list[Unit]
     noise4: float = 0.0  # noise power on the component output with this group alone at int4
     level: int = 0  # index into the ladder
@@ -148,15 +147,19 @@ def rescale(groups: list[Group], measured_noise: float, ladder: list[QuantSpec |
             g.noise4 *= measured_noise / predicted
 
 
-def sensitivity(float_dir: Path, components: dict[str, str], refs: dict[str, np.ndarray], measure: Callable[[str, Recipe], np.ndarray],
-                int4: QuantSpec, advance: Callable[[], None]) -> list[Group]:
-    """Every layer with its int4 noise power: blocks and roles measured, a block's layers estimated from both."""
+def sensitivity(float_dir: Path, components: dict[str, str], noise_of: Callable[[str, Recipe], float], int4: QuantSpec,
+                advance: Callable[[], None], judged_by: Callable[[str], str] = lambda c: c) -> list[Group]:
+    """Every layer with its int4 noise power: blocks and roles measured, a block's layers estimated from both.
+
+    `noise_of(component, recipe)`: the noise power `recipe` adds on the output that judges the
+    component, `judged_by(component)` (its own, or the decoder's for the token embedding).
+    """
     import onnx
 
     def noise(component: str, units: list[Unit]) -> float:
-        got = measure(component, Recipe(rules=(*(Rule(u.name, int4) for u in units), Rule("*", None))))
+        got = noise_of(component, Recipe(rules=(*(Rule(u.name, int4) for u in units), Rule("*", None))))
         advance()
-        return float(np.sum((refs[component] - got) ** 2))
+        return got
 
     groups: list[Group] = []
     for component, file in components.items():
@@ -164,7 +167,7 @@ def sensitivity(float_dir: Path, components: dict[str, str], refs: dict[str, np.
         blocks: dict[str, list[Unit]] = {}
         for u in units:
             if block_of(u.name) is None:
-                groups.append(Group(u.name, component, [u], noise(component, [u])))
+                groups.append(Group(u.name, judged_by(component), [u], noise(component, [u])))
             else:
                 blocks.setdefault(block_of(u.name), []).append(u)
         roles: dict[str, list[Unit]] = {}
@@ -177,7 +180,8 @@ def sensitivity(float_dir: Path, components: dict[str, str], refs: dict[str, np.
             shares = [role_noise.get(role_of(u.name), 1.0) for u in us]
             if not sum(shares):  # no role of this block moved the output: split by size
                 shares = [u.params for u in us]
-            groups += [Group(u.name, component, [u], block_noise * s / sum(shares), estimated=len(us) > 1) for u, s in zip(us, shares)]
+            groups += [Group(u.name, judged_by(component), [u], block_noise * s / sum(shares), estimated=len(us) > 1)
+                       for u, s in zip(us, shares)]
     return groups
 
 

@@ -8,10 +8,11 @@ into a `Recipe`:
 |-------------|---------------------------------|----------------------------------------|---------------------------------------------|
 | gpu-tensorrt| TensorRT / CUDA                 | symmetric QDQ, percentile calibration  | MatMulNBits, fp32 compute                   |
 | npu-android | QNN / NNAPI                     | symmetric QDQ, percentile calibration  | MatMulNBits, int8 compute (8da4w)           |
+| arm-cpu     | XNNPACK                         | MatMulNBits int8 g32, int8 compute     | MatMulNBits + zero points, int8 compute (dot product) |
+| x86-cpu     | CPU                             | MatMulNBits int8 g32, int8 compute     | MatMulNBits + zero points, int8 compute (VNNI/AVX2)   |
 
-Every int4 MatMul gets `clip_search` scales (searched per block against calibration activations).
-| arm-cpu     | XNNPACK                         | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (dot product)     |
-| x86-cpu     | CPU                             | MatMulNBits int8 g32, int8 compute     | MatMulNBits, int8 compute (VNNI/AVX2)       |
+Every int4 MatMul gets `clip_search` scales (searched per block against calibration activations);
+on the CPUs each block keeps its own [min, max] range with a zero point.
 
 On the CPUs, int8 MatMuls are int8 blocks whose activations are smoothed (SmoothQuant) and
 quantized per block of 32 at run time, not per tensor (`quantize_dynamic`, still available to
@@ -23,7 +24,7 @@ Embedding tables get weight-only int8 rows (int8) or int4 blocks (int4) whatever
 Example:
     >>> from edgemfm.profiles import load_profile
     >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/layers.0/mlp.up_proj")
-    QuantSpec(bits=4, group_size=64, symmetric=True, method='clip_search', activation_bits=8)
+    QuantSpec(bits=4, group_size=64, symmetric=False, method='clip_search', activation_bits=8)
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ _QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
 # (+1.4% unsmoothed); fp32 compute is +0.5% but 4x slower than fp32 (ORT de-quantizes int8 blocks at
 # every call). Blocks of 32: activations are quantized per block too; 32 beat 128. BENCHMARKS.md.
 _BLOCKS8 = QuantSpec(bits=8, group_size=32, symmetric=True, method="rtn", activation_bits=8)
-# int4: searched scales beat ORT's round-to-nearest and GPTQ on SmolLM2-135M at g64 (BENCHMARKS.md)
+# int4: searched scales beat ORT's round-to-nearest and GPTQ on SmolLM2-135M at g64; on the CPUs each
+# block's own range with a zero point beats the symmetric grid (perplexity +24.1% against +28.5% at int4
+# everywhere) at the same speed in MLAS's int8 path (BENCHMARKS.md)
+_BLOCKS4 = QuantSpec(bits=4, symmetric=False, method="clip_search", activation_bits=8)
 TARGETS = (
     Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=0)),
     Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
-    Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
-    Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
+    Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, _BLOCKS4),
+    Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, _BLOCKS4),
 )
 
 

@@ -26,7 +26,8 @@ from edgemfm.quantizers import planner, presets
 from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
-from edgemfm.quantizers.metrics import compare, outputs
+from edgemfm.quantizers.judge import Judge
+from edgemfm.quantizers.metrics import compare
 from edgemfm.recipe import Recipe
 from edgemfm.toolchain import quiet_quantizers
 
@@ -74,26 +75,29 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
     calibrate = component_feeds(float_dir, manifest, calibration)  # what the schemes calibrate on
     feeds = {name: measured_subset(f) for name, f in calibrate.items()}  # what the plan and the report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
-    # Components no calibration item reaches (an audio encoder: no built-in audio yet) are quantized unmeasured.
-    refs = {name: outputs(float_dir / c.file, feeds[name], first[name]) for name, c in manifest.components.items() if feeds.get(name)}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
     ctx = {name: Context(calibrate.get(name, []), profile, scratch) for name in manifest.components}
 
-    def measure(component: str, r: Recipe) -> np.ndarray:
+    def probe(component: str, r: Recipe) -> Path:
         out = scratch / f"probe-{component}.onnx"
         quantize_component(float_dir / manifest.components[component].file, out, component, r, ctx[component], group)
-        return outputs(out, feeds[component], first[component])
+        return out
 
+    # Components no calibration item reaches (an audio encoder without clips) are quantized unmeasured.
+    judge = Judge(float_dir, manifest, feeds, probe)
     plan_report: dict[str, Any] = {}
     if recipe is None:
-        files = {n: c.file for n, c in manifest.components.items() if n in refs}
-        recipe, plan_report = auto_recipe(float_dir, files, profile, refs, measure, memory_budget_mb, accuracy_tolerance_db, bar, task)
+        files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
+        recipe, plan_report = auto_recipe(float_dir, files, profile, judge, memory_budget_mb, accuracy_tolerance_db, bar, task)
     report, components = {}, dict(manifest.components)
     for name, c in manifest.components.items():
         if bar:
             bar.update(task, description=f"quantizing {name}", total=None)
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
-        entry.update(compare(refs[name], stage / c.file, feeds[name], first[name]) if name in refs else {"sqnr_db": None, "cosine": None})
+        measured = name in judge.feeds
+        entry.update(compare(judge.refs[name], stage / c.file, feeds[name], first[name]) if measured else {"sqnr_db": None, "cosine": None})
+        if measured and judge.judged_by(name) != name or name == judge.decoder:
+            entry["judged"] = {"by": judge.judged_by(name), "sqnr_db": judge.sqnr_db(name, stage / c.file)}
         entry["output"] = first[name]
         report[name] = entry
         components[name] = replace(c, weight_bytes=entry["weight_bytes"])
@@ -122,22 +126,24 @@ def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.nda
     return out
 
 
-def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, refs: dict[str, np.ndarray], measure: Any,
+def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, judge: Judge,
                 memory_budget_mb: float | None, tolerance_db: float, bar: Any = None, task: Any = None) -> tuple[Recipe, dict[str, Any]]:
-    """The auto plan: sensitivity per group, then bits per group under budget and tolerance.
+    """The auto plan: sensitivity per layer, then bits per layer under budget and tolerance.
 
-    `files`: component -> its float graph in `float_dir`; `refs`: component -> its float outputs on
-    the calibration feeds; `measure(component, recipe)`: that component's outputs quantized by `recipe`.
+    `files`: component -> its float graph in `float_dir`; `judge`: each component's noise under a
+    recipe, on the output that judges it (the decoder's next-token distribution for the decoder and
+    the token embedding, else the component's own output).
 
     Example:
-        >>> recipe, report = auto_recipe(d, {"vision_encoder": "v.onnx"}, load_profile("pi5"), refs, measure, None, 20.0)  # doctest: +SKIP
+        >>> recipe, report = auto_recipe(d, {"vision_encoder": "v.onnx"}, load_profile("pi5"), judge, None, 20.0)  # doctest: +SKIP
     """
     available = presets.specs(profile)
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
     if bar:
         bar.update(task, description="measuring sensitivity", total=None, completed=0)
-    groups = planner.sensitivity(float_dir, files, refs, measure, ladder[0], lambda: bar and bar.advance(task))
-    signals = {n: float(np.sum(r**2)) for n, r in refs.items()}
+    groups = planner.sensitivity(float_dir, files, judge.noise, ladder[0], lambda: bar and bar.advance(task), judge.judged_by)
+    judged = {c: [x for x in files if judge.judged_by(x) == c] for c in {judge.judged_by(x) for x in files}}
+    signals = {c: judge.signal(c) for c in judged}
     budget = (memory_budget_mb or profile.default_memory_budget_mb) * 2**20
     grouped = {u.weight for g in groups for u in g.units}
     fixed = _other_weight_bytes(float_dir, files, grouped)
@@ -148,8 +154,9 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
     planner.choose(groups, signals, ladder, budget, fixed, tolerance_db, ok)
     for round_ in range(planner.ROUNDS + 1):
         recipe = planner.recipe_of(groups, ladder)
-        measured = {c: float(np.sum((refs[c] - measure(c, recipe)) ** 2)) for c in files}
-        short = [c for c in files if measured[c] > 0 and 10 * np.log10(signals[c] / measured[c]) < tolerance_db]
+        measured = {c: sum(judge.noise(x, recipe) for x in members) for c, members in judged.items()}
+        sqnr = {c: 200.0 if measured[c] == 0 else round(float(10 * np.log10(signals[c] / measured[c])), 2) for c in judged}
+        short = [c for c in judged if sqnr[c] < tolerance_db]
         if not short or round_ == planner.ROUNDS:
             break
         levels = [g.level for g in groups]
@@ -163,6 +170,7 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
         log.warning("edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget", tolerance_db, ", ".join(short))
     return recipe, {
         "tolerance_db": tolerance_db, "memory_budget_mb": budget / 2**20, "tolerance_met": met,
+        "measured_sqnr_db": sqnr, "judged_by": {x: judge.judged_by(x) for x in files},
         "groups": planner.report_of(groups, signals, ladder, ok),
     }
 

@@ -210,6 +210,8 @@ def _quantization_table(report: dict) -> None:
     out.print(table)
     for name, q in report["quantization"].items():
         out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
+        if judged := q.get("judged"):
+            out.print(f"  judged: {name}: SQNR {judged['sqnr_db']:.1f} dB on {judged['by']}'s next-token distribution")
         for unit, note in q.get("notes", {}).items():
             out.print(f"  note: {unit}: {note}")
     for unit, why in report.get("float_units", {}).items():

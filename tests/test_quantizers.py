@@ -208,7 +208,11 @@ def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
     m, stage = quantized("pi5", "auto", accuracy_tolerance_db=15.0)
     plan = m.report["plan"]
     assert plan["tolerance_met"] and plan["tolerance_db"] == 15.0
-    assert all(q["sqnr_db"] >= 15.0 for q in m.report["quantization"].values())
+    # the token embedding is judged with the decoder, on its next-token distribution
+    assert plan["judged_by"] == {"vision_encoder": "vision_encoder", "token_embedding": "text_decoder", "text_decoder": "text_decoder"}
+    assert set(plan["measured_sqnr_db"]) == {"vision_encoder", "text_decoder"} and min(plan["measured_sqnr_db"].values()) >= 15.0
+    q = m.report["quantization"]
+    assert q["vision_encoder"]["sqnr_db"] >= 15.0 and q["text_decoder"]["judged"]["sqnr_db"] >= 15.0
     groups = plan["groups"]
     assert "text_decoder/layers.0/mlp.down_proj" in groups and "text_decoder/lm_head" in groups
     assert groups["text_decoder/layers.0/mlp.down_proj"]["estimated"] and "estimated" not in groups["text_decoder/lm_head"]
@@ -237,12 +241,12 @@ def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
     truth = {f"d/layers.{b}/mlp.{r}": block_factor[b] * role_factor[r] for b in "012" for r in ("up", "down")} | {"d/lm_head": 7.0}
     calls = []
 
-    def measure(component, recipe):  # each quantized unit adds noise of its own power on its own output entry
+    def noise(component, recipe):  # independent layers: their noise powers add
         calls.append(recipe)
-        return np.array([np.sqrt(p) if recipe.spec_for(u) else 0.0 for u, p in truth.items()])
+        return sum(p for u, p in truth.items() if recipe.spec_for(u))
 
     int4 = QuantSpec(bits=4, group_size=32)
-    groups = sensitivity(tmp_path, {"d": "d.onnx"}, {"d": np.zeros(len(truth))}, measure, int4, lambda: None)
+    groups = sensitivity(tmp_path, {"d": "d.onnx"}, noise, int4, lambda: None)
     assert len(calls) == 3 + 2 + 1  # blocks, roles, the head: not one run per layer
     assert {g.name: round(g.noise4, 9) for g in groups} == truth
     # a block whose layers got different bits is written layer by layer, one whose layers agree as one rule pair
@@ -254,6 +258,51 @@ def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
         "d/lm_head", "d/lm_head/*", "d/layers.0", "d/layers.0/*", "d/layers.1/mlp.up", "d/layers.1/mlp.down", "d/layers.2", "d/layers.2/*", "*"]
     assert recipe.spec_for("d/layers.1/mlp.down").bits == 8 and recipe.spec_for("d/layers.1/mlp.up").bits == 4
     assert isinstance(groups[0], Group)
+
+
+def test_distribution_noise_ignores_a_common_shift_and_weighs_likely_tokens():
+    from edgemfm.quantizers.metrics import distribution_power, distribution_sqnr_db
+
+    ref = np.log(np.array([[0.90, 0.09, 0.01], [0.5, 0.3, 0.2]]))
+    assert distribution_power(ref, 3, ref + np.array([[3.0], [-2.0]])) < 1e-12  # softmax is shift-invariant
+    on_likely, on_unlikely = ref.copy(), ref.copy()
+    on_likely[0, 0] += 0.1
+    on_unlikely[0, 2] += 0.1
+    assert distribution_sqnr_db(ref, on_likely, 3) < distribution_sqnr_db(ref, on_unlikely, 3) - 6
+    # small errors: noise / 2 is the KL divergence of the two distributions, summed over positions
+    got = ref + np.random.default_rng(0).normal(0, 0.01, ref.shape)
+    p, q = (np.exp(z) / np.exp(z).sum(1, keepdims=True) for z in (ref, got))
+    assert np.isclose(distribution_power(ref, 3, got) / 2, np.sum(p * np.log(p / q)), rtol=0.05)
+
+
+def test_judge_measures_the_token_embedding_through_the_decoder(default_bundle, tmp_path):
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+    from edgemfm.quantizers.judge import Judge
+    from edgemfm.quantizers.metrics import outputs, sqnr_db
+    from edgemfm.quantizers.quantize import measured_subset
+    from edgemfm.recipe import FLOAT32
+
+    manifest = read_manifest(default_bundle)
+    feeds = {k: measured_subset(v) for k, v in component_feeds(default_bundle, manifest).items()}
+    int4 = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="rtn")),))
+
+    def probe(component, recipe):
+        if recipe is FLOAT32:
+            return default_bundle / manifest.components[component].file
+        out = tmp_path / f"{component}.onnx"
+        quantize_component(default_bundle / manifest.components[component].file, out, component, recipe, Context([], load_profile("pi5"), tmp_path))
+        return out
+
+    judge = Judge(default_bundle, manifest, feeds, probe)
+    assert [judge.judged_by(c) for c in ("token_embedding", "text_decoder", "vision_encoder")] == ["text_decoder"] * 2 + ["vision_encoder"]
+    assert all(judge.noise(c, FLOAT32) == 0 for c in ("token_embedding", "text_decoder", "vision_encoder"))
+    assert judge.sqnr_db("token_embedding", probe("token_embedding", FLOAT32)) == 200.0
+    own = sqnr_db(judge.refs["token_embedding"], outputs(probe("token_embedding", int4), feeds["token_embedding"], "inputs_embeds"))
+    noise = judge.noise("token_embedding", int4)
+    judged = judge.sqnr_db("token_embedding", probe("token_embedding", int4))
+    assert noise > 0 and judged == round(10 * np.log10(judge.signal("text_decoder") / noise), 2)
+    assert abs(own - judged) > 1, "not the table's own output SQNR"
 
 
 def test_auto_refuses_a_budget_nothing_fits(quantized):
@@ -294,7 +343,7 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
     m = read_manifest(out)
     assert Manifest.from_json(m.to_json()) == m  # the recipe and the report round-trip
-    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8)
+    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, symmetric=False, method="clip_search", activation_bits=8)
     assert m.report["quantization"]["text_decoder"]["quantized_nodes"] == {"MatMulNBits": DECODER_MATMULS}
     assert sum(f.bytes for f in m.files.values()) < 0.3 * 9.6 * 2**20
     tokens = list(edgemfm.load(out).generate_tokens("What is in the picture?", images=[picture], max_new_tokens=4))
@@ -304,6 +353,8 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     text = capsys.readouterr().out
     assert "int4/clip_search/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
     assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
+    judged = m.report["quantization"]["token_embedding"]["judged"]
+    assert judged["by"] == "text_decoder" and f"judged: token_embedding: SQNR {judged['sqnr_db']:.1f} dB on" in text
 
 
 def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placeholder_model):
@@ -345,6 +396,33 @@ def test_clip_search_writes_matmulnbits_that_onnxruntime_reads_as_packed(bits, t
     q, s = clip_search.quantize_blocks(w, bits, 64, (x.astype(np.float64) ** 2).mean(0))
     dequant = (q * s[:, :, None]).reshape(48, -1)[:, :200].T
     assert np.abs(got - x @ dequant).max() < 1e-4
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_asymmetric_clip_search_packs_zero_points_that_onnxruntime_reads(bits, tmp_path):
+    """Each block's own range with a zero point: ORT decodes exactly (q - z) x s, and on weights that lean
+    to one side the error is below the symmetric grid's."""
+    import onnxruntime as ort
+
+    from edgemfm.quantizers import clip_search
+    from edgemfm.quantizers.context import Context
+
+    rng = np.random.default_rng(0)
+    w = (rng.gamma(2.0, size=(200, 48)) - 0.5).astype(np.float32)  # skewed; K padded; 4 blocks: zero points pair up
+    x = rng.standard_normal((6, 200)).astype(np.float32)
+    model = _one_matmul(w)
+    units, _ = weighted_units(model, "c")
+    spec = QuantSpec(bits=bits, group_size=64, symmetric=False, method="clip_search")
+    out = clip_search.apply(model, units, spec, Context([{"x": x}], load_profile("host"), tmp_path))
+    assert [n.op_type for n in out.graph.node] == ["MatMulNBits"] and len(out.graph.node[0].input) == 4
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    h = (x.astype(np.float64) ** 2).mean(0)
+    q, s, z = clip_search.quantize_blocks_asymmetric(w, bits, 64, h)
+    dequant = ((q + 2 ** (bits - 1) - z[:, :, None]) * s[:, :, None]).reshape(48, -1)[:, :200].T
+    assert np.abs(got - x @ dequant).max() < 1e-4
+    q_sym, s_sym = clip_search.quantize_blocks(w, bits, 64, h)
+    symmetric = (q_sym * s_sym[:, :, None]).reshape(48, -1)[:, :200].T
+    assert np.sum((dequant - w) ** 2) < 0.7 * np.sum((symmetric - w) ** 2)
 
 
 def test_clip_search_beats_absmax_rounding_where_the_activations_are():
