@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +226,7 @@ def main() -> None:
             (work / f"{name}.plan.json").write_text(json.dumps(m.report["plan"], indent=1) + "\n")
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
         print(f"{name}: SQNR {sqnr}, float units {len(m.report['float_units'])}", file=sys.stderr, flush=True)
-        print(f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.1f}x "
+        print(f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.2f}x "
               f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |", flush=True)
         shutil.rmtree(stage)
     if not args.work:
