@@ -74,17 +74,23 @@ def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.nda
     return {n: (sums[n] / rows[n], peaks[n]) for n in inputs}
 
 
+def _blocked(w: np.ndarray, block: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """W [K, N] as blocks along K, [N, blocks, block] (K zero-padded to a whole block), and the
+    error weights [1, blocks, block] of their input channels (equal without `weight`)."""
+    k, n = w.shape
+    pad = -k % block
+    wt = np.pad(w.T.astype(np.float32), ((0, 0), (0, pad))).reshape(n, -1, block)
+    h = np.ones(k + pad, np.float32) if weight is None else np.pad(weight.astype(np.float32) + 1e-12, (0, pad))
+    return wt, h.reshape(1, -1, block)
+
+
 def quantize_blocks(w: np.ndarray, bits: int, block: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """W [K, N] -> (signed integers [N, blocks, block], scales [N, blocks]) with searched scales.
 
     `weight` [K]: the error weight of each input channel (None: equal).
     """
-    k, n = w.shape
     qmax = 2 ** (bits - 1) - 1
-    pad = -k % block
-    wt = np.pad(w.T.astype(np.float32), ((0, 0), (0, pad))).reshape(n, -1, block)
-    h = np.ones(k + pad, np.float32) if weight is None else np.pad(weight.astype(np.float32) + 1e-12, (0, pad))
-    h = h.reshape(1, -1, block)
+    wt, h = _blocked(w, block, weight)
     base = np.maximum(np.abs(wt).max(axis=2), 1e-12) / qmax
     best, best_err = base, np.full(base.shape, np.inf, np.float32)
     for shrink in SHRINK:
@@ -106,12 +112,8 @@ def quantize_blocks_asymmetric(w: np.ndarray, bits: int, block: int, weight: np.
     Example:
         >>> q, scales, zeros = quantize_blocks_asymmetric(np.ones((64, 2), np.float32) + 0.5, 4, 64, None)   # doctest: +SKIP
     """
-    k, n = w.shape
     top, mid = 2**bits - 1, 2 ** (bits - 1)
-    pad = -k % block
-    wt = np.pad(w.T.astype(np.float32), ((0, 0), (0, pad))).reshape(n, -1, block)
-    h = np.ones(k + pad, np.float32) if weight is None else np.pad(weight.astype(np.float32) + 1e-12, (0, pad))
-    h = h.reshape(1, -1, block)
+    wt, h = _blocked(w, block, weight)
     lo, hi = np.minimum(wt.min(axis=2), 0.0), np.maximum(wt.max(axis=2), 0.0)  # zero stays on the grid (padding is 0)
     best_s, best_z, best_err = None, None, np.full(lo.shape, np.inf, np.float32)
     for shrink in SHRINK:

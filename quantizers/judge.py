@@ -22,13 +22,14 @@ import math
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgemfm.manifest import Manifest
 from edgemfm.quantizers.calibration import decoder_feeds
 from edgemfm.quantizers.context import Feeds
-from edgemfm.quantizers.metrics import MAX_DB, distribution_power, outputs
+from edgemfm.quantizers.metrics import MAX_DB, agreement, distribution_power, outputs
 from edgemfm.recipe import Recipe
 
 
@@ -95,12 +96,14 @@ class Judge:
     def _embedding_ref(self) -> np.ndarray:
         return self._through_decoder(self._file(self.embedding))
 
+    @cached_property
+    def _distribution_signal(self) -> float:
+        return distribution_power(self.refs[self.decoder], self._vocab) / self._positions
+
     def signal(self, component: str) -> float:
         """The power noise is compared with: the next-token distribution's per position for the decoder,
         else the output's."""
-        if component == self.decoder:
-            return distribution_power(self.refs[component], self._vocab) / self._positions
-        return float(np.sum(self.refs[component] ** 2))
+        return self._distribution_signal if component == self.decoder else float(np.sum(self.refs[component] ** 2))
 
     def noise(self, component: str, recipe: Recipe) -> float:
         """The noise `component` quantized by `recipe` adds to the output that judges it."""
@@ -112,13 +115,29 @@ class Judge:
         if component == self.embedding:
             got = self._through_decoder(probe)
             return distribution_power(self._embedding_ref, self._vocab, got) * self._vocab / got.size
-        got = outputs(probe, self.feeds[component], self._first(component))
+        return self._own_noise(component, outputs(probe, self.feeds[component], self._first(component)))
+
+    def _own_noise(self, component: str, got: np.ndarray) -> float:
+        """The noise in `got`, a component's own outputs on its feeds (any component but the embedding)."""
         if component == self.decoder:
             return distribution_power(self.refs[component], self._vocab, got) / self._positions
         return float(np.sum((self.refs[component] - got) ** 2))
 
-    def sqnr_db(self, component: str, graph: Path) -> float:
-        """SQNR of `graph` (a quantized `component`) on the output that judges it."""
-        noise = self.noise_of(component, graph)
+    def _db(self, component: str, noise: float) -> float:
         signal = self.signal(self.judged_by(component))
         return MAX_DB if noise == 0 else round(min(MAX_DB, 10 * math.log10(signal / noise)), 2)
+
+    def sqnr_db(self, component: str, graph: Path) -> float:
+        """SQNR of `graph` (a quantized `component`) on the output that judges it."""
+        return self._db(component, self.noise_of(component, graph))
+
+    def report(self, component: str, graph: Path) -> dict[str, Any]:
+        """The report's figures for `graph` (a quantized `component`): SQNR and cosine of its own output,
+        and, for the decoder and the token embedding, the SQNR they are judged by. The graph runs once
+        on its feeds (the embedding's judgement runs the float decoder too)."""
+        got = outputs(graph, self.feeds[component], self._first(component))
+        out: dict[str, Any] = agreement(self.refs[component], got)
+        if component in (self.decoder, self.embedding):
+            noise = self._own_noise(component, got) if component == self.decoder else self.noise_of(component, graph)
+            out["judged"] = {"by": self.decoder, "sqnr_db": self._db(component, noise)}
+        return out

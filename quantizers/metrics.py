@@ -94,5 +94,14 @@ def outputs(path: Path | bytes, feeds: Sequence[Feeds], output: str) -> np.ndarr
 
 def compare(reference: np.ndarray, path: Path | bytes, feeds: Sequence[Feeds], output: str) -> dict[str, float]:
     """SQNR and cosine of a quantized graph's `output` against the float `reference` outputs."""
-    got = outputs(path, feeds, output)
+    return agreement(reference, outputs(path, feeds, output))
+
+
+def agreement(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """SQNR and cosine of outputs `got` against the float `reference`, rounded as the report keeps them.
+
+    Example:
+        >>> agreement(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.01]))
+        {'sqnr_db': 51.46, 'cosine': 0.999999}
+    """
     return {"sqnr_db": round(float(sqnr_db(reference, got)), 2), "cosine": round(cosine(reference, got), 6)}

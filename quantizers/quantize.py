@@ -27,7 +27,6 @@ from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
-from edgemfm.quantizers.metrics import compare
 from edgemfm.recipe import Recipe
 from edgemfm.toolchain import quiet_quantizers
 
@@ -94,10 +93,7 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
         if bar:
             bar.update(task, description=f"quantizing {name}", total=None)
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
-        measured = name in judge.feeds
-        entry.update(compare(judge.refs[name], stage / c.file, feeds[name], first[name]) if measured else {"sqnr_db": None, "cosine": None})
-        if measured and judge.judged_by(name) != name or name == judge.decoder:
-            entry["judged"] = {"by": judge.judged_by(name), "sqnr_db": judge.sqnr_db(name, stage / c.file)}
+        entry.update(judge.report(name, stage / c.file) if name in judge.feeds else {"sqnr_db": None, "cosine": None})
         entry["output"] = first[name]
         report[name] = entry
         components[name] = replace(c, weight_bytes=entry["weight_bytes"])
