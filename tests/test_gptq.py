@@ -14,6 +14,7 @@ from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import weighted_units
 from edgemfm.recipe import QuantSpec, Recipe, Rule
+from test_quantizers import _one_matmul
 
 SPEC = QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8)
 
@@ -33,19 +34,6 @@ def _dequant(q: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
 def _sqnr(x: np.ndarray, w: np.ndarray, dq: np.ndarray) -> float:
     y = x @ w
     return float(10 * np.log10((y**2).sum() / ((y - x @ dq) ** 2).sum()))
-
-
-def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
-    """y = x @ w, the weight an initializer: the smallest graph a weight quantizer works on."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    k, n = w.shape
-    g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [numpy_helper.from_array(w, "w")],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
 def test_gptq_beats_rounding_and_searched_scales_on_a_layer_with_enough_tokens():

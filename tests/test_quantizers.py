@@ -365,6 +365,7 @@ def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placehold
 
 
 def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
+    """y = x @ w, the weight an initializer: the smallest graph a weight quantizer works on."""
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = w.shape
