@@ -51,7 +51,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         wav = _speech(Path(tmp) / "speech.wav")
-        table = Table(title="audio pre-processing, best of %d (ms)" % args.repeats)
+        table = Table(title="audio pre-processing, best of %d (ms)" % args.repeats)  # noqa: UP031
         for col in ("step", "edgemfm (numpy)", "reference", "reference ms", "max abs diff"):
             table.add_column(col)
         spec = AudioPreprocess(16000, 400, 160, 80, 480000)
@@ -62,16 +62,28 @@ def main() -> None:
         raw = read_wav(wav)[0][:, 0]
         samples = resample(raw, 22050, 16000)
         theirs = resample_poly(raw.astype(np.float64), 320, 441)
-        table.add_row(f"resample {len(raw) / 22050:.1f} s, 22.05 -> 16 kHz",
-                      f"{_best(lambda: resample(raw, 22050, 16000), args.repeats):.1f}", "scipy resample_poly",
-                      f"{_best(lambda: resample_poly(raw, 320, 441), args.repeats):.1f}", f"{np.abs(samples - theirs).max():.1e}")
+        table.add_row(
+            f"resample {len(raw) / 22050:.1f} s, 22.05 -> 16 kHz",
+            f"{_best(lambda: resample(raw, 22050, 16000), args.repeats):.1f}",
+            "scipy resample_poly",
+            f"{_best(lambda: resample_poly(raw, 320, 441), args.repeats):.1f}",
+            f"{np.abs(samples - theirs).max():.1e}",
+        )
         for mels in (80, 128):
             spec = AudioPreprocess(16000, 400, 160, mels, 480000)
             fe = WhisperFeatureExtractor(feature_size=mels)
-            ours_ms = _best(lambda: log_mel(samples, spec), args.repeats)
-            theirs_ms = _best(lambda: fe(samples, sampling_rate=16000, return_tensors="np"), args.repeats)
-            diff = np.abs(log_mel(samples, spec)[0] - fe(samples, sampling_rate=16000, return_tensors="np").input_features[0]).max()
-            table.add_row(f"log-mel, {mels} bins, one 30 s window", f"{ours_ms:.1f}", "WhisperFeatureExtractor", f"{theirs_ms:.1f}", f"{diff:.1e}")
+            ours_ms = _best(lambda: log_mel(samples, spec), args.repeats)  # noqa: B023
+            theirs_ms = _best(lambda: fe(samples, sampling_rate=16000, return_tensors="np"), args.repeats)  # noqa: B023
+            diff = np.abs(
+                log_mel(samples, spec)[0] - fe(samples, sampling_rate=16000, return_tensors="np").input_features[0]
+            ).max()
+            table.add_row(
+                f"log-mel, {mels} bins, one 30 s window",
+                f"{ours_ms:.1f}",
+                "WhisperFeatureExtractor",
+                f"{theirs_ms:.1f}",
+                f"{diff:.1e}",
+            )
         Console().print(table)
 
 

@@ -26,7 +26,12 @@ from edgemfm.runtimes.cascade import choose_threshold, judge
 def questions(data: Path) -> list[dict]:
     """The held-out questions as cascade items, each with its question type for the breakdown."""
     return [
-        {"question": e.prompt, "answer": e.answer, "images" if e.kind == "image" else "audio": [str(e.media)], "type": f"{e.kind}: {e.prompt}"}
+        {
+            "question": e.prompt,
+            "answer": e.answer,
+            "images" if e.kind == "image" else "audio": [str(e.media)],
+            "type": f"{e.kind}: {e.prompt}",
+        }
         for e in read_examples(data, "eval")
     ]
 
@@ -42,7 +47,9 @@ def main() -> None:
     args = p.parse_args()
     items = questions(args.data)
     large, small = edgemfm.load(args.large), edgemfm.load(args.small)
-    rows = [judge(small, large, item, args.max_new_tokens) for item in track(items, description="small and large answer")]
+    rows = [
+        judge(small, large, item, args.max_new_tokens) for item in track(items, description="small and large answer")
+    ]
     calibration = choose_threshold(rows[0::2], args.tolerance)
     calibration.save(args.out)
     test = list(zip(items[1::2], rows[1::2]))
@@ -53,16 +60,31 @@ def main() -> None:
         by_type[(item["type"], "questions")] += 1
         by_type[(item["type"], "escalated")] += escalated
         by_type[(item["type"], "cascade")] += large_ok if escalated else small_ok
-    print(json.dumps({
-        "calibration": {"questions": calibration.questions, "threshold": calibration.threshold, "escalated": calibration.escalated},
-        "test_questions": n,
-        "small_accuracy": round(sum(r[1] for _, r in test) / n, 4),
-        "large_accuracy": round(sum(r[2] for _, r in test) / n, 4),
-        "cascade_accuracy": round(sum(r[2] if e else r[1] for (_, r), e in zip(test, up)) / n, 4),
-        "escalated": round(sum(up) / n, 4),
-        "by_type": {t: {"questions": by_type[(t, "questions")], "escalated": by_type[(t, "escalated")], "cascade_right": by_type[(t, "cascade")]}
-                    for t in sorted({i["type"] for i, _ in test})},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "calibration": {
+                    "questions": calibration.questions,
+                    "threshold": calibration.threshold,
+                    "escalated": calibration.escalated,
+                },
+                "test_questions": n,
+                "small_accuracy": round(sum(r[1] for _, r in test) / n, 4),
+                "large_accuracy": round(sum(r[2] for _, r in test) / n, 4),
+                "cascade_accuracy": round(sum(r[2] if e else r[1] for (_, r), e in zip(test, up)) / n, 4),
+                "escalated": round(sum(up) / n, 4),
+                "by_type": {
+                    t: {
+                        "questions": by_type[(t, "questions")],
+                        "escalated": by_type[(t, "escalated")],
+                        "cascade_right": by_type[(t, "cascade")],
+                    }
+                    for t in sorted({i["type"] for i, _ in test})
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

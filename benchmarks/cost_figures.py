@@ -25,7 +25,9 @@ def main() -> None:
     args = parser.parse_args()
     profile = load_profile(args.device)
     figures = cost_figures(profile.peak_fp32_gflops / profile.cpu_cores, args.repeats)
-    print(f"# measured {time.strftime('%Y-%m-%d')} by benchmarks/cost_figures.py, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"# measured {time.strftime('%Y-%m-%d')} by benchmarks/cost_figures.py, load average {os.getloadavg()[0]:.1f}"
+    )
     print("[cost]")
     for name, value in figures.items():
         print(f"{name} = {value:.3g}")

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
-from edgemfm.bundle import read_manifest
 from dataclasses import replace
 
+from edgemfm.bundle import read_manifest
 from edgemfm.cost import Estimate, predict
 from edgemfm.measure import cost_figures, measure
 from edgemfm.profiles import load_profile
@@ -34,7 +33,9 @@ def predictions(manifest, profile, context: int, prefill: int) -> dict[str, Esti
     return out
 
 
-def compare(bundle: str, device: str, context: int, prefill: int, repeats: int) -> list[tuple[str, str, float, float, float, str]]:
+def compare(
+    bundle: str, device: str, context: int, prefill: int, repeats: int
+) -> list[tuple[str, str, float, float, float, str]]:
     """(call, work, predicted ms, predicted on figures re-measured now, measured ms, bound) for each call."""
     manifest, profile = read_manifest(bundle), load_profile(device)
     now = replace(profile, cost=replace(profile.cost, **cost_figures(profile.peak_fp32_gflops / profile.cpu_cores)))
@@ -54,7 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = compare(args.bundle, args.device, args.context, args.prefill, args.repeats)
     print(f"load average {os.getloadavg()[0]:.1f}; one thread, least process CPU time of {args.repeats} calls\n")
-    print("| component | one call | predicted ms (profile) | measured ms | measured / predicted | predicted ms (figures re-measured in this run) | measured / that | bound |")
+    print(
+        "| component | one call | predicted ms (profile) | measured ms | measured / predicted | predicted ms (figures re-measured in this run) | measured / that | bound |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for key, work, p, now, m, bound in rows:

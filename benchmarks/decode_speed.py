@@ -35,7 +35,18 @@ def main() -> None:
         n = 1 + sum(1 for _ in tokens)
         rates.append((n - 1) / (time.perf_counter() - start))
         cpu_rates.append((n - 1) / (time.process_time() - cpu))
-    print(json.dumps({"bundle": args.bundle, "provider": pipe.provider, "tokens": n, "best_tok_s": round(max(rates), 1), "median_tok_s": round(sorted(rates)[len(rates) // 2], 1), "best_cpu_tok_s": round(max(cpu_rates), 1)}))
+    print(
+        json.dumps(
+            {
+                "bundle": args.bundle,
+                "provider": pipe.provider,
+                "tokens": n,
+                "best_tok_s": round(max(rates), 1),
+                "median_tok_s": round(sorted(rates)[len(rates) // 2], 1),
+                "best_cpu_tok_s": round(max(cpu_rates), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

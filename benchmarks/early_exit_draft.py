@@ -34,7 +34,11 @@ def main() -> None:
         lm = model.model.language_model
         lm.layers = lm.layers[: args.layers]
         model.config.text_config.num_hidden_layers = args.layers
-        model.config.text_config.layer_types = model.config.text_config.layer_types[: args.layers] if getattr(model.config.text_config, "layer_types", None) else None
+        model.config.text_config.layer_types = (
+            model.config.text_config.layer_types[: args.layers]
+            if getattr(model.config.text_config, "layer_types", None)
+            else None
+        )
         draft = Path(scratch) / "draft"
         model.save_pretrained(draft)
         AutoTokenizer.from_pretrained(src).save_pretrained(draft)

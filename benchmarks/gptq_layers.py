@@ -20,7 +20,11 @@ import numpy as np
 
 from edgemfm.quantizers import clip_search, gptq
 
-LAYERS = [f"model.layers.{i}.{p}" for i in (1, 14, 28) for p in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
+LAYERS = [
+    f"model.layers.{i}.{p}"
+    for i in (1, 14, 28)
+    for p in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+]
 
 
 def _dequant(q: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
@@ -35,9 +39,8 @@ def _int8_blocks(x: np.ndarray, block: int = 64) -> np.ndarray:
 
 def main() -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from smollm2_perplexity import gguf_dir, wordnet_folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
@@ -48,14 +51,20 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     mods = dict(model.named_modules())
     caps: dict[str, list[np.ndarray]] = {k: [] for k in LAYERS}
-    hooks = [mods[k].register_forward_pre_hook(lambda m, a, k=k: caps[k].append(a[0].reshape(-1, a[0].shape[-1]).double().numpy()))
-             for k in LAYERS]
+    hooks = [
+        mods[k].register_forward_pre_hook(
+            lambda m, a, k=k: caps[k].append(a[0].reshape(-1, a[0].shape[-1]).double().numpy())
+        )
+        for k in LAYERS
+    ]
     with torch.no_grad():
         for line in lines:
             model(input_ids=torch.tensor([tok(line)["input_ids"]]))
     for h in hooks:
         h.remove()
-    print("| layer | calibration rows | RTN | clip_search | GPTQ | RTN a8 | clip_search a8 | GPTQ a8 | float weights a8 |")
+    print(
+        "| layer | calibration rows | RTN | clip_search | GPTQ | RTN a8 | clip_search a8 | GPTQ a8 | float weights a8 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for k in LAYERS:
         cal, held = np.concatenate(caps[k][:12]), np.concatenate(caps[k][12:])
@@ -68,7 +77,7 @@ def main() -> None:
             "gptq": _dequant(*gptq.quantize_blocks(w, 4, 64, cal.T @ cal), w.shape[0]),
         }
         y = held @ w
-        sq = lambda x, d: 10 * np.log10((y**2).sum() / ((y - x @ d) ** 2).sum())  # noqa: E731
+        sq = lambda x, d: 10 * np.log10((y**2).sum() / ((y - x @ d) ** 2).sum())  # noqa: B023, E731
         cells = [sq(held, d) for d in deq.values()] + [sq(_int8_blocks(held), d) for d in (*deq.values(), w)]
         print(f"| {k} | {cal.shape[0]} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
 

@@ -27,11 +27,27 @@ def session(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None) -> ort.
     inits = [numpy_helper.from_array(pack(q, 4), "q"), numpy_helper.from_array(scales.reshape(-1), "s")]
     if zeros is not None:
         inits.append(numpy_helper.from_array(pack_zero_points(zeros, 4).reshape(-1), "z"))
-    node = helper.make_node("MatMulNBits", ["x", *(i.name for i in inits)], ["y"], domain="com.microsoft",
-                            K=K, N=N, bits=4, block_size=BLOCK, accuracy_level=4)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", *(i.name for i in inits)],
+        ["y"],
+        domain="com.microsoft",
+        K=K,
+        N=N,
+        bits=4,
+        block_size=BLOCK,
+        accuracy_level=4,
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, N])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -51,7 +51,9 @@ from edgemfm.quantizers.structure import count_parameters
 SETTINGS = {  # MLP first: the target row (at least 20% of the MLP parameters) comes early on a loaded machine
     "mlp 10%": PruneConfig(mlp=0.1),
     "mlp 20%": PruneConfig(mlp=0.2),  # 307 of 1536 channels: 19.99%
-    "mlp 21%": PruneConfig(mlp=0.21),  # 323 of 1536: the smallest round cut with at least 20% of the MLP parameters gone
+    "mlp 21%": PruneConfig(
+        mlp=0.21
+    ),  # 323 of 1536: the smallest round cut with at least 20% of the MLP parameters gone
     "mlp 30%": PruneConfig(mlp=0.3),
     "blocks 10% (3 of 30)": PruneConfig(blocks=3),
     "blocks 20% (6 of 30)": PruneConfig(blocks=6),
@@ -94,7 +96,12 @@ def retune(model, tokenizer, train: list, feats, steps: int, lr: float, bar) -> 
         losses = _tune(model, train, feats, tokenizer, steps, 8, lr, random.Random(0), bar, Path(adapters), steps)
     model.requires_grad_(False)
     model.eval()
-    return {"steps": steps, "lr": lr, "loss": {"first": sum(losses[:4]) / 4, "last": sum(losses[-4:]) / 4}, "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "steps": steps,
+        "lr": lr,
+        "loss": {"first": sum(losses[:4]) / 4, "last": sum(losses[-4:]) / 4},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def accuracy(model, tokenizer, held_out, feats, bar) -> dict:
@@ -107,7 +114,12 @@ def accuracy(model, tokenizer, held_out, feats, bar) -> dict:
         by_prompt.setdefault(e.prompt, [0, 0])[1] += 1
     for m in report["misses"]:
         by_prompt[m["prompt"]][0] += 1
-    return {"right": right, "questions": n, "by_prompt": {p: t - miss for p, (miss, t) in by_prompt.items()}, "misses": report["misses"][:12]}
+    return {
+        "right": right,
+        "questions": n,
+        "by_prompt": {p: t - miss for p, (miss, t) in by_prompt.items()},
+        "misses": report["misses"][:12],
+    }
 
 
 def save_checkpoint(model, source: Path, out: Path) -> Path:
@@ -132,21 +144,48 @@ def slug(name: str) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="the demo data folder (samples/demo_model/build_dataset.py)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="the demo data folder (samples/demo_model/build_dataset.py)"
+    )
     parser.add_argument("--work", type=Path, required=True, help="checkpoints, bundles and measured rows are kept here")
-    parser.add_argument("--cache", type=Path, help="frozen-tower feature cache (edgemfm finetune --cache); default WORK/cache")
+    parser.add_argument(
+        "--cache", type=Path, help="frozen-tower feature cache (edgemfm finetune --cache); default WORK/cache"
+    )
     parser.add_argument("--only", nargs="+", help="settings whose name starts with these words (default: all)")
     parser.add_argument("--recover", type=int, default=64, help="distillation steps per setting (0: none)")
     # 1e-4 (recovery.py's default, right for text) took mlp 10% from 91.6 to 72.4% in 8 steps here
     parser.add_argument("--recover-lr", type=float, default=2e-5, help="AdamW learning rate of the distillation")
-    parser.add_argument("--recover-questions", type=int, default=32, help="training questions per question type for recovery")
-    parser.add_argument("--recover-ce", type=float, default=0.0, help="weight of cross-entropy on the true answers added to the KL (0: KL only)")
-    parser.add_argument("--retune", type=int, default=0, help="after recovery, re-tune the projectors against the pruned decoder (finetune's stage 2) for this many steps")
+    parser.add_argument(
+        "--recover-questions", type=int, default=32, help="training questions per question type for recovery"
+    )
+    parser.add_argument(
+        "--recover-ce",
+        type=float,
+        default=0.0,
+        help="weight of cross-entropy on the true answers added to the KL (0: KL only)",
+    )
+    parser.add_argument(
+        "--retune",
+        type=int,
+        default=0,
+        help="after recovery, re-tune the projectors against the pruned decoder (finetune's stage 2) for this many steps",
+    )
     # finetune's 1e-3 trains the projectors from their alignment; these start already tuned
-    parser.add_argument("--retune-lr", type=float, default=1e-4, help="peak learning rate of --retune (half cosine to a tenth)")
+    parser.add_argument(
+        "--retune-lr", type=float, default=1e-4, help="peak learning rate of --retune (half cosine to a tenth)"
+    )
     parser.add_argument("--no-export", action="store_true", help="skip bundle size and latency")
-    parser.add_argument("--int8", metavar="SETTING", choices=list(SETTINGS), help="prune SETTING, recover, export int8 for host and answer the held-out set with it")
-    parser.add_argument("--reference", type=Path, help="with --no-export: the unpruned fp32 host bundle whose size the pruned ones are computed from")
+    parser.add_argument(
+        "--int8",
+        metavar="SETTING",
+        choices=list(SETTINGS),
+        help="prune SETTING, recover, export int8 for host and answer the held-out set with it",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="with --no-export: the unpruned fp32 host bundle whose size the pruned ones are computed from",
+    )
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args()
@@ -189,21 +228,32 @@ def main() -> None:
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
     base = load(source)
     base.requires_grad_(False)
-    train, held_out = read_examples(args.data, "train"), read_examples(args.data, "eval")[1::2]  # cascade.py's test half
+    train, held_out = (
+        read_examples(args.data, "train"),
+        read_examples(args.data, "eval")[1::2],
+    )  # cascade.py's test half
     rows_file = work / "rows.json"
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
-    recovery = RecoveryConfig(steps=args.recover, lr=args.recover_lr, label_weight=args.recover_ce) if args.recover else None
+    recovery = (
+        RecoveryConfig(steps=args.recover, lr=args.recover_lr, label_weight=args.recover_ce) if args.recover else None
+    )
     with Progress(transient=True) as bar:
-        feats = _features(base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache")
+        feats = _features(
+            base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache"
+        )
         calibration = embedded(base, tokenizer, questions_by_type(train, PER_TYPE), feats)[0]
-        recovery_data, recovery_labels = embedded(base, tokenizer, questions_by_type(train, args.recover_questions, seed=1), feats)
+        recovery_data, recovery_labels = embedded(
+            base, tokenizer, questions_by_type(train, args.recover_questions, seed=1), feats
+        )
         settings = [(args.int8, SETTINGS[args.int8])] if args.int8 else [("none", None), *SETTINGS.items()]
         for name, config in settings:
             if args.only and not name.startswith(tuple(args.only)) and name != "none":
                 continue
             key = "none" if config is None else f"{name} | {recipe(args)}" + (" | int8" if args.int8 else "")
             bundle = work / "bundles" / slug(name)
-            export = not (args.int8 or args.no_export or bundle.is_dir())  # bundles are kept apart from the rows: a cached row may lack one
+            export = not (
+                args.int8 or args.no_export or bundle.is_dir()
+            )  # bundles are kept apart from the rows: a cached row may lack one
             if key in rows and not export:
                 continue
             model, shape = pruned_copy(base, config, calibration, bar)
@@ -216,8 +266,16 @@ def main() -> None:
                 if recovery is not None and config is not None:
                     lm = model.language_model
                     lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
-                    row["recovery"] = distil(lm, base.language_model, None, [], recovery, sequences=recovery_data, progress=bar,
-                                             labels=recovery_labels)
+                    row["recovery"] = distil(
+                        lm,
+                        base.language_model,
+                        None,
+                        [],
+                        recovery,
+                        sequences=recovery_data,
+                        progress=bar,
+                        labels=recovery_labels,
+                    )
                     row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
                     if args.retune:
                         row["retune"] = retune(model, tokenizer, train, feats, args.retune, args.retune_lr, bar)
@@ -251,7 +309,12 @@ def int8_row(model, source: Path, work: Path, name: str, held_out: list, data: P
         got = "".join(pipe.generate(e.prompt, max_new_tokens=8, **media))
         right.append(normalize(got) == normalize(e.answer))
     size = sum(f.stat().st_size for f in bundle.iterdir())
-    return {"int8_bundle_bytes": size, "int8_export_s": round(seconds, 1), "int8_right": sum(right), "int8_questions": len(right)}
+    return {
+        "int8_bundle_bytes": size,
+        "int8_export_s": round(seconds, 1),
+        "int8_right": sum(right),
+        "int8_questions": len(right),
+    }
 
 
 def print_table(rows: dict, args, work: Path) -> None:
@@ -265,30 +328,45 @@ def print_table(rows: dict, args, work: Path) -> None:
     if not args.no_export and all(b.is_dir() for b in bundles):
         bench_file = work / "bench.json"
         report = json.loads(bench_file.read_text()) if bench_file.is_file() else {"results": []}
-        if sorted(Path(r["bundle"]).name for r in report["results"]) != sorted(b.name for b in bundles):  # a new row: all again, side by side
+        if sorted(Path(r["bundle"]).name for r in report["results"]) != sorted(
+            b.name for b in bundles
+        ):  # a new row: all again, side by side
             report = bench([str(b) for b in bundles], BenchConfig(tokens=args.tokens, repeats=args.repeats))
             bench_file.write_text(json.dumps(report, indent=1) + "\n")
         measured = {Path(r["bundle"]).name: r for r in report["results"]}
         m = report["machine"]
-        print(f"\n{m.get('cpu', '')}; load average {m.get('load_average')}; memory read bandwidth {report['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s")
+        print(
+            f"\n{m.get('cpu', '')}; load average {m.get('load_average')}; memory read bandwidth {report['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s"
+        )
     base = next(r for r in rows.values() if r["setting"] == "none")
     # without exports: the unpruned bundle less 4 bytes per removed fp32 parameter (the graph's
     # own bytes, a few KiB a layer, are not counted), marked "computed"
     reference = sum(f.stat().st_size for f in args.reference.iterdir()) if args.reference else None
-    print("\n| pruned | decoder parameters | MLP parameters removed | fp32 bundle MiB | first token ms | decode tok/s | exact match (154 held-out) | after recovery |")
+    print(
+        "\n| pruned | decoder parameters | MLP parameters removed | fp32 bundle MiB | first token ms | decode tok/s | exact match (154 held-out) | after recovery |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows.values():
         b = measured.get(slug(r["setting"]))
         if b:
             size = f"{b['size_bytes'] / 2**20:.1f} | {b['ttft_s'] * 1e3:.0f} | {b['decode_tokens_per_s']:.1f}"
         else:
-            computed = (reference - 4 * (base["decoder_parameters"] - r["decoder_parameters"])) / 2**20 if reference else None
+            computed = (
+                (reference - 4 * (base["decoder_parameters"] - r["decoder_parameters"])) / 2**20 if reference else None
+            )
             size = (f"{computed:.1f} (computed)" if computed else "-") + " | - | -"
         acc = r["accuracy"]
         rec = r.get("recovered_accuracy")
-        recovered = f"{rec['right'] / rec['questions']:.1%} (KL {r['recovery']['loss']['first']:.2f} -> {r['recovery']['loss']['last']:.2f}, {r['recovery']['seconds']:.0f} s)" if rec else "-"
+        recovered = (
+            f"{rec['right'] / rec['questions']:.1%} (KL {r['recovery']['loss']['first']:.2f} -> {r['recovery']['loss']['last']:.2f}, {r['recovery']['seconds']:.0f} s)"
+            if rec
+            else "-"
+        )
         mlp_removed = 1 - r["mlp_parameters"] / base["mlp_parameters"]
-        print(f"| {r['setting']} | {r['decoder_parameters'] / 1e6:.2f} M | {mlp_removed:.1%} | {size} | {acc['right'] / acc['questions']:.1%} | {recovered} |")
+        print(
+            f"| {r['setting']} | {r['decoder_parameters'] / 1e6:.2f} M | {mlp_removed:.1%} | {size} | {acc['right'] / acc['questions']:.1%} | {recovered} |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -70,7 +70,9 @@ def bundle_figures(model, tokenizer, scratch: Path, tokens: int, repeats: int) -
     wall, cpu = [], []
     for _ in range(repeats):
         # a sentence cut in the middle: the model goes on writing instead of ending its answer
-        stream = pipe.generate_tokens("Once upon a time, in a small village by the sea, there lived an old", max_new_tokens=tokens)
+        stream = pipe.generate_tokens(
+            "Once upon a time, in a small village by the sea, there lived an old", max_new_tokens=tokens
+        )
         next(stream)  # the first token comes out of prefill
         start, cpu_start = time.perf_counter(), time.process_time()
         n = sum(1 for _ in stream)
@@ -93,7 +95,11 @@ def figures_or_refusal(model, tokenizer, scratch: Path, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", help="settings whose name starts with these words, e.g. mlp or 'blocks 30%%' (default: all)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        help="settings whose name starts with these words, e.g. mlp or 'blocks 30%%' (default: all)",
+    )
     parser.add_argument("--recover", type=int, default=32, help="distillation steps per setting (0: skip recovery)")
     parser.add_argument("--no-export", action="store_true", help="skip bundle size and latency")
     parser.add_argument("--tokens", type=int, default=32)
@@ -111,11 +117,17 @@ def main() -> None:
     ids = torch.tensor([tokenizer(EVAL_TEXT.read_text())["input_ids"]])
     texts = read_texts(None)
     recovery = RecoveryConfig(steps=args.recover) if args.recover else None
-    sequences = teacher_sequences(base, tokenizer, texts, recovery) if recovery else None  # one teacher text for every row
+    sequences = (
+        teacher_sequences(base, tokenizer, texts, recovery) if recovery else None
+    )  # one teacher text for every row
     total, embedding = count_parameters(base), base.get_input_embeddings().weight.numel()
-    print(f"eval tokens: {ids.shape[1]}; embedding (tied, never pruned): {embedding:,} parameters; "
-          f"recovery: {args.recover} steps on {len(texts)} calibration texts continued by the unpruned model\n")
-    print("| pruned | parameters | non-embedding removed | bundle MiB | decode ms/token (wall, CPU) | perplexity | after recovery |")
+    print(
+        f"eval tokens: {ids.shape[1]}; embedding (tied, never pruned): {embedding:,} parameters; "
+        f"recovery: {args.recover} steps on {len(texts)} calibration texts continued by the unpruned model\n"
+    )
+    print(
+        "| pruned | parameters | non-embedding removed | bundle MiB | decode ms/token (wall, CPU) | perplexity | after recovery |"
+    )
     print("|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory(prefix="prune-bench-") as scratch:
         for name, config in [("none", None), *SETTINGS]:
@@ -131,7 +143,10 @@ def main() -> None:
             if recovery and config is not None:
                 report = distil(model, base, tokenizer, texts, recovery, sequences=sequences)
                 recovered = f"{perplexity(model, ids):.2f} (KL {report['loss']['first']:.2f} -> {report['loss']['last']:.2f}, {report['seconds']:.0f} s)"
-            print(f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {size} | {ppl:.2f} | {recovered} |", flush=True)
+            print(
+                f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {size} | {ppl:.2f} | {recovered} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,11 @@ def main() -> None:
         for format in ("onnx", "pte"):
             start = time.perf_counter()
             bundle = edgemfm.export(
-                args.model, device=args.device, out=Path(tmp) / format, format=format, progress=False,
+                args.model,
+                device=args.device,
+                out=Path(tmp) / format,
+                format=format,
+                progress=False,
                 max_seq_len=args.max_seq_len if format == "pte" else None,
             )
             seconds = time.perf_counter() - start

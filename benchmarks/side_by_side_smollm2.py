@@ -38,13 +38,27 @@ ROWS = {  # name -> (row spec for side_by_side_smollm2_rows.py, what the weights
     "ort-int8-dynamic": ("ort:ort-int8-dynamic/model.onnx", "int8 per-tensor weights, dynamic u8 activations"),
     "ort-int8-static": ("ort:ort-int8-static/model.onnx", "int8 per-tensor weights and activations (QDQ, MinMax)"),
     "genai-int4": ("genai:genai-int4", "int4 g32 MatMulNBits, accuracy_level 4"),
-    "genai-int4-graph-python-loop": ("ort:genai-int4/model.onnx", "genai's int4 graph under the Python loop of ort-fp32: loop vs graph"),
-    "executorch-8da4w": ("executorch:executorch/smollm2_8da4w.pte", "int4 g64 weights, int8 dynamic activations; fp32 embedding"),
+    "genai-int4-graph-python-loop": (
+        "ort:genai-int4/model.onnx",
+        "genai's int4 graph under the Python loop of ort-fp32: loop vs graph",
+    ),
+    "executorch-8da4w": (
+        "executorch:executorch/smollm2_8da4w.pte",
+        "int4 g64 weights, int8 dynamic activations; fp32 embedding",
+    ),
     "edgemfm-fp32": ("edgemfm:edgemfm-fp32", "fp32"),
-    "edgemfm-int8": ("edgemfm:edgemfm-int8", "host int8 preset: smoothed, int8 g32 MatMulNBits, int8 compute; int8 embedding"),
-    "edgemfm-int4": ("edgemfm:edgemfm-int4", "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding"),
+    "edgemfm-int8": (
+        "edgemfm:edgemfm-int8",
+        "host int8 preset: smoothed, int8 g32 MatMulNBits, int8 compute; int8 embedding",
+    ),
+    "edgemfm-int4": (
+        "edgemfm:edgemfm-int4",
+        "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding",
+    ),
 }
-CALIBRATION = HERE.parent / "quantizers" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
+CALIBRATION = (
+    HERE.parent / "quantizers" / "calibration_en.txt"
+)  # edgemfm's built-in sentences: nothing from eval_en.txt
 CALIBRATION_SENTENCES, CALIBRATION_STEPS, CALIBRATION_WINDOW = 8, 4, 344  # 344: eval_en.txt's length in tokens
 
 
@@ -89,8 +103,15 @@ def build_plain_onnx(work: Path) -> None:
     axes = {("input_ids" if k == "inputs_embeds" else k): v for k, v in unit.dynamic_axes.items()}
     out = work / "plain.partial"
     out.mkdir(exist_ok=True)
-    torch.onnx.export(IdsDecoder().eval(), (ids, *unit.args[1:]), out / "model.onnx", dynamo=True,
-                      input_names=["input_ids", *unit.input_names[1:]], output_names=list(unit.output_names), dynamic_axes=axes)
+    torch.onnx.export(
+        IdsDecoder().eval(),
+        (ids, *unit.args[1:]),
+        out / "model.onnx",
+        dynamo=True,
+        input_names=["input_ids", *unit.input_names[1:]],
+        output_names=list(unit.output_names),
+        dynamic_axes=axes,
+    )
     out.rename(work / "plain")
 
 
@@ -115,14 +136,19 @@ def build_ort_int8_static(work: Path) -> None:
     """
     import numpy as np
     from onnxruntime.quantization import quantize_static
+    from side_by_side_smollm2_rows import OrtDecoder
     from tokenizers import Tokenizer
 
     from edgemfm.quantizers.context import FeedReader
-    from side_by_side_smollm2_rows import OrtDecoder
 
     config = json.loads((work / "hf" / "config.json").read_text())
     tokenizer = Tokenizer.from_file(str(work / "hf" / "tokenizer.json"))
-    fp32 = OrtDecoder(work / "plain" / "model.onnx", 0, config["num_key_value_heads"], config["hidden_size"] // config["num_attention_heads"])
+    fp32 = OrtDecoder(
+        work / "plain" / "model.onnx",
+        0,
+        config["num_key_value_heads"],
+        config["hidden_size"] // config["num_attention_heads"],
+    )
     feeds = []
     for line in CALIBRATION.read_text().splitlines()[:CALIBRATION_SENTENCES]:
         ids = tokenizer.encode(line).ids
@@ -146,8 +172,24 @@ def build_genai(work: Path, threads: int) -> None:
     out = work / "genai-int4.partial"
     from side_by_side import run
 
-    run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(work / "hf"), "-o", str(out), "-p", "int4", "-e", "cpu",
-         "-c", str(work / "genai-cache")], work / "genai-int4.log")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(work / "hf"),
+            "-o",
+            str(out),
+            "-p",
+            "int4",
+            "-e",
+            "cpu",
+            "-c",
+            str(work / "genai-cache"),
+        ],
+        work / "genai-int4.log",
+    )
     config = json.loads((out / "genai_config.json").read_text())
     config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads  # every row gets the same threads
     (out / "genai_config.json").write_text(json.dumps(config, indent=1))
@@ -162,22 +204,41 @@ def build_executorch(work: Path) -> None:
     out = work / "executorch.partial"
     out.mkdir(exist_ok=True)
     config = json.loads((work / "hf" / "config.json").read_text())
-    names = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
-             "self_attn.o_proj": "attention.wo", "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3"}
+    names = {
+        "self_attn.q_proj": "attention.wq",
+        "self_attn.k_proj": "attention.wk",
+        "self_attn.v_proj": "attention.wv",
+        "self_attn.o_proj": "attention.wo",
+        "input_layernorm": "attention_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "feed_forward.w1",
+        "mlp.down_proj": "feed_forward.w2",
+        "mlp.up_proj": "feed_forward.w3",
+    }
     state = {}
     for key, value in load_file(work / "hf" / "model.safetensors").items():
         if key in ("model.embed_tokens.weight", "model.norm.weight"):
-            state[{"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight"}[key]] = value
+            state[{"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight"}[key]] = (
+                value
+            )
         else:
             _, _, layer, *rest = key.split(".")
             state[f"layers.{layer}.{names['.'.join(rest[:-1])]}.weight"] = value
     state["output.weight"] = state["tok_embeddings.weight"]  # tied
     torch.save(state, out / "checkpoint.pth")
-    params = {"dim": config["hidden_size"], "hidden_dim": config["intermediate_size"], "n_heads": config["num_attention_heads"],
-              "n_kv_heads": config["num_key_value_heads"], "n_layers": config["num_hidden_layers"], "norm_eps": config["rms_norm_eps"],
-              "rope_theta": config["rope_parameters"]["rope_theta"], "vocab_size": config["vocab_size"], "use_hf_rope": True,
-              "use_scaled_rope": False, "ffn_dim_multiplier": 1.0}
+    params = {
+        "dim": config["hidden_size"],
+        "hidden_dim": config["intermediate_size"],
+        "n_heads": config["num_attention_heads"],
+        "n_kv_heads": config["num_key_value_heads"],
+        "n_layers": config["num_hidden_layers"],
+        "norm_eps": config["rms_norm_eps"],
+        "rope_theta": config["rope_parameters"]["rope_theta"],
+        "vocab_size": config["vocab_size"],
+        "use_hf_rope": True,
+        "use_scaled_rope": False,
+        "ffn_dim_multiplier": 1.0,
+    }
     (out / "params.json").write_text(json.dumps(params))
     (out / "config.yaml").write_text(f"""base:
   model_class: smollm2
@@ -191,7 +252,16 @@ export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve
 """)
     from side_by_side import run
 
-    run([sys.executable, "-m", "executorch.extension.llm.export.export_llm", "--config", str((out / "config.yaml").resolve())], work / "executorch.log")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "executorch.extension.llm.export.export_llm",
+            "--config",
+            str((out / "config.yaml").resolve()),
+        ],
+        work / "executorch.log",
+    )
     (out / "checkpoint.pth").unlink()
     out.rename(work / "executorch")
 
@@ -199,15 +269,37 @@ export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve
 def build_edgemfm(work: Path, precision: str) -> None:
     from side_by_side import run
 
-    run([sys.executable, "-m", "edgemfm.cli", "export", "--model", str(work / "hf"), "--device", "host", "--precision", precision,
-         "--out", str(work / f"edgemfm-{precision}"), "--force"], work / f"edgemfm-{precision}.log")
+    run(
+        [
+            sys.executable,
+            "-m",
+            "edgemfm.cli",
+            "export",
+            "--model",
+            str(work / "hf"),
+            "--device",
+            "host",
+            "--precision",
+            precision,
+            "--out",
+            str(work / f"edgemfm-{precision}"),
+            "--force",
+        ],
+        work / f"edgemfm-{precision}.log",
+    )
 
 
 def build(work: Path, rows: list[str], options: dict) -> None:
     """Every artifact the rows need, built once: a present directory is reused."""
-    steps = {"hf": build_hf, "plain": build_plain_onnx, "ort-int8-dynamic": build_ort_int8, "ort-int8-static": build_ort_int8_static,
-             "genai-int4": lambda w: build_genai(w, options["threads"]), "executorch": build_executorch,
-             **{f"edgemfm-{p}": (lambda w, p=p: build_edgemfm(w, p)) for p in ("fp32", "int8", "int4")}}
+    steps = {
+        "hf": build_hf,
+        "plain": build_plain_onnx,
+        "ort-int8-dynamic": build_ort_int8,
+        "ort-int8-static": build_ort_int8_static,
+        "genai-int4": lambda w: build_genai(w, options["threads"]),
+        "executorch": build_executorch,
+        **{f"edgemfm-{p}": (lambda w, p=p: build_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
+    }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:
         needs.add("plain")
@@ -222,9 +314,19 @@ def settings(work: Path, options: dict) -> dict:
 
     tokenizer = Tokenizer.from_file(str(work / "hf" / "tokenizer.json"))
     config = json.loads((work / "hf" / "config.json").read_text())
-    s = {"prompt": PROMPT, "prompt_ids": tokenizer.encode(PROMPT).ids, "text": str(EVAL_TEXT), "text_ids": tokenizer.encode(EVAL_TEXT.read_text()).ids,
-         "tokens": options["tokens"], "repeats": options["repeats"], "threads": options["threads"], "vocab": config["vocab_size"],
-         "hidden": config["hidden_size"], "kv_heads": config["num_key_value_heads"], "head_dim": config["hidden_size"] // config["num_attention_heads"]}
+    s = {
+        "prompt": PROMPT,
+        "prompt_ids": tokenizer.encode(PROMPT).ids,
+        "text": str(EVAL_TEXT),
+        "text_ids": tokenizer.encode(EVAL_TEXT.read_text()).ids,
+        "tokens": options["tokens"],
+        "repeats": options["repeats"],
+        "threads": options["threads"],
+        "vocab": config["vocab_size"],
+        "hidden": config["hidden_size"],
+        "kv_heads": config["num_key_value_heads"],
+        "head_dim": config["hidden_size"] // config["num_attention_heads"],
+    }
     s["prompt_tokens"], s["text_tokens"] = len(s["prompt_ids"]), len(s["text_ids"])
     return s
 

@@ -30,8 +30,11 @@ def timed_runs(once, repeats: int) -> dict:
     once()
     runs = [once() for _ in range(repeats)]
     keys = ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s")
-    return {"peak_rss_bytes": peak_resident_bytes(), **{k: statistics.median(r[i] for r in runs) for i, k in enumerate(keys)},
-            "runs": {k: [r[i] for r in runs] for i, k in enumerate(keys)}}
+    return {
+        "peak_rss_bytes": peak_resident_bytes(),
+        **{k: statistics.median(r[i] for r in runs) for i, k in enumerate(keys)},
+        "runs": {k: [r[i] for r in runs] for i, k in enumerate(keys)},
+    }
 
 
 class Clock:
@@ -46,7 +49,11 @@ class Clock:
 
     def rates(self, tokens: int) -> tuple[float, float, float]:
         """(seconds to the first token, tokens/s after it, tokens per CPU second after it) for `tokens` generated."""
-        return self.wall - self.start, (tokens - 1) / (time.perf_counter() - self.wall), (tokens - 1) / (time.process_time() - self.cpu)
+        return (
+            self.wall - self.start,
+            (tokens - 1) / (time.perf_counter() - self.wall),
+            (tokens - 1) / (time.process_time() - self.cpu),
+        )
 
 
 def onnx_weight_bytes(path: Path) -> int:
@@ -83,7 +90,11 @@ class OrtDecoder:
     def feeds(self, ids: list[int], past: list[np.ndarray] | None, at: int) -> dict[str, np.ndarray]:
         """The graph's inputs for `ids` at position `at` after the cache `past` (None: empty)."""
         past = past or [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past]
-        feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, at + len(ids)), np.int64), **dict(zip(self.past, past))}
+        feeds = {
+            "input_ids": np.asarray([ids], np.int64),
+            "attention_mask": np.ones((1, at + len(ids)), np.int64),
+            **dict(zip(self.past, past)),
+        }
         if "position_ids" in self.inputs:
             feeds["position_ids"] = np.arange(at, at + len(ids), dtype=np.int64)[None]
         return feeds
@@ -130,7 +141,9 @@ def torch_row(work: Path, s: dict) -> dict:
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([s["text_ids"][:-1]])).logits[0].numpy()
     result["perplexity"] = math.exp(nll(logits, s["text_ids"][1:]) / (len(s["text_ids"]) - 1))
-    result["weights_read_per_token_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())  # the tied table counted once: the head reads it
+    result["weights_read_per_token_bytes"] = sum(
+        p.numel() * p.element_size() for p in model.parameters()
+    )  # the tied table counted once: the head reads it
     result["size_bytes"] = sum(f.stat().st_size for f in (work / "hf").glob("*.safetensors"))
     return result
 
@@ -164,7 +177,9 @@ def genai_row(folder: Path, s: dict) -> dict:
 
     result = timed_runs(once, s["repeats"])
     # perplexity from the same graph and kernels, all positions' logits in one ORT call
-    result["perplexity"] = OrtDecoder(folder / "model.onnx", s["threads"], s["kv_heads"], s["head_dim"]).perplexity(s["text_ids"])
+    result["perplexity"] = OrtDecoder(folder / "model.onnx", s["threads"], s["kv_heads"], s["head_dim"]).perplexity(
+        s["text_ids"]
+    )
     result["weights_read_per_token_bytes"] = onnx_weight_bytes(folder / "model.onnx")
     result["size_bytes"] = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
     return result
@@ -183,7 +198,9 @@ def executorch_row(pte: Path, tokenizer: Path, s: dict) -> dict:
     def once():  # ExecuTorch's own C++ runner; the first token's callback marks the clocks
         clock, pieces = Clock(), []
         runner.reset()
-        config = GenerationConfig(echo=False, max_new_tokens=s["tokens"], temperature=0.0, seq_len=len(s["prompt_ids"]) + s["tokens"] + 8)
+        config = GenerationConfig(
+            echo=False, max_new_tokens=s["tokens"], temperature=0.0, seq_len=len(s["prompt_ids"]) + s["tokens"] + 8
+        )
         runner.generate(prompt, config, token_callback=lambda piece: (pieces or clock.first(), pieces.append(piece)))
         return clock.rates(len(pieces))  # it stops at EOS: the tokens it made
 
@@ -213,8 +230,23 @@ def _pte_perplexity(pte: Path, ids: list[int]) -> float:
 def edgemfm_row(bundle: Path, s: dict) -> dict:
     from edgemfm.bench import BenchConfig, measure
 
-    r = measure(bundle, BenchConfig(prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"], text=s["text"]))
-    return {k: r[k] for k in ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s", "runs", "perplexity", "weights_read_per_token_bytes", "size_bytes", "peak_rss_bytes")}
+    r = measure(
+        bundle,
+        BenchConfig(prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"], text=s["text"]),
+    )
+    return {
+        k: r[k]
+        for k in (
+            "ttft_s",
+            "decode_tokens_per_s",
+            "decode_tokens_per_cpu_s",
+            "runs",
+            "perplexity",
+            "weights_read_per_token_bytes",
+            "size_bytes",
+            "peak_rss_bytes",
+        )
+    }
 
 
 ROWS = {  # the kind before ":" in a row spec -> how to measure it, given WORK_DIR / the part after ":"

@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 
 import torch
-
 from smollm2_perplexity import TEXT, gguf_dir
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
@@ -50,7 +49,9 @@ def main() -> None:
     folder, name = gguf_dir()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     ids = torch.tensor([AutoTokenizer.from_pretrained(folder, gguf_file=name)(Path(TEXT).read_text())["input_ids"]])
-    model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())  # its own copy, as the bundle has
+    model.lm_head.weight = torch.nn.Parameter(
+        model.model.embed_tokens.weight.detach().clone()
+    )  # its own copy, as the bundle has
     weights = {n: p for n, p in model.named_parameters() if p.dim() == 2}
     float_weights = {n: p.detach().clone() for n, p in weights.items()}
 
@@ -64,7 +65,9 @@ def main() -> None:
     centred = lambda z: z - (p * z).sum(-1, keepdim=True)  # noqa: E731
     db = lambda s, n: 10 * math.log10(s / n)  # noqa: E731
     print(f"float perplexity {float_ppl:.2f}\n")
-    print("| int4 alone | perplexity | vs float | logits SQNR dB | next-token distribution SQNR dB | KL | own output SQNR dB |")
+    print(
+        "| int4 alone | perplexity | vs float | logits SQNR dB | next-token distribution SQNR dB | KL | own output SQNR dB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for kind in KINDS:
         with torch.no_grad():
@@ -75,8 +78,15 @@ def main() -> None:
         plain = db((ref**2).sum().item(), (d**2).sum().item())
         dist = db((p * centred(ref) ** 2).sum().item(), (p * centred(d) ** 2).sum().item())
         kl = (p * (torch.log_softmax(ref, -1) - torch.log_softmax(z, -1))).sum(-1).mean().item()
-        own = f"{db((ref_rows**2).sum().item(), ((rows - ref_rows) ** 2).sum().item()):.1f}" if kind == "embed_tokens" else "-"
-        print(f"| {kind} | {ppl:.2f} | {100 * (ppl / float_ppl - 1):+.1f}% | {plain:.1f} | {dist:.1f} | {kl:.4f} | {own} |", flush=True)
+        own = (
+            f"{db((ref_rows**2).sum().item(), ((rows - ref_rows) ** 2).sum().item()):.1f}"
+            if kind == "embed_tokens"
+            else "-"
+        )
+        print(
+            f"| {kind} | {ppl:.2f} | {100 * (ppl / float_ppl - 1):+.1f}% | {plain:.1f} | {dist:.1f} | {kl:.4f} | {own} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

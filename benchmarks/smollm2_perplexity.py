@@ -34,7 +34,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Generation, Manifest, Preprocess, Prompt, StreamingSettings, Tokenizer
+from edgemfm.manifest import (
+    BUNDLE_KIND,
+    SCHEMA_VERSION,
+    Generation,
+    Manifest,
+    Preprocess,
+    Prompt,
+    StreamingSettings,
+    Tokenizer,
+)
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
@@ -51,7 +60,10 @@ def _blocks(method: str, group: int, symmetric: bool = True, bits: int = 4, acti
 
 # name -> (device profile, precision or an explicit recipe for every unit)
 VARIANTS: dict[str, tuple[str, str | Recipe]] = {
-    "int8-dynamic": ("host", Recipe(rules=(Rule("*", QuantSpec(bits=8, method="dynamic", activation_bits=8)),))),  # per tensor
+    "int8-dynamic": (
+        "host",
+        Recipe(rules=(Rule("*", QuantSpec(bits=8, method="dynamic", activation_bits=8)),)),
+    ),  # per tensor
     "int8-host": ("host", "int8"),  # the preset: MatMulNBits int8 blocks, int8 compute
     "int8-jetson": ("jetson", "int8"),  # static QDQ, percentile
     "int8-rtn-g128": ("pi5", _blocks("rtn", 128, bits=8)),  # weight-only int8 blocks, int8 compute
@@ -69,14 +81,26 @@ VARIANTS: dict[str, tuple[str, str | Recipe]] = {
     "int4-gptqao-g64": ("pi5", _blocks("gptq_act_order", 64)),  # edgemfm's GPTQ
     "int4-gptqao-g128": ("pi5", _blocks("gptq_act_order", 128)),
     "int4-pi5": ("pi5", "int4"),
-    "int4-clip-g64-edges-int8": ("pi5", Recipe(rules=(  # the tied table's two copies at int8, the blocks int4
-        Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
-        Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
-        Rule("*", QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8))))),
-    "int4-gptqao-g64-edges-int8": ("pi5", Recipe(rules=(
-        Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
-        Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
-        Rule("*", QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8))))),
+    "int4-clip-g64-edges-int8": (
+        "pi5",
+        Recipe(
+            rules=(  # the tied table's two copies at int8, the blocks int4
+                Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+                Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+                Rule("*", QuantSpec(bits=4, group_size=64, method="clip_search", activation_bits=8)),
+            )
+        ),
+    ),
+    "int4-gptqao-g64-edges-int8": (
+        "pi5",
+        Recipe(
+            rules=(
+                Rule("token_embedding/*", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+                Rule("text_decoder/lm_head", QuantSpec(bits=8, group_size=32, activation_bits=8)),
+                Rule("*", QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8)),
+            )
+        ),
+    ),
     "auto-pi5": ("pi5", "auto"),
 }
 
@@ -86,12 +110,17 @@ WORDNET = Path("/usr/share/wordnet")
 
 def wordnet_folder(folder: Path, lines: int = 16, per_line: int = 24, seed: int = 0) -> Path:
     """A calibration folder of English definitions from WordNet (never the evaluation text)."""
-    glosses = [line.split(" | ", 1)[1].strip() for pos in ("noun", "verb", "adj")
-               for line in (WORDNET / f"data.{pos}").read_text(errors="replace").splitlines()
-               if not line.startswith(" ") and " | " in line]
+    glosses = [
+        line.split(" | ", 1)[1].strip()
+        for pos in ("noun", "verb", "adj")
+        for line in (WORDNET / f"data.{pos}").read_text(errors="replace").splitlines()
+        if not line.startswith(" ") and " | " in line
+    ]
     pick = np.random.default_rng(seed).choice(len(glosses), lines * per_line, replace=False)
     folder.mkdir(parents=True, exist_ok=True)
-    text = "\n".join(" ".join(glosses[i].rstrip(" ;.") + "." for i in pick[j * per_line:(j + 1) * per_line]) for j in range(lines))
+    text = "\n".join(
+        " ".join(glosses[i].rstrip(" ;.") + "." for i in pick[j * per_line : (j + 1) * per_line]) for j in range(lines)
+    )
     (folder / "glosses.txt").write_text(text + "\n")
     return folder
 
@@ -118,15 +147,25 @@ def export(stage: Path) -> tuple[Manifest, float]:
         torch_ppl = math.exp(model(input_ids=ids, labels=ids, use_cache=False).loss.item())
     tok.backend_tokenizer.save(str(stage / "tokenizer.json"))
     components = {}
-    for cname, unit in (("token_embedding", embedding_unit(model.model.embed_tokens)),
-                        ("text_decoder", decoder_unit(model.model, model.lm_head, model.config))):
+    for cname, unit in (
+        ("token_embedding", embedding_unit(model.model.embed_tokens)),
+        ("text_decoder", decoder_unit(model.model, model.lm_head, model.config)),
+    ):
         components[cname], _ = write_onnx(unit, stage / f"{cname}.onnx", 1e-3)
     p = load_profile("pi5")
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, kind=BUNDLE_KIND, model_id="SmolLM2-135M-Instruct", family="llama", profile=p.name,
-        recipe=FLOAT32, components=components, files={},
+        schema_version=SCHEMA_VERSION,
+        kind=BUNDLE_KIND,
+        model_id="SmolLM2-135M-Instruct",
+        family="llama",
+        profile=p.name,
+        recipe=FLOAT32,
+        components=components,
+        files={},
         tokenizer=Tokenizer(file="tokenizer.json", bos_token_id=None, eos_token_ids=(tok.eos_token_id,)),
-        prompt=Prompt(template="{media}{prompt}"), preprocess=Preprocess(), generation=Generation(),
+        prompt=Prompt(template="{media}{prompt}"),
+        preprocess=Preprocess(),
+        generation=Generation(),
         streaming=StreamingSettings(**vars(p.streaming)),
     )
     return manifest, torch_ppl
@@ -143,26 +182,40 @@ def perplexity(stage: Path, manifest: Manifest) -> tuple[float, float, float]:
     kv = manifest.components["text_decoder"].kv_cache
     x = emb.run(None, {"input_ids": np.asarray([ids[:-1]], np.int64)})[0]
     feeds = {
-        "inputs_embeds": x, "attention_mask": np.ones((1, x.shape[1]), np.int64),
+        "inputs_embeds": x,
+        "attention_mask": np.ones((1, x.shape[1]), np.int64),
         "position_ids": np.arange(x.shape[1], dtype=np.int64)[None],
-        **{kv.past.format(layer=i, kind=k): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
-           for i in range(kv.layers) for k in ("key", "value")},
+        **{
+            kv.past.format(layer=i, kind=k): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
+            for i in range(kv.layers)
+            for k in ("key", "value")
+        },
     }
     t = time.perf_counter()
     out = dec.run(None, feeds)
     took = time.perf_counter() - t
     logits = out[0][0].astype(np.float64)
     names = [o.name for o in dec.get_outputs()]
-    grows = {kv.past.format(layer=i, kind=k): names.index(kv.present.format(layer=i, kind=k))
-             for i in range(kv.layers) for k in ("key", "value")}
+    grows = {
+        kv.past.format(layer=i, kind=k): names.index(kv.present.format(layer=i, kind=k))
+        for i in range(kv.layers)
+        for k in ("key", "value")
+    }
     past = {n: out[at] for n, at in grows.items()}
     step = DECODE_STEPS * [0.0]
     for i in range(DECODE_STEPS):  # greedy steps after the text: the bandwidth-bound case
         total = x.shape[1] + i + 1
         one = emb.run(None, {"input_ids": np.asarray([[int(np.argmax(out[0][0, -1]))]], np.int64)})[0]
         t = time.perf_counter()
-        out = dec.run(None, {"inputs_embeds": one, "attention_mask": np.ones((1, total), np.int64),
-                             "position_ids": np.asarray([[total - 1]], np.int64), **past})
+        out = dec.run(
+            None,
+            {
+                "inputs_embeds": one,
+                "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.asarray([[total - 1]], np.int64),
+                **past,
+            },
+        )
         step[i] = time.perf_counter() - t
         past = {n: out[at] for n, at in grows.items()}
     return math.exp(nll(logits, ids[1:]) / (len(ids) - 1)), took, 1000 * float(np.median(step))
@@ -183,10 +236,14 @@ def mix_of(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
-    parser.add_argument("--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)")
+    parser.add_argument(
+        "--work", type=Path, help="folder to keep the fp32 export in between runs (default: a temp dir)"
+    )
     parser.add_argument("--tolerance", type=float, default=20.0, help="auto's accuracy tolerance, dB")
     parser.add_argument("--memory-budget", type=float, help="auto's weight budget, MiB (default: the profile's)")
-    parser.add_argument("--wordnet", action="store_true", help="calibrate on WordNet glosses instead of the built-in prompts")
+    parser.add_argument(
+        "--wordnet", action="store_true", help="calibrate on WordNet glosses instead of the built-in prompts"
+    )
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
@@ -204,10 +261,15 @@ def main() -> None:
     calibration = wordnet_folder(work / "wordnet") if args.wordnet else None
     size = lambda d, m: sum((d / c.file).stat().st_size for c in m.components.values())  # noqa: E731
     (base_ppl, base_s, base_ms), base_size = perplexity(float_stage, manifest), size(float_stage, manifest)
-    print("| precision | perplexity | vs fp32 | MiB | smaller | bits by parameters | quantize s | prefill s | decode ms |")
+    print(
+        "| precision | perplexity | vs fp32 | MiB | smaller | bits by parameters | quantize s | prefill s | decode ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| float32, PyTorch | {torch_ppl:.2f} | {100 * (torch_ppl / base_ppl - 1):+.1f}% | - | - | - | - | - | - |")
-    print(f"| float32 bundle | {base_ppl:.2f} | +0.0% | {base_size / 2**20:.1f} | 1.0x | - | - | {base_s:.2f} | {base_ms:.1f} |", flush=True)
+    print(
+        f"| float32 bundle | {base_ppl:.2f} | +0.0% | {base_size / 2**20:.1f} | 1.0x | - | - | {base_s:.2f} | {base_ms:.1f} |",
+        flush=True,
+    )
     for name in args.variants:
         device, what = VARIANTS[name]
         stage = work / name
@@ -218,16 +280,29 @@ def main() -> None:
         if isinstance(what, Recipe):
             m = quantize(stage, manifest, profile, "int4", work / "scratch", calibration, recipe=what)
         else:
-            m = quantize(stage, manifest, profile, what, work / "scratch", calibration, accuracy_tolerance_db=args.tolerance,
-                         memory_budget_mb=args.memory_budget)
+            m = quantize(
+                stage,
+                manifest,
+                profile,
+                what,
+                work / "scratch",
+                calibration,
+                accuracy_tolerance_db=args.tolerance,
+                memory_budget_mb=args.memory_budget,
+            )
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)
-        if "plan" in m.report:  # which layers got which bits: kept for a look (edgemfm inspect shows the same from a bundle)
+        if (
+            "plan" in m.report
+        ):  # which layers got which bits: kept for a look (edgemfm inspect shows the same from a bundle)
             (work / f"{name}.plan.json").write_text(json.dumps(m.report["plan"], indent=1) + "\n")
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
         print(f"{name}: SQNR {sqnr}, float units {len(m.report['float_units'])}", file=sys.stderr, flush=True)
-        print(f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.2f}x "
-              f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |", flush=True)
+        print(
+            f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.2f}x "
+            f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |",
+            flush=True,
+        )
         shutil.rmtree(stage)
     if not args.work:
         shutil.rmtree(work)

@@ -42,7 +42,9 @@ def _printable(byte_token: str) -> bool:
     return len(text) == 1 and (text.isalnum() or text in " .,?!'") and text.isascii()
 
 
-def write_llava(path: Path, vision: dict, text: dict, seed: int, resize: int, crop: int, printable_only: bool = False) -> Path:
+def write_llava(
+    path: Path, vision: dict, text: dict, seed: int, resize: int, crop: int, printable_only: bool = False
+) -> Path:
     """A LLaVA checkpoint with the byte tokenizer: CLIP tower and Llama decoder of the given sizes.
 
     Weights are drawn from `seed` at std 0.3 rather than the init's 0.02, whose near-uniform
@@ -68,10 +70,15 @@ def write_llava(path: Path, vision: dict, text: dict, seed: int, resize: int, cr
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**vision),
         text_config=LlamaConfig(
-            **text, vocab_size=tok.get_vocab_size(),
-            bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+            **text,
+            vocab_size=tok.get_vocab_size(),
+            bos_token_id=ids["<s>"],
+            eos_token_id=ids["</s>"],
+            pad_token_id=ids["<pad>"],
         ),
-        image_token_id=ids["<image>"], vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_token_id=ids["<image>"],
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
@@ -87,10 +94,15 @@ def write_llava(path: Path, vision: dict, text: dict, seed: int, resize: int, cr
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     ).save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop}).save_pretrained(path)
+    CLIPImageProcessorPil(size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop}).save_pretrained(
+        path
+    )
     return path
 
 
@@ -98,9 +110,25 @@ def build(path: Path) -> Path:
     """Write the default model as a Hugging Face checkpoint directory at `path`."""
     return write_llava(
         path,
-        vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                    image_size=224, patch_size=32, projection_dim=128),
-        text=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
-                  num_key_value_heads=2, max_position_embeddings=2048),
-        seed=SEED, resize=224, crop=224, printable_only=True,
+        vision=dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=32,
+            projection_dim=128,
+        ),
+        text=dict(
+            hidden_size=192,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        ),
+        seed=SEED,
+        resize=224,
+        crop=224,
+        printable_only=True,
     )

@@ -111,11 +111,17 @@ def save(model: DemoModel, model_dir: Path) -> None:
 
 
 def _encoder_unit(model: DemoModel, kind: str) -> ExportUnit:
-    name, example = ("pixel_values", torch.randn(1, 3, IMAGE.crop, IMAGE.crop)) if kind == "image" else (
-        "input_features", torch.randn(1, AUDIO.n_mels, AUDIO.n_samples // AUDIO.hop_length))
+    name, example = (
+        ("pixel_values", torch.randn(1, 3, IMAGE.crop, IMAGE.crop))
+        if kind == "image"
+        else ("input_features", torch.randn(1, AUDIO.n_mels, AUDIO.n_samples // AUDIO.hop_length))
+    )
     out = f"{kind}_features"
     return ExportUnit(
-        module=_Encoder(model, kind).eval(), args=(example,), input_names=(name,), output_names=(out,),
+        module=_Encoder(model, kind).eval(),
+        args=(example,),
+        input_names=(name,),
+        output_names=(out,),
         dynamic_axes={name: {0: "items"}, out: {0: "items"}},
     )
 
@@ -136,7 +142,9 @@ def split(model: DemoModel, model_dir: Path) -> Split:
         },
         prompt=Prompt(template=TEMPLATE, media=media),
         preprocess=Preprocess(image=IMAGE, audio=AUDIO),
-        tokenizer=Tokenizer(file="tokenizer.json", bos_token_id=None, eos_token_ids=(cfg["text_config"]["eos_token_id"],)),
+        tokenizer=Tokenizer(
+            file="tokenizer.json", bos_token_id=None, eos_token_ids=(cfg["text_config"]["eos_token_id"],)
+        ),
         tokenizer_file=Path(model_dir) / "tokenizer.json",
     )
 

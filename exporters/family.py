@@ -47,7 +47,9 @@ class Split:
     tokenizer: Tokenizer
     tokenizer_file: Path  # copied into the bundle as tokenizer.json
     report: dict[str, Any] = field(default_factory=dict)
-    generation: Generation = field(default_factory=Generation)  # a family's decoding settings (Whisper's suppressed tokens, Qwen2-VL's M-RoPE positions)
+    generation: Generation = field(
+        default_factory=Generation
+    )  # a family's decoding settings (Whisper's suppressed tokens, Qwen2-VL's M-RoPE positions)
 
 
 @dataclass(frozen=True)

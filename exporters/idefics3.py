@@ -99,9 +99,13 @@ def split(model: Any, model_dir: Path) -> Split:
     image, splitting = splitting_preprocess(model_dir)
     tokenizer, tokenizer_file = tokenizer_spec(model_dir, config)
     vocab = HFTokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
-    needed = [IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE, "<row_1_col_1>"] + ["<|im_start|>"] * (config.model_type == "smolvlm")
+    needed = [IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE, "<row_1_col_1>"] + ["<|im_start|>"] * (
+        config.model_type == "smolvlm"
+    )
     if missing := [t for t in needed if t not in vocab]:
-        raise InputError(f"{tokenizer_file}: token {missing[0]!r} is missing; Idefics3 prompts need: {', '.join(needed)}")
+        raise InputError(
+            f"{tokenizer_file}: token {missing[0]!r} is missing; Idefics3 prompts need: {', '.join(needed)}"
+        )
     if vocab[IMAGE] != config.image_token_id:
         raise InputError(f"{tokenizer_file}: {IMAGE} is token {vocab[IMAGE]}, the config says {config.image_token_id}")
     vision = ExportUnit(
@@ -127,7 +131,11 @@ def split(model: Any, model_dir: Path) -> Split:
         preprocess=Preprocess(image=image, image_splitting=splitting),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
-        report={"notes": {"vision_encoder": f"one {splitting.tile}x{splitting.tile} tile per batch row; the runtime cuts images into tiles"}},
+        report={
+            "notes": {
+                "vision_encoder": f"one {splitting.tile}x{splitting.tile} tile per batch row; the runtime cuts images into tiles"
+            }
+        },
     )
 
 

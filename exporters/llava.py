@@ -98,7 +98,11 @@ def split(model: Any, model_dir: Path) -> Split:
         },
         prompt=Prompt(
             template="USER: {media}{prompt} ASSISTANT:",
-            media={"image": Media(f"{image_token}\n", config.image_token_id, "vision_encoder", "pixel_values", "image_features")},
+            media={
+                "image": Media(
+                    f"{image_token}\n", config.image_token_id, "vision_encoder", "pixel_values", "image_features"
+                )
+            },
         ),
         preprocess=Preprocess(image=pre),
         tokenizer=tokenizer,

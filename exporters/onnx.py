@@ -75,7 +75,9 @@ def _reference(unit: ExportUnit) -> tuple[list[torch.Tensor], int, int]:
     return list(out) if isinstance(out, (tuple, list)) else [out], peak, flops.get_total_flops()
 
 
-def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float) -> tuple[float, float, int | None]:
+def _parity(
+    path: Path, unit: ExportUnit, reference: list[torch.Tensor], tolerance: float
+) -> tuple[float, float, int | None]:
     """Max abs difference of the graph at `path` from PyTorch, the outputs' magnitude, and the run's memory.
 
     An encoder's session is opened as the runtime opens it (no arena: runtimes/onnxruntime.py),
@@ -105,7 +107,9 @@ def _parity(path: Path, unit: ExportUnit, reference: list[torch.Tensor], toleran
     return diff, scale, grown
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, dict[str, Any]]:
+def write_onnx(
+    unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True
+) -> tuple[Component, dict[str, Any]]:
     """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
     import onnx
     import onnx.numpy_helper
@@ -141,11 +145,24 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )
-    return component, {"max_abs_diff": diff, "max_abs_diff_unfused": unfused_diff, "scale": scale, "tolerance": tolerance, "nodes": len(graph.node), "fusion": fusion}
+    return component, {
+        "max_abs_diff": diff,
+        "max_abs_diff_unfused": unfused_diff,
+        "scale": scale,
+        "tolerance": tolerance,
+        "nodes": len(graph.node),
+        "fusion": fusion,
+    }
 
 
 def write_units(
-    units: dict[str, ExportUnit], stage: Path, tolerance: float, advance: Callable[[str], None], *, max_seq_len: int, fuse: bool = True
+    units: dict[str, ExportUnit],
+    stage: Path,
+    tolerance: float,
+    advance: Callable[[str], None],
+    *,
+    max_seq_len: int,
+    fuse: bool = True,
 ) -> tuple[dict[str, Component], dict[str, dict[str, Any]], dict[str, Any]]:
     """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
 

@@ -92,7 +92,16 @@ def split(model: Any, model_dir: Path) -> Split:
         },
         prompt=Prompt(
             template=TEMPLATE,
-            media={"audio": Media(PLACEHOLDER.format(token=audio_token), config.audio_token_id, "audio_encoder", "input_features", "audio_features", length="frames")},
+            media={
+                "audio": Media(
+                    PLACEHOLDER.format(token=audio_token),
+                    config.audio_token_id,
+                    "audio_encoder",
+                    "input_features",
+                    "audio_features",
+                    length="frames",
+                )
+            },
         ),
         preprocess=Preprocess(audio=pre),
         tokenizer=tokenizer,

@@ -92,8 +92,14 @@ def patches_preprocess(model_dir: Path, vision_config: Any) -> tuple[ImagePrepro
     patch = int(cfg.get("patch_size", vision_config.patch_size))
     merge = int(cfg.get("merge_size", vision_config.spatial_merge_size))
     temporal = int(cfg.get("temporal_patch_size", vision_config.temporal_patch_size))
-    if (patch, merge, temporal) != (vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size):
-        raise InputError(f"{model_dir}: image processor patch/merge/temporal sizes {(patch, merge, temporal)} differ from the vision config's")
+    if (patch, merge, temporal) != (
+        vision_config.patch_size,
+        vision_config.spatial_merge_size,
+        vision_config.temporal_patch_size,
+    ):
+        raise InputError(
+            f"{model_dir}: image processor patch/merge/temporal sizes {(patch, merge, temporal)} differ from the vision config's"
+        )
     image = ImagePreprocess(
         size=patch * merge,
         crop=patch * merge,
@@ -130,9 +136,13 @@ def split(model: Any, model_dir: Path) -> Split:
     vocab = HFTokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
     needed = [IMAGE_PAD, VISION_START, VISION_END, IM_END, "<|im_start|>"]
     if missing := [t for t in needed if t not in vocab]:
-        raise InputError(f"{tokenizer_file}: token {missing[0]!r} is missing; Qwen2-VL prompts need: {', '.join(needed)}")
+        raise InputError(
+            f"{tokenizer_file}: token {missing[0]!r} is missing; Qwen2-VL prompts need: {', '.join(needed)}"
+        )
     if vocab[IMAGE_PAD] != config.image_token_id:
-        raise InputError(f"{tokenizer_file}: {IMAGE_PAD} is token {vocab[IMAGE_PAD]}, the config says {config.image_token_id}")
+        raise InputError(
+            f"{tokenizer_file}: {IMAGE_PAD} is token {vocab[IMAGE_PAD]}, the config says {config.image_token_id}"
+        )
     m, vc = patches.merge, config.vision_config
     # Qwen2.5-VL: window attention except in the full-attention blocks; window_size is in pixels
     window = getattr(vc, "window_size", 0) // vc.patch_size // m * m
@@ -152,13 +162,26 @@ def split(model: Any, model_dir: Path) -> Split:
         },
         prompt=Prompt(
             template=TEMPLATE,
-            media={"image": Media(IMAGE_PAD, config.image_token_id, "vision_encoder", "pixel_values", "image_features", "patch_positions")},
+            media={
+                "image": Media(
+                    IMAGE_PAD,
+                    config.image_token_id,
+                    "vision_encoder",
+                    "pixel_values",
+                    "image_features",
+                    "patch_positions",
+                )
+            },
         ),
         preprocess=Preprocess(image=image, image_patches=patches),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         generation=Generation(positions="mrope"),
-        report={"notes": {"vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"}},
+        report={
+            "notes": {
+                "vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"
+            }
+        },
     )
 
 

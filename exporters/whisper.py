@@ -115,7 +115,9 @@ def _static_decoder(whisper: Any, proj_out: Any, decoder: ExportUnit, max_seq_le
         input_names=("inputs_embeds", POSITION, *cross.outputs),
         output_names=("logits",),
         dynamic_axes={
-            "inputs_embeds": {0: "batch", 1: "seq"}, POSITION: {0: "seq"}, "logits": {0: "batch", 1: "seq"},
+            "inputs_embeds": {0: "batch", 1: "seq"},
+            POSITION: {0: "seq"},
+            "logits": {0: "batch", 1: "seq"},
             **{n: {0: "batch"} for n in cross.outputs},
         },
         kv_cache=kv,
@@ -202,10 +204,16 @@ def _units(model: Any, pre: AudioPreprocess) -> dict[str, ExportUnit]:
         },
         kv_cache=kv,
         items=seq,
-        cross_attention=CrossAttention(media="audio", encoder="audio_encoder", input="input_features", outputs=cross_names),
+        cross_attention=CrossAttention(
+            media="audio", encoder="audio_encoder", input="input_features", outputs=cross_names
+        ),
     )
     decoder.static_cache = partial(_static_decoder, whisper, model.proj_out, decoder)
-    return {"audio_encoder": encoder, "token_embedding": embedding_unit(whisper.decoder.embed_tokens), "text_decoder": decoder}
+    return {
+        "audio_encoder": encoder,
+        "token_embedding": embedding_unit(whisper.decoder.embed_tokens),
+        "text_decoder": decoder,
+    }
 
 
 def split(model: Any, model_dir: Path) -> Split:

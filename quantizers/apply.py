@@ -31,8 +31,14 @@ from edgemfm.recipe import QuantSpec, Recipe
 
 # op types written by the schemes: counted per component in the report
 QUANT_OPS = (
-    "MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
-    "QuantizeLinear", "DequantizeLinear", "Gather(int8 rows)",
+    "MatMulNBits",
+    "GatherBlockQuantized",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Gather(int8 rows)",
 )
 PASSES = (weight_only, clip_search, gptq, conv_weight_only, dynamic_int8, static_int8)  # in this order
 
@@ -53,7 +59,9 @@ def scheme_of(unit: Unit, spec: QuantSpec) -> Any:
         return static_int8
     if spec.method in (*weight_only.ALGORITHMS, *clip_search.METHODS, *gptq.METHODS):
         if unit.op == "MatMul":
-            return {**dict.fromkeys(clip_search.METHODS, clip_search), **dict.fromkeys(gptq.METHODS, gptq)}.get(spec.method, weight_only)
+            return {**dict.fromkeys(clip_search.METHODS, clip_search), **dict.fromkeys(gptq.METHODS, gptq)}.get(
+                spec.method, weight_only
+            )
         if unit.op == "Conv":
             return conv_weight_only  # int4 blocks / int8 channels whatever the method: the others are MatMul-only
         return f"{unit.op}: weight-only {spec.method} int{spec.bits} covers MatMul, Gather and Conv"
@@ -66,7 +74,9 @@ def _gather_spec(spec: QuantSpec, group: int) -> QuantSpec:
     return QuantSpec(bits=spec.bits, group_size=spec.group_size or group, symmetric=spec.symmetric, method="rtn")
 
 
-def plan_passes(units: list[Unit], recipe: Recipe, group: int) -> tuple[list[tuple[Any, QuantSpec, list[Unit]]], dict[str, str]]:
+def plan_passes(
+    units: list[Unit], recipe: Recipe, group: int
+) -> tuple[list[tuple[Any, QuantSpec, list[Unit]]], dict[str, str]]:
     """Group the units by (scheme, spec) in pass order; and the float ones with why."""
     groups: dict[tuple[Any, QuantSpec], list[Unit]] = {}
     floats: dict[str, str] = {}
@@ -89,7 +99,9 @@ def plan_passes(units: list[Unit], recipe: Recipe, group: int) -> tuple[list[tup
     return passes, floats
 
 
-def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx: Context, group: int = 32) -> dict[str, Any]:
+def quantize_component(
+    src: Path, dst: Path, component: str, recipe: Recipe, ctx: Context, group: int = 32
+) -> dict[str, Any]:
     """Quantize the graph at `src` into `dst` per `recipe`; returns the component's report entry.
 
     `group` is the block size given to embedding tables whose spec has none (per-channel int8).
@@ -109,13 +121,21 @@ def quantize_component(src: Path, dst: Path, component: str, recipe: Recipe, ctx
     specs = sorted({(spec.bits, spec.group_size, spec.method) for _, spec, _ in passes})
     notes = {
         u.name: "depthwise Conv: int8 per channel (a 1-wide input axis has no int4 blocks)"
-        for scheme, spec, us in passes if scheme is conv_weight_only and spec.bits == 4 for u in us if conv_weight_only.depthwise(u)
+        for scheme, spec, us in passes
+        if scheme is conv_weight_only and spec.bits == 4
+        for u in us
+        if conv_weight_only.depthwise(u)
     }
     gptq_notes = ctx.cache.get("notes", {})
-    notes.update({
-        u.name: gptq_notes.get(u.name, "no calibration data reached this component: clip_search scales, no GPTQ")
-        for scheme, _, us in passes if scheme is gptq for u in us if not ctx.feeds or u.name in gptq_notes
-    })
+    notes.update(
+        {
+            u.name: gptq_notes.get(u.name, "no calibration data reached this component: clip_search scales, no GPTQ")
+            for scheme, _, us in passes
+            if scheme is gptq
+            for u in us
+            if not ctx.feeds or u.name in gptq_notes
+        }
+    )
     return {
         "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],
         "quantized_units": sum(len(us) for _, _, us in passes),

@@ -75,7 +75,13 @@ def read_folder(folder: str | Path) -> tuple[list[Path], list[Path], list[str]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES][:MAX_ITEMS]
     clips = [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES][:MAX_ITEMS]
-    prompts = [line.strip() for p in files if p.suffix.lower() == ".txt" for line in p.read_text(errors="replace").splitlines() if line.strip()]
+    prompts = [
+        line.strip()
+        for p in files
+        if p.suffix.lower() == ".txt"
+        for line in p.read_text(errors="replace").splitlines()
+        if line.strip()
+    ]
     if not images and not clips and not prompts:
         raise InputError(
             f"calibration folder {str(folder)!r} has no images ({', '.join(IMAGE_SUFFIXES)}), no audio ({', '.join(AUDIO_SUFFIXES)}) "

@@ -58,7 +58,9 @@ def probe(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> 
         yield {n: x.reshape(-1, x.shape[-1]) for n, x in zip(inputs, got)}
 
 
-def activation_stats(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def activation_stats(
+    model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(mean square, max |x|) per channel (last axis) of each tensor in `inputs` over the calibration feeds."""
     if not feeds:
         return {}
@@ -102,7 +104,9 @@ def quantize_blocks(w: np.ndarray, bits: int, block: int, weight: np.ndarray | N
     return q, best.astype(np.float32)
 
 
-def quantize_blocks_asymmetric(w: np.ndarray, bits: int, block: int, weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_blocks_asymmetric(
+    w: np.ndarray, bits: int, block: int, weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """W [K, N] -> (integers [N, blocks, block] less the kernel's midpoint, scales [N, blocks], zero
     points [N, blocks]) with each block's range [min, max] shrunk by the best of `SHRINK`.
 
@@ -144,11 +148,18 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     check(spec)
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
-    assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
+    assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), (
+        "clip_search quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
+    )
     stats = activation_stats(model, sorted({nodes[u.node].input[0] for u in units}), list(ctx.feeds))
     search = quantize_blocks if spec.symmetric else quantize_blocks_asymmetric
     codes = {
-        u.node: search(numpy_helper.to_array(inits[u.weight]), spec.bits, spec.group_size, stats[nodes[u.node].input[0]][0] if stats else None)
+        u.node: search(
+            numpy_helper.to_array(inits[u.weight]),
+            spec.bits,
+            spec.group_size,
+            stats[nodes[u.node].input[0]][0] if stats else None,
+        )
         for u in units
     }
     return write_nbits(model, units, spec, codes)
@@ -176,15 +187,27 @@ def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str,
         q, scales, *zeros = codes[u.node]
         k, n = u.shape
         base = f"{u.weight}_{u.node}"
-        graph.initializer.extend([
-            numpy_helper.from_array(pack(q, spec.bits), f"{base}_Q{spec.bits}"),
-            numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{base}_scales"),
-            *(numpy_helper.from_array(pack_zero_points(z, spec.bits).reshape(-1), f"{base}_zero_points") for z in zeros),
-        ])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(pack(q, spec.bits), f"{base}_Q{spec.bits}"),
+                numpy_helper.from_array(scales.reshape(-1).astype(np.float32), f"{base}_scales"),
+                *(
+                    numpy_helper.from_array(pack_zero_points(z, spec.bits).reshape(-1), f"{base}_zero_points")
+                    for z in zeros
+                ),
+            ]
+        )
         inputs = [node.input[0], f"{base}_Q{spec.bits}", f"{base}_scales", *(f"{base}_zero_points" for _ in zeros)]
-        attrs = {"K": k, "N": n, "bits": spec.bits, "block_size": spec.group_size, **({"accuracy_level": level} if level else {})}
-        new = helper.make_node("MatMulNBits", inputs, list(node.output),
-                               name=f"{u.node}_Q{spec.bits}", domain="com.microsoft", **attrs)
+        attrs = {
+            "K": k,
+            "N": n,
+            "bits": spec.bits,
+            "block_size": spec.group_size,
+            **({"accuracy_level": level} if level else {}),
+        }
+        new = helper.make_node(
+            "MatMulNBits", inputs, list(node.output), name=f"{u.node}_Q{spec.bits}", domain="com.microsoft", **attrs
+        )
         at = list(graph.node).index(node)
         graph.node.remove(node)
         graph.node.insert(at, new)

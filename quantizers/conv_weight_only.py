@@ -50,9 +50,16 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
             attrs = {"axis": 1, "block_size": block}
         graph.initializer.remove(inits[u.weight])
         graph.initializer.extend([qt, numpy_helper.from_array(scale.astype(np.float32), f"{u.weight}_scale")])
-        graph.node.insert(0, helper.make_node(
-            "DequantizeLinear", [f"{u.weight}_q", f"{u.weight}_scale"], [u.weight], name=f"{u.node}_dequant", **attrs
-        ))
+        graph.node.insert(
+            0,
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{u.weight}_q", f"{u.weight}_scale"],
+                [u.weight],
+                name=f"{u.node}_dequant",
+                **attrs,
+            ),
+        )
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx") and op.version < OPSET:
             op.version = OPSET

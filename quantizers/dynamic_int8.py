@@ -24,7 +24,9 @@ OPS = ("MatMul", "Conv", "Gemm")
 def check(spec: QuantSpec) -> None:
     """Refuse a spec this scheme cannot honour."""
     if spec.bits != 8 or spec.activation_bits != 8:
-        raise ConfigError(f"dynamic quantization is int8 weights and activations, not bits={spec.bits} activation_bits={spec.activation_bits}")
+        raise ConfigError(
+            f"dynamic quantization is int8 weights and activations, not bits={spec.bits} activation_bits={spec.activation_bits}"
+        )
 
 
 def reduce_range(isa: tuple[str, ...]) -> bool:
@@ -40,8 +42,12 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     check(spec)
     out = ctx.scratch / "dynamic.onnx"
     quantize_dynamic(
-        model, out, op_types_to_quantize=sorted({u.op for u in units}), per_channel=True,
-        reduce_range=reduce_range(ctx.profile.isa), weight_type=QuantType.QInt8,
+        model,
+        out,
+        op_types_to_quantize=sorted({u.op for u in units}),
+        per_channel=True,
+        reduce_range=reduce_range(ctx.profile.isa),
+        weight_type=QuantType.QInt8,
         nodes_to_quantize=[u.node for u in units],
         # MatMulConstBOnly: attention's activation x activation MatMuls stay float
         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": spec.symmetric},

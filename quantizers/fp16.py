@@ -17,7 +17,6 @@ from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
 
 
-
 def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     """The component in fp16 with float32 inputs/outputs; returns the new ModelProto."""
     from onnxruntime.transformers.float16 import convert_float_to_float16

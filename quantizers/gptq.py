@@ -47,7 +47,9 @@ def check(spec: QuantSpec) -> None:
     """Refuse a spec this scheme cannot honour."""
     if spec.method not in METHODS:
         raise ConfigError(f"method {spec.method!r} is not one of {', '.join(METHODS)}")
-    clip_search.check(QuantSpec(bits=spec.bits, group_size=spec.group_size, symmetric=spec.symmetric, method="clip_search"))
+    clip_search.check(
+        QuantSpec(bits=spec.bits, group_size=spec.group_size, symmetric=spec.symmetric, method="clip_search")
+    )
 
 
 def hessians(model: Any, inputs: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, int]]:
@@ -106,17 +108,23 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         return clip_search.apply(model, units, replace(spec, method="clip_search"), ctx)
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
-    assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), "gptq quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
+    assert all(u.op == "MatMul" and len(u.shape) == 2 for u in units), (
+        "gptq quantizes 2-D MatMul weights only (apply.scheme_of routes the rest)"
+    )
     wanted = sorted({nodes[u.node].input[0] for u in units})
     missing = [n for n in wanted if f"hessian:{n}" not in ctx.cache]
-    if missing:  # cached: the float graph's statistics (a mixed recipe's int8 pass runs first; its error is not fed back)
+    if (
+        missing
+    ):  # cached: the float graph's statistics (a mixed recipe's int8 pass runs first; its error is not fed back)
         ctx.cache.update({f"hessian:{n}": h for n, h in hessians(model, missing, list(ctx.feeds)).items()})
     hs = {n: ctx.cache[f"hessian:{n}"] for n in wanted}
     codes, notes = {}, ctx.cache.setdefault("notes", {})
     for u in units:
         h, rows = hs[nodes[u.node].input[0]]
         w = numpy_helper.to_array(inits[u.weight])
-        if rows < MIN_ROWS_PER_CHANNEL * u.shape[0]:  # H far from full rank: GPTQ would fit the calibration tokens' noise
+        if (
+            rows < MIN_ROWS_PER_CHANNEL * u.shape[0]
+        ):  # H far from full rank: GPTQ would fit the calibration tokens' noise
             notes[u.name] = f"{rows} calibration rows for {u.shape[0]} input channels: clip_search scales, no GPTQ"
             codes[u.node] = clip_search.quantize_blocks(w, spec.bits, spec.group_size, np.diag(h) / rows)
         else:

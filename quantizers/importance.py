@@ -64,7 +64,9 @@ def _run(calls: Iterable[Callable[[], Any]], hooks: list[Any], advance: Callable
             h.remove()
 
 
-def block_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[float]:
+def block_scores(
+    dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None
+) -> list[float]:
     """1 − cosine(input, output) of every block, averaged over calibration tokens (or patches, frames)."""
     sums = torch.zeros(len(dec.layers), dtype=torch.float64)
     tokens = [0]
@@ -85,7 +87,9 @@ def block_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callab
     return (sums / tokens[0]).tolist()
 
 
-def kv_group_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[list[float]]:
+def kv_group_scores(
+    dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None
+) -> list[list[float]]:
     """Per layer, per KV group: mean norm of what its query heads write through o_proj."""
     d, g, kv = dec.head_dim, dec.groups, dec.kv_heads
     sums = torch.zeros(len(dec.layers), kv, dtype=torch.float64)
@@ -107,7 +111,9 @@ def kv_group_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Cal
     return (sums / tokens[0]).tolist()
 
 
-def channel_scores(dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None) -> list[torch.Tensor]:
+def channel_scores(
+    dec: Stack, calls: Sequence[Callable[[], Any]], advance: Callable[[], None] = lambda: None
+) -> list[torch.Tensor]:
     """Per layer, per MLP channel j: ‖W_down[:, j]‖ × mean |input_j of down_proj (fc2)|."""
     downs = [dec.part(i, dec.layout.mlp_out) for i in range(len(dec.layers))]
     sums = [torch.zeros(down.in_features, dtype=torch.float64) for down in downs]

@@ -40,7 +40,9 @@ class Judge:
     recipe)`: the path of that component's graph quantized by `recipe`.
     """
 
-    def __init__(self, float_dir: Path, manifest: Manifest, feeds: dict[str, list[Feeds]], probe: Callable[[str, Recipe], Path]):
+    def __init__(
+        self, float_dir: Path, manifest: Manifest, feeds: dict[str, list[Feeds]], probe: Callable[[str, Recipe], Path]
+    ):
         self.float_dir, self.manifest, self.probe = float_dir, manifest, probe
         self.feeds = {name: f for name, f in feeds.items() if f}
         g = manifest.generation

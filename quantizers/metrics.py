@@ -85,11 +85,13 @@ def outputs(path: Path | bytes, feeds: Sequence[Feeds], output: str) -> np.ndarr
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"]
+    )
     names = {i.name for i in session.get_inputs()}
-    return np.concatenate([
-        session.run([output], {k: v for k, v in f.items() if k in names})[0].astype(np.float64).ravel() for f in feeds
-    ])
+    return np.concatenate(
+        [session.run([output], {k: v for k, v in f.items() if k in names})[0].astype(np.float64).ravel() for f in feeds]
+    )
 
 
 def compare(reference: np.ndarray, path: Path | bytes, feeds: Sequence[Feeds], output: str) -> dict[str, float]:

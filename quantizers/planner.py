@@ -110,9 +110,17 @@ def _predicted_sqnr(groups: list[Group], signal: float, ladder: list[QuantSpec |
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
 
 
-def choose(groups: list[Group], signals: dict[str, float], ladder: list[QuantSpec | None], budget: float,
-           fixed_bytes: float, tolerance_db: float, scheme_ok: Callable[[Unit, QuantSpec], bool]) -> None:
+def choose(
+    groups: list[Group],
+    signals: dict[str, float],
+    ladder: list[QuantSpec | None],
+    budget: float,
+    fixed_bytes: float,
+    tolerance_db: float,
+    scheme_ok: Callable[[Unit, QuantSpec], bool],
+) -> None:
     """Raise groups' levels (in place) until every component meets the tolerance or the budget stops it."""
+
     def total() -> float:
         return fixed_bytes + sum(g.bytes_at(ladder[g.level], scheme_ok) for g in groups)
 
@@ -121,14 +129,20 @@ def choose(groups: list[Group], signals: dict[str, float], ladder: list[QuantSpe
             f"memory budget {budget / 2**20:.1f} MiB is too small: the smallest plan needs {total() / 2**20:.1f} MiB"
         )
     while True:
-        short = [c for c in signals if _predicted_sqnr([g for g in groups if g.component == c], signals[c], ladder) < tolerance_db]
+        short = [
+            c
+            for c in signals
+            if _predicted_sqnr([g for g in groups if g.component == c], signals[c], ladder) < tolerance_db
+        ]
         best, best_gain = None, 0.0
         for g in (g for g in groups if g.component in short and g.level + 1 < len(ladder)):
             extra = g.bytes_at(ladder[g.level + 1], scheme_ok) - g.bytes_at(ladder[g.level], scheme_ok)
             if total() + extra > budget:
                 continue
             # relative to its component's signal: embeddings and logits differ by orders of magnitude
-            gain = (g.noise_at(ladder[g.level]) - g.noise_at(ladder[g.level + 1])) / signals[g.component] / max(extra, 1.0)
+            gain = (
+                (g.noise_at(ladder[g.level]) - g.noise_at(ladder[g.level + 1])) / signals[g.component] / max(extra, 1.0)
+            )
             if gain > best_gain:
                 best, best_gain = g, gain
         if best is None:
@@ -146,8 +160,14 @@ def rescale(groups: list[Group], measured_noise: float, ladder: list[QuantSpec |
             g.noise4 *= measured_noise / predicted
 
 
-def sensitivity(float_dir: Path, components: dict[str, str], noise_of: Callable[[str, Recipe], float], int4: QuantSpec,
-                advance: Callable[[], None], judged_by: Callable[[str], str] = lambda c: c) -> list[Group]:
+def sensitivity(
+    float_dir: Path,
+    components: dict[str, str],
+    noise_of: Callable[[str, Recipe], float],
+    int4: QuantSpec,
+    advance: Callable[[], None],
+    judged_by: Callable[[str], str] = lambda c: c,
+) -> list[Group]:
     """Every layer with its int4 noise power: blocks and roles measured, a block's layers estimated from both.
 
     `noise_of(component, recipe)`: the noise power `recipe` adds on the output that judges the
@@ -179,13 +199,19 @@ def sensitivity(float_dir: Path, components: dict[str, str], noise_of: Callable[
             shares = [role_noise.get(role_of(u.name), 1.0) for u in us]
             if not sum(shares):  # no role of this block moved the output: split by size
                 shares = [u.params for u in us]
-            groups += [Group(u.name, judged_by(component), [u], block_noise * s / sum(shares), estimated=len(us) > 1)
-                       for u, s in zip(us, shares)]
+            groups += [
+                Group(u.name, judged_by(component), [u], block_noise * s / sum(shares), estimated=len(us) > 1)
+                for u, s in zip(us, shares)
+            ]
     return groups
 
 
-def report_of(groups: list[Group], signals: dict[str, float], ladder: list[QuantSpec | None],
-              scheme_ok: Callable[[Unit, QuantSpec], bool]) -> dict[str, Any]:
+def report_of(
+    groups: list[Group],
+    signals: dict[str, float],
+    ladder: list[QuantSpec | None],
+    scheme_ok: Callable[[Unit, QuantSpec], bool],
+) -> dict[str, Any]:
     """Per layer: the bits it got and its int4 sensitivity as the plan modelled it (SQNR of its component
     with it alone at int4; `estimated` when it is its block's measured noise shared out by role; scaled
     where `rescale` found the layers adding up to more)."""
@@ -194,6 +220,10 @@ def report_of(groups: list[Group], signals: dict[str, float], ladder: list[Quant
         spec = ladder[g.level]
         spec = spec if spec and any(scheme_ok(u, spec) for u in g.units) else None
         sqnr4 = 200.0 if g.noise4 == 0 else round(10 * math.log10(signals[g.component] / g.noise4), 2)
-        out[g.name] = {"bits": spec.bits if spec else 32, "int4_alone_sqnr_db": sqnr4, "params": sum(u.params for u in g.units),
-                       **({"estimated": True} if g.estimated else {})}
+        out[g.name] = {
+            "bits": spec.bits if spec else 32,
+            "int4_alone_sqnr_db": sqnr4,
+            "params": sum(u.params for u in g.units),
+            **({"estimated": True} if g.estimated else {}),
+        }
     return out

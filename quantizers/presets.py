@@ -57,8 +57,18 @@ _BLOCKS8 = QuantSpec(bits=8, group_size=32, symmetric=True, method="rtn", activa
 # everywhere) at the same speed in MLAS's int8 path (BENCHMARKS.md)
 _BLOCKS4 = QuantSpec(bits=4, symmetric=False, method="clip_search", activation_bits=8)
 TARGETS = (
-    Target("gpu-tensorrt", ("TensorrtExecutionProvider", "CUDAExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=0)),
-    Target("npu-android", ("QNNExecutionProvider", "NnapiExecutionProvider"), _QDQ, QuantSpec(bits=4, method="clip_search", activation_bits=8)),
+    Target(
+        "gpu-tensorrt",
+        ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+        _QDQ,
+        QuantSpec(bits=4, method="clip_search", activation_bits=0),
+    ),
+    Target(
+        "npu-android",
+        ("QNNExecutionProvider", "NnapiExecutionProvider"),
+        _QDQ,
+        QuantSpec(bits=4, method="clip_search", activation_bits=8),
+    ),
     Target("arm-cpu", ("XnnpackExecutionProvider",), _BLOCKS8, _BLOCKS4),
     Target("x86-cpu", ("CPUExecutionProvider",), _BLOCKS8, _BLOCKS4),
 )
@@ -70,7 +80,9 @@ def target_of(profile: DeviceProfile) -> Target:
     for t in TARGETS:
         if first in t.providers:
             return t
-    raise InputError(f"{profile.name}: no quantization target for provider {first!r}; known: {', '.join(p for t in TARGETS for p in t.providers)}")
+    raise InputError(
+        f"{profile.name}: no quantization target for provider {first!r}; known: {', '.join(p for t in TARGETS for p in t.providers)}"
+    )
 
 
 def group_size(profile: DeviceProfile) -> int:

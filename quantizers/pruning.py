@@ -91,14 +91,18 @@ def parse_spec(spec: str) -> PruneConfig:
         try:
             values[key.strip()] = kind(value)  # type: ignore[misc]
         except (TypeError, ValueError):
-            raise InputError(f"--prune {spec!r}: {item!r} is not KEY=VALUE with KEY one of blocks (a count), heads, mlp (fractions)") from None
+            raise InputError(
+                f"--prune {spec!r}: {item!r} is not KEY=VALUE with KEY one of blocks (a count), heads, mlp (fractions)"
+            ) from None
     return PruneConfig(**values)
 
 
 def _count(flag: str, fraction: float, total: int, unit: str) -> int:
     n = round(fraction * total)
     if not 1 <= n < total:
-        raise InputError(f"{flag} {fraction:g} removes {n} of {total} {unit} per layer; allowed: fractions that remove 1 to {total - 1}")
+        raise InputError(
+            f"{flag} {fraction:g} removes {n} of {total} {unit} per layer; allowed: fractions that remove 1 to {total - 1}"
+        )
     return n
 
 
@@ -112,7 +116,9 @@ def _counts(config: PruneConfig, dec: Stack) -> dict[str, int]:
         allowed = f"1 to {candidates - 1}" if candidates > 1 else "none"
         raise InputError(f"--blocks {config.blocks}: the {name} has {len(dec.layers)} blocks{why}; allowed: {allowed}")
     if config.heads and not dec.layout.heads:
-        raise InputError(f"--heads on the {dec.component}: its attention derives head_dim from hidden_size / heads, so fewer heads would not load back; allowed there: --blocks, --mlp")
+        raise InputError(
+            f"--heads on the {dec.component}: its attention derives head_dim from hidden_size / heads, so fewer heads would not load back; allowed there: --blocks, --mlp"
+        )
     counts = {"blocks": config.blocks}
     counts["heads"] = _count("--heads", config.heads, dec.kv_heads, "KV head groups") if config.heads else 0
     counts["mlp"] = _count("--mlp", config.mlp, dec.width, f"MLP channels{where}") if config.mlp else 0
@@ -130,7 +136,8 @@ def _share(removed: Sequence[float], kept: Sequence[float]) -> dict[str, float]:
     """Mean score of what went and of what stayed, and the share of the summed score that went."""
     total = sum(removed) + sum(kept)
     return {
-        "removed_mean": round(sum(removed) / len(removed), 6), "kept_mean": round(sum(kept) / len(kept), 6),
+        "removed_mean": round(sum(removed) / len(removed), 6),
+        "kept_mean": round(sum(kept) / len(kept), 6),
         "removed_share": round(sum(removed) / total, 6) if total else 0.0,
     }
 
@@ -141,7 +148,9 @@ def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dic
     remove = _lowest(scores[:candidates], n)
     drop_blocks(dec, remove)
     return {
-        "granularity": "blocks", "removed": remove, "scores": [round(s, 6) for s in scores],
+        "granularity": "blocks",
+        "removed": remove,
+        "scores": [round(s, 6) for s in scores],
         "summary": _share([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
         "why": "lowest 1 - cos(block input, block output) on the calibration data: these blocks change the residual stream least"
         + (f"; the last {dec.protected_tail} kept ({_protected_why})" if dec.protected_tail else ""),
@@ -154,7 +163,8 @@ def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict
     keep_kv_groups(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
     flat = [(v, j in removed[i]) for i, s in enumerate(scores) for j, v in enumerate(s)]
     return {
-        "granularity": "heads", "removed": {str(i): r for i, r in removed.items()},
+        "granularity": "heads",
+        "removed": {str(i): r for i, r in removed.items()},
         "scores": {str(i): [round(v, 6) for v in s] for i, s in enumerate(scores)},
         "summary": _share([v for v, r in flat if r], [v for v, r in flat if not r]),
         "why": "lowest mean norm of what a KV group's query heads write through o_proj; a KV head goes with all its query heads (grouped-query attention)",
@@ -167,9 +177,16 @@ def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[s
     kept = {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)}
     keep_channels(dec, kept)
     return {
-        "granularity": "mlp", "removed": {str(i): r for i, r in removed.items()},
+        "granularity": "mlp",
+        "removed": {str(i): r for i, r in removed.items()},
         # every removed channel's score, and the weakest kept one: the margin of the cut
-        "scores": {str(i): {"removed": [round(float(s[j]), 6) for j in removed[i]], "lowest_kept": round(float(s.sort().values[n]), 6)} for i, s in enumerate(scores)},
+        "scores": {
+            str(i): {
+                "removed": [round(float(s[j]), 6) for j in removed[i]],
+                "lowest_kept": round(float(s.sort().values[n]), 6),
+            }
+            for i, s in enumerate(scores)
+        },
         "summary": _share(
             torch.cat([s[removed[i]] for i, s in enumerate(scores)]).tolist(),
             torch.cat([s[kept[i]] for i, s in enumerate(scores)]).tolist(),
@@ -181,15 +198,27 @@ def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[s
 STAGES = {"blocks": _blocks, "heads": _heads, "mlp": _mlp}  # in the order they run
 
 
-def _calls(dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | None, media: str | Path | None) -> tuple[list, str]:
+def _calls(
+    dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | None, media: str | Path | None
+) -> tuple[list, str]:
     if dec.component == "text_decoder":
         return pruning_data.text_calls(dec.model, tokenizer, texts), f"{len(texts)} texts"
-    assert model_dir is not None, "encoders are scored through their family's export unit, found from the checkpoint directory"
+    assert model_dir is not None, (
+        "encoders are scored through their family's export unit, found from the checkpoint directory"
+    )
     return pruning_data.media_calls(dec.model, model_dir, dec.component, media)
 
 
-def prune_model(model: Any, tokenizer: Any, config: PruneConfig | Sequence[PruneConfig], texts: Sequence[str], progress: Any = None,
-                model_dir: Path | None = None, media: str | Path | None = None, calls: Sequence[Any] | None = None) -> dict[str, Any]:
+def prune_model(
+    model: Any,
+    tokenizer: Any,
+    config: PruneConfig | Sequence[PruneConfig],
+    texts: Sequence[str],
+    progress: Any = None,
+    model_dir: Path | None = None,
+    media: str | Path | None = None,
+    calls: Sequence[Any] | None = None,
+) -> dict[str, Any]:
     """Prune a loaded model in place on calibration `texts` (and, for encoders, the images or audio
     under `media`, fed through the family's export units found from `model_dir`); returns the report.
     `calls` replaces the text decoder's calibration: callables that each run `model` on one sample
@@ -218,15 +247,25 @@ def prune_model(model: Any, tokenizer: Any, config: PruneConfig | Sequence[Prune
                 continue
             task = progress.add_task(f"scoring {c.component} {name}", total=len(stage_calls)) if progress else None
             step = (lambda task=task: progress.advance(task)) if progress else (lambda: None)
-            stages.append({"component": c.component, **stage(dec, counts[name], stage_calls, step), "count": counts[name],
-                           "parameters_removed": component_before - count_parameters(dec.body)})
+            stages.append(
+                {
+                    "component": c.component,
+                    **stage(dec, counts[name], stage_calls, step),
+                    "count": counts[name],
+                    "parameters_removed": component_before - count_parameters(dec.body),
+                }
+            )
             component_before = count_parameters(dec.body)
     after = count_parameters(model)
     return {
         "version": 1,
         "architecture": type(model).__name__,
         "config": [dataclasses.asdict(c) for c in configs],
-        "calibration": {"samples": len(texts), "tokens": sum(len(tokenizer(t)["input_ids"][: importance.MAX_TOKENS]) for t in texts), "items": calibration},
+        "calibration": {
+            "samples": len(texts),
+            "tokens": sum(len(tokenizer(t)["input_ids"][: importance.MAX_TOKENS]) for t in texts),
+            "items": calibration,
+        },
         "uniform": UNIFORM,
         "parameters": {"before": before, "after": after, "removed": before - after},
         "stages": stages,
@@ -246,7 +285,10 @@ def bundle_report(model_dir: Path) -> dict[str, Any]:
     r = json.loads(path.read_text())
     keys = ("component", "granularity", "count", "removed", "parameters_removed", "summary", "why")
     stages = [{k: s[k] for k in keys if k in s} for s in r["stages"]]
-    return {"pruning": {k: r[k] for k in ("source", "parameters", "uniform", "calibration", "recovery") if k in r} | {"stages": stages}}
+    return {
+        "pruning": {k: r[k] for k in ("source", "parameters", "uniform", "calibration", "recovery") if k in r}
+        | {"stages": stages}
+    }
 
 
 def load_model(model_dir: Path) -> Any:
@@ -276,17 +318,28 @@ def _verifier(cls: type, parameters: int) -> Callable[[Path], None]:
     return verify
 
 
-def _check_source(source: Path, config: PruneConfig | Sequence[PruneConfig], recover: int) -> tuple[list[PruneConfig], Any]:
+def _check_source(
+    source: Path, config: PruneConfig | Sequence[PruneConfig], recover: int
+) -> tuple[list[PruneConfig], Any]:
     if not (source / "config.json").is_file():
-        raise InputError(f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory")
+        raise InputError(
+            f"model directory {str(source)!r} has no config.json; expected a Hugging Face checkpoint directory"
+        )
     configs = [config] if isinstance(config, PruneConfig) else list(config)
     if not configs:
         raise InputError("nothing to prune; pass --blocks N, --heads F or --mlp F")
     return configs, RecoveryConfig(steps=recover) if recover else None
 
 
-def prune(model: str | Path, out: str | Path, config: PruneConfig | Sequence[PruneConfig], data: str | Path | None = None,
-          force: bool = False, progress: bool = True, recover: int = 0) -> Path:
+def prune(
+    model: str | Path,
+    out: str | Path,
+    config: PruneConfig | Sequence[PruneConfig],
+    data: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+    recover: int = 0,
+) -> Path:
     """Prune the checkpoint directory `model` into `out` (refused if it exists, unless `force`).
 
     `data`: a folder whose .txt lines calibrate the text decoder and whose images / WAV files
@@ -316,7 +369,11 @@ def prune(model: str | Path, out: str | Path, config: PruneConfig | Sequence[Pru
         bar.remove_task(loading)
         report = prune_model(pruned, tokenizer, configs, texts, bar, model_dir=source, media=data)
         report["source"] = str(source.resolve())
-        report["calibration"]["data"] = str(Path(data).resolve()) if data else "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
+        report["calibration"]["data"] = (
+            str(Path(data).resolve())
+            if data
+            else "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
+        )
         if recovery is not None:
             report["recovery"] = distil(pruned, load_model(source), tokenizer, texts, recovery, progress=bar)
         else:

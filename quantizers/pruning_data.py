@@ -36,7 +36,10 @@ KIND = {"vision_encoder": "image", "audio_encoder": "audio"}
 
 def text_calls(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[Callable[[], Any]]:
     """One forward of `model` per calibration text."""
-    return [lambda ids=ids: model(input_ids=ids, use_cache=False) for ids in importance.calibration_samples(tokenizer, texts)]
+    return [
+        lambda ids=ids: model(input_ids=ids, use_cache=False)
+        for ids in importance.calibration_samples(tokenizer, texts)
+    ]
 
 
 def synthetic_audio(n: int, rate: int, samples: int, seed: int = 0) -> list[np.ndarray]:
@@ -53,7 +56,9 @@ def synthetic_audio(n: int, rate: int, samples: int, seed: int = 0) -> list[np.n
         f0, f1 = rng.uniform(80, 400), rng.uniform(200, 3000)
         phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))  # a linear sweep f0 -> f1
         tone = sum(rng.uniform(0.1, 0.5) / k * np.sin(k * phase) for k in range(1, 4))
-        gate = (np.sin(2 * np.pi * rng.uniform(0.5, 4) * t) > rng.uniform(-0.5, 0.5)).astype(float)  # syllable-like on/off
+        gate = (np.sin(2 * np.pi * rng.uniform(0.5, 4) * t) > rng.uniform(-0.5, 0.5)).astype(
+            float
+        )  # syllable-like on/off
         clips.append((tone * gate + rng.normal(0, 0.02, samples)).astype(np.float32))
     return clips
 
@@ -70,10 +75,14 @@ def _items(kind: str, folder: str | Path | None, preprocess: Any) -> tuple[list[
     if clips:
         return clips, f"{len(clips)} WAV files from {folder}"
     spec = preprocess.audio
-    return synthetic_audio(8, spec.sampling_rate, spec.n_samples), "built-in seeded synthetic clips (tone sweeps, noise)"
+    return synthetic_audio(
+        8, spec.sampling_rate, spec.n_samples
+    ), "built-in seeded synthetic clips (tone sweeps, noise)"
 
 
-def media_calls(model: Any, model_dir: Path, component: str, folder: str | Path | None) -> tuple[list[Callable[[], Any]], str]:
+def media_calls(
+    model: Any, model_dir: Path, component: str, folder: str | Path | None
+) -> tuple[list[Callable[[], Any]], str]:
     """One call of the family's `component` export unit per calibration item (per tile, for tiled images)."""
     from edgemfm.exporters import find_family
     from edgemfm.runtimes.media import prepare
@@ -83,8 +92,12 @@ def media_calls(model: Any, model_dir: Path, component: str, folder: str | Path 
     split = family.split(model, model_dir)
     kinds = [k for k, m in split.prompt.media.items() if m.encoder == component]
     # an encoder-decoder model (Whisper) links its encoder by cross-attention, not a prompt placeholder
-    cross = [u.cross_attention for u in split.units.values() if u.cross_attention and u.cross_attention.encoder == component]
-    assert component in split.units and (kinds or cross), f"{family.name} has no {component} unit"  # find_stack found its layers
+    cross = [
+        u.cross_attention for u in split.units.values() if u.cross_attention and u.cross_attention.encoder == component
+    ]
+    assert component in split.units and (kinds or cross), (
+        f"{family.name} has no {component} unit"
+    )  # find_stack found its layers
     unit, kind = split.units[component], kinds[0] if kinds else cross[0].media
     items, source = _items(kind, folder, split.preprocess)
     if kinds:

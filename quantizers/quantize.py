@@ -57,12 +57,32 @@ def quantize(
     if precision == "fp32" and recipe is None:
         return manifest
     with quiet_quantizers():
-        return _quantize(stage, manifest, profile, precision, scratch, calibration, memory_budget_mb, accuracy_tolerance_db, bar, recipe)
+        return _quantize(
+            stage,
+            manifest,
+            profile,
+            precision,
+            scratch,
+            calibration,
+            memory_budget_mb,
+            accuracy_tolerance_db,
+            bar,
+            recipe,
+        )
 
 
-def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision: str, scratch: Path,
-              calibration: str | Path | None, memory_budget_mb: float | None, accuracy_tolerance_db: float, bar: Any,
-              recipe: Recipe | None) -> Manifest:
+def _quantize(
+    stage: Path,
+    manifest: Manifest,
+    profile: DeviceProfile,
+    precision: str,
+    scratch: Path,
+    calibration: str | Path | None,
+    memory_budget_mb: float | None,
+    accuracy_tolerance_db: float,
+    bar: Any,
+    recipe: Recipe | None,
+) -> Manifest:
     if recipe is None and precision != "auto":
         recipe = presets.recipe_for(profile, precision)
     float_dir = scratch / "float"
@@ -87,7 +107,9 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
     plan_report: dict[str, Any] = {}
     if recipe is None:
         files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
-        recipe, plan_report = auto_recipe(float_dir, files, profile, judge, memory_budget_mb, accuracy_tolerance_db, bar, task)
+        recipe, plan_report = auto_recipe(
+            float_dir, files, profile, judge, memory_budget_mb, accuracy_tolerance_db, bar, task
+        )
     report, components = {}, dict(manifest.components)
     for name, c in manifest.components.items():
         if bar:
@@ -101,7 +123,9 @@ def _quantize(stage: Path, manifest: Manifest, profile: DeviceProfile, precision
     float_units = {u: why for e in report.values() for u, why in e["float_units"].items()}
     extra = {"plan": plan_report} if plan_report else {}
     return replace(
-        manifest, recipe=recipe, components=components,
+        manifest,
+        recipe=recipe,
+        components=components,
         report={**manifest.report, "precision": precision, "float_units": float_units, "quantization": report, **extra},
     )
 
@@ -122,8 +146,16 @@ def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.nda
     return out
 
 
-def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, judge: Judge,
-                memory_budget_mb: float | None, tolerance_db: float, bar: Any = None, task: Any = None) -> tuple[Recipe, dict[str, Any]]:
+def auto_recipe(
+    float_dir: Path,
+    files: dict[str, str],
+    profile: DeviceProfile,
+    judge: Judge,
+    memory_budget_mb: float | None,
+    tolerance_db: float,
+    bar: Any = None,
+    task: Any = None,
+) -> tuple[Recipe, dict[str, Any]]:
     """The auto plan: sensitivity per layer, then bits per layer under budget and tolerance.
 
     `files`: component -> its float graph in `float_dir`; `judge`: each component's noise under a
@@ -137,7 +169,9 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
     if bar:
         bar.update(task, description="measuring sensitivity", total=None, completed=0)
-    groups = planner.sensitivity(float_dir, files, judge.noise, ladder[0], lambda: bar and bar.advance(task), judge.judged_by)
+    groups = planner.sensitivity(
+        float_dir, files, judge.noise, ladder[0], lambda: bar and bar.advance(task), judge.judged_by
+    )
     judged = {c: [x for x in files if judge.judged_by(x) == c] for c in {judge.judged_by(x) for x in files}}
     signals = {c: judge.signal(c) for c in judged}
     budget = (memory_budget_mb or profile.default_memory_budget_mb) * 2**20
@@ -151,7 +185,9 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
     for round_ in range(planner.ROUNDS + 1):
         recipe = planner.recipe_of(groups, ladder)
         measured = {c: sum(judge.noise(x, recipe) for x in members) for c, members in judged.items()}
-        sqnr = {c: 200.0 if measured[c] == 0 else round(float(10 * np.log10(signals[c] / measured[c])), 2) for c in judged}
+        sqnr = {
+            c: 200.0 if measured[c] == 0 else round(float(10 * np.log10(signals[c] / measured[c])), 2) for c in judged
+        }
         short = [c for c in judged if sqnr[c] < tolerance_db]
         if not short or round_ == planner.ROUNDS:
             break
@@ -163,10 +199,17 @@ def auto_recipe(float_dir: Path, files: dict[str, str], profile: DeviceProfile, 
             break  # the budget allows no more
     met = not short
     if not met:
-        log.warning("edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget", tolerance_db, ", ".join(short))
+        log.warning(
+            "edgemfm: accuracy tolerance %.1f dB not met for %s within the memory budget",
+            tolerance_db,
+            ", ".join(short),
+        )
     return recipe, {
-        "tolerance_db": tolerance_db, "memory_budget_mb": budget / 2**20, "tolerance_met": met,
-        "measured_sqnr_db": sqnr, "judged_by": {x: judge.judged_by(x) for x in files},
+        "tolerance_db": tolerance_db,
+        "memory_budget_mb": budget / 2**20,
+        "tolerance_met": met,
+        "measured_sqnr_db": sqnr,
+        "judged_by": {x: judge.judged_by(x) for x in files},
         "groups": planner.report_of(groups, signals, ladder, ok),
     }
 

@@ -36,13 +36,17 @@ class RecoveryConfig:
     lr: float = 1e-4  # AdamW, constant: short runs have no room for a schedule
     continuation: int = 32  # tokens the teacher writes after each calibration text
     seed: int = 0
-    label_weight: float = 0.0  # cross-entropy on labelled tokens added to the KL: the teacher's own misses are not copied
+    label_weight: float = (
+        0.0  # cross-entropy on labelled tokens added to the KL: the teacher's own misses are not copied
+    )
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise InputError(f"--recover {self.steps}: the number of distillation steps must be 1 or more")
         if not self.lr > 0 or self.continuation < 0 or self.label_weight < 0:
-            raise InputError(f"recovery lr {self.lr:g}, continuation {self.continuation} and label weight {self.label_weight:g} must be positive")
+            raise InputError(
+                f"recovery lr {self.lr:g}, continuation {self.continuation} and label weight {self.label_weight:g} must be positive"
+            )
 
 
 def teacher_sequences(teacher: Any, tokenizer: Any, texts: Sequence[str], config: RecoveryConfig) -> list[torch.Tensor]:
@@ -58,8 +62,14 @@ def teacher_sequences(teacher: Any, tokenizer: Any, texts: Sequence[str], config
         for ids in calibration_samples(tokenizer, texts):
             if config.continuation:
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                ids = teacher.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=config.continuation,
-                                       do_sample=True, top_p=0.95, pad_token_id=pad)
+                ids = teacher.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=config.continuation,
+                    do_sample=True,
+                    top_p=0.95,
+                    pad_token_id=pad,
+                )
             out.append(ids)
     return out
 
@@ -71,9 +81,16 @@ def _kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Ten
     return torch.nn.functional.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean")
 
 
-def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], config: RecoveryConfig,
-           sequences: Sequence[torch.Tensor] | None = None, progress: Any = None,
-           labels: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
+def distil(
+    student: Any,
+    teacher: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    config: RecoveryConfig,
+    sequences: Sequence[torch.Tensor] | None = None,
+    progress: Any = None,
+    labels: Sequence[torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Train `student`'s decoder layers in place towards `teacher`'s logits; returns the report.
 
     `sequences` (from `teacher_sequences`) may be passed to reuse the teacher's text across students;
@@ -89,7 +106,9 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
     start = time.perf_counter()
     sequences = list(sequences) if sequences is not None else teacher_sequences(teacher, tokenizer, texts, config)
     if config.label_weight and (labels is None or len(labels) != len(sequences)):
-        raise InputError(f"recovery label weight {config.label_weight:g} needs one label tensor per sequence ({len(sequences)})")
+        raise InputError(
+            f"recovery label weight {config.label_weight:g} needs one label tensor per sequence ({len(sequences)})"
+        )
     layers = find_decoder(student).layers
     trained = set(map(id, layers.parameters()))
     frozen = [p for p in student.parameters() if id(p) not in trained and p.requires_grad]
@@ -110,7 +129,9 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
             logits = student(**inputs, use_cache=False).logits
             loss = _kl(target, logits)
             if config.label_weight:  # position t predicts token t + 1
-                loss = loss + config.label_weight * torch.nn.functional.cross_entropy(logits[0, :-1], labels[int(order[step])][1:], ignore_index=-100)
+                loss = loss + config.label_weight * torch.nn.functional.cross_entropy(
+                    logits[0, :-1], labels[int(order[step])][1:], ignore_index=-100
+                )
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)  # a sliced model's first steps can be steep
@@ -126,7 +147,8 @@ def distil(student: Any, teacher: Any, tokenizer: Any, texts: Sequence[str], con
     return {
         "method": "distillation: KL(unpruned || pruned) on next-token logits; decoder layers trained, embedding and head frozen",
         "config": asdict(config),
-        "sequences": len(sequences), "tokens": sum(s.shape[1] for s in sequences),
+        "sequences": len(sequences),
+        "tokens": sum(s.shape[1] for s in sequences),
         "loss": {"first": sum(losses[:window]) / window, "last": sum(losses[-window:]) / window},
         "seconds": round(time.perf_counter() - start, 1),
     }

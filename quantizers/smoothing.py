@@ -44,7 +44,9 @@ def smooth(model: Any, units: list[Unit], ctx: Context) -> Any:
     for x, us in readers.items():
         weights = {u.weight: numpy_helper.to_array(inits[u.weight]) for u in us}
         w_max = np.max([np.abs(w).max(axis=1) for w in weights.values()], axis=0)
-        s = np.clip(np.maximum(stats[x][1], 1e-5) ** ALPHA / np.maximum(w_max, 1e-5) ** (1 - ALPHA), 1e-2, 1e2).astype(np.float32)
+        s = np.clip(np.maximum(stats[x][1], 1e-5) ** ALPHA / np.maximum(w_max, 1e-5) ** (1 - ALPHA), 1e-2, 1e2).astype(
+            np.float32
+        )
         for name, w in weights.items():
             inits[name].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), name))
         inv = f"{x}_smooth_inv"

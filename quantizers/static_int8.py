@@ -29,7 +29,9 @@ def check(spec: QuantSpec) -> None:
     if spec.method not in CALIBRATORS:
         raise ConfigError(f"static calibration method {spec.method!r} is unknown; allowed: {', '.join(CALIBRATORS)}")
     if spec.bits != 8 or spec.activation_bits != 8:
-        raise ConfigError(f"static QDQ is int8 weights and activations, not bits={spec.bits} activation_bits={spec.activation_bits}")
+        raise ConfigError(
+            f"static QDQ is int8 weights and activations, not bits={spec.bits} activation_bits={spec.activation_bits}"
+        )
 
 
 def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
@@ -40,16 +42,28 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     check(spec)
     if not ctx.feeds:
         raise InputError("static int8 needs calibration data and none reached this component")
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     out = ctx.scratch / "static.onnx"
     quantize_static(
-        model, out, FeedReader(ctx.feeds), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=sorted({u.op for u in units}), nodes_to_quantize=[u.node for u in units],
-        per_channel=True, activation_type=QuantType.QInt8 if spec.symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method=method[spec.method],
+        model,
+        out,
+        FeedReader(ctx.feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=sorted({u.op for u in units}),
+        nodes_to_quantize=[u.node for u in units],
+        per_channel=True,
+        activation_type=QuantType.QInt8 if spec.symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method[spec.method],
         extra_options={
-            "ActivationSymmetric": spec.symmetric, "WeightSymmetric": True,
-            "CalibPercentile": PERCENTILE, "CalibTensorRangeSymmetric": spec.symmetric,
+            "ActivationSymmetric": spec.symmetric,
+            "WeightSymmetric": True,
+            "CalibPercentile": PERCENTILE,
+            "CalibTensorRangeSymmetric": spec.symmetric,
         },
     )
     return onnx.load(str(out))

@@ -32,8 +32,13 @@ from edgemfm.errors import UnsupportedModelError
 
 # Architectures checked in tests or sharing their module names; the check itself is structural.
 SUPPORTED = (
-    "LlamaForCausalLM", "LlavaForConditionalGeneration", "MistralForCausalLM", "Qwen2ForCausalLM",
-    "Idefics3ForConditionalGeneration", "Qwen2AudioForConditionalGeneration", "WhisperForConditionalGeneration",
+    "LlamaForCausalLM",
+    "LlavaForConditionalGeneration",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Idefics3ForConditionalGeneration",
+    "Qwen2AudioForConditionalGeneration",
+    "WhisperForConditionalGeneration",
 )
 COMPONENTS = ("text_decoder", "vision_encoder", "audio_encoder")
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -104,8 +109,10 @@ def _has_linears(module: Any, owner: str | None, names: Sequence[str]) -> bool:
 def _fits(layers: Any, attention: Sequence[str], layout: Layout) -> bool:
     mlp_owner = layout.mlp_out.rpartition(".")[0] or None
     mlp = [p.rpartition(".")[2] for p in (*layout.mlp_in, layout.mlp_out)]
-    return isinstance(layers, torch.nn.ModuleList) and len(layers) > 0 and all(
-        _has_linears(layer, "self_attn", attention) and _has_linears(layer, mlp_owner, mlp) for layer in layers
+    return (
+        isinstance(layers, torch.nn.ModuleList)
+        and len(layers) > 0
+        and all(_has_linears(layer, "self_attn", attention) and _has_linears(layer, mlp_owner, mlp) for layer in layers)
     )
 
 
@@ -125,7 +132,12 @@ def _find_encoder(model: Any, component: str) -> Stack:
         sub = config  # Whisper's encoder shapes live in the top-level config
     for layout in (VIT, WHISPER):
         for name, body in model.named_modules():
-            if sub is not None and getattr(body, "config", None) is sub and "decoder" not in name and _fits(getattr(body, "layers", None), ENCODER_ATTENTION, layout):
+            if (
+                sub is not None
+                and getattr(body, "config", None) is sub
+                and "decoder" not in name
+                and _fits(getattr(body, "layers", None), ENCODER_ATTENTION, layout)
+            ):
                 if len(body.layers) == getattr(sub, layout.layers, None):
                     return Stack(component, model, body, sub, layout, _protected_tail(config, component))
     raise UnsupportedModelError(f"{type(model).__name__} ({component})", SUPPORTED)

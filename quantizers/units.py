@@ -79,7 +79,9 @@ def weighted_units(model: Any, component: str) -> tuple[list[Unit], dict[str, st
         if node.op_type not in WEIGHT_INPUT or len(node.input) <= WEIGHT_INPUT[node.op_type]:
             big = [i for i in node.input if i in inits and _count(tuple(inits[i].dims)) >= MIN_PARAMS]
             if big and inits[big[0]].data_type == TensorProto.FLOAT:  # e.g. a fused Attention's packed QKV weights
-                skipped[unit_name(component, module_path(node))] = f"{node.op_type} {node.name}: no quantizer for this op's weights"
+                skipped[unit_name(component, module_path(node))] = (
+                    f"{node.op_type} {node.name}: no quantizer for this op's weights"
+                )
             continue
         init = inits.get(node.input[WEIGHT_INPUT[node.op_type]])
         name = unit_name(component, module_path(node))

@@ -92,15 +92,23 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     elif matmuls:
         factory, _ = ALGORITHMS[spec.method]
         q = MatMulNBitsQuantizer(
-            model, bits=spec.bits, block_size=spec.group_size, is_symmetric=spec.symmetric,
-            nodes_to_exclude=others + [u.node for u in gathers], algo_config=factory(spec, ctx),
+            model,
+            bits=spec.bits,
+            block_size=spec.group_size,
+            is_symmetric=spec.symmetric,
+            nodes_to_exclude=others + [u.node for u in gathers],
+            algo_config=factory(spec, ctx),
         )
         q.process()
         model = q.model.model if hasattr(q.model, "model") else q.model
     if gathers and spec.bits == 4:
         q = MatMulNBitsQuantizer(
-            model, bits=4, block_size=spec.group_size, is_symmetric=spec.symmetric,
-            nodes_to_exclude=others + [u.node for u in matmuls], op_types_to_quantize=("Gather",),
+            model,
+            bits=4,
+            block_size=spec.group_size,
+            is_symmetric=spec.symmetric,
+            nodes_to_exclude=others + [u.node for u in matmuls],
+            op_types_to_quantize=("Gather",),
             quant_axes=(("Gather", 1),),
         )
         q.process()
@@ -127,13 +135,29 @@ def _gptq_apply(model: Any, matmuls: list[Unit], spec: QuantSpec, ctx: Context) 
         raise InputError("GPTQ needs calibration data and none reached this component")
     chosen = {u.node for u in matmuls}
     config = {
-        n.name: {"bits": spec.bits, "group_size": spec.group_size, "scheme": "sym" if spec.symmetric else "asym", "algorithm": "GPTQ"}
-        if n.name in chosen else "fp32"
-        for n in model.graph.node if n.op_type == "MatMul"
+        n.name: {
+            "bits": spec.bits,
+            "group_size": spec.group_size,
+            "scheme": "sym" if spec.symmetric else "asym",
+            "algorithm": "GPTQ",
+        }
+        if n.name in chosen
+        else "fp32"
+        for n in model.graph.node
+        if n.op_type == "MatMul"
     }
     feeds = ((f, None) for f in ctx.feeds)  # its loader protocol: (inputs, label)
-    out = gptq_quantize(model, feeds, weight_config=config, num_bits=spec.bits, group_size=spec.group_size,
-                        scheme="sym" if spec.symmetric else "asym", n_samples=-1, percdamp=0.01, blocksize=128)
+    out = gptq_quantize(
+        model,
+        feeds,
+        weight_config=config,
+        num_bits=spec.bits,
+        group_size=spec.group_size,
+        scheme="sym" if spec.symmetric else "asym",
+        n_samples=-1,
+        percdamp=0.01,
+        blocksize=128,
+    )
     return out.model
 
 
@@ -157,7 +181,9 @@ def _int8_rows(model: Any, unit: Unit) -> None:
     node = next(n for n in graph.node if n.name == unit.node)
     base, ids, out = unit.weight, node.input[1], node.output[0]
     graph.initializer.remove(init)
-    graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"), numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")])
+    graph.initializer.extend(
+        [numpy_helper.from_array(q, f"{base}_int8"), numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale")]
+    )
     axis = [a.i for a in node.attribute if a.name == "axis"]
     assert not axis or axis[0] == 0, "embedding Gathers index rows"
     new = [

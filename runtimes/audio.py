@@ -71,7 +71,9 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     width = bits // 8
     if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
         kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
-        raise InputError(f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}")
+        raise InputError(
+            f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}"
+        )
     raw = chunks[b"data"]
     raw = raw[: len(raw) - len(raw) % (width * channels)]
     if not raw:

@@ -48,7 +48,12 @@ class MemoryPlan:
         return self.runtime + self.weights + self.kv_cache + sum(self.activations.values())
 
     def describe(self) -> str:
-        parts = [("process", self.runtime), ("weights", self.weights), ("KV cache", self.kv_cache), ("activations", sum(self.activations.values()))]
+        parts = [
+            ("process", self.runtime),
+            ("weights", self.weights),
+            ("KV cache", self.kv_cache),
+            ("activations", sum(self.activations.values())),
+        ]
         return ", ".join(f"{name} {value / MiB:.1f}" for name, value in parts if value)
 
 

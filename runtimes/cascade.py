@@ -50,7 +50,9 @@ class Calibration:
         try:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise InputError(f"{str(path)!r} is not a cascade calibration file ({e}); allowed: a JSON file written by calibrate()") from None
+            raise InputError(
+                f"{str(path)!r} is not a cascade calibration file ({e}); allowed: a JSON file written by calibrate()"
+            ) from None
 
 
 def mean_logprob(scored: Sequence[tuple[int, float]]) -> float:
@@ -63,9 +65,15 @@ class Cascade(Generates):
 
     def __init__(self, small: Pipeline, large: Pipeline, escalate_below: float | str | Path | None):
         if escalate_below is None:
-            raise InputError("a cascade needs escalate_below; allowed: a mean log-probability (e.g. -1.5) or a calibration JSON file")
+            raise InputError(
+                "a cascade needs escalate_below; allowed: a mean log-probability (e.g. -1.5) or a calibration JSON file"
+            )
         if isinstance(escalate_below, (str, Path)):
-            escalate_below = _number(str(escalate_below)) if _number(str(escalate_below)) is not None else Calibration.read(escalate_below).threshold
+            escalate_below = (
+                _number(str(escalate_below))
+                if _number(str(escalate_below)) is not None
+                else Calibration.read(escalate_below).threshold
+            )
         self.small, self.large, self.threshold = small, large, float(escalate_below)
         self.tokenizer = large.tokenizer  # each answer is decoded by the tokenizer of the bundle that gave it
         self.answered_by: str | None = None
@@ -76,14 +84,24 @@ class Cascade(Generates):
         return self.large.provider
 
     def generate_steps(
-        self, prompt: str, images: Iterable[Any] = (), audio: Iterable[Any] = (), max_new_tokens: int | None = None, sampler: Sampler | None = None
+        self,
+        prompt: str,
+        images: Iterable[Any] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        sampler: Sampler | None = None,
     ) -> Iterator[tuple[int, np.ndarray | None]]:
         """The small bundle's answer if it passes the self-test (its logits not kept: None), else the large bundle's."""
         scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
         return large if scored is None else ((token, None) for token, _ in scored)
 
     def generate_scored(
-        self, prompt: str, images: Iterable[Any] = (), audio: Iterable[Any] = (), max_new_tokens: int | None = None, sampler: Sampler | None = None
+        self,
+        prompt: str,
+        images: Iterable[Any] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        sampler: Sampler | None = None,
     ) -> Iterator[tuple[int, float]]:
         """(token, log-probability) pairs of the answer that passed: the small bundle's, or the large one's."""
         scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
@@ -114,7 +132,9 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip(" .,!?;:'\"")
 
 
-def calibrate(small: Pipeline, large: Pipeline, items: Sequence[dict[str, Any]], max_new_tokens: int, tolerance: float = 0.01) -> Calibration:
+def calibrate(
+    small: Pipeline, large: Pipeline, items: Sequence[dict[str, Any]], max_new_tokens: int, tolerance: float = 0.01
+) -> Calibration:
     """The threshold escalating the fewest held-out items while accuracy >= large's - `tolerance`.
 
     Each item is {"question": str, "answer": str, "images": [paths], "audio": [paths]} (either

@@ -72,7 +72,9 @@ class Sampler:
 
     def __post_init__(self):
         if not (np.isfinite(self.temperature) and self.temperature >= 0):
-            raise InputError(f"temperature {self.temperature!r} is not allowed; allowed: 0 (greedy) or a positive number")
+            raise InputError(
+                f"temperature {self.temperature!r} is not allowed; allowed: 0 (greedy) or a positive number"
+            )
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise InputError(f"top-k {self.top_k!r} is not allowed; allowed: 0 (no limit) or a positive integer")
         if not 0 < self.top_p <= 1:

@@ -42,7 +42,9 @@ class PteSession:
     @classmethod
     def load(cls, program: Any, component: Component) -> PteSession:
         if component.method not in program.method_names:
-            raise BundleError(f"{component.file} has no method {component.method!r}; it has: {', '.join(sorted(program.method_names))}")
+            raise BundleError(
+                f"{component.file} has no method {component.method!r}; it has: {', '.join(sorted(program.method_names))}"
+            )
         return cls(
             program.load_method(component.method),
             tuple(t.name for t in component.inputs),
@@ -62,7 +64,9 @@ class PteSession:
         return {n: t.numpy() for n, t in zip(self.output_names, out)}
 
 
-def open_components(path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0) -> dict[str, PteSession]:
+def open_components(
+    path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0
+) -> dict[str, PteSession]:
     """A session per pte component, each program file loaded once."""
     try:
         from executorch.runtime import Runtime

@@ -37,7 +37,9 @@ class KVCache:
         self.length = 0  # entries held
         self.position = 0  # absolute position of the next token
         self.evicted = 0  # entries dropped by the sliding window so far
-        self.fixed: dict[str, np.ndarray] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
+        self.fixed: dict[
+            str, np.ndarray
+        ] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
         # M-RoPE (generation.positions "mrope"): the prompt's 3-D positions, and the shift of every later position
         self.mrope: tuple[np.ndarray, int] | None = None
 

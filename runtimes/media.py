@@ -49,14 +49,18 @@ def prepare(kind: str, item, manifest: Manifest) -> Prepared:
     spec, pre = manifest.prompt.media[kind], manifest.preprocess
     if kind == "image" and pre.image_splitting is not None:
         tiles, rows, cols = split_image(item, pre.image, pre.image_splitting)
-        return Prepared(tiles_text(rows, cols, spec.placeholder, pre.image_splitting), [Call({spec.input: t[None]}) for t in tiles])
+        return Prepared(
+            tiles_text(rows, cols, spec.placeholder, pre.image_splitting), [Call({spec.input: t[None]}) for t in tiles]
+        )
     if kind == "image" and pre.image_patches is not None:
         p = pre.image_patches
         patches, (t, gh, gw) = patchify(item, pre.image, p)
         feeds = {spec.input: patches}
         if spec.patch_positions:
             feeds[spec.patch_positions] = patch_positions(gh, gw, p.merge)
-        return Prepared(f"{p.vision_start}{spec.placeholder}{p.vision_end}", [Call(feeds, (t, gh // p.merge, gw // p.merge))])
+        return Prepared(
+            f"{p.vision_start}{spec.placeholder}{p.vision_end}", [Call(feeds, (t, gh // p.merge, gw // p.merge))]
+        )
     return Prepared(spec.placeholder, [Call(item_feeds(kind, item, manifest))])
 
 
@@ -81,7 +85,9 @@ def grid_segments(entries: Sequence[int | tuple[str, Any]]) -> list[int | tuple[
         if not isinstance(entry, int):
             call = entry[1]
             if not isinstance(call, Call) or call.grid is None:
-                raise InputError(f"this bundle's 3-D positions need a grid for every {entry[0]} item; this one has none")
+                raise InputError(
+                    f"this bundle's 3-D positions need a grid for every {entry[0]} item; this one has none"
+                )
             segments.append(call.grid)
         elif segments and isinstance(segments[-1], int):
             segments[-1] += 1

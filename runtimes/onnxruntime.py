@@ -49,7 +49,9 @@ class OrtSession:
         self.provider = session.get_providers()[0]
 
     @classmethod
-    def load(cls, path: str | Path, providers: Sequence[str], threads: int = 0, spin: bool = True, arena: bool = True) -> OrtSession:
+    def load(
+        cls, path: str | Path, providers: Sequence[str], threads: int = 0, spin: bool = True, arena: bool = True
+    ) -> OrtSession:
         """A session on the first of `providers` that takes it; `arena=False` returns freed buffers to the OS."""
         options = ort.SessionOptions()
         options.enable_cpu_mem_arena = arena
@@ -63,7 +65,9 @@ class OrtSession:
         return dict(zip(self.output_names, self.session.run(None, feeds)))
 
 
-def open_components(path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0) -> dict[str, OrtSession]:
+def open_components(
+    path: Path, components: dict[str, Component], manifest: Manifest, profile: DeviceProfile, threads: int = 0
+) -> dict[str, OrtSession]:
     """A session per onnx component, on the profile's providers this machine has.
 
     Example:
@@ -74,6 +78,12 @@ def open_components(path: Path, components: dict[str, Component], manifest: Mani
     several = len(manifest.components) > 1
     return {
         # Encoders run once per item: without an arena their buffers go back to the OS before the decoder's peak.
-        name: OrtSession.load(path / c.file, providers, threads=threads, spin=not several, arena=c.kv_cache is not None or name == manifest.generation.embedding)
+        name: OrtSession.load(
+            path / c.file,
+            providers,
+            threads=threads,
+            spin=not several,
+            arena=c.kv_cache is not None or name == manifest.generation.embedding,
+        )
         for name, c in components.items()
     }

@@ -120,17 +120,25 @@ class Pipeline(Generates):
         self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
         what = f"bundle {str(path)!r}"
         # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
-        budget.check(budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved), self.memory_budget, what)
+        budget.check(
+            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved), self.memory_budget, what
+        )
         decoder_name = manifest.generation.decoder
         self.sessions = {}
         for format in dict.fromkeys(c.format for c in manifest.components.values()):
             components = {name: c for name, c in manifest.components.items() if c.format == format}
-            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(path, components, manifest, profile, threads)
+            self.sessions |= importlib.import_module(BACKENDS[format]).open_components(
+                path, components, manifest, profile, threads
+            )
         self.memory = budget.check(
-            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, loaded=True), self.memory_budget, what
+            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, loaded=True),
+            self.memory_budget,
+            what,
         )
         self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
-        self.decoder = Decoder(self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming)
+        self.decoder = Decoder(
+            self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
+        )
         self.draft: Pipeline | None = None  # set by load(..., draft=): speculative decoding
         self.speculate_k = 4  # tokens the draft proposes per target pass
 
@@ -175,8 +183,14 @@ class Pipeline(Generates):
             if kind not in takes:
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(takes)}")
         if isinstance(counts.get("image"), int) and needs_preparing(self.manifest):
-            raise InputError("this bundle's images span several slots or a grid; pass items from Pipeline.prepare, not a count")
-        texts = [media[k].placeholder * v if isinstance(v, int) else "".join(p.text for p in v) for k, v in counts.items() if k in media]
+            raise InputError(
+                "this bundle's images span several slots or a grid; pass items from Pipeline.prepare, not a count"
+            )
+        texts = [
+            media[k].placeholder * v if isinstance(v, int) else "".join(p.text for p in v)
+            for k, v in counts.items()
+            if k in media
+        ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
         text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
@@ -190,7 +204,9 @@ class Pipeline(Generates):
         spec = self.manifest.prompt.media[kind]
         feeds = item.feeds if isinstance(item, Call) else item_feeds(kind, item, self.manifest)
         rows = self.sessions[spec.encoder].run(feeds)[spec.output]
-        rows = rows.reshape(1, -1, rows.shape[-1]).astype(self.manifest.components[self.manifest.generation.decoder].dtype)
+        rows = rows.reshape(1, -1, rows.shape[-1]).astype(
+            self.manifest.components[self.manifest.generation.decoder].dtype
+        )
         del feeds
         budget.release_free_heap()  # the encoder's freed buffers leave the process before the decoder's peak
         return rows
@@ -256,7 +272,9 @@ class Pipeline(Generates):
         """
         sampler = sampler or Sampler()
         if self.draft is not None and not sampler.is_greedy:
-            raise InputError(f"speculative decoding (--draft) needs greedy decoding; temperature {sampler.temperature:g} is not allowed; allowed: 0")
+            raise InputError(
+                f"speculative decoding (--draft) needs greedy decoding; temperature {sampler.temperature:g} is not allowed; allowed: 0"
+            )
         limit = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit < 0:
             raise InputError(f"max_new_tokens {limit} is not allowed; allowed: 0 or more")
@@ -326,12 +344,30 @@ def load(
     pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings)
     if draft is not None:
         pipe.speculate_k = draft_k
-        pipe.draft = Pipeline(Path(draft), bundle.read_manifest(draft), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
+        pipe.draft = Pipeline(
+            Path(draft),
+            bundle.read_manifest(draft),
+            profile,
+            threads,
+            memory_budget,
+            settings,
+            reserved=pipe.working_bytes,
+        )
         if pipe.tokenizer.get_vocab() != pipe.draft.tokenizer.get_vocab():
-            raise InputError(f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer")
+            raise InputError(
+                f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer"
+            )
     if cascade is None:
         return pipe
     from edgemfm.runtimes.cascade import Cascade
 
-    small = Pipeline(Path(cascade), bundle.read_manifest(cascade), profile, threads, memory_budget, settings, reserved=pipe.working_bytes)
+    small = Pipeline(
+        Path(cascade),
+        bundle.read_manifest(cascade),
+        profile,
+        threads,
+        memory_budget,
+        settings,
+        reserved=pipe.working_bytes,
+    )
     return Cascade(small, pipe, escalate_below)

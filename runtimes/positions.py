@@ -47,7 +47,6 @@ def mrope_positions(segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.
     return np.concatenate(pieces, axis=1).astype(np.int64), start
 
 
-
 def mrope_prompt(segments: Sequence[int | tuple[int, int, int]]) -> tuple[np.ndarray, int]:
     """The prompt's 3-D positions [3, seq] and the shift of every later token's position
     (generated token at absolute position p sits at p + shift on all three axes).

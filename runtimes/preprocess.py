@@ -44,7 +44,9 @@ def load_image(item: ImageLike) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError):
-        raise InputError(f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, TIFF ...)") from None
+        raise InputError(
+            f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, TIFF ...)"
+        ) from None
 
 
 def _resize_shortest_edge(img: Image.Image, size: int, resample: str) -> Image.Image:

@@ -30,7 +30,9 @@ import numpy as np
 from edgemfm.runtimes.decoding import greedy
 
 
-def speculate(target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: Sequence[int], limit: int, k: int) -> Iterator[tuple[int, np.ndarray]]:
+def speculate(
+    target, draft, prompt: str, media: dict[str, Iterable[Any]], eos: Sequence[int], limit: int, k: int
+) -> Iterator[tuple[int, np.ndarray]]:
     """(token, the target's logits for it) pairs, identical in tokens to greedy decoding with `target` alone.
 
     Counts go to `target.speculation`: tokens proposed, accepted, and target decoder calls.

@@ -38,10 +38,16 @@ class PromptLayout:
     placeholders: dict[str, int]  # media kind -> placeholder token id
 
     def ids(self, counts: dict[str, int]) -> list[int]:
-        return [*self.prefix, *(t for kind, n in counts.items() for _ in range(n) for t in self.units[kind]), *self.suffix]
+        return [
+            *self.prefix,
+            *(t for kind, n in counts.items() for _ in range(n) for t in self.units[kind]),
+            *self.suffix,
+        ]
 
 
-def split_template(tokenize: Callable[[dict[str, int]], list[int]], kinds: Sequence[str], placeholder_ids: dict[str, int]) -> PromptLayout | None:
+def split_template(
+    tokenize: Callable[[dict[str, int]], list[int]], kinds: Sequence[str], placeholder_ids: dict[str, int]
+) -> PromptLayout | None:
     """The prefix / per-item units / suffix of a prompt's ids, or None when the tokenizer merges across them.
 
     `tokenize(counts)` gives the ids of the whole templated prompt with `counts` items per kind.
@@ -52,7 +58,11 @@ def split_template(tokenize: Callable[[dict[str, int]], list[int]], kinds: Seque
     for kind in kinds:
         one = tokenize({kind: 1})
         size = len(one) - len(bare)
-        starts = [p for p in range(len(bare) + 1) if one[:p] + one[p + size :] == bare and placeholder_ids[kind] in one[p : p + size]]
+        starts = [
+            p
+            for p in range(len(bare) + 1)
+            if one[:p] + one[p + size :] == bare and placeholder_ids[kind] in one[p : p + size]
+        ]
         if not starts or (prefix_len is not None and starts[0] != prefix_len):
             return None
         prefix_len = starts[0]

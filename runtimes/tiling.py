@@ -69,7 +69,11 @@ def split_image(item: ImageLike, image: ImagePreprocess, spec: ImageSplitting) -
     rows = cols = 0
     if width > spec.tile or height > spec.tile:
         rows, cols = height // spec.tile, width // spec.tile
-        boxes = [(c * spec.tile, r * spec.tile, (c + 1) * spec.tile, (r + 1) * spec.tile) for r in range(rows) for c in range(cols)]
+        boxes = [
+            (c * spec.tile, r * spec.tile, (c + 1) * spec.tile, (r + 1) * spec.tile)
+            for r in range(rows)
+            for c in range(cols)
+        ]
         views = [img.crop(box) for box in boxes]
         img = img.resize((spec.tile, spec.tile), resample=resample)
     views.append(img)

@@ -66,7 +66,9 @@ class BenchConfig:
     def check(self) -> None:
         """Raise InputError naming the first bad setting."""
         if not (isinstance(self.tokens, int) and self.tokens >= 2):
-            raise InputError(f"tokens {self.tokens!r} is not allowed; allowed: 2 or more (the first token is timed apart)")
+            raise InputError(
+                f"tokens {self.tokens!r} is not allowed; allowed: 2 or more (the first token is timed apart)"
+            )
         if not (isinstance(self.repeats, int) and self.repeats >= 1):
             raise InputError(f"repeats {self.repeats!r} is not allowed; allowed: 1 or more")
         if not (isinstance(self.warmup, int) and self.warmup >= 0):
@@ -109,9 +111,21 @@ def machine() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")), model)
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            model,
+        )
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"cpu": model, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in load], "platform": platform.platform()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in load],
+        "platform": platform.platform(),
+    }
 
 
 def _median_runs(fn, config: BenchConfig) -> list[Any]:
@@ -130,7 +144,9 @@ def _decode_once(pipe, config: BenchConfig) -> tuple[float, float, float]:
     cache = pipe.decoder.new_cache()
     media, cache.fixed = pipe.attend(media)
     logits = pipe.prefill(cache, config.prompt, media)
-    steps = decode(pipe.decoder, cache, logits, Sampler(), eos=(), limit=config.tokens)  # never stop early: a fixed count
+    steps = decode(
+        pipe.decoder, cache, logits, Sampler(), eos=(), limit=config.tokens
+    )  # never stop early: a fixed count
     next(steps)
     first, cpu = time.perf_counter(), time.process_time()
     rest = sum(1 for _ in steps)
@@ -171,14 +187,18 @@ def _encoder_ms(pipe, config: BenchConfig) -> dict[str, dict[str, float]]:
     for kind, encoder in kinds.items():
         item = media_item(m, kind)
         if cross and kind == cross.media:
-            run = lambda: pipe.attend({kind: [item]})  # noqa: E731
+            run = lambda: pipe.attend({kind: [item]})  # noqa: B023, E731
         elif kind == "image" and needs_preparing(m):
-            run = lambda: [pipe.encode(kind, c) for c in pipe.prepare({kind: [item]})[kind][0].calls]  # noqa: E731
+            run = lambda: [pipe.encode(kind, c) for c in pipe.prepare({kind: [item]})[kind][0].calls]  # noqa: B023, E731
         else:
-            run = lambda: pipe.encode(kind, item)  # noqa: E731
-        times = _median_runs(lambda: _timed(run), config)
+            run = lambda: pipe.encode(kind, item)  # noqa: B023, E731
+        times = _median_runs(lambda: _timed(run), config)  # noqa: B023
         ms = statistics.median(times) * 1000
-        out[encoder] = {"ms_per_image": ms} if kind == "image" else {"ms_per_audio_second": ms / (len(item) / m.preprocess.audio.sampling_rate)}
+        out[encoder] = (
+            {"ms_per_image": ms}
+            if kind == "image"
+            else {"ms_per_audio_second": ms / (len(item) / m.preprocess.audio.sampling_rate)}
+        )
     return out
 
 
@@ -195,7 +215,9 @@ def perplexity(pipe, text: str) -> tuple[float, int]:
         >>> perplexity(edgemfm.load("bundles/smollm2-int4"), Path("benchmarks/eval_en.txt").read_text())  # doctest: +SKIP
         (22.5, 344)
     """
-    ids = pipe.tokenizer.encode(text, add_special_tokens=pipe.manifest.prompt.add_special_tokens).ids[: pipe.streaming.max_seq_len]
+    ids = pipe.tokenizer.encode(text, add_special_tokens=pipe.manifest.prompt.add_special_tokens).ids[
+        : pipe.streaming.max_seq_len
+    ]
     if len(ids) < 2:
         raise InputError(f"the perplexity text has {len(ids)} tokens; allowed: a text of 2 tokens or more")
     cache, chunk, total = pipe.decoder.new_cache(), pipe.streaming.prefill_chunk, 0.0
@@ -231,19 +253,29 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
         "ttft_s": ttft,
         "decode_tokens_per_s": rate,
         "decode_tokens_per_cpu_s": cpu_rate,  # steadier than wall time on a shared machine
-        "runs": {"ttft_s": [r[0] for r in runs], "decode_tokens_per_s": [r[1] for r in runs], "decode_tokens_per_cpu_s": [r[2] for r in runs]},
+        "runs": {
+            "ttft_s": [r[0] for r in runs],
+            "decode_tokens_per_s": [r[1] for r in runs],
+            "decode_tokens_per_cpu_s": [r[2] for r in runs],
+        },
         "encoders": _encoder_ms(pipe, config),
         "perplexity": None,
         "perplexity_tokens": 0,
-        "sqnr_db": {name: q["sqnr_db"] for name, q in m.report.get("quantization", {}).items() if q.get("sqnr_db") is not None},
+        "sqnr_db": {
+            name: q["sqnr_db"] for name, q in m.report.get("quantization", {}).items() if q.get("sqnr_db") is not None
+        },
         "peak_rss_bytes": budget.peak_resident_bytes(),  # generating and encoding; the perplexity pass's full logits come after
     }
-    if config.text is not None and decoder.cross_attention is None:  # a transcriber's decoder is not a language model of free text
-        result["perplexity"], result["perplexity_tokens"] = perplexity(pipe, Path(config.text).read_text(encoding="utf-8"))
+    if (
+        config.text is not None and decoder.cross_attention is None
+    ):  # a transcriber's decoder is not a language model of free text
+        result["perplexity"], result["perplexity_tokens"] = perplexity(
+            pipe, Path(config.text).read_text(encoding="utf-8")
+        )
     return result
 
 
-def bench(bundles: list[str | Path], config: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, Any]:
+def bench(bundles: list[str | Path], config: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, Any]:  # noqa: B008
     """Measure each bundle in a fresh process, one after the other, and the memory bandwidth once.
 
     Example:
@@ -269,10 +301,17 @@ def bench(bundles: list[str | Path], config: BenchConfig = BenchConfig(), progre
             bar.update(task, description=f"measuring {path}")
             with context.Pool(1) as pool:
                 result = pool.apply(measure, (str(path), config))
-            result["decode_efficiency"] = result["weights_read_per_token_bytes"] * result["decode_tokens_per_s"] / bandwidth
+            result["decode_efficiency"] = (
+                result["weights_read_per_token_bytes"] * result["decode_tokens_per_s"] / bandwidth
+            )
             results.append(result)
             bar.advance(task)
-    return {"machine": machine(), "memory_bandwidth_bytes_per_s": bandwidth, "config": asdict(config), "results": results}
+    return {
+        "machine": machine(),
+        "memory_bandwidth_bytes_per_s": bandwidth,
+        "config": asdict(config),
+        "results": results,
+    }
 
 
 def table(report: dict[str, Any]):
@@ -285,15 +324,39 @@ def table(report: dict[str, Any]):
 
     bw = report["memory_bandwidth_bytes_per_s"]
     m = report["machine"]
-    t = Table(title=f"edgemfm bench: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}, read bandwidth {bw / 1e9:.1f} GB/s")
-    for col in ("bundle", "precision", "MiB", "first token ms", "decode tok/s", "tok/CPU s", "efficiency", "encoders", "peak RSS MiB", "perplexity"):
+    t = Table(
+        title=f"edgemfm bench: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}, read bandwidth {bw / 1e9:.1f} GB/s"
+    )
+    for col in (
+        "bundle",
+        "precision",
+        "MiB",
+        "first token ms",
+        "decode tok/s",
+        "tok/CPU s",
+        "efficiency",
+        "encoders",
+        "peak RSS MiB",
+        "perplexity",
+    ):
         t.add_column(col, justify="left" if col in ("bundle", "precision", "encoders") else "right")
     for r in report["results"]:
-        encoders = ", ".join(f"{name} {v:.1f} {'ms/image' if k == 'ms_per_image' else 'ms/audio s'}" for name, e in r["encoders"].items() for k, v in e.items())
+        encoders = ", ".join(
+            f"{name} {v:.1f} {'ms/image' if k == 'ms_per_image' else 'ms/audio s'}"
+            for name, e in r["encoders"].items()
+            for k, v in e.items()
+        )
         t.add_row(
-            Path(r["bundle"]).name, r["precision"], f"{r['size_bytes'] / MiB:.1f}", f"{r['ttft_s'] * 1000:.1f}",
-            f"{r['decode_tokens_per_s']:.1f}", f"{r['decode_tokens_per_cpu_s']:.1f}", f"{r['decode_efficiency']:.0%}", encoders or "-",
-            f"{r['peak_rss_bytes'] / MiB:.0f}", f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-",
+            Path(r["bundle"]).name,
+            r["precision"],
+            f"{r['size_bytes'] / MiB:.1f}",
+            f"{r['ttft_s'] * 1000:.1f}",
+            f"{r['decode_tokens_per_s']:.1f}",
+            f"{r['decode_tokens_per_cpu_s']:.1f}",
+            f"{r['decode_efficiency']:.0%}",
+            encoders or "-",
+            f"{r['peak_rss_bytes'] / MiB:.0f}",
+            f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-",
         )
     return t
 
@@ -308,7 +371,9 @@ def plotting(out: str | Path) -> Any:
         matplotlib.use("Agg")  # files only: no display on a board or in CI
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("--plot needs matplotlib, which is not installed; allowed: pip install 'edgemfm[export]' (or pip install matplotlib), or no --plot") from None
+        raise InputError(
+            "--plot needs matplotlib, which is not installed; allowed: pip install 'edgemfm[export]' (or pip install matplotlib), or no --plot"
+        ) from None
     return plt
 
 
@@ -322,8 +387,11 @@ def plot(report: dict[str, Any], out: str | Path) -> Path:
     out, plt = Path(out), plotting(out)
     rows = report["results"]
     names = [Path(r["bundle"]).name for r in rows]
-    panels = (("decode tokens/s", [r["decode_tokens_per_s"] for r in rows]), ("time to first token (ms)", [r["ttft_s"] * 1000 for r in rows]),
-              ("peak resident memory (MiB)", [r["peak_rss_bytes"] / MiB for r in rows]))
+    panels = (
+        ("decode tokens/s", [r["decode_tokens_per_s"] for r in rows]),
+        ("time to first token (ms)", [r["ttft_s"] * 1000 for r in rows]),
+        ("peak resident memory (MiB)", [r["peak_rss_bytes"] / MiB for r in rows]),
+    )
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.6 * len(rows) + 1.5), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels):
         ax.barh(names, values, color="tab:blue")

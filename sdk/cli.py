@@ -43,8 +43,12 @@ def cmd_devices(args: argparse.Namespace) -> None:
         table.add_column(col, no_wrap=col == "name")
     for p in profiles:
         table.add_row(
-            p.name, ", ".join(p.aliases), f"{p.memory_gb:g} ({p.usable_memory_gb:g})",
-            f"{p.bandwidth_gbps:g}", f"{p.peak_int8_gops / 1000:.2g}", ", ".join(p.formats),
+            p.name,
+            ", ".join(p.aliases),
+            f"{p.memory_gb:g} ({p.usable_memory_gb:g})",
+            f"{p.bandwidth_gbps:g}",
+            f"{p.peak_int8_gops / 1000:.2g}",
+            ", ".join(p.formats),
         )
     out.print(table)
 
@@ -53,9 +57,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     from edgemfm.exporting import export
 
     path = export(
-        args.model, device=args.device, out=args.out, format=args.format, precision=args.precision, force=args.force,
-        fuse=not args.no_fuse, calibration=args.calibration, memory_budget_mb=args.memory_budget,
-        accuracy_tolerance_db=args.accuracy_tolerance, max_seq_len=args.max_seq_len, prune=args.prune, recover=args.recover,
+        args.model,
+        device=args.device,
+        out=args.out,
+        format=args.format,
+        precision=args.precision,
+        force=args.force,
+        fuse=not args.no_fuse,
+        calibration=args.calibration,
+        memory_budget_mb=args.memory_budget,
+        accuracy_tolerance_db=args.accuracy_tolerance,
+        max_seq_len=args.max_seq_len,
+        prune=args.prune,
+        recover=args.recover,
     )
     from edgemfm.bundle import read_manifest
 
@@ -64,7 +78,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
     for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
         ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
-        out.print(f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not" + (f" ({ops})" if ops else ""), soft_wrap=True)
+        out.print(
+            f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not"
+            + (f" ({ops})" if ops else ""),
+            soft_wrap=True,
+        )
     if pruning := m.report.get("pruning"):
         _pruning_summary(pruning)
     if floats := m.report.get("float_units") if "quantization" in m.report else None:
@@ -79,13 +97,21 @@ def _pruning_summary(report: dict) -> None:
     for s in report["stages"]:
         where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
         m = s.get("summary")
-        margin = f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)" if m else "-"
-        table.add_row(s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"])
+        margin = (
+            f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)"
+            if m
+            else "-"
+        )
+        table.add_row(
+            s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"]
+        )
     out.print(table)
     p = report["parameters"]
     out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
     if isinstance(rec := report.get("recovery"), dict):
-        out.print(f"recovery: {rec['config']['steps']} steps of distillation, KL {rec['loss']['first']:.3f} -> {rec['loss']['last']:.3f} ({rec['seconds']:.0f} s)")
+        out.print(
+            f"recovery: {rec['config']['steps']} steps of distillation, KL {rec['loss']['first']:.3f} -> {rec['loss']['last']:.3f} ({rec['seconds']:.0f} s)"
+        )
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -103,30 +129,54 @@ def cmd_run(args: argparse.Namespace) -> None:
     from edgemfm.runtimes.pipeline import load
 
     pipe = load(
-        args.bundle, device=args.device, threads=args.threads, memory_budget=args.memory_budget,
-        draft=args.draft, draft_k=args.draft_k, cascade=args.cascade, escalate_below=args.escalate_below,
+        args.bundle,
+        device=args.device,
+        threads=args.threads,
+        memory_budget=args.memory_budget,
+        draft=args.draft,
+        draft_k=args.draft_k,
+        cascade=args.cascade,
+        escalate_below=args.escalate_below,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
-        args.prompt, images=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+        args.prompt,
+        images=args.image,
+        audio=args.audio,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
     )
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     if args.cascade:
-        err.print(f"edgemfm: answered by the {pipe.answered_by} bundle (self-test {pipe.score:.3f}, escalate below {pipe.threshold:.3f})")
+        err.print(
+            f"edgemfm: answered by the {pipe.answered_by} bundle (self-test {pipe.score:.3f}, escalate below {pipe.threshold:.3f})"
+        )
     if args.draft:
         s = pipe.speculation
-        err.print(f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls")
+        err.print(
+            f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls"
+        )
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from edgemfm.bench import BenchConfig, bench, plot, plotting, table
 
-    config = BenchConfig(prompt=args.prompt, tokens=args.tokens, repeats=args.repeats, warmup=args.warmup,
-                         threads=args.threads, text=args.text, device=args.device)
+    config = BenchConfig(
+        prompt=args.prompt,
+        tokens=args.tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
+        text=args.text,
+        device=args.device,
+    )
     if args.plot:
         plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
     report = bench([args.bundle, *args.baselines], config)
@@ -142,8 +192,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from edgemfm.finetune import finetune
 
     report = finetune(
-        args.model, args.data, args.out, steps=args.steps, align_steps=args.align_steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, force=args.force, cache=args.cache,
+        args.model,
+        args.data,
+        args.out,
+        steps=args.steps,
+        align_steps=args.align_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        force=args.force,
+        cache=args.cache,
     )
     acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
@@ -153,16 +211,32 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from edgemfm.tune import plot, table, to_json, tune
 
     result = tune(
-        args.device, args.latency_budget, args.memory_budget, model=args.model, bundle=args.bundle, data=args.data,
-        questions=args.questions, workers=args.workers, ray_address=args.ray, apply=args.apply, force=args.force,
+        args.device,
+        args.latency_budget,
+        args.memory_budget,
+        model=args.model,
+        bundle=args.bundle,
+        data=args.data,
+        questions=args.questions,
+        workers=args.workers,
+        ray_address=args.ray,
+        apply=args.apply,
+        force=args.force,
     )
     out.print(table(result))
     c = result.chosen
-    out.print(f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
-              f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}", soft_wrap=True)
+    out.print(
+        f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
+        f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}",
+        soft_wrap=True,
+    )
     h = result.host
-    out.print(f"chosen point on this host: {h.measured_ms:.1f} ms measured, {h.predicted_ms:.1f} ms predicted for the host profile")
-    out.print(f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}")
+    out.print(
+        f"chosen point on this host: {h.measured_ms:.1f} ms measured, {h.predicted_ms:.1f} ms predicted for the host profile"
+    )
+    out.print(
+        f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}"
+    )
     if args.json:
         Path(args.json).write_text(to_json(result))
     if args.apply:
@@ -184,9 +258,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
         bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
-        precision = "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
+        precision = (
+            "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
+        )
         table.add_row(
-            name, f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB", precision,  # a pte method: its own weights
+            name,
+            f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB",
+            precision,  # a pte method: its own weights
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
         )
@@ -203,7 +281,9 @@ def _quantization_table(report: dict) -> None:
     for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
         table.add_column(col, no_wrap=True)
     for name, q in report["quantization"].items():
-        schemes = ", ".join(f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"])
+        schemes = ", ".join(
+            f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"]
+        )
         measured = q["sqnr_db"] is not None
         sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
         table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
@@ -220,7 +300,9 @@ def _quantization_table(report: dict) -> None:
         met = "met" if plan["tolerance_met"] else "[red]NOT met[/red]"
         bits = [g["bits"] for g in plan["groups"].values()]
         counts = ", ".join(f"{b if b < 32 else 'float'}: {bits.count(b)}" for b in sorted(set(bits)))
-        out.print(f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}")
+        out.print(
+            f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}"
+        )
 
 
 def _print_predictions(manifest, profile) -> None:
@@ -230,7 +312,9 @@ def _print_predictions(manifest, profile) -> None:
     for col in ("component", "one call", "GFLOP", "MB moved", "ms", "bound"):
         table.add_column(col)
     for e in predict(manifest, profile):
-        table.add_row(e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound)
+        table.add_row(
+            e.component, e.work, f"{e.flops / 1e9:.3g}", f"{e.bytes / 1e6:.3g}", f"{e.latency_ms:.3g}", e.bound
+        )
     out.print(table)
     for figure in ("bandwidth_gbps", "peak_fp32_gflops", "peak_int8_gops"):
         out.print(f"  {figure} = {getattr(profile, figure):g}: {profile.sources[figure]}", soft_wrap=True)
@@ -256,24 +340,66 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
     e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
-    e.add_argument("--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)")
+    e.add_argument(
+        "--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)"
+    )
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
-    e.add_argument("--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)")
-    e.add_argument("--max-seq-len", type=int, default=None, help="positions of a pte program's static KV cache (default: the profile's)")
-    e.add_argument("--prune", action="append", default=[], metavar="[COMPONENT:]KEY=VALUE,...",
-                   help="prune first, e.g. mlp=0.2 or vision_encoder:blocks=1,mlp=0.3 (keys: blocks, heads, mlp); repeat per component")
-    e.add_argument("--recover", type=int, default=0, metavar="STEPS", help="with --prune: distil from the unpruned model for STEPS steps")
+    e.add_argument(
+        "--no-fuse", action="store_true", help="keep the exported graphs unfused (for runtimes without contrib ops)"
+    )
+    e.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="positions of a pte program's static KV cache (default: the profile's)",
+    )
+    e.add_argument(
+        "--prune",
+        action="append",
+        default=[],
+        metavar="[COMPONENT:]KEY=VALUE,...",
+        help="prune first, e.g. mlp=0.2 or vision_encoder:blocks=1,mlp=0.3 (keys: blocks, heads, mlp); repeat per component",
+    )
+    e.add_argument(
+        "--recover",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="with --prune: distil from the unpruned model for STEPS steps",
+    )
     e.set_defaults(func=cmd_export)
 
-    pr = sub.add_parser("prune", help="remove decoder blocks, attention heads or MLP channels; writes a smaller checkpoint")
-    pr.add_argument("--model", required=True, help="Hugging Face checkpoint directory (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)")
-    pr.add_argument("--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder")
+    pr = sub.add_parser(
+        "prune", help="remove decoder blocks, attention heads or MLP channels; writes a smaller checkpoint"
+    )
+    pr.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face checkpoint directory (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)",
+    )
+    pr.add_argument(
+        "--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder"
+    )
     pr.add_argument("--out", required=True, help="checkpoint directory to write")
     pr.add_argument("--blocks", type=int, default=0, help="number of whole blocks to remove")
-    pr.add_argument("--heads", type=float, default=0.0, help="fraction of KV head groups (with their query heads) to remove per layer")
+    pr.add_argument(
+        "--heads",
+        type=float,
+        default=0.0,
+        help="fraction of KV head groups (with their query heads) to remove per layer",
+    )
     pr.add_argument("--mlp", type=float, default=0.0, help="fraction of MLP channels to remove per layer")
-    pr.add_argument("--data", help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)")
-    pr.add_argument("--recover", type=int, default=0, metavar="STEPS", help="distil the pruned text decoder from the unpruned model for STEPS steps (default: 0, none)")
+    pr.add_argument(
+        "--data",
+        help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)",
+    )
+    pr.add_argument(
+        "--recover",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="distil the pruned text decoder from the unpruned model for STEPS steps (default: 0, none)",
+    )
     pr.add_argument("--force", action="store_true", help="replace an existing output directory")
     pr.set_defaults(func=cmd_prune)
 
@@ -292,18 +418,38 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
-    r.add_argument("--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)")
-    r.add_argument("--cascade", metavar="SMALL_BUNDLE", help="a small bundle that answers first; the given bundle only when it fails its self-test")
-    r.add_argument("--escalate-below", metavar="LOGPROB_OR_JSON", help="with --cascade: a mean token log-probability, or a calibration JSON")
+    r.add_argument(
+        "--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)"
+    )
+    r.add_argument(
+        "--cascade",
+        metavar="SMALL_BUNDLE",
+        help="a small bundle that answers first; the given bundle only when it fails its self-test",
+    )
+    r.add_argument(
+        "--escalate-below",
+        metavar="LOGPROB_OR_JSON",
+        help="with --cascade: a mean token log-probability, or a calibration JSON",
+    )
     r.set_defaults(func=cmd_run)
 
-    b = sub.add_parser("bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity")
+    b = sub.add_parser(
+        "bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity"
+    )
     b.add_argument("bundle", help="bundle directory")
-    b.add_argument("--baselines", nargs="*", default=[], metavar="BUNDLE", help="more bundles measured in the same run, one row each")
+    b.add_argument(
+        "--baselines",
+        nargs="*",
+        default=[],
+        metavar="BUNDLE",
+        help="more bundles measured in the same run, one row each",
+    )
     b.add_argument("--json", metavar="OUT", help="write every figure and the machine to this JSON file")
     b.add_argument("--plot", metavar="OUT.png", help="write a chart (needs matplotlib: the export extra)")
     b.add_argument("--text", help="perplexity of the decoder on this text file (default: not measured)")
-    b.add_argument("--prompt", default="Write a short story about a lighthouse keeper.", help="prompt prefilled before decoding")
+    b.add_argument(
+        "--prompt", default="Write a short story about a lighthouse keeper.", help="prompt prefilled before decoding"
+    )
     b.add_argument("--tokens", type=int, default=64, help="tokens generated per run (default 64)")
     b.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
     b.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -320,21 +466,36 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=8)
     f.add_argument("--lr", type=float, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding")
+    f.add_argument(
+        "--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding"
+    )
     f.add_argument("--force", action="store_true", help="replace an existing output directory")
     f.set_defaults(func=cmd_finetune)
 
-    t = sub.add_parser("tune", help="search resolution, tokens, sequence length and precision for the best quality under a budget")
+    t = sub.add_parser(
+        "tune", help="search resolution, tokens, sequence length and precision for the best quality under a budget"
+    )
     t.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
-    t.add_argument("--latency-budget", type=float, required=True, metavar="MS", help="predicted latency of one question, ms")
-    t.add_argument("--memory-budget", type=float, metavar="MB", help="weights + KV cache + activation, MiB (default: the profile's)")
+    t.add_argument(
+        "--latency-budget", type=float, required=True, metavar="MS", help="predicted latency of one question, ms"
+    )
+    t.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="MB",
+        help="weights + KV cache + activation, MiB (default: the profile's)",
+    )
     t.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
     t.add_argument("--bundle", help="an fp32 bundle of the model to start from (default: export one)")
-    t.add_argument("--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)")
+    t.add_argument(
+        "--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)"
+    )
     t.add_argument("--questions", type=int, default=12, help="held-out questions per media kind (default: 12)")
     t.add_argument("--workers", type=int, default=1, help="processes evaluating candidates (default: 1)")
     t.add_argument("--ray", metavar="ADDRESS", help="evaluate on this Ray cluster instead ('auto', or host:port)")
-    t.add_argument("--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)")
+    t.add_argument(
+        "--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)"
+    )
     t.add_argument("--json", metavar="PATH", help="also write every candidate, with its numbers, as JSON")
     t.add_argument("--apply", metavar="OUT", help="export the chosen point as a bundle here")
     t.add_argument("--force", action="store_true", help="replace an existing --apply directory")

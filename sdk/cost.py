@@ -71,13 +71,24 @@ def rates(profile: DeviceProfile, gflops: float, threads: int | None) -> tuple[f
     return bandwidth * 1e9, gflops * cost.compute_fraction * share * 1e9
 
 
-def _row(name: str, work: str, flops: float, moved: float, nodes: int, resident: int, gflops: float,
-         profile: DeviceProfile, threads: int | None) -> Estimate:
+def _row(
+    name: str,
+    work: str,
+    flops: float,
+    moved: float,
+    nodes: int,
+    resident: int,
+    gflops: float,
+    profile: DeviceProfile,
+    threads: int | None,
+) -> Estimate:
     bandwidth, throughput = rates(profile, gflops, threads)
     memory_s, compute_s = moved / bandwidth, flops / throughput
     overhead_s = (profile.cost.call_us + nodes * profile.cost.node_us) * 1e-6
     bound = max((memory_s, "memory"), (compute_s, "compute"), (overhead_s, "overhead"))[1]
-    return Estimate(name, work, flops, moved, 1e3 * (overhead_s + max(memory_s, compute_s)), bound, resident, 1e3 * overhead_s)
+    return Estimate(
+        name, work, flops, moved, 1e3 * (overhead_s + max(memory_s, compute_s)), bound, resident, 1e3 * overhead_s
+    )
 
 
 def kv_bytes(component: Component, tokens: int) -> int:
@@ -100,23 +111,47 @@ def nodes_of(manifest: Manifest, name: str) -> int:
     return int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0))
 
 
-def decoder_rows(manifest: Manifest, name: str, profile: DeviceProfile, context: int, prefill: int,
-                 threads: int | None) -> list[Estimate]:
+def decoder_rows(
+    manifest: Manifest, name: str, profile: DeviceProfile, context: int, prefill: int, threads: int | None
+) -> list[Estimate]:
     """A decode step after `context` cached tokens, and a prefill of `prefill` tokens from empty."""
     c = manifest.components[name]
     gflops, nodes = peak_gflops(profile, manifest, name), nodes_of(manifest, name)
     resident = c.weight_bytes + kv_bytes(c, context) + c.peak_activation_bytes
     logits = FLOAT_BYTES * int(c.outputs[0].shape[-1])
     # decode: the weights, the cache read, and the cache written back one token longer (ONNX Runtime concatenates)
-    step = _row(name, f"decode 1 token after {context}", c.flops_per_item + attention_flops(c, 1, context + 1),
-                c.weight_bytes + kv_bytes(c, context) + kv_bytes(c, context + 1) + logits, nodes, resident, gflops, profile, threads)
-    chunk = _row(name, f"prefill {prefill} tokens", prefill * c.flops_per_item + attention_flops(c, prefill, prefill),
-                 c.weight_bytes + kv_bytes(c, prefill) + prefill * logits, nodes, resident, gflops, profile, threads)
+    step = _row(
+        name,
+        f"decode 1 token after {context}",
+        c.flops_per_item + attention_flops(c, 1, context + 1),
+        c.weight_bytes + kv_bytes(c, context) + kv_bytes(c, context + 1) + logits,
+        nodes,
+        resident,
+        gflops,
+        profile,
+        threads,
+    )
+    chunk = _row(
+        name,
+        f"prefill {prefill} tokens",
+        prefill * c.flops_per_item + attention_flops(c, prefill, prefill),
+        c.weight_bytes + kv_bytes(c, prefill) + prefill * logits,
+        nodes,
+        resident,
+        gflops,
+        profile,
+        threads,
+    )
     return [step, chunk]
 
 
-def predict(manifest: Manifest, profile: DeviceProfile, context: int = 512, prefill: int | None = None,
-            threads: int | None = None) -> list[Estimate]:
+def predict(
+    manifest: Manifest,
+    profile: DeviceProfile,
+    context: int = 512,
+    prefill: int | None = None,
+    threads: int | None = None,
+) -> list[Estimate]:
     """Predicted latency of one call of each component; the decoder both decoding and prefilling.
 
     `context` is the number of tokens already in the KV cache for a decode step; `prefill` the
@@ -129,7 +164,9 @@ def predict(manifest: Manifest, profile: DeviceProfile, context: int = 512, pref
     """
     prefill = prefill or manifest.streaming.prefill_chunk
     encoders = {m.encoder: kind for kind, m in manifest.prompt.media.items()}
-    encoders |= {c.cross_attention.encoder: c.cross_attention.media for c in manifest.components.values() if c.cross_attention}
+    encoders |= {
+        c.cross_attention.encoder: c.cross_attention.media for c in manifest.components.values() if c.cross_attention
+    }
     rows = []
     for name, c in manifest.components.items():
         gflops, nodes = peak_gflops(profile, manifest, name), nodes_of(manifest, name)
@@ -137,8 +174,31 @@ def predict(manifest: Manifest, profile: DeviceProfile, context: int = 512, pref
         if c.kv_cache:
             rows += decoder_rows(manifest, name, profile, context, prefill, threads)
         elif name in encoders:
-            rows.append(_row(name, f"one {encoders[name]}", c.flops_per_item,
-                             c.weight_bytes + 2 * c.peak_activation_bytes, nodes, resident, gflops, profile, threads))
+            rows.append(
+                _row(
+                    name,
+                    f"one {encoders[name]}",
+                    c.flops_per_item,
+                    c.weight_bytes + 2 * c.peak_activation_bytes,
+                    nodes,
+                    resident,
+                    gflops,
+                    profile,
+                    threads,
+                )
+            )
         else:  # a lookup: one row of the table per token
-            rows.append(_row(name, "1 token", 0, 2 * c.outputs[0].shape[-1] * FLOAT_BYTES, nodes, resident, gflops, profile, threads))
+            rows.append(
+                _row(
+                    name,
+                    "1 token",
+                    0,
+                    2 * c.outputs[0].shape[-1] * FLOAT_BYTES,
+                    nodes,
+                    resident,
+                    gflops,
+                    profile,
+                    threads,
+                )
+            )
     return rows

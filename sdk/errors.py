@@ -50,9 +50,7 @@ class InputError(EdgemfmError):
 
 class MissingExtraError(EdgemfmError):
     def __init__(self, module: str):
-        super().__init__(
-            f"{module!r} is not installed; the export toolchain needs: pip install 'edgemfm[export]'"
-        )
+        super().__init__(f"{module!r} is not installed; the export toolchain needs: pip install 'edgemfm[export]'")
 
 
 class MemoryBudgetError(EdgemfmError):

@@ -47,11 +47,19 @@ def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSetting
     --max-seq-len shrinks the sink tokens and prefill chunk with it, so the bundle loads."""
     sinks = min(profile.sink_tokens, max_seq_len - 1)
     chunk = min(profile.prefill_chunk, max_seq_len - sinks)
-    return StreamingSettings(**{**vars(profile), "max_seq_len": max_seq_len, "sink_tokens": sinks, "prefill_chunk": chunk})
+    return StreamingSettings(
+        **{**vars(profile), "max_seq_len": max_seq_len, "sink_tokens": sinks, "prefill_chunk": chunk}
+    )
 
 
-def _check_options(profile: DeviceProfile, format: str, precision: str, calibration: str | Path | None,
-                   memory_budget_mb: float | None, max_seq_len: int | None) -> int:
+def _check_options(
+    profile: DeviceProfile,
+    format: str,
+    precision: str,
+    calibration: str | Path | None,
+    memory_budget_mb: float | None,
+    max_seq_len: int | None,
+) -> int:
     """Check the options against the profile; returns the max sequence length to build for."""
     formats = [f for f in WRITERS if f in profile.formats]
     if format not in formats:
@@ -121,7 +129,9 @@ def export(
         if prune_configs:
             from edgemfm.quantizers.pruning import prune as prune_checkpoint
 
-            model_dir = prune_checkpoint(model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover)
+            model_dir = prune_checkpoint(
+                model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover
+            )
         family = find_family(json.loads((model_dir / "config.json").read_text()))
         with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
@@ -129,8 +139,12 @@ def export(
             bar.update(task, total=None, completed=0)
             writer = importlib.import_module(WRITERS[format])
             components, parity, written = writer.write_units(
-                split.units, stage, family.tolerance, lambda step: bar.update(task, description=step),
-                max_seq_len=max_seq_len, fuse=fuse,
+                split.units,
+                stage,
+                family.tolerance,
+                lambda step: bar.update(task, description=step),
+                max_seq_len=max_seq_len,
+                fuse=fuse,
             )
             shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
             manifest = Manifest(
@@ -148,15 +162,26 @@ def export(
                 generation=split.generation,
                 streaming=_streaming(profile.streaming, max_seq_len),
                 report={
-                    "precision": precision, "parity": parity, "float_units": {n: "fp32 export" for n in components},
-                    **written, **split.report, **bundle_report(model_dir),
+                    "precision": precision,
+                    "parity": parity,
+                    "float_units": {n: "fp32 export" for n in components},
+                    **written,
+                    **split.report,
+                    **bundle_report(model_dir),
                 },
             )
             from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
 
             manifest = quantize(
-                stage, manifest, profile, precision, Path(scratch) / "quantize", calibration, memory_budget_mb,
-                DEFAULT_TOLERANCE_DB if accuracy_tolerance_db is None else accuracy_tolerance_db, bar,
+                stage,
+                manifest,
+                profile,
+                precision,
+                Path(scratch) / "quantize",
+                calibration,
+                memory_budget_mb,
+                DEFAULT_TOLERANCE_DB if accuracy_tolerance_db is None else accuracy_tolerance_db,
+                bar,
             )
             bundle.seal(stage, manifest)
     return out

@@ -122,8 +122,11 @@ def _fingerprint(model: Any, kind: str) -> str:
 
     from edgemfm.exporters.demo import AUDIO, IMAGE
 
-    tower, settings = (model.vision_tower, (IMAGE, model.config["vision_grid"])) if kind == "image" else (
-        model.audio_tower, (AUDIO, model.config["audio_pool"]))
+    tower, settings = (
+        (model.vision_tower, (IMAGE, model.config["vision_grid"]))
+        if kind == "image"
+        else (model.audio_tower, (AUDIO, model.config["audio_pool"]))
+    )
     h = hashlib.sha256(repr(settings).encode())
     for name, tensor in sorted(tower.state_dict().items()):
         h.update(name.encode())
@@ -242,7 +245,9 @@ def _sequence(model, tokenizer, e: Example, rows, with_answer: bool):
     return torch.cat([text[:pos], rows, text[pos + 1 :]]), answer
 
 
-def _tune(model, examples, feats, tokenizer, steps, batch_size, lr, rng, progress, checkpoints: Path, every: int) -> list[float]:
+def _tune(
+    model, examples, feats, tokenizer, steps, batch_size, lr, rng, progress, checkpoints: Path, every: int
+) -> list[float]:
     """Stage 2: projectors trained through the frozen decoder on the answer tokens. Batches take
     question types in turn (digit, shape, colour, word ...), so the 136 drawings' questions weigh
     as much as the 400 digits'; the learning rate falls along a half cosine to a tenth."""
@@ -335,7 +340,11 @@ def _save_adapter(model, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {f"{name}.{k}": v.detach().half().contiguous() for name in TRAINABLE for k, v in getattr(model, name).state_dict().items()}
+    state = {
+        f"{name}.{k}": v.detach().half().contiguous()
+        for name in TRAINABLE
+        for k, v in getattr(model, name).state_dict().items()
+    }
     save_file(state, str(path))
 
 
@@ -373,14 +382,29 @@ def finetune(
         if value < 0:
             raise InputError(f"{name} must be 0 or more, got {value}")
     if batch_size < 1 or checkpoint_every < 1:
-        raise InputError(f"batch size and checkpoint interval must be at least 1, got {batch_size} and {checkpoint_every}")
+        raise InputError(
+            f"batch size and checkpoint interval must be at least 1, got {batch_size} and {checkpoint_every}"
+        )
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
     out = check_output(out, force).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        report = _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, progress,
-                      Path(cache) if cache else None)
+        report = _run(
+            model_dir,
+            train,
+            held_out,
+            stage,
+            steps,
+            align_steps,
+            batch_size,
+            lr,
+            align_lr,
+            seed,
+            checkpoint_every,
+            progress,
+            Path(cache) if cache else None,
+        )
         if out.exists():
             shutil.rmtree(out)
         stage.rename(out)
@@ -390,7 +414,9 @@ def finetune(
     return report
 
 
-def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show, cache):
+def _run(
+    model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show, cache
+):
     import torch
     from rich.progress import Progress
     from tokenizers import Tokenizer
@@ -408,7 +434,23 @@ def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, 
     with Progress(disable=not show) as progress:
         feats = _features(model, items, progress, cache)
         align = _align(model, train, feats, tokenizer, align_steps, align_lr, progress)
-        tune = _tune(model, train, feats, tokenizer, steps, batch_size, lr, rng, progress, stage / "checkpoints", checkpoint_every) if steps else []
+        tune = (
+            _tune(
+                model,
+                train,
+                feats,
+                tokenizer,
+                steps,
+                batch_size,
+                lr,
+                rng,
+                progress,
+                stage / "checkpoints",
+                checkpoint_every,
+            )
+            if steps
+            else []
+        )
         with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
             for name in TRAINABLE:
                 for p in getattr(model, name).parameters():
@@ -418,10 +460,18 @@ def _run(model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, 
     shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
     _save_adapter(model, stage / "adapter.safetensors")
     report = {
-        "base": str(model_dir), "seed": seed, "train_questions": len(train), "align_steps": align_steps,
-        "steps": steps, "batch_size": batch_size, "lr": lr, "align_lr": align_lr,
-        "align_loss": align[-1] if align else None, "loss": tune[::max(1, len(tune) // 20)] + tune[-1:],
-        "seconds": round(time.monotonic() - start, 1), **result,
+        "base": str(model_dir),
+        "seed": seed,
+        "train_questions": len(train),
+        "align_steps": align_steps,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "align_lr": align_lr,
+        "align_loss": align[-1] if align else None,
+        "loss": tune[:: max(1, len(tune) // 20)] + tune[-1:],
+        "seconds": round(time.monotonic() - start, 1),
+        **result,
     }
     (stage / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

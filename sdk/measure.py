@@ -35,8 +35,11 @@ def decoder_feeds(c: Component, past_len: int, seq: int) -> dict[str, np.ndarray
     """Random inputs of a decoder call: `seq` new tokens after `past_len` cached ones."""
     kv, rng = c.kv_cache, np.random.default_rng(0)
     hidden = int(c.inputs[0].shape[-1])
-    past = {kv.past.format(layer=i, kind=k): rng.random((1, kv.kv_heads, past_len, kv.head_dim), np.float32)
-            for i in range(kv.layers) for k in ("key", "value")}
+    past = {
+        kv.past.format(layer=i, kind=k): rng.random((1, kv.kv_heads, past_len, kv.head_dim), np.float32)
+        for i in range(kv.layers)
+        for k in ("key", "value")
+    }
     return {
         "inputs_embeds": rng.random((1, seq, hidden), np.float32),
         "attention_mask": np.ones((1, past_len + seq), np.int64),
@@ -77,11 +80,15 @@ def measure(bundle: str | Path, context: int = 64, prefill: int = 64, repeats: i
     from edgemfm.runtimes.pipeline import load
 
     pipe = load(bundle, threads=1)
-    return {work: least_cpu_ms(lambda n=name, f=feeds: pipe.sessions[n].run(f), repeats)
-            for work, (name, feeds) in calls(pipe.manifest, context, prefill).items()}
+    return {
+        work: least_cpu_ms(lambda n=name, f=feeds: pipe.sessions[n].run(f), repeats)
+        for work, (name, feeds) in calls(pipe.manifest, context, prefill).items()
+    }
 
 
-def _session(nodes: list, inputs: list, output: tuple[str, list[int]], weights: dict[str, np.ndarray]) -> Callable[[dict], object]:
+def _session(
+    nodes: list, inputs: list, output: tuple[str, list[int]], weights: dict[str, np.ndarray]
+) -> Callable[[dict], object]:
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -89,8 +96,13 @@ def _session(nodes: list, inputs: list, output: tuple[str, list[int]], weights: 
     def info(name: str, shape: list[int]) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
-    graph = helper.make_graph(nodes, "g", [info(*i) for i in inputs], [info(*output)],
-                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [info(*i) for i in inputs],
+        [info(*output)],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()],
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the Add chain must stay 200 nodes
@@ -111,7 +123,12 @@ def _chain(op: str, n: int, width: int, rows: int = 1) -> tuple[Callable[[dict],
         rng = np.random.default_rng(0)
         weights = {f"w{i}": rng.standard_normal((width, width), np.float32) for i in range(n)}
         nodes = [helper.make_node("MatMul", [from_(i), f"w{i}"], [from_(i + 1)]) for i in range(n)]
-    run = _session([helper.make_node("Identity", ["x"], ["t0"]), *nodes], [("x", [rows, width])], (from_(n), [rows, width]), weights)
+    run = _session(
+        [helper.make_node("Identity", ["x"], ["t0"]), *nodes],
+        [("x", [rows, width])],
+        (from_(n), [rows, width]),
+        weights,
+    )
     return run, {"x": np.ones((rows, width), np.float32)}
 
 

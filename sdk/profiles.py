@@ -56,7 +56,9 @@ class Cost:
 
     call_us: float  # one session.run that does nothing: binding, allocation, output copy
     node_us: float  # dispatching one node that does almost nothing (what a tiny model is made of)
-    compute_fraction: float  # dense GEMM FLOP/s reached over the peak (above 1 where the chip boosts past the clock the peak assumes)
+    compute_fraction: (
+        float  # dense GEMM FLOP/s reached over the peak (above 1 where the chip boosts past the clock the peak assumes)
+    )
     bandwidth_fraction: float  # weight streaming with every core over the peak DRAM bandwidth
     core_bandwidth_gbps: float  # what one core streams from DRAM: a one-thread run gets no more
 
@@ -147,7 +149,9 @@ def read_profile(path: str | Path) -> DeviceProfile:
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path}: not valid TOML ({e})") from None
     if data.get("version") != PROFILE_VERSION:
-        raise ProfileError(f"{path.name}: version {data.get('version')!r} is not {PROFILE_VERSION}, the one this edgemfm reads")
+        raise ProfileError(
+            f"{path.name}: version {data.get('version')!r} is not {PROFILE_VERSION}, the one this edgemfm reads"
+        )
     try:
         profile = from_dict(DeviceProfile, data, where=path.name)
     except ConfigError as e:
@@ -193,4 +197,3 @@ def load_profile(name: str | Path) -> DeviceProfile:
         if name == p.name or name in p.aliases:
             return p
     raise UnknownDeviceError(name, [k for p in list_profiles() for k in (p.name, *p.aliases)])
-

@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from edgemfm.errors import MissingExtraError
 
 # Bundle format -> the modules its export needs; "onnx" is also what pruning and recovery need.
-TOOLCHAIN = {"onnx": ("torch", "transformers", "onnx", "onnxscript"), "pte": ("torch", "transformers", "onnx", "executorch")}
+TOOLCHAIN = {
+    "onnx": ("torch", "transformers", "onnx", "onnxscript"),
+    "pte": ("torch", "transformers", "onnx", "executorch"),
+}
 
 
 def require(format: str) -> None:

@@ -79,14 +79,18 @@ class HostCheck:
 
 def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Space:
     """Small by default: each knob at the model's own value and one cheaper one."""
-    available = [p for p in ("fp32", "int8", "int4") if p == "fp32" or {"int8": 8, "int4": 4}[p] in presets.specs(profile)]
+    available = [
+        p for p in ("fp32", "int8", "int4") if p == "fp32" or {"int8": 8, "int4": 4}[p] in presets.specs(profile)
+    ]
     limit = profile.streaming.max_seq_len
     demo_media = media and manifest.family == "edgemfm-demo"
     return Space(
         image=((160, 1), (160, 2), (224, 1), (224, 2)) if demo_media else (),
         audio=(1.2, 2.0) if demo_media else (),
         seq_lens=tuple(sorted({min(256, limit), min(512, limit), limit})),
-        encoder_precisions=tuple(p for p in available if p != "int4"),  # small towers: int4 would save little, and the space stays small
+        encoder_precisions=tuple(
+            p for p in available if p != "int4"
+        ),  # small towers: int4 would save little, and the space stays small
         decoder_precisions=tuple(available),
     )
 
@@ -96,7 +100,8 @@ def candidates(space: Space, manifest: Manifest) -> list[Candidate]:
     names = list(manifest.components)
     per_component = [
         [(name, s, p) for s in settings_of(space, manifest, name) for p in space.precisions_of(name, manifest)]
-        for name in names if name in media_encoders(manifest)
+        for name in names
+        if name in media_encoders(manifest)
     ]
     others = [n for n in names if n not in media_encoders(manifest)]
     out = []
@@ -113,19 +118,36 @@ def chosen_parts(c: Candidate, parts: dict[Any, Part]) -> dict[str, Part]:
     return {name: parts[(name, setting, precisions[name])] for name, setting in c.settings}
 
 
-def predicted(c: Candidate, parts: dict[Any, Part], manifest: Manifest, profile: DeviceProfile,
-              model_dir: Path | None, prompt_tokens: int, answer_tokens: int, only: tuple[str, ...] | None = None) -> tuple[float, float, int]:
+def predicted(
+    c: Candidate,
+    parts: dict[Any, Part],
+    manifest: Manifest,
+    profile: DeviceProfile,
+    model_dir: Path | None,
+    prompt_tokens: int,
+    answer_tokens: int,
+    only: tuple[str, ...] | None = None,
+) -> tuple[float, float, int]:
     """(latency ms of the slowest one-media question, memory MiB, longest question's tokens); `only`: these media kinds alone."""
     chosen = chosen_parts(c, parts)
-    m = replace(manifest, components={n: p.record for n, p in chosen.items()}, recipe=recipe_of(dict(c.precisions), precision_specs(profile)),
-                report={**manifest.report, "parity": {n: {"nodes": p.nodes} for n, p in chosen.items()}})
-    kinds = {kind: (encoder, media_rows(manifest, kind, dict(c.settings)[encoder], model_dir))
-             for encoder, kind in media_encoders(manifest).items() if only is None or kind in only} or {"text": (None, 0)}
+    m = replace(
+        manifest,
+        components={n: p.record for n, p in chosen.items()},
+        recipe=recipe_of(dict(c.precisions), precision_specs(profile)),
+        report={**manifest.report, "parity": {n: {"nodes": p.nodes} for n, p in chosen.items()}},
+    )
+    kinds = {
+        kind: (encoder, media_rows(manifest, kind, dict(c.settings)[encoder], model_dir))
+        for encoder, kind in media_encoders(manifest).items()
+        if only is None or kind in only
+    } or {"text": (None, 0)}
     decoder = manifest.generation.decoder
     latency, longest = 0.0, 0
-    for kind, (encoder, rows) in kinds.items():
+    for kind, (encoder, rows) in kinds.items():  # noqa: B007
         tokens = prompt_tokens + rows
-        calls = {(e.component, e.work.split()[0]): e.latency_ms for e in predict(m, profile, context=tokens, prefill=tokens)}
+        calls = {
+            (e.component, e.work.split()[0]): e.latency_ms for e in predict(m, profile, context=tokens, prefill=tokens)
+        }
         total = calls[(decoder, "prefill")] + answer_tokens * calls[(decoder, "decode")]
         total += calls.get((encoder, "one"), 0.0) + calls.get((manifest.generation.embedding, "1"), 0.0)
         latency, longest = max(latency, total), max(longest, tokens + answer_tokens)
@@ -137,6 +159,7 @@ def predicted(c: Candidate, parts: dict[Any, Part], manifest: Manifest, profile:
 
 def pareto(points: list[Point]) -> list[Point]:
     """`points` with `frontier` set on those no other point beats or equals in all of latency, memory and quality."""
+
     def dominates(a: Point, b: Point) -> bool:
         no_worse = a.latency_ms <= b.latency_ms and a.memory_mb <= b.memory_mb and a.quality >= b.quality
         better = a.latency_ms < b.latency_ms or a.memory_mb < b.memory_mb or a.quality > b.quality
@@ -164,26 +187,53 @@ def precision_specs(profile: DeviceProfile) -> dict[str, Any]:
     return {"fp32": None, **{p: bits[b] for p, b in (("int8", 8), ("int4", 4)) if b in bits}}
 
 
-def _quality(cands: list[Candidate], parts: dict[Any, Part], manifest: Manifest, profile: DeviceProfile, source: Path, data: Path | None,
-             questions: int, scratch: Path, workers: int, ray_address: str | None, progress: Any) -> tuple[dict[Candidate, float], str]:
+def _quality(
+    cands: list[Candidate],
+    parts: dict[Any, Part],
+    manifest: Manifest,
+    profile: DeviceProfile,
+    source: Path,
+    data: Path | None,
+    questions: int,
+    scratch: Path,
+    workers: int,
+    ray_address: str | None,
+    progress: Any,
+) -> tuple[dict[Candidate, float], str]:
     """Each candidate's quality: held-out exact match (with `data`), else the worst component cosine."""
     if data is None:
-        worst = {c: min((p.cosine for p in chosen_parts(c, parts).values() if p.cosine is not None), default=1.0) for c in cands}
+        worst = {
+            c: min((p.cosine for p in chosen_parts(c, parts).values() if p.cosine is not None), default=1.0)
+            for c in cands
+        }
         return worst, "worst output cosine vs float"
     asked = read_questions(data, questions)
     encoders = media_encoders(manifest)
     kinds = {kind: encoder for encoder, kind in encoders.items() if kind in asked}
     # one job per (media kind, its encoder part, the decoder precision): the rest of the candidate does not touch its questions
-    keys = sorted({(kind, dict(c.settings)[enc], dict(c.precisions)[enc], dict(c.precisions)[manifest.generation.decoder])
-                   for c in cands for kind, enc in kinds.items()}, key=str)
+    keys = sorted(
+        {
+            (kind, dict(c.settings)[enc], dict(c.precisions)[enc], dict(c.precisions)[manifest.generation.decoder])
+            for c in cands
+            for kind, enc in kinds.items()
+        },
+        key=str,
+    )
     jobs, specs = [], precision_specs(profile)
     for i, (kind, setting, enc_precision, dec_precision) in enumerate(keys):
         enc = kinds[kind]
-        c = next(c for c in cands if dict(c.settings)[enc] == setting and dict(c.precisions)[enc] == enc_precision
-                 and dict(c.precisions)[manifest.generation.decoder] == dec_precision)
+        c = next(
+            c
+            for c in cands
+            if dict(c.settings)[enc] == setting
+            and dict(c.precisions)[enc] == enc_precision
+            and dict(c.precisions)[manifest.generation.decoder] == dec_precision
+        )
         chosen = chosen_parts(c, parts)
         preprocess = variant_preprocess(manifest, kind, setting)
-        out = assemble(chosen, manifest, preprocess, c.seq_len, recipe_of(dict(c.precisions), specs), source, scratch / f"eval-{i}")
+        out = assemble(
+            chosen, manifest, preprocess, c.seq_len, recipe_of(dict(c.precisions), specs), source, scratch / f"eval-{i}"
+        )
         jobs.append(TaskJob(str(out), asked[kind]))
     rates = dict(zip(keys, run_jobs(answer_rate, jobs, workers, ray_address, progress)))
     total = sum(len(asked[k]) for k in kinds)
@@ -230,12 +280,17 @@ def tune(
     profile = load_profile(device)
     memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
     if not latency_budget_ms > 0 or not memory_budget_mb > 0:
-        raise InputError(f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB")
+        raise InputError(
+            f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
+        )
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
         check_output(apply, force)  # before the slow part
-    with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp, Progress(transient=True, disable=not progress) as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp,
+        Progress(transient=True, disable=not progress) as bar,
+    ):
         tmp = Path(tmp)
         from edgemfm.toolchain import quiet
 
@@ -245,8 +300,19 @@ def tune(
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
         cands = candidates(space, manifest)
-        quality, metric = _quality(cands, parts, manifest, profile, source, Path(data) if data else None,
-                                   questions, tmp, workers, ray_address, bar)
+        quality, metric = _quality(
+            cands,
+            parts,
+            manifest,
+            profile,
+            source,
+            Path(data) if data else None,
+            questions,
+            tmp,
+            workers,
+            ray_address,
+            bar,
+        )
         points = []
         for c in cands:
             latency, memory, longest = predicted(c, parts, manifest, profile, model_dir, prompt_tokens, answer_tokens)
@@ -261,8 +327,15 @@ def tune(
     return replace(result, host=check)
 
 
-def host_check(result: Result, parts: dict[Any, Part], source: Path, out: Path, model_dir: Path | None,
-               answer_tokens: int, repeats: int = 3) -> HostCheck:
+def host_check(
+    result: Result,
+    parts: dict[Any, Part],
+    source: Path,
+    out: Path,
+    model_dir: Path | None,
+    answer_tokens: int,
+    repeats: int = 3,
+) -> HostCheck:
     """Assemble the chosen point at `out` and time one question per media kind on this machine.
 
     A question is what the prediction counts: the media item encoded, the templated prompt with
@@ -292,7 +365,8 @@ def host_check(result: Result, parts: dict[Any, Part], source: Path, out: Path, 
 
         def question() -> tuple[float, int]:
             start, cache = time.perf_counter(), pipe.decoder.new_cache()
-            left, cache.fixed = pipe.attend(media)  # an encoder-decoder's audio is attended to, not prefilled
+            # an encoder-decoder's audio is attended to, not prefilled
+            left, cache.fixed = pipe.attend(media)  # noqa: B023 (called inside this iteration)
             logits = pipe.prefill(cache, "What is this?", left)
             prompt = cache.length
             for _ in decode(pipe.decoder, cache, logits, Sampler(), eos=(), limit=answer_tokens):
@@ -316,14 +390,32 @@ def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, forc
     for name, setting in c.settings:
         if name in kind_of:
             preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
-    report = {"device": result.profile.name, "latency_ms": result.chosen.latency_ms, "memory_mb": result.chosen.memory_mb,
-              "quality": result.chosen.quality, "metric": result.metric, "components": c.describe(m)}
+    report = {
+        "device": result.profile.name,
+        "latency_ms": result.chosen.latency_ms,
+        "memory_mb": result.chosen.memory_mb,
+        "quality": result.chosen.quality,
+        "metric": result.metric,
+        "components": c.describe(m),
+    }
     target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
-    return assemble(chosen_parts(c, parts), target, preprocess, c.seq_len, recipe_of(dict(c.precisions), precision_specs(result.profile)),
-                    source, out, link=link, report=report, force=force)
+    return assemble(
+        chosen_parts(c, parts),
+        target,
+        preprocess,
+        c.seq_len,
+        recipe_of(dict(c.precisions), precision_specs(result.profile)),
+        source,
+        out,
+        link=link,
+        report=report,
+        force=force,
+    )
 
 
-def _sources(model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any) -> tuple[Path, Path | None]:
+def _sources(
+    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
+) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
     from edgemfm.exporting import export
 
@@ -345,7 +437,9 @@ def _sources(model: str | Path | None, bundle: str | Path | None, media: bool, t
         return out, model_dir
     m = read_manifest(bundle)
     if m.report.get("precision", "fp32") != "fp32":
-        raise InputError(f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)")
+        raise InputError(
+            f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)"
+        )
     return Path(bundle), model_dir
 
 
@@ -359,13 +453,34 @@ def to_json(result: Result) -> str:
     import json
 
     def row(p: Point) -> dict[str, Any]:
-        return {"components": p.candidate.describe(result.manifest), "max_seq_len": p.candidate.seq_len,
-                "latency_ms": round(p.latency_ms, 3), "memory_mb": round(p.memory_mb, 1), "quality": p.quality,
-                "frontier": p.frontier, "chosen": p is result.chosen}
+        return {
+            "components": p.candidate.describe(result.manifest),
+            "max_seq_len": p.candidate.seq_len,
+            "latency_ms": round(p.latency_ms, 3),
+            "memory_mb": round(p.memory_mb, 1),
+            "quality": p.quality,
+            "frontier": p.frontier,
+            "chosen": p is result.chosen,
+        }
 
-    host = {"measured_ms": round(result.host.measured_ms, 3), "predicted_ms": round(result.host.predicted_ms, 3)} if result.host else None
-    return json.dumps({"device": result.profile.name, "model": result.manifest.model_id, "metric": result.metric, "host": host,
-                       "points": [row(p) for p in sorted(result.points, key=lambda p: p.latency_ms)]}, indent=1) + "\n"
+    host = (
+        {"measured_ms": round(result.host.measured_ms, 3), "predicted_ms": round(result.host.predicted_ms, 3)}
+        if result.host
+        else None
+    )
+    return (
+        json.dumps(
+            {
+                "device": result.profile.name,
+                "model": result.manifest.model_id,
+                "metric": result.metric,
+                "host": host,
+                "points": [row(p) for p in sorted(result.points, key=lambda p: p.latency_ms)],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 def table(result: Result) -> Any:
@@ -373,7 +488,9 @@ def table(result: Result) -> Any:
     from rich.table import Table
 
     m = result.manifest
-    t = Table(title=f"Pareto frontier on {result.profile.name} (predicted latency and memory; quality: {result.metric})")
+    t = Table(
+        title=f"Pareto frontier on {result.profile.name} (predicted latency and memory; quality: {result.metric})"
+    )
     t.add_column("")
     for name in m.components:
         t.add_column(name, overflow="fold")  # a setting wraps; the numbers never do
@@ -381,8 +498,14 @@ def table(result: Result) -> Any:
         t.add_column(col, no_wrap=True, justify="right")
     for p in sorted((p for p in result.points if p.frontier), key=lambda p: (p.latency_ms, p.memory_mb)):
         parts = p.candidate.describe(m)
-        t.add_row("*" if p is result.chosen else "", *(parts[n] for n in m.components), str(p.candidate.seq_len),
-                  f"{p.latency_ms:.1f}", f"{p.memory_mb:.0f}", f"{p.quality:.3f}")
+        t.add_row(
+            "*" if p is result.chosen else "",
+            *(parts[n] for n in m.components),
+            str(p.candidate.seq_len),
+            f"{p.latency_ms:.1f}",
+            f"{p.memory_mb:.0f}",
+            f"{p.quality:.3f}",
+        )
     return t
 
 
@@ -394,16 +517,26 @@ def plot(result: Result, path: str | Path, latency_budget_ms: float) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter([p.latency_ms for p in result.points], [p.quality for p in result.points], s=10, c="0.75", label="candidates")
+    ax.scatter(
+        [p.latency_ms for p in result.points], [p.quality for p in result.points], s=10, c="0.75", label="candidates"
+    )
     front = sorted((p for p in result.points if p.frontier), key=lambda p: p.latency_ms)
-    ax.scatter([p.latency_ms for p in front], [p.quality for p in front], s=24, c="tab:blue", label="Pareto frontier (latency, memory, quality)")
+    ax.scatter(
+        [p.latency_ms for p in front],
+        [p.quality for p in front],
+        s=24,
+        c="tab:blue",
+        label="Pareto frontier (latency, memory, quality)",
+    )
     best = []  # the latency-quality staircase of the frontier
     for p in front:
         if not best or p.quality > best[-1].quality:
             best.append(p)
     ax.step([p.latency_ms for p in best], [p.quality for p in best], where="post", c="tab:blue", lw=1)
     ax.axvline(latency_budget_ms, c="tab:red", ls="--", lw=1, label=f"budget {latency_budget_ms:g} ms")
-    ax.scatter([result.chosen.latency_ms], [result.chosen.quality], s=120, marker="*", c="tab:orange", zorder=3, label="chosen")
+    ax.scatter(
+        [result.chosen.latency_ms], [result.chosen.quality], s=120, marker="*", c="tab:orange", zorder=3, label="chosen"
+    )
     ax.set_xlabel(f"predicted latency of one question on {result.profile.name} (ms)")
     ax.set_ylabel(result.metric)
     ax.set_xscale("log")

@@ -82,7 +82,9 @@ def check_window(window_s: float, config: dict[str, Any]) -> int:
     pool, limit = config["audio_pool"], config["audio_config"]["max_source_positions"]
     if abs(positions - window_s * POSITIONS_PER_S) > 1e-6 or positions % pool or not 0 < positions <= limit:
         step = pool / POSITIONS_PER_S
-        raise InputError(f"audio window {window_s:g} s is not available; allowed: multiples of {step:g} s up to {limit / POSITIONS_PER_S:g} s")
+        raise InputError(
+            f"audio window {window_s:g} s is not available; allowed: multiples of {step:g} s up to {limit / POSITIONS_PER_S:g} s"
+        )
     return positions
 
 
@@ -106,8 +108,13 @@ def export_demo_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) 
         tower.embed_positions = torch.nn.Embedding.from_pretrained(tower.embed_positions.weight[:positions].clone())
         name, example = "input_features", torch.randn(1, demo.AUDIO.n_mels, 2 * positions)
     out = f"{kind}_features"
-    unit = ExportUnit(module=demo._Encoder(model, kind).eval(), args=(example,), input_names=(name,), output_names=(out,),
-                      dynamic_axes={name: {0: "items"}, out: {0: "items"}})
+    unit = ExportUnit(
+        module=demo._Encoder(model, kind).eval(),
+        args=(example,),
+        input_names=(name,),
+        output_names=(out,),
+        dynamic_axes={name: {0: "items"}, out: {0: "items"}},
+    )
     record, parity = write_onnx(unit, path, demo.FAMILY.tolerance)
     return record, parity["nodes"]
 
@@ -158,12 +165,27 @@ def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: li
         from edgemfm.quantizers.metrics import outputs
 
         fidelity = compare(outputs(base.path, feeds, output), path, feeds, output)
-    return Part(base.component, base.setting, precision, path, replace(base.record, weight_bytes=entry["weight_bytes"]),
-                _count_nodes(path), fidelity["sqnr_db"], fidelity["cosine"])
+    return Part(
+        base.component,
+        base.setting,
+        precision,
+        path,
+        replace(base.record, weight_bytes=entry["weight_bytes"]),
+        _count_nodes(path),
+        fidelity["sqnr_db"],
+        fidelity["cosine"],
+    )
 
 
-def build_parts(space: Space, bundle: Path, manifest: Manifest, profile: DeviceProfile, model_dir: Path | None,
-                scratch: Path, progress: Any = None) -> dict[Key, Part]:
+def build_parts(
+    space: Space,
+    bundle: Path,
+    manifest: Manifest,
+    profile: DeviceProfile,
+    model_dir: Path | None,
+    scratch: Path,
+    progress: Any = None,
+) -> dict[Key, Part]:
     """Every (component, setting, precision) part the space needs, written under `scratch`."""
     from edgemfm.toolchain import quiet_quantizers
 
@@ -172,7 +194,9 @@ def build_parts(space: Space, bundle: Path, manifest: Manifest, profile: DeviceP
     kinds = media_encoders(manifest)
     jobs = [(n, s) for n in manifest.components for s in settings_of(space, manifest, n)]
     if any(s for _, s in jobs) and model_dir is None:
-        raise InputError("image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs")
+        raise InputError(
+            "image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
+        )
     parts: dict[Key, Part] = {}
     task = progress.add_task("building parts", total=len(jobs)) if progress else None
     with quiet_quantizers():
@@ -183,7 +207,10 @@ def build_parts(space: Space, bundle: Path, manifest: Manifest, profile: DeviceP
                 record, nodes = export_demo_encoder(model_dir, kinds[name], setting, path)
             else:
                 shutil.copyfile(bundle / c.file, path)
-                record, nodes = c, int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0)) or _count_nodes(path)
+                record, nodes = (
+                    c,
+                    int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0)) or _count_nodes(path),
+                )
             base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0)
             parts[(name, setting, "fp32")] = base
             feeds = calibration.get(name, [])

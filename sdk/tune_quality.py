@@ -57,7 +57,9 @@ def read_questions(data: str | Path, per_kind: int) -> dict[str, tuple[Question,
     """
     path = Path(data) / "eval.jsonl"
     if not path.is_file():
-        raise InputError(f"task data {str(data)!r} has no eval.jsonl (build one with samples/demo_model/build_dataset.py)")
+        raise InputError(
+            f"task data {str(data)!r} has no eval.jsonl (build one with samples/demo_model/build_dataset.py)"
+        )
     out: dict[str, list[Question]] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line) if line.strip() else {}
@@ -97,8 +99,18 @@ def recipe_of(precisions: dict[str, str], specs: dict[str, QuantSpec | None]) ->
     return Recipe(rules=rules)
 
 
-def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len: int, recipe: Recipe, source: Path,
-             out: Path, link: bool = True, report: dict[str, Any] | None = None, force: bool = True) -> Path:
+def assemble(
+    parts: dict[str, Any],
+    manifest: Manifest,
+    preprocess: Any,
+    seq_len: int,
+    recipe: Recipe,
+    source: Path,
+    out: Path,
+    link: bool = True,
+    report: dict[str, Any] | None = None,
+    force: bool = True,
+) -> Path:
     """Write a bundle at `out` from one part per component (atomically: staged, sealed, verified, renamed).
 
     The KV cache holds `seq_len` positions; a prefill chunk that would not fit beside the sink
@@ -111,11 +123,20 @@ def assemble(parts: dict[str, Any], manifest: Manifest, preprocess: Any, seq_len
             _place(part.path, stage / c.file, link)
             components[name] = replace(part.record, file=c.file)
         _place(source / manifest.tokenizer.file, stage / manifest.tokenizer.file, link)
-        parity = {name: {**manifest.report.get("parity", {}).get(name, {}), "nodes": part.nodes} for name, part in parts.items()}
+        parity = {
+            name: {**manifest.report.get("parity", {}).get(name, {}), "nodes": part.nodes}
+            for name, part in parts.items()
+        }
         candidate = replace(
-            manifest, components=components, preprocess=preprocess, recipe=recipe,
-            streaming=replace(manifest.streaming, max_seq_len=seq_len,
-                              prefill_chunk=min(manifest.streaming.prefill_chunk, seq_len - manifest.streaming.sink_tokens)),
+            manifest,
+            components=components,
+            preprocess=preprocess,
+            recipe=recipe,
+            streaming=replace(
+                manifest.streaming,
+                max_seq_len=seq_len,
+                prefill_chunk=min(manifest.streaming.prefill_chunk, seq_len - manifest.streaming.sink_tokens),
+            ),
             report={**manifest.report, "precision": "tune", "parity": parity, "tune": report or {}},
         )
         bundle_io.seal(stage, candidate)
@@ -126,8 +147,13 @@ def _call(fn: Callable[[Any], float], job: Any) -> float:
     return fn(job)
 
 
-def run_jobs(fn: Callable[[Any], float], jobs: Sequence[Any], workers: int = 1, ray_address: str | None = None,
-             progress: Any = None) -> list[float]:
+def run_jobs(
+    fn: Callable[[Any], float],
+    jobs: Sequence[Any],
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: Any = None,
+) -> list[float]:
     """`fn` over `jobs` on a process pool of `workers`, or on the Ray cluster at `ray_address`."""
     task = progress.add_task("measuring quality", total=len(jobs)) if progress else None
     if ray_address is not None:

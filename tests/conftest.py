@@ -63,4 +63,6 @@ def demo_pte_bundle(tmp_path_factory) -> Path:
 
     if given := os.environ.get("EDGEMFM_DEMO_PTE_BUNDLE"):
         return Path(given)
-    return edgemfm.export(device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte", progress=False)
+    return edgemfm.export(
+        device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte", progress=False
+    )

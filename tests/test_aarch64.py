@@ -32,7 +32,9 @@ EX_UNFETCHABLE = 75  # emulate.sh: an arm64 input could not be fetched
 PROMPT = "What is in the picture?"
 MAX_NEW_TOKENS = 24
 # onnxruntime.py logs this when a profile's preferred providers are missing (here: all GPU ones).
-JETSON_FALLBACK = "edgemfm: TensorrtExecutionProvider, CUDAExecutionProvider not available here; using CPUExecutionProvider"
+JETSON_FALLBACK = (
+    "edgemfm: TensorrtExecutionProvider, CUDAExecutionProvider not available here; using CPUExecutionProvider"
+)
 PI5_FALLBACK = "edgemfm: XnnpackExecutionProvider not available here; using CPUExecutionProvider"
 
 # Runs on the host and, unchanged, in the emulated process: load the bundle with each profile,
@@ -70,8 +72,13 @@ def test_lock_pins_what_pyproject_requires():
         if line and not line.startswith("#"):
             name, _, rest = line.partition("==")
             pins[name.lower().replace("_", "-")] = rest.split()[0]
-    env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "aarch64"}
+    env = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.2",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "aarch64",
+    }
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in map(Requirement, deps):
         if dep.marker and not dep.marker.evaluate(env):
@@ -95,7 +102,17 @@ def aarch64_python() -> Path:
 @pytest.fixture(scope="module")
 def pi5_bundle(tmp_path_factory, placeholder_model) -> Path:
     out = tmp_path_factory.mktemp("aarch64") / "default-pi5"
-    cli(sys.executable, "export", "--model", str(placeholder_model), "--device", "pi5", "--out", str(out), cwd=out.parent)
+    cli(
+        sys.executable,
+        "export",
+        "--model",
+        str(placeholder_model),
+        "--device",
+        "pi5",
+        "--out",
+        str(out),
+        cwd=out.parent,
+    )
     return out
 
 
@@ -117,7 +134,9 @@ def probe(python: str | Path, bundle: Path, photo: Path, tmp: Path) -> dict:
     script.write_text(PROBE)
     proc = subprocess.run(
         [str(python), str(script), str(bundle), str(photo), PROMPT, str(MAX_NEW_TOKENS)],
-        capture_output=True, text=True, cwd=tmp,
+        capture_output=True,
+        text=True,
+        cwd=tmp,
     )
     assert proc.returncode == 0, f"the probe failed on {python} ({proc.returncode}):\n{proc.stderr}"
     return json.loads(proc.stdout)
@@ -127,7 +146,9 @@ def run_args(bundle: Path, photo: Path) -> list[str]:
     return ["run", str(bundle), "--prompt", PROMPT, "--image", str(photo), "--max-new-tokens", str(MAX_NEW_TOKENS)]
 
 
-def test_cli_on_aarch64_prints_the_hosts_answer_falling_back_from_jetson_gpus(aarch64_python, pi5_bundle, photo, tmp_path):
+def test_cli_on_aarch64_prints_the_hosts_answer_falling_back_from_jetson_gpus(
+    aarch64_python, pi5_bundle, photo, tmp_path
+):
     # One emulated run for both claims (each costs seconds): `edgemfm run` streams the host's
     # answer, and the Jetson profile's TensorRT and CUDA, missing here, give one line, no crash.
     args = [*run_args(pi5_bundle, photo), "--device", "jetson"]

@@ -50,7 +50,9 @@ def android_bundle(tmp_path_factory, placeholder_model) -> Path:
     """The placeholder model exported for the android profile (`edgemfm export --device android`)."""
     import edgemfm
 
-    return edgemfm.export(placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle", progress=False)
+    return edgemfm.export(
+        placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle", progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +131,23 @@ def _java(host_run: Path, *args: str) -> dict:
         ("Say hello in French — «bonjour» — and in Japanese: こんにちは", False, 16),
     ],
 )
-def test_java_decode_loop_gives_the_tokens_of_edgemfm_run(host_run, android_bundle, picture, prompt, with_image, max_new, capsys):
+def test_java_decode_loop_gives_the_tokens_of_edgemfm_run(
+    host_run, android_bundle, picture, prompt, with_image, max_new, capsys
+):
     from edgemfm.cli import main
     from edgemfm.runtimes.pipeline import load
 
     images = [str(picture)] if with_image else []
-    java = _java(host_run, "--bundle", str(android_bundle), "--prompt", prompt, "--max-new-tokens", str(max_new),
-                 *(["--image", str(picture)] if with_image else []))
+    java = _java(
+        host_run,
+        "--bundle",
+        str(android_bundle),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        str(max_new),
+        *(["--image", str(picture)] if with_image else []),
+    )
     python_tokens = list(load(android_bundle).generate_tokens(prompt, images=images, max_new_tokens=max_new))
     assert java["tokens"] == python_tokens
     assert len(python_tokens) > 0  # an empty answer would prove nothing
@@ -151,7 +163,17 @@ def test_java_image_preprocessing_matches_python(host_run, android_bundle, pictu
     from edgemfm.runtimes.preprocess import preprocess_image
 
     pixels = tmp_path / "pixels.f32"
-    _java(host_run, "--bundle", str(android_bundle), "--image", str(picture), "--max-new-tokens", "1", "--pixels", str(pixels))
+    _java(
+        host_run,
+        "--bundle",
+        str(android_bundle),
+        "--image",
+        str(picture),
+        "--max-new-tokens",
+        "1",
+        "--pixels",
+        str(pixels),
+    )
     spec = read_manifest(android_bundle).preprocess.image
     want = preprocess_image(picture, spec)
     got = np.fromfile(pixels, dtype="<f4").reshape(want.shape)
@@ -171,14 +193,19 @@ def _byte_level_tokenizer(kind: str):
     tok = Tokenizer(models.BPE())
     if kind == "smollm2":  # Digits then ByteLevel with the GPT-2 regex, as SmolLM2's tokenizer.json
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
         )
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     else:  # GPT-2: ByteLevel with a prefix space, BOS added by the post-processor
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
         specials = ["<|endoftext|>"]
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus, trainer)
     if kind == "gpt2":
         tok.post_processor = processors.TemplateProcessing(
@@ -202,7 +229,10 @@ def test_java_tokenizer_matches_hugging_face_tokenizers(host_run, tmp_path, kind
     ]
     tok.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "texts.json").write_text(json.dumps(texts))
-    r = _run(["bash", str(host_run), "--tokenize", str(tmp_path / "tokenizer.json"), str(tmp_path / "texts.json")], timeout=120)
+    r = _run(
+        ["bash", str(host_run), "--tokenize", str(tmp_path / "tokenizer.json"), str(tmp_path / "texts.json")],
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     for text, line in zip(texts, r.stdout.splitlines(), strict=True):
         java = json.loads(line)

@@ -167,7 +167,9 @@ def test_clips_longer_than_the_window_are_refused_not_cut(tmp_path):
     long = _write_pcm(tmp_path / "long.wav", _tone(8000, 31.0)[:, None], 8000, 2)
     with pytest.raises(InputError, match=r"long.wav' lasts 31.0 s; this model takes clips of at most 30 s"):
         load_audio(long, WHISPER)
-    with pytest.raises(InputError, match=r"audio array must be 1-D float samples at 16000 Hz, at most 480000; got int16 \(10,\)"):
+    with pytest.raises(
+        InputError, match=r"audio array must be 1-D float samples at 16000 Hz, at most 480000; got int16 \(10,\)"
+    ):
         load_audio(np.zeros(10, np.int16), WHISPER)
 
 

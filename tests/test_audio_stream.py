@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tiny_audio import tiny_qwen2_audio
 
 from edgemfm.cli import main
-from tiny_audio import tiny_qwen2_audio
 
 # The estimate counts the audio encoder's run as measured at export and one window's log-mel
 # (measured: peak 167.0 MiB, estimate 175.5 MiB); the budget leaves ~9% above the estimate.
@@ -48,7 +48,12 @@ def test_audio_stream_10x_longer_than_fits_unstreamed_stays_under_budget(tmp_pat
     out = tmp_path_factory.mktemp("bundles") / "qwen2-audio-host"
     assert main(["export", "--model", str(checkpoint), "--device", "host", "--out", str(out)]) == 0
     windows_n = 12
-    run = subprocess.run([sys.executable, "-c", CHILD, str(out), str(BUDGET_MB), str(windows_n)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), str(BUDGET_MB), str(windows_n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert windows_n >= 10 * max(result["fits"], 1), result["fits"]

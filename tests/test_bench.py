@@ -18,7 +18,19 @@ FAST = ["--tokens", "4", "--repeats", "2", "--warmup", "0"]
 
 def test_bench_writes_json_and_png(default_bundle, tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    argv = ["bench", str(default_bundle), "--baselines", str(default_bundle), "--json", str(out), "--plot", str(png), "--text", str(EVAL_TEXT), *FAST]
+    argv = [
+        "bench",
+        str(default_bundle),
+        "--baselines",
+        str(default_bundle),
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+        "--text",
+        str(EVAL_TEXT),
+        *FAST,
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     from tokenizers import Tokenizer
@@ -29,10 +41,21 @@ def test_bench_writes_json_and_png(default_bundle, tmp_path, capsys):
     assert set(report["machine"]) == {"cpu", "cores", "load_average", "platform"}
     assert len(report["results"]) == 2  # the bundle and its baseline, each measured in its own process
     for r in report["results"]:
-        for key in ("size_bytes", "weights_read_per_token_bytes", "ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s", "decode_efficiency", "peak_rss_bytes", "perplexity"):
+        for key in (
+            "size_bytes",
+            "weights_read_per_token_bytes",
+            "ttft_s",
+            "decode_tokens_per_s",
+            "decode_tokens_per_cpu_s",
+            "decode_efficiency",
+            "peak_rss_bytes",
+            "perplexity",
+        ):
             assert math.isfinite(r[key]) and r[key] > 0, key
         assert len(r["runs"]["decode_tokens_per_s"]) == 2
-        assert r["perplexity_tokens"] == expected  # every token of the text (up to the cache's length) after the first is scored
+        assert (
+            r["perplexity_tokens"] == expected
+        )  # every token of the text (up to the cache's length) after the first is scored
         assert r["encoders"]["vision_encoder"]["ms_per_image"] > 0
         assert r["peak_rss_bytes"] > r["weights_read_per_token_bytes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

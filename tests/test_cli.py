@@ -27,9 +27,15 @@ def test_devices_show_resolves_an_alias(capsys):
     [
         (["devices", "show", "pi9"], "unknown device 'pi9'; known: "),
         (["export", "--device", "pi9"], "unknown device 'pi9'"),
-        (["export", "--device", "jetson", "--format", "pte"], "format 'pte' is not available for jetson-orin-nano-8gb; allowed: onnx"),
+        (
+            ["export", "--device", "jetson", "--format", "pte"],
+            "format 'pte' is not available for jetson-orin-nano-8gb; allowed: onnx",
+        ),
         (["export", "--device", "host", "--precision", "int3"], "precision 'int3' is not supported; allowed: fp32"),
-        (["export", "--device", "pi5", "--format", "pte", "--max-seq-len", "5000"], "max sequence length 5000 is out of range for raspberry-pi-5-8gb; allowed: 1 to 1024"),
+        (
+            ["export", "--device", "pi5", "--format", "pte", "--max-seq-len", "5000"],
+            "max sequence length 5000 is out of range for raspberry-pi-5-8gb; allowed: 1 to 1024",
+        ),
         (["export", "--device", "host", "--model", "/nonexistent"], "model directory '/nonexistent' does not exist"),
         (["run", "/nonexistent", "--prompt", "hi"], "bundle '/nonexistent' is not a directory"),
         (["inspect", "/nonexistent"], "bundle '/nonexistent' is not a directory"),
@@ -42,7 +48,21 @@ def test_user_errors_are_one_line(argv, message, capsys):
 
 
 def test_run_streams_an_answer(default_bundle, picture, capsys):
-    assert main(["run", str(default_bundle), "--prompt", "What is in the picture?", "--image", str(picture), "--max-new-tokens", "12"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(default_bundle),
+                "--prompt",
+                "What is in the picture?",
+                "--image",
+                str(picture),
+                "--max-new-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
     answer = capsys.readouterr().out.strip()
     assert len(answer) >= 6 and answer.isprintable()
 

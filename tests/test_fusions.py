@@ -22,12 +22,21 @@ def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
     fusion = m.report["parity"]["text_decoder"]["fusion"]
     # two norms per layer with the residual add folded in, one final norm; one grouped-query
     # attention per layer with the cache append inside
-    expected = {"SkipSimplifiedLayerNormalization": 2 * layers, "SimplifiedLayerNormalization": 1, "GroupQueryAttention": layers, "QuickGelu": layers}
+    expected = {
+        "SkipSimplifiedLayerNormalization": 2 * layers,
+        "SimplifiedLayerNormalization": 1,
+        "GroupQueryAttention": layers,
+        "QuickGelu": layers,
+    }
     assert fusion["fused_ops"] == expected
     graph = onnx.load(str(default_bundle / "text_decoder.onnx")).graph
     ops = Counter(n.op_type for n in graph.node)
     assert {op: ops[op] for op in expected} == expected
-    assert fusion["rules_fired"]["attention.sdpa"] == fusion["rules_fired"]["group_query_attention.group_query_attention"] == layers
+    assert (
+        fusion["rules_fired"]["attention.sdpa"]
+        == fusion["rules_fired"]["group_query_attention.group_query_attention"]
+        == layers
+    )
     assert ops["Softmax"] == 0
     # every present K/V comes out of the kernel: no Concat and no repeat_kv Expand left on the cache
     producers = {o: n.op_type for n in graph.node for o in n.output}
@@ -49,7 +58,11 @@ def test_silu_becomes_quick_gelu_and_what_stays_unfused_is_reported(default_bund
     layers = read_manifest(default_bundle).components["text_decoder"].kv_cache.layers
     assert fusion["rules_fired"]["silu.silu"] == ops["QuickGelu"] == layers and ops["Sigmoid"] == 0
     # counted from the graph that ships: the rotary embedding's one Sin (its table is computed per call)
-    assert fusion["unfused_ops"] == {op: ops[op] for op in ("Sigmoid", "Sin", "Softmax", "ReduceMean", "Erf", "Tanh") if ops[op]} == {"Sin": 1}
+    assert (
+        fusion["unfused_ops"]
+        == {op: ops[op] for op in ("Sigmoid", "Sin", "Softmax", "ReduceMean", "Erf", "Tanh") if ops[op]}
+        == {"Sin": 1}
+    )
 
 
 @pytest.mark.parametrize("component", ["vision_encoder", "text_decoder"])
@@ -92,7 +105,9 @@ def _decoder_feeds(kv, hidden: int, past: int, seq: int, first_position: int, ma
     }
     for i in range(kv.layers):
         for kind in ("key", "value"):
-            feeds[kv.past.format(layer=i, kind=kind)] = rng.standard_normal((1, kv.kv_heads, past, kv.head_dim), np.float32)
+            feeds[kv.past.format(layer=i, kind=kind)] = rng.standard_normal(
+                (1, kv.kv_heads, past, kv.head_dim), np.float32
+            )
     return feeds
 
 
@@ -110,8 +125,14 @@ def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, se
 
     bundle, fused, report = unfused_llama
     kv = read_manifest(bundle).components["text_decoder"].kv_cache
-    assert report["rules_fired"]["group_query_attention.group_query_attention"] == kv.layers == _ops(fused)["GroupQueryAttention"]
-    plain, fast = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", fused))
+    assert (
+        report["rules_fired"]["group_query_attention.group_query_attention"]
+        == kv.layers
+        == _ops(fused)["GroupQueryAttention"]
+    )
+    plain, fast = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", fused)
+    )
     feeds = _decoder_feeds(kv, plain.get_inputs()[0].shape[2], past, seq, first_position, mask_zeros)
     names = [o.name for o in plain.get_outputs()]
     for name, want, got in zip(names, plain.run(names, feeds), fast.run(names, feeds)):
@@ -121,10 +142,13 @@ def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, se
 
 def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):
     """The tiny Llama's heads are 14 wide; ONNX Runtime's GroupQueryAttention takes multiples of 8."""
-    import edgemfm
     from tiny_text import tiny_text_model
 
-    bundle = edgemfm.export(tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b", progress=False)
+    import edgemfm
+
+    bundle = edgemfm.export(
+        tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b", progress=False
+    )
     fusion = read_manifest(bundle).report["parity"]["text_decoder"]["fusion"]
     assert read_manifest(bundle).components["text_decoder"].kv_cache.head_dim % 8
     assert "group_query_attention.group_query_attention" not in fusion["rules_fired"]

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+from test_quantizers import _one_matmul
 
 from edgemfm.bundle import read_manifest
 from edgemfm.profiles import load_profile
@@ -14,7 +15,6 @@ from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import weighted_units
 from edgemfm.recipe import QuantSpec, Recipe, Rule
-from test_quantizers import _one_matmul
 
 SPEC = QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8)
 
@@ -41,7 +41,9 @@ def test_gptq_beats_rounding_and_searched_scales_on_a_layer_with_enough_tokens()
     w, x = _layer()
     k = w.shape[0]
     absmax = np.abs(w.T.reshape(w.shape[1], -1, 64)).max(axis=2) / 7
-    rtn = _sqnr(x, w, _dequant(np.clip(np.round(w.T.reshape(w.shape[1], -1, 64) / absmax[:, :, None]), -8, 7), absmax, k))
+    rtn = _sqnr(
+        x, w, _dequant(np.clip(np.round(w.T.reshape(w.shape[1], -1, 64) / absmax[:, :, None]), -8, 7), absmax, k)
+    )
     searched = _sqnr(x, w, _dequant(*clip_search.quantize_blocks(w, 4, 64, (x**2).mean(0)), k))
     ours = _sqnr(x, w, _dequant(*gptq.quantize_blocks(w, 4, 64, x.T @ x), k))
     assert searched > rtn + 1.0
@@ -56,7 +58,12 @@ def test_gptq_writes_matmulnbits_that_onnxruntime_reads_as_packed(tmp_path):
     x = x.astype(np.float32)
     model = _one_matmul(w)
     units, _ = weighted_units(model, "c")
-    out = gptq.apply(model, units, QuantSpec(bits=4, group_size=64, method="gptq_act_order"), Context([{"x": x}], load_profile("host"), tmp_path))
+    out = gptq.apply(
+        model,
+        units,
+        QuantSpec(bits=4, group_size=64, method="gptq_act_order"),
+        Context([{"x": x}], load_profile("host"), tmp_path),
+    )
     assert Counter(n.op_type for n in out.graph.node) == {"MatMulNBits": 1} and len(out.graph.initializer) == 2
     got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     q, s = gptq.quantize_blocks(w, 4, 64, x.astype(np.float64).T @ x.astype(np.float64))
@@ -77,12 +84,19 @@ def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path)
     for method in ("clip_search", "gptq_act_order"):
         spec = QuantSpec(bits=4, group_size=32, method=method, activation_bits=8)
         out = tmp_path / f"{method}.onnx"
-        report = quantize_component(default_bundle / "text_decoder.onnx", out, "text_decoder",
-                                    Recipe(rules=(Rule("text_decoder/layers.0/*", spec), Rule("*", None))), Context(feeds, load_profile("pi5"), tmp_path))
+        report = quantize_component(
+            default_bundle / "text_decoder.onnx",
+            out,
+            "text_decoder",
+            Recipe(rules=(Rule("text_decoder/layers.0/*", spec), Rule("*", None))),
+            Context(feeds, load_profile("pi5"), tmp_path),
+        )
         sqnr[method] = sqnr_db(ref, outputs(out, feeds, "logits"))
     attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert Counter((a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs) == {(4, 32, 4): 7}
-    assert report["quantized_units"] == 7 and report["schemes"] == [{"bits": 4, "group_size": 32, "method": "gptq_act_order"}]
+    assert report["quantized_units"] == 7 and report["schemes"] == [
+        {"bits": 4, "group_size": 32, "method": "gptq_act_order"}
+    ]
     # measured: clip_search 5.1 dB, GPTQ 9.5 dB (ORT's RTN 5.2; random weights, the built-in prompts)
     assert sqnr["gptq_act_order"] >= 8 and sqnr["gptq_act_order"] > sqnr["clip_search"] + 3, sqnr
 
@@ -93,7 +107,13 @@ def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so
 
     w, _ = _layer(k=64, n=16, tokens=8)
     onnx.save(_one_matmul(w), str(tmp_path / "f.onnx"))
-    report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), Context([], load_profile("host"), tmp_path))
+    report = quantize_component(
+        tmp_path / "f.onnx",
+        tmp_path / "q.onnx",
+        "c",
+        Recipe(rules=(Rule("*", SPEC),)),
+        Context([], load_profile("host"), tmp_path),
+    )
     assert report["quantized_nodes"] == {"MatMulNBits": 1}
     assert report["notes"] == {"c/mm": "no calibration data reached this component: clip_search scales, no GPTQ"}
 

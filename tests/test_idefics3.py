@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tiny_models import tiny_idefics3
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.exporters.idefics3 import splitting_preprocess
 from edgemfm.runtimes.tiling import split_image
-from tiny_models import tiny_idefics3
 
 PROMPT = "Describe the picture."
 ROWS_PER_TILE = 4  # (30 px / 5 px patches)^2 / 3^2
@@ -82,7 +82,9 @@ def test_prompt_matches_the_transformers_processor(checkpoint, exported, picture
     assert ours.count(pipe.manifest.prompt.media["image"].token_id) == 10  # one slot per tile
     if _smolvlm(checkpoint):  # SmolVLMProcessor needs torchvision (for videos): its prompt function instead
         media = get_image_prompt_string(3, 3, ROWS_PER_TILE, "<fake_token_around_image>", "<image>", "<global-img>")
-        theirs = AutoTokenizer.from_pretrained(checkpoint)(pipe.manifest.prompt.template.format(media=media, prompt=PROMPT))["input_ids"]
+        theirs = AutoTokenizer.from_pretrained(checkpoint)(
+            pipe.manifest.prompt.template.format(media=media, prompt=PROMPT)
+        )["input_ids"]
         assert pipe.manifest.prompt.template.startswith("<|im_start|>User:")
     else:
         text = pipe.manifest.prompt.template.format(media="<image>", prompt=PROMPT)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from tiny_models import tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.runtimes.preprocess import preprocess_image
-from tiny_models import tiny_llava
 
 PROMPT = "Describe the picture."
 
@@ -29,7 +29,9 @@ def exported(checkpoint, tmp_path_factory):
 def test_image_preprocessing_matches_the_transformers_processor(checkpoint, picture):
     from transformers import CLIPImageProcessorPil
 
-    reference = CLIPImageProcessorPil.from_pretrained(checkpoint)(Image.open(picture), return_tensors="np")["pixel_values"][0]
+    reference = CLIPImageProcessorPil.from_pretrained(checkpoint)(Image.open(picture), return_tensors="np")[
+        "pixel_values"
+    ][0]
     from edgemfm.exporters.llava import image_preprocess
 
     ours = preprocess_image(picture, image_preprocess(checkpoint, 30))

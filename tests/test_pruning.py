@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.quantizers.structure import count_parameters, drop_blocks, find_decoder, keep_channels, keep_kv_groups
-from tiny_models import tiny_llama, tiny_llava
 
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101, 33]])
 
@@ -41,7 +41,11 @@ PER_LAYER = HIDDEN * HEADS * D * 2 + HIDDEN * KV * D * 2 + 3 * HIDDEN * MLP + 2 
     [
         (["--blocks", "2"], 2 * PER_LAYER, {"num_hidden_layers": 2}),
         # 0.34 of 3 KV heads is one: it leaves with its 2 query heads (q and o: 2*10*60 each; k, v: 10*60 each)
-        (["--heads", "0.34"], LAYERS * (2 * 2 * D * HIDDEN + 2 * D * HIDDEN), {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 10}),
+        (
+            ["--heads", "0.34"],
+            LAYERS * (2 * 2 * D * HIDDEN + 2 * D * HIDDEN),
+            {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 10},
+        ),
         # 0.2 of 90 channels is 18: rows of gate and up, columns of down
         (["--mlp", "0.2"], LAYERS * 18 * 3 * HIDDEN, {"intermediate_size": 72}),
     ],
@@ -76,7 +80,9 @@ def test_slicing_equals_masking_and_keeping_all_changes_nothing(llama):
         for layer in masked.model.layers:
             layer.self_attn.o_proj.weight[:, 2 * D : 4 * D] = 0  # query heads 2, 3 read KV head 1
             layer.mlp.down_proj.weight[:, ::5] = 0
-    skip = masked.model.layers[2].register_forward_hook(lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True)
+    skip = masked.model.layers[2].register_forward_hook(
+        lambda m, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True
+    )
     dec = find_decoder(pruned)
     keep_kv_groups(dec, {i: [0, 2] for i in range(LAYERS)})
     keep_channels(dec, {i: [j for j in range(MLP) if j % 5] for i in range(LAYERS)})
@@ -91,15 +97,29 @@ def test_pruned_llava_exports_with_parity_and_matches_transformers(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
     source, pruned, bundle = tiny_llava(tmp_path / "llava"), tmp_path / "llava-pruned", tmp_path / "bundle"
-    assert main(["prune", "--model", str(source), "--out", str(pruned), "--blocks", "1", "--heads", "0.34", "--mlp", "0.3"]) == 0
+    assert (
+        main(
+            ["prune", "--model", str(source), "--out", str(pruned), "--blocks", "1", "--heads", "0.34", "--mlp", "0.3"]
+        )
+        == 0
+    )
     text = json.loads((pruned / "config.json").read_text())["text_config"]
-    assert (text["num_hidden_layers"], text["num_key_value_heads"], text["num_attention_heads"], text["intermediate_size"]) == (2, 2, 4, 105)
-    assert main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0  # parity is checked inside
+    assert (
+        text["num_hidden_layers"],
+        text["num_key_value_heads"],
+        text["num_attention_heads"],
+        text["intermediate_size"],
+    ) == (2, 2, 4, 105)
+    assert (
+        main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0
+    )  # parity is checked inside
 
     pipe = edgemfm.load(bundle)
     assert pipe.manifest.report["parity"]["text_decoder"]["max_abs_diff"] < 1e-4
     pruning = pipe.manifest.report["pruning"]  # the bundle says what was pruned, where and why
-    assert [s["granularity"] for s in pruning["stages"]] == ["blocks", "heads", "mlp"] and pruning["parameters"]["removed"] > 0
+    assert [s["granularity"] for s in pruning["stages"]] == ["blocks", "heads", "mlp"] and pruning["parameters"][
+        "removed"
+    ] > 0
     ours = list(pipe.generate_tokens("Hello there", max_new_tokens=16))
     model = LlavaForConditionalGeneration.from_pretrained(pruned).eval()
     ids = pipe.prompt_ids("Hello there")
@@ -114,7 +134,9 @@ def gpt2(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     path = tmp_path_factory.mktemp("models") / "tiny-gpt2"
-    GPT2LMHeadModel(GPT2Config(n_embd=24, n_layer=1, n_head=2, vocab_size=260, n_positions=64, bos_token_id=0, eos_token_id=0)).save_pretrained(path)
+    GPT2LMHeadModel(
+        GPT2Config(n_embd=24, n_layer=1, n_head=2, vocab_size=260, n_positions=64, bos_token_id=0, eos_token_id=0)
+    ).save_pretrained(path)
     return path
 
 
@@ -125,9 +147,17 @@ def gpt2(tmp_path_factory):
         ("llama", ["--heads", "-0.2"], "--heads -0.2 is outside (0, 1)"),
         ("llama", ["--mlp", "0"], "nothing to prune; pass --blocks N, --heads F or --mlp F"),
         ("llama", ["--blocks", "4"], "--blocks 4: the decoder has 4 blocks; allowed: 1 to 3"),
-        ("llama", ["--heads", "0.1"], "--heads 0.1 removes 0 of 3 KV head groups per layer; allowed: fractions that remove 1 to 2"),
+        (
+            "llama",
+            ["--heads", "0.1"],
+            "--heads 0.1 removes 0 of 3 KV head groups per layer; allowed: fractions that remove 1 to 2",
+        ),
         ("llama", ["--mlp", "0.2", "--data", "/nonexistent"], "calibration data '/nonexistent' is not a directory"),
-        ("gpt2", ["--mlp", "0.2"], "unsupported architecture 'GPT2LMHeadModel'; supported: Idefics3ForConditionalGeneration, LlamaForCausalLM"),
+        (
+            "gpt2",
+            ["--mlp", "0.2"],
+            "unsupported architecture 'GPT2LMHeadModel'; supported: Idefics3ForConditionalGeneration, LlamaForCausalLM",
+        ),
     ],
 )
 def test_bad_input_is_one_typed_line(request, tmp_path, model, flags, message, capsys):

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from tiny_audio import tiny_qwen2_audio, tiny_whisper
+from tiny_models import tiny_idefics3, tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.quantizers.structure import count_parameters
-from tiny_audio import tiny_qwen2_audio, tiny_whisper
-from tiny_models import tiny_idefics3, tiny_llama, tiny_llava
 
 # tiny_llama: hidden 60, 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90
 HIDDEN, LAYERS, D, MLP = 60, 4, 10, 90
@@ -38,10 +38,17 @@ def test_export_prune_matches_the_pruned_model_and_reports_what_went(tmp_path, c
     removed = LAYERS * (2 * 2 * D * HIDDEN + 2 * D * HIDDEN) + LAYERS * 18 * 3 * HIDDEN
     assert report["pruning"]["parameters"]["removed"] == removed
     assert report["pruning"]["parameters"]["before"] == count_parameters(_load(source))
-    assert [(s["component"], s["granularity"], s["count"]) for s in report["pruning"]["stages"]] == [("text_decoder", "heads", 1), ("text_decoder", "mlp", 18)]
+    assert [(s["component"], s["granularity"], s["count"]) for s in report["pruning"]["stages"]] == [
+        ("text_decoder", "heads", 1),
+        ("text_decoder", "mlp", 18),
+    ]
     for s in report["pruning"]["stages"]:  # why: the least important went, so less than its share of the score
         fraction = s["count"] / {"heads": 3, "mlp": MLP}[s["granularity"]]
-        assert s["why"] and s["summary"]["removed_mean"] < s["summary"]["kept_mean"] and s["summary"]["removed_share"] < fraction
+        assert (
+            s["why"]
+            and s["summary"]["removed_mean"] < s["summary"]["kept_mean"]
+            and s["summary"]["removed_share"] < fraction
+        )
         assert s["parameters_removed"] > 0
     assert pipe.manifest.components["text_decoder"].kv_cache.kv_heads == 2
 
@@ -53,7 +60,7 @@ def test_export_prune_matches_the_pruned_model_and_reports_what_went(tmp_path, c
     ours = list(pipe.generate_tokens("Hello there", max_new_tokens=12))
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False)
-    theirs = [t for t in out[0, len(ids):].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+    theirs = [t for t in out[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
     assert len(ours) >= 6 and ours == theirs
 
 
@@ -67,22 +74,47 @@ def _encoder_removed(model, stack_of, blocks: int, channels: int) -> int:
 
 ENCODERS = {
     # builder, component, spec, how to reach the stack's layers, config fields (path, value) after pruning
-    "idefics3": (tiny_idefics3, "vision_encoder", "blocks=1,mlp=0.3", lambda m: m.model.vision_model.encoder.layers,
-                 {("vision_config", "num_hidden_layers"): 1, ("vision_config", "intermediate_size"): 42}),
-    "qwen2_audio": (tiny_qwen2_audio, "audio_encoder", "blocks=1,mlp=0.3", lambda m: m.model.audio_tower.layers,
-                    {("audio_config", "encoder_layers"): 1, ("audio_config", "encoder_ffn_dim"): 70}),
-    "whisper": (tiny_whisper, "audio_encoder", "blocks=1,mlp=0.2", lambda m: m.model.encoder.layers,
-                {(None, "encoder_layers"): 1, (None, "encoder_ffn_dim"): 120, (None, "decoder_ffn_dim"): 150}),
+    "idefics3": (
+        tiny_idefics3,
+        "vision_encoder",
+        "blocks=1,mlp=0.3",
+        lambda m: m.model.vision_model.encoder.layers,
+        {("vision_config", "num_hidden_layers"): 1, ("vision_config", "intermediate_size"): 42},
+    ),
+    "qwen2_audio": (
+        tiny_qwen2_audio,
+        "audio_encoder",
+        "blocks=1,mlp=0.3",
+        lambda m: m.model.audio_tower.layers,
+        {("audio_config", "encoder_layers"): 1, ("audio_config", "encoder_ffn_dim"): 70},
+    ),
+    "whisper": (
+        tiny_whisper,
+        "audio_encoder",
+        "blocks=1,mlp=0.2",
+        lambda m: m.model.encoder.layers,
+        {(None, "encoder_layers"): 1, (None, "encoder_ffn_dim"): 120, (None, "decoder_ffn_dim"): 150},
+    ),
     # the tiny tower has 2 layers and LLaVA reads hidden_states[-2]: its last layer is protected, so MLP only
-    "llava": (tiny_llava, "vision_encoder", "mlp=0.3", lambda m: m.model.vision_tower.encoder.layers,
-              {("vision_config", "num_hidden_layers"): 2, ("vision_config", "intermediate_size"): 42}),
+    "llava": (
+        tiny_llava,
+        "vision_encoder",
+        "mlp=0.3",
+        lambda m: m.model.vision_tower.encoder.layers,
+        {("vision_config", "num_hidden_layers"): 2, ("vision_config", "intermediate_size"): 42},
+    ),
 }
 
 
-@pytest.mark.parametrize("family", [
-    "idefics3", pytest.param("qwen2_audio", marks=pytest.mark.slow),
-    pytest.param("whisper", marks=pytest.mark.slow), pytest.param("llava", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "idefics3",
+        pytest.param("qwen2_audio", marks=pytest.mark.slow),
+        pytest.param("whisper", marks=pytest.mark.slow),
+        pytest.param("llava", marks=pytest.mark.slow),
+    ],
+)
 def test_encoder_pruning_loads_shrinks_and_exports_with_parity(tmp_path, family):
     build, component, spec, layers_of, fields = ENCODERS[family]
     source, pruned, bundle = build(tmp_path / family), tmp_path / "pruned", tmp_path / "bundle"
@@ -93,14 +125,22 @@ def test_encoder_pruning_loads_shrinks_and_exports_with_parity(tmp_path, family)
     config = json.loads((pruned / "config.json").read_text())
     assert {(sub, name): (config[sub] if sub else config)[name] for (sub, name) in fields} == fields
     width = fields[next(k for k in fields if "ffn" in k[1] or "intermediate" in k[1])]
-    channels = (getattr(original.config, "audio_config", None) or getattr(original.config, "vision_config", None) or original.config)
+    channels = (
+        getattr(original.config, "audio_config", None)
+        or getattr(original.config, "vision_config", None)
+        or original.config
+    )
     full = getattr(channels, "encoder_ffn_dim", None) or channels.intermediate_size
     expected = _encoder_removed(original, layers_of, int(counts.get("blocks", 0)), full - width)
     assert count_parameters(original) - count_parameters(model) == expected
     report = json.loads((pruned / "pruning.json").read_text())
-    assert {s["component"] for s in report["stages"]} == {component} and report["calibration"]["items"][component].startswith("built-in")
+    assert {s["component"] for s in report["stages"]} == {component} and report["calibration"]["items"][
+        component
+    ].startswith("built-in")
 
-    assert main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0  # parity is checked inside
+    assert (
+        main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0
+    )  # parity is checked inside
     parity = edgemfm.load(bundle).manifest.report["parity"]
     assert parity[component]["max_abs_diff"] <= parity[component]["tolerance"] * parity[component]["scale"]
 
@@ -108,11 +148,23 @@ def test_encoder_pruning_loads_shrinks_and_exports_with_parity(tmp_path, family)
 def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, capsys):
     source = tiny_llava(tmp_path / "llava")
     cases = [
-        (["prune", "--component", "vision_encoder", "--heads", "0.34"], "--heads on the vision_encoder: its attention derives head_dim"),
-        (["prune", "--component", "vision_encoder", "--blocks", "1"], "--blocks 1: the vision_encoder has 2 blocks, the last 1 protected"),
-        (["prune", "--component", "projector", "--mlp", "0.2"], "component 'projector' cannot be pruned; allowed: text_decoder, vision_encoder, audio_encoder"),
+        (
+            ["prune", "--component", "vision_encoder", "--heads", "0.34"],
+            "--heads on the vision_encoder: its attention derives head_dim",
+        ),
+        (
+            ["prune", "--component", "vision_encoder", "--blocks", "1"],
+            "--blocks 1: the vision_encoder has 2 blocks, the last 1 protected",
+        ),
+        (
+            ["prune", "--component", "projector", "--mlp", "0.2"],
+            "component 'projector' cannot be pruned; allowed: text_decoder, vision_encoder, audio_encoder",
+        ),
         (["export", "--device", "host", "--prune", "mlp=lots"], "--prune 'mlp=lots': 'mlp=lots' is not KEY=VALUE"),
-        (["export", "--device", "host", "--prune", "audio_encoder:mlp=0.2"], "unsupported architecture 'LlavaForConditionalGeneration (audio_encoder)'"),
+        (
+            ["export", "--device", "host", "--prune", "audio_encoder:mlp=0.2"],
+            "unsupported architecture 'LlavaForConditionalGeneration (audio_encoder)'",
+        ),
     ]
     for argv, message in cases:
         assert main([*argv, "--model", str(source), "--out", str(tmp_path / "o")]) == 2
@@ -136,7 +188,9 @@ def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably
 
     def gap(model) -> float:  # KL(teacher || model) over every sequence
         with torch.no_grad():
-            return sum(_kl(teacher(input_ids=s).logits, model(input_ids=s).logits).item() for s in sequences) / len(sequences)
+            return sum(_kl(teacher(input_ids=s).logits, model(input_ids=s).logits).item() for s in sequences) / len(
+                sequences
+            )
 
     students = []
     for _ in range(2):
@@ -171,8 +225,13 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
         samples = [teacher.get_input_embeddings()(s) for s in calibration_samples(tokenizer, texts)]
     by_ids, by_embeddings = _load(source), _load(source)
     a = prune_model(by_ids, tokenizer, PruneConfig(blocks=1, mlp=0.3), texts)
-    b = prune_model(by_embeddings, tokenizer, PruneConfig(blocks=1, mlp=0.3), [],
-                    calls=[lambda x=x: by_embeddings(inputs_embeds=x, use_cache=False) for x in samples])
+    b = prune_model(
+        by_embeddings,
+        tokenizer,
+        PruneConfig(blocks=1, mlp=0.3),
+        [],
+        calls=[lambda x=x: by_embeddings(inputs_embeds=x, use_cache=False) for x in samples],
+    )
     assert [s["removed"] for s in a["stages"]] == [s["removed"] for s in b["stages"]]
     assert b["calibration"]["items"]["text_decoder"] == f"{len(samples)} samples given by the caller"
     distil(by_ids, teacher, tokenizer, texts, config, sequences=ids)
@@ -194,18 +253,35 @@ def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer, teacher, texts = AutoTokenizer.from_pretrained(source), _load(source), read_texts(None)[:4]
-    sequences = [torch.cat([s, torch.tensor([[7]])], 1) for s in teacher_sequences(teacher, tokenizer, texts, RecoveryConfig(continuation=4))]
+    sequences = [
+        torch.cat([s, torch.tensor([[7]])], 1)
+        for s in teacher_sequences(teacher, tokenizer, texts, RecoveryConfig(continuation=4))
+    ]
     labels = [torch.tensor([-100] * (s.shape[1] - 1) + [7]) for s in sequences]
 
     def label_loss(model) -> float:  # cross-entropy of the labelled last token, over every sequence
         with torch.no_grad():
-            return sum(torch.nn.functional.cross_entropy(model(input_ids=s).logits[0, -2:-1], torch.tensor([7])).item() for s in sequences) / 4
+            return (
+                sum(
+                    torch.nn.functional.cross_entropy(model(input_ids=s).logits[0, -2:-1], torch.tensor([7])).item()
+                    for s in sequences
+                )
+                / 4
+            )
 
     losses = {}
     for weight in (0.0, 1.0):
         student = _load(source)
         prune_model(student, tokenizer, PruneConfig(mlp=0.3), texts)
-        distil(student, teacher, tokenizer, texts, RecoveryConfig(steps=16, lr=1e-3, label_weight=weight), sequences=sequences, labels=labels)
+        distil(
+            student,
+            teacher,
+            tokenizer,
+            texts,
+            RecoveryConfig(steps=16, lr=1e-3, label_weight=weight),
+            sequences=sequences,
+            labels=labels,
+        )
         losses[weight] = label_loss(student)
     assert losses[1.0] < 0.5 * losses[0.0], losses
     with pytest.raises(InputError, match="label weight 1 needs one label tensor per sequence"):

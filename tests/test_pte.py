@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_audio import tiny_qwen2_audio, tiny_whisper
+from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
+from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 import edgemfm
 from edgemfm.bundle import read_manifest
 from edgemfm.cli import main
 from edgemfm.errors import InputError
-from tiny_audio import tiny_qwen2_audio, tiny_whisper
-from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
-from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 MAX_SEQ_LEN = 96  # small: the test programs' cache; the profile's (1024 for pi5) in real bundles
 PROMPT = "Describe the picture."
@@ -51,7 +51,11 @@ def llava_generate(checkpoint: Path, pipe, prompt: str, images: list[Path], max_
 
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoImageProcessor.from_pretrained(checkpoint)
-    kwargs = {"pixel_values": processor([Image.open(p) for p in images], return_tensors="pt")["pixel_values"]} if images else {}
+    kwargs = (
+        {"pixel_values": processor([Image.open(p) for p in images], return_tensors="pt")["pixel_values"]}
+        if images
+        else {}
+    )
     vision = model.config.vision_config
     rows = (vision.image_size // vision.patch_size) ** 2  # patches, CLS dropped by the default feature selection
     ids = _expand(pipe.prompt_ids(prompt, {"image": len(images)}), model.config.image_token_id, [rows] * len(images))
@@ -62,7 +66,9 @@ def text_generate(checkpoint: Path, pipe, prompt: str, media: list, max_new_toke
     from transformers import AutoModelForCausalLM
 
     assert not media, "a decoder-only model takes text only"
-    return _answer(pipe, AutoModelForCausalLM.from_pretrained(checkpoint).eval(), pipe.prompt_ids(prompt), max_new_tokens)
+    return _answer(
+        pipe, AutoModelForCausalLM.from_pretrained(checkpoint).eval(), pipe.prompt_ids(prompt), max_new_tokens
+    )
 
 
 def qwen2_audio_generate(checkpoint: Path, pipe, prompt: str, clips: list[Path], max_new_tokens: int) -> list[int]:
@@ -104,12 +110,19 @@ def qwen2_vl_generate(checkpoint: Path, pipe, prompt: str, images: list[Path], m
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     media = pipe.prepare({"image": images})
     token = pipe.manifest.prompt.media["image"].token_id
-    ids = _expand(pipe.prompt_ids(prompt, media), token, [t * h * w for p in media.get("image", []) for t, h, w in (c.grid for c in p.calls)])
+    ids = _expand(
+        pipe.prompt_ids(prompt, media),
+        token,
+        [t * h * w for p in media.get("image", []) for t, h, w in (c.grid for c in p.calls)],
+    )
     input_ids = torch.tensor([ids])
     inputs = {"attention_mask": torch.ones_like(input_ids)}
     if images:
         processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint)
-        inputs |= {**processor(images=[Image.open(p) for p in images], return_tensors="pt"), "mm_token_type_ids": (input_ids == token).int()}
+        inputs |= {
+            **processor(images=[Image.open(p) for p in images], return_tensors="pt"),
+            "mm_token_type_ids": (input_ids == token).int(),
+        }
     return _answer(pipe, model, ids, max_new_tokens, **inputs)
 
 
@@ -121,7 +134,9 @@ def whisper_generate(checkpoint: Path, pipe, prompt: str, clips: list[Path], max
 
     assert prompt == "" and len(clips) == 1, "Whisper transcribes one clip, with no text prompt"
     samples = load_audio(clips[0], pipe.manifest.preprocess.audio)
-    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(samples, sampling_rate=16000, return_tensors="pt").input_features
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(
+        samples, sampling_rate=16000, return_tensors="pt"
+    ).input_features
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
     with torch.no_grad():
         out = model.generate(input_features=features, max_new_tokens=max_new_tokens, do_sample=False)
@@ -134,7 +149,9 @@ class Case:
     build: Callable[[Path], Path]  # writes the tiny checkpoint at the path
     methods: tuple[str, ...]  # the program's methods: one per component
     media: str | None  # the generate_tokens keyword its prompt's one media item goes to; None: text only
-    generate: Callable[..., list[int]]  # (checkpoint, pipe, prompt, media items, max_new_tokens) -> transformers' tokens
+    generate: Callable[
+        ..., list[int]
+    ]  # (checkpoint, pipe, prompt, media items, max_new_tokens) -> transformers' tokens
     max_seq_len: int = MAX_SEQ_LEN  # room for the prompt, its media rows and 24 answer tokens
     prompt: str = PROMPT  # "" for Whisper: it transcribes
     text_only: bool = True  # whether it answers a prompt without media (Whisper needs its clip)
@@ -145,30 +162,58 @@ VISION_METHODS = ("vision_encoder", *TEXT_METHODS)
 CASES = [
     Case("llava", tiny_llava, VISION_METHODS, "images", llava_generate),
     *(
-        pytest.param(Case(a, lambda p, a=a: tiny_text_model(a, p), TEXT_METHODS, None, text_generate), marks=pytest.mark.slow, id=a)
+        pytest.param(
+            Case(a, lambda p, a=a: tiny_text_model(a, p), TEXT_METHODS, None, text_generate),
+            marks=pytest.mark.slow,
+            id=a,
+        )
         for a in TEXT_CONFIGS
     ),
     pytest.param(
         Case("qwen2_audio", tiny_qwen2_audio, ("audio_encoder", *TEXT_METHODS), "audio", qwen2_audio_generate, 192),
-        marks=pytest.mark.slow, id="qwen2_audio",
+        marks=pytest.mark.slow,
+        id="qwen2_audio",
     ),
-    pytest.param(Case("idefics3", tiny_idefics3, VISION_METHODS, "images", idefics3_generate, 192), marks=pytest.mark.slow, id="idefics3"),
+    pytest.param(
+        Case("idefics3", tiny_idefics3, VISION_METHODS, "images", idefics3_generate, 192),
+        marks=pytest.mark.slow,
+        id="idefics3",
+    ),
     pytest.param(
         # seed 1: seed 0 ends its answer after 6 tokens
         Case("qwen2_vl", lambda p: tiny_qwen2_vl(p, seed=1), VISION_METHODS, "images", qwen2_vl_generate, 160),
-        marks=pytest.mark.slow, id="qwen2_vl",
+        marks=pytest.mark.slow,
+        id="qwen2_vl",
     ),
     pytest.param(
-        Case("qwen2_5_vl", lambda p: tiny_qwen2_vl(p, seed=1, version="2.5"), VISION_METHODS, "images", qwen2_vl_generate, 160),
-        marks=pytest.mark.slow, id="qwen2_5_vl",
+        Case(
+            "qwen2_5_vl",
+            lambda p: tiny_qwen2_vl(p, seed=1, version="2.5"),
+            VISION_METHODS,
+            "images",
+            qwen2_vl_generate,
+            160,
+        ),
+        marks=pytest.mark.slow,
+        id="qwen2_5_vl",
     ),
     pytest.param(
         Case("smolvlm", lambda p: tiny_idefics3(p, kind="smolvlm"), VISION_METHODS, "images", idefics3_generate, 192),
-        marks=pytest.mark.slow, id="smolvlm",
+        marks=pytest.mark.slow,
+        id="smolvlm",
     ),
     pytest.param(
-        Case("whisper", tiny_whisper, ("audio_encoder", *TEXT_METHODS), "audio", whisper_generate, prompt="", text_only=False),
-        marks=pytest.mark.slow, id="whisper",
+        Case(
+            "whisper",
+            tiny_whisper,
+            ("audio_encoder", *TEXT_METHODS),
+            "audio",
+            whisper_generate,
+            prompt="",
+            text_only=False,
+        ),
+        marks=pytest.mark.slow,
+        id="whisper",
     ),
 ]
 
@@ -186,7 +231,19 @@ def checkpoint(case, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(case, checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "pte"
-    argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--max-seq-len", str(case.max_seq_len), "--out", str(out)]
+    argv = [
+        "export",
+        "--model",
+        str(checkpoint),
+        "--device",
+        "pi5",
+        "--format",
+        "pte",
+        "--max-seq-len",
+        str(case.max_seq_len),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     return out
 
@@ -199,7 +256,9 @@ def media_item(case, request):
     if case.media == "audio":
         from test_audio import speech_wav
 
-        return speech_wav(request.getfixturevalue("tmp_path_factory").mktemp("audio") / "speech.wav", "It will rain in the afternoon.")
+        return speech_wav(
+            request.getfixturevalue("tmp_path_factory").mktemp("audio") / "speech.wav", "It will rain in the afternoon."
+        )
     return request.getfixturevalue("picture")
 
 
@@ -259,7 +318,9 @@ def methods_match_pytorch(checkpoint: Path, bundle: Path) -> None:
             args = [_fresh(t, unit.dynamic_axes.get(n, {}), 8) for n, t in zip(unit.input_names, unit.args)]
             with torch.no_grad():
                 expected = unit.module(*args)
-            expected = list(expected) if isinstance(expected, tuple) else [expected]  # Whisper's encoder: every layer's K/V
+            expected = (
+                list(expected) if isinstance(expected, tuple) else [expected]
+            )  # Whisper's encoder: every layer's K/V
             got = method.execute(args)
         else:
             kv = unit.kv_cache
@@ -268,9 +329,13 @@ def methods_match_pytorch(checkpoint: Path, bundle: Path) -> None:
             empty = tuple(torch.zeros(1, kv.kv_heads, 0, kv.head_dim) for _ in range(2 * kv.layers))
             mrope = unit.args[2].dim() == 3  # Qwen2-VL: [3, 1, seq] rotary positions beside the cache slots
             # M-RoPE: three different rows, as after an image, unlike the slots
-            positions = (torch.arange(8) + torch.tensor([0, 2, 5])[:, None])[:, None] if mrope else torch.arange(8)[None]
+            positions = (
+                (torch.arange(8) + torch.tensor([0, 2, 5])[:, None])[:, None] if mrope else torch.arange(8)[None]
+            )
             with torch.no_grad():  # the whole sequence at once through the dynamic-cache decoder
-                expected = unit.module(x, torch.ones(1, 8, dtype=torch.int64), positions, empty, *([cross] if cross else []))[0]
+                expected = unit.module(
+                    x, torch.ones(1, 8, dtype=torch.int64), positions, empty, *([cross] if cross else [])
+                )[0]
             rotary = ([positions[..., :7].contiguous()], [positions[..., 7:].contiguous()]) if mrope else ([], [])
             prefill = method.execute([x[:, :7], torch.arange(7), *rotary[0], *cross])[0]
             step = method.execute([x[:, 7:], torch.tensor([7]), *rotary[1], *cross])[0]
@@ -294,7 +359,9 @@ def test_text_only_generation_matches_transformers(case, checkpoint, bundle):
     if case.media is None or not case.text_only:
         pytest.skip("a decoder-only model (the test above is its text-only test) or a transcriber (it needs its clip)")
     pipe = edgemfm.load(bundle)
-    assert list(pipe.generate_tokens("Hello there", max_new_tokens=16)) == case.generate(checkpoint, pipe, "Hello there", [], 16)
+    assert list(pipe.generate_tokens("Hello there", max_new_tokens=16)) == case.generate(
+        checkpoint, pipe, "Hello there", [], 16
+    )
 
 
 def _runtime_check(case: Case) -> None:
@@ -307,7 +374,9 @@ def test_an_answer_that_outgrows_the_cache_is_refused_at_the_full_cache(case, bu
     pipe = edgemfm.load(bundle)
     prompt = len(pipe.prompt_ids("Hello there"))
     tokens = []
-    with pytest.raises(InputError, match=f"need {MAX_SEQ_LEN + 1} positions; this bundle's static KV cache holds {MAX_SEQ_LEN}"):
+    with pytest.raises(
+        InputError, match=f"need {MAX_SEQ_LEN + 1} positions; this bundle's static KV cache holds {MAX_SEQ_LEN}"
+    ):
         for token in pipe.generate_tokens("Hello there", max_new_tokens=10 * MAX_SEQ_LEN):
             tokens.append(token)
     # the last token comes from the logits at the last position the cache holds (no eos on the way there)
@@ -341,10 +410,14 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
 
     pte = edgemfm.export(device="host", format="pte", out=tmp_path / "pte", progress=False)
     manifest = read_manifest(pte)
-    assert manifest.components["text_decoder"].kv_cache.max_seq_len == edgemfm.load_profile("host").streaming.max_seq_len
+    assert (
+        manifest.components["text_decoder"].kv_cache.max_seq_len == edgemfm.load_profile("host").streaming.max_seq_len
+    )
     pipe = edgemfm.load(pte)
     ours = list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=24))
-    assert len(ours) >= 12 and ours == list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=24))
+    assert len(ours) >= 12 and ours == list(
+        edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=24)
+    )
     checkpoint = default_model.build(tmp_path / "default-model")
     assert ours == llava_generate(checkpoint, pipe, PROMPT, [picture], 24)
 
@@ -371,7 +444,13 @@ def test_static_decoder_equals_the_dynamic_one_in_steps(family, tmp_path):
     with torch.no_grad():
         expected = decoder.module(x, torch.ones(1, 12, dtype=torch.int64), positions, empty, *cross)[0]
         calls = [(0, 9), (9, 10), (10, 11), (11, 12)]  # a prefill longer than the window of 6, then single steps
-        got = torch.cat([static.module(x[:, a:b], torch.arange(a, b), *([positions[..., a:b]] if mrope else cross)) for a, b in calls], dim=1)
+        got = torch.cat(
+            [
+                static.module(x[:, a:b], torch.arange(a, b), *([positions[..., a:b]] if mrope else cross))
+                for a, b in calls
+            ],
+            dim=1,
+        )
     assert static.input_names[:2] == ("inputs_embeds", "input_pos") and static.kv_cache.kind == "static"
     assert float((got - expected).abs().max()) <= 1e-5 * max(1.0, float(expected.abs().max()))
 
@@ -382,12 +461,17 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
     from edgemfm.exporters.family import ExportUnit
 
     unit = ExportUnit(
-        module=torch.nn.GELU(approximate="tanh"), args=(torch.linspace(-6, 6, 4001)[None],), input_names=("x",),
-        output_names=("y",), dynamic_axes={},
+        module=torch.nn.GELU(approximate="tanh"),
+        args=(torch.linspace(-6, 6, 4001)[None],),
+        input_names=("x",),
+        output_names=("y",),
+        dynamic_axes={},
     )
     _, parity, report = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
     assert parity["gelu"]["max_abs_diff"] <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
-    assert report["delegation"]["gelu"]["delegated_nodes"] > 0 and report["delegation"]["gelu"]["non_delegated_nodes"] == 1  # getitem
+    assert (
+        report["delegation"]["gelu"]["delegated_nodes"] > 0 and report["delegation"]["gelu"]["non_delegated_nodes"] == 1
+    )  # getitem
 
 
 @pytest.mark.parametrize("max_seq_len", [1, 5, 64, 1024])
@@ -410,12 +494,33 @@ def test_a_component_torch_export_cannot_capture_fails_the_export_in_one_line(tm
     monkeypatch.setattr(executorch, "ONE_ITEM", ())
     checkpoint = tiny_llava(tmp_path / "tiny-llava")
     out = tmp_path / "pte"
-    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--max-seq-len", "32", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(checkpoint),
+                "--device",
+                "pi5",
+                "--format",
+                "pte",
+                "--max-seq-len",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err
     err = err.strip().splitlines()[-1]  # after what importing torchao and executorch prints
-    assert err.startswith("edgemfm: error: vision_encoder: torch.export could not capture this component for --format pte: ")
-    assert err.endswith("Constraints violated (images)! You marked images as dynamic but your code specialized it to be a constant (1).")
+    assert err.startswith(
+        "edgemfm: error: vision_encoder: torch.export could not capture this component for --format pte: "
+    )
+    assert err.endswith(
+        "Constraints violated (images)! You marked images as dynamic but your code specialized it to be a constant (1)."
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-llava"]  # no bundle, no staging directory left
 
 
@@ -434,7 +539,13 @@ def test_the_demo_encoders_take_one_item_per_call(tmp_path):
     # the audio encoder: the vision encoder's unit is made by the same function (exporters/demo.py), and
     # capturing the real EfficientNet-Lite0 tower costs the default suite most of a minute
     unit = units["audio_encoder"]
-    assert [axes for n in ("vision_encoder", "audio_encoder") for axes in units[n].dynamic_axes.values()] == [{0: "items"}] * 4
+    assert [axes for n in ("vision_encoder", "audio_encoder") for axes in units[n].dynamic_axes.values()] == [
+        {0: "items"}
+    ] * 4
     program, reference, peak, flops = _capture("audio_encoder", unit, 32)
     component = _component("audio_encoder", unit, program, reference, peak, flops)
-    assert component.inputs[0].shape == (1, 80, 200) and component.outputs[0].shape == (1, 5, 96)  # one 2 s clip -> 5 rows
+    assert component.inputs[0].shape == (1, 80, 200) and component.outputs[0].shape == (
+        1,
+        5,
+        96,
+    )  # one 2 s clip -> 5 rows

@@ -61,8 +61,14 @@ def _pytorch_answer(model, pipe, kind: str, media: Path, prompt: str) -> list[in
         text = lm.get_input_embeddings()(torch.tensor(ids))
         at = ids.index(token)
         embeds = torch.cat([text[:at], rows, text[at + 1 :]])[None]
-        out = lm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.int64),
-                          max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=eos, eos_token_id=eos)
+        out = lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.int64),
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=eos,
+            eos_token_id=eos,
+        )
     tokens = out[0].tolist()
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
@@ -71,7 +77,9 @@ def test_demo_pte_is_one_program_with_a_delegated_method_per_component(demo_pte_
     from executorch.runtime import Runtime
 
     manifest = read_manifest(demo_pte_bundle)
-    assert [n for n in manifest.files if n.endswith(".pte")] == ["model.pte"] and not [n for n in manifest.files if n.endswith(".onnx")]
+    assert [n for n in manifest.files if n.endswith(".pte")] == ["model.pte"] and not [
+        n for n in manifest.files if n.endswith(".onnx")
+    ]
     assert Runtime.get().load_program(demo_pte_bundle / "model.pte").method_names == METHODS == set(manifest.components)
     kv = manifest.components["text_decoder"].kv_cache
     assert (kv.kind, kv.max_seq_len) == ("static", edgemfm.load_profile("host").streaming.max_seq_len)

@@ -63,8 +63,12 @@ def test_unit_names_follow_the_module_hierarchy(default_bundle):
     assert len(units) == DECODER_MATMULS and not skipped
     assert names[0] == "text_decoder/layers.0/self_attn.q_proj" and names[-1] == "text_decoder/lm_head"
     assert sum(n.startswith("text_decoder/layers.3/") for n in names) == 7
-    assert unit_name("vision_encoder", "llava.vision_tower.encoder.layers.0.mlp.fc1") == "vision_encoder/layers.0/mlp.fc1"
-    assert unit_name("vision_encoder", "net._blocks.12._bn1") == "vision_encoder/blocks.12/_bn1"  # EfficientNet's spelling
+    assert (
+        unit_name("vision_encoder", "llava.vision_tower.encoder.layers.0.mlp.fc1") == "vision_encoder/layers.0/mlp.fc1"
+    )
+    assert (
+        unit_name("vision_encoder", "net._blocks.12._bn1") == "vision_encoder/blocks.12/_bn1"
+    )  # EfficientNet's spelling
 
 
 def nbits(stage: Path, component: str) -> Counter:
@@ -148,8 +152,13 @@ def test_dynamic_int8_stays_available_by_recipe(default_bundle, tmp_path):
     from edgemfm.quantizers.context import Context
 
     recipe = Recipe(rules=(Rule("*", QuantSpec(bits=8, method="dynamic", activation_bits=8)),))
-    report = quantize_component(default_bundle / "text_decoder.onnx", tmp_path / "d.onnx", "text_decoder", recipe,
-                                Context([], load_profile("host"), tmp_path))
+    report = quantize_component(
+        default_bundle / "text_decoder.onnx",
+        tmp_path / "d.onnx",
+        "text_decoder",
+        recipe,
+        Context([], load_profile("host"), tmp_path),
+    )
     assert report["quantized_nodes"]["MatMulInteger"] == DECODER_MATMULS
 
 
@@ -157,14 +166,17 @@ def test_gptq_quantizes_only_what_the_recipe_names(default_bundle, tmp_path):
     """ORT's MatMulNBitsQuantizer drops nodes_to_exclude for GPTQ: edgemfm calls the GPTQ pass with the exclusions."""
     from edgemfm.quantizers.apply import quantize_component
     from edgemfm.quantizers.context import Context
-    from edgemfm.quantizers.metrics import sqnr_db, outputs
+    from edgemfm.quantizers.metrics import outputs, sqnr_db
 
     manifest = read_manifest(default_bundle)
     feeds = component_feeds(default_bundle, manifest)["text_decoder"][:4]
-    recipe = Recipe(rules=(Rule("text_decoder/layers.0/*", QuantSpec(bits=4, group_size=32, method="gptq")), Rule("*", None)))
+    recipe = Recipe(
+        rules=(Rule("text_decoder/layers.0/*", QuantSpec(bits=4, group_size=32, method="gptq")), Rule("*", None))
+    )
     out = tmp_path / "gptq.onnx"
-    report = quantize_component(default_bundle / "text_decoder.onnx", out, "text_decoder", recipe,
-                                Context(feeds, load_profile("pi5"), tmp_path))
+    report = quantize_component(
+        default_bundle / "text_decoder.onnx", out, "text_decoder", recipe, Context(feeds, load_profile("pi5"), tmp_path)
+    )
     assert nbits(tmp_path, "gptq") == {(4, 32, None): 7}
     assert len(report["float_units"]) == DECODER_MATMULS - 7
     ref = outputs(default_bundle / "text_decoder.onnx", feeds, "logits")
@@ -183,25 +195,40 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
     """k_quant and HQQ int4 on half the decoder, int8 weight-only on the rest, lm_head float."""
     stage = tmp_path / "stage"
     shutil.copytree(default_bundle, stage)
-    recipe = Recipe(rules=(
-        Rule("text_decoder/lm_head", None),
-        Rule("text_decoder/layers.[01]/*", QuantSpec(bits=4, group_size=32, method="k_quant", activation_bits=8)),
-        Rule("text_decoder/layers.2/*", QuantSpec(bits=4, group_size=32, method="hqq")),
-        Rule("text_decoder/*", QuantSpec(bits=8, group_size=32, method="rtn")),
-    ))
+    recipe = Recipe(
+        rules=(
+            Rule("text_decoder/lm_head", None),
+            Rule("text_decoder/layers.[01]/*", QuantSpec(bits=4, group_size=32, method="k_quant", activation_bits=8)),
+            Rule("text_decoder/layers.2/*", QuantSpec(bits=4, group_size=32, method="hqq")),
+            Rule("text_decoder/*", QuantSpec(bits=8, group_size=32, method="rtn")),
+        )
+    )
     from edgemfm.quantizers.apply import quantize_component
     from edgemfm.quantizers.context import Context
 
-    report = quantize_component(default_bundle / "text_decoder.onnx", stage / "text_decoder.onnx", "text_decoder", recipe,
-                                Context([], load_profile("pi5"), tmp_path))
+    report = quantize_component(
+        default_bundle / "text_decoder.onnx",
+        stage / "text_decoder.onnx",
+        "text_decoder",
+        recipe,
+        Context([], load_profile("pi5"), tmp_path),
+    )
     g = onnx.load(str(stage / "text_decoder.onnx")).graph
     bits = Counter({a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits")
     assert bits == {4: 21, 8: 7}
     assert report["float_units"] == {"text_decoder/lm_head": "the recipe keeps it float"}
     bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
-    with pytest.raises(ConfigError, match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq, clip_search"):
-        quantize_component(default_bundle / "text_decoder.onnx", tmp_path / "x.onnx", "text_decoder", bad,
-                           Context([], load_profile("pi5"), tmp_path))
+    with pytest.raises(
+        ConfigError,
+        match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq, clip_search",
+    ):
+        quantize_component(
+            default_bundle / "text_decoder.onnx",
+            tmp_path / "x.onnx",
+            "text_decoder",
+            bad,
+            Context([], load_profile("pi5"), tmp_path),
+        )
 
 
 def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
@@ -209,13 +236,22 @@ def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
     plan = m.report["plan"]
     assert plan["tolerance_met"] and plan["tolerance_db"] == 15.0
     # the token embedding is judged with the decoder, on its next-token distribution
-    assert plan["judged_by"] == {"vision_encoder": "vision_encoder", "token_embedding": "text_decoder", "text_decoder": "text_decoder"}
-    assert set(plan["measured_sqnr_db"]) == {"vision_encoder", "text_decoder"} and min(plan["measured_sqnr_db"].values()) >= 15.0
+    assert plan["judged_by"] == {
+        "vision_encoder": "vision_encoder",
+        "token_embedding": "text_decoder",
+        "text_decoder": "text_decoder",
+    }
+    assert (
+        set(plan["measured_sqnr_db"]) == {"vision_encoder", "text_decoder"}
+        and min(plan["measured_sqnr_db"].values()) >= 15.0
+    )
     q = m.report["quantization"]
     assert q["vision_encoder"]["sqnr_db"] >= 15.0 and q["text_decoder"]["judged"]["sqnr_db"] >= 15.0
     groups = plan["groups"]
     assert "text_decoder/layers.0/mlp.down_proj" in groups and "text_decoder/lm_head" in groups
-    assert groups["text_decoder/layers.0/mlp.down_proj"]["estimated"] and "estimated" not in groups["text_decoder/lm_head"]
+    assert (
+        groups["text_decoder/layers.0/mlp.down_proj"]["estimated"] and "estimated" not in groups["text_decoder/lm_head"]
+    )
     bits = {g["bits"] for g in groups.values()}
     assert 4 in bits and len(bits) >= 2, "a mixed plan on this model"
     # the plan is the manifest's recipe: every layer gets the bits its group got
@@ -233,12 +269,21 @@ def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
     rng = np.random.default_rng(0)
     names = [f"layers.{b}.mlp.{r}" for b in range(3) for r in ("up", "down")] + ["lm_head"]
     nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=n) for i, n in enumerate(names)]
-    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), f"w{i}") for i in range(len(names))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 32]) for i in range(len(names))], inits)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), f"w{i}") for i in range(len(names))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, 32]) for i in range(len(names))],
+        inits,
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "d.onnx"))
     block_factor, role_factor = {"0": 1.0, "1": 4.0, "2": 0.5}, {"up": 1.0, "down": 3.0}
-    truth = {f"d/layers.{b}/mlp.{r}": block_factor[b] * role_factor[r] for b in "012" for r in ("up", "down")} | {"d/lm_head": 7.0}
+    truth = {f"d/layers.{b}/mlp.{r}": block_factor[b] * role_factor[r] for b in "012" for r in ("up", "down")} | {
+        "d/lm_head": 7.0
+    }
     calls = []
 
     def noise(component, recipe):  # independent layers: their noise powers add
@@ -255,7 +300,16 @@ def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
         g.level = levels.get(g.name, 0)
     recipe = recipe_of(groups, [int4, QuantSpec(bits=8, group_size=32), None])
     assert [r.pattern for r in recipe.rules] == [
-        "d/lm_head", "d/lm_head/*", "d/layers.0", "d/layers.0/*", "d/layers.1/mlp.up", "d/layers.1/mlp.down", "d/layers.2", "d/layers.2/*", "*"]
+        "d/lm_head",
+        "d/lm_head/*",
+        "d/layers.0",
+        "d/layers.0/*",
+        "d/layers.1/mlp.up",
+        "d/layers.1/mlp.down",
+        "d/layers.2",
+        "d/layers.2/*",
+        "*",
+    ]
     assert recipe.spec_for("d/layers.1/mlp.down").bits == 8 and recipe.spec_for("d/layers.1/mlp.up").bits == 4
     assert isinstance(groups[0], Group)
 
@@ -291,14 +345,25 @@ def test_judge_measures_the_token_embedding_through_the_decoder(default_bundle, 
         if recipe is FLOAT32:
             return default_bundle / manifest.components[component].file
         out = tmp_path / f"{component}.onnx"
-        quantize_component(default_bundle / manifest.components[component].file, out, component, recipe, Context([], load_profile("pi5"), tmp_path))
+        quantize_component(
+            default_bundle / manifest.components[component].file,
+            out,
+            component,
+            recipe,
+            Context([], load_profile("pi5"), tmp_path),
+        )
         return out
 
     judge = Judge(default_bundle, manifest, feeds, probe)
-    assert [judge.judged_by(c) for c in ("token_embedding", "text_decoder", "vision_encoder")] == ["text_decoder"] * 2 + ["vision_encoder"]
+    assert [judge.judged_by(c) for c in ("token_embedding", "text_decoder", "vision_encoder")] == [
+        "text_decoder"
+    ] * 2 + ["vision_encoder"]
     assert all(judge.noise(c, FLOAT32) == 0 for c in ("token_embedding", "text_decoder", "vision_encoder"))
     assert judge.sqnr_db("token_embedding", probe("token_embedding", FLOAT32)) == 200.0
-    own = sqnr_db(judge.refs["token_embedding"], outputs(probe("token_embedding", int4), feeds["token_embedding"], "inputs_embeds"))
+    own = sqnr_db(
+        judge.refs["token_embedding"],
+        outputs(probe("token_embedding", int4), feeds["token_embedding"], "inputs_embeds"),
+    )
     noise = judge.noise("token_embedding", int4)
     judged = judge.sqnr_db("token_embedding", probe("token_embedding", int4))
     assert noise > 0 and judged == round(10 * np.log10(judge.signal("text_decoder") / noise), 2)
@@ -340,10 +405,15 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     from edgemfm.manifest import Manifest
 
     out = tmp_path / "pi5-int4"
-    assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int4", "--out", str(out)]) == 0
+    assert (
+        main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int4", "--out", str(out)])
+        == 0
+    )
     m = read_manifest(out)
     assert Manifest.from_json(m.to_json()) == m  # the recipe and the report round-trip
-    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(bits=4, group_size=64, symmetric=False, method="clip_search", activation_bits=8)
+    assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(
+        bits=4, group_size=64, symmetric=False, method="clip_search", activation_bits=8
+    )
     assert m.report["quantization"]["text_decoder"]["quantized_nodes"] == {"MatMulNBits": DECODER_MATMULS}
     assert sum(f.bytes for f in m.files.values()) < 0.3 * 9.6 * 2**20
     tokens = list(edgemfm.load(out).generate_tokens("What is in the picture?", images=[picture], max_new_tokens=4))
@@ -360,7 +430,24 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
 def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placeholder_model):
     from edgemfm.cli import main
 
-    assert main(["export", "--model", str(placeholder_model), "--device", "pi5", "--precision", "int8", "--calibration", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(placeholder_model),
+                "--device",
+                "pi5",
+                "--precision",
+                "int8",
+                "--calibration",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     assert "calibration folder" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
@@ -370,9 +457,11 @@ def _one_matmul(w: np.ndarray) -> onnx.ModelProto:
 
     k, n = w.shape
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [numpy_helper.from_array(w, "w")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [numpy_helper.from_array(w, "w")],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
@@ -461,7 +550,9 @@ def test_smoothing_keeps_the_product_and_helps_int8_compute_with_outlier_channel
     ctx = Context([{"x": x}], load_profile("host"), tmp_path)
 
     def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+            0
+        ]
 
     model = _one_matmul(w)
     units, _ = weighted_units(model, "c")
@@ -472,8 +563,13 @@ def test_smoothing_keeps_the_product_and_helps_int8_compute_with_outlier_channel
     with_smoothing = run(weight_only.apply(_one_matmul(w), units, spec, ctx))
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(_one_matmul(w), bits=8, block_size=32, is_symmetric=True,
-                             algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8))
+    q = MatMulNBitsQuantizer(
+        _one_matmul(w),
+        bits=8,
+        block_size=32,
+        is_symmetric=True,
+        algo_config=DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, bits=8),
+    )
     q.process()
     plain = q.model.model
     for n in plain.graph.node:
@@ -487,8 +583,18 @@ def test_planner_compares_groups_of_different_components_by_relative_noise():
     from edgemfm.quantizers.units import Unit
 
     int4, int8 = QuantSpec(bits=4, group_size=64), QuantSpec(bits=8, group_size=32)
-    emb = Group("token_embedding/embed", "token_embedding", [Unit("token_embedding/embed", "g", "Gather", "w0", (4096, 64))], noise4=1e-3)
-    dec = Group("text_decoder/layers.0", "text_decoder", [Unit("text_decoder/layers.0/fc", "m", "MatMul", "w1", (64, 4096))], noise4=1e2)
+    emb = Group(
+        "token_embedding/embed",
+        "token_embedding",
+        [Unit("token_embedding/embed", "g", "Gather", "w0", (4096, 64))],
+        noise4=1e-3,
+    )
+    dec = Group(
+        "text_decoder/layers.0",
+        "text_decoder",
+        [Unit("text_decoder/layers.0/fc", "m", "MatMul", "w1", (64, 4096))],
+        noise4=1e2,
+    )
     ladder = [int4, int8, None]
     one_raise = sum(g.bytes_at(int4, lambda u, s: True) for g in (emb, dec)) + 4096 * 64 * 0.6
     choose([emb, dec], {"token_embedding": 1e-2, "text_decoder": 1e4}, ladder, one_raise, 0.0, 30.0, lambda u, s: True)
@@ -519,8 +625,10 @@ def test_conv1d_weights_quantize_and_run(bits):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((24, 80, 3)).astype(np.float32)  # [Cout, Cin, k]: Cin not a whole number of blocks
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", pads=[1, 1])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 80, 50])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv1", pads=[1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 80, 50])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_audio import speech_wav
+from tiny_audio import tiny_qwen2_audio
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.runtimes.audio import load_audio
-from test_audio import speech_wav
-from tiny_audio import tiny_qwen2_audio
 
 PROMPT = "What does the speaker say?"
 
@@ -46,8 +46,11 @@ def _reference(checkpoint, pipe, samples, max_new_tokens):
     model = Qwen2AudioForConditionalGeneration.from_pretrained(checkpoint).eval()
     with torch.no_grad():
         out = model.generate(
-            input_ids=torch.tensor([ids]), input_features=fe.input_features, feature_attention_mask=fe.attention_mask,
-            max_new_tokens=max_new_tokens, do_sample=False,
+            input_ids=torch.tensor([ids]),
+            input_features=fe.input_features,
+            feature_attention_mask=fe.attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
         )
     return rows, [t for t in out[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tiny_models import tiny_qwen2_vl
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.exporters.qwen2_vl import patches_preprocess
 from edgemfm.runtimes.patches import patchify
 from edgemfm.runtimes.positions import patch_positions
-from tiny_models import tiny_qwen2_vl
 
 PROMPT = "Describe the picture."
 
@@ -77,7 +77,11 @@ def test_vision_encoder_matches_pytorch_at_any_resolution(checkpoint, model, exp
 
     reference = _reference(checkpoint, _image(picture, kind))
     with torch.no_grad():
-        theirs = model.model.get_image_features(reference["pixel_values"], reference["image_grid_thw"]).pooler_output[0].numpy()
+        theirs = (
+            model.model.get_image_features(reference["pixel_values"], reference["image_grid_thw"])
+            .pooler_output[0]
+            .numpy()
+        )
     _, h, w = reference["image_grid_thw"][0].tolist()
     session = ort.InferenceSession(str(exported / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
     feeds = {"pixel_values": reference["pixel_values"].numpy(), "patch_positions": patch_positions(h, w, 2)}
@@ -107,7 +111,9 @@ def test_mrope_positions_match_the_model(model, exported, picture):
     ours, shift = mrope_prompt([start, grid, len(ids) - start - n])
     input_ids = torch.tensor([ids])
     theirs, delta = model.model.get_rope_index(
-        input_ids, mm_token_type_ids=(input_ids == token).int(), image_grid_thw=torch.tensor([[grid[0], grid[1] * 2, grid[2] * 2]])
+        input_ids,
+        mm_token_type_ids=(input_ids == token).int(),
+        image_grid_thw=torch.tensor([[grid[0], grid[1] * 2, grid[2] * 2]]),
     )
     assert (ours == theirs.numpy()[:, 0]).all() and shift == int(delta)
 

@@ -13,11 +13,11 @@ import pytest
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import InputError, MemoryBudgetError
+from edgemfm.manifest import KVCache as KVLayout
 from edgemfm.runtimes import budget
 from edgemfm.runtimes.audio_windows import windows
 from edgemfm.runtimes.kvcache import KVCache
 from edgemfm.runtimes.streaming import from_ids, planned, split_template
-from edgemfm.manifest import KVCache as KVLayout
 
 PROMPT = "What happens in the video?"
 BUDGET_MB = 128  # the streamed run's whole process, interpreter and onnxruntime included
@@ -32,7 +32,8 @@ def frames(n: int, seed: int = 0):
 
 # A fresh interpreter (no torch, no pytest) works out how many frames would fit unstreamed (one
 # prefill, the whole sequence cached) in the budget, streams N frames, and reports its peak from the OS.
-CHILD = """
+CHILD = (
+    """
 import dataclasses, json, sys, numpy as np, edgemfm
 from edgemfm import bundle
 from edgemfm.runtimes import budget
@@ -50,7 +51,9 @@ fits = max(k for k in range(1, 1000) if unstreamed(k) <= budget_mb * 2**20)
 pipe = edgemfm.load(path, memory_budget=budget_mb, max_seq_len=256, prefill_chunk=64, sink_tokens=4)
 tokens = list(pipe.generate_tokens(%r, images=frames(n), max_new_tokens=16))
 print(json.dumps({"peak": budget.peak_resident_bytes(), "tokens": tokens, "needed": pipe.memory.total, "fits": fits}))
-""" % PROMPT
+"""  # noqa: UP031
+    % PROMPT
+)
 
 
 def test_image_stream_stays_under_a_measured_memory_budget(default_bundle):
@@ -58,7 +61,9 @@ def test_image_stream_stays_under_a_measured_memory_budget(default_bundle):
     rows, streamed = 49, 200  # (224 / 32)^2 patches per frame in the default model
     run = subprocess.run(
         [sys.executable, "-c", CHILD, str(default_bundle), str(BUDGET_MB), str(streamed), str(rows)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
@@ -94,7 +99,9 @@ def test_sliding_window_keeps_sinks_and_the_most_recent_entries():
     cache.make_room(4)  # 9 + 4 > 10: keep 2 sinks and the 4 most recent, room for 4
     kept = cache.values["past.1.value"][0, 0, :, 0]
     assert kept.tolist() == [0, 1, 5, 6, 7, 8] and cache.length == 6 and cache.position == 9
-    assert cache.feeds(4)["attention_mask"].shape == (1, 10) and cache.feeds(4)["position_ids"].tolist() == [[9, 10, 11, 12]]
+    assert cache.feeds(4)["attention_mask"].shape == (1, 10) and cache.feeds(4)["position_ids"].tolist() == [
+        [9, 10, 11, 12]
+    ]
     cache.rollback(3)
     assert cache.length == 3 and cache.position == 6 and cache.values["past.0.key"].shape == (1, 3, 3, 5)
 
@@ -118,7 +125,9 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
     assert plain - fused == 3 * heads * 512 * 2048 * 4
     small = dataclasses.replace(manifest.streaming, max_seq_len=256)
     with pytest.raises(MemoryBudgetError, match=r"needs \d+ bytes .* allows \d+ bytes"):
-        edgemfm.load(default_bundle, memory_budget=budget.estimate(manifest, small, budget.resident_bytes()).total / 2**20 / 2)
+        edgemfm.load(
+            default_bundle, memory_budget=budget.estimate(manifest, small, budget.resident_bytes()).total / 2**20 / 2
+        )
 
 
 @pytest.mark.parametrize(
@@ -135,12 +144,19 @@ def test_bad_streaming_settings_are_named(default_bundle, overrides, message):
 
 def test_prompt_template_splits_around_items_or_falls_back():
     # ids: 1 BOS, 9 placeholder, 5 newline, 7 question, 2 end; a merging tokenizer fuses "\n" + question into 8
-    plain = lambda counts: [1, *[9, 5] * counts.get("image", 0), 7, 2]
+    plain = lambda counts: [1, *[9, 5] * counts.get("image", 0), 7, 2]  # noqa: E731
     layout = split_template(plain, ["image"], {"image": 9})
     assert list(planned(layout, {"image": iter("ab")})) == [1, ("image", "a"), 5, ("image", "b"), 5, 7, 2]
-    merging = lambda counts: [1, *[9, 5] * (counts.get("image", 0) - 1), *([9, 8] if counts.get("image") else [7]), 2]
+    merging = lambda counts: [1, *[9, 5] * (counts.get("image", 0) - 1), *([9, 8] if counts.get("image") else [7]), 2]  # noqa: E731
     assert split_template(merging, ["image"], {"image": 9}) is None
-    assert list(from_ids(merging({"image": 2}), {"image": 9}, {"image": ["a", "b"]})) == [1, ("image", "a"), 5, ("image", "b"), 8, 2]
+    assert list(from_ids(merging({"image": 2}), {"image": 9}, {"image": ["a", "b"]})) == [
+        1,
+        ("image", "a"),
+        5,
+        ("image", "b"),
+        8,
+        2,
+    ]
 
 
 def test_audio_windows_cover_a_stream_in_fixed_windows():

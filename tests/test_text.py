@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 import edgemfm
 from edgemfm.cli import main
-from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 PROMPT = "Once upon a time, in a land far away"
 # The default suite runs the one with the most quirks (sliding window, soft-capping, scaled
@@ -20,13 +20,65 @@ DEFAULT = ("Gemma2ForCausalLM",)
 # layer of three keeps its Softmax in these tiny exports (the exporter writes its Kᵀ as a 3-D
 # reshape the SDPA rule does not match); Gemma-2's soft-capping (Tanh) keeps its attention unfused.
 FUSION = {
-    "LlamaForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
-    "MistralForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
-    "Qwen2ForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
-    "Phi3ForCausalLM": ({"MultiHeadAttention": 2, "QuickGelu": 3, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
-    "GemmaForCausalLM": ({"FastGelu": 3, "GroupQueryAttention": 2, "SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1}),
-    "Gemma2ForCausalLM": ({"FastGelu": 3, "FusedMatMul": 4, "SimplifiedLayerNormalization": 7, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 3, "Tanh": 4}),
-    "Gemma3ForCausalLM": ({"FastGelu": 3, "FusedMatMul": 1, "GroupQueryAttention": 2, "SimplifiedLayerNormalization": 13, "SkipSimplifiedLayerNormalization": 6}, {"Sin": 1, "Softmax": 1, "Tanh": 1}),
+    "LlamaForCausalLM": (
+        {
+            "MultiHeadAttention": 2,
+            "QuickGelu": 3,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1},
+    ),
+    "MistralForCausalLM": (
+        {
+            "MultiHeadAttention": 2,
+            "QuickGelu": 3,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1},
+    ),
+    "Qwen2ForCausalLM": (
+        {
+            "MultiHeadAttention": 2,
+            "QuickGelu": 3,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1},
+    ),
+    "Phi3ForCausalLM": (
+        {
+            "MultiHeadAttention": 2,
+            "QuickGelu": 3,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1},
+    ),
+    "GemmaForCausalLM": (
+        {
+            "FastGelu": 3,
+            "GroupQueryAttention": 2,
+            "SimplifiedLayerNormalization": 1,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1},
+    ),
+    "Gemma2ForCausalLM": (
+        {"FastGelu": 3, "FusedMatMul": 4, "SimplifiedLayerNormalization": 7, "SkipSimplifiedLayerNormalization": 6},
+        {"Sin": 1, "Softmax": 3, "Tanh": 4},
+    ),
+    "Gemma3ForCausalLM": (
+        {
+            "FastGelu": 3,
+            "FusedMatMul": 1,
+            "GroupQueryAttention": 2,
+            "SimplifiedLayerNormalization": 13,
+            "SkipSimplifiedLayerNormalization": 6,
+        },
+        {"Sin": 1, "Softmax": 1, "Tanh": 1},
+    ),
 }
 
 

@@ -25,8 +25,12 @@ def result(default_bundle, tmp_path_factory):
 
 
 def _dominates(a, b) -> bool:
-    return (a.latency_ms <= b.latency_ms and a.memory_mb <= b.memory_mb and a.quality >= b.quality
-            and (a.latency_ms < b.latency_ms or a.memory_mb < b.memory_mb or a.quality > b.quality))
+    return (
+        a.latency_ms <= b.latency_ms
+        and a.memory_mb <= b.memory_mb
+        and a.quality >= b.quality
+        and (a.latency_ms < b.latency_ms or a.memory_mb < b.memory_mb or a.quality > b.quality)
+    )
 
 
 def test_the_frontier_is_exactly_the_non_dominated_points(result):
@@ -70,7 +74,19 @@ def test_the_chosen_point_is_run_on_this_host_beside_its_host_prediction(result)
 
 def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle, tmp_path, capsys):
     """Through the CLI: the error comes after the search (the needed figure is what it found)."""
-    code = main(["tune", "--device", "pi5", "--latency-budget", "0.01", "--bundle", str(default_bundle), "--plot", str(tmp_path / "f.png")])
+    code = main(
+        [
+            "tune",
+            "--device",
+            "pi5",
+            "--latency-budget",
+            "0.01",
+            "--bundle",
+            str(default_bundle),
+            "--plot",
+            str(tmp_path / "f.png"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "the fastest needs" in err and "allowed: 0.01 ms" in err
@@ -79,7 +95,22 @@ def test_an_impossible_budget_is_one_line_with_needed_and_allowed(default_bundle
 
 def test_an_existing_apply_directory_is_refused_before_any_work(default_bundle, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle), "--apply", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "tune",
+                "--device",
+                "pi5",
+                "--latency-budget",
+                "5",
+                "--bundle",
+                str(default_bundle),
+                "--apply",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "already exists; pass --force" in capsys.readouterr().err
 
 
@@ -92,8 +123,24 @@ def test_choose_refuses_a_memory_budget_nothing_fits(result):
 def test_the_cli_prints_the_frontier_and_writes_the_plot_and_every_point(default_bundle, tmp_path, capsys):
     import json
 
-    assert main(["tune", "--device", "pi5", "--latency-budget", "5", "--bundle", str(default_bundle),
-                 "--plot", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--device",
+                "pi5",
+                "--latency-budget",
+                "5",
+                "--bundle",
+                str(default_bundle),
+                "--plot",
+                str(tmp_path / "f.png"),
+                "--json",
+                str(tmp_path / "f.json"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     points = json.loads((tmp_path / "f.json").read_text())["points"]
     assert len(points) == 18 and sum(p["chosen"] for p in points) == 1
@@ -136,7 +183,9 @@ def test_demo_model_on_pi5_meets_its_latency_budget_with_held_out_questions(demo
     data = os.environ.get("EDGEMFM_DEMO_DATA")
     if data is None:
         pytest.skip("set EDGEMFM_DEMO_DATA to a folder samples/demo_model/build_dataset.py wrote")
-    r = tune("pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, progress=False, scratch=tmp_path)
+    r = tune(
+        "pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, progress=False, scratch=tmp_path
+    )
     assert r.chosen.latency_ms <= 150.0
     assert len(r.points) > 100 and any(p.latency_ms > 150.0 for p in r.points)
     # 2026-11-28: the chosen int4 decoder answered 12 of 24 (fp32 decoders, at 300 ms, 18 of 24)

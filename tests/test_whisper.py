@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_audio import speech_wav
+from tiny_audio import tiny_whisper
 
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.runtimes.audio import load_audio
-from test_audio import speech_wav
-from tiny_audio import tiny_whisper
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,9 @@ def test_transcription_tokens_match_transformers(checkpoint, exported, speech):
     pipe = edgemfm.load(exported)
     ours = list(pipe.generate_tokens("", audio=[str(speech)], max_new_tokens=24))
     samples = load_audio(speech, pipe.manifest.preprocess.audio)
-    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(samples, sampling_rate=16000, return_tensors="pt").input_features
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(
+        samples, sampling_rate=16000, return_tensors="pt"
+    ).input_features
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
     with torch.no_grad():
         generated = model.generate(input_features=features, max_new_tokens=24, do_sample=False)

@@ -23,24 +23,43 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
     suppressed (the random model's favourite, 209, among them), and even bytes at the first step.
     """
     import torch
-    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        PreTrainedTokenizerFast,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
 
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
     config = WhisperConfig(
-        vocab_size=tok.get_vocab_size(), d_model=84, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=150, decoder_ffn_dim=150,
-        num_mel_bins=80, max_source_positions=1500, max_target_positions=64,
-        decoder_start_token_id=ids["<s>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
-        suppress_tokens=list(range(1, 256, 8)), begin_suppress_tokens=list(range(0, 256, 2)),
+        vocab_size=tok.get_vocab_size(),
+        d_model=84,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=150,
+        decoder_ffn_dim=150,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=64,
+        decoder_start_token_id=ids["<s>"],
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+        suppress_tokens=list(range(1, 256, 8)),
+        begin_suppress_tokens=list(range(0, 256, 2)),
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
     _widen(model)
     model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(
+        path
+    )
     WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
     return path
 
@@ -66,19 +85,32 @@ def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
     tok.add_special_tokens(list(QWEN2_AUDIO_SPECIALS))
     ids = {s: tok.token_to_id(s) for s in (*SPECIALS, *QWEN2_AUDIO_SPECIALS)}
     audio = Qwen2AudioEncoderConfig(
-        num_mel_bins=128, d_model=60, encoder_layers=2, encoder_attention_heads=3, encoder_ffn_dim=100,
+        num_mel_bins=128,
+        d_model=60,
+        encoder_layers=2,
+        encoder_attention_heads=3,
+        encoder_ffn_dim=100,
         max_source_positions=1500,
     )
     text = Qwen2Config(
-        hidden_size=84, intermediate_size=150, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
-        vocab_size=tok.get_vocab_size(), max_position_embeddings=1024,
-        bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<pad>"],
+        hidden_size=84,
+        intermediate_size=150,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=1024,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<pad>"],
     )
     config = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=ids["<|AUDIO|>"])
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
     _widen(model)
     model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>"
+    ).save_pretrained(path)
     WhisperFeatureExtractor(feature_size=128).save_pretrained(path)
     return path

@@ -11,11 +11,26 @@ def tiny_llava(path: Path, seed: int = 0) -> Path:
 
     return write_llava(
         path,
-        vision=dict(hidden_size=36, intermediate_size=60, num_hidden_layers=2, num_attention_heads=3,
-                    image_size=30, patch_size=6, projection_dim=36),
-        text=dict(hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6,
-                  num_key_value_heads=3, max_position_embeddings=256),
-        seed=seed, resize=34, crop=30,
+        vision=dict(
+            hidden_size=36,
+            intermediate_size=60,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            image_size=30,
+            patch_size=6,
+            projection_dim=36,
+        ),
+        text=dict(
+            hidden_size=84,
+            intermediate_size=150,
+            num_hidden_layers=3,
+            num_attention_heads=6,
+            num_key_value_heads=3,
+            max_position_embeddings=256,
+        ),
+        seed=seed,
+        resize=34,
+        crop=30,
     )
 
 
@@ -55,15 +70,30 @@ def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
     names = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}[kind]
     tok, ids = _tokenizer_with(IDEFICS3_SPECIALS)
     vision = getattr(transformers, f"{names}VisionConfig")(
-        hidden_size=36, intermediate_size=60, num_hidden_layers=2, num_attention_heads=3, image_size=30, patch_size=5,
+        hidden_size=36,
+        intermediate_size=60,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        image_size=30,
+        patch_size=5,
     )
     text = LlamaConfig(
-        hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6,
-        num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=512,
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        hidden_size=84,
+        intermediate_size=150,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=512,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
     )
     config = getattr(transformers, f"{names}Config")(
-        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=ids["<image>"], scale_factor=3,
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_id=ids["<image>"],
+        scale_factor=3,
         pad_token_id=ids["<pad>"],
     )
     torch.manual_seed(seed)
@@ -71,7 +101,9 @@ def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
     _widen(model, seed)
     model.save_pretrained(path)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    images = getattr(transformers, f"{names}ImageProcessorPil")(size={"longest_edge": 90}, max_image_size={"longest_edge": 30})
+    images = getattr(transformers, f"{names}ImageProcessorPil")(
+        size={"longest_edge": 90}, max_image_size={"longest_edge": 30}
+    )
     if kind == "idefics3":
         transformers.Idefics3Processor(image_processor=images, tokenizer=fast, image_seq_len=4).save_pretrained(path)
     else:  # SmolVLMProcessor also wants a video processor, which needs torchvision
@@ -80,7 +112,14 @@ def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
     return path
 
 
-QWEN2_VL_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN2_VL_SPECIALS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 
 
 def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2") -> Path:
@@ -98,24 +137,49 @@ def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2") -> Path:
         vision = dict(depth=2, embed_dim=36, hidden_size=84, mlp_ratio=2, **common)
     else:
         config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
-        vision = dict(depth=3, hidden_size=36, intermediate_size=50, out_hidden_size=84, window_size=16, fullatt_block_indexes=[2], **common)
+        vision = dict(
+            depth=3,
+            hidden_size=36,
+            intermediate_size=50,
+            out_hidden_size=84,
+            window_size=16,
+            fullatt_block_indexes=[2],
+            **common,
+        )
     text = dict(
-        hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
-        vocab_size=tok.get_vocab_size(), max_position_embeddings=512, bos_token_id=ids["<s>"], eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<pad>"], rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 3, 3]},
+        hidden_size=84,
+        intermediate_size=150,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=512,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<pad>"],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 3, 3]},
     )
     config = config_class(
-        vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     torch.manual_seed(seed)
     model = model_class(config).eval()
     _widen(model, seed)
     model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>"
+    ).save_pretrained(path)
     # The image processor alone: Qwen2VLProcessor also wants a video processor, which needs torchvision.
     Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 256, "longest_edge": 64 * 64}, patch_size=4, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": 256, "longest_edge": 64 * 64},
+        patch_size=4,
+        merge_size=2,
+        temporal_patch_size=2,
     ).save_pretrained(path)
     return path
 
@@ -126,12 +190,21 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
 
     tok, ids = _tokenizer_with([])
     config = LlamaConfig(
-        hidden_size=60, intermediate_size=90, num_hidden_layers=4, num_attention_heads=6,
-        num_key_value_heads=3, vocab_size=tok.get_vocab_size(), max_position_embeddings=256,
-        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+        hidden_size=60,
+        intermediate_size=90,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=256,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
     )
     model = LlamaForCausalLM(config).eval()
     _widen(model, seed)  # blocks, heads and channels then differ in importance
     model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save_pretrained(
+        path
+    )
     return path

@@ -23,9 +23,18 @@ FUSIONS = ("rms_norm", "layer_norm", "rotary", "attention", "group_query_attenti
 
 # The fused kernels the rules produce (ONNX Runtime registers some in the default domain).
 FUSED_OPS = (
-    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "SkipLayerNormalization",
-    "RotaryEmbedding", "MultiHeadAttention", "GroupQueryAttention", "Attention",
-    "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "FusedMatMul",
+    "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "RotaryEmbedding",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "Attention",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+    "QuickGelu",
+    "FusedMatMul",
 )
 # Primitive ops whose presence after fusion means a pattern was left unfused.
 TELLTALES = ("Softmax", "ReduceMean", "Erf", "Tanh", "Sin", "Sigmoid")

@@ -132,7 +132,11 @@ def _cached(value: Any) -> tuple[Any, Any, Any] | None:
     if concat is None or len(concat.inputs) != 2 or concat.attributes["axis"].as_int() not in (-2, 2):
         return None
     past, new = concat.inputs
-    return (past, new, concat.outputs[0]) if past.is_graph_input() and past.shape is not None and len(past.shape) == 4 else None
+    return (
+        (past, new, concat.outputs[0])
+        if past.is_graph_input() and past.shape is not None and len(past.shape) == 4
+        else None
+    )
 
 
 def _unbroadcast(bias: Any, seq: Any) -> Any:
@@ -162,6 +166,11 @@ def _match(mha: Any, inputs: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(kv_heads, int) or not isinstance(head_dim, int) or head_dim % 8:
         return None  # ONNX Runtime's kernel takes head sizes in multiples of 8
     seq = next((d for d in (_dim(ins[0], 1), _dim(key[1], 2), _dim(value[1], 2)) if d is not None), None)
-    return {"mha": mha, "bias": _unbroadcast(ins[5], seq), "kv_heads": kv_heads,
-            "past": {"k": key[0], "v": value[0]}, "new": {"k": key[1], "v": value[1]},
-            "present": {"k": key[2], "v": value[2]}}
+    return {
+        "mha": mha,
+        "bias": _unbroadcast(ins[5], seq),
+        "kv_heads": kv_heads,
+        "past": {"k": key[0], "v": value[0]},
+        "new": {"k": key[1], "v": value[1]},
+        "present": {"k": key[2], "v": value[2]},
+    }

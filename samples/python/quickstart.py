@@ -1,6 +1,6 @@
 """Export the built-in demo model for a device and stream answers about an image and a clip.
 
-    python samples/python/quickstart.py --device jetson
+python samples/python/quickstart.py --device jetson
 """
 
 import argparse
@@ -16,7 +16,10 @@ args = parser.parse_args()
 bundle = edgemfm.export(device=args.device, out=f"bundles/default-{args.device}", force=True)
 pipe = edgemfm.load(bundle)
 print(f"running on {pipe.provider}")
-for prompt, media in (("What shape is this?", {"images": [args.image]}), ("What word is spoken?", {"audio": [args.audio]})):
+for prompt, media in (
+    ("What shape is this?", {"images": [args.image]}),
+    ("What word is spoken?", {"audio": [args.audio]}),
+):
     print(prompt, end=" ")
     for piece in pipe.generate(prompt, **media, max_new_tokens=8):
         print(piece, end="", flush=True)
