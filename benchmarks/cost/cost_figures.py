@@ -5,7 +5,7 @@ and a node cost when they do almost nothing; `edgemfm.measure.cost_figures` time
 for each (its docstring lists them) as process CPU time with one intra-op thread, the least of
 repeated calls, and this script prints them as the profile's `[cost]` lines.
 
-    python benchmarks/cost_figures.py --device host
+    python -m benchmarks.cost.cost_figures --device host
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     profile = load_profile(args.device)
     figures = cost_figures(profile.peak_fp32_gflops / profile.cpu_cores, args.repeats)
     print(
-        f"# measured {time.strftime('%Y-%m-%d')} by benchmarks/cost_figures.py, load average {os.getloadavg()[0]:.1f}"
+        f"# measured {time.strftime('%Y-%m-%d')} by benchmarks/cost/cost_figures.py, load average {os.getloadavg()[0]:.1f}"
     )
     print("[cost]")
     for name, value in figures.items():

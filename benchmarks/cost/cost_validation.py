@@ -4,12 +4,12 @@ Measures every call `edgemfm.cost.predict` predicts (one image, one audio clip, 
 embedding, a decode step, a prefill) on the bundle, one thread, least process CPU time of
 `--repeats` calls (edgemfm.measure says why), and compares it with the prediction for one
 thread on `--device`: with the profile's figures (measured on this host by
-benchmarks/cost_figures.py), and with the same figures re-measured in this run, next to the
+benchmarks/cost/cost_figures.py), and with the same figures re-measured in this run, next to the
 components, so the machine's load at the time weighs on both sides.
 Prints a markdown table for BENCHMARKS.md; exits 1 when a call is outside `--tolerance` of the profile-based prediction.
 
     edgemfm export --device host --out /work/tune-demo-bundle      # the demo model, fp32
-    python benchmarks/cost_validation.py /work/tune-demo-bundle --device host --context 64 --prefill 64
+    python -m benchmarks.cost.cost_validation /work/tune-demo-bundle --device host --context 64 --prefill 64
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ with and without `--no-fuse`), then times each component of both side by side in
 (interleaved, so both see the same machine state; medians of repeated calls after warm-up; wall
 time and the process's CPU time per call) and prints a markdown table for BENCHMARKS.md.
 
-    python benchmarks/fusion_and_cost.py --device host --context 64 --prefill 64
-    python benchmarks/fusion_and_cost.py --fused demo-host --unfused demo-host-unfused --threads 1
+    python -m benchmarks.cost.fusion_and_cost --device host --context 64 --prefill 64
+    python -m benchmarks.cost.fusion_and_cost --fused demo-host --unfused demo-host-unfused --threads 1
 """
 
 from __future__ import annotations

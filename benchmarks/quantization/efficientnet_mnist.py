@@ -4,8 +4,8 @@ The probe is trained once on float features of 4,000 MNIST digits; each quantize
 judged by the probe's accuracy on 1,000 held-out digits encoded by it. Pre-processing is the
 runtime's (`edgemfm.runtimes.preprocess`), calibration uses 64 training digits.
 
-    python benchmarks/efficientnet_mnist.py                          # every variant of VARIANTS
-    python benchmarks/efficientnet_mnist.py --work /tmp/eff int4-pi5 # some, keeping the fp32 export
+    python -m benchmarks.quantization.efficientnet_mnist                          # every variant of VARIANTS
+    python -m benchmarks.quantization.efficientnet_mnist --work /tmp/eff int4-pi5 # some, keeping the fp32 export
 
 Needs: pip install -e '.[export,bench]'
 """

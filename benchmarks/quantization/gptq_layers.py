@@ -6,7 +6,7 @@ other 4 are held out), quantizes each layer alone and prints its output SQNR on 
 rows: without and with the int8 per-block activations of MatMulNBits' `accuracy_level=4`
 (simulated: symmetric, blocks of 64). It tells a method's per-layer gain from its end-to-end one.
 
-    python benchmarks/gptq_layers.py --work /tmp/smol     # --work: where smollm2_perplexity.py --wordnet wrote wordnet/
+    python -m benchmarks.quantization.gptq_layers --work /tmp/smol     # --work: where smollm2_perplexity.py --wordnet wrote wordnet/
 
 Needs what smollm2_perplexity.py needs, and `apt-get install wordnet-base`.
 """
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgemfm.quantizers import clip_search, gptq
+
+from .. import smollm2
 
 LAYERS = [
     f"model.layers.{i}.{p}"
@@ -39,14 +41,16 @@ def _int8_blocks(x: np.ndarray, block: int = 64) -> np.ndarray:
 
 def main() -> None:
     import torch
-    from smollm2_perplexity import gguf_dir, wordnet_folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .smollm2_perplexity import wordnet_folder
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
     args = p.parse_args()
     lines = (wordnet_folder(args.work / "wordnet") / "glosses.txt").read_text().splitlines()
-    folder, name = gguf_dir()
+    path = smollm2.gguf()
+    folder, name = path.parent, path.name
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     mods = dict(model.named_modules())

@@ -5,7 +5,7 @@ The CPU int4 presets keep each block's own [min, max] range with an integer zero
 (`accuracy_level=4`) runs it as fast as the symmetric layout: SmolLM2-135M's down_proj shape
 (K 1536, N 576, blocks of 64), one token, one thread, the two layouts timed in turns.
 
-    python benchmarks/matmulnbits_zero_points.py [--calls 2000] [--rounds 5]
+    python -m benchmarks.quantization.matmulnbits_zero_points [--calls 2000] [--rounds 5]
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ model's fp32 export takes ~17 minutes on 2 loaded cores, its quantization a few)
 and recipes can be compared on the same float graphs. The output is a sealed bundle built in a
 staging directory, exactly as `export` writes one.
 
-    python benchmarks/quantize_bundle.py FLOAT_BUNDLE OUT --device pi5 --precision auto --calibration DIR
-    python benchmarks/quantize_bundle.py FLOAT_BUNDLE OUT --device host --precision int4 --group-size 32   # the preset at another group size
-    python benchmarks/cascade.py FLOAT_BUNDLE OUT DATA    # its held-out accuracy against the float bundle
+    python -m benchmarks.quantization.quantize_bundle FLOAT_BUNDLE OUT --device pi5 --precision auto --calibration DIR
+    python -m benchmarks.quantization.quantize_bundle FLOAT_BUNDLE OUT --device host --precision int4 --group-size 32   # the preset at another group size
+    python -m benchmarks.runtime.cascade FLOAT_BUNDLE OUT DATA    # its held-out accuracy against the float bundle
 """
 
 from __future__ import annotations

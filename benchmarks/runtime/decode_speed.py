@@ -6,7 +6,7 @@ exactly --tokens tokens. On a shared machine wall time swings with the load; the
 this process (all ORT threads included) is steadier, so both are reported: use --threads 1 to
 compare loops.
 
-    python benchmarks/decode_speed.py BUNDLE [--tokens 128] [--repeats 5] [--threads 0]
+    python -m benchmarks.runtime.decode_speed BUNDLE [--tokens 128] [--repeats 5] [--threads 0]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The draft shares the tokenizer and every weight it keeps with the target, so it 
 store and agrees with the target wherever the later layers change little (LayerSkip, arXiv
 2404.16710, drafts the same way). Needs the export extra.
 
-    python benchmarks/early_exit_draft.py [--model CHECKPOINT] --layers 2 --device host --out bundles/draft
+    python -m benchmarks.runtime.early_exit_draft [--model CHECKPOINT] --layers 2 --device host --out bundles/draft
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ seconds, prefill seconds and decode tokens/s (the tokens after the first, over t
 the first). Both bundles' tokens must be equal, or the run fails.
 
 Example:
-    $ python benchmarks/pte_vs_onnx.py --device host --tokens 64
+    $ python -m benchmarks.runtime.pte_vs_onnx --device host --tokens 64
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import edgemfm
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "images" / "shapes.png"
+from .. import ROOT
+
+SAMPLE = ROOT / "samples" / "images" / "shapes.png"
 
 
 def timed_generation(bundle: Path, prompt: str, tokens: int, threads: int) -> tuple[list[int], float, float]:

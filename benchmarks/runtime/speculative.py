@@ -3,7 +3,7 @@
 Runs the target alone and with the draft on the same prompts (greedy), checks the tokens are
 identical, and prints tokens/s of both, the acceptance rate and the target calls saved.
 
-    python benchmarks/speculative.py TARGET DRAFT [--k 4] [--tokens 96] [--image PNG]
+    python -m benchmarks.runtime.speculative TARGET DRAFT [--k 4] [--tokens 96] [--image PNG]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ runs, size on disk (torch: model.safetensors; edgemfm: the bundle's files), and 
 match on the questions of samples/demo_model/build_dataset.py's eval.jsonl (greedy, 8 tokens at
 most, answers compared as `runtimes.cascade.normalize` does).
 
-    python benchmarks/side_by_side_demo.py ROW_SPEC WORK_DIR JSON_SETTINGS   # one row, prints one JSON object
+    python -m benchmarks.side_by_side.demo ROW_SPEC WORK_DIR JSON_SETTINGS   # one row, prints one JSON object
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
+from .. import ROOT
+
 TITLE = "The demo model"
-ROW_SCRIPT = Path(__file__)
+ROW_MODULE = "benchmarks.side_by_side.demo"
 PROMPT = "Tell me a story about the sea."
 ROWS = {
     "pytorch-eager-fp32": ("torch:", "fp32"),
@@ -45,16 +46,16 @@ def build_checkpoint(work: Path) -> None:
 
 
 def build_data(work: Path) -> None:
-    from side_by_side import run
+    from .run import run
 
     run(
-        [sys.executable, str(HERE.parent / "samples" / "demo_model" / "build_dataset.py"), "--out", str(work / "data")],
+        [sys.executable, str(ROOT / "samples" / "demo_model" / "build_dataset.py"), "--out", str(work / "data")],
         work / "data.log",
     )
 
 
 def build_bundle(work: Path, precision: str) -> None:
-    from side_by_side import run
+    from .run import run
 
     run(
         [
@@ -85,7 +86,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         **{f"edgemfm-{p}": (lambda w, p=p: build_bundle(w, p)) for p in ("fp32", "int8", "int4")},
     }
     needs = {"hf", "data"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
-    from side_by_side import build_missing
+    from .run import build_missing
 
     build_missing(work, steps, needs, "demo ")
 
@@ -252,7 +253,9 @@ def torch_row(work: Path, s: dict) -> dict:
 
 
 def main() -> None:
-    spec, work, s = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    from .run import row_arguments
+
+    spec, work, s = row_arguments(__doc__)
     kind, _, arg = spec.partition(":")
     print(json.dumps(torch_row(work, s) if kind == "torch" else edgemfm_row(work / arg, work, s)))
 

