@@ -17,6 +17,8 @@ import time
 from edgemfm.measure import cost_figures
 from edgemfm.profiles import load_profile
 
+from .. import record
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,6 +33,7 @@ def main() -> None:
     print("[cost]")
     for name, value in figures.items():
         print(f"{name} = {value:.3g}")
+    record.write("cost_figures", [{"figure": k, "value": float(f"{v:.3g}")} for k, v in figures.items()])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from edgemfm.cost import Estimate, predict
 from edgemfm.measure import cost_figures, measure
 from edgemfm.profiles import load_profile
 
+from .. import record
+
 
 def predictions(manifest, profile, context: int, prefill: int) -> dict[str, Estimate]:
     """One-thread predictions keyed as `edgemfm.measure.calls` keys its calls."""
@@ -63,6 +65,20 @@ def main() -> None:
     for key, work, p, now, m, bound in rows:
         worst = max(worst, abs(m / p - 1))
         print(f"| {key.split()[0]} | {work} | {p:.3f} | {m:.3f} | {m / p:.2f} | {now:.3f} | {m / now:.2f} | {bound} |")
+    record.write(
+        "cost_validation",
+        [
+            {
+                "component": key.split()[0],
+                "call": work,
+                "predicted_ms": round(p, 3),
+                "measured_ms": round(m, 3),
+                "predicted_now_ms": round(now, 3),
+                "bound": bound,
+            }
+            for key, work, p, now, m, bound in rows
+        ],
+    )
     sys.exit(0 if worst <= args.tolerance else 1)
 
 

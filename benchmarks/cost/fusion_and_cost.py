@@ -24,6 +24,8 @@ import edgemfm
 from edgemfm.cost import predict
 from edgemfm.profiles import load_profile
 
+from .. import record
+
 
 def feeds_for(pipe, work: str, context: int, prefill: int) -> tuple[str, dict]:
     m = pipe.manifest
@@ -114,6 +116,21 @@ def main() -> None:
             f"| {work} | {u:.3f} | {f:.3f} | {u / f:.2f}x | {uc:.3f} | {fc:.3f} | {uc / fc:.2f}x | {p:.3f} | {f / p:.1f} |"
         )
     print(f"\nnodes: {nodes}")
+    record.write(
+        "fusion_and_cost",
+        [
+            {
+                "call": work,
+                "unfused_ms": round(median[("unfused", work)][0], 3),
+                "fused_ms": round(median[("fused", work)][0], 3),
+                "unfused_cpu_ms": round(median[("unfused", work)][1], 3),
+                "fused_cpu_ms": round(median[("fused", work)][1], 3),
+                "predicted_ms": round(predicted[keys[work]], 3),
+            }
+            for work in works
+        ],
+        nodes=nodes,
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgemfm.quantizers.clip_search import pack, pack_zero_points, quantize_blocks, quantize_blocks_asymmetric
 
+from .. import record
+
 K, N, BLOCK = 1536, 576, 64
 
 
@@ -76,6 +78,7 @@ def main() -> None:
     print("| layout | ms per call (best of rounds) |\n|---|---|")
     for name, ms in best.items():
         print(f"| {name} | {ms:.4f} |")
+    record.write("matmulnbits_zero_points", [{"layout": n, "ms_per_call": round(ms, 4)} for n, ms in best.items()])
 
 
 if __name__ == "__main__":

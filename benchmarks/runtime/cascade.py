@@ -22,6 +22,8 @@ import edgemfm
 from edgemfm.finetune import read_examples
 from edgemfm.runtimes.cascade import choose_threshold, judge
 
+from .. import record
+
 
 def questions(data: Path) -> list[dict]:
     """The held-out questions as cascade items, each with its question type for the breakdown."""
@@ -60,31 +62,28 @@ def main() -> None:
         by_type[(item["type"], "questions")] += 1
         by_type[(item["type"], "escalated")] += escalated
         by_type[(item["type"], "cascade")] += large_ok if escalated else small_ok
-    print(
-        json.dumps(
-            {
-                "calibration": {
-                    "questions": calibration.questions,
-                    "threshold": calibration.threshold,
-                    "escalated": calibration.escalated,
-                },
-                "test_questions": n,
-                "small_accuracy": round(sum(r[1] for _, r in test) / n, 4),
-                "large_accuracy": round(sum(r[2] for _, r in test) / n, 4),
-                "cascade_accuracy": round(sum(r[2] if e else r[1] for (_, r), e in zip(test, up)) / n, 4),
-                "escalated": round(sum(up) / n, 4),
-                "by_type": {
-                    t: {
-                        "questions": by_type[(t, "questions")],
-                        "escalated": by_type[(t, "escalated")],
-                        "cascade_right": by_type[(t, "cascade")],
-                    }
-                    for t in sorted({i["type"] for i, _ in test})
-                },
-            },
-            indent=1,
-        )
-    )
+    result = {
+        "calibration": {
+            "questions": calibration.questions,
+            "threshold": calibration.threshold,
+            "escalated": calibration.escalated,
+        },
+        "test_questions": n,
+        "small_accuracy": round(sum(r[1] for _, r in test) / n, 4),
+        "large_accuracy": round(sum(r[2] for _, r in test) / n, 4),
+        "cascade_accuracy": round(sum(r[2] if e else r[1] for (_, r), e in zip(test, up)) / n, 4),
+        "escalated": round(sum(up) / n, 4),
+        "by_type": {
+            t: {
+                "questions": by_type[(t, "questions")],
+                "escalated": by_type[(t, "escalated")],
+                "cascade_right": by_type[(t, "cascade")],
+            }
+            for t in sorted({i["type"] for i, _ in test})
+        },
+    }
+    print(json.dumps(result, indent=1))
+    record.write("cascade", [result])
 
 
 if __name__ == "__main__":

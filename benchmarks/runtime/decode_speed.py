@@ -17,6 +17,8 @@ import time
 
 import edgemfm
 
+from .. import record
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,18 +37,16 @@ def main() -> None:
         n = 1 + sum(1 for _ in tokens)
         rates.append((n - 1) / (time.perf_counter() - start))
         cpu_rates.append((n - 1) / (time.process_time() - cpu))
-    print(
-        json.dumps(
-            {
-                "bundle": args.bundle,
-                "provider": pipe.provider,
-                "tokens": n,
-                "best_tok_s": round(max(rates), 1),
-                "median_tok_s": round(sorted(rates)[len(rates) // 2], 1),
-                "best_cpu_tok_s": round(max(cpu_rates), 1),
-            }
-        )
-    )
+    row = {
+        "bundle": args.bundle,
+        "provider": pipe.provider,
+        "tokens": n,
+        "best_tok_s": round(max(rates), 1),
+        "median_tok_s": round(sorted(rates)[len(rates) // 2], 1),
+        "best_cpu_tok_s": round(max(cpu_rates), 1),
+    }
+    print(json.dumps(row))
+    record.write("decode_speed", [row])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import edgemfm
 
-from .. import ROOT
+from .. import ROOT, record
 
 SAMPLE = ROOT / "samples" / "images" / "shapes.png"
 
@@ -68,6 +68,19 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for format, (seconds, size, _, first, rate) in rows.items():
         print(f"| {format} | {seconds:.1f} | {size / 2**20:.1f} | {first:.3f} | {rate:.1f} |")
+    record.write(
+        "pte_vs_onnx",
+        [
+            {
+                "format": fmt,
+                "export_s": round(s, 1),
+                "bundle_mib": round(b / 2**20, 1),
+                "first_token_s": round(f, 3),
+                "decode_tok_s": round(r, 1),
+            }
+            for fmt, (s, b, _, f, r) in rows.items()
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import time
 
 import edgemfm
 
+from .. import record
+
 PROMPTS = ("Describe the picture.", "What is in the image?", "Tell me about the colours.")
 
 
@@ -41,22 +43,20 @@ def main() -> None:
         totals["tokens"] += len(want)
         for key in ("proposed", "accepted", "target_calls"):
             totals[key] += spec.speculation[key]
-    print(
-        json.dumps(
-            {
-                "target": args.target,
-                "draft": args.draft,
-                "k": args.k,
-                "identical": True,
-                "tokens": totals["tokens"],
-                "acceptance": round(totals["accepted"] / max(totals["proposed"], 1), 3),
-                "target_calls": totals["target_calls"],
-                "alone_tok_s": round(totals["tokens"] / totals["alone_s"], 1),
-                "speculative_tok_s": round(totals["tokens"] / totals["spec_s"], 1),
-                "speed_up": round(totals["alone_s"] / totals["spec_s"], 2),
-            }
-        )
-    )
+    row = {
+        "target": args.target,
+        "draft": args.draft,
+        "k": args.k,
+        "identical": True,
+        "tokens": totals["tokens"],
+        "acceptance": round(totals["accepted"] / max(totals["proposed"], 1), 3),
+        "target_calls": totals["target_calls"],
+        "alone_tok_s": round(totals["tokens"] / totals["alone_s"], 1),
+        "speculative_tok_s": round(totals["tokens"] / totals["spec_s"], 1),
+        "speed_up": round(totals["alone_s"] / totals["spec_s"], 2),
+    }
+    print(json.dumps(row))
+    record.write("speculative", [row])
 
 
 if __name__ == "__main__":

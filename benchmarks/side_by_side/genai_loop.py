@@ -18,6 +18,8 @@ from pathlib import Path
 
 import edgemfm
 
+from .. import record
+
 
 def genai_model(bundle: Path, out: Path) -> None:
     """Write token_embedding + text_decoder as one ids-in graph and its genai_config.json to `out`."""
@@ -117,6 +119,7 @@ def main() -> None:
             result[f"{name}_tokens"] = tokens[: args.tokens]
         result["identical"] = result.pop("edgemfm_tokens") == result.pop("genai_tokens")
     print(json.dumps(result))
+    record.write("genai_loop", [result])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import RESULTS, ROOT
+from .. import RESULTS, ROOT, record
 
 MODELS = {m: f"benchmarks.side_by_side.{m}" for m in ("smollm2", "efficientnet", "demo")}
 
@@ -98,6 +98,8 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
     settings = {k: v for k, v in settings.items() if not k.endswith("_ids")}
     return {
         "model": model.TITLE,
+        "command": record.command(),  # what benchmarks.render cites under the table
+        "commit": record.commit(),
         "machine": machine(),
         "memory_bandwidth_bytes_per_s": bandwidth,
         "settings": settings,
