@@ -62,3 +62,29 @@ def write(name: str, rows: list[dict], **extra) -> Path:
     out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(f"results: {out}", file=sys.stderr)
     return out
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+class Table:
+    """A markdown table printed line by line as a script measures, its rows written by `write` at the end.
+
+    >>> table = Table("gptq_layers", "| layer | RTN |")  # doctest: +SKIP
+    >>> table.line(f"| layers.1 q_proj | {21.43:.1f} |")  # doctest: +SKIP
+    >>> table.write()  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, header: str):
+        self.name, self.header, self.rows = name, _cells(header), []
+        print(header.strip() + "\n|" + "---|" * len(self.header), flush=True)
+
+    def line(self, row: str) -> None:
+        """Print one markdown row and keep it, cell by cell under the header's names."""
+        print(row, flush=True)
+        self.rows.append(dict(zip(self.header, _cells(row))))
+
+    def write(self, **extra) -> Path:
+        """benchmarks/results/<name>.json with the rows so far (see `write`)."""
+        return write(self.name, self.rows, **extra)

@@ -30,7 +30,7 @@ from edgemfm.quantizers.pruning import PruneConfig, prune_model
 from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
 from edgemfm.quantizers.structure import count_parameters
 
-from .. import EVAL_TEXT, smollm2
+from .. import EVAL_TEXT, record, smollm2
 
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
 # grouped-query head cut comes in thirds only: 1 of 3 is the one setting near 10-30%.
@@ -109,10 +109,10 @@ def main() -> None:
         f"eval tokens: {ids.shape[1]}; embedding (tied, never pruned): {embedding:,} parameters; "
         f"recovery: {args.recover} steps on {len(texts)} calibration texts continued by the unpruned model\n"
     )
-    print(
-        "| pruned | parameters | non-embedding removed | bundle MiB | decode ms/token (wall, CPU) | perplexity | after recovery |"
+    table = record.Table(
+        "prune_smollm2",
+        "| pruned | parameters | non-embedding removed | bundle MiB | decode ms/token (wall, CPU) | perplexity | after recovery |",
     )
-    print("|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory(prefix="prune-bench-") as scratch:
         for name, config in [("none", None), *SETTINGS]:
             if args.only and config is not None and not name.startswith(tuple(args.only)):
@@ -127,10 +127,10 @@ def main() -> None:
             if recovery and config is not None:
                 report = distil(model, base, tokenizer, texts, recovery, sequences=sequences)
                 recovered = f"{perplexity(model, ids):.2f} (KL {report['loss']['first']:.2f} -> {report['loss']['last']:.2f}, {report['seconds']:.0f} s)"
-            print(
-                f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {size} | {ppl:.2f} | {recovered} |",
-                flush=True,
+            table.line(
+                f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {size} | {ppl:.2f} | {recovered} |"
             )
+    table.write()
 
 
 if __name__ == "__main__":

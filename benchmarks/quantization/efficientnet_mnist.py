@@ -31,6 +31,8 @@ from edgemfm.quantizers.context import Context
 from edgemfm.recipe import QuantSpec, Recipe, Rule
 from edgemfm.runtimes.preprocess import preprocess_image
 
+from .. import record
+
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255 pixels).
 PRE = ImagePreprocess(size=224, crop=224, resample="bilinear", rescale=1 / 255, mean=(0.5,) * 3, std=(0.5,) * 3)
 TRAIN, TEST, CALIB = 4000, 1000, 64
@@ -180,15 +182,16 @@ def main() -> None:
         cos = float(np.mean(np.sum(got * f_test, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(f_test, axis=1))))
         return 100 * float(np.mean(probe.predict(scaler.transform(got)) == y[test])), cos
 
-    print(
-        "| encoder | MNIST probe accuracy % | vs float (points) | feature cosine vs float | file MiB |\n|---|---|---|---|---|"
+    table = record.Table(
+        "efficientnet_mnist",
+        "| encoder | MNIST probe accuracy % | vs float (points) | feature cosine vs float | file MiB |",
     )
     base, _ = accuracy(fp32)
-    print(f"| float32 | {base:.1f} | 0.0 | 1.0000 | {fp32.stat().st_size / 2**20:.2f} |", flush=True)
+    table.line(f"| float32 | {base:.1f} | 0.0 | 1.0000 | {fp32.stat().st_size / 2**20:.2f} |")
 
     def row(name: str, path: Path) -> None:
         acc, cos = accuracy(path)
-        print(f"| {name} | {acc:.1f} | {acc - base:+.1f} | {cos:.4f} | {path.stat().st_size / 2**20:.2f} |", flush=True)
+        table.line(f"| {name} | {acc:.1f} | {acc - base:+.1f} | {cos:.4f} | {path.stat().st_size / 2**20:.2f} |")
 
     if args.plain:
         plain = work / "plain.onnx"
@@ -207,6 +210,7 @@ def main() -> None:
             file=sys.stderr,
         )
         row(name, out)
+    table.write()
     if not args.work:
         shutil.rmtree(work)
 

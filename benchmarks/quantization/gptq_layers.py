@@ -20,7 +20,7 @@ import numpy as np
 
 from edgemfm.quantizers import clip_search, gptq
 
-from .. import smollm2
+from .. import record, smollm2
 
 LAYERS = [
     f"model.layers.{i}.{p}"
@@ -66,10 +66,10 @@ def main() -> None:
             model(input_ids=torch.tensor([tok(line)["input_ids"]]))
     for h in hooks:
         h.remove()
-    print(
-        "| layer | calibration rows | RTN | clip_search | GPTQ | RTN a8 | clip_search a8 | GPTQ a8 | float weights a8 |"
+    table = record.Table(
+        "gptq_layers",
+        "| layer | calibration rows | RTN | clip_search | GPTQ | RTN a8 | clip_search a8 | GPTQ a8 | float weights a8 |",
     )
-    print("|---|---|---|---|---|---|---|---|---|")
     for k in LAYERS:
         cal, held = np.concatenate(caps[k][:12]), np.concatenate(caps[k][12:])
         w = mods[k].weight.detach().numpy().T.astype(np.float32)
@@ -83,7 +83,8 @@ def main() -> None:
         y = held @ w
         sq = lambda x, d: 10 * np.log10((y**2).sum() / ((y - x @ d) ** 2).sum())  # noqa: B023, E731
         cells = [sq(held, d) for d in deq.values()] + [sq(_int8_blocks(held), d) for d in (*deq.values(), w)]
-        print(f"| {k} | {cal.shape[0]} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
+        table.line(f"| {k} | {cal.shape[0]} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    table.write()
 
 
 if __name__ == "__main__":

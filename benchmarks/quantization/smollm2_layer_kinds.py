@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .. import EVAL_TEXT, smollm2
+from .. import EVAL_TEXT, record, smollm2
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 
@@ -68,10 +68,10 @@ def main() -> None:
     centred = lambda z: z - (p * z).sum(-1, keepdim=True)  # noqa: E731
     db = lambda s, n: 10 * math.log10(s / n)  # noqa: E731
     print(f"float perplexity {float_ppl:.2f}\n")
-    print(
-        "| int4 alone | perplexity | vs float | logits SQNR dB | next-token distribution SQNR dB | KL | own output SQNR dB |"
+    table = record.Table(
+        "smollm2_layer_kinds",
+        "| int4 alone | perplexity | vs float | logits SQNR dB | next-token distribution SQNR dB | KL | own output SQNR dB |",
     )
-    print("|---|---|---|---|---|---|---|")
     for kind in KINDS:
         with torch.no_grad():
             for n, w in weights.items():
@@ -86,10 +86,10 @@ def main() -> None:
             if kind == "embed_tokens"
             else "-"
         )
-        print(
-            f"| {kind} | {ppl:.2f} | {100 * (ppl / float_ppl - 1):+.1f}% | {plain:.1f} | {dist:.1f} | {kl:.4f} | {own} |",
-            flush=True,
+        table.line(
+            f"| {kind} | {ppl:.2f} | {100 * (ppl / float_ppl - 1):+.1f}% | {plain:.1f} | {dist:.1f} | {kl:.4f} | {own} |"
         )
+    table.write(float_perplexity=round(float_ppl, 2))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
 from edgemfm.runtimes.decoding import nll
 
-from .. import EVAL_TEXT, smollm2
+from .. import EVAL_TEXT, record, smollm2
 
 DECODE_STEPS = 8
 
@@ -256,14 +256,15 @@ def main() -> None:
     calibration = wordnet_folder(work / "wordnet") if args.wordnet else None
     size = lambda d, m: sum((d / c.file).stat().st_size for c in m.components.values())  # noqa: E731
     (base_ppl, base_s, base_ms), base_size = perplexity(float_stage, manifest), size(float_stage, manifest)
-    print(
-        "| precision | perplexity | vs fp32 | MiB | smaller | bits by parameters | quantize s | prefill s | decode ms |"
+    table = record.Table(
+        "smollm2_perplexity",
+        "| precision | perplexity | vs fp32 | MiB | smaller | bits by parameters | quantize s | prefill s | decode ms |",
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| float32, PyTorch | {torch_ppl:.2f} | {100 * (torch_ppl / base_ppl - 1):+.1f}% | - | - | - | - | - | - |")
-    print(
-        f"| float32 bundle | {base_ppl:.2f} | +0.0% | {base_size / 2**20:.1f} | 1.0x | - | - | {base_s:.2f} | {base_ms:.1f} |",
-        flush=True,
+    table.line(
+        f"| float32, PyTorch | {torch_ppl:.2f} | {100 * (torch_ppl / base_ppl - 1):+.1f}% | - | - | - | - | - | - |"
+    )
+    table.line(
+        f"| float32 bundle | {base_ppl:.2f} | +0.0% | {base_size / 2**20:.1f} | 1.0x | - | - | {base_s:.2f} | {base_ms:.1f} |"
     )
     for name in args.variants:
         device, what = VARIANTS[name]
@@ -293,12 +294,12 @@ def main() -> None:
             (work / f"{name}.plan.json").write_text(json.dumps(m.report["plan"], indent=1) + "\n")
         sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
         print(f"{name}: SQNR {sqnr}, float units {len(m.report['float_units'])}", file=sys.stderr, flush=True)
-        print(
+        table.line(
             f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.2f}x "
-            f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |",
-            flush=True,
+            f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |"
         )
         shutil.rmtree(stage)
+    table.write()
     if not args.work:
         shutil.rmtree(work)
 

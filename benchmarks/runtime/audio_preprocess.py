@@ -23,6 +23,8 @@ from rich.table import Table
 from edgemfm.manifest import AudioPreprocess
 from edgemfm.runtimes.audio import log_mel
 
+from .. import record
+
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs into the forest to find its friends."
 
 
@@ -52,8 +54,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         wav = _speech(Path(tmp) / "speech.wav")
         table = Table(title="audio pre-processing, best of %d (ms)" % args.repeats)  # noqa: UP031
-        for col in ("step", "edgemfm (numpy)", "reference", "reference ms", "max abs diff"):
+        columns = ("step", "edgemfm (numpy)", "reference", "reference ms", "max abs diff")
+        for col in columns:
             table.add_column(col)
+        rows = []
+
+        def add(*cells: str) -> None:
+            table.add_row(*cells)
+            rows.append(dict(zip(columns, cells)))
+
         spec = AudioPreprocess(16000, 400, 160, 80, 480000)
         from scipy.signal import resample_poly
 
@@ -62,7 +71,7 @@ def main() -> None:
         raw = read_wav(wav)[0][:, 0]
         samples = resample(raw, 22050, 16000)
         theirs = resample_poly(raw.astype(np.float64), 320, 441)
-        table.add_row(
+        add(
             f"resample {len(raw) / 22050:.1f} s, 22.05 -> 16 kHz",
             f"{_best(lambda: resample(raw, 22050, 16000), args.repeats):.1f}",
             "scipy resample_poly",
@@ -77,7 +86,7 @@ def main() -> None:
             diff = np.abs(
                 log_mel(samples, spec)[0] - fe(samples, sampling_rate=16000, return_tensors="np").input_features[0]
             ).max()
-            table.add_row(
+            add(
                 f"log-mel, {mels} bins, one 30 s window",
                 f"{ours_ms:.1f}",
                 "WhisperFeatureExtractor",
@@ -85,6 +94,7 @@ def main() -> None:
                 f"{diff:.1e}",
             )
         Console().print(table)
+        record.write("audio_preprocess", rows)
 
 
 if __name__ == "__main__":
