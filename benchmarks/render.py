@@ -4,7 +4,7 @@
     python -m benchmarks.render --check    # exits 1 when BENCHMARKS.md differs from what the results give
 
 A section is one file, benchmarks/results/<name>.json: {"name": ..., "blocks": [...]}, its blocks in
-order. A block is a heading ({"heading", "level"}), a paragraph ({"text"}), the commands that produced
+order, or what benchmarks.record.write wrote (a heading from its `title`, its command, its rows). A block is a heading ({"heading", "level"}), a paragraph ({"text"}), the commands that produced
 the section ({"code", "lang"}), a picture ({"image", "alt"}), a table ({"table": {"header", "rows"}})
 or the results file a script wrote ({"from": "side_by_side-demo.json"}: benchmarks.record.write's rows,
 a side-by-side report, an `edgemfm tune --json` file). Every table and every "from" block names the git
@@ -100,7 +100,14 @@ def rows(report: dict, name: str) -> str:
 RENDERERS = {"side_by_side-": side_by_side, "tune-": tune, "": rows}  # name prefix -> how it reads; first match
 
 
-def block(b: dict) -> str:
+def recorded(report: dict) -> list[dict]:
+    """The blocks of a section that is one benchmarks.record file: its title, its command, its rows."""
+    title = report.get("title", report["name"])
+    source = {"from": f"{report['name']}.json", "commit": report["commit"], "command": report["command"]}
+    return [{"heading": title, "level": 2}, {"code": report["command"], "lang": "bash"}, source]
+
+
+def block(b: dict, results: Path = RESULTS) -> str:
     """One block of a section as markdown."""
     if "heading" in b:
         return "#" * b["level"] + " " + b["heading"]
@@ -114,7 +121,7 @@ def block(b: dict) -> str:
         return table(b["table"]["header"], b["table"]["rows"]) + "\n\n" + provenance(b)
     name = b["from"].removesuffix(".json")
     renderer = next(fn for prefix, fn in RENDERERS.items() if name.startswith(prefix))
-    return renderer(json.loads((RESULTS / b["from"]).read_text()), name) + "\n\n" + provenance(b)
+    return renderer(json.loads((results / b["from"]).read_text()), name) + "\n\n" + provenance(b)
 
 
 def render(results: Path = RESULTS) -> str:
@@ -126,7 +133,7 @@ def render(results: Path = RESULTS) -> str:
     parts = [HEAD]
     for name in SECTIONS:
         section = json.loads((results / f"{name}.json").read_text())
-        parts += [block(b) for b in section["blocks"]]
+        parts += [block(b, results) for b in section.get("blocks") or recorded(section)]
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 

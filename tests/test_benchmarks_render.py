@@ -24,7 +24,7 @@ def test_every_table_names_its_commit_and_command():
         assert re.match(r"<sub>commit [0-9a-f]{7}: `.+`</sub>$", line), line
 
 
-def test_record_rows_render_as_a_table(tmp_path):
+def test_record_rows_render_as_a_table():
     report = {"rows": [{"bundle": "demo-host", "tokens_per_s": 25.2}, {"bundle": "demo-int4", "tokens_per_s": 39.2}]}
     assert render.rows(report, "decode_speed").splitlines() == [
         "| bundle | tokens_per_s |",
@@ -32,3 +32,13 @@ def test_record_rows_render_as_a_table(tmp_path):
         "| demo-host | 25.2 |",
         "| demo-int4 | 39.2 |",
     ]
+
+
+def test_a_recorded_result_is_a_section_of_its_own(tmp_path, monkeypatch):
+    report = {"name": "decode_speed", "title": "Decode speed", "command": "python -m benchmarks.runtime.decode_speed b"}
+    report |= {"commit": "abc1234", "rows": [{"bundle": "b", "best_tok_s": 25.2}]}
+    (tmp_path / "decode_speed.json").write_text(json.dumps(report))
+    monkeypatch.setattr(render, "SECTIONS", ("decode_speed",))
+    text = render.render(tmp_path)
+    assert "## Decode speed\n\n```bash\npython -m benchmarks.runtime.decode_speed b\n```" in text
+    assert "| b | 25.2 |\n\n<sub>commit abc1234: `python -m benchmarks.runtime.decode_speed b`</sub>" in text
