@@ -54,40 +54,17 @@ def build_data(work: Path) -> None:
     )
 
 
-def build_bundle(work: Path, precision: str) -> None:
-    from .run import run
-
-    run(
-        [
-            sys.executable,
-            "-m",
-            "edgemfm.cli",
-            "export",
-            "--model",
-            str(work / "hf"),
-            "--device",
-            "host",
-            "--precision",
-            precision,
-            "--out",
-            str(work / f"edgemfm-{precision}"),
-            "--force",
-        ],
-        work / f"edgemfm-{precision}.log",
-    )
-
-
 def build(work: Path, rows: list[str], options: dict) -> None:
     """The checkpoint, the held-out data and the bundles the rows need, built once: a present one is reused
     (a bundle exported elsewhere can be linked in as WORK/edgemfm-P)."""
+    from .run import build_missing, export_edgemfm
+
     steps = {
         "hf": build_checkpoint,
         "data": build_data,
-        **{f"edgemfm-{p}": (lambda w, p=p: build_bundle(w, p)) for p in ("fp32", "int8", "int4")},
+        **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
     }
     needs = {"hf", "data"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
-    from .run import build_missing
-
     build_missing(work, steps, needs, "demo ")
 
 

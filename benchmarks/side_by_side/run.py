@@ -59,6 +59,15 @@ def build_missing(work: Path, steps: dict, needs: set[str], label: str) -> None:
             print(f"built {label}{name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
+def export_edgemfm(work: Path, precision: str) -> None:
+    """WORK/edgemfm-PRECISION: `edgemfm export` of WORK/hf for the host at that precision, its log beside it."""
+    cmd = [sys.executable, "-m", "edgemfm.cli", "export", "--model", str(work / "hf"), "--device", "host"]
+    run(
+        [*cmd, "--precision", precision, "--out", str(work / f"edgemfm-{precision}"), "--force"],
+        work / f"edgemfm-{precision}.log",
+    )
+
+
 def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float) -> dict:
     """Each row in a process of its own (model.ROW_SCRIPT ROW_SPEC WORK SETTINGS prints one JSON object)."""
     from rich.progress import Progress

@@ -251,31 +251,10 @@ export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve
     out.rename(work / "executorch")
 
 
-def build_edgemfm(work: Path, precision: str) -> None:
-    from .run import run
-
-    run(
-        [
-            sys.executable,
-            "-m",
-            "edgemfm.cli",
-            "export",
-            "--model",
-            str(work / "hf"),
-            "--device",
-            "host",
-            "--precision",
-            precision,
-            "--out",
-            str(work / f"edgemfm-{precision}"),
-            "--force",
-        ],
-        work / f"edgemfm-{precision}.log",
-    )
-
-
 def build(work: Path, rows: list[str], options: dict) -> None:
     """Every artifact the rows need, built once: a present directory is reused."""
+    from .run import build_missing, export_edgemfm
+
     steps = {
         "hf": build_hf,
         "plain": build_plain_onnx,
@@ -283,13 +262,11 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "ort-int8-static": build_ort_int8_static,
         "genai-int4": lambda w: build_genai(w, options["threads"]),
         "executorch": build_executorch,
-        **{f"edgemfm-{p}": (lambda w, p=p: build_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
+        **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
     }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:
         needs.add("plain")
-    from .run import build_missing
-
     build_missing(work, steps, needs, "")
 
 
