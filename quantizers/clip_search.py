@@ -6,7 +6,7 @@ keeps the one with the least squared error, weighted per input channel by the me
 activations that multiply it on calibration data (AWQ's clip search: an error on a channel that
 carries large activations costs more). Without calibration data the weights are equal.
 
-Measured on SmolLM2-135M (BENCHMARKS.md) against ORT's RTN and GPTQ; the packed layout is
+Measured on SmolLM2-135M (BENCHMARKS.md, result quantization-smollm2) against ORT's RTN and GPTQ; the packed layout is
 MatMulNBits' own: symmetric (no zero points: the kernel's default midpoint) or, with
 `symmetric=False`, each block's own [min, max] range with a packed zero point, which the int8
 compute path (`accuracy_level=4`) takes as well.

@@ -14,7 +14,7 @@ not the weights'. Here:
   calibration tokens span less than every input channel.
 
 Why not ONNX Runtime's GPTQ (`method="gptq"`): measured on SmolLM2-135M at g64 it was worse than
-round-to-nearest (+110% perplexity against +39%), and it has neither act-order nor searched
+round-to-nearest (BENCHMARKS.md, result quantization-smollm2), and it has neither act-order nor searched
 scales. This one is checked against RTN on a synthetic layer (tests) and on the real weights
 (BENCHMARKS.md). It needs many calibration tokens: a unit with fewer than MIN_ROWS_PER_CHANNEL
 calibration rows per input channel, or a component no calibration data reaches, gets

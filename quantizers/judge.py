@@ -5,9 +5,9 @@
   and weighted by their float probabilities, so a common shift of every logit, or an error on a
   token the model never picks, counts for nothing;
 - the token embedding: through the float decoder, on that same distribution. Its own output's
-  SQNR says little about the answer: on SmolLM2-135M the table at int4 keeps 19.9 dB at its own
-  output, yet costs the next-token distribution the least of any kind of layer (26.2 dB) and
-  perplexity +1.5%, against the tied head's 14.2 dB and +8.8% (benchmarks/smollm2_layer_kinds.py).
+  SQNR says little about the answer: on SmolLM2-135M the table at int4 loses the most at its own
+  output, yet costs the next-token distribution and perplexity the least of any kind of layer
+  (BENCHMARKS.md, result quantization-smollm2: benchmarks/quantization/smollm2_layer_kinds.py).
   Judged by the decoder, its bytes compete with the decoder's layers on one scale.
 
 Example:

@@ -9,7 +9,7 @@
      proportion to their roles' noise. Two measurements per block and role instead of one
      per layer (SmolLM2-135M: 38 runs of its decoder instead of 211), and it sees what a
      per-block plan cannot: in SmolLM2 one role at int4 (down_proj, a quarter of a block's
-     weights) costs as much perplexity as the other six together (BENCHMARKS.md).
+     weights) costs as much perplexity as the other six together (BENCHMARKS.md, result quantization-smollm2).
    int8's noise is predicted from int4's as 2^-8 (4 more bits, 24 dB), the uniform-quantizer model.
 2. Plan: start every layer at the device's int4 and, while a component's predicted SQNR (signal
    over the sum of its layers' noise) is under the tolerance and the budget allows, move up one

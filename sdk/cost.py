@@ -8,7 +8,7 @@ move over the bandwidth and the operations it must do over the throughput for it
     throughput = peak(precision) x compute_fraction x threads / cpu_cores   (a CPU; a GPU uses all of itself)
 
 The figures come from the profile (`[cost]`, each with its source; the host's measured by
-benchmarks/cost_figures.py). The FLOPs per item come from the manifest (counted by torch at
+benchmarks/cost/cost_figures.py). The FLOPs per item come from the manifest (counted by torch at
 export), plus attention over the KV cache counted here; the bytes are the weights each call reads
 at their stored precision, the KV cache it reads and writes, and the activations it writes; the
 node count is the exported graph's, from the manifest's parity report. The fixed costs matter for
