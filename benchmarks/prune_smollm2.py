@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import edgemfm
-from edgemfm.quantizers.importance import read_texts
-from edgemfm.quantizers.pruning import PruneConfig, prune_model
-from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
-from edgemfm.quantizers.structure import count_parameters
+from edgemfm.pruners.importance import read_texts
+from edgemfm.pruners.prune import PruneConfig, prune_model
+from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
+from edgemfm.pruners.structure import count_parameters
 
 EVAL_TEXT = Path(__file__).with_name("eval_en.txt")
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
