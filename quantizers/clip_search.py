@@ -18,14 +18,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 METHODS = ("clip_search",)
 SHRINK = tuple(np.linspace(1.0, 0.6, 9))  # of absmax / qmax tried per block; 1.0 first: plain RTN wins ties
@@ -218,3 +221,6 @@ def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str,
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+SCHEME = Scheme(name="clip_search", family="weight-only", methods=METHODS, ops=("MatMul",), order=20, apply=apply)

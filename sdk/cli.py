@@ -115,7 +115,7 @@ def _pruning_summary(report: dict) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from edgemfm.quantizers.pruning import REPORT, PruneConfig, prune
+    from edgemfm.pruners.prune import REPORT, PruneConfig, prune
 
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
     path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)

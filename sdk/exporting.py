@@ -114,20 +114,20 @@ def export(
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
     require(format)
-    from edgemfm.quantizers.pruning import parse_spec
+    from edgemfm.pruners.prune import parse_spec
 
     prune_configs = [parse_spec(spec) for spec in prune]  # a bad spec fails before the slow part
     from rich.progress import Progress
 
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
         from edgemfm.exporters import find_family
-        from edgemfm.quantizers.pruning import bundle_report
+        from edgemfm.pruners.prune import bundle_report
 
         model_dir, model_id = _model_dir(model, Path(scratch))
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
         bundle.check_output(out, force)  # before the slow part
         if prune_configs:
-            from edgemfm.quantizers.pruning import prune as prune_checkpoint
+            from edgemfm.pruners.prune import prune as prune_checkpoint
 
             model_dir = prune_checkpoint(
                 model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover

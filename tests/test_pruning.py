@@ -10,7 +10,7 @@ from tiny_models import tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
-from edgemfm.quantizers.structure import count_parameters, drop_blocks, find_decoder, keep_channels, keep_kv_groups
+from edgemfm.pruners.structure import count_parameters, drop_blocks, find_decoder, keep_channels, keep_kv_groups
 
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101, 33]])
 

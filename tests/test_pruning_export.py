@@ -12,7 +12,7 @@ from tiny_models import tiny_idefics3, tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
-from edgemfm.quantizers.structure import count_parameters
+from edgemfm.pruners.structure import count_parameters
 
 # tiny_llama: hidden 60, 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90
 HIDDEN, LAYERS, D, MLP = 60, 4, 10, 90
@@ -174,9 +174,9 @@ def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, 
 
 
 def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably(tmp_path):
-    from edgemfm.quantizers.importance import read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, _kl, distil, teacher_sequences
+    from edgemfm.pruners.importance import read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, _kl, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer
@@ -210,9 +210,9 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
     """A multimodal model calibrates and distils on embeddings (media rows spliced in): given the
     embeddings of the same token ids, `prune_model(calls=...)` removes the same channels and
     `distil` on float sequences trains the same weights as on the ids."""
-    from edgemfm.quantizers.importance import calibration_samples, read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+    from edgemfm.pruners.importance import calibration_samples, read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer
@@ -245,9 +245,9 @@ def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
     """`label_weight` adds cross-entropy on labelled tokens to the KL: labels the teacher does not
     predict (here a fixed token after every sequence) are learnt only when it is on."""
     from edgemfm.errors import InputError
-    from edgemfm.quantizers.importance import read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+    from edgemfm.pruners.importance import read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer

@@ -14,7 +14,7 @@ wheels' weights + the committed projectors), scored on the demo's own training q
 - bundle and latency (unrecovered rows: recovery changes no shape): an fp32 host export of each
   pruned checkpoint, all measured side by side at the end by `edgemfm bench` (one process each,
   one thread: first-token time and decode tokens/s);
-- recovery: --recover steps of distillation from the unpruned model (`quantizers/recovery.py`:
+- recovery: --recover steps of distillation from the unpruned model (`pruners/recovery.py`:
   KL on next-token logits, decoder layers only; --recover-ce adds cross-entropy on the answers)
   on training questions with their answers; with --retune, then the projectors re-tuned against
   the pruned decoder (`edgemfm finetune`'s stage 2): what brings the int8 target row within the
@@ -42,9 +42,9 @@ import edgemfm
 from edgemfm.exporters.demo import load, save
 from edgemfm.exporters.demo_sources import build_default
 from edgemfm.finetune import TRAINABLE, _features, _projected, _sequence, _tune, evaluate, read_examples
-from edgemfm.quantizers.pruning import PruneConfig, prune_model
-from edgemfm.quantizers.recovery import RecoveryConfig, distil
-from edgemfm.quantizers.structure import count_parameters
+from edgemfm.pruners.prune import PruneConfig, prune_model
+from edgemfm.pruners.recovery import RecoveryConfig, distil
+from edgemfm.pruners.structure import count_parameters
 
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
 # grouped-query head cut comes in thirds only: 1 of 3 is the one setting near 10-30%.

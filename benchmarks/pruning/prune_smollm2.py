@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 import edgemfm
-from edgemfm.quantizers.importance import read_texts
-from edgemfm.quantizers.pruning import PruneConfig, prune_model
-from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
-from edgemfm.quantizers.structure import count_parameters
+from edgemfm.pruners.importance import read_texts
+from edgemfm.pruners.prune import PruneConfig, prune_model
+from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
+from edgemfm.pruners.structure import count_parameters
 
 from .. import EVAL_TEXT, record, smollm2
 

@@ -56,7 +56,7 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
         "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding",
     ),
 }
-CALIBRATION = ROOT / "quantizers" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
+CALIBRATION = ROOT / "pruners" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
 CALIBRATION_SENTENCES, CALIBRATION_STEPS, CALIBRATION_WINDOW = 8, 4, 344  # 344: eval_en.txt's length in tokens
 
 

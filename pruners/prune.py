@@ -2,7 +2,7 @@
 
 Per component (text decoder, vision encoder, audio encoder), three granularities, applied in
 this order, each scored on calibration data against the model as the previous stage left it
-(see `importance` for the scores, `structure` for the slicing, `pruning_data` for the inputs):
+(see `importance` for the scores, `structure` for the slicing, `data` for the inputs):
 
 - `blocks=N`:    remove the N blocks that turn their input the least;
 - `heads=F`:     remove the fraction F of KV groups (each with all its query heads) in every layer;
@@ -17,7 +17,7 @@ Recovery (`recover=STEPS`, `edgemfm prune --recover STEPS`) distils the pruned t
 the unpruned model on the calibration text continued by that model (see `recovery`).
 
 Example:
-    >>> from edgemfm.quantizers.pruning import PruneConfig, prune
+    >>> from edgemfm.pruners.prune import PruneConfig, prune
     >>> prune("models/llava", "models/llava-mlp20", PruneConfig(mlp=0.2))   # doctest: +SKIP
     PosixPath('models/llava-mlp20')
 """
@@ -36,9 +36,10 @@ import torch
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, UnsupportedModelError
-from edgemfm.quantizers import importance, pruning_data
-from edgemfm.quantizers.recovery import RecoveryConfig, distil
-from edgemfm.quantizers.structure import (
+from edgemfm.pruners import importance
+from edgemfm.pruners.data import media_calls, text_calls
+from edgemfm.pruners.recovery import RecoveryConfig, distil
+from edgemfm.pruners.structure import (
     COMPONENTS,
     SUPPORTED,
     Stack,
@@ -202,11 +203,11 @@ def _calls(
     dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | None, media: str | Path | None
 ) -> tuple[list, str]:
     if dec.component == "text_decoder":
-        return pruning_data.text_calls(dec.model, tokenizer, texts), f"{len(texts)} texts"
+        return text_calls(dec.model, tokenizer, texts), f"{len(texts)} texts"
     assert model_dir is not None, (
         "encoders are scored through their family's export unit, found from the checkpoint directory"
     )
-    return pruning_data.media_calls(dec.model, model_dir, dec.component, media)
+    return media_calls(dec.model, model_dir, dec.component, media)
 
 
 def prune_model(

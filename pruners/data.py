@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgemfm.quantizers import importance
+from edgemfm.pruners import importance
 from edgemfm.quantizers.calibration import MAX_ITEMS, drawings
 
 AUDIO_SUFFIXES = (".wav",)

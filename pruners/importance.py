@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from edgemfm.errors import InputError
-from edgemfm.quantizers.structure import Stack
+from edgemfm.pruners.structure import Stack
 
 BUILTIN_TEXT = Path(__file__).with_name("calibration_en.txt")
 MAX_TOKENS = 128  # per sample: enough context for stable statistics, cheap on 2 cores

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from edgemfm.errors import InputError
-from edgemfm.quantizers.importance import calibration_samples
-from edgemfm.quantizers.structure import find_decoder
+from edgemfm.pruners.importance import calibration_samples
+from edgemfm.pruners.structure import find_decoder
 
 
 @dataclass(frozen=True)
