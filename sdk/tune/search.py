@@ -28,8 +28,8 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
-from edgemfm.tune_parts import Part, Space, build_parts, media_encoders, media_rows, settings_of, variant_preprocess
-from edgemfm.tune_quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
+from edgemfm.tune.parts import Part, Space, build_parts, media_encoders, media_rows, settings_of, variant_preprocess
+from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
 
 PROMPT_TOKENS = 32  # a short question in the chat template, before its media rows
 ANSWER_TOKENS = 4  # the demo's answers are a word or a digit, and the end token
