@@ -1,34 +1,24 @@
-"""`edgemfm tune`: the best-quality point of resolution, tokens, sequence length and precision under a budget.
-
-    float bundle (+ checkpoint) ─► parts: each component at each setting and precision (tune_parts)
-        │ candidates = image (size, grid) x audio window x max sequence length x precision per component
-        │ latency: cost.predict over the candidate's parts on the device (one question: encoder, prompt
-        │          prefill with the media rows, answer tokens decoded); memory: weights + KV cache + activation
-        │ quality: held-out exact match through the runtime (--data), else the worst output cosine of
-        │          any component against float on calibration inputs (tune_quality)
-        ▼ Pareto frontier (latency, memory down; quality up) ─► chosen: best quality within the budgets
+"""The search of `edgemfm tune`: candidates, their predicted latency and memory, their quality, the frontier.
 
 Example:
-    >>> result = tune(device="pi5", latency_budget_ms=900, bundle="bundles/demo-host", data="work/demo/data")  # doctest: +SKIP
-    >>> result.chosen.latency_ms <= 900                                                                         # doctest: +SKIP
+    >>> best = choose(pareto(points), latency_budget_ms=900, memory_budget_mb=512)   # doctest: +SKIP
+    >>> best.frontier                                                              # doctest: +SKIP
     True
 """
 
 from __future__ import annotations
 
 import itertools
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgemfm.bundle import check_output, read_manifest
 from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
-from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
-from edgemfm.tune.parts import Part, Space, build_parts, media_encoders, media_rows, settings_of, variant_preprocess
+from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, variant_preprocess
 from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
 
 PROMPT_TOKENS = 32  # a short question in the chat template, before its media rows
@@ -187,7 +177,7 @@ def precision_specs(profile: DeviceProfile) -> dict[str, Any]:
     return {"fp32": None, **{p: bits[b] for p, b in (("int8", 8), ("int4", 4)) if b in bits}}
 
 
-def _quality(
+def score(
     cands: list[Candidate],
     parts: dict[Any, Part],
     manifest: Manifest,
@@ -243,308 +233,3 @@ def _quality(
         dec = p[manifest.generation.decoder]
         scores[c] = sum(rates[(k, s[e], p[e], dec)] * len(asked[k]) for k, e in kinds.items()) / total
     return scores, f"held-out exact match ({total} questions: " + ", ".join(f"{len(asked[k])} {k}" for k in kinds) + ")"
-
-
-def tune(
-    device: str,
-    latency_budget_ms: float,
-    memory_budget_mb: float | None = None,
-    model: str | Path | None = None,
-    bundle: str | Path | None = None,
-    data: str | Path | None = None,
-    questions: int = 12,
-    space: Space | None = None,
-    workers: int = 1,
-    ray_address: str | None = None,
-    scratch: str | Path | None = None,
-    prompt_tokens: int = PROMPT_TOKENS,
-    answer_tokens: int = ANSWER_TOKENS,
-    progress: bool = True,
-    apply: str | Path | None = None,
-    force: bool = False,
-) -> Result:
-    """Search the space for `device`; returns every point, the frontier flags and the chosen point.
-
-    `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
-    `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
-    held-out task; without it quality is each component's fidelity to float. `apply` writes the
-    chosen point as a bundle there (an existing one only with `force`).
-
-    Example:
-        >>> r = tune("pi5", 900, bundle="bundles/demo-host", model=demo_dir, data="/tmp/demo-data")  # doctest: +SKIP
-        >>> r.chosen.candidate.describe(r.manifest)["text_decoder"]                                 # doctest: +SKIP
-        'int8'
-    """
-    from rich.progress import Progress
-
-    profile = load_profile(device)
-    memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
-    if not latency_budget_ms > 0 or not memory_budget_mb > 0:
-        raise InputError(
-            f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
-        )
-    if workers < 1:
-        raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
-    if apply is not None:
-        check_output(apply, force)  # before the slow part
-    with (
-        tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp,
-        Progress(transient=True, disable=not progress) as bar,
-    ):
-        tmp = Path(tmp)
-        from edgemfm.toolchain import quiet
-
-        with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
-            manifest = read_manifest(source)
-            space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
-            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
-        cands = candidates(space, manifest)
-        quality, metric = _quality(
-            cands,
-            parts,
-            manifest,
-            profile,
-            source,
-            Path(data) if data else None,
-            questions,
-            tmp,
-            workers,
-            ray_address,
-            bar,
-        )
-        points = []
-        for c in cands:
-            latency, memory, longest = predicted(c, parts, manifest, profile, model_dir, prompt_tokens, answer_tokens)
-            if longest <= c.seq_len:  # a question that does not fit the cache is no candidate
-                points.append(Point(c, latency, memory, quality[c]))
-        points = pareto(points)
-        chosen = choose(points, latency_budget_ms, memory_budget_mb)
-        result = Result(profile, manifest, points, chosen, metric)
-        if apply is not None:
-            _apply(result, parts, source, Path(apply), force)
-        check = host_check(result, parts, source, tmp / "chosen", model_dir, answer_tokens)
-    return replace(result, host=check)
-
-
-def host_check(
-    result: Result,
-    parts: dict[Any, Part],
-    source: Path,
-    out: Path,
-    model_dir: Path | None,
-    answer_tokens: int,
-    repeats: int = 3,
-) -> HostCheck:
-    """Assemble the chosen point at `out` and time one question per media kind on this machine.
-
-    A question is what the prediction counts: the media item encoded, the templated prompt with
-    its media rows prefilled, `answer_tokens` decoded (never stopping early); the median of
-    `repeats` runs after a warm-up. The prediction is the cost model's for the host profile, with
-    the prompt's real token count.
-
-    Example:
-        >>> check = host_check(result, parts, Path("bundles/demo-host"), Path("/tmp/chosen"), None, 4)  # doctest: +SKIP
-        >>> round(check.measured_ms / check.predicted_ms, 1)                                            # doctest: +SKIP
-        1.1
-    """
-    import statistics
-    import time
-
-    from edgemfm.bench import media_item
-    from edgemfm.runtimes.decoding import Sampler
-    from edgemfm.runtimes.generation import decode
-    from edgemfm.runtimes.pipeline import load
-
-    c, m = result.chosen.candidate, result.manifest
-    pipe = load(_apply(result, parts, source, out, force=True, link=True), threads=1)
-    kinds = {kind: encoder for encoder, kind in media_encoders(m).items()} or {"text": None}
-    measured, predicted_ms = 0.0, 0.0
-    for kind, encoder in kinds.items():
-        media = {} if encoder is None else {kind: [media_item(pipe.manifest, kind)]}
-
-        def question() -> tuple[float, int]:
-            start, cache = time.perf_counter(), pipe.decoder.new_cache()
-            # an encoder-decoder's audio is attended to, not prefilled
-            left, cache.fixed = pipe.attend(media)  # noqa: B023 (called inside this iteration)
-            logits = pipe.prefill(cache, "What is this?", left)
-            prompt = cache.length
-            for _ in decode(pipe.decoder, cache, logits, Sampler(), eos=(), limit=answer_tokens):
-                pass
-            return time.perf_counter() - start, prompt
-
-        question()
-        runs = [question() for _ in range(repeats)]
-        measured = max(measured, 1000 * statistics.median(t for t, _ in runs))
-        rows = 0 if encoder is None else media_rows(m, kind, dict(c.settings)[encoder], model_dir)
-        prompt_tokens = runs[0][1] - rows
-        host = predicted(c, parts, m, load_profile("host"), model_dir, prompt_tokens, answer_tokens, only=(kind,))[0]
-        predicted_ms = max(predicted_ms, host)
-    return HostCheck(measured, predicted_ms)
-
-
-def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, force: bool, link: bool = False) -> Path:
-    """Write the chosen point as a bundle for the tuned device at `out` (hard links to the parts with `link`)."""
-    m, c = result.manifest, result.chosen.candidate
-    kind_of, preprocess = media_encoders(m), m.preprocess
-    for name, setting in c.settings:
-        if name in kind_of:
-            preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
-    report = {
-        "device": result.profile.name,
-        "latency_ms": result.chosen.latency_ms,
-        "memory_mb": result.chosen.memory_mb,
-        "quality": result.chosen.quality,
-        "metric": result.metric,
-        "components": c.describe(m),
-    }
-    target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
-    return assemble(
-        chosen_parts(c, parts),
-        target,
-        preprocess,
-        c.seq_len,
-        recipe_of(dict(c.precisions), precision_specs(result.profile)),
-        source,
-        out,
-        link=link,
-        report=report,
-        force=force,
-    )
-
-
-def _sources(
-    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
-) -> tuple[Path, Path | None]:
-    """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
-    from edgemfm.exporting import export
-
-    model_dir = None
-    if model is not None:
-        model_dir = Path(model)
-        if not (model_dir / "config.json").is_file():
-            raise InputError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
-    elif bundle is None or (media and read_manifest(bundle).family == "edgemfm-demo"):
-        from edgemfm.exporters import demo_sources
-
-        task = bar.add_task("building the demo model", total=None)
-        model_dir = demo_sources.build_default(tmp / demo_sources.MODEL_ID)
-        bar.update(task, visible=False)
-    if bundle is None:
-        task = bar.add_task("exporting the float bundle", total=None)
-        out = export(model_dir, device="host", out=tmp / "float", progress=False)
-        bar.update(task, visible=False)
-        return out, model_dir
-    m = read_manifest(bundle)
-    if m.report.get("precision", "fp32") != "fp32":
-        raise InputError(
-            f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)"
-        )
-    return Path(bundle), model_dir
-
-
-def to_json(result: Result) -> str:
-    """Every candidate with its predicted latency and memory, quality and frontier flag, as JSON.
-
-    Example:
-        >>> json.loads(to_json(result))["points"][0]["latency_ms"]   # doctest: +SKIP
-        61.1
-    """
-    import json
-
-    def row(p: Point) -> dict[str, Any]:
-        return {
-            "components": p.candidate.describe(result.manifest),
-            "max_seq_len": p.candidate.seq_len,
-            "latency_ms": round(p.latency_ms, 3),
-            "memory_mb": round(p.memory_mb, 1),
-            "quality": p.quality,
-            "frontier": p.frontier,
-            "chosen": p is result.chosen,
-        }
-
-    host = (
-        {"measured_ms": round(result.host.measured_ms, 3), "predicted_ms": round(result.host.predicted_ms, 3)}
-        if result.host
-        else None
-    )
-    return (
-        json.dumps(
-            {
-                "device": result.profile.name,
-                "model": result.manifest.model_id,
-                "metric": result.metric,
-                "host": host,
-                "points": [row(p) for p in sorted(result.points, key=lambda p: p.latency_ms)],
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-
-
-def table(result: Result) -> Any:
-    """The frontier as a rich table, fastest first; the chosen point starred."""
-    from rich.table import Table
-
-    m = result.manifest
-    t = Table(
-        title=f"Pareto frontier on {result.profile.name} (predicted latency and memory; quality: {result.metric})"
-    )
-    t.add_column("")
-    for name in m.components:
-        t.add_column(name, overflow="fold")  # a setting wraps; the numbers never do
-    for col in ("max seq", "latency ms", "memory MB", "quality"):
-        t.add_column(col, no_wrap=True, justify="right")
-    for p in sorted((p for p in result.points if p.frontier), key=lambda p: (p.latency_ms, p.memory_mb)):
-        parts = p.candidate.describe(m)
-        t.add_row(
-            "*" if p is result.chosen else "",
-            *(parts[n] for n in m.components),
-            str(p.candidate.seq_len),
-            f"{p.latency_ms:.1f}",
-            f"{p.memory_mb:.0f}",
-            f"{p.quality:.3f}",
-        )
-    return t
-
-
-def plot(result: Result, path: str | Path, latency_budget_ms: float) -> Path:
-    """Quality against predicted latency: every point, the frontier, the budget and the chosen point, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: write the file only
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(
-        [p.latency_ms for p in result.points], [p.quality for p in result.points], s=10, c="0.75", label="candidates"
-    )
-    front = sorted((p for p in result.points if p.frontier), key=lambda p: p.latency_ms)
-    ax.scatter(
-        [p.latency_ms for p in front],
-        [p.quality for p in front],
-        s=24,
-        c="tab:blue",
-        label="Pareto frontier (latency, memory, quality)",
-    )
-    best = []  # the latency-quality staircase of the frontier
-    for p in front:
-        if not best or p.quality > best[-1].quality:
-            best.append(p)
-    ax.step([p.latency_ms for p in best], [p.quality for p in best], where="post", c="tab:blue", lw=1)
-    ax.axvline(latency_budget_ms, c="tab:red", ls="--", lw=1, label=f"budget {latency_budget_ms:g} ms")
-    ax.scatter(
-        [result.chosen.latency_ms], [result.chosen.quality], s=120, marker="*", c="tab:orange", zorder=3, label="chosen"
-    )
-    ax.set_xlabel(f"predicted latency of one question on {result.profile.name} (ms)")
-    ax.set_ylabel(result.metric)
-    ax.set_xscale("log")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"edgemfm tune: {result.manifest.model_id} on {result.profile.name}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
