@@ -126,18 +126,19 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from edgemfm.runtimes.pipeline import load
+    from edgemfm.runtimes import cascade, pipeline
 
-    pipe = load(
-        args.bundle,
+    options = dict(
         device=args.device,
         threads=args.threads,
         memory_budget=args.memory_budget,
         draft=args.draft,
         draft_k=args.draft_k,
-        cascade=args.cascade,
-        escalate_below=args.escalate_below,
     )
+    if args.cascade:
+        pipe = cascade.load(args.bundle, args.cascade, args.escalate_below, **options)
+    else:
+        pipe = pipeline.load(args.bundle, **options)
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
         args.prompt,

@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw
 @pytest.fixture(scope="session")
 def placeholder_model(tmp_path_factory) -> Path:
     """The small untrained LLaVA-style checkpoint: the fast stand-in for the demo model in tests."""
-    from edgemfm.exporters import default_model
+    from edgemfm.exporters import placeholder
 
-    return default_model.build(tmp_path_factory.mktemp("models") / default_model.MODEL_ID)
+    return placeholder.build(tmp_path_factory.mktemp("models") / placeholder.MODEL_ID)
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ def tiny_demo(path: Path, seed: int = 0) -> Path:
     Whisper-style encoder (36 wide, 3 heads) and a Llama decoder with 3 KV heads, 96 wide."""
     import torch
 
-    from edgemfm.exporters.default_model import byte_tokenizer
     from edgemfm.exporters.demo import MODEL_TYPE, DemoModel, save
+    from edgemfm.exporters.placeholder import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.add_special_tokens(["<image>", "<audio>"])

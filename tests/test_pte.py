@@ -406,7 +406,7 @@ def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_
 @pytest.mark.slow
 def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture, tmp_path):
     """The built-in default model at the host profile's own max_seq_len (2048)."""
-    from edgemfm.exporters import default_model
+    from edgemfm.exporters import placeholder
 
     pte = edgemfm.export(device="host", format="pte", out=tmp_path / "pte", progress=False)
     manifest = read_manifest(pte)
@@ -418,7 +418,7 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
     assert len(ours) >= 12 and ours == list(
         edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=24)
     )
-    checkpoint = default_model.build(tmp_path / "default-model")
+    checkpoint = placeholder.build(tmp_path / "default-model")
     assert ours == llava_generate(checkpoint, pipe, PROMPT, [picture], 24)
 
 

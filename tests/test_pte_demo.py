@@ -39,7 +39,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 def _questions() -> list[tuple[str, Path, str]]:
     """(kind, media file, prompt) of held-out questions: from $EDGEMFM_DEMO_DATA's eval.jsonl, else the samples."""
     if data := os.environ.get("EDGEMFM_DEMO_DATA"):
-        from edgemfm.tune_quality import read_questions
+        from edgemfm.tune.quality import read_questions
 
         return [(q.kind, Path(q.media), q.prompt) for qs in read_questions(data, PER_KIND).values() for q in qs]
     rows = json.loads((SAMPLES / "questions.json").read_text())

@@ -15,7 +15,7 @@ import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.tune import choose, tune
-from edgemfm.tune_quality import run_jobs
+from edgemfm.tune.quality import run_jobs
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Fused vs unfused graphs, and the cost model's predictions vs measured latency, on this host.
 
-Exports the small untrained placeholder model (exporters/default_model.py) twice (fused, --no-fuse),
+Exports the small untrained placeholder model (exporters/placeholder.py) twice (fused, --no-fuse),
 or takes two bundles of one model (`--fused DIR --unfused DIR`, e.g. the demo model exported
 with and without `--no-fuse`), then times each component of both side by side in one run
 (interleaved, so both see the same machine state; medians of repeated calls after warm-up; wall
@@ -62,9 +62,9 @@ def main() -> None:
         if args.fused and args.unfused:
             bundles = {"fused": Path(args.fused), "unfused": Path(args.unfused)}
         else:
-            from edgemfm.exporters import default_model
+            from edgemfm.exporters import placeholder
 
-            model = default_model.build(Path(tmp) / "model")
+            model = placeholder.build(Path(tmp) / "model")
             bundles = {
                 "fused": edgemfm.export(model, device=args.device, out=Path(tmp) / "fused"),
                 "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),

@@ -26,10 +26,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    from edgemfm.exporters import default_model
+    from edgemfm.exporters import placeholder
 
     with tempfile.TemporaryDirectory() as scratch:
-        src = Path(args.model) if args.model else default_model.build(Path(scratch) / "target")
+        src = Path(args.model) if args.model else placeholder.build(Path(scratch) / "target")
         model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
         lm = model.model.language_model
         lm.layers = lm.layers[: args.layers]

@@ -107,7 +107,7 @@ def write_llava(
 
 
 def build(path: Path) -> Path:
-    """Write the default model as a Hugging Face checkpoint directory at `path`."""
+    """Write the placeholder model as a Hugging Face checkpoint directory at `path`."""
     return write_llava(
         path,
         vision=dict(

@@ -7,7 +7,7 @@
                     its output against its float graph on calibration inputs
 
 A candidate picks one part per component; its latency and memory come from the cost model over
-those records, its quality from the parts' fidelity or a held-out task (edgemfm.tune_quality).
+those records, its quality from the parts' fidelity or a held-out task (edgemfm.tune.quality).
 
 Example:
     >>> parts = build_parts(space, bundle, manifest, load_profile("pi5"), None, scratch)  # doctest: +SKIP
