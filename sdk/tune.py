@@ -28,6 +28,7 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
+from edgemfm.report import Parity, Tune
 from edgemfm.tune_parts import Part, Space, build_parts, media_encoders, media_rows, settings_of, variant_preprocess
 from edgemfm.tune_quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
 
@@ -134,7 +135,7 @@ def predicted(
         manifest,
         components={n: p.record for n, p in chosen.items()},
         recipe=recipe_of(dict(c.precisions), precision_specs(profile)),
-        report={**manifest.report, "parity": {n: {"nodes": p.nodes} for n, p in chosen.items()}},
+        report=replace(manifest.report, parity={n: Parity(nodes=p.nodes) for n, p in chosen.items()}),
     )
     kinds = {
         kind: (encoder, media_rows(manifest, kind, dict(c.settings)[encoder], model_dir))
@@ -390,14 +391,14 @@ def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, forc
     for name, setting in c.settings:
         if name in kind_of:
             preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
-    report = {
-        "device": result.profile.name,
-        "latency_ms": result.chosen.latency_ms,
-        "memory_mb": result.chosen.memory_mb,
-        "quality": result.chosen.quality,
-        "metric": result.metric,
-        "components": c.describe(m),
-    }
+    report = Tune(
+        device=result.profile.name,
+        latency_ms=result.chosen.latency_ms,
+        memory_mb=result.chosen.memory_mb,
+        quality=result.chosen.quality,
+        metric=result.metric,
+        components=c.describe(m),
+    )
     target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
     return assemble(
         chosen_parts(c, parts),
@@ -436,10 +437,8 @@ def _sources(
         bar.update(task, visible=False)
         return out, model_dir
     m = read_manifest(bundle)
-    if m.report.get("precision", "fp32") != "fp32":
-        raise InputError(
-            f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)"
-        )
+    if m.report.precision != "fp32":
+        raise InputError(f"bundle {str(bundle)!r} is {m.report.precision}; allowed: an fp32 bundle (tune quantizes it)")
     return Path(bundle), model_dir
 
 
