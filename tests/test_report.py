@@ -125,9 +125,9 @@ def test_an_unknown_report_key_is_refused_with_the_known_ones():
         from_dict(Report, {"parity": {"text_decoder": {"diff": 1e-5}}})
 
 
-@pytest.mark.parametrize("name", ["manifest.json", "manifest-int4.json"])
+@pytest.mark.parametrize("name", ["manifest.json", "manifest-auto.json"])
 def test_a_version_1_manifest_reads_into_the_typed_report_with_the_same_values(name):
-    """Fixtures: the placeholder model exported for host (fp32, int4) by edgemfm at a3dee2b, before the report was typed."""
+    """Fixtures: the placeholder model exported for host (fp32, auto: quantization and plan) by edgemfm at a3dee2b, before the report was typed."""
     path = V1 / name
     data = json.loads(path.read_text())
     assert data["schema_version"] == 1
