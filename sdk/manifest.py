@@ -247,7 +247,7 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     delegation of an onnx bundle); `from_dict` fills those in. A bundle assembled by `tune` for
     measuring wrote `"tune": {}` where version 2 writes null. A key neither version knows is refused.
     """
-    report = data.get("report")
-    if isinstance(report, dict) and report.get("tune") == {}:
-        report = {**report, "tune": None}
-    return {**data, "schema_version": SCHEMA_VERSION, **({"report": report} if report is not None else {})}
+    old = data.get("report")
+    if isinstance(old, dict) and old.get("tune") == {}:
+        data = {**data, "report": {**old, "tune": None}}
+    return {**data, "schema_version": SCHEMA_VERSION}
