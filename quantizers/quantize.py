@@ -121,18 +121,9 @@ def _quantize(
         components[name] = replace(c, weight_bytes=entry.weight_bytes)
     shutil.rmtree(float_dir)
     float_units = {u: why for e in report.values() for u, why in e.float_units.items()}
-    return replace(
-        manifest,
-        recipe=recipe,
-        components=components,
-        report=replace(
-            manifest.report,
-            precision=precision,
-            float_units=float_units,
-            quantization=report,
-            plan=plan_report or manifest.report.plan,
-        ),
-    )
+    plan = plan_report or manifest.report.plan
+    quantized = replace(manifest.report, precision=precision, float_units=float_units, quantization=report, plan=plan)
+    return replace(manifest, recipe=recipe, components=components, report=quantized)
 
 
 def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -335,7 +335,7 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
                     misses.append({"media": e.media.name, "prompt": e.prompt, "answer": e.answer, "got": got})
             progress.advance(task, len(batch))
     accuracy = {k: right[k] / total[k] for k in KINDS if total[k]}
-    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": misses}
+    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": tuple(misses)}
 
 
 def _save_adapter(model, path: Path) -> None:
@@ -473,9 +473,7 @@ def _run(
         align_loss=align[-1] if align else None,
         loss=tuple(tune[:: max(1, len(tune) // 20)] + tune[-1:]),
         seconds=round(time.monotonic() - start, 1),
-        accuracy=result["accuracy"],
-        questions=result["questions"],
-        misses=tuple(result["misses"]),
+        **result,
     )
     (stage / "finetune.json").write_text(json.dumps(to_dict(report), indent=2) + "\n")
     return report
