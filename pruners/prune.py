@@ -49,6 +49,8 @@ from edgemfm.pruners.structure import (
     keep_channels,
     keep_kv_groups,
 )
+from edgemfm.records import from_dict, to_dict
+from edgemfm.report import ChannelScores, Parameters, PruneCalibration, PruneStage, Pruning, Share
 
 REPORT = "pruning.json"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")  # never copied: rewritten
@@ -133,67 +135,70 @@ def _lowest(scores: Sequence[float] | torch.Tensor, n: int) -> list[int]:
     return sorted(torch.as_tensor(scores).argsort()[:n].tolist())
 
 
-def _share(removed: Sequence[float], kept: Sequence[float]) -> dict[str, float]:
+def _share(removed: Sequence[float], kept: Sequence[float]) -> Share:
     """Mean score of what went and of what stayed, and the share of the summed score that went."""
     total = sum(removed) + sum(kept)
-    return {
-        "removed_mean": round(sum(removed) / len(removed), 6),
-        "kept_mean": round(sum(kept) / len(kept), 6),
-        "removed_share": round(sum(removed) / total, 6) if total else 0.0,
-    }
+    return Share(
+        removed_mean=round(sum(removed) / len(removed), 6),
+        kept_mean=round(sum(kept) / len(kept), 6),
+        removed_share=round(sum(removed) / total, 6) if total else 0.0,
+    )
 
 
-def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+def _blocks(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> PruneStage:
     scores = importance.block_scores(dec, calls, advance)
     candidates = len(scores) - dec.protected_tail
     remove = _lowest(scores[:candidates], n)
     drop_blocks(dec, remove)
-    return {
-        "granularity": "blocks",
-        "removed": remove,
-        "scores": [round(s, 6) for s in scores],
-        "summary": _share([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
-        "why": "lowest 1 - cos(block input, block output) on the calibration data: these blocks change the residual stream least"
+    return PruneStage(
+        granularity="blocks",
+        count=n,
+        removed=tuple(remove),
+        scores=tuple(round(s, 6) for s in scores),
+        summary=_share([scores[i] for i in remove], [s for i, s in enumerate(scores) if i not in remove]),
+        why="lowest 1 - cos(block input, block output) on the calibration data: these blocks change the residual stream least"
         + (f"; the last {dec.protected_tail} kept ({_protected_why})" if dec.protected_tail else ""),
-    }
+    )
 
 
-def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+def _heads(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> PruneStage:
     scores = importance.kv_group_scores(dec, calls, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
     keep_kv_groups(dec, {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)})
     flat = [(v, j in removed[i]) for i, s in enumerate(scores) for j, v in enumerate(s)]
-    return {
-        "granularity": "heads",
-        "removed": {str(i): r for i, r in removed.items()},
-        "scores": {str(i): [round(v, 6) for v in s] for i, s in enumerate(scores)},
-        "summary": _share([v for v, r in flat if r], [v for v, r in flat if not r]),
-        "why": "lowest mean norm of what a KV group's query heads write through o_proj; a KV head goes with all its query heads (grouped-query attention)",
-    }
+    return PruneStage(
+        granularity="heads",
+        count=n,
+        removed={str(i): tuple(r) for i, r in removed.items()},
+        scores={str(i): tuple(round(v, 6) for v in s) for i, s in enumerate(scores)},
+        summary=_share([v for v, r in flat if r], [v for v, r in flat if not r]),
+        why="lowest mean norm of what a KV group's query heads write through o_proj; a KV head goes with all its query heads (grouped-query attention)",
+    )
 
 
-def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> dict[str, Any]:
+def _mlp(dec: Stack, n: int, calls: list, advance: Callable[[], None]) -> PruneStage:
     scores = importance.channel_scores(dec, calls, advance)
     removed = {i: _lowest(s, n) for i, s in enumerate(scores)}
     kept = {i: sorted(set(range(len(s))) - set(removed[i])) for i, s in enumerate(scores)}
     keep_channels(dec, kept)
-    return {
-        "granularity": "mlp",
-        "removed": {str(i): r for i, r in removed.items()},
+    return PruneStage(
+        granularity="mlp",
+        count=n,
+        removed={str(i): tuple(r) for i, r in removed.items()},
         # every removed channel's score, and the weakest kept one: the margin of the cut
-        "scores": {
-            str(i): {
-                "removed": [round(float(s[j]), 6) for j in removed[i]],
-                "lowest_kept": round(float(s.sort().values[n]), 6),
-            }
+        scores={
+            str(i): ChannelScores(
+                removed=tuple(round(float(s[j]), 6) for j in removed[i]),
+                lowest_kept=round(float(s.sort().values[n]), 6),
+            )
             for i, s in enumerate(scores)
         },
-        "summary": _share(
+        summary=_share(
             torch.cat([s[removed[i]] for i, s in enumerate(scores)]).tolist(),
             torch.cat([s[kept[i]] for i, s in enumerate(scores)]).tolist(),
         ),
-        "why": "lowest |W_out[:, j]| x mean |activation_j| (activation-aware magnitude) on the calibration data",
-    }
+        why="lowest |W_out[:, j]| x mean |activation_j| (activation-aware magnitude) on the calibration data",
+    )
 
 
 STAGES = {"blocks": _blocks, "heads": _heads, "mlp": _mlp}  # in the order they run
@@ -219,7 +224,7 @@ def prune_model(
     model_dir: Path | None = None,
     media: str | Path | None = None,
     calls: Sequence[Any] | None = None,
-) -> dict[str, Any]:
+) -> Pruning:
     """Prune a loaded model in place on calibration `texts` (and, for encoders, the images or audio
     under `media`, fed through the family's export units found from `model_dir`); returns the report.
     `calls` replaces the text decoder's calibration: callables that each run `model` on one sample
@@ -227,7 +232,7 @@ def prune_model(
 
     Example:
         >>> report = prune_model(model, tokenizer, PruneConfig(mlp=0.3), ["Some English text."])  # doctest: +SKIP
-        >>> report["parameters"]["after"] < report["parameters"]["before"]                     # doctest: +SKIP
+        >>> report.parameters.after < report.parameters.before                                 # doctest: +SKIP
         True
     """
     configs = [config] if isinstance(config, PruneConfig) else list(config)
@@ -248,48 +253,53 @@ def prune_model(
                 continue
             task = progress.add_task(f"scoring {c.component} {name}", total=len(stage_calls)) if progress else None
             step = (lambda task=task: progress.advance(task)) if progress else (lambda: None)
+            done = stage(dec, counts[name], stage_calls, step)
             stages.append(
-                {
-                    "component": c.component,
-                    **stage(dec, counts[name], stage_calls, step),
-                    "count": counts[name],
-                    "parameters_removed": component_before - count_parameters(dec.body),
-                }
+                dataclasses.replace(
+                    done, component=c.component, parameters_removed=component_before - count_parameters(dec.body)
+                )
             )
             component_before = count_parameters(dec.body)
     after = count_parameters(model)
-    return {
-        "version": 1,
-        "architecture": type(model).__name__,
-        "config": [dataclasses.asdict(c) for c in configs],
-        "calibration": {
-            "samples": len(texts),
-            "tokens": sum(len(tokenizer(t)["input_ids"][: importance.MAX_TOKENS]) for t in texts),
-            "items": calibration,
-        },
-        "uniform": UNIFORM,
-        "parameters": {"before": before, "after": after, "removed": before - after},
-        "stages": stages,
-    }
+    return Pruning(
+        version=1,
+        architecture=type(model).__name__,
+        config=tuple(dataclasses.asdict(c) for c in configs),
+        calibration=PruneCalibration(
+            samples=len(texts),
+            tokens=sum(len(tokenizer(t)["input_ids"][: importance.MAX_TOKENS]) for t in texts),
+            items=calibration,
+        ),
+        uniform=UNIFORM,
+        parameters=Parameters(before=before, after=after, removed=before - after),
+        stages=tuple(stages),
+    )
 
 
-def bundle_report(model_dir: Path) -> dict[str, Any]:
-    """What `prune` removed from a checkpoint, for the report of a bundle exported from it ({} if unpruned).
+def read_report(model_dir: Path) -> Pruning | None:
+    """The `pruning.json` beside a pruned checkpoint (None if it has none).
 
     Example:
-        >>> bundle_report(Path("models/llava-mlp20"))["pruning"]["parameters"]["removed"]  # doctest: +SKIP
+        >>> read_report(Path("models/llava-mlp20")).parameters.removed  # doctest: +SKIP
         48216
     """
     path = model_dir / REPORT
-    if not path.is_file():
-        return {}
-    r = json.loads(path.read_text())
-    keys = ("component", "granularity", "count", "removed", "parameters_removed", "summary", "why")
-    stages = [{k: s[k] for k in keys if k in s} for s in r["stages"]]
-    return {
-        "pruning": {k: r[k] for k in ("source", "parameters", "uniform", "calibration", "recovery") if k in r}
-        | {"stages": stages}
-    }
+    return from_dict(Pruning, json.loads(path.read_text()), where=str(path)) if path.is_file() else None
+
+
+def bundle_report(model_dir: Path) -> Pruning | None:
+    """What `prune` removed from a checkpoint, for the report of a bundle exported from it (None if unpruned):
+    `pruning.json` without the scores and the pruner's own settings.
+
+    Example:
+        >>> bundle_report(Path("models/llava-mlp20")).parameters.removed  # doctest: +SKIP
+        48216
+    """
+    r = read_report(model_dir)
+    if r is None:
+        return None
+    stages = tuple(dataclasses.replace(s, scores=None) for s in r.stages)
+    return dataclasses.replace(r, stages=stages, version=None, architecture=None, config=())
 
 
 def load_model(model_dir: Path) -> Any:
@@ -369,19 +379,24 @@ def prune(
         tokenizer = AutoTokenizer.from_pretrained(source)
         bar.remove_task(loading)
         report = prune_model(pruned, tokenizer, configs, texts, bar, model_dir=source, media=data)
-        report["source"] = str(source.resolve())
-        report["calibration"]["data"] = (
+        data_used = (
             str(Path(data).resolve())
             if data
             else "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
         )
-        if recovery is not None:
-            report["recovery"] = distil(pruned, load_model(source), tokenizer, texts, recovery, progress=bar)
-        else:
-            report["recovery"] = f"not run; pass --recover STEPS to distil from {source.name}"
+        report = dataclasses.replace(
+            report,
+            source=str(source.resolve()),
+            calibration=dataclasses.replace(report.calibration, data=data_used),
+            recovery=(
+                distil(pruned, load_model(source), tokenizer, texts, recovery, progress=bar)
+                if recovery is not None
+                else f"not run; pass --recover STEPS to distil from {source.name}"
+            ),
+        )
         bar.add_task("saving", total=None)
-        with bundle.staging(out, force, verify=_verifier(type(pruned), report["parameters"]["after"])) as stage:
+        with bundle.staging(out, force, verify=_verifier(type(pruned), report.parameters.after)) as stage:
             pruned.save_pretrained(stage)
             _copy_side_files(source, stage)
-            (stage / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+            (stage / REPORT).write_text(json.dumps(to_dict(report), indent=1) + "\n")
     return Path(out)

@@ -9,7 +9,7 @@ stay as they are); on a CPU, one thread, everything is seeded, so a run is repea
 
 Example:
     >>> report = distil(pruned, unpruned, tokenizer, texts, RecoveryConfig(steps=32))   # doctest: +SKIP
-    >>> report["loss"]["last"] < report["loss"]["first"]                                 # doctest: +SKIP
+    >>> report.loss.last < report.loss.first                                             # doctest: +SKIP
     True
 """
 
@@ -25,6 +25,7 @@ import torch
 from edgemfm.errors import InputError
 from edgemfm.pruners.importance import calibration_samples
 from edgemfm.pruners.structure import find_decoder
+from edgemfm.report import Loss, Recovery
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def distil(
     sequences: Sequence[torch.Tensor] | None = None,
     progress: Any = None,
     labels: Sequence[torch.Tensor] | None = None,
-) -> dict[str, Any]:
+) -> Recovery:
     """Train `student`'s decoder layers in place towards `teacher`'s logits; returns the report.
 
     `sequences` (from `teacher_sequences`) may be passed to reuse the teacher's text across students;
@@ -100,7 +101,7 @@ def distil(
     the labelled next tokens (a question's true answer).
 
     Example:
-        >>> distil(pruned, unpruned, tokenizer, read_texts(None), RecoveryConfig())["steps"]   # doctest: +SKIP
+        >>> distil(pruned, unpruned, tokenizer, read_texts(None), RecoveryConfig()).config["steps"]   # doctest: +SKIP
         32
     """
     start = time.perf_counter()
@@ -144,11 +145,11 @@ def distil(
         for p in frozen:
             p.requires_grad_(True)
     window = max(1, min(4, len(losses) // 4))
-    return {
-        "method": "distillation: KL(unpruned || pruned) on next-token logits; decoder layers trained, embedding and head frozen",
-        "config": asdict(config),
-        "sequences": len(sequences),
-        "tokens": sum(s.shape[1] for s in sequences),
-        "loss": {"first": sum(losses[:window]) / window, "last": sum(losses[-window:]) / window},
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return Recovery(
+        method="distillation: KL(unpruned || pruned) on next-token logits; decoder layers trained, embedding and head frozen",
+        config=asdict(config),
+        sequences=len(sequences),
+        tokens=sum(s.shape[1] for s in sequences),
+        loss=Loss(first=sum(losses[:window]) / window, last=sum(losses[-window:]) / window),
+        seconds=round(time.perf_counter() - start, 1),
+    )

@@ -13,7 +13,7 @@ graph as it will run), then fp16. Every weighted node left in float is listed wi
 
 Example:
     >>> report = quantize_component(Path("f/text_decoder.onnx"), Path("b/text_decoder.onnx"), "text_decoder", recipe, ctx)  # doctest: +SKIP
-    >>> report["quantized_nodes"]                                                                                          # doctest: +SKIP
+    >>> report.quantized_nodes                                                                                             # doctest: +SKIP
     {'MatMulNBits': 29}
 """
 
@@ -29,6 +29,7 @@ from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.registry import Scheme, check_method, schemes
 from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe
+from edgemfm.report import AppliedScheme, Quantization
 
 # op types written by the schemes: counted per component in the report
 QUANT_OPS = (
@@ -97,8 +98,9 @@ def plan_passes(
 
 def quantize_component(
     src: Path, dst: Path, component: str, recipe: Recipe, ctx: Context, group: int = 32
-) -> dict[str, Any]:
-    """Quantize the graph at `src` into `dst` per `recipe`; returns the component's report entry.
+) -> Quantization:
+    """Quantize the graph at `src` into `dst` per `recipe`; returns the component's report entry (its
+    SQNR and cosine left for the caller, who holds the float outputs).
 
     `group` is the block size given to embedding tables whose spec has none (per-channel int8).
     """
@@ -132,14 +134,14 @@ def quantize_component(
             if not ctx.feeds or u.name in gptq_notes
         }
     )
-    return {
-        "schemes": [{"bits": b, "group_size": g, "method": m} for b, g, m in specs],
-        "quantized_units": sum(len(us) for _, _, us in passes),
-        "float_units": {**floats, **skipped},
-        "notes": notes,
-        "quantized_nodes": {op: ops[op] for op in QUANT_OPS if ops[op]},
-        "weight_bytes": weight_bytes(model),
-    }
+    return Quantization(
+        schemes=tuple(AppliedScheme(bits=b, group_size=g, method=m) for b, g, m in specs),
+        quantized_units=sum(len(us) for _, _, us in passes),
+        float_units={**floats, **skipped},
+        notes=notes,
+        quantized_nodes={op: ops[op] for op in QUANT_OPS if ops[op]},
+        weight_bytes=weight_bytes(model),
+    )
 
 
 def weight_bytes(model: Any) -> int:

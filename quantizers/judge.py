@@ -31,6 +31,7 @@ from edgemfm.quantizers.calibration import decoder_feeds
 from edgemfm.quantizers.context import Feeds
 from edgemfm.quantizers.metrics import MAX_DB, agreement, distribution_power, outputs
 from edgemfm.recipe import Recipe
+from edgemfm.report import Judged
 
 
 class Judge:
@@ -136,10 +137,11 @@ class Judge:
     def report(self, component: str, graph: Path) -> dict[str, Any]:
         """The report's figures for `graph` (a quantized `component`): SQNR and cosine of its own output,
         and, for the decoder and the token embedding, the SQNR they are judged by. The graph runs once
-        on its feeds (the embedding's judgement runs the float decoder too)."""
+        on its feeds (the embedding's judgement runs the float decoder too). The keys are
+        `report.Quantization`'s fields."""
         got = outputs(graph, self.feeds[component], self._first(component))
         out: dict[str, Any] = agreement(self.refs[component], got)
         if component in (self.decoder, self.embedding):
             noise = self._own_noise(component, got) if component == self.decoder else self.noise_of(component, graph)
-            out["judged"] = {"by": self.decoder, "sqnr_db": self._db(component, noise)}
+            out["judged"] = Judged(by=self.decoder, sqnr_db=self._db(component, noise))
         return out

@@ -6,7 +6,7 @@
 
 Example:
     >>> manifest = quantize(stage, manifest, load_profile("pi5"), "int4", scratch=Path("/tmp/q"))  # doctest: +SKIP
-    >>> manifest.report["quantization"]["text_decoder"]["quantized_nodes"]                        # doctest: +SKIP
+    >>> manifest.report.quantization["text_decoder"].quantized_nodes                             # doctest: +SKIP
     {'MatMulNBits': 29}
 """
 
@@ -28,6 +28,7 @@ from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
 from edgemfm.recipe import Recipe
+from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
 
 log = logging.getLogger("edgemfm")
@@ -104,7 +105,7 @@ def _quantize(
 
     # Components no calibration item reaches (an audio encoder without clips) are quantized unmeasured.
     judge = Judge(float_dir, manifest, feeds, probe)
-    plan_report: dict[str, Any] = {}
+    plan_report = None
     if recipe is None:
         files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
         recipe, plan_report = auto_recipe(
@@ -115,19 +116,14 @@ def _quantize(
         if bar:
             bar.update(task, description=f"quantizing {name}", total=None)
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
-        entry.update(judge.report(name, stage / c.file) if name in judge.feeds else {"sqnr_db": None, "cosine": None})
-        entry["output"] = first[name]
-        report[name] = entry
-        components[name] = replace(c, weight_bytes=entry["weight_bytes"])
+        figures = judge.report(name, stage / c.file) if name in judge.feeds else {}  # unmeasured: None stays
+        report[name] = replace(entry, **figures, output=first[name])
+        components[name] = replace(c, weight_bytes=entry.weight_bytes)
     shutil.rmtree(float_dir)
-    float_units = {u: why for e in report.values() for u, why in e["float_units"].items()}
-    extra = {"plan": plan_report} if plan_report else {}
-    return replace(
-        manifest,
-        recipe=recipe,
-        components=components,
-        report={**manifest.report, "precision": precision, "float_units": float_units, "quantization": report, **extra},
-    )
+    float_units = {u: why for e in report.values() for u, why in e.float_units.items()}
+    plan = plan_report or manifest.report.plan
+    quantized = replace(manifest.report, precision=precision, float_units=float_units, quantization=report, plan=plan)
+    return replace(manifest, recipe=recipe, components=components, report=quantized)
 
 
 def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -155,7 +151,7 @@ def auto_recipe(
     tolerance_db: float,
     bar: Any = None,
     task: Any = None,
-) -> tuple[Recipe, dict[str, Any]]:
+) -> tuple[Recipe, Plan]:
     """The auto plan: sensitivity per layer, then bits per layer under budget and tolerance.
 
     `files`: component -> its float graph in `float_dir`; `judge`: each component's noise under a
@@ -204,14 +200,14 @@ def auto_recipe(
             tolerance_db,
             ", ".join(short),
         )
-    return recipe, {
-        "tolerance_db": tolerance_db,
-        "memory_budget_mb": budget / 2**20,
-        "tolerance_met": met,
-        "measured_sqnr_db": sqnr,
-        "judged_by": {x: judge.judged_by(x) for x in files},
-        "groups": planner.report_of(groups, signals, ladder, ok),
-    }
+    return recipe, Plan(
+        tolerance_db=tolerance_db,
+        memory_budget_mb=budget / 2**20,
+        tolerance_met=met,
+        measured_sqnr_db=sqnr,
+        judged_by={x: judge.judged_by(x) for x in files},
+        groups=planner.report_of(groups, signals, ladder, ok),
+    )
 
 
 def _other_weight_bytes(float_dir: Path, files: dict[str, str], grouped: set[str]) -> int:

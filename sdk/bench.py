@@ -246,7 +246,7 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
         "bundle": str(path),
         "model_id": m.model_id,
         "profile": m.profile,
-        "precision": m.report.get("precision", "fp32"),
+        "precision": m.report.precision,
         "provider": pipe.provider,
         "size_bytes": sum(f.bytes for f in m.files.values()),
         "weights_read_per_token_bytes": decoder.weight_bytes,
@@ -261,9 +261,7 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
         "encoders": _encoder_ms(pipe, config),
         "perplexity": None,
         "perplexity_tokens": 0,
-        "sqnr_db": {
-            name: q["sqnr_db"] for name, q in m.report.get("quantization", {}).items() if q.get("sqnr_db") is not None
-        },
+        "sqnr_db": {name: q.sqnr_db for name, q in m.report.quantization.items() if q.sqnr_db is not None},
         "peak_rss_bytes": budget.peak_resident_bytes(),  # generating and encoding; the perplexity pass's full logits come after
     }
     if (

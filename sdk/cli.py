@@ -22,6 +22,7 @@ from rich.table import Table
 from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import list_profiles, load_profile
 from edgemfm.records import to_dict
+from edgemfm.report import Pruning, Recovery, Report
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -76,53 +77,51 @@ def cmd_export(args: argparse.Namespace) -> None:
     m = read_manifest(path)
     size = sum(f.bytes for f in m.files.values())
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
-    for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
-        ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
+    for name, d in m.report.delegation.items():  # never silent about what the backend did not take
+        ops = ", ".join(f"{op} x{n}" for op, n in d.non_delegated_ops.items())
         out.print(
-            f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not"
+            f"  {name}: {d.delegated_nodes} nodes delegated to {d.backend}, {d.non_delegated_nodes} not"
             + (f" ({ops})" if ops else ""),
             soft_wrap=True,
         )
-    if pruning := m.report.get("pruning"):
-        _pruning_summary(pruning)
-    if floats := m.report.get("float_units") if "quantization" in m.report else None:
-        out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
+    if m.report.pruning is not None:
+        _pruning_summary(m.report.pruning)
+    if m.report.quantization and m.report.float_units:
+        out.print(f"kept float: {len(m.report.float_units)} weighted units (see `edgemfm inspect {path}`)")
 
 
-def _pruning_summary(report: dict) -> None:
+def _pruning_summary(report: Pruning) -> None:
     """What was pruned, where and why, one row per stage."""
-    table = Table(title=f"pruned {Path(report['source']).name}")
+    table = Table(title=f"pruned {Path(report.source or '-').name}")
     for col in ("component", "granularity", "removed", "where", "importance removed", "why"):
         table.add_column(col)
-    for s in report["stages"]:
-        where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
-        m = s.get("summary")
+    for s in report.stages:
+        where = list(s.removed) if s.granularity == "blocks" else f"{s.count} in each of {len(s.removed)} layers"
+        m = s.summary
         margin = (
-            f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)"
+            f"{m.removed_share:.1%} of the summed score (mean {m.removed_mean:.3g} vs {m.kept_mean:.3g} kept)"
             if m
             else "-"
         )
-        table.add_row(
-            s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"]
-        )
+        table.add_row(s.component, s.granularity, str(s.count), str(where), margin, s.why)
     out.print(table)
-    p = report["parameters"]
-    out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
-    if isinstance(rec := report.get("recovery"), dict):
+    p = report.parameters
+    out.print(f"parameters {p.before:,} -> {p.after:,} (-{p.removed / p.before:.1%}); {report.uniform}")
+    if isinstance(rec := report.recovery, Recovery):
         out.print(
-            f"recovery: {rec['config']['steps']} steps of distillation, KL {rec['loss']['first']:.3f} -> {rec['loss']['last']:.3f} ({rec['seconds']:.0f} s)"
+            f"recovery: {rec.config['steps']} steps of distillation, KL {rec.loss.first:.3f} -> {rec.loss.last:.3f} ({rec.seconds:.0f} s)"
         )
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from edgemfm.pruners.prune import REPORT, PruneConfig, prune
+    from edgemfm.pruners.prune import PruneConfig, prune, read_report
 
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
     path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)
-    report = json.loads((path / REPORT).read_text())
+    report = read_report(path)
     _pruning_summary(report)
-    items = ", ".join(f"{c}: {v}" for c, v in report["calibration"]["items"].items())
-    out.print(f"[green]wrote[/green] {path} (calibration from {report['calibration']['data']}; {items})")
+    items = ", ".join(f"{c}: {v}" for c, v in report.calibration.items.items())
+    out.print(f"[green]wrote[/green] {path} (calibration from {report.calibration.data}; {items})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -204,8 +203,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         force=args.force,
         cache=args.cache,
     )
-    acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
-    out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
+    acc = ", ".join(f"{kind} {a:.1%} of {report.questions[kind]}" for kind, a in report.accuracy.items())
+    out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report.seconds:.0f} s)")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -255,10 +254,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     table = Table()
     for col in ("component", "size", "precision", "peak activation", "parity (max abs)"):
         table.add_column(col, no_wrap=True)
-    parity = m.report.get("parity", {})
+    parity = m.report.parity
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
-        bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
+        q = m.report.quantization.get(name)
+        bits = sorted({s.bits for s in q.schemes}) if q else []
         precision = (
             "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
         )
@@ -267,42 +267,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB",
             precision,  # a pte method: its own weights
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
-            f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
+            f"{parity[name].max_abs_diff:.1e}" if name in parity and parity[name].max_abs_diff is not None else "-",
         )
     out.print(table)
-    if "quantization" in m.report:
+    if m.report.quantization:
         _quantization_table(m.report)
     if args.device:
         _print_predictions(m, load_profile(args.device))
 
 
-def _quantization_table(report: dict) -> None:
+def _quantization_table(report: Report) -> None:
     """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
-    table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
+    table = Table(title=f"quantization ({report.precision}): outputs vs float on calibration data")
     for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
         table.add_column(col, no_wrap=True)
-    for name, q in report["quantization"].items():
+    for name, q in report.quantization.items():
         schemes = ", ".join(
-            f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"]
+            f"int{s.bits}/{s.method}" + (f"/g{s.group_size}" if s.group_size else "") for s in q.schemes
         )
-        measured = q["sqnr_db"] is not None
-        sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
-        table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
+        measured = q.sqnr_db is not None
+        sqnr, cos = (f"{q.sqnr_db:.1f}", f"{q.cosine:.4f}") if measured else ("not measured", "-")
+        table.add_row(name, schemes or "float", sqnr, cos, str(len(q.float_units)))
     out.print(table)
-    for name, q in report["quantization"].items():
-        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
-        if judged := q.get("judged"):
-            out.print(f"  judged: {name}: SQNR {judged['sqnr_db']:.1f} dB on {judged['by']}'s next-token distribution")
-        for unit, note in q.get("notes", {}).items():
+    for name, q in report.quantization.items():
+        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q.quantized_nodes.items()) or "-"))
+        if judged := q.judged:
+            out.print(f"  judged: {name}: SQNR {judged.sqnr_db:.1f} dB on {judged.by}'s next-token distribution")
+        for unit, note in q.notes.items():
             out.print(f"  note: {unit}: {note}")
-    for unit, why in report.get("float_units", {}).items():
+    for unit, why in report.float_units.items():
         out.print(f"  float: {unit}: {why}")
-    if plan := report.get("plan"):
-        met = "met" if plan["tolerance_met"] else "[red]NOT met[/red]"
-        bits = [g["bits"] for g in plan["groups"].values()]
+    if plan := report.plan:
+        met = "met" if plan.tolerance_met else "[red]NOT met[/red]"
+        bits = [g.bits for g in plan.groups.values()]
         counts = ", ".join(f"{b if b < 32 else 'float'}: {bits.count(b)}" for b in sorted(set(bits)))
         out.print(
-            f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}"
+            f"auto plan: tolerance {plan.tolerance_db:g} dB {met}, budget {plan.memory_budget_mb:g} MiB; groups by bits: {counts}"
         )
 
 

@@ -108,7 +108,8 @@ def attention_flops(component: Component, queries: int, keys: int) -> float:
 
 def nodes_of(manifest: Manifest, name: str) -> int:
     """Graph nodes of a component, as the exporter counted them (0 when it did not)."""
-    return int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0))
+    parity = manifest.report.parity.get(name)
+    return parity.nodes if parity else 0
 
 
 def decoder_rows(

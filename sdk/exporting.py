@@ -22,6 +22,7 @@ from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSet
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
+from edgemfm.report import Report
 from edgemfm.toolchain import quiet, require
 
 # Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
@@ -109,7 +110,7 @@ def export(
 
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
-    the report's "pruning" says what went, where and why.
+    the report's `pruning` says what went, where and why.
     """
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
@@ -144,7 +145,7 @@ def export(
                 split = family.split(family.load(model_dir), model_dir)
             bar.update(task, total=None, completed=0)
             writer = importlib.import_module(WRITERS[format])
-            components, parity, written = writer.write_units(
+            components, parity, delegation = writer.write_units(
                 split.units,
                 stage,
                 family.tolerance,
@@ -167,14 +168,14 @@ def export(
                 preprocess=split.preprocess,
                 generation=split.generation,
                 streaming=_streaming(profile.streaming, max_seq_len),
-                report={
-                    "precision": precision,
-                    "parity": parity,
-                    "float_units": {n: "fp32 export" for n in components},
-                    **written,
-                    **split.report,
-                    **bundle_report(model_dir),
-                },
+                report=Report(
+                    precision=precision,
+                    parity=parity,
+                    float_units={n: "fp32 export" for n in components},
+                    delegation=delegation,
+                    notes=split.report.notes,
+                    pruning=bundle_report(model_dir),
+                ),
             )
             from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
 

@@ -47,7 +47,7 @@ an interrupted run leaves nothing.
 
 Example:
     >>> report = finetune("models/demo-base", "data/demo", "models/demo")   # doctest: +SKIP
-    >>> report["accuracy"]                                                  # doctest: +SKIP
+    >>> report.accuracy                                                     # doctest: +SKIP
     {'image': 0.96, 'audio': 0.99}
 """
 
@@ -64,6 +64,8 @@ from typing import Any
 
 from edgemfm.bundle import check_output
 from edgemfm.errors import InputError, UnsupportedModelError
+from edgemfm.records import to_dict
+from edgemfm.report import FinetuneReport
 
 SUPPORTED = ("edgemfm-demo",)  # model types whose family says which projectors to train
 TRAINABLE = ("vision_projector", "audio_projector")
@@ -333,7 +335,7 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
                     misses.append({"media": e.media.name, "prompt": e.prompt, "answer": e.answer, "got": got})
             progress.advance(task, len(batch))
     accuracy = {k: right[k] / total[k] for k in KINDS if total[k]}
-    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": misses}
+    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": tuple(misses)}
 
 
 def _save_adapter(model, path: Path) -> None:
@@ -362,14 +364,14 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     cache: str | Path | None = None,
-) -> dict[str, Any]:
+) -> FinetuneReport:
     """Fine-tune `model`'s projectors on the questions in `data`; write the result to `out`.
 
     Returns the report also written to `out/finetune.json` (losses, held-out accuracy).
     `cache` keeps the frozen towers' features on disk (None: no cache).
 
     Example:
-        >>> finetune("models/demo-base", "data/demo", "models/demo", steps=240)["accuracy"]  # doctest: +SKIP
+        >>> finetune("models/demo-base", "data/demo", "models/demo", steps=240).accuracy  # doctest: +SKIP
         {'image': 0.96, 'audio': 0.99}
     """
     model_dir, data = Path(model), Path(data)
@@ -459,19 +461,19 @@ def _run(
     save(model, stage)
     shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
     _save_adapter(model, stage / "adapter.safetensors")
-    report = {
-        "base": str(model_dir),
-        "seed": seed,
-        "train_questions": len(train),
-        "align_steps": align_steps,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "align_lr": align_lr,
-        "align_loss": align[-1] if align else None,
-        "loss": tune[:: max(1, len(tune) // 20)] + tune[-1:],
-        "seconds": round(time.monotonic() - start, 1),
+    report = FinetuneReport(
+        base=str(model_dir),
+        seed=seed,
+        train_questions=len(train),
+        align_steps=align_steps,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        align_lr=align_lr,
+        align_loss=align[-1] if align else None,
+        loss=tuple(tune[:: max(1, len(tune) // 20)] + tune[-1:]),
+        seconds=round(time.monotonic() - start, 1),
         **result,
-    }
-    (stage / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    )
+    (stage / "finetune.json").write_text(json.dumps(to_dict(report), indent=2) + "\n")
     return report

@@ -85,7 +85,7 @@ def test_tiny_demo_exports_four_components_with_parity(tiny_demo_bundle):
     m = edgemfm.bundle.read_manifest(tiny_demo_bundle)
     assert list(m.components) == ["vision_encoder", "audio_encoder", "token_embedding", "text_decoder"]
     assert m.family == "edgemfm-demo" and set(m.prompt.media) == {"image", "audio"}
-    assert all(p["max_abs_diff"] <= p["tolerance"] * p["scale"] for p in m.report["parity"].values())
+    assert all(p.max_abs_diff <= p.tolerance * p.scale for p in m.report.parity.values())
 
 
 def test_tiny_demo_splices_four_image_rows_and_five_audio_rows(tiny_demo_bundle, picture, wav):
@@ -210,7 +210,7 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     stamp = cache_file.stat().st_mtime_ns
     second = finetune(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
     assert cache_file.stat().st_mtime_ns == stamp  # read back, not rewritten
-    assert first["loss"] == second["loss"] and first["questions"] == {"image": 2, "audio": 1}
+    assert first.loss == second.loss and first.questions == {"image": 2, "audio": 1}
     a, b = (
         load_file(str(tmp_path / "a" / "adapter.safetensors")),
         load_file(str(tmp_path / "b" / "adapter.safetensors")),

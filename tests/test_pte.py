@@ -277,14 +277,14 @@ def test_one_program_with_a_method_per_component(case, bundle):
 
 
 def test_delegation_is_reported_per_method(case, bundle, capsys):
-    report = read_manifest(bundle).report["delegation"]
+    report = read_manifest(bundle).report.delegation
     assert set(report) == set(case.methods)
     for name, d in report.items():
-        assert d["backend"] == "XnnpackBackend"
-        assert sum(d["non_delegated_ops"].values()) == d["non_delegated_nodes"], name
+        assert d.backend == "XnnpackBackend"
+        assert sum(d.non_delegated_ops.values()) == d.non_delegated_nodes, name
         # the matrix multiplications of the encoders and the decoder run in XNNPACK
         if name != "token_embedding":
-            assert d["delegated_nodes"] > 0 and d["subgraphs"] > 0, name
+            assert d.delegated_nodes > 0 and d.subgraphs > 0, name
 
 
 def _fresh(t: torch.Tensor, axes: dict[int, str], length: int) -> torch.Tensor:
@@ -467,11 +467,9 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
         output_names=("y",),
         dynamic_axes={},
     )
-    _, parity, report = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
-    assert parity["gelu"]["max_abs_diff"] <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
-    assert (
-        report["delegation"]["gelu"]["delegated_nodes"] > 0 and report["delegation"]["gelu"]["non_delegated_nodes"] == 1
-    )  # getitem
+    _, parity, delegation = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
+    assert parity["gelu"].max_abs_diff <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
+    assert delegation["gelu"].delegated_nodes > 0 and delegation["gelu"].non_delegated_nodes == 1  # getitem
 
 
 @pytest.mark.parametrize("max_seq_len", [1, 5, 64, 1024])

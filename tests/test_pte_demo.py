@@ -83,10 +83,10 @@ def test_demo_pte_is_one_program_with_a_delegated_method_per_component(demo_pte_
     assert Runtime.get().load_program(demo_pte_bundle / "model.pte").method_names == METHODS == set(manifest.components)
     kv = manifest.components["text_decoder"].kv_cache
     assert (kv.kind, kv.max_seq_len) == ("static", edgemfm.load_profile("host").streaming.max_seq_len)
-    for name, d in manifest.report["delegation"].items():
-        assert sum(d["non_delegated_ops"].values()) == d["non_delegated_nodes"], name
+    for name, d in manifest.report.delegation.items():
+        assert sum(d.non_delegated_ops.values()) == d.non_delegated_nodes, name
         if name != "token_embedding":  # a lookup: ExecuTorch's portable embedding kernel
-            assert d["delegated_nodes"] > 0 and d["subgraphs"] > 0, name
+            assert d.delegated_nodes > 0 and d.subgraphs > 0, name
 
 
 def test_demo_pte_methods_match_pytorch(demo_checkpoint, demo_pte_bundle):

@@ -60,7 +60,7 @@ def test_apply_writes_the_chosen_point_as_a_bundle_that_runs(result, picture):
         spec = m.recipe.spec_for(name)
         assert (spec.bits if spec else 32) == {"fp32": 32, "int8": 8, "int4": 4}[precision]
     assert m.profile == "raspberry-pi-5-8gb" and m.streaming.max_seq_len == r.chosen.candidate.seq_len
-    assert m.report["tune"]["latency_ms"] == pytest.approx(r.chosen.latency_ms)
+    assert m.report.tune.latency_ms == pytest.approx(r.chosen.latency_ms)
     assert len("".join(edgemfm.load(out).generate("What is this?", images=[picture], max_new_tokens=3))) > 0
 
 

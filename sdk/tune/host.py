@@ -15,6 +15,7 @@ from typing import Any
 from edgemfm.bundle import read_manifest
 from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
+from edgemfm.report import Tune
 from edgemfm.tune.parts import Part, media_encoders, media_rows, variant_preprocess
 from edgemfm.tune.quality import assemble, recipe_of
 from edgemfm.tune.search import HostCheck, Result, chosen_parts, precision_specs, predicted
@@ -85,14 +86,14 @@ def write_chosen(
     for name, setting in c.settings:
         if name in kind_of:
             preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
-    report = {
-        "device": result.profile.name,
-        "latency_ms": result.chosen.latency_ms,
-        "memory_mb": result.chosen.memory_mb,
-        "quality": result.chosen.quality,
-        "metric": result.metric,
-        "components": c.describe(m),
-    }
+    report = Tune(
+        device=result.profile.name,
+        latency_ms=result.chosen.latency_ms,
+        memory_mb=result.chosen.memory_mb,
+        quality=result.chosen.quality,
+        metric=result.metric,
+        components=c.describe(m),
+    )
     target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
     return assemble(
         chosen_parts(c, parts),
@@ -131,8 +132,6 @@ def float_source(
         bar.update(task, visible=False)
         return out, model_dir
     m = read_manifest(bundle)
-    if m.report.get("precision", "fp32") != "fp32":
-        raise InputError(
-            f"bundle {str(bundle)!r} is {m.report['precision']}; allowed: an fp32 bundle (tune quantizes it)"
-        )
+    if m.report.precision != "fp32":
+        raise InputError(f"bundle {str(bundle)!r} is {m.report.precision}; allowed: an fp32 bundle (tune quantizes it)")
     return Path(bundle), model_dir

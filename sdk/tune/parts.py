@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemfm.cost import nodes_of
 from edgemfm.errors import InputError
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
@@ -170,7 +171,7 @@ def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: li
         base.setting,
         precision,
         path,
-        replace(base.record, weight_bytes=entry["weight_bytes"]),
+        replace(base.record, weight_bytes=entry.weight_bytes),
         _count_nodes(path),
         fidelity["sqnr_db"],
         fidelity["cosine"],
@@ -207,10 +208,7 @@ def build_parts(
                 record, nodes = export_demo_encoder(model_dir, kinds[name], setting, path)
             else:
                 shutil.copyfile(bundle / c.file, path)
-                record, nodes = (
-                    c,
-                    int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0)) or _count_nodes(path),
-                )
+                record, nodes = c, nodes_of(manifest, name) or _count_nodes(path)
             base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0)
             parts[(name, setting, "fp32")] = base
             feeds = calibration.get(name, [])

@@ -30,6 +30,7 @@ from edgemfm import bundle as bundle_io
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.manifest import Manifest
 from edgemfm.recipe import QuantSpec, Recipe, Rule
+from edgemfm.report import Parity, Tune
 
 MAX_NEW_TOKENS = 8
 
@@ -108,7 +109,7 @@ def assemble(
     source: Path,
     out: Path,
     link: bool = True,
-    report: dict[str, Any] | None = None,
+    report: Tune | None = None,
     force: bool = True,
 ) -> Path:
     """Write a bundle at `out` from one part per component (atomically: staged, sealed, verified, renamed).
@@ -124,8 +125,7 @@ def assemble(
             components[name] = replace(part.record, file=c.file)
         _place(source / manifest.tokenizer.file, stage / manifest.tokenizer.file, link)
         parity = {
-            name: {**manifest.report.get("parity", {}).get(name, {}), "nodes": part.nodes}
-            for name, part in parts.items()
+            name: replace(manifest.report.parity.get(name, Parity()), nodes=part.nodes) for name, part in parts.items()
         }
         candidate = replace(
             manifest,
@@ -137,7 +137,7 @@ def assemble(
                 max_seq_len=seq_len,
                 prefill_chunk=min(manifest.streaming.prefill_chunk, seq_len - manifest.streaming.sink_tokens),
             ),
-            report={**manifest.report, "precision": "tune", "parity": parity, "tune": report or {}},
+            report=replace(manifest.report, precision="tune", parity=parity, tune=report),
         )
         bundle_io.seal(stage, candidate)
     return out

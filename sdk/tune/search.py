@@ -18,6 +18,7 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
+from edgemfm.report import Parity
 from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, variant_preprocess
 from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
 
@@ -124,7 +125,7 @@ def predicted(
         manifest,
         components={n: p.record for n, p in chosen.items()},
         recipe=recipe_of(dict(c.precisions), precision_specs(profile)),
-        report={**manifest.report, "parity": {n: {"nodes": p.nodes} for n, p in chosen.items()}},
+        report=replace(manifest.report, parity={n: Parity(nodes=p.nodes) for n, p in chosen.items()}),
     )
     kinds = {
         kind: (encoder, media_rows(manifest, kind, dict(c.settings)[encoder], model_dir))
