@@ -27,6 +27,7 @@ from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.progress import Progress, say
 from edgemfm.quantizers import presets
 from edgemfm.tune_parts import Part, Space, build_parts, media_encoders, media_rows, settings_of, variant_preprocess
 from edgemfm.tune_quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
@@ -198,7 +199,7 @@ def _quality(
     scratch: Path,
     workers: int,
     ray_address: str | None,
-    progress: Any,
+    progress: Progress | None,
 ) -> tuple[dict[Candidate, float], str]:
     """Each candidate's quality: held-out exact match (with `data`), else the worst component cosine."""
     if data is None:
@@ -259,7 +260,7 @@ def tune(
     scratch: str | Path | None = None,
     prompt_tokens: int = PROMPT_TOKENS,
     answer_tokens: int = ANSWER_TOKENS,
-    progress: bool = True,
+    progress: Progress | None = None,
     apply: str | Path | None = None,
     force: bool = False,
 ) -> Result:
@@ -268,15 +269,14 @@ def tune(
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
     `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
-    chosen point as a bundle there (an existing one only with `force`).
+    chosen point as a bundle there (an existing one only with `force`). `progress` hears each
+    step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> r = tune("pi5", 900, bundle="bundles/demo-host", model=demo_dir, data="/tmp/demo-data")  # doctest: +SKIP
         >>> r.chosen.candidate.describe(r.manifest)["text_decoder"]                                 # doctest: +SKIP
         'int8'
     """
-    from rich.progress import Progress
-
     profile = load_profile(device)
     memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
     if not latency_budget_ms > 0 or not memory_budget_mb > 0:
@@ -287,18 +287,15 @@ def tune(
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
         check_output(apply, force)  # before the slow part
-    with (
-        tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp,
-        Progress(transient=True, disable=not progress) as bar,
-    ):
+    with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp:
         tmp = Path(tmp)
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
+            source, model_dir = _sources(model, bundle, data is not None, tmp, progress)
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
-            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
+            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)
         cands = candidates(space, manifest)
         quality, metric = _quality(
             cands,
@@ -311,7 +308,7 @@ def tune(
             tmp,
             workers,
             ray_address,
-            bar,
+            progress,
         )
         points = []
         for c in cands:
@@ -414,9 +411,10 @@ def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, forc
 
 
 def _sources(
-    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
+    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, progress: Progress | None
 ) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
+    from edgemfm.configs import ExportConfig
     from edgemfm.exporting import export
 
     model_dir = None
@@ -427,14 +425,11 @@ def _sources(
     elif bundle is None or (media and read_manifest(bundle).family == "edgemfm-demo"):
         from edgemfm.exporters import demo_sources
 
-        task = bar.add_task("building the demo model", total=None)
+        say(progress, "building the demo model")
         model_dir = demo_sources.build_default(tmp / demo_sources.MODEL_ID)
-        bar.update(task, visible=False)
     if bundle is None:
-        task = bar.add_task("exporting the float bundle", total=None)
-        out = export(model_dir, device="host", out=tmp / "float", progress=False)
-        bar.update(task, visible=False)
-        return out, model_dir
+        say(progress, "exporting the float bundle")
+        return export(ExportConfig(model=model_dir, device="host", out=tmp / "float")), model_dir
     m = read_manifest(bundle)
     if m.report.get("precision", "fp32") != "fp32":
         raise InputError(
