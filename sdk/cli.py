@@ -212,7 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     if args.plot:
         plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
-    report = bench([args.bundle, *args.baselines], config)
+    with rich_progress() as progress:
+        report = bench([args.bundle, *args.baselines], config, progress)
     out.print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

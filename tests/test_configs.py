@@ -111,7 +111,7 @@ def test_export_reports_through_the_callback_and_prints_nothing(placeholder_mode
 def test_the_verbs_never_import_rich():
     code = (
         "import sys; import edgemfm.exporting, edgemfm.finetune, edgemfm.quantizers.quantize,"
-        " edgemfm.quantizers.pruning, edgemfm.tune;"
+        " edgemfm.quantizers.pruning, edgemfm.tune, edgemfm.bench;"
         "print('RICH', sorted(m for m in sys.modules if m.split('.')[0] == 'rich'))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
