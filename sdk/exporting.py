@@ -82,8 +82,9 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
 
 
 def resolve(config: ExportConfig) -> ExportConfig:
-    """`config` checked against its device profile, with the defaults that depend on it filled in
-    (the output directory, the sequence length): what `edgemfm export --dry-run` prints.
+    """`config` checked against its device profile, with what depends on it filled in (the
+    profile's own name for an alias, the output directory, the sequence length): what
+    `edgemfm export --dry-run` prints.
 
     Example:
         >>> resolve(ExportConfig(device="pi5")).out  # doctest: +SKIP
@@ -92,7 +93,7 @@ def resolve(config: ExportConfig) -> ExportConfig:
     profile = load_profile(config.device)
     max_seq_len = _check_options(profile, config)
     out = config.out if config.out is not None else f"{_model_id(config.model)}-{profile.name}"
-    return replace(config, out=out, max_seq_len=max_seq_len)
+    return replace(config, device=profile.name, out=out, max_seq_len=max_seq_len)
 
 
 def export(config: ExportConfig, progress: Progress | None = None) -> Path:

@@ -85,7 +85,7 @@ def test_export_dry_run_prints_the_resolved_config_and_builds_nothing(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert main(["export", "--device", "pi5", "--precision", "int4", "--dry-run"]) == 0
     config = from_dict(ExportConfig, json.loads(capsys.readouterr().out))
-    assert (config.device, config.precision, config.fuse) == ("pi5", "int4", True)
+    assert (config.device, config.precision, config.fuse) == ("raspberry-pi-5-8gb", "int4", True)
     assert config.out == "edgemfm-demo-raspberry-pi-5-8gb" and config.max_seq_len == 1024
     assert config.accuracy_tolerance_db == 20.0
     assert list(tmp_path.iterdir()) == []
