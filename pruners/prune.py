@@ -36,6 +36,7 @@ import torch
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, UnsupportedModelError
+from edgemfm.progress import Progress, counter, say
 from edgemfm.pruners import importance
 from edgemfm.pruners.data import media_calls, text_calls
 from edgemfm.pruners.recovery import RecoveryConfig, distil
@@ -220,7 +221,7 @@ def prune_model(
     tokenizer: Any,
     config: PruneConfig | Sequence[PruneConfig],
     texts: Sequence[str],
-    progress: Any = None,
+    progress: Progress | None = None,
     model_dir: Path | None = None,
     media: str | Path | None = None,
     calls: Sequence[Any] | None = None,
@@ -251,8 +252,7 @@ def prune_model(
         for name, stage in STAGES.items():
             if not counts[name]:
                 continue
-            task = progress.add_task(f"scoring {c.component} {name}", total=len(stage_calls)) if progress else None
-            step = (lambda task=task: progress.advance(task)) if progress else (lambda: None)
+            step = counter(progress, f"scoring {c.component} {name}", len(stage_calls))
             done = stage(dec, counts[name], stage_calls, step)
             stages.append(
                 dataclasses.replace(
@@ -348,21 +348,20 @@ def prune(
     config: PruneConfig | Sequence[PruneConfig],
     data: str | Path | None = None,
     force: bool = False,
-    progress: bool = True,
+    progress: Progress | None = None,
     recover: int = 0,
 ) -> Path:
     """Prune the checkpoint directory `model` into `out` (refused if it exists, unless `force`).
 
     `data`: a folder whose .txt lines calibrate the text decoder and whose images / WAV files
     calibrate the encoders (default: built-in English, drawings, synthetic clips). `recover`:
-    steps of distillation from the unpruned model afterwards (0: none).
+    steps of distillation from the unpruned model afterwards (0: none). `progress` hears each
+    step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> prune("models/tiny-llama", "models/tiny-llama-b1", PruneConfig(blocks=1))  # doctest: +SKIP
         PosixPath('models/tiny-llama-b1')
     """
-    from rich.progress import Progress
-
     from edgemfm.toolchain import quiet, require
 
     source = Path(model)
@@ -371,14 +370,13 @@ def prune(
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed else []
     require("onnx")  # torch + transformers, what pruning needs too
-    with quiet(), Progress(transient=True, disable=not progress) as bar:
+    with quiet():
         from transformers import AutoTokenizer
 
-        loading = bar.add_task(f"loading {source.name}", total=None)
+        say(progress, f"loading {source.name}")
         pruned = load_model(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        bar.remove_task(loading)
-        report = prune_model(pruned, tokenizer, configs, texts, bar, model_dir=source, media=data)
+        report = prune_model(pruned, tokenizer, configs, texts, progress, model_dir=source, media=data)
         data_used = (
             str(Path(data).resolve())
             if data
@@ -389,12 +387,12 @@ def prune(
             source=str(source.resolve()),
             calibration=dataclasses.replace(report.calibration, data=data_used),
             recovery=(
-                distil(pruned, load_model(source), tokenizer, texts, recovery, progress=bar)
+                distil(pruned, load_model(source), tokenizer, texts, recovery, progress=progress)
                 if recovery is not None
                 else f"not run; pass --recover STEPS to distil from {source.name}"
             ),
         )
-        bar.add_task("saving", total=None)
+        say(progress, "saving")
         with bundle.staging(out, force, verify=_verifier(type(pruned), report.parameters.after)) as stage:
             pruned.save_pretrained(stage)
             _copy_side_files(source, stage)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from edgemfm.errors import InputError
+from edgemfm.progress import Progress, counter
 from edgemfm.pruners.importance import calibration_samples
 from edgemfm.pruners.structure import find_decoder
 from edgemfm.report import Loss, Recovery
@@ -89,7 +90,7 @@ def distil(
     texts: Sequence[str],
     config: RecoveryConfig,
     sequences: Sequence[torch.Tensor] | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
     labels: Sequence[torch.Tensor] | None = None,
 ) -> Recovery:
     """Train `student`'s decoder layers in place towards `teacher`'s logits; returns the report.
@@ -118,7 +119,7 @@ def distil(
     torch.manual_seed(config.seed)
     order = torch.randperm(len(sequences) * (config.steps // len(sequences) + 1)) % len(sequences)
     optimizer = torch.optim.AdamW(layers.parameters(), lr=config.lr, weight_decay=0.0)
-    task = progress.add_task("distilling", total=config.steps) if progress else None
+    step_done = counter(progress, "distilling", config.steps)
     losses = []
     student.train()
     try:
@@ -138,8 +139,7 @@ def distil(
             torch.nn.utils.clip_grad_norm_(layers.parameters(), 1.0)  # a sliced model's first steps can be steep
             optimizer.step()
             losses.append(loss.item())
-            if progress:
-                progress.advance(task)
+            step_done()
     finally:
         student.eval()
         for p in frozen:

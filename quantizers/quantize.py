@@ -5,7 +5,8 @@
         ▼ apply.quantize_component per component ─► SQNR / cosine vs float ─► manifest report
 
 Example:
-    >>> manifest = quantize(stage, manifest, load_profile("pi5"), "int4", scratch=Path("/tmp/q"))  # doctest: +SKIP
+    >>> config = QuantizeConfig(precision="int4")
+    >>> manifest = quantize(stage, manifest, load_profile("pi5"), config, scratch=Path("/tmp/q"))  # doctest: +SKIP
     >>> manifest.report.quantization["text_decoder"].quantized_nodes                             # doctest: +SKIP
     {'MatMulNBits': 29}
 """
@@ -20,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from edgemfm.configs import QuantizeConfig
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.progress import Progress, say
 from edgemfm.quantizers import planner, presets
 from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
@@ -32,7 +35,6 @@ from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
 
 log = logging.getLogger("edgemfm")
-DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 # Values of input the plan and the report measure each component on (~1,800 tokens of SmolLM2, 7
 # images at 224x224): the planner runs a component once per group, so thousands of calibration
 # tokens (which GPTQ needs) would cost minutes per group; the schemes still calibrate on them all.
@@ -43,47 +45,33 @@ def quantize(
     stage: Path,
     manifest: Manifest,
     profile: DeviceProfile,
-    precision: str,
+    config: QuantizeConfig,
     scratch: Path,
-    calibration: str | Path | None = None,
-    memory_budget_mb: float | None = None,
-    accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB,
-    bar: Any = None,
-    recipe: Recipe | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Quantize the component graphs in `stage` in place; the manifest with recipe, sizes and report.
 
-    `recipe`, when given, replaces the preset of `precision` (which then only labels the report).
+    `config.recipe`, when given, replaces the preset of `config.precision` (which then only labels
+    the report). `progress` hears each step (see `edgemfm.progress`).
+
+    Example:
+        >>> quantize(stage, manifest, load_profile("pi5"), QuantizeConfig(precision="int8"), Path("/tmp/q"))  # doctest: +SKIP
     """
-    if precision == "fp32" and recipe is None:
+    if config.precision == "fp32" and config.recipe is None:
         return manifest
     with quiet_quantizers():
-        return _quantize(
-            stage,
-            manifest,
-            profile,
-            precision,
-            scratch,
-            calibration,
-            memory_budget_mb,
-            accuracy_tolerance_db,
-            bar,
-            recipe,
-        )
+        return _quantize(stage, manifest, profile, config, scratch, progress)
 
 
 def _quantize(
     stage: Path,
     manifest: Manifest,
     profile: DeviceProfile,
-    precision: str,
+    config: QuantizeConfig,
     scratch: Path,
-    calibration: str | Path | None,
-    memory_budget_mb: float | None,
-    accuracy_tolerance_db: float,
-    bar: Any,
-    recipe: Recipe | None,
+    progress: Progress | None,
 ) -> Manifest:
+    recipe, precision = config.recipe, config.precision
     if recipe is None and precision != "auto":
         recipe = presets.recipe_for(profile, precision)
     float_dir = scratch / "float"
@@ -91,8 +79,8 @@ def _quantize(
     for c in manifest.components.values():
         shutil.copyfile(stage / c.file, float_dir / c.file)
     shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
-    task = bar.add_task("calibrating", total=None) if bar else None
-    calibrate = component_feeds(float_dir, manifest, calibration)  # what the schemes calibrate on
+    say(progress, "calibrating")
+    calibrate = component_feeds(float_dir, manifest, config.calibration)  # what the schemes calibrate on
     feeds = {name: measured_subset(f) for name, f in calibrate.items()}  # what the plan and the report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
@@ -109,12 +97,11 @@ def _quantize(
     if recipe is None:
         files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
         recipe, plan_report = auto_recipe(
-            float_dir, files, profile, judge, memory_budget_mb, accuracy_tolerance_db, bar, task
+            float_dir, files, profile, judge, config.memory_budget_mb, config.accuracy_tolerance_db, progress
         )
     report, components = {}, dict(manifest.components)
-    for name, c in manifest.components.items():
-        if bar:
-            bar.update(task, description=f"quantizing {name}", total=None)
+    for i, (name, c) in enumerate(manifest.components.items()):
+        say(progress, f"quantizing {name}", i / len(manifest.components))
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
         figures = judge.report(name, stage / c.file) if name in judge.feeds else {}  # unmeasured: None stays
         report[name] = replace(entry, **figures, output=first[name])
@@ -149,8 +136,7 @@ def auto_recipe(
     judge: Judge,
     memory_budget_mb: float | None,
     tolerance_db: float,
-    bar: Any = None,
-    task: Any = None,
+    progress: Progress | None = None,
 ) -> tuple[Recipe, Plan]:
     """The auto plan: sensitivity per layer, then bits per layer under budget and tolerance.
 
@@ -163,10 +149,9 @@ def auto_recipe(
     """
     available = presets.specs(profile)
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
-    if bar:
-        bar.update(task, description="measuring sensitivity", total=None, completed=0)
+    say(progress, "measuring sensitivity")
     groups = planner.sensitivity(
-        float_dir, files, judge.noise, ladder[0], lambda: bar and bar.advance(task), judge.judged_by
+        float_dir, files, judge.noise, ladder[0], lambda: say(progress, "measuring sensitivity"), judge.judged_by
     )
     judged = {c: [x for x in files if judge.judged_by(x) == c] for c in {judge.judged_by(x) for x in files}}
     signals = {c: judge.signal(c) for c in judged}

@@ -11,7 +11,7 @@ side, no torch at import); edgemfm.exporters and edgemfm.quantizers, the host to
 
 Example:
     >>> import edgemfm
-    >>> path = edgemfm.export(device="jetson", out="bundles/default-jetson")        # doctest: +SKIP
+    >>> path = edgemfm.export(edgemfm.ExportConfig(device="jetson", out="bundles/default-jetson"))  # doctest: +SKIP
     >>> pipe = edgemfm.load(path)                                                   # doctest: +SKIP
     >>> print("".join(pipe.generate("What is this?", images=["cat.png"])))         # doctest: +SKIP
 """
@@ -24,16 +24,33 @@ from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import DeviceProfile, list_profiles, load_profile
 
 __version__ = "0.1.0"
-__all__ = ["DeviceProfile", "EdgemfmError", "export", "list_profiles", "load", "load_cascade", "load_profile"]
+__all__ = [
+    "DeviceProfile",
+    "EdgemfmError",
+    "ExportConfig",
+    "FinetuneConfig",
+    "QuantizeConfig",
+    "export",
+    "list_profiles",
+    "load",
+    "load_cascade",
+    "load_profile",
+]
+_CONFIGS = ("ExportConfig", "FinetuneConfig", "QuantizeConfig")  # the verbs' configs, from edgemfm.configs
 
 if TYPE_CHECKING:
+    from edgemfm.configs import ExportConfig, FinetuneConfig, QuantizeConfig
     from edgemfm.exporting import export
     from edgemfm.runtimes.cascade import load as load_cascade
     from edgemfm.runtimes.pipeline import load
 
 
 def __getattr__(name: str) -> Any:
-    # export, load and load_cascade pull in their stacks only when used
+    # export, load and load_cascade pull in their stacks only when used; the configs module only when asked for
+    if name in _CONFIGS:
+        from edgemfm import configs
+
+        return getattr(configs, name)
     if name == "export":
         from edgemfm.exporting import export
 

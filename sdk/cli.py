@@ -14,18 +14,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from edgemfm.configs import DEFAULT_TOLERANCE_DB, ExportConfig, FinetuneConfig
 from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import list_profiles, load_profile
+from edgemfm.progress import Progress
 from edgemfm.records import to_dict
 from edgemfm.report import Pruning, Recovery, Report
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def rich_progress() -> Iterator[Progress]:
+    """A rich bar, cleared when the block ends, and the callback (`edgemfm.progress`) that drives it:
+    the core only reports what it does; drawing it is the command line's business.
+
+    Example:
+        >>> with rich_progress() as progress:  # doctest: +SKIP
+        ...     export(ExportConfig(device="pi5"), progress)
+    """
+    from rich.progress import Progress as Bar
+
+    with Bar(transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def report(description: str, fraction: float | None) -> None:
+            total = None if fraction is None else 1.0  # None: rich pulses the bar instead of filling it
+            bar.update(task, description=description, total=total, completed=fraction or 0.0)
+
+        yield report
 
 
 def cmd_devices(args: argparse.Namespace) -> None:
@@ -55,10 +80,10 @@ def cmd_devices(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from edgemfm.exporting import export
+    from edgemfm.exporting import export, resolve
 
-    path = export(
-        args.model,
+    config = ExportConfig(
+        model=args.model,
         device=args.device,
         out=args.out,
         format=args.format,
@@ -69,9 +94,14 @@ def cmd_export(args: argparse.Namespace) -> None:
         memory_budget_mb=args.memory_budget,
         accuracy_tolerance_db=args.accuracy_tolerance,
         max_seq_len=args.max_seq_len,
-        prune=args.prune,
+        prune=tuple(args.prune),
         recover=args.recover,
     )
+    if args.dry_run:  # the config export would run, checked against the profile: nothing is built
+        print(json.dumps(to_dict(resolve(config)), indent=2))
+        return
+    with rich_progress() as progress:
+        path = export(config, progress)
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
@@ -117,7 +147,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from edgemfm.pruners.prune import PruneConfig, prune, read_report
 
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
-    path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)
+    with rich_progress() as progress:
+        path = prune(
+            args.model, args.out, config, data=args.data, force=args.force, progress=progress, recover=args.recover
+        )
     report = read_report(path)
     _pruning_summary(report)
     items = ", ".join(f"{c}: {v}" for c, v in report.calibration.items.items())
@@ -179,7 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     if args.plot:
         plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
-    report = bench([args.bundle, *args.baselines], config)
+    with rich_progress() as progress:
+        report = bench([args.bundle, *args.baselines], config, progress)
     out.print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -191,10 +225,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from edgemfm.finetune import finetune
 
-    report = finetune(
-        args.model,
-        args.data,
-        args.out,
+    config = FinetuneConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
         steps=args.steps,
         align_steps=args.align_steps,
         batch_size=args.batch_size,
@@ -203,6 +237,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         force=args.force,
         cache=args.cache,
     )
+    with rich_progress() as progress:
+        report = finetune(config, progress)
     acc = ", ".join(f"{kind} {a:.1%} of {report.questions[kind]}" for kind, a in report.accuracy.items())
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report.seconds:.0f} s)")
 
@@ -210,19 +246,21 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from edgemfm.tune import plot, table, to_json, tune
 
-    result = tune(
-        args.device,
-        args.latency_budget,
-        args.memory_budget,
-        model=args.model,
-        bundle=args.bundle,
-        data=args.data,
-        questions=args.questions,
-        workers=args.workers,
-        ray_address=args.ray,
-        apply=args.apply,
-        force=args.force,
-    )
+    with rich_progress() as progress:
+        result = tune(
+            args.device,
+            args.latency_budget,
+            args.memory_budget,
+            model=args.model,
+            bundle=args.bundle,
+            data=args.data,
+            questions=args.questions,
+            workers=args.workers,
+            ray_address=args.ray,
+            apply=args.apply,
+            force=args.force,
+            progress=progress,
+        )
     out.print(table(result))
     c = result.chosen
     out.print(
@@ -342,7 +380,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
     e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
     e.add_argument(
-        "--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)"
+        "--accuracy-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE_DB,
+        help=f"least SQNR in dB of each component's output under auto (default: {DEFAULT_TOLERANCE_DB:g})",
     )
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument(
@@ -367,6 +408,9 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="with --prune: distil from the unpruned model for STEPS steps",
+    )
+    e.add_argument(
+        "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.set_defaults(func=cmd_export)
 

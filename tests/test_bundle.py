@@ -116,12 +116,12 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch, placeholder_
 
     monkeypatch.setattr(onnx_writer, "write_onnx", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
-        edgemfm.export(placeholder_model, device="host", out=tmp_path / "b", progress=False)
+        edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=tmp_path / "b"))
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_existing_output_is_kept_unless_forced(copy, placeholder_model):
     before = (copy / "manifest.json").read_text()
     with pytest.raises(InputError, match="already exists; pass --force"):
-        edgemfm.export(placeholder_model, device="host", out=copy, progress=False)
+        edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=copy))
     assert (copy / "manifest.json").read_text() == before

@@ -22,7 +22,7 @@ def small_bundle(tmp_path_factory):
     """A tiny LLaVA sharing the default model's byte tokenizer: the draft and the cascade's small bundle."""
     checkpoint = tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava-1", seed=1)
     return edgemfm.export(
-        checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host", progress=False
+        edgemfm.ExportConfig(model=checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host")
     )
 
 

@@ -78,7 +78,9 @@ def wav(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_demo_bundle(tmp_path_factory) -> Path:
     model = tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
-    return edgemfm.export(model, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-demo", progress=False)
+    return edgemfm.export(
+        edgemfm.ExportConfig(model=model, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-demo")
+    )
 
 
 def test_tiny_demo_exports_four_components_with_parity(tiny_demo_bundle):
@@ -191,6 +193,7 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     import torch
     from safetensors.torch import load_file
 
+    from edgemfm.configs import FinetuneConfig
     from edgemfm.finetune import finetune
 
     model = tiny_demo(tmp_path / "tiny-demo")
@@ -204,11 +207,11 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     for split in ("train", "eval"):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cache = tmp_path / "cache"
-    first = finetune(model, data, tmp_path / "a", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    first = finetune(FinetuneConfig(model, data, tmp_path / "a", steps=3, align_steps=2, batch_size=2, cache=cache))
     assert len(list(cache.rglob("*.npy"))) == 2  # one image and one clip, each encoded once
     (cache_file,) = cache.glob("image-*/*.npy")
     stamp = cache_file.stat().st_mtime_ns
-    second = finetune(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    second = finetune(FinetuneConfig(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, cache=cache))
     assert cache_file.stat().st_mtime_ns == stamp  # read back, not rewritten
     assert first.loss == second.loss and first.questions == {"image": 2, "audio": 1}
     a, b = (

@@ -88,7 +88,9 @@ def unfused_llama(tmp_path_factory, placeholder_model):
     import edgemfm
 
     base = tmp_path_factory.mktemp("gqa")
-    bundle = edgemfm.export(placeholder_model, device="host", out=base / "bundle", fuse=False, progress=False)
+    bundle = edgemfm.export(
+        edgemfm.ExportConfig(model=placeholder_model, device="host", out=base / "bundle", fuse=False)
+    )
     fused = base / "fused.onnx"
     fused.write_bytes((bundle / "text_decoder.onnx").read_bytes())
     return bundle, fused, fuse(fused)
@@ -147,7 +149,9 @@ def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):
     import edgemfm
 
     bundle = edgemfm.export(
-        tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b", progress=False
+        edgemfm.ExportConfig(
+            model=tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b"
+        )
     )
     fusion = read_manifest(bundle).report.parity["text_decoder"].fusion
     assert read_manifest(bundle).components["text_decoder"].kv_cache.head_dim % 8

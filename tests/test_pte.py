@@ -396,7 +396,7 @@ def test_a_prompt_longer_than_the_cache_is_refused_in_one_line(case, bundle, ext
 
 @pytest.mark.slow
 def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_path):
-    onnx = edgemfm.export(checkpoint, device="pi5", out=tmp_path / "onnx", progress=False)
+    onnx = edgemfm.export(edgemfm.ExportConfig(model=checkpoint, device="pi5", out=tmp_path / "onnx"))
     media = {} if media_item is None else {case.media: [media_item]}
     assert list(edgemfm.load(bundle).generate_tokens(case.prompt, **media, max_new_tokens=24)) == list(
         edgemfm.load(onnx).generate_tokens(case.prompt, **media, max_new_tokens=24)
@@ -408,7 +408,7 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
     """The built-in default model at the host profile's own max_seq_len (2048)."""
     from edgemfm.exporters import placeholder
 
-    pte = edgemfm.export(device="host", format="pte", out=tmp_path / "pte", progress=False)
+    pte = edgemfm.export(edgemfm.ExportConfig(device="host", format="pte", out=tmp_path / "pte"))
     manifest = read_manifest(pte)
     assert (
         manifest.components["text_decoder"].kv_cache.max_seq_len == edgemfm.load_profile("host").streaming.max_seq_len

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgemfm.bundle import read_manifest
+from edgemfm.configs import QuantizeConfig
 from edgemfm.errors import ConfigError, InputError
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers import presets
@@ -38,7 +39,8 @@ def quantized(default_bundle, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"{device}-{precision}")
             stage = root / "stage"
             shutil.copytree(default_bundle, stage)
-            m = quantize(stage, read_manifest(default_bundle), load_profile(device), precision, root / "scratch", **kw)
+            config = QuantizeConfig(precision=precision, **kw)
+            m = quantize(stage, read_manifest(default_bundle), load_profile(device), config, root / "scratch")
             done[key] = (m, stage)
         return done[key]
 

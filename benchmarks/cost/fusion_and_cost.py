@@ -66,8 +66,10 @@ def main() -> None:
 
             model = placeholder.build(Path(tmp) / "model")
             bundles = {
-                "fused": edgemfm.export(model, device=args.device, out=Path(tmp) / "fused"),
-                "unfused": edgemfm.export(model, device=args.device, out=Path(tmp) / "unfused", fuse=False),
+                "fused": edgemfm.export(edgemfm.ExportConfig(model=model, device=args.device, out=Path(tmp) / "fused")),
+                "unfused": edgemfm.export(
+                    edgemfm.ExportConfig(model=model, device=args.device, out=Path(tmp) / "unfused", fuse=False)
+                ),
             }
         pipes = {k: edgemfm.load(v, threads=args.threads) for k, v in bundles.items()}
         works = [w for w in ("vision", "audio") if f"{w}_encoder" in pipes["fused"].manifest.components] + [

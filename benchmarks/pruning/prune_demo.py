@@ -211,14 +211,15 @@ def export_fp32(model, source: Path, checkpoint: Path, bundle: Path) -> float:
     save_checkpoint(model, source, checkpoint)
     torch.manual_seed(0)  # the exporter's parity check feeds random example inputs: the same ones every row
     start = time.perf_counter()
-    edgemfm.export(checkpoint, device="host", out=bundle, progress=False)
+    edgemfm.export(edgemfm.ExportConfig(model=checkpoint, device="host", out=bundle))
     return round(time.perf_counter() - start, 1)
 
 
 def main() -> None:
     args = parse_args()
-    from rich.progress import Progress
     from tokenizers import Tokenizer
+
+    from edgemfm.cli import rich_progress
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -237,7 +238,7 @@ def main() -> None:
     recovery = (
         RecoveryConfig(steps=args.recover, lr=args.recover_lr, label_weight=args.recover_ce) if args.recover else None
     )
-    with Progress(transient=True) as bar:
+    with rich_progress() as bar:
         feats = _features(
             base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache"
         )
@@ -300,7 +301,7 @@ def int8_row(model, source: Path, work: Path, name: str, held_out: list, data: P
     checkpoint = save_checkpoint(model, source, work / "checkpoints" / f"{name}-recovered")
     bundle = work / "bundles" / f"{name}-recovered-int8"
     start = time.perf_counter()
-    edgemfm.export(checkpoint, device="host", out=bundle, precision="int8", progress=False, force=True)
+    edgemfm.export(edgemfm.ExportConfig(model=checkpoint, device="host", out=bundle, precision="int8", force=True))
     seconds = time.perf_counter() - start
     pipe = edgemfm.load(bundle)
     right = []

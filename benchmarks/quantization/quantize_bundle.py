@@ -20,13 +20,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from rich.progress import Progress
-
 from edgemfm import bundle
 from edgemfm.bundle import read_manifest
+from edgemfm.cli import rich_progress
+from edgemfm.configs import DEFAULT_TOLERANCE_DB, QuantizeConfig
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.presets import recipe_for
-from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
+from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import Recipe, Rule
 
 
@@ -53,24 +53,20 @@ def main() -> None:
     t = time.time()
     with (
         bundle.staging(args.out, args.force) as stage,
-        Progress(transient=True) as bar,
+        rich_progress() as progress,
         tempfile.TemporaryDirectory() as scratch,
     ):
         for f in manifest.files:
             shutil.copyfile(args.float_bundle / f, stage / f)
         manifest = replace(manifest, profile=profile.name, files={})
-        manifest = quantize(
-            stage,
-            manifest,
-            profile,
-            args.precision,
-            Path(scratch),
-            args.calibration,
-            args.memory_budget,
-            args.accuracy_tolerance,
-            bar,
-            recipe,
+        config = QuantizeConfig(
+            precision=args.precision,
+            calibration=args.calibration,
+            memory_budget_mb=args.memory_budget,
+            accuracy_tolerance_db=args.accuracy_tolerance,
+            recipe=recipe,
         )
+        manifest = quantize(stage, manifest, profile, config, Path(scratch), progress)
         bundle.seal(stage, manifest)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB) in {time.time() - t:.0f} s")

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgemfm.configs import QuantizeConfig
 from edgemfm.manifest import (
     BUNDLE_KIND,
     SCHEMA_VERSION,
@@ -274,18 +275,16 @@ def main() -> None:
         t = time.time()
         profile = load_profile(device)
         if isinstance(what, Recipe):
-            m = quantize(stage, manifest, profile, "int4", work / "scratch", calibration, recipe=what)
+            config = QuantizeConfig(precision="int4", calibration=calibration, recipe=what)
+            m = quantize(stage, manifest, profile, config, work / "scratch")
         else:
-            m = quantize(
-                stage,
-                manifest,
-                profile,
-                what,
-                work / "scratch",
-                calibration,
+            config = QuantizeConfig(
+                precision=what,
+                calibration=calibration,
                 accuracy_tolerance_db=args.tolerance,
                 memory_budget_mb=args.memory_budget,
             )
+            m = quantize(stage, manifest, profile, config, work / "scratch")
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)
         if (

@@ -45,7 +45,7 @@ def main() -> None:
         for extra in ("preprocessor_config.json", "generation_config.json"):
             if (src / extra).is_file():
                 (draft / extra).write_bytes((src / extra).read_bytes())
-        print(edgemfm.export(draft, device=args.device, out=args.out, force=True))
+        print(edgemfm.export(edgemfm.ExportConfig(model=draft, device=args.device, out=args.out, force=True)))
 
 
 if __name__ == "__main__":

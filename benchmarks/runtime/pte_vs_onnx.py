@@ -50,12 +50,13 @@ def main() -> None:
         for format in ("onnx", "pte"):
             start = time.perf_counter()
             bundle = edgemfm.export(
-                args.model,
-                device=args.device,
-                out=Path(tmp) / format,
-                format=format,
-                progress=False,
-                max_seq_len=args.max_seq_len if format == "pte" else None,
+                edgemfm.ExportConfig(
+                    model=args.model,
+                    device=args.device,
+                    out=Path(tmp) / format,
+                    format=format,
+                    max_seq_len=args.max_seq_len if format == "pte" else None,
+                )
             )
             seconds = time.perf_counter() - start
             size = sum(f.stat().st_size for f in bundle.iterdir())

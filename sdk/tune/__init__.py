@@ -28,6 +28,7 @@ from pathlib import Path
 from edgemfm.bundle import check_output, read_manifest
 from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
+from edgemfm.progress import Progress
 from edgemfm.tune.host import float_source, host_check, write_chosen
 from edgemfm.tune.parts import Space, build_parts
 from edgemfm.tune.render import plot, table, to_json
@@ -63,7 +64,7 @@ def tune(
     scratch: str | Path | None = None,
     prompt_tokens: int = PROMPT_TOKENS,
     answer_tokens: int = ANSWER_TOKENS,
-    progress: bool = True,
+    progress: Progress | None = None,
     apply: str | Path | None = None,
     force: bool = False,
 ) -> Result:
@@ -72,15 +73,14 @@ def tune(
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
     `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
-    chosen point as a bundle there (an existing one only with `force`).
+    chosen point as a bundle there (an existing one only with `force`). `progress` hears each
+    step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> r = tune("pi5", 900, bundle="bundles/demo-host", model=demo_dir, data="/tmp/demo-data")  # doctest: +SKIP
         >>> r.chosen.candidate.describe(r.manifest)["text_decoder"]                                 # doctest: +SKIP
         'int8'
     """
-    from rich.progress import Progress
-
     profile = load_profile(device)
     memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
     if not latency_budget_ms > 0 or not memory_budget_mb > 0:
@@ -91,18 +91,15 @@ def tune(
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
         check_output(apply, force)  # before the slow part
-    with (
-        tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp,
-        Progress(transient=True, disable=not progress) as bar,
-    ):
+    with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp:
         tmp = Path(tmp)
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = float_source(model, bundle, data is not None, tmp, bar)
+            source, model_dir = float_source(model, bundle, data is not None, tmp, progress)
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
-            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
+            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)
         cands = candidates(space, manifest)
         quality, metric = score(
             cands,
@@ -115,7 +112,7 @@ def tune(
             tmp,
             workers,
             ray_address,
-            bar,
+            progress,
         )
         points = []
         for c in cands:

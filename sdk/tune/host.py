@@ -15,6 +15,7 @@ from typing import Any
 from edgemfm.bundle import read_manifest
 from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
+from edgemfm.progress import Progress, say
 from edgemfm.report import Tune
 from edgemfm.tune.parts import Part, media_encoders, media_rows, variant_preprocess
 from edgemfm.tune.quality import assemble, recipe_of
@@ -110,9 +111,10 @@ def write_chosen(
 
 
 def float_source(
-    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
+    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, progress: Progress | None
 ) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
+    from edgemfm.configs import ExportConfig
     from edgemfm.exporting import export
 
     model_dir = None
@@ -123,14 +125,11 @@ def float_source(
     elif bundle is None or (media and read_manifest(bundle).family == "edgemfm-demo"):
         from edgemfm.exporters import demo_sources
 
-        task = bar.add_task("building the demo model", total=None)
+        say(progress, "building the demo model")
         model_dir = demo_sources.build_default(tmp / demo_sources.MODEL_ID)
-        bar.update(task, visible=False)
     if bundle is None:
-        task = bar.add_task("exporting the float bundle", total=None)
-        out = export(model_dir, device="host", out=tmp / "float", progress=False)
-        bar.update(task, visible=False)
-        return out, model_dir
+        say(progress, "exporting the float bundle")
+        return export(ExportConfig(model=model_dir, device="host", out=tmp / "float")), model_dir
     m = read_manifest(bundle)
     if m.report.precision != "fp32":
         raise InputError(f"bundle {str(bundle)!r} is {m.report.precision}; allowed: an fp32 bundle (tune quantizes it)")

@@ -29,6 +29,7 @@ from edgemfm.cost import nodes_of
 from edgemfm.errors import InputError
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.progress import Progress, counter
 from edgemfm.quantizers import presets
 
 DEMO_FAMILY = "edgemfm-demo"
@@ -185,7 +186,7 @@ def build_parts(
     profile: DeviceProfile,
     model_dir: Path | None,
     scratch: Path,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> dict[Key, Part]:
     """Every (component, setting, precision) part the space needs, written under `scratch`."""
     from edgemfm.toolchain import quiet_quantizers
@@ -199,7 +200,7 @@ def build_parts(
             "image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
         )
     parts: dict[Key, Part] = {}
-    task = progress.add_task("building parts", total=len(jobs)) if progress else None
+    advance = counter(progress, "building parts", len(jobs))
     with quiet_quantizers():
         for name, setting in jobs:
             c = manifest.components[name]
@@ -218,8 +219,7 @@ def build_parts(
                 feeds = []  # no built-in audio calibration: quantized unmeasured, as `export` does
             for precision in (p for p in space.precisions_of(name, manifest) if p != "fp32"):
                 parts[(name, setting, precision)] = quantized_part(base, precision, profile, feeds, scratch)
-            if progress:
-                progress.advance(task)
+            advance()
     return parts
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from edgemfm import bundle as bundle_io
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.manifest import Manifest
+from edgemfm.progress import Progress, counter
 from edgemfm.recipe import QuantSpec, Recipe, Rule
 from edgemfm.report import Parity, Tune
 
@@ -152,10 +153,10 @@ def run_jobs(
     jobs: Sequence[Any],
     workers: int = 1,
     ray_address: str | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> list[float]:
     """`fn` over `jobs` on a process pool of `workers`, or on the Ray cluster at `ray_address`."""
-    task = progress.add_task("measuring quality", total=len(jobs)) if progress else None
+    advance = counter(progress, "measuring quality", len(jobs))
     if ray_address is not None:
         try:
             import ray
@@ -167,8 +168,7 @@ def run_jobs(
         results = []
         for ref in refs:
             results.append(ray.get(ref))
-            if progress:
-                progress.advance(task)
+            advance()
         return results
     # spawn: the parent holds torch and ONNX Runtime state a fork would copy half-initialised
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
@@ -176,6 +176,5 @@ def run_jobs(
         results = []
         for f in futures:
             results.append(f.result())
-            if progress:
-                progress.advance(task)
+            advance()
         return results

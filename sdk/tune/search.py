@@ -17,6 +17,7 @@ from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.progress import Progress
 from edgemfm.quantizers import presets
 from edgemfm.report import Parity
 from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, variant_preprocess
@@ -189,7 +190,7 @@ def score(
     scratch: Path,
     workers: int,
     ray_address: str | None,
-    progress: Any,
+    progress: Progress | None,
 ) -> tuple[dict[Candidate, float], str]:
     """Each candidate's quality: held-out exact match (with `data`), else the worst component cosine."""
     if data is None:
