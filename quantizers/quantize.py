@@ -30,6 +30,7 @@ from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
+from edgemfm.quantizers.registry import check_method
 from edgemfm.recipe import Recipe
 from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
@@ -59,6 +60,9 @@ def quantize(
     """
     if config.precision == "fp32" and config.recipe is None:
         return manifest
+    for rule in config.recipe.rules if config.recipe else ():
+        if rule.spec is not None:
+            check_method(rule.spec.method)  # a recipe's unknown method fails before calibration starts
     with quiet_quantizers():
         return _quantize(stage, manifest, profile, config, scratch, progress)
 

@@ -31,6 +31,9 @@ CORE = (
     "edgemfm.recipe",
     "edgemfm.profiles",
     "edgemfm.manifest",
+    "edgemfm.report",  # the typed reports a manifest holds
+    "edgemfm.configs",  # the verbs' configs: plain records, so the CLI builds them before anything heavy loads
+    "edgemfm.progress",  # the progress callback type the verbs take
     "edgemfm.bundle",
     "edgemfm.toolchain",
     "edgemfm.cost",

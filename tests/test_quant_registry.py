@@ -55,15 +55,27 @@ def test_a_registered_toy_method_is_dispatched_and_removed_after(tmp_path):
         assert [s for s, _, _ in passes] == [weight_only.SCHEME, scheme]
         assert floats == {"d/2": "Gemm: weight-only toy int4 covers MatMul, Gather and Conv"}
     with pytest.raises(ConfigError, match="'toy' is unknown"):
-        QuantSpec(bits=4, method="toy")
+        registry.check_method("toy")
 
 
-def test_a_method_no_scheme_provides_is_refused_naming_the_allowed_ones():
+def test_a_method_no_scheme_provides_is_refused_naming_the_allowed_ones(tmp_path):
+    import onnx
+    from test_quantizers import _one_matmul
+
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+
     allowed = "dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq, clip_search, gptq_act_order, fp16"
     with pytest.raises(ConfigError, match=f"^quantization method 'nope' is unknown; allowed: {allowed}$"):
-        QuantSpec(bits=4, method="nope")
-    with pytest.raises(ConfigError, match="'nope' is unknown"):  # read from a manifest or a recipe file too
-        from_dict(QuantSpec, {"bits": 4, "method": "nope"})
+        registry.check_method("nope")
+    # a recipe read from a file: refused where it is applied (the core records import no quantizer)
+    recipe = from_dict(Recipe, {"rules": [{"pattern": "*", "spec": {"bits": 4, "method": "nope"}}]})
+    onnx.save(_one_matmul(np.ones((64, 64), np.float32)), str(tmp_path / "d.onnx"))
+    with pytest.raises(ConfigError, match="'nope' is unknown"):
+        quantize_component(
+            tmp_path / "d.onnx", tmp_path / "q.onnx", "d", recipe, Context([], load_profile("pi5"), tmp_path)
+        )
 
 
 def test_a_method_two_schemes_provide_is_refused():
@@ -72,9 +84,9 @@ def test_a_method_two_schemes_provide_is_refused():
 
 
 def test_the_registry_loads_without_onnx_or_torch():
-    """A recipe read on a device checks its methods: the registry and the scheme modules must stay light."""
+    """The registry and the scheme modules stay light: a recipe's methods are checked without the toolchain."""
     code = (
-        "import sys; from edgemfm.recipe import QuantSpec; QuantSpec(bits=4, method='gptq_act_order');"
+        "import sys; from edgemfm.quantizers.registry import check_method; check_method('gptq_act_order');"
         "heavy = sorted({'torch', 'transformers', 'onnx', 'onnxruntime.quantization'} & set(sys.modules));"
         "print('HEAVY', heavy)"
     )

@@ -219,11 +219,18 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
     bits = Counter({a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits")
     assert bits == {4: 21, 8: 7}
     assert report.float_units == {"text_decoder/lm_head": "the recipe keeps it float"}
+    bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
     with pytest.raises(
         ConfigError,
         match="'awesome'.*allowed: dynamic, minmax, percentile, entropy, rtn, k_quant, gptq, hqq, clip_search",
-    ):  # refused where the spec is built now, before any graph is read
-        Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
+    ):
+        quantize_component(
+            default_bundle / "text_decoder.onnx",
+            tmp_path / "x.onnx",
+            "text_decoder",
+            bad,
+            Context([], load_profile("pi5"), tmp_path),
+        )
 
 
 def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
