@@ -83,8 +83,8 @@ def refuse(unit: Unit, spec: QuantSpec) -> str | None:
         'depthwise Conv:'
     """
     if unit.op == "Conv" and depthwise(unit):
-        # per-tensor int8 activations around depthwise convs cost EfficientNet-Lite0 0.4 of its
-        # 1.0-point QDQ loss (BENCHMARKS.md); their weights are a few percent of a CNN's bytes
+        # per-tensor int8 activations around depthwise convs cost EfficientNet-Lite0 most of its QDQ loss
+        # (BENCHMARKS.md, result quantization-efficientnet-mnist); their weights are a few percent of a CNN's bytes
         return "depthwise Conv: kept float under static QDQ (its per-tensor activations lose the most accuracy)"
     return None
 
