@@ -104,11 +104,6 @@ def memory_bandwidth(threads: int = 1, mib: int = 512, repeats: int = 5) -> floa
     return data.nbytes / best
 
 
-# bench's own records live here, beside the code that measures them, not in report.py: they are what
-# one machine measured of some bundles, never part of a bundle's report, and a reader of bench.json
-# needs only this torch-free module.
-
-
 @dataclass(frozen=True)
 class Machine:
     """The machine the figures were measured on: what a reader needs next to them."""
@@ -162,6 +157,10 @@ class BenchResult:
 @dataclass(frozen=True)
 class BenchReport:
     """What `edgemfm bench` writes to --json: the machine, its read bandwidth, the config, one result per bundle.
+
+    These records live here, beside the code that measures them, not in report.py: they are what
+    one machine measured of some bundles, never part of a bundle's report (report.py is what a
+    bundle says about itself), and a reader of bench.json needs only this torch-free module.
 
     Example:
         >>> from_dict(BenchReport, to_dict(report)) == report  # doctest: +SKIP
