@@ -16,6 +16,10 @@ A checkpoint directory holds config.json (model_type "edgemfm-demo"), model.safe
 weights, prefixed vision_tower. / vision_projector. / audio_tower. / audio_projector. /
 language_model.) and tokenizer.json (SmolLM2's, plus the <image> and <audio> tokens).
 
+Capabilities (see exporters/family.py): `media_knobs` (tune re-exports an encoder at another image
+size and pooling grid, or a shorter Whisper window), `finetune` (the projectors are trained on
+frozen tower features), `prunable` (the SmolLM2 decoder, through transformers' Llama layers).
+
 Example:
     >>> from edgemfm.exporters import find_family
     >>> find_family({"model_type": "edgemfm-demo"}).name
@@ -30,15 +34,19 @@ from typing import Any
 
 import torch
 
+from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
-from edgemfm.manifest import AudioPreprocess, ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, MediaKnobs, Prunable, Split
+from edgemfm.manifest import AudioPreprocess, Component, ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 
 MODEL_TYPE = "edgemfm-demo"
 TEMPLATE = "<|im_start|>user\n{media}{prompt}<|im_end|>\n<|im_start|>assistant\n"  # SmolLM2's chat format
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (TF-Lite: (x - 127.5) / 128)
 IMAGE = ImagePreprocess(size=224, crop=224, resample="bilinear", rescale=1 / 255, mean=(0.498,) * 3, std=(0.502,) * 3)
 AUDIO = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=32000)  # 2 s clips
+POSITIONS_PER_S = 50  # Whisper: 100 mel frames per second, halved by the encoder's stride-2 convolution
+# the decoder's shape fields `prune` may rewrite (pruners/structure.py), copied back into config.json
+TEXT_SHAPES = ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def _projector(width: int, hidden: int) -> torch.nn.Module:
@@ -149,6 +157,110 @@ def split(model: DemoModel, model_dir: Path) -> Split:
     )
 
 
+def check_window(window_s: float, config: dict[str, Any]) -> int:
+    """Whisper positions of an audio window; refuses one whose rows would not pool evenly."""
+    positions = round(window_s * POSITIONS_PER_S)
+    pool, limit = config["audio_pool"], config["audio_config"]["max_source_positions"]
+    if abs(positions - window_s * POSITIONS_PER_S) > 1e-6 or positions % pool or not 0 < positions <= limit:
+        step = pool / POSITIONS_PER_S
+        raise InputError(
+            f"audio window {window_s:g} s is not available; allowed: multiples of {step:g} s up to {limit / POSITIONS_PER_S:g} s"
+        )
+    return positions
+
+
+def export_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tuple[Component, int]:
+    """Export the `kind` encoder at `setting` to `path`: (its record, its node count). The tower's
+    grid pooling is adaptive; Whisper's positional embeddings are cut to the window."""
+    from edgemfm.exporters.onnx import write_onnx
+
+    model = load(model_dir)
+    if kind == "image":
+        size, grid = setting
+        model.config = {**model.config, "vision_grid": grid}  # adaptive pooling: grid x grid rows per image
+        name, example = "pixel_values", torch.randn(1, 3, size, size)
+    else:
+        positions = check_window(setting[0], model.config)
+        tower = model.audio_tower  # Whisper checks the mel length against its positions: cut both
+        tower.config.max_source_positions = tower.max_source_positions = positions
+        tower.embed_positions = torch.nn.Embedding.from_pretrained(tower.embed_positions.weight[:positions].clone())
+        name, example = "input_features", torch.randn(1, AUDIO.n_mels, 2 * positions)
+    out = f"{kind}_features"
+    unit = ExportUnit(
+        module=_Encoder(model, kind).eval(),
+        args=(example,),
+        input_names=(name,),
+        output_names=(out,),
+        dynamic_axes={name: {0: "items"}, out: {0: "items"}},
+    )
+    record, parity = write_onnx(unit, path, FAMILY.tolerance)
+    return record, parity.nodes
+
+
+def media_rows(model_dir: Path, kind: str, setting: tuple) -> int:
+    """Decoder rows one image (grid x grid) or one audio window (positions / pool) becomes."""
+    if kind == "image":
+        return setting[1] ** 2
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return check_window(setting[0], config) // config["audio_pool"]
+
+
+def _prepare(kind: str, path: Path) -> Any:
+    """The runtime's own numpy pre-processing: training sees exactly what a bundle will see."""
+    from edgemfm.runtimes.audio import preprocess_audio
+    from edgemfm.runtimes.preprocess import preprocess_image
+
+    return preprocess_image(path, IMAGE) if kind == "image" else preprocess_audio(path, AUDIO)[0]
+
+
+def _feature_settings(model: DemoModel, kind: str) -> Any:
+    return (IMAGE, model.config["vision_grid"]) if kind == "image" else (AUDIO, model.config["audio_pool"])
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(Path(model_dir) / "tokenizer.json"))
+
+
+def _decoder_stack(model: DemoModel, component: str) -> Any:
+    from edgemfm.pruners.structure import find_stack
+
+    return find_stack(model.language_model, component)  # a transformers Llama: found like any other
+
+
+def _save_pruned(model: DemoModel, model_dir: Path) -> None:
+    """config.json's text_config follows the sliced decoder's config, so `load` builds the new shapes."""
+    lm = model.language_model.config
+    shapes = {k: getattr(lm, k) for k in TEXT_SHAPES if getattr(lm, k, None) is not None}
+    model.config = {**model.config, "text_config": {**model.config["text_config"], **shapes}}
+    save(model, model_dir)
+
+
+MEDIA_KNOBS = MediaKnobs(
+    image=((160, 1), (160, 2), (224, 1), (224, 2)), audio=(1.2, 2.0), export=export_encoder, rows=media_rows
+)
+FINETUNING = Finetuning(
+    load=load,
+    save=save,
+    template=TEMPLATE,
+    trainable={"image": "vision_projector", "audio": "audio_projector"},
+    towers={"image": "vision_tower", "audio": "audio_tower"},
+    prepare=_prepare,
+    encode=lambda model, kind, x: model.image_features(x) if kind == "image" else model.audio_features(x),
+    settings=_feature_settings,
+    decoder=lambda model: model.language_model,
+    media_token=lambda model, kind: model.config[f"{kind}_token_id"],
+    eos_token=lambda model: model.config["text_config"]["eos_token_id"],
+)
+PRUNABLE = Prunable(
+    components=("text_decoder",),  # the towers are EfficientNet (no transformer stack) and a 4-layer Whisper
+    load=load,
+    tokenizer=_tokenizer,
+    stack=_decoder_stack,
+    save=_save_pruned,
+)
+
 FAMILY = Family(
     name=MODEL_TYPE,
     model_types=(MODEL_TYPE,),
@@ -156,4 +268,7 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    media_knobs=MEDIA_KNOBS,
+    finetune=FINETUNING,
+    prunable=PRUNABLE,
 )

@@ -1,4 +1,11 @@
-"""What a model family gives the exporter: how to load, split and describe a checkpoint.
+"""What a model family gives the exporter and the other verbs: how to load, split and describe a
+checkpoint, and the capabilities a verb needs from it.
+
+A capability is a field of `Family` that the family's own file fills in, or leaves None when the
+family has no such thing: `media_knobs` (what `tune` may turn on the encoders, and how to export
+one again at another setting), `finetune` (what is trained and how a training sequence is built),
+`prunable` (how `prune` opens the checkpoint, finds its stacks and writes it back). A verb asks
+`edgemfm.exporters.capability(family, name)`; no verb tests a family's name.
 
 Example:
     >>> from edgemfm.exporters import find_family
@@ -14,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemfm.manifest import CrossAttention, Generation, KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.manifest import Component, CrossAttention, Generation, KVCache, Preprocess, Prompt, Tokenizer
 from edgemfm.report import SplitReport
 
 
@@ -54,6 +61,50 @@ class Split:
 
 
 @dataclass(frozen=True)
+class MediaKnobs:
+    """What `tune` may turn on this family's encoders, and how an encoder is exported at a setting.
+
+    A setting is a tuple: (image size in pixels, grid cells per side) for images, (window seconds,)
+    for audio; `()` is the bundle's own graph.
+    """
+
+    image: tuple[tuple[int, int], ...]  # the image settings tune tries by default
+    audio: tuple[float, ...]  # the audio windows tune tries by default
+    export: Callable[
+        [Path, str, tuple, Path], tuple[Component, int]
+    ]  # (model dir, kind, setting, .onnx) -> record, nodes
+    rows: Callable[[Path, str, tuple], int]  # (model dir, kind, setting) -> decoder rows one item becomes
+
+
+@dataclass(frozen=True)
+class Finetuning:
+    """What `finetune` trains in this family's model (per media kind) and how it feeds the decoder."""
+
+    load: Callable[[Path], Any]  # model dir -> torch model, fp32, eval mode
+    save: Callable[[Any, Path], None]  # model -> a checkpoint directory `export` takes (tokenizer aside)
+    template: str  # the chat prompt: {media} (one placeholder token) then {prompt}
+    trainable: dict[str, str]  # media kind -> the model attribute trained for it (its projector)
+    towers: dict[str, str]  # media kind -> the frozen tower whose weights key the feature cache
+    prepare: Callable[[str, Path], Any]  # (kind, media file) -> the runtime's pre-processed numpy array
+    encode: Callable[[Any, str, Any], Any]  # (model, kind, batch tensor) -> frozen features [items, rows, width]
+    settings: Callable[[Any, str], Any]  # (model, kind) -> what else the features depend on (cache key)
+    decoder: Callable[[Any], Any]  # model -> its causal LM (input embeddings, `.model`, `.lm_head`)
+    media_token: Callable[[Any, str], int]  # (model, kind) -> the placeholder token id
+    eos_token: Callable[[Any], int]  # model -> the end-of-turn token id
+
+
+@dataclass(frozen=True)
+class Prunable:
+    """How `prune` opens this family's checkpoint, finds a component's stack, and writes it back."""
+
+    components: tuple[str, ...]  # what can be pruned: text_decoder, vision_encoder, audio_encoder
+    load: Callable[[Path], Any]  # model dir -> torch model in its saved dtype, eval mode
+    tokenizer: Callable[[Path], Any]  # model dir -> a transformers tokenizer (calibration text)
+    stack: Callable[[Any, str], Any]  # (model, component) -> edgemfm.pruners.structure.Stack
+    save: Callable[[Any, Path], None]  # pruned model -> weights and config in a directory
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]  # config.json model_type values
@@ -61,3 +112,7 @@ class Family:
     tolerance: float  # max abs difference of component outputs, ONNX Runtime vs PyTorch, per unit of max |output|
     load: Callable[[Path], Any]  # model dir -> torch model in eval mode, fp32
     split: Callable[[Any, Path], Split]  # (model, model dir) -> Split
+    # capabilities for the other verbs; None: the verb refuses this family, naming those that have it
+    media_knobs: MediaKnobs | None = None
+    finetune: Finetuning | None = None
+    prunable: Prunable | None = None

@@ -32,6 +32,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import image_processor_config
 from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
 # PIL's resample codes as written in preprocessor_config.json
@@ -147,4 +148,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

@@ -24,6 +24,7 @@ from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.manifest import ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 # PIL's resample codes as written in preprocessor_config.json
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -117,4 +118,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edgemfm.exporters import qwen2_vl
 from edgemfm.exporters.family import Family
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 FAMILY = Family(
     name="qwen2_5_vl",
@@ -20,4 +21,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=qwen2_vl.load,
     split=qwen2_vl.split,
+    prunable=TRANSFORMERS,
 )

@@ -31,6 +31,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.exporters.whisper import audio_preprocess
 from edgemfm.manifest import Media, Preprocess, Prompt
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 # Qwen2AudioProcessor's chat template for one clip and one question
 TEMPLATE = (
@@ -116,4 +117,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

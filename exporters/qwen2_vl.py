@@ -32,6 +32,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.llava import CLIP_MEAN, CLIP_STD, tokenizer_spec
 from edgemfm.exporters.processor_config import image_processor_config
 from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
@@ -191,4 +192,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

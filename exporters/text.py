@@ -32,6 +32,7 @@ from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import Family, Split
 from edgemfm.manifest import Preprocess, Prompt, Tokenizer
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 ARCHITECTURES = {  # config.json model_type -> architecture
     "llama": "LlamaForCausalLM",
@@ -113,4 +114,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

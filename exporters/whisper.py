@@ -40,6 +40,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 CROSS = "cross.{layer}.{kind}"
 
@@ -247,4 +248,5 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    prunable=TRANSFORMERS,
 )

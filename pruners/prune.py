@@ -13,6 +13,11 @@ a transformers config holds one `num_key_value_heads` and one `intermediate_size
 per-layer sizes could not be loaded back. The output is written atomically with `pruning.json`
 (what was removed, where, the scores and why) beside the weights and the tokenizer/processor files.
 
+The checkpoint is opened, searched and written through its family's `prunable` capability
+(exporters/family.py): the transformers families share `checkpoint.TRANSFORMERS`, the demo model
+declares its own (its SmolLM2 decoder); a checkpoint of no registered family is tried as a
+transformers one, its stacks checked by their shape.
+
 Recovery (`recover=STEPS`, `edgemfm prune --recover STEPS`) distils the pruned text decoder from
 the unpruned model on the calibration text continued by that model (see `recovery`).
 
@@ -36,13 +41,14 @@ import torch
 
 from edgemfm import bundle
 from edgemfm.errors import InputError, UnsupportedModelError
+from edgemfm.exporters.family import Prunable
 from edgemfm.progress import Progress, counter, say
 from edgemfm.pruners import importance
+from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.pruners.data import media_calls, text_calls
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import (
     COMPONENTS,
-    SUPPORTED,
     Stack,
     count_parameters,
     drop_blocks,
@@ -225,11 +231,13 @@ def prune_model(
     model_dir: Path | None = None,
     media: str | Path | None = None,
     calls: Sequence[Any] | None = None,
+    find: Callable[[Any, str], Stack] = find_stack,
 ) -> Pruning:
     """Prune a loaded model in place on calibration `texts` (and, for encoders, the images or audio
     under `media`, fed through the family's export units found from `model_dir`); returns the report.
     `calls` replaces the text decoder's calibration: callables that each run `model` on one sample
-    (a multimodal model's questions with their media rows spliced in, say).
+    (a multimodal model's questions with their media rows spliced in, say). `find` gives a
+    component's stack in `model` (a family's `prunable.stack`; by default found by shape).
 
     Example:
         >>> report = prune_model(model, tokenizer, PruneConfig(mlp=0.3), ["Some English text."])  # doctest: +SKIP
@@ -239,7 +247,7 @@ def prune_model(
     configs = [config] if isinstance(config, PruneConfig) else list(config)
     if len({c.component for c in configs}) < len(configs):
         raise InputError(f"one prune setting per component; got {', '.join(c.component for c in configs)}")
-    plan = [(c, find_stack(model, c.component)) for c in configs]
+    plan = [(c, find(model, c.component)) for c in configs]
     plan = [(c, dec, _counts(c, dec)) for c, dec in plan]  # every count checked before any work
     before = count_parameters(model)
     stages, calibration = [], {}
@@ -302,18 +310,6 @@ def bundle_report(model_dir: Path) -> Pruning | None:
     return dataclasses.replace(r, stages=stages, version=None, architecture=None, config=())
 
 
-def load_model(model_dir: Path) -> Any:
-    """The checkpoint's own architecture class, loaded in its saved dtype."""
-    import transformers
-
-    config = json.loads((model_dir / "config.json").read_text())
-    arch = (config.get("architectures") or [config.get("model_type", "<none>")])[0]
-    cls = getattr(transformers, arch, None)
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise UnsupportedModelError(arch, SUPPORTED)
-    return cls.from_pretrained(model_dir, dtype="auto").eval()
-
-
 def _copy_side_files(source: Path, stage: Path) -> None:
     """Tokenizer, processor and chat-template files: everything but weights and what save_pretrained wrote."""
     for f in sorted(source.iterdir()):
@@ -321,9 +317,9 @@ def _copy_side_files(source: Path, stage: Path) -> None:
             shutil.copyfile(f, stage / f.name)
 
 
-def _verifier(cls: type, parameters: int) -> Callable[[Path], None]:
+def _verifier(load: Callable[[Path], Any], parameters: int) -> Callable[[Path], None]:
     def verify(stage: Path) -> None:
-        reloaded = cls.from_pretrained(stage, dtype="auto")  # a config that disagrees with a weight's shape fails here
+        reloaded = load(stage)  # a config that disagrees with a weight's shape fails here
         assert count_parameters(reloaded) == parameters, "the saved checkpoint lost or gained parameters"
 
     return verify
@@ -340,6 +336,29 @@ def _check_source(
     if not configs:
         raise InputError("nothing to prune; pass --blocks N, --heads F or --mlp F")
     return configs, RecoveryConfig(steps=recover) if recover else None
+
+
+def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
+    """The checkpoint's family's `prunable` capability, its components checked against `configs`;
+    a checkpoint of no registered family is tried as a transformers one (stacks checked by shape).
+
+    Example:
+        >>> prunable_of(Path("models/tiny-llama"), [PruneConfig(mlp=0.2)]).components   # doctest: +SKIP
+        ('text_decoder', 'vision_encoder', 'audio_encoder')
+    """
+    from edgemfm.exporters import capability, find_family
+
+    try:
+        family = find_family(json.loads((source / "config.json").read_text()))
+    except UnsupportedModelError:
+        return TRANSFORMERS
+    cap = capability(family, "prunable")
+    for c in configs:
+        if c.component not in cap.components:
+            raise InputError(
+                f"component {c.component!r} of {family.name} cannot be pruned; allowed: {', '.join(cap.components)}"
+            )
+    return cap
 
 
 def prune(
@@ -370,13 +389,12 @@ def prune(
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed else []
     require("onnx")  # torch + transformers, what pruning needs too
+    cap = prunable_of(source, configs)
     with quiet():
-        from transformers import AutoTokenizer
-
         say(progress, f"loading {source.name}")
-        pruned = load_model(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        report = prune_model(pruned, tokenizer, configs, texts, progress, model_dir=source, media=data)
+        pruned = cap.load(source)
+        tokenizer = cap.tokenizer(source)
+        report = prune_model(pruned, tokenizer, configs, texts, progress, model_dir=source, media=data, find=cap.stack)
         data_used = (
             str(Path(data).resolve())
             if data
@@ -387,14 +405,21 @@ def prune(
             source=str(source.resolve()),
             calibration=dataclasses.replace(report.calibration, data=data_used),
             recovery=(
-                distil(pruned, load_model(source), tokenizer, texts, recovery, progress=progress)
+                distil(
+                    cap.stack(pruned, "text_decoder").model,  # the causal LM that holds the decoder
+                    cap.stack(cap.load(source), "text_decoder").model,
+                    tokenizer,
+                    texts,
+                    recovery,
+                    progress=progress,
+                )
                 if recovery is not None
                 else f"not run; pass --recover STEPS to distil from {source.name}"
             ),
         )
         say(progress, "saving")
-        with bundle.staging(out, force, verify=_verifier(type(pruned), report.parameters.after)) as stage:
-            pruned.save_pretrained(stage)
+        with bundle.staging(out, force, verify=_verifier(cap.load, report.parameters.after)) as stage:
+            cap.save(pruned, stage)
             _copy_side_files(source, stage)
             (stage / REPORT).write_text(json.dumps(to_dict(report), indent=1) + "\n")
     return Path(out)

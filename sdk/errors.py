@@ -36,8 +36,9 @@ class ConfigError(EdgemfmError):
 
 
 class UnsupportedModelError(EdgemfmError):
-    def __init__(self, what: str, known: Iterable[str]):
-        super().__init__(f"unsupported architecture {what!r}; supported: {_known(known)}")
+    def __init__(self, what: str, known: Iterable[str], verb: str | None = None):
+        for_verb = f" for {verb}" if verb else ""  # a family the verb has no capability of
+        super().__init__(f"unsupported architecture {what!r}{for_verb}; supported: {_known(known)}")
 
 
 class BundleError(EdgemfmError):

@@ -30,7 +30,9 @@ had collapsed onto "1" (digits 34%): each digit is seen about twice per 8 questi
 the ten digits need the longer run (about 10 minutes on an idle 2-core machine).
 
 Lives in sdk/ beside `export` because it is a user verb with the same shape (a model directory
-in, a model directory out); the family file says what the model is, this file how to train it.
+in, a model directory out); the family file says what the model is and what is trained (its
+`finetune` capability, exporters/family.py: projectors, towers, pre-processing, chat template),
+this file how to train it.
 
 Data: a folder with `train.jsonl` and `eval.jsonl`, one question per line, paths relative to
 the folder:
@@ -63,13 +65,11 @@ from typing import Any
 
 from edgemfm import bundle
 from edgemfm.configs import FinetuneConfig
-from edgemfm.errors import InputError, UnsupportedModelError
+from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
 from edgemfm.records import to_dict
 from edgemfm.report import FinetuneReport
 
-SUPPORTED = ("edgemfm-demo",)  # model types whose family says which projectors to train
-TRAINABLE = ("vision_projector", "audio_projector")
 KINDS = ("image", "audio")
 DATA_KEYS = ("prompt", "answer", *KINDS)
 
@@ -123,14 +123,9 @@ def _fingerprint(model: Any, kind: str) -> str:
     the pre-processing settings."""
     import hashlib
 
-    from edgemfm.exporters.demo import AUDIO, IMAGE
-
-    tower, settings = (
-        (model.vision_tower, (IMAGE, model.config["vision_grid"]))
-        if kind == "image"
-        else (model.audio_tower, (AUDIO, model.config["audio_pool"]))
-    )
-    h = hashlib.sha256(repr(settings).encode())
+    trainer = trainer_of(model)
+    tower = getattr(model, trainer.towers[kind])
+    h = hashlib.sha256(repr(trainer.settings(model, kind)).encode())
     for name, tensor in sorted(tower.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().numpy().tobytes())
@@ -147,13 +142,7 @@ def _features(
     import numpy as np
     import torch
 
-    from edgemfm.exporters.demo import AUDIO, IMAGE
-    from edgemfm.runtimes.audio import preprocess_audio
-    from edgemfm.runtimes.preprocess import preprocess_image
-
-    # the runtime's own numpy pre-processing: training sees exactly what a bundle will see
-    prepare = {"image": lambda p: preprocess_image(p, IMAGE), "audio": lambda p: preprocess_audio(p, AUDIO)[0]}
-    encode = {"image": model.image_features, "audio": model.audio_features}
+    trainer = trainer_of(model)
     advance = counter(progress, "encoding media (frozen towers)", len(items))
     out: dict[Path, Any] = {}
     with torch.no_grad():
@@ -169,8 +158,8 @@ def _features(
                     todo.append((p, file))
             for i in range(0, len(todo), 16):
                 batch = todo[i : i + 16]
-                x = torch.from_numpy(np.stack([prepare[kind](p) for p, _ in batch]))
-                for (p, file), f in zip(batch, encode[kind](x)):
+                x = torch.from_numpy(np.stack([trainer.prepare(kind, p) for p, _ in batch]))
+                for (p, file), f in zip(batch, trainer.encode(model, kind, x)):
                     out[p] = f
                     if file is not None:  # written beside, then renamed: a killed run leaves no torn file
                         file.parent.mkdir(parents=True, exist_ok=True)
@@ -181,9 +170,27 @@ def _features(
     return out
 
 
+def trainer_of(model: Any) -> Any:
+    """The `finetune` capability of the loaded model's family (exporters/family.py `Finetuning`).
+
+    Example:
+        >>> trainer_of(model).trainable   # doctest: +SKIP
+        {'image': 'vision_projector', 'audio': 'audio_projector'}
+    """
+    from edgemfm.exporters import capability, find_family
+
+    config = model.config if isinstance(model.config, dict) else model.config.to_dict()
+    return capability(find_family(config), "finetune")
+
+
+def trainable(model: Any) -> list[Any]:
+    """The parameters finetune trains: those of the modules the family names, one per media kind."""
+    return [p for name in trainer_of(model).trainable.values() for p in getattr(model, name).parameters()]
+
+
 def _projected(model: Any, examples: list[Example], feats: dict[Path, Any]) -> list[Any]:
-    project = {"image": model.vision_projector, "audio": model.audio_projector}
-    return [project[e.kind](feats[e.media]) for e in examples]
+    names = trainer_of(model).trainable
+    return [getattr(model, names[e.kind])(feats[e.media]) for e in examples]
 
 
 def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float]:
@@ -193,7 +200,7 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
     rows at the scale of the words the decoder reads (full batch: a few thousand rows)."""
     import torch
 
-    table = model.language_model.get_input_embeddings().weight.detach()
+    table = trainer_of(model).decoder(model).get_input_embeddings().weight.detach()
     scale = table.pow(2).mean()  # MSE in units of a typical embedding's energy
     first = {e.answer: tokenizer.encode(e.answer).ids[0] for e in examples}
     candidates = sorted(set(first.values()))  # the answers the data can ask for: a probe's classes
@@ -204,9 +211,8 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
     for e in examples:
         answers.setdefault(e.media, []).append(e.answer)
         kind_of[e.media] = e.kind
-    params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    project = {"image": model.vision_projector, "audio": model.audio_projector}
+    opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=0.0)
+    names = trainer_of(model).trainable
     x, soft, mean = {}, {}, {}
     for kind in KINDS:
         media = [m for m in answers if kind_of[m] == kind]
@@ -222,7 +228,7 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
     for _ in range(steps):
         loss = 0
         for k in x:
-            rows = project[k](x[k])
+            rows = getattr(model, names[k])(x[k])
             logp = torch.log_softmax(rows @ classes.T, -1)
             loss = loss + (-(logp * soft[k][:, None]).sum(-1).mean() + ((rows - mean[k]) ** 2).mean() / scale) / len(x)
         opt.zero_grad()
@@ -238,13 +244,11 @@ def _sequence(model, tokenizer, e: Example, rows, with_answer: bool):
     ids the positions after the prompt must predict (the answer and end-of-turn)."""
     import torch
 
-    from edgemfm.exporters.demo import TEMPLATE
-
-    cfg = model.config
-    token = cfg[f"{e.kind}_token_id"]
-    ids = tokenizer.encode(TEMPLATE.format(media=tokenizer.id_to_token(token), prompt=e.prompt)).ids
-    answer = tokenizer.encode(e.answer).ids + [cfg["text_config"]["eos_token_id"]] if with_answer else []
-    embed = model.language_model.get_input_embeddings()
+    trainer = trainer_of(model)
+    token = trainer.media_token(model, e.kind)
+    ids = tokenizer.encode(trainer.template.format(media=tokenizer.id_to_token(token), prompt=e.prompt)).ids
+    answer = tokenizer.encode(e.answer).ids + [trainer.eos_token(model)] if with_answer else []
+    embed = trainer.decoder(model).get_input_embeddings()
     text = embed(torch.tensor(ids + answer))
     pos = ids.index(token)
     return torch.cat([text[:pos], rows, text[pos + 1 :]]), answer
@@ -260,10 +264,9 @@ def _tune(
 
     import torch
 
-    params = [p for name in TRAINABLE for p in getattr(model, name).parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
-    lm = model.language_model
+    lm = trainer_of(model).decoder(model)
     advance, losses = counter(progress, "stage 2: tuning through the decoder", steps), []
     groups: dict[tuple[str, str], list[Example]] = {}
     for e in examples:
@@ -302,7 +305,8 @@ def answer(model, tokenizer, examples: list[Example], feats, max_new_tokens: int
     """Greedy answers to questions that share one prompt shape, batched (equal lengths, no padding)."""
     import torch
 
-    lm, eos = model.language_model, model.config["text_config"]["eos_token_id"]
+    trainer = trainer_of(model)
+    lm, eos = trainer.decoder(model), trainer.eos_token(model)
     with torch.no_grad():
         rows = _projected(model, examples, feats)
         embeds = torch.stack([_sequence(model, tokenizer, e, r, False)[0] for e, r in zip(examples, rows)])
@@ -347,7 +351,7 @@ def _save_adapter(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         f"{name}.{k}": v.detach().half().contiguous()
-        for name in TRAINABLE
+        for name in trainer_of(model).trainable.values()
         for k, v in getattr(model, name).state_dict().items()
     }
     save_file(state, str(path))
@@ -367,12 +371,12 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     model_dir, data = Path(config.model), Path(config.data)
     if not (model_dir / "config.json").is_file():
         raise InputError(f"model directory {str(model_dir)!r} has no config.json")
-    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "<none>")
-    if model_type not in SUPPORTED:
-        raise UnsupportedModelError(model_type, SUPPORTED)
+    from edgemfm.exporters import capability, find_family
+
+    trainer = capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
     with bundle.staging(config.out, config.force, verify=_verify_checkpoint) as stage:
-        return _run(config, train, held_out, stage, progress)
+        return _run(config, trainer, train, held_out, stage, progress)
 
 
 def _verify_checkpoint(stage: Path) -> None:
@@ -382,21 +386,24 @@ def _verify_checkpoint(stage: Path) -> None:
 
 
 def _run(
-    config: FinetuneConfig, train: list[Example], held_out: list[Example], stage: Path, progress: Progress | None
+    config: FinetuneConfig,
+    trainer: Any,
+    train: list[Example],
+    held_out: list[Example],
+    stage: Path,
+    progress: Progress | None,
 ) -> FinetuneReport:
     import torch
     from tokenizers import Tokenizer
-
-    from edgemfm.exporters.demo import load, save
 
     model_dir = Path(config.model)
     torch.manual_seed(config.seed)
     rng, start = random.Random(config.seed), time.monotonic()
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    model = load(model_dir)
+    model = trainer.load(model_dir)
     model.requires_grad_(False)
-    for name in TRAINABLE:
-        getattr(model, name).requires_grad_(True)
+    for p in trainable(model):
+        p.requires_grad_(True)
     items = sorted({(e.kind, e.media) for e in train + held_out})
     feats = _features(model, items, progress, Path(config.cache) if config.cache else None)
     align = _align(model, train, feats, tokenizer, config.align_steps, config.align_lr, progress)
@@ -418,11 +425,10 @@ def _run(
         else []
     )
     with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
-        for name in TRAINABLE:
-            for p in getattr(model, name).parameters():
-                p.copy_(p.half().float())
+        for p in trainable(model):
+            p.copy_(p.half().float())
     result = evaluate(model.eval(), tokenizer, held_out, feats, progress)
-    save(model, stage)
+    trainer.save(model, stage)
     shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
     _save_adapter(model, stage / "adapter.safetensors")
     report = FinetuneReport(

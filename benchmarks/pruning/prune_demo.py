@@ -41,7 +41,7 @@ import torch
 import edgemfm
 from edgemfm.exporters.demo import load, save
 from edgemfm.exporters.demo_sources import build_default
-from edgemfm.finetune import TRAINABLE, _features, _projected, _sequence, _tune, evaluate, read_examples
+from edgemfm.finetune import _features, _projected, _sequence, _tune, evaluate, read_examples, trainable
 from edgemfm.pruners.prune import PruneConfig, prune_model
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import count_parameters
@@ -90,8 +90,8 @@ def retune(model, tokenizer, train: list, feats, steps: int, lr: float, bar) -> 
     """Finetune's stage 2 again, against the pruned decoder: the projectors trained through the
     frozen (recovered) decoder on the answers, batches of 8 balanced across question types."""
     model.requires_grad_(False)
-    for name in TRAINABLE:
-        getattr(model, name).requires_grad_(True)
+    for p in trainable(model):
+        p.requires_grad_(True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as adapters:  # _tune's checkpoint files: the whole model is saved later
         losses = _tune(model, train, feats, tokenizer, steps, 8, lr, random.Random(0), bar, Path(adapters), steps)

@@ -115,6 +115,7 @@ def float_source(
 ) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
     from edgemfm.configs import ExportConfig
+    from edgemfm.exporters import demo_sources
     from edgemfm.exporting import export
 
     model_dir = None
@@ -122,8 +123,8 @@ def float_source(
         model_dir = Path(model)
         if not (model_dir / "config.json").is_file():
             raise InputError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
-    elif bundle is None or (media and read_manifest(bundle).family == "edgemfm-demo"):
-        from edgemfm.exporters import demo_sources
+    elif bundle is None or (media and read_manifest(bundle).model_id == demo_sources.MODEL_ID):
+        # the built-in model's bundle: its checkpoint is rebuilt from the public pieces
 
         say(progress, "building the demo model")
         model_dir = demo_sources.build_default(tmp / demo_sources.MODEL_ID)

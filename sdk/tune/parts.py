@@ -1,8 +1,8 @@
 """The parts `edgemfm tune` combines: each component graph at each setting and precision, built once.
 
     float bundle ─► every component at each precision (quantizers.apply, presets.recipe_for the device)
-    demo model   ─► vision encoder per (image size, grid), audio encoder per window: exported again
-                    from the checkpoint (the tower's grid pooling is adaptive; Whisper's positions cut)
+    checkpoint   ─► vision encoder per (image size, grid), audio encoder per window: exported again
+                    by the family's `media_knobs` capability (exporters/family.py), where it has one
     every part   ─► its manifest record (shapes, weight bytes, FLOPs), node count, and SQNR / cosine of
                     its output against its float graph on calibration inputs
 
@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,13 +26,12 @@ import numpy as np
 
 from edgemfm.cost import nodes_of
 from edgemfm.errors import InputError
+from edgemfm.exporters import capability, family_named
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress, counter
 from edgemfm.quantizers import presets
 
-DEMO_FAMILY = "edgemfm-demo"
-POSITIONS_PER_S = 50  # Whisper: 100 mel frames per second, halved by the encoder's stride-2 convolution
 Key = tuple[str, tuple, str]  # (component, setting, precision)
 
 
@@ -68,57 +66,21 @@ def media_encoders(manifest: Manifest) -> dict[str, str]:
     return {m.encoder: kind for kind, m in manifest.prompt.media.items()}
 
 
+def media_knobs(manifest: Manifest) -> Any:
+    """The bundle's family's `media_knobs` capability, or a one-line error naming the families that have one."""
+    return capability(family_named(manifest.family), "media_knobs")
+
+
 def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple, ...]:
-    """The settings a component is built at: the media knobs for a demo encoder, else only its own graph."""
+    """The settings a component is built at: the media knobs for an encoder, else only its own graph."""
     kind = media_encoders(manifest).get(component)
-    if manifest.family == DEMO_FAMILY and kind == "image" and space.image:
+    if kind == "image" and space.image:
+        media_knobs(manifest)  # a family without them is refused, not silently searched at one setting
         return space.image
-    if manifest.family == DEMO_FAMILY and kind == "audio" and space.audio:
+    if kind == "audio" and space.audio:
+        media_knobs(manifest)
         return tuple((w,) for w in space.audio)
     return ((),)
-
-
-def check_window(window_s: float, config: dict[str, Any]) -> int:
-    """Whisper positions of an audio window; refuses one whose rows would not pool evenly."""
-    positions = round(window_s * POSITIONS_PER_S)
-    pool, limit = config["audio_pool"], config["audio_config"]["max_source_positions"]
-    if abs(positions - window_s * POSITIONS_PER_S) > 1e-6 or positions % pool or not 0 < positions <= limit:
-        step = pool / POSITIONS_PER_S
-        raise InputError(
-            f"audio window {window_s:g} s is not available; allowed: multiples of {step:g} s up to {limit / POSITIONS_PER_S:g} s"
-        )
-    return positions
-
-
-def export_demo_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tuple[Component, int]:
-    """Export the demo model's `kind` encoder at `setting` to `path`: (its record, its node count)."""
-    import torch
-
-    from edgemfm.exporters import demo
-    from edgemfm.exporters.family import ExportUnit
-    from edgemfm.exporters.onnx import write_onnx
-
-    model = demo.load(model_dir)
-    if kind == "image":
-        size, grid = setting
-        model.config = {**model.config, "vision_grid": grid}  # adaptive pooling: grid x grid rows per image
-        name, example = "pixel_values", torch.randn(1, 3, size, size)
-    else:
-        positions = check_window(setting[0], model.config)
-        tower = model.audio_tower  # Whisper checks the mel length against its positions: cut both
-        tower.config.max_source_positions = tower.max_source_positions = positions
-        tower.embed_positions = torch.nn.Embedding.from_pretrained(tower.embed_positions.weight[:positions].clone())
-        name, example = "input_features", torch.randn(1, demo.AUDIO.n_mels, 2 * positions)
-    out = f"{kind}_features"
-    unit = ExportUnit(
-        module=demo._Encoder(model, kind).eval(),
-        args=(example,),
-        input_names=(name,),
-        output_names=(out,),
-        dynamic_axes={name: {0: "items"}, out: {0: "items"}},
-    )
-    record, parity = write_onnx(unit, path, demo.FAMILY.tolerance)
-    return record, parity["nodes"]
 
 
 def variant_preprocess(manifest: Manifest, kind: str, setting: tuple) -> Any:
@@ -191,14 +153,14 @@ def build_parts(
     """Every (component, setting, precision) part the space needs, written under `scratch`."""
     from edgemfm.toolchain import quiet_quantizers
 
-    scratch.mkdir(parents=True, exist_ok=True)
-    calibration = _calibration(bundle, manifest)
     kinds = media_encoders(manifest)
-    jobs = [(n, s) for n in manifest.components for s in settings_of(space, manifest, n)]
+    jobs = [(n, s) for n in manifest.components for s in settings_of(space, manifest, n)]  # refusals before work
     if any(s for _, s in jobs) and model_dir is None:
         raise InputError(
             "image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
         )
+    scratch.mkdir(parents=True, exist_ok=True)
+    calibration = _calibration(bundle, manifest)
     parts: dict[Key, Part] = {}
     advance = counter(progress, "building parts", len(jobs))
     with quiet_quantizers():
@@ -206,7 +168,7 @@ def build_parts(
             c = manifest.components[name]
             path = scratch / f"{name}{''.join(f'-{v:g}' for v in setting)}.onnx"
             if setting:
-                record, nodes = export_demo_encoder(model_dir, kinds[name], setting, path)
+                record, nodes = media_knobs(manifest).export(model_dir, kinds[name], setting, path)
             else:
                 shutil.copyfile(bundle / c.file, path)
                 record, nodes = c, nodes_of(manifest, name) or _count_nodes(path)
@@ -228,7 +190,4 @@ def media_rows(manifest: Manifest, kind: str, setting: tuple, model_dir: Path | 
     if not setting:
         spec = manifest.components[manifest.prompt.media[kind].encoder].outputs[0]
         return int(spec.shape[1])
-    if kind == "image":
-        return setting[1] ** 2
-    config = json.loads((model_dir / "config.json").read_text())
-    return check_window(setting[0], config) // config["audio_pool"]
+    return media_knobs(manifest).rows(model_dir, kind, setting)

@@ -15,6 +15,7 @@ from typing import Any
 
 from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
+from edgemfm.exporters import family_named
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress
@@ -75,10 +76,10 @@ def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Sp
         p for p in ("fp32", "int8", "int4") if p == "fp32" or {"int8": 8, "int4": 4}[p] in presets.specs(profile)
     ]
     limit = profile.streaming.max_seq_len
-    demo_media = media and manifest.family == "edgemfm-demo"
+    knobs = family_named(manifest.family).media_knobs if media else None  # None: the family has no media knobs
     return Space(
-        image=((160, 1), (160, 2), (224, 1), (224, 2)) if demo_media else (),
-        audio=(1.2, 2.0) if demo_media else (),
+        image=knobs.image if knobs else (),
+        audio=knobs.audio if knobs else (),
         seq_lens=tuple(sorted({min(256, limit), min(512, limit), limit})),
         encoder_precisions=tuple(
             p for p in available if p != "int4"
