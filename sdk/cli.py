@@ -70,6 +70,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_seq_len=args.max_seq_len,
         prune=args.prune,
         recover=args.recover,
+        revision=args.revision,
     )
     from edgemfm.bundle import read_manifest
 
@@ -118,7 +119,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from edgemfm.quantizers.pruning import REPORT, PruneConfig, prune
 
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
-    path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)
+    path = prune(
+        args.model, args.out, config, data=args.data, force=args.force, recover=args.recover, revision=args.revision
+    )
     report = json.loads((path / REPORT).read_text())
     _pruning_summary(report)
     items = ", ".join(f"{c}: {v}" for c, v in report["calibration"]["items"].items())
@@ -202,6 +205,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         seed=args.seed,
         force=args.force,
         cache=args.cache,
+        revision=args.revision,
     )
     acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
@@ -222,6 +226,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         ray_address=args.ray,
         apply=args.apply,
         force=args.force,
+        revision=args.revision,
     )
     out.print(table(result))
     c = result.chosen
@@ -322,6 +327,10 @@ def _print_predictions(manifest, profile) -> None:
         out.print(f"  cost.{figure} = {value:g}: {profile.sources['cost.' + figure]}", soft_wrap=True)
 
 
+# --model as a Hub id: resolved through the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE)
+REVISION_HELP = "with a Hub id: branch, tag or commit (default: main)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -333,7 +342,11 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_devices)
 
     e = sub.add_parser("export", help="export a model into a bundle for a device")
-    e.add_argument("--model", help="Hugging Face checkpoint directory (default: the built-in default model)")
+    e.add_argument(
+        "--model",
+        help="Hugging Face checkpoint directory or Hub id, e.g. org/name (default: the built-in default model)",
+    )
+    e.add_argument("--revision", help=REVISION_HELP)
     e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
     e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
@@ -375,8 +388,9 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--model",
         required=True,
-        help="Hugging Face checkpoint directory (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)",
+        help="Hugging Face checkpoint directory or Hub id (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)",
     )
+    pr.add_argument("--revision", help=REVISION_HELP)
     pr.add_argument(
         "--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder"
     )
@@ -458,7 +472,8 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
-    f.add_argument("--model", required=True, help="checkpoint directory to start from")
+    f.add_argument("--model", required=True, help="checkpoint directory or Hub id to start from")
+    f.add_argument("--revision", help=REVISION_HELP)
     f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
     f.add_argument("--out", required=True, help="checkpoint directory to write")
     f.add_argument("--steps", type=int, default=240, help="end-to-end steps through the decoder (default: 240)")
@@ -485,7 +500,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="weights + KV cache + activation, MiB (default: the profile's)",
     )
-    t.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    t.add_argument("--model", help="checkpoint directory or Hub id (default: the built-in demo model)")
+    t.add_argument("--revision", help=REVISION_HELP)
     t.add_argument("--bundle", help="an fp32 bundle of the model to start from (default: export one)")
     t.add_argument(
         "--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)"

@@ -28,18 +28,18 @@ from edgemfm.toolchain import quiet, require
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
 
 
-def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
-    """The checkpoint directory and model id; the built-in demo model when `model` is None."""
+def _model_dir(model: str | Path | None, scratch: Path, revision: str | None = None) -> tuple[Path, str]:
+    """The checkpoint directory and model id (a folder or a Hub id); the built-in demo model when `model` is None."""
     if model is None:
         from edgemfm.exporters import demo_sources
 
+        if revision is not None:
+            raise InputError(f"--revision {revision!r} needs --model (a Hugging Face Hub id)")
         return demo_sources.build_default(scratch / demo_sources.MODEL_ID), demo_sources.MODEL_ID
-    path = Path(model)
-    if not path.is_dir():
-        raise InputError(f"model directory {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
-    return path, path.resolve().name
+    from edgemfm.model_source import resolve_model
+
+    source = resolve_model(model, revision)
+    return source.path, source.model_id
 
 
 def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
@@ -93,8 +93,9 @@ def export(
     fuse: bool = True,
     prune: Sequence[str] = (),
     recover: int = 0,
+    revision: str | None = None,
 ) -> Path:
-    """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
+    """Export a checkpoint directory or Hugging Face Hub id (or the built-in default model) into a bundle for `device`.
 
     `precision` is fp32, fp16, int8, int4 or auto (bits per layer chosen under `memory_budget_mb`
     and `accuracy_tolerance_db`, the least SQNR of each component's output); `calibration` is a
@@ -110,6 +111,9 @@ def export(
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
     the report's "pruning" says what went, where and why.
+
+    A Hub id (`"HuggingFaceTB/SmolVLM-256M-Instruct"`) is fetched into, or read from, the
+    Hugging Face cache (`HF_HOME`, `HF_HUB_OFFLINE`); `revision` picks a branch, tag or commit.
     """
     profile = load_profile(device)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
@@ -123,7 +127,7 @@ def export(
         from edgemfm.exporters import find_family
         from edgemfm.quantizers.pruning import bundle_report
 
-        model_dir, model_id = _model_dir(model, Path(scratch))
+        model_dir, model_id = _model_dir(model, Path(scratch), revision)
         out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
         bundle.check_output(out, force)  # before the slow part
         if prune_configs:

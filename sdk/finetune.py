@@ -362,8 +362,9 @@ def finetune(
     force: bool = False,
     progress: bool = True,
     cache: str | Path | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `model`'s projectors on the questions in `data`; write the result to `out`.
+    """Fine-tune the projectors of `model` (a checkpoint directory, or a Hub id at `revision`) on the questions in `data`; write the result to `out`.
 
     Returns the report also written to `out/finetune.json` (losses, held-out accuracy).
     `cache` keeps the frozen towers' features on disk (None: no cache).
@@ -372,9 +373,9 @@ def finetune(
         >>> finetune("models/demo-base", "data/demo", "models/demo", steps=240)["accuracy"]  # doctest: +SKIP
         {'image': 0.96, 'audio': 0.99}
     """
-    model_dir, data = Path(model), Path(data)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"model directory {str(model_dir)!r} has no config.json")
+    from edgemfm.model_source import resolve_model
+
+    model_dir, data = resolve_model(model, revision).path, Path(data)
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "<none>")
     if model_type not in SUPPORTED:
         raise UnsupportedModelError(model_type, SUPPORTED)

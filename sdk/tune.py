@@ -262,11 +262,12 @@ def tune(
     progress: bool = True,
     apply: str | Path | None = None,
     force: bool = False,
+    revision: str | None = None,
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
-    `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
+    `model` (a checkpoint directory, or a Hub id at `revision`) is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
     chosen point as a bundle there (an existing one only with `force`).
 
@@ -295,7 +296,7 @@ def tune(
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = _sources(model, bundle, data is not None, tmp, bar)
+            source, model_dir = _sources(model, revision, bundle, data is not None, tmp, bar)
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", bar)
@@ -414,16 +415,16 @@ def _apply(result: Result, parts: dict[Any, Part], source: Path, out: Path, forc
 
 
 def _sources(
-    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
+    model: str | Path | None, revision: str | None, bundle: str | Path | None, media: bool, tmp: Path, bar: Any
 ) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
     from edgemfm.exporting import export
 
     model_dir = None
     if model is not None:
-        model_dir = Path(model)
-        if not (model_dir / "config.json").is_file():
-            raise InputError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
+        from edgemfm.model_source import resolve_model
+
+        model_dir = resolve_model(model, revision).path
     elif bundle is None or (media and read_manifest(bundle).family == "edgemfm-demo"):
         from edgemfm.exporters import demo_sources
 
