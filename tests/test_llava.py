@@ -34,7 +34,9 @@ def test_image_preprocessing_matches_the_transformers_processor(checkpoint, pict
     ][0]
     from edgemfm.exporters.llava import image_preprocess
 
-    ours = preprocess_image(picture, image_preprocess(checkpoint, 30))
+    from transformers import AutoConfig
+
+    ours = preprocess_image(picture, image_preprocess(checkpoint, AutoConfig.from_pretrained(checkpoint).vision_config))
     assert ours.shape == reference.shape == (3, 30, 30)
     assert abs(ours - reference).max() < 1e-5
 
