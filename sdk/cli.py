@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgemfm.errors import EdgemfmError
+from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.profiles import list_profiles, load_profile
 from edgemfm.records import to_dict
 
@@ -53,16 +53,11 @@ def cmd_devices(args: argparse.Namespace) -> None:
     out.print(table)
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    from edgemfm.exporting import export
-
-    path = export(
-        args.model,
-        device=args.device,
-        out=args.out,
+def _export_options(args: argparse.Namespace) -> dict:
+    return dict(
+        model=args.model,
         format=args.format,
         precision=args.precision,
-        force=args.force,
         fuse=not args.no_fuse,
         calibration=args.calibration,
         memory_budget_mb=args.memory_budget,
@@ -72,6 +67,42 @@ def cmd_export(args: argparse.Namespace) -> None:
         recover=args.recover,
         revision=args.revision,
     )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if "," in args.device or args.ray is not None:
+        return _export_fleet(args)
+    from edgemfm.exporting import export
+
+    path = export(device=args.device, out=args.out, force=args.force, **_export_options(args))
+    _export_summary(path)
+
+
+def _export_fleet(args: argparse.Namespace) -> None:
+    """One bundle per device under --out; a line per device; exit 2 when any failed."""
+    from edgemfm.fleet import export_fleet
+
+    if args.out is None:
+        raise InputError("--out is required with several devices: the folder that will hold one bundle per device")
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        bar.add_task(f"exporting for {args.device}", total=None)
+        report = export_fleet(
+            args.device, args.out, workers=args.workers, ray_address=args.ray, force=args.force, **_export_options(args)
+        )
+    for d in report.devices:
+        if d.bundle is not None:
+            _export_summary(Path(d.bundle))
+        else:
+            err.print(f"[red]failed[/red] {d.device}: {d.error}", soft_wrap=True)
+    if report.failed:
+        raise EdgemfmError(
+            f"{len(report.failed)} of {len(report.devices)} devices failed; the others' bundles are in {report.out}"
+        )
+
+
+def _export_summary(path: Path) -> None:
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
@@ -347,8 +378,13 @@ def parser() -> argparse.ArgumentParser:
         help="Hugging Face checkpoint directory or Hub id, e.g. org/name (default: the built-in default model)",
     )
     e.add_argument("--revision", help=REVISION_HELP)
-    e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
-    e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
+    e.add_argument(
+        "--device", required=True, help="device profile name or alias (see `edgemfm devices`), or several: pi5,jetson"
+    )
+    e.add_argument(
+        "--out",
+        help="bundle directory to write (default: MODEL-DEVICE); with several devices, OUT/<profile name>/ each",
+    )
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
@@ -380,6 +416,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="STEPS",
         help="with --prune: distil from the unpruned model for STEPS steps",
     )
+    e.add_argument(
+        "--workers", type=int, help="with several devices: export processes (default: one per device, up to the CPUs)"
+    )
+    e.add_argument("--ray", metavar="ADDRESS", help="export each device on this Ray cluster ('auto', or host:port)")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser(
