@@ -73,7 +73,9 @@ def load(model_dir: Path) -> Any:
 def splitting_preprocess(model_dir: Path) -> tuple[ImagePreprocess, ImageSplitting]:
     """The Idefics3 image processor settings of a checkpoint: normalization and the tiling."""
     cfg = image_processor_config(model_dir)
-    name = processor_class(cfg, ("Idefics3ImageProcessor", "SmolVLMImageProcessor"), model_dir)
+    name = processor_class(
+        cfg, ("Idefics3ImageProcessor", "SmolVLMImageProcessor"), model_dir, "Idefics3ImageProcessor"
+    )
     for flag in ("do_image_splitting", "do_resize"):  # the runtime's tiling is the processor's with both on
         if not cfg.get(flag, True):
             raise ExportError(f"{model_dir}: {name} with {flag} false is not supported; allowed: true")

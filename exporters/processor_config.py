@@ -55,9 +55,15 @@ def image_processor_config(model_dir: Path) -> dict[str, Any]:
 
 
 def processor_class(cfg: dict[str, Any], known: tuple[str, ...], model_dir: Path, default: str | None = None) -> str:
-    """The settings' processor class (its "Fast"/"Pil" backends are the same processor), if edgemfm knows it."""
+    """The settings' processor class, if edgemfm knows it; `default` where the settings name none.
+
+    Its "Fast" and "Pil" backends are the same processor, and an image processor's old name
+    (`CLIPFeatureExtractor`) is the new one, as `AutoImageProcessor` reads them.
+    """
     name = cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or default
     base = name.removesuffix("Fast").removesuffix("Pil") if name else None
+    if base not in known and base and base.replace("FeatureExtractor", "ImageProcessor") in known:
+        base = base.replace("FeatureExtractor", "ImageProcessor")
     if base not in known:
         raise ExportError(
             f"{model_dir}: processor class {name!r} is not supported for this model; known: {', '.join(known)}"

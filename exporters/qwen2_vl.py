@@ -94,7 +94,7 @@ def load(model_dir: Path) -> Any:
 def patches_preprocess(model_dir: Path, vision_config: Any) -> tuple[ImagePreprocess, ImagePatches]:
     """The Qwen2-VL image processor settings of a checkpoint: normalization and the patch layout."""
     cfg = image_processor_config(model_dir)
-    processor_class(cfg, ("Qwen2VLImageProcessor",), model_dir)
+    processor_class(cfg, ("Qwen2VLImageProcessor",), model_dir, default="Qwen2VLImageProcessor")
     if not cfg.get("do_resize", True):  # the patch grid needs sides in multiples of patch * merge
         raise ExportError(f"{model_dir}: Qwen2VLImageProcessor with do_resize false is not supported; allowed: true")
     size = cfg.get("size") or {}

@@ -139,8 +139,8 @@ def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
         >>> audio_preprocess(Path("models/whisper-tiny"), model.config).n_samples   # doctest: +SKIP
         480000
     """
-    cfg = processor_settings(model_dir, "audio") or {"feature_extractor_type": "WhisperFeatureExtractor"}
-    processor_class(cfg, ("WhisperFeatureExtractor",), model_dir)
+    cfg = processor_settings(model_dir, "audio") or {}
+    processor_class(cfg, ("WhisperFeatureExtractor",), model_dir, default="WhisperFeatureExtractor")
     if cfg.get("dither", 0.0):  # noise added to the signal: the runtime's features are deterministic
         raise ExportError(f"{model_dir}: WhisperFeatureExtractor dither {cfg['dither']} is not supported; allowed: 0.0")
     rate = int(cfg.get("sampling_rate", 16000))

@@ -151,6 +151,7 @@ def test_audio_matches_the_checkpoints_feature_extractor(layout, samples, tmp_pa
     "saved, message",
     [
         ({"image_processor_type": "ViTImageProcessor"}, "processor class 'ViTImageProcessor' is not supported"),
+        ({"feature_extractor_type": "ViTFeatureExtractor"}, "processor class 'ViTFeatureExtractor' is not supported"),
         ({"image_processor_type": "CLIPImageProcessor", "resample": 7}, "resample 7 is not supported"),
         (
             {"image_processor_type": "CLIPImageProcessor", "do_center_crop": False},
@@ -182,3 +183,5 @@ def test_without_processor_settings_the_towers_own_class_is_used(tmp_path):
     )
     with pytest.raises(ExportError, match="processor class None is not supported"):
         fixed_size_preprocess(tmp_path, "dinov2", 30)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "CLIPFeatureExtractor"}))
+    assert fixed_size_preprocess(tmp_path, "siglip_vision_model", 30).resize == "shortest_edge"  # the file's class
