@@ -35,6 +35,11 @@ FAMILIES = {
 WHISPER_QUANTIZED = pytest.mark.xfail(
     strict=True, reason="issue #24: calibration feeds the Whisper decoder no cross-attention inputs"
 )
+# Static int8 (QDQ, the GPU and NPU presets) calibrates every activation; the built-in calibration set has
+# drawings and prompts but no audio, so an audio encoder gets no data unless --calibration brings WAV files.
+AUDIO_QDQ = pytest.mark.xfail(
+    strict=True, reason="static int8 needs calibration data: the built-in set has no audio clips (pass --calibration)"
+)
 # The default suite: the text family (the cheapest) at every precision of the x86 host, and fp16 (which the
 # host lacks) on the Arm CPU. The other families' fp32 ONNX exports are in their own test files.
 DEFAULT = {("text", "x86-cpu", p, "onnx") for p in ("fp32", "int8", "int4", "auto")} | {
@@ -67,6 +72,12 @@ def rows() -> list:
                     marks = [] if (family, kind, precision, fmt) in DEFAULT else [pytest.mark.slow]
                     if family == "whisper" and precision in ("int8", "int4", "auto"):
                         marks.append(WHISPER_QUANTIZED)
+                    elif (
+                        family == "qwen2_audio"
+                        and precision == "int8"
+                        and presets.target_of(profile).int8.method == "percentile"
+                    ):
+                        marks.append(AUDIO_QDQ)
                     out.append(
                         pytest.param(family, name, precision, fmt, marks=marks, id=f"{family}-{kind}-{precision}-{fmt}")
                     )
