@@ -38,6 +38,7 @@ from edgemfm.exporters.processor_config import (
     scaling,
 )
 from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
+from edgemfm.report import SplitReport
 
 IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE = "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
 
@@ -133,11 +134,11 @@ def split(model: Any, model_dir: Path) -> Split:
         preprocess=Preprocess(image=image, image_splitting=splitting),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
-        report={
-            "notes": {
+        report=SplitReport(
+            notes={
                 "vision_encoder": f"one {splitting.tile}x{splitting.tile} tile per batch row; the runtime cuts images into tiles"
             }
-        },
+        ),
     )
 
 

@@ -39,6 +39,7 @@ from edgemfm.exporters.processor_config import (
     scaling,
 )
 from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
+from edgemfm.report import SplitReport
 
 IMAGE_PAD, VISION_START, VISION_END, IM_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"
 # Qwen2-VL's chat template with its default system prompt, one user turn, and the assistant's turn opened.
@@ -182,11 +183,9 @@ def split(model: Any, model_dir: Path) -> Split:
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         generation=Generation(positions="mrope"),
-        report={
-            "notes": {
-                "vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"
-            }
-        },
+        report=SplitReport(
+            notes={"vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"}
+        ),
     )
 
 

@@ -1,15 +1,16 @@
 """Export one model for many devices at once: one bundle per device, on a process pool or a Ray cluster.
 
 `OUT/<profile name>/` holds each device's bundle (`fleet/raspberry-pi-5-8gb`, `fleet/jetson-orin-nano-8gb`).
-Each device is an independent `export` (the checkpoint is loaded and split again in each job),
-run by the tuner's `run_jobs`: a local `spawn` process pool by default, the Ray cluster at
-`ray_address` when given (the `ray` extra; OUT and the model must be storage its workers see,
-a Hub id is fetched into each worker's own Hugging Face cache). A device that fails is reported
-in one line and the others' bundles are kept.
+Each device is an independent `export` of the same `ExportConfig` (the checkpoint is loaded and
+split again in each job), run by the tuner's `run_jobs`: a local `spawn` process pool by default,
+the Ray cluster at `ray_address` when given (the `ray` extra; OUT and a local model folder must be
+storage its workers see, a Hub id is fetched into each worker's own Hugging Face cache). A device
+that fails is reported in one line and the others' bundles are kept.
 
 Example:
-    >>> report = export_fleet(["pi5", "jetson", "android"], "fleet", model="models/llava-tiny")  # doctest: +SKIP
-    >>> [(d.device, d.bundle) for d in report.devices]                                      # doctest: +SKIP
+    >>> config = ExportConfig(model="models/llava-tiny", out="fleet")
+    >>> report = export_fleet(config, ["pi5", "jetson", "android"])  # doctest: +SKIP
+    >>> [(d.device, d.bundle) for d in report.devices]                 # doctest: +SKIP
     [('raspberry-pi-5-8gb', 'fleet/raspberry-pi-5-8gb'), ...]
 """
 
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
 from edgemfm import bundle
+from edgemfm.configs import ExportConfig
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.profiles import load_profile
 
@@ -58,48 +58,46 @@ def parse_devices(devices: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(load_profile(n).name for n in names))  # an alias and its name are one device
 
 
-def _export_one(job: tuple[str, str, dict[str, Any]]) -> DeviceExport:
+def _export_one(config: ExportConfig) -> DeviceExport:
     """One device's export in a worker; every failure becomes a line of the report, never lost bundles."""
     from edgemfm.exporting import export
 
-    device, out, options = job
     try:
-        return DeviceExport(device, str(export(device=device, out=out, progress=False, **options)))
+        return DeviceExport(config.device, str(export(config)))
     except EdgemfmError as e:
-        return DeviceExport(device, None, str(e))
+        return DeviceExport(config.device, None, str(e))
     except Exception as e:  # our own bug on one device must not cost the others their bundles
-        return DeviceExport(device, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return DeviceExport(config.device, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 
 def export_fleet(
+    config: ExportConfig,
     devices: str | Sequence[str],
-    out: str | Path,
     workers: int | None = None,
     ray_address: str | None = None,
-    force: bool = False,
-    **options: Any,
 ) -> FleetReport:
-    """Export for every device in `devices` into `out/<profile name>/`; `options` are `export`'s.
+    """`config` exported for every device in `devices`, into `config.out/<profile name>/`.
 
     `workers`: processes of the local pool (default: one per device, at most one per CPU);
     `ray_address`: run the exports on this Ray cluster instead ("auto", or host:port).
 
     Example:
-        >>> export_fleet("pi5,jetson", "fleet", model="org/name", precision="int8").failed  # doctest: +SKIP
+        >>> export_fleet(ExportConfig(model="org/name", precision="int8", out="fleet"), "pi5,jetson").failed  # doctest: +SKIP
         ()
     """
-    from edgemfm.tune_quality import run_jobs
+    from edgemfm.tune.quality import run_jobs
 
     names = parse_devices(devices)
+    if config.out is None:
+        raise InputError("--out is required with several devices: the folder that will hold one bundle per device")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
-    if options.get("model") is not None:  # a bad --model fails once, and a Hub id is fetched once, here
+    if config.model is not None:  # a bad --model fails once, and a Hub id is fetched once, here
         from edgemfm.model_source import resolve_model
 
-        resolve_model(options["model"], options.get("revision"))
-    out = bundle.check_output(out, force)
+        resolve_model(config.model, config.revision)
+    out = bundle.check_output(config.out, config.force)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(name, str(out / name), {**options, "force": force}) for name in names]
+    jobs = [replace(config, device=name, out=str(out / name)) for name in names]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
-    results = run_jobs(_export_one, jobs, workers=workers, ray_address=ray_address)
-    return FleetReport(str(out), tuple(results))
+    return FleetReport(str(out), tuple(run_jobs(_export_one, jobs, workers, ray_address)))

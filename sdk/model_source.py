@@ -58,6 +58,17 @@ def _hub_id(model: str) -> bool:
     return model.count("/") == 1  # a bare name is more likely a mistyped folder than a legacy Hub id
 
 
+def model_id(model: str | Path) -> str:
+    """The id a bundle records for `model`: a folder's own name, or a Hub repo's name (after the slash).
+
+    Example:
+        >>> model_id("HuggingFaceTB/SmolVLM-256M-Instruct")  # doctest: +SKIP
+        'SmolVLM-256M-Instruct'
+    """
+    path = Path(model)
+    return path.resolve().name if path.is_dir() else str(model).split("/")[-1]
+
+
 def resolve_model(model: str | Path, revision: str | None = None) -> ModelSource:
     """A checkpoint folder, or a Hub id fetched into (or found in) the Hugging Face cache.
 
@@ -71,7 +82,7 @@ def resolve_model(model: str | Path, revision: str | None = None) -> ModelSource
     if path.is_dir():
         if revision is not None:
             raise InputError(f"--revision {revision!r} applies to a Hub id; {str(path)!r} is a local folder")
-        return ModelSource(_checkpoint(path), path.resolve().name)
+        return ModelSource(_checkpoint(path), model_id(path))
     try:
         import huggingface_hub  # noqa: F401  (installed with transformers: the export extra)
     except ImportError:
@@ -79,7 +90,7 @@ def resolve_model(model: str | Path, revision: str | None = None) -> ModelSource
     if not _hub_id(str(model)):
         raise InputError(f"model directory {str(model)!r} does not exist, nor is it a Hugging Face Hub id (org/name)")
     snapshot = _download(str(model), revision)
-    return ModelSource(_checkpoint(snapshot), str(model).split("/")[-1], str(model), snapshot.name)
+    return ModelSource(_checkpoint(snapshot), model_id(model), str(model), snapshot.name)
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

@@ -7,6 +7,7 @@ from tiny_models import tiny_llama
 
 import edgemfm
 from edgemfm.cli import main
+from edgemfm.configs import ExportConfig
 from edgemfm.errors import InputError, UnknownDeviceError
 from edgemfm.fleet import export_fleet, parse_devices
 
@@ -33,7 +34,7 @@ def test_one_failing_device_keeps_the_others_bundles(checkpoint, tmp_path, capsy
     assert "1 of 2 devices failed; the others' bundles are in" in err
     assert sorted(p.name for p in out.iterdir()) == ["raspberry-pi-5-8gb"]
     pipe = edgemfm.load(out / "raspberry-pi-5-8gb", device="host")
-    assert (pipe.manifest.profile, pipe.manifest.report["precision"]) == ("raspberry-pi-5-8gb", "fp16")
+    assert (pipe.manifest.profile, pipe.manifest.report.precision) == ("raspberry-pi-5-8gb", "fp16")
 
 
 @pytest.mark.slow
@@ -42,7 +43,8 @@ def test_three_devices_on_a_local_ray_cluster(checkpoint, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         address = ray.get_runtime_context().gcs_address
-        report = export_fleet("pi5,jetson,android", tmp_path / "fleet", model=str(checkpoint), ray_address=address)
+        config = ExportConfig(model=checkpoint, out=tmp_path / "fleet")
+        report = export_fleet(config, "pi5,jetson,android", ray_address=address)
     finally:
         ray.shutdown()
     assert report.failed == ()

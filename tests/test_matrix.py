@@ -17,6 +17,7 @@ from tiny_audio import tiny_qwen2_audio, tiny_whisper
 from tiny_models import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_siglip, tiny_qwen2_vl
 
 import edgemfm
+from edgemfm.configs import ExportConfig
 from edgemfm.profiles import list_profiles
 from edgemfm.quantizers import presets
 
@@ -111,10 +112,11 @@ def test_the_matrix_has_every_kind_of_preset():
 
 @pytest.mark.parametrize(("family", "device", "precision", "format"), rows())
 def test_every_family_exports_and_runs_at_every_precision(family, device, precision, format, checkpoints, tmp_path):
-    out = edgemfm.export(
-        checkpoints(family), device=device, out=tmp_path / "bundle", format=format, precision=precision, progress=False
+    config = ExportConfig(
+        model=checkpoints(family), device=device, out=tmp_path / "bundle", format=format, precision=precision
     )
+    out = edgemfm.export(config)
     pipe = edgemfm.load(out, device="host")  # the bundle as built for `device`, run on this CPU
-    assert pipe.manifest.report["precision"] == precision
+    assert pipe.manifest.report.precision == precision
     tokens = list(pipe.generate_tokens("Say something.", max_new_tokens=2, **_media(FAMILIES[family][1])))
     assert len(tokens) <= 2 and all(isinstance(t, int) for t in tokens)  # an immediate end of text is an answer too
