@@ -420,20 +420,12 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_devices)
 
     e = sub.add_parser("export", help="export a model into a bundle for a device")
-    e.add_argument(
-        "--model",
-        help="Hugging Face checkpoint directory or Hub id, e.g. org/name (default: the built-in default model)",
-    )
+    e.add_argument("--model", help="checkpoint directory or Hugging Face Hub id org/name (default: the demo model)")
     e.add_argument("--revision", help=REVISION_HELP)
+    e.add_argument("--device", required=True, help="device name or alias (`edgemfm devices`), or several: pi5,jetson")
+    e.add_argument("--out", help="bundle directory (default: MODEL-DEVICE); with several devices OUT/<profile name>/")
     e.add_argument(
-        "--device", required=True, help="device profile name or alias (see `edgemfm devices`), or several: pi5,jetson"
-    )
-    e.add_argument(
-        "--out",
-        help="bundle directory to write (default: MODEL-DEVICE); with several devices, OUT/<profile name>/ each",
-    )
-    e.add_argument(
-        "--workers", type=int, help="with several devices: export processes (default: one per device, up to the CPUs)"
+        "--workers", type=int, help="with several devices: processes (default: one per device, up to the CPUs)"
     )
     e.add_argument("--ray", metavar="ADDRESS", help="export each device on this Ray cluster ('auto', or host:port)")
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
