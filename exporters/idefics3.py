@@ -26,17 +26,21 @@ from typing import Any
 
 import torch
 
-from edgemfm.errors import InputError
+from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.llava import tokenizer_spec
-from edgemfm.exporters.processor_config import image_processor_config
+from edgemfm.exporters.processor_config import (
+    IMAGENET_STANDARD,
+    image_processor_config,
+    processor_class,
+    resample,
+    scaling,
+)
 from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
-# PIL's resample codes as written in preprocessor_config.json
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 IMAGE, FAKE, GLOBAL, END_OF_UTTERANCE = "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"
 
 
@@ -71,17 +75,15 @@ def load(model_dir: Path) -> Any:
 def splitting_preprocess(model_dir: Path) -> tuple[ImagePreprocess, ImageSplitting]:
     """The Idefics3 image processor settings of a checkpoint: normalization and the tiling."""
     cfg = image_processor_config(model_dir)
-    if not cfg.get("do_image_splitting", True):
-        raise InputError(f"{model_dir}: do_image_splitting false is not supported; allowed: true (tiles + global view)")
-    tile = int(cfg.get("max_image_size", {"longest_edge": 364})["longest_edge"])
-    image = ImagePreprocess(
-        size=tile,
-        crop=tile,
-        resample=_RESAMPLE.get(cfg.get("resample", 1), "lanczos"),
-        rescale=float(cfg.get("rescale_factor", 1 / 255)),
-        mean=tuple(cfg.get("image_mean", (0.5, 0.5, 0.5))),
-        std=tuple(cfg.get("image_std", (0.5, 0.5, 0.5))),
+    name = processor_class(
+        cfg, ("Idefics3ImageProcessor", "SmolVLMImageProcessor"), model_dir, "Idefics3ImageProcessor"
     )
+    for flag in ("do_image_splitting", "do_resize"):  # the runtime's tiling is the processor's with both on
+        if not cfg.get(flag, True):
+            raise ExportError(f"{model_dir}: {name} with {flag} false is not supported; allowed: true")
+    tile = int(cfg.get("max_image_size", {"longest_edge": 364})["longest_edge"])
+    rescale, mean, std = scaling(cfg, IMAGENET_STANDARD, IMAGENET_STANDARD)
+    image = ImagePreprocess(size=tile, crop=tile, resample=resample(cfg, 1), rescale=rescale, mean=mean, std=std)
     splitting = ImageSplitting(
         longest_edge=int(cfg.get("size", {"longest_edge": 4 * tile})["longest_edge"]),
         tile=tile,

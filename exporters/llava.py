@@ -23,13 +23,9 @@ import torch
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.processor_config import fixed_size_preprocess, input_size
 from edgemfm.manifest import ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 from edgemfm.pruners.checkpoint import TRANSFORMERS
-
-# PIL's resample codes as written in preprocessor_config.json
-_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class VisionEncoder(torch.nn.Module):
@@ -47,20 +43,14 @@ def load(model_dir: Path) -> Any:
     return LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-def image_preprocess(model_dir: Path, image_size: int) -> ImagePreprocess:
-    """The CLIP-style image processor settings of a checkpoint (CLIP defaults when it has none)."""
-    path = model_dir / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    size = cfg.get("size", {"shortest_edge": image_size})
-    crop = cfg.get("crop_size", {"height": image_size})
-    return ImagePreprocess(
-        size=int(size.get("shortest_edge", size.get("height", image_size))),
-        crop=int(crop["height"]) if cfg.get("do_center_crop", True) else int(size.get("height", image_size)),
-        resample=_RESAMPLE.get(cfg.get("resample", 3), "bicubic"),
-        rescale=float(cfg.get("rescale_factor", 1 / 255)),
-        mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
-        std=tuple(cfg.get("image_std", CLIP_STD)),
-    )
+def image_preprocess(model_dir: Path, vision_config: Any) -> ImagePreprocess:
+    """The checkpoint's CLIP or SigLIP image processor settings (its tower's processor when it saved none).
+
+    Example:
+        >>> image_preprocess(Path("models/llava-tiny"), model.config.vision_config).crop  # doctest: +SKIP
+        30
+    """
+    return fixed_size_preprocess(model_dir, vision_config.model_type, vision_config.image_size)
 
 
 def tokenizer_spec(model_dir: Path, config: Any) -> tuple[Tokenizer, Path]:
@@ -79,14 +69,14 @@ def split(model: Any, model_dir: Path) -> Split:
     from tokenizers import Tokenizer as HFTokenizer
 
     config = model.config
-    pre = image_preprocess(model_dir, config.vision_config.image_size)
+    pre = image_preprocess(model_dir, config.vision_config)
     tokenizer, tokenizer_file = tokenizer_spec(model_dir, config)
     image_token = HFTokenizer.from_file(str(tokenizer_file)).id_to_token(config.image_token_id)
     if image_token is None:
         raise InputError(f"{model_dir}: image token id {config.image_token_id} is not in tokenizer.json")
     vision = ExportUnit(
         module=VisionEncoder(model.model).eval(),
-        args=(torch.randn(1, 3, pre.crop, pre.crop),),
+        args=(torch.randn(1, 3, *input_size(pre)),),
         input_names=("pixel_values",),
         output_names=("image_features",),
         dynamic_axes={"pixel_values": {0: "images"}, "image_features": {0: "images"}},

@@ -26,16 +26,22 @@ from typing import Any
 
 import torch
 
-from edgemfm.errors import InputError
+from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
-from edgemfm.exporters.llava import CLIP_MEAN, CLIP_STD, tokenizer_spec
-from edgemfm.exporters.processor_config import image_processor_config
+from edgemfm.exporters.llava import tokenizer_spec
+from edgemfm.exporters.processor_config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    image_processor_config,
+    processor_class,
+    resample,
+    scaling,
+)
 from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 IMAGE_PAD, VISION_START, VISION_END, IM_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"
 # Qwen2-VL's chat template with its default system prompt, one user turn, and the assistant's turn opened.
 TEMPLATE = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{media}{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -90,6 +96,9 @@ def load(model_dir: Path) -> Any:
 def patches_preprocess(model_dir: Path, vision_config: Any) -> tuple[ImagePreprocess, ImagePatches]:
     """The Qwen2-VL image processor settings of a checkpoint: normalization and the patch layout."""
     cfg = image_processor_config(model_dir)
+    processor_class(cfg, ("Qwen2VLImageProcessor",), model_dir, default="Qwen2VLImageProcessor")
+    if not cfg.get("do_resize", True):  # the patch grid needs sides in multiples of patch * merge
+        raise ExportError(f"{model_dir}: Qwen2VLImageProcessor with do_resize false is not supported; allowed: true")
     size = cfg.get("size") or {}
     patch = int(cfg.get("patch_size", vision_config.patch_size))
     merge = int(cfg.get("merge_size", vision_config.spatial_merge_size))
@@ -102,13 +111,9 @@ def patches_preprocess(model_dir: Path, vision_config: Any) -> tuple[ImagePrepro
         raise InputError(
             f"{model_dir}: image processor patch/merge/temporal sizes {(patch, merge, temporal)} differ from the vision config's"
         )
+    rescale, mean, std = scaling(cfg, CLIP_MEAN, CLIP_STD)
     image = ImagePreprocess(
-        size=patch * merge,
-        crop=patch * merge,
-        resample=_RESAMPLE.get(cfg.get("resample", 3), "bicubic"),
-        rescale=float(cfg.get("rescale_factor", 1 / 255)),
-        mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
-        std=tuple(cfg.get("image_std", CLIP_STD)),
+        size=patch * merge, crop=patch * merge, resample=resample(cfg, 3), rescale=rescale, mean=mean, std=std
     )
     patches = ImagePatches(
         patch=patch,

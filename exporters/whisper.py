@@ -27,16 +27,16 @@ Example:
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgemfm.errors import InputError
+from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import PAST, PRESENT, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.processor_config import processor_class, processor_settings
 from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
@@ -134,14 +134,16 @@ def load(model_dir: Path) -> Any:
 
 
 def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
-    """The checkpoint's WhisperFeatureExtractor settings (its defaults where it has no file).
+    """The checkpoint's WhisperFeatureExtractor settings, from either layout (its defaults where it has none).
 
     Example:
         >>> audio_preprocess(Path("models/whisper-tiny"), model.config).n_samples   # doctest: +SKIP
         480000
     """
-    path = model_dir / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    cfg = processor_settings(model_dir, "audio") or {}
+    processor_class(cfg, ("WhisperFeatureExtractor",), model_dir, default="WhisperFeatureExtractor")
+    if cfg.get("dither", 0.0):  # noise added to the signal: the runtime's features are deterministic
+        raise ExportError(f"{model_dir}: WhisperFeatureExtractor dither {cfg['dither']} is not supported; allowed: 0.0")
     rate = int(cfg.get("sampling_rate", 16000))
     return AudioPreprocess(
         sampling_rate=rate,

@@ -369,8 +369,9 @@ def prune(
     force: bool = False,
     progress: Progress | None = None,
     recover: int = 0,
+    revision: str | None = None,
 ) -> Path:
-    """Prune the checkpoint directory `model` into `out` (refused if it exists, unless `force`).
+    """Prune the checkpoint directory or Hub id `model` (at `revision`) into `out` (refused if it exists, unless `force`).
 
     `data`: a folder whose .txt lines calibrate the text decoder and whose images / WAV files
     calibrate the encoders (default: built-in English, drawings, synthetic clips). `recover`:
@@ -381,9 +382,10 @@ def prune(
         >>> prune("models/tiny-llama", "models/tiny-llama-b1", PruneConfig(blocks=1))  # doctest: +SKIP
         PosixPath('models/tiny-llama-b1')
     """
+    from edgemfm.model_source import resolve_model
     from edgemfm.toolchain import quiet, require
 
-    source = Path(model)
+    source = resolve_model(model, revision).path
     configs, recovery = _check_source(source, config, recover)
     bundle.check_output(out, force)
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,7 +29,7 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import KVCache, Manifest
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.context import Feeds
-from edgemfm.runtimes.media import item_feeds
+from edgemfm.runtimes.media import Call, item_feeds, needs_preparing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUDIO_SUFFIXES = (".wav",)  # what runtimes/audio.py reads
@@ -90,18 +91,22 @@ def read_folder(folder: str | Path) -> tuple[list[Path], list[Path], list[str]]:
     return images, clips, prompts[:MAX_ITEMS]
 
 
-def decoder_feeds(embeds: np.ndarray, kv: KVCache) -> Feeds:
-    """The decoder's inputs for a prefill of `embeds` [1, seq, hidden] with an empty KV cache."""
+def decoder_feeds(embeds: np.ndarray, kv: KVCache, mrope: bool = False) -> Feeds:
+    """The decoder's inputs for a prefill of `embeds` [1, seq, hidden] with an empty KV cache.
+
+    `mrope`: 3-D position ids [3, 1, seq] (Qwen2-VL), each axis at the text position, as for text tokens.
+    """
     past = {
         kv.past.format(layer=layer, kind=kind): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
         for layer in range(kv.layers)
         for kind in ("key", "value")
     }
     seq = embeds.shape[1]
+    positions = np.arange(seq, dtype=np.int64)[None]
     return {
         "inputs_embeds": np.ascontiguousarray(embeds, np.float32),
         "attention_mask": np.ones((1, seq), np.int64),
-        "position_ids": np.arange(seq, dtype=np.int64)[None],
+        "position_ids": np.ascontiguousarray(np.broadcast_to(positions, (3, 1, seq))) if mrope else positions,
         **past,
     }
 
@@ -122,7 +127,7 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     for i, prompt in enumerate(prompts):
         kind = list(given)[i % len(given)] if given else None  # images and clips in turn
         items = {kind: [given[kind][i // len(given) % len(given[kind])]]} if kind else {}
-        ids = pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()})
+        ids, items = _prompt(pipe, prompt, items)
         embeds = pipe.embed(ids, items)
         ids_stream += ids
         embeds_stream.append(embeds[0])
@@ -134,7 +139,25 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     for at in range(0, len(ids_stream) - width + 1, width):
         feeds[g.embedding].append({"input_ids": np.asarray([ids_stream[at : at + width]], np.int64)})
     for at in range(0, stream.shape[0] - width + 1, width):
-        feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv))
+        feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv, g.positions == "mrope"))
     for kind, items in given.items():
-        feeds[media[kind].encoder] = [item_feeds(kind, item, manifest) for item in items]
+        calls = _calls(pipe, kind, items)[:MAX_ITEMS]
+        feeds[media[kind].encoder] = [c.feeds if isinstance(c, Call) else item_feeds(kind, c, manifest) for c in calls]
     return feeds
+
+
+def _calls(pipe: Any, kind: str, items: list[Any]) -> list[Any]:
+    """The encoder calls of `items`: a tiled or patched image is several calls (Idefics3's tiles,
+    Qwen2-VL's patches and their positions), prepared as the runtime prepares them; others are one."""
+    if kind == "image" and needs_preparing(pipe.manifest):
+        return [c for p in pipe.prepare({kind: items})[kind] for c in p.calls]
+    return items
+
+
+def _prompt(pipe: Any, prompt: str, items: dict[str, list[Any]]) -> tuple[list[int], dict[str, list[Any]]]:
+    """The prompt's token ids and the items (or prepared calls) that fill its placeholders, in order."""
+    if "image" in items and needs_preparing(pipe.manifest):  # the image's prompt text depends on its tiles or grid
+        prepared = pipe.prepare(items)
+        calls = {kind: [c for p in v for c in p.calls] for kind, v in prepared.items()}
+        return pipe.prompt_ids(prompt, prepared), calls
+    return pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()}), items

@@ -92,7 +92,8 @@ class Judge:
         sizes = [f["input_ids"].shape[1] for f in self._embedding_windows]
         rows = rows.reshape(sum(sizes), -1).astype(np.float32)
         starts = np.cumsum([0, *sizes])
-        feeds = [decoder_feeds(rows[None, a:b], kv) for a, b in zip(starts[:-1], starts[1:])]
+        mrope = self.manifest.generation.positions == "mrope"
+        feeds = [decoder_feeds(rows[None, a:b], kv, mrope) for a, b in zip(starts[:-1], starts[1:])]
         return outputs(self._file(self.decoder), feeds, "logits")
 
     @cached_property

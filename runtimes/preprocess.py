@@ -1,6 +1,8 @@
-"""Image pre-processing in numpy and Pillow, matching the CLIP image processor of transformers.
+"""Image pre-processing in numpy and Pillow, matching transformers' image processors (Pil backend).
 
-resize (shortest edge, keep aspect) -> centre crop -> rescale -> normalize -> CHW float32
+resize (shortest edge keeping the aspect, or to height x width, or none) -> centre crop (or none)
+-> rescale -> normalize -> CHW float32. An image is always made RGB: the encoders take 3 channels
+(a processor's do_convert_rgb false changes nothing for an RGB image, and fails on the others).
 
 Example:
     >>> spec = ImagePreprocess(224, 224, "bicubic", 1 / 255, (0.5,) * 3, (0.5,) * 3)
@@ -24,6 +26,8 @@ RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -64,11 +68,30 @@ def normalize(pixels: np.ndarray, spec: ImagePreprocess) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
 
 
+def _resize(img: Image.Image, spec: ImagePreprocess) -> Image.Image:
+    if spec.resize == "shortest_edge":
+        return _resize_shortest_edge(img, spec.size, spec.resample)
+    if spec.resize == "height_width":
+        return img.resize((spec.width, spec.height), resample=RESAMPLE[spec.resample])
+    return img
+
+
 def preprocess_image(item: ImageLike, spec: ImagePreprocess) -> np.ndarray:
-    """One image -> a float32 [3, crop, crop] array ready for the vision encoder."""
-    img = _resize_shortest_edge(load_image(item), spec.size, spec.resample)
-    pixels = np.asarray(img)
+    """One image -> a float32 [3, H, W] array ready for the vision encoder ([3, crop, crop] with a crop).
+
+    Example:
+        >>> siglip = ImagePreprocess(0, 0, "bicubic", 1 / 255, (0.5,) * 3, (0.5,) * 3, "height_width", 32, 48, False)
+        >>> preprocess_image(Image.new("RGB", (61, 37)), siglip).shape
+        (3, 32, 48)
+    """
+    pixels = np.asarray(_resize(load_image(item), spec))
+    if not spec.center_crop:
+        return normalize(pixels, spec)
     h, w = pixels.shape[:2]
+    if h < spec.crop or w < spec.crop:  # only without a resize: the processor would pad, the encoder was not fed that
+        raise InputError(
+            f"image {w}x{h} is smaller than the {spec.crop}x{spec.crop} crop this bundle's processor takes"
+        )
     top, left = (h - spec.crop) // 2, (w - spec.crop) // 2
     return normalize(pixels[top : top + spec.crop, left : left + spec.crop], spec)
 

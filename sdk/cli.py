@@ -16,13 +16,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from edgemfm.configs import DEFAULT_TOLERANCE_DB, ExportConfig, FinetuneConfig
-from edgemfm.errors import EdgemfmError
+from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.profiles import list_profiles, load_profile
 from edgemfm.progress import Progress
 from edgemfm.records import to_dict
@@ -96,12 +97,46 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_seq_len=args.max_seq_len,
         prune=tuple(args.prune),
         recover=args.recover,
+        revision=args.revision,
     )
+    if "," in args.device or args.ray is not None:
+        return _export_fleet(config, args)
     if args.dry_run:  # the config export would run, checked against the profile: nothing is built
         print(json.dumps(to_dict(resolve(config)), indent=2))
         return
     with rich_progress() as progress:
         path = export(config, progress)
+    _export_summary(path)
+
+
+def _export_fleet(config: ExportConfig, args: argparse.Namespace) -> None:
+    """One bundle per device under --out; a line per device; exit 2 when any failed."""
+    from edgemfm.fleet import export_fleet, parse_devices
+
+    if config.out is None:
+        raise InputError("--out is required with several devices: the folder that will hold one bundle per device")
+    if args.dry_run:  # each device's resolved config
+        from edgemfm.exporting import resolve
+
+        for name in parse_devices(args.device):
+            print(json.dumps(to_dict(resolve(replace(config, device=name, out=f"{config.out}/{name}"))), indent=2))
+        return
+    with rich_progress() as progress:
+        progress(f"exporting for {args.device}", None)
+        report = export_fleet(config, args.device, workers=args.workers, ray_address=args.ray)
+    for d in report.devices:
+        if d.bundle is not None:
+            _export_summary(Path(d.bundle))
+        else:
+            err.print(f"[red]failed[/red] {d.device}: {d.error}", soft_wrap=True)
+    if report.failed:
+        raise EdgemfmError(
+            f"{len(report.failed)} of {len(report.devices)} devices failed; the others' bundles are in {report.out}"
+        )
+
+
+def _export_summary(path: Path) -> None:
+    """What was written: size, delegation, pruning and what was kept float."""
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
@@ -149,7 +184,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
     with rich_progress() as progress:
         path = prune(
-            args.model, args.out, config, data=args.data, force=args.force, progress=progress, recover=args.recover
+            args.model,
+            args.out,
+            config,
+            data=args.data,
+            force=args.force,
+            progress=progress,
+            recover=args.recover,
+            revision=args.revision,
         )
     report = read_report(path)
     _pruning_summary(report)
@@ -236,6 +278,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         seed=args.seed,
         force=args.force,
         cache=args.cache,
+        revision=args.revision,
     )
     with rich_progress() as progress:
         report = finetune(config, progress)
@@ -260,6 +303,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
             apply=args.apply,
             force=args.force,
             progress=progress,
+            revision=args.revision,
         )
     out.print(table(result))
     c = result.chosen
@@ -361,6 +405,10 @@ def _print_predictions(manifest, profile) -> None:
         out.print(f"  cost.{figure} = {value:g}: {profile.sources['cost.' + figure]}", soft_wrap=True)
 
 
+# --model as a Hub id: resolved through the Hugging Face cache (HF_HOME, HF_HUB_OFFLINE)
+REVISION_HELP = "with a Hub id: branch, tag or commit (default: main)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -372,9 +420,14 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_devices)
 
     e = sub.add_parser("export", help="export a model into a bundle for a device")
-    e.add_argument("--model", help="Hugging Face checkpoint directory (default: the built-in default model)")
-    e.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
-    e.add_argument("--out", help="bundle directory to write (default: MODEL-DEVICE)")
+    e.add_argument("--model", help="checkpoint directory or Hugging Face Hub id org/name (default: the demo model)")
+    e.add_argument("--revision", help=REVISION_HELP)
+    e.add_argument("--device", required=True, help="device name or alias (`edgemfm devices`), or several: pi5,jetson")
+    e.add_argument("--out", help="bundle directory (default: MODEL-DEVICE); with several devices OUT/<profile name>/")
+    e.add_argument(
+        "--workers", type=int, help="with several devices: processes (default: one per device, up to the CPUs)"
+    )
+    e.add_argument("--ray", metavar="ADDRESS", help="export each device on this Ray cluster ('auto', or host:port)")
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
@@ -420,8 +473,9 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--model",
         required=True,
-        help="Hugging Face checkpoint directory (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)",
+        help="Hugging Face checkpoint directory or Hub id (Llama-style decoder, LLaVA, Idefics3, Qwen2-Audio, Whisper)",
     )
+    pr.add_argument("--revision", help=REVISION_HELP)
     pr.add_argument(
         "--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder"
     )
@@ -503,7 +557,8 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
-    f.add_argument("--model", required=True, help="checkpoint directory to start from")
+    f.add_argument("--model", required=True, help="checkpoint directory or Hub id to start from")
+    f.add_argument("--revision", help=REVISION_HELP)
     f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
     f.add_argument("--out", required=True, help="checkpoint directory to write")
     f.add_argument("--steps", type=int, default=240, help="end-to-end steps through the decoder (default: 240)")
@@ -530,7 +585,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="weights + KV cache + activation, MiB (default: the profile's)",
     )
-    t.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    t.add_argument("--model", help="checkpoint directory or Hub id (default: the built-in demo model)")
+    t.add_argument("--revision", help=REVISION_HELP)
     t.add_argument("--bundle", help="an fp32 bundle of the model to start from (default: export one)")
     t.add_argument(
         "--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)"

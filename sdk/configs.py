@@ -49,7 +49,7 @@ class ExportConfig:
         'fp32'
     """
 
-    model: str | None = None  # Hugging Face checkpoint directory; None: the built-in demo model
+    model: str | None = None  # Hugging Face checkpoint directory or Hub id (org/name); None: the built-in demo model
     device: str = "host"  # profile name or alias: what the bundle must fit and run on
     out: str | None = None  # bundle directory; None: MODEL-DEVICE in the working directory
     format: str = "onnx"  # onnx or pte: the runtimes the profile lists decide which are allowed
@@ -62,6 +62,7 @@ class ExportConfig:
     fuse: bool = True  # False keeps plain ONNX ops, for runtimes without the contrib fused ops
     prune: tuple[str, ...] = ()  # prune specs ("mlp=0.2", "vision_encoder:blocks=1"), applied first
     recover: int = 0  # with prune: distillation steps from the unpruned model; 0: none
+    revision: str | None = None  # with a Hub id: branch, tag or commit; None: main
     version: int = CONFIG_VERSION  # of this record's layout, so a saved config says what it was written for
 
     def __post_init__(self) -> None:
@@ -100,7 +101,7 @@ class FinetuneConfig:
         240
     """
 
-    model: str  # checkpoint directory to start from (a family finetune knows how to train)
+    model: str  # checkpoint directory or Hub id to start from (a family finetune knows how to train)
     data: str  # folder with train.jsonl and eval.jsonl
     out: str  # checkpoint directory to write, atomically
     steps: int = 240  # end-to-end steps through the frozen decoder: the ten digits need the longer run
@@ -112,6 +113,7 @@ class FinetuneConfig:
     checkpoint_every: int = 20  # steps between adapter checkpoints under out/checkpoints/
     force: bool = False  # replace an existing `out`
     cache: str | None = None  # folder keeping the frozen towers' features by content; None: no cache
+    revision: str | None = None  # with a Hub id as `model`: branch, tag or commit; None: main
     version: int = CONFIG_VERSION  # of this record's layout
 
     def __post_init__(self) -> None:

@@ -33,26 +33,36 @@ WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorc
 
 
 def _model_id(model: str | None) -> str:
-    """The model id of a checkpoint directory (checked); the built-in demo model's when `model` is None."""
+    """The model id a bundle records (`model_source.model_id`); the built-in demo model's when `model` is None."""
     if model is None:
         from edgemfm.exporters import demo_sources
 
         return demo_sources.MODEL_ID
-    path = Path(model)
-    if not path.is_dir():
-        raise InputError(f"model directory {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
-    return path.resolve().name
+    from edgemfm.model_source import model_id
+
+    return model_id(model)
 
 
-def _model_dir(model: str | None, scratch: Path) -> Path:
-    """The checkpoint directory; the built-in demo model, built under `scratch`, when `model` is None."""
+def _check_model(model: str | None, revision: str | None) -> None:
+    """A missing folder, or a Hub id neither on the Hub nor (offline) in the cache, fails before the slow part."""
+    if model is None and revision is not None:
+        raise InputError(f"--revision {revision!r} needs --model (a Hugging Face Hub id)")
+    if model is not None:
+        from edgemfm.model_source import resolve_model
+
+        resolve_model(model, revision)
+
+
+def _model_dir(model: str | None, scratch: Path, revision: str | None) -> Path:
+    """The checkpoint directory (a Hub id's snapshot in the Hugging Face cache); the built-in demo
+    model, built under `scratch`, when `model` is None."""
     if model is None:
         from edgemfm.exporters import demo_sources
 
         return demo_sources.build_default(scratch / demo_sources.MODEL_ID)
-    return Path(model)
+    from edgemfm.model_source import resolve_model
+
+    return resolve_model(model, revision).path
 
 
 def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
@@ -93,12 +103,16 @@ def resolve(config: ExportConfig) -> ExportConfig:
     """
     profile = load_profile(config.device)
     max_seq_len = _check_options(profile, config)
+    _check_model(config.model, config.revision)
     out = config.out if config.out is not None else f"{_model_id(config.model)}-{profile.name}"
     return replace(config, device=profile.name, out=out, max_seq_len=max_seq_len)
 
 
 def export(config: ExportConfig, progress: Progress | None = None) -> Path:
-    """Export a checkpoint directory (or the built-in default model) into a bundle for `config.device`.
+    """Export a checkpoint directory or Hub id (or the built-in default model) into a bundle for `config.device`.
+
+    A Hub id (`"HuggingFaceTB/SmolVLM-256M-Instruct"`) is fetched into, or read from, the Hugging
+    Face cache (`HF_HOME`, `HF_HUB_OFFLINE`); `config.revision` picks a branch, tag or commit.
 
     `config.precision` is fp32, fp16, int8, int4 or auto (bits per layer chosen under
     `memory_budget_mb` and `accuracy_tolerance_db`, the least SQNR of each component's output);
@@ -125,7 +139,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
         from edgemfm.exporters import find_family
 
         out = bundle.check_output(config.out, config.force)  # before the slow part
-        model_dir = _model_dir(config.model, Path(scratch))
+        model_dir = _model_dir(config.model, Path(scratch), config.revision)
         if prune_configs:
             from edgemfm.pruners.prune import prune as prune_checkpoint
 

@@ -358,7 +358,8 @@ def _save_adapter(model, path: Path) -> None:
 
 
 def finetune(config: FinetuneConfig, progress: Progress | None = None) -> FinetuneReport:
-    """Fine-tune `config.model`'s projectors on the questions in `config.data`; write the result to `config.out`.
+    """Fine-tune the projectors of `config.model` (a checkpoint directory, or a Hub id at `config.revision`)
+    on the questions in `config.data`; write the result to `config.out`.
 
     Returns the report also written to `out/finetune.json` (losses, held-out accuracy). The output
     is built in `bundle.staging` and renamed into place: an interrupted run leaves nothing.
@@ -368,11 +369,10 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
         >>> finetune(FinetuneConfig("models/demo-base", "data/demo", "models/demo")).accuracy  # doctest: +SKIP
         {'image': 0.96, 'audio': 0.99}
     """
-    model_dir, data = Path(config.model), Path(config.data)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"model directory {str(model_dir)!r} has no config.json")
     from edgemfm.exporters import capability, find_family
+    from edgemfm.model_source import resolve_model
 
+    model_dir, data = resolve_model(config.model, config.revision).path, Path(config.data)
     trainer = capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
     with bundle.staging(config.out, config.force, verify=_verify_checkpoint) as stage:

@@ -102,12 +102,24 @@ class Prompt:
 
 @dataclass(frozen=True)
 class ImagePreprocess:
-    size: int  # shortest edge after resize
+    """resize -> centre crop -> rescale -> normalize, as the checkpoint's image processor does it.
+
+    A processor's do_rescale false is `rescale` 1.0 and its do_normalize false is mean 0 / std 1:
+    the same numbers, with no flag for the runtime to read.
+    """
+
+    size: int  # shortest edge after resize (resize "shortest_edge")
     crop: int  # centre crop, square
-    resample: Literal["bicubic", "bilinear", "nearest", "lanczos"]
+    resample: Literal["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"]
     rescale: float  # multiply pixel values (0..255) by this
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # "shortest_edge" keeps the aspect (CLIP), "height_width" stretches to height x width (SigLIP),
+    # "none" leaves the image as it is (do_resize false). The default is what bundles before it meant.
+    resize: Literal["shortest_edge", "height_width", "none"] = "shortest_edge"
+    height: int = 0  # resize "height_width": the target height in pixels
+    width: int = 0  # resize "height_width": the target width in pixels
+    center_crop: bool = True  # False: no crop after the resize (SigLIP, or do_center_crop false)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,17 @@ CORE = (
     "edgemfm.bundle",
     "edgemfm.toolchain",
     "edgemfm.cost",
+    "edgemfm.model_source",  # where --model comes from (a folder or a Hub id): the verbs and the pruners ask it
 )
-VERBS = ("edgemfm.exporting", "edgemfm.finetune", "edgemfm.tune", "edgemfm.bench", "edgemfm.measure", "edgemfm.cli")
+VERBS = (
+    "edgemfm.exporting",
+    "edgemfm.fleet",  # export for many devices: export's jobs on tune's pool or Ray
+    "edgemfm.finetune",
+    "edgemfm.tune",
+    "edgemfm.bench",
+    "edgemfm.measure",
+    "edgemfm.cli",
+)
 PACKAGE = "edgemfm"  # the facade, edgemfm/__init__.py; every module is under it
 RUNTIMES = ("edgemfm.runtimes",)
 HOST = ("edgemfm.exporters", "edgemfm.quantizers", "edgemfm.pruners")

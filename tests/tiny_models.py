@@ -208,3 +208,59 @@ def tiny_llama(path: Path, seed: int = 0) -> Path:
         path
     )
     return path
+
+
+def tiny_llava_siglip(path: Path, seed: int = 0) -> Path:
+    """A LLaVA checkpoint with a SigLIP tower (32 px, 8 px patches, all 16 patch rows kept: no CLS), its
+    processor saved whole as transformers 5 does (settings nested in processor_config.json), bilinear."""
+    import torch
+    from transformers import (
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+    )
+
+    tok, ids = _tokenizer_with([])
+    vision = SiglipVisionConfig(
+        hidden_size=36, intermediate_size=60, num_hidden_layers=2, num_attention_heads=3, image_size=32, patch_size=8
+    )
+    text = LlamaConfig(
+        hidden_size=84,
+        intermediate_size=150,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        vocab_size=tok.get_vocab_size(),
+        max_position_embeddings=256,
+        bos_token_id=ids["<s>"],
+        eos_token_id=ids["</s>"],
+        pad_token_id=ids["<pad>"],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<image>"],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_seq_length=16,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    _widen(model, seed)
+    model.save_pretrained(path)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    images = SiglipImageProcessorPil(size={"height": 32, "width": 32}, resample=2)
+    LlavaProcessor(
+        image_processor=images, tokenizer=fast, patch_size=8, vision_feature_select_strategy="full"
+    ).save_pretrained(path)
+    return path

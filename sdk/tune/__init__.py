@@ -67,11 +67,12 @@ def tune(
     progress: Progress | None = None,
     apply: str | Path | None = None,
     force: bool = False,
+    revision: str | None = None,
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
-    `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
+    `model` (a checkpoint directory, or a Hub id at `revision`) is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
     chosen point as a bundle there (an existing one only with `force`). `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
@@ -96,7 +97,7 @@ def tune(
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = float_source(model, bundle, data is not None, tmp, progress)
+            source, model_dir = float_source(model, revision, bundle, data is not None, tmp, progress)
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)

@@ -111,7 +111,12 @@ def write_chosen(
 
 
 def float_source(
-    model: str | Path | None, bundle: str | Path | None, media: bool, tmp: Path, progress: Progress | None
+    model: str | Path | None,
+    revision: str | None,
+    bundle: str | Path | None,
+    media: bool,
+    tmp: Path,
+    progress: Progress | None,
 ) -> tuple[Path, Path | None]:
     """The float bundle to start from, and the checkpoint (None when a bundle alone will do)."""
     from edgemfm.configs import ExportConfig
@@ -120,9 +125,9 @@ def float_source(
 
     model_dir = None
     if model is not None:
-        model_dir = Path(model)
-        if not (model_dir / "config.json").is_file():
-            raise InputError(f"model {str(model)!r} is not a checkpoint directory (no config.json)")
+        from edgemfm.model_source import resolve_model
+
+        model_dir = resolve_model(model, revision).path
     elif bundle is None or (media and read_manifest(bundle).model_id == demo_sources.MODEL_ID):
         # the built-in model's bundle: its checkpoint is rebuilt from the public pieces
 
