@@ -46,11 +46,13 @@ def share(float_dir: Path, stage: Path, manifest: Manifest) -> str | None:
     tied = _tied_outputs(*(onnx.load(str(float_dir / files[n])) for n in (embed_name, decoder_name)))
     if tied is None:
         return None
-    lookup_out, ids, head_out = tied
+    lookup_out, ids, head_out, head_in = tied
     embed, decoder = (onnx.load(str(stage / files[n])) for n in (embed_name, decoder_name))
     head = next(n for n in decoder.graph.node if head_out in n.output)
     if head.op_type != "MatMulNBits":
         return f"{embed_name} keeps its own table: the tied head is {head.op_type}, not MatMulNBits"
+    if head.input[0] != head_in:  # SmoothQuant scaled the head's weight rows: they are no longer the table
+        return f"{embed_name} keeps its own table: the tied head's weights are smoothed for int8 activations"
     attrs = {a.name: a.i for a in head.attribute}
     k, v, bits, group = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
     if k % group:
@@ -66,8 +68,8 @@ def share(float_dir: Path, stage: Path, manifest: Manifest) -> str | None:
     return f"{embed_name} reads {decoder_name}'s int{bits} head: one table in {FILE} ({size:.1f} MiB)"
 
 
-def _tied_outputs(embed: Any, decoder: Any) -> tuple[str, str, str] | None:
-    """(lookup output, its ids, head output) where the embedding's Gather table equals a decoder MatMul's
+def _tied_outputs(embed: Any, decoder: Any) -> tuple[str, str, str, str] | None:
+    """(lookup output, its ids, head output, head input) where the embedding's Gather table equals a decoder MatMul's
     weight transposed, else None."""
     from onnx import numpy_helper
 
@@ -85,7 +87,7 @@ def _tied_outputs(embed: Any, decoder: Any) -> tuple[str, str, str] | None:
         if node.op_type == "MatMul":
             w = weight(decoder.graph, node, 1)
             if w is not None and w.shape == table.shape[::-1] and np.array_equal(w.T, table):
-                return lookup.output[0], lookup.input[1], node.output[0]
+                return lookup.output[0], lookup.input[1], node.output[0], node.input[0]
     return None
 
 

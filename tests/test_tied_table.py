@@ -88,5 +88,5 @@ def test_only_equal_tables_count_as_tied():
     embed = _graph([helper.make_node("Gather", ["t", "ids"], ["e"])], {"t": table})
     tied = _graph([helper.make_node("MatMul", ["h", "w"], ["logits"])], {"w": table.T.copy()})
     other = _graph([helper.make_node("MatMul", ["h", "w"], ["logits"])], {"w": table.T + 1e-3})
-    assert tied_table._tied_outputs(embed, tied) == ("e", "ids", "logits")
+    assert tied_table._tied_outputs(embed, tied) == ("e", "ids", "logits", "h")
     assert tied_table._tied_outputs(embed, other) is None
