@@ -29,6 +29,7 @@ import numpy as np
 
 
 def apply(model: Any) -> dict[str, int]:
+    """Pack every group of MatMuls reading one input (an onnx_ir model, in place); groups and MatMuls packed."""
     groups = [g for g in _sibling_groups(model.graph) if len(g) > 1]
     for group in groups:
         _pack(model.graph, group)
