@@ -25,7 +25,7 @@ from edgemfm.configs import QuantizeConfig
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress, say
-from edgemfm.quantizers import planner, presets
+from edgemfm.quantizers import planner, presets, tied_table
 from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
@@ -110,6 +110,10 @@ def _quantize(
         figures = judge.report(name, stage / c.file) if name in judge.feeds else {}  # unmeasured: None stays
         report[name] = replace(entry, **figures, output=first[name])
         components[name] = replace(c, weight_bytes=entry.weight_bytes)
+    if note := tied_table.share(float_dir, stage, manifest):
+        name = manifest.generation.embedding  # the lookup changed: its figures are measured again
+        figures = judge.report(name, stage / components[name].file) if name in judge.feeds else {}
+        report[name] = replace(report[name], **figures, notes={**report[name].notes, name: note})
     shutil.rmtree(float_dir)
     float_units = {u: why for e in report.values() for u, why in e.float_units.items()}
     plan = plan_report or manifest.report.plan

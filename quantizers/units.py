@@ -55,12 +55,23 @@ def unit_name(component: str, module_path: str) -> str:
 
 
 def module_path(node: Any) -> str:
-    """The torch module path the node came from ('' for the top module), else its node name."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = ast.literal_eval(prop.value)  # the last entry is the op, the one before its module
-            return scopes[-2] if len(scopes) >= 2 else ""
-    return node.name
+    """The torch module path the node (a NodeProto) came from ('' for the top module), else its node name."""
+    return scope_path({p.key: p.value for p in node.metadata_props}, node.name)
+
+
+def scope_path(metadata: dict[str, str], fallback: str) -> str:
+    """The module path in a node's metadata (as onnx_ir holds it), else `fallback`.
+
+    Example:
+        >>> scope_path({"pkg.torch.onnx.name_scopes": "['', 'm.layers.0', 'm.layers.0.mlp.up_proj', 'linear']"}, "n")
+        'm.layers.0.mlp.up_proj'
+    """
+    if "pkg.torch.onnx.name_scopes" in metadata:
+        scopes = ast.literal_eval(
+            metadata["pkg.torch.onnx.name_scopes"]
+        )  # the last is the op, the one before its module
+        return scopes[-2] if len(scopes) >= 2 else ""
+    return fallback
 
 
 def weighted_units(model: Any, component: str) -> tuple[list[Unit], dict[str, str]]:

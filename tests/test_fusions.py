@@ -157,3 +157,117 @@ def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):
     assert read_manifest(bundle).components["text_decoder"].kv_cache.head_dim % 8
     assert "group_query_attention.group_query_attention" not in fusion.rules_fired
     assert fusion.fused_ops["MultiHeadAttention"] == _ops(bundle / "text_decoder.onnx")["MultiHeadAttention"] >= 2
+
+
+def _weighted_matmuls(path) -> list[str]:
+    from edgemfm.quantizers.units import weighted_units
+
+    units, _ = weighted_units(onnx.load(str(path)), "text_decoder")
+    return [u.name for u in units if u.op == "MatMul"]
+
+
+def test_projections_reading_one_input_are_packed_one_matmul_per_group(default_bundle):
+    """q/k/v and gate/up become one MatMul each, named for the recipe as the packed unit."""
+    layers = read_manifest(default_bundle).components["text_decoder"].kv_cache.layers
+    fusion = read_manifest(default_bundle).report.parity["text_decoder"].fusion
+    assert fusion.rules_fired["packed_projections.groups"] == 2 * layers
+    assert fusion.rules_fired["packed_projections.matmuls"] == 5 * layers
+    names = _weighted_matmuls(default_bundle / "text_decoder.onnx")
+    assert len(names) == 4 * layers + 1  # qkv, o, gate_up, down per layer and the head
+    assert "text_decoder/layers.0/self_attn.qkv_proj" in names and "text_decoder/layers.0/mlp.gate_up_proj" in names
+
+
+def _packed_only(source, path) -> None:
+    """`source` with only the packing rule applied, written to `path`."""
+    import onnx_ir as ir
+
+    from edgemfm.exporters.fusions import packed_projections
+
+    model = ir.load(str(source))
+    assert packed_projections.apply(model)["groups"] > 0
+    ir.save(model, str(path))
+
+
+@pytest.mark.parametrize(
+    ("method", "symmetric"), [("rtn", False), ("clip_search", True)], ids=["rtn-asymmetric", "clip-search"]
+)
+def test_packed_projections_equal_the_separate_ones_in_float_and_int4(unfused_llama, tmp_path, method, symmetric):
+    """Packing concatenates output columns; MatMulNBits blocks run down each column's input axis,
+    so the int4 blocks, scales and rounding are the same packed or not, whatever the group size
+    (no projection's output width needs to be a multiple of it)."""
+    import onnxruntime as ort
+
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers import clip_search, weight_only
+    from edgemfm.quantizers.context import Context
+    from edgemfm.quantizers.units import weighted_units
+    from edgemfm.recipe import QuantSpec
+
+    bundle, _, _ = unfused_llama
+    kv = read_manifest(bundle).components["text_decoder"].kv_cache
+    separate = bundle / "text_decoder.onnx"
+    assert "text_decoder/layers.0/self_attn.q_proj" in _weighted_matmuls(separate)  # --no-fuse packs nothing
+    _packed_only(separate, tmp_path / "packed.onnx")
+    spec = QuantSpec(bits=4, group_size=32, symmetric=symmetric, method=method)
+    scheme = {"rtn": weight_only, "clip_search": clip_search}[method]
+    ctx = Context(feeds=[], profile=load_profile("host"), scratch=tmp_path)
+    graphs = {}
+    for name, path in (("separate", separate), ("packed", tmp_path / "packed.onnx")):
+        model = onnx.load(str(path))
+        units = [u for u in weighted_units(model, "text_decoder")[0] if u.op == "MatMul"]
+        graphs[name] = (model.SerializeToString(), scheme.apply(model, units, spec, ctx).SerializeToString())
+    nbits = {
+        k: Counter(n.op_type for n in onnx.load_from_string(q).graph.node)["MatMulNBits"]
+        for k, (_, q) in graphs.items()
+    }
+    assert nbits == {"separate": 7 * kv.layers + 1, "packed": 4 * kv.layers + 1}
+    for i in (0, 1):  # float, then int4
+        a, b = (ort.InferenceSession(graphs[k][i], providers=["CPUExecutionProvider"]) for k in ("separate", "packed"))
+        feeds = _decoder_feeds(kv, a.get_inputs()[0].shape[2], 5, 3, 5)
+        names = [o.name for o in a.get_outputs()]
+        for name, want, got in zip(names, a.run(names, feeds), b.run(names, feeds)):
+            assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), name
+
+
+def test_packing_keeps_a_bias_add_and_a_weight_another_node_reads(tmp_path):
+    """A hand-built graph: q has a bias Add; v's weight is also a Gather's table (a tied embedding)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal((16, k), np.float32) for n, k in (("wq", 16), ("wk", 8), ("wv", 8))}
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q"),
+        helper.make_node("Add", ["q0", "bq"], ["q"], name="q_bias"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v"),
+        helper.make_node("Gather", ["wv", "ids"], ["rows"], name="table"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for n, a in w.items()] + [
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "bq")
+    ]
+    io = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+        for n, s in (("q", [2, 16]), ("k", [2, 8]), ("v", [2, 8]), ("rows", [3, 8]))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [3]),
+        ],
+        io,
+        inits,
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    feeds = {"x": rng.standard_normal((2, 16), np.float32), "ids": np.array([0, 5, 15])}
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    report = fuse(path)
+    assert report.rules_fired == {"packed_projections.groups": 1, "packed_projections.matmuls": 3}
+    ops = _ops(path)
+    assert ops["MatMul"] == 1 and ops["Split"] == 1 and ops["Add"] == 1 and ops["Gather"] == 1
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for a, b in zip(want, got):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()

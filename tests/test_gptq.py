@@ -73,7 +73,7 @@ def test_gptq_writes_matmulnbits_that_onnxruntime_reads_as_packed(tmp_path):
 
 
 def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path):
-    """Layer 0 of the default model's decoder: 7 MatMulNBits int4 g32 with int8 compute, the rest float;
+    """Layer 0 of the default model's decoder: 4 MatMulNBits (q/k/v and gate/up packed) int4 g32 with int8 compute, the rest float;
     its logits closer to float than with searched scales."""
     from edgemfm.quantizers.apply import quantize_component
     from edgemfm.quantizers.metrics import outputs, sqnr_db
@@ -94,8 +94,8 @@ def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path)
         )
         sqnr[method] = sqnr_db(ref, outputs(out, feeds, "logits"))
     attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
-    assert Counter((a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs) == {(4, 32, 4): 7}
-    assert report.quantized_units == 7 and report.schemes == (
+    assert Counter((a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs) == {(4, 32, 4): 4}
+    assert report.quantized_units == 4 and report.schemes == (
         AppliedScheme(bits=4, group_size=32, method="gptq_act_order"),
     )
     # measured: clip_search 5.1 dB, GPTQ 9.5 dB (ORT's RTN 5.2; random weights, the built-in prompts)

@@ -21,8 +21,9 @@ from edgemfm.quantizers.quantize import quantize
 from edgemfm.quantizers.units import unit_name, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe, Rule
 
-LAYERS = 4  # the default model's decoder: 4 layers x 7 projections + lm_head
-DECODER_MATMULS = LAYERS * 7 + 1
+LAYERS = 4  # the default model's decoder: 4 layers x 4 MatMuls (q/k/v and gate/up packed; o; down) + lm_head
+PER_LAYER = 4
+DECODER_MATMULS = LAYERS * PER_LAYER + 1
 VISION_MATMULS = 5  # 1 CLIP layer: o, fc1, fc2 + the 2 projector linears (q, k, v are inside the fused Attention)
 # the position table (an input of SkipLayerNormalization) and q/k/v packed by a Concat for the fused Attention
 VISION_FLOAT = ("vision_encoder/llava.vision_tower.pre_layrnorm", "vision_encoder/layers.0/self_attn")
@@ -63,8 +64,8 @@ def test_unit_names_follow_the_module_hierarchy(default_bundle):
     units, skipped = weighted_units(onnx.load(str(default_bundle / "text_decoder.onnx")), "text_decoder")
     names = [u.name for u in units]
     assert len(units) == DECODER_MATMULS and not skipped
-    assert names[0] == "text_decoder/layers.0/self_attn.q_proj" and names[-1] == "text_decoder/lm_head"
-    assert sum(n.startswith("text_decoder/layers.3/") for n in names) == 7
+    assert names[0] == "text_decoder/layers.0/self_attn.qkv_proj" and names[-1] == "text_decoder/lm_head"
+    assert sum(n.startswith("text_decoder/layers.3/") for n in names) == PER_LAYER
     assert (
         unit_name("vision_encoder", "llava.vision_tower.encoder.layers.0.mlp.fc1") == "vision_encoder/layers.0/mlp.fc1"
     )
@@ -179,8 +180,8 @@ def test_gptq_quantizes_only_what_the_recipe_names(default_bundle, tmp_path):
     report = quantize_component(
         default_bundle / "text_decoder.onnx", out, "text_decoder", recipe, Context(feeds, load_profile("pi5"), tmp_path)
     )
-    assert nbits(tmp_path, "gptq") == {(4, 32, None): 7}
-    assert len(report.float_units) == DECODER_MATMULS - 7
+    assert nbits(tmp_path, "gptq") == {(4, 32, None): PER_LAYER}
+    assert len(report.float_units) == DECODER_MATMULS - PER_LAYER
     ref = outputs(default_bundle / "text_decoder.onnx", feeds, "logits")
     # measured 4.4 dB: ORT's GPTQ is weak with 4 short windows (and below RTN on real weights, BENCHMARKS.md)
     assert sqnr_db(ref, outputs(out, feeds, "logits")) >= 3
@@ -217,7 +218,7 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
     )
     g = onnx.load(str(stage / "text_decoder.onnx")).graph
     bits = Counter({a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits")
-    assert bits == {4: 21, 8: 7}
+    assert bits == {4: 3 * PER_LAYER, 8: PER_LAYER}
     assert report.float_units == {"text_decoder/lm_head": "the recipe keeps it float"}
     bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
     with pytest.raises(
@@ -420,7 +421,7 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     capsys.readouterr()
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int4/clip_search/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
+    assert "int4/clip_search/g64" in text and f"nodes: text_decoder: MatMulNBits {DECODER_MATMULS}" in text
     assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
     judged = m.report.quantization["token_embedding"].judged
     assert judged.by == "text_decoder" and f"judged: token_embedding: SQNR {judged.sqnr_db:.1f} dB on" in text

@@ -36,8 +36,9 @@ _CONFIG_CLASSES = {
 }
 
 
-def tiny_text_model(architecture: str, path: Path, seed: int = 0) -> Path:
-    """A checkpoint of `architecture`: hidden 84, 6 query heads over 3 KV heads, 3 layers, byte tokenizer."""
+def tiny_text_model(architecture: str, path: Path, seed: int = 0, **overrides) -> Path:
+    """A checkpoint of `architecture`: hidden 84, 6 query heads over 3 KV heads, 3 layers, byte tokenizer
+    (`overrides`: config arguments that replace these, e.g. a tied head)."""
     import torch
     import transformers
 
@@ -45,7 +46,7 @@ def tiny_text_model(architecture: str, path: Path, seed: int = 0) -> Path:
 
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
-    config = getattr(transformers, _CONFIG_CLASSES[architecture])(
+    arguments = dict(
         hidden_size=84,
         intermediate_size=150,
         num_hidden_layers=3,
@@ -57,7 +58,9 @@ def tiny_text_model(architecture: str, path: Path, seed: int = 0) -> Path:
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
-        **TEXT_CONFIGS[architecture],
+    )
+    config = getattr(transformers, _CONFIG_CLASSES[architecture])(
+        **{**arguments, **TEXT_CONFIGS[architecture], **overrides}
     )
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config).eval()

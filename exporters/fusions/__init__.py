@@ -20,7 +20,18 @@ from pathlib import Path
 
 from edgemfm.report import Fusion
 
-FUSIONS = ("rms_norm", "layer_norm", "rotary", "attention", "group_query_attention", "gelu", "silu", "fused_matmul")
+# Projections are packed last: the attention rules match q, k and v as separate MatMuls.
+FUSIONS = (
+    "rms_norm",
+    "layer_norm",
+    "rotary",
+    "attention",
+    "group_query_attention",
+    "gelu",
+    "silu",
+    "fused_matmul",
+    "packed_projections",
+)
 
 # The fused kernels the rules produce (ONNX Runtime registers some in the default domain).
 FUSED_OPS = (

@@ -1,0 +1,92 @@
+"""A tied head and its token embedding: one quantized table in the bundle, read by both graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgemfm.bundle import read_manifest
+from edgemfm.quantizers import tied_table
+
+
+@pytest.fixture(scope="module")
+def tied_int4(tmp_path_factory):
+    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group), at int4."""
+    from tiny_text import tiny_text_model
+
+    import edgemfm
+
+    base = tmp_path_factory.mktemp("tied")
+    model = tiny_text_model(
+        "LlamaForCausalLM",
+        base / "model",
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
+    return edgemfm.export(edgemfm.ExportConfig(model=str(model), device="host", precision="int4", out=base / "b"))
+
+
+def _external(init) -> str | None:
+    return {e.key: e.value for e in init.external_data}.get("location")
+
+
+def test_a_tied_head_and_its_lookup_read_one_table_stored_once(tied_int4):
+    m = read_manifest(tied_int4)
+    assert tied_table.FILE in m.files  # listed, sized and hashed like every bundle file
+    embed = onnx.load(str(tied_int4 / "token_embedding.onnx"), load_external_data=False)
+    decoder = onnx.load(str(tied_int4 / "text_decoder.onnx"), load_external_data=False)
+    (lookup,) = [n for n in embed.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {_external(i) for i in embed.graph.initializer} == {tied_table.FILE}
+    ext = {i.name: _external(i) for i in decoder.graph.initializer}
+    heads = [n for n in decoder.graph.node if n.op_type == "MatMulNBits" and ext.get(n.input[1]) == tied_table.FILE]
+    assert len(heads) == 1 and lookup.input[0] == "tied_data"
+    assert "one table" in m.report.quantization["token_embedding"].notes["token_embedding"]
+
+
+def test_the_lookup_returns_the_heads_own_dequantized_rows(tied_int4):
+    """The embedding rows are the int4 head's columns: same codes, scales and zero points (equal to
+    float rounding: the two kernels order the de-quantizing multiply and subtract differently)."""
+    import onnxruntime as ort
+
+    stored = onnx.load(str(tied_int4 / "text_decoder.onnx"), load_external_data=False)
+    external = {i.name for i in stored.graph.initializer if _external(i)}
+    head = next(n for n in stored.graph.node if n.op_type == "MatMulNBits" and n.input[1] in external)
+    decoder = onnx.load(str(tied_int4 / "text_decoder.onnx"))  # the shared bytes read from tied_table.bin
+    inits = {i.name: i for i in decoder.graph.initializer}
+    k = next(a.i for a in head.attribute if a.name == "K")
+    alone = helper.make_graph(
+        [head],
+        "head",
+        [helper.make_tensor_value_info(head.input[0], TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info(head.output[0], TensorProto.FLOAT, None)],
+        [inits[n] for n in head.input[1:] if n],
+    )
+    model = helper.make_model(
+        alone, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    columns = session.run(None, {head.input[0]: np.eye(k, dtype=np.float32)})[0]  # [K, vocab]
+    embed = ort.InferenceSession(str(tied_int4 / "token_embedding.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.arange(columns.shape[1], dtype=np.int64)[None]
+    rows = embed.run(None, {embed.get_inputs()[0].name: ids})[0][0]
+    assert np.abs(rows - columns.T).max() <= 1e-6 * np.abs(columns).max()
+
+
+def _graph(nodes, weights: dict[str, np.ndarray]):
+    return helper.make_model(
+        helper.make_graph(nodes, "g", [], [], [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    )
+
+
+def test_only_equal_tables_count_as_tied():
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((12, 8)).astype(np.float32)
+    embed = _graph([helper.make_node("Gather", ["t", "ids"], ["e"])], {"t": table})
+    tied = _graph([helper.make_node("MatMul", ["h", "w"], ["logits"])], {"w": table.T.copy()})
+    other = _graph([helper.make_node("MatMul", ["h", "w"], ["logits"])], {"w": table.T + 1e-3})
+    assert tied_table._tied_outputs(embed, tied) == ("e", "ids", "logits", "h")
+    assert tied_table._tied_outputs(embed, other) is None
