@@ -356,7 +356,7 @@ def prune(
 
     source = Path(model)
     configs, recovery = _check_source(source, config, recover)
-    bundle.check_output(out, force)
+    bundle.check_output(out, force, inputs=(source, data))
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed else []
     require("onnx")  # torch + transformers, what pruning needs too
@@ -379,7 +379,9 @@ def prune(
         else:
             report["recovery"] = f"not run; pass --recover STEPS to distil from {source.name}"
         bar.add_task("saving", total=None)
-        with bundle.staging(out, force, verify=_verifier(type(pruned), report["parameters"]["after"])) as stage:
+        with bundle.staging(
+            out, force, verify=_verifier(type(pruned), report["parameters"]["after"]), inputs=(source, data)
+        ) as stage:
             pruned.save_pretrained(stage)
             _copy_side_files(source, stage)
             (stage / REPORT).write_text(json.dumps(report, indent=1) + "\n")

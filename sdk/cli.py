@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from edgemfm import leftovers
 from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import list_profiles, load_profile
 from edgemfm.records import to_dict
@@ -512,10 +514,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        with leftovers.terminating_unwinds():  # SIGTERM cleans up like Ctrl-C
+            args.func(args)
     except EdgemfmError as e:
         err.print(f"[red]edgemfm: error:[/red] {e}", soft_wrap=True)
         return 2
+    except leftovers.Terminated:
+        err.print("edgemfm: terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         err.print("edgemfm: interrupted")
         return 130

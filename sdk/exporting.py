@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgemfm import bundle
+from edgemfm import bundle, leftovers
 from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
@@ -28,18 +28,46 @@ from edgemfm.toolchain import quiet, require
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
 
 
+def _check_model(model: str | Path | None) -> None:
+    if model is None:
+        return
+    path = Path(model)
+    if not path.is_dir():
+        raise InputError(f"model directory {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
+
+
+def _model_id(model: str | Path | None) -> str:
+    if model is None:
+        from edgemfm.exporters import demo_sources
+
+        return demo_sources.MODEL_ID
+    return Path(model).resolve().name
+
+
 def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
     """The checkpoint directory and model id; the built-in demo model when `model` is None."""
     if model is None:
         from edgemfm.exporters import demo_sources
 
         return demo_sources.build_default(scratch / demo_sources.MODEL_ID), demo_sources.MODEL_ID
-    path = Path(model)
-    if not path.is_dir():
-        raise InputError(f"model directory {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
-    return path, path.resolve().name
+    _check_model(model)
+    return Path(model), _model_id(model)
+
+
+def _read_config(model_dir: Path) -> dict:
+    """config.json as a dict, or an InputError naming the file (invalid JSON, a list, unreadable)."""
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{str(path)!r} is not valid JSON ({e}); allowed: a Hugging Face config object") from None
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{str(path)!r} holds a {type(config).__name__}; allowed: a JSON object (a Hugging Face config)"
+        )
+    return config
 
 
 def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
@@ -119,21 +147,28 @@ def export(
     prune_configs = [parse_spec(spec) for spec in prune]  # a bad spec fails before the slow part
     from rich.progress import Progress
 
-    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
+    _check_model(model)
+    out = Path(out) if out is not None else Path(f"{_model_id(model)}-{profile.name}")
+    inputs = (model, calibration)
+    bundle.check_output(out, force, inputs)  # before the slow part, and before anything is touched
+    leftovers.sweep_for(out)
+    with (
+        leftovers.terminating_unwinds(),
+        tempfile.TemporaryDirectory(prefix=leftovers.owned(leftovers.SCRATCH_PREFIX)) as scratch,
+        quiet(),
+    ):
         from edgemfm.exporters import find_family
         from edgemfm.quantizers.pruning import bundle_report
 
         model_dir, model_id = _model_dir(model, Path(scratch))
-        out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
-        bundle.check_output(out, force)  # before the slow part
         if prune_configs:
             from edgemfm.quantizers.pruning import prune as prune_checkpoint
 
             model_dir = prune_checkpoint(
                 model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover
             )
-        family = find_family(json.loads((model_dir / "config.json").read_text()))
-        with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
+        family = find_family(_read_config(model_dir))
+        with bundle.staging(out, force, inputs=inputs) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
             split = family.split(family.load(model_dir), model_dir)
             bar.update(task, total=None, completed=0)
