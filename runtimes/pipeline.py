@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from edgemfm import bundle
-from edgemfm.errors import InputError
+from edgemfm import arguments, bundle, validate
+from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes import budget, streaming
@@ -135,7 +135,7 @@ class Pipeline(Generates):
             self.memory_budget,
             what,
         )
-        self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
+        self.tokenizer = _tokenizer(path, manifest)
         self.decoder = Decoder(
             self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
         )
@@ -195,7 +195,13 @@ class Pipeline(Generates):
         text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         for kind, spec in media.items():
-            if ids.count(spec.token_id) != calls.get(kind, 0):
+            found, wanted = ids.count(spec.token_id), calls.get(kind, 0)
+            if found < wanted:
+                raise BundleError(
+                    f"the {kind} placeholder {spec.placeholder!r} does not tokenize to its token id {spec.token_id} "
+                    "with this bundle's tokenizer; allowed: a manifest whose placeholder is one token of the tokenizer"
+                )
+            if found > wanted:
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
@@ -271,13 +277,12 @@ class Pipeline(Generates):
             [85, 101, 33]
         """
         sampler = sampler or Sampler()
+        check_request(prompt, images, audio, max_new_tokens)
         if self.draft is not None and not sampler.is_greedy:
             raise InputError(
                 f"speculative decoding (--draft) needs greedy decoding; temperature {sampler.temperature:g} is not allowed; allowed: 0"
             )
         limit = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if limit < 0:
-            raise InputError(f"max_new_tokens {limit} is not allowed; allowed: 0 or more")
         media = {"image": images, "audio": audio}
         eos = self.manifest.tokenizer.eos_token_ids
         if self.draft is not None:
@@ -299,6 +304,44 @@ class Pipeline(Generates):
             entries = list(entries)  # 3-D positions need every image's grid before the first chunk
             cache.mrope = mrope_prompt(grid_segments(entries))
         return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
+
+
+def _tokenizer(path: Path, manifest: Manifest) -> Tokenizer:
+    """The bundle's tokenizer, and every token id the manifest names checked against its vocabulary."""
+    file = path / manifest.tokenizer.file
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception for any malformed file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(
+            f"bundle file {manifest.tokenizer.file!r} is not a tokenizer the tokenizers library reads ({reason}); "
+            "allowed: a Hugging Face tokenizer.json"
+        ) from None
+    validate.token_ids(manifest, tokenizer.get_vocab_size(with_added_tokens=True), str(path / bundle.MANIFEST))
+    return tokenizer
+
+
+def check_request(prompt: Any, images: Any, audio: Any, max_new_tokens: Any) -> None:
+    """Refuse what the API would otherwise misread: a prompt that is not text (None would become
+    "None"), one media path given bare instead of in a list (a str would be read letter by letter).
+
+    Example:
+        >>> check_request("Hi", ["cat.png"], (), 8)
+        >>> check_request("Hi", "cat.png", (), 8)
+        Traceback (most recent call last):
+        edgemfm.errors.InputError: images='cat.png' is one str; allowed: a list or iterator of items, e.g. images=['cat.png']
+    """
+    if not isinstance(prompt, str):
+        raise InputError(f'prompt {prompt!r} is a {type(prompt).__name__}; allowed: a str ("" for none)')
+    arguments.utf8("prompt", prompt)
+    for kind, items in (("images", images), ("audio", audio)):
+        if isinstance(items, (str, bytes, Path, np.ndarray)) or not isinstance(items, Iterable):
+            shown = repr(items) if isinstance(items, (str, Path)) else f"a {type(items).__name__}"
+            raise InputError(
+                f"{kind}={shown} is one {type(items).__name__}; allowed: a list or iterator of items, e.g. {kind}=[{shown}]"
+            )
+    if max_new_tokens is not None:
+        arguments.number("max_new_tokens", max_new_tokens, low=0, integer=True)
 
 
 def _check_streaming(s: StreamingSettings) -> None:
@@ -333,6 +376,11 @@ def load(
         >>> pipe = edgemfm.load("bundles/llava-jetson", device="jetson", memory_budget=2048, draft="bundles/tiny-jetson")  # doctest: +SKIP
     """
     path = Path(path)
+    if device is not None:
+        arguments.text("device", device)  # "" is a mistake, not the default
+    arguments.number("threads", threads, low=0, high=arguments.THREADS_MAX, integer=True)
+    if memory_budget is not None:
+        arguments.number("memory budget (MiB)", memory_budget, low=0, above=True)
     manifest = bundle.read_manifest(path)
     profile = load_profile(device or manifest.profile)
     known = {f.name for f in dataclasses.fields(StreamingSettings)}

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgemfm import leftovers
+from edgemfm import leftovers, validate
 from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import FileEntry, Manifest
 
@@ -163,7 +163,9 @@ def read_manifest(bundle: str | Path) -> Manifest:
     path = bundle / MANIFEST
     if not path.is_file():
         raise BundleError(f"{str(bundle)!r} is not an edgemfm bundle: it has no {MANIFEST}")
-    manifest = Manifest.from_json(path.read_text(errors="replace"), where=str(path))
+    if path.is_symlink():
+        raise BundleError(f"{str(path)!r} is a symbolic link; allowed: bundle files that are plain files")
+    manifest = validate.check(Manifest.from_json(path.read_text(errors="replace"), where=str(path)), str(path))
     for name, entry in manifest.files.items():
         _check_file(bundle, name, entry)
     referenced = {c.file for c in manifest.components.values()} | {manifest.tokenizer.file}
@@ -176,6 +178,8 @@ def _check_file(bundle: Path, name: str, entry: FileEntry) -> None:
     if Path(name).name != name or name in ("", ".", ".."):
         raise BundleError(f"{bundle / MANIFEST}: file name {name!r} is not a plain name in the bundle")
     path = bundle / name
+    if path.is_symlink():  # a tokenizer.json -> /etc/shadow would be read; the sha256 list proves content, not place
+        raise BundleError(f"bundle file {name!r} is a symbolic link; allowed: plain files inside the bundle")
     if not path.is_file():
         raise BundleError(f"bundle file {name!r} is missing from {str(bundle)!r}")
     size = path.stat().st_size

@@ -56,6 +56,17 @@ def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
     return Path(model), _model_id(model)
 
 
+def _load(family, model_dir: Path):
+    """The family's model from `model_dir`; a checkpoint without its weights is the user's mistake, named."""
+    try:
+        return family.load(model_dir)
+    except OSError as e:  # transformers: "no file named model.safetensors ..."
+        reason = str(e).splitlines()[0][:300]
+        raise InputError(
+            f"cannot load the checkpoint in {str(model_dir)!r} ({reason}); allowed: a checkpoint folder with its weights"
+        ) from None
+
+
 def _read_config(model_dir: Path) -> dict:
     """config.json as a dict, or an InputError naming the file (invalid JSON, a list, unreadable)."""
     path = model_dir / "config.json"
@@ -170,7 +181,7 @@ def export(
         family = find_family(_read_config(model_dir))
         with bundle.staging(out, force, inputs=inputs) as stage, Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(f"loading {model_id}", total=None)
-            split = family.split(family.load(model_dir), model_dir)
+            split = family.split(_load(family, model_dir), model_dir)
             bar.update(task, total=None, completed=0)
             writer = importlib.import_module(WRITERS[format])
             components, parity, written = writer.write_units(
