@@ -43,8 +43,8 @@ class OrtSession:
     conversion they save), so it is not used.
     """
 
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
+    def __init__(self, session: ort.InferenceSession, name: str = ""):
+        self.session, self.name = session, name
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
         self.provider = session.get_providers()[0]
@@ -61,7 +61,7 @@ class OrtSession:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         try:
-            return cls(ort.InferenceSession(str(path), options, providers=list(providers)))
+            return cls(ort.InferenceSession(str(path), options, providers=list(providers)), Path(path).name)
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as e:
             reason = str(e).splitlines()[0][:200]
             raise BundleError(
@@ -70,7 +70,16 @@ class OrtSession:
             ) from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        try:
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
+            # The feeds follow the manifest (pre-processing sizes, cache layout): a graph that refuses
+            # them disagrees with its manifest.
+            reason = " ".join(str(e).split())[:300]
+            raise BundleError(
+                f"the graph of {self.name!r} refuses the inputs its manifest describes ({reason}); "
+                "allowed: a manifest matching its graphs"
+            ) from None
 
 
 def open_components(
