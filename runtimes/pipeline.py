@@ -136,6 +136,8 @@ class Pipeline(Generates):
             what,
         )
         self.tokenizer = _tokenizer(path, manifest)
+        # characters of the longest vocabulary entry: a text of n characters is at least n / this tokens
+        self.longest_token = max(1, *(len(t) for t in self.tokenizer.get_vocab(with_added_tokens=True)))
         self.decoder = Decoder(
             self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
         )
@@ -193,7 +195,17 @@ class Pipeline(Generates):
         ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
         text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
+        limit = self.streaming.max_seq_len
+        if len(text) > limit * self.longest_token:  # at least `limit` tokens: refused without tokenizing 1 MB
+            raise InputError(
+                f"the prompt of {len(prompt)} characters is at least {len(text) // self.longest_token} tokens; "
+                f"allowed: at most {limit} tokens (streaming.max_seq_len) with the template"
+            )
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        if len(ids) > limit:  # the window would slide over the prompt itself and drop its beginning
+            raise InputError(
+                f"the prompt is {len(ids)} tokens with the template; allowed: at most {limit} (streaming.max_seq_len)"
+            )
         for kind, spec in media.items():
             found, wanted = ids.count(spec.token_id), calls.get(kind, 0)
             if found < wanted:
@@ -361,6 +373,7 @@ def load(
     draft_k: int = 4,
     cascade: str | Path | None = None,
     escalate_below: float | str | Path | None = None,
+    trusted_keys: Sequence[str | Path] | None = None,
     **streaming_overrides: int,
 ) -> Any:
     """Open a bundle, verify every file's sha256, check the memory budget and start a session per component.
@@ -370,7 +383,8 @@ def load(
     for speculative decoding, proposing `draft_k` tokens per target call; `cascade` puts a small
     bundle in front that answers unless its self-test falls below `escalate_below` (a mean token
     log-probability, or a calibration JSON file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
-    `prefill_chunk`, `max_seq_len`, `sink_tokens`.
+    `prefill_chunk`, `max_seq_len`, `sink_tokens`. `trusted_keys` (public key files from `edgemfm keygen`):
+    every bundle loaded must carry a signature one of them verifies (see `edgemfm.signing`).
 
     Example:
         >>> pipe = edgemfm.load("bundles/llava-jetson", device="jetson", memory_budget=2048, draft="bundles/tiny-jetson")  # doctest: +SKIP
@@ -381,7 +395,9 @@ def load(
     arguments.number("threads", threads, low=0, high=arguments.THREADS_MAX, integer=True)
     if memory_budget is not None:
         arguments.number("memory budget (MiB)", memory_budget, low=0, above=True)
-    manifest = bundle.read_manifest(path)
+    if trusted_keys is not None and (isinstance(trusted_keys, (str, Path)) or not trusted_keys):
+        raise InputError(f"trusted_keys={trusted_keys!r}; allowed: a non-empty list of public key files")
+    manifest = bundle.read_manifest(path, trusted_keys)
     profile = load_profile(device or manifest.profile)
     known = {f.name for f in dataclasses.fields(StreamingSettings)}
     if bad := sorted(set(streaming_overrides) - known):
@@ -394,7 +410,7 @@ def load(
         pipe.speculate_k = draft_k
         pipe.draft = Pipeline(
             Path(draft),
-            bundle.read_manifest(draft),
+            bundle.read_manifest(draft, trusted_keys),
             profile,
             threads,
             memory_budget,
@@ -411,7 +427,7 @@ def load(
 
     small = Pipeline(
         Path(cascade),
-        bundle.read_manifest(cascade),
+        bundle.read_manifest(cascade, trusted_keys),
         profile,
         threads,
         memory_budget,

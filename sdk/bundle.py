@@ -31,6 +31,7 @@ from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import FileEntry, Manifest
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # edgemfm.signing writes it
 
 
 def sha256_of(path: Path) -> str:
@@ -143,15 +144,16 @@ def seal(stage: Path, manifest: Manifest) -> Manifest:
     files = {
         p.name: FileEntry(sha256=sha256_of(p), bytes=p.stat().st_size)
         for p in sorted(stage.iterdir())
-        if p.name != MANIFEST
+        if p.name not in (MANIFEST, SIGNATURE)  # the signature signs the manifest; it cannot be listed in it
     }
     manifest = manifest.with_files(files)
     (stage / MANIFEST).write_text(manifest.to_json())
     return manifest
 
 
-def read_manifest(bundle: str | Path) -> Manifest:
-    """Read a bundle's manifest and check every file it lists (presence, size, sha256).
+def read_manifest(bundle: str | Path, trusted_keys: Sequence[str | Path] | None = None) -> Manifest:
+    """Read a bundle's manifest and check every file it lists (presence, size, sha256, no symlinks);
+    with `trusted_keys` (public key files), also its signature (see `edgemfm.signing`).
 
     Example:
         >>> read_manifest("bundles/default-jetson").profile   # doctest: +SKIP
@@ -165,7 +167,12 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{str(bundle)!r} is not an edgemfm bundle: it has no {MANIFEST}")
     if path.is_symlink():
         raise BundleError(f"{str(path)!r} is a symbolic link; allowed: bundle files that are plain files")
-    manifest = validate.check(Manifest.from_json(path.read_text(errors="replace"), where=str(path)), str(path))
+    data = path.read_bytes()  # verified and parsed from the same bytes
+    if trusted_keys is not None:
+        from edgemfm.signing import verify
+
+        verify(bundle, data, trusted_keys)
+    manifest = validate.check(Manifest.from_json(data.decode(errors="replace"), where=str(path)), str(path))
     for name, entry in manifest.files.items():
         _check_file(bundle, name, entry)
     referenced = {c.file for c in manifest.components.values()} | {manifest.tokenizer.file}

@@ -140,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         draft_k=args.draft_k,
         cascade=args.cascade,
         escalate_below=args.escalate_below,
+        trusted_keys=args.trusted_key or None,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     pieces = pipe.generate(
@@ -166,6 +167,19 @@ def cmd_run(args: argparse.Namespace) -> None:
         err.print(
             f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls"
         )
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from edgemfm.signing import keygen
+
+    private, public = keygen(args.out, force=args.force)
+    out.print(f"[green]wrote[/green] {private} (private: keep it secret) and {public} (give it to `run --trusted-key`)")
+
+
+def cmd_sign(args: argparse.Namespace) -> None:
+    from edgemfm.signing import sign
+
+    out.print(f"[green]wrote[/green] {sign(args.bundle, args.key)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -461,7 +475,25 @@ def parser() -> argparse.ArgumentParser:
         metavar="LOGPROB_OR_JSON",
         help="with --cascade: a mean token log-probability, or a calibration JSON",
     )
+    r.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        type=A.name,
+        metavar="KEY.pub",
+        help="refuse bundles not signed by this public key (repeat for several; see `edgemfm sign`)",
+    )
     r.set_defaults(func=cmd_run)
+
+    k = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles (needs edgemfm[sign])")
+    k.add_argument("out", type=A.name, help="private key file to write; the public key goes to OUT.pub")
+    k.add_argument("--force", action="store_true", help="replace existing key files")
+    k.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("sign", help="sign a bundle's manifest (writes manifest.sig; needs edgemfm[sign])")
+    s.add_argument("bundle", help="bundle directory")
+    s.add_argument("--key", required=True, type=A.name, help="private key file from `edgemfm keygen`")
+    s.set_defaults(func=cmd_sign)
 
     b = sub.add_parser(
         "bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity"
