@@ -102,7 +102,15 @@ class Generates:
 
 
 class Pipeline(Generates):
-    """A loaded bundle: one session per component, the tokenizer, pre-processors and the decode loop."""
+    """A loaded bundle: one session per component, the tokenizer, pre-processors and the decode loop.
+
+    Threads: an onnx bundle's Pipeline may be shared. Each generate call keeps its own KV cache,
+    sampler, media and answer; what the calls share is read-only while they run (the manifest,
+    the tokenizer, onnxruntime sessions, whose `run` is thread-safe). Two threads get the answers
+    they would get one after the other, sharing the cores. Do not change a pipeline's attributes
+    (`draft`, `speculate_k`, `streaming`) while another thread generates with it. A pte bundle's
+    program owns its static KV cache: load one Pipeline per thread for it.
+    """
 
     def __init__(
         self,

@@ -126,8 +126,12 @@ def _generation(c: _Checker, m: Manifest) -> None:
         c.fail("generation.decoder", g.decoder, "a component with a kv_cache")
     c.name_in(f"components.{g.decoder}.inputs", "inputs_embeds", {s.name for s in decoder.inputs})
     c.name_in(f"components.{g.decoder}.outputs", "logits", {s.name for s in decoder.outputs})
+    for kind, name in (("inputs", "inputs_embeds"), ("outputs", "logits")):
+        spec = next(s for s in getattr(decoder, kind) if s.name == name)
+        if not spec.shape or not isinstance(spec.shape[-1], int):  # the budget sizes hidden rows and logits by it
+            c.fail(f"components.{g.decoder}.{kind} ({name}).shape", list(spec.shape), "a shape ending in a fixed size")
     vocab = next(o.shape[-1] for o in decoder.outputs if o.name == "logits")
-    limit = vocab - 1 if isinstance(vocab, int) else MAX_DIM
+    limit = vocab - 1
     for key in ("suppress_tokens", "begin_suppress_tokens"):
         for token in getattr(g, key):
             c.int_in(f"generation.{key}", token, 0, limit)
