@@ -50,10 +50,12 @@ def check_output(out: str | Path, force: bool, inputs: Sequence[str | Path | Non
         >>> check_output("models/llava", force=True, inputs=["models/llava"])  # doctest: +SKIP
         InputError: output 'models/llava' is the input 'models/llava'; allowed: a folder outside every input
     """
+    if str(out).strip() in ("", "."):  # Path("") is "."; replacing the working directory is never meant
+        raise InputError(f"output {str(out)!r} is the working directory; allowed: a new folder path")
     out = Path(out)
-    if str(out).strip() == "":
-        raise InputError("output '' is empty; allowed: a folder path")
-    target = out.resolve()
+    target, here = out.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents or target == Path(target.anchor):
+        raise InputError(f"output {str(out)!r} is or holds the working directory; allowed: a new folder path")
     for given in (Path(i) for i in inputs if i is not None):
         source = given.resolve()
         if target == source or source in target.parents or target in source.parents:

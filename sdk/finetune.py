@@ -386,7 +386,7 @@ def finetune(
             f"batch size and checkpoint interval must be at least 1, got {batch_size} and {checkpoint_every}"
         )
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
-    out = check_output(out, force).absolute()
+    out = check_output(out, force, inputs=(model_dir, data, cache)).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

@@ -286,7 +286,7 @@ def tune(
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
-        check_output(apply, force)  # before the slow part
+        check_output(apply, force, inputs=(model, bundle, data))  # before the slow part
     with (
         tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp,
         Progress(transient=True, disable=not progress) as bar,

@@ -14,6 +14,7 @@ import pytest
 
 from edgemfm import bundle, leftovers
 from edgemfm.cli import main
+from edgemfm.errors import InputError
 
 
 def _checkpoint(folder: Path) -> Path:
@@ -192,3 +193,11 @@ def test_killed_export_leaves_nothing_after_the_next_one(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("when", [1, 3, "scratch", 10, 30])
 def test_killed_export_leaves_nothing_at_other_points(tmp_path, monkeypatch, capsys, placeholder_model, sig, when):
     _kill_then_rerun(tmp_path, monkeypatch, capsys, placeholder_model, sig, when)
+
+
+@pytest.mark.parametrize("out", [".", "", "..", "/"])
+def test_output_holding_the_working_directory_is_refused(tmp_path, monkeypatch, out):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(InputError, match="working directory; allowed: a new folder path"):
+        bundle.check_output(out, force=True)
