@@ -72,7 +72,7 @@ class OrtSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return dict(zip(self.output_names, self.session.run(None, feeds)))
-        except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:  # ValueError: a missing input
             # The feeds follow the manifest (pre-processing sizes, cache layout): a graph that refuses
             # them disagrees with its manifest.
             reason = " ".join(str(e).split())[:300]

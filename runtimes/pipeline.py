@@ -39,6 +39,10 @@ from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
 
 
+# How a prompt longer than the bundle's window can be run: a longer window at load (dynamic cache) or export (pte).
+_LONGER = "the bundle's streaming.max_seq_len (raise it with load(max_seq_len=...) or export --max-seq-len)"
+
+
 class Generates:
     """generate_scored, generate_tokens and generate over `generate_steps` and `tokenizer`: shared by Pipeline and Cascade."""
 
@@ -207,13 +211,11 @@ class Pipeline(Generates):
         if len(text) > limit * self.longest_token:  # at least `limit` tokens: refused without tokenizing 1 MB
             raise InputError(
                 f"the prompt of {len(prompt)} characters is at least {len(text) // self.longest_token} tokens; "
-                f"allowed: at most {limit} tokens (streaming.max_seq_len) with the template"
+                f"allowed: at most {limit} with the template, {_LONGER}"
             )
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         if len(ids) > limit:  # the window would slide over the prompt itself and drop its beginning
-            raise InputError(
-                f"the prompt is {len(ids)} tokens with the template; allowed: at most {limit} (streaming.max_seq_len)"
-            )
+            raise InputError(f"the prompt is {len(ids)} tokens with the template; allowed: at most {limit}, {_LONGER}")
         for kind, spec in media.items():
             found, wanted = ids.count(spec.token_id), calls.get(kind, 0)
             if found < wanted:

@@ -107,10 +107,13 @@ def _component(c: _Checker, path: str, comp: Component) -> None:
         if kv.kind == "dynamic":
             for key, names in (("past", comp.inputs), ("present", comp.outputs)):
                 c.template(f"{path}.kv_cache.{key}", getattr(kv, key), {"layer", "kind"})
+                declared = {s.name for s in names}
                 for layer in range(kv.layers):
                     for k in ("key", "value"):
                         tensor = getattr(kv, key).format(layer=layer, kind=k)
-                        c.name_in(f"{path}.kv_cache.{key} ({tensor})", tensor, {s.name for s in names})
+                        c.name_in(f"{path}.kv_cache.{key} ({tensor})", tensor, declared)
+                if getattr(kv, key).format(layer=kv.layers, kind="key") in declared:  # the graph has more layers
+                    c.fail(f"{path}.kv_cache.layers", kv.layers, f"the layers the {key} tensors name")
         else:
             c.int_in(f"{path}.kv_cache.max_seq_len", kv.max_seq_len, 1, MAX_TOKENS)
             c.name_in(f"{path}.kv_cache.position", kv.position, {s.name for s in comp.inputs})
