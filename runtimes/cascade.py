@@ -97,6 +97,10 @@ class Cascade(Generates):
                 if _number(str(escalate_below)) is not None
                 else Calibration.read(escalate_below).threshold
             )
+        if math.isnan(float(escalate_below)):  # every comparison with NaN is False: it would always escalate
+            raise InputError(
+                "escalate_below nan is not allowed; allowed: a mean log-probability (e.g. -1.5) or -inf/inf"
+            )
         self.small, self.large, self.threshold = small, large, float(escalate_below)
         self.tokenizer = large.tokenizer  # never swapped: each answer carries its own in its _Decision
         self._last = threading.local()  # per thread: the decision of its last question

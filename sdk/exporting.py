@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgemfm import bundle, leftovers
+from edgemfm import arguments, bundle, leftovers
 from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
@@ -109,8 +109,8 @@ def _check_options(
         presets.recipe_for(profile, precision)  # refuses an unknown precision or one without kernels here
     if calibration is not None and not Path(calibration).is_dir():
         raise InputError(f"calibration folder {str(calibration)!r} does not exist")
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
-        raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
+    if memory_budget_mb is not None:
+        arguments.number("memory budget (MB)", memory_budget_mb, low=0, above=True)
     limit = profile.streaming.max_seq_len
     if max_seq_len is not None and not 1 <= max_seq_len <= limit:
         raise InputError(f"max sequence length {max_seq_len} is out of range for {profile.name}; allowed: 1 to {limit}")
@@ -151,6 +151,8 @@ def export(
     the report's "pruning" says what went, where and why.
     """
     profile = load_profile(device)
+    if accuracy_tolerance_db is not None:
+        arguments.number("accuracy tolerance (dB)", accuracy_tolerance_db)
     max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
     require(format)
     from edgemfm.quantizers.pruning import parse_spec

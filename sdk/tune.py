@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -279,7 +280,7 @@ def tune(
 
     profile = load_profile(device)
     memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
-    if not latency_budget_ms > 0 or not memory_budget_mb > 0:
+    if not 0 < latency_budget_ms < math.inf or not 0 < memory_budget_mb < math.inf:
         raise InputError(
             f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
         )
