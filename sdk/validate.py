@@ -3,7 +3,7 @@
 `from_dict` already checks keys and types; this checks meaning: names that exist (components,
 their inputs and outputs), sizes that are positive and bounded (so nothing allocates gigabytes
 on a typo), dtypes from a closed list, templates with known fields only, token ids inside the
-vocabulary, and the parts of the report the runtime and `inspect` read.
+vocabulary (the typed report is checked by its records).
 
 Example:
     >>> check(manifest, "bundle/manifest.json")            # doctest: +SKIP
@@ -77,7 +77,6 @@ def check(manifest: Manifest, where: str) -> Manifest:
     t = manifest.tokenizer
     for i, token in enumerate((*([t.bos_token_id] if t.bos_token_id is not None else []), *t.eos_token_ids)):
         c.int_in(f"tokenizer token id [{i}]", token, 0, MAX_DIM)
-    _report(c, manifest)
     return manifest
 
 
@@ -198,26 +197,6 @@ def _preprocess(c: _Checker, p: Preprocess) -> None:
         c.int_in("preprocess.audio.n_samples", a.n_samples, a.n_fft, a.sampling_rate * MAX_AUDIO_S)
         c.real_in("preprocess.audio.min_frequency", a.min_frequency, 0, a.sampling_rate / 2)
         c.real_in("preprocess.audio.max_frequency", a.max_frequency, a.min_frequency, a.sampling_rate / 2, above=True)
-
-
-def _report(c: _Checker, m: Manifest) -> None:
-    """The report is free-form, but the runtime (fusion counts) and `inspect` (parity) read parts of it."""
-    parity = m.report.get("parity", {})
-    if not isinstance(parity, dict):
-        c.fail("report.parity", parity, "an object per component")
-    for name, entry in parity.items():
-        if not isinstance(entry, dict):
-            c.fail(f"report.parity.{name}", entry, "an object")
-        diff = entry.get("max_abs_diff")  # inspect's parity column
-        if isinstance(diff, bool) or not isinstance(diff, (int, float)):
-            c.fail(f"report.parity.{name}.max_abs_diff", diff, "a number")
-        fused = entry.get("fusion", {})
-        ops = fused.get("fused_ops", {}) if isinstance(fused, dict) else None
-        if not isinstance(ops, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ops.values()):
-            c.fail(f"report.parity.{name}.fusion", fused, "an object with fused_ops: {op: count}")
-        nodes = entry.get("nodes", 0)
-        if isinstance(nodes, bool) or not isinstance(nodes, (int, float)):
-            c.fail(f"report.parity.{name}.nodes", nodes, "a number")
 
 
 def token_ids(manifest: Manifest, vocab_size: int, where: str) -> None:
