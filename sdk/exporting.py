@@ -118,7 +118,8 @@ def resolve(config: ExportConfig) -> ExportConfig:
     """
     profile = load_profile(config.device)
     max_seq_len = _check_options(profile, config)
-    out = config.out if config.out is not None else f"{_model_id(config.model)}-{profile.name}"
+    model_id = _model_id(config.model)  # checks the checkpoint folder even when --out names the output
+    out = config.out if config.out is not None else f"{model_id}-{profile.name}"
     return replace(config, device=profile.name, out=out, max_seq_len=max_seq_len)
 
 
