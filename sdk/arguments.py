@@ -121,7 +121,6 @@ def name(raw: str) -> str:
 # The command line's typed options, one per meaning.
 POSITIVE = arg(number, float, low=0, above=True)
 FINITE = arg(number, float)
-FRACTION = arg(number, float, low=0, high=1)  # pruning shares
 PROBABILITY = arg(number, float, low=0, high=1, above=True)  # top-p
 COUNT = arg(number, int, low=0)
 AT_LEAST_ONE = arg(number, int, low=1)

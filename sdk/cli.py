@@ -461,11 +461,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--blocks", type=A.COUNT, default=0, help="number of whole blocks to remove")
     pr.add_argument(
         "--heads",
-        type=A.FRACTION,
+        type=A.FINITE,
         default=0.0,
         help="fraction of KV head groups (with their query heads) to remove per layer",
     )
-    pr.add_argument("--mlp", type=A.FRACTION, default=0.0, help="fraction of MLP channels to remove per layer")
+    pr.add_argument("--mlp", type=A.FINITE, default=0.0, help="fraction of MLP channels to remove per layer")
     pr.add_argument(
         "--data",
         help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)",

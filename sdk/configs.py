@@ -1,6 +1,6 @@
 """One frozen config per verb: `ExportConfig`, `QuantizeConfig`, `FinetuneConfig`.
 
-They live in this leaf module (it imports only errors and the recipe record), not beside their
+They live in this leaf module (it imports only errors, value checks and the recipe record), not beside their
 verbs, so that `import edgemfm; edgemfm.ExportConfig(...)`, the CLI's `--dry-run` and the tuner
 can build and print a config without importing the verbs' stacks (torch, onnx, the quantizers).
 Like every record they round-trip through JSON with `records.to_dict` / `from_dict`, which
@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def _paths_as_text(config: object, *names: str) -> None:
 
 
 def _positive_budget(memory_budget_mb: float | None, accuracy_tolerance_db: float | None = None) -> None:
-    if memory_budget_mb is not None:
-        arguments.number("memory budget (MB)", memory_budget_mb, low=0, above=True)  # NaN and inf too
+    ok = isinstance(memory_budget_mb, (int, float)) and 0 < memory_budget_mb < math.inf  # NaN and inf too
+    if memory_budget_mb is not None and not ok:
+        raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
     if accuracy_tolerance_db is not None:
         arguments.number("accuracy tolerance (dB)", accuracy_tolerance_db)
 

@@ -151,7 +151,7 @@ def test_export_refuses_in_one_line_and_leaves_nothing(tmp_path, media, capsys, 
 
 OTHER_CASES = [
     (["prune", "--model", "m", "--out", "o", "--blocks", "-1"], "argument --blocks: -1 is not allowed"),
-    (["prune", "--model", "m", "--out", "o", "--mlp", "1.5"], "argument --mlp: 1.5 is not allowed"),
+    (["prune", "--model", "m", "--out", "o", "--mlp", "1.5"], "--mlp 1.5 is outside (0, 1)"),
     (["prune", "--model", "m", "--out", "o", "--heads", "nan"], "argument --heads: nan is not allowed"),
     (["tune", "--device", "host", "--latency-budget", "nan"], "argument --latency-budget: nan is not allowed"),
     (["tune", "--device", "host", "--latency-budget", "0"], "argument --latency-budget: 0.0 is not allowed"),
