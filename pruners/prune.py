@@ -387,7 +387,7 @@ def prune(
 
     source = resolve_model(model, revision).path
     configs, recovery = _check_source(source, config, recover)
-    bundle.check_output(out, force)
+    bundle.check_output(out, force, inputs=(source, data))
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed else []
     require("onnx")  # torch + transformers, what pruning needs too
@@ -420,7 +420,9 @@ def prune(
             ),
         )
         say(progress, "saving")
-        with bundle.staging(out, force, verify=_verifier(cap.load, report.parameters.after)) as stage:
+        with bundle.staging(
+            out, force, verify=_verifier(cap.load, report.parameters.after), inputs=(source, data)
+        ) as stage:
             cap.save(pruned, stage)
             _copy_side_files(source, stage)
             (stage / REPORT).write_text(json.dumps(to_dict(report), indent=1) + "\n")

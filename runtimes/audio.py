@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -33,36 +34,31 @@ _KAISER_BETA = 8.6
 _MAX_FILTER = 1 << 22  # entries of the resampling matrix (32 MiB): rates with a simple ratio stay far below
 
 
-def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+_RATES = (1000, 768000)  # Hz a WAV may declare: telephony's 8 kHz down to 1 kHz, studio's 768 kHz
+_MAX_CHANNELS = 64  # beyond any microphone array or surround layout; a header claiming more is broken
+
+
+def _chunks(f: BinaryIO, where: str) -> dict[bytes, tuple[int, int]]:
+    """Each chunk's (offset of its data, size its header claims), read without reading the data."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
     chunks, pos = {}, 12
-    while pos + 8 <= len(data):
-        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        chunks.setdefault(tag, data[pos + 8 : pos + 8 + size])
+    while len(header := f.read(8)) == 8:
+        tag, size = header[:4], struct.unpack("<I", header[4:])[0]
+        chunks.setdefault(tag, (pos + 8, size))
         pos += 8 + size + (size & 1)  # chunks are padded to an even length
+        f.seek(pos)
     if b"fmt " not in chunks or b"data" not in chunks:
         raise InputError(f"{where} is a WAV file without a fmt or data chunk; allowed: {_ALLOWED}")
     return chunks
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Samples as float32 in [-1, 1], shaped [frames, channels], and the sample rate.
-
-    Reads the RIFF chunks itself: the stdlib `wave` module reads only integer PCM before Python
-    3.12 (a float WAV raises "unknown format: 3"), and float WAVs are common from audio tools.
-
-    Example:
-        >>> samples, rate = read_wav("speech.wav")   # doctest: +SKIP
-        >>> samples.shape, rate                      # doctest: +SKIP
-        ((38912, 1), 22050)
-    """
-    path = Path(path)
-    where = repr(str(path))
-    if not path.is_file():
-        raise InputError(f"audio file {where} does not exist")
-    chunks = _chunks(path.read_bytes(), where)
-    fmt = chunks[b"fmt "]
+def _format(f: BinaryIO, chunks: dict[bytes, tuple[int, int]], where: str) -> tuple[int, int, int, int]:
+    """(format tag, channels, rate, bits per sample) from the fmt chunk, refused unless this reader decodes it."""
+    offset, size = chunks[b"fmt "]
+    f.seek(offset)
+    fmt = f.read(min(size, 64))
     if len(fmt) < 16:
         raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
@@ -74,20 +70,67 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise InputError(
             f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}"
         )
-    raw = chunks[b"data"]
-    raw = raw[: len(raw) - len(raw) % (width * channels)]
+    if not _RATES[0] <= rate <= _RATES[1]:
+        raise InputError(f"{where} declares {rate} Hz; allowed: {_RATES[0]} to {_RATES[1]} Hz")
+    if channels > _MAX_CHANNELS:
+        raise InputError(f"{where} declares {channels} channels; allowed: 1 to {_MAX_CHANNELS}")
+    return tag, channels, rate, bits
+
+
+def read_wav(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Samples as float32 in [-1, 1], shaped [frames, channels], and the sample rate.
+
+    Reads the RIFF chunks itself: the stdlib `wave` module reads only integer PCM before Python
+    3.12 (a float WAV raises "unknown format: 3"), and float WAVs are common from audio tools.
+    The headers are read first: a clip whose header claims more than `max_seconds` is refused
+    before its samples are read, and data shorter than the header claims is reported.
+
+    Example:
+        >>> samples, rate = read_wav("speech.wav")   # doctest: +SKIP
+        >>> samples.shape, rate                      # doctest: +SKIP
+        ((38912, 1), 22050)
+    """
+    path = Path(path)
+    where = repr(str(path))
+    if path.is_dir():
+        raise InputError(f"audio path {where} is a directory; allowed: a WAV file")
+    if not path.is_file():
+        raise InputError(f"audio file {where} does not exist")
+    with open(path, "rb") as f:
+        chunks = _chunks(f, where)
+        tag, channels, rate, bits = _format(f, chunks, where)
+        width = bits // 8
+        offset, claimed = chunks[b"data"]
+        claimed -= claimed % (width * channels)
+        seconds = claimed / (width * channels * rate)
+        if max_seconds is not None and seconds > max_seconds:  # never cut a clip silently: the encoder sees one window
+            raise InputError(
+                f"audio {where} lasts {seconds:.1f} s; this model takes clips of at most {max_seconds:g} s"
+            )
+        f.seek(offset)
+        raw = f.read(claimed)
+    if len(raw) < claimed:
+        raise InputError(
+            f"{where} holds {len(raw)} bytes of samples where its header claims {claimed} (truncated?); "
+            "allowed: a complete WAV file"
+        )
     if not raw:
         raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
+    samples = _decode(raw, tag, width, bits).reshape(-1, channels)
+    if not np.isfinite(samples).all():
+        raise InputError(f"{where} holds NaN or infinite samples; allowed: finite samples")
+    return samples, rate
+
+
+def _decode(raw: bytes, tag: int, width: int, bits: int) -> np.ndarray:
     if tag == _FLOAT:
-        samples = np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
-    elif width == 1:  # 8-bit PCM is unsigned, centred on 128
-        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 3:
+        return np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
+    if width == 1:  # 8-bit PCM is unsigned, centred on 128
+        return (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    if width == 3:
         b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        samples = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
-    else:
-        samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (bits - 1)
-    return samples.reshape(-1, channels), rate
+        return ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
+    return np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (bits - 1)
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -217,11 +260,12 @@ def load_audio(item: str | Path | np.ndarray, spec: AudioPreprocess) -> np.ndarr
                 f"audio array must be 1-D float samples at {spec.sampling_rate} Hz, at most {spec.n_samples}; "
                 f"got {item.dtype} {item.shape}"
             )
+        if not np.isfinite(item).all():
+            raise InputError("audio array holds NaN or infinite samples; allowed: finite samples")
         return item.astype(np.float32)
-    samples, rate = read_wav(item)
-    seconds, limit = len(samples) / rate, spec.n_samples / spec.sampling_rate
-    if seconds > limit:  # never cut a clip silently: the encoder sees one window
-        raise InputError(f"audio {str(item)!r} lasts {seconds:.1f} s; this model takes clips of at most {limit:g} s")
+    if not isinstance(item, (str, Path)):
+        raise InputError(f"audio item {item!r} is a {type(item).__name__}; allowed: a WAV path or a 1-D float array")
+    samples, rate = read_wav(item, max_seconds=spec.n_samples / spec.sampling_rate)
     return resample(samples.mean(axis=1), rate, spec.sampling_rate)
 
 

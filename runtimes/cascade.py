@@ -14,6 +14,12 @@ Example:
     'red'
     >>> cascade.answered_by                                                                              # doctest: +SKIP
     'small'
+    >>> cascade.answer("What colour is the ball?", images=["ball.png"])                                  # doctest: +SKIP
+    CascadeAnswer(text='red', answered_by='small', score=-0.21)
+
+Threads: one Cascade may serve several threads. Which bundle answered, its score and the
+tokenizer that decodes the answer are kept per call (`answer` returns them in a record);
+`answered_by` and `score` read the calling thread's last question.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +37,8 @@ import numpy as np
 
 from edgemfm import bundle
 from edgemfm.errors import InputError
-from edgemfm.runtimes.decoding import Sampler, logprob
-from edgemfm.runtimes.pipeline import Generates, Pipeline
+from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
+from edgemfm.runtimes.pipeline import Generates, Pipeline, check_request
 from edgemfm.runtimes.pipeline import load as load_pipeline
 
 
@@ -62,8 +69,24 @@ def mean_logprob(scored: Sequence[tuple[int, float]]) -> float:
     return sum(lp for _, lp in scored) / len(scored) if scored else -math.inf
 
 
+@dataclass(frozen=True)
+class CascadeAnswer:
+    """One question's answer and who gave it."""
+
+    text: str
+    answered_by: str  # "small": passed the self-test; "large": escalated
+    score: float  # the small answer's mean token log-probability (the self-test)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    answered_by: str
+    score: float
+    tokenizer: Any  # the answering bundle's: it decodes the answer
+
+
 class Cascade(Generates):
-    """Two pipelines behind one generate API; `answered_by` says which answered the last question."""
+    """Two pipelines behind one generate API; `answered_by` says which answered the calling thread's last question."""
 
     def __init__(self, small: Pipeline, large: Pipeline, escalate_below: float | str | Path | None):
         if escalate_below is None:
@@ -76,10 +99,61 @@ class Cascade(Generates):
                 if _number(str(escalate_below)) is not None
                 else Calibration.read(escalate_below).threshold
             )
+        if math.isnan(float(escalate_below)):  # every comparison with NaN is False: it would always escalate
+            raise InputError(
+                "escalate_below nan is not allowed; allowed: a mean log-probability (e.g. -1.5) or -inf/inf"
+            )
         self.small, self.large, self.threshold = small, large, float(escalate_below)
-        self.tokenizer = large.tokenizer  # each answer is decoded by the tokenizer of the bundle that gave it
-        self.answered_by: str | None = None
-        self.score: float | None = None
+        self.tokenizer = large.tokenizer  # never swapped: each answer carries its own in its _Decision
+        self._last = threading.local()  # per thread: the decision of its last question
+
+    @property
+    def answered_by(self) -> str | None:
+        """ "small" or "large" for the calling thread's last question (None before the first)."""
+        decision = getattr(self._last, "decision", None)
+        return None if decision is None else decision.answered_by
+
+    @property
+    def score(self) -> float | None:
+        """The self-test score of the calling thread's last question (None before the first)."""
+        decision = getattr(self._last, "decision", None)
+        return None if decision is None else decision.score
+
+    def generate(
+        self,
+        prompt: str,
+        images: Iterable[Any] = (),
+        audio: Iterable[Any] = (),
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Pieces of the answer's text, decoded by the tokenizer of the bundle that answered.
+
+        Example:
+            >>> "".join(cascade.generate("Colour?", images=["ball.png"]))  # doctest: +SKIP
+            'red'
+        """
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        scored, large, decision = self._answer(prompt, images, audio, max_new_tokens, sampler)
+        tokens = (t for t, _ in large) if scored is None else (t for t, _ in scored)
+        return stop_at(detokenize(decision.tokenizer, tokens), stop)
+
+    def answer(
+        self, prompt: str, images: Iterable[Any] = (), audio: Iterable[Any] = (), **options: Any
+    ) -> CascadeAnswer:
+        """The whole answer with which bundle gave it and the self-test score: safe to call from many threads.
+
+        Example:
+            >>> cascade.answer("Colour?", images=["ball.png"], max_new_tokens=4).answered_by  # doctest: +SKIP
+            'small'
+        """
+        text = "".join(self.generate(prompt, images, audio, **options))
+        decision = self._last.decision  # set by this thread's generate just above
+        return CascadeAnswer(text, decision.answered_by, decision.score)
 
     @property
     def provider(self) -> str:
@@ -94,7 +168,7 @@ class Cascade(Generates):
         sampler: Sampler | None = None,
     ) -> Iterator[tuple[int, np.ndarray | None]]:
         """The small bundle's answer if it passes the self-test (its logits not kept: None), else the large bundle's."""
-        scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
+        scored, large, _ = self._answer(prompt, images, audio, max_new_tokens, sampler)
         return large if scored is None else ((token, None) for token, _ in scored)
 
     def generate_scored(
@@ -106,20 +180,23 @@ class Cascade(Generates):
         sampler: Sampler | None = None,
     ) -> Iterator[tuple[int, float]]:
         """(token, log-probability) pairs of the answer that passed: the small bundle's, or the large one's."""
-        scored, large = self._answer(prompt, images, audio, max_new_tokens, sampler)
+        scored, large, _ = self._answer(prompt, images, audio, max_new_tokens, sampler)
         return ((token, logprob(logits, token)) for token, logits in large) if scored is None else iter(scored)
 
     def _answer(self, prompt, images, audio, max_new_tokens, sampler):
-        """(the small answer's scored tokens, None) when it passes the self-test, else (None, the large bundle's steps)."""
+        """(the small answer's scored tokens, None, decision) when it passes the self-test, else
+        (None, the large bundle's steps, decision); the decision is also this thread's last."""
+        check_request(prompt, images, audio, max_new_tokens)
         images, audio = list(images), list(audio)  # the large bundle may need them again
         steps = self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler)
         scored = [(token, logprob(logits, token)) for token, logits in steps]  # one float per token, no logits kept
-        self.score = mean_logprob(scored)
-        if self.score >= self.threshold:
-            self.answered_by, self.tokenizer = "small", self.small.tokenizer
-            return scored, None
-        self.answered_by, self.tokenizer = "large", self.large.tokenizer
-        return None, self.large.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+        score = mean_logprob(scored)
+        passed = score >= self.threshold
+        answering = self.small if passed else self.large
+        self._last.decision = decision = _Decision("small" if passed else "large", score, answering.tokenizer)
+        if passed:
+            return scored, None, decision
+        return None, self.large.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
 
 
 def load(
@@ -146,7 +223,7 @@ def load(
     # reserved: the large pipeline's KV cache and activations count against the same budget
     front = Pipeline(
         Path(small),
-        bundle.read_manifest(small),
+        bundle.read_manifest(small, options.get("trusted_keys")),  # signed like the large one when keys are given
         pipe.profile,
         threads,
         memory_budget,

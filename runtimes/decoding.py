@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgemfm.arguments import SEED_MAX, number
 from edgemfm.errors import InputError
 
 
@@ -71,14 +72,16 @@ class Sampler:
     rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self):
-        if not (np.isfinite(self.temperature) and self.temperature >= 0):
+        if not (isinstance(self.temperature, (int, float)) and np.isfinite(self.temperature) and self.temperature >= 0):
             raise InputError(
                 f"temperature {self.temperature!r} is not allowed; allowed: 0 (greedy) or a positive number"
             )
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise InputError(f"top-k {self.top_k!r} is not allowed; allowed: 0 (no limit) or a positive integer")
-        if not 0 < self.top_p <= 1:
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise InputError(f"top-p {self.top_p!r} is not allowed; allowed: a number in (0, 1]")
+        if self.seed is not None:
+            number("seed", self.seed, low=0, high=SEED_MAX, integer=True)
         self.rng = np.random.default_rng(self.seed)
 
     @property

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgemfm.errors import BundleError
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
 
@@ -42,8 +43,8 @@ class OrtSession:
     conversion they save), so it is not used.
     """
 
-    def __init__(self, session: ort.InferenceSession):
-        self.session = session
+    def __init__(self, session: ort.InferenceSession, name: str = ""):
+        self.session, self.name = session, name
         self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
         self.provider = session.get_providers()[0]
@@ -59,10 +60,26 @@ class OrtSession:
         # Idle sessions that spin their threads slow the busy one on a small CPU.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
-        return cls(ort.InferenceSession(str(path), options, providers=list(providers)))
+        try:
+            return cls(ort.InferenceSession(str(path), options, providers=list(providers)), Path(path).name)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as e:
+            reason = str(e).splitlines()[0][:200]
+            raise BundleError(
+                f"bundle file {Path(path).name!r} is not an ONNX model onnxruntime can load ({reason}); "
+                "allowed: the graph the exporter wrote"
+            ) from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        try:
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:  # ValueError: a missing input
+            # The feeds follow the manifest (pre-processing sizes, cache layout): a graph that refuses
+            # them disagrees with its manifest.
+            reason = " ".join(str(e).split())[:300]
+            raise BundleError(
+                f"the graph of {self.name!r} refuses the inputs its manifest describes ({reason}); "
+                "allowed: a manifest matching its graphs"
+            ) from None
 
 
 def open_components(
@@ -76,7 +93,7 @@ def open_components(
     """
     providers = choose_providers(profile.execution_providers)
     several = len(manifest.components) > 1
-    return {
+    sessions = {
         # Encoders run once per item: without an arena their buffers go back to the OS before the decoder's peak.
         name: OrtSession.load(
             path / c.file,
@@ -87,3 +104,20 @@ def open_components(
         )
         for name, c in components.items()
     }
+    for name, c in components.items():
+        _check_io(name, c, sessions[name])
+    return sessions
+
+
+def _check_io(name: str, component: Component, session: OrtSession) -> None:
+    """The graph's inputs and outputs are the ones the manifest declares (a renamed input would fail mid-run)."""
+    for kind, declared, actual in (
+        ("inputs", [t.name for t in component.inputs], session.input_names),
+        ("outputs", [t.name for t in component.outputs], session.output_names),
+    ):
+        if set(declared) != set(actual):
+            odd = sorted(set(declared) ^ set(actual))[0]
+            raise BundleError(
+                f"component {name!r}: the manifest's {kind} {sorted(declared)} differ from its graph's "
+                f"{sorted(actual)} (at {odd!r}); allowed: the names in the graph"
+            )

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from edgemfm import bundle
-from edgemfm.errors import InputError
+from edgemfm import arguments, bundle, validate
+from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes import budget, streaming
@@ -37,6 +37,10 @@ from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
 
 # Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
 BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
+
+
+# How a prompt longer than the bundle's window can be run: a longer window at load (dynamic cache) or export (pte).
+_LONGER = "the bundle's streaming.max_seq_len (raise it with load(max_seq_len=...) or export --max-seq-len)"
 
 
 class Generates:
@@ -102,7 +106,15 @@ class Generates:
 
 
 class Pipeline(Generates):
-    """A loaded bundle: one session per component, the tokenizer, pre-processors and the decode loop."""
+    """A loaded bundle: one session per component, the tokenizer, pre-processors and the decode loop.
+
+    Threads: an onnx bundle's Pipeline may be shared. Each generate call keeps its own KV cache,
+    sampler, media and answer; what the calls share is read-only while they run (the manifest,
+    the tokenizer, onnxruntime sessions, whose `run` is thread-safe). Two threads get the answers
+    they would get one after the other, sharing the cores. Do not change a pipeline's attributes
+    (`draft`, `speculate_k`, `streaming`) while another thread generates with it. A pte bundle's
+    program owns its static KV cache: load one Pipeline per thread for it.
+    """
 
     def __init__(
         self,
@@ -135,7 +147,9 @@ class Pipeline(Generates):
             self.memory_budget,
             what,
         )
-        self.tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer.file))
+        self.tokenizer = _tokenizer(path, manifest)
+        # characters of the longest vocabulary entry: a text of n characters is at least n / this tokens
+        self.longest_token = max(1, *(len(t) for t in self.tokenizer.get_vocab(with_added_tokens=True)))
         self.decoder = Decoder(
             self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
         )
@@ -193,9 +207,23 @@ class Pipeline(Generates):
         ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
         text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
+        limit = self.streaming.max_seq_len
+        if len(text) > limit * self.longest_token:  # at least `limit` tokens: refused without tokenizing 1 MB
+            raise InputError(
+                f"the prompt of {len(prompt)} characters is at least {len(text) // self.longest_token} tokens; "
+                f"allowed: at most {limit} with the template, {_LONGER}"
+            )
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        if len(ids) > limit:  # the window would slide over the prompt itself and drop its beginning
+            raise InputError(f"the prompt is {len(ids)} tokens with the template; allowed: at most {limit}, {_LONGER}")
         for kind, spec in media.items():
-            if ids.count(spec.token_id) != calls.get(kind, 0):
+            found, wanted = ids.count(spec.token_id), calls.get(kind, 0)
+            if found < wanted:
+                raise BundleError(
+                    f"the {kind} placeholder {spec.placeholder!r} does not tokenize to its token id {spec.token_id} "
+                    "with this bundle's tokenizer; allowed: a manifest whose placeholder is one token of the tokenizer"
+                )
+            if found > wanted:
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
@@ -271,13 +299,12 @@ class Pipeline(Generates):
             [85, 101, 33]
         """
         sampler = sampler or Sampler()
+        check_request(prompt, images, audio, max_new_tokens)
         if self.draft is not None and not sampler.is_greedy:
             raise InputError(
                 f"speculative decoding (--draft) needs greedy decoding; temperature {sampler.temperature:g} is not allowed; allowed: 0"
             )
         limit = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if limit < 0:
-            raise InputError(f"max_new_tokens {limit} is not allowed; allowed: 0 or more")
         media = {"image": images, "audio": audio}
         eos = self.manifest.tokenizer.eos_token_ids
         if self.draft is not None:
@@ -301,6 +328,44 @@ class Pipeline(Generates):
         return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
 
 
+def _tokenizer(path: Path, manifest: Manifest) -> Tokenizer:
+    """The bundle's tokenizer, and every token id the manifest names checked against its vocabulary."""
+    file = path / manifest.tokenizer.file
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises a bare Exception for any malformed file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BundleError(
+            f"bundle file {manifest.tokenizer.file!r} is not a tokenizer the tokenizers library reads ({reason}); "
+            "allowed: a Hugging Face tokenizer.json"
+        ) from None
+    validate.token_ids(manifest, tokenizer.get_vocab_size(with_added_tokens=True), str(path / bundle.MANIFEST))
+    return tokenizer
+
+
+def check_request(prompt: Any, images: Any, audio: Any, max_new_tokens: Any) -> None:
+    """Refuse what the API would otherwise misread: a prompt that is not text (None would become
+    "None"), one media path given bare instead of in a list (a str would be read letter by letter).
+
+    Example:
+        >>> check_request("Hi", ["cat.png"], (), 8)
+        >>> check_request("Hi", "cat.png", (), 8)
+        Traceback (most recent call last):
+        edgemfm.errors.InputError: images='cat.png' is one str; allowed: a list or iterator of items, e.g. images=['cat.png']
+    """
+    if not isinstance(prompt, str):
+        raise InputError(f'prompt {prompt!r} is a {type(prompt).__name__}; allowed: a str ("" for none)')
+    arguments.utf8("prompt", prompt)
+    for kind, items in (("images", images), ("audio", audio)):
+        if isinstance(items, (str, bytes, Path, np.ndarray)) or not isinstance(items, Iterable):
+            shown = repr(items) if isinstance(items, (str, Path)) else f"a {type(items).__name__}"
+            raise InputError(
+                f"{kind}={shown} is one {type(items).__name__}; allowed: a list or iterator of items, e.g. {kind}=[{shown}]"
+            )
+    if max_new_tokens is not None:
+        arguments.number("max_new_tokens", max_new_tokens, low=0, integer=True)
+
+
 def _check_streaming(s: StreamingSettings) -> None:
     if not 0 <= s.sink_tokens < s.max_seq_len or not 0 < s.prefill_chunk <= s.max_seq_len - s.sink_tokens:
         raise InputError(
@@ -316,6 +381,7 @@ def load(
     memory_budget: float | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
+    trusted_keys: Sequence[str | Path] | None = None,
     **streaming_overrides: int,
 ) -> Pipeline:
     """Open a bundle, verify every file's sha256, check the memory budget and start a session per component.
@@ -324,13 +390,21 @@ def load(
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
     for speculative decoding, proposing `draft_k` tokens per target call (a small-to-large cascade
     is `edgemfm.runtimes.cascade.load`). Keyword overrides of the manifest's streaming settings:
-    `prefill_chunk`, `max_seq_len`, `sink_tokens`.
+    `prefill_chunk`, `max_seq_len`, `sink_tokens`. `trusted_keys` (public key files from `edgemfm keygen`):
+    every bundle loaded must carry a signature one of them verifies (see `edgemfm.signing`).
 
     Example:
         >>> pipe = edgemfm.load("bundles/llava-jetson", device="jetson", memory_budget=2048, draft="bundles/tiny-jetson")  # doctest: +SKIP
     """
     path = Path(path)
-    manifest = bundle.read_manifest(path)
+    if device is not None:
+        arguments.text("device", device)  # "" is a mistake, not the default
+    arguments.number("threads", threads, low=0, high=arguments.THREADS_MAX, integer=True)
+    if memory_budget is not None:
+        arguments.number("memory budget (MiB)", memory_budget, low=0, above=True)
+    if trusted_keys is not None and (isinstance(trusted_keys, (str, Path)) or not trusted_keys):
+        raise InputError(f"trusted_keys={trusted_keys!r}; allowed: a non-empty list of public key files")
+    manifest = bundle.read_manifest(path, trusted_keys)
     profile = load_profile(device or manifest.profile)
     known = {f.name for f in dataclasses.fields(StreamingSettings)}
     if bad := sorted(set(streaming_overrides) - known):
@@ -343,7 +417,7 @@ def load(
         pipe.speculate_k = draft_k
         pipe.draft = Pipeline(
             Path(draft),
-            bundle.read_manifest(draft),
+            bundle.read_manifest(draft, trusted_keys),
             profile,
             threads,
             memory_budget,

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +42,36 @@ def load_image(item: ImageLike) -> Image.Image:
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
             raise InputError(f"image array must be HxWx3 uint8, got {item.dtype} {item.shape}")
         return Image.fromarray(item, "RGB")
+    if not isinstance(item, (str, Path)):
+        raise InputError(f"image item {item!r} is a {type(item).__name__}; allowed: a path, a PIL image or an array")
     path = Path(item)
+    if path.is_dir():
+        raise InputError(f"image path {str(path)!r} is a directory; allowed: an image file")
     if not path.is_file():
         raise InputError(f"image file {str(path)!r} does not exist")
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
+            with Image.open(path) as img:  # reads the header only: the size is known before decoding
+                _check_pixels(img.size, path)
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        claimed = str(e).split(" exceeds")[0]  # Pillow: "Image size (400000000 pixels) exceeds limit ..."
+        raise InputError(
+            f"image {str(path)!r} is too large ({claimed}); allowed: at most {Image.MAX_IMAGE_PIXELS} pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # Pillow's decoders raise these on bad data
         raise InputError(
             f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, TIFF ...)"
         ) from None
+
+
+def _check_pixels(size: tuple[int, int], path: Path) -> None:
+    """Pillow's own bomb guard only warns below twice its limit; decoding 89 M pixels already costs 268 MB."""
+    w, h = size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise InputError(f"image {str(path)!r} is {w}x{h} pixels; allowed: at most {limit} pixels")
 
 
 def _resize_shortest_edge(img: Image.Image, size: int, resample: str) -> Image.Image:

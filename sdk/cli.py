@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgemfm import arguments as A
+from edgemfm import leftovers
 from edgemfm.configs import DEFAULT_TOLERANCE_DB, ExportConfig, FinetuneConfig
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.profiles import list_profiles, load_profile
@@ -208,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         memory_budget=args.memory_budget,
         draft=args.draft,
         draft_k=args.draft_k,
+        trusted_keys=args.trusted_key or None,
     )
     if args.cascade:
         pipe = cascade.load(args.bundle, args.cascade, args.escalate_below, **options)
@@ -238,6 +242,19 @@ def cmd_run(args: argparse.Namespace) -> None:
         err.print(
             f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls"
         )
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from edgemfm.signing import keygen
+
+    private, public = keygen(args.out, force=args.force)
+    out.print(f"[green]wrote[/green] {private} (private: keep it secret) and {public} (give it to `run --trusted-key`)")
+
+
+def cmd_sign(args: argparse.Namespace) -> None:
+    from edgemfm.signing import sign
+
+    out.print(f"[green]wrote[/green] {sign(args.bundle, args.key)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -409,8 +426,19 @@ def _print_predictions(manifest, profile) -> None:
 REVISION_HELP = "with a Hub id: branch, tag or commit (default: main)"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that refuses in one line (`edgemfm: error: ...`, exit 2), as every other user mistake."""
+
+    def error(self, message: str):
+        raise EdgemfmError(f"{self.prog.removeprefix('edgemfm ')}: {message}")
+
+
+def _prompt(raw: str) -> str:
+    return A.utf8("prompt", raw)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
+    p = Parser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("devices", help="list device profiles, or show one")
@@ -420,21 +448,33 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_devices)
 
     e = sub.add_parser("export", help="export a model into a bundle for a device")
-    e.add_argument("--model", help="checkpoint directory or Hugging Face Hub id org/name (default: the demo model)")
-    e.add_argument("--revision", help=REVISION_HELP)
-    e.add_argument("--device", required=True, help="device name or alias (`edgemfm devices`), or several: pi5,jetson")
-    e.add_argument("--out", help="bundle directory (default: MODEL-DEVICE); with several devices OUT/<profile name>/")
     e.add_argument(
-        "--workers", type=int, help="with several devices: processes (default: one per device, up to the CPUs)"
+        "--model", type=A.name, help="checkpoint directory or Hugging Face Hub id org/name (default: the demo model)"
     )
-    e.add_argument("--ray", metavar="ADDRESS", help="export each device on this Ray cluster ('auto', or host:port)")
+    e.add_argument("--revision", type=A.name, help=REVISION_HELP)
+    e.add_argument(
+        "--device", required=True, type=A.name, help="device name or alias (`edgemfm devices`), or several: pi5,jetson"
+    )
+    e.add_argument(
+        "--out", type=A.name, help="bundle directory (default: MODEL-DEVICE); with several devices OUT/<profile name>/"
+    )
+    e.add_argument(
+        "--workers",
+        type=A.AT_LEAST_ONE,
+        help="with several devices: processes (default: one per device, up to the CPUs)",
+    )
+    e.add_argument(
+        "--ray", metavar="ADDRESS", type=A.name, help="export each device on this Ray cluster ('auto', or host:port)"
+    )
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
-    e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
+    e.add_argument(
+        "--memory-budget", type=A.POSITIVE, help="MB the weights must fit in under auto (default: the profile's)"
+    )
     e.add_argument(
         "--accuracy-tolerance",
-        type=float,
+        type=A.FINITE,
         default=DEFAULT_TOLERANCE_DB,
         help=f"least SQNR in dB of each component's output under auto (default: {DEFAULT_TOLERANCE_DB:g})",
     )
@@ -444,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--max-seq-len",
-        type=int,
+        type=A.AT_LEAST_ONE,
         default=None,
         help="positions of a pte program's static KV cache (default: the profile's)",
     )
@@ -457,7 +497,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--recover",
-        type=int,
+        type=A.COUNT,
         default=0,
         metavar="STEPS",
         help="with --prune: distil from the unpruned model for STEPS steps",
@@ -480,21 +520,21 @@ def parser() -> argparse.ArgumentParser:
         "--component", default="text_decoder", help="text_decoder (default), vision_encoder or audio_encoder"
     )
     pr.add_argument("--out", required=True, help="checkpoint directory to write")
-    pr.add_argument("--blocks", type=int, default=0, help="number of whole blocks to remove")
+    pr.add_argument("--blocks", type=A.COUNT, default=0, help="number of whole blocks to remove")
     pr.add_argument(
         "--heads",
-        type=float,
+        type=A.FINITE,
         default=0.0,
         help="fraction of KV head groups (with their query heads) to remove per layer",
     )
-    pr.add_argument("--mlp", type=float, default=0.0, help="fraction of MLP channels to remove per layer")
+    pr.add_argument("--mlp", type=A.FINITE, default=0.0, help="fraction of MLP channels to remove per layer")
     pr.add_argument(
         "--data",
         help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)",
     )
     pr.add_argument(
         "--recover",
-        type=int,
+        type=A.COUNT,
         default=0,
         metavar="STEPS",
         help="distil the pruned text decoder from the unpruned model for STEPS steps (default: 0, none)",
@@ -504,21 +544,31 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
     r.add_argument("bundle", help="bundle directory")
-    r.add_argument("--prompt", default="", help="the question or instruction (default: none, e.g. to transcribe)")
+    r.add_argument(
+        "--prompt", default="", type=_prompt, help="the question or instruction (default: none, e.g. to transcribe)"
+    )
     r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
-    r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
-    r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
-    r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
-    r.add_argument("--memory-budget", type=float, metavar="MB", help="MiB the run may use (default: the profile's)")
-    r.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
-    r.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    r.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass (1: all)")
-    r.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same answer")
+    r.add_argument("--max-new-tokens", type=A.COUNT, default=None, help="default: the bundle's setting")
+    r.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
+    r.add_argument("--threads", type=A.THREADS, default=0, help="threads per session (0: one per core)")
+    r.add_argument(
+        "--memory-budget", type=A.POSITIVE, metavar="MB", help="MiB the run may use (default: the profile's)"
+    )
+    r.add_argument(
+        "--temperature", type=A.arg(A.number, float, low=0), default=0.0, help="0 (default): greedy; above 0: sampling"
+    )
+    r.add_argument("--top-k", type=A.COUNT, default=0, help="sample among the k most likely tokens (0: all)")
+    r.add_argument("--top-p", type=A.PROBABILITY, default=1.0, help="sample within this probability mass (1: all)")
+    r.add_argument("--seed", type=A.SEED, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
     r.add_argument(
-        "--draft-k", type=int, default=4, metavar="K", help="tokens the draft proposes per target call (default 4)"
+        "--draft-k",
+        type=A.AT_LEAST_ONE,
+        default=4,
+        metavar="K",
+        help="tokens the draft proposes per target call (default 4)",
     )
     r.add_argument(
         "--cascade",
@@ -530,7 +580,25 @@ def parser() -> argparse.ArgumentParser:
         metavar="LOGPROB_OR_JSON",
         help="with --cascade: a mean token log-probability, or a calibration JSON",
     )
+    r.add_argument(
+        "--trusted-key",
+        action="append",
+        default=[],
+        type=A.name,
+        metavar="KEY.pub",
+        help="refuse bundles not signed by this public key (repeat for several; see `edgemfm sign`)",
+    )
     r.set_defaults(func=cmd_run)
+
+    k = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles (needs edgemfm[sign])")
+    k.add_argument("out", type=A.name, help="private key file to write; the public key goes to OUT.pub")
+    k.add_argument("--force", action="store_true", help="replace existing key files")
+    k.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("sign", help="sign a bundle's manifest (writes manifest.sig; needs edgemfm[sign])")
+    s.add_argument("bundle", help="bundle directory")
+    s.add_argument("--key", required=True, type=A.name, help="private key file from `edgemfm keygen`")
+    s.set_defaults(func=cmd_sign)
 
     b = sub.add_parser(
         "bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity"
@@ -549,11 +617,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--prompt", default="Write a short story about a lighthouse keeper.", help="prompt prefilled before decoding"
     )
-    b.add_argument("--tokens", type=int, default=64, help="tokens generated per run (default 64)")
-    b.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
-    b.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
-    b.add_argument("--threads", type=int, default=1, help="threads per session (default 1; 0: one per core)")
-    b.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
+    b.add_argument("--tokens", type=A.AT_LEAST_ONE, default=64, help="tokens generated per run (default 64)")
+    b.add_argument("--repeats", type=A.AT_LEAST_ONE, default=5, help="timed runs; medians are reported (default 5)")
+    b.add_argument("--warmup", type=A.COUNT, default=1, help="untimed runs first (default 1)")
+    b.add_argument("--threads", type=A.THREADS, default=1, help="threads per session (default 1; 0: one per core)")
+    b.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
@@ -561,11 +629,11 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--revision", help=REVISION_HELP)
     f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
     f.add_argument("--out", required=True, help="checkpoint directory to write")
-    f.add_argument("--steps", type=int, default=240, help="end-to-end steps through the decoder (default: 240)")
-    f.add_argument("--align-steps", type=int, default=100, help="projector alignment steps (default: 100)")
-    f.add_argument("--batch-size", type=int, default=8)
-    f.add_argument("--lr", type=float, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--steps", type=A.COUNT, default=240, help="end-to-end steps through the decoder (default: 240)")
+    f.add_argument("--align-steps", type=A.COUNT, default=100, help="projector alignment steps (default: 100)")
+    f.add_argument("--batch-size", type=A.AT_LEAST_ONE, default=8)
+    f.add_argument("--lr", type=A.POSITIVE, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
+    f.add_argument("--seed", type=A.SEED, default=0)
     f.add_argument(
         "--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding"
     )
@@ -575,13 +643,13 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tune", help="search resolution, tokens, sequence length and precision for the best quality under a budget"
     )
-    t.add_argument("--device", required=True, help="device profile name or alias (see `edgemfm devices`)")
+    t.add_argument("--device", required=True, type=A.name, help="device profile name or alias (see `edgemfm devices`)")
     t.add_argument(
-        "--latency-budget", type=float, required=True, metavar="MS", help="predicted latency of one question, ms"
+        "--latency-budget", type=A.POSITIVE, required=True, metavar="MS", help="predicted latency of one question, ms"
     )
     t.add_argument(
         "--memory-budget",
-        type=float,
+        type=A.POSITIVE,
         metavar="MB",
         help="weights + KV cache + activation, MiB (default: the profile's)",
     )
@@ -591,8 +659,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--data", help="folder with eval.jsonl: quality is held-out exact match (default: fidelity to float)"
     )
-    t.add_argument("--questions", type=int, default=12, help="held-out questions per media kind (default: 12)")
-    t.add_argument("--workers", type=int, default=1, help="processes evaluating candidates (default: 1)")
+    t.add_argument(
+        "--questions", type=A.AT_LEAST_ONE, default=12, help="held-out questions per media kind (default: 12)"
+    )
+    t.add_argument("--workers", type=A.AT_LEAST_ONE, default=1, help="processes evaluating candidates (default: 1)")
     t.add_argument("--ray", metavar="ADDRESS", help="evaluate on this Ray cluster instead ('auto', or host:port)")
     t.add_argument(
         "--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)"
@@ -605,18 +675,22 @@ def parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")
     i.add_argument("bundle", help="bundle directory")
     i.add_argument("--json", action="store_true", help="print the manifest")
-    i.add_argument("--device", help="also predict each component's latency on this device (roofline)")
+    i.add_argument("--device", type=A.name, help="also predict each component's latency on this device (roofline)")
     i.set_defaults(func=cmd_inspect)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
-        args.func(args)
+        args = parser().parse_args(argv)
+        with leftovers.terminating_unwinds():  # SIGTERM cleans up like Ctrl-C
+            args.func(args)
     except EdgemfmError as e:
         err.print(f"[red]edgemfm: error:[/red] {e}", soft_wrap=True)
         return 2
+    except leftovers.Terminated:
+        err.print("edgemfm: terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         err.print("edgemfm: interrupted")
         return 130

@@ -1,6 +1,6 @@
 """One frozen config per verb: `ExportConfig`, `QuantizeConfig`, `FinetuneConfig`.
 
-They live in this leaf module (it imports only errors and the recipe record), not beside their
+They live in this leaf module (it imports only errors, value checks and the recipe record), not beside their
 verbs, so that `import edgemfm; edgemfm.ExportConfig(...)`, the CLI's `--dry-run` and the tuner
 can build and print a config without importing the verbs' stacks (torch, onnx, the quantizers).
 Like every record they round-trip through JSON with `records.to_dict` / `from_dict`, which
@@ -17,9 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgemfm import arguments
 from edgemfm.errors import InputError
 from edgemfm.recipe import Recipe
 
@@ -35,9 +37,12 @@ def _paths_as_text(config: object, *names: str) -> None:
             object.__setattr__(config, name, str(value))
 
 
-def _positive_budget(memory_budget_mb: float | None) -> None:
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
+def _positive_budget(memory_budget_mb: float | None, accuracy_tolerance_db: float | None = None) -> None:
+    ok = isinstance(memory_budget_mb, (int, float)) and 0 < memory_budget_mb < math.inf  # NaN and inf too
+    if memory_budget_mb is not None and not ok:
         raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
+    if accuracy_tolerance_db is not None:
+        arguments.number("accuracy tolerance (dB)", accuracy_tolerance_db)
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         _paths_as_text(self, "model", "out", "calibration")
         object.__setattr__(self, "prune", tuple(self.prune))  # a CLI list or a JSON array
-        _positive_budget(self.memory_budget_mb)
+        _positive_budget(self.memory_budget_mb, self.accuracy_tolerance_db)
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         _paths_as_text(self, "calibration")
-        _positive_budget(self.memory_budget_mb)
+        _positive_budget(self.memory_budget_mb, self.accuracy_tolerance_db)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ class InputError(EdgemfmError):
 
 
 class MissingExtraError(EdgemfmError):
-    def __init__(self, module: str):
-        super().__init__(f"{module!r} is not installed; the export toolchain needs: pip install 'edgemfm[export]'")
+    def __init__(self, module: str, extra: str = "export"):
+        what = {"export": "the export toolchain", "sign": "signing and verifying bundles"}.get(extra, extra)
+        super().__init__(f"{module!r} is not installed; {what} needs: pip install 'edgemfm[{extra}]'")
 
 
 class MemoryBudgetError(EdgemfmError):

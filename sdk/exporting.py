@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgemfm import bundle
+from edgemfm import bundle, leftovers
 from edgemfm.configs import ExportConfig, QuantizeConfig
 from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
@@ -63,6 +63,31 @@ def _model_dir(model: str | None, scratch: Path, revision: str | None) -> Path:
     from edgemfm.model_source import resolve_model
 
     return resolve_model(model, revision).path
+
+
+def _load(family, model_dir: Path):
+    """The family's model from `model_dir`; a checkpoint without its weights is the user's mistake, named."""
+    try:
+        return family.load(model_dir)
+    except OSError as e:  # transformers: "no file named model.safetensors ..."
+        reason = str(e).splitlines()[0][:300]
+        raise InputError(
+            f"cannot load the checkpoint in {str(model_dir)!r} ({reason}); allowed: a checkpoint folder with its weights"
+        ) from None
+
+
+def _read_config(model_dir: Path) -> dict:
+    """config.json as a dict, or an InputError naming the file (invalid JSON, a list, unreadable)."""
+    path = model_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{str(path)!r} is not valid JSON ({e}); allowed: a Hugging Face config object") from None
+    if not isinstance(config, dict):
+        raise InputError(
+            f"{str(path)!r} holds a {type(config).__name__}; allowed: a JSON object (a Hugging Face config)"
+        )
+    return config
 
 
 def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
@@ -135,10 +160,16 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     from edgemfm.pruners.prune import parse_spec
 
     prune_configs = [parse_spec(spec) for spec in config.prune]  # a bad spec fails before the slow part
-    with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
+    inputs = (config.model, config.calibration)
+    out = bundle.check_output(config.out, config.force, inputs)  # before the slow part, and before anything is touched
+    leftovers.sweep_for(out)
+    with (
+        leftovers.terminating_unwinds(),
+        tempfile.TemporaryDirectory(prefix=leftovers.owned(leftovers.SCRATCH_PREFIX)) as scratch,
+        quiet(),
+    ):
         from edgemfm.exporters import find_family
 
-        out = bundle.check_output(config.out, config.force)  # before the slow part
         model_dir = _model_dir(config.model, Path(scratch), config.revision)
         if prune_configs:
             from edgemfm.pruners.prune import prune as prune_checkpoint
@@ -151,8 +182,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 progress=progress,
                 recover=config.recover,
             )
-        family = find_family(json.loads((model_dir / "config.json").read_text()))
-        with bundle.staging(out, config.force) as stage:
+        family = find_family(_read_config(model_dir))
+        with bundle.staging(out, config.force, inputs=inputs) as stage:
             say(progress, f"loading {_model_id(config.model)}")
             import torch
 
@@ -160,7 +191,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 # example inputs (tracing, parity) drawn from a fixed seed: the same export reports the same parity
                 # whatever ran before it in the process; the caller's RNG state is left as it was
                 torch.manual_seed(0)
-                split = family.split(family.load(model_dir), model_dir)
+                split = family.split(_load(family, model_dir), model_dir)
             manifest = _write_float(config, profile, family, split, model_dir, stage, progress)
             from edgemfm.quantizers.quantize import quantize
 

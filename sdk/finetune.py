@@ -375,7 +375,8 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     model_dir, data = resolve_model(config.model, config.revision).path, Path(config.data)
     trainer = capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
-    with bundle.staging(config.out, config.force, verify=_verify_checkpoint) as stage:
+    inputs = (model_dir, data, config.cache)
+    with bundle.staging(config.out, config.force, verify=_verify_checkpoint, inputs=inputs) as stage:
         return _run(config, trainer, train, held_out, stage, progress)
 
 

@@ -18,10 +18,15 @@ def placeholder_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory, placeholder_model) -> Path:
-    """The placeholder model exported for the host profile (about 20 s on 2 cores); the demo
-    model, the real default of `edgemfm export`, takes minutes and is tested under -m slow."""
+    """The placeholder model exported for the host profile (about 20 s on 2 cores; the demo
+    model, the real default of `edgemfm export`, takes minutes and is tested under -m slow),
+    or the bundle at $EDGEMFM_DEFAULT_BUNDLE when set, to reuse one exported from that model."""
+    import os
+
     import edgemfm
 
+    if given := os.environ.get("EDGEMFM_DEFAULT_BUNDLE"):
+        return Path(given)
     out = tmp_path_factory.mktemp("bundles") / "default-host"
     return edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=out))
 

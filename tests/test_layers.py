@@ -34,7 +34,11 @@ CORE = (
     "edgemfm.report",  # the typed reports a manifest holds
     "edgemfm.configs",  # the verbs' configs: plain records, so the CLI builds them before anything heavy loads
     "edgemfm.progress",  # the progress callback type the verbs take
+    "edgemfm.arguments",  # checks of user values, shared by argparse types and the API
+    "edgemfm.validate",  # a manifest's meaning, checked at load
+    "edgemfm.leftovers",  # dead runs' folders, SIGTERM unwinding
     "edgemfm.bundle",
+    "edgemfm.signing",  # Ed25519 over the manifest (cryptography, the [sign] extra, imported inside)
     "edgemfm.toolchain",
     "edgemfm.cost",
     "edgemfm.model_source",  # where --model comes from (a folder or a Hub id): the verbs and the pruners ask it

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -84,14 +85,14 @@ def tune(
     """
     profile = load_profile(device)
     memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
-    if not latency_budget_ms > 0 or not memory_budget_mb > 0:
+    if not 0 < latency_budget_ms < math.inf or not 0 < memory_budget_mb < math.inf:
         raise InputError(
             f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
         )
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
-        check_output(apply, force)  # before the slow part
+        check_output(apply, force, inputs=(model, bundle, data))  # before the slow part
     with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp:
         tmp = Path(tmp)
         from edgemfm.toolchain import quiet
