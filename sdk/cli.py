@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, tune, inspect, bench.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, chat, tune, inspect, bench.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -198,6 +198,29 @@ def cmd_run(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    from edgemfm.runtimes import pipeline
+
+    pipe = pipeline.load(
+        args.bundle, args.device, args.threads, args.memory_budget, encoder_cache_mb=args.encoder_cache
+    )
+    err.print(f"edgemfm: chatting on {pipe.provider} (/image PATH, /reset; end of input ends)", soft_wrap=True)
+    session, images = pipe.chat(), list(args.image)
+    for line in sys.stdin:
+        line = line.strip()
+        if line == "/reset":
+            session.reset()
+            err.print("edgemfm: conversation reset")
+        elif line.startswith("/image "):
+            images.append(line.removeprefix("/image ").strip())
+        elif line:
+            for piece in session.ask(line, images=images, max_new_tokens=args.max_new_tokens):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            images = []
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from edgemfm.bench import BenchConfig, bench, plot, plotting, table
 
@@ -361,6 +384,16 @@ def _print_predictions(manifest, profile) -> None:
         out.print(f"  cost.{figure} = {value:g}: {profile.sources['cost.' + figure]}", soft_wrap=True)
 
 
+def _runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """The bundle and how to run it: shared by run and chat."""
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="per answer (default: the bundle's setting)")
+    p.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
+    p.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
+    p.add_argument("--memory-budget", type=float, metavar="MB", help="MiB the run may use (default: the profile's)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -449,14 +482,9 @@ def parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_prune)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
-    r.add_argument("bundle", help="bundle directory")
+    _runtime_arguments(r)
     r.add_argument("--prompt", default="", help="the question or instruction (default: none, e.g. to transcribe)")
-    r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
-    r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
-    r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
-    r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
-    r.add_argument("--memory-budget", type=float, metavar="MB", help="MiB the run may use (default: the profile's)")
     r.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampling")
     r.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     r.add_argument("--top-p", type=float, default=1.0, help="sample within this probability mass (1: all)")
@@ -477,6 +505,11 @@ def parser() -> argparse.ArgumentParser:
         help="with --cascade: a mean token log-probability, or a calibration JSON",
     )
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("chat", help="chat with a bundle: a question per line of stdin, the KV cache kept across turns")
+    _runtime_arguments(c)
+    c.add_argument("--encoder-cache", type=float, metavar="MB", help="MiB of encoder rows kept for media seen again")
+    c.set_defaults(func=cmd_chat)
 
     b = sub.add_parser(
         "bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity"
