@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,3 +182,29 @@ def test_edgemfm_chat_answers_each_line_of_stdin(default_bundle, picture, monkey
 def test_edgemfm_chat_names_a_bad_bundle_in_one_line(tmp_path, capsys):
     assert main(["chat", str(tmp_path / "missing")]) == 2
     assert "\n" not in capsys.readouterr().err.strip()
+
+
+# A fresh interpreter (no torch, no pytest): 50 distinct pictures through one chat under a small budget.
+CHAT_CHILD = """
+import json, sys, numpy as np, edgemfm
+from edgemfm.runtimes import budget
+from PIL import Image
+pipe = edgemfm.load(sys.argv[1], memory_budget=128, max_seq_len=256, prefill_chunk=64, sink_tokens=4, encoder_cache_mb=1)
+session, rng = pipe.chat(), np.random.default_rng(0)
+for i in range(50):
+    picture = Image.fromarray(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8))
+    list(session.ask_tokens(f"Picture {i}: what is in it?", images=[picture], max_new_tokens=2))
+s = pipe.stats().encoder_cache
+print(json.dumps({"peak": budget.peak_resident_bytes(), "cache": [s.bytes, s.capacity, s.evictions, s.misses]}))
+"""
+
+
+def test_fifty_pictures_through_a_chat_keep_the_peak_under_the_budget(default_bundle):
+    run = subprocess.run(
+        [sys.executable, "-c", CHAT_CHILD, str(default_bundle)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    held, capacity, evictions, misses = result["cache"]
+    assert misses == 50 and evictions > 0 and held <= capacity == 2**20  # the cache filled and stayed at its bound
+    assert result["peak"] <= 128 * 2**20, f"peak {result['peak'] / 2**20:.1f} MiB over 128 MiB"
