@@ -130,12 +130,7 @@ class Pipeline(Generates):
         _check_streaming(self.streaming)
         self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
         what = f"bundle {str(path)!r}"
-        if encoder_cache_mb is not None and not encoder_cache_mb >= 0:
-            raise InputError(f"encoder cache {encoder_cache_mb!r} MiB is not allowed; allowed: 0 (off) or more")
-        cached = (
-            budget.default_encoder_cache_bytes(manifest) if encoder_cache_mb is None else encoder_cache_mb * budget.MiB
-        )
-        self.encoder_cache = EncoderCache(int(cached))
+        self.encoder_cache = _encoder_cache(manifest, encoder_cache_mb)
         cached = self.encoder_cache.capacity
         # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
         budget.check(
@@ -350,6 +345,13 @@ class Pipeline(Generates):
             entries = list(entries)  # 3-D positions need every image's grid before the first chunk
             cache.mrope = mrope_prompt(grid_segments(entries))
         return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
+
+
+def _encoder_cache(manifest: Manifest, mb: float | None) -> EncoderCache:
+    """The encoder-output cache bounded at `mb` MiB (None: the budget's default for this bundle)."""
+    if mb is not None and not mb >= 0:  # `not >=` also refuses NaN
+        raise InputError(f"encoder cache {mb!r} MiB is not allowed; allowed: 0 (off) or more")
+    return EncoderCache(budget.default_encoder_cache_bytes(manifest) if mb is None else int(mb * budget.MiB))
 
 
 def _check_streaming(s: StreamingSettings) -> None:
