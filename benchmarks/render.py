@@ -27,6 +27,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "cost-fusion-demo",
     "runtime",
     "runtime-audio-preprocess",
+    "runtime-chat",
     "quantization-efficientnet-mnist",
     "quantization-smollm2",
     "quantization-demo-auto",

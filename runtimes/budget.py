@@ -6,7 +6,8 @@ needed = the process as it is (interpreter, numpy, onnxruntime: read from the OS
          new cache while the old one is still an input
        + each component's largest activation: encoders at one item (they are fed one at a time;
          measured by the exporter in ONNX Runtime), the decoder at one prefill chunk attending
-         over the whole cache; the audio encoder also holds one window's log-mel computation.
+         over the whole cache; the audio encoder also holds one window's log-mel computation
+       + the encoder-output cache at its bound (`encoder_cache.py`): rows of media seen again.
 
 The estimate is checked twice: before any session exists (so nothing big is allocated for a
 bundle that cannot fit), and again once the sessions are loaded, with their real resident size
@@ -34,6 +35,9 @@ from edgemfm.runtimes.audio import log_mel_working_bytes
 # allocator, graph): 5.3-5.8 MiB measured per session of the test bundles on x86-64; rounded up.
 SESSION_BYTES = 8 * 2**20
 MiB = 2**20
+# The encoder-output cache's default bound for a bundle with media encoders: the rows of about
+# 200 demo images, 5 Idefics3 images of 10 tiles or 5 Qwen2-VL-2B images; `encoder_cache_mb` changes it.
+ENCODER_CACHE_BYTES = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,11 @@ class MemoryPlan:
     weights: int  # weights + fixed session costs (0 once loaded: then inside `runtime`)
     kv_cache: int
     activations: dict[str, int]  # component -> largest activation
+    encoder_cache: int = 0  # the encoder-output cache's bound: rows of media seen again
 
     @property
     def total(self) -> int:
-        return self.runtime + self.weights + self.kv_cache + sum(self.activations.values())
+        return self.runtime + self.weights + self.kv_cache + sum(self.activations.values()) + self.encoder_cache
 
     def describe(self) -> str:
         parts = [
@@ -53,6 +58,7 @@ class MemoryPlan:
             ("weights", self.weights),
             ("KV cache", self.kv_cache),
             ("activations", sum(self.activations.values())),
+            ("encoder cache", self.encoder_cache),
         ]
         return ", ".join(f"{name} {value / MiB:.1f}" for name, value in parts if value)
 
@@ -99,8 +105,21 @@ def decoder_activation_bytes(decoder: Component, chunk: int, max_len: int, fused
     return max(estimate, decoder.peak_activation_bytes)
 
 
-def estimate(manifest: Manifest, streaming: StreamingSettings, resident: int, loaded: bool = False) -> MemoryPlan:
-    """What running `manifest` under `streaming` needs, on top of `resident` bytes the process holds."""
+def default_encoder_cache_bytes(manifest: Manifest) -> int:
+    """The encoder-output cache's bound when the caller names none: 0 for a bundle without media encoders.
+
+    Example:
+        >>> default_encoder_cache_bytes(manifest) // MiB  # doctest: +SKIP
+        8
+    """
+    return ENCODER_CACHE_BYTES if manifest.prompt.media else 0
+
+
+def estimate(
+    manifest: Manifest, streaming: StreamingSettings, resident: int, loaded: bool = False, encoder_cache: int = 0
+) -> MemoryPlan:
+    """What running `manifest` under `streaming` needs, on top of `resident` bytes the process holds,
+    with an encoder-output cache bounded at `encoder_cache` bytes."""
     name = manifest.generation.decoder
     decoder = manifest.components[name]
     activations = {
@@ -113,7 +132,7 @@ def estimate(manifest: Manifest, streaming: StreamingSettings, resident: int, lo
     if audio is not None and manifest.preprocess.audio is not None:
         activations[audio.encoder] += log_mel_working_bytes(manifest.preprocess.audio)
     weights = 0 if loaded else sum(c.weight_bytes + SESSION_BYTES for c in manifest.components.values())
-    return MemoryPlan(resident, weights, kv_cache_bytes(decoder, streaming.max_seq_len), activations)
+    return MemoryPlan(resident, weights, kv_cache_bytes(decoder, streaming.max_seq_len), activations, encoder_cache)
 
 
 def check(plan: MemoryPlan, budget: int, what: str) -> MemoryPlan:
@@ -123,6 +142,7 @@ def check(plan: MemoryPlan, budget: int, what: str) -> MemoryPlan:
             f"{what} needs {plan.total} bytes ({plan.total / MiB:.1f} MiB: {plan.describe()}) "
             f"but the memory budget allows {budget} bytes ({budget / MiB:.1f} MiB); "
             f"allowed: --memory-budget {math.ceil(plan.total / MiB)} or more, or a smaller streaming.max_seq_len"
+            + (", or a smaller encoder cache (--encoder-cache MB)" if plan.encoder_cache else "")
         )
     return plan
 

@@ -36,6 +36,7 @@ class Decoder:
         component = manifest.components[manifest.generation.decoder]
         self.layout, self.dtype, self.streaming = component.kv_cache, component.dtype, streaming
         self.generation = manifest.generation
+        self.calls = self.positions = 0  # runs and token positions fed since load: what a chat turn saves is counted
 
     def new_cache(self) -> KVCache | StaticKVCache:
         s = self.streaming
@@ -51,6 +52,8 @@ class Decoder:
         cache.make_room(seq)
         out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
         cache.advance(out, seq)
+        self.calls += 1
+        self.positions += seq
         return out["logits"][0]
 
     def prefill(self, cache: KVCache, pieces: Iterable[np.ndarray]) -> np.ndarray:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.runtimes import budget, streaming
+from edgemfm.runtimes.chat import ChatSession
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
+from edgemfm.runtimes.encoder_cache import CacheStats, EncoderCache
 from edgemfm.runtimes.generation import Decoder, decode
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
 from edgemfm.runtimes.positions import mrope_prompt
@@ -41,6 +44,13 @@ BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.exe
 
 # How a prompt longer than the bundle's window can be run: a longer window at load (dynamic cache) or export (pte).
 _LONGER = "the bundle's streaming.max_seq_len (raise it with load(max_seq_len=...) or export --max-seq-len)"
+
+
+@dataclass(frozen=True)
+class RuntimeStats:
+    encoder_cache: CacheStats  # hits, misses, bytes and entries of the encoder-output cache
+    decoder_calls: int  # text decoder runs since load (prefill chunks and decode steps)
+    decoder_positions: int  # token positions fed to the text decoder since load
 
 
 class Generates:
@@ -125,15 +135,20 @@ class Pipeline(Generates):
         memory_budget: float | None = None,
         streaming_settings: StreamingSettings | None = None,
         reserved: int = 0,
+        encoder_cache_mb: float | None = None,
     ):
         self.path, self.manifest, self.profile = path, manifest, profile
         self.streaming = streaming_settings or manifest.streaming
         _check_streaming(self.streaming)
         self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
         what = f"bundle {str(path)!r}"
+        self.encoder_cache = _encoder_cache(manifest, encoder_cache_mb)
+        cached = self.encoder_cache.capacity
         # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
         budget.check(
-            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved), self.memory_budget, what
+            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, encoder_cache=cached),
+            self.memory_budget,
+            what,
         )
         decoder_name = manifest.generation.decoder
         self.sessions = {}
@@ -143,7 +158,7 @@ class Pipeline(Generates):
                 path, components, manifest, profile, threads
             )
         self.memory = budget.check(
-            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, loaded=True),
+            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, True, cached),
             self.memory_budget,
             what,
         )
@@ -164,7 +179,26 @@ class Pipeline(Generates):
     @property
     def working_bytes(self) -> int:
         """The KV cache and activations this pipeline allocates while generating (reserved for others loaded after it)."""
-        return self.memory.kv_cache + sum(self.memory.activations.values())
+        return self.memory.kv_cache + sum(self.memory.activations.values()) + self.memory.encoder_cache
+
+    def stats(self) -> RuntimeStats:
+        """Counters since load: the encoder-output cache's, and the decoder's calls and positions fed.
+
+        Example:
+            >>> pipe.stats().encoder_cache.hits  # doctest: +SKIP
+            1
+        """
+        return RuntimeStats(self.encoder_cache.stats(), self.decoder.calls, self.decoder.positions)
+
+    def chat(self) -> ChatSession:
+        """A multi-turn conversation that keeps the KV cache between turns.
+
+        Example:
+            >>> session = pipe.chat()                                                  # doctest: +SKIP
+            >>> "".join(session.ask("What is this?", images=["cat.png"]))              # doctest: +SKIP
+            >>> "".join(session.ask("What colour is it?"))  # prefills only this turn  # doctest: +SKIP
+        """
+        return ChatSession(self)
 
     def prepare(self, media: dict[str, Iterable[Any]] | None) -> dict[str, list[Prepared]]:
         """Pre-process every media item as the manifest describes (tiles, patches or one view).
@@ -180,10 +214,13 @@ class Pipeline(Generates):
                 raise InputError(f"this bundle takes no {kind} input; it takes: {', '.join(['text', *specs])}")
         return {kind: [prepare(kind, item, self.manifest) for item in items] for kind, items in media.items() if items}
 
-    def prompt_ids(self, prompt: str, counts: dict[str, int | Sequence[Prepared]] | None = None) -> list[int]:
+    def prompt_ids(
+        self, prompt: str, counts: dict[str, int | Sequence[Prepared]] | None = None, first_turn: bool = True
+    ) -> list[int]:
         """The token ids of the templated prompt, with one placeholder token per encoder call.
 
-        `counts` gives, per kind, a number of single-call items or the prepared items.
+        `counts` gives, per kind, a number of single-call items or the prepared items. A chat's
+        later turns (`first_turn=False`) follow the conversation: no tokenizer special tokens (BOS).
 
         Example:
             >>> pipe.prompt_ids("What is this?", {"image": 1})[:3]  # doctest: +SKIP
@@ -213,7 +250,8 @@ class Pipeline(Generates):
                 f"the prompt of {len(prompt)} characters is at least {len(text) // self.longest_token} tokens; "
                 f"allowed: at most {limit} with the template, {_LONGER}"
             )
-        ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
+        special = self.manifest.prompt.add_special_tokens and first_turn  # a later turn adds no second BOS
+        ids = self.tokenizer.encode(text, add_special_tokens=special).ids
         if len(ids) > limit:  # the window would slide over the prompt itself and drop its beginning
             raise InputError(f"the prompt is {len(ids)} tokens with the template; allowed: at most {limit}, {_LONGER}")
         for kind, spec in media.items():
@@ -231,13 +269,16 @@ class Pipeline(Generates):
         """One media item's (or prepared call's) rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
         spec = self.manifest.prompt.media[kind]
         feeds = item.feeds if isinstance(item, Call) else item_feeds(kind, item, self.manifest)
+        key = self.encoder_cache.key(spec.encoder, feeds) if self.encoder_cache.capacity else None
+        if key is not None and (rows := self.encoder_cache.get(key)) is not None:
+            return rows
         rows = self.sessions[spec.encoder].run(feeds)[spec.output]
         rows = rows.reshape(1, -1, rows.shape[-1]).astype(
             self.manifest.components[self.manifest.generation.decoder].dtype
         )
         del feeds
         budget.release_free_heap()  # the encoder's freed buffers leave the process before the decoder's peak
-        return rows
+        return rows if key is None else self.encoder_cache.put(key, rows)
 
     def attend(self, media: dict[str, Iterable[Any]]) -> tuple[dict[str, Iterable[Any]], dict[str, np.ndarray]]:
         """The media left for the prompt, and what an encoder-decoder bundle's decoder attends to at
@@ -258,7 +299,7 @@ class Pipeline(Generates):
         out = self.sessions[cross.encoder].run({cross.input: x[None]})
         return {k: v for k, v in media.items() if k != cross.media}, {name: out[name] for name in cross.outputs}
 
-    def plan(self, prompt: str, media: dict[str, Iterable[Any]]) -> Iterator[streaming.Entry]:
+    def plan(self, prompt: str, media: dict[str, Iterable[Any]], first_turn: bool = True) -> Iterator[streaming.Entry]:
         """The prompt's token ids and media items in order; iterators are pulled only as they are reached."""
         given = {kind: items for kind, items in media.items() if not (isinstance(items, Sequence) and len(items) == 0)}
         if given.get("image") is not None and needs_preparing(self.manifest):
@@ -266,14 +307,19 @@ class Pipeline(Generates):
             prepared = self.prepare(given)
             calls = {kind: [c for p in items for c in p.calls] for kind, items in prepared.items()}
             placeholders = {kind: spec.token_id for kind, spec in self.manifest.prompt.media.items()}
-            return streaming.from_ids(self.prompt_ids(prompt, prepared), placeholders, calls)
-        self.prompt_ids(prompt, {kind: 1 for kind in given})  # names an unsupported kind or a placeholder in the prompt
+            return streaming.from_ids(self.prompt_ids(prompt, prepared, first_turn), placeholders, calls)
+        self.prompt_ids(
+            prompt, {kind: 1 for kind in given}, first_turn
+        )  # names an unsupported kind or a placeholder in the prompt
         placeholders = {kind: self.manifest.prompt.media[kind].token_id for kind in given}
-        layout = streaming.split_template(lambda counts: self.prompt_ids(prompt, counts), list(given), placeholders)
+        layout = streaming.split_template(
+            lambda counts: self.prompt_ids(prompt, counts, first_turn), list(given), placeholders
+        )
         if layout is not None:
             return streaming.planned(layout, given)
         items = {kind: list(items) for kind, items in given.items()}  # the tokenizer merges across items: collect them
-        return streaming.from_ids(self.prompt_ids(prompt, {k: len(v) for k, v in items.items()}), placeholders, items)
+        counts = {k: len(v) for k, v in items.items()}
+        return streaming.from_ids(self.prompt_ids(prompt, counts, first_turn), placeholders, items)
 
     def embed(self, ids: Sequence[int], media: dict[str, Sequence] | None = None) -> np.ndarray:
         """Decoder inputs [1, seq, hidden]: token embeddings with each media item's rows spliced in.
@@ -366,6 +412,13 @@ def check_request(prompt: Any, images: Any, audio: Any, max_new_tokens: Any) -> 
         arguments.number("max_new_tokens", max_new_tokens, low=0, integer=True)
 
 
+def _encoder_cache(manifest: Manifest, mb: float | None) -> EncoderCache:
+    """The encoder-output cache bounded at `mb` MiB (None: the budget's default for this bundle)."""
+    if mb is not None and not mb >= 0:  # `not >=` also refuses NaN
+        raise InputError(f"encoder cache {mb!r} MiB is not allowed; allowed: 0 (off) or more")
+    return EncoderCache(budget.default_encoder_cache_bytes(manifest) if mb is None else int(mb * budget.MiB))
+
+
 def _check_streaming(s: StreamingSettings) -> None:
     if not 0 <= s.sink_tokens < s.max_seq_len or not 0 < s.prefill_chunk <= s.max_seq_len - s.sink_tokens:
         raise InputError(
@@ -382,6 +435,7 @@ def load(
     draft: str | Path | None = None,
     draft_k: int = 4,
     trusted_keys: Sequence[str | Path] | None = None,
+    encoder_cache_mb: float | None = None,
     **streaming_overrides: int,
 ) -> Pipeline:
     """Open a bundle, verify every file's sha256, check the memory budget and start a session per component.
@@ -389,9 +443,11 @@ def load(
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
     for speculative decoding, proposing `draft_k` tokens per target call (a small-to-large cascade
-    is `edgemfm.runtimes.cascade.load`). Keyword overrides of the manifest's streaming settings:
-    `prefill_chunk`, `max_seq_len`, `sink_tokens`. `trusted_keys` (public key files from `edgemfm keygen`):
-    every bundle loaded must carry a signature one of them verifies (see `edgemfm.signing`).
+    is `edgemfm.runtimes.cascade.load`). `encoder_cache_mb` bounds the encoder-output cache, counted
+    in the budget (default: `budget.ENCODER_CACHE_BYTES` for a bundle with media; 0: off). `trusted_keys`
+    (public key files from `edgemfm keygen`): every bundle loaded must carry a signature one of them verifies
+    (see `edgemfm.signing`). Keyword overrides of the manifest's streaming settings: `prefill_chunk`,
+    `max_seq_len`, `sink_tokens`.
 
     Example:
         >>> pipe = edgemfm.load("bundles/llava-jetson", device="jetson", memory_budget=2048, draft="bundles/tiny-jetson")  # doctest: +SKIP
@@ -412,7 +468,7 @@ def load(
     settings = dataclasses.replace(manifest.streaming, **streaming_overrides)
     if not (isinstance(draft_k, int) and draft_k >= 1):
         raise InputError(f"draft_k {draft_k!r} is not allowed; allowed: a positive number of proposed tokens")
-    pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings)
+    pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings, encoder_cache_mb=encoder_cache_mb)
     if draft is not None:
         pipe.speculate_k = draft_k
         pipe.draft = Pipeline(

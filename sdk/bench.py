@@ -329,7 +329,8 @@ def measure(path: str | Path, config: BenchConfig) -> BenchResult:
     from edgemfm.runtimes import budget
     from edgemfm.runtimes.pipeline import load
 
-    pipe = load(path, device=config.device, threads=config.threads)
+    # the encoder-output cache off: every timed run encodes the same picture, which would be a hit
+    pipe = load(path, device=config.device, threads=config.threads, encoder_cache_mb=0)
     m = pipe.manifest
     runs = _median_runs(lambda: _decode_once(pipe, config), config)
     ttft, rate, cpu_rate = (statistics.median(r[i] for r in runs) for i in range(3))

@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, tune, inspect, bench.
+"""The `edgemfm` command line: devices, export, prune, finetune, run, chat, tune, inspect, bench.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx.
@@ -257,6 +257,29 @@ def cmd_sign(args: argparse.Namespace) -> None:
     out.print(f"[green]wrote[/green] {sign(args.bundle, args.key)}")
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    from edgemfm.runtimes import pipeline
+
+    pipe = pipeline.load(
+        args.bundle, args.device, args.threads, args.memory_budget, encoder_cache_mb=args.encoder_cache
+    )
+    err.print(f"edgemfm: chatting on {pipe.provider} (/image PATH, /reset; end of input ends)", soft_wrap=True)
+    session, images = pipe.chat(), list(args.image)
+    for line in sys.stdin:
+        line = line.strip()
+        if line == "/reset":
+            session.reset()
+            err.print("edgemfm: conversation reset")
+        elif line.startswith("/image "):
+            images.append(line.removeprefix("/image ").strip())
+        elif line:
+            for piece in session.ask(line, images=images, max_new_tokens=args.max_new_tokens):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            images = []
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from edgemfm.bench import BenchConfig, bench, plot, plotting, table, write_report
 
@@ -437,6 +460,18 @@ def _prompt(raw: str) -> str:
     return A.utf8("prompt", raw)
 
 
+def _runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """The bundle and how to run it: shared by run and chat."""
+    p.add_argument("bundle", help="bundle directory")
+    p.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
+    p.add_argument("--max-new-tokens", type=A.COUNT, default=None, help="per answer (default: the bundle's setting)")
+    p.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
+    p.add_argument("--threads", type=A.THREADS, default=0, help="threads per session (0: one per core)")
+    p.add_argument(
+        "--memory-budget", type=A.POSITIVE, metavar="MB", help="MiB the run may use (default: the profile's)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -543,18 +578,11 @@ def parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_prune)
 
     r = sub.add_parser("run", help="run a bundle on a prompt, streaming the answer")
-    r.add_argument("bundle", help="bundle directory")
+    _runtime_arguments(r)
     r.add_argument(
         "--prompt", default="", type=_prompt, help="the question or instruction (default: none, e.g. to transcribe)"
     )
-    r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
     r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
-    r.add_argument("--max-new-tokens", type=A.COUNT, default=None, help="default: the bundle's setting")
-    r.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
-    r.add_argument("--threads", type=A.THREADS, default=0, help="threads per session (0: one per core)")
-    r.add_argument(
-        "--memory-budget", type=A.POSITIVE, metavar="MB", help="MiB the run may use (default: the profile's)"
-    )
     r.add_argument(
         "--temperature", type=A.arg(A.number, float, low=0), default=0.0, help="0 (default): greedy; above 0: sampling"
     )
@@ -599,6 +627,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("bundle", help="bundle directory")
     s.add_argument("--key", required=True, type=A.name, help="private key file from `edgemfm keygen`")
     s.set_defaults(func=cmd_sign)
+
+    c = sub.add_parser("chat", help="chat with a bundle: a question per line of stdin, the KV cache kept across turns")
+    _runtime_arguments(c)
+    c.add_argument(
+        "--encoder-cache",
+        type=A.arg(A.number, float, low=0),
+        metavar="MB",
+        help="MiB of encoder rows kept for media seen again",
+    )
+    c.set_defaults(func=cmd_chat)
 
     b = sub.add_parser(
         "bench", help="measure a bundle's first-token time, decode rate, encoders, memory, size and perplexity"

@@ -52,7 +52,8 @@ def host_check(
     from edgemfm.runtimes.pipeline import load
 
     c, m = result.chosen.candidate, result.manifest
-    pipe = load(write_chosen(result, parts, source, out, force=True, link=True), threads=1)
+    # the encoder-output cache off: each timed question encodes the same picture, which would be a hit
+    pipe = load(write_chosen(result, parts, source, out, force=True, link=True), threads=1, encoder_cache_mb=0)
     kinds = {kind: encoder for encoder, kind in media_encoders(m).items()} or {"text": None}
     measured, predicted_ms = 0.0, 0.0
     for kind, encoder in kinds.items():
