@@ -93,7 +93,14 @@ public final class HostRun {
             for (int k = 0; k < promptIds.length; k++) {
                 out.append(k == 0 ? "" : ", ").append(promptIds[k]);
             }
-            System.out.println(out.append("]}"));
+            MultimodalModel.Timing t = model.lastTiming();
+            if (t != null) { // what the app's status line shows
+                out.append("], \"first_token_ms\": ").append(t.firstTokenMs);
+                out.append(", \"decode_tokens_per_s\": ").append(Double.isNaN(t.decodeTokensPerSecond) ? "null" : t.decodeTokensPerSecond);
+                System.out.println(out.append("}"));
+            } else {
+                System.out.println(out.append("]}"));
+            }
         }
     }
 
