@@ -183,6 +183,23 @@ def read_manifest(bundle: str | Path, trusted_keys: Sequence[str | Path] | None 
     return manifest
 
 
+def copy_bundle(bundle: str | Path, dest: str | Path) -> Manifest:
+    """Copy a bundle's listed files and manifest to `dest`, checked before and after the copy.
+
+    The copy is staged beside `dest` and replaces it only once it reads back intact, so an app's
+    assets hold the old bundle or the new one, never a mix.
+
+    Example:
+        >>> copy_bundle("bundles/android", "samples/android/app/src/main/assets/bundle").profile  # doctest: +SKIP
+        'android-arm64'
+    """
+    manifest = read_manifest(bundle)
+    with staging(dest, force=True) as stage:
+        for name in [*manifest.files, MANIFEST]:
+            shutil.copyfile(Path(bundle) / name, stage / name)
+    return manifest
+
+
 def _check_file(bundle: Path, name: str, entry: FileEntry) -> None:
     if Path(name).name != name or name in ("", ".", ".."):
         raise BundleError(f"{bundle / MANIFEST}: file name {name!r} is not a plain name in the bundle")

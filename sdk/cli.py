@@ -107,9 +107,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.dry_run:  # the config export would run, checked against the profile: nothing is built
         print(json.dumps(to_dict(resolve(config)), indent=2))
         return
+    assets = _android_assets(args.app, config) if args.app else None  # refused before minutes of export
     with rich_progress() as progress:
         path = export(config, progress)
     _export_summary(path)
+    if assets is not None:
+        _put_into_app(path, assets)
+
+
+def _put_into_app(path: Path, assets: Path) -> None:
+    """Copy a float32-computing bundle into the Android app's assets, checked file by file."""
+    from edgemfm.bundle import copy_bundle, read_manifest
+
+    m = read_manifest(path)
+    if floats := sorted({c.dtype for c in m.components.values()} - {"float32"}):
+        raise InputError(
+            f"the Android app feeds float32 tensors; this bundle computes in {floats[0]}; "
+            "allowed --precision with --app: fp32, int8, int4, auto"
+        )
+    copy_bundle(path, assets)
+    out.print(f"[green]put[/green] {path} into {assets} (checked: size and sha256 of every file)")
 
 
 def _export_fleet(config: ExportConfig, args: argparse.Namespace) -> None:
@@ -156,6 +173,18 @@ def _export_summary(path: Path) -> None:
         _pruning_summary(m.report.pruning)
     if m.report.quantization and m.report.float_units:
         out.print(f"kept float: {len(m.report.float_units)} weighted units (see `edgemfm inspect {path}`)")
+
+
+def _android_assets(app: str, config: ExportConfig) -> Path:
+    """Where `--app` puts the bundle: the Android project's app/src/main/assets/bundle (BundleAssets.java reads it)."""
+    manifest = Path(app) / "app" / "src" / "main" / "AndroidManifest.xml"
+    if not manifest.is_file():
+        raise InputError(f"--app {app!r} is not an Android project: it has no app/src/main/AndroidManifest.xml")
+    if config.format != "onnx":
+        raise InputError(
+            f"--app runs the bundle with ONNX Runtime; --format {config.format!r} is not allowed; allowed: onnx"
+        )
+    return manifest.parent / "assets" / "bundle"
 
 
 def _pruning_summary(report: Pruning) -> None:
@@ -539,6 +568,11 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
+    )
+    e.add_argument(
+        "--app",
+        metavar="ANDROID_PROJECT",
+        help="also put the bundle, checked, into an Android project's assets (e.g. samples/android)",
     )
     e.set_defaults(func=cmd_export)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import struct
 import subprocess
 import zipfile
 from pathlib import Path
@@ -81,6 +83,62 @@ def test_badging_shows_a_launchable_arm64_app(apk):
     assert f"launchable-activity: name='{APP_ID}.MainActivity'" in r.stdout
     assert "native-code: 'arm64-v8a'" in r.stdout.splitlines()
     assert "sdkVersion:'24'" in r.stdout  # ORT's AAR needs API 24
+    target = int(r.stdout.split("targetSdkVersion:'", 1)[1].split("'")[0])
+    assert target >= 34  # Android 15's store and install rules for new apps
+    assert "uses-permission: name='android.permission.RECORD_AUDIO'" in r.stdout
+
+
+def _elf_load_alignments(data: bytes) -> list[tuple[int, int, int]]:
+    """(p_offset, p_vaddr, p_align) of each LOAD segment of a 64-bit little-endian ELF file."""
+    assert data[:6] == b"\x7fELF\x02\x01", "not a 64-bit little-endian ELF file"
+    phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
+    loads = []
+    for k in range(phnum):
+        p_type, _, p_offset, p_vaddr, _, _, _, p_align = struct.unpack_from("<IIQQQQQQ", data, phoff + k * phentsize)
+        if p_type == 1:  # PT_LOAD
+            loads.append((p_offset, p_vaddr, p_align))
+    return loads
+
+
+def test_native_libraries_are_stored_at_16_kib_boundaries(apk):
+    """Android 15's 16 KiB pages: each library's data starts on a 16 KiB boundary in the APK, stored
+    uncompressed (mapped in place: extractNativeLibs="false"), and its LOAD segments are 16 KiB-aligned."""
+    with zipfile.ZipFile(apk) as z:
+        libs = [i for i in z.infolist() if i.filename.startswith("lib/")]
+        assert libs
+        for info in libs:
+            assert info.compress_type == zipfile.ZIP_STORED, info.filename
+            z.fp.seek(info.header_offset)
+            name_len, extra_len = struct.unpack("<HH", z.fp.read(30)[26:30])
+            assert (info.header_offset + 30 + name_len + extra_len) % 16384 == 0, info.filename
+            for offset, vaddr, align in _elf_load_alignments(z.read(info)):
+                assert align >= 16384 and (vaddr - offset) % 16384 == 0, (info.filename, hex(offset), hex(align))
+        arsc = z.getinfo("resources.arsc")  # API 30+ installs only an uncompressed, 4-byte-aligned table
+        assert arsc.compress_type == zipfile.ZIP_STORED
+    r = _run(["aapt", "dump", "xmltree", str(apk), "AndroidManifest.xml"])
+    assert "android:extractNativeLibs(0x010104ea)=(type 0x12)0x0" in r.stdout, r.stdout
+
+
+def test_gradle_project_and_ci_build_agree_on_versions():
+    """Android Studio's build (app/build.gradle) and ci/build_apk.sh make the same app against the same ORT."""
+    script = (CI / "build_apk.sh").read_text()
+    gradle = (ANDROID / "app" / "build.gradle").read_text()
+
+    def ci(name: str) -> str:
+        return script.split(f"\n{name}=", 1)[1].split()[0]
+
+    def groovy(name: str) -> str:
+        return gradle.split(f"\n        {name} ", 1)[1].split()[0].strip("'")
+
+    assert (ci("APP_ID"), ci("MIN_SDK"), ci("TARGET_SDK")) == (
+        groovy("applicationId"),
+        groovy("minSdk"),
+        groovy("targetSdk"),
+    )
+    assert (ci("VERSION_CODE"), ci("VERSION_NAME")) == (groovy("versionCode"), groovy("versionName"))
+    assert f"namespace '{ci('APP_ID')}'" in gradle
+    ort = gradle.split("com.microsoft.onnxruntime:onnxruntime-android:", 1)[1].split("'")[0]
+    assert f"ort-android-{ort}/" in script  # the AAR the CI build packs is the release Gradle resolves
 
 
 def test_apk_signature_verifies(apk):
@@ -256,8 +314,6 @@ def test_fetch_is_cached_and_pinned(android_inputs):
 
 
 def test_put_bundle_copies_a_verified_bundle_or_nothing(android_bundle, tmp_path):
-    import shutil
-
     dest = tmp_path / "assets" / "bundle"
     r = _run(["bash", str(CI / "put_bundle.sh"), str(android_bundle), str(dest)])
     assert r.returncode == 0, r.stderr
@@ -272,3 +328,141 @@ def test_put_bundle_copies_a_verified_bundle_or_nothing(android_bundle, tmp_path
     assert r.returncode != 0 and "differs from its manifest entry" in r.stderr
     assert (dest / "tokenizer.json").read_bytes() == (android_bundle / "tokenizer.json").read_bytes()
     assert not list(dest.parent.glob(".bundle.*")), "a failed copy left a temporary folder behind"
+
+
+DEMO_MEDIA = REPO / "samples" / "demo_model" / "media"
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_android(tmp_path_factory) -> Path:
+    """A tiny random demo checkpoint (image + audio encoders) exported for the android profile."""
+    from test_demo import tiny_demo
+
+    import edgemfm
+
+    model = tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
+    return edgemfm.export(
+        edgemfm.ExportConfig(model=model, device="android", out=tmp_path_factory.mktemp("android") / "tiny-demo")
+    )
+
+
+@pytest.fixture(scope="module")
+def tone_16k(tmp_path_factory) -> Path:
+    """Half a second of a 440 Hz tone at the model's 16 kHz, 16-bit PCM: no resampling on either side."""
+    import wave
+
+    path = tmp_path_factory.mktemp("audio") / "tone-16k.wav"
+    t = np.arange(8000) / 16000
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes())
+    return path
+
+
+@pytest.mark.parametrize("clip", ["word.wav", "tone"])
+def test_java_log_mel_matches_python(host_run, tiny_demo_android, tone_16k, clip, tmp_path):
+    """AudioPreprocessor (WAV read, resampling 22.05 -> 16 kHz, STFT, mel, log) gives runtimes/audio.py's features."""
+    from edgemfm.bundle import read_manifest
+    from edgemfm.runtimes.audio import preprocess_audio
+
+    wav = DEMO_MEDIA / clip if clip.endswith(".wav") else tone_16k
+    features = tmp_path / "features.f32"
+    _java(
+        host_run,
+        *("--bundle", str(tiny_demo_android), "--audio", str(wav), "--max-new-tokens", "1"),
+        *("--prompt", "What word?", "--features", str(features)),
+    )
+    want, _ = preprocess_audio(wav, read_manifest(tiny_demo_android).preprocess.audio)
+    got = np.fromfile(features, dtype="<f4").reshape(want.shape)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_java_decode_loop_hears_like_edgemfm_run(host_run, tiny_demo_android, picture, with_image):
+    """The audio encoder's rows (and the image's, when both are given) are spliced as the Python runtime does."""
+    from edgemfm.runtimes.pipeline import load
+
+    wav = DEMO_MEDIA / "word.wav"
+    images = [str(picture)] if with_image else []
+    java = _java(
+        host_run,
+        *("--bundle", str(tiny_demo_android), "--prompt", "What word is spoken?", "--max-new-tokens", "6"),
+        *("--audio", str(wav)),
+        *(["--image", str(picture)] if with_image else []),
+    )
+    pipe = load(tiny_demo_android)
+    want = list(pipe.generate_tokens("What word is spoken?", images=images, audio=[wav], max_new_tokens=6))
+    assert java["tokens"] == want
+
+
+@pytest.fixture(scope="module")
+def demo_int8_android(tmp_path_factory) -> Path:
+    """The built-in demo model exported int8 (minutes: -m slow only), or the bundle at
+    $EDGEMFM_DEMO_ANDROID_BUNDLE when set, to reuse one `edgemfm export --precision int8` wrote.
+
+    The host profile's int8 (dynamic: MatMulInteger, DynamicQuantizeLinear, which ORT 1.29 runs on
+    x86-64 and arm64 alike): the android profile's static int8 stops at the audio encoder, which
+    the built-in calibration set (drawings and prompts, no clips) never reaches."""
+    import edgemfm
+
+    if given := os.environ.get("EDGEMFM_DEMO_ANDROID_BUNDLE"):
+        return Path(given)
+    out = tmp_path_factory.mktemp("bundles") / "demo-int8"
+    return edgemfm.export(edgemfm.ExportConfig(device="host", precision="int8", out=out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "media, prompt, want",
+    [q for q in json.loads((DEMO_MEDIA / "questions.json").read_text()) if q[0] != "digit.png"],
+)
+def test_java_decode_loop_answers_the_demo_samples_from_the_int8_bundle(
+    host_run, demo_int8_android, media, prompt, want, capsys
+):
+    """The app's loop on the JVM answers the drawing ("triangle", "blue") and the clip ("seven") from
+    the int8 bundle, token for token as `edgemfm run` on that bundle."""
+    from edgemfm.cli import main
+    from edgemfm.runtimes.pipeline import load
+
+    kind = "image" if media.endswith(".png") else "audio"
+    path = str(DEMO_MEDIA / media)
+    java = _java(
+        host_run,
+        *("--bundle", str(demo_int8_android), "--prompt", prompt, "--max-new-tokens", "8", f"--{kind}", path),
+    )
+    pipe = load(demo_int8_android)
+    assert java["tokens"] == list(
+        pipe.generate_tokens(prompt, max_new_tokens=8, **{f"{kind}s" if kind == "image" else kind: [path]})
+    )
+    assert java["text"] == want
+    assert main(["run", str(demo_int8_android), "--prompt", prompt, "--max-new-tokens", "8", f"--{kind}", path]) == 0
+    assert "".join(java["pieces"]) == capsys.readouterr().out.removesuffix("\n")
+
+
+def test_export_app_puts_a_checked_bundle_into_the_assets(placeholder_model, android_bundle, tmp_path, capsys):
+    """`edgemfm export --device android --app PROJECT` refuses a folder that is no Android project
+    before exporting anything, and otherwise leaves the verified bundle in the app's assets."""
+    from edgemfm.bundle import copy_bundle, read_manifest
+    from edgemfm.cli import main
+    from edgemfm.errors import BundleError
+
+    argv = ["export", "--model", str(placeholder_model), "--device", "android", "--out", str(tmp_path / "b")]
+    assert main([*argv, "--app", str(tmp_path)]) == 2
+    assert "is not an Android project" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+    app = tmp_path / "app-project"
+    shutil.copytree(
+        ANDROID / "app" / "src" / "main", app / "app" / "src" / "main", ignore=shutil.ignore_patterns("assets")
+    )
+    assert main([*argv, "--app", str(app)]) == 0
+    assets = app / "app" / "src" / "main" / "assets" / "bundle"
+    assert read_manifest(assets) == read_manifest(tmp_path / "b")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(android_bundle, broken)
+    with open(broken / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(BundleError, match="'tokenizer.json' is [0-9]+ bytes, the manifest says"):
+        copy_bundle(broken, assets)
+    assert read_manifest(assets) == read_manifest(tmp_path / "b")  # the old bundle stays whole
+    assert not [p for p in assets.parent.iterdir() if p.name != "bundle"], "a failed copy left a folder behind"

@@ -11,15 +11,16 @@
 #
 # Steps: aapt2 compile + link (resources, manifest, R.java) -> javac (Java 8 language, against
 # android.jar API 23 + ORT's classes.jar) -> D8 (dex, min API 24 as ORT's AAR requires) -> zip
-# (classes.dex, lib/arm64-v8a/*.so, assets stored uncompressed) -> zipalign -> apksigner (a
-# debug key made once in the cache). The APK is for testing, not for a store.
+# (classes.dex; lib/arm64-v8a/*.so and assets stored uncompressed) -> align_apk.py (libraries at
+# 16 KiB, as Android 15 wants) -> apksigner v2 (a debug key made once in the cache), which keeps
+# the alignment. The APK is for testing, not for a store.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"          # samples/android
 CACHE="${EDGEMFM_ANDROID_CACHE:-$HOME/.cache/edgemfm/android}"
 APP_ID=org.edgemfm.sample                         # = namespace/applicationId in app/build.gradle
 MIN_SDK=24                                        # ORT's AAR declares minSdkVersion 24
-TARGET_SDK=29                                     # the newest API this toolchain's aapt2 knows
+TARGET_SDK=35                                     # Android 15; = targetSdk in app/build.gradle
 VERSION_CODE=1
 VERSION_NAME=0.1.0
 ABI=arm64-v8a
@@ -76,10 +77,11 @@ mkdir -p "$WORK/pkg/lib/$ABI" "$WORK/pkg/assets/bundle"
 cp "$ORT/jni/$ABI/"*.so "$WORK/pkg/lib/$ABI/"
 cp -R "$BUNDLE/." "$WORK/pkg/assets/bundle/"
 (cd "$WORK/dex" && zip -q -X "$WORK/base.apk" classes*.dex)
-# Native libraries compressed: the installer extracts them (no page alignment needed, which
-# this zipalign cannot do for 16 KiB-page devices). Model files stored, so reading them is a copy.
-(cd "$WORK/pkg" && zip -q -X -r "$WORK/base.apk" lib && zip -q -X -r -0 "$WORK/base.apk" assets)
-zipalign -f 4 "$WORK/base.apk" "$WORK/aligned.apk"
+# Native libraries stored and 16 KiB-aligned: the phone maps them from the APK in place
+# (extractNativeLibs="false"), on 4 KiB- and 16 KiB-page devices alike. Model files stored, so
+# reading them is a copy. Debian's zipalign aligns libraries to 4 KiB only: align_apk.py does it.
+(cd "$WORK/pkg" && zip -q -X -r -0 "$WORK/base.apk" lib assets)
+python3 "$HERE/ci/align_apk.py" "$WORK/base.apk" "$WORK/aligned.apk"
 
 step "sign (apksigner)"
 KEYSTORE="$CACHE/debug.keystore"
@@ -92,6 +94,7 @@ fi
 mkdir -p "$(dirname "$OUT")"
 apksigner sign --ks "$KEYSTORE" --ks-pass pass:android --key-pass pass:android \
     --min-sdk-version "$MIN_SDK" --out "$OUT.tmp" "$WORK/aligned.apk"
+python3 "$HERE/ci/align_apk.py" --check "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 rm -f "$OUT.tmp.idsig"
 step "wrote $OUT ($(du -h "$OUT" | cut -f1))"

@@ -5,9 +5,11 @@ import java.io.DataOutputStream;
 import java.io.File;
 import java.io.FileOutputStream;
 import java.io.IOException;
+import java.nio.file.Files;
 import java.util.ArrayList;
 import java.util.List;
 import javax.imageio.ImageIO;
+import org.edgemfm.bundle.AudioPreprocessor;
 import org.edgemfm.bundle.ImagePreprocessor;
 import org.edgemfm.bundle.MultimodalModel;
 
@@ -19,6 +21,7 @@ import org.edgemfm.bundle.MultimodalModel;
  * java -Donnxruntime.native.path=LIBDIR -cp CLASSES org.edgemfm.host.HostRun \
  *     --bundle DIR [--image FILE.png] [--prompt TEXT] [--max-new-tokens N] [--threads N]
  *     [--pixels OUT.f32]    # also write the pre-processed image (float32, little-endian, CHW)
+ *     [--audio FILE.wav] [--features OUT.f32]   # a clip; also write its log-mel [n_mels, frames]
  * </pre>
  * The image is decoded with ImageIO into the same packed ARGB pixels the app takes from
  * Android's Bitmap.getPixels.
@@ -31,6 +34,8 @@ public final class HostRun {
         String image = null;
         String prompt = "What is in this picture?";
         String pixels = null;
+        String audio = null;
+        String features = null;
         Integer maxNew = null;
         int threads = 1;
         for (int k = 0; k < args.length; k += 2) {
@@ -43,6 +48,8 @@ public final class HostRun {
                 case "--image": image = v; break;
                 case "--prompt": prompt = v; break;
                 case "--pixels": pixels = v; break;
+                case "--audio": audio = v; break;
+                case "--features": features = v; break;
                 case "--max-new-tokens": maxNew = Integer.parseInt(v); break;
                 case "--threads": threads = Integer.parseInt(v); break;
                 default: usage("unknown option " + args[k]);
@@ -57,8 +64,15 @@ public final class HostRun {
             if (pixels != null && rgb != null) {
                 writeFloats(new File(pixels), ImagePreprocessor.run(rgb, model.manifest.image));
             }
+            float[] clip = null;
+            if (audio != null) {
+                clip = AudioPreprocessor.readWav(Files.readAllBytes(new File(audio).toPath()), model.manifest.audio);
+            }
+            if (features != null && clip != null) {
+                writeFloats(new File(features), AudioPreprocessor.logMel(clip, model.manifest.audio));
+            }
             int limit = maxNew != null ? maxNew : model.manifest.maxNewTokens;
-            int[] ids = model.generate(prompt, rgb, limit, new MultimodalModel.TokenListener() {
+            int[] ids = model.generate(prompt, rgb, clip, limit, new MultimodalModel.TokenListener() {
                 @Override
                 public void onToken(int id, String piece) {
                     pieces.add(piece);
@@ -79,13 +93,20 @@ public final class HostRun {
             for (int k = 0; k < promptIds.length; k++) {
                 out.append(k == 0 ? "" : ", ").append(promptIds[k]);
             }
-            System.out.println(out.append("]}"));
+            MultimodalModel.Timing t = model.lastTiming();
+            if (t != null) { // what the app's status line shows
+                out.append("], \"first_token_ms\": ").append(t.firstTokenMs);
+                out.append(", \"decode_tokens_per_s\": ").append(Double.isNaN(t.decodeTokensPerSecond) ? "null" : t.decodeTokensPerSecond);
+                System.out.println(out.append("}"));
+            } else {
+                System.out.println(out.append("]}"));
+            }
         }
     }
 
     private static void usage(String why) {
         System.err.println("HostRun: " + why + "\nusage: HostRun --bundle DIR [--image FILE] [--prompt TEXT]"
-                + " [--max-new-tokens N] [--threads N] [--pixels OUT.f32]");
+                + " [--max-new-tokens N] [--threads N] [--pixels OUT.f32] [--audio FILE.wav] [--features OUT.f32]");
         System.exit(2);
     }
 

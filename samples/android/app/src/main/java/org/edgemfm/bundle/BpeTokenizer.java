@@ -74,8 +74,9 @@ public final class BpeTokenizer {
         Map<String, Object> model = BundleManifest.asMap(root.get("model"), "tokenizer model");
         require("model.type", model.get("type"), "BPE");
         for (String unsupported : new String[] {"continuing_subword_prefix", "end_of_word_suffix", "dropout"}) {
-            if (model.get(unsupported) != null) {
-                throw new BundleException("tokenizer: model." + unsupported + " is not supported (must be null)");
+            Object value = model.get(unsupported);
+            if (value != null && !"".equals(value)) { // SmolLM2's tokenizer.json writes "" for the affixes: no affix
+                throw new BundleException("tokenizer: model." + unsupported + " is not supported (must be null or empty)");
             }
         }
         if (Boolean.TRUE.equals(model.get("byte_fallback"))) {

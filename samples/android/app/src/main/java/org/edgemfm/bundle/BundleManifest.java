@@ -14,7 +14,8 @@ import java.util.Map;
  * <p>Example: {@code BundleManifest m = BundleManifest.parse(text); m.decoder().kvCache.layers}
  */
 public final class BundleManifest {
-    public static final int SCHEMA_VERSION = 1; // the version sdk/manifest.py writes
+    // the version sdk/manifest.py writes; version 1 differs only in the report, which this app does not read
+    public static final int SCHEMA_VERSION = 2;
     public static final String KIND = "edgemfm-bundle";
 
     public static final class TensorSpec {
@@ -91,6 +92,7 @@ public final class BundleManifest {
         public final String encoder;
         public final String input;
         public final String output;
+        public final String length; // encoder input fed the item's unpadded length, or null
 
         Media(Map<String, Object> m) {
             placeholder = str(m, "placeholder");
@@ -98,6 +100,28 @@ public final class BundleManifest {
             encoder = str(m, "encoder");
             input = str(m, "input");
             output = str(m, "output");
+            length = m.get("length") == null ? null : str(m, "length");
+        }
+    }
+
+    /** preprocess.audio: Whisper-style log-mel settings (sdk/manifest.py's AudioPreprocess). */
+    public static final class AudioSpec {
+        public final int samplingRate; // Hz; clips at other rates are resampled to it
+        public final int nFft;
+        public final int hopLength;
+        public final int nMels;
+        public final int nSamples; // clips are zero-padded or cut to this many samples
+        public final double minFrequency; // Hz, the mel filters' span
+        public final double maxFrequency;
+
+        AudioSpec(Map<String, Object> m) {
+            samplingRate = integer(m, "sampling_rate");
+            nFft = integer(m, "n_fft");
+            hopLength = integer(m, "hop_length");
+            nMels = integer(m, "n_mels");
+            nSamples = integer(m, "n_samples");
+            minFrequency = m.containsKey("min_frequency") ? number(m, "min_frequency") : 0.0;
+            maxFrequency = m.containsKey("max_frequency") ? number(m, "max_frequency") : 8000.0;
         }
     }
 
@@ -130,9 +154,11 @@ public final class BundleManifest {
     public final String promptTemplate; // with {media} and {prompt}
     public final Map<String, Media> media = new LinkedHashMap<>();
     public final ImageSpec image; // null when the bundle takes no images
+    public final AudioSpec audio; // null when the bundle takes no audio
     public final int maxNewTokens;
     public final String embedding; // component names
     public final String decoder;
+    public final String precision; // the recipe's number formats in rule order: "int8", "int4 + fp32" ...
 
     private BundleManifest(Map<String, Object> m) {
         Object kind = m.get("kind");
@@ -140,8 +166,8 @@ public final class BundleManifest {
             throw new BundleException("not an edgemfm bundle manifest (kind must be " + KIND + ", got " + kind + ")");
         }
         Object version = m.get("schema_version");
-        if (!(version instanceof Long) || (Long) version != SCHEMA_VERSION) {
-            throw new BundleException("schema version " + version + " is not supported; this app reads version " + SCHEMA_VERSION);
+        if (!(version instanceof Long) || (Long) version < 1 || (Long) version > SCHEMA_VERSION) {
+            throw new BundleException("schema version " + version + " is not supported; this app reads versions 1 to " + SCHEMA_VERSION);
         }
         modelId = str(m, "model_id");
         profile = str(m, "profile");
@@ -168,12 +194,14 @@ public final class BundleManifest {
                 media.put(e.getKey(), new Media(asMap(e.getValue(), e.getKey())));
             }
         }
-        Object pre = asMap(m.get("preprocess"), "preprocess").get("image");
-        image = pre == null ? null : new ImageSpec(asMap(pre, "preprocess.image"));
+        Map<String, Object> pre = asMap(m.get("preprocess"), "preprocess");
+        image = pre.get("image") == null ? null : new ImageSpec(asMap(pre.get("image"), "preprocess.image"));
+        audio = pre.get("audio") == null ? null : new AudioSpec(asMap(pre.get("audio"), "preprocess.audio"));
         Map<String, Object> gen = asMap(m.get("generation"), "generation");
         maxNewTokens = integer(gen, "max_new_tokens");
         embedding = str(gen, "embedding");
         decoder = str(gen, "decoder");
+        precision = precision(asMap(m.get("recipe"), "recipe"));
         component(embedding);
         if (component(decoder).kvCache == null) {
             throw new BundleException("component " + decoder + " has no kv_cache; the decode loop needs one");
@@ -198,6 +226,29 @@ public final class BundleManifest {
 
     public Component decoder() {
         return component(decoder);
+    }
+
+    /** The bundle's size on disk: the sum of its files' bytes. */
+    public long totalBytes() {
+        long sum = 0;
+        for (long b : fileBytes.values()) {
+            sum += b;
+        }
+        return sum;
+    }
+
+    /** A rule's spec is null (kept float) or names its bits: 4 and 8 are integer formats, 16 is fp16. */
+    private static String precision(Map<String, Object> recipe) {
+        StringBuilder labels = new StringBuilder();
+        for (Object o : list(recipe, "rules")) {
+            Object spec = asMap(o, "recipe.rules[]").get("spec");
+            int bits = spec == null ? 32 : integer(asMap(spec, "spec"), "bits");
+            String label = bits == 16 ? "fp16" : bits == 32 ? "fp32" : "int" + bits;
+            if (!(" + " + labels + " + ").contains(" + " + label + " + ")) {
+                labels.append(labels.length() == 0 ? "" : " + ").append(label);
+            }
+        }
+        return labels.length() == 0 ? "fp32" : labels.toString();
     }
 
     public List<String> fileNames() {

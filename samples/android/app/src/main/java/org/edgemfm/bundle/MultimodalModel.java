@@ -40,10 +40,22 @@ public final class MultimodalModel implements AutoCloseable {
         void onToken(int tokenId, String newText);
     }
 
+    /** How fast the last answer came: the first token's latency (encoders and prefill), then the decode rate. */
+    public static final class Timing {
+        public final double firstTokenMs;
+        public final double decodeTokensPerSecond; // NaN when only one token was generated
+
+        Timing(long firstNanos, long decodeNanos, int decodedTokens) {
+            firstTokenMs = firstNanos / 1e6;
+            decodeTokensPerSecond = decodedTokens > 0 ? decodedTokens / (decodeNanos / 1e9) : Double.NaN;
+        }
+    }
+
     public final BundleManifest manifest;
     public final BpeTokenizer tokenizer;
     private final OrtEnvironment env;
     private final Map<String, OrtSession> sessions = new LinkedHashMap<>();
+    private Timing lastTiming; // null until an answer has a token
 
     private MultimodalModel(BundleManifest manifest, BpeTokenizer tokenizer, OrtEnvironment env) {
         this.manifest = manifest;
@@ -77,18 +89,27 @@ public final class MultimodalModel implements AutoCloseable {
         return model;
     }
 
-    /** Greedy decoding; returns the generated token ids (EOS excluded). `image` may be null. */
-    public int[] generate(String prompt, ImagePreprocessor.RgbImage image, int maxNewTokens, TokenListener listener)
-            throws OrtException {
-        int[] ids = promptIds(prompt, image != null);
+    /**
+     * Greedy decoding; returns the generated token ids (EOS excluded). `image` and `audio` (mono
+     * samples at the model's rate, from AudioPreprocessor.readWav or fromPcm16) may be null.
+     */
+    public int[] generate(String prompt, ImagePreprocessor.RgbImage image, float[] audio, int maxNewTokens,
+            TokenListener listener) throws OrtException {
+        long start = System.nanoTime();
+        int[] ids = promptIds(prompt, image != null, audio != null);
         if (maxNewTokens <= 0) {
             return new int[0];
         }
-        float[][] rows = embed(ids);
+        Map<Integer, float[][]> encoded = new HashMap<>();
         if (image != null) {
-            rows = mergeImage(ids, rows, encodeImage(image));
+            encoded.put(manifest.media.get("image").tokenId, encodeImage(image));
         }
+        if (audio != null) {
+            encoded.put(manifest.media.get("audio").tokenId, encodeAudio(audio));
+        }
+        float[][] rows = merge(ids, embed(ids), encoded);
         emitted = "";
+        long first = 0;
         BundleManifest.KvCache kv = manifest.decoder().kvCache;
         List<Integer> out = new ArrayList<>();
         OrtSession.Result previous = null;
@@ -106,6 +127,7 @@ public final class MultimodalModel implements AutoCloseable {
                     break;
                 }
                 out.add(next);
+                first = first == 0 ? System.nanoTime() : first;
                 if (listener != null) {
                     listener.onToken(next, newText(out));
                 }
@@ -117,6 +139,7 @@ public final class MultimodalModel implements AutoCloseable {
         } finally {
             closeCache(previous, past);
         }
+        lastTiming = first == 0 ? null : new Timing(first - start, System.nanoTime() - first, out.size() - 1);
         int[] result = new int[out.size()];
         for (int k = 0; k < result.length; k++) {
             result[k] = out.get(k);
@@ -124,23 +147,38 @@ public final class MultimodalModel implements AutoCloseable {
         return result;
     }
 
+    /** The timing of the last generate call that produced a token, or null. */
+    public Timing lastTiming() {
+        return lastTiming;
+    }
+
     /**
-     * The token ids of the templated prompt with one image placeholder token per image, as the
-     * Python Pipeline.prompt_ids: a placeholder typed by the user is refused, not taken as an image.
+     * The token ids of the templated prompt with one placeholder token per item (the image's, then
+     * the audio clip's), as the Python Pipeline.prompt_ids: a placeholder typed by the user is
+     * refused, not taken as an item.
      */
-    public int[] promptIds(String prompt, boolean withImage) {
-        BundleManifest.Media m = manifest.media.get("image");
-        if (withImage && m == null) {
-            throw new BundleException("this bundle takes no image input; it takes: text " + manifest.media.keySet());
+    public int[] promptIds(String prompt, boolean withImage, boolean withAudio) {
+        String[] kinds = {"image", "audio"};
+        boolean[] given = {withImage, withAudio};
+        StringBuilder media = new StringBuilder();
+        for (int k = 0; k < kinds.length; k++) {
+            if (given[k] && !manifest.media.containsKey(kinds[k])) {
+                throw new BundleException("this bundle takes no " + kinds[k] + " input; it takes: text " + manifest.media.keySet());
+            }
+            media.append(given[k] ? manifest.media.get(kinds[k]).placeholder : "");
         }
-        int[] ids = tokenizer.encode(promptText(prompt, withImage ? m.placeholder : ""));
-        if (m != null) {
+        int[] ids = tokenizer.encode(promptText(prompt, media.toString()));
+        for (int k = 0; k < kinds.length; k++) {
+            BundleManifest.Media m = manifest.media.get(kinds[k]);
+            if (m == null) {
+                continue;
+            }
             int seen = 0;
             for (int id : ids) {
                 seen += id == m.tokenId ? 1 : 0;
             }
-            if (seen != (withImage ? 1 : 0)) {
-                throw new BundleException("the prompt must not contain the image placeholder " + m.placeholder.trim());
+            if (seen != (given[k] ? 1 : 0)) {
+                throw new BundleException("the prompt must not contain the " + kinds[k] + " placeholder " + m.placeholder.trim());
             }
         }
         return ids;
@@ -190,6 +228,23 @@ public final class MultimodalModel implements AutoCloseable {
         return runRows(m.encoder, in, m.output);
     }
 
+    private float[][] encodeAudio(float[] samples) throws OrtException {
+        BundleManifest.Media m = manifest.media.get("audio");
+        BundleManifest.AudioSpec spec = manifest.audio;
+        if (spec == null) {
+            throw new BundleException("the bundle's manifest has no preprocess.audio for its audio encoder");
+        }
+        float[] features = AudioPreprocessor.logMel(samples, spec);
+        Map<String, OnnxTensor> in = new HashMap<>();
+        long[] shape = {1, spec.nMels, features.length / spec.nMels};
+        in.put(m.input, OnnxTensor.createTensor(env, FloatBuffer.wrap(features), shape));
+        if (m.length != null) {
+            long[] length = {AudioPreprocessor.validFrames(samples.length, spec)};
+            in.put(m.length, OnnxTensor.createTensor(env, LongBuffer.wrap(length), new long[] {1}));
+        }
+        return runRows(m.encoder, in, m.output);
+    }
+
     /** Runs a component and returns output `name` [1, n, hidden] as n rows; closes inputs and results. */
     private float[][] runRows(String component, Map<String, OnnxTensor> in, String name) throws OrtException {
         try (OrtSession.Result r = sessions.get(component).run(in)) {
@@ -221,17 +276,17 @@ public final class MultimodalModel implements AutoCloseable {
         throw new BundleException("no output " + name);
     }
 
-    /** The image placeholder token becomes the encoder's rows, as LLaVA's processor + model do. */
-    private float[][] mergeImage(int[] ids, float[][] rows, float[][] image) {
-        int token = manifest.media.get("image").tokenId;
+    /** Each placeholder token's position becomes its encoder's rows, as LLaVA's processor + model do. */
+    private static float[][] merge(int[] ids, float[][] rows, Map<Integer, float[][]> encoded) {
         List<float[]> merged = new ArrayList<>();
         for (int k = 0; k < ids.length; k++) {
-            if (ids[k] == token) {
-                for (float[] row : image) {
-                    merged.add(row);
-                }
-            } else {
+            float[][] item = encoded.get(ids[k]);
+            if (item == null) {
                 merged.add(rows[k]);
+            } else {
+                for (float[] r : item) {
+                    merged.add(r);
+                }
             }
         }
         return merged.toArray(new float[0][]);

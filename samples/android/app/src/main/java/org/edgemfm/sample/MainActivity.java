@@ -1,8 +1,10 @@
 package org.edgemfm.sample;
 
+import android.Manifest;
 import android.app.Activity;
 import android.content.ActivityNotFoundException;
 import android.content.Intent;
+import android.content.pm.PackageManager;
 import android.graphics.Bitmap;
 import android.graphics.BitmapFactory;
 import android.net.Uri;
@@ -13,25 +15,35 @@ import android.widget.Button;
 import android.widget.EditText;
 import android.widget.ImageView;
 import android.widget.TextView;
+import java.io.ByteArrayOutputStream;
 import java.io.File;
 import java.io.IOException;
 import java.io.InputStream;
+import java.util.Locale;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
+import org.edgemfm.bundle.AudioPreprocessor;
+import org.edgemfm.bundle.BundleManifest;
 import org.edgemfm.bundle.ImagePreprocessor;
 import org.edgemfm.bundle.MultimodalModel;
 
 /**
- * The sample's one screen: pick an image (gallery or camera), type a prompt, and watch the answer
- * stream in. All model work runs on one background thread; the UI thread only shows results.
+ * The sample's one screen: pick an image (gallery or camera) and/or a clip (record from the
+ * microphone, or pick a WAV), type a prompt, and watch the answer stream in, then the bundle's
+ * precision and size with the first-token latency and decode speed. All model work runs on one
+ * background thread; the UI thread only shows results.
  */
 public class MainActivity extends Activity {
     private static final int PICK_IMAGE = 1;
     private static final int TAKE_PHOTO = 2;
+    private static final int PICK_WAV = 3;
+    private static final int ASK_MICROPHONE = 4;
 
     private final ExecutorService worker = Executors.newSingleThreadExecutor();
     private MultimodalModel model;
     private Bitmap image;
+    private float[] clip; // mono samples at the model's rate, or null
+    private Microphone mic; // while recording
     private TextView status;
     private TextView answer;
     private ImageView imageView;
@@ -57,12 +69,17 @@ public class MainActivity extends Activity {
                     takePhoto();
                 } else if (id == R.id.clear) {
                     showImage(null);
+                    setClip(null, null);
+                } else if (id == R.id.record) {
+                    record();
+                } else if (id == R.id.wav) {
+                    pickWav();
                 } else if (id == R.id.run) {
                     answer();
                 }
             }
         };
-        for (int id : new int[] {R.id.gallery, R.id.camera, R.id.clear, R.id.run}) {
+        for (int id : new int[] {R.id.gallery, R.id.camera, R.id.clear, R.id.record, R.id.wav, R.id.run}) {
             findViewById(id).setOnClickListener(clicks);
         }
         worker.execute(new Runnable() {
@@ -80,7 +97,7 @@ public class MainActivity extends Activity {
             int threads = Math.max(1, Math.min(4, Runtime.getRuntime().availableProcessors()));
             model = MultimodalModel.load(dir, threads);
             long ms = SystemClock.elapsedRealtime() - start;
-            show(model.manifest.modelId + " (" + model.manifest.profile + "), loaded in " + ms + " ms", true);
+            show(describe(model.manifest) + ", loaded in " + ms + " ms", true);
         } catch (Exception e) {
             show("Cannot load the bundle: " + e.getMessage(), false);
         }
@@ -119,6 +136,8 @@ public class MainActivity extends Activity {
         }
         if (requestCode == TAKE_PHOTO && data.getExtras() != null) {
             showImage((Bitmap) data.getExtras().get("data"));
+        } else if (requestCode == PICK_WAV && data.getData() != null) {
+            readWav(data.getData());
         } else if (requestCode == PICK_IMAGE && data.getData() != null) {
             try {
                 showImage(decode(data.getData()));
@@ -161,27 +180,23 @@ public class MainActivity extends Activity {
     private void answer() {
         final String text = prompt.getText().toString();
         final ImagePreprocessor.RgbImage rgb = image == null ? null : toRgb(image);
+        final float[] audio = clip;
         run.setEnabled(false);
         answer.setText("");
         worker.execute(new Runnable() {
             @Override
             public void run() {
-                generate(text, rgb);
+                generate(text, rgb, audio);
             }
         });
     }
 
     /** On the worker thread: streams each new piece of text to the answer view. */
-    private void generate(String text, ImagePreprocessor.RgbImage rgb) {
-        final long start = SystemClock.elapsedRealtime();
-        final long[] first = {0};
+    private void generate(String text, ImagePreprocessor.RgbImage rgb, float[] audio) {
         try {
-            int[] ids = model.generate(text, rgb, model.manifest.maxNewTokens, new MultimodalModel.TokenListener() {
+            int[] ids = model.generate(text, rgb, audio, model.manifest.maxNewTokens, new MultimodalModel.TokenListener() {
                 @Override
                 public void onToken(int id, final String piece) {
-                    if (first[0] == 0) {
-                        first[0] = SystemClock.elapsedRealtime() - start;
-                    }
                     runOnUiThread(new Runnable() {
                         @Override
                         public void run() {
@@ -190,10 +205,86 @@ public class MainActivity extends Activity {
                     });
                 }
             });
-            long ms = SystemClock.elapsedRealtime() - start;
-            show(ids.length + " tokens in " + ms + " ms, first after " + first[0] + " ms", true);
+            MultimodalModel.Timing t = model.lastTiming();
+            String speed = t == null ? "no answer" : String.format(Locale.US, "first token %.0f ms, decode %.1f tokens/s",
+                    t.firstTokenMs, t.decodeTokensPerSecond);
+            show(describe(model.manifest) + "\n" + ids.length + " tokens: " + speed, true);
         } catch (Exception e) {
             show("Generation failed: " + e.getMessage(), true);
+        }
+    }
+
+    /** The bundle's precision and size, as the status line shows them. */
+    private static String describe(BundleManifest m) {
+        return String.format(Locale.US, "%s (%s, %s, %.1f MiB)", m.modelId, m.profile, m.precision,
+                m.totalBytes() / 1048576.0);
+    }
+
+    /** Record / Stop: asks for the microphone once, then records the model's window at most. */
+    private void record() {
+        if (model == null || model.manifest.audio == null) {
+            status.setText("This bundle takes no audio");
+            return;
+        }
+        if (mic != null) {
+            try {
+                setClip(mic.stop(), "recorded");
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            }
+            mic = null;
+            return;
+        }
+        if (checkSelfPermission(Manifest.permission.RECORD_AUDIO) != PackageManager.PERMISSION_GRANTED) {
+            requestPermissions(new String[] {Manifest.permission.RECORD_AUDIO}, ASK_MICROPHONE);
+            return;
+        }
+        try {
+            mic = Microphone.start(model.manifest.audio.samplingRate, model.manifest.audio.nSamples);
+            ((Button) findViewById(R.id.record)).setText(R.string.stop);
+            status.setText("Recording… press Stop");
+        } catch (IllegalStateException e) {
+            status.setText("Cannot record: " + e.getMessage());
+        }
+    }
+
+    @Override
+    public void onRequestPermissionsResult(int requestCode, String[] permissions, int[] results) {
+        if (requestCode == ASK_MICROPHONE && results.length == 1 && results[0] == PackageManager.PERMISSION_GRANTED) {
+            record();
+        } else if (requestCode == ASK_MICROPHONE) {
+            status.setText("Recording needs the microphone permission");
+        }
+    }
+
+    private void pickWav() {
+        Intent i = new Intent(Intent.ACTION_GET_CONTENT).setType("audio/*").addCategory(Intent.CATEGORY_OPENABLE);
+        startActivityForResult(Intent.createChooser(i, getString(R.string.pick_wav)), PICK_WAV);
+    }
+
+    private void readWav(Uri uri) {
+        if (model == null || model.manifest.audio == null) {
+            status.setText("This bundle takes no audio");
+            return;
+        }
+        try (InputStream in = getContentResolver().openInputStream(uri)) {
+            ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+            byte[] buf = new byte[1 << 16];
+            for (int n; (n = in.read(buf)) > 0; ) {
+                bytes.write(buf, 0, n);
+            }
+            setClip(AudioPreprocessor.readWav(bytes.toByteArray(), model.manifest.audio), "from the WAV file");
+        } catch (IOException | RuntimeException e) {
+            status.setText("Cannot read the WAV file: " + e.getMessage());
+        }
+    }
+
+    private void setClip(float[] samples, String how) {
+        clip = samples;
+        ((Button) findViewById(R.id.record)).setText(R.string.record);
+        if (samples != null) {
+            float seconds = (float) samples.length / model.manifest.audio.samplingRate;
+            status.setText(String.format(Locale.US, "Clip of %.1f s %s", seconds, how));
         }
     }
 
