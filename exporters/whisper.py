@@ -39,7 +39,7 @@ from edgemfm.exporters.decoder import PAST, PRESENT, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
-from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
+from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt, Transcription
 
 CROSS = "cross.{layer}.{kind}"
 
@@ -225,18 +225,50 @@ def split(model: Any, model_dir: Path) -> Split:
     start = [vocab.id_to_token(t) for t in start_tokens(model)]
     if None in start:
         raise InputError(f"{model_dir}: decoder start tokens {start_tokens(model)} are not all in tokenizer.json")
+    transcription = _transcription(model, vocab)
+    previous = transcription.previous if transcription else _previous_token(model, vocab)
     return Split(
         units=_units(model, pre),
         # The start tokens are spelled out and the tokenizer file's own specials are not added:
-        # Whisper's tokenizer.json would append <|endoftext|> to the prompt.
-        prompt=Prompt(template="".join(start) + "{media}{prompt}", add_special_tokens=False),
+        # Whisper's tokenizer.json would append <|endoftext|> to the prompt. A prompt is earlier text,
+        # before the start token (transformers' prompt_ids: <|startofprev|>, then " " + the prompt);
+        # a checkpoint without <|startofprev|> takes none.
+        prompt=Prompt(
+            template="".join(start) + "{media}",
+            add_special_tokens=False,
+            previous=None if previous is None else vocab.id_to_token(previous) + " {prompt}",
+        ),
         preprocess=Preprocess(audio=pre),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         generation=Generation(
             suppress_tokens=tuple(model.generation_config.suppress_tokens or ()),
             begin_suppress_tokens=tuple(model.generation_config.begin_suppress_tokens or ()),
+            transcription=transcription,
         ),
+    )
+
+
+def _previous_token(model: Any, vocab: Any) -> int | None:
+    """<|startofprev|>, after which Whisper reads earlier text; None where the checkpoint has none."""
+    token = getattr(model.generation_config, "prev_sot_token_id", None)
+    return token if token is not None else vocab.token_to_id("<|startofprev|>")
+
+
+def _transcription(model: Any, vocab: Any) -> Transcription | None:
+    """The long-form tokens, as `WhisperForConditionalGeneration.generate(return_timestamps=True)` reads
+    them; None for a checkpoint without timestamp tokens (it transcribes one window)."""
+    gen, config, encoder = model.generation_config, model.config, model.model.encoder
+    no_timestamps = getattr(gen, "no_timestamps_token_id", None)
+    if no_timestamps is None or no_timestamps + 1 >= config.vocab_size:
+        return None
+    return Transcription(
+        start=(gen.decoder_start_token_id,),
+        no_timestamps=no_timestamps,
+        previous=_previous_token(model, vocab),
+        max_target_positions=config.max_target_positions,
+        frames_per_position=encoder.conv1.stride[0] * encoder.conv2.stride[0],
+        max_initial_timestamp=getattr(gen, "max_initial_timestamp_index", None),
     )
 
 

@@ -192,12 +192,25 @@ class Pipeline(Generates):
             if k in media
         ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
-        text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
+        text = self._with_prompt(prompt).format(media="".join(texts), prompt=prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=self.manifest.prompt.add_special_tokens).ids
         for kind, spec in media.items():
             if ids.count(spec.token_id) != calls.get(kind, 0):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
+
+    def _with_prompt(self, prompt: str) -> str:
+        """The template with `prompt` placed where the model reads it: in {prompt}, or before the template
+        as earlier text (Whisper's `<|startofprev|>`, as transformers' `generate(prompt_ids=...)`)."""
+        p = self.manifest.prompt
+        if p.previous is not None:
+            return p.template if not prompt.strip() else p.previous.format(prompt=prompt.strip()) + p.template
+        if prompt and "{prompt}" not in p.template:
+            raise InputError(
+                f"this bundle takes no text prompt (its checkpoint has no token for earlier text); got {prompt!r}; "
+                "allowed: an empty prompt"
+            )
+        return p.template
 
     def encode(self, kind: str, item: Any) -> np.ndarray:
         """One media item's (or prepared call's) rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
