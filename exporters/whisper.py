@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import torch
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import PAST, PRESENT, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.processor_config import feature_extractor_config
 from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt, Transcription
@@ -133,21 +133,29 @@ def load(model_dir: Path) -> Any:
 
 
 def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
-    """The checkpoint's WhisperFeatureExtractor settings (its defaults where it has no file).
+    """The checkpoint's feature extractor settings, checked against the encoder's positions.
+
+    The encoder takes exactly `max_source_positions` x 2 mel frames (its two convolutions' stride), so
+    the window is `n_samples` = that x `hop_length`: a checkpoint without a feature extractor file gets
+    that window, and one whose file says otherwise is refused here rather than at run time.
 
     Example:
         >>> audio_preprocess(Path("models/whisper-tiny"), model.config).n_samples   # doctest: +SKIP
         480000
     """
-    path = model_dir / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    rate = int(cfg.get("sampling_rate", 16000))
+    cfg = feature_extractor_config(model_dir)
+    rate, hop = int(cfg.get("sampling_rate", 16000)), int(cfg.get("hop_length", 160))
+    frames = 2 * config.max_source_positions  # conv1 stride 1, conv2 stride 2
+    n_samples = int(cfg["n_samples"]) if "n_samples" in cfg else int(cfg.get("chunk_length", 0)) * rate or frames * hop
+    n_mels = int(cfg.get("feature_size", config.num_mel_bins))
+    if n_samples != frames * hop or n_mels != config.num_mel_bins:
+        raise InputError(
+            f"{model_dir}: the feature extractor makes {n_mels} mel bins x {n_samples // hop} frames "
+            f"({n_samples / rate:g} s windows at hop {hop}); the encoder takes {config.num_mel_bins} x {frames} "
+            f"(max_source_positions {config.max_source_positions} x 2); allowed: chunk_length {frames * hop / rate:g}"
+        )
     return AudioPreprocess(
-        sampling_rate=rate,
-        n_fft=int(cfg.get("n_fft", 400)),
-        hop_length=int(cfg.get("hop_length", 160)),
-        n_mels=int(cfg.get("feature_size", config.num_mel_bins)),
-        n_samples=int(cfg.get("chunk_length", 30)) * rate,
+        sampling_rate=rate, n_fft=int(cfg.get("n_fft", 400)), hop_length=hop, n_mels=n_mels, n_samples=n_samples
     )
 
 
