@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,79 @@ _KAISER_BETA = 8.6
 _MAX_FILTER = 1 << 22  # entries of the resampling matrix (32 MiB): rates with a simple ratio stay far below
 
 
-def _chunks(data: bytes, where: str) -> dict[bytes, bytes]:
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
-    chunks, pos = {}, 12
-    while pos + 8 <= len(data):
-        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        chunks.setdefault(tag, data[pos + 8 : pos + 8 + size])
-        pos += 8 + size + (size & 1)  # chunks are padded to an even length
-    if b"fmt " not in chunks or b"data" not in chunks:
+@dataclass(frozen=True)
+class WavLayout:
+    """Where a WAV file's samples are and how they are stored: enough to read any range of frames."""
+
+    tag: int  # _PCM or _FLOAT
+    channels: int
+    rate: int  # Hz
+    width: int  # bytes per sample
+    offset: int  # of the data chunk's first byte in the file
+    frames: int  # whole frames in the data chunk
+
+
+def wav_layout(path: str | Path) -> WavLayout:
+    """The layout of a WAV file, read from its chunk headers only (the samples stay on disk).
+
+    Example:
+        >>> wav_layout("speech.wav").frames   # doctest: +SKIP
+        38912
+    """
+    path = Path(path)
+    where = repr(str(path))
+    if not path.is_file():
+        raise InputError(f"audio file {where} does not exist")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
+        fmt, data, pos = None, None, 12
+        while pos + 8 <= size and (fmt is None or data is None):
+            f.seek(pos)
+            tag, length = f.read(4), struct.unpack("<I", f.read(4))[0]
+            if tag == b"fmt " and fmt is None:
+                fmt = f.read(min(length, 40))
+            elif tag == b"data" and data is None:
+                data = (pos + 8, min(length, size - pos - 8))
+            pos += 8 + length + (length & 1)  # chunks are padded to an even length
+    if fmt is None or data is None:
         raise InputError(f"{where} is a WAV file without a fmt or data chunk; allowed: {_ALLOWED}")
-    return chunks
+    return _layout(fmt, data, where)
+
+
+def _layout(fmt: bytes, data: tuple[int, int], where: str) -> WavLayout:
+    if len(fmt) < 16:
+        raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
+    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if tag == _EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the plain tag
+    width = bits // 8
+    if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
+        kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
+        raise InputError(
+            f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}"
+        )
+    frames = data[1] // (width * channels)
+    if not frames:
+        raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
+    return WavLayout(tag, channels, rate, width, data[0], frames)
+
+
+def decode_samples(raw: bytes, layout: WavLayout) -> np.ndarray:
+    """Whole frames of raw WAV data -> float32 samples in [-1, 1], shaped [frames, channels]."""
+    tag, width = layout.tag, layout.width
+    if tag == _FLOAT:
+        samples = np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
+    elif width == 1:  # 8-bit PCM is unsigned, centred on 128
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        samples = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
+    else:
+        samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (8 * width - 1)
+    return samples.reshape(-1, layout.channels)
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -57,37 +120,11 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         >>> samples.shape, rate                      # doctest: +SKIP
         ((38912, 1), 22050)
     """
-    path = Path(path)
-    where = repr(str(path))
-    if not path.is_file():
-        raise InputError(f"audio file {where} does not exist")
-    chunks = _chunks(path.read_bytes(), where)
-    fmt = chunks[b"fmt "]
-    if len(fmt) < 16:
-        raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
-    tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
-    if tag == _EXTENSIBLE and len(fmt) >= 26:
-        tag = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the plain tag
-    width = bits // 8
-    if width not in _WIDTHS.get(tag, ()) or bits % 8 or channels == 0 or rate == 0:
-        kind = {_PCM: "PCM", _FLOAT: "float"}.get(tag, f"format tag {tag:#06x}")
-        raise InputError(
-            f"{where} holds {bits}-bit {kind} samples ({channels} channels, {rate} Hz); allowed: {_ALLOWED}"
-        )
-    raw = chunks[b"data"]
-    raw = raw[: len(raw) - len(raw) % (width * channels)]
-    if not raw:
-        raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
-    if tag == _FLOAT:
-        samples = np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
-    elif width == 1:  # 8-bit PCM is unsigned, centred on 128
-        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 3:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        samples = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
-    else:
-        samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (bits - 1)
-    return samples.reshape(-1, channels), rate
+    layout = wav_layout(path)
+    with Path(path).open("rb") as f:
+        f.seek(layout.offset)
+        raw = f.read(layout.frames * layout.width * layout.channels)
+    return decode_samples(raw, layout), layout.rate
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -28,9 +28,11 @@ from edgemfm import bundle
 from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
-from edgemfm.runtimes import budget, streaming
+from edgemfm.runtimes import budget, live, longform, streaming
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.generation import Decoder, decode
+from edgemfm.runtimes.live import LiveUpdate
+from edgemfm.runtimes.longform import Segment, TranscribeConfig
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
 from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
@@ -268,6 +270,28 @@ class Pipeline(Generates):
         placeholders = {kind: spec.token_id for kind, spec in self.manifest.prompt.media.items()}
         entries = streaming.from_ids(ids, placeholders, media or {})
         return np.concatenate(list(streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode)), axis=1)
+
+    def transcribe(self, audio: Any, config: TranscribeConfig | None = None) -> Iterator[Segment]:
+        """Timed segments of a recording of any length (a WAV path, or 1-D float samples at the model's
+        rate), window by window with Whisper's long-form rule (`longform.py`), in flat memory.
+
+        Example:
+            >>> for s in pipe.transcribe("lecture.wav", TranscribeConfig(condition_on_previous=True)):  # doctest: +SKIP
+            ...     print(f"[{s.start:.1f} → {s.end:.1f}]{s.text}")
+        """
+        return longform.transcribe(self, audio, config)
+
+    def transcribe_stream(
+        self, chunks: Iterable[np.ndarray], config: TranscribeConfig | None = None, step_s: float = 1.0
+    ) -> Iterator[LiveUpdate]:
+        """Live transcription of chunks of float samples at the model's rate: every `step_s` of new audio an
+        update whose `committed` text (agreed by two hypotheses in a row) is final (`live.py`).
+
+        Example:
+            >>> for update in pipe.transcribe_stream(microphone()):   # doctest: +SKIP
+            ...     print(update.committed, end="", flush=True)
+        """
+        return live.transcribe_stream(self, chunks, config, step_s)
 
     def generate_steps(
         self,

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgemfm import speech
 from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import list_profiles, load_profile
 from edgemfm.records import to_dict
@@ -139,6 +140,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         escalate_below=args.escalate_below,
     )
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
+    if speech.wants_longform(pipe, args):
+        speech.run(pipe, args)
+        return
     pieces = pipe.generate(
         args.prompt,
         images=args.image,
@@ -407,7 +411,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("bundle", help="bundle directory")
     r.add_argument("--prompt", default="", help="the question or instruction (default: none, e.g. to transcribe)")
     r.add_argument("--image", action="append", default=[], help="image file (repeat for several)")
-    r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
+    r.add_argument(
+        "--audio", action="append", default=[], help="audio file (repeat for several; -: raw PCM from stdin)"
+    )
     r.add_argument("--max-new-tokens", type=int, default=None, help="default: the bundle's setting")
     r.add_argument("--device", help="profile whose execution providers to use (default: the bundle's)")
     r.add_argument("--threads", type=int, default=0, help="threads per session (0: one per core)")
@@ -431,6 +437,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="LOGPROB_OR_JSON",
         help="with --cascade: a mean token log-probability, or a calibration JSON",
     )
+    speech.add_arguments(r)
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser(
