@@ -18,8 +18,8 @@ What XNNPACK does not take runs on ExecuTorch's portable kernels; the count of d
 non-delegated nodes per method, and the non-delegated operators by name, go into the report.
 
 Example:
-    >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=256)  # doctest: +SKIP
-    >>> report["delegation"]["text_decoder"]["delegated_nodes"] > 0                       # doctest: +SKIP
+    >>> components, parity, delegation = write_units(split.units, stage, 1e-4, print, max_seq_len=256)  # doctest: +SKIP
+    >>> delegation["text_decoder"].delegated_nodes > 0                                        # doctest: +SKIP
     True
 """
 
@@ -36,6 +36,7 @@ from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
 from edgemfm.manifest import Component
+from edgemfm.report import Delegation, Parity
 
 PROGRAM = "model.pte"
 ONE_ITEM = ("batch", "images", "items")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
@@ -109,29 +110,29 @@ def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
 
 
-def delegation(graph_module: Any) -> dict[str, Any]:
+def delegation(graph_module: Any) -> Delegation:
     """Delegated vs non-delegated nodes of a lowered method, and the non-delegated ops by name.
 
     Example:
         >>> delegation(edge.exported_program("token_embedding").graph_module)  # doctest: +SKIP
-        {'backend': 'XnnpackBackend', 'subgraphs': 0, 'delegated_nodes': 0, 'non_delegated_nodes': 1, 'non_delegated_ops': {'aten_embedding_default': 1}}
+        Delegation(backend='XnnpackBackend', subgraphs=0, delegated_nodes=0, non_delegated_nodes=1, non_delegated_ops={'aten_embedding_default': 1})
     """
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(graph_module)
     ops = {op: b.non_delegated for op, b in sorted(info.delegation_by_operator.items()) if b.non_delegated}
-    return {
-        "backend": BACKEND,
-        "subgraphs": info.num_delegated_subgraphs,
-        "delegated_nodes": info.num_delegated_nodes,
-        "non_delegated_nodes": info.num_non_delegated_nodes,
-        "non_delegated_ops": ops,
-    }
+    return Delegation(
+        backend=BACKEND,
+        subgraphs=info.num_delegated_subgraphs,
+        delegated_nodes=info.num_delegated_nodes,
+        non_delegated_nodes=info.num_non_delegated_nodes,
+        non_delegated_ops=ops,
+    )
 
 
 def _check(
     path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerance: float
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Parity]:
     """Run every method once in the ExecuTorch runtime on its example inputs, against PyTorch."""
     from executorch.runtime import Runtime
 
@@ -147,7 +148,7 @@ def _check(
             raise ParityError(
                 f"{name}: ExecuTorch output differs from PyTorch by {diff:.3g} > tolerance {tolerance:g} x scale {scale:.3g}"
             )
-        parity[name] = {"max_abs_diff": diff, "scale": scale, "tolerance": tolerance}
+        parity[name] = Parity(max_abs_diff=diff, scale=scale, tolerance=tolerance)
     return parity
 
 
@@ -159,13 +160,13 @@ def write_units(
     *,
     max_seq_len: int,
     fuse: bool = True,
-) -> tuple[dict[str, Component], dict[str, dict[str, float]], dict[str, Any]]:
+) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation]]:
     """Export `units` as the methods of `stage/model.pte`, check them, and describe them for the manifest.
 
     `advance(description)` is called as each step starts (one per unit, then lowering, then checking).
     `fuse` is accepted for the writers' common signature: it names the ONNX graph fusions, and
     XNNPACK's partitioner and its own passes do that job for a pte program.
-    Returns the components, the parity per method and the report entries (delegation per method).
+    Returns the components, the parity per method and the delegation per method.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -177,7 +178,7 @@ def write_units(
         programs[name], references[name], peaks[name], flops[name] = _capture(name, unit, max_seq_len)
     advance("lowering to XNNPACK")
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
-    report = {"delegation": {name: delegation(edge.exported_program(name).graph_module) for name in units}}
+    delegated = {name: delegation(edge.exported_program(name).graph_module) for name in units}
     path = stage / PROGRAM
     path.write_bytes(edge.to_executorch().buffer)
     advance("checking in the ExecuTorch runtime")
@@ -186,7 +187,7 @@ def write_units(
         name: _component(name, unit, programs[name], references[name], peaks[name], flops[name])
         for name, unit in units.items()
     }
-    return components, parity, report
+    return components, parity, delegated
 
 
 def _axes(unit: ExportUnit, name: str) -> dict[int, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemfm.manifest import CrossAttention, Generation, KVCache, Preprocess, Prompt, Tokenizer
+from edgemfm.report import SplitReport
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Split:
     preprocess: Preprocess
     tokenizer: Tokenizer
     tokenizer_file: Path  # copied into the bundle as tokenizer.json
-    report: dict[str, Any] = field(default_factory=dict)
+    report: SplitReport = field(default_factory=SplitReport)
     generation: Generation = field(
         default_factory=Generation
     )  # a family's decoding settings (Whisper's suppressed tokens, Qwen2-VL's M-RoPE positions)

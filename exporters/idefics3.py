@@ -32,6 +32,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import image_processor_config
 from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
+from edgemfm.report import SplitReport
 
 # PIL's resample codes as written in preprocessor_config.json
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
@@ -131,11 +132,11 @@ def split(model: Any, model_dir: Path) -> Split:
         preprocess=Preprocess(image=image, image_splitting=splitting),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
-        report={
-            "notes": {
+        report=SplitReport(
+            notes={
                 "vision_encoder": f"one {splitting.tile}x{splitting.tile} tile per batch row; the runtime cuts images into tiles"
             }
-        },
+        ),
     )
 
 

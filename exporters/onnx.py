@@ -6,7 +6,7 @@ run in ONNX Runtime against PyTorch on its example inputs before and after fusio
 
 Example:
     >>> component, parity = write_onnx(unit, Path("stage/text_decoder.onnx"), tolerance=1e-4)  # doctest: +SKIP
-    >>> parity["max_abs_diff"] < 1e-4                                                          # doctest: +SKIP
+    >>> parity.max_abs_diff < 1e-4                                                             # doctest: +SKIP
     True
 """
 
@@ -25,6 +25,7 @@ from edgemfm.errors import EdgemfmError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.fusions import fuse
 from edgemfm.manifest import Component, TensorSpec
+from edgemfm.report import Delegation, Fusion, Parity
 
 OPSET = 18
 
@@ -107,9 +108,7 @@ def _parity(
     return diff, scale, grown
 
 
-def write_onnx(
-    unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True
-) -> tuple[Component, dict[str, Any]]:
+def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, Parity]:
     """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
     import onnx
     import onnx.numpy_helper
@@ -129,7 +128,7 @@ def write_onnx(
             verbose=False,
         )
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
-    fusion = fuse(path) if fuse_ops else {"skipped": "export --no-fuse"}
+    fusion = fuse(path) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     graph = onnx.load(str(path), load_external_data=False).graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
@@ -145,14 +144,14 @@ def write_onnx(
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )
-    return component, {
-        "max_abs_diff": diff,
-        "max_abs_diff_unfused": unfused_diff,
-        "scale": scale,
-        "tolerance": tolerance,
-        "nodes": len(graph.node),
-        "fusion": fusion,
-    }
+    return component, Parity(
+        max_abs_diff=diff,
+        max_abs_diff_unfused=unfused_diff,
+        scale=scale,
+        tolerance=tolerance,
+        nodes=len(graph.node),
+        fusion=fusion,
+    )
 
 
 def write_units(
@@ -163,13 +162,14 @@ def write_units(
     *,
     max_seq_len: int,
     fuse: bool = True,
-) -> tuple[dict[str, Component], dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation]]:
     """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
 
-    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs.
+    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs; no
+    backend delegation happens at export, so the delegation returned is empty.
 
     Example:
-        >>> components, parity, report = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
+        >>> components, parity, delegation = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
     """
     components, parity = {}, {}
     for name, unit in units.items():

@@ -32,6 +32,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.llava import CLIP_MEAN, CLIP_STD, tokenizer_spec
 from edgemfm.exporters.processor_config import image_processor_config
 from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
+from edgemfm.report import SplitReport
 
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 IMAGE_PAD, VISION_START, VISION_END, IM_END = "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"
@@ -177,11 +178,9 @@ def split(model: Any, model_dir: Path) -> Split:
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         generation=Generation(positions="mrope"),
-        report={
-            "notes": {
-                "vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"
-            }
-        },
+        report=SplitReport(
+            notes={"vision_encoder": "dynamic resolution: one image per call, patch positions computed by the runtime"}
+        ),
     )
 
 

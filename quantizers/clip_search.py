@@ -6,7 +6,7 @@ keeps the one with the least squared error, weighted per input channel by the me
 activations that multiply it on calibration data (AWQ's clip search: an error on a channel that
 carries large activations costs more). Without calibration data the weights are equal.
 
-Measured on SmolLM2-135M (BENCHMARKS.md) against ORT's RTN and GPTQ; the packed layout is
+Measured on SmolLM2-135M (BENCHMARKS.md, result quantization-smollm2) against ORT's RTN and GPTQ; the packed layout is
 MatMulNBits' own: symmetric (no zero points: the kernel's default midpoint) or, with
 `symmetric=False`, each block's own [min, max] range with a packed zero point, which the int8
 compute path (`accuracy_level=4`) takes as well.
@@ -18,14 +18,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 METHODS = ("clip_search",)
 SHRINK = tuple(np.linspace(1.0, 0.6, 9))  # of absmax / qmax tried per block; 1.0 first: plain RTN wins ties
@@ -218,3 +221,6 @@ def write_nbits(model: Any, units: list[Unit], spec: QuantSpec, codes: dict[str,
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model
+
+
+SCHEME = Scheme(name="clip_search", family="weight-only", methods=METHODS, ops=("MatMul",), order=20, apply=apply)

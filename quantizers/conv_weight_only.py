@@ -14,13 +14,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 OPSET = 21  # DequantizeLinear with int4 and block_size
 SHRINK = tuple(np.linspace(1.0, 0.6, 9))  # of absmax/7 tried per block; 1.0 first: plain round-to-nearest wins ties
@@ -86,3 +89,7 @@ def _least_squares_scale(w: np.ndarray, block: int) -> np.ndarray:
         better = err < best_err
         best, best_err = np.where(better, s, best), np.where(better, err, best_err)
     return best
+
+
+# int4 blocks / int8 channels whatever the weight-only method: the schemes that provide them are MatMul-only
+SCHEME = Scheme(name="conv_weight_only", family="weight-only", methods=(), ops=("Conv",), order=40, apply=apply)

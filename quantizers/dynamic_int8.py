@@ -11,12 +11,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemfm.errors import ConfigError
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 OPS = ("MatMul", "Conv", "Gemm")
 
@@ -53,3 +56,6 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         extra_options={"MatMulConstBOnly": True, "WeightSymmetric": spec.symmetric},
     )
     return onnx.load(str(out))
+
+
+SCHEME = Scheme(name="dynamic_int8", family="dynamic", methods=("dynamic",), ops=OPS, order=50, apply=apply)

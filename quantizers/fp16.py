@@ -10,11 +10,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 
 def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
@@ -24,3 +27,16 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     # The converter's default block list only: blocking RMSNorm's ReduceMean/Pow/Sqrt as well made
     # it write a decoder whose logits were all zeros (measured on the default model).
     return convert_float_to_float16(model, keep_io_types=True)
+
+
+SCHEME = Scheme(
+    name="fp16",
+    family="fp16",
+    methods=("fp16",),
+    ops=(),
+    order=70,  # last: the integer passes never see a half-precision graph
+    apply=apply,
+    bits=(16,),
+    any_method_ops=("MatMul", "Gemm", "Conv", "Gather"),  # bits 16 decides, whatever the method
+    alone=True,
+)

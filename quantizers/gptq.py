@@ -14,7 +14,7 @@ not the weights'. Here:
   calibration tokens span less than every input channel.
 
 Why not ONNX Runtime's GPTQ (`method="gptq"`): measured on SmolLM2-135M at g64 it was worse than
-round-to-nearest (+110% perplexity against +39%), and it has neither act-order nor searched
+round-to-nearest (BENCHMARKS.md, result quantization-smollm2), and it has neither act-order nor searched
 scales. This one is checked against RTN on a synthetic layer (tests) and on the real weights
 (BENCHMARKS.md). It needs many calibration tokens: a unit with fewer than MIN_ROWS_PER_CHANNEL
 calibration rows per input channel, or a component no calibration data reaches, gets
@@ -27,15 +27,18 @@ Example:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemfm.errors import ConfigError
 from edgemfm.quantizers import clip_search
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 METHODS = ("gptq_act_order",)
 DAMP = 0.01  # of mean(diag H), GPTQ's default: enough to invert a rank-deficient H, small against real curvature
@@ -130,3 +133,6 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         else:
             codes[u.node] = quantize_blocks(w, spec.bits, spec.group_size, h)
     return clip_search.write_nbits(model, units, spec, codes)
+
+
+SCHEME = Scheme(name="gptq", family="weight-only", methods=METHODS, ops=("MatMul",), order=30, apply=apply)

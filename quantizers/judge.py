@@ -6,9 +6,9 @@
   token the model never picks, counts for nothing;
 - the token embedding: through the float decoder, on that same distribution (an encoder-decoder's
   decoder attending to the cross-attention keys/values of its own feeds, in turn). Its own output's
-  SQNR says little about the answer: on SmolLM2-135M the table at int4 keeps 19.9 dB at its own
-  output, yet costs the next-token distribution the least of any kind of layer (26.2 dB) and
-  perplexity +1.5%, against the tied head's 14.2 dB and +8.8% (benchmarks/smollm2_layer_kinds.py).
+  SQNR says little about the answer: on SmolLM2-135M the table at int4 loses the most at its own
+  output, yet costs the next-token distribution and perplexity the least of any kind of layer
+  (BENCHMARKS.md, result quantization-smollm2: benchmarks/quantization/smollm2_layer_kinds.py).
   Judged by the decoder, its bytes compete with the decoder's layers on one scale.
 
 Example:
@@ -32,6 +32,7 @@ from edgemfm.quantizers.calibration import decoder_feeds
 from edgemfm.quantizers.context import Feeds
 from edgemfm.quantizers.metrics import MAX_DB, agreement, distribution_power, outputs
 from edgemfm.recipe import Recipe
+from edgemfm.report import Judged
 
 
 class Judge:
@@ -147,10 +148,11 @@ class Judge:
     def report(self, component: str, graph: Path) -> dict[str, Any]:
         """The report's figures for `graph` (a quantized `component`): SQNR and cosine of its own output,
         and, for the decoder and the token embedding, the SQNR they are judged by. The graph runs once
-        on its feeds (the embedding's judgement runs the float decoder too)."""
+        on its feeds (the embedding's judgement runs the float decoder too). The keys are
+        `report.Quantization`'s fields."""
         got = outputs(graph, self.feeds[component], self._first(component))
         out: dict[str, Any] = agreement(self.refs[component], got)
         if component in (self.decoder, self.embedding):
             noise = self._own_noise(component, got) if component == self.decoder else self.noise_of(component, graph)
-            out["judged"] = {"by": self.decoder, "sqnr_db": self._db(component, noise)}
+            out["judged"] = Judged(by=self.decoder, sqnr_db=self._db(component, noise))
         return out

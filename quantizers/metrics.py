@@ -6,9 +6,9 @@ A decoder's logits are judged as the next-token distribution they stand for (`di
 a shift of every logit by the same amount changes nothing, and an error on a token the model gives
 no probability to barely matters. Errors and logits are centred and weighted by the float
 probabilities, the quadratic form of the KL divergence (KL ~ noise / 2 per position). On
-SmolLM2-135M with one kind of layer at int4, it ranks `down_proj` and the tied head worst (14.1
-and 14.2 dB), as perplexity does (+10.0% and +8.8%); plain logits SQNR ranks the head fifth,
-behind `gate_proj` and `up_proj` (+1.0% each). BENCHMARKS.md, benchmarks/smollm2_layer_kinds.py.
+SmolLM2-135M with one kind of layer at int4, it ranks `down_proj` and the tied head worst, as
+perplexity does; plain logits SQNR ranks the head fifth, behind `gate_proj` and `up_proj`
+(BENCHMARKS.md, result quantization-smollm2: benchmarks/quantization/smollm2_layer_kinds.py).
 
 Example:
     >>> import numpy as np

@@ -9,7 +9,7 @@
      proportion to their roles' noise. Two measurements per block and role instead of one
      per layer (SmolLM2-135M: 38 runs of its decoder instead of 211), and it sees what a
      per-block plan cannot: in SmolLM2 one role at int4 (down_proj, a quarter of a block's
-     weights) costs as much perplexity as the other six together (BENCHMARKS.md).
+     weights) costs as much perplexity as the other six together (BENCHMARKS.md, result quantization-smollm2).
    int8's noise is predicted from int4's as 2^-8 (4 more bits, 24 dB), the uniform-quantizer model.
 2. Plan: start every layer at the device's int4 and, while a component's predicted SQNR (signal
    over the sum of its layers' noise) is under the tolerance and the budget allows, move up one
@@ -32,11 +32,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgemfm.errors import InputError
 from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe, Rule
+from edgemfm.report import PlanGroup
 
 INT8_NOISE = 2.0**-8  # int8 noise power relative to int4's: 4 more bits, 24 dB
 ROUNDS = 4  # measured re-planning rounds when the prediction was optimistic
@@ -211,7 +211,7 @@ def report_of(
     signals: dict[str, float],
     ladder: list[QuantSpec | None],
     scheme_ok: Callable[[Unit, QuantSpec], bool],
-) -> dict[str, Any]:
+) -> dict[str, PlanGroup]:
     """Per layer: the bits it got and its int4 sensitivity as the plan modelled it (SQNR of its component
     with it alone at int4; `estimated` when it is its block's measured noise shared out by role; scaled
     where `rescale` found the layers adding up to more)."""
@@ -220,10 +220,10 @@ def report_of(
         spec = ladder[g.level]
         spec = spec if spec and any(scheme_ok(u, spec) for u in g.units) else None
         sqnr4 = 200.0 if g.noise4 == 0 else round(10 * math.log10(signals[g.component] / g.noise4), 2)
-        out[g.name] = {
-            "bits": spec.bits if spec else 32,
-            "int4_alone_sqnr_db": sqnr4,
-            "params": sum(u.params for u in g.units),
-            **({"estimated": True} if g.estimated else {}),
-        }
+        out[g.name] = PlanGroup(
+            bits=spec.bits if spec else 32,
+            int4_alone_sqnr_db=sqnr4,
+            params=sum(u.params for u in g.units),
+            estimated=g.estimated,
+        )
     return out

@@ -48,13 +48,13 @@ class Target:
 
 
 _QDQ = QuantSpec(bits=8, symmetric=True, method="percentile", activation_bits=8)
-# int8 compute (accuracy_level 4), smoothed: SmolLM2-135M decodes 2x faster than fp32 at -0.2% perplexity
-# (+1.4% unsmoothed); fp32 compute is +0.5% but 4x slower than fp32 (ORT de-quantizes int8 blocks at
-# every call). Blocks of 32: activations are quantized per block too; 32 beat 128. BENCHMARKS.md.
+# int8 compute (accuracy_level 4), smoothed: on SmolLM2-135M faster than fp32 and as accurate; fp32 compute
+# is slower than fp32 (ORT de-quantizes int8 blocks at every call). Blocks of 32: activations are quantized
+# per block too; 32 beat 128. BENCHMARKS.md, result quantization-smollm2.
 _BLOCKS8 = QuantSpec(bits=8, group_size=32, symmetric=True, method="rtn", activation_bits=8)
 # int4: searched scales beat ORT's round-to-nearest and GPTQ on SmolLM2-135M at g64; on the CPUs each
-# block's own range with a zero point beats the symmetric grid (perplexity +24.1% against +28.5% at int4
-# everywhere) at the same speed in MLAS's int8 path (BENCHMARKS.md)
+# block's own range with a zero point beats the symmetric grid at the same speed in MLAS's int8 path
+# (BENCHMARKS.md, result quantization-smollm2)
 _BLOCKS4 = QuantSpec(bits=4, symmetric=False, method="clip_search", activation_bits=8)
 TARGETS = (
     Target(

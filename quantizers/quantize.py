@@ -5,8 +5,9 @@
         ▼ apply.quantize_component per component ─► SQNR / cosine vs float ─► manifest report
 
 Example:
-    >>> manifest = quantize(stage, manifest, load_profile("pi5"), "int4", scratch=Path("/tmp/q"))  # doctest: +SKIP
-    >>> manifest.report["quantization"]["text_decoder"]["quantized_nodes"]                        # doctest: +SKIP
+    >>> config = QuantizeConfig(precision="int4")
+    >>> manifest = quantize(stage, manifest, load_profile("pi5"), config, scratch=Path("/tmp/q"))  # doctest: +SKIP
+    >>> manifest.report.quantization["text_decoder"].quantized_nodes                             # doctest: +SKIP
     {'MatMulNBits': 29}
 """
 
@@ -20,18 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from edgemfm.configs import QuantizeConfig
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.progress import Progress, say
 from edgemfm.quantizers import planner, presets
 from edgemfm.quantizers.apply import quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
+from edgemfm.quantizers.registry import check_method
 from edgemfm.recipe import Recipe
+from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
 
 log = logging.getLogger("edgemfm")
-DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 # Values of input the plan and the report measure each component on (~1,800 tokens of SmolLM2, 7
 # images at 224x224): the planner runs a component once per group, so thousands of calibration
 # tokens (which GPTQ needs) would cost minutes per group; the schemes still calibrate on them all.
@@ -42,47 +46,36 @@ def quantize(
     stage: Path,
     manifest: Manifest,
     profile: DeviceProfile,
-    precision: str,
+    config: QuantizeConfig,
     scratch: Path,
-    calibration: str | Path | None = None,
-    memory_budget_mb: float | None = None,
-    accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB,
-    bar: Any = None,
-    recipe: Recipe | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Quantize the component graphs in `stage` in place; the manifest with recipe, sizes and report.
 
-    `recipe`, when given, replaces the preset of `precision` (which then only labels the report).
+    `config.recipe`, when given, replaces the preset of `config.precision` (which then only labels
+    the report). `progress` hears each step (see `edgemfm.progress`).
+
+    Example:
+        >>> quantize(stage, manifest, load_profile("pi5"), QuantizeConfig(precision="int8"), Path("/tmp/q"))  # doctest: +SKIP
     """
-    if precision == "fp32" and recipe is None:
+    if config.precision == "fp32" and config.recipe is None:
         return manifest
+    for rule in config.recipe.rules if config.recipe else ():
+        if rule.spec is not None:
+            check_method(rule.spec.method)  # a recipe's unknown method fails before calibration starts
     with quiet_quantizers():
-        return _quantize(
-            stage,
-            manifest,
-            profile,
-            precision,
-            scratch,
-            calibration,
-            memory_budget_mb,
-            accuracy_tolerance_db,
-            bar,
-            recipe,
-        )
+        return _quantize(stage, manifest, profile, config, scratch, progress)
 
 
 def _quantize(
     stage: Path,
     manifest: Manifest,
     profile: DeviceProfile,
-    precision: str,
+    config: QuantizeConfig,
     scratch: Path,
-    calibration: str | Path | None,
-    memory_budget_mb: float | None,
-    accuracy_tolerance_db: float,
-    bar: Any,
-    recipe: Recipe | None,
+    progress: Progress | None,
 ) -> Manifest:
+    recipe, precision = config.recipe, config.precision
     if recipe is None and precision != "auto":
         recipe = presets.recipe_for(profile, precision)
     float_dir = scratch / "float"
@@ -90,13 +83,11 @@ def _quantize(
     for c in manifest.components.values():
         shutil.copyfile(stage / c.file, float_dir / c.file)
     shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
-    task = bar.add_task("calibrating", total=None) if bar else None
-    calibrate = component_feeds(float_dir, manifest, calibration)  # what the schemes calibrate on
+    say(progress, "calibrating")
+    calibrate = component_feeds(float_dir, manifest, config.calibration)  # what the schemes calibrate on
     cross = manifest.components[manifest.generation.decoder].cross_attention
     attended = set(cross.outputs) if cross else set()  # one clip's keys/values, computed once: not the decoder's work
-    feeds = {
-        name: measured_subset(f, attended) for name, f in calibrate.items()
-    }  # what the plan and the report measure on
+    feeds = {name: measured_subset(f, attended) for name, f in calibrate.items()}  # what the plan and report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
     ctx = {name: Context(calibrate.get(name, []), profile, scratch) for name in manifest.components}
@@ -108,30 +99,24 @@ def _quantize(
 
     # Components no calibration item reaches (an audio encoder without clips) are quantized unmeasured.
     judge = Judge(float_dir, manifest, feeds, probe)
-    plan_report: dict[str, Any] = {}
+    plan_report = None
     if recipe is None:
         files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
         recipe, plan_report = auto_recipe(
-            float_dir, files, profile, judge, memory_budget_mb, accuracy_tolerance_db, bar, task
+            float_dir, files, profile, judge, config.memory_budget_mb, config.accuracy_tolerance_db, progress
         )
     report, components = {}, dict(manifest.components)
-    for name, c in manifest.components.items():
-        if bar:
-            bar.update(task, description=f"quantizing {name}", total=None)
+    for i, (name, c) in enumerate(manifest.components.items()):
+        say(progress, f"quantizing {name}", i / len(manifest.components))
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
-        entry.update(judge.report(name, stage / c.file) if name in judge.feeds else {"sqnr_db": None, "cosine": None})
-        entry["output"] = first[name]
-        report[name] = entry
-        components[name] = replace(c, weight_bytes=entry["weight_bytes"])
+        figures = judge.report(name, stage / c.file) if name in judge.feeds else {}  # unmeasured: None stays
+        report[name] = replace(entry, **figures, output=first[name])
+        components[name] = replace(c, weight_bytes=entry.weight_bytes)
     shutil.rmtree(float_dir)
-    float_units = {u: why for e in report.values() for u, why in e["float_units"].items()}
-    extra = {"plan": plan_report} if plan_report else {}
-    return replace(
-        manifest,
-        recipe=recipe,
-        components=components,
-        report={**manifest.report, "precision": precision, "float_units": float_units, "quantization": report, **extra},
-    )
+    float_units = {u: why for e in report.values() for u, why in e.float_units.items()}
+    plan = plan_report or manifest.report.plan
+    quantized = replace(manifest.report, precision=precision, float_units=float_units, quantization=report, plan=plan)
+    return replace(manifest, recipe=recipe, components=components, report=quantized)
 
 
 def measured_subset(
@@ -160,9 +145,8 @@ def auto_recipe(
     judge: Judge,
     memory_budget_mb: float | None,
     tolerance_db: float,
-    bar: Any = None,
-    task: Any = None,
-) -> tuple[Recipe, dict[str, Any]]:
+    progress: Progress | None = None,
+) -> tuple[Recipe, Plan]:
     """The auto plan: sensitivity per layer, then bits per layer under budget and tolerance.
 
     `files`: component -> its float graph in `float_dir`; `judge`: each component's noise under a
@@ -174,10 +158,9 @@ def auto_recipe(
     """
     available = presets.specs(profile)
     ladder = [available[b] for b in (4, 8) if b in available] + [None]
-    if bar:
-        bar.update(task, description="measuring sensitivity", total=None, completed=0)
+    say(progress, "measuring sensitivity")
     groups = planner.sensitivity(
-        float_dir, files, judge.noise, ladder[0], lambda: bar and bar.advance(task), judge.judged_by
+        float_dir, files, judge.noise, ladder[0], lambda: say(progress, "measuring sensitivity"), judge.judged_by
     )
     judged = {c: [x for x in files if judge.judged_by(x) == c] for c in {judge.judged_by(x) for x in files}}
     signals = {c: judge.signal(c) for c in judged}
@@ -211,14 +194,14 @@ def auto_recipe(
             tolerance_db,
             ", ".join(short),
         )
-    return recipe, {
-        "tolerance_db": tolerance_db,
-        "memory_budget_mb": budget / 2**20,
-        "tolerance_met": met,
-        "measured_sqnr_db": sqnr,
-        "judged_by": {x: judge.judged_by(x) for x in files},
-        "groups": planner.report_of(groups, signals, ladder, ok),
-    }
+    return recipe, Plan(
+        tolerance_db=tolerance_db,
+        memory_budget_mb=budget / 2**20,
+        tolerance_met=met,
+        measured_sqnr_db=sqnr,
+        judged_by={x: judge.judged_by(x) for x in files},
+        groups=planner.report_of(groups, signals, ladder, ok),
+    )
 
 
 def _other_weight_bytes(float_dir: Path, files: dict[str, str], grouped: set[str]) -> int:

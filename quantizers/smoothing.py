@@ -16,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemfm.quantizers.clip_search import activation_stats
-from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import Unit
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 ALPHA = 0.5  # SmoothQuant's migration strength: half the activation range moves into the weights
 

@@ -13,12 +13,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemfm.errors import ConfigError, InputError
-from edgemfm.quantizers.context import Context, FeedReader
+from edgemfm.quantizers.conv_weight_only import depthwise
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 CALIBRATORS = ("minmax", "percentile", "entropy")  # CalibrationMethod.MinMax, .Percentile, .Entropy
 PERCENTILE = 99.99  # of |activation|: clips the rare outliers that would waste int8 levels
@@ -38,6 +42,8 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     """Quantize `units` of `model` to QDQ int8 with calibrated activations; returns the new ModelProto."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgemfm.quantizers.context import FeedReader
 
     check(spec)
     if not ctx.feeds:
@@ -67,3 +73,28 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         },
     )
     return onnx.load(str(out))
+
+
+def refuse(unit: Unit, spec: QuantSpec) -> str | None:
+    """Why `unit` stays float under static QDQ, or None.
+
+    Example:
+        >>> refuse(Unit("v/blocks.3/_bn1", "c", "Conv", "w", (144, 1, 5, 5)), QuantSpec(bits=8, method="minmax"))[:15]
+        'depthwise Conv:'
+    """
+    if unit.op == "Conv" and depthwise(unit):
+        # per-tensor int8 activations around depthwise convs cost EfficientNet-Lite0 most of its QDQ loss
+        # (BENCHMARKS.md, result quantization-efficientnet-mnist); their weights are a few percent of a CNN's bytes
+        return "depthwise Conv: kept float under static QDQ (its per-tensor activations lose the most accuracy)"
+    return None
+
+
+SCHEME = Scheme(
+    name="static_int8",
+    family="static",
+    methods=CALIBRATORS,
+    ops=("MatMul", "Conv", "Gemm"),
+    order=60,
+    apply=apply,
+    refuse=refuse,
+)

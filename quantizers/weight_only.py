@@ -24,15 +24,18 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgemfm.errors import ConfigError, InputError
-from edgemfm.quantizers.context import Context
+from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.smoothing import smooth
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
 
 
 def _rtn(spec: QuantSpec, ctx: Context) -> Any:
@@ -196,3 +199,20 @@ def _int8_rows(model: Any, unit: Unit) -> None:
     graph.node.remove(node)
     for i, n in enumerate(new):
         graph.node.insert(at + i, n)
+
+
+def _gather_spec(spec: QuantSpec, group: int) -> QuantSpec:
+    """The weight-only spec an embedding table gets from any int spec (rows blocked by `group`)."""
+    return QuantSpec(bits=spec.bits, group_size=spec.group_size or group, symmetric=spec.symmetric, method="rtn")
+
+
+SCHEME = Scheme(
+    name="weight_only",
+    family="weight-only",
+    methods=tuple(ALGORITHMS),
+    ops=("MatMul", "Gather"),
+    order=10,
+    apply=apply,
+    any_method_ops=("Gather",),  # an embedding lookup does no arithmetic: any int spec makes it a weight-only table
+    respec=_gather_spec,
+)

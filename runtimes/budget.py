@@ -73,7 +73,8 @@ def kv_cache_bytes(decoder: Component, max_len: int) -> int:
 
 def fused_attention(manifest: Manifest, name: str) -> bool:
     """Whether the export fused every layer's attention into one ONNX Runtime op (the report says)."""
-    fused = manifest.report.get("parity", {}).get(name, {}).get("fusion", {}).get("fused_ops", {})
+    parity = manifest.report.parity.get(name)
+    fused = parity.fusion.fused_ops if parity and parity.fusion else {}
     ops = fused.get("MultiHeadAttention", 0) + fused.get("GroupQueryAttention", 0)
     return ops >= manifest.components[name].kv_cache.layers
 

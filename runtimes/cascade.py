@@ -9,7 +9,7 @@ bundle's accuracy on the held-out set, and writes it to a JSON file `load` reads
     question ─► small ─► answer, mean log-prob s ─► s >= threshold ? answer : large(question)
 
 Example:
-    >>> cascade = edgemfm.load("bundles/large", cascade="bundles/small", escalate_below="cascade.json")  # doctest: +SKIP
+    >>> cascade = edgemfm.load_cascade("bundles/large", "bundles/small", escalate_below="cascade.json")  # doctest: +SKIP
     >>> "".join(cascade.generate("What colour is the ball?", images=["ball.png"]))                        # doctest: +SKIP
     'red'
     >>> cascade.answered_by                                                                              # doctest: +SKIP
@@ -28,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from edgemfm import bundle
 from edgemfm.errors import InputError
 from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.pipeline import Generates, Pipeline
+from edgemfm.runtimes.pipeline import load as load_pipeline
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,40 @@ class Cascade(Generates):
             return scored, None
         self.answered_by, self.tokenizer = "large", self.large.tokenizer
         return None, self.large.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+
+
+def load(
+    large: str | Path,
+    small: str | Path,
+    escalate_below: float | str | Path | None,
+    device: str | None = None,
+    threads: int = 0,
+    memory_budget: float | None = None,
+    **options: Any,
+) -> Cascade:
+    """Open `large` as `edgemfm.load` does and `small` in front of it, which answers unless its self-test
+    falls below `escalate_below` (a mean token log-probability, or a calibration JSON file from `calibrate`).
+
+    `options` go to the large bundle's `edgemfm.load` (draft, draft_k, streaming overrides); the small
+    bundle runs under the same profile, threads, memory budget and streaming settings.
+
+    Example:
+        >>> cascade = load("bundles/large", "bundles/small", escalate_below=-1.5, device="pi5")  # doctest: +SKIP
+        >>> cascade.threshold                                                                  # doctest: +SKIP
+        -1.5
+    """
+    pipe = load_pipeline(large, device, threads, memory_budget, **options)
+    # reserved: the large pipeline's KV cache and activations count against the same budget
+    front = Pipeline(
+        Path(small),
+        bundle.read_manifest(small),
+        pipe.profile,
+        threads,
+        memory_budget,
+        pipe.streaming,
+        reserved=pipe.working_bytes,
+    )
+    return Cascade(front, pipe, escalate_below)
 
 
 def _number(text: str) -> float | None:

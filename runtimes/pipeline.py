@@ -353,17 +353,14 @@ def load(
     memory_budget: float | None = None,
     draft: str | Path | None = None,
     draft_k: int = 4,
-    cascade: str | Path | None = None,
-    escalate_below: float | str | Path | None = None,
     **streaming_overrides: int,
-) -> Any:
+) -> Pipeline:
     """Open a bundle, verify every file's sha256, check the memory budget and start a session per component.
 
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
-    for speculative decoding, proposing `draft_k` tokens per target call; `cascade` puts a small
-    bundle in front that answers unless its self-test falls below `escalate_below` (a mean token
-    log-probability, or a calibration JSON file), returning a `Cascade`. Keyword overrides of the manifest's streaming settings:
+    for speculative decoding, proposing `draft_k` tokens per target call (a small-to-large cascade
+    is `edgemfm.runtimes.cascade.load`). Keyword overrides of the manifest's streaming settings:
     `prefill_chunk`, `max_seq_len`, `sink_tokens`.
 
     Example:
@@ -394,17 +391,4 @@ def load(
             raise InputError(
                 f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer"
             )
-    if cascade is None:
-        return pipe
-    from edgemfm.runtimes.cascade import Cascade
-
-    small = Pipeline(
-        Path(cascade),
-        bundle.read_manifest(cascade),
-        profile,
-        threads,
-        memory_budget,
-        settings,
-        reserved=pipe.working_bytes,
-    )
-    return Cascade(small, pipe, escalate_below)
+    return pipe

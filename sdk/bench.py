@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgemfm.errors import InputError
+from edgemfm.progress import Progress, counter
 from edgemfm.runtimes.decoding import nll
 
 MiB = 2**20
@@ -246,7 +247,7 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
         "bundle": str(path),
         "model_id": m.model_id,
         "profile": m.profile,
-        "precision": m.report.get("precision", "fp32"),
+        "precision": m.report.precision,
         "provider": pipe.provider,
         "size_bytes": sum(f.bytes for f in m.files.values()),
         "weights_read_per_token_bytes": decoder.weight_bytes,
@@ -261,9 +262,7 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
         "encoders": _encoder_ms(pipe, config),
         "perplexity": None,
         "perplexity_tokens": 0,
-        "sqnr_db": {
-            name: q["sqnr_db"] for name, q in m.report.get("quantization", {}).items() if q.get("sqnr_db") is not None
-        },
+        "sqnr_db": {name: q.sqnr_db for name, q in m.report.quantization.items() if q.sqnr_db is not None},
         "peak_rss_bytes": budget.peak_resident_bytes(),  # generating and encoding; the perplexity pass's full logits come after
     }
     if (
@@ -275,37 +274,37 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def bench(bundles: list[str | Path], config: BenchConfig = BenchConfig(), progress: bool = True) -> dict[str, Any]:  # noqa: B008
+def bench(
+    bundles: list[str | Path],
+    config: BenchConfig = BenchConfig(),  # noqa: B008
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Measure each bundle in a fresh process, one after the other, and the memory bandwidth once.
+
+    `progress` hears each step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> report = bench(["bundles/int4", "bundles/fp32"], BenchConfig(tokens=32, repeats=3))  # doctest: +SKIP
         >>> [r["decode_efficiency"] < 1 for r in report["results"]]                             # doctest: +SKIP
         [True, True]
     """
-    from rich.progress import Progress
-
     from edgemfm.bundle import read_manifest
 
     config.check()
     for path in bundles:
         read_manifest(path)  # a missing or tampered bundle fails here, before any measuring
     results = []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("memory bandwidth", total=len(bundles) + 1)
-        bandwidth = memory_bandwidth(config.threads)
-        bar.advance(task)
-        # spawn: a fresh interpreter per bundle, so VmHWM is that bundle's own peak
-        context = multiprocessing.get_context("spawn")
-        for path in bundles:
-            bar.update(task, description=f"measuring {path}")
-            with context.Pool(1) as pool:
-                result = pool.apply(measure, (str(path), config))
-            result["decode_efficiency"] = (
-                result["weights_read_per_token_bytes"] * result["decode_tokens_per_s"] / bandwidth
-            )
-            results.append(result)
-            bar.advance(task)
+    advance = counter(progress, "memory bandwidth", len(bundles) + 1)
+    bandwidth = memory_bandwidth(config.threads)
+    # spawn: a fresh interpreter per bundle, so VmHWM is that bundle's own peak
+    context = multiprocessing.get_context("spawn")
+    for path in bundles:
+        advance(note=f"measuring {path}")
+        with context.Pool(1) as pool:
+            result = pool.apply(measure, (str(path), config))
+        result["decode_efficiency"] = result["weights_read_per_token_bytes"] * result["decode_tokens_per_s"] / bandwidth
+        results.append(result)
+    advance(note="done")
     return {
         "machine": machine(),
         "memory_bandwidth_bytes_per_s": bandwidth,

@@ -14,18 +14,44 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from edgemfm import speech
+from edgemfm.configs import DEFAULT_TOLERANCE_DB, ExportConfig, FinetuneConfig
 from edgemfm.errors import EdgemfmError
 from edgemfm.profiles import list_profiles, load_profile
+from edgemfm.progress import Progress
 from edgemfm.records import to_dict
+from edgemfm.report import Pruning, Recovery, Report
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def rich_progress() -> Iterator[Progress]:
+    """A rich bar, cleared when the block ends, and the callback (`edgemfm.progress`) that drives it:
+    the core only reports what it does; drawing it is the command line's business.
+
+    Example:
+        >>> with rich_progress() as progress:  # doctest: +SKIP
+        ...     export(ExportConfig(device="pi5"), progress)
+    """
+    from rich.progress import Progress as Bar
+
+    with Bar(transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def report(description: str, fraction: float | None) -> None:
+            total = None if fraction is None else 1.0  # None: rich pulses the bar instead of filling it
+            bar.update(task, description=description, total=total, completed=fraction or 0.0)
+
+        yield report
 
 
 def cmd_devices(args: argparse.Namespace) -> None:
@@ -55,10 +81,10 @@ def cmd_devices(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from edgemfm.exporting import export
+    from edgemfm.exporting import export, resolve
 
-    path = export(
-        args.model,
+    config = ExportConfig(
+        model=args.model,
         device=args.device,
         out=args.out,
         format=args.format,
@@ -69,76 +95,83 @@ def cmd_export(args: argparse.Namespace) -> None:
         memory_budget_mb=args.memory_budget,
         accuracy_tolerance_db=args.accuracy_tolerance,
         max_seq_len=args.max_seq_len,
-        prune=args.prune,
+        prune=tuple(args.prune),
         recover=args.recover,
     )
+    if args.dry_run:  # the config export would run, checked against the profile: nothing is built
+        print(json.dumps(to_dict(resolve(config)), indent=2))
+        return
+    with rich_progress() as progress:
+        path = export(config, progress)
     from edgemfm.bundle import read_manifest
 
     m = read_manifest(path)
     size = sum(f.bytes for f in m.files.values())
     out.print(f"[green]wrote[/green] {path} ({len(m.components)} components, {size / 2**20:.1f} MiB) for {m.profile}")
-    for name, d in m.report.get("delegation", {}).items():  # never silent about what the backend did not take
-        ops = ", ".join(f"{op} x{n}" for op, n in d["non_delegated_ops"].items())
+    for name, d in m.report.delegation.items():  # never silent about what the backend did not take
+        ops = ", ".join(f"{op} x{n}" for op, n in d.non_delegated_ops.items())
         out.print(
-            f"  {name}: {d['delegated_nodes']} nodes delegated to {d['backend']}, {d['non_delegated_nodes']} not"
+            f"  {name}: {d.delegated_nodes} nodes delegated to {d.backend}, {d.non_delegated_nodes} not"
             + (f" ({ops})" if ops else ""),
             soft_wrap=True,
         )
-    if pruning := m.report.get("pruning"):
-        _pruning_summary(pruning)
-    if floats := m.report.get("float_units") if "quantization" in m.report else None:
-        out.print(f"kept float: {len(floats)} weighted units (see `edgemfm inspect {path}`)")
+    if m.report.pruning is not None:
+        _pruning_summary(m.report.pruning)
+    if m.report.quantization and m.report.float_units:
+        out.print(f"kept float: {len(m.report.float_units)} weighted units (see `edgemfm inspect {path}`)")
 
 
-def _pruning_summary(report: dict) -> None:
+def _pruning_summary(report: Pruning) -> None:
     """What was pruned, where and why, one row per stage."""
-    table = Table(title=f"pruned {Path(report['source']).name}")
+    table = Table(title=f"pruned {Path(report.source or '-').name}")
     for col in ("component", "granularity", "removed", "where", "importance removed", "why"):
         table.add_column(col)
-    for s in report["stages"]:
-        where = s["removed"] if s["granularity"] == "blocks" else f"{s['count']} in each of {len(s['removed'])} layers"
-        m = s.get("summary")
+    for s in report.stages:
+        where = list(s.removed) if s.granularity == "blocks" else f"{s.count} in each of {len(s.removed)} layers"
+        m = s.summary
         margin = (
-            f"{m['removed_share']:.1%} of the summed score (mean {m['removed_mean']:.3g} vs {m['kept_mean']:.3g} kept)"
+            f"{m.removed_share:.1%} of the summed score (mean {m.removed_mean:.3g} vs {m.kept_mean:.3g} kept)"
             if m
             else "-"
         )
-        table.add_row(
-            s.get("component", "text_decoder"), s["granularity"], str(s["count"]), str(where), margin, s["why"]
-        )
+        table.add_row(s.component, s.granularity, str(s.count), str(where), margin, s.why)
     out.print(table)
-    p = report["parameters"]
-    out.print(f"parameters {p['before']:,} -> {p['after']:,} (-{p['removed'] / p['before']:.1%}); {report['uniform']}")
-    if isinstance(rec := report.get("recovery"), dict):
+    p = report.parameters
+    out.print(f"parameters {p.before:,} -> {p.after:,} (-{p.removed / p.before:.1%}); {report.uniform}")
+    if isinstance(rec := report.recovery, Recovery):
         out.print(
-            f"recovery: {rec['config']['steps']} steps of distillation, KL {rec['loss']['first']:.3f} -> {rec['loss']['last']:.3f} ({rec['seconds']:.0f} s)"
+            f"recovery: {rec.config['steps']} steps of distillation, KL {rec.loss.first:.3f} -> {rec.loss.last:.3f} ({rec.seconds:.0f} s)"
         )
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from edgemfm.quantizers.pruning import REPORT, PruneConfig, prune
+    from edgemfm.pruners.prune import PruneConfig, prune, read_report
 
     config = PruneConfig(blocks=args.blocks, heads=args.heads, mlp=args.mlp, component=args.component)
-    path = prune(args.model, args.out, config, data=args.data, force=args.force, recover=args.recover)
-    report = json.loads((path / REPORT).read_text())
+    with rich_progress() as progress:
+        path = prune(
+            args.model, args.out, config, data=args.data, force=args.force, progress=progress, recover=args.recover
+        )
+    report = read_report(path)
     _pruning_summary(report)
-    items = ", ".join(f"{c}: {v}" for c, v in report["calibration"]["items"].items())
-    out.print(f"[green]wrote[/green] {path} (calibration from {report['calibration']['data']}; {items})")
+    items = ", ".join(f"{c}: {v}" for c, v in report.calibration.items.items())
+    out.print(f"[green]wrote[/green] {path} (calibration from {report.calibration.data}; {items})")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from edgemfm.runtimes.pipeline import load
+    from edgemfm.runtimes import cascade, pipeline
 
-    pipe = load(
-        args.bundle,
+    options = dict(
         device=args.device,
         threads=args.threads,
         memory_budget=args.memory_budget,
         draft=args.draft,
         draft_k=args.draft_k,
-        cascade=args.cascade,
-        escalate_below=args.escalate_below,
     )
+    if args.cascade:
+        pipe = cascade.load(args.bundle, args.cascade, args.escalate_below, **options)
+    else:
+        pipe = pipeline.load(args.bundle, **options)
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
     if speech.wants_longform(pipe, args):
         speech.run(pipe, args)
@@ -183,7 +216,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     if args.plot:
         plotting(args.plot)  # a bad path or a missing matplotlib fails before minutes of measuring
-    report = bench([args.bundle, *args.baselines], config)
+    with rich_progress() as progress:
+        report = bench([args.bundle, *args.baselines], config, progress)
     out.print(table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -195,10 +229,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from edgemfm.finetune import finetune
 
-    report = finetune(
-        args.model,
-        args.data,
-        args.out,
+    config = FinetuneConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out,
         steps=args.steps,
         align_steps=args.align_steps,
         batch_size=args.batch_size,
@@ -207,26 +241,30 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         force=args.force,
         cache=args.cache,
     )
-    acc = ", ".join(f"{kind} {a:.1%} of {report['questions'][kind]}" for kind, a in report["accuracy"].items())
-    out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report['seconds']:.0f} s)")
+    with rich_progress() as progress:
+        report = finetune(config, progress)
+    acc = ", ".join(f"{kind} {a:.1%} of {report.questions[kind]}" for kind, a in report.accuracy.items())
+    out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report.seconds:.0f} s)")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from edgemfm.tune import plot, table, to_json, tune
 
-    result = tune(
-        args.device,
-        args.latency_budget,
-        args.memory_budget,
-        model=args.model,
-        bundle=args.bundle,
-        data=args.data,
-        questions=args.questions,
-        workers=args.workers,
-        ray_address=args.ray,
-        apply=args.apply,
-        force=args.force,
-    )
+    with rich_progress() as progress:
+        result = tune(
+            args.device,
+            args.latency_budget,
+            args.memory_budget,
+            model=args.model,
+            bundle=args.bundle,
+            data=args.data,
+            questions=args.questions,
+            workers=args.workers,
+            ray_address=args.ray,
+            apply=args.apply,
+            force=args.force,
+            progress=progress,
+        )
     out.print(table(result))
     c = result.chosen
     out.print(
@@ -258,10 +296,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     table = Table()
     for col in ("component", "size", "precision", "peak activation", "parity (max abs)"):
         table.add_column(col, no_wrap=True)
-    parity = m.report.get("parity", {})
+    parity = m.report.parity
     for name, c in m.components.items():
         spec = m.recipe.spec_for(name)
-        bits = sorted({s["bits"] for s in m.report.get("quantization", {}).get(name, {}).get("schemes", [])})
+        q = m.report.quantization.get(name)
+        bits = sorted({s.bits for s in q.schemes}) if q else []
         precision = (
             "+".join(f"int{b}" if b < 16 else "fp16" for b in bits) if bits else f"int{spec.bits}" if spec else c.dtype
         )
@@ -270,42 +309,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB",
             precision,  # a pte method: its own weights
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
-            f"{parity[name]['max_abs_diff']:.1e}" if name in parity else "-",
+            f"{parity[name].max_abs_diff:.1e}" if name in parity and parity[name].max_abs_diff is not None else "-",
         )
     out.print(table)
-    if "quantization" in m.report:
+    if m.report.quantization:
         _quantization_table(m.report)
     if args.device:
         _print_predictions(m, load_profile(args.device))
 
 
-def _quantization_table(report: dict) -> None:
+def _quantization_table(report: Report) -> None:
     """Per component: how it was quantized, how close it stays to float, what stayed float and why."""
-    table = Table(title=f"quantization ({report['precision']}): outputs vs float on calibration data")
+    table = Table(title=f"quantization ({report.precision}): outputs vs float on calibration data")
     for col in ("component", "schemes", "SQNR dB", "cosine", "float units"):
         table.add_column(col, no_wrap=True)
-    for name, q in report["quantization"].items():
+    for name, q in report.quantization.items():
         schemes = ", ".join(
-            f"int{s['bits']}/{s['method']}" + (f"/g{s['group_size']}" if s["group_size"] else "") for s in q["schemes"]
+            f"int{s.bits}/{s.method}" + (f"/g{s.group_size}" if s.group_size else "") for s in q.schemes
         )
-        measured = q["sqnr_db"] is not None
-        sqnr, cos = (f"{q['sqnr_db']:.1f}", f"{q['cosine']:.4f}") if measured else ("not measured", "-")
-        table.add_row(name, schemes or "float", sqnr, cos, str(len(q["float_units"])))
+        measured = q.sqnr_db is not None
+        sqnr, cos = (f"{q.sqnr_db:.1f}", f"{q.cosine:.4f}") if measured else ("not measured", "-")
+        table.add_row(name, schemes or "float", sqnr, cos, str(len(q.float_units)))
     out.print(table)
-    for name, q in report["quantization"].items():
-        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q["quantized_nodes"].items()) or "-"))
-        if judged := q.get("judged"):
-            out.print(f"  judged: {name}: SQNR {judged['sqnr_db']:.1f} dB on {judged['by']}'s next-token distribution")
-        for unit, note in q.get("notes", {}).items():
+    for name, q in report.quantization.items():
+        out.print(f"  nodes: {name}: " + (", ".join(f"{op} {n}" for op, n in q.quantized_nodes.items()) or "-"))
+        if judged := q.judged:
+            out.print(f"  judged: {name}: SQNR {judged.sqnr_db:.1f} dB on {judged.by}'s next-token distribution")
+        for unit, note in q.notes.items():
             out.print(f"  note: {unit}: {note}")
-    for unit, why in report.get("float_units", {}).items():
+    for unit, why in report.float_units.items():
         out.print(f"  float: {unit}: {why}")
-    if plan := report.get("plan"):
-        met = "met" if plan["tolerance_met"] else "[red]NOT met[/red]"
-        bits = [g["bits"] for g in plan["groups"].values()]
+    if plan := report.plan:
+        met = "met" if plan.tolerance_met else "[red]NOT met[/red]"
+        bits = [g.bits for g in plan.groups.values()]
         counts = ", ".join(f"{b if b < 32 else 'float'}: {bits.count(b)}" for b in sorted(set(bits)))
         out.print(
-            f"auto plan: tolerance {plan['tolerance_db']:g} dB {met}, budget {plan['memory_budget_mb']:g} MiB; groups by bits: {counts}"
+            f"auto plan: tolerance {plan.tolerance_db:g} dB {met}, budget {plan.memory_budget_mb:g} MiB; groups by bits: {counts}"
         )
 
 
@@ -345,7 +384,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
     e.add_argument("--memory-budget", type=float, help="MB the weights must fit in under auto (default: the profile's)")
     e.add_argument(
-        "--accuracy-tolerance", type=float, help="least SQNR in dB of each component's output under auto (default: 20)"
+        "--accuracy-tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE_DB,
+        help=f"least SQNR in dB of each component's output under auto (default: {DEFAULT_TOLERANCE_DB:g})",
     )
     e.add_argument("--force", action="store_true", help="replace an existing output directory")
     e.add_argument(
@@ -370,6 +412,9 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="with --prune: distil from the unpruned model for STEPS steps",
+    )
+    e.add_argument(
+        "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.set_defaults(func=cmd_export)
 

@@ -8,7 +8,7 @@ move over the bandwidth and the operations it must do over the throughput for it
     throughput = peak(precision) x compute_fraction x threads / cpu_cores   (a CPU; a GPU uses all of itself)
 
 The figures come from the profile (`[cost]`, each with its source; the host's measured by
-benchmarks/cost_figures.py). The FLOPs per item come from the manifest (counted by torch at
+benchmarks/cost/cost_figures.py). The FLOPs per item come from the manifest (counted by torch at
 export), plus attention over the KV cache counted here; the bytes are the weights each call reads
 at their stored precision, the KV cache it reads and writes, and the activations it writes; the
 node count is the exported graph's, from the manifest's parity report. The fixed costs matter for
@@ -108,7 +108,8 @@ def attention_flops(component: Component, queries: int, keys: int) -> float:
 
 def nodes_of(manifest: Manifest, name: str) -> int:
     """Graph nodes of a component, as the exporter counted them (0 when it did not)."""
-    return int(manifest.report.get("parity", {}).get(name, {}).get("nodes", 0))
+    parity = manifest.report.parity.get(name)
+    return parity.nodes if parity else 0
 
 
 def decoder_rows(

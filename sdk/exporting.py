@@ -2,8 +2,8 @@
 
 Example:
     >>> import edgemfm
-    >>> path = edgemfm.export(device="jetson", out="bundles/default-jetson")  # doctest: +SKIP
-    >>> sorted(p.name for p in path.iterdir())                               # doctest: +SKIP
+    >>> path = edgemfm.export(edgemfm.ExportConfig(device="jetson", out="bundles/default-jetson"))  # doctest: +SKIP
+    >>> sorted(p.name for p in path.iterdir())                                                     # doctest: +SKIP
     ['manifest.json', 'text_decoder.onnx', 'token_embedding.onnx', 'tokenizer.json', 'vision_encoder.onnx']
 """
 
@@ -13,33 +13,46 @@ import importlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from edgemfm import bundle
+from edgemfm.configs import ExportConfig, QuantizeConfig
 from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
+from edgemfm.progress import Progress, say
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32
+from edgemfm.report import Report
 from edgemfm.toolchain import quiet, require
 
 # Bundle format -> its writer module (a `write_units` function); the profile lists what its device runs.
 WRITERS = {"onnx": "edgemfm.exporters.onnx", "pte": "edgemfm.exporters.executorch"}
 
 
-def _model_dir(model: str | Path | None, scratch: Path) -> tuple[Path, str]:
-    """The checkpoint directory and model id; the built-in demo model when `model` is None."""
+def _model_id(model: str | None) -> str:
+    """The model id of a checkpoint directory (checked); the built-in demo model's when `model` is None."""
     if model is None:
         from edgemfm.exporters import demo_sources
 
-        return demo_sources.build_default(scratch / demo_sources.MODEL_ID), demo_sources.MODEL_ID
+        return demo_sources.MODEL_ID
     path = Path(model)
     if not path.is_dir():
         raise InputError(f"model directory {str(path)!r} does not exist")
     if not (path / "config.json").is_file():
         raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
-    return path, path.resolve().name
+    return path.resolve().name
+
+
+def _model_dir(model: str | None, scratch: Path) -> Path:
+    """The checkpoint directory; the built-in demo model, built under `scratch`, when `model` is None."""
+    if model is None:
+        from edgemfm.exporters import demo_sources
+
+        return demo_sources.build_default(scratch / demo_sources.MODEL_ID)
+    return Path(model)
 
 
 def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSettings:
@@ -52,136 +65,144 @@ def _streaming(profile: StreamingSettings, max_seq_len: int) -> StreamingSetting
     )
 
 
-def _check_options(
-    profile: DeviceProfile,
-    format: str,
-    precision: str,
-    calibration: str | Path | None,
-    memory_budget_mb: float | None,
-    max_seq_len: int | None,
-) -> int:
+def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
     """Check the options against the profile; returns the max sequence length to build for."""
     formats = [f for f in WRITERS if f in profile.formats]
-    if format not in formats:
-        raise InputError(f"format {format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
-    if format == "pte" and precision != "fp32":  # the quantizers rewrite ONNX graphs
-        raise InputError(f"precision {precision!r} is not available for --format pte yet; allowed: fp32")
-    if precision != "auto":
-        presets.recipe_for(profile, precision)  # refuses an unknown precision or one without kernels here
-    if calibration is not None and not Path(calibration).is_dir():
-        raise InputError(f"calibration folder {str(calibration)!r} does not exist")
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
-        raise InputError(f"memory budget {memory_budget_mb!r} MB must be a positive number")
-    limit = profile.streaming.max_seq_len
-    if max_seq_len is not None and not 1 <= max_seq_len <= limit:
-        raise InputError(f"max sequence length {max_seq_len} is out of range for {profile.name}; allowed: 1 to {limit}")
-    return limit if max_seq_len is None else max_seq_len
+    if config.format not in formats:
+        raise InputError(f"format {config.format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
+    if config.format == "pte" and config.precision != "fp32":  # the quantizers rewrite ONNX graphs
+        raise InputError(f"precision {config.precision!r} is not available for --format pte yet; allowed: fp32")
+    if config.precision != "auto":
+        presets.recipe_for(profile, config.precision)  # refuses an unknown precision or one without kernels here
+    if config.calibration is not None and not Path(config.calibration).is_dir():
+        raise InputError(f"calibration folder {config.calibration!r} does not exist")
+    limit, asked = profile.streaming.max_seq_len, config.max_seq_len
+    if asked is not None and not 1 <= asked <= limit:
+        raise InputError(f"max sequence length {asked} is out of range for {profile.name}; allowed: 1 to {limit}")
+    return limit if asked is None else asked
 
 
-def export(
-    model: str | Path | None = None,
-    device: str = "host",
-    out: str | Path | None = None,
-    format: str = "onnx",
-    precision: str = "fp32",
-    force: bool = False,
-    progress: bool = True,
-    calibration: str | Path | None = None,
-    memory_budget_mb: float | None = None,
-    accuracy_tolerance_db: float | None = None,
-    max_seq_len: int | None = None,
-    fuse: bool = True,
-    prune: Sequence[str] = (),
-    recover: int = 0,
-) -> Path:
-    """Export a checkpoint directory (or the built-in default model) into a bundle for `device`.
-
-    `precision` is fp32, fp16, int8, int4 or auto (bits per layer chosen under `memory_budget_mb`
-    and `accuracy_tolerance_db`, the least SQNR of each component's output); `calibration` is a
-    folder of images and prompt .txt files (default: a built-in set).
+def resolve(config: ExportConfig) -> ExportConfig:
+    """`config` checked against its device profile, with what depends on it filled in (the
+    profile's own name for an alias, the output directory, the sequence length): what
+    `edgemfm export --dry-run` prints.
 
     Example:
-        >>> edgemfm.export("models/llava-tiny", device="pi5", out="llava-pi5", precision="int4")  # doctest: +SKIP
-        PosixPath('llava-pi5')
+        >>> resolve(ExportConfig(device="pi5")).out  # doctest: +SKIP
+        'edgemfm-demo-raspberry-pi-5-8gb'
+    """
+    profile = load_profile(config.device)
+    max_seq_len = _check_options(profile, config)
+    out = config.out if config.out is not None else f"{_model_id(config.model)}-{profile.name}"
+    return replace(config, device=profile.name, out=out, max_seq_len=max_seq_len)
 
+
+def export(config: ExportConfig, progress: Progress | None = None) -> Path:
+    """Export a checkpoint directory (or the built-in default model) into a bundle for `config.device`.
+
+    `config.precision` is fp32, fp16, int8, int4 or auto (bits per layer chosen under
+    `memory_budget_mb` and `accuracy_tolerance_db`, the least SQNR of each component's output);
+    `calibration` is a folder of images and prompt .txt files (default: a built-in set).
     `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
     static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
-
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
-    the report's "pruning" says what went, where and why.
+    the report's "pruning" says what went, where and why. `progress` hears what is happening
+    (see `edgemfm.progress`); without it nothing is printed.
+
+    Example:
+        >>> config = ExportConfig(model="models/llava-tiny", device="pi5", out="llava-pi5", precision="int4")
+        >>> edgemfm.export(config)  # doctest: +SKIP
+        PosixPath('llava-pi5')
     """
-    profile = load_profile(device)
-    max_seq_len = _check_options(profile, format, precision, calibration, memory_budget_mb, max_seq_len)
-    require(format)
-    from edgemfm.quantizers.pruning import parse_spec
+    config = resolve(config)
+    profile = load_profile(config.device)
+    require(config.format)
+    from edgemfm.pruners.prune import parse_spec
 
-    prune_configs = [parse_spec(spec) for spec in prune]  # a bad spec fails before the slow part
-    from rich.progress import Progress
-
+    prune_configs = [parse_spec(spec) for spec in config.prune]  # a bad spec fails before the slow part
     with tempfile.TemporaryDirectory(prefix="edgemfm-export-") as scratch, quiet():
         from edgemfm.exporters import find_family
-        from edgemfm.quantizers.pruning import bundle_report
 
-        model_dir, model_id = _model_dir(model, Path(scratch))
-        out = Path(out) if out is not None else Path(f"{model_id}-{profile.name}")
-        bundle.check_output(out, force)  # before the slow part
+        out = bundle.check_output(config.out, config.force)  # before the slow part
+        model_dir = _model_dir(config.model, Path(scratch))
         if prune_configs:
-            from edgemfm.quantizers.pruning import prune as prune_checkpoint
+            from edgemfm.pruners.prune import prune as prune_checkpoint
 
             model_dir = prune_checkpoint(
-                model_dir, Path(scratch) / "pruned", prune_configs, calibration, progress=progress, recover=recover
+                model_dir,
+                Path(scratch) / "pruned",
+                prune_configs,
+                config.calibration,
+                progress=progress,
+                recover=config.recover,
             )
         family = find_family(json.loads((model_dir / "config.json").read_text()))
-        with bundle.staging(out, force) as stage, Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task(f"loading {model_id}", total=None)
-            split = family.split(family.load(model_dir), model_dir)
-            bar.update(task, total=None, completed=0)
-            writer = importlib.import_module(WRITERS[format])
-            components, parity, written = writer.write_units(
-                split.units,
-                stage,
-                family.tolerance,
-                lambda step: bar.update(task, description=step),
-                max_seq_len=max_seq_len,
-                fuse=fuse,
-            )
-            shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
-            manifest = Manifest(
-                schema_version=SCHEMA_VERSION,
-                kind=BUNDLE_KIND,
-                model_id=model_id,
-                family=family.name,
-                profile=profile.name,
-                recipe=FLOAT32,
-                components=components,
-                files={},
-                tokenizer=split.tokenizer,
-                prompt=split.prompt,
-                preprocess=split.preprocess,
-                generation=split.generation,
-                streaming=_streaming(profile.streaming, max_seq_len),
-                report={
-                    "precision": precision,
-                    "parity": parity,
-                    "float_units": {n: "fp32 export" for n in components},
-                    **written,
-                    **split.report,
-                    **bundle_report(model_dir),
-                },
-            )
-            from edgemfm.quantizers.quantize import DEFAULT_TOLERANCE_DB, quantize
+        with bundle.staging(out, config.force) as stage:
+            say(progress, f"loading {_model_id(config.model)}")
+            import torch
 
-            manifest = quantize(
-                stage,
-                manifest,
-                profile,
-                precision,
-                Path(scratch) / "quantize",
-                calibration,
-                memory_budget_mb,
-                DEFAULT_TOLERANCE_DB if accuracy_tolerance_db is None else accuracy_tolerance_db,
-                bar,
+            with torch.random.fork_rng(devices=[]):
+                # example inputs (tracing, parity) drawn from a fixed seed: the same export reports the same parity
+                # whatever ran before it in the process; the caller's RNG state is left as it was
+                torch.manual_seed(0)
+                split = family.split(family.load(model_dir), model_dir)
+            manifest = _write_float(config, profile, family, split, model_dir, stage, progress)
+            from edgemfm.quantizers.quantize import quantize
+
+            quantize_config = QuantizeConfig(
+                precision=config.precision,
+                calibration=config.calibration,
+                memory_budget_mb=config.memory_budget_mb,
+                accuracy_tolerance_db=config.accuracy_tolerance_db,
             )
+            manifest = quantize(stage, manifest, profile, quantize_config, Path(scratch) / "quantize", progress)
             bundle.seal(stage, manifest)
     return out
+
+
+def _write_float(
+    config: ExportConfig,
+    profile: DeviceProfile,
+    family: Any,
+    split: Any,
+    model_dir: Path,
+    stage: Path,
+    progress: Progress | None,
+) -> Manifest:
+    """Write the float graphs and the tokenizer into `stage`; the float bundle's manifest."""
+    from edgemfm.pruners.prune import bundle_report
+
+    writer = importlib.import_module(WRITERS[config.format])
+    components, parity, delegation = writer.write_units(
+        split.units,
+        stage,
+        family.tolerance,
+        lambda step: say(progress, step),
+        max_seq_len=config.max_seq_len,
+        fuse=config.fuse,
+    )
+    shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        kind=BUNDLE_KIND,
+        model_id=_model_id(config.model),
+        family=family.name,
+        profile=profile.name,
+        recipe=FLOAT32,
+        components=components,
+        files={},
+        tokenizer=split.tokenizer,
+        prompt=split.prompt,
+        preprocess=split.preprocess,
+        generation=split.generation,
+        streaming=_streaming(profile.streaming, config.max_seq_len),
+        report=Report(
+            precision=config.precision,
+            parity=parity,
+            float_units={n: "fp32 export" for n in components},
+            delegation=delegation,
+            notes=split.report.notes,
+            pruning=bundle_report(model_dir),
+        ),
+    )

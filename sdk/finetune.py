@@ -46,8 +46,8 @@ reported is the accuracy of the weights written. Written in a staging directory 
 an interrupted run leaves nothing.
 
 Example:
-    >>> report = finetune("models/demo-base", "data/demo", "models/demo")   # doctest: +SKIP
-    >>> report["accuracy"]                                                  # doctest: +SKIP
+    >>> report = finetune(FinetuneConfig("models/demo-base", "data/demo", "models/demo"))   # doctest: +SKIP
+    >>> report.accuracy                                                     # doctest: +SKIP
     {'image': 0.96, 'audio': 0.99}
 """
 
@@ -56,14 +56,17 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgemfm.bundle import check_output
+from edgemfm import bundle
+from edgemfm.configs import FinetuneConfig
 from edgemfm.errors import InputError, UnsupportedModelError
+from edgemfm.progress import Progress, counter
+from edgemfm.records import to_dict
+from edgemfm.report import FinetuneReport
 
 SUPPORTED = ("edgemfm-demo",)  # model types whose family says which projectors to train
 TRAINABLE = ("vision_projector", "audio_projector")
@@ -134,7 +137,9 @@ def _fingerprint(model: Any, kind: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _features(model: Any, items: list[tuple[str, Path]], progress: Any, cache: Path | None) -> dict[Path, Any]:
+def _features(
+    model: Any, items: list[tuple[str, Path]], progress: Progress | None, cache: Path | None
+) -> dict[Path, Any]:
     """Frozen-tower features of every distinct media file, encoded once; with `cache`, kept on
     disk under the file's content hash and the tower's fingerprint, so a rerun encodes nothing."""
     import hashlib
@@ -149,7 +154,7 @@ def _features(model: Any, items: list[tuple[str, Path]], progress: Any, cache: P
     # the runtime's own numpy pre-processing: training sees exactly what a bundle will see
     prepare = {"image": lambda p: preprocess_image(p, IMAGE), "audio": lambda p: preprocess_audio(p, AUDIO)[0]}
     encode = {"image": model.image_features, "audio": model.audio_features}
-    task = progress.add_task("encoding media (frozen towers)", total=len(items))
+    advance = counter(progress, "encoding media (frozen towers)", len(items))
     out: dict[Path, Any] = {}
     with torch.no_grad():
         for kind in KINDS:
@@ -159,7 +164,7 @@ def _features(model: Any, items: list[tuple[str, Path]], progress: Any, cache: P
                 file = folder / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.npy" if folder else None
                 if file is not None and file.is_file():
                     out[p] = torch.from_numpy(np.load(file))
-                    progress.advance(task)
+                    advance()
                 else:
                     todo.append((p, file))
             for i in range(0, len(todo), 16):
@@ -172,7 +177,7 @@ def _features(model: Any, items: list[tuple[str, Path]], progress: Any, cache: P
                         tmp = file.with_suffix(".partial.npy")
                         np.save(tmp, f.numpy())
                         tmp.rename(file)
-                progress.advance(task, len(batch))
+                advance(len(batch))
     return out
 
 
@@ -213,7 +218,7 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
             for a in answers[m]:
                 soft[kind][i, column[first[a]]] += 1 / len(answers[m])
         mean[kind] = (soft[kind] @ classes)[:, None]
-    task, losses = progress.add_task("stage 1: aligning projectors", total=steps), []
+    advance, losses = counter(progress, "stage 1: aligning projectors", steps), []
     for _ in range(steps):
         loss = 0
         for k in x:
@@ -224,7 +229,7 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        progress.advance(task)
+        advance()
     return losses
 
 
@@ -259,7 +264,7 @@ def _tune(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
     lm = model.language_model
-    task, losses = progress.add_task("stage 2: tuning through the decoder", total=steps), []
+    advance, losses = counter(progress, "stage 2: tuning through the decoder", steps), []
     groups: dict[tuple[str, str], list[Example]] = {}
     for e in examples:
         groups.setdefault((e.kind, e.prompt), []).append(e)
@@ -287,7 +292,7 @@ def _tune(
         opt.step()
         sched.step()
         losses.append(loss.item())
-        progress.update(task, advance=1, description=f"stage 2: tuning through the decoder (loss {loss:.3f})")
+        advance(1, f"stage 2: tuning through the decoder (loss {loss:.3f})")
         if step % every == 0 or step == steps:
             _save_adapter(model, checkpoints / f"step-{step:05d}.safetensors")
     return losses
@@ -319,7 +324,7 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
     groups: dict[tuple[str, str], list[Example]] = {}
     for e in examples:
         groups.setdefault((e.kind, e.prompt), []).append(e)
-    task = progress.add_task("held-out evaluation", total=len(examples))
+    advance = counter(progress, "held-out evaluation", len(examples))
     right = {k: 0 for k in KINDS}
     total = {k: 0 for k in KINDS}
     misses = []
@@ -331,9 +336,9 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
                 right[e.kind] += got == e.answer
                 if got != e.answer:
                     misses.append({"media": e.media.name, "prompt": e.prompt, "answer": e.answer, "got": got})
-            progress.advance(task, len(batch))
+            advance(len(batch))
     accuracy = {k: right[k] / total[k] for k in KINDS if total[k]}
-    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": misses}
+    return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": tuple(misses)}
 
 
 def _save_adapter(model, path: Path) -> None:
@@ -348,130 +353,91 @@ def _save_adapter(model, path: Path) -> None:
     save_file(state, str(path))
 
 
-def finetune(
-    model: str | Path,
-    data: str | Path,
-    out: str | Path,
-    steps: int = 240,
-    align_steps: int = 100,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    align_lr: float = 1e-3,
-    seed: int = 0,
-    checkpoint_every: int = 20,
-    force: bool = False,
-    progress: bool = True,
-    cache: str | Path | None = None,
-) -> dict[str, Any]:
-    """Fine-tune `model`'s projectors on the questions in `data`; write the result to `out`.
+def finetune(config: FinetuneConfig, progress: Progress | None = None) -> FinetuneReport:
+    """Fine-tune `config.model`'s projectors on the questions in `config.data`; write the result to `config.out`.
 
-    Returns the report also written to `out/finetune.json` (losses, held-out accuracy).
-    `cache` keeps the frozen towers' features on disk (None: no cache).
+    Returns the report also written to `out/finetune.json` (losses, held-out accuracy). The output
+    is built in `bundle.staging` and renamed into place: an interrupted run leaves nothing.
+    `progress` hears each step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
-        >>> finetune("models/demo-base", "data/demo", "models/demo", steps=240)["accuracy"]  # doctest: +SKIP
+        >>> finetune(FinetuneConfig("models/demo-base", "data/demo", "models/demo")).accuracy  # doctest: +SKIP
         {'image': 0.96, 'audio': 0.99}
     """
-    model_dir, data = Path(model), Path(data)
+    model_dir, data = Path(config.model), Path(config.data)
     if not (model_dir / "config.json").is_file():
         raise InputError(f"model directory {str(model_dir)!r} has no config.json")
     model_type = json.loads((model_dir / "config.json").read_text()).get("model_type", "<none>")
     if model_type not in SUPPORTED:
         raise UnsupportedModelError(model_type, SUPPORTED)
-    for name, value in (("steps", steps), ("align_steps", align_steps)):
-        if value < 0:
-            raise InputError(f"{name} must be 0 or more, got {value}")
-    if batch_size < 1 or checkpoint_every < 1:
-        raise InputError(
-            f"batch size and checkpoint interval must be at least 1, got {batch_size} and {checkpoint_every}"
-        )
     train, held_out = read_examples(data, "train"), read_examples(data, "eval")
-    out = check_output(out, force).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        report = _run(
-            model_dir,
-            train,
-            held_out,
-            stage,
-            steps,
-            align_steps,
-            batch_size,
-            lr,
-            align_lr,
-            seed,
-            checkpoint_every,
-            progress,
-            Path(cache) if cache else None,
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
-    return report
+    with bundle.staging(config.out, config.force, verify=_verify_checkpoint) as stage:
+        return _run(config, train, held_out, stage, progress)
+
+
+def _verify_checkpoint(stage: Path) -> None:
+    """What `export --model` will read of the output must be there before it is renamed into place."""
+    for name in ("config.json", "tokenizer.json", "adapter.safetensors", "finetune.json"):
+        assert (stage / name).is_file(), f"finetune wrote no {name}"
 
 
 def _run(
-    model_dir, train, held_out, stage, steps, align_steps, batch_size, lr, align_lr, seed, checkpoint_every, show, cache
-):
+    config: FinetuneConfig, train: list[Example], held_out: list[Example], stage: Path, progress: Progress | None
+) -> FinetuneReport:
     import torch
-    from rich.progress import Progress
     from tokenizers import Tokenizer
 
     from edgemfm.exporters.demo import load, save
 
-    torch.manual_seed(seed)
-    rng, start = random.Random(seed), time.monotonic()
+    model_dir = Path(config.model)
+    torch.manual_seed(config.seed)
+    rng, start = random.Random(config.seed), time.monotonic()
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = load(model_dir)
     model.requires_grad_(False)
     for name in TRAINABLE:
         getattr(model, name).requires_grad_(True)
     items = sorted({(e.kind, e.media) for e in train + held_out})
-    with Progress(disable=not show) as progress:
-        feats = _features(model, items, progress, cache)
-        align = _align(model, train, feats, tokenizer, align_steps, align_lr, progress)
-        tune = (
-            _tune(
-                model,
-                train,
-                feats,
-                tokenizer,
-                steps,
-                batch_size,
-                lr,
-                rng,
-                progress,
-                stage / "checkpoints",
-                checkpoint_every,
-            )
-            if steps
-            else []
+    feats = _features(model, items, progress, Path(config.cache) if config.cache else None)
+    align = _align(model, train, feats, tokenizer, config.align_steps, config.align_lr, progress)
+    tune = (
+        _tune(
+            model,
+            train,
+            feats,
+            tokenizer,
+            config.steps,
+            config.batch_size,
+            config.lr,
+            rng,
+            progress,
+            stage / "checkpoints",
+            config.checkpoint_every,
         )
-        with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
-            for name in TRAINABLE:
-                for p in getattr(model, name).parameters():
-                    p.copy_(p.half().float())
-        result = evaluate(model.eval(), tokenizer, held_out, feats, progress)
+        if config.steps
+        else []
+    )
+    with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
+        for name in TRAINABLE:
+            for p in getattr(model, name).parameters():
+                p.copy_(p.half().float())
+    result = evaluate(model.eval(), tokenizer, held_out, feats, progress)
     save(model, stage)
     shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
     _save_adapter(model, stage / "adapter.safetensors")
-    report = {
-        "base": str(model_dir),
-        "seed": seed,
-        "train_questions": len(train),
-        "align_steps": align_steps,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "align_lr": align_lr,
-        "align_loss": align[-1] if align else None,
-        "loss": tune[:: max(1, len(tune) // 20)] + tune[-1:],
-        "seconds": round(time.monotonic() - start, 1),
+    report = FinetuneReport(
+        base=str(model_dir),
+        seed=config.seed,
+        train_questions=len(train),
+        align_steps=config.align_steps,
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        align_lr=config.align_lr,
+        align_loss=align[-1] if align else None,
+        loss=tuple(tune[:: max(1, len(tune) // 20)] + tune[-1:]),
+        seconds=round(time.monotonic() - start, 1),
         **result,
-    }
-    (stage / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
+    )
+    (stage / "finetune.json").write_text(json.dumps(to_dict(report), indent=2) + "\n")
     return report

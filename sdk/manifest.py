@@ -18,8 +18,11 @@ from typing import Any, Literal
 from edgemfm.errors import BundleError, ConfigError
 from edgemfm.recipe import Recipe
 from edgemfm.records import from_dict, to_dict
+from edgemfm.report import Report
 
-SCHEMA_VERSION = 1
+# 2: the report is a typed `Report` (version 1's was a free dict; `_from_v1` reads those bundles)
+SCHEMA_VERSION = 2
+READS = (1, 2)  # the schema versions this edgemfm loads
 BUNDLE_KIND = "edgemfm-bundle"  # tells a bundle's manifest apart from any other manifest.json
 
 
@@ -229,7 +232,7 @@ class Manifest:
     preprocess: Preprocess
     generation: Generation
     streaming: StreamingSettings
-    report: dict[str, Any] = field(default_factory=dict)
+    report: Report = field(default_factory=Report)
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=False) + "\n"
@@ -243,11 +246,13 @@ class Manifest:
             raise BundleError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, dict) or data.get("kind") != BUNDLE_KIND:
             raise BundleError(f"{where}: not an edgemfm bundle manifest (kind must be {BUNDLE_KIND!r})")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if data.get("schema_version") not in READS:
             raise BundleError(
                 f"{where}: schema version {data.get('schema_version')!r} is not supported; "
-                f"this edgemfm reads version {SCHEMA_VERSION}"
+                f"this edgemfm reads versions {', '.join(map(str, READS))}"
             )
+        if data["schema_version"] == 1:
+            data = _from_v1(data)
         try:
             return from_dict(cls, data, where=where)
         except ConfigError as e:
@@ -255,3 +260,17 @@ class Manifest:
 
     def with_files(self, files: dict[str, FileEntry]) -> Manifest:
         return replace(self, files=files)
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 manifest as version 2: the same keys, its free report read into the typed one.
+
+    Version 1 wrote the report's keys as version 2 names them, but left out what a record now
+    defaults (a pruning stage's component, a plan layer's `estimated: false`, the notes, the
+    delegation of an onnx bundle); `from_dict` fills those in. A bundle assembled by `tune` for
+    measuring wrote `"tune": {}` where version 2 writes null. A key neither version knows is refused.
+    """
+    old = data.get("report")
+    if isinstance(old, dict) and old.get("tune") == {}:
+        data = {**data, "report": {**old, "tune": None}}
+    return {**data, "schema_version": SCHEMA_VERSION}

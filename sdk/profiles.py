@@ -51,7 +51,7 @@ class Cost:
     """What the roofline needs besides the peaks: how close kernels come to them, what a call costs.
 
     Each figure needs a source in [sources] as `cost.<figure>`; for the host it is measured by
-    benchmarks/cost_figures.py (ONNX Runtime, one thread).
+    benchmarks/cost/cost_figures.py (ONNX Runtime, one thread).
     """
 
     call_us: float  # one session.run that does nothing: binding, allocation, output copy

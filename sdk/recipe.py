@@ -25,7 +25,8 @@ class QuantSpec:
     bits: Literal[4, 8, 16]  # int4, int8, fp16: the kernels that exist
     group_size: int = 0  # 0 = per-channel; else the block size of block-wise int4
     symmetric: bool = True  # TensorRT and XNNPACK take symmetric int8 only
-    method: str = "rtn"  # how the values are chosen: rtn, gptq, hqq, static, dynamic ...
+    method: str = "rtn"  # how the values are chosen: one a scheme registers (checked by quantizers.apply, not here:
+    # the core records import no quantizer, and a device reading a bundle's recipe quantizes nothing)
     activation_bits: int = 0  # 0 = weight-only; 8 = int8 activations (static or dynamic)
 
 

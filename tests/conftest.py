@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw
 @pytest.fixture(scope="session")
 def placeholder_model(tmp_path_factory) -> Path:
     """The small untrained LLaVA-style checkpoint: the fast stand-in for the demo model in tests."""
-    from edgemfm.exporters import default_model
+    from edgemfm.exporters import placeholder
 
-    return default_model.build(tmp_path_factory.mktemp("models") / default_model.MODEL_ID)
+    return placeholder.build(tmp_path_factory.mktemp("models") / placeholder.MODEL_ID)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def default_bundle(tmp_path_factory, placeholder_model) -> Path:
     import edgemfm
 
     out = tmp_path_factory.mktemp("bundles") / "default-host"
-    return edgemfm.export(placeholder_model, device="host", out=out, progress=False)
+    return edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=out))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def demo_bundle(tmp_path_factory) -> Path:
 
     if given := os.environ.get("EDGEMFM_DEMO_BUNDLE"):
         return Path(given)
-    return edgemfm.export(device="host", out=tmp_path_factory.mktemp("bundles") / "demo-host", progress=False)
+    return edgemfm.export(edgemfm.ExportConfig(device="host", out=tmp_path_factory.mktemp("bundles") / "demo-host"))
 
 
 @pytest.fixture(scope="session")
@@ -64,5 +64,5 @@ def demo_pte_bundle(tmp_path_factory) -> Path:
     if given := os.environ.get("EDGEMFM_DEMO_PTE_BUNDLE"):
         return Path(given)
     return edgemfm.export(
-        device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte", progress=False
+        edgemfm.ExportConfig(device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte")
     )

@@ -51,7 +51,9 @@ def android_bundle(tmp_path_factory, placeholder_model) -> Path:
     import edgemfm
 
     return edgemfm.export(
-        placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle", progress=False
+        edgemfm.ExportConfig(
+            model=placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle"
+        )
     )
 
 

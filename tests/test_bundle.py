@@ -38,7 +38,7 @@ def test_manifest_describes_every_component(default_bundle):
     assert names[:3] == ["inputs_embeds", "attention_mask", "position_ids"] and len(names) == 3 + 2 * kv.layers
     assert m.components["text_decoder"].inputs[0].shape == ("batch", "seq", 192)
     assert all(c.weight_bytes > 0 and c.peak_activation_bytes > 0 for c in m.components.values())
-    assert m.report["parity"]["text_decoder"]["max_abs_diff"] <= 1e-4
+    assert m.report.parity["text_decoder"].max_abs_diff <= 1e-4
 
 
 def test_tampered_file_is_refused(copy):
@@ -67,7 +67,11 @@ def test_missing_file_is_refused(copy):
     "edit, message",
     [
         (lambda m: {"name": "some other manifest"}, "not an edgemfm bundle manifest"),
-        (lambda m: {**m, "schema_version": 2}, "schema version 2 is not supported"),
+        (lambda m: {**m, "schema_version": 3}, "schema version 3 is not supported; this edgemfm reads versions 1, 2"),
+        (
+            lambda m: {**m, "report": {**m["report"], "extra": 1}},
+            "report: unknown key 'extra'; known: precision, parity",
+        ),
         (lambda m: {**m, "extra": 1}, "unknown key 'extra'"),
         (lambda m: {**m, "files": {**m["files"], "../escape": {"sha256": "0", "bytes": 1}}}, "not a plain name"),
     ],
@@ -112,12 +116,12 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, monkeypatch, placeholder_
 
     monkeypatch.setattr(onnx_writer, "write_onnx", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
-        edgemfm.export(placeholder_model, device="host", out=tmp_path / "b", progress=False)
+        edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=tmp_path / "b"))
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_existing_output_is_kept_unless_forced(copy, placeholder_model):
     before = (copy / "manifest.json").read_text()
     with pytest.raises(InputError, match="already exists; pass --force"):
-        edgemfm.export(placeholder_model, device="host", out=copy, progress=False)
+        edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=copy))
     assert (copy / "manifest.json").read_text() == before

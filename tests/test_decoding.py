@@ -22,7 +22,7 @@ def small_bundle(tmp_path_factory):
     """A tiny LLaVA sharing the default model's byte tokenizer: the draft and the cascade's small bundle."""
     checkpoint = tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava-1", seed=1)
     return edgemfm.export(
-        checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host", progress=False
+        edgemfm.ExportConfig(model=checkpoint, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-host")
     )
 
 
@@ -117,11 +117,11 @@ def test_cascade_answers_small_unless_the_self_test_fails(default_bundle, small_
     large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
     assert small != large
     for threshold, who, want in ((-math.inf, "small", small), (0.5, "large", large)):
-        cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=threshold)
+        cascade = edgemfm.load_cascade(default_bundle, small_bundle, escalate_below=threshold)
         assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == want
         assert cascade.answered_by == who and cascade.score <= 0
     score = cascade.score  # the small answer's mean log-probability: a threshold just above it escalates
-    cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=score + 1e-6)
+    cascade = edgemfm.load_cascade(default_bundle, small_bundle, escalate_below=score + 1e-6)
     assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == large
     assert (
         main(
@@ -171,5 +171,5 @@ def test_calibration_round_trips_and_drives_the_cascade(default_bundle, small_bu
     assert c.questions == 3 and c.large_accuracy == 1.0 and c.cascade_accuracy >= 0.99
     c.save(tmp_path / "cascade.json")
     assert Calibration.read(tmp_path / "cascade.json") == c
-    cascade = edgemfm.load(default_bundle, cascade=small_bundle, escalate_below=tmp_path / "cascade.json")
+    cascade = edgemfm.load_cascade(default_bundle, small_bundle, escalate_below=tmp_path / "cascade.json")
     assert cascade.threshold == c.threshold

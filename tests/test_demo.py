@@ -24,8 +24,8 @@ def tiny_demo(path: Path, seed: int = 0) -> Path:
     Whisper-style encoder (36 wide, 3 heads) and a Llama decoder with 3 KV heads, 96 wide."""
     import torch
 
-    from edgemfm.exporters.default_model import byte_tokenizer
     from edgemfm.exporters.demo import MODEL_TYPE, DemoModel, save
+    from edgemfm.exporters.placeholder import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.add_special_tokens(["<image>", "<audio>"])
@@ -78,14 +78,16 @@ def wav(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_demo_bundle(tmp_path_factory) -> Path:
     model = tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
-    return edgemfm.export(model, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-demo", progress=False)
+    return edgemfm.export(
+        edgemfm.ExportConfig(model=model, device="host", out=tmp_path_factory.mktemp("bundles") / "tiny-demo")
+    )
 
 
 def test_tiny_demo_exports_four_components_with_parity(tiny_demo_bundle):
     m = edgemfm.bundle.read_manifest(tiny_demo_bundle)
     assert list(m.components) == ["vision_encoder", "audio_encoder", "token_embedding", "text_decoder"]
     assert m.family == "edgemfm-demo" and set(m.prompt.media) == {"image", "audio"}
-    assert all(p["max_abs_diff"] <= p["tolerance"] * p["scale"] for p in m.report["parity"].values())
+    assert all(p.max_abs_diff <= p.tolerance * p.scale for p in m.report.parity.values())
 
 
 def test_tiny_demo_splices_four_image_rows_and_five_audio_rows(tiny_demo_bundle, picture, wav):
@@ -191,6 +193,7 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     import torch
     from safetensors.torch import load_file
 
+    from edgemfm.configs import FinetuneConfig
     from edgemfm.finetune import finetune
 
     model = tiny_demo(tmp_path / "tiny-demo")
@@ -204,13 +207,13 @@ def test_finetune_is_deterministic_and_reuses_cached_features(tmp_path, picture,
     for split in ("train", "eval"):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cache = tmp_path / "cache"
-    first = finetune(model, data, tmp_path / "a", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    first = finetune(FinetuneConfig(model, data, tmp_path / "a", steps=3, align_steps=2, batch_size=2, cache=cache))
     assert len(list(cache.rglob("*.npy"))) == 2  # one image and one clip, each encoded once
     (cache_file,) = cache.glob("image-*/*.npy")
     stamp = cache_file.stat().st_mtime_ns
-    second = finetune(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, progress=False, cache=cache)
+    second = finetune(FinetuneConfig(model, data, tmp_path / "b", steps=3, align_steps=2, batch_size=2, cache=cache))
     assert cache_file.stat().st_mtime_ns == stamp  # read back, not rewritten
-    assert first["loss"] == second["loss"] and first["questions"] == {"image": 2, "audio": 1}
+    assert first.loss == second.loss and first.questions == {"image": 2, "audio": 1}
     a, b = (
         load_file(str(tmp_path / "a" / "adapter.safetensors")),
         load_file(str(tmp_path / "b" / "adapter.safetensors")),

@@ -19,7 +19,7 @@ def _ops(path) -> Counter:
 def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
     m = read_manifest(default_bundle)
     layers = m.components["text_decoder"].kv_cache.layers
-    fusion = m.report["parity"]["text_decoder"]["fusion"]
+    fusion = m.report.parity["text_decoder"].fusion
     # two norms per layer with the residual add folded in, one final norm; one grouped-query
     # attention per layer with the cache append inside
     expected = {
@@ -28,38 +28,38 @@ def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
         "GroupQueryAttention": layers,
         "QuickGelu": layers,
     }
-    assert fusion["fused_ops"] == expected
+    assert fusion.fused_ops == expected
     graph = onnx.load(str(default_bundle / "text_decoder.onnx")).graph
     ops = Counter(n.op_type for n in graph.node)
     assert {op: ops[op] for op in expected} == expected
     assert (
-        fusion["rules_fired"]["attention.sdpa"]
-        == fusion["rules_fired"]["group_query_attention.group_query_attention"]
+        fusion.rules_fired["attention.sdpa"]
+        == fusion.rules_fired["group_query_attention.group_query_attention"]
         == layers
     )
     assert ops["Softmax"] == 0
     # every present K/V comes out of the kernel: no Concat and no repeat_kv Expand left on the cache
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert {producers[o.name] for o in graph.output if o.name.startswith("present.")} == {"GroupQueryAttention"}
-    assert fusion["nodes_after"] < 0.6 * fusion["nodes_before"]
+    assert fusion.nodes_after < 0.6 * fusion.nodes_before
 
 
 def test_vision_layernorm_attention_and_gelu_are_fused(default_bundle):
-    fusion = read_manifest(default_bundle).report["parity"]["vision_encoder"]["fusion"]
+    fusion = read_manifest(default_bundle).report.parity["vision_encoder"].fusion
     ops = _ops(default_bundle / "vision_encoder.onnx")
-    assert fusion["fused_ops"]["SkipLayerNormalization"] == ops["SkipLayerNormalization"] >= 1
-    assert fusion["fused_ops"]["Attention"] == ops["Attention"] >= 1 and ops["Softmax"] == 0
-    assert fusion["fused_ops"]["BiasGelu"] == ops["BiasGelu"] >= 1
+    assert fusion.fused_ops["SkipLayerNormalization"] == ops["SkipLayerNormalization"] >= 1
+    assert fusion.fused_ops["Attention"] == ops["Attention"] >= 1 and ops["Softmax"] == 0
+    assert fusion.fused_ops["BiasGelu"] == ops["BiasGelu"] >= 1
 
 
 def test_silu_becomes_quick_gelu_and_what_stays_unfused_is_reported(default_bundle):
-    fusion = read_manifest(default_bundle).report["parity"]["text_decoder"]["fusion"]
+    fusion = read_manifest(default_bundle).report.parity["text_decoder"].fusion
     ops = _ops(default_bundle / "text_decoder.onnx")
     layers = read_manifest(default_bundle).components["text_decoder"].kv_cache.layers
-    assert fusion["rules_fired"]["silu.silu"] == ops["QuickGelu"] == layers and ops["Sigmoid"] == 0
+    assert fusion.rules_fired["silu.silu"] == ops["QuickGelu"] == layers and ops["Sigmoid"] == 0
     # counted from the graph that ships: the rotary embedding's one Sin (its table is computed per call)
     assert (
-        fusion["unfused_ops"]
+        fusion.unfused_ops
         == {op: ops[op] for op in ("Sigmoid", "Sin", "Softmax", "ReduceMean", "Erf", "Tanh") if ops[op]}
         == {"Sin": 1}
     )
@@ -67,9 +67,9 @@ def test_silu_becomes_quick_gelu_and_what_stays_unfused_is_reported(default_bund
 
 @pytest.mark.parametrize("component", ["vision_encoder", "text_decoder"])
 def test_fused_graph_keeps_parity_with_pytorch(default_bundle, component):
-    parity = read_manifest(default_bundle).report["parity"][component]
-    assert parity["max_abs_diff"] <= parity["tolerance"] * parity["scale"]
-    assert parity["max_abs_diff_unfused"] <= parity["tolerance"] * parity["scale"]
+    parity = read_manifest(default_bundle).report.parity[component]
+    assert parity.max_abs_diff <= parity.tolerance * parity.scale
+    assert parity.max_abs_diff_unfused <= parity.tolerance * parity.scale
 
 
 def test_fusing_twice_changes_nothing(default_bundle, tmp_path):
@@ -77,8 +77,8 @@ def test_fusing_twice_changes_nothing(default_bundle, tmp_path):
     path.write_bytes((default_bundle / "text_decoder.onnx").read_bytes())
     before = _ops(path)
     report = fuse(path)
-    assert _ops(path) == before and report["nodes_after"] == report["nodes_before"]
-    assert report["fused_ops"] == {op: n for op, n in before.items() if op in report["fused_ops"]}
+    assert _ops(path) == before and report.nodes_after == report.nodes_before
+    assert report.fused_ops == {op: n for op, n in before.items() if op in report.fused_ops}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ def unfused_llama(tmp_path_factory, placeholder_model):
     import edgemfm
 
     base = tmp_path_factory.mktemp("gqa")
-    bundle = edgemfm.export(placeholder_model, device="host", out=base / "bundle", fuse=False, progress=False)
+    bundle = edgemfm.export(
+        edgemfm.ExportConfig(model=placeholder_model, device="host", out=base / "bundle", fuse=False)
+    )
     fused = base / "fused.onnx"
     fused.write_bytes((bundle / "text_decoder.onnx").read_bytes())
     return bundle, fused, fuse(fused)
@@ -126,7 +128,7 @@ def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, se
     bundle, fused, report = unfused_llama
     kv = read_manifest(bundle).components["text_decoder"].kv_cache
     assert (
-        report["rules_fired"]["group_query_attention.group_query_attention"]
+        report.rules_fired["group_query_attention.group_query_attention"]
         == kv.layers
         == _ops(fused)["GroupQueryAttention"]
     )
@@ -147,9 +149,11 @@ def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):
     import edgemfm
 
     bundle = edgemfm.export(
-        tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b", progress=False
+        edgemfm.ExportConfig(
+            model=tiny_text_model("LlamaForCausalLM", tmp_path / "model"), device="host", out=tmp_path / "b"
+        )
     )
-    fusion = read_manifest(bundle).report["parity"]["text_decoder"]["fusion"]
+    fusion = read_manifest(bundle).report.parity["text_decoder"].fusion
     assert read_manifest(bundle).components["text_decoder"].kv_cache.head_dim % 8
-    assert "group_query_attention.group_query_attention" not in fusion["rules_fired"]
-    assert fusion["fused_ops"]["MultiHeadAttention"] == _ops(bundle / "text_decoder.onnx")["MultiHeadAttention"] >= 2
+    assert "group_query_attention.group_query_attention" not in fusion.rules_fired
+    assert fusion.fused_ops["MultiHeadAttention"] == _ops(bundle / "text_decoder.onnx")["MultiHeadAttention"] >= 2

@@ -15,6 +15,7 @@ from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.units import weighted_units
 from edgemfm.recipe import QuantSpec, Recipe, Rule
+from edgemfm.report import AppliedScheme
 
 SPEC = QuantSpec(bits=4, group_size=64, method="gptq_act_order", activation_bits=8)
 
@@ -94,9 +95,9 @@ def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path)
         sqnr[method] = sqnr_db(ref, outputs(out, feeds, "logits"))
     attrs = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert Counter((a["bits"], a["block_size"], a["accuracy_level"]) for a in attrs) == {(4, 32, 4): 7}
-    assert report["quantized_units"] == 7 and report["schemes"] == [
-        {"bits": 4, "group_size": 32, "method": "gptq_act_order"}
-    ]
+    assert report.quantized_units == 7 and report.schemes == (
+        AppliedScheme(bits=4, group_size=32, method="gptq_act_order"),
+    )
     # measured: clip_search 5.1 dB, GPTQ 9.5 dB (ORT's RTN 5.2; random weights, the built-in prompts)
     assert sqnr["gptq_act_order"] >= 8 and sqnr["gptq_act_order"] > sqnr["clip_search"] + 3, sqnr
 
@@ -114,8 +115,8 @@ def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so
         Recipe(rules=(Rule("*", SPEC),)),
         Context([], load_profile("host"), tmp_path),
     )
-    assert report["quantized_nodes"] == {"MatMulNBits": 1}
-    assert report["notes"] == {"c/mm": "no calibration data reached this component: clip_search scales, no GPTQ"}
+    assert report.quantized_nodes == {"MatMulNBits": 1}
+    assert report.notes == {"c/mm": "no calibration data reached this component: clip_search scales, no GPTQ"}
 
 
 def test_gptq_with_too_few_calibration_rows_uses_searched_scales_and_says_so(tmp_path):
@@ -126,5 +127,5 @@ def test_gptq_with_too_few_calibration_rows_uses_searched_scales_and_says_so(tmp
     onnx.save(_one_matmul(w), str(tmp_path / "f.onnx"))
     ctx = Context([{"x": x.astype(np.float32)}], load_profile("host"), tmp_path)
     report = quantize_component(tmp_path / "f.onnx", tmp_path / "q.onnx", "c", Recipe(rules=(Rule("*", SPEC),)), ctx)
-    assert report["quantized_nodes"] == {"MatMulNBits": 1}
-    assert report["notes"] == {"c/mm": "8 calibration rows for 64 input channels: clip_search scales, no GPTQ"}
+    assert report.quantized_nodes == {"MatMulNBits": 1}
+    assert report.notes == {"c/mm": "8 calibration rows for 64 input channels: clip_search scales, no GPTQ"}

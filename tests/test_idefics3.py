@@ -97,8 +97,8 @@ def test_components_match_pytorch(checkpoint, exported, picture):
     from transformers import AutoModelForImageTextToText
 
     manifest = edgemfm.load(exported).manifest
-    for name, parity in manifest.report["parity"].items():
-        assert parity["max_abs_diff"] <= parity["tolerance"] * parity["scale"], name
+    for name, parity in manifest.report.parity.items():
+        assert parity.max_abs_diff <= parity.tolerance * parity.scale, name
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     pixels = _image_processor(checkpoint)(Image.open(picture), return_tensors="pt")["pixel_values"]
     with torch.no_grad():

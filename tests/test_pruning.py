@@ -10,7 +10,9 @@ from tiny_models import tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
-from edgemfm.quantizers.structure import count_parameters, drop_blocks, find_decoder, keep_channels, keep_kv_groups
+from edgemfm.pruners.prune import read_report
+from edgemfm.pruners.structure import count_parameters, drop_blocks, find_decoder, keep_channels, keep_kv_groups
+from edgemfm.report import Parameters
 
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101, 33]])
 
@@ -58,8 +60,8 @@ def test_parameter_counts_drop_by_the_requested_amount(llama, tmp_path, flags, r
     assert before - count_parameters(after) == removed
     config = json.loads((out / "config.json").read_text())
     assert {k: config[k] for k in shape} == shape
-    report = json.loads((out / "pruning.json").read_text())
-    assert report["parameters"] == {"before": before, "after": before - removed, "removed": removed}
+    report = read_report(out)
+    assert report.parameters == Parameters(before=before, after=before - removed, removed=removed)
     assert (out / "tokenizer.json").is_file() and torch.isfinite(_logits(after)).all()
 
 
@@ -115,11 +117,9 @@ def test_pruned_llava_exports_with_parity_and_matches_transformers(tmp_path):
     )  # parity is checked inside
 
     pipe = edgemfm.load(bundle)
-    assert pipe.manifest.report["parity"]["text_decoder"]["max_abs_diff"] < 1e-4
-    pruning = pipe.manifest.report["pruning"]  # the bundle says what was pruned, where and why
-    assert [s["granularity"] for s in pruning["stages"]] == ["blocks", "heads", "mlp"] and pruning["parameters"][
-        "removed"
-    ] > 0
+    assert pipe.manifest.report.parity["text_decoder"].max_abs_diff < 1e-4
+    pruning = pipe.manifest.report.pruning  # the bundle says what was pruned, where and why
+    assert [s.granularity for s in pruning.stages] == ["blocks", "heads", "mlp"] and pruning.parameters.removed > 0
     ours = list(pipe.generate_tokens("Hello there", max_new_tokens=16))
     model = LlavaForConditionalGeneration.from_pretrained(pruned).eval()
     ids = pipe.prompt_ids("Hello there")

@@ -12,7 +12,8 @@ from tiny_models import tiny_idefics3, tiny_llama, tiny_llava
 
 import edgemfm
 from edgemfm.cli import main
-from edgemfm.quantizers.structure import count_parameters
+from edgemfm.pruners.prune import read_report
+from edgemfm.pruners.structure import count_parameters
 
 # tiny_llama: hidden 60, 4 layers, 6 query heads over 3 KV heads of width 10, MLP width 90
 HIDDEN, LAYERS, D, MLP = 60, 4, 10, 90
@@ -33,23 +34,19 @@ def test_export_prune_matches_the_pruned_model_and_reports_what_went(tmp_path, c
     assert "pruned llama" in printed and "parameters" in printed
     pipe = edgemfm.load(bundle)
     report = pipe.manifest.report
-    assert report["parity"]["text_decoder"]["max_abs_diff"] < 1e-4  # against the pruned model the exporter loaded
+    assert report.parity["text_decoder"].max_abs_diff < 1e-4  # against the pruned model the exporter loaded
     # 1 of 3 KV groups with its 2 query heads (q, o: 2*10*60; k, v: 10*60) and 18 of 90 channels (3 x 60 each), per layer
     removed = LAYERS * (2 * 2 * D * HIDDEN + 2 * D * HIDDEN) + LAYERS * 18 * 3 * HIDDEN
-    assert report["pruning"]["parameters"]["removed"] == removed
-    assert report["pruning"]["parameters"]["before"] == count_parameters(_load(source))
-    assert [(s["component"], s["granularity"], s["count"]) for s in report["pruning"]["stages"]] == [
+    assert report.pruning.parameters.removed == removed
+    assert report.pruning.parameters.before == count_parameters(_load(source))
+    assert [(s.component, s.granularity, s.count) for s in report.pruning.stages] == [
         ("text_decoder", "heads", 1),
         ("text_decoder", "mlp", 18),
     ]
-    for s in report["pruning"]["stages"]:  # why: the least important went, so less than its share of the score
-        fraction = s["count"] / {"heads": 3, "mlp": MLP}[s["granularity"]]
-        assert (
-            s["why"]
-            and s["summary"]["removed_mean"] < s["summary"]["kept_mean"]
-            and s["summary"]["removed_share"] < fraction
-        )
-        assert s["parameters_removed"] > 0
+    for s in report.pruning.stages:  # why: the least important went, so less than its share of the score
+        fraction = s.count / {"heads": 3, "mlp": MLP}[s.granularity]
+        assert s.why and s.summary.removed_mean < s.summary.kept_mean and s.summary.removed_share < fraction
+        assert s.parameters_removed > 0
     assert pipe.manifest.components["text_decoder"].kv_cache.kv_heads == 2
 
     # the same spec through `edgemfm prune` (deterministic): the bundle's greedy tokens equal transformers'
@@ -133,16 +130,16 @@ def test_encoder_pruning_loads_shrinks_and_exports_with_parity(tmp_path, family)
     full = getattr(channels, "encoder_ffn_dim", None) or channels.intermediate_size
     expected = _encoder_removed(original, layers_of, int(counts.get("blocks", 0)), full - width)
     assert count_parameters(original) - count_parameters(model) == expected
-    report = json.loads((pruned / "pruning.json").read_text())
-    assert {s["component"] for s in report["stages"]} == {component} and report["calibration"]["items"][
-        component
-    ].startswith("built-in")
+    report = read_report(pruned)
+    assert {s.component for s in report.stages} == {component} and report.calibration.items[component].startswith(
+        "built-in"
+    )
 
     assert (
         main(["export", "--model", str(pruned), "--device", "host", "--out", str(bundle)]) == 0
     )  # parity is checked inside
-    parity = edgemfm.load(bundle).manifest.report["parity"]
-    assert parity[component]["max_abs_diff"] <= parity[component]["tolerance"] * parity[component]["scale"]
+    parity = edgemfm.load(bundle).manifest.report.parity
+    assert parity[component].max_abs_diff <= parity[component].tolerance * parity[component].scale
 
 
 def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, capsys):
@@ -174,9 +171,9 @@ def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, 
 
 
 def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably(tmp_path):
-    from edgemfm.quantizers.importance import read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, _kl, distil, teacher_sequences
+    from edgemfm.pruners.importance import read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, _kl, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer
@@ -200,7 +197,7 @@ def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably
         report = distil(student, teacher, tokenizer, texts, config, sequences=sequences)
         students.append(student)
         assert gap(student) < 0.7 * before  # the distance to the unpruned model shrinks
-        assert report["loss"]["last"] < report["loss"]["first"] and report["config"]["steps"] == 24
+        assert report.loss.last < report.loss.first and report.config["steps"] == 24
         assert torch.equal(student.get_input_embeddings().weight, embedding)  # only the decoder layers train
     for a, b in zip(students[0].parameters(), students[1].parameters()):
         assert torch.equal(a, b)  # seeded: the same run gives the same weights
@@ -210,9 +207,9 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
     """A multimodal model calibrates and distils on embeddings (media rows spliced in): given the
     embeddings of the same token ids, `prune_model(calls=...)` removes the same channels and
     `distil` on float sequences trains the same weights as on the ids."""
-    from edgemfm.quantizers.importance import calibration_samples, read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+    from edgemfm.pruners.importance import calibration_samples, read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer
@@ -232,11 +229,11 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
         [],
         calls=[lambda x=x: by_embeddings(inputs_embeds=x, use_cache=False) for x in samples],
     )
-    assert [s["removed"] for s in a["stages"]] == [s["removed"] for s in b["stages"]]
-    assert b["calibration"]["items"]["text_decoder"] == f"{len(samples)} samples given by the caller"
+    assert [s.removed for s in a.stages] == [s.removed for s in b.stages]
+    assert b.calibration.items["text_decoder"] == f"{len(samples)} samples given by the caller"
     distil(by_ids, teacher, tokenizer, texts, config, sequences=ids)
     report = distil(by_embeddings, teacher, tokenizer, [], config, sequences=embedded)
-    assert report["tokens"] == sum(s.shape[1] for s in ids)
+    assert report.tokens == sum(s.shape[1] for s in ids)
     for p, q in zip(by_ids.parameters(), by_embeddings.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
@@ -245,9 +242,9 @@ def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
     """`label_weight` adds cross-entropy on labelled tokens to the KL: labels the teacher does not
     predict (here a fixed token after every sequence) are learnt only when it is on."""
     from edgemfm.errors import InputError
-    from edgemfm.quantizers.importance import read_texts
-    from edgemfm.quantizers.pruning import PruneConfig, prune_model
-    from edgemfm.quantizers.recovery import RecoveryConfig, distil, teacher_sequences
+    from edgemfm.pruners.importance import read_texts
+    from edgemfm.pruners.prune import PruneConfig, prune_model
+    from edgemfm.pruners.recovery import RecoveryConfig, distil, teacher_sequences
 
     source = tiny_llama(tmp_path / "llama")
     from transformers import AutoTokenizer

@@ -277,14 +277,14 @@ def test_one_program_with_a_method_per_component(case, bundle):
 
 
 def test_delegation_is_reported_per_method(case, bundle, capsys):
-    report = read_manifest(bundle).report["delegation"]
+    report = read_manifest(bundle).report.delegation
     assert set(report) == set(case.methods)
     for name, d in report.items():
-        assert d["backend"] == "XnnpackBackend"
-        assert sum(d["non_delegated_ops"].values()) == d["non_delegated_nodes"], name
+        assert d.backend == "XnnpackBackend"
+        assert sum(d.non_delegated_ops.values()) == d.non_delegated_nodes, name
         # the matrix multiplications of the encoders and the decoder run in XNNPACK
         if name != "token_embedding":
-            assert d["delegated_nodes"] > 0 and d["subgraphs"] > 0, name
+            assert d.delegated_nodes > 0 and d.subgraphs > 0, name
 
 
 def _fresh(t: torch.Tensor, axes: dict[int, str], length: int) -> torch.Tensor:
@@ -396,7 +396,7 @@ def test_a_prompt_longer_than_the_cache_is_refused_in_one_line(case, bundle, ext
 
 @pytest.mark.slow
 def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_path):
-    onnx = edgemfm.export(checkpoint, device="pi5", out=tmp_path / "onnx", progress=False)
+    onnx = edgemfm.export(edgemfm.ExportConfig(model=checkpoint, device="pi5", out=tmp_path / "onnx"))
     media = {} if media_item is None else {case.media: [media_item]}
     assert list(edgemfm.load(bundle).generate_tokens(case.prompt, **media, max_new_tokens=24)) == list(
         edgemfm.load(onnx).generate_tokens(case.prompt, **media, max_new_tokens=24)
@@ -406,9 +406,9 @@ def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_
 @pytest.mark.slow
 def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture, tmp_path):
     """The built-in default model at the host profile's own max_seq_len (2048)."""
-    from edgemfm.exporters import default_model
+    from edgemfm.exporters import placeholder
 
-    pte = edgemfm.export(device="host", format="pte", out=tmp_path / "pte", progress=False)
+    pte = edgemfm.export(edgemfm.ExportConfig(device="host", format="pte", out=tmp_path / "pte"))
     manifest = read_manifest(pte)
     assert (
         manifest.components["text_decoder"].kv_cache.max_seq_len == edgemfm.load_profile("host").streaming.max_seq_len
@@ -418,7 +418,7 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
     assert len(ours) >= 12 and ours == list(
         edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=24)
     )
-    checkpoint = default_model.build(tmp_path / "default-model")
+    checkpoint = placeholder.build(tmp_path / "default-model")
     assert ours == llava_generate(checkpoint, pipe, PROMPT, [picture], 24)
 
 
@@ -467,11 +467,9 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
         output_names=("y",),
         dynamic_axes={},
     )
-    _, parity, report = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
-    assert parity["gelu"]["max_abs_diff"] <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
-    assert (
-        report["delegation"]["gelu"]["delegated_nodes"] > 0 and report["delegation"]["gelu"]["non_delegated_nodes"] == 1
-    )  # getitem
+    _, parity, delegation = write_units({"gelu": unit}, tmp_path, 1e-6, lambda _: None, max_seq_len=8)
+    assert parity["gelu"].max_abs_diff <= 1e-5  # the erf form differs from the tanh form by up to 4.7e-4 in [-6, 6]
+    assert delegation["gelu"].delegated_nodes > 0 and delegation["gelu"].non_delegated_nodes == 1  # getitem
 
 
 @pytest.mark.parametrize("max_seq_len", [1, 5, 64, 1024])

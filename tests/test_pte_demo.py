@@ -39,7 +39,7 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 def _questions() -> list[tuple[str, Path, str]]:
     """(kind, media file, prompt) of held-out questions: from $EDGEMFM_DEMO_DATA's eval.jsonl, else the samples."""
     if data := os.environ.get("EDGEMFM_DEMO_DATA"):
-        from edgemfm.tune_quality import read_questions
+        from edgemfm.tune.quality import read_questions
 
         return [(q.kind, Path(q.media), q.prompt) for qs in read_questions(data, PER_KIND).values() for q in qs]
     rows = json.loads((SAMPLES / "questions.json").read_text())
@@ -83,10 +83,10 @@ def test_demo_pte_is_one_program_with_a_delegated_method_per_component(demo_pte_
     assert Runtime.get().load_program(demo_pte_bundle / "model.pte").method_names == METHODS == set(manifest.components)
     kv = manifest.components["text_decoder"].kv_cache
     assert (kv.kind, kv.max_seq_len) == ("static", edgemfm.load_profile("host").streaming.max_seq_len)
-    for name, d in manifest.report["delegation"].items():
-        assert sum(d["non_delegated_ops"].values()) == d["non_delegated_nodes"], name
+    for name, d in manifest.report.delegation.items():
+        assert sum(d.non_delegated_ops.values()) == d.non_delegated_nodes, name
         if name != "token_embedding":  # a lookup: ExecuTorch's portable embedding kernel
-            assert d["delegated_nodes"] > 0 and d["subgraphs"] > 0, name
+            assert d.delegated_nodes > 0 and d.subgraphs > 0, name
 
 
 def test_demo_pte_methods_match_pytorch(demo_checkpoint, demo_pte_bundle):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgemfm.bundle import read_manifest
+from edgemfm.configs import QuantizeConfig
 from edgemfm.errors import ConfigError, InputError
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers import presets
@@ -38,7 +39,8 @@ def quantized(default_bundle, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"{device}-{precision}")
             stage = root / "stage"
             shutil.copytree(default_bundle, stage)
-            m = quantize(stage, read_manifest(default_bundle), load_profile(device), precision, root / "scratch", **kw)
+            config = QuantizeConfig(precision=precision, **kw)
+            m = quantize(stage, read_manifest(default_bundle), load_profile(device), config, root / "scratch")
             done[key] = (m, stage)
         return done[key]
 
@@ -81,16 +83,16 @@ def nbits(stage: Path, component: str) -> Counter:
 def test_x86_int8_is_int8_blocks_with_int8_compute(quantized):
     """MatMuls: int8 weight blocks of 32, int8 compute; the Conv: int8 per output channel behind a DequantizeLinear."""
     m, stage = quantized("host", "int8")
-    q = m.report["quantization"]
+    q = m.report.quantization
     assert nbits(stage, "text_decoder") == {(8, 32, 4): DECODER_MATMULS}
     assert nbits(stage, "vision_encoder") == {(8, 32, 4): VISION_MATMULS}
     assert qdq_weighted(stage, "vision_encoder", "Conv") == 1 and ops(stage, "vision_encoder")["QuantizeLinear"] == 0
-    assert ops(stage, "text_decoder")["MatMulInteger"] == 0 and not q["vision_encoder"]["notes"]
-    assert q["token_embedding"]["quantized_nodes"] == {"Gather(int8 rows)": 1}
+    assert ops(stage, "text_decoder")["MatMulInteger"] == 0 and not q["vision_encoder"].notes
+    assert q["token_embedding"].quantized_nodes == {"Gather(int8 rows)": 1}
     assert ops(stage, "text_decoder")["GroupQueryAttention"] == LAYERS and ops(stage, "text_decoder")["MatMul"] == 0
-    assert tuple(q["vision_encoder"]["float_units"]) == VISION_FLOAT
-    assert q["vision_encoder"]["sqnr_db"] >= 20 and q["token_embedding"]["sqnr_db"] >= 40
-    assert q["text_decoder"]["sqnr_db"] >= 18 and q["text_decoder"]["cosine"] >= 0.98
+    assert tuple(q["vision_encoder"].float_units) == VISION_FLOAT
+    assert q["vision_encoder"].sqnr_db >= 20 and q["token_embedding"].sqnr_db >= 40
+    assert q["text_decoder"].sqnr_db >= 18 and q["text_decoder"].cosine >= 0.98
 
 
 def test_jetson_int8_is_symmetric_static_qdq(quantized, default_bundle):
@@ -102,8 +104,8 @@ def test_jetson_int8_is_symmetric_static_qdq(quantized, default_bundle):
     g = onnx.load(str(stage / "text_decoder.onnx")).graph
     uint8 = [i.name for i in g.initializer if i.data_type == onnx.TensorProto.UINT8]
     assert not uint8, "TensorRT takes symmetric int8 activations only"
-    q = m.report["quantization"]
-    assert q["vision_encoder"]["sqnr_db"] >= 18 and q["text_decoder"]["sqnr_db"] >= 12
+    q = m.report.quantization
+    assert q["vision_encoder"].sqnr_db >= 18 and q["text_decoder"].sqnr_db >= 12
     float_bytes = read_manifest(default_bundle).components["text_decoder"].weight_bytes
     assert m.components["text_decoder"].weight_bytes < 0.3 * float_bytes
 
@@ -115,7 +117,7 @@ def test_jetson_fp16_converts_every_weight(quantized):
         big = [i for i in g.initializer if np.prod(i.dims) >= 1024]
         assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
         assert g.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT16  # fp32 in and out
-        assert m.report["quantization"][name]["sqnr_db"] >= 40
+        assert m.report.quantization[name].sqnr_db >= 40
 
 
 @pytest.mark.parametrize("device, level", [("pi5", 4), ("android", 4), ("jetson", None), ("host", 4)])
@@ -134,9 +136,9 @@ def test_int4_is_matmulnbits_with_the_devices_compute(quantized, device, level):
     dq = [n for n in g.graph.node if n.op_type == "DequantizeLinear"]
     int4 = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT4}
     assert len(dq) == 1 and dq[0].input[0] in int4 and {a.name: a.i for a in dq[0].attribute}["block_size"] == 3
-    assert tuple(m.report["quantization"]["vision_encoder"]["float_units"]) == VISION_FLOAT
-    q = m.report["quantization"]
-    assert q["token_embedding"]["sqnr_db"] >= 18 and q["vision_encoder"]["cosine"] >= 0.9
+    assert tuple(m.report.quantization["vision_encoder"].float_units) == VISION_FLOAT
+    q = m.report.quantization
+    assert q["token_embedding"].sqnr_db >= 18 and q["vision_encoder"].cosine >= 0.9
 
 
 def test_android_int8_is_static_qdq_and_pi_int8_blocks(quantized):
@@ -159,7 +161,7 @@ def test_dynamic_int8_stays_available_by_recipe(default_bundle, tmp_path):
         recipe,
         Context([], load_profile("host"), tmp_path),
     )
-    assert report["quantized_nodes"]["MatMulInteger"] == DECODER_MATMULS
+    assert report.quantized_nodes["MatMulInteger"] == DECODER_MATMULS
 
 
 def test_gptq_quantizes_only_what_the_recipe_names(default_bundle, tmp_path):
@@ -178,7 +180,7 @@ def test_gptq_quantizes_only_what_the_recipe_names(default_bundle, tmp_path):
         default_bundle / "text_decoder.onnx", out, "text_decoder", recipe, Context(feeds, load_profile("pi5"), tmp_path)
     )
     assert nbits(tmp_path, "gptq") == {(4, 32, None): 7}
-    assert len(report["float_units"]) == DECODER_MATMULS - 7
+    assert len(report.float_units) == DECODER_MATMULS - 7
     ref = outputs(default_bundle / "text_decoder.onnx", feeds, "logits")
     # measured 4.4 dB: ORT's GPTQ is weak with 4 short windows (and below RTN on real weights, BENCHMARKS.md)
     assert sqnr_db(ref, outputs(out, feeds, "logits")) >= 3
@@ -188,7 +190,7 @@ def test_int8_is_closer_to_float_than_int4(quantized):
     int8, _ = quantized("pi5", "int8")
     int4, _ = quantized("pi5", "int4")
     for name in ("vision_encoder", "text_decoder", "token_embedding"):
-        assert int8.report["quantization"][name]["sqnr_db"] >= int4.report["quantization"][name]["sqnr_db"] + 8
+        assert int8.report.quantization[name].sqnr_db >= int4.report.quantization[name].sqnr_db + 8
 
 
 def test_methods_and_partial_recipes(default_bundle, tmp_path):
@@ -216,7 +218,7 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
     g = onnx.load(str(stage / "text_decoder.onnx")).graph
     bits = Counter({a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits")
     assert bits == {4: 21, 8: 7}
-    assert report["float_units"] == {"text_decoder/lm_head": "the recipe keeps it float"}
+    assert report.float_units == {"text_decoder/lm_head": "the recipe keeps it float"}
     bad = Recipe(rules=(Rule("*", QuantSpec(bits=4, group_size=32, method="awesome")),))
     with pytest.raises(
         ConfigError,
@@ -233,31 +235,28 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
 
 def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
     m, stage = quantized("pi5", "auto", accuracy_tolerance_db=15.0)
-    plan = m.report["plan"]
-    assert plan["tolerance_met"] and plan["tolerance_db"] == 15.0
+    plan = m.report.plan
+    assert plan.tolerance_met and plan.tolerance_db == 15.0
     # the token embedding is judged with the decoder, on its next-token distribution
-    assert plan["judged_by"] == {
+    assert plan.judged_by == {
         "vision_encoder": "vision_encoder",
         "token_embedding": "text_decoder",
         "text_decoder": "text_decoder",
     }
     assert (
-        set(plan["measured_sqnr_db"]) == {"vision_encoder", "text_decoder"}
-        and min(plan["measured_sqnr_db"].values()) >= 15.0
+        set(plan.measured_sqnr_db) == {"vision_encoder", "text_decoder"} and min(plan.measured_sqnr_db.values()) >= 15.0
     )
-    q = m.report["quantization"]
-    assert q["vision_encoder"]["sqnr_db"] >= 15.0 and q["text_decoder"]["judged"]["sqnr_db"] >= 15.0
-    groups = plan["groups"]
+    q = m.report.quantization
+    assert q["vision_encoder"].sqnr_db >= 15.0 and q["text_decoder"].judged.sqnr_db >= 15.0
+    groups = plan.groups
     assert "text_decoder/layers.0/mlp.down_proj" in groups and "text_decoder/lm_head" in groups
-    assert (
-        groups["text_decoder/layers.0/mlp.down_proj"]["estimated"] and "estimated" not in groups["text_decoder/lm_head"]
-    )
-    bits = {g["bits"] for g in groups.values()}
+    assert groups["text_decoder/layers.0/mlp.down_proj"].estimated and not groups["text_decoder/lm_head"].estimated
+    bits = {g.bits for g in groups.values()}
     assert 4 in bits and len(bits) >= 2, "a mixed plan on this model"
     # the plan is the manifest's recipe: every layer gets the bits its group got
     for name, g in groups.items():
         spec = m.recipe.spec_for(name)
-        assert (spec.bits if spec else 32) == g["bits"], name
+        assert (spec.bits if spec else 32) == g.bits, name
 
 
 def test_sensitivity_shares_each_blocks_noise_out_by_role(tmp_path):
@@ -414,7 +413,7 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     assert m.recipe.spec_for("text_decoder/layers.2/mlp.down_proj") == QuantSpec(
         bits=4, group_size=64, symmetric=False, method="clip_search", activation_bits=8
     )
-    assert m.report["quantization"]["text_decoder"]["quantized_nodes"] == {"MatMulNBits": DECODER_MATMULS}
+    assert m.report.quantization["text_decoder"].quantized_nodes == {"MatMulNBits": DECODER_MATMULS}
     assert sum(f.bytes for f in m.files.values()) < 0.3 * 9.6 * 2**20
     tokens = list(edgemfm.load(out).generate_tokens("What is in the picture?", images=[picture], max_new_tokens=4))
     assert len(tokens) == 4
@@ -423,8 +422,8 @@ def test_export_int4_end_to_end(tmp_path, picture, capsys, placeholder_model):
     text = capsys.readouterr().out
     assert "int4/clip_search/g64" in text and "nodes: text_decoder: MatMulNBits 29" in text
     assert f"nodes: vision_encoder: MatMulNBits {VISION_MATMULS}, DequantizeLinear 1" in text
-    judged = m.report["quantization"]["token_embedding"]["judged"]
-    assert judged["by"] == "text_decoder" and f"judged: token_embedding: SQNR {judged['sqnr_db']:.1f} dB on" in text
+    judged = m.report.quantization["token_embedding"].judged
+    assert judged.by == "text_decoder" and f"judged: token_embedding: SQNR {judged.sqnr_db:.1f} dB on" in text
 
 
 def test_export_refuses_a_missing_calibration_folder(tmp_path, capsys, placeholder_model):
@@ -610,7 +609,7 @@ def test_static_qdq_keeps_depthwise_convs_float_and_says_why():
     depthwise = Unit("vision_encoder/blocks.3/_bn1", "c", "Conv", "w", (144, 1, 5, 5))
     pointwise = Unit("vision_encoder/blocks.3/_bn2", "d", "Conv", "v", (40, 144, 1, 1))
     assert "depthwise Conv: kept float" in scheme_of(depthwise, qdq)
-    assert scheme_of(pointwise, qdq) is static_int8
+    assert scheme_of(pointwise, qdq) is static_int8.SCHEME
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -58,7 +58,7 @@ def _reference(checkpoint, pipe, samples, max_new_tokens):
 def test_greedy_generation_matches_transformers(checkpoint, exported, speech):
     pipe = edgemfm.load(exported)
     assert set(pipe.manifest.components) == {"audio_encoder", "token_embedding", "text_decoder"}
-    assert all(p["max_abs_diff"] <= 1e-4 * p["scale"] for p in pipe.manifest.report["parity"].values())
+    assert all(p.max_abs_diff <= 1e-4 * p.scale for p in pipe.manifest.report.parity.values())
     ours = list(pipe.generate_tokens(PROMPT, audio=[str(speech)], max_new_tokens=20))
     rows, theirs = _reference(checkpoint, pipe, load_audio(speech, pipe.manifest.preprocess.audio), 20)
     ids = pipe.prompt_ids(PROMPT, {"audio": 1})
@@ -91,6 +91,7 @@ def test_calibration_folder_clips_calibrate_and_measure_the_audio_encoder(export
     import shutil
 
     from edgemfm.bundle import read_manifest
+    from edgemfm.configs import QuantizeConfig
     from edgemfm.profiles import load_profile
     from edgemfm.quantizers.calibration import component_feeds
     from edgemfm.quantizers.quantize import quantize
@@ -111,6 +112,7 @@ def test_calibration_folder_clips_calibrate_and_measure_the_audio_encoder(export
     for name, folder_or_none in (("with", folder), ("without", None)):
         stage = tmp_path / name
         shutil.copytree(exported, stage)
-        m = quantize(stage, manifest, load_profile("pi5"), "int8", tmp_path / f"scratch-{name}", folder_or_none)
-        sqnr = m.report["quantization"][spec.encoder]["sqnr_db"]
+        config = QuantizeConfig(precision="int8", calibration=folder_or_none)
+        m = quantize(stage, manifest, load_profile("pi5"), config, tmp_path / f"scratch-{name}")
+        sqnr = m.report.quantization[spec.encoder].sqnr_db
         assert (sqnr is not None and sqnr > 20) if folder_or_none else sqnr is None

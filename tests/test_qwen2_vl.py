@@ -119,10 +119,10 @@ def test_mrope_positions_match_the_model(model, exported, picture):
 
 
 def test_components_match_pytorch(exported):
-    report = edgemfm.load(exported).manifest.report["parity"]
+    report = edgemfm.load(exported).manifest.report.parity
     assert set(report) == {"vision_encoder", "token_embedding", "text_decoder"}
     for name, parity in report.items():
-        assert parity["max_abs_diff"] <= parity["tolerance"] * parity["scale"], name
+        assert parity.max_abs_diff <= parity.tolerance * parity.scale, name
 
 
 @pytest.mark.parametrize("kind", ["picture", "text", "picture in chunks"])

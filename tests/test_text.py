@@ -93,10 +93,10 @@ def test_export_and_greedy_generation_match_transformers(architecture, tmp_path)
     assert main(["export", "--model", str(checkpoint), "--device", "host", "--out", str(out)]) == 0
     pipe = edgemfm.load(out)
     assert set(pipe.manifest.components) == {"token_embedding", "text_decoder"}
-    parity = pipe.manifest.report["parity"]
-    assert all(p["max_abs_diff"] <= 1e-4 * p["scale"] for p in parity.values()), parity
-    fusion = parity["text_decoder"]["fusion"]
-    assert (fusion["fused_ops"], fusion["unfused_ops"]) == FUSION[architecture]
+    parity = pipe.manifest.report.parity
+    assert all(p.max_abs_diff <= 1e-4 * p.scale for p in parity.values()), parity
+    fusion = parity["text_decoder"].fusion
+    assert (fusion.fused_ops, fusion.unfused_ops) == FUSION[architecture]
 
     ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=20))
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()

@@ -15,13 +15,13 @@ import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.tune import choose, tune
-from edgemfm.tune_quality import run_jobs
+from edgemfm.tune.quality import run_jobs
 
 
 @pytest.fixture(scope="module")
 def result(default_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("tuned") / "pi5"
-    return tune("pi5", latency_budget_ms=5.0, bundle=default_bundle, progress=False, apply=out), out
+    return tune("pi5", latency_budget_ms=5.0, bundle=default_bundle, apply=out), out
 
 
 def _dominates(a, b) -> bool:
@@ -60,7 +60,7 @@ def test_apply_writes_the_chosen_point_as_a_bundle_that_runs(result, picture):
         spec = m.recipe.spec_for(name)
         assert (spec.bits if spec else 32) == {"fp32": 32, "int8": 8, "int4": 4}[precision]
     assert m.profile == "raspberry-pi-5-8gb" and m.streaming.max_seq_len == r.chosen.candidate.seq_len
-    assert m.report["tune"]["latency_ms"] == pytest.approx(r.chosen.latency_ms)
+    assert m.report.tune.latency_ms == pytest.approx(r.chosen.latency_ms)
     assert len("".join(edgemfm.load(out).generate("What is this?", images=[picture], max_new_tokens=3))) > 0
 
 
@@ -183,9 +183,7 @@ def test_demo_model_on_pi5_meets_its_latency_budget_with_held_out_questions(demo
     data = os.environ.get("EDGEMFM_DEMO_DATA")
     if data is None:
         pytest.skip("set EDGEMFM_DEMO_DATA to a folder samples/demo_model/build_dataset.py wrote")
-    r = tune(
-        "pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, progress=False, scratch=tmp_path
-    )
+    r = tune("pi5", latency_budget_ms=150.0, bundle=demo_bundle, data=data, questions=12, scratch=tmp_path)
     assert r.chosen.latency_ms <= 150.0
     assert len(r.points) > 100 and any(p.latency_ms > 150.0 for p in r.points)
     # 2026-11-28: the chosen int4 decoder answered 12 of 24 (fp32 decoders, at 300 ms, 18 of 24)

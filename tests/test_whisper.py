@@ -37,7 +37,7 @@ def test_manifest_declares_the_cross_attention(exported):
     assert set(cross.outputs) <= {i.name for i in m.components["text_decoder"].inputs}
     assert [o.name for o in m.components["audio_encoder"].outputs] == list(cross.outputs)
     assert m.preprocess.audio.n_mels == 80 and m.prompt.media == {}
-    assert all(p["max_abs_diff"] <= 1e-4 * p["scale"] for p in m.report["parity"].values())
+    assert all(p.max_abs_diff <= 1e-4 * p.scale for p in m.report.parity.values())
 
 
 def test_transcription_tokens_match_transformers(checkpoint, exported, speech):

@@ -72,16 +72,16 @@ def test_quantized_whisper_exports_and_transcribes_close_to_float(
 ):
     bundle = _export(checkpoint, tmp_path / f"{device}-{precision}", device, precision)
     pipe, ref = edgemfm.load(bundle), edgemfm.load(float_bundle)
-    report = pipe.manifest.report["quantization"]
+    report = pipe.manifest.report.quantization
     assert set(report) == {"audio_encoder", "token_embedding", "text_decoder"}
     # every component measured: the decoder on its next-token distribution with the clips' cross-attention
-    assert all(report[c]["sqnr_db"] is not None and report[c]["cosine"] > 0.9 for c in report)
-    assert report["text_decoder"]["judged"]["by"] == "text_decoder"
+    assert all(report[c].sqnr_db is not None and report[c].cosine > 0.9 for c in report)
+    assert report["text_decoder"].judged.by == "text_decoder"
     if precision == "int8":
-        assert report["audio_encoder"]["sqnr_db"] >= 25 and report["text_decoder"]["judged"]["sqnr_db"] >= 20
+        assert report["audio_encoder"].sqnr_db >= 25 and report["text_decoder"].judged.sqnr_db >= 20
     if precision == "auto":
-        assert pipe.manifest.report["plan"]["tolerance_met"]
-        assert all(db >= 20 for db in pipe.manifest.report["plan"]["measured_sqnr_db"].values())
+        assert pipe.manifest.report.plan.tolerance_met
+        assert all(db >= 20 for db in pipe.manifest.report.plan.measured_sqnr_db.values())
     tokens = list(ref.generate_tokens("", audio=[str(speech)], max_new_tokens=40))
     assert len(tokens) == 40 and forced_choices(ref, str(speech), tokens) == tokens
     got = forced_choices(pipe, str(speech), tokens)

@@ -30,7 +30,7 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
         WhisperForConditionalGeneration,
     )
 
-    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+    from edgemfm.exporters.placeholder import SPECIALS, byte_tokenizer
 
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
@@ -79,7 +79,7 @@ def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
         WhisperFeatureExtractor,
     )
 
-    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+    from edgemfm.exporters.placeholder import SPECIALS, byte_tokenizer
 
     tok = byte_tokenizer()
     tok.add_special_tokens(list(QWEN2_AUDIO_SPECIALS))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def tiny_llava(path: Path, seed: int = 0) -> Path:
     """A LLaVA checkpoint: CLIP tower (30 px, 6 px patches), GQA Llama decoder with 3 KV heads."""
-    from edgemfm.exporters.default_model import write_llava
+    from edgemfm.exporters.placeholder import write_llava
 
     return write_llava(
         path,
@@ -36,7 +36,7 @@ def tiny_llava(path: Path, seed: int = 0) -> Path:
 
 def _tokenizer_with(specials: list[str]):
     """The byte-level tokenizer of the default model plus a family's special tokens, and their ids."""
-    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+    from edgemfm.exporters.placeholder import SPECIALS, byte_tokenizer
 
     tok = byte_tokenizer()
     tok.add_special_tokens(specials)

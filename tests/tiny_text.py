@@ -41,7 +41,7 @@ def tiny_text_model(architecture: str, path: Path, seed: int = 0) -> Path:
     import torch
     import transformers
 
-    from edgemfm.exporters.default_model import SPECIALS, byte_tokenizer
+    from edgemfm.exporters.placeholder import SPECIALS, byte_tokenizer
 
     tok = byte_tokenizer()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}

@@ -7,8 +7,8 @@ the table gives their order, which matters: norms and rotary embeddings are fuse
 attention patterns that contain them.
 
 Example:
-    >>> report = fuse(Path("stage/text_decoder.onnx"))            # doctest: +SKIP
-    >>> report["fused_ops"]                                        # doctest: +SKIP
+    >>> fusion = fuse(Path("stage/text_decoder.onnx"))            # doctest: +SKIP
+    >>> fusion.fused_ops                                           # doctest: +SKIP
     {'SkipSimplifiedLayerNormalization': 8, 'SimplifiedLayerNormalization': 1, 'MultiHeadAttention': 4}
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+
+from edgemfm.report import Fusion
 
 FUSIONS = ("rms_norm", "layer_norm", "rotary", "attention", "group_query_attention", "gelu", "silu", "fused_matmul")
 
@@ -40,7 +41,7 @@ FUSED_OPS = (
 TELLTALES = ("Softmax", "ReduceMean", "Erf", "Tanh", "Sin", "Sigmoid")
 
 
-def fuse(path: Path) -> dict[str, Any]:
+def fuse(path: Path) -> Fusion:
     """Fuse the ONNX graph at `path` in place; count fused patterns and unfused telltale ops."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common_passes
@@ -63,10 +64,10 @@ def fuse(path: Path) -> dict[str, Any]:
     optimize(model)
     ir.save(model, str(path))
     ops = Counter(node.op_type for node in model.graph)
-    return {
-        "nodes_before": before,
-        "nodes_after": sum(ops.values()),
-        "fused_ops": {op: n for op, n in ops.items() if op in FUSED_OPS},
-        "unfused_ops": {op: n for op, n in ops.items() if op in TELLTALES},
-        "rules_fired": {rule: n for rule, n in rules.items() if n},
-    }
+    return Fusion(
+        nodes_before=before,
+        nodes_after=sum(ops.values()),
+        fused_ops={op: n for op, n in ops.items() if op in FUSED_OPS},
+        unfused_ops={op: n for op, n in ops.items() if op in TELLTALES},
+        rules_fired={rule: n for rule, n in rules.items() if n},
+    )

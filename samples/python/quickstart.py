@@ -13,7 +13,8 @@ parser.add_argument("--image", default="samples/demo_model/media/shape.png")
 parser.add_argument("--audio", default="samples/demo_model/media/word.wav")
 args = parser.parse_args()
 
-bundle = edgemfm.export(device=args.device, out=f"bundles/default-{args.device}", force=True)
+config = edgemfm.ExportConfig(device=args.device, out=f"bundles/default-{args.device}", force=True)
+bundle = edgemfm.export(config)
 pipe = edgemfm.load(bundle)
 print(f"running on {pipe.provider}")
 for prompt, media in (

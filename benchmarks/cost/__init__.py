@@ -1,0 +1,1 @@
+"""The cost model: its measured figures and how well it predicts measured latency."""

@@ -1,0 +1,1 @@
+"""The runtime: decode speed, speculative decoding, the cascade, pre-processing, .pte against ONNX."""

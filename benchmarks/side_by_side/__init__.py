@@ -1,0 +1,1 @@
+"""edgemfm against the tools a user would pick instead, one model a module; run.py drives them."""

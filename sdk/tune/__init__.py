@@ -1,0 +1,128 @@
+"""`edgemfm tune`: the best-quality point of resolution, tokens, sequence length and precision under a budget.
+
+    float bundle (+ checkpoint) ─► parts: each component at each setting and precision (parts.py)
+        │ candidates = image (size, grid) x audio window x max sequence length x precision per component
+        │ latency: cost.predict over the candidate's parts on the device (one question: encoder, prompt
+        │          prefill with the media rows, answer tokens decoded); memory: weights + KV cache + activation
+        │ quality: held-out exact match through the runtime (--data), else the worst output cosine of
+        │          any component against float on calibration inputs (quality.py)
+        ▼ Pareto frontier (latency, memory down; quality up) ─► chosen: best quality within the budgets
+
+The modules, each importing only those before it: parts.py (the component graphs), quality.py
+(a bundle assembled from parts, its answers, the pool/Ray fan-out), search.py (candidates, their
+predicted cost and quality, the frontier, the choice), host.py (the chosen point written and timed
+on this host), render.py (JSON, table, PNG). This file is the verb that strings them together.
+
+Example:
+    >>> result = tune(device="pi5", latency_budget_ms=900, bundle="bundles/demo-host", data="work/demo/data")  # doctest: +SKIP
+    >>> result.chosen.latency_ms <= 900                                                                         # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from edgemfm.bundle import check_output, read_manifest
+from edgemfm.errors import InputError
+from edgemfm.profiles import load_profile
+from edgemfm.progress import Progress
+from edgemfm.tune.host import float_source, host_check, write_chosen
+from edgemfm.tune.parts import Space, build_parts
+from edgemfm.tune.render import plot, table, to_json
+from edgemfm.tune.search import (
+    ANSWER_TOKENS,
+    PROMPT_TOKENS,
+    Candidate,
+    HostCheck,
+    Point,
+    Result,
+    candidates,
+    choose,
+    default_space,
+    pareto,
+    predicted,
+    score,
+)
+
+__all__ = ["Candidate", "HostCheck", "Point", "Result", "Space", "choose", "plot", "table", "to_json", "tune"]
+
+
+def tune(
+    device: str,
+    latency_budget_ms: float,
+    memory_budget_mb: float | None = None,
+    model: str | Path | None = None,
+    bundle: str | Path | None = None,
+    data: str | Path | None = None,
+    questions: int = 12,
+    space: Space | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    scratch: str | Path | None = None,
+    prompt_tokens: int = PROMPT_TOKENS,
+    answer_tokens: int = ANSWER_TOKENS,
+    progress: Progress | None = None,
+    apply: str | Path | None = None,
+    force: bool = False,
+) -> Result:
+    """Search the space for `device`; returns every point, the frontier flags and the chosen point.
+
+    `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
+    `model` is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
+    held-out task; without it quality is each component's fidelity to float. `apply` writes the
+    chosen point as a bundle there (an existing one only with `force`). `progress` hears each
+    step (see `edgemfm.progress`); without it nothing is printed.
+
+    Example:
+        >>> r = tune("pi5", 900, bundle="bundles/demo-host", model=demo_dir, data="/tmp/demo-data")  # doctest: +SKIP
+        >>> r.chosen.candidate.describe(r.manifest)["text_decoder"]                                 # doctest: +SKIP
+        'int8'
+    """
+    profile = load_profile(device)
+    memory_budget_mb = profile.default_memory_budget_mb if memory_budget_mb is None else memory_budget_mb
+    if not latency_budget_ms > 0 or not memory_budget_mb > 0:
+        raise InputError(
+            f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
+        )
+    if workers < 1:
+        raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
+    if apply is not None:
+        check_output(apply, force)  # before the slow part
+    with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp:
+        tmp = Path(tmp)
+        from edgemfm.toolchain import quiet
+
+        with quiet():  # the toolchain's own warnings and bars; ours tells the story
+            source, model_dir = float_source(model, bundle, data is not None, tmp, progress)
+            manifest = read_manifest(source)
+            space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
+            parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)
+        cands = candidates(space, manifest)
+        quality, metric = score(
+            cands,
+            parts,
+            manifest,
+            profile,
+            source,
+            Path(data) if data else None,
+            questions,
+            tmp,
+            workers,
+            ray_address,
+            progress,
+        )
+        points = []
+        for c in cands:
+            latency, memory, longest = predicted(c, parts, manifest, profile, model_dir, prompt_tokens, answer_tokens)
+            if longest <= c.seq_len:  # a question that does not fit the cache is no candidate
+                points.append(Point(c, latency, memory, quality[c]))
+        points = pareto(points)
+        chosen = choose(points, latency_budget_ms, memory_budget_mb)
+        result = Result(profile, manifest, points, chosen, metric)
+        if apply is not None:
+            write_chosen(result, parts, source, Path(apply), force)
+        check = host_check(result, parts, source, tmp / "chosen", model_dir, answer_tokens)
+    return replace(result, host=check)

@@ -1,0 +1,234 @@
+"""The parts `edgemfm tune` combines: each component graph at each setting and precision, built once.
+
+    float bundle ─► every component at each precision (quantizers.apply, presets.recipe_for the device)
+    demo model   ─► vision encoder per (image size, grid), audio encoder per window: exported again
+                    from the checkpoint (the tower's grid pooling is adaptive; Whisper's positions cut)
+    every part   ─► its manifest record (shapes, weight bytes, FLOPs), node count, and SQNR / cosine of
+                    its output against its float graph on calibration inputs
+
+A candidate picks one part per component; its latency and memory come from the cost model over
+those records, its quality from the parts' fidelity or a held-out task (edgemfm.tune.quality).
+
+Example:
+    >>> parts = build_parts(space, bundle, manifest, load_profile("pi5"), None, scratch)  # doctest: +SKIP
+    >>> parts[("text_decoder", (), "int4")].record.weight_bytes                           # doctest: +SKIP
+    89653248
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgemfm.cost import nodes_of
+from edgemfm.errors import InputError
+from edgemfm.manifest import Component, Manifest
+from edgemfm.profiles import DeviceProfile
+from edgemfm.progress import Progress, counter
+from edgemfm.quantizers import presets
+
+DEMO_FAMILY = "edgemfm-demo"
+POSITIONS_PER_S = 50  # Whisper: 100 mel frames per second, halved by the encoder's stride-2 convolution
+Key = tuple[str, tuple, str]  # (component, setting, precision)
+
+
+@dataclass(frozen=True)
+class Part:
+    component: str
+    setting: tuple  # (): the bundle's own graph; (size, grid) of a vision variant; (window_s,) of an audio one
+    precision: str  # fp32, int8 or int4
+    path: Path  # the graph file
+    record: Component  # manifest record: shapes, weight bytes at this precision, FLOPs per item
+    nodes: int
+    sqnr_db: float | None  # output vs the float graph of the same setting on calibration inputs
+    cosine: float | None
+
+
+@dataclass(frozen=True)
+class Space:
+    """What the tuner searches; media settings only for a model whose family can re-export its encoders."""
+
+    image: tuple[tuple[int, int], ...]  # (image size in pixels, vision grid cells per side)
+    audio: tuple[float, ...]  # audio window seconds
+    seq_lens: tuple[int, ...]  # KV cache positions
+    encoder_precisions: tuple[str, ...]  # for vision_encoder and audio_encoder
+    decoder_precisions: tuple[str, ...]  # for every other component (decoder, embedding, projector)
+
+    def precisions_of(self, component: str, manifest: Manifest) -> tuple[str, ...]:
+        return self.encoder_precisions if component in media_encoders(manifest) else self.decoder_precisions
+
+
+def media_encoders(manifest: Manifest) -> dict[str, str]:
+    """encoder component -> media kind ("image", "audio")."""
+    return {m.encoder: kind for kind, m in manifest.prompt.media.items()}
+
+
+def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple, ...]:
+    """The settings a component is built at: the media knobs for a demo encoder, else only its own graph."""
+    kind = media_encoders(manifest).get(component)
+    if manifest.family == DEMO_FAMILY and kind == "image" and space.image:
+        return space.image
+    if manifest.family == DEMO_FAMILY and kind == "audio" and space.audio:
+        return tuple((w,) for w in space.audio)
+    return ((),)
+
+
+def check_window(window_s: float, config: dict[str, Any]) -> int:
+    """Whisper positions of an audio window; refuses one whose rows would not pool evenly."""
+    positions = round(window_s * POSITIONS_PER_S)
+    pool, limit = config["audio_pool"], config["audio_config"]["max_source_positions"]
+    if abs(positions - window_s * POSITIONS_PER_S) > 1e-6 or positions % pool or not 0 < positions <= limit:
+        step = pool / POSITIONS_PER_S
+        raise InputError(
+            f"audio window {window_s:g} s is not available; allowed: multiples of {step:g} s up to {limit / POSITIONS_PER_S:g} s"
+        )
+    return positions
+
+
+def export_demo_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tuple[Component, int]:
+    """Export the demo model's `kind` encoder at `setting` to `path`: (its record, its node count)."""
+    import torch
+
+    from edgemfm.exporters import demo
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.onnx import write_onnx
+
+    model = demo.load(model_dir)
+    if kind == "image":
+        size, grid = setting
+        model.config = {**model.config, "vision_grid": grid}  # adaptive pooling: grid x grid rows per image
+        name, example = "pixel_values", torch.randn(1, 3, size, size)
+    else:
+        positions = check_window(setting[0], model.config)
+        tower = model.audio_tower  # Whisper checks the mel length against its positions: cut both
+        tower.config.max_source_positions = tower.max_source_positions = positions
+        tower.embed_positions = torch.nn.Embedding.from_pretrained(tower.embed_positions.weight[:positions].clone())
+        name, example = "input_features", torch.randn(1, demo.AUDIO.n_mels, 2 * positions)
+    out = f"{kind}_features"
+    unit = ExportUnit(
+        module=demo._Encoder(model, kind).eval(),
+        args=(example,),
+        input_names=(name,),
+        output_names=(out,),
+        dynamic_axes={name: {0: "items"}, out: {0: "items"}},
+    )
+    record, parity = write_onnx(unit, path, demo.FAMILY.tolerance)
+    return record, parity["nodes"]
+
+
+def variant_preprocess(manifest: Manifest, kind: str, setting: tuple) -> Any:
+    """The bundle's pre-processing with a media setting applied (image size, audio clip length)."""
+    p = manifest.preprocess
+    if kind == "image" and setting:
+        return replace(p, image=replace(p.image, size=setting[0], crop=setting[0]))
+    if kind == "audio" and setting:
+        return replace(p, audio=replace(p.audio, n_samples=round(setting[0] * p.audio.sampling_rate)))
+    return p
+
+
+def _calibration(float_dir: Path, manifest: Manifest) -> dict[str, list[dict[str, np.ndarray]]]:
+    from edgemfm.quantizers.calibration import component_feeds
+
+    return component_feeds(float_dir, manifest)
+
+
+def _image_feeds(manifest: Manifest, setting: tuple, input_name: str) -> list[dict[str, np.ndarray]]:
+    from edgemfm.quantizers.calibration import drawings
+    from edgemfm.runtimes.preprocess import PREPROCESSORS
+
+    spec = replace(manifest, preprocess=variant_preprocess(manifest, "image", setting)).preprocess
+    return [{input_name: PREPROCESSORS["image"](img, spec)[0][None]} for img in drawings()]
+
+
+def _count_nodes(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: list, scratch: Path) -> Part:
+    """`base` (a float part) quantized to `precision` with the device's preset, measured against it."""
+    from edgemfm.quantizers.apply import quantize_component
+    from edgemfm.quantizers.context import Context
+    from edgemfm.quantizers.metrics import compare
+
+    recipe = presets.recipe_for(profile, precision)
+    group = presets.group_size(profile) if 4 in profile.weight_bits else 32
+    path = base.path.with_name(f"{base.path.stem}.{precision}.onnx")
+    entry = quantize_component(base.path, path, base.component, recipe, Context(feeds, profile, scratch), group)
+    output = base.record.outputs[0].name
+    fidelity = {"sqnr_db": None, "cosine": None}
+    if feeds:
+        from edgemfm.quantizers.metrics import outputs
+
+        fidelity = compare(outputs(base.path, feeds, output), path, feeds, output)
+    return Part(
+        base.component,
+        base.setting,
+        precision,
+        path,
+        replace(base.record, weight_bytes=entry.weight_bytes),
+        _count_nodes(path),
+        fidelity["sqnr_db"],
+        fidelity["cosine"],
+    )
+
+
+def build_parts(
+    space: Space,
+    bundle: Path,
+    manifest: Manifest,
+    profile: DeviceProfile,
+    model_dir: Path | None,
+    scratch: Path,
+    progress: Progress | None = None,
+) -> dict[Key, Part]:
+    """Every (component, setting, precision) part the space needs, written under `scratch`."""
+    from edgemfm.toolchain import quiet_quantizers
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    calibration = _calibration(bundle, manifest)
+    kinds = media_encoders(manifest)
+    jobs = [(n, s) for n in manifest.components for s in settings_of(space, manifest, n)]
+    if any(s for _, s in jobs) and model_dir is None:
+        raise InputError(
+            "image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
+        )
+    parts: dict[Key, Part] = {}
+    advance = counter(progress, "building parts", len(jobs))
+    with quiet_quantizers():
+        for name, setting in jobs:
+            c = manifest.components[name]
+            path = scratch / f"{name}{''.join(f'-{v:g}' for v in setting)}.onnx"
+            if setting:
+                record, nodes = export_demo_encoder(model_dir, kinds[name], setting, path)
+            else:
+                shutil.copyfile(bundle / c.file, path)
+                record, nodes = c, nodes_of(manifest, name) or _count_nodes(path)
+            base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0)
+            parts[(name, setting, "fp32")] = base
+            feeds = calibration.get(name, [])
+            if setting and kinds.get(name) == "image":
+                feeds = _image_feeds(manifest, setting, c.inputs[0].name)
+            elif setting:
+                feeds = []  # no built-in audio calibration: quantized unmeasured, as `export` does
+            for precision in (p for p in space.precisions_of(name, manifest) if p != "fp32"):
+                parts[(name, setting, precision)] = quantized_part(base, precision, profile, feeds, scratch)
+            advance()
+    return parts
+
+
+def media_rows(manifest: Manifest, kind: str, setting: tuple, model_dir: Path | None) -> int:
+    """Decoder rows one media item becomes at `setting` (the bundle's own length when no setting)."""
+    if not setting:
+        spec = manifest.components[manifest.prompt.media[kind].encoder].outputs[0]
+        return int(spec.shape[1])
+    if kind == "image":
+        return setting[1] ** 2
+    config = json.loads((model_dir / "config.json").read_text())
+    return check_window(setting[0], config) // config["audio_pool"]
