@@ -38,7 +38,15 @@ CORE = (
     "edgemfm.toolchain",
     "edgemfm.cost",
 )
-VERBS = ("edgemfm.exporting", "edgemfm.finetune", "edgemfm.tune", "edgemfm.bench", "edgemfm.measure", "edgemfm.cli")
+VERBS = (
+    "edgemfm.exporting",
+    "edgemfm.finetune",
+    "edgemfm.tune",
+    "edgemfm.bench",
+    "edgemfm.measure",
+    "edgemfm.speech",  # `edgemfm run` on speech: long-form, transcript files, live PCM from stdin
+    "edgemfm.cli",
+)
 PACKAGE = "edgemfm"  # the facade, edgemfm/__init__.py; every module is under it
 RUNTIMES = ("edgemfm.runtimes",)
 HOST = ("edgemfm.exporters", "edgemfm.quantizers", "edgemfm.pruners")
