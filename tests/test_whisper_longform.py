@@ -3,6 +3,7 @@ English-only Whisper with Whisper's special and timestamp tokens, checked agains
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_audio import speech_wav
@@ -224,3 +225,61 @@ def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_
     # a longer recording than the window is transcribed whole without asking
     assert main(["run", str(exported), "--audio", str(long_speech)]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def _segment(start, end, tokens):
+    from edgemfm.runtimes.longform import Segment
+
+    return Segment(start, end, "", tuple(tokens))
+
+
+def test_live_commits_what_two_hypotheses_agree_on_and_never_rewrites(exported3, monkeypatch):
+    """LocalAgreement-2 on scripted hypotheses (byte tokens; 1769 a timestamp past the window)."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    hypotheses = iter(
+        [
+            [_segment(0.0, 2.0, ids("the cat"))],
+            [_segment(0.0, 2.0, ids("the cap is"))],  # agrees on "the ca"
+            [_segment(0.0, 1.0, ids("the cap")), _segment(1.0, 2.5, ids(" is red"))],  # "the cap" whole: cut at 1 s
+            [_segment(0.0, 1.5, ids(" is read"))],  # the buffer now starts at 1 s
+            [_segment(0.0, 1.5, ids(" is ready"))],
+        ]
+    )
+    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    monkeypatch.setattr(live, "_hypothesis", lambda: next(hypotheses))
+    chunks = [np.zeros(16000, np.float32)] * 4
+    updates = list(live.feed(chunks))
+    assert [u.committed for u in updates] == ["", "the ca", "p is", " re", "ady"]
+    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 4.0, 4.0]
+    done = updates[-1].segments
+    assert [(s.start, s.text) for s in done] == [(0.0, "the cap"), (1.0, " is ready")]
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
+
+
+def test_live_text_is_prefix_stable_and_whole_audio_at_once_is_the_longform_text(exported3, long_speech):
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    longform = "".join(s.text for s in pipe.transcribe(samples))
+    once = list(pipe.transcribe_stream([samples], step_s=len(samples) / 16000 + 1))
+    assert len(once) == 1 and once[0].committed == longform  # nothing to agree on: the long-form rule itself
+    updates = list(pipe.transcribe_stream((samples[i : i + 8000] for i in range(0, len(samples), 8000)), step_s=1.0))
+    committed = "".join(u.committed for u in updates)
+    assert len(updates) == len(samples) // 16000 + 1 and committed
+    assert "".join(s.text for s in updates[-1].segments) == committed  # the segments hold exactly what was committed
+    assert all(s.start >= 0 and s.end >= s.start for s in updates[-1].segments)
+
+
+def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch, capsys):
+    import io
+    import types
+
+    pcm = (np.clip(_samples(long_speech)[: 16000 * 8], -1, 1) * 32767).astype("<i2").tobytes()
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(pcm)))
+    assert main(["run", str(exported3), "--audio", "-", "--timestamps"]) == 0
+    out = capsys.readouterr().out  # the random model's text holds any byte, newlines too
+    assert "\n[00:00:0" in out and " → " in out
+    assert main(["run", str(exported3), "--audio", "-", "--audio", str(long_speech)]) == 2
+    assert "exactly one audio input" in capsys.readouterr().err

@@ -144,7 +144,7 @@ def tiny_whisper_en(
     from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
     from transformers import WhisperForConditionalGeneration as Whisper
 
-    from edgemfm.exporters.default_model import byte_tokenizer
+    from edgemfm.exporters.placeholder import byte_tokenizer
 
     tok = byte_tokenizer()
     tok.add_special_tokens([*WHISPER_SPECIALS, *(f"<|{i * 0.02:.2f}|>" for i in range(1501))])
