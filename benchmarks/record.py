@@ -47,12 +47,13 @@ def write(name: str, rows: list[dict], **extra) -> Path:
     >>> write("audio_preprocess", [{"step": "log-mel, 80 bins", "edgemfm_ms": 171.5}])  # doctest: +SKIP
     """
     from edgemfm.bench import machine
+    from edgemfm.records import to_dict
 
     record = {
         "name": name,
         "command": command(),
         "commit": commit(),
-        "machine": machine(),
+        "machine": to_dict(machine()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": rows,
         **extra,

@@ -21,12 +21,13 @@ this runs where the bundle runs.
 
 Example:
     >>> report = bench(["bundles/smollm2-int4"], BenchConfig(tokens=64, text="benchmarks/eval_en.txt"))  # doctest: +SKIP
-    >>> report["results"][0]["decode_tokens_per_s"] > 0                                                # doctest: +SKIP
+    >>> report.results[0].decode_tokens_per_s > 0                                                       # doctest: +SKIP
     True
 """
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
+from edgemfm.records import from_dict, to_dict
 from edgemfm.runtimes.decoding import nll
 
 MiB = 2**20
@@ -102,12 +104,104 @@ def memory_bandwidth(threads: int = 1, mib: int = 512, repeats: int = 5) -> floa
     return data.nbytes / best
 
 
-def machine() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Machine:
+    """The machine the figures were measured on: what a reader needs next to them."""
+
+    cpu: str  # model name from /proc/cpuinfo, else platform's processor
+    cores: int | None  # os.cpu_count(); None where the OS does not say
+    load_average: tuple[float, ...]  # 1, 5 and 15 minutes: a loaded machine decodes slower
+    platform: str  # OS and kernel
+
+
+@dataclass(frozen=True)
+class EncoderTime:
+    """One encoder's median latency, pre-processing included: per image, or per second of audio."""
+
+    ms_per_image: float | None = None  # image encoders
+    ms_per_audio_second: float | None = None  # audio encoders: a full window over its length
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Every timed run's figure, in order: the medians' spread."""
+
+    ttft_s: tuple[float, ...]
+    decode_tokens_per_s: tuple[float, ...]
+    decode_tokens_per_cpu_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Every figure of one bundle, measured in a process of its own."""
+
+    bundle: str  # the path given
+    model_id: str
+    profile: str  # the device profile the bundle was built for
+    precision: str  # the report's: fp32, int8, int4, auto ...
+    provider: str  # the execution provider the decoder ran on
+    size_bytes: int  # the bundle's files on disk
+    weights_read_per_token_bytes: int  # the decoder's weight bytes, read once per decode step
+    ttft_s: float  # median time to the first token
+    decode_tokens_per_s: float  # median, after the first token
+    decode_tokens_per_cpu_s: float  # steadier than wall time on a shared machine
+    runs: Runs
+    encoders: dict[str, EncoderTime]  # encoder component -> latency
+    perplexity: float | None  # None: no --text, or a transcriber's decoder
+    perplexity_tokens: int  # tokens scored; 0 with no perplexity
+    sqnr_db: dict[str, float]  # component -> SQNR from the bundle's report
+    peak_rss_bytes: int  # generating and encoding; the perplexity pass comes after
+    decode_efficiency: float | None = None  # bench fills it: weight bytes x tokens/s / bandwidth; measure alone: None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What `edgemfm bench` writes to --json: the machine, its read bandwidth, the config, one result per bundle.
+
+    These records live here, beside the code that measures them, not in report.py: they are what
+    one machine measured of some bundles, never part of a bundle's report (report.py is what a
+    bundle says about itself), and a reader of bench.json needs only this torch-free module.
+
+    Example:
+        >>> from_dict(BenchReport, to_dict(report)) == report  # doctest: +SKIP
+        True
+    """
+
+    machine: Machine
+    memory_bandwidth_bytes_per_s: float  # measured in the same run
+    config: BenchConfig
+    results: tuple[BenchResult, ...]  # in the order the bundles were given
+    version: int = 1  # of this format
+
+
+def read_report(path: str | Path) -> BenchReport:
+    """The BenchReport a `bench --json` wrote; ConfigError naming the key for a file of another shape.
+
+    Example:
+        >>> read_report("bench.json").results[0].precision  # doctest: +SKIP
+        'int4'
+    """
+    return from_dict(BenchReport, json.loads(Path(path).read_text()), where=str(path))
+
+
+def write_report(report: BenchReport, path: str | Path) -> Path:
+    """Write `report` as JSON (records.to_dict), the form read_report reads back.
+
+    Example:
+        >>> write_report(report, "bench.json")  # doctest: +SKIP
+        PosixPath('bench.json')
+    """
+    path = Path(path)
+    path.write_text(json.dumps(to_dict(report), indent=1) + "\n")
+    return path
+
+
+def machine() -> Machine:
     """The CPU model, core count and load average: what a reader needs next to the figures.
 
     Example:
-        >>> sorted(machine())
-        ['cores', 'cpu', 'load_average', 'platform']
+        >>> machine().cores == os.cpu_count()
+        True
     """
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -121,12 +215,9 @@ def machine() -> dict[str, Any]:
             model,
         )
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "load_average": [round(x, 2) for x in load],
-        "platform": platform.platform(),
-    }
+    return Machine(
+        cpu=model, cores=os.cpu_count(), load_average=tuple(round(x, 2) for x in load), platform=platform.platform()
+    )
 
 
 def _median_runs(fn, config: BenchConfig) -> list[Any]:
@@ -175,7 +266,7 @@ def media_item(manifest, kind: str) -> Any:
     return (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # a full window: the encoder's whole cost
 
 
-def _encoder_ms(pipe, config: BenchConfig) -> dict[str, dict[str, float]]:
+def _encoder_ms(pipe, config: BenchConfig) -> dict[str, EncoderTime]:
     """Per encoder: median ms per image, or per second of audio, pre-processing included."""
     from edgemfm.runtimes.media import needs_preparing
 
@@ -196,9 +287,9 @@ def _encoder_ms(pipe, config: BenchConfig) -> dict[str, dict[str, float]]:
         times = _median_runs(lambda: _timed(run), config)  # noqa: B023
         ms = statistics.median(times) * 1000
         out[encoder] = (
-            {"ms_per_image": ms}
+            EncoderTime(ms_per_image=ms)
             if kind == "image"
-            else {"ms_per_audio_second": ms / (len(item) / m.preprocess.audio.sampling_rate)}
+            else EncoderTime(ms_per_audio_second=ms / (len(item) / m.preprocess.audio.sampling_rate))
         )
     return out
 
@@ -228,11 +319,11 @@ def perplexity(pipe, text: str) -> tuple[float, int]:
     return math.exp(total / (len(ids) - 1)), len(ids) - 1
 
 
-def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
+def measure(path: str | Path, config: BenchConfig) -> BenchResult:
     """Every figure for one bundle, in this process (call it in a fresh one for a true peak memory).
 
     Example:
-        >>> measure("bundles/demo-host", BenchConfig(repeats=1))["ttft_s"]  # doctest: +SKIP
+        >>> measure("bundles/demo-host", BenchConfig(repeats=1)).ttft_s  # doctest: +SKIP
         0.21
     """
     from edgemfm.runtimes import budget
@@ -243,49 +334,45 @@ def measure(path: str | Path, config: BenchConfig) -> dict[str, Any]:
     runs = _median_runs(lambda: _decode_once(pipe, config), config)
     ttft, rate, cpu_rate = (statistics.median(r[i] for r in runs) for i in range(3))
     decoder = m.components[m.generation.decoder]
-    result = {
-        "bundle": str(path),
-        "model_id": m.model_id,
-        "profile": m.profile,
-        "precision": m.report.precision,
-        "provider": pipe.provider,
-        "size_bytes": sum(f.bytes for f in m.files.values()),
-        "weights_read_per_token_bytes": decoder.weight_bytes,
-        "ttft_s": ttft,
-        "decode_tokens_per_s": rate,
-        "decode_tokens_per_cpu_s": cpu_rate,  # steadier than wall time on a shared machine
-        "runs": {
-            "ttft_s": [r[0] for r in runs],
-            "decode_tokens_per_s": [r[1] for r in runs],
-            "decode_tokens_per_cpu_s": [r[2] for r in runs],
-        },
-        "encoders": _encoder_ms(pipe, config),
-        "perplexity": None,
-        "perplexity_tokens": 0,
-        "sqnr_db": {name: q.sqnr_db for name, q in m.report.quantization.items() if q.sqnr_db is not None},
-        "peak_rss_bytes": budget.peak_resident_bytes(),  # generating and encoding; the perplexity pass's full logits come after
-    }
+    encoders = _encoder_ms(pipe, config)
+    peak = budget.peak_resident_bytes()  # generating and encoding; the perplexity pass's full logits come after
+    ppl, scored = None, 0
     if (
         config.text is not None and decoder.cross_attention is None
     ):  # a transcriber's decoder is not a language model of free text
-        result["perplexity"], result["perplexity_tokens"] = perplexity(
-            pipe, Path(config.text).read_text(encoding="utf-8")
-        )
-    return result
+        ppl, scored = perplexity(pipe, Path(config.text).read_text(encoding="utf-8"))
+    return BenchResult(
+        bundle=str(path),
+        model_id=m.model_id,
+        profile=m.profile,
+        precision=m.report.precision,
+        provider=pipe.provider,
+        size_bytes=sum(f.bytes for f in m.files.values()),
+        weights_read_per_token_bytes=decoder.weight_bytes,
+        ttft_s=ttft,
+        decode_tokens_per_s=rate,
+        decode_tokens_per_cpu_s=cpu_rate,
+        runs=Runs(tuple(r[0] for r in runs), tuple(r[1] for r in runs), tuple(r[2] for r in runs)),
+        encoders=encoders,
+        perplexity=ppl,
+        perplexity_tokens=scored,
+        sqnr_db={name: q.sqnr_db for name, q in m.report.quantization.items() if q.sqnr_db is not None},
+        peak_rss_bytes=peak,
+    )
 
 
 def bench(
     bundles: list[str | Path],
     config: BenchConfig = BenchConfig(),  # noqa: B008
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Measure each bundle in a fresh process, one after the other, and the memory bandwidth once.
 
     `progress` hears each step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> report = bench(["bundles/int4", "bundles/fp32"], BenchConfig(tokens=32, repeats=3))  # doctest: +SKIP
-        >>> [r["decode_efficiency"] < 1 for r in report["results"]]                             # doctest: +SKIP
+        >>> [r.decode_efficiency < 1 for r in report.results]                                   # doctest: +SKIP
         [True, True]
     """
     from edgemfm.bundle import read_manifest
@@ -302,18 +389,13 @@ def bench(
         advance(note=f"measuring {path}")
         with context.Pool(1) as pool:
             result = pool.apply(measure, (str(path), config))
-        result["decode_efficiency"] = result["weights_read_per_token_bytes"] * result["decode_tokens_per_s"] / bandwidth
-        results.append(result)
+        efficiency = result.weights_read_per_token_bytes * result.decode_tokens_per_s / bandwidth
+        results.append(replace(result, decode_efficiency=efficiency))
     advance(note="done")
-    return {
-        "machine": machine(),
-        "memory_bandwidth_bytes_per_s": bandwidth,
-        "config": asdict(config),
-        "results": results,
-    }
+    return BenchReport(machine=machine(), memory_bandwidth_bytes_per_s=bandwidth, config=config, results=tuple(results))
 
 
-def table(report: dict[str, Any]):
+def table(report: BenchReport):
     """The results as a rich Table, one row per bundle.
 
     Example:
@@ -321,10 +403,9 @@ def table(report: dict[str, Any]):
     """
     from rich.table import Table
 
-    bw = report["memory_bandwidth_bytes_per_s"]
-    m = report["machine"]
+    bw, m = report.memory_bandwidth_bytes_per_s, report.machine
     t = Table(
-        title=f"edgemfm bench: {m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}, read bandwidth {bw / 1e9:.1f} GB/s"
+        title=f"edgemfm bench: {m.cpu}, {m.cores} cores, load {m.load_average[0]:g}, read bandwidth {bw / 1e9:.1f} GB/s"
     )
     for col in (
         "bundle",
@@ -339,23 +420,24 @@ def table(report: dict[str, Any]):
         "perplexity",
     ):
         t.add_column(col, justify="left" if col in ("bundle", "precision", "encoders") else "right")
-    for r in report["results"]:
+    for r in report.results:
         encoders = ", ".join(
-            f"{name} {v:.1f} {'ms/image' if k == 'ms_per_image' else 'ms/audio s'}"
-            for name, e in r["encoders"].items()
-            for k, v in e.items()
+            f"{name} {e.ms_per_image:.1f} ms/image"
+            if e.ms_per_image is not None
+            else f"{name} {e.ms_per_audio_second:.1f} ms/audio s"
+            for name, e in r.encoders.items()
         )
         t.add_row(
-            Path(r["bundle"]).name,
-            r["precision"],
-            f"{r['size_bytes'] / MiB:.1f}",
-            f"{r['ttft_s'] * 1000:.1f}",
-            f"{r['decode_tokens_per_s']:.1f}",
-            f"{r['decode_tokens_per_cpu_s']:.1f}",
-            f"{r['decode_efficiency']:.0%}",
+            Path(r.bundle).name,
+            r.precision,
+            f"{r.size_bytes / MiB:.1f}",
+            f"{r.ttft_s * 1000:.1f}",
+            f"{r.decode_tokens_per_s:.1f}",
+            f"{r.decode_tokens_per_cpu_s:.1f}",
+            f"{r.decode_efficiency:.0%}" if r.decode_efficiency is not None else "-",
             encoders or "-",
-            f"{r['peak_rss_bytes'] / MiB:.0f}",
-            f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-",
+            f"{r.peak_rss_bytes / MiB:.0f}",
+            f"{r.perplexity:.2f}" if r.perplexity is not None else "-",
         )
     return t
 
@@ -376,7 +458,7 @@ def plotting(out: str | Path) -> Any:
     return plt
 
 
-def plot(report: dict[str, Any], out: str | Path) -> Path:
+def plot(report: BenchReport, out: str | Path) -> Path:
     """A PNG with decode tokens/s, time to first token and peak memory per bundle (matplotlib, from the export extra).
 
     Example:
@@ -384,20 +466,20 @@ def plot(report: dict[str, Any], out: str | Path) -> Path:
         PosixPath('bench.png')
     """
     out, plt = Path(out), plotting(out)
-    rows = report["results"]
-    names = [Path(r["bundle"]).name for r in rows]
+    rows = report.results
+    names = [Path(r.bundle).name for r in rows]
     panels = (
-        ("decode tokens/s", [r["decode_tokens_per_s"] for r in rows]),
-        ("time to first token (ms)", [r["ttft_s"] * 1000 for r in rows]),
-        ("peak resident memory (MiB)", [r["peak_rss_bytes"] / MiB for r in rows]),
+        ("decode tokens/s", [r.decode_tokens_per_s for r in rows]),
+        ("time to first token (ms)", [r.ttft_s * 1000 for r in rows]),
+        ("peak resident memory (MiB)", [r.peak_rss_bytes / MiB for r in rows]),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.6 * len(rows) + 1.5), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels):
         ax.barh(names, values, color="tab:blue")
         ax.set_title(title)
         ax.invert_yaxis()
-    m = report["machine"]
-    fig.suptitle(f"{m['cpu']}, {m['cores']} cores, load {m['load_average'][0]:g}", fontsize=9)
+    m = report.machine
+    fig.suptitle(f"{m.cpu}, {m.cores} cores, load {m.load_average[0]:g}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.png")  # nothing half-written on failure

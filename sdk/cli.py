@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from edgemfm.bench import BenchConfig, bench, plot, plotting, table
+    from edgemfm.bench import BenchConfig, bench, plot, plotting, table, write_report
 
     config = BenchConfig(
         prompt=args.prompt,
@@ -220,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         report = bench([args.bundle, *args.baselines], config, progress)
     out.print(table(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_report(report, args.json)
         out.print(f"[green]wrote[/green] {args.json}")
     if args.plot:
         out.print(f"[green]wrote[/green] {plot(report, args.plot)}")

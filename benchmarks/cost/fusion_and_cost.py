@@ -98,9 +98,7 @@ def main() -> None:
                 pipes["fused"].manifest, load_profile(args.device), context=args.context, prefill=args.prefill
             )
         }
-        nodes = {
-            k: {c: p.manifest.report["parity"][c]["nodes"] for c in p.manifest.components} for k, p in pipes.items()
-        }
+        nodes = {k: {c: p.manifest.report.parity[c].nodes for c in p.manifest.components} for k, p in pipes.items()}
     print(
         "| call | unfused ms | fused ms | speed-up | unfused CPU ms | fused CPU ms | CPU speed-up | predicted ms (roofline) | fused / predicted |"
     )

@@ -45,6 +45,7 @@ from edgemfm.finetune import TRAINABLE, _features, _projected, _sequence, _tune,
 from edgemfm.pruners.prune import PruneConfig, prune_model
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import count_parameters
+from edgemfm.records import to_dict
 
 # SmolLM2-135M: 30 blocks, 3 KV heads (3 query heads each), MLP width 1536. With 3 KV groups a
 # grouped-query head cut comes in thirds only: 1 of 3 is the one setting near 10-30%.
@@ -200,7 +201,10 @@ def pruned_copy(base, config: PruneConfig | None, calibration: list, bar) -> tup
     if config is not None:
         calls = [lambda x=x, lm=lm: lm(inputs_embeds=x, use_cache=False) for x in calibration]
         report = prune_model(lm, None, config, [], progress=bar, calls=calls)
-        row["stages"] = [{k: s[k] for k in ("granularity", "count", "parameters_removed")} for s in report["stages"]]
+        row["stages"] = [
+            {"granularity": s.granularity, "count": s.count, "parameters_removed": s.parameters_removed}
+            for s in report.stages
+        ]
     row["decoder_parameters"] = count_parameters(lm)
     row["mlp_parameters"] = sum(p.numel() for layer in lm.model.layers for p in layer.mlp.parameters())
     return model, row
@@ -267,15 +271,17 @@ def main() -> None:
                 if recovery is not None and config is not None:
                     lm = model.language_model
                     lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
-                    row["recovery"] = distil(
-                        lm,
-                        base.language_model,
-                        None,
-                        [],
-                        recovery,
-                        sequences=recovery_data,
-                        progress=bar,
-                        labels=recovery_labels,
+                    row["recovery"] = to_dict(  # rows.json holds plain JSON, read back as dicts
+                        distil(
+                            lm,
+                            base.language_model,
+                            None,
+                            [],
+                            recovery,
+                            sequences=recovery_data,
+                            progress=bar,
+                            labels=recovery_labels,
+                        )
                     )
                     row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
                     if args.retune:
@@ -320,7 +326,8 @@ def int8_row(model, source: Path, work: Path, name: str, held_out: list, data: P
 
 def print_table(rows: dict, args, work: Path) -> None:
     """The markdown table; bundles measured side by side in one `edgemfm bench` run (kept in WORK/bench.json)."""
-    from edgemfm.bench import BenchConfig, bench
+    from edgemfm.bench import BenchConfig, bench, read_report, write_report
+    from edgemfm.errors import ConfigError
 
     rows = {k: r for k, r in rows.items() if k == "none" or k.endswith(recipe(args))}
     names = [r["setting"] for r in rows.values()]
@@ -328,16 +335,19 @@ def print_table(rows: dict, args, work: Path) -> None:
     measured = {}
     if not args.no_export and all(b.is_dir() for b in bundles):
         bench_file = work / "bench.json"
-        report = json.loads(bench_file.read_text()) if bench_file.is_file() else {"results": []}
-        if sorted(Path(r["bundle"]).name for r in report["results"]) != sorted(
+        try:
+            report = read_report(bench_file) if bench_file.is_file() else None
+        except ConfigError:  # written before bench's results were records: measure again
+            report = None
+        if report is None or sorted(Path(r.bundle).name for r in report.results) != sorted(
             b.name for b in bundles
         ):  # a new row: all again, side by side
             report = bench([str(b) for b in bundles], BenchConfig(tokens=args.tokens, repeats=args.repeats))
-            bench_file.write_text(json.dumps(report, indent=1) + "\n")
-        measured = {Path(r["bundle"]).name: r for r in report["results"]}
-        m = report["machine"]
+            write_report(report, bench_file)
+        measured = {Path(r.bundle).name: r for r in report.results}
+        m = report.machine
         print(
-            f"\n{m.get('cpu', '')}; load average {m.get('load_average')}; memory read bandwidth {report['memory_bandwidth_bytes_per_s'] / 1e9:.2f} GB/s"
+            f"\n{m.cpu}; load average {list(m.load_average)}; memory read bandwidth {report.memory_bandwidth_bytes_per_s / 1e9:.2f} GB/s"
         )
     base = next(r for r in rows.values() if r["setting"] == "none")
     # without exports: the unpruned bundle less 4 bytes per removed fp32 parameter (the graph's
@@ -350,7 +360,7 @@ def print_table(rows: dict, args, work: Path) -> None:
     for r in rows.values():
         b = measured.get(slug(r["setting"]))
         if b:
-            size = f"{b['size_bytes'] / 2**20:.1f} | {b['ttft_s'] * 1e3:.0f} | {b['decode_tokens_per_s']:.1f}"
+            size = f"{b.size_bytes / 2**20:.1f} | {b.ttft_s * 1e3:.0f} | {b.decode_tokens_per_s:.1f}"
         else:
             computed = (
                 (reference - 4 * (base["decoder_parameters"] - r["decoder_parameters"])) / 2**20 if reference else None

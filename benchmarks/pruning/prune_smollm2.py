@@ -126,7 +126,7 @@ def main() -> None:
             recovered = "-"
             if recovery and config is not None:
                 report = distil(model, base, tokenizer, texts, recovery, sequences=sequences)
-                recovered = f"{perplexity(model, ids):.2f} (KL {report['loss']['first']:.2f} -> {report['loss']['last']:.2f}, {report['seconds']:.0f} s)"
+                recovered = f"{perplexity(model, ids):.2f} (KL {report.loss.first:.2f} -> {report.loss.last:.2f}, {report.seconds:.0f} s)"
             table.line(
                 f"| {name} | {params / 1e6:.2f} M | {(total - params) / (total - embedding):.1%} | {size} | {ppl:.2f} | {recovered} |"
             )

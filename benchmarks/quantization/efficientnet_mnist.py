@@ -139,10 +139,10 @@ def auto(fp32: Path, calib: list, device: str, tolerance_db: float, work: Path) 
     recipe, report = auto_recipe(
         fp32.parent, {"vision_encoder": fp32.name}, load_profile(device), judge, None, tolerance_db
     )
-    bits = [g["bits"] for g in report["groups"].values()]
+    bits = [g.bits for g in report.groups.values()]
     print(
         f"auto {device}: layers at int4/int8/float: {bits.count(4)}/{bits.count(8)}/{bits.count(32)}, "
-        f"tolerance met: {report['tolerance_met']}",
+        f"tolerance met: {report.tolerance_met}",
         file=sys.stderr,
     )
     return recipe
@@ -206,7 +206,7 @@ def main() -> None:
         chosen = auto(fp32, calib, device, args.tolerance, work) if recipe == "auto" else recipe()
         report = quantize_component(fp32, out, "vision_encoder", chosen, Context(calib, load_profile(device), work), 64)
         print(
-            f"{name}: {report['quantized_nodes']} float: {len(report['float_units'])} ({time.time() - t:.0f} s)",
+            f"{name}: {report.quantized_nodes} float: {len(report.float_units)} ({time.time() - t:.0f} s)",
             file=sys.stderr,
         )
         row(name, out)

@@ -70,13 +70,13 @@ def main() -> None:
         bundle.seal(stage, manifest)
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB) in {time.time() - t:.0f} s")
-    for name, q in manifest.report["quantization"].items():
-        print(f"  {name}: SQNR {q['sqnr_db']} dB, {q['quantized_nodes']}, {len(q['float_units'])} units float")
-    if plan := manifest.report.get("plan"):
+    for name, q in manifest.report.quantization.items():
+        print(f"  {name}: SQNR {q.sqnr_db} dB, {q.quantized_nodes}, {len(q.float_units)} units float")
+    if plan := manifest.report.plan:
         bits: dict[int, int] = {}
-        for g in plan["groups"].values():
-            bits[g["bits"]] = bits.get(g["bits"], 0) + g["params"]
-        print(f"  plan: tolerance met {plan['tolerance_met']}; parameters by bits {bits}")
+        for g in plan.groups.values():
+            bits[g.bits] = bits.get(g.bits, 0) + g.params
+        print(f"  plan: tolerance met {plan.tolerance_met}; parameters by bits {bits}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ from edgemfm.manifest import (
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.quantize import quantize
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
+from edgemfm.records import to_dict
+from edgemfm.report import Report
 from edgemfm.runtimes.decoding import nll
 
 from .. import EVAL_TEXT, record, smollm2
@@ -217,14 +219,14 @@ def perplexity(stage: Path, manifest: Manifest) -> tuple[float, float, float]:
     return math.exp(nll(logits, ids[1:]) / (len(ids) - 1)), took, 1000 * float(np.median(step))
 
 
-def mix_of(report: dict) -> str:
-    """'int4 x26, int8 x5' from the auto plan's groups, weighted by parameters."""
-    groups = report.get("plan", {}).get("groups", {})
+def mix_of(report: Report) -> str:
+    """'int4 26%, int8 74%' from the auto plan's groups, weighted by parameters."""
+    groups = report.plan.groups if report.plan else {}
     if not groups:
         return "-"
     params: dict[int, int] = {}
     for g in groups.values():
-        params[g["bits"]] = params.get(g["bits"], 0) + g["params"]
+        params[g.bits] = params.get(g.bits, 0) + g.params
     total = sum(params.values())
     return ", ".join(f"{'float' if b == 32 else f'int{b}'} {100 * p / total:.0f}%" for b, p in sorted(params.items()))
 
@@ -287,12 +289,10 @@ def main() -> None:
             m = quantize(stage, manifest, profile, config, work / "scratch")
         took = time.time() - t
         (ppl, prefill_s, decode_ms), nbytes = perplexity(stage, m), size(stage, m)
-        if (
-            "plan" in m.report
-        ):  # which layers got which bits: kept for a look (edgemfm inspect shows the same from a bundle)
-            (work / f"{name}.plan.json").write_text(json.dumps(m.report["plan"], indent=1) + "\n")
-        sqnr = {c: q["sqnr_db"] for c, q in m.report["quantization"].items()}
-        print(f"{name}: SQNR {sqnr}, float units {len(m.report['float_units'])}", file=sys.stderr, flush=True)
+        if m.report.plan:  # which layers got which bits: kept for a look (edgemfm inspect shows the same from a bundle)
+            (work / f"{name}.plan.json").write_text(json.dumps(to_dict(m.report.plan), indent=1) + "\n")
+        sqnr = {c: q.sqnr_db for c, q in m.report.quantization.items()}
+        print(f"{name}: SQNR {sqnr}, float units {len(m.report.float_units)}", file=sys.stderr, flush=True)
         table.line(
             f"| {name} | {ppl:.2f} | {100 * (ppl / base_ppl - 1):+.1f}% | {nbytes / 2**20:.1f} | {base_size / nbytes:.2f}x "
             f"| {mix_of(m.report)} | {took:.0f} | {prefill_s:.2f} | {decode_ms:.1f} |"

@@ -145,6 +145,7 @@ def _drawing() -> np.ndarray:
 def edgemfm_row(bundle: Path, work: Path, s: dict) -> dict:
     import edgemfm
     from edgemfm.bench import BenchConfig, measure
+    from edgemfm.records import to_dict
 
     r = measure(bundle, BenchConfig(prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"]))
     pipe = edgemfm.load(bundle, threads=s["threads"])
@@ -152,20 +153,15 @@ def edgemfm_row(bundle: Path, work: Path, s: dict) -> dict:
     for e in questions(work, s["questions"]):
         media = {"images": [str(e.media)]} if e.kind == "image" else {"audio": [str(e.media)]}
         answers.append((e.kind, "".join(pipe.generate(e.prompt, max_new_tokens=MAX_NEW_TOKENS, **media)), e.answer))
-    return {
-        **{
-            k: r[k]
-            for k in (
-                "ttft_s",
-                "decode_tokens_per_s",
-                "decode_tokens_per_cpu_s",
-                "runs",
-                "size_bytes",
-                "peak_rss_bytes",
-            )
-        },
-        "vision_ms_per_image": r["encoders"]["vision_encoder"]["ms_per_image"],
-        "audio_ms_per_audio_second": r["encoders"]["audio_encoder"]["ms_per_audio_second"],
+    return {  # the side-by-side JSON's own row: plain values, read back as a dict
+        "ttft_s": r.ttft_s,
+        "decode_tokens_per_s": r.decode_tokens_per_s,
+        "decode_tokens_per_cpu_s": r.decode_tokens_per_cpu_s,
+        "runs": to_dict(r.runs),
+        "size_bytes": r.size_bytes,
+        "peak_rss_bytes": r.peak_rss_bytes,
+        "vision_ms_per_image": r.encoders["vision_encoder"].ms_per_image,
+        "audio_ms_per_audio_second": r.encoders["audio_encoder"].ms_per_audio_second,
         "accuracy": _accuracy(answers),
         "questions": len(answers),
     }

@@ -148,7 +148,7 @@ def build_edgemfm(work: Path, device: str) -> None:
             64,
         )
     print(
-        f"edgemfm-int8-{device}: {report['quantized_nodes']} quantized, {len(report['float_units'])} units float",
+        f"edgemfm-int8-{device}: {report.quantized_nodes} quantized, {len(report.float_units)} units float",
         file=sys.stderr,
     )
     _partial(out).rename(out)

@@ -73,6 +73,7 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
     from rich.progress import Progress
 
     from edgemfm.bench import machine
+    from edgemfm.records import to_dict
 
     results = {}
     with Progress(transient=True) as bar:
@@ -109,7 +110,7 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
         "model": model.TITLE,
         "command": record.command(),  # what benchmarks.render cites under the table
         "commit": record.commit(),
-        "machine": machine(),
+        "machine": to_dict(machine()),  # this JSON is the side-by-side's own: plain values, read by render
         "memory_bandwidth_bytes_per_s": bandwidth,
         "settings": settings,
         "results": results,

@@ -228,10 +228,15 @@ def _pte_perplexity(pte: Path, ids: list[int]) -> float:
 
 def edgemfm_row(bundle: Path, s: dict) -> dict:
     from edgemfm.bench import BenchConfig, measure
+    from edgemfm.records import to_dict
 
-    r = measure(
-        bundle,
-        BenchConfig(prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"], text=s["text"]),
+    r = to_dict(  # the side-by-side JSON's own row: plain values
+        measure(
+            bundle,
+            BenchConfig(
+                prompt=s["prompt"], tokens=s["tokens"], repeats=s["repeats"], threads=s["threads"], text=s["text"]
+            ),
+        )
     )
     return {
         k: r[k]
