@@ -39,7 +39,7 @@ from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.processor_config import processor_class, processor_settings
 from edgemfm.exporters.static_decoder import POSITION, StaticDecoder, static_layout
 from edgemfm.exporters.text import tokenizer_spec
-from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt
+from edgemfm.manifest import AudioPreprocess, CrossAttention, Generation, KVCache, Preprocess, Prompt, Transcription
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 CROSS = "cross.{layer}.{kind}"
@@ -134,7 +134,11 @@ def load(model_dir: Path) -> Any:
 
 
 def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
-    """The checkpoint's WhisperFeatureExtractor settings, from either layout (its defaults where it has none).
+    """The checkpoint's feature extractor settings, checked against the encoder's positions.
+
+    The encoder takes exactly `max_source_positions` x 2 mel frames (its two convolutions' stride), so
+    the window is `n_samples` = that x `hop_length`: a checkpoint without a feature extractor file gets
+    that window, and one whose file says otherwise is refused here rather than at run time.
 
     Example:
         >>> audio_preprocess(Path("models/whisper-tiny"), model.config).n_samples   # doctest: +SKIP
@@ -144,13 +148,18 @@ def audio_preprocess(model_dir: Path, config: Any) -> AudioPreprocess:
     processor_class(cfg, ("WhisperFeatureExtractor",), model_dir, default="WhisperFeatureExtractor")
     if cfg.get("dither", 0.0):  # noise added to the signal: the runtime's features are deterministic
         raise ExportError(f"{model_dir}: WhisperFeatureExtractor dither {cfg['dither']} is not supported; allowed: 0.0")
-    rate = int(cfg.get("sampling_rate", 16000))
+    rate, hop = int(cfg.get("sampling_rate", 16000)), int(cfg.get("hop_length", 160))
+    frames = 2 * config.max_source_positions  # conv1 stride 1, conv2 stride 2
+    n_samples = int(cfg["n_samples"]) if "n_samples" in cfg else int(cfg.get("chunk_length", 0)) * rate or frames * hop
+    n_mels = int(cfg.get("feature_size", config.num_mel_bins))
+    if n_samples != frames * hop or n_mels != config.num_mel_bins:
+        raise InputError(
+            f"{model_dir}: the feature extractor makes {n_mels} mel bins x {n_samples // hop} frames "
+            f"({n_samples / rate:g} s windows at hop {hop}); the encoder takes {config.num_mel_bins} x {frames} "
+            f"(max_source_positions {config.max_source_positions} x 2); allowed: chunk_length {frames * hop / rate:g}"
+        )
     return AudioPreprocess(
-        sampling_rate=rate,
-        n_fft=int(cfg.get("n_fft", 400)),
-        hop_length=int(cfg.get("hop_length", 160)),
-        n_mels=int(cfg.get("feature_size", config.num_mel_bins)),
-        n_samples=int(cfg.get("chunk_length", 30)) * rate,
+        sampling_rate=rate, n_fft=int(cfg.get("n_fft", 400)), hop_length=hop, n_mels=n_mels, n_samples=n_samples
     )
 
 
@@ -228,18 +237,50 @@ def split(model: Any, model_dir: Path) -> Split:
     start = [vocab.id_to_token(t) for t in start_tokens(model)]
     if None in start:
         raise InputError(f"{model_dir}: decoder start tokens {start_tokens(model)} are not all in tokenizer.json")
+    transcription = _transcription(model, vocab)
+    previous = transcription.previous if transcription else _previous_token(model, vocab)
     return Split(
         units=_units(model, pre),
         # The start tokens are spelled out and the tokenizer file's own specials are not added:
-        # Whisper's tokenizer.json would append <|endoftext|> to the prompt.
-        prompt=Prompt(template="".join(start) + "{media}{prompt}", add_special_tokens=False),
+        # Whisper's tokenizer.json would append <|endoftext|> to the prompt. A prompt is earlier text,
+        # before the start token (transformers' prompt_ids: <|startofprev|>, then " " + the prompt);
+        # a checkpoint without <|startofprev|> takes none.
+        prompt=Prompt(
+            template="".join(start) + "{media}",
+            add_special_tokens=False,
+            previous=None if previous is None else vocab.id_to_token(previous) + " {prompt}",
+        ),
         preprocess=Preprocess(audio=pre),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,
         generation=Generation(
             suppress_tokens=tuple(model.generation_config.suppress_tokens or ()),
             begin_suppress_tokens=tuple(model.generation_config.begin_suppress_tokens or ()),
+            transcription=transcription,
         ),
+    )
+
+
+def _previous_token(model: Any, vocab: Any) -> int | None:
+    """<|startofprev|>, after which Whisper reads earlier text; None where the checkpoint has none."""
+    token = getattr(model.generation_config, "prev_sot_token_id", None)
+    return token if token is not None else vocab.token_to_id("<|startofprev|>")
+
+
+def _transcription(model: Any, vocab: Any) -> Transcription | None:
+    """The long-form tokens, as `WhisperForConditionalGeneration.generate(return_timestamps=True)` reads
+    them; None for a checkpoint without timestamp tokens (it transcribes one window)."""
+    gen, config, encoder = model.generation_config, model.config, model.model.encoder
+    no_timestamps = getattr(gen, "no_timestamps_token_id", None)
+    if no_timestamps is None or no_timestamps + 1 >= config.vocab_size:
+        return None
+    return Transcription(
+        start=(gen.decoder_start_token_id,),
+        no_timestamps=no_timestamps,
+        previous=_previous_token(model, vocab),
+        max_target_positions=config.max_target_positions,
+        frames_per_position=encoder.conv1.stride[0] * encoder.conv2.stride[0],
+        max_initial_timestamp=getattr(gen, "max_initial_timestamp_index", None),
     )
 
 

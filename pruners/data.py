@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edgemfm.pruners import importance
-from edgemfm.quantizers.calibration import MAX_ITEMS, drawings
+from edgemfm.quantizers.calibration import MAX_ITEMS, drawings, synthetic_audio
 
 AUDIO_SUFFIXES = (".wav",)
 KIND = {"vision_encoder": "image", "audio_encoder": "audio"}
@@ -40,27 +40,6 @@ def text_calls(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[Callabl
         lambda ids=ids: model(input_ids=ids, use_cache=False)
         for ids in importance.calibration_samples(tokenizer, texts)
     ]
-
-
-def synthetic_audio(n: int, rate: int, samples: int, seed: int = 0) -> list[np.ndarray]:
-    """`n` seeded clips of `samples` samples: a tone sweep with harmonics, bursts of noise, silences.
-
-    Example:
-        >>> [c.shape for c in synthetic_audio(2, 16000, 8000)]
-        [(8000,), (8000,)]
-    """
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / rate
-    clips = []
-    for _ in range(n):
-        f0, f1 = rng.uniform(80, 400), rng.uniform(200, 3000)
-        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))  # a linear sweep f0 -> f1
-        tone = sum(rng.uniform(0.1, 0.5) / k * np.sin(k * phase) for k in range(1, 4))
-        gate = (np.sin(2 * np.pi * rng.uniform(0.5, 4) * t) > rng.uniform(-0.5, 0.5)).astype(
-            float
-        )  # syllable-like on/off
-        clips.append((tone * gate + rng.normal(0, 0.02, samples)).astype(np.float32))
-    return clips
 
 
 def _items(kind: str, folder: str | Path | None, preprocess: Any) -> tuple[list[Any], str]:

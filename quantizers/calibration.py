@@ -11,6 +11,12 @@ its float encoder, and their rows are spliced into the token embeddings exactly 
 the folder reaches (an audio encoder without clips) is quantized uncalibrated, and the report says
 it was not measured.
 
+An encoder-decoder bundle (Whisper) attends to its audio by cross-attention, not by placeholder
+rows: each clip (the folder's WAVs, else seeded synthetic clips) goes through the runtime's log-mel
+and the float audio encoder exactly as `Pipeline.attend` does, and each decoder window is fed the
+cross-attention keys/values of one clip in turn, beside the prompts' tokens (a folder's .txt lines
+read as the clips' transcripts).
+
 Example:
     >>> feeds = component_feeds(float_dir, manifest, folder=None)   # doctest: +SKIP
     >>> sorted(feeds)                                                # doctest: +SKIP
@@ -30,6 +36,7 @@ from edgemfm.manifest import KVCache, Manifest
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.context import Feeds
 from edgemfm.runtimes.media import Call, item_feeds, needs_preparing
+from edgemfm.runtimes.preprocess import PREPROCESSORS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 AUDIO_SUFFIXES = (".wav",)  # what runtimes/audio.py reads
@@ -44,6 +51,7 @@ PROMPTS = (
     "Where could this picture have been taken?",
 )
 MAX_ITEMS = 16  # calibration items per kind: enough for stable ranges, cheap on 2 cores
+BUILTIN_CLIPS = 4  # synthetic clips when a bundle attends to audio and no WAV is given: one encoder run each
 
 
 def drawings(n: int = 8, seed: int = 0) -> list[Image.Image]:
@@ -62,6 +70,25 @@ def drawings(n: int = 8, seed: int = 0) -> list[Image.Image]:
             [draw.ellipse, draw.rectangle, draw.line][int(rng.integers(0, 3))](box, fill=colour)
         images.append(img)
     return images
+
+
+def synthetic_audio(n: int, rate: int, samples: int, seed: int = 0) -> list[np.ndarray]:
+    """`n` seeded clips of `samples` samples: a tone sweep with harmonics, bursts of noise, silences.
+
+    Example:
+        >>> [c.shape for c in synthetic_audio(2, 16000, 8000)]
+        [(8000,), (8000,)]
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / rate
+    clips = []
+    for _ in range(n):
+        f0, f1 = rng.uniform(80, 400), rng.uniform(200, 3000)
+        phase = 2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * t[-1]))  # a linear sweep f0 -> f1
+        tone = sum(rng.uniform(0.1, 0.5) / k * np.sin(k * phase) for k in range(1, 4))
+        gate = (np.sin(2 * np.pi * rng.uniform(0.5, 4) * t) > rng.uniform(-0.5, 0.5)).astype(float)  # syllables
+        clips.append((tone * gate + rng.normal(0, 0.02, samples)).astype(np.float32))
+    return clips
 
 
 def read_folder(folder: str | Path) -> tuple[list[Path], list[Path], list[str]]:
@@ -91,10 +118,11 @@ def read_folder(folder: str | Path) -> tuple[list[Path], list[Path], list[str]]:
     return images, clips, prompts[:MAX_ITEMS]
 
 
-def decoder_feeds(embeds: np.ndarray, kv: KVCache, mrope: bool = False) -> Feeds:
+def decoder_feeds(embeds: np.ndarray, kv: KVCache, mrope: bool = False, fixed: Feeds | None = None) -> Feeds:
     """The decoder's inputs for a prefill of `embeds` [1, seq, hidden] with an empty KV cache.
 
-    `mrope`: 3-D position ids [3, 1, seq] (Qwen2-VL), each axis at the text position, as for text tokens.
+    `mrope`: 3-D position ids [3, 1, seq] (Qwen2-VL), each axis at the text position, as for text tokens;
+    `fixed`: what an encoder-decoder's decoder attends to (Whisper's cross-attention keys/values).
     """
     past = {
         kv.past.format(layer=layer, kind=kind): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
@@ -108,6 +136,7 @@ def decoder_feeds(embeds: np.ndarray, kv: KVCache, mrope: bool = False) -> Feeds
         "attention_mask": np.ones((1, seq), np.int64),
         "position_ids": np.ascontiguousarray(np.broadcast_to(positions, (3, 1, seq))) if mrope else positions,
         **past,
+        **(fixed or {}),
     }
 
 
@@ -121,6 +150,9 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     pipe = Pipeline(float_dir, manifest, load_profile("host"), threads=0)
     media, g = manifest.prompt.media, manifest.generation
     feeds: dict[str, list[Feeds]] = {name: [] for name in manifest.components}
+    cross = manifest.components[g.decoder].cross_attention
+    if cross is not None:
+        clips = clips or _builtin_clips(manifest)
     given = {kind: items for kind, items in (("image", images), ("audio", clips)) if kind in media and items}
     kv = manifest.components[g.decoder].kv_cache
     ids_stream, embeds_stream, shortest = [], [], None
@@ -135,14 +167,23 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     # Equal-length windows over the joined prompts: ONNX Runtime's histogram calibrators
     # (percentile, entropy) stack every feed's activations and need one shape.
     stream = np.concatenate(embeds_stream)
-    width = max(shortest, stream.shape[0] // MAX_ITEMS)  # at most MAX_ITEMS windows
+    # no longer than the decoder's positions (Whisper's learned table ends at max_target_positions)
+    width = min(
+        max(shortest, stream.shape[0] // MAX_ITEMS), manifest.streaming.max_seq_len
+    )  # at most MAX_ITEMS windows
     for at in range(0, len(ids_stream) - width + 1, width):
         feeds[g.embedding].append({"input_ids": np.asarray([ids_stream[at : at + width]], np.int64)})
-    for at in range(0, stream.shape[0] - width + 1, width):
-        feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv, g.positions == "mrope"))
+    attended = [] if cross is None else [_attended(pipe, clip) for clip in clips]
+    for n, at in enumerate(range(0, stream.shape[0] - width + 1, width)):
+        fixed = attended[n % len(attended)] if attended else None  # one clip's keys/values per window, in turn
+        feeds[g.decoder].append(decoder_feeds(stream[None, at : at + width], kv, g.positions == "mrope", fixed))
     for kind, items in given.items():
         calls = _calls(pipe, kind, items)[:MAX_ITEMS]
         feeds[media[kind].encoder] = [c.feeds if isinstance(c, Call) else item_feeds(kind, c, manifest) for c in calls]
+    if cross is not None:
+        feeds[cross.encoder] = [
+            {cross.input: PREPROCESSORS[cross.media](c, manifest.preprocess)[0][None]} for c in clips
+        ]
     return feeds
 
 
@@ -161,3 +202,14 @@ def _prompt(pipe: Any, prompt: str, items: dict[str, list[Any]]) -> tuple[list[i
         calls = {kind: [c for p in v for c in p.calls] for kind, v in prepared.items()}
         return pipe.prompt_ids(prompt, prepared), calls
     return pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()}), items
+
+
+def _builtin_clips(manifest: Manifest) -> list[np.ndarray]:
+    """Seeded synthetic clips of one window each, for a bundle that attends to audio with no WAV given."""
+    spec = manifest.preprocess.audio
+    return synthetic_audio(BUILTIN_CLIPS, spec.sampling_rate, spec.n_samples)
+
+
+def _attended(pipe: Any, clip: Any) -> Feeds:
+    """What the decoder attends to for `clip` (Whisper's cross-attention keys/values), as the runtime computes it."""
+    return pipe.attend({"audio": [clip]})[1]

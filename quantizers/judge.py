@@ -4,7 +4,8 @@
 - the text decoder: its next-token distribution (`metrics.distribution_power`): logits centred
   and weighted by their float probabilities, so a common shift of every logit, or an error on a
   token the model never picks, counts for nothing;
-- the token embedding: through the float decoder, on that same distribution. Its own output's
+- the token embedding: through the float decoder, on that same distribution (an encoder-decoder's
+  decoder attending to the cross-attention keys/values of its own feeds, in turn). Its own output's
   SQNR says little about the answer: on SmolLM2-135M the table at int4 loses the most at its own
   output, yet costs the next-token distribution and perplexity the least of any kind of layer
   (BENCHMARKS.md, result quantization-smollm2: benchmarks/quantization/smollm2_layer_kinds.py).
@@ -93,8 +94,18 @@ class Judge:
         rows = rows.reshape(sum(sizes), -1).astype(np.float32)
         starts = np.cumsum([0, *sizes])
         mrope = self.manifest.generation.positions == "mrope"
-        feeds = [decoder_feeds(rows[None, a:b], kv, mrope) for a, b in zip(starts[:-1], starts[1:])]
+        fixed = [self._fixed(i) for i in range(len(sizes))]
+        feeds = [decoder_feeds(rows[None, a:b], kv, mrope, f) for a, b, f in zip(starts[:-1], starts[1:], fixed)]
         return outputs(self._file(self.decoder), feeds, "logits")
+
+    def _fixed(self, window: int) -> Feeds:
+        """What the decoder attends to beside `window`'s rows (Whisper's cross-attention keys/values):
+        those of the decoder's own feeds, in turn."""
+        cross = self.manifest.components[self.decoder].cross_attention
+        if cross is None:
+            return {}
+        own = self.feeds[self.decoder][window % len(self.feeds[self.decoder])]
+        return {name: own[name] for name in cross.outputs}
 
     @cached_property
     def _embedding_ref(self) -> np.ndarray:

@@ -85,7 +85,9 @@ def _quantize(
     shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
     say(progress, "calibrating")
     calibrate = component_feeds(float_dir, manifest, config.calibration)  # what the schemes calibrate on
-    feeds = {name: measured_subset(f) for name, f in calibrate.items()}  # what the plan and the report measure on
+    cross = manifest.components[manifest.generation.decoder].cross_attention
+    attended = set(cross.outputs) if cross else set()  # one clip's keys/values, computed once: not the decoder's work
+    feeds = {name: measured_subset(f, attended) for name, f in calibrate.items()}  # what the plan and report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
     ctx = {name: Context(calibrate.get(name, []), profile, scratch) for name in manifest.components}
@@ -121,8 +123,11 @@ def _quantize(
     return replace(manifest, recipe=recipe, components=components, report=quantized)
 
 
-def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """The first feeds, up to MEASURE_VALUES float input values (at least one feed).
+def measured_subset(
+    feeds: list[dict[str, np.ndarray]], uncounted: set[str] = frozenset()
+) -> list[dict[str, np.ndarray]]:
+    """The first feeds, up to MEASURE_VALUES float input values (at least one feed), not counting
+    the inputs named in `uncounted` (Whisper's cross-attention keys/values, the same for every window).
 
     Example:
         >>> len(measured_subset([{"x": np.zeros((1, 600, 1024), np.float32)}] * 4))
@@ -133,7 +138,7 @@ def measured_subset(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.nda
         if out and total >= MEASURE_VALUES:
             break
         out.append(f)
-        total += sum(v.size for v in f.values() if v.dtype == np.float32)
+        total += sum(v.size for k, v in f.items() if v.dtype == np.float32 and k not in uncounted)
     return out
 
 

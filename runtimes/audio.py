@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -38,27 +38,57 @@ _RATES = (1000, 768000)  # Hz a WAV may declare: telephony's 8 kHz down to 1 kHz
 _MAX_CHANNELS = 64  # beyond any microphone array or surround layout; a header claiming more is broken
 
 
-def _chunks(f: BinaryIO, where: str) -> dict[bytes, tuple[int, int]]:
-    """Each chunk's (offset of its data, size its header claims), read without reading the data."""
-    head = f.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
-    chunks, pos = {}, 12
-    while len(header := f.read(8)) == 8:
-        tag, size = header[:4], struct.unpack("<I", header[4:])[0]
-        chunks.setdefault(tag, (pos + 8, size))
-        pos += 8 + size + (size & 1)  # chunks are padded to an even length
-        f.seek(pos)
-    if b"fmt " not in chunks or b"data" not in chunks:
+@dataclass(frozen=True)
+class WavLayout:
+    """Where a WAV file's samples are and how they are stored: enough to read any range of frames."""
+
+    tag: int  # _PCM or _FLOAT
+    channels: int
+    rate: int  # Hz
+    width: int  # bytes per sample
+    offset: int  # of the data chunk's first byte in the file
+    frames: int  # whole frames in the data chunk
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+
+def wav_layout(path: str | Path) -> WavLayout:
+    """The layout of a WAV file, read from its chunk headers only (the samples stay on disk).
+
+    Data shorter than its header claims is reported here, before any sample is read.
+
+    Example:
+        >>> wav_layout("speech.wav").frames   # doctest: +SKIP
+        38912
+    """
+    path = Path(path)
+    where = repr(str(path))
+    if path.is_dir():
+        raise InputError(f"audio path {where} is a directory; allowed: a WAV file")
+    if not path.is_file():
+        raise InputError(f"audio file {where} does not exist")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise InputError(f"{where} is not a WAV file; allowed: {_ALLOWED}")
+        fmt, data, pos = None, None, 12
+        while pos + 8 <= size and (fmt is None or data is None):
+            f.seek(pos)
+            tag, length = f.read(4), struct.unpack("<I", f.read(4))[0]
+            if tag == b"fmt " and fmt is None:
+                fmt = f.read(min(length, 40))
+            elif tag == b"data" and data is None:
+                data = (pos + 8, length, size - pos - 8)  # offset, claimed, present
+            pos += 8 + length + (length & 1)  # chunks are padded to an even length
+    if fmt is None or data is None:
         raise InputError(f"{where} is a WAV file without a fmt or data chunk; allowed: {_ALLOWED}")
-    return chunks
+    return _layout(fmt, data, where)
 
 
-def _format(f: BinaryIO, chunks: dict[bytes, tuple[int, int]], where: str) -> tuple[int, int, int, int]:
-    """(format tag, channels, rate, bits per sample) from the fmt chunk, refused unless this reader decodes it."""
-    offset, size = chunks[b"fmt "]
-    f.seek(offset)
-    fmt = f.read(min(size, 64))
+def _layout(fmt: bytes, data: tuple[int, int, int], where: str) -> WavLayout:
     if len(fmt) < 16:
         raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
@@ -74,7 +104,34 @@ def _format(f: BinaryIO, chunks: dict[bytes, tuple[int, int]], where: str) -> tu
         raise InputError(f"{where} declares {rate} Hz; allowed: {_RATES[0]} to {_RATES[1]} Hz")
     if channels > _MAX_CHANNELS:
         raise InputError(f"{where} declares {channels} channels; allowed: 1 to {_MAX_CHANNELS}")
-    return tag, channels, rate, bits
+    offset, claimed, present = data
+    claimed -= claimed % (width * channels)
+    if present < claimed:
+        raise InputError(
+            f"{where} holds {present} bytes of samples where its header claims {claimed} (truncated?); "
+            "allowed: a complete WAV file"
+        )
+    frames = claimed // (width * channels)
+    if not frames:
+        raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
+    return WavLayout(tag, channels, rate, width, offset, frames)
+
+
+def decode_samples(raw: bytes, layout: WavLayout, where: str = "the WAV file") -> np.ndarray:
+    """Whole frames of raw WAV data -> float32 samples in [-1, 1], shaped [frames, channels]; NaN/inf refused."""
+    tag, width = layout.tag, layout.width
+    if tag == _FLOAT:
+        samples = np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
+    elif width == 1:  # 8-bit PCM is unsigned, centred on 128
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        samples = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
+    else:
+        samples = np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (8 * width - 1)
+    if not np.isfinite(samples).all():
+        raise InputError(f"{where} holds NaN or infinite samples; allowed: finite samples")
+    return samples.reshape(-1, layout.channels)
 
 
 def read_wav(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
@@ -90,47 +147,15 @@ def read_wav(path: str | Path, max_seconds: float | None = None) -> tuple[np.nda
         >>> samples.shape, rate                      # doctest: +SKIP
         ((38912, 1), 22050)
     """
-    path = Path(path)
-    where = repr(str(path))
-    if path.is_dir():
-        raise InputError(f"audio path {where} is a directory; allowed: a WAV file")
-    if not path.is_file():
-        raise InputError(f"audio file {where} does not exist")
-    with open(path, "rb") as f:
-        chunks = _chunks(f, where)
-        tag, channels, rate, bits = _format(f, chunks, where)
-        width = bits // 8
-        offset, claimed = chunks[b"data"]
-        claimed -= claimed % (width * channels)
-        seconds = claimed / (width * channels * rate)
-        if max_seconds is not None and seconds > max_seconds:  # never cut a clip silently: the encoder sees one window
-            raise InputError(
-                f"audio {where} lasts {seconds:.1f} s; this model takes clips of at most {max_seconds:g} s"
-            )
-        f.seek(offset)
-        raw = f.read(claimed)
-    if len(raw) < claimed:
+    layout, where = wav_layout(path), repr(str(path))
+    if max_seconds is not None and layout.seconds > max_seconds:  # never cut a clip silently
         raise InputError(
-            f"{where} holds {len(raw)} bytes of samples where its header claims {claimed} (truncated?); "
-            "allowed: a complete WAV file"
+            f"audio {where} lasts {layout.seconds:.1f} s; this model takes clips of at most {max_seconds:g} s"
         )
-    if not raw:
-        raise InputError(f"{where} holds no audio samples; allowed: a non-empty {_ALLOWED}")
-    samples = _decode(raw, tag, width, bits).reshape(-1, channels)
-    if not np.isfinite(samples).all():
-        raise InputError(f"{where} holds NaN or infinite samples; allowed: finite samples")
-    return samples, rate
-
-
-def _decode(raw: bytes, tag: int, width: int, bits: int) -> np.ndarray:
-    if tag == _FLOAT:
-        return np.frombuffer(raw, dtype=_FLOAT_DTYPES[width]).astype(np.float32)
-    if width == 1:  # 8-bit PCM is unsigned, centred on 128
-        return (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    if width == 3:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
-        return ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2.0**23
-    return np.frombuffer(raw, dtype=_PCM_DTYPES[width]).astype(np.float32) / 2.0 ** (bits - 1)
+    with Path(path).open("rb") as f:
+        f.seek(layout.offset)
+        raw = f.read(layout.frames * layout.width * layout.channels)
+    return decode_samples(raw, layout, where), layout.rate
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

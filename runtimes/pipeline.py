@@ -29,11 +29,13 @@ from edgemfm import arguments, bundle, validate
 from edgemfm.errors import BundleError, InputError
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.profiles import DeviceProfile, load_profile
-from edgemfm.runtimes import budget, streaming
+from edgemfm.runtimes import budget, live, longform, streaming
 from edgemfm.runtimes.chat import ChatSession
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.encoder_cache import CacheStats, EncoderCache
 from edgemfm.runtimes.generation import Decoder, decode
+from edgemfm.runtimes.live import LiveUpdate
+from edgemfm.runtimes.longform import Segment, TranscribeConfig
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
 from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
@@ -243,7 +245,7 @@ class Pipeline(Generates):
             if k in media
         ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
-        text = self.manifest.prompt.template.format(media="".join(texts), prompt=prompt)
+        text = self._with_prompt(prompt).format(media="".join(texts), prompt=prompt)
         limit = self.streaming.max_seq_len
         if len(text) > limit * self.longest_token:  # at least `limit` tokens: refused without tokenizing 1 MB
             raise InputError(
@@ -264,6 +266,19 @@ class Pipeline(Generates):
             if found > wanted:
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
+
+    def _with_prompt(self, prompt: str) -> str:
+        """The template with `prompt` placed where the model reads it: in {prompt}, or before the template
+        as earlier text (Whisper's `<|startofprev|>`, as transformers' `generate(prompt_ids=...)`)."""
+        p = self.manifest.prompt
+        if p.previous is not None:
+            return p.template if not prompt.strip() else p.previous.format(prompt=prompt.strip()) + p.template
+        if prompt and "{prompt}" not in p.template:
+            raise InputError(
+                f"this bundle takes no text prompt (its checkpoint has no token for earlier text); got {prompt!r}; "
+                "allowed: an empty prompt"
+            )
+        return p.template
 
     def encode(self, kind: str, item: Any) -> np.ndarray:
         """One media item's (or prepared call's) rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""
@@ -329,6 +344,28 @@ class Pipeline(Generates):
         placeholders = {kind: spec.token_id for kind, spec in self.manifest.prompt.media.items()}
         entries = streaming.from_ids(ids, placeholders, media or {})
         return np.concatenate(list(streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode)), axis=1)
+
+    def transcribe(self, audio: Any, config: TranscribeConfig | None = None) -> Iterator[Segment]:
+        """Timed segments of a recording of any length (a WAV path, or 1-D float samples at the model's
+        rate), window by window with Whisper's long-form rule (`longform.py`), in flat memory.
+
+        Example:
+            >>> for s in pipe.transcribe("lecture.wav", TranscribeConfig(condition_on_previous=True)):  # doctest: +SKIP
+            ...     print(f"[{s.start:.1f} → {s.end:.1f}]{s.text}")
+        """
+        return longform.transcribe(self, audio, config)
+
+    def transcribe_stream(
+        self, chunks: Iterable[np.ndarray], config: TranscribeConfig | None = None, step_s: float = 1.0
+    ) -> Iterator[LiveUpdate]:
+        """Live transcription of chunks of float samples at the model's rate: every `step_s` of new audio an
+        update whose `committed` text (agreed by two hypotheses in a row) is final (`live.py`).
+
+        Example:
+            >>> for update in pipe.transcribe_stream(microphone()):   # doctest: +SKIP
+            ...     print(update.committed, end="", flush=True)
+        """
+        return live.transcribe_stream(self, chunks, config, step_s)
 
     def generate_steps(
         self,

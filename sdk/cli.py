@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgemfm import arguments as A
-from edgemfm import leftovers
+from edgemfm import leftovers, speech
 from edgemfm.configs import DEFAULT_TOLERANCE_DB, ExportConfig, FinetuneConfig
 from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.profiles import list_profiles, load_profile
@@ -247,6 +247,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         pipe = pipeline.load(args.bundle, **options)
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
+    if speech.wants_longform(pipe, args):
+        speech.run(pipe, args)
+        return
     pieces = pipe.generate(
         args.prompt,
         images=args.image,
@@ -616,7 +619,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--prompt", default="", type=_prompt, help="the question or instruction (default: none, e.g. to transcribe)"
     )
-    r.add_argument("--audio", action="append", default=[], help="audio file (repeat for several)")
+    r.add_argument(
+        "--audio", action="append", default=[], help="audio file (repeat for several; -: raw PCM from stdin)"
+    )
     r.add_argument(
         "--temperature", type=A.arg(A.number, float, low=0), default=0.0, help="0 (default): greedy; above 0: sampling"
     )
@@ -650,6 +655,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY.pub",
         help="refuse bundles not signed by this public key (repeat for several; see `edgemfm sign`)",
     )
+    speech.add_arguments(r)
     r.set_defaults(func=cmd_run)
 
     k = sub.add_parser("keygen", help="write an Ed25519 key pair for signing bundles (needs edgemfm[sign])")

@@ -98,6 +98,10 @@ class Prompt:
     template: str  # with {media} and {prompt}: "USER: {media}{prompt} ASSISTANT:"
     media: dict[str, Media] = field(default_factory=dict)  # "image" / "audio" -> Media
     add_special_tokens: bool = True  # False: the template spells out every special token itself (Whisper)
+    # where a prompt goes when the model reads it as earlier text rather than the start of its answer
+    # (Whisper: "<|startofprev|> {prompt}" before <|startoftranscript|>); None: into the template's {prompt},
+    # and a template without {prompt} takes no prompt
+    previous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,24 @@ class Tokenizer:
 
 
 @dataclass(frozen=True)
+class Transcription:
+    """Whisper's tokens for audio of any length: windows with timestamps, and earlier text before the start.
+
+    A window's decoder prompt is `previous` + earlier tokens (optional), then `start`; the decoder then
+    writes text between pairs of timestamp tokens, and the last timestamp says where the next window
+    starts (the OpenAI/transformers long-form rule, runtimes/longform.py).
+    """
+
+    start: tuple[int, ...]  # <|startoftranscript|> (and language, task): a window's first tokens with timestamps
+    no_timestamps: int  # <|notimestamps|>; the timestamp tokens <|0.00|>, <|0.02|> ... follow it
+    previous: int | None  # <|startofprev|>: earlier text goes after it, before `start`; None: the checkpoint has none
+    max_target_positions: int  # the decoder's positions: prompt and generated tokens of one window together
+    frames_per_position: int = 2  # mel frames per encoder position (the convolutions' stride): timestamps step by it
+    time_precision: float = 0.02  # seconds per timestamp step
+    max_initial_timestamp: int | None = 50  # steps the first timestamp of a window may reach (1 s)
+
+
+@dataclass(frozen=True)
 class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
@@ -195,6 +217,7 @@ class Generation:
     positions: Literal["arange", "mrope"] = "arange"
     suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
     begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
+    transcription: Transcription | None = None  # a speech model's long-form tokens (Whisper with timestamps)
 
 
 @dataclass(frozen=True)

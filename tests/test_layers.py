@@ -50,6 +50,7 @@ VERBS = (
     "edgemfm.tune",
     "edgemfm.bench",
     "edgemfm.measure",
+    "edgemfm.speech",  # `edgemfm run` on speech: long-form, transcript files, live PCM from stdin
     "edgemfm.cli",
 )
 PACKAGE = "edgemfm"  # the facade, edgemfm/__init__.py; every module is under it

@@ -32,10 +32,6 @@ FAMILIES = {
     "whisper": (tiny_whisper, "audio"),
     "qwen2_audio": (tiny_qwen2_audio, "audio"),
 }
-# The speech branch fixes Whisper's calibration (it misses the decoder's cross-attention inputs).
-WHISPER_QUANTIZED = pytest.mark.xfail(
-    strict=True, reason="issue #24: calibration feeds the Whisper decoder no cross-attention inputs"
-)
 # Static int8 (QDQ, the GPU and NPU presets) calibrates every activation; the built-in calibration set has
 # drawings and prompts but no audio, so an audio encoder gets no data unless --calibration brings WAV files.
 AUDIO_QDQ = pytest.mark.xfail(
@@ -71,9 +67,7 @@ def rows() -> list:
             for fmt in profile.formats:
                 for precision in precisions(profile) if fmt == "onnx" else ["fp32"]:
                     marks = [] if (family, kind, precision, fmt) in DEFAULT else [pytest.mark.slow]
-                    if family == "whisper" and precision in ("int8", "int4", "auto"):
-                        marks.append(WHISPER_QUANTIZED)
-                    elif (
+                    if (
                         family == "qwen2_audio"
                         and precision == "int8"
                         and presets.target_of(profile).int8.method == "percentile"

@@ -63,6 +63,9 @@ def test_cli_transcribes_and_refuses_bad_audio(exported, speech, tmp_path, capsy
     assert capsys.readouterr().out.strip()
     assert main(["run", str(exported), "--prompt", "hi"]) == 2
     assert "exactly one audio input per call; got 0" in capsys.readouterr().err
+    # no <|startofprev|> in this checkpoint: a prompt would be read as the start of the answer
+    assert main(["run", str(exported), "--audio", str(speech), "--prompt", "transcribe"]) == 2
+    assert "this bundle takes no text prompt" in capsys.readouterr().err
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
     assert main(["run", str(exported), "--audio", str(bad)]) == 2

@@ -114,3 +114,84 @@ def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
     ).save_pretrained(path)
     WhisperFeatureExtractor(feature_size=128).save_pretrained(path)
     return path
+
+
+WHISPER_SPECIALS = (
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|transcribe|>",
+    "<|translate|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nospeech|>",
+    "<|notimestamps|>",
+)
+
+
+def tiny_whisper_en(
+    path: Path, seed: int = 0, max_source_positions: int = 1500, chunk_length: int = 30, nested: bool = False
+) -> Path:
+    """An English-only Whisper with Whisper's special tokens and the 1501 timestamps <|0.00|> .. <|30.00|>
+    after the byte vocabulary: prompts go after <|startofprev|>, long-form windows follow the timestamps.
+
+    `max_source_positions` and `chunk_length` set the window (150 and 3: a 3 s window); `nested` writes the
+    feature extractor inside processor_config.json instead of preprocessor_config.json.
+    """
+    import json
+
+    import torch
+    from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperForConditionalGeneration as Whisper
+
+    from edgemfm.exporters.placeholder import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok.add_special_tokens([*WHISPER_SPECIALS, *(f"<|{i * 0.02:.2f}|>" for i in range(1501))])
+    ids = {s: tok.token_to_id(s) for s in WHISPER_SPECIALS}
+    eot, space = ids["<|endoftext|>"], tok.token_to_id("Ġ")
+    config = WhisperConfig(
+        vocab_size=tok.get_vocab_size(),
+        d_model=84,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=150,
+        decoder_ffn_dim=150,
+        num_mel_bins=80,
+        max_source_positions=max_source_positions,
+        max_target_positions=96,
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        suppress_tokens=list(range(1, 256, 8)),
+        begin_suppress_tokens=[space, eot],
+    )
+    torch.manual_seed(seed)
+    model = Whisper(config).eval()
+    _widen(model)
+    model.save_pretrained(path)
+    # Whisper's own generation settings, as tiny.en's generation_config.json has them (a config derived
+    # from the model's, `_from_model_config`, would be read back without them)
+    gen = json.loads((path / "generation_config.json").read_text())
+    gen.pop("_from_model_config", None)
+    gen |= {
+        "no_timestamps_token_id": ids["<|notimestamps|>"],
+        "prev_sot_token_id": ids["<|startofprev|>"],
+        "forced_decoder_ids": [[1, ids["<|notimestamps|>"]]],
+        "max_initial_timestamp_index": 50,
+        "is_multilingual": False,
+        "max_length": config.max_target_positions,
+    }
+    (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    ).save_pretrained(path)
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=chunk_length)
+    if nested:
+        (path / "processor_config.json").write_text(json.dumps({"feature_extractor": extractor.to_dict()}))
+    else:
+        extractor.save_pretrained(path)
+    return path

@@ -1,0 +1,285 @@
+"""Whisper at full length: prompts as earlier text, long-form windows, live streaming, on a tiny
+English-only Whisper with Whisper's special and timestamp tokens, checked against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_audio import speech_wav
+from tiny_audio import tiny_whisper_en
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.runtimes.audio import load_audio, read_wav, resample
+from edgemfm.runtimes.longform import TranscribeConfig, compression_ratio
+from edgemfm.runtimes.mel_windows import MelWindows, WavSource
+
+LONG_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
+    "All that glitters is not gold, and not all those who wander are lost. The early bird catches the worm, "
+    "but the second mouse gets the cheese. Actions speak louder than words, and practice makes perfect. "
+    "When in Rome, do as the Romans do. Fortune favours the bold, and knowledge is power. Time flies like an "
+    "arrow; fruit flies like a banana. Better late than never, but never late is better. The pen is mightier "
+    "than the sword, and a picture is worth a thousand words. Where there is a will there is a way."
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_whisper_en(tmp_path_factory.mktemp("models") / "tiny-whisper-en")
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-en"
+    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint3(tmp_path_factory):
+    """3 s windows, the feature extractor nested in processor_config.json (as transformers 5 saves a processor)."""
+    path = tmp_path_factory.mktemp("models") / "tiny-whisper-en-3s"
+    return tiny_whisper_en(path, max_source_positions=150, chunk_length=3, nested=True)
+
+
+@pytest.fixture(scope="module")
+def exported3(checkpoint3, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-en-3s"
+    assert main(["export", "--model", str(checkpoint3), "--device", "pi5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory):
+    """34 s of espeak-ng speech: two 30 s windows, a dozen 3 s ones."""
+    return speech_wav(tmp_path_factory.mktemp("audio") / "long.wav", LONG_TEXT)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    return speech_wav(tmp_path_factory.mktemp("audio") / "hello.wav", "Hello, how are you today?")
+
+
+def _model(checkpoint):
+    from transformers import WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+
+
+def test_prompt_goes_before_the_start_token_as_transformers_prompt_ids(checkpoint, exported, speech):
+    from transformers import WhisperFeatureExtractor
+
+    pipe = edgemfm.load(exported)
+    ours = list(pipe.generate_tokens("Hello there", audio=[str(speech)], max_new_tokens=20))
+    prompt_ids = [pipe.manifest.generation.transcription.previous] + pipe.tokenizer.encode(
+        " Hello there", add_special_tokens=False
+    ).ids
+    assert pipe.prompt_ids("Hello there") == prompt_ids + pipe.prompt_ids("")
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(
+        load_audio(speech, pipe.manifest.preprocess.audio), sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    with torch.no_grad():
+        theirs = _model(checkpoint).generate(
+            input_features=features, prompt_ids=torch.tensor(prompt_ids), max_new_tokens=20, do_sample=False
+        )
+    assert len(ours) == 20 and ours == theirs[0].tolist()[:20]
+
+
+def test_a_3s_window_checkpoint_exports_and_transcribes(checkpoint3, exported3, speech):
+    from transformers import WhisperFeatureExtractor
+
+    assert not (checkpoint3 / "preprocessor_config.json").exists()  # read from processor_config.json
+    pipe = edgemfm.load(exported3)
+    assert pipe.manifest.preprocess.audio.n_samples == 48000
+    ours = list(pipe.generate_tokens("", audio=[str(speech)], max_new_tokens=16))
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=3)
+    features = extractor(
+        load_audio(speech, pipe.manifest.preprocess.audio), sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    assert features.shape[-1] == 300
+    with torch.no_grad():
+        theirs = _model(checkpoint3).generate(input_features=features, max_new_tokens=16, do_sample=False)
+    theirs = [t for t in theirs[0].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+    assert len(theirs) >= 8 and ours[: len(theirs)] == theirs
+
+
+def test_a_window_the_encoder_does_not_take_fails_at_export_in_one_line(tmp_path, capsys):
+    from transformers import WhisperFeatureExtractor
+
+    checkpoint = tiny_whisper_en(tmp_path / "w3", max_source_positions=150, chunk_length=3)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=30).save_pretrained(checkpoint)  # 30 s windows, 3 s encoder
+    capsys.readouterr()  # the checkpoint writer's progress bar
+    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "80 mel bins x 3000 frames (30 s windows at hop 160); the encoder takes 80 x 300" in err
+    assert err.endswith("allowed: chunk_length 3")
+
+
+def _samples(path):
+    samples, rate = read_wav(path)
+    return resample(samples.mean(axis=1), rate, 16000)
+
+
+def test_mel_windows_are_slices_of_the_whole_recordings_features(long_speech):
+    from transformers import WhisperFeatureExtractor
+
+    spec = edgemfm.manifest.AudioPreprocess(16000, 400, 160, 80, 480000)
+    whole = WhisperFeatureExtractor(feature_size=80)(
+        _samples(long_speech), sampling_rate=16000, truncation=False, padding="longest", return_tensors="np"
+    ).input_features[0]
+    source = WavSource(long_speech, 16000)
+    reads = []
+    read = source.read
+    source.read = lambda a, b: reads.append(b - a) or read(a, b)
+    mel = MelWindows(source, spec)
+    assert mel.frames == whole.shape[1] > 3000
+    for seek in (0, 1234, mel.frames - 500):
+        n = min(3000, mel.frames - seek)
+        window = mel.window(seek, 3000)
+        assert float(abs(window[:, :n] - whole[:, seek : seek + n]).max()) < 1e-4
+        assert not window[:, n:].any()  # padded with zeros, as transformers pads the last window
+    # memory flat: never more than one window of samples (and the STFT's overlap) read at once
+    assert max(reads) <= 480000 + 400 and source.length > 480000
+
+
+SLOW = pytest.mark.slow  # each case runs transformers' long-form generate: a few in the default suite
+
+
+@pytest.mark.parametrize(
+    "windows,condition,prompt",
+    [
+        ("30s", False, ""),
+        ("3s", False, ""),
+        ("3s", True, "Hello there"),
+        pytest.param("30s", True, "", marks=SLOW),
+        pytest.param("30s", False, "Hello there", marks=SLOW),
+        pytest.param("30s", True, "Hello there", marks=SLOW),
+        pytest.param("3s", True, "", marks=SLOW),
+        pytest.param("3s", False, "Hello there", marks=SLOW),
+    ],
+)
+def test_longform_tokens_match_transformers_generate(request, long_speech, windows, condition, prompt):
+    from transformers import WhisperFeatureExtractor
+
+    checkpoint, bundle = (
+        (request.getfixturevalue("checkpoint"), request.getfixturevalue("exported"))
+        if windows == "30s"
+        else (request.getfixturevalue("checkpoint3"), request.getfixturevalue("exported3"))
+    )
+    pipe = edgemfm.load(bundle)
+    config = TranscribeConfig(prompt=prompt, condition_on_previous=condition)
+    segments = list(pipe.transcribe(str(long_speech), config))
+    ours = [t for s in segments for t in s.tokens]
+    features = WhisperFeatureExtractor.from_pretrained(checkpoint)(
+        _samples(long_speech), sampling_rate=16000, truncation=False, padding="longest", return_tensors="pt"
+    ).input_features
+    t = pipe.manifest.generation.transcription
+    kwargs = (
+        {"prompt_ids": torch.tensor([t.previous, *pipe.tokenizer.encode(" " + prompt, add_special_tokens=False).ids])}
+        if prompt
+        else {}
+    )
+    with torch.no_grad():
+        out = _model(checkpoint).generate(
+            input_features=features,
+            return_timestamps=True,
+            condition_on_prev_tokens=condition,
+            return_segments=True,
+            **kwargs,
+        )
+    theirs = [tok for tok in out["sequences"][0].tolist() if tok not in pipe.manifest.tokenizer.eos_token_ids]
+    assert len(ours) >= 10 and ours == theirs
+    assert [(s.start, s.end) for s in segments] == [
+        (round(float(s["start"]), 3), round(float(s["end"]), 3)) for s in out["segments"][0]
+    ]
+    assert max(s["start"] for s in out["segments"][0]) > 3  # more than one window was decoded
+
+
+def test_fallback_decodes_again_at_the_next_temperature(exported3, speech):
+    pipe = edgemfm.load(exported3)
+    greedy = [s.tokens for s in pipe.transcribe(str(speech))]
+    # a log-probability no window reaches: every temperature is tried, the last one's tokens are kept
+    unsure = TranscribeConfig(temperatures=(0.0, 1.0), logprob_threshold=0.0, seed=3)
+    sampled = [s.tokens for s in pipe.transcribe(str(speech), unsure)]
+    assert sampled and sampled != greedy
+    assert compression_ratio([7, 8] * 50, 1770) > 2.4 > compression_ratio(list(range(100)), 1770)
+
+
+def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_speech, tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(exported), "--audio", str(long_speech), "--timestamps"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) > 2 and all(line.startswith("[00:0") and " → " in line for line in lines)
+    for fmt in ("srt", "vtt", "json"):
+        assert main(["run", str(exported), "--audio", str(long_speech), "--format", fmt]) == 0
+    assert (tmp_path / "long.srt").read_text().startswith("1\n00:00:")
+    assert (tmp_path / "long.vtt").read_text().startswith("WEBVTT\n")
+    rows = json.loads((tmp_path / "long.json").read_text())["segments"]
+    assert len(rows) == len(lines) and all(r["end"] >= r["start"] for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.json", "long.srt", "long.vtt"]  # no temp files left
+    # a longer recording than the window is transcribed whole without asking
+    assert main(["run", str(exported), "--audio", str(long_speech)]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def _segment(start, end, tokens):
+    from edgemfm.runtimes.longform import Segment
+
+    return Segment(start, end, "", tuple(tokens))
+
+
+def test_live_commits_what_two_hypotheses_agree_on_and_never_rewrites(exported3, monkeypatch):
+    """LocalAgreement-2 on scripted hypotheses (byte tokens; 1769 a timestamp past the window)."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    hypotheses = iter(
+        [
+            [_segment(0.0, 2.0, ids("the cat"))],
+            [_segment(0.0, 2.0, ids("the cap is"))],  # agrees on "the ca"
+            [_segment(0.0, 1.0, ids("the cap")), _segment(1.0, 2.5, ids(" is red"))],  # "the cap" whole: cut at 1 s
+            [_segment(0.0, 1.5, ids(" is read"))],  # the buffer now starts at 1 s
+            [_segment(0.0, 1.5, ids(" is ready"))],
+        ]
+    )
+    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    monkeypatch.setattr(live, "_hypothesis", lambda: next(hypotheses))
+    chunks = [np.zeros(16000, np.float32)] * 4
+    updates = list(live.feed(chunks))
+    assert [u.committed for u in updates] == ["", "the ca", "p is", " re", "ady"]
+    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 4.0, 4.0]
+    done = updates[-1].segments
+    assert [(s.start, s.text) for s in done] == [(0.0, "the cap"), (1.0, " is ready")]
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
+
+
+def test_live_text_is_prefix_stable_and_whole_audio_at_once_is_the_longform_text(exported3, long_speech):
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    longform = "".join(s.text for s in pipe.transcribe(samples))
+    once = list(pipe.transcribe_stream([samples], step_s=len(samples) / 16000 + 1))
+    assert len(once) == 1 and once[0].committed == longform  # nothing to agree on: the long-form rule itself
+    updates = list(pipe.transcribe_stream((samples[i : i + 8000] for i in range(0, len(samples), 8000)), step_s=1.0))
+    committed = "".join(u.committed for u in updates)
+    assert len(updates) == len(samples) // 16000 + 1 and committed
+    assert "".join(s.text for s in updates[-1].segments) == committed  # the segments hold exactly what was committed
+    assert all(s.start >= 0 and s.end >= s.start for s in updates[-1].segments)
+
+
+def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch, capsys):
+    import io
+    import types
+
+    pcm = (np.clip(_samples(long_speech)[: 16000 * 8], -1, 1) * 32767).astype("<i2").tobytes()
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(pcm)))
+    assert main(["run", str(exported3), "--audio", "-", "--timestamps"]) == 0
+    out = capsys.readouterr().out  # the random model's text holds any byte, newlines too
+    assert "\n[00:00:0" in out and " → " in out
+    assert main(["run", str(exported3), "--audio", "-", "--audio", str(long_speech)]) == 2
+    assert "exactly one audio input" in capsys.readouterr().err
