@@ -49,15 +49,12 @@ class WavLayout:
     offset: int  # of the data chunk's first byte in the file
     frames: int  # whole frames in the data chunk
 
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.rate
 
-
-def wav_layout(path: str | Path) -> WavLayout:
+def wav_layout(path: str | Path, max_seconds: float | None = None) -> WavLayout:
     """The layout of a WAV file, read from its chunk headers only (the samples stay on disk).
 
-    Data shorter than its header claims is reported here, before any sample is read.
+    A clip whose header claims more than `max_seconds`, then data shorter than its header claims,
+    are reported here, before any sample is read.
 
     Example:
         >>> wav_layout("speech.wav").frames   # doctest: +SKIP
@@ -85,10 +82,10 @@ def wav_layout(path: str | Path) -> WavLayout:
             pos += 8 + length + (length & 1)  # chunks are padded to an even length
     if fmt is None or data is None:
         raise InputError(f"{where} is a WAV file without a fmt or data chunk; allowed: {_ALLOWED}")
-    return _layout(fmt, data, where)
+    return _layout(fmt, data, where, max_seconds)
 
 
-def _layout(fmt: bytes, data: tuple[int, int, int], where: str) -> WavLayout:
+def _layout(fmt: bytes, data: tuple[int, int, int], where: str, max_seconds: float | None) -> WavLayout:
     if len(fmt) < 16:
         raise InputError(f"{where} has a truncated fmt chunk; allowed: {_ALLOWED}")
     tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
@@ -106,6 +103,9 @@ def _layout(fmt: bytes, data: tuple[int, int, int], where: str) -> WavLayout:
         raise InputError(f"{where} declares {channels} channels; allowed: 1 to {_MAX_CHANNELS}")
     offset, claimed, present = data
     claimed -= claimed % (width * channels)
+    seconds = claimed / (width * channels * rate)
+    if max_seconds is not None and seconds > max_seconds:  # never cut a clip silently: the encoder sees one window
+        raise InputError(f"audio {where} lasts {seconds:.1f} s; this model takes clips of at most {max_seconds:g} s")
     if present < claimed:
         raise InputError(
             f"{where} holds {present} bytes of samples where its header claims {claimed} (truncated?); "
@@ -147,11 +147,7 @@ def read_wav(path: str | Path, max_seconds: float | None = None) -> tuple[np.nda
         >>> samples.shape, rate                      # doctest: +SKIP
         ((38912, 1), 22050)
     """
-    layout, where = wav_layout(path), repr(str(path))
-    if max_seconds is not None and layout.seconds > max_seconds:  # never cut a clip silently
-        raise InputError(
-            f"audio {where} lasts {layout.seconds:.1f} s; this model takes clips of at most {max_seconds:g} s"
-        )
+    layout, where = wav_layout(path, max_seconds), repr(str(path))
     with Path(path).open("rb") as f:
         f.seek(layout.offset)
         raw = f.read(layout.frames * layout.width * layout.channels)
