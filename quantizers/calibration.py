@@ -155,7 +155,10 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     for i, prompt in enumerate(prompts):
         kind = list(given)[i % len(given)] if given else None  # images and clips in turn
         items = {kind: [given[kind][i // len(given) % len(given[kind])]]} if kind else {}
-        ids = pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()})
+        if cross is None:
+            ids = pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()})
+        else:  # the text as a transcript after the start tokens: what the decoder reads while transcribing
+            ids = pipe.prompt_ids("") + pipe.tokenizer.encode(" " + prompt, add_special_tokens=False).ids
         embeds = pipe.embed(ids, items)
         ids_stream += ids
         embeds_stream.append(embeds[0])
