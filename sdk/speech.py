@@ -49,7 +49,9 @@ def wants_longform(pipe: Any, args: argparse.Namespace) -> bool:
         if len(args.audio) != 1 or args.image:
             raise InputError(f"transcription takes exactly one audio input and no image; got {len(args.audio)} audio")
         return True
-    if pipe.manifest.generation.transcription is None or len(args.audio) != 1 or args.image:
+    if len(args.audio) != 1 or args.image or getattr(pipe, "manifest", None) is None:  # a cascade answers questions
+        return False
+    if pipe.manifest.generation.transcription is None:
         return False
     spec, layout = pipe.manifest.preprocess.audio, wav_layout(args.audio[0])
     return layout.frames / layout.rate > spec.n_samples / spec.sampling_rate
