@@ -171,8 +171,14 @@ def _prompt(c: _Checker, m: Manifest) -> None:
 
 def _preprocess(c: _Checker, p: Preprocess) -> None:
     if (i := p.image) is not None:
-        c.int_in("preprocess.image.size", i.size, 1, MAX_IMAGE)
-        c.int_in("preprocess.image.crop", i.crop, 1, MAX_IMAGE)
+        # each size field is bounded where its resize mode reads it (SigLIP's height x width leaves `size` 0)
+        if i.resize == "shortest_edge":
+            c.int_in("preprocess.image.size", i.size, 1, MAX_IMAGE)
+        elif i.resize == "height_width":
+            c.int_in("preprocess.image.height", i.height, 1, MAX_IMAGE)
+            c.int_in("preprocess.image.width", i.width, 1, MAX_IMAGE)
+        if i.center_crop:
+            c.int_in("preprocess.image.crop", i.crop, 1, MAX_IMAGE)
         c.real_in("preprocess.image.rescale", i.rescale, 0, 1e6, above=True)
         for key in ("mean", "std"):
             for v in getattr(i, key):

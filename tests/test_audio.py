@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -13,8 +14,7 @@ import pytest
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import AudioPreprocess
-from edgemfm.runtimes import budget
-from edgemfm.runtimes.audio import load_audio, log_mel, log_mel_working_bytes, mel_filters, read_wav, resample
+from edgemfm.runtimes.audio import load_audio, log_mel, mel_filters, read_wav, resample
 from edgemfm.runtimes.preprocess import PREPROCESSORS
 
 WHISPER = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
@@ -117,17 +117,33 @@ def test_log_mel_of_speech_matches_whisper_feature_extractor(speech):
     assert valid == int(ref["attention_mask"][0].sum())
 
 
-def test_log_mel_working_bytes_bound_its_measured_peak():
-    """The memory budget counts one window's log-mel: the process's peak over a call stays within it."""
-    spec = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
-    samples = np.random.default_rng(0).standard_normal(spec.n_samples).astype(np.float32)
-    log_mel(samples, spec)  # first call: numpy's FFT plans and caches
-    if not (budget.release_free_heap() and budget.reset_peak()):
-        pytest.skip("this OS cannot reset its peak-memory counter")
+# Measured in a fresh interpreter: in the test process the heap other tests left behind decides how much of
+# one call's memory the allocator finds free (a full-suite run measured 39.2 MB where alone it is under 36.6).
+PEAK_CHILD = """
+import numpy as np
+from edgemfm.manifest import AudioPreprocess
+from edgemfm.runtimes import budget
+from edgemfm.runtimes.audio import log_mel, log_mel_working_bytes
+spec = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=480000)
+samples = np.random.default_rng(0).standard_normal(spec.n_samples).astype(np.float32)
+log_mel(samples, spec)  # first call: numpy's FFT plans and caches
+if not (budget.release_free_heap() and budget.reset_peak()):
+    print("SKIP")
+else:
     before = budget.resident_bytes()
     log_mel(samples, spec)
-    grown = budget.peak_resident_bytes() - before
-    assert 0.5 * log_mel_working_bytes(spec) < grown <= log_mel_working_bytes(spec)
+    print(budget.peak_resident_bytes() - before, log_mel_working_bytes(spec))
+"""
+
+
+def test_log_mel_working_bytes_bound_its_measured_peak():
+    """The memory budget counts one window's log-mel: the process's peak over a call stays within it."""
+    result = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if result.stdout.strip() == "SKIP":
+        pytest.skip("this OS cannot reset its peak-memory counter")
+    grown, working = map(int, result.stdout.split())
+    assert 0.5 * working < grown <= working
 
 
 def test_preprocessor_row_is_registered(speech):
