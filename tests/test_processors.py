@@ -139,7 +139,8 @@ def test_audio_matches_the_checkpoints_feature_extractor(layout, samples, tmp_pa
     extractor = WhisperFeatureExtractor(feature_size=64, chunk_length=4, hop_length=128)
     folder = _save(extractor, tmp_path / "model", layout, "WhisperProcessor")
     clip = np.random.default_rng(samples).standard_normal(samples).astype(np.float32) * 0.1
-    pre = audio_preprocess(folder, SimpleNamespace(num_mel_bins=80))
+    # an encoder that takes this extractor's windows: 64 mels x (4 s / hop 128 = 500 frames = 250 positions x 2)
+    pre = audio_preprocess(folder, SimpleNamespace(num_mel_bins=64, max_source_positions=250))
     assert (pre.n_mels, pre.hop_length, pre.n_samples) == (64, 128, 4 * 16000)
     want = WhisperFeatureExtractor.from_pretrained(folder)(clip, sampling_rate=16000, return_tensors="np")
     got = preprocess_audio(clip, pre)[0]
