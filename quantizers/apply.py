@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgemfm.errors import ConfigError
+from edgemfm.errors import ConfigError, InputError
 from edgemfm.quantizers import conv_weight_only, gptq
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.registry import Scheme, check_method, schemes
@@ -31,6 +31,8 @@ from edgemfm.quantizers.units import Unit, weighted_units
 from edgemfm.recipe import QuantSpec, Recipe
 from edgemfm.report import AppliedScheme, Quantization
 
+# what a --calibration folder holds, by kind of data (calibration.read_folder reads these)
+FOLDER_LAYOUT = "images .png/.jpg/.jpeg/.bmp/.webp, audio clips .wav, prompts .txt (one per line)"
 # op types written by the schemes: counted per component in the report
 QUANT_OPS = (
     "MatMulNBits",
@@ -96,6 +98,22 @@ def plan_passes(
     return passes, floats
 
 
+def check_calibrated(component: str, passes: list, feeds: list, kind: str = "data") -> None:
+    """Refuse, in one line naming `component` and how to give data, a pass that needs calibration
+    feeds (static int8) when none reach the component; `kind` is what it is fed (audio, images, prompts).
+
+    Example:
+        >>> check_calibrated("audio_encoder", [(static_int8.SCHEME, spec, units)], [], "audio")  # doctest: +SKIP
+        InputError: audio_encoder: static_int8 needs calibration audio and none reached it; ...
+    """
+    needy = [s.name for s, _, _ in passes if s.calibrated]
+    if needy and not feeds:
+        raise InputError(
+            f"{component}: {needy[0]} needs calibration {kind} and none reached it; "
+            f"give --calibration DIR holding {kind} (DIR: {FOLDER_LAYOUT}) or choose another precision"
+        )
+
+
 def quantize_component(
     src: Path, dst: Path, component: str, recipe: Recipe, ctx: Context, group: int = 32
 ) -> Quantization:
@@ -110,6 +128,7 @@ def quantize_component(
     model = onnx.load(str(src))
     units, skipped = weighted_units(model, component)
     passes, floats = plan_passes(units, recipe, group)
+    check_calibrated(component, passes, ctx.feeds)
     for scheme, spec, chosen in passes:
         model = scheme.apply(model, chosen, spec, ctx)
     onnx.save(model, str(dst))

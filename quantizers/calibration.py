@@ -2,17 +2,20 @@
 
 From a folder (`--calibration DIR`): its images (png, jpg, jpeg, bmp, webp), audio clips (wav)
 and prompts (each non-empty line of its .txt files). Without one: a built-in set of Pillow
-drawings and fixed English prompts, so every export can be calibrated and measured offline.
+drawings, six short English phrases spoken by espeak-ng in six accents (`speech/`, 16 kHz mono,
+made offline with `espeak-ng -v VOICE -s 175 -w OUT.wav TEXT`, resampled and trimmed) and fixed
+English prompts, so every export can be calibrated and measured offline.
 
 Each prompt, with one media item when the bundle takes media (images and clips in turn), goes
 through the bundle's template and tokenizer, each item through the manifest's pre-processing and
 its float encoder, and their rows are spliced into the token embeddings exactly as
 `Pipeline.embed` does: the decoder is calibrated on the inputs it will see. An encoder no item of
-the folder reaches (an audio encoder without clips) is quantized uncalibrated, and the report says
-it was not measured.
+the folder reaches (an audio encoder, a folder without clips) gets no feeds: weight-only and
+dynamic schemes quantize it unmeasured (the report says so); static int8 refuses it, naming it
+(`apply.check_calibrated`).
 
 An encoder-decoder bundle (Whisper) attends to its audio by cross-attention, not by placeholder
-rows: each clip (the folder's WAVs, else seeded synthetic clips) goes through the runtime's log-mel
+rows: each clip (the folder's WAVs or the built-in speech; a folder without WAVs: seeded synthetic clips) goes through the runtime's log-mel
 and the float audio encoder exactly as `Pipeline.attend` does, and each decoder window is fed the
 cross-attention keys/values of one clip in turn, beside the prompts' tokens (a folder's .txt lines
 read as the clips' transcripts).
@@ -32,9 +35,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgemfm.errors import InputError
-from edgemfm.manifest import KVCache, Manifest
+from edgemfm.manifest import AudioPreprocess, KVCache, Manifest
 from edgemfm.profiles import load_profile
 from edgemfm.quantizers.context import Feeds
+from edgemfm.runtimes.audio import read_wav, resample
 from edgemfm.runtimes.media import Call, item_feeds, needs_preparing
 from edgemfm.runtimes.preprocess import PREPROCESSORS
 
@@ -51,6 +55,8 @@ PROMPTS = (
     "Where could this picture have been taken?",
 )
 MAX_ITEMS = 16  # calibration items per kind: enough for stable ranges, cheap on 2 cores
+# real speech, not synthetic tones: static int8 fixes the audio encoder's activation ranges on these
+SPEECH = Path(__file__).parent / "speech"
 BUILTIN_CLIPS = 4  # synthetic clips when a bundle attends to audio and no WAV is given: one encoder run each
 
 
@@ -70,6 +76,21 @@ def drawings(n: int = 8, seed: int = 0) -> list[Image.Image]:
             [draw.ellipse, draw.rectangle, draw.line][int(rng.integers(0, 3))](box, fill=colour)
         images.append(img)
     return images
+
+
+def speech(spec: AudioPreprocess) -> list[np.ndarray]:
+    """The built-in spoken clips at the model's sampling rate, each cut to its window (the runtime
+    refuses a longer clip; a phrase cut short is still speech).
+
+    Example:
+        >>> [len(c) for c in speech(AudioPreprocess(16000, 400, 160, 80, 16000))]
+        [16000, 15379, 16000, 16000, 16000, 16000]
+    """
+    clips = []
+    for path in sorted(SPEECH.glob("*.wav")):
+        samples, rate = read_wav(path)
+        clips.append(resample(samples.mean(axis=1), rate, spec.sampling_rate)[: spec.n_samples])
+    return clips
 
 
 def synthetic_audio(n: int, rate: int, samples: int, seed: int = 0) -> list[np.ndarray]:
@@ -144,7 +165,11 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     """Calibration feeds of every component of the float bundle in `float_dir`."""
     from edgemfm.runtimes.pipeline import Pipeline
 
-    images, clips, prompts = read_folder(folder) if folder is not None else (drawings(), [], list(PROMPTS))
+    if folder is not None:
+        images, clips, prompts = read_folder(folder)
+    else:
+        audio = manifest.preprocess.audio
+        images, clips, prompts = drawings(), speech(audio) if audio is not None else [], list(PROMPTS)
     prompts = prompts or list(PROMPTS)
     # The float graphs run on the CPU here, whatever the target device.
     pipe = Pipeline(float_dir, manifest, load_profile("host"), threads=0)

@@ -26,11 +26,12 @@ from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress, say
 from edgemfm.quantizers import planner, presets, tied_table
-from edgemfm.quantizers.apply import quantize_component, scheme_of
+from edgemfm.quantizers.apply import check_calibrated, plan_passes, quantize_component, scheme_of
 from edgemfm.quantizers.calibration import component_feeds
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
 from edgemfm.quantizers.registry import check_method
+from edgemfm.quantizers.units import weighted_units
 from edgemfm.recipe import Recipe
 from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
@@ -105,6 +106,7 @@ def _quantize(
         recipe, plan_report = auto_recipe(
             float_dir, files, profile, judge, config.memory_budget_mb, config.accuracy_tolerance_db, progress
         )
+    _check_calibrated(float_dir, manifest, recipe, calibrate, group)  # before the long part: refusals first
     report, components = {}, dict(manifest.components)
     for i, (name, c) in enumerate(manifest.components.items()):
         say(progress, f"quantizing {name}", i / len(manifest.components))
@@ -121,6 +123,25 @@ def _quantize(
     plan = plan_report or manifest.report.plan
     quantized = replace(manifest.report, precision=precision, float_units=float_units, quantization=report, plan=plan)
     return replace(manifest, recipe=recipe, components=components, report=quantized)
+
+
+def _check_calibrated(
+    float_dir: Path, manifest: Manifest, recipe: Recipe, calibrate: dict[str, list], group: int
+) -> None:
+    """Refuse a component no calibration item reaches whose recipe needs calibration (static int8)."""
+    import onnx
+
+    kinds = {m.encoder: kind for kind, m in manifest.prompt.media.items()}
+    cross = manifest.components[manifest.generation.decoder].cross_attention
+    if cross is not None:
+        kinds[cross.encoder] = cross.media
+    wording = {"image": "images", "audio": "audio clips"}
+    for name, c in manifest.components.items():
+        if calibrate.get(name):
+            continue
+        model = onnx.load(str(float_dir / c.file), load_external_data=False)  # the weights' shapes are enough
+        passes, _ = plan_passes(weighted_units(model, name)[0], recipe, group)
+        check_calibrated(name, passes, [], wording.get(kinds.get(name, ""), "prompts"))
 
 
 def measured_subset(

@@ -43,6 +43,7 @@ class Scheme:
     refuse: Callable[[Unit, QuantSpec], str | None] | None = None  # why a unit it would take stays float
     respec: Callable[[QuantSpec, int], QuantSpec] | None = None  # the spec an any-method unit runs with (group)
     alone: bool = False  # a component it quantizes takes no other scheme (fp16: the casts cost more than they save)
+    calibrated: bool = False  # needs calibration feeds: a component none reach is refused before any work
 
 
 _REGISTERED: dict[str, Scheme] = {}

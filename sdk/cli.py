@@ -535,7 +535,7 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
-    e.add_argument("--calibration", help="folder of images and prompt .txt files (default: a built-in set)")
+    e.add_argument("--calibration", help="folder of images, .wav clips and prompt .txt files (default: a built-in set)")
     e.add_argument(
         "--memory-budget", type=A.POSITIVE, help="MB the weights must fit in under auto (default: the profile's)"
     )

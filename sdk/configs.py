@@ -60,7 +60,7 @@ class ExportConfig:
     format: str = "onnx"  # onnx or pte: the runtimes the profile lists decide which are allowed
     precision: str = "fp32"  # fp32, fp16, int8, int4 or auto (bits per layer under the budget and tolerance)
     force: bool = False  # replace an existing `out`: never overwrite by surprise
-    calibration: str | None = None  # folder of images and prompt .txt files; None: the built-in set
+    calibration: str | None = None  # folder of images, .wav clips and prompt .txt files; None: the built-in set
     memory_budget_mb: float | None = None  # MiB the weights must fit in under auto; None: the profile's
     accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB  # least SQNR of each component's output under auto
     max_seq_len: int | None = None  # positions of a pte program's static KV cache; None: the profile's
@@ -86,7 +86,7 @@ class QuantizeConfig:
     """
 
     precision: str = "fp32"  # fp32 (nothing to do), fp16, int8, int4 or auto; with `recipe`: only the report's label
-    calibration: str | None = None  # folder of images and prompt .txt files; None: the built-in set
+    calibration: str | None = None  # folder of images, .wav clips and prompt .txt files; None: the built-in set
     memory_budget_mb: float | None = None  # MiB the weights must fit in under auto; None: the profile's
     accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB  # least SQNR of each component's output under auto
     recipe: Recipe | None = None  # an explicit recipe in place of the precision's preset (benchmarks, tune)

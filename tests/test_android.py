@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -334,16 +335,29 @@ DEMO_MEDIA = REPO / "samples" / "demo_model" / "media"
 
 
 @pytest.fixture(scope="module")
-def tiny_demo_android(tmp_path_factory) -> Path:
-    """A tiny random demo checkpoint (image + audio encoders) exported for the android profile."""
+def tiny_demo_model(tmp_path_factory) -> Path:
+    """A tiny random demo checkpoint: image and audio encoders, a 2-layer decoder."""
     from test_demo import tiny_demo
 
+    return tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
+
+
+def _export_tiny_demo(model: Path, out: Path, precision: str = "fp32") -> Path:
     import edgemfm
 
-    model = tiny_demo(tmp_path_factory.mktemp("models") / "tiny-demo")
-    return edgemfm.export(
-        edgemfm.ExportConfig(model=model, device="android", out=tmp_path_factory.mktemp("android") / "tiny-demo")
-    )
+    return edgemfm.export(edgemfm.ExportConfig(model=model, device="android", precision=precision, out=out))
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_android(tiny_demo_model, tmp_path_factory) -> Path:
+    """The tiny demo exported for the android profile, float32."""
+    return _export_tiny_demo(tiny_demo_model, tmp_path_factory.mktemp("android") / "tiny-demo")
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_int8(tiny_demo_model, tmp_path_factory) -> Path:
+    """The tiny demo exported int8 for android: static QDQ, calibrated on the built-in set (speech included)."""
+    return _export_tiny_demo(tiny_demo_model, tmp_path_factory.mktemp("android") / "tiny-demo-int8", "int8")
 
 
 @pytest.fixture(scope="module")
@@ -397,18 +411,19 @@ def test_java_decode_loop_hears_like_edgemfm_run(host_run, tiny_demo_android, pi
 
 @pytest.fixture(scope="module")
 def demo_int8_android(tmp_path_factory) -> Path:
-    """The built-in demo model exported int8 (minutes: -m slow only), or the bundle at
-    $EDGEMFM_DEMO_ANDROID_BUNDLE when set, to reuse one `edgemfm export --precision int8` wrote.
-
-    The host profile's int8 (dynamic: MatMulInteger, DynamicQuantizeLinear, which ORT 1.29 runs on
-    x86-64 and arm64 alike): the android profile's static int8 stops at the audio encoder, which
-    the built-in calibration set (drawings and prompts, no clips) never reaches."""
-    import edgemfm
-
+    """The built-in demo model exported for android at int8 (static QDQ, calibrated on the built-in
+    drawings, speech and prompts; minutes: -m slow only), or the bundle at
+    $EDGEMFM_DEMO_ANDROID_BUNDLE when set, to reuse one that
+    `edgemfm export --device android --precision int8` wrote."""
     if given := os.environ.get("EDGEMFM_DEMO_ANDROID_BUNDLE"):
         return Path(given)
-    out = tmp_path_factory.mktemp("bundles") / "demo-int8"
-    return edgemfm.export(edgemfm.ExportConfig(device="host", precision="int8", out=out))
+    return _export_demo(tmp_path_factory.mktemp("bundles") / "demo-android-int8", "int8")
+
+
+def _export_demo(out: Path, precision: str) -> Path:
+    import edgemfm
+
+    return edgemfm.export(edgemfm.ExportConfig(device="android", precision=precision, out=out))
 
 
 @pytest.mark.slow
@@ -437,6 +452,144 @@ def test_java_decode_loop_answers_the_demo_samples_from_the_int8_bundle(
     assert java["text"] == want
     assert main(["run", str(demo_int8_android), "--prompt", prompt, "--max-new-tokens", "8", f"--{kind}", path]) == 0
     assert "".join(java["pieces"]) == capsys.readouterr().out.removesuffix("\n")
+
+
+@pytest.fixture(scope="module", params=["int4", "auto"])
+def demo_android_low_bits(request, tmp_path_factory) -> Path:
+    """The demo model exported for android at int4 or auto (minutes each: -m slow only), or the
+    bundle at $EDGEMFM_DEMO_ANDROID_INT4_BUNDLE / $EDGEMFM_DEMO_ANDROID_AUTO_BUNDLE when set."""
+    if given := os.environ.get(f"EDGEMFM_DEMO_ANDROID_{request.param.upper()}_BUNDLE"):
+        return Path(given)
+    return _export_demo(tmp_path_factory.mktemp("bundles") / f"demo-android-{request.param}", request.param)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "media, prompt", [(q[0], q[1]) for q in json.loads((DEMO_MEDIA / "questions.json").read_text())]
+)
+def test_java_decode_loop_runs_the_int4_and_auto_demo_bundles(host_run, demo_android_low_bits, media, prompt):
+    """The demo's int4 (MatMulNBits) and auto bundles run in the app's loop, token for token as the Python runtime."""
+    from edgemfm.runtimes.pipeline import load
+
+    kind = "image" if media.endswith(".png") else "audio"
+    path = str(DEMO_MEDIA / media)
+    java = _java(
+        host_run,
+        *("--bundle", str(demo_android_low_bits), "--prompt", prompt, "--max-new-tokens", "8", f"--{kind}", path),
+    )
+    pipe = load(demo_android_low_bits)
+    want = list(pipe.generate_tokens(prompt, max_new_tokens=8, **{"images" if kind == "image" else kind: [path]}))
+    assert java["tokens"] == want and want
+
+
+@pytest.fixture(scope="module", params=["int8", "int4", "auto"])
+def tiny_demo_quantized(request, tiny_demo_model, tmp_path_factory) -> Path:
+    if request.param == "int8":
+        return request.getfixturevalue("tiny_demo_int8")
+    return _export_tiny_demo(tiny_demo_model, tmp_path_factory.mktemp("android") / request.param, request.param)
+
+
+def test_android_int8_calibrates_every_encoder_on_the_built_in_set(tiny_demo_int8):
+    """Static int8 (QDQ) fixes activation ranges from calibration data; the built-in set's spoken
+    clips reach the audio encoder, its drawings the vision encoder, and each is measured against float."""
+    from edgemfm.bundle import read_manifest
+
+    report = read_manifest(tiny_demo_int8).report.quantization
+    for name in ("vision_encoder", "audio_encoder", "text_decoder"):
+        assert report[name].quantized_nodes.get("QuantizeLinear", 0) > 0, name
+        assert report[name].sqnr_db is not None, name
+
+
+def test_static_int8_without_clips_names_the_audio_encoder_and_the_folder_layout(tiny_demo_android, picture, tmp_path):
+    """A --calibration folder without .wav clips leaves the audio encoder's static int8 uncalibrated:
+    one line names the component and how to give data, before any component is quantized."""
+    from edgemfm.bundle import read_manifest
+    from edgemfm.configs import QuantizeConfig
+    from edgemfm.errors import InputError
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers.quantize import quantize
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    shutil.copy(picture, folder / "shapes.png")
+    (folder / "prompts.txt").write_text("What is in the picture?\n")
+    stage = tmp_path / "stage"
+    shutil.copytree(tiny_demo_android, stage)
+    config = QuantizeConfig(precision="int8", calibration=str(folder))
+    with pytest.raises(InputError) as refused:
+        quantize(stage, read_manifest(stage), load_profile("android"), config, tmp_path / "scratch")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("audio_encoder: static_int8 needs calibration audio clips and none reached it")
+    assert "--calibration DIR" in message and "audio clips .wav" in message
+    for c in read_manifest(stage).components.values():  # nothing was quantized
+        assert (stage / c.file).read_bytes() == (tiny_demo_android / c.file).read_bytes()
+
+
+def test_java_decode_loop_runs_the_quantized_tiny_demo_bundles(host_run, tiny_demo_quantized, picture):
+    """int8 (QDQ), int4 (MatMulNBits) and auto bundles run in the app's loop with the tokens of the Python runtime."""
+    from edgemfm.bundle import read_manifest
+    from edgemfm.runtimes.pipeline import load
+
+    ops = {op for q in read_manifest(tiny_demo_quantized).report.quantization.values() for op in q.quantized_nodes}
+    assert ops & {"QuantizeLinear", "MatMulNBits"}
+    wav = DEMO_MEDIA / "word.wav"
+    java = _java(
+        host_run,
+        *("--bundle", str(tiny_demo_quantized), "--prompt", "What is it?", "--max-new-tokens", "6"),
+        *("--audio", str(wav), "--image", str(picture)),
+    )
+    want = list(
+        load(tiny_demo_quantized).generate_tokens("What is it?", images=[picture], audio=[wav], max_new_tokens=6)
+    )
+    assert java["tokens"] == want and want
+
+
+def test_java_kv_window_slides_as_the_python_runtime(host_run, tiny_demo_int8, tmp_path):
+    """With the manifest's window at 80 entries (4 sinks, prefill chunks of 24), a 60-token prompt with
+    a clip (64 rows) and 40 new tokens pass the window: the Java loop slides it as the Python runtime
+    does, token for token, and the answer differs from an unbounded cache's."""
+    from edgemfm.runtimes.pipeline import load
+
+    bundle = tmp_path / "windowed"
+    shutil.copytree(tiny_demo_int8, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["streaming"].update(max_seq_len=80, sink_tokens=4, prefill_chunk=24)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    wav, prompt = DEMO_MEDIA / "word.wav", "Tell me."
+    java = _java(host_run, "--bundle", str(bundle), "--prompt", prompt, "--audio", str(wav), "--max-new-tokens", "40")
+    pipe = load(bundle)
+    want = list(pipe.generate_tokens(prompt, audio=[wav], max_new_tokens=40))
+    assert len(pipe.prompt_ids(prompt, {"audio": 1})) + len(want) > 80  # the stream passes the window
+    assert java["tokens"] == want
+    assert java["evicted"] > 0
+    assert want != list(load(tiny_demo_int8).generate_tokens(prompt, audio=[wav], max_new_tokens=40))
+
+
+def test_java_memory_budget_is_the_python_runtimes(host_run, tiny_demo_int8):
+    """The Java loop estimates weights, KV cache and activations as runtimes/budget.py does, from the
+    manifest, and refuses a budget that cannot hold the bundle with the same one line."""
+    from edgemfm.bundle import read_manifest
+    from edgemfm.errors import MemoryBudgetError
+    from edgemfm.runtimes import budget
+    from edgemfm.runtimes.pipeline import load
+
+    manifest = read_manifest(tiny_demo_int8)
+    plan = budget.estimate(manifest, manifest.streaming, 0)
+    java = _java(host_run, "--bundle", str(tiny_demo_int8), "--prompt", "Hi", "--max-new-tokens", "1")
+    assert java["plan"] == {"weights": plan.weights, "kv_cache": plan.kv_cache, "activations": plan.activations}
+
+    r = _run(["bash", str(host_run), "--bundle", str(tiny_demo_int8), "--prompt", "Hi", "--memory-budget", "10"])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(MemoryBudgetError) as python:
+        load(tiny_demo_int8, memory_budget=10, encoder_cache_mb=0)  # the Java loop keeps no encoder cache
+    shape = (
+        r"bundle '.+' needs \d+ bytes \([\d.]+ MiB: process [\d.]+, (weights [\d.]+, KV cache [\d.]+, activations [\d.]+)\) "
+        r"but the memory budget allows 10485760 bytes \(10.0 MiB\); allowed: --memory-budget \d+ or more, "
+        r"or a smaller streaming.max_seq_len$"
+    )
+    ours, theirs = re.search(shape, r.stderr.strip()), re.fullmatch(shape, str(python.value))
+    assert ours and theirs and ours.group(1) == theirs.group(1)
 
 
 def test_export_app_puts_a_checked_bundle_into_the_assets(placeholder_model, android_bundle, tmp_path, capsys):

@@ -107,6 +107,15 @@ def _image_feeds(manifest: Manifest, setting: tuple, input_name: str) -> list[di
     return [{input_name: PREPROCESSORS["image"](img, spec)[0][None]} for img in drawings()]
 
 
+def _audio_feeds(manifest: Manifest, setting: tuple) -> list[dict[str, np.ndarray]]:
+    """The built-in spoken clips at an audio window `setting`, as the encoder of that window is fed."""
+    from edgemfm.quantizers.calibration import speech
+    from edgemfm.runtimes.media import item_feeds
+
+    variant = replace(manifest, preprocess=variant_preprocess(manifest, "audio", setting))
+    return [item_feeds("audio", clip, variant) for clip in speech(variant.preprocess.audio)]
+
+
 def _count_nodes(path: Path) -> int:
     import onnx
 
@@ -177,8 +186,8 @@ def build_parts(
             feeds = calibration.get(name, [])
             if setting and kinds.get(name) == "image":
                 feeds = _image_feeds(manifest, setting, c.inputs[0].name)
-            elif setting:
-                feeds = []  # no built-in audio calibration: quantized unmeasured, as `export` does
+            elif setting and kinds.get(name) == "audio":
+                feeds = _audio_feeds(manifest, setting)
             for precision in (p for p in space.precisions_of(name, manifest) if p != "fp32"):
                 parts[(name, setting, precision)] = quantized_part(base, precision, profile, feeds, scratch)
             advance()

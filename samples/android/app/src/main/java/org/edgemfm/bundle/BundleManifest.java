@@ -61,11 +61,15 @@ public final class BundleManifest {
         public final List<TensorSpec> inputs = new ArrayList<>();
         public final List<TensorSpec> outputs = new ArrayList<>();
         public final KvCache kvCache; // null for components without a cache
+        public final long weightBytes; // initializer bytes as stored: what the session maps
+        public final long peakActivationBytes; // largest live activation at the example shapes (the exporter measured it)
 
         Component(Map<String, Object> m) {
             file = str(m, "file");
             format = str(m, "format");
             dtype = str(m, "dtype");
+            weightBytes = (long) number(m, "weight_bytes");
+            peakActivationBytes = (long) number(m, "peak_activation_bytes");
             for (Object o : list(m, "inputs")) {
                 inputs.add(new TensorSpec(asMap(o, "inputs[]")));
             }
@@ -74,6 +78,15 @@ public final class BundleManifest {
             }
             Object kv = m.get("kv_cache");
             kvCache = kv == null ? null : new KvCache(asMap(kv, "kv_cache"));
+        }
+
+        public TensorSpec output(String name) {
+            for (TensorSpec t : outputs) {
+                if (t.name.equals(name)) {
+                    return t;
+                }
+            }
+            throw new BundleException(file + " has no output " + name);
         }
 
         public TensorSpec input(String name) {
@@ -143,6 +156,25 @@ public final class BundleManifest {
         }
     }
 
+    /** streaming: the KV cache's bound and how prompts are fed (sdk/manifest.py's StreamingSettings). */
+    public static final class Streaming {
+        public final int maxSeqLen; // cache entries kept; beyond it the window slides
+        public final int sinkTokens; // first entries the window always keeps (StreamingLLM's attention sinks)
+        public final int prefillChunk; // prompt rows fed per decoder call
+
+        Streaming(Map<String, Object> m) {
+            maxSeqLen = integer(m, "max_seq_len");
+            sinkTokens = integer(m, "sink_tokens");
+            prefillChunk = integer(m, "prefill_chunk");
+            // the Python runtime's _check_streaming: a chunk must fit beside the sinks in the window
+            if (sinkTokens < 0 || sinkTokens >= maxSeqLen || prefillChunk <= 0 || prefillChunk > maxSeqLen - sinkTokens) {
+                throw new BundleException("streaming settings prefill_chunk=" + prefillChunk + ", max_seq_len=" + maxSeqLen
+                        + ", sink_tokens=" + sinkTokens + " are not allowed; allowed: 0 <= sink_tokens < max_seq_len"
+                        + " and 0 < prefill_chunk <= max_seq_len - sink_tokens");
+            }
+        }
+    }
+
     public final String modelId;
     public final String profile;
     public final Map<String, Component> components = new LinkedHashMap<>();
@@ -159,6 +191,9 @@ public final class BundleManifest {
     public final String embedding; // component names
     public final String decoder;
     public final String precision; // the recipe's number formats in rule order: "int8", "int4 + fp32" ...
+    public final Streaming streaming;
+    // every decoder layer's attention fused into one ORT op (report.parity): its scores cost half the memory
+    public final boolean fusedAttention;
 
     private BundleManifest(Map<String, Object> m) {
         Object kind = m.get("kind");
@@ -202,10 +237,29 @@ public final class BundleManifest {
         embedding = str(gen, "embedding");
         decoder = str(gen, "decoder");
         precision = precision(asMap(m.get("recipe"), "recipe"));
+        streaming = new Streaming(asMap(m.get("streaming"), "streaming"));
         component(embedding);
         if (component(decoder).kvCache == null) {
             throw new BundleException("component " + decoder + " has no kv_cache; the decode loop needs one");
         }
+        fusedAttention = fusedAttention(m.get("report"), decoder, component(decoder).kvCache.layers);
+    }
+
+    /** budget.py's fused_attention: MultiHeadAttention + GroupQueryAttention ops at least one per layer. */
+    private static boolean fusedAttention(Object report, String decoder, int layers) {
+        Object parity = report instanceof Map ? asMap(report, "report").get("parity") : null;
+        Object entry = parity instanceof Map ? asMap(parity, "report.parity").get(decoder) : null;
+        Object fusion = entry instanceof Map ? asMap(entry, "report.parity." + decoder).get("fusion") : null;
+        Object ops = fusion instanceof Map ? asMap(fusion, "fusion").get("fused_ops") : null;
+        if (!(ops instanceof Map)) {
+            return false;
+        }
+        Map<String, Object> fused = asMap(ops, "fused_ops");
+        long n = 0;
+        for (String op : new String[] {"MultiHeadAttention", "GroupQueryAttention"}) {
+            n += fused.get(op) instanceof Long ? (Long) fused.get(op) : 0;
+        }
+        return n >= layers;
     }
 
     public static BundleManifest parse(String json) {

@@ -15,6 +15,7 @@ import java.nio.charset.StandardCharsets;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -22,14 +23,16 @@ import java.util.Map;
 
 /**
  * An edgemfm bundle loaded into ONNX Runtime sessions, with the same greedy decode loop as the
- * Python runtime: tokenize the prompt template, embed the tokens, put the vision encoder's rows
- * where the image placeholder token stands, prefill the text decoder with an empty KV cache,
- * then feed one token at a time with the cache the decoder returned.
+ * Python runtime: tokenize the prompt template, embed the tokens, put the encoders' rows where the
+ * image and audio placeholder tokens stand, prefill the text decoder in chunks of
+ * streaming.prefill_chunk rows, then feed one token at a time with the cache the decoder returned,
+ * bounded by the manifest's streaming settings (KvWindow). Loading checks the memory budget as the
+ * Python runtime does (MemoryBudget), before any session exists and again once they are loaded.
  *
  * <p>No Android API is used here, so the host test runs this very class on a plain JVM.
  * Example:
  * <pre>
- * try (MultimodalModel m = MultimodalModel.load(new File("bundle"), 2)) {
+ * try (MultimodalModel m = MultimodalModel.load(new File("bundle"), 2, 2048 * MemoryBudget.MIB)) {
  *     int[] ids = m.generate("What is in the picture?", image, 32, (id, text) -> System.out.print(text));
  * }
  * </pre>
@@ -56,6 +59,8 @@ public final class MultimodalModel implements AutoCloseable {
     private final OrtEnvironment env;
     private final Map<String, OrtSession> sessions = new LinkedHashMap<>();
     private Timing lastTiming; // null until an answer has a token
+    private MemoryBudget.Plan memory; // what the loaded bundle needs, checked against the budget
+    private long lastEvicted; // cache entries the window dropped during the last answer
 
     private MultimodalModel(BundleManifest manifest, BpeTokenizer tokenizer, OrtEnvironment env) {
         this.manifest = manifest;
@@ -63,9 +68,14 @@ public final class MultimodalModel implements AutoCloseable {
         this.env = env;
     }
 
-    /** Reads and verifies (size, sha256) a bundle directory and opens one session per component. */
-    public static MultimodalModel load(File dir, int threads) throws IOException, OrtException {
+    /**
+     * Reads and verifies (size, sha256) a bundle directory and opens one session per component,
+     * refusing (MemoryBudgetException) when `budgetBytes` cannot hold what the bundle needs.
+     */
+    public static MultimodalModel load(File dir, int threads, long budgetBytes) throws IOException, OrtException {
         BundleManifest manifest = BundleManifest.parse(readText(new File(dir, "manifest.json")));
+        String what = "bundle '" + dir.getPath() + "'";
+        MemoryBudget.check(MemoryBudget.estimate(manifest, MemoryBudget.residentBytes(), false), budgetBytes, what);
         verifyFiles(dir, manifest);
         BpeTokenizer tokenizer = BpeTokenizer.fromJson(readText(new File(dir, manifest.tokenizerFile)));
         OrtEnvironment env = OrtEnvironment.getEnvironment();
@@ -82,11 +92,18 @@ public final class MultimodalModel implements AutoCloseable {
                 }
                 model.sessions.put(e.getKey(), env.createSession(new File(dir, c.file).getPath(), options));
             }
+            // again with the sessions' real resident size in place of the estimate, as the Python runtime does
+            model.memory = MemoryBudget.check(MemoryBudget.estimate(manifest, MemoryBudget.residentBytes(), true), budgetBytes, what);
         } catch (OrtException | RuntimeException ex) {
             model.close();
             throw ex;
         }
         return model;
+    }
+
+    /** What the loaded bundle needs (the process with its sessions, the KV cache at its bound, activations). */
+    public MemoryBudget.Plan memory() {
+        return memory;
     }
 
     /**
@@ -110,22 +127,10 @@ public final class MultimodalModel implements AutoCloseable {
         float[][] rows = merge(ids, embed(ids), encoded);
         emitted = "";
         long first = 0;
-        BundleManifest.KvCache kv = manifest.decoder().kvCache;
         List<Integer> out = new ArrayList<>();
-        OrtSession.Result previous = null;
-        Map<String, OnnxTensor> past = emptyCache(kv);
-        int pastLen = 0;
-        try {
-            while (true) {
-                OrtSession.Result r = decode(rows, pastLen, past);
-                int next = argmaxLastRow((OnnxTensor) r.get(outputIndex(r, manifest.decoder().outputs.get(0).name)));
-                pastLen += rows.length;
-                closeCache(previous, past);
-                previous = r;
-                past = presentAsPast(r, kv);
-                if (manifest.eosTokenIds.contains(next)) {
-                    break;
-                }
+        try (KvWindow cache = new KvWindow(env, manifest.decoder().kvCache, manifest.streaming)) {
+            int next = prefill(cache, rows);
+            while (!manifest.eosTokenIds.contains(next)) {
                 out.add(next);
                 first = first == 0 ? System.nanoTime() : first;
                 if (listener != null) {
@@ -134,10 +139,9 @@ public final class MultimodalModel implements AutoCloseable {
                 if (out.size() >= maxNewTokens) {
                     break;
                 }
-                rows = embed(new int[] {next});
+                next = step(cache, embed(new int[] {next}));
             }
-        } finally {
-            closeCache(previous, past);
+            lastEvicted = cache.evicted();
         }
         lastTiming = first == 0 ? null : new Timing(first - start, System.nanoTime() - first, out.size() - 1);
         int[] result = new int[out.size()];
@@ -145,6 +149,11 @@ public final class MultimodalModel implements AutoCloseable {
             result[k] = out.get(k);
         }
         return result;
+    }
+
+    /** Cache entries the sliding window dropped during the last answer (0 while it fit in max_seq_len). */
+    public long lastEvicted() {
+        return lastEvicted;
     }
 
     /** The timing of the last generate call that produced a token, or null. */
@@ -168,6 +177,10 @@ public final class MultimodalModel implements AutoCloseable {
             media.append(given[k] ? manifest.media.get(kinds[k]).placeholder : "");
         }
         int[] ids = tokenizer.encode(promptText(prompt, media.toString()));
+        if (ids.length > manifest.streaming.maxSeqLen) { // the window would slide over the prompt itself
+            throw new BundleException("the prompt is " + ids.length + " tokens with the template; allowed: at most "
+                    + manifest.streaming.maxSeqLen + ", the bundle's streaming.max_seq_len");
+        }
         for (int k = 0; k < kinds.length; k++) {
             BundleManifest.Media m = manifest.media.get(kinds[k]);
             if (m == null) {
@@ -292,78 +305,52 @@ public final class MultimodalModel implements AutoCloseable {
         return merged.toArray(new float[0][]);
     }
 
-    private OrtSession.Result decode(float[][] rows, int pastLen, Map<String, OnnxTensor> past) throws OrtException {
+    /** Feeds `rows` in chunks of streaming.prefill_chunk, as the Python Decoder.prefill; the last row's greedy token. */
+    private int prefill(KvWindow cache, float[][] rows) throws OrtException {
+        int chunk = manifest.streaming.prefillChunk;
+        int next = -1;
+        for (int at = 0; at < rows.length; at += chunk) {
+            next = step(cache, Arrays.copyOfRange(rows, at, Math.min(rows.length, at + chunk)));
+        }
+        return next;
+    }
+
+    /** One decoder call on `rows` after the cache (slid first when they would not fit); the last row's greedy token. */
+    private int step(KvWindow cache, float[][] rows) throws OrtException {
         int seq = rows.length;
         int hidden = rows[0].length;
+        cache.makeRoom(seq);
         FloatBuffer embeds = FloatBuffer.allocate(seq * hidden);
         for (float[] row : rows) {
             embeds.put(row);
         }
         embeds.flip();
-        long[] mask = new long[pastLen + seq];
-        long[] positions = new long[seq];
-        for (int k = 0; k < mask.length; k++) {
-            mask[k] = 1;
-        }
-        for (int k = 0; k < seq; k++) {
-            positions[k] = pastLen + k;
-        }
+        long[] mask = cache.mask(seq);
         List<OnnxTensor> owned = new ArrayList<>();
+        OrtSession.Result r;
         try {
             owned.add(OnnxTensor.createTensor(env, embeds, new long[] {1, seq, hidden}));
             owned.add(OnnxTensor.createTensor(env, LongBuffer.wrap(mask), new long[] {1, mask.length}));
-            owned.add(OnnxTensor.createTensor(env, LongBuffer.wrap(positions), new long[] {1, seq}));
-            Map<String, OnnxTensor> in = new HashMap<>(past);
+            owned.add(OnnxTensor.createTensor(env, LongBuffer.wrap(cache.positions(seq)), new long[] {1, seq}));
+            Map<String, OnnxTensor> in = new HashMap<>(cache.past());
             in.put("inputs_embeds", owned.get(0));
             in.put("attention_mask", owned.get(1));
             in.put("position_ids", owned.get(2));
-            return sessions.get(manifest.decoder).run(in);
+            r = sessions.get(manifest.decoder).run(in);
         } finally {
             for (OnnxTensor t : owned) {
                 t.close();
             }
         }
-    }
-
-    private Map<String, OnnxTensor> emptyCache(BundleManifest.KvCache kv) throws OrtException {
-        Map<String, OnnxTensor> past = new HashMap<>();
-        long[] shape = {1, kv.kvHeads, 0, kv.headDim};
-        for (int layer = 0; layer < kv.layers; layer++) {
-            for (String kind : new String[] {"key", "value"}) {
-                past.put(kv.pastName(layer, kind), OnnxTensor.createTensor(env, FloatBuffer.allocate(0), shape));
-            }
+        int next;
+        try {
+            next = argmaxLastRow((OnnxTensor) r.get(outputIndex(r, manifest.decoder().outputs.get(0).name)));
+        } catch (RuntimeException e) {
+            r.close();
+            throw e;
         }
-        return past;
-    }
-
-    /** The decoder's present.* outputs, renamed to the past.* inputs of the next step (no copy). */
-    private static Map<String, OnnxTensor> presentAsPast(OrtSession.Result r, BundleManifest.KvCache kv) {
-        Map<String, OnnxValue> byName = new HashMap<>();
-        for (Map.Entry<String, OnnxValue> e : r) {
-            byName.put(e.getKey(), e.getValue());
-        }
-        Map<String, OnnxTensor> past = new HashMap<>();
-        for (int layer = 0; layer < kv.layers; layer++) {
-            for (String kind : new String[] {"key", "value"}) {
-                OnnxValue v = byName.get(kv.presentName(layer, kind));
-                if (v == null) {
-                    throw new BundleException("the decoder returned no " + kv.presentName(layer, kind));
-                }
-                past.put(kv.pastName(layer, kind), (OnnxTensor) v);
-            }
-        }
-        return past;
-    }
-
-    /** Closes a step's cache: the Result that owns it, or the empty tensors made before the first step. */
-    private static void closeCache(OrtSession.Result owner, Map<String, OnnxTensor> past) {
-        if (owner != null) {
-            owner.close();
-        } else {
-            for (OnnxTensor t : past.values()) {
-                t.close();
-            }
-        }
+        cache.advance(r, seq);
+        return next;
     }
 
     /** Greedy choice over the last position's logits; the first maximum wins, as numpy's argmax. */

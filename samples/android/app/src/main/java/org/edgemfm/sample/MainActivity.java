@@ -2,6 +2,7 @@ package org.edgemfm.sample;
 
 import android.Manifest;
 import android.app.Activity;
+import android.app.ActivityManager;
 import android.content.ActivityNotFoundException;
 import android.content.Intent;
 import android.content.pm.PackageManager;
@@ -25,6 +26,7 @@ import java.util.concurrent.Executors;
 import org.edgemfm.bundle.AudioPreprocessor;
 import org.edgemfm.bundle.BundleManifest;
 import org.edgemfm.bundle.ImagePreprocessor;
+import org.edgemfm.bundle.MemoryBudget;
 import org.edgemfm.bundle.MultimodalModel;
 
 /**
@@ -95,12 +97,23 @@ public class MainActivity extends Activity {
         try {
             File dir = BundleAssets.install(getAssets(), getFilesDir());
             int threads = Math.max(1, Math.min(4, Runtime.getRuntime().availableProcessors()));
-            model = MultimodalModel.load(dir, threads);
+            model = MultimodalModel.load(dir, threads, memoryBudget());
             long ms = SystemClock.elapsedRealtime() - start;
-            show(describe(model.manifest) + ", loaded in " + ms + " ms", true);
+            show(String.format(Locale.US, "%s, loaded in %d ms, needs %.0f MiB (KV cache of %d tokens)",
+                    describe(model.manifest), ms, model.memory().total() / 1048576.0, model.manifest.streaming.maxSeqLen), true);
         } catch (Exception e) {
             show("Cannot load the bundle: " + e.getMessage(), false);
         }
+    }
+
+    /**
+     * The memory budget: what this process holds now plus what the system can still give before
+     * its low-memory killer acts (ActivityManager's availMem less its threshold).
+     */
+    private long memoryBudget() {
+        ActivityManager.MemoryInfo info = new ActivityManager.MemoryInfo();
+        ((ActivityManager) getSystemService(ACTIVITY_SERVICE)).getMemoryInfo(info);
+        return MemoryBudget.residentBytes() + info.availMem - info.threshold;
     }
 
     /** Sets the status line and the Answer button from the worker thread. */
