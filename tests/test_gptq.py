@@ -103,7 +103,7 @@ def test_gptq_quantizes_the_recipes_units_of_a_decoder(default_bundle, tmp_path)
 
 
 def test_gptq_without_calibration_data_falls_back_to_searched_scales_and_says_so(tmp_path):
-    """A component no calibration item reaches (no built-in audio): clip_search's scales, a note per unit."""
+    """A component no calibration item reaches (an audio encoder, a folder without clips): clip_search's scales, a note per unit."""
     from edgemfm.quantizers.apply import quantize_component
 
     w, _ = _layer(k=64, n=16, tokens=8)

@@ -87,7 +87,8 @@ def test_audio_token_count_follows_the_clip_length(exported, seconds):
 
 
 def test_calibration_folder_clips_calibrate_and_measure_the_audio_encoder(exported, speech, tmp_path):
-    """A folder's wav clips reach the audio encoder and, spliced into prompts, the decoder: int8 is measured there."""
+    """A folder's wav clips (or, without a folder, the built-in spoken clips) reach the audio encoder and,
+    spliced into prompts, the decoder: int8 is measured there; a folder without clips leaves it unmeasured."""
     import shutil
 
     from edgemfm.bundle import read_manifest
@@ -104,15 +105,22 @@ def test_calibration_folder_clips_calibrate_and_measure_the_audio_encoder(export
     spec = manifest.prompt.media["audio"]
     feeds = component_feeds(exported, manifest, folder)
     assert len(feeds[spec.encoder]) == 1 and feeds[spec.encoder][0][spec.input].shape[:2] == (1, 128)
-    text_only = component_feeds(exported, manifest, None)  # the built-in prompts: no clip
-    assert not text_only[spec.encoder]
+    built_in = component_feeds(exported, manifest, None)  # the built-in set: six spoken phrases
+    assert len(built_in[spec.encoder]) == 6
     audio_rows = edgemfm.load(exported).encode("audio", folder / "weather.wav").shape[1]
     decoder_rows = sum(f["inputs_embeds"].shape[1] for f in feeds[manifest.generation.decoder])
     assert decoder_rows >= 2 * audio_rows, "both prompts carry the clip's rows"
-    for name, folder_or_none in (("with", folder), ("without", None)):
+    no_clips = tmp_path / "no-clips"
+    no_clips.mkdir()
+    (no_clips / "prompts.txt").write_text("Transcribe the clip.\n")
+    for name, folder_or_none, measured in (
+        ("with", folder, True),
+        ("built-in", None, True),
+        ("without", no_clips, False),
+    ):
         stage = tmp_path / name
         shutil.copytree(exported, stage)
         config = QuantizeConfig(precision="int8", calibration=folder_or_none)
         m = quantize(stage, manifest, load_profile("pi5"), config, tmp_path / f"scratch-{name}")
         sqnr = m.report.quantization[spec.encoder].sqnr_db
-        assert (sqnr is not None and sqnr > 20) if folder_or_none else sqnr is None
+        assert (sqnr is not None and sqnr > 20) if measured else sqnr is None
