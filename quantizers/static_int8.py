@@ -5,7 +5,9 @@ MatMul/Conv: the form TensorRT, QNN, NNAPI and XNNPACK consume. The calibrator i
 method, one row of `CALIBRATORS`. Percentile beat MinMax here (outliers stretch MinMax's range);
 Entropy fails on embedding tables ("Too many bins"), which never reach it: only the units chosen
 by the recipe (MatMul/Conv/Gemm with weights) are quantized. `symmetric` asks for signed,
-zero-point-free activations too (TensorRT takes nothing else).
+zero-point-free activations too (TensorRT takes nothing else). `activation_bits` 16 keeps int8
+weights and gives the activations 16 bits (w8a16, what Qualcomm's NPU tooling runs LLM decoders
+at): a decoder's hidden state has outlier channels that no per-tensor 8-bit scale holds.
 
 Example:
     >>> model = apply(onnx.load("v.onnx"), units, QuantSpec(bits=8, method="percentile", activation_bits=8), ctx)  # doctest: +SKIP
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from edgemfm.quantizers.context import Context
 
 CALIBRATORS = ("minmax", "percentile", "entropy")  # CalibrationMethod.MinMax, .Percentile, .Entropy
+ACTIVATION_BITS = (8, 16)
+QDQ16_OPSET = 21  # the first opset whose QuantizeLinear / DequantizeLinear take 16-bit integers
 PERCENTILE = 99.99  # of |activation|: clips the rare outliers that would waste int8 levels
 
 
@@ -32,9 +36,10 @@ def check(spec: QuantSpec) -> None:
     """Refuse a spec this scheme cannot honour."""
     if spec.method not in CALIBRATORS:
         raise ConfigError(f"static calibration method {spec.method!r} is unknown; allowed: {', '.join(CALIBRATORS)}")
-    if spec.bits != 8 or spec.activation_bits != 8:
+    if spec.bits != 8 or spec.activation_bits not in ACTIVATION_BITS:
         raise ConfigError(
-            f"static QDQ is int8 weights and activations, not bits={spec.bits} activation_bits={spec.activation_bits}"
+            f"static QDQ is int8 weights with int8 or int16 activations, not bits={spec.bits} "
+            f"activation_bits={spec.activation_bits}"
         )
 
 
@@ -52,6 +57,11 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         "entropy": CalibrationMethod.Entropy,
     }
     out = ctx.scratch / "static.onnx"
+    signed, wide = spec.symmetric, spec.activation_bits == 16
+    activations = {(True, False): QuantType.QInt8, (False, False): QuantType.QUInt8}
+    activations |= {(True, True): QuantType.QInt16, (False, True): QuantType.QUInt16}
+    if wide:
+        model = _at_opset(model, QDQ16_OPSET)
     quantize_static(
         model,
         out,
@@ -60,7 +70,7 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         op_types_to_quantize=sorted({u.op for u in units}),
         nodes_to_quantize=[u.node for u in units],
         per_channel=True,
-        activation_type=QuantType.QInt8 if spec.symmetric else QuantType.QUInt8,
+        activation_type=activations[(signed, wide)],
         weight_type=QuantType.QInt8,
         calibrate_method=method[spec.method],
         extra_options={
@@ -71,6 +81,21 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
         },
     )
     return onnx.load(str(out))
+
+
+def _at_opset(model: Any, version: int) -> Any:
+    """`model` declaring at least `version` of the default domain.
+
+    Its operators read the same from opset 18 to 21 (those releases only widened their types). ONNX
+    Runtime's quantizer would run onnx's version converter instead, which stops at ONNX Runtime's own
+    operators in that domain (SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization).
+    """
+    out = type(model)()
+    out.CopyFrom(model)
+    for entry in out.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version < version:
+            entry.version = version
+    return out
 
 
 def refuse(unit: Unit, spec: QuantSpec) -> str | None:
