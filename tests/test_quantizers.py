@@ -158,7 +158,7 @@ def test_android_int8_is_static_qdq_and_pi_int8_blocks(quantized):
     jetson, _ = quantized("jetson", "int8")  # the same static QDQ with 8-bit activations everywhere
     a16, a8 = m.report.quantization["text_decoder"].sqnr_db, jetson.report.quantization["text_decoder"].sqnr_db
     print(f"decoder SQNR w8a16 {a16:.1f} dB, w8a8 {a8:.1f} dB")
-    assert a16 >= a8 + 3  # placeholder (random weights): 19.7 against 15.5 dB; the demo decoder 3.7 dB at w8a8
+    assert a16 >= a8 + 3  # placeholder (random weights): 20.0 against 15.5 dB; the demo decoder 3.7 dB at w8a8
     m, stage = quantized("pi5", "int8")
     assert nbits(stage, "text_decoder") == {(8, 32, 4): DECODER_MATMULS}
 
