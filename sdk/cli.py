@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgemfm import arguments as A
@@ -764,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         with leftovers.terminating_unwinds():  # SIGTERM cleans up like Ctrl-C
             args.func(args)
     except EdgemfmError as e:
-        err.print(f"[red]edgemfm: error:[/red] {e}", soft_wrap=True)
+        # escaped: a message quoting `edgemfm[sign]` or a file named `x[1].png` is not rich markup
+        err.print(f"[red]edgemfm: error:[/red] {escape(str(e))}", soft_wrap=True)
         return 2
     except leftovers.Terminated:
         err.print("edgemfm: terminated")

@@ -1,10 +1,10 @@
-"""What a killed export leaves behind, and how the next one clears it.
+"""What a killed export or tune leaves behind, and how the next one clears it.
 
 A `with` block cleans up on an exception, and Ctrl-C is one; SIGTERM (what `timeout`, systemd and
 `kill` send) is turned into one too while `terminating_unwinds()` is active. SIGKILL runs no
 code at all, so every staging and scratch folder carries its owner's PID in its name
-(`.NAME.<pid>-xxxx.partial`, `edgemfm-export-<pid>-xxxx`): the next run removes those whose
-owner is no longer alive.
+(`.NAME.<pid>-xxxx.partial`, `edgemfm-export-<pid>-xxxx`, `edgemfm-tune-<pid>-xxxx`): the next
+run removes those whose owner is no longer alive.
 
 Example:
     >>> with terminating_unwinds():                                     # doctest: +SKIP
@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SCRATCH_PREFIX = "edgemfm-export-"
+TUNE_SCRATCH_PREFIX = "edgemfm-tune-"  # tune's parts and evaluation bundles: hundreds of MB for the demo model
 _OWNED = re.compile(r"(\d+)-[^/]*$")  # "<pid>-<random>[.partial|.old]" after the prefix
 
 
@@ -122,3 +123,18 @@ def terminating_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def scratch(prefix: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A scratch folder `prefix<pid>-xxxx` in `parent` (default: the temp dir), removed on leaving
+    the block, on Ctrl-C and on SIGTERM; dead runs' folders of the same prefix there go first.
+
+    Example:
+        >>> with scratch(TUNE_SCRATCH_PREFIX) as tmp:
+        ...     tmp.name.startswith(owned(TUNE_SCRATCH_PREFIX))
+        True
+    """
+    sweep(Path(parent) if parent is not None else Path(tempfile.gettempdir()), prefix)
+    with terminating_unwinds(), tempfile.TemporaryDirectory(prefix=owned(prefix), dir=parent) as tmp:
+        yield Path(tmp)

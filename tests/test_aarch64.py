@@ -6,7 +6,9 @@ edgemfm, and runs it under qemu-user as a Cortex-A76 (a Raspberry Pi 5). The bun
 on the host for `pi5`; the emulated process must load every component and produce the host's
 greedy tokens, through `edgemfm run` and through `edgemfm.load(...).generate(...)`. It proves the
 wheels, our pure-Python code and onnxruntime's Arm CPU kernels on aarch64, not the speed of a
-real core nor the GPU providers of a Jetson (their absence must fall back to the CPU).
+real core nor the GPU providers of a Jetson (their absence must fall back to the CPU). With the
+`sign` extra's pinned aarch64 wheels added (`emulate.sh --extra sign`), a bundle signed on the
+host loads there with its trusted key, and a tampered signature is refused in one line.
 
 Skipped only when the arm64 inputs cannot be fetched (emulate.sh exits 75: no network, apt or
 the package index failing). On 2 idle cores: about 50 s with the cache (20 s of it exporting
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,6 +31,7 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[1]
 EMULATE = REPO / "samples" / "raspberry-pi" / "emulate.sh"
 LOCK = REPO / "samples" / "raspberry-pi" / "requirements-aarch64.txt"
+SIGN_LOCK = REPO / "samples" / "raspberry-pi" / "requirements-aarch64-sign.txt"  # the [sign] extra's
 EX_UNFETCHABLE = 75  # emulate.sh: an arm64 input could not be fetched
 PROMPT = "What is in the picture?"
 MAX_NEW_TOKENS = 24
@@ -65,13 +69,22 @@ print(json.dumps(result))
 """
 
 
-def test_lock_pins_what_pyproject_requires():
-    """The aarch64 lock file pins, for Python 3.11 on Linux, a version of each runtime dependency."""
+def lock_pins(lock: Path) -> dict[str, str]:
     pins = {}
-    for line in LOCK.read_text().splitlines():
+    for line in lock.read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, rest = line.partition("==")
             pins[name.lower().replace("_", "-")] = rest.split()[0]
+    return pins
+
+
+@pytest.mark.parametrize(("lock", "extra"), [(LOCK, None), (SIGN_LOCK, "sign")])
+def test_lock_pins_what_pyproject_requires(lock, extra):
+    """Each aarch64 lock file pins, for Python 3.11 on Linux, a version of each dependency it
+    stands for: the runtime's, or an extra's (kept apart so the runtime install stays small)."""
+    pins = lock_pins(lock)
+    if extra:
+        assert not pins.keys() & lock_pins(LOCK).keys(), f"{lock.name} repeats a pin of {LOCK.name}"
     env = {
         "python_version": "3.11",
         "python_full_version": "3.11.2",
@@ -79,24 +92,35 @@ def test_lock_pins_what_pyproject_requires():
         "platform_system": "Linux",
         "platform_machine": "aarch64",
     }
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
     for dep in map(Requirement, deps):
         if dep.marker and not dep.marker.evaluate(env):
             continue
         name = dep.name.lower().replace("_", "-")
-        assert name in pins, f"{LOCK.name} lacks {dep.name}, which pyproject.toml requires"
-        assert dep.specifier.contains(pins[name]), f"{LOCK.name} pins {name}=={pins[name]}, pyproject wants {dep}"
+        assert name in pins, f"{lock.name} lacks {dep.name}, which pyproject.toml requires"
+        assert dep.specifier.contains(pins[name]), f"{lock.name} pins {name}=={pins[name]}, pyproject wants {dep}"
+
+
+def emulate(*args: str) -> Path:
+    env = {**os.environ, "EDGEMFM_HOST_PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(EMULATE), "--repo", str(REPO), *args], capture_output=True, text=True, env=env)
+    if proc.returncode == EX_UNFETCHABLE:
+        pytest.skip(f"aarch64 inputs cannot be fetched: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, f"emulate.sh failed ({proc.returncode}):\n{proc.stderr}"
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def aarch64_python() -> Path:
     """The launcher of aarch64 Python with this checkout's runtime install (built or reused)."""
-    env = {**os.environ, "EDGEMFM_HOST_PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(EMULATE), "--repo", str(REPO)], capture_output=True, text=True, env=env)
-    if proc.returncode == EX_UNFETCHABLE:
-        pytest.skip(f"aarch64 inputs cannot be fetched: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, f"emulate.sh failed ({proc.returncode}):\n{proc.stderr}"
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return emulate()
+
+
+@pytest.fixture(scope="module")
+def aarch64_sign_python() -> Path:
+    """The same, plus the `sign` extra's pinned aarch64 wheels (cryptography, cffi, pycparser)."""
+    return emulate("--extra", "sign")
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +205,34 @@ def test_camera_sample_answers_about_a_file(aarch64_python, pi5_bundle, photo, t
     arm = subprocess.run([str(aarch64_python), *args], capture_output=True, cwd=tmp_path)
     assert arm.returncode == 0, arm.stderr.decode()
     assert arm.stdout == cli(sys.executable, *run_args(pi5_bundle, photo), cwd=tmp_path).stdout
+
+
+def refused(python: str | Path, *args: str, cwd: Path) -> str:
+    """Run `edgemfm ARGS` expecting a user error: exit 2 and one line; returns that line."""
+    proc = subprocess.run([str(python), "-m", "edgemfm.cli", *args], capture_output=True, text=True, cwd=cwd)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and not proc.stdout, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
+def test_a_bundle_signed_on_the_host_loads_on_aarch64_and_a_tampered_one_is_refused(
+    aarch64_python, aarch64_sign_python, pi5_bundle, photo, tmp_path
+):
+    bundle = tmp_path / "signed-pi5"
+    shutil.copytree(pi5_bundle, bundle)
+    cli(sys.executable, "keygen", str(tmp_path / "ci-key"), cwd=tmp_path)
+    cli(sys.executable, "sign", str(bundle), "--key", str(tmp_path / "ci-key"), cwd=tmp_path)
+    args = [*run_args(bundle, photo), "--trusted-key", str(tmp_path / "ci-key.pub")]
+    arm = cli(aarch64_sign_python, *args, cwd=tmp_path)
+    assert arm.stdout == cli(sys.executable, *run_args(pi5_bundle, photo), cwd=tmp_path).stdout and arm.stdout
+
+    # The plain runtime install has no cryptography: a required signature names the extra to install.
+    line = refused(aarch64_python, *args, cwd=tmp_path)
+    assert line.endswith("signing and verifying bundles needs: pip install 'edgemfm[sign]'"), line
+
+    record = json.loads((bundle / "manifest.sig").read_text())
+    first = record["signature"][0]
+    record["signature"] = ("1" if first == "0" else "0") + record["signature"][1:]
+    (bundle / "manifest.sig").write_text(json.dumps(record))
+    line = refused(aarch64_sign_python, *args, cwd=tmp_path)
+    assert "does not verify with any of the 1 trusted key(s)" in line, line

@@ -201,3 +201,60 @@ def test_output_holding_the_working_directory_is_refused(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path / "work")
     with pytest.raises(InputError, match="working directory; allowed: a new folder path"):
         bundle.check_output(out, force=True)
+
+
+def test_tune_scratch_carries_its_pid_and_a_dead_tunes_is_swept(tmp_path, monkeypatch, default_bundle):
+    from edgemfm import tune as tune_module
+
+    dead, live = tmp_path / f"edgemfm-tune-{_dead_pid()}-k3", tmp_path / f"edgemfm-tune-{os.getppid()}-k4"
+    dead.mkdir(), live.mkdir()
+    seen = []
+
+    def stop(model, revision, bundle, media, tmp, progress):  # the first step inside the scratch folder
+        seen.append(tmp)
+        assert tmp.is_dir() and not dead.exists()
+        raise InputError("stop here")
+
+    monkeypatch.setattr(tune_module, "float_source", stop)
+    with pytest.raises(InputError, match="stop here"):
+        tune_module.tune("pi5", 5.0, bundle=default_bundle, scratch=tmp_path)
+    assert seen[0].name.startswith(f"edgemfm-tune-{os.getpid()}-") and seen[0].parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]  # its own went on the way out, a live one stays
+
+
+def _demo_export(out: Path, env: dict, log: Path) -> subprocess.Popen:
+    # stderr to a file: the toolchain's progress bars would fill a pipe and stall the export
+    cmd = [sys.executable, "-m", "edgemfm.cli", "export", "--device", "host", "--out", str(out), "--force"]
+    with log.open("ab") as f:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("when", [1, 3, 10, 30, "staging"])
+def test_killed_demo_export_leaves_its_output_whole_and_the_rerun_succeeds(tmp_path, sig, when):
+    """The built-in demo model (its scratch folder holds ~570 MB): killed while exporting over an
+    existing output with --force, it leaves that output untouched or whole; a rerun sweeps the
+    dead run's folders and writes the bundle. Minutes: each case exports the demo model."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    out = tmp_path / "bundles" / "demo"
+    out.mkdir(parents=True)
+    _fake_bundle(out, "old")
+    log = tmp_path / "export.log"
+    child = _demo_export(out, env, log)
+    if isinstance(when, (int, float)):
+        time.sleep(when)
+    else:
+        _wait_for(lambda: any(p.name.startswith(".demo.") for p in out.parent.iterdir()), child, limit=1800)
+    child.send_signal(sig)
+    child.wait()
+    if _snapshot(out) != {"a.bin": b"old"}:
+        bundle.read_manifest(out)  # not the old one: then the whole new one, every file against its sha256
+    if sig == signal.SIGTERM and child.returncode != 0:  # cleaned by the process itself
+        assert child.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), log.read_text()[-2000:]
+        assert not _ours(scratch) and sorted(p.name for p in out.parent.iterdir()) == ["demo"]
+    assert _demo_export(out, env, log).wait() == 0, log.read_text()[-2000:]
+    assert not _ours(scratch) and sorted(p.name for p in out.parent.iterdir()) == ["demo"]
+    assert "text_decoder" in bundle.read_manifest(out).components

@@ -75,9 +75,12 @@ def test_a_garbled_signature_file_is_refused(signed):
         edgemfm.load(bundle, trusted_keys=[public])
 
 
-def test_a_missing_extra_names_the_pip_command(signed, monkeypatch):
+def test_a_missing_extra_names_the_pip_command(signed, monkeypatch, capsys):
     bundle, public = signed
     for name in [m for m in sys.modules if m.split(".")[0] == "cryptography"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed: every import of it fails
     with pytest.raises(MissingExtraError, match=r"pip install 'edgemfm\[sign\]'"):
         edgemfm.load(bundle, trusted_keys=[public])
+    # The CLI prints the brackets too (rich once read `[sign]` as markup and dropped it).
+    argv = ["run", str(bundle), "--prompt", "hi", "--trusted-key", str(public)]
+    _refused(argv, capsys, "needs: pip install 'edgemfm[sign]'")

@@ -3,8 +3,8 @@
 # qemu-user: the same wheels a Raspberry Pi 5 or a Jetson gets from `pip install edgemfm`, and
 # this checkout's edgemfm, executed instruction by instruction as Arm code.
 #
-#   samples/raspberry-pi/emulate.sh [--repo DIR]             build or reuse; print the launcher
-#   samples/raspberry-pi/emulate.sh [--repo DIR] -- ARGS...  then run `python3.11 ARGS...` on it
+#   samples/raspberry-pi/emulate.sh [--repo DIR] [--extra sign]             build or reuse; print the launcher
+#   samples/raspberry-pi/emulate.sh [--repo DIR] [--extra sign] -- ARGS...  then run `python3.11 ARGS...` on it
 #
 #   py=$(samples/raspberry-pi/emulate.sh)
 #   "$py" -c 'import platform; print(platform.machine())'      # aarch64
@@ -17,9 +17,12 @@
 #                         it for /proc/cpuinfo, and onnxruntime segfaults on import without an Arm one
 #   base-<key>/site       the runtime wheels pinned with hashes in requirements-aarch64.txt
 #   base-<key>/INFO       Debian package versions and the installed size of the runtime set
+#   extra-<name>-<xkey>/site  with --extra NAME: the wheels pinned in requirements-aarch64-NAME.txt
+#                         (sign: cryptography, for signed bundles), apart so the runtime set stays small
 #   project-<hash>/site   this checkout's edgemfm: a wheel built from its files, installed --no-deps
 #   project-<hash>/python the launcher: qemu-aarch64-static -cpu cortex-a76 -L rootfs python3.11
-# <key> hashes the inputs (package list, lock file, cpuinfo), <hash> the checkout's files, so a
+# <key> hashes the inputs (package list, lock file, cpuinfo), <xkey> <key> and the extra's lock,
+# <hash> the checkout's files and the extras, so a
 # change rebuilds and nothing is ever rebuilt in place. Each is built in a temporary folder,
 # checked by importing the runtime under emulation, then renamed: a failed step leaves nothing.
 #
@@ -57,11 +60,17 @@ run() {
 sha() { sha256sum | cut -c1-16; }
 
 REPO=$(cd "$HERE/../.." && pwd)
+# --extra NAME: each optional lock, and the module whose import proves its wheels run as aarch64
+declare -A EXTRA_CHECK=([sign]=cryptography.hazmat.primitives.asymmetric.ed25519)
+EXTRAS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --repo) REPO=$(cd "$2" && pwd); shift 2 ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --extra) [[ -n ${2:-} && -n ${EXTRA_CHECK[$2]:-} ]] \
+                     || die "unknown extra '${2:-}'; allowed: ${!EXTRA_CHECK[*]}"
+                 EXTRAS+=("$2"); shift 2 ;;
+        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1'; usage: emulate.sh [--repo DIR] [-- PYTHON-ARGS...]" ;;
     esac
 done
@@ -100,6 +109,32 @@ download_debs() {
         || unfetchable "apt-get download failed"
 }
 
+# install_lock TMP LOCK: download LOCK's aarch64 wheels (hashes checked) and install them in TMP/site
+install_lock() {
+    local tmp=$1 lock=$2 log=$1/build.log
+    say "pip download $(grep -c '^[a-z]' "$lock") aarch64 wheels pinned in $(basename "$lock")"
+    if ! run "$log" "$HOST_PYTHON" -m pip download --no-deps --require-hashes "${PLATFORM[@]}" \
+            --dest "$tmp/wheels" -r "$lock"; then
+        grep -q 'DO NOT MATCH THE HASHES' "$log" && die "a wheel's hash differs from $lock"
+        unfetchable "pip download failed"
+    fi
+    # pip compiles .pyc as on a board (Python 3.11 bytecode is the same on both), so the size
+    # is what `pip install` leaves and the guest never compiles under emulation.
+    run "$log" "$HOST_PYTHON" -m pip install --no-deps --no-index "${PLATFORM[@]}" \
+        --target "$tmp/site" "$tmp"/wheels/*.whl || die "pip install --target failed"
+    rm -rf "$tmp/wheels" "$tmp/site/bin"  # bin/: console scripts for the host python
+}
+
+# build_extra TMP BASE NAME: the extra's wheels in TMP/site, checked by importing them as aarch64
+build_extra() {
+    local tmp=$1 base=$2 name=$3
+    install_lock "$tmp" "$HERE/requirements-aarch64-$name.txt"
+    site_sizes "$tmp/site" "extra $name" >"$tmp/INFO"
+    write_launcher "$tmp/python" "$base" "$tmp/site:$base/site"
+    verify "$tmp/python" "${EXTRA_CHECK[$name]}" || die "the $name extra does not import under emulation"
+    rm -f "$tmp/python" "$tmp/build.log"
+}
+
 build_base() {
     local tmp=$1 log=$1/build.log t0=$SECONDS
     mkdir -p "$tmp/debs" "$tmp/rootfs/proc" "$tmp/wheels"
@@ -112,19 +147,25 @@ build_base() {
     cp "$CPUINFO" "$tmp/rootfs/proc/cpuinfo"
     say "rootfs: $(du -sh "$tmp/rootfs" | cut -f1) ($((SECONDS - t0)) s)"
 
-    say "pip download $(grep -c '^[a-z]' "$LOCK") aarch64 wheels pinned in $(basename "$LOCK")"
-    if ! run "$log" "$HOST_PYTHON" -m pip download --no-deps --require-hashes "${PLATFORM[@]}" \
-            --dest "$tmp/wheels" -r "$LOCK"; then
-        grep -q 'DO NOT MATCH THE HASHES' "$log" && die "a wheel's hash differs from $LOCK"
-        unfetchable "pip download failed"
-    fi
-    # pip compiles .pyc as on a board (Python 3.11 bytecode is the same on both), so the size
-    # is what `pip install` leaves and the guest never compiles under emulation.
-    run "$log" "$HOST_PYTHON" -m pip install --no-deps --no-index "${PLATFORM[@]}" \
-        --target "$tmp/site" "$tmp"/wheels/*.whl || die "pip install --target failed"
-    rm -rf "$tmp/debs" "$tmp/wheels" "$tmp/site/bin"  # bin/: console scripts for the host python
+    install_lock "$tmp" "$LOCK"
+    rm -rf "$tmp/debs"
     say "runtime wheels installed: $(du -sh "$tmp/site" | cut -f1) ($((SECONDS - t0)) s)"
     write_info "$tmp"
+}
+
+# site_sizes SITE WHAT: the installed size of each distribution in SITE, largest first
+site_sizes() {
+    "$HOST_PYTHON" - "$1" "$2" <<'EOF'
+import csv, pathlib, sys
+site = pathlib.Path(sys.argv[1])
+sizes = {}  # each distribution's files, .pyc included, from its RECORD
+for record in site.glob("*.dist-info/RECORD"):
+    files = (site / row[0] for row in csv.reader(record.open()) if row)
+    sizes[record.parent.name.removesuffix(".dist-info")] = sum(f.stat().st_size for f in files if f.is_file())
+print(f"{sys.argv[2]} installed size: {sum(sizes.values()) / 2**20:.1f} MiB in {len(sizes)} distributions")
+for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+    print(f"  {size / 2**20:6.1f} MiB  {name}")
+EOF
 }
 
 write_info() {
@@ -132,17 +173,7 @@ write_info() {
     {
         echo "built: $(date -u +%FT%TZ) by emulate.sh layout $LAYOUT; $(qemu-aarch64-static --version | head -1)"
         echo "rootfs: $(du -sk "$tmp/rootfs" | cut -f1) KiB on disk"
-        "$HOST_PYTHON" - "$tmp/site" <<'EOF'
-import csv, pathlib, sys
-site = pathlib.Path(sys.argv[1])
-sizes = {}  # each distribution's files, .pyc included, from its RECORD
-for record in site.glob("*.dist-info/RECORD"):
-    files = (site / row[0] for row in csv.reader(record.open()) if row)
-    sizes[record.parent.name.removesuffix(".dist-info")] = sum(f.stat().st_size for f in files if f.is_file())
-print(f"runtime set installed size: {sum(sizes.values()) / 2**20:.1f} MiB in {len(sizes)} distributions")
-for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
-    print(f"  {size / 2**20:6.1f} MiB  {name}")
-EOF
+        site_sizes "$tmp/site" "runtime set"
         echo "debian packages:"; sed 's/^/  /' "$tmp/debs.txt"
     } >"$tmp/INFO"
 }
@@ -192,7 +223,7 @@ import importlib, platform, sys
 import numpy, onnxruntime, PIL, rich, tokenizers
 assert platform.machine() == "aarch64", platform.machine()
 m = importlib.import_module(sys.argv[1]) if sys.argv[1] else None
-extra = f", {m.__name__} from {list(m.__path__)[0]}" if m else ""
+extra = f", {m.__name__} from {m.__file__}" if m else ""
 print(f"emulate.sh: ok: {platform.machine()} Python {platform.python_version()}, numpy {numpy.__version__},"
       f" onnxruntime {onnxruntime.__version__} {onnxruntime.get_available_providers()}{extra}")
 EOF
@@ -230,23 +261,39 @@ main() {
         say "built in $((SECONDS - t0)) s; $(grep "^runtime set" "$base/INFO")"
     fi
 
+    local sites="$base/site" extras="" name xkey extra
+    for name in "${EXTRAS[@]}"; do
+        xkey=$({ echo "$key $name"; cat "$HERE/requirements-aarch64-$name.txt"; } | sha)
+        extra="$CACHE/extra-$name-$xkey"
+        if [[ -d $extra ]]; then
+            say "reusing $extra"
+        else
+            tmp=$(mktemp -d "$CACHE/.tmp-extra-XXXXXX")
+            build_extra "$tmp" "$base" "$name"
+            publish "$tmp" "$extra"
+            say "$(head -1 "$extra/INFO")"
+        fi
+        touch "$extra"
+        sites="$extra/site:$sites" extras+=" $name-$xkey"
+    done
+
     git -C "$REPO" rev-parse --git-dir >/dev/null 2>&1 || die "$REPO is not a git checkout"
-    hash=$( { echo "$key"; cd "$REPO" && project_files | xargs -0 -r sha256sum | sort -k2; } | sha)
+    hash=$( { echo "$key$extras"; cd "$REPO" && project_files | xargs -0 -r sha256sum | sort -k2; } | sha)
     project="$CACHE/project-$hash"
     if [[ -d $project ]]; then
         say "reusing $project"
     else
         tmp=$(mktemp -d "$CACHE/.tmp-project-XXXXXX")
         build_project "$tmp" "$base"
-        write_launcher "$tmp/python" "$base" "$tmp/site:$base/site"
+        write_launcher "$tmp/python" "$base" "$tmp/site:$sites"
         verify "$tmp/python" edgemfm || die "edgemfm's runtime does not import under emulation"
-        write_launcher "$tmp/python" "$base" "$project/site:$base/site"
+        write_launcher "$tmp/python" "$base" "$project/site:$sites"
         rm -f "$tmp/build.log"
         publish "$tmp" "$project"
     fi
     touch "$base" "$project"
     # Checkouts come and go: forget what no run has used for a week.
-    find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'project-*' -o -name 'base-*' -o -name '.tmp-*' \) \
+    find "$CACHE" -mindepth 1 -maxdepth 1 \( -name 'project-*' -o -name 'base-*' -o -name 'extra-*' -o -name '.tmp-*' \) \
         -mtime +7 -exec rm -rf {} +
     exec 9>&-
     trap - EXIT

@@ -22,10 +22,10 @@ Example:
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from edgemfm import leftovers
 from edgemfm.bundle import check_output, read_manifest
 from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
@@ -93,8 +93,8 @@ def tune(
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
         check_output(apply, force, inputs=(model, bundle, data))  # before the slow part
-    with tempfile.TemporaryDirectory(prefix="edgemfm-tune-", dir=scratch) as tmp:
-        tmp = Path(tmp)
+        leftovers.sweep_for(Path(apply))  # a killed run's staging folder beside it
+    with leftovers.scratch(leftovers.TUNE_SCRATCH_PREFIX, scratch) as tmp:
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
