@@ -104,8 +104,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
-    if args.dry_run:  # the config export would run, checked against the profile: nothing is built
+    if args.dry_run:  # the config export would run, checked against the profile: nothing is built or fetched
         print(json.dumps(to_dict(resolve(config)), indent=2))
+        _say_model_source(config)
         return
     assets = _android_assets(args.app, config) if args.app else None  # refused before minutes of export
     with rich_progress() as progress:
@@ -113,6 +114,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     _export_summary(path)
     if assets is not None:
         _put_into_app(path, assets)
+
+
+def _say_model_source(config: ExportConfig) -> None:
+    """On stderr (stdout is the JSON): the checkpoint a --dry-run found, or the Hub id it would fetch."""
+    if config.model is not None:
+        from edgemfm.model_source import fetch_plan
+
+        err.print(fetch_plan(config.model, config.revision), soft_wrap=True, markup=False, highlight=False)
 
 
 def _put_into_app(path: Path, assets: Path) -> None:
@@ -140,6 +149,7 @@ def _export_fleet(config: ExportConfig, args: argparse.Namespace) -> None:
 
         for name in parse_devices(args.device):
             print(json.dumps(to_dict(resolve(replace(config, device=name, out=f"{config.out}/{name}"))), indent=2))
+        _say_model_source(config)
         return
     with rich_progress() as progress:
         progress(f"exporting for {args.device}", None)
