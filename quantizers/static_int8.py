@@ -47,7 +47,10 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
 
     check(spec)
     if not ctx.feeds:
-        raise InputError("static int8 needs calibration data and none reached this component")
+        raise InputError(
+            "static int8 needs calibration data and none reached this component; allowed: a --calibration folder "
+            "with items of its kind (.wav clips for an audio encoder: the built-in set has none)"
+        )
     method = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
