@@ -105,8 +105,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
-    if args.dry_run:  # the config export would run, checked against the profile: nothing is built
+    if args.dry_run:  # the config export would run, checked against the profile: nothing is built or fetched
         print(json.dumps(to_dict(resolve(config)), indent=2))
+        _say_model_source(config)
         return
     assets = _android_assets(args.app, config) if args.app else None  # refused before minutes of export
     with rich_progress() as progress:
@@ -114,6 +115,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     _export_summary(path)
     if assets is not None:
         _put_into_app(path, assets)
+
+
+def _say_model_source(config: ExportConfig) -> None:
+    """On stderr (stdout is the JSON): the checkpoint a --dry-run found, or the Hub id it would fetch."""
+    if config.model is not None:
+        from edgemfm.model_source import fetch_plan
+
+        err.print(fetch_plan(config.model, config.revision), soft_wrap=True, markup=False, highlight=False)
 
 
 def _put_into_app(path: Path, assets: Path) -> None:
@@ -141,6 +150,7 @@ def _export_fleet(config: ExportConfig, args: argparse.Namespace) -> None:
 
         for name in parse_devices(args.device):
             print(json.dumps(to_dict(resolve(replace(config, device=name, out=f"{config.out}/{name}"))), indent=2))
+        _say_model_source(config)
         return
     with rich_progress() as progress:
         progress(f"exporting for {args.device}", None)
@@ -360,8 +370,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from edgemfm.tune import plot, table, to_json, tune
+    from edgemfm.tune import tune
 
+    if "," in args.device:
+        return _tune_fleet(args)
     with rich_progress() as progress:
         result = tune(
             args.device,
@@ -371,18 +383,64 @@ def cmd_tune(args: argparse.Namespace) -> None:
             bundle=args.bundle,
             data=args.data,
             questions=args.questions,
-            workers=args.workers,
+            workers=args.workers or 1,
             ray_address=args.ray,
             apply=args.apply,
             force=args.force,
             progress=progress,
             revision=args.revision,
         )
+    _tune_summary(result, args.latency_budget, args.plot, args.json, args.apply)
+
+
+def _tune_fleet(args: argparse.Namespace) -> None:
+    """One tuning per device; --plot, --json and --apply gain the device's name; exit 2 when any failed."""
+    from edgemfm.fleet import tune_fleet
+
+    with rich_progress() as progress:
+        report = tune_fleet(
+            args.device,
+            args.latency_budget,
+            args.memory_budget,
+            model=args.model,
+            bundle=args.bundle,
+            revision=args.revision,
+            apply=args.apply,
+            force=args.force,
+            workers=args.workers,
+            ray_address=args.ray,
+            progress=progress,
+            data=args.data,
+            questions=args.questions,
+        )
+    for d in report.devices:
+        if d.result is None:
+            err.print(f"[red]failed[/red] {d.device}: {d.error}", soft_wrap=True)
+            continue
+        out.print(f"[bold]{d.device}[/bold]")
+        plot, json_path = (None if p is None else _suffixed(p, d.device) for p in (args.plot, args.json))
+        _tune_summary(d.result, args.latency_budget, plot, json_path, d.bundle)
+    if report.failed:
+        raise EdgemfmError(
+            f"{len(report.failed)} of {len(report.devices)} devices failed; the others' results are above"
+        )
+
+
+def _suffixed(path: str, device: str) -> str:
+    """`tune-frontier.png` for one device of several: `tune-frontier-<device>.png`."""
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{device}{p.suffix}"))
+
+
+def _tune_summary(result, budget_ms: float, plot_path: str, json_path: str | None, applied: str | None) -> None:
+    """The frontier table, the chosen point, its host check; the plot and JSON written."""
+    from edgemfm.tune import plot, table, to_json
+
     out.print(table(result))
     c = result.chosen
     out.print(
         f"chosen: {', '.join(f'{k} {v}' for k, v in c.candidate.describe(result.manifest).items())}, max seq {c.candidate.seq_len}: "
-        f"{c.latency_ms:.1f} ms (budget {args.latency_budget:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}",
+        f"{c.latency_ms:.1f} ms (budget {budget_ms:g}), {c.memory_mb:.0f} MB, quality {c.quality:.3f}",
         soft_wrap=True,
     )
     h = result.host
@@ -390,12 +448,12 @@ def cmd_tune(args: argparse.Namespace) -> None:
         f"chosen point on this host: {h.measured_ms:.1f} ms measured, {h.predicted_ms:.1f} ms predicted for the host profile"
     )
     out.print(
-        f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, args.plot, args.latency_budget)}"
+        f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, plot_path, budget_ms)}"
     )
-    if args.json:
-        Path(args.json).write_text(to_json(result))
-    if args.apply:
-        out.print(f"[green]wrote[/green] {args.apply}")
+    if json_path:
+        Path(json_path).write_text(to_json(result))
+    if applied:
+        out.print(f"[green]wrote[/green] {applied}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -722,7 +780,12 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tune", help="search resolution, tokens, sequence length and precision for the best quality under a budget"
     )
-    t.add_argument("--device", required=True, type=A.name, help="device profile name or alias (see `edgemfm devices`)")
+    t.add_argument(
+        "--device",
+        required=True,
+        type=A.name,
+        help="device profile name or alias (see `edgemfm devices`); several, comma-separated, tune each (pi5,jetson)",
+    )
     t.add_argument(
         "--latency-budget", type=A.POSITIVE, required=True, metavar="MS", help="predicted latency of one question, ms"
     )
@@ -741,13 +804,23 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--questions", type=A.AT_LEAST_ONE, default=12, help="held-out questions per media kind (default: 12)"
     )
-    t.add_argument("--workers", type=A.AT_LEAST_ONE, default=1, help="processes evaluating candidates (default: 1)")
-    t.add_argument("--ray", metavar="ADDRESS", help="evaluate on this Ray cluster instead ('auto', or host:port)")
+    t.add_argument(
+        "--workers",
+        type=A.AT_LEAST_ONE,
+        help="processes evaluating candidates (default: 1); with several devices: devices tuned at once",
+    )
+    t.add_argument(
+        "--ray", metavar="ADDRESS", help="evaluate (and tune each device) on this Ray cluster ('auto', or host:port)"
+    )
     t.add_argument(
         "--plot", default="tune-frontier.png", help="PNG of the frontier to write (default: tune-frontier.png)"
     )
     t.add_argument("--json", metavar="PATH", help="also write every candidate, with its numbers, as JSON")
-    t.add_argument("--apply", metavar="OUT", help="export the chosen point as a bundle here")
+    t.add_argument(
+        "--apply",
+        metavar="OUT",
+        help="export the chosen point as a bundle here; with several devices OUT/<profile name>/",
+    )
     t.add_argument("--force", action="store_true", help="replace an existing --apply directory")
     t.set_defaults(func=cmd_tune)
 

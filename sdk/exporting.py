@@ -44,13 +44,14 @@ def _model_id(model: str | None) -> str:
 
 
 def _check_model(model: str | None, revision: str | None) -> None:
-    """A missing folder, or a Hub id neither on the Hub nor (offline) in the cache, fails before the slow part."""
+    """A missing folder, or a Hub id not in the cache offline, fails before the slow part; nothing is
+    fetched here (`--dry-run` stops after this), a Hub id not cached is fetched when the export starts."""
     if model is None and revision is not None:
         raise InputError(f"--revision {revision!r} needs --model (a Hugging Face Hub id)")
     if model is not None:
-        from edgemfm.model_source import resolve_model
+        from edgemfm.model_source import cached_model
 
-        resolve_model(model, revision)
+        cached_model(model, revision)
 
 
 def _model_dir(model: str | None, scratch: Path, revision: str | None) -> Path:

@@ -4,6 +4,8 @@ A folder is used as it is. Anything else that reads as a Hub id (`org/name`) is 
 huggingface_hub's own cache and download (`snapshot_download`), so `HF_HOME`, `HF_HUB_CACHE`,
 `HF_HUB_OFFLINE` and the user's token work as they do for transformers; `revision` is a branch,
 tag or commit. Only the files a PyTorch checkpoint needs are fetched (no TF/Flax/ONNX/GGUF copies).
+`cached_model` answers the same question without the network, for `export --dry-run`: what the
+cache already holds, or None for an id that a real run would fetch.
 
 Example:
     >>> resolve_model("HuggingFaceTB/SmolVLM-256M-Instruct").model_id  # doctest: +SKIP
@@ -91,6 +93,49 @@ def resolve_model(model: str | Path, revision: str | None = None) -> ModelSource
         raise InputError(f"model directory {str(model)!r} does not exist, nor is it a Hugging Face Hub id (org/name)")
     snapshot = _download(str(model), revision)
     return ModelSource(_checkpoint(snapshot), model_id(model), str(model), snapshot.name)
+
+
+def cached_model(model: str | Path, revision: str | None = None) -> ModelSource | None:
+    """`resolve_model` without the network: a folder, or a Hub id's snapshot already in the cache;
+    None for a Hub id a real run would fetch (offline, HF_HUB_OFFLINE=1, that is resolve_model's error).
+
+    Example:
+        >>> cached_model("org/never-fetched") is None  # doctest: +SKIP
+        True
+    """
+    from huggingface_hub import constants
+
+    path = Path(model)
+    if path.is_dir() or constants.is_offline_mode():  # nothing would be fetched: resolve_model reads only the disk
+        return resolve_model(model, revision)
+    if not _hub_id(str(model)):
+        raise InputError(f"model directory {str(model)!r} does not exist, nor is it a Hugging Face Hub id (org/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(str(model), revision=revision, ignore_patterns=IGNORE, local_files_only=True))
+    except LocalEntryNotFoundError:
+        return None
+    return ModelSource(_checkpoint(snapshot), model_id(model), str(model), snapshot.name)
+
+
+def fetch_plan(model: str | Path, revision: str | None = None) -> str:
+    """One line saying where `model` would come from, without fetching it: what `--dry-run` tells.
+
+    Example:
+        >>> fetch_plan("HuggingFaceTB/SmolVLM-256M-Instruct")  # doctest: +SKIP
+        "would fetch 'HuggingFaceTB/SmolVLM-256M-Instruct' at revision main from the Hugging Face Hub into ~/.cache/huggingface/hub"
+    """
+    source = cached_model(model, revision)
+    if source is None:
+        from huggingface_hub import constants
+
+        at = revision or "main"
+        return f"would fetch {str(model)!r} at revision {at} from the Hugging Face Hub into {constants.HF_HUB_CACHE}"
+    if source.hub_id is None:
+        return f"model: the folder {str(source.path)!r}"
+    return f"model: {source.hub_id!r} from the Hugging Face cache, commit {source.revision} ({source.path})"
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

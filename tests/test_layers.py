@@ -42,10 +42,11 @@ CORE = (
     "edgemfm.toolchain",
     "edgemfm.cost",
     "edgemfm.model_source",  # where --model comes from (a folder or a Hub id): the verbs and the pruners ask it
+    "edgemfm.jobs",  # independent jobs on a process pool or Ray: tune's scoring and the fleet's devices
 )
 VERBS = (
     "edgemfm.exporting",
-    "edgemfm.fleet",  # export for many devices: export's jobs on tune's pool or Ray
+    "edgemfm.fleet",  # export and tune for many devices: one job per device on the pool or Ray
     "edgemfm.finetune",
     "edgemfm.tune",
     "edgemfm.bench",

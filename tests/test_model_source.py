@@ -109,3 +109,38 @@ def test_revision_of_a_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match="--revision 'main' applies to a Hub id"):
         resolve_model(tmp_path, revision="main")
+
+
+def test_dry_run_names_the_cached_snapshot(offline, capsys):
+    assert main(["export", "--model", REPO, "--device", "host", "--out", "b", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["model"] == REPO
+    assert f"model: {REPO!r} from the Hugging Face cache, commit {COMMIT}" in captured.err.replace("\n", "")
+
+
+def test_dry_run_with_an_uncached_id_says_what_it_would_fetch_and_fetches_nothing(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    calls = []
+    real = huggingface_hub.snapshot_download
+
+    def local_only(*args, **kwargs):  # a download would be a call without local_files_only
+        calls.append(kwargs.get("local_files_only", False))
+        assert kwargs.get("local_files_only"), "--dry-run must not download"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", local_only)
+    argv = ["export", "--model", "tiny-org/elsewhere", "--revision", "v2", "--device", "pi5,jetson", "--out", "f"]
+    assert main([*argv, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(c)["device"] for c in captured.out.replace("}\n{", "}\0{").split("\0")] == [
+        "raspberry-pi-5-8gb",
+        "jetson-orin-nano-8gb",
+    ]
+    err = captured.err.replace("\n", "")
+    assert f"would fetch 'tiny-org/elsewhere' at revision v2 from the Hugging Face Hub into {tmp_path / 'hub'}" in err
+    assert calls and all(calls)

@@ -14,8 +14,8 @@ import pytest
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import EdgemfmError, InputError
+from edgemfm.jobs import run_jobs
 from edgemfm.tune import choose, tune
-from edgemfm.tune.quality import run_jobs
 
 
 @pytest.fixture(scope="module")

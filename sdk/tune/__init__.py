@@ -9,7 +9,7 @@
         ▼ Pareto frontier (latency, memory down; quality up) ─► chosen: best quality within the budgets
 
 The modules, each importing only those before it: parts.py (the component graphs), quality.py
-(a bundle assembled from parts, its answers, the pool/Ray fan-out), search.py (candidates, their
+(a bundle assembled from parts, its answers; edgemfm.jobs fans them out on a pool or Ray), search.py (candidates, their
 predicted cost and quality, the frontier, the choice), host.py (the chosen point written and timed
 on this host), render.py (JSON, table, PNG). This file is the verb that strings them together.
 

@@ -6,12 +6,12 @@ as `export` seals one) and answer held-out questions through the runtime, exactl
 question's answer depends only on its own encoder part and the decoder's parts: the tuner scores
 each (media setting, encoder precision, decoder precision) once and combines them per candidate.
 
-Jobs go to a local `concurrent.futures` process pool (`workers`), or to the Ray cluster at
-`ray_address` (the `ray` extra; the scratch directory must be storage its workers see).
+The answer jobs go through `edgemfm.jobs.run_jobs`: a local process pool, or the Ray cluster at
+`ray_address` (the scratch directory must be storage its workers see).
 
 Example:
-    >>> run_jobs(answer_rate, jobs, workers=2)   # doctest: +SKIP
-    [0.91, 0.83]
+    >>> run_jobs(answer_rate, [TaskJob("/tmp/eval-0", questions["image"])], workers=2)   # doctest: +SKIP
+    [0.91]
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from edgemfm import bundle as bundle_io
-from edgemfm.errors import EdgemfmError, InputError
+from edgemfm.errors import InputError
 from edgemfm.manifest import Manifest
-from edgemfm.progress import Progress, counter
 from edgemfm.recipe import QuantSpec, Recipe, Rule
 from edgemfm.report import Parity, Tune
 
@@ -142,39 +138,3 @@ def assemble(
         )
         bundle_io.seal(stage, candidate)
     return out
-
-
-def _call(fn: Callable[[Any], float], job: Any) -> float:
-    return fn(job)
-
-
-def run_jobs(
-    fn: Callable[[Any], float],
-    jobs: Sequence[Any],
-    workers: int = 1,
-    ray_address: str | None = None,
-    progress: Progress | None = None,
-) -> list[float]:
-    """`fn` over `jobs` on a process pool of `workers`, or on the Ray cluster at `ray_address`."""
-    advance = counter(progress, "measuring quality", len(jobs))
-    if ray_address is not None:
-        try:
-            import ray
-        except ImportError:
-            raise EdgemfmError("--ray needs Ray: pip install 'edgemfm[ray]'") from None
-        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        remote = ray.remote(_call)  # any callable Ray workers can import, builtins included
-        refs = [remote.remote(fn, j) for j in jobs]
-        results = []
-        for ref in refs:
-            results.append(ray.get(ref))
-            advance()
-        return results
-    # spawn: the parent holds torch and ONNX Runtime state a fork would copy half-initialised
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(fn, j) for j in jobs]
-        results = []
-        for f in futures:
-            results.append(f.result())
-            advance()
-        return results

@@ -16,13 +16,14 @@ from typing import Any
 from edgemfm.cost import kv_bytes, predict
 from edgemfm.errors import InputError
 from edgemfm.exporters import family_named
+from edgemfm.jobs import run_jobs
 from edgemfm.manifest import Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress
 from edgemfm.quantizers import presets
 from edgemfm.report import Parity
 from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, variant_preprocess
-from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of, run_jobs
+from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of
 
 PROMPT_TOKENS = 32  # a short question in the chat template, before its media rows
 ANSWER_TOKENS = 4  # the demo's answers are a word or a digit, and the end token
@@ -228,7 +229,7 @@ def score(
             chosen, manifest, preprocess, c.seq_len, recipe_of(dict(c.precisions), specs), source, scratch / f"eval-{i}"
         )
         jobs.append(TaskJob(str(out), asked[kind]))
-    rates = dict(zip(keys, run_jobs(answer_rate, jobs, workers, ray_address, progress)))
+    rates = dict(zip(keys, run_jobs(answer_rate, jobs, workers, ray_address, progress, "measuring quality")))
     total = sum(len(asked[k]) for k in kinds)
     scores = {}
     for c in cands:
