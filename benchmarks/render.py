@@ -29,6 +29,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-audio-preprocess",
     "runtime-chat",
     "quantization-efficientnet-mnist",
+    "quantization-efficientnet-int8",
     "quantization-smollm2",
     "quantization-demo-auto",
     "pruning-smollm2",
