@@ -28,6 +28,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime",
     "runtime-audio-preprocess",
     "runtime-chat",
+    "runtime-visual-tokens",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",
     "quantization-smollm2",
