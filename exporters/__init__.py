@@ -20,7 +20,12 @@ from edgemfm.errors import UnsupportedModelError
 
 # One row per family module: adding a family is one file plus one row here.
 FAMILIES = ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "text", "whisper", "qwen2_audio", "demo")
-CAPABILITIES = {"media_knobs": "tune's image and audio settings", "finetune": "finetune", "prunable": "prune"}
+CAPABILITIES = {
+    "media_knobs": "tune's image and audio settings",
+    "finetune": "finetune",
+    "prunable": "prune",
+    "visual_tokens": "export --visual-tokens",
+}
 
 
 def families() -> list[Any]:

@@ -37,6 +37,7 @@ import torch
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Finetuning, MediaKnobs, Prunable, Split
+from edgemfm.exporters.visual_tokens import grid_pool
 from edgemfm.manifest import AudioPreprocess, Component, ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 
 MODEL_TYPE = "edgemfm-demo"
@@ -271,4 +272,5 @@ FAMILY = Family(
     media_knobs=MEDIA_KNOBS,
     finetune=FINETUNING,
     prunable=PRUNABLE,
+    visual_tokens=grid_pool,
 )

@@ -4,7 +4,8 @@ checkpoint, and the capabilities a verb needs from it.
 A capability is a field of `Family` that the family's own file fills in, or leaves None when the
 family has no such thing: `media_knobs` (what `tune` may turn on the encoders, and how to export
 one again at another setting), `finetune` (what is trained and how a training sequence is built),
-`prunable` (how `prune` opens the checkpoint, finds its stacks and writes it back). A verb asks
+`prunable` (how `prune` opens the checkpoint, finds its stacks and writes it back), `visual_tokens`
+(how `export --visual-tokens N` cuts the encoder's rows). A verb asks
 `edgemfm.exporters.capability(family, name)`; no verb tests a family's name.
 
 Example:
@@ -116,3 +117,6 @@ class Family:
     media_knobs: MediaKnobs | None = None
     finetune: Finetuning | None = None
     prunable: Prunable | None = None
+    # (split, N, family name) -> (the split whose encoder emits at most N rows per image, the report's note);
+    # refuses an N the family cannot meet, naming the allowed ones (exporters/visual_tokens.py)
+    visual_tokens: Callable[[Split, int, str], tuple[Split, str]] | None = None

@@ -37,6 +37,7 @@ from edgemfm.exporters.processor_config import (
     resample,
     scaling,
 )
+from edgemfm.exporters.visual_tokens import grid_pool
 from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
@@ -151,4 +152,5 @@ FAMILY = Family(
     load=load,
     split=split,
     prunable=TRANSFORMERS,
+    visual_tokens=grid_pool,
 )

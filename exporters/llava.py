@@ -24,6 +24,7 @@ from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Split
 from edgemfm.exporters.processor_config import fixed_size_preprocess, input_size
+from edgemfm.exporters.visual_tokens import grid_pool
 from edgemfm.manifest import ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 
@@ -109,4 +110,5 @@ FAMILY = Family(
     load=load,
     split=split,
     prunable=TRANSFORMERS,
+    visual_tokens=grid_pool,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from edgemfm.exporters import qwen2_vl
 from edgemfm.exporters.family import Family
+from edgemfm.exporters.visual_tokens import pixel_budget
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 
 FAMILY = Family(
@@ -22,4 +23,5 @@ FAMILY = Family(
     load=qwen2_vl.load,
     split=qwen2_vl.split,
     prunable=TRANSFORMERS,
+    visual_tokens=pixel_budget,
 )

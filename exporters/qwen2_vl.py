@@ -38,6 +38,7 @@ from edgemfm.exporters.processor_config import (
     resample,
     scaling,
 )
+from edgemfm.exporters.visual_tokens import pixel_budget
 from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
@@ -198,4 +199,5 @@ FAMILY = Family(
     load=load,
     split=split,
     prunable=TRANSFORMERS,
+    visual_tokens=pixel_budget,
 )

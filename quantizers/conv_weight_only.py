@@ -6,7 +6,9 @@ quantization). Each block of B input channels at one kernel position shares a sy
 like MatMulNBits' groups, chosen for the least squared error rather than plain absmax: the
 per-channel int4 that collapsed EfficientNet-Lite0 to 26% on MNIST is what this avoids. A depthwise conv has one input channel per group, so no block to share: it
 gets int8 per output channel instead, and the report says so. int8 specs give every conv int8
-weights per output channel, the activations staying float (weight-only int8).
+weights per output channel, the activations staying float (weight-only int8), except on a CPU whose
+profile says `int8_conv = "qlinear"`: there a CNN's chained convs with int8 activations in the spec
+run on int8 kernels (quantizers/conv_qlinear.py) when calibration data reached the component.
 
 Example:
     >>> model = apply(onnx.load("effnet.onnx"), units, QuantSpec(bits=4, group_size=64), ctx)  # doctest: +SKIP
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgemfm.quantizers import conv_qlinear
 from edgemfm.quantizers.registry import Scheme
 from edgemfm.quantizers.units import Unit
 from edgemfm.recipe import QuantSpec
@@ -37,6 +40,11 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     """Quantize the Conv `units` of `model` to int4 blocks (int8 per channel when depthwise or the spec is int8)."""
     from onnx import TensorProto, helper, numpy_helper
 
+    if spec.bits == 8 and spec.activation_bits == 8 and ctx.profile.int8_conv == "qlinear" and ctx.feeds:
+        on_int8, small = conv_qlinear.select(model, units, ctx)
+        if on_int8:
+            model = conv_qlinear.apply(model, on_int8, small, ctx)
+            units = [u for u in units if u not in on_int8]
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     for u in units:

@@ -102,6 +102,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         prune=tuple(args.prune),
         recover=args.recover,
         revision=args.revision,
+        visual_tokens=args.visual_tokens,
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
@@ -627,6 +628,13 @@ def parser() -> argparse.ArgumentParser:
         default=0,
         metavar="STEPS",
         help="with --prune: distil from the unpruned model for STEPS steps",
+    )
+    e.add_argument(
+        "--visual-tokens",
+        type=A.AT_LEAST_ONE,
+        default=None,
+        metavar="N",
+        help="at most N decoder rows per image (per tile), cut inside the encoder graph (default: the family's own)",
     )
     e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"

@@ -68,12 +68,17 @@ class ExportConfig:
     prune: tuple[str, ...] = ()  # prune specs ("mlp=0.2", "vision_encoder:blocks=1"), applied first
     recover: int = 0  # with prune: distillation steps from the unpruned model; 0: none
     revision: str | None = None  # with a Hub id: branch, tag or commit; None: main
+    # at most this many decoder rows per image (per tile where the family tiles), cut inside the encoder graph
+    # by the family's method (exporters/visual_tokens.py); None: the family's own count
+    visual_tokens: int | None = None
     version: int = CONFIG_VERSION  # of this record's layout, so a saved config says what it was written for
 
     def __post_init__(self) -> None:
         _paths_as_text(self, "model", "out", "calibration")
         object.__setattr__(self, "prune", tuple(self.prune))  # a CLI list or a JSON array
         _positive_budget(self.memory_budget_mb, self.accuracy_tolerance_db)
+        if self.visual_tokens is not None and (isinstance(self.visual_tokens, bool) or self.visual_tokens < 1):
+            raise InputError(f"visual tokens {self.visual_tokens!r} must be a whole number of at least 1")
 
 
 @dataclass(frozen=True)

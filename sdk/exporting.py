@@ -170,6 +170,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
         quiet(),
     ):
         from edgemfm.exporters import find_family
+        from edgemfm.exporters.visual_tokens import budget
 
         model_dir = _model_dir(config.model, Path(scratch), config.revision)
         if prune_configs:
@@ -193,6 +194,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 # whatever ran before it in the process; the caller's RNG state is left as it was
                 torch.manual_seed(0)
                 split = family.split(_load(family, model_dir), model_dir)
+                if config.visual_tokens is not None:  # before export: calibration and parity see the cut graph
+                    split = budget(family, split, config.visual_tokens)
             manifest = _write_float(config, profile, family, split, model_dir, stage, progress)
             from edgemfm.quantizers.quantize import quantize
 

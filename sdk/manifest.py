@@ -91,6 +91,7 @@ class Media:
     # encoder input fed with each patch's (row, col), in the order of ImagePatches (None: no such input)
     patch_positions: str | None = None
     length: str | None = None  # encoder input fed the item's unpadded length (Qwen2-Audio masks padded mel frames)
+    visual_tokens: int | None = None  # export --visual-tokens: at most this many rows per image (tile); None: all
 
 
 @dataclass(frozen=True)

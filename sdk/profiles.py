@@ -26,6 +26,7 @@ from edgemfm.records import from_dict
 PROFILE_VERSION = 1
 FORMATS = ("onnx", "pte")  # the bundle formats edgemfm writes
 WEIGHT_BITS = (4, 8, 16, 32)  # int4, int8, fp16, fp32: the kernels that exist
+INT8_CONV = ("weight-only", "qlinear")  # how int8 convolutions run (DeviceProfile.int8_conv)
 # The published figures: each must carry a source in the profile's [sources] table.
 FIGURES = (
     "memory_gb",
@@ -90,6 +91,10 @@ class DeviceProfile:
     streaming: Streaming
     cost: Cost
     sources: dict[str, str]  # figure name -> where it was published
+    # how an int8 recipe runs a CNN's chained convolutions here: "weight-only" (int8 weights de-quantized at every
+    # call, float activations) or "qlinear" (u8 activations, s8 weights per channel: ONNX Runtime's int8 QLinearConv
+    # kernels), chosen by measurement; "qlinear" needs its `int8_conv` line in [sources]
+    int8_conv: str = "weight-only"
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -125,6 +130,10 @@ def _validate(p: DeviceProfile, where: str) -> None:
         problems.append("group_sizes is empty but weight_bits has 4")
     if not p.execution_providers:
         problems.append("execution_providers is empty")
+    if p.int8_conv not in INT8_CONV:
+        problems.append(f"int8_conv {p.int8_conv!r} not in {list(INT8_CONV)}")
+    elif p.int8_conv != "weight-only" and not p.sources.get("int8_conv", "").strip():
+        problems.append("int8_conv has no source (the measurement that chose it) in [sources]")
     s = p.streaming
     if not (s.audio_window_s > 0 and s.image_tile > 0 and s.prefill_chunk > 0 and s.max_seq_len > 0):
         problems.append("streaming sizes must be positive")

@@ -1,0 +1,125 @@
+"""int8 convolutions on int8 kernels: QDQ with u8 activations and s8 per-channel weights, as ONNX Runtime fuses it.
+
+The int8 CPU presets give a Conv int8 weights; on a CPU whose profile says `int8_conv = "qlinear"`
+(measured faster there) `conv_weight_only` hands the chained convolutions of a CNN to this module
+instead of de-quantizing their weights at every call. `quantize_static` writes QuantizeLinear /
+DequantizeLinear around them and ONNX Runtime's QDQ fusion turns each
+`DQ -> Conv -> Q` into one QLinearConv (u8 activations, s8 weights, per output channel) and each
+residual `DQ, DQ -> Add -> Q` into QLinearAdd:
+
+    x(u8) ─► QLinearConv ─► u8 ─► QLinearConv (depthwise) ─► u8 ─► QLinearConv ─► QLinearAdd ─► ...
+
+What makes it pay is the ReLU / ReLU6 (Clip) after each conv: quantized with its conv, the activation
+is folded into the conv's output range (zero point 0, at most 6), so the int8 tensor goes from conv
+to conv with no re-quantization between them. Left out, every conv pays a DequantizeLinear and a
+QuantizeLinear and the graph ties fp32 (BENCHMARKS.md, result quantization-efficientnet-int8).
+Depthwise convs are quantized too: their int8 kernel costs what the float one does, and keeping them
+float would put a DQ / Q pair on each side. A conv with no conv neighbour (a ViT's patch embedding,
+Whisper's convs around a GELU) stays weight-only: it would pay the Q / DQ pair and gain nothing. A conv
+too small to be a unit (under `units.MIN_PARAMS` weights: EfficientNet's stem, its first depthwise
+convs) joins the int8 chain when it touches one: left float it would cost a DQ / Q pair on each side;
+the report names it in `notes` (`ctx.cache["qlinear"]`), not among the float units.
+Activation ranges: MinMax over the calibration feeds (percentile measured the same accuracy at twice
+the calibration time).
+
+Example:
+    >>> model = apply(onnx.load("effnet.onnx"), *select(model, units, ctx), ctx)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from edgemfm.quantizers.units import Unit
+
+if TYPE_CHECKING:
+    from edgemfm.quantizers.context import Context
+
+ACTIVATIONS = ("Relu", "Clip")  # folded into the conv's output range when quantized with it
+_THROUGH = (*ACTIVATIONS, "Add")  # what lies between two chained convs of a CNN
+
+
+def chained(model: Any, units: list[Unit]) -> list[Unit]:
+    """The Conv `units` with another of them before or after (through an activation or a residual Add).
+
+    Example:
+        >>> [u.node for u in chained(model, units)][:1]  # doctest: +SKIP
+        ['node_conv2d']
+    """
+    nodes = {n.name: n for n in model.graph.node}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    convs = {u.node for u in units}
+
+    def reaches(node: Any, step: Any, depth: int = 3) -> bool:
+        for nxt in step(node):
+            if nxt.name in convs or (depth and nxt.op_type in _THROUGH and reaches(nxt, step, depth - 1)):
+                return True
+        return False
+
+    def before(n: Any) -> list[Any]:
+        return [producer[i] for i in n.input[:1] if i in producer]
+
+    def after(n: Any) -> list[Any]:
+        return [c for o in n.output for c in consumers.get(o, [])]
+
+    return [u for u in units if reaches(nodes[u.node], before) or reaches(nodes[u.node], after)]
+
+
+def select(model: Any, units: list[Unit], ctx: Context) -> tuple[list[Unit], list[str]]:
+    """The Conv `units` chained to another conv, and the nodes of the small convs chained to them (their
+    notes go to `ctx.cache["qlinear"]`, unit name -> note, for the report)."""
+    from edgemfm.quantizers.units import MIN_PARAMS, module_path, unit_name
+
+    inits = {i.name: i for i in model.graph.initializer}
+    small = [
+        Unit(unit_name(units[0].name.split("/")[0], module_path(n)), n.name, "Conv", n.input[1], tuple(w.dims))
+        for n in model.graph.node
+        if n.op_type == "Conv" and len(n.input) > 1 and (w := inits.get(n.input[1])) is not None
+        if w.data_type == 1 and 0 < math.prod(w.dims) < MIN_PARAMS  # float32 and too small to be a unit
+    ]
+    joined = chained(model, [*units, *small])
+    notes = ctx.cache.setdefault("qlinear", {})
+    notes.update(
+        {
+            u.name: f"{u.params} weights: int8 on QLinearConv, in its neighbours' int8 chain"
+            for u in joined
+            if u in small
+        }
+    )
+    return [u for u in joined if u not in small], [u.node for u in joined if u in small]
+
+
+def apply(model: Any, units: list[Unit], small: list[str], ctx: Context) -> Any:
+    """Quantize the Conv `units` and `small` conv nodes (and the Relu / Clip right after each) to QDQ u8s8;
+    returns the new ModelProto."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgemfm.quantizers.context import FeedReader
+
+    names = {u.node for u in units} | set(small)
+    producer = {o: n.name for n in model.graph.node for o in n.output}
+    folded = [
+        n.name for n in model.graph.node if n.op_type in ACTIVATIONS and n.input and producer.get(n.input[0]) in names
+    ]
+    src, out = ctx.scratch / "conv_qlinear.in.onnx", ctx.scratch / "conv_qlinear.onnx"
+    onnx.save(model, str(src))  # quantize_static rewrites a ModelProto's external-data fields: give it a file
+    quantize_static(
+        str(src),
+        str(out),
+        FeedReader(ctx.feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv", *ACTIVATIONS],
+        nodes_to_quantize=[*names, *folded],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,  # u8 x s8: the operand pair of x86's VPDPBUSD and MLAS's int8 kernels
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    return onnx.load(str(out))
