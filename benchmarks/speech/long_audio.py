@@ -6,7 +6,7 @@ packages give the same file: the glosses are taken in file order from a fixed li
 digits, abbreviations or non-ASCII letters skipped, until the text holds `WORDS` words.
 
     apt-get install -y espeak-ng wordnet-base
-    python -m benchmarks.speech.long_audio work/speech     # -> wordnet-10min.wav, wordnet-10min.txt
+    python -m benchmarks.speech.long_audio work/speech --calibration work/speech-calibration
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import numpy as np
 from edgemfm.runtimes.audio import read_wav, resample
 
 GLOSSES = Path("/usr/share/wordnet/data.noun")
+CALIBRATION_GLOSSES = Path("/usr/share/wordnet/data.verb")  # other words than the test file's, for int8 calibration
+CLIPS, CLIP_WORDS = 8, 50  # calibration clips of about 20 s: one window each
 FIRST_LINE = 2000  # past the most abstract top-level nouns ("entity", "physical entity", ...)
 WORDS = 1750  # about 10 minutes at espeak-ng's default 175 words a minute, with the pauses between sentences
 RATE = 16000
@@ -30,17 +32,17 @@ NAME = "wordnet-10min"
 _PLAIN = re.compile(r"[A-Za-z ,'\-()]+")
 
 
-def sentences(words: int = WORDS) -> list[str]:
+def sentences(words: int = WORDS, glosses: Path = GLOSSES) -> list[str]:
     """WordNet noun definitions as sentences, in file order, until `words` words.
 
     Example:
         >>> sentences(20)[0]   # doctest: +SKIP
         'A ...'
     """
-    if not GLOSSES.is_file():
-        raise SystemExit(f"{GLOSSES} is missing: apt-get install -y wordnet-base")
+    if not glosses.is_file():
+        raise SystemExit(f"{glosses} is missing: apt-get install -y wordnet-base")
     out, count = [], 0
-    for line in GLOSSES.read_text(encoding="latin-1").splitlines()[FIRST_LINE:]:
+    for line in glosses.read_text(encoding="latin-1").splitlines()[FIRST_LINE:]:
         if line.startswith(" ") or " | " not in line:
             continue
         definition = line.split(" | ", 1)[1].split(";")[0].strip()  # the definition, not its quoted examples
@@ -50,7 +52,7 @@ def sentences(words: int = WORDS) -> list[str]:
         count += len(definition.split())
         if count >= words:
             return out
-    raise SystemExit(f"{GLOSSES} has fewer than {words} words of plain definitions past line {FIRST_LINE}")
+    raise SystemExit(f"{glosses} has fewer than {words} words of plain definitions past line {FIRST_LINE}")
 
 
 def normalise(text: str) -> str:
@@ -65,17 +67,35 @@ def normalise(text: str) -> str:
 
 def build(out: Path, words: int = WORDS) -> tuple[Path, Path]:
     """Write `out/wordnet-10min.wav` (16 kHz mono) and `out/wordnet-10min.txt` (the text read, one sentence a line)."""
+    return _speak(out, NAME, sentences(words))
+
+
+def calibration(out: Path) -> Path:
+    """A calibration folder for `edgemfm export --calibration`: `CLIPS` clips of WordNet's verb glosses (not the
+    test file's nouns), clip-00.wav .. and transcripts.txt, one clip's text a line."""
+    said = sentences(CLIPS * CLIP_WORDS, CALIBRATION_GLOSSES)
+    per = -(-len(said) // CLIPS)
+    lines = [" ".join(said[i * per : (i + 1) * per]) for i in range(CLIPS)]
+    for i, line in enumerate(lines):
+        _speak(out, f"clip-{i:02d}", [line])
+        (out / f"clip-{i:02d}.txt").unlink()
+    (out / "transcripts.txt").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _speak(out: Path, name: str, lines: list[str]) -> tuple[Path, Path]:
+    """`out/NAME.wav` (espeak-ng reading `lines`, 16 kHz mono 16-bit) and `out/NAME.txt` (the lines)."""
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng is not installed: apt-get install -y espeak-ng")
     out.mkdir(parents=True, exist_ok=True)
-    text = out / f"{NAME}.txt"
-    text.write_text("\n".join(sentences(words)) + "\n")
-    raw = out / f"{NAME}-22k.wav"
+    text = out / f"{name}.txt"
+    text.write_text("\n".join(lines) + "\n")
+    raw = out / f"{name}-22k.wav"
     subprocess.run(["espeak-ng", "-f", str(text), "-w", str(raw)], check=True, capture_output=True)
     samples, rate = read_wav(raw)
     samples = resample(samples.mean(axis=1), rate, RATE)
     raw.unlink()
-    wav = out / f"{NAME}.wav"
+    wav = out / f"{name}.wav"
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -88,7 +108,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="the folder to write the WAV and its text into")
     p.add_argument("--words", type=int, default=WORDS, help=f"words of text (default {WORDS}: about 10 minutes)")
-    wav, text = build(p.parse_args().out, p.parse_args().words)
+    p.add_argument("--calibration", type=Path, help="also write int8 calibration clips into this folder")
+    args = p.parse_args()
+    if args.calibration:
+        print(calibration(args.calibration))
+    wav, text = build(args.out, args.words)
     with wave.open(str(wav)) as w:
         print(f"{wav}: {w.getnframes() / w.getframerate():.1f} s; {text}: {len(text.read_text().split())} words")
 

