@@ -135,7 +135,12 @@ def longform(args: argparse.Namespace) -> None:
         f"{args.repeats} full pass(es) per row, rounds interleaved; load average {min(loads):.1f}–{max(loads):.1f} "
         "on the 2 shared cores while it ran, so CPU seconds, not wall time, are compared."
     )
-    _record("speech-tiny-en-longform", "Whisper tiny.en (real weights), 10 minutes long-form", table, note)
+    _record(
+        args.name or "speech-tiny-en-longform",
+        args.title or "Whisper tiny.en (real weights), 10 minutes long-form",
+        table,
+        note,
+    )
 
 
 def stream(args: argparse.Namespace) -> None:
@@ -219,6 +224,8 @@ def main() -> None:
     p.add_argument("--part", choices=("longform", "stream"), default="longform")
     p.add_argument("--step", type=float, default=2.0, help="--part stream: seconds of new audio between updates")
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument("--name", help="--part longform: the result file's name (default speech-tiny-en-longform)")
+    p.add_argument("--title", help="--part longform: its heading")
     args = p.parse_args()
     (stream if args.part == "stream" else longform)(args)
 
