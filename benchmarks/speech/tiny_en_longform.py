@@ -10,10 +10,13 @@ against the text espeak-ng read and against transformers' own long-form `generat
 text against the same bundle's long-form text, and the latency from a word's end in the audio to
 its commit (the audio received since, plus the compute of the update that committed it).
 
-    python -m benchmarks.speech.tiny_en --out work/whisper-tiny.en
-    python -m benchmarks.speech.long_audio work/speech
+    python -m benchmarks.speech.tiny_en work/whisper-tiny.en
+    python -m benchmarks.speech.long_audio work/speech --calibration work/speech-calibration
+    python -m benchmarks.speech.long_audio work/speech-142s --words 400    # the first 400 words: 142 s
     edgemfm export --model work/whisper-tiny.en --device host --precision fp32 --out work/tiny-host-fp32
     edgemfm export --model work/whisper-tiny.en --device pi5 --precision int8 --out work/tiny-pi5-int8
+    edgemfm export --model work/whisper-tiny.en --device pi5 --precision int8 --out work/tiny-pi5-int8-speech \
+        --calibration work/speech-calibration
     python -m benchmarks.speech.tiny_en_longform --checkpoint work/whisper-tiny.en --audio work/speech \
         --bundle fp32=work/tiny-host-fp32 --bundle int8-pi5=work/tiny-pi5-int8 --repeats 2
 """
