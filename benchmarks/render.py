@@ -27,6 +27,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "cost-fusion-demo",
     "runtime",
     "runtime-audio-preprocess",
+    "speech-tiny-en-longform",
+    "speech-tiny-en-streaming",
     "runtime-chat",
     "runtime-visual-tokens",
     "quantization-efficientnet-mnist",

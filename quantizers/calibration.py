@@ -18,7 +18,8 @@ An encoder-decoder bundle (Whisper) attends to its audio by cross-attention, not
 rows: each clip (the folder's WAVs or the built-in speech; a folder without WAVs: seeded synthetic clips) goes through the runtime's log-mel
 and the float audio encoder exactly as `Pipeline.attend` does, and each decoder window is fed the
 cross-attention keys/values of one clip in turn, beside the prompts' tokens (a folder's .txt lines
-read as the clips' transcripts).
+read as the clips' transcripts). The synthetic clips are for measuring, not for fitting: a scheme
+that fits to activations (smoothing, clip search, GPTQ) gets none of them (`made_up`).
 
 Example:
     >>> feeds = component_feeds(float_dir, manifest, folder=None)   # doctest: +SKIP
@@ -213,6 +214,23 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
             {cross.input: PREPROCESSORS[cross.media](c, manifest.preprocess)[0][None]} for c in clips
         ]
     return feeds
+
+
+def made_up(manifest: Manifest, folder: str | Path | None = None) -> set[str]:
+    """The components whose calibration feeds are the seeded synthetic clips (a Whisper audio encoder whose
+    --calibration folder holds no WAV; without a folder it gets the built-in speech): judged on them, never
+    fitted to them. SmoothQuant scales fitted to tone sweeps cost the real
+    tiny.en encoder 14 dB of output SQNR on speech (29 dB unsmoothed, 15 dB smoothed) while the judge, on the
+    same sweeps, saw 27.5 dB; its int8 bundle lost 7.8 WER points against fp32 on 142 s of speech.
+
+    Example:
+        >>> made_up(whisper_manifest, "prompts-only/")   # doctest: +SKIP
+        {'audio_encoder'}
+    """
+    cross = manifest.components[manifest.generation.decoder].cross_attention
+    if cross is None or folder is None or read_folder(folder)[1]:
+        return set()
+    return {cross.encoder}
 
 
 def _calls(pipe: Any, kind: str, items: list[Any]) -> list[Any]:

@@ -27,7 +27,7 @@ from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress, say
 from edgemfm.quantizers import planner, presets, tied_table
 from edgemfm.quantizers.apply import check_calibrated, plan_passes, quantize_component, scheme_of
-from edgemfm.quantizers.calibration import component_feeds
+from edgemfm.quantizers.calibration import component_feeds, made_up
 from edgemfm.quantizers.context import Context
 from edgemfm.quantizers.judge import Judge
 from edgemfm.quantizers.registry import check_method
@@ -35,6 +35,11 @@ from edgemfm.quantizers.units import weighted_units
 from edgemfm.recipe import Recipe
 from edgemfm.report import Plan
 from edgemfm.toolchain import quiet_quantizers
+
+SYNTHETIC_NOTE = (
+    "measured on synthetic clips, fitted to none (no smoothing or searched scales): "
+    "--calibration with WAVs of speech fits it to real audio"
+)
 
 log = logging.getLogger("edgemfm")
 # Values of input the plan and the report measure each component on (~1,800 tokens of SmolLM2, 7
@@ -91,7 +96,11 @@ def _quantize(
     feeds = {name: measured_subset(f, attended) for name, f in calibrate.items()}  # what the plan and report measure on
     first = {name: c.outputs[0].name for name, c in manifest.components.items()}
     group = presets.group_size(profile) if 4 in profile.weight_bits else 32
-    ctx = {name: Context(calibrate.get(name, []), profile, scratch) for name in manifest.components}
+    synthetic = made_up(manifest, config.calibration)  # measured on, never fitted to
+    ctx = {
+        name: Context([] if name in synthetic else calibrate.get(name, []), profile, scratch)
+        for name in manifest.components
+    }
 
     def probe(component: str, r: Recipe) -> Path:
         out = scratch / f"probe-{component}.onnx"
@@ -112,6 +121,8 @@ def _quantize(
         say(progress, f"quantizing {name}", i / len(manifest.components))
         entry = quantize_component(float_dir / c.file, stage / c.file, name, recipe, ctx[name], group)
         figures = judge.report(name, stage / c.file) if name in judge.feeds else {}  # unmeasured: None stays
+        if name in synthetic:
+            entry = replace(entry, notes={**entry.notes, name: SYNTHETIC_NOTE})
         report[name] = replace(entry, **figures, output=first[name])
         components[name] = replace(c, weight_bytes=entry.weight_bytes)
     if note := tied_table.share(float_dir, stage, manifest):

