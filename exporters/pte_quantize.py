@@ -121,8 +121,8 @@ def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
 
 
 def _embedding(table: Any, spec: QuantSpec) -> Any:
-    import torch
     import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_* kernels, eager and runtime)
+    import torch
     from executorch.examples.models.llama.source_transformation.quantize import EmbeddingQuantHandler
 
     holder = torch.nn.Sequential(table)
