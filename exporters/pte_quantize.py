@@ -13,7 +13,7 @@ before capture, on the modules, and XNNPACK's partitioner takes the quantized pa
 XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 `Int8DynamicActivationIntxWeightConfig` for the linears and ExecuTorch's `EmbeddingQuantHandler`
 for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
-applies (round to nearest, symmetric, no HQQ search here). A linear whose input width the group
+applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
 does not divide stays float and is named in the report.
 
 The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
@@ -36,6 +36,7 @@ from edgemfm.report import AppliedScheme, Quantization
 
 PRECISIONS = ("fp32", "int8", "int4")  # what --format pte runs; auto and fp16 are not built for pte yet
 SCHEME = "torchao-xnnpack"  # the report's name for what was applied
+METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as export_llm's default use_hqq
 TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
 # inputs_embeds) and stays as it is
 TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
@@ -59,8 +60,8 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
     group = presets.group_size(profile) if bits == 4 else 0  # XNNPACK: blockwise int4, per-channel int8
     return Recipe(
         rules=(
-            Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, symmetric=True, activation_bits=8)),
-            Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, symmetric=True)),
+            Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, method=METHOD, activation_bits=8)),
+            Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, method=METHOD)),
             Rule("*", None),
         )
     )
@@ -99,7 +100,7 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
             done[f"embedding_{specs[fqn].bits}bit"] = done.get(f"embedding_{specs[fqn].bits}bit", 0) + 1
     used = sorted({s for s in specs.values() if s is not None}, key=lambda s: (s.bits, s.group_size))
     return Quantization(
-        schemes=tuple(AppliedScheme(bits=s.bits, group_size=s.group_size, method=SCHEME) for s in used),
+        schemes=tuple(AppliedScheme(bits=s.bits, group_size=s.group_size, method=f"{SCHEME} {s.method}") for s in used),
         quantized_units=sum(done.values()),
         float_units=floats,
         notes={},
@@ -116,6 +117,7 @@ def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
     config = Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4 if spec.bits == 4 else torch.int8,
         weight_granularity=PerGroup(spec.group_size) if spec.group_size else PerAxis(0),
+        intx_choose_qparams_algorithm="hqq_scale_only" if spec.method == METHOD else "affine",
     )
     quantize_(module, config, filter_fn=lambda _m, fqn: fqn in fqns)
 
@@ -131,7 +133,7 @@ def _embedding(table: Any, spec: QuantSpec) -> Any:
         bitwidth=spec.bits,
         group_size=spec.group_size or None,
         packed=spec.bits == 4,
-        quantize_with_hqq=False,
+        quantize_with_hqq=spec.method == METHOD,
     ).quantized_model()
     return holder[0]
 
