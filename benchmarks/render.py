@@ -76,7 +76,8 @@ def side_by_side(report: dict, name: str) -> str:
     """A side-by-side section as benchmarks.side_by_side.run writes it, one heading level down."""
     from .side_by_side import run
 
-    model = importlib.import_module(f"benchmarks.side_by_side.{name.removeprefix('side_by_side-')}")
+    # side_by_side-MODEL, or side_by_side-RUN-MODEL for a run of some rows (--out benchmarks/results/side_by_side-RUN)
+    model = importlib.import_module(f"benchmarks.side_by_side.{name.rsplit('-', 1)[-1]}")
     return "#" + run.markdown(model, report).rstrip("\n")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
 from edgemfm.manifest import Component
-from edgemfm.report import Delegation, Parity
+from edgemfm.recipe import FLOAT32, Recipe
+from edgemfm.report import Delegation, Parity, Quantization
 
 PROGRAM = "model.pte"
 ONE_ITEM = ("batch", "images", "items")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
@@ -131,7 +133,7 @@ def delegation(graph_module: Any) -> Delegation:
 
 
 def _check(
-    path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerance: float
+    path: Path, units: dict[str, ExportUnit], references: dict[str, list[torch.Tensor]], tolerances: dict[str, float]
 ) -> dict[str, Parity]:
     """Run every method once in the ExecuTorch runtime on its example inputs, against PyTorch."""
     from executorch.runtime import Runtime
@@ -140,7 +142,7 @@ def _check(
     parity = {}
     for name, unit in units.items():
         got = program.load_method(name).execute(_flat(unit.args))
-        reference = references[name]
+        reference, tolerance = references[name], tolerances[name]
         diff = max(float((g - r).abs().max()) if r.numel() else 0.0 for g, r in zip(got, reference))
         # Relative to the outputs' magnitude, as for ONNX: float32 sums of large activations carry larger errors.
         scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
@@ -168,10 +170,36 @@ def write_units(
     XNNPACK's partitioner and its own passes do that job for a pte program.
     Returns the components, the parity per method and the delegation per method.
     """
+    return write_program(units, stage, tolerance, advance, max_seq_len=max_seq_len, recipe=FLOAT32)[:3]
+
+
+def write_program(
+    units: dict[str, ExportUnit],
+    stage: Path,
+    tolerance: float,
+    advance: Callable[[str], None],
+    *,
+    max_seq_len: int,
+    recipe: Recipe,
+) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation], dict[str, Quantization]]:
+    """`write_units` with the modules quantized per `recipe` first (exporters/pte_quantize.py); also what was done.
+
+    A quantized method is checked against its fake-quantized PyTorch module, within pte_quantize.TOLERANCE.
+
+    Example:
+        >>> write_program(units, stage, 1e-4, print, max_seq_len=256, recipe=pte_recipe(profile, "int4"))[3]  # doctest: +SKIP
+    """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from edgemfm.exporters import pte_quantize
+
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
+    quantization = {}
+    for name, unit in units.items():
+        done = pte_quantize.quantize_module(name, unit.module, recipe)
+        if done is not None:
+            quantization[name] = done
     programs, references, peaks, flops = {}, {}, {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
@@ -182,12 +210,15 @@ def write_units(
     path = stage / PROGRAM
     path.write_bytes(edge.to_executorch().buffer)
     advance("checking in the ExecuTorch runtime")
-    parity = _check(path, units, references, tolerance)
+    tolerances = {n: pte_quantize.TOLERANCE if n in quantization else tolerance for n in units}
+    parity = _check(path, units, references, tolerances)
     components = {
         name: _component(name, unit, programs[name], references[name], peaks[name], flops[name])
         for name, unit in units.items()
     }
-    return components, parity, delegated
+    for name, q in quantization.items():
+        quantization[name] = replace(q, weight_bytes=components[name].weight_bytes)
+    return components, parity, delegated, quantization
 
 
 def _axes(unit: ExportUnit, name: str) -> dict[int, str]:

@@ -28,11 +28,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
 import torch
 
+from edgemfm.exporters import llm_ops
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.manifest import KVCache
 
@@ -44,14 +47,23 @@ class StaticDecoder(torch.nn.Module):
         super().__init__()
         from transformers.cache_utils import Cache, StaticLayer
 
-        self.language_model, self.lm_head = language_model, lm_head
-        # Full-length layers for every layer, sliding ones included (Mistral, Gemma-2/3): the model
-        # applies the window in its mask over absolute positions, as the ONNX decoder does, whereas
-        # transformers' StaticSlidingWindowLayer rolls its buffer on Python-int lengths that
-        # torch.export cannot keep dynamic.
-        self.cache = Cache(layers=[StaticLayer(max_cache_len=kv.max_seq_len) for _ in range(kv.layers)])
+        self.language_model, self.lm_head, self.max_seq_len = language_model, lm_head, kv.max_seq_len
         dtype = next(lm_head.parameters()).dtype
-        self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
+        # ExecuTorch's LLM ops where the model's attention fits them (exporters/llm_ops.py), else the
+        # masked full-cache path below; `fallback` says why, for the report.
+        self.fallback = llm_ops.unsupported(language_model.config, kv.max_seq_len)
+        if self.fallback is None:
+            llm_ops.load_ops()
+            self.cache = Cache(
+                layers=[llm_ops.OpsLayer(kv.max_seq_len, kv.kv_heads, kv.head_dim, dtype) for _ in range(kv.layers)]
+            )
+        else:
+            # Full-length layers for every layer, sliding ones included (Mistral, Gemma-2/3): the model
+            # applies the window in its mask over absolute positions, as the ONNX decoder does, whereas
+            # transformers' StaticSlidingWindowLayer rolls its buffer on Python-int lengths that
+            # torch.export cannot keep dynamic.
+            self.cache = Cache(layers=[StaticLayer(max_cache_len=kv.max_seq_len) for _ in range(kv.layers)])
+            self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
         for i, layer in enumerate(self.cache.layers):
             self.register_buffer(f"key_{i}", layer.keys, persistent=False)
             self.register_buffer(f"value_{i}", layer.values, persistent=False)
@@ -59,6 +71,7 @@ class StaticDecoder(torch.nn.Module):
 
     def bind(self, input_pos: torch.Tensor) -> Any:
         """The cache, on this module's buffers, writing from `input_pos[0]` on."""
+        start = llm_ops.start_of(input_pos, input_pos.shape[0], self.max_seq_len) if self.fallback is None else 0
         for i, layer in enumerate(self.cache.layers):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
@@ -66,18 +79,34 @@ class StaticDecoder(torch.nn.Module):
             layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
             layer.cumulative_length = getattr(self, f"length_{i}")
             layer.cumulative_length.copy_(input_pos[0])  # StaticLayer writes from here on
+            layer.start = start
         return self.cache
+
+    @contextmanager
+    def attention(self) -> Iterator[dict[str, Any]]:
+        """Inside: the language model attends through the LLM ops; yields the keywords its call takes."""
+        if self.fallback is not None:
+            yield {}
+            return
+        config = self.language_model.config
+        saved, config._attn_implementation = config._attn_implementation, llm_ops.ATTENTION
+        try:
+            yield {llm_ops.START: self.cache.layers[0].start}
+        finally:
+            config._attn_implementation = saved
 
     def forward(self, inputs_embeds, input_pos, position_ids=None):
         # position_ids: M-RoPE's [3, 1, seq] rotary positions (Qwen2-VL), which differ from the
         # cache slots `input_pos` after an image; otherwise the rotary position is the slot.
-        self.bind(input_pos)
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            position_ids=input_pos[None] if position_ids is None else position_ids,
-            cache=self.cache,
-            use_cache=True,
-        )
+        cache = self.bind(input_pos)
+        with self.attention() as ops:
+            out = self.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=input_pos[None] if position_ids is None else position_ids,
+                cache=cache,
+                use_cache=True,
+                **ops,
+            )
         return self.lm_head(out.last_hidden_state)
 
 

@@ -97,13 +97,15 @@ class StaticTextDecoder(StaticDecoder):
 
         pairs = [(cross[2 * i], cross[2 * i + 1]) for i in range(len(cross) // 2)]
         cache = EncoderDecoderCache(self.bind(input_pos), DynamicCache(ddp_cache_data=pairs))
-        out = self.language_model(
-            inputs_embeds=inputs_embeds,
-            position_ids=input_pos[None],
-            encoder_hidden_states=inputs_embeds[:, :0],  # unread: the cross cache is filled (see TextDecoder)
-            cache=cache,
-            use_cache=True,
-        )
+        with self.attention() as ops:  # the self-attention on the LLM ops; the cross-attention keeps SDPA
+            out = self.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=input_pos[None],
+                encoder_hidden_states=inputs_embeds[:, :0],  # unread: the cross cache is filled (see TextDecoder)
+                cache=cache,
+                use_cache=True,
+                **ops,
+            )
         return self.lm_head(out.last_hidden_state)
 
 

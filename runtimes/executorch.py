@@ -69,6 +69,9 @@ def open_components(
 ) -> dict[str, PteSession]:
     """A session per pte component, each program file loaded once."""
     try:
+        # the kernels of ExecuTorch's LLM ops (llama::update_cache, llama::custom_sdpa) a decoder's program calls
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+        import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_4bit/byte: quantized tables)
         from executorch.runtime import Runtime
     except ImportError:
         raise MissingExtraError("executorch") from None

@@ -106,9 +106,11 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
     formats = [f for f in WRITERS if f in profile.formats]
     if config.format not in formats:
         raise InputError(f"format {config.format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
-    if config.format == "pte" and config.precision != "fp32":  # the quantizers rewrite ONNX graphs
-        raise InputError(f"precision {config.precision!r} is not available for --format pte yet; allowed: fp32")
-    if config.precision != "auto":
+    if config.format == "pte":  # quantized in PyTorch before capture (exporters/pte_quantize.py), not as graphs
+        from edgemfm.exporters.pte_quantize import pte_recipe
+
+        pte_recipe(profile, config.precision)  # refuses a precision the pte preset cannot run, naming those it can
+    elif config.precision != "auto":
         presets.recipe_for(profile, config.precision)  # refuses an unknown precision or one without kernels here
     if config.calibration is not None and not Path(config.calibration).is_dir():
         raise InputError(f"calibration folder {config.calibration!r} does not exist")
@@ -205,7 +207,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 memory_budget_mb=config.memory_budget_mb,
                 accuracy_tolerance_db=config.accuracy_tolerance_db,
             )
-            manifest = quantize(stage, manifest, profile, quantize_config, Path(scratch) / "quantize", progress)
+            if config.format != "pte":  # a pte program was quantized as it was written
+                manifest = quantize(stage, manifest, profile, quantize_config, Path(scratch) / "quantize", progress)
             bundle.seal(stage, manifest)
     return out
 
@@ -223,14 +226,19 @@ def _write_float(
     from edgemfm.pruners.prune import bundle_report
 
     writer = importlib.import_module(WRITERS[config.format])
-    components, parity, delegation = writer.write_units(
-        split.units,
-        stage,
-        family.tolerance,
-        lambda step: say(progress, step),
-        max_seq_len=config.max_seq_len,
-        fuse=config.fuse,
-    )
+    advance = lambda step: say(progress, step)  # noqa: E731
+    recipe, quantization = FLOAT32, {}
+    if config.format == "pte":  # a pte program is quantized as it is written (the ONNX graphs after, by quantize)
+        from edgemfm.exporters.pte_quantize import pte_recipe
+
+        recipe = pte_recipe(profile, config.precision)
+        components, parity, delegation, quantization = writer.write_program(
+            split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, recipe=recipe
+        )
+    else:
+        components, parity, delegation = writer.write_units(
+            split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, fuse=config.fuse
+        )
     shutil.copyfile(split.tokenizer_file, stage / split.tokenizer.file)
     return Manifest(
         schema_version=SCHEMA_VERSION,
@@ -238,7 +246,7 @@ def _write_float(
         model_id=_model_id(config.model),
         family=family.name,
         profile=profile.name,
-        recipe=FLOAT32,
+        recipe=recipe,
         components=components,
         files={},
         tokenizer=split.tokenizer,
@@ -249,7 +257,8 @@ def _write_float(
         report=Report(
             precision=config.precision,
             parity=parity,
-            float_units={n: "fp32 export" for n in components},
+            float_units={n: "fp32 export" for n in components if n not in quantization},
+            quantization=quantization,
             delegation=delegation,
             notes=split.report.notes,
             pruning=bundle_report(model_dir),

@@ -424,7 +424,7 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
 
 # Fast checks of the static-cache decoder in PyTorch (no lowering): what the slow rows above
 # then check through ExecuTorch for every family.
-@pytest.mark.parametrize("family", ["Gemma2ForCausalLM", "qwen2_vl", "whisper"])
+@pytest.mark.parametrize("family", ["LlamaForCausalLM", "Gemma2ForCausalLM", "qwen2_vl", "whisper"])
 def test_static_decoder_equals_the_dynamic_one_in_steps(family, tmp_path):
     """Gemma-2 past its sliding window (soft-capping included); Qwen2-VL with M-RoPE rows that
     differ from the slots; Whisper with its cross-attention K/V fed at every call."""

@@ -14,6 +14,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | genai-int4-graph-python-loop | the same genai graph driven by the Python loop of the ort rows: separates loop from graph |
 | executorch-8da4w | ExecuTorch's own LLM export (`export_llm`, XNNPACK, 8da4w g64, custom SDPA + KV cache), its C++ runner |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
+| edgemfm-pte-int4 | `edgemfm export --device host --format pte --precision int4`, the same loop on ExecuTorch |
 
 Each row is measured by smollm2_rows.py in a process of its own. The machine's
 memory read bandwidth is measured in the same run with the same thread count, and each row's
@@ -54,6 +55,10 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
     "edgemfm-int4": (
         "edgemfm:edgemfm-int4",
         "host int4 preset: int4 g64 MatMulNBits (clip_search scales), int8 compute; int4 embedding",
+    ),
+    "edgemfm-pte-int4": (
+        "edgemfm:edgemfm-pte-int4",
+        "pte int4: int4 g64 weights, int8 dynamic activations (8da4w); int4 g64 embedding; custom SDPA + KV cache",
     ),
 }
 CALIBRATION = ROOT / "pruners" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
@@ -263,6 +268,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "genai-int4": lambda w: build_genai(w, options["threads"]),
         "executorch": build_executorch,
         **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
+        "edgemfm-pte-int4": lambda w: export_edgemfm(w, "int4", "pte"),
     }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:

@@ -1,0 +1,143 @@
+"""Quantize a pte program's modules in PyTorch, the way ExecuTorch's own LLM export does for XNNPACK.
+
+ONNX bundles are quantized by rewriting graphs (quantizers/); an ExecuTorch program is quantized
+before capture, on the modules, and XNNPACK's partitioner takes the quantized patterns:
+
+| unit                         | int4 (8da4w)                                   | int8 (8da8w)                     |
+|------------------------------|------------------------------------------------|----------------------------------|
+| text_decoder linears, lm_head| int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
+| token_embedding table        | 4-bit rows in groups of g (embedding_4bit)     | 8-bit rows, per row (embedding_byte) |
+| vision / audio encoders      | float (the PT2E int8 path is not built yet)    | float                            |
+
+`g` is the device preset's int4 group size (presets.group_size). int8 weights are per channel:
+XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
+`Int8DynamicActivationIntxWeightConfig` for the linears and ExecuTorch's `EmbeddingQuantHandler`
+for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
+applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
+does not divide stays float and is named in the report.
+
+The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
+
+Example:
+    >>> recipe = pte_recipe(load_profile("pi5"), "int4")  # doctest: +SKIP
+    >>> recipe.spec_for("text_decoder/lm_head").group_size  # doctest: +SKIP
+    64
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgemfm.errors import InputError
+from edgemfm.profiles import DeviceProfile
+from edgemfm.quantizers import presets
+from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
+from edgemfm.report import AppliedScheme, Quantization
+
+PRECISIONS = ("fp32", "int8", "int4")  # what --format pte runs; auto and fp16 are not built for pte yet
+SCHEME = "torchao-xnnpack"  # the report's name for what was applied
+METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as export_llm's default use_hqq
+TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
+# inputs_embeds) and stays as it is
+TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
+
+
+def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
+    """The recipe a pte program gets for `precision` on `profile`; a one-line InputError for one it cannot run.
+
+    Example:
+        >>> pte_recipe(load_profile("pi5"), "int8").spec_for("token_embedding/embed").bits  # doctest: +SKIP
+        8
+    """
+    bits = {"int8": 8, "int4": 4}.get(precision)
+    runnable = [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
+    if precision not in runnable:
+        raise InputError(
+            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(runnable)}"
+        )
+    if bits is None:
+        return FLOAT32
+    group = presets.group_size(profile) if bits == 4 else 0  # XNNPACK: blockwise int4, per-channel int8
+    return Recipe(
+        rules=(
+            Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, method=METHOD, activation_bits=8)),
+            Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, method=METHOD)),
+            Rule("*", None),
+        )
+    )
+
+
+def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
+    """Quantize `module` (component `name`) in place per `recipe`; what was done, or None if nothing was.
+
+    Example:
+        >>> quantize_module("text_decoder", unit.module, pte_recipe(load_profile("pi5"), "int4")).quantized_units  # doctest: +SKIP
+        22
+    """
+    import torch
+
+    linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
+    tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}
+    specs = {f: recipe.spec_for(f"{name}/{f}") for f in (*linears, *tables)}
+    if not any(specs.values()):
+        return None
+    floats = {f: "float in the recipe" for f, s in specs.items() if s is None}
+    done: dict[str, int] = {}
+    chosen: dict[QuantSpec, set[str]] = {}
+    for fqn, linear in linears.items():
+        spec = specs[fqn]
+        if spec is not None and spec.group_size and linear.in_features % spec.group_size:
+            floats[fqn] = f"its {linear.in_features} inputs are not a multiple of the group size {spec.group_size}"
+        elif spec is not None:
+            chosen.setdefault(spec, set()).add(fqn)
+    for spec, fqns in chosen.items():
+        _linears(module, fqns, spec)
+        done[f"linear_8da{spec.bits}w"] = done.get(f"linear_8da{spec.bits}w", 0) + len(fqns)
+    for fqn, table in tables.items():
+        if specs[fqn] is not None:
+            _set(module, fqn, _embedding(table, specs[fqn]))
+            done[f"embedding_{specs[fqn].bits}bit"] = done.get(f"embedding_{specs[fqn].bits}bit", 0) + 1
+    used = sorted({s for s in specs.values() if s is not None}, key=lambda s: (s.bits, s.group_size))
+    return Quantization(
+        schemes=tuple(AppliedScheme(bits=s.bits, group_size=s.group_size, method=f"{SCHEME} {s.method}") for s in used),
+        quantized_units=sum(done.values()),
+        float_units=floats,
+        notes={},
+        quantized_nodes=done,
+        weight_bytes=0,  # filled by the writer from the captured program
+    )
+
+
+def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    config = Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4 if spec.bits == 4 else torch.int8,
+        weight_granularity=PerGroup(spec.group_size) if spec.group_size else PerAxis(0),
+        intx_choose_qparams_algorithm="hqq_scale_only" if spec.method == METHOD else "affine",
+    )
+    quantize_(module, config, filter_fn=lambda _m, fqn: fqn in fqns)
+
+
+def _embedding(table: Any, spec: QuantSpec) -> Any:
+    import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed::embedding_* kernels, eager and runtime)
+    import torch
+    from executorch.examples.models.llama.source_transformation.quantize import EmbeddingQuantHandler
+
+    holder = torch.nn.Sequential(table)
+    EmbeddingQuantHandler(
+        holder,
+        bitwidth=spec.bits,
+        group_size=spec.group_size or None,
+        packed=spec.bits == 4,
+        quantize_with_hqq=spec.method == METHOD,
+    ).quantized_model()
+    return holder[0]
+
+
+def _set(module: Any, fqn: str, child: Any) -> None:
+    parent, _, leaf = fqn.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, child)
