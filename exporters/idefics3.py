@@ -28,7 +28,7 @@ import torch
 
 from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, Split, save_pretrained
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import (
     IMAGENET_STANDARD,
@@ -143,6 +143,11 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load, save=save_pretrained, trainable={"image": "model.connector"}, towers={"image": "model.vision_model"}
+)
+
 FAMILY = Family(
     name="idefics3",
     model_types=("idefics3", "smolvlm"),
@@ -150,5 +155,6 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
 )

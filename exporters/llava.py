@@ -22,7 +22,7 @@ import torch
 
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, Split, save_pretrained
 from edgemfm.exporters.processor_config import fixed_size_preprocess, input_size
 from edgemfm.manifest import ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 from edgemfm.pruners.checkpoint import TRANSFORMERS
@@ -101,6 +101,14 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load,
+    save=save_pretrained,
+    trainable={"image": "model.multi_modal_projector"},
+    towers={"image": "model.vision_tower"},
+)
+
 FAMILY = Family(
     name="llava",
     model_types=("llava",),
@@ -108,5 +116,6 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
 )

@@ -21,5 +21,6 @@ FAMILY = Family(
     tolerance=1e-4,
     load=qwen2_vl.load,
     split=qwen2_vl.split,
+    finetune=qwen2_vl.FINETUNING,  # the same merger on the same kind of tower
     prunable=TRANSFORMERS,
 )

@@ -27,7 +27,7 @@ import torch
 
 from edgemfm.errors import InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, Split, save_pretrained
 from edgemfm.exporters.text import tokenizer_spec
 from edgemfm.exporters.whisper import audio_preprocess
 from edgemfm.manifest import Media, Preprocess, Prompt
@@ -110,6 +110,14 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load,
+    save=save_pretrained,
+    trainable={"audio": "model.multi_modal_projector"},
+    towers={"audio": "model.audio_tower"},
+)
+
 FAMILY = Family(
     name="qwen2_audio",
     model_types=("qwen2_audio",),
@@ -117,5 +125,6 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
 )

@@ -28,7 +28,7 @@ import torch
 
 from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, Split, save_pretrained
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import (
     CLIP_MEAN,
@@ -190,6 +190,11 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load, save=save_pretrained, trainable={"image": "model.visual.merger"}, towers={"image": "model.visual"}
+)
+
 FAMILY = Family(
     name="qwen2_vl",
     model_types=("qwen2_vl",),
@@ -197,5 +202,6 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
 )

@@ -351,10 +351,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         force=args.force,
         cache=args.cache,
         revision=args.revision,
+        lora_rank=args.lora_rank,
     )
     with rich_progress() as progress:
         report = finetune(config, progress)
-    acc = ", ".join(f"{kind} {a:.1%} of {report.questions[kind]}" for kind, a in report.accuracy.items())
+    acc = ", ".join(
+        f"{kind} {a:.1%} of {report.questions[kind]} (base {report.accuracy_before.get(kind, 0):.1%})"
+        for kind, a in report.accuracy.items()
+    )
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report.seconds:.0f} s)")
 
 
@@ -712,6 +716,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=A.AT_LEAST_ONE, default=8)
     f.add_argument("--lr", type=A.POSITIVE, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
     f.add_argument("--seed", type=A.SEED, default=0)
+    f.add_argument(
+        "--lora-rank", type=A.COUNT, default=0, help="LoRA rank on the decoder, merged on save (default: 0, none)"
+    )
     f.add_argument(
         "--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding"
     )

@@ -119,11 +119,13 @@ class FinetuneConfig:
     force: bool = False  # replace an existing `out`
     cache: str | None = None  # folder keeping the frozen towers' features by content; None: no cache
     revision: str | None = None  # with a Hub id as `model`: branch, tag or commit; None: main
+    lora_rank: int = 0  # LoRA rank on the decoder's attention and MLP layers, merged on save; 0: projectors only
+    lora_alpha: float = 16.0  # LoRA scale numerator: the update is B @ A * alpha / rank
     version: int = CONFIG_VERSION  # of this record's layout
 
     def __post_init__(self) -> None:
         _paths_as_text(self, "model", "data", "out", "cache")
-        for name in ("steps", "align_steps"):
+        for name in ("steps", "align_steps", "lora_rank"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.batch_size < 1 or self.checkpoint_every < 1:

@@ -127,12 +127,16 @@ def test_bad_data_lines_are_named(tmp_path, picture, row, message):
         read_examples(data, "train")
 
 
-def test_finetune_refuses_other_families_and_missing_eval(tmp_path, picture, placeholder_model, capsys):
+def test_finetune_refuses_other_families_and_missing_eval(tmp_path, picture, capsys):
+    from tiny_models import tiny_llama
+
+    model = tiny_llama(tmp_path / "llama")  # a text-only family: nothing for finetune to train
     data = write_data(tmp_path / "data", [{"image": "images/a.png", "prompt": "q", "answer": "a"}], picture)
-    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    assert "supported: edgemfm-demo" in capsys.readouterr().err.replace("\n", "")
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    supported = "supported: edgemfm-demo, idefics3, llava, qwen2_5_vl, qwen2_audio, qwen2_vl"
+    assert supported in capsys.readouterr().err.replace("\n", "")
     (data / "eval.jsonl").unlink()
-    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
 
 

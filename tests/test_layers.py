@@ -47,6 +47,7 @@ VERBS = (
     "edgemfm.exporting",
     "edgemfm.fleet",  # export for many devices: export's jobs on tune's pool or Ray
     "edgemfm.finetune",
+    "edgemfm.lora",  # low-rank adapters finetune trains and merges
     "edgemfm.tune",
     "edgemfm.bench",
     "edgemfm.measure",
