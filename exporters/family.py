@@ -73,7 +73,10 @@ class MediaKnobs:
     export: Callable[
         [Path, str, tuple, Path], tuple[Component, int]
     ]  # (model dir, kind, setting, .onnx) -> record, nodes
-    rows: Callable[[Path, str, tuple], int]  # (model dir, kind, setting) -> decoder rows one item becomes
+    rows: Callable[[Path, str, tuple], int]  # (model dir, kind, setting) -> decoder rows one item becomes (at most)
+    # (bundle's Preprocess, kind, setting) -> the pre-processing at that setting; None: the setting's
+    # first value is the image size and crop (or the audio window), as for a fixed-size tower
+    preprocess: Callable[[Any, str, tuple], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def test_every_family_declares_what_it_can_do_and_a_missing_capability_names_tho
 
     by_name = {f.name: f for f in families()}
     assert all(f.prunable is not None for f in by_name.values())  # prune takes every family's checkpoint
-    assert {n for n, f in by_name.items() if f.media_knobs} == {"edgemfm-demo"}
+    assert {n for n, f in by_name.items() if f.media_knobs} == {"edgemfm-demo", "idefics3", "qwen2_vl", "qwen2_5_vl"}
     vision_language = {"llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen2_audio", "edgemfm-demo"}
     assert {n for n, f in by_name.items() if f.finetune} == vision_language  # every family with a projector
     with pytest.raises(
@@ -133,7 +133,8 @@ def test_a_family_is_one_file_prune_export_and_tune_find_its_capabilities(toy, t
         image=((96, 1),), audio=(), seq_lens=(256,), encoder_precisions=("fp32",), decoder_precisions=("fp32",)
     )
     with pytest.raises(
-        UnsupportedModelError, match="'llava' for tune's image and audio settings; supported: edgemfm-demo, toy"
+        UnsupportedModelError,
+        match="'llava' for tune's image and audio settings; supported: edgemfm-demo, idefics3, qwen2_5_vl, qwen2_vl, toy",
     ):
         settings_of(space, replace(manifest, family="llava"), "vision_encoder")
     r = tune("pi5", latency_budget_ms=1e6, model=pruned, bundle=bundle, space=space, scratch=tmp_path)
