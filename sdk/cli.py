@@ -342,6 +342,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config = FinetuneConfig(
         model=args.model,
         data=args.data,
+        eval=args.eval,
         out=args.out,
         steps=args.steps,
         align_steps=args.align_steps,
@@ -706,10 +707,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
     b.set_defaults(func=cmd_bench)
 
-    f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
+    f = sub.add_parser("finetune", help="fine-tune a model's projectors on domain questions (JSONL)")
     f.add_argument("--model", required=True, help="checkpoint directory or Hub id to start from")
     f.add_argument("--revision", help=REVISION_HELP)
-    f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="training JSONL file, or a folder with train.jsonl and eval.jsonl (see edgemfm.finetune)",
+    )
+    f.add_argument(
+        "--eval", help="held-out JSONL file (default: the folder's eval.jsonl, or every fifth of --data's questions)"
+    )
     f.add_argument("--out", required=True, help="checkpoint directory to write")
     f.add_argument("--steps", type=A.COUNT, default=240, help="end-to-end steps through the decoder (default: 240)")
     f.add_argument("--align-steps", type=A.COUNT, default=100, help="projector alignment steps (default: 100)")

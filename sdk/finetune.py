@@ -42,8 +42,11 @@ call's projected rows, at the runtime's positions (M-RoPE for Qwen2-VL). `lora_r
 adapters to every linear layer of the decoder (edgemfm.lora), trained in stage 2 and merged into
 the weights before the evaluation and the save.
 
-Data: a folder with `train.jsonl` and `eval.jsonl`, one question per line, paths relative to
-the folder; a bad row is refused in one line naming `file:line`:
+Data: JSONL, one question per line, media paths relative to the file's folder; a bad row is
+refused in one line naming `file:line`. `data` is the training file, or a folder holding
+`train.jsonl` and `eval.jsonl`; `eval` (a file) gives the held-out questions instead. A file
+without `eval` holds out every fifth question of each media kind (its 5th, 10th, ... image and
+audio questions: the same split on every run, both kinds measured) and trains on the rest:
 
     {"image": "images/seven.png", "prompt": "What digit is this?", "answer": "7"}
     {"audio": "audio/red.wav", "prompt": "What word is spoken?", "answer": "red"}
@@ -94,7 +97,7 @@ class Example:
 
 
 def read_examples(data: Path, split: str) -> list[Example]:
-    """The questions of `data/{split}.jsonl`, checked: known keys, one media item, files present.
+    """The questions of `data/{split}.jsonl` (a data folder), checked as `read_jsonl` does.
 
     Example:
         >>> read_examples(Path("data/demo"), "eval")[0].kind   # doctest: +SKIP
@@ -103,6 +106,46 @@ def read_examples(data: Path, split: str) -> list[Example]:
     path = data / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"data folder {str(data)!r} has no {split}.jsonl; it needs train.jsonl and eval.jsonl")
+    return read_jsonl(path)
+
+
+def read_data(data: Path, held_out: Path | None = None) -> tuple[list[Example], list[Example]]:
+    """The training and held-out questions: `data` a JSONL file or a folder with train.jsonl and
+    eval.jsonl, `held_out` a JSONL file replacing the folder's eval.jsonl or the file's split.
+
+    Example:
+        >>> train, held_out = read_data(Path("data/train.jsonl"))   # doctest: +SKIP
+        >>> len(held_out) * 5 <= len(train + held_out)              # doctest: +SKIP
+        True
+    """
+    if held_out is not None and not held_out.is_file():
+        raise InputError(f"eval file {str(held_out)!r} does not exist; allowed: a JSONL file of held-out questions")
+    if data.is_dir():
+        train = read_examples(data, "train")
+        return train, read_jsonl(held_out) if held_out else read_examples(data, "eval")
+    if not data.is_file():
+        raise InputError(f"data {str(data)!r} does not exist; allowed: a JSONL file, or a folder with train.jsonl")
+    rows = read_jsonl(data)
+    if held_out is not None:
+        return rows, read_jsonl(held_out)
+    nth = {kind: [e for e in rows if e.kind == kind] for kind in KINDS}
+    kept = {id(e) for group in nth.values() for e in group[4::5]}  # the 5th, 10th, ... of each kind
+    if not kept:
+        raise InputError(
+            f"{data} has {len(rows)} question(s): too few to hold every fifth out for evaluation; "
+            "allowed: at least 5 of a kind, or --eval FILE"
+        )
+    return [e for e in rows if id(e) not in kept], [e for e in rows if id(e) in kept]
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """The questions of one JSONL file, checked: known keys, one media item, files present
+    (media paths relative to the file's folder).
+
+    Example:
+        >>> read_jsonl(Path("data/demo/eval.jsonl"))[0].kind   # doctest: +SKIP
+        'image'
+    """
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -120,7 +163,7 @@ def read_examples(data: Path, split: str) -> list[Example]:
         kinds = [k for k in KINDS if k in row]
         if len(kinds) != 1 or not all(isinstance(row.get(k), str) and row.get(k) for k in ("prompt", "answer")):
             raise InputError(f"{where}: needs a non-empty prompt and answer and exactly one of: {', '.join(KINDS)}")
-        media = data / row[kinds[0]]
+        media = path.parent / row[kinds[0]]
         if not media.is_file():
             raise InputError(f"{where}: {kinds[0]} file {str(media)!r} does not exist")
         out.append(Example(row["prompt"], row["answer"], kinds[0], media, where))
@@ -507,7 +550,7 @@ def _save_adapter(t: Trainee, path: Path) -> None:
 
 def finetune(config: FinetuneConfig, progress: Progress | None = None) -> FinetuneReport:
     """Fine-tune the projectors of `config.model` (a checkpoint directory, or a Hub id at `config.revision`)
-    on the questions in `config.data`; write the result to `config.out`.
+    on the questions in `config.data` (held out: `config.eval`, see `read_data`); write the result to `config.out`.
 
     Returns the report also written to `out/finetune.json` (losses, held-out accuracy before and
     after). The output is built in `bundle.staging` and renamed into place: an interrupted run
@@ -522,8 +565,8 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
 
     model_dir, data = resolve_model(config.model, config.revision).path, Path(config.data)
     capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")  # refused early
-    train, held_out = read_examples(data, "train"), read_examples(data, "eval")
-    inputs = (model_dir, data, config.cache)
+    train, held_out = read_data(data, Path(config.eval) if config.eval else None)
+    inputs = (model_dir, data, config.eval, config.cache)
     with bundle.staging(config.out, config.force, verify=_verify_checkpoint, inputs=inputs) as stage:
         return _run(config, model_dir, train, held_out, stage, progress)
 
