@@ -178,9 +178,13 @@ def test_a_placeholder_typed_into_a_question_is_refused_naming_its_line(tmp_path
     assert not (tmp_path / "out").exists()
 
 
-TUNED = {  # family: (a smaller setting, the checkpoint's own for the 40 px pictures)
+TUNED = {  # family: (a smaller setting, a larger one: the checkpoint's own for the 40 px pictures)
     "qwen2_vl": ((16,), (40,)),  # pixel budget side: 4 visual tokens instead of 25
     "idefics3": ((15, 1), (30, 3)),  # (tile px, tiles per side): 1 row instead of 10 tiles of 4
+    "llava": ((18,), (30,)),  # image size: the CLIP tower's positions interpolated to 3x3 patches instead of 5x5
+    # audio window: 25 rows at most instead of 100 (the tones last 1 s; the checkpoint's own 30 s, 750 rows,
+    # does not fit the 256-position cache)
+    "qwen2_audio": ((1.0,), (4.0,)),
 }
 
 
@@ -192,24 +196,27 @@ def test_tune_turns_a_family_media_knob_and_its_chosen_point_exports_and_runs(tm
     pre-processes at that setting, and it answers."""
     from edgemfm.exporters import family_named
     from edgemfm.tune import Space, tune
+    from edgemfm.tune.parts import variant_preprocess
 
     small, own = TUNED[family]
-    out, data, _, report = _trained(tmp_path, family)
+    out, data, kind, report = _trained(tmp_path, family)
+    encoder = "vision_encoder" if kind == "image" else "audio_encoder"
     bundle = edgemfm.export(edgemfm.ExportConfig(model=out, device="host", out=tmp_path / "float"))
-    space = Space(
-        image=(small, own), audio=(), seq_lens=(256,), encoder_precisions=("fp32",), decoder_precisions=("fp32",)
-    )
+    # Space lists image settings as tuples and audio windows as seconds; a setting is always a tuple
+    settings = {"image": (), "audio": (), kind: (small, own) if kind == "image" else (small[0], own[0])}
+    space = Space(**settings, seq_lens=(256,), encoder_precisions=("fp32",), decoder_precisions=("fp32",))
     r = tune("pi5", 1e6, model=out, bundle=bundle, data=data, space=space, scratch=tmp_path, apply=tmp_path / "tuned")
-    points = {dict(p.candidate.settings)["vision_encoder"]: p for p in r.points}
+    points = {dict(p.candidate.settings)[encoder]: p for p in r.points}
     assert set(points) == {small, own} and any(p.frontier for p in r.points)
-    assert points[small].latency_ms < points[own].latency_ms  # fewer visual tokens
-    assert points[own].quality == pytest.approx(report.accuracy["image"], abs=0.09)  # as finetune measured it
-    chosen = dict(r.chosen.candidate.settings)["vision_encoder"]
+    assert points[small].latency_ms < points[own].latency_ms  # fewer visual (audio) tokens
+    assert points[own].quality == pytest.approx(report.accuracy[kind], abs=0.09)  # as finetune measured it
+    chosen = dict(r.chosen.candidate.settings)[encoder]
     knobs = family_named(family).media_knobs
     tuned = edgemfm.bundle.read_manifest(tmp_path / "tuned")
-    assert tuned.preprocess == knobs.preprocess(r.manifest.preprocess, "image", chosen)
+    assert tuned.preprocess == variant_preprocess(r.manifest, kind, chosen)  # the family's knobs.preprocess, or size
     pipe = edgemfm.load(tmp_path / "tuned")
-    picture = read_examples(data, "eval")[0].media
-    (item,) = pipe.prepare({"image": [picture]})["image"]
-    assert sum(pipe.encode("image", call).shape[1] for call in item.calls) <= knobs.rows(out, "image", chosen)
-    assert "".join(pipe.generate("What colour is it?", images=[picture], max_new_tokens=4))
+    media = read_examples(data, "eval")[0].media
+    (item,) = pipe.prepare({kind: [media]})[kind]
+    assert sum(pipe.encode(kind, call).shape[-2] for call in item.calls) <= knobs.rows(out, kind, chosen)
+    prompt = read_examples(data, "eval")[0].prompt
+    assert "".join(pipe.generate(prompt, **{"images" if kind == "image" else "audio": [media]}, max_new_tokens=4))
