@@ -206,18 +206,6 @@ def media_rows(model_dir: Path, kind: str, setting: tuple) -> int:
     return check_window(setting[0], config) // config["audio_pool"]
 
 
-def _prepare(kind: str, path: Path) -> Any:
-    """The runtime's own numpy pre-processing: training sees exactly what a bundle will see."""
-    from edgemfm.runtimes.audio import preprocess_audio
-    from edgemfm.runtimes.preprocess import preprocess_image
-
-    return preprocess_image(path, IMAGE) if kind == "image" else preprocess_audio(path, AUDIO)[0]
-
-
-def _feature_settings(model: DemoModel, kind: str) -> Any:
-    return (IMAGE, model.config["vision_grid"]) if kind == "image" else (AUDIO, model.config["audio_pool"])
-
-
 def _tokenizer(model_dir: Path) -> Any:
     from transformers import PreTrainedTokenizerFast
 
@@ -244,15 +232,8 @@ MEDIA_KNOBS = MediaKnobs(
 FINETUNING = Finetuning(
     load=load,
     save=save,
-    template=TEMPLATE,
     trainable={"image": "vision_projector", "audio": "audio_projector"},
     towers={"image": "vision_tower", "audio": "audio_tower"},
-    prepare=_prepare,
-    encode=lambda model, kind, x: model.image_features(x) if kind == "image" else model.audio_features(x),
-    settings=_feature_settings,
-    decoder=lambda model: model.language_model,
-    media_token=lambda model, kind: model.config[f"{kind}_token_id"],
-    eos_token=lambda model: model.config["text_config"]["eos_token_id"],
 )
 PRUNABLE = Prunable(
     components=("text_decoder",),  # the towers are EfficientNet (no transformer stack) and a 4-layer Whisper

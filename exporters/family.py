@@ -74,24 +74,35 @@ class MediaKnobs:
     export: Callable[
         [Path, str, tuple, Path], tuple[Component, int]
     ]  # (model dir, kind, setting, .onnx) -> record, nodes
-    rows: Callable[[Path, str, tuple], int]  # (model dir, kind, setting) -> decoder rows one item becomes
+    rows: Callable[[Path, str, tuple], int]  # (model dir, kind, setting) -> decoder rows one item becomes (at most)
+    # (bundle's Preprocess, kind, setting) -> the pre-processing at that setting; None: the setting's
+    # first value is the image size and crop (or the audio window), as for a fixed-size tower
+    preprocess: Callable[[Any, str, tuple], Any] | None = None
 
 
 @dataclass(frozen=True)
 class Finetuning:
-    """What `finetune` trains in this family's model (per media kind) and how it feeds the decoder."""
+    """What `finetune` trains in this family's model (per media kind) and how it writes the result.
+
+    Everything else a training sequence needs is the family's `split`: the prompt template and
+    placeholders, the pre-processing, the encoder units (run frozen; a hook on the projector keeps
+    its input as the cached feature) and the decoder unit (trained through, LoRA optional), so
+    finetune trains exactly the modules `export` writes.
+    """
 
     load: Callable[[Path], Any]  # model dir -> torch model, fp32, eval mode
-    save: Callable[[Any, Path], None]  # model -> a checkpoint directory `export` takes (tokenizer aside)
-    template: str  # the chat prompt: {media} (one placeholder token) then {prompt}
-    trainable: dict[str, str]  # media kind -> the model attribute trained for it (its projector)
-    towers: dict[str, str]  # media kind -> the frozen tower whose weights key the feature cache
-    prepare: Callable[[str, Path], Any]  # (kind, media file) -> the runtime's pre-processed numpy array
-    encode: Callable[[Any, str, Any], Any]  # (model, kind, batch tensor) -> frozen features [items, rows, width]
-    settings: Callable[[Any, str], Any]  # (model, kind) -> what else the features depend on (cache key)
-    decoder: Callable[[Any], Any]  # model -> its causal LM (input embeddings, `.model`, `.lm_head`)
-    media_token: Callable[[Any, str], int]  # (model, kind) -> the placeholder token id
-    eos_token: Callable[[Any], int]  # model -> the end-of-turn token id
+    save: Callable[[Any, Path], None]  # model -> a checkpoint directory in the family's layout (tokenizer aside)
+    trainable: dict[str, str]  # media kind -> dotted path of the module trained for it (its projector)
+    towers: dict[str, str]  # media kind -> dotted path of the frozen tower whose weights key the feature cache
+
+
+def save_pretrained(model: Any, out: Path) -> None:
+    """`Finetuning.save` of a transformers family: its own `save_pretrained` layout (config, safetensors).
+
+    Example:
+        >>> save_pretrained(model, Path("models/llava-med"))  # doctest: +SKIP
+    """
+    model.save_pretrained(out)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import torch
 
 from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, MediaKnobs, Split, save_pretrained
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import (
     IMAGENET_STANDARD,
@@ -38,7 +38,7 @@ from edgemfm.exporters.processor_config import (
     scaling,
 )
 from edgemfm.exporters.visual_tokens import grid_pool
-from edgemfm.manifest import ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
+from edgemfm.manifest import Component, ImagePreprocess, ImageSplitting, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
@@ -97,6 +97,19 @@ def splitting_preprocess(model_dir: Path) -> tuple[ImagePreprocess, ImageSplitti
     return image, splitting
 
 
+def tile_unit(model: Any, tile: int) -> ExportUnit:
+    """The vision encoder on `tile` x `tile` tiles (the tower's positions are bucketed: any tile whose
+    patch grid the pixel shuffle divides)."""
+    return ExportUnit(
+        module=TileEncoder(model.model, tile).eval(),
+        args=(torch.randn(2, 3, tile, tile),),
+        input_names=("pixel_values",),
+        output_names=("image_features",),
+        dynamic_axes={"pixel_values": {0: "tiles"}, "image_features": {0: "tiles"}},
+        items=2,  # FLOPs are counted per tile
+    )
+
+
 def split(model: Any, model_dir: Path) -> Split:
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -113,14 +126,7 @@ def split(model: Any, model_dir: Path) -> Split:
         )
     if vocab[IMAGE] != config.image_token_id:
         raise InputError(f"{tokenizer_file}: {IMAGE} is token {vocab[IMAGE]}, the config says {config.image_token_id}")
-    vision = ExportUnit(
-        module=TileEncoder(model.model, splitting.tile).eval(),
-        args=(torch.randn(2, 3, splitting.tile, splitting.tile),),
-        input_names=("pixel_values",),
-        output_names=("image_features",),
-        dynamic_axes={"pixel_values": {0: "tiles"}, "image_features": {0: "tiles"}},
-        items=2,  # FLOPs are counted per tile
-    )
+    vision = tile_unit(model, splitting.tile)
     # SmolVLM's chat template opens with <|im_start|>; Idefics3's (Llama 3) relies on the tokenizer's BOS.
     start = "<|im_start|>" if config.model_type == "smolvlm" else ""
     return Split(
@@ -144,6 +150,54 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+def _tile_side(model_dir: Path, tile: int) -> int:
+    """Patches per tile side, refused unless the pixel shuffle divides them."""
+    import json
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    patch, scale = config["vision_config"]["patch_size"], config["scale_factor"]
+    if tile % (patch * scale):
+        raise InputError(f"tile size {tile} px is not available; allowed: multiples of {patch * scale} px")
+    return tile // patch
+
+
+def export_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tuple[Component, int]:
+    """`tune`'s tile encoder at `setting` = (tile px, tiles per side)."""
+    from edgemfm.exporters.onnx import write_onnx
+
+    _tile_side(model_dir, setting[0])
+    record, parity = write_onnx(tile_unit(load(model_dir), setting[0]), path, FAMILY.tolerance)
+    return record, parity.nodes
+
+
+def media_rows(model_dir: Path, kind: str, setting: tuple) -> int:
+    """Decoder rows of the largest image at (tile px, tiles per side): every tile and the global view."""
+    import json
+
+    scale = json.loads((Path(model_dir) / "config.json").read_text())["scale_factor"]
+    tiles = setting[1] ** 2 + (setting[1] > 1)
+    return tiles * (_tile_side(model_dir, setting[0]) // scale) ** 2
+
+
+def tiling(pre: Preprocess, kind: str, setting: tuple) -> Preprocess:
+    """The pre-processing at (tile px, tiles per side): tiles of that side, the longest edge `tiles` of them."""
+    from dataclasses import replace
+
+    tile, grid = setting
+    split_ = replace(pre.image_splitting, tile=tile, longest_edge=tile * grid)
+    return replace(pre, image=replace(pre.image, size=tile, crop=tile), image_splitting=split_)
+
+
+# tune's image knob: the tile size (Idefics3's max_image_size) and the tiles per side (its size /
+# longest_edge): fewer, smaller tiles are fewer visual tokens
+MEDIA_KNOBS = MediaKnobs(
+    image=((384, 4), (384, 2), (512, 2), (512, 4)), audio=(), export=export_encoder, rows=media_rows, preprocess=tiling
+)
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load, save=save_pretrained, trainable={"image": "model.connector"}, towers={"image": "model.vision_model"}
+)
+
 FAMILY = Family(
     name="idefics3",
     model_types=("idefics3", "smolvlm"),
@@ -151,6 +205,8 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    media_knobs=MEDIA_KNOBS,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
     visual_tokens=grid_pool,
 )

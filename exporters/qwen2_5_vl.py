@@ -22,6 +22,8 @@ FAMILY = Family(
     tolerance=1e-4,
     load=qwen2_vl.load,
     split=qwen2_vl.split,
+    media_knobs=qwen2_vl.MEDIA_KNOBS,  # the same dynamic-resolution tower: a pixel budget
+    finetune=qwen2_vl.FINETUNING,  # the same merger on the same kind of tower
     prunable=TRANSFORMERS,
     visual_tokens=pixel_budget,
 )

@@ -28,7 +28,7 @@ import torch
 
 from edgemfm.errors import ExportError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
-from edgemfm.exporters.family import ExportUnit, Family, Split
+from edgemfm.exporters.family import ExportUnit, Family, Finetuning, MediaKnobs, Split, save_pretrained
 from edgemfm.exporters.llava import tokenizer_spec
 from edgemfm.exporters.processor_config import (
     CLIP_MEAN,
@@ -39,7 +39,7 @@ from edgemfm.exporters.processor_config import (
     scaling,
 )
 from edgemfm.exporters.visual_tokens import pixel_budget
-from edgemfm.manifest import Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
+from edgemfm.manifest import Component, Generation, ImagePatches, ImagePreprocess, Media, Preprocess, Prompt
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.report import SplitReport
 
@@ -191,6 +191,43 @@ def split(model: Any, model_dir: Path) -> Split:
     )
 
 
+def export_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tuple[Component, int]:
+    """`tune`'s encoder at a pixel budget: the same graph (resolution is dynamic: the budget only
+    changes how many patches the runtime feeds it), exported again from the checkpoint."""
+    from edgemfm.exporters.onnx import write_onnx
+
+    model = load(model_dir)
+    record, parity = write_onnx(split(model, model_dir).units["vision_encoder"], path, FAMILY.tolerance)
+    return record, parity.nodes
+
+
+def media_rows(model_dir: Path, kind: str, setting: tuple) -> int:
+    """Decoder rows of the largest image within `setting` = (side,): side² pixels, one row per merged patch."""
+    import json
+
+    vision = json.loads((Path(model_dir) / "config.json").read_text())["vision_config"]
+    unit = vision["patch_size"] * vision["spatial_merge_size"]
+    return max(1, (setting[0] * setting[0]) // (unit * unit))
+
+
+def resize_within(pre: Preprocess, kind: str, setting: tuple) -> Preprocess:
+    """The pre-processing at `setting` = (side,): images resized within side² pixels (`max_pixels`)."""
+    from dataclasses import replace
+
+    p, budget = pre.image_patches, setting[0] * setting[0]
+    return replace(pre, image_patches=replace(p, max_pixels=budget, min_pixels=min(p.min_pixels, budget)))
+
+
+# tune's image knob: the pixel budget (Qwen2-VL's max_pixels) as a square side; the encoder graph is
+# dynamic, so a setting changes the runtime's resize and the visual tokens, not the graph
+MEDIA_KNOBS = MediaKnobs(
+    image=((224,), (336,), (448,)), audio=(), export=export_encoder, rows=media_rows, preprocess=resize_within
+)
+# finetune trains the projector on the frozen tower's features (cached), through the frozen decoder
+FINETUNING = Finetuning(
+    load=load, save=save_pretrained, trainable={"image": "model.visual.merger"}, towers={"image": "model.visual"}
+)
+
 FAMILY = Family(
     name="qwen2_vl",
     model_types=("qwen2_vl",),
@@ -198,6 +235,8 @@ FAMILY = Family(
     tolerance=1e-4,
     load=load,
     split=split,
+    media_knobs=MEDIA_KNOBS,
+    finetune=FINETUNING,
     prunable=TRANSFORMERS,
     visual_tokens=pixel_budget,
 )

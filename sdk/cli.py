@@ -354,6 +354,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config = FinetuneConfig(
         model=args.model,
         data=args.data,
+        eval=args.eval,
         out=args.out,
         steps=args.steps,
         align_steps=args.align_steps,
@@ -363,10 +364,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         force=args.force,
         cache=args.cache,
         revision=args.revision,
+        lora_rank=args.lora_rank,
     )
     with rich_progress() as progress:
         report = finetune(config, progress)
-    acc = ", ".join(f"{kind} {a:.1%} of {report.questions[kind]}" for kind, a in report.accuracy.items())
+    acc = ", ".join(
+        f"{kind} {a:.1%} of {report.questions[kind]} (base {report.accuracy_before.get(kind, 0):.1%})"
+        for kind, a in report.accuracy.items()
+    )
     out.print(f"[green]wrote[/green] {args.out}: held-out exact match {acc} ({report.seconds:.0f} s)")
 
 
@@ -769,16 +774,26 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
     b.set_defaults(func=cmd_bench)
 
-    f = sub.add_parser("finetune", help="fine-tune a model's projectors on a domain data folder (train/eval JSONL)")
+    f = sub.add_parser("finetune", help="fine-tune a model's projectors on domain questions (JSONL)")
     f.add_argument("--model", required=True, help="checkpoint directory or Hub id to start from")
     f.add_argument("--revision", help=REVISION_HELP)
-    f.add_argument("--data", required=True, help="folder with train.jsonl and eval.jsonl (see edgemfm.finetune)")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="training JSONL file, or a folder with train.jsonl and eval.jsonl (see edgemfm.finetune)",
+    )
+    f.add_argument(
+        "--eval", help="held-out JSONL file (default: the folder's eval.jsonl, or every fifth of --data's questions)"
+    )
     f.add_argument("--out", required=True, help="checkpoint directory to write")
     f.add_argument("--steps", type=A.COUNT, default=240, help="end-to-end steps through the decoder (default: 240)")
     f.add_argument("--align-steps", type=A.COUNT, default=100, help="projector alignment steps (default: 100)")
     f.add_argument("--batch-size", type=A.AT_LEAST_ONE, default=8)
     f.add_argument("--lr", type=A.POSITIVE, default=1e-3, help="learning rate of the end-to-end stage (default: 1e-3)")
     f.add_argument("--seed", type=A.SEED, default=0)
+    f.add_argument(
+        "--lora-rank", type=A.COUNT, default=0, help="LoRA rank on the decoder, merged on save (default: 0, none)"
+    )
     f.add_argument(
         "--cache", help="folder keeping the frozen towers' features by file content, so reruns skip encoding"
     )

@@ -112,7 +112,7 @@ class FinetuneConfig:
     """
 
     model: str  # checkpoint directory or Hub id to start from (a family finetune knows how to train)
-    data: str  # folder with train.jsonl and eval.jsonl
+    data: str  # training JSONL file, or a folder with train.jsonl and eval.jsonl
     out: str  # checkpoint directory to write, atomically
     steps: int = 240  # end-to-end steps through the frozen decoder: the ten digits need the longer run
     align_steps: int = 100  # stage 1 steps aligning the projectors to the answers' embeddings
@@ -124,11 +124,14 @@ class FinetuneConfig:
     force: bool = False  # replace an existing `out`
     cache: str | None = None  # folder keeping the frozen towers' features by content; None: no cache
     revision: str | None = None  # with a Hub id as `model`: branch, tag or commit; None: main
+    lora_rank: int = 0  # LoRA rank on the decoder's attention and MLP layers, merged on save; 0: projectors only
+    lora_alpha: float = 16.0  # LoRA scale numerator: the update is B @ A * alpha / rank
+    eval: str | None = None  # held-out JSONL file; None: the folder's eval.jsonl, or every fifth of a file's questions
     version: int = CONFIG_VERSION  # of this record's layout
 
     def __post_init__(self) -> None:
-        _paths_as_text(self, "model", "data", "out", "cache")
-        for name in ("steps", "align_steps"):
+        _paths_as_text(self, "model", "data", "out", "cache", "eval")
+        for name in ("steps", "align_steps", "lora_rank"):
             if getattr(self, name) < 0:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.batch_size < 1 or self.checkpoint_every < 1:

@@ -1,6 +1,7 @@
 """`finetune`: domain-adaptive fine-tuning on CPU, before compression, as the method prescribes.
 
-It trains the media projectors of a model whose encoders and decoder stay frozen, in two stages:
+It trains the media projectors of a model whose encoders and decoder stay frozen (optionally LoRA
+adapters on the decoder), in two stages:
 
     frozen encoders ─► features, computed once per image / clip (and kept on disk with `cache`)
     1. align   every projector row classified against the decoder's own (tied) embeddings of the
@@ -30,20 +31,31 @@ had collapsed onto "1" (digits 34%): each digit is seen about twice per 8 questi
 the ten digits need the longer run (about 10 minutes on an idle 2-core machine).
 
 Lives in sdk/ beside `export` because it is a user verb with the same shape (a model directory
-in, a model directory out); the family file says what the model is and what is trained (its
-`finetune` capability, exporters/family.py: projectors, towers, pre-processing, chat template),
-this file how to train it.
+in, a model directory out). It names no family: the family's `finetune` capability
+(exporters/family.py) says what is trained (the projector per media kind), which tower keys the
+feature cache and how the result is saved; the family's `split` gives the rest, the same prompt
+template, placeholders, pre-processing, encoder units and decoder unit that `export` writes. So a
+media file is pre-processed by the runtime's own code (runtimes/media.py: tiles, patch grids, mel
+windows), each encoder call runs frozen while a hook keeps what its projector is given (the
+cached feature), and a question is the templated prompt with each placeholder replaced by its
+call's projected rows, at the runtime's positions (M-RoPE for Qwen2-VL). `lora_rank` adds
+adapters to every linear layer of the decoder (edgemfm.lora), trained in stage 2 and merged into
+the weights before the evaluation and the save.
 
-Data: a folder with `train.jsonl` and `eval.jsonl`, one question per line, paths relative to
-the folder:
+Data: JSONL, one question per line, media paths relative to the file's folder; a bad row is
+refused in one line naming `file:line`. `data` is the training file, or a folder holding
+`train.jsonl` and `eval.jsonl`; `eval` (a file) gives the held-out questions instead. A file
+without `eval` holds out every fifth question of each media kind (its 5th, 10th, ... image and
+audio questions: the same split on every run, both kinds measured) and trains on the rest:
 
     {"image": "images/seven.png", "prompt": "What digit is this?", "answer": "7"}
     {"audio": "audio/red.wav", "prompt": "What word is spoken?", "answer": "red"}
 
-Output: a normal checkpoint directory `edgemfm export --model` accepts (config.json,
-model.safetensors, tokenizer.json), plus adapter.safetensors (the trained projectors, fp16, the
-only weights that differ from the base), finetune.json (settings, losses, held-out accuracy) and
-checkpoints/. Trained weights are rounded to fp16 before the evaluation, so the accuracy
+Output: a checkpoint directory in the family's own layout that `edgemfm export --model` accepts
+(config and weights from the family's `save`, the other files of the base checkpoint copied:
+tokenizer, processor settings), plus adapter.safetensors (the trained projectors, fp16),
+finetune.json (settings, losses, held-out accuracy of the base and of the result) and
+checkpoints/. Trained projectors are rounded to fp16 before the evaluation, so the accuracy
 reported is the accuracy of the weights written. Written in a staging directory and renamed:
 an interrupted run leaves nothing.
 
@@ -59,8 +71,9 @@ import json
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from edgemfm import bundle
@@ -80,10 +93,11 @@ class Example:
     answer: str
     kind: str  # "image" or "audio": the one media item the question is about
     media: Path
+    where: str = ""  # file:line of the row, for errors found later (a placeholder typed into the prompt)
 
 
 def read_examples(data: Path, split: str) -> list[Example]:
-    """The questions of `data/{split}.jsonl`, checked: known keys, one media item, files present.
+    """The questions of `data/{split}.jsonl` (a data folder), checked as `read_jsonl` does.
 
     Example:
         >>> read_examples(Path("data/demo"), "eval")[0].kind   # doctest: +SKIP
@@ -92,6 +106,46 @@ def read_examples(data: Path, split: str) -> list[Example]:
     path = data / f"{split}.jsonl"
     if not path.is_file():
         raise InputError(f"data folder {str(data)!r} has no {split}.jsonl; it needs train.jsonl and eval.jsonl")
+    return read_jsonl(path)
+
+
+def read_data(data: Path, held_out: Path | None = None) -> tuple[list[Example], list[Example]]:
+    """The training and held-out questions: `data` a JSONL file or a folder with train.jsonl and
+    eval.jsonl, `held_out` a JSONL file replacing the folder's eval.jsonl or the file's split.
+
+    Example:
+        >>> train, held_out = read_data(Path("data/train.jsonl"))   # doctest: +SKIP
+        >>> len(held_out) * 5 <= len(train + held_out)              # doctest: +SKIP
+        True
+    """
+    if held_out is not None and not held_out.is_file():
+        raise InputError(f"eval file {str(held_out)!r} does not exist; allowed: a JSONL file of held-out questions")
+    if data.is_dir():
+        train = read_examples(data, "train")
+        return train, read_jsonl(held_out) if held_out else read_examples(data, "eval")
+    if not data.is_file():
+        raise InputError(f"data {str(data)!r} does not exist; allowed: a JSONL file, or a folder with train.jsonl")
+    rows = read_jsonl(data)
+    if held_out is not None:
+        return rows, read_jsonl(held_out)
+    nth = {kind: [e for e in rows if e.kind == kind] for kind in KINDS}
+    kept = {id(e) for group in nth.values() for e in group[4::5]}  # the 5th, 10th, ... of each kind
+    if not kept:
+        raise InputError(
+            f"{data} has {len(rows)} question(s): too few to hold every fifth out for evaluation; "
+            "allowed: at least 5 of a kind, or --eval FILE"
+        )
+    return [e for e in rows if id(e) not in kept], [e for e in rows if id(e) in kept]
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """The questions of one JSONL file, checked: known keys, one media item, files present
+    (media paths relative to the file's folder).
+
+    Example:
+        >>> read_jsonl(Path("data/demo/eval.jsonl"))[0].kind   # doctest: +SKIP
+        'image'
+    """
     out = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -109,128 +163,198 @@ def read_examples(data: Path, split: str) -> list[Example]:
         kinds = [k for k in KINDS if k in row]
         if len(kinds) != 1 or not all(isinstance(row.get(k), str) and row.get(k) for k in ("prompt", "answer")):
             raise InputError(f"{where}: needs a non-empty prompt and answer and exactly one of: {', '.join(KINDS)}")
-        media = data / row[kinds[0]]
+        media = path.parent / row[kinds[0]]
         if not media.is_file():
             raise InputError(f"{where}: {kinds[0]} file {str(media)!r} does not exist")
-        out.append(Example(row["prompt"], row["answer"], kinds[0], media))
+        out.append(Example(row["prompt"], row["answer"], kinds[0], media, where))
     if not out:
         raise InputError(f"{path} holds no questions")
     return out
 
 
-def _fingerprint(model: Any, kind: str) -> str:
-    """What a cached feature depends on besides the file: the tower's weights, its pooling and
-    the pre-processing settings."""
+@dataclass
+class Trainee:
+    """A loaded model with what training reads of it: the family's `finetune` capability, its split
+    (prompt, pre-processing, encoder and decoder units: what `export` writes) and its tokenizer."""
+
+    model: Any  # torch model, fp32
+    trainer: Any  # the family's Finetuning
+    split: Any  # the family's Split of the model
+    tokenizer: Any  # tokenizers.Tokenizer of the checkpoint's tokenizer.json
+    adapters: list = field(default_factory=list)  # edgemfm.lora adapters on the decoder; empty: none
+
+    @property
+    def decoder(self) -> Any:
+        """The decoder unit's module (exporters/decoder.py TextDecoder: `.language_model`, `.lm_head`)."""
+        return self.split.units[self.split.generation.decoder].module
+
+    @property
+    def embed(self) -> Any:
+        return self.split.units[self.split.generation.embedding].module
+
+    @property
+    def eos(self) -> int:
+        return self.split.tokenizer.eos_token_ids[0]
+
+    def projector(self, kind: str) -> Any:
+        return self.model.get_submodule(self.trainer.trainable[kind])
+
+    def project(self, kind: str, features: Any) -> Any:
+        """Trained rows [n, rows, hidden] of frozen features [n, rows in, width] (one encoder call each)."""
+        out = self.projector(kind)(features)
+        return out.reshape(features.shape[0], -1, out.shape[-1])
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One media file as the runtime will see it: its prompt text and each encoder call's frozen features."""
+
+    text: str  # what stands for the item in the prompt: one placeholder per call (tiles, wrappers)
+    features: Any  # [calls, rows, width]: the projector's input, per call
+    grids: tuple  # per call, the (t, h, w) of its decoder rows (M-RoPE), or None
+
+
+def load_trainee(model_dir: Path) -> Trainee:
+    """The checkpoint at `model_dir`, loaded by its family for training.
+
+    Example:
+        >>> load_trainee(Path("models/llava-tiny")).trainer.trainable   # doctest: +SKIP
+        {'image': 'model.multi_modal_projector'}
+    """
+    from tokenizers import Tokenizer
+
+    from edgemfm.exporters import capability, find_family
+
+    family = find_family(json.loads((model_dir / "config.json").read_text()))
+    trainer = capability(family, "finetune")
+    model = trainer.load(model_dir)
+    split = family.split(model, model_dir)
+    return Trainee(model, trainer, split, Tokenizer.from_file(str(split.tokenizer_file)))
+
+
+def trainable(t: Trainee) -> list[Any]:
+    """The parameters finetune trains: the projectors the family names, and the LoRA adapters if any."""
+    from edgemfm import lora
+
+    kinds = [k for k in t.trainer.trainable if k in t.split.prompt.media]
+    return [p for k in kinds for p in t.projector(k).parameters()] + lora.parameters(t.adapters)
+
+
+def _view(t: Trainee) -> Any:
+    """What runtimes.media.prepare reads of a manifest (its prompt and pre-processing), from the split."""
+    return SimpleNamespace(prompt=t.split.prompt, preprocess=t.split.preprocess)
+
+
+def _fingerprint(t: Trainee, kind: str) -> str:
+    """What a cached feature depends on besides the file: the tower's weights, the model's config and
+    the pre-processing."""
     import hashlib
 
-    trainer = trainer_of(model)
-    tower = getattr(model, trainer.towers[kind])
-    h = hashlib.sha256(repr(trainer.settings(model, kind)).encode())
-    for name, tensor in sorted(tower.state_dict().items()):
+    config = t.model.config if isinstance(t.model.config, dict) else t.model.config.to_dict()
+    h = hashlib.sha256(repr((t.split.preprocess, t.split.prompt.media[kind], sorted(config.items()))).encode())
+    for name, tensor in sorted(t.model.get_submodule(t.trainer.towers[kind]).state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _features(
-    model: Any, items: list[tuple[str, Path]], progress: Progress | None, cache: Path | None
-) -> dict[Path, Any]:
-    """Frozen-tower features of every distinct media file, encoded once; with `cache`, kept on
-    disk under the file's content hash and the tower's fingerprint, so a rerun encodes nothing."""
+def _encode(t: Trainee, kind: str, calls: list[Any]) -> Any:
+    """Frozen features [calls, rows, width] of one item: each call runs the family's encoder unit,
+    and a hook keeps what its projector is given."""
+    import torch
+
+    unit = t.split.units[t.split.prompt.media[kind].encoder]
+    projector, seen = t.projector(kind), []
+    hook = projector.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    out = []
+    try:
+        for call in calls:
+            rows = unit.module(*(torch.from_numpy(call.feeds[name]) for name in unit.input_names))
+            x = seen.pop()
+            features = x.reshape(-1, x.shape[-1])
+            n = rows.reshape(-1, rows.shape[-1]).shape[0]
+            if projector(x).reshape(-1, rows.shape[-1]).shape[0] != n:
+                # a row-wise projector whose padded rows the encoder drops after it (Qwen2-Audio's
+                # masked frames): the real rows are the first n
+                features = features[:n]
+            seen.clear()
+            out.append(features)
+    finally:
+        hook.remove()
+    return torch.stack(out)
+
+
+def _features(t: Trainee, items: list[tuple[str, Path]], progress: Progress | None, cache: Path | None):
+    """Every distinct media file pre-processed as the runtime does it and encoded once by the frozen
+    towers; with `cache`, features kept on disk under the file's content hash and the tower's
+    fingerprint, so a rerun encodes nothing (it only pre-processes, for the prompt text)."""
     import hashlib
 
     import numpy as np
     import torch
 
-    trainer = trainer_of(model)
+    from edgemfm.runtimes.media import prepare
+
     advance = counter(progress, "encoding media (frozen towers)", len(items))
-    out: dict[Path, Any] = {}
+    out: dict[Path, Encoded] = {}
+    folders = {k: cache / f"{k}-{_fingerprint(t, k)}" for k in {k for k, _ in items}} if cache else {}
     with torch.no_grad():
-        for kind in KINDS:
-            folder = cache / f"{kind}-{_fingerprint(model, kind)}" if cache else None
-            todo = []
-            for p in (p for k, p in items if k == kind):
-                file = folder / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.npy" if folder else None
-                if file is not None and file.is_file():
-                    out[p] = torch.from_numpy(np.load(file))
-                    advance()
-                else:
-                    todo.append((p, file))
-            for i in range(0, len(todo), 16):
-                batch = todo[i : i + 16]
-                x = torch.from_numpy(np.stack([trainer.prepare(kind, p) for p, _ in batch]))
-                for (p, file), f in zip(batch, trainer.encode(model, kind, x)):
-                    out[p] = f
-                    if file is not None:  # written beside, then renamed: a killed run leaves no torn file
-                        file.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = file.with_suffix(".partial.npy")
-                        np.save(tmp, f.numpy())
-                        tmp.rename(file)
-                advance(len(batch))
+        for kind, p in items:
+            prepared = prepare(kind, p, _view(t))
+            file = folders[kind] / f"{hashlib.sha256(p.read_bytes()).hexdigest()}.npy" if cache else None
+            if file is not None and file.is_file():
+                features = torch.from_numpy(np.load(file))
+            else:
+                features = _encode(t, kind, prepared.calls)
+                if file is not None:  # written beside, then renamed: a killed run leaves no torn file
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = file.with_suffix(".partial.npy")
+                    np.save(tmp, features.numpy())
+                    tmp.rename(file)
+            out[p] = Encoded(prepared.text, features, tuple(c.grid for c in prepared.calls))
+            advance()
     return out
 
 
-def trainer_of(model: Any) -> Any:
-    """The `finetune` capability of the loaded model's family (exporters/family.py `Finetuning`).
-
-    Example:
-        >>> trainer_of(model).trainable   # doctest: +SKIP
-        {'image': 'vision_projector', 'audio': 'audio_projector'}
-    """
-    from edgemfm.exporters import capability, find_family
-
-    config = model.config if isinstance(model.config, dict) else model.config.to_dict()
-    return capability(find_family(config), "finetune")
-
-
-def trainable(model: Any) -> list[Any]:
-    """The parameters finetune trains: those of the modules the family names, one per media kind."""
-    return [p for name in trainer_of(model).trainable.values() for p in getattr(model, name).parameters()]
-
-
-def _projected(model: Any, examples: list[Example], feats: dict[Path, Any]) -> list[Any]:
-    names = trainer_of(model).trainable
-    return [getattr(model, names[e.kind])(feats[e.media]) for e in examples]
-
-
-def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float]:
-    """Stage 1: every projected row of an item is classified against the decoder's own (tied)
-    embeddings of the answers' first tokens, the item's answers sharing the target (a drawing
-    has a shape and a colour), plus an MSE pull toward their mean embedding that keeps the
-    rows at the scale of the words the decoder reads (full batch: a few thousand rows)."""
+def _align(t: Trainee, examples, feats, steps, lr, progress) -> list[float]:
+    """Stage 1: every projected row of an item is classified against the decoder's own embeddings
+    of the answers' first tokens, the item's answers sharing the target (a drawing has a shape and
+    a colour), plus an MSE pull toward their mean embedding that keeps the rows at the scale of the
+    words the decoder reads (full batch; items stacked by feature shape)."""
     import torch
 
-    table = trainer_of(model).decoder(model).get_input_embeddings().weight.detach()
+    table = t.embed.embed_tokens.weight.detach()
     scale = table.pow(2).mean()  # MSE in units of a typical embedding's energy
-    first = {e.answer: tokenizer.encode(e.answer).ids[0] for e in examples}
+    first = {e.answer: t.tokenizer.encode(e.answer, add_special_tokens=False).ids[0] for e in examples}
     candidates = sorted(set(first.values()))  # the answers the data can ask for: a probe's classes
-    column = {t: i for i, t in enumerate(candidates)}
+    column = {c: i for i, c in enumerate(candidates)}
     classes = table[candidates]
     answers: dict[Path, list[str]] = {}
     kind_of = {}
     for e in examples:
         answers.setdefault(e.media, []).append(e.answer)
         kind_of[e.media] = e.kind
-    opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=0.0)
-    names = trainer_of(model).trainable
-    x, soft, mean = {}, {}, {}
-    for kind in KINDS:
-        media = [m for m in answers if kind_of[m] == kind]
-        if not media:
-            continue
-        x[kind] = torch.stack([feats[m] for m in media])
-        soft[kind] = torch.zeros(len(media), len(candidates))
+    groups: dict[tuple, list[Path]] = {}  # items whose calls stack: one kind, one feature shape
+    for m in answers:
+        groups.setdefault((kind_of[m], tuple(feats[m].features.shape[1:])), []).append(m)
+    x, soft = {}, {}
+    for g, media in groups.items():
+        x[g] = torch.cat([feats[m].features for m in media])
+        target = torch.zeros(len(media), len(candidates))
         for i, m in enumerate(media):
             for a in answers[m]:
-                soft[kind][i, column[first[a]]] += 1 / len(answers[m])
-        mean[kind] = (soft[kind] @ classes)[:, None]
+                target[i, column[first[a]]] += 1 / len(answers[m])
+        soft[g] = torch.repeat_interleave(target, torch.tensor([feats[m].features.shape[0] for m in media]), 0)
+    opt = torch.optim.AdamW(trainable(t), lr=lr, weight_decay=0.0)
     advance, losses = counter(progress, "stage 1: aligning projectors", steps), []
     for _ in range(steps):
         loss = 0
-        for k in x:
-            rows = getattr(model, names[k])(x[k])
+        for g in x:
+            rows = t.project(g[0], x[g])
             logp = torch.log_softmax(rows @ classes.T, -1)
-            loss = loss + (-(logp * soft[k][:, None]).sum(-1).mean() + ((rows - mean[k]) ** 2).mean() / scale) / len(x)
+            mean = (soft[g] @ classes)[:, None]
+            term = -(logp * soft[g][:, None]).sum(-1).mean() + ((rows - mean) ** 2).mean() / scale
+            loss = loss + term / len(x)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -239,95 +363,157 @@ def _align(model, examples, feats, tokenizer, steps, lr, progress) -> list[float
     return losses
 
 
-def _sequence(model, tokenizer, e: Example, rows, with_answer: bool):
-    """Decoder inputs of one question: prompt embeddings with the media rows spliced in, and the
-    ids the positions after the prompt must predict (the answer and end-of-turn)."""
+@dataclass(frozen=True)
+class Sequence:
+    """Decoder inputs of one question, as the bundle's runtime builds them."""
+
+    embeds: Any  # [seq, hidden]: the templated prompt's embeddings with the media rows spliced in, then the answer's
+    positions: Any  # [1, seq] or, with M-RoPE, [3, 1, seq]
+    answer: list[int]  # the ids the positions after the prompt must predict: the answer and end-of-turn
+    mrope: Any  # the prompt's M-RoPE positions and shift (runtimes.positions.mrope_prompt); None: arange
+
+
+def sequence(t: Trainee, e: Example, item: Encoded, with_answer: bool) -> Sequence:
+    """The decoder inputs of question `e` about `item`, the answer appended when `with_answer`.
+
+    Example:
+        >>> sequence(t, example, feats[example.media], True).answer   # doctest: +SKIP
+        [55, 2]
+    """
     import torch
 
-    trainer = trainer_of(model)
-    token = trainer.media_token(model, e.kind)
-    ids = tokenizer.encode(trainer.template.format(media=tokenizer.id_to_token(token), prompt=e.prompt)).ids
-    answer = tokenizer.encode(e.answer).ids + [trainer.eos_token(model)] if with_answer else []
-    embed = trainer.decoder(model).get_input_embeddings()
-    text = embed(torch.tensor(ids + answer))
-    pos = ids.index(token)
-    return torch.cat([text[:pos], rows, text[pos + 1 :]]), answer
+    from edgemfm.runtimes.positions import decoder_positions, mrope_prompt
+
+    prompt, spec = t.split.prompt, t.split.prompt.media[e.kind]
+    ids = t.tokenizer.encode(
+        prompt.template.format(media=item.text, prompt=e.prompt), add_special_tokens=prompt.add_special_tokens
+    ).ids
+    spots = [i for i, token in enumerate(ids) if token == spec.token_id]
+    if len(spots) != item.features.shape[0]:
+        raise InputError(
+            f"{e.where}: the prompt must not contain the {e.kind} placeholder {spec.placeholder.strip()!r}"
+        )
+    answer = t.tokenizer.encode(e.answer, add_special_tokens=False).ids + [t.eos] if with_answer else []
+    text = t.embed(torch.tensor(ids + answer))
+    pieces, segments, start = [], [], 0
+    for spot, rows, grid in zip(spots, t.project(e.kind, item.features), item.grids):
+        pieces += [text[start:spot], rows]
+        segments += [spot - start, grid]
+        start = spot + 1
+    pieces.append(text[start:])
+    segments.append(len(ids) - start)
+    embeds = torch.cat(pieces)
+    mrope = mrope_prompt([s for s in segments if s != 0]) if t.split.generation.positions == "mrope" else None
+    positions = torch.from_numpy(decoder_positions(0, embeds.shape[0], mrope))
+    return Sequence(embeds, positions, answer, mrope)
 
 
-def _tune(
-    model, examples, feats, tokenizer, steps, batch_size, lr, rng, progress, checkpoints: Path, every: int
-) -> list[float]:
-    """Stage 2: projectors trained through the frozen decoder on the answer tokens. Batches take
-    question types in turn (digit, shape, colour, word ...), so the 136 drawings' questions weigh
-    as much as the 400 digits'; the learning rate falls along a half cosine to a tenth."""
+def _batch(seqs: list[Sequence]) -> tuple[Any, Any, Any]:
+    """Padded embeddings, attention mask and positions of sequences of different lengths (right padding)."""
+    import torch
+
+    width = max(s.embeds.shape[0] for s in seqs)
+    pad = [width - s.embeds.shape[0] for s in seqs]
+    embeds = torch.stack([torch.nn.functional.pad(s.embeds, (0, 0, 0, p)) for s, p in zip(seqs, pad)])
+    mask = torch.tensor([[1] * (width - p) + [0] * p for p in pad])
+    positions = torch.cat([torch.nn.functional.pad(s.positions, (0, p)) for s, p in zip(seqs, pad)], -2)
+    return embeds, mask, positions
+
+
+def _tune(t: Trainee, examples, feats, config: FinetuneConfig, rng, progress, checkpoints: Path) -> list[float]:
+    """Stage 2: projectors (and adapters) trained through the frozen decoder on the answer tokens.
+    Batches take question types in turn (digit, shape, colour, word ...), so the 136 drawings'
+    questions weigh as much as the 400 digits'; the learning rate falls along a half cosine to a tenth."""
     import math
 
     import torch
 
-    opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=0.0)
+    steps = config.steps
+    opt = torch.optim.AdamW(trainable(t), lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
-    lm = trainer_of(model).decoder(model)
+    lm, head = t.decoder.language_model, t.decoder.lm_head
     advance, losses = counter(progress, "stage 2: tuning through the decoder", steps), []
     groups: dict[tuple[str, str], list[Example]] = {}
     for e in examples:
         groups.setdefault((e.kind, e.prompt), []).append(e)
-    queues = {g: [] for g in groups}
+    queues: dict[tuple[str, str], list[Example]] = {g: [] for g in groups}
     turn = 0
     for step in range(1, steps + 1):
         batch = []
-        for _ in range(batch_size):
+        for _ in range(config.batch_size):
             g = list(groups)[turn % len(groups)]
             turn += 1
             if not queues[g]:
                 queues[g] = rng.sample(groups[g], len(groups[g]))
             batch.append(queues[g].pop())
-        seqs = [_sequence(model, tokenizer, e, r, True) for e, r in zip(batch, _projected(model, batch, feats))]
-        width = max(s.shape[0] for s, _ in seqs)
-        embeds = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[0])) for s, _ in seqs])
-        mask = torch.tensor([[1] * s.shape[0] + [0] * (width - s.shape[0]) for s, _ in seqs])
-        hidden = lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        # logits only where an answer token is predicted: the 49k-wide head is the costliest layer
-        where = [(b, s.shape[0] - len(a) - 1 + j) for b, (s, a) in enumerate(seqs) for j in range(len(a))]
-        logits = lm.lm_head(torch.stack([hidden[b, t] for b, t in where]))
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([t for _, a in seqs for t in a]))
+        seqs = [sequence(t, e, feats[e.media], True) for e in batch]
+        embeds, mask, positions = _batch(seqs)
+        hidden = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        # logits only where an answer token is predicted: the vocabulary-wide head is the costliest layer
+        n = [s.embeds.shape[0] for s in seqs]
+        where = [(b, n[b] - len(s.answer) - 1 + j) for b, s in enumerate(seqs) for j in range(len(s.answer))]
+        logits = head(torch.stack([hidden[b, i] for b, i in where]))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([i for s in seqs for i in s.answer]))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
         advance(1, f"stage 2: tuning through the decoder (loss {loss:.3f})")
-        if step % every == 0 or step == steps:
-            _save_adapter(model, checkpoints / f"step-{step:05d}.safetensors")
+        if step % config.checkpoint_every == 0 or step == steps:
+            _save_adapter(t, checkpoints / f"step-{step:05d}.safetensors")
     return losses
 
 
-def answer(model, tokenizer, examples: list[Example], feats, max_new_tokens: int = 6) -> list[str]:
-    """Greedy answers to questions that share one prompt shape, batched (equal lengths, no padding)."""
-    import torch
+def answer(t: Trainee, examples: list[Example], feats, max_new_tokens: int = 6) -> list[str]:
+    """Greedy answers to questions whose prompts have one length, batched (no padding), as the runtime decodes.
 
-    trainer = trainer_of(model)
-    lm, eos = trainer.decoder(model), trainer.eos_token(model)
+    Example:
+        >>> answer(t, [example], feats)   # doctest: +SKIP
+        ['7']
+    """
+    import numpy as np
+    import torch
+    from transformers import DynamicCache
+
+    from edgemfm.runtimes.positions import decoder_positions
+
+    lm, head, eos = t.decoder.language_model, t.decoder.lm_head, t.split.tokenizer.eos_token_ids
     with torch.no_grad():
-        rows = _projected(model, examples, feats)
-        embeds = torch.stack([_sequence(model, tokenizer, e, r, False)[0] for e, r in zip(examples, rows)])
-        out = lm(inputs_embeds=embeds, use_cache=True)
+        seqs = [sequence(t, e, feats[e.media], False) for e in examples]
+        length = seqs[0].embeds.shape[0]
+        assert all(s.embeds.shape[0] == length for s in seqs), "answer batches prompts of one length"
+        embeds, _, positions = _batch(seqs)
+        out = lm(inputs_embeds=embeds, position_ids=positions, cache=DynamicCache(config=lm.config), use_cache=True)
         done, tokens = torch.zeros(len(examples), dtype=torch.bool), []
-        for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
-            tokens.append(torch.where(done, eos, nxt))
-            done |= nxt == eos
+        for step in range(max_new_tokens):
+            nxt = head(out.last_hidden_state[:, -1]).argmax(-1)
+            tokens.append(torch.where(done, eos[0], nxt))
+            done |= torch.isin(nxt, torch.tensor(eos))
             if bool(done.all()):
                 break
-            out = lm(input_ids=nxt[:, None], cache=out.past_key_values, use_cache=True)
-    ids = torch.stack(tokens, 1).tolist()
-    return [tokenizer.decode(row[: row.index(eos)] if eos in row else row).strip() for row in ids]
+            at = np.concatenate([decoder_positions(length + step, 1, s.mrope) for s in seqs], -2)
+            out = lm(
+                inputs_embeds=t.embed(nxt[:, None]),
+                position_ids=torch.from_numpy(at),
+                cache=out.cache,
+                use_cache=True,
+            )
+    rows = torch.stack(tokens, 1).tolist()
+    cut = [next((i for i, token in enumerate(row) if token in eos), len(row)) for row in rows]
+    return [t.tokenizer.decode(row[:n]).strip() for row, n in zip(rows, cut)]
 
 
-def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict[str, Any]:
-    """Exact-match accuracy of greedy answers, per media kind, and the misses."""
-    groups: dict[tuple[str, str], list[Example]] = {}
-    for e in examples:
-        groups.setdefault((e.kind, e.prompt), []).append(e)
+def evaluate(t: Trainee, examples: list[Example], feats, progress) -> dict[str, Any]:
+    """Exact-match accuracy of greedy answers, per media kind, and the misses.
+
+    Example:
+        >>> evaluate(t, held_out, feats, None)["accuracy"]   # doctest: +SKIP
+        {'image': 0.94}
+    """
+    groups: dict[tuple[str, str, int], list[Example]] = {}
+    for e in examples:  # one batch shape: same question, same number of media rows
+        groups.setdefault((e.kind, e.prompt, _shape(feats[e.media])), []).append(e)
     advance = counter(progress, "held-out evaluation", len(examples))
     right = {k: 0 for k in KINDS}
     total = {k: 0 for k in KINDS}
@@ -335,7 +521,7 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
     for group in groups.values():
         for i in range(0, len(group), 16):
             batch = group[i : i + 16]
-            for e, got in zip(batch, answer(model, tokenizer, batch, feats)):
+            for e, got in zip(batch, answer(t, batch, feats)):
                 total[e.kind] += 1
                 right[e.kind] += got == e.answer
                 if got != e.answer:
@@ -345,25 +531,30 @@ def evaluate(model, tokenizer, examples: list[Example], feats, progress) -> dict
     return {"accuracy": accuracy, "questions": {k: total[k] for k in KINDS if total[k]}, "misses": tuple(misses)}
 
 
-def _save_adapter(model, path: Path) -> None:
+def _shape(item: Encoded) -> tuple:
+    """What sets an item's prompt length and positions besides the question: its text and call grids."""
+    return (item.text, tuple(item.features.shape), item.grids)
+
+
+def _save_adapter(t: Trainee, path: Path) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         f"{name}.{k}": v.detach().half().contiguous()
-        for name in trainer_of(model).trainable.values()
-        for k, v in getattr(model, name).state_dict().items()
+        for name in t.trainer.trainable.values()
+        for k, v in t.model.get_submodule(name).state_dict().items()
     }
     save_file(state, str(path))
 
 
 def finetune(config: FinetuneConfig, progress: Progress | None = None) -> FinetuneReport:
     """Fine-tune the projectors of `config.model` (a checkpoint directory, or a Hub id at `config.revision`)
-    on the questions in `config.data`; write the result to `config.out`.
+    on the questions in `config.data` (held out: `config.eval`, see `read_data`); write the result to `config.out`.
 
-    Returns the report also written to `out/finetune.json` (losses, held-out accuracy). The output
-    is built in `bundle.staging` and renamed into place: an interrupted run leaves nothing.
-    `progress` hears each step (see `edgemfm.progress`); without it nothing is printed.
+    Returns the report also written to `out/finetune.json` (losses, held-out accuracy before and
+    after). The output is built in `bundle.staging` and renamed into place: an interrupted run
+    leaves nothing. `progress` hears each step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
         >>> finetune(FinetuneConfig("models/demo-base", "data/demo", "models/demo")).accuracy  # doctest: +SKIP
@@ -373,11 +564,11 @@ def finetune(config: FinetuneConfig, progress: Progress | None = None) -> Finetu
     from edgemfm.model_source import resolve_model
 
     model_dir, data = resolve_model(config.model, config.revision).path, Path(config.data)
-    trainer = capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")
-    train, held_out = read_examples(data, "train"), read_examples(data, "eval")
-    inputs = (model_dir, data, config.cache)
+    capability(find_family(json.loads((model_dir / "config.json").read_text())), "finetune")  # refused early
+    train, held_out = read_data(data, Path(config.eval) if config.eval else None)
+    inputs = (model_dir, data, config.eval, config.cache)
     with bundle.staging(config.out, config.force, verify=_verify_checkpoint, inputs=inputs) as stage:
-        return _run(config, trainer, train, held_out, stage, progress)
+        return _run(config, model_dir, train, held_out, stage, progress)
 
 
 def _verify_checkpoint(stage: Path) -> None:
@@ -386,52 +577,42 @@ def _verify_checkpoint(stage: Path) -> None:
         assert (stage / name).is_file(), f"finetune wrote no {name}"
 
 
-def _run(
-    config: FinetuneConfig,
-    trainer: Any,
-    train: list[Example],
-    held_out: list[Example],
-    stage: Path,
-    progress: Progress | None,
-) -> FinetuneReport:
-    import torch
-    from tokenizers import Tokenizer
+def _copy_beside(model_dir: Path, stage: Path) -> None:
+    """The checkpoint's other files (tokenizer, processor and chat settings) into the output, as they
+    were: `save` wrote the weights and config, the rest of what `export` reads is unchanged."""
+    weights = (".safetensors", ".bin", ".pt", ".safetensors.index.json", ".bin.index.json")
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and not f.name.endswith(weights) and not (stage / f.name).exists():
+            shutil.copyfile(f, stage / f.name)
 
-    model_dir = Path(config.model)
+
+def _run(config, model_dir, train, held_out, stage: Path, progress: Progress | None) -> FinetuneReport:
+    import torch
+
+    from edgemfm import lora
+
     torch.manual_seed(config.seed)
     rng, start = random.Random(config.seed), time.monotonic()
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    model = trainer.load(model_dir)
-    model.requires_grad_(False)
-    for p in trainable(model):
-        p.requires_grad_(True)
+    t = load_trainee(model_dir)
+    t.model.requires_grad_(False)
     items = sorted({(e.kind, e.media) for e in train + held_out})
-    feats = _features(model, items, progress, Path(config.cache) if config.cache else None)
-    align = _align(model, train, feats, tokenizer, config.align_steps, config.align_lr, progress)
-    tune = (
-        _tune(
-            model,
-            train,
-            feats,
-            tokenizer,
-            config.steps,
-            config.batch_size,
-            config.lr,
-            rng,
-            progress,
-            stage / "checkpoints",
-            config.checkpoint_every,
-        )
-        if config.steps
-        else []
-    )
-    with torch.no_grad():  # evaluate exactly the fp16 weights the adapter file keeps
-        for p in trainable(model):
-            p.copy_(p.half().float())
-    result = evaluate(model.eval(), tokenizer, held_out, feats, progress)
-    trainer.save(model, stage)
-    shutil.copyfile(model_dir / "tokenizer.json", stage / "tokenizer.json")
-    _save_adapter(model, stage / "adapter.safetensors")
+    feats = _features(t, items, progress, Path(config.cache) if config.cache else None)
+    before = evaluate(t, held_out, feats, progress)["accuracy"]  # the base model's, measured the same way
+    if config.lora_rank:
+        t.adapters = lora.attach(t.decoder.language_model, config.lora_rank, config.lora_alpha, config.seed)
+    for p in trainable(t):
+        p.requires_grad_(True)
+    align = _align(t, train, feats, config.align_steps, config.align_lr, progress)
+    tune = _tune(t, train, feats, config, rng, progress, stage / "checkpoints") if config.steps else []
+    with torch.no_grad():  # evaluate exactly the fp16 projector weights the adapter file keeps
+        for k in t.trainer.trainable.values():
+            for p in t.model.get_submodule(k).parameters():
+                p.copy_(p.half().float())
+    lora.merge(t.adapters)  # the decoder evaluated (and saved) is the merged one
+    result = evaluate(t, held_out, feats, progress)
+    t.trainer.save(t.model, stage)
+    _copy_beside(model_dir, stage)
+    _save_adapter(t, stage / "adapter.safetensors")
     report = FinetuneReport(
         base=str(model_dir),
         seed=config.seed,
@@ -445,6 +626,8 @@ def _run(
         loss=tuple(tune[:: max(1, len(tune) // 20)] + tune[-1:]),
         seconds=round(time.monotonic() - start, 1),
         **result,
+        accuracy_before=before,
+        lora_rank=config.lora_rank,
     )
     (stage / "finetune.json").write_text(json.dumps(to_dict(report), indent=2) + "\n")
     return report

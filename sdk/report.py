@@ -234,6 +234,8 @@ class FinetuneReport:
     accuracy: dict[str, float]  # media kind -> exact match on the held-out questions
     questions: dict[str, int]  # media kind -> held-out questions
     misses: tuple[dict[str, str], ...]  # each wrong answer: media, prompt, answer, got
+    accuracy_before: dict[str, float] = field(default_factory=dict)  # the base model's, on the same questions
+    lora_rank: int = 0  # LoRA rank on the decoder, merged into the saved weights; 0: projectors only
 
 
 @dataclass(frozen=True)

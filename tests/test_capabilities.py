@@ -23,13 +23,14 @@ def test_every_family_declares_what_it_can_do_and_a_missing_capability_names_tho
 
     by_name = {f.name: f for f in families()}
     assert all(f.prunable is not None for f in by_name.values())  # prune takes every family's checkpoint
-    assert (
-        {n for n, f in by_name.items() if f.media_knobs}
-        == {n for n, f in by_name.items() if f.finetune}
-        == {"edgemfm-demo"}
-    )
-    with pytest.raises(UnsupportedModelError, match="'qwen2_vl' for finetune; supported: edgemfm-demo$"):
-        capability(family_named("qwen2_vl"), "finetune")
+    vision_language = {"llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "qwen2_audio", "edgemfm-demo"}
+    assert {n for n, f in by_name.items() if f.media_knobs} == vision_language  # tune turns every encoder's knob
+    assert {n for n, f in by_name.items() if f.finetune} == vision_language  # every family with a projector
+    with pytest.raises(
+        UnsupportedModelError,
+        match="'whisper' for finetune; supported: edgemfm-demo, idefics3, llava, qwen2_5_vl, qwen2_audio, qwen2_vl$",
+    ):
+        capability(family_named("whisper"), "finetune")
 
 
 def test_sdk_tests_no_family_name():
@@ -121,7 +122,7 @@ def test_a_family_is_one_file_prune_export_and_tune_find_its_capabilities(toy, t
     assert ("stack", "text_decoder") in toy
     argv = ["finetune", "--model", str(pruned), "--data", str(tmp_path), "--out", str(tmp_path / "ft")]
     assert main(argv) == 2  # the toy declares no finetune capability
-    assert "unsupported architecture 'toy' for finetune; supported: edgemfm-demo" in capsys.readouterr().err
+    assert "unsupported architecture 'toy' for finetune; supported: edgemfm-demo, idefics3, " in capsys.readouterr().err
 
     bundle = edgemfm.export(edgemfm.ExportConfig(model=pruned, device="host", out=tmp_path / "bundle"))
     manifest = edgemfm.bundle.read_manifest(bundle)
@@ -132,9 +133,11 @@ def test_a_family_is_one_file_prune_export_and_tune_find_its_capabilities(toy, t
         image=((96, 1),), audio=(), seq_lens=(256,), encoder_precisions=("fp32",), decoder_precisions=("fp32",)
     )
     with pytest.raises(
-        UnsupportedModelError, match="'llava' for tune's image and audio settings; supported: edgemfm-demo, toy"
+        UnsupportedModelError,
+        match="'whisper' for tune's image and audio settings; supported: edgemfm-demo, idefics3, llava, qwen2_5_vl, "
+        "qwen2_audio, qwen2_vl, toy",
     ):
-        settings_of(space, replace(manifest, family="llava"), "vision_encoder")
+        settings_of(space, replace(manifest, family="whisper"), "vision_encoder")
     r = tune("pi5", latency_budget_ms=1e6, model=pruned, bundle=bundle, space=space, scratch=tmp_path)
     assert ("export", "image", (96, 1)) in toy and ("rows", "image", (96, 1)) in toy
     assert dict(r.chosen.candidate.settings)["vision_encoder"] == (96, 1)

@@ -127,13 +127,72 @@ def test_bad_data_lines_are_named(tmp_path, picture, row, message):
         read_examples(data, "train")
 
 
-def test_finetune_refuses_other_families_and_missing_eval(tmp_path, picture, placeholder_model, capsys):
+def test_finetune_refuses_other_families_and_missing_eval(tmp_path, picture, capsys):
+    from tiny_models import tiny_llama
+
+    model = tiny_llama(tmp_path / "llama")  # a text-only family: nothing for finetune to train
     data = write_data(tmp_path / "data", [{"image": "images/a.png", "prompt": "q", "answer": "a"}], picture)
-    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    assert "supported: edgemfm-demo" in capsys.readouterr().err.replace("\n", "")
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    supported = "supported: edgemfm-demo, idefics3, llava, qwen2_5_vl, qwen2_audio, qwen2_vl"
+    assert supported in capsys.readouterr().err.replace("\n", "")
     (data / "eval.jsonl").unlink()
-    assert main(["finetune", "--model", str(placeholder_model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def _questions(path: Path, images: int, clips: int) -> Path:
+    """A JSONL file of `images` image and `clips` audio questions, media one folder up; answers number the rows."""
+    rows = [{"image": "../images/a.png", "prompt": "q", "answer": f"i{n}"} for n in range(images)]
+    rows += [{"audio": "../tone.wav", "prompt": "q", "answer": f"a{n}"} for n in range(clips)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_data_file_holds_out_every_fifth_question_of_each_kind_or_takes_eval(tmp_path, picture, wav):
+    from edgemfm.finetune import read_data
+
+    root = write_data(tmp_path / "data", [{"image": "images/a.png", "prompt": "q", "answer": "f"}], picture)
+    shutil.copy(wav, root / "tone.wav")
+    file = _questions(root / "sets" / "train.jsonl", images=11, clips=5)  # media paths relative to the file
+    train, held_out = read_data(file)
+    assert [e.answer for e in held_out] == ["i4", "i9", "a4"] and len(train) == 13  # the same split every run
+    assert {e.media.resolve() for e in train} == {(root / "images" / "a.png").resolve(), (root / "tone.wav").resolve()}
+    other = _questions(root / "sets" / "held.jsonl", images=1, clips=1)
+    assert [e.answer for e in read_data(file, other)[1]] == ["i0", "a0"] and len(read_data(file, other)[0]) == 16
+    assert [e.answer for e in read_data(root)[1]] == ["f"]  # a folder: its eval.jsonl
+    assert [e.answer for e in read_data(root, other)[1]] == ["i0", "a0"]  # ... unless --eval names another
+
+
+@pytest.mark.parametrize(
+    "data, eval_file, message",
+    [
+        ("missing.jsonl", None, "data '{d}/missing.jsonl' does not exist; allowed: a JSONL file, or a folder"),
+        ("sets/few.jsonl", None, "{d}/sets/few.jsonl has 4 question(s): too few to hold every fifth out"),
+        ("sets/few.jsonl", "gone.jsonl", "eval file '{d}/gone.jsonl' does not exist; allowed: a JSONL file"),
+    ],
+)
+def test_finetune_data_paths_are_refused_in_one_line(tmp_path, picture, capsys, data, eval_file, message):
+    model = tiny_demo(tmp_path / "tiny-demo")
+    root = write_data(tmp_path / "data", [], picture)
+    _questions(root / "sets" / "few.jsonl", images=4, clips=0)
+    argv = ["finetune", "--model", str(model), "--data", str(root / data), "--out", str(tmp_path / "o")]
+    assert main(argv + (["--eval", str(root / eval_file)] if eval_file else [])) == 2
+    err = capsys.readouterr().err
+    assert message.format(d=root) in err.replace("\n", "") and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_finetune_cli_trains_on_a_data_file_and_evaluates_its_held_out_fifth(tmp_path, picture, wav, capsys):
+    model = tiny_demo(tmp_path / "tiny-demo")
+    root = write_data(tmp_path / "data", [], picture)
+    shutil.copy(wav, root / "tone.wav")
+    file = _questions(root / "sets" / "train.jsonl", images=5, clips=5)
+    argv = ["finetune", "--model", str(model), "--data", str(file), "--out", str(tmp_path / "o")]
+    assert main(argv + ["--steps", "2", "--align-steps", "1", "--batch-size", "2"]) == 0
+    report = json.loads((tmp_path / "o" / "finetune.json").read_text())
+    assert report["train_questions"] == 8 and report["questions"] == {"image": 1, "audio": 1}
+    assert "held-out exact match" in capsys.readouterr().out
 
 
 def test_whisper_tiny_en_maps_one_to_one_from_ctranslate2():

@@ -48,6 +48,7 @@ VERBS = (
     "edgemfm.exporting",
     "edgemfm.fleet",  # export and tune for many devices: one job per device on the pool or Ray
     "edgemfm.finetune",
+    "edgemfm.lora",  # low-rank adapters finetune trains and merges
     "edgemfm.tune",
     "edgemfm.bench",
     "edgemfm.measure",

@@ -86,6 +86,9 @@ def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple
 def variant_preprocess(manifest: Manifest, kind: str, setting: tuple) -> Any:
     """The bundle's pre-processing with a media setting applied (image size, audio clip length)."""
     p = manifest.preprocess
+    knobs = family_named(manifest.family).media_knobs if setting else None
+    if knobs is not None and knobs.preprocess is not None:  # the family says what its setting means
+        return knobs.preprocess(p, kind, setting)
     if kind == "image" and setting:
         return replace(p, image=replace(p.image, size=setting[0], crop=setting[0]))
     if kind == "audio" and setting:
@@ -184,9 +187,12 @@ def build_parts(
             base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0)
             parts[(name, setting, "fp32")] = base
             feeds = calibration.get(name, [])
-            if setting and kinds.get(name) == "image":
+            # a setting that keeps the graph's inputs (Qwen2-VL's pixel budget: dynamic patches) keeps
+            # the bundle's calibration; a new input size is calibrated on the built-in drawings or speech
+            resized = setting and record.inputs != c.inputs
+            if resized and kinds.get(name) == "image":
                 feeds = _image_feeds(manifest, setting, c.inputs[0].name)
-            elif setting and kinds.get(name) == "audio":
+            elif resized and kinds.get(name) == "audio":
                 feeds = _audio_feeds(manifest, setting)
             for precision in (p for p in space.precisions_of(name, manifest) if p != "fp32"):
                 parts[(name, setting, precision)] = quantized_part(base, precision, profile, feeds, scratch)

@@ -37,9 +37,13 @@ class Candidate:
 
     def describe(self, manifest: Manifest) -> dict[str, str]:
         settings, precisions = dict(self.settings), dict(self.precisions)
+        images = {spec.encoder for kind, spec in manifest.prompt.media.items() if kind == "image"}
         out = {}
         for name in manifest.components:
             s = settings[name]
+            if len(s) == 1 and name in images:  # a pixel budget (Qwen2-VL): images within side x side
+                out[name] = f"{precisions[name]} <={s[0]}x{s[0]}px"
+                continue
             out[name] = precisions[name] + (f" {s[0]}px {s[1]}x{s[1]}" if len(s) == 2 else f" {s[0]:g}s" if s else "")
         return out
 
