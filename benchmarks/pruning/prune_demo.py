@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import random
 import tempfile
@@ -39,9 +40,10 @@ from pathlib import Path
 import torch
 
 import edgemfm
-from edgemfm.exporters.demo import load, save
+from edgemfm.configs import FinetuneConfig
+from edgemfm.exporters.demo import save, split
 from edgemfm.exporters.demo_sources import build_default
-from edgemfm.finetune import _features, _projected, _sequence, _tune, evaluate, read_examples, trainable
+from edgemfm.finetune import Trainee, _features, _tune, evaluate, load_trainee, read_examples, sequence, trainable
 from edgemfm.pruners.prune import PruneConfig, prune_model
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import count_parameters
@@ -74,29 +76,33 @@ def questions_by_type(examples: list, per_type: int, seed: int = 0) -> list:
     return [q for row in zip(*picked) for q in row]
 
 
-def embedded(model, tokenizer, examples: list, feats) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Each question with its media rows and its answer as decoder input embeddings [1, n, hidden],
-    and its labels [n]: the answer's ids (and end-of-turn) where they sit, -100 elsewhere."""
+def embedded(t: Trainee, examples: list, feats) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each question with its media rows and its answer as decoder input embeddings [1, n, hidden]
+    (finetune's own `sequence`), and its labels [n]: the answer's ids (and end-of-turn) where they
+    sit, -100 elsewhere."""
     sequences, labels = [], []
     with torch.no_grad():
-        for e, rows in zip(examples, _projected(model, examples, feats)):
-            seq, answer = _sequence(model, tokenizer, e, rows, True)
-            sequences.append(seq[None])
-            labels.append(torch.tensor([-100] * (seq.shape[0] - len(answer)) + answer))
+        for e in examples:
+            s = sequence(t, e, feats[e.media], True)
+            sequences.append(s.embeds[None])
+            labels.append(torch.tensor([-100] * (s.embeds.shape[0] - len(s.answer)) + s.answer))
     return sequences, labels
 
 
-def retune(model, tokenizer, train: list, feats, steps: int, lr: float, bar) -> dict:
+def retune(t: Trainee, train: list, feats, steps: int, lr: float, bar) -> dict:
     """Finetune's stage 2 again, against the pruned decoder: the projectors trained through the
     frozen (recovered) decoder on the answers, batches of 8 balanced across question types."""
-    model.requires_grad_(False)
-    for p in trainable(model):
+    t.model.requires_grad_(False)
+    for p in trainable(t):
         p.requires_grad_(True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as adapters:  # _tune's checkpoint files: the whole model is saved later
-        losses = _tune(model, train, feats, tokenizer, steps, 8, lr, random.Random(0), bar, Path(adapters), steps)
-    model.requires_grad_(False)
-    model.eval()
+        config = FinetuneConfig(
+            model="", data="", out=adapters, steps=steps, batch_size=8, lr=lr, checkpoint_every=steps
+        )  # only the stage 2 settings are read
+        losses = _tune(t, train, feats, config, random.Random(0), bar, Path(adapters))
+    t.model.requires_grad_(False)
+    t.model.eval()
     return {
         "steps": steps,
         "lr": lr,
@@ -105,9 +111,9 @@ def retune(model, tokenizer, train: list, feats, steps: int, lr: float, bar) -> 
     }
 
 
-def accuracy(model, tokenizer, held_out, feats, bar) -> dict:
+def accuracy(t: Trainee, held_out, feats, bar) -> dict:
     """Greedy exact match (finetune's evaluation): right answers, per prompt, and the first misses."""
-    report = evaluate(model, tokenizer, held_out, feats, bar)
+    report = evaluate(t, held_out, feats, bar)
     n = sum(report["questions"].values())
     right = n - len(report["misses"])
     by_prompt: dict[str, list[int]] = {}
@@ -192,10 +198,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def pruned_copy(base, config: PruneConfig | None, calibration: list, bar) -> tuple:
-    """A fresh copy of the demo model with its decoder pruned by `config` (None: unpruned), and
-    its structure columns (stages, decoder and MLP parameters)."""
-    model = copy.deepcopy(base)
+def pruned_copy(base: Trainee, source: Path, config: PruneConfig | None, calibration: list, bar) -> tuple:
+    """A fresh copy of the demo model with its decoder pruned by `config` (None: unpruned), as a
+    Trainee whose split is built on the pruned modules, and its structure columns (stages, decoder
+    and MLP parameters)."""
+    model = copy.deepcopy(base.model)
     lm = model.language_model
     row: dict = {}
     if config is not None:
@@ -207,7 +214,7 @@ def pruned_copy(base, config: PruneConfig | None, calibration: list, bar) -> tup
         ]
     row["decoder_parameters"] = count_parameters(lm)
     row["mlp_parameters"] = sum(p.numel() for layer in lm.model.layers for p in layer.mlp.parameters())
-    return model, row
+    return dataclasses.replace(base, model=model, split=split(model, source)), row
 
 
 def export_fp32(model, source: Path, checkpoint: Path, bundle: Path) -> float:
@@ -221,8 +228,6 @@ def export_fp32(model, source: Path, checkpoint: Path, bundle: Path) -> float:
 
 def main() -> None:
     args = parse_args()
-    from tokenizers import Tokenizer
-
     from edgemfm.cli import rich_progress
 
     work = args.work
@@ -230,9 +235,8 @@ def main() -> None:
     source = work / "default"
     if not (source / "model.safetensors").is_file():
         build_default(source)
-    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
-    base = load(source)
-    base.requires_grad_(False)
+    base = load_trainee(source)
+    base.model.requires_grad_(False)
     train, held_out = (
         read_examples(args.data, "train"),
         read_examples(args.data, "eval")[1::2],
@@ -246,10 +250,8 @@ def main() -> None:
         feats = _features(
             base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache"
         )
-        calibration = embedded(base, tokenizer, questions_by_type(train, PER_TYPE), feats)[0]
-        recovery_data, recovery_labels = embedded(
-            base, tokenizer, questions_by_type(train, args.recover_questions, seed=1), feats
-        )
+        calibration = embedded(base, questions_by_type(train, PER_TYPE), feats)[0]
+        recovery_data, recovery_labels = embedded(base, questions_by_type(train, args.recover_questions, seed=1), feats)
         settings = [(args.int8, SETTINGS[args.int8])] if args.int8 else [("none", None), *SETTINGS.items()]
         for name, config in settings:
             if args.only and not name.startswith(tuple(args.only)) and name != "none":
@@ -261,20 +263,20 @@ def main() -> None:
             )  # bundles are kept apart from the rows: a cached row may lack one
             if key in rows and not export:
                 continue
-            model, shape = pruned_copy(base, config, calibration, bar)
+            t, shape = pruned_copy(base, source, config, calibration, bar)
             row = rows.get(key) or {"setting": name, **shape}
             if export:
-                row["export_s"] = export_fp32(model, source, work / "checkpoints" / slug(name), bundle)
+                row["export_s"] = export_fp32(t.model, source, work / "checkpoints" / slug(name), bundle)
             if key not in rows:
                 if not args.int8:
-                    row["accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                    row["accuracy"] = accuracy(t, held_out, feats, bar)
                 if recovery is not None and config is not None:
-                    lm = model.language_model
+                    lm = t.model.language_model
                     lm.model.layers.requires_grad_(True)  # the base was frozen for evaluation; distil trains the layers
                     row["recovery"] = to_dict(  # rows.json holds plain JSON, read back as dicts
                         distil(
                             lm,
-                            base.language_model,
+                            base.model.language_model,
                             None,
                             [],
                             recovery,
@@ -283,12 +285,12 @@ def main() -> None:
                             labels=recovery_labels,
                         )
                     )
-                    row["recovered_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                    row["recovered_accuracy"] = accuracy(t, held_out, feats, bar)
                     if args.retune:
-                        row["retune"] = retune(model, tokenizer, train, feats, args.retune, args.retune_lr, bar)
-                        row["retuned_accuracy"] = accuracy(model, tokenizer, held_out, feats, bar)
+                        row["retune"] = retune(t, train, feats, args.retune, args.retune_lr, bar)
+                        row["retuned_accuracy"] = accuracy(t, held_out, feats, bar)
                 if args.int8:
-                    row.update(int8_row(model, source, work, slug(name), held_out, args.data))
+                    row.update(int8_row(t.model, source, work, slug(name), held_out, args.data))
             rows[key] = row
             rows_file.write_text(json.dumps(rows, indent=1) + "\n")
             print(json.dumps({key: {k: v for k, v in row.items() if k != "stages"}}), flush=True)
