@@ -1,6 +1,7 @@
 """Calibration calls for pruning each component: each runs the model on one sample.
 
-- text decoder: token ids of calibration texts (`importance.calibration_samples`);
+- text decoder: token ids of calibration texts (`importance.calibration_samples`); an
+  encoder-decoder's (Whisper's) reads each text against the encoder's states of a calibration clip;
 - vision encoder: calibration images (the folder's, or the quantizers' seeded drawings), each
   pre-processed by the runtime's own code (tiles, patches or one crop, as the family's manifest
   says) and passed through the family's export unit — the module the bundle will hold;
@@ -40,6 +41,31 @@ def text_calls(model: Any, tokenizer: Any, texts: Sequence[str]) -> list[Callabl
         lambda ids=ids: model(input_ids=ids, use_cache=False)
         for ids in importance.calibration_samples(tokenizer, texts)
     ]
+
+
+def cross_text_calls(
+    model: Any, model_dir: Path, tokenizer: Any, texts: Sequence[str], folder: str | Path | None
+) -> tuple[list[Callable[[], Any]], str]:
+    """One forward of an encoder-decoder `model` (Whisper) per calibration text, its decoder reading the
+    text as the continuation of a transcript and cross-attending to the encoder's states of one of the
+    clips its encoder is scored on (`media_calls`), in turn: the decoder never runs without them."""
+    from edgemfm.exporters import find_family
+    from edgemfm.runtimes.preprocess import PREPROCESSORS
+
+    split = find_family(json.loads((model_dir / "config.json").read_text())).split(model, model_dir)
+    cross = next(u.cross_attention for u in split.units.values() if u.cross_attention)
+    items, source = _items(cross.media, folder, split.preprocess)
+    encoder = model.get_encoder()
+    with torch.no_grad():
+        states = [
+            encoder(**{cross.input: torch.from_numpy(PREPROCESSORS[cross.media](item, split.preprocess)[0][None])})
+            for item in items
+        ]
+    limit = model.config.max_target_positions  # the decoder's position table
+    samples = [ids[:, :limit] for ids in importance.calibration_samples(tokenizer, texts)]
+    pairs = [(ids, states[i % len(states)]) for i, ids in enumerate(samples)]
+    calls = [lambda ids=ids, s=s: model(encoder_outputs=s, decoder_input_ids=ids, use_cache=False) for ids, s in pairs]
+    return calls, f"{len(texts)} texts, cross-attending to {source}"
 
 
 def _items(kind: str, folder: str | Path | None, preprocess: Any) -> tuple[list[Any], str]:

@@ -45,7 +45,7 @@ from edgemfm.exporters.family import Prunable
 from edgemfm.progress import Progress, counter, say
 from edgemfm.pruners import importance
 from edgemfm.pruners.checkpoint import TRANSFORMERS
-from edgemfm.pruners.data import media_calls, text_calls
+from edgemfm.pruners.data import cross_text_calls, media_calls, text_calls
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import (
     COMPONENTS,
@@ -214,11 +214,13 @@ STAGES = {"blocks": _blocks, "heads": _heads, "mlp": _mlp}  # in the order they 
 def _calls(
     dec: Stack, tokenizer: Any, texts: Sequence[str], model_dir: Path | None, media: str | Path | None
 ) -> tuple[list, str]:
-    if dec.component == "text_decoder":
+    if dec.component == "text_decoder" and not getattr(dec.model.config, "is_encoder_decoder", False):
         return text_calls(dec.model, tokenizer, texts), f"{len(texts)} texts"
     assert model_dir is not None, (
-        "encoders are scored through their family's export unit, found from the checkpoint directory"
+        "encoders (and an encoder-decoder's text decoder) are scored through their family's split, found from the checkpoint directory"
     )
+    if dec.component == "text_decoder":
+        return cross_text_calls(dec.model, model_dir, tokenizer, texts, media)
     return media_calls(dec.model, model_dir, dec.component, media)
 
 
@@ -335,6 +337,11 @@ def _check_source(
     configs = [config] if isinstance(config, PruneConfig) else list(config)
     if not configs:
         raise InputError("nothing to prune; pass --blocks N, --heads F or --mlp F")
+    if recover and json.loads((source / "config.json").read_text()).get("is_encoder_decoder"):
+        # distil continues calibration text with the teacher alone; this decoder reads the encoder's states too
+        raise InputError(
+            f"--recover {recover}: {source.name} is an encoder-decoder (Whisper) whose decoder reads audio; recovery distils decoders that read text alone; allowed: --recover 0"
+        )
     return configs, RecoveryConfig(steps=recover) if recover else None
 
 

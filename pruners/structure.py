@@ -2,7 +2,8 @@
 
 A `Stack` is one component's layers: the text decoder (any Hugging Face causal decoder whose
 layers read `self_attn.{q,k,v,o}_proj` and `mlp.{gate,up,down}_proj`: Llama, Mistral, Qwen2, and
-the language model inside LLaVA, Idefics3, Qwen2-Audio), a ViT-style vision encoder (CLIP, SigLIP,
+the language model inside LLaVA, Idefics3, Qwen2-Audio; or Whisper's decoder: `fc1/fc2` and a
+cross-attention to the encoder's states in every layer), a ViT-style vision encoder (CLIP, SigLIP,
 Idefics3: `mlp.fc1/fc2`) or a Whisper-style audio encoder (Whisper, Qwen2-Audio: `fc1/fc2`).
 Every removal is a real shape change — Linear weights are sliced, layers are dropped from the
 ModuleList and the config is rewritten to match — never a mask, so the exported graphs get smaller.
@@ -10,8 +11,9 @@ ModuleList and the config is rewritten to match — never a mask, so the exporte
     query head h reads KV head h // groups (transformers' repeat_kv): removing KV group k removes
     query heads k*groups .. k*groups + groups-1 with it, and their columns of o_proj.
 
-Heads are pruned in text decoders only: the encoders' attention (CLIP, SigLIP, Whisper) derives
-head_dim = hidden_size // num_heads, so a config with fewer heads would not load back.
+Heads are pruned in Llama-style text decoders only: the encoders' attention (CLIP, SigLIP, Whisper)
+and Whisper's decoder derive head_dim = hidden_size // num_heads, so a config with fewer heads
+would not load back.
 
 Example:
     >>> dec = find_stack(model, "text_decoder")            # doctest: +SKIP
@@ -58,6 +60,7 @@ class Layout:
 DECODER = Layout("num_hidden_layers", "intermediate_size", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", True)
 VIT = Layout("num_hidden_layers", "intermediate_size", ("mlp.fc1",), "mlp.fc2", False)
 WHISPER = Layout("encoder_layers", "encoder_ffn_dim", ("fc1",), "fc2", False)
+WHISPER_DECODER = Layout("decoder_layers", "decoder_ffn_dim", ("fc1",), "fc2", False)
 ENCODER_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -117,11 +120,15 @@ def _fits(layers: Any, attention: Sequence[str], layout: Layout) -> bool:
 
 
 def find_decoder(model: Any) -> Stack:
-    """The text decoder layers of `model`; an `UnsupportedModelError` when they are not Llama-style."""
+    """The text decoder layers of `model`, Llama-style or Whisper-style (its shapes in the top-level
+    config); an `UnsupportedModelError` when they are neither."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if not _fits(getattr(body, "layers", None), ATTENTION, DECODER):
-        raise UnsupportedModelError(type(model).__name__, SUPPORTED)
-    return Stack("text_decoder", model, body, model.config.get_text_config(), DECODER)
+    layers = getattr(body, "layers", None)
+    if _fits(layers, ATTENTION, DECODER):
+        return Stack("text_decoder", model, body, model.config.get_text_config(), DECODER)
+    if _fits(layers, ENCODER_ATTENTION, WHISPER_DECODER) and len(layers) == getattr(model.config, "decoder_layers", 0):
+        return Stack("text_decoder", model, body, model.config, WHISPER_DECODER)
+    raise UnsupportedModelError(type(model).__name__, SUPPORTED)
 
 
 def _find_encoder(model: Any, component: str) -> Stack:
@@ -186,8 +193,9 @@ def drop_blocks(dec: Stack, remove: Sequence[int]) -> None:
     assert kept, "at least one layer must stay"
     dec.body.layers = torch.nn.ModuleList(dec.layers[i] for i in kept)
     for new, layer in enumerate(dec.layers):
-        if hasattr(layer.self_attn, "layer_idx"):
-            layer.self_attn.layer_idx = new  # the cache is indexed by this
+        for module in layer.modules():  # self- and (Whisper) cross-attention: each cache is indexed by this
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
     setattr(dec.config, dec.layout.layers, len(kept))
     if getattr(dec.config, "layer_types", None):  # sliding/full attention per layer
         dec.config.layer_types = [dec.config.layer_types[i] for i in kept]

@@ -283,3 +283,38 @@ def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
     assert losses[1.0] < 0.5 * losses[0.0], losses
     with pytest.raises(InputError, match="label weight 1 needs one label tensor per sequence"):
         distil(student, teacher, tokenizer, texts, RecoveryConfig(steps=1, label_weight=1.0), sequences=sequences)
+
+
+def test_whisper_decoder_loses_blocks_and_channels_and_loads(tmp_path, capsys):
+    source, pruned = tiny_whisper(tmp_path / "whisper"), tmp_path / "pruned"
+    assert main(["prune", "--model", str(source), "--out", str(pruned), "--blocks", "1", "--mlp", "0.2"]) == 0
+    original, model = _load(source), _load(pruned)  # loads: the rewritten config matches every weight
+    config = json.loads((pruned / "config.json").read_text())
+    fields = ("decoder_layers", "decoder_ffn_dim", "encoder_layers", "encoder_ffn_dim")
+    assert {k: config[k] for k in fields} == {
+        "decoder_layers": 1,
+        "decoder_ffn_dim": 120,
+        "encoder_layers": 2,
+        "encoder_ffn_dim": 150,
+    }
+    expected = _encoder_removed(original, lambda m: m.model.decoder.layers, 1, 30)  # fc1/fc2 as in the encoders
+    assert count_parameters(original) - count_parameters(model) == expected
+    report = read_report(pruned)
+    assert {s.component for s in report.stages} == {"text_decoder"}
+    assert "cross-attending to built-in" in report.calibration.items["text_decoder"]
+    tokens = model.generate(input_features=torch.randn(1, 80, 3000), max_new_tokens=3)  # self and cross caches
+    assert tokens.shape[1] >= 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mlp", "0.2", "--recover", "4"], "--recover 4: whisper is an encoder-decoder"),
+        (["--heads", "0.5"], "--heads on the text_decoder"),
+    ],
+)
+def test_whisper_decoder_refusals_name_what_is_allowed(tmp_path, capsys, flags, message):
+    source = tiny_whisper(tmp_path / "whisper")
+    assert main(["prune", "--model", str(source), "--out", str(tmp_path / "pruned"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "allowed" in err and "Traceback" not in err and "unsupported architecture" not in err
