@@ -28,6 +28,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime",
     "runtime-audio-preprocess",
     "runtime-chat",
+    "runtime-decode-profile-placeholder",
     "quantization-efficientnet-mnist",
     "quantization-smollm2",
     "quantization-demo-auto",

@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--k", type=int, default=5, help="a verify call takes k + 1 tokens")
     p.add_argument("--name", default="runtime-decode-profile", help="the result file's name")
+    p.add_argument("--model", default="", help="what the bundles hold, for the section's title")
     args = p.parse_args()
     measured = rates(args.bundles, args.context, args.steps, args.rounds, args.k)
     rows = []
@@ -152,7 +153,8 @@ def main() -> None:
     path = record.write(
         args.name,
         rows,
-        title="Decode step under ONNX Runtime's profiler (SmolLM2-135M-Instruct, one thread)",
+        title=f"Decode step under ONNX Runtime's profiler ({args.model or 'edgemfm bundles'}, one thread, "
+        f"load average {' / '.join(load)})",
         load_average=load,
         settings=vars(args) | {"bundles": [str(b) for b in args.bundles]},
     )
