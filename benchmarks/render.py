@@ -29,6 +29,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-audio-preprocess",
     "runtime-chat",
     "runtime-decode-profile-placeholder",
+    "runtime-decode-profile-smollm2",
+    "decode-side-by-side-smollm2",
     "quantization-efficientnet-mnist",
     "quantization-smollm2",
     "quantization-demo-auto",
