@@ -129,7 +129,7 @@ def _decoder_feeds(kv, hidden: int, past: int, seq: int, first_position: int, ma
 def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, seq, first_position, mask_zeros):
     """The fused decoder against the unfused export on every way the runtime calls it: a first
     prefill, one token, a chunk after a cache, a sliding window whose kept entries sit far behind
-    the next position (past the model's 2,048 trained positions: streams go on), and a mask with
+    the next position (at 5,000, past the rotary table: fed re-based, as the runtime does), and a mask with
     hidden entries."""
     import onnxruntime as ort
 
