@@ -179,7 +179,8 @@ def test_rotary_inside_attention_streams_past_its_table_like_the_unfused_graph(u
 
     bundle, fused, report = unfused_llama
     kv = read_manifest(bundle).components["text_decoder"].kv_cache
-    layout = _fused_layout(kv, fused)
+    # the runtime may re-base before the graph's table ends (exact all the same): 1,024 keeps the stream short
+    layout = dataclasses.replace(_fused_layout(kv, fused), rotary_table=1024)
     graph = onnx.load(str(fused)).graph
     assert report.rules_fired["rotary_attention.rotary_attention"] == kv.layers
     assert all(

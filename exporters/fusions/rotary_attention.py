@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-TABLE = 1024  # positions of the cos/sin table: SmolLM2's is 256 KiB; a stream re-bases every ~TABLE tokens
+TABLE = 8192  # the kernel wants rows for the whole cache (total_sequence_length), not only the positions fed: the largest profile max_seq_len; SmolLM2: 2 MiB
 BNSH = [0, 2, 1, 3]
 ROTARY = ("ai.onnxruntime._fusion", "RotaryEmbedding")
 METADATA = "edgemfm.rotary_table"
