@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from edgemfm.errors import EdgemfmError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.fusions import fuse
-from edgemfm.manifest import Component, TensorSpec
+from edgemfm.manifest import Component, KVCache, TensorSpec
 from edgemfm.report import Delegation, Fusion, Parity
 
 OPSET = 18
@@ -108,6 +109,18 @@ def _parity(
     return diff, scale, grown
 
 
+def _with_rotary_table(kv: KVCache | None, proto: Any) -> KVCache | None:
+    """The cache layout plus the cos/sin table the fused GroupQueryAttention reads, where the fusion put one in."""
+    import json
+
+    from edgemfm.exporters.fusions.rotary_attention import METADATA
+
+    table = next((json.loads(p.value) for p in proto.metadata_props if p.key == METADATA), None)
+    if kv is None or table is None:
+        return kv
+    return replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
+
+
 def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, Parity]:
     """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
     import onnx
@@ -130,7 +143,8 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
     fusion = fuse(path) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
-    graph = onnx.load(str(path), load_external_data=False).graph
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
         file=path.name,
@@ -140,7 +154,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         outputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.output_names, reference)),
         weight_bytes=weight_bytes,
         peak_activation_bytes=max(peak, measured or 0),
-        kv_cache=unit.kv_cache,
+        kv_cache=_with_rotary_table(unit.kv_cache, proto),
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )

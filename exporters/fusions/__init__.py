@@ -27,6 +27,7 @@ FUSIONS = (
     "rotary",
     "attention",
     "group_query_attention",
+    "rotary_attention",
     "gelu",
     "silu",
     "fused_matmul",
