@@ -121,8 +121,11 @@ def _with_rotary_table(kv: KVCache | None, proto: Any) -> KVCache | None:
     return replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, Parity]:
-    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
+def write_onnx(
+    unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True, max_seq_len: int | None = None
+) -> tuple[Component, Parity]:
+    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it;
+    `max_seq_len` sizes a decoder's rotary table (exporters/fusions/rotary_attention.py)."""
     import onnx
     import onnx.numpy_helper
 
@@ -141,7 +144,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
             verbose=False,
         )
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
-    fusion = fuse(path) if fuse_ops else Fusion(skipped="export --no-fuse")
+    fusion = fuse(path, max_seq_len) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
     proto = onnx.load(str(path), load_external_data=False)
     graph = proto.graph
@@ -179,8 +182,9 @@ def write_units(
 ) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation]]:
     """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
 
-    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs; no
-    backend delegation happens at export, so the delegation returned is empty.
+    The ONNX decoder's cache grows call by call; `max_seq_len`, the most it holds, sizes only the
+    cos/sin table of a rotation fused into GroupQueryAttention. No backend delegation happens at
+    export, so the delegation returned is empty.
 
     Example:
         >>> components, parity, delegation = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
@@ -188,5 +192,5 @@ def write_units(
     components, parity = {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
-        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse)
+        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse, max_seq_len)
     return components, parity, {}

@@ -49,7 +49,9 @@ def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
     # the rotation inside the kernel: its table's length and frequencies in the manifest for the runtime
     kv = m.components["text_decoder"].kv_cache
     assert fusion.rules_fired["rotary_attention.rotary_attention"] == layers
-    assert kv.rotary_table > 0 and len(kv.rotary_frequencies) == kv.head_dim // 2
+    assert kv.rotary_table == m.streaming.max_seq_len and len(kv.rotary_frequencies) == kv.head_dim // 2
+    tables = {i.name: tuple(i.dims) for i in graph.initializer if i.name.startswith("rotary_")}
+    assert tables == {f"rotary_{k}_cache": (m.streaming.max_seq_len, kv.head_dim // 2) for k in ("cos", "sin")}
 
 
 def test_vision_layernorm_attention_and_gelu_are_fused(default_bundle):
@@ -101,7 +103,7 @@ def unfused_llama(tmp_path_factory, placeholder_model):
     )
     fused = base / "fused.onnx"
     fused.write_bytes((bundle / "text_decoder.onnx").read_bytes())
-    return bundle, fused, fuse(fused)
+    return bundle, fused, fuse(fused, read_manifest(bundle).streaming.max_seq_len)
 
 
 def _decoder_feeds(kv, hidden: int, past: int, seq: int, first_position: int, mask_zeros: int = 0) -> dict:
@@ -209,6 +211,53 @@ def test_rotary_inside_attention_streams_past_its_table_like_the_unfused_graph(u
     assert caches[0].position == caches[1].position > 2 * layout.rotary_table > 2 * caches[0].max_len
     assert caches[1].base > layout.rotary_table and caches[0].length == caches[1].length == 256
     assert worst["before"] <= 1e-4 and worst["after"] <= 2e-3
+
+
+def test_a_table_as_long_as_the_cache_serves_it_full_as_the_stream_slides(unfused_llama, tmp_path):
+    """Fused for a 64-position cache, the decoder holds a 64-row table; the kernel wants a row per cached
+    entry, and a full cache (64 entries) streamed on past twice the table matches the unfused graph."""
+    import onnxruntime as ort
+
+    bundle, _, _ = unfused_llama
+    kv = read_manifest(bundle).components["text_decoder"].kv_cache
+    path = tmp_path / "short.onnx"
+    path.write_bytes((bundle / "text_decoder.onnx").read_bytes())
+    assert fuse(path, max_seq_len=64).rules_fired["rotary_attention.rotary_attention"] == kv.layers
+    layout = _fused_layout(kv, path)
+    graph = onnx.load(str(path)).graph
+    assert layout.rotary_table == 64
+    assert {tuple(i.dims) for i in graph.initializer if i.name.startswith("rotary_")} == {(64, kv.head_dim // 2)}
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", path)
+    ]
+    names = [o.name for o in sessions[0].get_outputs()]
+    caches = [KVCache(kv, max_len=64, sinks=4), KVCache(layout, max_len=64, sinks=4)]
+    rng, worst, fullest = np.random.default_rng(1), 0.0, 0
+    for seq in [60, 1, 1, 30, 1, 20, 20, 1, 40, 3, 1]:
+        x = rng.standard_normal((1, seq, sessions[0].get_inputs()[0].shape[2]), np.float32)
+        logits = []
+        for cache, session in zip(caches, sessions):
+            cache.make_room(seq)
+            out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
+            cache.advance(out, seq)
+            logits.append(out["logits"])
+        fullest = max(fullest, caches[1].length)
+        worst = max(worst, np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
+    assert fullest == 64 and caches[1].position > 2 * layout.rotary_table and caches[1].base > 0
+    assert worst <= 2e-3
+
+
+def test_a_graph_fused_without_a_cache_length_keeps_the_rotation_outside(unfused_llama, tmp_path):
+    """No max_seq_len, no table to size: attention still fuses, the rotation stays before it."""
+    bundle, _, _ = unfused_llama
+    path = tmp_path / "unsized.onnx"
+    path.write_bytes((bundle / "text_decoder.onnx").read_bytes())
+    report = fuse(path)
+    assert "rotary_attention.rotary_attention" not in report.rules_fired
+    assert report.fused_ops["GroupQueryAttention"] == read_manifest(bundle).components["text_decoder"].kv_cache.layers
+    graph = onnx.load(str(path))
+    assert METADATA not in {p.key for p in graph.metadata_props}
+    assert not any(i.name.startswith("rotary_") for i in graph.graph.initializer)
 
 
 def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):

@@ -171,6 +171,11 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
     [
         ({"prefill_chunk": 300, "max_seq_len": 256}, "prefill_chunk=300, max_seq_len=256"),
         ({"window": 3}, "unknown streaming setting 'window'; allowed: audio_window_s"),
+        # the decoder rotates inside GroupQueryAttention from a table of the export's max_seq_len rows
+        (
+            {"max_seq_len": 4096},
+            "max_seq_len 4096 is past the decoder's rotary table of 2048 positions; allowed: 1 to 2048",
+        ),
     ],
 )
 def test_bad_streaming_settings_are_named(default_bundle, overrides, message):

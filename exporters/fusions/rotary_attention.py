@@ -9,9 +9,11 @@ What the `rotary` and `group_query_attention` rules leave per layer:
       becomes  GroupQueryAttention(q, k, v, past K, past V, ..., cos_cache, sin_cache, position_ids,
                                    attention_bias, do_rotary=1)
 
-The kernel rotates q and the new k itself, reading rows of a cos/sin table of `TABLE` positions:
-the table is the graph's own cos/sin subgraph evaluated at positions 0..TABLE-1 (so a family's
-frequency scaling comes along), and the subgraph goes. A stream is not bounded by the table:
+The kernel rotates q and the new k itself, reading rows of a cos/sin table: the graph's own cos/sin
+subgraph evaluated at positions 0..max_seq_len-1 (so a family's frequency scaling comes along), and
+the subgraph goes. The kernel wants a row for every cached entry (total_sequence_length), not only
+for the positions fed, so the table is as long as the cache the export is for (`max_seq_len`): a
+pi5 decoder holds 1,024 rows, and loading it with a longer cache is refused (runtimes/pipeline.py). A stream is not bounded by the table:
 attention with RoPE depends only on the distance between positions, so the runtime feeds
 `position - base` and, when that would pass the table, moves `base` up to the next position and
 rotates every cached key back by the same amount once (runtimes/kvcache.py); each token keeps its
@@ -20,10 +22,10 @@ and returns for the manifest.
 
 Fused only where the rotation is a plain one: full head width, halves not interleaved, one table
 for every layer computed from `position_ids` alone, cos² + sin² = 1 (no attention scaling folded
-in) and each column a fixed frequency (angle ∝ position). Anything else stays as it was.
+in) and each column a fixed frequency (angle ∝ position). Anything else stays as it was, and so does a graph fused without a `max_seq_len`.
 
 Example:
-    >>> apply(model)   # doctest: +SKIP
+    >>> apply(model, max_seq_len=2048)   # doctest: +SKIP
     {'rotary_attention': 30}
 """
 
@@ -33,27 +35,33 @@ from typing import Any
 
 import numpy as np
 
-TABLE = 8192  # the kernel wants rows for the whole cache (total_sequence_length), not only the positions fed: the largest profile max_seq_len; SmolLM2: 2 MiB
+OPTIONS = ("max_seq_len",)  # the export's cache length sizes the table
+# Positions at least at which the subgraph is checked for a plain rotation and its frequencies are read, however
+# short the table kept: a few rows would fit any angle and give the frequencies to fewer digits.
+CHECKED = 1024
 BNSH = [0, 2, 1, 3]
 ROTARY = ("ai.onnxruntime._fusion", "RotaryEmbedding")
 METADATA = "edgemfm.rotary_table"
 
 
-def apply(model: Any) -> dict[str, int]:
-    """Move the rotation into every GroupQueryAttention whose q and k are rotated by one plain table; the
-    table's length and frequencies go in the model's metadata (`rotary_table`), which the manifest takes."""
+def apply(model: Any, max_seq_len: int | None = None) -> dict[str, int]:
+    """Move the rotation into every GroupQueryAttention whose q and k are rotated by one plain table of
+    `max_seq_len` rows (None: nothing fuses); the table's length and frequencies go in the model's
+    metadata (`rotary_table`), which the manifest takes."""
     import json
 
-    found = fuse(model)
+    found = fuse(model, max_seq_len) if max_seq_len else None
     if found is None:
         return {"rotary_attention": 0}
     nodes, frequencies = found
-    model.metadata_props[METADATA] = json.dumps({"table": TABLE, "frequencies": [float(f) for f in frequencies]})
+    table = {"table": max_seq_len, "frequencies": [float(f) for f in frequencies]}
+    model.metadata_props[METADATA] = json.dumps(table)
     return {"rotary_attention": len(nodes)}
 
 
-def fuse(model: Any) -> tuple[list[Any], np.ndarray] | None:
-    """(the new GroupQueryAttention nodes, the table's frequencies [d/2]), or None where nothing fused."""
+def fuse(model: Any, rows: int) -> tuple[list[Any], np.ndarray] | None:
+    """(the new GroupQueryAttention nodes, the table's frequencies [d/2]), or None where nothing fused;
+    the table holds `rows` positions."""
     import onnx_ir as ir
 
     graph = model.graph
@@ -65,7 +73,7 @@ def fuse(model: Any) -> tuple[list[Any], np.ndarray] | None:
     matches = [m for n in nodes if (m := _match(n))]
     if not matches or len(matches) != len(nodes) or len({(id(m["cos"]), id(m["sin"])) for m in matches}) != 1:
         return None  # one table serves every layer, or none is fused (the runtime re-bases every key)
-    table = _table(model, positions, matches[0]["cos"], matches[0]["sin"])
+    table = _table(model, positions, matches[0]["cos"], matches[0]["sin"], rows)
     if table is None:
         return None
     cos, sin, frequencies = table
@@ -118,9 +126,11 @@ def _match(gqa: Any) -> dict[str, Any] | None:
     return {"gqa": gqa, "q": q[0], "k": k[0], "cos": q[1], "sin": q[2]}
 
 
-def _table(model: Any, positions: Any, cos: Any, sin: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The cos/sin subgraph run at positions 0..TABLE-1: (cos [TABLE, d/2], sin, frequencies [d/2]), or None
-    where it reads more than the positions or is no plain rotation."""
+def _table(
+    model: Any, positions: Any, cos: Any, sin: Any, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The cos/sin subgraph run at positions 0..rows-1: (cos [rows, d/2], sin, frequencies [d/2]), or None
+    where it reads more than the positions or is no plain rotation (checked at CHECKED positions or more)."""
     import onnx
     import onnx_ir as ir
     import onnxruntime as ort
@@ -147,21 +157,22 @@ def _table(model: Any, positions: Any, cos: Any, sin: Any) -> tuple[np.ndarray, 
     opset = model.opset_imports.get("", 18)
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    c, s = (t[0] for t in session.run(None, {positions.name: np.arange(TABLE, dtype=np.int64)[None]}))
+    checked = max(rows, CHECKED)
+    c, s = (t[0] for t in session.run(None, {positions.name: np.arange(checked, dtype=np.int64)[None]}))
     half = c.shape[-1] // 2
     if (
         c.ndim != 2
-        or c.shape[0] != TABLE
+        or c.shape[0] != checked
         or not (np.allclose(c[:, :half], c[:, half:]) and np.allclose(s[:, :half], s[:, half:]))
     ):
         return None
-    c, s = np.ascontiguousarray(c[:, :half]), np.ascontiguousarray(s[:, :half])
+    c, s = c[:, :half], s[:, :half]
     angles = np.unwrap(np.arctan2(s.astype(np.float64), c.astype(np.float64)), axis=0)
-    frequencies = angles[-1] / (TABLE - 1)
+    frequencies = angles[-1] / (checked - 1)
     plain = np.allclose(c**2 + s**2, 1, atol=1e-5) and np.allclose(
-        angles, np.arange(TABLE)[:, None] * frequencies, atol=1e-3
+        angles, np.arange(checked)[:, None] * frequencies, atol=1e-3
     )
-    return (c, s, frequencies) if plain else None
+    return (np.ascontiguousarray(c[:rows]), np.ascontiguousarray(s[:rows]), frequencies) if plain else None
 
 
 def _replace(graph: Any, m: dict[str, Any], caches: list[Any], positions: Any) -> Any:
