@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from edgemfm.errors import EdgemfmError
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.exporters.fusions import fuse
-from edgemfm.manifest import Component, TensorSpec
+from edgemfm.manifest import Component, KVCache, TensorSpec
 from edgemfm.report import Delegation, Fusion, Parity
 
 OPSET = 18
@@ -108,8 +109,23 @@ def _parity(
     return diff, scale, grown
 
 
-def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True) -> tuple[Component, Parity]:
-    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it."""
+def _with_rotary_table(kv: KVCache | None, proto: Any) -> KVCache | None:
+    """The cache layout plus the cos/sin table the fused GroupQueryAttention reads, where the fusion put one in."""
+    import json
+
+    from edgemfm.exporters.fusions.rotary_attention import METADATA
+
+    table = next((json.loads(p.value) for p in proto.metadata_props if p.key == METADATA), None)
+    if kv is None or table is None:
+        return kv
+    return replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
+
+
+def write_onnx(
+    unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True, max_seq_len: int | None = None
+) -> tuple[Component, Parity]:
+    """Export `unit` to `path`, fuse it (unless told not to), check it in ONNX Runtime, and describe it;
+    `max_seq_len` sizes a decoder's rotary table (exporters/fusions/rotary_attention.py)."""
     import onnx
     import onnx.numpy_helper
 
@@ -128,9 +144,10 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
             verbose=False,
         )
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
-    fusion = fuse(path) if fuse_ops else Fusion(skipped="export --no-fuse")
+    fusion = fuse(path, max_seq_len) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships
-    graph = onnx.load(str(path), load_external_data=False).graph
+    proto = onnx.load(str(path), load_external_data=False)
+    graph = proto.graph
     weight_bytes = sum(onnx.numpy_helper.to_array(init).nbytes for init in graph.initializer)
     component = Component(
         file=path.name,
@@ -140,7 +157,7 @@ def write_onnx(unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = 
         outputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.output_names, reference)),
         weight_bytes=weight_bytes,
         peak_activation_bytes=max(peak, measured or 0),
-        kv_cache=unit.kv_cache,
+        kv_cache=_with_rotary_table(unit.kv_cache, proto),
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )
@@ -165,8 +182,9 @@ def write_units(
 ) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation]]:
     """Write each unit as `stage/<name>.onnx` (fused unless `fuse` is False).
 
-    The ONNX decoder's cache grows call by call, so `max_seq_len` bounds nothing in the graphs; no
-    backend delegation happens at export, so the delegation returned is empty.
+    The ONNX decoder's cache grows call by call; `max_seq_len`, the most it holds, sizes only the
+    cos/sin table of a rotation fused into GroupQueryAttention. No backend delegation happens at
+    export, so the delegation returned is empty.
 
     Example:
         >>> components, parity, delegation = write_units(split.units, stage, 1e-4, print, max_seq_len=2048)  # doctest: +SKIP
@@ -174,5 +192,5 @@ def write_units(
     components, parity = {}, {}
     for name, unit in units.items():
         advance(f"exporting {name}")
-        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse)
+        components[name], parity[name] = write_onnx(unit, stage / f"{name}.onnx", tolerance, fuse, max_seq_len)
     return components, parity, {}

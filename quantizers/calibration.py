@@ -196,9 +196,10 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     # Equal-length windows over the joined prompts: ONNX Runtime's histogram calibrators
     # (percentile, entropy) stack every feed's activations and need one shape.
     stream = np.concatenate(embeds_stream)
-    # no longer than the decoder's positions (Whisper's learned table ends at max_target_positions)
+    # no longer than the decoder's positions (Whisper's learned table ends at max_target_positions; a
+    # rotation inside GroupQueryAttention reads a table of kv.rotary_table positions)
     width = min(
-        max(shortest, stream.shape[0] // MAX_ITEMS), manifest.streaming.max_seq_len
+        max(shortest, stream.shape[0] // MAX_ITEMS), manifest.streaming.max_seq_len, kv.rotary_table or 1 << 62
     )  # at most MAX_ITEMS windows
     for at in range(0, len(ids_stream) - width + 1, width):
         feeds[g.embedding].append({"input_ids": np.asarray([ids_stream[at : at + width]], np.int64)})

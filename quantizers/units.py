@@ -28,6 +28,9 @@ _BLOCK = re.compile(r"(?:^|\.)_?((?:layers|layer|blocks|block|h|stages)\.\d+)(?:
 WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
 # Smaller weights are not worth a quantize/dequantize pair: they cost more time than bytes saved.
 MIN_PARAMS = 1024
+# op type -> indices of stored inputs that are lookup tables, not weights: GroupQueryAttention's cos/sin
+# caches (exporters/fusions/rotary_attention.py) are exact rotations, read a row per position; no unit.
+TABLE_INPUTS = {"GroupQueryAttention": (7, 8)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,9 @@ def weighted_units(model: Any, component: str) -> tuple[list[Unit], dict[str, st
     units, skipped = [], {}
     for node in model.graph.node:
         if node.op_type not in WEIGHT_INPUT or len(node.input) <= WEIGHT_INPUT[node.op_type]:
-            big = [i for i in node.input if i in inits and _count(tuple(inits[i].dims)) >= MIN_PARAMS]
+            tables = {node.input[i] for i in TABLE_INPUTS.get(node.op_type, ()) if i < len(node.input)}
+            stored = [i for i in node.input if i in inits and i not in tables]
+            big = [i for i in stored if _count(tuple(inits[i].dims)) >= MIN_PARAMS]
             if big and inits[big[0]].data_type == TensorProto.FLOAT:  # e.g. a fused Attention's packed QKV weights
                 skipped[unit_name(component, module_path(node))] = (
                     f"{node.op_type} {node.name}: no quantizer for this op's weights"

@@ -48,7 +48,9 @@ class Decoder:
 
     def run(self, cache: KVCache, embeds: np.ndarray) -> np.ndarray:
         """Logits [seq, vocab] for `embeds` [1, seq, hidden] after the cache; the cache grows by seq."""
-        seq = embeds.shape[1]
+        seq, table = embeds.shape[1], self.layout.rotary_table
+        if table and seq > table:  # one call's positions fit the kernel's cos/sin table
+            return np.concatenate([self.run(cache, embeds[:, i : i + table]) for i in range(0, seq, table)])
         cache.make_room(seq)
         out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
         cache.advance(out, seq)

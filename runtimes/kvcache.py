@@ -8,6 +8,11 @@ rolls back rejected tokens.
 
 Keys are cached after the rotary embedding, so kept entries keep their original positions; new
 tokens take the next absolute position, and the attention mask covers exactly the kept entries.
+Where the rotation is inside GroupQueryAttention (`rotary_table` > 0), the kernel reads a cos/sin
+table of that many positions, so the cache feeds `position - base`; when a call would pass the
+table, `base` moves to the next position and every cached key is rotated back by the same angle,
+once: RoPE attention depends only on the distance between positions, which stays exact for every
+kept entry, so a stream still goes on forever (the unfused graph's results, tested past the table).
 
 Example:
     >>> cache = KVCache(manifest_kv, max_len=2048, sinks=4)  # doctest: +SKIP
@@ -42,6 +47,9 @@ class KVCache:
         ] = {}  # inputs every call takes unchanged (an encoder-decoder's cross-attention K/V)
         # M-RoPE (generation.positions "mrope"): the prompt's 3-D positions, and the shift of every later position
         self.mrope: tuple[np.ndarray, int] | None = None
+        self.table, self.base = layout.rotary_table, 0  # fed positions are position - base, below table
+        self.frequencies = np.asarray(layout.rotary_frequencies, np.float64)
+        self.key_names = [self.past_names[i] for i, (_, kind) in enumerate(names) if kind == "key"]
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
         """The decoder's cache, mask and position inputs for `seq` new tokens."""
@@ -55,7 +63,7 @@ class KVCache:
     def position_ids(self, seq: int) -> np.ndarray:
         """[1, seq] positions of the next `seq` tokens, or [3, 1, seq] with M-RoPE: the prompt's own
         3-D positions, then every axis at the absolute position plus the shift."""
-        return decoder_positions(self.position, seq, self.mrope)
+        return decoder_positions(self.position - self.base, seq, self.mrope)
 
     def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
         """Take the decoder's grown cache after it consumed `seq` tokens."""
@@ -64,7 +72,10 @@ class KVCache:
         self.position += seq
 
     def make_room(self, incoming: int) -> None:
-        """Slide the window so `incoming` more entries fit in `max_len`, keeping the sink entries."""
+        """Slide the window so `incoming` more entries fit in `max_len`, keeping the sink entries; re-base
+        the positions where the rotary table would end within the `incoming` ones."""
+        if self.table and self.position - self.base + incoming > self.table:
+            self.rebase()
         if self.length + incoming <= self.max_len:
             return
         recent = self.max_len - self.sinks - incoming
@@ -73,6 +84,12 @@ class KVCache:
         self._slice(lambda a: np.concatenate([a[:, :, :head], a[:, :, tail:]], axis=2))
         self.evicted += tail - head
         self.length = head + recent
+
+    def rebase(self) -> None:
+        """The next token at fed position 0: every cached key rotated back by the positions skipped."""
+        for name in self.key_names:
+            self.values[name] = rotate(self.values[name], self.base - self.position, self.frequencies)
+        self.base = self.position
 
     def rollback(self, n: int) -> None:
         """Forget the last `n` entries (tokens a speculative step proposed and the target rejected)."""
@@ -83,3 +100,19 @@ class KVCache:
 
     def _slice(self, cut: Callable[[np.ndarray], np.ndarray]) -> None:
         self.values = {name: np.ascontiguousarray(cut(v)) for name, v in self.values.items()}
+
+
+def rotate(keys: np.ndarray, positions: int, frequencies: np.ndarray) -> np.ndarray:
+    """Keys [..., d] (rotate-half RoPE layout: pairs (i, i + d/2)) moved by `positions` positions: what
+    the rotation at position p + positions gives where `keys` hold the one at p. Computed in float64,
+    so a stream's re-bases add no more than one rounding each.
+
+    Example:
+        >>> rotate(np.array([[1.0, 0.0]]), 3, np.array([np.pi / 6])).round(6).tolist()
+        [[0.0, 1.0]]
+    """
+    angle = positions * np.asarray(frequencies, np.float64)
+    cos, sin = np.cos(angle), np.sin(angle)
+    first, second = np.split(keys.astype(np.float64), 2, axis=-1)
+    turned = np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    return turned.astype(keys.dtype)

@@ -618,7 +618,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-seq-len",
         type=A.AT_LEAST_ONE,
         default=None,
-        help="positions of a pte program's static KV cache (default: the profile's)",
+        help="positions the KV cache holds: a pte program's static cache, an onnx decoder's rotary table (default: the profile's)",
     )
     e.add_argument(
         "--prune",

@@ -63,7 +63,9 @@ class ExportConfig:
     calibration: str | None = None  # folder of images, .wav clips and prompt .txt files; None: the built-in set
     memory_budget_mb: float | None = None  # MiB the weights must fit in under auto; None: the profile's
     accuracy_tolerance_db: float = DEFAULT_TOLERANCE_DB  # least SQNR of each component's output under auto
-    max_seq_len: int | None = None  # positions of a pte program's static KV cache; None: the profile's
+    max_seq_len: int | None = (
+        None  # positions the KV cache holds (pte static cache, onnx rotary table); None: the profile's
+    )
     fuse: bool = True  # False keeps plain ONNX ops, for runtimes without the contrib fused ops
     prune: tuple[str, ...] = ()  # prune specs ("mlp=0.2", "vision_encoder:blocks=1"), applied first
     recover: int = 0  # with prune: distillation steps from the unpruned model; 0: none

@@ -146,7 +146,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     `memory_budget_mb` and `accuracy_tolerance_db`, the least SQNR of each component's output);
     `calibration` is a folder of images and prompt .txt files (default: a built-in set).
     `max_seq_len` (default: the profile's `streaming.max_seq_len`, and at most that) sizes the
-    static KV cache of a pte program: the prompt, its media rows and the answer must fit in it.
+    static KV cache of a pte program (the prompt, its media rows and the answer must fit in it) and
+    an onnx decoder's rotary table (a bundle loads with a cache of at most that many positions).
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
     the report's "pruning" says what went, where and why. `progress` hears what is happening

@@ -46,6 +46,11 @@ class KVCache:
     kind: Literal["dynamic", "static"] = "dynamic"
     max_seq_len: int = 0  # static: positions the buffers hold (prompt + answer)
     position: str = ""  # static: input taking the cache positions [seq] of this call's tokens
+    # dynamic, rotary inside GroupQueryAttention (exporters/fusions/rotary_attention.py): positions of its
+    # cos/sin table (0: rotated outside the kernel, positions unbounded) and the angle per position of each
+    # rotated pair, with which the runtime re-bases the cached keys when a stream passes the table
+    rotary_table: int = 0
+    rotary_frequencies: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

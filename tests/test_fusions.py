@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 
 from edgemfm.bundle import read_manifest
 from edgemfm.exporters.fusions import fuse
+from edgemfm.exporters.fusions.rotary_attention import METADATA
+from edgemfm.runtimes.kvcache import KVCache
 
 
 def _ops(path) -> Counter:
@@ -42,6 +46,12 @@ def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert {producers[o.name] for o in graph.output if o.name.startswith("present.")} == {"GroupQueryAttention"}
     assert fusion.nodes_after < 0.6 * fusion.nodes_before
+    # the rotation inside the kernel: its table's length and frequencies in the manifest for the runtime
+    kv = m.components["text_decoder"].kv_cache
+    assert fusion.rules_fired["rotary_attention.rotary_attention"] == layers
+    assert kv.rotary_table == m.streaming.max_seq_len and len(kv.rotary_frequencies) == kv.head_dim // 2
+    tables = {i.name: tuple(i.dims) for i in graph.initializer if i.name.startswith("rotary_")}
+    assert tables == {f"rotary_{k}_cache": (m.streaming.max_seq_len, kv.head_dim // 2) for k in ("cos", "sin")}
 
 
 def test_vision_layernorm_attention_and_gelu_are_fused(default_bundle):
@@ -57,11 +67,11 @@ def test_silu_becomes_quick_gelu_and_what_stays_unfused_is_reported(default_bund
     ops = _ops(default_bundle / "text_decoder.onnx")
     layers = read_manifest(default_bundle).components["text_decoder"].kv_cache.layers
     assert fusion.rules_fired["silu.silu"] == ops["QuickGelu"] == layers and ops["Sigmoid"] == 0
-    # counted from the graph that ships: the rotary embedding's one Sin (its table is computed per call)
+    # counted from the graph that ships: nothing (the rotary table's Sin went into the kernel's table)
     assert (
         fusion.unfused_ops
         == {op: ops[op] for op in ("Sigmoid", "Sin", "Softmax", "ReduceMean", "Erf", "Tanh") if ops[op]}
-        == {"Sin": 1}
+        == {}
     )
 
 
@@ -93,7 +103,7 @@ def unfused_llama(tmp_path_factory, placeholder_model):
     )
     fused = base / "fused.onnx"
     fused.write_bytes((bundle / "text_decoder.onnx").read_bytes())
-    return bundle, fused, fuse(fused)
+    return bundle, fused, fuse(fused, read_manifest(bundle).streaming.max_seq_len)
 
 
 def _decoder_feeds(kv, hidden: int, past: int, seq: int, first_position: int, mask_zeros: int = 0) -> dict:
@@ -121,7 +131,7 @@ def _decoder_feeds(kv, hidden: int, past: int, seq: int, first_position: int, ma
 def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, seq, first_position, mask_zeros):
     """The fused decoder against the unfused export on every way the runtime calls it: a first
     prefill, one token, a chunk after a cache, a sliding window whose kept entries sit far behind
-    the next position (past the model's 2,048 trained positions: streams go on), and a mask with
+    the next position (at 5,000, past the rotary table: fed re-based, as the runtime does), and a mask with
     hidden entries."""
     import onnxruntime as ort
 
@@ -136,10 +146,118 @@ def test_group_query_attention_matches_the_unfused_graph(unfused_llama, past, se
         ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", fused)
     )
     feeds = _decoder_feeds(kv, plain.get_inputs()[0].shape[2], past, seq, first_position, mask_zeros)
+    # The fused graph rotates inside the kernel from a table of positions, so both graphs are fed as
+    # the runtime feeds them: the far stream re-based (cached keys turned back, positions from 0). An
+    # exact shift for RoPE; against the unfused graph at the absolute positions, streamed past the
+    # table, see test_rotary_inside_attention_streams_past_its_table_like_the_unfused_graph.
+    layout = _fused_layout(kv, fused)
+    cache = KVCache(layout, max_len=past + seq, sinks=0)
+    cache.values, cache.length, cache.position = {n: feeds[n] for n in cache.past_names}, past, first_position
+    cache.make_room(seq)
+    assert cache.base == (first_position if first_position + seq > layout.rotary_table else 0)
+    feeds = {**feeds, **cache.feeds(seq), "attention_mask": feeds["attention_mask"]}
     names = [o.name for o in plain.get_outputs()]
     for name, want, got in zip(names, plain.run(names, feeds), fast.run(names, feeds)):
         assert got.shape == want.shape, name
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), name
+
+
+def _fused_layout(kv, path):
+    """The cache layout as the manifest gives it for the fused graph at `path`: with its rotary table."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    table = json.loads(props[METADATA])
+    return dataclasses.replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
+
+
+def test_rotary_inside_attention_streams_past_its_table_like_the_unfused_graph(unfused_llama):
+    """The fused decoder (the rotation inside GroupQueryAttention, from a table of positions) and the
+    unfused one, each on the runtime's cache: a prefill, single tokens, 100-token prefill chunks, a
+    sliding window with sink entries, speculative rollbacks, on to positions past twice the cache and
+    twice the table, where the fused one has re-based its positions twice. Until the first re-base
+    both read the same float32 angles; after it the unfused graph's own float32 angle at position p
+    is off by up to p·2^-24 rad (shifted exactly, it differs from itself by ~2e-4 of the logits here),
+    so the bound there is 2e-3; keys left un-rotated at a re-base would be off by the whole logits."""
+    import onnxruntime as ort
+
+    bundle, fused, report = unfused_llama
+    kv = read_manifest(bundle).components["text_decoder"].kv_cache
+    # the runtime may re-base before the graph's table ends (exact all the same): 1,024 keeps the stream short
+    layout = dataclasses.replace(_fused_layout(kv, fused), rotary_table=1024)
+    graph = onnx.load(str(fused)).graph
+    assert report.rules_fired["rotary_attention.rotary_attention"] == kv.layers
+    assert all(
+        a.i == 1 for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute if a.name == "do_rotary"
+    )
+    assert not {"Sin", "Cos", "RotaryEmbedding"} & {n.op_type for n in graph.node}
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", fused)
+    ]
+    names = [o.name for o in sessions[0].get_outputs()]
+    caches = [KVCache(kv, max_len=256, sinks=4), KVCache(layout, max_len=256, sinks=4)]
+    rng = np.random.default_rng(0)
+    worst = {"before": 0.0, "after": 0.0}
+    for step, seq in enumerate([7, 1, 100, 1, *[100] * 20, 3, 1]):
+        x = rng.standard_normal((1, seq, sessions[0].get_inputs()[0].shape[2]), np.float32)
+        logits = []
+        for cache, session in zip(caches, sessions):
+            cache.make_room(seq)
+            out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
+            cache.advance(out, seq)
+            logits.append(out["logits"])
+            if step % 5 == 2:  # a speculative step's rejected proposals
+                cache.rollback(3)
+        phase = "after" if caches[1].base else "before"
+        worst[phase] = max(worst[phase], np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
+    assert caches[0].position == caches[1].position > 2 * layout.rotary_table > 2 * caches[0].max_len
+    assert caches[1].base > layout.rotary_table and caches[0].length == caches[1].length == 256
+    assert worst["before"] <= 1e-4 and worst["after"] <= 2e-3
+
+
+def test_a_table_as_long_as_the_cache_serves_it_full_as_the_stream_slides(unfused_llama, tmp_path):
+    """Fused for a 64-position cache, the decoder holds a 64-row table; the kernel wants a row per cached
+    entry, and a full cache (64 entries) streamed on past twice the table matches the unfused graph."""
+    import onnxruntime as ort
+
+    bundle, _, _ = unfused_llama
+    kv = read_manifest(bundle).components["text_decoder"].kv_cache
+    path = tmp_path / "short.onnx"
+    path.write_bytes((bundle / "text_decoder.onnx").read_bytes())
+    assert fuse(path, max_seq_len=64).rules_fired["rotary_attention.rotary_attention"] == kv.layers
+    layout = _fused_layout(kv, path)
+    graph = onnx.load(str(path)).graph
+    assert layout.rotary_table == 64
+    assert {tuple(i.dims) for i in graph.initializer if i.name.startswith("rotary_")} == {(64, kv.head_dim // 2)}
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (bundle / "text_decoder.onnx", path)
+    ]
+    names = [o.name for o in sessions[0].get_outputs()]
+    caches = [KVCache(kv, max_len=64, sinks=4), KVCache(layout, max_len=64, sinks=4)]
+    rng, worst, fullest = np.random.default_rng(1), 0.0, 0
+    for seq in [60, 1, 1, 30, 1, 20, 20, 1, 40, 3, 1]:
+        x = rng.standard_normal((1, seq, sessions[0].get_inputs()[0].shape[2]), np.float32)
+        logits = []
+        for cache, session in zip(caches, sessions):
+            cache.make_room(seq)
+            out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
+            cache.advance(out, seq)
+            logits.append(out["logits"])
+        fullest = max(fullest, caches[1].length)
+        worst = max(worst, np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
+    assert fullest == 64 and caches[1].position > 2 * layout.rotary_table and caches[1].base > 0
+    assert worst <= 2e-3
+
+
+def test_a_graph_fused_without_a_cache_length_keeps_the_rotation_outside(unfused_llama, tmp_path):
+    """No max_seq_len, no table to size: attention still fuses, the rotation stays before it."""
+    bundle, _, _ = unfused_llama
+    path = tmp_path / "unsized.onnx"
+    path.write_bytes((bundle / "text_decoder.onnx").read_bytes())
+    report = fuse(path)
+    assert "rotary_attention.rotary_attention" not in report.rules_fired
+    assert report.fused_ops["GroupQueryAttention"] == read_manifest(bundle).components["text_decoder"].kv_cache.layers
+    graph = onnx.load(str(path))
+    assert METADATA not in {p.key for p in graph.metadata_props}
+    assert not any(i.name.startswith("rotary_") for i in graph.graph.initializer)
 
 
 def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):

@@ -106,6 +106,42 @@ def test_sliding_window_keeps_sinks_and_the_most_recent_entries():
     assert cache.length == 3 and cache.position == 6 and cache.values["past.0.key"].shape == (1, 3, 3, 5)
 
 
+def test_a_rotary_table_re_bases_positions_and_turns_the_kept_keys_exactly():
+    """A stand-in decoder that caches each token's key rotated at its fed position (as GroupQueryAttention
+    with the rotation inside does): through slides, rollbacks and re-bases, every fed position stays
+    inside the 8-position table, and every kept key is the rotation at its absolute position minus the
+    current base: the distance between any two tokens is exact."""
+    from edgemfm.runtimes.kvcache import rotate
+
+    frequencies = (0.7, 0.05)
+    layout = KVLayout(
+        1, 1, 4, "past.{layer}.{kind}", "present.{layer}.{kind}", rotary_table=8, rotary_frequencies=frequencies
+    )
+    cache = KVCache(layout, max_len=6, sinks=1)
+    unit = np.array([1.0, 0.5, -0.25, 2.0])
+    absolute = []  # the absolute position of each kept entry
+    for step, seq in enumerate([3, 1, 2, 1, 1, 3, 1, 1, 2, 1, 1, 1, 3, 1, 1] * 2):
+        cache.make_room(seq)
+        if cache.length < len(absolute):  # slid: the sinks and the most recent entries stay
+            absolute = absolute[: cache.sinks] + absolute[len(absolute) - cache.length + cache.sinks :]
+        fed = cache.feeds(seq)["position_ids"][0]
+        assert 0 <= fed.min() and fed.max() < layout.rotary_table
+        new = np.stack([rotate(unit, int(p), frequencies) for p in fed]).astype(np.float32)[None, None]
+        keys = np.concatenate([cache.values["past.0.key"], new], axis=2)
+        values = np.concatenate(
+            [cache.values["past.0.value"], np.tile(unit.astype(np.float32), (1, 1, seq, 1))], axis=2
+        )
+        cache.advance({"present.0.key": keys, "present.0.value": values}, seq)
+        absolute += list(range(cache.position - seq, cache.position))
+        if step % 4 == 3:  # a speculative step's rejected proposal
+            cache.rollback(1)
+            absolute.pop()
+        want = np.stack([rotate(unit, p - cache.base, frequencies) for p in absolute])
+        assert np.abs(cache.values["past.0.key"][0, 0] - want).max() < 1e-5
+        assert np.array_equal(cache.values["past.0.value"][0, 0], np.tile(unit, (cache.length, 1)))  # never turned
+    assert cache.base > 2 * layout.rotary_table and cache.evicted > 0
+
+
 def test_an_impossible_budget_fails_at_load_in_one_line(default_bundle, capsys):
     assert main(["run", str(default_bundle), "--prompt", "hi", "--memory-budget", "40"]) == 2
     line = capsys.readouterr().err.strip()
@@ -135,6 +171,11 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
     [
         ({"prefill_chunk": 300, "max_seq_len": 256}, "prefill_chunk=300, max_seq_len=256"),
         ({"window": 3}, "unknown streaming setting 'window'; allowed: audio_window_s"),
+        # the decoder rotates inside GroupQueryAttention from a table of the export's max_seq_len rows
+        (
+            {"max_seq_len": 4096},
+            "max_seq_len 4096 is past the decoder's rotary table of 2048 positions; allowed: 1 to 2048",
+        ),
     ],
 )
 def test_bad_streaming_settings_are_named(default_bundle, overrides, message):

@@ -144,13 +144,12 @@ def export(stage: Path) -> tuple[Manifest, float]:
     with torch.no_grad():
         torch_ppl = math.exp(model(input_ids=ids, labels=ids, use_cache=False).loss.item())
     tok.backend_tokenizer.save(str(stage / "tokenizer.json"))
-    components = {}
+    components, p = {}, load_profile("pi5")
     for cname, unit in (
         ("token_embedding", embedding_unit(model.model.embed_tokens)),
         ("text_decoder", decoder_unit(model.model, model.lm_head, model.config)),
     ):
-        components[cname], _ = write_onnx(unit, stage / f"{cname}.onnx", 1e-3)
-    p = load_profile("pi5")
+        components[cname], _ = write_onnx(unit, stage / f"{cname}.onnx", 1e-3, max_seq_len=p.streaming.max_seq_len)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         kind=BUNDLE_KIND,

@@ -66,43 +66,29 @@ def export_edgemfm(work: Path, precision: str, fmt: str = "onnx") -> None:
     run([*cmd, "--format", fmt, "--precision", precision, "--out", str(work / name), "--force"], work / f"{name}.log")
 
 
-def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float) -> dict:
-    """Each row in a process of its own (model.ROW_SCRIPT ROW_SPEC WORK SETTINGS prints one JSON object)."""
+def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float, rounds: int = 1) -> dict:
+    """Each row in a process of its own (model.ROW_SCRIPT ROW_SPEC WORK SETTINGS prints one JSON object), the
+    rows taken in turn `rounds` times (interleaved: a load change hits every row alike); medians over rounds."""
     from rich.progress import Progress
 
     from edgemfm.bench import machine
     from edgemfm.records import to_dict
 
-    results = {}
+    measured: dict[str, list[dict]] = {name: [] for name in rows}
     with Progress(transient=True) as bar:
-        task = bar.add_task(model.TITLE, total=len(rows))
-        for name in rows:
-            bar.update(task, description=f"{model.TITLE}: {name}")
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    model.ROW_MODULE,
-                    model.ROWS[name][0],
-                    str(work.resolve()),
-                    json.dumps(settings),
-                ],
-                cwd=ROOT,  # where `-m benchmarks...` is found
-                capture_output=True,
-                text=True,
-            )
-            bar.advance(task)
-            if done.returncode:
-                print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-                results[name] = {
-                    "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-                }
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            r["weights"] = model.ROWS[name][1]
-            model.finish(r, bandwidth)
-            results[name] = r
-            bar.console.print(f"{model.TITLE} {name}: " + ", ".join(f"{h} {cell(r)}" for h, cell in model.COLUMNS[:3]))
+        task = bar.add_task(model.TITLE, total=len(rows) * rounds)
+        for turn in range(rounds):
+            for name in rows:
+                bar.update(task, description=f"{model.TITLE}: {name} ({turn + 1}/{rounds})")
+                r = _row(model, work, name, settings)
+                bar.advance(task)
+                if "error" not in r:
+                    r["weights"] = model.ROWS[name][1]
+                    model.finish(r, bandwidth)
+                    cells = ", ".join(f"{h} {cell(r)}" for h, cell in model.COLUMNS[:3])
+                    bar.console.print(f"{model.TITLE} {name} ({turn + 1}/{rounds}): {cells}")
+                measured[name].append(r)
+    results = {name: _over_rounds(rs) for name, rs in measured.items()}
     settings = {k: v for k, v in settings.items() if not k.endswith("_ids")}
     return {
         "model": model.TITLE,
@@ -113,6 +99,37 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
         "settings": settings,
         "results": results,
     }
+
+
+def _row(model, work: Path, name: str, settings: dict) -> dict:
+    """One row measured in a fresh process, or {"error": its last line of stderr}."""
+    done = subprocess.run(
+        [sys.executable, "-m", model.ROW_MODULE, model.ROWS[name][0], str(work.resolve()), json.dumps(settings)],
+        cwd=ROOT,  # where `-m benchmarks...` is found
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+RATES = ("ttft_s", "decode_tokens_per_s", "decode_tokens_per_cpu_s")
+
+
+def _over_rounds(rs: list[dict]) -> dict:
+    """One row's rounds as one result: median rates (each round's in `rounds`), the highest peak RSS."""
+    import statistics
+
+    failed = [r for r in rs if "error" in r]
+    if failed or len(rs) == 1:
+        return failed[0] if failed else rs[0]
+    r = {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in RATES}}
+    r["rounds"] = {k: [x[k] for x in rs] for k in RATES}
+    r["runs"] = {k: [v for x in rs for v in x["runs"][k]] for k in RATES} if "runs" in rs[0] else None
+    r["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in rs)
+    return r
 
 
 def markdown(model, report: dict) -> str:
@@ -186,6 +203,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64, help="generated per decode run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is reported")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="every row in turn this many times; medians over rounds")
     p.add_argument(
         "--questions", type=int, default=0, help="demo: held-out questions to score (every n-th of eval.jsonl); 0: all"
     )
@@ -208,7 +226,7 @@ def main() -> None:
         work = args.work / name
         work.mkdir(parents=True, exist_ok=True)
         model.build(work, rows, options)
-        report = measure(model, work, rows, model.settings(work, options), bandwidth)
+        report = measure(model, work, rows, model.settings(work, options), bandwidth, args.rounds)
         out = args.out.with_name(f"{args.out.name}-{name}")
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         chart(model, report, out.with_suffix(".png"))

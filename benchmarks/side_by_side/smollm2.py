@@ -289,6 +289,7 @@ def settings(work: Path, options: dict) -> dict:
         "text_ids": tokenizer.encode(EVAL_TEXT.read_text()).ids,
         "tokens": options["tokens"],
         "repeats": options["repeats"],
+        "rounds": options.get("rounds", 1),
         "threads": options["threads"],
         "vocab": config["vocab_size"],
         "hidden": config["hidden_size"],
@@ -306,7 +307,8 @@ def finish(result: dict, bandwidth: float) -> None:
 
 def caption(report: dict) -> str:
     s = report["settings"]
-    return f"{s['tokens']} tokens after a {s['prompt_tokens']}-token prompt, median of {s['repeats']}"
+    rounds = f" in each of {s['rounds']} interleaved rounds" if s.get("rounds", 1) > 1 else ""
+    return f"{s['tokens']} tokens after a {s['prompt_tokens']}-token prompt, median of {s['repeats']}{rounds}"
 
 
 COLUMNS = [  # header -> the cell of one result

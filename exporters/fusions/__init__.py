@@ -1,13 +1,14 @@
 """Graph-level operator fusion, offline at export time: the fused graph is what the bundle holds.
 
 Each fusion is one file here with a diagram of the subgraph it replaces and an `apply(model)`
-returning how many times each of its rules fired. The rules are onnxscript's rewriter rules for
+returning how many times each of its rules fired (a rule that needs what only the export knows,
+such as the cache's `max_seq_len`, names it in its module's `OPTIONS` and takes it as a keyword). The rules are onnxscript's rewriter rules for
 ONNX Runtime's fused kernels (com.microsoft contrib ops, on the CPU, CUDA and mobile builds);
 the table gives their order, which matters: norms and rotary embeddings are fused before the
 attention patterns that contain them.
 
 Example:
-    >>> fusion = fuse(Path("stage/text_decoder.onnx"))            # doctest: +SKIP
+    >>> fusion = fuse(Path("stage/text_decoder.onnx"), max_seq_len=2048)  # doctest: +SKIP
     >>> fusion.fused_ops                                           # doctest: +SKIP
     {'SkipSimplifiedLayerNormalization': 8, 'SimplifiedLayerNormalization': 1, 'MultiHeadAttention': 4}
 """
@@ -27,6 +28,7 @@ FUSIONS = (
     "rotary",
     "attention",
     "group_query_attention",
+    "rotary_attention",
     "gelu",
     "silu",
     "fused_matmul",
@@ -52,8 +54,11 @@ FUSED_OPS = (
 TELLTALES = ("Softmax", "ReduceMean", "Erf", "Tanh", "Sin", "Sigmoid")
 
 
-def fuse(path: Path) -> Fusion:
-    """Fuse the ONNX graph at `path` in place; count fused patterns and unfused telltale ops."""
+def fuse(path: Path, max_seq_len: int | None = None) -> Fusion:
+    """Fuse the ONNX graph at `path` in place; count fused patterns and unfused telltale ops.
+
+    `max_seq_len`: the positions a decoder's cache will hold (what sizes the rotary table inside
+    GroupQueryAttention); None where no one knows, and the rotation stays outside the kernel."""
     import onnx_ir as ir
     import onnx_ir.passes.common as common_passes
     from onnxscript.optimizer import optimize
@@ -67,9 +72,11 @@ def fuse(path: Path) -> Fusion:
     shape_optimization.rules.apply_to_model(model)
     optimize(model)
     rules: dict[str, int] = {}
+    options = {"max_seq_len": max_seq_len}  # what the export knows that a rule may ask for (its module's OPTIONS)
     for name in FUSIONS:
         module = importlib.import_module(f"edgemfm.exporters.fusions.{name}")
-        rules.update({f"{name}.{rule}": n for rule, n in module.apply(model).items()})
+        wanted = {option: options[option] for option in getattr(module, "OPTIONS", ())}
+        rules.update({f"{name}.{rule}": n for rule, n in module.apply(model, **wanted).items()})
     # Intermediate ops no later rule consumed (a RotaryEmbedding without a cos/sin cache) are
     # inlined back here, so what ships is counted from the final graph, not from the rules.
     optimize(model)

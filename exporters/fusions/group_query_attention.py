@@ -15,10 +15,8 @@ The K/V heads are no longer copied to every query group at each step, and the ca
 writes straight into the present tensors: about 15 nodes per layer become one, and the largest
 per-step copies (repeat_kv over the whole cache) go.
 
-The rotary embedding stays outside the kernel (`do_rotary=0`): inside, it would read a cos/sin
-table of a fixed length, and a streamed session's positions grow past any table (kept cache
-entries keep their positions; new tokens take the next ones). Measured on the demo decoder, the
-rotary inside saved 1-3 % more CPU per step; not worth the bound.
+The rotary embedding is left outside here (`do_rotary=0`); rotary_attention.py, next, moves it
+inside where the rotation is a plain one, and the runtime keeps such streams unbounded.
 
 The mask keeps its meaning: `seqlens_k` is the full mask length minus one for every row (ONNX
 Runtime then applies the causal mask by index, as the unfused graph did), and the unfused

@@ -4,7 +4,8 @@
     x ─► MatMul(W_k) ─► k        becomes                                                  ├─► k
     x ─► MatMul(W_v) ─► v                                                                 └─► v
 
-The same packs a gated MLP's gate and up projections. A decode step then reads the input once and
+Where the three outputs are a GroupQueryAttention's q, k and v, the kernel takes the packed tensor
+whole (its packed-QKV form) and the Split goes. The same packs a gated MLP's gate and up projections. A decode step then reads the input once and
 launches one kernel per group, and the quantizer writes ONE MatMulNBits per group (SmolLM2: 5 per
 layer -> 2). Packing is exact, and stays exact after int4/int8 weight-only quantization: MatMulNBits
 blocks run along the input axis (K) of each output column, and packing concatenates output columns
@@ -29,11 +30,29 @@ import numpy as np
 
 
 def apply(model: Any) -> dict[str, int]:
-    """Pack every group of MatMuls reading one input (an onnx_ir model, in place); groups and MatMuls packed."""
+    """Pack every group of MatMuls reading one input (an onnx_ir model, in place); groups and MatMuls packed,
+    and the GroupQueryAttentions that then take the packed q/k/v whole."""
     groups = [g for g in _sibling_groups(model.graph) if len(g) > 1]
-    for group in groups:
-        _pack(model.graph, group)
-    return {"groups": len(groups), "matmuls": sum(len(g) for g in groups)}
+    splits = [_pack(model.graph, group) for group in groups]
+    attention = sum(_into_attention(split) for split in splits)
+    return {"groups": len(groups), "matmuls": sum(len(g) for g in groups), "packed_attention": attention}
+
+
+def _into_attention(split: Any) -> bool:
+    """A Split whose three outputs are exactly a GroupQueryAttention's q, k and v, in order: the kernel takes
+    the packed tensor as its query (key and value absent) and the Split goes."""
+    uses = [list(out.uses()) for out in split.outputs]
+    if len(uses) != 3 or any(len(u) != 1 for u in uses):
+        return False
+    users = {u.node for u in uses[0] + uses[1] + uses[2]}
+    gqa = next(iter(users))
+    if len(users) != 1 or gqa.op_type != "GroupQueryAttention" or [u[0].idx for u in uses] != [0, 1, 2]:
+        return False
+    gqa.replace_input_with(0, split.inputs[0])
+    gqa.replace_input_with(1, None)
+    gqa.replace_input_with(2, None)
+    split.graph.remove(split, safe=True)
+    return True
 
 
 def _stored_weight(node: Any) -> Any:
@@ -60,7 +79,8 @@ def _sibling_groups(graph: Any) -> list[list[Any]]:
     return list(by_input.values())
 
 
-def _pack(graph: Any, members: list[Any]) -> None:
+def _pack(graph: Any, members: list[Any]) -> Any:
+    """Replace `members` by one MatMul and a Split; returns the Split."""
     import onnx_ir as ir
 
     first, x = members[0], members[0].inputs[0]
@@ -87,6 +107,7 @@ def _pack(graph: Any, members: list[Any]) -> None:
     for w in weights:
         if not w.uses() and w.name in graph.initializers:
             graph.initializers.pop(w.name)  # a weight another node also reads (a tied table) stays
+    return split
 
 
 def _renamed(members: list[Any]) -> dict[str, str]:

@@ -80,7 +80,10 @@ def default_space(profile: DeviceProfile, manifest: Manifest, media: bool) -> Sp
     available = [
         p for p in ("fp32", "int8", "int4") if p == "fp32" or {"int8": 8, "int4": 4}[p] in presets.specs(profile)
     ]
-    limit = profile.streaming.max_seq_len
+    decoder = manifest.components.get(manifest.generation.decoder)
+    table = decoder.kv_cache.rotary_table if decoder is not None and decoder.kv_cache else 0
+    # a rotation inside GroupQueryAttention reads a table row per cached entry: no longer cache than its rows
+    limit = min(profile.streaming.max_seq_len, table or profile.streaming.max_seq_len)
     knobs = family_named(manifest.family).media_knobs if media else None  # None: the family has no media knobs
     return Space(
         image=knobs.image if knobs else (),
