@@ -395,6 +395,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
             force=args.force,
             progress=progress,
             revision=args.revision,
+            visual_tokens=tuple(args.visual_tokens or ()),
         )
     _tune_summary(result, args.latency_budget, args.plot, args.json, args.apply)
 
@@ -418,6 +419,7 @@ def _tune_fleet(args: argparse.Namespace) -> None:
             progress=progress,
             data=args.data,
             questions=args.questions,
+            visual_tokens=tuple(args.visual_tokens or ()),
         )
     for d in report.devices:
         if d.result is None:
@@ -845,6 +847,13 @@ def parser() -> argparse.ArgumentParser:
         help="export the chosen point as a bundle here; with several devices OUT/<profile name>/",
     )
     t.add_argument("--force", action="store_true", help="replace an existing --apply directory")
+    t.add_argument(
+        "--visual-tokens",
+        type=A.AT_LEAST_ONE,
+        nargs="+",
+        metavar="N",
+        help="visual-token budgets (rows per image or tile, as export --visual-tokens) searched beside the image settings",
+    )
     t.set_defaults(func=cmd_tune)
 
     i = sub.add_parser("inspect", help="show a bundle's components, sizes, precisions and report")

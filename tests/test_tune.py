@@ -189,3 +189,44 @@ def test_demo_model_on_pi5_meets_its_latency_budget_with_held_out_questions(demo
     # 2026-11-28: the chosen int4 decoder answered 12 of 24 (fp32 decoders, at 300 ms, 18 of 24)
     assert r.chosen.quality >= 0.4
     assert r.chosen.quality == max(p.quality for p in r.points if p.latency_ms <= 150.0)
+
+
+def test_visual_token_budgets_are_a_dimension_and_the_chosen_bundle_carries_its_budget(
+    placeholder_model, default_bundle, tmp_path, picture
+):
+    """The placeholder's CLIP grid (7 x 7 rows) searched at its own 49 rows and a budget of 7: the budget's
+    point is faster at the same fidelity, so it is chosen, and --apply writes its pooled encoder."""
+    from edgemfm.tune import Space
+    from edgemfm.tune.parts import TOKENS
+
+    space = Space(image=(), audio=(), seq_lens=(256,), encoder_precisions=("fp32",), decoder_precisions=("fp32",))
+    r = tune(
+        "pi5", 1e6, model=placeholder_model, bundle=default_bundle, space=space, scratch=tmp_path,
+        apply=tmp_path / "tuned", visual_tokens=(7,),
+    )  # fmt: skip
+    points = {dict(p.candidate.settings)["vision_encoder"]: p for p in r.points}
+    assert set(points) == {(), (TOKENS, 7)}
+    assert points[(TOKENS, 7)].latency_ms < points[()].latency_ms  # 7 rows prefilled instead of 49
+    assert dict(r.chosen.candidate.settings)["vision_encoder"] == (TOKENS, 7)
+    assert r.chosen.candidate.describe(r.manifest)["vision_encoder"] == "fp32 <=7 tokens"
+    pipe = edgemfm.load(tmp_path / "tuned")
+    assert pipe.manifest.prompt.media["image"].visual_tokens == 7
+    (item,) = pipe.prepare({"image": [picture]})["image"]
+    assert [pipe.encode("image", call).shape[-2] for call in item.calls] == [7]
+    assert len(list(pipe.generate_tokens("What is it?", images=[picture], max_new_tokens=3))) <= 3
+
+
+def test_tune_refuses_visual_tokens_for_a_family_without_the_capability_in_one_line(default_bundle):
+    from dataclasses import replace
+
+    from edgemfm.bundle import read_manifest
+    from edgemfm.errors import UnsupportedModelError
+    from edgemfm.tune import Space
+    from edgemfm.tune.parts import settings_of
+
+    space = Space((), (), (256,), ("fp32",), ("fp32",), visual_tokens=(4,))
+    manifest = replace(read_manifest(default_bundle), family="qwen2_audio")  # a family with no visual_tokens
+    with pytest.raises(
+        UnsupportedModelError, match="'qwen2_audio' for export --visual-tokens; supported: edgemfm-demo"
+    ):
+        settings_of(space, manifest, "vision_encoder")

@@ -1,7 +1,8 @@
 """`edgemfm tune`: the best-quality point of resolution, tokens, sequence length and precision under a budget.
 
     float bundle (+ checkpoint) ─► parts: each component at each setting and precision (parts.py)
-        │ candidates = image (size, grid) x audio window x max sequence length x precision per component
+        │ candidates = image (size, grid) or visual-token budget x audio window x max sequence length
+        │              x precision per component
         │ latency: cost.predict over the candidate's parts on the device (one question: encoder, prompt
         │          prefill with the media rows, answer tokens decoded); memory: weights + KV cache + activation
         │ quality: held-out exact match through the runtime (--data), else the worst output cosine of
@@ -69,13 +70,16 @@ def tune(
     apply: str | Path | None = None,
     force: bool = False,
     revision: str | None = None,
+    visual_tokens: tuple[int, ...] = (),
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
     `bundle` is a float bundle to start from (default: export `model`, the demo model when None);
     `model` (a checkpoint directory, or a Hub id at `revision`) is also what media knobs re-export encoders from. `data` holds eval.jsonl for a
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
-    chosen point as a bundle there (an existing one only with `force`). `progress` hears each
+    chosen point as a bundle there (an existing one only with `force`). `visual_tokens`: budgets of rows
+    per image (tile) searched beside the image settings (`export --visual-tokens`; the family's
+    `visual_tokens` capability, from `model`). `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
@@ -98,9 +102,13 @@ def tune(
         from edgemfm.toolchain import quiet
 
         with quiet():  # the toolchain's own warnings and bars; ours tells the story
-            source, model_dir = float_source(model, revision, bundle, data is not None, tmp, progress)
+            source, model_dir = float_source(
+                model, revision, bundle, data is not None or bool(visual_tokens), tmp, progress
+            )
             manifest = read_manifest(source)
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
+            if visual_tokens:
+                space = replace(space, visual_tokens=tuple(visual_tokens))
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)
         cands = candidates(space, manifest)
         quality, metric = score(

@@ -17,7 +17,7 @@ from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
 from edgemfm.progress import Progress, say
 from edgemfm.report import Tune
-from edgemfm.tune.parts import Part, media_encoders, media_rows, variant_preprocess
+from edgemfm.tune.parts import Part, media_encoders, media_rows, token_budget, variant_preprocess
 from edgemfm.tune.quality import assemble, recipe_of
 from edgemfm.tune.search import HostCheck, Result, chosen_parts, precision_specs, predicted
 
@@ -84,10 +84,13 @@ def write_chosen(
 ) -> Path:
     """Write the chosen point as a bundle for the tuned device at `out` (hard links to the parts with `link`)."""
     m, c = result.manifest, result.chosen.candidate
-    kind_of, preprocess = media_encoders(m), m.preprocess
+    kind_of, preprocess, chosen = media_encoders(m), m.preprocess, chosen_parts(c, parts)
+    media = dict(m.prompt.media)
     for name, setting in c.settings:
         if name in kind_of:
-            preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting)
+            preprocess = variant_preprocess(replace(m, preprocess=preprocess), kind_of[name], setting, chosen[name])
+            if token_budget(setting) is not None:  # the bundle says its budget, as `export --visual-tokens` writes it
+                media[kind_of[name]] = replace(media[kind_of[name]], visual_tokens=token_budget(setting))
     report = Tune(
         device=result.profile.name,
         latency_ms=result.chosen.latency_ms,
@@ -96,9 +99,14 @@ def write_chosen(
         metric=result.metric,
         components=c.describe(m),
     )
-    target = replace(m, profile=result.profile.name, streaming=replace(m.streaming, **vars(result.profile.streaming)))
+    target = replace(
+        m,
+        profile=result.profile.name,
+        streaming=replace(m.streaming, **vars(result.profile.streaming)),
+        prompt=replace(m.prompt, media=media),
+    )
     return assemble(
-        chosen_parts(c, parts),
+        chosen,
         target,
         preprocess,
         c.seq_len,

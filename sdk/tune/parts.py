@@ -2,7 +2,9 @@
 
     float bundle ─► every component at each precision (quantizers.apply, presets.recipe_for the device)
     checkpoint   ─► vision encoder per (image size, grid), audio encoder per window: exported again
-                    by the family's `media_knobs` capability (exporters/family.py), where it has one
+                    by the family's `media_knobs` capability (exporters/family.py), where it has one;
+                    vision encoder per visual-token budget ("visual tokens", N): the family's
+                    `visual_tokens` capability, as `export --visual-tokens N` cuts it
     every part   ─► its manifest record (shapes, weight bytes, FLOPs), node count, and SQNR / cosine of
                     its output against its float graph on calibration inputs
 
@@ -17,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +36,7 @@ from edgemfm.progress import Progress, counter
 from edgemfm.quantizers import presets
 
 Key = tuple[str, tuple, str]  # (component, setting, precision)
+TOKENS = "visual tokens"  # a vision setting (TOKENS, N): the bundle's own image setting, at most N rows per image
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Part:
     nodes: int
     sqnr_db: float | None  # output vs the float graph of the same setting on calibration inputs
     cosine: float | None
+    preprocess: Any = None  # the pre-processing this graph reads when a visual-token budget changed it; None: not
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Space:
     seq_lens: tuple[int, ...]  # KV cache positions
     encoder_precisions: tuple[str, ...]  # for vision_encoder and audio_encoder
     decoder_precisions: tuple[str, ...]  # for every other component (decoder, embedding, projector)
+    visual_tokens: tuple[int, ...] = ()  # budgets of rows per image (tile) tried beside the image settings
 
     def precisions_of(self, component: str, manifest: Manifest) -> tuple[str, ...]:
         return self.encoder_precisions if component in media_encoders(manifest) else self.decoder_precisions
@@ -71,9 +77,24 @@ def media_knobs(manifest: Manifest) -> Any:
     return capability(family_named(manifest.family), "media_knobs")
 
 
+def token_budget(setting: tuple) -> int | None:
+    """N of a visual-token setting (TOKENS, N); None for any other setting.
+
+    Example:
+        >>> token_budget((TOKENS, 4)), token_budget((224, 2))
+        (4, None)
+    """
+    return setting[1] if len(setting) == 2 and setting[0] == TOKENS else None
+
+
 def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple, ...]:
-    """The settings a component is built at: the media knobs for an encoder, else only its own graph."""
+    """The settings a component is built at: the media knobs (and visual-token budgets) for an encoder,
+    else only its own graph."""
     kind = media_encoders(manifest).get(component)
+    if kind == "image" and space.visual_tokens:
+        capability(family_named(manifest.family), "visual_tokens")  # refused in one line, naming those that have it
+        own = settings_of(replace(space, visual_tokens=()), manifest, component)  # the image knobs, or its own graph
+        return own + tuple((TOKENS, n) for n in space.visual_tokens)
     if kind == "image" and space.image:
         media_knobs(manifest)  # a family without them is refused, not silently searched at one setting
         return space.image
@@ -83,9 +104,14 @@ def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple
     return ((),)
 
 
-def variant_preprocess(manifest: Manifest, kind: str, setting: tuple) -> Any:
-    """The bundle's pre-processing with a media setting applied (image size, audio clip length)."""
+def variant_preprocess(manifest: Manifest, kind: str, setting: tuple, part: Part | None = None) -> Any:
+    """The bundle's pre-processing with a media setting applied (image size, audio clip length), or the
+    one `part` (a visual-token budget's graph) reads."""
     p = manifest.preprocess
+    if part is not None and part.preprocess is not None:
+        return part.preprocess
+    if token_budget(setting) is not None:
+        return p  # a pooled grid reads the images as the bundle does
     knobs = family_named(manifest.family).media_knobs if setting else None
     if knobs is not None and knobs.preprocess is not None:  # the family says what its setting means
         return knobs.preprocess(p, kind, setting)
@@ -125,6 +151,23 @@ def _count_nodes(path: Path) -> int:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def token_export(model_dir: Path, n: int, path: Path) -> tuple[Component, int, Any]:
+    """The vision encoder cut to at most `n` rows per image by its family's `visual_tokens` capability, as
+    `export --visual-tokens n` writes it: (its record, its node count, the pre-processing it reads)."""
+    import torch
+
+    from edgemfm.exporters import find_family
+    from edgemfm.exporters.onnx import write_onnx
+    from edgemfm.exporters.visual_tokens import ENCODER, budget
+
+    family = find_family(json.loads((model_dir / "config.json").read_text()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the parity check's example inputs, as export draws them
+        split = budget(family, family.split(family.load(model_dir), model_dir), n)
+        record, parity = write_onnx(split.units[ENCODER], path, family.tolerance)
+    return record, parity.nodes, split.preprocess
+
+
 def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: list, scratch: Path) -> Part:
     """`base` (a float part) quantized to `precision` with the device's preset, measured against it."""
     from edgemfm.quantizers.apply import quantize_component
@@ -150,6 +193,7 @@ def quantized_part(base: Part, precision: str, profile: DeviceProfile, feeds: li
         _count_nodes(path),
         fidelity["sqnr_db"],
         fidelity["cosine"],
+        base.preprocess,
     )
 
 
@@ -169,7 +213,7 @@ def build_parts(
     jobs = [(n, s) for n in manifest.components for s in settings_of(space, manifest, n)]  # refusals before work
     if any(s for _, s in jobs) and model_dir is None:
         raise InputError(
-            "image sizes, grids and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
+            "image sizes, grids, visual-token budgets and audio windows need the model checkpoint (--model); a bundle alone has only its own graphs"
         )
     scratch.mkdir(parents=True, exist_ok=True)
     calibration = _calibration(bundle, manifest)
@@ -178,13 +222,20 @@ def build_parts(
     with quiet_quantizers():
         for name, setting in jobs:
             c = manifest.components[name]
-            path = scratch / f"{name}{''.join(f'-{v:g}' for v in setting)}.onnx"
-            if setting:
+            path = (
+                scratch
+                / f"{name}{''.join(f'-{v:g}' if isinstance(v, (int, float)) else '-tokens' for v in setting)}.onnx"
+            )
+            preprocess = None
+            if token_budget(setting) is not None:
+                record, nodes, preprocess = token_export(model_dir, token_budget(setting), path)
+                preprocess = None if preprocess == manifest.preprocess else preprocess
+            elif setting:
                 record, nodes = media_knobs(manifest).export(model_dir, kinds[name], setting, path)
             else:
                 shutil.copyfile(bundle / c.file, path)
                 record, nodes = c, nodes_of(manifest, name) or _count_nodes(path)
-            base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0)
+            base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0, preprocess)
             parts[(name, setting, "fp32")] = base
             feeds = calibration.get(name, [])
             # a setting that keeps the graph's inputs (Qwen2-VL's pixel budget: dynamic patches) keeps
@@ -201,7 +252,10 @@ def build_parts(
 
 
 def media_rows(manifest: Manifest, kind: str, setting: tuple, model_dir: Path | None) -> int:
-    """Decoder rows one media item becomes at `setting` (the bundle's own length when no setting)."""
+    """Decoder rows one media item becomes at `setting` (the bundle's own length when no setting; at most N
+    with a visual-token budget N)."""
+    if token_budget(setting) is not None:
+        return token_budget(setting)
     if not setting:
         spec = manifest.components[manifest.prompt.media[kind].encoder].outputs[0]
         return int(spec.shape[1])

@@ -22,7 +22,7 @@ from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress
 from edgemfm.quantizers import presets
 from edgemfm.report import Parity
-from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, variant_preprocess
+from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, token_budget, variant_preprocess
 from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of
 
 PROMPT_TOKENS = 32  # a short question in the chat template, before its media rows
@@ -41,6 +41,9 @@ class Candidate:
         out = {}
         for name in manifest.components:
             s = settings[name]
+            if token_budget(s) is not None:  # the bundle's own image setting, its rows cut to N
+                out[name] = f"{precisions[name]} <={token_budget(s)} tokens"
+                continue
             if len(s) == 1 and name in images:  # a pixel budget (Qwen2-VL): images within side x side
                 out[name] = f"{precisions[name]} <={s[0]}x{s[0]}px"
                 continue
@@ -231,7 +234,7 @@ def score(
             and dict(c.precisions)[manifest.generation.decoder] == dec_precision
         )
         chosen = chosen_parts(c, parts)
-        preprocess = variant_preprocess(manifest, kind, setting)
+        preprocess = variant_preprocess(manifest, kind, setting, chosen[enc])
         out = assemble(
             chosen, manifest, preprocess, c.seq_len, recipe_of(dict(c.precisions), specs), source, scratch / f"eval-{i}"
         )
