@@ -50,10 +50,10 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
         8
     """
     bits = {"int8": 8, "int4": 4}.get(precision)
-    runnable = [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
-    if precision not in runnable:
+    if precision not in runnable(profile):
         raise InputError(
-            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(runnable)}"
+            f"precision {precision!r} is not available for --format pte on {profile.name}; "
+            f"allowed: {', '.join(runnable(profile))}"
         )
     if bits is None:
         return FLOAT32
@@ -65,6 +65,16 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
             Rule("*", None),
         )
     )
+
+
+def runnable(profile: DeviceProfile) -> list[str]:
+    """The precisions a pte program runs at on `profile`: fp32 and each of int8/int4 it has weight kernels for.
+
+    Example:
+        >>> runnable(load_profile("pi5"))  # doctest: +SKIP
+        ['fp32', 'int8', 'int4']
+    """
+    return [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
 
 
 def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
