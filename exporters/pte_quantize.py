@@ -14,7 +14,7 @@ XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 `Int8DynamicActivationIntxWeightConfig` for the linears and ExecuTorch's `EmbeddingQuantHandler`
 for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
 applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
-does not divide stays float and is named in the report.
+does not divide stays float and is named in the report, as does a table whose rows it does not divide.
 
 The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
 
@@ -105,8 +105,12 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
         _linears(module, fqns, spec)
         done[f"linear_8da{spec.bits}w"] = done.get(f"linear_8da{spec.bits}w", 0) + len(fqns)
     for fqn, table in tables.items():
-        if specs[fqn] is not None:
-            _set(module, fqn, _embedding(table, specs[fqn]))
+        spec = specs[fqn]
+        if spec is not None and spec.group_size and table.embedding_dim % spec.group_size:
+            # ExecuTorch's grouped embedding kernels take whole groups of a row, as XNNPACK's linears do
+            floats[fqn] = f"its {table.embedding_dim}-wide rows are not a multiple of the group size {spec.group_size}"
+        elif spec is not None:
+            _set(module, fqn, _embedding(table, spec))
             done[f"embedding_{specs[fqn].bits}bit"] = done.get(f"embedding_{specs[fqn].bits}bit", 0) + 1
     used = sorted({s for s in specs.values() if s is not None}, key=lambda s: (s.bits, s.group_size))
     return Quantization(
