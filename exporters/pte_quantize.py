@@ -14,7 +14,7 @@ XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 `Int8DynamicActivationIntxWeightConfig` for the linears and ExecuTorch's `EmbeddingQuantHandler`
 for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
 applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
-does not divide stays float and is named in the report.
+does not divide stays float and is named in the report, as does a table whose rows it does not divide.
 
 The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
 
@@ -50,10 +50,10 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
         8
     """
     bits = {"int8": 8, "int4": 4}.get(precision)
-    runnable = [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
-    if precision not in runnable:
+    if precision not in runnable(profile):
         raise InputError(
-            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(runnable)}"
+            f"precision {precision!r} is not available for --format pte on {profile.name}; "
+            f"allowed: {', '.join(runnable(profile))}"
         )
     if bits is None:
         return FLOAT32
@@ -65,6 +65,16 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
             Rule("*", None),
         )
     )
+
+
+def runnable(profile: DeviceProfile) -> list[str]:
+    """The precisions a pte program runs at on `profile`: fp32 and each of int8/int4 it has weight kernels for.
+
+    Example:
+        >>> runnable(load_profile("pi5"))  # doctest: +SKIP
+        ['fp32', 'int8', 'int4']
+    """
+    return [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
 
 
 def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
@@ -95,8 +105,12 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
         _linears(module, fqns, spec)
         done[f"linear_8da{spec.bits}w"] = done.get(f"linear_8da{spec.bits}w", 0) + len(fqns)
     for fqn, table in tables.items():
-        if specs[fqn] is not None:
-            _set(module, fqn, _embedding(table, specs[fqn]))
+        spec = specs[fqn]
+        if spec is not None and spec.group_size and table.embedding_dim % spec.group_size:
+            # ExecuTorch's grouped embedding kernels take whole groups of a row, as XNNPACK's linears do
+            floats[fqn] = f"its {table.embedding_dim}-wide rows are not a multiple of the group size {spec.group_size}"
+        elif spec is not None:
+            _set(module, fqn, _embedding(table, spec))
             done[f"embedding_{specs[fqn].bits}bit"] = done.get(f"embedding_{specs[fqn].bits}bit", 0) + 1
     used = sorted({s for s in specs.values() if s is not None}, key=lambda s: (s.bits, s.group_size))
     return Quantization(

@@ -193,8 +193,8 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
         ids_stream += ids
         embeds_stream.append(embeds[0])
         shortest = min(shortest or embeds.shape[1], embeds.shape[1], len(ids))
-    # Equal-length windows over the joined prompts: ONNX Runtime's histogram calibrators
-    # (percentile, entropy) stack every feed's activations and need one shape.
+    # Equal-length windows over the joined prompts, at most MAX_ITEMS of them (static int8 collects
+    # one feed at a time, so the encoders' feeds may differ in shape: Qwen2-VL's patch counts).
     stream = np.concatenate(embeds_stream)
     # no longer than the decoder's positions (Whisper's learned table ends at max_target_positions; a
     # rotation inside GroupQueryAttention reads a table of kv.rotary_table positions)

@@ -33,20 +33,31 @@ class Context:
 
 
 class FeedReader(CalibrationDataReader):
-    """ONNX Runtime's calibration protocol over a list of feeds (restartable, copyable)."""
+    """ONNX Runtime's calibration protocol over a list of feeds (restartable, copyable, sliceable).
+
+    `set_range` is what `quantize_static` calls under its `CalibStridedMinMax` option: it collects
+    the slices one after the other and merges their ranges (histograms), so feeds of different
+    shapes (Qwen2-VL's patch counts) never meet in one array.
+    """
 
     def __init__(self, feeds: Sequence[Feeds]):
         self.feeds = list(feeds)
-        self.at = 0
+        self.at, self.end = 0, len(self.feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
 
     def get_next(self) -> Feeds | None:
-        if self.at >= len(self.feeds):
+        if self.at >= self.end:
             return None
         self.at += 1
         return self.feeds[self.at - 1]
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.at, self.end = start_index, min(end_index, len(self.feeds))
+
     def rewind(self) -> None:
-        self.at = 0
+        self.at, self.end = 0, len(self.feeds)
 
     def __deepcopy__(self, memo: dict) -> FeedReader:
         return FeedReader(copy.copy(self.feeds))  # the arrays are read-only: share them

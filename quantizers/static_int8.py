@@ -78,6 +78,9 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
             "WeightSymmetric": True,
             "CalibPercentile": PERCENTILE,
             "CalibTensorRangeSymmetric": spec.symmetric,
+            # one feed at a time, ranges merged: the histogram calibrators (percentile, entropy) stack a
+            # collection's activations into one array, and a vision encoder's feeds differ in patch count
+            "CalibStridedMinMax": 1,
         },
     )
     return onnx.load(str(out))

@@ -2,10 +2,11 @@
 
 One profile per kind of quantization preset (`presets.TARGETS`: x86 CPU, Arm CPU, GPU, Android NPU),
 taken from the shipped profiles; each offers fp32, auto and the fixed precisions it has kernels for.
-pte bundles are fp32 only (the quantizers rewrite ONNX graphs; `export` refuses the rest).
+pte bundles take fp32 and the int8/int4 the profile has weight kernels for (`pte_quantize.runnable`:
+quantized in PyTorch before capture; fp16 and auto are not built for pte).
 
 The default suite runs the text family's rows that cover every precision (`DEFAULT`); the rest are
-`-m slow` (a tiny export takes 10-40 s on 2 idle cores, minutes on busy ones; the matrix has 176 rows).
+`-m slow` (a tiny export takes 10-40 s on 2 idle cores, minutes on busy ones; the matrix has 224 rows).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tiny_models import tiny_idefics3, tiny_llama, tiny_llava, tiny_llava_siglip
 
 import edgemfm
 from edgemfm.configs import ExportConfig
+from edgemfm.exporters.pte_quantize import runnable
 from edgemfm.profiles import list_profiles
 from edgemfm.quantizers import presets
 
@@ -62,7 +64,7 @@ def rows() -> list:
         profile = profiles[name]
         for family in FAMILIES:
             for fmt in profile.formats:
-                for precision in precisions(profile) if fmt == "onnx" else ["fp32"]:
+                for precision in precisions(profile) if fmt == "onnx" else runnable(profile):
                     marks = [] if (family, kind, precision, fmt) in DEFAULT else [pytest.mark.slow]
                     out.append(
                         pytest.param(family, name, precision, fmt, marks=marks, id=f"{family}-{kind}-{precision}-{fmt}")

@@ -80,3 +80,17 @@ def test_a_precision_the_pte_preset_cannot_run_is_one_line_and_leaves_nothing(ch
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and precision in err and "allowed: fp32, int8, int4" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_table_whose_rows_the_group_does_not_divide_stays_float_and_is_named():
+    """int4 tables are packed in whole groups of a row: a 84-wide table (a tiny model's) stays float, named."""
+    from edgemfm.exporters.pte_quantize import pte_recipe, quantize_module
+    from edgemfm.profiles import load_profile
+
+    recipe = pte_recipe(load_profile("pi5"), "int4")
+    odd, even = torch.nn.Sequential(torch.nn.Embedding(50, 84)), torch.nn.Sequential(torch.nn.Embedding(50, 128))
+    report = quantize_module("token_embedding", odd, recipe)
+    assert report.quantized_units == 0 and type(odd[0]) is torch.nn.Embedding
+    assert report.float_units == {"0": "its 84-wide rows are not a multiple of the group size 64"}
+    report = quantize_module("token_embedding", even, recipe)
+    assert report.quantized_nodes == {"embedding_4bit": 1} and not report.float_units

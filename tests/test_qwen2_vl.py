@@ -4,7 +4,10 @@ with an image matches transformers token for token."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -163,3 +166,48 @@ def test_windowed_patch_encoder_matches_qwen2_5_vl(tmp_path_factory, picture, ki
         ours = encoder(reference["pixel_values"], torch.from_numpy(patch_positions(h, w, 2)))
     assert ours.shape == theirs.shape and h > 4 and w > 4  # several windows each way
     assert (ours - theirs).abs().max() <= 1e-5 * max(1.0, theirs.abs().max())
+
+
+def test_static_int8_calibrates_the_patch_encoder_across_patch_counts(checkpoint, exported, picture, tmp_path):
+    """TensorRT's static int8 (percentile ranges, symmetric activations): the calibration images give the
+    patch encoder different patch counts, each collected on its own and the histograms merged; the int8
+    encoder stays close to float on images it was not calibrated on."""
+    import onnxruntime as ort
+
+    from edgemfm.bundle import read_manifest
+    from edgemfm.configs import QuantizeConfig
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers.calibration import component_feeds
+    from edgemfm.quantizers.quantize import quantize
+    from edgemfm.quantizers.units import weighted_units
+
+    manifest = read_manifest(exported)
+    feeds = component_feeds(exported, manifest)["vision_encoder"]
+    assert len({f["pixel_values"].shape for f in feeds}) > 1  # what ONNX Runtime's calibrator cannot stack
+    stage = tmp_path / "stage"
+    shutil.copytree(exported, stage)
+    m = quantize(stage, manifest, load_profile("jetson"), QuantizeConfig(precision="int8"), tmp_path / "scratch")
+    q = m.report.quantization["vision_encoder"]
+    assert [s.method for s in q.schemes] == ["percentile"]
+    # every weighted unit: Qwen2-VL's patch embedding, 2 blocks x (qkv, proj, fc1, fc2) and the merger's 2 linears
+    units, _ = weighted_units(onnx.load(str(exported / "vision_encoder.onnx")), "vision_encoder")
+    g = onnx.load(str(stage / "vision_encoder.onnx")).graph
+    gemms = [n for n in g.node if n.op_type == "Gemm"]
+    dequantized = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    assert q.quantized_units == len(gemms) == len(units) >= 11
+    assert all(n.input[0] in dequantized and n.input[1] in dequantized for n in gemms)
+    zero_points = {i.name: i.data_type for i in g.initializer}
+    assert {zero_points[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear"} == {onnx.TensorProto.INT8}
+    assert q.cosine >= 0.99
+    sessions = [
+        ort.InferenceSession(str(d / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+        for d in (exported, stage)
+    ]
+    for kind in ("picture", "tall"):
+        reference = _reference(checkpoint, _image(picture, kind))
+        _, h, w = reference["image_grid_thw"][0].tolist()
+        feeds = {"pixel_values": reference["pixel_values"].numpy(), "patch_positions": patch_positions(h, w, 2)}
+        ours, theirs = (s.run(None, feeds)[0].ravel() for s in sessions)
+        cosine = ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs))
+        print(f"{kind} {h}x{w} patches: int8 vs float cosine {cosine:.4f}")
+        assert cosine >= 0.98, kind
