@@ -4,7 +4,10 @@ The answers copy their prompt but for one name, the case prompt lookup (`--draft
 for. Functions come from a fixed list of pure-Python modules of the running interpreter, in
 source order, 6 to 20 lines long; the renamed name is the function's first argument (not
 self or cls), the new name `new_<old>`. The reference answer is the function with every NAME
-token equal to the old name replaced (tokenize), so exact match can be read off too.
+token equal to the old name replaced (tokenize), so exact match can be read off too. The prompt
+is written out in SmolLM2's chat format (CHATML): a text-only bundle's template is the bare
+prompt, and SmolLM2-135M-Instruct answers the bare instruction with prose, in its chat format
+with the function.
 
     python -m benchmarks.runtime.code_edits --count 6     # prints the set
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODULES = ("textwrap", "shlex", "fnmatch", "colorsys", "heapq", "bisect", "calendar", "glob", "netrc", "difflib")
+CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 LINES = (6, 20)  # a function's length: long enough to copy, short enough to answer in ~150 tokens
 
 
@@ -60,7 +64,7 @@ def _functions(module: str):
                 yield node.name, names[0], textwrap.dedent("".join(lines))
 
 
-def build(count: int) -> list[Edit]:
+def build(count: int, template: str = CHATML) -> list[Edit]:
     """The first function of each module in MODULES that qualifies, then the second of each ..., `count` in all.
 
     >>> [e.function for e in build(2)]  # doctest: +SKIP
@@ -73,7 +77,7 @@ def build(count: int) -> list[Edit]:
             if i < len(functions) and len(edits) < count:
                 name, old, source = functions[i]
                 new = f"new_{old}"
-                prompt = (
+                prompt = template.format(
                     f"Rename the variable `{old}` to `{new}` in this Python function. "
                     f"Reply with the complete updated function only.\n\n```python\n{source}```"
                 )
