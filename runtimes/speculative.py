@@ -47,7 +47,13 @@ class Proposer(Protocol):
 
 
 class BundleDraft:
-    """A draft bundle: greedy single-token steps on its own KV cache."""
+    """A draft bundle: greedy single-token steps on its own KV cache.
+
+    Example:
+        >>> pipe = edgemfm.load("bundles/demo-fp32", draft="bundles/demo-int8")  # doctest: +SKIP
+        >>> type(pipe.draft).__name__                                            # doctest: +SKIP
+        'BundleDraft'
+    """
 
     k = 8  # most tokens proposed per target call when k is chosen from measured costs
 
@@ -55,6 +61,7 @@ class BundleDraft:
         self.pipe = pipe
 
     def start(self, prompt: str, media: dict[str, list]) -> _BundleProposer:
+        """One answer's proposer: the draft's own cache, prefilled with the prompt and its media."""
         cache = self.pipe.decoder.new_cache()
         media, cache.fixed = self.pipe.attend(media)
         self.pipe.prefill(cache, prompt, media)
