@@ -26,6 +26,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "cost-fusion-placeholder",
     "cost-fusion-demo",
     "runtime",
+    "runtime-speculative-demo",
+    "runtime-speculative-code",
     "runtime-audio-preprocess",
     "speech-tiny-en-longform",
     "speech-tiny-en-streaming",

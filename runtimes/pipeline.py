@@ -39,6 +39,8 @@ from edgemfm.runtimes.longform import Segment, TranscribeConfig
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
 from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
+from edgemfm.runtimes.prompt_lookup import PromptLookup
+from edgemfm.runtimes.speculative import BundleDraft, Costs, speculate
 
 # Component format -> backend module (an `open_components` function), imported only when a bundle needs it.
 BACKENDS = {"onnx": "edgemfm.runtimes.onnxruntime", "pte": "edgemfm.runtimes.executorch"}
@@ -171,8 +173,9 @@ class Pipeline(Generates):
         self.decoder = Decoder(
             self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
         )
-        self.draft: Pipeline | None = None  # set by load(..., draft=): speculative decoding
-        self.speculate_k = 4  # tokens the draft proposes per target pass
+        self.draft: BundleDraft | PromptLookup | None = None  # set by load(..., draft=): speculative decoding
+        self.speculate_k: int | None = None  # tokens the draft proposes per target pass; None: chosen by cost
+        self.speculation_costs = Costs()  # measured by speculate, kept between answers
 
     @property
     def provider(self) -> str:
@@ -392,8 +395,6 @@ class Pipeline(Generates):
         media = {"image": images, "audio": audio}
         eos = self.manifest.tokenizer.eos_token_ids
         if self.draft is not None:
-            from edgemfm.runtimes.speculative import speculate
-
             return speculate(self, self.draft, prompt, media, eos, limit, self.speculate_k)
         return self._decode(prompt, media, sampler, eos, limit)
 
@@ -477,13 +478,16 @@ def _check_rotary_table(manifest: Manifest, s: StreamingSettings) -> None:
         )
 
 
+PROMPT_DRAFT = "prompt"  # load(draft=...) / run --draft: prompt lookup instead of a draft bundle
+
+
 def load(
     path: str | Path,
     device: str | None = None,
     threads: int = 0,
     memory_budget: float | None = None,
     draft: str | Path | None = None,
-    draft_k: int = 4,
+    draft_k: int | None = None,
     trusted_keys: Sequence[str | Path] | None = None,
     encoder_cache_mb: float | None = None,
     **streaming_overrides: int,
@@ -492,8 +496,9 @@ def load(
 
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
-    for speculative decoding, proposing `draft_k` tokens per target call (a small-to-large cascade
-    is `edgemfm.runtimes.cascade.load`). `encoder_cache_mb` bounds the encoder-output cache, counted
+    for speculative decoding, or "prompt" for prompt lookup (`prompt_lookup.py`), proposing
+    `draft_k` tokens per target call (default: the k that pays by measured costs, `speculative.Costs`,
+    at most 8 for a bundle and 10 for "prompt"). A small-to-large cascade is `edgemfm.runtimes.cascade.load`. `encoder_cache_mb` bounds the encoder-output cache, counted
     in the budget (default: `budget.ENCODER_CACHE_BYTES` for a bundle with media; 0: off). `trusted_keys`
     (public key files from `edgemfm keygen`): every bundle loaded must carry a signature one of them verifies
     (see `edgemfm.signing`). Keyword overrides of the manifest's streaming settings: `prefill_chunk`,
@@ -516,12 +521,13 @@ def load(
     if bad := sorted(set(streaming_overrides) - known):
         raise InputError(f"unknown streaming setting {bad[0]!r}; allowed: {', '.join(sorted(known))}")
     settings = dataclasses.replace(manifest.streaming, **streaming_overrides)
-    if not (isinstance(draft_k, int) and draft_k >= 1):
+    if draft_k is not None and not (isinstance(draft_k, int) and draft_k >= 1):
         raise InputError(f"draft_k {draft_k!r} is not allowed; allowed: a positive number of proposed tokens")
     pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings, encoder_cache_mb=encoder_cache_mb)
-    if draft is not None:
-        pipe.speculate_k = draft_k
-        pipe.draft = Pipeline(
+    if draft == PROMPT_DRAFT:
+        pipe.draft = PromptLookup(pipe.tokenizer)
+    elif draft is not None:
+        small = Pipeline(
             Path(draft),
             bundle.read_manifest(draft, trusted_keys),
             profile,
@@ -530,8 +536,10 @@ def load(
             settings,
             reserved=pipe.working_bytes,
         )
-        if pipe.tokenizer.get_vocab() != pipe.draft.tokenizer.get_vocab():
+        if pipe.tokenizer.get_vocab() != small.tokenizer.get_vocab():
             raise InputError(
                 f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer"
             )
+        pipe.draft = BundleDraft(small)
+    pipe.speculate_k = draft_k
     return pipe

@@ -285,6 +285,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         s = pipe.speculation
         err.print(
             f"edgemfm: draft accepted {s['accepted']} of {s['proposed']} proposed tokens in {s['target_calls']} target calls"
+            f" (draft {s.get('draft_ms')} ms per token; target ms per call by tokens checked: {s.get('target_ms')})"
         )
 
 
@@ -703,13 +704,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=A.PROBABILITY, default=1.0, help="sample within this probability mass (1: all)")
     r.add_argument("--seed", type=A.SEED, help="sampling seed: the same seed gives the same answer")
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
-    r.add_argument("--draft", metavar="BUNDLE", help="a small bundle proposing tokens for speculative decoding")
+    r.add_argument(
+        "--draft",
+        metavar="BUNDLE|prompt",
+        help="speculative decoding: a small bundle proposes tokens, or 'prompt': n-gram lookup in the prompt",
+    )
     r.add_argument(
         "--draft-k",
         type=A.AT_LEAST_ONE,
-        default=4,
         metavar="K",
-        help="tokens the draft proposes per target call (default 4)",
+        help="tokens the draft proposes per target call (default: the k that pays by measured costs)",
     )
     r.add_argument(
         "--cascade",

@@ -13,6 +13,8 @@ from edgemfm.cli import main
 from edgemfm.errors import InputError
 from edgemfm.runtimes.cascade import Calibration, calibrate, choose_threshold
 from edgemfm.runtimes.decoding import Sampler, stop_at
+from edgemfm.runtimes.prompt_lookup import lookup
+from edgemfm.runtimes.speculative import Costs
 
 PROMPT = "Describe the picture."
 
@@ -103,6 +105,47 @@ def test_speculative_decoding_gives_the_targets_greedy_tokens(default_bundle, sm
         if accepted == "all":  # the target as its own draft: every proposal passes, k + 1 tokens per target call
             assert s["accepted"] == s["proposed"] and s["target_calls"] <= math.ceil(len(alone) / 5)
     assert len(alone) == 40
+
+
+def test_measured_costs_choose_the_k_that_pays():
+    costs = Costs()
+    assert costs.choose(8) == 0  # nothing measured: one plain step first
+    costs.observe("target", 1, 0.045)
+    assert costs.choose(8) == 8  # then the most, to measure the draft and a long check
+    costs.observe("target", 9, 0.065)
+    costs.observe("draft", 8, 8 * 0.002)
+    costs.accepted, costs.missed = 95, 5
+    assert costs.choose(8) == 8  # a cheap, right draft: propose the most
+    costs.observe("draft", 1, 0.2)
+    costs.accepted, costs.missed = 10, 90
+    assert costs.choose(8) == 0  # a slow, wrong one: plain steps
+    assert abs(costs.check_seconds(5) - 0.055) < 1e-12  # between the measured 1 and 9 tokens
+
+
+def test_prompt_lookup_proposes_what_followed_the_first_match():
+    assert lookup([7, 1, 2, 3, 4, 9, 1, 2], n=2) == [3, 4]
+    assert lookup([1, 2, 3, 4, 2, 3], n=5, ngram=3) == [4, 2, 3]  # 2-gram "2 3", first occurrence
+    assert lookup([5, 6, 8, 1, 6], n=3, ngram=3) == [8, 1, 6]  # only the last token matches
+    assert lookup([1, 2, 3], n=4) == [] and lookup([], n=4) == []
+
+
+def test_adaptive_and_prompt_drafts_give_the_targets_greedy_tokens(default_bundle, small_bundle, picture, capsys):
+    prompt = "Repeat after me: the red circle is left of the blue square."
+    alone = list(edgemfm.load(default_bundle).generate_tokens(prompt, images=[picture], max_new_tokens=40))
+    for draft in (small_bundle, "prompt"):
+        pipe = edgemfm.load(default_bundle, draft=draft)  # k chosen from measured costs
+        for _ in range(2):  # the second answer starts from the first one's measured costs
+            assert list(pipe.generate_tokens(prompt, images=[picture], max_new_tokens=40)) == alone
+        s = pipe.speculation
+        assert s["target_calls"] == len(s["k"]) and s["proposed"] > 0 and 1 in s["target_ms"]
+        assert all(0 <= k <= pipe.draft.k for k in s["k"])
+    args = ["run", str(default_bundle), "--prompt", prompt, "--image", str(picture), "--max-new-tokens", "40"]
+    assert main([*args, "--draft", "prompt"]) == 0
+    captured = capsys.readouterr()
+    assert (
+        captured.out.strip() == edgemfm.load(default_bundle).tokenizer.decode(alone, skip_special_tokens=True).strip()
+    )
+    assert "draft accepted" in captured.err
 
 
 def test_speculative_decoding_refuses_sampling_and_bad_k(default_bundle, small_bundle):
