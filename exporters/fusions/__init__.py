@@ -27,6 +27,7 @@ FUSIONS = (
     "rotary",
     "attention",
     "group_query_attention",
+    "bnsh_kv",
     "gelu",
     "silu",
     "fused_matmul",
