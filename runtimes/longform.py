@@ -31,7 +31,7 @@ import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import Transcription
-from edgemfm.runtimes.decoding import Sampler, logprob, suppress
+from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.mel_windows import MelWindows, source_of
 
 
@@ -66,7 +66,8 @@ def _processed(logits: np.ndarray, tokens: list[int], g: Any, t: Transcription, 
     """The scores a token is chosen from: suppressed tokens, then the timestamp rules (transformers'
     SuppressTokensAtBegin, SuppressTokens and WhisperTimeStamp logits processors, in that order)."""
     ts = t.no_timestamps + 1
-    x = suppress(logits, g.suppress_tokens + (g.begin_suppress_tokens if not tokens else ())).astype(np.float64)
+    x = logits.astype(np.float64)  # the one copy of the vocabulary per step: everything below is in place
+    x[list(g.suppress_tokens + (g.begin_suppress_tokens if not tokens else ()))] = -np.inf
     x[t.no_timestamps] = -np.inf
     last = len(tokens) >= 1 and tokens[-1] >= ts
     penultimate = len(tokens) < 2 or tokens[-2] >= ts
@@ -75,17 +76,17 @@ def _processed(logits: np.ndarray, tokens: list[int], g: Any, t: Transcription, 
             x[ts:] = -np.inf  # a pair of timestamps is followed by text
         else:
             x[:eos] = -np.inf  # a single timestamp is followed by another, or the end
-    stamps = [token for token in tokens if token >= ts]
-    if stamps:  # timestamps never go back (nor repeat, but to close a segment)
-        x[ts : stamps[-1] + (0 if last and not penultimate else 1)] = -np.inf
+    latest = next((token for token in reversed(tokens) if token >= ts), None)
+    if latest is not None:  # timestamps never go back (nor repeat, but to close a segment)
+        x[ts : latest + (0 if last and not penultimate else 1)] = -np.inf
     if not tokens:  # a window starts with a timestamp, within the first `max_initial_timestamp` steps
         x[:ts] = -np.inf
         if t.max_initial_timestamp is not None:
             x[ts + t.max_initial_timestamp + 1 :] = -np.inf
-    top = x.max()
-    logp = x - top - np.log(np.exp(x - top).sum())
-    stamp_mass = np.logaddexp.reduce(logp[ts:])
-    if stamp_mass > logp[:ts].max():  # the timestamps together outweigh any single text token
+    # The timestamps together outweigh any single text token: compared as log-probabilities, whose
+    # shared normalizer cancels, so the whole vocabulary's softmax is never computed.
+    stamps, top = x[ts:], x[ts:].max()
+    if top > -np.inf and top + np.log(np.exp(stamps - top).sum()) > x[:ts].max():
         x[:ts] = -np.inf
     return x
 
@@ -133,17 +134,17 @@ class LongForm:
         return list(self.t.start)
 
     def _decode(self, fixed: dict[str, np.ndarray], prefix: list[int], sampler: Sampler) -> tuple[list[int], float]:
-        """Tokens of one window (with the end token, if reached) and their mean log-probability."""
+        """Tokens of one window (with the end token, if reached) and their mean log-probability (0 unless judged)."""
         decoder, g = self.pipe.decoder, self.pipe.manifest.generation
         cache = decoder.new_cache()
         cache.fixed = fixed
         logits = decoder.run(cache, decoder.embed_ids(prefix))[-1]
         tokens: list[int] = []
-        total = 0.0
+        total, scored = 0.0, self.config.logprob_threshold is not None  # a softmax per token only when judged
         for _ in range(self.t.max_target_positions - len(prefix)):
             scores = _processed(logits, tokens, g, self.t, self.eos)
             token = sampler(scores)
-            total += logprob(scores, token)
+            total += logprob(scores, token) if scored else 0.0
             tokens.append(token)
             if token == self.eos:
                 break

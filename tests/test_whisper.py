@@ -40,6 +40,19 @@ def test_manifest_declares_the_cross_attention(exported):
     assert all(p.max_abs_diff <= 1e-4 * p.scale for p in m.report.parity.values())
 
 
+def test_decoder_attention_reads_the_cached_keys_and_values_without_copying_them(exported):
+    import onnx
+
+    m = edgemfm.load(exported).manifest
+    fusion = m.report.parity["text_decoder"].fusion
+    assert fusion.rules_fired["bnsh_kv.bnsh_kv"] == fusion.fused_ops["MultiHeadAttention"] >= 3
+    graph = onnx.load(exported / m.components["text_decoder"].file).graph
+    cross = set(m.components["text_decoder"].cross_attention.outputs)
+    fed = [i for n in graph.node if n.op_type == "MultiHeadAttention" for i in n.input[1:3]]
+    assert cross <= set(fed)  # straight from the inputs: no Transpose of 1500 positions at every step
+    assert not [n for n in graph.node if n.op_type == "Transpose" and set(n.input) & cross]
+
+
 def test_transcription_tokens_match_transformers(checkpoint, exported, speech):
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 

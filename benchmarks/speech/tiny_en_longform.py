@@ -157,7 +157,8 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
 def longform(args: argparse.Namespace) -> None:
     reference = (args.audio / f"{NAME}.txt").read_text()
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
-    jobs = {"transformers fp32 (torch)": "transformers"}
+    hf_row = "transformers fp32 (torch)"
+    jobs = {} if args.transformers_text else {hf_row: "transformers"}
     jobs |= {f"edgemfm {name}": f"edgemfm:{path}" for name, path in args.bundle}
     jobs |= {f"faster-whisper {c}": f"faster-whisper:{c}" for c in args.faster_whisper}
     cpu: dict[str, list[float]] = {name: [] for name in jobs}
@@ -173,7 +174,7 @@ def longform(args: argparse.Namespace) -> None:
         args.texts.mkdir(parents=True, exist_ok=True)
         for name, text in texts.items():
             (args.texts / f"{name.replace(' ', '_')}.txt").write_text(text)
-    hf = texts["transformers fp32 (torch)"]
+    hf = args.transformers_text.read_text() if args.transformers_text else texts[hf_row]
     table = []
     for name in jobs:
         median = statistics.median(cpu[name])
@@ -193,6 +194,8 @@ def longform(args: argparse.Namespace) -> None:
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
     )
+    if args.transformers_text:
+        note += f" transformers' text (WER vs transformers) is from an earlier run of its row: {args.transformers_text.name}."
     title = args.title or "Whisper tiny.en (real weights), 10 minutes long-form"
     _record(args.name or "speech-tiny-en-longform", title, table, note)
 
@@ -272,6 +275,11 @@ def main() -> None:
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--step", type=float, default=2.0, help="--part stream: seconds of new audio between updates")
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument(
+        "--transformers-text",
+        type=Path,
+        help="transformers' transcript from an earlier run's --texts (deterministic): its row is then not run",
+    )
     p.add_argument("--name", help="--part longform: the result file's name (default speech-tiny-en-longform)")
     p.add_argument("--title", help="--part longform: its heading")
     args = p.parse_args()

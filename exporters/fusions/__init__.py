@@ -29,6 +29,7 @@ FUSIONS = (
     "attention",
     "group_query_attention",
     "rotary_attention",
+    "bnsh_kv",
     "gelu",
     "silu",
     "fused_matmul",
