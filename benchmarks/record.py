@@ -7,6 +7,7 @@ commit, the machine and the rows, so that `python -m benchmarks.render` can put 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -63,6 +64,27 @@ def write(name: str, rows: list[dict], **extra) -> Path:
     out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(f"results: {out}", file=sys.stderr)
     return out
+
+
+@contextlib.contextmanager
+def timing_lock(path: Path | None):
+    """Hold the file lock at `path` (flock, as `flock FILE cmd` takes it) for a timed section; None: no lock.
+
+    Shared machines time one benchmark at a time; the untimed work (exports, accuracy) runs outside it.
+
+    >>> with timing_lock(Path("/tmp/bench.lock")): ...  # doctest: +SKIP
+    """
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _cells(line: str) -> list[str]:

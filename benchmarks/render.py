@@ -36,6 +36,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "decode-rotary-attention",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",
+    "quantization-demo-vision-int8",
     "quantization-smollm2",
     "quantization-demo-auto",
     "pruning-smollm2",

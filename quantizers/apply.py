@@ -154,11 +154,12 @@ def quantize_component(
         }
     )
     joined = ctx.cache.get("qlinear", {})  # small convs conv_qlinear took into its int8 chain: not float
+    kept = ctx.cache.get("qlinear_float", {})  # convs conv_qlinear measured too sensitive for int8: float
     notes.update(joined)
     return Quantization(
         schemes=tuple(AppliedScheme(bits=b, group_size=g, method=m) for b, g, m in specs),
-        quantized_units=sum(len(us) for _, _, us in passes),
-        float_units={k: v for k, v in {**floats, **skipped}.items() if k not in joined},
+        quantized_units=sum(u.name not in kept for _, _, us in passes for u in us),
+        float_units={k: v for k, v in {**floats, **skipped, **kept}.items() if k not in joined},
         notes=notes,
         quantized_nodes={op: ops[op] for op in QUANT_OPS if ops[op]},
         weight_bytes=weight_bytes(model),

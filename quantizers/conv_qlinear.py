@@ -22,6 +22,13 @@ the report names it in `notes` (`ctx.cache["qlinear"]`), not among the float uni
 Activation ranges: MinMax over the calibration feeds (percentile measured the same accuracy at twice
 the calibration time).
 
+A conv whose int8 weights alone (per output channel, every other conv float) bring the component's output
+under `SENSITIVE_DB` on the calibration feeds stays float, named in the report's float units: on the demo
+model's EfficientNet-Lite0 the first depthwise conv alone took its output to 17.6 dB on the built-in
+drawings, the stem and the second depthwise to under 29, and the whole int8 encoder lost 3.5 points of
+held-out exact match (BENCHMARKS.md, result quantization-demo-vision-int8). The early, small, high-resolution
+convs are the ones: few weights per channel, each rounding error carried through every later block.
+
 Example:
     >>> model = apply(onnx.load("effnet.onnx"), *select(model, units, ctx), ctx)  # doctest: +SKIP
 """
@@ -31,12 +38,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgemfm.quantizers.units import Unit
 
 if TYPE_CHECKING:
     from edgemfm.quantizers.context import Context
 
 ACTIVATIONS = ("Relu", "Clip")  # folded into the conv's output range when quantized with it
+SENSITIVE_DB = 30.0  # output SQNR under which a conv's int8 weights alone keep it float (see above)
 _THROUGH = (*ACTIVATIONS, "Add")  # what lies between two chained convs of a CNN
 
 
@@ -70,9 +80,44 @@ def chained(model: Any, units: list[Unit]) -> list[Unit]:
     return [u for u in units if reaches(nodes[u.node], before) or reaches(nodes[u.node], after)]
 
 
-def select(model: Any, units: list[Unit], ctx: Context) -> tuple[list[Unit], list[str]]:
-    """The Conv `units` chained to another conv, and the nodes of the small convs chained to them (their
-    notes go to `ctx.cache["qlinear"]`, unit name -> note, for the report)."""
+def sensitive(model: Any, convs: list[Unit], feeds: list) -> dict[str, float]:
+    """Unit name -> the component's output SQNR (dB) on `feeds` with only that conv's weights int8, for the
+    `convs` under SENSITIVE_DB.
+
+    Example:
+        >>> sensitive(model, units, ctx.feeds)  # doctest: +SKIP
+        {'vision_encoder/vision_tower._blocks.0._depthwise_conv': 17.6}
+    """
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def outputs() -> list[np.ndarray]:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [session.run(None, f)[0] for f in feeds]
+
+    ref, out = outputs(), {}
+    for u in convs:
+        init = inits[u.weight]
+        w = numpy_helper.to_array(init)
+        scale = np.maximum(np.abs(w).reshape(len(w), -1).max(1), 1e-12).reshape(-1, *[1] * (w.ndim - 1)) / 127
+        init.CopyFrom(numpy_helper.from_array((np.round(w / scale) * scale).astype(w.dtype), u.weight))
+        got = outputs()
+        init.CopyFrom(numpy_helper.from_array(w, u.weight))
+        noise = sum(float(np.sum((a - b) ** 2)) for a, b in zip(ref, got, strict=True))
+        db = 10 * math.log10(sum(float(np.sum(a**2)) for a in ref) / max(noise, 1e-30))
+        if db < SENSITIVE_DB:
+            out[u.name] = db
+    return out
+
+
+def select(model: Any, units: list[Unit], ctx: Context) -> tuple[list[Unit], list[str], list[Unit]]:
+    """The Conv `units` chained to another conv, the nodes of the small convs chained to them (their notes go
+    to `ctx.cache["qlinear"]`, unit name -> note, for the report), and the `units` kept float because their
+    int8 weights cost the output too much (`sensitive`; why in `ctx.cache["qlinear_float"]`)."""
     from edgemfm.quantizers.units import MIN_PARAMS, module_path, unit_name
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -83,6 +128,24 @@ def select(model: Any, units: list[Unit], ctx: Context) -> tuple[list[Unit], lis
         if w.data_type == 1 and 0 < math.prod(w.dims) < MIN_PARAMS  # float32 and too small to be a unit
     ]
     joined = chained(model, [*units, *small])
+    worst = sensitive(model, joined, list(ctx.feeds))
+    # a float conv inside the int8 chain: ONNX Runtime's optimized graph drifts from the QDQ graph's own
+    # numbers (the demo's encoder: 28.9 dB unoptimized, 14.1 optimized), so the chain starts after the last
+    # sensitive conv and everything before it stays float
+    order = {n.name: i for i, n in enumerate(model.graph.node)}
+    last = max((order[u.node] for u in joined if u.name in worst), default=-1)
+    prefix = {u.name for u in joined if order[u.node] <= last}
+    kept = ctx.cache.setdefault("qlinear_float", {})
+    kept.update(
+        {
+            name: f"int8 weights alone: output {worst[name]:.1f} dB < {SENSITIVE_DB:g} on calibration"
+            if name in worst
+            else "before a sensitive conv: the int8 chain starts after it"
+            for name in prefix
+        }
+    )
+    worst = {name: worst.get(name, 0.0) for name in prefix}
+    joined = [u for u in joined if u.name not in prefix]
     notes = ctx.cache.setdefault("qlinear", {})
     notes.update(
         {
@@ -91,7 +154,8 @@ def select(model: Any, units: list[Unit], ctx: Context) -> tuple[list[Unit], lis
             if u in small
         }
     )
-    return [u for u in joined if u not in small], [u.node for u in joined if u in small]
+    float_units = [u for u in units if u.name in worst]
+    return [u for u in joined if u not in small], [u.node for u in joined if u in small], float_units
 
 
 def apply(model: Any, units: list[Unit], small: list[str], ctx: Context) -> Any:

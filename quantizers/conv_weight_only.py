@@ -41,10 +41,10 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     if spec.bits == 8 and spec.activation_bits == 8 and ctx.profile.int8_conv == "qlinear" and ctx.feeds:
-        on_int8, small = conv_qlinear.select(model, units, ctx)
+        on_int8, small, kept_float = conv_qlinear.select(model, units, ctx)
         if on_int8:
             model = conv_qlinear.apply(model, on_int8, small, ctx)
-            units = [u for u in units if u not in on_int8]
+        units = [u for u in units if u not in on_int8 and u not in kept_float]
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     for u in units:

@@ -123,3 +123,28 @@ def test_a_lone_conv_stays_weight_only(tmp_path):
     _quantize(src, tmp_path / "int8.onnx", "host", tmp_path)
     ops = _optimized_ops(tmp_path / "int8.onnx", tmp_path)
     assert ops["QLinearConv"] == 0 and ops["QuantizeLinear"] == 0
+
+
+def test_a_conv_whose_int8_weights_cost_the_output_too_much_stays_float_with_those_before_it(
+    encoder, tmp_path, monkeypatch
+):
+    from edgemfm.quantizers import conv_qlinear
+
+    measured = conv_qlinear.sensitive
+    first = {}
+
+    def only_the_first_block(model, convs, feeds):  # the real measurement, then the first block's depthwise
+        out = measured(model, convs, feeds)
+        assert out == {}  # random weights: no conv of the tiny encoder is sensitive at SENSITIVE_DB
+        depthwise = [u for u in convs if u.shape[1] == 1]  # [out, in / groups, kh, kw]: groups == out
+        first.setdefault(depthwise[0].name, 10.0)
+        return dict(first)
+
+    monkeypatch.setattr(conv_qlinear, "sensitive", only_the_first_block)
+    report = _quantize(encoder, tmp_path / "int8.onnx", "host", tmp_path)
+    ops = _optimized_ops(tmp_path / "int8.onnx", tmp_path)
+    # stem, the first block's expand and depthwise convs stay float; the chain starts at its projection
+    assert ops["QLinearConv"] == CONVS - 3 and ops["Conv"] + ops["FusedConv"] == 3
+    kept = {k: v for k, v in report.float_units.items() if "sensitive" in v or "dB" in v}
+    assert len(kept) == 3 and "10.0 dB" in kept[next(iter(first))]
+    assert report.quantized_units == CONVS - 3
