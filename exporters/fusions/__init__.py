@@ -29,6 +29,7 @@ FUSIONS = (
     "attention",
     "group_query_attention",
     "rotary_attention",
+    "attention_output",
     "gelu",
     "silu",
     "fused_matmul",
