@@ -144,7 +144,7 @@ class Pipeline(Generates):
         self.path, self.manifest, self.profile = path, manifest, profile
         self.streaming = streaming_settings or manifest.streaming
         _check_streaming(self.streaming)
-        _check_rotary_table(manifest, self.streaming)
+        _check_rotary_table(path, manifest, self.streaming)
         self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
         what = f"bundle {str(path)!r}"
         self.encoder_cache = _encoder_cache(manifest, encoder_cache_mb)
@@ -466,14 +466,14 @@ def _check_streaming(s: StreamingSettings) -> None:
         )
 
 
-def _check_rotary_table(manifest: Manifest, s: StreamingSettings) -> None:
+def _check_rotary_table(path: Path, manifest: Manifest, s: StreamingSettings) -> None:
     """A decoder rotating inside GroupQueryAttention reads a cos/sin row for every cached entry: its cache
     holds at most the table's positions (the export's max_seq_len)."""
     component = manifest.components.get(manifest.generation.decoder)
     table = component.kv_cache.rotary_table if component is not None and component.kv_cache else 0
     if table and s.max_seq_len > table:
         raise InputError(
-            f"max_seq_len {s.max_seq_len} is past the decoder's rotary table of {table} positions; "
+            f"bundle {str(path)!r}: max_seq_len {s.max_seq_len} is past the decoder's rotary table of {table} positions; "
             f"allowed: 1 to {table} (or export with a larger --max-seq-len)"
         )
 

@@ -57,20 +57,21 @@ def test_three_devices_on_a_local_ray_cluster(checkpoint, tmp_path):
 
 
 def test_tuning_several_devices_reports_each_and_keeps_the_others_results(default_bundle, tmp_path, capsys):
-    """The cost model's fastest point of the placeholder is under 3 ms on the Pi 5 and over it on the
-    Jetson (a GPU's launch overheads on a model this small): the Jetson fails alone, in one line."""
+    """The cost model's fastest point of the placeholder is under 2.5 ms on the Pi 5 and over it on the
+    Jetson (a GPU's launch overheads on a model this small: 2.8 ms at 81 decoder nodes): the Jetson fails
+    alone, in one line."""
     plot, applied = tmp_path / "f.png", tmp_path / "tuned"
-    argv = ["tune", "--device", "pi5,jetson", "--latency-budget", "3", "--bundle", str(default_bundle)]
+    argv = ["tune", "--device", "pi5,jetson", "--latency-budget", "2.5", "--bundle", str(default_bundle)]
     assert main([*argv, "--apply", str(applied), "--plot", str(plot), "--json", str(tmp_path / "f.json")]) == 2
     captured = capsys.readouterr()
     err = captured.err.replace("\n", " ")
-    assert "failed jetson-orin-nano-8gb: " in err and "the fastest needs" in err and "allowed: 3 ms" in err
+    assert "failed jetson-orin-nano-8gb: " in err and "the fastest needs" in err and "allowed: 2.5 ms" in err
     assert "1 of 2 devices failed; the others' results are above" in err
     assert "raspberry-pi-5-8gb" in captured.out and "chosen:" in captured.out
     assert sorted(p.name for p in applied.iterdir()) == ["raspberry-pi-5-8gb"]
     m = edgemfm.bundle.read_manifest(applied / "raspberry-pi-5-8gb")
     assert (m.profile, m.report.tune.device) == ("raspberry-pi-5-8gb", "raspberry-pi-5-8gb")
-    assert m.report.tune.latency_ms <= 3.0
+    assert m.report.tune.latency_ms <= 2.5
     points = json.loads((tmp_path / "f-raspberry-pi-5-8gb.json").read_text())["points"]
     assert sum(p["chosen"] for p in points) == 1
     assert (tmp_path / "f-raspberry-pi-5-8gb.png").read_bytes()[:4] == b"\x89PNG"

@@ -54,6 +54,16 @@ def test_decoder_norms_rotary_and_attention_are_fused(default_bundle):
     assert tables == {f"rotary_{k}_cache": (m.streaming.max_seq_len, kv.head_dim // 2) for k in ("cos", "sin")}
 
 
+def test_the_heads_the_kernel_returns_merged_are_not_split_and_merged_again(default_bundle):
+    """Two Reshapes per layer went (parity: the fused-vs-unfused tests below run the graph with all rules)."""
+    m = read_manifest(default_bundle)
+    layers = m.components["text_decoder"].kv_cache.layers
+    assert m.report.parity["text_decoder"].fusion.rules_fired["attention_output.reshapes"] == 2 * layers
+    graph = onnx.load(str(default_bundle / "text_decoder.onnx")).graph
+    outs = {n.output[0] for n in graph.node if n.op_type == "GroupQueryAttention"}
+    assert len(outs) == layers and [n.op_type for n in graph.node if outs & set(n.input)] == ["MatMul"] * layers
+
+
 def test_vision_layernorm_attention_and_gelu_are_fused(default_bundle):
     fusion = read_manifest(default_bundle).report.parity["vision_encoder"].fusion
     ops = _ops(default_bundle / "vision_encoder.onnx")

@@ -30,6 +30,7 @@ FUSIONS = (
     "group_query_attention",
     "rotary_attention",
     "bnsh_kv",
+    "attention_output",
     "gelu",
     "silu",
     "fused_matmul",

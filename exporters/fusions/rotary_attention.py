@@ -13,16 +13,17 @@ The kernel rotates q and the new k itself, reading rows of a cos/sin table: the 
 subgraph evaluated at positions 0..max_seq_len-1 (so a family's frequency scaling comes along), and
 the subgraph goes. The kernel wants a row for every cached entry (total_sequence_length), not only
 for the positions fed, so the table is as long as the cache the export is for (`max_seq_len`): a
-pi5 decoder holds 1,024 rows, and loading it with a longer cache is refused (runtimes/pipeline.py). A stream is not bounded by the table:
-attention with RoPE depends only on the distance between positions, so the runtime feeds
-`position - base` and, when that would pass the table, moves `base` up to the next position and
-rotates every cached key back by the same amount once (runtimes/kvcache.py); each token keeps its
-exact distance to every other. That needs the frequencies, which the fusion reads off the table
+pi5 decoder holds 1,024 rows, and loading it with a longer cache is refused (runtimes/pipeline.py).
+A stream is not bounded by the table: attention with RoPE depends only on the distance between
+positions, so the runtime feeds `position - base` and, when that would pass the table, moves `base`
+up to the next position and rotates every cached key back by the same amount once
+(runtimes/kvcache.py); each token keeps its exact distance to every other. That needs the frequencies, which the fusion reads off the table
 and returns for the manifest.
 
 Fused only where the rotation is a plain one: full head width, halves not interleaved, one table
 for every layer computed from `position_ids` alone, cos² + sin² = 1 (no attention scaling folded
-in) and each column a fixed frequency (angle ∝ position). Anything else stays as it was, and so does a graph fused without a `max_seq_len`.
+in) and each column a fixed frequency (angle ∝ position). Anything else stays as it was, and so
+does a graph fused without a `max_seq_len`.
 
 Example:
     >>> apply(model, max_seq_len=2048)   # doctest: +SKIP
