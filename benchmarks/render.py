@@ -31,6 +31,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-streaming",
     "runtime-chat",
     "runtime-visual-tokens",
+    "runtime-cascade",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",
     "quantization-smollm2",

@@ -60,6 +60,7 @@ class CascadeBench:
     large_cpu_s: float | None
     load_s: float  # opening the cascade (on demand: the small bundle and the large one's checks)
     peak_rss_mib: float  # the process's peak resident size from before loading to the last answer
+    rss_after_mib: float  # its resident size after the last answer, freed heap returned (on demand: small only)
     answers: tuple[Answered, ...]
 
 
@@ -128,6 +129,7 @@ def bench_cascade(
             alone.append((normalize(text) == normalize(item["answer"]), seconds, cpu))
         step()
     n = len(items)
+    budget.release_free_heap()  # on demand: the last large pipeline's freed buffers leave the process
     mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
     return CascadeBench(
         mode="on_demand" if on_demand else "resident",
@@ -143,6 +145,7 @@ def bench_cascade(
         large_cpu_s=mean([c for _, _, c in alone]),
         load_s=load_s,
         peak_rss_mib=budget.peak_resident_bytes() / budget.MiB,
+        rss_after_mib=budget.resident_bytes() / budget.MiB,
         answers=tuple(answers),
     )
 

@@ -380,7 +380,7 @@ def _bench_cascade(args: argparse.Namespace) -> None:
         f"cascade ({r.mode}, {r.test} < {r.threshold:.3f} escalates): {r.questions} questions, "
         f"{r.escalated:.1%} escalated, {r.cascade_accuracy:.1%} right, {r.cascade_s * 1e3:.0f} ms "
         f"({r.cascade_cpu_s * 1e3:.0f} CPU ms) per question; large alone: {large}; "
-        f"peak RSS {r.peak_rss_mib:.0f} MiB",
+        f"peak RSS {r.peak_rss_mib:.0f} MiB, {r.rss_after_mib:.0f} MiB after the last answer",
         highlight=False,
     )
     if args.json:
