@@ -113,7 +113,9 @@ class Cascade(Generates):
         if isinstance(escalate_below, (str, Path)) and _number(str(escalate_below)) is None:
             calibration = Calibration.read(escalate_below)
             escalate_below, test = calibration.threshold, test or calibration.test
-        escalate_below = float(_number(str(escalate_below)) if isinstance(escalate_below, str) else escalate_below)
+        escalate_below = float(
+            _number(str(escalate_below)) if isinstance(escalate_below, (str, Path)) else escalate_below
+        )
         if math.isnan(escalate_below):  # every comparison with NaN is False: it would always escalate
             raise InputError("escalate_below nan is not allowed; allowed: a self-test score (e.g. -1.5) or -inf/inf")
         self.test = selftests.check_test(test or "mean_logprob")
