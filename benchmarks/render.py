@@ -34,6 +34,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-chat",
     "runtime-visual-tokens",
     "decode-rotary-attention",
+    "runtime-cascade",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",
     "quantization-demo-vision-int8",

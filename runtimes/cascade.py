@@ -1,12 +1,17 @@
 """A small-to-large cascade: the small bundle answers unless a cheap self-test sends the question up.
 
-The self-test is the small bundle's mean token log-probability over its own answer, read off
-the logits the decode loop already has (no extra model call). Below a threshold calibrated on
-held-out questions the large bundle answers instead. `calibrate` picks the threshold that
-escalates the fewest questions while the cascade stays within `tolerance` of the large
-bundle's accuracy on the held-out set, and writes it to a JSON file `load` reads back.
+The self-test is a score of the small bundle's own answer read off the logits the decode loop
+already has, no extra model call (`selftests`: the mean token log-probability by default, the
+least sure token's, or the first token's margin over the runner-up). Below a threshold
+calibrated on held-out questions the large bundle answers instead. `calibrate` picks the test
+and threshold that escalate the fewest questions while the cascade stays within `tolerance` of
+the large bundle's accuracy on the held-out set, and writes them to a JSON file `load` reads back.
 
-    question ─► small ─► answer, mean log-prob s ─► s >= threshold ? answer : large(question)
+    question ─► small ─► answer, self-test s ─► s >= threshold ? answer : large(question)
+
+Memory: both bundles stay resident by default; `load(..., on_demand=True)` keeps only the small
+one and opens the large one for each escalated question (under the same memory budget, the small
+one counted), paying its load time on every escalation.
 
 Example:
     >>> cascade = edgemfm.load_cascade("bundles/large", "bundles/small", escalate_below="cascade.json")  # doctest: +SKIP
@@ -28,7 +33,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +42,22 @@ import numpy as np
 
 from edgemfm import bundle
 from edgemfm.errors import InputError
+from edgemfm.runtimes import selftests
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
-from edgemfm.runtimes.pipeline import Generates, Pipeline, check_request
+from edgemfm.runtimes.pipeline import Generates, Pipeline, _tokenizer, check_request
 from edgemfm.runtimes.pipeline import load as load_pipeline
+from edgemfm.runtimes.selftests import Scores
 
 
 @dataclass(frozen=True)
 class Calibration:
-    threshold: float  # escalate when the small answer's mean token log-probability is below this
+    threshold: float  # escalate when the small answer's self-test score is below this
     questions: int  # held-out questions it was calibrated on
     small_accuracy: float
     large_accuracy: float
     cascade_accuracy: float
     escalated: float  # fraction of the held-out questions sent to the large bundle
+    test: str = "mean_logprob"  # which self-test (selftests.TESTS); files written before there were others lack it
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -57,16 +65,13 @@ class Calibration:
     @classmethod
     def read(cls, path: str | Path) -> Calibration:
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            calibration = cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as e:
             raise InputError(
                 f"{str(path)!r} is not a cascade calibration file ({e}); allowed: a JSON file written by calibrate()"
             ) from None
-
-
-def mean_logprob(scored: Sequence[tuple[int, float]]) -> float:
-    """The self-test score of an answer; an empty answer scores -inf, so it always escalates."""
-    return sum(lp for _, lp in scored) / len(scored) if scored else -math.inf
+        selftests.check_test(calibration.test)
+        return calibration
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class CascadeAnswer:
 
     text: str
     answered_by: str  # "small": passed the self-test; "large": escalated
-    score: float  # the small answer's mean token log-probability (the self-test)
+    score: float  # the small answer's self-test score (the cascade's test)
 
 
 @dataclass(frozen=True)
@@ -86,25 +91,40 @@ class _Decision:
 
 
 class Cascade(Generates):
-    """Two pipelines behind one generate API; `answered_by` says which answered the calling thread's last question."""
+    """Two pipelines behind one generate API; `answered_by` says which answered the calling thread's last question.
 
-    def __init__(self, small: Pipeline, large: Pipeline, escalate_below: float | str | Path | None):
+    `large` is a Pipeline (resident) or a function opening one (on demand: called for each escalated
+    question, the pipeline dropped after its answer); `test` names the self-test (`selftests.TESTS`;
+    default: the calibration file's, else mean_logprob).
+    """
+
+    def __init__(
+        self,
+        small: Pipeline,
+        large: Pipeline | Callable[[], Pipeline],
+        escalate_below: float | str | Path | None,
+        test: str | None = None,
+        tokenizer: Any = None,
+    ):
         if escalate_below is None:
             raise InputError(
-                "a cascade needs escalate_below; allowed: a mean log-probability (e.g. -1.5) or a calibration JSON file"
+                "a cascade needs escalate_below; allowed: a self-test score (e.g. -1.5) or a calibration JSON file"
             )
-        if isinstance(escalate_below, (str, Path)):
-            escalate_below = (
-                _number(str(escalate_below))
-                if _number(str(escalate_below)) is not None
-                else Calibration.read(escalate_below).threshold
-            )
-        if math.isnan(float(escalate_below)):  # every comparison with NaN is False: it would always escalate
-            raise InputError(
-                "escalate_below nan is not allowed; allowed: a mean log-probability (e.g. -1.5) or -inf/inf"
-            )
-        self.small, self.large, self.threshold = small, large, float(escalate_below)
-        self.tokenizer = large.tokenizer  # never swapped: each answer carries its own in its _Decision
+        if isinstance(escalate_below, (str, Path)) and _number(str(escalate_below)) is None:
+            calibration = Calibration.read(escalate_below)
+            escalate_below, test = calibration.threshold, test or calibration.test
+        escalate_below = float(
+            _number(str(escalate_below)) if isinstance(escalate_below, (str, Path)) else escalate_below
+        )
+        if math.isnan(escalate_below):  # every comparison with NaN is False: it would always escalate
+            raise InputError("escalate_below nan is not allowed; allowed: a self-test score (e.g. -1.5) or -inf/inf")
+        self.test = selftests.check_test(test or "mean_logprob")
+        self.small, self.threshold = small, escalate_below
+        self.on_demand = callable(large) and not isinstance(large, Pipeline)
+        self._open_large = large if self.on_demand else (lambda: large)
+        self.large = None if self.on_demand else large
+        # never swapped: each answer carries its own in its _Decision
+        self.tokenizer = tokenizer if self.on_demand else large.tokenizer
         self._last = threading.local()  # per thread: the decision of its last question
 
     @property
@@ -157,7 +177,7 @@ class Cascade(Generates):
 
     @property
     def provider(self) -> str:
-        return self.large.provider
+        return self.small.provider if self.on_demand else self.large.provider
 
     def generate_steps(
         self,
@@ -188,15 +208,21 @@ class Cascade(Generates):
         (None, the large bundle's steps, decision); the decision is also this thread's last."""
         check_request(prompt, images, audio, max_new_tokens)
         images, audio = list(images), list(audio)  # the large bundle may need them again
-        steps = self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler)
-        scored = [(token, logprob(logits, token)) for token, logits in steps]  # one float per token, no logits kept
-        score = mean_logprob(scored)
+        scored: list[tuple[int, float]] = []
+
+        def steps():  # the small answer's steps, each token's log-probability kept for generate_scored
+            for token, logits in self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler):
+                scored.append((token, logprob(logits, token)))
+                yield token, logits
+
+        _, scores = selftests.score(steps())
+        score = getattr(scores, self.test)
         passed = score >= self.threshold
-        answering = self.small if passed else self.large
+        answering = self.small if passed else self._open_large()
         self._last.decision = decision = _Decision("small" if passed else "large", score, answering.tokenizer)
         if passed:
             return scored, None, decision
-        return None, self.large.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
+        return None, answering.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
 
 
 def load(
@@ -206,19 +232,26 @@ def load(
     device: str | None = None,
     threads: int = 0,
     memory_budget: float | None = None,
+    on_demand: bool = False,
+    self_test: str | None = None,
     **options: Any,
 ) -> Cascade:
     """Open `large` as `edgemfm.load` does and `small` in front of it, which answers unless its self-test
-    falls below `escalate_below` (a mean token log-probability, or a calibration JSON file from `calibrate`).
+    falls below `escalate_below` (a score, or a calibration JSON file from `calibrate`, which names its test).
 
     `options` go to the large bundle's `edgemfm.load` (draft, draft_k, streaming overrides); the small
-    bundle runs under the same profile, threads, memory budget and streaming settings.
+    bundle runs under the same profile, threads, memory budget and streaming settings. `on_demand`:
+    only the small bundle stays resident; the large one is opened (its files verified, the budget
+    checked with the small one counted) for each escalated question and dropped after it.
+    `self_test` overrides the calibration file's test (`selftests.TESTS`).
 
     Example:
         >>> cascade = load("bundles/large", "bundles/small", escalate_below=-1.5, device="pi5")  # doctest: +SKIP
         >>> cascade.threshold                                                                  # doctest: +SKIP
         -1.5
     """
+    if on_demand:
+        return _on_demand(large, small, escalate_below, device, threads, memory_budget, self_test, options)
     pipe = load_pipeline(large, device, threads, memory_budget, **options)
     # reserved: the large pipeline's KV cache and activations count against the same budget
     front = Pipeline(
@@ -230,7 +263,24 @@ def load(
         pipe.streaming,
         reserved=pipe.working_bytes,
     )
-    return Cascade(front, pipe, escalate_below)
+    return Cascade(front, pipe, escalate_below, self_test)
+
+
+def _on_demand(large, small, escalate_below, device, threads, memory_budget, self_test, options) -> Cascade:
+    """The small bundle loaded alone; the large one's files verified once, then opened by each escalated question
+    with the small one's working memory reserved (its weights are resident: the budget check reads the process)."""
+    if options.pop("draft", None) is not None:
+        raise InputError("a draft is not allowed with on_demand; allowed: a resident cascade (on_demand=False)")
+    options.pop("draft_k", None)
+    manifest = bundle.read_manifest(large, options.get("trusted_keys"))
+    front = load_pipeline(small, device or manifest.profile, threads, memory_budget, **options)
+
+    def open_large() -> Pipeline:
+        return Pipeline(
+            Path(large), manifest, front.profile, threads, memory_budget, front.streaming, front.working_bytes
+        )
+
+    return Cascade(front, open_large, escalate_below, self_test, tokenizer=_tokenizer(Path(large), manifest))
 
 
 def _number(text: str) -> float | None:
@@ -248,37 +298,54 @@ def normalize(text: str) -> str:
 def calibrate(
     small: Pipeline, large: Pipeline, items: Sequence[dict[str, Any]], max_new_tokens: int, tolerance: float = 0.01
 ) -> Calibration:
-    """The threshold escalating the fewest held-out items while accuracy >= large's - `tolerance`.
+    """The self-test and threshold escalating the fewest held-out items while accuracy >= large's - `tolerance`.
 
     Each item is {"question": str, "answer": str, "images": [paths], "audio": [paths]} (either
     media list may be absent); an answer is right when it equals the reference after `normalize`.
 
     Example:
         >>> calibrate(small, large, [{"question": "Colour?", "answer": "red", "images": ["a.png"]}], 8)  # doctest: +SKIP
-        Calibration(threshold=-0.9, questions=1, ...)
+        Calibration(threshold=-0.9, questions=1, ..., test='mean_logprob')
     """
     if not items:
         raise InputError("calibration needs at least one held-out question; allowed: a non-empty list")
-    return choose_threshold([judge(small, large, item, max_new_tokens) for item in items], tolerance)
+    return choose([judge(small, large, item, max_new_tokens) for item in items], tolerance)
 
 
-def judge(small: Pipeline, large: Pipeline, item: dict[str, Any], max_new_tokens: int) -> tuple[float, bool, bool]:
-    """(the small answer's self-test score, small right, large right) for one question with its answer.
+def judge(small: Pipeline, large: Pipeline, item: dict[str, Any], max_new_tokens: int) -> tuple[Scores, bool, bool]:
+    """(the small answer's self-test scores, small right, large right) for one question with its answer.
 
     Example:
         >>> judge(small, large, {"question": "What digit is this?", "answer": "7", "images": ["7.png"]}, 6)  # doctest: +SKIP
-        (-0.02, True, True)
+        (Scores(mean_logprob=-0.02, min_logprob=-0.03, first_margin=6.1), True, True)
     """
     images, audio = item.get("images", []), item.get("audio", [])
-    scored = list(small.generate_scored(item["question"], images, audio, max_new_tokens))
-    small_text = small.tokenizer.decode([t for t, _ in scored], skip_special_tokens=True)
+    tokens, scores = selftests.score(small.generate_steps(item["question"], images, audio, max_new_tokens))
+    small_text = small.tokenizer.decode(tokens, skip_special_tokens=True)
     large_text = "".join(large.generate(item["question"], images, audio, max_new_tokens=max_new_tokens))
     ref = normalize(item["answer"])
-    return mean_logprob(scored), normalize(small_text) == ref, normalize(large_text) == ref
+    return scores, normalize(small_text) == ref, normalize(large_text) == ref
+
+
+def choose(
+    rows: Sequence[tuple[Scores, bool, bool]], tolerance: float, tests: Sequence[str] = selftests.TESTS
+) -> Calibration:
+    """From (small scores, small right, large right) per item: the self-test whose cheapest threshold within
+    `tolerance` escalates the fewest items (ties: the more accurate, then the earlier in `tests`).
+
+    Example:
+        >>> choose([(Scores(-0.1, -0.2, 3.0), True, True), (Scores(-0.3, -0.5, 0.1), False, True)], 0.0).test
+        'mean_logprob'
+    """
+    picks = []
+    for test in map(selftests.check_test, tests):
+        c = choose_threshold([(getattr(s, test), sr, lr) for s, sr, lr in rows], tolerance)
+        picks.append(Calibration(**{**asdict(c), "test": test}))
+    return min(picks, key=lambda c: (c.escalated, -c.cascade_accuracy))
 
 
 def choose_threshold(rows: Sequence[tuple[float, bool, bool]], tolerance: float) -> Calibration:
-    """From (small score, small right, large right) per item: the cheapest threshold within tolerance."""
+    """From (small score, small right, large right) per item: the cheapest threshold within tolerance (one test)."""
     n = len(rows)
     large_acc = sum(r[2] for r in rows) / n
     best = None

@@ -255,7 +255,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         trusted_keys=args.trusted_key or None,
     )
     if args.cascade:
-        pipe = cascade.load(args.bundle, args.cascade, args.escalate_below, **options)
+        pipe = cascade.load(
+            args.bundle,
+            args.cascade,
+            args.escalate_below,
+            on_demand=args.on_demand,
+            self_test=args.self_test,
+            **options,
+        )
     else:
         pipe = pipeline.load(args.bundle, **options)
     err.print(f"edgemfm: running on {pipe.provider}", highlight=False)
@@ -279,7 +286,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
     if args.cascade:
         err.print(
-            f"edgemfm: answered by the {pipe.answered_by} bundle (self-test {pipe.score:.3f}, escalate below {pipe.threshold:.3f})"
+            f"edgemfm: answered by the {pipe.answered_by} bundle "
+            f"(self-test {pipe.test} {pipe.score:.3f}, escalate below {pipe.threshold:.3f})"
         )
     if args.draft:
         s = pipe.speculation
@@ -328,6 +336,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from edgemfm.bench import BenchConfig, bench, plot, plotting, table, write_report
 
+    if args.cascade:
+        _bench_cascade(args)
+        return
     config = BenchConfig(
         prompt=args.prompt,
         tokens=args.tokens,
@@ -347,6 +358,35 @@ def cmd_bench(args: argparse.Namespace) -> None:
         out.print(f"[green]wrote[/green] {args.json}")
     if args.plot:
         out.print(f"[green]wrote[/green] {plot(report, args.plot)}")
+
+
+def _bench_cascade(args: argparse.Namespace) -> None:
+    from edgemfm.cascade_bench import bench_cascade
+
+    if args.escalate_below is None or args.data is None:
+        raise InputError("bench --cascade needs --escalate-below and --data; allowed: a score or JSON, a data folder")
+    with rich_progress() as progress:
+        r = bench_cascade(
+            args.bundle,
+            args.cascade,
+            args.escalate_below,
+            args.data,
+            args.half,
+            args.on_demand,
+            threads=args.threads,
+            progress=progress,
+        )
+    large = "not measured (on demand)" if r.large_s is None else f"{r.large_s * 1e3:.0f} ms, {r.large_accuracy:.1%}"
+    out.print(
+        f"cascade ({r.mode}, {r.test} < {r.threshold:.3f} escalates): {r.questions} questions, "
+        f"{r.escalated:.1%} escalated, {r.cascade_accuracy:.1%} right, {r.cascade_s * 1e3:.0f} ms "
+        f"({r.cascade_cpu_s * 1e3:.0f} CPU ms) per question; large alone: {large}; "
+        f"peak RSS {r.peak_rss_mib:.0f} MiB, {r.rss_after_mib:.0f} MiB after the last answer",
+        highlight=False,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_dict(r), indent=1) + "\n")
+        out.print(f"[green]wrote[/green] {args.json}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -573,6 +613,8 @@ def _runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from edgemfm.runtimes.selftests import TESTS  # numpy only: the cascade's self-test names for --self-test
+
     p = Parser(prog="edgemfm", description="Deploy multimodal models to edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -723,7 +765,17 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--escalate-below",
         metavar="LOGPROB_OR_JSON",
-        help="with --cascade: a mean token log-probability, or a calibration JSON",
+        help="with --cascade: a self-test score, or a calibration JSON (it names its self-test)",
+    )
+    r.add_argument(
+        "--self-test",
+        choices=TESTS,
+        help="with --cascade: the self-test (default: the calibration JSON's, else mean_logprob)",
+    )
+    r.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="with --cascade: keep only the small bundle loaded; open the given one for each escalated question",
     )
     r.add_argument(
         "--trusted-key",
@@ -778,6 +830,22 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=A.COUNT, default=1, help="untimed runs first (default 1)")
     b.add_argument("--threads", type=A.THREADS, default=1, help="threads per session (default 1; 0: one per core)")
     b.add_argument("--device", type=A.name, help="profile whose execution providers to use (default: the bundle's)")
+    b.add_argument(
+        "--cascade",
+        metavar="SMALL_BUNDLE",
+        help="measure the cascade SMALL_BUNDLE -> BUNDLE on --data's held-out questions instead (per question)",
+    )
+    b.add_argument("--escalate-below", metavar="SCORE_OR_JSON", help="with --cascade: as `edgemfm run`'s")
+    b.add_argument("--data", help="with --cascade: a data folder with eval.jsonl (edgemfm finetune's format)")
+    b.add_argument(
+        "--half",
+        choices=("all", "test", "calibration"),
+        default="test",
+        help="with --cascade: which held-out questions (test: every other one from the second; default)",
+    )
+    b.add_argument(
+        "--on-demand", action="store_true", help="with --cascade: only the small bundle resident (see `run`)"
+    )
     b.set_defaults(func=cmd_bench)
 
     f = sub.add_parser("finetune", help="fine-tune a model's projectors on domain questions (JSONL)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,12 +10,14 @@ import pytest
 from tiny_models import tiny_llava
 
 import edgemfm
+from edgemfm.cascade_bench import bench_cascade
 from edgemfm.cli import main
 from edgemfm.errors import InputError
-from edgemfm.runtimes.cascade import Calibration, calibrate, choose_threshold
+from edgemfm.runtimes.cascade import Calibration, calibrate, choose, choose_threshold
 from edgemfm.runtimes.decoding import Sampler, stop_at
 from edgemfm.runtimes.prompt_lookup import lookup
 from edgemfm.runtimes.speculative import Costs
+from edgemfm.runtimes.selftests import Scores, score
 
 PROMPT = "Describe the picture."
 
@@ -216,3 +219,71 @@ def test_calibration_round_trips_and_drives_the_cascade(default_bundle, small_bu
     assert Calibration.read(tmp_path / "cascade.json") == c
     cascade = edgemfm.load_cascade(default_bundle, small_bundle, escalate_below=tmp_path / "cascade.json")
     assert cascade.threshold == c.threshold
+
+
+def test_each_self_test_escalates_below_its_threshold_and_escalated_answers_are_the_large_ones(
+    default_bundle, small_bundle, picture
+):
+    small = edgemfm.load(small_bundle)
+    want_small, scores = score(small.generate_steps(PROMPT, [picture], (), 12))
+    large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    assert want_small != large and scores.min_logprob <= scores.mean_logprob <= 0
+    for test in ("mean_logprob", "min_logprob", "first_margin"):
+        s = getattr(scores, test)
+        for on_demand in (False, True):
+            for threshold, who, want in ((s, "small", want_small), (s + 1e-6, "large", large)):
+                cascade = edgemfm.load_cascade(
+                    default_bundle, small_bundle, escalate_below=threshold, self_test=test, on_demand=on_demand
+                )
+                # token for token: the small answer when its score reaches the threshold, else the large bundle's
+                assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == want
+                answer = cascade.answer(PROMPT, images=[picture], max_new_tokens=12)
+                assert (cascade.answered_by, answer.answered_by, answer.score) == (who, who, s)
+
+
+def test_the_calibration_picks_the_self_test_that_escalates_least():
+    # the first token's margin separates right from wrong answers; the mean log-probability does not
+    rows = [
+        (Scores(-0.1, -0.1, 5.0), True, True),
+        (Scores(-0.9, -1.5, 4.0), True, True),
+        (Scores(-0.2, -0.3, 0.5), False, True),
+        (Scores(-0.8, -1.2, 3.0), True, True),
+    ]
+    c = choose(rows, tolerance=0.0)
+    assert (c.test, c.threshold, c.escalated, c.cascade_accuracy) == ("first_margin", 3.0, 0.25, 1.0)
+    assert choose(rows, tolerance=0.0, tests=["mean_logprob"]).escalated == 0.75
+    with pytest.raises(InputError, match="unknown self-test 'entropy'; allowed: mean_logprob, min_logprob"):
+        choose(rows, 0.0, tests=["entropy"])
+
+
+def test_calibration_files_name_their_self_test(tmp_path):
+    old = tmp_path / "old.json"  # written before there were other self-tests: no "test" key
+    old.write_text(
+        '{"threshold": -1.0, "questions": 2, "small_accuracy": 0.5, "large_accuracy": 1.0, '
+        '"cascade_accuracy": 1.0, "escalated": 0.5}'
+    )
+    assert Calibration.read(old).test == "mean_logprob"
+    bad = tmp_path / "bad.json"
+    bad.write_text(old.read_text().replace("}", ', "test": "entropy"}'))
+    with pytest.raises(InputError, match="unknown self-test 'entropy'"):
+        Calibration.read(bad)
+
+
+def test_bench_cascade_reports_who_answered_time_and_memory(default_bundle, small_bundle, picture, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.png").write_bytes(picture.read_bytes())
+    large = edgemfm.load(default_bundle)
+    questions = ("What is it?", "Colours?")
+    answers = ["".join(large.generate(q, [picture], max_new_tokens=6)) for q in questions]
+    lines = [json.dumps({"image": "p.png", "prompt": q, "answer": a}) for q, a in zip(questions, answers)]
+    (data / "eval.jsonl").write_text("\n".join(lines * 2) + "\n")  # the test half: the 2nd and 4th
+    for on_demand, threshold in ((False, math.inf), (True, math.inf), (False, -math.inf)):
+        r = bench_cascade(default_bundle, small_bundle, threshold, data, on_demand=on_demand, max_new_tokens=6)
+        assert r.questions == 2 and r.mode == ("on_demand" if on_demand else "resident")
+        assert [a.answered_by for a in r.answers] == ["large" if threshold > 0 else "small"] * 2
+        assert r.peak_rss_mib > 0 and r.cascade_s > 0 and r.load_s > 0
+        if threshold > 0:  # every question escalated: the large bundle's answers, all right
+            assert r.escalated == 1.0 and r.cascade_accuracy == 1.0
+            assert [a.text for a in r.answers] == [answers[1], answers[1]]
+        assert (r.large_s is None) == on_demand and (on_demand or r.large_accuracy == 1.0)

@@ -51,6 +51,7 @@ VERBS = (
     "edgemfm.lora",  # low-rank adapters finetune trains and merges
     "edgemfm.tune",
     "edgemfm.bench",
+    "edgemfm.cascade_bench",  # `edgemfm bench --cascade`: a cascade's time and memory per held-out question
     "edgemfm.measure",
     "edgemfm.speech",  # `edgemfm run` on speech: long-form, transcript files, live PCM from stdin
     "edgemfm.cli",

@@ -1,89 +1,217 @@
-"""Cascade: calibrate the escalation threshold on held-out questions, then measure it on others.
+"""Cascade: calibrate the self-test on held-out questions, measure accuracy, escalations, time and memory on others.
 
-Reads the held-out questions of a data folder in `edgemfm finetune`'s format (DATA/eval.jsonl:
-one question a line, one image or audio file each). Questions alternate between the two halves
-(so each half holds every kind of question): the first calibrates the threshold (written to
---out for `edgemfm run --cascade SMALL --escalate-below FILE`), the second measures accuracy
-of small only, large only and the cascade, and the fraction escalated.
+Reads the held-out questions of a data folder in `edgemfm finetune`'s format (DATA/eval.jsonl: one
+question a line, one image or audio file each). Questions alternate between the two halves (so
+each half holds every kind of question): the first calibrates the self-test and its threshold
+(`cascade.choose`: of the mean token log-probability, the least sure token's, the first token's
+margin, the one escalating the fewest within --tolerance of the large bundle; written to --out for
+`edgemfm run --cascade SMALL --escalate-below FILE`), the second measures accuracy of small only,
+large only and the cascade, and the fraction escalated.
 
-    python -m benchmarks.runtime.cascade LARGE SMALL DATA [--tolerance 0.01] [--out cascade.json]
+Each bundle's answers to every question (tokens, text, self-test scores, CPU seconds) are kept in
+--cache, one JSON per bundle (keyed by its manifest's sha256): a rerun, or another small bundle
+against the same large one, answers only what is missing. --timed then runs the cascade itself on
+the test half, one process per mode (`edgemfm bench LARGE --cascade SMALL`): resident (both bundles
+loaded, each question answered by the large bundle alone and by the cascade in alternating order)
+and on demand (only the small bundle resident; the large one opened per escalated question),
+reporting mean wall and CPU time per question and each process's peak RSS. Run the timed step
+alone under the bench lock once the caches are filled:
+
+    python -m benchmarks.runtime.cascade LARGE SMALL DATA --cache DIR --out cascade.json          # answers, calibration
+    flock LOCK python -m benchmarks.runtime.cascade LARGE SMALL DATA --cache DIR --out cascade.json --timed
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 from rich.progress import track
 
 import edgemfm
-from edgemfm.finetune import read_examples
-from edgemfm.runtimes.cascade import choose_threshold, judge
+from edgemfm.cascade_bench import questions
+from edgemfm.runtimes.cascade import choose, choose_threshold, normalize
+from edgemfm.runtimes.selftests import TESTS, Scores, score
 
 from .. import record
 
 
-def questions(data: Path) -> list[dict]:
-    """The held-out questions as cascade items, each with its question type for the breakdown."""
-    return [
-        {
-            "question": e.prompt,
-            "answer": e.answer,
-            "images" if e.kind == "image" else "audio": [str(e.media)],
-            "type": f"{e.kind}: {e.prompt}",
-        }
-        for e in read_examples(data, "eval")
+def answers(bundle: Path, items: list[dict], cache: Path, max_new_tokens: int) -> list[dict]:
+    """The bundle's answer to every item (text, scores, CPU s), from the cache where it has them."""
+    key = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()[:16]
+    path = cache / f"{bundle.name}-{key}-{max_new_tokens}.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [i for i in items if _id(i) not in done]
+    if todo:
+        pipe = edgemfm.load(bundle)
+        for n, item in enumerate(track(todo, description=f"{bundle.name} answers")):
+            media = {k: item[k] for k in ("images", "audio") if k in item}
+            cpu = time.process_time()
+            tokens, s = score(pipe.generate_steps(item["question"], max_new_tokens=max_new_tokens, **media))
+            text = pipe.tokenizer.decode(tokens, skip_special_tokens=True)
+            done[_id(item)] = {"text": text, "tokens": tokens, "scores": vars(s), "cpu_s": time.process_time() - cpu}
+            if n % 20 == 19 or n == len(todo) - 1:  # a killed run keeps what it answered
+                cache.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(done) + "\n")
+    return [done[_id(i)] for i in items]
+
+
+def _id(item: dict) -> str:
+    return json.dumps([item["question"], item.get("images"), item.get("audio")])
+
+
+def offline(items: list[dict], small: list[dict], large: list[dict], tolerance: float) -> tuple[dict, object]:
+    """Calibration on the first half, every self-test's figures on the second, from the answers alone."""
+    rows = [
+        (
+            Scores(**s["scores"]),
+            normalize(s["text"]) == normalize(i["answer"]),
+            normalize(g["text"]) == normalize(i["answer"]),
+        )
+        for i, s, g in zip(items, small, large)
     ]
+    calibration = choose(rows[0::2], tolerance)
+    test = rows[1::2]
+    n = len(test)
+    per_test = {}
+    for name in TESTS:
+        c = choose_threshold([(getattr(s, name), sr, lr) for s, sr, lr in rows[0::2]], tolerance)
+        up = [getattr(s, name) < c.threshold for s, _, _ in test]
+        per_test[name] = {
+            "threshold": round(c.threshold, 4),
+            "calibration_escalated": round(c.escalated, 4),
+            "escalated": round(sum(up) / n, 4),
+            "cascade_accuracy": round(sum(lr if e else sr for (_, sr, lr), e in zip(test, up)) / n, 4),
+        }
+    chosen = per_test[calibration.test]
+    by_type: Counter = Counter()
+    for item, (s, sr, lr) in zip(items[1::2], test):
+        kind = f"{'image' if 'images' in item else 'audio'}: {item['question']}"
+        up = getattr(s, calibration.test) < calibration.threshold
+        by_type[(kind, "questions")] += 1
+        by_type[(kind, "escalated")] += up
+        by_type[(kind, "small_right")] += sr
+        by_type[(kind, "cascade_right")] += lr if up else sr
+    kinds = sorted({k for k, _ in by_type})
+    result = {
+        "test_questions": n,
+        "self_test": calibration.test,
+        "threshold": calibration.threshold,
+        "small_accuracy": round(sum(r[1] for r in test) / n, 4),
+        "large_accuracy": round(sum(r[2] for r in test) / n, 4),
+        "cascade_accuracy": chosen["cascade_accuracy"],
+        "escalated": chosen["escalated"],
+        "per_test": per_test,
+        "by_type": {
+            k: {f: by_type[(k, f)] for f in ("questions", "escalated", "small_right", "cascade_right")} for k in kinds
+        },
+        "small_cpu_ms": round(1e3 * sum(s["cpu_s"] for s in small[1::2]) / n, 1),
+        "large_cpu_ms": round(1e3 * sum(g["cpu_s"] for g in large[1::2]) / n, 1),
+    }
+    return result, calibration
+
+
+def timed(large: Path, small: Path, data: Path, calibration: Path, on_demand: bool) -> dict:
+    """`edgemfm bench LARGE --cascade SMALL` in a process of its own (its peak RSS is the mode's alone)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        command = [sys.executable, "-m", "edgemfm.cli", "bench", str(large), "--cascade", str(small), "--threads", "1"]
+        command += ["--escalate-below", str(calibration), "--data", str(data), "--json", str(out)]
+        load = os.getloadavg()[0]
+        subprocess.run(command + (["--on-demand"] if on_demand else []), check=True)
+        report = json.loads(out.read_text())
+    report["load_average"] = f"{load:.1f} -> {os.getloadavg()[0]:.1f}"
+    return report
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("large")
-    p.add_argument("small")
+    p.add_argument("large", type=Path)
+    p.add_argument("small", type=Path)
     p.add_argument("data", type=Path, help="a data folder with eval.jsonl (edgemfm finetune's format)")
     p.add_argument("--tolerance", type=float, default=0.01, help="accuracy the cascade may lose against large only")
     p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--out", type=Path, default=Path("cascade.json"))
+    p.add_argument("--cache", type=Path, default=Path("cascade-answers"), help="each bundle's answers, kept here")
+    p.add_argument("--out", type=Path, default=Path("cascade.json"), help="the calibration file to write")
+    p.add_argument("--timed", action="store_true", help="also run the cascade on the test half, timed (both modes)")
+    p.add_argument("--note", type=Path, help="a text file: what the figures say, printed under the table")
     args = p.parse_args()
-    items = questions(args.data)
-    large, small = edgemfm.load(args.large), edgemfm.load(args.small)
-    rows = [
-        judge(small, large, item, args.max_new_tokens) for item in track(items, description="small and large answer")
-    ]
-    calibration = choose_threshold(rows[0::2], args.tolerance)
+    items = questions(args.data, "all")
+    large = answers(args.large, items, args.cache, args.max_new_tokens)
+    small = answers(args.small, items, args.cache, args.max_new_tokens)
+    result, calibration = offline(items, small, large, args.tolerance)
     calibration.save(args.out)
-    test = list(zip(items[1::2], rows[1::2]))
-    up = [score < calibration.threshold for _, (score, _, _) in test]
-    n = len(test)
-    by_type: Counter[str] = Counter()
-    for (item, (_, small_ok, large_ok)), escalated in zip(test, up):
-        by_type[(item["type"], "questions")] += 1
-        by_type[(item["type"], "escalated")] += escalated
-        by_type[(item["type"], "cascade")] += large_ok if escalated else small_ok
-    result = {
-        "calibration": {
-            "questions": calibration.questions,
-            "threshold": calibration.threshold,
-            "escalated": calibration.escalated,
-        },
-        "test_questions": n,
-        "small_accuracy": round(sum(r[1] for _, r in test) / n, 4),
-        "large_accuracy": round(sum(r[2] for _, r in test) / n, 4),
-        "cascade_accuracy": round(sum(r[2] if e else r[1] for (_, r), e in zip(test, up)) / n, 4),
-        "escalated": round(sum(up) / n, 4),
-        "by_type": {
-            t: {
-                "questions": by_type[(t, "questions")],
-                "escalated": by_type[(t, "escalated")],
-                "cascade_right": by_type[(t, "cascade")],
-            }
-            for t in sorted({i["type"] for i, _ in test})
-        },
+    size = lambda b: round(sum(f.stat().st_size for f in b.iterdir()) / 2**20, 1)  # noqa: E731
+    result |= {
+        "small": args.small.name,
+        "small_mib": size(args.small),
+        "large": args.large.name,
+        "large_mib": size(args.large),
     }
+    if args.timed:
+        result["timed"] = {
+            m: timed(args.large, args.small, args.data, args.out, m == "on_demand") for m in ("resident", "on_demand")
+        }
+        for report in result["timed"].values():
+            expected = [
+                large[k] if a["answered_by"] == "large" else small[k]
+                for k, a in zip(range(1, len(items), 2), report["answers"])
+            ]
+            report["answers_as_cached"] = sum(
+                normalize(e["text"]) == normalize(a["text"]) for e, a in zip(expected, report["answers"])
+            )
+            del report["answers"]
     print(json.dumps(result, indent=1))
-    record.write("cascade", [result])
+    blocks = [{"heading": TITLE, "level": 2}, {"code": record.command(), "lang": "bash"}]
+    blocks.append({"from": "runtime-cascade.json", "commit": record.commit(), "command": record.command()})
+    if args.note:
+        blocks.append({"text": args.note.read_text().strip()})
+    record.write("runtime-cascade", table_rows(result), title=TITLE, detail=result, blocks=blocks)
+
+
+TITLE = "Cascade: a small bundle answers, a self-test escalates the rest (the demo's held-out questions)"
+
+
+def table_rows(r: dict) -> list[dict]:
+    """One row per mode timed (or one untimed row): what BENCHMARKS.md shows."""
+    head = {
+        "small bundle": f"{r['small']} ({r['small_mib']} MiB; large {r['large_mib']} MiB)",
+        "small alone": f"{r['small_accuracy']:.1%}",
+        "large alone": f"{r['large_accuracy']:.1%}",
+        "cascade": f"{r['cascade_accuracy']:.1%} ({100 * (r['cascade_accuracy'] - r['large_accuracy']):+.1f})",
+        "escalated": f"{r['escalated']:.1%}",
+        "self-test": f"{r['self_test']} < {r['threshold']:.3f}",
+        "answer CPU ms, small / large (untimed pass)": f"{r['small_cpu_ms']} / {r['large_cpu_ms']}",
+    }
+    rows = []
+    for mode, t in r.get("timed", {}).items():
+        large = "-" if t["large_s"] is None else f"{1e3 * t['large_s']:.0f} ({1e3 * t['large_cpu_s']:.0f})"
+        ratio = (
+            "-"
+            if t["large_s"] is None
+            else f"{t['cascade_s'] / t['large_s']:.2f} ({t['cascade_cpu_s'] / t['large_cpu_s']:.2f})"
+        )
+        rows.append(
+            head
+            | {
+                "timed mode": mode.replace("_", " "),
+                "cascade ms per question (CPU ms)": f"{1e3 * t['cascade_s']:.0f} ({1e3 * t['cascade_cpu_s']:.0f})",
+                "large alone ms (CPU ms)": large,
+                "cascade / large": ratio,
+                "timed: escalated, right": f"{t['escalated']:.1%}, {t['cascade_accuracy']:.1%}",
+                "RSS MiB: peak, after": f"{t['peak_rss_mib']:.0f}, {t['rss_after_mib']:.0f}",
+                "load average": t["load_average"],
+            }
+        )
+    return rows or [head]
 
 
 if __name__ == "__main__":
