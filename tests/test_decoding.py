@@ -16,8 +16,8 @@ from edgemfm.errors import InputError
 from edgemfm.runtimes.cascade import Calibration, calibrate, choose, choose_threshold
 from edgemfm.runtimes.decoding import Sampler, stop_at
 from edgemfm.runtimes.prompt_lookup import lookup
-from edgemfm.runtimes.speculative import Costs
 from edgemfm.runtimes.selftests import Scores, score
+from edgemfm.runtimes.speculative import Costs
 
 PROMPT = "Describe the picture."
 
