@@ -7,7 +7,7 @@ before capture, on the modules, and XNNPACK's partitioner takes the quantized pa
 |------------------------------|------------------------------------------------|----------------------------------|
 | text_decoder linears, lm_head| int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
 | token_embedding table        | 4-bit rows in groups of g (embedding_4bit)     | 8-bit rows, per row (embedding_byte) |
-| vision / audio encoders      | float (the PT2E int8 path is not built yet)    | float                            |
+| vision / audio encoders      | static int8, per-channel weights (PT2E, exporters/pte_encoders.py) | the same         |
 
 `g` is the device preset's int4 group size (presets.group_size). int8 weights are per channel:
 XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgemfm.errors import InputError
+from edgemfm.exporters import pte_encoders
 from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
@@ -58,10 +59,13 @@ def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
     if bits is None:
         return FLOAT32
     group = presets.group_size(profile) if bits == 4 else 0  # XNNPACK: blockwise int4, per-channel int8
+    # encoders at int8 under both: XNNPACK's convolutions have no int4 kernels, and the ONNX presets keep them w8a8
+    encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
     return Recipe(
         rules=(
             Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, method=METHOD, activation_bits=8)),
             Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, method=METHOD)),
+            *(Rule(f"{name}/*", encoder) for name in pte_encoders.ENCODERS),
             Rule("*", None),
         )
     )
@@ -76,6 +80,8 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
     """
     import torch
 
+    if name in pte_encoders.ENCODERS:  # calibrated static int8, by pte_encoders.quantize_encoder
+        return None
     linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
     tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}

@@ -227,13 +227,23 @@ def _write_float(
 
     writer = importlib.import_module(WRITERS[config.format])
     advance = lambda step: say(progress, step)  # noqa: E731
-    recipe, quantization = FLOAT32, {}
+    recipe, quantization, floats = FLOAT32, {}, {}
     if config.format == "pte":  # a pte program is quantized as it is written (the ONNX graphs after, by quantize)
+        from edgemfm.exporters.pte_encoders import ENCODERS, encoder_inputs
         from edgemfm.exporters.pte_quantize import pte_recipe
 
         recipe = pte_recipe(profile, config.precision)
+        calibration: dict = {}
+        if any(recipe.spec_for(f"{n}/*") for n in ENCODERS if n in split.units):
+            calibration, floats = encoder_inputs(split, config.calibration)
         components, parity, delegation, quantization = writer.write_program(
-            split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, recipe=recipe
+            split.units,
+            stage,
+            family.tolerance,
+            advance,
+            max_seq_len=config.max_seq_len,
+            recipe=recipe,
+            calibration=calibration,
         )
     else:
         components, parity, delegation = writer.write_units(
@@ -257,7 +267,7 @@ def _write_float(
         report=Report(
             precision=config.precision,
             parity=parity,
-            float_units={n: "fp32 export" for n in components if n not in quantization},
+            float_units={n: floats.get(n, "fp32 export") for n in components if n not in quantization},
             quantization=quantization,
             delegation=delegation,
             notes=split.report.notes,

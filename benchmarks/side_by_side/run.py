@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -66,17 +67,34 @@ def export_edgemfm(work: Path, precision: str, fmt: str = "onnx") -> None:
     run([*cmd, "--format", fmt, "--precision", precision, "--out", str(work / name), "--force"], work / f"{name}.log")
 
 
-def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float) -> dict:
-    """Each row in a process of its own (model.ROW_SCRIPT ROW_SPEC WORK SETTINGS prints one JSON object)."""
+def merge(rounds: list[dict]) -> dict:
+    """One row from its interleaved rounds: medians over every timed run of every round, the peak memory
+    the largest, the rest (perplexity, sizes) from the first round.
+
+    >>> merge([{"runs": {"x": [1, 2]}, "x": 1.5, "peak_rss_bytes": 5}, {"runs": {"x": [9]}, "x": 9, "peak_rss_bytes": 7}])
+    {'runs': {'x': [1, 2, 9]}, 'x': 2, 'peak_rss_bytes': 7}
+    """
+    runs = {k: [v for r in rounds for v in r["runs"][k]] for k in rounds[0]["runs"]}
+    return {
+        **rounds[0],
+        "runs": runs,
+        **{k: statistics.median(v) for k, v in runs.items()},
+        "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rounds),
+    }
+
+
+def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float, rounds: int = 1) -> dict:
+    """Each row in a process of its own (model.ROW_SCRIPT ROW_SPEC WORK SETTINGS prints one JSON object),
+    the rows in turn `rounds` times (A B A B ...: a load that changes meanwhile weighs on every row alike)."""
     from rich.progress import Progress
 
     from edgemfm.bench import machine
     from edgemfm.records import to_dict
 
-    results = {}
+    results: dict[str, list] = {}
     with Progress(transient=True) as bar:
-        task = bar.add_task(model.TITLE, total=len(rows))
-        for name in rows:
+        task = bar.add_task(model.TITLE, total=len(rows) * rounds)
+        for name in [r for _ in range(rounds) for r in rows]:
             bar.update(task, description=f"{model.TITLE}: {name}")
             done = subprocess.run(
                 [
@@ -94,15 +112,23 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
             bar.advance(task)
             if done.returncode:
                 print(f"{name} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-                results[name] = {
-                    "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-                }
+                results[name] = [
+                    {
+                        "error": done.stderr.strip().splitlines()[-1]
+                        if done.stderr.strip()
+                        else f"exit {done.returncode}"
+                    }
+                ]
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            r["weights"] = model.ROWS[name][1]
-            model.finish(r, bandwidth)
-            results[name] = r
+            results.setdefault(name, []).append(r)
             bar.console.print(f"{model.TITLE} {name}: " + ", ".join(f"{h} {cell(r)}" for h, cell in model.COLUMNS[:3]))
+    for name, got in results.items():
+        failed = [r for r in got if "error" in r]
+        results[name] = failed[0] if failed else merge(got)
+        if not failed:
+            results[name]["weights"] = model.ROWS[name][1]
+            model.finish(results[name], bandwidth)
     settings = {k: v for k, v in settings.items() if not k.endswith("_ids")}
     return {
         "model": model.TITLE,
@@ -110,7 +136,7 @@ def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float
         "commit": record.commit(),
         "machine": to_dict(machine()),  # this JSON is the side-by-side's own: plain values, read by render
         "memory_bandwidth_bytes_per_s": bandwidth,
-        "settings": settings,
+        "settings": {**settings, "rounds": rounds},
         "results": results,
     }
 
@@ -186,6 +212,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64, help="generated per decode run")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is reported")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="the rows in turn this many times (interleaved), runs merged")
     p.add_argument(
         "--questions", type=int, default=0, help="demo: held-out questions to score (every n-th of eval.jsonl); 0: all"
     )
@@ -208,7 +235,7 @@ def main() -> None:
         work = args.work / name
         work.mkdir(parents=True, exist_ok=True)
         model.build(work, rows, options)
-        report = measure(model, work, rows, model.settings(work, options), bandwidth)
+        report = measure(model, work, rows, model.settings(work, options), bandwidth, args.rounds)
         out = args.out.with_name(f"{args.out.name}-{name}")
         out.with_suffix(".json").write_text(json.dumps(report, indent=1))
         chart(model, report, out.with_suffix(".png"))

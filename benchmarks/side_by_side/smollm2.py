@@ -306,7 +306,9 @@ def finish(result: dict, bandwidth: float) -> None:
 
 def caption(report: dict) -> str:
     s = report["settings"]
-    return f"{s['tokens']} tokens after a {s['prompt_tokens']}-token prompt, median of {s['repeats']}"
+    rounds = s.get("rounds", 1)  # interleaved rounds of every row, each of `repeats` timed runs
+    runs = f"{s['repeats']}" if rounds == 1 else f"{rounds} interleaved rounds x {s['repeats']}"
+    return f"{s['tokens']} tokens after a {s['prompt_tokens']}-token prompt, median of {runs}"
 
 
 COLUMNS = [  # header -> the cell of one result
