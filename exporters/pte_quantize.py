@@ -32,10 +32,11 @@ from edgemfm.errors import InputError
 from edgemfm.exporters import pte_encoders
 from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
+from edgemfm.quantizers.units import unit_name
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
 from edgemfm.report import AppliedScheme, Quantization
 
-PRECISIONS = ("fp32", "int8", "int4")  # what --format pte runs; auto and fp16 are not built for pte yet
+PRECISIONS = ("fp32", "int8", "int4", "auto")  # what --format pte runs; no fp16 (XNNPACK's fp16 is not built here)
 SCHEME = "torchao-xnnpack"  # the report's name for what was applied
 METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as export_llm's default use_hqq
 TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
@@ -43,32 +44,52 @@ TABLES = "token_embedding"  # the one component that looks tokens up: a decoder'
 TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
 
 
-def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
+def check_precision(profile: DeviceProfile, precision: str) -> None:
+    """A one-line InputError for a precision the pte preset of `profile` cannot run, naming those it can.
+
+    Example:
+        >>> check_precision(load_profile("pi5"), "fp16")  # doctest: +SKIP
+        InputError: precision 'fp16' is not available for --format pte on raspberry-pi-5-8gb; allowed: fp32, int8, int4, auto
+    """
+    bits = {"int8": (8,), "int4": (4,), "auto": (4, 8)}
+    runnable = [p for p in PRECISIONS if p == "fp32" or set(bits[p]) & set(profile.weight_bits)]
+    if precision not in runnable:
+        raise InputError(
+            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(runnable)}"
+        )
+
+
+def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = None) -> Recipe:
     """The recipe a pte program gets for `precision` on `profile`; a one-line InputError for one it cannot run.
+
+    `auto`: `planned`, the ONNX planner's per-layer bits for the decoder and the token table
+    (quantizers.quantize.plan), each int4 or int8 layer given the pte spec of its bits.
 
     Example:
         >>> pte_recipe(load_profile("pi5"), "int8").spec_for("token_embedding/embed").bits  # doctest: +SKIP
         8
     """
-    bits = {"int8": 8, "int4": 4}.get(precision)
-    runnable = [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
-    if precision not in runnable:
-        raise InputError(
-            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(runnable)}"
-        )
-    if bits is None:
+    check_precision(profile, precision)
+    if precision == "fp32":
         return FLOAT32
-    group = presets.group_size(profile) if bits == 4 else 0  # XNNPACK: blockwise int4, per-channel int8
-    # encoders at int8 under both: XNNPACK's convolutions have no int4 kernels, and the ONNX presets keep them w8a8
-    encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
-    return Recipe(
-        rules=(
-            Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, method=METHOD, activation_bits=8)),
-            Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, method=METHOD)),
-            *(Rule(f"{name}/*", encoder) for name in pte_encoders.ENCODERS),
-            Rule("*", None),
+    group = presets.group_size(profile)
+    # XNNPACK: blockwise int4, per-channel int8 (no blockwise int8 kernels)
+    linear = {b: QuantSpec(bits=b, group_size=group if b == 4 else 0, method=METHOD, activation_bits=8) for b in (4, 8)}
+    table = {b: QuantSpec(bits=b, group_size=group if b == 4 else 0, method=METHOD) for b in (4, 8)}
+    if precision == "auto":
+        assert planned is not None, "auto: the planner's recipe is given (quantizers.quantize.plan)"
+        text = tuple(
+            Rule(r.pattern, r.spec and (table if r.pattern.startswith(TABLES) else linear)[r.spec.bits])
+            for r in planned.rules
+            if r.pattern != "*"
         )
-    )
+    else:
+        bits = {"int8": 8, "int4": 4}[precision]
+        text = (Rule("text_decoder/*", linear[bits]), Rule(f"{TABLES}/*", table[bits]))
+    # encoders at int8 under every precision: XNNPACK's convolutions have no int4 kernels, and the ONNX presets
+    # keep them w8a8
+    encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
+    return Recipe(rules=(*text, *(Rule(f"{name}/*", encoder) for name in pte_encoders.ENCODERS), Rule("*", None)))
 
 
 def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
@@ -85,7 +106,8 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
     linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
     tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}
-    specs = {f: recipe.spec_for(f"{name}/{f}") for f in (*linears, *tables)}
+    # named as the ONNX planner names its units (text_decoder/layers.3/mlp.down_proj): an auto plan's rules apply
+    specs = {f: recipe.spec_for(unit_name(name, f)) for f in (*linears, *tables)}
     if not any(specs.values()):
         return None
     floats = {f: "float in the recipe" for f, s in specs.items() if s is None}

@@ -36,15 +36,16 @@ def _export(checkpoint, out, precision: str) -> int:
 
 
 def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
-    """transformers' greedy answer from the model quantized in PyTorch exactly as the program's modules were."""
+    """transformers' greedy answer from the model quantized in PyTorch exactly as the program's modules were
+    (by the bundle's own recipe: an auto plan's too)."""
     from transformers import AutoModelForCausalLM
 
     from edgemfm.exporters.decoder import TokenEmbedding
-    from edgemfm.exporters.pte_quantize import pte_recipe, quantize_module
-    from edgemfm.profiles import load_profile
+    from edgemfm.exporters.pte_quantize import quantize_module
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    recipe = pte_recipe(load_profile("pi5"), precision)
+    recipe = pipe.manifest.recipe
+    assert pipe.manifest.report.precision == precision
     table = TokenEmbedding(model.model.embed_tokens)
     quantize_module("token_embedding", table, recipe)
     quantize_module("text_decoder", model, recipe)
@@ -89,12 +90,31 @@ def test_every_text_family_quantized_pte_tokens_equal_the_fake_quantized_model(a
     assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, "int4")
 
 
-@pytest.mark.parametrize("precision", ["fp16", "auto"])
-def test_a_precision_the_pte_preset_cannot_run_is_one_line_and_leaves_nothing(checkpoint, tmp_path, precision, capsys):
+@pytest.mark.slow
+def test_auto_takes_the_onnx_planners_plan_and_its_tokens_equal_the_fake_quantized_model(checkpoint, tmp_path):
+    out = tmp_path / "pte-auto"
+    argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", "auto"]
+    assert main([*argv, "--accuracy-tolerance", "30", "--max-seq-len", "192", "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    plan = manifest.report.plan
+    assert plan is not None and set(plan.judged_by.values()) == {"text_decoder"}  # the decoder judges the table too
+    bits = {name: g.bits for name, g in plan.groups.items()}
+    quantized = manifest.report.quantization["text_decoder"].quantized_nodes
+    assert sum(quantized.values()) == sum(b < 32 for n, b in bits.items() if n.startswith("text_decoder/"))
+    assert quantized == {
+        f"linear_8da{b}w": n for b in (4, 8) if (n := sum(v == b for k, v in bits.items() if k.startswith("text_")))
+    }
+    pipe = edgemfm.load(out)
+    ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=TOKENS))
+    assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, "auto")
+
+
+def test_a_precision_the_pte_preset_cannot_run_is_one_line_and_leaves_nothing(checkpoint, tmp_path, capsys):
     out = tmp_path / "refused"
+    precision = "fp16"
     assert _export(checkpoint, out, precision) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and precision in err and "allowed: fp32, int8, int4" in err
+    assert len(err.splitlines()) == 1 and precision in err and "allowed: fp32, int8, int4, auto" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
