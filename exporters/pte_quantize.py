@@ -79,9 +79,10 @@ def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = 
     if precision == "auto":
         assert planned is not None, "auto: the planner's recipe is given (quantizers.quantize.plan)"
         text = tuple(
-            Rule(r.pattern, r.spec and (table if r.pattern.startswith(TABLES) else linear)[r.spec.bits])
+            Rule(pattern, r.spec and (table if r.pattern.startswith(TABLES) else linear)[r.spec.bits])
             for r in planned.rules
             if r.pattern != "*"
+            for pattern in _unpacked(r.pattern)
         )
     else:
         bits = {"int8": 8, "int4": 4}[precision]
@@ -90,6 +91,24 @@ def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = 
     # keep them w8a8
     encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
     return Recipe(rules=(*text, *(Rule(f"{name}/*", encoder) for name in pte_encoders.ENCODERS), Rule("*", None)))
+
+
+# The ONNX graphs' packed projections (exporters/fusions/packed_projections.py) -> the modules they pack: a plan's
+# rule for a packed unit applies to each of them in the PyTorch model
+PACKED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def _unpacked(pattern: str) -> tuple[str, ...]:
+    """`pattern`, and the patterns of the modules a packed unit packs (a model with its own packed module keeps it).
+
+    >>> _unpacked("text_decoder/layers.1/mlp.gate_up_proj")
+    ('text_decoder/layers.1/mlp.gate_up_proj', 'text_decoder/layers.1/mlp.gate_proj', 'text_decoder/layers.1/mlp.up_proj')
+    """
+    head, _, unit = pattern.rpartition("/")
+    return (pattern, *(f"{head}/{m}" for m in PACKED.get(unit, ())))
 
 
 def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:

@@ -98,12 +98,12 @@ def test_auto_takes_the_onnx_planners_plan_and_its_tokens_equal_the_fake_quantiz
     manifest = read_manifest(out)
     plan = manifest.report.plan
     assert plan is not None and set(plan.judged_by.values()) == {"text_decoder"}  # the decoder judges the table too
-    bits = {name: g.bits for name, g in plan.groups.items()}
+    planned = {name: g.bits for name, g in plan.groups.items() if g.bits < 32}
+    assert planned and all(manifest.recipe.spec_for(name).bits == b for name, b in planned.items())
     quantized = manifest.report.quantization["text_decoder"].quantized_nodes
-    assert sum(quantized.values()) == sum(b < 32 for n, b in bits.items() if n.startswith("text_decoder/"))
-    assert quantized == {
-        f"linear_8da{b}w": n for b in (4, 8) if (n := sum(v == b for k, v in bits.items() if k.startswith("text_")))
-    }
+    # a block whose layers all got the same bits is one rule for all its linears, the planner's units or not
+    assert set(quantized) <= {"linear_8da4w", "linear_8da8w"}
+    assert sum(quantized.values()) >= sum(n.startswith("text_decoder/") for n in planned)
     pipe = edgemfm.load(out)
     ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=TOKENS))
     assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, "auto")
