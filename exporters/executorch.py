@@ -181,10 +181,13 @@ def write_program(
     *,
     max_seq_len: int,
     recipe: Recipe,
+    calibration: dict[str, list[tuple]] | None = None,
 ) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation], dict[str, Quantization]]:
     """`write_units` with the modules quantized per `recipe` first (exporters/pte_quantize.py); also what was done.
 
-    A quantized method is checked against its fake-quantized PyTorch module, within pte_quantize.TOLERANCE.
+    `calibration`: the encoders to quantize to static int8 (exporters/pte_encoders.py), each with the
+    inputs its ranges are fitted to. A quantized method is checked against its fake-quantized PyTorch
+    module, within pte_quantize.TOLERANCE.
 
     Example:
         >>> write_program(units, stage, 1e-4, print, max_seq_len=256, recipe=pte_recipe(profile, "int4"))[3]  # doctest: +SKIP
@@ -192,12 +195,17 @@ def write_program(
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from edgemfm.exporters import pte_quantize
+    from edgemfm.exporters import pte_encoders, pte_quantize
 
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
     quantization = {}
     for name, unit in units.items():
-        done = pte_quantize.quantize_module(name, unit.module, recipe)
+        if name in (calibration or {}):
+            advance(f"quantizing {name} (int8, calibrated)")
+            shapes = _dynamic_shapes(unit, max_seq_len)
+            units[name], done = pte_encoders.quantize_encoder(name, unit, calibration[name], shapes)
+        else:
+            done = pte_quantize.quantize_module(name, unit.module, recipe)
         if done is not None:
             quantization[name] = done
     programs, references, peaks, flops = {}, {}, {}, {}

@@ -7,7 +7,7 @@ before capture, on the modules, and XNNPACK's partitioner takes the quantized pa
 |------------------------------|------------------------------------------------|----------------------------------|
 | text_decoder linears, lm_head| int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
 | token_embedding table        | 4-bit rows in groups of g (embedding_4bit)     | 8-bit rows, per row (embedding_byte) |
-| vision / audio encoders      | float (the PT2E int8 path is not built yet)    | float                            |
+| vision / audio encoders      | static int8, per-channel weights (PT2E, exporters/pte_encoders.py) | the same         |
 
 `g` is the device preset's int4 group size (presets.group_size). int8 weights are per channel:
 XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
@@ -29,12 +29,14 @@ from __future__ import annotations
 from typing import Any
 
 from edgemfm.errors import InputError
+from edgemfm.exporters import pte_encoders
 from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
+from edgemfm.quantizers.units import unit_name
 from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
 from edgemfm.report import AppliedScheme, Quantization
 
-PRECISIONS = ("fp32", "int8", "int4")  # what --format pte runs; auto and fp16 are not built for pte yet
+PRECISIONS = ("fp32", "int8", "int4", "auto")  # what --format pte runs; no fp16 (XNNPACK's fp16 is not built here)
 SCHEME = "torchao-xnnpack"  # the report's name for what was applied
 METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as export_llm's default use_hqq
 TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
@@ -42,39 +44,81 @@ TABLES = "token_embedding"  # the one component that looks tokens up: a decoder'
 TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
 
 
-def pte_recipe(profile: DeviceProfile, precision: str) -> Recipe:
+def runnable(profile: DeviceProfile) -> list[str]:
+    """The precisions a pte program runs at on `profile`: fp32, and each of int8/int4/auto it has weight kernels for.
+
+    Example:
+        >>> runnable(load_profile("pi5"))  # doctest: +SKIP
+        ['fp32', 'int8', 'int4', 'auto']
+    """
+    bits = {"int8": (8,), "int4": (4,), "auto": (4, 8)}
+    return [p for p in PRECISIONS if p == "fp32" or set(bits[p]) & set(profile.weight_bits)]
+
+
+def check_precision(profile: DeviceProfile, precision: str) -> None:
+    """A one-line InputError for a precision the pte preset of `profile` cannot run, naming those it can.
+
+    Example:
+        >>> check_precision(load_profile("pi5"), "fp16")  # doctest: +SKIP
+        InputError: precision 'fp16' is not available for --format pte on raspberry-pi-5-8gb; allowed: fp32, int8, int4, auto
+    """
+    allowed = runnable(profile)
+    if precision not in allowed:
+        raise InputError(
+            f"precision {precision!r} is not available for --format pte on {profile.name}; allowed: {', '.join(allowed)}"
+        )
+
+
+def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = None) -> Recipe:
     """The recipe a pte program gets for `precision` on `profile`; a one-line InputError for one it cannot run.
+
+    `auto`: `planned`, the ONNX planner's per-layer bits for the decoder and the token table
+    (quantizers.quantize.plan), each int4 or int8 layer given the pte spec of its bits.
 
     Example:
         >>> pte_recipe(load_profile("pi5"), "int8").spec_for("token_embedding/embed").bits  # doctest: +SKIP
         8
     """
-    bits = {"int8": 8, "int4": 4}.get(precision)
-    if precision not in runnable(profile):
-        raise InputError(
-            f"precision {precision!r} is not available for --format pte on {profile.name}; "
-            f"allowed: {', '.join(runnable(profile))}"
-        )
-    if bits is None:
+    check_precision(profile, precision)
+    if precision == "fp32":
         return FLOAT32
-    group = presets.group_size(profile) if bits == 4 else 0  # XNNPACK: blockwise int4, per-channel int8
-    return Recipe(
-        rules=(
-            Rule("text_decoder/*", QuantSpec(bits=bits, group_size=group, method=METHOD, activation_bits=8)),
-            Rule("token_embedding/*", QuantSpec(bits=bits, group_size=group, method=METHOD)),
-            Rule("*", None),
+    group = presets.group_size(profile)
+    # XNNPACK: blockwise int4, per-channel int8 (no blockwise int8 kernels)
+    linear = {b: QuantSpec(bits=b, group_size=group if b == 4 else 0, method=METHOD, activation_bits=8) for b in (4, 8)}
+    table = {b: QuantSpec(bits=b, group_size=group if b == 4 else 0, method=METHOD) for b in (4, 8)}
+    if precision == "auto":
+        assert planned is not None, "auto: the planner's recipe is given (quantizers.quantize.plan)"
+        text = tuple(
+            Rule(pattern, r.spec and (table if r.pattern.startswith(TABLES) else linear)[r.spec.bits])
+            for r in planned.rules
+            if r.pattern != "*"
+            for pattern in _unpacked(r.pattern)
         )
-    )
+    else:
+        bits = {"int8": 8, "int4": 4}[precision]
+        text = (Rule("text_decoder/*", linear[bits]), Rule(f"{TABLES}/*", table[bits]))
+    # encoders at int8 under every precision: XNNPACK's convolutions have no int4 kernels, and the ONNX presets
+    # keep them w8a8
+    encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
+    return Recipe(rules=(*text, *(Rule(f"{name}/*", encoder) for name in pte_encoders.ENCODERS), Rule("*", None)))
 
 
-def runnable(profile: DeviceProfile) -> list[str]:
-    """The precisions a pte program runs at on `profile`: fp32 and each of int8/int4 it has weight kernels for.
+# The ONNX graphs' packed projections (exporters/fusions/packed_projections.py) -> the modules they pack: a plan's
+# rule for a packed unit applies to each of them in the PyTorch model
+PACKED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
 
-    Example:
-        >>> runnable(load_profile("pi5"))  # doctest: +SKIP
-        ['fp32', 'int8', 'int4']
+
+def _unpacked(pattern: str) -> tuple[str, ...]:
+    """`pattern`, and the patterns of the modules a packed unit packs (a model with its own packed module keeps it).
+
+    >>> _unpacked("text_decoder/layers.1/mlp.gate_up_proj")
+    ('text_decoder/layers.1/mlp.gate_up_proj', 'text_decoder/layers.1/mlp.gate_proj', 'text_decoder/layers.1/mlp.up_proj')
     """
-    return [p for p in PRECISIONS if p == "fp32" or {"int8": 8, "int4": 4}[p] in profile.weight_bits]
+    head, _, unit = pattern.rpartition("/")
+    return (pattern, *(f"{head}/{m}" for m in PACKED.get(unit, ())))
 
 
 def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
@@ -86,10 +130,13 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
     """
     import torch
 
+    if name in pte_encoders.ENCODERS:  # calibrated static int8, by pte_encoders.quantize_encoder
+        return None
     linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
     # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
     tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}
-    specs = {f: recipe.spec_for(f"{name}/{f}") for f in (*linears, *tables)}
+    # named as the ONNX planner names its units (text_decoder/layers.3/mlp.down_proj): an auto plan's rules apply
+    specs = {f: recipe.spec_for(unit_name(name, f)) for f in (*linears, *tables)}
     if not any(specs.values()):
         return None
     floats = {f: "float in the recipe" for f, s in specs.items() if s is None}

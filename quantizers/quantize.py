@@ -136,6 +136,46 @@ def _quantize(
     return replace(manifest, recipe=recipe, components=components, report=quantized)
 
 
+def plan(
+    float_dir: Path,
+    manifest: Manifest,
+    profile: DeviceProfile,
+    config: QuantizeConfig,
+    scratch: Path,
+    components: set[str],
+    progress: Progress | None = None,
+) -> tuple[Recipe, Plan]:
+    """The auto plan of `components` of the float bundle in `float_dir`, nothing quantized: the same
+    calibration, judge and planner as `quantize`, for a writer that quantizes on its own (a pte program,
+    exporters/pte_quantize.py).
+
+    Example:
+        >>> recipe, report = plan(float_dir, manifest, load_profile("host"), QuantizeConfig(precision="auto"),
+        ...                       Path("/tmp/q"), {"text_decoder", "token_embedding"})  # doctest: +SKIP
+    """
+    scratch.mkdir(parents=True, exist_ok=True)  # the probes' graphs
+    with quiet_quantizers():
+        say(progress, "calibrating")
+        calibrate = component_feeds(float_dir, manifest, config.calibration)
+        cross = manifest.components[manifest.generation.decoder].cross_attention
+        feeds = {n: measured_subset(f, set(cross.outputs) if cross else set()) for n, f in calibrate.items()}
+        group = presets.group_size(profile) if 4 in profile.weight_bits else 32
+        ctx = {n: Context(calibrate.get(n, []), profile, scratch) for n in manifest.components}
+
+        def probe(component: str, r: Recipe) -> Path:
+            out = scratch / f"probe-{component}.onnx"
+            quantize_component(
+                float_dir / manifest.components[component].file, out, component, r, ctx[component], group
+            )
+            return out
+
+        judge = Judge(float_dir, manifest, {n: f for n, f in feeds.items() if n in components}, probe)
+        files = {n: c.file for n, c in manifest.components.items() if n in judge.feeds}
+        return auto_recipe(
+            float_dir, files, profile, judge, config.memory_budget_mb, config.accuracy_tolerance_db, progress
+        )
+
+
 def _check_calibrated(
     float_dir: Path, manifest: Manifest, recipe: Recipe, calibrate: dict[str, list], group: int
 ) -> None:

@@ -107,9 +107,9 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
     if config.format not in formats:
         raise InputError(f"format {config.format!r} is not available for {profile.name}; allowed: {', '.join(formats)}")
     if config.format == "pte":  # quantized in PyTorch before capture (exporters/pte_quantize.py), not as graphs
-        from edgemfm.exporters.pte_quantize import pte_recipe
+        from edgemfm.exporters.pte_quantize import check_precision
 
-        pte_recipe(profile, config.precision)  # refuses a precision the pte preset cannot run, naming those it can
+        check_precision(profile, config.precision)  # refuses a precision the pte preset cannot run, naming those it can
     elif config.precision != "auto":
         presets.recipe_for(profile, config.precision)  # refuses an unknown precision or one without kernels here
     if config.calibration is not None and not Path(config.calibration).is_dir():
@@ -199,7 +199,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 split = family.split(_load(family, model_dir), model_dir)
                 if config.visual_tokens is not None:  # before export: calibration and parity see the cut graph
                     split = budget(family, split, config.visual_tokens)
-            manifest = _write_float(config, profile, family, split, model_dir, stage, progress)
+            manifest = _write_float(config, profile, family, split, model_dir, stage, progress, Path(scratch))
             from edgemfm.quantizers.quantize import quantize
 
             quantize_config = QuantizeConfig(
@@ -222,19 +222,33 @@ def _write_float(
     model_dir: Path,
     stage: Path,
     progress: Progress | None,
+    scratch: Path,
 ) -> Manifest:
     """Write the float graphs and the tokenizer into `stage`; the float bundle's manifest."""
     from edgemfm.pruners.prune import bundle_report
 
     writer = importlib.import_module(WRITERS[config.format])
     advance = lambda step: say(progress, step)  # noqa: E731
-    recipe, quantization = FLOAT32, {}
+    recipe, quantization, floats, plan = FLOAT32, {}, {}, None
     if config.format == "pte":  # a pte program is quantized as it is written (the ONNX graphs after, by quantize)
+        from edgemfm.exporters.pte_encoders import ENCODERS, encoder_inputs
         from edgemfm.exporters.pte_quantize import pte_recipe
 
-        recipe = pte_recipe(profile, config.precision)
+        planned = None
+        if config.precision == "auto":
+            planned, plan = _plan_pte(config, profile, family, split, model_dir, scratch, progress)
+        recipe = pte_recipe(profile, config.precision, planned)
+        calibration: dict = {}
+        if any(recipe.spec_for(f"{n}/*") for n in ENCODERS if n in split.units):
+            calibration, floats = encoder_inputs(split, config.calibration)
         components, parity, delegation, quantization = writer.write_program(
-            split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, recipe=recipe
+            split.units,
+            stage,
+            family.tolerance,
+            advance,
+            max_seq_len=config.max_seq_len,
+            recipe=recipe,
+            calibration=calibration,
         )
     else:
         components, parity, delegation = writer.write_units(
@@ -258,10 +272,42 @@ def _write_float(
         report=Report(
             precision=config.precision,
             parity=parity,
-            float_units={n: "fp32 export" for n in components if n not in quantization},
+            float_units={n: floats.get(n, "fp32 export") for n in components if n not in quantization},
             quantization=quantization,
             delegation=delegation,
             notes=split.report.notes,
             pruning=bundle_report(model_dir),
+            plan=plan,
         ),
     )
+
+
+def _plan_pte(
+    config: ExportConfig,
+    profile: DeviceProfile,
+    family: Any,
+    split: Any,
+    model_dir: Path,
+    scratch: Path,
+    progress: Progress | None,
+) -> tuple[Any, Any]:
+    """`--format pte --precision auto`: the float ONNX graphs written to `scratch` only for the ONNX
+    planner to measure and plan the decoder and the token table on (its judge, its plan); the recipe
+    and the plan's report. The encoders are not planned: a pte program's are static int8 under every precision."""
+    from edgemfm.quantizers.quantize import plan
+
+    onnx_dir = scratch / "plan-float"
+    onnx_dir.mkdir()
+    manifest = _write_float(
+        replace(config, format="onnx", precision="fp32"), profile, family, split, model_dir, onnx_dir, progress, scratch
+    )
+    g = manifest.generation
+    settings = QuantizeConfig(
+        precision="auto",
+        calibration=config.calibration,
+        memory_budget_mb=config.memory_budget_mb,
+        accuracy_tolerance_db=config.accuracy_tolerance_db,
+    )
+    planned = plan(onnx_dir, manifest, profile, settings, scratch / "plan", {g.decoder, g.embedding}, progress)
+    shutil.rmtree(onnx_dir)
+    return planned

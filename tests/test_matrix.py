@@ -2,11 +2,11 @@
 
 One profile per kind of quantization preset (`presets.TARGETS`: x86 CPU, Arm CPU, GPU, Android NPU),
 taken from the shipped profiles; each offers fp32, auto and the fixed precisions it has kernels for.
-pte bundles take fp32 and the int8/int4 the profile has weight kernels for (`pte_quantize.runnable`:
-quantized in PyTorch before capture; fp16 and auto are not built for pte).
+pte bundles take fp32 and the int8/int4/auto the profile has weight kernels for (`pte_quantize.runnable`:
+quantized in PyTorch before capture, auto planned by the ONNX planner; fp16 is not built for pte).
 
 The default suite runs the text family's rows that cover every precision (`DEFAULT`); the rest are
-`-m slow` (a tiny export takes 10-40 s on 2 idle cores, minutes on busy ones; the matrix has 224 rows).
+`-m slow` (a tiny export takes 10-40 s on 2 idle cores, minutes on busy ones; the matrix has 248 rows).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ transformers model), the recipe and report say what was done, and a precision th
 cannot run is refused in one line with nothing left behind.
 
 The tiny model is SmolLM2's shape scaled down (hidden 128, 4 query heads over 2 KV heads) so the
-preset's group of 64 divides every linear's input; the default suite exports int4, -m slow int8.
+preset's group of 64 divides every linear's input; the default suite exports int4, -m slow int8 and
+every other text family (sliding windows, soft-capping, fused projections, scaled embeddings) at int4.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 
 import pytest
 import torch
-from tiny_text import tiny_text_model
+from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 import edgemfm
 from edgemfm.bundle import read_manifest
@@ -35,15 +36,16 @@ def _export(checkpoint, out, precision: str) -> int:
 
 
 def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
-    """transformers' greedy answer from the model quantized in PyTorch exactly as the program's modules were."""
+    """transformers' greedy answer from the model quantized in PyTorch exactly as the program's modules were
+    (by the bundle's own recipe: an auto plan's too)."""
     from transformers import AutoModelForCausalLM
 
     from edgemfm.exporters.decoder import TokenEmbedding
-    from edgemfm.exporters.pte_quantize import pte_recipe, quantize_module
-    from edgemfm.profiles import load_profile
+    from edgemfm.exporters.pte_quantize import quantize_module
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    recipe = pte_recipe(load_profile("pi5"), precision)
+    recipe = pipe.manifest.recipe
+    assert pipe.manifest.report.precision == precision
     table = TokenEmbedding(model.model.embed_tokens)
     quantize_module("token_embedding", table, recipe)
     quantize_module("text_decoder", model, recipe)
@@ -73,12 +75,46 @@ def test_quantized_pte_tokens_equal_the_fake_quantized_model(checkpoint, tmp_pat
     assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, precision)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "auto"])
-def test_a_precision_the_pte_preset_cannot_run_is_one_line_and_leaves_nothing(checkpoint, tmp_path, precision, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", [a for a in TEXT_CONFIGS if a != "LlamaForCausalLM"])
+def test_every_text_family_quantized_pte_tokens_equal_the_fake_quantized_model(architecture, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = tiny_text_model(architecture, tmp_path / "model", **SHAPE)
+    out = tmp_path / "pte-int4"
+    assert _export(checkpoint, out, "int4") == 0
+    linears = sum(isinstance(m, torch.nn.Linear) for m in AutoModelForCausalLM.from_pretrained(checkpoint).modules())
+    assert read_manifest(out).report.quantization["text_decoder"].quantized_nodes == {"linear_8da4w": linears}
+    pipe = edgemfm.load(out)
+    ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=TOKENS))
+    assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, "int4")
+
+
+@pytest.mark.slow
+def test_auto_takes_the_onnx_planners_plan_and_its_tokens_equal_the_fake_quantized_model(checkpoint, tmp_path):
+    out = tmp_path / "pte-auto"
+    argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", "auto"]
+    assert main([*argv, "--accuracy-tolerance", "30", "--max-seq-len", "192", "--out", str(out)]) == 0
+    manifest = read_manifest(out)
+    plan = manifest.report.plan
+    assert plan is not None and set(plan.judged_by.values()) == {"text_decoder"}  # the decoder judges the table too
+    planned = {name: g.bits for name, g in plan.groups.items() if g.bits < 32}
+    assert planned and all(manifest.recipe.spec_for(name).bits == b for name, b in planned.items())
+    quantized = manifest.report.quantization["text_decoder"].quantized_nodes
+    # a block whose layers all got the same bits is one rule for all its linears, the planner's units or not
+    assert set(quantized) <= {"linear_8da4w", "linear_8da8w"}
+    assert sum(quantized.values()) >= sum(n.startswith("text_decoder/") for n in planned)
+    pipe = edgemfm.load(out)
+    ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=TOKENS))
+    assert len(ours) > 0 and ours == _fake_quantized_tokens(checkpoint, pipe, "auto")
+
+
+def test_a_precision_the_pte_preset_cannot_run_is_one_line_and_leaves_nothing(checkpoint, tmp_path, capsys):
     out = tmp_path / "refused"
+    precision = "fp16"
     assert _export(checkpoint, out, precision) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and precision in err and "allowed: fp32, int8, int4" in err
+    assert len(err.splitlines()) == 1 and precision in err and "allowed: fp32, int8, int4, auto" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -94,3 +130,41 @@ def test_a_table_whose_rows_the_group_does_not_divide_stays_float_and_is_named()
     assert report.float_units == {"0": "its 84-wide rows are not a multiple of the group size 64"}
     report = quantize_module("token_embedding", even, recipe)
     assert report.quantized_nodes == {"embedding_4bit": 1} and not report.float_units
+
+
+@pytest.fixture(scope="module")
+def llava_split(tmp_path_factory):
+    from tiny_models import tiny_llava
+
+    from edgemfm.exporters import find_family
+
+    checkpoint = tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
+    family = find_family(json.loads((checkpoint / "config.json").read_text()))
+    return checkpoint, family.split(family.load(checkpoint), checkpoint)
+
+
+def test_the_encoders_are_calibrated_on_the_onnx_paths_items_or_stay_float_saying_why(llava_split, tmp_path):
+    from edgemfm.exporters.pte_encoders import encoder_inputs
+    from edgemfm.quantizers.calibration import drawings
+
+    _, split = llava_split
+    inputs, floats = encoder_inputs(split, None)  # the built-in drawings
+    example = split.units["vision_encoder"].args[0]
+    assert floats == {} and len(inputs["vision_encoder"]) == len(drawings())
+    assert all(len(args) == 1 and args[0].shape == example.shape for args in inputs["vision_encoder"])
+    (tmp_path / "prompts.txt").write_text("What is it?\n")
+    inputs, floats = encoder_inputs(split, tmp_path)  # a folder of prompts only: nothing to fit the ranges to
+    assert inputs == {} and "no images" in floats["vision_encoder"]
+
+
+@pytest.mark.slow
+def test_a_quantized_pte_quantizes_and_delegates_the_vision_encoder(llava_split, tmp_path):
+    checkpoint, _ = llava_split
+    out = tmp_path / "pte-int8"
+    assert _export(checkpoint, out, "int8") == 0  # the program was checked against the PT2E module within tolerance
+    manifest = read_manifest(out)
+    vision = manifest.report.quantization["vision_encoder"]
+    assert vision.quantized_nodes["linear_int8"] > 0 and vision.schemes[0].bits == 8
+    assert manifest.recipe.spec_for("vision_encoder/x").activation_bits == 8
+    assert manifest.report.delegation["vision_encoder"].delegated_nodes > 0
+    assert "vision_encoder" not in manifest.report.float_units

@@ -4,6 +4,7 @@
 |---|---|
 | pytorch-eager-fp32 | the checkpoint `exporters/demo_sources.build_default` writes (base weights + the committed adapter), as torch modules |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --model THAT_CHECKPOINT --device host --precision P`, measured by `edgemfm.bench.measure` |
+| edgemfm-pte-int8 | the same with `--format pte --precision int8`, on ExecuTorch |
 
 Every row: vision ms per image (a 320x240 drawing, pre-processing included), audio ms per second
 of audio (a 2 s window, log-mel included), first token and decode rate of `tokens` greedy tokens
@@ -35,6 +36,10 @@ ROWS = {
     "edgemfm-fp32": ("edgemfm:edgemfm-fp32", "fp32"),
     "edgemfm-int8": ("edgemfm:edgemfm-int8", "host int8 preset"),
     "edgemfm-int4": ("edgemfm:edgemfm-int4", "host int4 preset"),
+    "edgemfm-pte-int8": (
+        "edgemfm:edgemfm-pte-int8",
+        "pte int8: 8da8w decoder, 8-bit embedding, encoders static int8 (PT2E, XNNPACK)",
+    ),
 }
 MAX_NEW_TOKENS = 8
 
@@ -63,6 +68,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "hf": build_checkpoint,
         "data": build_data,
         **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
+        "edgemfm-pte-int8": lambda w: export_edgemfm(w, "int8", "pte"),
     }
     needs = {"hf", "data"} | {ROWS[r][0].partition(":")[2] for r in rows} - {""}
     build_missing(work, steps, needs, "demo ")

@@ -1,0 +1,126 @@
+"""Quantize a pte program's encoders to int8 with PT2E, calibrated, as ExecuTorch's own examples do for XNNPACK.
+
+A decoder is quantized on its modules (exporters/pte_quantize.py: dynamic int8 activations, nothing
+to calibrate). An encoder's convolutions and linears get static int8 instead, which XNNPACK runs
+as QS8 kernels with no run-time range search:
+
+    torch.export ─► prepare_pt2e(XNNPACKQuantizer: symmetric int8, per-channel weights, per-tensor activations)
+        │ the calibration items through the prepared module: observers record the activation ranges
+        ▼ convert_pt2e ─► q/dq around every annotated conv and linear ─► captured again, lowered to XNNPACK
+
+The calibration items are the same as the ONNX path's (quantizers/calibration.py): the images and
+WAVs of `--calibration DIR`, or the built-in drawings and spoken clips, pre-processed by the
+runtime's own PREPROCESSORS. An encoder whose items are tiled or patched before encoding
+(Idefics3, Qwen2-VL), or that no item reaches (a folder without WAVs), stays float, and the
+report says why. The converted module IS the fake-quantized PyTorch model the program is checked against.
+
+Example:
+    >>> inputs, floats = encoder_inputs(split, folder=None)                          # doctest: +SKIP
+    >>> unit, done = quantize_encoder("vision_encoder", split.units["vision_encoder"], inputs["vision_encoder"], shapes)  # doctest: +SKIP
+    >>> done.quantized_nodes                                                           # doctest: +SKIP
+    {'conv2d_int8': 33, 'linear_int8': 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgemfm.exporters.family import ExportUnit, Split
+from edgemfm.report import AppliedScheme, Quantization
+
+ENCODERS = ("vision_encoder", "audio_encoder")  # the components quantized here; the rest by pte_quantize
+METHOD = "pt2e-minmax"  # XNNPACKQuantizer's default observers: min/max of the calibration activations
+WEIGHTED = {"conv1d", "conv2d", "linear"}  # aten ops whose weight XNNPACKQuantizer quantizes per channel
+
+
+def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, list[tuple]], dict[str, str]]:
+    """The calibration inputs of each encoder of `split` (as its unit's positional args), and why the
+    encoders without any stay float.
+
+    Example:
+        >>> inputs, floats = encoder_inputs(split, "my-domain-data")  # doctest: +SKIP
+        >>> floats  # doctest: +SKIP
+        {'audio_encoder': 'no audio clips in the calibration folder to fit its int8 ranges to'}
+    """
+    import torch
+
+    from edgemfm.quantizers.calibration import MAX_ITEMS, drawings, read_folder, speech
+    from edgemfm.runtimes.preprocess import PREPROCESSORS
+
+    pre = split.preprocess
+    if folder is not None:
+        images, clips, _ = read_folder(folder)
+    else:
+        images, clips = drawings(), speech(pre.audio) if pre.audio is not None else []
+    items = {"image": images, "audio": clips}
+    wanted = {m.encoder: (kind, m.input, m.length) for kind, m in split.prompt.media.items()}
+    for unit in split.units.values():
+        if unit.cross_attention is not None:  # Whisper: its encoder takes the clip, and only the clip
+            wanted[unit.cross_attention.encoder] = (unit.cross_attention.media, unit.cross_attention.input, None)
+    inputs, floats = {}, {}
+    for encoder, (kind, name, length) in wanted.items():
+        unit = split.units[encoder]
+        if kind == "image" and (pre.image_splitting is not None or pre.image_patches is not None):
+            floats[encoder] = "its images are tiled or patched before encoding: no int8 calibration for pte yet"
+        elif set(unit.input_names) - {name, length}:
+            floats[encoder] = f"it takes inputs beside the {kind} item ({', '.join(unit.input_names)})"
+        elif not items[kind]:
+            floats[encoder] = f"no {'audio clips' if kind == 'audio' else 'images'} to fit its int8 ranges to"
+        else:
+            inputs[encoder] = []
+            for item in items[kind][:MAX_ITEMS]:
+                x, n = PREPROCESSORS[kind](item, pre)
+                feeds = {name: torch.from_numpy(x[None]), length: torch.tensor([n if n is not None else x.shape[-1]])}
+                inputs[encoder].append(tuple(feeds[i] for i in unit.input_names))
+    return inputs, floats
+
+
+def quantize_encoder(
+    name: str, unit: ExportUnit, inputs: list[tuple], dynamic_shapes: Any
+) -> tuple[ExportUnit, Quantization]:
+    """`unit` with its module replaced by the PT2E int8 module calibrated on `inputs`; what was done.
+
+    Example:
+        >>> unit, done = quantize_encoder("audio_encoder", unit, inputs, shapes)  # doctest: +SKIP
+    """
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        captured = torch.export.export(unit.module, unit.args, dynamic_shapes=dynamic_shapes, strict=False)
+        prepared = prepare_pt2e(captured.module(), quantizer)
+        for args in inputs:
+            prepared(*args)
+        converted = convert_pt2e(prepared)
+    done, floats = _count(converted.graph)
+    return replace(unit, module=converted), Quantization(
+        schemes=(AppliedScheme(bits=8, group_size=0, method=f"xnnpack {METHOD}"),),
+        quantized_units=sum(done.values()),
+        float_units={f"{name}/{n}": "not annotated by XNNPACKQuantizer" for n in floats},
+        notes={name: f"static int8 activations, ranges from {len(inputs)} calibration items"},
+        quantized_nodes=done,
+        weight_bytes=0,  # filled by the writer from the captured program
+    )
+
+
+def _count(graph: Any) -> tuple[dict[str, int], list[str]]:
+    """Weighted ops whose weight comes through a per-channel dequantize (quantized), and those left float."""
+    done: dict[str, int] = {}
+    floats = []
+    for node in graph.nodes:
+        op = getattr(getattr(node.target, "_schema", None), "name", "").removeprefix("aten::")
+        if node.op != "call_function" or op not in WEIGHTED:
+            continue
+        weight = node.args[1]
+        if "dequantize_per_channel" in str(getattr(weight, "target", "")):
+            done[f"{op}_int8"] = done.get(f"{op}_int8", 0) + 1
+        else:
+            floats.append(node.name)
+    return done, floats
