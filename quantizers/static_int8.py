@@ -78,12 +78,26 @@ def apply(model: Any, units: list[Unit], spec: QuantSpec, ctx: Context) -> Any:
             "WeightSymmetric": True,
             "CalibPercentile": PERCENTILE,
             "CalibTensorRangeSymmetric": spec.symmetric,
-            # one feed at a time, ranges merged: the histogram calibrators (percentile, entropy) stack a
-            # collection's activations into one array, and a vision encoder's feeds differ in patch count
-            "CalibStridedMinMax": 1,
+            **_one_feed_at_a_time(ctx.feeds),
         },
     )
     return onnx.load(str(out))
+
+
+def _one_feed_at_a_time(feeds: list[dict]) -> dict:
+    """ORT's option to collect feeds one at a time and merge their ranges, where the feeds' shapes differ.
+
+    The histogram calibrators (percentile, entropy) stack a collection's activations into one array, and a
+    vision encoder's feeds differ in patch count (Qwen2-VL); merging re-bins the histograms, so feeds of one
+    shape keep the one-shot collection (its ranges exactly as before).
+
+    Example:
+        >>> import numpy as np
+        >>> _one_feed_at_a_time([{"x": np.zeros((2, 3))}, {"x": np.zeros((4, 3))}])
+        {'CalibStridedMinMax': 1}
+    """
+    shapes = {tuple((k, v.shape) for k, v in sorted(f.items())) for f in feeds}
+    return {"CalibStridedMinMax": 1} if len(shapes) > 1 else {}
 
 
 def _at_opset(model: Any, version: int) -> Any:
