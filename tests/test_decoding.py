@@ -137,11 +137,13 @@ def test_adaptive_and_prompt_drafts_give_the_targets_greedy_tokens(default_bundl
     alone = list(edgemfm.load(default_bundle).generate_tokens(prompt, images=[picture], max_new_tokens=40))
     for draft in (small_bundle, "prompt"):
         pipe = edgemfm.load(default_bundle, draft=draft)  # k chosen from measured costs
-        for _ in range(2):  # the second answer starts from the first one's measured costs
+        for answer in range(2):  # the second answer starts from the first one's measured costs
             assert list(pipe.generate_tokens(prompt, images=[picture], max_new_tokens=40)) == alone
-        s = pipe.speculation
-        assert s["target_calls"] == len(s["k"]) and s["proposed"] > 0 and 1 in s["target_ms"]
-        assert all(0 <= k <= pipe.draft.k for k in s["k"])
+            s = pipe.speculation
+            assert s["target_calls"] == len(s["k"]) and 1 in s["target_ms"]
+            assert all(0 <= k <= pipe.draft.k for k in s["k"])
+            # with nothing measured yet the draft is always tried; later the measured (load-dependent) costs decide
+            assert s["proposed"] > 0 or answer == 1
     args = ["run", str(default_bundle), "--prompt", prompt, "--image", str(picture), "--max-new-tokens", "40"]
     assert main([*args, "--draft", "prompt"]) == 0
     captured = capsys.readouterr()
