@@ -43,6 +43,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "pruning-smollm2",
     "pruning-demo",
     "finetune-demo",
+    "finetune-demo-reproduction",
     "executorch-default",
     "executorch-demo",
     "cost-validation",
