@@ -42,6 +42,21 @@ def command() -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
+def blocks(
+    name: str, title: str, caption: str | None = None, after: tuple = (), note: str | Path | None = None
+) -> list:
+    """A section's blocks as render.py reads them: its title, the command, the caption, where the table comes
+    from (this result's commit and command), then `after` (a picture) and the note file's text (what it says).
+
+    >>> blocks("runtime-chat", "Chat", "3 rounds")[2:]  # doctest: +SKIP
+    [{'text': '3 rounds'}, {'from': 'runtime-chat.json', 'commit': 'a3dee2b', 'command': 'python -m ...'}]
+    """
+    source = {"from": f"{name}.json", "commit": commit(), "command": command()}
+    texts = [{"text": caption}] if caption else []
+    notes = [{"text": Path(note).read_text().strip()}] if note else []
+    return [{"heading": title, "level": 2}, {"code": command(), "lang": "bash"}, *texts, source, *after, *notes]
+
+
 def write(name: str, rows: list[dict], **extra) -> Path:
     """benchmarks/results/<name>.json: the command, the commit, the machine, the date, the rows and `extra`.
 

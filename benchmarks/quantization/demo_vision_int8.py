@@ -231,10 +231,7 @@ def main() -> None:
         f"interleaved rounds x {len(images[::step][: args.timed])} held-out pictures, one per call, one thread; "
         f"load average (1 min) at each round: {' '.join(f'{x:.1f}' for x in load)} on 2 shared cores"
     )
-    source = {"from": "quantization-demo-vision-int8.json", "commit": record.commit(), "command": record.command()}
-    blocks = [{"heading": title, "level": 2}, {"code": record.command(), "lang": "bash"}, {"text": caption}, source]
-    if args.note:
-        blocks.append({"text": args.note.read_text().strip()})
+    blocks = record.blocks("quantization-demo-vision-int8", title, caption, note=args.note)
     record.write("quantization-demo-vision-int8", rows, title=title, load_average=load, blocks=blocks)
 
 

@@ -136,10 +136,7 @@ def main() -> None:
         f"{args.rounds} interleaved rounds x {args.calls} images per encoder, one image per call, {args.threads} "
         f"thread(s); load average (1 min) at each round: {' '.join(f'{x:.1f}' for x in load)} on 2 shared cores"
     )
-    source = {"from": "quantization-efficientnet-int8.json", "commit": record.commit(), "command": record.command()}
-    blocks = [{"heading": title, "level": 2}, {"code": record.command(), "lang": "bash"}, {"text": caption}, source]
-    if args.note:
-        blocks.append({"text": args.note.read_text().strip()})
+    blocks = record.blocks("quantization-efficientnet-int8", title, caption, note=args.note)
     record.write("quantization-efficientnet-int8", rows, title=title, load_average=load, blocks=blocks)
     for row in rows:
         print(row)

@@ -99,10 +99,7 @@ def main() -> None:
         rows = measure(bundle, args.repeats, args.answer)
     for row in rows:
         print(row)
-    source = {"from": "runtime-chat.json", "commit": record.commit(), "command": record.command()}
-    blocks = [{"heading": TITLE, "level": 2}, {"code": record.command(), "lang": "bash"}, source]
-    if args.note:
-        blocks.append({"text": Path(args.note).read_text().strip()})
+    blocks = record.blocks("runtime-chat", TITLE, note=args.note)
     record.write("runtime-chat", rows, title=TITLE, bundle=bundle.name, blocks=blocks)
 
 

@@ -120,11 +120,7 @@ def main() -> None:
             rows[f"{label}, k={args.fixed_k}"] = edgemfm.load(args.target, threads=1, draft=draft, draft_k=args.fixed_k)
     table = measure(args, rows)
     title = f"{TITLE}: {Path(args.target).name}, {args.set} set"
-    source = {"from": f"{args.name}.json", "commit": record.commit(), "command": record.command()}
-    blocks = [{"heading": title, "level": 2}, {"code": record.command(), "lang": "bash"}, source]
-    if args.note:
-        blocks.append({"text": Path(args.note).read_text().strip()})
-    record.write(args.name, table, title=title, blocks=blocks)
+    record.write(args.name, table, title=title, blocks=record.blocks(args.name, title, note=args.note))
 
 
 if __name__ == "__main__":

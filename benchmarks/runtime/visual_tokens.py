@@ -187,12 +187,8 @@ def main() -> None:
         f"bundles, encoder cache off; fidelity over {args.tokens} greedy tokens; load average (1 min) at each round: "
         f"{' '.join(f'{x:.1f}' for x in load)} on 2 shared cores"
     )
-    source = {"from": "runtime-visual-tokens.json", "commit": record.commit(), "command": record.command()}
     picture = {"image": f"benchmarks/results/{png.name}", "alt": title}
-    blocks = [{"heading": title, "level": 2}, {"code": record.command(), "lang": "bash"}, {"text": caption}, source]
-    blocks.append(picture)
-    if args.note:
-        blocks.append({"text": args.note.read_text().strip()})
+    blocks = record.blocks("runtime-visual-tokens", title, caption, after=(picture,), note=args.note)
     record.write("runtime-visual-tokens", rows, title=title, load_average=load, blocks=blocks)
     for row in rows:
         print(row)
