@@ -208,19 +208,26 @@ def test_rotary_inside_attention_streams_past_its_table_like_the_unfused_graph(u
     worst = {"before": 0.0, "after": 0.0}
     for step, seq in enumerate([7, 1, 100, 1, *[100] * 20, 3, 1]):
         x = rng.standard_normal((1, seq, sessions[0].get_inputs()[0].shape[2]), np.float32)
-        logits = []
-        for cache, session in zip(caches, sessions):
-            cache.make_room(seq)
-            out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
-            cache.advance(out, seq)
-            logits.append(out["logits"])
-            if step % 5 == 2:  # a speculative step's rejected proposals
-                cache.rollback(3)
+        error = _step_both(caches, sessions, names, x, rollback=3 if step % 5 == 2 else 0)  # 3: rejected proposals
         phase = "after" if caches[1].base else "before"
-        worst[phase] = max(worst[phase], np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
+        worst[phase] = max(worst[phase], error)
     assert caches[0].position == caches[1].position > 2 * layout.rotary_table > 2 * caches[0].max_len
     assert caches[1].base > layout.rotary_table and caches[0].length == caches[1].length == 256
     assert worst["before"] <= 1e-4 and worst["after"] <= 2e-3
+
+
+def _step_both(caches: list, sessions: list, names: list[str], x: np.ndarray, rollback: int = 0) -> float:
+    """Feed `x` to the unfused and the fused decoder, each through its own cache (then roll `rollback`
+    entries back); the largest logit difference relative to the unfused logits' scale (at least 1)."""
+    seq, logits = x.shape[1], []
+    for cache, session in zip(caches, sessions):
+        cache.make_room(seq)
+        out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
+        cache.advance(out, seq)
+        logits.append(out["logits"])
+        if rollback:
+            cache.rollback(rollback)
+    return float(np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
 
 
 def test_a_table_as_long_as_the_cache_serves_it_full_as_the_stream_slides(unfused_llama, tmp_path):
@@ -245,14 +252,9 @@ def test_a_table_as_long_as_the_cache_serves_it_full_as_the_stream_slides(unfuse
     rng, worst, fullest = np.random.default_rng(1), 0.0, 0
     for seq in [60, 1, 1, 30, 1, 20, 20, 1, 40, 3, 1]:
         x = rng.standard_normal((1, seq, sessions[0].get_inputs()[0].shape[2]), np.float32)
-        logits = []
-        for cache, session in zip(caches, sessions):
-            cache.make_room(seq)
-            out = dict(zip(names, session.run(names, {"inputs_embeds": x, **cache.feeds(seq)})))
-            cache.advance(out, seq)
-            logits.append(out["logits"])
+        error = _step_both(caches, sessions, names, x)
         fullest = max(fullest, caches[1].length)
-        worst = max(worst, np.abs(logits[1] - logits[0]).max() / max(1.0, np.abs(logits[0]).max()))
+        worst = max(worst, error)
     assert fullest == 64 and caches[1].position > 2 * layout.rotary_table and caches[1].base > 0
     assert worst <= 2e-3
 
