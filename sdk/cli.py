@@ -33,8 +33,10 @@ from edgemfm.progress import Progress
 from edgemfm.records import to_dict
 from edgemfm.report import Pruning, Recovery, Report
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# soft_wrap: a line is never broken at the console's width (80 columns when piped), so a message stays
+# one line in a log or under grep, and the terminal wraps what it must.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager
