@@ -77,7 +77,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def pruning_summary(report: Pruning) -> None:
-    """What was pruned, where and why, one row per stage."""
+    """What was pruned, where and why, one row per stage (`prune` and `export --prune` print it).
+
+    Example:
+        >>> pruning_summary(read_report("ckpt-pruned"))  # doctest: +SKIP
+    """
     table = Table(title=f"pruned {Path(report.source or '-').name}")
     for col in ("component", "granularity", "removed", "where", "importance removed", "why"):
         table.add_column(col)
