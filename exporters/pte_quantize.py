@@ -15,6 +15,7 @@ XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
 applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
 does not divide stays float and is named in the report, as does a table whose rows it does not divide.
+A group's scale is rounded to bfloat16 before its weights are quantized: XNNPACK's blockwise kernels keep it so.
 
 The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
 
@@ -178,6 +179,10 @@ def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
     config = Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4 if spec.bits == 4 else torch.int8,
         weight_granularity=PerGroup(spec.group_size) if spec.group_size else PerAxis(0),
+        # XNNPACK keeps a group's scale in bfloat16 (its blockwise kernels' format; ExecuTorch's lowering casts
+        # it): rounded here too, and the weights quantized against the rounded scales, the modules compute what
+        # the program runs. Per-channel scales stay float32 there and here.
+        weight_scale_dtype=torch.bfloat16 if spec.group_size else None,
         intx_choose_qparams_algorithm="hqq_scale_only" if spec.method == METHOD else "affine",
     )
     quantize_(module, config, filter_fn=lambda _m, fqn: fqn in fqns)
