@@ -122,8 +122,10 @@ def _unpacked(pattern: str) -> tuple[str, ...]:
     return (pattern, *(f"{head}/{m}" for m in PACKED.get(unit, ())))
 
 
-def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
+def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, ...] = ()) -> Quantization | None:
     """Quantize `module` (component `name`) in place per `recipe`; what was done, or None if nothing was.
+
+    `others`: modules of other components whose submodules `module` holds too; they stay as they are here.
 
     Example:
         >>> quantize_module("text_decoder", unit.module, pte_recipe(load_profile("pi5"), "int4")).quantized_units  # doctest: +SKIP
@@ -133,7 +135,10 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
 
     if name in pte_encoders.ENCODERS:  # calibrated static int8, by pte_encoders.quantize_encoder
         return None
-    linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    # Whisper's decoder holds the cross-attention K/V projections the audio encoder runs: they are the encoder's
+    # (static int8, or float with its reason), and quantized here they would change it behind its back
+    theirs = {id(m) for other in others for m in other.modules()}
+    linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in theirs}
     # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
     tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}
     # named as the ONNX planner names its units (text_decoder/layers.3/mlp.down_proj): an auto plan's rules apply
