@@ -199,9 +199,8 @@ def write_program(
 
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
     quantization = {}
-    encoders = tuple(
-        unit.module for name, unit in units.items() if name in pte_encoders.ENCODERS
-    )  # as the model has them
+    # the encoders' modules as the model has them, before a calibrated one is replaced by its PT2E module
+    encoders = tuple(unit.module for name, unit in units.items() if name in pte_encoders.ENCODERS)
     for name, unit in units.items():
         if name in (calibration or {}):
             advance(f"quantizing {name} (int8, calibrated)")
