@@ -46,6 +46,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "finetune-demo-reproduction",
     "executorch-default",
     "executorch-demo",
+    "executorch-smollm2-int4",
     "cost-validation",
     "cost-tune-pi5",
     "side_by_side",

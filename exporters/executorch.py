@@ -199,13 +199,15 @@ def write_program(
 
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
     quantization = {}
+    # the encoders' modules as the model has them, before a calibrated one is replaced by its PT2E module
+    encoders = tuple(unit.module for name, unit in units.items() if name in pte_encoders.ENCODERS)
     for name, unit in units.items():
         if name in (calibration or {}):
             advance(f"quantizing {name} (int8, calibrated)")
             shapes = _dynamic_shapes(unit, max_seq_len)
             units[name], done = pte_encoders.quantize_encoder(name, unit, calibration[name], shapes)
         else:
-            done = pte_quantize.quantize_module(name, unit.module, recipe)
+            done = pte_quantize.quantize_module(name, unit.module, recipe, others=encoders)
         if done is not None:
             quantization[name] = done
     programs, references, peaks, flops = {}, {}, {}, {}

@@ -15,6 +15,7 @@ XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
 applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
 does not divide stays float and is named in the report, as does a table whose rows it does not divide.
+A group's scale is rounded to bfloat16 before its weights are quantized: XNNPACK's blockwise kernels keep it so.
 
 The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
 
@@ -121,8 +122,10 @@ def _unpacked(pattern: str) -> tuple[str, ...]:
     return (pattern, *(f"{head}/{m}" for m in PACKED.get(unit, ())))
 
 
-def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | None:
+def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, ...] = ()) -> Quantization | None:
     """Quantize `module` (component `name`) in place per `recipe`; what was done, or None if nothing was.
+
+    `others`: modules of other components whose submodules `module` holds too; they stay as they are here.
 
     Example:
         >>> quantize_module("text_decoder", unit.module, pte_recipe(load_profile("pi5"), "int4")).quantized_units  # doctest: +SKIP
@@ -132,7 +135,10 @@ def quantize_module(name: str, module: Any, recipe: Recipe) -> Quantization | No
 
     if name in pte_encoders.ENCODERS:  # calibrated static int8, by pte_encoders.quantize_encoder
         return None
-    linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+    # Whisper's decoder holds the cross-attention K/V projections the audio encoder runs: they are the encoder's
+    # (static int8, or float with its reason), and quantized here they would change it behind its back
+    theirs = {id(m) for other in others for m in other.modules()}
+    linears = {f: m for f, m in module.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in theirs}
     # exactly nn.Embedding: a subclass (Gemma-3's scaled table) does more than a lookup
     tables = {f: m for f, m in module.named_modules() if type(m) is torch.nn.Embedding and name == TABLES}
     # named as the ONNX planner names its units (text_decoder/layers.3/mlp.down_proj): an auto plan's rules apply
@@ -178,6 +184,10 @@ def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
     config = Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4 if spec.bits == 4 else torch.int8,
         weight_granularity=PerGroup(spec.group_size) if spec.group_size else PerAxis(0),
+        # XNNPACK keeps a group's scale in bfloat16 (its blockwise kernels' format; ExecuTorch's lowering casts
+        # it): rounded here too, and the weights quantized against the rounded scales, the modules compute what
+        # the program runs. Per-channel scales stay float32 there and here.
+        weight_scale_dtype=torch.bfloat16 if spec.group_size else None,
         intx_choose_qparams_algorithm="hqq_scale_only" if spec.method == METHOD else "affine",
     )
     quantize_(module, config, filter_fn=lambda _m, fqn: fqn in fqns)

@@ -168,3 +168,71 @@ def test_a_quantized_pte_quantizes_and_delegates_the_vision_encoder(llava_split,
     assert manifest.recipe.spec_for("vision_encoder/x").activation_bits == 8
     assert manifest.report.delegation["vision_encoder"].delegated_nodes > 0
     assert "vision_encoder" not in manifest.report.float_units
+
+
+def test_a_grouped_int4_linear_runs_in_xnnpack_exactly_as_its_fake_quantized_module(tmp_path):
+    """XNNPACK keeps blockwise int4 scales in bfloat16: the modules must quantize against the same scales, or a real
+    model's 30 layers part the program from its reference (SmolLM2-135M: 7.74 off at a logit scale of 32.4)."""
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Linear(256, 128, bias=False)).eval()
+    unit = ExportUnit(
+        module=linear, args=(torch.randn(1, 5, 256),), input_names=("x",), output_names=("y",), dynamic_axes={}
+    )
+    recipe = pte_recipe(load_profile("pi5"), "int4")
+    _, parity, _, quantization = write_program(
+        {"text_decoder": unit}, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe
+    )
+    assert quantization["text_decoder"].quantized_nodes == {"linear_8da4w": 1}
+    # float32 sums in another order only (without the rounded scales: 2e-3 of the scale)
+    assert parity["text_decoder"].max_abs_diff <= 1e-5 * parity["text_decoder"].scale
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, projection):
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, x):
+        return self.projection(x)
+
+
+class _Decoder(_Encoder):
+    """Holds the encoder's projection without running it, as Whisper's decoder holds its cross-attention K/V ones."""
+
+    def __init__(self, projection):
+        super().__init__(projection)
+        self.out = torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.out(x)
+
+
+def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_is(tmp_path):
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(64, 64)
+    units = {
+        name: ExportUnit(
+            module=module.eval(),
+            args=(torch.randn(1, 3, 64),),
+            input_names=("x",),
+            output_names=("y",),
+            dynamic_axes={},
+        )
+        for name, module in (("audio_encoder", _Encoder(shared)), ("text_decoder", _Decoder(shared)))
+    }
+    recipe = pte_recipe(load_profile("pi5"), "int8")
+    # no calibration: the encoder stays float and is checked at the float tolerance
+    _, parity, _, quantization = write_program(units, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)
+    assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 1}  # `out` only
+    assert type(shared.weight) is torch.nn.Parameter and "audio_encoder" not in quantization
+    assert parity["audio_encoder"].tolerance == 1e-4
