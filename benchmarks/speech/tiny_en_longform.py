@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -159,13 +160,16 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     """Each job in its own process (one thread each), all at once; their results by name."""
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
-    running = {}
-    for i, (name, job) in enumerate(jobs.items()):
-        result = scratch / f"{i}.json"
+    running, _ = {}, scratch.mkdir(parents=True, exist_ok=True)
+    for name, job in jobs.items():
+        result = scratch / (re.sub(r"[^\w.-]+", "_", job) + ".json")
+        if args.scratch and result.exists():  # a job an interrupted run finished: its result kept
+            running[name] = (None, result)
+            continue
         command = [sys.executable, "-m", __spec__.name, "--part", "job", "--job", job, "--result", str(result)]
         running[name] = (subprocess.Popen(command + common), result)
     for name, (process, _) in running.items():
-        if process.wait():
+        if process is not None and process.wait():
             raise SystemExit(f"{name}: its process failed ({process.returncode})")
     return {name: json.loads(result.read_text()) for name, (_, result) in running.items()}
 
@@ -230,7 +234,7 @@ def stream(args: argparse.Namespace) -> None:
     for name, path in args.bundle:
         jobs |= {f"{name} piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
     with tempfile.TemporaryDirectory() as scratch:
-        got = _concurrently(args, jobs, Path(scratch))
+        got = _concurrently(args, jobs, args.scratch or Path(scratch))
     table, loads = [], [x for p in got.values() for x in p["load"]]
     for name, _ in args.bundle:
         whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
@@ -316,6 +320,9 @@ def main() -> None:
         help="--part stream: NAME=FILE, a bundle's long-form text from an earlier --texts (its row is then not run)",
     )
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument(
+        "--scratch", type=Path, help="--part stream: keep each job's result here and reuse those already there"
+    )
     p.add_argument(
         "--fallback",
         action="store_true",
