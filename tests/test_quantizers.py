@@ -591,60 +591,6 @@ def test_smoothing_keeps_the_product_and_helps_int8_compute_with_outlier_channel
     assert sqnr_db(x @ w, with_smoothing) >= sqnr_db(x @ w, run(plain)) + 6
 
 
-def _norm_then_matmul(w: np.ndarray, also_read: bool) -> onnx.ModelProto:
-    """y = LayerNorm(x) @ w (and, with `also_read`, the norm's output is a graph output too)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    k, n = w.shape
-    rng = np.random.default_rng(3)
-    gamma, beta = rng.uniform(0.5, 2, k).astype(np.float32), rng.standard_normal(k).astype(np.float32)
-    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])]
-    outs += [helper.make_tensor_value_info("h", TensorProto.FLOAT, [None, k])] if also_read else []
-    g = helper.make_graph(
-        [
-            helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], name="ln", axis=-1),
-            helper.make_node("MatMul", ["h", "w"], ["y"], name="mm"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-        outs,
-        [
-            numpy_helper.from_array(w, "w"),
-            numpy_helper.from_array(gamma, "gamma"),
-            numpy_helper.from_array(beta, "beta"),
-        ],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-
-
-@pytest.mark.parametrize("also_read", [False, True])
-def test_smoothing_folds_into_the_layer_norm_that_only_the_matmul_reads(also_read, tmp_path):
-    """The smoothing factors go into the norm's scale and bias (no Mul) unless something else reads its output."""
-    import onnxruntime as ort
-
-    from edgemfm.quantizers.context import Context
-    from edgemfm.quantizers.smoothing import smooth
-
-    rng = np.random.default_rng(4)
-    w = rng.standard_normal((64, 32)).astype(np.float32) * 0.05
-    x = rng.standard_normal((16, 64)).astype(np.float32) * 3.0
-    ctx = Context([{"x": x}], load_profile("host"), tmp_path)
-
-    def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
-            0
-        ]
-
-    units, _ = weighted_units(_norm_then_matmul(w, also_read), "c")
-    want = run(_norm_then_matmul(w, also_read))
-    smoothed = smooth(_norm_then_matmul(w, also_read), units, ctx)
-    ops = Counter(n.op_type for n in smoothed.graph.node)
-    assert ops == ({"LayerNormalization": 1, "MatMul": 1} | ({"Mul": 1} if also_read else {}))
-    assert np.abs(run(smoothed) - want).max() < 1e-4 * np.abs(want).max()
-    names = sorted(i.name for i in smoothed.graph.initializer)
-    assert len(names) == 3 + also_read and ("gamma" in names) == also_read  # the old scale and bias go when folded
-
-
 def test_planner_compares_groups_of_different_components_by_relative_noise():
     """An embedding (signal ~1e-2) and logits (~1e4): the budget goes to the group with the worse SQNR, not the larger noise."""
     from edgemfm.quantizers.planner import Group, choose
