@@ -160,7 +160,8 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     """Each job in its own process (one thread each), all at once; their results by name."""
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
-    running, _ = {}, scratch.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    running = {}
     for name, job in jobs.items():
         result = scratch / (re.sub(r"[^\w.-]+", "_", job) + ".json")
         if args.scratch and result.exists():  # a job an interrupted run finished: its result kept
