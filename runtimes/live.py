@@ -182,7 +182,8 @@ class Live:
             at = upto
         if final:
             at = len(self.pending)
-        self.context += self.pending[:at]
+        keep = self.longform.t.max_target_positions // 2  # all a window's prompt reads: memory stays flat
+        self.context = (self.context + self.pending[:at])[-keep:]
         self.lead = max(segments[whole].start - end / self.spec.sampling_rate, 0.0) if whole < len(segments) else 0.0
         self.buffer = self.buffer[end:].copy()
         self.offset += end / self.spec.sampling_rate

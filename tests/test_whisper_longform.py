@@ -321,7 +321,8 @@ def test_live_commits_a_perfect_models_text_whole_with_a_bounded_buffer(exported
 
     def first_window(mel, earlier, forced=()):
         sizes.append(live.buffer.size)
-        assert pipe.tokenizer.decode(earlier) == "".join(s.text for s in live.done)  # the text before the buffer
+        assert earlier and "".join(s.text for s in live.done).endswith(pipe.tokenizer.decode(earlier)) or not live.done
+        assert len(earlier) <= 48  # the text before the buffer, as much as half the tiny model's 96 positions
         return _oracle(live, words, ts)(mel, earlier, forced)
 
     live.longform.first_window = first_window
