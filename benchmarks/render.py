@@ -30,6 +30,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-speculative-code",
     "runtime-audio-preprocess",
     "speech-tiny-en-longform",
+    "speech-tiny-en-longform-fallback",
     "speech-tiny-en-streaming",
     "runtime-chat",
     "runtime-visual-tokens",

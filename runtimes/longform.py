@@ -133,15 +133,18 @@ class LongForm:
             return [self.t.previous, *self.prompt, *self.t.start]
         return list(self.t.start)
 
-    def _decode(self, fixed: dict[str, np.ndarray], prefix: list[int], sampler: Sampler) -> tuple[list[int], float]:
-        """Tokens of one window (with the end token, if reached) and their mean log-probability (0 unless judged)."""
+    def _decode(
+        self, fixed: dict[str, np.ndarray], prefix: list[int], sampler: Sampler, forced: tuple[int, ...] = ()
+    ) -> tuple[list[int], float]:
+        """Tokens of one window (`forced` first, with the end token, if reached) and the mean log-probability of
+        those chosen (0 unless judged)."""
         decoder, g = self.pipe.decoder, self.pipe.manifest.generation
         cache = decoder.new_cache()
         cache.fixed = fixed
-        logits = decoder.run(cache, decoder.embed_ids(prefix))[-1]
-        tokens: list[int] = []
+        logits = decoder.run(cache, decoder.embed_ids([*prefix, *forced]))[-1]
+        tokens: list[int] = list(forced)
         total, scored = 0.0, self.config.logprob_threshold is not None  # a softmax per token only when judged
-        for _ in range(self.t.max_target_positions - len(prefix)):
+        for _ in range(self.t.max_target_positions - len(prefix) - len(forced)):
             scores = _processed(logits, tokens, g, self.t, self.eos)
             token = sampler(scores)
             total += logprob(scores, token) if scored else 0.0
@@ -149,13 +152,15 @@ class LongForm:
             if token == self.eos:
                 break
             logits = decoder.run(cache, decoder.embed_ids([token]))[-1]
-        return tokens, total / max(len(tokens), 1)
+        return tokens, total / max(len(tokens) - len(forced), 1)
 
-    def _fallback(self, fixed: dict[str, np.ndarray], prefix: list[int]) -> tuple[list[int], float]:
+    def _fallback(
+        self, fixed: dict[str, np.ndarray], prefix: list[int], forced: tuple[int, ...] = ()
+    ) -> tuple[list[int], float]:
         """The first temperature's tokens that pass the checks (or the last temperature's)."""
         c = self.config
         for i, temperature in enumerate(c.temperatures):
-            tokens, mean = self._decode(fixed, prefix, Sampler(temperature, seed=c.seed + i))
+            tokens, mean = self._decode(fixed, prefix, Sampler(temperature, seed=c.seed + i), forced)
             repeats = c.compression_ratio_threshold is not None and (
                 compression_ratio(tokens, self.vocab) > c.compression_ratio_threshold
             )
@@ -181,6 +186,21 @@ class LongForm:
                 yield segment
             seek += advance
             condition = self.config.condition_on_previous and temperature < 0.5
+
+    def first_window(self, mel: MelWindows, earlier: list[int], forced: tuple[int, ...] = ()) -> list[int]:
+        """Tokens (timestamps included, no end token) of the recording's first window, read after the `earlier`
+        text tokens (as <|startofprev|> context, when the bundle takes one) and continuing `forced` (OpenAI's
+        `prefix`): a live stream's hypothesis of its buffer (`live.py`).
+
+        Example:
+            >>> longform.first_window(mel, earlier=[], forced=())   # doctest: +SKIP
+            [50363, 383, 3797, 50414]
+        """
+        out = self.encoder.run({self.cross.input: mel.window(0, mel.window_frames)[None]})
+        fixed = {name: out[name] for name in self.cross.outputs}
+        context = self.t.previous is not None and bool(earlier)
+        tokens, _ = self._fallback(fixed, self._prefix([earlier] if context else [], context), forced)
+        return tokens[:-1] if tokens and tokens[-1] == self.eos else tokens
 
     def _split(self, tokens: list[int], seek: int, n: int) -> tuple[list[Segment], int]:
         """Segments of a window's tokens and the frames to advance (transformers' `_retrieve_segment`)."""

@@ -36,6 +36,13 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--out", metavar="FILE", help="speech: the --format file (default: the audio's name, that suffix)")
     r.add_argument("--condition-on-previous", action="store_true", help="speech: each window reads the text before it")
     r.add_argument(
+        "--step",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="speech, --audio -: seconds of new audio between live updates (each decodes the unsettled buffer)",
+    )
+    r.add_argument(
         "--fallback",
         action="store_true",
         help="speech: decode a window again at rising temperatures when it repeats or is unsure (OpenAI's settings)",
@@ -65,7 +72,10 @@ def run(pipe: Any, args: argparse.Namespace) -> None:
     if audio == STDIN:
         from edgemfm.runtimes.live import pcm_chunks
 
-        segments = _print_live(pipe.transcribe_stream(pcm_chunks(sys.stdin.buffer), config), args.timestamps)
+        if args.step <= 0:
+            raise InputError(f"--step must be a positive number of seconds; got {args.step}")
+        updates = pipe.transcribe_stream(pcm_chunks(sys.stdin.buffer), config, step_s=args.step)
+        segments = _print_live(updates, args.timestamps)
     else:
         segments = _print(pipe.transcribe(audio, config), args.timestamps)
     if args.format:

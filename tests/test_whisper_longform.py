@@ -283,3 +283,75 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
     assert "\n[00:00:0" in out and " → " in out
     assert main(["run", str(exported3), "--audio", "-", "--audio", str(long_speech)]) == 2
     assert "exactly one audio input" in capsys.readouterr().err
+    assert main(["run", str(exported3), "--audio", "-", "--step", "0"]) == 2
+    assert "--step must be a positive number of seconds; got 0.0" in capsys.readouterr().err
+
+
+def _oracle(live, words, ts, seconds=0.4, per_segment=5):
+    """A perfect model's `first_window`: word i spoken over [0.4 i, 0.4 i + 0.3] s, five to a segment; the buffer's
+    closed segments with both timestamps, then the words heard so far of the open one (checked to continue `forced`)."""
+    heard = live.offset + live.buffer.size / 16000
+    stamp = lambda t: ts + round((t - live.offset) / 0.02)  # noqa: E731
+
+    def first_window(mel, earlier, forced=()):
+        assert mel.frames <= mel.window_frames  # the buffer never outgrows the window
+        out = []
+        for first in range(0, len(words), per_segment):
+            start, end = first * seconds, (first + per_segment - 1) * seconds + 0.3
+            said = [w for i, w in enumerate(words[first : first + per_segment]) if (first + i) * seconds + 0.3 <= heard]
+            if start < live.offset - 1e-6 or not said:
+                continue
+            out += [stamp(start), *[t for w in said for t in w]] + ([stamp(end)] if end <= heard else [])
+        if forced:
+            assert out[1 : len(forced)] == list(forced[1:])  # the committed words are continued, never re-read
+        return out
+
+    return first_window
+
+
+def test_live_commits_a_perfect_models_text_whole_with_a_bounded_buffer(exported3):
+    """LocalAgreement-2 end to end on a model that hears perfectly: the committed text is the whole text, each
+    hypothesis continues the committed words and reads the text committed before the buffer as its context."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    words = [pipe.tokenizer.encode(f" w{i}", add_special_tokens=False).ids for i in range(30)]
+    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    ts, sizes, committed = live.ts, [], []
+
+    def first_window(mel, earlier, forced=()):
+        sizes.append(live.buffer.size)
+        assert earlier and "".join(s.text for s in live.done).endswith(pipe.tokenizer.decode(earlier)) or not live.done
+        assert len(earlier) <= 48  # the text before the buffer, as much as half the tiny model's 96 positions
+        return _oracle(live, words, ts)(mel, earlier, forced)
+
+    live.longform.first_window = first_window
+    samples = np.zeros(16000 * 12, np.float32)
+    for update in live.feed(samples[i : i + 8000] for i in range(0, samples.size, 8000)):
+        committed.append(update.committed)
+    assert "".join(committed) == pipe.tokenizer.decode([t for w in words for t in w])
+    assert max(sizes) <= 48000 and min(sizes) > 0 and len(sizes) >= 12  # within the 3 s window, cut as it goes
+    assert live.buffer.size == 0 and [s.text for s in live.done][:2] == [" w0 w1 w2 w3 w4", " w5 w6 w7 w8 w9"]
+    assert [(s.start, round(s.end, 6)) for s in live.done] == [
+        (2.0 * i, 2.0 * i + 1.9) for i in range(6)
+    ]  # stream time
+
+
+def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committed_text(exported3, long_speech):
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    real, seen = live.longform.first_window, []
+
+    def first_window(mel, earlier, forced=()):
+        out = real(mel, earlier, forced)
+        seen.append(live.buffer.size)
+        assert out[: len(forced)] == list(forced)
+        return out
+
+    live.longform.first_window = first_window
+    samples = _samples(long_speech)[: 16000 * 12]
+    updates = list(live.feed(samples[i : i + 7000] for i in range(0, samples.size, 7000)))
+    assert max(seen) <= 48000 and len(seen) >= 12
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments)

