@@ -27,6 +27,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "cost-fusion-demo",
     "runtime",
     "runtime-speculative-demo",
+    "runtime-speculative-demo-fresh",
+    "runtime-speculative-demo-int4",
     "runtime-speculative-code",
     "runtime-audio-preprocess",
     "speech-tiny-en-longform",
