@@ -148,3 +148,38 @@ def test_a_conv_whose_int8_weights_cost_the_output_too_much_stays_float_with_tho
     kept = {k: v for k, v in report.float_units.items() if "sensitive" in v or "dB" in v}
     assert len(kept) == 3 and "10.0 dB" in kept[next(iter(first))]
     assert report.quantized_units == CONVS - 3
+
+
+def test_bias_correction_gives_each_channel_the_mean_its_int8_weights_take_away(encoder):
+    import onnx
+    from onnx import numpy_helper
+
+    from edgemfm.quantizers import conv_qlinear
+
+    model = onnx.load(str(encoder))
+    node = next(n for n in model.graph.node if n.op_type == "Conv" and n.name and _groups(n) > 1)  # first depthwise
+    model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], 1, None))
+    means = conv_qlinear.input_means(model, [node.name], _images(16, 0))
+
+    def rounded(correct: bool):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        init = next(i for i in m.graph.initializer if i.name == node.input[1])
+        if correct:
+            conv_qlinear.corrected(m, means)
+        init.CopyFrom(numpy_helper.from_array(conv_qlinear.rounded(numpy_helper.to_array(init)), init.name))
+        return m
+
+    def channel_means(m) -> np.ndarray:  # the depthwise conv's output, per channel, on held-out inputs
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.mean([session.run([node.output[0]], f)[0].mean(axis=(0, 2, 3)) for f in _images(16, 1)], axis=0)
+
+    ref = channel_means(model)
+    plain, fixed = np.abs(channel_means(rounded(False)) - ref), np.abs(channel_means(rounded(True)) - ref)
+    assert plain.mean() > 0 and fixed.mean() < 0.25 * plain.mean()
+
+
+def _groups(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
