@@ -38,6 +38,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-visual-tokens",
     "decode-rotary-attention",
     "runtime-cascade",
+    "runtime-cascade-int8",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",
     "quantization-demo-vision-int8",

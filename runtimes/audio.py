@@ -188,7 +188,20 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     blocks = -(-n_out // up)
     x = np.pad(samples.astype(np.float64), (half, blocks * down + span - len(samples) - half))
     spans = np.lib.stride_tricks.sliding_window_view(x, span)[: blocks * down : down]
-    return (spans @ block.T).reshape(-1)[:n_out].astype(np.float32)
+    return _product(spans, block.T).reshape(-1)[:n_out].astype(np.float32)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b on the calling thread. numpy's `@` hands a product this size to OpenBLAS, which splits it over
+    every core and leaves its workers spinning after it returns: on a 2 s clip that cost ~8x the product
+    itself in CPU time and slowed the single-threaded decoder that runs next. einsum (no `optimize`) never
+    calls BLAS.
+
+    Example:
+        >>> _product(np.eye(2), np.arange(4.0).reshape(2, 2)).tolist()
+        [[0.0, 1.0], [2.0, 3.0]]
+    """
+    return np.einsum("ij,jk->ik", a, b)
 
 
 def _hertz_to_mel(freq: np.ndarray) -> np.ndarray:
@@ -245,7 +258,7 @@ def log_mel(samples: np.ndarray, spec: AudioPreprocess) -> tuple[np.ndarray, int
     frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length]  # a view: no copy
     window = np.hanning(spec.n_fft + 1)[:-1]  # periodic Hann, as torch.hann_window
     power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
-    mel = mel_filters(spec).T @ power[:-1].T  # Whisper drops the last frame
+    mel = _product(mel_filters(spec).T, power[:-1].T)  # Whisper drops the last frame
     log = np.log10(np.maximum(mel, 1e-10))
     log = np.maximum(log, log.max() - 8.0)
     valid = min(mel.shape[1], -(-n // spec.hop_length))

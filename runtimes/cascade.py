@@ -3,7 +3,8 @@
 The self-test is a score of the small bundle's own answer read off the logits the decode loop
 already has, no extra model call (`selftests`: the mean token log-probability by default, the
 least sure token's, or the first token's margin over the runner-up). Below a threshold
-calibrated on held-out questions the large bundle answers instead. `calibrate` picks the test
+calibrated on held-out questions the large bundle answers instead (the first token's margin is
+known after the small bundle's first token: an escalated question stops it there). `calibrate` picks the test
 and threshold that escalate the fewest questions while the cascade stays within `tolerance` of
 the large bundle's accuracy on the held-out set, and writes them to a JSON file `load` reads back.
 
@@ -29,6 +30,7 @@ tokenizer that decodes the answer are kept per call (`answer` returns them in a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -215,7 +217,13 @@ class Cascade(Generates):
                 scored.append((token, logprob(logits, token)))
                 yield token, logits
 
-        _, scores = selftests.score(steps())
+        small = steps()
+        if self.test in selftests.FIRST_TOKEN:  # known after the first token: an escalation skips the small's others
+            head = list(itertools.islice(small, 1))
+            small = (
+                itertools.chain(head, small) if getattr(selftests.score(head)[1], self.test) >= self.threshold else head
+            )
+        _, scores = selftests.score(small)
         score = getattr(scores, self.test)
         passed = score >= self.threshold
         answering = self.small if passed else self._open_large()

@@ -40,6 +40,7 @@ class Scores:
 
 
 TESTS = ("mean_logprob", "min_logprob", "first_margin")  # the names a calibration file or --self-test may give
+FIRST_TOKEN = ("first_margin",)  # tests scored by the first token alone: the cascade decides before the second
 
 
 def check_test(name: str) -> str:

@@ -243,6 +243,25 @@ def test_each_self_test_escalates_below_its_threshold_and_escalated_answers_are_
                 assert (cascade.answered_by, answer.answered_by, answer.score) == (who, who, s)
 
 
+def test_a_first_token_test_escalates_before_the_small_bundle_decodes_further(default_bundle, small_bundle, picture):
+    small = edgemfm.load(small_bundle)
+    tokens, scores = score(small.generate_steps(PROMPT, [picture], (), 12))
+    large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    assert len(tokens) > 2 and tokens != large
+    fed = {}
+    for test in ("first_margin", "mean_logprob"):
+        cascade = edgemfm.load_cascade(
+            default_bundle, small_bundle, escalate_below=getattr(scores, test) + 1e-6, self_test=test
+        )
+        # escalated either way, token for token the large bundle's answer
+        assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == large
+        assert (cascade.answered_by, cascade.score) == ("large", getattr(scores, test))
+        fed[test] = cascade.small.stats().decoder_positions
+    # the margin's escalation fed the small decoder the prompt alone; the mean log-probability's, every answer token too
+    # (the last one to find the end of turn after it)
+    assert len(tokens) < 12 and fed["mean_logprob"] - fed["first_margin"] == len(tokens)
+
+
 def test_the_calibration_picks_the_self_test_that_escalates_least():
     # the first token's margin separates right from wrong answers; the mean log-probability does not
     rows = [
