@@ -163,7 +163,7 @@ OTHER_CASES = [
     (["finetune", "--model", "m", "--data", "d", "--out", "o", "--seed", "-1"], "argument --seed: -1"),
     (["inspect", "/nonexistent"], "bundle '/nonexistent' is not a directory"),
     (["devices", "show", ""], "devices show needs a device NAME"),
-    (["nosuchverb"], "invalid choice: 'nosuchverb'"),
+    (["nosuchverb"], "edgemfm: error: argument command: invalid choice: 'nosuchverb'"),
 ]
 
 

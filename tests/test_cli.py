@@ -17,6 +17,18 @@ def test_devices_lists_every_profile(capsys):
     assert {"jetson-orin-nano-8gb", "raspberry-pi-5-8gb", "snapdragon-8-gen-3", "host-x86-64-avx2"} <= names
 
 
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    # `edgemfm devices --json | head -1`: the pipe closes before the JSON is written
+    reader_gone = subprocess.run(
+        f"{sys.executable} -m edgemfm.cli devices --json | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in reader_gone.stderr and "BrokenPipeError" not in reader_gone.stderr, reader_gone.stderr
+
+
 def test_devices_show_resolves_an_alias(capsys):
     assert main(["devices", "show", "jetson"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "jetson-orin-nano-8gb"

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -32,7 +33,8 @@ class Parser(argparse.ArgumentParser):
     """argparse that refuses in one line (`edgemfm: error: ...`, exit 2), as every other user mistake."""
 
     def error(self, message: str):
-        raise EdgemfmError(f"{self.prog.removeprefix('edgemfm ')}: {message}")
+        verb = self.prog.removeprefix("edgemfm").strip()  # the top level adds nothing: main prints "edgemfm: error:"
+        raise EdgemfmError(f"{verb}: {message}" if verb else message)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; the exit code: 0, 2 for a user's mistake, 130 on Ctrl-C, 143 on SIGTERM.
+    """Run one command; the exit code: 0, 2 for a user's mistake, 130 on Ctrl-C, 141 when the reader of the
+    output goes away, 143 on SIGTERM.
 
     Example:
         >>> main(["devices", "show", "pi5"])  # doctest: +SKIP
@@ -70,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("edgemfm: interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader went away (`edgemfm devices --json | head -1`): stop quietly, as `cat` does; stdout goes to
+        # /dev/null so Python's own flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return 0
 
 
