@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgemfm import arguments as A
 from edgemfm.errors import InputError
 from edgemfm.runtimes import transcripts
 from edgemfm.runtimes.audio import wav_layout
@@ -37,7 +38,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--condition-on-previous", action="store_true", help="speech: each window reads the text before it")
     r.add_argument(
         "--step",
-        type=float,
+        type=A.POSITIVE,
         default=1.0,
         metavar="SECONDS",
         help="speech, --audio -: seconds of new audio between live updates (each decodes the unsettled buffer)",
@@ -72,8 +73,6 @@ def run(pipe: Any, args: argparse.Namespace) -> None:
     if audio == STDIN:
         from edgemfm.runtimes.live import pcm_chunks
 
-        if args.step <= 0:
-            raise InputError(f"--step must be a positive number of seconds; got {args.step}")
         updates = pipe.transcribe_stream(pcm_chunks(sys.stdin.buffer), config, step_s=args.step)
         segments = _print_live(updates, args.timestamps)
     else:

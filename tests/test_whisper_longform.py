@@ -284,7 +284,9 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
     assert main(["run", str(exported3), "--audio", "-", "--audio", str(long_speech)]) == 2
     assert "exactly one audio input" in capsys.readouterr().err
     assert main(["run", str(exported3), "--audio", "-", "--step", "0"]) == 2
-    assert "--step must be a positive number of seconds; got 0.0" in capsys.readouterr().err
+    assert "argument --step: 0.0 is not allowed; allowed: a finite number above 0" in capsys.readouterr().err
+    assert main(["run", str(exported3), "--audio", "-", "--step", "nan"]) == 2
+    assert "argument --step: nan is not allowed" in capsys.readouterr().err
 
 
 def _oracle(live, words, ts, seconds=0.4, per_segment=5):
