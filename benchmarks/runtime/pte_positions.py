@@ -41,12 +41,12 @@ def main() -> None:
     args = p.parse_args()
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels)
     import executorch.kernels.quantized  # noqa: F401
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     from edgemfm.bundle import read_manifest
+    from edgemfm.runtimes.executorch import set_threads
 
-    _unsafe_reset_threadpool(args.threads)
+    set_threads(args.threads)  # ExecuTorch's pool and torch's, which custom_sdpa's kernel runs on
     manifest = read_manifest(args.bundle)
     decoder = manifest.components["text_decoder"]
     method = Runtime.get().load_program(args.bundle / decoder.file).load_method(decoder.method)
