@@ -51,6 +51,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "executorch-default",
     "executorch-demo",
     "executorch-smollm2-int4",
+    "runtime-pte-positions",
     "cost-validation",
     "cost-tune-pi5",
     "side_by_side",

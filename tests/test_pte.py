@@ -472,6 +472,23 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
     assert delegation["gelu"].delegated_nodes > 0 and delegation["gelu"].non_delegated_nodes == 1  # getitem
 
 
+def test_the_runtimes_thread_count_reaches_the_pool_custom_sdpa_runs_on(tmp_path):
+    """llama::custom_sdpa splits on torch's intra-op pool, not ExecuTorch's: a decode step at 1,024 positions
+    ran a second spinning thread beside a 1-thread ExecuTorch pool (130 to 1,590 CPU ms a step, 23 ms at 1)."""
+    from executorch.extension.pybindings import portable_lib
+
+    from edgemfm.runtimes.executorch import open_components
+
+    before = (torch.get_num_threads(), portable_lib._threadpool_get_thread_count())
+    torch.set_num_threads(2)
+    try:
+        open_components(tmp_path, {}, None, None, threads=1)
+        assert (torch.get_num_threads(), portable_lib._threadpool_get_thread_count()) == (1, 1)
+    finally:
+        torch.set_num_threads(before[0])
+        portable_lib._unsafe_reset_threadpool(before[1])
+
+
 @pytest.mark.parametrize("max_seq_len", [1, 5, 64, 1024])
 def test_a_smaller_max_seq_len_shrinks_the_streaming_settings_so_the_bundle_loads(max_seq_len):
     from edgemfm.exporting import _streaming

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from .. import record
 
+NAME = "runtime-pte-positions"
+TITLE = "pte decode step cost by cache position"
+
 
 def step_seconds(method, hidden: int, position: int, steps: int) -> float:
     """CPU seconds per decode step at `position` (each step writes and attends at the same slot)."""
@@ -38,15 +41,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="decode steps per measurement")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--note", help="a text file: what the figures say, printed under the table")
     args = p.parse_args()
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels)
     import executorch.kernels.quantized  # noqa: F401
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     from edgemfm.bundle import read_manifest
+    from edgemfm.runtimes.executorch import set_threads
 
-    _unsafe_reset_threadpool(args.threads)
+    set_threads(args.threads)  # ExecuTorch's pool and torch's, which custom_sdpa's kernel runs on
     manifest = read_manifest(args.bundle)
     decoder = manifest.components["text_decoder"]
     method = Runtime.get().load_program(args.bundle / decoder.file).load_method(decoder.method)
@@ -71,8 +75,14 @@ def main() -> None:
     ]
     for row in rows:
         print(row)
-    print(f"load average {os.getloadavg()}")
-    record.write("runtime-pte-positions", rows, title="pte decode step cost by cache position")
+    load = os.getloadavg()
+    print(f"load average {load}")
+    caption = (
+        f"Median of {args.rounds} interleaved rounds of {args.steps} steps at each position, {args.threads} thread(s) in "
+        f"ExecuTorch's pool and torch's; load average {load[0]:.1f} at the end (2 cores shared with other work)."
+    )
+    blocks = record.blocks(NAME, TITLE, caption, note=args.note)
+    record.write(NAME, rows, title=TITLE, load_average=list(load), blocks=blocks)
 
 
 if __name__ == "__main__":

@@ -187,10 +187,11 @@ def genai_row(folder: Path, s: dict) -> dict:
 def executorch_row(pte: Path, tokenizer: Path, s: dict) -> dict:
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers llama::custom_sdpa and update_cache kernels)
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from tokenizers import Tokenizer
 
-    _unsafe_reset_threadpool(s["threads"])
+    from edgemfm.runtimes.executorch import set_threads
+
+    set_threads(s["threads"])  # ExecuTorch's pool and torch's, which custom_sdpa's kernel splits on
     runner = TextLLMRunner(str(pte), str(tokenizer))
     prompt = Tokenizer.from_file(str(tokenizer)).decode(s["prompt_ids"])
 
