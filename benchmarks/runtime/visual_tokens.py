@@ -183,7 +183,6 @@ def main() -> None:
             pipes[(Path(model).name, budget)] = (pipe, max(pipe.encode("image", c).shape[1] for c in prepared))
     rows, load = measure(pipes, pics, args.rounds, args.tokens, data, args.lock)
     png = record.RESULTS / "runtime-visual-tokens.png"
-    chart(rows, png)
     title = "Visual tokens vs first-token time vs fidelity (export --visual-tokens)"
     caption = (
         f"{args.rounds} interleaved rounds x {len(pics)} pictures (320x240 drawings) per bundle, one thread, fp32 host "
@@ -193,6 +192,7 @@ def main() -> None:
     picture = {"image": f"benchmarks/results/{png.name}", "alt": title}
     blocks = record.blocks("runtime-visual-tokens", title, caption, after=(picture,), note=args.note)
     record.write("runtime-visual-tokens", rows, title=title, load_average=load, blocks=blocks)
+    chart(rows, png)  # after record.write: a tracked PNG changed first would make the result's commit "+dirty"
     for row in rows:
         print(row)
 
