@@ -12,6 +12,10 @@ projectors are what `edgemfm finetune` trains; everything else comes from the wh
 embeddings are truncated to the first 100 positions (3000 -> 200 mel frames), which the
 encoder's convolutions and attention accept unchanged.
 
+The pooling grid is config.json's `vision_grid`: an int n (n x n rows per image) or a pair
+[rows, columns], so a budget of 2 rows can be pooled before the projector ([1, 2]) and the
+projector trained at it, rather than pooled after a projector trained on 4 rows.
+
 A checkpoint directory holds config.json (model_type "edgemfm-demo"), model.safetensors (all
 weights, prefixed vision_tower. / vision_projector. / audio_tower. / audio_projector. /
 language_model.) and tokenizer.json (SmolLM2's, plus the <image> and <audio> tokens).
@@ -34,10 +38,10 @@ from typing import Any
 
 import torch
 
-from edgemfm.errors import InputError
+from edgemfm.errors import ConfigError, InputError
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import ExportUnit, Family, Finetuning, MediaKnobs, Prunable, Split
-from edgemfm.exporters.visual_tokens import grid_pool
+from edgemfm.exporters.visual_tokens import ENCODER, grid_pool
 from edgemfm.manifest import AudioPreprocess, Component, ImagePreprocess, Media, Preprocess, Prompt, Tokenizer
 
 MODEL_TYPE = "edgemfm-demo"
@@ -47,7 +51,24 @@ IMAGE = ImagePreprocess(size=224, crop=224, resample="bilinear", rescale=1 / 255
 AUDIO = AudioPreprocess(sampling_rate=16000, n_fft=400, hop_length=160, n_mels=80, n_samples=32000)  # 2 s clips
 POSITIONS_PER_S = 50  # Whisper: 100 mel frames per second, halved by the encoder's stride-2 convolution
 # the decoder's shape fields `prune` may rewrite (pruners/structure.py), copied back into config.json
+MAP_SIDE = 7  # EfficientNet-Lite0's feature map at 224 px: 7x7 cells, the finest grid worth pooling to
 TEXT_SHAPES = ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def vision_grid(value: Any) -> tuple[int, int]:
+    """A `vision_grid` (config.json, or a tune setting) as (rows, columns) of pooled cells.
+
+    Example:
+        >>> vision_grid(2), vision_grid([1, 2])
+        ((2, 2), (1, 2))
+    """
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    pair = (value, value) if whole else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAP_SIDE for v in pair):
+        raise ConfigError(
+            f"vision_grid {value!r} is not available; allowed: an int n (n x n) or a pair [rows, columns], each 1 to {MAP_SIDE}"
+        )
+    return pair
 
 
 def _projector(width: int, hidden: int) -> torch.nn.Module:
@@ -63,6 +84,7 @@ class DemoModel(torch.nn.Module):
         from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+        vision_grid(config["vision_grid"])  # a bad grid is refused when the checkpoint is read, not mid-export
         self.config = config
         text = LlamaConfig(**config["text_config"])
         hidden = text.hidden_size
@@ -74,8 +96,8 @@ class DemoModel(torch.nn.Module):
         self.language_model = LlamaForCausalLM(text)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Frozen tower: [images, 3, 224, 224] -> [images, grid*grid, 1280]."""
-        grid = self.config["vision_grid"]
+        """Frozen tower: [images, 3, 224, 224] -> [images, rows*columns, 1280] (row-major cells)."""
+        grid = vision_grid(self.config["vision_grid"])
         fmap = torch.nn.functional.adaptive_avg_pool2d(self.vision_tower.extract_features(pixel_values), grid)
         return fmap.flatten(2).transpose(1, 2)
 
@@ -178,7 +200,7 @@ def export_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tu
     model = load(model_dir)
     if kind == "image":
         size, grid = setting
-        model.config = {**model.config, "vision_grid": grid}  # adaptive pooling: grid x grid rows per image
+        model.config = {**model.config, "vision_grid": grid}  # adaptive pooling: the grid's cells, one row each
         name, example = "pixel_values", torch.randn(1, 3, size, size)
     else:
         positions = check_window(setting[0], model.config)
@@ -199,9 +221,10 @@ def export_encoder(model_dir: Path, kind: str, setting: tuple, path: Path) -> tu
 
 
 def media_rows(model_dir: Path, kind: str, setting: tuple) -> int:
-    """Decoder rows one image (grid x grid) or one audio window (positions / pool) becomes."""
+    """Decoder rows one image (its grid's cells) or one audio window (positions / pool) becomes."""
     if kind == "image":
-        return setting[1] ** 2
+        rows, columns = vision_grid(setting[1])
+        return rows * columns
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return check_window(setting[0], config) // config["audio_pool"]
 
@@ -224,6 +247,16 @@ def _save_pruned(model: DemoModel, model_dir: Path) -> None:
     shapes = {k: getattr(lm, k) for k in TEXT_SHAPES if getattr(lm, k, None) is not None}
     model.config = {**model.config, "text_config": {**model.config["text_config"], **shapes}}
     save(model, model_dir)
+
+
+def visual_tokens(split: Split, n: int, family: str) -> tuple[Split, str]:
+    """`export --visual-tokens N`: the cells of the checkpoint's own grid (2x2, or 1x2 ...) average-pooled to N.
+
+    Example:
+        >>> split, note = visual_tokens(split, 1, "edgemfm-demo")  # doctest: +SKIP
+    """
+    grid = vision_grid(split.units[ENCODER].module.model.config["vision_grid"])
+    return grid_pool(split, n, family, grid)
 
 
 MEDIA_KNOBS = MediaKnobs(
@@ -253,5 +286,5 @@ FAMILY = Family(
     media_knobs=MEDIA_KNOBS,
     finetune=FINETUNING,
     prunable=PRUNABLE,
-    visual_tokens=grid_pool,
+    visual_tokens=visual_tokens,
 )

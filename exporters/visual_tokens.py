@@ -40,20 +40,22 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def allowed_grid(side: int) -> tuple[int, ...]:
-    """Every row count an a x b pooling of a side x side grid gives (a and b dividing side)."""
-    return tuple(sorted({(side // a) * (side // b) for a in _divisors(side) for b in _divisors(side)}))
+def allowed_grid(side: int, width: int | None = None) -> tuple[int, ...]:
+    """Every row count an a x b pooling of a side x width grid gives (a dividing side, b width; square by default)."""
+    width = side if width is None else width
+    return tuple(sorted({(side // a) * (width // b) for a in _divisors(side) for b in _divisors(width)}))
 
 
-def pool_shape(side: int, n: int) -> tuple[int, int]:
+def pool_shape(side: int, n: int, width: int | None = None) -> tuple[int, int]:
     """The (a, b) cells pooled into one row to give `n` rows: the squarest such block, wider first.
 
     Example:
-        >>> pool_shape(2, 2)
-        (1, 2)
+        >>> pool_shape(2, 2), pool_shape(1, 1, width=2)
+        ((1, 2), (1, 2))
     """
-    shapes = [(a, b) for a in _divisors(side) for b in _divisors(side) if (side // a) * (side // b) == n]
-    assert shapes, (side, n)
+    width = side if width is None else width
+    shapes = [(a, b) for a in _divisors(side) for b in _divisors(width) if (side // a) * (width // b) == n]
+    assert shapes, (side, width, n)
     return min(shapes, key=lambda ab: (abs(ab[0] - ab[1]), ab[0]))
 
 
@@ -62,11 +64,11 @@ def _refuse(n: int, family: str, allowed: tuple[int, ...] | str) -> InputError:
     return InputError(f"--visual-tokens {n} is not available for {family}; allowed: {text}")
 
 
-def _grid_pool_module(encoder: Any, side: int, a: int, b: int) -> Any:
+def _grid_pool_module(encoder: Any, side: int, width: int, a: int, b: int) -> Any:
     import torch
 
     class GridPool(torch.nn.Module):
-        """The encoder, then the mean of each a x b block of its side x side grid of rows."""
+        """The encoder, then the mean of each a x b block of its side x width grid of rows."""
 
         def __init__(self):
             super().__init__()
@@ -75,13 +77,14 @@ def _grid_pool_module(encoder: Any, side: int, a: int, b: int) -> Any:
         def forward(self, pixel_values):  # one input: torch.export reads the dynamic axes by position
             x = self.encoder(pixel_values)
             n, _, d = x.shape
-            return x.reshape(n, side // a, a, side // b, b, d).mean(dim=(2, 4)).reshape(n, -1, d)
+            return x.reshape(n, side // a, a, width // b, b, d).mean(dim=(2, 4)).reshape(n, -1, d)
 
     return GridPool().eval()
 
 
-def grid_pool(split: Any, n: int, family: str) -> tuple[Any, str]:
-    """`split` with its vision encoder's grid of rows average-pooled to `n`; and the report's note.
+def grid_pool(split: Any, n: int, family: str, grid: tuple[int, int] | None = None) -> tuple[Any, str]:
+    """`split` with its vision encoder's grid of rows average-pooled to `n`; and the report's note. The
+    grid is square unless the family names its (rows, columns), as the demo's [1, 2] checkpoint does.
 
     Example:
         >>> split, note = grid_pool(split, 2, "edgemfm-demo")  # doctest: +SKIP
@@ -94,17 +97,17 @@ def grid_pool(split: Any, n: int, family: str) -> tuple[Any, str]:
     assert len(unit.args) == 1, "grid pooling wraps a one-input encoder"
     with torch.no_grad():
         rows = unit.module(*unit.args).shape[1]
-    side = math.isqrt(rows)
-    if side * side != rows:  # a CLS row kept by the feature selection: no grid to pool
+    side, width = grid or (math.isqrt(rows),) * 2
+    if side * width != rows:  # a CLS row kept by the feature selection: no grid to pool
         raise _refuse(n, family, f"{rows} (its {rows} rows are no square grid)")
-    allowed = allowed_grid(side)
+    allowed = allowed_grid(side, width)
     if n not in allowed:
         raise _refuse(n, family, allowed)
     if n == rows:
         return split, f"visual tokens: {rows} per image, the family's own"
-    a, b = pool_shape(side, n)
-    units = {**split.units, ENCODER: replace(unit, module=_grid_pool_module(unit.module, side, a, b))}
-    note = f"visual tokens: {rows} -> {n} per image (average pool of {a}x{b} cells of the {side}x{side} grid of rows)"
+    a, b = pool_shape(side, n, width)
+    units = {**split.units, ENCODER: replace(unit, module=_grid_pool_module(unit.module, side, width, a, b))}
+    note = f"visual tokens: {rows} -> {n} per image (average pool of {a}x{b} cells of the {side}x{width} grid of rows)"
     return replace(split, units=units), note
 
 

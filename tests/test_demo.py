@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "demo_model" / "media"
 
 
-def tiny_demo(path: Path, seed: int = 0) -> Path:
+def tiny_demo(path: Path, seed: int = 0, grid: int | list[int] = 2) -> Path:
     """A demo checkpoint with the real EfficientNet-Lite0 shape but random weights, a 1-layer
-    Whisper-style encoder (36 wide, 3 heads) and a Llama decoder with 3 KV heads, 96 wide."""
+    Whisper-style encoder (36 wide, 3 heads) and a Llama decoder with 3 KV heads, 96 wide; its
+    image map pooled to `grid` (2: 2x2 cells) before the projector."""
     import torch
 
     from edgemfm.exporters.demo import MODEL_TYPE, DemoModel, save
@@ -51,7 +52,7 @@ def tiny_demo(path: Path, seed: int = 0) -> Path:
             "max_source_positions": 100,
         },
         "vision_width": 1280,
-        "vision_grid": 2,
+        "vision_grid": grid,
         "audio_pool": 20,
         "image_token_id": tok.token_to_id("<image>"),
         "audio_token_id": tok.token_to_id("<audio>"),

@@ -135,3 +135,31 @@ def test_the_demo_encoder_pools_its_four_rows_to_two(tmp_path, picture):
     ids = pipe.prompt_ids("What is it?", {"image": 1})
     assert pipe.embed(ids, {"image": [picture]}).shape == (1, len(ids) - 1 + 2, 96)
     assert np.isfinite(pipe.encode("image", picture)).all()
+
+
+def test_a_demo_pooled_to_one_by_two_before_its_projector_exports_two_rows_and_answers(tmp_path, picture):
+    from edgemfm.exporters import demo
+
+    model = tiny_demo(tmp_path / "tiny-demo", grid=[1, 2])
+    pipe = edgemfm.load(edgemfm.export(edgemfm.ExportConfig(model=model, out=tmp_path / "demo")))
+    assert pipe.encode("image", picture).shape == (1, 2, 96)
+    ids = pipe.prompt_ids("What is it?", {"image": 1})
+    assert pipe.embed(ids, {"image": [picture]}).shape == (1, len(ids) - 1 + 2, 96)
+    assert 0 < len(list(pipe.generate_tokens("What is it?", images=[picture], max_new_tokens=3))) <= 3
+    assert demo.media_rows(model, "image", (224, [1, 2])) == 2
+    split = demo.split(demo.load(model), model)  # its budget pools the 1x2 grid, not a square one
+    one, note = demo.visual_tokens(split, 1, "edgemfm-demo")
+    assert one.units["vision_encoder"].module(torch.zeros(1, 3, 224, 224)).shape == (1, 1, 96) and "1x2 grid" in note
+    with pytest.raises(InputError, match="--visual-tokens 4 is not available for edgemfm-demo; allowed: 1, 2$"):
+        demo.visual_tokens(split, 4, "edgemfm-demo")
+
+
+@pytest.mark.parametrize("grid", [[1, 9], [2, 2, 1], "2", 0])
+def test_a_bad_demo_grid_is_refused_in_one_line(grid, tmp_path, capsys):
+    model = tiny_demo(tmp_path / "tiny-demo")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vision_grid": grid}))
+    assert main(["export", "--model", str(model), "--device", "host", "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"vision_grid {grid!r} is not available; allowed: an int n (n x n) or a pair [rows, columns]" in err
+    assert "\n" not in err and not (tmp_path / "never").exists()

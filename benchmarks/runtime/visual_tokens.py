@@ -12,6 +12,9 @@ match, as benchmarks/side_by_side/demo.py scores it). The curve goes to runtime-
 
     python -m benchmarks.runtime.visual_tokens --work /tmp/vt demo:2,1@DEMO_DATA MODEL_DIR:5,1 OTHER_DIR:16,4
 
+A checkpoint given with no budget (MODEL:@DATA) is measured at its own rows only: the demo fine-tuned with
+its map pooled to 1x2 before the projector (vision_grid [1, 2]) sits beside the demo's 4-row and pooled rows.
+
 Needs: pip install -e '.[export]'
 """
 
@@ -60,10 +63,10 @@ def export(model: str, budget: int | None, out: Path) -> Path:
 
 
 def parse(spec: str) -> tuple[str, list[int], Path | None]:
-    """MODEL:N1,N2[@DATA] -> (MODEL, [N1, N2], DATA or None)."""
+    """MODEL:N1,N2[@DATA] -> (MODEL, [N1, N2], DATA or None); MODEL:[@DATA] (no budget): its own rows only."""
     spec, _, data = spec.partition("@")
     model, _, budgets = spec.rpartition(":")
-    return model, [int(n) for n in budgets.split(",")], Path(data) if data else None
+    return model, [int(n) for n in budgets.split(",") if n], Path(data) if data else None
 
 
 def held_out(pipe, data: Path) -> float:
@@ -180,7 +183,6 @@ def main() -> None:
             pipes[(Path(model).name, budget)] = (pipe, max(pipe.encode("image", c).shape[1] for c in prepared))
     rows, load = measure(pipes, pics, args.rounds, args.tokens, data, args.lock)
     png = record.RESULTS / "runtime-visual-tokens.png"
-    chart(rows, png)
     title = "Visual tokens vs first-token time vs fidelity (export --visual-tokens)"
     caption = (
         f"{args.rounds} interleaved rounds x {len(pics)} pictures (320x240 drawings) per bundle, one thread, fp32 host "
@@ -190,6 +192,7 @@ def main() -> None:
     picture = {"image": f"benchmarks/results/{png.name}", "alt": title}
     blocks = record.blocks("runtime-visual-tokens", title, caption, after=(picture,), note=args.note)
     record.write("runtime-visual-tokens", rows, title=title, load_average=load, blocks=blocks)
+    chart(rows, png)  # after record.write: a tracked PNG changed first would make the result's commit "+dirty"
     for row in rows:
         print(row)
 
