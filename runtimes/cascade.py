@@ -54,6 +54,7 @@ import numpy as np
 
 from edgemfm import bundle
 from edgemfm.errors import InputError
+from edgemfm.progress import Progress, counter
 from edgemfm.runtimes import selftests
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.pipeline import Generates, Pipeline, _tokenizer, check_request
@@ -339,6 +340,7 @@ def calibrate(
     max_new_tokens: int,
     tolerance: float = 0.01,
     against: str = "large",
+    progress: Progress | None = None,
 ) -> Calibration:
     """The self-test and threshold escalating the fewest held-out items while the cascade's answers differ from
     the large bundle's on at most `tolerance` of them (`against="answers"`: while its accuracy on the items'
@@ -354,7 +356,10 @@ def calibrate(
     if not items:
         raise InputError("calibration needs at least one held-out question; allowed: a non-empty list")
     check_against(against)
-    rows = [judge(small, large, item, max_new_tokens, against) for item in items]
+    step, rows = counter(progress, "calibrating the cascade", len(items)), []
+    for item in items:
+        rows.append(judge(small, large, item, max_new_tokens, against))
+        step()
     return replace(choose(rows, tolerance), against=against)
 
 

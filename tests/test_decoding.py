@@ -343,3 +343,22 @@ def test_bench_cascade_reports_who_answered_time_and_memory(default_bundle, smal
             assert r.escalated == 1.0 and r.cascade_accuracy == 1.0
             assert [a.text for a in r.answers] == [answers[1], answers[1]]
         assert (r.large_s is None) == on_demand and (on_demand or r.large_accuracy == 1.0)
+
+
+def test_bench_calibrates_a_cascade_on_held_out_questions(default_bundle, small_bundle, picture, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.png").write_bytes(picture.read_bytes())
+    questions = (PROMPT, "What is it?", "Colours?", "Count the shapes.")
+    lines = [json.dumps({"image": "p.png", "prompt": q, "answer": "-"}) for q in questions]
+    (data / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cascade.json"
+    argv = ["bench", str(default_bundle), "--cascade", str(small_bundle), "--data", str(data), "--calibrate", str(out)]
+    assert main([*argv, "--half", "all", "--tolerance", "0"]) == 0
+    assert "calibrated on 4 questions: escalate below" in capsys.readouterr().out
+    c = Calibration.read(out)  # against the large bundle's answers: the reference ("-") is never read
+    assert (c.questions, c.against, c.large_accuracy, c.cascade_accuracy) == (4, "large", 1.0, 1.0)
+    assert main([*argv, "--against", "answers"]) == 0  # the calibration half: the 1st and 3rd; "-" is never right
+    assert (Calibration.read(out).questions, Calibration.read(out).against) == (2, "answers")
+    assert main([*argv, "--tolerance", "2"]) == 2
+    assert "--tolerance: 2.0 is not allowed; allowed: a finite number from 0 to 1" in capsys.readouterr().err
