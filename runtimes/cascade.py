@@ -377,7 +377,8 @@ def judge(
         raise InputError(f"item {item['question']!r} has no answer; allowed: an item with one, or against='large'")
     images, audio = item.get("images", []), item.get("audio", [])
     tokens, scores = selftests.score(small.generate_steps(item["question"], images, audio, max_new_tokens))
-    small_text = normalize(small.tokenizer.decode(tokens, skip_special_tokens=True))
+    # both answers as the cascade would show them (`generate`'s text), so neither is judged on how it is decoded
+    small_text = normalize("".join(detokenize(small.tokenizer, tokens)))
     large_text = normalize("".join(large.generate(item["question"], images, audio, max_new_tokens=max_new_tokens)))
     if check_against(against) == "large":
         return scores, small_text == large_text, True
