@@ -236,3 +236,38 @@ def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_
     assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 1}  # `out` only
     assert type(shared.weight) is torch.nn.Parameter and "audio_encoder" not in quantization
     assert parity["audio_encoder"].tolerance == 1e-4
+
+
+class _Tower(torch.nn.Module):
+    """Holds the whole model, its decoder included, and runs only its own projection, as the demo's encoders do."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.projection = model, torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.projection(x)
+
+
+def test_the_decoders_quantization_takes_the_modules_an_encoder_holds_without_running_them(tmp_path):
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    decoder = _Decoder(torch.nn.Linear(64, 64))
+    units = {
+        name: ExportUnit(
+            module=module.eval(),
+            args=(torch.randn(1, 3, 64),),
+            input_names=("x",),
+            output_names=("y",),
+            dynamic_axes={},
+        )
+        for name, module in (("vision_encoder", _Tower(decoder)), ("text_decoder", decoder))
+    }
+    recipe = pte_recipe(load_profile("pi5"), "int8")
+    _, _, _, quantization = write_program(units, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)
+    # the demo's int8 pte decoder was left float whole: its encoders hold the model, and all it held counted as theirs
+    assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
