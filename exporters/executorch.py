@@ -199,8 +199,9 @@ def write_program(
 
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
     quantization = {}
-    # the encoders' modules as the model has them, before a calibrated one is replaced by its PT2E module
-    encoders = tuple(unit.module for name, unit in units.items() if name in pte_encoders.ENCODERS)
+    # the modules the encoders run, before a calibrated one is replaced by its PT2E module: what they run, not all
+    # they hold (the demo's encoders hold the whole model, and its decoder's linears would all count as theirs)
+    encoders = tuple(m for name, unit in units.items() if name in pte_encoders.ENCODERS for m in _leaves_run(unit))
     for name, unit in units.items():
         if name in (calibration or {}):
             advance(f"quantizing {name} (int8, calibrated)")
@@ -229,6 +230,20 @@ def write_program(
     for name, q in quantization.items():
         quantization[name] = replace(q, weight_bytes=components[name].weight_bytes)
     return components, parity, delegated, quantization
+
+
+def _leaves_run(unit: ExportUnit) -> list[torch.nn.Module]:
+    """The leaf modules (Linear, Embedding, ...: no children) that `unit`'s module calls on its example inputs."""
+    called: list[torch.nn.Module] = []
+    leaves = [m for m in unit.module.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_pre_hook(lambda m, _args: called.append(m)) for m in leaves]
+    try:
+        with torch.no_grad():
+            unit.module(*unit.args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called
 
 
 def _axes(unit: ExportUnit, name: str) -> dict[int, str]:

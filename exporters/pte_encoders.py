@@ -92,7 +92,11 @@ def quantize_encoder(
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    class Quantizer(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):
+            return _integer_scalars(super().transform_for_annotation(model))
+
+    quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     with torch.no_grad():
         captured = torch.export.export(unit.module, unit.args, dynamic_shapes=dynamic_shapes, strict=False)
         prepared = prepare_pt2e(captured.module(), quantizer)
@@ -108,6 +112,33 @@ def quantize_encoder(
         quantized_nodes=done,
         weight_bytes=0,  # filled by the writer from the captured program
     )
+
+
+def _integer_scalars(model: Any) -> Any:
+    """`model` with the scalars XNNPACKQuantizer made float tensors cast back to the integer ops' dtype.
+
+    Its transform_for_annotation turns every scalar operand of an add or mul into a float32 constant, integer
+    arithmetic included: Qwen2-Audio's encoder counts its positions ((frames - 1) // 2 + 1) and masks with
+    them, and a float count or index fails in the converted module ("tensors used as indices must be long ...").
+    An integer result has only integer operands, so a float constant feeding one is exactly such a scalar.
+    """
+    import torch
+
+    for node in model.graph.nodes:
+        dtype = getattr(node.meta.get("val"), "dtype", None)
+        if node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor) or not _integer(dtype):
+            continue
+        for arg in node.all_input_nodes:
+            constant = getattr(model, arg.target, None) if arg.op == "get_attr" else None
+            if isinstance(constant, torch.Tensor) and constant.dtype.is_floating_point:
+                model.register_buffer(arg.target, constant.to(dtype))
+                arg.meta["val"] = arg.meta["val"].fake_mode.from_tensor(getattr(model, arg.target), static_shapes=True)
+    model.recompile()
+    return model
+
+
+def _integer(dtype: Any) -> bool:
+    return dtype is not None and not (dtype.is_floating_point or dtype.is_complex)
 
 
 def _count(graph: Any) -> tuple[dict[str, int], list[str]]:

@@ -137,7 +137,7 @@ def _unpacked(pattern: str) -> tuple[str, ...]:
 def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, ...] = ()) -> Quantization | None:
     """Quantize `module` (component `name`) in place per `recipe`; what was done, or None if nothing was.
 
-    `others`: modules of other components whose submodules `module` holds too; they stay as they are here.
+    `others`: modules other components run that `module` holds too; they stay as they are here.
 
     Example:
         >>> quantize_module("text_decoder", unit.module, pte_recipe(load_profile("pi5"), "int4")).quantized_units  # doctest: +SKIP

@@ -153,6 +153,8 @@ def quantize_component(
             if not ctx.feeds or u.name in gptq_notes
         }
     )
+    smoothing = ctx.cache.get("smoothing", {})  # int8 MatMuls whose smoothing lost: left unsmoothed
+    notes.update({u.name: smoothing[u.name] for _, _, us in passes for u in us if u.name in smoothing})
     joined = ctx.cache.get("qlinear", {})  # small convs conv_qlinear took into its int8 chain: not float
     kept = ctx.cache.get("qlinear_float", {})  # convs conv_qlinear measured too sensitive for int8: float
     notes.update(joined)

@@ -86,8 +86,11 @@ def _quantize(
         recipe = presets.recipe_for(profile, precision)
     float_dir = scratch / "float"
     float_dir.mkdir(parents=True, exist_ok=True)
+    external = set()  # an fp32 bundle's shared table and weights files: the quantized graphs hold their own
     for c in manifest.components.values():
-        shutil.copyfile(stage / c.file, float_dir / c.file)
+        external |= tied_table.standalone(stage / c.file, float_dir / c.file)
+    for name in external:
+        (stage / name).unlink()
     shutil.copyfile(stage / manifest.tokenizer.file, float_dir / manifest.tokenizer.file)
     say(progress, "calibrating")
     calibrate = component_feeds(float_dir, manifest, config.calibration)  # what the schemes calibrate on

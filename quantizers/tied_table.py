@@ -14,6 +14,18 @@ The lookup then takes the head's quantization (its method and group) instead of 
 own: one table, one set of numbers. Tied is decided from the float graphs (equal tables, not a
 config flag), and where sharing cannot happen the reason is returned for the report.
 
+An fp32 bundle shares the float table the same way (`share_float`): the head reads the lookup's
+[V, K] rows as B transposed, so neither graph holds a transposed copy,
+
+    text_decoder.onnx      h ──► FusedMatMul(transB=1, tied_table [V, K]) ──► logits
+    token_embedding.onnx   ids ► Gather(tied_table [V, K]) ──► embeds
+
+and the decoder's other weights move to page-aligned external data beside it: ONNX Runtime then
+maps them and packs each MatMul's weights from the map, instead of holding the whole protobuf and
+its copies at once (the fp32 decoder's peak memory was twice its weights). A float graph read for
+quantizing goes through `standalone` first: one self-contained file with the head a plain MatMul,
+the graph the quantizers know.
+
 Example:
     >>> share(float_dir, stage, manifest)   # doctest: +SKIP
     'token_embedding reads text_decoder's int4 head: one table in tied_table.bin (14.2 MiB)'
@@ -21,6 +33,8 @@ Example:
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +117,7 @@ def _write_external(path: Path, parts: list[Any]) -> None:
             f.write(data)
             if not p.HasField("raw_data"):  # typed fields: the helper below wants raw bytes to move
                 p.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(p), p.name))
-            external_data_helper.set_external_data(p, FILE, offset=offset, length=len(data))
+            external_data_helper.set_external_data(p, path.name, offset=offset, length=len(data))
             p.ClearField("raw_data")
             p.data_location = TensorProto.EXTERNAL
 
@@ -157,3 +171,100 @@ def _drop_producers(graph: Any, out: str) -> None:
     read = {i for n in graph.node for i in n.input}
     for i in [i for i in graph.initializer if i.name not in read]:
         graph.initializer.remove(i)
+
+
+def share_float(stage: Path, manifest: Manifest) -> Manifest:
+    """An fp32 bundle in `stage`: its tied head reads the token embedding's table, stored once in
+    tied_table.bin, and the decoder's weights lie page-aligned beside it; the manifest with a note
+    saying so (the manifest as it was where the model has no tied table).
+
+    Example:
+        >>> share_float(stage, manifest).report.notes["token_embedding"]   # doctest: +SKIP
+        'token_embedding and text_decoder's head read one fp32 table in tied_table.bin (108.0 MiB)'
+    """
+    import onnx
+
+    embed_name, decoder_name = manifest.generation.embedding, manifest.generation.decoder
+    if embed_name not in manifest.components or decoder_name not in manifest.components:
+        return manifest
+    paths = {n: stage / manifest.components[n].file for n in (embed_name, decoder_name)}
+    if any(p.suffix != ".onnx" for p in paths.values()):
+        return manifest
+    embed, decoder = (onnx.load(str(paths[n])) for n in (embed_name, decoder_name))
+    tied = _tied_outputs(embed, decoder)
+    if tied is None:
+        return manifest
+    lookup_out, _, head_out, head_in = tied
+    lookup = next(n for n in embed.graph.node if lookup_out in n.output)
+    table = next(i for i in embed.graph.initializer if i.name == lookup.input[0])
+    _write_external(stage / FILE, [table])
+    _head_reads_table(decoder, head_out, head_in, table)
+    _write_external(stage / f"{paths[decoder_name].stem}.weights", _large(decoder, skip=TIED))
+    onnx.save(embed, str(paths[embed_name]))
+    onnx.save(decoder, str(paths[decoder_name]))
+    note = f"{embed_name} and {decoder_name}'s head read one fp32 table in {FILE} ({(stage / FILE).stat().st_size / 2**20:.1f} MiB)"
+    return replace(manifest, report=replace(manifest.report, notes={**manifest.report.notes, embed_name: note}))
+
+
+TIED = "tied_table"  # the shared table's name in the decoder
+
+
+def _head_reads_table(decoder: Any, head_out: str, head_in: str, table: Any) -> None:
+    """MatMul(h, table transposed) -> FusedMatMul(h, table, transB=1) on the embedding's external bytes."""
+    from onnx import helper
+
+    graph = decoder.graph
+    head = next(n for n in graph.node if head_out in n.output)
+    at = list(graph.node).index(head)
+    graph.node.remove(head)
+    if not any(head.input[1] in n.input for n in graph.node):
+        graph.initializer.remove(next(i for i in graph.initializer if i.name == head.input[1]))
+    shared = type(table)()
+    shared.CopyFrom(table)
+    shared.name = TIED
+    graph.initializer.append(shared)
+    node = helper.make_node(
+        "FusedMatMul", [head_in, TIED], [head_out], name="tied_head", domain="com.microsoft", transB=1
+    )
+    graph.node.insert(at, node)
+    if not any(o.domain == "com.microsoft" for o in decoder.opset_import):
+        decoder.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _large(model: Any, skip: str, least: int = 1024) -> list[Any]:
+    """The inline initializers of `least` bytes or more (small ones stay in the graph), all but `skip`."""
+    from onnx import TensorProto
+
+    return [
+        i
+        for i in model.graph.initializer
+        if i.name != skip and i.data_location != TensorProto.EXTERNAL and len(i.raw_data) >= least
+    ]
+
+
+def standalone(src: Path, dst: Path) -> set[str]:
+    """Write graph `src` as one self-contained file `dst`, a head that reads the tied table transposed
+    back to a plain MatMul (what the quantizers rewrite); the names of the external files it read.
+
+    Example:
+        >>> standalone(bundle / "text_decoder.onnx", scratch / "text_decoder.onnx")   # doctest: +SKIP
+        {'tied_table.bin', 'text_decoder.weights'}
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    stored = onnx.load(str(src), load_external_data=False)
+    read = {e.value for i in stored.graph.initializer for e in i.external_data if e.key == "location"}
+    if not read:
+        shutil.copyfile(src, dst)
+        return read
+    model = onnx.load(str(src))
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "FusedMatMul" and n.input[1] == TIED]:
+        table = next(i for i in graph.initializer if i.name == TIED)
+        graph.initializer.remove(table)
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(table).T.copy(), TIED))
+        node.op_type, node.domain = "MatMul", ""
+        del node.attribute[:]
+    onnx.save(model, str(dst))
+    return read

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.manifest import AudioPreprocess
-from edgemfm.runtimes.audio import _RESAMPLE_TAPS, decode_samples, mel_filters, resample, wav_layout
+from edgemfm.runtimes.audio import _RESAMPLE_TAPS, _product, decode_samples, mel_filters, resample, wav_layout
 
 _PASS_FRAMES = 3000  # frames per block of the floor's first pass: one 30 s window of samples at a time
 
@@ -138,7 +138,7 @@ class MelWindows:
         frames = np.lib.stride_tricks.sliding_window_view(x, spec.n_fft)[:: spec.hop_length]
         window = np.hanning(spec.n_fft + 1)[:-1]  # periodic Hann, as torch.hann_window
         power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
-        return np.log10(np.maximum(mel_filters(spec).T @ power.T, 1e-10))
+        return np.log10(np.maximum(_product(mel_filters(spec).T, power.T), 1e-10))  # no BLAS threads: see _product
 
     def window(self, seek: int, n: int) -> np.ndarray:
         """Features [n_mels, window frames] of frames [seek, seek + n), padded with zeros as transformers pads

@@ -122,6 +122,7 @@ def name(raw: str) -> str:
 POSITIVE = arg(number, float, low=0, above=True)
 FINITE = arg(number, float)
 PROBABILITY = arg(number, float, low=0, high=1, above=True)  # top-p
+FRACTION = arg(number, float, low=0, high=1)  # a share of the questions (a cascade's tolerance)
 COUNT = arg(number, int, low=0)
 AT_LEAST_ONE = arg(number, int, low=1)
 THREADS = arg(number, int, low=0, high=THREADS_MAX)

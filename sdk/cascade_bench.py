@@ -1,8 +1,9 @@
-"""`edgemfm bench LARGE --cascade SMALL`: a cascade's time, memory and accuracy per question, beside the large bundle's.
+"""`edgemfm bench LARGE --cascade SMALL`: a cascade's time, memory and accuracy per question, beside the large bundle's
+(`--calibrate OUT`: its self-test and threshold chosen on held-out questions instead, `calibrate_cascade`).
 
 The questions are a data folder's held-out ones (`DATA/eval.jsonl`, `edgemfm finetune`'s format);
 `half="test"` keeps every other one from the second, the half `benchmarks/runtime/cascade.py`
-measures on (the first half calibrates the threshold).
+measures on (the first half, `half="calibration"`, calibrates the threshold).
 
 - resident (default): both bundles loaded. Each question is answered by the large bundle alone
   and by the cascade, the order alternating from one question to the next; memory is the
@@ -148,6 +149,36 @@ def bench_cascade(
         rss_after_mib=budget.resident_bytes() / budget.MiB,
         answers=tuple(answers),
     )
+
+
+def calibrate_cascade(
+    large: str | Path,
+    small: str | Path,
+    data: str | Path,
+    out: str | Path,
+    half: str = "calibration",
+    against: str = "large",
+    tolerance: float = 0.01,
+    max_new_tokens: int = 8,
+    threads: int = 0,
+    progress: Progress | None = None,
+) -> Any:
+    """`cascade.calibrate` on the held-out questions of `data` (`half`), both bundles resident; the
+    Calibration, also written to `out` for `--escalate-below`.
+
+    Example:
+        >>> calibrate_cascade("bundles/large", "bundles/small", "data/demo", "cascade.json").escalated  # doctest: +SKIP
+        0.065
+    """
+    from edgemfm.runtimes.cascade import calibrate
+    from edgemfm.runtimes.pipeline import load
+
+    items = questions(data, half)
+    calibration = calibrate(
+        load(small, threads=threads), load(large, threads=threads), items, max_new_tokens, tolerance, against, progress
+    )
+    calibration.save(out)
+    return calibration
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

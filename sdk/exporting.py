@@ -210,6 +210,10 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
             )
             if config.format != "pte":  # a pte program was quantized as it was written
                 manifest = quantize(stage, manifest, profile, quantize_config, Path(scratch) / "quantize", progress)
+            if config.format != "pte" and config.precision == "fp32":
+                from edgemfm.quantizers.tied_table import share_float
+
+                manifest = share_float(stage, manifest)  # quantized graphs share theirs in quantize
             bundle.seal(stage, manifest)
     return out
 

@@ -13,7 +13,7 @@ import edgemfm
 from edgemfm.cascade_bench import bench_cascade
 from edgemfm.cli import main
 from edgemfm.errors import InputError
-from edgemfm.runtimes.cascade import Calibration, calibrate, choose, choose_threshold
+from edgemfm.runtimes.cascade import Calibration, calibrate, choose, choose_threshold, normalize
 from edgemfm.runtimes.decoding import Sampler, stop_at
 from edgemfm.runtimes.prompt_lookup import lookup
 from edgemfm.runtimes.selftests import Scores, score
@@ -223,6 +223,40 @@ def test_calibration_round_trips_and_drives_the_cascade(default_bundle, small_bu
     assert cascade.threshold == c.threshold
 
 
+def test_a_calibration_against_the_large_bundle_escalates_where_the_small_one_is_unsure_even_if_it_wins(
+    default_bundle, small_bundle, picture, tmp_path
+):
+    small, large = edgemfm.load(small_bundle), edgemfm.load(default_bundle)
+    questions = [PROMPT, "What is it?", "Colours?", "Count the shapes."]
+    # reference answers that are the small bundle's own: against them it beats the large one, so nothing escalates
+    items = [
+        {"question": q, "answer": "".join(small.generate(q, [picture], max_new_tokens=6)), "images": [picture]}
+        for q in questions
+    ]
+    wins = calibrate(small, large, items, max_new_tokens=6, tolerance=0.0, against="answers")
+    assert (wins.against, wins.small_accuracy, wins.escalated) == ("answers", 1.0, 0.0) and wins.large_accuracy < 1.0
+    # against the large bundle's answers (no reference needed): at most one of the four answered otherwise
+    unlabeled = [{"question": q, "images": [picture]} for q in questions]
+    c = calibrate(small, large, unlabeled, max_new_tokens=6, tolerance=0.25)
+    assert (c.against, c.large_accuracy) == ("large", 1.0) and c.cascade_accuracy >= 0.75 and c.escalated > 0
+    c.save(tmp_path / "cascade.json")
+    cascade = edgemfm.load_cascade(default_bundle, small_bundle, escalate_below=tmp_path / "cascade.json")
+    escalated, differ = 0, 0
+    for q in questions:
+        want = list(large.generate_tokens(q, images=[picture], max_new_tokens=6))
+        got = list(cascade.generate_tokens(q, images=[picture], max_new_tokens=6))
+        assert (cascade.answered_by == "large") == (cascade.score < c.threshold)
+        if cascade.answered_by == "large":
+            assert got == want  # token for token the large bundle's answer
+        escalated += cascade.answered_by == "large"
+        differ += normalize(large.tokenizer.decode(got)) != normalize(large.tokenizer.decode(want))
+    assert escalated / len(questions) == c.escalated and differ / len(questions) <= 0.25
+    with pytest.raises(InputError, match="has no answer; allowed: an item with one, or against='large'"):
+        calibrate(small, large, unlabeled, max_new_tokens=6, against="answers")
+    with pytest.raises(InputError, match="calibration against 'key' is not allowed; allowed: large, answers"):
+        calibrate(small, large, items, max_new_tokens=6, against="key")
+
+
 def test_each_self_test_escalates_below_its_threshold_and_escalated_answers_are_the_large_ones(
     default_bundle, small_bundle, picture
 ):
@@ -283,7 +317,7 @@ def test_calibration_files_name_their_self_test(tmp_path):
         '{"threshold": -1.0, "questions": 2, "small_accuracy": 0.5, "large_accuracy": 1.0, '
         '"cascade_accuracy": 1.0, "escalated": 0.5}'
     )
-    assert Calibration.read(old).test == "mean_logprob"
+    assert (Calibration.read(old).test, Calibration.read(old).against) == ("mean_logprob", "answers")
     bad = tmp_path / "bad.json"
     bad.write_text(old.read_text().replace("}", ', "test": "entropy"}'))
     with pytest.raises(InputError, match="unknown self-test 'entropy'"):
@@ -308,3 +342,22 @@ def test_bench_cascade_reports_who_answered_time_and_memory(default_bundle, smal
             assert r.escalated == 1.0 and r.cascade_accuracy == 1.0
             assert [a.text for a in r.answers] == [answers[1], answers[1]]
         assert (r.large_s is None) == on_demand and (on_demand or r.large_accuracy == 1.0)
+
+
+def test_bench_calibrates_a_cascade_on_held_out_questions(default_bundle, small_bundle, picture, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.png").write_bytes(picture.read_bytes())
+    questions = (PROMPT, "What is it?", "Colours?", "Count the shapes.")
+    lines = [json.dumps({"image": "p.png", "prompt": q, "answer": "-"}) for q in questions]
+    (data / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cascade.json"
+    argv = ["bench", str(default_bundle), "--cascade", str(small_bundle), "--data", str(data), "--calibrate", str(out)]
+    assert main([*argv, "--half", "all", "--tolerance", "0"]) == 0
+    assert "calibrated on 4 questions: escalate below" in capsys.readouterr().out
+    c = Calibration.read(out)  # against the large bundle's answers: the reference ("-") is never read
+    assert (c.questions, c.against, c.large_accuracy, c.cascade_accuracy) == (4, "large", 1.0, 1.0)
+    assert main([*argv, "--against", "answers"]) == 0  # the calibration half: the 1st and 3rd; "-" is never right
+    assert (Calibration.read(out).questions, Calibration.read(out).against) == (2, "answers")
+    assert main([*argv, "--tolerance", "2"]) == 2
+    assert "--tolerance: 2.0 is not allowed; allowed: a finite number from 0 to 1" in capsys.readouterr().err

@@ -260,3 +260,72 @@ def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_
     assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 1}  # `out` only
     assert type(shared.weight) is torch.nn.Parameter and "audio_encoder" not in quantization
     assert parity["audio_encoder"].tolerance == 1e-4
+
+
+class _Tower(torch.nn.Module):
+    """Holds the whole model, its decoder included, and runs only its own projection, as the demo's encoders do."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.projection = model, torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.projection(x)
+
+
+def test_the_decoders_quantization_takes_the_modules_an_encoder_holds_without_running_them(tmp_path):
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    decoder = _Decoder(torch.nn.Linear(64, 64))
+    units = {
+        name: ExportUnit(
+            module=module.eval(),
+            args=(torch.randn(1, 3, 64),),
+            input_names=("x",),
+            output_names=("y",),
+            dynamic_axes={},
+        )
+        for name, module in (("vision_encoder", _Tower(decoder)), ("text_decoder", decoder))
+    }
+    recipe = pte_recipe(load_profile("pi5"), "int8")
+    _, _, _, quantization = write_program(units, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)
+    # the demo's int8 pte decoder was left float whole: its encoders hold the model, and all it held counted as theirs
+    assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
+
+
+def test_qwen2_audios_encoder_quantizes_with_its_integer_positions_kept_integer(tmp_path):
+    """XNNPACKQuantizer turns the scalars of `(frames - 1) // 2 + 1` into float constants: the encoder's positions
+    and its mask's indices became float and the calibration failed ("tensors used as indices must be long ...")."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration, Qwen2Config
+
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.pte_quantize import TOLERANCE, pte_recipe
+    from edgemfm.exporters.qwen2_audio import encoder_unit
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    audio = Qwen2AudioEncoderConfig(
+        num_mel_bins=16, d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64
+    )
+    audio.max_source_positions = 50  # a 100-frame window keeps the test cheap
+    text = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(audio_config=audio, text_config=text)).eval()
+    unit = encoder_unit(model, 16)
+    calibration = [(torch.randn(1, 16, 100), torch.tensor([n])) for n in (100, 61, 7)]
+    recipe = pte_recipe(load_profile("pi5"), "int8")
+    _, parity, delegated, quantization = write_program(
+        {"audio_encoder": unit},
+        tmp_path,
+        1e-4,
+        print,
+        max_seq_len=8,
+        recipe=recipe,
+        calibration={"audio_encoder": calibration},
+    )  # the program is checked against the converted (fake-quantized) module within TOLERANCE
+    # two convolutions; q k v out fc1 fc2 in the layer and the projector
+    assert quantization["audio_encoder"].quantized_nodes == {"conv1d_int8": 2, "linear_int8": 7}
+    assert parity["audio_encoder"].tolerance == TOLERANCE and delegated["audio_encoder"].delegated_nodes > 0

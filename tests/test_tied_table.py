@@ -90,3 +90,65 @@ def test_only_equal_tables_count_as_tied():
     other = _graph([helper.make_node("MatMul", ["h", "w"], ["logits"])], {"w": table.T + 1e-3})
     assert tied_table._tied_outputs(embed, tied) == ("e", "ids", "logits", "h")
     assert tied_table._tied_outputs(embed, other) is None
+
+
+@pytest.fixture(scope="module")
+def tied_fp32(tmp_path_factory):
+    """The same tiny tied Llama at fp32."""
+    from tiny_text import tiny_text_model
+
+    import edgemfm
+
+    base = tmp_path_factory.mktemp("tied-fp32")
+    model = tiny_text_model(
+        "LlamaForCausalLM",
+        base / "model",
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
+    return edgemfm.export(edgemfm.ExportConfig(model=str(model), device="host", precision="fp32", out=base / "b"))
+
+
+def test_an_fp32_tied_head_and_its_lookup_read_one_table_stored_once(tied_fp32):
+    m = read_manifest(tied_fp32)
+    embed = onnx.load(str(tied_fp32 / "token_embedding.onnx"), load_external_data=False)
+    decoder = onnx.load(str(tied_fp32 / "text_decoder.onnx"), load_external_data=False)
+    (lookup,) = [n for n in embed.graph.node if n.op_type == "Gather"]
+    (head,) = [n for n in decoder.graph.node if n.op_type == "FusedMatMul"]
+    tables = [i for g in (embed, decoder) for i in g.graph.initializer if i.name in (lookup.input[0], head.input[1])]
+    assert {_external(i) for i in tables} == {tied_table.FILE} and len(tables) == 2
+    assert len({tuple(e.value for e in i.external_data) for i in tables}) == 1  # the same offset and length
+    vocab, hidden = tables[0].dims
+    table_bytes = vocab * hidden * 4
+    assert (tied_fp32 / tied_table.FILE).stat().st_size == table_bytes
+    on_disk = sum((tied_fp32 / f).stat().st_size for f in m.files)
+    weights = sum(c.weight_bytes for c in m.components.values())  # what the graphs held, the table twice
+    assert on_disk < weights - table_bytes + 2**20  # stored once, the rest of the decoder's weights beside it
+    assert "one fp32 table" in m.report.notes["token_embedding"]
+
+
+def test_the_shared_fp32_graphs_answer_as_the_standalone_ones(tied_fp32, tmp_path):
+    """Parity: the head reading the table transposed (FusedMatMul) against the plain MatMul that
+    `standalone` writes back; and the bundle loads and decodes."""
+    import onnxruntime as ort
+
+    import edgemfm
+    from edgemfm.runtimes.kvcache import KVCache
+
+    m = read_manifest(tied_fp32)
+    decoder = tied_fp32 / "text_decoder.onnx"
+    read = tied_table.standalone(decoder, tmp_path / "decoder.onnx")
+    assert read == {tied_table.FILE, "text_decoder.weights"}
+    plain = onnx.load(str(tmp_path / "decoder.onnx"))
+    assert not [n for n in plain.graph.node if n.op_type == "FusedMatMul"]
+    shared = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+    alone = ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    cache = KVCache(m.components["text_decoder"].kv_cache, max_len=64, sinks=4)
+    cache.make_room(5)
+    embeds = np.random.default_rng(0).standard_normal((1, 5, 128)).astype(np.float32)
+    feeds = {"inputs_embeds": embeds, **cache.feeds(5)}
+    a, b = shared.run(None, feeds)[0], alone.run(None, feeds)[0]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    assert len(list(edgemfm.load(tied_fp32).generate("hello", max_new_tokens=4))) >= 1

@@ -4,9 +4,11 @@ Reads the held-out questions of a data folder in `edgemfm finetune`'s format (DA
 question a line, one image or audio file each). Questions alternate between the two halves (so
 each half holds every kind of question): the first calibrates the self-test and its threshold
 (`cascade.choose`: of the mean token log-probability, the least sure token's, the first token's
-margin, the one escalating the fewest within --tolerance of the large bundle; written to --out for
-`edgemfm run --cascade SMALL --escalate-below FILE`), the second measures accuracy of small only,
-large only and the cascade, and the fraction escalated.
+margin, the one escalating the fewest while the cascade's answers differ from the large bundle's on
+at most --tolerance of the half; `--against answers`: while its accuracy on the reference answers
+is within --tolerance of the large bundle's; written to --out for `edgemfm run --cascade SMALL
+--escalate-below FILE`), the second measures accuracy of small only, large only and the cascade
+against the reference answers, and the fraction escalated.
 
 Each bundle's answers to every question (tokens, text, self-test scores, CPU seconds) are kept in
 --cache, one JSON per bundle (keyed by its manifest's sha256): a rerun, or another small bundle
@@ -32,13 +34,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from rich.progress import track
 
 import edgemfm
 from edgemfm.cascade_bench import questions
-from edgemfm.runtimes.cascade import choose, choose_threshold, normalize
+from edgemfm.runtimes.cascade import AGAINST, choose, choose_threshold, normalize
 from edgemfm.runtimes.selftests import TESTS, Scores, score
 
 from .. import record
@@ -68,8 +71,11 @@ def _id(item: dict) -> str:
     return json.dumps([item["question"], item.get("images"), item.get("audio")])
 
 
-def offline(items: list[dict], small: list[dict], large: list[dict], tolerance: float) -> tuple[dict, object]:
-    """Calibration on the first half, every self-test's figures on the second, from the answers alone."""
+def offline(
+    items: list[dict], small: list[dict], large: list[dict], tolerance: float, against: str = "large"
+) -> tuple[dict, object]:
+    """Calibration on the first half (judged `against` the large bundle's answers or the reference ones, as
+    `cascade.judge`), every self-test's figures on the second (against the reference), from the answers alone."""
     rows = [
         (
             Scores(**s["scores"]),
@@ -78,12 +84,14 @@ def offline(items: list[dict], small: list[dict], large: list[dict], tolerance: 
         )
         for i, s, g in zip(items, small, large)
     ]
-    calibration = choose(rows[0::2], tolerance)
+    agrees = [normalize(s["text"]) == normalize(g["text"]) for s, g in zip(small, large)]
+    calibrating = [(r[0], a, True) if against == "large" else r for r, a in zip(rows, agrees)][0::2]
+    calibration = replace(choose(calibrating, tolerance), against=against)
     test = rows[1::2]
     n = len(test)
     per_test = {}
     for name in TESTS:
-        c = choose_threshold([(getattr(s, name), sr, lr) for s, sr, lr in rows[0::2]], tolerance)
+        c = choose_threshold([(getattr(s, name), sr, lr) for s, sr, lr in calibrating], tolerance)
         up = [getattr(s, name) < c.threshold for s, _, _ in test]
         per_test[name] = {
             "threshold": round(c.threshold, 4),
@@ -103,6 +111,11 @@ def offline(items: list[dict], small: list[dict], large: list[dict], tolerance: 
     kinds = sorted({k for k, _ in by_type})
     result = {
         "test_questions": n,
+        "calibrated_against": against,
+        "small_agrees_with_large": {
+            "calibration": round(sum(agrees[0::2]) / len(agrees[0::2]), 4),
+            "test": round(sum(agrees[1::2]) / n, 4),
+        },
         "self_test": calibration.test,
         "threshold": calibration.threshold,
         "small_accuracy": round(sum(r[1] for r in test) / n, 4),
@@ -137,7 +150,14 @@ def main() -> None:
     p.add_argument("large", type=Path)
     p.add_argument("small", type=Path)
     p.add_argument("data", type=Path, help="a data folder with eval.jsonl (edgemfm finetune's format)")
-    p.add_argument("--tolerance", type=float, default=0.01, help="accuracy the cascade may lose against large only")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="the fraction of the calibration half the cascade may answer "
+        "otherwise than the large bundle (--against answers: the accuracy it may lose against it)",
+    )
+    p.add_argument("--against", choices=AGAINST, default="large", help="what the calibration counts as right")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--cache", type=Path, default=Path("cascade-answers"), help="each bundle's answers, kept here")
     p.add_argument("--out", type=Path, default=Path("cascade.json"), help="the calibration file to write")
@@ -147,7 +167,7 @@ def main() -> None:
     items = questions(args.data, "all")
     large = answers(args.large, items, args.cache, args.max_new_tokens)
     small = answers(args.small, items, args.cache, args.max_new_tokens)
-    result, calibration = offline(items, small, large, args.tolerance)
+    result, calibration = offline(items, small, large, args.tolerance, args.against)
     calibration.save(args.out)
     size = lambda b: round(sum(f.stat().st_size for f in b.iterdir()) / 2**20, 1)  # noqa: E731
     result |= {
@@ -177,6 +197,7 @@ def main() -> None:
     record.write("runtime-cascade", table_rows(result), title=TITLE, detail=result, blocks=blocks)
 
 
+CALIBRATED_AGAINST = {"large": "the large bundle's answers", "answers": "the reference answers"}
 TITLE = "Cascade: a small bundle answers, a self-test escalates the rest (the demo's held-out questions)"
 
 
@@ -189,6 +210,7 @@ def table_rows(r: dict) -> list[dict]:
         "cascade": f"{r['cascade_accuracy']:.1%} ({100 * (r['cascade_accuracy'] - r['large_accuracy']):+.1f})",
         "escalated": f"{r['escalated']:.1%}",
         "self-test": f"{r['self_test']} < {r['threshold']:.3f}",
+        "calibrated against": CALIBRATED_AGAINST[r["calibrated_against"]],
         "answer CPU ms, small / large (untimed pass)": f"{r['small_cpu_ms']} / {r['large_cpu_ms']}",
     }
     rows = []

@@ -252,10 +252,11 @@ def _runner(kind: str, path: Path, threads: int):
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return (lambda x: session.run(None, {"pixel_values": x})[0]), 50, path.stat().st_size
     import torch
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
-    _unsafe_reset_threadpool(threads)
+    from edgemfm.runtimes.executorch import set_threads
+
+    set_threads(threads)  # ExecuTorch's pool and torch's, as the other ExecuTorch rows
     method = Runtime.get().load_program(path).load_method("forward")
     return (
         (lambda x: method.execute([torch.from_numpy(x)])[0].numpy()),

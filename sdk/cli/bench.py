@@ -51,8 +51,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--half",
         choices=("all", "test", "calibration"),
-        default="test",
-        help="with --cascade: which held-out questions (test: every other one from the second; default)",
+        help="with --cascade: which held-out questions (test: every other one from the second; the default, "
+        "with --calibrate: calibration, every other one from the first)",
+    )
+    b.add_argument(
+        "--calibrate",
+        metavar="OUT.json",
+        help="with --cascade: choose the self-test and threshold on --data's questions and write them here "
+        "(for --escalate-below) instead of measuring",
+    )
+    b.add_argument(
+        "--against",
+        choices=("large", "answers"),
+        default="large",
+        help="with --calibrate: what counts as right: the large bundle's answers (default; the cascade answers "
+        "otherwise on at most --tolerance of the questions) or the reference answers (its accuracy within it)",
+    )
+    b.add_argument(
+        "--tolerance", type=A.FRACTION, default=0.01, help="with --calibrate: the fraction allowed (default 0.01)"
     )
     b.add_argument(
         "--on-demand", action="store_true", help="with --cascade: only the small bundle resident (see `run`)"
@@ -64,7 +80,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from edgemfm.bench import BenchConfig, bench, plot, plotting, table, write_report
 
     if args.cascade:
-        _bench_cascade(args)
+        (_calibrate_cascade if args.calibrate else _bench_cascade)(args)
         return
     config = BenchConfig(
         prompt=args.prompt,
@@ -87,6 +103,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
         out.print(f"[green]wrote[/green] {plot(report, args.plot)}")
 
 
+def _calibrate_cascade(args: argparse.Namespace) -> None:
+    from edgemfm.cascade_bench import calibrate_cascade
+
+    if args.data is None:
+        raise InputError("bench --cascade --calibrate needs --data; allowed: a data folder with eval.jsonl")
+    with rich_progress() as progress:
+        c = calibrate_cascade(
+            args.bundle,
+            args.cascade,
+            args.data,
+            args.calibrate,
+            args.half or "calibration",
+            args.against,
+            args.tolerance,
+            threads=args.threads,
+            progress=progress,
+        )
+    judged = "agreement with the large bundle" if c.against == "large" else "accuracy"
+    out.print(
+        f"calibrated on {c.questions} questions: escalate below {c.test} {c.threshold:.3f}: {c.escalated:.1%} "
+        f"escalated; {judged}: small {c.small_accuracy:.1%}, cascade {c.cascade_accuracy:.1%}, "
+        f"large {c.large_accuracy:.1%}",
+        highlight=False,
+    )
+    out.print(f"[green]wrote[/green] {args.calibrate}")
+
+
 def _bench_cascade(args: argparse.Namespace) -> None:
     from edgemfm.cascade_bench import bench_cascade
 
@@ -98,7 +141,7 @@ def _bench_cascade(args: argparse.Namespace) -> None:
             args.cascade,
             args.escalate_below,
             args.data,
-            args.half,
+            args.half or "test",
             args.on_demand,
             threads=args.threads,
             progress=progress,

@@ -46,8 +46,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         )
         table.add_row(
             name,
-            f"{(c.weight_bytes if c.method else m.files[c.file].bytes) / 2**20:.2f} MiB",
-            precision,  # a pte method: its own weights
+            # the weights, not the file's size: pte methods share one file, and a graph's weights may lie in
+            # external data (tied_table.bin, an fp32 decoder's text_decoder.weights)
+            f"{c.weight_bytes / 2**20:.2f} MiB",
+            precision,
             f"{c.peak_activation_bytes / 2**20:.2f} MiB",
             f"{parity[name].max_abs_diff:.1e}" if name in parity and parity[name].max_abs_diff is not None else "-",
         )

@@ -82,19 +82,26 @@ def cmd_tune(args: argparse.Namespace) -> None:
             args.device,
             args.latency_budget,
             args.memory_budget,
-            model=args.model,
-            bundle=args.bundle,
-            data=args.data,
-            questions=args.questions,
             workers=args.workers or 1,
-            ray_address=args.ray,
-            apply=args.apply,
-            force=args.force,
             progress=progress,
-            revision=args.revision,
-            visual_tokens=tuple(args.visual_tokens or ()),
+            **_options(args),
         )
     _tune_summary(result, args.latency_budget, args.plot, args.json, args.apply)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The options one device's tuning and a fleet's share: what to tune, on which data, and where to apply it."""
+    return dict(
+        model=args.model,
+        bundle=args.bundle,
+        revision=args.revision,
+        data=args.data,
+        questions=args.questions,
+        visual_tokens=tuple(args.visual_tokens or ()),
+        ray_address=args.ray,
+        apply=args.apply,
+        force=args.force,
+    )
 
 
 def _tune_fleet(args: argparse.Namespace) -> None:
@@ -106,17 +113,9 @@ def _tune_fleet(args: argparse.Namespace) -> None:
             args.device,
             args.latency_budget,
             args.memory_budget,
-            model=args.model,
-            bundle=args.bundle,
-            revision=args.revision,
-            apply=args.apply,
-            force=args.force,
             workers=args.workers,
-            ray_address=args.ray,
             progress=progress,
-            data=args.data,
-            questions=args.questions,
-            visual_tokens=tuple(args.visual_tokens or ()),
+            **_options(args),
         )
     for d in report.devices:
         if d.result is None:

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress, counter
 from edgemfm.quantizers import presets
+from edgemfm.quantizers.tied_table import standalone
 
 Key = tuple[str, tuple, str]  # (component, setting, precision)
 TOKENS = "visual tokens"  # a vision setting (TOKENS, N): the bundle's own image setting, at most N rows per image
@@ -233,7 +233,7 @@ def build_parts(
             elif setting:
                 record, nodes = media_knobs(manifest).export(model_dir, kinds[name], setting, path)
             else:
-                shutil.copyfile(bundle / c.file, path)
+                standalone(bundle / c.file, path)  # the bundle's graph as one file (an fp32 tied table: its own)
                 record, nodes = c, nodes_of(manifest, name) or _count_nodes(path)
             base = Part(name, setting, "fp32", path, replace(record, file=c.file), nodes, None, 1.0, preprocess)
             parts[(name, setting, "fp32")] = base
