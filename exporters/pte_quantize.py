@@ -23,7 +23,8 @@ A linear whose input width the group does not divide stays float and is named in
 does a table whose rows a 4-bit group does not divide.
 A group's scale is rounded to bfloat16 before its weights are quantized: XNNPACK's blockwise kernels keep it so.
 
-The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
+The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against;
+run them under `xnnpack_rounding()` and their dynamic int8 activations round as the program's do.
 
 Example:
     >>> recipe = pte_recipe(load_profile("pi5"), "int4")  # doctest: +SKIP
@@ -33,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from edgemfm.errors import InputError
@@ -224,3 +227,37 @@ def _embedding(table: Any, spec: QuantSpec) -> Any:
 def _set(module: Any, fqn: str, child: Any) -> None:
     parent, _, leaf = fqn.rpartition(".")
     setattr(module.get_submodule(parent) if parent else module, leaf, child)
+
+
+@contextmanager
+def xnnpack_rounding() -> Iterator[None]:
+    """Inside the block, the fake-quantized linears quantize their int8 activations as XNNPACK's program does.
+
+    Only for running a reference: capture a module outside it (XNNPACK's partitioner matches torchao's own ops).
+
+    Example:
+        >>> with xnnpack_rounding():  # doctest: +SKIP
+        ...     reference = module(inputs)
+    """
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    torchao_rounding = intx._apply_int8_act_asym_per_token_quant_dequant
+    intx._apply_int8_act_asym_per_token_quant_dequant = _xnnpack_quant_dequant
+    try:
+        yield
+    finally:
+        intx._apply_int8_act_asym_per_token_quant_dequant = torchao_rounding
+
+
+def _xnnpack_quant_dequant(x: Any) -> Any:
+    import torch
+
+    # XNNPACK's qd8 (xnn_f32_qd8_asymmetric_quantization_params, f32-qs8 convert) multiplies by 255 / (max - min),
+    # rounds, then adds the zero point; torchao divides by (max - min) / 255: a row near a tie rounds the other way.
+    x32 = x.float()
+    rmin, rmax = x32.amin(-1, keepdim=True).clamp(max=0), x32.amax(-1, keepdim=True).clamp(min=0)
+    scale = torch.where(rmin == rmax, 1.0, 255.0 / (rmax - rmin))
+    low, high = rmin * scale, rmax * scale
+    zero = torch.where((-128 + low) + (127 + high) > 0, -128 - low, 127 - high).clamp(-128, 127).round()
+    q = (torch.round(x32 * scale) + zero).clamp(-128, 127)
+    return ((q - zero) * (1 / scale)).to(x.dtype)

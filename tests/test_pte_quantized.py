@@ -41,7 +41,7 @@ def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
     from transformers import AutoModelForCausalLM
 
     from edgemfm.exporters.decoder import TokenEmbedding
-    from edgemfm.exporters.pte_quantize import quantize_module
+    from edgemfm.exporters.pte_quantize import quantize_module, xnnpack_rounding
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     recipe = pipe.manifest.recipe
@@ -51,7 +51,8 @@ def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
     quantize_module("text_decoder", model, recipe)
     model.model.embed_tokens = table.embed_tokens
     ids = pipe.prompt_ids(PROMPT)
-    with torch.no_grad():
+    # int8 activations rounded as XNNPACK does: torchao's own rounding flips a tie now and then, and attention spreads it
+    with torch.no_grad(), xnnpack_rounding():
         out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=TOKENS, do_sample=False)
     return [t for t in out[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
 
