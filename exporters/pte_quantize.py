@@ -5,19 +5,26 @@ before capture, on the modules, and XNNPACK's partitioner takes the quantized pa
 
 | unit                         | int4 (8da4w)                                   | int8 (8da8w)                     |
 |------------------------------|------------------------------------------------|----------------------------------|
-| text_decoder linears, lm_head| int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
-| token_embedding table        | 4-bit rows in groups of g (embedding_4bit)     | 8-bit rows, per row (embedding_byte) |
+| text_decoder linears         | int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
+| text_decoder lm_head         | the same, PerGroup(min(g, 32))                 | the same as the linears          |
+| token_embedding table        | 8-bit rows, per row (embedding_byte)           | the same                         |
 | vision / audio encoders      | static int8, per-channel weights (PT2E, exporters/pte_encoders.py) | the same         |
 
 `g` is the device preset's int4 group size (presets.group_size). int8 weights are per channel:
 XNNPACK has per-channel int8 kernels (qc8w), no blockwise int8 ones. torchao's
 `Int8DynamicActivationIntxWeightConfig` for the linears and ExecuTorch's `EmbeddingQuantHandler`
-for the tables are exactly what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 4,g`
-applies by default (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too). A linear whose input width the group
-does not divide stays float and is named in the report, as does a table whose rows it does not divide.
+for the tables are what `export_llm --quantization.qmode 8da4w --quantization.embedding_quantize 8,0`
+applies (symmetric, scales chosen by HQQ's scale-only search: `use_hqq` is on there too), but for the
+output head: at int4 its groups are finer. The head's int4 error costs the most perplexity of any
+layer, and a table lookup reads one row per token, so an 8-bit table costs file size, not decode
+time (BENCHMARKS.md, "ExecuTorch: SmolLM2-135M-Instruct int4 beside ExecuTorch's own export").
+`auto` plans the table and the head per layer instead (4-bit tables in groups of g among its choices).
+A linear whose input width the group does not divide stays float and is named in the report, as
+does a table whose rows a 4-bit group does not divide.
 A group's scale is rounded to bfloat16 before its weights are quantized: XNNPACK's blockwise kernels keep it so.
 
-The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against.
+The modules quantized in place ARE the fake-quantized PyTorch model the program is checked against;
+run them under `xnnpack_rounding()` and their dynamic int8 activations round as the program's do.
 
 Example:
     >>> recipe = pte_recipe(load_profile("pi5"), "int4")  # doctest: +SKIP
@@ -27,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from edgemfm.errors import InputError
@@ -42,6 +51,8 @@ SCHEME = "torchao-xnnpack"  # the report's name for what was applied
 METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as export_llm's default use_hqq
 TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
 # inputs_embeds) and stays as it is
+HEAD = "text_decoder/lm_head"  # the output head's unit, as quantize_module names it (every family's static decoder)
+HEAD_GROUP = 32  # the int4 head's largest group: the logits' projection, whose int4 error costs the most
 TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
 
 
@@ -95,9 +106,13 @@ def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = 
             if r.pattern != "*"
             for pattern in _unpacked(r.pattern)
         )
+    elif precision == "int4":
+        # the head in finer groups: a few percent more of its time, where a per-channel int8 head would cost
+        # more than the whole margin over ExecuTorch's program; the table as 8-bit rows: only looked up
+        head = QuantSpec(bits=4, group_size=min(group, HEAD_GROUP), method=METHOD, activation_bits=8)
+        text = (Rule(HEAD, head), Rule("text_decoder/*", linear[4]), Rule(f"{TABLES}/*", table[8]))
     else:
-        bits = {"int8": 8, "int4": 4}[precision]
-        text = (Rule("text_decoder/*", linear[bits]), Rule(f"{TABLES}/*", table[bits]))
+        text = (Rule("text_decoder/*", linear[8]), Rule(f"{TABLES}/*", table[8]))
     # encoders at int8 under every precision: XNNPACK's convolutions have no int4 kernels, and the ONNX presets
     # keep them w8a8
     encoder = QuantSpec(bits=8, method=pte_encoders.METHOD, activation_bits=8)
@@ -212,3 +227,37 @@ def _embedding(table: Any, spec: QuantSpec) -> Any:
 def _set(module: Any, fqn: str, child: Any) -> None:
     parent, _, leaf = fqn.rpartition(".")
     setattr(module.get_submodule(parent) if parent else module, leaf, child)
+
+
+@contextmanager
+def xnnpack_rounding() -> Iterator[None]:
+    """Inside the block, the fake-quantized linears quantize their int8 activations as XNNPACK's program does.
+
+    Only for running a reference: capture a module outside it (XNNPACK's partitioner matches torchao's own ops).
+
+    Example:
+        >>> with xnnpack_rounding():  # doctest: +SKIP
+        ...     reference = module(inputs)
+    """
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    torchao_rounding = intx._apply_int8_act_asym_per_token_quant_dequant
+    intx._apply_int8_act_asym_per_token_quant_dequant = _xnnpack_quant_dequant
+    try:
+        yield
+    finally:
+        intx._apply_int8_act_asym_per_token_quant_dequant = torchao_rounding
+
+
+def _xnnpack_quant_dequant(x: Any) -> Any:
+    import torch
+
+    # XNNPACK's qd8 (xnn_f32_qd8_asymmetric_quantization_params, f32-qs8 convert) multiplies by 255 / (max - min),
+    # rounds, then adds the zero point; torchao divides by (max - min) / 255: a row near a tie rounds the other way.
+    x32 = x.float()
+    rmin, rmax = x32.amin(-1, keepdim=True).clamp(max=0), x32.amax(-1, keepdim=True).clamp(min=0)
+    scale = torch.where(rmin == rmax, 1.0, 255.0 / (rmax - rmin))
+    low, high = rmin * scale, rmax * scale
+    zero = torch.where((-128 + low) + (127 + high) > 0, -128 - low, 127 - high).clamp(-128, 127).round()
+    q = (torch.round(x32 * scale) + zero).clamp(-128, 127)
+    return ((q - zero) * (1 / scale)).to(x.dtype)

@@ -58,7 +58,8 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
     ),
     "edgemfm-pte-int4": (
         "edgemfm:edgemfm-pte-int4",
-        "pte int4: int4 g64 weights, int8 dynamic activations (8da4w); int4 g64 embedding; custom SDPA + KV cache",
+        "pte int4: int4 g64 weights (lm_head g32), int8 dynamic activations (8da4w); int8 embedding rows; custom SDPA"
+        " + KV cache",
     ),
 }
 CALIBRATION = ROOT / "pruners" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
