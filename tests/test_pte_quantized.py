@@ -237,14 +237,14 @@ class _Decoder(_Encoder):
         return self.out(x)
 
 
-def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_is(tmp_path):
+def _int8_program(tmp_path, modules: dict) -> tuple[dict, dict]:
+    """Each module (name -> module, taking x [1, 3, 64]) written as one program at pi5's int8 pte preset, no
+    calibration: (parity, quantization) by unit."""
     from edgemfm.exporters.executorch import write_program
     from edgemfm.exporters.family import ExportUnit
     from edgemfm.exporters.pte_quantize import pte_recipe
     from edgemfm.profiles import load_profile
 
-    torch.manual_seed(0)
-    shared = torch.nn.Linear(64, 64)
     units = {
         name: ExportUnit(
             module=module.eval(),
@@ -253,11 +253,20 @@ def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_
             output_names=("y",),
             dynamic_axes={},
         )
-        for name, module in (("audio_encoder", _Encoder(shared)), ("text_decoder", _Decoder(shared)))
+        for name, module in modules.items()
     }
     recipe = pte_recipe(load_profile("pi5"), "int8")
-    # no calibration: the encoder stays float and is checked at the float tolerance
     _, parity, _, quantization = write_program(units, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)
+    return parity, quantization
+
+
+def test_the_decoders_quantization_leaves_a_module_the_float_encoder_runs_as_it_is(tmp_path):
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(64, 64)
+    # no calibration: the encoder stays float and is checked at the float tolerance
+    parity, quantization = _int8_program(
+        tmp_path, {"audio_encoder": _Encoder(shared), "text_decoder": _Decoder(shared)}
+    )
     assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 1}  # `out` only
     assert type(shared.weight) is torch.nn.Parameter and "audio_encoder" not in quantization
     assert parity["audio_encoder"].tolerance == 1e-4
@@ -275,25 +284,9 @@ class _Tower(torch.nn.Module):
 
 
 def test_the_decoders_quantization_takes_the_modules_an_encoder_holds_without_running_them(tmp_path):
-    from edgemfm.exporters.executorch import write_program
-    from edgemfm.exporters.family import ExportUnit
-    from edgemfm.exporters.pte_quantize import pte_recipe
-    from edgemfm.profiles import load_profile
-
     torch.manual_seed(0)
     decoder = _Decoder(torch.nn.Linear(64, 64))
-    units = {
-        name: ExportUnit(
-            module=module.eval(),
-            args=(torch.randn(1, 3, 64),),
-            input_names=("x",),
-            output_names=("y",),
-            dynamic_axes={},
-        )
-        for name, module in (("vision_encoder", _Tower(decoder)), ("text_decoder", decoder))
-    }
-    recipe = pte_recipe(load_profile("pi5"), "int8")
-    _, _, _, quantization = write_program(units, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)
+    _, quantization = _int8_program(tmp_path, {"vision_encoder": _Tower(decoder), "text_decoder": decoder})
     # the demo's int8 pte decoder was left float whole: its encoders hold the model, and all it held counted as theirs
     assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
 

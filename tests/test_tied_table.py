@@ -12,22 +12,29 @@ from edgemfm.quantizers import tied_table
 
 
 @pytest.fixture(scope="module")
-def tied_int4(tmp_path_factory):
-    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group), at int4."""
+def tied_model(tmp_path_factory):
+    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group)."""
     from tiny_text import tiny_text_model
 
-    import edgemfm
-
-    base = tmp_path_factory.mktemp("tied")
-    model = tiny_text_model(
+    return tiny_text_model(
         "LlamaForCausalLM",
-        base / "model",
+        tmp_path_factory.mktemp("tied") / "model",
         hidden_size=128,
         num_attention_heads=8,
         num_key_value_heads=4,
         tie_word_embeddings=True,
     )
-    return edgemfm.export(edgemfm.ExportConfig(model=str(model), device="host", precision="int4", out=base / "b"))
+
+
+def _export(model, precision: str, out):
+    import edgemfm
+
+    return edgemfm.export(edgemfm.ExportConfig(model=str(model), device="host", precision=precision, out=out))
+
+
+@pytest.fixture(scope="module")
+def tied_int4(tied_model, tmp_path_factory):
+    return _export(tied_model, "int4", tmp_path_factory.mktemp("tied-int4") / "b")
 
 
 def _external(init) -> str | None:
@@ -93,22 +100,8 @@ def test_only_equal_tables_count_as_tied():
 
 
 @pytest.fixture(scope="module")
-def tied_fp32(tmp_path_factory):
-    """The same tiny tied Llama at fp32."""
-    from tiny_text import tiny_text_model
-
-    import edgemfm
-
-    base = tmp_path_factory.mktemp("tied-fp32")
-    model = tiny_text_model(
-        "LlamaForCausalLM",
-        base / "model",
-        hidden_size=128,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
-    )
-    return edgemfm.export(edgemfm.ExportConfig(model=str(model), device="host", precision="fp32", out=base / "b"))
+def tied_fp32(tied_model, tmp_path_factory):
+    return _export(tied_model, "fp32", tmp_path_factory.mktemp("tied-fp32") / "b")
 
 
 def test_an_fp32_tied_head_and_its_lookup_read_one_table_stored_once(tied_fp32):
