@@ -11,7 +11,8 @@ cut at a window's edge. The rules are OpenAI's, as `WhisperForConditionalGenerat
       ─► segments; seek += the last pair's timestamp (or the whole window when it ends on one timestamp)
 
 With `temperatures` beyond the first, a window whose tokens compress too well (repetition) or
-whose mean log-probability is too low is decoded again at the next temperature. Memory stays flat:
+whose mean log-probability is too low is decoded again at the next temperature. A greedy decode caught in a
+loop (`loop_period`) is completed rather than run to the window's token limit. Memory stays flat:
 one window of samples, one of features and one decoder cache at a time.
 
 Example:
@@ -91,6 +92,38 @@ def _processed(logits: np.ndarray, tokens: list[int], g: Any, t: Transcription, 
     return x
 
 
+LOOP_SPAN = 48  # text tokens a greedy decode repeats before it is taken to repeat them to the window's limit
+LOOP_PERIOD = 32  # the longest repeated phrase looked for, in tokens
+
+
+def loop_period(tokens: list[int], ts: int, span: int = LOOP_SPAN, longest: int = LOOP_PERIOD) -> int | None:
+    """The period of a greedy decode's loop: its last `span` tokens, all text, equal the `span` tokens `period`
+    before them (for the shortest period up to `longest`), else None.
+
+    Greedy decoding that has repeated a phrase this long goes on repeating it, without a timestamp, until the
+    window's token limit (Whisper's hallucination loop; the temperature fallback exists for it): the decode
+    stops there and completes the loop instead of running hundreds of decoder steps whose tokens are known.
+
+    Example:
+        >>> loop_period([1, 2] + [7, 8, 9] * 20, ts=100)
+        3
+        >>> loop_period(list(range(60)), ts=100) is None
+        True
+    """
+    if len(tokens) <= span or tokens[-1] >= ts:
+        return None
+    tail = tokens[-span:]
+    if any(tok >= ts for tok in tail):
+        return None
+    return next((p for p in range(1, min(longest, len(tokens) - span) + 1) if tokens[-span - p : -p] == tail), None)
+
+
+def _repeat(items: list, period: int, length: int) -> None:
+    """Continue `items`' last `period` entries cyclically until it holds `length`."""
+    while len(items) < length:
+        items.append(items[-period])
+
+
 def compression_ratio(tokens: list[int], vocab_size: int) -> float:
     """Bytes of the tokens over their zlib-compressed bytes (transformers' measure): high means repetition.
 
@@ -143,16 +176,23 @@ class LongForm:
         cache.fixed = fixed
         logits = decoder.run(cache, decoder.embed_ids([*prefix, *forced]))[-1]
         tokens: list[int] = list(forced)
-        total, scored = 0.0, self.config.logprob_threshold is not None  # a softmax per token only when judged
-        for _ in range(self.t.max_target_positions - len(prefix) - len(forced)):
+        scores_of: list[float] = []  # each chosen token's log-probability, only when judged (a softmax per token)
+        scored, ts = self.config.logprob_threshold is not None, self.t.no_timestamps + 1
+        length, looked = self.t.max_target_positions - len(prefix), len(forced) + LOOP_SPAN + LOOP_PERIOD
+        while len(tokens) < length:
             scores = _processed(logits, tokens, g, self.t, self.eos)
             token = sampler(scores)
-            total += logprob(scores, token) if scored else 0.0
+            scores_of += [logprob(scores, token)] if scored else []
             tokens.append(token)
             if token == self.eos:
                 break
+            # a loop is looked for among the decoded tokens only (never the forced ones): their scores are repeated too
+            if sampler.is_greedy and len(tokens) >= looked and (period := loop_period(tokens, ts)):
+                _repeat(tokens, period, length)
+                _repeat(scores_of, period, length - len(forced) if scored else 0)
+                break
             logits = decoder.run(cache, decoder.embed_ids([token]))[-1]
-        return tokens, total / max(len(tokens) - len(forced), 1)
+        return tokens, sum(scores_of) / max(len(tokens) - len(forced), 1)
 
     def _fallback(
         self, fixed: dict[str, np.ndarray], prefix: list[int], forced: tuple[int, ...] = ()

@@ -12,6 +12,7 @@ from tiny_audio import tiny_whisper_en
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.runtimes.audio import load_audio, read_wav, resample
+from edgemfm.runtimes.decoding import Sampler
 from edgemfm.runtimes.longform import TranscribeConfig, compression_ratio
 from edgemfm.runtimes.mel_windows import MelWindows, WavSource
 
@@ -206,6 +207,42 @@ def test_fallback_decodes_again_at_the_next_temperature(exported3, speech):
     sampled = [s.tokens for s in pipe.transcribe(str(speech), unsure)]
     assert sampled and sampled != greedy
     assert compression_ratio([7, 8] * 50, 1770) > 2.4 > compression_ratio(list(range(100)), 1770)
+
+
+def _looping(pipe):
+    """The bundle's decoder made to answer a timestamp, then three text tokens over and over; its calls counted."""
+    ts, calls, vocab = pipe.manifest.generation.transcription.no_timestamps + 1, [], pipe.tokenizer.get_vocab_size()
+    cycle = [tok for tok in range(100, ts) if tok not in pipe.manifest.generation.suppress_tokens][:3]
+
+    def run(cache, embeds):
+        logits = np.zeros((1, vocab), np.float32)
+        logits[0, ts if not calls else cycle[(len(calls) - 1) % len(cycle)]] = 20.0
+        calls.append(embeds.shape[1])
+        return logits
+
+    pipe.decoder.run = run
+    return calls, cycle
+
+
+def test_a_greedy_loop_is_completed_without_decoding_it(exported3, speech, monkeypatch):
+    from edgemfm.runtimes import longform
+
+    judged = TranscribeConfig(logprob_threshold=-100.0)  # the mean log-probability is computed (and passes)
+    runs = {}
+    for name in ("completed", "decoded"):
+        if name == "decoded":
+            monkeypatch.setattr(longform, "loop_period", lambda tokens, ts: None)
+        pipe = edgemfm.load(exported3)
+        calls, cycle = _looping(pipe)
+        mel = MelWindows(WavSource(speech, 16000), pipe.manifest.preprocess.audio)
+        lf = longform.LongForm(pipe, judged)
+        out = mel.window(0, mel.window_frames)[None]
+        fixed = {k: v for k, v in lf.encoder.run({lf.cross.input: out}).items() if k in lf.cross.outputs}
+        runs[name] = (lf._decode(fixed, list(lf.t.start), Sampler()), len(calls))
+    (completed, mean), steps = runs["completed"]
+    assert (completed, mean) == runs["decoded"][0]  # the same tokens and mean log-probability as decoding on
+    assert completed[1:7] == cycle * 2 and len(completed) == lf.t.max_target_positions - len(lf.t.start)
+    assert steps < runs["decoded"][1]  # with fewer decoder steps
 
 
 def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_speech, tmp_path, capsys, monkeypatch):
