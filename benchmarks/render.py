@@ -34,6 +34,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-longform",
     "speech-tiny-en-longform-fallback",
     "speech-tiny-en-longform-fallback-unsmoothed",
+    "speech-tiny-en-longform-142s-fallback",
     "speech-tiny-en-streaming",
     "runtime-chat",
     "runtime-visual-tokens",
