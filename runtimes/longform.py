@@ -12,7 +12,8 @@ cut at a window's edge. The rules are OpenAI's, as `WhisperForConditionalGenerat
 
 With `temperatures` beyond the first, a window whose tokens compress too well (repetition) or
 whose mean log-probability is too low is decoded again at the next temperature. A greedy decode caught in a
-loop (`loop_period`) is completed rather than run to the window's token limit. Memory stays flat:
+loop (`loop_period`) is completed rather than run to the window's token limit, and a sampled one is cut where
+a next temperature is left to try. Memory stays flat:
 one window of samples, one of features and one decoder cache at a time.
 
 Example:
@@ -167,10 +168,15 @@ class LongForm:
         return list(self.t.start)
 
     def _decode(
-        self, fixed: dict[str, np.ndarray], prefix: list[int], sampler: Sampler, forced: tuple[int, ...] = ()
+        self,
+        fixed: dict[str, np.ndarray],
+        prefix: list[int],
+        sampler: Sampler,
+        forced: tuple[int, ...] = (),
+        cut_loops: bool = True,
     ) -> tuple[list[int], float]:
         """Tokens of one window (`forced` first, with the end token, if reached) and the mean log-probability of
-        those chosen (0 unless judged)."""
+        those chosen (0 unless judged). With `cut_loops`, a loop (`loop_period`) is completed, not decoded."""
         decoder, g = self.pipe.decoder, self.pipe.manifest.generation
         cache = decoder.new_cache()
         cache.fixed = fixed
@@ -187,7 +193,7 @@ class LongForm:
             if token == self.eos:
                 break
             # a loop is looked for among the decoded tokens only (never the forced ones): their scores are repeated too
-            if sampler.is_greedy and len(tokens) >= looked and (period := loop_period(tokens, ts)):
+            if cut_loops and len(tokens) >= looked and (period := loop_period(tokens, ts)):
                 _repeat(tokens, period, length)
                 _repeat(scores_of, period, length - len(forced) if scored else 0)
                 break
@@ -200,7 +206,11 @@ class LongForm:
         """The first temperature's tokens that pass the checks (or the last temperature's)."""
         c = self.config
         for i, temperature in enumerate(c.temperatures):
-            tokens, mean = self._decode(fixed, prefix, Sampler(temperature, seed=c.seed + i), forced)
+            # Greedy decoding repeats a loop to the limit, so completing it is exact (as far as loops go on);
+            # sampling might leave one, but a loop at a temperature with a next one to try fails the compression
+            # check either way: only the last temperature's tokens, kept whatever they are, decode to the end.
+            cut = temperature == 0 or (i < len(c.temperatures) - 1 and c.compression_ratio_threshold is not None)
+            tokens, mean = self._decode(fixed, prefix, Sampler(temperature, seed=c.seed + i), forced, cut)
             repeats = c.compression_ratio_threshold is not None and (
                 compression_ratio(tokens, self.vocab) > c.compression_ratio_threshold
             )

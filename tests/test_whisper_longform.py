@@ -224,25 +224,44 @@ def _looping(pipe):
     return calls, cycle
 
 
-def test_a_greedy_loop_is_completed_without_decoding_it(exported3, speech, monkeypatch):
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_loop_is_completed_without_decoding_it(exported3, speech, temperature):
     from edgemfm.runtimes import longform
 
     judged = TranscribeConfig(logprob_threshold=-100.0)  # the mean log-probability is computed (and passes)
     runs = {}
     for name in ("completed", "decoded"):
-        if name == "decoded":
-            monkeypatch.setattr(longform, "loop_period", lambda tokens, ts: None)
         pipe = edgemfm.load(exported3)
-        calls, cycle = _looping(pipe)
+        calls, cycle = _looping(pipe)  # so sure of each token that sampling picks it too
         mel = MelWindows(WavSource(speech, 16000), pipe.manifest.preprocess.audio)
         lf = longform.LongForm(pipe, judged)
         out = mel.window(0, mel.window_frames)[None]
         fixed = {k: v for k, v in lf.encoder.run({lf.cross.input: out}).items() if k in lf.cross.outputs}
-        runs[name] = (lf._decode(fixed, list(lf.t.start), Sampler()), len(calls))
+        sampler = Sampler(temperature, seed=0)
+        runs[name] = (lf._decode(fixed, list(lf.t.start), sampler, cut_loops=name == "completed"), len(calls))
     (completed, mean), steps = runs["completed"]
     assert (completed, mean) == runs["decoded"][0]  # the same tokens and mean log-probability as decoding on
     assert completed[1:7] == cycle * 2 and len(completed) == lf.t.max_target_positions - len(lf.t.start)
     assert steps < runs["decoded"][1]  # with fewer decoder steps
+
+
+@pytest.mark.parametrize(
+    "threshold,cut",
+    [(2.4, [True, True, False]), (None, [True, False, False])],
+)
+def test_loops_are_cut_at_temperatures_whose_loop_fails_the_compression_check(exported3, speech, threshold, cut):
+    from edgemfm.runtimes import longform
+
+    pipe = edgemfm.load(exported3)
+    _looping(pipe)
+    config = TranscribeConfig(
+        temperatures=(0.0, 0.5, 1.0), compression_ratio_threshold=threshold, logprob_threshold=0.0, seed=3
+    )  # no window passes: every temperature is tried
+    lf, seen = longform.LongForm(pipe, config), []
+    decode = lf._decode
+    lf._decode = lambda *a: seen.append(a[-1]) or decode(*a)
+    mel = MelWindows(WavSource(speech, 16000), pipe.manifest.preprocess.audio)
+    assert lf.first_window(mel, earlier=[]) and seen == cut
 
 
 def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_speech, tmp_path, capsys, monkeypatch):
