@@ -8,6 +8,7 @@ staging directory, exactly as `export` writes one.
 
     python -m benchmarks.quantization.quantize_bundle FLOAT_BUNDLE OUT --device pi5 --precision auto --calibration DIR
     python -m benchmarks.quantization.quantize_bundle FLOAT_BUNDLE OUT --device host --precision int4 --group-size 32   # the preset at another group size
+    python -m benchmarks.quantization.quantize_bundle FLOAT_BUNDLE OUT --device pi5 --precision int8 --float audio_encoder   # the preset, one component left float
     python -m benchmarks.runtime.cascade FLOAT_BUNDLE OUT DATA    # its held-out accuracy against the float bundle
 """
 
@@ -42,14 +43,23 @@ def main() -> None:
     p.add_argument(
         "--group-size", type=int, help="int8/int4: the device's preset with this block size instead of its own"
     )
+    p.add_argument(
+        "--float",
+        action="append",
+        default=[],
+        metavar="COMPONENT",
+        help="int8/int4: leave this component float, the rest as the preset (repeatable)",
+    )
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     manifest = read_manifest(args.float_bundle)
     profile = load_profile(args.device)
     recipe = None
-    if args.group_size:
-        spec = recipe_for(profile, args.precision).rules[-1].spec
-        recipe = Recipe(rules=(Rule("*", replace(spec, group_size=args.group_size)),))
+    if args.group_size or args.float:
+        preset = recipe_for(profile, args.precision).rules
+        if args.group_size:
+            preset = (Rule("*", replace(preset[-1].spec, group_size=args.group_size)),)
+        recipe = Recipe(rules=(*(Rule(f"{name}/*", None) for name in args.float), *preset))
     t = time.time()
     with (
         bundle.staging(args.out, args.force) as stage,
