@@ -270,9 +270,8 @@ def stream(args: argparse.Namespace) -> None:
     )
     if known:
         note += " Long-form text of " + ", ".join(f"{k} from {Path(v).name}" for k, v in known.items()) + "."
-    _record(
-        "speech-tiny-en-streaming", "Whisper tiny.en (real weights), live streaming over the same file", table, note
-    )
+    title = args.title or "Whisper tiny.en (real weights), live streaming over the same file"
+    _record(args.name or "speech-tiny-en-streaming", title, table, note)
 
 
 def _latencies(commits: list[list], segments: list[list]) -> list[float]:
@@ -334,8 +333,8 @@ def main() -> None:
         type=Path,
         help="transformers' transcript from an earlier run's --texts (deterministic): its row is then not run",
     )
-    p.add_argument("--name", help="--part longform: the result file's name (default speech-tiny-en-longform)")
-    p.add_argument("--title", help="--part longform: its heading")
+    p.add_argument("--name", help="the result file's name (default speech-tiny-en-longform or -streaming)")
+    p.add_argument("--title", help="its heading")
     args = p.parse_args()
     {"stream": stream, "longform": longform, "job": _job}[args.part](args)
 
