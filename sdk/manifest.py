@@ -51,6 +51,13 @@ class KVCache:
     # rotated pair, with which the runtime re-bases the cached keys when a stream passes the table
     rotary_table: int = 0
     rotary_frequencies: tuple[float, ...] = ()
+    # dynamic: the cached tensors' numpy dtype; "" the component's own. "int8" (export --kv-cache int8): ONNX
+    # Runtime's GroupQueryAttention stores and reads the cache as int8 with static scales calibrated at export
+    # (quantizers/kv_cache.py), a quarter of float32's bytes per position
+    dtype: str = ""
+    # with an int8 cache, how its scales are laid out: "per_channel" (one per head and channel; the keys' shared
+    # by each rotated pair (i, i + d/2), so a re-base turns the stored integers without them) or "per_tensor"
+    scales: str = ""
 
 
 @dataclass(frozen=True)

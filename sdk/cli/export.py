@@ -85,6 +85,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="at most N decoder rows per image (per tile), cut inside the encoder graph (default: the family's own)",
     )
     e.add_argument(
+        "--kv-cache",
+        default="float",
+        metavar="{float,int8}",
+        help="the decoder's KV cache: float, or int8 with static scales calibrated at export (onnx, CPU; default: float)",
+    )
+    e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.add_argument(
@@ -114,6 +120,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         recover=args.recover,
         revision=args.revision,
         visual_tokens=args.visual_tokens,
+        kv_cache=args.kv_cache,
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
