@@ -199,6 +199,9 @@ def _export_summary(path: Path) -> None:
             + (f" ({ops})" if ops else ""),
             soft_wrap=True,
         )
+    kv = m.components[m.generation.decoder].kv_cache
+    if kv is not None and kv.dtype:  # the scales are the export's, not the stream's: say so
+        out.print(f"  KV cache: {kv.dtype}, static {kv.scales.replace('_', '-')} scales calibrated at export")
     if m.report.pruning is not None:
         pruning_summary(m.report.pruning)
     if m.report.quantization and m.report.float_units:
@@ -213,5 +216,10 @@ def _android_assets(app: str, config: ExportConfig) -> Path:
     if config.format != "onnx":
         raise InputError(
             f"--app runs the bundle with ONNX Runtime; --format {config.format!r} is not allowed; allowed: onnx"
+        )
+    if config.kv_cache != "float":
+        raise InputError(
+            f"the Android app feeds float32 KV caches; --kv-cache {config.kv_cache!r} is not allowed with --app; "
+            "allowed: float"
         )
     return manifest.parent / "assets" / "bundle"
