@@ -54,9 +54,9 @@ def test_an_int8_stream_past_twice_its_table_stays_close_to_the_float_one(defaul
     """Both decoders on the runtime's cache: a prefill, single tokens, prefill chunks, a 128-entry window with
     4 sink entries, speculative rollbacks, on past twice the cache and the (runtime's) 128-position table, where
     the int8 keys were turned by each re-base. The placeholder decoder is untrained with wide weights, so its
-    logits are sharp and the int8 cache's rounding alone moves them: measured, a mean KL of 0.12 nats and the
-    same top-1 token at 81% of positions (the trained demo model: 0.006 and 96%); keys left unturned at the
-    re-bases give 5.4 nats and 21%."""
+    logits are sharp and the int8 cache's rounding alone moves them: measured, a mean KL of 0.15 nats and the
+    same top-1 token at 80% of positions; keys left unturned at the re-bases give 5.3 nats and 22%.
+    """
     bundles = (default_bundle, int8_bundle)
     layouts = [
         dataclasses.replace(read_manifest(b).components["text_decoder"].kv_cache, rotary_table=128) for b in bundles
@@ -82,7 +82,7 @@ def test_an_int8_stream_past_twice_its_table_stays_close_to_the_float_one(defaul
     assert caches[1].values["past.0.key"].dtype == np.int8
     assert caches[0].position == caches[1].position > 2 * 128 and caches[1].base > 2 * 128 and caches[1].evicted > 0
     assert caches[0].length == caches[1].length == 128
-    assert np.mean(kl) <= 0.2 and np.mean(same) >= 0.7
+    assert np.mean(kl) <= 0.25 and np.mean(same) >= 0.7
 
 
 def test_a_re_base_turns_int8_keys_to_within_one_step_of_those_quantized_at_the_new_position(int8_bundle):
