@@ -1,9 +1,11 @@
 """The int8 KV cache (`export --kv-cache int8`) beside the float one: perplexity, peak RSS and CPU ms per step at a long cache.
 
-    python -m benchmarks.runtime.kv_cache FLOAT_BUNDLE INT8_BUNDLE [--positions 4096] [--steps 32] [--rounds 3]
+    python -m benchmarks.runtime.kv_cache FLOAT_BUNDLE INT8_BUNDLE [MORE ...] [--timed 2] [--positions 4096] [--steps 32]
 
 - Perplexity: `edgemfm.bench.perplexity` on benchmarks/eval_en.txt (the side-by-side's text), each bundle
-  through the runtime's own decoder and cache.
+  through the runtime's own decoder and cache; and, finer than a perplexity over 343 tokens, the mean KL
+  divergence of each bundle's next-token distributions from the first bundle's over a longer English
+  text (eval_en.txt, then pruners/calibration_en.txt: none of it is what `--kv-cache int8` calibrates on).
 - At `positions` cached positions: each bundle in a fresh process (its own peak RSS), one thread, the
   runtime's decoder prefilling `positions` fixed token ids in prefill chunks, then `steps` single-token
   greedy steps timed in CPU time; the bundles taken in turn for `rounds` rounds (interleaved: the
@@ -34,6 +36,7 @@ import numpy as np
 from .. import ROOT, record
 
 TEXT = ROOT / "benchmarks" / "eval_en.txt"
+LONGER = ROOT / "pruners" / "calibration_en.txt"  # appended to TEXT for the divergence: 1,137 SmolLM2 tokens
 MiB = 2**20
 
 
@@ -103,7 +106,24 @@ def perplexity(bundle: Path) -> tuple[float, int]:
     return ppl(edgemfm.load(bundle, threads=1), TEXT.read_text(encoding="utf-8"))
 
 
-def measure(bundles: list[Path], args: argparse.Namespace) -> list[dict]:
+def divergence(reference: Path, bundle: Path, text: str) -> tuple[float, int]:
+    """(mean KL(reference || bundle) of the next-token distributions, positions) over `text`'s first
+    max_seq_len tokens, both fed the same prefill chunks through the runtime's decoder and cache."""
+    import edgemfm
+
+    pipes = [edgemfm.load(b, threads=1) for b in (reference, bundle)]
+    ids = pipes[0].tokenizer.encode(text).ids[: pipes[0].streaming.max_seq_len]
+    caches, chunk, total = [p.decoder.new_cache() for p in pipes], pipes[0].streaming.prefill_chunk, 0.0
+    for at in range(0, len(ids), chunk):
+        logits = [p.decoder.run(c, p.decoder.embed_ids(ids[at : at + chunk])) for p, c in zip(pipes, caches)]
+        p, q = (x.astype(np.float64) - x.max(-1, keepdims=True) for x in logits)
+        p, q = (x - np.log(np.exp(x).sum(-1, keepdims=True)) for x in (p, q))
+        total += float((np.exp(p) * (p - q)).sum())
+    return total / len(ids), len(ids)
+
+
+def timed(bundles: list[Path], args: argparse.Namespace) -> tuple[dict[Path, list[dict]], list[str]]:
+    """Each bundle's runs at `positions` (each in its own process, the bundles in turn), and the load after each."""
     copies = [long_copy(b, args.positions + args.steps, args.work) for b in bundles]
     runs: dict[Path, list[dict]] = {b: [] for b in bundles}
     loads = []
@@ -116,30 +136,40 @@ def measure(bundles: list[Path], args: argparse.Namespace) -> list[dict]:
                 runs[b].append(json.loads(done.stdout.splitlines()[-1]))
                 loads.append(Path("/proc/loadavg").read_text().split()[0])
                 print(b.name, runs[b][-1], "load", loads[-1], flush=True)
+    return runs, loads
+
+
+def measure(bundles: list[Path], args: argparse.Namespace) -> list[dict]:
+    """A row per bundle: perplexity, divergence from the first bundle, the timed figures of the first `timed` ones."""
+    runs, loads = timed(bundles[: args.timed], args)
+    text = TEXT.read_text(encoding="utf-8") + "\n" + LONGER.read_text(encoding="utf-8")
     rows = []
     for b in bundles:
-        m, r = runs[b], [x["ms_per_step"] for x in runs[b]]
         ppl, scored = perplexity(b)
-        peak = [x["peak_rss"] / MiB for x in m]
+        kl, positions = divergence(bundles[0], b, text)
+        m, r = runs.get(b, []), [x["ms_per_step"] for x in runs.get(b, [])]
+        median = lambda values, digits: f"{statistics.median(values):.{digits}f}" if values else "-"  # noqa: E731
         rows.append(
             {
                 "bundle": b.name,
                 f"perplexity (eval_en.txt, {scored} tokens)": f"{ppl:.3f}",
-                f"CPU ms / step at {args.positions} (median)": f"{statistics.median(r):.2f}",
-                "range": f"{min(r):.2f}-{max(r):.2f}",
-                "peak RSS MiB (median)": f"{statistics.median(peak):.0f}",
-                "RSS after load MiB": f"{statistics.median(x['loaded_rss'] / MiB for x in m):.0f}",
+                f"KL from {bundles[0].name}, nats ({positions} tokens)": f"{kl:.4f}",
+                f"CPU ms / step at {args.positions} (median)": median(r, 2),
+                "range": f"{min(r):.2f}-{max(r):.2f}" if r else "-",
+                "peak RSS MiB (median)": median([x["peak_rss"] / MiB for x in m], 0),
+                "RSS after load MiB": median([x["loaded_rss"] / MiB for x in m], 0),
                 f"budget's KV estimate at {args.positions}, MiB": f"{estimate_bytes(b, args.positions) / MiB:.1f}",
             }
         )
         print(rows[-1], flush=True)
-    rows.append({"bundle": "load average (1 min) after each run", "range": " ".join(loads)})
+    rows.append({"bundle": "load average (1 min) after each timed run", "range": " ".join(loads)})
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundles", nargs="*", type=Path, help="the float-cache bundle, then the int8-cache one")
+    p.add_argument("bundles", nargs="*", type=Path, help="the float-cache bundle (the reference), then int8-cache ones")
+    p.add_argument("--timed", type=int, default=2, help="the first TIMED bundles are timed at --positions")
     p.add_argument("--positions", type=int, default=4096, help="cached positions before the timed steps")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
@@ -156,7 +186,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = measure(args.bundles, args)
     blocks = record.blocks(args.name, args.title, note=args.note)
-    record.write(args.name, rows, title=args.title, blocks=blocks, settings={"positions": args.positions})
+    settings = {"positions": args.positions, "steps": args.steps, "rounds": args.rounds, "timed": args.timed}
+    record.write(args.name, rows, title=args.title, blocks=blocks, settings=settings)
 
 
 if __name__ == "__main__":
