@@ -1,8 +1,9 @@
 """`export --kv-cache int8`: the decoder's KV cache stored as int8 by ONNX Runtime's GroupQueryAttention.
 
-    calibration prompts ─► the finished decoder graph, prefill ─► present K/V ranges per layer, head, channel
-        │ scale = 1.5 x range / 127 (K: the norm of each rotated pair (i, i + d/2), so any rotation stays in range)
-        ▼ every GroupQueryAttention: past/present int8, k_scale/v_scale [1, kv_heads, 1, head_dim] constants
+    calibration prompts ─► the finished decoder graph, prefill ─► present K/V ranges per layer (per tensor, or
+        │ per head and channel); a key's range is the norm of its rotated pairs (i, i + d/2), so no rotation leaves it
+        │ scale = range / 127 (per channel: 1.5 x range / 127, see HEADROOM)
+        ▼ every GroupQueryAttention: past/present int8, k_scale/v_scale constants ([1], or [1, kv_heads, 1, head_dim])
 
 The kernel quantizes each new key and value as it appends it (round half to even, saturated to int8)
 and attends over the int8 cache, so a step moves a quarter of float32's cache bytes. Its scales are
@@ -11,7 +12,7 @@ key or value leaves the calibrated range is clipped (measured: de-quantizing per
 graph costs twice the float cache's time, decode6's note). The ranges are read off the finished graph
 (after int4/int8 weights), on the calibration text the weights were calibrated on.
 
-A key's scale is shared by the two channels a rotation mixes, so a rotation never leaves the range and
+A key's scale (per channel: shared by the two channels a rotation mixes) keeps any rotation in range, so
 the runtime re-bases an int8 stream by turning the stored integers (runtimes/kvcache.py), no scales
 needed. A decoder whose every layer is not one GroupQueryAttention (no fusion, a head size the kernel
 refuses, an encoder-decoder's attention) cannot take it: the export stops, naming what is allowed.
@@ -35,18 +36,19 @@ from edgemfm.manifest import KVCache, Manifest
 
 LEVELS = 127  # symmetric int8: the kernel saturates to [-128, 127]
 # The calibrated range maps to +-127 / HEADROOM: a few calibration prompts do not reach every token's range, and a
-# clipped key costs more than a coarser step (chosen on SmolLM2-135M int4: BENCHMARKS.md's runtime-kv-cache-int8
-# section gives the divergence from the float cache at 1.0, 1.5 and 2.0, and per tensor)
-HEADROOM = 1.5
+# clipped entry costs more than a coarser step. Per tensor the range is the largest channel's, room enough for the
+# others; per channel each needs its own. Chosen on SmolLM2-135M int4, where per tensor matched per channel at 1.5x
+# and beat it at 1.0x: BENCHMARKS.md's runtime-kv-cache-int8 section gives each one's divergence from the float cache.
+HEADROOM = {"per_tensor": 1.0, "per_channel": 1.5}
 QUANT_TYPES = {"per_channel": "PER_CHANNEL", "per_tensor": "PER_TENSOR"}  # the kernel's k/v_quant_type
 SCALE_INPUTS = (12, 13)  # GroupQueryAttention's k_scale and v_scale inputs (ONNX Runtime 1.32)
 
 
 def quantize_kv_cache(
-    stage: Path, manifest: Manifest, calibration: str | Path | None, scales: str = "per_channel"
+    stage: Path, manifest: Manifest, calibration: str | Path | None, scales: str = "per_tensor"
 ) -> Manifest:
-    """Give the decoder in `stage` an int8 KV cache with `scales` ("per_channel" or "per_tensor") calibrated
-    on `calibration` (a folder as for `export --calibration`; None: the built-in prompts); the manifest
+    """Give the decoder in `stage` an int8 KV cache with `scales` ("per_tensor", what export uses, or
+    "per_channel": one per head and channel) calibrated on `calibration` (a folder as for `export --calibration`; None: the built-in prompts); the manifest
     with the cache's dtype, scale layout and int8 past/present tensors."""
     import onnx
 
@@ -60,7 +62,8 @@ def quantize_kv_cache(
     feeds = component_feeds(stage, manifest, calibration)[name]
     key, value = _ranges(path, feeds, component.kv_cache, scales)
     for layer, node in enumerate(nodes):
-        _quantize_node(model, node, layer, key[layer] * HEADROOM / LEVELS, value[layer] * HEADROOM / LEVELS, scales)
+        room = HEADROOM[scales] / LEVELS
+        _quantize_node(model, node, layer, key[layer] * room, value[layer] * room, scales)
     names = _cache_names(component.kv_cache)
     for tensor in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         if tensor.name in names:

@@ -55,8 +55,9 @@ class KVCache:
     # Runtime's GroupQueryAttention stores and reads the cache as int8 with static scales calibrated at export
     # (quantizers/kv_cache.py), a quarter of float32's bytes per position
     dtype: str = ""
-    # with an int8 cache, how its scales are laid out: "per_channel" (one per head and channel; the keys' shared
-    # by each rotated pair (i, i + d/2), so a re-base turns the stored integers without them) or "per_tensor"
+    # with an int8 cache, how its scales are laid out: "per_tensor" (one per layer for K, one for V) or "per_channel"
+    # (per head and channel; the keys' shared by each rotated pair (i, i + d/2)): either way a re-base turns the
+    # stored integers without them
     scales: str = ""
 
 

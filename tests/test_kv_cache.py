@@ -17,15 +17,23 @@ TEXT = b"The quick brown fox jumps over the lazy dog near the river bank. Once u
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(default_bundle, tmp_path_factory):
-    """The default bundle with its decoder's cache made int8 (per channel, the built-in calibration prompts)."""
+def int8_bundles(default_bundle, tmp_path_factory):
+    """The default bundle with its decoder's cache made int8, calibrated on the built-in prompts: scale layout ->
+    bundle ("per_tensor" is what export gives)."""
     from edgemfm.quantizers.kv_cache import quantize_kv_cache
 
-    out = tmp_path_factory.mktemp("kv8") / "bundle"
-    shutil.copytree(default_bundle, out)
-    (out / "manifest.json").unlink()
-    seal(out, quantize_kv_cache(out, read_manifest(default_bundle), None))
-    return out
+    bundles = {}
+    for scales in ("per_tensor", "per_channel"):
+        out = bundles[scales] = tmp_path_factory.mktemp("kv8") / scales
+        shutil.copytree(default_bundle, out)
+        (out / "manifest.json").unlink()
+        seal(out, quantize_kv_cache(out, read_manifest(default_bundle), None, scales))
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(int8_bundles):
+    return int8_bundles["per_tensor"]
 
 
 def _sessions(*bundles):
@@ -34,28 +42,30 @@ def _sessions(*bundles):
     return [ort.InferenceSession(str(b / "text_decoder.onnx"), providers=["CPUExecutionProvider"]) for b in bundles]
 
 
-def test_the_manifest_and_graph_say_the_cache_is_int8_with_export_time_scales(int8_bundle):
+@pytest.mark.parametrize("scales", ["per_tensor", "per_channel"])
+def test_the_manifest_and_graph_say_the_cache_is_int8_with_export_time_scales(int8_bundles, scales):
+    int8_bundle = int8_bundles[scales]
     m = read_manifest(int8_bundle)
     decoder = m.components["text_decoder"]
     kv = decoder.kv_cache
-    assert (kv.dtype, kv.scales) == ("int8", "per_channel")
+    assert (kv.dtype, kv.scales) == ("int8", scales)
     cached = [s for s in (*decoder.inputs, *decoder.outputs) if s.name.startswith(("past.", "present."))]
     assert len(cached) == 4 * kv.layers and {s.dtype for s in cached} == {"int8"}
     graph = onnx.load(str(int8_bundle / "text_decoder.onnx"), load_external_data=False).graph
     nodes = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
     scales = {i.name: tuple(i.dims) for i in graph.initializer if i.name.endswith("_scale")}
     assert len(nodes) == kv.layers and all(n.input[12] in scales and n.input[13] in scales for n in nodes)
-    assert set(scales.values()) == {(1, kv.kv_heads, 1, kv.head_dim)}
+    assert set(scales.values()) == {(1,) if kv.scales == "per_tensor" else (1, kv.kv_heads, 1, kv.head_dim)}
     attributes = {a.name: a for n in nodes for a in n.attribute}
-    assert attributes["k_quant_type"].s == attributes["v_quant_type"].s == b"PER_CHANNEL"
+    assert attributes["k_quant_type"].s == attributes["v_quant_type"].s == kv.scales.upper().encode()
 
 
 def test_an_int8_stream_past_twice_its_table_stays_close_to_the_float_one(default_bundle, int8_bundle):
     """Both decoders on the runtime's cache: a prefill, single tokens, prefill chunks, a 128-entry window with
     4 sink entries, speculative rollbacks, on past twice the cache and the (runtime's) 128-position table, where
     the int8 keys were turned by each re-base. The placeholder decoder is untrained with wide weights, so its
-    logits are sharp and the int8 cache's rounding alone moves them: measured, a mean KL of 0.15 nats and the
-    same top-1 token at 80% of positions; keys left unturned at the re-bases give 5.3 nats and 22%.
+    logits are sharp and the int8 cache's rounding alone moves them: measured, a mean KL of 0.11 nats and the
+    same top-1 token at 83% of positions; keys left unturned at the re-bases give 5.3 nats and 22%.
     """
     bundles = (default_bundle, int8_bundle)
     layouts = [
@@ -82,13 +92,16 @@ def test_an_int8_stream_past_twice_its_table_stays_close_to_the_float_one(defaul
     assert caches[1].values["past.0.key"].dtype == np.int8
     assert caches[0].position == caches[1].position > 2 * 128 and caches[1].base > 2 * 128 and caches[1].evicted > 0
     assert caches[0].length == caches[1].length == 128
-    assert np.mean(kl) <= 0.25 and np.mean(same) >= 0.7
+    assert np.mean(kl) <= 0.2 and np.mean(same) >= 0.7
 
 
-def test_a_re_base_turns_int8_keys_to_within_one_step_of_those_quantized_at_the_new_position(int8_bundle):
+@pytest.mark.parametrize("scales", ["per_tensor", "per_channel"])
+def test_a_re_base_turns_int8_keys_to_within_one_step_of_those_quantized_at_the_new_position(int8_bundles, scales):
     """The same tokens prefilled at positions 0.. and at 300..: layer 0's keys (they depend on the position alone)
     turned back by 300 land within one int8 step of those stored at 0 (two roundings, no scale read), wherever
-    the key stayed inside its calibrated range (a token's key past it saturates: static scales clip)."""
+    the key stayed inside its calibrated range (a token's key past it saturates: static scales clip). Per channel
+    the two channels a rotation mixes share their scale; with scales of their own this would not hold."""
+    int8_bundle = int8_bundles[scales]
     (session,) = _sessions(int8_bundle)
     kv = read_manifest(int8_bundle).components["text_decoder"].kv_cache
     x = _embedding(int8_bundle)(list(TEXT[:50]))
