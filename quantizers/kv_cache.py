@@ -48,8 +48,14 @@ def quantize_kv_cache(
     stage: Path, manifest: Manifest, calibration: str | Path | None, scales: str = "per_tensor"
 ) -> Manifest:
     """Give the decoder in `stage` an int8 KV cache with `scales` ("per_tensor", what export uses, or
-    "per_channel": one per head and channel) calibrated on `calibration` (a folder as for `export --calibration`; None: the built-in prompts); the manifest
-    with the cache's dtype, scale layout and int8 past/present tensors."""
+    "per_channel": one per head and channel) calibrated on `calibration` (a folder as for `export
+    --calibration`; None: the built-in prompts); the manifest with the cache's dtype, scale layout and int8
+    past/present tensors.
+
+    Example:
+        >>> quantize_kv_cache(stage, manifest, None, "per_channel").components["text_decoder"].kv_cache.scales  # doctest: +SKIP
+        'per_channel'
+    """
     import onnx
 
     from edgemfm.quantizers.calibration import component_feeds
@@ -77,7 +83,12 @@ def quantize_kv_cache(
 
 def check_device(profile: Any) -> None:
     """Refuse a device whose ONNX Runtime providers would run GroupQueryAttention elsewhere than on the CPU
-    kernel, the one whose int8 cache is measured (XNNPACK has no such op: it stays on the CPU)."""
+    kernel, the one whose int8 cache is measured (XNNPACK has no such op: it stays on the CPU).
+
+    Example:
+        >>> check_device(load_profile("jetson"))  # doctest: +SKIP
+        InputError: --kv-cache int8 runs on ONNX Runtime's CPU GroupQueryAttention; jetson-orin-nano-8gb runs on ...
+    """
     from edgemfm.profiles import list_profiles
 
     cpu = {"CPUExecutionProvider", "XnnpackExecutionProvider"}
