@@ -170,7 +170,7 @@ def decoder_feeds(embeds: np.ndarray, kv: KVCache, mrope: bool = False, fixed: F
     `fixed`: what an encoder-decoder's decoder attends to (Whisper's cross-attention keys/values).
     """
     past = {
-        kv.past.format(layer=layer, kind=kind): np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
+        kv.past.format(layer=layer, kind=kind): np.zeros((1, kv.kv_heads, 0, kv.head_dim), kv.dtype or np.float32)
         for layer in range(kv.layers)
         for kind in ("key", "value")
     }

@@ -72,9 +72,10 @@ def _tensor_bytes(spec) -> int:
 
 
 def kv_cache_bytes(decoder: Component, max_len: int) -> int:
-    """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x head_dim x length."""
+    """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x head_dim x length
+    x the cache's item size (an int8 cache: one byte, a quarter of float32's)."""
     kv = decoder.kv_cache
-    return 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * max_len * _itemsize(decoder.dtype)
+    return 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * max_len * _itemsize(kv.dtype or decoder.dtype)
 
 
 def fused_attention(manifest: Manifest, name: str) -> bool:

@@ -13,6 +13,8 @@ table of that many positions, so the cache feeds `position - base`; when a call 
 table, `base` moves to the next position and every cached key is rotated back by the same angle,
 once: RoPE attention depends only on the distance between positions, which stays exact for every
 kept entry, so a stream still goes on forever (the unfused graph's results, tested past the table).
+An int8 cache (`export --kv-cache int8`) is sliced the same way, exactly; its keys' scales are shared by
+each rotated pair of channels, so a re-base turns the stored integers and rounds them as the kernel does.
 
 Example:
     >>> cache = KVCache(manifest_kv, max_len=2048, sinks=4)  # doctest: +SKIP
@@ -36,7 +38,7 @@ class KVCache:
         names = [(i, k) for i in range(layout.layers) for k in ("key", "value")]
         self.past_names = [layout.past.format(layer=i, kind=k) for i, k in names]
         self.present_names = [layout.present.format(layer=i, kind=k) for i, k in names]
-        empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.dtype(dtype))
+        empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), np.dtype(layout.dtype or dtype))
         self.values: dict[str, np.ndarray] = {name: empty for name in self.past_names}
         self.max_len, self.sinks = max_len, sinks
         self.length = 0  # entries held
@@ -105,14 +107,20 @@ class KVCache:
 def rotate(keys: np.ndarray, positions: int, frequencies: np.ndarray) -> np.ndarray:
     """Keys [..., d] (rotate-half RoPE layout: pairs (i, i + d/2)) moved by `positions` positions: what
     the rotation at position p + positions gives where `keys` hold the one at p. Computed in float64,
-    so a stream's re-bases add no more than one rounding each.
+    so a stream's re-bases add no more than one rounding each. Integer keys (an int8 cache, one scale per
+    rotated pair) are rounded as GroupQueryAttention quantizes: half to even, saturated.
 
     Example:
         >>> rotate(np.array([[1.0, 0.0]]), 3, np.array([np.pi / 6])).round(6).tolist()
         [[0.0, 1.0]]
+        >>> rotate(np.array([[100, 0]], np.int8), 1, np.array([np.pi / 4])).tolist()
+        [[71, 71]]
     """
     angle = positions * np.asarray(frequencies, np.float64)
     cos, sin = np.cos(angle), np.sin(angle)
     first, second = np.split(keys.astype(np.float64), 2, axis=-1)
     turned = np.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+    if np.issubdtype(keys.dtype, np.integer):
+        info = np.iinfo(keys.dtype)
+        return np.clip(np.rint(turned), info.min, info.max).astype(keys.dtype)
     return turned.astype(keys.dtype)

@@ -26,6 +26,7 @@ from edgemfm.errors import InputError
 from edgemfm.recipe import Recipe
 
 CONFIG_VERSION = 1
+KV_CACHES = ("float", "int8")  # export --kv-cache: the decoder's own float type, or GroupQueryAttention's int8
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 
 
@@ -73,6 +74,9 @@ class ExportConfig:
     # at most this many decoder rows per image (per tile where the family tiles), cut inside the encoder graph
     # by the family's method (exporters/visual_tokens.py); None: the family's own count
     visual_tokens: int | None = None
+    # the decoder's KV cache: "float" (its activations' type) or "int8" (ONNX Runtime's GroupQueryAttention
+    # cache, a quarter of float32's bytes, with static scales calibrated at export: not per token, which it lacks)
+    kv_cache: str = "float"
     version: int = CONFIG_VERSION  # of this record's layout, so a saved config says what it was written for
 
     def __post_init__(self) -> None:
@@ -81,6 +85,8 @@ class ExportConfig:
         _positive_budget(self.memory_budget_mb, self.accuracy_tolerance_db)
         if self.visual_tokens is not None and (isinstance(self.visual_tokens, bool) or self.visual_tokens < 1):
             raise InputError(f"visual tokens {self.visual_tokens!r} must be a whole number of at least 1")
+        if self.kv_cache not in KV_CACHES:
+            raise InputError(f"KV cache {self.kv_cache!r} is not known; allowed: {', '.join(KV_CACHES)}")
 
 
 @dataclass(frozen=True)

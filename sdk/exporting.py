@@ -114,10 +114,26 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
         presets.recipe_for(profile, config.precision)  # refuses an unknown precision or one without kernels here
     if config.calibration is not None and not Path(config.calibration).is_dir():
         raise InputError(f"calibration folder {config.calibration!r} does not exist")
+    if config.kv_cache == "int8":
+        _check_int8_cache(profile, config)
     limit, asked = profile.streaming.max_seq_len, config.max_seq_len
     if asked is not None and not 1 <= asked <= limit:
         raise InputError(f"max sequence length {asked} is out of range for {profile.name}; allowed: 1 to {limit}")
     return limit if asked is None else asked
+
+
+def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
+    """--kv-cache int8 is ONNX Runtime's GroupQueryAttention cache: an onnx bundle, fused, run on the CPU."""
+    from edgemfm.quantizers.kv_cache import check_device
+
+    if config.format != "onnx":
+        raise InputError(
+            f"--kv-cache int8 is ONNX Runtime's GroupQueryAttention cache; --format {config.format!r} is not allowed; "
+            "allowed: --format onnx (or --kv-cache float)"
+        )
+    if not config.fuse:
+        raise InputError("--kv-cache int8 needs the fused GroupQueryAttention; allowed: without --no-fuse")
+    check_device(profile)
 
 
 def resolve(config: ExportConfig) -> ExportConfig:
@@ -150,7 +166,9 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     an onnx decoder's rotary table (a bundle loads with a cache of at most that many positions).
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
-    the report's "pruning" says what went, where and why. `progress` hears what is happening
+    the report's "pruning" says what went, where and why. `kv_cache` "int8" gives the onnx decoder's
+    GroupQueryAttention an int8 cache with static scales calibrated on `calibration` (quantizers/kv_cache.py).
+    `progress` hears what is happening
     (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
@@ -214,6 +232,11 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 from edgemfm.quantizers.tied_table import share_float
 
                 manifest = share_float(stage, manifest)  # quantized graphs share theirs in quantize
+            if config.kv_cache == "int8":  # calibrated on the finished decoder: its weights as the bundle holds them
+                from edgemfm.quantizers.kv_cache import quantize_kv_cache
+
+                say(progress, "calibrating the int8 KV cache")
+                manifest = quantize_kv_cache(stage, manifest, config.calibration)
             bundle.seal(stage, manifest)
     return out
 

@@ -51,6 +51,14 @@ class KVCache:
     # rotated pair, with which the runtime re-bases the cached keys when a stream passes the table
     rotary_table: int = 0
     rotary_frequencies: tuple[float, ...] = ()
+    # dynamic: the cached tensors' numpy dtype; "" the component's own. "int8" (export --kv-cache int8): ONNX
+    # Runtime's GroupQueryAttention stores and reads the cache as int8 with static scales calibrated at export
+    # (quantizers/kv_cache.py), a quarter of float32's bytes per position
+    dtype: str = ""
+    # with an int8 cache, how its scales are laid out: "per_tensor" (one per layer for K, one for V) or "per_channel"
+    # (per head and channel; the keys' shared by each rotated pair (i, i + d/2)): either way a re-base turns the
+    # stored integers without them
+    scales: str = ""
 
 
 @dataclass(frozen=True)

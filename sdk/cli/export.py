@@ -85,6 +85,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="at most N decoder rows per image (per tile), cut inside the encoder graph (default: the family's own)",
     )
     e.add_argument(
+        "--kv-cache",
+        default="float",
+        metavar="{float,int8}",
+        help="the decoder's KV cache: float, or int8 with static scales calibrated at export (onnx, CPU; default: float)",
+    )
+    e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.add_argument(
@@ -114,6 +120,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         recover=args.recover,
         revision=args.revision,
         visual_tokens=args.visual_tokens,
+        kv_cache=args.kv_cache,
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
@@ -192,6 +199,9 @@ def _export_summary(path: Path) -> None:
             + (f" ({ops})" if ops else ""),
             soft_wrap=True,
         )
+    kv = m.components[m.generation.decoder].kv_cache
+    if kv is not None and kv.dtype:  # the scales are the export's, not the stream's: say so
+        out.print(f"  KV cache: {kv.dtype}, static {kv.scales.replace('_', '-')} scales calibrated at export")
     if m.report.pruning is not None:
         pruning_summary(m.report.pruning)
     if m.report.quantization and m.report.float_units:
@@ -206,5 +216,10 @@ def _android_assets(app: str, config: ExportConfig) -> Path:
     if config.format != "onnx":
         raise InputError(
             f"--app runs the bundle with ONNX Runtime; --format {config.format!r} is not allowed; allowed: onnx"
+        )
+    if config.kv_cache != "float":
+        raise InputError(
+            f"the Android app feeds float32 KV caches; --kv-cache {config.kv_cache!r} is not allowed with --app; "
+            "allowed: float"
         )
     return manifest.parent / "assets" / "bundle"
