@@ -132,9 +132,9 @@ def with_float_convs(recipe: Recipe, quantization: dict[str, Quantization]) -> R
 
 
 def sensitive(captured: Any, inputs: list[tuple]) -> dict[str, float]:
-    """Convolution node -> the encoder's output SQNR (dB) on `inputs` with only that convolution int8 (its input,
-    weights and output, as XNNPACKQuantizer annotates it), for those under SENSITIVE_DB: the ONNX path's judge
-    (quantizers/conv_qlinear.py), measured on the PT2E module the program runs.
+    """Convolution node -> the encoder's output SQNR (dB) on `inputs` with only that convolution int8 (its annotation
+    as XNNPACKQuantizer makes it: input and weights, and the output where the activation after it shares its range),
+    for those under SENSITIVE_DB: the ONNX path's judge (quantizers/conv_qlinear.py), on the PT2E module the program runs.
 
     On the demo's EfficientNet-Lite0 the stem alone took the output to 11 dB on the built-in drawings and the first
     blocks' depthwise convs under 30: 15.4 dB on held-out pictures for the whole int8 encoder (BENCHMARKS.md, result
