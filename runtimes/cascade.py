@@ -20,6 +20,11 @@ pruned small bundle: 0% escalated, -1.3 points on the test half).
 
     question ─► small ─► answer, self-test s ─► s >= threshold ? answer : large(question)
 
+An escalated question (greedy decoding) feeds the small answer to the large bundle right after the
+prompt, in its prefill (`Pipeline.generate_checked`): the large bundle's answer token for token, and
+where the two agree it costs the prefill alone, not the prefill and a step per token (the large
+bundle's memory-bound steps are most of what an escalation adds).
+
 Memory: both bundles stay resident by default; `load(..., on_demand=True)` keeps only the small
 one and opens the large one for each escalated question (under the same memory budget, the small
 one counted), paying its load time on every escalation.
@@ -260,7 +265,11 @@ class Cascade(Generates):
         self._last.decision = decision = _Decision("small" if passed else "large", score, answering.tokenizer)
         if passed:
             return scored, None, decision
-        return None, answering.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
+        if sampler is not None and not sampler.is_greedy:
+            return None, answering.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
+        # greedy: the small answer so far goes into the large bundle's prefill, which keeps what it would say itself
+        proposal = [token for token, _ in scored]
+        return None, answering.generate_checked(prompt, images, audio, proposal, max_new_tokens), decision
 
 
 def load(
