@@ -130,32 +130,3 @@ def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
         raise InputError(f"precision {precision!r} has no kernels on {profile.name}; allowed: {', '.join(allowed)}")
     decoder = target_of(profile).int8_decoder if bits == 8 else None
     return Recipe(rules=(*([Rule("text_decoder/*", decoder)] if decoder else []), Rule("*", available[bits])))
-
-
-DECODER = (
-    "text_decoder",
-    "token_embedding",
-)  # what a decoder precision covers: the token lookup may read its tied head
-
-
-def with_decoder(profile: DeviceProfile, precision: str, decoder_precision: str) -> Recipe:
-    """The recipe of `precision` with the text decoder and its token lookup at `decoder_precision` (neither `auto`).
-
-    Why: a cascade's small bundle wants its decoder at int4 (on x86 its int8-compute prefill is ~1.2x
-    faster and each memory-bound step ~1.5x) while its encoders stay int8, whose int4 convolutions
-    run slower than float there.
-
-    Example:
-        >>> r = with_decoder(load_profile("host"), "int8", "int4")
-        >>> r.spec_for("text_decoder/layers.0/mlp.down_proj").bits, r.spec_for("vision_encoder/blocks.0/conv").bits
-        (4, 8)
-    """
-    if "auto" in (precision, decoder_precision):  # the planner chooses every layer's bits itself
-        raise InputError(
-            f"decoder precision {decoder_precision!r} with precision {precision!r} is not allowed; allowed: "
-            f"{', '.join(p for p in PRECISIONS if p != 'auto')} for both"
-        )
-    own = recipe_for(profile, decoder_precision).rules
-    rules = [Rule(f"{c}/*", r.spec) for r in own if r.pattern == "*" for c in DECODER]
-    scoped = [r for r in own if r.pattern.split("/")[0] in DECODER]  # the preset's own decoder rule comes first
-    return Recipe(rules=(*scoped, *rules, *recipe_for(profile, precision).rules))

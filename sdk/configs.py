@@ -59,9 +59,6 @@ class ExportConfig:
     out: str | None = None  # bundle directory; None: MODEL-DEVICE in the working directory
     format: str = "onnx"  # onnx or pte: the runtimes the profile lists decide which are allowed
     precision: str = "fp32"  # fp32, fp16, int8, int4 or auto (bits per layer under the budget and tolerance)
-    # the text decoder's and its token lookup's own precision (not auto) where it differs: a cascade's small bundle
-    # wants an int4 decoder beside int8 encoders; None: `precision` everywhere
-    decoder_precision: str | None = None
     force: bool = False  # replace an existing `out`: never overwrite by surprise
     calibration: str | None = None  # folder of images, .wav clips and prompt .txt files; None: the built-in set
     memory_budget_mb: float | None = None  # MiB the weights must fit in under auto; None: the profile's

@@ -112,12 +112,6 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
         check_precision(profile, config.precision)  # refuses a precision the pte preset cannot run, naming those it can
     elif config.precision != "auto":
         presets.recipe_for(profile, config.precision)  # refuses an unknown precision or one without kernels here
-    if config.decoder_precision is not None and config.format == "pte":
-        raise InputError(
-            f"a decoder precision ({config.decoder_precision!r}) is not allowed with --format pte; allowed: onnx"
-        )
-    if config.decoder_precision is not None:
-        presets.with_decoder(profile, config.precision, config.decoder_precision)  # names what cannot be mixed
     if config.calibration is not None and not Path(config.calibration).is_dir():
         raise InputError(f"calibration folder {config.calibration!r} does not exist")
     limit, asked = profile.streaming.max_seq_len, config.max_seq_len
@@ -213,9 +207,6 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 calibration=config.calibration,
                 memory_budget_mb=config.memory_budget_mb,
                 accuracy_tolerance_db=config.accuracy_tolerance_db,
-                recipe=None
-                if config.decoder_precision is None
-                else presets.with_decoder(profile, config.precision, config.decoder_precision),
             )
             if config.format != "pte":  # a pte program was quantized as it was written
                 manifest = quantize(stage, manifest, profile, quantize_config, Path(scratch) / "quantize", progress)

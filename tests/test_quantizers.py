@@ -389,29 +389,6 @@ def test_auto_refuses_a_budget_nothing_fits(quantized):
         quantized("pi5", "auto", memory_budget_mb=0.1)
 
 
-def test_a_decoder_precision_quantizes_the_decoder_and_its_lookup_apart_from_the_encoders(quantized, capsys):
-    from edgemfm.cli import main
-
-    m, stage = quantized("host", "int8", recipe=presets.with_decoder(load_profile("host"), "int8", "int4"))
-    assert nbits(stage, "text_decoder") == {(4, 64, 4): DECODER_MATMULS}
-    assert nbits(stage, "vision_encoder") == {(8, 32, 4): VISION_MATMULS}  # int8 beside the int4 decoder
-    assert ops(stage, "token_embedding")["GatherBlockQuantized"] == 1  # the lookup reads int4 rows as the head does
-    assert m.recipe.spec_for("token_embedding/embed_tokens").bits == 4
-    with pytest.raises(
-        InputError, match="decoder precision 'int4' with precision 'auto' is not allowed; allowed: fp32"
-    ):
-        presets.with_decoder(load_profile("host"), "auto", "int4")
-    for args, message in (
-        (["--decoder-precision", "int3"], "precision 'int3' is not supported; allowed: fp32, fp16, int8, int4, auto"),
-        (
-            ["--decoder-precision", "int4", "--format", "pte"],
-            "decoder precision ('int4') is not allowed with --format pte",
-        ),
-    ):
-        assert main(["export", "--device", "host", "--precision", "int8", *args, "--dry-run"]) == 2
-        assert message in capsys.readouterr().err
-
-
 def test_precision_without_kernels_is_refused():
     with pytest.raises(InputError, match="'fp16' has no kernels on host-x86-64-avx2; allowed: fp32, auto, int8, int4"):
         presets.recipe_for(load_profile("host"), "fp16")

@@ -43,10 +43,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--format", default="onnx", help="bundle format (default: onnx)")
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8, int4 or auto (default: fp32)")
-    e.add_argument(
-        "--decoder-precision",
-        help="the text decoder's own precision, e.g. int4 beside --precision int8 encoders (default: --precision)",
-    )
     e.add_argument("--calibration", help="folder of images, .wav clips and prompt .txt files (default: a built-in set)")
     e.add_argument(
         "--memory-budget", type=A.POSITIVE, help="MB the weights must fit in under auto (default: the profile's)"
@@ -108,7 +104,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         out=args.out,
         format=args.format,
         precision=args.precision,
-        decoder_precision=args.decoder_precision,
         force=args.force,
         fuse=not args.no_fuse,
         calibration=args.calibration,
