@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemfm import bundle
+from edgemfm import bundle, records
 from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
 from edgemfm.runtimes import selftests
@@ -81,7 +81,7 @@ class Calibration:
     against: str = "answers"
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        records.write_json(path, self, indent=2)
 
     @classmethod
     def read(cls, path: str | Path) -> Calibration:
