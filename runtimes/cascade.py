@@ -3,8 +3,9 @@
 The self-test is a score of the small bundle's own answer read off the logits the decode loop
 already has, no extra model call (`selftests`: the mean token log-probability by default, the
 least sure token's, or the first token's margin over the runner-up). Below a threshold
-calibrated on held-out questions the large bundle answers instead (the first token's margin is
-known after the small bundle's first token: an escalated question stops it there). `calibrate` picks the test
+calibrated on held-out questions the large bundle answers instead (an escalated question stops the small
+bundle where its answer fails for good: the first token's margin at its first token, the least sure token's
+log-probability at the first token below the threshold; `selftests.fails_at`). `calibrate` picks the test
 and threshold that escalate the fewest questions while the cascade's answers differ from the large
 bundle's on at most `tolerance` of the held-out questions (by default; or, against reference
 answers, while its accuracy stays within `tolerance` of the large bundle's), and writes them to a
@@ -45,7 +46,6 @@ tokenizer that decodes the answer are kept per call (`answer` returns them in a 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -247,18 +247,16 @@ class Cascade(Generates):
         images, audio = list(images), list(audio)  # the large bundle may need them again
         scored: list[tuple[int, float]] = []
 
-        def steps():  # the small answer's steps, each token's log-probability kept for generate_scored
-            for token, logits in self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler):
+        def steps():  # the small answer's steps, each token's log-probability kept for generate_scored, until it fails
+            for step, (token, logits) in enumerate(
+                self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+            ):
                 scored.append((token, logprob(logits, token)))
                 yield token, logits
+                if selftests.fails_at(self.test, self.threshold, step, token, logits):
+                    return  # an escalation: the small bundle decodes no further (its next step is never run)
 
-        small = steps()
-        if self.test in selftests.FIRST_TOKEN:  # known after the first token: an escalation skips the small's others
-            head = list(itertools.islice(small, 1))
-            small = (
-                itertools.chain(head, small) if getattr(selftests.score(head)[1], self.test) >= self.threshold else head
-            )
-        _, scores = selftests.score(small)
+        _, scores = selftests.score(steps())
         score = getattr(scores, self.test)
         passed = score >= self.threshold
         answering = self.small if passed else self._open_large()
@@ -399,17 +397,18 @@ def choose(
     rows: Sequence[tuple[Scores, bool, bool]], tolerance: float, tests: Sequence[str] = selftests.TESTS
 ) -> Calibration:
     """From (small scores, small right, large right) per item: the self-test whose cheapest threshold within
-    `tolerance` escalates the fewest items (ties: the more accurate, then the earlier in `tests`).
+    `tolerance` escalates the fewest items (ties: the more accurate, then the one that fails an answer soonest,
+    `selftests.EARLIEST`: an escalated question then costs the fewest small steps).
 
     Example:
         >>> choose([(Scores(-0.1, -0.2, 3.0), True, True), (Scores(-0.3, -0.5, 0.1), False, True)], 0.0).test
-        'mean_logprob'
+        'first_margin'
     """
     picks = []
     for test in map(selftests.check_test, tests):
         c = choose_threshold([(getattr(s, test), sr, lr) for s, sr, lr in rows], tolerance)
         picks.append(Calibration(**{**asdict(c), "test": test}))
-    return min(picks, key=lambda c: (c.escalated, -c.cascade_accuracy))
+    return min(picks, key=lambda c: (c.escalated, -c.cascade_accuracy, selftests.EARLIEST.index(c.test)))
 
 
 def choose_threshold(rows: Sequence[tuple[float, bool, bool]], tolerance: float) -> Calibration:

@@ -283,7 +283,7 @@ def test_a_first_token_test_escalates_before_the_small_bundle_decodes_further(de
     large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
     assert len(tokens) > 2 and tokens != large
     fed = {}
-    for test in ("first_margin", "mean_logprob"):
+    for test in ("first_margin", "mean_logprob", "min_logprob"):
         cascade = edgemfm.load_cascade(
             default_bundle, small_bundle, escalate_below=getattr(scores, test) + 1e-6, self_test=test
         )
@@ -294,6 +294,10 @@ def test_a_first_token_test_escalates_before_the_small_bundle_decodes_further(de
     # the margin's escalation fed the small decoder the prompt alone; the mean log-probability's, every answer token too
     # (the last one to find the end of turn after it)
     assert len(tokens) < 12 and fed["mean_logprob"] - fed["first_margin"] == len(tokens)
+    # the least sure token's: the prompt and the tokens before the one that fell below the threshold
+    small_logprobs = [lp for _, lp in small.generate_scored(PROMPT, [picture], (), 12)]
+    first_below = next(i for i, lp in enumerate(small_logprobs) if lp < scores.min_logprob + 1e-6)
+    assert fed["min_logprob"] == fed["first_margin"] + first_below
 
 
 def test_the_calibration_picks_the_self_test_that_escalates_least():
@@ -307,6 +311,9 @@ def test_the_calibration_picks_the_self_test_that_escalates_least():
     c = choose(rows, tolerance=0.0)
     assert (c.test, c.threshold, c.escalated, c.cascade_accuracy) == ("first_margin", 3.0, 0.25, 1.0)
     assert choose(rows, tolerance=0.0, tests=["mean_logprob"]).escalated == 0.75
+    # one-token answers: the mean and the least sure token's log-probability tie; the latter fails an answer sooner
+    ones = [(Scores(s.min_logprob, s.min_logprob, 0.1), sr, lr) for s, sr, lr in rows]
+    assert choose(ones, tolerance=0.0).test == "min_logprob"
     with pytest.raises(InputError, match="unknown self-test 'entropy'; allowed: mean_logprob, min_logprob"):
         choose(rows, 0.0, tests=["entropy"])
 
