@@ -43,6 +43,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "decode-smollm2-int4",
     "runtime-kv-cache-int8",
     "runtime-cascade",
+    "runtime-cascade-session5",
     "runtime-cascade-int8",
     "quantization-efficientnet-mnist",
     "quantization-efficientnet-int8",

@@ -3,8 +3,9 @@
 The self-test is a score of the small bundle's own answer read off the logits the decode loop
 already has, no extra model call (`selftests`: the mean token log-probability by default, the
 least sure token's, or the first token's margin over the runner-up). Below a threshold
-calibrated on held-out questions the large bundle answers instead (the first token's margin is
-known after the small bundle's first token: an escalated question stops it there). `calibrate` picks the test
+calibrated on held-out questions the large bundle answers instead (an escalated question stops the small
+bundle where its answer fails for good: the first token's margin at its first token, the least sure token's
+log-probability at the first token below the threshold; `selftests.fails_at`). `calibrate` picks the test
 and threshold that escalate the fewest questions while the cascade's answers differ from the large
 bundle's on at most `tolerance` of the held-out questions (by default; or, against reference
 answers, while its accuracy stays within `tolerance` of the large bundle's), and writes them to a
@@ -19,6 +20,11 @@ escalated, even where it is unsure, and loses on the next questions what it won 
 pruned small bundle: 0% escalated, -1.3 points on the test half).
 
     question ─► small ─► answer, self-test s ─► s >= threshold ? answer : large(question)
+
+An escalated question (greedy decoding) feeds the small answer to the large bundle right after the
+prompt, in its prefill (`Pipeline.generate_checked`): the large bundle's answer token for token, and
+where the two agree it costs the prefill alone, not the prefill and a step per token (the large
+bundle's memory-bound steps are most of what an escalation adds).
 
 Memory: both bundles stay resident by default; `load(..., on_demand=True)` keeps only the small
 one and opens the large one for each escalated question (under the same memory budget, the small
@@ -40,7 +46,6 @@ tokenizer that decodes the answer are kept per call (`answer` returns them in a 
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -52,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemfm import bundle
+from edgemfm import bundle, records
 from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
 from edgemfm.runtimes import selftests
@@ -76,7 +81,7 @@ class Calibration:
     against: str = "answers"
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        records.write_json(path, self, indent=2)
 
     @classmethod
     def read(cls, path: str | Path) -> Calibration:
@@ -242,25 +247,27 @@ class Cascade(Generates):
         images, audio = list(images), list(audio)  # the large bundle may need them again
         scored: list[tuple[int, float]] = []
 
-        def steps():  # the small answer's steps, each token's log-probability kept for generate_scored
-            for token, logits in self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler):
+        def steps():  # the small answer's steps, each token's log-probability kept for generate_scored, until it fails
+            for step, (token, logits) in enumerate(
+                self.small.generate_steps(prompt, images, audio, max_new_tokens, sampler)
+            ):
                 scored.append((token, logprob(logits, token)))
                 yield token, logits
+                if selftests.fails_at(self.test, self.threshold, step, token, logits):
+                    return  # an escalation: the small bundle decodes no further (its next step is never run)
 
-        small = steps()
-        if self.test in selftests.FIRST_TOKEN:  # known after the first token: an escalation skips the small's others
-            head = list(itertools.islice(small, 1))
-            small = (
-                itertools.chain(head, small) if getattr(selftests.score(head)[1], self.test) >= self.threshold else head
-            )
-        _, scores = selftests.score(small)
+        _, scores = selftests.score(steps())
         score = getattr(scores, self.test)
         passed = score >= self.threshold
         answering = self.small if passed else self._open_large()
         self._last.decision = decision = _Decision("small" if passed else "large", score, answering.tokenizer)
         if passed:
             return scored, None, decision
-        return None, answering.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
+        if sampler is not None and not sampler.is_greedy:
+            return None, answering.generate_steps(prompt, images, audio, max_new_tokens, sampler), decision
+        # greedy: the small answer so far goes into the large bundle's prefill, which keeps what it would say itself
+        proposal = [token for token, _ in scored]
+        return None, answering.generate_checked(prompt, images, audio, proposal, max_new_tokens), decision
 
 
 def load(
@@ -390,17 +397,18 @@ def choose(
     rows: Sequence[tuple[Scores, bool, bool]], tolerance: float, tests: Sequence[str] = selftests.TESTS
 ) -> Calibration:
     """From (small scores, small right, large right) per item: the self-test whose cheapest threshold within
-    `tolerance` escalates the fewest items (ties: the more accurate, then the earlier in `tests`).
+    `tolerance` escalates the fewest items (ties: the more accurate, then the one that fails an answer soonest,
+    `selftests.EARLIEST`: an escalated question then costs the fewest small steps).
 
     Example:
         >>> choose([(Scores(-0.1, -0.2, 3.0), True, True), (Scores(-0.3, -0.5, 0.1), False, True)], 0.0).test
-        'mean_logprob'
+        'first_margin'
     """
     picks = []
     for test in map(selftests.check_test, tests):
         c = choose_threshold([(getattr(s, test), sr, lr) for s, sr, lr in rows], tolerance)
         picks.append(Calibration(**{**asdict(c), "test": test}))
-    return min(picks, key=lambda c: (c.escalated, -c.cascade_accuracy))
+    return min(picks, key=lambda c: (c.escalated, -c.cascade_accuracy, selftests.EARLIEST.index(c.test)))
 
 
 def choose_threshold(rows: Sequence[tuple[float, bool, bool]], tolerance: float) -> Calibration:

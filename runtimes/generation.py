@@ -21,7 +21,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
-from edgemfm.runtimes.decoding import Sampler, suppress
+from edgemfm.runtimes.decoding import Sampler, greedy, suppress
 from edgemfm.runtimes.kvcache import KVCache
 from edgemfm.runtimes.static_cache import StaticKVCache
 
@@ -64,33 +64,49 @@ class Decoder:
         Pieces are gathered until a chunk is full, so short text runs between images do not each
         cost a decoder call; a piece is dropped as soon as its rows are in the cache.
         """
-        chunk, buffered, rows = self.streaming.prefill_chunk, [], 0
-        logits = None
+        return self.prefill_rows(cache, pieces, 1)[-1]
+
+    def prefill_rows(self, cache: KVCache, pieces: Iterable[np.ndarray], rows: int) -> np.ndarray:
+        """`prefill`, keeping the logits of the last `rows` positions [rows, vocab]: a known continuation fed
+        after the prompt is checked in the prompt's own calls (`decode_checked`)."""
+        chunk, buffered, taken = self.streaming.prefill_chunk, [], 0
+        tail = None
+
+        def run() -> np.ndarray:  # the last `rows` logits so far: the continuation may straddle two chunks
+            out = self.run(cache, np.concatenate(buffered, axis=1))
+            return out[-rows:] if tail is None else np.concatenate([tail, out])[-rows:]
+
         for piece in pieces:
             while piece.shape[1]:
-                take = min(chunk - rows, piece.shape[1])
+                take = min(chunk - taken, piece.shape[1])
                 buffered.append(piece[:, :take])
-                rows += take
+                taken += take
                 piece = piece[:, take:]
-                if rows == chunk:
-                    logits = self.run(cache, np.concatenate(buffered, axis=1))[-1]
-                    buffered, rows = [], 0
-        if rows:
-            logits = self.run(cache, np.concatenate(buffered, axis=1))[-1]
-        assert logits is not None, "every prompt has at least the template's tokens"
-        return logits
+                if taken == chunk:
+                    tail, buffered, taken = run(), [], 0
+        if taken:
+            tail = run()
+        assert tail is not None and len(tail) == rows, "every prompt has at least the template's tokens"
+        return tail
 
 
 def decode(
-    decoder: Decoder, cache: KVCache, logits: np.ndarray, sampler: Sampler, eos: Sequence[int], limit: int
+    decoder: Decoder,
+    cache: KVCache,
+    logits: np.ndarray,
+    sampler: Sampler,
+    eos: Sequence[int],
+    limit: int,
+    start: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """(token, the logits it was chosen from) from the prefilled cache until an EOS token or `limit` tokens.
+    """(token, the logits it was chosen from) from the prefilled cache until an EOS token or `limit` tokens
+    (`start` of them already given: `logits` choose the answer's token number `start`).
 
     The logits go out unchanged so a caller that wants the token's log-probability (the
     cascade's self-test) computes it, and one that does not pays nothing.
     """
     g = decoder.generation
-    for i in range(limit):
+    for i in range(start, limit):
         logits = suppress(logits, g.suppress_tokens + (g.begin_suppress_tokens if i == 0 else ()))
         token = sampler(logits)
         if token in eos:
@@ -98,3 +114,29 @@ def decode(
         yield token, logits
         if i + 1 < limit:
             logits = decoder.run(cache, decoder.embed_ids([token]))[-1]
+
+
+def decode_checked(
+    decoder: Decoder, cache: KVCache, checked: np.ndarray, proposal: Sequence[int], eos: Sequence[int], limit: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Greedy `decode` after a prefill that fed `proposal` right after the prompt (`Decoder.prefill_rows`):
+    `checked` holds the logits after the prompt and after each proposed token. The proposed tokens are the
+    answer while they are the greedy choice; at the first that is not, the cache forgets the rest and the
+    loop goes on from there. The tokens are greedy decoding's whatever the proposal; an answer that was
+    proposed whole costs the prompt's calls alone (no single-token step finds its end).
+
+    Example:
+        >>> checked = decoder.prefill_rows(cache, [prompt_rows, decoder.embed_ids([7, 8])], 3)  # doctest: +SKIP
+        >>> [t for t, _ in decode_checked(decoder, cache, checked, [7, 8], eos=(2,), limit=8)]  # doctest: +SKIP
+        [7, 8]
+    """
+    assert len(checked) == len(proposal) + 1, "one row of logits after the prompt and after each proposed token"
+    g, kept, i = decoder.generation, proposal[: max(limit - 1, 0)], 0
+    while i < len(kept):
+        logits = suppress(checked[i], g.suppress_tokens + (g.begin_suppress_tokens if i == 0 else ()))
+        if kept[i] in eos or greedy(logits) != kept[i]:
+            break
+        yield kept[i], logits
+        i += 1
+    cache.rollback(len(proposal) - i)  # the proposal from here on is not the answer's
+    yield from decode(decoder, cache, checked[i], Sampler(), eos, limit, start=i)

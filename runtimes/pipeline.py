@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from edgemfm.runtimes import budget, live, longform, streaming
 from edgemfm.runtimes.chat import ChatSession
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.encoder_cache import CacheStats, EncoderCache
-from edgemfm.runtimes.generation import Decoder, decode
+from edgemfm.runtimes.generation import Decoder, decode, decode_checked
 from edgemfm.runtimes.live import LiveUpdate
 from edgemfm.runtimes.longform import Segment, TranscribeConfig
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
@@ -406,11 +407,42 @@ class Pipeline(Generates):
 
     def prefill(self, cache, prompt: str, media: dict[str, Iterable[Any]]) -> np.ndarray:
         """Stream the prompt and its media into `cache`; the logits after the last prompt token."""
+        return self.decoder.prefill(cache, self._inputs(cache, prompt, media))
+
+    def generate_checked(
+        self,
+        prompt: str,
+        images: Iterable[ImageLike] = (),
+        audio: Iterable[Any] = (),
+        proposal: Sequence[int] = (),
+        max_new_tokens: int | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Greedy `generate_steps` with a proposed answer (a cascade's small bundle's) fed in the prompt's own
+        prefill: the same tokens whatever the proposal, and the single-token steps that a right proposal makes
+        needless are not run (`generation.decode_checked`).
+
+        Example:
+            >>> tokens = [t for t, _ in small.generate_steps("Colour?", ["ball.png"])]                   # doctest: +SKIP
+            >>> [t for t, _ in large.generate_checked("Colour?", ["ball.png"], proposal=tokens)] == tokens  # doctest: +SKIP
+            True
+        """
+        check_request(prompt, images, audio, max_new_tokens)
+        limit = self.manifest.generation.max_new_tokens if max_new_tokens is None else max_new_tokens
+        cache, proposal = self.decoder.new_cache(), list(proposal)
+        media, cache.fixed = self.attend({"image": images, "audio": audio})
+        pieces = itertools.chain(
+            self._inputs(cache, prompt, media), [self.decoder.embed_ids(proposal)] if proposal else []
+        )
+        checked = self.decoder.prefill_rows(cache, pieces, len(proposal) + 1)
+        return decode_checked(self.decoder, cache, checked, proposal, self.manifest.tokenizer.eos_token_ids, limit)
+
+    def _inputs(self, cache, prompt: str, media: dict[str, Iterable[Any]]) -> Iterator[np.ndarray]:
+        """The prompt's decoder inputs, media encoded as they are reached (M-RoPE's positions set on `cache`)."""
         entries = self.plan(prompt, media)
         if self.manifest.generation.positions == "mrope":
             entries = list(entries)  # 3-D positions need every image's grid before the first chunk
             cache.mrope = mrope_prompt(grid_segments(entries))
-        return self.decoder.prefill(cache, streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode))
+        return streaming.decoder_inputs(entries, self.decoder.embed_ids, self.encode)
 
 
 def _tokenizer(path: Path, manifest: Manifest) -> Tokenizer:

@@ -40,7 +40,9 @@ class Scores:
 
 
 TESTS = ("mean_logprob", "min_logprob", "first_margin")  # the names a calibration file or --self-test may give
-FIRST_TOKEN = ("first_margin",)  # tests scored by the first token alone: the cascade decides before the second
+# by how soon an answer that fails is known to: first_margin at its first token, min_logprob at its first token below
+# the threshold, mean_logprob at its end. The cascade stops the small bundle there; the calibration prefers the earlier
+EARLIEST = ("first_margin", "min_logprob", "mean_logprob")
 
 
 def check_test(name: str) -> str:
@@ -53,6 +55,19 @@ def check_test(name: str) -> str:
     if name not in TESTS:
         raise InputError(f"unknown self-test {name!r}; allowed: {', '.join(TESTS)}")
     return name
+
+
+def fails_at(test: str, threshold: float, step: int, token: int, logits: np.ndarray) -> bool:
+    """Whether the answer's step number `step` (0: its first token) fails `test` below `threshold` whatever
+    tokens follow it: the cascade escalates there without decoding the rest.
+
+    Example:
+        >>> fails_at("min_logprob", -1.0, 3, 1, np.array([2.0, 0.0]))  # log-probability -2.13
+        True
+    """
+    if test == "first_margin":
+        return step == 0 and _margin(logits, token) < threshold
+    return test == "min_logprob" and logprob(logits, token) < threshold
 
 
 def score(steps: Iterable[tuple[int, np.ndarray]]) -> tuple[list[int], Scores]:

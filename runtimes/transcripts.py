@@ -12,13 +12,12 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from edgemfm.errors import InputError
+from edgemfm.records import write_text
 
 FORMATS = ("srt", "vtt", "json")
 
@@ -64,14 +63,4 @@ def write(path: str | Path, segments: Iterable[Any], format: str) -> Path:
         >>> write("talk.srt", pipe.transcribe("talk.wav"), "srt")   # doctest: +SKIP
         PosixPath('talk.srt')
     """
-    path = Path(path)
-    text = render(segments, format)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, render(segments, format))

@@ -43,7 +43,7 @@ import numpy as np
 
 from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
-from edgemfm.records import from_dict, to_dict
+from edgemfm.records import from_dict, write_json
 from edgemfm.runtimes.decoding import nll
 
 MiB = 2**20
@@ -191,9 +191,7 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
         >>> write_report(report, "bench.json")  # doctest: +SKIP
         PosixPath('bench.json')
     """
-    path = Path(path)
-    path.write_text(json.dumps(to_dict(report), indent=1) + "\n")
-    return path
+    return write_json(path, report)
 
 
 def machine() -> Machine:

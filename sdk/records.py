@@ -3,6 +3,10 @@
 Every config of edgemfm (device profiles, recipes, manifests) is a frozen dataclass built with
 `from_dict`, which names the unknown key and lists the known ones, and checks each field's type.
 
+Records and reports are written to disk here too (`write_json`, `write_text`): through a temporary file
+beside the target and `os.replace`, so a reader, or a run killed mid-write, sees the old file or the whole
+new one, never a part.
+
 Example:
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
@@ -18,9 +22,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import secrets
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 from edgemfm.errors import ConfigError
 
@@ -99,3 +108,39 @@ def to_dict(record: Any) -> Any:
     if isinstance(record, dict):
         return {k: to_dict(v) for k, v in record.items()}
     return record
+
+
+def write_json(path: str | Path, record: Any, indent: int = 1) -> Path:
+    """`record` (a record, or JSON-ready data) as JSON at `path`, atomically; returns the path.
+
+    Example:
+        >>> write_json("bench.json", report)  # doctest: +SKIP
+        PosixPath('bench.json')
+    """
+    return _replace(path, lambda f: (json.dump(to_dict(record), f, indent=indent), f.write("\n")))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """`text` at `path`, atomically (a transcript, a rendered report); returns the path.
+
+    Example:
+        >>> write_text("talk.srt", transcripts.render(segments, "srt"))  # doctest: +SKIP
+        PosixPath('talk.srt')
+    """
+    return _replace(path, lambda f: f.write(text))
+
+
+def _replace(path: str | Path, write: Callable[[IO[str]], Any]) -> Path:
+    """Run `write` on a temporary file beside `path`, then move it over `path` (one rename: atomic on one file
+    system); on any failure, the interrupt included, the temporary file goes and `path` is as it was."""
+    path = Path(path)
+    # a fresh name beside it, created as an ordinary file (the umask's mode, not mkstemp's owner-only one)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgemfm.bundle import MANIFEST, SIGNATURE, read_manifest
 from edgemfm.errors import BundleError, InputError, MissingExtraError
+from edgemfm.records import write_json
 
 ALGORITHM = "ed25519"
 
@@ -99,9 +100,7 @@ def sign(bundle: str | Path, key: str | Path) -> Path:
         "public_key": _public_hex(private.public_key()),
         "signature": private.sign(data).hex(),
     }
-    out = Path(bundle) / SIGNATURE
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    return out
+    return write_json(Path(bundle) / SIGNATURE, record)
 
 
 def verify(bundle: Path, manifest_bytes: bytes, trusted_keys: Sequence[str | Path]) -> str:

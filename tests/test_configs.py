@@ -117,3 +117,40 @@ def test_the_verbs_never_import_rich():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "RICH []" in result.stdout
+
+
+def test_a_failing_write_leaves_the_previous_file_intact_and_no_temporary_file(tmp_path, monkeypatch):
+    from edgemfm import records
+    from edgemfm.runtimes import transcripts
+    from edgemfm.runtimes.cascade import Calibration
+    from edgemfm.runtimes.longform import Segment
+
+    path, plain = tmp_path / "report.json", tmp_path / "plain.txt"
+    records.write_json(path, {"run": 1})
+    plain.write_text("x")
+    before = path.read_text()
+    assert json.loads(before) == {"run": 1} and path.stat().st_mode == plain.stat().st_mode  # not owner-only
+
+    def half_then_full(value, f, **options):  # half the JSON written, then the disk is full
+        f.write('{"run": ')
+        raise OSError(28, "No space left on device")
+
+    calibration = Calibration(-0.3, 10, 0.9, 1.0, 0.99, 0.1)
+    for write in (
+        lambda: records.write_json(path, {"run": 2}),
+        lambda: calibration.save(path),  # Calibration.save, bench's --json and signing's record all write through it
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(records.json, "dump", half_then_full)
+            with pytest.raises(OSError, match="No space left on device"):
+                write()
+        assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "report.json"]
+    with pytest.raises(TypeError, match="not JSON serializable"):  # found mid-way, after the first keys are written
+        records.write_json(path, {"a": 1, "b": [2, object()]})
+    with monkeypatch.context() as m:  # the rename itself fails: a transcript too keeps its old file
+        m.setattr(records.os, "replace", lambda *a: (_ for _ in ()).throw(PermissionError("read-only")))
+        with pytest.raises(PermissionError):
+            transcripts.write(path, [Segment(0.0, 1.0, " Hi.", ())], "json")
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "report.json"]
+    calibration.save(path)
+    assert Calibration.read(path) == calibration and len(list(tmp_path.iterdir())) == 2

@@ -283,7 +283,7 @@ def test_a_first_token_test_escalates_before_the_small_bundle_decodes_further(de
     large = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
     assert len(tokens) > 2 and tokens != large
     fed = {}
-    for test in ("first_margin", "mean_logprob"):
+    for test in ("first_margin", "mean_logprob", "min_logprob"):
         cascade = edgemfm.load_cascade(
             default_bundle, small_bundle, escalate_below=getattr(scores, test) + 1e-6, self_test=test
         )
@@ -294,6 +294,10 @@ def test_a_first_token_test_escalates_before_the_small_bundle_decodes_further(de
     # the margin's escalation fed the small decoder the prompt alone; the mean log-probability's, every answer token too
     # (the last one to find the end of turn after it)
     assert len(tokens) < 12 and fed["mean_logprob"] - fed["first_margin"] == len(tokens)
+    # the least sure token's: the prompt and the tokens before the one that fell below the threshold
+    small_logprobs = [lp for _, lp in small.generate_scored(PROMPT, [picture], (), 12)]
+    first_below = next(i for i, lp in enumerate(small_logprobs) if lp < scores.min_logprob + 1e-6)
+    assert fed["min_logprob"] == fed["first_margin"] + first_below
 
 
 def test_the_calibration_picks_the_self_test_that_escalates_least():
@@ -307,6 +311,9 @@ def test_the_calibration_picks_the_self_test_that_escalates_least():
     c = choose(rows, tolerance=0.0)
     assert (c.test, c.threshold, c.escalated, c.cascade_accuracy) == ("first_margin", 3.0, 0.25, 1.0)
     assert choose(rows, tolerance=0.0, tests=["mean_logprob"]).escalated == 0.75
+    # one-token answers: the mean and the least sure token's log-probability tie; the latter fails an answer sooner
+    ones = [(Scores(s.min_logprob, s.min_logprob, 0.1), sr, lr) for s, sr, lr in rows]
+    assert choose(ones, tolerance=0.0).test == "min_logprob"
     with pytest.raises(InputError, match="unknown self-test 'entropy'; allowed: mean_logprob, min_logprob"):
         choose(rows, 0.0, tests=["entropy"])
 
@@ -361,3 +368,39 @@ def test_bench_calibrates_a_cascade_on_held_out_questions(default_bundle, small_
     assert (Calibration.read(out).questions, Calibration.read(out).against) == (2, "answers")
     assert main([*argv, "--tolerance", "2"]) == 2
     assert "--tolerance: 2.0 is not allowed; allowed: a finite number from 0 to 1" in capsys.readouterr().err
+
+
+def test_a_checked_proposal_gives_the_greedy_answer_and_a_right_one_costs_the_prefill_alone(default_bundle, picture):
+    pipe = edgemfm.load(default_bundle)
+    before = pipe.stats().decoder_calls
+    want = list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    # the prompt's calls: a step follows each token but the limit's (it finds the next one, or the end of turn)
+    prefill = pipe.stats().decoder_calls - before - min(len(want), 11)
+    assert len(want) > 2 and prefill >= 1
+    wrong = [want[0], (want[1] + 1) % 256, *want[2:]]
+    for proposal in ([], want, want[:2], wrong, want + [want[0]], [(want[0] + 1) % 256], want[:1] * 20):
+        for limit in (12, 2, 1, 0):
+            before = pipe.stats().decoder_calls
+            got = [t for t, _ in pipe.generate_checked(PROMPT, [picture], (), proposal, max_new_tokens=limit)]
+            assert got == want[:limit]  # greedy decoding's tokens whatever was proposed
+            if proposal == want and limit == 12:
+                assert pipe.stats().decoder_calls - before == prefill  # the proposal rode in the prompt's calls
+
+
+def test_an_escalated_question_checks_the_small_answer_in_the_large_prefill(default_bundle, small_bundle, picture):
+    large = edgemfm.load(default_bundle)
+    want = list(large.generate_tokens(PROMPT, images=[picture], max_new_tokens=12))
+    calls = {}
+    # the large bundle as its own small one: its answer is proposed whole and right
+    for small, test in (
+        (default_bundle, "mean_logprob"),
+        (small_bundle, "mean_logprob"),
+        (default_bundle, "first_margin"),
+    ):
+        cascade = edgemfm.load_cascade(default_bundle, small, escalate_below=math.inf, self_test=test)
+        assert list(cascade.generate_tokens(PROMPT, images=[picture], max_new_tokens=12)) == want
+        assert cascade.answered_by == "large"
+        calls[small == default_bundle, test] = cascade.large.stats().decoder_calls
+    # a right whole proposal: no step; a wrong one, or the first token alone: the large bundle's steps as usual
+    steps = min(len(want), 11)  # a step after each token but the limit's
+    assert calls[True, "mean_logprob"] + steps == calls[False, "mean_logprob"] == calls[True, "first_margin"] + 1

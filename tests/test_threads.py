@@ -63,6 +63,9 @@ class _Stub:
             self.barrier.wait(timeout=30)
         yield 0, logits
 
+    def generate_checked(self, prompt, images, audio, proposal, max_new_tokens):  # an escalation: greedy, the same
+        return self.generate_steps(prompt, images, audio, max_new_tokens, None)
+
 
 def test_cascade_keeps_each_questions_decision_and_tokenizer(tmp_path):
     barrier = threading.Barrier(2)

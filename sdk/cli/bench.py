@@ -8,13 +8,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from edgemfm import arguments as A
 from edgemfm.cli.console import out, rich_progress
 from edgemfm.errors import InputError
-from edgemfm.records import to_dict
+from edgemfm.records import write_json
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -155,5 +153,5 @@ def _bench_cascade(args: argparse.Namespace) -> None:
         highlight=False,
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(to_dict(r), indent=1) + "\n")
+        write_json(args.json, r)
         out.print(f"[green]wrote[/green] {args.json}")

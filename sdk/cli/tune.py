@@ -13,6 +13,7 @@ from pathlib import Path
 from edgemfm import arguments as A
 from edgemfm.cli.console import REVISION_HELP, err, out, rich_progress
 from edgemfm.errors import EdgemfmError
+from edgemfm.records import write_text
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -155,6 +156,6 @@ def _tune_summary(result, budget_ms: float, plot_path: str, json_path: str | Non
         f"{len(result.points)} candidates, {sum(p.frontier for p in result.points)} on the frontier; plot: {plot(result, plot_path, budget_ms)}"
     )
     if json_path:
-        Path(json_path).write_text(to_json(result))
+        write_text(json_path, to_json(result))
     if applied:
         out.print(f"[green]wrote[/green] {applied}")
