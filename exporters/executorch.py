@@ -192,9 +192,6 @@ def write_program(
     Example:
         >>> write_program(units, stage, 1e-4, print, max_seq_len=256, recipe=pte_recipe(profile, "int4"))[3]  # doctest: +SKIP
     """
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     from edgemfm.exporters import pte_encoders, pte_quantize
 
     units = {name: _program_unit(name, unit, max_seq_len) for name, unit in units.items()}
@@ -216,7 +213,7 @@ def write_program(
         advance(f"exporting {name}")
         programs[name], references[name], peaks[name], flops[name] = _capture(name, unit, max_seq_len)
     advance("lowering to XNNPACK")
-    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    edge = lower(programs)
     delegated = {name: delegation(edge.exported_program(name).graph_module) for name in units}
     path = stage / PROGRAM
     path.write_bytes(edge.to_executorch().buffer)
@@ -230,6 +227,28 @@ def write_program(
     for name, q in quantization.items():
         quantization[name] = replace(q, weight_bytes=components[name].weight_bytes)
     return components, parity, delegated, quantization
+
+
+def lower(programs: dict[str, Any]) -> Any:
+    """The captured methods in ExecuTorch's edge dialect, what XNNPACK takes delegated to it.
+
+    A transpose of a transpose is folded first: transformers' attention turns values to [1, heads, seq, d]
+    and the llama:: ops take them back as [1, seq, heads, d], and inside a dynamic-shape XNNPACK subgraph
+    every op is re-planned at each call (benchmarks/runtime/pte_step_profile.py: SmolLM2's step ran 180
+    transposes that ExecuTorch's own program does not; this folds the 60 of the values).
+
+    Example:
+        >>> lower({"text_decoder": torch.export.export(module, args)}).to_executorch()  # doctest: +SKIP
+    """
+    from executorch.backends.transforms.fuse_cascaded_transpose_or_permute_ops import (
+        FuseCascadedTransposeOrPermuteOps,
+    )
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(
+        programs, transform_passes=[FuseCascadedTransposeOrPermuteOps()], partitioner=[XnnpackPartitioner()]
+    )
 
 
 def _leaves_run(unit: ExportUnit) -> list[torch.nn.Module]:

@@ -472,6 +472,39 @@ def test_tanh_gelu_keeps_its_approximation_in_xnnpack(tmp_path):
     assert delegation["gelu"].delegated_nodes > 0 and delegation["gelu"].non_delegated_nodes == 1  # getitem
 
 
+class _Values(torch.nn.Module):
+    """A value projection's path to the llama:: cache: transformers' transpose to [1, heads, seq, d], then ours back."""
+
+    def __init__(self):
+        super().__init__()
+        self.v_proj, self.o_proj = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        heads = self.v_proj(x).view(1, x.shape[1], 4, 16).transpose(1, 2)
+        return self.o_proj(heads.transpose(1, 2).reshape(1, x.shape[1], 64))
+
+
+def test_a_transpose_of_a_transpose_is_folded_before_xnnpack_runs_it(tmp_path):
+    """Every op of a dynamic-shape XNNPACK subgraph is re-planned at each call: SmolLM2's decode step ran 180
+    transposes ExecuTorch's own program has not, 60 of them a value's pair with nothing between."""
+    from executorch.exir.backend.utils import get_delegates
+
+    from edgemfm.exporters.executorch import lower
+
+    module, x = _Values().eval(), torch.randn(1, 5, 64)
+    seq = torch.export.Dim("seq", min=1, max=32)
+    program = torch.export.export(module, (x,), dynamic_shapes=({1: seq},), strict=False)
+    edge = lower({"forward": program})
+    graph = edge.exported_program("forward").graph_module
+    delegated = [n for d in get_delegates(graph.graph) for n in getattr(graph, d.name).original_module.graph.nodes]
+    assert delegated and not [n for n in delegated if "permute" in str(n.target) or "transpose" in str(n.target)]
+    (tmp_path / "values.pte").write_bytes(edge.to_executorch().buffer)
+    from executorch.runtime import Runtime
+
+    got = Runtime.get().load_program(tmp_path / "values.pte").load_method("forward").execute([x])[0]
+    assert float((got - module(x)).abs().max()) <= 1e-5
+
+
 def test_the_runtimes_thread_count_reaches_the_pool_custom_sdpa_runs_on(tmp_path):
     """llama::custom_sdpa splits on torch's intra-op pool, not ExecuTorch's: a decode step at 1,024 positions
     ran a second spinning thread beside a 1-thread ExecuTorch pool (130 to 1,590 CPU ms a step, 23 ms at 1)."""
