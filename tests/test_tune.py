@@ -260,6 +260,8 @@ def test_cascade_mode_chooses_a_small_bundle_cheaper_than_the_float_one(default_
     assert r.chosen.latency_ms < large.latency_ms and r.cascade.cost_ms < large.latency_ms
     assert r.cascade.cost_ms == pytest.approx(r.chosen.latency_ms + r.cascade.calibration.escalated * large.latency_ms)
     assert r.cascade.calibration.cascade_accuracy >= 1 - 0.34
+    with pytest.raises(InputError, match=r"the cheapest cascade costs .* allowed: 1 ms"):
+        tune("pi5", 1.0, bundle=default_bundle, data=data, cascade=True, tolerance=0.34, scratch=tmp_path)
 
 
 def test_cascade_mode_without_data_is_one_line_naming_what_is_allowed(default_bundle, tmp_path, capsys):

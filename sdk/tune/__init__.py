@@ -155,7 +155,18 @@ def tune(
         points = pareto(points)
         if cascade:
             result = _cascade(
-                points, parts, manifest, profile, metric, source, data, questions, tolerance, tmp, progress
+                points,
+                parts,
+                manifest,
+                profile,
+                metric,
+                source,
+                data,
+                questions,
+                tolerance,
+                tmp,
+                progress,
+                memory_budget_mb,
             )
             result = _within(result, latency_budget_ms, memory_budget_mb)
         else:
@@ -166,21 +177,23 @@ def tune(
     return replace(result, host=check)
 
 
-def _cascade(points, parts, manifest, profile, metric, source, data, questions, tolerance, tmp, progress) -> Result:
+def _cascade(points, parts, manifest, profile, metric, source, data, questions, tolerance, tmp, progress, memory_mb):
     """The cascade objective: the large bundle is the float one (the slowest all-fp32 point stands for its cost)."""
     floats = [p for p in points if all(v == "fp32" for _, v in p.candidate.precisions)]
     if not floats:
         raise InputError("--cascade needs the float bundle among the candidates; allowed: a space with fp32")
     large = max(floats, key=lambda p: p.latency_ms)
     draft = Result(profile, manifest, points, large, metric)
-    choice = cascade_choice(draft, parts, source, read_questions(data, questions), large, tolerance, tmp, progress)
+    asked = read_questions(data, questions)
+    choice = cascade_choice(draft, parts, source, asked, large, tolerance, tmp, progress, memory_mb)
     return replace(draft, chosen=choice.point, cascade=choice)
 
 
 def _within(result: Result, latency_budget_ms: float, memory_budget_mb: float) -> Result:
-    """The cascade's choice, refused (one line) when its cost per question or its memory is over budget."""
+    """The cascade's choice (its small bundle within the memory budget), refused (one line) when its cost per
+    question is over the latency budget."""
     c = result.cascade
-    if c.cost_ms > latency_budget_ms or c.point.memory_mb > memory_budget_mb:
+    if c.cost_ms > latency_budget_ms:
         raise InputError(
             f"the cheapest cascade costs {c.cost_ms:.1f} ms per question and its small bundle {c.point.memory_mb:.0f} MB;"
             f" allowed: {latency_budget_ms:g} ms and {memory_budget_mb:g} MB"

@@ -18,10 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgemfm.errors import InputError
 from edgemfm.progress import Progress, counter
 from edgemfm.tune.host import write_chosen
 from edgemfm.tune.parts import Part
@@ -73,9 +75,10 @@ def cascade_choice(
     tolerance: float,
     scratch: Path,
     progress: Progress | None = None,
+    memory_budget_mb: float = math.inf,
 ) -> CascadeChoice:
     """Of `result.points`, the one whose cascade in front of `source` (predicted as `large`) costs least per
-    question at `tolerance` (ties: the smaller).
+    question at `tolerance` (ties: the smaller); only points within `memory_budget_mb` are small bundles.
 
     Example:
         >>> cascade_choice(result, parts, src, asked, large, 0.0, tmp).point.candidate.precisions  # doctest: +SKIP
@@ -88,7 +91,13 @@ def cascade_choice(
     # one judgement per (settings, precisions): the cache length does not change an answer that fits
     firsts: dict[tuple, Point] = {}
     for p in sorted(result.points, key=lambda p: (p.latency_ms, p.memory_mb)):
-        firsts.setdefault((p.candidate.settings, p.candidate.precisions), p)
+        if p.memory_mb <= memory_budget_mb:
+            firsts.setdefault((p.candidate.settings, p.candidate.precisions), p)
+    if not firsts:
+        smallest = min(p.memory_mb for p in result.points)
+        raise InputError(
+            f"no small bundle fits: the smallest needs {smallest:.0f} MB; allowed: {memory_budget_mb:g} MB"
+        )
     step, judged = counter(progress, "calibrating candidate cascades", len(firsts)), []
     for i, p in enumerate(firsts.values()):
         small = write_chosen(replace(result, chosen=p), parts, source, scratch / f"cascade-{i}", force=True, link=True)
