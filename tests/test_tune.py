@@ -230,3 +230,43 @@ def test_tune_refuses_visual_tokens_for_a_family_without_the_capability_in_one_l
         UnsupportedModelError, match="'qwen2_audio' for export --visual-tokens; supported: edgemfm-demo"
     ):
         settings_of(space, manifest, "vision_encoder")
+
+
+def test_cascade_mode_chooses_a_small_bundle_cheaper_than_the_float_one(default_bundle, picture, tmp_path, capsys):
+    """Tiny bundles (random weights: quantized answers often differ from float's): each candidate calibrated against
+    the float bundle's own answers. At tolerance 0 no cheaper candidate keeps them all, so the float bundle is its own
+    small bundle (nothing escalated); at 0.34 an int8 decoder agreeing on some questions, the rest escalated, costs
+    less per question than the float bundle alone."""
+    import json
+
+    from edgemfm.runtimes.cascade import Calibration
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "p.png").write_bytes(picture.read_bytes())
+    rows = [{"image": "p.png", "prompt": q, "answer": "-"} for q in ("What is it?", "Colours?", "Count the shapes.")]
+    (data / "eval.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = tmp_path / "cascade.json"
+    argv = ["tune", "--device", "pi5", "--latency-budget", "1000", "--bundle", str(default_bundle), "--data", str(data)]
+    assert main([*argv, "--cascade", str(out), "--tolerance", "0", "--plot", str(tmp_path / "f.png")]) == 0
+    assert "cascade:" in capsys.readouterr().out
+    c = Calibration.read(out)
+    assert c.questions == 3 and c.against == "large" and c.cascade_accuracy == 1.0
+    r = tune("pi5", 1000, bundle=default_bundle, data=data, cascade=True, tolerance=0.34, scratch=tmp_path)
+    large = max(
+        (p for p in r.points if all(v == "fp32" for _, v in p.candidate.precisions)), key=lambda p: p.latency_ms
+    )
+    assert r.cascade.large_ms == large.latency_ms and r.chosen is r.cascade.point
+    assert r.chosen.latency_ms < large.latency_ms and r.cascade.cost_ms < large.latency_ms
+    assert r.cascade.cost_ms == pytest.approx(r.chosen.latency_ms + r.cascade.calibration.escalated * large.latency_ms)
+    assert r.cascade.calibration.cascade_accuracy >= 1 - 0.34
+    with pytest.raises(InputError, match=r"the cheapest cascade costs .* allowed: 1 ms"):
+        tune("pi5", 1.0, bundle=default_bundle, data=data, cascade=True, tolerance=0.34, scratch=tmp_path)
+
+
+def test_cascade_mode_without_data_is_one_line_naming_what_is_allowed(default_bundle, tmp_path, capsys):
+    argv = ["tune", "--device", "pi5", "--latency-budget", "1000", "--bundle", str(default_bundle)]
+    assert main([*argv, "--cascade", str(tmp_path / "c.json")]) == 2
+    assert capsys.readouterr().err.strip().endswith("allowed: --cascade with --data DIR (an eval.jsonl)")
+    with pytest.raises(InputError, match="allowed: --cascade with --data DIR"):
+        tune("pi5", 1000, bundle=default_bundle, cascade=True)

@@ -16,8 +16,10 @@ against the same large one, answers only what is missing. --timed then runs the 
 the test half, one process per mode (`edgemfm bench LARGE --cascade SMALL`): resident (both bundles
 loaded, each question answered by the large bundle alone and by the cascade in alternating order)
 and on demand (only the small bundle resident; the large one opened per escalated question),
-reporting mean wall and CPU time per question and each process's peak RSS. Run the timed step
-alone under the bench lock once the caches are filled:
+reporting mean wall and CPU time per question and each process's peak RSS. --repeats N times the
+resident mode N times (the on-demand mode once): the result keeps every run, the table shows the median
+cascade / large ratio and the runs' range, since one run's ratio moves by a few hundredths under load.
+Run the timed step alone under the bench lock once the caches are filled:
 
     python -m benchmarks.runtime.cascade LARGE SMALL DATA --cache DIR --out cascade.json          # answers, calibration
     flock LOCK python -m benchmarks.runtime.cascade LARGE SMALL DATA --cache DIR --out cascade.json --timed
@@ -36,6 +38,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from statistics import median
 
 from rich.progress import track
 
@@ -162,8 +165,11 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("cascade-answers"), help="each bundle's answers, kept here")
     p.add_argument("--out", type=Path, default=Path("cascade.json"), help="the calibration file to write")
     p.add_argument("--timed", action="store_true", help="also run the cascade on the test half, timed (both modes)")
+    p.add_argument("--repeats", type=int, default=1, help="--timed: how many times to time the resident mode")
     p.add_argument("--note", type=Path, help="a text file: what the figures say, printed under the table")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: at least 1")
     items = questions(args.data, "all")
     large = answers(args.large, items, args.cache, args.max_new_tokens)
     small = answers(args.small, items, args.cache, args.max_new_tokens)
@@ -178,9 +184,10 @@ def main() -> None:
     }
     if args.timed:
         result["timed"] = {
-            m: timed(args.large, args.small, args.data, args.out, m == "on_demand") for m in ("resident", "on_demand")
+            "resident": [timed(args.large, args.small, args.data, args.out, False) for _ in range(args.repeats)],
+            "on_demand": [timed(args.large, args.small, args.data, args.out, True)],
         }
-        for report in result["timed"].values():
+        for report in [r for runs in result["timed"].values() for r in runs]:
             expected = [
                 large[k] if a["answered_by"] == "large" else small[k]
                 for k, a in zip(range(1, len(items), 2), report["answers"])
@@ -202,7 +209,8 @@ TITLE = "Cascade: a small bundle answers, a self-test escalates the rest (the de
 
 
 def table_rows(r: dict) -> list[dict]:
-    """One row per mode timed (or one untimed row): what BENCHMARKS.md shows."""
+    """One row per mode timed (or one untimed row): what BENCHMARKS.md shows; a mode timed several times shows its
+    runs' median times, the median of their ratios with the range, the highest peak RSS and every run's load."""
     head = {
         "small bundle": f"{r['small']} ({r['small_mib']} MiB; large {r['large_mib']} MiB)",
         "small alone": f"{r['small_accuracy']:.1%}",
@@ -214,26 +222,35 @@ def table_rows(r: dict) -> list[dict]:
         "answer CPU ms, small / large (untimed pass)": f"{r['small_cpu_ms']} / {r['large_cpu_ms']}",
     }
     rows = []
-    for mode, t in r.get("timed", {}).items():
-        large = "-" if t["large_s"] is None else f"{1e3 * t['large_s']:.0f} ({1e3 * t['large_cpu_s']:.0f})"
-        ratio = (
-            "-"
-            if t["large_s"] is None
-            else f"{t['cascade_s'] / t['large_s']:.2f} ({t['cascade_cpu_s'] / t['large_cpu_s']:.2f})"
-        )
+    for mode, runs in r.get("timed", {}).items():
+        t = {k: median(run[k] for run in runs) if k.endswith("_s") else runs[0][k] for k in runs[0]}
         rows.append(
             head
             | {
                 "timed mode": mode.replace("_", " "),
                 "cascade ms per question (CPU ms)": f"{1e3 * t['cascade_s']:.0f} ({1e3 * t['cascade_cpu_s']:.0f})",
-                "large alone ms (CPU ms)": large,
-                "cascade / large": ratio,
+                "large alone ms (CPU ms)": "-"
+                if t["large_s"] is None
+                else f"{1e3 * t['large_s']:.0f} ({1e3 * t['large_cpu_s']:.0f})",
+                "cascade / large": _ratio(runs),
                 "timed: escalated, right": f"{t['escalated']:.1%}, {t['cascade_accuracy']:.1%}",
-                "RSS MiB: peak, after": f"{t['peak_rss_mib']:.0f}, {t['rss_after_mib']:.0f}",
-                "load average": t["load_average"],
+                "RSS MiB: peak, after": f"{max(run['peak_rss_mib'] for run in runs):.0f}, {t['rss_after_mib']:.0f}",
+                "load average": "; ".join(run["load_average"] for run in runs),
             }
         )
     return rows or [head]
+
+
+def _ratio(runs: list[dict]) -> str:
+    """Cascade / large, wall (CPU): one run's, or the runs' median with their range and how many."""
+    if runs[0]["large_s"] is None:
+        return "-"
+    wall = [run["cascade_s"] / run["large_s"] for run in runs]
+    cpu = [run["cascade_cpu_s"] / run["large_cpu_s"] for run in runs]
+    text = f"{median(wall):.2f} ({median(cpu):.2f})"
+    if len(runs) > 1:
+        text += f": median of {len(runs)} runs, range {min(wall):.2f}-{max(wall):.2f} ({min(cpu):.2f}-{max(cpu):.2f})"
+    return text
 
 
 if __name__ == "__main__":

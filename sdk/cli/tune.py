@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgemfm import arguments as A
 from edgemfm.cli.console import REVISION_HELP, err, out, rich_progress
-from edgemfm.errors import EdgemfmError
+from edgemfm.errors import EdgemfmError, InputError
 from edgemfm.records import write_text
 
 
@@ -70,6 +70,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="visual-token budgets (rows per image or tile, as export --visual-tokens) searched beside the image settings",
     )
+    t.add_argument(
+        "--cascade",
+        metavar="JSON",
+        help="choose the cheapest small bundle of a cascade in front of the float bundle (needs --data);"
+        " write its calibration here",
+    )
+    t.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="--cascade: the fraction of held-out answers that may differ from the float bundle's (default: 0.01)",
+    )
     t.set_defaults(func=cmd_tune)
 
 
@@ -77,6 +89,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from edgemfm.tune import tune
 
     if "," in args.device:
+        if args.cascade:
+            raise InputError("--cascade tunes one device; allowed: one --device name with --cascade")
         return _tune_fleet(args)
     with rich_progress() as progress:
         result = tune(
@@ -85,9 +99,18 @@ def cmd_tune(args: argparse.Namespace) -> None:
             args.memory_budget,
             workers=args.workers or 1,
             progress=progress,
+            cascade=args.cascade is not None,
+            tolerance=args.tolerance,
             **_options(args),
         )
     _tune_summary(result, args.latency_budget, args.plot, args.json, args.apply)
+    if result.cascade is not None:
+        c = result.cascade
+        c.calibration.save(args.cascade)
+        out.print(
+            f"cascade: {c.cost_ms:.1f} ms per question predicted ({c.calibration.escalated:.1%} escalated to the"
+            f" {c.large_ms:.1f} ms float bundle); calibration: {args.cascade}"
+        )
 
 
 def _options(args: argparse.Namespace) -> dict:

@@ -12,7 +12,8 @@
 The modules, each importing only those before it: parts.py (the component graphs), quality.py
 (a bundle assembled from parts, its answers; edgemfm.jobs fans them out on a pool or Ray), search.py (candidates, their
 predicted cost and quality, the frontier, the choice), host.py (the chosen point written and timed
-on this host), render.py (JSON, table, PNG). This file is the verb that strings them together.
+on this host), cascade.py (`--cascade`: each point scored as a cascade's small bundle in front of the float one,
+at its predicted cost per question), render.py (JSON, table, PNG). This file is the verb that strings them together.
 
 Example:
     >>> result = tune(device="pi5", latency_budget_ms=900, bundle="bundles/demo-host", data="work/demo/data")  # doctest: +SKIP
@@ -31,8 +32,10 @@ from edgemfm.bundle import check_output, read_manifest
 from edgemfm.errors import InputError
 from edgemfm.profiles import load_profile
 from edgemfm.progress import Progress
+from edgemfm.tune.cascade import CascadeChoice, cascade_choice
 from edgemfm.tune.host import float_source, host_check, write_chosen
 from edgemfm.tune.parts import Space, build_parts
+from edgemfm.tune.quality import read_questions
 from edgemfm.tune.render import plot, table, to_json
 from edgemfm.tune.search import (
     ANSWER_TOKENS,
@@ -49,7 +52,19 @@ from edgemfm.tune.search import (
     score,
 )
 
-__all__ = ["Candidate", "HostCheck", "Point", "Result", "Space", "choose", "plot", "table", "to_json", "tune"]
+__all__ = [
+    "CascadeChoice",
+    "Candidate",
+    "HostCheck",
+    "Point",
+    "Result",
+    "Space",
+    "choose",
+    "plot",
+    "table",
+    "to_json",
+    "tune",
+]
 
 
 def tune(
@@ -71,6 +86,8 @@ def tune(
     force: bool = False,
     revision: str | None = None,
     visual_tokens: tuple[int, ...] = (),
+    cascade: bool = False,
+    tolerance: float = 0.01,
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
@@ -79,7 +96,9 @@ def tune(
     held-out task; without it quality is each component's fidelity to float. `apply` writes the
     chosen point as a bundle there (an existing one only with `force`). `visual_tokens`: budgets of rows
     per image (tile) searched beside the image settings (`export --visual-tokens`; the family's
-    `visual_tokens` capability, from `model`). `progress` hears each
+    `visual_tokens` capability, from `model`). `cascade`: choose instead the cheapest small bundle of a
+    cascade in front of the float bundle, per question, at `tolerance` (needs `data`; see tune/cascade.py;
+    `result.cascade` holds its calibration). `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
@@ -93,6 +112,10 @@ def tune(
         raise InputError(
             f"budgets must be positive; got latency {latency_budget_ms!r} ms, memory {memory_budget_mb!r} MB"
         )
+    if cascade and data is None:
+        raise InputError("--cascade needs held-out questions; allowed: --cascade with --data DIR (an eval.jsonl)")
+    if not 0 <= tolerance < 1:
+        raise InputError(f"cascade tolerance {tolerance!r} is not allowed; allowed: 0 <= tolerance < 1")
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
@@ -130,9 +153,49 @@ def tune(
             if longest <= c.seq_len:  # a question that does not fit the cache is no candidate
                 points.append(Point(c, latency, memory, quality[c]))
         points = pareto(points)
-        chosen = choose(points, latency_budget_ms, memory_budget_mb)
-        result = Result(profile, manifest, points, chosen, metric)
+        if cascade:
+            result = _cascade(
+                points,
+                parts,
+                manifest,
+                profile,
+                metric,
+                source,
+                data,
+                questions,
+                tolerance,
+                tmp,
+                progress,
+                memory_budget_mb,
+            )
+            result = _within(result, latency_budget_ms, memory_budget_mb)
+        else:
+            result = Result(profile, manifest, points, choose(points, latency_budget_ms, memory_budget_mb), metric)
         if apply is not None:
             write_chosen(result, parts, source, Path(apply), force)
         check = host_check(result, parts, source, tmp / "chosen", model_dir, answer_tokens)
     return replace(result, host=check)
+
+
+def _cascade(points, parts, manifest, profile, metric, source, data, questions, tolerance, tmp, progress, memory_mb):
+    """The cascade objective: the large bundle is the float one (the slowest all-fp32 point stands for its cost)."""
+    floats = [p for p in points if all(v == "fp32" for _, v in p.candidate.precisions)]
+    if not floats:
+        raise InputError("--cascade needs the float bundle among the candidates; allowed: a space with fp32")
+    large = max(floats, key=lambda p: p.latency_ms)
+    draft = Result(profile, manifest, points, large, metric)
+    asked = read_questions(data, questions)
+    choice = cascade_choice(draft, parts, source, asked, large, tolerance, tmp, progress, memory_mb)
+    return replace(draft, chosen=choice.point, cascade=choice)
+
+
+def _within(result: Result, latency_budget_ms: float, memory_budget_mb: float) -> Result:
+    """The cascade's choice (its small bundle within the memory budget), refused (one line) when its cost per
+    question is over the latency budget."""
+    c = result.cascade
+    if c.cost_ms > latency_budget_ms:
+        raise InputError(
+            f"the cheapest cascade costs {c.cost_ms:.1f} ms per question and its small bundle {c.point.memory_mb:.0f} MB;"
+            f" allowed: {latency_budget_ms:g} ms and {memory_budget_mb:g} MB"
+        )
+    return result

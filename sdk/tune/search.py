@@ -68,6 +68,7 @@ class Result:
     chosen: Point
     metric: str  # what `quality` is
     host: HostCheck | None = None  # the chosen point run on this machine
+    cascade: Any = None  # tune --cascade: the chosen small bundle's tune.cascade.CascadeChoice
 
 
 @dataclass(frozen=True)
