@@ -120,24 +120,26 @@ def write_json(path: str | Path, record: Any, indent: int = 1) -> Path:
     return _replace(path, lambda f: (json.dump(to_dict(record), f, indent=indent), f.write("\n")))
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """`text` at `path`, atomically (a transcript, a rendered report); returns the path.
+def write_text(path: str | Path, text: str, mode: int = 0o666) -> Path:
+    """`text` at `path`, atomically (a transcript, a rendered report, a key: `mode` 0o600 keeps it its owner's from
+    the first byte); returns the path.
 
     Example:
         >>> write_text("talk.srt", transcripts.render(segments, "srt"))  # doctest: +SKIP
         PosixPath('talk.srt')
     """
-    return _replace(path, lambda f: f.write(text))
+    return _replace(path, lambda f: f.write(text), mode)
 
 
-def _replace(path: str | Path, write: Callable[[IO[str]], Any]) -> Path:
+def _replace(path: str | Path, write: Callable[[IO[str]], Any], mode: int = 0o666) -> Path:
     """Run `write` on a temporary file beside `path`, then move it over `path` (one rename: atomic on one file
     system); on any failure, the interrupt included, the temporary file goes and `path` is as it was."""
     path = Path(path)
-    # a fresh name beside it, created as an ordinary file (the umask's mode, not mkstemp's owner-only one)
+    # a fresh name beside it, created with `mode` less the umask (an ordinary file by default, not mkstemp's
+    # owner-only one)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:

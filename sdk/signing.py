@@ -15,13 +15,12 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgemfm.bundle import MANIFEST, SIGNATURE, read_manifest
 from edgemfm.errors import BundleError, InputError, MissingExtraError
-from edgemfm.records import write_json
+from edgemfm.records import write_json, write_text
 
 ALGORITHM = "ed25519"
 
@@ -50,12 +49,11 @@ def keygen(out: str | Path, force: bool = False) -> tuple[Path, Path]:
             raise InputError(f"key file {str(path)!r} already exists; pass --force to replace it")
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    write_text(private, pem.decode("ascii"), mode=0o600)  # never readable by others, not even briefly
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    write_text(public, public_pem.decode("ascii"))
     return private, public
 
 
