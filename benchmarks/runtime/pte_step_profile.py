@@ -125,8 +125,12 @@ def _part(event) -> str:
         if name.startswith("Fully Connected"):
             return "linears"
         return "other XNNPACK ops"
-    keys = {"custom_sdpa": "custom_sdpa", "update_cache": "update_cache", "mean": "mean (RMSNorm)"}
-    keys["embedding"] = "table lookup"
+    keys = {
+        "custom_sdpa": "custom_sdpa",
+        "update_cache": "update_cache",
+        "mean": "mean (RMSNorm)",
+        "embedding": "table lookup",
+    }
     return next((part for key, part in keys.items() if key in name), "other portable ops")
 
 
