@@ -45,15 +45,21 @@ ARCHITECTURES = {  # config.json model_type -> architecture
 }
 
 
-class SoftCappedHead(torch.nn.Module):
-    """The LM head followed by Gemma-2/3's final-logit soft-capping: cap * tanh(logits / cap)."""
+class SoftCappedHead(torch.nn.Linear):
+    """The LM head followed by Gemma-2/3's final-logit soft-capping: cap * tanh(logits / cap).
 
-    def __init__(self, lm_head: torch.nn.Module, cap: float):
-        super().__init__()
-        self.lm_head, self.cap = lm_head, cap
+    A Linear on the head's own parameters (a tied table stays tied), not a module around it: the
+    head is `text_decoder/lm_head` to a recipe, capped or not. Wrapped, it was `lm_head.lm_head`,
+    and a rule for the head missed it (the pte int4 head's finer groups; a user's float head).
+    """
+
+    def __init__(self, lm_head: torch.nn.Linear, cap: float):
+        # on the meta device: the head's parameters replace these, none is allocated twice
+        super().__init__(lm_head.in_features, lm_head.out_features, bias=lm_head.bias is not None, device="meta")
+        self.weight, self.bias, self.cap = lm_head.weight, lm_head.bias, cap
 
     def forward(self, hidden):
-        return torch.tanh(self.lm_head(hidden) / self.cap) * self.cap
+        return torch.tanh(super().forward(hidden) / self.cap) * self.cap
 
 
 def lm_head(model: Any, text_config: Any) -> torch.nn.Module:

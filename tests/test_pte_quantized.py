@@ -157,6 +157,34 @@ def test_the_int4_preset_gives_the_head_finer_groups_and_the_table_8_bit_rows():
     assert [s.bits for s in report.schemes] == [8]
 
 
+def test_a_soft_capped_head_is_the_head_to_the_recipe():
+    """Gemma-2/3 cap their logits after the head: the capped head is still `text_decoder/lm_head`, so the int4
+    preset's finer head groups reach it (wrapped, as `lm_head.lm_head`, it got the body's 64 where the fake-quantized
+    model's plain head got 32: the tiny Gemma-2/3 programs' greedy tokens parted from it)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from edgemfm.exporters.decoder import TextDecoder
+    from edgemfm.exporters.pte_quantize import pte_recipe, quantize_module
+    from edgemfm.exporters.text import lm_head
+    from edgemfm.profiles import load_profile
+    from edgemfm.quantizers.units import unit_name
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        hidden_size=128, intermediate_size=64, num_hidden_layers=1, vocab_size=50, final_logit_softcapping=15.0
+    )
+    model = Gemma2ForCausalLM(config).eval()
+    hidden = torch.randn(3, 128)
+    capped = torch.tanh(model.lm_head(hidden) / 15.0) * 15.0
+    decoder = TextDecoder(model.model, lm_head(model, config), config)
+    linears = {unit_name("text_decoder", f): m for f, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears["text_decoder/lm_head"].weight is model.lm_head.weight  # a tied table stays tied
+    torch.testing.assert_close(decoder.lm_head(hidden), capped)
+    quantize_module("text_decoder", decoder, pte_recipe(load_profile("pi5"), "int4"))
+    assert tuple(linears["text_decoder/lm_head"].weight.block_size) == (1, 32)
+    assert tuple(linears["text_decoder/layers.0/mlp.up_proj"].weight.block_size) == (1, 64)
+
+
 @pytest.fixture(scope="module")
 def llava_split(tmp_path_factory):
     from tiny_models import tiny_llava
