@@ -138,11 +138,14 @@ def _job(args: argparse.Namespace) -> None:
     samples = _samples(wav)
     kind, _, arg = args.job.partition(":")
     load = os.getloadavg()[0]
-    if kind == "stream":
+    if kind in ("stream", "piece"):
         path, first, last = arg.rsplit(":", 2)
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
         config = _config(False, args.condition_on_previous)
-        out = _stream(Path(path), piece, args.step, args.chunk, config) | {"offset": float(first)}
+        if kind == "stream":
+            out = _stream(Path(path), piece, args.step, args.chunk, config) | {"offset": float(first)}
+        else:  # a piece's long-form text: the reference of the stream of that piece
+            out = _piece(Path(path), piece, config)
     else:
         condition = args.condition_on_previous
         run = {
@@ -154,6 +157,15 @@ def _job(args: argparse.Namespace) -> None:
         text = run()
         out = {"text": text, "cpu": time.process_time() - start}
     args.result.write_text(json.dumps(out | {"load": [load, os.getloadavg()[0]]}))
+
+
+def _piece(bundle: Path, samples: np.ndarray, config: Any) -> dict:
+    import edgemfm
+
+    pipe = edgemfm.load(bundle, threads=1)
+    start = time.process_time()
+    text = "".join(s.text for s in pipe.transcribe(samples, config))
+    return {"text": text, "cpu": time.process_time() - start}
 
 
 def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float, config: Any) -> dict:
@@ -251,13 +263,22 @@ def stream(args: argparse.Namespace) -> None:
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
     jobs = {f"long-form {name}": f"edgemfm:{path}" for name, path in args.bundle if name not in known}
+    if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
+        jobs = {
+            f"long-form {name} piece {i}": f"piece:{path}:{cuts[i]}:{cuts[i + 1]}"
+            for name, path in args.bundle
+            for i in range(n)
+        }
     for name, path in args.bundle:
         jobs |= {f"{name} piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
     with tempfile.TemporaryDirectory() as scratch:
         got = _concurrently(args, jobs, args.scratch or Path(scratch))
     table, loads = [], [x for p in got.values() for x in p["load"]]
     for name, _ in args.bundle:
-        whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
+        if n > 1:
+            whole = "".join(got[f"long-form {name} piece {i}"]["text"] for i in range(n))
+        else:
+            whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
         pieces = [got[f"{name} piece {i}"] for i in range(n)]
         committed = "".join(p["text"] for p in pieces)
         latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
@@ -280,6 +301,7 @@ def stream(args: argparse.Namespace) -> None:
             args.texts.mkdir(parents=True, exist_ok=True)
             (args.texts / f"stream_{name}.txt").write_text(committed)
     how = "one stream" if n == 1 else f"{n} consecutive streams of {seconds / n:.0f} s (one process each, at once)"
+    how += "" if n == 1 else ", each against the long-form text of its own piece (one process each, at once)"
     note = (
         f"{seconds:.1f} s streamed as {how} per bundle, the bundles at once, one thread each, fed in {args.chunk:g} s "
         "chunks as fast as the CPU allows (the stream keeps long-form's windows: each update decodes the buffer, "
@@ -330,7 +352,12 @@ def main() -> None:
     p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--part", choices=("longform", "stream", "job"), default="longform")
-    p.add_argument("--pieces", type=int, default=1, help="--part stream: consecutive streams the file is cut into")
+    p.add_argument(
+        "--pieces",
+        type=int,
+        default=1,
+        help="--part stream: consecutive streams the file is cut into (long-form then reads the same pieces)",
+    )
     p.add_argument("--job", help=argparse.SUPPRESS)  # --part job: one row, run by the others in a process of its own
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--step", type=float, default=1.0, help="--part stream: seconds of new audio between updates")
