@@ -89,7 +89,8 @@ def _capture(name: str, unit: ExportUnit, max_seq_len: int) -> tuple[Any, list[t
             raise ExportError(
                 f"{name}: torch.export could not capture this component for --format pte: {_reason(e)}"
             ) from e
-    return program.run_decompositions({torch.ops.aten.gelu.default: _tanh_gelu}), reference, peak, flops
+    table = {torch.ops.aten.gelu.default: _tanh_gelu, torch.ops.aten.scaled_dot_product_attention.default: _sdpa}
+    return program.run_decompositions(table), reference, peak, flops
 
 
 def _reason(error: Exception) -> str:
@@ -110,6 +111,34 @@ def _tanh_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     if approximate != "tanh":
         return NotImplemented  # exact GELU: XNNPACK's own kernel is right
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def _sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    # Unmasked attention (Whisper's encoder and cross-attention, vision encoders) as two batched matmuls
+    # around a softmax, all of which XNNPACK runs. torch's own decomposition scales K as well as Q,
+    # broadcasts both into copies for its bmm and wraps the softmax in a "safe" one (eq, any,
+    # logical_not, where: zeros for a row with every key masked): all portable ops over the whole
+    # score matrix, 55% of a real tiny.en encoder window and most of a decode step's cross-attention
+    # (benchmarks/speech/tiny_en_longform.py). With no mask and no causal cut no row is fully masked,
+    # so the plain softmax is exact; a masked, causal or GQA call keeps torch's decomposition.
+    if attn_mask is not None or is_causal or dropout_p or enable_gqa or q.dim() != 4:
+        return NotImplemented
+    # -1 for the lengths: a reshape whose shape holds a symbolic size is not delegated (a portable copy)
+    heads, d = q.shape[0] * q.shape[1], q.shape[-1]
+    scores = torch.bmm(
+        q.reshape(heads, -1, d) * (scale if scale is not None else d**-0.5), k.reshape(heads, -1, d).transpose(1, 2)
+    )
+    out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(heads, -1, v.shape[-1]))
+    return out.reshape(q.shape[0], q.shape[1], -1, v.shape[-1])
 
 
 def delegation(graph_module: Any) -> Delegation:
@@ -216,7 +245,7 @@ def write_program(
     edge = lower(programs)
     delegated = {name: delegation(edge.exported_program(name).graph_module) for name in units}
     path = stage / PROGRAM
-    path.write_bytes(edge.to_executorch().buffer)
+    path.write_bytes(edge.to_executorch(_config()).buffer)
     advance("checking in the ExecuTorch runtime")
     tolerances = {n: pte_quantize.TOLERANCE if n in quantization else tolerance for n in units}
     parity = _check(path, units, references, tolerances)
@@ -249,6 +278,19 @@ def lower(programs: dict[str, Any]) -> Any:
     return to_edge_transform_and_lower(
         programs, transform_passes=[FuseCascadedTransposeOrPermuteOps()], partitioner=[XnnpackPartitioner()]
     )
+
+
+def _config() -> Any:
+    """The program's memory plan: its inputs are the caller's tensors, not copies in planned buffers.
+
+    As ExecuTorch's own LLM export (extension/llm/export/builder.py) plans them: a Whisper decode step takes
+    the clip's cross-attention K/V (8 x 2.3 MB for tiny.en) at every call, and copying them in cost 2 ms of
+    a step; shared, 0.01 ms. The runtime keeps each input alive through the call (runtimes/executorch.py).
+    """
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+
+    return ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False))
 
 
 def _leaves_run(unit: ExportUnit) -> list[torch.nn.Module]:

@@ -85,3 +85,20 @@ def test_cli_transcribes_and_refuses_bad_audio(exported, speech, tmp_path, capsy
     assert "notes.wav' is not a WAV file; allowed: WAV" in capsys.readouterr().err
     assert main(["run", str(exported), "--audio", str(speech), "--image", str(speech)]) == 2
     assert "this bundle takes no image input; it takes: text, audio" in capsys.readouterr().err
+
+
+def test_the_pte_decoder_reads_the_cross_attention_keys_and_values_without_copying_them(checkpoint):
+    """transformers' DynamicCache(ddp_cache_data=...) concatenated each cross K/V onto an empty tensor: in a pte
+    program a copy of all of them at every decode step (18 MB a step for the real tiny.en)."""
+    import json
+
+    from edgemfm.exporters import find_family
+
+    family = find_family(json.loads((checkpoint / "config.json").read_text()))
+    static = family.split(family.load(checkpoint), checkpoint).units["text_decoder"].static_cache(16)
+    program = torch.export.export(static.module, static.args, strict=False)
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    cross = {n for n in program.graph.nodes if n.name in names[2:]}  # after inputs_embeds and input_pos
+    assert len(cross) == len(static.cross_attention.outputs)
+    readers = [n for n in program.graph.nodes if n.op == "call_function" and set(n.all_input_nodes) & cross]
+    assert readers and not [n for n in readers if "cat" in str(n.target)]
