@@ -270,3 +270,73 @@ def test_cascade_mode_without_data_is_one_line_naming_what_is_allowed(default_bu
     assert capsys.readouterr().err.strip().endswith("allowed: --cascade with --data DIR (an eval.jsonl)")
     with pytest.raises(InputError, match="allowed: --cascade with --data DIR"):
         tune("pi5", 1000, bundle=default_bundle, cascade=True)
+
+
+@pytest.fixture(scope="module")
+def pruned_bundle(placeholder_model, tmp_path_factory):
+    """The placeholder model with 2 of its 4 decoder blocks pruned, exported fp32 for the host (a candidate bundle)."""
+    out = tmp_path_factory.mktemp("pruned") / "placeholder-blocks-2"
+    return edgemfm.export(edgemfm.ExportConfig(model=placeholder_model, device="host", out=out, prune=("blocks=2",)))
+
+
+def _questions(tmp_path, picture):
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "p.png").write_bytes(picture.read_bytes())
+    rows = [{"image": "p.png", "prompt": q, "answer": "-"} for q in ("What is it?", "Colours?", "Count the shapes.")]
+    (data / "eval.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    return data
+
+
+def test_cascade_mode_can_choose_a_pruned_candidate_bundle(default_bundle, pruned_bundle, picture, tmp_path):
+    """A candidate bundle is searched at every precision mix beside the source, all its components its own. Under a
+    memory budget that none of the source's points fits (2.7 MB: its smallest, int4 at 256 positions, needs 3.0; the
+    pruned one 2.4), the cascade's small bundle is the pruned int4 one, its cost its own latency plus its escalations
+    to the source (the large bundle, never a candidate); --apply writes it with the pruned decoder's graph."""
+    data, out = _questions(tmp_path, picture), tmp_path / "small"
+    options = dict(bundle=default_bundle, data=data, cascade=True, tolerance=0.34, scratch=tmp_path)
+    with pytest.raises(InputError, match="no small bundle fits: the smallest needs 3 MB; allowed: 2.7 MB"):
+        tune("pi5", 1000, 2.7, **options)  # without the candidate
+    r = tune("pi5", 1000, 2.7, **options, candidate_bundles=(pruned_bundle,), apply=out)
+    tag = ("candidate bundle", str(pruned_bundle))
+    ours = [p for p in r.points if all(s != tag for _, s in p.candidate.settings)]
+    theirs = [p for p in r.points if all(s == tag for _, s in p.candidate.settings)]
+    assert len(ours) + len(theirs) == len(r.points) and len(theirs) == len(ours) == 18  # none mixes two bundles
+    assert r.chosen.candidate.describe(r.manifest)["text_decoder"] == "int4 (placeholder-blocks-2)"
+    assert r.chosen.memory_mb <= 2.7 < min(p.memory_mb for p in ours)
+    large = max((p for p in ours if all(v == "fp32" for _, v in p.candidate.precisions)), key=lambda p: p.latency_ms)
+    assert r.cascade.large_ms == large.latency_ms > max(p.latency_ms for p in theirs)
+    assert r.cascade.cost_ms == pytest.approx(r.chosen.latency_ms + r.cascade.calibration.escalated * large.latency_ms)
+    written = edgemfm.bundle.read_manifest(out).components["text_decoder"].kv_cache.layers
+    assert written == edgemfm.bundle.read_manifest(pruned_bundle).components["text_decoder"].kv_cache.layers == 2
+
+
+def test_a_candidate_that_is_not_a_bundle_of_the_model_is_one_line(default_bundle, tmp_path, capsys):
+    """Refused before any part is built: not a bundle, another tokenizer, or no held-out questions to compare with."""
+    from edgemfm.bundle import read_manifest, seal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "eval.jsonl").write_text('{"image": "p.png", "prompt": "What?", "answer": "-"}\n')
+    argv = ["tune", "--device", "pi5", "--latency-budget", "1000", "--bundle", str(default_bundle), "--data", str(data)]
+    assert main([*argv, "--candidates", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a bundle" in err
+    assert err.endswith(
+        "allowed: an fp32 bundle of the source's model and tokenizer (edgemfm prune, then edgemfm export)"
+    )
+    other = tmp_path / "other-tokenizer"  # the same graphs, another tokenizer file
+    other.mkdir()
+    manifest = read_manifest(default_bundle)
+    for name in manifest.files:
+        (other / name).write_bytes((default_bundle / name).read_bytes())
+    (other / manifest.tokenizer.file).write_bytes((default_bundle / manifest.tokenizer.file).read_bytes() + b" ")
+    seal(other, manifest)
+    with pytest.raises(InputError, match=r"differs from the source in its tokenizer sha256 .* allowed: an fp32 bundle"):
+        tune("pi5", 1000, bundle=default_bundle, data=data, candidate_bundles=(other,), scratch=tmp_path)
+    with pytest.raises(InputError, match="is the source bundle itself"):
+        tune("pi5", 1000, bundle=default_bundle, data=data, candidate_bundles=(default_bundle,), scratch=tmp_path)
+    with pytest.raises(InputError, match="allowed: --candidates with --data DIR"):
+        tune("pi5", 1000, bundle=default_bundle, candidate_bundles=(other,))

@@ -71,6 +71,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="visual-token budgets (rows per image or tile, as export --visual-tokens) searched beside the image settings",
     )
     t.add_argument(
+        "--candidates",
+        nargs="+",
+        metavar="BUNDLE",
+        help="other fp32 bundles of the model (`edgemfm prune` checkpoints, exported) searched beside it at each"
+        " precision and sequence length (needs --data)",
+    )
+    t.add_argument(
         "--cascade",
         metavar="JSON",
         help="choose the cheapest small bundle of a cascade in front of the float bundle (needs --data);"
@@ -122,6 +129,7 @@ def _options(args: argparse.Namespace) -> dict:
         data=args.data,
         questions=args.questions,
         visual_tokens=tuple(args.visual_tokens or ()),
+        candidate_bundles=tuple(args.candidates or ()),
         ray_address=args.ray,
         apply=args.apply,
         force=args.force,

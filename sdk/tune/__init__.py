@@ -2,7 +2,8 @@
 
     float bundle (+ checkpoint) ─► parts: each component at each setting and precision (parts.py)
         │ candidates = image (size, grid) or visual-token budget x audio window x max sequence length
-        │              x precision per component
+        │              x precision per component; with --candidates, also each other float bundle of the
+        │              model (a pruned one) x precision per component x max sequence length (sources.py)
         │ latency: cost.predict over the candidate's parts on the device (one question: encoder, prompt
         │          prefill with the media rows, answer tokens decoded); memory: weights + KV cache + activation
         │ quality: held-out exact match through the runtime (--data), else the worst output cosine of
@@ -12,7 +13,7 @@
 The modules, each importing only those before it: parts.py (the component graphs), quality.py
 (a bundle assembled from parts, its answers; edgemfm.jobs fans them out on a pool or Ray), search.py (candidates, their
 predicted cost and quality, the frontier, the choice), host.py (the chosen point written and timed
-on this host), cascade.py (`--cascade`: each point scored as a cascade's small bundle in front of the float one,
+on this host), sources.py (`--candidates`: other float bundles of the model searched beside it), cascade.py (`--cascade`: each point scored as a cascade's small bundle in front of the float one,
 at its predicted cost per question), render.py (JSON, table, PNG). This file is the verb that strings them together.
 
 Example:
@@ -34,7 +35,7 @@ from edgemfm.profiles import load_profile
 from edgemfm.progress import Progress
 from edgemfm.tune.cascade import CascadeChoice, cascade_choice
 from edgemfm.tune.host import float_source, host_check, write_chosen
-from edgemfm.tune.parts import Space, build_parts
+from edgemfm.tune.parts import Space, build_parts, candidate_bundle
 from edgemfm.tune.quality import read_questions
 from edgemfm.tune.render import plot, table, to_json
 from edgemfm.tune.search import (
@@ -51,6 +52,7 @@ from edgemfm.tune.search import (
     predicted,
     score,
 )
+from edgemfm.tune.sources import candidate_source, candidate_space
 
 __all__ = [
     "CascadeChoice",
@@ -88,6 +90,7 @@ def tune(
     visual_tokens: tuple[int, ...] = (),
     cascade: bool = False,
     tolerance: float = 0.01,
+    candidate_bundles: tuple[str | Path, ...] = (),
 ) -> Result:
     """Search the space for `device`; returns every point, the frontier flags and the chosen point.
 
@@ -98,7 +101,9 @@ def tune(
     per image (tile) searched beside the image settings (`export --visual-tokens`; the family's
     `visual_tokens` capability, from `model`). `cascade`: choose instead the cheapest small bundle of a
     cascade in front of the float bundle, per question, at `tolerance` (needs `data`; see tune/cascade.py;
-    `result.cascade` holds its calibration). `progress` hears each
+    `result.cascade` holds its calibration). `candidate_bundles`: other fp32 bundles of the model (`edgemfm prune`
+    checkpoints exported) searched beside it, each at every precision mix and sequence length (needs `data`;
+    see tune/sources.py). `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
@@ -114,12 +119,14 @@ def tune(
         )
     if cascade and data is None:
         raise InputError("--cascade needs held-out questions; allowed: --cascade with --data DIR (an eval.jsonl)")
+    if candidate_bundles and data is None:  # a pruned graph's fidelity to its own float graph says nothing
+        raise InputError("--candidates needs held-out questions; allowed: --candidates with --data DIR (an eval.jsonl)")
     if not 0 <= tolerance < 1:
         raise InputError(f"cascade tolerance {tolerance!r} is not allowed; allowed: 0 <= tolerance < 1")
     if workers < 1:
         raise InputError(f"--workers {workers} is not allowed; allowed: 1 or more")
     if apply is not None:
-        check_output(apply, force, inputs=(model, bundle, data))  # before the slow part
+        check_output(apply, force, inputs=(model, bundle, data, *candidate_bundles))  # before the slow part
         leftovers.sweep_for(Path(apply))  # a killed run's staging folder beside it
     with leftovers.scratch(leftovers.TUNE_SCRATCH_PREFIX, scratch) as tmp:
         from edgemfm.toolchain import quiet
@@ -129,11 +136,15 @@ def tune(
                 model, revision, bundle, data is not None or bool(visual_tokens), tmp, progress
             )
             manifest = read_manifest(source)
+            extras = [candidate_source(b, Path(source), manifest) for b in candidate_bundles]  # before the slow part
             space = space or default_space(profile, manifest, media=data is not None and model_dir is not None)
             if visual_tokens:
                 space = replace(space, visual_tokens=tuple(visual_tokens))
             parts = build_parts(space, source, manifest, profile, model_dir, tmp / "parts", progress)
-        cands = candidates(space, manifest)
+            cands = candidates(space, manifest)
+            for i, extra in enumerate(extras):
+                more_parts, more = candidate_space(extra, space, profile, tmp / f"candidate-{i}", progress)
+                parts, cands = parts | more_parts, cands + more
         quality, metric = score(
             cands,
             parts,
@@ -178,8 +189,13 @@ def tune(
 
 
 def _cascade(points, parts, manifest, profile, metric, source, data, questions, tolerance, tmp, progress, memory_mb):
-    """The cascade objective: the large bundle is the float one (the slowest all-fp32 point stands for its cost)."""
-    floats = [p for p in points if all(v == "fp32" for _, v in p.candidate.precisions)]
+    """The cascade objective: the large bundle is the float source (its slowest all-fp32 point stands for its cost)."""
+    floats = [
+        p
+        for p in points
+        if all(v == "fp32" for _, v in p.candidate.precisions)
+        and not any(candidate_bundle(s) for _, s in p.candidate.settings)  # a candidate bundle is no large one
+    ]
     if not floats:
         raise InputError("--cascade needs the float bundle among the candidates; allowed: a space with fp32")
     large = max(floats, key=lambda p: p.latency_ms)

@@ -5,6 +5,8 @@
                     by the family's `media_knobs` capability (exporters/family.py), where it has one;
                     vision encoder per visual-token budget ("visual tokens", N): the family's
                     `visual_tokens` capability, as `export --visual-tokens N` cuts it
+    candidate bundle ─► every component of another float bundle of the model (a pruned one, say) at each
+                    precision, its setting ("candidate bundle", PATH) (tune/sources.py)
     every part   ─► its manifest record (shapes, weight bytes, FLOPs), node count, and SQNR / cosine of
                     its output against its float graph on calibration inputs
 
@@ -37,12 +39,15 @@ from edgemfm.quantizers.tied_table import standalone
 
 Key = tuple[str, tuple, str]  # (component, setting, precision)
 TOKENS = "visual tokens"  # a vision setting (TOKENS, N): the bundle's own image setting, at most N rows per image
+# every component's setting (CANDIDATE, PATH) in a candidate of another float bundle (tune --candidates): its own graph
+CANDIDATE = "candidate bundle"
 
 
 @dataclass(frozen=True)
 class Part:
     component: str
-    setting: tuple  # (): the bundle's own graph; (size, grid) of a vision variant; (window_s,) of an audio one
+    setting: tuple  # (): the bundle's own graph; (size, grid) of a vision variant; (window_s,) of an audio one;
+    # (TOKENS, N) a visual-token budget; (CANDIDATE, PATH) the graph of the candidate bundle at PATH
     precision: str  # fp32, int8 or int4
     path: Path  # the graph file
     record: Component  # manifest record: shapes, weight bytes at this precision, FLOPs per item
@@ -87,6 +92,16 @@ def token_budget(setting: tuple) -> int | None:
     return setting[1] if len(setting) == 2 and setting[0] == TOKENS else None
 
 
+def candidate_bundle(setting: tuple) -> str | None:
+    """PATH of a candidate bundle's setting (CANDIDATE, PATH); None for any other setting.
+
+    Example:
+        >>> candidate_bundle((CANDIDATE, "bundles/pruned")), candidate_bundle(())
+        ('bundles/pruned', None)
+    """
+    return setting[1] if len(setting) == 2 and setting[0] == CANDIDATE else None
+
+
 def settings_of(space: Space, manifest: Manifest, component: str) -> tuple[tuple, ...]:
     """The settings a component is built at: the media knobs (and visual-token budgets) for an encoder,
     else only its own graph."""
@@ -110,8 +125,8 @@ def variant_preprocess(manifest: Manifest, kind: str, setting: tuple, part: Part
     p = manifest.preprocess
     if part is not None and part.preprocess is not None:
         return part.preprocess
-    if token_budget(setting) is not None:
-        return p  # a pooled grid reads the images as the bundle does
+    if token_budget(setting) is not None or candidate_bundle(setting) is not None:
+        return p  # a pooled grid, or a candidate bundle of the same pre-processing, reads the images as the bundle does
     knobs = family_named(manifest.family).media_knobs if setting else None
     if knobs is not None and knobs.preprocess is not None:  # the family says what its setting means
         return knobs.preprocess(p, kind, setting)
@@ -256,7 +271,7 @@ def media_rows(manifest: Manifest, kind: str, setting: tuple, model_dir: Path | 
     with a visual-token budget N)."""
     if token_budget(setting) is not None:
         return token_budget(setting)
-    if not setting:
+    if not setting or candidate_bundle(setting) is not None:  # a candidate bundle's encoder: the model's own rows
         spec = manifest.components[manifest.prompt.media[kind].encoder].outputs[0]
         return int(spec.shape[1])
     return media_knobs(manifest).rows(model_dir, kind, setting)

@@ -22,7 +22,16 @@ from edgemfm.profiles import DeviceProfile
 from edgemfm.progress import Progress
 from edgemfm.quantizers import presets
 from edgemfm.report import Parity
-from edgemfm.tune.parts import Part, Space, media_encoders, media_rows, settings_of, token_budget, variant_preprocess
+from edgemfm.tune.parts import (
+    Part,
+    Space,
+    candidate_bundle,
+    media_encoders,
+    media_rows,
+    settings_of,
+    token_budget,
+    variant_preprocess,
+)
 from edgemfm.tune.quality import TaskJob, answer_rate, assemble, read_questions, recipe_of
 
 PROMPT_TOKENS = 32  # a short question in the chat template, before its media rows
@@ -41,6 +50,11 @@ class Candidate:
         out = {}
         for name in manifest.components:
             s = settings[name]
+            if (
+                candidate_bundle(s) is not None
+            ):  # a graph of another float bundle (tune --candidates), named by its folder
+                out[name] = f"{precisions[name]} ({Path(candidate_bundle(s)).name})"
+                continue
             if token_budget(s) is not None:  # the bundle's own image setting, its rows cut to N
                 out[name] = f"{precisions[name]} <={token_budget(s)} tokens"
                 continue
