@@ -38,6 +38,10 @@ METHOD = "pt2e-minmax"  # XNNPACKQuantizer's default observers: min/max of the c
 WEIGHTED = {"conv1d", "conv2d", "linear"}  # aten ops whose weight XNNPACKQuantizer quantizes per channel
 SENSITIVE = "int8 alone: output"  # how the report names a conv `sensitive` kept float
 SENSITIVE_DB = conv_qlinear.SENSITIVE_DB  # a conv whose int8 alone takes the output under it stays float (`sensitive`)
+# what lies between two chained convs of a CNN in a captured graph, as conv_qlinear's _THROUGH in an ONNX one (batch
+# norm and its getitem too: not folded into the conv before PT2E's prepare)
+THROUGH = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "add", "add_", "batch_norm", "getitem"}
+THROUGH |= {"_native_batch_norm_legit_no_training"}
 
 
 def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, list[tuple]], dict[str, str]]:
@@ -135,6 +139,8 @@ def sensitive(captured: Any, inputs: list[tuple]) -> dict[str, float]:
     """Convolution node -> the encoder's output SQNR (dB) on `inputs` with only that convolution int8 (its annotation
     as XNNPACKQuantizer makes it: input and weights, and the output where the activation after it shares its range),
     for those under SENSITIVE_DB: the ONNX path's judge (quantizers/conv_qlinear.py), on the PT2E module the program runs.
+    Only the convolutions the ONNX judge judges: those chained to another through an activation or a residual add
+    (`chained`), a CNN's; Whisper's two convs around a GELU are not, and stay int8 as its linears.
 
     On the demo's EfficientNet-Lite0 the stem alone took the output to 11 dB on the built-in drawings and the first
     blocks' depthwise convs under 30: 15.4 dB on held-out pictures for the whole int8 encoder (BENCHMARKS.md, result
@@ -146,7 +152,7 @@ def sensitive(captured: Any, inputs: list[tuple]) -> dict[str, float]:
     """
     reference = [_leaves(captured.module()(*args)) for args in inputs]
     graph = captured.module().graph
-    convs = [n.name for n in graph.nodes if n.op == "call_function" and _op(n) in WEIGHTED - {"linear"}]
+    convs = [n.name for n in chained(graph)]
     out = {}
     for conv in convs:
         trial = _converted(captured, inputs, lambda node, conv=conv: node.name == conv, only=True)
@@ -157,6 +163,36 @@ def sensitive(captured: Any, inputs: list[tuple]) -> dict[str, float]:
         if db < SENSITIVE_DB:
             out[conv] = round(db, 1)
     return out
+
+
+def chained(graph: Any) -> list[Any]:
+    """The convolution nodes of `graph` with another convolution before or after, through at most three of
+    THROUGH (an activation, a batch norm, a residual add): conv_qlinear.chained on a captured graph.
+
+    Example:
+        >>> [n.name for n in chained(torch.export.export(module, args).module().graph)]  # doctest: +SKIP
+        ['conv2d', 'conv2d_1']
+    """
+    convs = {n for n in graph.nodes if n.op == "call_function" and _op(n) in WEIGHTED - {"linear"}}
+
+    def reaches(node: Any, step: Any, depth: int = 3) -> bool:
+        for nxt in step(node):
+            if nxt in convs or (depth and _name(nxt) in THROUGH and reaches(nxt, step, depth - 1)):
+                return True
+        return False
+
+    def before(n: Any) -> list[Any]:
+        return [a for a in n.args[:1] if hasattr(a, "users")]
+
+    def after(n: Any) -> list[Any]:
+        return list(n.users)
+
+    return [n for n in graph.nodes if n in convs and (reaches(n, before) or reaches(n, after))]
+
+
+def _name(node: Any) -> str:
+    """The aten op's name of `node`, or the function's (operator.getitem has no schema)."""
+    return _op(node) or getattr(node.target, "__name__", "")
 
 
 def _converted(captured: Any, inputs: list[tuple], keep: Any, only: bool = False) -> Any:
