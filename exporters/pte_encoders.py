@@ -38,10 +38,10 @@ METHOD = "pt2e-minmax"  # XNNPACKQuantizer's default observers: min/max of the c
 WEIGHTED = {"conv1d", "conv2d", "linear"}  # aten ops whose weight XNNPACKQuantizer quantizes per channel
 SENSITIVE = "int8 alone: output"  # how the report names a conv `sensitive` kept float
 SENSITIVE_DB = conv_qlinear.SENSITIVE_DB  # a conv whose int8 alone takes the output under it stays float (`sensitive`)
-# what lies between two chained convs of a CNN in a captured graph, as conv_qlinear's _THROUGH in an ONNX one (batch
-# norm and its getitem too: not folded into the conv before PT2E's prepare)
-THROUGH = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "add", "add_", "batch_norm", "getitem"}
-THROUGH |= {"_native_batch_norm_legit_no_training"}
+# what lies between two chained convs of a CNN in a captured graph, as conv_qlinear's _THROUGH in an ONNX one; batch
+# norm (and its getitem) and pad too: not yet folded into the conv here (EfficientNet-Lite pads before each conv)
+THROUGH = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "add", "add_", "batch_norm", "getitem", "pad"}
+THROUGH |= {"_native_batch_norm_legit_no_training", "constant_pad_nd"}
 
 
 def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, list[tuple]], dict[str, str]]:
