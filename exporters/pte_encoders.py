@@ -23,16 +23,25 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgemfm.exporters.family import ExportUnit, Split
+from edgemfm.quantizers import conv_qlinear
+from edgemfm.recipe import Recipe, Rule
 from edgemfm.report import AppliedScheme, Quantization
 
 ENCODERS = ("vision_encoder", "audio_encoder")  # the components quantized here; the rest by pte_quantize
 METHOD = "pt2e-minmax"  # XNNPACKQuantizer's default observers: min/max of the calibration activations
 WEIGHTED = {"conv1d", "conv2d", "linear"}  # aten ops whose weight XNNPACKQuantizer quantizes per channel
+SENSITIVE = "int8 alone: output"  # how the report names a conv `sensitive` kept float
+SENSITIVE_DB = conv_qlinear.SENSITIVE_DB  # a conv whose int8 alone takes the output under it stays float (`sensitive`)
+# what lies between two chained convs of a CNN in a captured graph, as conv_qlinear's _THROUGH in an ONNX one; batch
+# norm (and its getitem) and pad too: not yet folded into the conv here (EfficientNet-Lite pads before each conv)
+THROUGH = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "add", "add_", "batch_norm", "getitem", "pad"}
+THROUGH |= {"_native_batch_norm_legit_no_training", "constant_pad_nd"}
 
 
 def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, list[tuple]], dict[str, str]]:
@@ -80,12 +89,115 @@ def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, l
 def quantize_encoder(
     name: str, unit: ExportUnit, inputs: list[tuple], dynamic_shapes: Any
 ) -> tuple[ExportUnit, Quantization]:
-    """`unit` with its module replaced by the PT2E int8 module calibrated on `inputs`; what was done.
+    """`unit` with its module replaced by the PT2E int8 module calibrated on `inputs`, its sensitive convolutions
+    float (`sensitive`); what was done.
 
     Example:
         >>> unit, done = quantize_encoder("audio_encoder", unit, inputs, shapes)  # doctest: +SKIP
     """
     import torch
+
+    with torch.no_grad():
+        captured = torch.export.export(unit.module, unit.args, dynamic_shapes=dynamic_shapes, strict=False)
+        worst = sensitive(captured, inputs)
+        converted = _converted(captured, inputs, lambda node: node.name not in worst)
+    done, floats = _count(converted.graph)
+    kept = {
+        f"{name}/{module}": f"{SENSITIVE} {db:.1f} dB < {SENSITIVE_DB:g} on calibration"
+        for module, db in ((_module(n), worst[n.name]) for n in floats if n.name in worst)
+    }
+    return replace(unit, module=converted), Quantization(
+        schemes=(AppliedScheme(bits=8, group_size=0, method=f"xnnpack {METHOD}"),),
+        quantized_units=sum(done.values()),
+        float_units={
+            **{f"{name}/{_module(n)}": "not annotated by XNNPACKQuantizer" for n in floats if n.name not in worst},
+            **kept,
+        },
+        notes={name: f"static int8 activations, ranges from {len(inputs)} calibration items"},
+        quantized_nodes=done,
+        weight_bytes=0,  # filled by the writer from the captured program
+    )
+
+
+def with_float_convs(recipe: Recipe, quantization: dict[str, Quantization]) -> Recipe:
+    """`recipe` with a float rule first for each convolution an encoder's quantization kept float (`sensitive`), so
+    the manifest's recipe says what the program runs.
+
+    Example:
+        >>> with_float_convs(recipe, quantization).spec_for("vision_encoder/model.vision_tower._conv_stem")  # doctest: +SKIP
+    """
+    kept = tuple(
+        Rule(unit, None)
+        for name in ENCODERS
+        for unit, why in (quantization[name].float_units if name in quantization else {}).items()
+        if why.startswith(SENSITIVE)
+    )
+    return replace(recipe, rules=(*kept, *recipe.rules))
+
+
+def sensitive(captured: Any, inputs: list[tuple]) -> dict[str, float]:
+    """Convolution node -> the encoder's output SQNR (dB) on `inputs` with only that convolution int8 (its annotation
+    as XNNPACKQuantizer makes it: input and weights, and the output where the activation after it shares its range),
+    for those under SENSITIVE_DB: the ONNX path's judge (quantizers/conv_qlinear.py), on the PT2E module the program runs.
+    Only the convolutions the ONNX judge judges: those chained to another through an activation or a residual add
+    (`chained`), a CNN's; Whisper's two convs around a GELU are not, and stay int8 as its linears.
+
+    On the demo's EfficientNet-Lite0 the stem alone took the output to 11 dB on the built-in drawings and the first
+    blocks' depthwise convs under 30: 15.4 dB on held-out pictures for the whole int8 encoder (BENCHMARKS.md, result
+    quantization-demo-pte-int8).
+
+    Example:
+        >>> sensitive(torch.export.export(module, args), inputs)  # doctest: +SKIP
+        {'conv2d': 11.1, 'conv2d_1': 12.4}
+    """
+    reference = [_leaves(captured.module()(*args)) for args in inputs]
+    graph = captured.module().graph
+    convs = [n.name for n in chained(graph)]
+    out = {}
+    for conv in convs:
+        trial = _converted(captured, inputs, lambda node, conv=conv: node.name == conv, only=True)
+        got = [_leaves(trial(*args)) for args in inputs]
+        signal = sum(float((r**2).sum()) for rs in reference for r in rs)
+        noise = sum(float(((r - g) ** 2).sum()) for rs, gs in zip(reference, got, strict=True) for r, g in zip(rs, gs))
+        db = 10 * math.log10(signal / max(noise, 1e-30)) if signal else math.inf
+        if db < SENSITIVE_DB:
+            out[conv] = round(db, 1)
+    return out
+
+
+def chained(graph: Any) -> list[Any]:
+    """The convolution nodes of `graph` with another convolution before or after, through at most three of
+    THROUGH (an activation, a batch norm, a residual add): conv_qlinear.chained on a captured graph.
+
+    Example:
+        >>> [n.name for n in chained(torch.export.export(module, args).module().graph)]  # doctest: +SKIP
+        ['conv2d', 'conv2d_1']
+    """
+    convs = {n for n in graph.nodes if n.op == "call_function" and _op(n) in WEIGHTED - {"linear"}}
+
+    def reaches(node: Any, step: Any, depth: int = 3) -> bool:
+        for nxt in step(node):
+            if nxt in convs or (depth and _name(nxt) in THROUGH and reaches(nxt, step, depth - 1)):
+                return True
+        return False
+
+    def before(n: Any) -> list[Any]:
+        return [a for a in n.args[:1] if hasattr(a, "users")]
+
+    def after(n: Any) -> list[Any]:
+        return list(n.users)
+
+    return [n for n in graph.nodes if n in convs and (reaches(n, before) or reaches(n, after))]
+
+
+def _name(node: Any) -> str:
+    """The aten op's name of `node`, or the function's (operator.getitem has no schema)."""
+    return _op(node) or getattr(node.target, "__name__", "")
+
+
+def _converted(captured: Any, inputs: list[tuple], keep: Any, only: bool = False) -> Any:
+    """The PT2E int8 module of `captured`, calibrated on `inputs`; a node for which `keep(node)` is false is left
+    float (`only`: and every node but those and what shares their ranges)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -96,22 +208,46 @@ def quantize_encoder(
         def transform_for_annotation(self, model):
             return _integer_scalars(super().transform_for_annotation(model))
 
+        def annotate(self, model):
+            # XNNPACKQuantizer.set_module_name(name, None) is refused, and naming a conv's module alone quantizes
+            # nothing (its conv+BN pattern spans two modules): the annotations are taken off the chosen nodes instead
+            return _unannotated(super().annotate(model), keep, only)
+
     quantizer = Quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with torch.no_grad():
-        captured = torch.export.export(unit.module, unit.args, dynamic_shapes=dynamic_shapes, strict=False)
-        prepared = prepare_pt2e(captured.module(), quantizer)
-        for args in inputs:
-            prepared(*args)
-        converted = convert_pt2e(prepared)
-    done, floats = _count(converted.graph)
-    return replace(unit, module=converted), Quantization(
-        schemes=(AppliedScheme(bits=8, group_size=0, method=f"xnnpack {METHOD}"),),
-        quantized_units=sum(done.values()),
-        float_units={f"{name}/{n}": "not annotated by XNNPACKQuantizer" for n in floats},
-        notes={name: f"static int8 activations, ranges from {len(inputs)} calibration items"},
-        quantized_nodes=done,
-        weight_bytes=0,  # filled by the writer from the captured program
-    )
+    prepared = prepare_pt2e(captured.module(), quantizer)
+    for args in inputs:
+        prepared(*args)
+    return convert_pt2e(prepared)
+
+
+def _unannotated(model: Any, keep: Any, only: bool) -> Any:
+    """`model` with the quantization annotations off each node `keep` rejects, and off every node whose ranges are
+    shared with or derived from one so left (`only`: off every node but those `keep` takes and what shares theirs)."""
+    key = "quantization_annotation"
+    annotated = [n for n in model.graph.nodes if key in n.meta]
+    refs = {n: _references(n.meta[key]) for n in annotated}
+    chosen = {n for n in annotated if keep(n)}
+    if only:
+        chosen |= {n for n in annotated if refs[n] & chosen}
+    gone = set(annotated) - chosen
+    while True:
+        more = {n for n in annotated if n not in gone and refs[n] & gone}
+        if not more:
+            break
+        gone |= more
+    for node in gone:
+        del node.meta[key]
+    return model
+
+
+def _references(annotation: Any) -> set[Any]:
+    """The nodes whose ranges `annotation` shares or derives from (a SharedQuantizationSpec's edge or node, a
+    DerivedQuantizationSpec's)."""
+    specs = [*annotation.input_qspec_map.values(), annotation.output_qspec]
+    found = []
+    for spec in specs:
+        found += [getattr(spec, "edge_or_node", None), *(getattr(spec, "derived_from", None) or ())]
+    return {n for e in found if e is not None for n in (e if isinstance(e, tuple) else (e,))}
 
 
 def _integer_scalars(model: Any) -> Any:
@@ -141,17 +277,33 @@ def _integer(dtype: Any) -> bool:
     return dtype is not None and not (dtype.is_floating_point or dtype.is_complex)
 
 
-def _count(graph: Any) -> tuple[dict[str, int], list[str]]:
-    """Weighted ops whose weight comes through a per-channel dequantize (quantized), and those left float."""
+def _count(graph: Any) -> tuple[dict[str, int], list[Any]]:
+    """Weighted ops whose weight comes through a per-channel dequantize (quantized), and the nodes left float."""
     done: dict[str, int] = {}
     floats = []
     for node in graph.nodes:
-        op = getattr(getattr(node.target, "_schema", None), "name", "").removeprefix("aten::")
+        op = _op(node)
         if node.op != "call_function" or op not in WEIGHTED:
             continue
         weight = node.args[1]
         if "dequantize_per_channel" in str(getattr(weight, "target", "")):
             done[f"{op}_int8"] = done.get(f"{op}_int8", 0) + 1
         else:
-            floats.append(node.name)
+            floats.append(node)
     return done, floats
+
+
+def _op(node: Any) -> str:
+    return getattr(getattr(node.target, "_schema", None), "name", "").removeprefix("aten::")
+
+
+def _module(node: Any) -> str:
+    """The dotted path of the module that ran `node` (its node name when torch.export recorded none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else node.name
+
+
+def _leaves(output: Any) -> list[Any]:
+    import torch
+
+    return [t.float() for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]

@@ -258,7 +258,7 @@ def _write_float(
     advance = lambda step: say(progress, step)  # noqa: E731
     recipe, quantization, floats, plan = FLOAT32, {}, {}, None
     if config.format == "pte":  # a pte program is quantized as it is written (the ONNX graphs after, by quantize)
-        from edgemfm.exporters.pte_encoders import ENCODERS, encoder_inputs
+        from edgemfm.exporters.pte_encoders import ENCODERS, encoder_inputs, with_float_convs
         from edgemfm.exporters.pte_quantize import pte_recipe
 
         planned = None
@@ -277,6 +277,7 @@ def _write_float(
             recipe=recipe,
             calibration=calibration,
         )
+        recipe = with_float_convs(recipe, quantization)
     else:
         components, parity, delegation = writer.write_units(
             split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, fuse=config.fuse
