@@ -30,9 +30,9 @@ def checkpoint(tmp_path_factory):
     return tiny_text_model("LlamaForCausalLM", tmp_path_factory.mktemp("models") / "tiny-llama", **SHAPE)
 
 
-def _export(checkpoint, out, precision: str) -> int:
+def _export(checkpoint, out, precision: str, max_seq_len: int = 64) -> int:
     argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", precision]
-    return main([*argv, "--max-seq-len", "64", "--out", str(out)])
+    return main([*argv, "--max-seq-len", str(max_seq_len), "--out", str(out)])
 
 
 def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
@@ -351,3 +351,87 @@ def test_qwen2_audios_encoder_quantizes_with_its_integer_positions_kept_integer(
     # two convolutions; q k v out fc1 fc2 in the layer and the projector
     assert quantization["audio_encoder"].quantized_nodes == {"conv1d_int8": 2, "linear_int8": 7}
     assert parity["audio_encoder"].tolerance == TOLERANCE and delegated["audio_encoder"].delegated_nodes > 0
+
+
+class _ModuleSession:
+    """A PyTorch module where a pipeline runs a program's method (the backend protocol's `run`), its inputs regrouped
+    as the module takes them (Whisper's decoder: the cross-attention K/V as one tuple), under XNNPACK's rounding."""
+
+    def __init__(self, unit):
+        from torch.utils._pytree import tree_flatten
+
+        self.unit, self.spec = unit, tree_flatten(unit.args)[1]
+
+    def run(self, feeds: dict) -> dict:
+        from torch.utils._pytree import tree_unflatten
+
+        from edgemfm.exporters.pte_quantize import xnnpack_rounding
+
+        flat = [torch.from_numpy(feeds[n].copy()) for n in self.unit.input_names]
+        with torch.no_grad(), xnnpack_rounding():
+            out = self.unit.module(*tree_unflatten(flat, self.spec))
+        return {n: t.numpy() for n, t in zip(self.unit.output_names, out if isinstance(out, tuple) else (out,))}
+
+
+def _fake_quantized_units_tokens(checkpoint, bundle, prompt: str, media: dict) -> list[int]:
+    """The bundle's greedy answer with its token embedding and decoder run in PyTorch: the family's own units (a head
+    is `text_decoder/lm_head` there whatever transformers calls it: Whisper's `proj_out`) quantized by the bundle's
+    recipe as the export quantized them. The encoders stay the program's (calibrated int8 ones are checked against
+    their PT2E modules at export), and so does the prompt and media handling the pipeline shares with
+    test_pte.py's float rows."""
+    from edgemfm.exporters import find_family
+    from edgemfm.exporters.executorch import _leaves_run
+    from edgemfm.exporters.pte_encoders import ENCODERS
+    from edgemfm.exporters.pte_quantize import quantize_module
+
+    manifest = read_manifest(bundle)
+    family = find_family(json.loads((checkpoint / "config.json").read_text()))
+    units = family.split(family.load(checkpoint), checkpoint).units
+    units["text_decoder"] = units["text_decoder"].static_cache(manifest.components["text_decoder"].kv_cache.max_seq_len)
+    # what the encoders run stays theirs, as in write_program (Whisper's decoder holds its cross-attention K/V ones)
+    theirs = tuple(m for name, unit in units.items() if name in ENCODERS for m in _leaves_run(unit))
+    pipe = edgemfm.load(bundle)
+    for name in ("token_embedding", "text_decoder"):
+        done = quantize_module(name, units[name].module, manifest.recipe, others=theirs)
+        assert done.quantized_nodes == manifest.report.quantization[name].quantized_nodes, name
+    pipe.decoder.embedding = _ModuleSession(units["token_embedding"])
+    pipe.decoder.session = _ModuleSession(units["text_decoder"])
+    return list(pipe.generate_tokens(prompt, **media, max_new_tokens=TOKENS))
+
+
+def _family_checkpoint(family: str, path):
+    from tiny_audio import tiny_qwen2_audio, tiny_whisper
+    from tiny_models import tiny_idefics3, tiny_qwen2_vl
+
+    builders = {
+        "whisper": tiny_whisper,
+        "qwen2_audio": tiny_qwen2_audio,
+        "idefics3": tiny_idefics3,
+        "qwen2_vl": lambda p: tiny_qwen2_vl(p, seed=1),  # seed 0 ends its answer early (test_pte.py)
+        "qwen2_5_vl": lambda p: tiny_qwen2_vl(p, seed=1, version="2.5"),
+    }
+    return builders[family](path)
+
+
+# family -> (the media its prompt takes, the cache its prompt, media rows and answer need)
+MEDIA_FAMILIES = {
+    "whisper": ("audio", 64),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(MEDIA_FAMILIES))
+def test_every_media_familys_quantized_pte_tokens_equal_its_fake_quantized_units(family, picture, tmp_path):
+    from test_audio import speech_wav
+
+    kind, max_seq_len = MEDIA_FAMILIES[family]
+    checkpoint = _family_checkpoint(family, tmp_path / "model")
+    out = tmp_path / "pte-int8"
+    assert _export(checkpoint, out, "int8", max_seq_len) == 0
+    if kind == "audio":
+        media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
+    else:
+        media = {"images": [picture]}
+    prompt = "" if family == "whisper" else PROMPT  # Whisper transcribes
+    ours = list(edgemfm.load(out).generate_tokens(prompt, **media, max_new_tokens=TOKENS))
+    assert len(ours) > 4 and ours == _fake_quantized_units_tokens(checkpoint, out, prompt, media)
