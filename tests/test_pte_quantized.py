@@ -399,39 +399,21 @@ def _fake_quantized_units_tokens(checkpoint, bundle, prompt: str, media: dict) -
     return list(pipe.generate_tokens(prompt, **media, max_new_tokens=TOKENS))
 
 
-def _family_checkpoint(family: str, path):
-    from tiny_audio import tiny_qwen2_audio, tiny_whisper
-    from tiny_models import tiny_idefics3, tiny_qwen2_vl
-
-    builders = {
-        "whisper": tiny_whisper,
-        "qwen2_audio": tiny_qwen2_audio,
-        "idefics3": tiny_idefics3,
-        "qwen2_vl": lambda p: tiny_qwen2_vl(p, seed=1),  # seed 0 ends its answer early (test_pte.py)
-        "qwen2_5_vl": lambda p: tiny_qwen2_vl(p, seed=1, version="2.5"),
-    }
-    return builders[family](path)
-
-
-# family -> (the media its prompt takes, the cache its prompt, media rows and answer need)
-MEDIA_FAMILIES = {
-    "whisper": ("audio", 64),
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(MEDIA_FAMILIES))
-def test_every_media_familys_quantized_pte_tokens_equal_its_fake_quantized_units(family, picture, tmp_path):
+def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
+    """Whisper's head is `proj_out` in transformers and `text_decoder/lm_head` in the program: the reference is the
+    program's own units. The families with long media prompts (Qwen2-Audio, Idefics3, Qwen2-VL: 100+ rows) are not
+    rows here: their 8-bit activations, rounded per token, flip on float-summation-order differences (a 1e-6 relative
+    nudge of a 64-row prefill moves 29 rows' logits by up to 0.29 in the reference itself), so their tokens part
+    at the first near-tie whatever the exporter does."""
     from test_audio import speech_wav
+    from tiny_audio import tiny_whisper
 
-    kind, max_seq_len = MEDIA_FAMILIES[family]
-    checkpoint = _family_checkpoint(family, tmp_path / "model")
+    checkpoint = tiny_whisper(tmp_path / "model", seed=1)  # seed 0's int8 transcription repeats one token
     out = tmp_path / "pte-int8"
-    assert _export(checkpoint, out, "int8", max_seq_len) == 0
-    if kind == "audio":
-        media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
-    else:
-        media = {"images": [picture]}
-    prompt = "" if family == "whisper" else PROMPT  # Whisper transcribes
-    ours = list(edgemfm.load(out).generate_tokens(prompt, **media, max_new_tokens=TOKENS))
-    assert len(ours) > 4 and ours == _fake_quantized_units_tokens(checkpoint, out, prompt, media)
+    assert _export(checkpoint, out, "int8") == 0
+    # self-attention q k v out, cross-attention q out (its k v are the encoder's), fc1 fc2 per layer; the head
+    assert read_manifest(out).report.quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2 * 8 + 1}
+    media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
+    ours = list(edgemfm.load(out).generate_tokens("", **media, max_new_tokens=TOKENS))
+    assert len(set(ours)) > 4 and ours == _fake_quantized_units_tokens(checkpoint, out, "", media)
