@@ -30,9 +30,9 @@ def checkpoint(tmp_path_factory):
     return tiny_text_model("LlamaForCausalLM", tmp_path_factory.mktemp("models") / "tiny-llama", **SHAPE)
 
 
-def _export(checkpoint, out, precision: str, max_seq_len: int = 64) -> int:
+def _export(checkpoint, out, precision: str) -> int:
     argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", precision]
-    return main([*argv, "--max-seq-len", str(max_seq_len), "--out", str(out)])
+    return main([*argv, "--max-seq-len", "64", "--out", str(out)])
 
 
 def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
