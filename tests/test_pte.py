@@ -404,11 +404,14 @@ def test_tokens_equal_the_onnx_bundle(case, checkpoint, bundle, media_item, tmp_
 
 
 @pytest.mark.slow
-def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture, tmp_path):
-    """The built-in default model at the host profile's own max_seq_len (2048)."""
-    from edgemfm.exporters import placeholder
-
-    pte = edgemfm.export(edgemfm.ExportConfig(device="host", format="pte", out=tmp_path / "pte"))
+def test_the_default_bundles_model_as_pte_at_the_hosts_max_seq_len_equals_onnx_and_transformers(
+    placeholder_model, default_bundle, picture, tmp_path
+):
+    """The model behind `default_bundle` (the placeholder: the demo model, `export`'s own default, has
+    tests/test_pte_demo.py) at the host profile's own max_seq_len (2048)."""
+    pte = edgemfm.export(
+        edgemfm.ExportConfig(model=placeholder_model, device="host", format="pte", out=tmp_path / "pte")
+    )
     manifest = read_manifest(pte)
     assert (
         manifest.components["text_decoder"].kv_cache.max_seq_len == edgemfm.load_profile("host").streaming.max_seq_len
@@ -418,8 +421,7 @@ def test_default_model_pte_equals_onnx_and_transformers(default_bundle, picture,
     assert len(ours) >= 12 and ours == list(
         edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=24)
     )
-    checkpoint = placeholder.build(tmp_path / "default-model")
-    assert ours == llava_generate(checkpoint, pipe, PROMPT, [picture], 24)
+    assert ours == llava_generate(placeholder_model, pipe, PROMPT, [picture], 24)
 
 
 # Fast checks of the static-cache decoder in PyTorch (no lowering): what the slow rows above
