@@ -153,7 +153,9 @@ class Live:
         for s in found:
             self.done.append(dataclasses.replace(s, start=self.offset + s.start, end=self.offset + s.end))
             self.earlier.append(without_closing_pair(s.tokens, self.ts))
-        while sum(map(len, self.earlier)) > self.longform.t.max_target_positions // 2:
+        # memory stays flat: drop the oldest segments no window reads any more (long-form's prompt keeps the last
+        # `context` tokens of them all)
+        while sum(map(len, self.earlier[1:])) >= self.longform.context:
             self.earlier.pop(0)
         carried = self.pending[used:]  # committed words of the segment long-form reads again from the cut
         self.previous = [t for t in tokens[max(used, len(self.pending)) :] if t < self.ts]

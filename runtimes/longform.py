@@ -157,12 +157,16 @@ class LongForm:
         words = pipe.tokenizer.encode(" " + config.prompt.strip(), add_special_tokens=False).ids
         self.prompt = words if config.prompt.strip() else None
 
+    @property
+    def context(self) -> int:
+        """Earlier text tokens a window reads at most: half the decoder's positions, as OpenAI's."""
+        return self.t.max_target_positions // 2 - 1
+
     def _prefix(self, earlier: list[list[int]], condition: bool) -> list[int]:
         """A window's decoder prompt: earlier text after <|startofprev|> (when asked for), then the start."""
-        cut = self.t.max_target_positions // 2 - 1  # as OpenAI's: half the positions for earlier text
         if condition and (earlier or self.prompt):
             kept = [tok for seg in ([self.prompt] if self.prompt else []) + earlier for tok in seg]
-            return [self.t.previous, *kept[-cut:], *self.t.start]
+            return [self.t.previous, *kept[-self.context :], *self.t.start]
         if self.prompt:
             return [self.t.previous, *self.prompt, *self.t.start]
         return list(self.t.start)
