@@ -36,6 +36,8 @@ class Decoder:
         component = manifest.components[manifest.generation.decoder]
         self.layout, self.dtype, self.streaming = component.kv_cache, component.dtype, streaming
         self.generation = manifest.generation
+        subset = manifest.generation.head_subset
+        self.columns = None if subset is None else (subset.vocab_size, np.asarray(subset.ids, dtype=np.int64))
         self.calls = self.positions = 0  # runs and token positions fed since load: what a chat turn saves is counted
 
     def new_cache(self) -> KVCache | StaticKVCache:
@@ -56,7 +58,15 @@ class Decoder:
         cache.advance(out, seq)
         self.calls += 1
         self.positions += seq
-        return out["logits"][0]
+        return out["logits"][0] if self.columns is None else self._whole_vocabulary(out["logits"][0])
+
+    def _whole_vocabulary(self, logits: np.ndarray) -> np.ndarray:
+        """A subset head's logits [seq, len(ids)] spread over the whole vocabulary, -inf elsewhere: a
+        token the head never scores is never chosen, and callers see one width whatever the head."""
+        size, ids = self.columns
+        whole = np.full((logits.shape[0], size), -np.inf, dtype=logits.dtype)
+        whole[:, ids] = logits
+        return whole
 
     def prefill(self, cache: KVCache, pieces: Iterable[np.ndarray]) -> np.ndarray:
         """Feed decoder-input pieces in chunks of at most `prefill_chunk` rows; the last position's logits.

@@ -77,6 +77,9 @@ class ExportConfig:
     # the decoder's KV cache: "float" (its activations' type) or "int8" (ONNX Runtime's GroupQueryAttention
     # cache, a quarter of float32's bytes, with static scales calibrated at export: not per token, which it lacks)
     kv_cache: str = "float"
+    # a draft bundle's head over this many tokens (the lowest ids: BPE's most frequent) and the end tokens, so each
+    # proposal reads fewer bytes (exporters/draft_vocab.py); None: the whole vocabulary. Onnx only.
+    draft_vocab: int | None = None
     version: int = CONFIG_VERSION  # of this record's layout, so a saved config says what it was written for
 
     def __post_init__(self) -> None:
@@ -87,6 +90,10 @@ class ExportConfig:
             raise InputError(f"visual tokens {self.visual_tokens!r} must be a whole number of at least 1")
         if self.kv_cache not in KV_CACHES:
             raise InputError(f"KV cache {self.kv_cache!r} is not known; allowed: {', '.join(KV_CACHES)}")
+        if self.draft_vocab is not None and (isinstance(self.draft_vocab, bool) or self.draft_vocab < 1):
+            raise InputError(f"draft vocab {self.draft_vocab!r} must be a whole number of tokens of at least 1")
+        if self.draft_vocab is not None and self.format != "onnx":
+            raise InputError(f"draft vocab with format {self.format!r} is not supported; allowed: onnx")
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,11 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
 
                 say(progress, "calibrating the int8 KV cache")
                 manifest = quantize_kv_cache(stage, manifest, config.calibration)
+            if config.draft_vocab is not None:
+                from edgemfm.exporters.draft_vocab import restrict_head
+
+                say(progress, f"cutting the head to {config.draft_vocab} tokens (a draft's)")
+                manifest = restrict_head(stage, manifest, config.draft_vocab)
             bundle.seal(stage, manifest)
     return out
 

@@ -222,6 +222,19 @@ class Transcription:
 
 
 @dataclass(frozen=True)
+class HeadSubset:
+    """A draft's head over part of the vocabulary (`export --draft-vocab`): its logits' columns are `ids`.
+
+    The runtime hands on logits over the whole vocabulary, -inf outside `ids`, so every caller
+    (greedy, sampling, scoring) reads the same shape; a target checks every draft token, so a draft's
+    answer stays the target's own.
+    """
+
+    vocab_size: int  # the model's whole vocabulary: the width of the logits the runtime hands on
+    ids: tuple[int, ...]  # the token of each of the head's output columns, in order
+
+
+@dataclass(frozen=True)
 class Generation:
     max_new_tokens: int = 64
     embedding: str = "token_embedding"  # component turning token ids into decoder inputs
@@ -232,6 +245,7 @@ class Generation:
     suppress_tokens: tuple[int, ...] = ()  # never generated (Whisper's non-speech symbols)
     begin_suppress_tokens: tuple[int, ...] = ()  # not generated first (Whisper: a blank, or end of text)
     transcription: Transcription | None = None  # a speech model's long-form tokens (Whisper with timestamps)
+    head_subset: HeadSubset | None = None  # a draft's head over a vocabulary subset; None: the whole vocabulary
 
 
 @dataclass(frozen=True)

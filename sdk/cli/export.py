@@ -91,6 +91,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="the decoder's KV cache: float, or int8 with static scales calibrated at export (onnx, CPU; default: float)",
     )
     e.add_argument(
+        "--draft-vocab",
+        type=A.AT_LEAST_ONE,
+        default=None,
+        metavar="N",
+        help="for a draft bundle: its head scores only N tokens (the lowest ids, BPE's most frequent, and the end tokens); onnx",
+    )
+    e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.add_argument(
@@ -121,6 +128,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         revision=args.revision,
         visual_tokens=args.visual_tokens,
         kv_cache=args.kv_cache,
+        draft_vocab=args.draft_vocab,
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
@@ -202,6 +210,8 @@ def _export_summary(path: Path) -> None:
     kv = m.components[m.generation.decoder].kv_cache
     if kv is not None and kv.dtype:  # the scales are the export's, not the stream's: say so
         out.print(f"  KV cache: {kv.dtype}, static {kv.scales.replace('_', '-')} scales calibrated at export")
+    if (subset := m.generation.head_subset) is not None:  # a draft's head: it never proposes the other tokens
+        out.print(f"  head: {len(subset.ids)} of {subset.vocab_size} tokens (--draft-vocab: a draft bundle's)")
     if m.report.pruning is not None:
         pruning_summary(m.report.pruning)
     if m.report.quantization and m.report.float_units:
