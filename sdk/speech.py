@@ -23,6 +23,7 @@ from edgemfm import arguments as A
 from edgemfm.errors import InputError
 from edgemfm.runtimes import transcripts
 from edgemfm.runtimes.audio import wav_layout
+from edgemfm.runtimes.live import COMMIT_DELAY_S
 from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
 STDIN = "-"
@@ -42,6 +43,14 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SECONDS",
         help="speech, --audio -: seconds of new audio between live updates (each decodes the unsettled buffer)",
+    )
+    r.add_argument(
+        "--commit-delay",
+        type=A.NON_NEGATIVE,
+        default=COMMIT_DELAY_S,
+        metavar="SECONDS",
+        help=f"speech, --audio -: audio an agreed word waits for after it before it is committed (default: "
+        f"{COMMIT_DELAY_S:g}; more waits longer and agrees more often with the whole window's text)",
     )
     r.add_argument(
         "--fallback",
@@ -73,7 +82,9 @@ def run(pipe: Any, args: argparse.Namespace) -> None:
     if audio == STDIN:
         from edgemfm.runtimes.live import pcm_chunks
 
-        updates = pipe.transcribe_stream(pcm_chunks(sys.stdin.buffer), config, step_s=args.step)
+        updates = pipe.transcribe_stream(
+            pcm_chunks(sys.stdin.buffer), config, step_s=args.step, commit_delay_s=args.commit_delay
+        )
         segments = _print_live(updates, args.timestamps)
     else:
         segments = _print(pipe.transcribe(audio, config), args.timestamps)
