@@ -11,6 +11,7 @@ from tiny_audio import tiny_whisper_en
 
 import edgemfm
 from edgemfm.cli import main
+from edgemfm.errors import InputError
 from edgemfm.runtimes.audio import load_audio, read_wav, resample
 from edgemfm.runtimes.decoding import Sampler
 from edgemfm.runtimes.longform import TranscribeConfig, compression_ratio
@@ -322,6 +323,32 @@ def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_lo
     assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
 
 
+@pytest.mark.parametrize("delay, expected", [(0.0, ["", "one two", " three"]), (1.5, ["", "one", " two three"])])
+def test_live_commits_an_agreed_word_only_once_the_commit_delay_of_audio_follows_it(exported3, delay, expected):
+    """At 2 s both hypotheses agree on "one two"; " two" ends at 0.9 s (its segment's closing timestamp), so with a
+    1.5 s delay it waits (2.0 - 1.5 < 0.9) and the end settles it; "one" (ends 0.4 s) is committed at once."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=delay)
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
+    said = [t(0), *ids("one"), t(0.4), t(0.4), *ids(" two")]
+    _scripted(live, [said, [*said, t(0.9), t(1), *ids(" three")], [*said, t(0.9), t(1), *ids(" three"), t(2.4)]])
+    updates = list(live.feed(np.zeros(n, np.float32) for n in (16000, 16000, 8000)))
+    assert [u.committed for u in updates] == expected
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments) == "one two three"
+
+
+def test_word_ends_spread_each_segment_to_its_closing_timestamp_or_the_audio_heard():
+    from edgemfm.runtimes.live import word_ends
+
+    ts = 100
+    assert word_ends([ts, 1, 2, ts + 50, ts + 50, 3], ts, 0.02, heard=1.5) == [0.5, 1.0, 1.5]
+    assert word_ends([ts + 10, 1, ts + 20], ts, 0.02, heard=3.0) == [0.4]
+    assert word_ends([], ts, 0.02, heard=3.0) == []
+
+
 def test_live_commits_a_whole_windows_complete_segments_though_no_two_hypotheses_agreed(exported3):
     from edgemfm.runtimes.live import Live
 
@@ -390,6 +417,12 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
     assert "argument --step: 0.0 is not allowed; allowed: a finite number above 0" in capsys.readouterr().err
     assert main(["run", str(exported3), "--audio", "-", "--step", "nan"]) == 2
     assert "argument --step: nan is not allowed" in capsys.readouterr().err
+    assert main(["run", str(exported3), "--audio", "-", "--commit-delay", "-1"]) == 2
+    assert "argument --commit-delay: -1.0 is not allowed; allowed: a finite number of at least 0" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(InputError, match="commit_delay_s nan is not allowed"):
+        edgemfm.load(exported3).transcribe_stream([np.zeros(16000, np.float32)], commit_delay_s=float("nan"))
 
 
 def _oracle(live, words, ts, seconds=0.4, per_segment=5):
