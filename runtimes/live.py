@@ -6,11 +6,19 @@ new audio, the buffer is decoded as that window with the same rule (`LongForm.wi
 earlier-text conditioning and fallbacks), continuing the tokens already committed in it (OpenAI's
 decoding `prefix`); the longest common text prefix of this hypothesis and the previous one, past
 what is committed, is committed (LocalAgreement-2, Macháček et al., "Turning Whisper into Real-Time
-Transcription System", 2023): that gives the low latency. Once the buffer holds a whole window, it
+Transcription System", 2023) once `commit_delay_s` of audio follows it (its end read from the
+hypothesis' timestamps). Once the buffer holds a whole window, it
 is decoded once more continuing the committed tokens, its complete segments are committed, and the
 buffer is cut where long-form's next window starts (the last complete segment's end). Greedy
 decoding continuing its own tokens decodes what it would have decoded without them, so wherever
 the agreed tokens are what the whole window says, the committed text is long-form's text.
+
+Which it is not, often enough: tiny.en reads a word differently with 20 s of audio after it than
+with the whole 30 s window ("as high magic" / "as a magic"), and a word committed otherwise is
+copied on through the window. The delay trades latency for agreement (BENCHMARKS.md "commit
+delay"): 0 s commits as soon as two hypotheses agree; the default, 30 s (a whole window of the
+real checkpoints), commits only settled windows, so the committed text is long-form's and only
+`partial` runs ahead of it.
 
     chunks ─► buffer [seek, now) ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed
                  ▲                   buffer = a whole window: its complete segments ─► committed ─┐
@@ -39,7 +47,9 @@ from edgemfm.errors import InputError
 from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig, without_closing_pair
 from edgemfm.runtimes.mel_windows import ArraySource, MelWindows
 
-COMMIT_DELAY_S = 0.0  # seconds of audio after an agreed word before it is committed (the latency/agreement trade)
+# seconds of audio after an agreed word before it is committed: at least a window's, only settled windows commit
+# (long-form's text); the measured trade in BENCHMARKS.md "commit delay"
+COMMIT_DELAY_S = 30.0
 PCM_CHUNK = 3200  # bytes read from a PCM stream at a time: 0.1 s of 16-bit samples at 16 kHz
 
 

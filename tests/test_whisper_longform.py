@@ -302,7 +302,7 @@ def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_lo
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
     ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
     _scripted(
@@ -389,13 +389,29 @@ def test_live_settles_the_same_windows_as_longform_when_nothing_is_agreed_before
     ]
 
 
+def test_live_by_default_commits_only_settled_windows_so_its_text_is_the_longform_text(exported3, long_speech):
+    """Updates every second (their partial text runs ahead), yet with the default delay (a whole window) nothing is
+    committed before its window settles: the committed text, segments and tokens are long-form's."""
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    samples[4000:4800] = 0.99 * np.sin(2 * np.pi * 1000 * np.arange(800) / 16000)  # the loudest frame heard first
+    longform = list(pipe.transcribe(samples))
+    updates = list(pipe.transcribe_stream(samples[i : i + 8000] for i in range(0, len(samples), 8000)))
+    assert len(updates) == len(samples) // 16000 + 1 and any(u.partial for u in updates)
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in longform)
+    assert [(round(s.start, 3), round(s.end, 3), s.tokens) for s in updates[-1].segments] == [
+        (s.start, s.end, s.tokens) for s in longform
+    ]
+
+
 def test_live_text_is_prefix_stable_and_whole_audio_at_once_is_the_longform_text(exported3, long_speech):
     pipe = edgemfm.load(exported3)
     samples = _samples(long_speech)
     longform = "".join(s.text for s in pipe.transcribe(samples))
     once = list(pipe.transcribe_stream([samples], step_s=len(samples) / 16000 + 1))
     assert len(once) == 1 and once[0].committed == longform  # nothing to agree on: the long-form rule itself
-    updates = list(pipe.transcribe_stream((samples[i : i + 8000] for i in range(0, len(samples), 8000)), step_s=1.0))
+    chunks = (samples[i : i + 8000] for i in range(0, len(samples), 8000))
+    updates = list(pipe.transcribe_stream(chunks, step_s=1.0, commit_delay_s=0.0))
     committed = "".join(u.committed for u in updates)
     assert len(updates) == len(samples) // 16000 + 1 and committed
     assert "".join(s.text for s in updates[-1].segments) == committed  # the segments hold exactly what was committed
@@ -453,7 +469,7 @@ def test_live_commits_a_perfect_models_text_whole_with_a_bounded_buffer(exported
 
     pipe = edgemfm.load(exported3)
     words = [pipe.tokenizer.encode(f" w{i}", add_special_tokens=False).ids for i in range(30)]
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
     ts, sizes, committed = live.ts, [], []
     oracle = _oracle(live, words, ts)
 
@@ -478,7 +494,7 @@ def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committ
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
     real, seen = live.longform.window, []
 
     def window(mel, seek, earlier, condition, forced=()):
