@@ -296,13 +296,18 @@ def _scripted(live, script):
     live.longform.window = window
 
 
-def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_longform(exported3):
+@pytest.mark.parametrize(
+    "delay, expected",
+    [(0.0, ["", "the ca", "p is", " ready"]), (None, ["", "", "", "the cap is ready"])],  # None: the default
+)
+def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_longform(exported3, delay, expected):
     """LocalAgreement-2 on scripted hypotheses (byte tokens) within a 3 s window; the whole window settled by the
-    long-form rule: cut at its last complete segment's end, the words committed past it starting the next window."""
+    long-form rule: cut at its last complete segment's end, the words committed past it starting the next window.
+    The default delay (a whole window) commits nothing before its window settles."""
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, **({} if delay is None else {"commit_delay_s": delay}))
     ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
     _scripted(
@@ -316,8 +321,13 @@ def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_lo
         ],
     )
     updates = list(live.feed(np.zeros(n, np.float32) for n in (16000, 16000, 16320, 8000)))
-    assert [u.committed for u in updates] == ["", "the ca", "p is", " ready"]
-    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 3.52]
+    assert [u.committed for u in updates] == expected
+    assert updates[2].partial == (" red" if delay == 0 else "the cap is red") and [u.audio_s for u in updates] == [
+        1.0,
+        2.0,
+        3.0,
+        3.52,
+    ]
     done = updates[-1].segments
     assert [(s.start, s.end, s.text) for s in done] == [(0.0, 1.0, "the cap"), (1.0, 2.5, " is ready")]
     assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
