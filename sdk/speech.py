@@ -27,6 +27,7 @@ from edgemfm.runtimes.live import COMMIT_DELAY_S
 from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
 STDIN = "-"
+_STATUS_CHARS = 70  # the partial's tail shown on the status line: one terminal line's worth
 
 
 def add_arguments(r: argparse.ArgumentParser) -> None:
@@ -105,14 +106,26 @@ def _print(segments: Any, timestamps: bool) -> list[Any]:
     return kept
 
 
-def _print_live(updates: Any, timestamps: bool) -> list[Any]:
-    """Committed text as it is committed (never rewritten); the segments it came from."""
+def _print_live(updates: Any, timestamps: bool, status: Any = None) -> list[Any]:
+    """Committed text as it is committed (never rewritten); the segments it came from.
+
+    On a terminal, the partial hypothesis (what is heard but not committed yet) is shown on one status
+    line on stderr, redrawn at every update, so a live reader sees words seconds after they are spoken
+    while the committed text waits for its window to settle (the default commit delay)."""
+    status = sys.stderr if status is None and sys.stderr.isatty() else status
     kept = []
     for update in updates:
+        if status is not None:
+            status.write("\r\033[K")
         if update.committed:
-            sys.stdout.write(update.committed)
+            sys.stdout.write(update.committed + ("\n" if status is not None else ""))
             sys.stdout.flush()
+        if status is not None and update.partial.strip():
+            status.write("\033[2m… " + update.partial.strip()[-_STATUS_CHARS:] + "\033[0m")
+            status.flush()
         kept = list(update.segments)
+    if status is not None:
+        status.write("\r\033[K")
     sys.stdout.write("\n")
     if timestamps:
         for s in kept:

@@ -518,3 +518,22 @@ def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committ
     updates = list(live.feed(samples[i : i + 7000] for i in range(0, samples.size, 7000)))
     assert max(seen) <= 302 and seen  # (the random model's timestamps skip as far as 30 s, as long-form's would)
     assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments)
+
+
+def test_a_terminal_sees_the_partial_on_a_status_line_while_committed_text_goes_to_stdout(capsys):
+    import io
+
+    from edgemfm.runtimes.live import LiveUpdate
+    from edgemfm.speech import _print_live
+
+    updates = [
+        LiveUpdate(committed="", partial=" the act of", audio_s=2.0, segments=()),
+        LiveUpdate(committed=" The act of moving.", partial=" next", audio_s=30.0, segments=()),
+    ]
+    status = io.StringIO()
+    _print_live(iter(updates), timestamps=False, status=status)
+    shown = status.getvalue()
+    assert "the act of" in shown and "next" in shown and shown.endswith("\r\033[K")  # cleared at the end
+    assert capsys.readouterr().out == " The act of moving.\n\n"  # committed only, a line per commit on a terminal
+    _print_live(iter(updates), timestamps=False)  # piped (not a terminal): committed text only, as before
+    assert capsys.readouterr().out == " The act of moving.\n"
