@@ -6,11 +6,19 @@ new audio, the buffer is decoded as that window with the same rule (`LongForm.wi
 earlier-text conditioning and fallbacks), continuing the tokens already committed in it (OpenAI's
 decoding `prefix`); the longest common text prefix of this hypothesis and the previous one, past
 what is committed, is committed (LocalAgreement-2, Macháček et al., "Turning Whisper into Real-Time
-Transcription System", 2023): that gives the low latency. Once the buffer holds a whole window, it
+Transcription System", 2023) once `commit_delay_s` of audio follows it (its end read from the
+hypothesis' timestamps). Once the buffer holds a whole window, it
 is decoded once more continuing the committed tokens, its complete segments are committed, and the
 buffer is cut where long-form's next window starts (the last complete segment's end). Greedy
 decoding continuing its own tokens decodes what it would have decoded without them, so wherever
 the agreed tokens are what the whole window says, the committed text is long-form's text.
+
+Which it is not, often enough: tiny.en reads a word differently with 20 s of audio after it than
+with the whole 30 s window ("as high magic" / "as a magic"), and a word committed otherwise is
+copied on through the window. The delay trades latency for agreement (BENCHMARKS.md "commit
+delay"): 0 s commits as soon as two hypotheses agree; the default, 30 s (a whole window of the
+real checkpoints), commits only settled windows, so the committed text is long-form's and only
+`partial` runs ahead of it.
 
     chunks ─► buffer [seek, now) ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed
                  ▲                   buffer = a whole window: its complete segments ─► committed ─┐
@@ -34,10 +42,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from edgemfm.arguments import number
 from edgemfm.errors import InputError
 from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig, without_closing_pair
 from edgemfm.runtimes.mel_windows import ArraySource, MelWindows
 
+# seconds of audio after an agreed word before it is committed: at least a window's, only settled windows commit
+# (long-form's text); the measured trade in BENCHMARKS.md "commit delay"
+COMMIT_DELAY_S = 30.0
 PCM_CHUNK = 3200  # bytes read from a PCM stream at a time: 0.1 s of 16-bit samples at 16 kHz
 
 
@@ -87,11 +99,32 @@ def _through(tokens: list[int], texts: int, ts: int) -> int:
     raise AssertionError(f"{texts} text tokens asked of {seen}")
 
 
+def word_ends(tokens: list[int], ts: int, precision: float, heard: float) -> list[float]:
+    """Each text token's end in its window (seconds), spread evenly over its segment: from the timestamp before it
+    to the one after it, or to `heard` (the audio the window holds) in a segment still open.
+
+    Example:
+        >>> word_ends([100, 1, 2, 150, 150, 3], ts=100, precision=0.02, heard=1.5)
+        [0.5, 1.0, 1.5]
+    """
+    ends: list[float] = []
+    start, run = 0.0, 0
+    for token in [*tokens, None]:
+        if token is not None and token < ts:
+            run += 1
+            continue
+        stop = heard if token is None else (token - ts) * precision
+        ends += [start + (stop - start) * (i + 1) / run for i in range(run)]
+        start, run = stop, 0
+    return ends
+
+
 class Live:
     """The state of one live stream: the window's audio, the tokens committed in it, the last hypothesis."""
 
-    def __init__(self, pipe: Any, config: TranscribeConfig, step_s: float):
+    def __init__(self, pipe: Any, config: TranscribeConfig, step_s: float, commit_delay_s: float = COMMIT_DELAY_S):
         self.pipe, self.config, self.spec = pipe, config, pipe.manifest.preprocess.audio
+        self.delay = commit_delay_s  # seconds of audio an agreed word waits for after it before it is committed
         self.longform = LongForm(pipe, config)
         self.step = max(1, int(step_s * self.spec.sampling_rate))
         self.ts = pipe.manifest.generation.transcription.no_timestamps + 1
@@ -134,14 +167,22 @@ class Live:
 
     def _agree(self) -> str:
         """One hypothesis: commit the text it and the previous one agree on past the committed tokens."""
-        tokens, _, _ = self._decode()
+        tokens, _, n = self._decode()
         new = tokens[len(self.pending) :]
         text = [t for t in new if t < self.ts]
-        agreed = _common(text, self.previous)
+        agreed = min(_common(text, self.previous), self._followed(tokens, n))
         committed = new[: _through(new, agreed, self.ts)]
         self.pending += committed
         self.previous = text[agreed:]
         return self._text(committed)
+
+    def _followed(self, tokens: list[int], frames: int) -> int:
+        """How many text tokens past the committed ones end at least `delay` seconds before the buffer's end: a word
+        read from little audio after it may read otherwise once the whole window is heard."""
+        heard = frames * self.spec.hop_length / self.spec.sampling_rate
+        ends = word_ends(tokens, self.ts, self.longform.t.time_precision, heard)
+        ends = ends[sum(t < self.ts for t in self.pending) :]
+        return next((i for i, end in enumerate(ends) if end > heard - self.delay), len(ends))
 
     def _settle(self) -> str:
         """Decode the window once more and commit its complete segments (long-form's rule); cut the buffer where
@@ -219,11 +260,17 @@ class Live:
 
 
 def transcribe_stream(
-    pipe: Any, chunks: Iterable[np.ndarray], config: TranscribeConfig | None = None, step_s: float = 1.0
+    pipe: Any,
+    chunks: Iterable[np.ndarray],
+    config: TranscribeConfig | None = None,
+    step_s: float = 1.0,
+    commit_delay_s: float = COMMIT_DELAY_S,
 ) -> Iterator[LiveUpdate]:
-    """Live updates from chunks of float samples at the model's rate (a microphone, a socket, a file read in pieces).
+    """Live updates from chunks of float samples at the model's rate (a microphone, a socket, a file read in pieces);
+    an agreed word is committed once `commit_delay_s` seconds of audio follow it.
 
     Example:
-        >>> text = "".join(u.committed for u in transcribe_stream(pipe, chunks))   # doctest: +SKIP
+        >>> text = "".join(u.committed for u in transcribe_stream(pipe, chunks, commit_delay_s=8))   # doctest: +SKIP
     """
-    return Live(pipe, config or TranscribeConfig(), step_s).feed(chunks)
+    delay = number("commit_delay_s", commit_delay_s, low=0)
+    return Live(pipe, config or TranscribeConfig(), step_s, delay).feed(chunks)

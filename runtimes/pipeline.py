@@ -361,16 +361,21 @@ class Pipeline(Generates):
         return longform.transcribe(self, audio, config)
 
     def transcribe_stream(
-        self, chunks: Iterable[np.ndarray], config: TranscribeConfig | None = None, step_s: float = 1.0
+        self,
+        chunks: Iterable[np.ndarray],
+        config: TranscribeConfig | None = None,
+        step_s: float = 1.0,
+        commit_delay_s: float = live.COMMIT_DELAY_S,
     ) -> Iterator[LiveUpdate]:
         """Live transcription of chunks of float samples at the model's rate: every `step_s` of new audio an
-        update whose `committed` text (agreed by two hypotheses in a row) is final (`live.py`).
+        update whose `committed` text (agreed by two hypotheses in a row, and followed by `commit_delay_s` of
+        audio) is final (`live.py`).
 
         Example:
             >>> for update in pipe.transcribe_stream(microphone()):   # doctest: +SKIP
             ...     print(update.committed, end="", flush=True)
         """
-        return live.transcribe_stream(self, chunks, config, step_s)
+        return live.transcribe_stream(self, chunks, config, step_s, commit_delay_s)
 
     def generate_steps(
         self,

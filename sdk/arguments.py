@@ -121,6 +121,7 @@ def name(raw: str) -> str:
 # The command line's typed options, one per meaning.
 POSITIVE = arg(number, float, low=0, above=True)
 FINITE = arg(number, float)
+NON_NEGATIVE = arg(number, float, low=0)
 PROBABILITY = arg(number, float, low=0, high=1, above=True)  # top-p
 FRACTION = arg(number, float, low=0, high=1)  # a share of the questions (a cascade's tolerance)
 COUNT = arg(number, int, low=0)

@@ -23,9 +23,11 @@ from edgemfm import arguments as A
 from edgemfm.errors import InputError
 from edgemfm.runtimes import transcripts
 from edgemfm.runtimes.audio import wav_layout
+from edgemfm.runtimes.live import COMMIT_DELAY_S
 from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
 
 STDIN = "-"
+_STATUS_CHARS = 70  # the partial's tail shown on the status line: one terminal line's worth
 
 
 def add_arguments(r: argparse.ArgumentParser) -> None:
@@ -42,6 +44,14 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SECONDS",
         help="speech, --audio -: seconds of new audio between live updates (each decodes the unsettled buffer)",
+    )
+    r.add_argument(
+        "--commit-delay",
+        type=A.NON_NEGATIVE,
+        default=COMMIT_DELAY_S,
+        metavar="SECONDS",
+        help=f"speech, --audio -: audio an agreed word waits for after it before it is committed (default: "
+        f"{COMMIT_DELAY_S:g}; more waits longer and agrees more often with the whole window's text)",
     )
     r.add_argument(
         "--fallback",
@@ -73,7 +83,9 @@ def run(pipe: Any, args: argparse.Namespace) -> None:
     if audio == STDIN:
         from edgemfm.runtimes.live import pcm_chunks
 
-        updates = pipe.transcribe_stream(pcm_chunks(sys.stdin.buffer), config, step_s=args.step)
+        updates = pipe.transcribe_stream(
+            pcm_chunks(sys.stdin.buffer), config, step_s=args.step, commit_delay_s=args.commit_delay
+        )
         segments = _print_live(updates, args.timestamps)
     else:
         segments = _print(pipe.transcribe(audio, config), args.timestamps)
@@ -94,14 +106,26 @@ def _print(segments: Any, timestamps: bool) -> list[Any]:
     return kept
 
 
-def _print_live(updates: Any, timestamps: bool) -> list[Any]:
-    """Committed text as it is committed (never rewritten); the segments it came from."""
+def _print_live(updates: Any, timestamps: bool, status: Any = None) -> list[Any]:
+    """Committed text as it is committed (never rewritten); the segments it came from.
+
+    On a terminal, the partial hypothesis (what is heard but not committed yet) is shown on one status
+    line on stderr, redrawn at every update, so a live reader sees words seconds after they are spoken
+    while the committed text waits for its window to settle (the default commit delay)."""
+    status = sys.stderr if status is None and sys.stderr.isatty() else status
     kept = []
     for update in updates:
+        if status is not None:
+            status.write("\r\033[K")
         if update.committed:
-            sys.stdout.write(update.committed)
+            sys.stdout.write(update.committed + ("\n" if status is not None else ""))
             sys.stdout.flush()
+        if status is not None and update.partial.strip():
+            status.write("\033[2m… " + update.partial.strip()[-_STATUS_CHARS:] + "\033[0m")
+            status.flush()
         kept = list(update.segments)
+    if status is not None:
+        status.write("\r\033[K")
     sys.stdout.write("\n")
     if timestamps:
         for s in kept:

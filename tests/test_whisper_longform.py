@@ -11,6 +11,7 @@ from tiny_audio import tiny_whisper_en
 
 import edgemfm
 from edgemfm.cli import main
+from edgemfm.errors import InputError
 from edgemfm.runtimes.audio import load_audio, read_wav, resample
 from edgemfm.runtimes.decoding import Sampler
 from edgemfm.runtimes.longform import TranscribeConfig, compression_ratio
@@ -295,13 +296,18 @@ def _scripted(live, script):
     live.longform.window = window
 
 
-def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_longform(exported3):
+@pytest.mark.parametrize(
+    "delay, expected",
+    [(0.0, ["", "the ca", "p is", " ready"]), (None, ["", "", "", "the cap is ready"])],  # None: the default
+)
+def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_longform(exported3, delay, expected):
     """LocalAgreement-2 on scripted hypotheses (byte tokens) within a 3 s window; the whole window settled by the
-    long-form rule: cut at its last complete segment's end, the words committed past it starting the next window."""
+    long-form rule: cut at its last complete segment's end, the words committed past it starting the next window.
+    The default delay (a whole window) commits nothing before its window settles."""
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, **({} if delay is None else {"commit_delay_s": delay}))
     ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
     t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
     _scripted(
@@ -315,11 +321,42 @@ def test_live_commits_what_two_hypotheses_agree_on_and_settles_each_window_as_lo
         ],
     )
     updates = list(live.feed(np.zeros(n, np.float32) for n in (16000, 16000, 16320, 8000)))
-    assert [u.committed for u in updates] == ["", "the ca", "p is", " ready"]
-    assert updates[2].partial == " red" and [u.audio_s for u in updates] == [1.0, 2.0, 3.0, 3.52]
+    assert [u.committed for u in updates] == expected
+    assert updates[2].partial == (" red" if delay == 0 else "the cap is red") and [u.audio_s for u in updates] == [
+        1.0,
+        2.0,
+        3.0,
+        3.52,
+    ]
     done = updates[-1].segments
     assert [(s.start, s.end, s.text) for s in done] == [(0.0, 1.0, "the cap"), (1.0, 2.5, " is ready")]
     assert "".join(u.committed for u in updates) == "".join(s.text for s in done) == "the cap is ready"
+
+
+@pytest.mark.parametrize("delay, expected", [(0.0, ["", "one two", " three"]), (1.5, ["", "one", " two three"])])
+def test_live_commits_an_agreed_word_only_once_the_commit_delay_of_audio_follows_it(exported3, delay, expected):
+    """At 2 s both hypotheses agree on "one two"; " two" ends at 0.9 s (its segment's closing timestamp), so with a
+    1.5 s delay it waits (2.0 - 1.5 < 0.9) and the end settles it; "one" (ends 0.4 s) is committed at once."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=delay)
+    ids = lambda text: pipe.tokenizer.encode(text, add_special_tokens=False).ids  # noqa: E731
+    t = lambda s: live.ts + round(s / 0.02)  # noqa: E731
+    said = [t(0), *ids("one"), t(0.4), t(0.4), *ids(" two")]
+    _scripted(live, [said, [*said, t(0.9), t(1), *ids(" three")], [*said, t(0.9), t(1), *ids(" three"), t(2.4)]])
+    updates = list(live.feed(np.zeros(n, np.float32) for n in (16000, 16000, 8000)))
+    assert [u.committed for u in updates] == expected
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments) == "one two three"
+
+
+def test_word_ends_spread_each_segment_to_its_closing_timestamp_or_the_audio_heard():
+    from edgemfm.runtimes.live import word_ends
+
+    ts = 100
+    assert word_ends([ts, 1, 2, ts + 50, ts + 50, 3], ts, 0.02, heard=1.5) == [0.5, 1.0, 1.5]
+    assert word_ends([ts + 10, 1, ts + 20], ts, 0.02, heard=3.0) == [0.4]
+    assert word_ends([], ts, 0.02, heard=3.0) == []
 
 
 def test_live_commits_a_whole_windows_complete_segments_though_no_two_hypotheses_agreed(exported3):
@@ -362,13 +399,29 @@ def test_live_settles_the_same_windows_as_longform_when_nothing_is_agreed_before
     ]
 
 
+def test_live_by_default_commits_only_settled_windows_so_its_text_is_the_longform_text(exported3, long_speech):
+    """Updates every second (their partial text runs ahead), yet with the default delay (a whole window) nothing is
+    committed before its window settles: the committed text, segments and tokens are long-form's."""
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    samples[4000:4800] = 0.99 * np.sin(2 * np.pi * 1000 * np.arange(800) / 16000)  # the loudest frame heard first
+    longform = list(pipe.transcribe(samples))
+    updates = list(pipe.transcribe_stream(samples[i : i + 8000] for i in range(0, len(samples), 8000)))
+    assert len(updates) == len(samples) // 16000 + 1 and any(u.partial for u in updates)
+    assert "".join(u.committed for u in updates) == "".join(s.text for s in longform)
+    assert [(round(s.start, 3), round(s.end, 3), s.tokens) for s in updates[-1].segments] == [
+        (s.start, s.end, s.tokens) for s in longform
+    ]
+
+
 def test_live_text_is_prefix_stable_and_whole_audio_at_once_is_the_longform_text(exported3, long_speech):
     pipe = edgemfm.load(exported3)
     samples = _samples(long_speech)
     longform = "".join(s.text for s in pipe.transcribe(samples))
     once = list(pipe.transcribe_stream([samples], step_s=len(samples) / 16000 + 1))
     assert len(once) == 1 and once[0].committed == longform  # nothing to agree on: the long-form rule itself
-    updates = list(pipe.transcribe_stream((samples[i : i + 8000] for i in range(0, len(samples), 8000)), step_s=1.0))
+    chunks = (samples[i : i + 8000] for i in range(0, len(samples), 8000))
+    updates = list(pipe.transcribe_stream(chunks, step_s=1.0, commit_delay_s=0.0))
     committed = "".join(u.committed for u in updates)
     assert len(updates) == len(samples) // 16000 + 1 and committed
     assert "".join(s.text for s in updates[-1].segments) == committed  # the segments hold exactly what was committed
@@ -390,6 +443,12 @@ def test_cli_transcribes_raw_pcm_from_stdin(exported3, long_speech, monkeypatch,
     assert "argument --step: 0.0 is not allowed; allowed: a finite number above 0" in capsys.readouterr().err
     assert main(["run", str(exported3), "--audio", "-", "--step", "nan"]) == 2
     assert "argument --step: nan is not allowed" in capsys.readouterr().err
+    assert main(["run", str(exported3), "--audio", "-", "--commit-delay", "-1"]) == 2
+    assert "argument --commit-delay: -1.0 is not allowed; allowed: a finite number of at least 0" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(InputError, match="commit_delay_s nan is not allowed"):
+        edgemfm.load(exported3).transcribe_stream([np.zeros(16000, np.float32)], commit_delay_s=float("nan"))
 
 
 def _oracle(live, words, ts, seconds=0.4, per_segment=5):
@@ -420,7 +479,7 @@ def test_live_commits_a_perfect_models_text_whole_with_a_bounded_buffer(exported
 
     pipe = edgemfm.load(exported3)
     words = [pipe.tokenizer.encode(f" w{i}", add_special_tokens=False).ids for i in range(30)]
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
     ts, sizes, committed = live.ts, [], []
     oracle = _oracle(live, words, ts)
 
@@ -445,7 +504,7 @@ def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committ
     from edgemfm.runtimes.live import Live
 
     pipe = edgemfm.load(exported3)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
+    live = Live(pipe, TranscribeConfig(), step_s=1.0, commit_delay_s=0.0)
     real, seen = live.longform.window, []
 
     def window(mel, seek, earlier, condition, forced=()):
@@ -459,3 +518,22 @@ def test_live_buffer_stays_within_one_window_and_hypotheses_continue_the_committ
     updates = list(live.feed(samples[i : i + 7000] for i in range(0, samples.size, 7000)))
     assert max(seen) <= 302 and seen  # (the random model's timestamps skip as far as 30 s, as long-form's would)
     assert "".join(u.committed for u in updates) == "".join(s.text for s in updates[-1].segments)
+
+
+def test_a_terminal_sees_the_partial_on_a_status_line_while_committed_text_goes_to_stdout(capsys):
+    import io
+
+    from edgemfm.runtimes.live import LiveUpdate
+    from edgemfm.speech import _print_live
+
+    updates = [
+        LiveUpdate(committed="", partial=" the act of", audio_s=2.0, segments=()),
+        LiveUpdate(committed=" The act of moving.", partial=" next", audio_s=30.0, segments=()),
+    ]
+    status = io.StringIO()
+    _print_live(iter(updates), timestamps=False, status=status)
+    shown = status.getvalue()
+    assert "the act of" in shown and "next" in shown and shown.endswith("\r\033[K")  # cleared at the end
+    assert capsys.readouterr().out == " The act of moving.\n\n"  # committed only, a line per commit on a terminal
+    _print_live(iter(updates), timestamps=False)  # piped (not a terminal): committed text only, as before
+    assert capsys.readouterr().out == " The act of moving.\n"

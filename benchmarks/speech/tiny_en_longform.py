@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.record import write
 from benchmarks.speech.long_audio import NAME, normalise
+from edgemfm.runtimes.live import COMMIT_DELAY_S
 
 
 def _samples(wav: Path) -> np.ndarray:
@@ -143,7 +144,8 @@ def _job(args: argparse.Namespace) -> None:
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
         config = _config(False, args.condition_on_previous)
         if kind == "stream":
-            out = _stream(Path(path), piece, args.step, args.chunk, config) | {"offset": float(first)}
+            delay, path = path.split(":", 1)
+            out = _stream(Path(path), piece, args.step, args.chunk, config, float(delay)) | {"offset": float(first)}
         else:  # a piece's long-form text: the reference of the stream of that piece
             out = _piece(Path(path), piece, config)
     else:
@@ -168,14 +170,14 @@ def _piece(bundle: Path, samples: np.ndarray, config: Any) -> dict:
     return {"text": text, "cpu": time.process_time() - start}
 
 
-def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float, config: Any) -> dict:
+def _stream(bundle: Path, samples: np.ndarray, step: float, chunk_s: float, config: Any, delay: float) -> dict:
     import edgemfm
 
     pipe, chunk = edgemfm.load(bundle, threads=1), int(chunk_s * 16000)
     commits, last = [], None  # (audio s when committed, compute s, text)
     start = began = time.process_time()
     chunks = (samples[i : i + chunk] for i in range(0, len(samples), chunk))
-    for update in pipe.transcribe_stream(chunks, config, step_s=step):
+    for update in pipe.transcribe_stream(chunks, config, step_s=step, commit_delay_s=delay):
         now = time.process_time()
         commits.append((update.audio_s, now - began, update.committed))
         began, last = now, update
@@ -269,17 +271,18 @@ def stream(args: argparse.Namespace) -> None:
             for name, path in args.bundle
             for i in range(n)
         }
-    for name, path in args.bundle:
-        jobs |= {f"{name} piece {i}": f"stream:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
+    rows = [(name, path, delay) for name, path in args.bundle for delay in args.commit_delay]
+    for name, path, delay in rows:
+        jobs |= {f"{name} {delay:g} piece {i}": f"stream:{delay:g}:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
     with tempfile.TemporaryDirectory() as scratch:
         got = _concurrently(args, jobs, args.scratch or Path(scratch))
     table, loads = [], [x for p in got.values() for x in p["load"]]
-    for name, _ in args.bundle:
+    for name, _, delay in rows:
         if n > 1:
             whole = "".join(got[f"long-form {name} piece {i}"]["text"] for i in range(n))
         else:
             whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
-        pieces = [got[f"{name} piece {i}"] for i in range(n)]
+        pieces = [got[f"{name} {delay:g} piece {i}"] for i in range(n)]
         committed = "".join(p["text"] for p in pieces)
         latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
         cpu = sum(p["cpu"] for p in pieces)
@@ -287,6 +290,7 @@ def stream(args: argparse.Namespace) -> None:
             {
                 "bundle": name,
                 "step s": f"{args.step:g}",
+                "commit delay s": f"{delay:g}",
                 "earlier text read": "yes" if args.condition_on_previous else "no",
                 "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
                 "WER committed vs text %": f"{_wer(reference, committed):.2f}",
@@ -299,14 +303,15 @@ def stream(args: argparse.Namespace) -> None:
         )
         if args.texts:
             args.texts.mkdir(parents=True, exist_ok=True)
-            (args.texts / f"stream_{name}.txt").write_text(committed)
+            (args.texts / f"stream_{name}_delay{delay:g}.txt").write_text(committed)
     how = "one stream" if n == 1 else f"{n} consecutive streams of {seconds / n:.0f} s (one process each, at once)"
     how += "" if n == 1 else ", each against the long-form text of its own piece (one process each, at once)"
     note = (
         f"{seconds:.1f} s streamed as {how} per bundle, the bundles at once, one thread each, fed in {args.chunk:g} s "
         "chunks as fast as the CPU allows (the stream keeps long-form's windows: each update decodes the buffer, "
         "from where long-form's window starts, as long-form decodes that window and continuing the tokens committed "
-        "in it, and commits what two updates in a row agree on (LocalAgreement-2); a whole window is settled by "
+        "in it, and commits what two updates in a row agree on (LocalAgreement-2) once 'commit delay' seconds of "
+        "audio follow it (its end read from the hypothesis' timestamps); a whole window is settled by "
         "long-form's rule); long-form and stream read the text before each window only where 'earlier text read' "
         "says yes; a word's latency is the audio "
         "received between its end (interpolated within its committed segment's timestamps) and the update that "
@@ -362,6 +367,13 @@ def main() -> None:
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--step", type=float, default=1.0, help="--part stream: seconds of new audio between updates")
     p.add_argument("--chunk", type=float, default=1.0, help="--part stream: seconds of audio per chunk fed")
+    p.add_argument(
+        "--commit-delay",
+        type=float,
+        nargs="+",
+        default=[COMMIT_DELAY_S],
+        help="--part stream: seconds of audio after an agreed word before it is committed; one row per value",
+    )
     p.add_argument(
         "--longform-text",
         action="append",
