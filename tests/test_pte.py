@@ -497,7 +497,8 @@ def test_unmasked_attention_runs_in_xnnpack_without_torchs_safe_softmax(tmp_path
     )
     _, parity, delegation = write_units({"attention": unit}, tmp_path, 1e-5, lambda _: None, max_seq_len=8)
     assert parity["attention"].max_abs_diff <= 1e-5
-    portable = set(delegation["attention"].non_delegated_ops) - {"getitem", "sym_size"}
+    # the inputs' reshapes stay out of XNNPACK on purpose: views in ExecuTorch (the test after this one)
+    portable = set(delegation["attention"].non_delegated_ops) - {"getitem", "sym_size", "aten_view_copy_default"}
     assert not portable, portable
 
 
