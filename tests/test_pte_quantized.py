@@ -506,3 +506,49 @@ def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
     media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
     ours = list(edgemfm.load(out).generate_tokens("", **media, max_new_tokens=TOKENS))
     assert len(set(ours)) > 4 and ours == _fake_quantized_units_tokens(checkpoint, out, "", media)
+
+
+class _Block(torch.nn.Module):
+    """A transformer encoder's MLP: its linears, a GELU and the residual add between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(64, 128), torch.nn.Linear(128, 64)
+
+    def forward(self, x):
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
+@pytest.mark.parametrize(("broken_db", "dynamic"), [(None, False), (1000.0, True)])
+def test_an_encoder_broken_at_static_int8_runs_its_linears_at_dynamic_int8_and_says_so(
+    tmp_path, monkeypatch, broken_db, dynamic
+):
+    """The real Whisper tiny.en's audio encoder at static int8 was 3.6 dB from float on its own calibration clips
+    (the program failed its parity check, 4.12 > 0.1 x 5.66); linears at dynamic int8 and convs static, 21.0 dB."""
+    from edgemfm.exporters import pte_encoders
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import TOLERANCE, pte_recipe
+    from edgemfm.profiles import load_profile
+
+    if broken_db is not None:  # the tiny block is fine at static int8: call it broken to take the other road
+        monkeypatch.setattr(pte_encoders, "BROKEN_DB", broken_db)
+    torch.manual_seed(0)
+    unit = ExportUnit(
+        module=_Block().eval(), args=(torch.randn(1, 6, 64),), input_names=("x",), output_names=("y",), dynamic_axes={}
+    )
+    _, parity, delegated, quantization = write_program(
+        {"audio_encoder": unit},
+        tmp_path,
+        1e-4,
+        print,
+        max_seq_len=8,
+        recipe=pte_recipe(load_profile("pi5"), "int8"),
+        calibration={"audio_encoder": [(torch.randn(1, 6, 64),) for _ in range(4)]},
+    )
+    audio = quantization["audio_encoder"]
+    assert audio.quantized_nodes == {"linear_int8": 2} and not audio.float_units
+    assert (pte_encoders.DYNAMIC in audio.notes["audio_encoder"]) is dynamic
+    assert parity["audio_encoder"].tolerance == TOLERANCE and delegated["audio_encoder"].delegated_nodes > 0
+    # dynamic: XNNPACK finds each row's range at run time (convert_to_qd8), so no static quantize runs outside it
+    assert not [op for op in delegated["audio_encoder"].non_delegated_ops if "quantize" in op]
