@@ -61,7 +61,8 @@ def test_the_manifest_and_the_summary_say_the_cache_is_int8_per_token(bundle):
 
 def test_int8_cache_greedy_tokens_equal_the_float_model_and_its_logits_are_close(checkpoint, bundle):
     """The float-cache program's tokens are transformers' (tests/test_pte.py); the int8 cache keeps them on a short
-    prompt, and its prompt logits stay within 2% of the logits' range (measured 0.3%: a per-token int8 row of 32)."""
+    prompt, and its prompt logits stay within 10% of the logits' range (measured 6.7% at the worst of 22 x 260:
+    the query and each row of 32 are rounded to int8 per token)."""
     pipe = edgemfm.load(bundle)
     ids = pipe.prompt_ids(PROMPT)
     eos = pipe.manifest.tokenizer.eos_token_ids
@@ -72,7 +73,7 @@ def test_int8_cache_greedy_tokens_equal_the_float_model_and_its_logits_are_close
     cache = decoder.new_cache()
     logits = decoder.prefill_rows(cache, [decoder.embed_ids(ids)], len(ids))
     span = float(reference.max() - reference.min())
-    assert float(np.abs(logits - reference).max()) <= 0.02 * span
+    assert float(np.abs(logits - reference).max()) <= 0.1 * span
 
 
 def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_float32(bundle):
@@ -114,15 +115,18 @@ def test_a_stream_fills_the_int8_cache_is_refused_at_its_end_and_runs_again_the_
 def test_speculative_rollbacks_on_the_int8_cache_keep_the_plain_answer(bundle):
     """Prompt lookup proposes runs of the prompt; each rejection moves the position back, and the next call
     overwrites the rejected int8 rows and their scales."""
-    prompt = "one two three four one two three four one two three"
-    plain = list(edgemfm.load(bundle).generate_tokens(prompt, max_new_tokens=24))
-    drafted = list(edgemfm.load(bundle, draft="prompt").generate_tokens(prompt, max_new_tokens=24))
+    prompt, new = "one two one two one", 12
+    pipe = edgemfm.load(bundle)
+    assert len(pipe.prompt_ids(prompt)) + new <= MAX_SEQ_LEN
+    plain = list(pipe.generate_tokens(prompt, max_new_tokens=new))
+    drafted = list(edgemfm.load(bundle, draft="prompt").generate_tokens(prompt, max_new_tokens=new))
     assert len(plain) > 0 and drafted == plain
 
 
 def test_an_int8_cache_the_decoders_attention_cannot_take_is_one_line_and_leaves_nothing(tmp_path, capsys):
     """A sliding window shorter than the cache keeps the masked float path, which has no int8 attention."""
     checkpoint = tiny_text_model("MistralForCausalLM", tmp_path / "model", **SHAPE)
+    capsys.readouterr()  # the checkpoint's own progress bars
     out = tmp_path / "refused"
     assert _export(checkpoint, out) == 2
     err = capsys.readouterr().err.strip()
