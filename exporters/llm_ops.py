@@ -18,6 +18,16 @@ What the op cannot express keeps the masked full-cache path (exporters/static_de
 attention-logit soft-capping (Gemma-2), and a sliding window shorter than the cache (Mistral,
 Gemma-2/3 with a window under max_seq_len). `unsupported` names the reason.
 
+`export --kv-cache int8` swaps each layer for `Int8OpsLayer`, as ExecuTorch's own LLM export does
+(examples/models/llama/source_transformation/custom_kv_cache.py, sdpa.py): every new key and value is
+quantized per token and head (asymmetric int8, one float32 scale and one int8 zero point per row of
+head_dim), written with update_cache beside its scale and zero point, and `llama::custom_quantized_sdpa`
+attends over the int8 cache directly (the query quantized per token too) without de-quantizing it whole:
+a step reads (head_dim + 5) bytes per head and position instead of 4 x head_dim.
+
+    k, v ──choose_qparams_per_token_asymmetric──► int8, scale, zero ──update_cache ×3──► caches at start_pos
+    q ──quantize per token──► custom_quantized_sdpa(q8, k8, v8, start_pos, causal, scales, zeros) ─► out
+
 Example:
     >>> unsupported(LlamaConfig(), 128) is None                                  # doctest: +SKIP
     True
@@ -32,6 +42,7 @@ from transformers.cache_utils import StaticLayer
 
 ATTENTION = "edgemfm_llama_custom_sdpa"  # the attention function's name under transformers' AttentionInterface
 START = "edgemfm_start_pos"  # the keyword the decoder passes its first cache slot under, down to the attention
+LAYERS = "edgemfm_int8_layers"  # int8 cache: the keyword its layers (scales, zero points) reach the attention by
 
 
 def load_ops() -> None:
@@ -41,6 +52,8 @@ def load_ops() -> None:
         >>> load_ops(); torch.ops.llama.custom_sdpa  # doctest: +SKIP
     """
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (loads libcustom_ops_aot_lib)
+    import executorch.kernels.quantized  # noqa: F401  (the int8 cache's quantized_decomposed ops: their out variants)
+    from torch.ao.quantization.fx._decomposed import quantized_decomposed_lib  # noqa: F401  (and their Python forms)
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTENTION, _attention)
@@ -77,10 +90,47 @@ class OpsLayer(StaticLayer):
         self.is_initialized = True
         self.start: Any = 0  # the call's first slot (a SymInt under torch.export), set by the decoder
 
+    BUFFERS = ("keys", "values")  # the tensors the decoder registers as its buffers, and rebinds at every call
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         torch.ops.llama.update_cache(key_states.transpose(1, 2), self.keys, self.start)
         torch.ops.llama.update_cache(value_states.transpose(1, 2), self.values, self.start)
         return self.keys, self.values
+
+
+class Int8OpsLayer(OpsLayer):
+    """`OpsLayer` with int8 keys and values, and a float32 scale and int8 zero point per position and head
+    ([1, max_seq_len, kv_heads, 1]); `update` returns the int8 buffers, which only `_attention` reads."""
+
+    BUFFERS = ("keys", "values", "key_scales", "key_zeros", "value_scales", "value_zeros")
+
+    def __init__(self, max_seq_len: int, kv_heads: int, head_dim: int, dtype: torch.dtype):
+        super().__init__(max_seq_len, 0, head_dim, dtype)  # 0 heads: the float buffers are replaced below
+        shape, rows = (1, max_seq_len, kv_heads, head_dim), (1, max_seq_len, kv_heads, 1)
+        self.keys, self.values = torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int8)
+        self.key_scales, self.value_scales = torch.ones(rows), torch.ones(rows)
+        self.key_zeros, self.value_zeros = torch.zeros(rows, dtype=torch.int8), torch.zeros(rows, dtype=torch.int8)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        for states, kind in ((key_states, "key"), (value_states, "value")):
+            values, scales, zeros = quantize_rows(states.transpose(1, 2))
+            torch.ops.llama.update_cache(values, getattr(self, f"{kind}s"), self.start)
+            torch.ops.llama.update_cache(scales, getattr(self, f"{kind}_scales"), self.start)
+            torch.ops.llama.update_cache(zeros, getattr(self, f"{kind}_zeros"), self.start)
+        return self.keys, self.values
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`x` [1, seq, heads, d] as int8 per row of d (asymmetric): values, float32 scales and int8 zero points [.., 1].
+
+    Example:
+        >>> [t.dtype for t in quantize_rows(torch.randn(1, 3, 2, 8))]  # doctest: +SKIP
+        [torch.int8, torch.float32, torch.int8]
+    """
+    ops = torch.ops.quantized_decomposed
+    scales, zeros = ops.choose_qparams_per_token_asymmetric.default(x, torch.int8)
+    values = ops.quantize_per_token(x, scales, zeros, -128, 127, torch.int8)
+    return values, scales.to(torch.float32), zeros.to(torch.int8)
 
 
 def start_of(input_pos: torch.Tensor, seq: int, max_seq_len: int) -> Any:
@@ -98,6 +148,16 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         kwargs.pop(START, None)
+        kwargs.pop(LAYERS, None)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    out = torch.ops.llama.custom_sdpa(query.transpose(1, 2), key, value, kwargs[START], None, 0.0, True, scaling)
+    query = query.transpose(1, 2)
+    if key.dtype == torch.int8:
+        layer = kwargs[LAYERS][module.layer_idx]
+        q, q_scales, q_zeros = quantize_rows(query)
+        out = torch.ops.llama.custom_quantized_sdpa(
+            q, key, value, kwargs[START], None, 0.0, True, scaling, q_zeros, q_scales,
+            layer.key_zeros, layer.key_scales, layer.value_zeros, layer.value_scales,
+        )  # fmt: skip
+        return out, None
+    out = torch.ops.llama.custom_sdpa(query, key, value, kwargs[START], None, 0.0, True, scaling)
     return out, None

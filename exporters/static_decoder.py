@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from edgemfm.errors import InputError
 from edgemfm.exporters import llm_ops
 from edgemfm.exporters.family import ExportUnit
 from edgemfm.manifest import KVCache
@@ -64,10 +65,38 @@ class StaticDecoder(torch.nn.Module):
             # torch.export cannot keep dynamic.
             self.cache = Cache(layers=[StaticLayer(max_cache_len=kv.max_seq_len) for _ in range(kv.layers)])
             self.cache.early_initialization(1, kv.kv_heads, kv.head_dim, dtype, torch.device("cpu"))
+        self._register()
+
+    def _register(self) -> None:
         for i, layer in enumerate(self.cache.layers):
-            self.register_buffer(f"key_{i}", layer.keys, persistent=False)
-            self.register_buffer(f"value_{i}", layer.values, persistent=False)
+            for attr in getattr(layer, "BUFFERS", ("keys", "values")):
+                self.register_buffer(_buffer_name(attr, i), getattr(layer, attr), persistent=False)
             self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
+
+    def int8_cache(self, kv: KVCache) -> KVCache:
+        """Store the cache as int8 per token and head (llm_ops.Int8OpsLayer); `kv` as the manifest says it.
+
+        Only on the LLM ops: the masked full-cache path (soft-capping, a window under the cache) has no
+        int8 attention, so it refuses in one line naming what is allowed.
+
+        Example:
+            >>> unit.module.int8_cache(unit.kv_cache).scales  # doctest: +SKIP
+            'per_token'
+        """
+        if self.fallback is not None:
+            raise InputError(
+                f"--kv-cache int8 for --format pte runs on llama::custom_quantized_sdpa, which this decoder cannot "
+                f"use ({self.fallback}); allowed: --kv-cache float, or --format onnx"
+            )
+        for i, layer in enumerate(self.cache.layers):
+            for attr in layer.BUFFERS:
+                delattr(self, _buffer_name(attr, i))
+            delattr(self, f"length_{i}")
+        self.cache.layers = [
+            llm_ops.Int8OpsLayer(kv.max_seq_len, kv.kv_heads, kv.head_dim, torch.float32) for _ in range(kv.layers)
+        ]
+        self._register()
+        return replace(kv, dtype="int8", scales="per_token")
 
     def bind(self, input_pos: torch.Tensor) -> Any:
         """The cache, on this module's buffers, writing from `input_pos[0]` on."""
@@ -76,7 +105,8 @@ class StaticDecoder(torch.nn.Module):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
             # program instead of writes to constants.
-            layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
+            for attr in getattr(layer, "BUFFERS", ("keys", "values")):
+                setattr(layer, attr, getattr(self, _buffer_name(attr, i)))
             layer.cumulative_length = getattr(self, f"length_{i}")
             layer.cumulative_length.copy_(input_pos[0])  # StaticLayer writes from here on
             layer.start = start
@@ -90,8 +120,11 @@ class StaticDecoder(torch.nn.Module):
             return
         config = self.language_model.config
         saved, config._attn_implementation = config._attn_implementation, llm_ops.ATTENTION
+        ops = {llm_ops.START: self.cache.layers[0].start}
+        if isinstance(self.cache.layers[0], llm_ops.Int8OpsLayer):  # the attention reads their scales and zero points
+            ops[llm_ops.LAYERS] = self.cache.layers
         try:
-            yield {llm_ops.START: self.cache.layers[0].start}
+            yield ops
         finally:
             config._attn_implementation = saved
 
@@ -108,6 +141,11 @@ class StaticDecoder(torch.nn.Module):
                 **ops,
             )
         return self.lm_head(out.last_hidden_state)
+
+
+def _buffer_name(attr: str, layer: int) -> str:
+    """A cache tensor's buffer name: key_0, value_0 (what the float programs have always named them), key_scales_0 ..."""
+    return f"{attr.removesuffix('s') if attr in ('keys', 'values') else attr}_{layer}"
 
 
 def static_layout(kv: KVCache, max_seq_len: int) -> KVCache:

@@ -38,6 +38,9 @@ MiB = 2**20
 # The encoder-output cache's default bound for a bundle with media encoders: the rows of about
 # 200 demo images, 5 Idefics3 images of 10 tiles or 5 Qwen2-VL-2B images; `encoder_cache_mb` changes it.
 ENCODER_CACHE_BYTES = 8 * MiB
+# Bytes a cached row (one position, one head, key or value) carries beside its values, by the cache's scale layout:
+# a pte int8 cache's float32 scale and int8 zero point (exporters/llm_ops.py); static scales are in the weights.
+PER_TOKEN_BYTES = {"per_token": 4 + 1}
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,16 @@ def _tensor_bytes(spec) -> int:
 
 
 def kv_cache_bytes(decoder: Component, max_len: int) -> int:
-    """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x head_dim x length
-    x the cache's item size (an int8 cache: one byte, a quarter of float32's)."""
+    """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x length x (head_dim x the
+    cache's item size (an int8 cache: one byte, a quarter of float32's) + its per-token scale and zero point).
+
+    Example:
+        >>> kv_cache_bytes(manifest.components["text_decoder"], 2048) // MiB  # doctest: +SKIP
+        22
+    """
     kv = decoder.kv_cache
-    return 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * max_len * _itemsize(kv.dtype or decoder.dtype)
+    row = kv.head_dim * _itemsize(kv.dtype or decoder.dtype) + PER_TOKEN_BYTES.get(kv.scales, 0)
+    return 2 * kv.layers * 2 * kv.kv_heads * max_len * row
 
 
 def fused_attention(manifest: Manifest, name: str) -> bool:

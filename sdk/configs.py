@@ -26,7 +26,8 @@ from edgemfm.errors import InputError
 from edgemfm.recipe import Recipe
 
 CONFIG_VERSION = 1
-KV_CACHES = ("float", "int8")  # export --kv-cache: the decoder's own float type, or GroupQueryAttention's int8
+# export --kv-cache: the decoder's own float type, or int8 (onnx: GroupQueryAttention's; pte: ExecuTorch's per token)
+KV_CACHES = ("float", "int8")
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 
 
@@ -74,8 +75,9 @@ class ExportConfig:
     # at most this many decoder rows per image (per tile where the family tiles), cut inside the encoder graph
     # by the family's method (exporters/visual_tokens.py); None: the family's own count
     visual_tokens: int | None = None
-    # the decoder's KV cache: "float" (its activations' type) or "int8" (ONNX Runtime's GroupQueryAttention
-    # cache, a quarter of float32's bytes, with static scales calibrated at export: not per token, which it lacks)
+    # the decoder's KV cache: "float" (its activations' type) or "int8": onnx, ONNX Runtime's GroupQueryAttention
+    # cache, a quarter of float32's bytes, with static scales calibrated at export (not per token, which it lacks);
+    # pte, ExecuTorch's cache with a scale and zero point per token and head, set as each token is written
     kv_cache: str = "float"
     # a draft bundle's head over this many tokens (the lowest ids: BPE's most frequent) and the end tokens, so each
     # proposal reads fewer bytes (exporters/draft_vocab.py); None: the whole vocabulary. Onnx only.

@@ -123,14 +123,12 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
 
 
 def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
-    """--kv-cache int8 is ONNX Runtime's GroupQueryAttention cache: an onnx bundle, fused, run on the CPU."""
+    """--kv-cache int8: for onnx, ONNX Runtime's GroupQueryAttention cache (fused, run on the CPU); for pte,
+    ExecuTorch's per-token int8 cache (exporters/llm_ops.py), which the decoder refuses where it cannot run."""
     from edgemfm.quantizers.kv_cache import check_device
 
-    if config.format != "onnx":
-        raise InputError(
-            f"--kv-cache int8 is ONNX Runtime's GroupQueryAttention cache; --format {config.format!r} is not allowed; "
-            "allowed: --format onnx (or --kv-cache float)"
-        )
+    if config.format == "pte":
+        return
     if not config.fuse:
         raise InputError("--kv-cache int8 needs the fused GroupQueryAttention; allowed: without --no-fuse")
     check_device(profile)
@@ -167,7 +165,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     `prune` (specs like "mlp=0.2" or "vision_encoder:blocks=1,mlp=0.3", see `edgemfm prune`)
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
     the report's "pruning" says what went, where and why. `kv_cache` "int8" gives the onnx decoder's
-    GroupQueryAttention an int8 cache with static scales calibrated on `calibration` (quantizers/kv_cache.py).
+    GroupQueryAttention an int8 cache with static scales calibrated on `calibration` (quantizers/kv_cache.py),
+    and a pte decoder an int8 cache with a scale per token and head (exporters/llm_ops.py).
     `progress` hears what is happening
     (see `edgemfm.progress`); without it nothing is printed.
 
@@ -232,7 +231,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 from edgemfm.quantizers.tied_table import share_float
 
                 manifest = share_float(stage, manifest)  # quantized graphs share theirs in quantize
-            if config.kv_cache == "int8":  # calibrated on the finished decoder: its weights as the bundle holds them
+            if config.kv_cache == "int8" and config.format == "onnx":  # calibrated on the finished decoder's weights
                 from edgemfm.quantizers.kv_cache import quantize_kv_cache
 
                 say(progress, "calibrating the int8 KV cache")
@@ -281,6 +280,7 @@ def _write_float(
             max_seq_len=config.max_seq_len,
             recipe=recipe,
             calibration=calibration,
+            kv_cache=config.kv_cache,
         )
         recipe = with_float_convs(recipe, quantization)
     else:

@@ -51,13 +51,15 @@ class KVCache:
     # rotated pair, with which the runtime re-bases the cached keys when a stream passes the table
     rotary_table: int = 0
     rotary_frequencies: tuple[float, ...] = ()
-    # dynamic: the cached tensors' numpy dtype; "" the component's own. "int8" (export --kv-cache int8): ONNX
+    # the cached tensors' numpy dtype; "" the component's own. "int8" (export --kv-cache int8): dynamic, ONNX
     # Runtime's GroupQueryAttention stores and reads the cache as int8 with static scales calibrated at export
-    # (quantizers/kv_cache.py), a quarter of float32's bytes per position
+    # (quantizers/kv_cache.py), a quarter of float32's bytes per position; static, the pte program's own buffers
+    # hold int8 with a scale per token and head (exporters/llm_ops.py), (head_dim + 5) / (4 x head_dim) of float32's
     dtype: str = ""
     # with an int8 cache, how its scales are laid out: "per_tensor" (one per layer for K, one for V) or "per_channel"
     # (per head and channel; the keys' shared by each rotated pair (i, i + d/2)): either way a re-base turns the
-    # stored integers without them
+    # stored integers without them. "per_token" (pte): a float32 scale and int8 zero point per position and head,
+    # beside the cache in the program, which sets them as it writes each token (no calibration)
     scales: str = ""
 
 

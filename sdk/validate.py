@@ -22,8 +22,13 @@ from edgemfm.manifest import Component, Manifest, Preprocess
 ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")  # what a component computes in
 TENSOR_DTYPES = (*ACTIVATION_DTYPES, "int64", "int32", "int8", "uint8", "bool")  # what crosses a boundary
 MEDIA_KINDS = ("image", "audio")
-CACHE_DTYPES = ("", "int8")  # a KV cache in the component's own dtype, or GroupQueryAttention's int8 one
-CACHE_SCALES = {"": ("",), "int8": ("per_channel", "per_tensor")}  # the scale layouts each cache dtype takes
+CACHE_DTYPES = ("", "int8")  # a KV cache in the component's own dtype, or an int8 one
+# the scale layouts each cache kind and dtype takes: GroupQueryAttention's static ones (dynamic), or the pte
+# program's own per token and head (static)
+CACHE_SCALES = {
+    "dynamic": {"": ("",), "int8": ("per_channel", "per_tensor")},
+    "static": {"": ("",), "int8": ("per_token",)},
+}
 MAX_BYTES = 1 << 40  # a weight or activation size past 1 TiB is a corrupt manifest, not a model
 MAX_DIM = 1 << 24  # a tensor axis
 MAX_TOKENS = 1 << 20  # sequence lengths, new tokens
@@ -105,9 +110,9 @@ def _component(c: _Checker, path: str, comp: Component) -> None:
         c.int_in(f"{path}.kv_cache.layers", kv.layers, 1, 1024)
         c.int_in(f"{path}.kv_cache.kv_heads", kv.kv_heads, 1, 1024)
         c.int_in(f"{path}.kv_cache.head_dim", kv.head_dim, 1, 4096)
+        c.name_in(f"{path}.kv_cache.dtype", kv.dtype, CACHE_DTYPES)
+        c.name_in(f"{path}.kv_cache.scales", kv.scales, CACHE_SCALES[kv.kind][kv.dtype])
         if kv.kind == "dynamic":
-            c.name_in(f"{path}.kv_cache.dtype", kv.dtype, CACHE_DTYPES)
-            c.name_in(f"{path}.kv_cache.scales", kv.scales, CACHE_SCALES[kv.dtype])
             for key, names in (("past", comp.inputs), ("present", comp.outputs)):
                 c.template(f"{path}.kv_cache.{key}", getattr(kv, key), {"layer", "kind"})
                 declared = {s.name for s in names}

@@ -131,7 +131,6 @@ def test_the_budget_counts_an_int8_cache_at_a_quarter_of_float32(default_bundle,
     "overrides, message",
     [
         ({"kv_cache": "int4"}, "KV cache 'int4' is not known; allowed: float, int8"),
-        ({"format": "pte"}, "--format 'pte' is not allowed; allowed: --format onnx"),
         ({"fuse": False}, "needs the fused GroupQueryAttention; allowed: without --no-fuse"),
         ({"device": "jetson"}, "runs on TensorrtExecutionProvider; allowed devices: host"),
     ],

@@ -187,6 +187,42 @@ def build_genai(work: Path, threads: int) -> None:
     out.rename(work / "genai-int4")
 
 
+def write_export_llm_config(out: Path, config: dict) -> Path:
+    """`out`/config.yaml and params.json: ExecuTorch's export_llm config for SmolLM2 (`config`: its HF config.json),
+    whose checkpoint and program lie in `out` too (export_llm writes the program to output_dir/output_name.pte;
+    an output_name ending in .pte it takes as a path from the current directory, where session 7's build left it).
+
+    Example:
+        >>> write_export_llm_config(Path("work/executorch.partial"), config).name  # doctest: +SKIP
+        'config.yaml'
+    """
+    params = {
+        "dim": config["hidden_size"],
+        "hidden_dim": config["intermediate_size"],
+        "n_heads": config["num_attention_heads"],
+        "n_kv_heads": config["num_key_value_heads"],
+        "n_layers": config["num_hidden_layers"],
+        "norm_eps": config["rms_norm_eps"],
+        "rope_theta": config["rope_parameters"]["rope_theta"],
+        "vocab_size": config["vocab_size"],
+        "use_hf_rope": True,
+        "use_scaled_rope": False,
+        "ffn_dim_multiplier": 1.0,
+    }
+    (out / "params.json").write_text(json.dumps(params))
+    (out / "config.yaml").write_text(f"""base:
+  model_class: smollm2
+  checkpoint: {out.resolve()}/checkpoint.pth
+  params: {out.resolve()}/params.json
+  metadata: '{{"get_bos_id": {config["bos_token_id"]}, "get_eos_ids": [{config["eos_token_id"]}]}}'
+model: {{use_kv_cache: true, use_sdpa_with_kv_cache: true, dtype_override: fp32}}
+backend: {{xnnpack: {{enabled: true, extended_ops: true}}}}
+quantization: {{qmode: 8da4w, group_size: 64}}  # 576 channels: 128, the examples' size, does not divide them
+export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve()}, output_name: smollm2_8da4w}}
+""")
+    return out / "config.yaml"
+
+
 def build_executorch(work: Path) -> None:
     """ExecuTorch's own LLM export for XNNPACK, 8da4w: the HF weights renamed to its Llama layout (HF rotary kept)."""
     import torch
@@ -217,30 +253,7 @@ def build_executorch(work: Path) -> None:
             state[f"layers.{layer}.{names['.'.join(rest[:-1])]}.weight"] = value
     state["output.weight"] = state["tok_embeddings.weight"]  # tied
     torch.save(state, out / "checkpoint.pth")
-    params = {
-        "dim": config["hidden_size"],
-        "hidden_dim": config["intermediate_size"],
-        "n_heads": config["num_attention_heads"],
-        "n_kv_heads": config["num_key_value_heads"],
-        "n_layers": config["num_hidden_layers"],
-        "norm_eps": config["rms_norm_eps"],
-        "rope_theta": config["rope_parameters"]["rope_theta"],
-        "vocab_size": config["vocab_size"],
-        "use_hf_rope": True,
-        "use_scaled_rope": False,
-        "ffn_dim_multiplier": 1.0,
-    }
-    (out / "params.json").write_text(json.dumps(params))
-    (out / "config.yaml").write_text(f"""base:
-  model_class: smollm2
-  checkpoint: {out.resolve()}/checkpoint.pth
-  params: {out.resolve()}/params.json
-  metadata: '{{"get_bos_id": {config["bos_token_id"]}, "get_eos_ids": [{config["eos_token_id"]}]}}'
-model: {{use_kv_cache: true, use_sdpa_with_kv_cache: true, dtype_override: fp32}}
-backend: {{xnnpack: {{enabled: true, extended_ops: true}}}}
-quantization: {{qmode: 8da4w, group_size: 64}}  # 576 channels: 128, the examples' size, does not divide them
-export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve()}, output_name: smollm2_8da4w.pte}}
-""")
+    yaml = write_export_llm_config(out, config)
     from .run import run
 
     run(
@@ -249,7 +262,7 @@ export: {{max_seq_length: 512, max_context_length: 512, output_dir: {out.resolve
             "-m",
             "executorch.extension.llm.export.export_llm",
             "--config",
-            str((out / "config.yaml").resolve()),
+            str(yaml.resolve()),
         ],
         work / "executorch.log",
     )

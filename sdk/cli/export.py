@@ -88,7 +88,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--kv-cache",
         default="float",
         metavar="{float,int8}",
-        help="the decoder's KV cache: float, or int8 with static scales calibrated at export (onnx, CPU; default: float)",
+        help="the decoder's KV cache: float, or int8 (onnx: static scales calibrated at export, CPU; pte: a scale per "
+        "token and head; default: float)",
     )
     e.add_argument(
         "--draft-vocab",
@@ -208,7 +209,9 @@ def _export_summary(path: Path) -> None:
             soft_wrap=True,
         )
     kv = m.components[m.generation.decoder].kv_cache
-    if kv is not None and kv.dtype:  # the scales are the export's, not the stream's: say so
+    if kv is not None and kv.dtype == "int8" and kv.scales == "per_token":  # set by the program as it writes each token
+        out.print(f"  KV cache: {kv.dtype}, a scale and zero point per token and head, set as each is written")
+    elif kv is not None and kv.dtype:  # the scales are the export's, not the stream's: say so
         out.print(f"  KV cache: {kv.dtype}, static {kv.scales.replace('_', '-')} scales calibrated at export")
     if (subset := m.generation.head_subset) is not None:  # a draft's head: it never proposes the other tokens
         out.print(f"  head: {len(subset.ids)} of {subset.vocab_size} tokens (--draft-vocab: a draft bundle's)")

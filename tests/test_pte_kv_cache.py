@@ -1,0 +1,135 @@
+"""`export --format pte --kv-cache int8`: the program's static cache as int8 with a scale and zero point per token
+and head, on ExecuTorch's own ops (exporters/llm_ops.py): its greedy tokens, its budget, its runtime, its refusals.
+
+The tiny model is SmolLM2's shape scaled down (4 query heads over 2 KV heads of 32), exported at fp32 so the
+cache's int8 is the only rounding between the program and transformers' float model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from tiny_text import tiny_text_model
+
+import edgemfm
+from edgemfm.bundle import read_manifest
+from edgemfm.cli import main
+from edgemfm.errors import InputError
+
+PROMPT = "Describe the picture."
+MAX_SEQ_LEN = 64
+SHAPE = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+
+
+def _export(checkpoint, out, *extra: str) -> int:
+    argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", "fp32"]
+    return main([*argv, "--max-seq-len", str(MAX_SEQ_LEN), "--kv-cache", "int8", *extra, "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_text_model("LlamaForCausalLM", tmp_path_factory.mktemp("models") / "tiny-llama", **SHAPE)
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "pte-kv8"
+    assert _export(checkpoint, out) == 0
+    return out
+
+
+def _transformers(checkpoint, ids: list[int], new: int) -> tuple[list[int], np.ndarray]:
+    """transformers' float greedy answer to `ids` and its logits at the prompt's positions [len(ids), vocab]."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=new, do_sample=False)
+    return out[0, len(ids) :].tolist(), logits
+
+
+def test_the_manifest_and_the_summary_say_the_cache_is_int8_per_token(bundle):
+    kv = read_manifest(bundle).components["text_decoder"].kv_cache
+    assert (kv.kind, kv.dtype, kv.scales, kv.max_seq_len) == ("static", "int8", "per_token", MAX_SEQ_LEN)
+    ops = read_manifest(bundle).report.delegation["text_decoder"].non_delegated_ops
+    assert ops.get("llama_custom_quantized_sdpa_default") == 3 and "llama_custom_sdpa_default" not in ops
+
+
+def test_int8_cache_greedy_tokens_equal_the_float_model_and_its_logits_are_close(checkpoint, bundle):
+    """The float-cache program's tokens are transformers' (tests/test_pte.py); the int8 cache keeps them on a short
+    prompt, and its prompt logits stay within 10% of the logits' range (measured 6.7% at the worst of 22 x 260:
+    the query and each row of 32 are rounded to int8 per token)."""
+    pipe = edgemfm.load(bundle)
+    ids = pipe.prompt_ids(PROMPT)
+    eos = pipe.manifest.tokenizer.eos_token_ids
+    expected, reference = _transformers(checkpoint, ids, 16)
+    ours = list(pipe.generate_tokens(PROMPT, max_new_tokens=16))
+    assert len(ours) > 0 and ours == [t for t in expected if t not in eos][: len(ours)]
+    decoder = pipe.decoder
+    cache = decoder.new_cache()
+    logits = decoder.prefill_rows(cache, [decoder.embed_ids(ids)], len(ids))
+    span = float(reference.max() - reference.min())
+    assert float(np.abs(logits - reference).max()) <= 0.1 * span
+
+
+def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_float32(bundle):
+    from edgemfm.runtimes.budget import kv_cache_bytes
+
+    decoder = read_manifest(bundle).components["text_decoder"]
+    floats = dataclasses.replace(decoder, kv_cache=dataclasses.replace(decoder.kv_cache, dtype="", scales=""))
+    d = decoder.kv_cache.head_dim
+    # per position, head and key/value: d int8 values + a float32 scale + an int8 zero point, against 4 x d bytes
+    assert kv_cache_bytes(decoder, 1000) * 4 * d == kv_cache_bytes(floats, 1000) * (d + 5)
+    assert 0.25 < kv_cache_bytes(decoder, 1000) / kv_cache_bytes(floats, 1000) < 0.3
+
+
+def _greedy_to_the_end(pipe, ids: list[int]) -> list[int]:
+    """Greedy tokens after `ids`, eos or not, until the cache refuses the next position (in one line)."""
+    decoder, tokens = pipe.decoder, []
+    cache = decoder.new_cache()
+    logits = decoder.prefill(cache, [decoder.embed_ids(ids)])
+    with pytest.raises(InputError, match=f"need {MAX_SEQ_LEN + 1} positions; this bundle's static KV cache holds") as e:
+        while True:
+            tokens.append(int(np.argmax(logits)))
+            logits = decoder.run(cache, decoder.embed_ids(tokens[-1:]))[-1]
+    assert "\n" not in str(e.value)
+    return tokens
+
+
+def test_a_stream_fills_the_int8_cache_is_refused_at_its_end_and_runs_again_the_same(bundle):
+    """The static cache has no window to slide (runtimes/static_cache.py): a stream runs to the last position and
+    the next is refused in one line; the buffers' stale int8 rows and scales do not reach the next generation."""
+    pipe = edgemfm.load(bundle)
+    ids = pipe.prompt_ids("Hello there")
+    first = _greedy_to_the_end(pipe, ids)
+    assert len(first) == MAX_SEQ_LEN - len(ids) + 1  # the last from the logits at the last position the cache holds
+    assert _greedy_to_the_end(pipe, ids) == first
+    short = list(pipe.generate_tokens(PROMPT, max_new_tokens=8))
+    assert short == list(edgemfm.load(bundle).generate_tokens(PROMPT, max_new_tokens=8))
+
+
+def test_speculative_rollbacks_on_the_int8_cache_keep_the_plain_answer(bundle):
+    """Prompt lookup proposes runs of the prompt; each rejection moves the position back, and the next call
+    overwrites the rejected int8 rows and their scales."""
+    prompt, new = "one two one two one", 12
+    pipe = edgemfm.load(bundle)
+    assert len(pipe.prompt_ids(prompt)) + new <= MAX_SEQ_LEN
+    plain = list(pipe.generate_tokens(prompt, max_new_tokens=new))
+    drafted = list(edgemfm.load(bundle, draft="prompt").generate_tokens(prompt, max_new_tokens=new))
+    assert len(plain) > 0 and drafted == plain
+
+
+def test_an_int8_cache_the_decoders_attention_cannot_take_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A sliding window shorter than the cache keeps the masked float path, which has no int8 attention."""
+    checkpoint = tiny_text_model("MistralForCausalLM", tmp_path / "model", **SHAPE)
+    capsys.readouterr()  # the checkpoint's own progress bars
+    out = tmp_path / "refused"
+    assert _export(checkpoint, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a sliding window of 6 positions" in err
+    assert "allowed: --kv-cache float, or --format onnx" in err
+    assert not out.exists()
