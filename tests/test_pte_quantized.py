@@ -552,3 +552,45 @@ def test_an_encoder_broken_at_static_int8_runs_its_linears_at_dynamic_int8_and_s
     assert parity["audio_encoder"].tolerance == TOLERANCE and delegated["audio_encoder"].delegated_nodes > 0
     # dynamic: XNNPACK finds each row's range at run time (convert_to_qd8), so no static quantize runs outside it
     assert not [op for op in delegated["audio_encoder"].non_delegated_ops if "quantize" in op]
+
+
+class _Outlier(torch.nn.Module):
+    """A transformer MLP whose fc2 input has one feature 1000x the others (as Whisper's GELU outputs have): that
+    row's int8 range rounds every other feature to zero, and fc2 weighs them as much as the outlier."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(64, 128), torch.nn.Linear(128, 64)
+        self.register_buffer("scale", torch.cat([torch.tensor([1000.0]), torch.ones(127)]))
+        with torch.no_grad():
+            self.fc2.weight[:, 0] /= 1000.0
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)) * self.scale)
+
+
+def test_an_encoders_linears_whose_int8_costs_it_the_most_stay_float_until_it_reaches_its_target_db():
+    """The real tiny.en's audio encoder with dynamic int8 linears was 21.0 dB on its calibration clips, its 4 fc2
+    the worst (27.2 dB with them float, in PyTorch); the report and the recipe name each linear kept float."""
+    from edgemfm.exporters import pte_encoders
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    torch.manual_seed(0)
+    unit = ExportUnit(
+        module=_Outlier().eval(),
+        args=(torch.randn(1, 6, 64),),
+        input_names=("x",),
+        output_names=("y",),
+        dynamic_axes={},
+    )
+    inputs = [(torch.randn(1, 6, 64),) for _ in range(4)]
+    unit, done = pte_encoders.quantize_encoder("audio_encoder", unit, inputs, None)
+    assert done.quantized_nodes == {"linear_int8": 1}
+    assert list(done.float_units) == ["audio_encoder/fc2"]
+    assert done.float_units["audio_encoder/fc2"].startswith(pte_encoders.SENSITIVE)
+    note = done.notes["audio_encoder"]
+    assert "1 linears float" in note and float(note.split(" -> ")[1].split()[0]) >= pte_encoders.TARGET_DB
+    recipe = pte_encoders.with_float_convs(pte_recipe(load_profile("pi5"), "int8"), {"audio_encoder": done})
+    assert recipe.spec_for("audio_encoder/fc2") is None and recipe.spec_for("audio_encoder/fc1").bits == 8
