@@ -69,7 +69,7 @@ class StaticDecoder(torch.nn.Module):
 
     def _register(self) -> None:
         for i, layer in enumerate(self.cache.layers):
-            for attr in getattr(layer, "BUFFERS", ("keys", "values")):
+            for attr in _tensors(layer):
                 self.register_buffer(_buffer_name(attr, i), getattr(layer, attr), persistent=False)
             self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
 
@@ -105,7 +105,7 @@ class StaticDecoder(torch.nn.Module):
             # Rebind the cache to the module's buffers on every call: under torch.export these
             # are the traced tensors, so the in-place writes become buffer mutations of the
             # program instead of writes to constants.
-            for attr in getattr(layer, "BUFFERS", ("keys", "values")):
+            for attr in _tensors(layer):
                 setattr(layer, attr, getattr(self, _buffer_name(attr, i)))
             layer.cumulative_length = getattr(self, f"length_{i}")
             layer.cumulative_length.copy_(input_pos[0])  # StaticLayer writes from here on
@@ -141,6 +141,12 @@ class StaticDecoder(torch.nn.Module):
                 **ops,
             )
         return self.lm_head(out.last_hidden_state)
+
+
+def _tensors(layer: Any) -> tuple[str, ...]:
+    """The cache tensors of `layer` that the decoder holds as buffers: an ops layer names its own; transformers'
+    StaticLayer (the masked path) holds keys and values as the float ops layer does."""
+    return getattr(layer, "BUFFERS", llm_ops.OpsLayer.BUFFERS)
 
 
 def _buffer_name(attr: str, layer: int) -> str:
