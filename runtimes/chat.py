@@ -6,7 +6,8 @@ by the end-of-sequence token, then the next turn's template without special toke
 carry no chat template of their checkpoint (the manifest's `prompt.template` is the one the
 export verified), so each turn is that template: `USER: <image>\\nWhat is it? ASSISTANT:` for
 the LLaVA-style models. The cache is the decoder's own: it slides past `max_seq_len` keeping
-the sink entries across turns (a static pte cache refuses input beyond its buffers instead).
+the sink entries across turns (a static pte cache by feeding the kept rows again, `static_cache.py`,
+so the turn that slides counts them in `prefilled`).
 
     turn 1:  BOS USER: <image> q1 ASSISTANT: │ a1 a2 … an
     turn 2:  (an EOS, not yet in the cache)   USER: q2 ASSISTANT: │ b1 …   <- the only rows prefilled

@@ -4,7 +4,7 @@
 `KVCache`. Prefill takes decoder inputs as they come (text embeddings, an image's rows) and
 feeds them in chunks of at most `prefill_chunk` rows, so the attention activation stays
 bounded whatever the prompt's length; before each call the cache slides if the stream has
-outgrown `max_seq_len`.
+outgrown `max_seq_len` (a static cache's slide hands back the rows it keeps, fed again first).
 
 Example:
     >>> decoder = Decoder(sessions["text_decoder"], sessions["token_embedding"], manifest, streaming)  # doctest: +SKIP
@@ -48,17 +48,26 @@ class Decoder:
         """Decoder inputs [1, len(ids), hidden] for token ids."""
         return self.embedding.run({"input_ids": np.asarray([ids], dtype=np.int64)})["inputs_embeds"]
 
-    def run(self, cache: KVCache, embeds: np.ndarray) -> np.ndarray:
+    def run(self, cache: KVCache | StaticKVCache, embeds: np.ndarray) -> np.ndarray:
         """Logits [seq, vocab] for `embeds` [1, seq, hidden] after the cache; the cache grows by seq."""
         seq, table = embeds.shape[1], self.layout.rotary_table
         if table and seq > table:  # one call's positions fit the kernel's cos/sin table
             return np.concatenate([self.run(cache, embeds[:, i : i + table]) for i in range(0, seq, table)])
-        cache.make_room(seq)
+        kept = cache.make_room(seq)
+        if kept is not None:  # a static cache slid: its program is fed the kept rows again from position 0
+            chunk = self.streaming.prefill_chunk
+            for i in range(0, kept.shape[1], chunk):
+                self._call(cache, kept[:, i : i + chunk])
+        logits = self._call(cache, embeds)
+        return logits if self.columns is None else self._whole_vocabulary(logits)
+
+    def _call(self, cache: KVCache | StaticKVCache, embeds: np.ndarray) -> np.ndarray:
+        seq = embeds.shape[1]
         out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
-        cache.advance(out, seq)
+        cache.advance(out, seq, embeds)
         self.calls += 1
         self.positions += seq
-        return out["logits"][0] if self.columns is None else self._whole_vocabulary(out["logits"][0])
+        return out["logits"][0]
 
     def _whole_vocabulary(self, logits: np.ndarray) -> np.ndarray:
         """A subset head's logits [seq, len(ids)] spread over the whole vocabulary, -inf elsewhere: a

@@ -67,25 +67,28 @@ class KVCache:
         3-D positions, then every axis at the absolute position plus the shift."""
         return decoder_positions(self.position - self.base, seq, self.mrope)
 
-    def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
-        """Take the decoder's grown cache after it consumed `seq` tokens."""
+    def advance(self, presents: dict[str, np.ndarray], seq: int, rows: np.ndarray | None = None) -> None:
+        """Take the decoder's grown cache after it consumed `seq` tokens (`rows`, their inputs: the cache holds
+        what they made, so a slide needs no recompute)."""
         self.values = {past: presents[present] for past, present in zip(self.past_names, self.present_names)}
         self.length += seq
         self.position += seq
 
     def make_room(self, incoming: int) -> None:
         """Slide the window so `incoming` more entries fit in `max_len`, keeping the sink entries; re-base
-        the positions where the rotary table would end within the `incoming` ones."""
+        the positions where the rotary table would end within the `incoming` ones. Nothing to feed again
+        (None), unlike a static cache's slide."""
         if self.table and self.position - self.base + incoming > self.table:
             self.rebase()
         if self.length + incoming <= self.max_len:
-            return
+            return None
         recent = self.max_len - self.sinks - incoming
         assert recent >= 0, "the prefill chunk is checked against max_len - sinks at load"
         head, tail = self.sinks, self.length - recent
         self._slice(lambda a: np.concatenate([a[:, :, :head], a[:, :, tail:]], axis=2))
         self.evicted += tail - head
         self.length = head + recent
+        return None
 
     def rebase(self) -> None:
         """The next token at fed position 0: every cached key rotated back by the positions skipped."""

@@ -145,7 +145,7 @@ class Pipeline(Generates):
         self.path, self.manifest, self.profile = path, manifest, profile
         self.streaming = streaming_settings or manifest.streaming
         _check_streaming(self.streaming)
-        _check_rotary_table(path, manifest, self.streaming)
+        _check_window(path, manifest, self.streaming)
         self.memory_budget = int((memory_budget or profile.default_memory_budget_mb) * budget.MiB)
         what = f"bundle {str(path)!r}"
         self.encoder_cache = _encoder_cache(manifest, encoder_cache_mb)
@@ -503,11 +503,18 @@ def _check_streaming(s: StreamingSettings) -> None:
         )
 
 
-def _check_rotary_table(path: Path, manifest: Manifest, s: StreamingSettings) -> None:
-    """A decoder rotating inside GroupQueryAttention reads a cos/sin row for every cached entry: its cache
-    holds at most the table's positions (the export's max_seq_len)."""
+def _check_window(path: Path, manifest: Manifest, s: StreamingSettings) -> None:
+    """The window fits what the decoder can hold: a decoder rotating inside GroupQueryAttention reads a cos/sin
+    row for every cached entry (the table's positions), a static cache has its program's buffers (both: the
+    export's max_seq_len)."""
     component = manifest.components.get(manifest.generation.decoder)
-    table = component.kv_cache.rotary_table if component is not None and component.kv_cache else 0
+    kv = component.kv_cache if component is not None else None
+    if kv is not None and kv.kind == "static" and s.max_seq_len > kv.max_seq_len:
+        raise InputError(
+            f"bundle {str(path)!r}: max_seq_len {s.max_seq_len} is past the decoder's static KV cache of "
+            f"{kv.max_seq_len} positions; allowed: 1 to {kv.max_seq_len} (or export with a larger --max-seq-len)"
+        )
+    table = kv.rotary_table if kv is not None else 0
     if table and s.max_seq_len > table:
         raise InputError(
             f"bundle {str(path)!r}: max_seq_len {s.max_seq_len} is past the decoder's rotary table of {table} positions; "

@@ -5,13 +5,25 @@ layer and writes each call's keys and values at the positions fed as `kv_cache.p
 mask hides every position after the current one. So only positions cross the boundary, and
 this class keeps the same interface as `runtimes/kvcache.py`'s `KVCache` for the decode loop:
 `feeds`, `advance`, `make_room`, `rollback`. Rolling back only moves the position back: the
-rejected entries are overwritten by the next call and never read before that. The window
-cannot slide (a slot is an absolute position, baked into the rotary embedding), so input that
-outgrows the buffers is refused in one line naming both numbers.
+rejected entries are overwritten by the next call and never read before that.
+
+A stream that outgrows the window keeps going as the ONNX cache does, keeping the first `sinks`
+entries (StreamingLLM's attention sinks, arXiv 2309.17453) and the most recent ones. A slot is an
+absolute position baked into the program's rotary embedding and its buffers cannot be edited from
+Python, so the slide RECOMPUTES: the cache remembers the decoder-input rows it was fed (one row of
+`hidden` floats per position, a fraction of the position's keys and values) and hands the kept rows
+back from `make_room`; the decode loop feeds them again at positions 0.. (one prefill), so the
+program then holds exactly what a fresh program fed those rows holds, at compact positions (the
+paper's rule: positions within the cache). Each slide keeps `KEPT_SHARE` of the recent rows that
+would fit, so it costs one prefill of the kept rows per `(1 - KEPT_SHARE)` of a window of tokens,
+not one per token past the window.
+
+    window 12, sinks 2, incoming 1:  [s s a b c d e f g h i j] + k
+    slide (KEPT_SHARE 0.5):          [s s f g h i j] fed again at 0..6, then k at 7
 
 Example:
-    >>> cache = StaticKVCache(manifest.components["text_decoder"].kv_cache)  # doctest: +SKIP
-    >>> cache.make_room(5); cache.feeds(5)                                     # doctest: +SKIP
+    >>> cache = StaticKVCache(manifest.components["text_decoder"].kv_cache, 256, 4)  # doctest: +SKIP
+    >>> cache.make_room(5); cache.feeds(5)                                          # doctest: +SKIP
     {'input_pos': array([0, 1, 2, 3, 4])}
 """
 
@@ -25,12 +37,19 @@ from edgemfm.runtimes.positions import decoder_positions
 
 
 class StaticKVCache:
-    """Positions only: `length` entries written, the next `position`, the program's `max_len`."""
+    """Positions only: `length` entries written, the next `position`, the window `max_len`, the rows fed."""
+
+    # Share of the recent rows that fit beside the incoming ones that a slide keeps: 1.0 is ONNX's rule (room for
+    # exactly the incoming rows), which here would re-feed a whole window at every token past it.
+    KEPT_SHARE = 0.5
 
     def __init__(self, layout: KVLayout, max_len: int = 0, sinks: int = 0, dtype: str = "float32"):
-        # The program's buffers bound the cache, whatever the streaming settings ask for.
-        self.name, self.max_len = layout.position, layout.max_seq_len
-        self.length = self.position = self.evicted = 0
+        # The program's buffers bound the window, whatever the streaming settings ask for (load checks them).
+        self.name, self.max_len = layout.position, min(max_len or layout.max_seq_len, layout.max_seq_len)
+        self.sinks, self.dtype = sinks, dtype
+        self.length = self.position = 0
+        self.evicted = self.slides = 0  # entries dropped, and recomputes run, by the sliding window so far
+        self.rows: np.ndarray | None = None  # [max_len, hidden]: the decoder inputs at positions 0..length-1
         self.fixed: dict[str, np.ndarray] = {}
         # M-RoPE (generation.positions "mrope"): the rotary positions differ from the cache slots
         # after an image, so the program takes them as `position_ids` beside the slots.
@@ -43,16 +62,34 @@ class StaticKVCache:
             return slots
         return {**slots, "position_ids": decoder_positions(self.position, seq, self.mrope)}
 
-    def advance(self, presents: dict[str, np.ndarray], seq: int) -> None:
+    def advance(self, presents: dict[str, np.ndarray], seq: int, rows: np.ndarray | None = None) -> None:
+        """The program consumed `rows` [1, seq, hidden] at the next `seq` positions: remember them for a slide."""
+        assert rows is not None and rows.shape[1] == seq, "a static cache re-feeds what it was fed"
+        if self.rows is None:
+            self.rows = np.empty((self.max_len, rows.shape[-1]), rows.dtype)
+        self.rows[self.length : self.length + seq] = rows[0]
         self.length += seq
         self.position += seq
 
-    def make_room(self, incoming: int) -> None:
-        if self.length + incoming > self.max_len:
+    def make_room(self, incoming: int) -> np.ndarray | None:
+        """None while `incoming` more positions fit; else slide: the kept rows [1, n, hidden] (the sinks, then
+        the most recent), which the caller feeds again from position 0 before the incoming ones."""
+        if self.length + incoming <= self.max_len:
+            return None
+        if self.mrope is not None:
             raise InputError(
                 f"the prompt, its media rows and the answer need {self.length + incoming} positions; this bundle's "
-                f"static KV cache holds {self.max_len} (export with a larger --max-seq-len, up to the profile's)"
+                f"3-D positions (M-RoPE) cannot slide its static KV cache of {self.max_len}; allowed: at most "
+                f"{self.max_len} (export with a larger --max-seq-len, up to the profile's)"
             )
+        assert self.rows is not None and incoming <= self.max_len - self.sinks, "prefill_chunk is checked at load"
+        recent = int((self.max_len - self.sinks - incoming) * self.KEPT_SHARE)
+        head = min(self.sinks, self.length)
+        kept = np.concatenate([self.rows[:head], self.rows[self.length - recent : self.length]])[None]
+        self.evicted += self.length - head - recent
+        self.slides += 1
+        self.length = self.position = 0
+        return kept
 
     def rollback(self, n: int) -> None:
         self.length -= n

@@ -1,5 +1,5 @@
 """`export --format pte --kv-cache int8`: the program's static cache as int8 with a scale and zero point per token
-and head, on ExecuTorch's own ops (exporters/llm_ops.py): its greedy tokens, its budget, its runtime, its refusals.
+and head, on ExecuTorch's own ops (exporters/llm_ops.py): its greedy tokens, its budget, its runtime, its sliding window, its refusals.
 
 The tiny model is SmolLM2's shape scaled down (4 query heads over 2 KV heads of 32), exported at fp32 so the
 cache's int8 is the only rounding between the program and transformers' float model.
@@ -16,7 +16,6 @@ from tiny_text import tiny_text_model
 import edgemfm
 from edgemfm.bundle import read_manifest
 from edgemfm.cli import main
-from edgemfm.errors import InputError
 
 PROMPT = "Describe the picture."
 MAX_SEQ_LEN = 64
@@ -87,27 +86,26 @@ def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_fl
     assert 0.25 < kv_cache_bytes(decoder, 1000) / kv_cache_bytes(floats, 1000) < 0.3
 
 
-def _greedy_to_the_end(pipe, ids: list[int]) -> list[int]:
-    """Greedy tokens after `ids`, eos or not, until the cache refuses the next position (in one line)."""
-    decoder, tokens = pipe.decoder, []
-    cache = decoder.new_cache()
-    logits = decoder.prefill(cache, [decoder.embed_ids(ids)])
-    with pytest.raises(InputError, match=f"need {MAX_SEQ_LEN + 1} positions; this bundle's static KV cache holds") as e:
-        while True:
-            tokens.append(int(np.argmax(logits)))
-            logits = decoder.run(cache, decoder.embed_ids(tokens[-1:]))[-1]
-    assert "\n" not in str(e.value)
-    return tokens
-
-
-def test_a_stream_fills_the_int8_cache_is_refused_at_its_end_and_runs_again_the_same(bundle):
-    """The static cache has no window to slide (runtimes/static_cache.py): a stream runs to the last position and
-    the next is refused in one line; the buffers' stale int8 rows and scales do not reach the next generation."""
+def test_a_stream_past_the_int8_cache_slides_as_a_fresh_program_and_runs_again_the_same(bundle):
+    """The window slides by feeding the kept rows again (runtimes/static_cache.py): the program writes their int8
+    rows and scales anew, so its next logits are those of a fresh program fed the kept rows, and the buffers'
+    stale rows past them do not reach the next call or the next generation."""
     pipe = edgemfm.load(bundle)
-    ids = pipe.prompt_ids("Hello there")
-    first = _greedy_to_the_end(pipe, ids)
-    assert len(first) == MAX_SEQ_LEN - len(ids) + 1  # the last from the logits at the last position the cache holds
-    assert _greedy_to_the_end(pipe, ids) == first
+    decoder, cache = pipe.decoder, pipe.decoder.new_cache()
+    fed = pipe.prompt_ids("Hello there")
+    logits = decoder.prefill(cache, [decoder.embed_ids(fed)])
+    while not cache.slides:
+        fed.append(int(np.argmax(logits)))
+        logits = decoder.run(cache, decoder.embed_ids(fed[-1:]))[-1]
+    sinks, recent = pipe.streaming.sink_tokens, (MAX_SEQ_LEN - pipe.streaming.sink_tokens - 1) // 2
+    kept = fed[:sinks] + fed[-1 - recent :]  # the sinks, the recent rows that fit and the newest token
+    fresh = edgemfm.load(bundle).decoder
+    expected = fresh.prefill(fresh.new_cache(), [fresh.embed_ids(kept)])
+    assert cache.length == len(kept) and float(np.abs(logits - expected).max()) <= 1e-4 * np.abs(expected).max()
+    first = list(pipe.generate_tokens("Hello there", max_new_tokens=3 * MAX_SEQ_LEN))
+    assert (
+        len(first) > MAX_SEQ_LEN and list(pipe.generate_tokens("Hello there", max_new_tokens=3 * MAX_SEQ_LEN)) == first
+    )
     short = list(pipe.generate_tokens(PROMPT, max_new_tokens=8))
     assert short == list(edgemfm.load(bundle).generate_tokens(PROMPT, max_new_tokens=8))
 
