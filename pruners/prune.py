@@ -19,7 +19,9 @@ declares its own (its SmolLM2 decoder); a checkpoint of no registered family is 
 transformers one, its stacks checked by their shape.
 
 Recovery (`recover=STEPS`, `edgemfm prune --recover STEPS`) distils the pruned text decoder from
-the unpruned model on the calibration text continued by that model (see `recovery`).
+the unpruned model on the calibration text continued by that model (see `recovery`), or, given a
+data folder of questions (finetune's format), on the model's own questions with their media rows
+(see `questions`).
 
 Example:
     >>> from edgemfm.pruners.prune import PruneConfig, prune
@@ -46,6 +48,7 @@ from edgemfm.progress import Progress, counter, say
 from edgemfm.pruners import importance
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.pruners.data import cross_text_calls, media_calls, text_calls
+from edgemfm.pruners.questions import holds_questions, question_sequences
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import (
     COMPONENTS,
@@ -368,6 +371,29 @@ def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
     return cap
 
 
+def _questions(
+    cap: Prunable, source: Path, pruned: Any, teacher: Any, data: str | Path | None, recovery: Any, progress: Any
+) -> tuple[list[Any] | None, str | None]:
+    """With a data folder of questions: the text decoder's calibration and recovery sequences (the
+    questions with their media rows, continued by the unpruned model) and what they are; else (None, None)."""
+    if not holds_questions(data):
+        return None, None
+    config = recovery or RecoveryConfig()
+    count = max(importance.MAX_SAMPLES, config.steps if recovery else 0)
+    return question_sequences(source, teacher, Path(data), config, count, progress)
+
+
+def _calls_on(model: Any, sequences: Sequence[Any]) -> list[Callable[[], Any]]:
+    """One forward of `model` per embedded sequence, the first MAX_SAMPLES (calibration's count)."""
+    return [lambda x=x: model(inputs_embeds=x, use_cache=False) for x in sequences[: importance.MAX_SAMPLES]]
+
+
+def _data_used(data: str | Path | None, texts: Sequence[str]) -> str:
+    if data:
+        return str(Path(data).resolve())
+    return "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
+
+
 def prune(
     model: str | Path,
     out: str | Path,
@@ -381,7 +407,9 @@ def prune(
     """Prune the checkpoint directory or Hub id `model` (at `revision`) into `out` (refused if it exists, unless `force`).
 
     `data`: a folder whose .txt lines calibrate the text decoder and whose images / WAV files
-    calibrate the encoders (default: built-in English, drawings, synthetic clips). `recover`:
+    calibrate the encoders (default: built-in English, drawings, synthetic clips); a data folder
+    of questions (finetune's train.jsonl) calibrates and recovers the decoder on those questions
+    with their media rows instead (`questions`). `recover`:
     steps of distillation from the unpruned model afterwards (0: none). `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
 
@@ -396,30 +424,38 @@ def prune(
     configs, recovery = _check_source(source, config, recover)
     bundle.check_output(out, force, inputs=(source, data))
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
-    texts = importance.read_texts(data) if text_needed else []
+    texts = importance.read_texts(data) if text_needed and not holds_questions(data) else []
     require("onnx")  # torch + transformers, what pruning needs too
     cap = prunable_of(source, configs)
     with quiet():
         say(progress, f"loading {source.name}")
         pruned = cap.load(source)
         tokenizer = cap.tokenizer(source)
-        report = prune_model(pruned, tokenizer, configs, texts, progress, model_dir=source, media=data, find=cap.stack)
-        data_used = (
-            str(Path(data).resolve())
-            if data
-            else "built-in" + (f" English ({importance.BUILTIN_TEXT.name})" if texts else "")
+        teacher = cap.stack(cap.load(source), "text_decoder").model if recovery or holds_questions(data) else None
+        sequences, used = _questions(cap, source, pruned, teacher, data, recovery, progress)
+        report = prune_model(
+            pruned,
+            tokenizer,
+            configs,
+            texts,
+            progress,
+            model_dir=source,
+            media=data,
+            find=cap.stack,
+            calls=_calls_on(cap.stack(pruned, "text_decoder").model, sequences) if sequences else None,
         )
         report = dataclasses.replace(
             report,
             source=str(source.resolve()),
-            calibration=dataclasses.replace(report.calibration, data=data_used),
+            calibration=dataclasses.replace(report.calibration, data=used or _data_used(data, texts)),
             recovery=(
                 distil(
                     cap.stack(pruned, "text_decoder").model,  # the causal LM that holds the decoder
-                    cap.stack(cap.load(source), "text_decoder").model,
+                    teacher,
                     tokenizer,
                     texts,
                     recovery,
+                    sequences=sequences,
                     progress=progress,
                 )
                 if recovery is not None

@@ -111,6 +111,10 @@ class Costs:
 
     SMOOTHING = 0.2  # weight of the newest measurement: follows a changing load within ~5 calls
     PROBE_EVERY = 16  # plain steps in a row before the draft is tried (and measured) again
+    # A probe proposes one token: it re-measures the draft's cost and its first token's acceptance for
+    # one draft step and a 2-token check. Probing with the most (8 steps and a 9-token check, ~6 plain
+    # steps' time) cost a draft that never pays ~20% of the answer's time (BENCHMARKS.md, int4 demo drafts).
+    PROBE_K = 1
 
     def __init__(self):
         self.target: dict[int, float] = {}  # tokens checked -> seconds per target call
@@ -140,7 +144,7 @@ class Costs:
         # A draft once measured slow (a loaded moment) is measured again now and then, not dropped for good.
         self.plain = self.plain + 1 if best == 0 else 0
         if self.plain > self.PROBE_EVERY:
-            self.plain, best = 0, most
+            self.plain, best = 0, min(self.PROBE_K, most)
         return best
 
     def check_seconds(self, tokens: int) -> float:

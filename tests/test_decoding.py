@@ -125,6 +125,20 @@ def test_measured_costs_choose_the_k_that_pays():
     assert abs(costs.check_seconds(5) - 0.055) < 1e-12  # between the measured 1 and 9 tokens
 
 
+def test_a_draft_that_does_not_pay_is_probed_with_one_token_now_and_then():
+    """A draft measured slow or wrong is tried again after PROBE_EVERY plain steps, with one proposal:
+    the probe re-measures it for one draft step and a 2-token check, not the most (8 and a 9-token check)."""
+    costs = Costs()
+    costs.observe("target", 1, 0.009)
+    costs.observe("target", 9, 0.028)
+    costs.observe("draft", 1, 0.004)
+    costs.accepted, costs.missed = 1, 20
+    chosen = [costs.choose(8) for _ in range(2 * (Costs.PROBE_EVERY + 1))]
+    assert chosen.count(0) == len(chosen) - 2  # plain steps ...
+    assert [k for k in chosen if k] == [1, 1]  # ... and a one-token probe every PROBE_EVERY + 1 calls
+    assert chosen.index(1) == Costs.PROBE_EVERY
+
+
 def test_prompt_lookup_proposes_what_followed_the_first_match():
     assert lookup([7, 1, 2, 3, 4, 9, 1, 2], n=2) == [3, 4]
     assert lookup([1, 2, 3, 4, 2, 3], n=5, ngram=3) == [4, 2, 3]  # 2-gram "2 3", first occurrence

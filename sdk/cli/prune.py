@@ -42,7 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--mlp", type=A.FINITE, default=0.0, help="fraction of MLP channels to remove per layer")
     pr.add_argument(
         "--data",
-        help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, synthetic clips)",
+        help="folder of .txt files (one sample a line), images and WAV files (default: built-in English, drawings, "
+        "synthetic clips); or a data folder of questions (finetune's train.jsonl): the decoder is calibrated and "
+        "recovered on them with their media",
     )
     pr.add_argument(
         "--recover",
