@@ -446,10 +446,9 @@ def test_only_convolutions_chained_as_a_cnns_are_judged_as_the_onnx_judge_does(m
 @pytest.mark.slow
 def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
     """Whisper's head is `proj_out` in transformers and `text_decoder/lm_head` in the program: the reference is the
-    program's own units. The families with long media prompts (Qwen2-Audio, Idefics3, Qwen2-VL: 100+ rows) are not
-    rows here: their 8-bit activations, rounded per token, flip on float-summation-order differences (a 1e-6 relative
-    nudge of a 64-row prefill moves 29 rows' logits by up to 0.29 in the reference itself), so their tokens part
-    at the first near-tie whatever the exporter does."""
+    program's own units. Token for token: its prompt is 2 rows. The families with long media prompts are
+    tests/test_pte_quantized_media.py's rows, teacher-forced: their per-token int8 activations round either way on
+    float-summation-order differences, and their tokens part at the first near-tie (tests/fake_quantized.py)."""
     from test_audio import speech_wav
     from tiny_audio import tiny_whisper
 
