@@ -25,9 +25,10 @@ PROMPT = "Describe the picture."
 TOKENS = 16
 INT4_TEXT = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
 MROPE = dict(mrope_section=[4, 6, 6])  # over head_dim / 2 = 16, Qwen2-VL's proportions
-# The program's distance to the reference, in noise floors (fake_quantized.TeacherForced.floor). Measured (int8,
-# scratch/pteeq): correct programs 0.19-0.86; programs whose linears skipped quantization 1.9-2.4.
-FLOOR_RATIO = 1.4
+# The program's distance to the reference, in noise floors (fake_quantized.TeacherForced.floor). Measured: these
+# programs 0.19-1.02 (int4 and int8, every family); their decoders unquantized 1.91-2.37 (int8, every family: the
+# float decoder replayed), a program whose linears the export left unquantized 2.34 (Qwen2-VL int8), 15.0 (LLaVA int4).
+FLOOR_RATIO = 1.5
 
 
 @dataclass(frozen=True)
