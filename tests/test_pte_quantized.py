@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from fake_quantized import fake_quantized_tokens
 from tiny_text import TEXT_CONFIGS, tiny_text_model
 
 import edgemfm
@@ -442,59 +443,12 @@ def test_only_convolutions_chained_as_a_cnns_are_judged_as_the_onnx_judge_does(m
         assert set(sensitive(captured, [(picture(),) for _ in range(4)])) == judged
 
 
-class _ModuleSession:
-    """A PyTorch module where a pipeline runs a program's method (the backend protocol's `run`), its inputs regrouped
-    as the module takes them (Whisper's decoder: the cross-attention K/V as one tuple), under XNNPACK's rounding."""
-
-    def __init__(self, unit):
-        from torch.utils._pytree import tree_flatten
-
-        self.unit, self.spec = unit, tree_flatten(unit.args)[1]
-
-    def run(self, feeds: dict) -> dict:
-        from torch.utils._pytree import tree_unflatten
-
-        from edgemfm.exporters.pte_quantize import xnnpack_rounding
-
-        flat = [torch.from_numpy(feeds[n].copy()) for n in self.unit.input_names]
-        with torch.no_grad(), xnnpack_rounding():
-            out = self.unit.module(*tree_unflatten(flat, self.spec))
-        return {n: t.numpy() for n, t in zip(self.unit.output_names, out if isinstance(out, tuple) else (out,))}
-
-
-def _fake_quantized_units_tokens(checkpoint, bundle, prompt: str, media: dict) -> list[int]:
-    """The bundle's greedy answer with its token embedding and decoder run in PyTorch: the family's own units (a head
-    is `text_decoder/lm_head` there whatever transformers calls it: Whisper's `proj_out`) quantized by the bundle's
-    recipe as the export quantized them. The encoders stay the program's (calibrated int8 ones are checked against
-    their PT2E modules at export), and so does the prompt and media handling the pipeline shares with
-    test_pte.py's float rows."""
-    from edgemfm.exporters import find_family
-    from edgemfm.exporters.executorch import _leaves_run
-    from edgemfm.exporters.pte_encoders import ENCODERS
-    from edgemfm.exporters.pte_quantize import quantize_module
-
-    manifest = read_manifest(bundle)
-    family = find_family(json.loads((checkpoint / "config.json").read_text()))
-    units = family.split(family.load(checkpoint), checkpoint).units
-    units["text_decoder"] = units["text_decoder"].static_cache(manifest.components["text_decoder"].kv_cache.max_seq_len)
-    # what the encoders run stays theirs, as in write_program (Whisper's decoder holds its cross-attention K/V ones)
-    theirs = tuple(m for name, unit in units.items() if name in ENCODERS for m in _leaves_run(unit))
-    pipe = edgemfm.load(bundle)
-    for name in ("token_embedding", "text_decoder"):
-        done = quantize_module(name, units[name].module, manifest.recipe, others=theirs)
-        assert done.quantized_nodes == manifest.report.quantization[name].quantized_nodes, name
-    pipe.decoder.embedding = _ModuleSession(units["token_embedding"])
-    pipe.decoder.session = _ModuleSession(units["text_decoder"])
-    return list(pipe.generate_tokens(prompt, **media, max_new_tokens=TOKENS))
-
-
 @pytest.mark.slow
 def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
     """Whisper's head is `proj_out` in transformers and `text_decoder/lm_head` in the program: the reference is the
-    program's own units. The families with long media prompts (Qwen2-Audio, Idefics3, Qwen2-VL: 100+ rows) are not
-    rows here: their 8-bit activations, rounded per token, flip on float-summation-order differences (a 1e-6 relative
-    nudge of a 64-row prefill moves 29 rows' logits by up to 0.29 in the reference itself), so their tokens part
-    at the first near-tie whatever the exporter does."""
+    program's own units. Token for token: its prompt is 2 rows. The families with long media prompts are
+    tests/test_pte_quantized_media.py's rows, teacher-forced: their per-token int8 activations round either way on
+    float-summation-order differences, and their tokens part at the first near-tie (tests/fake_quantized.py)."""
     from test_audio import speech_wav
     from tiny_audio import tiny_whisper
 
@@ -505,7 +459,7 @@ def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
     assert read_manifest(out).report.quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2 * 8 + 1}
     media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
     ours = list(edgemfm.load(out).generate_tokens("", **media, max_new_tokens=TOKENS))
-    assert len(set(ours)) > 4 and ours == _fake_quantized_units_tokens(checkpoint, out, "", media)
+    assert len(set(ours)) > 4 and ours == fake_quantized_tokens(checkpoint, out, "", media, TOKENS)
 
 
 class _Block(torch.nn.Module):

@@ -67,8 +67,9 @@ def tiny_whisper(path: Path, seed: int = 0) -> Path:
 QWEN2_AUDIO_SPECIALS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|im_start|>", "<|im_end|>")
 
 
-def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
-    """A Qwen2-Audio checkpoint: 128-mel encoder (d_model 60, 2 layers), Qwen2 decoder with 3 KV heads."""
+def tiny_qwen2_audio(path: Path, seed: int = 0, text: dict | None = None) -> Path:
+    """A Qwen2-Audio checkpoint: 128-mel encoder (d_model 60, 2 layers), Qwen2 decoder with 3 KV heads (`text`:
+    other decoder sizes)."""
     import torch
     from transformers import (
         PreTrainedTokenizerFast,
@@ -92,12 +93,11 @@ def tiny_qwen2_audio(path: Path, seed: int = 0) -> Path:
         encoder_ffn_dim=100,
         max_source_positions=1500,
     )
+    sizes = dict(
+        hidden_size=84, intermediate_size=150, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3
+    )
     text = Qwen2Config(
-        hidden_size=84,
-        intermediate_size=150,
-        num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=3,
+        **(sizes | (text or {})),
         vocab_size=tok.get_vocab_size(),
         max_position_embeddings=1024,
         bos_token_id=ids["<s>"],

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_llava(path: Path, seed: int = 0) -> Path:
-    """A LLaVA checkpoint: CLIP tower (30 px, 6 px patches), GQA Llama decoder with 3 KV heads."""
+def tiny_llava(path: Path, seed: int = 0, text: dict | None = None) -> Path:
+    """A LLaVA checkpoint: CLIP tower (30 px, 6 px patches), GQA Llama decoder with 3 KV heads (`text`: other
+    decoder sizes)."""
     from edgemfm.exporters.placeholder import write_llava
 
     return write_llava(
@@ -27,7 +28,8 @@ def tiny_llava(path: Path, seed: int = 0) -> Path:
             num_attention_heads=6,
             num_key_value_heads=3,
             max_position_embeddings=256,
-        ),
+        )
+        | (text or {}),
         seed=seed,
         resize=34,
         crop=30,
@@ -59,10 +61,10 @@ IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utter
 ]
 
 
-def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
+def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3", text: dict | None = None) -> Path:
     """An Idefics3 (or, with kind="smolvlm", a SmolVLM) checkpoint: SigLIP tower on 30 px tiles
     (5 px patches), pixel shuffle by 3 (4 rows per tile), GQA Llama decoder with 3 KV heads;
-    images resized to 90 px, so a 4:3 picture gives 3 x 3 tiles."""
+    images resized to 90 px, so a 4:3 picture gives 3 x 3 tiles (`text`: other decoder sizes)."""
     import torch
     import transformers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
@@ -77,12 +79,11 @@ def tiny_idefics3(path: Path, seed: int = 0, kind: str = "idefics3") -> Path:
         image_size=30,
         patch_size=5,
     )
+    sizes = dict(
+        hidden_size=84, intermediate_size=150, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3
+    )
     text = LlamaConfig(
-        hidden_size=84,
-        intermediate_size=150,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=3,
+        **(sizes | (text or {})),
         vocab_size=tok.get_vocab_size(),
         max_position_embeddings=512,
         bos_token_id=ids["<s>"],
@@ -122,42 +123,43 @@ QWEN2_VL_SPECIALS = [
 ]
 
 
-def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2") -> Path:
+def tiny_qwen2_vl(path: Path, seed: int = 0, version: str = "2", text: dict | None = None) -> Path:
     """A Qwen2-VL (version "2") or Qwen2.5-VL ("2.5") checkpoint: ViT with 4 px patches, 2x2 merge,
     3 heads of 12 dims (2.5: three blocks, windows of 16 px, the last block full); Qwen2 decoder with
-    3 KV heads of 14 dims and M-RoPE sections (1, 3, 3); images resized within 64 x 64 pixels."""
+    3 KV heads of 14 dims and M-RoPE sections (1, 3, 3); images resized within 64 x 64 pixels. `text`: other
+    decoder sizes and `mrope_section` (over head_dim / 2); the vision merger's output follows."""
     import torch
     import transformers
     from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
     tok, ids = _tokenizer_with(QWEN2_VL_SPECIALS)
+    sizes = dict(hidden_size=84, intermediate_size=150, num_attention_heads=6, num_key_value_heads=3)
+    sizes |= dict(mrope_section=[1, 3, 3]) | (text or {})
+    sections = sizes.pop("mrope_section")
     common = dict(num_heads=3, patch_size=4, spatial_merge_size=2, temporal_patch_size=2)
     if version == "2":
         config_class, model_class = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
-        vision = dict(depth=2, embed_dim=36, hidden_size=84, mlp_ratio=2, **common)
+        vision = dict(depth=2, embed_dim=36, hidden_size=sizes["hidden_size"], mlp_ratio=2, **common)
     else:
         config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
         vision = dict(
             depth=3,
             hidden_size=36,
             intermediate_size=50,
-            out_hidden_size=84,
+            out_hidden_size=sizes["hidden_size"],
             window_size=16,
             fullatt_block_indexes=[2],
             **common,
         )
     text = dict(
-        hidden_size=84,
-        intermediate_size=150,
+        **sizes,
         num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=3,
         vocab_size=tok.get_vocab_size(),
         max_position_embeddings=512,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<pad>"],
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 3, 3]},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections},
     )
     config = config_class(
         vision_config=vision,
