@@ -46,6 +46,7 @@ from edgemfm.arguments import number
 from edgemfm.errors import InputError
 from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig, without_closing_pair
 from edgemfm.runtimes.mel_windows import ArraySource, MelWindows
+from edgemfm.runtimes.vad import Gate
 
 # seconds of audio after an agreed word before it is committed: at least a window's, only settled windows commit
 # (long-form's text); the measured trade in BENCHMARKS.md "commit delay"
@@ -142,6 +143,9 @@ class Live:
         self.pending: list[int] = []  # tokens committed in the buffer, timestamps included
         self.previous: list[int] = []  # the last hypothesis' text tokens past `pending`
         self.carry = ""  # text committed by windows settled since the last update
+        self.fresh = 0  # samples taken since the last update
+        # with a VAD, only speech enters the buffer (`vad.py`): silence is never encoded nor decoded
+        self.gate = Gate(config.vad, self.spec.sampling_rate) if config.vad else None
 
     @property
     def frames(self) -> int:
@@ -232,31 +236,41 @@ class Live:
             committed=text,
             partial=self.pipe.tokenizer.decode(self.previous, skip_special_tokens=True),
             audio_s=self.received / self.spec.sampling_rate,
-            segments=tuple(self.done),
+            segments=tuple(map(self.gate.timeline.segment, self.done) if self.gate else self.done),
         )
 
     def feed(self, chunks: Iterable[np.ndarray]) -> Iterator[LiveUpdate]:
-        """Updates as the chunks arrive: one per `step_s` of new audio, and a final one."""
-        fresh = 0
+        """Updates as the chunks arrive: one per `step_s` of new audio (of speech, with a VAD), and a final one."""
         for chunk in chunks:
             chunk = np.asarray(chunk, np.float32)
             if chunk.ndim != 1:
                 raise InputError(f"audio chunks must be 1-D arrays of samples, got shape {chunk.shape}")
-            self._loudest(chunk)
-            while chunk.size:  # in pieces that end where a step does, or where the buffer holds a whole window
-                whole = self.spec.n_samples + self.margin  # and the samples its last frames read
-                size = min(self.step - fresh, whole - (self.audio.size - self.start))
-                piece, chunk = chunk[:size], chunk[size:]
-                self.audio = np.concatenate([self.audio, piece])
-                self.received += piece.size
-                self._trim()
-                fresh += piece.size
-                if self.audio.size - self.start == whole:
-                    self.carry += self._settle()
-                if fresh >= self.step:
-                    fresh = 0
-                    yield self.update()
+            if self.gate is None:
+                yield from self._take(chunk)
+                continue
+            self.received += chunk.size
+            for _, speech in self.gate.feed(chunk):
+                yield from self._take(speech)
+        for _, speech in self.gate.flush() if self.gate else ():
+            yield from self._take(speech)
         yield self.update(final=True)
+
+    def _take(self, chunk: np.ndarray) -> Iterator[LiveUpdate]:
+        """Append samples to the buffer, settling each whole window and updating every step."""
+        self._loudest(chunk)
+        while chunk.size:  # in pieces that end where a step does, or where the buffer holds a whole window
+            whole = self.spec.n_samples + self.margin  # and the samples its last frames read
+            size = min(self.step - self.fresh, whole - (self.audio.size - self.start))
+            piece, chunk = chunk[:size], chunk[size:]
+            self.audio = np.concatenate([self.audio, piece])
+            self.received += 0 if self.gate else piece.size  # with a VAD, the chunk's samples as it arrives
+            self._trim()
+            self.fresh += piece.size
+            if self.audio.size - self.start == whole:
+                self.carry += self._settle()
+            if self.fresh >= self.step:
+                self.fresh = 0
+                yield self.update()
 
 
 def transcribe_stream(
