@@ -38,6 +38,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-longform-142s-pte",
     "speech-tiny-en-streaming-142s-commit-delay",
     "speech-tiny-en-streaming-605s-commit-delay",
+    "speech-tiny-en-streaming-142s-int8-pi5",
     "runtime-chat",
     "runtime-visual-tokens",
     "decode-rotary-attention",
