@@ -39,6 +39,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-streaming-142s-commit-delay",
     "speech-tiny-en-streaming-605s-commit-delay",
     "speech-tiny-en-streaming-142s-int8-pi5",
+    "speech-tiny-en-vad-gaps290s",
+    "speech-tiny-en-vad-142s",
     "runtime-chat",
     "runtime-visual-tokens",
     "decode-rotary-attention",
