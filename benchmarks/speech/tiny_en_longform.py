@@ -278,7 +278,8 @@ def stream(args: argparse.Namespace) -> None:
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
-    jobs = {f"long-form {name}": f"edgemfm:{path}" for name, path in args.bundle if name not in known}
+    gate = "+vad" if args.vad else ""  # the stream's long-form reads what the stream reads
+    jobs = {f"long-form {name}": f"edgemfm{gate}:{path}" for name, path in args.bundle if name not in known}
     if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
         jobs = {
             f"long-form {name} piece {i}": f"piece:{path}:{cuts[i]}:{cuts[i + 1]}"
