@@ -120,6 +120,18 @@ def word_ends(tokens: list[int], ts: int, precision: float, heard: float) -> lis
     return ends
 
 
+class _Recent:
+    """The last samples of a stream of `length`, from its sample `first`, read by the stream's sample numbers."""
+
+    def __init__(self, samples: np.ndarray, first: int, length: int):
+        self.samples, self.first, self.length = samples, first, length
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(start, 0), min(stop, self.length)
+        assert start >= self.first or start >= stop, f"sample {start} is gone (kept from {self.first})"
+        return self.samples[start - self.first : stop - self.first]
+
+
 class Live:
     """The state of one live stream: the window's audio, the tokens committed in it, the last hypothesis."""
 
@@ -144,6 +156,9 @@ class Live:
         self.previous: list[int] = []  # the last hypothesis' text tokens past `pending`
         self.carry = ""  # text committed by windows settled since the last update
         self.fresh = 0  # samples taken since the last update
+        self.taken = 0  # samples taken into the stream (of speech, with a VAD)
+        self.loud = 0  # the first frame whose loudness is not taken in yet
+        self.tail = np.zeros(0, np.float32)  # the stream's last samples, which those frames read
         # with a VAD, only speech enters the buffer (`vad.py`): silence is never encoded nor decoded
         self.gate = Gate(config.vad, self.spec.sampling_rate) if config.vad else None
 
@@ -152,11 +167,19 @@ class Live:
         """Mel frames in the buffer."""
         return max(self.audio.size - self.start, 0) // self.spec.hop_length
 
-    def _loudest(self, chunk: np.ndarray) -> None:
-        """Take in the loudest frame of a chunk as it arrives (read after the samples kept before it)."""
-        heard = np.concatenate([self.audio[-self.margin :], chunk]) if self.audio.size else chunk
-        if heard.size >= self.spec.hop_length:
-            self.top = max(self.top, MelWindows(ArraySource(heard), self.spec).top)
+    def _loudest(self, chunk: np.ndarray, final: bool = False) -> None:
+        """Take in the loudness of the frames the stream's samples so far complete, framed as long-form frames the
+        whole recording: on its hop grid, reflected at its start only (and at its end, once `final`). A chunk framed
+        alone, reflected at its own edges, can be louder than the recording ever is, and with it the floor."""
+        hop, half = self.spec.hop_length, self.spec.n_fft // 2
+        x, first = np.concatenate([self.tail, chunk]), self.taken - self.tail.size  # x[0]: the stream's sample `first`
+        self.taken += chunk.size
+        last = self.taken // hop if final else (self.taken - half) // hop + 1  # frames [loud, last) are complete
+        if last > self.loud and self.taken >= hop:
+            mel = MelWindows(_Recent(x, first, self.taken), self.spec, top=0.0)
+            self.top = max(self.top, mel.loudest(self.loud, last))
+            self.loud = last
+        self.tail = x[-(2 * half + 2 * hop) :]  # what the frames not complete yet read
 
     def _decode(self) -> tuple[list[int], float, int]:
         """The buffer decoded as long-form decodes its window, continuing the committed tokens; the frames it held."""
@@ -225,6 +248,7 @@ class Live:
         """Decode the buffer again and commit what two hypotheses in a row agree on (at the end: settle every
         window left, as long-form would)."""
         if final:
+            self._loudest(np.zeros(0, np.float32), final=True)
             text = ""
             while self.frames:
                 text += self._settle()
