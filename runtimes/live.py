@@ -46,6 +46,7 @@ from edgemfm.arguments import number
 from edgemfm.errors import InputError
 from edgemfm.runtimes.longform import LongForm, Segment, TranscribeConfig, without_closing_pair
 from edgemfm.runtimes.mel_windows import ArraySource, MelWindows
+from edgemfm.runtimes.vad import Gate
 
 # seconds of audio after an agreed word before it is committed: at least a window's, only settled windows commit
 # (long-form's text); the measured trade in BENCHMARKS.md "commit delay"
@@ -119,6 +120,18 @@ def word_ends(tokens: list[int], ts: int, precision: float, heard: float) -> lis
     return ends
 
 
+class _Recent:
+    """The last samples of a stream of `length`, from its sample `first`, read by the stream's sample numbers."""
+
+    def __init__(self, samples: np.ndarray, first: int, length: int):
+        self.samples, self.first, self.length = samples, first, length
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(start, 0), min(stop, self.length)
+        assert start >= self.first or start >= stop, f"sample {start} is gone (kept from {self.first})"
+        return self.samples[start - self.first : stop - self.first]
+
+
 class Live:
     """The state of one live stream: the window's audio, the tokens committed in it, the last hypothesis."""
 
@@ -142,17 +155,31 @@ class Live:
         self.pending: list[int] = []  # tokens committed in the buffer, timestamps included
         self.previous: list[int] = []  # the last hypothesis' text tokens past `pending`
         self.carry = ""  # text committed by windows settled since the last update
+        self.fresh = 0  # samples taken since the last update
+        self.taken = 0  # samples taken into the stream (of speech, with a VAD)
+        self.loud = 0  # the first frame whose loudness is not taken in yet
+        self.tail = np.zeros(0, np.float32)  # the stream's last samples, which those frames read
+        # with a VAD, only speech enters the buffer (`vad.py`): silence is never encoded nor decoded
+        self.gate = Gate(config.vad, self.spec.sampling_rate) if config.vad else None
 
     @property
     def frames(self) -> int:
         """Mel frames in the buffer."""
         return max(self.audio.size - self.start, 0) // self.spec.hop_length
 
-    def _loudest(self, chunk: np.ndarray) -> None:
-        """Take in the loudest frame of a chunk as it arrives (read after the samples kept before it)."""
-        heard = np.concatenate([self.audio[-self.margin :], chunk]) if self.audio.size else chunk
-        if heard.size >= self.spec.hop_length:
-            self.top = max(self.top, MelWindows(ArraySource(heard), self.spec).top)
+    def _loudest(self, chunk: np.ndarray, final: bool = False) -> None:
+        """Take in the loudness of the frames the stream's samples so far complete, framed as long-form frames the
+        whole recording: on its hop grid, reflected at its start only (and at its end, once `final`). A chunk framed
+        alone, reflected at its own edges, can be louder than the recording ever is, and with it the floor."""
+        hop, half = self.spec.hop_length, self.spec.n_fft // 2
+        x, first = np.concatenate([self.tail, chunk]), self.taken - self.tail.size  # x[0]: the stream's sample `first`
+        self.taken += chunk.size
+        last = self.taken // hop if final else (self.taken - half) // hop + 1  # frames [loud, last) are complete
+        if last > self.loud and self.taken >= hop:
+            mel = MelWindows(_Recent(x, first, self.taken), self.spec, top=0.0)
+            self.top = max(self.top, mel.loudest(self.loud, last))
+            self.loud = last
+        self.tail = x[-(2 * half + 2 * hop) :]  # what the frames not complete yet read
 
     def _decode(self) -> tuple[list[int], float, int]:
         """The buffer decoded as long-form decodes its window, continuing the committed tokens; the frames it held."""
@@ -221,6 +248,7 @@ class Live:
         """Decode the buffer again and commit what two hypotheses in a row agree on (at the end: settle every
         window left, as long-form would)."""
         if final:
+            self._loudest(np.zeros(0, np.float32), final=True)
             text = ""
             while self.frames:
                 text += self._settle()
@@ -232,31 +260,41 @@ class Live:
             committed=text,
             partial=self.pipe.tokenizer.decode(self.previous, skip_special_tokens=True),
             audio_s=self.received / self.spec.sampling_rate,
-            segments=tuple(self.done),
+            segments=tuple(map(self.gate.timeline.segment, self.done) if self.gate else self.done),
         )
 
     def feed(self, chunks: Iterable[np.ndarray]) -> Iterator[LiveUpdate]:
-        """Updates as the chunks arrive: one per `step_s` of new audio, and a final one."""
-        fresh = 0
+        """Updates as the chunks arrive: one per `step_s` of new audio (of speech, with a VAD), and a final one."""
         for chunk in chunks:
             chunk = np.asarray(chunk, np.float32)
             if chunk.ndim != 1:
                 raise InputError(f"audio chunks must be 1-D arrays of samples, got shape {chunk.shape}")
-            self._loudest(chunk)
-            while chunk.size:  # in pieces that end where a step does, or where the buffer holds a whole window
-                whole = self.spec.n_samples + self.margin  # and the samples its last frames read
-                size = min(self.step - fresh, whole - (self.audio.size - self.start))
-                piece, chunk = chunk[:size], chunk[size:]
-                self.audio = np.concatenate([self.audio, piece])
-                self.received += piece.size
-                self._trim()
-                fresh += piece.size
-                if self.audio.size - self.start == whole:
-                    self.carry += self._settle()
-                if fresh >= self.step:
-                    fresh = 0
-                    yield self.update()
+            if self.gate is None:
+                yield from self._take(chunk)
+                continue
+            self.received += chunk.size
+            for _, speech in self.gate.feed(chunk):
+                yield from self._take(speech)
+        for _, speech in self.gate.flush() if self.gate else ():
+            yield from self._take(speech)
         yield self.update(final=True)
+
+    def _take(self, chunk: np.ndarray) -> Iterator[LiveUpdate]:
+        """Append samples to the buffer, settling each whole window and updating every step."""
+        self._loudest(chunk)
+        while chunk.size:  # in pieces that end where a step does, or where the buffer holds a whole window
+            whole = self.spec.n_samples + self.margin  # and the samples its last frames read
+            size = min(self.step - self.fresh, whole - (self.audio.size - self.start))
+            piece, chunk = chunk[:size], chunk[size:]
+            self.audio = np.concatenate([self.audio, piece])
+            self.received += 0 if self.gate else piece.size  # with a VAD, the chunk's samples as it arrives
+            self._trim()
+            self.fresh += piece.size
+            if self.audio.size - self.start == whole:
+                self.carry += self._settle()
+            if self.fresh >= self.step:
+                self.fresh = 0
+                yield self.update()
 
 
 def transcribe_stream(

@@ -35,6 +35,7 @@ from edgemfm.errors import InputError
 from edgemfm.manifest import Transcription
 from edgemfm.runtimes.decoding import Sampler, logprob
 from edgemfm.runtimes.mel_windows import MelWindows, source_of
+from edgemfm.runtimes.vad import GatedSource, VadConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class TranscribeConfig:
     compression_ratio_threshold: float | None = None  # 2.4 in OpenAI's: above it a window repeats itself
     logprob_threshold: float | None = None  # -1.0 in OpenAI's: below this mean log-probability, retry
     seed: int = 0  # of the sampling at temperatures above 0
+    vad: VadConfig | None = None  # only speech is transcribed (silero VAD, `vad.py`); None: all of the audio
 
 
 FALLBACK = TranscribeConfig(
@@ -296,7 +298,13 @@ def transcribe(pipe: Any, audio: Any, config: TranscribeConfig | None = None) ->
         >>> [s.text for s in transcribe(pipe, "talk.wav", TranscribeConfig(condition_on_previous=True))]  # doctest: +SKIP
         [' Good morning.', ' Today we look at ...']
     """
-    longform = LongForm(pipe, config or TranscribeConfig())
-    return longform.segments(
-        MelWindows(source_of(audio, pipe.manifest.preprocess.audio), pipe.manifest.preprocess.audio)
-    )
+    config = config or TranscribeConfig()
+    longform, spec = LongForm(pipe, config), pipe.manifest.preprocess.audio
+    source = source_of(audio, spec)
+    if config.vad is None:
+        return longform.segments(MelWindows(source, spec))
+    # the speech joined, in windows packed with it: silences are never encoded nor decoded (faster-whisper's vad_filter)
+    speech = GatedSource(source, config.vad)
+    if speech.length < spec.hop_length:
+        return iter(())
+    return map(speech.timeline.segment, longform.segments(MelWindows(speech, spec)))

@@ -140,6 +140,15 @@ class MelWindows:
         power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
         return np.log10(np.maximum(_product(mel_filters(spec).T, power.T), 1e-10))  # no BLAS threads: see _product
 
+    def loudest(self, a: int, b: int) -> float:
+        """The loudest of frames [a, b): their greatest log10 mel power (the floor's reference).
+
+        Example:
+            >>> mel.loudest(0, mel.frames) == mel.top   # doctest: +SKIP
+            True
+        """
+        return float(self._log10(a, b).max())
+
     def window(self, seek: int, n: int) -> np.ndarray:
         """Features [n_mels, window frames] of frames [seek, seek + n), padded with zeros as transformers pads
         the last window.

@@ -8,7 +8,7 @@ it is committed (runtimes/live.py).
 
 Example:
     $ edgemfm run bundles/whisper-pi5 --audio lecture.wav --timestamps --format srt
-    $ arecord -f S16_LE -r 16000 -c 1 -t raw | edgemfm run bundles/whisper-pi5 --audio -
+    $ arecord -f S16_LE -r 16000 -c 1 -t raw | edgemfm run bundles/whisper-pi5 --audio - --vad
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from edgemfm.runtimes import transcripts
 from edgemfm.runtimes.audio import wav_layout
 from edgemfm.runtimes.live import COMMIT_DELAY_S
 from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
+from edgemfm.runtimes.vad import MODEL_FILE, VadConfig
 
 STDIN = "-"
 _STATUS_CHARS = 70  # the partial's tail shown on the status line: one terminal line's worth
@@ -54,6 +55,13 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
         f"{COMMIT_DELAY_S:g}; more waits longer and agrees more often with the whole window's text)",
     )
     r.add_argument(
+        "--vad",
+        nargs="?",
+        const="",
+        metavar="ONNX",
+        help=f"speech: transcribe only what silero VAD hears as speech (default model: silero-vad's {MODEL_FILE})",
+    )
+    r.add_argument(
         "--fallback",
         action="store_true",
         help="speech: decode a window again at rising temperatures when it repeats or is unsure (OpenAI's settings)",
@@ -62,7 +70,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
 
 def wants_longform(pipe: Any, args: argparse.Namespace) -> bool:
     """Whether `run` transcribes at full length: asked for, or a recording longer than the bundle's window."""
-    asked = args.timestamps or args.format or args.condition_on_previous or args.fallback
+    asked = args.timestamps or args.format or args.condition_on_previous or args.fallback or args.vad is not None
     if asked or STDIN in args.audio:
         if len(args.audio) != 1 or args.image:
             raise InputError(f"transcription takes exactly one audio input and no image; got {len(args.audio)} audio")
@@ -78,7 +86,8 @@ def wants_longform(pipe: Any, args: argparse.Namespace) -> bool:
 def run(pipe: Any, args: argparse.Namespace) -> None:
     """Transcribe `args.audio[0]` (or stdin) with `pipe`, printing as it goes and writing --format's file."""
     base = FALLBACK if args.fallback else TranscribeConfig()
-    config = dataclasses.replace(base, prompt=args.prompt, condition_on_previous=args.condition_on_previous)
+    vad = None if args.vad is None else VadConfig(model=args.vad)
+    config = dataclasses.replace(base, prompt=args.prompt, condition_on_previous=args.condition_on_previous, vad=vad)
     audio = args.audio[0]
     if audio == STDIN:
         from edgemfm.runtimes.live import pcm_chunks

@@ -537,3 +537,21 @@ def test_a_terminal_sees_the_partial_on_a_status_line_while_committed_text_goes_
     assert capsys.readouterr().out == " The act of moving.\n\n"  # committed only, a line per commit on a terminal
     _print_live(iter(updates), timestamps=False)  # piped (not a terminal): committed text only, as before
     assert capsys.readouterr().out == " The act of moving.\n"
+
+
+def test_a_streams_log_mel_floor_is_the_recordings_not_each_chunk_framed_alone(exported3, long_speech):
+    """The loudest frame so far is taken on the recording's hop grid as frames complete: after the last chunk it is
+    long-form's, whatever the chunks (a chunk framed alone, reflected at its edges, reads louder than the recording)."""
+    from edgemfm.runtimes.live import Live
+
+    pipe = edgemfm.load(exported3)
+    samples = _samples(long_speech)
+    whole = MelWindows(WavSource(long_speech, 16000), pipe.manifest.preprocess.audio).top
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(len(samples), 60, replace=False))
+    live = Live(pipe, TranscribeConfig(), step_s=1000.0)
+    for chunk in np.split(samples, cuts):
+        live._loudest(chunk)
+    assert live.top <= whole
+    live._loudest(np.zeros(0, np.float32), final=True)
+    assert live.top == pytest.approx(whole, abs=1e-9)

