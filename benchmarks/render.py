@@ -65,6 +65,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "executorch-demo",
     "executorch-smollm2-int4",
     "runtime-pte-positions",
+    "runtime-pte-slide",
     "runtime-pte-step-profile",
     "quantization-demo-pte-int8",
     "cost-validation",
