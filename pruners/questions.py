@@ -47,12 +47,12 @@ def question_sequences(
         >>> [s.shape[-1] for s in question_sequences(src, lm, data, RecoveryConfig(), 2)[0]]   # doctest: +SKIP
         [576, 576]
     """
-    from edgemfm.finetune import _features, load_trainee, read_examples, sequence
+    from edgemfm.exporters.trainee import encode_media, load_trainee, read_examples, sequence
 
     trainee = _trainee(source, load_trainee)
     examples = _in_turn(read_examples(Path(data), "train"), min(count, MAX_QUESTIONS), config.seed)
     # each distinct file encoded once by the frozen towers, pre-processed as the runtime does it
-    feats = _features(trainee, sorted({(e.kind, e.media) for e in examples}), progress, cache=None)
+    feats = encode_media(trainee, sorted({(e.kind, e.media) for e in examples}), progress, cache=None)
     ends = list(trainee.split.tokenizer.eos_token_ids)
     advance = counter(progress, "continuing the questions (unpruned model)", len(examples))
     torch.manual_seed(config.seed)

@@ -72,7 +72,7 @@ def questions(data: str | Path, half: str = "test") -> list[dict[str, Any]]:
         >>> questions("data/demo")[0]["question"]  # doctest: +SKIP
         'What word is spoken?'
     """
-    from edgemfm.finetune import read_examples
+    from edgemfm.exporters.trainee import read_examples
 
     if half not in HALVES:
         raise InputError(f"half {half!r} is not allowed; allowed: {', '.join(HALVES)}")

@@ -13,7 +13,7 @@ import pytest
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import InputError
-from edgemfm.finetune import read_examples
+from edgemfm.exporters.trainee import read_examples
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "demo_model" / "media"

@@ -18,7 +18,8 @@ from tiny_models import tiny_idefics3, tiny_llava, tiny_qwen2_vl
 import edgemfm
 from edgemfm.configs import FinetuneConfig
 from edgemfm.errors import InputError
-from edgemfm.finetune import finetune, read_examples
+from edgemfm.exporters.trainee import read_examples
+from edgemfm.finetune import finetune
 
 COLOURS = {"r": (200, 30, 30), "g": (30, 180, 40), "b": (30, 50, 210)}  # one-token answers of the byte tokenizers
 TONES = {"l": 220.0, "m": 1000.0, "h": 3200.0}

@@ -42,7 +42,7 @@ def one_thread():
 
 def test_questions_carry_their_media_rows_and_the_teachers_continuation(tmp_path):
     from edgemfm.exporters import capability, find_family
-    from edgemfm.finetune import _features, load_trainee, read_examples, sequence
+    from edgemfm.exporters.trainee import encode_media, load_trainee, read_examples, sequence
     from edgemfm.pruners.questions import question_sequences
     from edgemfm.pruners.recovery import RecoveryConfig
 
@@ -53,7 +53,7 @@ def test_questions_carry_their_media_rows_and_the_teachers_continuation(tmp_path
     sequences, note = question_sequences(source, teacher, data, config, 4)
     assert len(sequences) == 4 and "4 questions of" in note and "train.jsonl" in note
     trainee, examples = load_trainee(source), read_examples(data, "train")
-    feats = _features(trainee, sorted({(e.kind, e.media) for e in examples}), None, cache=None)
+    feats = encode_media(trainee, sorted({(e.kind, e.media) for e in examples}), None, cache=None)
     prompts = {e.media: sequence(trainee, e, feats[e.media], with_answer=False).embeds for e in examples}
     for s in sequences:
         # the sequence starts with one question's prompt, its picture's rows included ...

@@ -35,13 +35,14 @@ def shipped(work: Path, data: Path) -> dict:
     from safetensors.torch import load_file
 
     from edgemfm.exporters.demo_sources import ADAPTER
-    from edgemfm.finetune import _features, evaluate, load_trainee, read_data
+    from edgemfm.exporters.trainee import encode_media, load_trainee
+    from edgemfm.finetune import evaluate, read_data
 
     _, held_out = read_data(data)
     t = load_trainee(work / "base")
     t.model.load_state_dict({k: v.float() for k, v in load_file(str(ADAPTER)).items()}, strict=False)
     t.model.requires_grad_(False)
-    feats = _features(t, sorted({(e.kind, e.media) for e in held_out}), None, work / "features")
+    feats = encode_media(t, sorted({(e.kind, e.media) for e in held_out}), None, work / "features")
     return evaluate(t, held_out, feats, None)
 
 

@@ -43,7 +43,8 @@ import edgemfm
 from edgemfm.configs import FinetuneConfig
 from edgemfm.exporters.demo import save, split
 from edgemfm.exporters.demo_sources import build_default
-from edgemfm.finetune import Trainee, _features, _tune, evaluate, load_trainee, read_examples, sequence, trainable
+from edgemfm.exporters.trainee import Trainee, encode_media, load_trainee, read_examples, sequence
+from edgemfm.finetune import _tune, evaluate, trainable
 from edgemfm.pruners.prune import PruneConfig, prune_model
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import count_parameters
@@ -247,7 +248,7 @@ def main() -> None:
         RecoveryConfig(steps=args.recover, lr=args.recover_lr, label_weight=args.recover_ce) if args.recover else None
     )
     with rich_progress() as bar:
-        feats = _features(
+        feats = encode_media(
             base, sorted({(e.kind, e.media) for e in train + held_out}), bar, args.cache or work / "cache"
         )
         calibration = embedded(base, questions_by_type(train, PER_TYPE), feats)[0]

@@ -71,7 +71,7 @@ def encoders(bundle: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    from edgemfm.finetune import read_examples
+    from edgemfm.exporters.trainee import read_examples
     from edgemfm.runtimes.cascade import normalize
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

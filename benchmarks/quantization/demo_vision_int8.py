@@ -185,7 +185,7 @@ def main() -> None:
     p.add_argument("--note", type=Path, help="a text file put under the table (what it says)")
     p.add_argument("--lock", type=Path, help="a lock file held while timing (a machine shared with other benchmarks)")
     args = p.parse_args()
-    from edgemfm.finetune import read_examples
+    from edgemfm.exporters.trainee import read_examples
 
     args.work.mkdir(parents=True, exist_ok=True)
     bundles = {

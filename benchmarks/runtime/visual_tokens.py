@@ -71,7 +71,7 @@ def parse(spec: str) -> tuple[str, list[int], Path | None]:
 
 def held_out(pipe, data: Path) -> float:
     """Exact match on the image questions of `data`/eval.jsonl."""
-    from edgemfm.finetune import read_examples
+    from edgemfm.exporters.trainee import read_examples
 
     from ..side_by_side.demo import exact_match
 

@@ -125,7 +125,7 @@ PANELS = [
 
 def questions(work: Path, n: int) -> list:
     """The held-out questions, or every k-th of them so that about `n` are scored (0: all)."""
-    from edgemfm.finetune import read_examples
+    from edgemfm.exporters.trainee import read_examples
 
     examples = read_examples(work / "data", "eval")
     return examples if not n else examples[:: max(1, len(examples) // n)][:n]
