@@ -71,3 +71,15 @@ def demo_pte_bundle(tmp_path_factory) -> Path:
     return edgemfm.export(
         edgemfm.ExportConfig(device="host", format="pte", out=tmp_path_factory.mktemp("bundles") / "demo-host-pte")
     )
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for tests of tiny matrices: threads only contend (on a loaded 2-core machine a
+    finetune run took 6x longer with two). A test file takes it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

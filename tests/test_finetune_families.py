@@ -80,15 +80,7 @@ FAMILIES = {  # builder, media kind, steps: tiny towers, a few seconds of traini
 SETTINGS = dict(steps=30, align_steps=20, batch_size=6, lr=1e-2, align_lr=1e-2, checkpoint_every=30, lora_rank=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only contend (on a loaded 2-core machine a run took 6x longer with two)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(tmp_path: Path, family: str, **extra):

@@ -32,12 +32,7 @@ def _questions(root: Path, per_colour: int = 2) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_questions_carry_their_media_rows_and_the_teachers_continuation(tmp_path):
