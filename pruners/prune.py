@@ -372,7 +372,7 @@ def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
 
 
 def _questions(
-    cap: Prunable, source: Path, pruned: Any, teacher: Any, data: str | Path | None, recovery: Any, progress: Any
+    source: Path, teacher: Any, data: str | Path | None, recovery: Any, progress: Any
 ) -> tuple[list[Any] | None, str | None]:
     """With a data folder of questions: the text decoder's calibration and recovery sequences (the
     questions with their media rows, continued by the unpruned model) and what they are; else (None, None)."""
@@ -432,7 +432,7 @@ def prune(
         pruned = cap.load(source)
         tokenizer = cap.tokenizer(source)
         teacher = cap.stack(cap.load(source), "text_decoder").model if recovery or holds_questions(data) else None
-        sequences, used = _questions(cap, source, pruned, teacher, data, recovery, progress)
+        sequences, used = _questions(source, teacher, data, recovery, progress)
         report = prune_model(
             pruned,
             tokenizer,
