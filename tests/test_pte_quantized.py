@@ -11,6 +11,7 @@ every other text family (sliding windows, soft-capping, fused projections, scale
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,15 +321,26 @@ def test_the_decoders_quantization_takes_the_modules_an_encoder_holds_without_ru
     assert quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
 
 
+def _int8_encoder_program(name: str, unit, calibration: list, tmp_path: Path):
+    """write_program of one encoder at pi5's int8 preset, calibrated on `calibration`: (components, parity, delegation,
+    quantization), each keyed by `name`."""
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    recipe = pte_recipe(load_profile("pi5"), "int8")
+    return write_program(
+        {name: unit}, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe, calibration={name: calibration}
+    )
+
+
 def test_qwen2_audios_encoder_quantizes_with_its_integer_positions_kept_integer(tmp_path):
     """XNNPACKQuantizer turns the scalars of `(frames - 1) // 2 + 1` into float constants: the encoder's positions
     and its mask's indices became float and the calibration failed ("tensors used as indices must be long ...")."""
     from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration, Qwen2Config
 
-    from edgemfm.exporters.executorch import write_program
-    from edgemfm.exporters.pte_quantize import TOLERANCE, pte_recipe
+    from edgemfm.exporters.pte_quantize import TOLERANCE
     from edgemfm.exporters.qwen2_audio import encoder_unit
-    from edgemfm.profiles import load_profile
 
     torch.manual_seed(0)
     audio = Qwen2AudioEncoderConfig(
@@ -339,15 +351,8 @@ def test_qwen2_audios_encoder_quantizes_with_its_integer_positions_kept_integer(
     model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(audio_config=audio, text_config=text)).eval()
     unit = encoder_unit(model, 16)
     calibration = [(torch.randn(1, 16, 100), torch.tensor([n])) for n in (100, 61, 7)]
-    recipe = pte_recipe(load_profile("pi5"), "int8")
-    _, parity, delegated, quantization = write_program(
-        {"audio_encoder": unit},
-        tmp_path,
-        1e-4,
-        print,
-        max_seq_len=8,
-        recipe=recipe,
-        calibration={"audio_encoder": calibration},
+    _, parity, delegated, quantization = _int8_encoder_program(
+        "audio_encoder", unit, calibration, tmp_path
     )  # the program is checked against the converted (fake-quantized) module within TOLERANCE
     # two convolutions; q k v out fc1 fc2 in the layer and the projector
     assert quantization["audio_encoder"].quantized_nodes == {"conv1d_int8": 2, "linear_int8": 7}
@@ -372,7 +377,6 @@ class _Cnn(torch.nn.Module):
 
 
 def test_an_encoders_convolution_whose_int8_alone_loses_the_output_stays_float_and_is_named(tmp_path):
-    from edgemfm.exporters.executorch import write_program
     from edgemfm.exporters.family import ExportUnit
     from edgemfm.exporters.pte_encoders import SENSITIVE_DB, with_float_convs
     from edgemfm.exporters.pte_quantize import TOLERANCE, pte_recipe
@@ -386,16 +390,9 @@ def test_an_encoders_convolution_whose_int8_alone_loses_the_output_stays_float_a
         return x
 
     unit = ExportUnit(module=_Cnn().eval(), args=(picture(),), input_names=("x",), output_names=("y",), dynamic_axes={})
-    recipe = pte_recipe(load_profile("pi5"), "int8")
-    _, parity, delegated, quantization = write_program(
-        {"vision_encoder": unit},
-        tmp_path,
-        1e-4,
-        print,
-        max_seq_len=8,
-        recipe=recipe,
-        calibration={"vision_encoder": [(picture(),) for _ in range(4)]},
-    )
+    recipe = pte_recipe(load_profile("pi5"), "int8")  # what the program is written with, for with_float_convs below
+    calibration = [(picture(),) for _ in range(4)]
+    _, parity, delegated, quantization = _int8_encoder_program("vision_encoder", unit, calibration, tmp_path)
     vision = quantization["vision_encoder"]
     # the stem float, named with its output's SQNR; the two body convs and the head int8
     assert vision.quantized_nodes == {"conv2d_int8": 2, "linear_int8": 1}
@@ -480,10 +477,8 @@ def test_an_encoder_broken_at_static_int8_runs_its_linears_at_dynamic_int8_and_s
     """The real Whisper tiny.en's audio encoder at static int8 was 3.6 dB from float on its own calibration clips
     (the program failed its parity check, 4.12 > 0.1 x 5.66); linears at dynamic int8 and convs static, 21.0 dB."""
     from edgemfm.exporters import pte_encoders
-    from edgemfm.exporters.executorch import write_program
     from edgemfm.exporters.family import ExportUnit
-    from edgemfm.exporters.pte_quantize import TOLERANCE, pte_recipe
-    from edgemfm.profiles import load_profile
+    from edgemfm.exporters.pte_quantize import TOLERANCE
 
     if broken_db is not None:  # the tiny block is fine at static int8: call it broken to take the other road
         monkeypatch.setattr(pte_encoders, "BROKEN_DB", broken_db)
@@ -491,15 +486,8 @@ def test_an_encoder_broken_at_static_int8_runs_its_linears_at_dynamic_int8_and_s
     unit = ExportUnit(
         module=_Block().eval(), args=(torch.randn(1, 6, 64),), input_names=("x",), output_names=("y",), dynamic_axes={}
     )
-    _, parity, delegated, quantization = write_program(
-        {"audio_encoder": unit},
-        tmp_path,
-        1e-4,
-        print,
-        max_seq_len=8,
-        recipe=pte_recipe(load_profile("pi5"), "int8"),
-        calibration={"audio_encoder": [(torch.randn(1, 6, 64),) for _ in range(4)]},
-    )
+    calibration = [(torch.randn(1, 6, 64),) for _ in range(4)]
+    _, parity, delegated, quantization = _int8_encoder_program("audio_encoder", unit, calibration, tmp_path)
     audio = quantization["audio_encoder"]
     assert audio.quantized_nodes == {"linear_int8": 2} and not audio.float_units
     assert (pte_encoders.DYNAMIC in audio.notes["audio_encoder"]) is dynamic
