@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from edgemfm.errors import InputError
+from edgemfm.profiles import load_profile
 from edgemfm.progress import Progress, counter
 from edgemfm.records import from_dict, write_json
 from edgemfm.runtimes.decoding import nll
@@ -67,7 +68,7 @@ class BenchConfig:
     device: str | None = None  # profile whose execution providers to use (default: the bundle's)
 
     def check(self) -> None:
-        """Raise InputError naming the first bad setting."""
+        """Raise InputError (UnknownDeviceError for the device) naming the first bad setting."""
         if not (isinstance(self.tokens, int) and self.tokens >= 2):
             raise InputError(
                 f"tokens {self.tokens!r} is not allowed; allowed: 2 or more (the first token is timed apart)"
@@ -80,6 +81,8 @@ class BenchConfig:
             raise InputError(f"threads {self.threads!r} is not allowed; allowed: 0 (one per core) or more")
         if self.text is not None and not Path(self.text).is_file():
             raise InputError(f"text file {self.text!r} does not exist; allowed: a UTF-8 text file for perplexity")
+        if self.device is not None:
+            load_profile(self.device)  # UnknownDeviceError here, before the bandwidth run and any worker
 
 
 def memory_bandwidth(threads: int = 1, mib: int = 512, repeats: int = 5) -> float:

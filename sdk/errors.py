@@ -17,6 +17,17 @@ from collections.abc import Iterable
 class EdgemfmError(Exception):
     """Base class of every error caused by input the user gave."""
 
+    def __reduce__(self):
+        # pickled by its message, not its __init__ arguments: a spawned worker (bench, jobs) that raises one
+        # sends it back through pickle, and `cls(message)` would fail for the subclasses taking (name, known)
+        return _rebuilt, (type(self), self.args)
+
+
+def _rebuilt(cls: type[EdgemfmError], args: tuple) -> EdgemfmError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
+
 
 def _known(values: Iterable[str]) -> str:
     return ", ".join(sorted(values))

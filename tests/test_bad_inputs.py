@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import struct
 import tempfile
@@ -19,7 +20,7 @@ from PIL import Image
 
 import edgemfm
 from edgemfm.cli import main
-from edgemfm.errors import EdgemfmError
+from edgemfm.errors import EdgemfmError, MissingExtraError, UnknownDeviceError, UnsupportedModelError
 from edgemfm.manifest import AudioPreprocess
 from edgemfm.runtimes.audio import load_audio, read_wav
 
@@ -172,6 +173,22 @@ def test_other_verbs_refuse_in_one_line(tmp_path, capsys, monkeypatch, argv, fra
     monkeypatch.chdir(tmp_path)
     _one_line_refusal(argv, capsys, fragment)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        UnknownDeviceError("toaster", ["pi5"]),
+        UnsupportedModelError("Foo", ["llama"], "prune"),
+        MissingExtraError("torch"),
+    ],
+    ids=type,
+)
+def test_a_typed_error_crosses_a_process_boundary(error):
+    # bench and tune run their work in spawned workers, which send a raised error back pickled: one whose
+    # __init__ takes (name, known) could not be rebuilt from its message, and `edgemfm bench --device toaster` hung
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error) and str(back) == str(error)
 
 
 def _set(path: str, value):

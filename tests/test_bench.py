@@ -113,6 +113,7 @@ def test_perplexity_does_not_depend_on_the_prefill_chunk(default_bundle):
         (["--plot", "chart.jpg"], "plot file 'chart.jpg' is not allowed"),
         (["--text", "missing.txt"], "text file 'missing.txt' does not exist"),
         (["--baselines", "no-such-bundle"], "bundle 'no-such-bundle' is not a directory"),
+        (["--device", "toaster"], "unknown device 'toaster'; known: "),  # hung in a worker that could not pickle it
     ],
 )
 def test_bench_rejects_bad_input_in_one_line(default_bundle, extra, message, capsys):
