@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from edgemfm.errors import InputError
+from edgemfm.model_source import load_checkpoint
 from edgemfm.progress import Progress, counter
 
 KINDS = ("image", "audio")
@@ -142,7 +143,7 @@ def load_trainee(model_dir: Path) -> Trainee:
 
     family = find_family(json.loads((model_dir / "config.json").read_text()))
     trainer = capability(family, "finetune")
-    model = trainer.load(model_dir)
+    model = load_checkpoint(trainer.load, model_dir)
     split = family.split(model, model_dir)
     return Trainee(model, trainer, split, Tokenizer.from_file(str(split.tokenizer_file)))
 

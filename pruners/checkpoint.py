@@ -19,6 +19,7 @@ from typing import Any
 
 from edgemfm.errors import UnsupportedModelError
 from edgemfm.exporters.family import Prunable
+from edgemfm.model_source import load_checkpoint
 from edgemfm.pruners.structure import COMPONENTS, SUPPORTED, find_stack
 
 
@@ -36,7 +37,7 @@ def load_model(model_dir: Path) -> Any:
     cls = getattr(transformers, arch, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise UnsupportedModelError(arch, SUPPORTED)
-    return cls.from_pretrained(model_dir, dtype="auto").eval()
+    return load_checkpoint(lambda d: cls.from_pretrained(d, dtype="auto"), model_dir).eval()
 
 
 def _tokenizer(model_dir: Path) -> Any:

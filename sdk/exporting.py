@@ -21,6 +21,7 @@ from edgemfm import bundle, leftovers
 from edgemfm.configs import ExportConfig, QuantizeConfig
 from edgemfm.errors import InputError
 from edgemfm.manifest import BUNDLE_KIND, SCHEMA_VERSION, Manifest, StreamingSettings
+from edgemfm.model_source import cached_model, load_checkpoint, model_id, resolve_model
 from edgemfm.profiles import DeviceProfile, load_profile
 from edgemfm.progress import Progress, say
 from edgemfm.quantizers import presets
@@ -38,8 +39,6 @@ def _model_id(model: str | None) -> str:
         from edgemfm.exporters import demo_sources
 
         return demo_sources.MODEL_ID
-    from edgemfm.model_source import model_id
-
     return model_id(model)
 
 
@@ -49,8 +48,6 @@ def _check_model(model: str | None, revision: str | None) -> None:
     if model is None and revision is not None:
         raise InputError(f"--revision {revision!r} needs --model (a Hugging Face Hub id)")
     if model is not None:
-        from edgemfm.model_source import cached_model
-
         cached_model(model, revision)
 
 
@@ -61,20 +58,7 @@ def _model_dir(model: str | None, scratch: Path, revision: str | None) -> Path:
         from edgemfm.exporters import demo_sources
 
         return demo_sources.build_default(scratch / demo_sources.MODEL_ID)
-    from edgemfm.model_source import resolve_model
-
     return resolve_model(model, revision).path
-
-
-def _load(family, model_dir: Path):
-    """The family's model from `model_dir`; a checkpoint without its weights is the user's mistake, named."""
-    try:
-        return family.load(model_dir)
-    except OSError as e:  # transformers: "no file named model.safetensors ..."
-        reason = str(e).splitlines()[0][:300]
-        raise InputError(
-            f"cannot load the checkpoint in {str(model_dir)!r} ({reason}); allowed: a checkpoint folder with its weights"
-        ) from None
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -213,7 +197,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 # example inputs (tracing, parity) drawn from a fixed seed: the same export reports the same parity
                 # whatever ran before it in the process; the caller's RNG state is left as it was
                 torch.manual_seed(0)
-                split = family.split(_load(family, model_dir), model_dir)
+                split = family.split(load_checkpoint(family.load, model_dir), model_dir)
                 if config.visual_tokens is not None:  # before export: calibration and parity see the cut graph
                     split = budget(family, split, config.visual_tokens)
             manifest = _write_float(config, profile, family, split, model_dir, stage, progress, Path(scratch))

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from edgemfm.errors import InputError, MissingExtraError
 
@@ -48,6 +50,26 @@ def _checkpoint(path: Path) -> Path:
     if not (path / "config.json").is_file():
         raise InputError(f"{str(path)!r} has no config.json; expected a Hugging Face checkpoint directory")
     return path
+
+
+T = TypeVar("T")
+
+
+def load_checkpoint(load: Callable[[Path], T], model_dir: Path) -> T:
+    """`load(model_dir)`, with weights that are missing or unreadable (truncated, corrupt) named in one line.
+
+    Example:
+        >>> model = load_checkpoint(family.load, Path("models/tiny-llama"))  # doctest: +SKIP
+    """
+    from safetensors import SafetensorError  # a truncated model.safetensors; transformers brings safetensors
+
+    try:
+        return load(model_dir)
+    except (OSError, SafetensorError) as e:  # transformers: "no file named model.safetensors ..."
+        reason = str(e).splitlines()[0][:300]
+        raise InputError(
+            f"cannot load the checkpoint in {str(model_dir)!r} ({reason}); allowed: a checkpoint folder with its weights"
+        ) from None
 
 
 def _hub_id(model: str) -> bool:

@@ -62,7 +62,14 @@ def media(tmp_path_factory) -> dict[str, str]:
     (d / "no-weights" / "config.json").write_text(
         json.dumps({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]})
     )
+    shutil.copytree(d / "no-weights", d / "truncated")
+    header = b'{"w": {"dtype": "F32", "shape": [4096], "data_offsets": [0, 16384]}}'
+    (d / "truncated" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(100))
     Image.new("RGB", (64, 48), (200, 30, 30)).save(d / "ok.png")
+    (d / "questions").mkdir()  # a finetune data folder that reads well, so the checkpoint is what fails
+    for split in ("train", "eval"):
+        row = {"image": str(d / "ok.png"), "prompt": "What colour is it?", "answer": "red"}
+        (d / "questions" / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
     return {
         "ok": str(d / "ok.png"),
         "bomb": str(_png_claiming(d / "bomb.png", 20000, 20000)),
@@ -70,6 +77,8 @@ def media(tmp_path_factory) -> dict[str, str]:
         "bad_config": str(d / "bad-config"),
         "list_config": str(d / "list-config"),
         "no_weights": str(d / "no-weights"),
+        "truncated": str(d / "truncated"),
+        "questions": str(d / "questions"),  # a download cut short: the header promises more bytes than the file holds
         "file": str(d / "bomb.png"),
     }
 
@@ -133,6 +142,7 @@ EXPORT_CASES = [
     (["--model", "{bad_config}"], "config.json' is not valid JSON"),
     (["--model", "{list_config}"], "config.json' holds a list; allowed: a JSON object"),
     (["--model", "{no_weights}"], "cannot load the checkpoint in"),
+    (["--model", "{truncated}"], "cannot load the checkpoint in"),
     (["--model", "{file}"], "model directory"),
     (["--calibration", "/nonexistent"], "calibration folder '/nonexistent' does not exist"),
     (["--format", "xyz"], "format 'xyz' is not available"),
@@ -143,6 +153,8 @@ EXPORT_CASES = [
 def test_export_refuses_in_one_line_and_leaves_nothing(tmp_path, media, capsys, monkeypatch, extra, fragment):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    # torch's own compile cache (made under the temp dir the first time a process loads a checkpoint) is not ours
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path.parent / "torchinductor"))
     monkeypatch.setattr(tempfile, "tempdir", None)
     extra = [x.format(**media) for x in extra]
     argv = ["export", "--device", "host", "--out", str(tmp_path / "b"), *extra]
@@ -189,6 +201,20 @@ def test_a_typed_error_crosses_a_process_boundary(error):
     # __init__ takes (name, known) could not be rebuilt from its message, and `edgemfm bench --device toaster` hung
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is type(error) and str(back) == str(error)
+
+
+@pytest.mark.parametrize("verb", [["prune", "--mlp", "0.5"], ["finetune", "--data", "{questions}"]], ids=lambda v: v[0])
+def test_a_truncated_checkpoint_is_refused_by_every_verb_that_loads_one(tmp_path, media, capsys, verb):
+    argv = [
+        verb[0],
+        "--model",
+        media["truncated"],
+        "--out",
+        str(tmp_path / "o"),
+        *(x.format(**media) for x in verb[1:]),
+    ]
+    _one_line_refusal(argv, capsys, "cannot load the checkpoint in")
+    assert not (tmp_path / "o").exists()
 
 
 def _set(path: str, value):
