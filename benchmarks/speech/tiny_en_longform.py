@@ -3,7 +3,9 @@
 Every row transcribes the whole file long-form, greedy, with timestamps deciding where each 30 s
 window starts, no previous-text conditioning unless `--condition-on-previous` and no temperature
 fallback unless `--fallback` (the same settings for all), on one thread. The rows of a round run at once, one process each, `--repeats` rounds; CPU seconds are the
-process's (`time.process_time`) around the call. WER is on normalised text (`long_audio.normalise`)
+process's (`time.process_time`) around the call. `--placements 0 4.3 9.7` makes one round per placement instead: the
+file with that many seconds of silence first, so every 30 s window starts elsewhere (one-pass long-form WER moves
+by points with where the windows fall); each row's WER is then the median and spread over the placements. WER is on normalised text (`long_audio.normalise`)
 against the text espeak-ng read and against transformers' own long-form `generate` (fp32).
 
 `--part stream` feeds the file to `pipe.transcribe_stream` in `--chunk` s chunks (1 s: real-time
@@ -103,9 +105,9 @@ def _config(fallback: bool, condition: bool, vad: bool = False) -> Any:
 
 
 def edgemfm_row(
-    bundle: Path, wav: Path, fallback: bool = False, condition: bool = False, vad: bool = False
+    bundle: Path, wav: Path | np.ndarray, fallback: bool = False, condition: bool = False, vad: bool = False
 ) -> Callable[[], str]:
-    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed), one thread."""
+    """An edgemfm bundle's `pipe.transcribe(wav)` (windows read from the file as needed, or the samples), one thread."""
     import edgemfm
 
     pipe, config = edgemfm.load(bundle, threads=1), _config(fallback, condition, vad)
@@ -138,10 +140,22 @@ def _wer(reference: str, hypothesis: str) -> float:
     return 100 * jiwer.wer(normalise(reference), normalise(hypothesis))
 
 
+def placed(samples: np.ndarray, silence_s: float) -> np.ndarray:
+    """The samples after `silence_s` seconds of silence (16 kHz): the same speech, its windows placed elsewhere.
+
+    Example:
+        >>> placed(np.ones(3, np.float32), 0.0001).tolist()
+        [0.0, 1.0, 1.0, 1.0]
+    """
+    return np.concatenate([np.zeros(round(silence_s * 16000), samples.dtype), samples])
+
+
 def _job(args: argparse.Namespace) -> None:
     """One row (or one piece of the stream) in this process, its text and CPU seconds written as JSON."""
     wav = args.audio / f"{NAME}.wav"
     samples = _samples(wav)
+    if args.silence:  # a placement: the samples, not the file, are transcribed
+        wav = samples = placed(samples, args.silence)
     kind, _, arg = args.job.partition(":")
     load = os.getloadavg()[0]
     if kind in ("stream", "piece"):
@@ -165,6 +179,22 @@ def _job(args: argparse.Namespace) -> None:
         text = run()
         out = {"text": text, "cpu": time.process_time() - start}
     args.result.write_text(json.dumps(out | {"load": [load, os.getloadavg()[0]]}))
+
+
+def _row(
+    name: str, reference: str, hf: str | None, texts: list[str], cpu: list[float], seconds: float, placed: bool
+) -> dict:
+    """A row of the table: WER (the median over the placements and its spread, with them), CPU seconds."""
+    wers = [_wer(reference, t) for t in texts]
+    median = statistics.median(cpu)
+    row = {"row (one thread)": name, "WER vs text %": f"{statistics.median(wers):.2f}"}
+    row |= {"WER spread": f"{min(wers):.2f}–{max(wers):.2f}"} if placed else {}
+    row |= {"WER vs transformers %": f"{statistics.median(_wer(hf, t) for t in texts):.2f}" if hf else "—"}
+    return row | {
+        "CPU s (median)": f"{median:.1f}",
+        "spread": f"{min(cpu):.1f}–{max(cpu):.1f}",
+        "audio s per CPU s": f"{seconds / median:.2f}",
+    }
 
 
 def _piece(bundle: Path, samples: np.ndarray, config: Any) -> dict:
@@ -197,6 +227,7 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     common = ["--checkpoint", str(args.checkpoint), "--audio", str(args.audio), "--step", str(args.step)]
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
     common += ["--condition-on-previous"] if args.condition_on_previous else []
+    common += ["--silence", str(args.silence)] if args.silence else []
     common += ["--vad"] if args.vad and args.part == "stream" else []  # long-form rows say so in their job's name
     scratch.mkdir(parents=True, exist_ok=True)
     running = {}
@@ -222,38 +253,37 @@ def longform(args: argparse.Namespace) -> None:
     jobs |= {f"edgemfm {name}{g}": f"edgemfm{g}:{path}" for name, path in args.bundle for g in gates}
     jobs |= {f"faster-whisper {c}{g}": f"faster-whisper{g}:{c}" for c in args.faster_whisper for g in gates}
     cpu: dict[str, list[float]] = {name: [] for name in jobs}
-    texts, loads = {}, []
+    texts: dict[str, list[str]] = {name: [] for name in jobs}
+    loads = []
+    rounds = [(silence, r) for silence in args.placements or [0.0] for r in range(args.repeats)]
     with tempfile.TemporaryDirectory() as scratch:
-        for round_ in range(args.repeats):
-            for name, got in _concurrently(args, jobs, Path(scratch)).items():
-                texts[name] = got["text"]
+        for i, (silence, r) in enumerate(rounds):
+            args.silence = silence
+            for name, got in _concurrently(args, jobs, Path(scratch) / str(i)).items():
+                texts[name] += [got["text"]] if r == 0 else []  # a round's text is its placement's (deterministic)
                 cpu[name].append(got["cpu"])
                 loads += got["load"]
-                print(f"round {round_ + 1} {name}: {got['cpu']:.1f} CPU s", flush=True)
+                print(f"round {i + 1} (silence {silence} s) {name}: {got['cpu']:.1f} CPU s", flush=True)
     if args.texts:
         args.texts.mkdir(parents=True, exist_ok=True)
-        for name, text in texts.items():
-            (args.texts / f"{name.replace(' ', '_')}.txt").write_text(text)
-    hf = args.transformers_text.read_text() if args.transformers_text else texts.get(hf_row)
-    table = []
-    for name in jobs:
-        median = statistics.median(cpu[name])
-        table.append(
-            {
-                "row (one thread)": name,
-                "WER vs text %": f"{_wer(reference, texts[name]):.2f}",
-                "WER vs transformers %": f"{_wer(hf, texts[name]):.2f}" if hf else "—",
-                "CPU s (median)": f"{median:.1f}",
-                "spread": f"{min(cpu[name]):.1f}–{max(cpu[name]):.1f}",
-                "audio s per CPU s": f"{seconds / median:.2f}",
-            }
-        )
+        for name, placed_texts in texts.items():
+            for silence, text in zip(args.placements or [0.0], placed_texts):
+                suffix = f"_silence{silence:g}" if args.placements else ""
+                (args.texts / f"{name.replace(' ', '_')}{suffix}.txt").write_text(text)
+    hf = args.transformers_text.read_text() if args.transformers_text else texts.get(hf_row, [None])[0]
+    table = [_row(name, reference, hf, texts[name], cpu[name], seconds, bool(args.placements)) for name in jobs]
+    passes = len(rounds)
     note = (
         f"{seconds:.1f} s of espeak-ng speech ({len(reference.split())} words of WordNet glosses); "
-        f"{args.repeats} full pass(es) per row, the rows of a pass at once, one process and one thread each; "
+        f"{passes} full pass(es) per row, the rows of a pass at once, one process and one thread each; "
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
     )
+    if args.placements:
+        note += (
+            f" One pass per placement: the file after {', '.join(f'{p:g}' for p in args.placements)} s of silence, "
+            "so the 30 s windows fall elsewhere each pass; WER is the median over the placements, its spread beside it."
+        )
     if args.condition_on_previous:
         note += " Every row's windows read the text before them (previous-text conditioning)."
     if args.fallback:
@@ -372,6 +402,13 @@ def main() -> None:
     p.add_argument("--bundle", action="append", type=lambda s: s.split("=", 1), default=[], help="NAME=BUNDLE_DIR")
     p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--placements",
+        type=float,
+        nargs="+",
+        help="--part longform: one round per value, the file after that many seconds of silence (WER: median, spread)",
+    )
+    p.add_argument("--silence", type=float, default=0.0, help=argparse.SUPPRESS)  # a job's placement
     p.add_argument("--part", choices=("longform", "stream", "job"), default="longform")
     p.add_argument(
         "--pieces",
