@@ -596,3 +596,40 @@ def test_an_encoder_broken_at_static_int8_that_misses_its_target_with_its_linear
     else:
         assert audio.quantized_nodes == {"conv1d_int8": 1}
         assert recipe.spec_for("audio_encoder/conv").bits == 8
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_quantized_program_passes_near_its_module_and_fails_at_its_quantization_noise(tmp_path, monkeypatch, broken):
+    """A torchao-quantized method passes the writer's check within NOISE_SHARE of its quantization noise (RMS), where
+    the max difference is chaotic: the demo's decoder, 10 linears float, was 3.22 > 0.1 x 30.6 from its module. The
+    tolerance is made nil here so that the share alone decides: a program captured from the float module (its
+    quantization skipped) fails."""
+    import copy
+    from dataclasses import replace
+
+    from edgemfm.exporters import executorch, pte_quantize
+    from edgemfm.exporters.executorch import write_program
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.onnx import ParityError
+    from edgemfm.profiles import load_profile
+
+    monkeypatch.setattr(pte_quantize, "TOLERANCE", 1e-9)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    unit = ExportUnit(
+        module=module, args=(torch.randn(1, 32, 64),), input_names=("x",), output_names=("y",), dynamic_axes={}
+    )
+    if broken:
+        float_unit, capture = replace(unit, module=copy.deepcopy(module)), executorch._capture
+
+        def from_float(name, unit, max_seq_len):
+            return (capture(name, float_unit, max_seq_len)[0], *capture(name, unit, max_seq_len)[1:])
+
+        monkeypatch.setattr(executorch, "_capture", from_float)
+    recipe = pte_quantize.pte_recipe(load_profile("pi5"), "int8")
+    write = lambda: write_program({"text_decoder": unit}, tmp_path, 1e-4, print, max_seq_len=8, recipe=recipe)  # noqa: E731
+    if broken:
+        with pytest.raises(ParityError, match=r"text_decoder: .* and by 1 of its quantization noise > 0\.5"):
+            write()
+    else:
+        assert write()[3]["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
