@@ -20,6 +20,15 @@ delay"): 0 s commits as soon as two hypotheses agree; the default, 30 s (a whole
 real checkpoints), commits only settled windows, so the committed text is long-form's and only
 `partial` runs ahead of it.
 
+With a VAD (`TranscribeConfig(vad=...)`), only speech enters the buffer, and at each endpoint the
+VAD finds (`min_silence_s` of silence after speech) the buffer is decoded once more and all its
+text is committed: a speaker who pauses gets the text of what they said, rather than wait until a
+whole window of speech is heard. The window is not cut there (its tokens are continued, as agreed
+ones are), so the windows stay long-form's; but a word read before the rest of its window is heard
+may read otherwise ("Activity that refreshes" read from its 3 s alone: "Activity, not regression"),
+measured in BENCHMARKS.md ("settled at pauses"). Cutting the window at each endpoint instead, each
+utterance decoded on its own, measured three times further from long-form.
+
     chunks ─► buffer [seek, now) ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed
                  ▲                   buffer = a whole window: its complete segments ─► committed ─┐
                  └──────────── cut where long-form's next window starts (seek += advance) ◄───────┘
@@ -192,12 +201,13 @@ class Live:
     def _text(self, tokens: list[int]) -> str:
         return self.pipe.tokenizer.decode([t for t in tokens if t < self.ts], skip_special_tokens=True)
 
-    def _agree(self) -> str:
-        """One hypothesis: commit the text it and the previous one agree on past the committed tokens."""
+    def _agree(self, endpoint: bool = False) -> str:
+        """One hypothesis: commit the text it and the previous one agree on past the committed tokens (at a VAD
+        endpoint: all of its text, which no more speech follows)."""
         tokens, _, n = self._decode()
         new = tokens[len(self.pending) :]
         text = [t for t in new if t < self.ts]
-        agreed = min(_common(text, self.previous), self._followed(tokens, n))
+        agreed = len(text) if endpoint else min(_common(text, self.previous), self._followed(tokens, n))
         committed = new[: _through(new, agreed, self.ts)]
         self.pending += committed
         self.previous = text[agreed:]
@@ -244,9 +254,9 @@ class Live:
         if drop:
             self.audio, self.start = self.audio[drop:].copy(), self.start - drop
 
-    def update(self, final: bool = False) -> LiveUpdate:
-        """Decode the buffer again and commit what two hypotheses in a row agree on (at the end: settle every
-        window left, as long-form would)."""
+    def update(self, final: bool = False, endpoint: bool = False) -> LiveUpdate:
+        """Decode the buffer again and commit what two hypotheses in a row agree on (at a VAD endpoint: all it
+        says; at the end: settle every window left, as long-form would)."""
         if final:
             self._loudest(np.zeros(0, np.float32), final=True)
             text = ""
@@ -254,7 +264,7 @@ class Live:
                 text += self._settle()
             self.previous = []
         else:
-            text = self._agree() if self.frames else ""
+            text = self._agree(endpoint) if self.frames else ""
         text, self.carry = self.carry + text, ""
         return LiveUpdate(
             committed=text,
@@ -274,10 +284,17 @@ class Live:
                 continue
             self.received += chunk.size
             for _, speech in self.gate.feed(chunk):
-                yield from self._take(speech)
+                yield from self._take(speech) if speech is not None else self._endpoint()
         for _, speech in self.gate.flush() if self.gate else ():
             yield from self._take(speech)
         yield self.update(final=True)
+
+    def _endpoint(self) -> Iterator[LiveUpdate]:
+        """The speaker paused (the VAD's endpoint: `min_silence_s` of silence after speech): commit all the buffer
+        says now, rather than wait until two hypotheses agree and a whole window of speech follows."""
+        if self.frames or self.carry:
+            self.fresh = 0  # the next update comes a whole step into the next region
+            yield self.update(endpoint=True)
 
     def _take(self, chunk: np.ndarray) -> Iterator[LiveUpdate]:
         """Append samples to the buffer, settling each whole window and updating every step."""
