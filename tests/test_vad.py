@@ -16,7 +16,6 @@ import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import InputError
 from edgemfm.runtimes.audio import read_wav, resample
-from edgemfm.runtimes.live import Live
 from edgemfm.runtimes.longform import LongForm, TranscribeConfig
 from edgemfm.runtimes.mel_windows import ArraySource
 from edgemfm.runtimes.vad import Gate, GatedSource, Timeline, VadConfig
@@ -123,18 +122,15 @@ def test_live_with_vad_decodes_nothing_while_nobody_speaks_and_reports_the_recor
     every = len(runs)
     gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0))
     # an update a second and each window settled: 15 + 5 encoder runs; with the VAD only the 4.1 s of speech is
-    # decoded (no update while silent but one at each of the two endpoints, which settles what was heard)
-    assert (every, len(plain)) == (20, 16) and len(runs) - every <= 8 and len(gated) <= 6
+    # decoded (no update while silent; the default delay commits nothing at an endpoint, so none decodes there)
+    assert (every, len(plain)) == (20, 16) and len(runs) - every <= 6 and len(gated) <= 5
     assert gated[-1].audio_s == pytest.approx(len(samples) / 16000)  # the stream's clock, silences included
     speech = GatedSource(ArraySource(samples), VadConfig())
     gate = Gate(VadConfig())
     pieces = [x for chunk in chunks for _, x in gate.feed(chunk)] + [x for _, x in gate.flush()]
     kept = [x for x in pieces if x is not None]
     assert np.array_equal(np.concatenate(kept), speech.read(0, speech.length))  # a stream gated as a file is
-    # the stream of the speech alone (in the same pieces, settled at the same endpoints)
-    live = Live(pipe, TranscribeConfig(), step_s=1.0)
-    alone = [u for x in pieces for u in (live._take(x) if x is not None else live._endpoint())]
-    alone.append(live.update(final=True))
+    alone = list(pipe.transcribe_stream(kept, step_s=1.0))
     # the stream of the speech alone (in the same pieces), its segments moved onto the recording's timeline
     assert [(s.start, s.end, s.tokens) for s in gated[-1].segments] == [
         (s.start, s.end, s.tokens) for s in map(speech.timeline.segment, alone[-1].segments)
@@ -143,7 +139,7 @@ def test_live_with_vad_decodes_nothing_while_nobody_speaks_and_reports_the_recor
     assert any(s.start > speech.length / 16000 for s in gated[-1].segments)  # the recording's clock, not the speech's
 
 
-def test_live_with_vad_settles_an_utterance_at_the_pause_after_it_before_its_window_fills(
+def test_live_with_vad_at_the_default_delay_commits_nothing_at_a_pause_and_keeps_longforms_text(
     exported3, pauses, monkeypatch
 ):
     samples, spans = pauses
@@ -151,10 +147,23 @@ def test_live_with_vad_settles_an_utterance_at_the_pause_after_it_before_its_win
     _whole_windows(monkeypatch)
     chunks = [samples[i : i + 1600] for i in range(0, len(samples), 1600)]
     gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0))
+    # the default delay (30 s) is longer than the 3 s window and its pause: the first utterance (2.5 s with its pads)
+    # waits at its endpoint, and is committed once the window fills, in the second utterance
     first = next(u for u in gated if u.committed)
-    # the first utterance and its pads (about 2.5 s) never fill a 3 s window, and the default commit delay (30 s)
-    # commits nothing before it does: its text is committed at the VAD's endpoint (in the 0.1 s chunk that reaches
-    # it), long before the next utterance starts
+    assert first.audio_s > spans[1][0]
+    assert "".join(u.committed for u in gated) == "".join(s.text for s in pipe.transcribe(samples, VAD))
+
+
+def test_live_with_vad_and_a_short_delay_commits_an_utterance_at_the_pause_after_it(exported3, pauses, monkeypatch):
+    samples, spans = pauses
+    pipe = edgemfm.load(exported3)
+    _whole_windows(monkeypatch)
+    chunks = [samples[i : i + 1600] for i in range(0, len(samples), 1600)]
+    gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0, commit_delay_s=0.5))
+    first = next(u for u in gated if u.committed)
+    # the first utterance and its pads (about 2.5 s) never fill a 3 s window; the 2 s pause after it counts as audio
+    # after its words (up to the window's end), which a 0.5 s delay lets through: all of it is committed at the VAD's
+    # endpoint (in the 0.1 s chunk that reaches it), long before the next utterance starts
     speech = GatedSource(ArraySource(samples), VadConfig())
     endpoint = (speech.pieces[0][1] + speech.pieces[0][2]) / 16000 + ENDPOINT_S
     assert speech.pieces[0][2] < 3 * 16000 and endpoint <= first.audio_s <= endpoint + 0.1 < spans[1][0]

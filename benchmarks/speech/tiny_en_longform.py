@@ -302,7 +302,8 @@ def stream(args: argparse.Namespace) -> None:
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
-    gates = ("", "+vad") if args.vad else ("",)  # with --vad: each stream without and with the silence skipped
+    # with --vad: each stream without and with the silence skipped (--vad-only: with it only)
+    gates = ("+vad",) if args.vad_only else ("", "+vad") if args.vad else ("",)
     jobs = _stream_jobs(args, cuts, gates)
     rounds = []  # each round's results by job; long-form (deterministic) runs in the first round only
     with tempfile.TemporaryDirectory() as scratch:
@@ -334,7 +335,7 @@ def stream(args: argparse.Namespace) -> None:
                 "step s": f"{args.step:g}",
                 "commit delay s": f"{delay:g}",
                 "earlier text read": "yes" if args.condition_on_previous else "no",
-                **({"VAD": "yes" if g else "no"} if args.vad else {}),
+                **({"VAD": "yes" if g else "no"} if args.vad or args.vad_only else {}),
                 "WER committed vs long-form %": _spread(measured["vs long-form"], 2),
                 "WER committed vs text %": _spread(measured["vs text"], 2),
                 "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
@@ -366,10 +367,12 @@ def stream(args: argparse.Namespace) -> None:
             f" {args.repeats} rounds, the streams of a round at once: the median of the rounds, their range in "
             "brackets where they differ (long-form ran once: it is deterministic)."
         )
-    if args.vad:
+    if args.vad or args.vad_only:
         note += (
-            " Rows with VAD stream only what silero VAD hears as speech (faster-whisper's vad_filter settings) and "
-            "settle the buffer at each VAD endpoint (2 s of silence after speech), against `--vad` long-form's text."
+            " Rows with VAD stream only what silero VAD hears as speech (faster-whisper's vad_filter settings), "
+            "against `--vad` long-form's text; at each VAD endpoint (2 s of silence after speech) the pause counts as "
+            "audio after the words heard (up to the window's end): the words the commit delay then lets through are "
+            "committed there."
         )
     if known:
         note += " Long-form text of " + ", ".join(f"{k} from {Path(v).name}" for k, v in known.items()) + "."
@@ -459,6 +462,7 @@ def main() -> None:
         help="each edgemfm (and faster-whisper) row, or stream and its long-form, also with the silence skipped by "
         "silero VAD (+vad)",
     )
+    p.add_argument("--vad-only", action="store_true", help="--part stream: only the streams with silero VAD (+vad)")
     p.add_argument("--no-transformers", action="store_true", help="--part longform: no transformers row")
     p.add_argument("--name", help="the result file's name (default speech-tiny-en-longform or -streaming)")
     p.add_argument("--title", help="its heading")
