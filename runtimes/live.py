@@ -20,6 +20,19 @@ delay"): 0 s commits as soon as two hypotheses agree; the default, 30 s (a whole
 real checkpoints), commits only settled windows, so the committed text is long-form's and only
 `partial` runs ahead of it.
 
+With a VAD (`TranscribeConfig(vad=...)`), only speech enters the buffer, and at each endpoint the
+VAD finds (`min_silence_s` of silence after speech) that pause counts as audio after the words heard:
+the words it lets the commit delay through are committed there, agreed or not (no more of that
+speech is to come). At a delay up to the pause (2 s) that is all the buffer says: a speaker who
+pauses gets the text of what they said rather than wait for a whole window of speech; at the
+default (a whole window; the pause is counted up to the window's end only) nothing commits early
+and the text stays long-form's. The window is not cut there (its tokens are continued, as agreed
+ones are), so the windows stay long-form's; but a word read before the rest of its window is heard
+may read otherwise ("Activity that refreshes" read from its 3 s alone: "Activity, not regression"),
+measured in BENCHMARKS.md ("commit delay at pauses"). Cutting the window at each endpoint instead
+(each utterance decoded on its own) read further from long-form still: 14.1 WER points against 5.1
+on the first 60 s of that file (int8 pi5, one run each).
+
     chunks ─► buffer [seek, now) ─► every step_s: hypothesis ─► LCP(previous, hypothesis) beyond committed ─► committed
                  ▲                   buffer = a whole window: its complete segments ─► committed ─┐
                  └──────────── cut where long-form's next window starts (seek += advance) ◄───────┘
@@ -192,24 +205,40 @@ class Live:
     def _text(self, tokens: list[int]) -> str:
         return self.pipe.tokenizer.decode([t for t in tokens if t < self.ts], skip_special_tokens=True)
 
-    def _agree(self) -> str:
-        """One hypothesis: commit the text it and the previous one agree on past the committed tokens."""
+    def _agree(self, endpoint: bool = False) -> str:
+        """One hypothesis: commit the text it and the previous one agree on past the committed tokens, as far as
+        `delay` seconds of audio follow it (at a VAD endpoint: as far as the pause lets it, agreed or not: no more of
+        that speech is to come)."""
         tokens, _, n = self._decode()
         new = tokens[len(self.pending) :]
         text = [t for t in new if t < self.ts]
-        agreed = min(_common(text, self.previous), self._followed(tokens, n))
+        followed = self._followed(tokens, n, endpoint)
+        agreed = followed if endpoint else min(_common(text, self.previous), followed)
         committed = new[: _through(new, agreed, self.ts)]
         self.pending += committed
         self.previous = text[agreed:]
         return self._text(committed)
 
-    def _followed(self, tokens: list[int], frames: int) -> int:
-        """How many text tokens past the committed ones end at least `delay` seconds before the buffer's end: a word
-        read from little audio after it may read otherwise once the whole window is heard."""
+    def _followed(self, tokens: list[int], frames: int, endpoint: bool = False) -> int:
+        """How many text tokens past the committed ones end at least `delay` seconds before the audio heard after
+        them ends: a word read from little audio after it may read otherwise once the whole window is heard. That
+        audio is the buffer's, and at a VAD endpoint the pause too (`_pause`)."""
         heard = frames * self.spec.hop_length / self.spec.sampling_rate
-        ends = word_ends(tokens, self.ts, self.longform.t.time_precision, heard)
+        spoken, horizon = self._pause(heard) if endpoint else (heard, heard)
+        ends = word_ends(tokens, self.ts, self.longform.t.time_precision, spoken)
+        # at an endpoint no word ends after the speech did (the random timestamps of a bad reading included)
+        ends = [min(end, spoken) for end in ends] if endpoint else ends
         ends = ends[sum(t < self.ts for t in self.pending) :]
-        return next((i for i, end in enumerate(ends) if end > heard - self.delay), len(ends))
+        return next((i for i, end in enumerate(ends) if end > horizon - self.delay), len(ends))
+
+    def _pause(self, heard: float) -> tuple[float, float]:
+        """At a VAD endpoint: where the speech in the buffer ended (the buffer ends with the `pad_s` of silence the
+        VAD keeps) and where the audio after it ends: `min_silence_s` of silence followed the speech, counted up to
+        the window's end only (long-form reads nothing past it with these words, so a delay of a whole window, the
+        default, commits nothing early and the text stays long-form's)."""
+        vad = self.config.vad
+        spoken = max(heard - vad.pad_s, 0.0)
+        return spoken, min(spoken + vad.min_silence_s, self.spec.n_samples / self.spec.sampling_rate)
 
     def _settle(self) -> str:
         """Decode the window once more and commit its complete segments (long-form's rule); cut the buffer where
@@ -244,9 +273,9 @@ class Live:
         if drop:
             self.audio, self.start = self.audio[drop:].copy(), self.start - drop
 
-    def update(self, final: bool = False) -> LiveUpdate:
-        """Decode the buffer again and commit what two hypotheses in a row agree on (at the end: settle every
-        window left, as long-form would)."""
+    def update(self, final: bool = False, endpoint: bool = False) -> LiveUpdate:
+        """Decode the buffer again and commit what two hypotheses in a row agree on (at a VAD endpoint: what the
+        pause lets through; at the end: settle every window left, as long-form would)."""
         if final:
             self._loudest(np.zeros(0, np.float32), final=True)
             text = ""
@@ -254,7 +283,7 @@ class Live:
                 text += self._settle()
             self.previous = []
         else:
-            text = self._agree() if self.frames else ""
+            text = self._agree(endpoint) if self.frames else ""
         text, self.carry = self.carry + text, ""
         return LiveUpdate(
             committed=text,
@@ -274,10 +303,20 @@ class Live:
                 continue
             self.received += chunk.size
             for _, speech in self.gate.feed(chunk):
-                yield from self._take(speech)
+                yield from self._take(speech) if speech is not None else self._endpoint()
         for _, speech in self.gate.flush() if self.gate else ():
             yield from self._take(speech)
         yield self.update(final=True)
+
+    def _endpoint(self) -> Iterator[LiveUpdate]:
+        """The speaker paused (the VAD's endpoint: `min_silence_s` of silence after speech): the pause counts as audio
+        after the words heard, so the words it lets the commit delay through are committed now, without waiting for
+        two hypotheses to agree and more speech to follow (at a delay up to the pause: all the buffer says). Where
+        the delay lets nothing through, nothing is decoded and the stream waits as without endpoints."""
+        heard = self.frames * self.spec.hop_length / self.spec.sampling_rate
+        if self.frames and self._pause(heard)[1] > self.delay:
+            self.fresh = 0  # the next update comes a whole step into the next region
+            yield self.update(endpoint=True)
 
     def _take(self, chunk: np.ndarray) -> Iterator[LiveUpdate]:
         """Append samples to the buffer, settling each whole window and updating every step."""

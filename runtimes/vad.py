@@ -146,12 +146,13 @@ class Timeline:
 
 class Gate:
     """The speech of a stream, as it arrives: `feed` returns the kept pieces as (first sample in the recording,
-    samples); `timeline` places them.
+    samples), and (sample, None) where a region ended (an endpoint: `min_silence_s` of silence after speech, where a
+    live stream settles what it heard); `timeline` places the pieces.
 
     Example:
-        >>> gate = Gate(VadConfig())                                  # doctest: +SKIP
-        >>> [(start, len(x)) for start, x in gate.feed(samples)]      # doctest: +SKIP
-        [(9600, 40960), (131072, 25600)]
+        >>> gate = Gate(VadConfig())                                             # doctest: +SKIP
+        >>> [(start, None if x is None else len(x)) for start, x in gate.feed(samples)]   # doctest: +SKIP
+        [(9600, 40960), (83968, None), (131072, 25600)]
     """
 
     def __init__(self, config: VadConfig, rate: int = RATE):
@@ -170,8 +171,8 @@ class Gate:
         self.kept = 0  # samples kept so far
         self.timeline = Timeline(RATE)
 
-    def feed(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """The kept pieces these samples (the stream's next) complete."""
+    def feed(self, samples: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+        """The kept pieces these samples (the stream's next) complete, and the endpoints among them, in order."""
         samples = np.concatenate([self.rest, np.asarray(samples, np.float32)])
         whole = len(samples) // FRAME * FRAME
         self.rest = samples[whole:]
@@ -211,18 +212,27 @@ class Gate:
             self.speaking = False
             self.before.extend(self.held)
             self.held = []
+            out.append((i, None))
 
-    def _join(self, frames: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
-        """Runs of consecutive frames as (first sample in the recording, samples), placed on the timeline."""
-        pieces: list[tuple[int, list[np.ndarray]]] = []
+    def _join(self, frames: list[tuple[int, np.ndarray | None]]) -> list[tuple[int, np.ndarray | None]]:
+        """Runs of consecutive frames as (first sample in the recording, samples), placed on the timeline; an
+        endpoint (a None frame) stays where it is, between them."""
+        pieces: list[tuple[int, list[np.ndarray] | None]] = []
         last = None
         for i, frame in frames:
+            if frame is None:
+                pieces.append((i * FRAME, None))
+                last = None
+                continue
             if i != last:
                 pieces.append((i * FRAME, []))
             pieces[-1][1].append(frame)
             last = i + 1
-        out = []
+        out: list[tuple[int, np.ndarray | None]] = []
         for start, parts in pieces:
+            if parts is None:
+                out.append((start, None))
+                continue
             joined = np.concatenate(parts)
             self.timeline.add(self.kept, start)
             self.kept += len(joined)
@@ -251,6 +261,8 @@ class GatedSource:
         found += gate.flush()
         self.pieces: list[tuple[int, int, int]] = []  # (first sample joined, first sample in the recording, length)
         for start, samples in found:
+            if samples is None:  # an endpoint: long-form packs the speech into windows whatever the pauses
+                continue
             joined, at, n = self.pieces[-1] if self.pieces else (0, 0, 0)
             if self.pieces and at + n == start:  # continues the last piece (across the VAD's blocks)
                 self.pieces[-1] = (joined, at, n + len(samples))

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(
 )
 GAP_S = 8.0  # seconds of faint noise between the two utterances: longer than the 2 s that ends a region
 VAD = TranscribeConfig(vad=VadConfig())
+ENDPOINT_S = (round(2.0 * 16000 / 512) - round(0.4 * 16000 / 512)) * 512 / 16000  # a kept region's end to its endpoint
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,13 @@ def test_the_gate_keeps_each_utterance_and_its_pads_and_drops_the_long_silence(p
     )
     second = speech.pieces[1][0] / 16000
     assert speech.timeline.original(second) == kept[1][0] and speech.timeline.original(second, end=True) == kept[0][1]
+    # a stream's gate says where each region ended: `min_silence_s` after its quiet began, which is `pad_s` before
+    # the kept piece's end; before the next region's audio
+    gate = Gate(VadConfig())
+    out = [(start, x) for i in range(0, len(samples), 1600) for start, x in gate.feed(samples[i : i + 1600])]
+    ends = [start / 16000 for start, x in out if x is None]
+    assert ends == pytest.approx([b + ENDPOINT_S for _, b in kept])
+    assert [start for start, x in out if x is not None and start > ends[0] * 16000][0] > ends[0] * 16000
 
 
 def test_vad_gated_longform_encodes_fewer_windows_and_keeps_the_recordings_timestamps(exported3, pauses, monkeypatch):
@@ -114,20 +122,55 @@ def test_live_with_vad_decodes_nothing_while_nobody_speaks_and_reports_the_recor
     every = len(runs)
     gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0))
     # an update a second and each window settled: 15 + 5 encoder runs; with the VAD only the 4.1 s of speech is
-    # decoded (no update while silent)
+    # decoded (no update while silent; the default delay commits nothing at an endpoint, so none decodes there)
     assert (every, len(plain)) == (20, 16) and len(runs) - every <= 6 and len(gated) <= 5
     assert gated[-1].audio_s == pytest.approx(len(samples) / 16000)  # the stream's clock, silences included
     speech = GatedSource(ArraySource(samples), VadConfig())
     gate = Gate(VadConfig())
     pieces = [x for chunk in chunks for _, x in gate.feed(chunk)] + [x for _, x in gate.flush()]
-    assert np.array_equal(np.concatenate(pieces), speech.read(0, speech.length))  # a stream gated as a file is
-    alone = list(pipe.transcribe_stream(pieces, step_s=1.0))
+    kept = [x for x in pieces if x is not None]
+    assert np.array_equal(np.concatenate(kept), speech.read(0, speech.length))  # a stream gated as a file is
+    alone = list(pipe.transcribe_stream(kept, step_s=1.0))
     # the stream of the speech alone (in the same pieces), its segments moved onto the recording's timeline
     assert [(s.start, s.end, s.tokens) for s in gated[-1].segments] == [
         (s.start, s.end, s.tokens) for s in map(speech.timeline.segment, alone[-1].segments)
     ]
     assert "".join(u.committed for u in gated) == "".join(u.committed for u in alone)
     assert any(s.start > speech.length / 16000 for s in gated[-1].segments)  # the recording's clock, not the speech's
+
+
+def test_live_with_vad_at_the_default_delay_commits_nothing_at_a_pause_and_keeps_longforms_text(
+    exported3, pauses, monkeypatch
+):
+    samples, spans = pauses
+    pipe = edgemfm.load(exported3)
+    _whole_windows(monkeypatch)
+    chunks = [samples[i : i + 1600] for i in range(0, len(samples), 1600)]
+    gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0))
+    # the default delay (30 s) is longer than the 3 s window and its pause: the first utterance (2.5 s with its pads)
+    # waits at its endpoint, and is committed once the window fills, in the second utterance
+    first = next(u for u in gated if u.committed)
+    assert first.audio_s > spans[1][0]
+    assert "".join(u.committed for u in gated) == "".join(s.text for s in pipe.transcribe(samples, VAD))
+
+
+def test_live_with_vad_and_a_short_delay_commits_an_utterance_at_the_pause_after_it(exported3, pauses, monkeypatch):
+    samples, spans = pauses
+    pipe = edgemfm.load(exported3)
+    _whole_windows(monkeypatch)
+    chunks = [samples[i : i + 1600] for i in range(0, len(samples), 1600)]
+    gated = list(pipe.transcribe_stream(chunks, VAD, step_s=1.0, commit_delay_s=0.5))
+    first = next(u for u in gated if u.committed)
+    # the first utterance and its pads (about 2.5 s) never fill a 3 s window; the 2 s pause after it counts as audio
+    # after its words (up to the window's end), which a 0.5 s delay lets through: all of it is committed at the VAD's
+    # endpoint (in the 0.1 s chunk that reaches it), long before the next utterance starts
+    speech = GatedSource(ArraySource(samples), VadConfig())
+    endpoint = (speech.pieces[0][1] + speech.pieces[0][2]) / 16000 + ENDPOINT_S
+    assert speech.pieces[0][2] < 3 * 16000 and endpoint <= first.audio_s <= endpoint + 0.1 < spans[1][0]
+    assert first.partial == "" and not first.segments  # all it heard committed; the window not cut
+    # the window goes on, continuing the committed tokens: settled, it begins with them (never rewritten)
+    settled = "".join(s.text for s in gated[-1].segments)
+    assert settled.startswith(first.committed) and settled == "".join(u.committed for u in gated)
 
 
 def test_a_stream_of_silence_keeps_nothing_and_transcribes_to_nothing(exported3):

@@ -158,10 +158,11 @@ def _job(args: argparse.Namespace) -> None:
         wav = samples = placed(samples, args.silence)
     kind, _, arg = args.job.partition(":")
     load = os.getloadavg()[0]
-    if kind in ("stream", "piece"):
+    if kind.removesuffix("+vad") in ("stream", "piece"):
         path, first, last = arg.rsplit(":", 2)
         piece = samples[int(float(first) * 16000) : int(float(last) * 16000)]
-        config = _config(False, args.condition_on_previous, args.vad)
+        config = _config(False, args.condition_on_previous, kind.endswith("+vad"))
+        kind = kind.removesuffix("+vad")
         if kind == "stream":
             delay, path = path.split(":", 1)
             out = _stream(Path(path), piece, args.step, args.chunk, config, float(delay)) | {"offset": float(first)}
@@ -228,7 +229,6 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
     common += ["--chunk", str(args.chunk)] + (["--fallback"] if args.fallback else [])
     common += ["--condition-on-previous"] if args.condition_on_previous else []
     common += ["--silence", str(args.silence)] if args.silence else []
-    common += ["--vad"] if args.vad and args.part == "stream" else []  # long-form rows say so in their job's name
     scratch.mkdir(parents=True, exist_ok=True)
     running = {}
     for name, job in jobs.items():
@@ -303,53 +303,81 @@ def longform(args: argparse.Namespace) -> None:
     _record(args.name or "speech-tiny-en-longform", title, table, note)
 
 
+def _spread(values: list[float], digits: int) -> str:
+    """The median of the rounds' values, and their range where they differ."""
+    median, low, high = (f"{x:.{digits}f}" for x in (statistics.median(values), min(values), max(values)))
+    return median if low == high else f"{median} ({low}–{high})"
+
+
+def _stream_jobs(args: argparse.Namespace, cuts: list[float], gates: tuple[str, ...]) -> dict[str, str]:
+    """Each stream's job, and each long-form reference's (of the whole file, or of each piece)."""
+    n, known = args.pieces, dict(args.longform_text)
+    jobs = {}
+    for name, path in args.bundle:
+        for g in gates:  # the stream's long-form reads what the stream reads
+            if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
+                jobs |= {f"long-form {name}{g} piece {i}": f"piece{g}:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
+            elif f"{name}{g}" not in known:
+                jobs[f"long-form {name}{g}"] = f"edgemfm{g}:{path}"
+            for delay in args.commit_delay:
+                jobs |= {
+                    f"{name}{g} {delay:g} piece {i}": f"stream{g}:{delay:g}:{path}:{cuts[i]}:{cuts[i + 1]}"
+                    for i in range(n)
+                }
+    return jobs
+
+
 def stream(args: argparse.Namespace) -> None:
     reference = (args.audio / f"{NAME}.txt").read_text()
     seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
-    gate = "+vad" if args.vad else ""  # the stream's long-form reads what the stream reads
-    jobs = {f"long-form {name}": f"edgemfm{gate}:{path}" for name, path in args.bundle if name not in known}
-    if n > 1:  # each piece's stream against that piece's long-form: the same audio, the same windows
-        jobs = {
-            f"long-form {name} piece {i}": f"piece:{path}:{cuts[i]}:{cuts[i + 1]}"
-            for name, path in args.bundle
-            for i in range(n)
-        }
-    rows = [(name, path, delay) for name, path in args.bundle for delay in args.commit_delay]
-    for name, path, delay in rows:
-        jobs |= {f"{name} {delay:g} piece {i}": f"stream:{delay:g}:{path}:{cuts[i]}:{cuts[i + 1]}" for i in range(n)}
+    # with --vad: each stream without and with the silence skipped (--vad-only: with it only)
+    gates = ("+vad",) if args.vad_only else ("", "+vad") if args.vad else ("",)
+    jobs = _stream_jobs(args, cuts, gates)
+    rounds = []  # each round's results by job; long-form (deterministic) runs in the first round only
     with tempfile.TemporaryDirectory() as scratch:
-        got = _concurrently(args, jobs, args.scratch or Path(scratch))
-    table, loads = [], [x for p in got.values() for x in p["load"]]
-    for name, _, delay in rows:
+        for r in range(args.repeats):
+            todo = jobs if r == 0 else {k: v for k, v in jobs.items() if not k.startswith("long-form")}
+            rounds.append(_concurrently(args, todo, (args.scratch or Path(scratch)) / f"round{r + 1}"))
+            print(f"round {r + 1} done", flush=True)
+    got = rounds[0]
+    table, loads = [], [x for g in rounds for p in g.values() for x in p["load"]]
+    for (name, _), g, delay in ((b, g, d) for b in args.bundle for g in gates for d in args.commit_delay):
+        row = f"{name}{g}"
         if n > 1:
-            whole = "".join(got[f"long-form {name} piece {i}"]["text"] for i in range(n))
+            whole = "".join(got[f"long-form {row} piece {i}"]["text"] for i in range(n))
         else:
-            whole = Path(known[name]).read_text() if name in known else got[f"long-form {name}"]["text"]
-        pieces = [got[f"{name} {delay:g} piece {i}"] for i in range(n)]
-        committed = "".join(p["text"] for p in pieces)
-        latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
-        cpu = sum(p["cpu"] for p in pieces)
+            whole = Path(known[row]).read_text() if row in known else got[f"long-form {row}"]["text"]
+        measured: dict[str, list[float]] = {k: [] for k in ("vs long-form", "vs text", "median", "p90", "cpu")}
+        for results in rounds:
+            pieces = [results[f"{row} {delay:g} piece {i}"] for i in range(n)]
+            committed = "".join(p["text"] for p in pieces)
+            latencies = [x for p in pieces for x in _latencies(p["commits"], p["segments"])]
+            measured["vs long-form"].append(_wer(whole, committed))
+            measured["vs text"].append(_wer(reference, committed))
+            measured["median"].append(statistics.median(latencies))
+            measured["p90"].append(float(np.percentile(latencies, 90)))
+            measured["cpu"].append(sum(p["cpu"] for p in pieces) / seconds)
         table.append(
             {
                 "bundle": name,
                 "step s": f"{args.step:g}",
                 "commit delay s": f"{delay:g}",
                 "earlier text read": "yes" if args.condition_on_previous else "no",
-                **({"VAD": "yes"} if args.vad else {}),
-                "WER committed vs long-form %": f"{_wer(whole, committed):.2f}",
-                "WER committed vs text %": f"{_wer(reference, committed):.2f}",
+                **({"VAD": "yes" if g else "no"} if args.vad or args.vad_only else {}),
+                "WER committed vs long-form %": _spread(measured["vs long-form"], 2),
+                "WER committed vs text %": _spread(measured["vs text"], 2),
                 "WER long-form vs text %": f"{_wer(reference, whole):.2f}",
-                "latency median s": f"{statistics.median(latencies):.2f}",
-                "latency p90 s": f"{np.percentile(latencies, 90):.2f}",
-                "stream CPU s per audio s": f"{cpu / seconds:.3f}",
-                "stream CPU s": f"{cpu:.1f}",
+                "latency median s": _spread(measured["median"], 2),
+                "latency p90 s": _spread(measured["p90"], 2),
+                "stream CPU s per audio s": _spread(measured["cpu"], 3),
             }
         )
         if args.texts:
             args.texts.mkdir(parents=True, exist_ok=True)
-            (args.texts / f"stream_{name}_delay{delay:g}.txt").write_text(committed)
+            (args.texts / f"stream_{row}_delay{delay:g}.txt").write_text(committed)
+            (args.texts / f"longform_{row}.txt").write_text(whole)
     how = "one stream" if n == 1 else f"{n} consecutive streams of {seconds / n:.0f} s (one process each, at once)"
     how += "" if n == 1 else ", each against the long-form text of its own piece (one process each, at once)"
     note = (
@@ -364,6 +392,18 @@ def stream(args: argparse.Namespace) -> None:
         "committed it, plus the CPU time since the previous update (so contention does not enter it); "
         f"load average {min(loads):.1f}–{max(loads):.1f} on 2 shared cores."
     )
+    if args.repeats > 1:
+        note += (
+            f" {args.repeats} rounds, the streams of a round at once: the median of the rounds, their range in "
+            "brackets where they differ (long-form ran once: it is deterministic)."
+        )
+    if args.vad or args.vad_only:
+        note += (
+            " Rows with VAD stream only what silero VAD hears as speech (faster-whisper's vad_filter settings), "
+            "against `--vad` long-form's text; at each VAD endpoint (2 s of silence after speech) the pause counts as "
+            "audio after the words heard (up to the window's end): the words the commit delay then lets through are "
+            "committed there."
+        )
     if known:
         note += " Long-form text of " + ", ".join(f"{k} from {Path(v).name}" for k, v in known.items()) + "."
     title = args.title or "Whisper tiny.en (real weights), live streaming over the same file"
@@ -456,9 +496,10 @@ def main() -> None:
     p.add_argument(
         "--vad",
         action="store_true",
-        help="--part longform: each edgemfm and faster-whisper row also with the silence skipped by silero VAD (+vad); "
-        "--part stream: the streams and their long-form with it",
+        help="each edgemfm (and faster-whisper) row, or stream and its long-form, also with the silence skipped by "
+        "silero VAD (+vad)",
     )
+    p.add_argument("--vad-only", action="store_true", help="--part stream: only the streams with silero VAD (+vad)")
     p.add_argument("--no-transformers", action="store_true", help="--part longform: no transformers row")
     p.add_argument("--name", help="the result file's name (default speech-tiny-en-longform or -streaming)")
     p.add_argument("--title", help="its heading")
