@@ -13,7 +13,6 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture
 def longform(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # `benchmarks` is a folder of the repository, not an installed package
-    pytest.importorskip("jiwer")
     from benchmarks.speech import tiny_en_longform
 
     return tiny_en_longform
