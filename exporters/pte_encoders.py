@@ -13,8 +13,7 @@ WAVs of `--calibration DIR`, or the built-in drawings and spoken clips, pre-proc
 runtime's own PREPROCESSORS. An encoder whose whole static int8 module is broken on its own calibration items
 (output SQNR under BROKEN_DB: per-tensor ranges cannot hold the real Whisper encoder's linear and residual
 outliers) runs its linears at dynamic int8 instead, the activations' ranges taken per row at run time as
-faster-whisper does, and only its convolutions static; the report's notes say so, with the dB. If that module
-still misses TARGET_DB with its costliest linears float (`linears_to_keep`), the encoder stays float (`MISSED`).
+faster-whisper does, and only its convolutions static; the report's notes say so, with the dB.
 An encoder whose items are tiled or patched before encoding
 (Idefics3, Qwen2-VL), or that no item reaches (a folder without WAVs), stays float, and the
 report says why. The converted module IS the fake-quantized PyTorch model the program is checked against.
@@ -57,12 +56,6 @@ TARGET_DB = 25.0
 # a linear whose int8 alone leaves the output over TARGET_DB + this is not why the encoder is under TARGET_DB (its
 # noise is under a tenth of the target's): it stays int8, so an encoder whose noise is its convs' keeps its linears
 LINEAR_MARGIN_DB = 10.0
-# why an encoder stays float: broken at static int8, its dynamic-linear module still under TARGET_DB with every
-# costly linear float. Its noise then reaches every decoded token through the cross-attention K/V: tiny.en's (24.5
-# dB) doubled the pte int8 bundle's teacher-forced next-token KL against fp32 (0.0060; float encoder 0.0029), and
-# over three window placements of the 605 s file its median WER was 22.51 against 20.18 float (BENCHMARKS.md, the
-# 605 s pte section); one placement could not tell them apart
-MISSED = "int8 misses its target"
 
 
 def encoder_inputs(split: Split, folder: str | Path | None) -> tuple[dict[str, list[tuple]], dict[str, str]]:
@@ -133,8 +126,6 @@ def quantize_encoder(
             db = _sqnr(captured, converted, inputs)
         if db < TARGET_DB:
             linears, converted, after = linears_to_keep(captured, inputs, worst, dynamic, (converted, db))
-            if dynamic and after < TARGET_DB:
-                return unit, _float(name, f"{note}; {len(linears)} linears float: {db:.1f} -> {after:.1f} dB")
             worst |= linears
             note += f"; {len(linears)} linears float: {db:.1f} -> {after:.1f} dB (target {TARGET_DB:g})"
     done, floats = _count(converted.graph)
@@ -152,23 +143,9 @@ def quantize_encoder(
     )
 
 
-def _float(name: str, note: str) -> Quantization:
-    """What was done to an encoder left float (`MISSED`): nothing, and why, in its float units and its note."""
-    why = f"{MISSED} ({note.rpartition('; ')[2]} < {TARGET_DB:g} on calibration)"
-    return Quantization(
-        schemes=(),
-        quantized_units=0,
-        float_units={f"{name}/*": why},
-        notes={name: f"float: {note}, under the target {TARGET_DB:g} dB"},
-        quantized_nodes={},
-        weight_bytes=0,  # filled by the writer from the captured program
-    )
-
-
 def with_float_convs(recipe: Recipe, quantization: dict[str, Quantization]) -> Recipe:
-    """`recipe` with a float rule first for each convolution or linear an encoder's quantization kept float
-    (`sensitive`, `linears_to_keep`) and for each encoder left float whole (`MISSED`), so the manifest's recipe says
-    what the program runs.
+    """`recipe` with a float rule first for each convolution an encoder's quantization kept float (`sensitive`), so
+    the manifest's recipe says what the program runs.
 
     Example:
         >>> with_float_convs(recipe, quantization).spec_for("vision_encoder/model.vision_tower._conv_stem")  # doctest: +SKIP
@@ -177,7 +154,7 @@ def with_float_convs(recipe: Recipe, quantization: dict[str, Quantization]) -> R
         Rule(unit, None)
         for name in ENCODERS
         for unit, why in (quantization[name].float_units if name in quantization else {}).items()
-        if why.startswith((SENSITIVE, MISSED))
+        if why.startswith(SENSITIVE)
     )
     return replace(recipe, rules=(*kept, *recipe.rules))
 
