@@ -18,7 +18,7 @@ from edgemfm.errors import InputError
 from edgemfm.runtimes.audio import read_wav, resample
 from edgemfm.runtimes.longform import LongForm, TranscribeConfig
 from edgemfm.runtimes.mel_windows import ArraySource
-from edgemfm.runtimes.vad import Gate, GatedSource, Timeline, VadConfig
+from edgemfm.runtimes.vad import FRAME, RATE, Gate, GatedSource, Timeline, VadConfig
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("silero_vad") is None,
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.skipif(
 )
 GAP_S = 8.0  # seconds of faint noise between the two utterances: longer than the 2 s that ends a region
 VAD = TranscribeConfig(vad=VadConfig())
-ENDPOINT_S = (round(2.0 * 16000 / 512) - round(0.4 * 16000 / 512)) * 512 / 16000  # a kept region's end to its endpoint
+# a kept region's end to its endpoint: min_silence_s of quiet frames after the speech, less the pad_s kept of them
+ENDPOINT_S = (round(VadConfig().min_silence_s * RATE / FRAME) - round(VadConfig().pad_s * RATE / FRAME)) * FRAME / RATE
 
 
 @pytest.fixture(scope="module")
