@@ -44,7 +44,6 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-vad-gaps290s",
     "speech-tiny-en-vad-142s",
     "speech-tiny-en-streaming-gaps290s-int8-pi5",
-    "speech-tiny-en-streaming-gaps290s-int8-pi5-vad",
     "speech-tiny-en-streaming-gaps290s-vad-endpoint",
     "runtime-chat",
     "runtime-visual-tokens",
