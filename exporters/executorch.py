@@ -172,7 +172,7 @@ def _check(
     units: dict[str, ExportUnit],
     references: dict[str, list[torch.Tensor]],
     tolerances: dict[str, float],
-    floats: dict[str, list[torch.Tensor]] | None = None,
+    floats: dict[str, list[torch.Tensor]],
 ) -> dict[str, Parity]:
     """Run every method once in the ExecuTorch runtime on its example inputs, against PyTorch.
 
@@ -195,7 +195,7 @@ def _check(
         diff = max(float((g - r).abs().max()) if r.numel() else 0.0 for g, r in zip(got, reference))
         # Relative to the outputs' magnitude, as for ONNX: float32 sums of large activations carry larger errors.
         scale = max([1.0] + [float(r.abs().max()) for r in reference if r.numel()])
-        share = _noise_share(got, reference, (floats or {})[name]) if name in (floats or {}) else None
+        share = _noise_share(got, reference, floats[name]) if name in floats else None
         if not (diff <= tolerance * scale or (share is not None and share <= NOISE_SHARE)):
             shared = "" if share is None else f", and by {share:.2g} of its quantization noise > {NOISE_SHARE:g}"
             raise ParityError(
