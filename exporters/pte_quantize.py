@@ -52,7 +52,6 @@ METHOD = "hqq"  # torchao's "hqq_scale_only": HQQ's search for the scales, as ex
 TABLES = "token_embedding"  # the one component that looks tokens up: a decoder's own table is unused (it takes
 # inputs_embeds) and stays as it is
 HEAD = "text_decoder/lm_head"  # the output head's unit, as quantize_module names it (every family's static decoder)
-HEAD_GROUP = 32  # the int4 head's largest group: the logits' projection, whose int4 error costs the most
 TOLERANCE = 0.1  # of the outputs' scale: XNNPACK rounds its dynamic int8 activations unlike torchao's emulation
 # or this share of its quantization noise, RMS (exporters/executorch.py's check): a deep decoder's max difference on
 # random inputs is chaotic, where a program that skips its quantization is the whole noise from its module
@@ -112,7 +111,7 @@ def pte_recipe(profile: DeviceProfile, precision: str, planned: Recipe | None = 
     elif precision == "int4":
         # the head in finer groups: a few percent more of its time, where a per-channel int8 head would cost
         # more than the whole margin over ExecuTorch's program; the table as 8-bit rows: only looked up
-        head = QuantSpec(bits=4, group_size=min(group, HEAD_GROUP), method=METHOD, activation_bits=8)
+        head = QuantSpec(bits=4, group_size=min(group, presets.HEAD_GROUP), method=METHOD, activation_bits=8)
         text = (Rule(HEAD, head), Rule("text_decoder/*", linear[4]), Rule(f"{TABLES}/*", table[8]))
     else:
         text = (Rule("text_decoder/*", linear[8]), Rule(f"{TABLES}/*", table[8]))

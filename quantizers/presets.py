@@ -12,7 +12,8 @@ into a `Recipe`:
 | x86-cpu     | CPU                             | MatMulNBits int8 g32, int8 compute     | MatMulNBits + zero points, int8 compute (VNNI/AVX2)   |
 
 Every int4 MatMul gets `clip_search` scales (searched per block against calibration activations);
-on the CPUs each block keeps its own [min, max] range with a zero point.
+on the CPUs each block keeps its own [min, max] range with a zero point. The head (and the token table
+it shares) takes blocks of HEAD_GROUP where the profile has them.
 
 On the CPUs, int8 MatMuls are int8 blocks whose activations are smoothed (SmoothQuant) and
 quantized per block of 32 at run time, not per tensor (`quantize_dynamic`, still available to
@@ -29,6 +30,8 @@ Example:
     >>> from edgemfm.profiles import load_profile
     >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/layers.0/mlp.up_proj")
     QuantSpec(bits=4, group_size=64, symmetric=False, method='clip_search', activation_bits=8)
+    >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/tied_head").group_size
+    32
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ from edgemfm.recipe import FLOAT32, QuantSpec, Recipe, Rule
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4", "auto")
 PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 more bits per weight in scales
+# the int4 head's largest group: the logits' projection, whose int4 error costs the most. SmolLM2-135M, the rest at g64:
+# perplexity 27.70 against 28.57 on eval_en.txt, 21.61 / 47.46 against 22.21 / 50.85 on 2,047 tokens of two other
+# texts, for 1.9 MiB more (BENCHMARKS.md, the SmolLM2 side by side); ExecuTorch's pte int4 head takes the same group
+HEAD_GROUP = 32
+HEADS = ("text_decoder/lm_head", "text_decoder/tied_head")  # the head's unit, untied or sharing the token table
 
 
 @dataclass(frozen=True)
@@ -129,4 +137,11 @@ def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
         allowed = ["fp32", "auto", *(p for p, b in (("fp16", 16), ("int8", 8), ("int4", 4)) if b in available)]
         raise InputError(f"precision {precision!r} has no kernels on {profile.name}; allowed: {', '.join(allowed)}")
     decoder = target_of(profile).int8_decoder if bits == 8 else None
-    return Recipe(rules=(*([Rule("text_decoder/*", decoder)] if decoder else []), Rule("*", available[bits])))
+    head = replace(available[4], group_size=HEAD_GROUP) if bits == 4 and HEAD_GROUP in profile.group_sizes else None
+    return Recipe(
+        rules=(
+            *([Rule("text_decoder/*", decoder)] if decoder else []),
+            *([Rule(unit, head) for unit in HEADS] if head and head.group_size < available[4].group_size else []),
+            Rule("*", available[bits]),
+        )
+    )

@@ -54,6 +54,24 @@ def test_a_tied_head_and_its_lookup_read_one_table_stored_once(tied_int4):
     assert "one table" in m.report.quantization["token_embedding"].notes["token_embedding"]
 
 
+def test_the_int4_head_and_its_table_take_finer_blocks_than_the_layers(tied_int4):
+    """presets.HEAD_GROUP: the head (and the table its lookup shares) in blocks of 32, the layers at the preset's 64."""
+    from edgemfm.quantizers.presets import HEAD_GROUP, PREFERRED_GROUP
+
+    embed = onnx.load(str(tied_int4 / "token_embedding.onnx"), load_external_data=False)
+    decoder = onnx.load(str(tied_int4 / "text_decoder.onnx"), load_external_data=False)
+    ext = {i.name: _external(i) for i in decoder.graph.initializer}
+
+    def block(node) -> int:
+        return next(a.i for a in node.attribute if a.name == "block_size")
+
+    blocks = {
+        ext.get(n.input[1]) == tied_table.FILE: block(n) for n in decoder.graph.node if n.op_type == "MatMulNBits"
+    }
+    (lookup,) = [n for n in embed.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert blocks == {True: HEAD_GROUP, False: PREFERRED_GROUP} and block(lookup) == HEAD_GROUP
+
+
 def test_the_lookup_returns_the_heads_own_dequantized_rows(tied_int4):
     """The embedding rows are the int4 head's columns: same codes, scales and zero points (equal to
     float rounding: the two kernels order the de-quantizing multiply and subtract differently)."""
