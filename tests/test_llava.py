@@ -89,6 +89,7 @@ def test_unsupported_architecture_is_named(tmp_path, capsys):
     assert "\n" not in line and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_siglip_tower_generates_as_transformers_does(tmp_path):
     """SigLIP's processor stretches to height x width with no crop; saved nested, as transformers 5 writes it."""
     from transformers import LlavaForConditionalGeneration, SiglipImageProcessorPil

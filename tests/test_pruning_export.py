@@ -170,6 +170,7 @@ def test_encoder_heads_and_unknown_components_are_refused_in_one_line(tmp_path, 
         assert not (tmp_path / "o").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_recovery_distils_the_pruned_decoder_towards_the_unpruned_one_repeatably(tmp_path):
     from edgemfm.pruners.importance import read_texts
     from edgemfm.pruners.prune import PruneConfig, prune_model

@@ -2,7 +2,8 @@
 and head, on ExecuTorch's own ops (exporters/llm_ops.py): its greedy tokens, its budget, its runtime, its sliding window, its refusals.
 
 The tiny model is SmolLM2's shape scaled down (4 query heads over 2 KV heads of 32), exported at fp32 so the
-cache's int8 is the only rounding between the program and transformers' float model.
+cache's int8 is the only rounding between the program and transformers' float model. The rows that run the program
+share one ~40 s export: -m slow (the option does not pay on x86, BENCHMARKS.md); the refusal runs by default.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _transformers(checkpoint, ids: list[int], new: int) -> tuple[list[int], np.n
     return out[0, len(ids) :].tolist(), logits
 
 
+@pytest.mark.slow
 def test_the_manifest_and_the_summary_say_the_cache_is_int8_per_token(bundle):
     kv = read_manifest(bundle).components["text_decoder"].kv_cache
     assert (kv.kind, kv.dtype, kv.scales, kv.max_seq_len) == ("static", "int8", "per_token", MAX_SEQ_LEN)
@@ -58,6 +60,7 @@ def test_the_manifest_and_the_summary_say_the_cache_is_int8_per_token(bundle):
     assert ops.get("llama_custom_quantized_sdpa_default") == 3 and "llama_custom_sdpa_default" not in ops
 
 
+@pytest.mark.slow
 def test_int8_cache_greedy_tokens_equal_the_float_model_and_its_logits_are_close(checkpoint, bundle):
     """The float-cache program's tokens are transformers' (tests/test_pte.py); the int8 cache keeps them on a short
     prompt, and its prompt logits stay within 10% of the logits' range (measured 6.7% at the worst of 22 x 260:
@@ -75,6 +78,7 @@ def test_int8_cache_greedy_tokens_equal_the_float_model_and_its_logits_are_close
     assert float(np.abs(logits - reference).max()) <= 0.1 * span
 
 
+@pytest.mark.slow
 def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_float32(bundle):
     from edgemfm.runtimes.budget import kv_cache_bytes
 
@@ -86,6 +90,7 @@ def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_fl
     assert 0.25 < kv_cache_bytes(decoder, 1000) / kv_cache_bytes(floats, 1000) < 0.3
 
 
+@pytest.mark.slow
 def test_a_stream_past_the_int8_cache_slides_as_a_fresh_program_and_runs_again_the_same(bundle):
     """The window slides by feeding the kept rows again (runtimes/static_cache.py): the program writes their int8
     rows and scales anew, so its next logits are those of a fresh program fed the kept rows, and the buffers'
@@ -110,6 +115,7 @@ def test_a_stream_past_the_int8_cache_slides_as_a_fresh_program_and_runs_again_t
     assert short == list(edgemfm.load(bundle).generate_tokens(PROMPT, max_new_tokens=8))
 
 
+@pytest.mark.slow
 def test_speculative_rollbacks_on_the_int8_cache_keep_the_plain_answer(bundle):
     """Prompt lookup proposes runs of the prompt; each rejection moves the position back, and the next call
     overwrites the rejected int8 rows and their scales."""

@@ -290,6 +290,7 @@ def _questions(tmp_path, picture):
     return data
 
 
+@pytest.mark.slow
 def test_cascade_mode_can_choose_a_pruned_candidate_bundle(default_bundle, pruned_bundle, picture, tmp_path):
     """A candidate bundle is searched at every precision mix beside the source, all its components its own. Under a
     memory budget that none of the source's points fits (2.7 MB: its smallest, int4 at 256 positions, needs 3.0; the

@@ -137,6 +137,7 @@ def test_the_demo_encoder_pools_its_four_rows_to_two(tmp_path, picture):
     assert np.isfinite(pipe.encode("image", picture)).all()
 
 
+@pytest.mark.slow
 def test_a_demo_pooled_to_one_by_two_before_its_projector_exports_two_rows_and_answers(tmp_path, picture):
     from edgemfm.exporters import demo
 
