@@ -13,8 +13,7 @@ into a `Recipe`:
 
 Every int4 MatMul gets `clip_search` scales (searched per block against calibration activations);
 on the CPUs each block keeps its own [min, max] range with a zero point. The head (and the token table
-it shares), and in each decoder layer down_proj and the q/k/v projections (FINE_ROLES), take blocks of HEAD_GROUP
-where the profile has them.
+it shares) takes blocks of HEAD_GROUP where the profile has them.
 
 On the CPUs, int8 MatMuls are int8 blocks whose activations are smoothed (SmoothQuant) and
 quantized per block of 32 at run time, not per tensor (`quantize_dynamic`, still available to
@@ -33,8 +32,6 @@ Example:
     QuantSpec(bits=4, group_size=64, symmetric=False, method='clip_search', activation_bits=8)
     >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/tied_head").group_size
     32
-    >>> recipe_for(load_profile("pi5"), "int4").spec_for("text_decoder/layers.0/self_attn.qkv_proj").group_size
-    32
 """
 
 from __future__ import annotations
@@ -52,12 +49,6 @@ PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 
 # texts, for 1.9 MiB more (BENCHMARKS.md, the SmolLM2 side by side); ExecuTorch's pte int4 head takes the same group
 HEAD_GROUP = 32
 HEADS = ("text_decoder/lm_head", "text_decoder/tied_head")  # the head's unit, untied or sharing the token table
-# the decoder layers' roles whose int4 blocks take HEAD_GROUP too: down_proj and the q/k/v projections (packed or not).
-# SmolLM2-135M, the head at g32 and the rest at g64, perplexity on eval_en.txt / 2,047 tokens of WordNet / of docs, MiB:
-# no role 27.70 / 21.61 / 47.46 / 79.5; down_proj 27.69 / 21.18 / 46.41 / 81.3; q/k/v and o 26.89 / 20.89 / 48.15 / 81.3;
-# down_proj and o 27.82 / 21.13 / 46.71 / 81.9; down_proj and q/k/v 27.45 / 20.70 / 46.56 / 82.4 (taken: the only one
-# better on all three, within genai's 82.5 MiB); every layer at g32 26.94 / 20.57 / 45.59 / 86.6
-FINE_ROLES = ("mlp.down_proj", "self_attn.qkv_proj", "self_attn.[qkv]_proj")
 
 
 @dataclass(frozen=True)
@@ -146,12 +137,11 @@ def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
         allowed = ["fp32", "auto", *(p for p, b in (("fp16", 16), ("int8", 8), ("int4", 4)) if b in available)]
         raise InputError(f"precision {precision!r} has no kernels on {profile.name}; allowed: {', '.join(allowed)}")
     decoder = target_of(profile).int8_decoder if bits == 8 else None
-    fine = replace(available[4], group_size=HEAD_GROUP) if bits == 4 and HEAD_GROUP in profile.group_sizes else None
-    units = (*HEADS, *(f"text_decoder/*/{role}" for role in FINE_ROLES))
+    head = replace(available[4], group_size=HEAD_GROUP) if bits == 4 and HEAD_GROUP in profile.group_sizes else None
     return Recipe(
         rules=(
             *([Rule("text_decoder/*", decoder)] if decoder else []),
-            *([Rule(unit, fine) for unit in units] if fine and fine.group_size < available[4].group_size else []),
+            *([Rule(unit, head) for unit in HEADS] if head and head.group_size < available[4].group_size else []),
             Rule("*", available[bits]),
         )
     )

@@ -54,29 +54,22 @@ def test_a_tied_head_and_its_lookup_read_one_table_stored_once(tied_int4):
     assert "one table" in m.report.quantization["token_embedding"].notes["token_embedding"]
 
 
-def test_the_int4_head_its_table_down_and_qkv_take_finer_blocks_than_the_rest(tied_int4):
-    """presets.HEAD_GROUP: the head (and the table its lookup shares), each layer's down_proj and packed q/k/v in
-    blocks of 32 (presets.FINE_ROLES); o_proj and the packed gate/up at the preset's 64."""
+def test_the_int4_head_and_its_table_take_finer_blocks_than_the_layers(tied_int4):
+    """presets.HEAD_GROUP: the head (and the table its lookup shares) in blocks of 32, the layers at the preset's 64."""
     from edgemfm.quantizers.presets import HEAD_GROUP, PREFERRED_GROUP
 
     embed = onnx.load(str(tied_int4 / "token_embedding.onnx"), load_external_data=False)
     decoder = onnx.load(str(tied_int4 / "text_decoder.onnx"), load_external_data=False)
     ext = {i.name: _external(i) for i in decoder.graph.initializer}
-    # the tied model's roles by their MatMul's (K, N): hidden 128, 8 heads of 16 over 4 KV heads, MLP 150
-    roles = {(128, 256): "qkv", (128, 128): "o", (128, 300): "gate_up", (150, 128): "down"}
 
-    def role(node) -> str:
-        attrs = {a.name: a.i for a in node.attribute}
-        return "head" if ext.get(node.input[1]) == tied_table.FILE else roles[attrs["K"], attrs["N"]]
+    def block(node) -> int:
+        return next(a.i for a in node.attribute if a.name == "block_size")
 
-    blocks: dict[str, set[int]] = {}
-    for n in decoder.graph.node:
-        if n.op_type == "MatMulNBits":
-            blocks.setdefault(role(n), set()).add(next(a.i for a in n.attribute if a.name == "block_size"))
+    blocks = {
+        ext.get(n.input[1]) == tied_table.FILE: block(n) for n in decoder.graph.node if n.op_type == "MatMulNBits"
+    }
     (lookup,) = [n for n in embed.graph.node if n.op_type == "GatherBlockQuantized"]
-    fine, rest = {HEAD_GROUP}, {PREFERRED_GROUP}
-    assert blocks == {"head": fine, "qkv": fine, "down": fine, "o": rest, "gate_up": rest}
-    assert next(a.i for a in lookup.attribute if a.name == "block_size") == HEAD_GROUP
+    assert blocks == {True: HEAD_GROUP, False: PREFERRED_GROUP} and block(lookup) == HEAD_GROUP
 
 
 def test_the_lookup_returns_the_heads_own_dequantized_rows(tied_int4):

@@ -54,7 +54,7 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
     ),
     "edgemfm-int4": (
         "edgemfm:edgemfm-int4",
-        "host int4 preset: int4 g64 MatMulNBits (clip_search scales; the head and its table, down_proj and q/k/v g32), int8 compute; int4 embedding",
+        "host int4 preset: int4 g64 MatMulNBits (clip_search scales; the head and its table g32), int8 compute; int4 embedding",
     ),
     "edgemfm-pte-int4": (
         "edgemfm:edgemfm-pte-int4",
