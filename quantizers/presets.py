@@ -46,7 +46,10 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4", "auto")
 PREFERRED_GROUP = 64  # int4 block size when the profile takes it: 32 costs 0.5 more bits per weight in scales
 # the int4 head's largest group: the logits' projection, whose int4 error costs the most. SmolLM2-135M, the rest at g64:
 # perplexity 27.70 against 28.57 on eval_en.txt, 21.61 / 47.46 against 22.21 / 50.85 on 2,047 tokens of two other
-# texts, for 1.9 MiB more (BENCHMARKS.md, the SmolLM2 side by side); ExecuTorch's pte int4 head takes the same group
+# texts, for 1.9 MiB more (BENCHMARKS.md, the SmolLM2 side by side); ExecuTorch's pte int4 head takes the same group.
+# More roles at g32 measured (before clip_search's refit): down_proj 27.69 / 21.18 / 46.41 for 1.8 MiB more; q/k/v and o
+# 26.89 / 20.89 / 48.15 (+1.8); down_proj and q/k/v 27.45 / 20.70 / 46.56 (+2.9, 4% slower decode). With the refit they
+# add less than it: the head alone 26.43 / 20.41 / 44.24; down_proj and q/k/v too 26.62 / 19.89 / 43.63, at 82.4 MiB
 HEAD_GROUP = 32
 HEADS = ("text_decoder/lm_head", "text_decoder/tied_head")  # the head's unit, untied or sharing the token table
 
