@@ -334,6 +334,7 @@ def _int8_encoder_program(name: str, unit, calibration: list, tmp_path: Path):
     )
 
 
+@pytest.mark.slow
 def test_qwen2_audios_encoder_quantizes_with_its_integer_positions_kept_integer(tmp_path):
     """XNNPACKQuantizer turns the scalars of `(frames - 1) // 2 + 1` into float constants: the encoder's positions
     and its mask's indices became float and the calibration failed ("tensors used as indices must be long ...")."""
@@ -376,6 +377,7 @@ class _Cnn(torch.nn.Module):
         return self.head(self.body(torch.relu(self.stem(x))).flatten(1))
 
 
+@pytest.mark.slow
 def test_an_encoders_convolution_whose_int8_alone_loses_the_output_stays_float_and_is_named(tmp_path):
     from edgemfm.exporters.family import ExportUnit
     from edgemfm.exporters.pte_encoders import SENSITIVE_DB, with_float_convs
@@ -422,7 +424,14 @@ class _Padded(_Cnn):
         return self.head(h[..., 1:-1, 1:-1].flatten(1))
 
 
-@pytest.mark.parametrize(("model", "judged"), [(_Cnn, {"conv2d"}), (_Padded, {"conv2d"}), (_Front, set())])
+@pytest.mark.parametrize(
+    ("model", "judged"),
+    [
+        (_Cnn, {"conv2d"}),
+        pytest.param(_Padded, {"conv2d"}, marks=pytest.mark.slow),
+        (_Front, set()),
+    ],
+)
 def test_only_convolutions_chained_as_a_cnns_are_judged_as_the_onnx_judge_does(model, judged):
     # Whisper's two convs around a GELU are no chain: the ONNX judge (conv_qlinear.chained) leaves them int8, and so
     # does this one (kept float, the tiny Whisper's int8 program drifted from its PT2E module past the parity check)
