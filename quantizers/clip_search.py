@@ -138,7 +138,7 @@ def quantize_blocks_asymmetric(
         best_z = z if best_z is None else np.where(better, z, best_z)
         best_err = np.where(better, err, best_err)
     best_s, best_z = _refit(wt, h, best_s, best_z, best_err, top)
-    q = np.clip(np.round(wt / best_s[:, :, None]) + best_z[:, :, None], 0, top).astype(np.int16) - mid
+    q = _codes(wt, best_s, best_z, top).astype(np.int16) - mid
     return q, best_s.astype(np.float32), best_z.astype(np.uint8)
 
 

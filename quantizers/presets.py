@@ -140,11 +140,6 @@ def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
         allowed = ["fp32", "auto", *(p for p, b in (("fp16", 16), ("int8", 8), ("int4", 4)) if b in available)]
         raise InputError(f"precision {precision!r} has no kernels on {profile.name}; allowed: {', '.join(allowed)}")
     decoder = target_of(profile).int8_decoder if bits == 8 else None
-    head = replace(available[4], group_size=HEAD_GROUP) if bits == 4 and HEAD_GROUP in profile.group_sizes else None
-    return Recipe(
-        rules=(
-            *([Rule("text_decoder/*", decoder)] if decoder else []),
-            *([Rule(unit, head) for unit in HEADS] if head and head.group_size < available[4].group_size else []),
-            Rule("*", available[bits]),
-        )
-    )
+    finer = bits == 4 and HEAD_GROUP in profile.group_sizes and HEAD_GROUP < available[4].group_size
+    heads = [Rule(unit, replace(available[4], group_size=HEAD_GROUP)) for unit in HEADS] if finer else []
+    return Recipe(rules=(*([Rule("text_decoder/*", decoder)] if decoder else []), *heads, Rule("*", available[bits])))
