@@ -24,6 +24,10 @@ from edgemfm.runtimes.preprocess import PREPROCESSORS
 
 # precision -> the least teacher-forced top-1 agreement with float on the spoken clip
 AGREEMENT = {"int8": 0.7, "auto": 0.55, "int4": 0.2}
+# precision -> the least cosine of every component's report figure. The audio encoder's int4 figure is taken on
+# whole windows of the built-in speech (calibration.speech_windows): this random encoder reads 0.836 there with
+# clip_search (0.829 round-to-nearest), where int8 reads 0.998
+COSINE = {"int8": 0.9, "auto": 0.9, "int4": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +98,7 @@ def test_quantized_whisper_exports_and_transcribes_close_to_float(
     report = pipe.manifest.report.quantization
     assert set(report) == {"audio_encoder", "token_embedding", "text_decoder"}
     # every component measured: the decoder on its next-token distribution with the clips' cross-attention
-    assert all(report[c].sqnr_db is not None and report[c].cosine > 0.9 for c in report)
+    assert all(report[c].sqnr_db is not None and report[c].cosine > COSINE[precision] for c in report)
     assert report["text_decoder"].judged.by == "text_decoder"
     if precision == "int8":
         # on the built-in phrases (the report's own figure also holds whole windows of speech, a harder input)
