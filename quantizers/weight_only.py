@@ -76,6 +76,12 @@ def check(spec: QuantSpec) -> None:
     if spec.method == "k_quant" and g != 32:
         # ORT's k-quant (from neural-compressor) always writes blocks of 32 (measured: a 64 request breaks the reshape)
         raise ConfigError(f"method 'k_quant' takes group size 32 only, not {g}")
+    if spec.method == "gptq" and not spec.symmetric:
+        # ORT's GPTQ packs a column's zero points as if its blocks were even in number (measured: K 150 in blocks
+        # of 64 breaks its reshape; SmolLM2's 576 in blocks of 64 is 9 blocks too)
+        raise ConfigError(
+            "method 'gptq' (ONNX Runtime's) is symmetric only; allowed: symmetric=True, or 'gptq_act_order'"
+        )
     if g < 16 or g & (g - 1):
         raise ConfigError(f"group size {g} must be a power of two >= 16 for MatMulNBits")
 

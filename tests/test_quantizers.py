@@ -251,6 +251,14 @@ def test_methods_and_partial_recipes(default_bundle, tmp_path):
         )
 
 
+def test_onnx_runtimes_gptq_with_zero_points_is_refused_in_one_line():
+    from edgemfm.quantizers import weight_only
+
+    weight_only.check(QuantSpec(bits=4, group_size=64, method="gptq"))
+    with pytest.raises(ConfigError, match="'gptq'.* symmetric only; allowed: symmetric=True, or 'gptq_act_order'"):
+        weight_only.check(QuantSpec(bits=4, group_size=64, symmetric=False, method="gptq"))
+
+
 def test_auto_plans_bits_per_layer_within_the_tolerance(quantized):
     m, stage = quantized("pi5", "auto", accuracy_tolerance_db=15.0)
     plan = m.report.plan
