@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import demo_weights
 
 REPO = Path(__file__).resolve().parents[1]
 ANDROID = REPO / "samples" / "android"
@@ -423,6 +424,7 @@ def demo_int8_android(tmp_path_factory) -> Path:
 def _export_demo(out: Path, precision: str) -> Path:
     import edgemfm
 
+    demo_weights()
     return edgemfm.export(edgemfm.ExportConfig(device="android", precision=precision, out=out))
 
 

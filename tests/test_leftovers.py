@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import demo_weights
 
 from edgemfm import bundle, leftovers
 from edgemfm.cli import main
@@ -236,6 +237,7 @@ def test_killed_demo_export_leaves_its_output_whole_and_the_rerun_succeeds(tmp_p
     """The built-in demo model (its scratch folder holds ~570 MB): killed while exporting over an
     existing output with --force, it leaves that output untouched or whole; a rerun sweeps the
     dead run's folders and writes the bundle. Minutes: each case exports the demo model."""
+    demo_weights()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import demo_weights
 from test_pte import methods_match_pytorch
 
 import edgemfm
@@ -33,6 +34,7 @@ MAX_NEW_TOKENS = 8  # the demo's answers are one or two words
 def demo_checkpoint(tmp_path_factory) -> Path:
     from edgemfm.exporters import demo_sources
 
+    demo_weights()
     return demo_sources.build_default(tmp_path_factory.mktemp("models") / demo_sources.MODEL_ID)
 
 
