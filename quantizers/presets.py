@@ -126,6 +126,7 @@ def recipe_for(profile: DeviceProfile, precision: str) -> Recipe:
     """The recipe of a named precision (not `auto`: the planner builds that one) on `profile`.
 
     Example:
+        >>> from edgemfm.profiles import load_profile
         >>> recipe_for(load_profile("jetson"), "int8").rules[-1].spec.method
         'percentile'
     """
