@@ -35,7 +35,7 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     signal = float(np.sum(ref**2))
     if noise == 0.0:
         return MAX_DB
-    return min(MAX_DB, 10.0 * np.log10(max(signal, 1e-30) / noise))
+    return min(MAX_DB, float(10.0 * np.log10(max(signal, 1e-30) / noise)))
 
 
 def distribution_power(ref: np.ndarray, vocab: int, got: np.ndarray | None = None) -> float:
@@ -69,7 +69,11 @@ def distribution_sqnr_db(ref: np.ndarray, got: np.ndarray, vocab: int) -> float:
         43.7
     """
     noise = distribution_power(ref, vocab, got)
-    return MAX_DB if noise == 0.0 else min(MAX_DB, 10.0 * np.log10(max(distribution_power(ref, vocab), 1e-30) / noise))
+    return (
+        MAX_DB
+        if noise == 0.0
+        else min(MAX_DB, float(10.0 * np.log10(max(distribution_power(ref, vocab), 1e-30) / noise)))
+    )
 
 
 def cosine(ref: np.ndarray, got: np.ndarray) -> float:

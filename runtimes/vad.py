@@ -115,9 +115,9 @@ class Timeline:
     """Where the joined pieces of kept audio lie on the recording's timeline.
 
     Example:
-        >>> t = Timeline(16000); t.add(0, 16000); t.add(16000, 80000)   # 1 s kept, then audio from 5 s
+        >>> t = Timeline(16000); t.add(0, 16000); t.add(16000, 80000)   # the recording's 1-2 s kept, then from 5 s
         >>> t.original(1.5), t.original(1.0, end=True), t.original(1.0)
-        (5.5, 1.0, 5.0)
+        (5.5, 2.0, 5.0)
     """
 
     def __init__(self, rate: int):
