@@ -38,6 +38,8 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-longform-142s-fallback",
     "speech-tiny-en-longform-142s-pte",
     "speech-tiny-en-longform-605s-pte",
+    "speech-tiny-en-longform-605s-file1",
+    "speech-tiny-en-longform-671s-file2",
     "speech-tiny-en-streaming-142s-commit-delay",
     "speech-tiny-en-streaming-605s-commit-delay",
     "speech-tiny-en-streaming-142s-int8-pi5",

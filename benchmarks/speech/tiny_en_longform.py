@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.record import write
-from benchmarks.speech.long_audio import NAME, normalise
+from benchmarks.speech.long_audio import normalise, speech
 from edgemfm.runtimes.live import COMMIT_DELAY_S
 
 
@@ -142,11 +142,40 @@ def _wer(reference: str, hypothesis: str) -> float:
     return 100 * jiwer.wer(normalise(reference), normalise(hypothesis))
 
 
+def pooled(passes: list[tuple[str, str]]) -> float:
+    """Words-weighted WER over several passes, each (reference, hypothesis): all their errors over all their
+    reference words (a longer file weighs more; not the mean of the passes' WERs).
+
+    Example:
+        >>> round(pooled([("a b c d", "a b c d"), ("a b", "a")]), 2)
+        16.67
+    """
+    import jiwer
+
+    return 100 * jiwer.wer([normalise(r) for r, _ in passes], [normalise(h) for _, h in passes])
+
+
+def _saved(folder: Path, name: str, silence: float | None) -> Path:
+    """A row's transcript in a --texts folder: one per placement (`silence`), or the one pass (None)."""
+    return folder / f"{name.replace(' ', '_')}{'' if silence is None else f'_silence{silence:g}'}.txt"
+
+
+def _pool(args: argparse.Namespace, reference: str, texts: list[str], name: str) -> str:
+    """A row's pooled WER (`pooled`) over this file's passes and those `--pool`'s folder of texts holds for the
+    same row and placements; "—" where it lacks one."""
+    audio, folder = args.pool
+    saved = [_saved(folder, name, s) for s in args.placements or [None]]
+    if not all(f.is_file() for f in saved):
+        return "—"
+    other = speech(audio)[1].read_text()
+    return f"{pooled([(reference, t) for t in texts] + [(other, f.read_text()) for f in saved]):.2f}"
+
+
 def placed(samples: np.ndarray, silence_s: float) -> np.ndarray:
     """The samples after `silence_s` seconds of silence (16 kHz): the same speech, its windows placed elsewhere.
 
     Example:
-        >>> placed(np.ones(3, np.float32), 0.0001).tolist()
+        >>> placed(np.ones(3, np.float32), 1 / 16000).tolist()
         [0.0, 1.0, 1.0, 1.0]
     """
     return np.concatenate([np.zeros(round(silence_s * 16000), samples.dtype), samples])
@@ -154,7 +183,7 @@ def placed(samples: np.ndarray, silence_s: float) -> np.ndarray:
 
 def _job(args: argparse.Namespace) -> None:
     """One row (or one piece of the stream) in this process, its text and CPU seconds written as JSON."""
-    wav = args.audio / f"{NAME}.wav"
+    wav = speech(args.audio)[0]
     samples = _samples(wav)
     if args.silence:  # a placement: the samples, not the file, are transcribed
         wav = samples = placed(samples, args.silence)
@@ -247,8 +276,8 @@ def _concurrently(args: argparse.Namespace, jobs: dict[str, str], scratch: Path)
 
 
 def longform(args: argparse.Namespace) -> None:
-    reference = (args.audio / f"{NAME}.txt").read_text()
-    seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
+    wav, text = speech(args.audio)
+    reference, seconds = text.read_text(), len(_samples(wav)) / 16000
     hf_row = "transformers fp32 (torch)"
     jobs = {} if args.transformers_text or args.no_transformers else {hf_row: "transformers"}
     gates = ("", "+vad") if args.vad else ("",)  # with --vad: each row without and with the silence skipped
@@ -269,14 +298,16 @@ def longform(args: argparse.Namespace) -> None:
     if args.texts:
         args.texts.mkdir(parents=True, exist_ok=True)
         for name, placed_texts in texts.items():
-            for silence, text in zip(args.placements or [0.0], placed_texts):
-                suffix = f"_silence{silence:g}" if args.placements else ""
-                (args.texts / f"{name.replace(' ', '_')}{suffix}.txt").write_text(text)
+            for silence, text in zip(args.placements or [None], placed_texts):
+                _saved(args.texts, name, silence).write_text(text)
     hf = args.transformers_text.read_text() if args.transformers_text else texts.get(hf_row, [None])[0]
     table = [_row(name, reference, hf, texts[name], cpu[name], seconds, bool(args.placements)) for name in jobs]
+    if args.pool:
+        for row, name in zip(table, jobs):
+            row["pooled WER %"] = _pool(args, reference, texts[name], name)
     passes = len(rounds)
     note = (
-        f"{seconds:.1f} s of espeak-ng speech ({len(reference.split())} words of WordNet glosses); "
+        f"{seconds:.1f} s of espeak-ng speech ({len(reference.split())} words of WordNet glosses, {wav.name}); "
         f"{passes} full pass(es) per row, the rows of a pass at once, one process and one thread each; "
         f"load average {min(loads):.1f}–{max(loads):.1f} on the 2 shared cores while it ran, so CPU seconds, "
         "not wall time, are compared."
@@ -298,6 +329,11 @@ def longform(args: argparse.Namespace) -> None:
             " Rows marked +vad transcribe only what silero VAD hears as speech (faster-whisper's vad_filter settings: "
             "threshold 0.5, silences of 2 s or more dropped but 0.4 s either side, the speech joined and its "
             "timestamps mapped back; edgemfm: `TranscribeConfig(vad=VadConfig())`, the VAD's CPU included)."
+        )
+    if args.pool:
+        note += (
+            f" Pooled WER: this file's passes and {speech(args.pool[0])[0].name}'s (the same rows and placements, "
+            f"their texts from {args.pool[1]}) together, all their errors over all their words."
         )
     if args.transformers_text:
         note += f" transformers' text (WER vs transformers) is from an earlier run of its row: {args.transformers_text.name}."
@@ -330,8 +366,8 @@ def _stream_jobs(args: argparse.Namespace, cuts: list[float], gates: tuple[str, 
 
 
 def stream(args: argparse.Namespace) -> None:
-    reference = (args.audio / f"{NAME}.txt").read_text()
-    seconds = len(_samples(args.audio / f"{NAME}.wav")) / 16000
+    wav, text = speech(args.audio)
+    reference, seconds = text.read_text(), len(_samples(wav)) / 16000
     n, known = args.pieces, dict(args.longform_text)
     cuts = [round(seconds * i / n, 1) for i in range(n + 1)]
     # with --vad: each stream without and with the silence skipped (--vad-only: with it only)
@@ -440,7 +476,7 @@ def _record(name: str, title: str, table: list[dict], note: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="benchmarks.speech.tiny_en's folder")
-    p.add_argument("--audio", type=Path, required=True, help="benchmarks.speech.long_audio's folder")
+    p.add_argument("--audio", type=Path, required=True, help="benchmarks.speech.long_audio's folder (either file)")
     p.add_argument("--bundle", action="append", type=lambda s: s.split("=", 1), default=[], help="NAME=BUNDLE_DIR")
     p.add_argument("--faster-whisper", nargs="*", default=["int8"], help="compute types (default: int8)")
     p.add_argument("--repeats", type=int, default=1)
@@ -477,6 +513,14 @@ def main() -> None:
         help="--part stream: NAME=FILE, a bundle's long-form text from an earlier --texts (its row is then not run)",
     )
     p.add_argument("--texts", type=Path, help="write each row's transcript here")
+    p.add_argument(
+        "--pool",
+        nargs=2,
+        type=Path,
+        metavar=("AUDIO", "TEXTS"),
+        help="--part longform: another file's folder and the --texts of a run of the same rows and placements on it: "
+        "each row's WER over both files' passes, words-weighted (pooled WER %%)",
+    )
     p.add_argument(
         "--scratch", type=Path, help="--part stream: keep each job's result here and reuse those already there"
     )
