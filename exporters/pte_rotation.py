@@ -43,7 +43,10 @@ PRECISIONS = ("int8",)  # 8da8w: where per-channel int8 weights leave the activa
 # reference regenerates R from it
 ROTATION = Rotation(kind="orthogonal", seed=1)
 MIN_GAIN_DB = 1.0  # a rotation is an extra matmul per call: kept only where it gains this much
-EXACT = 1e-4  # how far the rotated float logits may move, of their largest magnitude: float32 rounding, not a change
+# how far the rotated float logits may move, of their largest magnitude: float32 rounding (the tests' tiny Llama with
+# 45x norm gains moves 4e-4 through its float32 ONNX-form decoder), where a norm that does not commute with R moves them
+# by tenths (Gemma's 1 + w)
+EXACT = 1e-3
 READERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")
 WRITERS = ("self_attn.o_proj", "mlp.down_proj")
 NORMS = {"input_layernorm": READERS[:3], "post_attention_layernorm": READERS[3:]}

@@ -328,9 +328,10 @@ def _rotate_pte(
         return None, {decoder: {decoder: f"residual stream not rotated: {reason}"}}
     onnx_dir = scratch / "rotate-float"
     onnx_dir.mkdir()
-    manifest = _write_float(
-        replace(config, format="onnx", precision="fp32"), profile, family, split, model_dir, onnx_dir, progress, scratch
-    )
+    # the profile's positions: the calibration prompts are longer than a small pte cache (--max-seq-len 64), and the
+    # ONNX graphs written only for their feeds hold no cache of that size
+    feeding = replace(config, format="onnx", precision="fp32", max_seq_len=profile.streaming.max_seq_len)
+    manifest = _write_float(feeding, profile, family, split, model_dir, onnx_dir, progress, scratch)
     feeds = component_feeds(onnx_dir, manifest, config.calibration)[decoder]
     shutil.rmtree(onnx_dir)
     say(progress, f"rotating {decoder}'s residual stream (measured against float at int8)")
