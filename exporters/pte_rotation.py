@@ -25,7 +25,7 @@ vs not, kept at MIN_GAIN_DB nearer float.
 Example:
     >>> note = rotate_where_it_helps("text_decoder", unit, feeds, pte_recipe(profile, "int8"))  # doctest: +SKIP
     >>> note.kept, round(note.rotated_db - note.plain_db)  # doctest: +SKIP
-    (True, 9)
+    (True, 4)
 """
 
 from __future__ import annotations
