@@ -256,6 +256,7 @@ def _write_float(
         calibration: dict = {}
         if any(recipe.spec_for(f"{n}/*") for n in ENCODERS if n in split.units):
             calibration, floats = encoder_inputs(split, config.calibration)
+        rotation, rotated = _rotate_pte(config, profile, family, split, model_dir, scratch, progress, recipe)
         components, parity, delegation, quantization = writer.write_program(
             split.units,
             stage,
@@ -267,6 +268,9 @@ def _write_float(
             kv_cache=config.kv_cache,
         )
         recipe = with_float_convs(recipe, quantization)
+        recipe = replace(recipe, rotation=rotation)
+        for name, notes in rotated.items():
+            quantization[name] = replace(quantization[name], notes={**quantization[name].notes, **notes})
     else:
         components, parity, delegation = writer.write_units(
             split.units, stage, family.tolerance, advance, max_seq_len=config.max_seq_len, fuse=config.fuse
@@ -297,6 +301,43 @@ def _write_float(
             plan=plan,
         ),
     )
+
+
+def _rotate_pte(
+    config: ExportConfig,
+    profile: DeviceProfile,
+    family: Any,
+    split: Any,
+    model_dir: Path,
+    scratch: Path,
+    progress: Progress | None,
+    recipe: Any,
+) -> tuple[Any, dict[str, dict[str, str]]]:
+    """`--format pte` at a precision exporters/pte_rotation.py is measured to help: the decoder's residual stream
+    rotated where that brings its 8da8w nearer float on the ONNX path's calibration feeds (the float ONNX graphs
+    written to `scratch` only to make them). The rotation for the recipe (None: not rotated) and the decoder's note
+    saying what was measured, for the report."""
+    from edgemfm.exporters import pte_rotation
+    from edgemfm.quantizers.calibration import component_feeds
+
+    decoder = split.generation.decoder
+    if config.precision not in pte_rotation.PRECISIONS:
+        return None, {}
+    reason = pte_rotation.rotatable(split.units[decoder].module)
+    if reason is not None:
+        return None, {decoder: {decoder: f"residual stream not rotated: {reason}"}}
+    onnx_dir = scratch / "rotate-float"
+    onnx_dir.mkdir()
+    # the profile's positions: the calibration prompts are longer than a small pte cache (--max-seq-len 64), and the
+    # ONNX graphs written only for their feeds hold no cache of that size
+    feeding = replace(config, format="onnx", precision="fp32", max_seq_len=profile.streaming.max_seq_len)
+    manifest = _write_float(feeding, profile, family, split, model_dir, onnx_dir, progress, scratch)
+    feeds = component_feeds(onnx_dir, manifest, config.calibration)[decoder]
+    shutil.rmtree(onnx_dir)
+    say(progress, f"rotating {decoder}'s residual stream (measured against float at int8)")
+    rotation = pte_rotation.ROTATION
+    measured = pte_rotation.rotate_where_it_helps(decoder, split.units[decoder], feeds, recipe, rotation)
+    return rotation if measured.kept else None, {decoder: {decoder: measured.note(rotation)}}
 
 
 def _plan_pte(

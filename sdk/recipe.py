@@ -37,9 +37,18 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    kind: Literal["hadamard", "orthogonal"]  # a randomized Hadamard (x a random orthogonal odd factor), or QR's
+    seed: int  # R is regenerated from it (exporters/pte_rotation.matrix): the recipe holds no matrix
+
+
+@dataclass(frozen=True)
 class Recipe:
     rules: tuple[Rule, ...] = ()
     version: int = RECIPE_VERSION
+    # the text decoder's residual stream rotated by this R before its linears were quantized (pte, 8da8w:
+    # exporters/pte_rotation.py); a reference of the bundle rotates its own copy the same way
+    rotation: Rotation | None = None
 
     def spec_for(self, unit: str) -> QuantSpec | None:
         """The spec of the first rule matching `unit`; None (float) when no rule matches."""

@@ -64,12 +64,17 @@ def fake_quantized_units(checkpoint: Path, bundle: Path) -> dict:
     from edgemfm.exporters.executorch import _leaves_run
     from edgemfm.exporters.pte_encoders import ENCODERS
     from edgemfm.exporters.pte_quantize import quantize_module
+    from edgemfm.exporters.pte_rotation import rotate
 
     manifest = read_manifest(bundle)
     family = find_family(json.loads((checkpoint / "config.json").read_text()))
     units = family.split(family.load(checkpoint), checkpoint).units
     units["text_decoder"] = units["text_decoder"].static_cache(manifest.components["text_decoder"].kv_cache.max_seq_len)
     theirs = tuple(m for name, unit in units.items() if name in ENCODERS for m in _leaves_run(unit))
+    if manifest.recipe.rotation is not None:  # the export rotated the residual stream before quantizing it
+        rotate(
+            units["text_decoder"].module.language_model, units["text_decoder"].module.lm_head, manifest.recipe.rotation
+        )
     for name in ("token_embedding", "text_decoder"):
         done = quantize_module(name, units[name].module, manifest.recipe, others=theirs)
         assert done.quantized_nodes == manifest.report.quantization[name].quantized_nodes, name

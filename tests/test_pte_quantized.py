@@ -44,10 +44,13 @@ def _fake_quantized_tokens(checkpoint, pipe, precision: str) -> list[int]:
 
     from edgemfm.exporters.decoder import TokenEmbedding
     from edgemfm.exporters.pte_quantize import quantize_module, xnnpack_rounding
+    from edgemfm.exporters.pte_rotation import rotate
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     recipe = pipe.manifest.recipe
     assert pipe.manifest.report.precision == precision
+    if recipe.rotation is not None:  # the residual stream as the export rotated it, before the table is replaced
+        rotate(model.model, model.lm_head, recipe.rotation)
     table = TokenEmbedding(model.model.embed_tokens)
     quantize_module("token_embedding", table, recipe)
     quantize_module("text_decoder", model, recipe)
