@@ -303,6 +303,23 @@ def _write_float(
     )
 
 
+def _measuring_graphs(
+    config: ExportConfig,
+    profile: DeviceProfile,
+    family: Any,
+    split: Any,
+    model_dir: Path,
+    onnx_dir: Path,
+    progress: Progress | None,
+) -> tuple[Path, Manifest]:
+    """The float ONNX graphs a pte export measures on (its planner, its rotation), written into `onnx_dir` inside
+    the export's scratch; that folder and their manifest. At the profile's positions, not the program's: the
+    calibration prompts are longer than a small pte cache (--max-seq-len 64), and these graphs only feed them."""
+    onnx_dir.mkdir()
+    measuring = replace(config, format="onnx", precision="fp32", max_seq_len=profile.streaming.max_seq_len)
+    return onnx_dir, _write_float(measuring, profile, family, split, model_dir, onnx_dir, progress, onnx_dir.parent)
+
+
 def _rotate_pte(
     config: ExportConfig,
     profile: DeviceProfile,
@@ -326,12 +343,9 @@ def _rotate_pte(
     reason = pte_rotation.rotatable(split.units[decoder].module)
     if reason is not None:
         return None, {decoder: {decoder: f"residual stream not rotated: {reason}"}}
-    onnx_dir = scratch / "rotate-float"
-    onnx_dir.mkdir()
-    # the profile's positions: the calibration prompts are longer than a small pte cache (--max-seq-len 64), and the
-    # ONNX graphs written only for their feeds hold no cache of that size
-    feeding = replace(config, format="onnx", precision="fp32", max_seq_len=profile.streaming.max_seq_len)
-    manifest = _write_float(feeding, profile, family, split, model_dir, onnx_dir, progress, scratch)
+    onnx_dir, manifest = _measuring_graphs(
+        config, profile, family, split, model_dir, scratch / "rotate-float", progress
+    )
     feeds = component_feeds(onnx_dir, manifest, config.calibration)[decoder]
     shutil.rmtree(onnx_dir)
     say(progress, f"rotating {decoder}'s residual stream (measured against float at int8)")
@@ -354,11 +368,7 @@ def _plan_pte(
     and the plan's report. The encoders are not planned: a pte program's are static int8 under every precision."""
     from edgemfm.quantizers.quantize import plan
 
-    onnx_dir = scratch / "plan-float"
-    onnx_dir.mkdir()
-    manifest = _write_float(
-        replace(config, format="onnx", precision="fp32"), profile, family, split, model_dir, onnx_dir, progress, scratch
-    )
+    onnx_dir, manifest = _measuring_graphs(config, profile, family, split, model_dir, scratch / "plan-float", progress)
     g = manifest.generation
     settings = QuantizeConfig(
         precision="auto",

@@ -104,7 +104,7 @@ def test_every_text_family_quantized_pte_tokens_equal_the_fake_quantized_model(a
 def test_auto_takes_the_onnx_planners_plan_and_its_tokens_equal_the_fake_quantized_model(checkpoint, tmp_path):
     out = tmp_path / "pte-auto"
     argv = ["export", "--model", str(checkpoint), "--device", "pi5", "--format", "pte", "--precision", "auto"]
-    assert main([*argv, "--accuracy-tolerance", "30", "--max-seq-len", "192", "--out", str(out)]) == 0
+    assert main([*argv, "--accuracy-tolerance", "30", "--max-seq-len", "64", "--out", str(out)]) == 0
     manifest = read_manifest(out)
     plan = manifest.report.plan
     assert plan is not None and set(plan.judged_by.values()) == {"text_decoder"}  # the decoder judges the table too
