@@ -56,6 +56,7 @@ def test_three_devices_on_a_local_ray_cluster(checkpoint, tmp_path):
         assert edgemfm.load(d.bundle, device="host").manifest.profile == d.device
 
 
+@pytest.mark.slow
 def test_tuning_several_devices_reports_each_and_keeps_the_others_results(default_bundle, tmp_path, capsys):
     """The cost model's fastest point of the placeholder is under 2.5 ms on the Pi 5 and over it on the
     Jetson (a GPU's launch overheads on a model this small: 2.8 ms at 81 decoder nodes): the Jetson fails

@@ -272,6 +272,7 @@ def test_a_graph_fused_without_a_cache_length_keeps_the_rotation_outside(unfused
     assert not any(i.name.startswith("rotary_") for i in graph.graph.initializer)
 
 
+@pytest.mark.slow  # the default suite's kv_cache refusal test exports the same 14-wide heads
 def test_a_head_size_the_kernel_refuses_stays_multi_head_attention(tmp_path):
     """The tiny Llama's heads are 14 wide; ONNX Runtime's GroupQueryAttention takes multiples of 8."""
     from tiny_text import tiny_text_model

@@ -95,6 +95,7 @@ def test_slicing_equals_masking_and_keeping_all_changes_nothing(llama):
     assert (_logits(pruned) - reference).abs().max().item() > 1e-2  # and it did remove something
 
 
+@pytest.mark.slow
 def test_pruned_llava_exports_with_parity_and_matches_transformers(tmp_path):
     from transformers import LlavaForConditionalGeneration
 

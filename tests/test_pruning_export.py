@@ -239,6 +239,7 @@ def test_embedded_calibration_and_recovery_equal_the_token_id_paths(tmp_path):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_recovery_with_labels_also_learns_the_true_tokens(tmp_path):
     """`label_weight` adds cross-entropy on labelled tokens to the KL: labels the teacher does not
     predict (here a fixed token after every sequence) are learnt only when it is on."""

@@ -72,7 +72,11 @@ def test_the_budget_must_be_a_positive_whole_number(capsys):
     assert "--visual-tokens: 0 is not allowed" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+# LLaVA in the default suite; the others' own pooling (per tile, M-RoPE rows) under -m slow (~15 s each on 2 cores)
+@pytest.fixture(
+    scope="module",
+    params=[f if f == "llava" else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES],
+)
 def family(request):
     return request.param
 
