@@ -274,7 +274,8 @@ def write_program(
         if name in (calibration or {}):
             advance(f"quantizing {name} (int8, calibrated)")
             shapes = _dynamic_shapes(unit, max_seq_len)
-            units[name], done = pte_encoders.quantize_encoder(name, unit, calibration[name], shapes)
+            target = pte_encoders.target_db(name, units)
+            units[name], done = pte_encoders.quantize_encoder(name, unit, calibration[name], shapes, target)
         else:
             before = _outputs(unit) if recipe is not FLOAT32 and name not in pte_encoders.ENCODERS else None
             done = pte_quantize.quantize_module(name, unit.module, recipe, others=encoders)

@@ -585,3 +585,65 @@ def test_a_quantized_program_passes_near_its_module_and_fails_at_its_quantizatio
             write()
     else:
         assert write()[3]["text_decoder"].quantized_nodes == {"linear_8da8w": 2}
+
+
+class _LoudConv(torch.nn.Module):
+    """An audio encoder's stem: a conv whose first input feature is 1000x the others (its static per-tensor range
+    rounds them to zero), a GELU, then a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv1d(4, 16, 3, padding=1), torch.nn.Linear(16, 16)
+        self.register_buffer("scale", torch.tensor([1000.0, 1.0, 1.0, 1.0])[:, None])
+        with torch.no_grad():
+            self.conv.weight[:, 0] /= 1000.0
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.gelu(self.conv(x * self.scale)).transpose(1, 2))
+
+
+def test_an_encoder_at_dynamic_int8_keeps_float_a_static_conv_that_costs_it_the_most(monkeypatch):
+    """Linears at dynamic int8 leave the convs the only static ranges: they are judged beside the linears (the real
+    tiny.en's two convs alone took its output to 26.6 dB on whole long-form windows, all linears float). Judging
+    only the linears, this conv stayed int8 and the encoder under its target."""
+    from edgemfm.exporters import pte_encoders
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.exporters.pte_quantize import pte_recipe
+    from edgemfm.profiles import load_profile
+
+    monkeypatch.setattr(pte_encoders, "BROKEN_DB", 1000.0)  # take the dynamic-linear road
+    torch.manual_seed(0)
+    unit = ExportUnit(
+        module=_LoudConv().eval(),
+        args=(torch.randn(1, 4, 8),),
+        input_names=("x",),
+        output_names=("y",),
+        dynamic_axes={},
+    )
+    inputs = [(torch.randn(1, 4, 8),) for _ in range(4)]
+    unit, done = pte_encoders.quantize_encoder("audio_encoder", unit, inputs, None)
+    assert done.quantized_nodes == {"linear_int8": 1}
+    assert list(done.float_units) == ["audio_encoder/conv"]
+    assert "costliest" in done.float_units["audio_encoder/conv"]
+    note = done.notes["audio_encoder"]
+    assert (
+        "0 linears float, 1 convs float" in note and float(note.split(" -> ")[1].split()[0]) >= pte_encoders.TARGET_DB
+    )
+    recipe = pte_encoders.with_float_convs(pte_recipe(load_profile("pi5"), "int8"), {"audio_encoder": done})
+    assert recipe.spec_for("audio_encoder/conv") is None
+
+
+def test_an_encoder_whose_outputs_a_decoder_attends_to_is_held_to_the_cross_attention_target():
+    """Whisper's audio encoder writes the keys and values of every decoder step's cross-attention: its noise reaches
+    each token (real tiny.en at 25 dB cost 1.1 WER points pooled, decoder fp32); a vision encoder's rows are read once."""
+    from edgemfm.exporters import pte_encoders
+    from edgemfm.exporters.family import ExportUnit
+    from edgemfm.manifest import CrossAttention
+
+    def unit(cross=None):
+        return ExportUnit(torch.nn.Identity(), (), (), (), {}, cross_attention=cross)
+
+    cross = CrossAttention("audio", "audio_encoder", "input_features", ("cross.0.key",))
+    units = {"audio_encoder": unit(), "vision_encoder": unit(), "text_decoder": unit(cross)}
+    assert pte_encoders.target_db("audio_encoder", units) == pte_encoders.CROSS_TARGET_DB > pte_encoders.TARGET_DB
+    assert pte_encoders.target_db("vision_encoder", units) == pte_encoders.TARGET_DB
