@@ -6,7 +6,7 @@ before capture, on the modules, and XNNPACK's partitioner takes the quantized pa
 | unit                         | int4 (8da4w)                                   | int8 (8da8w)                     |
 |------------------------------|------------------------------------------------|----------------------------------|
 | text_decoder linears         | int8 dynamic activations x int4 weights, PerGroup(g) | x int8 weights, per channel |
-| text_decoder lm_head         | the same, PerGroup(min(g, 32))                 | the same as the linears          |
+| text_decoder lm_head         | the same, PerGroup(min(g, 32))                 | the same, its final LayerNorm folded in (pte_head.py) |
 | token_embedding table        | 8-bit rows, per row (embedding_byte)           | the same                         |
 | vision / audio encoders      | static int8, per-channel weights (PT2E, exporters/pte_encoders.py) | the same         |
 
@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from edgemfm.errors import InputError
-from edgemfm.exporters import pte_encoders
+from edgemfm.exporters import pte_encoders, pte_head
 from edgemfm.profiles import DeviceProfile
 from edgemfm.quantizers import presets
 from edgemfm.quantizers.units import unit_name
@@ -163,6 +163,7 @@ def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, .
     if not any(specs.values()):
         return None
     floats = {f: "float in the recipe" for f, s in specs.items() if s is None}
+    notes = _fold_head(module, specs.get("lm_head"))
     done: dict[str, int] = {}
     chosen: dict[QuantSpec, set[str]] = {}
     for fqn, linear in linears.items():
@@ -187,10 +188,19 @@ def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, .
         schemes=tuple(AppliedScheme(bits=s.bits, group_size=s.group_size, method=f"{SCHEME} {s.method}") for s in used),
         quantized_units=sum(done.values()),
         float_units=floats,
-        notes={},
+        notes=notes,
         quantized_nodes=done,
         weight_bytes=0,  # filled by the writer from the captured program
     )
+
+
+def _fold_head(module: Any, head: QuantSpec | None) -> dict[str, str]:
+    """A head at 8 bits per channel reads its final LayerNorm folded into it and rotated (exporters/pte_head.py),
+    before it is quantized; the report's note for it. Measured there at 8da8w only: other heads stay as they are."""
+    if head is None or head.bits != 8 or head.group_size:
+        return {}
+    note = pte_head.fold_head(module)
+    return {HEAD: note} if note else {}
 
 
 def _linears(module: Any, fqns: set[str], spec: QuantSpec) -> None:
