@@ -166,8 +166,8 @@ def quantize_encoder(
 
 
 def with_float_convs(recipe: Recipe, quantization: dict[str, Quantization]) -> Recipe:
-    """`recipe` with a float rule first for each convolution an encoder's quantization kept float (`sensitive`), so
-    the manifest's recipe says what the program runs.
+    """`recipe` with a float rule first for each convolution and linear an encoder's quantization kept float
+    (`sensitive`, `linears_to_keep`), so the manifest's recipe says what the program runs.
 
     Example:
         >>> with_float_convs(recipe, quantization).spec_for("vision_encoder/model.vision_tower._conv_stem")  # doctest: +SKIP
@@ -220,9 +220,9 @@ def linears_to_keep(
     and its dB. The convs in `worst` stay float; `dynamic`: the linears' activations quantized at run time, and the
     convs, then the only static ranges left, judged beside the linears (real tiny.en's two convs alone cost its
     output as much as its costliest fc2: 26.6 dB on whole long-form windows, all linears float). Each is judged
-    alone; the noisiest are
-    taken off (their noise powers summed as if independent) until the rest is within the target, then the whole is
-    measured and one more taken off while it is still under, among those under target + LINEAR_MARGIN_DB only.
+    alone; the noisiest are taken off (their noise powers summed as if independent) until the rest is within the
+    target, then the whole is measured and one more taken off while it is still under, among those under
+    target + LINEAR_MARGIN_DB only.
 
     Example:
         >>> linears_to_keep(captured, inputs, {}, True, (converted, 21.0))[0]  # doctest: +SKIP

@@ -36,7 +36,8 @@ NORMS = ("layer_norm", "norm")  # where a language model keeps its final norm (W
 
 def foldable(module: Any) -> Any:
     """The final LayerNorm (with gain and bias) of `module` (a decoder holding `language_model` and `lm_head`) that
-    only its head reads; None where there is none (an RMSNorm has no bias: pte_rotation.py rotates those decoders).
+    only its head reads; None where there is none (an RMSNorm has no bias: pte_rotation.py rotates those decoders)
+    or it is folded already.
 
     Example:
         >>> foldable(unit.module)  # doctest: +SKIP
@@ -47,6 +48,8 @@ def foldable(module: Any) -> Any:
     language_model, head = getattr(module, "language_model", None), getattr(module, "lm_head", None)
     norm = next((getattr(language_model, n) for n in NORMS if hasattr(language_model, n)), None)
     if type(norm) is not torch.nn.LayerNorm or norm.bias is None or not isinstance(head, torch.nn.Linear):
+        return None
+    if hasattr(norm, "rotation"):  # folded already: a second fold would add a second rotation for nothing
         return None
     return norm if head.in_features == norm.normalized_shape[-1] else None
 

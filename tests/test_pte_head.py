@@ -71,6 +71,7 @@ def test_folding_the_head_leaves_the_float_logits_as_they_were(unit):
         assert fold_head(folded) is not None
         after = _logits(folded, calls)
     assert float((after - before).abs().max() / before.abs().max()) < 1e-5
+    assert fold_head(folded) is None  # folded once: a second call finds nothing to fold
     # the table tied to the head is not folded with it
     table = folded.language_model.embed_tokens.weight
     assert torch.equal(table, unit.module.language_model.embed_tokens.weight)
