@@ -64,20 +64,20 @@ def fold_head(module: Any) -> str | None:
     """
     import torch
 
-    from edgemfm.exporters.pte_rotation import matrix
+    from edgemfm.exporters.pte_rotation import fold_gain, matrix
 
     norm = foldable(module)
     if norm is None:
         return None
     head = module.lm_head
     r = matrix(ROTATION, head.in_features).double()
-    weight, gain, shift = head.weight.double(), norm.weight.double(), norm.bias.double()
-    bias = weight @ shift + (head.bias.double() if head.bias is not None else 0)
-    # new parameters, not written in place: a table tied to the head (Whisper's) stays as it was
-    head.weight = torch.nn.Parameter(((weight * gain[None, :]) @ r).to(head.weight.dtype), requires_grad=False)
-    head.bias = torch.nn.Parameter(bias.to(head.weight.dtype), requires_grad=False)
-    norm.weight = torch.nn.Parameter(torch.ones_like(norm.weight), requires_grad=False)
-    norm.bias = torch.nn.Parameter(torch.zeros_like(norm.bias), requires_grad=False)
+    with torch.no_grad():
+        # the bias first, from the head's weights before the fold: W b, exact in float64
+        bias = head.weight.double() @ norm.bias.double() + (head.bias.double() if head.bias is not None else 0)
+        # new parameters, not written in place: a table tied to the head (Whisper's) stays as it was
+        fold_gain(norm, [head], r)
+        head.bias = torch.nn.Parameter(bias.to(head.weight.dtype), requires_grad=False)
+        norm.bias = torch.nn.Parameter(torch.zeros_like(norm.bias), requires_grad=False)
     # the rotation as the norm's output hook, as pte_rotation rotates the first block's input: the program's
     # graph gets one float matmul, and no Linear appears for a recipe rule to quantize
     norm.register_buffer("rotation", r.to(head.weight.dtype), persistent=False)

@@ -128,12 +128,12 @@ def rotate(language_model: Any, head: Any, rotation: Rotation) -> None:
     with torch.no_grad():
         for layer in language_model.layers:
             for norm, readers in NORMS.items():
-                _fold(_get(layer, norm), [_get(layer, f) for f in readers], r)
+                fold_gain(_get(layer, norm), [_get(layer, f) for f in readers], r)
             for writer in (_get(layer, f) for f in WRITERS):
                 _set(writer, "weight", r.T @ writer.weight.double())
                 if writer.bias is not None:
                     _set(writer, "bias", writer.bias.double() @ r)
-        _fold(language_model.norm, [head], r)  # a head tied to the table is untied here: the table stays unrotated
+        fold_gain(language_model.norm, [head], r)  # a head tied to the table is untied here: the table stays unrotated
     # at the first block's input, not the model's: whether the model was given inputs_embeds or looked ids up itself
     # (transformers' generate, the tests' reference), what enters the residual stream is rotated
     first = language_model.layers[0]
@@ -141,8 +141,13 @@ def rotate(language_model: Any, head: Any, rotation: Rotation) -> None:
     first.register_forward_pre_hook(_rotated_input, with_kwargs=True)
 
 
-def _fold(norm: Any, readers: list[Any], r: Any) -> None:
-    """The norm's gain into its readers' input columns (gain -> 1), then their inputs rotated: W <- W diag(g) R."""
+def fold_gain(norm: Any, readers: list[Any], r: Any) -> None:
+    """The norm's gain into its readers' input columns (gain -> 1), then their inputs rotated: W <- W diag(g) R
+    (float64 `r`); new parameters, so a table tied to a reader stays as it was.
+
+    Example:
+        >>> fold_gain(layer.input_layernorm, [layer.self_attn.q_proj], matrix(ROTATION, 576).double())  # doctest: +SKIP
+    """
     import torch
 
     gain = norm.weight.double()
