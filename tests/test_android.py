@@ -50,15 +50,26 @@ def android_inputs() -> None:
 
 
 @pytest.fixture(scope="module")
-def android_bundle(tmp_path_factory, placeholder_model) -> Path:
-    """The placeholder model exported for the android profile (`edgemfm export --device android`)."""
-    import edgemfm
+def android_app(tmp_path_factory, placeholder_model) -> tuple[Path, Path]:
+    """The placeholder model exported for the android profile into a copy of the sample's project, as
+    `edgemfm export --device android --out BUNDLE --app PROJECT` does: (BUNDLE, PROJECT). One export serves
+    the APK, the Java parity tests and the --app test (each export of it was 10-20 s of the default suite)."""
+    from edgemfm.cli import main
 
-    return edgemfm.export(
-        edgemfm.ExportConfig(
-            model=placeholder_model, device="android", out=tmp_path_factory.mktemp("android") / "bundle"
-        )
+    base = tmp_path_factory.mktemp("android")
+    app = base / "app-project"
+    shutil.copytree(
+        ANDROID / "app" / "src" / "main", app / "app" / "src" / "main", ignore=shutil.ignore_patterns("assets")
     )
+    argv = ["export", "--model", str(placeholder_model), "--device", "android", "--out", str(base / "bundle")]
+    assert main([*argv, "--app", str(app)]) == 0
+    return base / "bundle", app
+
+
+@pytest.fixture(scope="module")
+def android_bundle(android_app) -> Path:
+    """The placeholder model exported for the android profile (`edgemfm export --device android`)."""
+    return android_app[0]
 
 
 @pytest.fixture(scope="module")
@@ -599,30 +610,29 @@ def test_java_memory_budget_is_the_python_runtimes(host_run, tiny_demo_int8):
     assert ours and theirs and ours.group(1) == theirs.group(1)
 
 
-def test_export_app_puts_a_checked_bundle_into_the_assets(placeholder_model, android_bundle, tmp_path, capsys):
+def test_export_app_puts_a_checked_bundle_into_the_assets(placeholder_model, android_app, tmp_path, capsys):
     """`edgemfm export --device android --app PROJECT` refuses a folder that is no Android project
-    before exporting anything, and otherwise leaves the verified bundle in the app's assets."""
+    before exporting anything, and otherwise leaves the verified bundle in the app's assets (the
+    android_app fixture's export)."""
     from edgemfm.bundle import copy_bundle, read_manifest
     from edgemfm.cli import main
     from edgemfm.errors import BundleError
 
+    bundle, project = android_app
     argv = ["export", "--model", str(placeholder_model), "--device", "android", "--out", str(tmp_path / "b")]
     assert main([*argv, "--app", str(tmp_path)]) == 2
     assert "is not an Android project" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
     app = tmp_path / "app-project"
-    shutil.copytree(
-        ANDROID / "app" / "src" / "main", app / "app" / "src" / "main", ignore=shutil.ignore_patterns("assets")
-    )
-    assert main([*argv, "--app", str(app)]) == 0
+    shutil.copytree(project, app)  # the failed copy below must not reach the module's project
     assets = app / "app" / "src" / "main" / "assets" / "bundle"
-    assert read_manifest(assets) == read_manifest(tmp_path / "b")
+    assert read_manifest(assets) == read_manifest(bundle)
 
     broken = tmp_path / "broken"
-    shutil.copytree(android_bundle, broken)
+    shutil.copytree(bundle, broken)
     with open(broken / "tokenizer.json", "a") as f:
         f.write(" ")
     with pytest.raises(BundleError, match="'tokenizer.json' is [0-9]+ bytes, the manifest says"):
         copy_bundle(broken, assets)
-    assert read_manifest(assets) == read_manifest(tmp_path / "b")  # the old bundle stays whole
+    assert read_manifest(assets) == read_manifest(bundle)  # the old bundle stays whole
     assert not [p for p in assets.parent.iterdir() if p.name != "bundle"], "a failed copy left a folder behind"
