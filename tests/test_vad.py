@@ -10,7 +10,6 @@ import wave
 import numpy as np
 import pytest
 from test_audio import speech_wav
-from tiny_audio import tiny_whisper_en
 
 import edgemfm
 from edgemfm.cli import main
@@ -31,11 +30,9 @@ ENDPOINT_S = (round(VadConfig().min_silence_s * RATE / FRAME) - round(VadConfig(
 
 
 @pytest.fixture(scope="module")
-def exported3(tmp_path_factory):
-    checkpoint = tiny_whisper_en(tmp_path_factory.mktemp("models") / "w3", max_source_positions=150, chunk_length=3)
-    out = tmp_path_factory.mktemp("bundles") / "w3"
-    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--out", str(out)]) == 0
-    return out
+def exported3(tiny_whisper_en_3s_pi5):
+    """A tiny English Whisper with 3 s windows exported for pi5 (conftest.py: test_whisper_longform's too)."""
+    return tiny_whisper_en_3s_pi5
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from test_audio import speech_wav
-from tiny_audio import tiny_whisper
 
 import edgemfm
 from edgemfm.cli import main
@@ -13,15 +12,14 @@ from edgemfm.runtimes.audio import load_audio
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+def checkpoint(tiny_whisper_checkpoint):
+    return tiny_whisper_checkpoint
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-pi5"
-    assert main(["export", "--model", str(checkpoint), "--device", "pi5", "--out", str(out)]) == 0
-    return out
+def exported(tiny_whisper_pi5):
+    """The tiny Whisper exported for pi5 (conftest.py: shared with test_whisper_quantized)."""
+    return tiny_whisper_pi5
 
 
 @pytest.fixture(scope="module")

@@ -40,17 +40,15 @@ def exported(checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint3(tmp_path_factory):
+def checkpoint3(tiny_whisper_en_3s):
     """3 s windows, the feature extractor nested in processor_config.json (as transformers 5 saves a processor)."""
-    path = tmp_path_factory.mktemp("models") / "tiny-whisper-en-3s"
-    return tiny_whisper_en(path, max_source_positions=150, chunk_length=3, nested=True)
+    return tiny_whisper_en_3s
 
 
 @pytest.fixture(scope="module")
-def exported3(checkpoint3, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "tiny-whisper-en-3s"
-    assert main(["export", "--model", str(checkpoint3), "--device", "pi5", "--out", str(out)]) == 0
-    return out
+def exported3(tiny_whisper_en_3s_pi5):
+    """checkpoint3 exported for pi5 (conftest.py: test_vad's bundle too)."""
+    return tiny_whisper_en_3s_pi5
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import pytest
 from test_audio import speech_wav
-from tiny_audio import tiny_whisper
 
 import edgemfm
 from edgemfm.cli import main
@@ -31,8 +30,8 @@ COSINE = {"int8": 0.9, "auto": 0.9, "int4": 0.8}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+def checkpoint(tiny_whisper_checkpoint):
+    return tiny_whisper_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,9 @@ def _export(checkpoint, out, device: str, precision: str):
 
 
 @pytest.fixture(scope="module")
-def float_bundle(checkpoint, tmp_path_factory):
-    return _export(checkpoint, tmp_path_factory.mktemp("bundles") / "fp32", "pi5", "fp32")
+def float_bundle(tiny_whisper_pi5):
+    """The checkpoint exported fp32 for pi5 (conftest.py: test_whisper's bundle too)."""
+    return tiny_whisper_pi5
 
 
 def _phrases_sqnr_db(pipe, ref) -> float:
