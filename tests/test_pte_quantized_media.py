@@ -4,7 +4,8 @@ activations, on every row (prompt, media and answer). tests/fake_quantized.py sa
 media prompt meets a near-tie the rounding decides either way, in the reference re-run alone too.
 
 int4 rows take decoders 128 wide (4 heads of 32 over 2 KV heads: the preset's groups of 64 divide every linear,
-so none stays float); int8 rows the tiny models as test_pte.py builds them. A row exports for minutes: -m slow.
+so none stays float); int8 rows the tiny models as tests/tiny_models.py and tiny_audio.py build them. A row exports for
+minutes: -m slow.
 """
 
 from __future__ import annotations
