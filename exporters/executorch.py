@@ -289,7 +289,7 @@ def write_program(
             done = pte_quantize.quantize_module(name, unit.module, held, others=encoders)
             if done is not None and kept is not None:
                 reasons = {**done.float_units, **pte_decoders.reasons(kept)}
-                done = replace(done, float_units=reasons, notes={**done.notes, name: kept.note})
+                done = replace(done, float_units=reasons, notes={**done.notes, f"{name}/linears": kept.note})
             if done is not None:
                 floats[name] = before
         if done is not None:
