@@ -252,6 +252,7 @@ def write_program(
     recipe: Recipe,
     calibration: dict[str, list[tuple]] | None = None,
     kv_cache: str = "float",
+    decoder_feeds: dict[str, list[tuple]] | None = None,
 ) -> tuple[dict[str, Component], dict[str, Parity], dict[str, Delegation], dict[str, Quantization]]:
     """`write_units` with the modules quantized per `recipe` first (exporters/pte_quantize.py); also what was done.
 
@@ -259,11 +260,13 @@ def write_program(
     inputs its ranges are fitted to. A quantized method is checked against its fake-quantized PyTorch
     module, within pte_quantize.TOLERANCE. `kv_cache` "int8": the decoder's cache as int8 per token and
     head (exporters/llm_ops.py), checked against the same int8 cache in PyTorch within that tolerance.
+    `decoder_feeds`: the decoders that cross-attend to a calibrated encoder, each with its teacher-forced feeds
+    (pte_decoders.decoder_inputs): the linears whose int8 costs its next-token KL the most stay float.
 
     Example:
         >>> write_program(units, stage, 1e-4, print, max_seq_len=256, recipe=pte_recipe(profile, "int4"))[3]  # doctest: +SKIP
     """
-    from edgemfm.exporters import pte_encoders, pte_quantize
+    from edgemfm.exporters import pte_decoders, pte_encoders, pte_quantize
 
     units = {name: _program_unit(name, unit, max_seq_len, kv_cache) for name, unit in units.items()}
     quantization, floats = {}, {}
@@ -278,7 +281,15 @@ def write_program(
             units[name], done = pte_encoders.quantize_encoder(name, unit, calibration[name], shapes, target)
         else:
             before = _outputs(unit) if recipe is not FLOAT32 and name not in pte_encoders.ENCODERS else None
-            done = pte_quantize.quantize_module(name, unit.module, recipe, others=encoders)
+            kept, held = None, recipe
+            if name in (decoder_feeds or {}) and recipe is not FLOAT32:
+                advance(f"judging {name}'s linears at int8 (calibrated, against float)")
+                kept = pte_decoders.linears_to_keep(name, unit.module, recipe, decoder_feeds[name], others=encoders)
+                held = pte_decoders.keeping(recipe, name, kept)
+            done = pte_quantize.quantize_module(name, unit.module, held, others=encoders)
+            if done is not None and kept is not None:
+                reasons = {**done.float_units, **pte_decoders.reasons(kept)}
+                done = replace(done, float_units=reasons, notes={**done.notes, f"{name}/linears": kept.note})
             if done is not None:
                 floats[name] = before
         if done is not None:

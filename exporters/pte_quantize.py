@@ -194,6 +194,24 @@ def quantize_module(name: str, module: Any, recipe: Recipe, others: tuple[Any, .
     )
 
 
+def fake_quantized(name: str, module: Any, recipe: Recipe) -> Any:
+    """`module` quantized in place per `recipe` as the program runs it, for measuring in eager PyTorch: its linears'
+    weights dequantized (torchao's quantized linears run their integer weights far slower there, same values) and
+    their inputs rounded per token as XNNPACK rounds them. Returns `module`.
+
+    Example:
+        >>> logits = fake_quantized("text_decoder", copy.deepcopy(unit.module), recipe)(*unit.args)  # doctest: +SKIP
+    """
+    import torch
+
+    quantize_module(name, module, recipe)
+    for linear in module.modules():
+        if isinstance(linear, torch.nn.Linear) and type(linear.weight) is not torch.nn.Parameter:  # torchao's
+            linear.weight = torch.nn.Parameter(linear.weight.dequantize().float(), requires_grad=False)
+            linear.register_forward_pre_hook(lambda _m, a: (_xnnpack_quant_dequant(a[0]), *a[1:]))
+    return module
+
+
 def _fold_head(module: Any, head: QuantSpec | None) -> dict[str, str]:
     """A head at 8 bits per channel reads its final LayerNorm folded into it and rotated (exporters/pte_head.py),
     before it is quantized; the report's note for it. Measured there at 8da8w only: other heads stay as they are."""

@@ -206,20 +206,10 @@ def rotate_where_it_helps(
 
 
 def _quantized_logits(name: str, module: Any, recipe: Recipe, calls: list[tuple]) -> Any:
-    """`module`'s logits at the program's 8da8w arithmetic: its linears quantized per `recipe` on a copy, their weights
-    dequantized (torchao's quantized linears run their integer weights far slower in eager PyTorch, same values) and
-    their inputs rounded per token as XNNPACK rounds them."""
-    import torch
+    """`module`'s logits at the program's 8da8w arithmetic (pte_quantize.fake_quantized, on a copy)."""
+    from edgemfm.exporters.pte_quantize import fake_quantized
 
-    from edgemfm.exporters.pte_quantize import _xnnpack_quant_dequant, quantize_module
-
-    quantized = copy.deepcopy(module)
-    quantize_module(name, quantized, recipe)
-    for linear in quantized.modules():
-        if isinstance(linear, torch.nn.Linear) and type(linear.weight) is not torch.nn.Parameter:  # torchao's
-            linear.weight = torch.nn.Parameter(linear.weight.dequantize().float(), requires_grad=False)
-            linear.register_forward_pre_hook(lambda _m, a: (_xnnpack_quant_dequant(a[0]), *a[1:]))
-    return _logits(quantized, calls)
+    return _logits(fake_quantized(name, copy.deepcopy(module), recipe), calls)
 
 
 def _args(unit: Any, feed: dict[str, Any]) -> tuple:

@@ -246,6 +246,7 @@ def _write_float(
     advance = lambda step: say(progress, step)  # noqa: E731
     recipe, quantization, floats, plan = FLOAT32, {}, {}, None
     if config.format == "pte":  # a pte program is quantized as it is written (the ONNX graphs after, by quantize)
+        from edgemfm.exporters import pte_decoders
         from edgemfm.exporters.pte_encoders import ENCODERS, encoder_inputs, with_float_convs
         from edgemfm.exporters.pte_quantize import pte_recipe
 
@@ -256,6 +257,10 @@ def _write_float(
         calibration: dict = {}
         if any(recipe.spec_for(f"{n}/*") for n in ENCODERS if n in split.units):
             calibration, floats = encoder_inputs(split, config.calibration)
+        decoder_feeds = {}
+        if calibration and recipe is not FLOAT32:
+            say(progress, "decoding the calibration clips in float (teacher-forced feeds for the int8 decoder's judge)")
+            decoder_feeds = pte_decoders.decoder_inputs(split, calibration, config.max_seq_len)
         rotation, rotated = _rotate_pte(config, profile, family, split, model_dir, scratch, progress, recipe)
         components, parity, delegation, quantization = writer.write_program(
             split.units,
@@ -266,8 +271,9 @@ def _write_float(
             recipe=recipe,
             calibration=calibration,
             kv_cache=config.kv_cache,
+            decoder_feeds=decoder_feeds,
         )
-        recipe = with_float_convs(recipe, quantization)
+        recipe = pte_decoders.with_float_linears(with_float_convs(recipe, quantization), quantization)
         recipe = replace(recipe, rotation=rotation)
         for name, notes in rotated.items():
             quantization[name] = replace(quantization[name], notes={**quantization[name].notes, **notes})

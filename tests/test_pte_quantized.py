@@ -465,11 +465,17 @@ def test_whisper_quantized_pte_tokens_equal_its_fake_quantized_units(tmp_path):
     from test_audio import speech_wav
     from tiny_audio import tiny_whisper
 
+    from edgemfm.exporters import pte_decoders
+
     checkpoint = tiny_whisper(tmp_path / "model", seed=1)  # seed 0's int8 transcription repeats one token
     out = tmp_path / "pte-int8"
     assert _export(checkpoint, out, "int8") == 0
-    # self-attention q k v out, cross-attention q out (its k v are the encoder's), fc1 fc2 per layer; the head
-    assert read_manifest(out).report.quantization["text_decoder"].quantized_nodes == {"linear_8da8w": 2 * 8 + 1}
+    # self-attention q k v out, cross-attention q out (its k v are the encoder's), fc1 fc2 per layer; the head. Those
+    # whose int8 costs the decoder's next-token KL the most stay float (exporters/pte_decoders.py), and the
+    # reference quantizes by the manifest's recipe, which names them
+    done = read_manifest(out).report.quantization["text_decoder"]
+    kept = [f for f, why in done.float_units.items() if why.startswith(pte_decoders.REASON)]
+    assert done.quantized_nodes == {"linear_8da8w": 2 * 8 + 1 - len(kept)}
     media = {"audio": [speech_wav(tmp_path / "speech.wav", "It will rain in the afternoon.")]}
     ours = list(edgemfm.load(out).generate_tokens("", **media, max_new_tokens=TOKENS))
     assert len(set(ours)) > 4 and ours == fake_quantized_tokens(checkpoint, out, "", media, TOKENS)
