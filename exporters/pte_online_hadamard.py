@@ -97,13 +97,19 @@ def rotate_down_projs(layers: Any) -> None:
             outer, inner = factors(down.in_features)
             weight = down.weight.double() @ torch.kron(outer, inner)
             down.weight = torch.nn.Parameter(weight.to(down.weight.dtype), requires_grad=False)
-            down.register_buffer("hadamard_outer", outer.to(down.weight.dtype), persistent=False)
-            down.register_buffer("hadamard_inner", inner.to(down.weight.dtype), persistent=False)
+            # as F.linear's weights (H^T): XNNPACK's fp32 linear on 2-D rows, where a matmul on [.., outer, inner]
+            # lowers to a batched form its linear does not take
+            down.register_buffer("hadamard_outer", outer.T.contiguous().to(down.weight.dtype), persistent=False)
+            down.register_buffer("hadamard_inner", inner.T.contiguous().to(down.weight.dtype), persistent=False)
             down.register_forward_pre_hook(_online)
 
 
 def _online(down: Any, args: tuple) -> tuple:
-    """x H = H_outer^T X H_inner with x's row seen as X [outer, inner]: two float matmuls (XNNPACK's), transposes."""
-    x = args[0].unflatten(-1, (down.hadamard_outer.shape[0], down.hadamard_inner.shape[0])) @ down.hadamard_inner
-    x = (x.transpose(-1, -2) @ down.hadamard_outer).transpose(-1, -2)
-    return (x.flatten(-2), *args[1:])
+    """x H = H_outer^T X H_inner with x's row seen as X [outer, inner]: two float linears on 2-D rows, transposes."""
+    import torch.nn.functional as F
+
+    x = args[0]
+    outer, inner = down.hadamard_outer.shape[0], down.hadamard_inner.shape[0]
+    y = F.linear(x.reshape(-1, inner), down.hadamard_inner)  # X H_inner, a row of `inner` at a time
+    y = F.linear(y.reshape(-1, outer, inner).transpose(1, 2).reshape(-1, outer), down.hadamard_outer)  # (.)^T H_outer
+    return (y.reshape(-1, inner, outer).transpose(1, 2).reshape(x.shape), *args[1:])
