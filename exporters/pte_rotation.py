@@ -20,7 +20,9 @@ not commute with R once folded, and Whisper's LayerNorm subtracts the mean and a
 make it rotatable; not built). Which is which is found by rotating and comparing the float logits (EXACT): a decoder
 that moves is left as it was. Kept only where measured to help, as quantizers/smoothing.where_it_helps does for
 ONNX: the next-token distribution of the module at the program's 8da8w arithmetic on the calibration feeds, rotated
-vs not, kept at MIN_GAIN_DB nearer float.
+vs not, kept at MIN_GAIN_DB nearer float. The rotation does not reach what down_proj reads (SiLU(gate) * up, whose
+massive entries set its rows' scales): an online Hadamard there (pte_online_hadamard.py, QuaRot's R4) is measured
+with it and kept where it gains MIN_GAIN_DB more; the recipe's Rotation says whether (`down_proj`).
 
 Example:
     >>> note = rotate_where_it_helps("text_decoder", unit, feeds, pte_recipe(profile, "int8"))  # doctest: +SKIP
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgemfm.recipe import Recipe, Rotation
@@ -60,11 +62,22 @@ class Measured:
     plain_db: float  # next-token distribution SQNR of the 8da8w module against float, unrotated
     rotated_db: float  # the same, rotated (nan: the decoder cannot be rotated)
     reason: str  # why not kept, or "" when kept
+    down_proj_db: float = float("nan")  # the same, rotated and down_proj's input by a Hadamard (nan: not measured)
+    down_proj: str = ""  # why down_proj's Hadamard is not kept, or "" when kept (with the rotation)
 
     def note(self, rotation: Rotation) -> str:
-        """The report's line for the decoder."""
+        """The report's line for the decoder (`rotation`: the one measured, its down_proj Hadamard as kept)."""
         done = f"rotated ({rotation.kind}, seed {rotation.seed})" if self.kept else f"not rotated ({self.reason})"
-        return f"residual stream {done}: 8da8w next-token {self.rotated_db:.2f} dB rotated, {self.plain_db:.2f} plain"
+        online = f"down_proj's input by a Hadamard {self.down_proj_db:.2f} dB"
+        online += f" ({self.down_proj})" if self.down_proj else ", kept"
+        return (
+            f"residual stream {done}: 8da8w next-token {self.rotated_db:.2f} dB rotated, {self.plain_db:.2f} plain;"
+            f" {online}"
+        )
+
+    def kept_rotation(self, rotation: Rotation) -> Rotation | None:
+        """What the recipe records: `rotation` with its down_proj Hadamard as kept; None if nothing was."""
+        return replace(rotation, down_proj=not self.down_proj) if self.kept else None
 
 
 def matrix(rotation: Rotation, width: int) -> Any:
@@ -118,6 +131,7 @@ def _get(module: Any, dotted: str) -> Any:
 def rotate(language_model: Any, head: Any, rotation: Rotation) -> None:
     """Rotate the residual stream of `language_model` (its layers and final norm) and `head` by `rotation`'s matrix,
     in place (see the module docstring); exact in float for a pre-RMSNorm decoder (`rotatable`, then the logits).
+    `rotation.down_proj`: each down_proj's input by a Hadamard too (pte_online_hadamard.py).
 
     Example:
         >>> rotate(unit.module.language_model, unit.module.lm_head, Rotation(kind="hadamard", seed=0))  # doctest: +SKIP
@@ -139,6 +153,10 @@ def rotate(language_model: Any, head: Any, rotation: Rotation) -> None:
     first = language_model.layers[0]
     first.register_buffer("rotation", r.float(), persistent=False)
     first.register_forward_pre_hook(_rotated_input, with_kwargs=True)
+    if rotation.down_proj:
+        from edgemfm.exporters.pte_online_hadamard import rotate_down_projs
+
+        rotate_down_projs(language_model.layers)
 
 
 def fold_gain(norm: Any, readers: list[Any], r: Any) -> None:
@@ -176,13 +194,16 @@ def rotate_where_it_helps(
     name: str, unit: Any, feeds: Sequence[dict[str, Any]], recipe: Recipe, rotation: Rotation
 ) -> Measured:
     """Rotate `unit`'s module by `rotation` if that brings its 8da8w next-token distribution on `feeds` (the ONNX
-    path's calibration feeds of component `name`) MIN_GAIN_DB nearer float; what was measured.
+    path's calibration feeds of component `name`) MIN_GAIN_DB nearer float, and with it each down_proj's input by a
+    Hadamard (pte_online_hadamard.py) if that gains MIN_GAIN_DB more; what was measured.
 
     Example:
         >>> rotate_where_it_helps("text_decoder", unit, feeds, recipe, Rotation(kind="hadamard", seed=0)).kept  # doctest: +SKIP
         True
     """
     import torch
+
+    from edgemfm.exporters.pte_online_hadamard import unrotatable
 
     nan = float("nan")
     reason = rotatable(unit.module)
@@ -192,17 +213,29 @@ def rotate_where_it_helps(
     with torch.no_grad():
         reference = _logits(unit.module, calls)
         plain = _db(reference, _quantized_logits(name, unit.module, recipe, calls))
-        rotated = copy.deepcopy(unit.module)
-        rotate(rotated.language_model, rotated.lm_head, rotation)
-        moved = float((_logits(rotated, calls) - reference).abs().max() / reference.abs().max())
+        db, moved = _rotated(name, unit.module, replace(rotation, down_proj=False), recipe, calls, reference)
         if moved > EXACT:
             return Measured(False, plain, nan, f"rotating moves its float logits by {moved:.1e} of their scale")
-        db = _db(reference, _quantized_logits(name, rotated, recipe, calls))
-    del rotated
-    if db < plain + MIN_GAIN_DB:
-        return Measured(False, plain, db, f"gains under {MIN_GAIN_DB} dB")
-    rotate(unit.module.language_model, unit.module.lm_head, rotation)
-    return Measured(True, plain, db, "")
+        online, why = nan, unrotatable(unit.module.language_model.layers)
+        if why is None:
+            online, moved = _rotated(name, unit.module, replace(rotation, down_proj=True), recipe, calls, reference)
+            why = f"it moves the float logits by {moved:.1e}" if moved > EXACT else ""
+            why = why or (f"gains under {MIN_GAIN_DB} dB over the rotation alone" if online < db + MIN_GAIN_DB else "")
+    if (db if why else online) < plain + MIN_GAIN_DB:
+        return Measured(False, plain, db, f"gains under {MIN_GAIN_DB} dB", online, why or "the rotation is not kept")
+    rotate(unit.module.language_model, unit.module.lm_head, replace(rotation, down_proj=not why))
+    return Measured(True, plain, db, "", online, why)
+
+
+def _rotated(
+    name: str, module: Any, rotation: Rotation, recipe: Recipe, calls: list[tuple], reference: Any
+) -> tuple[float, float]:
+    """A copy of `module` rotated by `rotation`: its 8da8w dB against `reference`, and how far its float logits moved
+    of their largest magnitude."""
+    rotated = copy.deepcopy(module)
+    rotate(rotated.language_model, rotated.lm_head, rotation)
+    moved = float((_logits(rotated, calls) - reference).abs().max() / reference.abs().max())
+    return _db(reference, _quantized_logits(name, rotated, recipe, calls)), moved
 
 
 def _quantized_logits(name: str, module: Any, recipe: Recipe, calls: list[tuple]) -> Any:

@@ -357,7 +357,7 @@ def _rotate_pte(
     say(progress, f"rotating {decoder}'s residual stream (measured against float at int8)")
     rotation = pte_rotation.ROTATION
     measured = pte_rotation.rotate_where_it_helps(decoder, split.units[decoder], feeds, recipe, rotation)
-    return rotation if measured.kept else None, {decoder: {decoder: measured.note(rotation)}}
+    return measured.kept_rotation(rotation), {decoder: {decoder: measured.note(rotation)}}
 
 
 def _plan_pte(

@@ -40,6 +40,9 @@ class Rule:
 class Rotation:
     kind: Literal["hadamard", "orthogonal"]  # a randomized Hadamard (x a random orthogonal odd factor), or QR's
     seed: int  # R is regenerated from it (exporters/pte_rotation.matrix): the recipe holds no matrix
+    # and each down_proj's input times a Hadamard at run time, its weight W H (QuaRot's R4:
+    # exporters/pte_online_hadamard.py): the massive activations it reads, which R does not reach
+    down_proj: bool = False
 
 
 @dataclass(frozen=True)
