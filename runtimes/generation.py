@@ -22,7 +22,7 @@ import numpy as np
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
 from edgemfm.runtimes.decoding import Sampler, greedy, suppress
-from edgemfm.runtimes.kvcache import KVCache
+from edgemfm.runtimes.kvcache import KVCache, SharedKVCache
 from edgemfm.runtimes.static_cache import StaticKVCache
 
 CACHES = {"dynamic": KVCache, "static": StaticKVCache}  # the manifest's kv_cache.kind -> what the loop drives
@@ -41,8 +41,10 @@ class Decoder:
         self.calls = self.positions = 0  # runs and token positions fed since load: what a chat turn saves is counted
 
     def new_cache(self) -> KVCache | StaticKVCache:
-        s = self.streaming
-        return CACHES[self.layout.kind](self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
+        s, kind = self.streaming, CACHES[self.layout.kind]
+        if self.layout.shared and self.session.provider == "CPUExecutionProvider":  # one buffer, appended in place
+            kind = SharedKVCache
+        return kind(self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
 
     def embed_ids(self, ids: Sequence[int]) -> np.ndarray:
         """Decoder inputs [1, len(ids), hidden] for token ids."""
@@ -63,7 +65,7 @@ class Decoder:
 
     def _call(self, cache: KVCache | StaticKVCache, embeds: np.ndarray) -> np.ndarray:
         seq = embeds.shape[1]
-        out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
+        out = cache.run(self.session, {"inputs_embeds": embeds, **cache.feeds(seq)})
         cache.advance(out, seq, embeds)
         self.calls += 1
         self.positions += seq
