@@ -22,7 +22,7 @@ import numpy as np
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
 from edgemfm.runtimes.decoding import Sampler, greedy, suppress
-from edgemfm.runtimes.kvcache import KVCache, SharedKVCache
+from edgemfm.runtimes.kvcache import KVCache, SharedKVCache, in_place
 from edgemfm.runtimes.static_cache import StaticKVCache
 
 CACHES = {"dynamic": KVCache, "static": StaticKVCache}  # the manifest's kv_cache.kind -> what the loop drives
@@ -41,9 +41,8 @@ class Decoder:
         self.calls = self.positions = 0  # runs and token positions fed since load: what a chat turn saves is counted
 
     def new_cache(self) -> KVCache | StaticKVCache:
-        s, kind = self.streaming, CACHES[self.layout.kind]
-        if self.layout.shared and self.session.provider == "CPUExecutionProvider":  # one buffer, appended in place
-            kind = SharedKVCache
+        s = self.streaming
+        kind = SharedKVCache if in_place(self.layout, self.session.provider) else CACHES[self.layout.kind]
         return kind(self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
 
     def embed_ids(self, ids: Sequence[int]) -> np.ndarray:

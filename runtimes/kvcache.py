@@ -116,6 +116,17 @@ class KVCache:
         self.values = {name: np.ascontiguousarray(cut(v)) for name, v in self.values.items()}
 
 
+def in_place(layout: KVLayout | None, provider: str) -> bool:
+    """Whether a decoder of this cache layout, run by `provider`, appends to one buffer in place (`SharedKVCache`):
+    the export marked it shared, and ONNX Runtime's CPU kernel sees past and present at one address.
+
+    Example:
+        >>> in_place(manifest.components["text_decoder"].kv_cache, "CPUExecutionProvider")  # doctest: +SKIP
+        True
+    """
+    return layout is not None and layout.shared and provider == "CPUExecutionProvider"
+
+
 class SharedKVCache(KVCache):
     """The dynamic cache of a decoder whose past tensors only GroupQueryAttention reads (`kv_cache.shared`), on
     ONNX Runtime's CPU: each tensor is one [1, kv_heads, max_len, head_dim] buffer, bound once as both the past
