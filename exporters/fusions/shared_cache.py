@@ -14,9 +14,10 @@ With nothing reading its length, a past tensor may be longer than what it holds,
 binds one preallocated [1, kv_heads, max_seq_len, head_dim] buffer per tensor as both the past
 input and the present output: ONNX Runtime's GroupQueryAttention then writes each call's tokens into
 it in place (`past_present_share_buffer`) instead of allocating the whole cache anew, copying the
-past into it and handing it back to be copied out again at every step. The model's metadata
-(`shared_cache`) says whether every past tensor is read only by GroupQueryAttention once the
-lengths are rewritten, which the manifest's `kv_cache.shared` takes.
+past into it and handing it back to be copied out again at every step. Only where nothing but
+GroupQueryAttention reads the past tensors' contents (a layer left unfused concatenates its cache
+anew at every call); the model's metadata (`shared_cache`) then says so, which the manifest's
+`kv_cache.shared` takes.
 
 Example:
     >>> apply(model)   # doctest: +SKIP
@@ -32,15 +33,18 @@ CACHE_AXIS = 2  # [batch, kv_heads, length, head_dim]
 
 
 def apply(model: Any) -> dict[str, int]:
-    """Rewrite every read of a past tensor's length; mark the model when only GroupQueryAttention reads
-    the past tensors' contents. Returns how many Shape reads were rewritten."""
+    """Where GroupQueryAttention is the only reader of every past tensor's contents, rewrite every read of a
+    past tensor's length and mark the model. Returns how many Shape reads were rewritten."""
+    from edgemfm.exporters.decoder import PAST
+
     graph = model.graph
     inputs = {value.name: value for value in graph.inputs}
-    pasts = {v for n in graph if n.op_type == "GroupQueryAttention" for v in n.inputs[3:5] if v is not None}
+    pasts = [v for v in graph.inputs if v.name.startswith(PAST.split("{")[0])]
+    readers = {(use.node.op_type, use.idx) for past in pasts for use in past.uses()}
     if (
         not pasts
         or not {"attention_mask", "inputs_embeds"} <= inputs.keys()
-        or not all(v.is_graph_input() for v in pasts)
+        or not readers <= {("GroupQueryAttention", 3), ("GroupQueryAttention", 4), ("Shape", 0)}
     ):
         return {"shared_cache": 0}
     rewritten, length = 0, None
@@ -52,9 +56,7 @@ def apply(model: Any) -> dict[str, int]:
                     length = _past_length(graph, inputs["attention_mask"], inputs["inputs_embeds"])
                 _replace(graph, node, past, start, end, length)
                 rewritten += 1
-    readers = {(use.node.op_type, use.idx) for past in pasts for use in past.uses()}
-    if readers <= {("GroupQueryAttention", 3), ("GroupQueryAttention", 4), ("Shape", 0)}:
-        model.metadata_props[METADATA] = "1"
+    model.metadata_props[METADATA] = "1"
     return {"shared_cache": rewritten}
 
 
