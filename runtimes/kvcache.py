@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
 import numpy as np
@@ -142,7 +143,7 @@ class SharedKVCache(KVCache):
     def __init__(self, layout: KVLayout, max_len: int, sinks: int, dtype: str = "float32"):
         super().__init__(layout, max_len, sinks, dtype)
         shape, kind = (1, layout.kv_heads, max_len, layout.head_dim), np.dtype(layout.dtype or dtype)
-        self.values = {name: np.zeros(shape, kind) for name in self.past_names}  # pages taken as entries are written
+        self.values = {name: _untouched(shape, kind) for name in self.past_names}
         self.bound: tuple[Session, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] | None = None
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
@@ -177,6 +178,13 @@ class SharedKVCache(KVCache):
     def _keep(self, head: int, tail: int) -> None:
         for buffer in self.values.values():
             buffer[:, :, head : head + self.length - tail] = buffer[:, :, tail : self.length]  # numpy copies overlaps
+
+
+def _untouched(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros in memory the OS maps only as it is written: a max-length buffer costs the entries held. (np.zeros
+    may reuse freed heap memory, which calloc then clears page by page: measured, SmolLM2's 2,048-position cache
+    resident whole, +78 MiB, from the second generation on.)"""
+    return np.frombuffer(mmap.mmap(-1, int(np.prod(shape)) * dtype.itemsize), dtype).reshape(shape)
 
 
 def rotate(keys: np.ndarray, positions: int, frequencies: np.ndarray) -> np.ndarray:

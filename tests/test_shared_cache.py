@@ -97,3 +97,19 @@ def test_the_decode_loop_appends_in_place_where_the_manifest_allows_it(default_b
     plain_kind, plain_tokens, plain_logits = _decode(default_bundle, shared=False)
     assert (kind, plain_kind) == (SharedKVCache, KVCache)
     assert tokens == plain_tokens and np.abs(logits - plain_logits).max() <= 1e-5 * np.abs(plain_logits).max()
+
+
+def test_a_max_length_buffer_costs_only_the_entries_written_generation_after_generation():
+    """SmolLM2's cache layout at 2,048 positions (90 MiB): three caches in turn, 8 entries written in each. Buffers
+    from np.zeros measured 88.6 MiB resident after the third (freed heap memory, cleared page by page)."""
+    from edgemfm.manifest import KVCache as KVLayout
+    from edgemfm.runtimes.budget import resident_bytes
+
+    layout = KVLayout(30, 3, 64, past="past.{layer}.{kind}", present="present.{layer}.{kind}", shared=True)
+    before = resident_bytes()
+    for _ in range(3):
+        cache = SharedKVCache(layout, max_len=2048, sinks=4)
+        for buffer in cache.values.values():
+            buffer[:, :, :8] = 1.0
+        del cache
+    assert resident_bytes() - before < 8 * 2**20
