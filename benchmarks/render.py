@@ -53,6 +53,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-visual-tokens",
     "decode-rotary-attention",
     "decode-smollm2-int4",
+    "runtime-kv-cache-in-place",
     "runtime-kv-cache-int8",
     "runtime-cascade",
     "runtime-cascade-session5",

@@ -109,16 +109,22 @@ def _parity(
     return diff, scale, grown
 
 
-def _with_rotary_table(kv: KVCache | None, proto: Any) -> KVCache | None:
-    """The cache layout plus the cos/sin table the fused GroupQueryAttention reads, where the fusion put one in."""
+def _with_fused_cache(kv: KVCache | None, proto: Any) -> KVCache | None:
+    """The cache layout plus what the fusions wrote of it: the cos/sin table GroupQueryAttention reads, and
+    whether past and present may share one buffer."""
     import json
 
-    from edgemfm.exporters.fusions.rotary_attention import METADATA
+    from edgemfm.exporters.fusions import rotary_attention, shared_cache
 
-    table = next((json.loads(p.value) for p in proto.metadata_props if p.key == METADATA), None)
-    if kv is None or table is None:
+    props = {p.key: p.value for p in proto.metadata_props}
+    if kv is None:
         return kv
-    return replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
+    if shared_cache.METADATA in props:
+        kv = replace(kv, shared=True)
+    if rotary_attention.METADATA in props:
+        table = json.loads(props[rotary_attention.METADATA])
+        kv = replace(kv, rotary_table=table["table"], rotary_frequencies=tuple(table["frequencies"]))
+    return kv
 
 
 def write_onnx(
@@ -157,7 +163,7 @@ def write_onnx(
         outputs=tuple(_spec(n, t, unit.dynamic_axes.get(n, {})) for n, t in zip(unit.output_names, reference)),
         weight_bytes=weight_bytes,
         peak_activation_bytes=max(peak, measured or 0),
-        kv_cache=_with_rotary_table(unit.kv_cache, proto),
+        kv_cache=_with_fused_cache(unit.kv_cache, proto),
         cross_attention=unit.cross_attention,
         flops_per_item=flops // unit.items,
     )

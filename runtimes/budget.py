@@ -3,7 +3,8 @@
 needed = the process as it is (interpreter, numpy, onnxruntime: read from the OS)
        + the weights the sessions map and each session's fixed cost
        + the KV cache at its bound (streaming.max_seq_len), twice: the decoder graph returns a
-         new cache while the old one is still an input
+         new cache while the old one is still an input; once where the runtime appends to one
+         buffer in place (`kvcache.SharedKVCache`)
        + each component's largest activation: encoders at one item (they are fed one at a time;
          measured by the exporter in ONNX Runtime), the decoder at one prefill chunk attending
          over the whole cache; the audio encoder also holds one window's log-mel computation
@@ -74,9 +75,10 @@ def _tensor_bytes(spec) -> int:
     return math.prod(d if isinstance(d, int) else 1 for d in spec.shape) * _itemsize(spec.dtype)
 
 
-def kv_cache_bytes(decoder: Component, max_len: int) -> int:
+def kv_cache_bytes(decoder: Component, max_len: int, in_place: bool = False) -> int:
     """Bytes of past + present at `max_len` entries: layers x 2 (key, value) x heads x length x (head_dim x the
-    cache's item size (an int8 cache: one byte, a quarter of float32's) + its per-token scale and zero point).
+    cache's item size (an int8 cache: one byte, a quarter of float32's) + its per-token scale and zero point);
+    half that `in_place`, where past and present are one buffer.
 
     Example:
         >>> kv_cache_bytes(manifest.components["text_decoder"], 2048) // MiB  # doctest: +SKIP
@@ -84,7 +86,7 @@ def kv_cache_bytes(decoder: Component, max_len: int) -> int:
     """
     kv = decoder.kv_cache
     row = kv.head_dim * _itemsize(kv.dtype or decoder.dtype) + PER_TOKEN_BYTES.get(kv.scales, 0)
-    return 2 * kv.layers * 2 * kv.kv_heads * max_len * row
+    return (1 if in_place else 2) * kv.layers * 2 * kv.kv_heads * max_len * row
 
 
 def fused_attention(manifest: Manifest, name: str) -> bool:
@@ -126,10 +128,15 @@ def default_encoder_cache_bytes(manifest: Manifest) -> int:
 
 
 def estimate(
-    manifest: Manifest, streaming: StreamingSettings, resident: int, loaded: bool = False, encoder_cache: int = 0
+    manifest: Manifest,
+    streaming: StreamingSettings,
+    resident: int,
+    loaded: bool = False,
+    encoder_cache: int = 0,
+    in_place: bool = False,
 ) -> MemoryPlan:
     """What running `manifest` under `streaming` needs, on top of `resident` bytes the process holds,
-    with an encoder-output cache bounded at `encoder_cache` bytes."""
+    with an encoder-output cache bounded at `encoder_cache` bytes (`in_place`: the KV cache is one buffer)."""
     name = manifest.generation.decoder
     decoder = manifest.components[name]
     activations = {
@@ -142,7 +149,8 @@ def estimate(
     if audio is not None and manifest.preprocess.audio is not None:
         activations[audio.encoder] += log_mel_working_bytes(manifest.preprocess.audio)
     weights = 0 if loaded else sum(c.weight_bytes + SESSION_BYTES for c in manifest.components.values())
-    return MemoryPlan(resident, weights, kv_cache_bytes(decoder, streaming.max_seq_len), activations, encoder_cache)
+    kv = kv_cache_bytes(decoder, streaming.max_seq_len, in_place)
+    return MemoryPlan(resident, weights, kv, activations, encoder_cache)
 
 
 def check(plan: MemoryPlan, budget: int, what: str) -> MemoryPlan:

@@ -22,7 +22,7 @@ import numpy as np
 from edgemfm.manifest import Manifest, StreamingSettings
 from edgemfm.runtimes.backend import Session
 from edgemfm.runtimes.decoding import Sampler, greedy, suppress
-from edgemfm.runtimes.kvcache import KVCache
+from edgemfm.runtimes.kvcache import KVCache, SharedKVCache, in_place
 from edgemfm.runtimes.static_cache import StaticKVCache
 
 CACHES = {"dynamic": KVCache, "static": StaticKVCache}  # the manifest's kv_cache.kind -> what the loop drives
@@ -42,7 +42,8 @@ class Decoder:
 
     def new_cache(self) -> KVCache | StaticKVCache:
         s = self.streaming
-        return CACHES[self.layout.kind](self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
+        kind = SharedKVCache if in_place(self.layout, self.session.provider) else CACHES[self.layout.kind]
+        return kind(self.layout, s.max_seq_len, s.sink_tokens, self.dtype)
 
     def embed_ids(self, ids: Sequence[int]) -> np.ndarray:
         """Decoder inputs [1, len(ids), hidden] for token ids."""
@@ -63,7 +64,7 @@ class Decoder:
 
     def _call(self, cache: KVCache | StaticKVCache, embeds: np.ndarray) -> np.ndarray:
         seq = embeds.shape[1]
-        out = self.session.run({"inputs_embeds": embeds, **cache.feeds(seq)})
+        out = cache.run(self.session, {"inputs_embeds": embeds, **cache.feeds(seq)})
         cache.advance(out, seq, embeds)
         self.calls += 1
         self.positions += seq

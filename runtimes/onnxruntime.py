@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
 
 log = logging.getLogger("edgemfm")
+# What ONNX Runtime raises for feeds its graph refuses (ValueError: a missing input).
+REFUSED = (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError)
 
 
 def choose_providers(preferred: Sequence[str]) -> list[str]:
@@ -72,14 +74,51 @@ class OrtSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             return dict(zip(self.output_names, self.session.run(None, feeds)))
-        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ValueError) as e:  # ValueError: a missing input
-            # The feeds follow the manifest (pre-processing sizes, cache layout): a graph that refuses
-            # them disagrees with its manifest.
-            reason = " ".join(str(e).split())[:300]
-            raise BundleError(
-                f"the graph of {self.name!r} refuses the inputs its manifest describes ({reason}); "
-                "allowed: a manifest matching its graphs"
-            ) from None
+        except REFUSED as e:
+            raise self._refused(e) from None
+
+    def in_place(self, buffers: dict[str, tuple[str, np.ndarray]]) -> Callable[[dict[str, np.ndarray]], dict]:
+        """A run in which each input named in `buffers` and the output paired with it are one preallocated array
+        (input name -> (output name, array)): bound once, so a call binds only its other feeds, and a kernel that
+        sees its past and present at one address appends to them in place (GroupQueryAttention). The buffers'
+        outputs come back as the arrays themselves, the others as new arrays.
+
+        Example:
+            >>> step = session.in_place({"past.0.key": ("present.0.key", np.zeros((1, 2, 256, 64), np.float32))})  # doctest: +SKIP
+            >>> step({"inputs_embeds": x, "attention_mask": mask, "position_ids": positions})["logits"]  # doctest: +SKIP
+        """
+        binding = self.session.io_binding()
+        arrays = {}
+        for name, (output, array) in buffers.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array)  # the array's own memory, on the CPU
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(output, value)
+            arrays[output] = array
+        others = [name for name in self.output_names if name not in arrays]
+        order = [*arrays, *others]  # the binding keeps outputs in the order they were first bound
+
+        def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            for name in others:  # allocated by the run, whatever this call's shape
+                binding.bind_output(name)
+            try:
+                self.session.run_with_iobinding(binding)
+            except REFUSED as e:
+                raise self._refused(e) from None
+            got = binding.get_outputs()
+            return {name: arrays[name] if name in arrays else got[i].numpy() for i, name in enumerate(order)}
+
+        return run
+
+    def _refused(self, error: Exception) -> BundleError:
+        # The feeds follow the manifest (pre-processing sizes, cache layout): a graph that refuses
+        # them disagrees with its manifest.
+        reason = " ".join(str(error).split())[:300]
+        return BundleError(
+            f"the graph of {self.name!r} refuses the inputs its manifest describes ({reason}); "
+            "allowed: a manifest matching its graphs"
+        )
 
 
 def open_components(

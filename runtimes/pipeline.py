@@ -35,6 +35,7 @@ from edgemfm.runtimes.chat import ChatSession
 from edgemfm.runtimes.decoding import Sampler, detokenize, logprob, stop_at
 from edgemfm.runtimes.encoder_cache import CacheStats, EncoderCache
 from edgemfm.runtimes.generation import Decoder, decode, decode_checked
+from edgemfm.runtimes.kvcache import in_place
 from edgemfm.runtimes.live import LiveUpdate
 from edgemfm.runtimes.longform import Segment, TranscribeConfig
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
@@ -151,12 +152,20 @@ class Pipeline(Generates):
         self.encoder_cache = _encoder_cache(manifest, encoder_cache_mb)
         cached = self.encoder_cache.capacity
         # `reserved`: the KV cache and activations of pipelines already loaded in this process (a draft, a cascade)
+        decoder_name = manifest.generation.decoder
+        kv = manifest.components[decoder_name].kv_cache
+        # before loading, the cache counted as the shared layout allows on the CPU; the loaded session says for sure
         budget.check(
-            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, encoder_cache=cached),
+            budget.estimate(
+                manifest,
+                self.streaming,
+                budget.resident_bytes() + reserved,
+                encoder_cache=cached,
+                in_place=in_place(kv, "CPUExecutionProvider"),
+            ),
             self.memory_budget,
             what,
         )
-        decoder_name = manifest.generation.decoder
         self.sessions = {}
         for format in dict.fromkeys(c.format for c in manifest.components.values()):
             components = {name: c for name, c in manifest.components.items() if c.format == format}
@@ -164,7 +173,14 @@ class Pipeline(Generates):
                 path, components, manifest, profile, threads
             )
         self.memory = budget.check(
-            budget.estimate(manifest, self.streaming, budget.resident_bytes() + reserved, True, cached),
+            budget.estimate(
+                manifest,
+                self.streaming,
+                budget.resident_bytes() + reserved,
+                True,
+                cached,
+                in_place(kv, self.sessions[decoder_name].provider),
+            ),
             self.memory_budget,
             what,
         )

@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgemfm.manifest import KVCache as KVLayout
+from edgemfm.runtimes.backend import Session
 from edgemfm.runtimes.positions import decoder_positions
 
 
@@ -72,6 +73,10 @@ class StaticKVCache:
         if self.mrope is None:
             return slots
         return {**slots, "position_ids": self._rotary(seq)[:, None]}
+
+    def run(self, session: Session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The program's outputs for `feeds` (this call's inputs and `feeds(seq)`)."""
+        return session.run(feeds)
 
     def _rotary(self, seq: int) -> np.ndarray:
         """M-RoPE's [3, seq] positions of the next `seq` slots: the kept rows' while they are fed again, else the

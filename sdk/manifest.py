@@ -61,6 +61,9 @@ class KVCache:
     # stored integers without them. "per_token" (pte): a float32 scale and int8 zero point per position and head,
     # beside the cache in the program, which sets them as it writes each token (no calibration)
     scales: str = ""
+    # dynamic: nothing in the graph reads a past tensor but GroupQueryAttention (exporters/fusions/shared_cache.py),
+    # so the runtime may bind one max-length buffer per tensor as both past and present, appended in place
+    shared: bool = False
 
 
 @dataclass(frozen=True)

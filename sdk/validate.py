@@ -123,6 +123,8 @@ def _component(c: _Checker, path: str, comp: Component) -> None:
                 if getattr(kv, key).format(layer=kv.layers, kind="key") in declared:  # the graph has more layers
                     c.fail(f"{path}.kv_cache.layers", kv.layers, f"the layers the {key} tensors name")
         else:
+            if kv.shared:
+                c.fail(f"{path}.kv_cache.shared", kv.shared, "false for a static cache (the program owns its buffers)")
             c.int_in(f"{path}.kv_cache.max_seq_len", kv.max_seq_len, 1, MAX_TOKENS)
             c.name_in(f"{path}.kv_cache.position", kv.position, {s.name for s in comp.inputs})
 

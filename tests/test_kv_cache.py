@@ -95,6 +95,25 @@ def test_an_int8_stream_past_twice_its_table_stays_close_to_the_float_one(defaul
     assert np.mean(kl) <= 0.2 and np.mean(same) >= 0.7
 
 
+def test_an_int8_stream_on_one_buffer_appended_in_place_equals_the_grown_int8_cache(int8_bundle):
+    """test_shared_cache's stream (chunks, rollbacks, a window with sinks, re-bases of the int8 keys) on the int8
+    decoder: the kernel quantizes and appends into the bound buffers exactly as into the cache it returns."""
+    from test_shared_cache import _stream
+
+    from edgemfm.runtimes.kvcache import SharedKVCache
+    from edgemfm.runtimes.onnxruntime import OrtSession
+
+    kv = dataclasses.replace(read_manifest(int8_bundle).components["text_decoder"].kv_cache, rotary_table=96)
+    session = OrtSession(_sessions(int8_bundle)[0])
+    hidden, calls = session.session.get_inputs()[0].shape[2], [7, 1, 1, 20, 1, *[30] * 10, 3, 1, 1]
+    shared = SharedKVCache(kv, max_len=64, sinks=4)
+    plain = _stream(KVCache(kv, max_len=64, sinks=4), session, hidden, calls)
+    assert kv.shared and shared.values["past.0.key"].dtype == np.int8
+    for want, got in zip(plain, _stream(shared, session, hidden, calls)):
+        np.testing.assert_array_equal(got, want)
+    assert shared.base > 0 and shared.evicted > 0
+
+
 @pytest.mark.parametrize("scales", ["per_tensor", "per_channel"])
 def test_a_re_base_turns_int8_keys_to_within_one_step_of_those_quantized_at_the_new_position(int8_bundles, scales):
     """The same tokens prefilled at positions 0.. and at 300..: layer 0's keys (they depend on the position alone)

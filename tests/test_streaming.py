@@ -155,6 +155,12 @@ def test_budget_counts_the_kv_cache_at_its_bound(default_bundle):
     decoder = manifest.components["text_decoder"]
     kv = decoder.kv_cache
     assert budget.kv_cache_bytes(decoder, 1000) == 2 * kv.layers * 2 * kv.kv_heads * kv.head_dim * 1000 * 4
+    # appended in place (kv_cache.shared, on the CPU): past and present are one buffer, counted once
+    assert (
+        kv.shared
+        and edgemfm.load(default_bundle).memory.kv_cache
+        == budget.kv_cache_bytes(decoder, manifest.streaming.max_seq_len) // 2
+    )
     assert budget.fused_attention(manifest, "text_decoder")  # the export fuses attention: 3 score tensors, not 6
     plain, fused = (budget.decoder_activation_bytes(decoder, 512, 2048, f) for f in (False, True))
     heads = 192 // kv.head_dim

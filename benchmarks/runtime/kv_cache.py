@@ -11,7 +11,10 @@
   greedy steps timed in CPU time; the bundles taken in turn for `rounds` rounds (interleaved: the
   shared machine's load changes hit each alike), median and range. Peak RSS is the process's VmHWM
   (the prefill's activations included, the same for both); "after load" is its RSS before the prefill.
-- The budget's estimate of the cache at `positions` (past + present), from each manifest.
+- The budget's estimate of the cache at `positions` (past + present; one buffer where the runtime appends in
+  place), from each manifest.
+- `--grown`: each timed bundle beside its `grown_copy`, the same graph with the cache grown and returned at
+  every call instead of appended to one buffer in place (runtimes/kvcache.SharedKVCache).
 
 A bundle's rotary table holds its export's --max-seq-len positions (the host profile's at most 2,048),
 and the kernel wants a row per cached entry: the timed copies (under --work) get a table of
@@ -69,6 +72,22 @@ def long_copy(bundle: Path, rows: int, work: Path) -> Path:
     return out
 
 
+def grown_copy(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` at `out` whose decoder's cache the runtime grows and returns at every call (the
+    manifest's kv_cache.shared off): the same graph, run without appending to one buffer in place."""
+    from edgemfm.bundle import read_manifest, seal
+
+    manifest = read_manifest(bundle)
+    name = manifest.generation.decoder
+    decoder = manifest.components[name]
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    (out / "manifest.json").unlink()
+    components = {**manifest.components, name: replace(decoder, kv_cache=replace(decoder.kv_cache, shared=False))}
+    seal(out, replace(manifest, components=components))
+    return out
+
+
 def child(bundle: Path, positions: int, steps: int) -> dict:
     """In a fresh process: RSS after load, CPU ms per single-token step after `positions` cached ones, peak RSS."""
     import edgemfm
@@ -91,12 +110,13 @@ def child(bundle: Path, positions: int, steps: int) -> dict:
 
 
 def estimate_bytes(bundle: Path, positions: int) -> int:
-    """The budget's estimate of the cache (past + present) at `positions` entries."""
+    """The budget's estimate of the cache at `positions` entries (past + present, or one buffer in place on the CPU)."""
     from edgemfm.bundle import read_manifest
     from edgemfm.runtimes.budget import kv_cache_bytes
+    from edgemfm.runtimes.kvcache import in_place
 
-    m = read_manifest(bundle)
-    return kv_cache_bytes(m.components[m.generation.decoder], positions)
+    decoder = (m := read_manifest(bundle)).components[m.generation.decoder]
+    return kv_cache_bytes(decoder, positions, in_place(decoder.kv_cache, "CPUExecutionProvider"))
 
 
 def perplexity(bundle: Path) -> tuple[float, int]:
@@ -175,6 +195,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work", type=Path, default=Path("/tmp/kv_cache_bench"), help="where the long copies go")
     p.add_argument("--lock", type=Path, help="hold this file lock (flock) while timing")
+    p.add_argument("--grown", action="store_true", help="time each timed bundle's grown copy too (grown_copy)")
     p.add_argument("--name", default="runtime-kv-cache-int8", help="the results file's name")
     p.add_argument("--title", default="The int8 KV cache beside the float one (#26)")
     p.add_argument("--note", help="a text file: what the figures say, printed under the table")
@@ -184,7 +205,12 @@ def main() -> None:
         print(json.dumps(child(args.child, args.positions, args.steps)))
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.bundles, args)
+    bundles = args.bundles
+    if args.grown:  # each timed bundle, then its grown copy
+        bundles = [c for b in bundles[: args.timed] for c in (b, grown_copy(b, args.work / f"{b.name}-grown"))]
+        bundles += args.bundles[args.timed :]
+        args.timed *= 2
+    rows = measure(bundles, args)
     blocks = record.blocks(args.name, args.title, note=args.note)
     settings = {"positions": args.positions, "steps": args.steps, "rounds": args.rounds, "timed": args.timed}
     record.write(args.name, rows, title=args.title, blocks=blocks, settings=settings)

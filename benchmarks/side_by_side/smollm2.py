@@ -14,6 +14,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | genai-int4-graph-python-loop | the same genai graph driven by the Python loop of the ort rows: separates loop from graph |
 | executorch-8da4w | ExecuTorch's own LLM export (`export_llm`, XNNPACK, 8da4w g64, custom SDPA + KV cache), its C++ runner |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
+| edgemfm-int4-grown | edgemfm-int4 with the manifest's `kv_cache.shared` off: the cache grown and returned at every call, not appended in place |
 | edgemfm-pte-int4 | `edgemfm export --device host --format pte --precision int4`, the same loop on ExecuTorch |
 
 Each row is measured by smollm2_rows.py in a process of its own. The machine's
@@ -55,6 +56,10 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
     "edgemfm-int4": (
         "edgemfm:edgemfm-int4",
         "host int4 preset: int4 g64 MatMulNBits (clip_search scales; the head and its table g32), int8 compute; int4 embedding",
+    ),
+    "edgemfm-int4-grown": (
+        "edgemfm:edgemfm-int4-grown",
+        "edgemfm-int4 with its cache grown and returned at every call (kv_cache.shared off), not appended in place",
     ),
     "edgemfm-pte-int4": (
         "edgemfm:edgemfm-pte-int4",
@@ -272,6 +277,7 @@ def build_executorch(work: Path) -> None:
 
 def build(work: Path, rows: list[str], options: dict) -> None:
     """Every artifact the rows need, built once: a present directory is reused."""
+    from ..runtime.kv_cache import grown_copy
     from .run import build_missing, export_edgemfm
 
     steps = {
@@ -283,8 +289,11 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "executorch": build_executorch,
         **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
         "edgemfm-pte-int4": lambda w: export_edgemfm(w, "int4", "pte"),
+        "edgemfm-int4-grown": lambda w: grown_copy(w / "edgemfm-int4", w / "edgemfm-int4-grown"),
     }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
+    if "edgemfm-int4-grown" in needs:
+        needs.add("edgemfm-int4")
     if needs & {"ort-int8-dynamic", "ort-int8-static"}:
         needs.add("plain")
     build_missing(work, steps, needs, "")

@@ -35,6 +35,7 @@ FUSIONS = (
     "silu",
     "fused_matmul",
     "packed_projections",
+    "shared_cache",
 )
 
 # The fused kernels the rules produce (ONNX Runtime registers some in the default domain).
