@@ -39,8 +39,6 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "speech-tiny-en-longform-142s-pte",
     "speech-tiny-en-longform-605s-file1",
     "speech-tiny-en-longform-671s-file2",
-    "speech-tiny-en-longform-pooled-int8-decoder-headfold",
-    "speech-tiny-en-longform-pooled-int8-v13",
     "speech-tiny-en-longform-pooled-int8-decoder-kl",
     "speech-tiny-en-streaming-142s-commit-delay",
     "speech-tiny-en-streaming-605s-commit-delay",
