@@ -39,6 +39,8 @@ class ModuleSession:
     """A PyTorch module where a pipeline runs a program's method (the backend protocol's `run`), its inputs regrouped
     as the module takes them (Whisper's decoder: the cross-attention K/V as one tuple), under XNNPACK's rounding."""
 
+    provider = "PyTorch (fake-quantized)"  # the backend protocol's: what runs it
+
     def __init__(self, unit):
         from torch.utils._pytree import tree_flatten
 
@@ -96,7 +98,7 @@ class _Recorded:
     """A program's decoder method that keeps each call's feeds and logits, for the reference to replay."""
 
     def __init__(self, session):
-        self.session, self.calls = session, []
+        self.session, self.calls, self.provider = session, [], session.provider
 
     def run(self, feeds: dict) -> dict:
         out = self.session.run(feeds)
