@@ -105,16 +105,16 @@ class KVCache:
     def rollback(self, n: int) -> None:
         """Forget the last `n` entries (tokens a speculative step proposed and the target rejected)."""
         if n:
-            self._slice(lambda a: a[:, :, : self.length - n])
+            self._keep(self.length - n, self.length)
             self.length -= n
             self.position -= n
 
     def _keep(self, head: int, tail: int) -> None:
         """Keep entries [0, head) and [tail, length)."""
-        self._slice(lambda a: np.concatenate([a[:, :, :head], a[:, :, tail:]], axis=2))
-
-    def _slice(self, cut: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.values = {name: np.ascontiguousarray(cut(v)) for name, v in self.values.items()}
+        self.values = {
+            name: np.ascontiguousarray(np.concatenate([a[:, :, :head], a[:, :, tail:]], axis=2))
+            for name, a in self.values.items()
+        }
 
 
 def in_place(layout: KVLayout | None, provider: str) -> bool:
@@ -148,11 +148,7 @@ class SharedKVCache(KVCache):
 
     def feeds(self, seq: int) -> dict[str, np.ndarray]:
         """The mask and positions for `seq` new tokens (the buffers are bound, not fed)."""
-        return {
-            "attention_mask": np.ones((1, self.length + seq), np.int64),
-            "position_ids": self.position_ids(seq),
-            **self.fixed,
-        }
+        return {name: value for name, value in super().feeds(seq).items() if name not in self.values}
 
     def run(self, session: Session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.bound is None or self.bound[0] is not session:
@@ -170,10 +166,6 @@ class SharedKVCache(KVCache):
             held = self.values[name][:, :, : self.length]
             held[...] = rotate(held, self.base - self.position, self.frequencies)
         self.base = self.position
-
-    def rollback(self, n: int) -> None:
-        self.length -= n
-        self.position -= n
 
     def _keep(self, head: int, tail: int) -> None:
         for buffer in self.values.values():
