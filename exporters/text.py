@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from edgemfm.errors import InputError
+from edgemfm.exporters.chat_template import chat_prompt
 from edgemfm.exporters.decoder import decoder_unit, embedding_unit
 from edgemfm.exporters.family import Family, Split
 from edgemfm.manifest import Preprocess, Prompt, Tokenizer
@@ -106,7 +107,8 @@ def split(model: Any, model_dir: Path) -> Split:
             "token_embedding": embedding_unit(model.get_input_embeddings()),
             "text_decoder": decoder_unit(model.model, lm_head(model, config), config),
         },
-        prompt=Prompt(template="{media}{prompt}"),  # the tokenizer file adds BOS where the model wants it
+        # the checkpoint's chat template, else the bare question (the tokenizer file adds BOS where the model wants it)
+        prompt=chat_prompt(model_dir, tokenizer.eos_token_ids) or Prompt(template="{media}{prompt}"),
         preprocess=Preprocess(),
         tokenizer=tokenizer,
         tokenizer_file=tokenizer_file,

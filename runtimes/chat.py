@@ -2,10 +2,10 @@
 
 A conversation is the concatenation of its turns' token ids: turn 1 is the manifest's prompt
 template with the tokenizer's special tokens (as `generate` uses it), then each answer, closed
-by the end-of-sequence token, then the next turn's template without special tokens. Bundles
-carry no chat template of their checkpoint (the manifest's `prompt.template` is the one the
-export verified), so each turn is that template: `USER: <image>\\nWhat is it? ASSISTANT:` for
-the LLaVA-style models. The cache is the decoder's own: it slides past `max_seq_len` keeping
+by the end-of-sequence token, then the next turn's template without special tokens: the
+manifest's `prompt.turn` where a text checkpoint's chat template gave one (exporters/chat_template.py:
+what the template writes between an answer and the next), else `prompt.template` again:
+`USER: <image>\\nWhat is it? ASSISTANT:` for the LLaVA-style models. The cache is the decoder's own: it slides past `max_seq_len` keeping
 the sink entries across turns (a static pte cache by feeding the kept rows again, `static_cache.py`,
 so the turn that slides counts them in `prefilled`).
 

@@ -266,7 +266,7 @@ class Pipeline(Generates):
             if k in media
         ]
         calls = {k: v if isinstance(v, int) else sum(len(p.calls) for p in v) for k, v in counts.items()}
-        text = self._with_prompt(prompt).format(media="".join(texts), prompt=prompt)
+        text = self._with_prompt(prompt, first_turn).format(media="".join(texts), prompt=prompt)
         limit = self.streaming.max_seq_len
         if len(text) > limit * self.longest_token:  # at least `limit` tokens: refused without tokenizing 1 MB
             raise InputError(
@@ -288,18 +288,20 @@ class Pipeline(Generates):
                 raise InputError(f"the prompt must not contain the {kind} placeholder {spec.placeholder.strip()!r}")
         return ids
 
-    def _with_prompt(self, prompt: str) -> str:
+    def _with_prompt(self, prompt: str, first_turn: bool = True) -> str:
         """The template with `prompt` placed where the model reads it: in {prompt}, or before the template
-        as earlier text (Whisper's `<|startofprev|>`, as transformers' `generate(prompt_ids=...)`)."""
+        as earlier text (Whisper's `<|startofprev|>`, as transformers' `generate(prompt_ids=...)`). A chat's
+        later turn takes the manifest's `turn` template where it has one (a checkpoint's chat template)."""
         p = self.manifest.prompt
+        template = p.template if first_turn or p.turn is None else p.turn
         if p.previous is not None:
-            return p.template if not prompt.strip() else p.previous.format(prompt=prompt.strip()) + p.template
-        if prompt and "{prompt}" not in p.template:
+            return template if not prompt.strip() else p.previous.format(prompt=prompt.strip()) + template
+        if prompt and "{prompt}" not in template:
             raise InputError(
                 f"this bundle takes no text prompt (its checkpoint has no token for earlier text); got {prompt!r}; "
                 "allowed: an empty prompt"
             )
-        return p.template
+        return template
 
     def encode(self, kind: str, item: Any) -> np.ndarray:
         """One media item's (or prepared call's) rows [1, n, hidden] for the decoder: pre-processed, then its encoder run."""

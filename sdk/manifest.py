@@ -121,6 +121,9 @@ class Prompt:
     # (Whisper: "<|startofprev|> {prompt}" before <|startoftranscript|>); None: into the template's {prompt},
     # and a template without {prompt} takes no prompt
     previous: str | None = None
+    # a chat's later turn, after an answer and its end-of-sequence token (the checkpoint's chat template: the text
+    # it writes between an answer and the next one); None: the template again, without the tokenizer's special tokens
+    turn: str | None = None
 
 
 @dataclass(frozen=True)

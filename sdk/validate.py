@@ -162,6 +162,8 @@ def _generation(c: _Checker, m: Manifest) -> None:
 
 def _prompt(c: _Checker, m: Manifest) -> None:
     c.template("prompt.template", m.prompt.template, {"media", "prompt"})
+    if m.prompt.turn is not None:
+        c.template("prompt.turn", m.prompt.turn, {"media", "prompt"})
     for kind, media in m.prompt.media.items():
         path = f"prompt.media.{kind}"
         c.name_in(f"{path} (kind)", kind, MEDIA_KINDS)

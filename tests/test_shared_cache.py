@@ -9,8 +9,11 @@ import dataclasses
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
+from edgemfm import validate
 from edgemfm.bundle import read_manifest
+from edgemfm.errors import BundleError
 from edgemfm.exporters.fusions.shared_cache import METADATA
 from edgemfm.runtimes.generation import Decoder
 from edgemfm.runtimes.kvcache import KVCache, SharedKVCache
@@ -113,3 +116,20 @@ def test_a_max_length_buffer_costs_only_the_entries_written_generation_after_gen
             buffer[:, :, :8] = 1.0
         del cache
     assert resident_bytes() - before < 8 * 2**20
+
+
+def test_a_static_cache_marked_shared_is_refused_in_one_line(default_bundle):
+    """A program's static cache owns its buffers: a manifest that also marks it shared is refused by name."""
+    manifest = read_manifest(default_bundle)
+    decoder = manifest.components["text_decoder"]
+    static = dataclasses.replace(decoder.kv_cache, kind="static", max_seq_len=64, position="position_ids", shared=False)
+    assert validate.check(_with_cache(manifest, static), "m")  # valid as a static cache
+    with pytest.raises(
+        BundleError, match=r"^m: components.text_decoder.kv_cache.shared True is not allowed; allowed: false"
+    ):
+        validate.check(_with_cache(manifest, dataclasses.replace(static, shared=True)), "m")
+
+
+def _with_cache(manifest, kv):
+    decoder = dataclasses.replace(manifest.components["text_decoder"], kv_cache=kv)
+    return dataclasses.replace(manifest, components={**manifest.components, "text_decoder": decoder})

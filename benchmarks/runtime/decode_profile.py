@@ -1,14 +1,18 @@
 """Where a decode step's time goes: ONNX Runtime's profiler on edgemfm bundles' text decoders, side by side.
 
-    python -m benchmarks.runtime.decode_profile BUNDLE [BUNDLE ...] [--context 64] [--steps 32] [--rounds 5]
+    python -m benchmarks.runtime.decode_profile BUNDLE [BUNDLE ...] [--context 64] [--steps 32] [--rounds 5] [--graphs ONNX ...] [--executorch PTE]
 
 Each bundle's decoder (one thread, as benchmarks/side_by_side) is prefilled with the same
 `context` token ids, then takes `steps` single-token steps on edgemfm's own cache. Rates: tokens
 per CPU second of those steps, the bundles taken in turn for `rounds` rounds (interleaved: the
 shared machine's load changes hit each alike), median and range. Then one profiled run per bundle:
 kernel calls per step and each op type's share of the kernel time (the profiler's Node events of
-the single-token steps only: the prefill runs on a session without the profiler).
+the single-token steps only, not the prefill's).
 A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time.
+The kernel floor: the decoder's MatMulNBits alone, taken out into one graph with their own weights and
+run back to back on one row (CPU ms per step and the rate at which they read their weights), taken in the
+same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
+`--executorch` an ExecuTorch LLM program's whole single-token step at the same position, in the same rounds.
 Writes benchmarks/results/NAME.json (--name) through benchmarks.record.
 """
 
@@ -26,89 +30,146 @@ import numpy as np
 from .. import record
 
 
-def _sessions(bundle: Path, profile: bool = False):
-    """(decoder session, embedding session, the decoder's cache layout) on one thread."""
+def _decoder(bundle: Path, profile: bool = False):
+    """The bundle's decoder as the runtime loads it (one thread; its cache appended in place where the manifest
+    allows it), on a session with ONNX Runtime's profiler when `profile`."""
     import onnxruntime as ort
 
-    from edgemfm.bundle import read_manifest
+    import edgemfm
+    from edgemfm.runtimes.onnxruntime import OrtSession
 
-    manifest = read_manifest(bundle)
-    decoder = manifest.components[manifest.generation.decoder]
-    made = []
-    for file, profiled in ((decoder.file, profile), (manifest.components["token_embedding"].file, False)):
+    pipe = edgemfm.load(bundle, threads=1)
+    if profile:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-        options.enable_profiling = profiled
+        options.enable_profiling = True
         options.profile_file_prefix = str(Path("/tmp") / f"decode_profile_{bundle.name}")
-        made.append(ort.InferenceSession(str(bundle / file), options, providers=["CPUExecutionProvider"]))
-    return made[0], made[1], decoder.kv_cache
+        file = bundle / pipe.manifest.components[pipe.manifest.generation.decoder].file
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        pipe.decoder.session = OrtSession(session, file.name)
+    return pipe.decoder
 
 
-def _prefilled(bundle: Path, context: int):
-    """A cache holding `context` positions of a fixed id sequence, and the next token."""
-    from edgemfm.runtimes.kvcache import KVCache
-
-    decoder, embedding, layout = _sessions(bundle)
-    cache = KVCache(layout, max_len=4096, sinks=4)
+def _prefilled(decoder, context: int):
+    """A fresh cache holding `context` positions of a fixed id sequence, and the next token."""
+    cache = decoder.new_cache()
     ids = [(17 * i + 5) % 190 + 10 for i in range(context)]  # inside any vocabulary of 200 or more
-    embeds = embedding.run(None, {"input_ids": np.asarray([ids], np.int64)})[0]
-    cache.make_room(context)
-    out = dict(
-        zip(
-            [o.name for o in decoder.get_outputs()],
-            decoder.run(None, {"inputs_embeds": embeds, **cache.feeds(context)}),
-        )
-    )
-    cache.advance(out, context)
-    return cache, int(np.argmax(out["logits"][0, -1]))
+    return cache, int(np.argmax(decoder.run(cache, decoder.embed_ids(ids))[-1]))
 
 
-def _steps(decoder, embedding, cache, token: int, steps: int) -> float:
+def _steps(decoder, cache, token: int, steps: int) -> float:
     """CPU seconds per single-token step over `steps` greedy steps."""
-    names = [o.name for o in decoder.get_outputs()]
     start = time.process_time()
     for _ in range(steps):
-        x = embedding.run(None, {"input_ids": np.asarray([[token]], np.int64)})[0]
-        cache.make_room(1)
-        out = dict(zip(names, decoder.run(names, {"inputs_embeds": x, **cache.feeds(1)})))
-        cache.advance(out, 1)
-        token = int(np.argmax(out["logits"][0, -1]))
+        token = int(np.argmax(decoder.run(cache, decoder.embed_ids([token]))[-1]))
     return (time.process_time() - start) / steps
 
 
-def _verify(decoder, embedding, cache, token: int, calls: int, k: int) -> float:
+def _verify(decoder, cache, token: int, calls: int, k: int) -> float:
     """CPU seconds per call of k + 1 tokens (a speculative verify), each rolled back after it."""
-    names = [o.name for o in decoder.get_outputs()]
-    x = embedding.run(None, {"input_ids": np.asarray([[token] * (k + 1)], np.int64)})[0]
+    x = decoder.embed_ids([token] * (k + 1))
     start = time.process_time()
     for _ in range(calls):
-        cache.make_room(k + 1)
-        cache.advance(dict(zip(names, decoder.run(names, {"inputs_embeds": x, **cache.feeds(k + 1)}))), k + 1)
+        decoder.run(cache, x)
         cache.rollback(k + 1)
     return (time.process_time() - start) / calls
 
 
-def rates(bundles: list[Path], context: int, steps: int, rounds: int, k: int) -> dict[str, dict[str, list[float]]]:
-    """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, and the CPU
-    cost of one call of k + 1 tokens in single steps."""
-    sessions = {b: _sessions(b)[:2] for b in bundles}
-    out = {str(b): {"rate": [], "verify": []} for b in bundles}
+def matmuls_alone(graph: Path):
+    """(a session running `graph`'s MatMulNBits alone, back to back on one row each, its feeds, their weights'
+    bytes): the kernel floor of one decode step."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(graph))  # external data from beside the file
+    weights = {i.name: i for i in model.graph.initializer}
+    nodes, used, widths = [], {}, set()
+    for n in model.graph.node:
+        if n.op_type == "MatMulNBits":
+            attributes = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            widths.add(attributes["K"])
+            out = f"out{len(nodes)}"
+            nodes.append(
+                helper.make_node(
+                    n.op_type, [f"row{attributes['K']}", *n.input[1:]], [out], **attributes, domain=n.domain
+                )
+            )
+            used |= {name: weights[name] for name in n.input[1:] if name in weights}
+    inputs = [helper.make_tensor_value_info(f"row{k}", TensorProto.FLOAT, [1, k]) for k in sorted(widths)]
+    outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
+    alone = helper.make_model(
+        helper.make_graph(nodes, "matmuls", inputs, outputs, initializer=list(used.values())),
+        opset_imports=list(model.opset_import),
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {f"row{k}": rng.standard_normal((1, k)).astype(np.float32) for k in widths}
+    return session, feeds, sum(onnx.numpy_helper.to_array(w).nbytes for w in used.values())
+
+
+def _alone(session, feeds: dict, steps: int) -> float:
+    """CPU seconds per run of the MatMulNBits-alone graph."""
+    start = time.process_time()
+    for _ in range(steps):
+        session.run(None, feeds)
+    return (time.process_time() - start) / steps
+
+
+def rates(
+    bundles: list[Path],
+    context: int,
+    steps: int,
+    rounds: int,
+    k: int,
+    graphs: list[Path] = (),
+    llm_program: Path | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, the CPU
+    cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its MatMulNBits alone
+    (`graphs`: that last one only); `llm_program`: an ExecuTorch LLM program's single-token step at `context`
+    in the same rounds."""
+    from edgemfm.bundle import read_manifest
+
+    decoders = {b: _decoder(b) for b in bundles}
+    files = {str(b): b / read_manifest(b).components[read_manifest(b).generation.decoder].file for b in bundles}
+    alone = {name: matmuls_alone(Path(f)) for name, f in (files | {str(g): g for g in graphs}).items()}
+    out = {name: {"rate": [], "verify": [], "alone": [], "bytes": [alone[name][2]]} for name in alone}
+    if llm_program is not None:
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels)
+        import executorch.kernels.quantized  # noqa: F401  (embedding_byte)
+
+        from edgemfm.runtimes.executorch import set_threads
+
+        from .pte_step_profile import Program
+
+        set_threads(1)
+        program, out[str(llm_program)] = Program(llm_program, etdump=False, bundle=False), {"rate": []}
     for _ in range(rounds):
+        if llm_program is not None:
+            program.cpu_ms(context, 3)
+            out[str(llm_program)]["rate"].append(1e3 / program.cpu_ms(context, steps))
         for b in bundles:
-            cache, token = _prefilled(b, context)
-            step = _steps(*sessions[b], cache, token, steps)
+            cache, token = _prefilled(decoders[b], context)
+            step = _steps(decoders[b], cache, token, steps)
             out[str(b)]["rate"].append(1 / step)
-            out[str(b)]["verify"].append(_verify(*sessions[b], cache, token, steps // 2, k) / step)
+            out[str(b)]["verify"].append(_verify(decoders[b], cache, token, steps // 2, k) / step)
+        for name, (session, feeds, _) in alone.items():
+            _alone(session, feeds, 3)  # warm: its weights were last read a round ago
+            out[name]["alone"].append(_alone(session, feeds, steps))
     return out
 
 
 def profile(bundle: Path, context: int, steps: int) -> dict:
     """Kernel calls per step, kernel microseconds per step and each op type's share, from ORT's profiler."""
-    decoder, embedding, _ = _sessions(bundle, profile=True)
-    cache, token = _prefilled(bundle, context)
-    _steps(decoder, embedding, cache, token, steps)
-    events = json.loads(Path(decoder.end_profiling()).read_text())
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    decoder = _decoder(bundle, profile=True)
+    cache, token = _prefilled(decoder, context)
+    _steps(decoder, cache, token, steps)
+    events = json.loads(Path(decoder.session.session.end_profiling()).read_text())
+    first = [e for e in events if e.get("name") == "model_run"][-steps]["ts"]  # the steps' runs, not the prefill's
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first]
     time_by_op: Counter = Counter()
     for e in kernels:
         time_by_op[e["args"]["op_name"]] += e["dur"]
@@ -130,23 +191,46 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5, help="a verify call takes k + 1 tokens")
     p.add_argument("--name", default="runtime-decode-profile", help="the result file's name")
     p.add_argument("--model", default="", help="what the bundles hold, for the section's title")
+    p.add_argument("--graphs", nargs="*", type=Path, default=[], help="other decoders: their MatMulNBits alone")
+    p.add_argument("--executorch", type=Path, help="an ExecuTorch LLM program (export_llm's): its whole step")
     args = p.parse_args()
-    measured = rates(args.bundles, args.context, args.steps, args.rounds, args.k)
+    measured = rates(args.bundles, args.context, args.steps, args.rounds, args.k, args.graphs, args.executorch)
     rows = []
-    for b in args.bundles:
-        prof, r, verify = profile(b, args.context, args.steps), measured[str(b)]["rate"], measured[str(b)]["verify"]
-        top = ", ".join(f"{op} {share:.0%}" for op, share in list(prof["share"].items())[:5])
-        rows.append(
-            {
-                "bundle": b.name,
+    for name in [*map(str, args.bundles), *map(str, args.graphs), *([str(args.executorch)] if args.executorch else [])]:
+        m = measured[name]
+        row = {"decoder": Path(name).name if Path(name).is_dir() else f"{Path(name).parent.name}/{Path(name).name}"}
+        if "alone" not in m:  # ExecuTorch's program: its step only
+            r = m["rate"]
+            rows.append(
+                row
+                | {
+                    "tok / CPU s (median)": f"{statistics.median(r):.1f}",
+                    "range": f"{min(r):.1f}-{max(r):.1f}",
+                    "CPU ms / step": f"{1e3 / statistics.median(r):.2f}",
+                }
+            )
+            print(rows[-1], flush=True)
+            continue
+        alone, mb = statistics.median(m["alone"]), m["bytes"][0] / 1e6
+        if m["rate"]:
+            prof, r = profile(Path(name), args.context, args.steps), m["rate"]
+            row |= {
                 "tok / CPU s (median)": f"{statistics.median(r):.1f}",
                 "range": f"{min(r):.1f}-{max(r):.1f}",
-                f"{args.k + 1}-token call in steps": f"{statistics.median(verify):.2f}",
+                "CPU ms / step": f"{1e3 / statistics.median(r):.2f}",
+                f"{args.k + 1}-token call in steps": f"{statistics.median(m['verify']):.2f}",
                 "kernel calls / step": f"{prof['kernel_calls_per_step']:.0f}",
                 "kernel µs / step (profiled)": f"{prof['kernel_us_per_step']:.0f}",
-                "op types by share of kernel time": top,
+                "op types by share of kernel time": ", ".join(
+                    f"{op} {share:.0%}" for op, share in list(prof["share"].items())[:5]
+                ),
             }
-        )
+        row |= {
+            "MatMulNBits alone, CPU ms / step": f"{alone * 1e3:.2f} ({min(m['alone']) * 1e3:.2f}-{max(m['alone']) * 1e3:.2f})",
+            "their weights, MB": f"{mb:.1f}",
+            "read at, GB/s": f"{mb / 1e3 / alone:.1f}",
+        }
+        rows.append(row)
         print(rows[-1], flush=True)
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
@@ -156,7 +240,12 @@ def main() -> None:
         title=f"Decode step under ONNX Runtime's profiler ({args.model or 'edgemfm bundles'}, one thread, "
         f"load average {' / '.join(load)})",
         load_average=load,
-        settings=vars(args) | {"bundles": [str(b) for b in args.bundles]},
+        settings=vars(args)
+        | {
+            "bundles": [str(b) for b in args.bundles],
+            "graphs": [str(g) for g in args.graphs],
+            "executorch": str(args.executorch or ""),
+        },
     )
     print(f"wrote {path}; load average {' / '.join(load)}")
 

@@ -268,6 +268,7 @@ def build_executorch(work: Path) -> None:
             "executorch.extension.llm.export.export_llm",
             "--config",
             str(yaml.resolve()),
+            f"hydra.run.dir={out.resolve() / 'hydra'}",  # its log, which Hydra puts under ./outputs by default
         ],
         work / "executorch.log",
     )

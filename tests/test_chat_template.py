@@ -1,0 +1,76 @@
+"""A text checkpoint's chat template in its bundle (exporters/chat_template.py): the prompt's ids are what
+transformers' `apply_chat_template` gives for the same conversation, first turn and later turns, with the template
+saved as `save_pretrained` writes it today (chat_template.jinja) or in tokenizer_config.json as it used to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_text import tiny_text_model
+
+import edgemfm
+from edgemfm.cli import main
+from edgemfm.exporters.chat_template import chat_prompt
+
+# a default system message (with braces, which the bundle's format template must keep as text) unless one is given
+TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}{{ bos_token }}<|system|>Be brief {not verbose}.</s>{%- endif %}"
+    "{%- for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{%- endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>{%- endif %}"
+)
+
+
+def _with_template(checkpoint, in_config: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(checkpoint)
+    assert (checkpoint / "chat_template.jinja").exists()  # where transformers writes it now
+    if in_config:  # the older layout: the template inside tokenizer_config.json
+        (checkpoint / "chat_template.jinja").unlink()
+        config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+        (checkpoint / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+@pytest.mark.parametrize("in_config", [False, True])
+def test_the_template_is_read_where_transformers_reads_it(tmp_path, in_config):
+    checkpoint = tiny_text_model("LlamaForCausalLM", tmp_path / "model")
+    assert chat_prompt(checkpoint, (257,)) is None  # no template: the bare question
+    tokenizer = _with_template(checkpoint, in_config)
+    prompt = chat_prompt(checkpoint, (tokenizer.eos_token_id,))
+    assert prompt.template == "<s><|system|>Be brief {{not verbose}}.</s><|user|>{media}{prompt}</s><|assistant|>"
+    assert prompt.turn == "<|user|>{media}{prompt}</s><|assistant|>"  # after the answer and its closing </s>
+    assert not prompt.add_special_tokens
+
+
+def test_an_instruct_bundle_prompts_and_chats_as_transformers_templates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = tiny_text_model("LlamaForCausalLM", tmp_path / "model")
+    tokenizer = _with_template(checkpoint)
+    out = tmp_path / "bundle"
+    assert main(["export", "--model", str(checkpoint), "--device", "host", "--out", str(out)]) == 0
+    pipe = edgemfm.load(out)
+    first, later = "Name a {colour}.", "And another?"
+
+    def templated(*messages: str):
+        roles = ["user", "assistant"] * len(messages)
+        conversation = [{"role": r, "content": m} for r, m in zip(roles, messages)]
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    ids = pipe.prompt_ids(first)
+    assert ids == templated(first)  # one BOS, from the template: none added by the tokenizer
+    answer = tokenizer.encode("Red.", add_special_tokens=False)
+    conversation = ids + answer + [tokenizer.eos_token_id] + pipe.prompt_ids(later, first_turn=False)
+    assert conversation == templated(first, "Red.", later)
+    # the bundle's greedy answer is transformers' on the templated ids
+    ours = list(pipe.generate_tokens(first, max_new_tokens=12))
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        generated = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    theirs = [t for t in generated[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
+    assert len(ours) >= 6 and ours == theirs[: len(ours)]
