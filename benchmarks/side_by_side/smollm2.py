@@ -301,14 +301,20 @@ def build(work: Path, rows: list[str], options: dict) -> None:
 
 
 def settings(work: Path, options: dict) -> dict:
-    """What every row decodes and scores: the prompt's and the text's ids under SmolLM2's tokenizer."""
+    """What every row decodes and scores: the prompt's and the text's ids under SmolLM2's tokenizer. The prompt
+    is the question in the checkpoint's chat template, as transformers' apply_chat_template writes it and as
+    edgemfm's bundles prompt it (exporters/chat_template.py): an instruct model's prompt."""
     from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = Tokenizer.from_file(str(work / "hf" / "tokenizer.json"))
+    chat = AutoTokenizer.from_pretrained(work / "hf")
     config = json.loads((work / "hf" / "config.json").read_text())
     s = {
         "prompt": PROMPT,
-        "prompt_ids": tokenizer.encode(PROMPT).ids,
+        "prompt_ids": chat.apply_chat_template(
+            [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True, return_dict=False
+        ),
         "text": str(EVAL_TEXT),
         "text_ids": tokenizer.encode(EVAL_TEXT.read_text()).ids,
         "tokens": options["tokens"],

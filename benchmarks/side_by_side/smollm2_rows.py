@@ -193,7 +193,9 @@ def executorch_row(pte: Path, tokenizer: Path, s: dict) -> dict:
 
     set_threads(s["threads"])  # ExecuTorch's pool and torch's, which custom_sdpa's kernel splits on
     runner = TextLLMRunner(str(pte), str(tokenizer))
-    prompt = Tokenizer.from_file(str(tokenizer)).decode(s["prompt_ids"])
+    prompt = Tokenizer.from_file(str(tokenizer)).decode(
+        s["prompt_ids"], skip_special_tokens=False
+    )  # the template's too
 
     def once():  # ExecuTorch's own C++ runner; the first token's callback marks the clocks
         clock, pieces = Clock(), []
