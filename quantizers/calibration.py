@@ -7,7 +7,9 @@ made offline with `espeak-ng -v VOICE -s 175 -w OUT.wav TEXT`, resampled and tri
 English prompts, so every export can be calibrated and measured offline.
 
 Each prompt, with one media item when the bundle takes media (images and clips in turn), goes
-through the bundle's template and tokenizer, each item through the manifest's pre-processing and
+through the bundle's template and tokenizer (a checkpoint's chat template as one conversation: the
+first prompt in the first turn's template, the rest in the later turns', so its system message counts
+once), each item through the manifest's pre-processing and
 its float encoder, and their rows are spliced into the token embeddings exactly as
 `Pipeline.embed` does: the decoder is calibrated on the inputs it will see. An encoder no item of
 the folder reaches (an audio encoder, a folder without clips) gets no feeds: weight-only and
@@ -208,8 +210,8 @@ def component_feeds(float_dir: Path, manifest: Manifest, folder: str | Path | No
     for i, prompt in enumerate(prompts):
         kind = list(given)[i % len(given)] if given else None  # images and clips in turn
         items = {kind: [given[kind][i // len(given) % len(given[kind])]]} if kind else {}
-        if cross is None:
-            ids, items = _prompt(pipe, prompt, items)
+        if cross is None:  # a checkpoint's chat template: one conversation, its system message once
+            ids, items = _prompt(pipe, prompt, items, first_turn=i == 0 or manifest.prompt.turn is None)
         else:  # the text as a transcript after the start tokens: what the decoder reads while transcribing
             ids = pipe.prompt_ids("") + pipe.tokenizer.encode(" " + prompt, add_special_tokens=False).ids
         embeds = pipe.embed(ids, items)
@@ -265,13 +267,16 @@ def _calls(pipe: Any, kind: str, items: list[Any]) -> list[Any]:
     return items
 
 
-def _prompt(pipe: Any, prompt: str, items: dict[str, list[Any]]) -> tuple[list[int], dict[str, list[Any]]]:
-    """The prompt's token ids and the items (or prepared calls) that fill its placeholders, in order."""
+def _prompt(
+    pipe: Any, prompt: str, items: dict[str, list[Any]], first_turn: bool = True
+) -> tuple[list[int], dict[str, list[Any]]]:
+    """The prompt's token ids (a chat's later turn unless `first_turn`) and the items (or prepared calls) that fill
+    its placeholders, in order."""
     if "image" in items and needs_preparing(pipe.manifest):  # the image's prompt text depends on its tiles or grid
         prepared = pipe.prepare(items)
         calls = {kind: [c for p in v for c in p.calls] for kind, v in prepared.items()}
-        return pipe.prompt_ids(prompt, prepared), calls
-    return pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()}), items
+        return pipe.prompt_ids(prompt, prepared, first_turn), calls
+    return pipe.prompt_ids(prompt, {k: len(v) for k, v in items.items()}, first_turn), items
 
 
 def _builtin_clips(manifest: Manifest) -> list[np.ndarray]:
