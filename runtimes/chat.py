@@ -5,9 +5,9 @@ template with the tokenizer's special tokens (as `generate` uses it), then each 
 by the end-of-sequence token, then the next turn's template without special tokens: the
 manifest's `prompt.turn` where a text checkpoint's chat template gave one (exporters/chat_template.py:
 what the template writes between an answer and the next), else `prompt.template` again:
-`USER: <image>\\nWhat is it? ASSISTANT:` for the LLaVA-style models. The cache is the decoder's own: it slides past `max_seq_len` keeping
-the sink entries across turns (a static pte cache by feeding the kept rows again, `static_cache.py`,
-so the turn that slides counts them in `prefilled`).
+`USER: <image>\\nWhat is it? ASSISTANT:` for the LLaVA-style models. The cache is the decoder's
+own: it slides past `max_seq_len` keeping the sink entries across turns (a static pte cache by
+feeding the kept rows again, `static_cache.py`, so the turn that slides counts them in `prefilled`).
 
     turn 1:  BOS USER: <image> q1 ASSISTANT: │ a1 a2 … an
     turn 2:  (an EOS, not yet in the cache)   USER: q2 ASSISTANT: │ b1 …   <- the only rows prefilled

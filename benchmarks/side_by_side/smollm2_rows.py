@@ -193,9 +193,8 @@ def executorch_row(pte: Path, tokenizer: Path, s: dict) -> dict:
 
     set_threads(s["threads"])  # ExecuTorch's pool and torch's, which custom_sdpa's kernel splits on
     runner = TextLLMRunner(str(pte), str(tokenizer))
-    prompt = Tokenizer.from_file(str(tokenizer)).decode(
-        s["prompt_ids"], skip_special_tokens=False
-    )  # the template's too
+    # the chat template's special tokens too: the runner's tokenizer reads them back from the text
+    prompt = Tokenizer.from_file(str(tokenizer)).decode(s["prompt_ids"], skip_special_tokens=False)
 
     def once():  # ExecuTorch's own C++ runner; the first token's callback marks the clocks
         clock, pieces = Clock(), []
