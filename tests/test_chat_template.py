@@ -74,3 +74,64 @@ def test_an_instruct_bundle_prompts_and_chats_as_transformers_templates(tmp_path
         generated = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False)
     theirs = [t for t in generated[0, len(ids) :].tolist() if t not in pipe.manifest.tokenizer.eos_token_ids]
     assert len(ours) >= 6 and ours == theirs[: len(ours)]
+
+
+# The shapes of real checkpoints' templates: a default system message (Qwen2), no system role and a renamed
+# assistant (Gemma), the BOS in the first message only (Llama 3), a generation prompt that differs from the
+# closing (Phi-3). Each closes an answer with the token its generation_config lists as an end of sequence.
+STYLES = {
+    "qwen2": (
+        "<|im_end|>",
+        "{%- for message in messages %}{%- if loop.first and messages[0]['role'] != 'system' %}"
+        "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    ),
+    "gemma": (
+        "<end_of_turn>",
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for message in messages %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+        "{% else %}{% set role = message['role'] %}{% endif %}"
+        "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}",
+    ),
+    "llama3": (
+        "<|eot_id|>",
+        "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+        "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+    ),
+    "phi3": (
+        "<|end|>",
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + "
+        "'<|end|>\\n'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + "
+        "'<|end|>\\n'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}"
+        "{{ eos_token }}{% endif %}",
+    ),
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_real_template_shapes_give_transformers_text_first_turn_and_later(tmp_path, style):
+    from transformers import AutoTokenizer
+
+    end, template = STYLES[style]
+    checkpoint = tiny_text_model("LlamaForCausalLM", tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer.add_special_tokens({"additional_special_tokens": [end]})
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(checkpoint)
+    prompt = chat_prompt(checkpoint, (tokenizer.convert_tokens_to_ids(end),))
+
+    def rendered(*messages: str) -> str:
+        roles = ["user", "assistant"] * len(messages)
+        conversation = [{"role": r, "content": m} for r, m in zip(roles, messages)]
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    first = prompt.template.format(media="", prompt="Name a colour.")
+    assert first == rendered("Name a colour.")
+    later = prompt.turn.format(media="", prompt="Another?")
+    assert first + "Red." + end + later == rendered(
+        "Name a colour.", "Red.", "Another?"
+    )  # the runtime closes with `end`
