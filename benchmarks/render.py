@@ -71,6 +71,7 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-pte-positions",
     "runtime-pte-slide",
     "runtime-pte-step-profile",
+    "runtime-sdpa-kernel",
     "quantization-demo-pte-int8",
     "cost-validation",
     "cost-tune-pi5",
