@@ -11,8 +11,9 @@ out the BOS where the model wants one).
 A later chat turn (`Prompt.turn`) is the text the template writes after an answer up to the next answer: rendered
 from a two-turn conversation, less the end-of-sequence token with which the runtime closes each answer itself.
 
-A checkpoint without a chat template, or one whose template does not render a lone user message with the message
-in it verbatim, keeps the bare `{media}{prompt}`.
+A checkpoint without a chat template, one whose template does not render a lone user message with the message in
+it verbatim, or one whose tokenizer files transformers cannot read (the runtime needs only tokenizer.json), keeps
+the bare `{media}{prompt}`.
 
 Example:
     >>> chat_prompt(Path("SmolLM2-135M-Instruct"), (2,)).template  # doctest: +SKIP
@@ -33,7 +34,10 @@ def chat_prompt(model_dir: Path, eos_token_ids: Sequence[int]) -> Prompt | None:
     """The checkpoint's chat template as a Prompt (first turn and later turns), or None without one."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError):  # a tokenizer_config.json it cannot read (JSONDecodeError is a ValueError)
+        return None  # the runtime reads tokenizer.json alone; the question goes in bare, as without a template
     if not tokenizer.chat_template:
         return None
     first = _render(tokenizer, [{"role": "user", "content": QUESTION}])

@@ -135,3 +135,11 @@ def test_real_template_shapes_give_transformers_text_first_turn_and_later(tmp_pa
     assert first + "Red." + end + later == rendered(
         "Name a colour.", "Red.", "Another?"
     )  # the runtime closes with `end`
+
+
+def test_a_tokenizer_transformers_cannot_build_keeps_the_bare_question(tmp_path):
+    """The runtime reads tokenizer.json alone: a tokenizer_config.json transformers cannot read fails no export."""
+    checkpoint = tiny_text_model("LlamaForCausalLM", tmp_path / "model")
+    _with_template(checkpoint)
+    (checkpoint / "tokenizer_config.json").write_text('{"chat_template": ')  # cut short
+    assert chat_prompt(checkpoint, (257,)) is None
