@@ -57,6 +57,17 @@ def blocks(
     return [{"heading": title, "level": 2}, {"code": command(), "lang": "bash"}, *texts, source, *after, *notes]
 
 
+def load_average() -> str:
+    """The machine's load average as a title gives it (the results file holds it in "machine" too).
+
+    >>> load_average()  # doctest: +SKIP
+    '0.52 / 0.73 / 0.69'
+    """
+    from edgemfm.bench import machine
+
+    return " / ".join(f"{x:.2f}" for x in machine().load_average)
+
+
 def write(name: str, rows: list[dict], **extra) -> Path:
     """benchmarks/results/<name>.json: the command, the commit, the machine, the date, the rows and `extra`.
 

@@ -30,6 +30,14 @@ import numpy as np
 from .. import record
 
 
+def _decoder_file(bundle: Path) -> Path:
+    """The bundle's text decoder graph."""
+    from edgemfm.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    return bundle / manifest.components[manifest.generation.decoder].file
+
+
 def _decoder(bundle: Path, profile: bool = False):
     """The bundle's decoder as the runtime loads it (one thread; its cache appended in place where the manifest
     allows it), on a session with ONNX Runtime's profiler when `profile`."""
@@ -44,7 +52,7 @@ def _decoder(bundle: Path, profile: bool = False):
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         options.enable_profiling = True
         options.profile_file_prefix = str(Path("/tmp") / f"decode_profile_{bundle.name}")
-        file = bundle / pipe.manifest.components[pipe.manifest.generation.decoder].file
+        file = _decoder_file(bundle)
         session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         pipe.decoder.session = OrtSession(session, file.name)
     return pipe.decoder
@@ -131,11 +139,9 @@ def rates(
     cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its MatMulNBits alone
     (`graphs`: that last one only); `llm_program`: an ExecuTorch LLM program's single-token step at `context`
     in the same rounds."""
-    from edgemfm.bundle import read_manifest
-
     decoders = {b: _decoder(b) for b in bundles}
-    files = {str(b): b / read_manifest(b).components[read_manifest(b).generation.decoder].file for b in bundles}
-    alone = {name: matmuls_alone(Path(f)) for name, f in (files | {str(g): g for g in graphs}).items()}
+    files = {str(b): _decoder_file(b) for b in bundles} | {str(g): g for g in graphs}
+    alone = {name: matmuls_alone(f) for name, f in files.items()}
     out = {name: {"rate": [], "verify": [], "alone": [], "bytes": [alone[name][2]]} for name in alone}
     if llm_program is not None:
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels)
@@ -199,25 +205,21 @@ def main() -> None:
     for name in [*map(str, args.bundles), *map(str, args.graphs), *([str(args.executorch)] if args.executorch else [])]:
         m = measured[name]
         row = {"decoder": Path(name).name if Path(name).is_dir() else f"{Path(name).parent.name}/{Path(name).name}"}
-        if "alone" not in m:  # ExecuTorch's program: its step only
+        if m.get("rate"):
             r = m["rate"]
-            rows.append(
-                row
-                | {
-                    "tok / CPU s (median)": f"{statistics.median(r):.1f}",
-                    "range": f"{min(r):.1f}-{max(r):.1f}",
-                    "CPU ms / step": f"{1e3 / statistics.median(r):.2f}",
-                }
-            )
-            print(rows[-1], flush=True)
-            continue
-        alone, mb = statistics.median(m["alone"]), m["bytes"][0] / 1e6
-        if m["rate"]:
-            prof, r = profile(Path(name), args.context, args.steps), m["rate"]
             row |= {
                 "tok / CPU s (median)": f"{statistics.median(r):.1f}",
                 "range": f"{min(r):.1f}-{max(r):.1f}",
                 "CPU ms / step": f"{1e3 / statistics.median(r):.2f}",
+            }
+        if "alone" not in m:  # ExecuTorch's program: its step only
+            rows.append(row)
+            print(rows[-1], flush=True)
+            continue
+        alone, mb = statistics.median(m["alone"]), m["bytes"][0] / 1e6
+        if m["rate"]:
+            prof = profile(Path(name), args.context, args.steps)
+            row |= {
                 f"{args.k + 1}-token call in steps": f"{statistics.median(m['verify']):.2f}",
                 "kernel calls / step": f"{prof['kernel_calls_per_step']:.0f}",
                 "kernel µs / step (profiled)": f"{prof['kernel_us_per_step']:.0f}",
@@ -232,14 +234,12 @@ def main() -> None:
         }
         rows.append(row)
         print(rows[-1], flush=True)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
+    load = record.load_average()
     path = record.write(
         args.name,
         rows,
         title=f"Decode step under ONNX Runtime's profiler ({args.model or 'edgemfm bundles'}, one thread, "
-        f"load average {' / '.join(load)})",
-        load_average=load,
+        f"load average {load})",
         settings=vars(args)
         | {
             "bundles": [str(b) for b in args.bundles],
@@ -247,7 +247,7 @@ def main() -> None:
             "executorch": str(args.executorch or ""),
         },
     )
-    print(f"wrote {path}; load average {' / '.join(load)}")
+    print(f"wrote {path}; load average {load}")
 
 
 if __name__ == "__main__":

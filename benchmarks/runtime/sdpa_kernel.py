@@ -100,15 +100,12 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
     path = record.write(
         args.name,
         rows,
         title=f"ExecuTorch's decode attention kernels alone by cached position ({args.heads} query heads over "
         f"{args.kv_heads} KV heads of {args.head_dim}, one thread, read bandwidth {bandwidth / 1e9:.1f} GB/s, "
-        f"load average {' / '.join(load)})",
-        load_average=load,
+        f"load average {record.load_average()})",
         settings=vars(args) | {"memory_bandwidth_bytes_per_s": bandwidth},
     )
     print(f"wrote {path}")
