@@ -39,6 +39,7 @@ from edgemfm.exporters.onnx import ParityError, _flat, _reference, _spec
 from edgemfm.manifest import Component
 from edgemfm.recipe import FLOAT32, Recipe
 from edgemfm.report import Delegation, Parity, Quantization
+from edgemfm.runtimes import native
 
 PROGRAM = "model.pte"
 ONE_ITEM = ("batch", "images", "items")  # axes fixed to one item in a program (the Pipeline feeds one at a time)
@@ -187,6 +188,8 @@ def _check(
 
     from edgemfm.exporters.pte_quantize import NOISE_SHARE
 
+    if any(u.kv_cache is not None and u.kv_cache.dtype == "int8" for u in units.values()):
+        native.load("int8_cache")  # the int8 cache's attention kernel (exporters/llm_ops.py)
     program = Runtime.get().load_program(path)
     parity = {}
     for name, unit in units.items():

@@ -18,15 +18,18 @@ What the op cannot express keeps the masked full-cache path (exporters/static_de
 attention-logit soft-capping (Gemma-2), and a sliding window shorter than the cache (Mistral,
 Gemma-2/3 with a window under max_seq_len). `unsupported` names the reason.
 
-`export --kv-cache int8` swaps each layer for `Int8OpsLayer`, as ExecuTorch's own LLM export does
-(examples/models/llama/source_transformation/custom_kv_cache.py, sdpa.py): every new key and value is
-quantized per token and head (asymmetric int8, one float32 scale and one int8 zero point per row of
-head_dim), written with update_cache beside its scale and zero point, and `llama::custom_quantized_sdpa`
-attends over the int8 cache directly (the query quantized per token too) without de-quantizing it whole:
-a step reads (head_dim + 5) bytes per head and position instead of 4 x head_dim.
+`export --kv-cache int8` swaps each layer for `Int8OpsLayer`: edgemfm's own int8 cache and its two ops
+(runtimes/kernels/int8_cache.cpp, built on the machine that runs the program: runtimes/native.py).
+`edgemfm::cache_int8` rounds each new key and value row (one position, one head) to asymmetric int8 with its
+own float32 scale and int8 zero point, as ExecuTorch's own LLM export does, and writes it in place in a layout
+made for the attention's int8 dot products; `edgemfm::sdpa_int8` attends over those rows directly. A step
+reads (head_dim + 5) bytes per head and position instead of 4 x head_dim. ExecuTorch's own int8 attention,
+`llama::custom_quantized_sdpa`, costs 6x its float kernel on x86 (its int8 products are plain loops outside
+aarch64; BENCHMARKS.md). `cache_int8_reference` and `sdpa_int8_reference` are the ops in PyTorch: what the
+exporter traces and what the program is checked against.
 
-    k, v ──choose_qparams_per_token_asymmetric──► int8, scale, zero ──update_cache ×3──► caches at start_pos
-    q ──quantize per token──► custom_quantized_sdpa(q8, k8, v8, start_pos, causal, scales, zeros) ─► out
+    k, v [1, kv, seq, d] ──transpose──► cache_int8(·, cache, scales, zeros, start_pos)  (in place, int8)
+    q ──transpose──► sdpa_int8(q, keys, scales, zeros, values, scales, zeros, start_pos, scale) ─► out
 
 Example:
     >>> unsupported(LlamaConfig(), 128) is None                                  # doctest: +SKIP
@@ -99,38 +102,30 @@ class OpsLayer(StaticLayer):
 
 
 class Int8OpsLayer(OpsLayer):
-    """`OpsLayer` with int8 keys and values, and a float32 scale and int8 zero point per position and head
-    ([1, max_seq_len, kv_heads, 1]); `update` returns the int8 buffers, which only `_attention` reads."""
+    """`OpsLayer` with int8 keys and values in edgemfm's cache layout (runtimes/kernels/int8_cache.cpp: keys
+    [kv_heads, S/8, head_dim/4, 8, 4], values [kv_heads, S/4, head_dim, 4], S the capacity rounded up to 8),
+    a float32 scale and an int8 zero point per head and position ([kv_heads, S]), written by
+    `edgemfm::cache_int8`; `update` returns the int8 buffers, which only `_attention` reads."""
 
     BUFFERS = ("keys", "values", "key_scales", "key_zeros", "value_scales", "value_zeros")
 
     def __init__(self, max_seq_len: int, kv_heads: int, head_dim: int, dtype: torch.dtype):
         super().__init__(max_seq_len, 0, head_dim, dtype)  # 0 heads: the float buffers are replaced below
-        shape, rows = (1, max_seq_len, kv_heads, head_dim), (1, max_seq_len, kv_heads, 1)
-        self.keys, self.values = torch.zeros(shape, dtype=torch.int8), torch.zeros(shape, dtype=torch.int8)
-        self.key_scales, self.value_scales = torch.ones(rows), torch.ones(rows)
-        self.key_zeros, self.value_zeros = torch.zeros(rows, dtype=torch.int8), torch.zeros(rows, dtype=torch.int8)
+        capacity = -(-max_seq_len // 8) * 8
+        self.keys = torch.zeros(kv_heads, capacity // 8, head_dim // 4, 8, 4, dtype=torch.int8)
+        self.values = torch.zeros(kv_heads, capacity // 4, head_dim, 4, dtype=torch.int8)
+        self.key_scales, self.value_scales = torch.ones(kv_heads, capacity), torch.ones(kv_heads, capacity)
+        self.key_zeros = torch.zeros(kv_heads, capacity, dtype=torch.int8)
+        self.value_zeros = torch.zeros(kv_heads, capacity, dtype=torch.int8)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        for states, kind in ((key_states, "key"), (value_states, "value")):
-            values, scales, zeros = quantize_rows(states.transpose(1, 2))
-            torch.ops.llama.update_cache(values, getattr(self, f"{kind}s"), self.start)
-            torch.ops.llama.update_cache(scales, getattr(self, f"{kind}_scales"), self.start)
-            torch.ops.llama.update_cache(zeros, getattr(self, f"{kind}_zeros"), self.start)
+        torch.ops.edgemfm.cache_int8(
+            key_states.transpose(1, 2), self.keys, self.key_scales, self.key_zeros, self.start, True
+        )
+        torch.ops.edgemfm.cache_int8(
+            value_states.transpose(1, 2), self.values, self.value_scales, self.value_zeros, self.start, False
+        )
         return self.keys, self.values
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`x` [1, seq, heads, d] as int8 per row of d (asymmetric): values, float32 scales and int8 zero points [.., 1].
-
-    Example:
-        >>> [t.dtype for t in quantize_rows(torch.randn(1, 3, 2, 8))]  # doctest: +SKIP
-        [torch.int8, torch.float32, torch.int8]
-    """
-    ops = torch.ops.quantized_decomposed
-    scales, zeros = ops.choose_qparams_per_token_asymmetric.default(x, torch.int8)
-    values = ops.quantize_per_token(x, scales, zeros, -128, 127, torch.int8)
-    return values, scales.to(torch.float32), zeros.to(torch.int8)
 
 
 def start_of(input_pos: torch.Tensor, seq: int, max_seq_len: int) -> Any:
@@ -153,11 +148,127 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     query = query.transpose(1, 2)
     if key.dtype == torch.int8:
         layer = kwargs[LAYERS][module.layer_idx]
-        q, q_scales, q_zeros = quantize_rows(query)
-        out = torch.ops.llama.custom_quantized_sdpa(
-            q, key, value, kwargs[START], None, 0.0, True, scaling, q_zeros, q_scales,
-            layer.key_zeros, layer.key_scales, layer.value_zeros, layer.value_scales,
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = torch.ops.edgemfm.sdpa_int8(
+            query, key, layer.key_scales, layer.key_zeros, value, layer.value_scales, layer.value_zeros,
+            kwargs[START], scale,
         )  # fmt: skip
         return out, None
     out = torch.ops.llama.custom_sdpa(query, key, value, kwargs[START], None, 0.0, True, scaling)
     return out, None
+
+
+def cache_int8_reference(
+    value: torch.Tensor,
+    cache: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    start_pos: int,
+    keys: bool,
+) -> torch.Tensor:
+    """edgemfm::cache_int8 in PyTorch: `value` [1, seq, kv_heads, d] as int8 rows into `cache` at start_pos.
+
+    Each row is rounded asymmetric per head and position (the formulas at the top of
+    runtimes/kernels/int8_cache.cpp) and written in the keys' or the values' layout, its scale and zero point
+    beside it. Returns a placeholder, as llama::update_cache does.
+
+    Example:
+        >>> cache_int8_reference(torch.randn(1, 1, 3, 64), layer.keys, layer.key_scales, layer.key_zeros, 5, True)  # doctest: +SKIP
+    """
+    seq, d = value.shape[1], value.shape[-1]
+    rows = value[0].transpose(0, 1).float()  # [kv, seq, d]
+    low = rows.amin(-1, keepdim=True).clamp(max=0.0)
+    high = rows.amax(-1, keepdim=True).clamp(min=0.0)
+    scale = ((high - low) / 255.0).clamp(min=torch.finfo(torch.float32).eps)
+    zero = torch.round(-128.0 - low / scale).clamp(-128, 127)
+    q = (torch.round(rows / scale) + zero).clamp(-128, 127).to(torch.int8)
+    unblocked = _unblock(cache, keys)  # [kv, S, d], a copy
+    unblocked[:, start_pos : start_pos + seq] = q
+    cache.copy_(_block(unblocked, keys, d))
+    scales[:, start_pos : start_pos + seq] = scale[..., 0]
+    zeros[:, start_pos : start_pos + seq] = zero[..., 0].to(torch.int8)
+    return torch.zeros(1)
+
+
+def _unblock(cache: torch.Tensor, keys: bool) -> torch.Tensor:
+    """A cache in the kernel's layout as [kv_heads, S, head_dim]."""
+    if keys:  # [kv, S/8, d/4, 8, 4] -> [kv, S/8, 8, d/4, 4]
+        return cache.permute(0, 1, 3, 2, 4).reshape(cache.shape[0], cache.shape[1] * 8, -1)
+    return cache.permute(0, 1, 3, 2).reshape(cache.shape[0], cache.shape[1] * 4, -1)  # [kv, S/4, 4, d]
+
+
+def _block(rows: torch.Tensor, keys: bool, d: int) -> torch.Tensor:
+    """[kv_heads, S, head_dim] in the kernel's layout."""
+    kv, capacity = rows.shape[:2]
+    if keys:
+        return rows.reshape(kv, capacity // 8, 8, d // 4, 4).permute(0, 1, 3, 2, 4).contiguous()
+    return rows.reshape(kv, capacity // 4, 4, d).permute(0, 1, 3, 2).contiguous()
+
+
+def sdpa_int8_reference(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    key_scales: torch.Tensor,
+    key_zeros: torch.Tensor,
+    values: torch.Tensor,
+    value_scales: torch.Tensor,
+    value_zeros: torch.Tensor,
+    start_pos: int,
+    scale: float,
+) -> torch.Tensor:
+    """edgemfm::sdpa_int8 in PyTorch (the formulas at the top of runtimes/kernels/int8_cache.cpp).
+
+    query [1, seq, heads, d] float32 over a cache that cache_int8 wrote; row i attends to positions
+    0 .. start_pos + i. Returns [1, seq, heads, d].
+
+    Example:
+        >>> sdpa_int8_reference(q, layer.keys, ks, kz, layer.values, vs, vz, 0, 0.125).shape  # doctest: +SKIP
+        torch.Size([1, 1, 9, 64])
+    """
+    seq, heads, _ = query.shape[1:]
+    kv = keys.shape[0]
+    width = start_pos + seq
+    amax = query.abs().amax(-1, keepdim=True)
+    q8 = torch.round(query * torch.where(amax > 0, 127.0 / amax, 0.0)).clamp(-127, 127)
+    row_scale = scale * torch.where(amax > 0, amax / 127.0, 1.0)  # [1, seq, heads, 1]
+
+    def per_head(x: torch.Tensor) -> torch.Tensor:  # [kv, width, ...] -> [heads, width, ...]
+        return x[:, :width].repeat_interleave(heads // kv, dim=0)
+
+    k, v = per_head(_unblock(keys, True)).double(), per_head(_unblock(values, False)).double()
+    ks, kz = per_head(key_scales), per_head(key_zeros).float()
+    vs, vz = per_head(value_scales), per_head(value_zeros).double()
+    rows = q8[0].transpose(0, 1).double()  # [heads, seq, d]
+    dots = (rows @ k.transpose(1, 2)).float()  # exact: int8 products, summed in float64
+    sums = rows.sum(-1, keepdim=True).float()
+    scores = (dots - kz[:, None, :] * sums) * ks[:, None, :] * row_scale[0].transpose(0, 1)
+    causal = torch.arange(width)[None, :] <= (start_pos + torch.arange(seq))[:, None]
+    scores = scores.masked_fill(~causal, -torch.inf)
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    w = e * vs[:, None, :]
+    largest = w.amax(-1, keepdim=True)
+    w14 = torch.round(w * torch.where(largest > 0, 16383.0 / largest, 0.0)).double()
+    mixed = w14 @ v - (w14 * vz[:, None, :]).sum(-1, keepdim=True)
+    out = mixed.float() * (largest / 16383.0 / e.sum(-1, keepdim=True))
+    return out.transpose(0, 1)[None].contiguous()
+
+
+CACHE_INT8 = (
+    "cache_int8(Tensor value, Tensor(a!) cache, Tensor(b!) scales, Tensor(c!) zeros, SymInt start_pos, bool keys) "
+    "-> Tensor"
+)
+SDPA_INT8 = (
+    "sdpa_int8(Tensor query, Tensor keys, Tensor key_scales, Tensor key_zeros, Tensor values, Tensor value_scales, "
+    "Tensor value_zeros, SymInt start_pos, float scale) -> Tensor"
+)
+_library = torch.library.Library("edgemfm", "DEF")  # the ops as torch.export and ExecuTorch's out-variant pass see them
+for _schema, _reference in ((CACHE_INT8, cache_int8_reference), (SDPA_INT8, sdpa_int8_reference)):
+    _name = _schema.split("(", 1)[0]
+    _library.define(_schema)
+    _library.define(
+        _schema.replace(") -> Tensor", ", *, Tensor(z!) out) -> Tensor(z!)").replace(f"{_name}(", f"{_name}.out(", 1)
+    )
+    _library.impl(_name, _reference, "CompositeExplicitAutograd")
+    _library.impl(f"{_name}.out", lambda *args, out, _f=_reference: out.copy_(_f(*args)), "CompositeExplicitAutograd")
+torch.library.register_fake("edgemfm::cache_int8")(lambda value, *args: value.new_empty(1))
+torch.library.register_fake("edgemfm::sdpa_int8")(lambda query, *args: torch.empty_like(query))

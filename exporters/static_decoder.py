@@ -85,8 +85,13 @@ class StaticDecoder(torch.nn.Module):
         """
         if self.fallback is not None:
             raise InputError(
-                f"--kv-cache int8 for --format pte runs on llama::custom_quantized_sdpa, which this decoder cannot "
+                f"--kv-cache int8 for --format pte runs on edgemfm::sdpa_int8, which this decoder cannot "
                 f"use ({self.fallback}); allowed: --kv-cache float, or --format onnx"
+            )
+        if kv.head_dim % 4:
+            raise InputError(
+                f"--kv-cache int8 for --format pte stores 4 dims of a head together, and this decoder's head_dim is "
+                f"{kv.head_dim}; allowed: --kv-cache float, or --format onnx"
             )
         for i, layer in enumerate(self.cache.layers):
             for attr in layer.BUFFERS:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from edgemfm.errors import BundleError, InputError, MissingExtraError
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.runtimes import native
 
 BACKEND = "XnnpackBackend"  # what exporters/executorch.py lowers to
 
@@ -81,8 +83,20 @@ def open_components(
         raise BundleError(f"this executorch build has no {BACKEND}, which the bundle's program needs; it has: {have}")
     if threads > 0:
         set_threads(threads)
+    load_kernels(components.values())
     programs = {file: runtime.load_program(path / file) for file in {c.file for c in components.values()}}
     return {name: PteSession.load(programs[c.file], c) for name, c in components.items()}
+
+
+def load_kernels(components: Iterable[Component]) -> None:
+    """Load what the programs of `components` call beyond ExecuTorch's own kernels: an int8 KV cache's attention
+    (edgemfm::sdpa_int8, exporters/llm_ops.py), built on this machine the first time (runtimes/native.py).
+
+    Example:
+        >>> load_kernels(read_manifest(Path("bundle")).components.values())  # doctest: +SKIP
+    """
+    if any(c.kv_cache is not None and c.kv_cache.dtype == "int8" for c in components):
+        native.load("int8_cache")
 
 
 def set_threads(threads: int) -> None:

@@ -57,10 +57,11 @@ def main() -> None:
     from executorch.runtime import Runtime
 
     from edgemfm.bundle import read_manifest
-    from edgemfm.runtimes.executorch import set_threads
+    from edgemfm.runtimes.executorch import load_kernels, set_threads
 
     set_threads(args.threads)  # ExecuTorch's pool and torch's, which custom_sdpa's kernel runs on
     decoders = {b: read_manifest(b).components["text_decoder"] for b in args.bundles}
+    load_kernels(decoders.values())  # an int8 cache's attention (edgemfm::sdpa_int8)
     methods = {b: Runtime.get().load_program(b / d.file).load_method(d.method) for b, d in decoders.items()}
     hidden = {b: d.inputs[0].shape[-1] for b, d in decoders.items()}
     for bundle, method in methods.items():  # warm-up

@@ -1,10 +1,11 @@
-"""ExecuTorch's decode attention kernels alone, by cached position: what one layer's single-token step costs.
+"""Decode attention kernels alone, by cached position: what one layer's single-token step costs.
 
     python -m benchmarks.runtime.sdpa_kernel [--heads 9] [--kv-heads 3] [--head-dim 64] [--capacity 2048]
         [--positions 64 1024] [--layers 30] [--rounds 5]
 
-llama::custom_sdpa (the float cache) and llama::custom_quantized_sdpa (the int8 cache, per-token scales) through
-`torch.ops.llama`, which run the same C++ source as the kernels ExecuTorch's runtime registers, on a cache-hot
+ExecuTorch's llama::custom_sdpa (the float cache) and llama::custom_quantized_sdpa (the int8 cache, per-token
+scales) through `torch.ops.llama`, which run the same C++ source as the kernels ExecuTorch's runtime registers,
+and edgemfm's own edgemfm::sdpa_int8 (runtimes/kernels/int8_cache.cpp, built for this machine), on a cache-hot
 layer of the given shape (SmolLM2-135M's by default), one thread, the kernels and positions taken in turn for
 `rounds` rounds. Per kernel and position: CPU µs per call (median and range), the step of `layers` such layers,
 its multiply-accumulates per second, and how long reading that cache from memory alone takes at the machine's
@@ -33,19 +34,47 @@ def _float_call(heads: int, kv_heads: int, head_dim: int, capacity: int, positio
 def _int8_call(heads: int, kv_heads: int, head_dim: int, capacity: int, position: int):
     import torch
 
-    from edgemfm.exporters.llm_ops import quantize_rows
+    ops = torch.ops.quantized_decomposed  # the query and the cache per token, as ExecuTorch's own LLM export does
 
-    q, q_scales, q_zeros = quantize_rows(torch.randn(1, 1, heads, head_dim))
-    k, k_scales, k_zeros = quantize_rows(torch.randn(1, capacity, kv_heads, head_dim))
-    v, v_scales, v_zeros = quantize_rows(torch.randn(1, capacity, kv_heads, head_dim))
+    def rows(shape):
+        x = torch.randn(shape)
+        scales, zeros = ops.choose_qparams_per_token_asymmetric.default(x, torch.int8)
+        return ops.quantize_per_token(x, scales, zeros, -128, 127, torch.int8), scales.float(), zeros.to(torch.int8)
+
+    q, q_scales, q_zeros = rows((1, 1, heads, head_dim))
+    k, k_scales, k_zeros = rows((1, capacity, kv_heads, head_dim))
+    v, v_scales, v_zeros = rows((1, capacity, kv_heads, head_dim))
     return lambda: torch.ops.llama.custom_quantized_sdpa(
         q, k, v, position, None, 0.0, True, None, q_zeros, q_scales, k_zeros, k_scales, v_zeros, v_scales
     )
 
 
+def _edgemfm_call(heads: int, kv_heads: int, head_dim: int, capacity: int, position: int):
+    """edgemfm::sdpa_int8 (runtimes/kernels/int8_cache.cpp) through its C entry, on a cache its write filled."""
+    import ctypes
+
+    import torch
+
+    from edgemfm.exporters import llm_ops
+    from edgemfm.runtimes import native
+
+    kernel = ctypes.CDLL(str(native.load("int8_cache")))
+    layer = llm_ops.Int8OpsLayer(capacity, kv_heads, head_dim, torch.float32)
+    caches = [layer.keys, layer.key_scales, layer.key_zeros, layer.values, layer.value_scales, layer.value_zeros]
+    for keys, buffers in ((True, caches[:3]), (False, caches[3:])):
+        llm_ops.cache_int8_reference(torch.randn(1, capacity, kv_heads, head_dim), *buffers, 0, keys)
+    q, out = torch.randn(1, 1, heads, head_dim), torch.zeros(1, 1, heads, head_dim)
+    args = [ctypes.c_void_p(q.data_ptr()), *map(ctypes.c_int64, (1, heads, head_dim))]
+    args += [ctypes.c_void_p(t.data_ptr()) for t in caches]
+    args += [*map(ctypes.c_int64, (kv_heads, layer.key_scales.shape[1], position)), ctypes.c_float(head_dim**-0.5)]
+    args.append(ctypes.c_void_p(out.data_ptr()))
+    return lambda _alive=(caches, q, out): kernel.edgemfm_sdpa_int8(*args)  # the tensors live as long as the call
+
+
 KERNELS = {  # name -> (call maker, cache bytes per cached position, KV head and channel)
     "custom_sdpa, float32 cache": (_float_call, 4),
     "custom_quantized_sdpa, int8 cache": (_int8_call, 1 + 5 / 64),  # its float32 scale and int8 zero per row of 64
+    "edgemfm::sdpa_int8, int8 cache": (_edgemfm_call, 1 + 5 / 64),
 }
 
 
@@ -103,7 +132,7 @@ def main() -> None:
     path = record.write(
         args.name,
         rows,
-        title=f"ExecuTorch's decode attention kernels alone by cached position ({args.heads} query heads over "
+        title=f"Decode attention kernels alone by cached position ({args.heads} query heads over "
         f"{args.kv_heads} KV heads of {args.head_dim}, one thread, read bandwidth {bandwidth / 1e9:.1f} GB/s, "
         f"load average {record.load_average()})",
         settings=vars(args) | {"memory_bandwidth_bytes_per_s": bandwidth},

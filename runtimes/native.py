@@ -1,0 +1,108 @@
+"""Kernels of edgemfm's own for ExecuTorch programs, built from their C++ source on the machine that runs them.
+
+A pte bundle's int8 KV cache attends with `edgemfm::sdpa_int8` (runtimes/kernels/sdpa_int8.cpp), which
+ExecuTorch's runtime does not ship. The first program that needs it compiles the source once against
+the installed executorch wheel's headers and libexecutorch.so, for this machine's CPU (`-march=native`,
+`-mcpu=native` on ARM), and caches the library under ~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it),
+named by a hash of the source, the compiler, its flags and the executorch version. Loading it with
+RTLD_GLOBAL registers the kernel in the registry that the executorch pybindings read (they link the same
+libexecutorch.so). The compiler is `$CXX`, else `c++`; without one the bundle is refused in one line.
+
+Example:
+    >>> load("sdpa_int8").name  # doctest: +SKIP
+    'sdpa_int8-3f2a9c01d4e5b6a7.so'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from edgemfm.errors import BundleError, MissingExtraError
+
+SOURCES = Path(__file__).parent / "kernels"
+_loaded: dict[
+    str, Path
+] = {}  # kernel name -> the library loaded into this process (a second load would register twice)
+
+
+def load(name: str) -> Path:
+    """Build `kernels/<name>.cpp` if this machine has no build of it yet, and load it into ExecuTorch's registry.
+
+    Example:
+        >>> load("sdpa_int8").exists()  # doctest: +SKIP
+        True
+    """
+    if name not in _loaded:
+        library = build(name)
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+        _loaded[name] = library
+    return _loaded[name]
+
+
+def build(name: str) -> Path:
+    """The cached library of `kernels/<name>.cpp` for this machine, compiled first where there is none.
+
+    The compiler writes a temporary file beside the cache entry, renamed into place when it succeeds: an
+    interrupted build leaves no half-written library for the next process to load.
+
+    Example:
+        >>> build("sdpa_int8").suffix  # doctest: +SKIP
+        '.so'
+    """
+    source = SOURCES / f"{name}.cpp"
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        raise BundleError(
+            f"this bundle's int8 KV cache runs edgemfm's {name} kernel, built once per machine from C++ source, "
+            f"and no C++ compiler {compiler!r} was found: install g++ (or set CXX), or export with --kv-cache float"
+        )
+    root = _executorch_root()
+    flags = [
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-mcpu=native" if platform.machine().lower() in {"aarch64", "arm64"} else "-march=native",
+        "-DC10_USING_CUSTOM_GENERATED_MACROS",
+    ]
+    includes = [f"-I{root / 'include'}", f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}"]
+    links = [f"-L{root / 'lib'}", "-lexecutorch", f"-Wl,-rpath,{root / 'lib'}"]
+    key = hashlib.sha256()
+    for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
+        key.update(part + b"\0")
+    key.update(importlib.metadata.version("executorch").encode())
+    cache = Path(os.environ.get("EDGEMFM_CACHE") or Path.home() / ".cache" / "edgemfm") / "kernels"
+    library = cache / f"{name}-{key.hexdigest()[:16]}.so"
+    if library.exists():
+        return library
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=cache, prefix=f".{name}-", suffix=".so")
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [compiler, *flags, *includes, str(source), *links, "-o", partial], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()[-1:]
+            raise BundleError(f"building edgemfm's {name} kernel with {compiler} failed: {lines[0] if lines else '?'}")
+        os.replace(partial, library)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return library
+
+
+def _executorch_root() -> Path:
+    """The installed executorch package's folder (a namespace package: no __init__, no __file__)."""
+    spec = importlib.util.find_spec("executorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("executorch")
+    return Path(next(iter(spec.submodule_search_locations)))
