@@ -32,6 +32,8 @@ def _has(flag: str) -> bool:
         return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
     except OSError:
         return False
+
+
 # (seq, heads, kv_heads, head_dim, capacity, start): decode at the cache's first and deep positions, prefill
 # chunks across key blocks, grouped and plain heads, head_dims that leave scalar tails (20, 80, 96)
 SHAPES = [
