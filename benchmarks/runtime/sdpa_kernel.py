@@ -71,6 +71,7 @@ def _edgemfm_call(heads: int, kv_heads: int, head_dim: int, capacity: int, posit
     return lambda _alive=(caches, q, out): kernel.edgemfm_sdpa_int8(*args)  # the tensors live as long as the call
 
 
+HEADING = "pte decode attention, the kernels alone by cached position (#19)"
 KERNELS = {  # name -> (call maker, cache bytes per cached position, KV head and channel)
     "custom_sdpa, float32 cache": (_float_call, 4),
     "custom_quantized_sdpa, int8 cache": (_int8_call, 1 + 5 / 64),  # its float32 scale and int8 zero per row of 64
@@ -96,6 +97,7 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--name", default="runtime-sdpa-kernel")
+    p.add_argument("--note", help="a text file: what the figures say, printed under the table")
     args = p.parse_args()
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (torch.ops.llama)
 
@@ -129,13 +131,25 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
+    title = (
+        f"Decode attention kernels alone by cached position ({args.heads} query heads over {args.kv_heads} KV heads "
+        f"of {args.head_dim}, one thread, read bandwidth {bandwidth / 1e9:.1f} GB/s, load average "
+        f"{record.load_average()})"
+    )
+    caption = (
+        f"One layer of attention ({args.heads} query heads over {args.kv_heads} KV heads of {args.head_dim}, a "
+        f"{args.capacity:,}-position cache), cache-hot, one thread, the kernels and positions taken in turn for "
+        f"{args.rounds} rounds of {args.calls} calls; median and range. The step's figures are {args.layers} such "
+        "layers; the last column is what reading that step's cache from memory alone takes at the read bandwidth "
+        f"measured in the run ({bandwidth / 1e9:.1f} GB/s)."
+    )
+    blocks = record.blocks(args.name, HEADING, caption, note=args.note)
     path = record.write(
         args.name,
         rows,
-        title=f"Decode attention kernels alone by cached position ({args.heads} query heads over "
-        f"{args.kv_heads} KV heads of {args.head_dim}, one thread, read bandwidth {bandwidth / 1e9:.1f} GB/s, "
-        f"load average {record.load_average()})",
+        title=title,
         settings=vars(args) | {"memory_bandwidth_bytes_per_s": bandwidth},
+        blocks=blocks,
     )
     print(f"wrote {path}")
 
