@@ -21,9 +21,11 @@
 // w14 splits into two 7-bit halves (w14 = 128 hi + lo), so each half times an int8 value fits vpmaddubsw
 // without saturating on CPUs without VNNI, and both paths compute the same.
 //
-// x86 with AVX2 runs the vector paths below (vpdpbusd where the CPU has AVX-VNNI or AVX512-VNNI); other
-// CPUs (NEON) run the plain loops, which the compiler vectorizes for the machine it builds on
-// (runtimes/native.py builds this file there).
+// Vector paths: x86 with AVX2 (vpdpbusd where the CPU has AVX-VNNI or AVX512-VNNI, 64-byte vectors with
+// AVX-512) and ARM with the dot-product extension (sdot: Cortex-A76 and later, a Pi 5, a Jetson Orin, phones).
+// Other CPUs (a Pi 4's Cortex-A72) run the plain loops. runtimes/native.py builds this file on the machine
+// that runs it, for its CPU; tests/test_int8_cache_kernel.py checks every path against the references, the
+// ARM ones under qemu.
 
 #include <algorithm>
 #include <cfloat>
@@ -32,6 +34,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#define EDGEMFM_NEON 1  // sdot: 4 int8 products summed per lane (Cortex-A76 and later: Pi 5, Jetson Orin, phones)
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define EDGEMFM_AVX2 1
@@ -43,6 +49,10 @@
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define EDGEMFM_DPBUSD(acc, u8, s8) _mm256_dpbusd_epi32(acc, u8, s8)
 #endif
+#endif
+
+#if defined(EDGEMFM_AVX2) || defined(EDGEMFM_NEON)
+#define EDGEMFM_VECTOR 1  // scores<R>, mix<R>, row_max and exponentiate below have a vector body
 #endif
 
 namespace {
@@ -278,6 +288,94 @@ void mix(const Weights& w, int64_t r0, const int8_t* values, int64_t capacity, i
 }
 #endif
 
+#ifdef EDGEMFM_NEON
+// exp(x) for x <= 0, the same polynomial as the AVX2 one.
+inline float32x4_t exp_ps(float32x4_t x) {
+  x = vmaxq_f32(x, vdupq_n_f32(-87.0f));
+  const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+  float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+  r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+  float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+  p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+  p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+  return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+inline int8x16_t repeat4(const void* bytes) {  // 4 bytes, repeated over the vector
+  int32_t x;
+  std::memcpy(&x, bytes, sizeof x);
+  return vreinterpretq_s8_s32(vdupq_n_s32(x));
+}
+
+// scores<R> on NEON: a key group's 32 bytes are two vectors of 4 positions; sdot takes int8 on both sides.
+template <int R>
+void scores(const Rows& rows, int64_t r0, const int8_t* keys, const float* ks, const int8_t* kz,
+            const int8_t* values, int64_t capacity, int64_t d, int64_t head, int64_t b, Weights& w) {
+  const int8_t* block = keys + (head * (capacity / KEYS) + b) * (d / 4) * 32;
+  const int8_t* next = values + (head * (capacity / VALUES) + b * 2) * d * VALUES;
+  for (int64_t line = 0; line < KEYS * d; line += 64) __builtin_prefetch(next + line, 0, 2);
+  int32x4_t first[R], second[R];  // positions 0-3 and 4-7 of the block
+  for (int r = 0; r < R; ++r) first[r] = second[r] = vdupq_n_s32(0);
+  for (int64_t g = 0; g < d / 4; ++g) {
+    const int8x16_t k0 = vld1q_s8(block + g * 32), k1 = vld1q_s8(block + g * 32 + 16);
+    for (int r = 0; r < R; ++r) {
+      const int8x16_t q = repeat4(rows.q8.data() + (r0 + r) * d + g * 4);
+      first[r] = vdotq_s32(first[r], k0, q);
+      second[r] = vdotq_s32(second[r], k1, q);
+    }
+  }
+  const int16x8_t zeros = vmovl_s8(vld1_s8(kz + b * KEYS));
+  const float32x4_t zero0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(zeros)));
+  const float32x4_t zero1 = vcvtq_f32_s32(vmovl_s16(vget_high_s16(zeros)));
+  const float32x4_t scale0 = vld1q_f32(ks + b * KEYS), scale1 = vld1q_f32(ks + b * KEYS + 4);
+  for (int r = 0; r < R; ++r) {
+    const float32x4_t sum = vdupq_n_f32(float(rows.sum[r0 + r])), row = vdupq_n_f32(rows.scale[r0 + r]);
+    float* out = w.s.data() + (r0 + r) * w.width + b * KEYS;
+    vst1q_f32(out, vmulq_f32(vmulq_f32(vfmsq_f32(vcvtq_f32_s32(first[r]), zero0, sum), scale0), row));
+    vst1q_f32(out + 4, vmulq_f32(vmulq_f32(vfmsq_f32(vcvtq_f32_s32(second[r]), zero1, sum), scale1), row));
+  }
+}
+
+// mix<R> on NEON: a value block's 16 dims are four vectors of 4 dims x 4 positions; the weights' 7-bit halves
+// fit int8, so sdot takes them as they are.
+template <int R>
+void mix(const Weights& w, int64_t r0, const int8_t* values, int64_t capacity, int64_t d, int64_t head,
+         int64_t blocks, int64_t c, float* out) {
+  float total[R][16] = {};
+  for (int64_t first = 0; first < blocks; first += 16384) {
+    int32x4_t hi[R][4], lo[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < 4; ++i) hi[r][i] = lo[r][i] = vdupq_n_s32(0);
+    const int64_t last = std::min(blocks, first + 16384);
+    for (int64_t b = first; b < last; ++b) {
+      const int8_t* block = values + ((head * (capacity / VALUES) + b) * d + c) * VALUES;
+      const int8x16_t v[4] = {vld1q_s8(block), vld1q_s8(block + 16), vld1q_s8(block + 32), vld1q_s8(block + 48)};
+      for (int r = 0; r < R; ++r) {
+        const int8x16_t h = repeat4(w.hi.data() + (r0 + r) * w.width + b * VALUES);
+        const int8x16_t l = repeat4(w.lo.data() + (r0 + r) * w.width + b * VALUES);
+        for (int i = 0; i < 4; ++i) {
+          hi[r][i] = vdotq_s32(hi[r][i], v[i], h);
+          lo[r][i] = vdotq_s32(lo[r][i], v[i], l);
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < 4; ++i) {
+        const float32x4_t x = vfmaq_f32(vcvtq_f32_s32(lo[r][i]), vcvtq_f32_s32(hi[r][i]), vdupq_n_f32(128.0f));
+        float lanes[4];
+        vst1q_f32(lanes, x);
+        for (int j = 0; j < 4; ++j) total[r][4 * i + j] += lanes[j];
+      }
+  }
+  for (int r = 0; r < R; ++r) std::copy_n(total[r], 16, out + (r0 + r) * d + c);
+}
+#endif
+
 // Every row's scores, from key block 0 up to its last.
 void all_scores(const Rows& rows, const int8_t* keys, const float* ks, const int8_t* kz, const int8_t* values,
                 int64_t capacity, int64_t d, int64_t head, Weights& w) {
@@ -285,7 +383,7 @@ void all_scores(const Rows& rows, const int8_t* keys, const float* ks, const int
   ks += head * capacity;  // this head's scales and zero points by position
   kz += head * capacity;
   int64_t r0 = 0;
-#ifdef EDGEMFM_AVX2
+#ifdef EDGEMFM_VECTOR
   for (int64_t b = 0; b * KEYS < w.width; ++b) {
     for (r0 = 0; r0 + 4 <= n; r0 += 4) scores<4>(rows, r0, keys, ks, kz, values, capacity, d, head, b, w);
     switch (n - r0) {
@@ -305,6 +403,62 @@ void all_scores(const Rows& rows, const int8_t* keys, const float* ks, const int
     }
 }
 
+// The largest of s[0 .. end).
+float row_max(const float* s, int64_t end) {
+  float top = -INFINITY;
+  int64_t t = 0;
+#if defined(EDGEMFM_AVX2)
+  alignas(32) float lanes[8];
+  __m256 top8 = _mm256_set1_ps(-INFINITY);
+  for (; t + 8 <= end; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(s + t));
+  _mm256_store_ps(lanes, top8);
+  for (float x : lanes) top = std::max(top, x);
+#elif defined(EDGEMFM_NEON)
+  float32x4_t top4 = vdupq_n_f32(-INFINITY);
+  for (; t + 4 <= end; t += 4) top4 = vmaxq_f32(top4, vld1q_f32(s + t));
+  top = vmaxvq_f32(top4);
+#endif
+  for (; t < end; ++t) top = std::max(top, s[t]);
+  return top;
+}
+
+// s[t] = exp(s[t] - top) * scales[t] for t < end; adds the exponentials to `total` and keeps the largest s[t].
+void exponentiate(float* s, const float* scales, int64_t end, float top, float& total, float& largest) {
+  int64_t t = 0;
+#if defined(EDGEMFM_AVX2)
+  alignas(32) float lanes[8];
+  __m256 total8 = _mm256_setzero_ps(), largest8 = _mm256_setzero_ps();
+  for (; t + 8 <= end; t += 8) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(top)));
+    const __m256 x = _mm256_mul_ps(e, _mm256_loadu_ps(scales + t));
+    total8 = _mm256_add_ps(total8, e);
+    largest8 = _mm256_max_ps(largest8, x);
+    _mm256_storeu_ps(s + t, x);
+  }
+  _mm256_store_ps(lanes, total8);
+  for (float x : lanes) total += x;
+  _mm256_store_ps(lanes, largest8);
+  for (float x : lanes) largest = std::max(largest, x);
+#elif defined(EDGEMFM_NEON)
+  float32x4_t total4 = vdupq_n_f32(0.0f), largest4 = vdupq_n_f32(0.0f);
+  for (; t + 4 <= end; t += 4) {
+    const float32x4_t e = exp_ps(vsubq_f32(vld1q_f32(s + t), vdupq_n_f32(top)));
+    const float32x4_t x = vmulq_f32(e, vld1q_f32(scales + t));
+    total4 = vaddq_f32(total4, e);
+    largest4 = vmaxq_f32(largest4, x);
+    vst1q_f32(s + t, x);
+  }
+  total += vaddvq_f32(total4);
+  largest = std::max(largest, vmaxvq_f32(largest4));
+#endif
+  for (; t < end; ++t) {
+    const float e = std::exp(s[t] - top);
+    total += e;
+    s[t] = e * scales[t];
+    largest = std::max(largest, s[t]);
+  }
+}
+
 // Each row's softmax over its positions, its weights' halves and its constants.
 void softmax(const Rows& rows, const float* vs, const int8_t* vz, int64_t capacity, int64_t head, Weights& w) {
   const float* scales = vs + head * capacity;
@@ -312,43 +466,14 @@ void softmax(const Rows& rows, const float* vs, const int8_t* vz, int64_t capaci
   for (int64_t r = 0; r < rows.n; ++r) {
     float* s = w.s.data() + r * w.width;
     const int64_t end = rows.end[r];
-    float top = -INFINITY, total = 0.0f, largest = 0.0f;
-    int64_t t = 0;
-#ifdef EDGEMFM_AVX2
-    alignas(32) float lanes[8];
-    __m256 top8 = _mm256_set1_ps(-INFINITY);
-    for (; t + 8 <= end; t += 8) top8 = _mm256_max_ps(top8, _mm256_loadu_ps(s + t));
-    _mm256_store_ps(lanes, top8);
-    for (float x : lanes) top = std::max(top, x);
-#endif
-    for (; t < end; ++t) top = std::max(top, s[t]);
-    t = 0;
-#ifdef EDGEMFM_AVX2
-    __m256 total8 = _mm256_setzero_ps(), largest8 = _mm256_setzero_ps();
-    for (; t + 8 <= end; t += 8) {
-      const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(s + t), _mm256_set1_ps(top)));
-      const __m256 x = _mm256_mul_ps(e, _mm256_loadu_ps(scales + t));
-      total8 = _mm256_add_ps(total8, e);
-      largest8 = _mm256_max_ps(largest8, x);
-      _mm256_storeu_ps(s + t, x);
-    }
-    _mm256_store_ps(lanes, total8);
-    for (float x : lanes) total += x;
-    _mm256_store_ps(lanes, largest8);
-    for (float x : lanes) largest = std::max(largest, x);
-#endif
-    for (; t < end; ++t) {
-      const float e = std::exp(s[t] - top);
-      total += e;
-      s[t] = e * scales[t];
-      largest = std::max(largest, s[t]);
-    }
+    const float top = row_max(s, end);
+    float total = 0.0f, largest = 0.0f;
+    exponentiate(s, scales, end, top, total, largest);
     const float inverse = largest > 0.0f ? 16383.0f / largest : 0.0f;
     uint8_t* hi = w.hi.data() + r * w.width;
     uint8_t* lo = w.lo.data() + r * w.width;
     int64_t shift = 0;
-    t = 0;
-    for (; t < end; ++t) {
+    for (int64_t t = 0; t < end; ++t) {
       const int32_t x = int32_t(std::nearbyint(s[t] * inverse));
       hi[t] = uint8_t(x >> 7);
       lo[t] = uint8_t(x & 127);
@@ -407,7 +532,7 @@ extern "C" void edgemfm_sdpa_int8(const float* query, int64_t seq, int64_t heads
     softmax(rows, vs, vz, capacity, head, w);
     mixed.assign(n * d, 0.0f);
     int64_t c = 0;
-#ifdef EDGEMFM_AVX2
+#ifdef EDGEMFM_VECTOR
     const int64_t blocks = (width + VALUES - 1) / VALUES;
 #ifdef EDGEMFM_AVX512
     for (; c + 32 <= d; c += 32) {
