@@ -59,11 +59,14 @@ def build_missing(work: Path, steps: dict, needs: set[str], label: str) -> None:
             print(f"built {label}{name} in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
-def export_edgemfm(work: Path, precision: str, fmt: str = "onnx") -> None:
-    """WORK/edgemfm-[pte-]PRECISION: `edgemfm export` of WORK/hf for the host at that precision and format, its log beside it."""
+def export_edgemfm(work: Path, precision: str, fmt: str = "onnx", kv_cache: str = "float") -> None:
+    """WORK/edgemfm-[pte-]PRECISION[-kv8]: `edgemfm export` of WORK/hf for the host at that precision, format and KV
+    cache, its log beside it."""
     cmd = [sys.executable, "-m", "edgemfm.cli", "export", "--model", str(work / "hf"), "--device", "host"]
     name = f"edgemfm-{precision}" if fmt == "onnx" else f"edgemfm-{fmt}-{precision}"
-    run([*cmd, "--format", fmt, "--precision", precision, "--out", str(work / name), "--force"], work / f"{name}.log")
+    name += "-kv8" if kv_cache == "int8" else ""
+    cmd += ["--format", fmt, "--precision", precision, "--kv-cache", kv_cache, "--out", str(work / name), "--force"]
+    run(cmd, work / f"{name}.log")
 
 
 def measure(model, work: Path, rows: list[str], settings: dict, bandwidth: float, rounds: int = 1) -> dict:

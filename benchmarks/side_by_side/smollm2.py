@@ -16,6 +16,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
 | edgemfm-int4-grown | edgemfm-int4 with the manifest's `kv_cache.shared` off: the cache grown and returned at every call, not appended in place |
 | edgemfm-pte-int4 | `edgemfm export --device host --format pte --precision int4`, the same loop on ExecuTorch |
+| edgemfm-pte-int4-kv8 | the same with `--kv-cache int8`: the cache as int8 on edgemfm's own kernels |
 
 Each row is measured by smollm2_rows.py in a process of its own. The machine's
 memory read bandwidth is measured in the same run with the same thread count, and each row's
@@ -65,6 +66,10 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
         "edgemfm:edgemfm-pte-int4",
         "pte int4: int4 g64 weights (lm_head g32), int8 dynamic activations (8da4w); int8 embedding rows; custom SDPA"
         " + KV cache",
+    ),
+    "edgemfm-pte-int4-kv8": (
+        "edgemfm:edgemfm-pte-int4-kv8",
+        "edgemfm-pte-int4 with --kv-cache int8: edgemfm's int8 cache ops (runtimes/kernels/int8_cache.cpp)",
     ),
 }
 CALIBRATION = ROOT / "pruners" / "calibration_en.txt"  # edgemfm's built-in sentences: nothing from eval_en.txt
@@ -290,6 +295,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         "executorch": build_executorch,
         **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
         "edgemfm-pte-int4": lambda w: export_edgemfm(w, "int4", "pte"),
+        "edgemfm-pte-int4-kv8": lambda w: export_edgemfm(w, "int4", "pte", kv_cache="int8"),
         "edgemfm-int4-grown": lambda w: grown_copy(w / "edgemfm-int4", w / "edgemfm-int4-grown"),
     }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}
