@@ -189,7 +189,7 @@ def _check(
     from edgemfm.exporters.pte_quantize import NOISE_SHARE
 
     if any(u.kv_cache is not None and u.kv_cache.dtype == "int8" for u in units.values()):
-        native.load("int8_cache")  # the int8 cache's attention kernel (exporters/llm_ops.py)
+        native.load("int8_cache")  # the int8 cache's write and attention (exporters/llm_ops.py)
     program = Runtime.get().load_program(path)
     parity = {}
     for name, unit in units.items():

@@ -89,8 +89,8 @@ def open_components(
 
 
 def load_kernels(components: Iterable[Component]) -> None:
-    """Load what the programs of `components` call beyond ExecuTorch's own kernels: an int8 KV cache's attention
-    (edgemfm::sdpa_int8, exporters/llm_ops.py), built on this machine the first time (runtimes/native.py).
+    """Load what the programs of `components` call beyond ExecuTorch's own kernels: an int8 KV cache's write and
+    attention (edgemfm::cache_int8, edgemfm::sdpa_int8), built on this machine the first time (runtimes/native.py).
 
     Example:
         >>> load_kernels(read_manifest(Path("bundle")).components.values())  # doctest: +SKIP

@@ -1,16 +1,17 @@
 """Kernels of edgemfm's own for ExecuTorch programs, built from their C++ source on the machine that runs them.
 
-A pte bundle's int8 KV cache attends with `edgemfm::sdpa_int8` (runtimes/kernels/sdpa_int8.cpp), which
-ExecuTorch's runtime does not ship. The first program that needs it compiles the source once against
-the installed executorch wheel's headers and libexecutorch.so, for this machine's CPU (`-march=native`,
-`-mcpu=native` on ARM), and caches the library under ~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it),
-named by a hash of the source, the compiler, its flags and the executorch version. Loading it with
-RTLD_GLOBAL registers the kernel in the registry that the executorch pybindings read (they link the same
-libexecutorch.so). The compiler is `$CXX`, else `c++`; without one the bundle is refused in one line.
+A pte bundle's int8 KV cache is written and read by `edgemfm::cache_int8` and `edgemfm::sdpa_int8`
+(runtimes/kernels/int8_cache.cpp), which ExecuTorch's runtime does not ship. The first program that needs
+them compiles the source once against the installed executorch wheel's headers and libexecutorch.so, for
+this machine's CPU (`-march=native`, `-mcpu=native` on ARM), and caches the library under
+~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it), named by a hash of the source, the compiler, its flags,
+the CPU's features and the executorch version. Loading it with RTLD_GLOBAL registers the kernels in the
+registry that the executorch pybindings read (they link the same libexecutorch.so). The compiler is `$CXX`,
+else `c++`; without one the bundle is refused in one line.
 
 Example:
-    >>> load("sdpa_int8").name  # doctest: +SKIP
-    'sdpa_int8-3f2a9c01d4e5b6a7.so'
+    >>> load("int8_cache").name  # doctest: +SKIP
+    'int8_cache-3f2a9c01d4e5b6a7.so'
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from pathlib import Path
 from edgemfm.errors import BundleError, MissingExtraError
 
 SOURCES = Path(__file__).parent / "kernels"
-_loaded: dict[
-    str, Path
-] = {}  # kernel name -> the library loaded into this process (a second load would register twice)
+# kernel name -> the library loaded into this process (a second load would register its kernels twice)
+_loaded: dict[str, Path] = {}
 
 
 def load(name: str) -> Path:
     """Build `kernels/<name>.cpp` if this machine has no build of it yet, and load it into ExecuTorch's registry.
 
     Example:
-        >>> load("sdpa_int8").exists()  # doctest: +SKIP
+        >>> load("int8_cache").exists()  # doctest: +SKIP
         True
     """
     if name not in _loaded:
@@ -55,7 +55,7 @@ def build(name: str) -> Path:
     interrupted build leaves no half-written library for the next process to load.
 
     Example:
-        >>> build("sdpa_int8").suffix  # doctest: +SKIP
+        >>> build("int8_cache").suffix  # doctest: +SKIP
         '.so'
     """
     source = SOURCES / f"{name}.cpp"
@@ -79,7 +79,7 @@ def build(name: str) -> Path:
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
         key.update(part + b"\0")
-    key.update(importlib.metadata.version("executorch").encode())
+    key.update(importlib.metadata.version("executorch").encode() + _cpu_features().encode())
     cache = Path(os.environ.get("EDGEMFM_CACHE") or Path.home() / ".cache" / "edgemfm") / "kernels"
     library = cache / f"{name}-{key.hexdigest()[:16]}.so"
     if library.exists():
@@ -98,6 +98,16 @@ def build(name: str) -> Path:
     finally:
         Path(partial).unlink(missing_ok=True)
     return library
+
+
+def _cpu_features() -> str:
+    """This CPU's feature list (Linux's /proc/cpuinfo): a cache shared between machines keeps a build per CPU kind,
+    since `-march=native` code may use instructions another CPU lacks."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line for line in info if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def _executorch_root() -> Path:

@@ -31,7 +31,8 @@ X86 = platform.machine().lower() in {"x86_64", "amd64"}
 def _has(flag: str) -> bool:
     """Whether this CPU runs `flag`'s instructions (a build for a path it lacks would die of SIGILL)."""
     try:
-        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+        with open("/proc/cpuinfo") as info:
+            return any(flag in line.split() for line in info if line.startswith("flags"))
     except OSError:
         return False
 
@@ -58,8 +59,8 @@ def _compile(tmp_path, flags: list[str]) -> ctypes.CDLL:
 
 
 BUILDS = {  # what runtimes/native.py builds here; on x86 each vector path (AVX-512 VNNI where the CPU has it, AVX2
-    # with AVX-VNNI, AVX2 alone as on Zen 3 or Haswell); and the plain loops other CPUs run (NEON)
-    "native": ["-march=native"],
+    # with AVX-VNNI, AVX2 alone as on Zen 3 or Haswell); and the plain loops of CPUs without one (a Pi 4)
+    "native": ["-march=native"] if X86 else ["-mcpu=native"],
     **({"avx2-vnni": ["-mavx2", "-mfma", "-mavxvnni"]} if X86 and _has("avx_vnni") else {}),
     **({"avx2": ["-mavx2", "-mfma"]} if X86 and _has("avx2") and _has("fma") else {}),
     "plain": [],

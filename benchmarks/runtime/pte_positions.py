@@ -61,7 +61,7 @@ def main() -> None:
 
     set_threads(args.threads)  # ExecuTorch's pool and torch's, which custom_sdpa's kernel runs on
     decoders = {b: read_manifest(b).components["text_decoder"] for b in args.bundles}
-    load_kernels(decoders.values())  # an int8 cache's attention (edgemfm::sdpa_int8)
+    load_kernels(decoders.values())  # an int8 cache's write and attention (runtimes/kernels/int8_cache.cpp)
     methods = {b: Runtime.get().load_program(b / d.file).load_method(d.method) for b, d in decoders.items()}
     hidden = {b: d.inputs[0].shape[-1] for b, d in decoders.items()}
     for bundle, method in methods.items():  # warm-up

@@ -73,7 +73,9 @@ struct Rows {
   int64_t n = 0;
   std::vector<int8_t> q8;       // [n, d]
   std::vector<uint8_t> qu;      // [n, d] q8 + 128: the unsigned side of vpdpbusd
-  std::vector<int32_t> pairs;   // [n, d / 8, 16] AVX-512: qu's 4 bytes of group 2p in lanes 0-7, of 2p + 1 in 8-15
+#ifdef EDGEMFM_AVX512
+  std::vector<int32_t> pairs;   // [n, d / 8, 16] qu's 4 bytes of group 2p in lanes 0-7, of 2p + 1 in lanes 8-15
+#endif
   std::vector<float> scale;     // the attention's scale x max|q| / 127
   std::vector<int32_t> sum;     // sum(q8)
   std::vector<int64_t> end;     // the row attends to positions 0 .. end - 1
@@ -83,7 +85,9 @@ struct Rows {
     n = seq * group;
     q8.resize(n * d);
     qu.resize(n * d);
+#ifdef EDGEMFM_AVX512
     pairs.resize(n * (d / 8) * 16);
+#endif
     scale.resize(n);
     sum.resize(n);
     end.resize(n);
@@ -101,9 +105,11 @@ struct Rows {
           qu[r * d + j] = static_cast<uint8_t>(v + 128);
           total += v;
         }
+#ifdef EDGEMFM_AVX512
         for (int64_t p = 0; p < d / 8; ++p)
           for (int lane = 0; lane < 16; ++lane)
             std::memcpy(&pairs[(r * (d / 8) + p) * 16 + lane], &qu[r * d + 8 * p + (lane < 8 ? 0 : 4)], 4);
+#endif
         scale[r] = attention_scale * (amax > 0.0f ? amax / 127.0f : 1.0f);
         sum[r] = total;
         end[r] = start + i + 1;
@@ -577,12 +583,11 @@ using executorch::runtime::Kernel;
 using executorch::runtime::KernelRuntimeContext;
 using executorch::runtime::Span;
 
-// keys [kv, S/8, d/4, 8, 4] and values [kv, S/4, d, 4] int8, scales [kv, S] float32, zeros [kv, S] int8
-bool cache_shapes(const Tensor& keys, const Tensor& values, const Tensor& scales, const Tensor& zeros, bool is_keys) {
-  if (is_keys ? !(keys.dim() == 5 && keys.size(3) == 8 && keys.size(4) == 4) : !(values.dim() == 4 && values.size(3) == 4))
+// keys [kv, S/8, d/4, 8, 4] or values [kv, S/4, d, 4] int8, with their scales [kv, S] float32 and zeros [kv, S] int8
+bool cache_shapes(const Tensor& cache, const Tensor& scales, const Tensor& zeros, bool keys) {
+  if (keys ? !(cache.dim() == 5 && cache.size(3) == 8 && cache.size(4) == 4) : !(cache.dim() == 4 && cache.size(3) == 4))
     return false;
-  const Tensor& cache = is_keys ? keys : values;
-  const int64_t capacity = is_keys ? cache.size(1) * 8 : cache.size(1) * 4;
+  const int64_t capacity = cache.size(1) * (keys ? 8 : 4);
   return cache.scalar_type() == ScalarType::Char && scales.scalar_type() == ScalarType::Float &&
          zeros.scalar_type() == ScalarType::Char && scales.dim() == 2 && zeros.dim() == 2 &&
          scales.size(0) == cache.size(0) && scales.size(1) == capacity && zeros.size(0) == cache.size(0) &&
@@ -598,7 +603,7 @@ void cache_int8_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   Tensor& zeros = stack[3]->toTensor();
   const int64_t start = stack[4]->toInt();
   const bool keys = stack[5]->toBool();
-  ET_KERNEL_CHECK_MSG(context, cache_shapes(cache, cache, scales, zeros, keys), InvalidArgument, ,
+  ET_KERNEL_CHECK_MSG(context, cache_shapes(cache, scales, zeros, keys), InvalidArgument, ,
                       "edgemfm::cache_int8: a cache of another layout");
   const int64_t capacity = scales.size(1), kv = scales.size(0), d = keys ? cache.size(2) * 4 : cache.size(2);
   ET_KERNEL_CHECK_MSG(context,
@@ -623,7 +628,9 @@ void sdpa_int8_out(KernelRuntimeContext& context, Span<EValue*> stack) {
   const int64_t start = stack[7]->toInt();
   const double scale = stack[8]->toDouble();
   Tensor& out = stack[9]->toTensor();
-  ET_KERNEL_CHECK_MSG(context, cache_shapes(keys, values, ks, kz, true) && cache_shapes(keys, values, vs, vz, false),
+  ET_KERNEL_CHECK_MSG(context,
+                      cache_shapes(keys, ks, kz, true) && cache_shapes(values, vs, vz, false) &&
+                          values.size(0) == keys.size(0) && vs.size(1) == ks.size(1),
                       InvalidArgument, , "edgemfm::sdpa_int8: a cache of another layout");
   const int64_t kv = keys.size(0), capacity = ks.size(1), d = keys.size(2) * 4;
   ET_KERNEL_CHECK_MSG(context,
