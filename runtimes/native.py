@@ -75,7 +75,7 @@ def build(name: str) -> Path:
         "-DC10_USING_CUSTOM_GENERATED_MACROS",
     ]
     includes = [f"-I{root / 'include'}", f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}"]
-    links = [f"-L{root / 'lib'}", "-lexecutorch", f"-Wl,-rpath,{root / 'lib'}"]
+    links = [f"-L{root / 'lib'}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{root / 'lib'}"]
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
         key.update(part + b"\0")

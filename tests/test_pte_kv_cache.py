@@ -133,6 +133,15 @@ def test_each_text_familys_int8_program_answers_as_its_pytorch_module(architectu
     _program_answers_as_its_module(checkpoint, tmp_path / "bundle")
 
 
+def test_the_attention_shared_out_over_threads_answers_as_on_one(bundle):
+    """edgemfm::sdpa_int8 gives each KV head to a task of ExecuTorch's threadpool: 2 threads, the same logits."""
+    rows = []
+    for threads in (1, 2):
+        decoder = edgemfm.load(bundle, threads=threads).decoder
+        rows.append(decoder.prefill_rows(decoder.new_cache(), [decoder.embed_ids(list(range(3, 40)))], 37))
+    assert float(np.abs(rows[0] - rows[1]).max()) <= 1e-5 * float(np.abs(rows[0]).max())
+
+
 def test_the_budget_counts_int8_rows_and_their_scales_a_bit_over_a_quarter_of_float32(bundle):
     from edgemfm.runtimes.budget import kv_cache_bytes
 

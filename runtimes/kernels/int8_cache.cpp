@@ -51,6 +51,12 @@
 #endif
 #endif
 
+#ifndef EDGEMFM_NO_EXECUTORCH
+#define ET_USE_THREADPOOL 1  // parallel_for on ExecuTorch's threadpool (libexecutorch_threadpool)
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+#define EDGEMFM_THREADPOOL 1
+#endif
+
 #if defined(EDGEMFM_AVX2) || defined(EDGEMFM_NEON)
 #define EDGEMFM_VECTOR 1  // scores<R>, mix<R>, row_max and exponentiate below have a vector body
 #endif
@@ -490,6 +496,57 @@ void softmax(const Rows& rows, const float* vs, const int8_t* vz, int64_t capaci
   }
 }
 
+// One KV head's rows of the attention (the work of one task).
+void attend(const float* query, int64_t seq, int64_t heads, int64_t d, const int8_t* keys, const float* ks,
+            const int8_t* kz, const int8_t* values, const float* vs, const int8_t* vz, int64_t kv, int64_t capacity,
+            int64_t start, float scale, int64_t head, float* out) {
+  thread_local Rows rows;
+  thread_local Weights w;
+  thread_local std::vector<float> mixed;
+  const int64_t group = heads / kv, width = start + seq;
+  w.width = (width + KEYS - 1) / KEYS * KEYS;
+  rows.round(query, seq, heads, group, head, d, start, scale);
+  const int64_t n = rows.n;
+  w.s.assign(n * w.width, 0.0f);
+  w.hi.assign(n * w.width, 0);
+  w.lo.assign(n * w.width, 0);
+  w.scale.resize(n);
+  w.shift.resize(n);
+  all_scores(rows, keys, ks, kz, values, capacity, d, head, w);
+  softmax(rows, vs, vz, capacity, head, w);
+  mixed.assign(n * d, 0.0f);
+  int64_t c = 0;
+#ifdef EDGEMFM_VECTOR
+  const int64_t blocks = (width + VALUES - 1) / VALUES;
+#ifdef EDGEMFM_AVX512
+  for (; c + 32 <= d; c += 32) {
+    int64_t r0 = 0;
+    for (; r0 + 3 <= n; r0 += 3) mix32<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
+    for (; r0 < n; ++r0) mix32<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
+  }
+#endif
+  for (; c + 16 <= d; c += 16) {
+    int64_t r0 = 0;
+    for (; r0 + 3 <= n; r0 += 3) mix<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
+    for (; r0 < n; ++r0) mix<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
+  }
+#endif
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t j = c; j < d; ++j) {
+      int64_t total = 0;
+      for (int64_t t = 0; t < rows.end[r]; ++t) {
+        const int32_t weight = 128 * w.hi[r * w.width + t] + w.lo[r * w.width + t];
+        total += int64_t(weight) * values[value_byte(capacity, d, head, t, j)];
+      }
+      mixed[r * d + j] = float(total);
+    }
+    for (int64_t j = 0; j < d; ++j) {
+      const int64_t i = r / group, g = r % group;
+      out[(i * heads + head * group + g) * d + j] = (mixed[r * d + j] - w.shift[r]) * w.scale[r];
+    }
+  }
+}
+
 }  // namespace
 
 // The write on raw buffers: value [seq, kv, d] float32 rows into positions start .. start + seq - 1.
@@ -517,57 +574,21 @@ extern "C" void edgemfm_cache_int8(const float* value, int64_t seq, int64_t kv, 
 }
 
 // The attention on raw buffers: query [seq, heads, d] float32, out the same.
+// The attention on raw buffers: query [seq, heads, d] float32, out the same. With ExecuTorch, the KV heads are
+// shared out over its threadpool (the one XNNPACK runs on, sized by the runtime's thread count): one head a task.
 extern "C" void edgemfm_sdpa_int8(const float* query, int64_t seq, int64_t heads, int64_t d, const int8_t* keys,
                                   const float* ks, const int8_t* kz, const int8_t* values, const float* vs,
                                   const int8_t* vz, int64_t kv, int64_t capacity, int64_t start, float scale,
                                   float* out) {
-  thread_local Rows rows;
-  thread_local Weights w;
-  thread_local std::vector<float> mixed;
-  const int64_t group = heads / kv, width = start + seq;
-  w.width = (width + KEYS - 1) / KEYS * KEYS;
-  for (int64_t head = 0; head < kv; ++head) {
-    rows.round(query, seq, heads, group, head, d, start, scale);
-    const int64_t n = rows.n;
-    w.s.assign(n * w.width, 0.0f);
-    w.hi.assign(n * w.width, 0);
-    w.lo.assign(n * w.width, 0);
-    w.scale.resize(n);
-    w.shift.resize(n);
-    all_scores(rows, keys, ks, kz, values, capacity, d, head, w);
-    softmax(rows, vs, vz, capacity, head, w);
-    mixed.assign(n * d, 0.0f);
-    int64_t c = 0;
-#ifdef EDGEMFM_VECTOR
-    const int64_t blocks = (width + VALUES - 1) / VALUES;
-#ifdef EDGEMFM_AVX512
-    for (; c + 32 <= d; c += 32) {
-      int64_t r0 = 0;
-      for (; r0 + 3 <= n; r0 += 3) mix32<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-      for (; r0 < n; ++r0) mix32<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-    }
+  const auto heads_from = [&](int64_t first, int64_t last) {
+    for (int64_t head = first; head < last; ++head)
+      attend(query, seq, heads, d, keys, ks, kz, values, vs, vz, kv, capacity, start, scale, head, out);
+  };
+#ifdef EDGEMFM_THREADPOOL
+  if (!executorch::extension::parallel_for(0, kv, 1, heads_from)) heads_from(0, kv);  // false: it ran none
+#else
+  heads_from(0, kv);
 #endif
-    for (; c + 16 <= d; c += 16) {
-      int64_t r0 = 0;
-      for (; r0 + 3 <= n; r0 += 3) mix<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-      for (; r0 < n; ++r0) mix<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-    }
-#endif
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t j = c; j < d; ++j) {
-        int64_t total = 0;
-        for (int64_t t = 0; t < rows.end[r]; ++t) {
-          const int32_t weight = 128 * w.hi[r * w.width + t] + w.lo[r * w.width + t];
-          total += int64_t(weight) * values[value_byte(capacity, d, head, t, j)];
-        }
-        mixed[r * d + j] = float(total);
-      }
-      for (int64_t j = 0; j < d; ++j) {
-        const int64_t i = r / group, g = r % group;
-        out[(i * heads + head * group + g) * d + j] = (mixed[r * d + j] - w.shift[r]) * w.scale[r];
-      }
-    }
-  }
 }
 
 #ifndef EDGEMFM_NO_EXECUTORCH
