@@ -74,8 +74,9 @@ def _program_unit(name: str, unit: ExportUnit, max_seq_len: int, kv_cache: str) 
     if unit.static_cache is None:
         return unit
     unit = unit.static_cache(max_seq_len)
-    if kv_cache == "int8":  # exporters/llm_ops.py's Int8OpsLayer, as ExecuTorch's own LLM export stores it
+    if kv_cache == "int8":  # exporters/llm_ops.py's Int8OpsLayer, on edgemfm's own cache ops
         unit = replace(unit, kv_cache=unit.module.int8_cache(unit.kv_cache))
+        native.build("int8_cache")  # now: a machine that cannot build the ops is refused before the export's work
     return unit
 
 

@@ -211,3 +211,23 @@ def test_an_int8_cache_on_a_head_dim_the_layout_cannot_split_is_one_line_and_lea
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "head_dim is 14" in err and "allowed: --kv-cache float" in err
     assert not out.exists()
+
+
+def test_an_int8_cache_export_on_a_machine_without_a_compiler_is_one_line_and_leaves_nothing(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    """The kernels are built before the export's work: a missing compiler is refused up front, in one line."""
+    from edgemfm.exporters import executorch
+
+    def captured(*args):
+        raise AssertionError("the export captured a component before the refusal")
+
+    monkeypatch.setattr(executorch, "_capture", captured)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("EDGEMFM_CACHE", str(tmp_path / "cache"))
+    capsys.readouterr()
+    out = tmp_path / "refused"
+    assert _export(checkpoint, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-compiler" in err and "--kv-cache float" in err
+    assert not out.exists() and not (tmp_path / "cache").exists()
