@@ -188,9 +188,9 @@ def _check(
     from executorch.runtime import Runtime
 
     from edgemfm.exporters.pte_quantize import NOISE_SHARE
+    from edgemfm.runtimes.executorch import load_kernels
 
-    if any(u.kv_cache is not None and u.kv_cache.dtype == "int8" for u in units.values()):
-        native.load("int8_cache")  # the int8 cache's write and attention (exporters/llm_ops.py)
+    load_kernels(units.values())  # an int8 cache's write and attention, as the runtime loads them
     program = Runtime.get().load_program(path)
     parity = {}
     for name, unit in units.items():

@@ -79,7 +79,7 @@ def build(name: str) -> Path:
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
         key.update(part + b"\0")
-    key.update(importlib.metadata.version("executorch").encode() + _cpu_features().encode())
+    key.update(importlib.metadata.version("executorch").encode() + cpu_features().encode())
     cache = Path(os.environ.get("EDGEMFM_CACHE") or Path.home() / ".cache" / "edgemfm") / "kernels"
     library = cache / f"{name}-{key.hexdigest()[:16]}.so"
     if library.exists():
@@ -100,9 +100,14 @@ def build(name: str) -> Path:
     return library
 
 
-def _cpu_features() -> str:
-    """This CPU's feature list (Linux's /proc/cpuinfo): a cache shared between machines keeps a build per CPU kind,
-    since `-march=native` code may use instructions another CPU lacks."""
+def cpu_features() -> str:
+    """This CPU's feature list (Linux's /proc/cpuinfo): part of a build's cache key, so a cache shared between
+    machines keeps a build per CPU kind (`-march=native` code may use instructions another CPU lacks).
+
+    Example:
+        >>> "avx2" in cpu_features().split()  # doctest: +SKIP
+        True
+    """
     try:
         with open("/proc/cpuinfo") as info:
             return next((line for line in info if line.startswith(("flags", "Features"))), platform.processor())

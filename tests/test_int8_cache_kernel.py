@@ -30,11 +30,7 @@ X86 = platform.machine().lower() in {"x86_64", "amd64"}
 
 def _has(flag: str) -> bool:
     """Whether this CPU runs `flag`'s instructions (a build for a path it lacks would die of SIGILL)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return any(flag in line.split() for line in info if line.startswith("flags"))
-    except OSError:
-        return False
+    return flag in native.cpu_features().split()
 
 
 # (seq, heads, kv_heads, head_dim, capacity, start): decode at the cache's first and deep positions, prefill

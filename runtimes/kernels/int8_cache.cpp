@@ -218,86 +218,49 @@ void scores(const Rows& rows, int64_t r0, const int8_t* keys, const float* ks, c
   }
 }
 
-#ifdef EDGEMFM_AVX512
-// mix's 32 dims at a time: one 64-byte vector holds 16 dims of a value block
-template <int R>
-void mix32(const Weights& w, int64_t r0, const int8_t* values, int64_t capacity, int64_t d, int64_t head,
-           int64_t blocks, int64_t c, float* out) {
-  float total[R][2][16] = {};
-  for (int64_t first = 0; first < blocks; first += 16384) {
-    __m512i hi[R][2], lo[R][2];
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2; ++i) hi[r][i] = lo[r][i] = _mm512_setzero_si512();
-    const int64_t last = std::min(blocks, first + 16384);
-    for (int64_t b = first; b < last; ++b) {
-      const int8_t* block = values + ((head * (capacity / VALUES) + b) * d + c) * VALUES;
-      const __m512i v0 = _mm512_loadu_si512(block), v1 = _mm512_loadu_si512(block + 64);
-      for (int r = 0; r < R; ++r) {
-        int32_t h, l;
-        std::memcpy(&h, w.hi.data() + (r0 + r) * w.width + b * VALUES, 4);
-        std::memcpy(&l, w.lo.data() + (r0 + r) * w.width + b * VALUES, 4);
-        hi[r][0] = _mm512_dpbusd_epi32(hi[r][0], _mm512_set1_epi32(h), v0);
-        hi[r][1] = _mm512_dpbusd_epi32(hi[r][1], _mm512_set1_epi32(h), v1);
-        lo[r][0] = _mm512_dpbusd_epi32(lo[r][0], _mm512_set1_epi32(l), v0);
-        lo[r][1] = _mm512_dpbusd_epi32(lo[r][1], _mm512_set1_epi32(l), v1);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2; ++i) {
-        alignas(64) float x[16];
-        _mm512_store_ps(x, _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r][i]), _mm512_set1_ps(128.0f),
-                                           _mm512_cvtepi32_ps(lo[r][i])));
-        for (int j = 0; j < 16; ++j) total[r][i][j] += x[j];
-      }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < 2; ++i) std::copy_n(total[r][i], 16, out + (r0 + r) * d + c + 16 * i);
-}
-#endif
-
-// out[r][c .. c + 15] += sum over value blocks of w14[r][t] * v[t][c ..], for `R` rows from r0 (int32 in
-// registers; each block adds at most 4 x 127 x 128 per lane, so 16,384 blocks fit before they move to float)
-template <int R>
-void mix(const Weights& w, int64_t r0, const int8_t* values, int64_t capacity, int64_t d, int64_t head,
-         int64_t blocks, int64_t c, float* out) {
-  float total[R][2][8] = {};
-  for (int64_t first = 0; first < blocks; first += 16384) {
-    __m256i hi[R][2], lo[R][2];
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2; ++i) hi[r][i] = lo[r][i] = _mm256_setzero_si256();
-    const int64_t last = std::min(blocks, first + 16384);
-    for (int64_t b = first; b < last; ++b) {
-      const int8_t* block = values + ((head * (capacity / VALUES) + b) * d + c) * VALUES;
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 32));
-      for (int r = 0; r < R; ++r) {
-        const __m256i h = broadcast4(w.hi.data() + (r0 + r) * w.width + b * VALUES);
-        const __m256i l = broadcast4(w.lo.data() + (r0 + r) * w.width + b * VALUES);
+// mix's vectors on x86: 8 dims of a value block's 4 positions to a 32-byte vector; the 7-bit weight halves as
+// the unsigned side of vpdpbusd, or of vpmaddubsw without VNNI (|pair| <= 2 x 127 x 128: no saturation)
+struct Ymm {
+  using Acc = __m256i;
+  using Bytes = __m256i;
+  static constexpr int DIMS = 8, VECTORS = 2;
+  static Acc zero() { return _mm256_setzero_si256(); }
+  static Bytes load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static Bytes repeat(const uint8_t* p) { return broadcast4(p); }
+  static Acc dot(Acc acc, Bytes weights, Bytes v) {
 #ifdef EDGEMFM_DPBUSD
-        hi[r][0] = EDGEMFM_DPBUSD(hi[r][0], h, v0);
-        hi[r][1] = EDGEMFM_DPBUSD(hi[r][1], h, v1);
-        lo[r][0] = EDGEMFM_DPBUSD(lo[r][0], l, v0);
-        lo[r][1] = EDGEMFM_DPBUSD(lo[r][1], l, v1);
+    return EDGEMFM_DPBUSD(acc, weights, v);
 #else
-        const __m256i ones = _mm256_set1_epi16(1);  // 7-bit halves: |pair| <= 2 x 127 x 128, no saturation
-        hi[r][0] = _mm256_add_epi32(hi[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(h, v0), ones));
-        hi[r][1] = _mm256_add_epi32(hi[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(h, v1), ones));
-        lo[r][0] = _mm256_add_epi32(lo[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(l, v0), ones));
-        lo[r][1] = _mm256_add_epi32(lo[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(l, v1), ones));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(weights, v), _mm256_set1_epi16(1)));
 #endif
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 2; ++i) {
-        alignas(32) float x[8];
-        _mm256_store_ps(x, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi[r][i]), _mm256_set1_ps(128.0f),
-                                           _mm256_cvtepi32_ps(lo[r][i])));
-        for (int j = 0; j < 8; ++j) total[r][i][j] += x[j];
-      }
   }
-  for (int r = 0; r < R; ++r)
-    for (int i = 0; i < 2; ++i) std::copy_n(total[r][i], 8, out + (r0 + r) * d + c + 8 * i);
-}
+  static void add(float* total, Acc hi, Acc lo) {  // total[0 .. DIMS) += 128 hi + lo
+    alignas(32) float x[DIMS];
+    _mm256_store_ps(x, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_set1_ps(128.0f), _mm256_cvtepi32_ps(lo)));
+    for (int j = 0; j < DIMS; ++j) total[j] += x[j];
+  }
+};
+
+#ifdef EDGEMFM_AVX512
+struct Zmm {  // 16 dims to a 64-byte vector
+  using Acc = __m512i;
+  using Bytes = __m512i;
+  static constexpr int DIMS = 16, VECTORS = 2;
+  static Acc zero() { return _mm512_setzero_si512(); }
+  static Bytes load(const int8_t* p) { return _mm512_loadu_si512(p); }
+  static Bytes repeat(const uint8_t* p) {
+    int32_t x;
+    std::memcpy(&x, p, sizeof x);
+    return _mm512_set1_epi32(x);
+  }
+  static Acc dot(Acc acc, Bytes weights, Bytes v) { return _mm512_dpbusd_epi32(acc, weights, v); }
+  static void add(float* total, Acc hi, Acc lo) {
+    alignas(64) float x[DIMS];
+    _mm512_store_ps(x, _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_set1_ps(128.0f), _mm512_cvtepi32_ps(lo)));
+    for (int j = 0; j < DIMS; ++j) total[j] += x[j];
+  }
+};
+#endif
 #endif
 
 #ifdef EDGEMFM_NEON
@@ -353,38 +316,67 @@ void scores(const Rows& rows, int64_t r0, const int8_t* keys, const float* ks, c
   }
 }
 
-// mix<R> on NEON: a value block's 16 dims are four vectors of 4 dims x 4 positions; the weights' 7-bit halves
-// fit int8, so sdot takes them as they are.
-template <int R>
+// mix's vectors on NEON: 4 dims of a value block's 4 positions to a vector; the weights' 7-bit halves fit int8,
+// so sdot takes them as they are
+struct Neon {
+  using Acc = int32x4_t;
+  using Bytes = int8x16_t;
+  static constexpr int DIMS = 4, VECTORS = 4;
+  static Acc zero() { return vdupq_n_s32(0); }
+  static Bytes load(const int8_t* p) { return vld1q_s8(p); }
+  static Bytes repeat(const uint8_t* p) { return repeat4(p); }
+  static Acc dot(Acc acc, Bytes weights, Bytes v) { return vdotq_s32(acc, v, weights); }
+  static void add(float* total, Acc hi, Acc lo) {
+    float x[DIMS];
+    vst1q_f32(x, vfmaq_f32(vcvtq_f32_s32(lo), vcvtq_f32_s32(hi), vdupq_n_f32(128.0f)));
+    for (int j = 0; j < DIMS; ++j) total[j] += x[j];
+  }
+};
+#endif
+
+#ifdef EDGEMFM_VECTOR
+// out[r][c ..] = sum over value blocks of w14[r][t] * v[t][c ..] for `R` rows from r0, on `L`'s vectors
+// (VECTORS x DIMS dims a call). int32 in registers: each block adds at most 4 x 127 x 128 per lane, so 16,384
+// blocks fit before they move to float.
+template <int R, class L>
 void mix(const Weights& w, int64_t r0, const int8_t* values, int64_t capacity, int64_t d, int64_t head,
          int64_t blocks, int64_t c, float* out) {
-  float total[R][16] = {};
+  constexpr int N = L::VECTORS, D = L::DIMS;
+  float total[R][N * D] = {};
   for (int64_t first = 0; first < blocks; first += 16384) {
-    int32x4_t hi[R][4], lo[R][4];
+    typename L::Acc hi[R][N], lo[R][N];
     for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 4; ++i) hi[r][i] = lo[r][i] = vdupq_n_s32(0);
+      for (int i = 0; i < N; ++i) hi[r][i] = lo[r][i] = L::zero();
     const int64_t last = std::min(blocks, first + 16384);
     for (int64_t b = first; b < last; ++b) {
       const int8_t* block = values + ((head * (capacity / VALUES) + b) * d + c) * VALUES;
-      const int8x16_t v[4] = {vld1q_s8(block), vld1q_s8(block + 16), vld1q_s8(block + 32), vld1q_s8(block + 48)};
+      typename L::Bytes v[N];
+      for (int i = 0; i < N; ++i) v[i] = L::load(block + i * D * VALUES);
       for (int r = 0; r < R; ++r) {
-        const int8x16_t h = repeat4(w.hi.data() + (r0 + r) * w.width + b * VALUES);
-        const int8x16_t l = repeat4(w.lo.data() + (r0 + r) * w.width + b * VALUES);
-        for (int i = 0; i < 4; ++i) {
-          hi[r][i] = vdotq_s32(hi[r][i], v[i], h);
-          lo[r][i] = vdotq_s32(lo[r][i], v[i], l);
+        const typename L::Bytes h = L::repeat(w.hi.data() + (r0 + r) * w.width + b * VALUES);
+        const typename L::Bytes l = L::repeat(w.lo.data() + (r0 + r) * w.width + b * VALUES);
+        for (int i = 0; i < N; ++i) {
+          hi[r][i] = L::dot(hi[r][i], h, v[i]);
+          lo[r][i] = L::dot(lo[r][i], l, v[i]);
         }
       }
     }
     for (int r = 0; r < R; ++r)
-      for (int i = 0; i < 4; ++i) {
-        const float32x4_t x = vfmaq_f32(vcvtq_f32_s32(lo[r][i]), vcvtq_f32_s32(hi[r][i]), vdupq_n_f32(128.0f));
-        float lanes[4];
-        vst1q_f32(lanes, x);
-        for (int j = 0; j < 4; ++j) total[r][4 * i + j] += lanes[j];
-      }
+      for (int i = 0; i < N; ++i) L::add(total[r] + i * D, hi[r][i], lo[r][i]);
   }
-  for (int r = 0; r < R; ++r) std::copy_n(total[r], 16, out + (r0 + r) * d + c);
+  for (int r = 0; r < R; ++r) std::copy_n(total[r], N * D, out + (r0 + r) * d + c);
+}
+
+// Every row's mix over dims c, c + step, ... while a whole call fits in d; returns the first dim left.
+template <class L>
+int64_t mix_rows(const Weights& w, int64_t n, const int8_t* values, int64_t capacity, int64_t d, int64_t head,
+                 int64_t blocks, int64_t c, float* out) {
+  for (; c + L::VECTORS * L::DIMS <= d; c += L::VECTORS * L::DIMS) {
+    int64_t r0 = 0;
+    for (; r0 + 3 <= n; r0 += 3) mix<3, L>(w, r0, values, capacity, d, head, blocks, c, out);
+    for (; r0 < n; ++r0) mix<1, L>(w, r0, values, capacity, d, head, blocks, c, out);
+  }
+  return c;
 }
 #endif
 
@@ -519,17 +511,13 @@ void attend(const float* query, int64_t seq, int64_t heads, int64_t d, const int
 #ifdef EDGEMFM_VECTOR
   const int64_t blocks = (width + VALUES - 1) / VALUES;
 #ifdef EDGEMFM_AVX512
-  for (; c + 32 <= d; c += 32) {
-    int64_t r0 = 0;
-    for (; r0 + 3 <= n; r0 += 3) mix32<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-    for (; r0 < n; ++r0) mix32<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-  }
+  c = mix_rows<Zmm>(w, n, values, capacity, d, head, blocks, c, mixed.data());
 #endif
-  for (; c + 16 <= d; c += 16) {
-    int64_t r0 = 0;
-    for (; r0 + 3 <= n; r0 += 3) mix<3>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-    for (; r0 < n; ++r0) mix<1>(w, r0, values, capacity, d, head, blocks, c, mixed.data());
-  }
+#ifdef EDGEMFM_AVX2
+  c = mix_rows<Ymm>(w, n, values, capacity, d, head, blocks, c, mixed.data());
+#else
+  c = mix_rows<Neon>(w, n, values, capacity, d, head, blocks, c, mixed.data());
+#endif
 #endif
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t j = c; j < d; ++j) {
