@@ -1,17 +1,22 @@
-"""Kernels of edgemfm's own for ExecuTorch programs, built from their C++ source on the machine that runs them.
+"""Kernels of edgemfm's own, built from their C++ source on the machine that runs them.
 
-A pte bundle's int8 KV cache is written and read by `edgemfm::cache_int8` and `edgemfm::sdpa_int8`
-(runtimes/kernels/int8_cache.cpp), which ExecuTorch's runtime does not ship. The first program that needs
-them compiles the source once against the installed executorch wheel's headers and libexecutorch.so, for
-this machine's CPU (`-march=native`, `-mcpu=native` on ARM), and caches the library under
-~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it), named by a hash of the source, the compiler, its flags,
-the CPU's features and the executorch version. Loading it with RTLD_GLOBAL registers the kernels in the
-registry that the executorch pybindings read (they link the same libexecutorch.so). The compiler is `$CXX`,
-else `c++`; without one the bundle is refused in one line.
+- `int8_cache` (runtimes/kernels/int8_cache.cpp): a pte bundle's int8 KV cache, written and read by
+  `edgemfm::cache_int8` and `edgemfm::sdpa_int8`, which ExecuTorch's runtime does not ship. Built against the
+  installed executorch wheel's headers and libexecutorch.so; loading it with RTLD_GLOBAL registers the kernels
+  in the registry that the executorch pybindings read (they link the same libexecutorch.so).
+- `matmul_int4` (runtimes/kernels/matmul_int4.cpp): an onnx bundle's int4 weights exported with
+  `--int4-kernel edgemfm` (`edgemfm.MatMulInt4`, `edgemfm.GatherInt4`), an ONNX Runtime custom-op library
+  built against the C API header in runtimes/kernels/onnxruntime/ and registered per session
+  (`SessionOptions.register_custom_ops_library`).
+
+The first bundle that needs a kernel compiles it once, for this machine's CPU (`-march=native`, `-mcpu=native`
+on ARM), and caches the library under ~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it), named by a hash of
+the source, the compiler, its flags, the CPU's features and the runtime's version. The compiler is `$CXX`, else
+`c++`; without one the bundle is refused in one line naming the export option that avoids the kernel.
 
 Example:
-    >>> load("int8_cache").name  # doctest: +SKIP
-    'int8_cache-3f2a9c01d4e5b6a7.so'
+    >>> build("matmul_int4").name  # doctest: +SKIP
+    'matmul_int4-3f2a9c01d4e5b6a7.so'
 """
 
 from __future__ import annotations
@@ -25,17 +30,32 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgemfm.errors import BundleError, MissingExtraError
 
 SOURCES = Path(__file__).parent / "kernels"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    needed_by: str  # what in a bundle calls it, for the refusals
+    way_out: str  # the export option that does without it
+    runtime: str  # the package it is built against (its version is part of the cache key)
+
+
+KERNELS = {
+    "int8_cache": Kernel("this bundle's int8 KV cache", "export with --kv-cache float", "executorch"),
+    "matmul_int4": Kernel("this bundle's int4 weights", "export with --int4-kernel ort", "onnxruntime"),
+}
 # kernel name -> the library loaded into this process (a second load would register its kernels twice)
 _loaded: dict[str, Path] = {}
 
 
 def load(name: str) -> Path:
-    """Build `kernels/<name>.cpp` if this machine has no build of it yet, and load it into ExecuTorch's registry.
+    """Build `kernels/<name>.cpp` if this machine has no build of it yet, and load it into this process (an
+    ExecuTorch kernel's registration runs as it loads).
 
     Example:
         >>> load("int8_cache").exists()  # doctest: +SKIP
@@ -58,28 +78,31 @@ def build(name: str) -> Path:
         >>> build("int8_cache").suffix  # doctest: +SKIP
         '.so'
     """
-    source = SOURCES / f"{name}.cpp"
+    kernel, source = KERNELS[name], SOURCES / f"{name}.cpp"
     compiler = os.environ.get("CXX") or "c++"
     if shutil.which(compiler) is None:
         raise BundleError(
-            f"this bundle's int8 KV cache runs edgemfm's {name} kernel, built once per machine from C++ source, "
-            f"and no C++ compiler {compiler!r} was found: install g++ (or set CXX), or export with --kv-cache float"
+            f"{kernel.needed_by} runs edgemfm's {name} kernel, built once per machine from C++ source, "
+            f"and no C++ compiler {compiler!r} was found: install g++ (or set CXX), or {kernel.way_out}"
         )
-    root = _executorch_root()
     flags = [
         "-O3",
         "-std=c++17",
         "-shared",
         "-fPIC",
         "-mcpu=native" if platform.machine().lower() in {"aarch64", "arm64"} else "-march=native",
-        "-DC10_USING_CUSTOM_GENERATED_MACROS",
     ]
-    includes = [f"-I{root / 'include'}", f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}"]
-    links = [f"-L{root / 'lib'}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{root / 'lib'}"]
+    if kernel.runtime == "executorch":
+        root = _executorch_root()
+        flags.append("-DC10_USING_CUSTOM_GENERATED_MACROS")
+        includes = [f"-I{root / 'include'}", f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}"]
+        links = [f"-L{root / 'lib'}", "-lexecutorch", "-lexecutorch_threadpool", f"-Wl,-rpath,{root / 'lib'}"]
+    else:  # an ONNX Runtime custom-op library: the C API header only, the functions come through OrtApi
+        root, includes, links = SOURCES, [f"-I{SOURCES}"], []
     key = hashlib.sha256()
     for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
         key.update(part + b"\0")
-    key.update(importlib.metadata.version("executorch").encode() + cpu_features().encode())
+    key.update(importlib.metadata.version(kernel.runtime).encode() + cpu_features().encode())
     cache = Path(os.environ.get("EDGEMFM_CACHE") or Path.home() / ".cache" / "edgemfm") / "kernels"
     library = cache / f"{name}-{key.hexdigest()[:16]}.so"
     if library.exists():

@@ -21,6 +21,7 @@ import onnxruntime as ort
 from edgemfm.errors import BundleError
 from edgemfm.manifest import Component, Manifest
 from edgemfm.profiles import DeviceProfile
+from edgemfm.runtimes import native
 
 log = logging.getLogger("edgemfm")
 # What ONNX Runtime raises for feeds its graph refuses (ValueError: a missing input).
@@ -53,10 +54,19 @@ class OrtSession:
 
     @classmethod
     def load(
-        cls, path: str | Path, providers: Sequence[str], threads: int = 0, spin: bool = True, arena: bool = True
+        cls,
+        path: str | Path,
+        providers: Sequence[str],
+        threads: int = 0,
+        spin: bool = True,
+        arena: bool = True,
+        kernels: Sequence[str] = (),
     ) -> OrtSession:
-        """A session on the first of `providers` that takes it; `arena=False` returns freed buffers to the OS."""
+        """A session on the first of `providers` that takes it; `arena=False` returns freed buffers to the OS;
+        `kernels`: edgemfm's custom-op libraries the graph calls (built on this machine the first time)."""
         options = ort.SessionOptions()
+        for name in kernels:
+            options.register_custom_ops_library(str(native.build(name)))
         options.enable_cpu_mem_arena = arena
         options.intra_op_num_threads = threads  # 0: onnxruntime picks one per core
         # Idle sessions that spin their threads slow the busy one on a small CPU.
@@ -140,6 +150,7 @@ def open_components(
             threads=threads,
             spin=not several,
             arena=c.kv_cache is not None or name == manifest.generation.embedding,
+            kernels=c.kernels,
         )
         for name, c in components.items()
     }

@@ -100,6 +100,8 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
         raise InputError(f"calibration folder {config.calibration!r} does not exist")
     if config.kv_cache == "int8":
         _check_int8_cache(profile, config)
+    if config.int4_kernel == "edgemfm":
+        _check_int4_kernel(profile, config)
     limit, asked = profile.streaming.max_seq_len, config.max_seq_len
     if asked is not None and not 1 <= asked <= limit:
         raise InputError(f"max sequence length {asked} is out of range for {profile.name}; allowed: 1 to {limit}")
@@ -116,6 +118,26 @@ def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
     if not config.fuse:
         raise InputError("--kv-cache int8 needs the fused GroupQueryAttention; allowed: without --no-fuse")
     check_device(profile)
+
+
+def _check_int4_kernel(profile: DeviceProfile, config: ExportConfig) -> None:
+    """--int4-kernel edgemfm: an onnx bundle with int4 weights, for a device whose providers are the CPU's (the kernel
+    is a CPU custom op: beside CUDA or NNAPI it would pull the decoder's matmuls back to the CPU)."""
+    from edgemfm.profiles import list_profiles
+
+    if config.format != "onnx":
+        raise InputError(f"--int4-kernel edgemfm with format {config.format!r} is not supported; allowed: onnx")
+    if config.precision not in ("int4", "auto"):
+        raise InputError(
+            f"--int4-kernel edgemfm runs int4 weights; precision {config.precision!r} has none; allowed: int4, auto"
+        )
+    cpu = {"CPUExecutionProvider", "XnnpackExecutionProvider"}
+    if other := [p for p in profile.execution_providers if p not in cpu]:
+        allowed = [p.name for p in list_profiles() if set(p.execution_providers) <= cpu]
+        raise InputError(
+            f"--int4-kernel edgemfm is a CPU kernel run by the edgemfm runtime; {profile.name} runs on {other[0]}; "
+            f"allowed devices: {', '.join(allowed)} (or --int4-kernel ort)"
+        )
 
 
 def resolve(config: ExportConfig) -> ExportConfig:
@@ -225,6 +247,11 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
 
                 say(progress, f"cutting the head to {config.draft_vocab} tokens (a draft's)")
                 manifest = restrict_head(stage, manifest, config.draft_vocab)
+            if config.int4_kernel == "edgemfm":  # last: the steps above read the graphs with stock ONNX Runtime
+                from edgemfm.quantizers import native_int4
+
+                say(progress, "packing the int4 weights for edgemfm's kernel")
+                manifest = native_int4.apply(stage, manifest)
             bundle.seal(stage, manifest)
     return out
 

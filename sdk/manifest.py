@@ -91,6 +91,9 @@ class Component:
     cross_attention: CrossAttention | None = None  # encoder-decoder models (Whisper): what the decoder attends to
     flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
     method: str | None = None  # the named method in a multi-method program (pte); None for onnx
+    # onnx: edgemfm kernels its graph calls beyond ONNX Runtime's own (runtimes/kernels/<name>.cpp), built and
+    # registered by the runtime: "matmul_int4" (export --int4-kernel edgemfm)
+    kernels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from edgemfm.manifest import Component, Manifest, Preprocess
 ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")  # what a component computes in
 TENSOR_DTYPES = (*ACTIVATION_DTYPES, "int64", "int32", "int8", "uint8", "bool")  # what crosses a boundary
 MEDIA_KINDS = ("image", "audio")
+ONNX_KERNELS = ("matmul_int4",)  # edgemfm's custom-op libraries an onnx graph may call (runtimes/kernels/)
 CACHE_DTYPES = ("", "int8")  # a KV cache in the component's own dtype, or an int8 one
 # the scale layouts each cache kind and dtype takes: GroupQueryAttention's static ones (dynamic), or the pte
 # program's own per token and head (static)
@@ -106,6 +107,8 @@ def _component(c: _Checker, path: str, comp: Component) -> None:
     c.int_in(f"{path}.flops_per_item", comp.flops_per_item, 0, MAX_BYTES * 1024)
     if comp.format == "pte" and not comp.method:
         c.fail(f"{path}.method", comp.method, "the name of the program's method")
+    for i, kernel in enumerate(comp.kernels):
+        c.name_in(f"{path}.kernels[{i}]", kernel, ONNX_KERNELS if comp.format == "onnx" else ())
     if (kv := comp.kv_cache) is not None:
         c.int_in(f"{path}.kv_cache.layers", kv.layers, 1, 1024)
         c.int_in(f"{path}.kv_cache.kv_heads", kv.kv_heads, 1, 1024)

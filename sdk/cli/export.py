@@ -92,6 +92,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "token and head; default: float)",
     )
     e.add_argument(
+        "--int4-kernel",
+        default="ort",
+        metavar="{ort,edgemfm}",
+        help="onnx int4 weights on ONNX Runtime's MatMulNBits (any runtime), or on edgemfm's own faster kernel (built "
+        "on the device by the edgemfm runtime; CPU devices; default: ort)",
+    )
+    e.add_argument(
         "--draft-vocab",
         type=A.AT_LEAST_ONE,
         default=None,
@@ -129,6 +136,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         revision=args.revision,
         visual_tokens=args.visual_tokens,
         kv_cache=args.kv_cache,
+        int4_kernel=args.int4_kernel,
         draft_vocab=args.draft_vocab,
     )
     if "," in args.device or args.ray is not None:
@@ -234,5 +242,10 @@ def _android_assets(app: str, config: ExportConfig) -> Path:
         raise InputError(
             f"the Android app feeds float32 KV caches; --kv-cache {config.kv_cache!r} is not allowed with --app; "
             "allowed: float"
+        )
+    if config.int4_kernel != "ort":
+        raise InputError(
+            f"the Android app's ONNX Runtime has no edgemfm kernels; --int4-kernel {config.int4_kernel!r} is not "
+            "allowed with --app; allowed: ort"
         )
     return manifest.parent / "assets" / "bundle"
