@@ -9,9 +9,9 @@ shared machine's load changes hit each alike), median and range. Then one profil
 kernel calls per step and each op type's share of the kernel time (the profiler's Node events of
 the single-token steps only, not the prefill's).
 A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time.
-The kernel floor: the decoder's MatMulNBits alone, taken out into one graph with their own weights and
-run back to back on one row (CPU ms per step and the rate at which they read their weights), taken in the
-same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
+The kernel floor: the decoder's int4 matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 in a bundle exported
+with --int4-kernel edgemfm), taken out into one graph with their own weights and run back to back on one row
+(CPU ms per step and the rate at which they read their weights), taken in the same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
 `--executorch` an ExecuTorch LLM program's whole single-token step at the same position, in the same rounds.
 Writes benchmarks/results/NAME.json (--name) through benchmarks.record.
 """
@@ -27,7 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgemfm.runtimes import native
+
 from .. import record
+
+INT4_MATMULS = ("MatMulNBits", "MatMulInt4")  # ONNX Runtime's, and edgemfm's (export --int4-kernel edgemfm)
 
 
 def _decoder_file(bundle: Path) -> Path:
@@ -53,6 +57,8 @@ def _decoder(bundle: Path, profile: bool = False):
         options.enable_profiling = True
         options.profile_file_prefix = str(Path("/tmp") / f"decode_profile_{bundle.name}")
         file = _decoder_file(bundle)
+        for kernel in pipe.manifest.components[pipe.manifest.generation.decoder].kernels:
+            options.register_custom_ops_library(str(native.build(kernel)))
         session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
         pipe.decoder.session = OrtSession(session, file.name)
     return pipe.decoder
@@ -84,7 +90,7 @@ def _verify(decoder, cache, token: int, calls: int, k: int) -> float:
 
 
 def matmuls_alone(graph: Path):
-    """(a session running `graph`'s MatMulNBits alone, back to back on one row each, its feeds, their weights'
+    """(a session running `graph`'s int4 matmuls alone, back to back on one row each, its feeds, their weights'
     bytes): the kernel floor of one decode step."""
     import onnx
     import onnxruntime as ort
@@ -94,7 +100,7 @@ def matmuls_alone(graph: Path):
     weights = {i.name: i for i in model.graph.initializer}
     nodes, used, widths = [], {}, set()
     for n in model.graph.node:
-        if n.op_type == "MatMulNBits":
+        if n.op_type in INT4_MATMULS:
             attributes = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             widths.add(attributes["K"])
             out = f"out{len(nodes)}"
@@ -112,6 +118,8 @@ def matmuls_alone(graph: Path):
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    if any(n.op_type == "MatMulInt4" for n in nodes):
+        options.register_custom_ops_library(str(native.build("matmul_int4")))
     session = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {f"row{k}": rng.standard_normal((1, k)).astype(np.float32) for k in widths}
@@ -119,7 +127,7 @@ def matmuls_alone(graph: Path):
 
 
 def _alone(session, feeds: dict, steps: int) -> float:
-    """CPU seconds per run of the MatMulNBits-alone graph."""
+    """CPU seconds per run of the int4-matmuls-alone graph."""
     start = time.process_time()
     for _ in range(steps):
         session.run(None, feeds)
@@ -136,7 +144,7 @@ def rates(
     llm_program: Path | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, the CPU
-    cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its MatMulNBits alone
+    cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its int4 matmuls alone
     (`graphs`: that last one only); `llm_program`: an ExecuTorch LLM program's single-token step at `context`
     in the same rounds."""
     decoders = {b: _decoder(b) for b in bundles}
@@ -197,7 +205,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5, help="a verify call takes k + 1 tokens")
     p.add_argument("--name", default="runtime-decode-profile", help="the result file's name")
     p.add_argument("--model", default="", help="what the bundles hold, for the section's title")
-    p.add_argument("--graphs", nargs="*", type=Path, default=[], help="other decoders: their MatMulNBits alone")
+    p.add_argument("--graphs", nargs="*", type=Path, default=[], help="other decoders: their int4 matmuls alone")
     p.add_argument("--executorch", type=Path, help="an ExecuTorch LLM program (export_llm's): its whole step")
     args = p.parse_args()
     measured = rates(args.bundles, args.context, args.steps, args.rounds, args.k, args.graphs, args.executorch)
@@ -228,7 +236,7 @@ def main() -> None:
                 ),
             }
         row |= {
-            "MatMulNBits alone, CPU ms / step": f"{alone * 1e3:.2f} ({min(m['alone']) * 1e3:.2f}-{max(m['alone']) * 1e3:.2f})",
+            "int4 matmuls alone, CPU ms / step": f"{alone * 1e3:.2f} ({min(m['alone']) * 1e3:.2f}-{max(m['alone']) * 1e3:.2f})",
             "their weights, MB": f"{mb:.1f}",
             "read at, GB/s": f"{mb / 1e3 / alone:.1f}",
         }
