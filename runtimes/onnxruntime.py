@@ -106,18 +106,27 @@ class OrtSession:
             arrays[output] = array
         others = [name for name in self.output_names if name not in arrays]
         order = [*arrays, *others]  # the binding keeps outputs in the order they were first bound
+        sized = _sized_outputs(self.session, others)
 
         def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for name, array in feeds.items():
                 binding.bind_cpu_input(name, array)
-            for name in others:  # allocated by the run, whatever this call's shape
-                binding.bind_output(name)
+            made = _allocate(sized, feeds)
+            for name, array in made.items():  # a new array per call: a caller may keep the last one
+                binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+            for name in others:
+                if name not in made:  # allocated by the run, whatever this call's shape
+                    binding.bind_output(name)
             try:
                 self.session.run_with_iobinding(binding)
             except REFUSED as e:
                 raise self._refused(e) from None
+            if len(made) == len(others):  # every output is an array of ours: no OrtValue to wrap
+                return {**arrays, **made}
             got = binding.get_outputs()
-            return {name: arrays[name] if name in arrays else got[i].numpy() for i, name in enumerate(order)}
+            return {
+                name: arrays.get(name, made[name] if name in made else got[i].numpy()) for i, name in enumerate(order)
+            }
 
         return run
 
@@ -129,6 +138,35 @@ class OrtSession:
             f"the graph of {self.name!r} refuses the inputs its manifest describes ({reason}); "
             "allowed: a manifest matching its graphs"
         )
+
+
+ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def _sized_outputs(session: ort.InferenceSession, names: Sequence[str]) -> dict[str, tuple[np.dtype, list, dict]]:
+    """The outputs among `names` whose shape follows from the fed inputs' (each dim a number or an axis an input
+    names: the logits' [batch, seq, vocab]): name -> (dtype, dims, axis -> (input, position))."""
+    axes = {}
+    for i in session.get_inputs():
+        for at, dim in enumerate(i.shape):
+            if isinstance(dim, str):
+                axes.setdefault(dim, (i.name, at))
+    sized = {}
+    for o in session.get_outputs():
+        if o.name in names and o.type in ELEMENT_TYPES and all(isinstance(d, int) or d in axes for d in o.shape):
+            sized[o.name] = (np.dtype(ELEMENT_TYPES[o.type]), o.shape, axes)
+    return sized
+
+
+def _allocate(sized: dict[str, tuple[np.dtype, list, dict]], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An empty array for each sized output whose axes this call's feeds give."""
+    made = {}
+    for name, (dtype, dims, axes) in sized.items():
+        where = [axes.get(d) if isinstance(d, str) else None for d in dims]
+        if all(w is None or w[0] in feeds for w in where):
+            shape = [d if w is None else feeds[w[0]].shape[w[1]] for d, w in zip(dims, where)]
+            made[name] = np.empty(shape, dtype)
+    return made
 
 
 def open_components(

@@ -73,6 +73,29 @@ def test_a_stream_on_one_buffer_appended_in_place_equals_the_grown_cache(default
         np.testing.assert_allclose(shared.values[name][:, :, : shared.length], grown, atol=1e-5)
 
 
+def test_the_in_place_run_writes_the_logits_into_a_new_array_of_the_calls_shape(default_bundle):
+    """The logits' shape follows from the feeds ([batch, seq, vocab]), so the run binds an array of its own and
+    wraps no ONNX Runtime value; the next call takes a new one, leaving the array a caller kept as it was."""
+    session = OrtSession(
+        ort.InferenceSession(str(default_bundle / "text_decoder.onnx"), providers=["CPUExecutionProvider"])
+    )
+    kv = read_manifest(default_bundle).components["text_decoder"].kv_cache
+    cache, hidden, rng = (
+        SharedKVCache(kv, max_len=64, sinks=4),
+        session.session.get_inputs()[0].shape[2],
+        np.random.default_rng(1),
+    )
+    kept = []
+    for seq in (5, 1, 3):
+        out = cache.run(
+            session, {"inputs_embeds": rng.standard_normal((1, seq, hidden), np.float32), **cache.feeds(seq)}
+        )
+        cache.advance(out, seq)
+        kept.append((out["logits"], out["logits"].copy()))
+    assert [a.shape[1] for a, _ in kept] == [5, 1, 3] and len({id(a) for a, _ in kept}) == 3
+    assert all(np.array_equal(a, copy) and np.isfinite(a).all() for a, copy in kept)
+
+
 def _decode(bundle, shared: bool) -> tuple[type, list[int], np.ndarray]:
     """(the cache type the decode loop took, 12 greedy tokens after a prompt, their logits) with the manifest's
     `kv_cache.shared` as given."""
