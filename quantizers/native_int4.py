@@ -13,7 +13,7 @@ The integers are MatMulNBits' own; each block's scale s and offset -s·zero beco
 under 2^-11, against int4's 1/16 step). Activations round to int8 per row and block, as MatMulNBits'
 accuracy_level 4. A graph with these ops runs where runtimes/native.py can build the kernel (a C++
 compiler, the first time): the edgemfm runtime. Stock onnxruntime, onnxruntime-genai and the Android app do
-not know the ops, so the rewrite is an export option (`--int4-kernel edgemfm`), not the default. A node the kernel cannot take (a group not a multiple of 8, N not a multiple of 16, g_idx)
+not know the ops, so the rewrite is an export option (`--kernels edgemfm`), not the default. A node the kernel cannot take (a group not a multiple of 8, N not a multiple of 16, g_idx)
 stays MatMulNBits, and each rewritten node is checked against the MatMulNBits it replaces on random rows.
 
 Example:
@@ -37,6 +37,7 @@ from edgemfm.quantizers.tied_table import FILE as TIED_FILE
 
 TILE = 16  # output columns per record
 KERNEL = "matmul_int4"  # runtimes/kernels/matmul_int4.cpp
+DOMAIN = "edgemfm.int4"  # the ops' domain, the library's own
 ROWS = 4  # random rows each rewritten node is checked on
 
 
@@ -134,7 +135,7 @@ def _rewrite(path: Path, tied: Any) -> tuple[Any, Counter, float | None, int]:
         graph.initializer.remove(init)
     if counts["MatMulInt4"] and tied is not None and tied.name in read:
         _place_tied(base, tied, graph)
-    model.opset_import.append(helper.make_opsetid("edgemfm", 1))
+    model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     stored = sum(numpy_helper.to_array(i, base).nbytes for i in graph.initializer)
     partial = path.with_name(f".{path.name}.partial")
     onnx.save(model, str(partial))
@@ -143,10 +144,10 @@ def _rewrite(path: Path, tied: Any) -> tuple[Any, Counter, float | None, int]:
 
 
 def _node(op: str, inputs: list[str], old: Any, **attributes: int) -> Any:
-    """An edgemfm-domain node in place of `old`: its name and outputs."""
+    """A node of the kernel's domain in place of `old`: its name and outputs."""
     from onnx import helper
 
-    return helper.make_node(op, inputs, list(old.output), name=old.name, domain="edgemfm", **attributes)
+    return helper.make_node(op, inputs, list(old.output), name=old.name, domain=DOMAIN, **attributes)
 
 
 def _external(init: Any) -> str:
@@ -179,7 +180,7 @@ def unpack(B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, K:
     as float32 (8 where absent; uint8 ones are packed two to a byte, float ones (HQQ's) are one per block).
 
     Example:
-        >>> q, s, z = unpack(B, scales, None, K=64, N=16, block=32)  # doctest: +SKIP
+        >>> q, s, z = unpack(np.zeros((16, 2, 16), np.uint8), np.ones(32, np.float32), None, K=64, N=16, block=32)
         >>> q.shape, s.shape, float(z[0, 0])
         ((16, 64), (16, 2), 8.0)
     """
@@ -202,7 +203,7 @@ def pack(B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, K: i
     kernel's header; the columns past N are zeros).
 
     Example:
-        >>> pack(B, scales, zp, K=576, N=960, block=32).shape  # doctest: +SKIP
+        >>> pack(np.zeros((960, 18, 16), np.uint8), np.ones(960 * 18, np.float32), None, K=576, N=960, block=32).shape
         (60, 18, 320)
     """
     q, s, z = unpack(B, scales, zero_points, K, N, block)
@@ -223,8 +224,9 @@ def weights(records: np.ndarray, K: int, N: int, block: int) -> np.ndarray:
     """The float [N, K] weights the records hold (s·q + m, as the kernel reads them).
 
     Example:
-        >>> weights(pack(B, scales, zp, 64, 16, 32), 64, 16, 32).shape  # doctest: +SKIP
-        (16, 64)
+        >>> records = pack(np.zeros((16, 2, 16), np.uint8), np.ones(32, np.float32), None, 64, 16, 32)
+        >>> weights(records, 64, 16, 32)[0, :3]  # q 0 less the zero point 8, times the scale 1
+        array([-8., -8., -8.], dtype=float32)
     """
     q, s, m = _columns(records, block)
     return (s.astype(np.float32)[:, :, None] * q + m.astype(np.float32)[:, :, None]).reshape(len(q), -1)[:N, :K]
@@ -235,8 +237,9 @@ def matmul_int4_reference(a: np.ndarray, records: np.ndarray, K: int, N: int, bl
     products per block, float sums of the blocks.
 
     Example:
-        >>> matmul_int4_reference(np.ones((1, 64), np.float32), records, 64, 16, 32).shape  # doctest: +SKIP
-        (1, 16)
+        >>> records = pack(np.zeros((16, 2, 16), np.uint8), np.ones(32, np.float32), None, 64, 16, 32)
+        >>> matmul_int4_reference(np.ones((1, 64), np.float32), records, 64, 16, 32)[0, :2]  # 64 x (1 x -8)
+        array([-512., -512.], dtype=float32)
     """
     q, s, m = _columns(records, block)
     blocks = q.shape[1]
@@ -269,7 +272,8 @@ def gather_int4_reference(ids: np.ndarray, records: np.ndarray, K: int, N: int, 
     """edgemfm.GatherInt4 in numpy: the rows `ids` of the [N, K] table the records hold.
 
     Example:
-        >>> gather_int4_reference(np.array([[3, 7]]), records, 64, 16, 32).shape  # doctest: +SKIP
+        >>> records = pack(np.zeros((16, 2, 16), np.uint8), np.ones(32, np.float32), None, 64, 16, 32)
+        >>> gather_int4_reference(np.array([[3, 7]]), records, 64, 16, 32).shape
         (1, 2, 64)
     """
     return weights(records, K, N, block)[np.asarray(ids)]

@@ -4,10 +4,10 @@
   `edgemfm::cache_int8` and `edgemfm::sdpa_int8`, which ExecuTorch's runtime does not ship. Built against the
   installed executorch wheel's headers and libexecutorch.so; loading it with RTLD_GLOBAL registers the kernels
   in the registry that the executorch pybindings read (they link the same libexecutorch.so).
-- `matmul_int4` (runtimes/kernels/matmul_int4.cpp): an onnx bundle's int4 weights exported with
-  `--int4-kernel edgemfm` (`edgemfm.MatMulInt4`, `edgemfm.GatherInt4`), an ONNX Runtime custom-op library
-  built against the C API header in runtimes/kernels/onnxruntime/ and registered per session
-  (`SessionOptions.register_custom_ops_library`).
+- `matmul_int4` and `attention` (runtimes/kernels/): an onnx bundle's int4 weights (`edgemfm.MatMulInt4`,
+  `edgemfm.GatherInt4`) and its decoder's attention (`edgemfm.Attention`) exported with `--kernels edgemfm`:
+  ONNX Runtime custom-op libraries built against the C API header in runtimes/kernels/onnxruntime/ and
+  registered per session (`SessionOptions.register_custom_ops_library`).
 
 The first bundle that needs a kernel compiles it once, for this machine's CPU (`-march=native`, `-mcpu=native`
 on ARM), and caches the library under ~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it), named by a hash of
@@ -47,7 +47,8 @@ class Kernel:
 
 KERNELS = {
     "int8_cache": Kernel("this bundle's int8 KV cache", "export with --kv-cache float", "executorch"),
-    "matmul_int4": Kernel("this bundle's int4 weights", "export with --int4-kernel ort", "onnxruntime"),
+    "matmul_int4": Kernel("this bundle's int4 weights", "export with --kernels ort", "onnxruntime"),
+    "attention": Kernel("this bundle's attention", "export with --kernels ort", "onnxruntime"),
 }
 # kernel name -> the library loaded into this process (a second load would register its kernels twice)
 _loaded: dict[str, Path] = {}
@@ -100,7 +101,8 @@ def build(name: str) -> Path:
     else:  # an ONNX Runtime custom-op library: the C API header only, the functions come through OrtApi
         root, includes, links = SOURCES, [f"-I{SOURCES}"], []
     key = hashlib.sha256()
-    for part in (source.read_bytes(), compiler.encode(), " ".join(flags).encode(), str(root).encode()):
+    headers = [h.read_bytes() for h in sorted(SOURCES.glob("*.h"))]  # what the sources include from beside them
+    for part in (source.read_bytes(), *headers, compiler.encode(), " ".join(flags).encode(), str(root).encode()):
         key.update(part + b"\0")
     key.update(importlib.metadata.version(kernel.runtime).encode() + cpu_features().encode())
     cache = Path(os.environ.get("EDGEMFM_CACHE") or Path.home() / ".cache" / "edgemfm") / "kernels"

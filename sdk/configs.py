@@ -28,8 +28,9 @@ from edgemfm.recipe import Recipe
 CONFIG_VERSION = 1
 # export --kv-cache: the decoder's own float type, or int8 (onnx: GroupQueryAttention's; pte: ExecuTorch's per token)
 KV_CACHES = ("float", "int8")
-# export --int4-kernel: int4 weights on ONNX Runtime's MatMulNBits, or on edgemfm's own kernel (onnx, CPU devices)
-INT4_KERNELS = ("ort", "edgemfm")
+# export --kernels: every op on ONNX Runtime's own kernels, or the decoder's int4 matmuls and attention on edgemfm's
+# (onnx, CPU devices, the edgemfm runtime)
+KERNEL_SETS = ("ort", "edgemfm")
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 
 
@@ -81,9 +82,9 @@ class ExportConfig:
     # cache, a quarter of float32's bytes, with static scales calibrated at export (not per token, which it lacks);
     # pte, ExecuTorch's cache with a scale and zero point per token and head, set as each token is written
     kv_cache: str = "float"
-    # the onnx decoder's int4 weights: "ort" (MatMulNBits, any ONNX Runtime) or "edgemfm" (edgemfm.MatMulInt4,
-    # runtimes/kernels/matmul_int4.cpp: built on the device by the edgemfm runtime, stock ONNX Runtime lacks it)
-    int4_kernel: str = "ort"
+    # "ort": every op on ONNX Runtime's own kernels (any ONNX Runtime); "edgemfm": int4 matmuls and the decoder's
+    # attention on edgemfm's (runtimes/kernels/: built on the device by the edgemfm runtime, stock ONNX Runtime lacks them)
+    kernels: str = "ort"
     # a draft bundle's head over this many tokens (the lowest ids: BPE's most frequent) and the end tokens, so each
     # proposal reads fewer bytes (exporters/draft_vocab.py); None: the whole vocabulary. Onnx only.
     draft_vocab: int | None = None
@@ -97,8 +98,8 @@ class ExportConfig:
             raise InputError(f"visual tokens {self.visual_tokens!r} must be a whole number of at least 1")
         if self.kv_cache not in KV_CACHES:
             raise InputError(f"KV cache {self.kv_cache!r} is not known; allowed: {', '.join(KV_CACHES)}")
-        if self.int4_kernel not in INT4_KERNELS:
-            raise InputError(f"int4 kernel {self.int4_kernel!r} is not known; allowed: {', '.join(INT4_KERNELS)}")
+        if self.kernels not in KERNEL_SETS:
+            raise InputError(f"kernels {self.kernels!r} are not known; allowed: {', '.join(KERNEL_SETS)}")
         if self.draft_vocab is not None and (isinstance(self.draft_vocab, bool) or self.draft_vocab < 1):
             raise InputError(f"draft vocab {self.draft_vocab!r} must be a whole number of tokens of at least 1")
         if self.draft_vocab is not None and self.format != "onnx":

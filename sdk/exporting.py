@@ -100,8 +100,8 @@ def _check_options(profile: DeviceProfile, config: ExportConfig) -> int:
         raise InputError(f"calibration folder {config.calibration!r} does not exist")
     if config.kv_cache == "int8":
         _check_int8_cache(profile, config)
-    if config.int4_kernel == "edgemfm":
-        _check_int4_kernel(profile, config)
+    if config.kernels == "edgemfm":
+        _check_kernels(profile, config)
     limit, asked = profile.streaming.max_seq_len, config.max_seq_len
     if asked is not None and not 1 <= asked <= limit:
         raise InputError(f"max sequence length {asked} is out of range for {profile.name}; allowed: 1 to {limit}")
@@ -120,23 +120,25 @@ def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
     check_device(profile)
 
 
-def _check_int4_kernel(profile: DeviceProfile, config: ExportConfig) -> None:
-    """--int4-kernel edgemfm: an onnx bundle with int4 weights, for a device whose providers are the CPU's (the kernel
-    is a CPU custom op: beside CUDA or NNAPI it would pull the decoder's matmuls back to the CPU)."""
+def _check_kernels(profile: DeviceProfile, config: ExportConfig) -> None:
+    """--kernels edgemfm: an onnx bundle with something for them to run (int4 weights, or the fused attention), for a
+    device whose providers are the CPU's (they are CPU custom ops: beside CUDA or NNAPI they would pull the decoder's
+    matmuls and attention back to the CPU)."""
     from edgemfm.profiles import list_profiles
 
     if config.format != "onnx":
-        raise InputError(f"--int4-kernel edgemfm with format {config.format!r} is not supported; allowed: onnx")
-    if config.precision not in ("int4", "auto"):
+        raise InputError(f"--kernels edgemfm with format {config.format!r} is not supported; allowed: onnx")
+    if not config.fuse and config.precision not in ("int4", "auto"):
         raise InputError(
-            f"--int4-kernel edgemfm runs int4 weights; precision {config.precision!r} has none; allowed: int4, auto"
+            f"--kernels edgemfm runs int4 weights and the fused attention; precision {config.precision!r} with "
+            "--no-fuse has neither; allowed: int4, auto, or without --no-fuse"
         )
     cpu = {"CPUExecutionProvider", "XnnpackExecutionProvider"}
     if other := [p for p in profile.execution_providers if p not in cpu]:
         allowed = [p.name for p in list_profiles() if set(p.execution_providers) <= cpu]
         raise InputError(
-            f"--int4-kernel edgemfm is a CPU kernel run by the edgemfm runtime; {profile.name} runs on {other[0]}; "
-            f"allowed devices: {', '.join(allowed)} (or --int4-kernel ort)"
+            f"--kernels edgemfm are CPU kernels run by the edgemfm runtime; {profile.name} runs on {other[0]}; "
+            f"allowed devices: {', '.join(allowed)} (or --kernels ort)"
         )
 
 
@@ -247,11 +249,12 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
 
                 say(progress, f"cutting the head to {config.draft_vocab} tokens (a draft's)")
                 manifest = restrict_head(stage, manifest, config.draft_vocab)
-            if config.int4_kernel == "edgemfm":  # last: the steps above read the graphs with stock ONNX Runtime
+            if config.kernels == "edgemfm":  # last: the steps above read the graphs with stock ONNX Runtime
+                from edgemfm.exporters import native_attention
                 from edgemfm.quantizers import native_int4
 
-                say(progress, "packing the int4 weights for edgemfm's kernel")
-                manifest = native_int4.apply(stage, manifest)
+                say(progress, "moving the int4 matmuls and the attention to edgemfm's kernels")
+                manifest = native_attention.apply(stage, native_int4.apply(stage, manifest))
             bundle.seal(stage, manifest)
     return out
 

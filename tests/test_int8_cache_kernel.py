@@ -152,6 +152,7 @@ def test_a_failed_build_is_one_line_and_leaves_no_partial_library(tmp_path, monk
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(native, "SOURCES", tmp_path)
+    monkeypatch.setitem(native.KERNELS, "broken", native.KERNELS["int8_cache"])  # built as the int8 cache is
     monkeypatch.setenv("EDGEMFM_CACHE", str(tmp_path / "cache"))
     with pytest.raises(BundleError, match="building edgemfm's broken kernel with c\\+\\+ failed: .*error"):
         native.build("broken")

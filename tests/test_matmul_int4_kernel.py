@@ -120,7 +120,7 @@ def _session(model, library: Path | None = None, threads: int = 1):
 def _graph(op: str, K: int, N: int, G: int, initializers: list, inputs: list[str], shape: list):
     from onnx import TensorProto, helper
 
-    domain = "edgemfm" if op in ("MatMulInt4", "GatherInt4") else "com.microsoft"
+    domain = "edgemfm.int4" if op in ("MatMulInt4", "GatherInt4") else "com.microsoft"
     extra = {"bits": 4, "accuracy_level": 4} if op == "MatMulNBits" else {}
     first = TensorProto.INT64 if op == "GatherInt4" else TensorProto.FLOAT
     node = helper.make_node(op, inputs, ["y"], domain=domain, K=K, N=N, block_size=G, **extra)
@@ -208,7 +208,7 @@ def test_a_missing_compiler_is_one_line_naming_the_export_option_that_avoids_it(
     with pytest.raises(BundleError) as error:
         native.build("matmul_int4")
     message = str(error.value)
-    assert "\n" not in message and "no-such-compiler" in message and "--int4-kernel ort" in message
+    assert "\n" not in message and "no-such-compiler" in message and "--kernels ort" in message
     assert not any(tmp_path.rglob("*"))
 
 

@@ -10,7 +10,7 @@ kernel calls per step and each op type's share of the kernel time (the profiler'
 the single-token steps only, not the prefill's).
 A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time.
 The kernel floor: the decoder's int4 matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 in a bundle exported
-with --int4-kernel edgemfm), taken out into one graph with their own weights and run back to back on one row
+with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
 (CPU ms per step and the rate at which they read their weights), taken in the same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
 `--executorch` an ExecuTorch LLM program's whole single-token step at the same position, in the same rounds.
 Writes benchmarks/results/NAME.json (--name) through benchmarks.record.
@@ -31,7 +31,7 @@ from edgemfm.runtimes import native
 
 from .. import record
 
-INT4_MATMULS = ("MatMulNBits", "MatMulInt4")  # ONNX Runtime's, and edgemfm's (export --int4-kernel edgemfm)
+INT4_MATMULS = ("MatMulNBits", "MatMulInt4")  # ONNX Runtime's, and edgemfm's (export --kernels edgemfm)
 
 
 def _decoder_file(bundle: Path) -> Path:

@@ -60,14 +60,14 @@ def build_missing(work: Path, steps: dict, needs: set[str], label: str) -> None:
 
 
 def export_edgemfm(
-    work: Path, precision: str, fmt: str = "onnx", kv_cache: str = "float", int4_kernel: str = "ort"
+    work: Path, precision: str, fmt: str = "onnx", kv_cache: str = "float", kernels: str = "ort"
 ) -> None:
-    """WORK/edgemfm-[pte-]PRECISION[-kv8][-kernel]: `edgemfm export` of WORK/hf for the host at that precision,
-    format, KV cache and int4 kernel, its log beside it."""
+    """WORK/edgemfm-[pte-]PRECISION[-kv8][-kernels]: `edgemfm export` of WORK/hf for the host at that precision,
+    format, KV cache and kernels, its log beside it."""
     cmd = [sys.executable, "-m", "edgemfm.cli", "export", "--model", str(work / "hf"), "--device", "host"]
     name = f"edgemfm-{precision}" if fmt == "onnx" else f"edgemfm-{fmt}-{precision}"
-    name += ("-kv8" if kv_cache == "int8" else "") + ("-kernel" if int4_kernel == "edgemfm" else "")
-    cmd += ["--format", fmt, "--precision", precision, "--kv-cache", kv_cache, "--int4-kernel", int4_kernel]
+    name += ("-kv8" if kv_cache == "int8" else "") + ("-kernels" if kernels == "edgemfm" else "")
+    cmd += ["--format", fmt, "--precision", precision, "--kv-cache", kv_cache, "--kernels", kernels]
     cmd += ["--out", str(work / name), "--force"]
     run(cmd, work / f"{name}.log")
 

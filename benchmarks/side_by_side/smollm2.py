@@ -14,7 +14,7 @@ the same text (benchmarks/eval_en.txt) under the same tokenizer:
 | genai-int4-graph-python-loop | the same genai graph driven by the Python loop of the ort rows: separates loop from graph |
 | executorch-8da4w | ExecuTorch's own LLM export (`export_llm`, XNNPACK, 8da4w g64, custom SDPA + KV cache), its C++ runner |
 | edgemfm-{fp32,int8,int4} | `edgemfm export --device host --precision P`, `edgemfm.load` and its decode loop |
-| edgemfm-int4-kernel | `edgemfm export --device host --precision int4 --int4-kernel edgemfm`: the same integers on edgemfm's own int4 kernel |
+| edgemfm-int4-kernels | `edgemfm export --device host --precision int4 --kernels edgemfm`: the same integers on edgemfm's own int4 matmul and attention kernels |
 | edgemfm-int4-grown | edgemfm-int4 with the manifest's `kv_cache.shared` off: the cache grown and returned at every call, not appended in place |
 | edgemfm-pte-int4 | `edgemfm export --device host --format pte --precision int4`, the same loop on ExecuTorch |
 | edgemfm-pte-int4-kv8 | the same with `--kv-cache int8`: the cache as int8 on edgemfm's own kernels |
@@ -59,10 +59,10 @@ ROWS = {  # name -> (row spec for smollm2_rows.py, what the weights are)
         "edgemfm:edgemfm-int4",
         "host int4 preset: int4 g64 MatMulNBits (clip_search scales; the head and its table g32), int8 compute; int4 embedding",
     ),
-    "edgemfm-int4-kernel": (
-        "edgemfm:edgemfm-int4-kernel",
-        "edgemfm-int4 with --int4-kernel edgemfm: the same integers, float16 scales and offsets, on edgemfm's kernel"
-        " (runtimes/kernels/matmul_int4.cpp)",
+    "edgemfm-int4-kernels": (
+        "edgemfm:edgemfm-int4-kernels",
+        "edgemfm-int4 with --kernels edgemfm: the same integers, float16 scales and offsets, on edgemfm's int4 matmul"
+        " and attention kernels (runtimes/kernels/)",
     ),
     "edgemfm-int4-grown": (
         "edgemfm:edgemfm-int4-grown",
@@ -302,7 +302,7 @@ def build(work: Path, rows: list[str], options: dict) -> None:
         **{f"edgemfm-{p}": (lambda w, p=p: export_edgemfm(w, p)) for p in ("fp32", "int8", "int4")},
         "edgemfm-pte-int4": lambda w: export_edgemfm(w, "int4", "pte"),
         "edgemfm-pte-int4-kv8": lambda w: export_edgemfm(w, "int4", "pte", kv_cache="int8"),
-        "edgemfm-int4-kernel": lambda w: export_edgemfm(w, "int4", int4_kernel="edgemfm"),
+        "edgemfm-int4-kernels": lambda w: export_edgemfm(w, "int4", kernels="edgemfm"),
         "edgemfm-int4-grown": lambda w: grown_copy(w / "edgemfm-int4", w / "edgemfm-int4-grown"),
     }
     needs = {"hf"} | {ROWS[r][0].partition(":")[2].split("/")[0] for r in rows} - {""}

@@ -1,4 +1,4 @@
-// int4 weights for ONNX Runtime graphs: edgemfm.MatMulInt4 (a projection) and edgemfm.GatherInt4 (a tied
+// int4 weights for ONNX Runtime graphs: edgemfm.int4's MatMulInt4 (a projection) and GatherInt4 (a tied
 // head's table read as the token embedding). quantizers/native_int4.py packs a MatMulNBits node's weights into
 // this layout, with `matmul_int4_reference` and `gather_int4_reference`: the same arithmetic in numpy.
 //
@@ -43,7 +43,7 @@
 #endif
 
 #ifndef EDGEMFM_NO_ONNXRUNTIME
-#include "onnxruntime/onnxruntime_c_api.h"
+#include "onnxruntime_op.h"
 #endif
 
 namespace {
@@ -341,41 +341,26 @@ void edgemfm_gather_int4(const int64_t* ids, int64_t n, const uint8_t* weights, 
 
 #ifndef EDGEMFM_NO_ONNXRUNTIME
 
-// ONNX Runtime's custom-op glue: domain "edgemfm", ops MatMulInt4 (A, W, bias?) and GatherInt4 (ids, W), each
+// ONNX Runtime's custom-op glue: domain "edgemfm.int4", ops MatMulInt4 (A, W, bias?) and GatherInt4 (ids, W), each
 // with attributes K, N and block_size.
 namespace {
 
-const OrtApi* api = nullptr;
+using namespace edgemfm_ort;
 
-struct Kernel {
+struct Sizes {
   int64_t K = 0, N = 0, G = 0;
-  bool gather = false;
+  int64_t records() const { return (N + TILE - 1) / TILE * ((K + G - 1) / G) * record_bytes(G); }
 };
 
-OrtStatusPtr fail(const char* message) { return api->CreateStatus(ORT_INVALID_ARGUMENT, message); }
-
-#define EDGEMFM_TRY(call)                 \
-  do {                                    \
-    if (OrtStatusPtr status = (call)) return status; \
-  } while (0)
-
-// The records' bytes for K, N and G.
-int64_t records_size(const Kernel& k) { return (k.N + TILE - 1) / TILE * ((k.K + k.G - 1) / k.G) * record_bytes(k.G); }
-
-// The shape of an input: its dims, and their product over all but the last.
-OrtStatusPtr shape_of(const OrtValue* value, std::vector<int64_t>& dims, int64_t& leading) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  EDGEMFM_TRY(api->GetTensorTypeAndShape(value, &info));
-  size_t count = 0;
-  OrtStatusPtr status = api->GetDimensionsCount(info, &count);
-  if (!status) {
-    dims.resize(count);
-    status = api->GetDimensions(info, dims.data(), count);
+void* create(const OrtKernelInfo* info, OrtStatusPtr* status) {
+  Sizes k;
+  for (auto [name, value] : {std::pair{"K", &k.K}, {"N", &k.N}, {"block_size", &k.G}})
+    if ((*status = api->KernelInfoGetAttribute_int64(info, name, value))) return nullptr;
+  if (k.G < 8 || k.G % 8 || k.K < 1 || k.N < 1) {
+    *status = fail("edgemfm int4: block_size must be a multiple of 8, K and N positive");
+    return nullptr;
   }
-  api->ReleaseTensorTypeAndShapeInfo(info);
-  leading = 1;
-  for (size_t i = 0; i + 1 < dims.size(); ++i) leading *= dims[i];
-  return status;
+  return new Sizes(k);
 }
 
 struct Job {
@@ -393,129 +378,70 @@ void run_tiles(void* data, size_t task) {
         std::min(tiles_total, first + job.per_task), job.y);
 }
 
-OrtStatusPtr compute_matmul(const Kernel& k, OrtKernelContext* context) {
-  const OrtValue *a = nullptr, *w = nullptr, *bias = nullptr;
-  size_t inputs = 0;
-  EDGEMFM_TRY(api->KernelContext_GetInputCount(context, &inputs));
-  EDGEMFM_TRY(api->KernelContext_GetInput(context, 0, &a));
-  EDGEMFM_TRY(api->KernelContext_GetInput(context, 1, &w));
-  if (inputs > 2) EDGEMFM_TRY(api->KernelContext_GetInput(context, 2, &bias));
-  std::vector<int64_t> dims, other;
-  int64_t M = 0, count = 0;
-  EDGEMFM_TRY(shape_of(w, other, count));
-  if (count * (other.empty() ? 1 : other.back()) != records_size(k))
-    return fail("edgemfm.MatMulInt4: the weights' size does not match K, N and block_size");
-  if (bias) {
-    EDGEMFM_TRY(shape_of(bias, other, count));
-    if (count * (other.empty() ? 1 : other.back()) != k.N) return fail("edgemfm.MatMulInt4: the bias is not N long");
+OrtStatusPtr matmul(void* state, OrtKernelContext* context) {
+  const Sizes& k = *static_cast<Sizes*>(state);
+  const OrtValue *a, *w, *b;
+  const float *a_data, *bias;
+  const uint8_t* w_data;
+  EDGEMFM_TRY(input(context, 0, &a, &a_data));
+  EDGEMFM_TRY(input(context, 1, &w, &w_data));
+  EDGEMFM_TRY(input(context, 2, &b, &bias));
+  std::vector<int64_t> dims;
+  int64_t count = 0;
+  EDGEMFM_TRY(shape_of(w, dims, count));
+  if (count != k.records()) return fail("edgemfm.MatMulInt4: the weights' size does not match K, N and block_size");
+  if (b) {
+    EDGEMFM_TRY(shape_of(b, dims, count));
+    if (count != k.N) return fail("edgemfm.MatMulInt4: the bias is not N long");
   }
-  EDGEMFM_TRY(shape_of(a, dims, M));
+  EDGEMFM_TRY(shape_of(a, dims, count));
   if (dims.empty() || dims.back() != k.K) return fail("edgemfm.MatMulInt4: the input's last dimension is not K");
+  const int64_t M = count / k.K;
   dims.back() = k.N;
-  OrtValue* y = nullptr;
-  EDGEMFM_TRY(api->KernelContext_GetOutput(context, 0, dims.data(), dims.size(), &y));
-  const float* a_data = nullptr;
-  const uint8_t* w_data = nullptr;
-  const float* bias_data = nullptr;
-  float* y_data = nullptr;
-  EDGEMFM_TRY(api->GetTensorData(a, reinterpret_cast<const void**>(&a_data)));
-  EDGEMFM_TRY(api->GetTensorData(w, reinterpret_cast<const void**>(&w_data)));
-  if (bias) EDGEMFM_TRY(api->GetTensorData(bias, reinterpret_cast<const void**>(&bias_data)));
-  EDGEMFM_TRY(api->GetTensorMutableData(y, reinterpret_cast<void**>(&y_data)));
+  float* y = nullptr;
+  EDGEMFM_TRY(output(context, 0, dims, &y));
   if (M == 0) return nullptr;
   Rows rows;
   quantize(a_data, M, k.K, k.G, rows);
   const int64_t tiles_total = (k.N + TILE - 1) / TILE, per_task = std::max<int64_t>(1, (tiles_total + 63) / 64);
-  Job job{w_data, bias_data, &rows, M, k.K, k.N, k.G, per_task, y_data};
+  Job job{w_data, bias, &rows, M, k.K, k.N, k.G, per_task, y};
   return api->KernelContext_ParallelFor(context, run_tiles, size_t((tiles_total + per_task - 1) / per_task), 0,
                                         &job);
 }
 
-OrtStatusPtr compute_gather(const Kernel& k, OrtKernelContext* context) {
-  const OrtValue *ids = nullptr, *w = nullptr;
-  EDGEMFM_TRY(api->KernelContext_GetInput(context, 0, &ids));
-  EDGEMFM_TRY(api->KernelContext_GetInput(context, 1, &w));
+OrtStatusPtr gather(void* state, OrtKernelContext* context) {
+  const Sizes& k = *static_cast<Sizes*>(state);
+  const OrtValue *ids, *w;
+  const int64_t* id_data;
+  const uint8_t* w_data;
+  EDGEMFM_TRY(input(context, 0, &ids, &id_data));
+  EDGEMFM_TRY(input(context, 1, &w, &w_data));
   std::vector<int64_t> dims;
-  int64_t leading = 0;
-  EDGEMFM_TRY(shape_of(w, dims, leading));
-  if (leading * (dims.empty() ? 1 : dims.back()) != records_size(k))
-    return fail("edgemfm.GatherInt4: the weights' size does not match K, N and block_size");
-  EDGEMFM_TRY(shape_of(ids, dims, leading));
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  dims.push_back(k.K);
-  OrtValue* out = nullptr;
-  EDGEMFM_TRY(api->KernelContext_GetOutput(context, 0, dims.data(), dims.size(), &out));
-  const int64_t* id_data = nullptr;
-  const uint8_t* w_data = nullptr;
-  float* out_data = nullptr;
-  EDGEMFM_TRY(api->GetTensorData(ids, reinterpret_cast<const void**>(&id_data)));
-  EDGEMFM_TRY(api->GetTensorData(w, reinterpret_cast<const void**>(&w_data)));
-  EDGEMFM_TRY(api->GetTensorMutableData(out, reinterpret_cast<void**>(&out_data)));
-  for (int64_t i = 0; i < n; ++i)
+  int64_t count = 0;
+  EDGEMFM_TRY(shape_of(w, dims, count));
+  if (count != k.records()) return fail("edgemfm.GatherInt4: the weights' size does not match K, N and block_size");
+  EDGEMFM_TRY(shape_of(ids, dims, count));
+  for (int64_t i = 0; i < count; ++i)
     if (id_data[i] < 0 || id_data[i] >= k.N) return fail("edgemfm.GatherInt4: a token id is outside the table");
-  edgemfm_gather_int4(id_data, n, w_data, k.K, k.G, out_data);
+  dims.push_back(k.K);
+  float* out = nullptr;
+  EDGEMFM_TRY(output(context, 0, dims, &out));
+  edgemfm_gather_int4(id_data, count, w_data, k.K, k.G, out);
   return nullptr;
 }
 
-struct Op : OrtCustomOp {
-  bool gather;
-  explicit Op(bool is_gather) : OrtCustomOp{}, gather(is_gather) {
-    version = ORT_API_VERSION;
-    GetName = [](const OrtCustomOp* op) {
-      return static_cast<const Op*>(op)->gather ? "GatherInt4" : "MatMulInt4";
-    };
-    GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return "CPUExecutionProvider"; };
-    GetInputTypeCount = [](const OrtCustomOp* op) -> size_t { return static_cast<const Op*>(op)->gather ? 2 : 3; };
-    GetInputType = [](const OrtCustomOp* op, size_t index) {
-      if (static_cast<const Op*>(op)->gather)
-        return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-      return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    };
-    GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
-    GetOutputType = [](const OrtCustomOp*, size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; };
-    GetInputCharacteristic = [](const OrtCustomOp*, size_t index) {
-      return index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-    };
-    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
-    GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
-    GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
-    CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info, void** out) -> OrtStatusPtr {
-      Kernel k;
-      k.gather = static_cast<const Op*>(op)->gather;
-      EDGEMFM_TRY(api->KernelInfoGetAttribute_int64(info, "K", &k.K));
-      EDGEMFM_TRY(api->KernelInfoGetAttribute_int64(info, "N", &k.N));
-      EDGEMFM_TRY(api->KernelInfoGetAttribute_int64(info, "block_size", &k.G));
-      if (k.G < 8 || k.G % 8 || k.K < 1 || k.N < 1)
-        return fail("edgemfm int4: block_size must be a multiple of 8, K and N positive");
-      *out = new Kernel(k);
-      return nullptr;
-    };
-    KernelComputeV2 = [](void* kernel, OrtKernelContext* context) -> OrtStatusPtr {
-      const Kernel& k = *static_cast<Kernel*>(kernel);
-      return k.gather ? compute_gather(k, context) : compute_matmul(k, context);
-    };
-    KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
-    GetStartVersion = [](const OrtCustomOp*) { return 1; };
-    GetEndVersion = [](const OrtCustomOp*) { return 1 << 30; };
-  }
-};
+void destroy(void* state) { delete static_cast<Sizes*>(state); }
 
-Op matmul_op(false), gather_op(true);
+constexpr auto FLOAT = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, UINT8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
+               INT64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+const Description MATMUL{"MatMulInt4", {FLOAT, UINT8, FLOAT}, {FLOAT}, {false, false, true}, create, matmul, destroy};
+const Description GATHER{"GatherInt4", {INT64, UINT8}, {FLOAT}, {false, false}, create, gather, destroy};
+Op matmul_op(&MATMUL), gather_op(&GATHER);
 
 }  // namespace
 
 extern "C" OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
-  api = base->GetApi(ORT_API_VERSION);
-  if (!api) return nullptr;  // an onnxruntime older than these headers: the graph's ops then go unregistered
-  OrtCustomOpDomain* domain = nullptr;
-  EDGEMFM_TRY(api->CreateCustomOpDomain("edgemfm", &domain));
-  EDGEMFM_TRY(api->CustomOpDomain_Add(domain, &matmul_op));
-  EDGEMFM_TRY(api->CustomOpDomain_Add(domain, &gather_op));
-  return api->AddCustomOpDomain(options, domain);
+  return edgemfm_ort::register_ops(options, base, "edgemfm.int4", {&matmul_op, &gather_op});
 }
 
 #endif  // EDGEMFM_NO_ONNXRUNTIME

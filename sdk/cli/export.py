@@ -92,11 +92,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "token and head; default: float)",
     )
     e.add_argument(
-        "--int4-kernel",
+        "--kernels",
         default="ort",
         metavar="{ort,edgemfm}",
-        help="onnx int4 weights on ONNX Runtime's MatMulNBits (any runtime), or on edgemfm's own faster kernel (built "
-        "on the device by the edgemfm runtime; CPU devices; default: ort)",
+        help="onnx: every op on ONNX Runtime's kernels (any runtime), or int4 matmuls and the decoder's attention on "
+        "edgemfm's faster ones (built on the device by the edgemfm runtime; CPU devices; default: ort)",
     )
     e.add_argument(
         "--draft-vocab",
@@ -136,7 +136,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         revision=args.revision,
         visual_tokens=args.visual_tokens,
         kv_cache=args.kv_cache,
-        int4_kernel=args.int4_kernel,
+        kernels=args.kernels,
         draft_vocab=args.draft_vocab,
     )
     if "," in args.device or args.ray is not None:
@@ -243,9 +243,9 @@ def _android_assets(app: str, config: ExportConfig) -> Path:
             f"the Android app feeds float32 KV caches; --kv-cache {config.kv_cache!r} is not allowed with --app; "
             "allowed: float"
         )
-    if config.int4_kernel != "ort":
+    if config.kernels != "ort":
         raise InputError(
-            f"the Android app's ONNX Runtime has no edgemfm kernels; --int4-kernel {config.int4_kernel!r} is not "
-            "allowed with --app; allowed: ort"
+            f"the Android app's ONNX Runtime has no edgemfm kernels; --kernels {config.kernels!r} is not allowed "
+            "with --app; allowed: ort"
         )
     return manifest.parent / "assets" / "bundle"

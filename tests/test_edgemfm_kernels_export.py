@@ -1,5 +1,6 @@
-"""`export --int4-kernel edgemfm`: an int4 bundle's MatMulNBits on edgemfm's own kernel (quantizers/native_int4.py,
-runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, and the refusals around it."""
+"""`export --kernels edgemfm`: an int4 bundle's MatMulNBits on edgemfm's own kernel (quantizers/native_int4.py,
+runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, the decoder's GroupQueryAttention on
+edgemfm's attention kernel (exporters/native_attention.py, runtimes/kernels/attention.cpp), and the refusals."""
 
 from __future__ import annotations
 
@@ -35,17 +36,26 @@ def tied_model(tmp_path_factory):
     )
 
 
+def _export(model, out, precision: str, kernels: str):
+    config = edgemfm.ExportConfig(model=str(model), device="host", precision=precision, kernels=kernels, out=str(out))
+    return edgemfm.export(config)
+
+
 @pytest.fixture(scope="module")
 def bundles(tied_model, tmp_path_factory):
-    """The int4 bundle on ONNX Runtime's MatMulNBits and on edgemfm's kernel."""
+    """The int4 bundle on ONNX Runtime's kernels and on edgemfm's."""
     out = tmp_path_factory.mktemp("int4")
-    made = {}
-    for kernel in ("ort", "edgemfm"):
-        config = edgemfm.ExportConfig(
-            model=str(tied_model), device="host", precision="int4", int4_kernel=kernel, out=str(out / kernel)
-        )
-        made[kernel] = edgemfm.export(config)
-    return made
+    return {kernels: _export(tied_model, out / kernels, "int4", kernels) for kernels in ("ort", "edgemfm")}
+
+
+@pytest.fixture(scope="module")
+def float_bundles(placeholder_model, default_bundle, tmp_path_factory):
+    """The default fp32 bundle (its cache appended in place) on ONNX Runtime's kernels and on edgemfm's: its
+    attention alone moves."""
+    return {
+        "ort": default_bundle,
+        "edgemfm": _export(placeholder_model, tmp_path_factory.mktemp("fp32") / "b", "fp32", "edgemfm"),
+    }
 
 
 def _ops(path) -> dict[str, int]:
@@ -56,17 +66,22 @@ def _ops(path) -> dict[str, int]:
     return counts
 
 
-def test_every_int4_matmul_and_the_tied_lookup_move_to_the_kernel(bundles):
+def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels(bundles):
     ort_bundle, own = bundles["ort"], bundles["edgemfm"]
     before = _ops(ort_bundle / "text_decoder.onnx")
     after = _ops(own / "text_decoder.onnx")
     assert after.get("MatMulInt4") == before["MatMulNBits"] and "MatMulNBits" not in after
+    assert after.get("Attention") == before["GroupQueryAttention"] > 0 and "GroupQueryAttention" not in after
     assert _ops(own / "token_embedding.onnx") == {"GatherInt4": 1}
     m = read_manifest(own)
     assert {n: c.kernels for n, c in m.components.items()} == {
         "token_embedding": ("matmul_int4",),
-        "text_decoder": ("matmul_int4",),
+        "text_decoder": ("matmul_int4", "attention"),
     }
+    layers = before["GroupQueryAttention"]
+    assert m.report.notes["text_decoder attention"] == (
+        f"{layers} GroupQueryAttention on edgemfm's attention kernel (runtimes/kernels/attention.cpp)"
+    )
     q = m.report.quantization["text_decoder"]
     assert q.quantized_nodes.get("MatMulInt4") == before["MatMulNBits"] and "MatMulNBits" not in q.quantized_nodes
     worst = float(q.notes["int4 kernel"].split("worst SQNR ")[1].split(" dB")[0])
@@ -96,12 +111,50 @@ def test_the_kernels_bundle_answers_as_the_matmulnbits_bundle_does(bundles):
     assert tokens["ort"][:4] == tokens["edgemfm"][:4]
 
 
+def test_an_fp32_bundle_on_the_attention_kernel_answers_as_on_group_query_attention(float_bundles):
+    """Only the attention moves at fp32 (its float sums in another order): the same greedy tokens, the first
+    logits within float rounding."""
+    layers = _ops(float_bundles["ort"] / "text_decoder.onnx")["GroupQueryAttention"]
+    assert _ops(float_bundles["edgemfm"] / "text_decoder.onnx").get("Attention") == layers
+    assert read_manifest(float_bundles["edgemfm"]).components["text_decoder"].kernels == ("attention",)
+    steps = {
+        k: list(edgemfm.load(b).generate_steps("hello world", max_new_tokens=12)) for k, b in float_bundles.items()
+    }
+    assert [t for t, _ in steps["ort"]] == [t for t, _ in steps["edgemfm"]]
+    np.testing.assert_allclose(steps["edgemfm"][0][1], steps["ort"][0][1], rtol=0, atol=1e-4)
+
+
+def test_a_stream_on_the_attention_kernel_follows_group_query_attentions(float_bundles):
+    """test_shared_cache's stream (a prefill, single tokens, chunked prefills, rollbacks, a window with sinks,
+    re-bases past a 96-position table) on both bundles' decoders: in place on the kernel, grown on the kernel
+    (its past copied into a new present), and in place on GroupQueryAttention give the same logits to float
+    rounding at every call."""
+    from test_shared_cache import _stream
+
+    from edgemfm.runtimes.kvcache import KVCache, SharedKVCache
+    from edgemfm.runtimes.onnxruntime import OrtSession
+
+    kv = dataclasses.replace(read_manifest(float_bundles["ort"]).components["text_decoder"].kv_cache, rotary_table=96)
+    assert kv.shared  # the graph reads the cached length from the mask: one buffer can be past and present
+    ort_session = OrtSession.load(float_bundles["ort"] / "text_decoder.onnx", ["CPUExecutionProvider"])
+    own = OrtSession.load(
+        float_bundles["edgemfm"] / "text_decoder.onnx", ["CPUExecutionProvider"], kernels=("attention",)
+    )
+    hidden, calls = ort_session.session.get_inputs()[0].shape[2], [7, 1, 1, 20, 1, *[30] * 10, 3, 1, 1]
+    want = _stream(SharedKVCache(kv, max_len=64, sinks=4), ort_session, hidden, calls)
+    for cache in (SharedKVCache(kv, max_len=64, sinks=4), KVCache(kv, max_len=64, sinks=4)):
+        got = _stream(cache, own, hidden, calls)
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(b, a, rtol=0, atol=2e-4 * float(np.abs(a).max()))
+        assert cache.base > 0 and cache.evicted > 0
+
+
 def test_a_device_without_a_compiler_refuses_the_bundle_in_one_line(bundles, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEMFM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(BundleError) as error:
         edgemfm.load(bundles["edgemfm"])
-    assert "\n" not in str(error.value) and "--int4-kernel ort" in str(error.value)
+    assert "\n" not in str(error.value) and "--kernels ort" in str(error.value)
 
 
 def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
@@ -112,7 +165,9 @@ def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
     m = read_manifest(copy)
     decoder = dataclasses.replace(m.components["text_decoder"], kernels=("rootkit",))
     seal(copy, dataclasses.replace(m, components={**m.components, "text_decoder": decoder}))
-    with pytest.raises(BundleError, match=r"text_decoder\.kernels\[0\] 'rootkit' is not allowed; allowed: matmul_int4"):
+    with pytest.raises(
+        BundleError, match=r"text_decoder\.kernels\[0\] 'rootkit' is not allowed; allowed: attention, matmul_int4"
+    ):
         read_manifest(copy)
     assert json.loads((copy / "manifest.json").read_text())["components"]["text_decoder"]["kernels"] == ["rootkit"]
 
@@ -120,16 +175,16 @@ def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
 @pytest.mark.parametrize(
     "options, refusal",
     [
-        ({"int4_kernel": "mlas"}, "int4 kernel 'mlas' is not known; allowed: ort, edgemfm"),
+        ({"kernels": "mlas"}, "kernels 'mlas' are not known; allowed: ort, edgemfm"),
         ({"format": "pte", "precision": "int4"}, "with format 'pte' is not supported; allowed: onnx"),
-        ({"precision": "int8"}, "precision 'int8' has none; allowed: int4, auto"),
+        ({"precision": "int8", "fuse": False}, "with --no-fuse has neither; allowed: int4, auto, or without --no-fuse"),
         ({"device": "jetson", "precision": "int4"}, "jetson-orin-nano-8gb runs on TensorrtExecutionProvider"),
         ({"device": "pixel8", "precision": "int4"}, "pixel-8-tensor-g3 runs on NnapiExecutionProvider"),
     ],
 )
 def test_an_export_the_kernel_cannot_serve_is_refused_before_any_work(options, refusal):
     with pytest.raises(InputError) as error:
-        resolve(edgemfm.ExportConfig(**{"int4_kernel": "edgemfm", **options}))
+        resolve(edgemfm.ExportConfig(**{"kernels": "edgemfm", **options}))
     assert refusal in str(error.value) and "\n" not in str(error.value)
 
 
@@ -139,7 +194,7 @@ def test_the_android_app_refuses_the_kernel(tmp_path, capsys):
     app = tmp_path / "app" / "app" / "src" / "main"
     app.mkdir(parents=True)
     (app / "AndroidManifest.xml").write_text("<manifest/>")
-    argv = ["export", "--device", "host", "--precision", "int4", "--int4-kernel", "edgemfm"]
+    argv = ["export", "--device", "host", "--precision", "int4", "--kernels", "edgemfm"]
     assert main([*argv, "--out", str(tmp_path / "b"), "--app", str(tmp_path / "app")]) == 2
-    assert "--int4-kernel 'edgemfm' is not allowed with --app; allowed: ort" in capsys.readouterr().err
+    assert "--kernels 'edgemfm' is not allowed with --app; allowed: ort" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
