@@ -8,7 +8,8 @@ per CPU second of those steps, the bundles taken in turn for `rounds` rounds (in
 shared machine's load changes hit each alike), median and range. Then one profiled run per bundle:
 kernel calls per step and each op type's share of the kernel time (the profiler's Node events of
 the single-token steps only, not the prefill's).
-A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time.
+A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time; the
+prefill's: the `context` ids in one call, CPU ms.
 The kernel floor: the decoder's int4 matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 in a bundle exported
 with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
 (CPU ms per step and the rate at which they read their weights), taken in the same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
@@ -143,14 +144,15 @@ def rates(
     graphs: list[Path] = (),
     llm_program: Path | None = None,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, the CPU
-    cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its int4 matmuls alone
+    """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, CPU seconds of the
+    `context` prefill, the CPU cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its
+    int4 matmuls alone
     (`graphs`: that last one only); `llm_program`: an ExecuTorch LLM program's single-token step at `context`
     in the same rounds."""
     decoders = {b: _decoder(b) for b in bundles}
     files = {str(b): _decoder_file(b) for b in bundles} | {str(g): g for g in graphs}
     alone = {name: matmuls_alone(f) for name, f in files.items()}
-    out = {name: {"rate": [], "verify": [], "alone": [], "bytes": [alone[name][2]]} for name in alone}
+    out = {name: {"rate": [], "verify": [], "prefill": [], "alone": [], "bytes": [alone[name][2]]} for name in alone}
     if llm_program is not None:
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the llama:: kernels)
         import executorch.kernels.quantized  # noqa: F401  (embedding_byte)
@@ -166,7 +168,9 @@ def rates(
             program.cpu_ms(context, 3)
             out[str(llm_program)]["rate"].append(1e3 / program.cpu_ms(context, steps))
         for b in bundles:
+            start = time.process_time()
             cache, token = _prefilled(decoders[b], context)
+            out[str(b)]["prefill"].append(time.process_time() - start)
             step = _steps(decoders[b], cache, token, steps)
             out[str(b)]["rate"].append(1 / step)
             out[str(b)]["verify"].append(_verify(decoders[b], cache, token, steps // 2, k) / step)
@@ -228,6 +232,7 @@ def main() -> None:
         if m["rate"]:
             prof = profile(Path(name), args.context, args.steps)
             row |= {
+                f"prefill of {args.context}, CPU ms": f"{statistics.median(m['prefill']) * 1e3:.0f}",
                 f"{args.k + 1}-token call in steps": f"{statistics.median(m['verify']):.2f}",
                 "kernel calls / step": f"{prof['kernel_calls_per_step']:.0f}",
                 "kernel µs / step (profiled)": f"{prof['kernel_us_per_step']:.0f}",

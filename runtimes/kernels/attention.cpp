@@ -127,15 +127,22 @@ void attend_row(const float* q, const float* K, const float* V, int64_t n, int64
     for (int64_t c = 0; c < chunks; ++c) acc += (D ? qv[D ? c : 0] : load8(q + 8 * c)) * load8(K + t * d + 8 * c);
     scores[t] = sum8(acc) * scale + (bias ? bias[t] : 0.0f);
   }
-  float top = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < n; ++t) top = std::max(top, scores[t]);
+  f8 highs = splat(-std::numeric_limits<float>::infinity());  // the max and the sum kept as vectors: no chain
+  for (t = 0; t + 8 <= n; t += 8) {                            // of scalar steps through every key
+    const f8 x = load8(scores + t);
+    highs = x > highs ? x : highs;
+  }
+  float top = std::max(std::max(std::max(highs[0], highs[1]), std::max(highs[2], highs[3])),
+                       std::max(std::max(highs[4], highs[5]), std::max(highs[6], highs[7])));
+  for (int64_t u = t; u < n; ++u) top = std::max(top, scores[u]);
   if (top == -std::numeric_limits<float>::infinity()) top = 0.0f;  // every key masked: zeros, no NaN
-  float total = 0.0f;
+  f8 sums = splat(0.0f);
   for (t = 0; t + 8 <= n; t += 8) {
     const f8 e = exp8(load8(scores + t) - splat(top));
     store8(scores + t, e);
-    total += sum8(e);
+    sums += e;
   }
+  float total = sum8(sums);
   for (; t < n; ++t) total += (scores[t] = std::exp(scores[t] - top));
   const float inverse = total > 0.0f ? 1.0f / total : 0.0f;
   if constexpr (D > 0) {
