@@ -89,15 +89,9 @@ def check_device(profile: Any) -> None:
         >>> check_device(load_profile("jetson"))  # doctest: +SKIP
         InputError: --kv-cache int8 runs on ONNX Runtime's CPU GroupQueryAttention; jetson-orin-nano-8gb runs on ...
     """
-    from edgemfm.profiles import list_profiles
+    from edgemfm.profiles import require_cpu
 
-    cpu = {"CPUExecutionProvider", "XnnpackExecutionProvider"}
-    if other := [p for p in profile.execution_providers if p not in cpu]:
-        allowed = [p.name for p in list_profiles() if set(p.execution_providers) <= cpu]
-        raise InputError(
-            f"--kv-cache int8 runs on ONNX Runtime's CPU GroupQueryAttention; {profile.name} runs on {other[0]}; "
-            f"allowed devices: {', '.join(allowed)} (or --kv-cache float)"
-        )
+    require_cpu(profile, "--kv-cache int8 runs on ONNX Runtime's CPU GroupQueryAttention", "--kv-cache float")
 
 
 def _cache_names(kv: KVCache) -> set[str]:

@@ -124,7 +124,7 @@ def _check_kernels(profile: DeviceProfile, config: ExportConfig) -> None:
     """--kernels edgemfm: an onnx bundle with something for them to run (int4 weights, or the fused attention), for a
     device whose providers are the CPU's (they are CPU custom ops: beside CUDA or NNAPI they would pull the decoder's
     matmuls and attention back to the CPU)."""
-    from edgemfm.profiles import list_profiles
+    from edgemfm.profiles import require_cpu
 
     if config.format != "onnx":
         raise InputError(f"--kernels edgemfm with format {config.format!r} is not supported; allowed: onnx")
@@ -133,13 +133,7 @@ def _check_kernels(profile: DeviceProfile, config: ExportConfig) -> None:
             f"--kernels edgemfm runs int4 weights and the fused attention; precision {config.precision!r} with "
             "--no-fuse has neither; allowed: int4, auto, or without --no-fuse"
         )
-    cpu = {"CPUExecutionProvider", "XnnpackExecutionProvider"}
-    if other := [p for p in profile.execution_providers if p not in cpu]:
-        allowed = [p.name for p in list_profiles() if set(p.execution_providers) <= cpu]
-        raise InputError(
-            f"--kernels edgemfm are CPU kernels run by the edgemfm runtime; {profile.name} runs on {other[0]}; "
-            f"allowed devices: {', '.join(allowed)} (or --kernels ort)"
-        )
+    require_cpu(profile, "--kernels edgemfm are CPU kernels run by the edgemfm runtime", "--kernels ort")
 
 
 def resolve(config: ExportConfig) -> ExportConfig:

@@ -20,7 +20,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from edgemfm.errors import ConfigError, ProfileError, UnknownDeviceError
+from edgemfm.errors import ConfigError, InputError, ProfileError, UnknownDeviceError
 from edgemfm.records import from_dict
 
 PROFILE_VERSION = 1
@@ -173,6 +173,25 @@ def read_profile(path: str | Path) -> DeviceProfile:
 
 def _shipped() -> Path:
     return Path(str(resources.files("edgemfm.device_profiles")))
+
+
+# ONNX Runtime providers that leave a graph's contrib and custom ops on the CPU's kernels (XNNPACK takes neither)
+CPU_PROVIDERS = ("CPUExecutionProvider", "XnnpackExecutionProvider")
+
+
+def require_cpu(profile: DeviceProfile, what: str, way_out: str) -> None:
+    """Refuse, naming the devices that qualify, a device whose providers would take `what` off the CPU.
+
+    Example:
+        >>> require_cpu(load_profile("jetson"), "--kernels edgemfm are CPU kernels", "--kernels ort")
+        Traceback (most recent call last):
+        edgemfm.errors.InputError: --kernels edgemfm are CPU kernels; jetson-orin-nano-8gb runs on TensorrtExecutionProvider; allowed devices: host-x86-64-avx2, raspberry-pi-5-8gb (or --kernels ort)
+    """
+    if other := [p for p in profile.execution_providers if p not in CPU_PROVIDERS]:
+        allowed = [p.name for p in list_profiles() if set(p.execution_providers) <= set(CPU_PROVIDERS)]
+        raise InputError(
+            f"{what}; {profile.name} runs on {other[0]}; allowed devices: {', '.join(allowed)} (or {way_out})"
+        )
 
 
 @cache

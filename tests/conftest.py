@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+
+
+@pytest.fixture(scope="session")
+def tied_model(tmp_path_factory) -> Path:
+    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group)."""
+    from tiny_text import tiny_text_model
+
+    return tiny_text_model(
+        "LlamaForCausalLM",
+        tmp_path_factory.mktemp("tied") / "model",
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory) -> Path:
+    """EDGEMFM_CACHE for the kernels the tests build (runtimes/native.py): a folder of this run's, not ~/.cache."""
+    old, path = os.environ.get("EDGEMFM_CACHE"), tmp_path_factory.mktemp("kernel-cache")
+    os.environ["EDGEMFM_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EDGEMFM_CACHE", None)
+    else:
+        os.environ["EDGEMFM_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -38,16 +38,9 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    """The kernel as the runtime builds it (a cache of this test's own)."""
-    import os
-
-    old = os.environ.get("EDGEMFM_CACHE")
-    os.environ["EDGEMFM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        yield native.build("attention")
-    finally:
-        os.environ.pop("EDGEMFM_CACHE") if old is None else os.environ.__setitem__("EDGEMFM_CACHE", old)
+def library(kernel_cache):
+    """The kernel as the runtime builds it."""
+    return native.build("attention")
 
 
 def _session(op: str, N: int, KV: int, bias: bool, library: Path | None, threads: int = 1):

@@ -21,21 +21,6 @@ from edgemfm.quantizers import tied_table
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler (c++) to build the kernel")
 
 
-@pytest.fixture(scope="module")
-def tied_model(tmp_path_factory):
-    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group)."""
-    from tiny_text import tiny_text_model
-
-    return tiny_text_model(
-        "LlamaForCausalLM",
-        tmp_path_factory.mktemp("tied") / "model",
-        hidden_size=128,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
-    )
-
-
 def _export(model, out, precision: str, kernels: str):
     config = edgemfm.ExportConfig(model=str(model), device="host", precision=precision, kernels=kernels, out=str(out))
     return edgemfm.export(config)

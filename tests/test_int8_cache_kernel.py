@@ -138,16 +138,6 @@ def test_the_int8_attention_stays_near_float_attention_on_the_rows_it_was_given(
     assert float(sqnr) >= 30.0  # 34.7 dB at this seed
 
 
-def test_a_missing_compiler_is_one_line_naming_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEMFM_CACHE", str(tmp_path))
-    monkeypatch.setenv("CXX", "no-such-compiler")
-    with pytest.raises(BundleError) as error:
-        native.build("int8_cache")
-    message = str(error.value)
-    assert "\n" not in message and "no-such-compiler" in message and "--kv-cache float" in message
-    assert not any(tmp_path.rglob("*"))
-
-
 def test_a_failed_build_is_one_line_and_leaves_no_partial_library(tmp_path, monkeypatch):
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")

@@ -11,21 +11,6 @@ from edgemfm.bundle import read_manifest
 from edgemfm.quantizers import tied_table
 
 
-@pytest.fixture(scope="module")
-def tied_model(tmp_path_factory):
-    """A tiny Llama whose head is its embedding (hidden 128: a multiple of every int4 group)."""
-    from tiny_text import tiny_text_model
-
-    return tiny_text_model(
-        "LlamaForCausalLM",
-        tmp_path_factory.mktemp("tied") / "model",
-        hidden_size=128,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
-    )
-
-
 def _export(model, precision: str, out):
     import edgemfm
 
