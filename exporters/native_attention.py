@@ -1,8 +1,8 @@
 """The decoder's attention on edgemfm's own kernel: GroupQueryAttention -> edgemfm.Attention, the same node otherwise.
 
-ONNX Runtime 1.32's CPU GroupQueryAttention reads a cache at a fraction of the bandwidth one core has (30 SmolLM2
-layers: 0.28 ms a step at 64 cached positions, 3.9 ms at 1,024). `runtimes/kernels/attention.cpp` takes the same
-inputs, attributes and outputs, for the form the fusions write,
+ONNX Runtime 1.32's CPU GroupQueryAttention is nearly half of a SmolLM2 decode step at 1,024 cached positions
+(BENCHMARKS.md, the SmolLM2 side by side). `runtimes/kernels/attention.cpp` takes the same inputs, attributes and
+outputs, for the form the fusions write,
 
     GroupQueryAttention(qkv packed, -, -, past_key, past_value, seqlens_k, total_sequence_length,
                         cos_cache, sin_cache, position_ids[, attention_bias])   do_rotary=1, rotary_interleaved=0

@@ -1,7 +1,7 @@
 """int4 weights on edgemfm's own kernel: MatMulNBits -> edgemfm.MatMulInt4, packed for dot-product instructions.
 
-ONNX Runtime's MatMulNBits reads its int4 weights at 20 GB/s on this machine's CPU (a SmolLM2 step's 121
-calls: 3.87 ms for 78.8 MB), under two thirds of the bandwidth one core has. `runtimes/kernels/matmul_int4.cpp`
+ONNX Runtime 1.32's MatMulNBits reads its int4 weights at about 20 GB/s on the x86 host (a SmolLM2 step's 121
+calls, 78.8 MB), under two thirds of the bandwidth one core has. `runtimes/kernels/matmul_int4.cpp`
 streams a layout made for vpdpbusd / sdot instead: per tile of 16 output columns and block of G inputs, one
 record of G/8 64-byte groups (one vector: 16 columns' share of 8 inputs) and the block's 16 scales and 16
 offsets as float16,
@@ -13,8 +13,9 @@ The integers are MatMulNBits' own; each block's scale s and offset -s·zero beco
 under 2^-11, against int4's 1/16 step). Activations round to int8 per row and block, as MatMulNBits'
 accuracy_level 4. A graph with these ops runs where runtimes/native.py can build the kernel (a C++
 compiler, the first time): the edgemfm runtime. Stock onnxruntime, onnxruntime-genai and the Android app do
-not know the ops, so the rewrite is an export option (`--kernels edgemfm`), not the default. A node the kernel cannot take (a group not a multiple of 8, N not a multiple of 16, g_idx)
-stays MatMulNBits, and each rewritten node is checked against the MatMulNBits it replaces on random rows.
+not know the ops, so the rewrite is an export option (`--kernels edgemfm`), not the default. A node the kernel
+cannot take (bits other than 4, a group not a multiple of 8, g_idx, scales not float32) stays MatMulNBits, and
+each rewritten node is checked against the float product of the MatMulNBits it replaces, on random rows.
 
 Example:
     >>> manifest = apply(stage, manifest)  # doctest: +SKIP

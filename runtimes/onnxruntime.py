@@ -125,7 +125,8 @@ class OrtSession:
                 return {**arrays, **made}
             got = binding.get_outputs()
             return {
-                name: arrays.get(name, made[name] if name in made else got[i].numpy()) for i, name in enumerate(order)
+                name: arrays[name] if name in arrays else made[name] if name in made else got[i].numpy()
+                for i, name in enumerate(order)
             }
 
         return run

@@ -168,7 +168,9 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     prunes the checkpoint first, calibrated on `calibration`, then distils it for `recover` steps;
     the report's "pruning" says what went, where and why. `kv_cache` "int8" gives the onnx decoder's
     GroupQueryAttention an int8 cache with static scales calibrated on `calibration` (quantizers/kv_cache.py),
-    and a pte decoder an int8 cache with a scale per token and head (exporters/llm_ops.py).
+    and a pte decoder an int8 cache with a scale per token and head (exporters/llm_ops.py). `kernels` "edgemfm"
+    moves an onnx bundle's int4 matmuls and its decoder's attention to edgemfm's own kernels
+    (runtimes/kernels/, built on the device by the edgemfm runtime; docs/quantization.md).
     `progress` hears what is happening
     (see `edgemfm.progress`); without it nothing is printed.
 

@@ -51,7 +51,7 @@ def _ops(path) -> dict[str, int]:
     return counts
 
 
-def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels(bundles):
+def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels(bundles, capsys):
     ort_bundle, own = bundles["ort"], bundles["edgemfm"]
     before = _ops(ort_bundle / "text_decoder.onnx")
     after = _ops(own / "text_decoder.onnx")
@@ -67,6 +67,10 @@ def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels
     assert m.report.notes["text_decoder attention"] == (
         f"{layers} GroupQueryAttention on edgemfm's attention kernel (runtimes/kernels/attention.cpp)"
     )
+    from edgemfm.cli import main
+
+    assert main(["inspect", str(own)]) == 0  # what the device will build, said before it is copied there
+    assert "text_decoder: edgemfm kernels matmul_int4, attention" in " ".join(capsys.readouterr().out.split())
     q = m.report.quantization["text_decoder"]
     assert q.quantized_nodes.get("MatMulInt4") == before["MatMulNBits"] and "MatMulNBits" not in q.quantized_nodes
     worst = float(q.notes["int4 kernel"].split("worst SQNR ")[1].split(" dB")[0])

@@ -227,8 +227,8 @@ void edgemfm_attention(const float* packed, const int32_t* seqlens, const float*
 
 #ifndef EDGEMFM_NO_ONNXRUNTIME
 
-// ONNX Runtime's custom-op glue: domain "edgemfm.attention", op Attention, GroupQueryAttention's inputs and outputs, with
-// attributes num_heads, kv_num_heads and scale (optional).
+// ONNX Runtime's custom-op glue: domain "edgemfm.attention", op Attention: GroupQueryAttention's inputs and
+// outputs, with attributes num_heads, kv_num_heads and scale (optional).
 namespace {
 
 using namespace edgemfm_ort;
@@ -308,8 +308,8 @@ OrtStatusPtr attend(void* state, OrtKernelContext* context) {
   }
   if (bias) {
     EDGEMFM_TRY(shape_of(bias, bias_dims, count));
-    if (bias_dims.size() != 4 || (bias_dims[0] != 1 && bias_dims[0] != s.B) || (bias_dims[1] != 1 && bias_dims[1] != s.N) ||
-        bias_dims[2] != s.S || bias_dims[3] != s.total)
+    const bool batch = bias_dims.size() == 4 && (bias_dims[0] == 1 || bias_dims[0] == s.B);
+    if (!batch || (bias_dims[1] != 1 && bias_dims[1] != s.N) || bias_dims[2] != s.S || bias_dims[3] != s.total)
       return fail("edgemfm.Attention: the attention bias is not [1 or B, 1 or N, S, total]");
     s.bias_b = bias_dims[0];
     s.bias_n = bias_dims[1];

@@ -54,6 +54,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             f"{parity[name].max_abs_diff:.1e}" if name in parity and parity[name].max_abs_diff is not None else "-",
         )
     out.print(table)
+    for name, c in m.components.items():  # a bundle exported with --kernels edgemfm: what the runtime builds
+        if c.kernels:
+            out.print(f"  {name}: edgemfm kernels {', '.join(c.kernels)} (built on the device, runtimes/kernels/)")
+    for key, note in m.report.notes.items():
+        if key.endswith(" attention"):
+            out.print(f"  {key}: {note}")
     if m.report.quantization:
         _quantization_table(m.report)
     if args.device:
