@@ -71,9 +71,11 @@ def apply(stage: Path, manifest: Manifest) -> Manifest:
         moved += 1
     if not moved and not stayed:
         return manifest
-    note = f"{moved} GroupQueryAttention on edgemfm's attention kernel (runtimes/kernels/attention.cpp)"
+    note = (
+        f"{moved} GroupQueryAttention on edgemfm's attention kernel (runtimes/kernels/attention.cpp)" if moved else ""
+    )
     if stayed:
-        note += f"; {len(stayed)} stay GroupQueryAttention ({stayed[0]})"
+        note += ("; " if note else "") + f"{len(stayed)} stay on ONNX Runtime's GroupQueryAttention ({stayed[0]})"
     notes = {**manifest.report.notes, f"{name} attention": note}
     if moved:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
@@ -94,14 +96,14 @@ def _refusal(node: Any, kv: Any) -> str:
 
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     inputs = [*node.input, *[""] * 11][:11]
+    if kv.dtype:
+        return f"its cache is {kv.dtype}"
     if extra := sorted(set(attributes) - ATTRIBUTES):
         return f"attribute {extra[0]}"
     if attributes.get("do_rotary", 0) != 1 or attributes.get("rotary_interleaved", 0) != 0:
         return "its rotary is outside or interleaved"
     if inputs[1] or inputs[2] or not all(inputs[7:10]):
         return "q, k and v come apart, or the cos/sin tables or positions are missing"
-    if kv.dtype:
-        return f"its cache is {kv.dtype}"
     if kv.head_dim % 8:
         return f"head size {kv.head_dim} is not a multiple of 8"
     return ""

@@ -138,6 +138,23 @@ def test_a_stream_on_the_attention_kernel_follows_group_query_attentions(float_b
         assert cache.base > 0 and cache.evicted > 0
 
 
+def test_an_int8_cache_keeps_group_query_attention_and_the_note_says_why(placeholder_model, tmp_path):
+    """--kv-cache int8 is ONNX Runtime's GroupQueryAttention's own cache: the matmuls move, the attention stays."""
+    config = edgemfm.ExportConfig(
+        model=str(placeholder_model), device="host", precision="int4", kv_cache="int8", kernels="edgemfm",
+        out=str(tmp_path / "b"),
+    )  # fmt: skip
+    bundle = edgemfm.export(config)
+    m = read_manifest(bundle)
+    layers = m.components["text_decoder"].kv_cache.layers
+    assert m.components["text_decoder"].kernels == ("matmul_int4",)
+    assert _ops(bundle / "text_decoder.onnx").get("GroupQueryAttention") == layers
+    assert m.report.notes["text_decoder attention"] == (
+        f"{layers} stay on ONNX Runtime's GroupQueryAttention (its cache is int8)"
+    )
+    assert len(list(edgemfm.load(bundle).generate_tokens("hello", max_new_tokens=4))) == 4
+
+
 def test_a_device_without_a_compiler_refuses_the_bundle_in_one_line(bundles, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEMFM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
