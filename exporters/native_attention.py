@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -79,9 +78,7 @@ def apply(stage: Path, manifest: Manifest) -> Manifest:
     notes = {**manifest.report.notes, f"{name} attention": note}
     if moved:
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-        partial = path.with_name(f".{path.name}.partial")
-        onnx.save(model, str(partial))
-        os.replace(partial, path)
+        onnx.save(model, str(path))  # inside export's staging folder: a failed export leaves nothing
         component = replace(component, kernels=(*component.kernels, KERNEL))
     return replace(
         manifest,

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -138,9 +137,7 @@ def _rewrite(path: Path, tied: Any) -> tuple[Any, Counter, float | None, int]:
         _place_tied(base, tied, graph)
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     stored = sum(numpy_helper.to_array(i, base).nbytes for i in graph.initializer)
-    partial = path.with_name(f".{path.name}.partial")
-    onnx.save(model, str(partial))
-    os.replace(partial, path)
+    onnx.save(model, str(path))  # inside export's staging folder: a failed export leaves nothing
     return tied, counts, worst, stored
 
 

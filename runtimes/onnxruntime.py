@@ -144,9 +144,9 @@ class OrtSession:
 ELEMENT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-def _sized_outputs(session: ort.InferenceSession, names: Sequence[str]) -> dict[str, tuple[np.dtype, list, dict]]:
+def _sized_outputs(session: ort.InferenceSession, names: Sequence[str]) -> dict[str, tuple[np.dtype, list]]:
     """The outputs among `names` whose shape follows from the fed inputs' (each dim a number or an axis an input
-    names: the logits' [batch, seq, vocab]): name -> (dtype, dims, axis -> (input, position))."""
+    names: the logits' [batch, seq, vocab]): name -> (dtype, per dim its size or the (input, position) giving it)."""
     axes = {}
     for i in session.get_inputs():
         for at, dim in enumerate(i.shape):
@@ -155,18 +155,16 @@ def _sized_outputs(session: ort.InferenceSession, names: Sequence[str]) -> dict[
     sized = {}
     for o in session.get_outputs():
         if o.name in names and o.type in ELEMENT_TYPES and all(isinstance(d, int) or d in axes for d in o.shape):
-            sized[o.name] = (np.dtype(ELEMENT_TYPES[o.type]), o.shape, axes)
+            sized[o.name] = (np.dtype(ELEMENT_TYPES[o.type]), [d if isinstance(d, int) else axes[d] for d in o.shape])
     return sized
 
 
-def _allocate(sized: dict[str, tuple[np.dtype, list, dict]], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _allocate(sized: dict[str, tuple[np.dtype, list]], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """An empty array for each sized output whose axes this call's feeds give."""
     made = {}
-    for name, (dtype, dims, axes) in sized.items():
-        where = [axes.get(d) if isinstance(d, str) else None for d in dims]
-        if all(w is None or w[0] in feeds for w in where):
-            shape = [d if w is None else feeds[w[0]].shape[w[1]] for d, w in zip(dims, where)]
-            made[name] = np.empty(shape, dtype)
+    for name, (dtype, dims) in sized.items():
+        if all(isinstance(d, int) or d[0] in feeds for d in dims):
+            made[name] = np.empty([d if isinstance(d, int) else feeds[d[0]].shape[d[1]] for d in dims], dtype)
     return made
 
 

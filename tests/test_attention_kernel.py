@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aarch64_tools import CROSS, QEMU, needs_aarch64
 
 from edgemfm.runtimes import native
 
@@ -140,15 +141,10 @@ def test_a_position_or_cache_length_outside_the_buffers_is_refused_in_one_line(l
             session.run(None, feeds)
 
 
-CROSS = shutil.which("aarch64-linux-gnu-g++")
-QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
 HARNESS = Path(__file__).parent / "kernels" / "attention_cases.cpp"
 
 
-@pytest.mark.skipif(
-    CROSS is None or QEMU is None,
-    reason="no aarch64 cross compiler or qemu (apt: g++-aarch64-linux-gnu qemu-user-static)",
-)
+@needs_aarch64
 def test_an_aarch64_build_under_qemu_attends_as_this_machines_build(tmp_path):
     """The kernel's 8-float vectors become NEON's on ARM (a Pi 5's Cortex-A76): the same outputs to float rounding
     as this machine's build on every case above without a bias. Correctness only: qemu says nothing of speed."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aarch64_tools import CROSS, QEMU, needs_aarch64
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch")
@@ -162,8 +163,6 @@ def test_the_build_is_cached_by_its_source_and_rebuilt_when_it_changes(tmp_path,
     assert second != first and second.exists() and first.parent == second.parent == tmp_path / "cache" / "kernels"
 
 
-CROSS = shutil.which("aarch64-linux-gnu-g++")
-QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
 CASES = Path(__file__).parent / "kernels" / "int8_cache_cases.cpp"
 
 
@@ -179,10 +178,7 @@ def _cases(tmp_path, name: str, compiler: list[str], run: list[str]) -> tuple[by
     return caches.read_bytes(), np.fromfile(outputs, dtype=np.float32)
 
 
-@pytest.mark.skipif(
-    CROSS is None or QEMU is None,
-    reason="no aarch64 cross compiler or qemu (apt: g++-aarch64-linux-gnu qemu-user-static)",
-)
+@needs_aarch64
 @pytest.mark.parametrize("cpu", ["generic", "cortex-a76"], ids=["plain", "neon-dotprod"])
 def test_an_aarch64_build_under_qemu_writes_the_same_cache_and_attends_the_same(tmp_path, cpu):
     """The ARM paths, run as a Pi 5's core (Cortex-A76: sdot) and as a core without it (the plain loops), against

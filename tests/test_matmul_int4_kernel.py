@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aarch64_tools import CROSS, QEMU, needs_aarch64
 
 from edgemfm.quantizers.native_int4 import gather_int4_reference, matmul_int4_reference, pack, unpack, weights
 from edgemfm.runtimes import native
@@ -194,15 +195,10 @@ def test_in_onnx_runtime_the_lookup_reads_the_heads_records_and_refuses_an_id_ou
         lookup.run(None, {"ids": np.array([[48]], np.int64)})
 
 
-CROSS = shutil.which("aarch64-linux-gnu-g++")
-QEMU = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
 CASES = Path(__file__).parent / "kernels" / "matmul_int4_cases.cpp"
 
 
-@pytest.mark.skipif(
-    CROSS is None or QEMU is None,
-    reason="no aarch64 cross compiler or qemu (apt: g++-aarch64-linux-gnu qemu-user-static)",
-)
+@needs_aarch64
 @pytest.mark.parametrize("cpu", ["generic", "cortex-a76"], ids=["plain", "neon-dotprod"])
 def test_an_aarch64_build_under_qemu_computes_the_references_arithmetic(tmp_path, cpu):
     """The ARM paths, run as a Pi 5's core (Cortex-A76: sdot, 4 columns a vector) and as a core without it (the
