@@ -331,7 +331,7 @@ def _verifier(load: Callable[[Path], Any], parameters: int) -> Callable[[Path], 
 
 
 def _check_source(
-    source: Path, config: PruneConfig | Sequence[PruneConfig], recover: int
+    source: Path, config: PruneConfig | Sequence[PruneConfig], recover: int, continuation: int
 ) -> tuple[list[PruneConfig], Any]:
     if not (source / "config.json").is_file():
         raise InputError(
@@ -345,7 +345,7 @@ def _check_source(
         raise InputError(
             f"--recover {recover}: {source.name} is an encoder-decoder (Whisper) whose decoder reads audio; recovery distils decoders that read text alone; allowed: --recover 0"
         )
-    return configs, RecoveryConfig(steps=recover) if recover else None
+    return configs, RecoveryConfig(steps=recover, continuation=continuation) if recover else None
 
 
 def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
@@ -372,15 +372,16 @@ def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
 
 
 def _questions(
-    source: Path, teacher: Any, data: str | Path | None, recovery: Any, progress: Any
+    source: Path, teacher: Any, data: str | Path | None, recovery: Any, progress: Any, answers: Path | None
 ) -> tuple[list[Any] | None, str | None]:
     """With a data folder of questions: the text decoder's calibration and recovery sequences (the
-    questions with their media rows, continued by the unpruned model) and what they are; else (None, None)."""
+    questions with their media rows, continued by the unpruned model or the `answers` bundle) and what they
+    are; else (None, None)."""
     if not holds_questions(data):
         return None, None
     config = recovery or RecoveryConfig()
     count = max(importance.MAX_SAMPLES, config.steps if recovery else 0)
-    return question_sequences(source, teacher, Path(data), config, count, progress)
+    return question_sequences(source, teacher, Path(data), config, count, progress, answers)
 
 
 def _calls_on(model: Any, sequences: Sequence[Any]) -> list[Callable[[], Any]]:
@@ -403,6 +404,8 @@ def prune(
     progress: Progress | None = None,
     recover: int = 0,
     revision: str | None = None,
+    answers: str | Path | None = None,
+    continuation: int = RecoveryConfig.continuation,
 ) -> Path:
     """Prune the checkpoint directory or Hub id `model` (at `revision`) into `out` (refused if it exists, unless `force`).
 
@@ -410,7 +413,9 @@ def prune(
     calibrate the encoders (default: built-in English, drawings, synthetic clips); a data folder
     of questions (finetune's train.jsonl) calibrates and recovers the decoder on those questions
     with their media rows instead (`questions`). `recover`:
-    steps of distillation from the unpruned model afterwards (0: none). `progress` hears each
+    steps of distillation from the unpruned model afterwards (0: none), on texts or questions each continued by
+    `continuation` tokens: the unpruned model's, or with `answers` (a bundle of this model; with questions only)
+    that bundle's greedy answers, what a speculative draft for it is scored on. `progress` hears each
     step (see `edgemfm.progress`); without it nothing is printed.
 
     Example:
@@ -421,7 +426,14 @@ def prune(
     from edgemfm.toolchain import quiet, require
 
     source = resolve_model(model, revision).path
-    configs, recovery = _check_source(source, config, recover)
+    configs, recovery = _check_source(source, config, recover, continuation)
+    if answers is not None and not (recovery and holds_questions(data)):
+        raise InputError(
+            f"--answers {answers}: a bundle's answers continue the questions of a data folder (finetune's "
+            "train.jsonl) for recovery; allowed with --data QUESTIONS and --recover STEPS"
+        )
+    if answers is not None and not Path(answers).is_dir():
+        raise InputError(f"--answers {answers}: no such bundle directory")
     bundle.check_output(out, force, inputs=(source, data))
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed and not holds_questions(data) else []
@@ -432,7 +444,9 @@ def prune(
         pruned = cap.load(source)
         tokenizer = cap.tokenizer(source)
         teacher = cap.stack(cap.load(source), "text_decoder").model if recovery or holds_questions(data) else None
-        sequences, used = _questions(source, teacher, data, recovery, progress)
+        sequences, used = _questions(
+            source, teacher, data, recovery, progress, None if answers is None else Path(answers)
+        )
         report = prune_model(
             pruned,
             tokenizer,

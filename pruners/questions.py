@@ -1,11 +1,15 @@
 """A model's own questions as pruning data: a data folder in `edgemfm finetune`'s format
 (train.jsonl: a prompt about one image or audio file per line) calibrates the text decoder and
 feeds its recovery, each question templated as the bundle's runtime templates it, with the media
-rows the family's encoder and projector make spliced in, then continued by the unpruned model.
+rows the family's encoder and projector make spliced in, then continued by the unpruned model
+(seeded top-p sampling), or with `answers` by a bundle's own greedy answers.
 
 Why: a draft or a smaller model distilled on plain English learns little of what its decoder sees
 on the device (the chat template, a picture's rows, the answers the model gives about them);
-distilled on the model's own questions it learns exactly that.
+distilled on the model's own questions it learns exactly that. A speculative draft is scored on the
+target bundle's greedy answers (`runtimes/speculative.py`), so `edgemfm prune --answers TARGET` distils it
+on exactly those, written ~10x faster than the unpruned model samples them (int4 ONNX against PyTorch fp32;
+BENCHMARKS.md, the demo's int4 drafts).
 
 Example:
     >>> sequences, note = question_sequences(Path("ckpt"), teacher, Path("data"), RecoveryConfig(steps=64))  # doctest: +SKIP
@@ -28,6 +32,7 @@ from edgemfm.pruners.recovery import RecoveryConfig
 
 QUESTIONS = "train.jsonl"  # finetune's training split; eval.jsonl stays held out
 MAX_QUESTIONS = 256  # one teacher continuation each: on 2 cores ~2 s per 64 tokens of a 135M decoder
+MAX_ANSWERED = 4096  # with a bundle's answers: ~0.15 s per 64 tokens of the demo's int4 bundle
 
 
 def holds_questions(data: str | Path | None) -> bool:
@@ -36,11 +41,18 @@ def holds_questions(data: str | Path | None) -> bool:
 
 
 def question_sequences(
-    source: Path, teacher: Any, data: Path, config: RecoveryConfig, count: int, progress: Progress | None = None
+    source: Path,
+    teacher: Any,
+    data: Path,
+    config: RecoveryConfig,
+    count: int,
+    progress: Progress | None = None,
+    answers: Path | None = None,
 ) -> tuple[list[torch.Tensor], str]:
     """Up to `count` questions of `data/train.jsonl` (question types taken in turn, seeded), each as
     inputs_embeds [1, n, hidden]: the templated prompt with its media rows, then `teacher`'s
-    continuation (seeded top-p sampling, `config.continuation` tokens at most, its end token kept).
+    continuation (seeded top-p sampling, `config.continuation` tokens at most, its end token kept),
+    or with `answers` (a bundle of the same model and tokenizer) that bundle's greedy answer.
     `teacher` is the unpruned causal LM that reads those embeddings; returns the sequences and a note.
 
     Example:
@@ -50,28 +62,55 @@ def question_sequences(
     from edgemfm.exporters.trainee import encode_media, load_trainee, read_examples, sequence
 
     trainee = _trainee(source, load_trainee)
-    examples = _in_turn(read_examples(Path(data), "train"), min(count, MAX_QUESTIONS), config.seed)
+    most = MAX_ANSWERED if answers else MAX_QUESTIONS
+    examples = _in_turn(read_examples(Path(data), "train"), min(count, most), config.seed)
     # each distinct file encoded once by the frozen towers, pre-processed as the runtime does it
     feats = encode_media(trainee, sorted({(e.kind, e.media) for e in examples}), progress, cache=None)
     ends = list(trainee.split.tokenizer.eos_token_ids)
-    advance = counter(progress, "continuing the questions (unpruned model)", len(examples))
+    tokens = max(config.continuation, 1)
+    answer = _bundle_answers(answers, trainee, ends, tokens) if answers else None
+    by = f"{Path(answers).name}'s greedy answers" if answers else "the unpruned model"
+    advance = counter(progress, f"continuing the questions ({by})", len(examples))
     torch.manual_seed(config.seed)
     out = []
     with torch.no_grad():
         for e in examples:
             prompt = sequence(trainee, e, feats[e.media], with_answer=False).embeds[None]
-            new = teacher.generate(
-                inputs_embeds=prompt,
-                attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),
-                max_new_tokens=max(config.continuation, 1),
-                do_sample=True,
-                top_p=0.95,
-                eos_token_id=ends,
-                pad_token_id=ends[0],
-            )
-            out.append(torch.cat([prompt, trainee.embed(new[:, -max(config.continuation, 1) :])], 1))
+            if answer:
+                new = answer(e)
+            else:
+                new = teacher.generate(
+                    inputs_embeds=prompt,
+                    attention_mask=torch.ones(prompt.shape[:2], dtype=torch.long),
+                    max_new_tokens=tokens,
+                    do_sample=True,
+                    top_p=0.95,
+                    eos_token_id=ends,
+                    pad_token_id=ends[0],
+                )[:, -tokens:]
+            out.append(torch.cat([prompt, trainee.embed(new)], 1))
             advance()
-    return out, f"{len(out)} questions of {Path(data) / QUESTIONS} with their media, continued by the unpruned model"
+    return out, f"{len(out)} questions of {Path(data) / QUESTIONS} with their media, continued by {by}"
+
+
+def _bundle_answers(bundle: Path, trainee: Any, ends: list[int], tokens: int) -> Any:
+    """A function from a question to the bundle's greedy answer ids [1, n] (an answer that ends early gets
+    the first end token, as the unpruned model's continuation keeps its own); refused for a bundle whose
+    tokenizer is not the checkpoint's."""
+    import edgemfm
+
+    pipe = edgemfm.load(bundle, threads=torch.get_num_threads())
+    if pipe.tokenizer.get_vocab(with_added_tokens=True) != trainee.tokenizer.get_vocab(with_added_tokens=True):
+        raise InputError(
+            f"--answers {bundle}: its tokenizer is not the checkpoint's; allowed: a bundle exported from this model"
+        )
+
+    def answer(e: Any) -> torch.Tensor:
+        media = {"images" if e.kind == "image" else "audio": [str(e.media)]}
+        ids = list(pipe.generate_tokens(e.prompt, max_new_tokens=tokens, **media))
+        return torch.tensor([ids + ends[:1] if len(ids) < tokens else ids])
+
+    return answer
 
 
 def _trainee(source: Path, load: Any) -> Any:

@@ -76,6 +76,9 @@ class _Lookup:
         ends = [i for i, t in enumerate(proposals) if t in eos]
         return proposals[: ends[0] + 1] if ends else proposals
 
+    def catch_up(self, tokens: list[int]) -> None:
+        self.history += tokens
+
     def forget(self, proposals: list[int], accepted: int) -> None:
         """Proposals enter the history once accepted: the target's own tokens arrive as `pending`."""
         self.history += proposals[:accepted]

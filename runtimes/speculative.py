@@ -45,6 +45,9 @@ class Proposer(Protocol):
     def forget(self, proposals: list[int], accepted: int) -> None:
         """The target accepted the first `accepted` of `proposals`: drop what followed them."""
 
+    def catch_up(self, tokens: list[int]) -> None:
+        """Read the target's `tokens` from steps where nothing was proposed, before the next proposals."""
+
 
 class BundleDraft:
     """A draft bundle: greedy single-token steps on its own KV cache.
@@ -84,6 +87,10 @@ class _BundleProposer:
             ids = [proposal]
         return proposals
 
+    def catch_up(self, tokens: list[int]) -> None:
+        ids, self.unfed = self.unfed + tokens, []
+        self.decoder.run(self.cache, self.decoder.embed_ids(ids))
+
     def forget(self, proposals: list[int], accepted: int) -> None:
         # The cache holds every proposal but the last; keep the accepted ones.
         self.cache.rollback(max(len(proposals) - 1 - accepted, 0))
@@ -121,6 +128,7 @@ class Costs:
         self.draft: float | None = None  # seconds per draft proposal
         self.accepted = self.missed = 0  # proposals accepted; rounds ended by a rejected proposal
         self.plain = 0  # target calls in a row with nothing proposed
+        self.proposing = 0  # target calls in a row with proposals
 
     def observe(self, kind: str, tokens: int, seconds: float) -> None:
         """Fold one measured call in: `kind` "target" (checking `tokens`) or "draft" (`tokens` proposals)."""
@@ -141,10 +149,15 @@ class Costs:
         gains = np.cumsum(accept ** np.arange(most + 1))  # expected tokens per call for k = 0..most
         seconds = [k * self.draft + self.check_seconds(k + 1) for k in range(most + 1)]
         best = int(np.argmax(gains / np.asarray(seconds)))
-        # A draft once measured slow (a loaded moment) is measured again now and then, not dropped for good.
+        # A draft once measured slow (a loaded moment) is measured again now and then, not dropped for good;
+        # and a plain step is too: its cost is measured only on plain steps, and the first ones (cold caches,
+        # a loaded moment) kept a demo int4 draft proposing at 0.86x the target alone (BENCHMARKS.md).
         self.plain = self.plain + 1 if best == 0 else 0
+        self.proposing = self.proposing + 1 if best else 0
         if self.plain > self.PROBE_EVERY:
             self.plain, best = 0, min(self.PROBE_K, most)
+        if self.proposing > self.PROBE_EVERY:
+            self.proposing, best = 0, 0
         return best
 
     def check_seconds(self, tokens: int) -> float:
@@ -203,6 +216,12 @@ def _verify(target, proposer: Proposer, cache, logits, eos, limit: int, choose: 
         pending.append(token)
         n, proposals = min(choose(), limit - produced), []
         if n:
+            if len(pending) > 1:
+                # Plain steps since the draft last ran: it reads them first, a cost of having fallen behind
+                # (once per return), not of proposing. Timed with the proposals, a draft probed after 16 plain
+                # steps measured 4 ms a proposal for 0.8 and was never chosen (BENCHMARKS.md, the demo's int4 drafts).
+                proposer.catch_up(pending[:-1])
+                pending = pending[-1:]
             start = time.process_time()
             proposals, pending = proposer.propose(pending, n, eos), []
             costs.observe("draft", max(len(proposals), 1), time.process_time() - start)

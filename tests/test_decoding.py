@@ -139,6 +139,33 @@ def test_a_draft_that_does_not_pay_is_probed_with_one_token_now_and_then():
     assert chosen.index(1) == Costs.PROBE_EVERY
 
 
+def test_a_draft_that_pays_still_takes_a_plain_step_now_and_then():
+    """A single step's cost is measured on plain steps only: one every PROBE_EVERY + 1 calls keeps it current,
+    so a first, inflated measurement cannot keep a draft that does not pay proposing for good."""
+    costs = Costs()
+    costs.observe("target", 1, 0.012)  # a cold first step
+    costs.observe("target", 2, 0.010)
+    costs.observe("draft", 1, 0.003)
+    costs.accepted, costs.missed = 10, 10
+    chosen = [costs.choose(1) for _ in range(Costs.PROBE_EVERY + 1)]
+    assert chosen == [1] * Costs.PROBE_EVERY + [0]  # proposing, then one plain step ...
+    for _ in range(20):
+        costs.observe("target", 1, 0.008)  # ... measures the step as it is now
+    assert costs.choose(1) == 0  # 0.008 a token alone against (0.003 + 0.010) / 1.5: the draft does not pay
+
+
+def test_a_draft_catches_up_on_plain_steps_before_it_proposes(default_bundle, picture):
+    """After plain steps the draft reads the target's tokens it missed first (outside a proposal's measured
+    cost), then proposes: the target as its own draft, so every proposal of a draft in step is accepted."""
+    alone = list(edgemfm.load(default_bundle).generate_tokens(PROMPT, images=[picture], max_new_tokens=30))
+    pipe = edgemfm.load(default_bundle, draft=default_bundle)
+    script = iter([0, 0, 0, 2, 0, 3, 0, 0, 0, 0, 1] + [0] * 30)
+    pipe.speculation_costs.choose = lambda most: next(script)
+    assert list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=30)) == alone
+    s = pipe.speculation
+    assert s["proposed"] == 6 and s["accepted"] == 6  # a draft out of step would propose other tokens
+
+
 def test_prompt_lookup_proposes_what_followed_the_first_match():
     assert lookup([7, 1, 2, 3, 4, 9, 1, 2], n=2) == [3, 4]
     assert lookup([1, 2, 3, 4, 2, 3], n=5, ngram=3) == [4, 2, 3]  # 2-gram "2 3", first occurrence

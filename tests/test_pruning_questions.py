@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_models import tiny_llama, tiny_llava
+from tokenizers import Tokenizer
 
 from edgemfm.cli import main
 from edgemfm.pruners.prune import read_report
@@ -87,3 +88,54 @@ def test_questions_are_refused_for_a_model_without_media_prompts(tmp_path, capsy
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("edgemfm: error: --data train.jsonl:") and "allowed: a folder of .txt files" in line, line
     assert not (tmp_path / "o").exists()
+
+
+def test_questions_continue_with_a_bundles_greedy_answers(tmp_path, placeholder_model, default_bundle):
+    import edgemfm
+    from edgemfm.exporters.trainee import load_trainee, read_examples
+    from edgemfm.pruners.questions import question_sequences
+    from edgemfm.pruners.recovery import RecoveryConfig
+
+    data = _questions(tmp_path / "data")
+    sequences, note = question_sequences(
+        placeholder_model, None, data, RecoveryConfig(continuation=6), 6, answers=default_bundle
+    )
+    assert len(sequences) == 6 and note.endswith(f"continued by {default_bundle.name}'s greedy answers"), note
+    pipe, trainee = edgemfm.load(default_bundle, threads=1), load_trainee(placeholder_model)
+    ends = list(trainee.split.tokenizer.eos_token_ids)
+    tails = set()
+    for e in read_examples(data, "train"):
+        ids = list(pipe.generate_tokens(e.prompt, images=[str(e.media)], max_new_tokens=6))
+        ids += ends[:1] if len(ids) < 6 else []
+        tails.add(tuple(trainee.embed(torch.tensor(ids)).flatten().tolist()))
+    for s in sequences:  # each ends with the bundle's own greedy answer to one of the questions
+        assert any(tuple(s[0, -len(t) // s.shape[2] :].flatten().tolist()) == t for t in tails)
+
+
+def test_answers_need_questions_and_recovery_and_the_models_bundle(tmp_path, capsys, placeholder_model, default_bundle):
+    data = _questions(tmp_path / "data")
+    other = tiny_llava(tmp_path / "other")  # a checkpoint whose tokenizer is not the bundle's
+    tokenizer = Tokenizer.from_file(str(other / "tokenizer.json"))
+    tokenizer.add_tokens(["<other>"])
+    tokenizer.save(str(other / "tokenizer.json"))
+    answers = ["--answers", str(default_bundle)]
+    cases = {
+        "no recovery": (placeholder_model, ["--data", str(data), *answers], "allowed with --data QUESTIONS"),
+        "no questions": (placeholder_model, ["--recover", "2", *answers], "allowed with --data QUESTIONS"),
+        "no bundle": (
+            placeholder_model,
+            ["--data", str(data), "--recover", "2", "--answers", "none"],
+            "no such bundle",
+        ),
+        "another model": (
+            other,
+            ["--data", str(data), "--recover", "2", *answers],
+            "its tokenizer is not the checkpoint's",
+        ),
+    }
+    for name, (model, extra, want) in cases.items():
+        out = tmp_path / name.replace(" ", "-")
+        assert main(["prune", "--model", str(model), "--blocks", "1", "--out", str(out), *extra]) == 2, name
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith("edgemfm: error: --answers ") and want in line, line
+        assert not out.exists()
