@@ -29,7 +29,6 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "runtime-speculative-demo",
     "runtime-speculative-demo-fresh",
     "runtime-speculative-demo-int4",
-    "runtime-speculative-demo-int4-questions",
     "runtime-speculative-code",
     "runtime-audio-preprocess",
     "speech-tiny-en-longform",
