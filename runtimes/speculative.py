@@ -219,7 +219,7 @@ def _verify(target, proposer: Proposer, cache, logits, eos, limit: int, choose: 
             if len(pending) > 1:
                 # Plain steps since the draft last ran: it reads them first, a cost of having fallen behind
                 # (once per return), not of proposing. Timed with the proposals, a draft probed after 16 plain
-                # steps measured 4 ms a proposal for 0.8 and was never chosen (BENCHMARKS.md, the demo's int4 drafts).
+                # steps measured 4.1 ms a proposal for ~1.0 and was never chosen again (BENCHMARKS.md, the demo's int4 draft).
                 proposer.catch_up(pending[:-1])
                 pending = pending[-1:]
             start = time.process_time()

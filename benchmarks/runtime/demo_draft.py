@@ -42,12 +42,11 @@ def make(work: Path, blocks: int, recover: int) -> tuple[Path, Path, Path]:
     int4 = dict(device="host", precision="int4", kernels="edgemfm")
     if not target.exists():
         edgemfm.export(edgemfm.ExportConfig(out=target, **int4))
-    if not questions.exists():
-        open_questions.build(questions.with_suffix(".partial"))
-        questions.with_suffix(".partial").rename(questions)
-    if not demo.exists():
-        shutil.rmtree(demo.with_suffix(".partial"), ignore_errors=True)
-        build_default(demo.with_suffix(".partial")).rename(demo)
+    for folder, write in ((questions, open_questions.build), (demo, build_default)):
+        if not folder.exists():  # written aside, then renamed: a stopped run leaves no half-written folder
+            shutil.rmtree(folder.with_suffix(".partial"), ignore_errors=True)
+            write(folder.with_suffix(".partial"))
+            folder.with_suffix(".partial").rename(folder)
     if not ckpt.exists():
         config = PruneConfig(blocks=blocks)
         prune(demo, ckpt, config, data=questions, recover=recover, answers=target, continuation=TOKENS)
