@@ -29,6 +29,7 @@ from edgemfm.manifest import Component, KVCache, TensorSpec
 from edgemfm.report import Delegation, Fusion, Parity
 
 OPSET = 18
+EXPORT_SIGNATURE = "pkg.torch.export."  # graph metadata torch.export writes: its program's signature and shape ranges
 
 
 class ParityError(EdgemfmError):
@@ -127,6 +128,23 @@ def _with_fused_cache(kv: KVCache | None, proto: Any) -> KVCache | None:
     return kv
 
 
+def _drop_export_signature(path: Path) -> None:
+    """Remove the program signature torch.export writes into the graph's metadata: every parameter and
+    buffer of the model the unit was traced from (83 KB in each of the demo's encoders), so a pruned draft's
+    vision encoder differed from its target's file though its graph and weights are the same. Nothing reads
+    it; without it equal encoders are equal files, and a draft shares its target's encoded media
+    (`runtimes/pipeline.load`)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = proto.graph.metadata_props
+    kept = [p for p in props if not p.key.startswith(EXPORT_SIGNATURE)]
+    if len(kept) < len(props):
+        del props[:]
+        props.extend(kept)
+        onnx.save(proto, str(path))
+
+
 def write_onnx(
     unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True, max_seq_len: int | None = None
 ) -> tuple[Component, Parity]:
@@ -149,6 +167,7 @@ def write_onnx(
             external_data=False,
             verbose=False,
         )
+    _drop_export_signature(path)
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
     fusion = fuse(path, max_seq_len) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships

@@ -602,6 +602,31 @@ def load(
             raise InputError(
                 f"the draft bundle {str(draft)!r} has another tokenizer than {str(path)!r}; allowed: bundles sharing one tokenizer"
             )
+        if same_encoders(pipe.manifest, small.manifest):
+            small.encoder_cache = pipe.encoder_cache  # the draft's media rows are the target's: encoded once
         pipe.draft = BundleDraft(small)
     pipe.speculate_k = draft_k
     return pipe
+
+
+def same_encoders(a: Manifest, b: Manifest) -> bool:
+    """Whether bundles `a` and `b` turn every media item into the same decoder rows: the same media kinds and
+    settings, pre-processing, encoder files (by sha256) and decoder dtype. A draft pruned or quantized in its
+    decoder alone has its target's encoders.
+
+    Example:
+        >>> same_encoders(bundle.read_manifest("bundles/demo-int4"), bundle.read_manifest("bundles/demo-draft"))  # doctest: +SKIP
+        True
+    """
+    if a.prompt.media != b.prompt.media or a.preprocess != b.preprocess or not a.prompt.media:
+        return False
+    if a.components[a.generation.decoder].dtype != b.components[b.generation.decoder].dtype:
+        return False
+    for spec in a.prompt.media.values():
+        if spec.encoder not in b.components:
+            return False
+        stem = Path(a.components[spec.encoder].file).stem
+        files = [{n: f.sha256 for n, f in m.files.items() if Path(n).stem == stem} for m in (a, b)]
+        if not files[0] or files[0] != files[1]:
+            return False
+    return True

@@ -41,6 +41,18 @@ def test_manifest_describes_every_component(default_bundle):
     assert m.report.parity["text_decoder"].max_abs_diff <= 1e-4
 
 
+def test_graphs_carry_no_export_signature(default_bundle):
+    """torch.export's program signature lists every parameter of the traced model: a pruned draft's encoder
+    file would differ from its target's by it alone."""
+    import onnx
+
+    from edgemfm.exporters.onnx import EXPORT_SIGNATURE
+
+    for name in ("vision_encoder", "token_embedding", "text_decoder"):
+        graph = onnx.load(str(default_bundle / f"{name}.onnx"), load_external_data=False).graph
+        assert not [p.key for p in graph.metadata_props if p.key.startswith(EXPORT_SIGNATURE)], name
+
+
 def test_tampered_file_is_refused(copy):
     path = copy / "text_decoder.onnx"
     data = bytearray(path.read_bytes())

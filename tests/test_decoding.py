@@ -166,6 +166,16 @@ def test_a_draft_catches_up_on_plain_steps_before_it_proposes(default_bundle, pi
     assert s["proposed"] == 6 and s["accepted"] == 6  # a draft out of step would propose other tokens
 
 
+def test_a_draft_with_the_targets_encoders_reads_the_targets_encoded_media(default_bundle, small_bundle, picture):
+    pipe = edgemfm.load(default_bundle, draft=default_bundle)  # the same encoder files (a decoder-only draft)
+    assert pipe.draft.pipe.encoder_cache is pipe.encoder_cache
+    list(pipe.generate_tokens(PROMPT, images=[picture], max_new_tokens=4))
+    stats = pipe.stats().encoder_cache
+    assert (stats.misses, stats.hits) == (1, 1)  # the target encoded the picture; the draft found its rows
+    other = edgemfm.load(default_bundle, draft=small_bundle)  # another model's tower: its own rows
+    assert other.draft.pipe.encoder_cache is not other.encoder_cache
+
+
 def test_prompt_lookup_proposes_what_followed_the_first_match():
     assert lookup([7, 1, 2, 3, 4, 9, 1, 2], n=2) == [3, 4]
     assert lookup([1, 2, 3, 4, 2, 3], n=5, ngram=3) == [4, 2, 3]  # 2-gram "2 3", first occurrence
