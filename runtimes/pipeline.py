@@ -625,8 +625,8 @@ def same_encoders(a: Manifest, b: Manifest) -> bool:
     for spec in a.prompt.media.values():
         if spec.encoder not in b.components:
             return False
-        stem = Path(a.components[spec.encoder].file).stem
-        files = [{n: f.sha256 for n, f in m.files.items() if Path(n).stem == stem} for m in (a, b)]
+        stem = a.components[spec.encoder].file.split(".")[0]  # its graph and any external data beside it
+        files = [{n: f.sha256 for n, f in m.files.items() if n.split(".")[0] == stem} for m in (a, b)]
         if not files[0] or files[0] != files[1]:
             return False
     return True
