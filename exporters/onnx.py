@@ -128,23 +128,6 @@ def _with_fused_cache(kv: KVCache | None, proto: Any) -> KVCache | None:
     return kv
 
 
-def _drop_export_signature(path: Path) -> None:
-    """Remove the program signature torch.export writes into the graph's metadata: every parameter and
-    buffer of the model the unit was traced from (83 KB in each of the demo's encoders), so a pruned draft's
-    vision encoder differed from its target's file though its graph and weights are the same. Nothing reads
-    it; without it equal encoders are equal files, and a draft shares its target's encoded media
-    (`runtimes/pipeline.load`)."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    props = proto.graph.metadata_props
-    kept = [p for p in props if not p.key.startswith(EXPORT_SIGNATURE)]
-    if len(kept) < len(props):
-        del props[:]
-        props.extend(kept)
-        onnx.save(proto, str(path))
-
-
 def write_onnx(
     unit: ExportUnit, path: Path, tolerance: float, fuse_ops: bool = True, max_seq_len: int | None = None
 ) -> tuple[Component, Parity]:
@@ -155,19 +138,23 @@ def write_onnx(
 
     reference, peak, flops = _reference(unit)
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():  # the exporter narrates each stage
-        torch.onnx.export(
+        program = torch.onnx.export(
             unit.module,
             unit.args,
-            str(path),
             input_names=list(unit.input_names),
             output_names=list(unit.output_names),
             dynamic_shapes=_dynamic_shapes(unit),
             opset_version=OPSET,
             dynamo=True,
-            external_data=False,
             verbose=False,
         )
-    _drop_export_signature(path)
+    # torch.export's program signature lists every parameter and buffer of the model the unit was traced from
+    # (83 KB in each demo encoder): a pruned draft's vision encoder differed from its target's file though graph
+    # and weights were the same. Nothing reads it; without it equal encoders are equal files, and a draft reads
+    # its target's encoded media (`runtimes/pipeline.same_encoders`).
+    for key in [k for k in program.model.graph.metadata_props if k.startswith(EXPORT_SIGNATURE)]:
+        del program.model.graph.metadata_props[key]
+    program.save(str(path), external_data=False)
     unfused_diff, _, _ = _parity(path, unit, reference, tolerance)  # the export itself, before any rewrite
     fusion = fuse(path, max_seq_len) if fuse_ops else Fusion(skipped="export --no-fuse")
     diff, scale, measured = _parity(path, unit, reference, tolerance)  # the fused graph is what ships

@@ -372,7 +372,7 @@ def prunable_of(source: Path, configs: Sequence[PruneConfig]) -> Prunable:
 
 
 def _questions(
-    source: Path, teacher: Any, data: str | Path | None, recovery: Any, progress: Any, answers: Path | None
+    source: Path, teacher: Any, data: str | Path | None, recovery: Any, progress: Any, answers: str | Path | None
 ) -> tuple[list[Any] | None, str | None]:
     """With a data folder of questions: the text decoder's calibration and recovery sequences (the
     questions with their media rows, continued by the unpruned model or the `answers` bundle) and what they
@@ -444,9 +444,7 @@ def prune(
         pruned = cap.load(source)
         tokenizer = cap.tokenizer(source)
         teacher = cap.stack(cap.load(source), "text_decoder").model if recovery or holds_questions(data) else None
-        sequences, used = _questions(
-            source, teacher, data, recovery, progress, None if answers is None else Path(answers)
-        )
+        sequences, used = _questions(source, teacher, data, recovery, progress, answers)
         report = prune_model(
             pruned,
             tokenizer,

@@ -47,7 +47,7 @@ def question_sequences(
     config: RecoveryConfig,
     count: int,
     progress: Progress | None = None,
-    answers: Path | None = None,
+    answers: str | Path | None = None,
 ) -> tuple[list[torch.Tensor], str]:
     """Up to `count` questions of `data/train.jsonl` (question types taken in turn, seeded), each as
     inputs_embeds [1, n, hidden]: the templated prompt with its media rows, then `teacher`'s
@@ -93,7 +93,7 @@ def question_sequences(
     return out, f"{len(out)} questions of {Path(data) / QUESTIONS} with their media, continued by {by}"
 
 
-def _bundle_answers(bundle: Path, trainee: Any, ends: list[int], tokens: int) -> Any:
+def _bundle_answers(bundle: str | Path, trainee: Any, ends: list[int], tokens: int) -> Any:
     """A function from a question to the bundle's greedy answer ids [1, n] (an answer that ends early gets
     the first end token, as the unpruned model's continuation keeps its own); refused for a bundle whose
     tokenizer is not the checkpoint's."""
