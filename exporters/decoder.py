@@ -33,6 +33,7 @@ class TextDecoder(torch.nn.Module):
     def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module, config: Any):
         super().__init__()
         self.language_model, self.lm_head, self.config = language_model, lm_head, config
+        self.lookahead: torch.nn.Module | None = None  # exporters/lookahead.py: proposals for the token after next
 
     def forward(self, inputs_embeds, attention_mask, position_ids, past):
         from transformers import DynamicCache
@@ -49,7 +50,10 @@ class TextDecoder(torch.nn.Module):
             use_cache=True,
         )
         present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-        return (self.lm_head(out.last_hidden_state), *present)
+        logits = self.lm_head(out.last_hidden_state)
+        if self.lookahead is None:
+            return (logits, *present)
+        return (logits, *present, self.lookahead(out.last_hidden_state, logits))
 
 
 class TokenEmbedding(torch.nn.Module):

@@ -59,6 +59,29 @@ def question_sequences(
         >>> [s.shape[-1] for s in question_sequences(src, lm, data, RecoveryConfig(), 2)[0]]   # doctest: +SKIP
         [576, 576]
     """
+    trainee, answered, note = answered_questions(source, teacher, data, config, count, progress, answers)
+    with torch.no_grad():
+        return [torch.cat([prompt, trainee.embed(new)], 1) for _, prompt, new in answered], note
+
+
+def answered_questions(
+    source: Path,
+    teacher: Any,
+    data: Path,
+    config: RecoveryConfig,
+    count: int,
+    progress: Progress | None = None,
+    answers: str | Path | None = None,
+) -> tuple[Any, list[tuple[Any, torch.Tensor, torch.Tensor]], str]:
+    """`question_sequences`' questions before they are joined: the loaded checkpoint (`exporters/trainee.py`),
+    and per question its example (`trainee.Example`), its prompt's inputs_embeds [1, n, hidden] and the
+    continuation's token ids [1, m].
+
+    Example:
+        >>> trainee, answered, note = answered_questions(src, lm, data, RecoveryConfig(), 2, answers="bundles/t")  # doctest: +SKIP
+        >>> answered[0][2].dtype                                                                                   # doctest: +SKIP
+        torch.int64
+    """
     from edgemfm.exporters.trainee import encode_media, load_trainee, read_examples, sequence
 
     trainee = _trainee(source, load_trainee)
@@ -88,9 +111,9 @@ def question_sequences(
                     eos_token_id=ends,
                     pad_token_id=ends[0],
                 )[:, -tokens:]
-            out.append(torch.cat([prompt, trainee.embed(new)], 1))
+            out.append((e, prompt, new))
             advance()
-    return out, f"{len(out)} questions of {Path(data) / QUESTIONS} with their media, continued by {by}"
+    return trainee, out, f"{len(out)} questions of {Path(data) / QUESTIONS} with their media, continued by {by}"
 
 
 def _bundle_answers(bundle: str | Path, trainee: Any, ends: list[int], tokens: int) -> Any:

@@ -39,6 +39,9 @@ class Decoder:
         subset = manifest.generation.head_subset
         self.columns = None if subset is None else (subset.vocab_size, np.asarray(subset.ids, dtype=np.int64))
         self.calls = self.positions = 0  # runs and token positions fed since load: what a chat turn saves is counted
+        # a lookahead head's proposals [seq] from the last run, the token after next at each position (a bundle
+        # exported with --lookahead: runtimes/lookahead.py); None without one
+        self.lookahead: np.ndarray | None = None
 
     def new_cache(self) -> KVCache | StaticKVCache:
         s = self.streaming
@@ -53,6 +56,7 @@ class Decoder:
         """Logits [seq, vocab] for `embeds` [1, seq, hidden] after the cache; the cache grows by seq."""
         seq, table = embeds.shape[1], self.layout.rotary_table
         if table and seq > table:  # one call's positions fit the kernel's cos/sin table
+            # (the lookahead proposals are the last piece's: of a prefill, only its last row is read)
             return np.concatenate([self.run(cache, embeds[:, i : i + table]) for i in range(0, seq, table)])
         kept = cache.make_room(seq)
         if kept is not None:  # a static cache slid: its program is fed the kept rows again from position 0
@@ -68,6 +72,7 @@ class Decoder:
         cache.advance(out, seq, embeds)
         self.calls += 1
         self.positions += seq
+        self.lookahead = out["lookahead"][0] if "lookahead" in out else None
         return out["logits"][0]
 
     def _whole_vocabulary(self, logits: np.ndarray) -> np.ndarray:

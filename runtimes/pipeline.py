@@ -38,6 +38,7 @@ from edgemfm.runtimes.generation import Decoder, decode, decode_checked
 from edgemfm.runtimes.kvcache import in_place
 from edgemfm.runtimes.live import LiveUpdate
 from edgemfm.runtimes.longform import Segment, TranscribeConfig
+from edgemfm.runtimes.lookahead import LookaheadDraft
 from edgemfm.runtimes.media import Call, Prepared, grid_segments, item_feeds, needs_preparing, prepare
 from edgemfm.runtimes.positions import mrope_prompt
 from edgemfm.runtimes.preprocess import PREPROCESSORS, ImageLike
@@ -190,7 +191,8 @@ class Pipeline(Generates):
         self.decoder = Decoder(
             self.sessions[decoder_name], self.sessions[manifest.generation.embedding], manifest, self.streaming
         )
-        self.draft: BundleDraft | PromptLookup | None = None  # set by load(..., draft=): speculative decoding
+        # set by load(..., draft=): speculative decoding
+        self.draft: BundleDraft | PromptLookup | LookaheadDraft | None = None
         self.speculate_k: int | None = None  # tokens the draft proposes per target pass; None: chosen by cost
         self.speculation_costs = Costs()  # measured by speculate, kept between answers
 
@@ -541,6 +543,7 @@ def _check_window(path: Path, manifest: Manifest, s: StreamingSettings) -> None:
 
 
 PROMPT_DRAFT = "prompt"  # load(draft=...) / run --draft: prompt lookup instead of a draft bundle
+LOOKAHEAD_DRAFT = "lookahead"  # load(draft=...) / run --draft: the bundle's own lookahead head (runtimes/lookahead.py)
 
 
 def load(
@@ -558,7 +561,8 @@ def load(
 
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
-    for speculative decoding, or "prompt" for prompt lookup (`prompt_lookup.py`), proposing
+    for speculative decoding, "prompt" for prompt lookup (`prompt_lookup.py`), or "lookahead" for the bundle's
+    own lookahead head (`lookahead.py`, one token per call), proposing
     `draft_k` tokens per target call (default: the k that pays by measured costs, `speculative.Costs`,
     at most 8 for a bundle and 10 for "prompt"). A small-to-large cascade is `edgemfm.runtimes.cascade.load`. `encoder_cache_mb` bounds the encoder-output cache, counted
     in the budget (default: `budget.ENCODER_CACHE_BYTES` for a bundle with media; 0: off). `trusted_keys`
@@ -588,6 +592,8 @@ def load(
     pipe = Pipeline(path, manifest, profile, threads, memory_budget, settings, encoder_cache_mb=encoder_cache_mb)
     if draft == PROMPT_DRAFT:
         pipe.draft = PromptLookup(pipe.tokenizer)
+    elif draft == LOOKAHEAD_DRAFT:
+        pipe.draft = LookaheadDraft(pipe)
     elif draft is not None:
         small = Pipeline(
             Path(draft),

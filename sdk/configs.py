@@ -88,10 +88,13 @@ class ExportConfig:
     # a draft bundle's head over this many tokens (the lowest ids: BPE's most frequent) and the end tokens, so each
     # proposal reads fewer bytes (exporters/draft_vocab.py); None: the whole vocabulary. Onnx only.
     draft_vocab: int | None = None
+    # a lookahead head (`edgemfm lookahead` wrote it) put in the decoder graph: each position also proposes the token
+    # after next, a draft that runs inside the target's own call (exporters/lookahead.py). Onnx only.
+    lookahead: str | None = None
     version: int = CONFIG_VERSION  # of this record's layout, so a saved config says what it was written for
 
     def __post_init__(self) -> None:
-        _paths_as_text(self, "model", "out", "calibration")
+        _paths_as_text(self, "model", "out", "calibration", "lookahead")
         object.__setattr__(self, "prune", tuple(self.prune))  # a CLI list or a JSON array
         _positive_budget(self.memory_budget_mb, self.accuracy_tolerance_db)
         if self.visual_tokens is not None and (isinstance(self.visual_tokens, bool) or self.visual_tokens < 1):
@@ -104,6 +107,8 @@ class ExportConfig:
             raise InputError(f"draft vocab {self.draft_vocab!r} must be a whole number of tokens of at least 1")
         if self.draft_vocab is not None and self.format != "onnx":
             raise InputError(f"draft vocab with format {self.format!r} is not supported; allowed: onnx")
+        if self.lookahead is not None and self.format != "onnx":
+            raise InputError(f"a lookahead head with format {self.format!r} is not supported; allowed: onnx")
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     from edgemfm.pruners.prune import parse_spec
 
     prune_configs = [parse_spec(spec) for spec in config.prune]  # a bad spec fails before the slow part
+    if config.lookahead is not None and not Path(config.lookahead).is_file():
+        raise InputError(f"--lookahead {config.lookahead}: no such file; allowed: a head `edgemfm lookahead` wrote")
     inputs = (config.model, config.calibration)
     out = bundle.check_output(config.out, config.force, inputs)  # before the slow part, and before anything is touched
     leftovers.sweep_for(out)
@@ -220,6 +222,8 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 split = family.split(load_checkpoint(family.load, model_dir), model_dir)
                 if config.visual_tokens is not None:  # before export: calibration and parity see the cut graph
                     split = budget(family, split, config.visual_tokens)
+                if config.lookahead is not None:
+                    split = _with_lookahead(split, config.lookahead)
             manifest = _write_float(config, profile, family, split, model_dir, stage, progress, Path(scratch))
             from edgemfm.quantizers.quantize import quantize
 
@@ -253,6 +257,18 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 manifest = native_attention.apply(stage, native_int4.apply(stage, manifest))
             bundle.seal(stage, manifest)
     return out
+
+
+def _with_lookahead(split: Any, path: str) -> Any:
+    """The split with the lookahead head at `path` in its text decoder (exporters/lookahead.py)."""
+    from edgemfm.exporters.lookahead import read_head, with_lookahead
+
+    name = split.generation.decoder
+    if name not in split.units:
+        raise InputError(f"--lookahead {path}: this model has no text decoder; allowed: models with one")
+    unit = split.units[name]
+    head = read_head(path, unit.module)
+    return replace(split, units={**split.units, name: with_lookahead(unit, head)})
 
 
 def _write_float(

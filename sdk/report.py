@@ -189,6 +189,29 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class LookaheadAccuracy:
+    """A lookahead head's share of right proposals on held-out answers."""
+
+    before: float  # the untrained head's
+    after: float  # the trained head's
+    positions: int  # held-out answer positions scored
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """What `edgemfm lookahead` trained: kept in the head file's metadata (`sdk/lookahead.py`)."""
+
+    method: str  # in words: what was trained towards what
+    config: dict[str, Any]  # the LookaheadConfig, as its fields
+    data: str  # the questions and what answered them
+    answers: str  # the bundle whose greedy answers were learnt
+    positions: int  # answer positions trained on
+    accuracy: LookaheadAccuracy  # on the held-out questions
+    loss: Loss  # cross-entropy at the start and at the end
+    seconds: float  # wall time, the answers and hidden states included
+
+
+@dataclass(frozen=True)
 class Pruning:
     """What `prune` removed, where and why: `pruning.json` beside a pruned checkpoint, and (without the
     scores, version, architecture and config) the report of a bundle exported from it."""

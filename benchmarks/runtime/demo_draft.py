@@ -1,4 +1,5 @@
-"""The demo model's int4 target and an int4 pruned draft for it, as BENCHMARKS.md's speculative rows time them.
+"""The demo model's int4 target, an int4 pruned draft and a lookahead head for it, as BENCHMARKS.md's speculative
+rows time them.
 
 Steps (each skipped when its output is already under --work, so a rerun picks up where it stopped):
 1. `target`: `edgemfm export --device host --precision int4 --kernels edgemfm` of the built-in demo model;
@@ -8,12 +9,16 @@ Steps (each skipped when its output is already under --work, so a rerun picks up
    the least important blocks removed, then distilled from the demo model on the target's own greedy
    answers to the questions;
 5. `draft`: `edgemfm export --model draft-ckpt --precision int4 --kernels edgemfm --draft-vocab 8192`;
-then the draft's agreement with the target, untimed: teacher-forced on the target's greedy answers to the
+6. `lookahead.safetensors`: `edgemfm lookahead --model demo --data questions --answers target`: a lookahead
+   head trained on the target's greedy answers;
+7. `target-lookahead`: the target exported again with `--lookahead lookahead.safetensors`;
+then each draft's agreement with the target, untimed: teacher-forced on the target's greedy answers to the
 held-out questions (eval.jsonl: none trained on, the first three being the ones speculative.py times), the
-share of answer tokens the draft's argmax predicts.
+share of answer tokens the draft's argmax predicts, and the share the lookahead head proposes right.
 
     python -m benchmarks.runtime.demo_draft --work DIR [--blocks 20] [--recover 4096]
-    python -m benchmarks.runtime.speculative DIR/target --draft DIR/draft --image samples/demo_model/media/shape.png
+    python -m benchmarks.runtime.speculative DIR/target --draft DIR/draft --lookahead DIR/target-lookahead \
+        --image samples/demo_model/media/shape.png
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ SHAPE = Path(__file__).resolve().parents[2] / "samples" / "demo_model" / "media"
 TOKENS = 64  # the answers speculative.py times
 
 
-def make(work: Path, blocks: int, recover: int) -> tuple[Path, Path, Path]:
-    """The target bundle, the draft bundle and the questions under `work`, each made where missing."""
+def make(work: Path, blocks: int, recover: int) -> tuple[Path, Path, Path, Path]:
+    """The target bundle, the draft bundle, the target with a lookahead head and the questions under `work`,
+    each made where missing."""
     from edgemfm.exporters.demo_sources import build_default
+    from edgemfm.lookahead import train_lookahead
     from edgemfm.pruners.prune import PruneConfig, prune
 
     target, questions, demo, ckpt, draft = (work / n for n in ("target", "questions", "demo", "draft-ckpt", "draft"))
@@ -52,31 +59,47 @@ def make(work: Path, blocks: int, recover: int) -> tuple[Path, Path, Path]:
         prune(demo, ckpt, config, data=questions, recover=recover, answers=target, continuation=TOKENS)
     if not draft.exists():
         edgemfm.export(edgemfm.ExportConfig(model=ckpt, out=draft, draft_vocab=8192, **int4))
-    return target, draft, questions
+    head, lookahead = work / "lookahead.safetensors", work / "target-lookahead"
+    if not head.exists():  # written aside and renamed by train_lookahead
+        train_lookahead(demo, head, questions, target)
+    if not lookahead.exists():
+        edgemfm.export(edgemfm.ExportConfig(model=demo, out=lookahead, lookahead=str(head), **int4))
+    return target, draft, lookahead, questions
 
 
-def agreement(target: Path, draft: Path, questions: Path) -> dict[str, float]:
-    """Share of the target's greedy answer tokens the draft's argmax predicts, teacher-forced: on the three
-    questions speculative.py times (with shape.png) and on the other held-out ones."""
+def agreement(target: Path, draft: Path, lookahead: Path, questions: Path) -> dict[str, float]:
+    """Share of the target's greedy answer tokens the draft's argmax predicts, and the lookahead head's proposals,
+    teacher-forced: on the three questions speculative.py times (with shape.png) and on the other held-out ones."""
     rows = [json.loads(line) for line in (questions / "eval.jsonl").read_text().splitlines()]
     sets = {
         "timed": [(r["prompt"], SHAPE) for r in rows[:3]],
         "held out": [(r["prompt"], questions / r["image"]) for r in rows[3:]],
     }
-    big, small = edgemfm.load(target, threads=1), edgemfm.load(draft, threads=1)
+    big, small, ahead = (edgemfm.load(b, threads=1) for b in (target, draft, lookahead))
     out = {}
     for name, pairs in sets.items():
-        hits = total = 0
+        hits, total = {"draft": 0, "lookahead": 0}, 0
         for prompt, image in pairs:
             answer = list(big.generate_tokens(prompt, images=[str(image)], max_new_tokens=TOKENS))
-            cache = small.decoder.new_cache()
-            media, cache.fixed = small.attend({"image": [str(image)]})
-            small.prefill(cache, prompt, media)
-            guesses = small.decoder.run(cache, small.decoder.embed_ids(answer[:-1])).argmax(-1)
-            hits += int((guesses == np.asarray(answer[1:])).sum())
+            guesses = _teacher_forced(small, prompt, image, answer)[0].argmax(-1)
+            hits["draft"] += int((guesses == np.asarray(answer[1:])).sum())
+            hits["lookahead"] += int((_teacher_forced(ahead, prompt, image, answer)[1] == np.asarray(answer[1:])).sum())
             total += len(answer) - 1
-        out[name] = hits / total
+        out |= {f"{who}, {name}": n / total for who, n in hits.items()}
     return out
+
+
+def _teacher_forced(pipe, prompt: str, image: Path, answer: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The logits after the prompt and each answer token but the last; with a lookahead head, its proposals for
+    answer tokens 1, 2, ... (the prompt's last row proposes the token after the answer's first)."""
+    cache = pipe.decoder.new_cache()
+    media, cache.fixed = pipe.attend({"image": [str(image)]})
+    pipe.prefill(cache, prompt, media)
+    first = pipe.decoder.lookahead
+    logits = pipe.decoder.run(cache, pipe.decoder.embed_ids(answer[:-1]))
+    if first is None:
+        return logits, None
+    return logits, np.concatenate([first[-1:], pipe.decoder.lookahead[:-1]])
 
 
 def main() -> None:
@@ -86,8 +109,8 @@ def main() -> None:
     p.add_argument("--recover", type=int, default=4096, help="distillation steps")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    target, draft, questions = make(args.work, args.blocks, args.recover)
-    print({k: f"{v:.1%}" for k, v in agreement(target, draft, questions).items()})
+    target, draft, lookahead, questions = make(args.work, args.blocks, args.recover)
+    print({k: f"{v:.1%}" for k, v in agreement(target, draft, lookahead, questions).items()})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Speculative decoding: a target bundle alone and with each draft, interleaved, on one prompt set.
 
 Rows: the target alone, then the target with each `--draft` (a bundle, or `prompt` for prompt
-lookup) with k chosen from measured costs, and with `--fixed-k K` also each draft at a fixed k.
+lookup) with k chosen from measured costs, and with `--fixed-k K` also each draft at a fixed k; then each
+`--lookahead` bundle (the target exported again with a lookahead head, `edgemfm lookahead`) drafting with
+its own head (`--draft lookahead`), against the target alone without the head, and that bundle alone.
 Every repeat runs every row over the whole set in turn (rows rotated each repeat); each row's
 tokens must equal the target's alone. Reported per row: median and spread (min-max) over the
 repeats of wall and process CPU seconds, tokens per CPU second, the speed-up over the target
@@ -12,8 +14,8 @@ runs one thread, so CPU seconds are the compute a row spends whatever the machin
 Sets: `demo` (open questions about an image: long answers) and `code` (code_edits.py: rename a
 name in a standard-library function; answers copy the prompt).
 
-    python -m benchmarks.runtime.speculative TARGET --draft DRAFT [--draft prompt] [--set demo|code]
-        [--fixed-k 4] [--tokens 64] [--repeats 5] [--image PNG] [--name runtime-speculative]
+    python -m benchmarks.runtime.speculative TARGET --draft DRAFT [--draft prompt] [--lookahead TARGET_LA]
+        [--set demo|code] [--fixed-k 4] [--tokens 64] [--repeats 5] [--image PNG] [--name runtime-speculative]
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("target")
     p.add_argument("--draft", action="append", default=[], help="a draft bundle, or 'prompt' (repeat for several)")
+    p.add_argument(
+        "--lookahead",
+        action="append",
+        default=[],
+        help="the target exported with a lookahead head (repeat for several)",
+    )
     p.add_argument("--fixed-k", type=int, help="also each draft at this fixed k")
     p.add_argument("--set", choices=("demo", "code"), default="demo")
     p.add_argument("--prompts", type=int, default=3, help="prompts taken from the set")
@@ -118,6 +126,9 @@ def main() -> None:
         rows[f"{label}, k by cost"] = edgemfm.load(args.target, threads=1, draft=draft)
         if args.fixed_k:
             rows[f"{label}, k={args.fixed_k}"] = edgemfm.load(args.target, threads=1, draft=draft, draft_k=args.fixed_k)
+    for bundle in args.lookahead:  # and the bundle alone: what computing the head costs when nothing reads it
+        rows[f"{Path(bundle).name} alone"] = edgemfm.load(bundle, threads=1)
+        rows[f"lookahead head of {Path(bundle).name}, k by cost"] = edgemfm.load(bundle, threads=1, draft="lookahead")
     table = measure(args, rows)
     title = f"{TITLE}: {Path(args.target).name}, {args.set} set"
     record.write(args.name, table, title=title, blocks=record.blocks(args.name, title, note=args.note))

@@ -1,4 +1,4 @@
-"""The `edgemfm` command line: devices, export, prune, finetune, run, chat, tune, inspect, bench.
+"""The `edgemfm` command line: devices, export, prune, lookahead, finetune, run, chat, tune, inspect, bench.
 
 A user's mistake prints one line (`edgemfm: error: ...`) and exits with code 2; `run` imports
 neither torch nor transformers nor onnx. Each verb is a module here that owns its argparse block
@@ -20,13 +20,14 @@ import sys
 from rich.markup import escape
 
 from edgemfm import leftovers
-from edgemfm.cli import bench, devices, export, finetune, inspect, prune, run, signing, tune
+from edgemfm.cli import bench, devices, export, finetune, inspect, lookahead, prune, run, signing, tune
 from edgemfm.cli.console import err, rich_progress
 from edgemfm.errors import EdgemfmError
 
 __all__ = ["main", "parser", "rich_progress"]  # rich_progress: the benchmarks draw their bars with it
 
-VERBS = (devices, export, prune, run, signing, bench, finetune, tune, inspect)  # the order of `edgemfm --help`
+# the order of `edgemfm --help`
+VERBS = (devices, export, prune, lookahead, run, signing, bench, finetune, tune, inspect)
 
 
 class Parser(argparse.ArgumentParser):

@@ -106,6 +106,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="for a draft bundle: its head scores only N tokens (the lowest ids, BPE's most frequent, and the end tokens); onnx",
     )
     e.add_argument(
+        "--lookahead",
+        metavar="HEAD",
+        help="a lookahead head (`edgemfm lookahead` wrote it) in the decoder graph: a draft that runs inside the "
+        "target's own call (`run --draft lookahead`); onnx",
+    )
+    e.add_argument(
         "--dry-run", action="store_true", help="print the resolved export config as JSON and stop (nothing is built)"
     )
     e.add_argument(
@@ -138,6 +144,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         kv_cache=args.kv_cache,
         kernels=args.kernels,
         draft_vocab=args.draft_vocab,
+        lookahead=args.lookahead,
     )
     if "," in args.device or args.ray is not None:
         return _export_fleet(config, args)
@@ -223,6 +230,8 @@ def _export_summary(path: Path) -> None:
         out.print(f"  KV cache: {kv.dtype}, static {kv.scales.replace('_', '-')} scales calibrated at export")
     if (subset := m.generation.head_subset) is not None:  # a draft's head: it never proposes the other tokens
         out.print(f"  head: {len(subset.ids)} of {subset.vocab_size} tokens (--draft-vocab: a draft bundle's)")
+    if "lookahead" in {o.name for o in m.components[m.generation.decoder].outputs}:
+        out.print("  lookahead head: each decoder position also proposes the token after next (run --draft lookahead)")
     if m.report.pruning is not None:
         pruning_summary(m.report.pruning)
     if m.report.quantization and m.report.float_units:

@@ -37,8 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--stop", action="append", default=[], help="end the answer before this text (repeat for several)")
     r.add_argument(
         "--draft",
-        metavar="BUNDLE|prompt",
-        help="speculative decoding: a small bundle proposes tokens, or 'prompt': n-gram lookup in the prompt",
+        metavar="BUNDLE|prompt|lookahead",
+        help="speculative decoding: a small bundle proposes tokens, 'prompt': n-gram lookup in the prompt, or "
+        "'lookahead': the bundle's own lookahead head (export --lookahead)",
     )
     r.add_argument(
         "--draft-k",
