@@ -23,12 +23,12 @@ PROMPTS = ("What colour is it?", "Describe the picture.", "What is in it?")
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory, placeholder_model, default_bundle) -> Path:
-    """A head trained for the placeholder model on its default bundle's answers (6 questions, 120 steps)."""
+    """A head trained for the placeholder model on its default bundle's answers (6 questions, 24-token answers, 120 steps)."""
     root = tmp_path_factory.mktemp("lookahead")
     data = _questions(root / "data")
     out = root / "placeholder.lookahead.safetensors"
     argv = ["lookahead", "--model", str(placeholder_model), "--data", str(data), "--answers", str(default_bundle)]
-    assert main([*argv, "--out", str(out), "--steps", "120", "--vocab", "64"]) == 0
+    assert main([*argv, "--out", str(out), "--steps", "120", "--vocab", "64", "--continuation", "24"]) == 0
     return out
 
 
@@ -56,7 +56,9 @@ def test_the_head_learns_the_bundles_answers(head):
     report = read_about(head)["report"]
     assert report["loss"]["last"] < report["loss"]["first"]
     assert report["accuracy"]["positions"] > 0 and "greedy answers" in report["data"]
-    assert report["config"]["vocab"] == 64 and report["config"]["steps"] == 120
+    assert (
+        report["config"]["vocab"] == 64 and report["config"]["steps"] == 120 and report["config"]["continuation"] == 24
+    )
 
 
 def test_held_out_questions_are_whole_prompts_where_there_are_several():

@@ -29,8 +29,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="the bundle whose greedy answers the head learns (what its proposals are checked against)",
     )
     la.add_argument("--out", required=True, metavar="HEAD", help="the head's file to write (.safetensors)")
-    la.add_argument("--steps", type=A.AT_LEAST_ONE, default=800, help="training steps of 256 positions (default: 800)")
+    la.add_argument(
+        "--steps", type=A.AT_LEAST_ONE, default=1400, help="training steps of 256 positions (default: 1400)"
+    )
     la.add_argument("--questions", type=A.AT_LEAST_ONE, default=960, help="questions the bundle answers (default: 960)")
+    la.add_argument(
+        "--continuation",
+        type=A.AT_LEAST_ONE,
+        default=128,
+        metavar="TOKENS",
+        help="tokens of each answer (default: 128)",
+    )
     la.add_argument(
         "--vocab",
         type=A.AT_LEAST_ONE,
@@ -45,7 +54,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_lookahead(args: argparse.Namespace) -> None:
     from edgemfm.lookahead import LookaheadConfig, train_lookahead
 
-    config = LookaheadConfig(steps=args.steps, questions=args.questions, vocab=args.vocab)
+    config = LookaheadConfig(
+        steps=args.steps, questions=args.questions, vocab=args.vocab, continuation=args.continuation
+    )
     with rich_progress() as progress:
         report = train_lookahead(args.model, args.out, args.data, args.answers, config, args.force, progress)
     a = report.accuracy
