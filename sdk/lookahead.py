@@ -5,8 +5,8 @@ The head learns the bundle's greedy answers to the questions of a data folder (f
 because the bundle's greedy choices are what its proposals are checked against. For every answer
 position t it reads the checkpoint's final hidden state h_t and the answer's token t + 1, and learns
 token t + 2. Only the head trains; the decoder is frozen and runs once per question, so training is
-minutes on a CPU. The last tenth of the questions is held out, and the head's share of right
-proposals there is reported beside the untrained head's.
+minutes on a CPU. The questions of the last tenth of the prompts are held out, and the head's share of
+right proposals on them is reported beside the untrained head's.
 
     questions ──► bundle's greedy answers ──► checkpoint (float) ──► h_t, token t+1 ──► head ──► token t+2
                                                                                        (cross-entropy)
