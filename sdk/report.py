@@ -207,7 +207,7 @@ class Lookahead:
     answers: str  # the bundle whose greedy answers were learnt
     positions: int  # answer positions trained on
     accuracy: LookaheadAccuracy  # on the held-out questions
-    loss: Loss  # cross-entropy at the start and at the end
+    loss: Loss  # cross-entropy plus KL, at the start and at the end
     seconds: float  # wall time, the answers and hidden states included
 
 

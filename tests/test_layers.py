@@ -48,6 +48,7 @@ VERBS = (
     "edgemfm.exporting",
     "edgemfm.fleet",  # export and tune for many devices: one job per device on the pool or Ray
     "edgemfm.finetune",
+    "edgemfm.lookahead",  # `edgemfm lookahead`: a draft head trained on a bundle's answers
     "edgemfm.lora",  # low-rank adapters finetune trains and merges
     "edgemfm.tune",
     "edgemfm.bench",
