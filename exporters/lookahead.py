@@ -2,7 +2,7 @@
 
 Speculative decoding with a separate draft pays only when the draft is much cheaper than the
 target and usually right. The demo's int4 target steps in 2.7 ms; a 10-block int4 draft costs
-0.37 of a step and agrees 55% of the time, which gives 0.93x (BENCHMARKS.md). The lookahead head
+0.37 of a step and agrees 55% of the time, which gives 0.89-0.93x (BENCHMARKS.md). The lookahead head
 costs almost nothing to run because it lives in the target's own graph. It reads what the target
 already has: its final hidden state at a position, and the token the target chooses there.
 
@@ -25,7 +25,7 @@ states (`sdk/lookahead.py`), with the chosen token read the same way. `export --
 the head to the decoder graph, and its MatMuls are quantized with the rest.
 
 Example:
-    >>> head = read_head("demo.lookahead.safetensors", config)           # doctest: +SKIP
+    >>> head = read_head("demo.lookahead.safetensors", split.units["text_decoder"].module)  # doctest: +SKIP
     >>> unit = with_lookahead(split.units["text_decoder"], head)            # doctest: +SKIP
     >>> unit.output_names[-1]                                               # doctest: +SKIP
     'lookahead'

@@ -76,10 +76,12 @@ def train_lookahead(
     config: LookaheadConfig | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    revision: str | None = None,
 ) -> Lookahead:
     """Train a lookahead head for the checkpoint `model` on `answers`' (its bundle's) greedy answers to the
     questions in `data`, and write it to `out` (safetensors, atomically); returns the report, also kept in the
-    file's metadata. `config`: default `LookaheadConfig()`. `export --lookahead out` puts the head in the decoder graph.
+    file's metadata. `model` is a checkpoint folder or a Hub id (`revision`: its branch, tag or commit).
+    `config`: default `LookaheadConfig()`. `export --lookahead out` puts the head in the decoder graph.
 
     Example:
         >>> train_lookahead("ckpt", "ckpt.lookahead.safetensors", "questions", "bundles/ckpt-int4").accuracy   # doctest: +SKIP
@@ -88,9 +90,7 @@ def train_lookahead(
     from edgemfm.pruners.questions import holds_questions
 
     config = config or LookaheadConfig()
-    out, source = Path(out), Path(model)
-    if not (source / "config.json").is_file():
-        raise InputError(f"--model {model}: no checkpoint there (config.json); allowed: a checkpoint directory")
+    out = Path(out)
     if not holds_questions(data):
         raise InputError(
             f"--data {data}: no train.jsonl there; allowed: a data folder of questions (finetune's format)"
@@ -104,6 +104,9 @@ def train_lookahead(
     require("onnx")  # torch + transformers
     import torch
 
+    from edgemfm.model_source import resolve_model
+
+    source = resolve_model(model, revision).path
     from edgemfm.exporters.decoder import TextDecoder
     from edgemfm.exporters.draft_vocab import choose_ids
     from edgemfm.exporters.lookahead import new_head, write_head
@@ -205,15 +208,11 @@ def _accuracy(head: Any, hidden: Any, chosen: Any, target: Any) -> float:
     """Share of positions whose proposal is the answer's token."""
     import torch
 
+    hits = 0
     with torch.no_grad():
-        hits = sum(
-            int(
-                (
-                    head.ids[head.scores(hidden[i : i + 1024], chosen[i : i + 1024]).argmax(-1)] == target[i : i + 1024]
-                ).sum()
-            )
-            for i in range(0, len(target), 1024)
-        )
+        for i in range(0, len(target), 1024):
+            proposals = head.ids[head.scores(hidden[i : i + 1024], chosen[i : i + 1024]).argmax(-1)]
+            hits += int((proposals == target[i : i + 1024]).sum())
     return hits / max(len(target), 1)
 
 
@@ -229,8 +228,8 @@ def _fit(
 ) -> tuple[float, float]:
     """Train `head` in place; the mean loss of the first and the last few steps. The loss: cross-entropy on the
     answer's token after next, plus KL to the decoder's own distribution there (`reference`: its head's rows of
-    the subset, applied to `following`). The soft target and weight decay lifted right proposals on held-out
-    prompts of the demo from 45.0% to 47.8% (one run each)."""
+    the subset, applied to `following`). The soft target, dropout and weight decay lifted right proposals on
+    held-out prompts of the demo from 45.0% to 47.8% (one run each)."""
     import torch
 
     trained = [p for name, p in head.named_parameters() if not name.startswith("norm.")]
@@ -249,10 +248,9 @@ def _fit(
         scores = head.scores(hidden[idx], chosen[idx])
         with torch.no_grad():
             soft = torch.log_softmax(following[idx] @ reference.T, -1)
-        loss = torch.nn.functional.cross_entropy(scores, labels[idx], ignore_index=-100)
-        loss = loss + torch.nn.functional.kl_div(
-            torch.log_softmax(scores, -1), soft, log_target=True, reduction="batchmean"
-        )
+        loss = torch.nn.functional.kl_div(torch.log_softmax(scores, -1), soft, log_target=True, reduction="batchmean")
+        if (labels[idx] >= 0).any():  # a batch of answer tokens all outside the subset has no cross-entropy
+            loss = loss + torch.nn.functional.cross_entropy(scores, labels[idx], ignore_index=-100)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -269,7 +267,7 @@ def read_about(path: str | Path) -> dict[str, Any]:
 
     Example:
         >>> read_about("ckpt.lookahead.safetensors")["report"]["accuracy"]["after"]   # doctest: +SKIP
-        0.61
+        0.4454
     """
     from safetensors import safe_open
 

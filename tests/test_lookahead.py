@@ -173,6 +173,10 @@ def test_bad_heads_and_drafts_are_refused_in_one_line(
         "no questions": ([*train, "--data", str(tmp_path), "--answers", str(default_bundle)], "no train.jsonl"),
         "no bundle": ([*train, "--data", str(data), "--answers", str(tmp_path / "none")], "no such bundle"),
         "exists": ([*train, "--data", str(data), "--answers", str(default_bundle)], "exists; allowed"),
+        "no model": (
+            ["lookahead", "--model", str(tmp_path / "none"), "--data", str(data), "--answers", str(default_bundle)],
+            "does not exist, nor is it a Hugging Face Hub id",
+        ),
     }
     for name, (argv, want) in cases.items():
         out = head if name == "exists" else tmp_path / f"{name}.safetensors"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from edgemfm import arguments as A
-from edgemfm.cli.console import out, rich_progress
+from edgemfm.cli.console import REVISION_HELP, out, rich_progress
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "lookahead",
         help="train a lookahead head: a speculative draft inside the decoder graph (export --lookahead HEAD)",
     )
-    la.add_argument("--model", required=True, help="the checkpoint directory the bundle was exported from")
+    la.add_argument("--model", required=True, help="the checkpoint (directory or Hub id) the bundle was exported from")
+    la.add_argument("--revision", help=REVISION_HELP)
     la.add_argument("--data", required=True, help="a data folder of questions (finetune's train.jsonl and media)")
     la.add_argument(
         "--answers",
@@ -58,7 +59,9 @@ def cmd_lookahead(args: argparse.Namespace) -> None:
         steps=args.steps, questions=args.questions, vocab=args.vocab, continuation=args.continuation
     )
     with rich_progress() as progress:
-        report = train_lookahead(args.model, args.out, args.data, args.answers, config, args.force, progress)
+        report = train_lookahead(
+            args.model, args.out, args.data, args.answers, config, args.force, progress, args.revision
+        )
     a = report.accuracy
     out.print(
         f"[green]wrote[/green] {args.out}: right proposals on {a.positions} held-out answer positions "
