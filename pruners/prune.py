@@ -48,7 +48,7 @@ from edgemfm.progress import Progress, counter, say
 from edgemfm.pruners import importance
 from edgemfm.pruners.checkpoint import TRANSFORMERS
 from edgemfm.pruners.data import cross_text_calls, media_calls, text_calls
-from edgemfm.pruners.questions import holds_questions, question_sequences
+from edgemfm.pruners.questions import check_answers, holds_questions, question_sequences
 from edgemfm.pruners.recovery import RecoveryConfig, distil
 from edgemfm.pruners.structure import (
     COMPONENTS,
@@ -432,8 +432,8 @@ def prune(
             f"--answers {answers}: a bundle's answers continue the questions of a data folder (finetune's "
             "train.jsonl) for recovery; allowed with --data QUESTIONS and --recover STEPS"
         )
-    if answers is not None and not Path(answers).is_dir():
-        raise InputError(f"--answers {answers}: no such bundle directory")
+    if answers is not None:
+        check_answers(answers)
     bundle.check_output(out, force, inputs=(source, data))
     text_needed = recovery is not None or any(c.component == "text_decoder" for c in configs)
     texts = importance.read_texts(data) if text_needed and not holds_questions(data) else []

@@ -40,6 +40,13 @@ def holds_questions(data: str | Path | None) -> bool:
     return data is not None and (Path(data) / QUESTIONS).is_file()
 
 
+def check_answers(answers: str | Path) -> None:
+    """Refuse, before any slow work, an `--answers` bundle that is not there (`_bundle_answers` later checks its
+    tokenizer against the checkpoint's)."""
+    if not Path(answers).is_dir():
+        raise InputError(f"--answers {answers}: no such bundle directory; allowed: a bundle exported from this model")
+
+
 def question_sequences(
     source: Path,
     teacher: Any,

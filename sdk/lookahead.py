@@ -87,7 +87,7 @@ def train_lookahead(
         >>> train_lookahead("ckpt", "ckpt.lookahead.safetensors", "questions", "bundles/ckpt-int4").accuracy   # doctest: +SKIP
         LookaheadAccuracy(before=0.0155, after=0.4454, positions=6062)
     """
-    from edgemfm.pruners.questions import holds_questions
+    from edgemfm.pruners.questions import check_answers, holds_questions
 
     config = config or LookaheadConfig()
     out = Path(out)
@@ -95,8 +95,7 @@ def train_lookahead(
         raise InputError(
             f"--data {data}: no train.jsonl there; allowed: a data folder of questions (finetune's format)"
         )
-    if not Path(answers).is_dir():
-        raise InputError(f"--answers {answers}: no such bundle directory; allowed: a bundle exported from this model")
+    check_answers(answers)
     if out.exists() and not force:
         raise InputError(f"{out} exists; allowed: a new file, or --force to replace it")
     if not out.parent.is_dir():
@@ -129,7 +128,8 @@ def train_lookahead(
             decoder, vocab, choose_ids(vocab, min(config.vocab, vocab - 1), trainee.split.tokenizer.eos_token_ids)
         )
         held = _held_out(answered, config.held_out)
-        answered = [a for a in answered if all(a is not h for h in held)] + held  # the held-out questions last
+        kept = {id(a) for a in held}
+        answered = [a for a in answered if id(a) not in kept] + held  # the held-out questions last
         rows, cut = _positions(decoder, trainee, answered, len(answered) - len(held), head, progress)
         reference = decoder.lm_head.weight.detach()[head.ids]  # the decoder's own head, on the subset
         before = _accuracy(head.eval(), *(t[cut:] for t in rows[:3]))
@@ -193,8 +193,11 @@ def _positions(
             first = prompt.shape[1] - 1  # the prompt's last position chooses the answer's first token
             rows.append(h[first : first + len(ids) - 1])
             following.append(h[first + 1 : first + len(ids)])
-            prefix = head.embed.num_embeddings
-            chosen.append(torch.where(ids[:-1] < prefix, ids[:-1], head.chosen(decoder.lm_head(rows[-1]))))
+            given = ids[:-1].clone()
+            outside = given >= head.embed.num_embeddings  # rare: only these rows need the decoder's logits
+            if outside.any():
+                given[outside] = head.chosen(decoder.lm_head(rows[-1][outside]))
+            chosen.append(given)
             target.append(ids[1:])
             advance()
     if not cut or cut == sum(len(t) for t in target):
