@@ -562,9 +562,9 @@ def load(
     `device` picks the profile whose execution providers are tried and whose default memory
     budget applies (default: the bundle's); `memory_budget` is in MiB. `draft` adds a small bundle
     for speculative decoding, "prompt" for prompt lookup (`prompt_lookup.py`), or "lookahead" for the bundle's
-    own lookahead head (`lookahead.py`, one token per call), proposing
-    `draft_k` tokens per target call (default: the k that pays by measured costs, `speculative.Costs`,
-    at most 8 for a bundle and 10 for "prompt"). A small-to-large cascade is `edgemfm.runtimes.cascade.load`. `encoder_cache_mb` bounds the encoder-output cache, counted
+    own lookahead head (`lookahead.py`: one token a call, prompt lookup's first where the answer repeats itself),
+    proposing `draft_k` tokens per target call (default: the k that pays by measured costs, `speculative.Costs`,
+    at most 8 for a bundle and 10 for "prompt" and "lookahead"). A small-to-large cascade is `edgemfm.runtimes.cascade.load`. `encoder_cache_mb` bounds the encoder-output cache, counted
     in the budget (default: `budget.ENCODER_CACHE_BYTES` for a bundle with media; 0: off). `trusted_keys`
     (public key files from `edgemfm keygen`): every bundle loaded must carry a signature one of them verifies
     (see `edgemfm.signing`). Keyword overrides of the manifest's streaming settings: `prefill_chunk`,

@@ -59,13 +59,18 @@ class PromptLookup:
     def __init__(self, tokenizer, ngram: int = NGRAM):
         self.tokenizer, self.ngram = tokenizer, ngram
 
-    def start(self, prompt: str, media: dict) -> _Lookup:
+    def start(self, prompt: str, media: dict) -> Lookup:
         """The proposer for one answer: its history starts as the prompt's own text (no template, no media)."""
-        return _Lookup(self.tokenizer.encode(prompt, add_special_tokens=False).ids, self.ngram)
+        return Lookup(self.tokenizer.encode(prompt, add_special_tokens=False).ids, self.ngram)
 
 
-class _Lookup:
-    """One answer's history: the prompt's ids, then every token the target accepted."""
+class Lookup:
+    """One answer's proposer: its history is the prompt's ids, then every token the target accepted.
+
+    Example:
+        >>> Lookup([5, 6, 7, 5], ngram=2).propose([6], 2, eos=[])
+        [7, 5]
+    """
 
     def __init__(self, history: list[int], ngram: int):
         self.history, self.ngram = history, ngram

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ from test_pruning_questions import _questions
 import edgemfm
 from edgemfm.cli import main
 from edgemfm.errors import InputError
+from edgemfm.runtimes.lookahead import LookaheadDraft, _Lookahead
+from edgemfm.runtimes.prompt_lookup import DRAFT_K
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,6 +102,7 @@ def test_the_graph_proposes_what_the_torch_head_proposes(lookahead_bundle, place
 def test_lookahead_drafting_keeps_the_targets_tokens(lookahead_bundle, picture):
     alone = edgemfm.load(lookahead_bundle, threads=1)
     drafted = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead", draft_k=1)
+    drafted.draft = LookaheadDraft(drafted, lookup=False)  # the head's proposals alone
     proposed = accepted = 0
     for prompt in PROMPTS:
         want = list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24))
@@ -111,7 +115,22 @@ def test_lookahead_drafting_keeps_the_targets_tokens(lookahead_bundle, picture):
     for prompt in PROMPTS:
         want = list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24))
         assert list(by_cost.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
-    assert set(by_cost.speculation["k"]) <= {0, 1}  # one proposal a call at most
+        assert max(by_cost.speculation["k"]) <= DRAFT_K
+        assert by_cost.speculation["target_calls"] < len(want)  # proposals were accepted
+
+
+def test_prompt_lookup_proposes_first_and_the_head_where_it_finds_nothing():
+    decoder = SimpleNamespace(lookahead=np.array([70, 71, 72]))  # the last call's proposals, by row
+    proposer = _Lookahead(decoder, [5, 6, 7, 8])  # the prompt's ids
+    assert proposer.propose([9], 3, eos=[]) == [72]  # 9 was not seen before: the head, at the prompt's last row
+    proposer.forget([72], 0)  # rejected: the target's token came from row 0
+    assert proposer.propose([6], 3, eos=[]) == [7, 8, 9]  # what followed 6 before
+    proposer.forget([7, 8, 9], 1)  # 7 accepted: it joins the history, and the head's row is 1
+    assert proposer.propose([4], 3, eos=[]) == [71]  # 4 is new: the head again
+    proposer.forget([71], 1)
+    proposer.catch_up([6, 7])  # plain steps: the history takes them
+    assert proposer.propose([8], 2, eos=[9]) == [9]  # what followed 6, 7, 8, cut at the end token
+    assert _Lookahead(decoder, None).propose([6], 3, eos=[]) == [72]  # without lookup: the head alone
 
 
 def test_the_int4_head_is_quantized_with_the_decoder(tmp_path, capsys, placeholder_model, head):

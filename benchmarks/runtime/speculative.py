@@ -2,8 +2,8 @@
 
 Rows: the target alone, then the target with each `--draft` (a bundle, or `prompt` for prompt
 lookup) with k chosen from measured costs, and with `--fixed-k K` also each draft at a fixed k; then each
-`--lookahead` bundle (the target exported again with a lookahead head, `edgemfm lookahead`) drafting with
-its own head (`--draft lookahead`), against the target alone without the head, and that bundle alone.
+`--lookahead` bundle (the target exported again with a lookahead head, `edgemfm lookahead`) alone, drafting
+with its head alone, and with its head and prompt lookup (`--draft lookahead`).
 Every repeat runs every row over the whole set in turn (rows rotated each repeat); each row's
 tokens must equal the target's alone. Reported per row: median and spread (min-max) over the
 repeats of wall and process CPU seconds, tokens per CPU second, the speed-up over the target
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import edgemfm
+from edgemfm.runtimes.lookahead import LookaheadDraft
 
 from .. import record
 from . import code_edits
@@ -127,8 +128,13 @@ def main() -> None:
         if args.fixed_k:
             rows[f"{label}, k={args.fixed_k}"] = edgemfm.load(args.target, threads=1, draft=draft, draft_k=args.fixed_k)
     for bundle in args.lookahead:  # and the bundle alone: what computing the head costs when nothing reads it
-        rows[f"{Path(bundle).name} alone"] = edgemfm.load(bundle, threads=1)
-        rows[f"lookahead head of {Path(bundle).name}, k by cost"] = edgemfm.load(bundle, threads=1, draft="lookahead")
+        name = Path(bundle).name
+        rows[f"{name} alone"] = edgemfm.load(bundle, threads=1)
+        rows[f"lookahead head of {name} alone, k by cost"] = head = edgemfm.load(bundle, threads=1, draft="lookahead")
+        head.draft = LookaheadDraft(head, lookup=False)
+        rows[f"lookahead head of {name} and prompt lookup, k by cost"] = edgemfm.load(
+            bundle, threads=1, draft="lookahead"
+        )
     table = measure(args, rows)
     title = f"{TITLE}: {Path(args.target).name}, {args.set} set"
     record.write(args.name, table, title=title, blocks=record.blocks(args.name, title, note=args.note))

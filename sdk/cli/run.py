@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--draft",
         metavar="BUNDLE|prompt|lookahead",
         help="speculative decoding: a small bundle proposes tokens, 'prompt': n-gram lookup in the prompt, or "
-        "'lookahead': the bundle's own lookahead head (export --lookahead)",
+        "'lookahead': the bundle's own lookahead head (export --lookahead), with n-gram lookup where the answer repeats",
     )
     r.add_argument(
         "--draft-k",
