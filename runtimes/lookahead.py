@@ -12,7 +12,7 @@ at the row of the last token the target kept.
 The head proposes one token per call. Where the answer repeats itself, prompt lookup (`prompt_lookup.py`)
 proposes first: the tokens that followed an earlier occurrence of the last few tokens of the prompt and answer,
 as many as k by cost allows. Small models loop: in the demo int4 target's answers to its 12 held-out open
-questions, 54% of the tokens follow a bigram seen earlier in the answer and repeat what followed it there (93%
+prompts, 54% of the tokens follow a bigram seen earlier in the answer and repeat what followed it there (93%
 of the matches), where the head proposes 46% right. Together they need fewer target calls than either
 (BENCHMARKS.md), and a lookup runs no call either.
 
@@ -54,7 +54,7 @@ class LookaheadDraft:
                 "with --lookahead HEAD (edgemfm lookahead trains one), a draft bundle or 'prompt'"
             )
         self.decoder, self.tokenizer, self.lookup = pipe.decoder, pipe.tokenizer, lookup
-        self.k = DRAFT_K if lookup else 1  # the head proposes the token after next only
+        self.k = DRAFT_K if lookup else 1  # the head alone proposes one token a call
 
     def start(self, prompt: str, media: dict) -> _Lookahead:
         """The proposer for one answer: it reads the target's calls, the prompt's last one first."""
@@ -63,8 +63,8 @@ class LookaheadDraft:
 
 
 class _Lookahead:
-    """One answer's proposals: prompt lookup's over `history` (the prompt's ids, then the answer's), where it finds
-    a match and `history` is kept, else the head's at the row of the last token kept."""
+    """One answer's proposals: prompt lookup's over `history` (the prompt's ids, then the answer's) where it finds
+    a match, else the head's at the row of the last token kept; without a history, the head's always."""
 
     def __init__(self, decoder, history: list[int] | None):
         self.decoder = decoder

@@ -111,12 +111,17 @@ def test_lookahead_drafting_keeps_the_targets_tokens(lookahead_bundle, picture):
         assert s["target_calls"] - 1 <= s["proposed"] <= s["target_calls"]  # k = 1: one a call (the last may be cut)
         proposed, accepted = proposed + s["proposed"], accepted + s["accepted"]
     assert 0 < accepted < proposed  # both the accepted and the rejected path ran
+    with_lookup = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead", draft_k=4)
     by_cost = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead")
+    counts = {"proposed": 0, "accepted": 0, "target_calls": 0}
     for prompt in PROMPTS:
         want = list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24))
+        assert list(with_lookup.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
+        counts = {key: n + with_lookup.speculation[key] for key, n in counts.items()}
         assert list(by_cost.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
         assert max(by_cost.speculation["k"]) <= DRAFT_K
-        assert by_cost.speculation["target_calls"] < len(want)  # proposals were accepted
+    assert counts["proposed"] > counts["target_calls"]  # calls of several proposals: the lookup's (the head's is one)
+    assert 0 < counts["accepted"] < counts["proposed"]
 
 
 def test_prompt_lookup_proposes_first_and_the_head_where_it_finds_nothing():
