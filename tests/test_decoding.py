@@ -117,12 +117,32 @@ def test_measured_costs_choose_the_k_that_pays():
     assert costs.choose(8) == 8  # then the most, to measure the draft and a long check
     costs.observe("target", 9, 0.065)
     costs.observe("draft", 8, 8 * 0.002)
-    costs.accepted, costs.missed = 95, 5
+    for _ in range(20):
+        costs.record(8, 8)
     assert costs.choose(8) == 8  # a cheap, right draft: propose the most
     costs.observe("draft", 1, 0.2)
-    costs.accepted, costs.missed = 10, 90
+    for _ in range(100):
+        costs.record(8, 0)
     assert costs.choose(8) == 0  # a slow, wrong one: plain steps
     assert abs(costs.check_seconds(5) - 0.055) < 1e-12  # between the measured 1 and 9 tokens
+
+
+def test_the_first_proposal_and_the_ones_after_it_are_rated_apart():
+    """A draft that mixes sources (a lookahead head's one token, prompt lookup's runs where the answer loops):
+    its first proposals are often wrong, the ones after an accepted one seldom. Rated apart, k is longer than
+    one pooled rate makes it (the demo's int4 target's costs, ms)."""
+    costs = Costs()
+    costs.target.update({1: 0.0044, 2: 0.0046, 5: 0.0060, 9: 0.0096})
+    costs.draft = 0.00012
+    for accepted in [0] * 12 + [1] * 8:
+        costs.record(1, accepted)  # the head's one token
+    for accepted in [5] * 3 + [3] * 4 + [0] * 3:
+        costs.record(5, accepted)  # a lookup's run of five
+    assert costs.first == [30, 15] and costs.after == [24, 20]
+    assert costs.choose(8) == 4
+    pooled = (35 + 1) / (35 + 19 + 2)  # one rate: 35 accepted proposals, 19 rounds ended by a rejected one
+    seconds = [costs.draft * k + costs.check_seconds(k + 1) for k in range(9)]
+    assert int(np.argmax(np.cumsum(pooled ** np.arange(9)) / seconds)) == 3
 
 
 def test_a_draft_that_does_not_pay_is_probed_with_one_token_now_and_then():
@@ -132,7 +152,8 @@ def test_a_draft_that_does_not_pay_is_probed_with_one_token_now_and_then():
     costs.observe("target", 1, 0.009)
     costs.observe("target", 9, 0.028)
     costs.observe("draft", 1, 0.004)
-    costs.accepted, costs.missed = 1, 20
+    for accepted in [1] + [0] * 20:
+        costs.record(1, accepted)
     chosen = [costs.choose(8) for _ in range(2 * (Costs.PROBE_EVERY + 1))]
     assert chosen.count(0) == len(chosen) - 2  # plain steps ...
     assert [k for k in chosen if k] == [1, 1]  # ... and a one-token probe every PROBE_EVERY + 1 calls
@@ -146,7 +167,8 @@ def test_a_draft_that_pays_still_takes_a_plain_step_now_and_then():
     costs.observe("target", 1, 0.012)  # a cold first step
     costs.observe("target", 2, 0.010)
     costs.observe("draft", 1, 0.003)
-    costs.accepted, costs.missed = 10, 10
+    for accepted in [1, 0] * 10:
+        costs.record(1, accepted)
     chosen = [costs.choose(1) for _ in range(Costs.PROBE_EVERY + 1)]
     assert chosen == [1] * Costs.PROBE_EVERY + [0]  # proposing, then one plain step ...
     for _ in range(20):
