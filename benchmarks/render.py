@@ -26,7 +26,6 @@ SECTIONS = (  # the order of BENCHMARKS.md; a new result file is one more name h
     "cost-fusion-placeholder",
     "cost-fusion-demo",
     "runtime",
-    "runtime-speculative-demo",
     "runtime-speculative-demo-fresh",
     "runtime-speculative-demo-int4",
     "runtime-speculative-code",
