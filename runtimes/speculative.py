@@ -160,8 +160,8 @@ class Costs:
             return 0  # one plain step: the cost of checking one token
         if self.draft is None or max(self.target) == 1:
             return most
-        first, then = ((hits + 1) / (n + 2) for n, hits in (self.first, self.after))  # Laplace: no rate of 0 or 1
-        gains = 1 + first * np.cumsum([0.0, *then ** np.arange(most)])  # expected tokens per call for k = 0..most
+        first, after = ((hits + 1) / (n + 2) for n, hits in (self.first, self.after))  # Laplace: no rate of 0 or 1
+        gains = 1 + first * np.cumsum([0.0, *after ** np.arange(most)])  # expected tokens per call for k = 0..most
         seconds = [k * self.draft + self.check_seconds(k + 1) for k in range(most + 1)]
         best = int(np.argmax(gains / np.asarray(seconds)))
         # A draft once measured slow (a loaded moment) is measured again now and then, not dropped for good;
