@@ -103,9 +103,9 @@ def test_lookahead_drafting_keeps_the_targets_tokens(lookahead_bundle, picture):
     alone = edgemfm.load(lookahead_bundle, threads=1)
     drafted = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead", draft_k=1)
     drafted.draft = LookaheadDraft(drafted, lookup=False)  # the head's proposals alone
+    wants = {prompt: list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24)) for prompt in PROMPTS}
     proposed = accepted = 0
-    for prompt in PROMPTS:
-        want = list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24))
+    for prompt, want in wants.items():
         assert list(drafted.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
         s = drafted.speculation
         assert s["target_calls"] - 1 <= s["proposed"] <= s["target_calls"]  # k = 1: one a call (the last may be cut)
@@ -114,8 +114,7 @@ def test_lookahead_drafting_keeps_the_targets_tokens(lookahead_bundle, picture):
     with_lookup = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead", draft_k=4)
     by_cost = edgemfm.load(lookahead_bundle, threads=1, draft="lookahead")
     counts = {"proposed": 0, "accepted": 0, "target_calls": 0}
-    for prompt in PROMPTS:
-        want = list(alone.generate_tokens(prompt, images=[picture], max_new_tokens=24))
+    for prompt, want in wants.items():
         assert list(with_lookup.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
         counts = {key: n + with_lookup.speculation[key] for key, n in counts.items()}
         assert list(by_cost.generate_tokens(prompt, images=[picture], max_new_tokens=24)) == want
