@@ -155,9 +155,9 @@ def _external(init: Any) -> str:
 
 def _place_tied(base: str, tied: Any, graph: Any) -> None:
     """tied_table.bin rewritten to hold the head's records alone; the graph's copy of the proto points there."""
-    from edgemfm.quantizers.tied_table import _write_external
+    from edgemfm.quantizers.tied_table import write_external
 
-    _write_external(Path(base) / TIED_FILE, [tied])
+    write_external(Path(base) / TIED_FILE, [tied])
     for init in graph.initializer:
         if init.name == tied.name:
             init.CopyFrom(tied)

@@ -74,7 +74,7 @@ def share(float_dir: Path, stage: Path, manifest: Manifest) -> str | None:
     inits = {i.name: i for i in decoder.graph.initializer}
     parts = [inits[n] for n in head.input[1:4] if n]  # B, scales, and zero points where asymmetric
     shapes = [(v, k * bits // 8), (v, k // group), (v, -(-(k // group) * bits // 8))]
-    _write_external(stage / FILE, parts)
+    write_external(stage / FILE, parts)
     _replace_lookup(embed, lookup_out, ids, parts, shapes, bits, group)
     onnx.save(decoder, str(stage / files[decoder_name]))
     onnx.save(embed, str(stage / files[embed_name]))
@@ -105,8 +105,12 @@ def _tied_outputs(embed: Any, decoder: Any) -> tuple[str, str, str, str] | None:
     return None
 
 
-def _write_external(path: Path, parts: list[Any]) -> None:
-    """Move the tensors' bytes into `path` (page-aligned); the protos then point there."""
+def write_external(path: Path, parts: list[Any]) -> None:
+    """Move the tensors' bytes into `path` (page-aligned); the protos then point there.
+
+    Example:
+        >>> write_external(stage / "text_decoder.weights", large_initializers(decoder, skip=TIED))  # doctest: +SKIP
+    """
     from onnx import TensorProto, external_data_helper, numpy_helper
 
     with path.open("wb") as f:
@@ -197,9 +201,9 @@ def share_float(stage: Path, manifest: Manifest) -> Manifest:
     lookup_out, _, head_out, head_in = tied
     lookup = next(n for n in embed.graph.node if lookup_out in n.output)
     table = next(i for i in embed.graph.initializer if i.name == lookup.input[0])
-    _write_external(stage / FILE, [table])
+    write_external(stage / FILE, [table])
     _head_reads_table(decoder, head_out, head_in, table)
-    _write_external(stage / f"{paths[decoder_name].stem}.weights", _large(decoder, skip=TIED))
+    write_external(stage / f"{paths[decoder_name].stem}.weights", large_initializers(decoder, skip=TIED))
     onnx.save(embed, str(paths[embed_name]))
     onnx.save(decoder, str(paths[decoder_name]))
     note = f"{embed_name} and {decoder_name}'s head read one fp32 table in {FILE} ({(stage / FILE).stat().st_size / 2**20:.1f} MiB)"
@@ -231,8 +235,13 @@ def _head_reads_table(decoder: Any, head_out: str, head_in: str, table: Any) -> 
         decoder.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
-def _large(model: Any, skip: str, least: int = 1024) -> list[Any]:
-    """The inline initializers of `least` bytes or more (small ones stay in the graph), all but `skip`."""
+def large_initializers(model: Any, skip: str, least: int = 1024) -> list[Any]:
+    """The inline initializers of `least` bytes or more (small ones stay in the graph), all but `skip`.
+
+    Example:
+        >>> [i.name for i in large_initializers(decoder, skip=TIED)][:2]  # doctest: +SKIP
+        ['model.layers.0.input_layernorm.weight', 'onnx::MatMul_1203']
+    """
     from onnx import TensorProto
 
     return [

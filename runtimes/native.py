@@ -4,8 +4,9 @@
   `edgemfm::cache_int8` and `edgemfm::sdpa_int8`, which ExecuTorch's runtime does not ship. Built against the
   installed executorch wheel's headers and libexecutorch.so; loading it with RTLD_GLOBAL registers the kernels
   in the registry that the executorch pybindings read (they link the same libexecutorch.so).
-- `matmul_int4` and `attention` (runtimes/kernels/): an onnx bundle's int4 weights (`edgemfm.MatMulInt4`,
-  `edgemfm.GatherInt4`) and its decoder's attention (`edgemfm.Attention`) exported with `--kernels edgemfm`:
+- `matmul_int4`, `matmul_f32` and `attention` (runtimes/kernels/): an onnx bundle's int4 weights
+  (`edgemfm.MatMulInt4`, `edgemfm.GatherInt4`), its decoder's fp32 matmuls (`edgemfm.MatMulF32`,
+  `edgemfm.GatherF32`) and its decoder's attention (`edgemfm.Attention`) exported with `--kernels edgemfm`:
   ONNX Runtime custom-op libraries built against the C API header in runtimes/kernels/onnxruntime/ and
   registered per session (`SessionOptions.register_custom_ops_library`).
 
@@ -48,6 +49,7 @@ class Kernel:
 KERNELS = {
     "int8_cache": Kernel("this bundle's int8 KV cache", "export with --kv-cache float", "executorch"),
     "matmul_int4": Kernel("this bundle's int4 weights", "export with --kernels ort", "onnxruntime"),
+    "matmul_f32": Kernel("this bundle's fp32 matmuls", "export with --kernels ort", "onnxruntime"),
     "attention": Kernel("this bundle's attention", "export with --kernels ort", "onnxruntime"),
 }
 # kernel name -> the library loaded into this process (a second load would register its kernels twice)

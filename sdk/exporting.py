@@ -250,11 +250,12 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 say(progress, f"cutting the head to {config.draft_vocab} tokens (a draft's)")
                 manifest = restrict_head(stage, manifest, config.draft_vocab)
             if config.kernels == "edgemfm":  # last: the steps above read the graphs with stock ONNX Runtime
-                from edgemfm.exporters import native_attention
+                from edgemfm.exporters import native_attention, native_matmul
                 from edgemfm.quantizers import native_int4
 
-                say(progress, "moving the int4 matmuls and the attention to edgemfm's kernels")
-                manifest = native_attention.apply(stage, native_int4.apply(stage, manifest))
+                say(progress, "moving the int4 and fp32 matmuls and the attention to edgemfm's kernels")
+                manifest = native_int4.apply(stage, native_matmul.apply(stage, manifest))
+                manifest = native_attention.apply(stage, manifest)
             bundle.seal(stage, manifest)
     return out
 

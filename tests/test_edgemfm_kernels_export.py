@@ -1,5 +1,6 @@
 """`export --kernels edgemfm`: an int4 bundle's MatMulNBits on edgemfm's own kernel (quantizers/native_int4.py,
-runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, the decoder's GroupQueryAttention on
+runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, an fp32 decoder's MatMuls and tied lookup on
+the fp32 kernel (exporters/native_matmul.py, runtimes/kernels/matmul_f32.cpp), the decoder's GroupQueryAttention on
 edgemfm's attention kernel (exporters/native_attention.py, runtimes/kernels/attention.cpp), and the refusals."""
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def bundles(tied_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def float_bundles(placeholder_model, default_bundle, tmp_path_factory):
-    """The default fp32 bundle (its cache appended in place) on ONNX Runtime's kernels and on edgemfm's: its
-    attention alone moves."""
+    """The default fp32 bundle (its cache appended in place) on ONNX Runtime's kernels and on edgemfm's."""
     return {
         "ort": default_bundle,
         "edgemfm": _export(placeholder_model, tmp_path_factory.mktemp("fp32") / "b", "fp32", "edgemfm"),
@@ -49,6 +49,13 @@ def _ops(path) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
+
+
+def _weight_matmuls(path) -> int:
+    """MatMul nodes that multiply by a weight (an initializer), not two activations (an unfused attention's)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node)
 
 
 def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels(bundles, capsys):
@@ -100,12 +107,20 @@ def test_the_kernels_bundle_answers_as_the_matmulnbits_bundle_does(bundles):
     assert tokens["ort"][:4] == tokens["edgemfm"][:4]
 
 
-def test_an_fp32_bundle_on_the_attention_kernel_answers_as_on_group_query_attention(float_bundles):
-    """Only the attention moves at fp32 (its float sums in another order): the same greedy tokens, the first
-    logits within float rounding."""
-    layers = _ops(float_bundles["ort"] / "text_decoder.onnx")["GroupQueryAttention"]
-    assert _ops(float_bundles["edgemfm"] / "text_decoder.onnx").get("Attention") == layers
-    assert read_manifest(float_bundles["edgemfm"]).components["text_decoder"].kernels == ("attention",)
+def test_an_fp32_bundle_on_the_kernels_answers_as_on_onnx_runtimes(float_bundles):
+    """At fp32 every MatMul moves to the fp32 kernel and the attention to its own (the same floats summed in another
+    order): the same greedy tokens, the first logits within float rounding. The placeholder's head is its own
+    (untied): its token embedding stays a Gather."""
+    before, after = (_ops(float_bundles[k] / "text_decoder.onnx") for k in ("ort", "edgemfm"))
+    assert after.get("Attention") == before["GroupQueryAttention"] and "GroupQueryAttention" not in after
+    made = float_bundles["edgemfm"] / "text_decoder.onnx"
+    assert after.get("MatMulF32") == _weight_matmuls(float_bundles["ort"] / "text_decoder.onnx") > 0
+    assert _weight_matmuls(made) == 0
+    m = read_manifest(float_bundles["edgemfm"])
+    assert m.components["text_decoder"].kernels == ("matmul_f32", "attention")
+    assert m.components["token_embedding"].kernels == ()
+    worst = float(m.report.notes["text_decoder matmuls"].split("worst relative error ")[1].split(" ")[0])
+    assert worst < 1e-6
     steps = {
         k: list(edgemfm.load(b).generate_steps("hello world", max_new_tokens=12)) for k, b in float_bundles.items()
     }
@@ -113,7 +128,31 @@ def test_an_fp32_bundle_on_the_attention_kernel_answers_as_on_group_query_attent
     np.testing.assert_allclose(steps["edgemfm"][0][1], steps["ort"][0][1], rtol=0, atol=1e-4)
 
 
-def test_a_stream_on_the_attention_kernel_follows_group_query_attentions(float_bundles):
+def test_an_fp32_tied_head_and_its_lookup_read_one_table_of_tiles(tied_model, tmp_path):
+    """The tied head (a FusedMatMul on the table) and the lookup move to the fp32 kernel on the same bytes of
+    tied_table.bin, stored once as tiles: the same greedy tokens and first logits as on ONNX Runtime's kernels."""
+    made = {k: _export(tied_model, tmp_path / k, "fp32", k) for k in ("ort", "edgemfm")}
+    before, after = (_ops(made[k] / "text_decoder.onnx") for k in ("ort", "edgemfm"))
+    assert (
+        before["FusedMatMul"] == 1 and after.get("MatMulF32") == _weight_matmuls(made["ort"] / "text_decoder.onnx") + 1
+    )
+    assert _weight_matmuls(made["edgemfm"] / "text_decoder.onnx") == 0 and "FusedMatMul" not in after
+    assert _ops(made["edgemfm"] / "token_embedding.onnx") == {"GatherF32": 1}
+    m = read_manifest(made["edgemfm"])
+    assert m.components["token_embedding"].kernels == ("matmul_f32",)
+    embed = onnx.load(str(made["edgemfm"] / "token_embedding.onnx"), load_external_data=False)
+    decoder = onnx.load(str(made["edgemfm"] / "text_decoder.onnx"), load_external_data=False)
+    (table,) = [i for i in embed.graph.initializer]
+    heads = [i for i in decoder.graph.initializer if i.name == table.name]
+    assert len(heads) == 1 and heads[0].external_data == table.external_data
+    vocab, hidden = m.components["text_decoder"].outputs[0].shape[-1], 128
+    assert (made["edgemfm"] / tied_table.FILE).stat().st_size == -(-vocab // 32) * 32 * hidden * 4
+    steps = {k: list(edgemfm.load(b).generate_steps("hello world", max_new_tokens=8)) for k, b in made.items()}
+    assert [t for t, _ in steps["ort"]] == [t for t, _ in steps["edgemfm"]]
+    np.testing.assert_allclose(steps["edgemfm"][0][1], steps["ort"][0][1], rtol=0, atol=1e-4)
+
+
+def test_a_stream_on_the_kernels_follows_onnx_runtimes(float_bundles):
     """test_shared_cache's stream (a prefill, single tokens, chunked prefills, rollbacks, a window with sinks,
     re-bases past a 96-position table) on both bundles' decoders: in place on the kernel, grown on the kernel
     (its past copied into a new present), and in place on GroupQueryAttention give the same logits to float
@@ -126,9 +165,8 @@ def test_a_stream_on_the_attention_kernel_follows_group_query_attentions(float_b
     kv = dataclasses.replace(read_manifest(float_bundles["ort"]).components["text_decoder"].kv_cache, rotary_table=96)
     assert kv.shared  # the graph reads the cached length from the mask: one buffer can be past and present
     ort_session = OrtSession.load(float_bundles["ort"] / "text_decoder.onnx", ["CPUExecutionProvider"])
-    own = OrtSession.load(
-        float_bundles["edgemfm"] / "text_decoder.onnx", ["CPUExecutionProvider"], kernels=("attention",)
-    )
+    kernels = read_manifest(float_bundles["edgemfm"]).components["text_decoder"].kernels
+    own = OrtSession.load(float_bundles["edgemfm"] / "text_decoder.onnx", ["CPUExecutionProvider"], kernels=kernels)
     hidden, calls = ort_session.session.get_inputs()[0].shape[2], [7, 1, 1, 20, 1, *[30] * 10, 3, 1, 1]
     want = _stream(SharedKVCache(kv, max_len=64, sinks=4), ort_session, hidden, calls)
     for cache in (SharedKVCache(kv, max_len=64, sinks=4), KVCache(kv, max_len=64, sinks=4)):
@@ -172,7 +210,8 @@ def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
     decoder = dataclasses.replace(m.components["text_decoder"], kernels=("rootkit",))
     seal(copy, dataclasses.replace(m, components={**m.components, "text_decoder": decoder}))
     with pytest.raises(
-        BundleError, match=r"text_decoder\.kernels\[0\] 'rootkit' is not allowed; allowed: attention, matmul_int4"
+        BundleError,
+        match=r"text_decoder\.kernels\[0\] 'rootkit' is not allowed; allowed: attention, matmul_f32, matmul_int4",
     ):
         read_manifest(copy)
     assert json.loads((copy / "manifest.json").read_text())["components"]["text_decoder"]["kernels"] == ["rootkit"]
@@ -213,9 +252,10 @@ FAMILIES = ["MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM", "GemmaF
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", FAMILIES)
 def test_every_family_answers_on_the_kernels_as_on_onnx_runtimes(architecture, tmp_path):
-    """Each family's tiny model: at fp32 only the attention moves, where the fusions made a GroupQueryAttention of a
-    form the kernel takes (and the note says how many moved), with the same greedy tokens and the first logits
-    within float rounding; at int4 every matmul moves too, the first logits within 20 dB of MatMulNBits'."""
+    """Each family's tiny model: the attention moves where the fusions made a GroupQueryAttention of a form the
+    kernel takes (and the note says how many moved); at fp32 every MatMul moves to the fp32 kernel, with the same
+    greedy tokens and the first logits within float rounding; at int4 every MatMulNBits moves, the first logits
+    within 20 dB of MatMulNBits'."""
     from tiny_text import tiny_text_model
 
     model = tiny_text_model(architecture, tmp_path / "model")
@@ -234,6 +274,7 @@ def test_every_family_answers_on_the_kernels_as_on_onnx_runtimes(architecture, t
         assert ("attention" in m.components["text_decoder"].kernels) == (ops.get("Attention", 0) > 0)
         moved[precision] = ops.get("Attention", 0)
         if precision == "fp32":
+            assert _weight_matmuls(made["edgemfm"] / "text_decoder.onnx") == 0 and ops["MatMulF32"] > 0
             assert [t for t, _ in steps["ort"]] == [t for t, _ in steps["edgemfm"]]
             np.testing.assert_allclose(first["edgemfm"], first["ort"], rtol=0, atol=1e-4 * np.abs(first["ort"]).max())
         else:

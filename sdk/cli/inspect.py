@@ -58,7 +58,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if c.kernels:
             out.print(f"  {name}: edgemfm kernels {', '.join(c.kernels)} (built on the device, runtimes/kernels/)")
     for key, note in m.report.notes.items():
-        if key.endswith(" attention"):
+        if key.endswith((" attention", " matmuls")):
             out.print(f"  {key}: {note}")
     if m.report.quantization:
         _quantization_table(m.report)
