@@ -32,7 +32,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest
 from edgemfm.quantizers.tied_table import FILE as TIED_FILE
-from edgemfm.quantizers.tied_table import large_initializers, write_external
+from edgemfm.quantizers.tied_table import write_external
 
 TILE = 32  # output columns per tile
 KERNEL = "matmul_f32"  # runtimes/kernels/matmul_f32.cpp
@@ -51,56 +51,53 @@ def apply(stage: Path, manifest: Manifest) -> Manifest:
         "121 MatMulF32 on edgemfm's kernel (runtimes/kernels/matmul_f32.cpp); worst relative error 5.6e-08 ..."
     """
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
     decoder_name, embed_name = manifest.generation.decoder, manifest.generation.embedding
     decoder_c, embed_c = manifest.components.get(decoder_name), manifest.components.get(embed_name)
     if decoder_c is None or decoder_c.format != "onnx":
         return manifest
     decoder = onnx.load(str(stage / decoder_c.file), load_external_data=False)
-    places = {i.name: _external(i) for i in decoder.graph.initializer}
-    load_external_data_for_model(decoder, str(stage))  # the weights read in: they are rewritten below
     embed = None
     if embed_c is not None and embed_c.format == "onnx":
         embed = onnx.load(str(stage / embed_c.file), load_external_data=False)
     share = embed is not None and _tied_lookup(embed.graph) is not None  # else the head gets tiles of its own
-    tied, made, worst = _rewrite_decoder(decoder.graph, places, share)
-    if not made:
+    tied, tiles, worst = _rewrite_decoder(decoder.graph, str(stage), share)
+    if not tiles:
         return manifest
     components, notes = dict(manifest.components), dict(manifest.report.notes)
     if tied is not None:
         write_external(stage / TIED_FILE, [tied])  # the head's tiles replace the table, for both graphs
-    _save(stage, decoder, decoder_c.file, tied)
+    _save(stage, decoder, decoder_c.file, tied, tiles)
     components[decoder_name] = replace(decoder_c, kernels=(*decoder_c.kernels, KERNEL))
     notes[f"{decoder_name} matmuls"] = (
-        f"{made} MatMulF32 on edgemfm's kernel (runtimes/kernels/{KERNEL}.cpp); worst relative error {worst:.1e} "
+        f"{len(tiles)} MatMulF32 on edgemfm's kernel (runtimes/kernels/{KERNEL}.cpp); worst relative error {worst:.1e} "
         "against the MatMuls they replace"
     )
     if tied is not None and embed is not None:
         _rewrite_lookup(embed.graph, tied)
-        _save(stage, embed, embed_c.file, tied)
+        _save(stage, embed, embed_c.file, tied, set())
         components[embed_name] = replace(embed_c, kernels=(*embed_c.kernels, KERNEL))
     return replace(manifest, components=components, report=replace(manifest.report, notes=notes))
 
 
-def _rewrite_decoder(graph: Any, places: dict[str, str], share: bool) -> tuple[Any, int, float]:
+def _rewrite_decoder(graph: Any, base: str, share: bool) -> tuple[Any, set[str], float]:
     """The graph's MatMuls on a 2-D float initializer, and a tied head's FusedMatMul, as MatMulF32 nodes in place
-    (`places`: the file each initializer was stored in): the tied head's tiles where the lookup will `share` them
-    (a TensorProto, else None), the nodes made and the worst relative error of a node's tiles against its MatMul
-    on random rows."""
+    (external data read from folder `base`): the tied head's tiles where the lookup will `share` them (a
+    TensorProto, else None), the names of the tiles made and the worst relative error of a node's tiles against
+    its MatMul on random rows."""
     import onnx
     from onnx import numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
-    tied, made, worst, rng = None, 0, 0.0, np.random.default_rng(0)
+    tied, made, worst, rng = None, set(), 0.0, np.random.default_rng(0)
     for at, node in enumerate(list(graph.node)):
         weights = inits.get(node.input[1]) if len(node.input) > 1 else None
         if weights is None or weights.data_type != onnx.TensorProto.FLOAT or len(weights.dims) != 2:
             continue
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
-            columns = numpy_helper.to_array(weights).T  # B [K, N] -> [N, K]
+            columns = numpy_helper.to_array(weights, base).T  # B [K, N] -> [N, K]
         elif node.op_type == "FusedMatMul" and _transposed_b_only(node):
-            columns = numpy_helper.to_array(weights)  # the tied table [V, K], read as B transposed
+            columns = numpy_helper.to_array(weights, base)  # the tied table [V, K], read as B transposed
         else:
             continue
         N, K = columns.shape
@@ -109,13 +106,13 @@ def _rewrite_decoder(graph: Any, places: dict[str, str], share: bool) -> tuple[A
         exact = a.astype(np.float64) @ columns.T.astype(np.float64)
         worst = max(worst, float(np.abs(matmul_f32_reference(a, tiles, K, N) - exact).max() / np.abs(exact).max()))
         proto = numpy_helper.from_array(tiles, f"{node.name or node.output[0]}.f32_tiles")
-        if share and places.get(weights.name) == TIED_FILE:
+        if share and _external(weights) == TIED_FILE:
             tied = proto
         graph.initializer.append(proto)
         new = _node("MatMulF32", [node.input[0], proto.name], node, K=K, N=N)
         graph.node.remove(node)
         graph.node.insert(at, new)
-        made += 1
+        made.add(proto.name)
     _drop_unread(graph)
     return tied, made, worst
 
@@ -159,19 +156,23 @@ def _drop_unread(graph: Any) -> None:
         graph.initializer.remove(init)
 
 
-def _save(stage: Path, model: Any, file: str, tied: Any) -> None:
-    """A rewritten graph saved in `stage`: the large weights page-aligned in <graph>.weights (ONNX Runtime maps
-    them), the tied head's tiles as placed in tied_table.bin, the small ones inline."""
+def _save(stage: Path, model: Any, file: str, tied: Any, tiles: set[str]) -> None:
+    """A rewritten graph saved in `stage`: the tied head's tiles as placed in tied_table.bin, the other `tiles`
+    beside the graph's weights (page-aligned in <graph>.weights where it has that file, which ONNX Runtime maps;
+    inline where its weights are)."""
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     graph, path = model.graph, stage / file
-    if tied is not None:
-        for init in graph.initializer:
-            if init.name == tied.name:
-                init.CopyFrom(tied)  # where tied_table.bin holds them
-    if large := large_initializers(model, skip=tied.name if tied is not None else ""):
-        write_external(stage / f"{path.stem}.weights", large)
+    weights, shared = f"{path.stem}.weights", tied.name if tied is not None else None
+    for init in graph.initializer:
+        if init.name == shared:
+            init.CopyFrom(tied)
+    if any(_external(i) == weights for i in graph.initializer):  # the file is written anew: its tensors read in
+        parts = [i for i in graph.initializer if _external(i) == weights or (i.name in tiles and i.name != shared)]
+        for p in parts:
+            p.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(p, str(stage)), p.name))
+        write_external(stage / weights, parts)
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     onnx.save(model, str(path))  # inside export's staging folder: a failed export leaves nothing
 

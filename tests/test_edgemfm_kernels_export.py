@@ -147,6 +147,8 @@ def test_an_fp32_tied_head_and_its_lookup_read_one_table_of_tiles(tied_model, tm
     assert len(heads) == 1 and heads[0].external_data == table.external_data
     vocab, hidden = m.components["text_decoder"].outputs[0].shape[-1], 128
     assert (made["edgemfm"] / tied_table.FILE).stat().st_size == -(-vocab // 32) * 32 * hidden * 4
+    sizes = {k: (b / "text_decoder.weights").stat().st_size for k, b in made.items()}  # the MatMuls' tiles alone
+    assert sizes["ort"] <= sizes["edgemfm"] <= 1.1 * sizes["ort"]  # columns padded to whole tiles of 32
     steps = {k: list(edgemfm.load(b).generate_steps("hello world", max_new_tokens=8)) for k, b in made.items()}
     assert [t for t, _ in steps["ort"]] == [t for t, _ in steps["edgemfm"]]
     np.testing.assert_allclose(steps["edgemfm"][0][1], steps["ort"][0][1], rtol=0, atol=1e-4)
