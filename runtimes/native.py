@@ -4,11 +4,11 @@
   `edgemfm::cache_int8` and `edgemfm::sdpa_int8`, which ExecuTorch's runtime does not ship. Built against the
   installed executorch wheel's headers and libexecutorch.so; loading it with RTLD_GLOBAL registers the kernels
   in the registry that the executorch pybindings read (they link the same libexecutorch.so).
-- `matmul_int4`, `matmul_f32` and `attention` (runtimes/kernels/): an onnx bundle's int4 weights
-  (`edgemfm.MatMulInt4`, `edgemfm.GatherInt4`), its decoder's fp32 matmuls (`edgemfm.MatMulF32`,
-  `edgemfm.GatherF32`) and its decoder's attention (`edgemfm.Attention`) exported with `--kernels edgemfm`:
-  ONNX Runtime custom-op libraries built against the C API header in runtimes/kernels/onnxruntime/ and
-  registered per session (`SessionOptions.register_custom_ops_library`).
+- `matmul_int4`, `matmul_f32` and `attention` (runtimes/kernels/): an onnx bundle's int4 and int8 weights
+  (`edgemfm.MatMulInt4`, `MatMulInt8`, `GatherInt4`, `GatherInt8`), its decoder's fp32 matmuls
+  (`edgemfm.MatMulF32`, `GatherF32`) and its decoder's attention (`edgemfm.Attention`) exported with
+  `--kernels edgemfm`: ONNX Runtime custom-op libraries built against the C API header in
+  runtimes/kernels/onnxruntime/ and registered per session (`SessionOptions.register_custom_ops_library`).
 
 The first bundle that needs a kernel compiles it once, for this machine's CPU (`-march=native`, `-mcpu=native`
 on ARM), and caches the library under ~/.cache/edgemfm/kernels (EDGEMFM_CACHE moves it), named by a hash of
@@ -48,7 +48,7 @@ class Kernel:
 
 KERNELS = {
     "int8_cache": Kernel("this bundle's int8 KV cache", "export with --kv-cache float", "executorch"),
-    "matmul_int4": Kernel("this bundle's int4 weights", "export with --kernels ort", "onnxruntime"),
+    "matmul_int4": Kernel("this bundle's int4 or int8 weights", "export with --kernels ort", "onnxruntime"),
     "matmul_f32": Kernel("this bundle's fp32 matmuls", "export with --kernels ort", "onnxruntime"),
     "attention": Kernel("this bundle's attention", "export with --kernels ort", "onnxruntime"),
 }

@@ -28,8 +28,8 @@ from edgemfm.recipe import Recipe
 CONFIG_VERSION = 1
 # export --kv-cache: the decoder's own float type, or int8 (onnx: GroupQueryAttention's; pte: ExecuTorch's per token)
 KV_CACHES = ("float", "int8")
-# export --kernels: every op on ONNX Runtime's own kernels, or the decoder's int4 matmuls and attention on edgemfm's
-# (onnx, CPU devices, the edgemfm runtime)
+# export --kernels: every op on ONNX Runtime's own kernels, or the int4, int8 and fp32 matmuls and the decoder's
+# attention on edgemfm's (onnx, CPU devices, the edgemfm runtime)
 KERNEL_SETS = ("ort", "edgemfm")
 DEFAULT_TOLERANCE_DB = 20.0  # least SQNR of each component's output under auto: ~3.3 bits of agreement
 
@@ -82,8 +82,9 @@ class ExportConfig:
     # cache, a quarter of float32's bytes, with static scales calibrated at export (not per token, which it lacks);
     # pte, ExecuTorch's cache with a scale and zero point per token and head, set as each token is written
     kv_cache: str = "float"
-    # "ort": every op on ONNX Runtime's own kernels (any ONNX Runtime); "edgemfm": int4 matmuls and the decoder's
-    # attention on edgemfm's (runtimes/kernels/: built on the device by the edgemfm runtime, stock ONNX Runtime lacks them)
+    # "ort": every op on ONNX Runtime's own kernels (any ONNX Runtime); "edgemfm": int4, int8 and fp32 matmuls and the
+    # decoder's attention on edgemfm's (runtimes/kernels/: built on the device by the edgemfm runtime, stock ONNX
+    # Runtime lacks them)
     kernels: str = "ort"
     # a draft bundle's head over this many tokens (the lowest ids: BPE's most frequent) and the end tokens, so each
     # proposal reads fewer bytes (exporters/draft_vocab.py); None: the whole vocabulary. Onnx only.

@@ -121,17 +121,17 @@ def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
 
 
 def _check_kernels(profile: DeviceProfile, config: ExportConfig) -> None:
-    """--kernels edgemfm: an onnx bundle with something for them to run (int4 weights, or the fused attention), for a
-    device whose providers are the CPU's (they are CPU custom ops: beside CUDA or NNAPI they would pull the decoder's
-    matmuls and attention back to the CPU)."""
+    """--kernels edgemfm: an onnx bundle with something for them to run (int4, int8 or fp32 matmuls, or the fused
+    attention), for a device whose providers are the CPU's (they are CPU custom ops: beside CUDA or NNAPI they would
+    pull the decoder's matmuls and attention back to the CPU)."""
     from edgemfm.profiles import require_cpu
 
     if config.format != "onnx":
         raise InputError(f"--kernels edgemfm with format {config.format!r} is not supported; allowed: onnx")
-    if not config.fuse and config.precision not in ("int4", "auto"):
+    if not config.fuse and config.precision == "fp16":
         raise InputError(
-            f"--kernels edgemfm runs int4 weights and the fused attention; precision {config.precision!r} with "
-            "--no-fuse has neither; allowed: int4, auto, or without --no-fuse"
+            "--kernels edgemfm runs int4, int8 and fp32 matmuls and the fused attention; precision 'fp16' with "
+            "--no-fuse has none of them; allowed: fp32, int8, int4, auto, or without --no-fuse"
         )
     require_cpu(profile, "--kernels edgemfm are CPU kernels run by the edgemfm runtime", "--kernels ort")
 
@@ -169,7 +169,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
     the report's "pruning" says what went, where and why. `kv_cache` "int8" gives the onnx decoder's
     GroupQueryAttention an int8 cache with static scales calibrated on `calibration` (quantizers/kv_cache.py),
     and a pte decoder an int8 cache with a scale per token and head (exporters/llm_ops.py). `kernels` "edgemfm"
-    moves an onnx bundle's int4 matmuls and its decoder's attention to edgemfm's own kernels
+    moves an onnx bundle's int4, int8 and fp32 matmuls and its decoder's attention to edgemfm's own kernels
     (runtimes/kernels/, built on the device by the edgemfm runtime; docs/quantization.md).
     `progress` hears what is happening
     (see `edgemfm.progress`); without it nothing is printed.
@@ -253,7 +253,7 @@ def export(config: ExportConfig, progress: Progress | None = None) -> Path:
                 from edgemfm.exporters import native_attention, native_matmul
                 from edgemfm.quantizers import native_int4
 
-                say(progress, "moving the int4 and fp32 matmuls and the attention to edgemfm's kernels")
+                say(progress, "moving the int4, int8 and fp32 matmuls and the attention to edgemfm's kernels")
                 manifest = native_int4.apply(stage, native_matmul.apply(stage, manifest))
                 manifest = native_attention.apply(stage, manifest)
             bundle.seal(stage, manifest)

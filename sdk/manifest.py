@@ -92,7 +92,8 @@ class Component:
     flops_per_item: int = 0  # per image / audio window / token, counted by torch at export
     method: str | None = None  # the named method in a multi-method program (pte); None for onnx
     # onnx: edgemfm kernels its graph calls beyond ONNX Runtime's own (runtimes/kernels/<name>.cpp), built and
-    # registered by the runtime: "matmul_int4", "attention" (export --kernels edgemfm)
+    # registered by the runtime: "matmul_int4" (int4 and int8 matmuls), "matmul_f32", "attention" (export
+    # --kernels edgemfm)
     kernels: tuple[str, ...] = ()
 
 

@@ -22,7 +22,7 @@ from edgemfm.manifest import Component, Manifest, Preprocess
 ACTIVATION_DTYPES = ("float32", "float16", "bfloat16")  # what a component computes in
 TENSOR_DTYPES = (*ACTIVATION_DTYPES, "int64", "int32", "int8", "uint8", "bool")  # what crosses a boundary
 MEDIA_KINDS = ("image", "audio")
-# edgemfm's custom-op libraries an onnx graph may call (runtimes/kernels/)
+# edgemfm's custom-op libraries an onnx graph may call (runtimes/kernels/): matmul_int4 holds the int4 and int8 ops
 ONNX_KERNELS = ("matmul_int4", "matmul_f32", "attention")
 CACHE_DTYPES = ("", "int8")  # a KV cache in the component's own dtype, or an int8 one
 # the scale layouts each cache kind and dtype takes: GroupQueryAttention's static ones (dynamic), or the pte

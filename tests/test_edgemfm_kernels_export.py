@@ -1,7 +1,8 @@
-"""`export --kernels edgemfm`: an int4 bundle's MatMulNBits on edgemfm's own kernel (quantizers/native_int4.py,
-runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, an fp32 decoder's MatMuls and tied lookup on
-the fp32 kernel (exporters/native_matmul.py, runtimes/kernels/matmul_f32.cpp), the decoder's GroupQueryAttention on
-edgemfm's attention kernel (exporters/native_attention.py, runtimes/kernels/attention.cpp), and the refusals."""
+"""`export --kernels edgemfm`: an int4 or int8 bundle's MatMulNBits on edgemfm's own kernel
+(quantizers/native_int4.py, runtimes/kernels/matmul_int4.cpp), its tied lookup on the same records, an fp32
+decoder's MatMuls and tied lookup on the fp32 kernel (exporters/native_matmul.py, runtimes/kernels/matmul_f32.cpp),
+the decoder's GroupQueryAttention on edgemfm's attention kernel (exporters/native_attention.py,
+runtimes/kernels/attention.cpp), and the refusals."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def bundles(tied_model, tmp_path_factory):
     """The int4 bundle on ONNX Runtime's kernels and on edgemfm's."""
     out = tmp_path_factory.mktemp("int4")
     return {kernels: _export(tied_model, out / kernels, "int4", kernels) for kernels in ("ort", "edgemfm")}
+
+
+@pytest.fixture(scope="module")
+def int8_bundles(tied_model, tmp_path_factory):
+    """The int8 bundle on ONNX Runtime's kernels and on edgemfm's (its head smoothed: the embedding keeps its own
+    int8 rows)."""
+    out = tmp_path_factory.mktemp("int8")
+    return {kernels: _export(tied_model, out / kernels, "int8", kernels) for kernels in ("ort", "edgemfm")}
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +103,68 @@ def test_every_int4_matmul_the_tied_lookup_and_the_attention_move_to_the_kernels
     assert (own / tied_table.FILE).stat().st_size == records
 
 
-def test_the_kernels_bundle_answers_as_the_matmulnbits_bundle_does(bundles):
-    """The same integers with float16 scales: the first logits agree to 20 dB (measured 24.7 dB; int4 itself leaves
-    this random model's logits 2.9 dB from its float ones, either kernel), and the greedy answers keep their
-    first tokens (measured: 7 of 8 equal; a random model's logits are close together)."""
+def test_every_int8_matmul_moves_to_the_int8_kernel(int8_bundles):
+    ort_bundle, own = int8_bundles["ort"], int8_bundles["edgemfm"]
+    before, after = _ops(ort_bundle / "text_decoder.onnx"), _ops(own / "text_decoder.onnx")
+    assert after.get("MatMulInt8") == before["MatMulNBits"] > 0
+    assert "MatMulNBits" not in after and "MatMulInt4" not in after
+    m = read_manifest(own)
+    assert m.components["text_decoder"].kernels == ("matmul_int4", "attention")
+    q = m.report.quantization["text_decoder"]
+    assert q.quantized_nodes.get("MatMulInt8") == before["MatMulNBits"] and "MatMulNBits" not in q.quantized_nodes
+    assert "int4 kernel" not in q.notes
+    worst = float(q.notes["int8 kernel"].split("worst SQNR ")[1].split(" dB")[0])
+    assert worst >= 30.0  # measured 44.8 dB: the activations' int8 rounding, as MatMulNBits' own
+    decoder = onnx.load(str(own / "text_decoder.onnx"), load_external_data=False)
+    widths = {int(i.dims[2]) for i in decoder.graph.initializer if i.name.endswith(".int8_records")}
+    assert widths == {16 * 32 + 64}  # per record: 16 columns' 32 int8 inputs, then 16 scales and 16 offsets
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_the_kernels_bundle_answers_as_the_matmulnbits_bundle_does(precision, request):
+    """The same integers with float16 scales: the first logits agree to 20 dB (measured 24.7 dB at int4, 28.6 at
+    int8; int4 itself leaves this random model's logits 2.9 dB from its float ones, either kernel), and the greedy
+    answers keep their first tokens (measured: 7 of 8 equal at int4, 8 of 8 at int8; a random model's logits are
+    close together)."""
+    made = request.getfixturevalue("bundles" if precision == "int4" else "int8_bundles")
     prompt = "hello world"
-    steps = {k: list(edgemfm.load(b).generate_steps(prompt, max_new_tokens=8)) for k, b in bundles.items()}
+    steps = {k: list(edgemfm.load(b).generate_steps(prompt, max_new_tokens=8)) for k, b in made.items()}
     first = {k: s[0][1].astype(np.float64) for k, s in steps.items()}
     noise = ((first["ort"] - first["edgemfm"]) ** 2).sum()
     assert 10 * np.log10((first["ort"] ** 2).sum() / noise) >= 20.0
     tokens = {k: [t for t, _ in s] for k, s in steps.items()}
     assert tokens["ort"][:4] == tokens["edgemfm"][:4]
+
+
+def test_an_unsmoothed_int8_head_and_its_lookup_read_the_same_records(tied_model, tmp_path, monkeypatch):
+    """Where smoothing loses, an int8 head stays the token table (quantizers/tied_table.py): the rewrite makes the
+    lookup GatherInt8 on the head's records in tied_table.bin, and its rows are GatherBlockQuantized's but for
+    float16's rounding of each block's scale and offset (under 1/16 of a symmetric int8 step)."""
+    import onnxruntime as ort
+
+    from edgemfm.bundle import seal
+    from edgemfm.quantizers import native_int4, weight_only
+    from edgemfm.runtimes import native
+
+    monkeypatch.setattr(weight_only, "where_it_helps", lambda model, units, ctx, quantize: quantize(model))
+    plain = _export(tied_model, tmp_path / "ort", "int8", "ort")
+    assert _ops(plain / "token_embedding.onnx") == {"GatherBlockQuantized": 1}
+    own = tmp_path / "own"
+    shutil.copytree(plain, own)
+    seal(own, native_int4.apply(own, read_manifest(own)))  # as export does with --kernels edgemfm
+    assert _ops(own / "token_embedding.onnx") == {"GatherInt8": 1}
+    assert _ops(own / "text_decoder.onnx").get("MatMulInt8") == _ops(plain / "text_decoder.onnx")["MatMulNBits"]
+    notes = read_manifest(own).report.quantization["token_embedding"].notes
+    assert notes["int8 kernel"] == "1 GatherInt8 on edgemfm's kernel (runtimes/kernels/matmul_int4.cpp)"
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(native.build("matmul_int4")))
+    sessions = [
+        ort.InferenceSession(str(b / "token_embedding.onnx"), o, providers=["CPUExecutionProvider"])
+        for b, o in ((plain, ort.SessionOptions()), (own, options))
+    ]
+    ids = np.arange(0, 256, 5, dtype=np.int64)[None]
+    want, got = (s.run(None, {s.get_inputs()[0].name: ids})[0] for s in sessions)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2**-11 * float(np.abs(want).max()))
 
 
 def test_an_fp32_bundle_on_the_kernels_answers_as_on_onnx_runtimes(float_bundles):
@@ -224,7 +284,7 @@ def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
     [
         ({"kernels": "mlas"}, "kernels 'mlas' are not known; allowed: ort, edgemfm"),
         ({"format": "pte", "precision": "int4"}, "with format 'pte' is not supported; allowed: onnx"),
-        ({"precision": "int8", "fuse": False}, "with --no-fuse has neither; allowed: int4, auto, or without --no-fuse"),
+        ({"precision": "fp16", "fuse": False}, "has none of them; allowed: fp32, int8, int4, auto, or without --no"),
         ({"device": "jetson", "precision": "int4"}, "jetson-orin-nano-8gb runs on TensorrtExecutionProvider"),
         ({"device": "pixel8", "precision": "int4"}, "pixel-8-tensor-g3 runs on NnapiExecutionProvider"),
     ],

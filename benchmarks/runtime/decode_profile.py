@@ -10,8 +10,8 @@ kernel calls per step and each op type's share of the kernel time (the profiler'
 the single-token steps only, not the prefill's).
 A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time; the
 prefill's: the `context` ids in one call, CPU ms.
-The kernel floor: the decoder's int4 matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 in a bundle exported
-with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
+The kernel floor: the decoder's int4 (or int8) matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 / MatMulInt8 in a
+bundle exported with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
 (CPU ms per step and the rate at which they read their weights), taken in the same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
 `--executorch` an ExecuTorch LLM program's whole single-token step at the same position, in the same rounds.
 Writes benchmarks/results/NAME.json (--name) through benchmarks.record.
@@ -32,7 +32,8 @@ from edgemfm.runtimes import native
 
 from .. import record
 
-INT4_MATMULS = ("MatMulNBits", "MatMulInt4")  # ONNX Runtime's, and edgemfm's (export --kernels edgemfm)
+# ONNX Runtime's, and edgemfm's (export --kernels edgemfm): the decoder's quantized matmuls, int4 or int8
+QUANTIZED_MATMULS = ("MatMulNBits", "MatMulInt4", "MatMulInt8")
 
 
 def _decoder_file(bundle: Path) -> Path:
@@ -91,7 +92,7 @@ def _verify(decoder, cache, token: int, calls: int, k: int) -> float:
 
 
 def matmuls_alone(graph: Path):
-    """(a session running `graph`'s int4 matmuls alone, back to back on one row each, its feeds, their weights'
+    """(a session running `graph`'s quantized matmuls alone, back to back on one row each, its feeds, their weights'
     bytes): the kernel floor of one decode step."""
     import onnx
     import onnxruntime as ort
@@ -101,7 +102,7 @@ def matmuls_alone(graph: Path):
     weights = {i.name: i for i in model.graph.initializer}
     nodes, used, widths = [], {}, set()
     for n in model.graph.node:
-        if n.op_type in INT4_MATMULS:
+        if n.op_type in QUANTIZED_MATMULS:
             attributes = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             widths.add(attributes["K"])
             out = f"out{len(nodes)}"
@@ -119,7 +120,7 @@ def matmuls_alone(graph: Path):
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    if any(n.op_type == "MatMulInt4" for n in nodes):
+    if any(n.domain == "edgemfm.int4" for n in nodes):
         options.register_custom_ops_library(str(native.build("matmul_int4")))
     session = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)

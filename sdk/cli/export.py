@@ -95,8 +95,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--kernels",
         default="ort",
         metavar="{ort,edgemfm}",
-        help="onnx: every op on ONNX Runtime's kernels (any runtime), or int4 matmuls and the decoder's attention on "
-        "edgemfm's faster ones (built on the device by the edgemfm runtime; CPU devices; default: ort)",
+        help="onnx: every op on ONNX Runtime's kernels (any runtime), or int4, int8 and fp32 matmuls and the "
+        "decoder's attention on edgemfm's faster ones (built on the device by the edgemfm runtime; CPU devices; default: ort)",
     )
     e.add_argument(
         "--draft-vocab",
