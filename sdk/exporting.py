@@ -121,18 +121,13 @@ def _check_int8_cache(profile: DeviceProfile, config: ExportConfig) -> None:
 
 
 def _check_kernels(profile: DeviceProfile, config: ExportConfig) -> None:
-    """--kernels edgemfm: an onnx bundle with something for them to run (int4, int8 or fp32 matmuls, or the fused
-    attention), for a device whose providers are the CPU's (they are CPU custom ops: beside CUDA or NNAPI they would
-    pull the decoder's matmuls and attention back to the CPU)."""
+    """--kernels edgemfm: an onnx bundle for a device whose providers are the CPU's (they are CPU custom ops: beside
+    CUDA or NNAPI they would pull the decoder's matmuls and attention back to the CPU). Every precision such a device
+    runs (fp32, int8, int4, auto) has matmuls for the kernels, with or without the fused attention."""
     from edgemfm.profiles import require_cpu
 
     if config.format != "onnx":
         raise InputError(f"--kernels edgemfm with format {config.format!r} is not supported; allowed: onnx")
-    if not config.fuse and config.precision == "fp16":
-        raise InputError(
-            "--kernels edgemfm runs int4, int8 and fp32 matmuls and the fused attention; precision 'fp16' with "
-            "--no-fuse has none of them; allowed: fp32, int8, int4, auto, or without --no-fuse"
-        )
     require_cpu(profile, "--kernels edgemfm are CPU kernels run by the edgemfm runtime", "--kernels ort")
 
 

@@ -284,7 +284,6 @@ def test_a_manifest_naming_an_unknown_kernel_is_refused(bundles, tmp_path):
     [
         ({"kernels": "mlas"}, "kernels 'mlas' are not known; allowed: ort, edgemfm"),
         ({"format": "pte", "precision": "int4"}, "with format 'pte' is not supported; allowed: onnx"),
-        ({"precision": "fp16", "fuse": False}, "has none of them; allowed: fp32, int8, int4, auto, or without --no"),
         ({"device": "jetson", "precision": "int4"}, "jetson-orin-nano-8gb runs on TensorrtExecutionProvider"),
         ({"device": "pixel8", "precision": "int4"}, "pixel-8-tensor-g3 runs on NnapiExecutionProvider"),
     ],

@@ -1,6 +1,7 @@
 """Speculative decoding: a target bundle alone and with each draft, interleaved, on one prompt set.
 
-Rows: the target alone, then the target with each `--draft` (a bundle, or `prompt` for prompt
+Rows: the target alone, each `--alone` bundle alone (the same model exported another way, e.g. on ONNX
+Runtime's own kernels), then the target with each `--draft` (a bundle, or `prompt` for prompt
 lookup) with k chosen from measured costs, and with `--fixed-k K` also each draft at a fixed k; then each
 `--lookahead` bundle (the target exported again with a lookahead head, `edgemfm lookahead`) alone, drafting
 with its head alone, and with its head and prompt lookup (`--draft lookahead`).
@@ -14,7 +15,7 @@ runs one thread, so CPU seconds are the compute a row spends whatever the machin
 Sets: `demo` (open questions about an image: long answers) and `code` (code_edits.py: rename a
 name in a standard-library function; answers copy the prompt).
 
-    python -m benchmarks.runtime.speculative TARGET --draft DRAFT [--draft prompt] [--lookahead TARGET_LA]
+    python -m benchmarks.runtime.speculative TARGET --draft DRAFT [--draft prompt] [--alone BUNDLE] [--lookahead TARGET_LA]
         [--set demo|code] [--fixed-k 4] [--tokens 64] [--repeats 5] [--image PNG] [--name runtime-speculative]
 """
 
@@ -112,6 +113,9 @@ def main() -> None:
         default=[],
         help="the target exported with a lookahead head (repeat for several)",
     )
+    p.add_argument(
+        "--alone", action="append", default=[], help="another bundle of the model, timed alone (repeat for several)"
+    )
     p.add_argument("--fixed-k", type=int, help="also each draft at this fixed k")
     p.add_argument("--set", choices=("demo", "code"), default="demo")
     p.add_argument("--prompts", type=int, default=3, help="prompts taken from the set")
@@ -122,6 +126,8 @@ def main() -> None:
     p.add_argument("--note", help="a text file: what the figures say, printed under the table")
     args = p.parse_args()
     rows = {"target alone": edgemfm.load(args.target, threads=1)}
+    for bundle in args.alone:
+        rows[f"{Path(bundle).name} alone"] = edgemfm.load(bundle, threads=1)
     for draft in args.draft:
         label = "prompt lookup" if draft == "prompt" else f"draft {Path(draft).name}"
         rows[f"{label}, k by cost"] = edgemfm.load(args.target, threads=1, draft=draft)
