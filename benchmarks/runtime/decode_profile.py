@@ -10,8 +10,8 @@ kernel calls per step and each op type's share of the kernel time (the profiler'
 the single-token steps only, not the prefill's).
 A speculative verify's cost: one call of k + 1 tokens (rolled back after it) in single steps' CPU time; the
 prefill's: the `context` ids in one call, CPU ms.
-The kernel floor: the decoder's int4 (or int8) matmuls alone (MatMulNBits, or edgemfm.MatMulInt4 / MatMulInt8 in a
-bundle exported with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
+The kernel floor: the decoder's matmuls on weights alone (MatMulNBits or an fp32 MatMul, or edgemfm.MatMulInt4 /
+MatMulInt8 / MatMulF32 in a bundle exported with --kernels edgemfm), taken out into one graph with their own weights and run back to back on one row
 (CPU ms per step and the rate at which they read their weights), taken in the same rounds; `--graphs` adds other decoders' (onnxruntime-genai's model.onnx) for that column alone, and
 `--executorch` an ExecuTorch LLM program's whole single-token step at the same position, in the same rounds.
 Writes benchmarks/results/NAME.json (--name) through benchmarks.record.
@@ -32,8 +32,9 @@ from edgemfm.runtimes import native
 
 from .. import record
 
-# ONNX Runtime's, and edgemfm's (export --kernels edgemfm): the decoder's quantized matmuls, int4 or int8
-QUANTIZED_MATMULS = ("MatMulNBits", "MatMulInt4", "MatMulInt8")
+# ONNX Runtime's, and edgemfm's (export --kernels edgemfm): the decoder's matmuls on weights, int4, int8 or fp32
+WEIGHT_MATMULS = ("MatMulNBits", "MatMul", "FusedMatMul", "MatMulInt4", "MatMulInt8", "MatMulF32")
+LIBRARIES = {"edgemfm.int4": "matmul_int4", "edgemfm.f32": "matmul_f32"}  # edgemfm's ops' domains: their kernels
 
 
 def _decoder_file(bundle: Path) -> Path:
@@ -92,8 +93,8 @@ def _verify(decoder, cache, token: int, calls: int, k: int) -> float:
 
 
 def matmuls_alone(graph: Path):
-    """(a session running `graph`'s quantized matmuls alone, back to back on one row each, its feeds, their weights'
-    bytes): the kernel floor of one decode step."""
+    """(a session running `graph`'s matmuls on weights alone, back to back on one row each, its feeds, their
+    weights' bytes): the kernel floor of one decode step."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -102,15 +103,13 @@ def matmuls_alone(graph: Path):
     weights = {i.name: i for i in model.graph.initializer}
     nodes, used, widths = [], {}, set()
     for n in model.graph.node:
-        if n.op_type in QUANTIZED_MATMULS:
+        if n.op_type in WEIGHT_MATMULS and len(n.input) > 1 and n.input[1] in weights:
             attributes = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-            widths.add(attributes["K"])
+            dims = weights[n.input[1]].dims  # an fp32 MatMul's [K, N]; the tied head's FusedMatMul [N, K]
+            K = attributes.get("K") or dims[1 if attributes.get("transB") else 0]
+            widths.add(K)
             out = f"out{len(nodes)}"
-            nodes.append(
-                helper.make_node(
-                    n.op_type, [f"row{attributes['K']}", *n.input[1:]], [out], **attributes, domain=n.domain
-                )
-            )
+            nodes.append(helper.make_node(n.op_type, [f"row{K}", *n.input[1:]], [out], **attributes, domain=n.domain))
             used |= {name: weights[name] for name in n.input[1:] if name in weights}
     inputs = [helper.make_tensor_value_info(f"row{k}", TensorProto.FLOAT, [1, k]) for k in sorted(widths)]
     outputs = [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes]
@@ -120,8 +119,8 @@ def matmuls_alone(graph: Path):
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    if any(n.domain == "edgemfm.int4" for n in nodes):
-        options.register_custom_ops_library(str(native.build("matmul_int4")))
+    for domain in sorted({n.domain for n in nodes} & LIBRARIES.keys()):
+        options.register_custom_ops_library(str(native.build(LIBRARIES[domain])))
     session = ort.InferenceSession(alone.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {f"row{k}": rng.standard_normal((1, k)).astype(np.float32) for k in widths}
@@ -129,7 +128,7 @@ def matmuls_alone(graph: Path):
 
 
 def _alone(session, feeds: dict, steps: int) -> float:
-    """CPU seconds per run of the int4-matmuls-alone graph."""
+    """CPU seconds per run of the matmuls-alone graph."""
     start = time.process_time()
     for _ in range(steps):
         session.run(None, feeds)
@@ -147,7 +146,7 @@ def rates(
 ) -> dict[str, dict[str, list[float]]]:
     """Per bundle and round (bundles in turn): tokens per CPU second of single-token steps, CPU seconds of the
     `context` prefill, the CPU cost of one call of k + 1 tokens in single steps, and CPU seconds per step of its
-    int4 matmuls alone
+    matmuls on weights alone
     (`graphs`: that last one only); `llm_program`: an ExecuTorch LLM program's single-token step at `context`
     in the same rounds."""
     decoders = {b: _decoder(b) for b in bundles}
@@ -210,7 +209,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=5, help="a verify call takes k + 1 tokens")
     p.add_argument("--name", default="runtime-decode-profile", help="the result file's name")
     p.add_argument("--model", default="", help="what the bundles hold, for the section's title")
-    p.add_argument("--graphs", nargs="*", type=Path, default=[], help="other decoders: their int4 matmuls alone")
+    p.add_argument("--graphs", nargs="*", type=Path, default=[], help="other decoders: their matmuls on weights alone")
     p.add_argument("--executorch", type=Path, help="an ExecuTorch LLM program (export_llm's): its whole step")
     args = p.parse_args()
     measured = rates(args.bundles, args.context, args.steps, args.rounds, args.k, args.graphs, args.executorch)
@@ -242,7 +241,7 @@ def main() -> None:
                 ),
             }
         row |= {
-            "int4 matmuls alone, CPU ms / step": f"{alone * 1e3:.2f} ({min(m['alone']) * 1e3:.2f}-{max(m['alone']) * 1e3:.2f})",
+            "matmuls alone, CPU ms / step": f"{alone * 1e3:.2f} ({min(m['alone']) * 1e3:.2f}-{max(m['alone']) * 1e3:.2f})",
             "their weights, MB": f"{mb:.1f}",
             "read at, GB/s": f"{mb / 1e3 / alone:.1f}",
         }
