@@ -188,6 +188,17 @@ def test_an_fp32_bundle_on_the_kernels_answers_as_on_onnx_runtimes(float_bundles
     np.testing.assert_allclose(steps["edgemfm"][0][1], steps["ort"][0][1], rtol=0, atol=1e-4)
 
 
+def test_tune_refuses_an_fp32_bundle_on_the_kernels_in_one_line(float_bundles, tmp_path):
+    """tune quantizes a bundle's float graphs with stock ONNX Runtime: edgemfm's ops are not among its ops."""
+    from edgemfm.tune.host import float_source
+
+    with pytest.raises(InputError) as error:
+        float_source(None, None, float_bundles["edgemfm"], False, tmp_path, None)
+    assert "calls edgemfm's kernels (attention, matmul_f32)" in str(error.value) and "\n" not in str(error.value)
+    assert "allowed: an fp32 bundle exported with --kernels ort" in str(error.value)
+    assert float_source(None, None, float_bundles["ort"], False, tmp_path, None)[0] == float_bundles["ort"]
+
+
 def test_an_fp32_tied_head_and_its_lookup_read_one_table_of_tiles(tied_model, tmp_path):
     """The tied head (a FusedMatMul on the table) and the lookup move to the fp32 kernel on the same bytes of
     tied_table.bin, stored once as tiles: the same greedy tokens and first logits as on ONNX Runtime's kernels."""

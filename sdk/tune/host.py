@@ -148,4 +148,9 @@ def float_source(
     m = read_manifest(bundle)
     if m.report.precision != "fp32":
         raise InputError(f"bundle {str(bundle)!r} is {m.report.precision}; allowed: an fp32 bundle (tune quantizes it)")
+    if kernels := sorted({k for c in m.components.values() for k in c.kernels}):
+        raise InputError(
+            f"bundle {str(bundle)!r} calls edgemfm's kernels ({', '.join(kernels)}), which tune's quantizers cannot "
+            "read; allowed: an fp32 bundle exported with --kernels ort"
+        )
     return Path(bundle), model_dir
