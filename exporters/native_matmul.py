@@ -1,10 +1,10 @@
 """fp32 matmuls on edgemfm's own kernel: a decoder's MatMul -> edgemfm.MatMulF32, its weights tiled by 32 columns.
 
 ONNX Runtime 1.32's MatMul reads an fp32 decoder's weights at the bandwidth one core has for one token, but a
-speculative check of 5 tokens costs it 1.7 one-token steps and one of 8 tokens 2 (x86 with AVX-512, one thread,
-the demo's MLPs): its kernel does not share one read of the weights between the rows. `runtimes/kernels/
-matmul_f32.cpp` streams each weight once for up to 8 rows (1.06 steps for 8 in the same test), from a layout of
-its own: per tile of 32 output columns, each input's 32 weights side by side,
+speculative check of several does not share one read of the weights between its rows: a 5-token call of the
+demo's fp32 decoder costs 1.45 single steps (x86 with AVX-512, one thread). `runtimes/kernels/matmul_f32.cpp`
+streams each weight once for up to 8 rows (the same call: 1.07 steps; BENCHMARKS.md, the demo's fp32 speculative
+section), from a layout of its own: per tile of 32 output columns, each input's 32 weights side by side,
 
     MatMul(A, B [K, N])                                    ──►  edgemfm.MatMulF32(A, W [N/32, K, 32])
     FusedMatMul(A, tied_table [V, K], transB=1)  (the head) ──►  edgemfm.MatMulF32(A, W [V/32, K, 32])
@@ -13,8 +13,8 @@ its own: per tile of 32 output columns, each input's 32 weights side by side,
 The numbers are the same floats, summed in another order. As with the int4 kernel, stock onnxruntime,
 onnxruntime-genai and the Android app do not know the ops, so this is part of `--kernels edgemfm`. The decoder's
 weights stay page-aligned external data (text_decoder.weights, and the tied table in tied_table.bin, read by
-both graphs), so ONNX Runtime maps them; the kernel needs no packed copy, as MLAS's MatMul did. Each rewritten
-node's weights are checked against the MatMul they replace on random rows.
+both graphs), which ONNX Runtime maps; the kernel reads them there, where MLAS's MatMul packed a copy of its own.
+Each rewritten node's weights are checked against the MatMul they replace on random rows.
 
 Example:
     >>> manifest = apply(stage, manifest)  # doctest: +SKIP

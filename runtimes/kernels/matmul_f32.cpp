@@ -6,8 +6,8 @@
 // input k's 32 weights side by side (zeros past N).   y[m, n] = sum_k a[m, k] W[n, k]
 //
 // Why: a decode step is bound by memory, a speculative check of a few tokens should cost about one step. ONNX
-// Runtime 1.32's MatMul (MLAS) reads the weights well for one row, but costs 1.7x a step for 5 rows and 2x for 8
-// (SmolLM2-shaped MLPs, one thread, x86 with AVX-512). Here a tile streams by input, prefetched ahead, and up to 8
+// Runtime 1.32's MatMul (MLAS) reads the weights well for one row, but costs 1.7x that for 5 rows and 2x for 8
+// (the demo's MLP weights, one thread, x86 with AVX-512; here 1.06x for 8). Here a tile streams by input, prefetched ahead, and up to 8
 // rows (3 with AVX2 or NEON) share each loaded vector: each multiplies it by a broadcast of its own input. A
 // prefill's passes of rows go over a tile while its K x 128 bytes are in cache. Tiles are shared out over ONNX
 // Runtime's intra-op threads (KernelContext_ParallelFor).
