@@ -32,7 +32,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest
 from edgemfm.quantizers.tied_table import FILE as TIED_FILE
-from edgemfm.quantizers.tied_table import write_external
+from edgemfm.quantizers.tied_table import drop_unread, external_file, write_external
 
 TILE = 32  # output columns per tile
 KERNEL = "matmul_f32"  # runtimes/kernels/matmul_f32.cpp
@@ -57,10 +57,11 @@ def apply(stage: Path, manifest: Manifest) -> Manifest:
     if decoder_c is None or decoder_c.format != "onnx":
         return manifest
     decoder = onnx.load(str(stage / decoder_c.file), load_external_data=False)
-    embed = None
+    embed = lookup = None
     if embed_c is not None and embed_c.format == "onnx":
         embed = onnx.load(str(stage / embed_c.file), load_external_data=False)
-    share = embed is not None and _tied_lookup(embed.graph) is not None  # else the head gets tiles of its own
+        lookup = _tied_lookup(embed.graph)
+    share = lookup is not None  # else the head gets tiles of its own
     tied, tiles, worst = _rewrite_decoder(decoder.graph, str(stage), share)
     if not tiles:
         return manifest
@@ -73,8 +74,8 @@ def apply(stage: Path, manifest: Manifest) -> Manifest:
         f"{len(tiles)} MatMulF32 on edgemfm's kernel (runtimes/kernels/{KERNEL}.cpp); worst relative error {worst:.1e} "
         "against the MatMuls they replace"
     )
-    if tied is not None and embed is not None:
-        _rewrite_lookup(embed.graph, tied)
+    if tied is not None:
+        _rewrite_lookup(embed.graph, lookup, tied)
         _save(stage, embed, embed_c.file, tied, set())
         components[embed_name] = replace(embed_c, kernels=(*embed_c.kernels, KERNEL))
     return replace(manifest, components=components, report=replace(manifest.report, notes=notes))
@@ -106,14 +107,14 @@ def _rewrite_decoder(graph: Any, base: str, share: bool) -> tuple[Any, set[str],
         exact = a.astype(np.float64) @ columns.T.astype(np.float64)
         worst = max(worst, float(np.abs(matmul_f32_reference(a, tiles, K, N) - exact).max() / np.abs(exact).max()))
         proto = numpy_helper.from_array(tiles, f"{node.name or node.output[0]}.f32_tiles")
-        if share and _external(weights) == TIED_FILE:
+        if share and external_file(weights) == TIED_FILE:
             tied = proto
         graph.initializer.append(proto)
         new = _node("MatMulF32", [node.input[0], proto.name], node, K=K, N=N)
         graph.node.remove(node)
         graph.node.insert(at, new)
         made.add(proto.name)
-    _drop_unread(graph)
+    drop_unread(graph)
     return tied, made, worst
 
 
@@ -123,16 +124,15 @@ def _tied_lookup(graph: Any) -> Any:
     for node in graph.node:
         table = inits.get(node.input[0]) if node.input else None
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if node.op_type == "Gather" and table is not None and _external(table) == TIED_FILE and axis == 0:
+        if node.op_type == "Gather" and table is not None and external_file(table) == TIED_FILE and axis == 0:
             return node
     return None
 
 
-def _rewrite_lookup(graph: Any, tied: Any) -> None:
-    """The embedding graph's Gather on the tied table -> GatherF32 on the head's tiles (in tied_table.bin)."""
+def _rewrite_lookup(graph: Any, node: Any, tied: Any) -> None:
+    """The embedding graph's Gather `node` on the tied table -> GatherF32 on the head's tiles (in tied_table.bin)."""
     from onnx import TensorProto
 
-    node = _tied_lookup(graph)
     V, K = (int(d) for d in next(i for i in graph.initializer if i.name == node.input[0]).dims)
     lookup = TensorProto()
     lookup.CopyFrom(tied)
@@ -140,20 +140,13 @@ def _rewrite_lookup(graph: Any, tied: Any) -> None:
     at = list(graph.node).index(node)
     graph.node.remove(node)
     graph.node.insert(at, _node("GatherF32", [node.input[1], tied.name], node, K=K, N=V))
-    _drop_unread(graph)
+    drop_unread(graph)
 
 
 def _transposed_b_only(node: Any) -> bool:
     """Whether a FusedMatMul is A times B transposed and nothing else (the tied head's; alpha 1, no transA)."""
     attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
     return attrs.get("transB") == 1 and attrs.get("alpha", 1.0) == 1.0 and not attrs.get("transA", 0)
-
-
-def _drop_unread(graph: Any) -> None:
-    """Initializers no node reads any more (the weights a rewritten node replaced)."""
-    read = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
 
 
 def _save(stage: Path, model: Any, file: str, tied: Any, tiles: set[str]) -> None:
@@ -168,8 +161,8 @@ def _save(stage: Path, model: Any, file: str, tied: Any, tiles: set[str]) -> Non
     for init in graph.initializer:
         if init.name == shared:
             init.CopyFrom(tied)
-    if any(_external(i) == weights for i in graph.initializer):  # the file is written anew: its tensors read in
-        parts = [i for i in graph.initializer if _external(i) == weights or (i.name in tiles and i.name != shared)]
+    if any(external_file(i) == weights for i in graph.initializer):  # the file is written anew: its tensors read in
+        parts = [i for i in graph.initializer if external_file(i) == weights or (i.name in tiles and i.name != shared)]
         for p in parts:
             p.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(p, str(stage)), p.name))
         write_external(stage / weights, parts)
@@ -182,11 +175,6 @@ def _node(op: str, inputs: list[str], old: Any, **attributes: int) -> Any:
     from onnx import helper
 
     return helper.make_node(op, inputs, list(old.output), name=old.name, domain=DOMAIN, **attributes)
-
-
-def _external(init: Any) -> str:
-    """The file an initializer's bytes live in ('' where they are in the graph)."""
-    return next((e.value for e in init.external_data if e.key == "location"), "")
 
 
 def pack(columns: np.ndarray) -> np.ndarray:

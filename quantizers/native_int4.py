@@ -39,6 +39,7 @@ import numpy as np
 
 from edgemfm.manifest import Manifest
 from edgemfm.quantizers.tied_table import FILE as TIED_FILE
+from edgemfm.quantizers.tied_table import drop_unread, external_file, write_external
 
 TILE = 16  # output columns per record
 KERNEL = "matmul_int4"  # runtimes/kernels/matmul_int4.cpp
@@ -126,7 +127,7 @@ def _rewrite(path: Path, tied: Any) -> tuple[Any, Counter, dict[int, float], int
             db = sqnr_db(exact, matmul_int4_reference(a, records, K, N, G, bits=bits))
             worst[bits] = min(worst.get(bits, db), db)
             proto = numpy_helper.from_array(records, f"{node.name or node.output[0]}.int{bits}_records")
-            if _external(inits[inputs[1]]) == TIED_FILE:  # the tied head: the lookup will read these records
+            if external_file(inits[inputs[1]]) == TIED_FILE:  # the tied head: the lookup will read these records
                 tied = proto
             graph.initializer.append(proto)
             extra = [inputs[5]] if inputs[5] else []
@@ -148,9 +149,7 @@ def _rewrite(path: Path, tied: Any) -> tuple[Any, Counter, dict[int, float], int
             counts[OPS[bits][1]] += 1
     if not counts:
         return tied, counts, worst, 0
-    read = {i for n in graph.node for i in n.input}
-    for init in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(init)
+    read = drop_unread(graph)
     if tied is not None and tied.name in read and any(counts[matmul] for matmul, _ in OPS.values()):
         _place_tied(base, tied, graph)
     model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
@@ -166,15 +165,8 @@ def _node(op: str, inputs: list[str], old: Any, **attributes: int) -> Any:
     return helper.make_node(op, inputs, list(old.output), name=old.name, domain=DOMAIN, **attributes)
 
 
-def _external(init: Any) -> str:
-    """The file an initializer's bytes live in ('' where they are in the graph)."""
-    return next((e.value for e in init.external_data if e.key == "location"), "")
-
-
 def _place_tied(base: str, tied: Any, graph: Any) -> None:
     """tied_table.bin rewritten to hold the head's records alone; the graph's copy of the proto points there."""
-    from edgemfm.quantizers.tied_table import write_external
-
     write_external(Path(base) / TIED_FILE, [tied])
     for init in graph.initializer:
         if init.name == tied.name:

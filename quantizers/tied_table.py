@@ -172,9 +172,30 @@ def _drop_producers(graph: Any, out: str) -> None:
     for n in nodes:
         if id(n) in dead:
             graph.node.remove(n)
+    drop_unread(graph)
+
+
+def drop_unread(graph: Any) -> set[str]:
+    """Remove the initializers no node reads any more (the weights a rewritten node replaced); the names read.
+
+    Example:
+        >>> "tied_table" in drop_unread(decoder.graph)  # doctest: +SKIP
+        True
+    """
     read = {i for n in graph.node for i in n.input}
-    for i in [i for i in graph.initializer if i.name not in read]:
-        graph.initializer.remove(i)
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)
+    return read
+
+
+def external_file(init: Any) -> str:
+    """The file an initializer's bytes live in ('' where they are in the graph).
+
+    Example:
+        >>> external_file(next(i for i in decoder.graph.initializer if i.name == TIED))  # doctest: +SKIP
+        'tied_table.bin'
+    """
+    return next((e.value for e in init.external_data if e.key == "location"), "")
 
 
 def share_float(stage: Path, manifest: Manifest) -> Manifest:
@@ -263,7 +284,7 @@ def standalone(src: Path, dst: Path) -> set[str]:
     from onnx import numpy_helper
 
     stored = onnx.load(str(src), load_external_data=False)
-    read = {e.value for i in stored.graph.initializer for e in i.external_data if e.key == "location"}
+    read = {external_file(i) for i in stored.graph.initializer} - {""}
     if not read:
         shutil.copyfile(src, dst)
         return read

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aarch64_tools import CROSS, QEMU, needs_aarch64
+from ort_kernel_tools import build_for_ctypes, pointer, session
 
 from edgemfm.exporters.native_matmul import columns_of, gather_f32_reference, matmul_f32_reference, pack
 from edgemfm.runtimes import native
@@ -48,13 +49,7 @@ def _case(rng, M: int, K: int, N: int):
 @pytest.fixture(scope="module", params=list(BUILDS))
 def kernel(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("kernels") / f"matmul_f32-{request.param}.so"
-    command = ["c++", "-O3", "-std=c++17", "-shared", "-fPIC", "-DEDGEMFM_NO_ONNXRUNTIME", *BUILDS[request.param]]
-    subprocess.run([*command, str(SOURCE), "-o", str(out)], check=True)
-    return ctypes.CDLL(str(out))
-
-
-def _p(array: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(array.ctypes.data)
+    return build_for_ctypes(SOURCE, BUILDS[request.param], out)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"M{m}-K{k}-N{n}" for m, k, n in SHAPES])
@@ -64,12 +59,12 @@ def test_each_build_computes_the_references_products(kernel, shape):
     _, tiles, a = _case(rng, M, K, N)
     y = np.full((M, N), np.nan, np.float32)  # every element written: no NaN left
     i64 = ctypes.c_int64
-    kernel.edgemfm_matmul_f32(_p(a), _p(tiles), i64(M), i64(K), i64(N), _p(y))
+    kernel.edgemfm_matmul_f32(pointer(a), pointer(tiles), i64(M), i64(K), i64(N), pointer(y))
     expected = matmul_f32_reference(a, tiles, K, N)
     assert float(np.abs(y - expected).max()) <= TOLERANCE * float(np.abs(expected).max())
     ids = rng.integers(0, N, 7).astype(np.int64)
     rows = np.zeros((7, K), np.float32)
-    kernel.edgemfm_gather_f32(_p(ids), i64(7), _p(tiles), i64(K), _p(rows))
+    kernel.edgemfm_gather_f32(pointer(ids), i64(7), pointer(tiles), i64(K), pointer(rows))
     assert np.array_equal(rows, gather_f32_reference(ids, tiles, K, N))
 
 
@@ -79,16 +74,6 @@ def test_the_tiles_hold_each_columns_weights_input_by_input_and_zeros_past_n():
     assert tiles.shape == (2, 3, 32)
     assert np.array_equal(tiles[1, 2, :18], columns[32:, 2]) and not tiles[1, :, 18:].any()
     assert np.array_equal(columns_of(tiles, 50), columns)
-
-
-def _session(model, library: Path | None = None, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if library is not None:
-        options.register_custom_ops_library(str(library))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _graph(op: str, initializers: list, inputs: list[str], shape: list, **attributes):
@@ -124,11 +109,11 @@ def test_in_onnx_runtime_it_computes_the_matmul_it_replaces(library):
     a = rng.standard_normal((2, 3, K), dtype=np.float32)
     matmul = _graph("MatMul", [numpy_helper.from_array(np.ascontiguousarray(columns.T), "B")], ["a", "B"], [2, 3, K])
     own = _graph("MatMulF32", [numpy_helper.from_array(tiles, "W")], ["a", "W"], [2, 3, K], K=K, N=N)
-    expected = _session(matmul).run(None, {"a": a})[0]
-    got = _session(own, library).run(None, {"a": a})[0]
+    expected = session(matmul).run(None, {"a": a})[0]
+    got = session(own, library).run(None, {"a": a})[0]
     assert got.shape == (2, 3, N)
     assert float(np.abs(got - expected).max()) <= TOLERANCE * float(np.abs(expected).max())
-    assert np.array_equal(_session(own, library, threads=2).run(None, {"a": a})[0], got)
+    assert np.array_equal(session(own, library, threads=2).run(None, {"a": a})[0], got)
 
 
 def test_in_onnx_runtime_the_lookup_reads_the_heads_tiles_and_refuses_what_does_not_fit(library):
@@ -138,7 +123,7 @@ def test_in_onnx_runtime_the_lookup_reads_the_heads_tiles_and_refuses_what_does_
     rng = np.random.default_rng(3)
     K, N = 64, 48
     _, tiles, _ = _case(rng, 1, K, N)
-    lookup = _session(_graph("GatherF32", [numpy_helper.from_array(tiles, "W")], ["ids", "W"], [1, "n"], K=K, N=N),
+    lookup = session(_graph("GatherF32", [numpy_helper.from_array(tiles, "W")], ["ids", "W"], [1, "n"], K=K, N=N),
                       library)  # fmt: skip
     ids = np.array([[0, 47, 5]], np.int64)
     assert np.array_equal(lookup.run(None, {"ids": ids})[0], gather_f32_reference(ids, tiles, K, N))
@@ -146,7 +131,7 @@ def test_in_onnx_runtime_the_lookup_reads_the_heads_tiles_and_refuses_what_does_
         lookup.run(None, {"ids": np.array([[48]], np.int64)})
     wrong = _graph("MatMulF32", [numpy_helper.from_array(tiles, "W")], ["a", "W"], [1, K], K=K, N=N + 32)
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="does not match K and N"):
-        _session(wrong, library).run(None, {"a": np.zeros((1, K), np.float32)})
+        session(wrong, library).run(None, {"a": np.zeros((1, K), np.float32)})
 
 
 CASES = Path(__file__).parent / "kernels" / "matmul_f32_cases.cpp"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aarch64_tools import CROSS, QEMU, needs_aarch64
+from ort_kernel_tools import build_for_ctypes, pointer, session
 
 from edgemfm.quantizers.native_int4 import gather_int4_reference, matmul_int4_reference, pack, unpack, weights
 from edgemfm.runtimes import native
@@ -69,20 +70,15 @@ def _case(rng, M: int, K: int, N: int, G: int, symmetric: bool = False, bits: in
 @pytest.fixture(scope="module", params=list(BUILDS))
 def kernel(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("kernels") / f"matmul_int4-{request.param}.so"
-    command = ["c++", "-O3", "-std=c++17", "-shared", "-fPIC", "-DEDGEMFM_NO_ONNXRUNTIME", *BUILDS[request.param]]
-    subprocess.run([*command, str(SOURCE), "-o", str(out)], check=True)
-    return ctypes.CDLL(str(out))
-
-
-def _p(array: np.ndarray) -> ctypes.c_void_p:
-    return ctypes.c_void_p(array.ctypes.data)
+    return build_for_ctypes(SOURCE, BUILDS[request.param], out)
 
 
 def _matmul(kernel, bits: int, a, records, bias, K: int, N: int, G: int) -> np.ndarray:
     """edgemfm_matmul_int{bits} of a build: y [M, N]."""
     y, i64 = np.zeros((len(a), N), np.float32), ctypes.c_int64
     matmul = getattr(kernel, f"edgemfm_matmul_int{bits}")
-    matmul(_p(a), _p(records), _p(bias) if bias is not None else None, i64(len(a)), i64(K), i64(N), i64(G), _p(y))
+    with_bias = pointer(bias) if bias is not None else None
+    matmul(pointer(a), pointer(records), with_bias, i64(len(a)), i64(K), i64(N), i64(G), pointer(y))
     return y
 
 
@@ -97,7 +93,7 @@ def test_each_build_computes_the_references_arithmetic(kernel, bits, shape):
     assert float(np.abs(y - expected).max()) <= 1e-5 * float(np.abs(expected).max())
     ids = rng.integers(0, N, 7).astype(np.int64)
     rows, i64 = np.zeros((7, K), np.float32), ctypes.c_int64
-    getattr(kernel, f"edgemfm_gather_int{bits}")(_p(ids), i64(7), _p(records), i64(K), i64(G), _p(rows))
+    getattr(kernel, f"edgemfm_gather_int{bits}")(pointer(ids), i64(7), pointer(records), i64(K), i64(G), pointer(rows))
     assert np.array_equal(rows, gather_int4_reference(ids, records, K, N, G, bits))
 
 
@@ -136,16 +132,6 @@ def test_the_records_hold_matmulnbits_integers_with_float16_scales_and_offsets(s
     ones = pack(B, np.ones_like(scales), np.zeros_like(zero_points) if not symmetric else None, K, N, G, bits)
     lift = 2 ** (bits - 1) if symmetric else 0
     assert np.array_equal(weights(ones, K, N, G, bits), q.astype(np.float32) - lift)  # the integers
-
-
-def _session(model, library: Path | None = None, threads: int = 1):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if library is not None:
-        options.register_custom_ops_library(str(library))
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _graph(op: str, K: int, N: int, G: int, initializers: list, inputs: list[str], shape: list, bits: int = 4):
@@ -203,14 +189,14 @@ def test_in_onnx_runtime_it_stays_near_the_matmulnbits_it_replaces(library, bits
         ["a", "W", "bias"],
         [2, 3, K],
     )
-    expected = _session(nbits).run(None, {"a": a})[0]
-    got = _session(own, library).run(None, {"a": a})[0]
+    expected = session(nbits).run(None, {"a": a})[0]
+    got = session(own, library).run(None, {"a": a})[0]
     assert got.shape == (2, 3, N)
     reference = matmul_int4_reference(a, records, K, N, G, bias, bits)
     assert float(np.abs(got - reference).max()) <= 1e-5 * float(np.abs(reference).max())
     sqnr = 10 * np.log10((expected**2).sum() / ((expected - got) ** 2).sum())
     assert sqnr >= 35.0
-    assert np.array_equal(_session(own, library, threads=2).run(None, {"a": a})[0], got)  # tiles split, same sums
+    assert np.array_equal(session(own, library, threads=2).run(None, {"a": a})[0], got)  # tiles split, same sums
 
 
 @pytest.mark.parametrize("bits", [4, 8], ids=["int4", "int8"])
@@ -222,7 +208,7 @@ def test_in_onnx_runtime_the_lookup_reads_the_heads_records_and_refuses_an_id_ou
     K, N, G = 64, 48, 32
     *_, records, _ = _case(rng, 1, K, N, G, bits=bits)
     table = [numpy_helper.from_array(records, "W")]
-    lookup = _session(_graph(f"GatherInt{bits}", K, N, G, table, ["ids", "W"], [1, "n"]), library)
+    lookup = session(_graph(f"GatherInt{bits}", K, N, G, table, ["ids", "W"], [1, "n"]), library)
     ids = np.array([[0, 47, 5]], np.int64)
     assert np.array_equal(lookup.run(None, {"ids": ids})[0], gather_int4_reference(ids, records, K, N, G, bits))
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument, match="a token id is outside the table"):
